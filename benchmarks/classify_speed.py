@@ -1,0 +1,97 @@
+"""Cells per second of the default classifier: ONNX Runtime vs eager PyTorch vs a ResNet-50 baseline.
+
+All in one run, on the same number of threads (default 2), so the ratios are comparable even on a noisy
+shared machine. Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC
+images when the data is present, and the import time of the analysis path (which must not import torch).
+
+    python benchmarks/classify_speed.py --threads 2 --output benchmarks/results/classify_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+GLIBC_FIX = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+
+
+def rate(fn, n_items: int, min_seconds: float = 3.0) -> float:
+    fn()  # warm-up
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        fn()
+        done += n_items
+    return done / (time.perf_counter() - t0)
+
+
+def import_time() -> dict:
+    code = ("import time, sys; t = time.perf_counter(); import wbc.classify, wbc.model, wbc.cli; "
+            "print(time.perf_counter() - t, 'torch' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(3)]
+    return {"seconds_median": float(np.median([float(r[0]) for r in runs])), "imports_torch": runs[0][1] == "True"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--output", default="benchmarks/results/classify_speed.json")
+    args = ap.parse_args()
+    if os.environ.get("GLIBC_TUNABLES") != GLIBC_FIX and sys.platform == "linux":
+        os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, GLIBC_TUNABLES=GLIBC_FIX))
+
+    import torch
+
+    from wbc.classify import classify_paths
+    from wbc.io import iter_image_paths
+    from wbc.model import load_model
+    from wbc.paths import data_root
+    from wbc.preprocess import prepare_batch
+    from wbc.train.models import create_model
+
+    torch.set_num_threads(args.threads)
+    clf = load_model(args.model, threads=args.threads)
+    s = clf.info.input_size
+    cells = np.random.default_rng(0).integers(0, 255, (args.batch, s, s, 3), dtype=np.uint8)
+    res: dict = {"model": clf.model_id, "input_size": s, "threads": args.threads, "batch": args.batch,
+                 "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    res["onnxruntime_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
+
+    net = create_model(clf.info.architecture, len(clf.classes), pretrained=False).eval()
+    x = torch.from_numpy(prepare_batch(cells, clf.info.mean, clf.info.std))
+    with torch.inference_mode():
+        res["pytorch_eager_cells_per_s"] = rate(lambda: net(x), args.batch, args.seconds)
+        import timm
+
+        r50 = timm.create_model("resnet50", pretrained=False, num_classes=len(clf.classes)).eval()
+        x224 = torch.randn(args.batch // 2, 3, 224, 224)
+        res["resnet50_224_eager_cells_per_s"] = rate(lambda: r50(x224), args.batch // 2, args.seconds)
+    res["speedup_vs_resnet50"] = res["onnxruntime_cells_per_s"] / res["resnet50_224_eager_cells_per_s"]
+    res["speedup_vs_eager_same_model"] = res["onnxruntime_cells_per_s"] / res["pytorch_eager_cells_per_s"]
+
+    pbc = data_root() / "pbc"
+    if pbc.is_dir():
+        files = list(iter_image_paths([pbc]))[::5][:2000]
+        t0 = time.perf_counter()
+        out = classify_paths(files, clf, batch_size=args.batch, workers=args.threads)
+        res["end_to_end_files"] = len(files)
+        res["end_to_end_cells_per_s"] = len(out.predictions) / (time.perf_counter() - t0)
+    res["import"] = import_time()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from wbc.cli import main
+
+main()

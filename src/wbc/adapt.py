@@ -1,0 +1,353 @@
+"""Few-shot adaptation to a new lab: refit the model's last layer on up to ~100 labelled cells, no torch.
+
+The network's pooled ``embedding`` is kept; only the linear head (logits = embedding @ W.T + b) is refitted,
+as a multinomial logistic regression pulled toward the original head (penalty ``lam * ||W - W0||^2``), so
+a handful of cells nudge the decision boundaries instead of replacing them. Each labelled cell is
+embedded in its 8 flips/rotations (cells have no up) as augmentation. ``lam`` is chosen by stratified
+cross-validation on the labelled cells; the out-of-fold predictions are the *held-out check* reported to
+the user (every cell is predicted by a head that never saw it), and they also refit the temperature and
+the review threshold. The result is a copy of the ONNX file whose metadata carries the new head
+(``ModelInfo.head``, applied by :meth:`wbc.model.Classifier.run`), optionally a stain normalisation to the
+training colours (``extra["stain"]``), and an OOD reference for the new lab's cells.
+
+CLI: ``wbc adapt --model M --data DIR --output M2`` (DIR: class-per-folder images or a manifest CSV).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from scipy.optimize import minimize
+
+from wbc.errors import ModelError, WbcError
+from wbc.io import atomic_write_bytes, atomic_write_text
+from wbc.model import METADATA_KEY, Classifier, ModelInfo, softmax
+
+LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+MAX_CELLS_WARN = 1000
+
+
+# --- model file ----------------------------------------------------------------------------------
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is a main dependency
+        raise WbcError("writing a model needs the `onnx` package: pip install onnx") from None
+    return onnx
+
+
+def write_model_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], info: ModelInfo) -> Path:
+    """Copy the ONNX graph of ``src`` to ``dst`` with ``info`` as its metadata (atomic) + ``<dst>.json``."""
+    onnx = _onnx()
+    proto = onnx.load(str(src))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    out = Path(dst)
+    atomic_write_bytes(out, proto.SerializeToString())
+    atomic_write_text(out.with_suffix(".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
+    return out
+
+
+def original_head(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
+    """The head in use: ``info.head`` when present, else the ONNX ``Gemm`` that maps embedding -> logits."""
+    if classifier.info.head:
+        return (np.asarray(classifier.info.head["weight"], np.float64),
+                np.asarray(classifier.info.head["bias"], np.float64))
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(classifier.path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if "logits" in node.output and node.op_type == "Gemm" and node.input[0] == "embedding":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            if not attrs.get("transB", 0):
+                w = w.T
+            b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if node.input[2:] else None
+            alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+            return alpha * w, (beta * b if b is not None else np.zeros(w.shape[0]))
+    raise ModelError(f"{classifier.path}: no linear head (Gemm embedding -> logits) found; "
+                     "ensemble models cannot be adapted")
+
+
+# --- the head fit --------------------------------------------------------------------------------
+
+
+def fit_head(
+    emb: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, lam: float,
+    sample_weight: np.ndarray | None = None, max_iter: int = 300,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted softmax cross-entropy + ``lam * ||W - W0||^2 + lam * 0.1 * ||b - b0||^2`` by L-BFGS.
+
+    ``emb`` (N, D), ``y`` (N,) integer classes in ``range(C)``. Deterministic.
+    """
+    x = np.asarray(emb, np.float64)
+    n, d = x.shape
+    c = w0.shape[0]
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    sw = sw / sw.sum()
+    onehot = np.zeros((n, c))
+    onehot[np.arange(n), y] = 1.0
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w = theta[: c * d].reshape(c, d)
+        b = theta[c * d :]
+        z = x @ w.T + b
+        z -= z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        dw_, db_ = w - w0, b - b0
+        val = -(sw * (onehot * logp).sum(1)).sum() + lam * ((dw_**2).sum() + 0.1 * (db_**2).sum())
+        g = (np.exp(logp) - onehot) * sw[:, None]
+        gw = g.T @ x + 2 * lam * dw_
+        gb = g.sum(0) + 0.2 * lam * db_
+        return float(val), np.concatenate([gw.ravel(), gb])
+
+    theta0 = np.concatenate([w0.ravel(), b0]).astype(np.float64)
+    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    return res.x[: c * d].reshape(c, d), res.x[c * d :]
+
+
+def stratified_folds(labels: Sequence[int], k: int, seed: int = 0) -> np.ndarray:
+    """Fold index per sample, classes spread evenly over folds (deterministic for a seed)."""
+    lab = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(lab), int)
+    offset = 0
+    for c in np.unique(lab):
+        idx = rng.permutation(np.nonzero(lab == c)[0])
+        folds[idx] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)
+    return folds
+
+
+def dihedral(cells: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips/rotations of a batch of cells (N, S, S, 3), identity first."""
+    out = []
+    for flip in (False, True):
+        base = cells[:, :, ::-1] if flip else cells
+        for k in range(4):
+            out.append(np.ascontiguousarray(np.rot90(base, k, axes=(1, 2))))
+    return out
+
+
+def embed_tta(classifier: Classifier, cells: np.ndarray, views: int = 8, batch_size: int = 64) -> np.ndarray:
+    """Embeddings (V, N, D) of the first ``views`` dihedral variants of each cell."""
+    out = []
+    for v in dihedral(cells)[:views]:
+        out.append(np.concatenate([classifier.run(v[i : i + batch_size], ("embedding",))["embedding"]
+                                   for i in range(0, len(v), batch_size)]))
+    return np.stack(out)
+
+
+@dataclass
+class AdaptResult:
+    """What adaptation did and how well it checks out on held-out (out-of-fold) cells."""
+
+    n_cells: int
+    counts: dict[str, int]
+    lam: float
+    folds: int
+    heldout_acc_before: float
+    heldout_acc_after: float
+    temperature: float
+    review_threshold: float
+    seconds: float = 0.0
+    cv: dict[str, float] = field(default_factory=dict)  # lam -> out-of-fold accuracy
+    output: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def adapt_embeddings(
+    emb_views: np.ndarray, labels: Sequence[str], classes: Sequence[str], w0: np.ndarray, b0: np.ndarray,
+    lambdas: Sequence[float] = LAMBDAS, folds: int = 5, seed: int = 0, review_target: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, AdaptResult]:
+    """The whole fit on precomputed embeddings (V views, N cells, D): choose ``lam``, check, refit on all.
+
+    Pure numpy + scipy, so benchmarks can run many random draws cheaply.
+    """
+    from wbc.calibration import fit_temperature, review_threshold
+
+    v, n, _ = emb_views.shape
+    cls_index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({lab for lab in labels if lab not in cls_index})
+    if unknown:
+        raise WbcError(f"labels not among the model's classes {list(classes)}: {unknown}")
+    y = np.array([cls_index[lab] for lab in labels])
+    present, counts = np.unique(y, return_counts=True)
+    k = int(max(2, min(folds, n // 2)))
+    fold = stratified_folds(y, k, seed)
+    # class-balanced weights: a lab's rare classes (basophils) count as much as its common ones
+    cw = {c: n / (len(present) * m) for c, m in zip(present, counts, strict=True)}
+    weights = np.array([cw[c] for c in y])
+
+    def fit(idx: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        xs = emb_views[:, idx].reshape(-1, emb_views.shape[2])
+        return fit_head(xs, np.tile(y[idx], v), w0, b0, lam, np.tile(weights[idx], v))
+
+    oof: dict[float, np.ndarray] = {}
+    for lam in lambdas:
+        logits = np.zeros((n, len(classes)))
+        for f in range(k):
+            tr, te = fold != f, fold == f
+            if not te.any() or not tr.any():
+                continue
+            w, b = fit(np.nonzero(tr)[0], lam)
+            logits[te] = emb_views[0, te] @ w.T + b
+        oof[lam] = logits
+    cv = {lam: float((oof[lam].argmax(1) == y).mean()) for lam in lambdas}
+    # balanced accuracy picks lam (ties -> the larger, more conservative lam)
+    def bal(lg: np.ndarray) -> float:
+        pred = lg.argmax(1)
+        return float(np.mean([(pred[y == c] == c).mean() for c in present]))
+
+    best = max(lambdas, key=lambda lam: (round(bal(oof[lam]), 6), lam))
+    before = emb_views[0] @ w0.T + b0
+    temp = float(fit_temperature(oof[best], y))
+    probs = softmax(oof[best], temp)
+    conf = probs.max(1)
+    thr = float(review_threshold(conf, probs.argmax(1) == y, review_target))
+    w, b = fit(np.arange(n), best)
+    res = AdaptResult(
+        n_cells=n, counts={classes[c]: int(m) for c, m in zip(present, counts, strict=True)}, lam=best,
+        folds=k, heldout_acc_before=float((before.argmax(1) == y).mean()),
+        heldout_acc_after=cv[best], temperature=temp, review_threshold=thr,
+        cv={str(lam): acc for lam, acc in cv.items()},
+    )
+    return w, b, res
+
+
+def load_labelled_cells(data: str | os.PathLike[str], size: int,
+                        mapping: dict[str, str] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Cells (N, S, S, 3), labels and file names from a class-per-folder dir or a manifest CSV."""
+    from wbc.classify import iter_batches
+    from wbc.data import load_dataset
+
+    scan = load_dataset(data, mapping=mapping)
+    samples = scan.samples
+    if not samples:
+        raise WbcError(f"{data}: no labelled images")
+    cells, labels, names = [], [], []
+    by_path = {str(s.path): s for s in samples}
+    for ok_paths, arr, errs in iter_batches([s.path for s in samples], size, 64, 2):
+        for p, msg in errs:
+            raise WbcError(f"{p}: {msg}")
+        cells.append(arr)
+        labels += [by_path[str(p)].label for p in ok_paths]
+        names += [str(p) for p in ok_paths]
+    return np.concatenate(cells), labels, names
+
+
+def adapt_model(
+    model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
+    stain: str | None = None, views: int = 8, seed: int = 0, threads: int = 2,
+    mapping: dict[str, str] | None = None, review_target: float | None = None,
+) -> AdaptResult:
+    """Adapt ``model`` to the labelled cells in ``data`` and write the adapted copy to ``output``.
+
+    ``stain``: None keeps the model's stain normalisation as it is; ``"none"`` removes it; a method name
+    maps this lab's pooled colours onto the training colours (a fixed transform stored in the model).
+    """
+    from wbc.model import load_model
+    from wbc.ood import add_reference
+    from wbc.stain import METHODS, fit_stain_stats
+
+    t0 = time.perf_counter()
+    clf = load_model(model, threads=threads)
+    out = Path(output)
+    if out.resolve() == clf.path.resolve():
+        raise WbcError(f"{out}: --output must differ from --model (the original is kept)")
+    if out.suffix.lower() != ".onnx":
+        raise WbcError(f"{out}: --output must be an .onnx file")
+    info = copy.deepcopy(clf.info)
+    cells, labels, _ = load_labelled_cells(data, info.input_size, mapping)
+    if len(cells) < 4:
+        raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
+    if stain not in (None, "none"):
+        if stain not in METHODS:
+            raise WbcError(f"--stain must be none or one of {', '.join(METHODS)}")
+        ref = (info.extra.get("colour_reference") or {}).get(stain)
+        if not ref:
+            raise WbcError(f"{clf.path}: no training colour statistics in the model; run "
+                           "`python -m wbc.ood fit --model M --manifest RUN/manifest.csv` first")
+        info.extra["stain"] = {"method": stain, "target": ref, "source": fit_stain_stats(list(cells), stain)}
+    elif stain == "none":
+        info.extra.pop("stain", None)
+    clf.info = info  # embed through the (possibly stain-normalised) preprocessing the output will use
+    w0, b0 = original_head(clf)
+    emb = embed_tta(clf, cells, views=views)
+    target = review_target if review_target is not None else (info.review_target_accuracy or 0.95)
+    w, b, res = adapt_embeddings(emb, labels, clf.classes, w0, b0, seed=seed, review_target=target)
+    info.head = {"weight": w.astype(np.float32).tolist(), "bias": b.astype(np.float32).tolist()}
+    info.temperature = res.temperature
+    info.review_threshold = res.review_threshold
+    info.model_id = f"{clf.model_id}+adapt"
+    info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds")}
+    info.extra["adapt"]["data"] = str(data)
+    info.extra["adapt"]["stain"] = (info.extra.get("stain") or {}).get("method", "none")
+    if info.ood.get("references"):
+        name = f"adapt:{Path(data).name}"
+        info.ood = add_reference(info.ood, cells, emb[0], labels, clf.classes, name=name)
+    write_model_copy(clf.path, out, info)
+    res.output = str(out)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def adapt_command(
+    data: Annotated[Path, typer.Option("--data", help="Labelled cells of the new lab: <class>/<image> "
+                                       "folders or a manifest CSV (path,label). About 25-100 cells.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Adapted ONNX model to write.")],
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model to adapt (default: the "
+                                               "shipped model).")] = None,
+    stain: Annotated[str | None, typer.Option(
+        help="Stain normalisation to store: reinhard | macenko | histogram (this lab's colours -> the "
+             "training colours), none (remove), default: keep the model's.")] = None,
+    label_map: Annotated[list[str] | None, typer.Option("--map", help="Rename labels: old=new.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the cross-validation folds.")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads.")] = 2,
+    report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON.")] = None,
+) -> None:
+    """Adapt a classifier to a new lab from a few labelled cells (refits the last layer; minutes on a CPU)."""
+    from rich.console import Console
+
+    from wbc.labels import parse_mapping
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        mapping = parse_mapping(label_map or []) or None
+    except ValueError as exc:
+        raise WbcError(str(exc)) from None
+    res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping)
+    if res.n_cells > MAX_CELLS_WARN:
+        console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, full fine-tuning "
+                      "(`wbc train`) may do better than a head refit", highlight=False)
+    console.print(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
+                  f" in {res.seconds:.0f} s -> {res.output}", highlight=False)
+    console.print(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
+                  f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
+                  f"{res.heldout_acc_after:.1%} after", highlight=False)
+    console.print(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below confidence "
+                  f"{res.review_threshold:.2f}", highlight=False)
+    if res.heldout_acc_after + 1e-9 < res.heldout_acc_before:
+        console.print("[yellow]warning:[/] the adapted model did worse on held-out cells than the original; "
+                      "check the labels or add cells", highlight=False)
+    if report:
+        atomic_write_text(report, json.dumps(res.to_dict(), indent=2) + "\n")

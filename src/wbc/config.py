@@ -1,0 +1,124 @@
+"""Training configuration: one typed dataclass, filled from defaults, then a TOML file, then flags.
+
+>>> cfg = TrainConfig().updated({"epochs": 3})
+>>> cfg.epochs, cfg.model
+(3, 'efficientnet_lite0')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wbc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    data: str = "pbc"  # class-per-folder dataset; relative paths are under the data root
+    classes: tuple[str, ...] = ()  # empty: every known class found in the data
+    split: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    max_per_class: int = 0  # 0: all; >0 caps each class (quick experiments, tests)
+    # model
+    model: str = "efficientnet_lite0"
+    pretrained: bool = True
+    input_size: int = 160
+    dropout: float = 0.2
+    # optimisation
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    balance: str = "loss"  # "loss" (class-weighted), "sampler" (balanced sampling) or "none"
+    patience: int = 4  # early stopping on validation macro-F1; 0 disables
+    # augmentation
+    augment: bool = True
+    hflip: bool = True
+    rot90: bool = True
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    brightness: float = 0.15
+    contrast: float = 0.15
+    saturation: float = 0.15
+    hue: float = 0.03
+    hed_sigma: float = 0.05  # HED stain jitter: scale per stain channel ~ U(1-s, 1+s)
+    hed_bias: float = 0.02  # ... and shift by U(-b, b) optical-density units
+    blur_p: float = 0.2
+    noise_std: float = 0.02
+    # review flag
+    review_target_accuracy: float = 0.995  # accepted (non-review) val cells must reach this accuracy
+    # run
+    folds: int = 0  # >1: K-fold cross-validation on train+val and an ensemble of the fold models
+    seed: int = 0
+    threads: int = 2
+    num_workers: int = 0
+    version: str = "1.0.0"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def updated(self, changes: dict[str, Any]) -> TrainConfig:
+        """A copy with ``changes`` applied (None values ignored), type-checked against the defaults."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        clean: dict[str, Any] = {}
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if key not in known:
+                raise ConfigError(f"unknown training option {key!r}; known: {', '.join(sorted(known))}")
+            default = getattr(self, key)
+            try:
+                if isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise TypeError
+                elif isinstance(default, tuple):
+                    value = tuple(type(default[0])(v) for v in value) if default else tuple(value)
+                elif isinstance(default, (int, float)) and not isinstance(default, bool):
+                    if isinstance(value, bool):
+                        raise TypeError
+                    value = type(default)(value)
+                elif isinstance(default, str):
+                    value = str(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"option {key!r}: {value!r} is not a valid {type(default).__name__}") from None
+            clean[key] = value
+        cfg = dataclasses.replace(self, **clean)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.input_size < 32:
+            raise ConfigError("epochs and batch_size must be >= 1 and input_size >= 32")
+        if self.balance not in ("loss", "sampler", "none"):
+            raise ConfigError(f"balance must be loss, sampler or none, not {self.balance!r}")
+        if not 0 <= self.label_smoothing < 1 or self.lr <= 0:
+            raise ConfigError("label_smoothing must be in [0, 1) and lr > 0")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- TOML file (flat keys, or under ``[train]``) <- ``overrides`` (CLI flags)."""
+    cfg = TrainConfig()
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+        data = data.get("train", data)
+        try:
+            cfg = cfg.updated(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+    return cfg.updated(overrides or {})

@@ -1,0 +1,102 @@
+"""Scale-normalised single-cell crops from a smear, shaped like the classifier's training crops.
+
+The PBC training crops show one cell centred in a ~360 px field; what the classifier learned is the
+cell's size *relative to the crop*, not a pixel count. So a smear crop's side is the measured cell
+diameter divided by that ratio (the "cell fraction"), whatever the microscope's magnification.
+The ratio is stored in the model metadata (``info.extra["cell_fraction"]``) when the lead exports a
+model; :data:`DEFAULT_CELL_FRACTION` is the fallback, measured on PBC with :func:`measure_cell_fraction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wbc.preprocess import resize_square
+from wbc.types import Cell
+
+#: Median (cell equivalent diameter / crop side) on 400 PBC crops (50 per class, seed 0), measured with
+#: the classical segmenter by ``measure_cell_fraction``; see docs/smear_analysis.md for the command.
+DEFAULT_CELL_FRACTION: float = 0.45
+#: Crops never shrink below this many cell diameters, even if the metadata says otherwise.
+_FRACTION_RANGE: tuple[float, float] = (0.15, 0.95)
+
+
+def cell_diameter(cell: Cell) -> float:
+    """Equivalent-circle diameter of the cell mask in pixels (robust to odd outlines)."""
+    return float(np.sqrt(4.0 * max(cell.area_px, 1) / np.pi))
+
+
+def cell_centre(cell: Cell) -> tuple[float, float]:
+    """(x, y) centroid of the cell mask in full-image pixels."""
+    ys, xs = np.nonzero(cell.cell_mask)
+    x0, y0 = cell.box[:2]
+    if xs.size == 0:
+        return (cell.box[0] + cell.box[2]) / 2, (cell.box[1] + cell.box[3]) / 2
+    return x0 + float(xs.mean()), y0 + float(ys.mean())
+
+
+def cell_fraction_of(classifier: Any) -> float:
+    """The classifier's cell fraction from its metadata, else :data:`DEFAULT_CELL_FRACTION`."""
+    info = getattr(classifier, "info", None)
+    extra = getattr(info, "extra", None) or {}
+    try:
+        f = float(extra.get("cell_fraction", DEFAULT_CELL_FRACTION))
+    except (TypeError, ValueError):
+        f = DEFAULT_CELL_FRACTION
+    if not np.isfinite(f):
+        f = DEFAULT_CELL_FRACTION
+    return float(np.clip(f, *_FRACTION_RANGE))
+
+
+def crop_cell(rgb: np.ndarray, cell: Cell, size: int, fraction: float = DEFAULT_CELL_FRACTION) -> np.ndarray:
+    """A ``size`` x ``size`` uint8 crop centred on the cell whose diameter fills ``fraction`` of it.
+
+    Beyond the image border the field is mirrored (as more smear), never filled with black.
+    """
+    cx, cy = cell_centre(cell)
+    side = max(8, int(round(cell_diameter(cell) / fraction)))
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    h, w = rgb.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
+    if pad:
+        # reflect needs pad < image size; replicate the rest
+        src = cv2.copyMakeBorder(rgb, pad, pad, pad, pad,
+                                 cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE)
+        x0, y0 = x0 + pad, y0 + pad
+    else:
+        src = rgb
+    return resize_square(np.ascontiguousarray(src[y0 : y0 + side, x0 : x0 + side]), size)
+
+
+def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], size: int, fraction: float = DEFAULT_CELL_FRACTION
+               ) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops for the classifier."""
+    if not cells:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([crop_cell(rgb, c, size, fraction) for c in cells])
+
+
+def measure_cell_fraction(crops: Iterable[np.ndarray]) -> float:
+    """Median ratio of cell diameter to crop side over single-cell training crops (uint8 RGB).
+
+    Each crop is segmented with the classical method; the cell nearest the crop centre is the subject.
+    Crops where no cell is found are skipped; raises ValueError when none gives a measurement.
+    """
+    from wbc.segment.classical import ClassicalSegmenter
+
+    seg = ClassicalSegmenter()
+    ratios = []
+    for rgb in crops:
+        h, w = rgb.shape[:2]
+        cells = seg.segment(rgb)
+        if not cells:
+            continue
+        best = min(cells, key=lambda c: np.hypot(cell_centre(c)[0] - w / 2, cell_centre(c)[1] - h / 2))
+        ratios.append(cell_diameter(best) / float(max(h, w)))
+    if not ratios:
+        raise ValueError("no cell found in any crop; cannot measure the cell fraction")
+    return float(np.median(ratios))

@@ -1,0 +1,198 @@
+"""Class-per-folder datasets, reproducible stratified splits, and split manifests (no torch here).
+
+A *manifest* is a CSV with columns ``path,label,split,fold,sha1``. It pins exactly which file went
+where, so every evaluation of a run can be repeated. Paths under the data root are stored relative to
+it, so a manifest made on one machine works on another with a different ``WBC_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wbc.errors import WbcError
+from wbc.io import atomic_write_csv, is_image_file
+from wbc.labels import canonical_label
+from wbc.paths import data_root
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("path", "label", "split", "fold", "sha1")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image. ``fold`` is -1 outside cross-validation."""
+
+    path: Path
+    label: str
+    split: str = ""
+    fold: int = -1
+    sha1: str = ""
+
+
+@dataclass
+class ScanResult:
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def counts(self) -> Counter[str]:
+        return Counter(s.label for s in self.samples)
+
+
+def file_sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def scan_folder(
+    root: str | os.PathLike[str],
+    mapping: dict[str, str] | None = None,
+    classes: Sequence[str] | None = None,
+) -> ScanResult:
+    """List the images of a class-per-folder dataset under ``root``.
+
+    Folder names are mapped to canonical classes (``NEUTROPHIL`` -> ``neutrophil``). Unknown folders,
+    non-image files and empty class folders are reported in ``skipped`` instead of failing, so one stray
+    file never stops a training run. ``classes`` restricts the result to those classes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise WbcError(f"{root}: dataset folder not found")
+    samples: list[Sample] = []
+    skipped: list[tuple[str, str]] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        label = canonical_label(folder.name, mapping)
+        if label is None:
+            skipped.append((str(folder), "unknown class folder"))
+            continue
+        if classes is not None and label not in classes:
+            skipped.append((str(folder), f"class {label!r} not used"))
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if is_image_file(p)]
+        skipped += [(str(p), "not an image file") for p in files if not is_image_file(p)]
+        if not images:
+            skipped.append((str(folder), "empty class folder"))
+        samples += [Sample(p, label) for p in images]
+    if not samples:
+        raise WbcError(f"{root}: no images in class folders (expected {root}/<class>/<image>)")
+    return ScanResult(samples, skipped)
+
+
+def _group_by_content(samples: Sequence[Sample]) -> list[list[int]]:
+    """Indices grouped by identical file content, so duplicates land in the same split."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        groups[s.sha1 or file_sha1(s.path)].append(i)
+    return list(groups.values())
+
+
+def stratified_split(
+    samples: Sequence[Sample],
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
+    seed: int = 0,
+    folds: int = 0,
+) -> list[Sample]:
+    """Assign ``train``/``val``/``test`` per class, deterministically for a seed.
+
+    Exact duplicates (same SHA-1) are kept together. With ``folds`` = K > 1, the non-test part
+    (train + val) is also cut into K stratified folds (``fold`` column) for cross-validation.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise WbcError(f"split fractions {fractions} must be non-negative and sum to 1")
+    with_hash = [s if s.sha1 else Sample(s.path, s.label, sha1=file_sha1(s.path)) for s in samples]
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[list[int]]] = defaultdict(list)
+    for group in _group_by_content(with_hash):
+        by_label[with_hash[group[0]].label].append(group)
+    out: list[Sample | None] = [None] * len(with_hash)
+    for label in sorted(by_label):
+        groups = by_label[label]
+        order = rng.permutation(len(groups))
+        n = sum(len(g) for g in groups)
+        n_test = round(n * fractions[2])
+        n_val = round(n * fractions[1])
+        taken = 0
+        fold_i = 0
+        for gi in order:
+            split = "test" if taken < n_test else "val" if taken < n_test + n_val else "train"
+            fold = -1
+            if folds > 1 and split != "test":
+                fold = fold_i % folds
+                fold_i += 1
+            for i in groups[gi]:
+                s = with_hash[i]
+                out[i] = Sample(s.path, s.label, split, fold, s.sha1)
+            taken += len(groups[gi])
+    return [s for s in out if s is not None]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def write_manifest(path: str | os.PathLike[str], samples: Sequence[Sample], root: Path | None = None) -> None:
+    root = root or data_root()
+    rows = [(_relative(s.path, root), s.label, s.split, s.fold, s.sha1) for s in samples]
+    atomic_write_csv(path, MANIFEST_COLUMNS, rows)
+
+
+def read_manifest(
+    path: str | os.PathLike[str], split: str | None = None, root: Path | None = None
+) -> list[Sample]:
+    """Read a manifest, resolving relative paths against the data root (``root`` or the default)."""
+    p = Path(path)
+    root = root or data_root()
+    try:
+        with p.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"path", "label"} - set(reader.fieldnames or ())
+            if missing:
+                raise WbcError(f"{p}: not a manifest, missing column(s) {sorted(missing)}")
+            rows = list(reader)
+    except FileNotFoundError:
+        raise WbcError(f"{p}: manifest not found") from None
+    out = []
+    for r in rows:
+        if split and r.get("split") != split:
+            continue
+        fp = Path(r["path"])
+        if not fp.is_absolute():
+            fp = root / fp
+        out.append(Sample(fp, r["label"], r.get("split", ""), int(r.get("fold") or -1), r.get("sha1", "")))
+    return out
+
+
+def manifest_hash(samples: Sequence[Sample]) -> str:
+    """A short hash of which files (by content when known) carry which labels."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: (s.sha1 or str(s.path), s.label)):
+        h.update(f"{s.sha1 or s.path.name}\t{s.label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(
+    source: str | os.PathLike[str],
+    split: str | None = None,
+    mapping: dict[str, str] | None = None,
+) -> ScanResult:
+    """A class-per-folder directory or a manifest CSV, as samples (one entry point for every command)."""
+    p = Path(source)
+    if p.is_file() and p.suffix.lower() == ".csv":
+        samples = read_manifest(p, split=split)
+        if mapping:
+            samples = [Sample(s.path, canonical_label(s.label, mapping) or s.label, s.split, s.fold, s.sha1)
+                       for s in samples]
+        return ScanResult(samples)
+    return scan_folder(p, mapping)

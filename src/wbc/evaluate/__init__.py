@@ -1,0 +1,499 @@
+"""``wbc evaluate``: score a classifier on labelled cells and write metrics.json, predictions.csv and
+report.html.
+
+The pieces: :mod:`wbc.evaluate.metrics` (pure functions over arrays), :mod:`wbc.evaluate.report` (the
+HTML), :mod:`wbc.evaluate.gradcam` (overlays) and :mod:`wbc.evaluate.compare` (two models, one data
+set). Predictions come from :func:`wbc.classify.classify_paths`, so the accuracy here is exactly the
+accuracy of ``wbc classify`` on the same files. This module imports only light dependencies at import
+time (scikit-learn and matplotlib are loaded when an evaluation runs); nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from wbc.data import Sample, manifest_hash, read_manifest, scan_folder
+from wbc.errors import WbcError
+from wbc.io import atomic_write_json, atomic_write_text, is_image_file
+from wbc.labels import canonical_label
+from wbc.paths import data_root as default_data_root
+
+if TYPE_CHECKING:
+    from wbc.model import Classifier
+
+__all__ = ["EvalData", "evaluate", "load_eval_data", "load_fold_metrics", "resolve_model_path"]
+
+#: Images shown per gallery, and Grad-CAM cells per class, in the report.
+GALLERY_SIZE = 12
+CAMS_PER_CLASS = 3
+THUMB = 128
+
+
+@dataclass
+class EvalData:
+    """The labelled images to evaluate and how they were found."""
+
+    samples: list[Sample]  # label: canonical name when known, else the label as written (after --map)
+    source: Path
+    split: str | None = None  # manifest split used; None for a folder or "all"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): non-images etc.
+    is_manifest: bool = False
+
+    @property
+    def description(self) -> str:
+        if self.is_manifest:
+            return f"the {self.split} split of {self.source.name}" if self.split else f"{self.source.name}"
+        return f"the folder {self.source.name}"
+
+
+def resolve_data_path(data: str | os.PathLike[str], root: Path | None = None) -> Path:
+    """``data`` as given, else under the data root (``pbc`` -> ``<root>/pbc``); a run folder with a
+    ``manifest.csv`` means that manifest."""
+    p = Path(data).expanduser()
+    if not p.exists():
+        alt = (root or default_data_root()) / p
+        if p.is_absolute() or not alt.exists():
+            where = "" if p.is_absolute() else f" (nor {alt})"
+            raise WbcError(f"{p}: no such folder or manifest{where}")
+        p = alt
+    if p.is_dir() and (p / "manifest.csv").is_file() and (p / "model.onnx").is_file():
+        return p / "manifest.csv"
+    return p
+
+
+def _relabel(label: str, mapping: dict[str, str] | None) -> str:
+    """The canonical class name when ``label`` is a known spelling, else the label as mapped/written."""
+    return canonical_label(label, mapping) or (mapping or {}).get(label, label)
+
+
+def load_eval_data(
+    data: str | os.PathLike[str],
+    split: str | None = "test",
+    mapping: dict[str, str] | None = None,
+    root: Path | None = None,
+) -> EvalData:
+    """Labelled samples from a class-per-folder directory or a split manifest (``path,label,split,...``).
+
+    Folders and labels the model may not know are kept (with their label) so that they can be counted
+    and reported instead of silently dropped. ``split`` applies to manifests; ``"all"`` or None keeps
+    every row.
+    """
+    p = resolve_data_path(data, root)
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise WbcError(f"{p}: DATA must be a class-per-folder directory or a manifest .csv")
+        rows = read_manifest(p, root=root)
+        if not rows:
+            raise WbcError(f"{p}: manifest has no rows")
+        want = None if split in (None, "", "all") else split
+        if want is not None:
+            splits = sorted({r.split for r in rows})
+            rows = [r for r in rows if r.split == want]
+            if not rows:
+                raise WbcError(
+                    f"{p}: no rows in split {want!r} (splits here: {', '.join(splits) or 'none'}; "
+                    "use --split all for every row)"
+                )
+        samples = [Sample(r.path, _relabel(r.label, mapping), r.split, r.fold, r.sha1) for r in rows]
+        return EvalData(samples, p, want, [], is_manifest=True)
+    try:
+        scan = scan_folder(p, mapping)
+        samples, skipped = list(scan.samples), []
+        unknown_dirs = []
+        for path, reason in scan.skipped:
+            (unknown_dirs if reason == "unknown class folder" else skipped).append((path, reason))
+    except WbcError:
+        samples, skipped = [], []
+        unknown_dirs = [
+            (str(d), "") for d in sorted(p.iterdir()) if d.is_dir() and not d.name.startswith(".")
+        ]
+    # images in folders whose name is not a known class: kept with the folder name as their label
+    for folder, _ in unknown_dirs:
+        d = Path(folder)
+        label = (mapping or {}).get(d.name, d.name)
+        samples += [Sample(f, label) for f in sorted(d.rglob("*")) if f.is_file() and is_image_file(f)]
+    if not samples:
+        raise WbcError(f"{p}: no images in class folders (expected {p}/<class>/<image>)")
+    return EvalData(samples, p, None, skipped)
+
+
+def resolve_model_path(model: str | os.PathLike[str] | None) -> Path | None:
+    """A model file, or the ``model.onnx`` of a run folder; None means the shipped default."""
+    if model is None:
+        return None
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if (p / "model.onnx").is_file():
+            return p / "model.onnx"
+        found = sorted(p.glob("*.onnx"))
+        if len(found) == 1:
+            return found[0]
+        raise WbcError(
+            f"{p}: no model.onnx in this folder"
+            if not found
+            else f"{p}: several .onnx files here; name one with --model"
+        )
+    if not p.is_file():
+        raise WbcError(f"{p}: model file not found")
+    return p
+
+
+def default_model_for(data_path: Path) -> Path | None:
+    """The run's own model when DATA is a run's manifest (``RUN/manifest.csv`` next to ``RUN/model.onnx``)."""
+    if (
+        data_path.is_file()
+        and data_path.name == "manifest.csv"
+        and (data_path.parent / "model.onnx").is_file()
+    ):
+        return data_path.parent / "model.onnx"
+    return None
+
+
+def load_fold_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Per-fold validation metrics of a cross-validation run (``RUN/fold_K/val_metrics.json``).
+
+    A fold without ``val_metrics.json`` falls back to the last row of its ``metrics.csv`` (numeric
+    columns only). Folds are returned in numeric order; an ordinary run gives an empty list.
+    """
+    import csv
+
+    run = Path(run_dir)
+    folds = [d for d in run.glob("fold_*") if d.is_dir() and d.name[5:].isdigit()]
+    out = []
+    for d in sorted(folds, key=lambda d: int(d.name[5:])):
+        if (d / "val_metrics.json").is_file():
+            try:
+                out.append(json.loads((d / "val_metrics.json").read_text()))
+            except json.JSONDecodeError as exc:
+                raise WbcError(f"{d / 'val_metrics.json'}: not valid JSON ({exc.msg})") from None
+        elif (d / "metrics.csv").is_file():
+            with (d / "metrics.csv").open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            if rows:
+                out.append(
+                    {k: _float_or_none(v) for k, v in rows[-1].items() if _float_or_none(v) is not None}
+                )
+    return out
+
+
+def _float_or_none(v: object) -> float | None:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Scored:
+    """Classifier output aligned with the samples it came from."""
+
+    samples: list[Sample]  # readable samples, in prediction order
+    predictions: list[Any]  # wbc.types.Prediction
+    logits: np.ndarray  # (N, C) raw
+    errors: list[tuple[str, str]]
+
+
+def classify_samples(
+    samples: Sequence[Sample],
+    classifier: Classifier,
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> Scored:
+    """Run ``wbc classify``'s code on the samples and line the results up with them."""
+    from wbc.classify import classify_paths
+
+    res = classify_paths(
+        [s.path for s in samples], classifier, batch_size=batch_size, workers=workers, progress=progress
+    )
+    failed = Counter(p for p, _ in res.errors)
+    kept = []
+    for s in samples:
+        key = str(s.path)
+        if failed[key]:
+            failed[key] -= 1
+            continue
+        kept.append(s)
+    if len(kept) != len(res.predictions):  # cannot happen unless classify_paths changes its contract
+        raise RuntimeError("predictions do not line up with the input files")
+    return Scored(kept, res.predictions, res.logits, res.errors)
+
+
+def _thumb(path: Path, size: int = THUMB) -> np.ndarray | None:
+    from wbc.errors import ImageReadError
+    from wbc.io import read_image
+    from wbc.preprocess import resize_square
+
+    try:
+        return resize_square(read_image(path, min_size=size), size)
+    except ImageReadError:
+        return None
+
+
+def pick_galleries(
+    y_true: np.ndarray, y_prob: np.ndarray, k: int = GALLERY_SIZE
+) -> tuple[list[int], list[int]]:
+    """Indices of the most confident mistakes and of the least confident correct calls."""
+    conf = y_prob.max(axis=1)
+    pred = y_prob.argmax(axis=1)
+    wrong = np.nonzero(pred != y_true)[0]
+    right = np.nonzero(pred == y_true)[0]
+    mistakes = wrong[np.argsort(-conf[wrong], kind="stable")][:k]
+    unsure = right[np.argsort(conf[right], kind="stable")][:k]
+    return mistakes.tolist(), unsure.tolist()
+
+
+def pick_gradcam_cells(
+    y_true: np.ndarray, y_prob: np.ndarray, n_classes: int, per_class: int
+) -> dict[int, list[int]]:
+    """For each class with cells, ``per_class`` of them spread over the range of the model's confidence
+    (most confident first), so the overlays show typical and borderline cases alike."""
+    conf = y_prob.max(axis=1)
+    out = {}
+    for k in range(n_classes):
+        idx = np.nonzero(y_true == k)[0]
+        if not len(idx):
+            continue
+        idx = idx[np.argsort(-conf[idx], kind="stable")]
+        pos = np.unique(np.linspace(0, len(idx) - 1, min(per_class, len(idx))).round().astype(int))
+        out[k] = idx[pos].tolist()
+    return out
+
+
+def build_gradcam(
+    classifier: Classifier,
+    samples: Sequence[Sample],
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    per_class: int = CAMS_PER_CLASS,
+) -> tuple[dict[str, list[Any]], str]:
+    """Grad-CAM thumbnails per class (for the class the model chose), or an empty dict and why."""
+    from wbc.evaluate.gradcam import cam_heatmap, overlay_heatmap
+    from wbc.evaluate.report import Thumb
+    from wbc.preprocess import resize_square
+
+    if "cam" not in classifier.outputs:
+        return {}, "This model file has no class-activation output, so no Grad-CAM overlays can be drawn."
+    classes = classifier.classes
+    picks = pick_gradcam_cells(y_true, y_prob, len(classes), per_class)
+    out: dict[str, list[Any]] = {}
+    size = classifier.info.input_size
+    for k, idx in picks.items():
+        shown, cells, keep = [], [], []
+        for i in idx:
+            img = _thumb(samples[i].path, max(THUMB, size))
+            if img is not None:
+                shown.append(resize_square(img, THUMB))
+                cells.append(resize_square(img, size))
+                keep.append(i)
+        if not keep:
+            continue
+        cams = classifier.run(np.stack(cells), want=("cam",))["cam"]
+        thumbs = []
+        for rgb, cam, i in zip(shown, cams, keep, strict=True):
+            p = int(y_prob[i].argmax())
+            heat = cam_heatmap(cam[p], rgb.shape[:2])
+            thumbs.append(
+                Thumb(
+                    rgb,
+                    classes[k],
+                    classes[p],
+                    float(y_prob[i, p]),
+                    str(samples[i].path),
+                    overlay_heatmap(rgb, heat),
+                )
+            )
+        out[classes[k]] = thumbs
+    return out, ""
+
+
+def evaluate(
+    data: str | os.PathLike[str] | EvalData,
+    classifier: Classifier,
+    output: str | os.PathLike[str],
+    *,
+    split: str | None = "test",
+    mapping: dict[str, str] | None = None,
+    root: Path | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    n_boot: int = 1000,
+    seed: int = 0,
+    refit_temperature: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+    gallery_size: int = GALLERY_SIZE,
+    cams_per_class: int = CAMS_PER_CLASS,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``classifier`` on labelled ``data``; write ``metrics.json``, ``predictions.csv`` and
+    ``report.html`` into ``output``; return the metrics.
+
+    Cells whose label the model does not know are classified, listed in predictions.csv and counted in
+    ``unknown_labels``, but not scored. Unreadable files are listed in ``unreadable``.
+    ``refit_temperature``: when DATA is a manifest with a ``val`` split, also fit a temperature on it
+    and report the ECE with that one. ``run_dir``: a cross-validation run whose per-fold validation
+    metrics are summarised (mean ± sd) in the report.
+    """
+    from wbc import __version__
+    from wbc.classify import write_predictions_csv
+    from wbc.evaluate.metrics import classification_metrics, fold_summary
+    from wbc.evaluate.report import ReportInputs, Thumb, build_report
+    from wbc.model import softmax
+
+    t0 = time.perf_counter()
+    ed = data if isinstance(data, EvalData) else load_eval_data(data, split, mapping, root)
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = classifier.classes
+    scored = classify_samples(ed.samples, classifier, batch_size, workers, progress)
+    t_classify = time.perf_counter() - t0
+
+    known = np.array([s.label in classes for s in scored.samples], bool)
+    if not known.any():
+        labels = sorted({s.label for s in ed.samples})
+        raise WbcError(
+            f"{ed.source}: none of the labels in the data ({', '.join(labels)}) is a class of the "
+            f"model ({', '.join(classes)}); use --map OLD=NEW to rename"
+        )
+    ks = [s for s, k in zip(scored.samples, known, strict=True) if k]
+    y_true = np.array([classes.index(s.label) for s in ks], np.int64)
+    logits = scored.logits[known].astype(np.float32)
+    temperature = float(classifier.info.temperature)
+    y_prob = softmax(logits, temperature)
+
+    metrics: dict[str, Any] = {
+        "model_id": classifier.model_id,
+        "model_path": str(classifier.path),
+        "data": str(ed.source.resolve()),
+        "data_description": ed.description,
+        "data_kind": "manifest" if ed.is_manifest else "folder",
+        "split": ed.split,
+        "manifest_hash": manifest_hash(ed.samples),
+        "wbc_version": __version__,
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    metrics.update(
+        classification_metrics(
+            y_true,
+            y_prob,
+            classes,
+            logits=logits,
+            temperature=temperature,
+            review_threshold=float(classifier.info.review_threshold),
+            n_boot=n_boot,
+            seed=seed,
+        )
+    )
+    unknown = Counter(s.label for s, k in zip(scored.samples, known, strict=True) if not k)
+    called: dict[str, Counter[str]] = {}
+    for s, p, k in zip(scored.samples, scored.predictions, known, strict=True):
+        if not k:
+            called.setdefault(s.label, Counter())[p.label] += 1
+    metrics["unknown_labels"] = {
+        "count": int(sum(unknown.values())),
+        "labels": dict(sorted(unknown.items())),
+        "called": {lab: dict(c.most_common()) for lab, c in sorted(called.items())},
+    }
+    metrics["unreadable"] = [list(e) for e in scored.errors]
+    metrics["skipped"] = [list(e) for e in ed.skipped]
+    if refit_temperature:
+        metrics["ece"]["refit"] = _refit_on_val(
+            ed, classifier, mapping, root, batch_size, workers, logits, y_true
+        )
+
+    folds = None
+    run = Path(run_dir) if run_dir else classifier.path.parent
+    fold_metrics = load_fold_metrics(run)
+    if len(fold_metrics) >= 2:
+        folds = fold_summary(fold_metrics)
+        metrics["cross_validation"] = {"run": str(run), "folds": len(fold_metrics), "summary": folds}
+
+    # predictions.csv: every readable cell, with its label as given and whether it was scored
+    correct = [
+        ("" if not k else str(p.label == s.label).lower())
+        for s, p, k in zip(scored.samples, scored.predictions, known, strict=True)
+    ]
+    write_predictions_csv(
+        out_dir / "predictions.csv",
+        scored.predictions,
+        classes,
+        extra={"true_label": [s.label for s in scored.samples], "correct": correct},
+    )
+
+    t1 = time.perf_counter()
+    mistakes, unsure = pick_galleries(y_true, y_prob, gallery_size)
+
+    def thumbs(idx: list[int]) -> list[Thumb]:
+        out = []
+        for i in idx:
+            img = _thumb(ks[i].path)
+            if img is not None:
+                p = int(y_prob[i].argmax())
+                out.append(Thumb(img, classes[y_true[i]], classes[p], float(y_prob[i, p]), str(ks[i].path)))
+        return out
+
+    cams, cam_note = (
+        build_gradcam(classifier, ks, y_true, y_prob, cams_per_class) if cams_per_class else ({}, "")
+    )
+    inputs = ReportInputs(
+        y_true=y_true,
+        y_prob=y_prob,
+        logits=logits,
+        confident_mistakes=thumbs(mistakes),
+        unsure_correct=thumbs(unsure),
+        gradcam=cams,
+        gradcam_note=cam_note,
+        folds=folds,
+    )
+    html_text = build_report(metrics, inputs)
+    metrics["timing_seconds"] = {
+        "classify": round(t_classify, 2),
+        "report": round(time.perf_counter() - t1, 2),
+    }
+    atomic_write_text(out_dir / "report.html", html_text)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _refit_on_val(
+    ed: EvalData,
+    classifier: Classifier,
+    mapping: dict[str, str] | None,
+    root: Path | None,
+    batch_size: int,
+    workers: int,
+    logits: np.ndarray,
+    y_true: np.ndarray,
+) -> dict[str, Any] | None:
+    """Temperature refitted on the manifest's ``val`` split, and the ECE it gives on the evaluated cells."""
+    from wbc.calibration import expected_calibration_error, fit_temperature
+    from wbc.model import softmax
+
+    if not ed.is_manifest or ed.split == "val":
+        return None
+    try:
+        val = load_eval_data(ed.source, "val", mapping, root)
+    except WbcError:
+        return None
+    classes = classifier.classes
+    vs = [s for s in val.samples if s.label in classes]
+    if not vs:
+        return None
+    sc = classify_samples(vs, classifier, batch_size, workers)
+    yv = np.array([classes.index(s.label) for s in sc.samples])
+    t = fit_temperature(sc.logits, yv)
+    return {
+        "temperature": t,
+        "ece": expected_calibration_error(softmax(logits, t), y_true),
+        "fitted_on": f"the val split of {ed.source.name} ({len(yv)} cells)",
+    }

@@ -1,0 +1,154 @@
+"""The ``wbc evaluate`` command (registered in :mod:`wbc.cli`); the work is in :mod:`wbc.evaluate`.
+
+Light to import: scikit-learn, matplotlib and ONNX Runtime load only when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from wbc.errors import WbcError
+
+console = Console(stderr=True)
+
+
+def evaluate_command(
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Class-per-folder dataset, a split manifest CSV (path,label,split,fold,sha1) or a run "
+            "folder. A name like 'pbc' is looked up under the data root."
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="ONNX model or run folder (default: the run's model for a run manifest, "
+            "else the model shipped with wbc).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for metrics.json, predictions.csv, report.html.")
+    ] = Path("evaluation"),
+    split: Annotated[str, typer.Option(help="Manifest split to evaluate ('all' for every row).")] = "test",
+    mapping: Annotated[
+        list[str] | None, typer.Option("--map", help="Rename a label in DATA: OLD=NEW (repeatable).")
+    ] = None,
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option("--compare", help="Compare two models/run folders on the same images: --compare A B."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="Data root for relative paths.")
+    ] = None,
+    refit_temperature: Annotated[
+        bool,
+        typer.Option(
+            "--refit-temperature",
+            help="Also fit a temperature on the manifest's val split and report its ECE.",
+        ),
+    ] = False,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the confidence intervals.", min=100)
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for inference.", min=1)] = 2,
+) -> None:
+    """Score a classifier on labelled cells: metrics.json, predictions.csv and a readable report.html."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from wbc.evaluate import (
+        default_model_for,
+        evaluate,
+        load_eval_data,
+        resolve_data_path,
+        resolve_model_path,
+    )
+    from wbc.labels import parse_mapping
+    from wbc.model import load_model
+    from wbc.paths import data_root as default_root
+
+    try:
+        maps = parse_mapping(mapping)
+    except ValueError as exc:
+        raise WbcError(str(exc)) from None
+    root = default_root(data_root)
+    if data is None:
+        if compare and (Path(compare[0]) / "manifest.csv").is_file():
+            data = Path(compare[0]) / "manifest.csv"
+        else:
+            raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder")
+    ed = load_eval_data(data, split, maps, root)
+
+    if compare:
+        from wbc.evaluate.compare import compare as run_compare
+
+        clf_a = load_model(resolve_model_path(compare[0]), threads=threads)
+        clf_b = load_model(resolve_model_path(compare[1]), threads=threads)
+        console.print(
+            f"comparing {clf_a.model_id} and {clf_b.model_id} on {len(ed.samples)} images ...",
+            highlight=False,
+        )
+        res = run_compare(
+            ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, n_boot=bootstrap, seed=seed
+        )
+        d, mc = res["accuracy_difference"], res["mcnemar"]
+        console.print(
+            f"{res['n']} cells: A {res['model_a']['accuracy']:.4f}  B {res['model_b']['accuracy']:.4f}  "
+            f"A-B {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  McNemar "
+            f"p={mc['p_value']:.3g}",
+            highlight=False,
+        )
+        console.print(f"wrote {output / 'comparison.html'}, comparison.json, comparison.csv", highlight=False)
+        return
+
+    model_path = resolve_model_path(model) if model else default_model_for(resolve_data_path(data, root))
+    clf = load_model(model_path, threads=threads)
+    if model is None and model_path is not None:
+        console.print(f"using the run's own model {model_path}", highlight=False)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("classifying", total=len(ed.samples))
+        m = evaluate(
+            ed,
+            clf,
+            output,
+            mapping=maps,
+            root=root,
+            batch_size=batch_size,
+            workers=threads,
+            n_boot=bootstrap,
+            seed=seed,
+            refit_temperature=refit_temperature,
+            run_dir=model.parent if model and model.is_file() else model,
+            progress=lambda n: bar.update(task, completed=n),
+        )
+    ci = m["ci"]["accuracy"]
+    console.print(
+        f"{m['n']} cells scored with {m['model_id']}: accuracy {m['accuracy']:.4f} "
+        f"[{ci[0]:.4f}, {ci[1]:.4f}]  macro-F1 {m['macro_f1']:.4f}  "
+        f"ECE {m['ece']['raw']:.4f} -> {m['ece']['calibrated']:.4f}",
+        highlight=False,
+    )
+    if m["unknown_labels"]["count"]:
+        console.print(
+            f"[yellow]{m['unknown_labels']['count']} cells with labels the model does not know "
+            f"(not scored): {m['unknown_labels']['labels']}[/]",
+            highlight=False,
+        )
+    for _path, msg in m["unreadable"]:
+        console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+    console.print(f"wrote {output}/metrics.json, predictions.csv, report.html", highlight=False)

@@ -1,0 +1,173 @@
+"""``wbc evaluate --compare A B``: two models on the same cells, compared as a pair.
+
+Each cell is scored by both models, so the right test is a paired one: McNemar's test on the cells
+where exactly one model is right, and a paired bootstrap interval for the difference in accuracy.
+Writes ``comparison.json``, ``comparison.csv`` (both models' answers per cell) and ``comparison.html``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from wbc.errors import WbcError
+from wbc.evaluate import EvalData, classify_samples
+from wbc.io import atomic_write_csv, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from wbc.model import Classifier
+
+
+def _names(a: Classifier, b: Classifier) -> tuple[str, str]:
+    na, nb = a.model_id, b.model_id
+    if na == nb:
+        na, nb = f"{na} ({a.path})", f"{nb} ({b.path})"
+    return na, nb
+
+
+def compare(
+    data: EvalData,
+    clf_a: Classifier,
+    clf_b: Classifier,
+    output: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score both classifiers on ``data`` and compare them on the cells both can read and label."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
+    from wbc.evaluate.report import CSS, display_name, fig_to_data_uri, pct, pct_ci
+
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sa = classify_samples(data.samples, clf_a, batch_size, workers)
+    sb = classify_samples(data.samples, clf_b, batch_size, workers)
+    pos_b = {str(s.path): i for i, s in enumerate(sb.samples)}
+    rows = []  # (index in a, index in b)
+    for i, s in enumerate(sa.samples):
+        j = pos_b.get(str(s.path))
+        if j is not None and s.label in clf_a.classes and s.label in clf_b.classes:
+            rows.append((i, j))
+    if not rows:
+        raise WbcError(f"{data.source}: no cell has a label that both models know")
+    ia = np.array([r[0] for r in rows])
+    ib = np.array([r[1] for r in rows])
+    truth = [sa.samples[i].label for i in ia]
+    pred_a = [sa.predictions[i].label for i in ia]
+    pred_b = [sb.predictions[j].label for j in ib]
+    ok_a = np.array([p == t for p, t in zip(pred_a, truth, strict=True)])
+    ok_b = np.array([p == t for p, t in zip(pred_b, truth, strict=True)])
+    classes = [c for c in clf_a.classes if c in clf_b.classes]
+    name_a, name_b = _names(clf_a, clf_b)
+
+    def summary(pred: list[str]) -> dict[str, Any]:
+        y = np.array([classes.index(t) for t in truth])
+        p = np.array([classes.index(x) if x in classes else -1 for x in pred])
+        labels = present_labels(y, len(classes))
+        rec = recall_score(y, p, labels=labels, average=None, zero_division=0)
+        return {
+            "accuracy": float(accuracy_score(y, p)),
+            "macro_f1": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
+            "recall": {classes[k]: float(r) for k, r in zip(labels, rec, strict=True)},
+        }
+
+    result: dict[str, Any] = {
+        "data": str(data.source),
+        "split": data.split,
+        "n": len(rows),
+        "model_a": {"id": name_a, "path": str(clf_a.path), **summary(pred_a)},
+        "model_b": {"id": name_b, "path": str(clf_b.path), **summary(pred_b)},
+        "mcnemar": mcnemar(ok_a, ok_b),
+        "accuracy_difference": paired_accuracy_difference(ok_a, ok_b, n_boot=n_boot, seed=seed),
+        "unreadable": sorted({e[0] for e in sa.errors} | {e[0] for e in sb.errors}),
+    }
+    atomic_write_json(out_dir / "comparison.json", result)
+    atomic_write_csv(
+        out_dir / "comparison.csv",
+        ["path", "true_label", "label_a", "confidence_a", "label_b", "confidence_b"],
+        [
+            (
+                str(sa.samples[i].path),
+                t,
+                sa.predictions[i].label,
+                f"{sa.predictions[i].confidence:.4f}",
+                sb.predictions[j].label,
+                f"{sb.predictions[j].confidence:.4f}",
+            )
+            for (i, j), t in zip(rows, truth, strict=True)
+        ],
+    )
+
+    # the page: words first, then a table and one figure
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e = html.escape
+    mc, diff = result["mcnemar"], result["accuracy_difference"]
+    ra, rb = result["model_a"], result["model_b"]
+    significant = mc["p_value"] < 0.05
+    d_ci = diff["ci"]
+    verdict = (
+        f"This difference is unlikely to be chance (McNemar p = {mc['p_value']:.3g})."
+        if significant
+        else f"This difference could well be chance (McNemar p = {mc['p_value']:.3g}); on these cells the "
+        "two models cannot be told apart."
+    )
+    para = (
+        f"Both models classified the same <b>{len(rows):,} cells</b>. <b>A</b> ({e(name_a)}) named "
+        f"<b>{pct(ra['accuracy'])}</b> correctly, <b>B</b> ({e(name_b)}) <b>{pct(rb['accuracy'])}</b>. "
+        f"A was right where B was wrong on {mc['only_a_correct']:,} cells, and the other way round on "
+        f"{mc['only_b_correct']:,}. A minus B: <b>{100 * diff['difference']:+.1f} percentage points</b> "
+        f"(95% interval {100 * d_ci[0]:+.1f} to {100 * d_ci[1]:+.1f}). {verdict}"
+    )
+    shown = [c for c in classes if c in ra["recall"]]
+    y = np.arange(len(shown))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(shown) + 1.2))
+    ax.barh(y - 0.2, [ra["recall"][c] for c in shown], 0.38, color="#0072B2", label=f"A: {name_a}")
+    ax.barh(y + 0.2, [rb["recall"][c] for c in shown], 0.38, color="#E69F00", label=f"B: {name_b}")
+    ax.set_yticks(y, shown)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Sensitivity (share of the class found)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    fig.tight_layout()
+    img = fig_to_data_uri(fig)
+    rows_html = "".join(
+        f"<tr><td>{e(display_name(c))}</td><td class='num'>{pct(ra['recall'][c])}</td>"
+        f"<td class='num'>{pct(rb['recall'][c])}</td></tr>"
+        for c in shown
+    )
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Model comparison</title>"
+        f"<style>{CSS}</style></head><body><main><h1>Model comparison</h1>"
+        f"<div class='meta'>data {e(str(data.source))}"
+        + (f" ({e(data.split)} split)" if data.split else "")
+        + f"</div><section class='summary'><p>{para}</p></section>"
+        "<h2>Overall</h2><table><tr><th>Measure</th><th class='num'>A</th><th class='num'>B</th></tr>"
+        f"<tr><td>Accuracy</td><td class='num'>{pct(ra['accuracy'])}</td><td class='num'>"
+        f"{pct(rb['accuracy'])}</td></tr>"
+        f"<tr><td>Macro F1</td><td class='num'>{ra['macro_f1']:.3f}</td><td class='num'>"
+        f"{rb['macro_f1']:.3f}</td></tr>"
+        f"</table><p class='howto'>Accuracy difference A − B: {100 * diff['difference']:+.1f} points, 95% "
+        "paired "
+        f"bootstrap interval {pct_ci([d_ci[0], d_ci[1]])} ({diff['n_boot']} resamples). McNemar's test "
+        f"({mc['method'].replace('_', ' ')}): statistic {mc['statistic']:.2f}, p = {mc['p_value']:.3g}; both "
+        "right "
+        f"{mc['both_correct']:,}, both wrong {mc['both_wrong']:,}.</p>"
+        "<h2>Per class</h2><table><tr><th>Class</th><th class='num'>Sensitivity A</th>"
+        f"<th class='num'>Sensitivity B</th></tr>{rows_html}</table>"
+        f"<div class='fig'><img src='{img}' alt='per-class sensitivity of both models'></div></main></body>"
+        "</html>"
+    )
+    atomic_write_text(out_dir / "comparison.html", page)
+    return result

@@ -1,0 +1,441 @@
+"""Evaluation metrics as pure functions over arrays: ``(y_true, y_prob, classes) -> dict``.
+
+Every metric scikit-learn provides comes from scikit-learn; what it lacks (specificity, ECE, bootstrap
+intervals, selective prediction, McNemar's test) is written here in a few lines of numpy, each with a
+test against a hand-computed case. The dicts hold plain floats, ints, lists and ``None`` (for a value
+that is undefined, e.g. the recall of a class with no cells), so they go straight to JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+from wbc.calibration import coverage_accuracy, expected_calibration_error
+from wbc.model import softmax
+
+#: Coverages reported for selective prediction (accept the most confident 90/95/99% of cells).
+COVERAGES: tuple[float, ...] = (0.90, 0.95, 0.99)
+ECE_BINS = 15
+
+
+def _num(x: float | np.floating[Any]) -> float | None:
+    """A JSON-safe float: NaN (undefined) becomes None."""
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def present_labels(y_true: np.ndarray, n_classes: int) -> list[int]:
+    """Class indices that have at least one true cell: macro averages run over these.
+
+    A class the model knows but the data lacks has no recall, so averaging a 0 for it would punish
+    the model for the data set's make-up.
+    """
+    return [k for k in range(n_classes) if np.any(y_true == k)]
+
+
+def specificity(cm: np.ndarray) -> np.ndarray:
+    """Per-class specificity TN / (TN + FP) from a confusion matrix (rows true, columns predicted).
+
+    >>> specificity(np.array([[3, 1], [2, 4]]))  # class 0: TN=4, FP=2; class 1: TN=3, FP=1
+    array([0.66666667, 0.75      ])
+    """
+    cm = np.asarray(cm, np.float64)
+    total = cm.sum()
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = total - tp - fp - fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tn + fp > 0, tn / np.maximum(tn + fp, 1e-300), np.nan)
+
+
+def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:
+    """precision, recall (= sensitivity), specificity, F1 and support for each class."""
+    labels = list(range(len(classes)))
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=np.nan
+    )
+    spec = specificity(confusion_matrix(y_true, y_pred, labels=labels))
+    out = {}
+    for k, c in enumerate(classes):
+        out[c] = {
+            "precision": _num(prec[k]),
+            "recall": _num(rec[k]) if support[k] else None,
+            "specificity": _num(spec[k]),
+            "f1": _num(f1[k]),
+            "support": int(support[k]),
+            "predicted": int(np.sum(y_pred == k)),
+        }
+    return out
+
+
+def roc_auc(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """One-vs-rest ROC AUC per class and their macro mean (classes without both positives and
+    negatives in the data have no AUC and are left out of the mean)."""
+    per: dict[str, float | None] = {}
+    for k, c in enumerate(classes):
+        pos = y_true == k
+        per[c] = float(roc_auc_score(pos, y_prob[:, k])) if 0 < pos.sum() < len(pos) else None
+    vals = [v for v in per.values() if v is not None]
+    return {"per_class": per, "macro": float(np.mean(vals)) if vals else None}
+
+
+def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> dict[str, tuple]:
+    """(false positive rate, true positive rate) per class, for plotting."""
+    out = {}
+    for k, c in enumerate(classes):
+        pos = y_true == k
+        if 0 < pos.sum() < len(pos):
+            fpr, tpr, _ = roc_curve(pos, y_prob[:, k])
+            out[c] = (fpr, tpr)
+    return out
+
+
+def reliability_bins(y_prob: np.ndarray, y_true: np.ndarray, bins: int = ECE_BINS) -> dict[str, list]:
+    """Per equal-width confidence bin: mean confidence, accuracy and count (reliability diagram)."""
+    conf = y_prob.max(axis=1)
+    correct = y_prob.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # bins are (lo, hi]
+    count = np.bincount(idx, minlength=bins)
+    with np.errstate(invalid="ignore"):
+        mean_conf = np.bincount(idx, conf, bins) / count
+        acc = np.bincount(idx, correct.astype(float), bins) / count
+    return {
+        "edges": edges.tolist(),
+        "confidence": [_num(v) for v in mean_conf],
+        "accuracy": [_num(v) for v in acc],
+        "count": count.tolist(),
+    }
+
+
+def calibration_metrics(
+    logits: np.ndarray, y_true: np.ndarray, temperature: float, bins: int = ECE_BINS
+) -> dict[str, Any]:
+    """ECE with raw logits (T = 1) and with the model's stored temperature, plus negative log-likelihood."""
+    raw = _renorm(softmax(logits, 1.0))
+    cal = _renorm(softmax(logits, temperature))
+    labels = list(range(logits.shape[1]))
+    return {
+        "bins": bins,
+        "temperature": float(temperature),
+        "raw": expected_calibration_error(raw, y_true, bins),
+        "calibrated": expected_calibration_error(cal, y_true, bins),
+        "nll_raw": float(log_loss(y_true, raw, labels=labels)),
+        "nll_calibrated": float(log_loss(y_true, cal, labels=labels)),
+    }
+
+
+def _renorm(p: np.ndarray) -> np.ndarray:
+    """float64 rows summing to 1 (softmax returns float32, which scikit-learn's checks dislike)."""
+    p = p.astype(np.float64)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def selective_metrics(
+    y_prob: np.ndarray, y_true: np.ndarray, review_threshold: float, coverages: Sequence[float] = COVERAGES
+) -> dict[str, Any]:
+    """Accuracy when only the most confident cells are accepted, and what the stored threshold does.
+
+    ``accepted_*`` describe the cells whose confidence is at or above ``review_threshold`` (the ones
+    ``wbc classify`` does not flag for review).
+    """
+    conf = y_prob.max(axis=1)
+    correct = (y_prob.argmax(axis=1) == y_true).astype(float)
+    accepted = conf >= review_threshold
+    return {
+        "accuracy_at_coverage": {f"{c:.2f}": coverage_accuracy(conf, correct, c) for c in coverages},
+        "review_threshold": float(review_threshold),
+        "accepted_fraction": float(accepted.mean()) if len(conf) else None,
+        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+        "flagged": int((~accepted).sum()),
+    }
+
+
+def coverage_curve(y_prob: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy of the k most confident cells for every k, against coverage k/N (for plotting)."""
+    conf = y_prob.max(axis=1)
+    correct = y_prob.argmax(axis=1) == y_true
+    order = np.argsort(-conf, kind="stable")
+    k = np.arange(1, len(conf) + 1)
+    return k / max(len(conf), 1), np.cumsum(correct[order]) / k
+
+
+def _metrics_from_cms(cms: np.ndarray, labels: Sequence[int]) -> dict[str, np.ndarray]:
+    """accuracy, macro-F1 (over ``labels``) and per-class recall from a stack of confusion matrices.
+
+    Vectorised so that 1,000 bootstrap resamples cost milliseconds; the point estimates in the report
+    come from scikit-learn and a test checks this function against it.
+    """
+    cms = cms.astype(np.float64)
+    tp = np.diagonal(cms, axis1=1, axis2=2)
+    n = cms.sum(axis=(1, 2))
+    true_n = cms.sum(axis=2)
+    pred_n = cms.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp / true_n
+        f1 = np.where(true_n + pred_n > 0, 2 * tp / (true_n + pred_n), 0.0)
+        precision = tp / pred_n
+    return {
+        "accuracy": tp.sum(axis=1) / n,
+        "macro_f1": f1[:, list(labels)].mean(axis=1),
+        "recall": recall,
+        "precision": precision,
+    }
+
+
+def _confusions(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, index: np.ndarray) -> np.ndarray:
+    """Confusion matrices of resamples ``index`` (B, N) via one bincount."""
+    codes = y_true * n_classes + y_pred
+    b = index.shape[0]
+    flat = codes[index] + (np.arange(b) * n_classes * n_classes)[:, None]
+    return np.bincount(flat.ravel(), minlength=b * n_classes * n_classes).reshape(b, n_classes, n_classes)
+
+
+def bootstrap_cis(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals (resampling cells) for accuracy, macro-F1, per-class recall and
+    per-class precision.
+
+    A resample that happens to contain no cell of a class gives no recall for it; that class's
+    interval uses the resamples that do.
+    """
+    n_classes = len(classes)
+    labels = present_labels(y_true, n_classes)
+    rng = np.random.default_rng(seed)
+    alpha = (1 - level) / 2
+    stats: dict[str, list[np.ndarray]] = {"accuracy": [], "macro_f1": [], "recall": [], "precision": []}
+    for start in range(0, n_boot, 250):  # chunks bound the memory of the (B, N) index array
+        idx = rng.integers(0, len(y_true), (min(250, n_boot - start), len(y_true)))
+        m = _metrics_from_cms(_confusions(y_true, y_pred, n_classes, idx), labels)
+        for key in stats:
+            stats[key].append(m[key])
+    cat = {k: np.concatenate(v) for k, v in stats.items()}
+
+    def interval(values: np.ndarray) -> list[float] | None:
+        values = values[~np.isnan(values)]
+        if len(values) == 0:
+            return None
+        lo, hi = np.quantile(values, [alpha, 1 - alpha])
+        return [float(lo), float(hi)]
+
+    return {
+        "level": level,
+        "n_boot": n_boot,
+        "seed": seed,
+        "accuracy": interval(cat["accuracy"]),
+        "macro_f1": interval(cat["macro_f1"]),
+        "recall": {c: interval(cat["recall"][:, k]) if k in labels else None for k, c in enumerate(classes)},
+        "precision": {c: interval(cat["precision"][:, k]) for k, c in enumerate(classes)},
+    }
+
+
+def top_confusions(cm: np.ndarray, classes: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
+    """The ``k`` largest off-diagonal cells: which true class is most often called what."""
+    cm = np.asarray(cm)
+    rows = cm.sum(axis=1)
+    pairs = [
+        (int(cm[i, j]), i, j)
+        for i in range(len(classes))
+        for j in range(len(classes))
+        if i != j and cm[i, j] > 0
+    ]
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [
+        {"true": classes[i], "predicted": classes[j], "count": n, "fraction_of_true": n / rows[i]}
+        for n, i, j in pairs[:k]
+    ]
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    classes: Sequence[str],
+    *,
+    logits: np.ndarray | None = None,
+    temperature: float = 1.0,
+    review_threshold: float = 0.0,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything ``metrics.json`` reports about a labelled set, from true class indices and the
+    model's (calibrated) probabilities.
+
+    ``logits`` (raw, before temperature scaling) enable the before/after-calibration ECE; without them
+    only the ECE of ``y_prob`` is reported.
+    """
+    y_true = np.asarray(y_true, np.int64)
+    y_prob = np.asarray(y_prob, np.float64)
+    if y_prob.ndim != 2 or y_prob.shape != (len(y_true), len(classes)):
+        raise ValueError(f"y_prob has shape {y_prob.shape}, expected ({len(y_true)}, {len(classes)})")
+    if len(y_true) == 0:
+        raise ValueError("no labelled cells to evaluate")
+    with warnings.catch_warnings():  # classes absent from the data are handled explicitly below
+        warnings.simplefilter("ignore", UserWarning)
+        return _classification_metrics(
+            y_true, y_prob, classes, logits, temperature, review_threshold, n_boot, seed
+        )
+
+
+def _classification_metrics(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    classes: Sequence[str],
+    logits: np.ndarray | None,
+    temperature: float,
+    review_threshold: float,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    y_pred = y_prob.argmax(axis=1)
+    labels = present_labels(y_true, len(classes))
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
+    if logits is not None:
+        calib = calibration_metrics(np.asarray(logits), y_true, temperature)
+    else:
+        calib = {
+            "bins": ECE_BINS,
+            "temperature": None,
+            "raw": None,
+            "calibrated": expected_calibration_error(y_prob, y_true, ECE_BINS),
+        }
+    return {
+        "n": len(y_true),
+        "classes": list(classes),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "cohen_kappa": _num(cohen_kappa_score(y_true, y_pred, labels=list(range(len(classes))))),
+        "per_class": per_class_metrics(y_true, y_pred, classes),
+        "confusion_matrix": {
+            "classes": list(classes),
+            "rows": "true",
+            "columns": "predicted",
+            "matrix": cm.tolist(),
+        },
+        "top_confusions": top_confusions(cm, classes),
+        "roc_auc": roc_auc(y_true, y_prob, classes),
+        "ece": calib,
+        "reliability": reliability_bins(y_prob, y_true),
+        "ci": bootstrap_cis(y_true, y_pred, classes, n_boot=n_boot, seed=seed),
+        "selective": selective_metrics(y_prob, y_true, review_threshold),
+    }
+
+
+# --- comparing two models on the same cells -------------------------------------------------------
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
+    """McNemar's test on paired right/wrong outcomes of two models on the same cells.
+
+    Exact (two-sided binomial on the discordant pairs) when there are fewer than 25 of them, otherwise
+    the chi-squared statistic with continuity correction, as usually recommended.
+
+    >>> r = mcnemar(np.array([1, 1, 0, 1], bool), np.array([1, 0, 0, 0], bool))
+    >>> r["only_a_correct"], r["only_b_correct"], r["method"]
+    (2, 0, 'exact')
+    """
+    from scipy.stats import binomtest, chi2
+
+    a = np.asarray(correct_a, bool)
+    b = np.asarray(correct_b, bool)
+    n01 = int(np.sum(a & ~b))  # only A right
+    n10 = int(np.sum(~a & b))  # only B right
+    d = n01 + n10
+    if d == 0:
+        p, stat, method = 1.0, 0.0, "exact"
+    elif d < 25:
+        p, stat, method = float(binomtest(n01, d, 0.5).pvalue), float(min(n01, n10)), "exact"
+    else:
+        stat = (abs(n01 - n10) - 1) ** 2 / d
+        p, method = float(chi2.sf(stat, 1)), "chi2_corrected"
+    return {
+        "only_a_correct": n01,
+        "only_b_correct": n10,
+        "both_correct": int(np.sum(a & b)),
+        "both_wrong": int(np.sum(~a & ~b)),
+        "statistic": stat,
+        "p_value": p,
+        "method": method,
+    }
+
+
+def paired_accuracy_difference(
+    correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B with a paired percentile bootstrap interval."""
+    diff = np.asarray(correct_a, float) - np.asarray(correct_b, float)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate(
+        [
+            diff[rng.integers(0, len(diff), (min(250, n_boot - s), len(diff)))].mean(axis=1)
+            for s in range(0, n_boot, 250)
+        ]
+    )
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return {"difference": float(diff.mean()), "ci": [float(lo), float(hi)], "level": level, "n_boot": n_boot}
+
+
+# --- cross-validation -----------------------------------------------------------------------------
+
+
+def fold_summary(folds: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation across folds of every numeric metric.
+
+    Nested dicts of numbers (e.g. ``recall`` per class) are flattened to ``recall.<class>``.
+
+    >>> fold_summary([{"accuracy": 0.8}, {"accuracy": 0.9}])["accuracy"]["mean"]
+    0.85
+    """
+    folds = [_flatten(f) for f in folds]
+    keys: list[str] = []
+    for f in folds:
+        keys += [k for k, v in f.items() if k not in keys and _is_number(v)]
+    out = {}
+    for k in keys:
+        vals = np.array([float(f[k]) for f in folds if _is_number(f.get(k))])
+        out[k] = {
+            "mean": round(float(vals.mean()), 12),
+            "sd": float(vals.std(ddof=1)) if len(vals) > 1 else None,
+            "n": len(vals),
+            "values": vals.tolist(),
+        }
+    return out
+
+
+def _flatten(d: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if _is_number(vv)})
+        else:
+            out[k] = v
+    return out
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))

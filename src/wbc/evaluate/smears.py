@@ -1,0 +1,396 @@
+"""Evaluate smear analysis on BCCD: WBC detection, nucleus/cell segmentation, end-to-end subtype accuracy.
+
+Ground truth (read-only, under the data root):
+
+* ``bccd/Annotations/*.xml``: Pascal VOC boxes; only ``WBC`` boxes are used.
+* ``bccd/masks/BloodImage_Mask_NNNNN.png``: grey levels quantised to 0 background, 128 cytoplasm,
+  255 nucleus (the "cell" mask is nucleus + cytoplasm: checked on overlays). Every BCCD image has one.
+* ``bccd/single_wbc_labels.csv``: subtype of the images with exactly one WBC (another lab than PBC).
+
+Detection is scored as in Pascal VOC: greedy matching by confidence at IoU >= 0.5, AP by all-point
+interpolation. The VOC boxes have known gaps (a few WBCs unannotated, one labelled "Platelets"): the
+primary numbers use them as they are; ``detection_ignore_unannotated`` additionally treats detections
+that fall on a *mask* cell that no WBC box covers (:func:`unboxed_mask_cells`) as neither right nor
+wrong, and says how many.
+Segmentation Dice/IoU are computed per image over the union of all cells (the masks are semantic).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wbc.errors import WbcError
+from wbc.io import atomic_write_json, atomic_write_text, read_image
+from wbc.labels import canonical_label
+from wbc.types import Cell
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class BccdItem:
+    """One BCCD field with its ground truth."""
+
+    name: str
+    image: Path
+    wbc_boxes: list[Box]
+    mask: Path | None
+    label: str | None  # canonical subtype when the image has exactly one labelled WBC
+
+
+def read_voc_boxes(xml_path: Path, name: str = "WBC") -> list[Box]:
+    """Boxes of one class from a Pascal VOC file, as (x0, y0, x1, y1) with x1/y1 exclusive."""
+    root = ET.parse(xml_path).getroot()
+    out: list[Box] = []
+    for obj in root.iter("object"):
+        if (obj.findtext("name") or "").strip() != name:
+            continue
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        x0, y0, x1, y1 = (float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
+        out.append((x0, y0, x1 + 1.0, y1 + 1.0))
+    return out
+
+
+def mask_path(bccd: Path, name: str) -> Path:
+    return bccd / "masks" / f"{name.replace('BloodImage_', 'BloodImage_Mask_')}.png"
+
+
+def read_gt_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(nucleus, cell) bool masks from a BCCD mask PNG (noisy grey levels quantised at 64 and 192)."""
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise WbcError(f"{path}: cannot read mask")
+    if m.ndim == 3:
+        m = m[:, :, :3].max(axis=2)
+    return m > 192, m > 64
+
+
+def load_bccd(root: Path, split: str = "test") -> list[BccdItem]:
+    """The BCCD items of a split (``train``, ``val``, ``test``, ``trainval``)."""
+    bccd = root / "bccd" if (root / "bccd").is_dir() else root
+    split_file = bccd / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise WbcError(f"{split_file}: BCCD split not found (is --data the data root?)")
+    labels: dict[str, str] = {}
+    lab_file = bccd / "single_wbc_labels.csv"
+    if lab_file.is_file():
+        with lab_file.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                lab = canonical_label(row["label"])
+                if lab:
+                    labels[row["image"].strip()] = lab
+    items = []
+    for name in split_file.read_text().split():
+        mp = mask_path(bccd, name)
+        items.append(BccdItem(
+            name=name,
+            image=bccd / "JPEGImages" / f"{name}.jpg",
+            wbc_boxes=read_voc_boxes(bccd / "Annotations" / f"{name}.xml"),
+            mask=mp if mp.is_file() else None,
+            label=labels.get(name),
+        ))
+    return items
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_detections(
+    pred: Sequence[Box], scores: Sequence[float], gt: Sequence[Box], iou_thr: float = 0.5
+) -> tuple[list[bool], list[float], int]:
+    """VOC greedy matching: per prediction (by descending score) whether it is a true positive and its
+    best IoU; returns (tp flags in the *sorted* order, IoU of each match, number of ground truths)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    used = [False] * len(gt)
+    tp: list[bool] = []
+    ious: list[float] = []
+    for i in order:
+        best, bj = 0.0, -1
+        for j, g in enumerate(gt):
+            if used[j]:
+                continue
+            v = box_iou(pred[i], g)
+            if v > best:
+                best, bj = v, j
+        if bj >= 0 and best >= iou_thr:
+            used[bj] = True
+            tp.append(True)
+            ious.append(best)
+        else:
+            tp.append(False)
+    return tp, ious, len(gt)
+
+
+def average_precision(scores: Sequence[float], tp: Sequence[bool], n_gt: int) -> float:
+    """All-point interpolated AP (VOC 2010+) from pooled detections."""
+    if n_gt == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    t = np.asarray(tp, np.float64)[order]
+    ctp, cfp = np.cumsum(t), np.cumsum(1 - t)
+    rec = ctp / n_gt
+    prec = ctp / np.maximum(ctp + cfp, 1e-12)
+    mrec = np.concatenate([[0.0], rec, [1.0]])
+    mpre = np.concatenate([[0.0], prec, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of two bool masks (1, 1 when both are empty)."""
+    inter = float(np.logical_and(pred, gt).sum())
+    s = float(pred.sum() + gt.sum())
+    union = s - inter
+    if s == 0:
+        return 1.0, 1.0
+    return 2 * inter / s, inter / union
+
+
+def paste_masks(cells: Sequence[Cell], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Full-image (nucleus, cell) bool masks from box-sized cell masks."""
+    nuc = np.zeros(shape, bool)
+    cell = np.zeros(shape, bool)
+    for c in cells:
+        x0, y0, x1, y1 = c.box
+        nuc[y0:y1, x0:x1] |= c.nucleus_mask
+        cell[y0:y1, x0:x1] |= c.cell_mask
+    return nuc, cell
+
+
+def unboxed_mask_cells(cell_mask: np.ndarray, boxes: Sequence[Box], min_iou: float = 0.3) -> np.ndarray:
+    """Pixels of ground-truth mask cells that no WBC box covers (annotation gaps in the VOC boxes).
+
+    A connected mask component whose bounding box overlaps every WBC box by IoU < ``min_iou`` (and
+    is not mostly inside one) is a WBC the box annotators missed.
+    """
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(cell_mask.astype(np.uint8), connectivity=8)
+    out = np.zeros(cell_mask.shape, bool)
+    for i in range(1, n):
+        x, y, w, h, area = stats[i]
+        if area < 200:
+            continue
+        cb = (float(x), float(y), float(x + w), float(y + h))
+        inside = [
+            max(0.0, min(cb[2], b[2]) - max(cb[0], b[0])) * max(0.0, min(cb[3], b[3]) - max(cb[1], b[1]))
+            / max(1.0, w * h) for b in boxes
+        ]
+        if all(box_iou(cb, b) < min_iou for b in boxes) and all(v < 0.5 for v in inside):
+            out |= lab == i
+    return out
+
+
+def _score(c: Cell) -> float:
+    """Detection score: the segmenter's own (``score`` attribute) else the fraction of nucleus."""
+    return float(getattr(c, "score", None) or min(1.0, 0.5 + c.nucleus_mask.mean()))
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def evaluate_segmentation(
+    items: Sequence[BccdItem],
+    segment: Callable[[np.ndarray], list[Cell]],
+    classify: Callable[[np.ndarray, list[Cell]], list[str]] | None = None,
+    iou_thr: float = 0.5,
+) -> dict[str, Any]:
+    """Detection, segmentation and (with ``classify``) subtype metrics over BCCD items.
+
+    ``classify(rgb, cells)`` returns one canonical label per cell; the end-to-end check uses the images
+    with one labelled WBC and compares the label of the detection best matching the WBC box.
+    """
+    all_scores: list[float] = []
+    all_tp: list[bool] = []
+    match_ious: list[float] = []
+    n_gt = 0
+    ign = {"tp": 0, "fp": 0, "ignored": 0}
+    nd, ni, cd, ci = [], [], [], []
+    per_image = []
+    y_true: list[str] = []
+    y_pred: list[str] = []
+    seconds = 0.0
+    for it in items:
+        rgb = read_image(it.image)
+        t0 = time.perf_counter()
+        cells = segment(rgb)
+        seconds += time.perf_counter() - t0
+        boxes = [tuple(map(float, c.box)) for c in cells]
+        scores = [_score(c) for c in cells]
+        tp, ious, g = match_detections(boxes, scores, it.wbc_boxes, iou_thr)
+        all_scores += sorted(scores, reverse=True)
+        all_tp += tp
+        match_ious += ious
+        n_gt += g
+        row: dict[str, Any] = {"image": it.name, "n_gt": g, "n_pred": len(cells), "tp": int(sum(tp))}
+        if it.mask is not None:
+            gn, gc = read_gt_mask(it.mask)
+            pn, pc = paste_masks(cells, rgb.shape[:2])
+            d1, i1 = dice_iou(pn, gn)
+            d2, i2 = dice_iou(pc, gc)
+            nd.append(d1)
+            ni.append(i1)
+            cd.append(d2)
+            ci.append(i2)
+            row.update(nucleus_dice=d1, cell_dice=d2)
+            order = np.argsort(-np.asarray(scores), kind="stable")
+            unboxed = unboxed_mask_cells(gc, it.wbc_boxes)
+            for k, flag in zip(order, tp, strict=True):
+                if flag:
+                    ign["tp"] += 1
+                    continue
+                x0, y0, x1, y1 = cells[k].box
+                m = cells[k].cell_mask
+                if m.any() and unboxed[y0:y1, x0:x1][m].mean() > 0.5:
+                    ign["ignored"] += 1
+                else:
+                    ign["fp"] += 1
+        if classify is not None and it.label is not None and len(it.wbc_boxes) == 1 and cells:
+            labels = classify(rgb, cells)
+            best = max(range(len(cells)), key=lambda k: box_iou(boxes[k], it.wbc_boxes[0]))
+            y_true.append(it.label)
+            y_pred.append(labels[best] if box_iou(boxes[best], it.wbc_boxes[0]) >= iou_thr else "missed")
+            row.update(label=it.label, predicted=y_pred[-1])
+        elif classify is not None and it.label is not None and len(it.wbc_boxes) == 1:
+            y_true.append(it.label)
+            y_pred.append("missed")
+            row.update(label=it.label, predicted="missed")
+        per_image.append(row)
+    tp_n = int(sum(all_tp))
+    det = _prf(tp_n, len(all_tp) - tp_n, n_gt - tp_n)
+    det["ap50"] = average_precision(all_scores, all_tp, n_gt)
+    det["mean_iou_matched"] = float(np.mean(match_ious)) if match_ious else 0.0
+    det["iou_threshold"] = iou_thr
+    out: dict[str, Any] = {
+        "n_images": len(items),
+        "detection": det,
+        "detection_ignore_unannotated": {
+            **_prf(ign["tp"], ign["fp"], n_gt - ign["tp"]),
+            "ignored_detections_on_unboxed_mask_cells": ign["ignored"],
+        },
+        "segmentation": {
+            "n_images_with_masks": len(nd),
+            "nucleus_dice": float(np.mean(nd)) if nd else None,
+            "nucleus_iou": float(np.mean(ni)) if ni else None,
+            "cell_dice": float(np.mean(cd)) if cd else None,
+            "cell_iou": float(np.mean(ci)) if ci else None,
+        },
+        "seconds_per_image_segmentation": seconds / max(1, len(items)),
+        "per_image": per_image,
+    }
+    if classify is not None:
+        out["subtype"] = subtype_metrics(y_true, y_pred)
+    return out
+
+
+def subtype_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the classes present in the truth, and the confusion counts."""
+    n = len(y_true)
+    classes = sorted(set(y_true))
+    f1s = {}
+    for c in classes:
+        tp = sum(t == c and p == c for t, p in zip(y_true, y_pred, strict=True))
+        fp = sum(t != c and p == c for t, p in zip(y_true, y_pred, strict=True))
+        fn = sum(t == c and p != c for t, p in zip(y_true, y_pred, strict=True))
+        f1s[c] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    confusion: dict[str, dict[str, int]] = {}
+    for t, p in zip(y_true, y_pred, strict=True):
+        confusion.setdefault(t, {})
+        confusion[t][p] = confusion[t].get(p, 0) + 1
+    return {
+        "n": n,
+        "accuracy": sum(t == p for t, p in zip(y_true, y_pred, strict=True)) / n if n else None,
+        "macro_f1": float(np.mean(list(f1s.values()))) if f1s else None,
+        "f1_per_class": f1s,
+        "confusion": confusion,
+    }
+
+
+def summary_markdown(metrics: dict[str, Any]) -> str:
+    """A short human-readable summary of :func:`evaluate_segmentation`'s output."""
+    d = metrics["detection"]
+    di = metrics["detection_ignore_unannotated"]
+    s = metrics["segmentation"]
+    lines = [
+        f"# Smear evaluation: BCCD {metrics.get('split', '')} split ({metrics['n_images']} images)",
+        "",
+        f"Segmenter: `{metrics.get('segmenter', '')}`; classifier: `{metrics.get('model_id', '')}`.",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| WBC precision @IoU0.5 | {d['precision']:.3f} ({d['tp']} TP, {d['fp']} FP) |",
+        f"| WBC recall @IoU0.5 | {d['recall']:.3f} ({d['fn']} missed) |",
+        f"| WBC F1 | {d['f1']:.3f} |",
+        f"| AP@0.5 | {d['ap50']:.3f} |",
+        f"| mean IoU of matched boxes | {d['mean_iou_matched']:.3f} |",
+        f"| precision, unboxed mask cells ignored | {di['precision']:.3f} "
+        f"({di['ignored_detections_on_unboxed_mask_cells']} ignored) |",
+    ]
+    if s["nucleus_dice"] is not None:
+        lines += [
+            f"| nucleus Dice / IoU | {s['nucleus_dice']:.3f} / {s['nucleus_iou']:.3f} |",
+            f"| whole-cell Dice / IoU | {s['cell_dice']:.3f} / {s['cell_iou']:.3f} |",
+        ]
+    lines.append(f"| segmentation time per field | {1000 * metrics['seconds_per_image_segmentation']:.0f} ms |")
+    sub = metrics.get("subtype")
+    if sub and sub["n"]:
+        lines += [
+            f"| subtype accuracy (end to end, n={sub['n']}) | {sub['accuracy']:.3f} |",
+            f"| subtype macro-F1 | {sub['macro_f1']:.3f} |",
+            "",
+            "Subtype labels come from a public Kaggle release of BCCD (another lab, camera and stain than",
+            "the PBC training data; a few labels look wrong): read them as a transfer check, not as the",
+            "classifier's accuracy.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_smears(
+    data_root: Path,
+    output: Path,
+    segmenter: Any,
+    classifier: Any | None = None,
+    split: str = "test",
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Run the whole evaluation and write ``metrics.json`` and ``summary.md`` to ``output``."""
+    from wbc.analyze import classify_cells
+
+    items = load_bccd(data_root, split)
+    if limit:
+        items = items[:limit]
+    classify = None
+    if classifier is not None:
+        def classify(rgb: np.ndarray, cells: list[Cell]) -> list[str]:
+            classify_cells(rgb, cells, classifier)
+            return [c.prediction.label if c.prediction else "" for c in cells]
+
+    metrics = evaluate_segmentation(items, segmenter.segment, classify)
+    metrics.update(split=split, segmenter=getattr(segmenter, "model_id", segmenter.name),
+                   model_id=getattr(classifier, "model_id", "") if classifier is not None else "")
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output / "metrics.json", metrics)
+    atomic_write_text(output / "summary.md", summary_markdown(metrics))
+    return metrics

@@ -1,0 +1,309 @@
+"""Out-of-distribution (OOD) flags: is this cell image unlike anything the model was trained on?
+
+A classifier answers confidently even for images it has never seen the like of (another lab's stain, a
+blurred field, not a blood cell at all). Two cheap scores catch most of that, both fitted on the training
+split and stored in the model's metadata (``ModelInfo.ood``) so that analysis needs nothing else:
+
+- *colour*: Mahalanobis distance of the cell image's CIELAB mean and spread (6 numbers) from the training
+  images' (Ledoit-Wolf covariance). Catches other stains, white balance and exposure.
+- *feature*: distance of the network's pooled embedding from the nearest class centre, in a whitened
+  32-dimensional PCA space, plus the PCA reconstruction residual. Catches things that look different to
+  the network, whatever their colour.
+
+Each score is divided by its threshold, the ``percentile`` (99.5) of the *validation* split's scores, so
+1.0 is the edge: about 0.5 % of in-distribution cells are flagged. ``references`` is a list; a score is the
+minimum over references, so ``wbc adapt`` can add a reference for a new lab's cells.
+
+Fit on a run: ``python -m wbc.ood fit --model M --manifest RUN/manifest.csv`` (writes into ``M``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wbc.errors import WbcError
+from wbc.types import Prediction
+
+OOD_VERSION = 1
+DEFAULT_PERCENTILE = 99.5
+PCA_DIMS = 32
+
+
+# --- features ------------------------------------------------------------------------------------
+
+
+def colour_features(cells: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """(N, 6) CIELAB mean and standard deviation of each uint8 RGB cell image."""
+    from wbc.stain import lab_stats
+
+    arr = np.asarray(cells if isinstance(cells, np.ndarray) else np.stack(cells))
+    if len(arr) == 0:
+        return np.zeros((0, 6), np.float64)
+    return np.stack([np.concatenate(lab_stats(c)) for c in arr])
+
+
+def fit_gaussian(x: np.ndarray) -> dict[str, Any]:
+    """Mean and inverse Ledoit-Wolf covariance of the rows of ``x`` (stable with few samples)."""
+    from sklearn.covariance import LedoitWolf
+
+    if len(x) < 3:
+        raise WbcError(f"need at least 3 samples to fit OOD statistics, got {len(x)}")
+    lw = LedoitWolf().fit(np.asarray(x, np.float64))
+    return {"mean": lw.location_.tolist(), "icov": np.linalg.inv(lw.covariance_).tolist()}
+
+
+def mahalanobis(x: np.ndarray, gauss: dict[str, Any]) -> np.ndarray:
+    d = np.asarray(x, np.float64) - np.asarray(gauss["mean"], np.float64)
+    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, np.asarray(gauss["icov"], np.float64), d), 0.0))
+
+
+def fit_pca(emb: np.ndarray, dims: int = PCA_DIMS) -> dict[str, Any]:
+    """Centre, principal axes and their standard deviations of L2-normalised embeddings."""
+    z = _l2(emb)
+    mean = z.mean(0)
+    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
+    k = int(min(dims, vt.shape[0], max(1, len(z) - 1)))
+    scale = np.maximum(s[:k] / np.sqrt(max(len(z) - 1, 1)), 1e-6)
+    return {"mean": mean.tolist(), "components": vt[:k].tolist(), "scale": scale.tolist()}
+
+
+def _l2(emb: np.ndarray) -> np.ndarray:
+    e = np.asarray(emb, np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def pca_project(emb: np.ndarray, pca: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Whitened PCA coordinates (N, k) and the squared reconstruction residual (N,)."""
+    z = _l2(emb) - np.asarray(pca["mean"], np.float64)
+    comps = np.asarray(pca["components"], np.float64)
+    coef = z @ comps.T
+    resid = np.maximum((z**2).sum(1) - (coef**2).sum(1), 0.0)
+    return coef / np.asarray(pca["scale"], np.float64), resid
+
+
+def fit_feature_reference(
+    emb: np.ndarray, labels: Sequence[str], classes: Sequence[str], pca: dict[str, Any]
+) -> dict[str, Any]:
+    """Class centres in the whitened PCA space and the typical residual, for :func:`feature_distance`."""
+    coords, resid = pca_project(emb, pca)
+    lab = np.asarray(labels)
+    centres = {c: coords[lab == c].mean(0).tolist() for c in classes if (lab == c).any()}
+    if not centres:
+        raise WbcError("no labelled embeddings of the model's classes to fit OOD statistics on")
+    return {"centres": centres, "resid_scale": float(max(np.median(resid), 1e-9))}
+
+
+def feature_distance(emb: np.ndarray, pca: dict[str, Any], ref: dict[str, Any]) -> np.ndarray:
+    """Root mean square of the whitened distance to the nearest class centre, plus the scaled residual."""
+    coords, resid = pca_project(emb, pca)
+    centres = np.asarray(list(ref["centres"].values()), np.float64)
+    d2 = ((coords[:, None, :] - centres[None]) ** 2).sum(-1).min(1) / coords.shape[1]
+    return np.sqrt(d2 + resid / ref["resid_scale"])
+
+
+# --- fitting and scoring -------------------------------------------------------------------------
+
+
+def fit_ood(
+    train_cells: np.ndarray, train_emb: np.ndarray, train_labels: Sequence[str],
+    val_cells: np.ndarray, val_emb: np.ndarray, classes: Sequence[str],
+    percentile: float = DEFAULT_PERCENTILE, name: str = "training",
+) -> dict[str, Any]:
+    """The ``ModelInfo.ood`` dict: statistics from training cells, thresholds from validation cells."""
+    pca = fit_pca(train_emb)
+    ref = {
+        "name": name,
+        "colour": fit_gaussian(colour_features(train_cells)),
+        "feature": fit_feature_reference(train_emb, train_labels, classes, pca),
+    }
+    val_colour = mahalanobis(colour_features(val_cells), ref["colour"])
+    ref["colour"]["threshold"] = float(np.percentile(val_colour, percentile))
+    val_feature = feature_distance(val_emb, pca, ref["feature"])
+    ref["feature"]["threshold"] = float(np.percentile(val_feature, percentile))
+    return {"version": OOD_VERSION, "percentile": percentile, "pca": pca, "references": [ref],
+            "n_train": len(train_cells), "n_val": len(val_cells)}
+
+
+def add_reference(
+    ood: dict[str, Any], cells: np.ndarray, emb: np.ndarray, labels: Sequence[str], classes: Sequence[str],
+    name: str,
+) -> dict[str, Any]:
+    """A copy of ``ood`` that also accepts cells like ``cells`` (a new lab's), keeping the thresholds.
+
+    The new reference keeps the training reference's colour covariance shape and thresholds (a few
+    dozen cells cannot give a reliable 99.5th percentile) and moves the centres to the new cells'.
+    """
+    base = ood["references"][0]
+    col = colour_features(cells)
+    ref = {
+        "name": name,
+        "colour": {"mean": col.mean(0).tolist(), "icov": base["colour"]["icov"],
+                   "threshold": base["colour"]["threshold"]},
+        "feature": {**fit_feature_reference(emb, labels, classes, ood["pca"]),
+                    "threshold": base["feature"]["threshold"]},
+    }
+    ref["feature"]["resid_scale"] = base["feature"]["resid_scale"]
+    return {**ood, "references": [*ood["references"], ref]}
+
+
+def ood_scores(
+    cells: np.ndarray | None, embeddings: np.ndarray | None, ood: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Scores relative to the thresholds (> 1 means out of distribution), best over references.
+
+    Either input may be None (then its score is left out).
+    """
+    out: dict[str, np.ndarray] = {}
+    refs = ood.get("references") or []
+    if not refs:
+        return out
+    if cells is not None and len(cells):
+        col = colour_features(cells)
+        out["colour"] = np.min([mahalanobis(col, r["colour"]) / r["colour"]["threshold"] for r in refs], 0)
+    if embeddings is not None and len(embeddings) and "pca" in ood:
+        out["feature"] = np.min([feature_distance(embeddings, ood["pca"], r["feature"])
+                                 / r["feature"]["threshold"] for r in refs], 0)
+    return out
+
+
+REASONS = {"colour": "colours unlike the training images", "feature": "appearance unlike the training cells"}
+
+
+def flag_predictions(
+    predictions: Sequence[Prediction], cells: np.ndarray | None, embeddings: np.ndarray | None,
+    ood: dict[str, Any],
+) -> list[Prediction]:
+    """Set ``ood``, ``review`` and a reason on predictions whose cells are out of distribution (in place)."""
+    if not ood or not len(predictions):
+        return list(predictions)
+    scores = ood_scores(cells, embeddings, ood)
+    for i, p in enumerate(predictions):
+        for kind, s in scores.items():
+            if s[i] > 1.0:
+                p.ood = True
+                p.review = True
+                p.reasons.append(f"{REASONS[kind]} (OOD score {s[i]:.1f})")
+    return list(predictions)
+
+
+def ood_warning(predictions: Sequence[Prediction]) -> str | None:
+    """One sentence for reports when many cells are out of distribution, else None."""
+    n = len(predictions)
+    k = sum(p.ood for p in predictions)
+    if n == 0 or k == 0:
+        return None
+    frac = k / n
+    msg = f"{k} of {n} cells ({100 * frac:.0f}%) look unlike the model's training data (marked for review)"
+    if frac >= 0.2:
+        msg += ("; results may be unreliable for this lab's images: consider `wbc adapt` with ~50-100 "
+                "labelled cells from this lab")
+    return msg
+
+
+# --- fitting from a run's manifest (runs the ONNX model) -----------------------------------------
+
+
+def embed_samples(
+    classifier: Any, paths: Sequence[Path], batch_size: int = 64, workers: int = 2
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Cells at input size (N,S,S,3) uint8, embeddings (N,D), and the indices of the paths that loaded."""
+    from wbc.classify import iter_batches
+
+    size = classifier.info.input_size
+    cells, embs, ok = [], [], []
+    index = {str(p): i for i, p in enumerate(paths)}
+    for ok_paths, arr, _errs in iter_batches(list(paths), size, batch_size, workers):
+        if len(arr):
+            embs.append(classifier.run(arr, ("embedding",))["embedding"])
+            cells.append(arr)
+            ok += [index[str(p)] for p in ok_paths]
+    if not cells:
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 1), np.float32), []
+    return np.concatenate(cells), np.concatenate(embs), ok
+
+
+def _cap(samples: list[Any], max_per_class: int, seed: int) -> list[Any]:
+    if max_per_class <= 0:
+        return samples
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in sorted({s.label for s in samples}):
+        group = [s for s in samples if s.label == label]
+        idx = rng.permutation(len(group))[:max_per_class]
+        out += [group[i] for i in sorted(idx)]
+    return out
+
+
+def fit_from_manifest(
+    model: str | os.PathLike[str], manifest: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None, max_per_class: int = 300,
+    percentile: float = DEFAULT_PERCENTILE, data_root: Path | None = None, threads: int = 2, seed: int = 0,
+) -> dict[str, Any]:
+    """Fit OOD statistics for ``model`` on its run's manifest (train split) with thresholds from val."""
+    from wbc.adapt import write_model_copy
+    from wbc.data import read_manifest
+    from wbc.model import load_model
+
+    clf = load_model(model, threads=threads)
+    train = _cap([s for s in read_manifest(manifest, "train", data_root) if s.label in clf.classes],
+                 max_per_class, seed)
+    val = _cap([s for s in read_manifest(manifest, "val", data_root) if s.label in clf.classes],
+               max_per_class, seed)
+    if not train or not val:
+        raise WbcError(f"{manifest}: needs rows in both the train and val splits")
+    tc, te, ti = embed_samples(clf, [s.path for s in train], workers=threads)
+    vc, ve, _ = embed_samples(clf, [s.path for s in val], workers=threads)
+    if len(tc) < 3 or len(vc) < 3:
+        raise WbcError(f"{manifest}: too few readable images (train {len(tc)}, val {len(vc)}); "
+                       "check --data-root")
+    ood = fit_ood(tc, te, [train[i].label for i in ti], vc, ve, clf.classes, percentile)
+    info = clf.info
+    info.ood = ood
+    info.extra["colour_reference"] = colour_reference(tc, seed=seed)
+    write_model_copy(clf.path, Path(output) if output else clf.path, info)
+    return ood
+
+
+def colour_reference(cells: np.ndarray, n: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Training colours for every stain normalisation method, from ``n`` random cells (for ``wbc adapt``)."""
+    from wbc.stain import METHODS, fit_stain_stats
+
+    idx = np.sort(np.random.default_rng(seed).permutation(len(cells))[:n])
+    return {m: fit_stain_stats(list(cells[idx]), m) for m in METHODS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m wbc.ood fit --model M --manifest RUN/manifest.csv [--output M2]``."""
+    ap = argparse.ArgumentParser(prog="python -m wbc.ood", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit", help="fit OOD statistics on a run's manifest and store them in the model")
+    f.add_argument("--model", required=True, type=Path)
+    f.add_argument("--manifest", required=True, type=Path)
+    f.add_argument("--output", type=Path, default=None, help="write here instead of updating --model")
+    f.add_argument("--data-root", type=Path, default=None, help="root for the manifest's relative paths")
+    f.add_argument("--max-per-class", type=int, default=300, help="cap images per class and split (0: all)")
+    f.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE)
+    f.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    try:
+        ood = fit_from_manifest(args.model, args.manifest, args.output, args.max_per_class, args.percentile,
+                                args.data_root, args.threads)
+    except WbcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    ref = ood["references"][0]
+    print(f"OOD statistics from {ood['n_train']} train / {ood['n_val']} val cells; thresholds "
+          f"colour {ref['colour']['threshold']:.2f}, feature {ref['feature']['threshold']:.2f} "
+          f"-> {args.output or args.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The preprocessing shared by training and inference, so that the two can never drift apart.
+
+A model's metadata names its input size and normalisation; :func:`prepare_batch` applies exactly those.
+Training caches the output of :func:`load_cell` and augments it; inference feeds it straight in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from wbc.io import read_image
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB crop to ``size`` x ``size`` (area interpolation when shrinking).
+
+    >>> resize_square(np.zeros((363, 360, 3), np.uint8), 160).shape
+    (160, 160, 3)
+    """
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb
+    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def load_cell(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """Read a single-cell image and bring it to the model's square input size (uint8 RGB)."""
+    return resize_square(read_image(path, min_size=size), size)
+
+
+def prepare_batch(
+    cells: Sequence[np.ndarray] | np.ndarray, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """uint8 RGB cells (N, S, S, 3) -> normalised float32 (N, 3, S, S) for the network.
+
+    ``mean`` and ``std`` are in 0-1 units, as stored in the model metadata.
+    """
+    arr = np.asarray(cells if isinstance(cells, np.ndarray) else np.stack(cells))
+    x = arr.astype(np.float32) * np.float32(1.0 / 255.0)
+    x -= np.asarray(mean, np.float32)
+    x *= np.asarray(1.0 / np.asarray(std, np.float64), np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

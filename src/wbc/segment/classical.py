@@ -1,0 +1,313 @@
+"""Classical, stain-based WBC detection and segmentation (no training, no model file).
+
+Every constant below is relative: sizes are multiples of the field's median red-cell diameter
+(measured per image by :func:`estimate_rbc_diameter`), thresholds come from Otsu or from the image's
+own colour statistics. That is what lets one method work on fields from other microscopes, cameras and
+stains. The steps:
+
+1. *scale*: foreground (stained) pixels by Otsu on saturation; the median inscribed diameter of the
+   foreground blobs is the red-cell diameter. The image is resampled so that a red cell is
+   :data:`WORK_RBC_DIAMETER` pixels wide, and everything else runs at that scale.
+2. *nucleus*: the "blueness" B - R (haematoxylin / azure stains nuclei blue-violet, eosin stains red cells
+   red) thresholded by Otsu within the stained pixels, cleaned by opening and hole filling.
+3. *instances*: nucleus fragments closer than ~0.35 red-cell diameters are one cell (lobed neutrophil
+   nuclei); groups smaller than a fraction of a red cell are platelets or debris and dropped.
+4. *cytoplasm*: grown from the nucleus by a marker watershed on the stained foreground, competing with
+   red-cell markers (distance-transform peaks), limited to a plausible WBC radius and smoothed.
+
+The same instance and resampling code (:func:`instances_from_maps`, :func:`cells_from_instances`) turns
+the learned segmenter's probability maps into cells, so both methods produce identical outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.segmentation import watershed
+
+from wbc.types import Cell
+
+#: Red-cell diameter (pixels) at the working scale; ~32 px keeps a 640x480 BCCD field near 240x180.
+WORK_RBC_DIAMETER: float = 32.0
+#: Fallback red-cell diameter in *working* pixels' terms when a field has too few red cells to measure:
+#: the scale is then left unchanged (factor 1).
+MIN_BLOBS_FOR_SCALE: int = 3
+#: A nucleus group smaller than this fraction of a red cell's area is a platelet or debris.
+MIN_NUCLEUS_AREA_RBC: float = 0.15
+#: Nucleus fragments within this many red-cell diameters of each other belong to one cell.
+LOBE_GAP_RBC: float = 0.25
+#: Largest WBC radius, in red-cell diameters (a large monocyte is ~2.5x a red cell across).
+MAX_CELL_RADIUS_RBC: float = 1.35
+
+
+def blueness(rgb: np.ndarray) -> np.ndarray:
+    """B - R as float32: high in nuclei (and WBC cytoplasm), negative in red cells, ~0 in background."""
+    return rgb[:, :, 2].astype(np.float32) - rgb[:, :, 0].astype(np.float32)
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV-style saturation (max - min) in 0-255; background is grey, every stained thing is coloured."""
+    return (rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2).astype(np.int16)).astype(np.float32)
+
+
+def _otsu(values: np.ndarray, default: float) -> float:
+    values = values[np.isfinite(values)]
+    if values.size < 16 or float(values.max() - values.min()) < 1e-3:
+        return default
+    return float(threshold_otsu(values, nbins=128))
+
+
+def foreground_mask(rgb: np.ndarray) -> np.ndarray:
+    """Stained pixels (cells) versus the bright, grey background: Otsu on saturation."""
+    sat = cv2.GaussianBlur(saturation(rgb), (0, 0), 1.0)
+    return sat > _foreground_threshold(sat, blueness(rgb))
+
+
+def _nucleus_threshold(blue: np.ndarray) -> float:
+    """Blueness threshold for nuclei: Otsu on the upper half of the field's blueness values.
+
+    Red cells and background fill the lower half; the upper half holds background, pale cytoplasm and
+    the violet nuclei, which Otsu separates. A field without any nucleus would still get a split, so the
+    threshold is kept at least 3 robust standard deviations above the field's median.
+    """
+    v = blue[::2, ::2].ravel()
+    med = float(np.median(v))
+    sigma = 1.4826 * float(np.median(np.abs(v - med))) + 1.0
+    thr = _otsu(v[v > med], default=med + 4 * sigma)
+    return max(thr, med + 3.0 * sigma)
+
+
+def _foreground_threshold(sat: np.ndarray, blue: np.ndarray) -> float:
+    """Saturation threshold between grey background and stained cells (Otsu, violet nuclei excluded,
+    since very dark nuclei would otherwise pull the split between nuclei and everything else)."""
+    keep = blue[::2, ::2] <= _nucleus_threshold(blue)
+    vals = sat[::2, ::2][keep]
+    return _otsu(vals, default=float(sat.mean()))
+
+
+def redness(rgb: np.ndarray) -> np.ndarray:
+    """max(R - B, 0) as float32: the eosin-stained red cells light up, background and nuclei do not."""
+    return np.clip(rgb[:, :, 0].astype(np.float32) - rgb[:, :, 2].astype(np.float32), 0, None)
+
+
+def estimate_rbc_diameter(rgb: np.ndarray) -> float | None:
+    """Typical red-cell diameter in pixels, by scale-space blob detection on the red-cell stain.
+
+    The scale-normalised Laplacian of Gaussian of a disc of diameter d peaks at sigma = d / (2 sqrt 2).
+    On the redness image (red cells bright, background and WBC nuclei dark) the sigma that maximises the
+    95th percentile of that response over the field is the typical red-cell size; touching, blurred or
+    pale-centred red cells do not break it the way blob counting does. Computed on a 256 px thumbnail
+    (~3 ms). On 80 BCCD train fields it lands at 0.94x the median annotated red-cell box (IQR 0.84-1.10,
+    5-95 % 0.72-1.64); downstream steps tolerate that spread.
+    Returns None for fields with too little red-cell stain to measure.
+    """
+    h, w = rgb.shape[:2]
+    f = 256.0 / max(h, w)
+    small = cv2.resize(rgb, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+    red = redness(small)
+    if float(np.percentile(red, 95)) < 4.0:  # no red cells at all (a grey or blank field)
+        return None
+    sig = np.geomspace(1.5, 40.0, 22)
+    resp = np.empty(len(sig))
+    for k, g in enumerate(sig):
+        b = cv2.GaussianBlur(red, (0, 0), float(g))
+        resp[k] = np.percentile(-g * g * cv2.Laplacian(b, cv2.CV_32F), 95)
+    k = int(np.argmax(resp))
+    log_s = np.log(sig[k])
+    if 0 < k < len(sig) - 1:  # parabolic refinement in log-sigma
+        a, b0, c = resp[k - 1], resp[k], resp[k + 1]
+        den = a - 2 * b0 + c
+        if den < 0:
+            log_s += 0.5 * (a - c) / den * (np.log(sig[1]) - np.log(sig[0]))
+    return float(2.0 * np.sqrt(2.0) * np.exp(log_s) / f)
+
+
+def work_factor(rgb: np.ndarray, rbc_diameter: float | None) -> float:
+    """Resampling factor that brings red cells to :data:`WORK_RBC_DIAMETER` pixels (clamped)."""
+    if rbc_diameter is None:
+        return 1.0
+    return float(np.clip(WORK_RBC_DIAMETER / rbc_diameter, 0.05, 4.0))
+
+
+def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
+    if abs(factor - 1.0) < 1e-3:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(8, int(round(w * factor))), max(8, int(round(h * factor))))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return cv2.resize(rgb, size, interpolation=interp)
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def stain_maps(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nucleus probability-like map, cell probability-like map) in 0-1 at the working scale.
+
+    The nucleus map is the blueness relative to the image's Otsu threshold between stained pixels;
+    the cell map is the stained foreground minus clearly red (eosin-dominated) pixels. Both are soft
+    (a logistic around the threshold) so that resampling gives smooth outlines.
+    """
+    rgb_f = cv2.GaussianBlur(rgb, (0, 0), 0.7)
+    blue = blueness(rgb_f)
+    sat = saturation(rgb_f)
+    nuc_thr = _nucleus_threshold(blue)
+    fg_thr = _foreground_threshold(sat, blue)
+    fg = sat > fg_thr
+    stained = blue[fg]
+    bg = blue[~fg]
+    bg_med = float(np.median(bg)) if bg.size else 0.0
+    nuc = 1.0 / (1.0 + np.exp(-(blue - nuc_thr) / 4.0))
+    # Cell: stained and not red (red cells have blueness clearly below the background's).
+    rbc = stained[stained < bg_med]
+    red_level = float(np.median(rbc)) if rbc.size else bg_med - 30.0
+    cyto_thr = 0.5 * (bg_med + red_level)
+    cell = (1.0 / (1.0 + np.exp(-(sat - fg_thr) / 3.0))) * (1.0 / (1.0 + np.exp(-(blue - cyto_thr) / 4.0)))
+    cell = np.maximum(cell, nuc)
+    return nuc.astype(np.float32), cell.astype(np.float32)
+
+
+@dataclass
+class Instances:
+    """Per-cell label maps at the working scale (0: background, k: cell k)."""
+
+    nucleus: np.ndarray  # int32
+    cell: np.ndarray  # int32, includes the nucleus
+
+
+def instances_from_maps(
+    nuc_p: np.ndarray, cell_p: np.ndarray, fg: np.ndarray | None = None, rbc_px: float = WORK_RBC_DIAMETER
+) -> Instances:
+    """Group nucleus pixels into cells and grow each cell's region; shared by both segmenters.
+
+    ``nuc_p``/``cell_p``: probability maps; ``fg``: optional stained foreground used to place red-cell
+    markers that compete with WBCs for pixels (so touching red cells are not swallowed).
+    """
+    nuc = nuc_p > 0.5
+    nuc = cv2.morphologyEx(nuc.astype(np.uint8), cv2.MORPH_OPEN, _disk(rbc_px * 0.04)).astype(bool)
+    # Group lobes: close gaps of ~LOBE_GAP_RBC, then connected components are candidate cells.
+    grouped = cv2.dilate(nuc.astype(np.uint8), _disk(rbc_px * LOBE_GAP_RBC / 2))
+    n, groups = cv2.connectedComponents(grouped, connectivity=8)
+    groups = np.where(nuc, groups, 0).astype(np.int32)
+    rbc_area = np.pi / 4 * rbc_px**2
+    if n > 1:
+        areas = np.bincount(groups.ravel(), minlength=n)
+        keep = areas >= MIN_NUCLEUS_AREA_RBC * rbc_area
+        keep[0] = False
+        remap = np.zeros(n, np.int32)
+        remap[keep] = np.arange(1, int(keep.sum()) + 1)
+        groups = remap[groups]
+    k = int(groups.max())
+    if k == 0:
+        z = np.zeros(nuc.shape, np.int32)
+        return Instances(z, z.copy())
+    # Fill holes inside each nucleus group (pale chromatin) by filling the grouped mask.
+    nuc_filled = ndi.binary_fill_holes(groups > 0)
+    # Cell region: marker watershed on the cell map, WBC markers = nuclei, competing red-cell markers.
+    cell = cell_p > 0.5
+    cell |= nuc_filled
+    max_r = MAX_CELL_RADIUS_RBC * rbc_px
+    dist_to_nuc = cv2.distanceTransform((groups == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    cell &= dist_to_nuc <= max_r * 0.8
+    markers = groups.copy()
+    if fg is not None:
+        fg_f = ndi.binary_fill_holes(fg)
+        dt = cv2.distanceTransform(fg_f.astype(np.uint8), cv2.DIST_L2, 5)
+        peaks = (dt == ndi.maximum_filter(dt, size=max(3, int(rbc_px * 0.6)))) & (dt > rbc_px * 0.3)
+        peaks &= dist_to_nuc > rbc_px * 0.9  # red cells only, well away from any nucleus
+        pl, npk = ndi.label(peaks)
+        markers = np.where(pl > 0, pl + k, markers)
+        region = fg_f | cell
+    else:
+        region = cell
+    cost = -cv2.distanceTransform((cell | nuc_filled).astype(np.uint8), cv2.DIST_L2, 5)
+    ws = watershed(cost, markers, mask=region)
+    ws = np.where(ws <= k, ws, 0)
+    ws = np.where(cell, ws, 0)
+    out = np.zeros_like(ws)
+    se = _disk(rbc_px * 0.12)
+    for i in range(1, k + 1):
+        m = (ws == i).astype(np.uint8)
+        if not m.any():
+            continue
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, se)
+        m = ndi.binary_fill_holes(m | (groups == i))
+        # keep the component(s) touching the nucleus only
+        lab, nl = ndi.label(m)
+        if nl > 1:
+            hit = np.unique(lab[groups == i])
+            m = np.isin(lab, hit[hit > 0])
+        out[m & (out == 0)] = i
+    nucleus = np.where(nuc_filled & (out > 0), out, 0).astype(np.int32)
+    return Instances(nucleus, out.astype(np.int32))
+
+
+def cells_from_instances(
+    inst: Instances,
+    nuc_p: np.ndarray,
+    cell_p: np.ndarray,
+    full_shape: tuple[int, int],
+    min_area_px: float = 0.0,
+) -> list[Cell]:
+    """Resample each instance to full resolution (smooth, via the probability maps) as a :class:`Cell`.
+
+    Masks are box-sized; boxes are [x0, y0, x1, y1) in full-image pixels.
+    """
+    H, W = full_shape
+    h, w = inst.cell.shape
+    sy, sx = H / h, W / w
+    cells: list[Cell] = []
+    objs = ndi.find_objects(inst.cell)
+    for i, sl in enumerate(objs, start=1):
+        if sl is None:
+            continue
+        pad = 2
+        y0, y1 = max(0, sl[0].start - pad), min(h, sl[0].stop + pad)
+        x0, x1 = max(0, sl[1].start - pad), min(w, sl[1].stop + pad)
+        own = inst.cell[y0:y1, x0:x1] == i
+        own_n = inst.nucleus[y0:y1, x0:x1] == i
+        # soft masks: the instance's support, softened by the probability maps at the boundary
+        soft_c = own.astype(np.float32)
+        soft_c = cv2.GaussianBlur(soft_c, (0, 0), 0.6)
+        soft_n = np.where(cv2.dilate(own_n.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0,
+                          nuc_p[y0:y1, x0:x1], 0.0).astype(np.float32)
+        soft_n = np.minimum(soft_n, soft_c)
+        X0, Y0 = int(np.floor(x0 * sx)), int(np.floor(y0 * sy))
+        X1, Y1 = min(W, int(np.ceil(x1 * sx))), min(H, int(np.ceil(y1 * sy)))
+        size = (X1 - X0, Y1 - Y0)
+        if size[0] < 2 or size[1] < 2:
+            continue
+        big_c = cv2.resize(soft_c, size, interpolation=cv2.INTER_LINEAR) > 0.5
+        big_n = cv2.resize(soft_n, size, interpolation=cv2.INTER_LINEAR) > 0.5
+        ys, xs = np.nonzero(big_c)
+        if ys.size == 0 or ys.size < min_area_px:
+            continue
+        bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        cm = big_c[by0:by1, bx0:bx1]
+        nm = big_n[by0:by1, bx0:bx1] & cm
+        box = (X0 + int(bx0), Y0 + int(by0), X0 + int(bx1), Y0 + int(by1))
+        touches = box[0] <= 0 or box[1] <= 0 or box[2] >= W or box[3] >= H
+        cells.append(Cell(id=len(cells) + 1, box=box, nucleus_mask=nm, cell_mask=cm, touches_border=touches))
+    return cells
+
+
+class ClassicalSegmenter:
+    """Stain thresholds + morphology + watershed; adapts to scale (red-cell size) and stain (Otsu)."""
+
+    name = "classical"
+    model_id = "classical-v1"
+
+    def segment(self, rgb: np.ndarray) -> list[Cell]:
+        rbc = estimate_rbc_diameter(rgb)
+        factor = work_factor(rgb, rbc)
+        small = resample(rgb, factor)
+        nuc_p, cell_p = stain_maps(small)
+        rbc_px = rbc * factor if rbc else WORK_RBC_DIAMETER
+        inst = instances_from_maps(nuc_p, cell_p, fg=foreground_mask(small), rbc_px=rbc_px)
+        return cells_from_instances(inst, nuc_p, cell_p, rgb.shape[:2])

@@ -1,0 +1,97 @@
+"""Learned WBC segmentation: a compact U-Net (ONNX) predicting background / cytoplasm / nucleus.
+
+The network sees the field at the same *working scale* as the classical method (red cells
+:data:`~wbc.segment.classical.WORK_RBC_DIAMETER` px across, measured per image), after a white balance
+that maps the field's background to white (:func:`normalise_field`). Both make it indifferent to the
+microscope's magnification and the lamp's colour. Its probability maps then go through the same instance
+code as the classical method (nucleus groups -> cells, watershed against red cells), so the two methods
+produce identical outputs. Trained by ``python -m wbc.train.segmenter`` on the BCCD train split masks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from wbc.errors import ModelError
+from wbc.paths import DEFAULT_SEGMENTER
+from wbc.segment.classical import (
+    WORK_RBC_DIAMETER,
+    cells_from_instances,
+    estimate_rbc_diameter,
+    foreground_mask,
+    instances_from_maps,
+    resample,
+    work_factor,
+)
+from wbc.types import Cell
+
+#: The network's input side must be a multiple of this (4 poolings).
+STRIDE: int = 16
+
+
+def normalise_field(rgb: np.ndarray) -> np.ndarray:
+    """float32 (3, H, W): white-balanced so the background (the field's bright mode) is 1.0 per channel.
+
+    The 90th percentile of each channel is background in any smear thin enough to read; dividing by it
+    removes lamp colour and exposure differences. Values are then centred around 0.
+    """
+    x = rgb.astype(np.float32)
+    ref = np.percentile(x[::4, ::4].reshape(-1, 3), 90, axis=0) + 1.0
+    x = x / ref.astype(np.float32)
+    return np.ascontiguousarray(((x - 0.75) / 0.25).transpose(2, 0, 1))
+
+
+def pad_to_stride(x: np.ndarray, stride: int = STRIDE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad (C, H, W) at the bottom/right by edge replication to a multiple of ``stride``."""
+    _, h, w = x.shape
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="edge")
+    return x, (h, w)
+
+
+class LearnedSegmenter:
+    """U-Net probabilities + the shared instance post-processing."""
+
+    name = "learned"
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path) if path else DEFAULT_SEGMENTER
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: segmentation model not found (use --segmenter classical)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises untyped errors
+            raise ModelError(f"{self.path}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.model_id = meta.get("model_id", self.path.stem)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def probabilities(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(nucleus, cell) probability maps for an RGB field already at the working scale."""
+        x, (h, w) = pad_to_stride(normalise_field(small))
+        logits = self.session.run(None, {self.input_name: x[None]})[0][0, :, :h, :w]
+        z = logits - logits.max(axis=0, keepdims=True)
+        e = np.exp(z)
+        p = e / e.sum(axis=0, keepdims=True)
+        return p[2].astype(np.float32), (p[1] + p[2]).astype(np.float32)
+
+    def segment(self, rgb: np.ndarray) -> list[Cell]:
+        rbc = estimate_rbc_diameter(rgb)
+        factor = work_factor(rgb, rbc)
+        small = resample(rgb, factor)
+        nuc_p, cell_p = self.probabilities(small)
+        rbc_px = rbc * factor if rbc else WORK_RBC_DIAMETER
+        nuc_p = cv2.GaussianBlur(nuc_p, (0, 0), 0.5)
+        inst = instances_from_maps(nuc_p, cell_p, fg=foreground_mask(small), rbc_px=rbc_px)
+        return cells_from_instances(inst, nuc_p, cell_p, rgb.shape[:2])

@@ -1,0 +1,238 @@
+"""Stain normalisation: bring a cell image's colours to a reference lab's, before classification.
+
+Blood-smear stains (May-Grünwald-Giemsa, Wright, Leishman) differ between labs, and so do cameras and
+white balance; a network trained on one lab's colours can fail on another's. Three classical fixes, each
+as a *fit* (statistics of reference images, JSON-serialisable so they can live in a model's metadata)
+and an *apply* (a pure function of one uint8 RGB image):
+
+- :func:`reinhard`: match the mean and standard deviation of each CIELAB channel (Reinhard et al. 2001).
+- :func:`macenko`: estimate the two stain optical-density vectors and the stain amounts, then re-mix with
+  the reference stains (Macenko et al. 2009).
+- :func:`match_histograms`: map each RGB channel's quantiles onto the reference quantiles.
+
+:func:`fit_stain_target` and :func:`normalise` dispatch on a ``{"method": ...}`` dict, the form stored
+in ``ModelInfo.extra["stain"]`` and applied by :class:`wbc.model.Classifier` before the network.
+A target may also carry ``source`` statistics (one lab's pooled colours, as written by ``wbc adapt``):
+then every image gets the same fixed colour transform instead of per-image statistics, which keeps a
+cell's colour independent of how much background its crop holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+METHODS = ("reinhard", "macenko", "histogram")
+N_QUANTILES = 65
+_EPS = 1e-6
+
+
+def _as_rgb(rgb: np.ndarray) -> np.ndarray:
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {arr.shape}")
+    return arr
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 CIELAB (L 0-100, a/b about -128..127), D65."""
+    return cv2.cvtColor(_as_rgb(rgb).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+# --- Reinhard ------------------------------------------------------------------------------------
+
+
+def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation in CIELAB (the Reinhard statistics of one image)."""
+    lab = rgb_to_lab(rgb).reshape(-1, 3).astype(np.float64)
+    return lab.mean(0), lab.std(0)
+
+
+def pooled_lab_stats(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of CIELAB over all pixels of all images (one lab's colours)."""
+    n, s1, s2 = 0, np.zeros(3), np.zeros(3)
+    for im in images:
+        lab = rgb_to_lab(im).reshape(-1, 3).astype(np.float64)
+        n += len(lab)
+        s1 += lab.sum(0)
+        s2 += (lab**2).sum(0)
+    if n == 0:
+        raise ValueError("no images to compute colour statistics from")
+    mean = s1 / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+
+
+def reinhard(
+    rgb: np.ndarray,
+    target_mean: Sequence[float],
+    target_std: Sequence[float],
+    source_mean: Sequence[float] | None = None,
+    source_std: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Shift and scale each LAB channel from the source statistics (default: the image's own) to the target's.
+
+    >>> img = np.full((4, 4, 3), 200, np.uint8)
+    >>> reinhard(img, *lab_stats(img)).tolist() == img.tolist()
+    True
+    """
+    lab = rgb_to_lab(rgb)
+    if source_mean is None or source_std is None:
+        flat = lab.reshape(-1, 3).astype(np.float64)
+        source_mean, source_std = flat.mean(0), flat.std(0)
+    sm, ss = np.asarray(source_mean, np.float64), np.asarray(source_std, np.float64)
+    tm, ts = np.asarray(target_mean, np.float64), np.asarray(target_std, np.float64)
+    scale = (ts / np.maximum(ss, _EPS)).astype(np.float32)
+    out = (lab - sm.astype(np.float32)) * scale + tm.astype(np.float32)
+    out[..., 0] = np.clip(out[..., 0], 0.0, 100.0)
+    return lab_to_rgb(out)
+
+
+# --- Macenko -------------------------------------------------------------------------------------
+
+
+def optical_density(rgb: np.ndarray, background: float = 255.0) -> np.ndarray:
+    """Beer-Lambert optical density per channel, (H*W, 3) float64."""
+    x = _as_rgb(rgb).reshape(-1, 3).astype(np.float64)
+    return -np.log((x + 1.0) / (background + 1.0))
+
+
+def macenko_stains(
+    rgb: np.ndarray, od_threshold: float = 0.15, alpha: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two stain OD vectors (2, 3), unit length, and their 99th-percentile amounts (2,).
+
+    The first row is the stain that absorbs most red light (haematoxylin-like: the nuclear, azure /
+    methylene-blue stain), the second the eosin-like stain. Raises ValueError when fewer than 50 pixels
+    are stained (an empty image has no stain to estimate).
+    """
+    od = optical_density(rgb)
+    od_fg = od[(od > od_threshold).all(axis=1)]
+    if len(od_fg) < 50:
+        raise ValueError("too few stained pixels to estimate stain vectors")
+    cov = np.cov(od_fg, rowvar=False)
+    _, vecs = np.linalg.eigh(cov)
+    plane = vecs[:, 1:3]  # the two largest eigenvectors
+    proj = od_fg @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, alpha), np.percentile(phi, 100 - alpha)
+    v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
+    v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
+    v1 *= np.sign(v1.sum()) or 1.0
+    v2 *= np.sign(v2.sum()) or 1.0
+    stains = np.stack([v1, v2]) if v1[0] > v2[0] else np.stack([v2, v1])
+    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
+    conc = np.linalg.lstsq(stains.T, od.T, rcond=None)[0]
+    max_c = np.percentile(conc, 99, axis=1)
+    return stains, np.maximum(max_c, _EPS)
+
+
+def macenko(
+    rgb: np.ndarray,
+    target_stains: Sequence[Sequence[float]],
+    target_max: Sequence[float],
+    source_stains: Sequence[Sequence[float]] | None = None,
+    source_max: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Re-mix an image with the target stain vectors and amounts. Unstained images come back unchanged."""
+    arr = _as_rgb(rgb)
+    if source_stains is None or source_max is None:
+        try:
+            source_stains, source_max = macenko_stains(arr)
+        except ValueError:
+            return arr.copy()
+    s_src = np.asarray(source_stains, np.float64)
+    od = optical_density(arr)
+    conc = np.linalg.lstsq(s_src.T, od.T, rcond=None)[0]
+    ratio = np.asarray(target_max, np.float64) / np.maximum(np.asarray(source_max, np.float64), _EPS)
+    conc *= ratio[:, None]
+    out = 256.0 * np.exp(-(np.asarray(target_stains, np.float64).T @ conc)) - 1.0
+    return np.clip(np.rint(out.T), 0, 255).astype(np.uint8).reshape(arr.shape)
+
+
+# --- histogram matching --------------------------------------------------------------------------
+
+
+def channel_quantiles(images: Iterable[np.ndarray], n: int = N_QUANTILES) -> np.ndarray:
+    """(3, n) evenly spaced quantiles of each RGB channel over all pixels of ``images``."""
+    hist = np.zeros((3, 256), np.float64)
+    for im in images:
+        arr = _as_rgb(im)
+        for c in range(3):
+            hist[c] += np.bincount(arr[..., c].ravel(), minlength=256)[:256]
+    if hist.sum() == 0:
+        raise ValueError("no images to compute colour quantiles from")
+    cdf = np.cumsum(hist, axis=1) / hist.sum(axis=1, keepdims=True)
+    qs = np.linspace(0, 1, n)
+    return np.stack([np.interp(qs, cdf[c], np.arange(256)) for c in range(3)])
+
+
+def match_histograms(
+    rgb: np.ndarray, target_quantiles: np.ndarray | Sequence[Sequence[float]],
+    source_quantiles: np.ndarray | Sequence[Sequence[float]] | None = None,
+) -> np.ndarray:
+    """Map each channel so that its quantiles become the target's (piecewise-linear lookup table)."""
+    arr = _as_rgb(rgb)
+    tq = np.asarray(target_quantiles, np.float64)
+    sq = channel_quantiles([arr], tq.shape[1]) if source_quantiles is None else np.asarray(source_quantiles)
+    out = np.empty_like(arr)
+    levels = np.arange(256, dtype=np.float64)
+    for c in range(3):
+        src, idx = np.unique(sq[c], return_index=True)  # np.interp needs increasing x
+        lut = np.interp(levels, src, tq[c][idx]) if len(src) > 1 else np.full(256, tq[c].mean())
+        out[..., c] = np.clip(np.rint(lut), 0, 255).astype(np.uint8)[arr[..., c]]
+    return out
+
+
+# --- fit / apply by name -------------------------------------------------------------------------
+
+
+def fit_stain_stats(images: Sequence[np.ndarray], method: str) -> dict[str, Any]:
+    """Pooled colour statistics of a set of images for ``method``, as plain lists (JSON-ready)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown stain normalisation {method!r}; choose from {', '.join(METHODS)}")
+    if not len(images):
+        raise ValueError("no images to fit stain statistics on")
+    if method == "reinhard":
+        mean, std = pooled_lab_stats(images)
+        return {"mean": mean.tolist(), "std": std.tolist()}
+    if method == "macenko":
+        # stain vectors of a mosaic of the images: one robust estimate for the whole set
+        side = min(min(im.shape[:2]) for im in images)
+        tiles = [cv2.resize(_as_rgb(im), (side, side), interpolation=cv2.INTER_AREA) for im in images]
+        stains, max_c = macenko_stains(np.concatenate(tiles, axis=0))
+        return {"stains": stains.tolist(), "max": max_c.tolist()}
+    return {"quantiles": channel_quantiles(images).tolist()}
+
+
+def fit_stain_target(images: Sequence[np.ndarray], method: str) -> dict[str, Any]:
+    """A normalisation target ``{"method", "target"}`` from reference (training-lab) images."""
+    return {"method": method, "target": fit_stain_stats(images, method)}
+
+
+def normalise(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """Apply a stain target dict (from :func:`fit_stain_target`, optionally with ``source``) to one image."""
+    method = spec.get("method", "")
+    tgt, src = spec.get("target", {}), spec.get("source") or {}
+    if method == "reinhard":
+        return reinhard(rgb, tgt["mean"], tgt["std"], src.get("mean"), src.get("std"))
+    if method == "macenko":
+        return macenko(rgb, tgt["stains"], tgt["max"], src.get("stains"), src.get("max"))
+    if method == "histogram":
+        return match_histograms(rgb, tgt["quantiles"], src.get("quantiles"))
+    raise ValueError(f"unknown stain normalisation {method!r}; choose from {', '.join(METHODS)}")
+
+
+def normalise_batch(cells: np.ndarray | Sequence[np.ndarray], spec: dict[str, Any] | None) -> np.ndarray:
+    """:func:`normalise` on each cell of a batch; ``spec`` None or empty returns the batch unchanged."""
+    arr = np.asarray(cells if isinstance(cells, np.ndarray) else np.stack(cells))
+    if not spec:
+        return arr
+    return np.stack([normalise(c, spec) for c in arr]) if len(arr) else arr

@@ -1,0 +1,1 @@
+"""Training, export and model definitions. Needs the ``train`` extra (torch, torchvision)."""

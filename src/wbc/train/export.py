@@ -1,0 +1,123 @@
+"""Export a trained network to ONNX with its metadata, and prove the export matches PyTorch."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wbc.errors import WbcError
+from wbc.io import atomic_write_bytes, atomic_write_text
+from wbc.model import METADATA_KEY, ModelInfo
+from wbc.train.models import Ensemble, ExportWrapper, WbcNet, create_model
+
+OUTPUT_NAMES = ["logits", "embedding", "cam"]
+
+
+def to_onnx_bytes(net: torch.nn.Module, input_size: int, opset: int = 17) -> bytes:
+    """Serialise ``net.forward_all`` to ONNX with a dynamic batch axis."""
+    wrapper = ExportWrapper(net).eval().to(memory_format=torch.contiguous_format)
+    buf = io.BytesIO()
+    dummy = torch.zeros(2, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (dummy,), buf, input_names=["input"], output_names=OUTPUT_NAMES,
+            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            opset_version=opset, dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def set_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    proto.producer_name = "wbc"
+    proto.model_version = int(info.version.split(".")[0]) if info.version[:1].isdigit() else 0
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
+    """Change metadata fields of an exported model in place (e.g. OOD statistics added later)."""
+    import onnx
+
+    p = Path(path)
+    proto = onnx.load(str(p))
+    meta = {e.key: e.value for e in proto.metadata_props}
+    info = ModelInfo.from_json(meta[METADATA_KEY])
+    for k, v in changes.items():
+        if k not in ModelInfo.__dataclass_fields__:
+            raise KeyError(k)
+        setattr(info, k, v)
+    write_model(p, set_metadata(proto.SerializeToString(), info), info)
+    return info
+
+
+def write_model(path: Path, onnx_bytes: bytes, info: ModelInfo) -> None:
+    """The ONNX file plus a human-readable copy of its metadata beside it (``<name>.json``)."""
+    atomic_write_bytes(path, onnx_bytes)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
+
+
+def parity(onnx_bytes: bytes, net: torch.nn.Module, x: torch.Tensor) -> float:
+    """Max absolute difference of the logits from ONNX Runtime and from PyTorch on ``x``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = net.eval().forward_all(x)[0].numpy()
+    return float(np.abs(got - want).max())
+
+
+def export_model(
+    net: torch.nn.Module, info: ModelInfo, path: str | os.PathLike[str], check_input: torch.Tensor,
+    opset: int = 17,
+) -> float:
+    """Write ``net`` to ``path`` with ``info``; returns the max |ONNX - PyTorch| logit difference."""
+    data = to_onnx_bytes(net, info.input_size, opset)
+    diff = parity(data, net, check_input)
+    info.extra["onnx_max_abs_diff"] = diff
+    info.extra["opset"] = opset
+    write_model(Path(path), set_metadata(data, info), info)
+    return diff
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, ModelInfo]:
+    """A network and its metadata from ``best.pt``/``ensemble.pt`` or a run folder holding one."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("ensemble.pt", "best.pt"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise WbcError(f"{path}: no best.pt or ensemble.pt in this run folder")
+    if not p.is_file():
+        raise WbcError(f"{p}: checkpoint not found")
+    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    info = ModelInfo.from_json(ckpt["info"])
+    states = ckpt["members"] if "members" in ckpt else [ckpt["model"]]
+    nets: list[WbcNet] = []
+    for state in states:
+        net = create_model(ckpt["arch"], len(info.classes), pretrained=False, dropout=ckpt.get("dropout", 0.0))
+        net.load_state_dict(state)
+        nets.append(net.eval())
+    return (Ensemble(nets) if len(nets) > 1 else nets[0]), info
+
+
+def export_checkpoint(path: str | os.PathLike[str], output: str | os.PathLike[str], opset: int = 17) -> float:
+    net, info = load_checkpoint(path)
+    x = torch.rand(4, 3, info.input_size, info.input_size) * 4 - 2
+    return export_model(net, info, output, x, opset)

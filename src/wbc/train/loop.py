@@ -1,0 +1,378 @@
+"""``wbc train``: one readable loop, every knob from :class:`wbc.config.TrainConfig`.
+
+A run folder holds everything needed to trust and repeat the run::
+
+    RUN/config.json  manifest.csv  skipped.csv  metrics.csv  last.pt  best.pt  curves.png
+        model.onnx (+ model.json)  val_metrics.json  test_metrics.json
+        fold_K/...   (cross-validation: one sub-run per fold, then ensemble.pt and model.onnx)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from wbc.calibration import fit_temperature, review_threshold
+from wbc.config import TrainConfig
+from wbc.data import Sample, read_manifest, scan_folder, stratified_split, write_manifest
+from wbc.errors import WbcError
+from wbc.io import atomic_write_csv, atomic_write_json
+from wbc.labels import CLASSES
+from wbc.model import ModelInfo, softmax
+from wbc.paths import data_root as default_data_root
+from wbc.train.data import CachedCells, class_weights, decode_all
+from wbc.train.export import export_model
+from wbc.train.models import Ensemble, WbcNet, create_model
+from wbc.train.transforms import build_augment, normalise
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "seconds")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class Split:
+    """Cached images and integer labels of one part of the data."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return 0.01 + 0.99 * step / max(1, warmup_steps)
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+@torch.no_grad()
+def predict_logits(net: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 128) -> np.ndarray:
+    net.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)
+        x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
+        out.append(net(x).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def summarise(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    pred = logits.argmax(1)
+    idx = list(range(len(classes)))
+    rec = recall_score(labels, pred, labels=idx, average=None, zero_division=0)
+    return {
+        "n": len(labels),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "macro_f1": float(f1_score(labels, pred, labels=idx, average="macro", zero_division=0)),
+        "recall": {c: float(r) for c, r in zip(classes, rec, strict=True)},
+    }
+
+
+def bootstrap_summary(logits: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """Point estimates with 95% percentile-bootstrap intervals (resampling cells)."""
+    point = summarise(logits, labels, classes)
+    rng = np.random.default_rng(seed)
+    pred = logits.argmax(1)
+    idx = list(range(len(classes)))
+    accs, f1s, recs = [], [], []
+    for _ in range(n_boot):
+        s = rng.integers(0, len(labels), len(labels))
+        accs.append(accuracy_score(labels[s], pred[s]))
+        f1s.append(f1_score(labels[s], pred[s], labels=idx, average="macro", zero_division=0))
+        recs.append(recall_score(labels[s], pred[s], labels=idx, average=None, zero_division=0))
+    r = np.asarray(recs)
+
+    def ci(v) -> list[float]:
+        return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+
+    point["accuracy_ci95"] = ci(accs)
+    point["macro_f1_ci95"] = ci(f1s)
+    point["recall_ci95"] = {c: ci(r[:, k]) for k, c in enumerate(classes)}
+    return point
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+        disable=not console.is_terminal and os.environ.get("WBC_PROGRESS") != "1",
+    )
+
+
+def fit(
+    cfg: TrainConfig, train: Split, val: Split, classes: list[str], run_dir: Path,
+    mean, std, console: Console, resume: bool = False,
+) -> tuple[WbcNet, list[dict[str, Any]]]:
+    """Train one network; returns it with the weights of its best validation macro-F1 epoch."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    gen = seed_everything(cfg.seed)
+    net = create_model(cfg.model, len(classes), pretrained=cfg.pretrained, dropout=cfg.dropout)
+    net = net.to(memory_format=torch.channels_last)
+    weights = class_weights(train.labels, len(classes)) if cfg.balance == "loss" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    dataset = CachedCells(train.images, train.labels, build_augment(cfg))
+    sampler = None
+    if cfg.balance == "sampler":
+        w = class_weights(train.labels, len(classes))[torch.as_tensor(train.labels)]
+        sampler = WeightedRandomSampler(w.double(), len(train), replacement=True, generator=gen)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers, generator=gen)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    history: list[dict[str, Any]] = []
+    start_epoch, best_f1, best_epoch, bad_epochs = 0, -1.0, -1, 0
+    last = run_dir / "last.pt"
+    if resume and last.is_file():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best_f1, best_epoch, bad_epochs = ck["epoch"] + 1, ck["best_f1"], ck["best_epoch"], ck["bad"]
+        history = ck["history"]
+        torch.set_rng_state(ck["rng"])
+        gen.set_state(ck["gen"])
+        console.print(f"resuming {run_dir} at epoch {start_epoch + 1}", highlight=False)
+    if history and history[-1].get("stopped"):
+        start_epoch = cfg.epochs  # finished (early-stopped) run: nothing left to do
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        net.train()
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        with _progress(console) as bar:
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0)
+            for x, y in loader:
+                x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
+                logits = net(x)
+                loss = loss_fn(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tot_loss += float(loss.detach()) * len(y)
+                tot_correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                bar.update(task, advance=1, loss=tot_loss / seen, acc=tot_correct / seen)
+        val_logits = predict_logits(net, val.images, mean, std)
+        val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(val_logits),
+                                                           torch.from_numpy(val.labels)))
+        s = summarise(val_logits, val.labels, classes)
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": tot_loss / max(seen, 1),
+               "train_acc": tot_correct / max(seen, 1), "val_loss": val_loss, "val_acc": s["accuracy"],
+               "val_macro_f1": s["macro_f1"], "seconds": time.time() - t0}
+        history.append(row)
+        improved = s["macro_f1"] > best_f1
+        if improved:
+            best_f1, best_epoch, bad_epochs = s["macro_f1"], epoch + 1, 0
+            torch.save({"model": net.state_dict(), "arch": cfg.model, "dropout": cfg.dropout}, run_dir / "best.pt")
+        else:
+            bad_epochs += 1
+        stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+        row["stopped"] = stop
+        console.print(
+            f"epoch {epoch + 1:>3}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+            f"val_loss {val_loss:.4f}  val_acc {s['accuracy']:.4f}  val_F1 {s['macro_f1']:.4f}"
+            f"{'  *' if improved else ''}  {row['seconds']:.0f}s", highlight=False)
+        atomic_write_csv(run_dir / "metrics.csv", METRIC_COLUMNS, [[r[c] for c in METRIC_COLUMNS] for r in history])
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "bad": bad_epochs,
+                    "history": history, "rng": torch.get_rng_state(), "gen": gen.get_state()}, last)
+        if stop:
+            console.print(f"early stop: no val macro-F1 gain for {cfg.patience} epochs (best epoch {best_epoch})")
+            break
+    plot_curves(history, run_dir / "curves.png")
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    net.load_state_dict(best["model"])
+    return net.eval(), history
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(ep, [r["train_loss"] for r in history], label="train")
+    a.plot(ep, [r["val_loss"] for r in history], label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title="Loss")
+    a.legend()
+    b.plot(ep, [r["train_acc"] for r in history], label="train accuracy")
+    b.plot(ep, [r["val_acc"] for r in history], label="val accuracy")
+    b.plot(ep, [r["val_macro_f1"] for r in history], label="val macro-F1")
+    b.set(xlabel="epoch", title="Accuracy", ylim=(max(0.0, min(r["train_acc"] for r in history) - 0.05), 1.0))
+    b.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, console: Console) -> list[Sample]:
+    """The run's manifest: reused when resuming, else scanned, split (seeded) and written."""
+    manifest = run_dir / "manifest.csv"
+    if resume and manifest.is_file():
+        return read_manifest(manifest, root=root)
+    folder = Path(cfg.data)
+    if not folder.is_absolute() and not folder.is_dir():
+        folder = root / cfg.data
+    scan = scan_folder(folder, classes=cfg.classes or None)
+    for path, reason in scan.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    samples = scan.samples
+    if cfg.max_per_class:
+        rng = np.random.default_rng(cfg.seed)
+        by: dict[str, list[Sample]] = {}
+        for s in samples:
+            by.setdefault(s.label, []).append(s)
+        samples = [s for lab in sorted(by) for s in
+                   [by[lab][i] for i in sorted(rng.permutation(len(by[lab]))[: cfg.max_per_class])]]
+    samples = stratified_split(samples, cfg.split, seed=cfg.seed, folds=cfg.folds)
+    write_manifest(manifest, samples, root=root)
+    atomic_write_csv(run_dir / "skipped.csv", ["path", "reason"], scan.skipped)
+    return samples
+
+
+def run_training(
+    cfg: TrainConfig, run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
+    resume: bool = False, console: Console | None = None,
+) -> dict[str, Any]:
+    """Run a whole training job into ``run_dir``; returns the test summary."""
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    root = default_data_root(data_root)
+    if run_dir.exists() and (run_dir / "last.pt").exists() | any(run_dir.glob("fold_*/last.pt")) and not resume:
+        raise WbcError(f"{run_dir}: a run already exists here; pass --resume to continue it or pick another --output")
+    if resume and (run_dir / "config.json").is_file():
+        saved = json.loads((run_dir / "config.json").read_text())
+        cfg = TrainConfig().updated({k: v for k, v in saved.items() if k != "extra"})
+    torch.set_num_threads(cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    t_start = time.time()
+
+    samples = prepare_samples(cfg, run_dir, root, resume, console)
+    classes = [c for c in CLASSES if any(s.label == c for s in samples)]
+    classes += sorted({s.label for s in samples} - set(classes))
+    console.print(f"decoding {len(samples)} images at {cfg.input_size}px ...", highlight=False)
+    cache, ok, bad = decode_all(samples, cfg.input_size, workers=cfg.threads)
+    for path, reason in bad:
+        console.print(f"[yellow]skipped unreadable[/] {reason}", highlight=False)
+    kept = [samples[i] for i in ok]
+    labels = np.array([classes.index(s.label) for s in kept])
+    part = np.array([s.split for s in kept])
+    folds = np.array([s.fold for s in kept])
+    counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
+    console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
+
+    def subset(mask: np.ndarray) -> Split:
+        return Split(cache[mask], labels[mask])
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    test = subset(part == "test")
+    if cfg.folds > 1:
+        members, oof_logits, oof_labels, fold_summaries = [], [], [], []
+        for k in range(cfg.folds):
+            console.print(f"[bold]fold {k + 1}/{cfg.folds}[/]")
+            tr, va = subset((part != "test") & (folds != k)), subset((part != "test") & (folds == k))
+            net, _ = fit(cfg.updated({"seed": cfg.seed + k}), tr, va, classes, run_dir / f"fold_{k}", mean, std,
+                         console, resume)
+            lg = predict_logits(net, va.images, mean, std)
+            fs = summarise(lg, va.labels, classes)
+            atomic_write_json(run_dir / f"fold_{k}" / "val_metrics.json", fs)
+            fold_summaries.append(fs)
+            members.append(net)
+            oof_logits.append(lg)
+            oof_labels.append(va.labels)
+        final: torch.nn.Module = Ensemble(members).eval()
+        torch.save({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
+                    "info": ""}, run_dir / "ensemble.pt")
+        # members' out-of-fold predictions calibrate the ensemble (no image is scored by a model that saw it)
+        val_logits = np.log(np.clip(softmax(np.concatenate(oof_logits)), 1e-12, None))
+        val_labels = np.concatenate(oof_labels)
+        cv = {m: [f[m] for f in fold_summaries] for m in ("accuracy", "macro_f1")}
+        atomic_write_json(run_dir / "cv_metrics.json",
+                          {"folds": fold_summaries, **{f"{m}_mean": float(np.mean(v)) for m, v in cv.items()},
+                           **{f"{m}_sd": float(np.std(v, ddof=1)) for m, v in cv.items()}})
+    else:
+        val = subset(part == "val")
+        final, _ = fit(cfg, subset(part == "train"), val, classes, run_dir, mean, std, console, resume)
+        val_logits = predict_logits(final, val.images, mean, std)
+        val_labels = val.labels
+
+    info = finalise_info(cfg, classes, mean, std, val_logits, val_labels, samples, root)
+    ckpt_name = "ensemble.pt" if cfg.folds > 1 else "best.pt"
+    ck = torch.load(run_dir / ckpt_name, map_location="cpu", weights_only=False)
+    ck["info"] = info.to_json()
+    torch.save(ck, run_dir / ckpt_name)
+    check = normalise(torch.from_numpy(cache[:8]).permute(0, 3, 1, 2), mean, std)
+    diff = export_model(final, info, run_dir / "model.onnx", check)
+    console.print(f"exported {run_dir / 'model.onnx'} (max |onnx - torch| logit difference {diff:.2e})")
+    atomic_write_json(run_dir / "val_metrics.json", summarise(val_logits, val_labels, classes))
+    result: dict[str, Any] = {"train_seconds": time.time() - t_start}
+    if len(test):
+        test_logits = predict_logits(final, test.images, mean, std)
+        result.update(bootstrap_summary(test_logits, test.labels, classes, seed=cfg.seed))
+        atomic_write_json(run_dir / "test_metrics.json", result)
+        console.print(
+            f"test: accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}  macro-F1 {result['macro_f1']:.4f}  "
+            f"min recall {min(result['recall'].values()):.4f}", highlight=False)
+    console.print(f"run finished in {result['train_seconds'] / 60:.1f} min: {run_dir}")
+    return result
+
+
+def finalise_info(
+    cfg: TrainConfig, classes: list[str], mean, std, val_logits: np.ndarray, val_labels: np.ndarray,
+    samples: list[Sample], root: Path,
+) -> ModelInfo:
+    """Metadata for export: temperature and review threshold fitted on validation data."""
+    temperature = fit_temperature(val_logits, val_labels)
+    probs = softmax(val_logits, temperature)
+    threshold = review_threshold(probs.max(1), probs.argmax(1) == val_labels, cfg.review_target_accuracy)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    counts = {c: sum(1 for s in samples if s.label == c and s.split == "train") for c in classes}
+    data_desc = Path(cfg.data).name
+    return ModelInfo(
+        classes=classes, input_size=cfg.input_size, mean=list(mean), std=list(std), architecture=cfg.model,
+        version=cfg.version, model_id=f"wbc-{cfg.model}-{data_desc}-{stamp}", temperature=temperature,
+        review_threshold=threshold, review_target_accuracy=cfg.review_target_accuracy,
+        training_data=f"{data_desc}: train split of {len(samples)} images ({counts}); seed {cfg.seed}",
+        created=stamp,
+        metrics=summarise(val_logits, val_labels, classes) | {"split": "val"},
+        extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}},
+    )

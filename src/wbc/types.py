@@ -1,0 +1,62 @@
+"""Plain result types shared by the CLI, the Python API, the HTTP API and the reports.
+
+Each has ``to_dict`` for JSON; none holds arrays bigger than a cell's masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Prediction:
+    """The classifier's answer for one single-cell image (or one crop from a smear)."""
+
+    label: str
+    confidence: float
+    review: bool
+    probabilities: dict[str, float]
+    path: str = ""
+    ood: bool = False  # unlike the training data (colour or feature statistics)
+    reasons: list[str] = field(default_factory=list)  # why review is set, in words
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Cell:
+    """One WBC found in a smear: where it is, its outlines, and what it is."""
+
+    id: int
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
+    nucleus_mask: np.ndarray  # bool, full-image size is not required: same size as the box crop
+    cell_mask: np.ndarray  # bool, box-sized, includes the nucleus
+    touches_border: bool = False
+    prediction: Prediction | None = None
+
+    @property
+    def area_px(self) -> int:
+        return int(self.cell_mask.sum())
+
+
+@dataclass
+class SmearResult:
+    """All WBCs of one smear image and their counts per class."""
+
+    image: str
+    width: int
+    height: int
+    cells: list[Cell]
+    model_id: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self, classes: tuple[str, ...] | list[str] = ()) -> dict[str, int]:
+        out = {c: 0 for c in classes}
+        for c in self.cells:
+            if c.prediction is not None:
+                out[c.prediction.label] = out.get(c.prediction.label, 0) + 1
+        return out

@@ -1,0 +1,186 @@
+"""End-to-end smear analysis: Python API, CLI outputs, bad input, crops; synthetic data, a tiny real ONNX."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.analyze import analyze_image, analyze_paths, mask_to_polygons
+from wbc.crops import DEFAULT_CELL_FRACTION, cell_fraction_of, crop_cell, measure_cell_fraction
+from wbc.labels import CLASSES
+from wbc.model import ModelInfo, load_model
+from wbc.segment.classical import ClassicalSegmenter
+from wbc.types import Cell
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_segment import synthetic_smear  # noqa: E402
+
+
+def make_colour_classifier(path: Path, size: int = 32, extra: dict | None = None) -> Path:
+    """A real ONNX classifier (mean colour -> linear layer) with wbc metadata; needs the onnx package."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 3, (len(CLASSES), 3)).astype(np.float32)
+    b = np.zeros(len(CLASSES), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
+         helper.make_node("Flatten", ["gap"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"], transB=1)],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    info = ModelInfo(classes=list(CLASSES), input_size=size, mean=[0.5] * 3, std=[0.25] * 3,
+                     model_id="tiny-colour", review_threshold=0.5, extra=extra or {})
+    p = model.metadata_props.add()
+    p.key, p.value = "wbc", info.to_json()
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory: pytest.TempPathFactory):
+    return load_model(make_colour_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx"))
+
+
+def test_analyze_image_labels_every_found_cell(clf) -> None:
+    rgb, boxes, *_ = synthetic_smear(n_wbc=2, seed=5)
+    res = analyze_image(rgb, clf, ClassicalSegmenter(), name="x.png")
+    assert (res.width, res.height) == (640, 480) and len(res.cells) == 2
+    for c in res.cells:
+        assert c.prediction is not None and c.prediction.label in CLASSES
+        assert sum(c.prediction.probabilities.values()) == pytest.approx(1, abs=1e-4)
+    assert sum(res.counts(CLASSES).values()) == 2 and res.model_id == "tiny-colour"
+
+
+def test_empty_field_is_a_valid_empty_result(clf) -> None:
+    rgb, *_ = synthetic_smear(n_wbc=0, seed=6)
+    res = analyze_image(rgb, clf, ClassicalSegmenter())
+    assert res.cells == [] and res.warnings
+
+
+def test_crop_is_scale_normalised() -> None:
+    """The same cell imaged at two magnifications gives (nearly) the same crop."""
+    crops = []
+    for scale in (1.0, 2.0):
+        rgb = np.full((int(200 * scale), int(200 * scale), 3), 220, np.uint8)
+        cv2.circle(rgb, (int(100 * scale), int(100 * scale)), int(30 * scale), (120, 80, 200), -1)
+        m = np.zeros(rgb.shape[:2], bool)
+        m[rgb[:, :, 0] < 200] = True
+        ys, xs = np.nonzero(m)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        cell = Cell(1, box, m[box[1]:box[3], box[0]:box[2]], m[box[1]:box[3], box[0]:box[2]])
+        crops.append(crop_cell(rgb, cell, 64, fraction=0.5).astype(np.float32))
+    assert np.abs(crops[0] - crops[1]).mean() < 3
+    disc = (crops[0][:, :, 0] < 170).sum() / 64**2  # disc area / crop area = pi/4 * fraction^2
+    assert disc == pytest.approx(np.pi / 4 * 0.25, rel=0.1)
+
+
+def test_crop_near_the_border_mirrors_the_field() -> None:
+    rgb = np.full((100, 100, 3), 200, np.uint8)
+    m = np.ones((20, 20), bool)
+    crop = crop_cell(rgb, Cell(1, (0, 0, 20, 20), m, m), 48, fraction=0.3)
+    assert crop.shape == (48, 48, 3) and crop.min() == 200  # no black padding
+
+
+def test_cell_fraction_from_metadata_or_default(tmp_path: Path) -> None:
+    assert cell_fraction_of(load_model(make_colour_classifier(tmp_path / "a.onnx"))) == DEFAULT_CELL_FRACTION
+    m = load_model(make_colour_classifier(tmp_path / "b.onnx", extra={"cell_fraction": 0.6}))
+    assert cell_fraction_of(m) == pytest.approx(0.6)
+
+
+def test_measure_cell_fraction_on_synthetic_crops() -> None:
+    crops = []
+    for seed in range(3):
+        rgb, boxes, _, cell = synthetic_smear(n_wbc=1, seed=seed)
+        x0, y0, x1, y1 = boxes[0]
+        cx, cy = (x0 + x1) // 2 + 150, (y0 + y1) // 2 + 150
+        padded = cv2.copyMakeBorder(rgb, 150, 150, 150, 150, cv2.BORDER_REFLECT_101)
+        crops.append(padded[cy - 150: cy + 150, cx - 150: cx + 150])
+    true = (np.sqrt(4 / np.pi * np.pi * (0.75 * 70) ** 2)) / 300  # disc diameter / side
+    assert measure_cell_fraction(crops) == pytest.approx(true, rel=0.12)
+
+
+def test_polygons_round_trip_the_mask() -> None:
+    m = np.zeros((40, 50), np.uint8)
+    cv2.circle(m, (25, 20), 12, 1, -1)
+    polys = mask_to_polygons(m.astype(bool), (100, 200))
+    back = np.zeros((300, 200), np.uint8)
+    cv2.fillPoly(back, [np.asarray(p, np.int32) for p in polys], 1)
+    assert int(back[200:240, 100:150].sum()) == pytest.approx(int(m.sum()), rel=0.1)
+
+
+def _write_inputs(folder: Path) -> None:
+    folder.mkdir()
+    rgb, *_ = synthetic_smear(n_wbc=2, seed=7)
+    cv2.imwrite(str(folder / "a.jpg"), rgb[:, :, ::-1])
+    grey16 = (cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "grey16.png"), grey16)
+    rgba = np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])
+    cv2.imwrite(str(folder / "rgba.png"), rgba)
+    empty, *_ = synthetic_smear(n_wbc=0, seed=8)
+    cv2.imwrite(str(folder / "empty.png"), empty[:, :, ::-1])
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_analyze_paths_writes_everything_and_survives_bad_files(clf, tmp_path: Path) -> None:
+    _write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    summary = analyze_paths([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    assert len(summary.results) == 4 and len(summary.errors) == 1
+    errors = list(csv.DictReader((out / "errors.csv").open()))
+    assert len(errors) == 1 and "corrupt.jpg" in errors[0]["error"]
+    doc = json.loads((out / "a.json").read_text())
+    assert {"image", "width", "height", "cells", "counts", "model_id"} <= doc.keys()
+    assert len(doc["cells"]) == 2
+    c = doc["cells"][0]
+    assert {"id", "box", "nucleus", "cell", "area_px", "touches_border", "label", "confidence", "review",
+            "probabilities"} <= c.keys()
+    assert len(c["cell"][0]) >= 3 and c["label"] in CLASSES
+    assert json.loads((out / "empty.json").read_text())["cells"] == []
+    png = cv2.imread(str(out / "a.png"))
+    assert png.shape == (480, 640, 3)
+    rows = list(csv.DictReader((out / "cells.csv").open()))
+    assert len(rows) == sum(len(r.cells) for r in summary.results)
+    diff = list(csv.DictReader((out / "differential.csv").open()))
+    pooled = sum(int(r["count"]) for r in diff if r["image"] == "ALL")
+    assert pooled == len(rows)
+
+
+def test_oversized_image_is_refused_with_a_message(clf, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wbc.analyze
+    from wbc.errors import ImageReadError
+
+    monkeypatch.setattr(wbc.analyze, "MAX_ANALYZE_PIXELS", 1000)
+    with pytest.raises(ImageReadError, match="big.png.*over the analysis limit"):
+        analyze_image(np.zeros((100, 100, 3), np.uint8), clf, ClassicalSegmenter(), name="big.png")
+
+
+@pytest.mark.slow
+def test_cli_analyze_default_folder(clf, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    _write_inputs(tmp_path / "data" / "raw_images")
+    r = subprocess.run([sys.executable, "-m", "wbc", "analyze", "--output", "out", "--model", str(clf.path),
+                        "--segmenter", "classical"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "1 file(s) failed" in r.stderr
+    assert (tmp_path / "out" / "differential.csv").is_file() and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_cli_analyze_errors_are_one_line(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(tmp_path / "nothing.jpg"), "--output",
+                        str(tmp_path / "o"), "--model", str(tmp_path / "none.onnx")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "error" in r.stderr

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wbc.config import TrainConfig, load_config
+from wbc.errors import ConfigError
+
+
+def test_toml_then_flags_override(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[train]\nepochs = 3\nmodel = "small_cnn"\nscale = [0.8, 1.2]\n')
+    cfg = load_config(p, {"epochs": 5, "lr": None})
+    assert (cfg.epochs, cfg.model, cfg.scale, cfg.lr) == (5, "small_cnn", (0.8, 1.2), TrainConfig().lr)
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ("epochs = 'many'", "not a valid int"),
+    ("epoch = 3", "unknown training option 'epoch'"),
+    ("balance = 'magic'", "balance must be"),
+    ("folds = 1", "folds must be"),
+    ("epochs = [", "not valid TOML"),
+])
+def test_bad_config_names_file_and_problem(tmp_path: Path, text: str, msg: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=msg) as info:
+        load_config(p)
+    assert "bad.toml" in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_shipped_default_config_loads() -> None:
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "default.toml")
+    assert cfg.model == "efficientnet_lite0" and cfg.pretrained

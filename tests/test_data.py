@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from wbc.data import read_manifest, scan_folder, stratified_split, write_manifest
+from wbc.errors import WbcError
+from wbc.labels import CLASSES, canonical_label, parse_mapping
+from wbc.synthetic import make_dataset
+
+
+@pytest.mark.parametrize(("raw", "want"), [
+    ("NEUTROPHIL", "neutrophil"), ("Eosinophils", "eosinophil"), ("IG", "ig"), ("lymphocytes", "lymphocyte"),
+    ("Immature_Granulocytes", "ig"), ("platelets", "platelet"), ("RBC", None), ("", None),
+])
+def test_canonical_labels(raw: str, want: str | None) -> None:
+    assert canonical_label(raw) == want
+
+
+def test_mapping_renames_before_canonicalising() -> None:
+    m = parse_mapping(["band=neutrophil", "SEG = neutrophil"])
+    assert canonical_label("band", m) == "neutrophil" and canonical_label("seg", m) == "neutrophil"
+    with pytest.raises(ValueError, match="OLD=NEW"):
+        parse_mapping(["oops"])
+
+
+def test_scan_maps_folders_and_reports_strays(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", n_per_class=3, size=32, classes=["neutrophil", "lymphocyte"])
+    (root / "neutrophil").rename(root / "NEUTROPHILS")
+    (root / "mystery").mkdir()
+    (root / "mystery" / "x.png").write_bytes(b"x")
+    (root / "Monocyte").mkdir()
+    (root / "lymphocyte" / "readme.txt").write_text("hi")
+    res = scan_folder(root)
+    assert res.counts() == Counter({"neutrophil": 3, "lymphocyte": 3})
+    reasons = {Path(p).name: r for p, r in res.skipped}
+    assert reasons == {"mystery": "unknown class folder", "Monocyte": "empty class folder",
+                       "readme.txt": "not an image file"}
+
+
+def test_scan_errors_clearly_on_missing_or_empty(tmp_path: Path) -> None:
+    with pytest.raises(WbcError, match="dataset folder not found"):
+        scan_folder(tmp_path / "nope")
+    with pytest.raises(WbcError, match="no images"):
+        scan_folder(tmp_path)
+
+
+def test_split_is_stratified_seeded_and_keeps_duplicates_together(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", n_per_class=20, size=24, classes=["neutrophil", "lymphocyte"])
+    for i in range(5):  # exact copies of one file under new names
+        shutil.copy(root / "neutrophil" / "neutrophil_000.png", root / "neutrophil" / f"dup_{i}.png")
+    samples = scan_folder(root).samples
+    a = stratified_split(samples, seed=3)
+    b = stratified_split(samples, seed=3)
+    assert [(s.path, s.split) for s in a] == [(s.path, s.split) for s in b]
+    assert [s.split for s in stratified_split(samples, seed=4)] != [s.split for s in a]
+    splits = {s.path.name: s.split for s in a}
+    assert len({splits[f"dup_{i}.png"] for i in range(5)} | {splits["neutrophil_000.png"]}) == 1
+    lym = Counter(s.split for s in a if s.label == "lymphocyte")
+    assert lym == {"train": 14, "val": 3, "test": 3}
+
+
+def test_folds_cover_train_and_val_only(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", n_per_class=20, size=24, classes=["neutrophil"])
+    s = stratified_split(scan_folder(root).samples, folds=4)
+    assert {x.fold for x in s if x.split == "test"} == {-1}
+    assert Counter(x.fold for x in s if x.split != "test") == {0: 5, 1: 4, 2: 4, 3: 4}
+
+
+def test_manifest_roundtrip_relative_to_root(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", n_per_class=4, size=24, classes=["monocyte"])
+    s = stratified_split(scan_folder(root).samples)
+    write_manifest(tmp_path / "m.csv", s, root=tmp_path)
+    assert "d/monocyte/monocyte_000.png" in (tmp_path / "m.csv").read_text()
+    back = read_manifest(tmp_path / "m.csv", root=tmp_path)
+    assert [(x.path.resolve(), x.label, x.split, x.sha1) for x in back] == [
+        (x.path.resolve(), x.label, x.split, x.sha1) for x in s]
+    assert all(x.split == "test" for x in read_manifest(tmp_path / "m.csv", split="test", root=tmp_path))
+
+
+def test_real_pbc_classes_are_canonical(real_data: Path) -> None:
+    folders = sorted(p.name for p in (real_data / "pbc").iterdir() if p.is_dir())
+    assert sorted(canonical_label(f) for f in folders) == sorted(CLASSES)

@@ -1,0 +1,349 @@
+"""``wbc evaluate`` end to end on synthetic cells with a tiny real ONNX model (GAP + linear head).
+
+The model is built with ``onnx.helper`` (no torch): a 1x1 convolution + ReLU, 8x8 average pooling
+(the feature map), global average pooling (the embedding) and a linear head fitted with scikit-learn
+on the embeddings, plus the in-graph class activation map, exactly the output layout of exported wbc
+models. It is good but not perfect on the synthetic classes, so there are mistakes to show.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from wbc.cli import app
+from wbc.data import Sample, write_manifest
+from wbc.labels import CLASSES
+from wbc.model import METADATA_KEY, ModelInfo, load_model
+from wbc.synthetic import make_dataset
+
+onnx = pytest.importorskip("onnx", reason="building the test model needs the onnx package (train extra)")
+
+SIZE = 32
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _graph_model(path: Path, w1: np.ndarray, w_fc: np.ndarray, b_fc: np.ndarray, info: ModelInfo) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = w1.shape[0]
+    c = w_fc.shape[0]
+    inits = [
+        numpy_helper.from_array(w1.reshape(d, 3, 1, 1).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.zeros(d, np.float32), "b1"),
+        numpy_helper.from_array(w_fc.astype(np.float32), "w_fc"),
+        numpy_helper.from_array(b_fc.astype(np.float32), "b_fc"),
+        numpy_helper.from_array(w_fc.reshape(c, d, 1, 1).astype(np.float32), "w_cam"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("AveragePool", ["r1"], ["fmap"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("GlobalAveragePool", ["fmap"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["embedding"]),
+        helper.make_node("Gemm", ["embedding", "w_fc", "b_fc"], ["logits"], transB=1),
+        helper.make_node("Conv", ["fmap", "w_cam"], ["cam"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_wbc",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, SIZE, SIZE])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", c]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", d]),
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["n", c, SIZE // 8, SIZE // 8]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: info.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+def build_tiny_model(
+    path: Path, train_dir: Path, model_id: str = "tiny-test", seed: int = 0, c_reg: float = 0.05
+) -> Path:
+    """A real ONNX classifier for the synthetic classes, its head fitted on ``train_dir``."""
+    from sklearn.linear_model import LogisticRegression
+
+    from wbc.preprocess import load_cell
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 1, (12, 3))
+    info = ModelInfo(
+        classes=list(CLASSES),
+        input_size=SIZE,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        model_id=model_id,
+        temperature=1.3,
+        review_threshold=0.6,
+    )
+    _graph_model(path, w1, np.zeros((len(CLASSES), 12)), np.zeros(len(CLASSES)), info)
+    files = sorted(train_dir.glob("*/*.png"))
+    cells = np.stack([load_cell(f, SIZE) for f in files])
+    y = np.array([CLASSES.index(f.parent.name) for f in files])
+    emb = load_model(path).run(cells, ("embedding",))["embedding"]
+    lr = LogisticRegression(C=c_reg, max_iter=2000).fit(emb, y)
+    return _graph_model(path, w1, lr.coef_, lr.intercept_, info)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    train = make_dataset(root / "train", n_per_class=10, size=48, seed=1)
+    data = make_dataset(root / "data", n_per_class=12, size=48, seed=2)
+    shutil.copytree(data / "neutrophil", data / "smudge")  # a label the model does not know
+    (data / "monocyte" / "broken.png").write_bytes(b"not an image")
+    (data / "monocyte" / "notes.txt").write_text("not an image file")
+    run = root / "run"
+    run.mkdir()
+    model = build_tiny_model(run / "model.onnx", train)
+    return {"root": root, "data": data, "model": model, "run": run, "train": train}
+
+
+@pytest.fixture(scope="module")
+def evaluated(env: dict[str, Path]) -> tuple[dict, Path]:
+    from wbc.evaluate import evaluate
+
+    out = env["root"] / "out"
+    metrics = evaluate(env["data"], load_model(env["model"]), out, n_boot=200)
+    return metrics, out
+
+
+def test_writes_the_three_files(evaluated: tuple[dict, Path]) -> None:
+    metrics, out = evaluated
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "predictions.csv", "report.html"}
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "weighted_f1",
+        "cohen_kappa",
+        "per_class",
+        "confusion_matrix",
+        "roc_auc",
+        "ece",
+        "ci",
+        "selective",
+        "n",
+        "model_id",
+        "manifest_hash",
+    ):
+        assert key in on_disk, key
+    assert on_disk["model_id"] == "tiny-test"
+    assert on_disk["n"] == 8 * 12  # smudge and the broken file are not scored
+    assert set(on_disk["per_class"]["monocyte"]) >= {"precision", "recall", "specificity", "f1", "support"}
+    assert on_disk["ece"]["temperature"] == pytest.approx(1.3)
+    assert on_disk["ece"]["raw"] is not None and on_disk["ece"]["calibrated"] is not None
+    assert set(on_disk["selective"]["accuracy_at_coverage"]) == {"0.90", "0.95", "0.99"}
+    assert 0.3 < metrics["accuracy"] < 1.0  # the tiny model learned something but is not perfect
+
+
+def test_unknown_labels_and_unreadable_files_are_reported(evaluated: tuple[dict, Path]) -> None:
+    metrics, out = evaluated
+    assert metrics["unknown_labels"]["count"] == 12
+    assert metrics["unknown_labels"]["labels"] == {"smudge": 12}
+    assert sum(metrics["unknown_labels"]["called"]["smudge"].values()) == 12
+    assert len(metrics["unreadable"]) == 1 and "broken.png" in metrics["unreadable"][0][1]
+    html = (out / "report.html").read_text()
+    assert "smudge" in html and "broken.png" in html
+
+
+def test_predictions_csv_has_true_labels(evaluated: tuple[dict, Path]) -> None:
+    metrics, out = evaluated
+    with (out / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 9 * 12  # every readable image, unknown labels included
+    assert {"path", "label", "confidence", "review", "true_label", "correct"} <= set(rows[0])
+    scored = [r for r in rows if r["correct"]]
+    assert len(scored) == metrics["n"]
+    assert np.mean([r["correct"] == "true" for r in scored]) == pytest.approx(metrics["accuracy"])
+    assert all(r["correct"] == "" for r in rows if r["true_label"] == "smudge")
+
+
+def test_accuracy_equals_wbc_classify(
+    env: dict[str, Path], evaluated: tuple[dict, Path], tmp_path: Path
+) -> None:
+    metrics, _ = evaluated
+    csv_path = tmp_path / "classify.csv"
+    res = CliRunner().invoke(
+        app, ["classify", str(env["data"]), "--model", str(env["model"]), "--output", str(csv_path)]
+    )
+    assert csv_path.is_file(), res.output
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    known = [r for r in rows if Path(r["path"]).parent.name in CLASSES]
+    acc = np.mean([Path(r["path"]).parent.name == r["label"] for r in known])
+    assert len(known) == metrics["n"]
+    assert metrics["accuracy"] == pytest.approx(acc, abs=1e-12)
+
+
+def test_report_is_self_contained(evaluated: tuple[dict, Path]) -> None:
+    import re
+
+    _, out = evaluated
+    html = (out / "report.html").read_text()
+    srcs = re.findall(r"<img[^>]*\ssrc='([^']*)'", html)
+    assert len(srcs) >= 5 + 8 * 2  # figures + Grad-CAM pairs for 8 classes
+    assert all(s.startswith("data:image/") for s in srcs)
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert "Grad-CAM" in html and "Most confident mistakes" in html
+
+
+def test_map_renames_a_label(env: dict[str, Path], tmp_path: Path) -> None:
+    from wbc.evaluate import evaluate
+
+    m = evaluate(
+        env["data"],
+        load_model(env["model"]),
+        tmp_path,
+        mapping={"smudge": "neutrophil"},
+        n_boot=100,
+        cams_per_class=0,
+        gallery_size=2,
+    )
+    assert m["unknown_labels"]["count"] == 0
+    assert m["per_class"]["neutrophil"]["support"] == 24
+
+
+def test_manifest_split_and_cross_validation_folds(env: dict[str, Path], tmp_path: Path) -> None:
+    from wbc.evaluate import evaluate
+
+    data = env["data"]
+    files = sorted(data.glob("*/*.png"))
+    samples = [
+        Sample(f, f.parent.name, "test" if i % 3 == 0 else "val", -1, "")
+        for i, f in enumerate(files)
+        if f.parent.name in CLASSES and f.name != "broken.png"
+    ]
+    run = tmp_path / "cvrun"
+    run.mkdir()
+    write_manifest(run / "manifest.csv", samples, root=tmp_path)
+    shutil.copy(env["model"], run / "model.onnx")
+    for k, acc in enumerate((0.8, 0.9, 0.85)):
+        (run / f"fold_{k}").mkdir()
+        (run / f"fold_{k}" / "val_metrics.json").write_text(
+            json.dumps({"accuracy": acc, "macro_f1": acc - 0.1})
+        )
+    m = evaluate(
+        run / "manifest.csv",
+        load_model(run / "model.onnx"),
+        tmp_path / "out",
+        root=tmp_path,
+        n_boot=100,
+        refit_temperature=True,
+        cams_per_class=1,
+    )
+    assert m["split"] == "test"
+    assert m["n"] == sum(s.split == "test" for s in samples)
+    cv = m["cross_validation"]
+    assert cv["folds"] == 3
+    assert cv["summary"]["accuracy"]["mean"] == pytest.approx(0.85)
+    assert cv["summary"]["accuracy"]["sd"] == pytest.approx(0.05)
+    assert m["ece"]["refit"]["temperature"] > 0 and "val split" in m["ece"]["refit"]["fitted_on"]
+    assert "Cross-validation" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_cli_evaluate_and_errors(env: dict[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(env["data"]),
+            "--model",
+            str(env["run"]),
+            "--output",
+            str(tmp_path / "o"),
+            "--bootstrap",
+            "100",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "report.html").is_file()
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "missing"),
+            "--model",
+            str(env["model"]),
+            "--output",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert res.exit_code != 0 and "no such folder" in str(res.exception)
+    res = runner.invoke(app, ["evaluate", str(env["data"]), "--model", str(env["model"]), "--map", "bad"])
+    assert res.exit_code != 0 and "OLD=NEW" in str(res.exception)
+
+
+def test_compare_two_models(env: dict[str, Path], tmp_path: Path) -> None:
+    weak = build_tiny_model(tmp_path / "weak.onnx", env["train"], model_id="tiny-weak", seed=5, c_reg=0.0005)
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(env["data"]),
+            "--compare",
+            str(env["model"]),
+            str(weak),
+            "--output",
+            str(tmp_path / "cmp"),
+            "--bootstrap",
+            "200",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert r["n"] == 96
+    mc = r["mcnemar"]
+    assert mc["only_a_correct"] + mc["only_b_correct"] + mc["both_correct"] + mc["both_wrong"] == 96
+    diff = r["model_a"]["accuracy"] - r["model_b"]["accuracy"]
+    assert r["accuracy_difference"]["difference"] == pytest.approx(diff)
+    assert r["accuracy_difference"]["ci"][0] <= diff <= r["accuracy_difference"]["ci"][1]
+    assert (tmp_path / "cmp" / "comparison.html").is_file()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_report_images_load_in_chromium(evaluated: tuple[dict, Path]) -> None:
+    """Open report.html in real headless Chromium (offline) and check that every picture decodes."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not found (Debian: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    _, out = evaluated
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
+            images = page.evaluate("""() => Array.from(document.images).map(
+                i => ({src: i.src.slice(0, 30), ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))""")
+        finally:
+            browser.close()
+    assert len(images) >= 20
+    bad = [i for i in images if not i["ok"]]
+    assert not bad, bad
+    assert all(not u.startswith("http") for u in requests), requests

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.errors import ImageReadError
+from wbc.io import atomic_write_csv, decode_image, iter_image_paths, read_image
+
+
+def _write(path: Path, arr: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), arr)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".tif"])
+def test_reads_every_format_as_rgb(tmp_path: Path, ext: str) -> None:
+    bgr = np.zeros((20, 30, 3), np.uint8)
+    bgr[..., 2] = 200  # red in BGR
+    img = read_image(_write(tmp_path / f"a{ext}", bgr))
+    assert img.shape == (20, 30, 3) and img.dtype == np.uint8
+    assert img[..., 0].mean() > 150 and img[..., 2].mean() < 50  # red is channel 0 after reading
+
+
+def test_grey_16bit_and_rgba_are_converted(tmp_path: Path) -> None:
+    grey16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600).astype(np.uint16)
+    img = read_image(_write(tmp_path / "g16.png", grey16))
+    assert img.shape == (10, 10, 3) and img.dtype == np.uint8
+    assert img[..., 0].max() == round(99 * 600 / 257)
+    bgra = np.zeros((8, 8, 4), np.uint8)
+    bgra[..., 3] = 0  # fully transparent -> white
+    assert read_image(_write(tmp_path / "t.png", bgra)).min() == 255
+
+
+def test_bad_files_name_the_file_and_problem(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty.jpg: file is empty"):
+        read_image(empty)
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    with pytest.raises(ImageReadError, match="junk.png: not a readable image"):
+        read_image(junk)
+    ok, enc = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(enc.tobytes()[: len(enc) // 2])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(trunc)
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_reduced_jpeg_decode_never_goes_below_min_size() -> None:
+    ok, enc = cv2.imencode(".jpg", np.full((400, 360, 3), 100, np.uint8))
+    img = decode_image(enc.tobytes(), "x.jpg", min_size=160)
+    assert img.shape[:2] == (200, 180)  # half-scale decode, still >= 160
+    assert decode_image(enc.tobytes(), "x.jpg", min_size=300).shape[:2] == (400, 360)
+
+
+def test_iter_image_paths_sorted_recursive_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ["b.png", "a.jpg", "sub/c.tiff", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in iter_image_paths([tmp_path])] == ["a.jpg", "b.png", "c.tiff"]
+    with pytest.raises(ImageReadError, match="no such file or folder"):
+        list(iter_image_paths([tmp_path / "nope"]))
+
+
+def test_atomic_csv_leaves_no_temp_files(tmp_path: Path) -> None:
+    atomic_write_csv(tmp_path / "out.csv", ["a", "b"], [[1, 2]])
+    assert (tmp_path / "out.csv").read_text() == "a,b\n1,2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]

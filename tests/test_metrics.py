@@ -1,0 +1,206 @@
+"""Evaluation metrics on small hand-made cases; expected values are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from wbc.evaluate.metrics import (
+    _confusions,
+    _metrics_from_cms,
+    bootstrap_cis,
+    classification_metrics,
+    fold_summary,
+    mcnemar,
+    paired_accuracy_difference,
+    reliability_bins,
+    selective_metrics,
+    specificity,
+)
+
+CLASSES = ["a", "b", "c"]
+# six cells; true 0 0 0 1 1 2, predicted 0 0 1 1 2 2; confusion matrix rows (true) [2 1 0] [0 1 1] [0 0 1]
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
+CONF = np.array([0.91, 0.81, 0.61, 0.71, 0.51, 0.97])  # each in its own 1/15-wide ECE bin
+Y_PRED = np.array([0, 0, 1, 1, 2, 2])
+
+
+def _probs() -> np.ndarray:
+    p = np.empty((6, 3))
+    for i, (k, c) in enumerate(zip(Y_PRED, CONF, strict=True)):
+        p[i] = (1 - c) / 2
+        p[i, k] = c
+    return p
+
+
+@pytest.fixture(scope="module")
+def m() -> dict:
+    return classification_metrics(Y_TRUE, _probs(), CLASSES, review_threshold=0.7, n_boot=200)
+
+
+def test_overall_scores_match_hand_computation(m: dict) -> None:
+    assert m["n"] == 6
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # per-class F1: a 2*1*(2/3)/(5/3) = 0.8, b 0.5, c 2*(1/2)*1/(3/2) = 2/3
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["weighted_f1"] == pytest.approx((3 * 0.8 + 2 * 0.5 + 1 * 2 / 3) / 6)
+    # kappa: p_o = 4/6, p_e = (3*2 + 2*2 + 1*2) / 36 = 1/3 -> (2/3 - 1/3) / (2/3) = 0.5
+    assert m["cohen_kappa"] == pytest.approx(0.5)
+    assert m["confusion_matrix"]["matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["confusion_matrix"]["classes"] == CLASSES
+
+
+def test_per_class_matches_hand_computation(m: dict) -> None:
+    pc = m["per_class"]
+    assert [pc[c]["recall"] for c in CLASSES] == pytest.approx([2 / 3, 1 / 2, 1.0])
+    assert [pc[c]["precision"] for c in CLASSES] == pytest.approx([1.0, 1 / 2, 1 / 2])
+    # specificity TN/(TN+FP): a 3/3, b 3/4, c 4/5
+    assert [pc[c]["specificity"] for c in CLASSES] == pytest.approx([1.0, 0.75, 0.8])
+    assert [pc[c]["support"] for c in CLASSES] == [3, 2, 1]
+    assert [pc[c]["f1"] for c in CLASSES] == pytest.approx([0.8, 0.5, 2 / 3])
+
+
+def test_roc_auc_matches_pair_counting(m: dict) -> None:
+    # class a: positives .91 .81 .195 vs negatives .145 .245 .015 -> 8 of 9 pairs ranked right
+    # class b: positives .71 .245 vs negatives .045 .095 .61 .015 -> 7 of 8; class c: 5 of 5
+    auc = m["roc_auc"]
+    assert [auc["per_class"][c] for c in CLASSES] == pytest.approx([8 / 9, 7 / 8, 1.0])
+    assert auc["macro"] == pytest.approx((8 / 9 + 7 / 8 + 1) / 3)
+
+
+def test_ece_and_reliability_bins() -> None:
+    # every cell in its own bin, so ECE = mean |correct - confidence|
+    correct = (Y_PRED == Y_TRUE).astype(float)
+    expected = np.mean(np.abs(correct - CONF))
+    assert expected == pytest.approx(1.72 / 6)
+    m = classification_metrics(Y_TRUE, _probs(), CLASSES, n_boot=100)
+    assert m["ece"]["calibrated"] == pytest.approx(expected)
+    rb = reliability_bins(_probs(), Y_TRUE)
+    assert sum(rb["count"]) == 6
+    assert rb["count"][13] == 1 and rb["accuracy"][13] == 1.0 and rb["confidence"][13] == pytest.approx(0.91)
+    assert rb["count"][9] == 1 and rb["accuracy"][9] == 0.0  # the 0.61 cell was wrong
+    assert rb["confidence"][0] is None  # empty bin
+
+
+def test_ece_before_and_after_temperature() -> None:
+    # logits whose softmax at T=2 is better calibrated than at T=1 for mostly-wrong confident calls
+    logits = np.array([[4.0, 0, 0], [4.0, 0, 0], [4.0, 0, 0], [0, 4.0, 0]])
+    y = np.array([0, 1, 2, 1])
+    m = classification_metrics(
+        y,
+        np.full((4, 3), 1 / 3) + np.eye(3)[[0, 0, 0, 1]] * 0.01,
+        CLASSES,
+        logits=logits,
+        temperature=2.0,
+        n_boot=100,
+    )
+    conf1 = np.exp(4) / (np.exp(4) + 2)  # every cell in one bin; 2 of 4 right
+    conf2 = np.exp(2) / (np.exp(2) + 2)
+    assert m["ece"]["raw"] == pytest.approx(abs(conf1 - 0.5), rel=1e-5)
+    assert m["ece"]["calibrated"] == pytest.approx(abs(conf2 - 0.5), rel=1e-5)
+    assert m["ece"]["temperature"] == 2.0 and m["ece"]["bins"] == 15
+
+
+def test_selective_prediction(m: dict) -> None:
+    # most confident first: .97 .91 .81 .71 right, .61 .51 wrong
+    sel = m["selective"]
+    acc = sel["accuracy_at_coverage"]
+    assert acc["0.90"] == pytest.approx(4 / 5)  # round(5.4) = 5 cells
+    assert acc["0.95"] == pytest.approx(4 / 6) and acc["0.99"] == pytest.approx(4 / 6)
+    assert sel["review_threshold"] == 0.7
+    assert sel["accepted_fraction"] == pytest.approx(4 / 6)
+    assert sel["accepted_accuracy"] == 1.0
+    assert sel["flagged"] == 2
+    none = selective_metrics(_probs(), Y_TRUE, 0.99)
+    assert none["accepted_accuracy"] is None and none["flagged"] == 6
+
+
+def test_specificity_doctest_case() -> None:
+    assert specificity(np.array([[3, 1], [2, 4]])).tolist() == pytest.approx([4 / 6, 3 / 4])
+
+
+def test_class_without_cells_is_undefined_not_zero() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    m = classification_metrics(y, p, CLASSES, n_boot=100)
+    assert m["per_class"]["c"]["recall"] is None
+    assert m["per_class"]["c"]["precision"] == 0.0  # one call of c, wrong
+    assert m["roc_auc"]["per_class"]["c"] is None
+    assert m["ci"]["recall"]["c"] is None
+    # macro over the classes with cells: F1 a = 2*1*.5/1.5 = 2/3, F1 b = 1
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["balanced_accuracy"] == pytest.approx(0.75)
+
+
+def test_bad_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        classification_metrics(Y_TRUE, _probs()[:, :2], CLASSES)
+    with pytest.raises(ValueError, match="no labelled"):
+        classification_metrics(np.array([], int), np.zeros((0, 3)), CLASSES)
+
+
+def test_vectorised_bootstrap_metrics_agree_with_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 300)
+    pred = np.where(rng.random(300) < 0.7, y, rng.integers(0, 4, 300))
+    idx = rng.integers(0, 300, (5, 300))
+    got = _metrics_from_cms(_confusions(y, pred, 4, idx), [0, 1, 2, 3])
+    for b in range(5):
+        ys, ps = y[idx[b]], pred[idx[b]]
+        assert got["accuracy"][b] == pytest.approx(accuracy_score(ys, ps))
+        assert got["macro_f1"][b] == pytest.approx(f1_score(ys, ps, labels=[0, 1, 2, 3], average="macro"))
+        assert got["recall"][b] == pytest.approx(recall_score(ys, ps, labels=[0, 1, 2, 3], average=None))
+
+
+def test_bootstrap_intervals_behave() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    pred = np.where(rng.random(400) < 0.8, y, (y + 1) % 3)
+    ci = bootstrap_cis(y, pred, CLASSES, n_boot=500, seed=0)
+    acc = float(np.mean(y == pred))
+    assert ci["accuracy"][0] < acc < ci["accuracy"][1]
+    assert 0.03 < ci["accuracy"][1] - ci["accuracy"][0] < 0.12  # ~ 4 * sqrt(.8 * .2 / 400) = 0.08
+    assert ci == bootstrap_cis(y, pred, CLASSES, n_boot=500, seed=0)  # deterministic for a seed
+    small = bootstrap_cis(y[:50], pred[:50], CLASSES, n_boot=500, seed=0)
+    assert small["accuracy"][1] - small["accuracy"][0] > ci["accuracy"][1] - ci["accuracy"][0]
+    perfect = bootstrap_cis(y, y, CLASSES, n_boot=200)
+    assert perfect["accuracy"] == [1.0, 1.0] and perfect["recall"]["a"] == [1.0, 1.0]
+
+
+def test_mcnemar_exact_and_chi2() -> None:
+    r = mcnemar(np.array([1, 1, 0, 1], bool), np.array([1, 0, 0, 0], bool))
+    assert (r["only_a_correct"], r["only_b_correct"], r["both_correct"], r["both_wrong"]) == (2, 0, 1, 1)
+    assert r["method"] == "exact" and r["p_value"] == pytest.approx(0.5)  # 2 * 0.5**2
+    a = np.r_[np.ones(30, bool), np.zeros(10, bool), np.ones(50, bool)]
+    b = np.r_[np.zeros(30, bool), np.ones(10, bool), np.ones(50, bool)]
+    r = mcnemar(a, b)
+    assert r["method"] == "chi2_corrected"
+    assert r["statistic"] == pytest.approx((30 - 10 - 1) ** 2 / 40)  # 9.025
+    assert r["p_value"] == pytest.approx(math.erfc(math.sqrt(9.025 / 2)))  # chi2(1) tail
+    assert mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_paired_accuracy_difference() -> None:
+    a = np.array([1, 1, 1, 0] * 25, bool)
+    b = np.array([1, 0, 0, 0] * 25, bool)
+    d = paired_accuracy_difference(a, b, n_boot=400)
+    assert d["difference"] == pytest.approx(0.5)
+    assert d["ci"][0] < 0.5 < d["ci"][1] and d["ci"][0] > 0.3
+
+
+def test_fold_summary_mean_and_sd() -> None:
+    s = fold_summary(
+        [
+            {"accuracy": 0.8, "recall": {"a": 0.5}, "name": "x"},
+            {"accuracy": 0.9, "recall": {"a": 0.7}, "name": "y"},
+        ]
+    )
+    assert s["accuracy"]["mean"] == pytest.approx(0.85)
+    assert s["accuracy"]["sd"] == pytest.approx(math.sqrt(2 * 0.05**2))  # sample sd, ddof 1
+    assert s["recall.a"]["mean"] == pytest.approx(0.6) and s["recall.a"]["n"] == 2
+    assert "name" not in s
+    assert fold_summary([{"accuracy": 0.8}])["accuracy"]["sd"] is None

@@ -1,0 +1,113 @@
+"""End to end: train -> export -> classify, on synthetic cells (anywhere) and a few real PBC cells."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import needs_torch
+
+from wbc.classify import classify_paths
+from wbc.io import iter_image_paths
+from wbc.model import load_model
+
+pytestmark = needs_torch
+
+
+def run_wbc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wbc", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.train.loop import run_training
+
+    run = tmp_path_factory.mktemp("run") / "synth"
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=48, epochs=8,
+                      batch_size=16, lr=3e-3, patience=0, threads=2, augment=True, hed_sigma=0.0, hed_bias=0.0)
+    run_training(cfg, run, console=Console(quiet=True))
+    return run
+
+
+def test_run_folder_holds_everything(synthetic_run: Path) -> None:
+    for name in ["config.json", "manifest.csv", "metrics.csv", "last.pt", "best.pt", "curves.png", "model.onnx",
+                 "model.json", "val_metrics.json", "test_metrics.json"]:
+        assert (synthetic_run / name).is_file(), name
+    rows = list(csv.DictReader((synthetic_run / "metrics.csv").open()))
+    assert len(rows) == 8 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    meta = json.loads((synthetic_run / "model.json").read_text())
+    assert meta["input_size"] == 48 and len(meta["classes"]) == 8 and meta["temperature"] > 0
+    assert meta["extra"]["onnx_max_abs_diff"] < 1e-4
+
+
+def test_synthetic_model_learns_and_onnx_matches_training_eval(synthetic_run: Path) -> None:
+    test = json.loads((synthetic_run / "test_metrics.json").read_text())
+    assert test["accuracy"] > 0.5  # 8 balanced classes: chance is 0.125
+    clf = load_model(synthetic_run / "model.onnx")
+    from wbc.data import read_manifest
+
+    samples = read_manifest(synthetic_run / "manifest.csv", split="test", root=Path("/"))
+    res = classify_paths([s.path for s in samples], clf, batch_size=7)
+    acc = np.mean([p.label == s.label for p, s in zip(res.predictions, samples, strict=True)])
+    assert acc == pytest.approx(test["accuracy"], abs=1e-9)
+
+
+def test_export_command_and_resume(synthetic_run: Path, tmp_path: Path) -> None:
+    r = run_wbc("export", str(synthetic_run), "--output", str(tmp_path / "m.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert "max |onnx - torch|" in r.stderr and (tmp_path / "m.onnx").is_file()
+    r = run_wbc("train", "--output", str(synthetic_run), "--data", "x")
+    assert r.returncode == 1 and "--resume" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, synthetic_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for p in list(iter_image_paths([synthetic_dataset / "lymphocyte"]))[:5]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "preds.csv"
+    r = run_wbc("classify", str(folder), "--model", str(synthetic_run / "model.onnx"), "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 5
+    assert list(rows[0])[:4] == ["path", "label", "confidence", "review"] and "p_lymphocyte" in rows[0]
+    assert all(abs(sum(float(v) for k, v in r.items() if k.startswith("p_")) - 1) < 1e-3 for r in rows)
+    assert "broken.png" in r.stderr and "5 cells classified" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["classify", "/no/such/dir"], "no such file or folder"),
+    (["classify", "pyproject.toml", "--model", "/no/model.onnx"], "model file not found"),
+    (["train", "--config", "/no/cfg.toml"], "config file not found"),
+    (["train", "--balance", "magic"], "balance must be"),
+    (["export", "/no/run"], "checkpoint not found"),
+])
+def test_cli_errors_are_one_line_not_tracebacks(args: list[str], msg: str) -> None:
+    r = run_wbc(*args)
+    assert r.returncode == 1
+    assert msg in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_tiny_real_pbc_run(real_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "real"
+    r = run_wbc("train", "--data", str(real_data / "pbc"), "--max-per-class", "24", "--epochs", "3",
+                "--model", "small_cnn", "--no-pretrained", "--input-size", "64", "--output", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["n"] == 8 * 4 and 0 <= test["accuracy"] <= 1
+    r = run_wbc("classify", str(real_data / "pbc" / "platelet"), "--model", str(out / "model.onnx"),
+                "--output", str(tmp_path / "p.csv"))
+    assert r.returncode == 0 and len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 1600

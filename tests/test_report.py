@@ -1,0 +1,146 @@
+"""The HTML report and Grad-CAM display, from metrics and arrays (no model needed)."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.evaluate.gradcam import cam_heatmap, gradcam_overlays, overlay_heatmap
+from wbc.evaluate.metrics import classification_metrics
+from wbc.evaluate.report import (
+    ReportInputs,
+    Thumb,
+    build_report,
+    main_confusion,
+    summary_paragraphs,
+    weakest_classes,
+)
+
+CLASSES = ["lymphocyte", "monocyte", "neutrophil", "ig"]
+
+
+def _case(n: int = 400, seed: int = 0) -> tuple[dict, ReportInputs]:
+    """Monocytes are often called lymphocytes and IG often neutrophils; the rest is mostly right."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    pred = y.copy()
+    mono = np.nonzero(y == 1)[0]
+    pred[mono[: len(mono) * 4 // 10]] = 0  # 40% of monocytes -> lymphocyte
+    ig = np.nonzero(y == 3)[0]
+    pred[ig[: len(ig) * 2 // 10]] = 2  # 20% of IG -> neutrophil
+    logits = rng.normal(0, 0.5, (n, 4))
+    logits[np.arange(n), pred] += 3.0
+    from wbc.model import softmax
+
+    prob = softmax(logits, 1.5)
+    m = classification_metrics(
+        y, prob, CLASSES, logits=logits, temperature=1.5, review_threshold=0.6, n_boot=200
+    )
+    m.update(
+        model_id="m-1",
+        data="somewhere/pbc",
+        split="test",
+        manifest_hash="abc",
+        created="today",
+        unknown_labels={"count": 3, "labels": {"smudge": 3}, "called": {"smudge": {"lymphocyte": 3}}},
+        unreadable=[["bad.jpg", "bad.jpg: truncated JPEG"]],
+    )
+    cell = np.full((64, 64, 3), 200, np.uint8)
+    cv2.circle(cell, (32, 32), 14, (90, 40, 140), -1)
+    thumbs = [Thumb(cell, "monocyte", "lymphocyte", 0.93, "a.jpg")]
+    heat = cam_heatmap(np.array([[0.0, 1.0], [0.5, 0.0]]), (64, 64))
+    cams = {"monocyte": [Thumb(cell, "monocyte", "monocyte", 0.8, "b.jpg", overlay_heatmap(cell, heat))]}
+    return m, ReportInputs(
+        y_true=y,
+        y_prob=prob,
+        logits=logits,
+        confident_mistakes=thumbs,
+        unsure_correct=thumbs,
+        gradcam=cams,
+        folds={"accuracy": {"mean": 0.9, "sd": 0.01, "n": 3, "values": [0.89, 0.9, 0.91]}},
+    )
+
+
+def test_summary_names_the_weakest_classes_and_their_confusions() -> None:
+    m, _ = _case()
+    weak = weakest_classes(m)
+    assert [c for c, _ in weak] == ["monocyte", "ig"]
+    assert main_confusion(m, "monocyte")[0] == "lymphocyte"
+    assert main_confusion(m, "ig")[0] == "neutrophil"
+    text = " ".join(summary_paragraphs(m))
+    assert f"{m['n']:,} cells" in text
+    assert f"{100 * m['accuracy']:.1f}%" in text
+    lo, hi = m["ci"]["accuracy"]
+    assert f"{100 * lo:.1f}–{100 * hi:.1f}%" in text
+    assert "<b>monocytes</b>" in text and "mistaken for lymphocytes" in text
+    assert "immature granulocytes (IG)" in text and "mistaken for neutrophils" in text
+    assert "never seen" in text  # test split: says the cells were held out
+    assert "smudge" in text and "could not be read" in text
+
+
+def test_report_html_is_complete_and_offline() -> None:
+    m, inputs = _case()
+    html = build_report(m, inputs)
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    for heading in (
+        "Key numbers",
+        "Per class",
+        "Where the mistakes go",
+        "Telling classes apart",
+        "Can the confidence be trusted?",
+        "Sending unsure cells to review",
+        "Most confident mistakes",
+        "Grad-CAM",
+        "Cross-validation",
+        "Left out",
+        "Technical details",
+    ):
+        assert heading in html, heading
+    srcs = re.findall(r"<img[^>]*\ssrc='([^']*)'", html)
+    assert len(srcs) == 5 + 2 + 2  # five figures, two gallery thumbnails, one Grad-CAM pair
+    for s in srcs:
+        kind, data = s.split(",", 1)
+        assert kind in ("data:image/png;base64", "data:image/jpeg;base64")
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[0] > 10
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert "0.900 ± 0.010" in html  # fold mean ± sd
+
+
+def test_report_escapes_user_text() -> None:
+    m, inputs = _case(n=120)
+    m["model_id"] = "<script>alert(1)</script>"
+    m["unknown_labels"] = {"count": 1, "labels": {"<b>x": 1}, "called": {"<b>x": {"ig": 1}}}
+    html = build_report(m, inputs)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<b>x" not in html
+
+
+def test_report_without_logits_or_cams() -> None:
+    m, inputs = _case(n=150)
+    inputs.logits = None
+    inputs.gradcam = {}
+    inputs.gradcam_note = "no cam output"
+    html = build_report(m, inputs)
+    assert "no cam output" in html
+
+
+def test_gradcam_heat_and_overlay() -> None:
+    heat = cam_heatmap(np.array([[-2.0, 0.0], [0.0, 4.0]]), (40, 40))
+    assert heat.shape == (40, 40) and heat.min() >= 0 and heat.max() == pytest.approx(1.0, abs=0.02)
+    assert heat[35, 35] > 0.9 and heat[2, 2] < 0.05  # the hot corner stays hot after upsampling
+    assert not cam_heatmap(np.full((3, 3), -1.0), (9, 9)).any()  # no positive evidence: no heat
+    rgb = np.full((40, 40, 3), 120, np.uint8)
+    over = overlay_heatmap(rgb, heat)
+    assert over.dtype == np.uint8 and over.shape == rgb.shape
+    assert np.abs(over[2, 2].astype(int) - 120).max() <= 3  # cold pixels keep the image
+    assert int(over[36, 36, 0]) > int(over[36, 36, 2]) + 50  # hot pixels turn red
+    cams = np.zeros((2, 3, 2, 2), np.float32)
+    cams[0, 1, 0, 0] = 1.0
+    cams[1, 2, 1, 1] = 1.0
+    outs = gradcam_overlays(np.stack([rgb, rgb]), cams, np.array([1, 2]))
+    assert outs[0][0, 0, 0] > outs[0][39, 39, 0] and outs[1][39, 39, 0] > outs[1][0, 0, 0]

