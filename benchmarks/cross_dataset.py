@@ -1,12 +1,13 @@
 """Cross-dataset generalisation: a PBC-trained classifier on BCCD cells (another lab, stain and camera).
 
-BCCD single-WBC fields (``bccd/single_wbc_labels.csv``, one WBC box each) are cropped around their
-box so that they look like PBC crops: one cell centred, the cell filling the same fraction of the field as
-in PBC (measured with the classical segmenter on both datasets: PBC cells span a median 0.36 of the
-360 px field; a BCCD WBC box is 1/0.88 of the segmented cell; so crop side = box side * 0.88 / 0.36).
-Borders beyond the field are reflected. The model predicts 8 classes; BCCD has 5, so predictions are
+BCCD single-WBC fields (``bccd/single_wbc_labels.csv``, one WBC box each) are cropped like ``wbc analyze``
+crops smear cells (:func:`wbc.crops.crop_cell`): one cell centred, its equivalent diameter filling the
+model's cell fraction of the crop side (PBC-measured, 0.45 by default), borders mirrored. The cell is an
+ellipse 0.88 times the annotated box (the median ratio of segmented cell width to box side, measured with
+the classical segmenter on 40 BCCD fields). ``--crop local`` uses this script's own crop instead (max
+extent / 0.36, background-coloured borders). The model predicts 8 classes; BCCD has 5, so predictions are
 restricted to neutrophil, eosinophil, lymphocyte, monocyte and basophil by renormalising those 5
-probabilities (equivalently: arg-max over the 5 logits).
+probabilities (equivalently: arg-max over the 5 logits). The crop scale is checked at x0.8 and x1.25.
 
 Measured, each on its own and without any BCCD label (the test-time "robustness measures"):
 ``none``; ``tta`` (mean probability over the 8 flips/rot90s); per-image stain normalisation to the
@@ -86,12 +87,32 @@ def crop_cell(rgb: np.ndarray, box: tuple[float, float, float, float], fill: flo
     return src[top + p : top + p + side, left + p : left + p + side]
 
 
+def box_cell(box: tuple[float, float, float, float], box_to_cell: float = BOX_TO_CELL) -> Any:
+    """A :class:`wbc.types.Cell` for an annotated box: an ellipse ``box_to_cell`` of the box's size."""
+    from wbc.types import Cell
+
+    x0, y0, x1, y1 = (round(v) for v in box)
+    h, w = max(1, y1 - y0), max(1, x1 - x0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    ry, rx = box_to_cell * h / 2, box_to_cell * w / 2
+    mask = ((yy + 0.5 - h / 2) / ry) ** 2 + ((xx + 0.5 - w / 2) / rx) ** 2 <= 1
+    return Cell(id=1, box=(x0, y0, x1, y1), nucleus_mask=mask, cell_mask=mask)
+
+
 def load_bccd_cells(
-    root: Path, size: int, pad: str = "background"
+    root: Path, size: int, crop: str = "wbc", fraction: float | None = None
 ) -> tuple[np.ndarray, list[str], list[str]]:
+    """BCCD single-WBC crops at ``size`` with their labels and image names.
+
+    ``crop="wbc"``: :func:`wbc.crops.crop_cell` (what ``wbc analyze`` does) on an ellipse fitted in the box,
+    with ``fraction`` (default: :data:`wbc.crops.DEFAULT_CELL_FRACTION`); ``"local"``: :func:`crop_cell`
+    here (max extent / PBC_FILL, background-coloured borders).
+    """
+    from wbc import crops
     from wbc.io import read_image
     from wbc.preprocess import resize_square
 
+    frac = fraction or crops.DEFAULT_CELL_FRACTION
     cells, labels, names = [], [], []
     with (root / "bccd" / "single_wbc_labels.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
@@ -100,7 +121,10 @@ def load_bccd_cells(
             if box is None or label not in BCCD_CLASSES:
                 continue
             rgb = read_image(root / "bccd" / "JPEGImages" / f"{row['image']}.jpg")
-            cells.append(resize_square(crop_cell(rgb, box, pad=pad), size))
+            if crop == "wbc":
+                cells.append(crops.crop_cell(rgb, box_cell(box), size, frac))
+            else:
+                cells.append(resize_square(crop_cell(rgb, box), size))
             labels.append(label)
             names.append(row["image"])
     return np.stack(cells), labels, names
@@ -152,15 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/cross_dataset"))
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100])
-    ap.add_argument("--pbc-per-class", type=int, default=60, help="PBC test cells per class (0: all)")
-    ap.add_argument("--train-per-class", type=int, default=60, help="PBC train cells per class for stats")
+    ap.add_argument("--pbc-per-class", type=int, default=30, help="PBC test cells per class (0: all)")
+    ap.add_argument("--train-per-class", type=int, default=30, help="PBC train cells per class for stats")
+    ap.add_argument("--measures", nargs="+", default=list(PREPS), choices=list(PREPS))
+    ap.add_argument("--cache", type=Path, default=None, help="folder for cached embeddings (resumable)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pad", choices=["background", "reflect"], default="background",
-                    help="how BCCD crops are filled beyond the field")
+    ap.add_argument("--crop", choices=["wbc", "local"], default="wbc",
+                    help="wbc: wbc.crops (as wbc analyze); local: this script's background-padded crop")
     args = ap.parse_args(argv)
 
-    from wbc.adapt import adapt_embeddings, original_head
+    from wbc.adapt import original_head
+    from wbc.crops import cell_fraction_of
     from wbc.data import read_manifest
+    from wbc.io import atomic_write_text
     from wbc.model import load_model
     from wbc.ood import _cap, embed_samples
     from wbc.paths import data_root
@@ -173,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     size = clf.info.input_size
     w0, b0 = original_head(clf)
     base_info = clf.info
+    fraction = cell_fraction_of(clf)
+    cache = args.cache
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
 
     print("loading BCCD crops ...", flush=True)
-    b_cells, b_labels, _ = load_bccd_cells(root, size, args.pad)
+    b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction)
     counts = ", ".join(f"{c} {b_labels.count(c)}" for c in BCCD_CLASSES)
     print(f"  {len(b_cells)} cells: {counts}", flush=True)
     pbc_test = _cap([s for s in read_manifest(args.manifest, "test", root) if s.label in classes],
@@ -187,37 +219,51 @@ def main(argv: list[str] | None = None) -> int:
     t_cells, t_emb, _ = embed_samples(clf, [s.path for s in pbc_train], workers=args.threads)
     train_ref = {m: fit_stain_stats(list(t_cells[:: max(1, len(t_cells) // 200)]), m) for m in METHODS}
     train_mean = t_emb.mean(0)
-
-    def stain_spec(method: str | None, source: dict | None = None) -> dict | None:
-        if method is None:
-            return None
-        spec = {"method": method, "target": train_ref[method]}
-        if source is not None:
-            spec["source"] = source
-        return spec
-
-    # embeddings (8 views) of BCCD and PBC-test cells under each preprocessing
-    preps: dict[str, dict | None] = {
-        "none": None, "reinhard": stain_spec("reinhard"), "macenko": stain_spec("macenko"),
-        "histogram": stain_spec("histogram"),
-        "reinhard-lab": stain_spec("reinhard", fit_stain_stats(list(b_cells), "reinhard")),
+    results: dict[str, Any] = {"measures": {}, "adapt": {}}
+    results["setup"] = {
+        "model": str(clf.path), "model_id": clf.model_id, "input_size": size,
+        "bccd_cells": len(b_cells), "bccd_counts": {c: b_labels.count(c) for c in BCCD_CLASSES},
+        "pbc_test_cells": len(p_cells), "pbc_train_cells_for_stats": len(t_cells),
+        "pbc_fill": PBC_FILL, "box_to_cell": BOX_TO_CELL, "crop": args.crop, "cell_fraction": fraction,
+        "draws": args.draws, "command": "python benchmarks/cross_dataset.py " + " ".join(sys.argv[1:]),
     }
-    emb: dict[str, dict[str, np.ndarray]] = {}
-    for name, spec in preps.items():
+
+    def save() -> None:
+        results["setup"]["seconds"] = time.perf_counter() - t0
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.output.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.output.with_suffix(".md"), markdown(results))
+
+    def spec_for(name: str) -> dict | None:
+        if name == "none" or name.startswith("scale"):
+            return None
+        if name == "reinhard-lab":
+            return {"method": "reinhard", "target": train_ref["reinhard"],
+                    "source": fit_stain_stats(list(b_cells), "reinhard")}
+        return {"method": name, "target": train_ref[name]}
+
+    def embeddings(name: str, which: str, cells: np.ndarray, views: int) -> np.ndarray:
+        f = cache / f"{name}_{which}_{views}.npy" if cache else None
+        if f and f.is_file():
+            return np.load(f)
         info = copy.deepcopy(base_info)
         info.extra.pop("stain", None)
+        spec = spec_for(name) if (which == "bccd" or name != "reinhard-lab") else None
         if spec:
             info.extra["stain"] = spec
         clf.info = info
-        print(f"embedding with preprocessing {name} ...", flush=True)
-        emb[name] = {"bccd": embed_views(clf, b_cells, 8)}
-        if name == "reinhard-lab":  # lab-level: PBC's own pooled colours are the target, i.e. per-image off
-            info.extra.pop("stain")
-        emb[name]["pbc"] = embed_views(clf, p_cells, 8)
-    clf.info = base_info
+        out = embed_views(clf, cells, views)
+        clf.info = base_info
+        if f:
+            np.save(f, out)
+        return out
 
-    results: dict[str, Any] = {"measures": {}, "adapt": {}}
-    for name in preps:
+    emb: dict[str, dict[str, np.ndarray]] = {}
+    for name in args.measures:
+        print(f"embedding with preprocessing {name} ...", flush=True)
+        # 8 views on BCCD (TTA and adaptation); PBC: 8 views for the baseline only (CPU time)
+        emb[name] = {"bccd": embeddings(name, "bccd", b_cells, 8),
+                     "pbc": embeddings(name, "pbc", p_cells, 8 if name == "none" else 1)}
         for tta in (False, True):
             for centre in (False, True):
                 key = name + ("+tta" if tta else "") + ("+feature-centring" if centre else "")
@@ -229,61 +275,74 @@ def main(argv: list[str] | None = None) -> int:
                 results["measures"][key] = {
                     "bccd": metrics(b_labels, restricted_pred(pb, classes, BCCD_CLASSES), BCCD_CLASSES),
                     "pbc_test": metrics(p_labels, [classes[i] for i in pp.argmax(1)], classes),
+                    "pbc_views": len(ep) if tta else 1,
                 }
                 m = results["measures"][key]
                 print(f"{key:<36} BCCD acc {m['bccd']['accuracy']:.3f} F1 {m['bccd']['macro_f1']:.3f}   "
                       f"PBC acc {m['pbc_test']['accuracy']:.3f}", flush=True)
+        save()
+        if name in ("none", "reinhard-lab"):
+            adapt_runs(results, name, emb[name], b_labels, p_labels, classes, w0, b0, args)
+            save()
 
-    # few-shot adaptation: random draws of labelled BCCD cells, the rest as test
-    rng = np.random.default_rng(0)
-    y = np.asarray(b_labels)
-    for name in ("none", "reinhard-lab"):
-        eb, ep = emb[name]["bccd"], emb[name]["pbc"]
-        for n in args.sizes:
-            rows = []
-            for _ in range(args.draws):
-                idx = rng.permutation(len(y))
-                tr, te = idx[:n], idx[n:]
-                t1 = time.perf_counter()
-                w, b, res = adapt_embeddings(eb[:, tr], list(y[tr]), classes, w0, b0)
-                secs = time.perf_counter() - t1
-                row = {"n": n, "fit_seconds": secs, "lam": res.lam, "cv_acc": res.heldout_acc_after}
-                for tta in (False, True):
-                    pb = probs_from_emb(eb[:, te], w, b, tta)
-                    m = metrics(list(y[te]), restricted_pred(pb, classes, BCCD_CLASSES), BCCD_CLASSES)
-                    row["bccd" + ("_tta" if tta else "")] = m
-                pp = probs_from_emb(ep, w, b, False)
-                row["pbc_test_acc_after_adapt"] = float(np.mean(np.asarray(p_labels) == np.asarray(
-                    [classes[i] for i in pp.argmax(1)])))
-                rows.append(row)
-            accs = [r["bccd"]["accuracy"] for r in rows]
-            f1s = [r["bccd"]["macro_f1"] for r in rows]
-            accs_t = [r["bccd_tta"]["accuracy"] for r in rows]
-            results["adapt"][f"{name}/{n}"] = {
-                "draws": rows, "acc_mean": float(np.mean(accs)), "acc_min": float(np.min(accs)),
-                "acc_max": float(np.max(accs)), "f1_mean": float(np.mean(f1s)),
-                "acc_tta_mean": float(np.mean(accs_t)),
-                "pbc_acc_mean": float(np.mean([r["pbc_test_acc_after_adapt"] for r in rows])),
-            }
-            a = results["adapt"][f"{name}/{n}"]
-            print(f"adapt {name:<13} n={n:<4} BCCD acc {a['acc_mean']:.3f} "
-                  f"[{a['acc_min']:.3f}-{a['acc_max']:.3f}] F1 {a['f1_mean']:.3f}  "
-                  f"+tta {a['acc_tta_mean']:.3f}  PBC {a['pbc_acc_mean']:.3f}", flush=True)
-
-    results["setup"] = {
-        "model": str(clf.path), "model_id": clf.model_id, "input_size": size,
-        "bccd_cells": len(b_cells), "bccd_counts": {c: b_labels.count(c) for c in BCCD_CLASSES},
-        "pbc_test_cells": len(p_cells), "pbc_train_cells_for_stats": len(t_cells),
-        "pbc_fill": PBC_FILL, "box_to_cell": BOX_TO_CELL, "pad": args.pad, "draws": args.draws,
-        "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    from wbc.io import atomic_write_text
-
-    atomic_write_text(args.output.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    atomic_write_text(args.output.with_suffix(".md"), markdown(results))
+    # crop-scale sensitivity: the same cells cropped tighter / looser (1 view, no stain normalisation)
+    for factor in (0.8, 1.25):
+        cells_f, labels_f, _ = load_bccd_cells(root, size, args.crop, fraction * factor)
+        pb = probs_from_emb(embeddings(f"scale{factor}", "bccd", cells_f, 1), w0, b0, False)
+        key = f"none, cell fraction x{factor}"
+        results["measures"][key] = {
+            "bccd": metrics(labels_f, restricted_pred(pb, classes, BCCD_CLASSES), BCCD_CLASSES),
+            "pbc_test": results["measures"]["none"]["pbc_test"],
+        }
+        m = results["measures"][key]["bccd"]
+        print(f"{key:<36} BCCD acc {m['accuracy']:.3f} F1 {m['macro_f1']:.3f}", flush=True)
+    save()
     print(f"wrote {args.output.with_suffix('.json')} and .md ({results['setup']['seconds']:.0f} s)")
     return 0
+
+
+PREPS = ("none", "reinhard", "reinhard-lab", "histogram", "macenko")
+
+
+def adapt_runs(
+    results: dict[str, Any], name: str, emb: dict[str, np.ndarray], b_labels: list[str], p_labels: list[str],
+    classes: list[str], w0: np.ndarray, b0: np.ndarray, args: argparse.Namespace,
+) -> None:
+    """Few-shot adaptation: random draws of labelled BCCD cells, the rest as test."""
+    from wbc.adapt import adapt_embeddings
+
+    rng = np.random.default_rng(0)
+    y = np.asarray(b_labels)
+    eb, ep = emb["bccd"], emb["pbc"]
+    for n in args.sizes:
+        rows = []
+        for _ in range(args.draws):
+            idx = rng.permutation(len(y))
+            tr, te = idx[:n], idx[n:]
+            t1 = time.process_time()
+            w, b, res = adapt_embeddings(eb[:, tr], list(y[tr]), classes, w0, b0)
+            row = {"n": n, "fit_cpu_seconds": time.process_time() - t1, "lam": res.lam,
+                   "cv_acc": res.heldout_acc_after}
+            for tta in (False, True):
+                pb = probs_from_emb(eb[:, te], w, b, tta)
+                m = metrics(list(y[te]), restricted_pred(pb, classes, BCCD_CLASSES), BCCD_CLASSES)
+                row["bccd" + ("_tta" if tta else "")] = m
+            pp = probs_from_emb(ep[:1], w, b, False)
+            row["pbc_test_acc_after_adapt"] = float(np.mean(np.asarray(p_labels) == np.asarray(
+                [classes[i] for i in pp.argmax(1)])))
+            rows.append(row)
+        accs = [r["bccd"]["accuracy"] for r in rows]
+        results["adapt"][f"{name}/{n}"] = {
+            "draws": rows, "acc_mean": float(np.mean(accs)), "acc_min": float(np.min(accs)),
+            "acc_max": float(np.max(accs)), "f1_mean": float(np.mean([r["bccd"]["macro_f1"] for r in rows])),
+            "acc_tta_mean": float(np.mean([r["bccd_tta"]["accuracy"] for r in rows])),
+            "pbc_acc_mean": float(np.mean([r["pbc_test_acc_after_adapt"] for r in rows])),
+            "fit_cpu_seconds_mean": float(np.mean([r["fit_cpu_seconds"] for r in rows])),
+        }
+        a = results["adapt"][f"{name}/{n}"]
+        print(f"adapt {name:<13} n={n:<4} BCCD acc {a['acc_mean']:.3f} "
+              f"[{a['acc_min']:.3f}-{a['acc_max']:.3f}] F1 {a['f1_mean']:.3f}  "
+              f"+tta {a['acc_tta_mean']:.3f}  PBC {a['pbc_acc_mean']:.3f}", flush=True)
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -311,7 +370,7 @@ def markdown(res: dict[str, Any]) -> str:
     for key, a in res["adapt"].items():
         lines.append(f"| {key} | {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] | "
                      f"{a['f1_mean']:.3f} | {a['acc_tta_mean']:.3f} | {a['pbc_acc_mean']:.3f} |")
-    lines += ["", f"Reproduce: `{s['command']}`", ""]
+    lines += ["", f"Reproduce: `{s['command']}` ({s.get('seconds', 0):.0f} s)", ""]
     return "\n".join(lines)
 
 

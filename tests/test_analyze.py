@@ -20,7 +20,7 @@ from wbc.segment.classical import ClassicalSegmenter
 from wbc.types import Cell
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_segment import synthetic_smear  # noqa: E402
+from test_segment import synthetic_smear
 
 
 def make_colour_classifier(path: Path, size: int = 32, extra: dict | None = None) -> Path:
@@ -32,9 +32,11 @@ def make_colour_classifier(path: Path, size: int = 32, extra: dict | None = None
     w = rng.normal(0, 3, (len(CLASSES), 3)).astype(np.float32)
     b = np.zeros(len(CLASSES), np.float32)
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
-         helper.make_node("Flatten", ["gap"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"], transB=1)],
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
+            helper.make_node("Flatten", ["gap"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"], transB=1),
+        ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)])],
@@ -42,8 +44,15 @@ def make_colour_classifier(path: Path, size: int = 32, extra: dict | None = None
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    info = ModelInfo(classes=list(CLASSES), input_size=size, mean=[0.5] * 3, std=[0.25] * 3,
-                     model_id="tiny-colour", review_threshold=0.5, extra=extra or {})
+    info = ModelInfo(
+        classes=list(CLASSES),
+        input_size=size,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        model_id="tiny-colour",
+        review_threshold=0.5,
+        extra=extra or {},
+    )
     p = model.metadata_props.add()
     p.key, p.value = "wbc", info.to_json()
     onnx.save(model, str(path))
@@ -56,7 +65,7 @@ def clf(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_analyze_image_labels_every_found_cell(clf) -> None:
-    rgb, boxes, *_ = synthetic_smear(n_wbc=2, seed=5)
+    rgb, _boxes, *_ = synthetic_smear(n_wbc=2, seed=5)
     res = analyze_image(rgb, clf, ClassicalSegmenter(), name="x.png")
     assert (res.width, res.height) == (640, 480) and len(res.cells) == 2
     for c in res.cells:
@@ -81,7 +90,7 @@ def test_crop_is_scale_normalised() -> None:
         m[rgb[:, :, 0] < 200] = True
         ys, xs = np.nonzero(m)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        cell = Cell(1, box, m[box[1]:box[3], box[0]:box[2]], m[box[1]:box[3], box[0]:box[2]])
+        cell = Cell(1, box, m[box[1] : box[3], box[0] : box[2]], m[box[1] : box[3], box[0] : box[2]])
         crops.append(crop_cell(rgb, cell, 64, fraction=0.5).astype(np.float32))
     assert np.abs(crops[0] - crops[1]).mean() < 3
     disc = (crops[0][:, :, 0] < 170).sum() / 64**2  # disc area / crop area = pi/4 * fraction^2
@@ -104,11 +113,11 @@ def test_cell_fraction_from_metadata_or_default(tmp_path: Path) -> None:
 def test_measure_cell_fraction_on_synthetic_crops() -> None:
     crops = []
     for seed in range(3):
-        rgb, boxes, _, cell = synthetic_smear(n_wbc=1, seed=seed)
+        rgb, boxes, _, _cell = synthetic_smear(n_wbc=1, seed=seed)
         x0, y0, x1, y1 = boxes[0]
         cx, cy = (x0 + x1) // 2 + 150, (y0 + y1) // 2 + 150
         padded = cv2.copyMakeBorder(rgb, 150, 150, 150, 150, cv2.BORDER_REFLECT_101)
-        crops.append(padded[cy - 150: cy + 150, cx - 150: cx + 150])
+        crops.append(padded[cy - 150 : cy + 150, cx - 150 : cx + 150])
     true = (np.sqrt(4 / np.pi * np.pi * (0.75 * 70) ** 2)) / 300  # disc diameter / side
     assert measure_cell_fraction(crops) == pytest.approx(true, rel=0.12)
 
@@ -126,7 +135,7 @@ def _write_inputs(folder: Path) -> None:
     folder.mkdir()
     rgb, *_ = synthetic_smear(n_wbc=2, seed=7)
     cv2.imwrite(str(folder / "a.jpg"), rgb[:, :, ::-1])
-    grey16 = (cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257)
+    grey16 = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
     cv2.imwrite(str(folder / "grey16.png"), grey16)
     rgba = np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])
     cv2.imwrite(str(folder / "rgba.png"), rgba)
@@ -146,8 +155,18 @@ def test_analyze_paths_writes_everything_and_survives_bad_files(clf, tmp_path: P
     assert {"image", "width", "height", "cells", "counts", "model_id"} <= doc.keys()
     assert len(doc["cells"]) == 2
     c = doc["cells"][0]
-    assert {"id", "box", "nucleus", "cell", "area_px", "touches_border", "label", "confidence", "review",
-            "probabilities"} <= c.keys()
+    assert {
+        "id",
+        "box",
+        "nucleus",
+        "cell",
+        "area_px",
+        "touches_border",
+        "label",
+        "confidence",
+        "review",
+        "probabilities",
+    } <= c.keys()
     assert len(c["cell"][0]) >= 3 and c["label"] in CLASSES
     assert json.loads((out / "empty.json").read_text())["cells"] == []
     png = cv2.imread(str(out / "a.png"))
@@ -164,7 +183,7 @@ def test_oversized_image_is_refused_with_a_message(clf, monkeypatch: pytest.Monk
     from wbc.errors import ImageReadError
 
     monkeypatch.setattr(wbc.analyze, "MAX_ANALYZE_PIXELS", 1000)
-    with pytest.raises(ImageReadError, match="big.png.*over the analysis limit"):
+    with pytest.raises(ImageReadError, match=r"big\.png.*over the analysis limit"):
         analyze_image(np.zeros((100, 100, 3), np.uint8), clf, ClassicalSegmenter(), name="big.png")
 
 
@@ -172,15 +191,44 @@ def test_oversized_image_is_refused_with_a_message(clf, monkeypatch: pytest.Monk
 def test_cli_analyze_default_folder(clf, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     _write_inputs(tmp_path / "data" / "raw_images")
-    r = subprocess.run([sys.executable, "-m", "wbc", "analyze", "--output", "out", "--model", str(clf.path),
-                        "--segmenter", "classical"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wbc",
+            "analyze",
+            "--output",
+            "out",
+            "--model",
+            str(clf.path),
+            "--segmenter",
+            "classical",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "1 file(s) failed" in r.stderr
     assert (tmp_path / "out" / "differential.csv").is_file() and (tmp_path / "out" / "a.png").is_file()
 
 
 def test_cli_analyze_errors_are_one_line(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(tmp_path / "nothing.jpg"), "--output",
-                        str(tmp_path / "o"), "--model", str(tmp_path / "none.onnx")], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wbc",
+            "analyze",
+            str(tmp_path / "nothing.jpg"),
+            "--output",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "none.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr and "error" in r.stderr

@@ -12,6 +12,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -255,23 +257,23 @@ def test_manifest_split_and_cross_validation_folds(env: dict[str, Path], tmp_pat
     assert "Cross-validation" in (tmp_path / "out" / "report.html").read_text()
 
 
-def test_cli_evaluate_and_errors(env: dict[str, Path], tmp_path: Path) -> None:
-    runner = CliRunner()
-    res = runner.invoke(
-        app,
-        [
-            "evaluate",
-            str(env["data"]),
-            "--model",
-            str(env["run"]),
-            "--output",
-            str(tmp_path / "o"),
-            "--bootstrap",
-            "100",
-        ],
+def test_cli_evaluate_without_torch_and_errors(env: dict[str, Path], tmp_path: Path) -> None:
+    # a fresh interpreter, so that torch imported by other tests cannot hide an import in the CLI path
+    argv = ["evaluate", str(env["data"]), "--model", str(env["run"]), "--output", str(tmp_path / "o"),
+            "--bootstrap", "100"]
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from wbc.cli import app\n"
+        f"r = CliRunner().invoke(app, {argv!r})\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
     )
-    assert res.exit_code == 0, res.output
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("no torch")
     assert (tmp_path / "o" / "report.html").is_file()
+    runner = CliRunner()
     res = runner.invoke(
         app,
         [

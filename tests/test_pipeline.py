@@ -111,3 +111,31 @@ def test_tiny_real_pbc_run(real_data: Path, tmp_path: Path) -> None:
     r = run_wbc("classify", str(real_data / "pbc" / "platelet"), "--model", str(out / "model.onnx"),
                 "--output", str(tmp_path / "p.csv"))
     assert r.returncode == 0 and len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 1600
+
+
+def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.train.loop import run_ensemble, run_training
+
+    second = tmp_path / "seed1"
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=48, epochs=3,
+                      batch_size=16, lr=3e-3, patience=0, seed=1, ema=0.9)
+    run_training(cfg, second, console=Console(quiet=True))
+    assert (second / "manifest.csv").read_bytes() == (synthetic_run / "manifest.csv").read_bytes()
+    result = run_ensemble([synthetic_run, second], tmp_path / "ens", console=Console(quiet=True))
+    clf = load_model(tmp_path / "ens" / "model.onnx")
+    assert clf.info.architecture.startswith("ensemble of 2") and clf.info.extra["onnx_max_abs_diff"] < 1e-4
+    assert 0 <= result["accuracy"] <= 1 and result["n"] == 16
+    # softmax of the ensemble's logits is the mean of the members' probabilities
+    cells = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+    members = [load_model(r / "model.onnx") for r in (synthetic_run, second)]
+    from wbc.model import softmax
+
+    mean_p = np.mean([softmax(m.run(cells)["logits"]) for m in members], axis=0)
+    np.testing.assert_allclose(softmax(clf.run(cells)["logits"]), mean_p, atol=1e-4)
+    bad = tmp_path / "other_split"
+    run_training(cfg.updated({"split_seed": 5, "epochs": 1}), bad, console=Console(quiet=True))
+    with pytest.raises(Exception, match="different splits"):
+        run_ensemble([synthetic_run, bad], tmp_path / "ens2", console=Console(quiet=True))

@@ -139,6 +139,13 @@ def test_gradcam_heat_and_overlay() -> None:
     assert over.dtype == np.uint8 and over.shape == rgb.shape
     assert np.abs(over[2, 2].astype(int) - 120).max() <= 3  # cold pixels keep the image
     assert int(over[36, 36, 0]) > int(over[36, 36, 2]) + 50  # hot pixels turn red
+    # alignment: feature cell i is centred on input pixel i * stride (symmetric padding), not (i+.5) * stride
+    one = np.zeros((5, 5))
+    one[2, 2] = 1.0
+    aligned = cam_heatmap(one, (128, 128), input_size=160)
+    assert np.unravel_index(aligned.argmax(), aligned.shape) == (51, 51)  # 2 * 32 px * 128/160, pixel centres
+    plain = cam_heatmap(one, (128, 128))
+    assert np.unravel_index(plain.argmax(), plain.shape) == (63, 63)  # 2.5 cells of 25.6 px
     cams = np.zeros((2, 3, 2, 2), np.float32)
     cams[0, 1, 0, 0] = 1.0
     cams[1, 2, 1, 1] = 1.0

@@ -13,8 +13,13 @@ from wbc.segment import get_segmenter
 from wbc.segment.classical import ClassicalSegmenter, estimate_rbc_diameter
 
 
-def synthetic_smear(scale: float = 1.0, n_wbc: int = 2, seed: int = 0, size: tuple[int, int] = (480, 640),
-                    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+def synthetic_smear(
+    scale: float = 1.0,
+    n_wbc: int = 2,
+    seed: int = 0,
+    size: tuple[int, int] = (480, 640),
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+):
     """A smear-like field: grey background, pink pale-centred red cells, violet-nucleus WBCs.
 
     Returns (rgb, wbc boxes, nucleus mask, cell mask). Red cells are ``70 * scale`` px across.
@@ -45,7 +50,9 @@ def synthetic_smear(scale: float = 1.0, n_wbc: int = 2, seed: int = 0, size: tup
         cv2.circle(cell, (x, y), int(wr), 1, -1)
         for k in range(3):  # three overlapping lobes
             a = 2 * np.pi * k / 3 + rng.uniform(0, 1)
-            cv2.circle(nuc, (int(x + 0.25 * wr * np.cos(a)), int(y + 0.25 * wr * np.sin(a))), int(0.3 * wr), 1, -1)
+            cv2.circle(
+                nuc, (int(x + 0.25 * wr * np.cos(a)), int(y + 0.25 * wr * np.sin(a))), int(0.3 * wr), 1, -1
+            )
         boxes.append((x - int(wr), y - int(wr), x + int(wr) + 1, y + int(wr) + 1))
     img[cell > 0] = (185, 165, 200)
     img[nuc > 0] = (135, 115, 205)
@@ -57,7 +64,9 @@ def synthetic_smear(scale: float = 1.0, n_wbc: int = 2, seed: int = 0, size: tup
 
 @pytest.mark.parametrize("scale", [0.6, 1.0, 1.6])
 def test_rbc_diameter_follows_the_image_scale(scale: float) -> None:
-    rgb, *_ = synthetic_smear(scale=scale, n_wbc=1, seed=1, size=(int(480 * max(1, scale)), int(640 * max(1, scale))))
+    rgb, *_ = synthetic_smear(
+        scale=scale, n_wbc=1, seed=1, size=(int(480 * max(1, scale)), int(640 * max(1, scale)))
+    )
     d = estimate_rbc_diameter(rgb)
     assert d is not None
     assert 0.7 * 70 * scale < d < 1.4 * 70 * scale
@@ -75,7 +84,9 @@ def test_field_without_wbc_is_empty() -> None:
 
 
 @pytest.mark.parametrize(("scale", "tint"), [(1.0, (1, 1, 1)), (0.6, (1, 1, 1)), (1.5, (0.9, 1.0, 1.05))])
-def test_classical_finds_and_outlines_wbcs_at_any_scale(scale: float, tint: tuple[float, float, float]) -> None:
+def test_classical_finds_and_outlines_wbcs_at_any_scale(
+    scale: float, tint: tuple[float, float, float]
+) -> None:
     h, w = int(480 * max(1, scale)), int(640 * max(1, scale))
     rgb, boxes, nuc, cell = synthetic_smear(scale=scale, n_wbc=2, seed=2, size=(h, w), tint=tint)
     cells = ClassicalSegmenter().segment(rgb)

@@ -32,7 +32,7 @@ from wbc.errors import ModelError, WbcError
 from wbc.io import atomic_write_bytes, atomic_write_text
 from wbc.model import METADATA_KEY, Classifier, ModelInfo, softmax
 
-LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+LAMBDAS = (0.001, 0.01, 0.1, 1.0)
 MAX_CELLS_WARN = 1000
 
 
@@ -88,7 +88,7 @@ def original_head(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_head(
     emb: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, lam: float,
-    sample_weight: np.ndarray | None = None, max_iter: int = 300,
+    sample_weight: np.ndarray | None = None, max_iter: int = 200,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted softmax cross-entropy + ``lam * ||W - W0||^2 + lam * 0.1 * ||b - b0||^2`` by L-BFGS.
 
@@ -167,6 +167,7 @@ class AdaptResult:
     seconds: float = 0.0
     cv: dict[str, float] = field(default_factory=dict)  # lam -> out-of-fold accuracy
     output: str = ""
+    skipped: list[str] = field(default_factory=list)  # files that could not be read
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -231,9 +232,10 @@ def adapt_embeddings(
     return w, b, res
 
 
-def load_labelled_cells(data: str | os.PathLike[str], size: int,
-                        mapping: dict[str, str] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
-    """Cells (N, S, S, 3), labels and file names from a class-per-folder dir or a manifest CSV."""
+def load_labelled_cells(
+    data: str | os.PathLike[str], size: int, mapping: dict[str, str] | None = None
+) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """Cells (N, S, S, 3), labels, file names, and messages for files that could not be read (skipped)."""
     from wbc.classify import iter_batches
     from wbc.data import load_dataset
 
@@ -241,15 +243,14 @@ def load_labelled_cells(data: str | os.PathLike[str], size: int,
     samples = scan.samples
     if not samples:
         raise WbcError(f"{data}: no labelled images")
-    cells, labels, names = [], [], []
+    cells, labels, names, skipped = [], [], [], []
     by_path = {str(s.path): s for s in samples}
     for ok_paths, arr, errs in iter_batches([s.path for s in samples], size, 64, 2):
-        for p, msg in errs:
-            raise WbcError(f"{p}: {msg}")
+        skipped += [msg for _, msg in errs]
         cells.append(arr)
         labels += [by_path[str(p)].label for p in ok_paths]
         names += [str(p) for p in ok_paths]
-    return np.concatenate(cells), labels, names
+    return np.concatenate(cells), labels, names, skipped
 
 
 def adapt_model(
@@ -274,7 +275,7 @@ def adapt_model(
     if out.suffix.lower() != ".onnx":
         raise WbcError(f"{out}: --output must be an .onnx file")
     info = copy.deepcopy(clf.info)
-    cells, labels, _ = load_labelled_cells(data, info.input_size, mapping)
+    cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping)
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
     if stain not in (None, "none"):
@@ -304,6 +305,7 @@ def adapt_model(
         info.ood = add_reference(info.ood, cells, emb[0], labels, clf.classes, name=name)
     write_model_copy(clf.path, out, info)
     res.output = str(out)
+    res.skipped = skipped
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -339,6 +341,8 @@ def adapt_command(
     if res.n_cells > MAX_CELLS_WARN:
         console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, full fine-tuning "
                       "(`wbc train`) may do better than a head refit", highlight=False)
+    for msg in res.skipped:
+        console.print(f"[yellow]skipped[/] {msg}", highlight=False)
     console.print(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
                   f" in {res.seconds:.0f} s -> {res.output}", highlight=False)
     console.print(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "

@@ -35,13 +35,17 @@ def check_field(rgb: np.ndarray, name: str = "") -> None:
     """Refuse images the analysis cannot handle, with a message naming the file."""
     h, w = rgb.shape[:2]
     if h * w > MAX_ANALYZE_PIXELS:
-        raise ImageReadError(f"{name}: {w}x{h} is over the analysis limit of {MAX_ANALYZE_PIXELS:,} pixels; "
-                             "crop or tile the image into fields first")
+        raise ImageReadError(
+            f"{name}: {w}x{h} is over the analysis limit of {MAX_ANALYZE_PIXELS:,} pixels; "
+            "crop or tile the image into fields first"
+        )
     if min(h, w) < MIN_SIDE:
         raise ImageReadError(f"{name}: {w}x{h} is too small to hold a cell (minimum side {MIN_SIDE} px)")
 
 
-def classify_cells(rgb: np.ndarray, cells: list[Cell], classifier: Any, fraction: float | None = None) -> None:
+def classify_cells(
+    rgb: np.ndarray, cells: list[Cell], classifier: Any, fraction: float | None = None
+) -> None:
     """Set ``cell.prediction`` for each cell, from crops shaped like the classifier's training crops."""
     if not cells:
         return
@@ -72,8 +76,9 @@ def analyze_image(
     return res
 
 
-def mask_to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.7
-                     ) -> list[list[list[int]]]:
+def mask_to_polygons(
+    mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.7
+) -> list[list[list[int]]]:
     """Outer outlines of a bool mask as integer [x, y] polygons in image coordinates (simplified)."""
     cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=offset)
     out = []
@@ -96,6 +101,7 @@ def cell_to_dict(c: Cell) -> dict[str, Any]:
         "area_px": c.area_px,
         "nucleus_area_px": int(c.nucleus_mask.sum()),
         "touches_border": bool(c.touches_border),
+        "detection_score": round(float(c.score), 4),
         "label": p.label if p else None,
         "confidence": round(p.confidence, 4) if p else None,
         "review": bool(p.review) if p else None,
@@ -120,8 +126,21 @@ def result_to_dict(res: SmearResult, classes: Sequence[str] = (), segmenter_id: 
 
 
 def cells_csv_header(classes: Sequence[str]) -> list[str]:
-    return ["image", "id", "x0", "y0", "x1", "y1", "area_px", "nucleus_area_px", "touches_border",
-            "label", "confidence", "review", *[f"p_{c}" for c in classes]]
+    return [
+        "image",
+        "id",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "area_px",
+        "nucleus_area_px",
+        "touches_border",
+        "label",
+        "confidence",
+        "review",
+        *[f"p_{c}" for c in classes],
+    ]
 
 
 def cells_csv_rows(res: SmearResult, classes: Sequence[str]) -> list[list[Any]]:
@@ -129,9 +148,20 @@ def cells_csv_rows(res: SmearResult, classes: Sequence[str]) -> list[list[Any]]:
     for c in res.cells:
         p = c.prediction
         probs = [round(p.probabilities.get(k, 0.0), 4) if p else "" for k in classes]
-        rows.append([res.image, c.id, *c.box, c.area_px, int(c.nucleus_mask.sum()), int(c.touches_border),
-                     p.label if p else "", round(p.confidence, 4) if p else "", int(p.review) if p else "",
-                     *probs])
+        rows.append(
+            [
+                res.image,
+                c.id,
+                *c.box,
+                c.area_px,
+                int(c.nucleus_mask.sum()),
+                int(c.touches_border),
+                p.label if p else "",
+                round(p.confidence, 4) if p else "",
+                int(p.review) if p else "",
+                *probs,
+            ]
+        )
     return rows
 
 
@@ -153,7 +183,9 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
         stem = p.stem
         if stem in seen:
             seen[stem] += 1
-            stem = f"{p.parent.name}_{stem}" if f"{p.parent.name}_{stem}" not in seen else f"{stem}_{seen[stem]}"
+            stem = (
+                f"{p.parent.name}_{stem}" if f"{p.parent.name}_{stem}" not in seen else f"{stem}_{seen[stem]}"
+            )
         seen.setdefault(stem, 0)
         out.append(stem)
     return out
@@ -216,12 +248,16 @@ import typer  # noqa: E402
 
 
 def analyze_command(
-    paths: Annotated[list[Path] | None, typer.Argument(
-        help="Smear images or folders (default: data/raw_images/).", show_default=False)] = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Smear images or folders (default: data/raw_images/).", show_default=False),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for JSON, PNG and CSV.")] = Path(
-        "results"),
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Classifier ONNX (default: shipped).")
-                     ] = None,
+        "results"
+    ),
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Classifier ONNX (default: shipped).")
+    ] = None,
     segmenter: Annotated[str, typer.Option(help="auto | classical | learned")] = "auto",
     segmenter_model: Annotated[Path | None, typer.Option(help="Learned segmenter ONNX.")] = None,
     draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write annotated PNGs.")] = True,
@@ -237,27 +273,41 @@ def analyze_command(
     console = Console(stderr=True)
     inputs = list(paths) if paths else [DEFAULT_INPUT_DIR]
     if not paths and not DEFAULT_INPUT_DIR.is_dir():
-        raise WbcError(f"no PATH given and {DEFAULT_INPUT_DIR}/ does not exist: put smear images there "
-                       "or name files or folders")
+        raise WbcError(
+            f"no PATH given and {DEFAULT_INPUT_DIR}/ does not exist: put smear images there "
+            "or name files or folders"
+        )
     clf = load_model(model, threads=threads)
     seg = get_segmenter(segmenter, segmenter_model, threads=threads)
-    summary = analyze_paths(inputs, output, clf, seg, draw=draw,
-                            progress=lambda i, n: console.print(f"\r{i}/{n}", end="", highlight=False))
+    summary = analyze_paths(
+        inputs,
+        output,
+        clf,
+        seg,
+        draw=draw,
+        progress=lambda i, n: console.print(f"\r{i}/{n}", end="", highlight=False),
+    )
     console.print("")
     n_img = len(summary.results)
     n_cells = sum(len(r.cells) for r in summary.results)
-    console.print(f"{n_img} image(s), {n_cells} WBC(s) [{seg.name} segmenter, {clf.model_id}] -> {output}/",
-                  highlight=False)
+    console.print(
+        f"{n_img} image(s), {n_cells} WBC(s) [{seg.name} segmenter, {clf.model_id}] -> {output}/",
+        highlight=False,
+    )
     if n_img:
-        console.print(f"  {1000 * summary.seconds_analysis / n_img:.0f} ms/image analysis"
-                      + (f", {1000 * summary.seconds_render / n_img:.0f} ms/image drawing" if draw else ""),
-                      highlight=False)
+        console.print(
+            f"  {1000 * summary.seconds_analysis / n_img:.0f} ms/image analysis"
+            + (f", {1000 * summary.seconds_render / n_img:.0f} ms/image drawing" if draw else ""),
+            highlight=False,
+        )
     from wbc.counts import pooled_counts
 
     pooled = pooled_counts(summary.results, clf.classes)
     for c in clf.classes:
         if pooled.get(c):
-            console.print(f"  {c:<13}{pooled[c]:>6}  {100 * pooled[c] / max(n_cells, 1):5.1f}%", highlight=False)
+            console.print(
+                f"  {c:<13}{pooled[c]:>6}  {100 * pooled[c] / max(n_cells, 1):5.1f}%", highlight=False
+            )
     for _, msg in summary.errors:
         console.print(f"[yellow]skipped[/] {msg}", highlight=False)
     if summary.errors:
@@ -267,16 +317,21 @@ def analyze_command(
 
 
 def evaluate_smears_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for metrics.json + summary.md.")] = Path(
-        "results/evaluate_smears"),
-    data: Annotated[Path | None, typer.Option("--data", help="Data root (default: $WBC_DATA_DIR or "
-                                              "../shared/data).")] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for metrics.json + summary.md.")
+    ] = Path("results/evaluate_smears"),
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Data root (default: $WBC_DATA_DIR or ../shared/data).")
+    ] = None,
     split: Annotated[str, typer.Option(help="BCCD split: test, val, train.")] = "test",
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Classifier ONNX (default: shipped).")
-                     ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Classifier ONNX (default: shipped).")
+    ] = None,
     segmenter: Annotated[str, typer.Option(help="auto | classical | learned")] = "auto",
     segmenter_model: Annotated[Path | None, typer.Option(help="Learned segmenter ONNX.")] = None,
-    no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Detection/segmentation only.")] = False,
+    no_classifier: Annotated[
+        bool, typer.Option("--no-classifier", help="Detection/segmentation only.")
+    ] = False,
     threads: Annotated[int, typer.Option(min=1)] = 2,
 ) -> None:
     """Score detection, segmentation and end-to-end subtypes on the BCCD split; write metrics.json."""
@@ -293,12 +348,19 @@ def evaluate_smears_command(
     d, s = m["detection"], m["segmentation"]
     console = Console(stderr=True)
     console.print(f"BCCD {split}: {m['n_images']} images, segmenter {m['segmenter']}", highlight=False)
-    console.print(f"  WBC precision {d['precision']:.3f} recall {d['recall']:.3f} F1 {d['f1']:.3f} "
-                  f"AP50 {d['ap50']:.3f} mean IoU {d['mean_iou_matched']:.3f}", highlight=False)
+    console.print(
+        f"  WBC precision {d['precision']:.3f} recall {d['recall']:.3f} F1 {d['f1']:.3f} "
+        f"AP50 {d['ap50']:.3f} mean IoU {d['mean_iou_matched']:.3f}",
+        highlight=False,
+    )
     if s["nucleus_dice"] is not None:
-        console.print(f"  nucleus Dice {s['nucleus_dice']:.3f}  cell Dice {s['cell_dice']:.3f}", highlight=False)
+        console.print(
+            f"  nucleus Dice {s['nucleus_dice']:.3f}  cell Dice {s['cell_dice']:.3f}", highlight=False
+        )
     if m.get("subtype") and m["subtype"]["n"]:
         st = m["subtype"]
-        console.print(f"  subtype accuracy {st['accuracy']:.3f} macro-F1 {st['macro_f1']:.3f} (n={st['n']})",
-                      highlight=False)
+        console.print(
+            f"  subtype accuracy {st['accuracy']:.3f} macro-F1 {st['macro_f1']:.3f} (n={st['n']})",
+            highlight=False,
+        )
     console.print(f"  -> {output}/metrics.json, {output}/summary.md", highlight=False)

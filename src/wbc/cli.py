@@ -76,6 +76,10 @@ def classify(
         if counts.get(c):
             console.print(f"  {c:<13}{counts[c]:>7}  {100 * counts[c] / n:5.1f}%", highlight=False)
     console.print(f"  flagged for review: {n_review}", highlight=False)
+    from wbc.ood import ood_warning
+
+    if warning := ood_warning(res.predictions):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if res.errors:
         console.print(f"[yellow]{len(res.errors)} file(s) could not be read[/]")
         if not n:
@@ -118,6 +122,23 @@ def train(
 
 
 @app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run folders that share one split.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the ensemble.")] = Path(
+        "runs/ensemble"),
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Data root for the manifest.")] = None,
+) -> None:
+    """Average the probabilities of several trained runs; calibrate, export one ONNX, score the test split."""
+    if len(runs) < 2:
+        raise WbcError("an ensemble needs at least two run folders")
+    try:
+        from wbc.train.loop import run_ensemble
+    except ImportError as exc:
+        raise WbcError(f"ensembles need the train extra: pip install -e '.[train]' ({exc})") from None
+    run_ensemble(runs, output, data_root=data_root, console=console)
+
+
+@app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder or a .pt checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")] = Path("model.onnx"),
@@ -130,6 +151,30 @@ def export(
         raise WbcError(f"export needs the train extra: pip install -e '.[train]' ({exc})") from None
     diff = export_checkpoint(checkpoint, output, opset=opset)
     console.print(f"wrote {output}; max |onnx - torch| = {diff:.2e}", highlight=False)
+
+
+@app.command()
+def examples(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to fill.")] = Path("data/raw_images"),
+    n: Annotated[int, typer.Option("--n", min=1, help="How many smear fields.")] = 6,
+    data: DataOpt = None,
+) -> None:
+    """Copy a few BCCD test-split smear fields from the data root into data/raw_images/ to try wbc on."""
+    import shutil
+
+    from wbc.paths import data_root
+
+    bccd = data_root(data) / "bccd"
+    split = bccd / "ImageSets" / "Main" / "test.txt"
+    if not split.is_file():
+        raise WbcError(f"{split}: not found; set --data or WBC_DATA_DIR to the data root holding bccd/")
+    names = [s.strip() for s in split.read_text().split() if s.strip()][:n]
+    output.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = bccd / "JPEGImages" / f"{name}.jpg"
+        if src.is_file() and not (output / src.name).exists():
+            shutil.copyfile(src, output / src.name)
+    console.print(f"{len(names)} smear fields from {bccd} (MIT licence) in {output}/", highlight=False)
 
 
 @app.command("models")
@@ -154,11 +199,15 @@ from wbc.adapt import adapt_command  # noqa: E402
 
 app.command("adapt")(adapt_command)
 
+from wbc.serve.command import serve_command  # noqa: E402  (light: FastAPI is imported when serving)
+
+app.command("serve")(serve_command)
+
 
 #: glibc's default malloc makes PyTorch on CPU 2-4x slower through page faults (measured on our
 #: 2-core machines); the setting must be in place before Python starts, hence the re-exec.
 GLIBC_FIX = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
-TORCH_COMMANDS = {"train", "export", "adapt"}
+TORCH_COMMANDS = {"train", "export", "ensemble", "adapt"}
 
 
 def _reexec_with_allocator_fix() -> None:

@@ -23,6 +23,7 @@ class TrainConfig:
     data: str = "pbc"  # class-per-folder dataset; relative paths are under the data root
     classes: tuple[str, ...] = ()  # empty: every known class found in the data
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    split_seed: int = 0  # the split's seed, kept apart from ``seed`` so reruns share one split
     max_per_class: int = 0  # 0: all; >0 caps each class (quick experiments, tests)
     # model
     model: str = "efficientnet_lite0"
@@ -38,6 +39,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     balance: str = "loss"  # "loss" (class-weighted), "sampler" (balanced sampling) or "none"
     patience: int = 4  # early stopping on validation macro-F1; 0 disables
+    ema: float = 0.0  # >0: evaluate and keep an exponential moving average of the weights (e.g. 0.998)
     # augmentation
     augment: bool = True
     hflip: bool = True

@@ -30,7 +30,15 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return lo, hi
 
 
-DIFFERENTIAL_HEADER: tuple[str, ...] = ("image", "class", "count", "total", "percent", "ci95_low", "ci95_high")
+DIFFERENTIAL_HEADER: tuple[str, ...] = (
+    "image",
+    "class",
+    "count",
+    "total",
+    "percent",
+    "ci95_low",
+    "ci95_high",
+)
 
 
 def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str) -> list[list[Any]]:
@@ -40,7 +48,9 @@ def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str
     for c in classes:
         k = counts.get(c, 0)
         lo, hi = clopper_pearson(k, n)
-        rows.append([image, c, k, n, round(100.0 * k / n, 2) if n else 0.0, round(100 * lo, 2), round(100 * hi, 2)])
+        rows.append(
+            [image, c, k, n, round(100.0 * k / n, 2) if n else 0.0, round(100 * lo, 2), round(100 * hi, 2)]
+        )
     return rows
 
 

@@ -18,9 +18,12 @@ import numpy as np
 from wbc.preprocess import resize_square
 from wbc.types import Cell
 
-#: Median (cell equivalent diameter / crop side) on 400 PBC crops (50 per class, seed 0), measured with
-#: the classical segmenter by ``measure_cell_fraction``; see docs/smear_analysis.md for the command.
-DEFAULT_CELL_FRACTION: float = 0.45
+#: Cell equivalent diameter / crop side in PBC crops. Measured: ``measure_cell_fraction`` with the classical
+#: segmenter on 10 random crops per class (seed 0) gives per-class medians basophil 0.36, eosinophil 0.30,
+#: erythroblast 0.25, ig 0.37, lymphocyte 0.28, monocyte 0.40, neutrophil 0.25 (median 0.30; it misses
+#: pale PBC cytoplasm, an under-estimate); whole cells outlined by eye on 6 crops give ~0.35. 0.33 is
+#: between the two. A model's ``info.extra["cell_fraction"]`` takes precedence.
+DEFAULT_CELL_FRACTION: float = 0.33
 #: Crops never shrink below this many cell diameters, even if the metadata says otherwise.
 _FRACTION_RANGE: tuple[float, float] = (0.15, 0.95)
 
@@ -58,37 +61,42 @@ def crop_cell(rgb: np.ndarray, cell: Cell, size: int, fraction: float = DEFAULT_
     Beyond the image border the field is mirrored (as more smear), never filled with black.
     """
     cx, cy = cell_centre(cell)
-    side = max(8, int(round(cell_diameter(cell) / fraction)))
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    side = max(8, round(cell_diameter(cell) / fraction))
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
     h, w = rgb.shape[:2]
     pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
     if pad:
         # reflect needs pad < image size; replicate the rest
-        src = cv2.copyMakeBorder(rgb, pad, pad, pad, pad,
-                                 cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE)
+        src = cv2.copyMakeBorder(
+            rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE
+        )
         x0, y0 = x0 + pad, y0 + pad
     else:
         src = rgb
     return resize_square(np.ascontiguousarray(src[y0 : y0 + side, x0 : x0 + side]), size)
 
 
-def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], size: int, fraction: float = DEFAULT_CELL_FRACTION
-               ) -> np.ndarray:
+def crop_cells(
+    rgb: np.ndarray, cells: Sequence[Cell], size: int, fraction: float = DEFAULT_CELL_FRACTION
+) -> np.ndarray:
     """(N, size, size, 3) uint8 crops for the classifier."""
     if not cells:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.stack([crop_cell(rgb, c, size, fraction) for c in cells])
 
 
-def measure_cell_fraction(crops: Iterable[np.ndarray]) -> float:
+def measure_cell_fraction(crops: Iterable[np.ndarray], segmenter: Any = None) -> float:
     """Median ratio of cell diameter to crop side over single-cell training crops (uint8 RGB).
 
-    Each crop is segmented with the classical method; the cell nearest the crop centre is the subject.
-    Crops where no cell is found are skipped; raises ValueError when none gives a measurement.
+    Each crop is segmented with ``segmenter`` (default: the one ``wbc analyze`` uses, so that crops from
+    smears and the training crops are measured the same way); the cell nearest the crop centre is the
+    subject. Crops where no cell is found are skipped; raises ValueError when none gives a measurement.
     """
-    from wbc.segment.classical import ClassicalSegmenter
+    if segmenter is None:
+        from wbc.segment import get_segmenter
 
-    seg = ClassicalSegmenter()
+        segmenter = get_segmenter("auto")
+    seg = segmenter
     ratios = []
     for rgb in crops:
         h, w = rgb.shape[:2]

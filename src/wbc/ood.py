@@ -70,7 +70,8 @@ def fit_pca(emb: np.ndarray, dims: int = PCA_DIMS) -> dict[str, Any]:
     mean = z.mean(0)
     _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
     k = int(min(dims, vt.shape[0], max(1, len(z) - 1)))
-    scale = np.maximum(s[:k] / np.sqrt(max(len(z) - 1, 1)), 1e-6)
+    sd = s[:k] / np.sqrt(max(len(z) - 1, 1))
+    scale = np.maximum(sd, max(float(sd[0]) * 1e-3, 1e-9))  # near-empty axes must not blow up distances
     return {"mean": mean.tolist(), "components": vt[:k].tolist(), "scale": scale.tolist()}
 
 
@@ -276,7 +277,13 @@ def colour_reference(cells: np.ndarray, n: int = 200, seed: int = 0) -> dict[str
     from wbc.stain import METHODS, fit_stain_stats
 
     idx = np.sort(np.random.default_rng(seed).permutation(len(cells))[:n])
-    return {m: fit_stain_stats(list(cells[idx]), m) for m in METHODS}
+    out = {}
+    for m in METHODS:
+        try:
+            out[m] = fit_stain_stats(list(cells[idx]), m)
+        except ValueError:  # e.g. too few stained pixels for Macenko: that method is just unavailable
+            continue
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

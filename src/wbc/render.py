@@ -33,7 +33,7 @@ def colour_of(label: str) -> tuple[int, int, int]:
 
 
 def _text(img: np.ndarray, s: str, org: tuple[int, int], scale: float, colour: tuple[int, int, int]) -> None:
-    th = max(1, int(round(scale * 2)))
+    th = max(1, round(scale * 2))
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), th + 2, cv2.LINE_AA)
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, th, cv2.LINE_AA)
 
@@ -43,7 +43,7 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = ()) ->
     out = rgb.copy()
     h, w = out.shape[:2]
     scale = max(0.4, min(h, w) / 900)
-    lw = max(1, int(round(min(h, w) / 400)))
+    lw = max(1, round(min(h, w) / 400))
     seen: list[str] = []
     for c in result.cells:
         label = c.prediction.label if c.prediction else "?"
@@ -52,8 +52,9 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = ()) ->
             seen.append(label)
         x0, y0, x1, y1 = c.box
         for mask, thick in ((c.cell_mask, lw + 1), (c.nucleus_mask, lw)):
-            cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
-                                     offset=(x0, y0))
+            cs, _ = cv2.findContours(
+                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0)
+            )
             cv2.drawContours(out, cs, -1, col, thick, cv2.LINE_AA)
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), col, lw)
         if c.prediction and c.prediction.review:

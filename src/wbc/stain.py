@@ -98,23 +98,34 @@ def reinhard(
 # --- Macenko -------------------------------------------------------------------------------------
 
 
-def optical_density(rgb: np.ndarray, background: float = 255.0) -> np.ndarray:
-    """Beer-Lambert optical density per channel, (H*W, 3) float64."""
+def background_level(rgb: np.ndarray) -> np.ndarray:
+    """Per-channel brightness of the empty glass (99th percentile): the light that reaches the camera.
+
+    Estimating it per image (instead of assuming 255) absorbs white-balance and exposure differences.
+    """
     x = _as_rgb(rgb).reshape(-1, 3).astype(np.float64)
-    return -np.log((x + 1.0) / (background + 1.0))
+    return np.maximum(np.percentile(x, 99, axis=0), 16.0)
+
+
+def optical_density(rgb: np.ndarray, background: float | Sequence[float] | np.ndarray = 255.0) -> np.ndarray:
+    """Beer-Lambert optical density per channel, (H*W, 3) float64, relative to ``background``."""
+    x = _as_rgb(rgb).reshape(-1, 3).astype(np.float64)
+    bg = np.asarray(background, np.float64)
+    return np.maximum(-np.log((x + 1.0) / (bg + 1.0)), 0.0)
 
 
 def macenko_stains(
     rgb: np.ndarray, od_threshold: float = 0.15, alpha: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """The two stain OD vectors (2, 3), unit length, and their 99th-percentile amounts (2,).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two unit stain OD vectors (2, 3), their 99th-percentile amounts (2,) and the background (3,).
 
     The first row is the stain that absorbs most red light (haematoxylin-like: the nuclear, azure /
     methylene-blue stain), the second the eosin-like stain. Raises ValueError when fewer than 50 pixels
     are stained (an empty image has no stain to estimate).
     """
-    od = optical_density(rgb)
-    od_fg = od[(od > od_threshold).all(axis=1)]
+    bg = background_level(rgb)
+    od = optical_density(rgb, bg)
+    od_fg = od[np.linalg.norm(od, axis=1) > od_threshold]  # stained pixels (any stain, any channel)
     if len(od_fg) < 50:
         raise ValueError("too few stained pixels to estimate stain vectors")
     cov = np.cov(od_fg, rowvar=False)
@@ -131,30 +142,36 @@ def macenko_stains(
     stains /= np.linalg.norm(stains, axis=1, keepdims=True)
     conc = np.linalg.lstsq(stains.T, od.T, rcond=None)[0]
     max_c = np.percentile(conc, 99, axis=1)
-    return stains, np.maximum(max_c, _EPS)
+    return stains, np.maximum(max_c, _EPS), bg
 
 
 def macenko(
     rgb: np.ndarray,
     target_stains: Sequence[Sequence[float]],
     target_max: Sequence[float],
-    source_stains: Sequence[Sequence[float]] | None = None,
-    source_max: Sequence[float] | None = None,
+    target_background: Sequence[float] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """Re-mix an image with the target stain vectors and amounts. Unstained images come back unchanged."""
+    """Re-mix an image with the target stains, amounts and background; unstained images come back as is.
+
+    ``source``: fixed ``{"stains", "max", "background"}`` of the image's lab (default: estimated per image).
+    """
     arr = _as_rgb(rgb)
-    if source_stains is None or source_max is None:
+    if source:
+        s_src, m_src = np.asarray(source["stains"], np.float64), np.asarray(source["max"], np.float64)
+        bg_src = np.asarray(source.get("background", [255.0] * 3), np.float64)
+    else:
         try:
-            source_stains, source_max = macenko_stains(arr)
+            s_src, m_src, bg_src = macenko_stains(arr)
         except ValueError:
             return arr.copy()
-    s_src = np.asarray(source_stains, np.float64)
-    od = optical_density(arr)
+    od = optical_density(arr, bg_src)
     conc = np.linalg.lstsq(s_src.T, od.T, rcond=None)[0]
-    ratio = np.asarray(target_max, np.float64) / np.maximum(np.asarray(source_max, np.float64), _EPS)
+    ratio = np.asarray(target_max, np.float64) / np.maximum(m_src, _EPS)
     conc *= ratio[:, None]
-    out = 256.0 * np.exp(-(np.asarray(target_stains, np.float64).T @ conc)) - 1.0
-    return np.clip(np.rint(out.T), 0, 255).astype(np.uint8).reshape(arr.shape)
+    bg_t = np.asarray(target_background if target_background is not None else [255.0] * 3, np.float64)
+    out = (bg_t + 1.0) * np.exp(-(np.asarray(target_stains, np.float64).T @ conc)).T - 1.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(arr.shape)
 
 
 # --- histogram matching --------------------------------------------------------------------------
@@ -207,8 +224,8 @@ def fit_stain_stats(images: Sequence[np.ndarray], method: str) -> dict[str, Any]
         # stain vectors of a mosaic of the images: one robust estimate for the whole set
         side = min(min(im.shape[:2]) for im in images)
         tiles = [cv2.resize(_as_rgb(im), (side, side), interpolation=cv2.INTER_AREA) for im in images]
-        stains, max_c = macenko_stains(np.concatenate(tiles, axis=0))
-        return {"stains": stains.tolist(), "max": max_c.tolist()}
+        stains, max_c, bg = macenko_stains(np.concatenate(tiles, axis=0))
+        return {"stains": stains.tolist(), "max": max_c.tolist(), "background": bg.tolist()}
     return {"quantiles": channel_quantiles(images).tolist()}
 
 
@@ -224,7 +241,7 @@ def normalise(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     if method == "reinhard":
         return reinhard(rgb, tgt["mean"], tgt["std"], src.get("mean"), src.get("std"))
     if method == "macenko":
-        return macenko(rgb, tgt["stains"], tgt["max"], src.get("stains"), src.get("max"))
+        return macenko(rgb, tgt["stains"], tgt["max"], tgt.get("background"), src or None)
     if method == "histogram":
         return match_histograms(rgb, tgt["quantiles"], src.get("quantiles"))
     raise ValueError(f"unknown stain normalisation {method!r}; choose from {', '.join(METHODS)}")

@@ -37,6 +37,7 @@ class Cell:
     cell_mask: np.ndarray  # bool, box-sized, includes the nucleus
     touches_border: bool = False
     prediction: Prediction | None = None
+    score: float = 1.0  # detection confidence from the segmenter (ranks detections for AP)
 
     @property
     def area_px(self) -> int:

@@ -302,7 +302,7 @@ def build_gradcam(
         thumbs = []
         for rgb, cam, i in zip(shown, cams, keep, strict=True):
             p = int(y_prob[i].argmax())
-            heat = cam_heatmap(cam[p], rgb.shape[:2])
+            heat = cam_heatmap(cam[p], rgb.shape[:2], input_size=size)
             thumbs.append(
                 Thumb(
                     rgb,
@@ -358,6 +358,11 @@ def evaluate(
     scored = classify_samples(ed.samples, classifier, batch_size, workers, progress)
     t_classify = time.perf_counter() - t0
 
+    if not scored.samples:
+        raise WbcError(
+            f"{ed.source}: none of the {len(ed.samples)} images could be read "
+            f"(first problem: {scored.errors[0][1] if scored.errors else 'unknown'})"
+        )
     known = np.array([s.label in classes for s in scored.samples], bool)
     if not known.any():
         labels = sorted({s.label for s in ed.samples})

@@ -44,7 +44,7 @@ def compare(
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
-    from wbc.evaluate.report import CSS, display_name, fig_to_data_uri, pct, pct_ci
+    from wbc.evaluate.report import CSS, _plt, display_name, fig_to_data_uri, pct
 
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,11 +107,7 @@ def compare(
     )
 
     # the page: words first, then a table and one figure
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     e = html.escape
     mc, diff = result["mcnemar"], result["accuracy_difference"]
     ra, rb = result["model_a"], result["model_b"]
@@ -158,12 +154,11 @@ def compare(
         f"{pct(rb['accuracy'])}</td></tr>"
         f"<tr><td>Macro F1</td><td class='num'>{ra['macro_f1']:.3f}</td><td class='num'>"
         f"{rb['macro_f1']:.3f}</td></tr>"
-        f"</table><p class='howto'>Accuracy difference A − B: {100 * diff['difference']:+.1f} points, 95% "
-        "paired "
-        f"bootstrap interval {pct_ci([d_ci[0], d_ci[1]])} ({diff['n_boot']} resamples). McNemar's test "
-        f"({mc['method'].replace('_', ' ')}): statistic {mc['statistic']:.2f}, p = {mc['p_value']:.3g}; both "
-        "right "
-        f"{mc['both_correct']:,}, both wrong {mc['both_wrong']:,}.</p>"
+        f"</table><p class='howto'>Accuracy difference A − B: {100 * diff['difference']:+.1f} points, "
+        f"95% paired bootstrap interval {100 * d_ci[0]:+.1f} to {100 * d_ci[1]:+.1f} points "
+        f"({diff['n_boot']} resamples). McNemar's test ({mc['method'].replace('_', ' ')}): statistic "
+        f"{mc['statistic']:.2f}, p = {mc['p_value']:.3g}; both right {mc['both_correct']:,}, both wrong "
+        f"{mc['both_wrong']:,}.</p>"
         "<h2>Per class</h2><table><tr><th>Class</th><th class='num'>Sensitivity A</th>"
         f"<th class='num'>Sensitivity B</th></tr>{rows_html}</table>"
         f"<div class='fig'><img src='{img}' alt='per-class sensitivity of both models'></div></main></body>"

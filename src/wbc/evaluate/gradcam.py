@@ -11,11 +11,18 @@ import cv2
 import numpy as np
 
 
-def cam_heatmap(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def cam_heatmap(cam: np.ndarray, size: tuple[int, int], input_size: int | None = None) -> np.ndarray:
     """One class's activation map (h, w) -> float32 heat in [0, 1] at ``size`` = (height, width).
 
     Negative evidence is dropped (ReLU) and the map is scaled by its own maximum, so every overlay uses
     the full colour range; a map with no positive evidence is all zeros.
+
+    Where the map is placed matters: in a CNN whose strided convolutions pad symmetrically (every wbc
+    model), feature cell ``i`` is centred on input pixel ``i * stride``, not ``(i + 0.5) * stride`` as a
+    plain resize assumes. With a 5 x 5 map that is a shift of half a cell (10% of the image) towards
+    the top-left (checked with PBC cells rolled towards the corners of the frame: the heat follows the
+    cell, and this alignment puts its centre nearer the cell than a plain resize does). Give the
+    network's ``input_size`` to use it.
 
     >>> heat = cam_heatmap(np.array([[-1.0, 0.0], [1.0, 3.0]]), (2, 2))
     >>> [[round(float(v), 2) for v in row] for row in heat]
@@ -24,7 +31,15 @@ def cam_heatmap(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     heat = np.maximum(np.asarray(cam, np.float32), 0.0)
     peak = float(heat.max()) if heat.size else 0.0
     heat = heat / peak if peak > 0 else np.zeros_like(heat)
-    if heat.shape != tuple(size):
+    h, w = heat.shape
+    if input_size:
+        # source cell (i, j) -> display pixel centre ((j * stride + 0.5) * sx - 0.5, ...)
+        sx, sy = size[1] / input_size, size[0] / input_size
+        m = np.array([[input_size / w * sx, 0, 0.5 * sx - 0.5], [0, input_size / h * sy, 0.5 * sy - 0.5]])
+        heat = cv2.warpAffine(
+            heat, m, (size[1], size[0]), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+        )
+    elif heat.shape != tuple(size):
         heat = cv2.resize(heat, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
     return np.clip(heat, 0.0, 1.0)
 
@@ -44,8 +59,10 @@ def overlay_heatmap(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np
 def gradcam_overlays(
     cells: np.ndarray, cams: np.ndarray, class_index: np.ndarray, alpha: float = 0.6
 ) -> list[np.ndarray]:
-    """Overlays for a batch: ``cells`` (N, S, S, 3) uint8, ``cams`` (N, C, h, w), one class per cell."""
+    """Overlays for a batch: ``cells`` (N, S, S, 3) uint8 as fed to the network, ``cams`` (N, C, h, w),
+    one class per cell."""
     out = []
     for cell, cam, k in zip(cells, cams, class_index, strict=True):
-        out.append(overlay_heatmap(cell, cam_heatmap(cam[int(k)], cell.shape[:2]), alpha))
+        heat = cam_heatmap(cam[int(k)], cell.shape[:2], input_size=cell.shape[0])
+        out.append(overlay_heatmap(cell, heat, alpha))
     return out

@@ -733,22 +733,19 @@ def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
         "<h2>Key numbers</h2><p class='howto'>The 95% interval shows how much the number could move with a "
         "different sample of cells of the same kind (bootstrap).</p>",
         key_numbers_table(metrics),
-        "<h2>Per class</h2><p class='howto'><b>Sensitivity</b>: of the cells an expert put in this class, "
-        "the "
-        "share the model also put there. <b>Specificity</b>: of the cells of other classes, the share the "
-        "model kept out. <b>Precision</b>: of the cells the model put in this class, the share that belong "
-        "there. Red: below 75%; amber: below 90%.</p>",
+        "<h2>Per class</h2><p class='howto'><b>Sensitivity</b>: of the cells an expert put in this "
+        "class, the share the model also put there. <b>Specificity</b>: of the cells of other classes, "
+        "the share the model kept out. <b>Precision</b>: of the cells the model put in this class, the "
+        "share that belong there. Red: below 75%; amber: below 90%.</p>",
         per_class_table(metrics),
         f"<div class='fig'><img src='{plot_per_class(metrics)}' alt='per-class sensitivity and precision'>"
         "</div>",
         "<h2>Where the mistakes go</h2><p class='howto'>Each row is the experts' label, each column the "
-        "model's "
-        "answer; the diagonal holds the correct calls. Left: numbers of cells; right: the same as a share "
-        "of each row, so rare classes read as easily as common ones.</p>",
+        "model's answer; the diagonal holds the correct calls. Left: numbers of cells; right: the same as "
+        "a share of each row, so rare classes read as easily as common ones.</p>",
         f"<div class='fig'><img src='{plot_confusion(metrics)}' alt='confusion matrices'></div>",
         "<h2>Telling classes apart</h2><p class='howto'>For each class, the curve shows how many of its "
-        "cells "
-        "would be found (up) against how many other cells would be wrongly included (right) as the "
+        "cells would be found (up) against how many other cells would be wrongly included (right) as the "
         "decision threshold moves. Curves hugging the top-left corner are best.</p>",
         f"<div class='fig'><img src='{plot_roc(metrics, y_true, y_prob)}' alt='ROC curves'></div>",
         "<h2>Can the confidence be trusted?</h2><p class='howto'>Cells are grouped by the model's stated "
@@ -763,15 +760,13 @@ def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
         f"<div class='fig'><img src='{plot_coverage(metrics, y_true, y_prob)}' alt='coverage-accuracy curve'>"
         "</div>",
         "<h2>Most confident mistakes</h2><p class='howto'>Cells the model got wrong while being sure of "
-        "itself: "
-        "worth a look, both for model errors and for possible labelling errors.</p>",
+        "itself: worth a look, both for model errors and for possible labelling errors.</p>",
         gallery_html(inputs.confident_mistakes),
-        "<h3>Least confident correct calls</h3><p class='howto'>Cells the model got right, but only just.</p>"
-        "",
+        "<h3>Least confident correct calls</h3>"
+        "<p class='howto'>Cells the model got right, but only just.</p>",
         gallery_html(inputs.unsure_correct),
         "<h2>What the model looks at (Grad-CAM)</h2><p class='howto'>Left: the cell. Right: the same cell "
-        "with "
-        "the regions that pushed the model towards its answer in warm colours (red strongest). A sound "
+        "with the regions that pushed the model towards its answer in warm colours (red strongest). A sound "
         "model looks at the nucleus and cytoplasm of the white cell, not at the background or red cells.</p>",
         gradcam_html(inputs.gradcam)
         if inputs.gradcam

@@ -93,13 +93,15 @@ def load_bccd(root: Path, split: str = "test") -> list[BccdItem]:
     items = []
     for name in split_file.read_text().split():
         mp = mask_path(bccd, name)
-        items.append(BccdItem(
-            name=name,
-            image=bccd / "JPEGImages" / f"{name}.jpg",
-            wbc_boxes=read_voc_boxes(bccd / "Annotations" / f"{name}.xml"),
-            mask=mp if mp.is_file() else None,
-            label=labels.get(name),
-        ))
+        items.append(
+            BccdItem(
+                name=name,
+                image=bccd / "JPEGImages" / f"{name}.jpg",
+                wbc_boxes=read_voc_boxes(bccd / "Annotations" / f"{name}.xml"),
+                mask=mp if mp.is_file() else None,
+                label=labels.get(name),
+            )
+        )
     return items
 
 
@@ -191,8 +193,10 @@ def unboxed_mask_cells(cell_mask: np.ndarray, boxes: Sequence[Box], min_iou: flo
             continue
         cb = (float(x), float(y), float(x + w), float(y + h))
         inside = [
-            max(0.0, min(cb[2], b[2]) - max(cb[0], b[0])) * max(0.0, min(cb[3], b[3]) - max(cb[1], b[1]))
-            / max(1.0, w * h) for b in boxes
+            max(0.0, min(cb[2], b[2]) - max(cb[0], b[0]))
+            * max(0.0, min(cb[3], b[3]) - max(cb[1], b[1]))
+            / max(1.0, w * h)
+            for b in boxes
         ]
         if all(box_iou(cb, b) < min_iou for b in boxes) and all(v < 0.5 for v in inside):
             out |= lab == i
@@ -200,8 +204,8 @@ def unboxed_mask_cells(cell_mask: np.ndarray, boxes: Sequence[Box], min_iou: flo
 
 
 def _score(c: Cell) -> float:
-    """Detection score: the segmenter's own (``score`` attribute) else the fraction of nucleus."""
-    return float(getattr(c, "score", None) or min(1.0, 0.5 + c.nucleus_mask.mean()))
+    """Detection score for ranking (AP): the segmenter's own confidence."""
+    return float(getattr(c, "score", 1.0))
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
@@ -353,7 +357,9 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
             f"| nucleus Dice / IoU | {s['nucleus_dice']:.3f} / {s['nucleus_iou']:.3f} |",
             f"| whole-cell Dice / IoU | {s['cell_dice']:.3f} / {s['cell_iou']:.3f} |",
         ]
-    lines.append(f"| segmentation time per field | {1000 * metrics['seconds_per_image_segmentation']:.0f} ms |")
+    lines.append(
+        f"| segmentation time per field | {1000 * metrics['seconds_per_image_segmentation']:.0f} ms |"
+    )
     sub = metrics.get("subtype")
     if sub and sub["n"]:
         lines += [
@@ -383,13 +389,17 @@ def evaluate_smears(
         items = items[:limit]
     classify = None
     if classifier is not None:
+
         def classify(rgb: np.ndarray, cells: list[Cell]) -> list[str]:
             classify_cells(rgb, cells, classifier)
             return [c.prediction.label if c.prediction else "" for c in cells]
 
     metrics = evaluate_segmentation(items, segmenter.segment, classify)
-    metrics.update(split=split, segmenter=getattr(segmenter, "model_id", segmenter.name),
-                   model_id=getattr(classifier, "model_id", "") if classifier is not None else "")
+    metrics.update(
+        split=split,
+        segmenter=getattr(segmenter, "model_id", segmenter.name),
+        model_id=getattr(classifier, "model_id", "") if classifier is not None else "",
+    )
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / "metrics.json", metrics)
     atomic_write_text(output / "summary.md", summary_markdown(metrics))

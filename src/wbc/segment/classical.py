@@ -113,9 +113,16 @@ def estimate_rbc_diameter(rgb: np.ndarray) -> float | None:
         return None
     sig = np.geomspace(1.5, 40.0, 22)
     resp = np.empty(len(sig))
+    pyramid = [red]
+    while min(pyramid[-1].shape) > 24:
+        pyramid.append(cv2.pyrDown(pyramid[-1]))
     for k, g in enumerate(sig):
-        b = cv2.GaussianBlur(red, (0, 0), float(g))
-        resp[k] = np.percentile(-g * g * cv2.Laplacian(b, cv2.CV_32F), 95)
+        # the normalised LoG is scale-invariant: large sigmas run on a coarser pyramid level (fast)
+        level = min(len(pyramid) - 1, max(0, int(np.log2(g / 3.0))))
+        gl = g / 2**level
+        b = cv2.GaussianBlur(pyramid[level], (0, 0), float(gl))
+        lap = (-gl * gl * cv2.Laplacian(b, cv2.CV_32F)).ravel()
+        resp[k] = np.partition(lap, int(0.95 * (lap.size - 1)))[int(0.95 * (lap.size - 1))]
     k = int(np.argmax(resp))
     log_s = np.log(sig[k])
     if 0 < k < len(sig) - 1:  # parabolic refinement in log-sigma
@@ -137,13 +144,13 @@ def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
     if abs(factor - 1.0) < 1e-3:
         return rgb
     h, w = rgb.shape[:2]
-    size = (max(8, int(round(w * factor))), max(8, int(round(h * factor))))
+    size = (max(8, round(w * factor)), max(8, round(h * factor)))
     interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
     return cv2.resize(rgb, size, interpolation=interp)
 
 
 def _disk(radius: float) -> np.ndarray:
-    r = max(1, int(round(radius)))
+    r = max(1, round(radius))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
@@ -221,7 +228,7 @@ def instances_from_maps(
         dt = cv2.distanceTransform(fg_f.astype(np.uint8), cv2.DIST_L2, 5)
         peaks = (dt == ndi.maximum_filter(dt, size=max(3, int(rbc_px * 0.6)))) & (dt > rbc_px * 0.3)
         peaks &= dist_to_nuc > rbc_px * 0.9  # red cells only, well away from any nucleus
-        pl, npk = ndi.label(peaks)
+        pl, _npk = ndi.label(peaks)
         markers = np.where(pl > 0, pl + k, markers)
         region = fg_f | cell
     else:
@@ -253,6 +260,7 @@ def cells_from_instances(
     nuc_p: np.ndarray,
     cell_p: np.ndarray,
     full_shape: tuple[int, int],
+    rbc_px: float = WORK_RBC_DIAMETER,
     min_area_px: float = 0.0,
 ) -> list[Cell]:
     """Resample each instance to full resolution (smooth, via the probability maps) as a :class:`Cell`.
@@ -263,6 +271,7 @@ def cells_from_instances(
     h, w = inst.cell.shape
     sy, sx = H / h, W / w
     cells: list[Cell] = []
+    rbc_area = np.pi / 4 * rbc_px**2
     objs = ndi.find_objects(inst.cell)
     for i, sl in enumerate(objs, start=1):
         if sl is None:
@@ -275,8 +284,9 @@ def cells_from_instances(
         # soft masks: the instance's support, softened by the probability maps at the boundary
         soft_c = own.astype(np.float32)
         soft_c = cv2.GaussianBlur(soft_c, (0, 0), 0.6)
-        soft_n = np.where(cv2.dilate(own_n.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0,
-                          nuc_p[y0:y1, x0:x1], 0.0).astype(np.float32)
+        soft_n = np.where(
+            cv2.dilate(own_n.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0, nuc_p[y0:y1, x0:x1], 0.0
+        ).astype(np.float32)
         soft_n = np.minimum(soft_n, soft_c)
         X0, Y0 = int(np.floor(x0 * sx)), int(np.floor(y0 * sy))
         X1, Y1 = min(W, int(np.ceil(x1 * sx))), min(H, int(np.ceil(y1 * sy)))
@@ -292,8 +302,16 @@ def cells_from_instances(
         cm = big_c[by0:by1, bx0:bx1]
         nm = big_n[by0:by1, bx0:bx1] & cm
         box = (X0 + int(bx0), Y0 + int(by0), X0 + int(bx1), Y0 + int(by1))
+        # detection score: how sure the nucleus is (mean probability) times how WBC-sized it is
+        n_px = int(own_n.sum())
+        certainty = float(nuc_p[y0:y1, x0:x1][own_n].mean()) if n_px else 0.0
+        score = certainty * min(1.0, n_px / (0.5 * rbc_area))
         touches = box[0] <= 0 or box[1] <= 0 or box[2] >= W or box[3] >= H
-        cells.append(Cell(id=len(cells) + 1, box=box, nucleus_mask=nm, cell_mask=cm, touches_border=touches))
+        cells.append(
+            Cell(
+                id=len(cells) + 1, box=box, nucleus_mask=nm, cell_mask=cm, touches_border=touches, score=score
+            )
+        )
     return cells
 
 
@@ -310,4 +328,4 @@ class ClassicalSegmenter:
         nuc_p, cell_p = stain_maps(small)
         rbc_px = rbc * factor if rbc else WORK_RBC_DIAMETER
         inst = instances_from_maps(nuc_p, cell_p, fg=foreground_mask(small), rbc_px=rbc_px)
-        return cells_from_instances(inst, nuc_p, cell_p, rgb.shape[:2])
+        return cells_from_instances(inst, nuc_p, cell_p, rgb.shape[:2], rbc_px=rbc_px)

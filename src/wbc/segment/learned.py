@@ -72,7 +72,9 @@ class LearnedSegmenter:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises untyped errors
-            raise ModelError(f"{self.path}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+            raise ModelError(
+                f"{self.path}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})"
+            ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.model_id = meta.get("model_id", self.path.stem)
         self.input_name = self.session.get_inputs()[0].name
@@ -94,4 +96,4 @@ class LearnedSegmenter:
         rbc_px = rbc * factor if rbc else WORK_RBC_DIAMETER
         nuc_p = cv2.GaussianBlur(nuc_p, (0, 0), 0.5)
         inst = instances_from_maps(nuc_p, cell_p, fg=foreground_mask(small), rbc_px=rbc_px)
-        return cells_from_instances(inst, nuc_p, cell_p, rgb.shape[:2])
+        return cells_from_instances(inst, nuc_p, cell_p, rgb.shape[:2], rbc_px=rbc_px)

@@ -150,12 +150,19 @@ def fit(
     steps_per_epoch = max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     history: list[dict[str, Any]] = []
     start_epoch, best_f1, best_epoch, bad_epochs = 0, -1.0, -1, 0
     last = run_dir / "last.pt"
     if resume and last.is_file():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         net.load_state_dict(ck["model"])
+        if ema is not None and "ema" in ck:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best_f1, best_epoch, bad_epochs = ck["epoch"] + 1, ck["best_f1"], ck["best_epoch"], ck["bad"]
@@ -180,11 +187,14 @@ def fit(
                 loss.backward()
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 tot_loss += float(loss.detach()) * len(y)
                 tot_correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 bar.update(task, advance=1, loss=tot_loss / seen, acc=tot_correct / seen)
-        val_logits = predict_logits(net, val.images, mean, std)
+        scored = ema.module if ema is not None else net  # the weights that are evaluated and kept
+        val_logits = predict_logits(scored, val.images, mean, std)
         val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(val_logits),
                                                            torch.from_numpy(val.labels)))
         s = summarise(val_logits, val.labels, classes)
@@ -195,7 +205,8 @@ def fit(
         improved = s["macro_f1"] > best_f1
         if improved:
             best_f1, best_epoch, bad_epochs = s["macro_f1"], epoch + 1, 0
-            torch.save({"model": net.state_dict(), "arch": cfg.model, "dropout": cfg.dropout}, run_dir / "best.pt")
+            torch.save({"model": scored.state_dict(), "arch": cfg.model, "dropout": cfg.dropout},
+                       run_dir / "best.pt")
         else:
             bad_epochs += 1
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
@@ -207,7 +218,8 @@ def fit(
         atomic_write_csv(run_dir / "metrics.csv", METRIC_COLUMNS, [[r[c] for c in METRIC_COLUMNS] for r in history])
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "bad": bad_epochs,
-                    "history": history, "rng": torch.get_rng_state(), "gen": gen.get_state()}, last)
+                    "history": history, "rng": torch.get_rng_state(), "gen": gen.get_state(),
+                    **({"ema": ema.state_dict()} if ema is not None else {})}, last)
         if stop:
             console.print(f"early stop: no val macro-F1 gain for {cfg.patience} epochs (best epoch {best_epoch})")
             break
@@ -256,13 +268,13 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
         console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
     samples = scan.samples
     if cfg.max_per_class:
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(cfg.split_seed)
         by: dict[str, list[Sample]] = {}
         for s in samples:
             by.setdefault(s.label, []).append(s)
         samples = [s for lab in sorted(by) for s in
                    [by[lab][i] for i in sorted(rng.permutation(len(by[lab]))[: cfg.max_per_class])]]
-    samples = stratified_split(samples, cfg.split, seed=cfg.seed, folds=cfg.folds)
+    samples = stratified_split(samples, cfg.split, seed=cfg.split_seed, folds=cfg.folds)
     write_manifest(manifest, samples, root=root)
     atomic_write_csv(run_dir / "skipped.csv", ["path", "reason"], scan.skipped)
     return samples
@@ -356,6 +368,23 @@ def run_training(
     return result
 
 
+def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, seed: int = 0) -> float | None:
+    """Median cell-diameter / crop-side ratio of the training crops, so smear crops can match it."""
+    from wbc.crops import measure_cell_fraction
+    from wbc.io import read_image
+
+    rng = np.random.default_rng(seed)
+    train = [s for s in samples if s.split in ("train", "")]
+    picked = []
+    for label in sorted({s.label for s in train}):
+        group = [s for s in train if s.label == label]
+        picked += [group[i] for i in rng.permutation(len(group))[:per_class]]
+    try:
+        return measure_cell_fraction(read_image(s.path) for s in picked)
+    except (ValueError, WbcError):
+        return None
+
+
 def finalise_info(
     cfg: TrainConfig, classes: list[str], mean, std, val_logits: np.ndarray, val_labels: np.ndarray,
     samples: list[Sample], root: Path,
@@ -371,8 +400,67 @@ def finalise_info(
         classes=classes, input_size=cfg.input_size, mean=list(mean), std=list(std), architecture=cfg.model,
         version=cfg.version, model_id=f"wbc-{cfg.model}-{data_desc}-{stamp}", temperature=temperature,
         review_threshold=threshold, review_target_accuracy=cfg.review_target_accuracy,
-        training_data=f"{data_desc}: train split of {len(samples)} images ({counts}); seed {cfg.seed}",
+        training_data=(f"{data_desc}: train split ({sum(counts.values())} of {len(samples)} images: {counts}); "
+                       f"split seed {cfg.split_seed}, seed {cfg.seed}"),
         created=stamp,
         metrics=summarise(val_logits, val_labels, classes) | {"split": "val"},
-        extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}},
+        extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}}
+        | ({"cell_fraction": fraction} if (fraction := measure_training_cell_fraction(samples)) else {}),
     )
+
+
+def run_ensemble(
+    runs: list[Path], out_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Combine finished runs that share one split into a mean-probability ensemble, calibrated on that
+    split's validation images, exported as one ONNX model and scored on its test images."""
+    from wbc.train.export import load_checkpoint
+
+    console = console or Console(stderr=True)
+    out = Path(out_dir)
+    root = default_data_root(data_root)
+    manifests = [(Path(r) / "manifest.csv") for r in runs]
+    for m in manifests:
+        if not m.is_file():
+            raise WbcError(f"{m.parent}: not a run folder (no manifest.csv)")
+    if len({m.read_bytes() for m in manifests}) != 1:
+        raise WbcError("the runs were trained on different splits; an ensemble needs one shared manifest.csv")
+    loaded = [load_checkpoint(r) for r in runs]
+    infos = [i for _, i in loaded]
+    if any((i.classes, i.input_size, i.mean, i.std) != (infos[0].classes, infos[0].input_size, infos[0].mean,
+                                                         infos[0].std) for i in infos):
+        raise WbcError("the runs differ in classes, input size or normalisation")
+    members: list[WbcNet] = []
+    for net, _ in loaded:
+        members += list(net.members) if isinstance(net, Ensemble) else [net]
+    ensemble = Ensemble(members).eval()
+    cfg = TrainConfig().updated({k: v for k, v in json.loads((Path(runs[0]) / "config.json").read_text()).items()
+                                 if k != "extra"})
+    torch.set_num_threads(cfg.threads)
+    samples = read_manifest(manifests[0], root=root)
+    classes, size = infos[0].classes, infos[0].input_size
+    parts = {}
+    for split in ("val", "test"):
+        subset = [s for s in samples if s.split == split]
+        cache, ok, _ = decode_all(subset, size, workers=cfg.threads)
+        parts[split] = Split(cache, np.array([classes.index(subset[i].label) for i in ok]))
+    mean, std = infos[0].mean, infos[0].std
+    val_logits = predict_logits(ensemble, parts["val"].images, mean, std)
+    info = finalise_info(cfg, classes, mean, std, val_logits, parts["val"].labels, samples, root)
+    info.architecture = f"ensemble of {len(members)} x {cfg.model}"
+    info.model_id = info.model_id.replace(f"wbc-{cfg.model}", f"wbc-ensemble{len(members)}-{cfg.model}")
+    info.extra["members"] = [str(r) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
+                "info": info.to_json()}, out / "ensemble.pt")
+    (out / "manifest.csv").write_bytes(manifests[0].read_bytes())
+    check = normalise(torch.from_numpy(parts["val"].images[:8]).permute(0, 3, 1, 2), mean, std)
+    diff = export_model(ensemble, info, out / "model.onnx", check)
+    atomic_write_json(out / "val_metrics.json", summarise(val_logits, parts["val"].labels, classes))
+    test_logits = predict_logits(ensemble, parts["test"].images, mean, std)
+    result = bootstrap_summary(test_logits, parts["test"].labels, classes, seed=cfg.seed)
+    atomic_write_json(out / "test_metrics.json", result)
+    console.print(f"exported {out / 'model.onnx'} ({len(members)} members, max |onnx - torch| {diff:.2e}); "
+                  f"test accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}", highlight=False)
+    return result

@@ -32,8 +32,12 @@ from wbc.segment.learned import normalise_field
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -66,7 +70,7 @@ class UNet(nn.Module):
 def _quantise(mask: np.ndarray) -> np.ndarray:
     if mask.ndim == 3:
         mask = mask[:, :, :3].max(axis=2)
-    return ((mask > 64).astype(np.uint8) + (mask > 192).astype(np.uint8))
+    return (mask > 64).astype(np.uint8) + (mask > 192).astype(np.uint8)
 
 
 def load_split(root: Path, split: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -92,12 +96,13 @@ def _jitter_colour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def sample(item: tuple[np.ndarray, np.ndarray, float], size: int, rng: np.random.Generator
-           ) -> tuple[np.ndarray, np.ndarray]:
+def sample(
+    item: tuple[np.ndarray, np.ndarray, float], size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One augmented (3, size, size) input and (size, size) target crop, biased towards the WBC."""
     rgb, tgt, factor = item
     f = factor * rng.uniform(0.75, 1.25)
-    img = resample(_jitter_colour(rgb, rng), f)
+    img = _jitter_colour(resample(rgb, f), rng)
     t = cv2.resize(tgt, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
     h, w = t.shape
     if h < size or w < size:
@@ -157,12 +162,22 @@ def export(net: nn.Module, path: Path, model_id: str, metrics: dict[str, float])
     net.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(net, torch.zeros(1, 3, 192, 256), str(tmp), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}}, opset_version=17,
-                      dynamo=False)
+    torch.onnx.export(
+        net,
+        torch.zeros(1, 3, 192, 256),
+        str(tmp),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}},
+        opset_version=17,
+        dynamo=False,
+    )
     m = onnx.load(str(tmp))
-    for k, v in {"model_id": model_id, "classes": "background,cytoplasm,nucleus",
-                 "metrics": json.dumps(metrics)}.items():
+    for k, v in {
+        "model_id": model_id,
+        "classes": "background,cytoplasm,nucleus",
+        "metrics": json.dumps(metrics),
+    }.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v
     onnx.save(m, str(path))
@@ -173,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None)
     ap.add_argument("--output", type=Path, default=Path("src/wbc/models/default/wbc_segmenter.onnx"))
-    ap.add_argument("--iters", type=int, default=1500)
+    ap.add_argument("--iters", type=int, default=600)
+    ap.add_argument("--eval-every", type=int, default=150)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -204,16 +220,19 @@ def main(argv: list[str] | None = None) -> None:
         sched.step()
         if it % 50 == 0:
             print(f"it {it} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
-        if it % 250 == 0 or it == a.iters:
+        if it % a.eval_every == 0 or it == a.iters:
             m = evaluate(net, val)
             score = m["nucleus_dice"] + m["cell_dice"]
             print(f"it {it} val {m}", flush=True)
             if score > best:
                 best, best_metrics = score, m
                 best_state = {k: v.clone() for k, v in net.state_dict().items()}
+                # export every new best, so an interrupted run still leaves a usable model
+                export(
+                    net, a.output, f"wbc-unet-bccd-it{it}-s{a.seed}", {"val_" + k: v for k, v in m.items()}
+                )
+                net.train()
     assert best_state is not None
-    net.load_state_dict(best_state)
-    export(net, a.output, f"wbc-unet-bccd-{a.iters}it-s{a.seed}", {"val_" + k: v for k, v in best_metrics.items()})
     print(f"wrote {a.output} ({a.output.stat().st_size / 1e6:.1f} MB) val {best_metrics}", flush=True)
 
 

@@ -1,0 +1,115 @@
+"""Write and execute the two front-end notebooks (thin calls into the wbc package).
+
+    python scripts/build_notebooks.py            # writes notebooks/*.ipynb with outputs
+
+The notebooks hold no logic of their own: each cell calls the package, as the CLI and the HTTP API do.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CLASSIFICATION = [
+    new_markdown_cell(
+        "# WBC classification\n\nClassify single-cell images with the model shipped in wbc, then evaluate it on "
+        "the held-out test split of its training run. Everything here is a call into the `wbc` package; the "
+        "same steps are `wbc classify` and `wbc evaluate` on the command line."),
+    new_code_cell(
+        "import wbc\nfrom wbc.paths import data_root\n\n"
+        "clf = wbc.load_model()\n"
+        "print(clf.model_id)\nprint('classes:', ', '.join(clf.classes))\n"
+        "print(f'input {clf.info.input_size}px, temperature {clf.info.temperature:.2f}, '\n"
+        "      f'review below confidence {clf.info.review_threshold:.2f}')"),
+    new_markdown_cell("## Classify a folder of cells\nA few cells of each class from the PBC data (`../shared/data/pbc`)."),
+    new_code_cell(
+        "from wbc.io import iter_image_paths\n\n"
+        "root = data_root() / 'pbc'\n"
+        "files = [p for c in sorted(root.iterdir()) if c.is_dir() for p in list(iter_image_paths([c]))[:4]]\n"
+        "res = wbc.classify(files, clf)\n"
+        "for p in res.predictions[:8]:\n"
+        "    print(f'{p.path.split(\"/\")[-2]:>13} -> {p.label:<13} {p.confidence:.3f}  review={p.review}')\n"
+        "print(dict(res.counts()))"),
+    new_code_cell(
+        "import matplotlib.pyplot as plt\nfrom wbc.io import read_image\n\n"
+        "fig, axes = plt.subplots(2, 8, figsize=(16, 4.4))\n"
+        "for ax, p in zip(axes.flat, res.predictions[::2]):\n"
+        "    ax.imshow(read_image(p.path)); ax.axis('off')\n"
+        "    ax.set_title(f'{p.label}\\n{p.confidence:.2f}', fontsize=9, color='C3' if p.review else 'black')\n"
+        "plt.tight_layout()"),
+    new_markdown_cell(
+        "## Evaluate on the test split\nThe run's manifest pins which images were held out; `wbc evaluate` "
+        "writes `metrics.json`, `predictions.csv` and a self-contained `report.html`."),
+    new_code_cell(
+        "import json, subprocess, sys\n\n"
+        "manifest = 'runs/default/manifest.csv'\n"
+        "from pathlib import Path\n"
+        "if Path('../' + manifest).is_file():\n"
+        "    out = subprocess.run([sys.executable, '-m', 'wbc', 'evaluate', '../' + manifest, '--split', 'test',\n"
+        "                          '--output', '../out/notebook_eval'], capture_output=True, text=True)\n"
+        "    print(out.stderr[-1500:])\n"
+        "    m = json.loads(Path('../out/notebook_eval/metrics.json').read_text())\n"
+        "    print(f\"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}\")\n"
+        "else:\n"
+        "    print('no run folder here: train one with `wbc train --config configs/default.toml --output runs/default`')"),
+]
+
+DETECTION = [
+    new_markdown_cell(
+        "# WBC detection and classification in smear images\n\nFind every white blood cell in whole smear "
+        "fields, outline nucleus and cytoplasm, classify each cell and count the differential. The same chain "
+        "runs behind `wbc analyze` and the HTTP API."),
+    new_code_cell(
+        "from pathlib import Path\nimport wbc\nfrom wbc.analyze import analyze_image\nfrom wbc.io import iter_image_paths, read_image\n"
+        "from wbc.paths import data_root\nfrom wbc.segment import get_segmenter\n\n"
+        "clf = wbc.load_model()\nseg = get_segmenter('auto')\n"
+        "folder = Path('../data/raw_images')\n"
+        "images = list(iter_image_paths([folder])) if folder.is_dir() else []\n"
+        "if not images:  # nothing in data/raw_images/ yet: use a few BCCD test fields\n"
+        "    bccd = data_root() / 'bccd'\n"
+        "    names = (bccd / 'ImageSets/Main/test.txt').read_text().split()[:4]\n"
+        "    images = [bccd / 'JPEGImages' / f'{n}.jpg' for n in names]\n"
+        "print(len(images), 'images;', 'segmenter:', seg.name)"),
+    new_code_cell(
+        "results = [analyze_image(read_image(p), clf, seg, name=p.name) for p in images]\n"
+        "for r in results:\n"
+        "    print(r.image, [(c.prediction.label, round(c.prediction.confidence, 2)) for c in r.cells])"),
+    new_code_cell(
+        "import matplotlib.pyplot as plt\nfrom wbc.render import render\n\n"
+        "fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))\n"
+        "for ax, p, r in zip(axes, images, results):\n"
+        "    ax.imshow(render(read_image(p), r, clf.classes)); ax.set_title(p.name); ax.axis('off')\n"
+        "plt.tight_layout()"),
+    new_markdown_cell("## Differential with 95% Clopper-Pearson intervals"),
+    new_code_cell(
+        "from wbc.counts import clopper_pearson, pooled_counts\n\n"
+        "counts = pooled_counts(results, clf.classes)\nn = sum(counts.values())\n"
+        "for c, k in counts.items():\n"
+        "    if k:\n"
+        "        lo, hi = clopper_pearson(k, n)\n"
+        "        print(f'{c:<13}{k:>4}  {100 * k / n:5.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]')"),
+]
+
+
+def build(name: str, cells: list) -> Path:
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    path = ROOT / "notebooks" / name
+    nbformat.write(nb, path)
+    return path
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["classification", "detection"]
+    if "classification" in which:
+        print(build("WBC_Classification.ipynb", CLASSIFICATION))
+    if "detection" in which:
+        print(build("WBC_detection_and_classification.ipynb", DETECTION))

@@ -1,0 +1,435 @@
+"""The FastAPI application: classify single cells, analyse smear fields, serve the web page.
+
+One app holds one classifier and one segmenter, loaded when the app is built (``app.state``), so
+requests never pay for model loading and two apps in one process never share state. Inference is
+CPU-bound, so the endpoints are plain ``def`` functions that FastAPI runs in its thread pool; a
+semaphore caps how many run at once so that a burst of uploads queues instead of thrashing the CPU.
+
+Every problem with an upload (empty, not an image, truncated, too large, wrong content type, missing
+field) is answered with a 4xx JSON body ``{"error", "detail", "errors": [{"filename", "error"}]}``;
+:mod:`wbc.errors` messages name the file. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import platform
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import wbc
+from wbc.errors import WbcError
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Default limit on one request's body (all files together), in MiB.
+DEFAULT_MAX_UPLOAD_MB: float = 25.0
+#: Most files one ``/classify`` request may carry (each is a small single-cell image).
+DEFAULT_MAX_FILES: int = 500
+#: Declared content types accepted for an image part; the bytes are what is checked in the end.
+ACCEPTED_TYPES: tuple[str, ...] = ("image/", "application/octet-stream", "binary/octet-stream")
+#: Batch size for single-cell inference.
+BATCH_SIZE: int = 64
+
+
+class UploadProblem(HTTPException):
+    """A 4xx answer about one or more uploaded files.
+
+    FastAPI's :class:`HTTPException`, so that FastAPI re-raises it as is when it comes out of body parsing
+    (the size limit) instead of turning it into "400 error parsing the body".
+    """
+
+    def __init__(self, status_code: int, error: str, detail: str,
+                 files: Sequence[dict[str, str]] = ()) -> None:
+        super().__init__(status_code=status_code, detail=detail)
+        self.error = error
+        self.files = list(files)
+
+
+def error_body(error: str, detail: str, files: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    return {"error": error, "detail": detail, "errors": list(files)}
+
+
+# --------------------------------------------------------------------------- request size limit
+
+
+class BodyLimitMiddleware:
+    """Answer 413 when a request body is over ``max_bytes``, before or while it is received.
+
+    ``Content-Length`` is checked first (no byte is read); chunked uploads are counted as they arrive.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> UploadProblem:
+        mb = self.max_bytes / 2**20
+        return UploadProblem(413, "too_large", f"upload is larger than the limit of {mb:g} MiB "
+                             "(start the server with --max-upload-mb to change it)")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _send_json(send, 413, error_body("too_large", self._too_large().detail))
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    resp = JSONResponse(body, status_code=status)
+    await send({"type": "http.response.start", "status": status, "headers": resp.raw_headers})
+    await send({"type": "http.response.body", "body": resp.body})
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def check_content_type(upload: UploadFile) -> str | None:
+    """A message when the part's declared content type cannot be an image, else None."""
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if not ctype or any(ctype.startswith(t) for t in ACCEPTED_TYPES):
+        return None
+    name = upload.filename or "upload"
+    return f"{name}: content type {ctype} is not an image (send image/png, image/jpeg, ...)"
+
+
+def read_upload(upload: UploadFile, max_bytes: int, min_size: int | None = None) -> np.ndarray:
+    """Decode one uploaded file to uint8 RGB, or raise :class:`WbcError` naming the file and problem."""
+    from wbc.errors import ImageReadError
+    from wbc.io import decode_image
+
+    name = upload.filename or "upload"
+    problem = check_content_type(upload)
+    if problem:
+        raise ImageReadError(problem)
+    data = upload.file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageReadError(f"{name}: file is larger than the limit of {max_bytes / 2**20:g} MiB")
+    try:
+        return decode_image(data, name, min_size=min_size)
+    except (cv2.error, ValueError, MemoryError) as exc:  # a malformed file must never become a 500
+        raise ImageReadError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def differential(counts: dict[str, int], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per class: count, percent and the exact 95 % interval in percent (see :mod:`wbc.counts`)."""
+    from wbc.counts import differential_rows
+
+    keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
+    return [dict(zip(keys, row[1:], strict=True)) for row in differential_rows(counts, classes, "")]
+
+
+def png_base64(rgb: np.ndarray) -> str:
+    ok, enc = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise WbcError("could not encode the annotated image")
+    return base64.b64encode(enc.tobytes()).decode("ascii")
+
+
+def hex_colour(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
+
+
+def model_metadata(classifier: Any, segmenter: Any) -> dict[str, Any]:
+    """What a caller needs to know about the loaded models (no large arrays: OOD statistics, head)."""
+    from wbc.crops import cell_fraction_of
+    from wbc.render import colour_of
+
+    info = classifier.info
+    return {
+        "model_id": classifier.model_id,
+        "classes": classifier.classes,
+        "input_size": int(info.input_size),
+        "review_threshold": float(info.review_threshold),
+        "review_target_accuracy": float(info.review_target_accuracy),
+        "temperature": float(info.temperature),
+        "architecture": info.architecture,
+        "version": info.version,
+        "training_data": info.training_data,
+        "created": info.created,
+        "metrics": info.metrics,
+        "ood_flags": bool(info.ood),
+        "cell_fraction": float(cell_fraction_of(classifier)),
+        "segmenter": {"name": getattr(segmenter, "name", ""), "model_id": getattr(segmenter, "model_id", "")},
+        "colours": {c: hex_colour(colour_of(c)) for c in classifier.classes},
+    }
+
+
+def versions() -> dict[str, str]:
+    import fastapi
+    import onnxruntime
+
+    return {"wbc": wbc.__version__, "python": platform.python_version(), "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "fastapi": fastapi.__version__}
+
+
+def classify_images(cells: np.ndarray, classifier: Any, names: Sequence[str]) -> list[Any]:
+    """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
+    ``wbc classify`` (:func:`wbc.classify.classify_paths`)."""
+    from wbc.classify import predictions_from_probs
+    from wbc.model import softmax
+
+    ood = classifier.info.ood
+    want = ("logits", "embedding") if ood else ("logits",)
+    preds: list[Any] = []
+    for i in range(0, len(cells), BATCH_SIZE):
+        batch = cells[i : i + BATCH_SIZE]
+        out = classifier.run(batch, want)
+        probs = softmax(out["logits"], classifier.info.temperature)
+        batch_preds = predictions_from_probs(probs, classifier, list(names[i : i + BATCH_SIZE]))
+        if ood:
+            from wbc.ood import flag_predictions
+
+            flag_predictions(batch_preds, batch, out.get("embedding"), ood)
+        preds += batch_preds
+    return preds
+
+
+def prediction_to_dict(p: Any) -> dict[str, Any]:
+    return {
+        "filename": p.path,
+        "label": p.label,
+        "confidence": round(float(p.confidence), 4),
+        "review": bool(p.review),
+        "review_reasons": list(p.reasons),
+        "ood": bool(p.ood),
+        "probabilities": {k: round(float(v), 4) for k, v in p.probabilities.items()},
+    }
+
+
+class CountsIn(BaseModel):
+    """Cell counts per class, e.g. pooled over several fields by the caller."""
+
+    counts: dict[str, int] = Field(..., examples=[{"neutrophil": 58, "lymphocyte": 30, "monocyte": 7}])
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(
+    classifier: Any | None = None,
+    segmenter: Any | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    model_path: str | Path | None = None,
+    segmenter_method: str = "auto",
+    segmenter_path: str | Path | None = None,
+    threads: int = 2,
+    max_concurrent: int = 1,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> FastAPI:
+    """The wbc HTTP API and web page.
+
+    ``classifier`` / ``segmenter``: already-loaded models (tests, embedding in another app); when None
+    they are loaded here, once, from ``model_path`` (default: the shipped model) and
+    ``segmenter_method`` / ``segmenter_path``. ``max_upload_mb`` limits one request's body (413 above
+    it). ``max_concurrent`` inference calls run at once; others wait their turn.
+    """
+    if max_upload_mb <= 0:
+        raise WbcError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if classifier is None:
+        from wbc.model import load_model
+
+        classifier = load_model(model_path, threads=threads)
+    if segmenter is None:
+        from wbc.segment import get_segmenter
+
+        segmenter = get_segmenter(segmenter_method, segmenter_path, threads=threads)
+
+    max_bytes = int(max_upload_mb * 2**20)
+    app = FastAPI(
+        title="wbc",
+        version=wbc.__version__,
+        description="White-blood-cell classification and smear differentials. Research use only: "
+        "not a medical device; cells flagged `review` need a human.",
+        # Swagger UI and ReDoc load their scripts from a CDN: off, so nothing fails offline.
+        docs_url=None,  # the schema stays at /openapi.json
+        redoc_url=None,
+    )
+    app.state.classifier = classifier
+    app.state.segmenter = segmenter
+    app.state.max_bytes = max_bytes
+    app.state.max_files = max_files
+    app.state.inference_slots = threading.BoundedSemaphore(max(1, max_concurrent))
+    app.state.metadata = model_metadata(classifier, segmenter)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, UploadProblem):
+            body = error_body(exc.error, str(exc.detail), exc.files)
+        else:
+            body = error_body("http_error", str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg", "invalid")))
+        return JSONResponse(error_body("invalid_request", "; ".join(parts) or "invalid request"), 422)
+
+    @app.exception_handler(WbcError)
+    async def _wbc_error(request: Request, exc: WbcError) -> JSONResponse:
+        return JSONResponse(error_body("unprocessable", str(exc)), 422)
+
+    def inference(fn: Callable[[], Any]) -> Any:
+        with app.state.inference_slots:
+            return fn()
+
+    def require_files(request: Request, files: list[UploadFile] | None, field: str) -> list[UploadFile]:
+        """The uploaded files, or 415 (not a multipart request) / 400 (no such field)."""
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise UploadProblem(415, "unsupported_media_type",
+                                f"send the image(s) as multipart/form-data in the field {field!r} "
+                                f"(got content type {ctype or 'none'!r})")
+        files = [f for f in files or [] if isinstance(f, StarletteUploadFile)]  # not plain text fields
+        if not files:
+            raise UploadProblem(400, "missing_file",
+                                f"no file in the request: send multipart/form-data with the field {field!r}")
+        return files
+
+    @app.get("/health", summary="Liveness, the loaded models and the software versions")
+    async def health() -> dict[str, Any]:  # async: answers even when every worker thread is busy
+        meta = app.state.metadata
+        return {"status": "ok", "model_id": meta["model_id"], "classes": meta["classes"],
+                "segmenter": meta["segmenter"], "versions": versions(),
+                "limits": {"max_upload_mb": app.state.max_bytes / 2**20, "max_files": app.state.max_files}}
+
+    @app.get("/model", summary="The classifier's metadata: classes, input size, review threshold, ...")
+    async def model() -> dict[str, Any]:
+        return app.state.metadata
+
+    @app.post("/classify", summary="Classify single-cell images")
+    def classify(
+        request: Request,
+        files: Annotated[list[UploadFile] | None, File(
+            description="One or more single-cell images (field name `files`, repeated).")] = None,
+    ) -> JSONResponse:
+        """One prediction per readable file; unreadable files are listed in ``errors``.
+
+        200 when at least one file was classified; 4xx (with every file's problem) when none was.
+        """
+        uploads = require_files(request, files, "files")
+        if len(uploads) > app.state.max_files:
+            raise UploadProblem(413, "too_many_files",
+                                f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
+        clf = app.state.classifier
+        size = int(clf.info.input_size)
+        from wbc.preprocess import resize_square
+
+        cells, names, errors = [], [], []
+        for up in uploads:
+            try:
+                rgb = read_upload(up, app.state.max_bytes, min_size=size)
+                cells.append(resize_square(rgb, size))
+                names.append(up.filename or f"file{len(names) + len(errors) + 1}")
+            except WbcError as exc:
+                errors.append({"filename": up.filename or "", "error": str(exc)})
+        if not cells:
+            status = 415 if all("content type" in e["error"] for e in errors) else 422
+            raise UploadProblem(status, "no_readable_image",
+                                "none of the uploaded files could be read as an image", errors)
+        preds = inference(lambda: classify_images(np.stack(cells), clf, names))
+        counts = {c: 0 for c in clf.classes}
+        for p in preds:
+            counts[p.label] += 1
+        return JSONResponse({
+            "model_id": clf.model_id,
+            "n": len(preds),
+            "n_review": sum(bool(p.review) for p in preds),
+            "results": [prediction_to_dict(p) for p in preds],
+            "counts": counts,
+            "differential": differential(counts, clf.classes),
+            "errors": errors,
+        })
+
+    @app.post("/analyze", summary="Find, outline, classify and count the WBCs of one smear field")
+    def analyze(
+        request: Request,
+        file: Annotated[UploadFile | None, File(description="One smear image (field name `file`).")] = None,
+        annotated: Annotated[bool, Query(description="Include the annotated image as base64 PNG.")] = False,
+    ) -> JSONResponse:
+        """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
+        from wbc.analyze import analyze_image, result_to_dict
+
+        up = require_files(request, [file] if file is not None else [], "file")[0]
+        clf, seg = app.state.classifier, app.state.segmenter
+        name = up.filename or "upload"
+        try:
+            rgb = read_upload(up, app.state.max_bytes)
+        except WbcError as exc:
+            status = 415 if "content type" in str(exc) else 422
+            raise UploadProblem(status, "unreadable_image", str(exc), [{"filename": name, "error": str(exc)}]
+                                ) from None
+
+        def work() -> tuple[Any, str | None]:
+            res = analyze_image(rgb, clf, seg, name=name)
+            png = None
+            if annotated:
+                from wbc.render import render
+
+                png = png_base64(render(rgb, res, clf.classes))
+            return res, png
+
+        try:
+            res, png = inference(work)
+        except WbcError as exc:  # e.g. a field too small or too large to analyse
+            msg = str(exc)
+            raise UploadProblem(422, "unprocessable", msg, [{"filename": name, "error": msg}]) from None
+        except (cv2.error, ValueError, MemoryError) as exc:  # as in wbc analyze: a bad image is not a 500
+            msg = f"{name}: analysis failed ({exc.__class__.__name__})"
+            raise UploadProblem(422, "analysis_failed", msg, [{"filename": name, "error": msg}]) from None
+        seg_id = getattr(seg, "model_id", getattr(seg, "name", ""))
+        body = result_to_dict(res, clf.classes, seg_id)
+        body["n_review"] = sum(bool(c.prediction and c.prediction.review) for c in res.cells)
+        body["differential"] = differential(body["counts"], clf.classes)
+        if png is not None:
+            body["annotated_png"] = png
+        return JSONResponse(body)
+
+    @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts")
+    def differential_endpoint(body: CountsIn) -> dict[str, Any]:
+        """For pooling: add the ``counts`` of several fields, post them here, get the differential."""
+        bad = {k: v for k, v in body.counts.items() if v < 0}
+        if bad:
+            raise UploadProblem(422, "invalid_counts", f"counts must be >= 0: {bad}")
+        classes = list(app.state.metadata["classes"])
+        classes += [c for c in body.counts if c not in classes]
+        return {"total": sum(body.counts.values()), "differential": differential(body.counts, classes)}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+

@@ -1,0 +1,430 @@
+// wbc web page: upload images, call the wbc HTTP API, show results. Plain JavaScript, no dependencies,
+// works offline. User-supplied text (file names) is only ever inserted with textContent.
+"use strict";
+
+const NAMES = {
+  basophil: "Basophil", eosinophil: "Eosinophil", erythroblast: "Erythroblast",
+  ig: "Immature granulocyte", lymphocyte: "Lymphocyte", monocyte: "Monocyte",
+  neutrophil: "Neutrophil", platelet: "Platelet",
+};
+const state = { meta: null, limits: { max_upload_mb: 25, max_files: 500 }, mode: "smear", files: [], runs: [] };
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k === "style") Object.assign(node.style, v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const displayName = (c) => NAMES[c] || (c ? c.charAt(0).toUpperCase() + c.slice(1) : "–");
+const colourOf = (c) => (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
+const pct = (v) => `${Number(v).toFixed(1)} %`;
+const fmtMB = (bytes) => (bytes < 1048576 ? `${Math.max(1, Math.round(bytes / 1024))} KiB`
+  : `${(bytes / 1048576).toFixed(1)} MiB`);
+
+function swatch(label) {
+  return el("span", { class: "swatch", style: { background: colourOf(label) }, "aria-hidden": "true" });
+}
+
+async function fetchJSON(url, options) {
+  const resp = await fetch(url, options);
+  let body = null;
+  try { body = await resp.json(); } catch (_) { body = null; }
+  return { ok: resp.ok, status: resp.status, body };
+}
+
+function problemText(res, fallbackName) {
+  const b = res.body;
+  if (b && Array.isArray(b.errors) && b.errors.length) return b.errors.map((e) => e.error);
+  if (b && b.detail) return [`${fallbackName}: ${b.detail}`];
+  return [`${fallbackName}: the server answered ${res.status}`];
+}
+
+// ------------------------------------------------------------------ start-up
+
+async function init() {
+  bindForm();
+  try {
+    const [health, model] = await Promise.all([fetchJSON("/health"), fetchJSON("/model")]);
+    if (!health.ok || !model.ok) throw new Error(`server answered ${health.status}`);
+    state.meta = model.body;
+    if (health.body.limits) state.limits = health.body.limits;
+    $("mi-model").textContent = `${model.body.model_id} · ${model.body.classes.length} classes`;
+    $("mi-threshold").textContent = model.body.review_threshold > 0
+      ? `${(100 * model.body.review_threshold).toFixed(0)} % confidence` : "off";
+    $("mi-segmenter").textContent = model.body.segmenter.name || "–";
+    document.body.dataset.ready = "true";
+  } catch (err) {
+    $("mi-model").textContent = "not reachable";
+    showErrors([`Cannot reach the wbc server (${err.message}). Is \`wbc serve\` running?`]);
+  }
+  updateFiles([]);
+}
+
+function bindForm() {
+  const input = $("file-input");
+  input.addEventListener("change", () => updateFiles(Array.from(input.files)));
+  for (const r of document.querySelectorAll("input[name=mode]")) {
+    r.addEventListener("change", () => {
+      state.mode = r.value;
+      $("annotated-option").hidden = state.mode !== "smear";
+      updateFiles(state.files);
+    });
+  }
+  const zone = $("dropzone");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("dragging");
+    updateFiles(Array.from(e.dataTransfer.files));
+  });
+  $("upload-form").addEventListener("submit", (e) => { e.preventDefault(); run(); });
+  $("dl-json").addEventListener("click", downloadJSON);
+  $("dl-cells").addEventListener("click", downloadCellsCSV);
+  $("dl-diff").addEventListener("click", downloadDifferentialCSV);
+}
+
+function updateFiles(files) {
+  state.files = files;
+  const total = files.reduce((s, f) => s + f.size, 0);
+  const what = state.mode === "smear" ? "smear field" : "single-cell image";
+  $("file-summary").textContent = files.length
+    ? `${files.length} ${what}${files.length > 1 ? "s" : ""} selected (${fmtMB(total)})` : "";
+  $("run-button").disabled = !files.length || !state.meta;
+  $("run-button").textContent = state.mode === "smear" ? "Analyse" : "Classify";
+}
+
+// ------------------------------------------------------------------ running
+
+function setBusy(busy, text, done, total) {
+  $("run-button").disabled = busy || !state.files.length;
+  $("file-input").disabled = busy;
+  $("progress-wrap").hidden = !busy;
+  if (total) { $("progress").max = total; $("progress").value = done; }
+  $("status").textContent = text || "";
+}
+
+function showErrors(messages) {
+  $("error-list").replaceChildren(...messages.map((m) => el("li", { text: m })));
+  $("errors").hidden = !messages.length;
+}
+
+async function run() {
+  const files = state.files.slice();
+  if (!files.length) return;
+  const mode = state.mode;
+  const errors = [];
+  const limit = state.limits.max_upload_mb * 1048576;
+  const usable = files.filter((f) => {
+    if (f.size > limit) {
+      errors.push(`${f.name}: ${fmtMB(f.size)} is over the server's limit of ${state.limits.max_upload_mb} MiB`);
+      return false;
+    }
+    return true;
+  });
+  state.runs = [];
+  $("cards").replaceChildren();
+  $("results").hidden = true;
+  showErrors([]);
+  const t0 = performance.now();
+  if (mode === "smear") await runSmears(usable, errors);
+  else await runCells(usable, errors);
+  const secs = ((performance.now() - t0) / 1000).toFixed(1);
+  showErrors(errors);
+  if (state.runs.length) {
+    await renderSummary(mode);
+    $("results").hidden = false;
+    const nDone = mode === "smear" ? state.runs.length : allCells().length;
+    setBusy(false, `Done: ${nDone} of ${files.length} file(s) analysed in ${secs} s.`);
+    $("results").focus({ preventScroll: false });
+  } else {
+    setBusy(false, "No file could be analysed.");
+  }
+}
+
+async function runSmears(files, errors) {
+  const annotated = $("opt-annotated").checked;
+  for (const [i, f] of files.entries()) {
+    setBusy(true, `Analysing ${i + 1} of ${files.length}: ${f.name}…`, i, files.length);
+    const fd = new FormData();
+    fd.append("file", f, f.name);
+    let res;
+    try {
+      res = await fetchJSON(`/analyze?annotated=${annotated}`, { method: "POST", body: fd });
+    } catch (err) {
+      errors.push(`${f.name}: no answer from the server (${err.message})`);
+      continue;
+    }
+    if (!res.ok) { errors.push(...problemText(res, f.name)); continue; }
+    state.runs.push({ kind: "smear", name: f.name, data: res.body });
+    $("cards").append(smearCard(res.body));
+    $("results").hidden = false;
+  }
+}
+
+function batches(files) {
+  const out = [];
+  const maxBytes = 0.9 * state.limits.max_upload_mb * 1048576;
+  let cur = [], size = 0;
+  for (const f of files) {
+    if (cur.length && (cur.length >= Math.min(200, state.limits.max_files) || size + f.size > maxBytes)) {
+      out.push(cur); cur = []; size = 0;
+    }
+    cur.push(f); size += f.size;
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
+
+async function runCells(files, errors) {
+  const results = [];
+  const thumbs = new Map();
+  let done = 0;
+  for (const batch of batches(files)) {
+    setBusy(true, `Classifying ${done + 1}–${done + batch.length} of ${files.length}…`, done, files.length);
+    const fd = new FormData();
+    for (const f of batch) { fd.append("files", f, f.name); thumbs.set(f.name, f); }
+    let res;
+    try {
+      res = await fetchJSON("/classify", { method: "POST", body: fd });
+    } catch (err) {
+      errors.push(`${batch.length} file(s) from ${batch[0].name}: no answer from the server (${err.message})`);
+      done += batch.length;
+      continue;
+    }
+    done += batch.length;
+    if (!res.ok) { errors.push(...problemText(res, batch[0].name)); continue; }
+    results.push(...res.body.results);
+    for (const e of res.body.errors || []) errors.push(e.error);
+  }
+  if (results.length) {
+    state.runs.push({ kind: "cells", name: "single cells", data: { model_id: state.meta.model_id, results } });
+    $("cards").append(cellsCard(results, thumbs));
+  }
+}
+
+// ------------------------------------------------------------------ rendering
+
+function cellCounts() {
+  const counts = Object.fromEntries(state.meta.classes.map((c) => [c, 0]));
+  for (const r of state.runs) {
+    const items = r.kind === "smear" ? r.data.cells : r.data.results;
+    for (const c of items) if (c.label) counts[c.label] = (counts[c.label] || 0) + 1;
+  }
+  return counts;
+}
+
+function allCells() {
+  return state.runs.flatMap((r) => (r.kind === "smear" ? r.data.cells : r.data.results));
+}
+
+async function renderSummary(mode) {
+  const counts = cellCounts();
+  const res = await fetchJSON("/differential", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ counts }),
+  });
+  const diff = res.ok ? res.body.differential : [];
+  state.differential = diff;
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  const nReview = allCells().filter((c) => c.review).length;
+  const stats = [
+    [mode === "smear" ? "Smear fields" : "Images", mode === "smear" ? state.runs.length : total, false],
+    [mode === "smear" ? "Cells found and classified" : "Cells classified", total, false],
+    ["Flagged for review", nReview, nReview > 0],
+    ["Review if confidence below", `${(100 * state.meta.review_threshold).toFixed(0)} %`, false],
+  ];
+  $("stats").replaceChildren(...stats.map(([label, value, attention]) =>
+    el("div", { class: `stat${attention ? " attention" : ""}` },
+      el("div", { class: "value", text: String(value) }), el("div", { class: "label", text: label }))));
+  const scope = mode === "smear" && state.runs.length > 1 ? ` pooled over ${state.runs.length} fields` : "";
+  $("diff-caption").textContent = `${total} cell${total === 1 ? "" : "s"}${scope}; `
+    + "percent of all classified cells with an exact (Clopper–Pearson) 95 % confidence interval.";
+  $("diff-table").querySelector("tbody").replaceChildren(...diff.map(diffRow));
+  $("diff-note").textContent = total < 100
+    ? `Only ${total} cell${total === 1 ? "" : "s"}: the intervals are wide. A manual differential counts 100–200 leukocytes; `
+      + "analyse more fields before reading small percentages."
+    : "Cells flagged for review are counted under their most likely class; check them before reporting.";
+}
+
+function diffRow(d) {
+  const lo = Math.max(0, d.ci95_low), hi = Math.min(100, d.ci95_high);
+  const bar = el("div", { class: "bar", role: "img",
+    "aria-label": `${displayName(d.class)} ${pct(d.percent)}, 95 % CI ${pct(lo)} to ${pct(hi)}` },
+  el("div", { class: "fill", style: { width: `${d.percent}%`, background: colourOf(d.class) } }),
+  el("div", { class: "ci", style: { left: `${lo}%`, width: `${Math.max(hi - lo, 0.3)}%` } }));
+  return el("tr", { class: d.count ? "" : "zero" },
+    el("th", { scope: "row" }, swatch(d.class), displayName(d.class)),
+    el("td", { class: "num", text: String(d.count) }),
+    el("td", { class: "num", text: pct(d.percent) }),
+    el("td", { class: "num", text: `${lo.toFixed(1)}–${hi.toFixed(1)} %` }),
+    el("td", {}, bar));
+}
+
+function secondBest(probs, label) {
+  const alt = Object.entries(probs || {}).filter(([k]) => k !== label).sort((a, b) => b[1] - a[1])[0];
+  return alt && alt[1] >= 0.01 ? `${displayName(alt[0])} ${(100 * alt[1]).toFixed(0)} %` : "–";
+}
+
+function confCell(conf) {
+  return el("td", { class: "num" }, el("span", { class: "conf" },
+    `${(100 * conf).toFixed(1)} %`,
+    el("span", { class: "conf-bar", "aria-hidden": "true" }, el("span", { style: { width: `${100 * conf}%` } }))));
+}
+
+function flagCell(c) {
+  if (!c.review) return el("td", {}, el("span", { class: "badge ok", text: "OK" }));
+  return el("td", {}, el("span", { class: "badge review", text: "⚑ Review" }),
+    (c.review_reasons || []).length ? el("span", { class: "reasons", text: c.review_reasons.join("; ") }) : null);
+}
+
+function cellsTable(headers, rows, caption) {
+  return el("div", { class: "cells-wrap" }, el("table", { class: "cells" },
+    el("caption", { class: "visually-hidden", text: caption }),
+    el("thead", {}, el("tr", {}, headers.map(([h, cls]) => el("th", { scope: "col", class: cls || null, text: h })))),
+    el("tbody", {}, rows)));
+}
+
+function smearCard(d) {
+  const card = el("article", { class: "panel image-card", "aria-label": `Results for ${d.image}` });
+  const nRev = d.cells.filter((c) => c.review).length;
+  card.append(el("div", { class: "card-head" },
+    el("h3", { text: d.image }),
+    el("span", { class: "card-meta",
+      text: `${d.width} × ${d.height} px · ${d.n_cells} cell${d.n_cells === 1 ? "" : "s"} · ${nRev} flagged for review` })));
+  for (const w of d.warnings || []) card.append(el("p", { class: "warning", text: `Note: ${w}` }));
+
+  let frame = null, highlight = null;
+  const body = el("div", { class: `card-body${d.annotated_png ? "" : " no-image"}` });
+  if (d.annotated_png) {
+    highlight = el("div", { class: "highlight", hidden: true });
+    frame = el("div", { class: "figure-frame" },
+      el("img", { src: `data:image/png;base64,${d.annotated_png}`, class: "annotated",
+        alt: `Annotated smear ${d.image}: ${d.n_cells} leukocytes outlined and labelled` }), highlight);
+    body.append(el("figure", {}, frame, el("figcaption", {
+      text: "Outlines: cell (outer) and nucleus (inner), coloured by class; a red double box marks cells to review. "
+        + "Select a row to locate the cell." })));
+  }
+  const show = (c) => {
+    if (!highlight) return;
+    const [x0, y0, x1, y1] = c.box;
+    Object.assign(highlight.style, { left: `${100 * x0 / d.width}%`, top: `${100 * y0 / d.height}%`,
+      width: `${100 * (x1 - x0) / d.width}%`, height: `${100 * (y1 - y0) / d.height}%` });
+    highlight.hidden = false;
+  };
+  const hide = () => { if (highlight) highlight.hidden = true; };
+  const rows = d.cells.map((c) => el("tr", {
+    class: c.review ? "review" : "", tabindex: "0", onmouseenter: () => show(c), onmouseleave: hide,
+    onfocus: () => show(c), onblur: hide },
+  el("td", { class: "num", text: String(c.id) }),
+  el("td", { class: "label" }, swatch(c.label), displayName(c.label),
+    el("span", { class: "alt-line", text: `next: ${secondBest(c.probabilities, c.label)}` })),
+  confCell(c.confidence || 0),
+  flagCell(c)));
+  const side = el("div", {});
+  if (rows.length) {
+    side.append(cellsTable([["#", "num"], ["Class"], ["Confidence", "num"], ["Flag"]], rows,
+      `Cells found in ${d.image}`));
+  } else {
+    side.append(el("p", { text: "No leukocyte was found in this field." }));
+  }
+  body.append(side);
+  card.append(body);
+  return card;
+}
+
+function cellsCard(results, thumbs) {
+  const card = el("article", { class: "panel image-card", "aria-label": "Single-cell results" });
+  card.append(el("div", { class: "card-head" }, el("h3", { text: "Single-cell images" }),
+    el("span", { class: "card-meta", text: `${results.length} classified` })));
+  const rows = results.map((r) => {
+    const f = thumbs.get(r.filename);
+    const img = f ? el("img", { class: "thumb", src: URL.createObjectURL(f), alt: `Cell image ${r.filename}` }) : "";
+    return el("tr", { class: r.review ? "review" : "", tabindex: "0" },
+      el("td", {}, img),
+      el("td", {}, el("span", { class: "filename", text: r.filename })),
+      el("td", { class: "label" }, swatch(r.label), displayName(r.label)),
+      confCell(r.confidence),
+      el("td", { class: "alt", text: secondBest(r.probabilities, r.label) }),
+      flagCell(r));
+  });
+  card.append(cellsTable([["Image"], ["File"], ["Class"], ["Confidence", "num"], ["Alternative"], ["Flag"]],
+    rows, "Single-cell classifications"));
+  return card;
+}
+
+// ------------------------------------------------------------------ downloads
+
+function save(name, text, type) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = el("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function csvLine(values) {
+  return values.map((v) => {
+    const s = v === null || v === undefined ? "" : String(v);
+    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  }).join(",");
+}
+
+function downloadJSON() {
+  const runs = state.runs.map((r) => {
+    const { annotated_png: _omit, ...rest } = r.data; // the annotated images stay out of the JSON
+    return { kind: r.kind, ...rest };
+  });
+  const doc = { model: state.meta, differential: state.differential, results: runs };
+  save("wbc_results.json", JSON.stringify(doc, null, 2), "application/json");
+}
+
+function downloadCellsCSV() {
+  const classes = state.meta.classes;
+  const lines = [csvLine(["image", "id", "x0", "y0", "x1", "y1", "label", "confidence", "review",
+    ...classes.map((c) => `p_${c}`)])];
+  for (const r of state.runs) {
+    if (r.kind === "smear") {
+      for (const c of r.data.cells) {
+        lines.push(csvLine([r.data.image, c.id, ...c.box, c.label, c.confidence, c.review ? 1 : 0,
+          ...classes.map((k) => (c.probabilities || {})[k] ?? "")]));
+      }
+    } else {
+      for (const c of r.data.results) {
+        lines.push(csvLine([c.filename, "", "", "", "", "", c.label, c.confidence, c.review ? 1 : 0,
+          ...classes.map((k) => (c.probabilities || {})[k] ?? "")]));
+      }
+    }
+  }
+  save("wbc_cells.csv", lines.join("\n") + "\n", "text/csv");
+}
+
+function downloadDifferentialCSV() {
+  const lines = [csvLine(["image", "class", "count", "total", "percent", "ci95_low", "ci95_high"])];
+  for (const r of state.runs) {
+    if (r.kind === "smear") {
+      for (const d of r.data.differential) {
+        lines.push(csvLine([r.data.image, d.class, d.count, d.total, d.percent, d.ci95_low, d.ci95_high]));
+      }
+    }
+  }
+  for (const d of state.differential || []) {
+    lines.push(csvLine(["ALL", d.class, d.count, d.total, d.percent, d.ci95_low, d.ci95_high]));
+  }
+  save("wbc_differential.csv", lines.join("\n") + "\n", "text/csv");
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,217 @@
+"""`wbc adapt`: refit the head on a few labelled cells of a new lab, with a held-out check.
+
+Uses a real ONNX model built in the test (mean colour -> ``embedding`` -> linear ``logits``), so the
+whole path runs: ONNX Runtime, metadata, head replacement, writing the adapted copy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from wbc.adapt import (
+    adapt_embeddings,
+    dihedral,
+    fit_head,
+    original_head,
+    stratified_folds,
+    write_model_copy,
+)
+from wbc.errors import WbcError
+from wbc.io import write_image
+from wbc.labels import CLASSES
+from wbc.model import ModelInfo, load_model
+
+SIZE = 16
+# the new lab's colours per class; the original head was never trained on them
+LAB_COLOURS = {"neutrophil": (200, 90, 120), "lymphocyte": (90, 100, 210), "monocyte": (120, 200, 110)}
+
+
+def make_embedding_model(path: Path, extra: dict | None = None, seed: int = 0) -> tuple[Path, np.ndarray]:
+    """An ONNX classifier with ``embedding`` (mean colour, 3-d) and ``logits`` outputs and wbc metadata."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).normal(0, 2, (len(CLASSES), 3)).astype(np.float32)
+    b = np.zeros(len(CLASSES), np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
+            helper.make_node("Flatten", ["gap"], ["embedding"]),
+            helper.make_node("Gemm", ["embedding", "W", "B"], ["logits"], transB=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    info = ModelInfo(classes=list(CLASSES), input_size=SIZE, mean=[0.5] * 3, std=[0.25] * 3,
+                     model_id="tiny-emb", review_threshold=0.5, extra=extra or {})
+    p = model.metadata_props.add()
+    p.key, p.value = "wbc", info.to_json()
+    onnx.save(model, str(path))
+    return path, w
+
+
+def lab_cell(label: str, rng: np.random.Generator) -> np.ndarray:
+    base = np.asarray(LAB_COLOURS[label], np.float32) + rng.normal(0, 12, 3)
+    img = base + rng.normal(0, 6, (SIZE, SIZE, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_lab_folder(root: Path, n_per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for label in LAB_COLOURS:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            write_image(root / label / f"{label}_{i}.png", lab_cell(label, rng))
+    return root
+
+
+@pytest.fixture()
+def model_path(tmp_path: Path) -> Path:
+    return make_embedding_model(tmp_path / "orig.onnx")[0]
+
+
+def accuracy(model: Path, n: int = 20, seed: int = 99) -> float:
+    clf = load_model(model)
+    rng = np.random.default_rng(seed)
+    labels = [lab for lab in LAB_COLOURS for _ in range(n)]
+    cells = np.stack([lab_cell(lab, rng) for lab in labels])
+    pred = [clf.classes[i] for i in clf.predict_proba(cells).argmax(1)]
+    return float(np.mean(np.asarray(pred) == np.asarray(labels)))
+
+
+def test_original_head_is_read_from_the_onnx_graph(tmp_path: Path) -> None:
+    path, w = make_embedding_model(tmp_path / "m.onnx", seed=3)
+    w0, b0 = original_head(load_model(path))
+    assert np.allclose(w0, w, atol=1e-6) and np.allclose(b0, 0)
+
+
+def test_fit_head_stays_at_the_prior_when_regularisation_dominates() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 5)), rng.integers(0, 3, 40)
+    w0, b0 = rng.normal(size=(3, 5)), np.zeros(3)
+    w_strong, _ = fit_head(x, y, w0, b0, lam=1e4)
+    w_weak, _ = fit_head(x, y, w0, b0, lam=1e-4)
+    assert np.abs(w_strong - w0).max() < 1e-3 < np.abs(w_weak - w0).max()
+
+
+def test_folds_are_stratified_and_dihedral_views_are_distinct() -> None:
+    folds = stratified_folds([0] * 10 + [1] * 5, 5, seed=1)
+    assert sorted(np.bincount(folds[:10]).tolist()) == [2] * 5
+    assert len(set(folds[10:].tolist())) == 5
+    cell = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(1, 2, 2, 3)
+    views = dihedral(np.repeat(cell, 1, 0))
+    assert len(views) == 8 and np.array_equal(views[0], cell)
+    assert len({v.tobytes() for v in views}) == 8  # 4 distinct pixels: all 8 symmetries differ
+
+
+def test_adapt_embeddings_reports_an_honest_held_out_check() -> None:
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    centres = rng.normal(0, 3, (3, 4))
+    y = np.repeat(np.arange(3), 10)
+    emb = centres[y] + rng.normal(0, 0.5, (30, 4))
+    w0 = rng.normal(0, 1, (3, 4))  # a head that is wrong for this data
+    _w, _b, res = adapt_embeddings(emb[None], [classes[i] for i in y], classes, w0, np.zeros(3))
+    assert res.heldout_acc_after > res.heldout_acc_before
+    assert res.heldout_acc_after >= 0.9 and res.n_cells == 30 and res.folds == 5
+    assert res.temperature > 0 and 0 <= res.review_threshold <= 1
+    with pytest.raises(WbcError, match="not among the model's classes"):
+        adapt_embeddings(emb[None], ["zzz"] * 30, classes, w0, np.zeros(3))
+
+
+def test_wbc_adapt_writes_a_better_model_and_keeps_the_original(tmp_path: Path, model_path: Path) -> None:
+    from wbc.cli import app
+
+    data = write_lab_folder(tmp_path / "lab", n_per_class=10, seed=1)
+    (data / "neutrophil" / "broken.png").write_bytes(b"not an image")  # skipped, never fatal
+    out = tmp_path / "adapted.onnx"
+    before_bytes = model_path.read_bytes()
+    res = CliRunner().invoke(app, ["adapt", "--model", str(model_path), "--data", str(data),
+                                   "--output", str(out), "--report", str(tmp_path / "adapt.json")])
+    assert res.exit_code == 0, res.output
+    assert "held-out check" in res.output and "broken.png" in res.output
+    assert model_path.read_bytes() == before_bytes
+    adapted = load_model(out)
+    assert adapted.info.head and adapted.info.model_id == "tiny-emb+adapt"
+    assert adapted.info.extra["adapt"]["n_cells"] == 30
+    assert json.loads((tmp_path / "adapt.json").read_text())["heldout_acc_after"] >= 0.9
+    assert json.loads(out.with_suffix(".json").read_text())["head"]["weight"]
+    assert accuracy(out) > accuracy(model_path) and accuracy(out) >= 0.9
+
+
+def test_adapt_rejects_bad_requests(tmp_path: Path, model_path: Path) -> None:
+    from wbc.cli import app
+
+    data = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    runner = CliRunner()
+    same = runner.invoke(app, ["adapt", "-m", str(model_path), "--data", str(data), "-o", str(model_path)])
+    assert same.exit_code == 1 and "must differ" in str(same.exception or same.output)
+    no_ref = runner.invoke(app, ["adapt", "-m", str(model_path), "--data", str(data), "-o",
+                                 str(tmp_path / "x.onnx"), "--stain", "reinhard"])
+    assert no_ref.exit_code == 1 and "colour statistics" in str(no_ref.exception or no_ref.output)
+    missing = runner.invoke(app, ["adapt", "-m", str(model_path), "--data", str(tmp_path / "nope"), "-o",
+                                  str(tmp_path / "y.onnx")])
+    assert missing.exit_code == 1 and not (tmp_path / "y.onnx").exists()
+
+
+def test_stain_normalisation_in_metadata_is_applied(tmp_path: Path, model_path: Path) -> None:
+    from wbc.stain import fit_stain_stats, normalise_batch
+
+    rng = np.random.default_rng(5)
+    cells = np.stack([lab_cell("neutrophil", rng) for _ in range(4)])
+    spec = {"method": "reinhard", "target": {"mean": [60.0, 5.0, -5.0], "std": [8.0, 4.0, 4.0]},
+            "source": fit_stain_stats(list(cells), "reinhard")}
+    clf = load_model(model_path)
+    info = clf.info
+    info.extra["stain"] = spec
+    stained = write_model_copy(model_path, tmp_path / "stained.onnx", info)
+    got = load_model(stained).run(cells, ("embedding",))["embedding"]
+    want = load_model(model_path).run(normalise_batch(cells, spec), ("embedding",))["embedding"]
+    assert np.allclose(got, want, atol=1e-5)
+    assert not np.allclose(got, load_model(model_path).run(cells, ("embedding",))["embedding"], atol=1e-3)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_adapt_on_real_bccd_cells_is_fast_and_does_not_hurt(tmp_path: Path, real_data: Path) -> None:
+    """End-to-end on the shipped model with 30 real BCCD crops (skipped without the data or the model)."""
+    from wbc.paths import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip(f"{DEFAULT_MODEL} not built yet")
+    import csv
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from cross_dataset import box_cell, wbc_box
+
+    from wbc.crops import crop_cell
+    from wbc.io import read_image
+
+    rows = list(csv.DictReader((real_data / "bccd" / "single_wbc_labels.csv").open()))
+    picked: dict[str, int] = {}
+    for r in rows:
+        label = r["label"].lower()
+        if label not in ("neutrophil", "eosinophil", "lymphocyte", "monocyte") or picked.get(label, 0) >= 8:
+            continue
+        box = wbc_box(real_data / "bccd" / "Annotations" / f"{r['image']}.xml")
+        if box is None:
+            continue
+        rgb = read_image(real_data / "bccd" / "JPEGImages" / f"{r['image']}.jpg")
+        (tmp_path / "lab" / label).mkdir(parents=True, exist_ok=True)
+        write_image(tmp_path / "lab" / label / f"{r['image']}.png", crop_cell(rgb, box_cell(box), 160))
+        picked[label] = picked.get(label, 0) + 1
+    from wbc.adapt import adapt_model
+
+    res = adapt_model(None, tmp_path / "lab", tmp_path / "a.onnx")
+    assert res.seconds < 600 and res.heldout_acc_after >= res.heldout_acc_before - 0.05

@@ -1,0 +1,124 @@
+"""Out-of-distribution flags: fitted on training cells, thresholds on validation cells, used in classify."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wbc.ood import (
+    add_reference,
+    colour_features,
+    fit_ood,
+    flag_predictions,
+    main,
+    ood_scores,
+    ood_warning,
+)
+from wbc.types import Prediction
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_adapt import make_embedding_model
+
+CLASSES3 = ["neutrophil", "lymphocyte", "monocyte"]
+TRAIN_COLOURS = {"neutrophil": (215, 170, 190), "lymphocyte": (150, 120, 200), "monocyte": (190, 160, 210)}
+
+
+def cells_like(colours: dict[str, tuple[int, int, int]], n: int, seed: int, size: int = 12):
+    rng = np.random.default_rng(seed)
+    labels = [c for c in colours for _ in range(n)]
+    noise = [rng.normal(0, 8, 3) + rng.normal(0, 10, (size, size, 3)) for _ in labels]
+    cells = np.stack([np.clip(np.asarray(colours[c]) + z, 0, 255).astype(np.uint8)
+                      for c, z in zip(labels, noise, strict=True)])
+    return cells, labels
+
+
+def fake_embed(cells: np.ndarray, dims: int = 40, seed: int = 0) -> np.ndarray:
+    """A fixed random nonlinear feature of the mean colour, standing in for a network's embedding."""
+    proj = np.random.default_rng(seed).normal(size=(3, dims))
+    return np.maximum(cells.reshape(len(cells), -1, 3).mean(1) / 255.0 @ proj, 0) + 0.01
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    tc, tl = cells_like(TRAIN_COLOURS, 60, seed=0)
+    vc, _ = cells_like(TRAIN_COLOURS, 60, seed=1)
+    return fit_ood(tc, fake_embed(tc), tl, vc, fake_embed(vc), CLASSES3)
+
+
+def test_in_distribution_cells_are_rarely_flagged_and_shifted_ones_always(fitted) -> None:
+    ic, _ = cells_like(TRAIN_COLOURS, 100, seed=2)
+    s = ood_scores(ic, fake_embed(ic), fitted)
+    assert (s["colour"] > 1).mean() < 0.05 and (s["feature"] > 1).mean() < 0.05
+    other_lab = {k: (v[0] - 60, v[1] + 30, v[2] - 50) for k, v in TRAIN_COLOURS.items()}
+    oc, _ = cells_like(other_lab, 20, seed=3)
+    s = ood_scores(oc, fake_embed(oc), fitted)
+    assert (s["colour"] > 1).all()
+
+
+def test_flagged_predictions_get_review_and_a_reason(fitted) -> None:
+    ic, _ = cells_like({"neutrophil": TRAIN_COLOURS["neutrophil"]}, 1, seed=4)
+    dark = np.full_like(ic, 30)
+    preds = [Prediction("neutrophil", 0.99, False, {}) for _ in range(2)]
+    cells = np.concatenate([ic, dark])
+    flag_predictions(preds, cells, fake_embed(cells), fitted)
+    assert not preds[0].ood and not preds[0].review
+    assert preds[1].ood and preds[1].review and any("colours unlike" in r for r in preds[1].reasons)
+    assert "1 of 2 cells" in (ood_warning(preds) or "")
+    assert ood_warning(preds[:1]) is None
+
+
+def test_a_reference_for_a_new_lab_accepts_that_lab(fitted) -> None:
+    other_lab = {k: (v[0] - 60, v[1] + 30, v[2] - 50) for k, v in TRAIN_COLOURS.items()}
+    ac, al = cells_like(other_lab, 10, seed=5)
+    adapted = add_reference(fitted, ac, fake_embed(ac), al, CLASSES3, name="lab2")
+    test, _ = cells_like(other_lab, 20, seed=6)
+    assert (ood_scores(test, fake_embed(test), adapted)["colour"] < 1).mean() > 0.9
+    assert len(fitted["references"]) == 1  # the original is not modified
+
+
+def test_colour_features_are_lab_mean_and_spread() -> None:
+    flat = np.full((2, 8, 8, 3), 255, np.uint8)
+    f = colour_features(flat)
+    assert f.shape == (2, 6) and np.allclose(f[:, 0], 100, atol=0.5) and np.allclose(f[:, 3:], 0)
+
+
+def test_fit_from_manifest_stores_statistics_used_by_classify(tmp_path: Path) -> None:
+    from wbc.classify import classify_paths
+    from wbc.io import write_image
+    from wbc.model import load_model
+
+    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    rows = []
+    for split, seed in (("train", 10), ("val", 11)):
+        cells, labels = cells_like(TRAIN_COLOURS, 8, seed=seed, size=16)
+        for i, (c, lab) in enumerate(zip(cells, labels, strict=True)):
+            p = tmp_path / "imgs" / f"{split}_{i}.png"
+            write_image(p, c)
+            rows.append([str(p), lab, split, -1, ""])
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "split", "fold", "sha1"], *rows])
+    assert main(["fit", "--model", str(model), "--manifest", str(manifest), "--threads", "1"]) == 0
+    clf = load_model(model)
+    assert clf.info.ood["references"][0]["colour"]["threshold"] > 0
+    assert {"reinhard", "histogram"} <= set(clf.info.extra["colour_reference"])
+    fresh, _ = cells_like(TRAIN_COLOURS, 4, seed=12, size=16)
+    paths = []
+    for i, c in enumerate(fresh):
+        paths.append(tmp_path / f"fresh_{i}.png")
+        write_image(paths[-1], c)
+    odd = tmp_path / "odd.png"
+    write_image(odd, np.full((16, 16, 3), (20, 200, 20), np.uint8))
+    res = classify_paths([*paths, odd], clf)
+    assert sum(p.ood for p in res.predictions[:-1]) <= 1  # thresholds at the 99.5th percentile
+    assert res.predictions[-1].ood and res.predictions[-1].review and res.predictions[-1].reasons
+
+
+def test_fit_cli_reports_bad_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    assert main(["fit", "--model", str(model), "--manifest", str(tmp_path / "missing.csv")]) == 1
+    assert "manifest not found" in capsys.readouterr().err

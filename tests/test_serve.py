@@ -1,0 +1,291 @@
+"""The HTTP API (`wbc serve`): real app, real ONNX classifier, real segmenter, FastAPI's TestClient.
+
+The classifier is the shipped default model when it is present, else a tiny real ONNX classifier built
+in the test (mean colour -> linear layer, see test_analyze), so that these tests run anywhere in seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient
+
+from wbc.analyze import analyze_image, result_to_dict
+from wbc.classify import classify_paths
+from wbc.model import load_model
+from wbc.paths import DEFAULT_MODEL
+from wbc.segment.classical import ClassicalSegmenter
+from wbc.serve.app import STATIC_DIR, create_app
+from wbc.synthetic import synthetic_cell
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_analyze import make_colour_classifier
+from test_segment import synthetic_smear
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
+
+
+def jpeg_bytes(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model if present, else a tiny real ONNX classifier with wbc metadata."""
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL
+    return make_colour_classifier(tmp_path_factory.mktemp("serve_model") / "tiny.onnx", size=48)
+
+
+@pytest.fixture(scope="session")
+def classifier(model_path: Path):
+    return load_model(model_path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def client(classifier) -> Iterator[TestClient]:
+    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=2)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def smear() -> np.ndarray:
+    rgb, *_ = synthetic_smear(n_wbc=2, seed=5)
+    return rgb
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def test_health_names_the_model_and_versions(client: TestClient, classifier) -> None:
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["model_id"] == classifier.model_id and body["classes"] == classifier.classes
+    assert body["versions"]["wbc"] and body["versions"]["onnxruntime"]
+    assert body["limits"]["max_upload_mb"] == pytest.approx(2)
+
+
+def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier) -> None:
+    body = client.get("/model").json()
+    assert body["classes"] == classifier.classes
+    assert body["input_size"] == classifier.info.input_size
+    assert body["review_threshold"] == pytest.approx(classifier.info.review_threshold)
+    assert set(body["colours"]) == set(classifier.classes)
+    assert all(v.startswith("#") and len(v) == 7 for v in body["colours"].values())
+    assert body["segmenter"]["name"] == "classical"
+
+
+def test_openapi_schema_is_served_and_cdn_docs_are_off(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/classify", "/analyze", "/health", "/model", "/differential"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+    assert client.get("/redoc").status_code == 404
+
+
+# --------------------------------------------------------------------------- /classify
+
+
+def test_classify_matches_the_command_line_and_reports_bad_files(client: TestClient, classifier,
+                                                                  tmp_path: Path) -> None:
+    labels = ["lymphocyte", "neutrophil", "eosinophil"]
+    files, paths = [], []
+    for i, label in enumerate(labels):
+        data = png_bytes(synthetic_cell(label, 96, seed=i))
+        files.append(("files", (f"{label}.png", data, "image/png")))
+        paths.append(tmp_path / f"{label}.png")
+        paths[-1].write_bytes(data)
+    files.insert(1, ("files", ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg")))
+    files.append(("files", ("empty.png", b"", "image/png")))
+
+    r = client.post("/classify", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["n"] == 3 and [p["filename"] for p in body["results"]] == [f"{x}.png" for x in labels]
+    errors = {e["filename"]: e["error"] for e in body["errors"]}
+    assert set(errors) == {"broken.jpg", "empty.png"}
+    assert "empty" in errors["empty.png"] and "broken.jpg" in errors["broken.jpg"]
+
+    cli = classify_paths(paths, classifier, workers=1)  # what `wbc classify` computes for the same files
+    thr = classifier.info.review_threshold
+    for got, want in zip(body["results"], cli.predictions, strict=True):
+        assert got["label"] == want.label
+        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-3)
+        assert got["review"] == want.review and got["review"] == (want.confidence < thr or want.ood)
+        assert sum(got["probabilities"].values()) == pytest.approx(1.0, abs=2e-3)
+        assert max(got["probabilities"], key=got["probabilities"].get) == got["label"]
+    assert sum(body["counts"].values()) == 3 and body["n_review"] == sum(p["review"] for p in body["results"])
+    assert sum(d["count"] for d in body["differential"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "ctype", "status", "words"),
+    [
+        ("empty.png", b"", "image/png", 422, "empty"),
+        ("text.png", b"hello, I am text", "image/png", 422, "not a readable image"),
+        ("notes.txt", b"hello", "text/plain", 415, "content type text/plain"),
+        ("cut.jpg", None, "image/jpeg", 422, "truncated"),
+    ],
+)
+def test_classify_rejects_bad_uploads_with_4xx(client: TestClient, smear: np.ndarray, name: str,
+                                               data: bytes | None, ctype: str, status: int,
+                                               words: str) -> None:
+    if data is None:
+        data = jpeg_bytes(smear)[:4000]
+    r = client.post("/classify", files={"files": (name, data, ctype)})
+    assert r.status_code == status
+    body = r.json()
+    assert body["errors"][0]["filename"] == name
+    assert name in body["errors"][0]["error"] and words in body["errors"][0]["error"]
+
+
+def test_missing_file_field_and_non_multipart_requests(client: TestClient) -> None:
+    for path, field in (("/classify", "files"), ("/analyze", "file")):
+        r = client.post(path, files={"wrong_name": ("a.png", b"123", "image/png")})
+        assert r.status_code == 400 and field in r.json()["detail"]
+        r = client.post(path, json={"image": "abc"})
+        assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+        r = client.post(path)
+        assert r.status_code == 415
+
+
+def test_too_large_uploads_get_413_before_and_while_reading(client: TestClient) -> None:
+    big = b"\x00" * (3 * 2**20)
+    r = client.post("/classify", files={"files": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "2 MiB" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while streaming
+        yield b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+        yield b"Content-Type: image/png\r\n\r\n"
+        for _ in range(6):
+            yield b"\x00" * 2**19
+
+    r = client.post("/classify", content=chunks(),
+                    headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413
+
+
+def test_the_upload_limit_is_per_app(classifier) -> None:
+    data = png_bytes(synthetic_cell("monocyte", 400, seed=1))
+    small = TestClient(create_app(classifier, ClassicalSegmenter(), max_upload_mb=0.05))
+    large = TestClient(create_app(classifier, ClassicalSegmenter(), max_upload_mb=5))
+    assert len(data) > 0.05 * 2**20
+    assert small.post("/classify", files={"files": ("m.png", data, "image/png")}).status_code == 413
+    assert large.post("/classify", files={"files": ("m.png", data, "image/png")}).status_code == 200
+
+
+# --------------------------------------------------------------------------- /analyze
+
+
+def test_analyze_returns_the_cli_json_plus_differential(client: TestClient, classifier,
+                                                        smear: np.ndarray) -> None:
+    r = client.post("/analyze", files={"file": ("field.png", png_bytes(smear), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    seg = ClassicalSegmenter()
+    want = result_to_dict(analyze_image(smear, classifier, seg, name="field.png"), classifier.classes,
+                          seg.model_id)
+    for key, value in want.items():
+        assert body[key] == value, key
+    assert body["n_cells"] == 2 and "annotated_png" not in body
+    diff = {d["class"]: d for d in body["differential"]}
+    assert list(diff) == classifier.classes
+    assert sum(d["count"] for d in diff.values()) == 2
+    assert sum(d["percent"] for d in diff.values()) == pytest.approx(100.0, abs=0.05)
+    for d in diff.values():
+        assert d["ci95_low"] <= d["percent"] <= d["ci95_high"]
+    assert body["n_review"] == sum(c["review"] for c in body["cells"])
+
+
+def test_analyze_annotated_png_is_the_rendered_field(client: TestClient, smear: np.ndarray) -> None:
+    r = client.post("/analyze?annotated=true", files={"file": ("field.jpg", jpeg_bytes(smear), "image/jpeg")})
+    assert r.status_code == 200
+    png = base64.b64decode(r.json()["annotated_png"])
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape[:2] == smear.shape[:2]
+    assert np.abs(img.astype(int) - smear[:, :, ::-1].astype(int)).max() > 100  # something was drawn
+
+
+def test_analyze_empty_field_is_200_with_a_warning(client: TestClient) -> None:
+    rgb, *_ = synthetic_smear(n_wbc=0, seed=6)
+    body = client.post("/analyze", files={"file": ("blank.png", png_bytes(rgb), "image/png")}).json()
+    assert body["n_cells"] == 0 and body["cells"] == [] and body["warnings"]
+    assert all(d["count"] == 0 for d in body["differential"])
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "status", "words"),
+    [
+        ("empty.jpg", "empty", 422, "empty"),
+        ("cut.jpg", "truncated", 422, "truncated"),
+        ("tiny.png", "tiny", 422, "too small"),
+        ("field.pdf", "pdf", 415, "content type application/pdf"),
+        ("noise.png", "garbage", 422, "not a readable image"),
+    ],
+)
+def test_analyze_rejects_bad_uploads_with_4xx(client: TestClient, smear: np.ndarray, name: str, kind: str,
+                                              status: int, words: str) -> None:
+    data, ctype = {
+        "empty": (b"", "image/jpeg"),
+        "truncated": (jpeg_bytes(smear)[: len(jpeg_bytes(smear)) // 2], "image/jpeg"),
+        "tiny": (png_bytes(smear[:12, :12]), "image/png"),
+        "pdf": (b"%PDF-1.4 ...", "application/pdf"),
+        "garbage": (bytes(range(256)) * 10, "image/png"),
+    }[kind]
+    r = client.post("/analyze", files={"file": (name, data, ctype)})
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert name in body["detail"] and words in body["detail"]
+    assert body["errors"] == [{"filename": name, "error": body["detail"]}]
+
+
+# --------------------------------------------------------------------------- /differential and the page
+
+
+def test_differential_endpoint_gives_clopper_pearson_intervals(client: TestClient) -> None:
+    body = client.post("/differential", json={"counts": {"neutrophil": 5, "lymphocyte": 95}}).json()
+    assert body["total"] == 100
+    d = {x["class"]: x for x in body["differential"]}
+    assert (d["neutrophil"]["percent"], d["neutrophil"]["ci95_low"], d["neutrophil"]["ci95_high"]) == (
+        5.0, 1.64, 11.28)
+    assert d["monocyte"]["count"] == 0 and d["monocyte"]["ci95_low"] == 0.0
+    assert client.post("/differential", json={"counts": {"neutrophil": -1}}).status_code == 422
+    assert client.post("/differential", json={"nope": 1}).status_code == 422
+
+
+def test_web_page_and_assets_are_served_and_need_no_network(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in r.text and "/static/style.css" in r.text
+    for name in ("app.js", "style.css", "favicon.svg"):
+        assert client.get(f"/static/{name}").status_code == 200
+    for f in STATIC_DIR.iterdir():  # nothing fetched from elsewhere: works offline
+        text = f.read_text(encoding="utf-8").replace("http://www.w3.org/2000/svg", "")  # SVG namespace
+        assert "https://" not in text and "http://" not in text, f.name
+
+
+def test_create_app_loads_models_from_paths(model_path: Path) -> None:
+    app = create_app(model_path=model_path, segmenter_method="classical", threads=1)
+    body = TestClient(app).get("/health").json()
+    assert body["segmenter"]["name"] == "classical" and body["classes"]
+
+
+def test_serve_command_reports_a_missing_model_without_traceback(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "wbc", "serve", "--model", str(tmp_path / "none.onnx")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert "none.onnx" in r.stderr and "not found" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,55 @@
+"""The default model that ships inside the package: present, small, well-formed, and still accurate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wbc.classify import classify_paths
+from wbc.data import read_manifest
+from wbc.labels import CLASSES
+from wbc.model import load_model
+from wbc.paths import DEFAULT_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_model_ships_with_metadata() -> None:
+    assert DEFAULT_MODEL.is_file(), "the default model must be committed in src/wbc/models/default/"
+    assert DEFAULT_MODEL.stat().st_size <= 25 * 1024 * 1024
+    clf = load_model()
+    info = clf.info
+    assert clf.classes == list(CLASSES)
+    assert info.input_size >= 64 and len(info.mean) == len(info.std) == 3
+    assert 0.1 < info.temperature < 10 and 0 <= info.review_threshold < 1
+    assert info.model_id and info.training_data and info.version
+    assert {"logits", "embedding", "cam"} <= set(clf.outputs)
+    assert (DEFAULT_MODEL.with_suffix(".json")).is_file()
+
+
+def test_analysis_path_imports_no_torch() -> None:
+    code = "import sys, wbc, wbc.cli, wbc.classify, wbc.model; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.real_data
+def test_default_model_on_held_out_pbc_cells(real_data: Path) -> None:
+    """A regression check on 400 test-split cells (the full test-split numbers are in the model card)."""
+    manifest = REPO / "runs" / "default" / "manifest.csv"
+    samples = read_manifest(manifest, split="test", root=real_data)
+    rng = np.random.default_rng(0)
+    pick = [samples[i] for i in sorted(rng.choice(len(samples), 400, replace=False))]
+    res = classify_paths([s.path for s in pick], load_model())
+    assert not res.errors
+    acc = np.mean([p.label == s.label for p, s in zip(res.predictions, pick, strict=True)])
+    assert acc >= 0.97
+    # calibrated confidence: flagged cells are the uncertain ones
+    conf = np.array([p.confidence for p in res.predictions])
+    review = np.array([p.review for p in res.predictions])
+    if review.any():
+        assert conf[review].max() < conf[~review].min()

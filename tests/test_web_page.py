@@ -1,0 +1,165 @@
+"""The web page in a real browser: Debian chromium driven by Playwright against a real uvicorn server.
+
+Skipped with a reason when chromium or Playwright is missing; Playwright never downloads a browser here
+(the system chromium is launched by path) and the page only ever talks to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+CHROMIUM = Path(os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.is_file() and not shutil.which(str(CHROMIUM)),
+                       reason=f"{CHROMIUM} not found (apt-get install chromium)"),
+]
+os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) not installed")
+sync_playwright = sync_api.sync_playwright
+uvicorn = pytest.importorskip("uvicorn")
+
+from wbc.segment.classical import ClassicalSegmenter  # noqa: E402
+from wbc.serve.app import create_app  # noqa: E402
+from wbc.synthetic import synthetic_cell  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_serve import classifier, model_path  # noqa: E402, F401  (session fixtures)
+
+
+def draw_smear(seed: int = 0) -> np.ndarray:
+    """A 480x360 field: pale pink background, red discs with pale centres, one WBC (purple lobed
+    nucleus in lighter cytoplasm) in the middle."""
+    rng = np.random.default_rng(seed)
+    h, w = 360, 480
+    img = np.full((h, w, 3), (236, 214, 220), np.uint8)
+    wbc = (240, 180)
+    for _ in range(60):
+        x, y = int(rng.uniform(0, w)), int(rng.uniform(0, h))
+        if np.hypot(x - wbc[0], y - wbc[1]) < 70:
+            continue
+        cv2.circle(img, (x, y), 22, (205, 120, 130), -1, cv2.LINE_AA)
+        cv2.circle(img, (x, y), 8, (220, 160, 168), -1, cv2.LINE_AA)
+    cv2.circle(img, wbc, 42, (200, 180, 215), -1, cv2.LINE_AA)
+    for dx, dy in ((-12, -6), (10, -10), (4, 12)):
+        cv2.circle(img, (wbc[0] + dx, wbc[1] + dy), 15, (110, 60, 150), -1, cv2.LINE_AA)
+    return cv2.GaussianBlur(img, (0, 0), 1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url(classifier) -> Iterator[str]:  # noqa: F811
+    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=5)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, base_url: str) -> Iterator[object]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    # the page must never reach beyond the server (offline use): fail any other request
+    pg.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base_url)
+             else route.abort())
+    pg.goto(base_url + "/")
+    pg.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    yield pg
+    ctx.close()
+    assert not errors, errors
+
+
+def test_smear_upload_shows_annotated_image_table_and_differential(page, tmp_path: Path) -> None:
+    p = tmp_path / "smear field.png"
+    cv2.imwrite(str(p), draw_smear()[:, :, ::-1])
+    page.set_input_files("#file-input", str(p))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+
+    img = page.locator("img.annotated")
+    assert img.count() == 1 and img.is_visible()
+    assert img.evaluate("i => i.complete && i.naturalWidth") == 480
+    rows = page.locator("table.cells tbody tr")
+    assert rows.count() == 1
+    label = rows.first.locator("td.label").inner_text().strip().lower()
+    assert label  # a class name, shown in words
+    review = rows.first.get_attribute("class") == "review"
+    assert (rows.first.locator(".badge.review").count() == 1) == review
+    assert page.locator("#diff-table tbody tr").count() == len(page.evaluate("state.meta.classes"))
+    assert "1 cell" in page.locator("#diff-caption").inner_text()
+    assert page.locator("#errors").is_hidden()
+
+    rows.first.focus()  # selecting a row outlines the cell on the image
+    assert page.locator(".highlight").is_visible()
+
+    with page.expect_download() as dl:
+        page.click("#dl-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert doc["results"][0]["image"] == "smear field.png" and doc["results"][0]["n_cells"] == 1
+    assert "annotated_png" not in doc["results"][0]
+    with page.expect_download() as dl:
+        page.click("#dl-diff")
+    lines = Path(dl.value.path()).read_text().splitlines()
+    assert lines[0] == "image,class,count,total,percent,ci95_low,ci95_high"
+    assert any(line.startswith("ALL,") for line in lines)
+
+
+def test_single_cell_mode_and_bad_files_are_reported(page, tmp_path: Path) -> None:
+    paths = []
+    for i, label in enumerate(["lymphocyte", "neutrophil"]):
+        paths.append(tmp_path / f"{label}.png")
+        cv2.imwrite(str(paths[-1]), synthetic_cell(label, 96, seed=i)[:, :, ::-1])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    page.check("input[name=mode][value=cells]")
+    assert page.locator("#opt-annotated").is_hidden()
+    page.set_input_files("#file-input", [str(p) for p in [*paths, bad]])
+    assert page.locator("#run-button").inner_text() == "Classify"
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+
+    rows = page.locator("table.cells tbody tr")
+    assert rows.count() == 2
+    assert page.locator("table.cells img.thumb").count() == 2
+    assert page.locator("#errors").is_visible()
+    assert "broken.jpg" in page.locator("#error-list").inner_text()
+    assert "2 of 3" in page.locator("#status").inner_text()
