@@ -9,7 +9,9 @@ import pytest
 
 from wbc.paths import data_root
 
-os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295")
+os.environ.setdefault(
+    "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+)
 
 
 @pytest.fixture(scope="session")

@@ -37,13 +37,13 @@ def test_grey_16bit_and_rgba_are_converted(tmp_path: Path) -> None:
 def test_bad_files_name_the_file_and_problem(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    with pytest.raises(ImageReadError, match="empty.jpg: file is empty"):
+    with pytest.raises(ImageReadError, match=r"empty\.jpg: file is empty"):
         read_image(empty)
     junk = tmp_path / "junk.png"
     junk.write_text("not an image")
-    with pytest.raises(ImageReadError, match="junk.png: not a readable image"):
+    with pytest.raises(ImageReadError, match=r"junk\.png: not a readable image"):
         read_image(junk)
-    ok, enc = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
+    _ok, enc = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
     trunc = tmp_path / "trunc.jpg"
     trunc.write_bytes(enc.tobytes()[: len(enc) // 2])
     with pytest.raises(ImageReadError, match="truncated"):
@@ -53,7 +53,7 @@ def test_bad_files_name_the_file_and_problem(tmp_path: Path) -> None:
 
 
 def test_reduced_jpeg_decode_never_goes_below_min_size() -> None:
-    ok, enc = cv2.imencode(".jpg", np.full((400, 360, 3), 100, np.uint8))
+    _ok, enc = cv2.imencode(".jpg", np.full((400, 360, 3), 100, np.uint8))
     img = decode_image(enc.tobytes(), "x.jpg", min_size=160)
     assert img.shape[:2] == (200, 180)  # half-scale decode, still >= 160
     assert decode_image(enc.tobytes(), "x.jpg", min_size=300).shape[:2] == (400, 360)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_torch
 
+from conftest import needs_torch
 from wbc.classify import classify_paths
 from wbc.io import iter_image_paths
 from wbc.model import load_model

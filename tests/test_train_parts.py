@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import needs_torch
 
+from conftest import needs_torch
 from wbc.config import TrainConfig
 from wbc.preprocess import prepare_batch
 

@@ -6,6 +6,8 @@ use the same code.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 
@@ -38,7 +40,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         m = (conf > lo) & (conf <= hi)
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
@@ -68,6 +70,6 @@ def review_threshold(confidence: np.ndarray, correct: np.ndarray, target_accurac
 
 def coverage_accuracy(confidence: np.ndarray, correct: np.ndarray, coverage: float) -> float:
     """Accuracy on the ``coverage`` fraction of cells with the highest confidence."""
-    n = max(1, int(round(coverage * len(confidence))))
+    n = max(1, round(coverage * len(confidence)))
     order = np.argsort(-confidence, kind="stable")[:n]
     return float(np.mean(correct[order]))

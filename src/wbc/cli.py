@@ -66,7 +66,7 @@ def classify(
                              progress=lambda n: bar.update(task, completed=n))
     out = output or Path("predictions.csv")
     write_predictions_csv(out, res.predictions, clf.classes)
-    for path, msg in res.errors:
+    for _path, msg in res.errors:
         console.print(f"[yellow]skipped[/] {msg}", highlight=False)
     n = len(res.predictions)
     counts = res.counts()
@@ -90,7 +90,7 @@ def classify(
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")] = Path("runs/latest"),
-    data: Annotated[str | None, typer.Option("--data", help="Class-per-folder dataset (or under the data root).")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Class-per-folder dataset.")] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Data root for relative paths.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Registered model name (see `wbc models`).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,

@@ -61,5 +61,6 @@ def make_dataset(
     root = Path(root)
     for ci, label in enumerate(classes or list(_STYLE)):
         for i in range(n_per_class):
-            write_image(root / label / f"{label}_{i:03d}{ext}", synthetic_cell(label, size, seed * 100_003 + ci * 1009 + i))
+            img = synthetic_cell(label, size, seed * 100_003 + ci * 1009 + i)
+            write_image(root / label / f"{label}_{i:03d}{ext}", img)
     return root

@@ -303,7 +303,7 @@ def run_training(
     classes += sorted({s.label for s in samples} - set(classes))
     console.print(f"decoding {len(samples)} images at {cfg.input_size}px ...", highlight=False)
     cache, ok, bad = decode_all(samples, cfg.input_size, workers=cfg.threads)
-    for path, reason in bad:
+    for _path, reason in bad:
         console.print(f"[yellow]skipped unreadable[/] {reason}", highlight=False)
     kept = [samples[i] for i in ok]
     labels = np.array([classes.index(s.label) for s in kept])

@@ -8,6 +8,7 @@ head without torch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -132,7 +133,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 def _small_cnn(pretrained: bool = False) -> tuple[nn.Module, int]:
     widths = (32, 64, 128, 192)
     layers: list[nn.Module] = [_conv_bn(3, widths[0], 2)]
-    for cin, cout in zip(widths[:-1], widths[1:], strict=True):
+    for cin, cout in itertools.pairwise(widths):
         layers += [_conv_bn(cin, cout, 2), _conv_bn(cout, cout)]
     return nn.Sequential(*layers), widths[-1]
 

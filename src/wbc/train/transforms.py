@@ -27,7 +27,7 @@ _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 class RandomRot90(v2.Transform):
     """Rotate by 0, 90, 180 or 270 degrees: cells have no up."""
 
-    def make_params(self, flat_inputs: list) -> dict:  # noqa: D401
+    def make_params(self, flat_inputs: list) -> dict:
         return {"k": int(torch.randint(0, 4, ()).item())}
 
     def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
@@ -49,7 +49,7 @@ class RandomScaleShift(v2.Transform):
 
     def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
         h, w = inpt.shape[-2:]
-        pad = int(math.ceil(max(h, w) * ((1 / min(self.scale) - 1) / 2 + self.translate))) + 2
+        pad = math.ceil(max(h, w) * ((1 / min(self.scale) - 1) / 2 + self.translate)) + 2
         x = torch.nn.functional.pad(inpt[None].float(), (pad, pad, pad, pad), mode="reflect")[0]
         tx, ty = params["shift"][0] * w, params["shift"][1] * h
         x = F.affine(x, angle=0.0, translate=[tx, ty], scale=params["scale"], shear=[0.0, 0.0],
