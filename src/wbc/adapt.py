@@ -26,7 +26,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from scipy.optimize import minimize
 
 from wbc.errors import ModelError, WbcError
 from wbc.io import atomic_write_bytes, atomic_write_text
@@ -116,6 +115,8 @@ def fit_head(
         return float(val), np.concatenate([gw.ravel(), gb])
 
     theta0 = np.concatenate([w0.ravel(), b0]).astype(np.float64)
+    from scipy.optimize import minimize
+
     res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return res.x[: c * d].reshape(c, d), res.x[c * d :]
 
