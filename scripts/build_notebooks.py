@@ -20,14 +20,18 @@ CLASSIFICATION = [
     new_markdown_cell(
         "# WBC classification\n\nClassify single-cell images with the model shipped in wbc, then evaluate it on "
         "the held-out test split of its training run. Everything here is a call into the `wbc` package; the "
-        "same steps are `wbc classify` and `wbc evaluate` on the command line."),
+        "same steps are `wbc classify` and `wbc evaluate` on the command line."
+    ),
     new_code_cell(
         "import wbc\nfrom wbc.paths import data_root\n\n"
         "clf = wbc.load_model()\n"
         "print(clf.model_id)\nprint('classes:', ', '.join(clf.classes))\n"
         "print(f'input {clf.info.input_size}px, temperature {clf.info.temperature:.2f}, '\n"
-        "      f'review below confidence {clf.info.review_threshold:.2f}')"),
-    new_markdown_cell("## Classify a folder of cells\nA few cells of each class from the PBC data (`../shared/data/pbc`)."),
+        "      f'review below confidence {clf.info.review_threshold:.2f}')"
+    ),
+    new_markdown_cell(
+        "## Classify a folder of cells\nA few cells of each class from the PBC data (`../shared/data/pbc`)."
+    ),
     new_code_cell(
         "from wbc.io import iter_image_paths\n\n"
         "root = data_root() / 'pbc'\n"
@@ -35,17 +39,20 @@ CLASSIFICATION = [
         "res = wbc.classify(files, clf)\n"
         "for p in res.predictions[:8]:\n"
         "    print(f'{p.path.split(\"/\")[-2]:>13} -> {p.label:<13} {p.confidence:.3f}  review={p.review}')\n"
-        "print(dict(res.counts()))"),
+        "print(dict(res.counts()))"
+    ),
     new_code_cell(
         "import matplotlib.pyplot as plt\nfrom wbc.io import read_image\n\n"
         "fig, axes = plt.subplots(2, 8, figsize=(16, 4.4))\n"
         "for ax, p in zip(axes.flat, res.predictions[::2]):\n"
         "    ax.imshow(read_image(p.path)); ax.axis('off')\n"
         "    ax.set_title(f'{p.label}\\n{p.confidence:.2f}', fontsize=9, color='C3' if p.review else 'black')\n"
-        "plt.tight_layout()"),
+        "plt.tight_layout()"
+    ),
     new_markdown_cell(
         "## Evaluate on the test split\nThe run's manifest pins which images were held out; `wbc evaluate` "
-        "writes `metrics.json`, `predictions.csv` and a self-contained `report.html`."),
+        "writes `metrics.json`, `predictions.csv` and a self-contained `report.html`."
+    ),
     new_code_cell(
         "import json, subprocess, sys\n\n"
         "manifest = 'runs/default/manifest.csv'\n"
@@ -53,18 +60,20 @@ CLASSIFICATION = [
         "if Path('../' + manifest).is_file():\n"
         "    out = subprocess.run([sys.executable, '-m', 'wbc', 'evaluate', '../' + manifest, '--split', 'test',\n"
         "                          '--output', '../out/notebook_eval'], capture_output=True, text=True)\n"
-        "    print(out.stderr[-1500:])\n"
+        "    print(out.stderr.strip().splitlines()[-1] if out.returncode else 'report: ../out/notebook_eval/report.html')\n"
         "    m = json.loads(Path('../out/notebook_eval/metrics.json').read_text())\n"
         "    print(f\"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}\")\n"
         "else:\n"
-        "    print('no run folder here: train one with `wbc train --config configs/default.toml --output runs/default`')"),
+        "    print('no run folder here: train one with `wbc train --config configs/default.toml --output runs/default`')"
+    ),
 ]
 
 DETECTION = [
     new_markdown_cell(
         "# WBC detection and classification in smear images\n\nFind every white blood cell in whole smear "
         "fields, outline nucleus and cytoplasm, classify each cell and count the differential. The same chain "
-        "runs behind `wbc analyze` and the HTTP API."),
+        "runs behind `wbc analyze` and the HTTP API."
+    ),
     new_code_cell(
         "from pathlib import Path\nimport wbc\nfrom wbc.analyze import analyze_image\nfrom wbc.io import iter_image_paths, read_image\n"
         "from wbc.paths import data_root\nfrom wbc.segment import get_segmenter\n\n"
@@ -75,17 +84,20 @@ DETECTION = [
         "    bccd = data_root() / 'bccd'\n"
         "    names = (bccd / 'ImageSets/Main/test.txt').read_text().split()[:4]\n"
         "    images = [bccd / 'JPEGImages' / f'{n}.jpg' for n in names]\n"
-        "print(len(images), 'images;', 'segmenter:', seg.name)"),
+        "print(len(images), 'images;', 'segmenter:', seg.name)"
+    ),
     new_code_cell(
         "results = [analyze_image(read_image(p), clf, seg, name=p.name) for p in images]\n"
         "for r in results:\n"
-        "    print(r.image, [(c.prediction.label, round(c.prediction.confidence, 2)) for c in r.cells])"),
+        "    print(r.image, [(c.prediction.label, round(c.prediction.confidence, 2)) for c in r.cells])"
+    ),
     new_code_cell(
         "import matplotlib.pyplot as plt\nfrom wbc.render import render\n\n"
         "fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))\n"
         "for ax, p, r in zip(axes, images, results):\n"
         "    ax.imshow(render(read_image(p), r, clf.classes)); ax.set_title(p.name); ax.axis('off')\n"
-        "plt.tight_layout()"),
+        "plt.tight_layout()"
+    ),
     new_markdown_cell("## Differential with 95% Clopper-Pearson intervals"),
     new_code_cell(
         "from wbc.counts import clopper_pearson, pooled_counts\n\n"
@@ -93,15 +105,18 @@ DETECTION = [
         "for c, k in counts.items():\n"
         "    if k:\n"
         "        lo, hi = clopper_pearson(k, n)\n"
-        "        print(f'{c:<13}{k:>4}  {100 * k / n:5.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]')"),
+        "        print(f'{c:<13}{k:>4}  {100 * k / n:5.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]')"
+    ),
 ]
 
 
 def build(name: str, cells: list) -> Path:
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                            "language": "python"}})
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    nb = new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     path = ROOT / "notebooks" / name
     nbformat.write(nb, path)
     return path

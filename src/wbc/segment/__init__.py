@@ -3,9 +3,8 @@
 Two methods: ``classical`` (stain thresholds, morphology, watershed; no model file) and ``learned``
 (a compact U-Net in ONNX trained on BCCD masks). Both measure the field's red-cell size and work at a
 fixed red-cell scale, so neither depends on the microscope's pixel size. :data:`DEFAULT_METHOD` is
-``classical``: it is the method measured end to end on BCCD; the learned model's training run could not
-be completed and measured in this round, so ``auto`` uses it only once the default is switched here
-after a val-split comparison (docs/smear_analysis.md).
+``classical``, chosen on the BCCD val split: detection F1 at IoU 0.5 0.783 vs 0.708 for the shipped
+U-Net (which outlines better: nucleus/cell Dice 0.940/0.940 vs 0.935/0.911); see docs/smear_analysis.md.
 """
 
 from __future__ import annotations
