@@ -23,6 +23,7 @@ from wbc.counts import write_differential_csv
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.errors import ImageReadError, WbcError
 from wbc.io import atomic_write_csv, atomic_write_json, iter_image_paths, read_image, write_image
+from wbc.model import softmax
 from wbc.types import Cell, SmearResult
 
 #: Fields larger than this are refused with a message (a whole-slide scan needs tiling upstream).
@@ -51,8 +52,14 @@ def classify_cells(
         return
     size = int(classifier.info.input_size)
     crops = crop_cells(rgb, cells, size, fraction if fraction is not None else cell_fraction_of(classifier))
-    probs = classifier.predict_proba(crops)
-    for c, p in zip(cells, predictions_from_probs(probs, classifier), strict=True):
+    ood = classifier.info.ood
+    out = classifier.run(crops, ("logits", "embedding") if ood else ("logits",))
+    preds = predictions_from_probs(softmax(out["logits"], classifier.info.temperature), classifier)
+    if ood:  # cells unlike the training data get review and a reason, as in `wbc classify`
+        from wbc.ood import flag_predictions
+
+        flag_predictions(preds, crops, out["embedding"], ood)
+    for c, p in zip(cells, preds, strict=True):
         c.prediction = p
 
 
@@ -73,6 +80,11 @@ def analyze_image(
     res = SmearResult(image=name, width=w, height=h, cells=cells, model_id=model_id)
     if not cells:
         res.warnings.append("no white blood cell found")
+    elif classifier is not None:
+        from wbc.ood import ood_warning
+
+        if msg := ood_warning([c.prediction for c in cells if c.prediction is not None]):
+            res.warnings.append(msg)
     return res
 
 
