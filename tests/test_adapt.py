@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tiny_models import mean_colour_model
 from wbc.adapt import (
     adapt_embeddings,
     dihedral,
@@ -24,7 +25,7 @@ from wbc.adapt import (
 from wbc.errors import WbcError
 from wbc.io import write_image
 from wbc.labels import CLASSES
-from wbc.model import ModelInfo, load_model
+from wbc.model import load_model
 
 SIZE = 16
 # the new lab's colours per class; the original head was never trained on them
@@ -33,31 +34,8 @@ LAB_COLOURS = {"neutrophil": (200, 90, 120), "lymphocyte": (90, 100, 210), "mono
 
 def make_embedding_model(path: Path, extra: dict | None = None, seed: int = 0) -> tuple[Path, np.ndarray]:
     """An ONNX classifier with ``embedding`` (mean colour, 3-d) and ``logits`` outputs and wbc metadata."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
     w = np.random.default_rng(seed).normal(0, 2, (len(CLASSES), 3)).astype(np.float32)
-    b = np.zeros(len(CLASSES), np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
-            helper.make_node("Flatten", ["gap"], ["embedding"]),
-            helper.make_node("Gemm", ["embedding", "W", "B"], ["logits"], transB=1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)]),
-         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    info = ModelInfo(classes=list(CLASSES), input_size=SIZE, mean=[0.5] * 3, std=[0.25] * 3,
-                     model_id="tiny-emb", review_threshold=0.5, extra=extra or {})
-    p = model.metadata_props.add()
-    p.key, p.value = "wbc", info.to_json()
-    onnx.save(model, str(path))
-    return path, w
+    return mean_colour_model(path, SIZE, w, "tiny-emb", extra, embedding_output=True), w
 
 
 def lab_cell(label: str, rng: np.random.Generator) -> np.ndarray:

@@ -12,51 +12,20 @@ import cv2
 import numpy as np
 import pytest
 
+from tiny_models import mean_colour_model
 from wbc.analyze import analyze_image, analyze_paths, mask_to_polygons
 from wbc.crops import DEFAULT_CELL_FRACTION, cell_fraction_of, crop_cell, measure_cell_fraction
 from wbc.labels import CLASSES
-from wbc.model import ModelInfo, load_model
+from wbc.model import load_model
 from wbc.segment.classical import ClassicalSegmenter
+from wbc.synthetic import synthetic_smear
 from wbc.types import Cell
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_segment import synthetic_smear
 
 
 def make_colour_classifier(path: Path, size: int = 32, extra: dict | None = None) -> Path:
     """A real ONNX classifier (mean colour -> linear layer) with wbc metadata; needs the onnx package."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = rng.normal(0, 3, (len(CLASSES), 3)).astype(np.float32)
-    b = np.zeros(len(CLASSES), np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["gap"]),
-            helper.make_node("Flatten", ["gap"], ["flat"]),
-            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"], transB=1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(CLASSES)])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    info = ModelInfo(
-        classes=list(CLASSES),
-        input_size=size,
-        mean=[0.5] * 3,
-        std=[0.25] * 3,
-        model_id="tiny-colour",
-        review_threshold=0.5,
-        extra=extra or {},
-    )
-    p = model.metadata_props.add()
-    p.key, p.value = "wbc", info.to_json()
-    onnx.save(model, str(path))
-    return path
+    w = np.random.default_rng(0).normal(0, 3, (len(CLASSES), 3))
+    return mean_colour_model(path, size, w, "tiny-colour", extra)
 
 
 @pytest.fixture(scope="module")

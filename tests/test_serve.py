@@ -26,11 +26,10 @@ from wbc.model import load_model
 from wbc.paths import DEFAULT_MODEL
 from wbc.segment.classical import ClassicalSegmenter
 from wbc.serve.app import STATIC_DIR, create_app
-from wbc.synthetic import synthetic_cell
+from wbc.synthetic import synthetic_cell, synthetic_smear
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_analyze import make_colour_classifier
-from test_segment import synthetic_smear
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

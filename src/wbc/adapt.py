@@ -28,8 +28,8 @@ import numpy as np
 import typer
 
 from wbc.errors import ModelError, WbcError
-from wbc.io import atomic_write_bytes, atomic_write_text
-from wbc.model import METADATA_KEY, Classifier, ModelInfo, softmax
+from wbc.io import atomic_write_text
+from wbc.model import Classifier, ModelInfo, softmax, write_model
 
 LAMBDAS = (0.001, 0.01, 0.1, 1.0)
 MAX_CELLS_WARN = 1000
@@ -48,15 +48,7 @@ def _onnx() -> Any:
 
 def write_model_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], info: ModelInfo) -> Path:
     """Copy the ONNX graph of ``src`` to ``dst`` with ``info`` as its metadata (atomic) + ``<dst>.json``."""
-    onnx = _onnx()
-    proto = onnx.load(str(src))
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, info.to_json()
-    out = Path(dst)
-    atomic_write_bytes(out, proto.SerializeToString())
-    atomic_write_text(out.with_suffix(".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
-    return out
+    return write_model(dst, Path(src).read_bytes(), info)
 
 
 def original_head(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Smear analysis: image -> WBCs (box, nucleus and cell outlines) -> labels -> counts -> JSON/PNG/CSV.
 
 A chain of small functions over :class:`wbc.types.Cell` / :class:`wbc.types.SmearResult`:
-read -> segment -> scale-normalised crops -> ``Classifier.predict_proba`` -> counts -> render / JSON.
+read -> segment -> scale-normalised crops -> ``wbc.classify.predict_cells`` -> counts -> render / JSON.
 :func:`analyze_image` is the entry point for the Python and HTTP APIs; :func:`analyze_paths` is
 ``wbc analyze``. Nothing here imports torch.
 """
@@ -18,12 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wbc.classify import predictions_from_probs
+from wbc.classify import predict_cells
 from wbc.counts import write_differential_csv
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.errors import ImageReadError, WbcError
 from wbc.io import atomic_write_csv, atomic_write_json, iter_image_paths, read_image, write_image
-from wbc.model import softmax
 from wbc.types import Cell, SmearResult
 
 #: Fields larger than this are refused with a message (a whole-slide scan needs tiling upstream).
@@ -52,13 +51,7 @@ def classify_cells(
         return
     size = int(classifier.info.input_size)
     crops = crop_cells(rgb, cells, size, fraction if fraction is not None else cell_fraction_of(classifier))
-    ood = classifier.info.ood
-    out = classifier.run(crops, ("logits", "embedding") if ood else ("logits",))
-    preds = predictions_from_probs(softmax(out["logits"], classifier.info.temperature), classifier)
-    if ood:  # cells unlike the training data get review and a reason, as in `wbc classify`
-        from wbc.ood import flag_predictions
-
-        flag_predictions(preds, crops, out["embedding"], ood)
+    preds, _ = predict_cells(classifier, crops)
     for c, p in zip(cells, preds, strict=True):
         c.prediction = p
 

@@ -57,6 +57,24 @@ def predictions_from_probs(
     return out
 
 
+def predict_cells(
+    classifier: Classifier, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False
+) -> tuple[list[Prediction], dict[str, np.ndarray]]:
+    """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
+
+    The one place where logits become calibrated probabilities, labels, review and out-of-distribution
+    flags, so `wbc classify`, `wbc analyze` and the HTTP API always agree.
+    """
+    ood = classifier.info.ood
+    out = classifier.run(cells, ("logits", "embedding") if with_embeddings or ood else ("logits",))
+    preds = predictions_from_probs(softmax(out["logits"], classifier.info.temperature), classifier, names)
+    if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
+        from wbc.ood import flag_predictions
+
+        flag_predictions(preds, cells, out["embedding"], ood)
+    return preds, out
+
+
 def _load(path: Path, size: int) -> np.ndarray | str:
     try:
         return load_cell(path, size)
@@ -99,19 +117,11 @@ def classify_paths(
     logits: list[np.ndarray] = []
     embs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
-    ood = classifier.info.ood
-    want = ("logits", "embedding") if with_embeddings or ood else ("logits",)
     done = 0
     for ok_paths, arr, errs in iter_batches(paths, size, batch_size, workers):
         errors += errs
         if len(arr):
-            out = classifier.run(arr, want)
-            probs = softmax(out["logits"], classifier.info.temperature)
-            batch_preds = predictions_from_probs(probs, classifier, [str(p) for p in ok_paths])
-            if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
-                from wbc.ood import flag_predictions
-
-                flag_predictions(batch_preds, arr, out["embedding"], ood)
+            batch_preds, out = predict_cells(classifier, arr, [str(p) for p in ok_paths], with_embeddings)
             preds += batch_preds
             logits.append(out["logits"])
             if with_embeddings:

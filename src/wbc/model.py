@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import ModelError
+from wbc.io import atomic_write_bytes, atomic_write_text
 from wbc.paths import DEFAULT_MODEL
 from wbc.preprocess import prepare_batch
 
@@ -51,6 +52,43 @@ class ModelInfo:
         data = json.loads(text)
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def with_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
+    """``onnx_bytes`` with ``info`` as its wbc metadata (any previous metadata replaced), checked."""
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    proto.producer_name = "wbc"
+    proto.model_version = int(info.version.split(".")[0]) if info.version[:1].isdigit() else 0
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def write_model(path: str | os.PathLike[str], onnx_bytes: bytes, info: ModelInfo) -> Path:
+    """Write a model file carrying ``info`` (atomically) and a readable copy of it as ``<name>.json``.
+
+    The one writer of model files: export, ``wbc adapt`` and ``wbc.ood fit`` all go through it.
+    """
+    p = Path(path)
+    atomic_write_bytes(p, with_metadata(onnx_bytes, info))
+    atomic_write_text(p.with_suffix(".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
+    return p
+
+
+def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
+    """Change metadata fields of a model file in place (e.g. statistics added after export)."""
+    p = Path(path)
+    info = Classifier(p, threads=1).info
+    for k, v in changes.items():
+        if k not in ModelInfo.__dataclass_fields__:
+            raise KeyError(k)
+        setattr(info, k, v)
+    write_model(p, p.read_bytes(), info)
+    return info
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -248,9 +248,8 @@ def fit_from_manifest(
     percentile: float = DEFAULT_PERCENTILE, data_root: Path | None = None, threads: int = 2, seed: int = 0,
 ) -> dict[str, Any]:
     """Fit OOD statistics for ``model`` on its run's manifest (train split) with thresholds from val."""
-    from wbc.adapt import write_model_copy
     from wbc.data import read_manifest
-    from wbc.model import load_model
+    from wbc.model import load_model, write_model
 
     clf = load_model(model, threads=threads)
     train = _cap([s for s in read_manifest(manifest, "train", data_root) if s.label in clf.classes],
@@ -268,7 +267,7 @@ def fit_from_manifest(
     info = clf.info
     info.ood = ood
     info.extra["colour_reference"] = colour_reference(tc, seed=seed)
-    write_model_copy(clf.path, Path(output) if output else clf.path, info)
+    write_model(Path(output) if output else clf.path, clf.path.read_bytes(), info)
     return ood
 
 

@@ -64,3 +64,52 @@ def make_dataset(
             img = synthetic_cell(label, size, seed * 100_003 + ci * 1009 + i)
             write_image(root / label / f"{label}_{i:03d}{ext}", img)
     return root
+
+
+def synthetic_smear(
+    scale: float = 1.0,
+    n_wbc: int = 2,
+    seed: int = 0,
+    size: tuple[int, int] = (480, 640),
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]], np.ndarray, np.ndarray]:
+    """A smear-like field: grey background, pink pale-centred red cells, violet-nucleus WBCs.
+
+    Returns (rgb, wbc boxes, nucleus mask, cell mask). Red cells are ``70 * scale`` px across.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = np.full((h, w, 3), (200, 202, 200), np.float32)
+    d = 70.0 * scale
+    nuc = np.zeros((h, w), np.uint8)
+    cell = np.zeros((h, w), np.uint8)
+    centres = []
+    wr = 0.75 * d
+    for _ in range(n_wbc):
+        for _ in range(100):
+            c = rng.uniform([wr + 5, wr + 5], [w - wr - 5, h - wr - 5])
+            if all(np.hypot(*(c - o)) > 2 * wr + 10 for o in centres):
+                centres.append(c)
+                break
+    for _ in range(int(h * w / (d * d) * 0.9)):
+        c = rng.uniform([0, 0], [w, h])
+        if any(np.hypot(*(c - o)) < wr + d / 2 for o in centres):
+            continue
+        cv2.circle(img, (int(c[0]), int(c[1])), int(d / 2), (180, 145, 150), -1, cv2.LINE_AA)
+        cv2.circle(img, (int(c[0]), int(c[1])), int(d / 5), (192, 170, 172), -1, cv2.LINE_AA)
+    boxes = []
+    for c in centres:
+        x, y = int(c[0]), int(c[1])
+        cv2.circle(cell, (x, y), int(wr), 1, -1)
+        for k in range(3):  # three overlapping lobes
+            a = 2 * np.pi * k / 3 + rng.uniform(0, 1)
+            cv2.circle(
+                nuc, (int(x + 0.25 * wr * np.cos(a)), int(y + 0.25 * wr * np.sin(a))), int(0.3 * wr), 1, -1
+            )
+        boxes.append((x - int(wr), y - int(wr), x + int(wr) + 1, y + int(wr) + 1))
+    img[cell > 0] = (185, 165, 200)
+    img[nuc > 0] = (135, 115, 205)
+    img *= np.asarray(tint, np.float32)
+    img += rng.normal(0, 3, img.shape)
+    img = cv2.GaussianBlur(img, (0, 0), 1.2 * max(scale, 0.5))
+    return np.clip(img, 0, 255).astype(np.uint8), boxes, nuc > 0, cell > 0

@@ -193,22 +193,11 @@ def versions() -> dict[str, str]:
 def classify_images(cells: np.ndarray, classifier: Any, names: Sequence[str]) -> list[Any]:
     """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
     ``wbc classify`` (:func:`wbc.classify.classify_paths`)."""
-    from wbc.classify import predictions_from_probs
-    from wbc.model import softmax
+    from wbc.classify import predict_cells
 
-    ood = classifier.info.ood
-    want = ("logits", "embedding") if ood else ("logits",)
     preds: list[Any] = []
     for i in range(0, len(cells), BATCH_SIZE):
-        batch = cells[i : i + BATCH_SIZE]
-        out = classifier.run(batch, want)
-        probs = softmax(out["logits"], classifier.info.temperature)
-        batch_preds = predictions_from_probs(probs, classifier, list(names[i : i + BATCH_SIZE]))
-        if ood:
-            from wbc.ood import flag_predictions
-
-            flag_predictions(batch_preds, batch, out.get("embedding"), ood)
-        preds += batch_preds
+        preds += predict_cells(classifier, cells[i : i + BATCH_SIZE], list(names[i : i + BATCH_SIZE]))[0]
     return preds
 
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from wbc.errors import WbcError
-from wbc.io import atomic_write_bytes, atomic_write_text
-from wbc.model import METADATA_KEY, ModelInfo
+from wbc.model import ModelInfo, write_model
 from wbc.train.models import Ensemble, ExportWrapper, WbcNet, create_model
 
 OUTPUT_NAMES = ["logits", "embedding", "cam"]
@@ -33,41 +30,6 @@ def to_onnx_bytes(net: torch.nn.Module, input_size: int, opset: int = 17) -> byt
             opset_version=opset, dynamo=False,
         )
     return buf.getvalue()
-
-
-def set_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
-    import onnx
-
-    proto = onnx.load_from_string(onnx_bytes)
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, info.to_json()
-    proto.producer_name = "wbc"
-    proto.model_version = int(info.version.split(".")[0]) if info.version[:1].isdigit() else 0
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
-
-
-def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
-    """Change metadata fields of an exported model in place (e.g. OOD statistics added later)."""
-    import onnx
-
-    p = Path(path)
-    proto = onnx.load(str(p))
-    meta = {e.key: e.value for e in proto.metadata_props}
-    info = ModelInfo.from_json(meta[METADATA_KEY])
-    for k, v in changes.items():
-        if k not in ModelInfo.__dataclass_fields__:
-            raise KeyError(k)
-        setattr(info, k, v)
-    write_model(p, set_metadata(proto.SerializeToString(), info), info)
-    return info
-
-
-def write_model(path: Path, onnx_bytes: bytes, info: ModelInfo) -> None:
-    """The ONNX file plus a human-readable copy of its metadata beside it (``<name>.json``)."""
-    atomic_write_bytes(path, onnx_bytes)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
 
 
 def parity(onnx_bytes: bytes, net: torch.nn.Module, x: torch.Tensor) -> float:
@@ -90,7 +52,7 @@ def export_model(
     diff = parity(data, net, check_input)
     info.extra["onnx_max_abs_diff"] = diff
     info.extra["opset"] = opset
-    write_model(Path(path), set_metadata(data, info), info)
+    write_model(path, data, info)
     return diff
 
 

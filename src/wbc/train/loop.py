@@ -288,7 +288,8 @@ def run_training(
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     root = default_data_root(data_root)
-    if run_dir.exists() and (run_dir / "last.pt").exists() | any(run_dir.glob("fold_*/last.pt")) and not resume:
+    started = (run_dir / "last.pt").exists() or any(run_dir.glob("fold_*/last.pt"))
+    if started and not resume:
         raise WbcError(f"{run_dir}: a run already exists here; pass --resume to continue it or pick another --output")
     if resume and (run_dir / "config.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
