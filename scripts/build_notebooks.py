@@ -60,11 +60,13 @@ CLASSIFICATION = [
         "if Path('../' + manifest).is_file():\n"
         "    out = subprocess.run([sys.executable, '-m', 'wbc', 'evaluate', '../' + manifest, '--split', 'test',\n"
         "                          '--output', '../out/notebook_eval'], capture_output=True, text=True)\n"
-        "    print(out.stderr.strip().splitlines()[-1] if out.returncode else 'report: ../out/notebook_eval/report.html')\n"
+        "    done = 'report: ../out/notebook_eval/report.html'\n"
+        "    print(out.stderr.strip().splitlines()[-1] if out.returncode else done)\n"
         "    m = json.loads(Path('../out/notebook_eval/metrics.json').read_text())\n"
         "    print(f\"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}\")\n"
         "else:\n"
-        "    print('no run folder here: train one with `wbc train --config configs/default.toml --output runs/default`')"
+        "    print('no run folder here: train one with '\n"
+        "          '`wbc train --config configs/default.toml --output runs/default`')"
     ),
 ]
 
@@ -75,7 +77,8 @@ DETECTION = [
         "runs behind `wbc analyze` and the HTTP API."
     ),
     new_code_cell(
-        "from pathlib import Path\nimport wbc\nfrom wbc.analyze import analyze_image\nfrom wbc.io import iter_image_paths, read_image\n"
+        "from pathlib import Path\nimport wbc\nfrom wbc.analyze import analyze_image\n"
+        "from wbc.io import iter_image_paths, read_image\n"
         "from wbc.paths import data_root\nfrom wbc.segment import get_segmenter\n\n"
         "clf = wbc.load_model()\nseg = get_segmenter('auto')\n"
         "folder = Path('../data/raw_images')\n"
