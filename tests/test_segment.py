@@ -70,3 +70,88 @@ def test_learned_and_classical_on_real_bccd_train_fields(real_data: Path) -> Non
         res = evaluate_segmentation(items, get_segmenter(m).segment)
         assert res["detection"]["recall"] >= 5 / 6, m
         assert res["segmentation"]["cell_dice"] > 0.7, m
+
+
+def _with_blob(rgb: np.ndarray, centre: tuple[int, int], diameter: float) -> np.ndarray:
+    """``rgb`` with a violet, nucleus-coloured blob (a platelet or platelet clump) drawn in."""
+    import cv2
+
+    out = rgb.astype(np.float32)
+    cv2.circle(out, centre, round(diameter / 2), (135, 115, 205), -1, cv2.LINE_AA)
+    return np.clip(cv2.GaussianBlur(out, (0, 0), 1.2), 0, 255).astype(np.uint8)
+
+
+def _far_from(boxes: list[tuple[int, int, int, int]], shape: tuple[int, ...], margin: float) -> tuple[int, int]:
+    """A point of the field at least ``margin`` px away from every box."""
+    h, w = shape[:2]
+    for y in range(int(margin), h - int(margin), 10):
+        for x in range(int(margin), w - int(margin), 10):
+            if all(x < b[0] - margin or x > b[2] + margin or y < b[1] - margin or y > b[3] + margin for b in boxes):
+                return x, y
+    raise AssertionError("no free spot")
+
+
+@pytest.mark.parametrize("diameter_rbc", [0.25, 0.35])
+@pytest.mark.parametrize("scale_error", [1.0, 3.0])
+def test_platelet_sized_blob_is_not_a_wbc(
+    diameter_rbc: float, scale_error: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A platelet (1/16 to 1/8 of a red cell's area) next to a WBC is not reported, also when the
+    red-cell diameter is under-estimated 3x (as on BCCD fields with pale-centred red cells)."""
+    import wbc.segment.classical as classical
+
+    rgb, boxes, *_ = synthetic_smear(n_wbc=1, seed=5)
+    rgb = _with_blob(rgb, _far_from(boxes, rgb.shape, 40), diameter_rbc * 70)
+    if scale_error != 1.0:
+        true_d = classical.estimate_rbc_diameter(rgb)
+        assert true_d is not None
+        monkeypatch.setattr(classical, "estimate_rbc_diameter", lambda _rgb: true_d / scale_error)
+    cells = classical.ClassicalSegmenter().segment(rgb)
+    tp, _, _ = match_detections([c.box for c in cells], [1.0] * len(cells), boxes)
+    assert sum(tp) == 1 and len(cells) == 1
+
+
+def test_platelets_rejected_even_when_the_red_cell_scale_is_underestimated() -> None:
+    """The field-relative size test does not need the red-cell scale: with the scale 4x too small (as on
+    BCCD fields with pale-centred red cells) a platelet passes the red-cell floor but is still dropped."""
+    from wbc.segment.classical import instances_from_maps
+
+    nuc = np.zeros((200, 300), np.float32)
+    yy, xx = np.mgrid[:200, :300]
+    nuc[(yy - 100) ** 2 + (xx - 100) ** 2 < 20**2] = 1.0  # WBC nucleus, ~0.4 red-cell areas at rbc_px=64
+    nuc[(yy - 100) ** 2 + (xx - 240) ** 2 < 6**2] = 1.0  # platelet
+    inst = instances_from_maps(nuc, nuc.copy(), rbc_px=16.0)
+    assert inst.nucleus.max() == 1
+    assert inst.nucleus[100, 100] == 1 and inst.nucleus[100, 240] == 0
+
+
+def test_keep_nucleus_groups_is_relative_to_the_field() -> None:
+    from wbc.segment.classical import MIN_NUCLEUS_AREA_FIELD, keep_nucleus_groups
+
+    rbc_area = 100.0
+    keep = keep_nucleus_groups(np.array([5000, 200, 0.9 * MIN_NUCLEUS_AREA_FIELD * 200, 120, 10]), rbc_area)
+    assert keep.tolist() == [False, True, False, True, False]  # background, WBC, platelet clump, WBC, debris
+    assert not keep_nucleus_groups(np.array([5000, 10, 12]), rbc_area).any()  # no WBC: nothing kept
+
+
+def test_lobes_far_apart_in_red_cells_but_close_for_the_nucleus_are_one_cell() -> None:
+    """Two lobes whose gap exceeds the red-cell lobe gap (scale under-estimated) stay one cell because
+    the gap is small relative to the nucleus itself."""
+    from wbc.segment.classical import instances_from_maps
+
+    nuc = np.zeros((200, 300), np.float32)
+    yy, xx = np.mgrid[:200, :300]
+    nuc[(yy - 100) ** 2 + (xx - 120) ** 2 < 30**2] = 1.0
+    nuc[(yy - 100) ** 2 + (xx - 190) ** 2 < 30**2] = 1.0  # 10 px gap: > 0.25 x 16 px, < 0.25 x nucleus
+    inst = instances_from_maps(nuc, nuc.copy(), rbc_px=16.0)
+    assert inst.nucleus.max() == 1
+
+
+@pytest.mark.real_data
+def test_classical_precision_on_real_bccd_val_fields(real_data: Path) -> None:
+    """On 30 BCCD *val* fields the classical detector finds the boxed WBCs with few false positives."""
+    from wbc.evaluate.smears import evaluate_segmentation, load_bccd
+
+    res = evaluate_segmentation(load_bccd(real_data, "val")[:30], ClassicalSegmenter().segment)
+    assert res["detection"]["recall"] >= 0.95
+    assert res["detection"]["precision"] >= 0.9

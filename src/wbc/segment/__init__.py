@@ -3,8 +3,9 @@
 Two methods: ``classical`` (stain thresholds, morphology, watershed; no model file) and ``learned``
 (a compact U-Net in ONNX trained on BCCD masks). Both measure the field's red-cell size and work at a
 fixed red-cell scale, so neither depends on the microscope's pixel size. :data:`DEFAULT_METHOD` is
-``classical``, chosen on the BCCD val split: detection F1 at IoU 0.5 0.783 vs 0.708 for the shipped
-U-Net (which outlines better: nucleus/cell Dice 0.940/0.940 vs 0.935/0.911); see docs/smear_analysis.md.
+``classical``: on the BCCD val split both reach detection F1 0.994 at IoU 0.5 with the shared
+instance code; the U-Net outlines better (nucleus/cell Dice 0.944/0.946 vs 0.938/0.915) but is ~4x
+slower; see docs/smear_analysis.md.
 """
 
 from __future__ import annotations
