@@ -155,3 +155,78 @@ def test_classical_precision_on_real_bccd_val_fields(real_data: Path) -> None:
     res = evaluate_segmentation(load_bccd(real_data, "val")[:30], ClassicalSegmenter().segment)
     assert res["detection"]["recall"] >= 0.95
     assert res["detection"]["precision"] >= 0.9
+
+
+def _pale_centred_field(d: float, seed: int = 0, granules: bool = True) -> np.ndarray:
+    """Red cells ``d`` px across drawn as thin pink rims around near-background centres (as on BCCD fields
+    where the LoG of the red stain saw only the rim), optionally with a WBC ringed by red granules."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = 480, 640
+    img = np.full((h, w, 3), (200, 202, 200), np.float32)
+    for _ in range(int(h * w / (d * d) * 0.7)):
+        x, y = rng.uniform([0, 0], [w, h])
+        cv2.circle(img, (int(x), int(y)), int(d / 2), (178, 140, 150), -1, cv2.LINE_AA)
+        cv2.circle(img, (int(x), int(y)), int(0.36 * d), (199, 196, 196), -1, cv2.LINE_AA)
+    if granules:  # an eosinophil: violet nucleus, small bright-red granules around it
+        for x, y in np.array([w / 2, h / 2]) + rng.normal(0, d * 0.5, (150, 2)):
+            cv2.circle(img, (int(x), int(y)), max(1, int(d / 25)), (200, 90, 110), -1, cv2.LINE_AA)
+        cv2.circle(img, (w // 2, h // 2), int(d * 0.35), (135, 115, 205), -1, cv2.LINE_AA)
+    img = cv2.GaussianBlur(img + rng.normal(0, 3, img.shape), (0, 0), 1.2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("d", [40.0, 70.0, 110.0])
+@pytest.mark.parametrize("granules", [False, True])
+def test_rbc_diameter_of_pale_centred_red_cells(d: float, granules: bool) -> None:
+    """Thin-rimmed red cells and red granules do not shrink the scale (the former LoG gave ~0.23x)."""
+    est = estimate_rbc_diameter(_pale_centred_field(d, granules=granules))
+    assert est is not None
+    assert 0.8 * d < est < 1.3 * d
+
+
+def test_spectrum_mode_is_the_disc_radius_despite_overlaps_and_specks() -> None:
+    """The opening spectrum peaks at the discs' radius: overlapping pairs and small specks do not move it."""
+    import cv2
+
+    from wbc.segment.classical import opening_areas, spectrum_mode
+
+    mask = np.zeros((240, 320), np.uint8)
+    rng = np.random.default_rng(0)
+    for x, y in [(40, 40), (120, 50), (200, 60), (60, 150), (160, 170), (260, 180)]:
+        cv2.circle(mask, (x, y), 12, 1, -1)
+        cv2.circle(mask, (x + 14, y + 6), 12, 1, -1)  # an overlapping neighbour
+    for x, y in rng.uniform([0, 0], [320, 240], (40, 2)):
+        cv2.circle(mask, (int(x), int(y)), 2, 1, -1)
+    radii = np.geomspace(1.25, 40.0, 25)
+    areas = opening_areas(mask.astype(bool), radii)
+    total = float(mask.sum())
+    assert areas[radii < 8].min() > 0.8 * total  # discs of radius 12 survive smaller openings
+    assert areas[radii > 14].max() < 0.05 * total  # and are gone once the disc is wider
+    assert 0.85 * 12 < spectrum_mode(areas, radii) < 1.15 * 12
+
+
+def test_red_cell_mask_fills_pale_centres_and_leaves_out_the_wbc() -> None:
+    from wbc.segment.classical import red_cell_mask
+
+    rgb = _pale_centred_field(70.0, granules=True)
+    mask = red_cell_mask(rgb)
+    assert not mask[240, 320]  # the WBC nucleus (and what touches it) is not a red cell
+    assert 0.2 < mask.mean() < 0.9
+
+
+def test_nucleus_with_pale_chromatin_comes_out_solid() -> None:
+    """A nucleus whose probability map has a pale hole is reported without the hole (nuclei are solid)."""
+    from wbc.segment.classical import cells_from_instances, instances_from_maps
+
+    yy, xx = np.mgrid[:200, :300]
+    r2 = (yy - 100) ** 2 + (xx - 150) ** 2
+    nuc = ((r2 < 25**2) & (r2 >= 8**2)).astype(np.float32)
+    cell = (r2 < 40**2).astype(np.float32)
+    inst = instances_from_maps(nuc, cell, rbc_px=32.0)
+    cells = cells_from_instances(inst, nuc, cell, (400, 600), rbc_px=32.0)
+    assert len(cells) == 1
+    c = cells[0]
+    cy, cx = 200 - c.box[1], 300 - c.box[0]
+    assert c.nucleus_mask[cy, cx]

@@ -4,7 +4,7 @@ Two methods: ``classical`` (stain thresholds, morphology, watershed; no model fi
 (a compact U-Net in ONNX trained on BCCD masks). Both measure the field's red-cell size and work at a
 fixed red-cell scale, so neither depends on the microscope's pixel size. :data:`DEFAULT_METHOD` is
 ``classical``: on the BCCD val split both reach detection F1 0.994 at IoU 0.5 with the shared
-instance code; the U-Net outlines better (nucleus/cell Dice 0.944/0.946 vs 0.938/0.915) but is ~4x
+instance code; the U-Net outlines better (nucleus/cell Dice 0.945/0.948 vs 0.943/0.922) but is ~4x
 slower; see docs/smear_analysis.md.
 """
 

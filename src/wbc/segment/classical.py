@@ -5,8 +5,9 @@ Every constant below is relative: sizes are multiples of the field's median red-
 own colour statistics. That is what lets one method work on fields from other microscopes, cameras and
 stains. The steps:
 
-1. *scale*: foreground (stained) pixels by Otsu on saturation; the median inscribed diameter of the
-   foreground blobs is the red-cell diameter. The image is resampled so that a red cell is
+0. *white balance*: the background (bright mode) is made grey, so stain tests do not depend on the lamp.
+1. *scale*: the red-cell diameter is the mode of the opening size spectrum (granulometry) of the
+   solid red-cell mask (:func:`estimate_rbc_diameter`). The image is resampled so that a red cell is
    :data:`WORK_RBC_DIAMETER` pixels wide, and everything else runs at that scale.
 2. *nucleus*: the "blueness" B - R (haematoxylin / azure stains nuclei blue-violet, eosin stains red cells
    red) thresholded by Otsu within the stained pixels, cleaned by opening and hole filling.
@@ -35,9 +36,13 @@ from wbc.types import Cell
 
 #: Red-cell diameter (pixels) at the working scale; ~32 px keeps a 640x480 BCCD field near 240x180.
 WORK_RBC_DIAMETER: float = 32.0
-#: Fallback red-cell diameter in *working* pixels' terms when a field has too few red cells to measure:
-#: the scale is then left unchanged (factor 1).
-MIN_BLOBS_FOR_SCALE: int = 3
+#: Long side (px) of the thumbnail the red-cell size is measured on: ~40 px red cells on BCCD, and the
+#: spectrum resolves red cells down to ~1/60 of the field's side.
+SCALE_THUMBNAIL: int = 160
+#: Red-cell mask threshold between the background's saturation (0) and the Otsu split (1); lower keeps
+#: pale rims closed but merges touching cells. BCCD train+val, fields off the median estimate by
+#: > 1.4x: 0.3 / 0.5 / 0.7: 18 / 14 / 7.6 %.
+RBC_MASK_LEVEL: float = 0.7
 #: A nucleus group smaller than this fraction of a red cell's area is a platelet or debris.
 MIN_NUCLEUS_AREA_RBC: float = 0.15
 #: A nucleus group smaller than this fraction of the field's largest nucleus group is a platelet, a
@@ -99,48 +104,108 @@ def _foreground_threshold(sat: np.ndarray, blue: np.ndarray) -> float:
     return _otsu(vals, default=float(sat.mean()))
 
 
+def white_balance(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` with the background (each channel's 90th percentile: the bright mode of a thin smear)
+    made grey at its own brightness.
+
+    Saturation and blueness assume a grey background; a lamp or camera tint makes the background
+    more saturated than pale red cells and bluer than the cut between red cells and cytoplasm.
+    """
+    ref = np.percentile(rgb[::4, ::4].reshape(-1, 3), 90, axis=0).astype(np.float32) + 1.0
+    gain = float(ref.mean()) / ref
+    if np.all(np.abs(gain - 1.0) < 0.01):
+        return rgb
+    lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0, 255).astype(np.uint8)
+    return np.stack([lut[rgb[:, :, c], c] for c in range(3)], axis=2)
+
+
 def redness(rgb: np.ndarray) -> np.ndarray:
     """max(R - B, 0) as float32: the eosin-stained red cells light up, background and nuclei do not."""
     return np.clip(rgb[:, :, 0].astype(np.float32) - rgb[:, :, 2].astype(np.float32), 0, None)
 
 
-def estimate_rbc_diameter(rgb: np.ndarray) -> float | None:
-    """Typical red-cell diameter in pixels, by scale-space blob detection on the red-cell stain.
+def red_cell_mask(rgb: np.ndarray) -> np.ndarray:
+    """Red cells as solid discs: stained pixels, WBCs left out, pale centres filled.
 
-    The scale-normalised Laplacian of Gaussian of a disc of diameter d peaks at sigma = d / (2 sqrt 2).
-    On the redness image (red cells bright, background and WBC nuclei dark) the sigma that maximises the
-    95th percentile of that response over the field is the typical red-cell size; touching, blurred or
-    pale-centred red cells do not break it the way blob counting does. Computed on a 256 px thumbnail
-    (~3 ms). On 80 BCCD train fields it lands at 0.94x the median annotated red-cell box (IQR 0.84-1.10,
-    5-95 % 0.72-1.64); downstream steps tolerate that spread.
+    The saturation threshold sits :data:`RBC_MASK_LEVEL` of the way from the background's median to the
+    Otsu split, lower than :func:`foreground_mask`, so the thin rims of pale-centred red cells stay
+    closed and hole filling turns them into discs. Components holding nucleus pixels are WBCs (with
+    their cytoplasm and any red cells touching them) and are dropped, as are the eosinophil granules
+    inside them.
+    """
+    blue = blueness(rgb)
+    sat = cv2.GaussianBlur(saturation(rgb), (0, 0), 1.0)
+    thr = _foreground_threshold(sat, blue)
+    bg = sat <= thr
+    bg_level = float(np.median(sat[bg])) if bg.any() else 0.0
+    fg = (sat > bg_level + RBC_MASK_LEVEL * (thr - bg_level)).astype(np.uint8)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, lab = cv2.connectedComponents(fg, connectivity=8)
+    keep = np.ones(n, bool)
+    keep[0] = False
+    keep[lab[blue > _nucleus_threshold(blue)]] = False
+    return ndi.binary_fill_holes(keep[lab])
+
+
+def opening_areas(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Area of ``mask`` opened by a disc of each radius (the granulometry), via distance transforms.
+
+    The opening by a disc of radius r is the union of the discs of radius r that fit: pixels within r
+    of a pixel whose distance to the outside is >= r. One distance transform per radius (3-4-5 chamfer
+    approximation of Euclidean, so the areas can wobble by a few pixels), independent of r in cost.
+    """
+    m = mask.astype(np.uint8)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, 5)
+    areas = np.zeros(len(radii))
+    for i, r in enumerate(radii):
+        centres = inside >= r
+        if not centres.any():
+            break
+        reach = cv2.distanceTransform((~centres).astype(np.uint8), cv2.DIST_L2, 5)
+        areas[i] = float(np.count_nonzero((reach <= r) & (m > 0)))
+    return areas
+
+
+def spectrum_mode(areas: np.ndarray, radii: np.ndarray) -> float:
+    """Radius at the peak of the pattern spectrum (area lost per log-radius step between the openings
+    at consecutive ``radii``, which must be geometric), lightly smoothed and refined by a parabola."""
+    spec = np.convolve(-np.diff(areas), [0.25, 0.5, 0.25], mode="same")
+    centres = np.log(radii[:-1]) + 0.5 * np.log(radii[1] / radii[0])
+    k = int(np.argmax(spec))
+    x = float(centres[k])
+    if 0 < k < len(spec) - 1:
+        a, b, c = spec[k - 1], spec[k], spec[k + 1]
+        den = a - 2 * b + c
+        if den < 0:
+            x += 0.5 * (a - c) / den * float(centres[1] - centres[0])
+    return float(np.exp(x))
+
+
+def estimate_rbc_diameter(rgb: np.ndarray) -> float | None:
+    """Typical red-cell diameter in pixels: the mode of the opening size spectrum of the red-cell mask.
+
+    Opening the solid red-cell mask (:func:`red_cell_mask`) by a growing disc removes each red cell
+    once the disc is wider than it, so most area is lost at the red-cell radius: overlapping red cells
+    (the inscribed disc of two overlapping discs is one disc), clumps and small debris move that peak
+    little, unlike blob counting or the LoG of the red stain, which pale-centred red cells (ring
+    width) and eosinophil granules pulled down to 0.12-0.2x on ~20 % of BCCD train/val fields.
+    On BCCD train+val (277 fields with >= 3 whole RBC boxes; truth: median longer box side) the
+    estimate is 0.88x the box (5-95 %: 0.75-1.21x); it is off its median ratio by > 1.4x on 7.6 % of
+    fields (the LoG: 28 %). Computed on a white-balanced 160 px thumbnail (~5 ms).
     Returns None for fields with too little red-cell stain to measure.
     """
     h, w = rgb.shape[:2]
-    f = 256.0 / max(h, w)
+    f = SCALE_THUMBNAIL / max(h, w)
     small = cv2.resize(rgb, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
-    red = redness(small)
-    if float(np.percentile(red, 95)) < 4.0:  # no red cells at all (a grey or blank field)
+    small = white_balance(small)
+    if float(np.percentile(redness(small), 95)) < 4.0:  # no red cells at all (a grey or blank field)
         return None
-    sig = np.geomspace(1.5, 40.0, 22)
-    resp = np.empty(len(sig))
-    pyramid = [red]
-    while min(pyramid[-1].shape) > 24:
-        pyramid.append(cv2.pyrDown(pyramid[-1]))
-    for k, g in enumerate(sig):
-        # the normalised LoG is scale-invariant: large sigmas run on a coarser pyramid level (fast)
-        level = min(len(pyramid) - 1, max(0, int(np.log2(g / 3.0))))
-        gl = g / 2**level
-        b = cv2.GaussianBlur(pyramid[level], (0, 0), float(gl))
-        lap = (-gl * gl * cv2.Laplacian(b, cv2.CV_32F)).ravel()
-        resp[k] = np.partition(lap, int(0.95 * (lap.size - 1)))[int(0.95 * (lap.size - 1))]
-    k = int(np.argmax(resp))
-    log_s = np.log(sig[k])
-    if 0 < k < len(sig) - 1:  # parabolic refinement in log-sigma
-        a, b0, c = resp[k - 1], resp[k], resp[k + 1]
-        den = a - 2 * b0 + c
-        if den < 0:
-            log_s += 0.5 * (a - c) / den * (np.log(sig[1]) - np.log(sig[0]))
-    return float(2.0 * np.sqrt(2.0) * np.exp(log_s) / f)
+    mask = red_cell_mask(small)
+    if np.count_nonzero(mask) < 16:
+        return None
+    # radii from ~1 thumbnail pixel to a red cell a third of the field across
+    radii = np.geomspace(1.25, SCALE_THUMBNAIL / 6.0, 25)
+    return 2.0 * spectrum_mode(opening_areas(mask, radii), radii) / f
 
 
 def work_factor(rgb: np.ndarray, rbc_diameter: float | None) -> float:
@@ -344,7 +409,9 @@ def cells_from_instances(
             continue
         bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
         cm = big_c[by0:by1, bx0:bx1]
-        nm = big_n[by0:by1, bx0:bx1] & cm
+        # the soft map brings pale chromatin back as holes; nuclei are solid (BCCD train/val nucleus
+        # Dice +0.004 with the holes filled)
+        nm = ndi.binary_fill_holes(big_n[by0:by1, bx0:bx1]) & cm
         box = (X0 + int(bx0), Y0 + int(by0), X0 + int(bx1), Y0 + int(by1))
         # detection score: how sure the nucleus is (mean probability) times how WBC-sized it is
         n_px = int(own_n.sum())
@@ -366,6 +433,7 @@ class ClassicalSegmenter:
     model_id = "classical-v1"
 
     def segment(self, rgb: np.ndarray) -> list[Cell]:
+        rgb = white_balance(rgb)
         rbc = estimate_rbc_diameter(rgb)
         factor = work_factor(rgb, rbc)
         small = resample(rgb, factor)
