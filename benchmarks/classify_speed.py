@@ -1,10 +1,13 @@
 """Cells per second of the default classifier: ONNX Runtime vs eager PyTorch vs a ResNet-50 baseline.
 
 All in one run, on the same number of threads (default 2), so the ratios are comparable even on a noisy
-shared machine. Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC
-images when the data is present, and the import time of the analysis path (which must not import torch).
+shared machine. The shipped model is int8 (``wbc quantize``); ``--float-model`` also times the float model
+it was quantised from, and the eager PyTorch figure is for the float network of the same architecture.
+Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC images when the data
+is present, and the import time of the analysis path (which must not import torch).
 
-    python benchmarks/classify_speed.py --threads 2 --output benchmarks/results/classify_speed.json
+    python benchmarks/classify_speed.py --threads 2 --float-model runs/default/model.onnx \
+        --output benchmarks/results/classify_speed.json
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def import_time() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
+    ap.add_argument("--float-model", default=None,
+                    help="the float ONNX model the (int8) --model was quantised from, timed for comparison")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -66,7 +71,13 @@ def main() -> None:
     cells = np.random.default_rng(0).integers(0, 255, (args.batch, s, s, 3), dtype=np.uint8)
     res: dict = {"model": clf.model_id, "input_size": s, "threads": args.threads, "batch": args.batch,
                  "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    res["quantization"] = clf.info.extra.get("quantization", {}).get("method", "none (float32)")
     res["onnxruntime_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
+    if args.float_model:
+        ref = load_model(args.float_model, threads=args.threads)
+        res["onnxruntime_float_model"] = ref.model_id
+        res["onnxruntime_float_cells_per_s"] = rate(lambda: ref.run(cells), args.batch, args.seconds)
+        res["speedup_vs_float_onnxruntime"] = res["onnxruntime_cells_per_s"] / res["onnxruntime_float_cells_per_s"]
 
     net = create_model(clf.info.architecture, len(clf.classes), pretrained=False).eval()
     x = torch.from_numpy(prepare_batch(cells, clf.info.mean, clf.info.std))

@@ -142,6 +142,36 @@ def test_adapt_rejects_bad_requests(tmp_path: Path, model_path: Path) -> None:
     assert missing.exit_code == 1 and not (tmp_path / "y.onnx").exists()
 
 
+def test_label_free_adaptation_maps_the_lab_colours_and_keeps_the_head(tmp_path: Path) -> None:
+    from wbc.cli import app
+    from wbc.stain import fit_stain_stats, normalise_batch
+
+    target = {"mean": [60.0, 5.0, -5.0], "std": [8.0, 4.0, 4.0]}
+    model, _ = make_embedding_model(tmp_path / "m.onnx", extra={"colour_reference": {"reinhard": target}})
+    folder = tmp_path / "unlabelled"  # no class folders: just the lab's images
+    rng = np.random.default_rng(3)
+    cells = np.stack([lab_cell(lab, rng) for lab in LAB_COLOURS for _ in range(4)])
+    for i, c in enumerate(cells):
+        write_image(folder / f"cell_{i}.png", c)
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "stain.onnx"
+    res = CliRunner().invoke(app, ["adapt", "-m", str(model), "--data", str(folder), "-o", str(out), "--no-labels"])
+    assert res.exit_code == 0, res.output
+    assert "broken.png" in res.output and "12 cells" in res.output
+    adapted = load_model(out)
+    spec = adapted.info.extra["stain"]
+    assert spec["method"] == "reinhard" and spec["target"] == target
+    assert np.allclose(spec["source"]["mean"], fit_stain_stats(list(cells), "reinhard")["mean"], atol=1e-3)
+    assert adapted.info.model_id == "tiny-emb+stain" and not adapted.info.head
+    got = adapted.run(cells, ("embedding",))["embedding"]
+    want = load_model(model).run(normalise_batch(cells, spec), ("embedding",))["embedding"]
+    assert np.allclose(got, want, atol=1e-5)
+    bare, _ = make_embedding_model(tmp_path / "bare.onnx")
+    no_ref = CliRunner().invoke(app, ["adapt", "-m", str(bare), "--data", str(folder), "-o",
+                                      str(tmp_path / "z.onnx"), "--no-labels"])
+    assert no_ref.exit_code == 1 and "colour statistics" in str(no_ref.exception or no_ref.output)
+
+
 def test_stain_normalisation_in_metadata_is_applied(tmp_path: Path, model_path: Path) -> None:
     from wbc.stain import fit_stain_stats, normalise_batch
 

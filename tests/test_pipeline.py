@@ -139,3 +139,28 @@ def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_datase
     run_training(cfg.updated({"split_seed": 5, "epochs": 1}), bad, console=Console(quiet=True))
     with pytest.raises(Exception, match="different splits"):
         run_ensemble([synthetic_run, bad], tmp_path / "ens2", console=Console(quiet=True))
+
+
+def test_quantize_keeps_predictions_and_refits_calibration(synthetic_run: Path, tmp_path: Path) -> None:
+    import onnx
+
+    out = tmp_path / "int8.onnx"
+    r = run_wbc("quantize", str(synthetic_run / "model.onnx"), "--manifest", str(synthetic_run / "manifest.csv"),
+                "--output", str(out), "--per-class", "4", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    graph = onnx.load(str(out)).graph
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+    fp32, int8 = load_model(synthetic_run / "model.onnx"), load_model(out)
+    rep = int8.info.extra["quantization"]
+    assert rep["calibration_cells"] == 32 and rep["val_agreement"] >= 0.9
+    assert int8.info.model_id == fp32.info.model_id + "-int8" and int8.info.temperature > 0
+    from wbc.data import read_manifest
+
+    samples = read_manifest(synthetic_run / "manifest.csv", split="test", root=Path("/"))
+    a = classify_paths([s.path for s in samples], fp32).predictions
+    b = classify_paths([s.path for s in samples], int8).predictions
+    assert np.mean([p.label == q.label for p, q in zip(a, b, strict=True)]) >= 0.9
+    again = run_wbc("quantize", str(out), "--manifest", str(synthetic_run / "manifest.csv"), "--output",
+                    str(tmp_path / "twice.onnx"))
+    assert again.returncode == 1 and "already quantised" in again.stderr and "Traceback" not in again.stderr

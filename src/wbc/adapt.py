@@ -303,12 +303,58 @@ def adapt_model(
     return res
 
 
+def adapt_stain(
+    model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
+    stain: str = "reinhard", threads: int = 2,
+) -> dict[str, Any]:
+    """Label-free adaptation: map a lab's pooled colours onto the training colours, nothing else.
+
+    ``data``: any folder (or files) of the new lab's single-cell images, no labels needed. The fitted
+    transform is one per lab (pooled over all its cells), so a cell's colours do not depend on what else
+    its crop holds; it is stored as ``extra["stain"]`` and applied by :meth:`wbc.model.Classifier.run`.
+    The head, calibration and OOD statistics are untouched: without labels nothing can be re-validated,
+    so such cells keep their out-of-distribution flag.
+    """
+    from wbc.classify import iter_batches
+    from wbc.io import iter_image_paths
+    from wbc.model import load_model
+    from wbc.stain import METHODS, fit_stain_stats
+
+    t0 = time.perf_counter()
+    clf = load_model(model, threads=threads)
+    out = Path(output)
+    if out.resolve() == clf.path.resolve():
+        raise WbcError(f"{out}: --output must differ from --model (the original is kept)")
+    if stain not in METHODS:
+        raise WbcError(f"--stain must be one of {', '.join(METHODS)} for label-free adaptation")
+    ref = (clf.info.extra.get("colour_reference") or {}).get(stain)
+    if not ref:
+        raise WbcError(f"{clf.path}: no training colour statistics in the model; run "
+                       "`python -m wbc.ood fit --model M --manifest RUN/manifest.csv` first")
+    paths = list(iter_image_paths([data]))
+    cells, skipped = [], []
+    for _ok, arr, errs in iter_batches(paths, clf.info.input_size, 64, threads):
+        cells += list(arr)
+        skipped += [msg for _, msg in errs]
+    if len(cells) < 4:
+        raise WbcError(f"{data}: need at least 4 readable cell images, got {len(cells)}")
+    info = copy.deepcopy(clf.info)
+    info.extra["stain"] = {"method": stain, "target": ref, "source": fit_stain_stats(cells, stain)}
+    info.model_id = f"{clf.model_id}+stain"
+    info.extra["adapt"] = {"kind": "stain only, no labels", "stain": stain, "n_cells": len(cells),
+                           "data": str(data)}
+    write_model_copy(clf.path, out, info)
+    return {"output": str(out), "n_cells": len(cells), "skipped": skipped, "stain": stain,
+            "seconds": time.perf_counter() - t0}
+
+
 # --- command line --------------------------------------------------------------------------------
 
 
 def adapt_command(
     data: Annotated[Path, typer.Option("--data", help="Labelled cells of the new lab: <class>/<image> "
-                                       "folders or a manifest CSV (path,label). About 25-100 cells.")],
+                                       "folders or a manifest CSV (path,label). About 25-100 cells. "
+                                       "With --no-labels: any folder of the lab's cell images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Adapted ONNX model to write.")],
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model to adapt (default: the "
                                                "shipped model).")] = None,
@@ -319,6 +365,9 @@ def adapt_command(
     seed: Annotated[int, typer.Option(help="Seed for the cross-validation folds.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads.")] = 2,
     report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON.")] = None,
+    no_labels: Annotated[bool, typer.Option("--no-labels", help="Only map this lab's pooled colours onto "
+                                            "the training colours (--stain, default reinhard); no labels "
+                                            "needed, the head is kept.")] = False,
 ) -> None:
     """Adapt a classifier to a new lab from a few labelled cells (refits the last layer; minutes on a CPU)."""
     from rich.console import Console
@@ -326,6 +375,16 @@ def adapt_command(
     from wbc.labels import parse_mapping
 
     console = Console(stderr=True, soft_wrap=True)
+    if no_labels:
+        out = adapt_stain(model, data, output, stain=stain or "reinhard", threads=threads)
+        for msg in out["skipped"]:
+            console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+        console.print(f"{out['stain']} colour mapping fitted on {out['n_cells']} cells in {out['seconds']:.0f} s "
+                      f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)",
+                      highlight=False)
+        if report:
+            atomic_write_text(report, json.dumps(out, indent=2) + "\n")
+        return
     try:
         mapping = parse_mapping(label_map or []) or None
     except ValueError as exc:

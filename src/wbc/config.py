@@ -53,7 +53,13 @@ class TrainConfig:
     hed_sigma: float = 0.05  # HED stain jitter: scale per stain channel ~ U(1-s, 1+s)
     hed_bias: float = 0.02  # ... and shift by U(-b, b) optical-density units
     blur_p: float = 0.2
+    blur_sigma: float = 1.2  # largest Gaussian blur sigma (pixels at input size)
     noise_std: float = 0.02
+    # robustness to other labs' stains, optics and cameras (off by default; see docs/generalisation.md)
+    gray_p: float = 0.0  # probability of a grey-scale copy (shape and texture without colour)
+    lowres_p: float = 0.0  # probability of down- then up-sampling (lower optical resolution)
+    lowres_min: float = 0.5  # smallest down-sampling factor
+    jpeg_p: float = 0.0  # probability of JPEG re-compression at quality U(40, 95)
     # review flag
     review_target_accuracy: float = 0.995  # accepted (non-review) val cells must reach this accuracy
     # run

@@ -115,6 +115,9 @@ class Classifier:
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between batches: the decoding threads need those cores (`wbc classify` ran
+        # 1.35x faster end to end on 2 cores without spinning, benchmarks/classify_speed.py).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])

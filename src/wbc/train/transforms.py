@@ -84,6 +84,23 @@ def hed_jitter(img: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> to
     return (out * 255.0).round().clamp(0, 255).to(img.dtype)
 
 
+class RandomLowRes(v2.Transform):
+    """Down-sample by a random factor and back up: a lower-resolution objective or camera."""
+
+    def __init__(self, min_factor: float) -> None:
+        super().__init__()
+        self.min_factor = min_factor
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"factor": float(torch.empty(()).uniform_(self.min_factor, 1.0))}
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        h, w = inpt.shape[-2:]
+        small = [max(8, round(h * params["factor"])), max(8, round(w * params["factor"]))]
+        x = F.resize(inpt, small, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        return F.resize(x, [h, w], interpolation=v2.InterpolationMode.BILINEAR, antialias=False)
+
+
 class AddGaussianNoise(v2.Transform):
     def __init__(self, std: float) -> None:
         super().__init__()
@@ -109,10 +126,17 @@ def build_augment(cfg: TrainConfig) -> v2.Transform:
         ops.append(RandomHEDJitter(cfg.hed_sigma, cfg.hed_bias))
     if max(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue) > 0:
         ops.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
+    if cfg.gray_p > 0:
+        ops.append(v2.RandomGrayscale(p=cfg.gray_p))
+    if cfg.lowres_p > 0:
+        ops.append(v2.RandomApply([RandomLowRes(cfg.lowres_min)], p=cfg.lowres_p))
     if cfg.blur_p > 0:
-        ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=cfg.blur_p))
+        kernel = 2 * math.ceil(2.5 * cfg.blur_sigma) + 1
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, cfg.blur_sigma))], p=cfg.blur_p))
     if cfg.noise_std > 0:
         ops.append(AddGaussianNoise(cfg.noise_std))
+    if cfg.jpeg_p > 0:
+        ops.append(v2.RandomApply([v2.JPEG((40, 95))], p=cfg.jpeg_p))
     return v2.Compose(ops)
 
 
