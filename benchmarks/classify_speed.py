@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--float-model", default=None,
                     help="the float ONNX model the (int8) --model was quantised from, timed for comparison")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--output", default="benchmarks/results/classify_speed.json")
     args = ap.parse_args()

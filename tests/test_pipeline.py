@@ -155,6 +155,9 @@ def test_quantize_keeps_predictions_and_refits_calibration(synthetic_run: Path, 
     rep = int8.info.extra["quantization"]
     assert rep["calibration_cells"] == 32 and rep["val_agreement"] >= 0.9
     assert int8.info.model_id == fp32.info.model_id + "-int8" and int8.info.temperature > 0
+    from wbc.adapt import original_head  # the head stays float, so `wbc adapt` can refit it
+
+    np.testing.assert_allclose(original_head(int8)[0], original_head(fp32)[0])
     from wbc.data import read_manifest
 
     samples = read_manifest(synthetic_run / "manifest.csv", split="test", root=Path("/"))

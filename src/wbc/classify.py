@@ -102,7 +102,7 @@ def iter_batches(
 def classify_paths(
     paths: Sequence[str | os.PathLike[str]],
     classifier: Classifier,
-    batch_size: int = 64,
+    batch_size: int = 128,
     workers: int = 2,
     with_embeddings: bool = False,
     progress: object | None = None,

@@ -45,7 +45,7 @@ def classify(
     paths: Annotated[list[Path], typer.Argument(help="Single-cell images or folders of them.")],
     model: ModelOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV to write.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
     threads: ThreadsOpt = 2,
 ) -> None:
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""

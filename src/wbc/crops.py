@@ -3,7 +3,7 @@
 The PBC training crops show one cell centred in a ~360 px field; what the classifier learned is the
 cell's size *relative to the crop*, not a pixel count. So a smear crop's side is the measured cell
 diameter divided by that ratio (the "cell fraction"), whatever the microscope's magnification.
-The ratio is stored in the model metadata (``info.extra["cell_fraction"]``) when the lead exports a
+The ratio is stored in the model metadata (``info.extra["cell_fraction"]``) when `wbc train` exports a
 model; :data:`DEFAULT_CELL_FRACTION` is the fallback, measured on PBC with :func:`measure_cell_fraction`.
 """
 

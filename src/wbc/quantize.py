@@ -80,13 +80,18 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, batch_size: int
             self.start += batch_size
             return {"input": batch}
 
+    import onnx
+
     with tempfile.TemporaryDirectory(prefix="wbc-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        # the linear head (embedding -> logits) stays float: it costs nothing, keeps the logits exact
+        # given the embedding, and `wbc adapt` reads and replaces it
+        head = [n.name for n in onnx.load(str(pre)).graph.node if "logits" in n.output]
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=head,
         )
 
 

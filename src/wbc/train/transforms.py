@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from wbc.config import TrainConfig
+from wbc.preprocess import normalisation_constants
 
 # Haematoxylin-Eosin-DAB stain vectors (Ruifrok & Johnston 2001), as in skimage.color.
 _RGB_FROM_HED = torch.tensor(
@@ -142,6 +143,5 @@ def build_augment(cfg: TrainConfig) -> v2.Transform:
 
 def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (N, 3, S, S) -> float, the same arithmetic as :func:`wbc.preprocess.prepare_batch`."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor([1.0 / v for v in std], dtype=torch.float32).view(1, 3, 1, 1)
-    return (batch.float() * (1.0 / 255.0) - m) * s
+    scale, offset = normalisation_constants(mean, std)
+    return batch.float() * torch.from_numpy(scale).view(1, 3, 1, 1) + torch.from_numpy(offset).view(1, 3, 1, 1)
