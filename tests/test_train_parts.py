@@ -26,6 +26,29 @@ def test_augment_keeps_shape_dtype_and_changes_pixels() -> None:
     assert torch.equal(build_augment(TrainConfig(augment=False))(img), img)
 
 
+def test_robustness_augmentations_do_what_they_say() -> None:
+    import torch
+    from torchvision.transforms import v2
+
+    from wbc.train.transforms import RandomLowRes
+
+    torch.manual_seed(0)
+    img = torch.from_numpy(np.random.default_rng(1).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    low = RandomLowRes(0.25)(img)
+    assert low.shape == img.shape and low.dtype == torch.uint8
+    # down-sampling removes fine detail: neighbouring pixels become much more alike
+    assert low.float().diff(dim=-1).abs().mean() < 0.6 * img.float().diff(dim=-1).abs().mean()
+    grey = v2.RandomGrayscale(p=1.0)(img)
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    cfg = TrainConfig(gray_p=1.0, lowres_p=1.0, jpeg_p=1.0, blur_p=0.0, noise_std=0.0, hed_sigma=0.0,
+                      hed_bias=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    from wbc.train.transforms import build_augment
+
+    out = build_augment(cfg)(img)
+    assert out.shape == img.shape and out.dtype == torch.uint8
+    assert torch.equal(out[0], out[1]) or (out[0].int() - out[1].int()).abs().max() <= 3  # grey after JPEG
+
+
 def test_hed_jitter_identity_and_direction() -> None:
     import torch
 
