@@ -1,9 +1,9 @@
 """Post-training int8 quantisation of an exported classifier, for ONNX Runtime on CPU.
 
 Why: classification speed on a 2-core lab PC is set by the network, and int8 convolutions (VNNI/AMX on
-current x86 CPUs) run the EfficientNet-Lite0 graph about twice as fast as float32. Lite0 was designed
-for this (ReLU6, no squeeze-excite), so per-channel int8 weights with static activation ranges
-calibrated on a few hundred training cells keep its accuracy.
+current x86 CPUs) run the EfficientNet-Lite0 graph 1.7x as fast as float32 (benchmarks/classify_speed.py).
+Lite0 was designed for this (ReLU6, no squeeze-excite), so per-channel int8 weights with static activation
+ranges calibrated on a few hundred training cells keep its accuracy.
 
 What changes with the weights is re-measured, never carried over: the temperature and the review
 threshold are re-fitted on the validation split with the quantised network, and out-of-distribution
@@ -110,6 +110,8 @@ def quantize_model(
     fp32 = Classifier(model, threads=threads)
     if fp32.info.extra.get("quantization"):
         raise WbcError(f"{model}: already quantised")
+    if Path(output).resolve() == fp32.path.resolve():
+        raise WbcError(f"{output}: --output must differ from the model (the float model is kept)")
     info = fp32.info
     train = [s for s in read_manifest(manifest, "train", data_root) if s.label in fp32.classes]
     val = [s for s in read_manifest(manifest, "val", data_root) if s.label in fp32.classes]
