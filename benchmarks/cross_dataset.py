@@ -187,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from wbc.adapt import original_head
     from wbc.crops import cell_fraction_of
-    from wbc.data import read_manifest
+    from wbc.data import cap_per_class, read_manifest
     from wbc.io import atomic_write_text
     from wbc.model import load_model
-    from wbc.ood import _cap, embed_samples
+    from wbc.ood import embed_samples
     from wbc.paths import data_root
     from wbc.stain import METHODS, fit_stain_stats
 
@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction)
     counts = ", ".join(f"{c} {b_labels.count(c)}" for c in BCCD_CLASSES)
     print(f"  {len(b_cells)} cells: {counts}", flush=True)
-    pbc_test = _cap([s for s in read_manifest(args.manifest, "test", root) if s.label in classes],
+    pbc_test = cap_per_class([s for s in read_manifest(args.manifest, "test", root) if s.label in classes],
                     args.pbc_per_class, 0)
-    pbc_train = _cap([s for s in read_manifest(args.manifest, "train", root) if s.label in classes],
+    pbc_train = cap_per_class([s for s in read_manifest(args.manifest, "train", root) if s.label in classes],
                      args.train_per_class, 1)
     p_cells, _, p_ok = embed_samples(clf, [s.path for s in pbc_test], workers=args.threads)
     p_labels = [pbc_test[i].label for i in p_ok]

@@ -229,21 +229,37 @@ def load_labelled_cells(
     data: str | os.PathLike[str], size: int, mapping: dict[str, str] | None = None
 ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
     """Cells (N, S, S, 3), labels, file names, and messages for files that could not be read (skipped)."""
-    from wbc.classify import iter_batches
+    from wbc.classify import load_cells
     from wbc.data import load_dataset
 
-    scan = load_dataset(data, mapping=mapping)
-    samples = scan.samples
+    samples = load_dataset(data, mapping=mapping).samples
     if not samples:
         raise WbcError(f"{data}: no labelled images")
-    cells, labels, names, skipped = [], [], [], []
-    by_path = {str(s.path): s for s in samples}
-    for ok_paths, arr, errs in iter_batches([s.path for s in samples], size, 64, 2):
-        skipped += [msg for _, msg in errs]
-        cells.append(arr)
-        labels += [by_path[str(p)].label for p in ok_paths]
-        names += [str(p) for p in ok_paths]
-    return np.concatenate(cells), labels, names, skipped
+    cells, ok, errors = load_cells([s.path for s in samples], size)
+    return (cells, [samples[i].label for i in ok], [str(samples[i].path) for i in ok],
+            [msg for _, msg in errors])
+
+
+def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:
+    out = Path(output)
+    if out.resolve() == clf.path.resolve():
+        raise WbcError(f"{out}: --output must differ from --model (the original is kept)")
+    if out.suffix.lower() != ".onnx":
+        raise WbcError(f"{out}: --output must be an .onnx file")
+    return out
+
+
+def stain_spec(clf: Classifier, stain: str, cells: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The fixed transform from these cells' pooled colours to ``clf``'s training colours."""
+    from wbc.stain import METHODS, fit_stain_stats
+
+    if stain not in METHODS:
+        raise WbcError(f"--stain {stain!r}: not a stain normalisation method ({', '.join(METHODS)})")
+    ref = (clf.info.extra.get("colour_reference") or {}).get(stain)
+    if not ref:
+        raise WbcError(f"{clf.path}: no training colour statistics in the model; run "
+                       "`python -m wbc.ood fit --model M --manifest RUN/manifest.csv` first")
+    return {"method": stain, "target": ref, "source": fit_stain_stats(list(cells), stain)}
 
 
 def adapt_model(
@@ -258,27 +274,16 @@ def adapt_model(
     """
     from wbc.model import load_model
     from wbc.ood import add_reference
-    from wbc.stain import METHODS, fit_stain_stats
 
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
-    out = Path(output)
-    if out.resolve() == clf.path.resolve():
-        raise WbcError(f"{out}: --output must differ from --model (the original is kept)")
-    if out.suffix.lower() != ".onnx":
-        raise WbcError(f"{out}: --output must be an .onnx file")
+    out = _check_output(output, clf)
     info = copy.deepcopy(clf.info)
     cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping)
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
     if stain not in (None, "none"):
-        if stain not in METHODS:
-            raise WbcError(f"--stain must be none or one of {', '.join(METHODS)}")
-        ref = (info.extra.get("colour_reference") or {}).get(stain)
-        if not ref:
-            raise WbcError(f"{clf.path}: no training colour statistics in the model; run "
-                           "`python -m wbc.ood fit --model M --manifest RUN/manifest.csv` first")
-        info.extra["stain"] = {"method": stain, "target": ref, "source": fit_stain_stats(list(cells), stain)}
+        info.extra["stain"] = stain_spec(clf, stain, cells)
     elif stain == "none":
         info.extra.pop("stain", None)
     clf.info = info  # embed through the (possibly stain-normalised) preprocessing the output will use
@@ -315,31 +320,19 @@ def adapt_stain(
     The head, calibration and OOD statistics are untouched: without labels nothing can be re-validated,
     so such cells keep their out-of-distribution flag.
     """
-    from wbc.classify import iter_batches
+    from wbc.classify import load_cells
     from wbc.io import iter_image_paths
     from wbc.model import load_model
-    from wbc.stain import METHODS, fit_stain_stats
 
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
-    out = Path(output)
-    if out.resolve() == clf.path.resolve():
-        raise WbcError(f"{out}: --output must differ from --model (the original is kept)")
-    if stain not in METHODS:
-        raise WbcError(f"--stain must be one of {', '.join(METHODS)} for label-free adaptation")
-    ref = (clf.info.extra.get("colour_reference") or {}).get(stain)
-    if not ref:
-        raise WbcError(f"{clf.path}: no training colour statistics in the model; run "
-                       "`python -m wbc.ood fit --model M --manifest RUN/manifest.csv` first")
-    paths = list(iter_image_paths([data]))
-    cells, skipped = [], []
-    for _ok, arr, errs in iter_batches(paths, clf.info.input_size, 64, threads):
-        cells += list(arr)
-        skipped += [msg for _, msg in errs]
+    out = _check_output(output, clf)
+    cells, _, errors = load_cells(list(iter_image_paths([data])), clf.info.input_size, threads)
+    skipped = [msg for _, msg in errors]
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 readable cell images, got {len(cells)}")
     info = copy.deepcopy(clf.info)
-    info.extra["stain"] = {"method": stain, "target": ref, "source": fit_stain_stats(cells, stain)}
+    info.extra["stain"] = stain_spec(clf, stain, cells)
     info.model_id = f"{clf.model_id}+stain"
     info.extra["adapt"] = {"kind": "stain only, no labels", "stain": stain, "n_cells": len(cells),
                            "data": str(data)}

@@ -99,6 +99,22 @@ def iter_batches(
             yield [p for p, _ in ok], arr, errors
 
 
+def load_cells(
+    paths: Sequence[str | os.PathLike[str]], size: int, workers: int = 2, batch_size: int = 128
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """All readable images as uint8 cells (N, size, size, 3), the indices into ``paths`` of those
+    that loaded, and (path, message) for those that did not (never fatal)."""
+    paths = [Path(p) for p in paths]
+    index = {str(p): i for i, p in enumerate(paths)}
+    cells, ok, errors = [], [], []
+    for ok_paths, arr, errs in iter_batches(paths, size, batch_size, workers):
+        cells.append(arr)
+        ok += [index[str(p)] for p in ok_paths]
+        errors += errs
+    arr = np.concatenate(cells) if cells else np.zeros((0, size, size, 3), np.uint8)
+    return arr, ok, errors
+
+
 def classify_paths(
     paths: Sequence[str | os.PathLike[str]],
     classifier: Classifier,

@@ -174,6 +174,19 @@ def read_manifest(
     return out
 
 
+def cap_per_class(samples: Sequence[Sample], max_per_class: int, seed: int = 0) -> list[Sample]:
+    """Up to ``max_per_class`` random samples of every label (all if <= 0), reproducible for a seed and
+    in input order within each label, so that fitting statistics on a subset costs bounded time."""
+    if max_per_class <= 0:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    out: list[Sample] = []
+    for label in sorted({s.label for s in samples}):
+        group = [s for s in samples if s.label == label]
+        out += [group[i] for i in sorted(rng.permutation(len(group))[:max_per_class])]
+    return out
+
+
 def manifest_hash(samples: Sequence[Sample]) -> str:
     """A short hash of which files (by content when known) carry which labels."""
     h = hashlib.sha256()

@@ -220,31 +220,14 @@ def embed_samples(
     classifier: Any, paths: Sequence[Path], batch_size: int = 64, workers: int = 2
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Cells at input size (N,S,S,3) uint8, embeddings (N,D), and the indices of the paths that loaded."""
-    from wbc.classify import iter_batches
+    from wbc.classify import load_cells
 
-    size = classifier.info.input_size
-    cells, embs, ok = [], [], []
-    index = {str(p): i for i, p in enumerate(paths)}
-    for ok_paths, arr, _errs in iter_batches(list(paths), size, batch_size, workers):
-        if len(arr):
-            embs.append(classifier.run(arr, ("embedding",))["embedding"])
-            cells.append(arr)
-            ok += [index[str(p)] for p in ok_paths]
-    if not cells:
-        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 1), np.float32), []
-    return np.concatenate(cells), np.concatenate(embs), ok
-
-
-def _cap(samples: list[Any], max_per_class: int, seed: int) -> list[Any]:
-    if max_per_class <= 0:
-        return samples
-    rng = np.random.default_rng(seed)
-    out = []
-    for label in sorted({s.label for s in samples}):
-        group = [s for s in samples if s.label == label]
-        idx = rng.permutation(len(group))[:max_per_class]
-        out += [group[i] for i in sorted(idx)]
-    return out
+    cells, ok, _errors = load_cells(paths, classifier.info.input_size, workers, batch_size)
+    if not ok:
+        return cells, np.zeros((0, 1), np.float32), []
+    embs = [classifier.run(cells[i : i + batch_size], ("embedding",))["embedding"]
+            for i in range(0, len(cells), batch_size)]
+    return cells, np.concatenate(embs), ok
 
 
 def fit_from_manifest(
@@ -253,13 +236,13 @@ def fit_from_manifest(
     percentile: float = DEFAULT_PERCENTILE, data_root: Path | None = None, threads: int = 2, seed: int = 0,
 ) -> dict[str, Any]:
     """Fit OOD statistics for ``model`` on its run's manifest (train split) with thresholds from val."""
-    from wbc.data import read_manifest
+    from wbc.data import cap_per_class, read_manifest
     from wbc.model import load_model, write_model
 
     clf = load_model(model, threads=threads)
-    train = _cap([s for s in read_manifest(manifest, "train", data_root) if s.label in clf.classes],
+    train = cap_per_class([s for s in read_manifest(manifest, "train", data_root) if s.label in clf.classes],
                  max_per_class, seed)
-    val = _cap([s for s in read_manifest(manifest, "val", data_root) if s.label in clf.classes],
+    val = cap_per_class([s for s in read_manifest(manifest, "val", data_root) if s.label in clf.classes],
                max_per_class, seed)
     if not train or not val:
         raise WbcError(f"{manifest}: needs rows in both the train and val splits")

@@ -19,40 +19,17 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wbc.calibration import fit_temperature, review_threshold
-from wbc.data import Sample, read_manifest
+from wbc.classify import load_cells
+from wbc.data import cap_per_class, read_manifest
 from wbc.errors import WbcError
 from wbc.model import Classifier, softmax, write_model
 from wbc.preprocess import prepare_batch
-
-
-def stratified_subset(samples: Sequence[Sample], per_class: int, seed: int = 0) -> list[Sample]:
-    """Up to ``per_class`` random samples of every label, in a reproducible order."""
-    rng = np.random.default_rng(seed)
-    out: list[Sample] = []
-    for label in sorted({s.label for s in samples}):
-        group = [s for s in samples if s.label == label]
-        out += [group[i] for i in sorted(rng.permutation(len(group))[:per_class])]
-    return out
-
-
-def _load_cells(clf: Classifier, samples: Sequence[Sample], threads: int) -> tuple[np.ndarray, list[int]]:
-    from wbc.classify import iter_batches
-
-    index = {str(s.path): i for i, s in enumerate(samples)}
-    cells, ok = [], []
-    for ok_paths, arr, _errs in iter_batches([s.path for s in samples], clf.info.input_size, 64, threads):
-        cells.append(arr)
-        ok += [index[str(p)] for p in ok_paths]
-    if not ok:
-        raise WbcError("none of the calibration images could be read; check --data-root")
-    return np.concatenate(cells), ok
 
 
 def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, batch_size: int = 32) -> None:
@@ -117,8 +94,11 @@ def quantize_model(
     val = [s for s in read_manifest(manifest, "val", data_root) if s.label in fp32.classes]
     if not train or not val:
         raise WbcError(f"{manifest}: needs rows of the model's classes in both the train and val splits")
-    cal_cells, _ = _load_cells(fp32, stratified_subset(train, per_class, seed), threads)
-    val_cells, val_ok = _load_cells(fp32, val, threads)
+    size = info.input_size
+    cal_cells, _, _ = load_cells([s.path for s in cap_per_class(train, per_class, seed)], size, threads)
+    val_cells, val_ok, _ = load_cells([s.path for s in val], size, threads)
+    if not len(cal_cells) or not len(val_cells):
+        raise WbcError(f"{manifest}: the calibration or validation images could not be read; check --data-root")
     y = np.array([fp32.classes.index(val[i].label) for i in val_ok])
 
     out = Path(output)
