@@ -14,8 +14,11 @@ Measured, each on its own and without any BCCD label (the test-time "robustness 
 training colours (``reinhard``, ``macenko``, ``histogram``); lab-level Reinhard (the pooled colours of
 all BCCD crops mapped to the training colours: one fixed transform, unlabelled); ``feature-centring``
 (subtract the BCCD embedding mean, add the PBC training mean: unlabelled feature-space alignment); and
-combinations. Then few-shot adaptation (:func:`wbc.adapt.adapt_embeddings`, exactly what ``wbc adapt``
-runs) with 25/50/100 random labelled BCCD cells, the rest as test, over several random draws.
+combinations. Then few-shot adaptation with 25/50/100 random labelled BCCD cells, the rest as test, over
+several random draws (the same draws for both methods): the head refit (:func:`wbc.adapt.adapt_embeddings`,
+what ``wbc adapt --method head`` runs) and fine-tuning of the whole network
+(:func:`wbc.train.finetune.finetune`, what ``wbc adapt`` runs by default; needs the model's PyTorch
+weights, the ``.pt`` beside it, or ``--finetune-checkpoint``).
 Every measure is also checked on the PBC test split (8 classes) for "no loss on PBC".
 
     python benchmarks/cross_dataset.py --model src/wbc/models/default/wbc_classifier.onnx \\
@@ -183,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--crop", choices=["wbc", "local"], default="wbc",
                     help="wbc: wbc.crops (as wbc analyze); local: this script's background-padded crop")
+    ap.add_argument("--finetune-checkpoint", type=Path, default=None,
+                    help="PyTorch weights for the fine-tuning rows (default: the .pt beside --model)")
+    ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning rows (the slow part)")
     args = ap.parse_args(argv)
 
     from wbc.adapt import original_head
@@ -219,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     t_cells, t_emb, _ = embed_samples(clf, [s.path for s in pbc_train], workers=args.threads)
     train_ref = {m: fit_stain_stats(list(t_cells[:: max(1, len(t_cells) // 200)]), m) for m in METHODS}
     train_mean = t_emb.mean(0)
-    results: dict[str, Any] = {"measures": {}, "adapt": {}}
+    results: dict[str, Any] = {"measures": {}, "adapt": {}, "finetune": {}}
+    ft_ckpt = args.finetune_checkpoint or clf.path.with_suffix(".pt")
+    if args.no_finetune or not ft_ckpt.is_file():
+        ft_ckpt = None
     results["setup"] = {
         "model": str(clf.path), "model_id": clf.model_id, "input_size": size,
         "bccd_cells": len(b_cells), "bccd_counts": {c: b_labels.count(c) for c in BCCD_CLASSES},
@@ -284,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("none", "reinhard-lab"):
             adapt_runs(results, name, emb[name], b_labels, p_labels, classes, w0, b0, args)
             save()
+            if ft_ckpt:
+                finetune_runs(results, name, b_cells, spec_for(name) if name != "none" else None, b_labels,
+                              p_cells, p_labels, ft_ckpt, args)
+                save()
 
     # crop-scale sensitivity: the same cells cropped tighter / looser (1 view, no stain normalisation)
     for factor in (0.8, 1.25):
@@ -304,6 +317,61 @@ def main(argv: list[str] | None = None) -> int:
 PREPS = ("none", "reinhard", "reinhard-lab", "histogram", "macenko")
 
 
+def draw_splits(n_cells: int, sizes: list[int], draws: int) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
+    """(labelled, test) index pairs per size: the same random draws for every adaptation method."""
+    rng = np.random.default_rng(0)
+    out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for n in sizes:
+        out[n] = []
+        for _ in range(draws):
+            idx = rng.permutation(n_cells)
+            out[n].append((idx[:n], idx[n:]))
+    return out
+
+
+def finetune_runs(
+    results: dict[str, Any], name: str, b_cells: np.ndarray, spec: dict | None, b_labels: list[str],
+    p_cells: np.ndarray, p_labels: list[str], checkpoint: Path, args: argparse.Namespace,
+) -> None:
+    """Few-shot fine-tuning of the whole network (``wbc adapt``'s default) on the same draws as the head."""
+    import torch
+
+    from wbc.stain import normalise_batch
+    from wbc.train.finetune import DEFAULTS, finetune, load_weights, predict_logits
+
+    torch.set_num_threads(args.threads)
+    net, info = load_weights(checkpoint)
+    classes = list(info.classes)
+    x = normalise_batch(b_cells, spec) if spec else b_cells
+    y = np.array([classes.index(lab) for lab in b_labels])
+    allowed = [classes.index(c) for c in BCCD_CLASSES]
+    splits = draw_splits(len(y), args.sizes, args.draws)
+    for n in args.sizes:
+        rows = []
+        for tr, te in splits[n]:
+            t1 = time.perf_counter()
+            tuned = finetune(net, x[tr], y[tr], info.mean, info.std, seed=0)
+            secs = time.perf_counter() - t1
+            lg = predict_logits(tuned, x[te], info.mean, info.std)
+            pred = [classes[allowed[i]] for i in lg[:, allowed].argmax(1)]
+            pp = predict_logits(tuned, p_cells, info.mean, info.std).argmax(1)
+            rows.append({"n": n, "fit_seconds": secs,
+                         "bccd": metrics([b_labels[i] for i in te], pred, BCCD_CLASSES),
+                         "pbc_test_acc_after_adapt": float(np.mean(np.asarray(p_labels) == np.asarray(
+                             [classes[i] for i in pp])))})
+        accs = [r["bccd"]["accuracy"] for r in rows]
+        results["finetune"][f"{name}/{n}"] = {
+            "draws": rows, "acc_mean": float(np.mean(accs)), "acc_min": float(np.min(accs)),
+            "acc_max": float(np.max(accs)), "f1_mean": float(np.mean([r["bccd"]["macro_f1"] for r in rows])),
+            "pbc_acc_mean": float(np.mean([r["pbc_test_acc_after_adapt"] for r in rows])),
+            "fit_seconds_mean": float(np.mean([r["fit_seconds"] for r in rows])),
+            "recipe": DEFAULTS, "checkpoint": str(checkpoint),
+        }
+        a = results["finetune"][f"{name}/{n}"]
+        print(f"finetune {name:<13} n={n:<4} BCCD acc {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] "
+              f"F1 {a['f1_mean']:.3f}  PBC {a['pbc_acc_mean']:.3f}  {a['fit_seconds_mean']:.0f} s", flush=True)
+
+
 def adapt_runs(
     results: dict[str, Any], name: str, emb: dict[str, np.ndarray], b_labels: list[str], p_labels: list[str],
     classes: list[str], w0: np.ndarray, b0: np.ndarray, args: argparse.Namespace,
@@ -311,14 +379,12 @@ def adapt_runs(
     """Few-shot adaptation: random draws of labelled BCCD cells, the rest as test."""
     from wbc.adapt import adapt_embeddings
 
-    rng = np.random.default_rng(0)
     y = np.asarray(b_labels)
     eb, ep = emb["bccd"], emb["pbc"]
+    splits = draw_splits(len(y), args.sizes, args.draws)
     for n in args.sizes:
         rows = []
-        for _ in range(args.draws):
-            idx = rng.permutation(len(y))
-            tr, te = idx[:n], idx[n:]
+        for tr, te in splits[n]:
             t1 = time.process_time()
             w, b, res = adapt_embeddings(eb[:, tr], list(y[tr]), classes, w0, b0)
             row = {"n": n, "fit_cpu_seconds": time.process_time() - t1, "lam": res.lam,
@@ -363,13 +429,20 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {key} | {m['bccd']['accuracy']:.3f} | {m['bccd']['macro_f1']:.3f} | "
                      + " | ".join(f"{rec[c]:.2f}" if c in rec else "-" for c in BCCD_CLASSES)
                      + f" | {m['pbc_test']['accuracy']:.3f} |")
-    lines += ["", f"Few-shot adaptation (`wbc adapt` head refit), {s['draws']} random draws of n labelled "
-              "BCCD cells, the remaining cells as test:", "",
+    lines += ["", f"Few-shot adaptation (`wbc adapt --method head`, last-layer refit), {s['draws']} random "
+              "draws of n labelled BCCD cells, the remaining cells as test:", "",
               "| preprocessing / n labelled | BCCD accuracy mean [min-max] | macro-F1 mean | "
               "accuracy with TTA | PBC test accuracy after |", "|---|---:|---:|---:|---:|"]
     for key, a in res["adapt"].items():
         lines.append(f"| {key} | {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] | "
                      f"{a['f1_mean']:.3f} | {a['acc_tta_mean']:.3f} | {a['pbc_acc_mean']:.3f} |")
+    if res.get("finetune"):
+        lines += ["", "Few-shot fine-tuning of the whole network (`wbc adapt`, the default method), the same "
+                  "draws:", "", "| preprocessing / n labelled | BCCD accuracy mean [min-max] | macro-F1 mean | "
+                  "fit seconds | PBC test accuracy after |", "|---|---:|---:|---:|---:|"]
+        for key, a in res["finetune"].items():
+            lines.append(f"| {key} | {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] | "
+                         f"{a['f1_mean']:.3f} | {a['fit_seconds_mean']:.0f} | {a['pbc_acc_mean']:.3f} |")
     lines += ["", f"Reproduce: `{s['command']}` ({s.get('seconds', 0):.0f} s)", ""]
     return "\n".join(lines)
 

@@ -114,7 +114,7 @@ def test_wbc_adapt_writes_a_better_model_and_keeps_the_original(tmp_path: Path, 
     (data / "neutrophil" / "broken.png").write_bytes(b"not an image")  # skipped, never fatal
     out = tmp_path / "adapted.onnx"
     before_bytes = model_path.read_bytes()
-    res = CliRunner().invoke(app, ["adapt", "--model", str(model_path), "--data", str(data),
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "--model", str(model_path), "--data", str(data),
                                    "--output", str(out), "--report", str(tmp_path / "adapt.json")])
     assert res.exit_code == 0, res.output
     assert "held-out check" in res.output and "broken.png" in res.output
@@ -132,12 +132,13 @@ def test_adapt_rejects_bad_requests(tmp_path: Path, model_path: Path) -> None:
 
     data = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
     runner = CliRunner()
-    same = runner.invoke(app, ["adapt", "-m", str(model_path), "--data", str(data), "-o", str(model_path)])
+    head = ["adapt", "--method", "head"]
+    same = runner.invoke(app, [*head, "-m", str(model_path), "--data", str(data), "-o", str(model_path)])
     assert same.exit_code == 1 and "must differ" in str(same.exception or same.output)
-    no_ref = runner.invoke(app, ["adapt", "-m", str(model_path), "--data", str(data), "-o",
+    no_ref = runner.invoke(app, [*head, "-m", str(model_path), "--data", str(data), "-o",
                                  str(tmp_path / "x.onnx"), "--stain", "reinhard"])
     assert no_ref.exit_code == 1 and "colour statistics" in str(no_ref.exception or no_ref.output)
-    missing = runner.invoke(app, ["adapt", "-m", str(model_path), "--data", str(tmp_path / "nope"), "-o",
+    missing = runner.invoke(app, [*head, "-m", str(model_path), "--data", str(tmp_path / "nope"), "-o",
                                   str(tmp_path / "y.onnx")])
     assert missing.exit_code == 1 and not (tmp_path / "y.onnx").exists()
 
@@ -189,37 +190,43 @@ def test_stain_normalisation_in_metadata_is_applied(tmp_path: Path, model_path: 
     assert not np.allclose(got, load_model(model_path).run(cells, ("embedding",))["embedding"], atol=1e-3)
 
 
-@pytest.mark.real_data
-@pytest.mark.slow
-def test_adapt_on_real_bccd_cells_is_fast_and_does_not_hurt(tmp_path: Path, real_data: Path) -> None:
-    """End-to-end on the shipped model with 30 real BCCD crops (skipped without the data or the model)."""
+@pytest.fixture(scope="module")
+def bccd_lab(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 random BCCD trainval crops as a class-per-folder "new lab" (``benchmarks/bccd_cells.py``)."""
+    import sys
+
     from wbc.paths import DEFAULT_MODEL
 
     if not DEFAULT_MODEL.is_file():
         pytest.skip(f"{DEFAULT_MODEL} not built yet")
-    import csv
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from cross_dataset import box_cell, wbc_box
+    from bccd_cells import main as write_bccd_cells
 
-    from wbc.crops import crop_cell
-    from wbc.io import read_image
+    lab = tmp_path_factory.mktemp("bccd") / "lab"
+    assert write_bccd_cells(["--output", str(lab), "--split", "trainval", "--n", "40", "--data", str(real_data)]) == 0
+    return lab
 
-    rows = list(csv.DictReader((real_data / "bccd" / "single_wbc_labels.csv").open()))
-    picked: dict[str, int] = {}
-    for r in rows:
-        label = r["label"].lower()
-        if label not in ("neutrophil", "eosinophil", "lymphocyte", "monocyte") or picked.get(label, 0) >= 8:
-            continue
-        box = wbc_box(real_data / "bccd" / "Annotations" / f"{r['image']}.xml")
-        if box is None:
-            continue
-        rgb = read_image(real_data / "bccd" / "JPEGImages" / f"{r['image']}.jpg")
-        (tmp_path / "lab" / label).mkdir(parents=True, exist_ok=True)
-        write_image(tmp_path / "lab" / label / f"{r['image']}.png", crop_cell(rgb, box_cell(box), 160))
-        picked[label] = picked.get(label, 0) + 1
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_adapt_on_real_bccd_cells_is_fast_and_does_not_hurt(tmp_path: Path, bccd_lab: Path) -> None:
+    """Head refit of the shipped model on 40 real BCCD crops (skipped without the data)."""
     from wbc.adapt import adapt_model
 
-    res = adapt_model(None, tmp_path / "lab", tmp_path / "a.onnx")
+    res = adapt_model(None, bccd_lab, tmp_path / "a.onnx")
     assert res.seconds < 600 and res.heldout_acc_after >= res.heldout_acc_before - 0.05
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_finetuning_the_shipped_model_on_real_bccd_cells(tmp_path: Path, bccd_lab: Path) -> None:
+    """``wbc adapt``'s default on the shipped weights: a short run must help on held-out cells."""
+    pytest.importorskip("torch")
+    from wbc.train.finetune import adapt_finetune
+
+    res = adapt_finetune(None, bccd_lab, tmp_path / "f.onnx", stain="reinhard", epochs=10)
+    assert res.method == "finetune" and res.seconds < 600 and res.heldout_n >= 5
+    assert res.heldout_acc_after > res.heldout_acc_before
+    tuned = load_model(tmp_path / "f.onnx")
+    assert tuned.info.extra["stain"]["method"] == "reinhard" and tuned.model_id.endswith("+finetune")
+    assert [r["name"] for r in tuned.info.ood["references"]] == ["adapt:lab"]

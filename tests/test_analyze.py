@@ -43,6 +43,24 @@ def test_analyze_image_labels_every_found_cell(clf) -> None:
     assert sum(res.counts(CLASSES).values()) == 2 and res.model_id == "tiny-colour"
 
 
+def test_smear_cells_are_never_called_platelets(tmp_path: Path) -> None:
+    """A classifier that favours "platelet" for every colour still labels smear cells as something nucleated."""
+    from wbc.classify import predict_cells
+
+    w = np.zeros((len(CLASSES), 3))
+    w[CLASSES.index("platelet")] = 5.0  # every cell is brighter than the 0.5 mean -> platelet wins
+    platelet_lover = load_model(mean_colour_model(tmp_path / "p.onnx", 32, w, "platelet-lover"))
+    cells = np.full((3, 32, 32, 3), 220, np.uint8)
+    assert {p.label for p in predict_cells(platelet_lover, cells)[0]} == {"platelet"}
+    preds, _ = predict_cells(platelet_lover, cells, exclude=("platelet",))
+    for p in preds:
+        assert p.label != "platelet" and p.probabilities["platelet"] == 0.0
+        assert abs(sum(p.probabilities.values()) - 1.0) < 1e-5
+    rgb, *_ = synthetic_smear(n_wbc=2, seed=5)
+    res = analyze_image(rgb, platelet_lover, ClassicalSegmenter(), name="x.png")
+    assert res.cells and all(c.prediction.label != "platelet" for c in res.cells)
+
+
 def test_empty_field_is_a_valid_empty_result(clf) -> None:
     rgb, *_ = synthetic_smear(n_wbc=0, seed=6)
     res = analyze_image(rgb, clf, ClassicalSegmenter())

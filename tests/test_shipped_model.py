@@ -54,3 +54,23 @@ def test_default_model_on_held_out_pbc_cells(real_data: Path) -> None:
     if review.any():
         assert conf[review].max() < conf[~review].min()
     assert np.mean([p.ood for p in res.predictions]) < 0.05  # PBC test cells are in-distribution
+
+
+@pytest.mark.real_data
+def test_shipped_weights_are_the_shipped_model_before_quantisation(real_data: Path) -> None:
+    """``wbc_classifier.pt`` (what ``wbc adapt`` fine-tunes) predicts like the int8 ONNX model it came from."""
+    pytest.importorskip("torch")
+    from wbc.classify import load_cells
+    from wbc.train.finetune import load_weights, predict_logits
+
+    weights = DEFAULT_MODEL.with_suffix(".pt")
+    assert weights.is_file() and weights.stat().st_size <= 25 * 1024 * 1024
+    net, info = load_weights(weights)
+    clf = load_model()
+    assert info.classes == clf.classes and info.input_size == clf.info.input_size
+    assert clf.model_id.startswith(info.model_id)
+    samples = read_manifest(REPO / "runs" / "default" / "manifest.csv", split="test", root=real_data)[::16]
+    cells, ok, _ = load_cells([s.path for s in samples], info.input_size)
+    torch_pred = predict_logits(net, cells, info.mean, info.std).argmax(1)
+    onnx_pred = clf.predict_proba(cells).argmax(1)
+    assert len(ok) > 90 and np.mean(torch_pred == onnx_pred) >= 0.97

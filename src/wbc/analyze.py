@@ -23,6 +23,7 @@ from wbc.counts import write_differential_csv
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.errors import ImageReadError, WbcError
 from wbc.io import atomic_write_csv, atomic_write_json, iter_image_paths, read_image, write_image
+from wbc.labels import NOT_IN_SMEAR_DETECTIONS
 from wbc.types import Cell, SmearResult
 
 #: Fields larger than this are refused with a message (a whole-slide scan needs tiling upstream).
@@ -51,7 +52,7 @@ def classify_cells(
         return
     size = int(classifier.info.input_size)
     crops = crop_cells(rgb, cells, size, fraction if fraction is not None else cell_fraction_of(classifier))
-    preds, _ = predict_cells(classifier, crops)
+    preds, _ = predict_cells(classifier, crops, exclude=NOT_IN_SMEAR_DETECTIONS)
     for c, p in zip(cells, preds, strict=True):
         c.prediction = p
 

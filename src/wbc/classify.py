@@ -58,16 +58,24 @@ def predictions_from_probs(
 
 
 def predict_cells(
-    classifier: Classifier, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False
+    classifier: Classifier, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
+    exclude: Sequence[str] = (),
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
     The one place where logits become calibrated probabilities, labels, review and out-of-distribution
-    flags, so `wbc classify`, `wbc analyze` and the HTTP API always agree.
+    flags, so `wbc classify`, `wbc analyze` and the HTTP API always agree. ``exclude``: classes these
+    cells cannot be (known from how they were found); their probability is set to 0 and the rest
+    renormalised, the same as predicting over the other classes' logits only.
     """
     ood = classifier.info.ood
     out = classifier.run(cells, ("logits", "embedding") if with_embeddings or ood else ("logits",))
-    preds = predictions_from_probs(softmax(out["logits"], classifier.info.temperature), classifier, names)
+    probs = softmax(out["logits"], classifier.info.temperature)
+    drop = [i for i, c in enumerate(classifier.classes) if c in set(exclude)]
+    if drop and len(drop) < len(classifier.classes):
+        probs[:, drop] = 0.0
+        probs /= probs.sum(1, keepdims=True)
+    preds = predictions_from_probs(probs, classifier, names)
     if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
         from wbc.ood import flag_predictions
 

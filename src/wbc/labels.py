@@ -31,6 +31,11 @@ CLASSES: tuple[str, ...] = (
 #: The five mature WBC types found in every normal differential.
 WBC5: tuple[str, ...] = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
+#: Classes a cell found in a smear cannot be: the segmenters find cells by their nucleus, and platelets
+#: have none. ``wbc analyze`` removes them from each cell's probabilities (on BCCD test fields the model
+#: had called 16 of 64 detected WBCs "platelet").
+NOT_IN_SMEAR_DETECTIONS: tuple[str, ...] = ("platelet",)
+
 _ALIASES: dict[str, str] = {
     "basophil": "basophil",
     "baso": "basophil",

@@ -139,12 +139,15 @@ def fit_ood(
 
 def add_reference(
     ood: dict[str, Any], cells: np.ndarray, emb: np.ndarray, labels: Sequence[str], classes: Sequence[str],
-    name: str,
+    name: str, new_features: bool = False,
 ) -> dict[str, Any]:
     """A copy of ``ood`` that also accepts cells like ``cells`` (a new lab's), keeping the thresholds.
 
     The new reference keeps the training reference's colour covariance shape and thresholds (a few
     dozen cells cannot give a reliable 99.5th percentile) and moves the centres to the new cells'.
+    ``new_features``: the network was fine-tuned, so its embeddings no longer match the training
+    reference; the new reference then *replaces* the old ones, and its feature threshold is the largest
+    distance among the new cells themselves (the training threshold does not transfer to moved features).
     """
     base = ood["references"][0]
     col = colour_features(cells)
@@ -155,6 +158,9 @@ def add_reference(
         "feature": {**fit_feature_reference(emb, labels, classes, ood["pca"]),
                     "threshold": base["feature"]["threshold"]},
     }
+    if new_features:
+        ref["feature"]["threshold"] = float(feature_distance(emb, ood["pca"], ref["feature"]).max())
+        return {**ood, "references": [ref]}
     ref["feature"]["resid_scale"] = base["feature"]["resid_scale"]
     return {**ood, "references": [*ood["references"], ref]}
 

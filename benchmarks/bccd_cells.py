@@ -1,0 +1,62 @@
+"""Write BCCD single-WBC crops as a class-per-folder dataset: a "new lab's labelled cells" for `wbc adapt`.
+
+The crops are exactly those of ``benchmarks/cross_dataset.py`` (``wbc.crops.crop_cell`` at the model's cell
+fraction, one PNG per BCCD field with one WBC). ``--split`` picks fields from BCCD's own split, so cells for
+adaptation can come from trainval while ``wbc evaluate-smears`` scores the test fields:
+
+    python benchmarks/bccd_cells.py --split trainval --n 100 --output /tmp/bccd_lab
+    wbc adapt --data /tmp/bccd_lab --output /tmp/bccd_lab.onnx --stain reinhard
+    wbc evaluate-smears --model /tmp/bccd_lab.onnx --output /tmp/smears_adapted
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_dataset import load_bccd_cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--output", type=Path, required=True, help="folder to write <class>/<field>.png into")
+    ap.add_argument("--split", default="trainval", choices=["train", "val", "trainval", "test"])
+    ap.add_argument("--n", type=int, default=100, help="random cells to keep (0: all of the split)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", type=Path, default=None, help="classifier whose input size and cell fraction "
+                    "the crops follow (default: the shipped model)")
+    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    args = ap.parse_args(argv)
+
+    from wbc.crops import cell_fraction_of
+    from wbc.io import write_image
+    from wbc.model import load_model
+    from wbc.paths import data_root
+
+    root = data_root(args.data)
+    split_file = root / "bccd" / "ImageSets" / "Main" / f"{args.split}.txt"
+    if not split_file.is_file():
+        print(f"error: {split_file}: BCCD split not found (is --data the data root?)", file=sys.stderr)
+        return 1
+    names_in_split = set(split_file.read_text().split())
+    clf = load_model(args.model)
+    cells, labels, names = load_bccd_cells(root, clf.info.input_size, "wbc", cell_fraction_of(clf))
+    idx = [i for i, n in enumerate(names) if n in names_in_split]
+    idx = list(np.random.default_rng(args.seed).permutation(idx))
+    if args.n:
+        idx = idx[: args.n]
+    for i in idx:
+        write_image(args.output / labels[i] / f"{names[i]}.png", cells[i])
+    counts = Counter(labels[i] for i in idx)
+    print(f"wrote {len(idx)} cells of BCCD {args.split} to {args.output}: "
+          + ", ".join(f"{c} {k}" for c, k in counts.most_common()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""`wbc adapt --method finetune`: fine-tune a real (small) network on a new lab's cells, export, check.
+
+The network is the registry's ``small_cnn`` exported by the real ``wbc export`` path, with its PyTorch
+weights beside the ONNX file as the shipped model has them; the "new lab" is synthetic cells whose class
+is their colour, which the untrained network cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import needs_torch
+from test_ood import CLASSES3, TRAIN_COLOURS, cells_like, fake_embed
+from wbc.errors import WbcError
+from wbc.io import write_image
+from wbc.labels import CLASSES
+from wbc.model import ModelInfo, load_model
+from wbc.ood import add_reference, fit_ood, ood_scores
+
+pytestmark = needs_torch
+SIZE = 32
+LAB = {"neutrophil": (200, 90, 120), "lymphocyte": (90, 100, 210), "monocyte": (120, 200, 110)}
+
+
+def lab_cells(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    labels = [c for c in LAB for _ in range(n)]
+    cells = [np.clip(np.asarray(LAB[c], np.float32) + rng.normal(0, 10, 3) + rng.normal(0, 6, (SIZE, SIZE, 3)),
+                     0, 255).astype(np.uint8) for c in labels]
+    return np.stack(cells), labels
+
+
+def write_lab(root: Path, n: int, seed: int) -> Path:
+    cells, labels = lab_cells(n, seed)
+    for i, (cell, label) in enumerate(zip(cells, labels, strict=True)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        write_image(root / label / f"{i}.png", cell)
+    return root
+
+
+@pytest.fixture()
+def small_model(tmp_path: Path) -> Path:
+    """An untrained small_cnn as ONNX (``wbc export``'s path) with its ``.pt`` weights beside it."""
+    import torch
+
+    from wbc.train.export import export_model
+    from wbc.train.finetune import save_weights
+    from wbc.train.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
+    info = ModelInfo(classes=list(CLASSES), input_size=SIZE, mean=[0.5] * 3, std=[0.25] * 3,
+                     model_id="tiny-cnn", review_threshold=0.5)
+    path = tmp_path / "orig.onnx"
+    export_model(net, info, path, torch.rand(2, 3, SIZE, SIZE))
+    save_weights(net, "small_cnn", info, path.with_suffix(".pt"))
+    return path
+
+
+def accuracy(model: Path, seed: int = 99) -> float:
+    cells, labels = lab_cells(15, seed)
+    clf = load_model(model)
+    pred = [clf.classes[i] for i in clf.predict_proba(cells).argmax(1)]
+    return float(np.mean(np.asarray(pred) == np.asarray(labels)))
+
+
+def test_finetune_learns_the_new_lab_is_seeded_and_leaves_the_original_alone() -> None:
+    import torch
+
+    from wbc.train.finetune import finetune, predict_logits
+    from wbc.train.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cells, labels = lab_cells(10, seed=1)
+    y = [CLASSES.index(c) for c in labels]
+    a = finetune(net, cells, y, [0.5] * 3, [0.25] * 3, epochs=20, batch_size=8, seed=3)
+    b = finetune(net, cells, y, [0.5] * 3, [0.25] * 3, epochs=20, batch_size=8, seed=3)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # original untouched
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())  # same seed, same net
+    test, test_labels = lab_cells(15, seed=2)
+    want = np.array([CLASSES.index(c) for c in test_labels])
+    acc_before = (predict_logits(net, test, [0.5] * 3, [0.25] * 3).argmax(1) == want).mean()
+    acc_after = (predict_logits(a, test, [0.5] * 3, [0.25] * 3).argmax(1) == want).mean()
+    assert acc_after >= 0.95 > acc_before
+    with pytest.raises(WbcError, match="at least 2"):
+        finetune(net, cells[:1], y[:1], [0.5] * 3, [0.25] * 3)
+
+
+def test_weights_round_trip_in_half_precision_and_bad_files_are_named(tmp_path: Path, small_model: Path) -> None:
+    import torch
+
+    from wbc.train.finetune import load_weights
+
+    net, info = load_weights(small_model.with_suffix(".pt"))
+    assert info.model_id == "tiny-cnn" and next(net.parameters()).dtype == torch.float32
+    x = torch.rand(3, 3, SIZE, SIZE)
+    onnx_logits = load_model(small_model).run((x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8))["logits"]
+    assert onnx_logits.shape == (3, len(CLASSES))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WbcError, match=r"bad\.pt: not a wbc checkpoint"):
+        load_weights(bad)
+    with pytest.raises(WbcError, match=r"nope\.pt: PyTorch weights not found"):
+        load_weights(tmp_path / "nope.pt")
+
+
+def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path, small_model: Path) -> None:
+    from wbc.cli import app
+
+    data = write_lab(tmp_path / "lab", n=10, seed=1)
+    (data / "neutrophil" / "broken.png").write_bytes(b"not an image")  # skipped, never fatal
+    original = small_model.read_bytes()
+    out = tmp_path / "tuned.onnx"
+    res = CliRunner().invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o", str(out),
+                                   "--epochs", "60", "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "held-out check (" in res.output and "broken.png" in res.output
+    assert small_model.read_bytes() == original
+    tuned = load_model(out)
+    assert tuned.info.model_id == "tiny-cnn+finetune" and not tuned.info.head
+    assert tuned.info.extra["adapt"]["method"] == "finetune" and tuned.info.extra["adapt"]["n_cells"] == 30
+    assert accuracy(out) >= 0.9 > accuracy(small_model)
+
+
+def test_finetune_refuses_missing_or_mismatched_weights(tmp_path: Path, small_model: Path) -> None:
+    from wbc.cli import app
+    from wbc.train.finetune import load_weights, save_weights
+
+    data = write_lab(tmp_path / "lab", n=3, seed=2)
+    runner = CliRunner()
+    missing = runner.invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o",
+                                  str(tmp_path / "a.onnx"), "--checkpoint", str(tmp_path / "none.pt")])
+    assert missing.exit_code == 1 and "PyTorch weights not found" in str(missing.exception or missing.output)
+    net, info = load_weights(small_model.with_suffix(".pt"))
+    info.input_size = 64
+    save_weights(net, "small_cnn", info, tmp_path / "other.pt")
+    other = runner.invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o",
+                                str(tmp_path / "b.onnx"), "--checkpoint", str(tmp_path / "other.pt")])
+    assert other.exit_code == 1 and "do not belong to" in str(other.exception or other.output)
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+def test_new_feature_reference_replaces_the_old_and_accepts_its_own_cells() -> None:
+    tc, tl = cells_like(TRAIN_COLOURS, 40, seed=0)
+    vc, _ = cells_like(TRAIN_COLOURS, 40, seed=1)
+    ood = fit_ood(tc, fake_embed(tc), tl, vc, fake_embed(vc), CLASSES3)
+    lab_c, lab_l = cells_like(TRAIN_COLOURS, 20, seed=5)
+    moved = fake_embed(lab_c) * 3.0 + 1.0  # a fine-tuned network: same cells, different features
+    assert (ood_scores(None, moved, ood)["feature"] > 1).mean() > 0.9
+    new = add_reference(ood, lab_c, moved, lab_l, CLASSES3, name="adapt:lab", new_features=True)
+    assert [r["name"] for r in new["references"]] == ["adapt:lab"]
+    assert (ood_scores(None, moved, new)["feature"] <= 1).all()
+    far = fake_embed(np.full_like(lab_c[:3], 20)) * 3.0 + 1.0
+    assert (ood_scores(None, far, new)["feature"] > 1).all()
