@@ -56,7 +56,7 @@ def small_model(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
     info = ModelInfo(classes=list(CLASSES), input_size=SIZE, mean=[0.5] * 3, std=[0.25] * 3,
-                     model_id="tiny-cnn", review_threshold=0.5)
+                     model_id="tiny-cnn", review_threshold=0.5, architecture="small_cnn")
     path = tmp_path / "orig.onnx"
     export_model(net, info, path, torch.rand(2, 3, SIZE, SIZE))
     save_weights(net, "small_cnn", info, path.with_suffix(".pt"))
@@ -128,6 +128,10 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
     assert tuned.info.model_id == "tiny-cnn+finetune" and not tuned.info.head
     assert tuned.info.extra["adapt"]["method"] == "finetune" and tuned.info.extra["adapt"]["n_cells"] == 30
     assert accuracy(out) >= 0.9 > accuracy(small_model)
+    again = CliRunner().invoke(app, ["adapt", "-m", str(out), "--data", str(data), "-o", str(tmp_path / "t2.onnx"),
+                                     "--epochs", "5"])  # the tuned weights were written beside it
+    assert again.exit_code == 0, again.output
+    assert load_model(tmp_path / "t2.onnx").info.model_id == "tiny-cnn+finetune+finetune"
 
 
 def test_finetune_refuses_missing_or_mismatched_weights(tmp_path: Path, small_model: Path) -> None:

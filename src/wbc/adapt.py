@@ -6,7 +6,7 @@ manifest CSV):
 - ``finetune`` (default; :func:`wbc.train.finetune.adapt_finetune`, PyTorch): every weight is updated on the lab's cells
   (:mod:`wbc.train.finetune`), starting from the network's PyTorch weights (the shipped model carries
   them beside its ONNX file). A new stain changes the input, so the early filters must move too: on 100
-  BCCD cells this scored 0.884 against the head refit's 0.819 (docs/generalisation.md). One stratified
+  BCCD cells this scored 0.881 against the head refit's 0.819 (docs/generalisation.md). One stratified
   fifth of the cells is held out of a first fine-tuning for the *held-out check* and the calibration;
   the exported model is then fine-tuned on all cells.
 - ``head`` (:func:`adapt_model`, numpy only, seconds): the network's pooled ``embedding`` is kept and only
@@ -20,6 +20,7 @@ manifest CSV):
 Both can store a stain normalisation to the training colours (``extra["stain"]``) and an OOD reference for
 the new lab's cells. ``--no-labels`` (:func:`adapt_stain`) stores only the colour mapping.
 """
+
 from __future__ import annotations
 
 import copy
@@ -418,8 +419,8 @@ def adapt_command(
     else:
         raise WbcError(f"--method {method!r}: choose finetune or head")
     if res.n_cells > MAX_CELLS_WARN:
-        console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, full fine-tuning "
-                      "(`wbc train`) may do better than a head refit", highlight=False)
+        console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, training on the lab's cells "
+                      "with `wbc train` may do better than few-shot adaptation", highlight=False)
     for msg in res.skipped:
         console.print(f"[yellow]skipped[/] {msg}", highlight=False)
     console.print(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
