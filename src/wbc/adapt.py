@@ -366,7 +366,7 @@ def adapt_command(
         help="Stain normalisation to store: reinhard | macenko | histogram (this lab's colours -> the "
              "training colours), none (remove), default: keep the model's.")] = None,
     label_map: Annotated[list[str] | None, typer.Option("--map", help="Rename labels: old=new.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the cross-validation folds.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the held-out split, the folds and fine-tuning.")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads.")] = 2,
     report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON.")] = None,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="Only map this lab's pooled colours onto "
