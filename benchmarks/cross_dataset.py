@@ -336,13 +336,15 @@ def finetune_runs(
     """Few-shot fine-tuning of the whole network (``wbc adapt``'s default) on the same draws as the head."""
     import torch
 
+    from wbc.preprocess import centre_crop
     from wbc.stain import normalise_batch
     from wbc.train.finetune import DEFAULTS, finetune, load_weights, predict_logits
 
     torch.set_num_threads(args.threads)
     net, info = load_weights(checkpoint)
     classes = list(info.classes)
-    x = normalise_batch(b_cells, spec) if spec else b_cells
+    x = np.ascontiguousarray(centre_crop(normalise_batch(b_cells, spec) if spec else b_cells, info.centre_crop))
+    p_cells = np.ascontiguousarray(centre_crop(p_cells, info.centre_crop))
     y = np.array([classes.index(lab) for lab in b_labels])
     allowed = [classes.index(c) for c in BCCD_CLASSES]
     splits = draw_splits(len(y), args.sizes, args.draws)

@@ -44,8 +44,7 @@ def write_lab(root: Path, n: int, seed: int) -> Path:
     return root
 
 
-@pytest.fixture()
-def small_model(tmp_path: Path) -> Path:
+def make_small_model(path: Path, input_size: int = SIZE, centre_crop: int = 0) -> Path:
     """An untrained small_cnn as ONNX (``wbc export``'s path) with its ``.pt`` weights beside it."""
     import torch
 
@@ -55,12 +54,17 @@ def small_model(tmp_path: Path) -> Path:
 
     torch.manual_seed(0)
     net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
-    info = ModelInfo(classes=list(CLASSES), input_size=SIZE, mean=[0.5] * 3, std=[0.25] * 3,
-                     model_id="tiny-cnn", review_threshold=0.5, architecture="small_cnn")
-    path = tmp_path / "orig.onnx"
-    export_model(net, info, path, torch.rand(2, 3, SIZE, SIZE))
+    info = ModelInfo(classes=list(CLASSES), input_size=input_size, centre_crop=centre_crop, mean=[0.5] * 3,
+                     std=[0.25] * 3, model_id="tiny-cnn", review_threshold=0.5, architecture="small_cnn")
+    side = info.network_size
+    export_model(net, info, path, torch.rand(2, 3, side, side))
     save_weights(net, "small_cnn", info, path.with_suffix(".pt"))
     return path
+
+
+@pytest.fixture()
+def small_model(tmp_path: Path) -> Path:
+    return make_small_model(tmp_path / "orig.onnx")
 
 
 def accuracy(model: Path, seed: int = 99) -> float:
@@ -132,6 +136,25 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
                                      "--epochs", "5"])  # the tuned weights were written beside it
     assert again.exit_code == 0, again.output
     assert load_model(tmp_path / "t2.onnx").info.model_id == "tiny-cnn+finetune+finetune"
+
+
+def test_finetuning_a_centre_crop_model_trains_on_what_the_network_sees(tmp_path: Path) -> None:
+    from wbc.cli import app
+
+    model = make_small_model(tmp_path / "crop.onnx", input_size=40, centre_crop=32)
+    data = write_lab(tmp_path / "lab", n=10, seed=1)
+    out = tmp_path / "tuned.onnx"
+    res = CliRunner().invoke(app, ["adapt", "-m", str(model), "--data", str(data), "-o", str(out), "--epochs", "60"])
+    assert res.exit_code == 0, res.output
+    tuned = load_model(out)
+    assert (tuned.info.input_size, tuned.info.centre_crop) == (40, 32)
+    assert tuned.session.get_inputs()[0].shape[2:] == [32, 32]
+    cells, labels = lab_cells(15, seed=99)
+    from wbc.preprocess import resize_square
+
+    big = np.stack([resize_square(c, 40) for c in cells])
+    pred = [tuned.classes[i] for i in tuned.predict_proba(big).argmax(1)]
+    assert np.mean(np.asarray(pred) == np.asarray(labels)) >= 0.9
 
 
 def test_finetune_refuses_missing_or_mismatched_weights(tmp_path: Path, small_model: Path) -> None:

@@ -167,3 +167,31 @@ def test_quantize_keeps_predictions_and_refits_calibration(synthetic_run: Path, 
     again = run_wbc("quantize", str(out), "--manifest", str(synthetic_run / "manifest.csv"), "--output",
                     str(tmp_path / "twice.onnx"))
     assert again.returncode == 1 and "already quantised" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_centre_crop_model_trains_exports_and_classifies_like_its_evaluation(synthetic_dataset: Path,
+                                                                            tmp_path: Path) -> None:
+    """``centre_crop``: cells resized whole to ``input_size``, the network sees only their centre, everywhere."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import ConfigError
+    from wbc.train.loop import run_training
+
+    with pytest.raises(ConfigError, match="centre_crop"):
+        TrainConfig(input_size=48).updated({"centre_crop": 64})
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=64,
+                      centre_crop=48, epochs=3, batch_size=16, lr=3e-3, patience=0, threads=2, augment=True,
+                      hed_sigma=0.0, hed_bias=0.0)
+    run = tmp_path / "crop"
+    test = run_training(cfg, run, console=Console(quiet=True))
+    clf = load_model(run / "model.onnx")
+    assert (clf.info.input_size, clf.info.centre_crop, clf.info.network_size) == (64, 48, 48)
+    assert clf.session.get_inputs()[0].shape[2:] == [48, 48]
+    assert clf.info.extra["onnx_max_abs_diff"] < 1e-4
+    from wbc.data import read_manifest
+
+    samples = read_manifest(run / "manifest.csv", split="test", root=Path("/"))
+    res = classify_paths([s.path for s in samples], clf, batch_size=5)
+    acc = np.mean([p.label == s.label for p, s in zip(res.predictions, samples, strict=True)])
+    assert acc == pytest.approx(test["accuracy"], abs=1e-9)  # inference crops exactly as evaluation did

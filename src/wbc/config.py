@@ -28,7 +28,8 @@ class TrainConfig:
     # model
     model: str = "efficientnet_lite0"
     pretrained: bool = True
-    input_size: int = 160
+    input_size: int = 160  # cells are resized to this (their whole frame, as on disk)
+    centre_crop: int = 0  # >0: the network sees only the central centre_crop px of that (more pixels per cell)
     dropout: float = 0.2
     # optimisation
     epochs: int = 12
@@ -106,6 +107,9 @@ class TrainConfig:
             raise ConfigError(f"balance must be loss, sampler or none, not {self.balance!r}")
         if not 0 <= self.label_smoothing < 1 or self.lr <= 0:
             raise ConfigError("label_smoothing must be in [0, 1) and lr > 0")
+        if self.centre_crop and not 32 <= self.centre_crop <= self.input_size:
+            raise ConfigError(f"centre_crop must be 0 (off) or 32..input_size ({self.input_size}), "
+                              f"not {self.centre_crop}")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
 

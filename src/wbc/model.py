@@ -18,7 +18,7 @@ import numpy as np
 from wbc.errors import ModelError
 from wbc.io import atomic_write_bytes, atomic_write_text
 from wbc.paths import DEFAULT_MODEL
-from wbc.preprocess import prepare_batch
+from wbc.preprocess import centre_crop, prepare_batch
 
 METADATA_KEY = "wbc"
 
@@ -28,7 +28,7 @@ class ModelInfo:
     """Everything needed to use a model correctly, stored inside the model file."""
 
     classes: list[str]
-    input_size: int
+    input_size: int  # cells are resized to this, whole frame
     mean: list[float]
     std: list[float]
     architecture: str = ""
@@ -43,6 +43,12 @@ class ModelInfo:
     ood: dict[str, Any] = field(default_factory=dict)  # statistics for out-of-distribution flags
     head: dict[str, Any] = field(default_factory=dict)  # optional replacement head (wbc adapt)
     extra: dict[str, Any] = field(default_factory=dict)
+    centre_crop: int = 0  # >0: the network's input is the central centre_crop px of the input_size cell
+
+    @property
+    def network_size(self) -> int:
+        """The side of the network's input: ``centre_crop`` if set, else ``input_size``."""
+        return self.centre_crop or self.input_size
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -148,6 +154,8 @@ class Classifier:
             from wbc.stain import normalise_batch
 
             cells = normalise_batch(cells, stain)
+        if self.info.centre_crop:
+            cells = centre_crop(np.asarray(cells), self.info.centre_crop)
         x = prepare_batch(cells, self.info.mean, self.info.std)
         names = [n for n in want if n in self.outputs]
         if self.info.head and "logits" in want and "embedding" not in names:

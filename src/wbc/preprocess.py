@@ -33,6 +33,22 @@ def load_cell(path: str | os.PathLike[str], size: int) -> np.ndarray:
     return resize_square(read_image(path, min_size=size), size)
 
 
+def centre_crop(cells: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` pixels of each cell in (N, S, S, C) (a view; no copy when S == size).
+
+    Models trained with ``centre_crop`` see a cell's whole frame resized to ``input_size`` and then only its
+    centre, so the cell itself gets more pixels at the same network cost.
+
+    >>> centre_crop(np.zeros((2, 224, 224, 3), np.uint8), 160).shape
+    (2, 160, 160, 3)
+    """
+    s = cells.shape[1]
+    if not size or size >= s:
+        return cells
+    o = (s - size) // 2
+    return cells[:, o : o + size, o : o + size]
+
+
 def prepare_batch(
     cells: Sequence[np.ndarray] | np.ndarray, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:

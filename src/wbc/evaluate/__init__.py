@@ -280,7 +280,7 @@ def build_gradcam(
     """Grad-CAM thumbnails per class (for the class the model chose), or an empty dict and why."""
     from wbc.evaluate.gradcam import cam_heatmap, overlay_heatmap
     from wbc.evaluate.report import Thumb
-    from wbc.preprocess import resize_square
+    from wbc.preprocess import centre_crop, resize_square
 
     if "cam" not in classifier.outputs:
         return {}, "This model file has no class-activation output, so no Grad-CAM overlays can be drawn."
@@ -293,8 +293,10 @@ def build_gradcam(
         for i in idx:
             img = _thumb(samples[i].path, max(THUMB, size))
             if img is not None:
-                shown.append(resize_square(img, THUMB))
-                cells.append(resize_square(img, size))
+                cell = resize_square(img, size)
+                # show what the network sees (a centre-crop model sees only the cell's centre)
+                shown.append(resize_square(centre_crop(cell[None], classifier.info.centre_crop)[0], THUMB))
+                cells.append(cell)
                 keep.append(i)
         if not keep:
             continue
@@ -302,7 +304,7 @@ def build_gradcam(
         thumbs = []
         for rgb, cam, i in zip(shown, cams, keep, strict=True):
             p = int(y_prob[i].argmax())
-            heat = cam_heatmap(cam[p], rgb.shape[:2], input_size=size)
+            heat = cam_heatmap(cam[p], rgb.shape[:2], input_size=classifier.info.network_size)
             thumbs.append(
                 Thumb(
                     rgb,

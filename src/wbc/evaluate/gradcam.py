@@ -59,8 +59,8 @@ def overlay_heatmap(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np
 def gradcam_overlays(
     cells: np.ndarray, cams: np.ndarray, class_index: np.ndarray, alpha: float = 0.6
 ) -> list[np.ndarray]:
-    """Overlays for a batch: ``cells`` (N, S, S, 3) uint8 as fed to the network, ``cams`` (N, C, h, w),
-    one class per cell."""
+    """Overlays for a batch: ``cells`` (N, S, S, 3) uint8 as the network sees them (after any centre crop),
+    ``cams`` (N, C, h, w), one class per cell."""
     out = []
     for cell, cam, k in zip(cells, cams, class_index, strict=True):
         heat = cam_heatmap(cam[int(k)], cell.shape[:2], input_size=cell.shape[0])

@@ -48,7 +48,7 @@ def export_model(
     opset: int = 17,
 ) -> float:
     """Write ``net`` to ``path`` with ``info``; returns the max |ONNX - PyTorch| logit difference."""
-    data = to_onnx_bytes(net, info.input_size, opset)
+    data = to_onnx_bytes(net, info.network_size, opset)
     diff = parity(data, net, check_input)
     info.extra["onnx_max_abs_diff"] = diff
     info.extra["opset"] = opset
@@ -81,5 +81,5 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Mode
 
 def export_checkpoint(path: str | os.PathLike[str], output: str | os.PathLike[str], opset: int = 17) -> float:
     net, info = load_checkpoint(path)
-    x = torch.rand(4, 3, info.input_size, info.input_size) * 4 - 2
+    x = torch.rand(4, 3, info.network_size, info.network_size) * 4 - 2
     return export_model(net, info, output, x, opset)

@@ -176,6 +176,7 @@ def adapt_finetune(
     from wbc.calibration import fit_temperature, review_threshold
     from wbc.model import load_model, softmax
     from wbc.ood import add_reference
+    from wbc.preprocess import centre_crop
     from wbc.stain import normalise_batch
     from wbc.train.export import export_model
 
@@ -185,7 +186,8 @@ def adapt_finetune(
     out = _check_output(output, clf)
     ckpt = Path(checkpoint) if checkpoint else clf.path.with_suffix(".pt")
     net, ck_info = load_weights(ckpt)
-    if list(ck_info.classes) != clf.classes or ck_info.input_size != clf.info.input_size:
+    if (list(ck_info.classes), ck_info.input_size, ck_info.network_size) != (
+            clf.classes, clf.info.input_size, clf.info.network_size):
         raise WbcError(f"{ckpt}: these weights ({ck_info.classes}, {ck_info.input_size} px) do not belong to "
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
     info = copy.deepcopy(clf.info)
@@ -201,7 +203,8 @@ def adapt_finetune(
         info.extra.pop("stain", None)
     clf.info = info
     y = np.array([clf.classes.index(lab) for lab in labels])
-    x = normalise_batch(cells, info.extra.get("stain"))  # what the exported model's inputs will look like
+    # what the exported network's inputs will look like: stain-normalised, then cut to its input
+    x = np.ascontiguousarray(centre_crop(normalise_batch(cells, info.extra.get("stain")), info.centre_crop))
     settings = {**DEFAULTS, **recipe}
     n = len(y)
     k = int(max(2, min(5, n // 2)))
@@ -240,7 +243,7 @@ def adapt_finetune(
         emb = embeddings(final, x, info.mean, info.std)
         info.ood = add_reference(info.ood, cells, emb, labels, clf.classes, name=f"adapt:{Path(data).name}",
                                  new_features=True)
-    export_model(final, info, out, torch.rand(2, 3, info.input_size, info.input_size) * 4 - 2)
+    export_model(final, info, out, torch.rand(2, 3, info.network_size, info.network_size) * 4 - 2)
     # the tuned weights beside the model, as the shipped model has them: the output can be adapted again
     save_weights(final, info.architecture or ck_info.architecture, info, out.with_suffix(".pt"))
     res.output = str(out)

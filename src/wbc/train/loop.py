@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from torch.utils.data import DataLoader, WeightedRandomSampler
+from torchvision.transforms import v2
 
 from wbc.calibration import fit_temperature, review_threshold
 from wbc.config import TrainConfig
@@ -34,6 +35,7 @@ from wbc.io import atomic_write_csv, atomic_write_json
 from wbc.labels import CLASSES
 from wbc.model import ModelInfo, softmax
 from wbc.paths import data_root as default_data_root
+from wbc.preprocess import centre_crop
 from wbc.train.data import CachedCells, class_weights, decode_all
 from wbc.train.export import export_model
 from wbc.train.models import Ensemble, WbcNet, create_model
@@ -139,7 +141,10 @@ def fit(
     net = net.to(memory_format=torch.channels_last)
     weights = class_weights(train.labels, len(classes)) if cfg.balance == "loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    dataset = CachedCells(train.images, train.labels, build_augment(cfg))
+    transform = build_augment(cfg)
+    if cfg.centre_crop:  # augment the whole frame (rotations, scale), then keep what the network sees
+        transform = v2.Compose([transform, v2.CenterCrop(cfg.centre_crop)])
+    dataset = CachedCells(train.images, train.labels, transform)
     sampler = None
     if cfg.balance == "sampler":
         w = class_weights(train.labels, len(classes))[torch.as_tensor(train.labels)]
@@ -313,8 +318,10 @@ def run_training(
     counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
     console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
 
-    def subset(mask: np.ndarray) -> Split:
-        return Split(cache[mask], labels[mask])
+    def subset(mask: np.ndarray, scored: bool = True) -> Split:
+        """Images to score are cut to the network's input now; training images keep their frame for augmentation."""
+        images = cache[mask]
+        return Split(np.ascontiguousarray(centre_crop(images, cfg.centre_crop)) if scored else images, labels[mask])
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     test = subset(part == "test")
@@ -322,7 +329,7 @@ def run_training(
         members, oof_logits, oof_labels, fold_summaries = [], [], [], []
         for k in range(cfg.folds):
             console.print(f"[bold]fold {k + 1}/{cfg.folds}[/]")
-            tr, va = subset((part != "test") & (folds != k)), subset((part != "test") & (folds == k))
+            tr, va = subset((part != "test") & (folds != k), False), subset((part != "test") & (folds == k))
             net, _ = fit(cfg.updated({"seed": cfg.seed + k}), tr, va, classes, run_dir / f"fold_{k}", mean, std,
                          console, resume)
             lg = predict_logits(net, va.images, mean, std)
@@ -344,7 +351,7 @@ def run_training(
                            **{f"{m}_sd": float(np.std(v, ddof=1)) for m, v in cv.items()}})
     else:
         val = subset(part == "val")
-        final, _ = fit(cfg, subset(part == "train"), val, classes, run_dir, mean, std, console, resume)
+        final, _ = fit(cfg, subset(part == "train", False), val, classes, run_dir, mean, std, console, resume)
         val_logits = predict_logits(final, val.images, mean, std)
         val_labels = val.labels
 
@@ -353,7 +360,8 @@ def run_training(
     ck = torch.load(run_dir / ckpt_name, map_location="cpu", weights_only=False)
     ck["info"] = info.to_json()
     torch.save(ck, run_dir / ckpt_name)
-    check = normalise(torch.from_numpy(cache[:8]).permute(0, 3, 1, 2), mean, std)
+    check = normalise(torch.from_numpy(np.ascontiguousarray(centre_crop(cache[:8], cfg.centre_crop)))
+                      .permute(0, 3, 1, 2), mean, std)
     diff = export_model(final, info, run_dir / "model.onnx", check)
     console.print(f"exported {run_dir / 'model.onnx'} (max |onnx - torch| logit difference {diff:.2e})")
     atomic_write_json(run_dir / "val_metrics.json", summarise(val_logits, val_labels, classes))
@@ -398,7 +406,8 @@ def finalise_info(
     counts = {c: sum(1 for s in samples if s.label == c and s.split == "train") for c in classes}
     data_desc = Path(cfg.data).name
     return ModelInfo(
-        classes=classes, input_size=cfg.input_size, mean=list(mean), std=list(std), architecture=cfg.model,
+        classes=classes, input_size=cfg.input_size, centre_crop=cfg.centre_crop, mean=list(mean), std=list(std),
+        architecture=cfg.model,
         version=cfg.version, model_id=f"wbc-{cfg.model}-{data_desc}-{stamp}", temperature=temperature,
         review_threshold=threshold, review_target_accuracy=cfg.review_target_accuracy,
         training_data=(f"{data_desc}: train split ({sum(counts.values())} of {len(samples)} images: {counts}); "
@@ -429,9 +438,10 @@ def run_ensemble(
         raise WbcError("the runs were trained on different splits; an ensemble needs one shared manifest.csv")
     loaded = [load_checkpoint(r) for r in runs]
     infos = [i for _, i in loaded]
-    if any((i.classes, i.input_size, i.mean, i.std) != (infos[0].classes, infos[0].input_size, infos[0].mean,
-                                                         infos[0].std) for i in infos):
-        raise WbcError("the runs differ in classes, input size or normalisation")
+    if any((i.classes, i.input_size, i.centre_crop, i.mean, i.std)
+           != (infos[0].classes, infos[0].input_size, infos[0].centre_crop, infos[0].mean, infos[0].std)
+           for i in infos):
+        raise WbcError("the runs differ in classes, input size, centre crop or normalisation")
     members: list[WbcNet] = []
     for net, _ in loaded:
         members += list(net.members) if isinstance(net, Ensemble) else [net]
@@ -445,7 +455,8 @@ def run_ensemble(
     for split in ("val", "test"):
         subset = [s for s in samples if s.split == split]
         cache, ok, _ = decode_all(subset, size, workers=cfg.threads)
-        parts[split] = Split(cache, np.array([classes.index(subset[i].label) for i in ok]))
+        parts[split] = Split(np.ascontiguousarray(centre_crop(cache, infos[0].centre_crop)),
+                             np.array([classes.index(subset[i].label) for i in ok]))
     mean, std = infos[0].mean, infos[0].std
     val_logits = predict_logits(ensemble, parts["val"].images, mean, std)
     info = finalise_info(cfg, classes, mean, std, val_logits, parts["val"].labels, samples, root)
