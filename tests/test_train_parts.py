@@ -108,3 +108,16 @@ def test_imagenet_weights_give_sensible_predictions() -> None:
             top = net(x).softmax(1)[0]
         assert int(top.argmax()) in want
         assert float(top[list(want)].sum()) > 0.5
+
+
+def test_training_centre_crop_cuts_where_inference_does() -> None:
+    """Odd margins included: training's crop and wbc.preprocess.centre_crop pick the same pixels."""
+    import torch
+
+    from wbc.preprocess import centre_crop
+    from wbc.train.transforms import CentreCrop
+
+    for side, size in [(224, 160), (67, 32), (50, 50)]:
+        x = np.random.default_rng(side).integers(0, 255, (1, side, side, 3), dtype=np.uint8)
+        got = CentreCrop(size)(torch.from_numpy(x[0]).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(got, centre_crop(x, size)[0])

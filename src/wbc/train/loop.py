@@ -39,7 +39,7 @@ from wbc.preprocess import centre_crop
 from wbc.train.data import CachedCells, class_weights, decode_all
 from wbc.train.export import export_model
 from wbc.train.models import Ensemble, WbcNet, create_model
-from wbc.train.transforms import build_augment, normalise
+from wbc.train.transforms import CentreCrop, build_augment, normalise
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -143,7 +143,7 @@ def fit(
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     transform = build_augment(cfg)
     if cfg.centre_crop:  # augment the whole frame (rotations, scale), then keep what the network sees
-        transform = v2.Compose([transform, v2.CenterCrop(cfg.centre_crop)])
+        transform = v2.Compose([transform, CentreCrop(cfg.centre_crop)])
     dataset = CachedCells(train.images, train.labels, transform)
     sampler = None
     if cfg.balance == "sampler":

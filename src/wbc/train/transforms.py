@@ -102,6 +102,19 @@ class RandomLowRes(v2.Transform):
         return F.resize(x, [h, w], interpolation=v2.InterpolationMode.BILINEAR, antialias=False)
 
 
+class CentreCrop(v2.Transform):
+    """The central ``size`` px of a (C, S, S) image, at exactly the offset :func:`wbc.preprocess.centre_crop`
+    uses at inference (torchvision's CenterCrop rounds odd margins differently)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        o = (inpt.shape[-1] - self.size) // 2
+        return inpt[..., o : o + self.size, o : o + self.size]
+
+
 class AddGaussianNoise(v2.Transform):
     def __init__(self, std: float) -> None:
         super().__init__()
