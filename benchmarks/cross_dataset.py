@@ -338,7 +338,8 @@ def finetune_runs(
 
     from wbc.preprocess import centre_crop
     from wbc.stain import normalise_batch
-    from wbc.train.finetune import DEFAULTS, finetune, load_weights, predict_logits
+    from wbc.train.finetune import DEFAULTS, finetune, load_weights
+    from wbc.train.loop import predict_logits
 
     torch.set_num_threads(args.threads)
     net, info = load_weights(checkpoint)

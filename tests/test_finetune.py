@@ -77,7 +77,8 @@ def accuracy(model: Path, seed: int = 99) -> float:
 def test_finetune_learns_the_new_lab_is_seeded_and_leaves_the_original_alone() -> None:
     import torch
 
-    from wbc.train.finetune import finetune, predict_logits
+    from wbc.train.finetune import finetune
+    from wbc.train.loop import predict_logits
     from wbc.train.models import create_model
 
     torch.manual_seed(0)

@@ -61,7 +61,8 @@ def test_shipped_weights_are_the_shipped_model_before_quantisation(real_data: Pa
     """``wbc_classifier.pt`` (what ``wbc adapt`` fine-tunes) predicts like the int8 ONNX model it came from."""
     pytest.importorskip("torch")
     from wbc.classify import load_cells
-    from wbc.train.finetune import load_weights, predict_logits
+    from wbc.train.finetune import load_weights
+    from wbc.train.loop import predict_logits
 
     weights = DEFAULT_MODEL.with_suffix(".pt")
     assert weights.is_file() and weights.stat().st_size <= 25 * 1024 * 1024

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from wbc.errors import WbcError
 from wbc.model import ModelInfo
+from wbc.train.loop import predict_logits
 from wbc.train.models import WbcNet, create_model
 from wbc.train.transforms import normalise
 
@@ -143,19 +144,6 @@ def embeddings(net: WbcNet, cells: np.ndarray, mean: Sequence[float], std: Seque
     return np.concatenate(out)
 
 
-@torch.no_grad()
-def predict_logits(net: WbcNet, cells: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int = 128) -> np.ndarray:
-    """Logits (N, C) of uint8 cells (N, S, S, 3)."""
-    net.eval()
-    out = [np.zeros((0, net.fc.out_features), np.float32)]
-    for i in range(0, len(cells), batch_size):
-        x = normalise(torch.from_numpy(np.ascontiguousarray(cells[i : i + batch_size])).permute(0, 3, 1, 2),
-                      mean, std)
-        out.append(net(x).float().numpy())
-    return np.concatenate(out)
-
-
 def adapt_finetune(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str] | None = None, stain: str | None = None, seed: int = 0,
@@ -261,9 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", type=Path, help="a run's best.pt")
     ap.add_argument("output", type=Path, help="e.g. src/wbc/models/default/wbc_classifier.pt")
     args = ap.parse_args(argv)
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     net, info = load_weights(args.checkpoint)
-    save_weights(net, ckpt["arch"], info, args.output)
+    save_weights(net, info.architecture, info, args.output)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)")
     return 0
 
