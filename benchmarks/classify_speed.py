@@ -62,7 +62,6 @@ def main() -> None:
     from wbc.io import iter_image_paths
     from wbc.model import load_model
     from wbc.paths import data_root
-    from wbc.preprocess import centre_crop, prepare_batch
     from wbc.train.models import create_model
 
     torch.set_num_threads(args.threads)
@@ -80,7 +79,7 @@ def main() -> None:
         res["speedup_vs_float_onnxruntime"] = res["onnxruntime_cells_per_s"] / res["onnxruntime_float_cells_per_s"]
 
     net = create_model(clf.info.architecture, len(clf.classes), pretrained=False).eval()
-    x = torch.from_numpy(prepare_batch(centre_crop(cells, clf.info.centre_crop), clf.info.mean, clf.info.std))
+    x = torch.from_numpy(clf.network_input(cells))
     with torch.inference_mode():
         res["pytorch_eager_cells_per_s"] = rate(lambda: net(x), args.batch, args.seconds)
         import timm

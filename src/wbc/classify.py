@@ -71,7 +71,8 @@ def predict_cells(
     ood = classifier.info.ood
     out = classifier.run(cells, ("logits", "embedding") if with_embeddings or ood else ("logits",))
     probs = softmax(out["logits"], classifier.info.temperature)
-    drop = [i for i, c in enumerate(classifier.classes) if c in set(exclude)]
+    excluded = set(exclude)
+    drop = [i for i, c in enumerate(classifier.classes) if c in excluded]
     if drop and len(drop) < len(classifier.classes):
         probs[:, drop] = 0.0
         probs /= probs.sum(1, keepdims=True)

@@ -144,19 +144,22 @@ class Classifier:
     def model_id(self) -> str:
         return self.info.model_id or self.path.stem
 
-    def run(self, cells: np.ndarray | list[np.ndarray], want: tuple[str, ...] = ("logits",)) -> dict[str, np.ndarray]:
-        """Raw network outputs for uint8 RGB cells already at ``input_size``.
+    def network_input(self, cells: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """uint8 RGB cells at ``input_size`` -> the float32 (N, 3, S, S) batch the network is fed.
 
-        A stain normalisation in the metadata (``extra["stain"]``, see :mod:`wbc.stain`) is applied first.
+        The one place inference preprocessing happens: the stain normalisation in the metadata
+        (``extra["stain"]``, see :mod:`wbc.stain`), then the ``centre_crop``, then the normalisation.
         """
         stain = self.info.extra.get("stain")
         if stain:
             from wbc.stain import normalise_batch
 
             cells = normalise_batch(cells, stain)
-        if self.info.centre_crop:
-            cells = centre_crop(np.asarray(cells), self.info.centre_crop)
-        x = prepare_batch(cells, self.info.mean, self.info.std)
+        return prepare_batch(centre_crop(np.asarray(cells), self.info.centre_crop), self.info.mean, self.info.std)
+
+    def run(self, cells: np.ndarray | list[np.ndarray], want: tuple[str, ...] = ("logits",)) -> dict[str, np.ndarray]:
+        """Raw network outputs for uint8 RGB cells already at ``input_size`` (see :meth:`network_input`)."""
+        x = self.network_input(cells)
         names = [n for n in want if n in self.outputs]
         if self.info.head and "logits" in want and "embedding" not in names:
             names.append("embedding")

@@ -29,7 +29,6 @@ from wbc.classify import load_cells
 from wbc.data import cap_per_class, read_manifest
 from wbc.errors import WbcError
 from wbc.model import Classifier, softmax, write_model
-from wbc.preprocess import centre_crop, prepare_batch
 
 
 def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, batch_size: int = 32) -> None:
@@ -105,7 +104,7 @@ def quantize_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wbc-quant-") as tmp:
         raw = Path(tmp) / "int8.onnx"
-        quantize_onnx(fp32.path, raw, prepare_batch(centre_crop(cal_cells, info.centre_crop), info.mean, info.std))
+        quantize_onnx(fp32.path, raw, fp32.network_input(cal_cells))
         write_model(out, raw.read_bytes(), info)  # metadata first, so the file loads as a Classifier
     int8 = Classifier(out, threads=threads)
 

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from wbc.errors import WbcError
 from wbc.model import ModelInfo
-from wbc.train.loop import predict_logits
+from wbc.train.loop import predict_embeddings, predict_logits
 from wbc.train.models import WbcNet, create_model
-from wbc.train.transforms import normalise
+from wbc.train.transforms import cells_to_batch
 
 if TYPE_CHECKING:
     from wbc.adapt import AdaptResult
@@ -107,7 +107,7 @@ def finetune(
     model.eval()  # BatchNorm keeps its training statistics (see the module docstring)
     for p in model.parameters():
         p.requires_grad_(True)
-    x = normalise(torch.from_numpy(np.ascontiguousarray(cells)).permute(0, 3, 1, 2), mean, std)
+    x = cells_to_batch(cells, mean, std)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     steps_per_epoch = max(1, len(x) // batch_size)
     total = epochs * steps_per_epoch
@@ -129,19 +129,6 @@ def finetune(
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
-
-
-@torch.no_grad()
-def embeddings(net: WbcNet, cells: np.ndarray, mean: Sequence[float], std: Sequence[float],
-               batch_size: int = 128) -> np.ndarray:
-    """Pooled embeddings (N, D) of uint8 cells (N, S, S, 3), as the exported ``embedding`` output."""
-    net.eval()
-    out = [np.zeros((0, net.num_features), np.float32)]
-    for i in range(0, len(cells), batch_size):
-        x = normalise(torch.from_numpy(np.ascontiguousarray(cells[i : i + batch_size])).permute(0, 3, 1, 2),
-                      mean, std)
-        out.append(net.forward_all(x)[1].float().numpy())
-    return np.concatenate(out)
 
 
 def adapt_finetune(
@@ -206,7 +193,7 @@ def adapt_finetune(
         if progress:
             progress(done[0], steps)
 
-    before = softmax(clf.run(cells[held])["logits"])
+    before = clf.run(cells[held])["logits"]
     part = finetune(net, x[~held], y[~held], info.mean, info.std, seed=seed, progress=tick, **recipe)
     logits_held = predict_logits(part, x[held], info.mean, info.std)
     temp = float(fit_temperature(logits_held, y[held]))
@@ -228,7 +215,7 @@ def adapt_finetune(
     info.extra["adapt"].update(data=str(data), checkpoint=str(ckpt),
                                stain=(info.extra.get("stain") or {}).get("method", "none"))
     if info.ood.get("references"):
-        emb = embeddings(final, x, info.mean, info.std)
+        emb = predict_embeddings(final, x, info.mean, info.std)
         info.ood = add_reference(info.ood, cells, emb, labels, clf.classes, name=f"adapt:{Path(data).name}",
                                  new_features=True)
     export_model(final, info, out, torch.rand(2, 3, info.network_size, info.network_size) * 4 - 2)

@@ -39,7 +39,7 @@ from wbc.preprocess import centre_crop
 from wbc.train.data import CachedCells, class_weights, decode_all
 from wbc.train.export import export_model
 from wbc.train.models import Ensemble, WbcNet, create_model
-from wbc.train.transforms import CentreCrop, build_augment, normalise
+from wbc.train.transforms import CentreCrop, build_augment, cells_to_batch, normalise
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,14 +75,24 @@ def _lr_lambda(warmup_steps: int, total_steps: int):
 
 
 @torch.no_grad()
+@torch.no_grad()
+def _in_batches(fn, images: np.ndarray, mean, std, batch_size: int) -> list[np.ndarray]:
+    return [fn(cells_to_batch(images[i : i + batch_size], mean, std).contiguous(memory_format=torch.channels_last))
+            .float().numpy() for i in range(0, len(images), batch_size)]
+
+
 def predict_logits(net: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 128) -> np.ndarray:
+    """Logits (N, C) of uint8 cells (N, S, S, 3) at the network's input size, in eval mode, without gradients."""
     net.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2)
-        x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
-        out.append(net(x).float().numpy())
+    out = _in_batches(net, images, mean, std, batch_size)
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def predict_embeddings(net: WbcNet, images: np.ndarray, mean, std, batch_size: int = 128) -> np.ndarray:
+    """Pooled embeddings (N, D) of uint8 cells, as the exported ``embedding`` output."""
+    net.eval()
+    out = _in_batches(lambda x: net.forward_all(x)[1], images, mean, std, batch_size)
+    return np.concatenate(out) if out else np.zeros((0, net.num_features), np.float32)
 
 
 def summarise(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -360,8 +370,7 @@ def run_training(
     ck = torch.load(run_dir / ckpt_name, map_location="cpu", weights_only=False)
     ck["info"] = info.to_json()
     torch.save(ck, run_dir / ckpt_name)
-    check = normalise(torch.from_numpy(np.ascontiguousarray(centre_crop(cache[:8], cfg.centre_crop)))
-                      .permute(0, 3, 1, 2), mean, std)
+    check = cells_to_batch(centre_crop(cache[:8], cfg.centre_crop), mean, std)
     diff = export_model(final, info, run_dir / "model.onnx", check)
     console.print(f"exported {run_dir / 'model.onnx'} (max |onnx - torch| logit difference {diff:.2e})")
     atomic_write_json(run_dir / "val_metrics.json", summarise(val_logits, val_labels, classes))
@@ -467,7 +476,7 @@ def run_ensemble(
     torch.save({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
                 "info": info.to_json()}, out / "ensemble.pt")
     (out / "manifest.csv").write_bytes(manifests[0].read_bytes())
-    check = normalise(torch.from_numpy(parts["val"].images[:8]).permute(0, 3, 1, 2), mean, std)
+    check = cells_to_batch(parts["val"].images[:8], mean, std)
     diff = export_model(ensemble, info, out / "model.onnx", check)
     atomic_write_json(out / "val_metrics.json", summarise(val_logits, parts["val"].labels, classes))
     test_logits = predict_logits(ensemble, parts["test"].images, mean, std)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -152,6 +153,11 @@ def build_augment(cfg: TrainConfig) -> v2.Transform:
     if cfg.jpeg_p > 0:
         ops.append(v2.RandomApply([v2.JPEG((40, 95))], p=cfg.jpeg_p))
     return v2.Compose(ops)
+
+
+def cells_to_batch(cells: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 cells (N, S, S, 3) as numpy -> the normalised float (N, 3, S, S) tensor the network takes."""
+    return normalise(torch.from_numpy(np.ascontiguousarray(cells)).permute(0, 3, 1, 2), mean, std)
 
 
 def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
