@@ -103,34 +103,38 @@ def box_cell(box: tuple[float, float, float, float], box_to_cell: float = BOX_TO
 
 
 def load_bccd_cells(
-    root: Path, size: int, crop: str = "wbc", fraction: float | None = None
+    root: Path, size: int, crop: str = "wbc", fraction: float | None = None, lab_scale: bool = False
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """BCCD single-WBC crops at ``size`` with their labels and image names.
 
     ``crop="wbc"``: :func:`wbc.crops.crop_cell` (what ``wbc analyze`` does) on an ellipse fitted in the box,
     with ``fraction`` (default: :data:`wbc.crops.DEFAULT_CELL_FRACTION`); ``"local"``: :func:`crop_cell`
-    here (max extent / PBC_FILL, background-coloured borders).
+    here (max extent / PBC_FILL, background-coloured borders). ``lab_scale``: one crop side for the whole
+    lab (the median cell diameter / ``fraction``) instead of one per cell, so that cells keep their sizes
+    relative to each other, as in PBC's fixed-magnification crops (small lymphocytes, large monocytes).
     """
     from wbc import crops
     from wbc.io import read_image
     from wbc.preprocess import resize_square
 
     frac = fraction or crops.DEFAULT_CELL_FRACTION
-    cells, labels, names = [], [], []
+    fields = []
     with (root / "bccd" / "single_wbc_labels.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
             box = wbc_box(root / "bccd" / "Annotations" / f"{row['image']}.xml")
             label = row["label"].strip().lower()
-            if box is None or label not in BCCD_CLASSES:
-                continue
-            rgb = read_image(root / "bccd" / "JPEGImages" / f"{row['image']}.jpg")
-            if crop == "wbc":
-                cells.append(crops.crop_cell(rgb, box_cell(box), size, frac))
-            else:
-                cells.append(resize_square(crop_cell(rgb, box), size))
-            labels.append(label)
-            names.append(row["image"])
-    return np.stack(cells), labels, names
+            if box is not None and label in BCCD_CLASSES:
+                fields.append((row["image"], label, box))
+    diameters = [crops.cell_diameter(box_cell(box)) for _, _, box in fields]
+    side = float(np.median(diameters)) / frac
+    cells = []
+    for (image, _, box), d in zip(fields, diameters, strict=True):
+        rgb = read_image(root / "bccd" / "JPEGImages" / f"{image}.jpg")
+        if crop == "wbc":
+            cells.append(crops.crop_cell(rgb, box_cell(box), size, d / side if lab_scale else frac))
+        else:
+            cells.append(resize_square(crop_cell(rgb, box), size))
+    return np.stack(cells), [lab for _, lab, _ in fields], [image for image, _, _ in fields]
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -189,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-checkpoint", type=Path, default=None,
                     help="PyTorch weights for the fine-tuning rows (default: the .pt beside --model)")
     ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning rows (the slow part)")
+    ap.add_argument("--lab-scale", action="store_true",
+                    help="crop every BCCD cell with one side (the lab's median diameter / the cell fraction), "
+                         "keeping cell sizes relative to each other, instead of scaling each crop to its cell")
+    ap.add_argument("--finetune-members", type=int, default=1,
+                    help="fine-tune K copies per draw and score their ensemble (wbc adapt --members K)")
     args = ap.parse_args(argv)
 
     from wbc.adapt import original_head
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         cache.mkdir(parents=True, exist_ok=True)
 
     print("loading BCCD crops ...", flush=True)
-    b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction)
+    b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction, args.lab_scale)
     counts = ", ".join(f"{c} {b_labels.count(c)}" for c in BCCD_CLASSES)
     print(f"  {len(b_cells)} cells: {counts}", flush=True)
     pbc_test = cap_per_class([s for s in read_manifest(args.manifest, "test", root) if s.label in classes],
@@ -234,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "bccd_cells": len(b_cells), "bccd_counts": {c: b_labels.count(c) for c in BCCD_CLASSES},
         "pbc_test_cells": len(p_cells), "pbc_train_cells_for_stats": len(t_cells),
         "pbc_fill": PBC_FILL, "box_to_cell": BOX_TO_CELL, "crop": args.crop, "cell_fraction": fraction,
+        "lab_scale": args.lab_scale,
         "draws": args.draws, "command": "python benchmarks/cross_dataset.py " + " ".join(sys.argv[1:]),
     }
 
@@ -299,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                 save()
 
     # crop-scale sensitivity: the same cells cropped tighter / looser (1 view, no stain normalisation)
-    for factor in (0.8, 1.25):
-        cells_f, labels_f, _ = load_bccd_cells(root, size, args.crop, fraction * factor)
-        pb = probs_from_emb(embeddings(f"scale{factor}", "bccd", cells_f, 1), w0, b0, False)
+    for factor in (0.8, 1.25) if "none" in args.measures else ():
+        cells_f, labels_f, _ = load_bccd_cells(root, size, args.crop, fraction * factor, args.lab_scale)
         key = f"none, cell fraction x{factor}"
+        pb = probs_from_emb(embeddings(f"scale{factor}", "bccd", cells_f, 1), w0, b0, False)
         results["measures"][key] = {
             "bccd": metrics(labels_f, restricted_pred(pb, classes, BCCD_CLASSES), BCCD_CLASSES),
             "pbc_test": results["measures"]["none"]["pbc_test"],
@@ -336,6 +346,7 @@ def finetune_runs(
     """Few-shot fine-tuning of the whole network (``wbc adapt``'s default) on the same draws as the head."""
     import torch
 
+    from wbc.model import softmax
     from wbc.preprocess import centre_crop
     from wbc.stain import normalise_batch
     from wbc.train.finetune import DEFAULTS, finetune, load_weights
@@ -353,11 +364,12 @@ def finetune_runs(
         rows = []
         for tr, te in splits[n]:
             t1 = time.perf_counter()
-            tuned = finetune(net, x[tr], y[tr], info.mean, info.std, seed=0)
+            # --finetune-members K: K copies (seeds 0..K-1), their mean probability (`wbc adapt --members K`)
+            tuned = [finetune(net, x[tr], y[tr], info.mean, info.std, seed=m) for m in range(args.finetune_members)]
             secs = time.perf_counter() - t1
-            lg = predict_logits(tuned, x[te], info.mean, info.std)
+            lg = np.mean([softmax(predict_logits(t, x[te], info.mean, info.std)) for t in tuned], axis=0)
             pred = [classes[allowed[i]] for i in lg[:, allowed].argmax(1)]
-            pp = predict_logits(tuned, p_cells, info.mean, info.std).argmax(1)
+            pp = np.mean([softmax(predict_logits(t, p_cells, info.mean, info.std)) for t in tuned], axis=0).argmax(1)
             rows.append({"n": n, "fit_seconds": secs,
                          "bccd": metrics([b_labels[i] for i in te], pred, BCCD_CLASSES),
                          "pbc_test_acc_after_adapt": float(np.mean(np.asarray(p_labels) == np.asarray(
@@ -368,7 +380,7 @@ def finetune_runs(
             "acc_max": float(np.max(accs)), "f1_mean": float(np.mean([r["bccd"]["macro_f1"] for r in rows])),
             "pbc_acc_mean": float(np.mean([r["pbc_test_acc_after_adapt"] for r in rows])),
             "fit_seconds_mean": float(np.mean([r["fit_seconds"] for r in rows])),
-            "recipe": DEFAULTS, "checkpoint": str(checkpoint),
+            "recipe": DEFAULTS, "members": args.finetune_members, "checkpoint": str(checkpoint),
         }
         a = results["finetune"][f"{name}/{n}"]
         print(f"finetune {name:<13} n={n:<4} BCCD acc {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] "
@@ -418,7 +430,8 @@ def markdown(res: dict[str, Any]) -> str:
     s = res["setup"]
     lines = [
         f"Model `{s['model_id']}` (input {s['input_size']} px), trained on PBC only. BCCD: {s['bccd_cells']} "
-        "single-WBC fields cropped around their box ("
+        "single-WBC fields cropped around their box"
+        + (" with one crop size for the whole lab (`--lab-scale`)" if s.get("lab_scale") else "") + " ("
         + ", ".join(f"{c} {n}" for c, n in s["bccd_counts"].items())
         + "); predictions restricted to these 5 classes by renormalising their probabilities. "
         f"PBC test: {s['pbc_test_cells']} cells of the run's test split, 8 classes.",
@@ -440,8 +453,11 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {key} | {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] | "
                      f"{a['f1_mean']:.3f} | {a['acc_tta_mean']:.3f} | {a['pbc_acc_mean']:.3f} |")
     if res.get("finetune"):
-        lines += ["", "Few-shot fine-tuning of the whole network (`wbc adapt`, the default method), the same "
-                  "draws:", "", "| preprocessing / n labelled | BCCD accuracy mean [min-max] | macro-F1 mean | "
+        k = next(iter(res["finetune"].values())).get("members", 1)
+        what = f"an ensemble of {k} fine-tuned copies (`wbc adapt --members {k}`)" if k > 1 else (
+            "`wbc adapt`, the default method")
+        lines += ["", f"Few-shot fine-tuning of the whole network ({what}), the same draws:", "",
+                  "| preprocessing / n labelled | BCCD accuracy mean [min-max] | macro-F1 mean | "
                   "fit seconds | PBC test accuracy after |", "|---|---:|---:|---:|---:|"]
         for key, a in res["finetune"].items():
             lines.append(f"| {key} | {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] | "

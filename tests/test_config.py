@@ -20,6 +20,10 @@ def test_toml_then_flags_override(tmp_path: Path) -> None:
     ("epoch = 3", "unknown training option 'epoch'"),
     ("balance = 'magic'", "balance must be"),
     ("folds = 1", "folds must be"),
+    ("device = 'tpu'", "device must be cpu, cuda or auto"),
+    ("progressive_size = 16", "progressive_size must be"),
+    ("epochs = 3\nprogressive_size = 112\nprogressive_epochs = 3", "leave at least one epoch at full size"),
+    ("num_workers = -1", "num_workers must be"),
     ("epochs = [", "not valid TOML"),
 ])
 def test_bad_config_names_file_and_problem(tmp_path: Path, text: str, msg: str) -> None:

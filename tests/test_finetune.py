@@ -139,6 +139,42 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
     assert load_model(tmp_path / "t2.onnx").info.model_id == "tiny-cnn+finetune+finetune"
 
 
+def test_adapt_members_ships_an_ensemble_that_can_be_adapted_again(tmp_path: Path, small_model: Path) -> None:
+    """``--members 2``: two fine-tuned copies, one ONNX graph whose probabilities are their mean."""
+    import torch
+
+    from wbc.cli import app
+    from wbc.model import softmax
+    from wbc.train.finetune import load_weights
+    from wbc.train.models import Ensemble
+
+    data = write_lab(tmp_path / "lab", n=10, seed=1)
+    out = tmp_path / "ens.onnx"
+    res = CliRunner().invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o", str(out),
+                                   "--epochs", "40", "--members", "2"])
+    assert res.exit_code == 0, res.output
+    tuned = load_model(out)
+    assert tuned.info.model_id == "tiny-cnn+finetunex2" and tuned.info.architecture == "ensemble of 2 x small_cnn"
+    assert tuned.info.extra["adapt"]["settings"]["members"] == 2
+    assert accuracy(out) >= 0.9 > accuracy(small_model)
+    net, _ = load_weights(out.with_suffix(".pt"))  # the members' weights beside it, in one file
+    assert isinstance(net, Ensemble) and len(net.members) == 2
+    cells, _ = lab_cells(4, seed=5)
+    x = torch.from_numpy(((cells / 255.0 - 0.5) / 0.25).astype(np.float32)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        mean_p = torch.stack([m(x).softmax(1) for m in net.members]).mean(0).numpy()
+    np.testing.assert_allclose(softmax(tuned.run(cells)["logits"]), mean_p, atol=2e-3)  # weights stored in fp16
+    again = CliRunner().invoke(app, ["adapt", "-m", str(out), "--data", str(data), "-o", str(tmp_path / "e2.onnx"),
+                                     "--epochs", "3"])  # an ensemble is fine-tuned again as one network
+    assert again.exit_code == 0, again.output
+    twice = CliRunner().invoke(app, ["adapt", "-m", str(out), "--data", str(data), "-o", str(tmp_path / "e3.onnx"),
+                                     "--members", "2"])
+    assert twice.exit_code == 1 and "already an ensemble" in str(twice.exception or twice.output)
+    head = CliRunner().invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o",
+                                    str(tmp_path / "h.onnx"), "--method", "head", "--members", "2"])
+    assert head.exit_code == 1 and "--members needs --method finetune" in str(head.exception or head.output)
+
+
 def test_finetuning_a_centre_crop_model_trains_on_what_the_network_sees(tmp_path: Path) -> None:
     from wbc.cli import app
 

@@ -92,6 +92,7 @@ def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, syn
     (["train", "--config", "/no/cfg.toml"], "config file not found"),
     (["train", "--balance", "magic"], "balance must be"),
     (["export", "/no/run"], "checkpoint not found"),
+    (["train", "--device", "tpu"], "device must be cpu, cuda or auto"),
 ])
 def test_cli_errors_are_one_line_not_tracebacks(args: list[str], msg: str) -> None:
     r = run_wbc(*args)
@@ -135,10 +136,25 @@ def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_datase
 
     mean_p = np.mean([softmax(m.run(cells)["logits"]) for m in members], axis=0)
     np.testing.assert_allclose(softmax(clf.run(cells)["logits"]), mean_p, atol=1e-4)
+    # residual analysis across the two runs (benchmarks/error_overlap.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from error_overlap import main as error_overlap
+
+    assert error_overlap([str(synthetic_run), str(second), "--split", "test", "--data", "/",
+                          "--output", str(tmp_path / "overlap.json")]) == 0
+    overlap = json.loads((tmp_path / "overlap.json").read_text())
+    errors = [r["errors"] for r in overlap["per_run"]]
+    assert overlap["cells"] == 16 and overlap["errors_in_all_runs"] <= min(errors) <= max(errors)
+    assert max(errors) <= overlap["errors_in_any_run"] <= sum(errors)
+    assert len(overlap["common_errors"]) == overlap["errors_in_all_runs"]
+    for run, row in zip((synthetic_run, second), overlap["per_run"], strict=True):
+        assert row["accuracy"] == pytest.approx(json.loads((run / "test_metrics.json").read_text())["accuracy"])
     bad = tmp_path / "other_split"
     run_training(cfg.updated({"split_seed": 5, "epochs": 1}), bad, console=Console(quiet=True))
     with pytest.raises(Exception, match="different splits"):
         run_ensemble([synthetic_run, bad], tmp_path / "ens2", console=Console(quiet=True))
+    with pytest.raises(SystemExit, match="different splits"):
+        error_overlap([str(synthetic_run), str(bad), "--data", "/", "--output", str(tmp_path / "no.json")])
 
 
 def test_quantize_keeps_predictions_and_refits_calibration(synthetic_run: Path, tmp_path: Path) -> None:
@@ -195,3 +211,26 @@ def test_centre_crop_model_trains_exports_and_classifies_like_its_evaluation(syn
     res = classify_paths([s.path for s in samples], clf, batch_size=5)
     acc = np.mean([p.label == s.label for p, s in zip(res.predictions, samples, strict=True)])
     assert acc == pytest.approx(test["accuracy"], abs=1e-9)  # inference crops exactly as evaluation did
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_train_on_a_missing_gpu_says_so_before_reading_data(tmp_path: Path) -> None:
+    r = run_wbc("train", "--device", "cuda", "--data", str(tmp_path / "none"), "--output", str(tmp_path / "r"))
+    assert r.returncode == 1 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_progressive_resizing_with_worker_processes(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """Early epochs at a smaller input, augmentation in a worker process; the model ends at full size."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.train.loop import progressive_input, run_training
+
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=48, epochs=6,
+                      batch_size=16, lr=3e-3, patience=0, threads=2, num_workers=1, progressive_size=32,
+                      progressive_epochs=3, hed_sigma=0.0, hed_bias=0.0)
+    assert [progressive_input(cfg, e) for e in range(6)] == [32, 32, 32, 0, 0, 0]
+    test = run_training(cfg, tmp_path / "prog", console=Console(quiet=True))
+    assert test["accuracy"] > 0.4  # 8 balanced classes: chance is 0.125
+    clf = load_model(tmp_path / "prog" / "model.onnx")
+    assert clf.session.get_inputs()[0].shape[2:] == [48, 48]

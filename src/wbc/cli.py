@@ -105,6 +105,8 @@ def train(
     max_per_class: Annotated[int | None, typer.Option(help="Cap images per class (0: all).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Augmentation worker processes (0: none).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | auto (a GPU when there is one).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
 ) -> None:
     """Train a classifier: split, augment, fit, early-stop, calibrate, export ONNX, report on test."""
@@ -112,7 +114,8 @@ def train(
 
     overrides = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                      input_size=input_size, pretrained=pretrained, augment=augment, balance=balance,
-                     patience=patience, folds=folds, max_per_class=max_per_class, seed=seed, threads=threads)
+                     patience=patience, folds=folds, max_per_class=max_per_class, seed=seed, threads=threads,
+                     num_workers=num_workers, device=device)
     cfg = load_config(config, overrides)
     try:
         from wbc.train.loop import run_training

@@ -41,6 +41,8 @@ class TrainConfig:
     balance: str = "loss"  # "loss" (class-weighted), "sampler" (balanced sampling) or "none"
     patience: int = 4  # early stopping on validation macro-F1; 0 disables
     ema: float = 0.0  # >0: evaluate and keep an exponential moving average of the weights (e.g. 0.998)
+    progressive_size: int = 0  # >0: the first progressive_epochs train at this smaller input (cheaper epochs)
+    progressive_epochs: int = 0
     # augmentation
     augment: bool = True
     hflip: bool = True
@@ -67,7 +69,8 @@ class TrainConfig:
     folds: int = 0  # >1: K-fold cross-validation on train+val and an ensemble of the fold models
     seed: int = 0
     threads: int = 2
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes for augmentation (0: in the training process)
+    device: str = "cpu"  # "cpu", "cuda" (a GPU) or "auto" (a GPU when there is one)
     version: str = "1.0.0"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +113,15 @@ class TrainConfig:
         if self.centre_crop and not 32 <= self.centre_crop <= self.input_size:
             raise ConfigError(f"centre_crop must be 0 (off) or 32..input_size ({self.input_size}), "
                               f"not {self.centre_crop}")
+        if self.progressive_size and not 32 <= self.progressive_size <= (self.centre_crop or self.input_size):
+            raise ConfigError(f"progressive_size must be 0 (off) or 32..the network input size, "
+                              f"not {self.progressive_size}")
+        if self.progressive_epochs < 0 or (self.progressive_size and self.progressive_epochs >= self.epochs):
+            raise ConfigError("progressive_epochs must be >= 0 and leave at least one epoch at full size")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"device must be cpu, cuda or auto, not {self.device!r}")
+        if self.num_workers < 0 or self.threads < 1:
+            raise ConfigError("num_workers must be >= 0 and threads >= 1")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
 

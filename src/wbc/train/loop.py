@@ -75,23 +75,36 @@ def _lr_lambda(warmup_steps: int, total_steps: int):
 
 
 @torch.no_grad()
-@torch.no_grad()
-def _in_batches(fn, images: np.ndarray, mean, std, batch_size: int) -> list[np.ndarray]:
-    return [fn(cells_to_batch(images[i : i + batch_size], mean, std).contiguous(memory_format=torch.channels_last))
-            .float().numpy() for i in range(0, len(images), batch_size)]
+def _in_batches(fn, images: np.ndarray, mean, std, batch_size: int, device: torch.device) -> list[np.ndarray]:
+    return [fn(cells_to_batch(images[i : i + batch_size], mean, std).to(device)
+               .contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+            for i in range(0, len(images), batch_size)]
+
+
+def _device_of(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cfg.device`` as a torch device; "cuda" without a usable GPU is a clear error, "auto" falls back to CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise WbcError("device = cuda, but PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    return torch.device(name)
 
 
 def predict_logits(net: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 128) -> np.ndarray:
     """Logits (N, C) of uint8 cells (N, S, S, 3) at the network's input size, in eval mode, without gradients."""
     net.eval()
-    out = _in_batches(net, images, mean, std, batch_size)
+    out = _in_batches(net, images, mean, std, batch_size, _device_of(net))
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 def predict_embeddings(net: WbcNet, images: np.ndarray, mean, std, batch_size: int = 128) -> np.ndarray:
     """Pooled embeddings (N, D) of uint8 cells, as the exported ``embedding`` output."""
     net.eval()
-    out = _in_batches(lambda x: net.forward_all(x)[1], images, mean, std, batch_size)
+    out = _in_batches(lambda x: net.forward_all(x)[1], images, mean, std, batch_size, _device_of(net))
     return np.concatenate(out) if out else np.zeros((0, net.num_features), np.float32)
 
 
@@ -140,16 +153,28 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def progressive_input(cfg: TrainConfig, epoch: int) -> int:
+    """The smaller input size of a progressive-resizing epoch (0: full size). Such an epoch costs about
+    (small / size)^2 of a full one, so a fixed time budget holds more epochs; the last ones are at full size
+    so BatchNorm statistics and the weights settle at the size inference uses.
+
+    >>> [progressive_input(TrainConfig(epochs=4, progressive_size=112, progressive_epochs=2), e) for e in range(4)]
+    [112, 112, 0, 0]
+    """
+    return cfg.progressive_size if epoch < cfg.progressive_epochs else 0
+
+
 def fit(
     cfg: TrainConfig, train: Split, val: Split, classes: list[str], run_dir: Path,
     mean, std, console: Console, resume: bool = False,
 ) -> tuple[WbcNet, list[dict[str, Any]]]:
-    """Train one network; returns it with the weights of its best validation macro-F1 epoch."""
+    """Train one network; returns it (on the CPU) with the weights of its best validation macro-F1 epoch."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
     gen = seed_everything(cfg.seed)
     net = create_model(cfg.model, len(classes), pretrained=cfg.pretrained, dropout=cfg.dropout)
-    net = net.to(memory_format=torch.channels_last)
-    weights = class_weights(train.labels, len(classes)) if cfg.balance == "loss" else None
+    net = net.to(device, memory_format=torch.channels_last)
+    weights = class_weights(train.labels, len(classes)).to(device) if cfg.balance == "loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     transform = build_augment(cfg)
     if cfg.centre_crop:  # augment the whole frame (rotations, scale), then keep what the network sees
@@ -160,7 +185,8 @@ def fit(
         w = class_weights(train.labels, len(classes))[torch.as_tensor(train.labels)]
         sampler = WeightedRandomSampler(w.double(), len(train), replacement=True, generator=gen)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers, generator=gen)
+                        drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers, generator=gen,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -190,12 +216,16 @@ def fit(
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
+        small = progressive_input(cfg, epoch)
         net.train()
         tot_loss, tot_correct, seen = 0.0, 0, 0
         with _progress(console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0)
             for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
+                if small:
+                    x = torch.nn.functional.interpolate(x, size=(small, small), mode="bilinear", antialias=True)
                 logits = net(x)
                 loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -240,6 +270,7 @@ def fit(
             break
     plot_curves(history, run_dir / "curves.png")
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    net = net.cpu()
     net.load_state_dict(best["model"])
     return net.eval(), history
 
@@ -308,8 +339,10 @@ def run_training(
         raise WbcError(f"{run_dir}: a run already exists here; pass --resume to continue it or pick another --output")
     if resume and (run_dir / "config.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
-        cfg = TrainConfig().updated({k: v for k, v in saved.items() if k != "extra"})
+        where = {k: getattr(cfg, k) for k in ("device", "threads", "num_workers")}  # this machine's, not the run's
+        cfg = TrainConfig().updated({**{k: v for k, v in saved.items() if k != "extra"}, **where})
     torch.set_num_threads(cfg.threads)
+    resolve_device(cfg.device)  # a missing GPU is reported now, not after decoding the data
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     t_start = time.time()
@@ -322,6 +355,10 @@ def run_training(
     for _path, reason in bad:
         console.print(f"[yellow]skipped unreadable[/] {reason}", highlight=False)
     kept = [samples[i] for i in ok]
+    for parts in (("train",), ("val",)) if cfg.folds <= 1 else (("train", "val"),):
+        if not any(s.split in parts for s in kept):
+            raise WbcError(f"{run_dir / 'manifest.csv'}: no readable {'+'.join(parts)} images "
+                           f"({len(bad)} of {len(samples)} could not be read)")
     labels = np.array([classes.index(s.label) for s in kept])
     part = np.array([s.split for s in kept])
     folds = np.array([s.fold for s in kept])

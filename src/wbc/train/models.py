@@ -35,12 +35,14 @@ def create_model(name: str, num_classes: int, pretrained: bool = True, dropout: 
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     backbone, features = _REGISTRY[name][0](pretrained=pretrained)
-    return WbcNet(backbone, features, num_classes, dropout)
+    return WbcNet(backbone, features, num_classes, dropout, arch=name)
 
 
 class WbcNet(nn.Module):
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float,
+                 arch: str = "") -> None:
         super().__init__()
+        self.arch = arch  # the registry name that rebuilds it (create_model)
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(num_features, num_classes)

@@ -163,4 +163,5 @@ def cells_to_batch(cells: np.ndarray, mean: Sequence[float], std: Sequence[float
 def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (N, 3, S, S) -> float, the same arithmetic as :func:`wbc.preprocess.prepare_batch`."""
     scale, offset = normalisation_constants(mean, std)
-    return batch.float() * torch.from_numpy(scale).view(1, 3, 1, 1) + torch.from_numpy(offset).view(1, 3, 1, 1)
+    scale_t, offset_t = (torch.from_numpy(a).view(1, 3, 1, 1).to(batch.device) for a in (scale, offset))
+    return batch.float() * scale_t + offset_t
