@@ -2,11 +2,14 @@
 
 The crops are exactly those of ``benchmarks/cross_dataset.py`` (``wbc.crops.crop_cell`` at the model's cell
 fraction, one PNG per BCCD field with one WBC). ``--split`` picks fields from BCCD's own split, so cells for
-adaptation can come from trainval while ``wbc evaluate-smears`` scores the test fields:
+adaptation can come from trainval while ``wbc evaluate-smears`` scores the test fields; ``--split all
+--exclude LAB`` writes every other cell, to score the adapted model on the cells it did not see:
 
     python benchmarks/bccd_cells.py --split trainval --n 100 --output /tmp/bccd_lab
     wbc adapt --data /tmp/bccd_lab --output /tmp/bccd_lab.onnx --stain reinhard
     wbc evaluate-smears --model /tmp/bccd_lab.onnx --output /tmp/smears_adapted
+    python benchmarks/bccd_cells.py --split all --n 0 --exclude /tmp/bccd_lab --output /tmp/bccd_rest
+    wbc evaluate /tmp/bccd_rest --model /tmp/bccd_lab.onnx --output /tmp/bccd_rest_eval
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from cross_dataset import load_bccd_cells
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", type=Path, required=True, help="folder to write <class>/<field>.png into")
-    ap.add_argument("--split", default="trainval", choices=["train", "val", "trainval", "test"])
+    ap.add_argument("--split", default="trainval", choices=["train", "val", "trainval", "test", "all"])
+    ap.add_argument("--exclude", type=Path, default=None, help="skip the fields already written under this "
+                    "folder (e.g. the lab's cells, to score an adapted model on the other cells)")
     ap.add_argument("--n", type=int, default=100, help="random cells to keep (0: all of the split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", type=Path, default=None, help="classifier whose input size and cell fraction "
@@ -39,11 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.paths import data_root
 
     root = data_root(args.data)
-    split_file = root / "bccd" / "ImageSets" / "Main" / f"{args.split}.txt"
-    if not split_file.is_file():
-        print(f"error: {split_file}: BCCD split not found (is --data the data root?)", file=sys.stderr)
-        return 1
-    names_in_split = set(split_file.read_text().split())
+    names_in_split: set[str] = set()
+    for split in ("trainval", "test") if args.split == "all" else (args.split,):
+        split_file = root / "bccd" / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            print(f"error: {split_file}: BCCD split not found (is --data the data root?)", file=sys.stderr)
+            return 1
+        names_in_split |= set(split_file.read_text().split())
+    if args.exclude:
+        names_in_split -= {p.stem for p in args.exclude.glob("*/*.png")}
     clf = load_model(args.model)
     cells, labels, names = load_bccd_cells(root, clf.info.input_size, "wbc", cell_fraction_of(clf))
     idx = [i for i, n in enumerate(names) if n in names_in_split]

@@ -127,16 +127,22 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
     res = CliRunner().invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o", str(out),
                                    "--epochs", "60", "--report", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    assert "held-out check (" in res.output and "broken.png" in res.output
+    assert "held-out check (5-fold cross-validation, each of the 30 cells" in res.output  # the default
+    assert "broken.png" in res.output
     assert small_model.read_bytes() == original
     tuned = load_model(out)
     assert tuned.info.model_id == "tiny-cnn+finetune" and not tuned.info.head
     assert tuned.info.extra["adapt"]["method"] == "finetune" and tuned.info.extra["adapt"]["n_cells"] == 30
     assert accuracy(out) >= 0.9 > accuracy(small_model)
     again = CliRunner().invoke(app, ["adapt", "-m", str(out), "--data", str(data), "-o", str(tmp_path / "t2.onnx"),
-                                     "--epochs", "5"])  # the tuned weights were written beside it
+                                     "--epochs", "5", "--no-cross-validate"])  # the tuned weights were beside it
     assert again.exit_code == 0, again.output
-    assert load_model(tmp_path / "t2.onnx").info.model_id == "tiny-cnn+finetune+finetune"
+    t2 = load_model(tmp_path / "t2.onnx").info
+    assert t2.model_id == "tiny-cnn+finetune+finetune"
+    # --no-cross-validate: one stratified fifth (6 of the 30 cells) is the held-out check
+    assert "6 cells kept out of a first fine-tuning" in again.output
+    assert t2.extra["adapt"]["heldout_n"] == 6 and not t2.extra["adapt"]["settings"]["cross_validate"]
+    assert tuned.info.extra["adapt"]["heldout_n"] == 30 and tuned.info.extra["adapt"]["settings"]["cross_validate"]
 
 
 def test_adapt_members_ships_an_ensemble_that_can_be_adapted_again(tmp_path: Path, small_model: Path) -> None:

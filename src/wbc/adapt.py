@@ -381,6 +381,10 @@ def adapt_command(
     members: Annotated[int, typer.Option(min=1, help="Fine-tune this many copies (other seeds) and ship their "
                                          "ensemble: more accurate, K times the fitting time and inference "
                                          "cost.")] = 1,
+    cross_validate: Annotated[bool, typer.Option(
+        "--cross-validate/--no-cross-validate", help="Fit the held-out check, temperature and review threshold "
+        "on every cell by 5-fold cross-validation (default), or on one held-out fifth (--no-cross-validate: "
+        "about 1/3 of the time, a coarser review threshold).")] = True,
 ) -> None:
     """Adapt a classifier to a new lab from a few labelled cells (fine-tunes the network; minutes on a CPU)."""
     from rich.console import Console
@@ -420,6 +424,7 @@ def adapt_command(
 
             res = adapt_finetune(model, data, output, checkpoint=checkpoint, stain=stain, seed=seed,
                                  threads=threads, mapping=mapping, epochs=epochs, members=members,
+                                 cross_validate=cross_validate,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         raise WbcError(f"--method {method!r}: choose finetune or head")
@@ -437,7 +442,10 @@ def adapt_command(
         console.print(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
                       f"confidence {res.review_threshold:.2f}", highlight=False)
     else:
-        console.print(f"held-out check ({res.heldout_n} cells kept out of a first fine-tuning): accuracy "
+        how = (f"{res.folds}-fold cross-validation, each of the {res.heldout_n} cells predicted by a fine-tuning "
+               "that never saw it") if res.settings.get("cross_validate") else (
+               f"{res.heldout_n} cells kept out of a first fine-tuning")
+        console.print(f"held-out check ({how}): accuracy "
                       f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after", highlight=False)
         console.print(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
                       "the output is float32 ONNX", highlight=False)

@@ -148,17 +148,23 @@ def adapt_finetune(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str] | None = None, stain: str | None = None, seed: int = 0,
     threads: int = 2, mapping: dict[str, str] | None = None, review_target: float | None = None,
-    progress: Any = None, members: int = 1, **recipe: Any,
+    progress: Any = None, members: int = 1, cross_validate: bool = True, **recipe: Any,
 ) -> AdaptResult:
     """Fine-tune every weight of ``model``'s network on the labelled cells in ``data`` (needs PyTorch).
 
     ``checkpoint``: the network's PyTorch weights (default: the ``.pt`` beside ``model``; the shipped model
-    has one). The held-out check: one stratified fifth of the cells is kept out, the network is
-    fine-tuned on the rest and scored on it before and after (this also fits the temperature and the
+    has one). The held-out check: stratified folds of the cells are kept out in turn, the network is
+    fine-tuned on the rest and scored on them before and after (this also fits the temperature and the
     review threshold); then the network is fine-tuned on all cells and exported in float32 ONNX, with its
     weights beside it (``output`` with ``.pt``), so it can be adapted again. The new lab's cells become
     the OOD reference (the old one described the old features). ``recipe``:
     keywords of :func:`wbc.train.finetune.finetune` (epochs, lr, ...).
+
+    ``cross_validate`` (default): k-fold cross-validation (k = 5 with 10 or more cells): each fold is
+    fine-tuned without its cells and predicts them, so the check, the temperature and the review threshold
+    rest on every cell (k + 1 fine-tunings). False: one held-out fifth only (2 fine-tunings). On 100 BCCD
+    cells the threshold fitted on 20 held-out cells let through 185 of 241 new cells at 89.7 % accuracy
+    (target 99.5 %); fitted on all 100, it let through 26, all right.
 
     ``members`` > 1 fine-tunes that many copies (seeds ``seed``, ``seed + 1``, ...) and exports their
     mean-probability ensemble as one ONNX graph, for both the held-out check and the output: on 100 BCCD
@@ -204,9 +210,10 @@ def adapt_finetune(
     settings = {**DEFAULTS, **recipe}
     n = len(y)
     k = int(max(2, min(5, n // 2)))
-    held = stratified_folds(y, k, seed) == 0
-    steps = members * settings["epochs"] * (max(1, int((~held).sum()) // settings["batch_size"])
-                                            + max(1, n // settings["batch_size"]))
+    fold = stratified_folds(y, k, seed)
+    checked = range(k) if cross_validate else range(1)  # the folds held out in turn (default: only fold 0)
+    steps = members * settings["epochs"] * (sum(max(1, int((fold != f).sum()) // settings["batch_size"])
+                                                for f in checked) + max(1, n // settings["batch_size"]))
     done = [0]
 
     def tick(step: int, total: int) -> None:
@@ -219,8 +226,12 @@ def adapt_finetune(
                 for m in range(members)]
         return Ensemble(nets).eval() if members > 1 else nets[0]
 
+    held = np.isin(fold, list(checked))
+    logits_held = np.zeros((n, len(clf.classes)), np.float32)
+    for f in checked:  # every checked cell is predicted by a network that never saw it
+        logits_held[fold == f] = predict_logits(tuned(x[fold != f], y[fold != f]), x[fold == f], info.mean, info.std)
+    logits_held = logits_held[held]
     before = clf.run(cells[held])["logits"]
-    logits_held = predict_logits(tuned(x[~held], y[~held]), x[held], info.mean, info.std)
     temp = float(fit_temperature(logits_held, y[held]))
     probs = softmax(logits_held, temp)
     target = review_target if review_target is not None else (info.review_target_accuracy or 0.95)
@@ -231,7 +242,8 @@ def adapt_finetune(
         n_cells=n, counts={clf.classes[c]: int(m) for c, m in zip(present, counts, strict=True)}, lam=None,
         folds=k, heldout_acc_before=float((before.argmax(1) == y[held]).mean()),
         heldout_acc_after=float((logits_held.argmax(1) == y[held]).mean()), temperature=temp,
-        review_threshold=thr, method="finetune", heldout_n=int(held.sum()), settings={**settings, "members": members},
+        review_threshold=thr, method="finetune", heldout_n=int(held.sum()),
+        settings={**settings, "members": members, "cross_validate": cross_validate},
     )
     info.head = {}  # the fine-tuned network's own last layer replaces any earlier head refit
     info.temperature, info.review_threshold = temp, thr
