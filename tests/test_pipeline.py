@@ -234,3 +234,24 @@ def test_progressive_resizing_with_worker_processes(synthetic_dataset: Path, tmp
     assert test["accuracy"] > 0.4  # 8 balanced classes: chance is 0.125
     clf = load_model(tmp_path / "prog" / "model.onnx")
     assert clf.session.get_inputs()[0].shape[2:] == [48, 48]
+
+
+def test_a_split_with_no_readable_images_is_one_clear_error(tmp_path: Path) -> None:
+    """A manifest whose training images are all gone stops with the reason, not a numpy traceback."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.data import Sample, write_manifest
+    from wbc.errors import WbcError
+    from wbc.io import write_image
+    from wbc.train.loop import run_training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    val = tmp_path / "val.png"
+    write_image(val, np.full((48, 48, 3), 128, np.uint8))
+    samples = [Sample(tmp_path / f"gone{i}.png", "neutrophil", "train") for i in range(3)]
+    write_manifest(run / "manifest.csv", [*samples, Sample(val, "neutrophil", "val")], root=tmp_path)
+    cfg = TrainConfig(model="small_cnn", pretrained=False, input_size=48, epochs=1)
+    with pytest.raises(WbcError, match=r"manifest\.csv: no readable train images \(3 of 4 could not be read\)"):
+        run_training(cfg, run, data_root=tmp_path, resume=True, console=Console(quiet=True))

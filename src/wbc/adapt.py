@@ -413,6 +413,11 @@ def adapt_command(
     elif method == "finetune":
         from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
+        if members > 1 and cross_validate:
+            console.print(f"[yellow]note:[/] --members {members} with cross-validation fine-tunes {members} "
+                          f"networks per fold and {members} on all cells: {members}x the time of one "
+                          "(--no-cross-validate takes about a third of that)", highlight=False)
+
         with Progress("fine-tuning", BarColumn(), "{task.completed}/{task.total} steps", TimeRemainingColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("steps", total=None)
