@@ -42,3 +42,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_shipped_default_config_loads() -> None:
     cfg = load_config(Path(__file__).parents[1] / "configs" / "default.toml")
     assert cfg.model == "efficientnet_lite0" and cfg.pretrained
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.data == "pbc" and cfg.epochs >= 1
