@@ -346,10 +346,9 @@ def finetune_runs(
     """Few-shot fine-tuning of the whole network (``wbc adapt``'s default) on the same draws as the head."""
     import torch
 
-    from wbc.model import softmax
     from wbc.preprocess import centre_crop
     from wbc.stain import normalise_batch
-    from wbc.train.finetune import DEFAULTS, finetune, load_weights
+    from wbc.train.finetune import DEFAULTS, finetune_members, load_weights
     from wbc.train.loop import predict_logits
 
     torch.set_num_threads(args.threads)
@@ -365,11 +364,11 @@ def finetune_runs(
         for tr, te in splits[n]:
             t1 = time.perf_counter()
             # --finetune-members K: K copies (seeds 0..K-1), their mean probability (`wbc adapt --members K`)
-            tuned = [finetune(net, x[tr], y[tr], info.mean, info.std, seed=m) for m in range(args.finetune_members)]
+            tuned = finetune_members(net, x[tr], y[tr], info.mean, info.std, args.finetune_members)
             secs = time.perf_counter() - t1
-            lg = np.mean([softmax(predict_logits(t, x[te], info.mean, info.std)) for t in tuned], axis=0)
+            lg = predict_logits(tuned, x[te], info.mean, info.std)  # an ensemble's logits: log mean probability
             pred = [classes[allowed[i]] for i in lg[:, allowed].argmax(1)]
-            pp = np.mean([softmax(predict_logits(t, p_cells, info.mean, info.std)) for t in tuned], axis=0).argmax(1)
+            pp = predict_logits(tuned, p_cells, info.mean, info.std).argmax(1)
             rows.append({"n": n, "fit_seconds": secs,
                          "bccd": metrics([b_labels[i] for i in te], pred, BCCD_CLASSES),
                          "pbc_test_acc_after_adapt": float(np.mean(np.asarray(p_labels) == np.asarray(

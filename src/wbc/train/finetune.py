@@ -91,6 +91,16 @@ def save_weights(
     return Path(path)
 
 
+def finetune_members(
+    net: WbcNet, cells: np.ndarray, labels: Sequence[int], mean: Sequence[float], std: Sequence[float],
+    members: int = 1, seed: int = 0, **kwargs: Any,
+) -> WbcNet | Ensemble:
+    """:func:`finetune` ``members`` times (seeds ``seed``, ``seed + 1``, ...); more than one gives their
+    mean-probability :class:`Ensemble` (what ``wbc adapt --members K`` ships)."""
+    nets = [finetune(net, cells, labels, mean, std, seed=seed + m, **kwargs) for m in range(members)]
+    return Ensemble(nets).eval() if members > 1 else nets[0]
+
+
 def _dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Each image of the batch in a random one of its 8 flips/rotations."""
     out = torch.empty_like(x)
@@ -222,9 +232,7 @@ def adapt_finetune(
             progress(done[0], steps)
 
     def tuned(cells_: np.ndarray, labels_: np.ndarray) -> WbcNet | Ensemble:
-        nets = [finetune(net, cells_, labels_, info.mean, info.std, seed=seed + m, progress=tick, **recipe)
-                for m in range(members)]
-        return Ensemble(nets).eval() if members > 1 else nets[0]
+        return finetune_members(net, cells_, labels_, info.mean, info.std, members, seed, progress=tick, **recipe)
 
     held = np.isin(fold, list(checked))
     logits_held = np.zeros((n, len(clf.classes)), np.float32)
