@@ -28,8 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="data root (default: WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/error_overlap.json"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--html", type=Path, default=None,
+                    help="also write a page showing the cells every run gets wrong, for an expert's review")
+    ap.add_argument("--views", type=int, default=1, choices=[1, 2, 4, 8],
+                    help="test-time augmentation: mean probability over this many flips/rotations of each cell")
     args = ap.parse_args(argv)
 
+    from wbc.adapt import dihedral
     from wbc.classify import load_cells
     from wbc.data import read_manifest
     from wbc.io import atomic_write_json
@@ -58,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {errors[0][1]} ({len(errors)} unreadable images in the {args.split} split)")
         cells_by_size[size] = cells
     labels = np.array([classes.index(s.label) for s in samples])
-    probs = [m.predict_proba(cells_by_size[m.info.input_size]) for m in models]
+    # Views 1, 2, 4, 8 are the identity; + the horizontal flip; the 4 rotations; all 8 flips/rotations.
+    pick = {1: [0], 2: [0, 4], 4: [0, 1, 2, 3], 8: list(range(8))}[args.views]
+    views_by_size = {}
+    for size, cells in cells_by_size.items():
+        every = dihedral(cells)
+        views_by_size[size] = [every[i] for i in pick]
+    probs = [np.mean([m.predict_proba(v) for v in views_by_size[m.info.input_size]], axis=0) for m in models]
     wrong = [set(np.flatnonzero(p.argmax(1) != labels).tolist()) for p in probs]
     common, union = set.intersection(*wrong), set.union(*wrong)
     ens = np.mean(probs, axis=0).argmax(1)
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 "predicted": [classes[int(p[i].argmax())] for p in probs]}
 
     report = {
-        "split": args.split, "cells": len(labels), "runs": [str(r) for r in args.runs],
+        "split": args.split, "cells": len(labels), "runs": [str(r) for r in args.runs], "views": args.views,
         "per_run": [{"run": str(r), "model_id": m.model_id, "accuracy": float(np.mean(p.argmax(1) == labels)),
                      "errors": len(w)} for r, m, p, w in zip(args.runs, models, probs, wrong, strict=True)],
         "errors_in_all_runs": len(common), "errors_in_any_run": len(union),
@@ -78,13 +89,27 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/error_overlap.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     atomic_write_json(args.output, report)
+    if args.html:
+        from wbc.evaluate.report import Thumb, review_page
+        from wbc.io import atomic_write_text, read_image
+
+        mean_p = np.mean(probs, axis=0)
+        thumbs = [Thumb(rgb=read_image(samples[i].path), true=samples[i].label,
+                        predicted=classes[int(mean_p[i].argmax())], probability=float(mean_p[i].max()),
+                        path=cell(i)["path"]) for i in sorted(common)]
+        runs = ", ".join(map(str, args.runs))
+        intro = (f"The {len(common)} {args.split} cells that all {len(args.runs)} runs ({runs}) classify wrongly. "
+                 "Under each: the dataset's label, and the runs' mean-probability call. "
+                 "Is the label right? Hover for the file name.")
+        atomic_write_text(args.html, review_page(f"Cells every run gets wrong ({args.split} split)", intro, thumbs))
     for r in report["per_run"]:
         print(f"{r['run']:<28} accuracy {r['accuracy']:.4f}  errors {r['errors']}")
-    print(f"{args.split}: {len(labels)} cells; errors in all {len(args.runs)} runs: {len(common)}, in any: "
+    views = f"{args.views} view" + ("s" if args.views > 1 else "")
+    print(f"{args.split} ({views}): {len(labels)} cells; errors in all {len(args.runs)} runs: {len(common)}, in any: "
           f"{len(union)}; ensemble accuracy {report['ensemble_accuracy']:.4f} ({report['ensemble_errors']} errors)")
     for c in report["common_errors"]:
         print(f"  {c['path']}  {c['label']} -> {', '.join(c['predicted'])}")
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f" and {args.html}" if args.html else ""))
     return 0
 
 

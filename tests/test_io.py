@@ -53,9 +53,15 @@ def test_bad_files_name_the_file_and_problem(tmp_path: Path) -> None:
 
 
 def test_reduced_jpeg_decode_never_goes_below_min_size() -> None:
-    _ok, enc = cv2.imencode(".jpg", np.full((400, 360, 3), 100, np.uint8))
+    bgr = np.full((400, 360, 3), 100, np.uint8)
+    bgr[..., 2] = 220  # red in BGR
+    _ok, enc = cv2.imencode(".jpg", bgr)
     img = decode_image(enc.tobytes(), "x.jpg", min_size=160)
     assert img.shape[:2] == (200, 180)  # half-scale decode, still >= 160
+    assert img.flags.c_contiguous and img[..., 0].mean() > 200 and img[..., 2].mean() < 120  # RGB order
+    full = decode_image(enc.tobytes(), "x.jpg")
+    np.testing.assert_allclose(cv2.resize(full, (180, 200), interpolation=cv2.INTER_AREA).mean((0, 1)),
+                               img.mean((0, 1)), atol=2)  # the same colours as the full-size decode
     assert decode_image(enc.tobytes(), "x.jpg", min_size=300).shape[:2] == (400, 360)
 
 

@@ -149,6 +149,24 @@ def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_datase
     assert len(overlap["common_errors"]) == overlap["errors_in_all_runs"]
     for run, row in zip((synthetic_run, second), overlap["per_run"], strict=True):
         assert row["accuracy"] == pytest.approx(json.loads((run / "test_metrics.json").read_text())["accuracy"])
+    # --views 8: each run scored by its mean probability over the 8 flips/rotations
+    assert error_overlap([str(synthetic_run), str(second), "--split", "test", "--data", "/", "--views", "8",
+                          "--output", str(tmp_path / "overlap8.json"), "--html", str(tmp_path / "shared.html")]) == 0
+    overlap8 = json.loads((tmp_path / "overlap8.json").read_text())
+    page = (tmp_path / "shared.html").read_text()  # the shared errors, one picture each, for an expert
+    assert page.count("<figure>") == overlap8["errors_in_all_runs"] and "every run gets wrong" in page
+    for c in overlap8["common_errors"]:
+        assert f"title='{c['path']}'" in page
+    from wbc.adapt import dihedral
+    from wbc.classify import load_cells
+    from wbc.data import read_manifest
+
+    samples = read_manifest(synthetic_run / "manifest.csv", split="test", root=Path("/"))
+    test_cells, _, _ = load_cells([s.path for s in samples], members[0].info.input_size)
+    y = np.array([members[0].classes.index(s.label) for s in samples])
+    for m, row in zip(members, overlap8["per_run"], strict=True):
+        p8 = np.mean([m.predict_proba(v) for v in dihedral(test_cells)], axis=0)
+        assert overlap8["views"] == 8 and row["accuracy"] == pytest.approx(float(np.mean(p8.argmax(1) == y)))
     bad = tmp_path / "other_split"
     run_training(cfg.updated({"split_seed": 5, "epochs": 1}), bad, console=Console(quiet=True))
     with pytest.raises(Exception, match="different splits"):

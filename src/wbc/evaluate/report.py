@@ -713,6 +713,23 @@ def technical_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def review_page(title: str, intro: str, thumbs: Sequence[Thumb]) -> str:
+    """A self-contained HTML page of one gallery, for an expert's second look at chosen cells
+    (e.g. the cells every trained run gets wrong, `benchmarks/error_overlap.py --html`).
+
+    >>> page = review_page("Shared errors", "Cells all runs got wrong.", [])
+    >>> page.startswith("<!DOCTYPE html>") and "None." in page
+    True
+    """
+    e = html.escape
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{e(title)}</h1><p class='howto'>{e(intro)}</p>{gallery_html(thumbs)}</main></body></html>\n"
+    )
+
+
 def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
     """The whole report as one HTML string."""
     e = html.escape
