@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="test-time augmentation: mean probability over this many flips/rotations of each cell")
     args = ap.parse_args(argv)
 
-    from wbc.adapt import dihedral
+    from wbc.adapt import dihedral_view
     from wbc.classify import load_cells
     from wbc.data import read_manifest
     from wbc.io import atomic_write_json
@@ -65,11 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([classes.index(s.label) for s in samples])
     # Views 1, 2, 4, 8 are the identity; + the horizontal flip; the 4 rotations; all 8 flips/rotations.
     pick = {1: [0], 2: [0, 4], 4: [0, 1, 2, 3], 8: list(range(8))}[args.views]
-    views_by_size = {}
-    for size, cells in cells_by_size.items():
-        every = dihedral(cells)
-        views_by_size[size] = [every[i] for i in pick]
-    probs = [np.mean([m.predict_proba(v) for v in views_by_size[m.info.input_size]], axis=0) for m in models]
+    probs = [np.mean([m.predict_proba(dihedral_view(cells_by_size[m.info.input_size], k)) for k in pick], axis=0)
+             for m in models]
     wrong = [set(np.flatnonzero(p.argmax(1) != labels).tolist()) for p in probs]
     common, union = set.intersection(*wrong), set.union(*wrong)
     ens = np.mean(probs, axis=0).argmax(1)

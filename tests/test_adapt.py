@@ -90,6 +90,9 @@ def test_folds_are_stratified_and_dihedral_views_are_distinct() -> None:
     views = dihedral(np.repeat(cell, 1, 0))
     assert len(views) == 8 and np.array_equal(views[0], cell)
     assert len({v.tobytes() for v in views}) == 8  # 4 distinct pixels: all 8 symmetries differ
+    assert np.array_equal(views[4], cell[:, :, ::-1]) and np.array_equal(views[1], np.rot90(cell, 1, axes=(1, 2)))
+    assert all(np.array_equal(a, b) for a, b in zip(dihedral(cell, 3), views[:3], strict=False))
+    assert len(dihedral(cell, 3)) == 3
 
 
 def test_adapt_embeddings_reports_an_honest_held_out_check() -> None:

@@ -134,20 +134,23 @@ def stratified_folds(labels: Sequence[int], k: int, seed: int = 0) -> np.ndarray
     return folds
 
 
-def dihedral(cells: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips/rotations of a batch of cells (N, S, S, 3), identity first."""
-    out = []
-    for flip in (False, True):
-        base = cells[:, :, ::-1] if flip else cells
-        for k in range(4):
-            out.append(np.ascontiguousarray(np.rot90(base, k, axes=(1, 2))))
-    return out
+def dihedral_view(cells: np.ndarray, k: int) -> np.ndarray:
+    """View ``k`` (0-7) of a batch of cells (N, S, S, 3): ``k % 4`` quarter turns, of the horizontally
+    flipped cells when ``k >= 4``. View 0 is the identity."""
+    base = cells[:, :, ::-1] if k >= 4 else cells
+    return np.ascontiguousarray(np.rot90(base, k % 4, axes=(1, 2)))
+
+
+def dihedral(cells: np.ndarray, views: int = 8) -> list[np.ndarray]:
+    """The first ``views`` of the 8 flips/rotations of a batch of cells, identity first."""
+    return [dihedral_view(cells, k) for k in range(views)]
 
 
 def embed_tta(classifier: Classifier, cells: np.ndarray, views: int = 8, batch_size: int = 64) -> np.ndarray:
     """Embeddings (V, N, D) of the first ``views`` dihedral variants of each cell."""
     out = []
-    for v in dihedral(cells)[:views]:
+    for k in range(views):
+        v = dihedral_view(cells, k)
         out.append(np.concatenate([classifier.run(v[i : i + batch_size], ("embedding",))["embedding"]
                                    for i in range(0, len(v), batch_size)]))
     return np.stack(out)
