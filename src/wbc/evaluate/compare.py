@@ -44,7 +44,7 @@ def compare(
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
-    from wbc.evaluate.report import CSS, _plt, display_name, fig_to_data_uri, pct
+    from wbc.evaluate.report import _plt, display_name, fig_to_data_uri, page_start, pct
 
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +144,7 @@ def compare(
         for c in shown
     )
     page = (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Model comparison</title>"
-        f"<style>{CSS}</style></head><body><main><h1>Model comparison</h1>"
+        f"{page_start('Model comparison')}<h1>Model comparison</h1>"
         f"<div class='meta'>data {e(str(data.source))}"
         + (f" ({e(data.split)} split)" if data.split else "")
         + f"</div><section class='summary'><p>{para}</p></section>"

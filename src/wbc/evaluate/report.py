@@ -713,6 +713,13 @@ def technical_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def page_start(title: str) -> str:
+    """The opening of every self-contained wbc HTML page, up to ``<main>``: head, title and the shared CSS."""
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>")
+
+
 def review_page(title: str, intro: str, thumbs: Sequence[Thumb]) -> str:
     """A self-contained HTML page of one gallery, for an expert's second look at chosen cells
     (e.g. the cells every trained run gets wrong, `benchmarks/error_overlap.py --html`).
@@ -721,13 +728,8 @@ def review_page(title: str, intro: str, thumbs: Sequence[Thumb]) -> str:
     >>> page.startswith("<!DOCTYPE html>") and "None." in page
     True
     """
-    e = html.escape
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"
-        f"<h1>{e(title)}</h1><p class='howto'>{e(intro)}</p>{gallery_html(thumbs)}</main></body></html>\n"
-    )
+    return (f"{page_start(title)}<h1>{html.escape(title)}</h1><p class='howto'>{html.escape(intro)}</p>"
+            f"{gallery_html(thumbs)}</main></body></html>\n")
 
 
 def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
@@ -735,10 +737,7 @@ def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
     e = html.escape
     y_true, y_prob = inputs.y_true, inputs.y_prob
     parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{e(inputs.title)} — {e(metrics.get('model_id', ''))}</title><style>{CSS}</style></head>"
-        "<body><main>",
+        page_start(f"{inputs.title} — {metrics.get('model_id', '')}"),
         f"<h1>{e(inputs.title)}</h1>",
         f"<div class='meta'>Model <b>{e(metrics.get('model_id', ''))}</b> · data "
         f"{e(str(metrics.get('data', '')))}"
