@@ -2,7 +2,7 @@
 
 Runs on BCCD 640x480 fields (the first ``--n`` of the test split) when the data is present, else on
 synthetic 640x480 fields, with ``--threads`` CPU threads (default 2: the target is <= 100 ms per field
-end to end on 2 cores, PNG drawing reported separately). Both segmenters are timed unless ``--segmenter``
+end to end on 2 cores, PNG drawing reported separately). All segmenters are timed unless ``--segmenter``
 names one. Per-stage wall-clock medians and means are written as JSON, plus ``end_to_end_cpu``: the CPU
 seconds of all threads, which a busy shared machine does not inflate (wall time >= cpu / threads).
 
@@ -70,7 +70,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30, help="fields to time")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None, help="classifier ONNX (default: shipped)")
-    ap.add_argument("--segmenter", default=None, help="classical | learned (default: both)")
+    ap.add_argument("--segmenter", default=None, help="detector | classical | learned (default: all three)")
+    ap.add_argument("--segmenter-model", default=None, help="ONNX for a learned segmenter (default: shipped)")
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/analyze_speed.json"))
     a = ap.parse_args()
     import cv2
@@ -95,9 +96,9 @@ def main() -> None:
         },
         "segmenters": {},
     }
-    for name in [a.segmenter] if a.segmenter else ["classical", "learned"]:
+    for name in [a.segmenter] if a.segmenter else ["detector", "classical", "learned"]:
         try:
-            seg = get_segmenter(name, threads=a.threads)
+            seg = get_segmenter(name, a.segmenter_model if a.segmenter else None, threads=a.threads)
         except Exception as exc:  # the learned model may be absent
             out["segmenters"][name] = {"error": str(exc)}
             continue

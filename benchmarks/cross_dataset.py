@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.data import cap_per_class, read_manifest
     from wbc.io import atomic_write_text
     from wbc.model import load_model
-    from wbc.ood import embed_samples
+    from wbc.ood_fit import embed_samples
     from wbc.paths import data_root
     from wbc.stain import METHODS, fit_stain_stats
 
@@ -253,12 +254,22 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.output.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
         atomic_write_text(args.output.with_suffix(".md"), markdown(results))
 
+    chosen: dict[str, Any] = {}
+
     def spec_for(name: str) -> dict | None:
         if name == "none" or name.startswith("scale"):
             return None
         if name == "reinhard-lab":
             return {"method": "reinhard", "target": train_ref["reinhard"],
                     "source": fit_stain_stats(list(b_cells), "reinhard")}
+        if name == "auto-lab":  # what `wbc adapt --no-labels --classes 5part` chooses on the unlabelled cells
+            from wbc.adapt_unlabelled import choose_preprocessing
+
+            if "auto-lab" not in chosen:
+                chosen["auto-lab"] = choose_preprocessing(clf, b_cells, tuple(sorted(BCCD_CLASSES)))
+                results["setup"]["auto_lab_choice"] = {"chosen": chosen["auto-lab"][2],
+                                                       "reason": chosen["auto-lab"][3]}
+            return chosen["auto-lab"][0]
         return {"method": name, "target": train_ref[name]}
 
     def embeddings(name: str, which: str, cells: np.ndarray, views: int) -> np.ndarray:
@@ -266,10 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         if f and f.is_file():
             return np.load(f)
         info = copy.deepcopy(base_info)
-        info.extra.pop("stain", None)
-        spec = spec_for(name) if (which == "bccd" or name != "reinhard-lab") else None
-        if spec:
-            info.extra["stain"] = spec
+        spec = spec_for(name) if (which == "bccd" or name not in ("reinhard-lab", "auto-lab")) else None
+        info.preprocessing = dataclasses.replace(info.preprocessing, stain=spec or None)
         clf.info = info
         out = embed_views(clf, cells, views)
         clf.info = base_info
@@ -300,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:<36} BCCD acc {m['bccd']['accuracy']:.3f} F1 {m['bccd']['macro_f1']:.3f}   "
                       f"PBC acc {m['pbc_test']['accuracy']:.3f}", flush=True)
         save()
-        if name in ("none", "reinhard-lab"):
+        if name in ("none", "reinhard-lab", "auto-lab"):
             adapt_runs(results, name, emb[name], b_labels, p_labels, classes, w0, b0, args)
             save()
             if ft_ckpt:
@@ -324,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-PREPS = ("none", "reinhard", "reinhard-lab", "histogram", "macenko")
+PREPS = ("none", "reinhard", "reinhard-lab", "auto-lab", "histogram", "macenko")
 
 
 def draw_splits(n_cells: int, sizes: list[int], draws: int) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:

@@ -36,7 +36,7 @@ CLASSIFICATION = [
         "from wbc.io import iter_image_paths\n\n"
         "root = data_root() / 'pbc'\n"
         "files = [p for c in sorted(root.iterdir()) if c.is_dir() for p in list(iter_image_paths([c]))[:4]]\n"
-        "res = wbc.classify(files, clf)\n"
+        "res = wbc.classify_images(files, clf)\n"
         "for p in res.predictions[:8]:\n"
         "    print(f'{p.path.split(\"/\")[-2]:>13} -> {p.label:<13} {p.confidence:.3f}  review={p.review}')\n"
         "print(dict(res.counts()))"
@@ -77,20 +77,18 @@ DETECTION = [
         "runs behind `wbc analyze` and the HTTP API."
     ),
     new_code_cell(
-        "from pathlib import Path\nimport wbc\nfrom wbc.analyze import analyze_image\n"
-        "from wbc.io import iter_image_paths, read_image\n"
-        "from wbc.paths import data_root\nfrom wbc.segment import get_segmenter\n\n"
-        "clf = wbc.load_model()\nseg = get_segmenter('auto')\n"
+        "from pathlib import Path\nimport wbc\n"
+        "from wbc.examples import example_fields\nfrom wbc.io import iter_image_paths, read_image\n\n"
+        "clf = wbc.load_model()\nseg = wbc.load_segmenter('auto')\n"
         "folder = Path('../data/raw_images')\n"
         "images = list(iter_image_paths([folder])) if folder.is_dir() else []\n"
-        "if not images:  # nothing in data/raw_images/ yet: use a few BCCD test fields\n"
-        "    bccd = data_root() / 'bccd'\n"
-        "    names = (bccd / 'ImageSets/Main/test.txt').read_text().split()[:4]\n"
-        "    images = [bccd / 'JPEGImages' / f'{n}.jpg' for n in names]\n"
+        "if not images:  # nothing in data/raw_images/ yet: the example fields shipped with wbc\n"
+        "    images = example_fields()\n"
+        "images = images[:4]\n"
         "print(len(images), 'images;', 'segmenter:', seg.name)"
     ),
     new_code_cell(
-        "results = [analyze_image(read_image(p), clf, seg, name=p.name) for p in images]\n"
+        "results = wbc.analyze_images(images, clf, seg)\n"
         "for r in results:\n"
         "    print(r.image, [(c.prediction.label, round(c.prediction.confidence, 2)) for c in r.cells])"
     ),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,12 +32,32 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("synth") / "cells", n_per_class=16, size=72)
 
 
-def torch_available() -> bool:
+def importable(*modules: str) -> bool:
+    """Whether every one of ``modules`` imports: is the optional extra a test needs installed?"""
     try:
-        import torch  # noqa: F401
+        for name in modules:
+            importlib.import_module(name)
     except ImportError:
         return False
     return True
 
 
+def torch_available() -> bool:
+    return importable("torch")
+
+
 needs_torch = pytest.mark.skipif(not torch_available(), reason="needs the train extra (torch)")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """The system chromium, headless, driven by Playwright (which never downloads a browser here); one a test
+    module, closed after it. Skips with a reason when Playwright is missing; see tests/browser.py."""
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) not installed")
+    from browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

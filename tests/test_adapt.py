@@ -6,6 +6,7 @@ whole path runs: ONNX Runtime, metadata, head replacement, writing the adapted c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -159,11 +160,12 @@ def test_label_free_adaptation_maps_the_lab_colours_and_keeps_the_head(tmp_path:
         write_image(folder / f"cell_{i}.png", c)
     (folder / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "stain.onnx"
-    res = CliRunner().invoke(app, ["adapt", "-m", str(model), "--data", str(folder), "-o", str(out), "--no-labels"])
+    res = CliRunner().invoke(app, ["adapt", "-m", str(model), "--data", str(folder), "-o", str(out), "--no-labels",
+                                   "--stain", "reinhard"])  # a fixed mapping (without --stain: chosen per lab)
     assert res.exit_code == 0, res.output
     assert "broken.png" in res.output and "12 cells" in res.output
     adapted = load_model(out)
-    spec = adapted.info.extra["stain"]
+    spec = adapted.info.preprocessing.stain
     assert spec["method"] == "reinhard" and spec["target"] == target
     assert np.allclose(spec["source"]["mean"], fit_stain_stats(list(cells), "reinhard")["mean"], atol=1e-3)
     assert adapted.info.model_id == "tiny-emb+stain" and not adapted.info.head
@@ -172,7 +174,7 @@ def test_label_free_adaptation_maps_the_lab_colours_and_keeps_the_head(tmp_path:
     assert np.allclose(got, want, atol=1e-5)
     bare, _ = make_embedding_model(tmp_path / "bare.onnx")
     no_ref = CliRunner().invoke(app, ["adapt", "-m", str(bare), "--data", str(folder), "-o",
-                                      str(tmp_path / "z.onnx"), "--no-labels"])
+                                      str(tmp_path / "z.onnx"), "--no-labels", "--stain", "reinhard"])
     assert no_ref.exit_code == 1 and "colour statistics" in str(no_ref.exception or no_ref.output)
 
 
@@ -185,7 +187,7 @@ def test_stain_normalisation_in_metadata_is_applied(tmp_path: Path, model_path: 
             "source": fit_stain_stats(list(cells), "reinhard")}
     clf = load_model(model_path)
     info = clf.info
-    info.extra["stain"] = spec
+    info.preprocessing = dataclasses.replace(info.preprocessing, stain=spec)
     stained = write_model_copy(model_path, tmp_path / "stained.onnx", info)
     got = load_model(stained).run(cells, ("embedding",))["embedding"]
     want = load_model(model_path).run(normalise_batch(cells, spec), ("embedding",))["embedding"]
@@ -212,12 +214,12 @@ def bccd_lab(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_adapt_on_real_bccd_cells_is_fast_and_does_not_hurt(tmp_path: Path, bccd_lab: Path) -> None:
+def test_adapt_on_real_bccd_cells_does_not_hurt(tmp_path: Path, bccd_lab: Path) -> None:
     """Head refit of the shipped model on 40 real BCCD crops (skipped without the data)."""
     from wbc.adapt import adapt_model
 
     res = adapt_model(None, bccd_lab, tmp_path / "a.onnx")
-    assert res.seconds < 600 and res.heldout_acc_after >= res.heldout_acc_before - 0.05
+    assert res.heldout_acc_after >= res.heldout_acc_before - 0.05
 
 
 @pytest.mark.real_data
@@ -228,8 +230,8 @@ def test_finetuning_the_shipped_model_on_real_bccd_cells(tmp_path: Path, bccd_la
     from wbc.train.finetune import adapt_finetune
 
     res = adapt_finetune(None, bccd_lab, tmp_path / "f.onnx", stain="reinhard", epochs=10)
-    assert res.method == "finetune" and res.seconds < 600 and res.heldout_n >= 5
+    assert res.method == "finetune" and res.heldout_n >= 5
     assert res.heldout_acc_after > res.heldout_acc_before
     tuned = load_model(tmp_path / "f.onnx")
-    assert tuned.info.extra["stain"]["method"] == "reinhard" and tuned.model_id.endswith("+finetune")
+    assert tuned.info.preprocessing.stain["method"] == "reinhard" and tuned.model_id.endswith("+finetune")
     assert [r["name"] for r in tuned.info.ood["references"]] == ["adapt:lab"]

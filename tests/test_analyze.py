@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tiny_models import mean_colour_model
-from wbc.analyze import analyze_image, analyze_paths, mask_to_polygons
+from wbc.analyze import analyze_image, mask_to_polygons
+from wbc.batch import analyze_paths
 from wbc.crops import DEFAULT_CELL_FRACTION, cell_fraction_of, crop_cell, measure_cell_fraction
 from wbc.labels import CLASSES
 from wbc.model import load_model
@@ -135,7 +136,7 @@ def test_analyze_paths_writes_everything_and_survives_bad_files(clf, tmp_path: P
     _write_inputs(tmp_path / "in")
     out = tmp_path / "out"
     summary = analyze_paths([tmp_path / "in"], out, clf, ClassicalSegmenter())
-    assert len(summary.results) == 4 and len(summary.errors) == 1
+    assert summary.analyzed == 4 and len(summary.docs) == 4 and len(summary.errors) == 1
     errors = list(csv.DictReader((out / "errors.csv").open()))
     assert len(errors) == 1 and "corrupt.jpg" in errors[0]["error"]
     doc = json.loads((out / "a.json").read_text())
@@ -159,7 +160,7 @@ def test_analyze_paths_writes_everything_and_survives_bad_files(clf, tmp_path: P
     png = cv2.imread(str(out / "a.png"))
     assert png.shape == (480, 640, 3)
     rows = list(csv.DictReader((out / "cells.csv").open()))
-    assert len(rows) == sum(len(r.cells) for r in summary.results)
+    assert len(rows) == sum(d["n_cells"] for d in summary.docs)
     diff = list(csv.DictReader((out / "differential.csv").open()))
     pooled = sum(int(r["count"]) for r in diff if r["image"] == "ALL")
     assert pooled == len(rows)

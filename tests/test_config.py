@@ -48,3 +48,42 @@ def test_shipped_default_config_loads() -> None:
 def test_every_shipped_config_loads(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.data == "pbc" and cfg.epochs >= 1
+
+
+def _coerce_by_hand(cfg: TrainConfig, changes: dict) -> TrainConfig:
+    """The hand-written coercion pydantic replaced (for valid input), to show the results are the same."""
+    import dataclasses
+
+    clean = {}
+    for key, value in changes.items():
+        default = getattr(cfg, key)
+        if isinstance(default, tuple):
+            value = tuple(type(default[0])(v) for v in value) if default else tuple(value)
+        elif isinstance(default, int | float) and not isinstance(default, bool):
+            value = type(default)(value)
+        elif isinstance(default, str):
+            value = str(value)
+        clean[key] = value
+    return dataclasses.replace(cfg, **clean)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_pydantic_coercion_gives_what_the_hand_coercion_gave(path: Path) -> None:
+    import tomllib
+
+    data = tomllib.loads(path.read_text())
+    data = data.get("train", data)
+    assert load_config(path) == _coerce_by_hand(TrainConfig(), data)
+
+
+def test_coercion_of_saved_json_and_of_bad_values(tmp_path: Path) -> None:
+    import json
+
+    cfg = TrainConfig().updated({"epochs": 3, "scale": (0.8, 1.2), "classes": ("a", "b")})
+    again = TrainConfig().updated(json.loads(json.dumps(cfg.to_dict())))  # run folders store config.json
+    assert again == cfg and again.scale == (0.8, 1.2) and again.classes == ("a", "b")
+    assert TrainConfig().updated({"lr": 1, "epochs": "4", "version": 2.0}) == TrainConfig(lr=1.0, epochs=4,
+                                                                                        version="2.0")
+    for bad in ({"epochs": 3.5}, {"scale": [1.0]}, {"split": [0.5, 0.5]}, {"pretrained": "maybe"}):
+        with pytest.raises(ConfigError, match=f"option '{next(iter(bad))}'"):
+            TrainConfig().updated(bad)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from wbc.counts import clopper_pearson, differential_rows, write_differential_csv
+from wbc.counts import clopper_pearson, differential_rows
+from wbc.formats import write_differential_csv
 from wbc.types import Cell, Prediction, SmearResult
 
 
@@ -41,9 +42,8 @@ def test_differential_rows_per_image_and_pooled(tmp_path: Path) -> None:
     rows = differential_rows({"neutrophil": 3, "lymphocyte": 1}, classes, "a")
     assert [r[2] for r in rows] == [1, 3] and rows[1][4] == 75.0
     out = tmp_path / "d.csv"
-    write_differential_csv(
-        out, [_result("a", ["neutrophil"] * 3 + ["lymphocyte"]), _result("b", [])], classes
-    )
+    results = [_result("a", ["neutrophil"] * 3 + ["lymphocyte"]), _result("b", [])]
+    write_differential_csv(out, [{"image": r.image, "counts": r.counts(classes)} for r in results], classes)
     got = list(csv.DictReader(out.open()))
     pooled = [r for r in got if r["image"] == "ALL"]
     assert {r["class"]: int(r["count"]) for r in pooled} == {"lymphocyte": 1, "neutrophil": 3}

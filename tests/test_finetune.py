@@ -117,6 +117,7 @@ def test_weights_round_trip_in_half_precision_and_bad_files_are_named(tmp_path: 
         load_weights(tmp_path / "nope.pt")
 
 
+@pytest.mark.slow
 def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path, small_model: Path) -> None:
     from wbc.cli import app
 
@@ -145,6 +146,7 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
     assert tuned.info.extra["adapt"]["heldout_n"] == 30 and tuned.info.extra["adapt"]["settings"]["cross_validate"]
 
 
+@pytest.mark.slow
 def test_adapt_members_ships_an_ensemble_that_can_be_adapted_again(tmp_path: Path, small_model: Path) -> None:
     """``--members 2``: two fine-tuned copies, one ONNX graph whose probabilities are their mean."""
     import torch
@@ -181,6 +183,7 @@ def test_adapt_members_ships_an_ensemble_that_can_be_adapted_again(tmp_path: Pat
     assert head.exit_code == 1 and "--members needs --method finetune" in str(head.exception or head.output)
 
 
+@pytest.mark.slow
 def test_finetuning_a_centre_crop_model_trains_on_what_the_network_sees(tmp_path: Path) -> None:
     from wbc.cli import app
 

@@ -17,8 +17,10 @@ from wbc.evaluate.metrics import (
     mcnemar,
     paired_accuracy_difference,
     reliability_bins,
+    resample_indices,
     selective_metrics,
     specificity,
+    summary_metrics,
 )
 
 CLASSES = ["a", "b", "c"]
@@ -169,6 +171,41 @@ def test_bootstrap_intervals_behave() -> None:
     assert small["accuracy"][1] - small["accuracy"][0] > ci["accuracy"][1] - ci["accuracy"][0]
     perfect = bootstrap_cis(y, y, CLASSES, n_boot=200)
     assert perfect["accuracy"] == [1.0, 1.0] and perfect["recall"]["a"] == [1.0, 1.0]
+
+
+def test_one_resampler_reproduces_the_loops_it_replaced() -> None:
+    # bootstrap_cis and paired_accuracy_difference each drew these chunks inline before
+    rng = np.random.default_rng(3)
+    old = [rng.integers(0, 37, (min(250, 600 - s), 37)) for s in range(0, 600, 250)]
+    new = list(resample_indices(37, 600, seed=3))
+    assert len(new) == len(old) and all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
+    a, b = rng.random(37) < 0.8, rng.random(37) < 0.7
+    d = a.astype(float) - b.astype(float)
+    means = np.concatenate([d[i].mean(axis=1) for i in resample_indices(37, 600, seed=5)])
+    expected = [float(q) for q in np.quantile(means, [0.025, 0.975])]
+    assert paired_accuracy_difference(a, b, n_boot=600, seed=5)["ci"] == expected
+
+
+def test_training_summary_is_the_evaluation_summary() -> None:
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 200)  # class "d" (index 3) has no cells
+    pred = np.where(rng.random(200) < 0.75, y, rng.integers(0, 4, 200))
+    classes = [*CLASSES, "d"]
+    s = summary_metrics(y, pred, classes)
+    full = classification_metrics(y, np.eye(4)[pred] * 0.9 + 0.025, classes, n_boot=50)
+    assert s["accuracy"] == full["accuracy"] and s["macro_f1"] == full["macro_f1"]  # macro over present classes
+    assert s["macro_f1"] == pytest.approx(f1_score(y, pred, labels=[0, 1, 2], average="macro"))
+    assert s["recall"] == {c: full["per_class"][c]["recall"] for c in classes} and s["recall"]["d"] is None
+    # with every class present it is what training's own summary computed (macro over all classes)
+    y4 = np.r_[y, 3, 3]
+    p4 = np.r_[pred, 3, 0]
+    s4 = summary_metrics(y4, p4, classes, n_boot=300, seed=1)
+    assert s4["macro_f1"] == pytest.approx(f1_score(y4, p4, labels=[0, 1, 2, 3], average="macro"))
+    assert list(s4["recall"].values()) == pytest.approx(list(recall_score(y4, p4, labels=[0, 1, 2, 3], average=None)))
+    ci = bootstrap_cis(y4, p4, classes, n_boot=300, seed=1)
+    got = (s4["accuracy_ci95"], s4["macro_f1_ci95"], s4["recall_ci95"])
+    assert got == (ci["accuracy"], ci["macro_f1"], ci["recall"])
+    assert s4["accuracy_ci95"][0] < s4["accuracy"] < s4["accuracy_ci95"][1]
 
 
 def test_mcnemar_exact_and_chi2() -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import csv
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from wbc.cli import app
 from wbc.ood import (
     add_reference,
     colour_features,
     fit_ood,
     flag_predictions,
-    main,
     ood_scores,
     ood_warning,
 )
@@ -102,10 +104,11 @@ def test_fit_from_manifest_stores_statistics_used_by_classify(tmp_path: Path) ->
     manifest = tmp_path / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         csv.writer(fh).writerows([["path", "label", "split", "fold", "sha1"], *rows])
-    assert main(["fit", "--model", str(model), "--manifest", str(manifest), "--threads", "1"]) == 0
+    res = CliRunner().invoke(app, ["ood", "fit", "--model", str(model), "--manifest", str(manifest), "--threads", "1"])
+    assert res.exit_code == 0, res.output
     clf = load_model(model)
     assert clf.info.ood["references"][0]["colour"]["threshold"] > 0
-    assert {"reinhard", "histogram"} <= set(clf.info.extra["colour_reference"])
+    assert {"reinhard", "histogram"} <= set(clf.info.colour_reference)
     fresh, _ = cells_like(TRAIN_COLOURS, 4, seed=12, size=16)
     paths = []
     for i, c in enumerate(fresh):
@@ -118,7 +121,8 @@ def test_fit_from_manifest_stores_statistics_used_by_classify(tmp_path: Path) ->
     assert res.predictions[-1].ood and res.predictions[-1].review and res.predictions[-1].reasons
 
 
-def test_fit_cli_reports_bad_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_cli_reports_bad_manifest(tmp_path: Path) -> None:
     model, _ = make_embedding_model(tmp_path / "m.onnx")
-    assert main(["fit", "--model", str(model), "--manifest", str(tmp_path / "missing.csv")]) == 1
-    assert "manifest not found" in capsys.readouterr().err
+    r = subprocess.run([sys.executable, "-m", "wbc", "ood", "fit", "--model", str(model), "--manifest",
+                        str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    assert r.returncode == 1 and "manifest not found" in r.stderr and "Traceback" not in r.stderr

@@ -114,6 +114,7 @@ def test_tiny_real_pbc_run(real_data: Path, tmp_path: Path) -> None:
     assert r.returncode == 0 and len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 1600
 
 
+@pytest.mark.slow
 def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
     from rich.console import Console
 
@@ -203,6 +204,7 @@ def test_quantize_keeps_predictions_and_refits_calibration(synthetic_run: Path, 
     assert again.returncode == 1 and "already quantised" in again.stderr and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_centre_crop_model_trains_exports_and_classifies_like_its_evaluation(synthetic_dataset: Path,
                                                                             tmp_path: Path) -> None:
     """``centre_crop``: cells resized whole to ``input_size``, the network sees only their centre, everywhere."""
@@ -237,6 +239,7 @@ def test_train_on_a_missing_gpu_says_so_before_reading_data(tmp_path: Path) -> N
     assert r.returncode == 1 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_progressive_resizing_with_worker_processes(synthetic_dataset: Path, tmp_path: Path) -> None:
     """Early epochs at a smaller input, augmentation in a worker process; the model ends at full size."""
     from rich.console import Console

@@ -120,6 +120,18 @@ def test_report_escapes_user_text() -> None:
     assert "<b>x" not in html
 
 
+def test_gallery_escapes_file_names_and_keeps_data_uris_intact() -> None:
+    """Autoescaping (Jinja2) turns a hostile file name into text but leaves base64 data URIs byte for byte."""
+    from wbc.evaluate.report import image_to_data_uri, review_page
+
+    cell = np.full((32, 32, 3), 180, np.uint8)
+    name = "x/<script>alert('a')</script>&.png"
+    page = review_page("<i>Shared</i>", "intro & <b>more</b>", [Thumb(cell, "ig", "neutrophil", 0.7, name)])
+    assert "<script" not in page and "<i>" not in page and "<b>more" not in page
+    assert "&lt;script&gt;alert(&#39;a&#39;)&lt;/script&gt;&amp;.png" in page
+    assert f"src='{image_to_data_uri(cell)}'" in page
+    assert page.count("<figure>") == 1 and "class='wrong'" in page
+
 def test_report_without_logits_or_cams() -> None:
     m, inputs = _case(n=150)
     inputs.logits = None

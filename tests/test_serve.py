@@ -269,8 +269,9 @@ def test_differential_endpoint_gives_clopper_pearson_intervals(client: TestClien
 def test_web_page_and_assets_are_served_and_need_no_network(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "/static/app.js" in r.text and "/static/style.css" in r.text
-    for name in ("app.js", "style.css", "favicon.svg"):
+    assert "/static/common.js" in r.text and "/static/app.js" in r.text and "/static/style.css" in r.text
+    assert r.text.index("/static/common.js") < r.text.index("/static/app.js")  # its helpers load first
+    for name in ("common.js", "app.js", "style.css", "favicon.svg"):
         assert client.get(f"/static/{name}").status_code == 200
     for f in STATIC_DIR.iterdir():  # nothing fetched from elsewhere: works offline
         text = f.read_text(encoding="utf-8").replace("http://www.w3.org/2000/svg", "")  # SVG namespace

@@ -7,12 +7,7 @@ Skipped with a reason when chromium or Playwright is missing; Playwright never d
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,26 +15,16 @@ import cv2
 import numpy as np
 import pytest
 
-CHROMIUM = Path(os.environ.get("WBC_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+sys.path.insert(0, str(Path(__file__).parent))
+from browser import BROWSER_MARKS, live_server, watch
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.is_file() and not shutil.which(str(CHROMIUM)),
-                       reason=f"{CHROMIUM} not found (apt-get install chromium)"),
-]
-os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) not installed")
-sync_playwright = sync_api.sync_playwright
-uvicorn = pytest.importorskip("uvicorn")
+pytestmark = BROWSER_MARKS
+pytest.importorskip("uvicorn")
 
+from test_serve import classifier, model_path  # noqa: E402, F401  (session fixtures)
 from wbc.segment.classical import ClassicalSegmenter  # noqa: E402
 from wbc.serve.app import create_app  # noqa: E402
 from wbc.synthetic import synthetic_cell  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_serve import classifier, model_path  # noqa: E402, F401  (session fixtures)
 
 
 def draw_smear(seed: int = 0) -> np.ndarray:
@@ -61,46 +46,17 @@ def draw_smear(seed: int = 0) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), 1.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url(classifier) -> Iterator[str]:  # noqa: F811
-    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=5)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    with live_server(create_app(classifier, ClassicalSegmenter(), max_upload_mb=5)) as base:
+        yield base
 
 
 @pytest.fixture()
-def page(browser, base_url: str) -> Iterator[object]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+def page(chromium, base_url: str) -> Iterator[object]:
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     pg = ctx.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    # the page must never reach beyond the server (offline use): fail any other request
-    pg.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base_url)
-             else route.abort())
+    errors = watch(pg, only=base_url)  # the page must never reach beyond the server (offline use)
     pg.goto(base_url + "/")
     pg.wait_for_selector("body[data-ready=true]", timeout=15_000)
     yield pg

@@ -3,33 +3,66 @@
 The Python API mirrors the command line::
 
     import wbc
-    clf = wbc.load_model()                 # the shipped default classifier (ONNX Runtime)
-    res = wbc.classify(["cell1.jpg"], clf)  # ClassifyResult with Prediction objects
+    clf = wbc.load_model()                          # the shipped default classifier (ONNX Runtime)
+    res = wbc.classify_images(["cell1.jpg"], clf)   # ClassifyResult with Prediction objects
+    smear = wbc.analyze_images(["field.jpg"])[0]     # SmearResult: cells with boxes, outlines, labels
 
-Importing wbc never imports torch; training lives in :mod:`wbc.train`.
+The public functions have names that no submodule has (``wbc.classify`` is the module
+:mod:`wbc.classify`), so importing any submodule can never shadow them. Importing wbc never imports
+torch; training lives in :mod:`wbc.train`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["__version__", "classify", "load_model"]
+__version__ = "0.2.0"
+__all__ = ["__version__", "analyze_images", "classify_images", "load_model", "load_segmenter"]
 
 if TYPE_CHECKING:
     from wbc.classify import ClassifyResult
     from wbc.model import Classifier
+    from wbc.protocols import SegmenterLike
+    from wbc.types import SmearResult
 
 
-def load_model(path: str | None = None, threads: int = 2) -> Classifier:
+def load_model(path: str | os.PathLike[str] | None = None, threads: int = 2) -> Classifier:
     """The classifier at ``path``, or the default model shipped with wbc."""
     from wbc.model import load_model as _load
 
     return _load(path, threads=threads)
 
 
-def classify(paths: list[Any], model: Classifier | None = None, **kwargs: Any) -> ClassifyResult:
-    """Classify single-cell image files; see :func:`wbc.classify.classify_paths`."""
+def load_segmenter(method: str = "auto", path: str | os.PathLike[str] | None = None,
+                   threads: int = 2) -> SegmenterLike:
+    """A smear segmenter by name (``auto``, ``classical``, ``learned``, ...); see :mod:`wbc.segment`."""
+    from wbc.segment import get_segmenter
+
+    return get_segmenter(method, path, threads=threads)
+
+
+def classify_images(paths: Sequence[str | os.PathLike[str]], model: Classifier | None = None,
+                    **kwargs: Any) -> ClassifyResult:
+    """Classify single-cell image files; keyword arguments as :func:`wbc.classify.classify_paths`."""
     from wbc.classify import classify_paths
 
-    return classify_paths(paths, model or load_model(), **kwargs)
+    return classify_paths(list(paths), model or load_model(), **kwargs)
+
+
+def analyze_images(paths: Sequence[str | os.PathLike[str]], model: Classifier | None = None,
+                   segmenter: SegmenterLike | None = None) -> list[SmearResult]:
+    """Find, outline, classify and count the WBCs of each smear image (no files written).
+
+    An unreadable image raises :class:`wbc.errors.ImageReadError` naming the file; ``wbc analyze`` is the
+    batch tool that collects per-file errors instead.
+    """
+    from pathlib import Path
+
+    from wbc.analyze import analyze_image
+    from wbc.io import read_image
+
+    clf = model or load_model()
+    seg = segmenter if segmenter is not None else load_segmenter()
+    return [analyze_image(read_image(p), clf, seg, name=Path(p).name) for p in paths]

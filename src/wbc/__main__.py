@@ -1,3 +1,6 @@
+"""``python -m wbc``: the same as the ``wbc`` command."""
+
 from wbc.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -17,27 +17,25 @@ manifest CSV):
   check and refit the temperature and the review threshold. The result is a copy of the ONNX file whose
   metadata carries the new head (``ModelInfo.head``, applied by :meth:`wbc.model.Classifier.run`).
 
-Both can store a stain normalisation to the training colours (``extra["stain"]``) and an OOD reference for
+Both can store a stain normalisation to the training colours (``preprocessing.stain``) and an OOD reference for
 the new lab's cells. ``--no-labels`` (:func:`adapt_stain`) stores only the colour mapping.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 
 from wbc.errors import ModelError, WbcError
-from wbc.io import atomic_write_text
-from wbc.model import Classifier, ModelInfo, softmax, write_model
+from wbc.model import Classifier, ModelInfo, write_model
 
 LAMBDAS = (0.001, 0.01, 0.1, 1.0)
 MAX_CELLS_WARN = 1000
@@ -121,8 +119,12 @@ def fit_head(
     return res.x[: c * d].reshape(c, d), res.x[c * d :]
 
 
-def stratified_folds(labels: Sequence[int], k: int, seed: int = 0) -> np.ndarray:
-    """Fold index per sample, classes spread evenly over folds (deterministic for a seed)."""
+def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold index per sample, classes spread evenly over folds (deterministic for a seed).
+
+    By hand, not ``sklearn.model_selection.StratifiedKFold``: that refuses when every class has fewer cells
+    than folds (4 cells of 4 classes, 2 folds), which few-shot adaptation must accept.
+    """
     lab = np.asarray(labels)
     rng = np.random.default_rng(seed)
     folds = np.zeros(len(lab), int)
@@ -182,13 +184,17 @@ class AdaptResult:
 
 def adapt_embeddings(
     emb_views: np.ndarray, labels: Sequence[str], classes: Sequence[str], w0: np.ndarray, b0: np.ndarray,
-    lambdas: Sequence[float] = LAMBDAS, folds: int = 5, seed: int = 0, review_target: float = 0.95,
+    lambdas: Sequence[float] = LAMBDAS, folds: int = 5, seed: int = 0,
+    review_target_accuracy: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, AdaptResult]:
     """The whole fit on precomputed embeddings (V views, N cells, D): choose ``lam``, check, refit on all.
 
     Pure numpy + scipy, so benchmarks can run many random draws cheaply.
     """
-    from wbc.calibration import fit_temperature, review_threshold
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from wbc.calibration import calibrate
 
     v, n, _ = emb_views.shape
     cls_index = {c: i for i, c in enumerate(classes)}
@@ -200,8 +206,7 @@ def adapt_embeddings(
     k = int(max(2, min(folds, n // 2)))
     fold = stratified_folds(y, k, seed)
     # class-balanced weights: a lab's rare classes (basophils) count as much as its common ones
-    cw = {c: n / (len(present) * m) for c, m in zip(present, counts, strict=True)}
-    weights = np.array([cw[c] for c in y])
+    weights = compute_class_weight("balanced", classes=present, y=y)[np.searchsorted(present, y)]
 
     def fit(idx: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
         xs = emb_views[:, idx].reshape(-1, emb_views.shape[2])
@@ -218,38 +223,40 @@ def adapt_embeddings(
             logits[te] = emb_views[0, te] @ w.T + b
         oof[lam] = logits
     cv = {lam: float((oof[lam].argmax(1) == y).mean()) for lam in lambdas}
-    # balanced accuracy picks lam (ties -> the larger, more conservative lam)
+    # balanced accuracy (mean recall over the classes present) picks lam (ties -> the larger, more
+    # conservative lam); predictions of classes absent from the labels are simply wrong, not warned about
     def bal(lg: np.ndarray) -> float:
-        pred = lg.argmax(1)
-        return float(np.mean([(pred[y == c] == c).mean() for c in present]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return float(balanced_accuracy_score(y, lg.argmax(1)))
 
     best = max(lambdas, key=lambda lam: (round(bal(oof[lam]), 6), lam))
     before = emb_views[0] @ w0.T + b0
-    temp = float(fit_temperature(oof[best], y))
-    probs = softmax(oof[best], temp)
-    conf = probs.max(1)
-    thr = float(review_threshold(conf, probs.argmax(1) == y, review_target))
+    cal = calibrate(oof[best], y, review_target_accuracy)
     w, b = fit(np.arange(n), best)
     res = AdaptResult(
         n_cells=n, counts={classes[c]: int(m) for c, m in zip(present, counts, strict=True)}, lam=best,
         folds=k, heldout_acc_before=float((before.argmax(1) == y).mean()),
-        heldout_acc_after=cv[best], temperature=temp, review_threshold=thr,
+        heldout_acc_after=cv[best], temperature=cal.temperature, review_threshold=cal.review_threshold,
         cv={str(lam): acc for lam, acc in cv.items()}, heldout_n=n,
     )
     return w, b, res
 
 
 def load_labelled_cells(
-    data: str | os.PathLike[str], size: int, mapping: dict[str, str] | None = None
+    data: str | os.PathLike[str], size: int, mapping: dict[str, str] | None = None, reframe: Any = False
 ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-    """Cells (N, S, S, 3), labels, file names, and messages for files that could not be read (skipped)."""
+    """Cells (N, S, S, 3), labels, file names, and messages for files that could not be read (skipped).
+
+    ``reframe``: as :func:`wbc.classify.load_cells` (the model's framing, so the cells are prepared exactly as
+    `wbc classify` will prepare the lab's cells)."""
     from wbc.classify import load_cells
     from wbc.data import load_dataset
 
     samples = load_dataset(data, mapping=mapping).samples
     if not samples:
         raise WbcError(f"{data}: no labelled images")
-    cells, ok, errors = load_cells([s.path for s in samples], size)
+    cells, ok, errors = load_cells([s.path for s in samples], size, reframe=reframe)
     return (cells, [samples[i].label for i in ok], [str(samples[i].path) for i in ok],
             [msg for _, msg in errors])
 
@@ -263,55 +270,57 @@ def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:
     return out
 
 
-def stain_spec(clf: Classifier, stain: str, cells: Sequence[np.ndarray]) -> dict[str, Any]:
+def stain_spec(clf: Classifier, stain: str, cells: Sequence[np.ndarray] | np.ndarray) -> dict[str, Any]:
     """The fixed transform from these cells' pooled colours to ``clf``'s training colours."""
     from wbc.stain import METHODS, fit_stain_stats
 
     if stain not in METHODS:
         raise WbcError(f"--stain {stain!r}: not a stain normalisation method ({', '.join(METHODS)})")
-    ref = (clf.info.extra.get("colour_reference") or {}).get(stain)
+    ref = clf.info.colour_reference.get(stain)
     if not ref:
         raise WbcError(f"{clf.path}: no training colour statistics in the model; run "
-                       "`python -m wbc.ood fit --model M --manifest RUN/manifest.csv` first")
+                       "`wbc ood fit --model M --manifest RUN/manifest.csv` first")
     return {"method": stain, "target": ref, "source": fit_stain_stats(list(cells), stain)}
 
 
 def adapt_model(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     stain: str | None = None, views: int = 8, seed: int = 0, threads: int = 2,
-    mapping: dict[str, str] | None = None, review_target: float | None = None,
+    mapping: dict[str, str] | None = None, review_target_accuracy: float | None = None,
 ) -> AdaptResult:
     """Adapt ``model`` to the labelled cells in ``data`` and write the adapted copy to ``output``.
 
     ``stain``: None keeps the model's stain normalisation as it is; ``"none"`` removes it; a method name
     maps this lab's pooled colours onto the training colours (a fixed transform stored in the model).
     """
+    from wbc.calibration import resolve_review_target
     from wbc.model import load_model
     from wbc.ood import add_reference
+    from wbc.reframe import framing_stats_of
 
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     info = copy.deepcopy(clf.info)
-    cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping)
+    cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
     if stain not in (None, "none"):
-        info.extra["stain"] = stain_spec(clf, stain, cells)
+        info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     elif stain == "none":
-        info.extra.pop("stain", None)
+        info.preprocessing = replace(info.preprocessing, stain=None)
     clf.info = info  # embed through the (possibly stain-normalised) preprocessing the output will use
     w0, b0 = original_head(clf)
     emb = embed_tta(clf, cells, views=views)
-    target = review_target if review_target is not None else (info.review_target_accuracy or 0.95)
-    w, b, res = adapt_embeddings(emb, labels, clf.classes, w0, b0, seed=seed, review_target=target)
+    target = resolve_review_target(review_target_accuracy, info.review_target_accuracy)
+    w, b, res = adapt_embeddings(emb, labels, clf.classes, w0, b0, seed=seed, review_target_accuracy=target)
     info.head = {"weight": w.astype(np.float32).tolist(), "bias": b.astype(np.float32).tolist()}
     info.temperature = res.temperature
     info.review_threshold = res.review_threshold
     info.model_id = f"{clf.model_id}+adapt"
     info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds")}
     info.extra["adapt"]["data"] = str(data)
-    info.extra["adapt"]["stain"] = (info.extra.get("stain") or {}).get("method", "none")
+    info.extra["adapt"]["stain"] = (info.preprocessing.stain or {}).get("method", "none")
     if info.ood.get("references"):
         name = f"adapt:{Path(data).name}"
         info.ood = add_reference(info.ood, cells, emb[0], labels, clf.classes, name=name)
@@ -330,7 +339,7 @@ def adapt_stain(
 
     ``data``: any folder (or files) of the new lab's single-cell images, no labels needed. The fitted
     transform is one per lab (pooled over all its cells), so a cell's colours do not depend on what else
-    its crop holds; it is stored as ``extra["stain"]`` and applied by :meth:`wbc.model.Classifier.run`.
+    its crop holds; it is stored as ``preprocessing.stain`` and applied by :meth:`wbc.model.Classifier.run`.
     The head, calibration and OOD statistics are untouched: without labels nothing can be re-validated,
     so such cells keep their out-of-distribution flag.
     """
@@ -346,119 +355,10 @@ def adapt_stain(
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 readable cell images, got {len(cells)}")
     info = copy.deepcopy(clf.info)
-    info.extra["stain"] = stain_spec(clf, stain, cells)
+    info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     info.model_id = f"{clf.model_id}+stain"
     info.extra["adapt"] = {"kind": "stain only, no labels", "stain": stain, "n_cells": len(cells),
                            "data": str(data)}
     write_model_copy(clf.path, out, info)
     return {"output": str(out), "n_cells": len(cells), "skipped": skipped, "stain": stain,
             "seconds": time.perf_counter() - t0}
-
-
-# --- command line --------------------------------------------------------------------------------
-
-
-def adapt_command(
-    data: Annotated[Path, typer.Option("--data", help="Labelled cells of the new lab: <class>/<image> "
-                                       "folders or a manifest CSV (path,label). About 25-100 cells. "
-                                       "With --no-labels: any folder of the lab's cell images.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Adapted ONNX model to write.")],
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model to adapt (default: the "
-                                               "shipped model).")] = None,
-    stain: Annotated[str | None, typer.Option(
-        help="Stain normalisation to store: reinhard | macenko | histogram (this lab's colours -> the "
-             "training colours), none (remove), default: keep the model's.")] = None,
-    label_map: Annotated[list[str] | None, typer.Option("--map", help="Rename labels: old=new.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the held-out split, the folds and fine-tuning.")] = 0,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads.")] = 2,
-    report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON.")] = None,
-    no_labels: Annotated[bool, typer.Option("--no-labels", help="Only map this lab's pooled colours onto "
-                                            "the training colours (--stain, default reinhard); no labels "
-                                            "needed, the head is kept.")] = False,
-    method: Annotated[str, typer.Option(help="finetune: every weight, in PyTorch (more accurate, needs the "
-                                        "network's .pt weights); head: refit the last layer only (seconds, "
-                                        "no PyTorch).")] = "finetune",
-    checkpoint: Annotated[Path | None, typer.Option(help="PyTorch weights for --method finetune (default: "
-                                                    "the .pt beside the model, e.g. RUN/best.pt).")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs over the labelled cells.")] = 30,
-    members: Annotated[int, typer.Option(min=1, help="Fine-tune this many copies (other seeds) and ship their "
-                                         "ensemble: more accurate, K times the fitting time and inference "
-                                         "cost.")] = 1,
-    cross_validate: Annotated[bool, typer.Option(
-        "--cross-validate/--no-cross-validate", help="Fit the held-out check, temperature and review threshold "
-        "on every cell by 5-fold cross-validation (default), or on one held-out fifth (--no-cross-validate: "
-        "about 1/3 of the time, a coarser review threshold).")] = True,
-) -> None:
-    """Adapt a classifier to a new lab from a few labelled cells (fine-tunes the network; minutes on a CPU)."""
-    from rich.console import Console
-
-    from wbc.labels import parse_mapping
-
-    console = Console(stderr=True, soft_wrap=True)
-    if no_labels:
-        out = adapt_stain(model, data, output, stain=stain or "reinhard", threads=threads)
-        for msg in out["skipped"]:
-            console.print(f"[yellow]skipped[/] {msg}", highlight=False)
-        console.print(f"{out['stain']} colour mapping fitted on {out['n_cells']} cells in {out['seconds']:.0f} s "
-                      f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)",
-                      highlight=False)
-        if report:
-            atomic_write_text(report, json.dumps(out, indent=2) + "\n")
-        return
-    try:
-        mapping = parse_mapping(label_map or []) or None
-    except ValueError as exc:
-        raise WbcError(str(exc)) from None
-    if method == "head" and members != 1:
-        raise WbcError("--members needs --method finetune")
-    if method == "head":
-        res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping)
-    elif method == "finetune":
-        from rich.progress import BarColumn, Progress, TimeRemainingColumn
-
-        if members > 1 and cross_validate:
-            console.print(f"[yellow]note:[/] --members {members} with cross-validation fine-tunes {members} "
-                          f"networks per fold and {members} on all cells: {members}x the time of one "
-                          "(--no-cross-validate takes about a third of that)", highlight=False)
-
-        with Progress("fine-tuning", BarColumn(), "{task.completed}/{task.total} steps", TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("steps", total=None)
-            try:  # the torch half, imported only when used
-                from wbc.train.finetune import adapt_finetune
-            except ImportError as exc:
-                raise WbcError(f"--method finetune needs PyTorch ({exc}): pip install 'wbc[train]', or use "
-                               "--method head") from None
-
-            res = adapt_finetune(model, data, output, checkpoint=checkpoint, stain=stain, seed=seed,
-                                 threads=threads, mapping=mapping, epochs=epochs, members=members,
-                                 cross_validate=cross_validate,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
-    else:
-        raise WbcError(f"--method {method!r}: choose finetune or head")
-    if res.n_cells > MAX_CELLS_WARN:
-        console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, training on the lab's cells "
-                      "with `wbc train` may do better than few-shot adaptation", highlight=False)
-    for msg in res.skipped:
-        console.print(f"[yellow]skipped[/] {msg}", highlight=False)
-    console.print(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
-                  f" in {res.seconds:.0f} s -> {res.output}", highlight=False)
-    if res.method == "head":
-        console.print(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
-                      f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
-                      f"{res.heldout_acc_after:.1%} after", highlight=False)
-        console.print(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
-                      f"confidence {res.review_threshold:.2f}", highlight=False)
-    else:
-        how = (f"{res.folds}-fold cross-validation, each of the {res.heldout_n} cells predicted by a fine-tuning "
-               "that never saw it") if res.settings.get("cross_validate") else (
-               f"{res.heldout_n} cells kept out of a first fine-tuning")
-        console.print(f"held-out check ({how}): accuracy "
-                      f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after", highlight=False)
-        console.print(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
-                      "the output is float32 ONNX", highlight=False)
-    if res.heldout_acc_after + 1e-9 < res.heldout_acc_before:
-        console.print("[yellow]warning:[/] the adapted model did worse on held-out cells than the original; "
-                      "check the labels or add cells", highlight=False)
-    if report:
-        atomic_write_text(report, json.dumps(res.to_dict(), indent=2) + "\n")

@@ -7,11 +7,19 @@ use the same code.
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
 from wbc.model import softmax
+
+#: The accuracy the cells a model does not flag for review must reach on validation data. 0.995 is the
+#: training default (``TrainConfig.review_target_accuracy``) and what the shipped model stores, so a model
+#: that stores no target (an old export) is treated like the shipped one rather than by a looser rule
+#: (``wbc adapt`` used to fall back to 0.95 there: ten times the error rate allowed among accepted cells).
+DEFAULT_REVIEW_TARGET_ACCURACY = 0.995
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -73,3 +81,47 @@ def coverage_accuracy(confidence: np.ndarray, correct: np.ndarray, coverage: flo
     n = max(1, round(coverage * len(confidence)))
     order = np.argsort(-confidence, kind="stable")[:n]
     return float(np.mean(correct[order]))
+
+
+def resolve_review_target(explicit: float | None, stored: float | None = None) -> float:
+    """The review target to use: ``explicit`` if given, else the model's ``stored`` one, else the default.
+
+    >>> resolve_review_target(None, 0.0), resolve_review_target(None, 0.99), resolve_review_target(0.9, 0.99)
+    (0.995, 0.99, 0.9)
+    """
+    if explicit is not None:
+        return float(explicit)
+    return float(stored) if stored else DEFAULT_REVIEW_TARGET_ACCURACY
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` fitted: the temperature and the confidence below which a cell goes to review."""
+
+    temperature: float
+    review_threshold: float
+    review_target_accuracy: float
+    n: int  # cells it was fitted on
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: float | None = None) -> Calibration:
+    """The one calibration path (training, ensembles, ``wbc quantize``, ``wbc adapt``): fit the temperature
+    on held-out ``logits`` (N, C; log-probabilities work too) with true class indices ``labels``, then the
+    lowest review threshold at which the accepted cells reach ``review_target_accuracy`` (default
+    :data:`DEFAULT_REVIEW_TARGET_ACCURACY`) under those calibrated probabilities.
+
+    >>> rng = np.random.default_rng(0); y = rng.integers(0, 3, 300)
+    >>> c = calibrate(np.eye(3)[y] * 4 + rng.normal(0, 1, (300, 3)), y)
+    >>> c.n, c.review_target_accuracy, 0 < c.review_threshold < 1, c.temperature > 0
+    (300, 0.995, True, True)
+    """
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    target = resolve_review_target(review_target_accuracy)
+    temperature = fit_temperature(logits, labels)
+    probs = softmax(logits, temperature)
+    threshold = review_threshold(probs.max(1), probs.argmax(1) == labels, target)
+    return Calibration(float(temperature), float(threshold), target, len(labels))

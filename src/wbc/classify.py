@@ -15,11 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from wbc.errors import ImageReadError
-from wbc.io import atomic_write_csv
+from wbc.errors import ImageReadError, ImageTooLargeError
+from wbc.io import read_image
+from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, softmax
-from wbc.preprocess import load_cell
+from wbc.preprocess import resize_square
+from wbc.protocols import ClassifierLike
+from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell, framing_stats_of
 from wbc.types import Prediction
+
+#: A single-cell image with a side below this cannot show a cell (a 1x1 image is no platelet).
+MIN_CELL_SIDE: int = 16
+#: A single-cell image above this many pixels (2000x2000) is a field or a scan, not one cell: it is refused
+#: from its header, before decoding (``wbc analyze`` is the tool for fields).
+MAX_CELL_PIXELS: int = 4_000_000
 
 
 @dataclass
@@ -35,8 +44,24 @@ class ClassifyResult:
         return Counter(p.label for p in self.predictions)
 
 
+def review_reason(confidence: float, threshold: float) -> str:
+    """Why a low-confidence cell is flagged, with as many decimals as it takes for the two numbers to differ
+    (never "confidence 0.99 < 0.99").
+
+    >>> review_reason(0.9893, 0.99)
+    'confidence 0.989, below the review threshold 0.990'
+    >>> review_reason(0.61, 0.83)
+    'confidence 0.61, below the review threshold 0.83'
+    """
+    for digits in range(2, 7):
+        c, t = f"{confidence:.{digits}f}", f"{threshold:.{digits}f}"
+        if c != t:
+            break
+    return f"confidence {c}, below the review threshold {t}"
+
+
 def predictions_from_probs(
-    probs: np.ndarray, classifier: Classifier, paths: Sequence[str] = ()
+    probs: np.ndarray, classifier: ClassifierLike, paths: Sequence[str] = ()
 ) -> list[Prediction]:
     """Label, confidence and the review flag (confidence below the model's threshold) per row."""
     classes = classifier.classes
@@ -52,21 +77,24 @@ def predictions_from_probs(
             review=review,
             probabilities={c: float(v) for c, v in zip(classes, p, strict=True)},
             path=str(paths[i]) if i < len(paths) else "",
-            reasons=[f"confidence {conf:.2f} < {thr:.2f}"] if review else [],
+            reasons=[review_reason(conf, thr)] if review else [],
         ))
     return out
 
 
 def predict_cells(
-    classifier: Classifier, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
-    exclude: Sequence[str] = (),
+    classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
+    exclude: Sequence[str] = (), classes: Sequence[str] = (),
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
     The one place where logits become calibrated probabilities, labels, review and out-of-distribution
     flags, so `wbc classify`, `wbc analyze` and the HTTP API always agree. ``exclude``: classes these
     cells cannot be (known from how they were found); their probability is set to 0 and the rest
-    renormalised, the same as predicting over the other classes' logits only.
+    renormalised, the same as predicting over the other classes' logits only. ``classes``: the chosen label
+    set (``--classes``, see :func:`wbc.labels.parse_class_set`): the answer is restricted to them the same
+    way; the review threshold applies to the renormalised confidence, and a cell the model puts mostly
+    outside the set (allowed mass < 0.5) is flagged too, naming the class it favours.
     """
     ood = classifier.info.ood
     out = classifier.run(cells, ("logits", "embedding") if with_embeddings or ood else ("logits",))
@@ -76,7 +104,17 @@ def predict_cells(
     if drop and len(drop) < len(classifier.classes):
         probs[:, drop] = 0.0
         probs /= probs.sum(1, keepdims=True)
+    full = probs
+    classes = tuple(classes) or tuple(getattr(classifier, "label_set", ()))
+    if classes:
+        probs, mass = restrict_probabilities(probs, classifier.classes, classes)
     preds = predictions_from_probs(probs, classifier, names)
+    if classes:
+        for p, m, row in zip(preds, mass, full, strict=True):
+            if m < 0.5:
+                other = classifier.classes[int(row.argmax())]
+                p.review = True
+                p.reasons.append(f"the model favours {other} ({row.max():.2f}), outside the chosen classes")
     if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
         from wbc.ood import flag_predictions
 
@@ -84,24 +122,63 @@ def predict_cells(
     return preds, out
 
 
-def _load(path: Path, size: int) -> np.ndarray | str:
+def check_cell_image(rgb: np.ndarray, name: str) -> None:
+    """Refuse a decoded image too small to be one cell, naming the file."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_CELL_SIDE:
+        raise ImageReadError(f"{name}: {w}x{h} is too small to be a single-cell image "
+                             f"(minimum side {MIN_CELL_SIDE} px)")
+
+
+def cell_too_large(exc: ImageTooLargeError) -> ImageReadError:
+    """The size error reworded for single-cell tools: such an image is a field, not a cell."""
+    return ImageReadError(f"{exc}; too large to be a single-cell image (analyse smear fields with wbc analyze)")
+
+
+def read_cell(path: str | os.PathLike[str], size: int, reframe: bool | FramingStats = False) -> np.ndarray:
+    """One single-cell image at the model's square input size, refusing images that cannot be one cell.
+
+    Oversized images are refused from their header (:data:`MAX_CELL_PIXELS`), tiny ones after decoding.
+    ``reframe``: a cell framed unlike the training crops (filling a tight crop, small in a wide field) is
+    re-framed like them first (:func:`wbc.reframe.frame_cell`; a :class:`~wbc.reframe.FramingStats`: that
+    framing, ``True``: the default one).
+    """
     try:
-        return load_cell(path, size)
+        rgb = read_image(path, min_size=size, max_pixels=MAX_CELL_PIXELS)
+    except ImageTooLargeError as exc:
+        raise cell_too_large(exc) from None
+    check_cell_image(rgb, str(path))
+    return prepare_cell(rgb, size, reframe)
+
+
+def prepare_cell(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True) -> np.ndarray:
+    """A decoded single-cell image as the network's uint8 input: re-framed like the training crops when it is
+    framed unlike them (``reframe``, :func:`wbc.reframe.frame_cell`), resized to ``size``. The one
+    preprocessing of `wbc classify`, the Python API and the HTTP API's ``/classify``."""
+    if reframe is False:
+        return resize_square(rgb, size)
+    return frame_cell(rgb, size, reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS)
+
+
+def _load(path: Path, size: int, reframe: bool | FramingStats = False) -> np.ndarray | str:
+    try:
+        return read_cell(path, size, reframe)
     except ImageReadError as exc:
         return str(exc)
 
 
 def iter_batches(
-    paths: Sequence[Path], size: int, batch_size: int, workers: int
+    paths: Sequence[Path], size: int, batch_size: int, workers: int, reframe: bool | FramingStats = False
 ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[str, str]]]]:
-    """Decoded, resized batches in order, with the files that failed to load."""
+    """Decoded, resized (``reframe``: re-framed, see :func:`read_cell`) batches in order, with the files that
+    failed to load."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        pending = [pool.map(lambda p: _load(p, size), c) for c in chunks[:2]]
+        pending = [pool.map(lambda p: _load(p, size, reframe), c) for c in chunks[:2]]
         for ci, chunk in enumerate(chunks):
             loaded = list(pending[ci])
             if ci + 2 < len(chunks):
-                pending.append(pool.map(lambda p: _load(p, size), chunks[ci + 2]))
+                pending.append(pool.map(lambda p: _load(p, size, reframe), chunks[ci + 2]))
             ok = [(p, a) for p, a in zip(chunk, loaded, strict=True) if not isinstance(a, str)]
             errors = [(str(p), a) for p, a in zip(chunk, loaded, strict=True) if isinstance(a, str)]
             arr = np.stack([a for _, a in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
@@ -109,14 +186,15 @@ def iter_batches(
 
 
 def load_cells(
-    paths: Sequence[str | os.PathLike[str]], size: int, workers: int = 2, batch_size: int = 128
+    paths: Sequence[str | os.PathLike[str]], size: int, workers: int = 2, batch_size: int = 128,
+    reframe: bool | FramingStats = False,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """All readable images as uint8 cells (N, size, size, 3), the indices into ``paths`` of those
     that loaded, and (path, message) for those that did not (never fatal)."""
-    paths = [Path(p) for p in paths]
-    index = {str(p): i for i, p in enumerate(paths)}
+    files = [Path(p) for p in paths]
+    index = {str(p): i for i, p in enumerate(files)}
     cells, ok, errors = [], [], []
-    for ok_paths, arr, errs in iter_batches(paths, size, batch_size, workers):
+    for ok_paths, arr, errs in iter_batches(files, size, batch_size, workers, reframe):
         cells.append(arr)
         ok += [index[str(p)] for p in ok_paths]
         errors += errs
@@ -131,22 +209,30 @@ def classify_paths(
     workers: int = 2,
     with_embeddings: bool = False,
     progress: object | None = None,
+    reframe: bool = True,
+    classes: str | Sequence[str] | None = None,
 ) -> ClassifyResult:
     """Classify image files. A file that cannot be read is recorded in ``errors``, never fatal.
 
-    ``progress``: an optional callable ``progress(n_done)`` for progress bars.
+    ``progress``: an optional callable ``progress(n_done)`` for progress bars. ``reframe`` (default on):
+    cells framed unlike the training crops are re-framed first (:mod:`wbc.reframe`). ``classes``: restrict the
+    answer to a label set (``"5part"``, ``"neutrophil,lymphocyte"``, or names; see
+    :func:`wbc.labels.parse_class_set`).
     """
-    paths = [Path(p) for p in paths]
+    allowed = parse_class_set(classes, classifier.classes)
+    framing = framing_stats_of(classifier) if reframe else False
+    files = [Path(p) for p in paths]
     size = classifier.info.input_size
     preds: list[Prediction] = []
     logits: list[np.ndarray] = []
     embs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
     done = 0
-    for ok_paths, arr, errs in iter_batches(paths, size, batch_size, workers):
+    for ok_paths, arr, errs in iter_batches(files, size, batch_size, workers, framing):
         errors += errs
         if len(arr):
-            batch_preds, out = predict_cells(classifier, arr, [str(p) for p in ok_paths], with_embeddings)
+            batch_preds, out = predict_cells(classifier, arr, [str(p) for p in ok_paths], with_embeddings,
+                                             classes=allowed)
             preds += batch_preds
             logits.append(out["logits"])
             if with_embeddings:
@@ -163,22 +249,8 @@ def classify_paths(
     )
 
 
-def prediction_header(classes: Sequence[str]) -> list[str]:
-    return ["path", "label", "confidence", "review", *[f"p_{c}" for c in classes]]
+# The predictions CSV is one of the output formats of wbc.formats; these names stay importable from here.
+from wbc.formats import prediction_header, prediction_row, write_predictions_csv  # noqa: E402
 
-
-def prediction_row(p: Prediction, classes: Sequence[str]) -> list[object]:
-    return [p.path, p.label, f"{p.confidence:.4f}", str(p.review).lower(),
-            *[f"{p.probabilities.get(c, 0.0):.4f}" for c in classes]]
-
-
-def write_predictions_csv(
-    path: str | os.PathLike[str], predictions: Sequence[Prediction], classes: Sequence[str],
-    extra: dict[str, Sequence[object]] | None = None,
-) -> None:
-    """``path,label,confidence,review,p_<class>...`` (plus ``extra`` columns), written atomically."""
-    header = prediction_header(classes) + list(extra or {})
-    rows = []
-    for i, p in enumerate(predictions):
-        rows.append(prediction_row(p, classes) + [v[i] for v in (extra or {}).values()])
-    atomic_write_csv(path, header, rows)
+__all__ = ["ClassifyResult", "classify_paths", "load_cells", "predict_cells", "prediction_header",
+           "prediction_row", "read_cell", "write_predictions_csv"]

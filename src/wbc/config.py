@@ -8,13 +8,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wbc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,13 @@ class TrainConfig:
     lowres_p: float = 0.0  # probability of down- then up-sampling (lower optical resolution)
     lowres_min: float = 0.5  # smallest down-sampling factor
     jpeg_p: float = 0.0  # probability of JPEG re-compression at quality U(40, 95)
+    # shape-first colour randomisation (wbc.train.transforms.RandomStrongColour; docs/generalisation.md)
+    strong_colour_p: float = 0.0  # probability of one strong colour op: full hue circle, stain vectors, ...
+    strong_colour_ops: tuple[str, ...] = ()  # which ops (empty: all of RandomStrongColour.OPS)
+    jpeg_min_quality: int = 40  # JPEG re-compression quality U(jpeg_min_quality, 95)
+    reframe_p: float = 0.0  # probability of showing a training cell re-framed (wbc.reframe.CANONICAL)
+    tight_pad_p: float = 0.0  # probability of a tight crop padded back with the cell's background colour
+    init_weights: str = ""  # start from these network weights (a .pt; e.g. the shipped model): fine-tuning
     # review flag
     review_target_accuracy: float = 0.995  # accepted (non-review) val cells must reach this accuracy
     # run
@@ -74,32 +85,25 @@ class TrainConfig:
     version: str = "1.0.0"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"coerce_numbers_to_str": True}  # `version = 1.0` -> "1.0"
+
     def updated(self, changes: dict[str, Any]) -> TrainConfig:
-        """A copy with ``changes`` applied (None values ignored), type-checked against the defaults."""
-        known = {f.name: f for f in dataclasses.fields(self)}
-        clean: dict[str, Any] = {}
-        for key, value in changes.items():
-            if value is None:
-                continue
+        """A copy with ``changes`` applied (None values ignored), coerced to the fields' types by pydantic
+        (TOML/JSON lists become tuples, ``"3"`` an int; ``3.5`` for an int or two numbers for three fail)."""
+        from pydantic import ValidationError
+
+        known = {f.name for f in dataclasses.fields(self)}
+        clean = {k: v for k, v in changes.items() if v is not None}
+        for key in clean:
             if key not in known:
                 raise ConfigError(f"unknown training option {key!r}; known: {', '.join(sorted(known))}")
-            default = getattr(self, key)
-            try:
-                if isinstance(default, bool):
-                    if not isinstance(value, bool):
-                        raise TypeError
-                elif isinstance(default, tuple):
-                    value = tuple(type(default[0])(v) for v in value) if default else tuple(value)
-                elif isinstance(default, (int, float)) and not isinstance(default, bool):
-                    if isinstance(value, bool):
-                        raise TypeError
-                    value = type(default)(value)
-                elif isinstance(default, str):
-                    value = str(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"option {key!r}: {value!r} is not a valid {type(default).__name__}") from None
-            clean[key] = value
-        cfg = dataclasses.replace(self, **clean)
+        try:
+            cfg = _validator().validate_python({**{k: getattr(self, k) for k in known}, **clean})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = str(err["loc"][0]) if err["loc"] else "?"
+            kind = type(getattr(self, key, "")).__name__
+            raise ConfigError(f"option {key!r}: {clean.get(key)!r} is not a valid {kind} ({err['msg']})") from None
         cfg.validate()
         return cfg
 
@@ -122,11 +126,23 @@ class TrainConfig:
             raise ConfigError(f"device must be cpu, cuda or auto, not {self.device!r}")
         if self.num_workers < 0 or self.threads < 1:
             raise ConfigError("num_workers must be >= 0 and threads >= 1")
+        bad_ops = set(self.strong_colour_ops) - {"hue", "stain", "mix", "grey", "hema", "randconv"}
+        if bad_ops or not 0 <= self.strong_colour_p <= 1 or not 1 <= self.jpeg_min_quality <= 95:
+            raise ConfigError(f"strong_colour_p must be in [0, 1], strong_colour_ops among hue, stain, mix, grey, "
+                              f"hema, randconv (not {sorted(bad_ops)}), jpeg_min_quality in 1..95")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@functools.cache
+def _validator() -> TypeAdapter[TrainConfig]:
+    """pydantic's validator for :class:`TrainConfig` (built once)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(TrainConfig)
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

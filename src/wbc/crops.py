@@ -3,34 +3,45 @@
 The PBC training crops show one cell centred in a ~360 px field; what the classifier learned is the
 cell's size *relative to the crop*, not a pixel count. So a smear crop's side is the measured cell
 diameter divided by that ratio (the "cell fraction"), whatever the microscope's magnification.
-The ratio is stored in the model metadata (``info.extra["cell_fraction"]``) when `wbc train` exports a
+The ratio is stored in the model metadata (``info.preprocessing.cell_fraction``) when `wbc train` exports a
 model; :data:`DEFAULT_CELL_FRACTION` is the fallback, measured on PBC with :func:`measure_cell_fraction`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import cv2
 import numpy as np
 
 from wbc.preprocess import resize_square
+from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell
 
 #: Cell equivalent diameter / crop side in PBC crops. Measured: ``measure_cell_fraction`` with the classical
 #: segmenter on 10 random crops per class (seed 0) gives per-class medians basophil 0.36, eosinophil 0.30,
 #: erythroblast 0.25, ig 0.37, lymphocyte 0.28, monocyte 0.40, neutrophil 0.25 (median 0.30; it misses
 #: pale PBC cytoplasm, an under-estimate); whole cells outlined by eye on 6 crops give ~0.35. 0.33 is
-#: between the two. A model's ``info.extra["cell_fraction"]`` takes precedence.
+#: between the two. A model's ``info.preprocessing.cell_fraction`` takes precedence.
 DEFAULT_CELL_FRACTION: float = 0.33
 #: Crops never shrink below this many cell diameters, even if the metadata says otherwise.
 _FRACTION_RANGE: tuple[float, float] = (0.15, 0.95)
 
 
+#: The mask's diameter is kept within this range of the box's (geometric mean of its sides): a detector's
+#: box is trustworthy where an outline learned on one lab's masks may miss pale cytoplasm elsewhere.
+_MASK_TO_BOX_DIAMETER: tuple[float, float] = (0.75, 1.05)
+
+
 def cell_diameter(cell: Cell) -> float:
-    """Equivalent-circle diameter of the cell mask in pixels (robust to odd outlines)."""
-    return float(np.sqrt(4.0 * max(cell.area_px, 1) / np.pi))
+    """Equivalent-circle diameter of the cell mask in pixels (robust to odd outlines), kept near the box's
+    size so that the crop follows the measured cell at any magnification even when the outline is poor."""
+    d = float(np.sqrt(4.0 * max(cell.area_px, 1) / np.pi))
+    x0, y0, x1, y1 = cell.box
+    box_d = float(np.sqrt(max(1, x1 - x0) * max(1, y1 - y0)))
+    if cell.touches_border:  # a cut box says little about the whole cell
+        return d
+    return float(np.clip(d, _MASK_TO_BOX_DIAMETER[0] * box_d, _MASK_TO_BOX_DIAMETER[1] * box_d))
 
 
 def cell_centre(cell: Cell) -> tuple[float, float]:
@@ -42,12 +53,11 @@ def cell_centre(cell: Cell) -> tuple[float, float]:
     return x0 + float(xs.mean()), y0 + float(ys.mean())
 
 
-def cell_fraction_of(classifier: Any) -> float:
+def cell_fraction_of(classifier: ClassifierLike) -> float:
     """The classifier's cell fraction from its metadata, else :data:`DEFAULT_CELL_FRACTION`."""
-    info = getattr(classifier, "info", None)
-    extra = getattr(info, "extra", None) or {}
+    stored = getattr(getattr(getattr(classifier, "info", None), "preprocessing", None), "cell_fraction", None)
     try:
-        f = float(extra.get("cell_fraction", DEFAULT_CELL_FRACTION))
+        f = float(stored if stored is not None else DEFAULT_CELL_FRACTION)
     except (TypeError, ValueError):
         f = DEFAULT_CELL_FRACTION
     if not np.isfinite(f):
@@ -85,7 +95,7 @@ def crop_cells(
     return np.stack([crop_cell(rgb, c, size, fraction) for c in cells])
 
 
-def measure_cell_fraction(crops: Iterable[np.ndarray], segmenter: Any = None) -> float:
+def measure_cell_fraction(crops: Iterable[np.ndarray], segmenter: SegmenterLike | None = None) -> float:
     """Median ratio of cell diameter to crop side over single-cell training crops (uint8 RGB).
 
     Each crop is segmented with ``segmenter`` (default: the one ``wbc analyze`` uses, so that crops from

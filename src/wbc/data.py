@@ -151,8 +151,10 @@ def write_manifest(path: str | os.PathLike[str], samples: Sequence[Sample], root
 def read_manifest(
     path: str | os.PathLike[str], split: str | None = None, root: Path | None = None
 ) -> list[Sample]:
-    """Read a manifest, resolving relative paths against the data root (``root`` or the default)."""
+    """Read a manifest, resolving relative paths against the data root (``root`` or the default); without
+    ``root``, a relative path that names a file beside the manifest (``wbc cases export``) is taken from there."""
     p = Path(path)
+    explicit_root = root
     root = root or data_root()
     try:
         with p.open(newline="") as fh:
@@ -169,7 +171,8 @@ def read_manifest(
             continue
         fp = Path(r["path"])
         if not fp.is_absolute():
-            fp = root / fp
+            beside = p.parent / fp
+            fp = beside if explicit_root is None and beside.is_file() else root / fp
         out.append(Sample(fp, r["label"], r.get("split", ""), int(r.get("fold") or -1), r.get("sha1", "")))
     return out
 

@@ -11,6 +11,10 @@ class ImageReadError(WbcError):
     """An image file that cannot be read or converted to 8-bit RGB."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than the caller's limit (refused from its header, before decoding)."""
+
+
 class ConfigError(WbcError):
     """A bad configuration file or option."""
 

@@ -15,6 +15,9 @@ True
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+
+import numpy as np
 
 #: The eight PBC classes in the order used by the shipped model.
 CLASSES: tuple[str, ...] = (
@@ -97,3 +100,64 @@ def parse_mapping(items: list[str] | None) -> dict[str, str]:
         out[old] = new
         out[_normalise(old)] = new
     return out
+
+
+#: Named label sets for ``--classes`` (a lab that counts a 5-part differential never sees "platelet").
+CLASS_SETS: dict[str, tuple[str, ...]] = {"5part": WBC5, "wbc5": WBC5}
+
+
+def parse_class_set(spec: str | Sequence[str] | None, available: Sequence[str]) -> tuple[str, ...]:
+    """The chosen label set as the model's class names, in the model's order; () means every class.
+
+    ``spec``: ``"5part"``, a comma-separated list in any known spelling (``"neutrophil,Lymphocytes,eo"``), or a
+    sequence of names. Names the model does not predict raise :class:`wbc.errors.WbcError`.
+
+    >>> parse_class_set("5part", CLASSES)
+    ('basophil', 'eosinophil', 'lymphocyte', 'monocyte', 'neutrophil')
+    >>> parse_class_set("Neutrophils, lymph", CLASSES)
+    ('lymphocyte', 'neutrophil')
+    >>> parse_class_set(None, CLASSES)
+    ()
+    """
+    from wbc.errors import WbcError
+
+    if spec is None:
+        return ()
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    if not items or [i.lower() for i in items] == ["all"]:
+        return ()
+    wanted: set[str] = set()
+    for item in items:
+        if item.lower() in CLASS_SETS:
+            wanted |= set(CLASS_SETS[item.lower()])
+            continue
+        name = canonical_label(item)
+        if name is None:
+            name = item if item in available else None
+        if name is None or name not in available:
+            raise WbcError(f"--classes: {item!r} is not a class of this model ({', '.join(available)}) "
+                           f"nor a named set ({', '.join(CLASS_SETS)})")
+        wanted.add(name)
+    return tuple(c for c in available if c in wanted)
+
+
+def restrict_probabilities(
+    probs: np.ndarray, classes: Sequence[str], allowed: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) restricted to ``allowed`` classes (the others 0, the rest renormalised to sum 1),
+    and the probability mass the model had put on the allowed classes (N,) before renormalising.
+
+    Renormalising is the same as a softmax over the allowed classes' logits only. Empty ``allowed``: unchanged.
+
+    >>> p, mass = restrict_probabilities(np.array([[0.5, 0.3, 0.2]]), ["a", "b", "c"], ["b", "c"])
+    >>> [round(float(v), 2) for v in p[0]], round(float(mass[0]), 2)
+    ([0.0, 0.6, 0.4], 0.5)
+    """
+    probs = np.asarray(probs, np.float32)
+    if not allowed or set(allowed) >= set(classes):
+        return probs, np.ones(len(probs), np.float32)
+    keep = np.array([c in set(allowed) for c in classes])
+    out = np.where(keep[None, :], probs, 0.0).astype(np.float32)
+    mass = out.sum(1)
+    out /= np.maximum(mass, 1e-12)[:, None]
+    return out, mass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,32 @@ from wbc.errors import ModelError
 from wbc.io import atomic_write_bytes, atomic_write_text
 from wbc.paths import DEFAULT_MODEL
 from wbc.preprocess import centre_crop, prepare_batch
+from wbc.runtime import ort_session
 
 METADATA_KEY = "wbc"
+#: Layout of :class:`ModelInfo` as stored. 1 (no ``format_version`` key): stain, cell fraction and colour
+#: statistics inside the free ``extra`` dict; 2: typed fields (``preprocessing``, ``colour_reference``).
+FORMAT_VERSION = 2
+#: ``extra`` keys of format 1 that are typed fields now, and where they went.
+_LEGACY_PREPROCESSING = ("stain", "cell_fraction")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a cell is prepared for the network beyond the resize, centre crop and normalisation
+    (``input_size``, ``centre_crop``, ``mean``, ``std`` of :class:`ModelInfo`)."""
+
+    #: A fixed stain normalisation applied before the network (:func:`wbc.stain.normalise_batch`'s spec:
+    #: ``method``, ``target``, ``source``), set by ``wbc adapt --stain``; None: none.
+    stain: dict[str, Any] | None = None
+    #: Cell diameter / crop side of the training crops, so smear crops can match it (:mod:`wbc.crops`);
+    #: None: :data:`wbc.crops.DEFAULT_CELL_FRACTION`.
+    cell_fraction: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Preprocessing:
+        data = data or {}
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass
@@ -36,14 +60,29 @@ class ModelInfo:
     model_id: str = ""
     temperature: float = 1.0  # logits are divided by this (fitted on validation data)
     review_threshold: float = 0.0  # confidence below this -> review
-    review_target_accuracy: float = 0.0
+    review_target_accuracy: float = 0.0  # what review_threshold was fitted for (accuracy of accepted cells)
     training_data: str = ""
     created: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics at export
     ood: dict[str, Any] = field(default_factory=dict)  # statistics for out-of-distribution flags
     head: dict[str, Any] = field(default_factory=dict)  # optional replacement head (wbc adapt)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance notes (config, export check, ...)
     centre_crop: int = 0  # >0: the network's input is the central centre_crop px of the input_size cell
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    colour_reference: dict[str, Any] = field(default_factory=dict)  # training colours per stain method
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        """Accept ``preprocessing`` as a dict (from JSON) and format 1's settings inside ``extra``."""
+        if not isinstance(self.preprocessing, Preprocessing):
+            self.preprocessing = Preprocessing.from_dict(self.preprocessing)
+        if any(k in self.extra for k in (*_LEGACY_PREPROCESSING, "colour_reference")):
+            self.extra = dict(self.extra)
+            legacy = {k: self.extra.pop(k) for k in _LEGACY_PREPROCESSING if k in self.extra}
+            self.preprocessing = replace(self.preprocessing, **{
+                k: v for k, v in legacy.items() if getattr(self.preprocessing, k) is None})
+            colours = self.extra.pop("colour_reference", None)
+            self.colour_reference = self.colour_reference or colours or {}
 
     @property
     def network_size(self) -> int:
@@ -51,13 +90,18 @@ class ModelInfo:
         return self.centre_crop or self.input_size
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(asdict(self) | {"format_version": FORMAT_VERSION}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelInfo:
+        """Read any format up to :data:`FORMAT_VERSION` (format 1 is migrated on reading)."""
         data = json.loads(text)
+        version = int(data.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            raise ModelError(f"model metadata format {version} is newer than this wbc reads ({FORMAT_VERSION}); "
+                             "upgrade wbc")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in known} | {"format_version": FORMAT_VERSION})
 
 
 def with_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
@@ -98,10 +142,10 @@ def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / max(temperature, 1e-6)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    """float32 class probabilities of ``logits / temperature`` (computed in float64, row-wise)."""
+    from scipy.special import softmax as _softmax
+
+    return _softmax(np.asarray(logits, np.float64) / max(temperature, 1e-6), axis=1).astype(np.float32)
 
 
 class Classifier:
@@ -112,29 +156,34 @@ class Classifier:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, threads: int = 2) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path) if path else DEFAULT_MODEL
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between batches: the decoding threads need those cores (`wbc classify` ran
-        # 1.35x faster end to end on 2 cores without spinning, benchmarks/classify_speed.py).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"{self.path}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        # no busy-waiting between batches: the decoding threads need those cores (see wbc.runtime)
+        self.session = ort_session(self.path, threads, spin=False)
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise ModelError(f"{self.path}: ONNX file has no wbc metadata (was it exported by `wbc export`?)")
-        self.info = ModelInfo.from_json(meta[METADATA_KEY])
+        try:
+            self.info = ModelInfo.from_json(meta[METADATA_KEY])
+        except (ModelError, ValueError, TypeError) as exc:  # a newer format, bad JSON, wrong field types
+            raise ModelError(f"{self.path}: unreadable wbc metadata ({exc})") from None
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.input_name = self.session.get_inputs()[0].name
+        #: the chosen label set (``--classes``); empty: every class. See :meth:`with_classes`.
+        self.label_set: tuple[str, ...] = ()
+
+    def with_classes(self, classes: str | list[str] | tuple[str, ...] | None) -> Classifier:
+        """This classifier (the same ONNX session, no copy of the network) answering only among ``classes``
+        (``"5part"``, ``"neutrophil,lymphocyte"``, names): probabilities renormalised over them, the review
+        threshold applied to the renormalised confidence (:func:`wbc.classify.predict_cells`)."""
+        import copy
+
+        from wbc.labels import parse_class_set
+
+        out = copy.copy(self)
+        out.label_set = parse_class_set(classes, self.classes)
+        return out
 
     @property
     def classes(self) -> list[str]:
@@ -148,9 +197,9 @@ class Classifier:
         """uint8 RGB cells at ``input_size`` -> the float32 (N, 3, S, S) batch the network is fed.
 
         The one place inference preprocessing happens: the stain normalisation in the metadata
-        (``extra["stain"]``, see :mod:`wbc.stain`), then the ``centre_crop``, then the normalisation.
+        (``info.preprocessing.stain``, see :mod:`wbc.stain`), then the ``centre_crop``, then the normalisation.
         """
-        stain = self.info.extra.get("stain")
+        stain = self.info.preprocessing.stain
         if stain:
             from wbc.stain import normalise_batch
 

@@ -14,16 +14,12 @@ Each score is divided by its threshold, the ``percentile`` (99.5) of the *valida
 1.0 is the edge: about 0.5 % of in-distribution cells are flagged. ``references`` is a list; a score is the
 minimum over references, so ``wbc adapt`` can add a reference for a new lab's cells.
 
-Fit on a run: ``python -m wbc.ood fit --model M --manifest RUN/manifest.csv`` (writes into ``M``).
+Fit on a run: ``wbc ood fit --model M --manifest RUN/manifest.csv`` (writes into ``M``).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,14 +66,20 @@ def mahalanobis(x: np.ndarray, gauss: dict[str, Any]) -> np.ndarray:
 
 
 def fit_pca(emb: np.ndarray, dims: int = PCA_DIMS) -> dict[str, Any]:
-    """Centre, principal axes and their standard deviations of L2-normalised embeddings."""
+    """Centre, principal axes and their standard deviations of L2-normalised embeddings.
+
+    Fitted by ``sklearn.decomposition.PCA``; stored as plain lists (not a pickled estimator) so the model's
+    JSON stays readable, and applied by :func:`pca_project` (whitening with a floored scale).
+    """
+    from sklearn.decomposition import PCA
+
     z = _l2(emb)
-    mean = z.mean(0)
-    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
-    k = int(min(dims, vt.shape[0], max(1, len(z) - 1)))
-    sd = s[:k] / np.sqrt(max(len(z) - 1, 1))
+    k = int(min(dims, *z.shape, max(1, len(z) - 1)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # one embedding: no variance (0 / 0), handled below
+        pca = PCA(n_components=k, svd_solver="full").fit(z)
+    sd = np.sqrt(pca.explained_variance_) if len(z) > 1 else np.zeros(k)
     scale = np.maximum(sd, max(float(sd[0]) * 1e-3, 1e-9))  # near-empty axes must not blow up distances
-    return {"mean": mean.tolist(), "components": vt[:k].tolist(), "scale": scale.tolist()}
+    return {"mean": pca.mean_.tolist(), "components": pca.components_.tolist(), "scale": scale.tolist()}
 
 
 def _l2(emb: np.ndarray) -> np.ndarray:
@@ -124,7 +126,7 @@ def fit_ood(
 ) -> dict[str, Any]:
     """The ``ModelInfo.ood`` dict: statistics from training cells, thresholds from validation cells."""
     pca = fit_pca(train_emb)
-    ref = {
+    ref: dict[str, Any] = {
         "name": name,
         "colour": fit_gaussian(colour_features(train_cells)),
         "feature": fit_feature_reference(train_emb, train_labels, classes, pca),
@@ -151,7 +153,7 @@ def add_reference(
     """
     base = ood["references"][0]
     col = colour_features(cells)
-    ref = {
+    ref: dict[str, Any] = {
         "name": name,
         "colour": {"mean": col.mean(0).tolist(), "icov": base["colour"]["icov"],
                    "threshold": base["colour"]["threshold"]},
@@ -205,64 +207,35 @@ def flag_predictions(
     return list(predictions)
 
 
+#: What the command line adds to :func:`ood_warning` for the person who runs wbc (never shown to lab staff
+#: in the web page or reports, which speak of the lab's images, not of commands).
+ADAPT_ADVICE: str = "adapt the model with `wbc adapt` and ~50-100 labelled cells from this lab"
+
+
+#: Above this fraction of out-of-distribution cells, results are called unreliable for the lab's images.
+UNRELIABLE_OOD_FRACTION: float = 0.2
+
+
+def needs_adaptation(predictions: Sequence[Prediction]) -> bool:
+    """Whether so many cells are out of distribution that the model should be adapted to this lab."""
+    return bool(predictions) and sum(p.ood for p in predictions) / len(predictions) >= UNRELIABLE_OOD_FRACTION
+
+
 def ood_warning(predictions: Sequence[Prediction]) -> str | None:
-    """One sentence for reports when many cells are out of distribution, else None."""
+    """One sentence for reports and the web page when cells are out of distribution, else None.
+
+    Written for lab staff: it says what to do in the lab's words; the CLI appends :data:`ADAPT_ADVICE`.
+    """
     n = len(predictions)
     k = sum(p.ood for p in predictions)
     if n == 0 or k == 0:
         return None
     frac = k / n
     msg = f"{k} of {n} cells ({100 * frac:.0f}%) look unlike the model's training data (marked for review)"
-    if frac >= 0.2:
-        msg += ("; results may be unreliable for this lab's images: consider `wbc adapt` with ~50-100 "
-                "labelled cells from this lab")
+    if needs_adaptation(predictions):
+        msg += ("; results may be unreliable for this lab's images until the model is adapted to this lab's "
+                "stain and scanner: check every cell")
     return msg
-
-
-# --- fitting from a run's manifest (runs the ONNX model) -----------------------------------------
-
-
-def embed_samples(
-    classifier: Any, paths: Sequence[Path], batch_size: int = 64, workers: int = 2
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Cells at input size (N,S,S,3) uint8, embeddings (N,D), and the indices of the paths that loaded."""
-    from wbc.classify import load_cells
-
-    cells, ok, _errors = load_cells(paths, classifier.info.input_size, workers, batch_size)
-    if not ok:
-        return cells, np.zeros((0, 1), np.float32), []
-    embs = [classifier.run(cells[i : i + batch_size], ("embedding",))["embedding"]
-            for i in range(0, len(cells), batch_size)]
-    return cells, np.concatenate(embs), ok
-
-
-def fit_from_manifest(
-    model: str | os.PathLike[str], manifest: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None = None, max_per_class: int = 300,
-    percentile: float = DEFAULT_PERCENTILE, data_root: Path | None = None, threads: int = 2, seed: int = 0,
-) -> dict[str, Any]:
-    """Fit OOD statistics for ``model`` on its run's manifest (train split) with thresholds from val."""
-    from wbc.data import cap_per_class, read_manifest
-    from wbc.model import load_model, write_model
-
-    clf = load_model(model, threads=threads)
-    train = cap_per_class([s for s in read_manifest(manifest, "train", data_root) if s.label in clf.classes],
-                 max_per_class, seed)
-    val = cap_per_class([s for s in read_manifest(manifest, "val", data_root) if s.label in clf.classes],
-               max_per_class, seed)
-    if not train or not val:
-        raise WbcError(f"{manifest}: needs rows in both the train and val splits")
-    tc, te, ti = embed_samples(clf, [s.path for s in train], workers=threads)
-    vc, ve, _ = embed_samples(clf, [s.path for s in val], workers=threads)
-    if len(tc) < 3 or len(vc) < 3:
-        raise WbcError(f"{manifest}: too few readable images (train {len(tc)}, val {len(vc)}); "
-                       "check --data-root")
-    ood = fit_ood(tc, te, [train[i].label for i in ti], vc, ve, clf.classes, percentile)
-    info = clf.info
-    info.ood = ood
-    info.extra["colour_reference"] = colour_reference(tc, seed=seed)
-    write_model(Path(output) if output else clf.path, clf.path.read_bytes(), info)
-    return ood
 
 
 def colour_reference(cells: np.ndarray, n: int = 200, seed: int = 0) -> dict[str, Any]:
@@ -277,33 +250,3 @@ def colour_reference(cells: np.ndarray, n: int = 200, seed: int = 0) -> dict[str
         except ValueError:  # e.g. too few stained pixels for Macenko: that method is just unavailable
             continue
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m wbc.ood fit --model M --manifest RUN/manifest.csv [--output M2]``."""
-    ap = argparse.ArgumentParser(prog="python -m wbc.ood", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fit", help="fit OOD statistics on a run's manifest and store them in the model")
-    f.add_argument("--model", required=True, type=Path)
-    f.add_argument("--manifest", required=True, type=Path)
-    f.add_argument("--output", type=Path, default=None, help="write here instead of updating --model")
-    f.add_argument("--data-root", type=Path, default=None, help="root for the manifest's relative paths")
-    f.add_argument("--max-per-class", type=int, default=300, help="cap images per class and split (0: all)")
-    f.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE)
-    f.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    try:
-        ood = fit_from_manifest(args.model, args.manifest, args.output, args.max_per_class, args.percentile,
-                                args.data_root, args.threads)
-    except WbcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    ref = ood["references"][0]
-    print(f"OOD statistics from {ood['n_train']} train / {ood['n_val']} val cells; thresholds "
-          f"colour {ref['colour']['threshold']:.2f}, feature {ref['feature']['threshold']:.2f} "
-          f"-> {args.output or args.model}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,6 +8,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = PACKAGE_DIR / "models" / "default" / "wbc_classifier.onnx"
 DEFAULT_SEGMENTER = PACKAGE_DIR / "models" / "default" / "wbc_segmenter.onnx"
+DEFAULT_DETECTOR = PACKAGE_DIR / "models" / "default" / "wbc_detector.onnx"
 DEFAULT_INPUT_DIR = Path("data") / "raw_images"
 DATA_ENV = "WBC_DATA_DIR"
 

@@ -7,7 +7,7 @@ ranges calibrated on a few hundred training cells keep its accuracy.
 
 What changes with the weights is re-measured, never carried over: the temperature and the review
 threshold are re-fitted on the validation split with the quantised network, and out-of-distribution
-statistics, if the source model had them, are re-fitted too (:func:`wbc.ood.fit_from_manifest`). The
+statistics, if the source model had them, are re-fitted too (:func:`wbc.ood_fit.fit_from_manifest`). The
 agreement with the float model and both accuracies on validation are stored in
 ``info.extra["quantization"]``.
 
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from wbc.calibration import fit_temperature, review_threshold
+from wbc.calibration import calibrate, resolve_review_target
 from wbc.classify import load_cells
 from wbc.data import cap_per_class, read_manifest
 from wbc.errors import WbcError
-from wbc.model import Classifier, softmax, write_model
+from wbc.model import Classifier, write_model
 
 
 def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, batch_size: int = 32) -> None:
@@ -112,10 +112,9 @@ def quantize_model(
         return np.concatenate([clf.run(val_cells[i : i + 64])["logits"] for i in range(0, len(val_cells), 64)])
 
     lf, lq = logits(fp32), logits(int8)
-    temperature = fit_temperature(lq, y)
-    probs = softmax(lq, temperature)
-    info.temperature = temperature
-    info.review_threshold = review_threshold(probs.max(1), probs.argmax(1) == y, info.review_target_accuracy)
+    cal = calibrate(lq, y, resolve_review_target(None, info.review_target_accuracy))
+    info.temperature, info.review_threshold = cal.temperature, cal.review_threshold
+    info.review_target_accuracy = cal.review_target_accuracy
     report = {
         "method": "onnxruntime static int8, QDQ, per-channel weights, min-max activation ranges",
         "calibration_cells": len(cal_cells),
@@ -130,7 +129,7 @@ def quantize_model(
     info.model_id = f"{info.model_id}-int8"
     write_model(out, out.read_bytes(), info)
     if info.ood:
-        from wbc.ood import fit_from_manifest
+        from wbc.ood_fit import fit_from_manifest
 
         fit_from_manifest(out, manifest, max_per_class=ood_per_class, data_root=data_root, threads=threads,
                           seed=seed)

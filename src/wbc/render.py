@@ -28,23 +28,93 @@ def colour_of(label: str) -> tuple[int, int, int]:
     if label in CLASS_COLOURS:
         return CLASS_COLOURS[label]
     h = sum(map(ord, label)) * 37 % 180  # stable colour for classes of other models
-    bgr = cv2.cvtColor(np.uint8([[[h, 200, 230]]]), cv2.COLOR_HSV2RGB)[0, 0]
+    bgr = cv2.cvtColor(np.array([[[h, 200, 230]]], dtype=np.uint8), cv2.COLOR_HSV2RGB)[0, 0]
     return int(bgr[0]), int(bgr[1]), int(bgr[2])
 
 
-def _text(img: np.ndarray, s: str, org: tuple[int, int], scale: float, colour: tuple[int, int, int]) -> None:
-    th = max(1, round(scale * 2))
-    cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), th + 2, cv2.LINE_AA)
-    cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, th, cv2.LINE_AA)
+BLACK: tuple[int, int, int] = (0, 0, 0)
+WHITE: tuple[int, int, int] = (255, 255, 255)
+FONT: int = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def relative_luminance(rgb: Sequence[int]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour (0 black .. 1 white)."""
+    lin = [(v / 255) / 12.92 if v / 255 <= 0.04045 else ((v / 255 + 0.055) / 1.055) ** 2.4 for v in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast_ratio(a: Sequence[int], b: Sequence[int]) -> float:
+    """WCAG 2 contrast ratio of two colours (1 .. 21); text needs 4.5, large text and graphics 3."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_colour_on(background: Sequence[int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with ``background`` (always >= 4.5:1)."""
+    return BLACK if contrast_ratio(BLACK, background) >= contrast_ratio(WHITE, background) else WHITE
+
+
+def label_box(
+    text: str, anchor: tuple[int, int, int, int], image_size: tuple[int, int], scale: float
+) -> tuple[tuple[int, int, int, int], tuple[int, int], int]:
+    """Where a cell's label goes: its box (x0, y0, x1, y1), the text origin, and the stroke thickness.
+
+    Above the cell's box when there is room, else just inside its top edge; always wholly inside the
+    image (never clipped at the top or right edge).
+    """
+    h, w = image_size
+    th = max(1, round(scale * 1.6))
+    (tw, tht), base = cv2.getTextSize(text, FONT, scale, th)
+    pad = max(2, round(3 * scale))
+    bw, bh = tw + 2 * pad, tht + base + 2 * pad
+    x0, y0, _x1, _y1 = anchor
+    top = y0 - bh if y0 - bh >= 0 else y0
+    top = int(min(max(0, top), max(0, h - bh)))
+    left = int(min(max(0, x0), max(0, w - bw)))
+    return (left, top, left + bw, top + bh), (left + pad, top + pad + tht), th
+
+
+def draw_label(img: np.ndarray, text: str, anchor: tuple[int, int, int, int], scale: float,
+               background: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """Draw ``text`` once, in black or white, on a filled box of the class colour; returns the box.
+
+    One ``putText`` per label: outline-then-fill drawing came out doubled ("ghosted") when OpenCV's text
+    metrics depend on the stroke width, as in OpenCV 5.
+    """
+    box, org, th = label_box(text, anchor, img.shape[:2], scale)
+    cv2.rectangle(img, box[:2], (box[2] - 1, box[3] - 1), background, -1)
+    cv2.putText(img, text, org, FONT, scale, text_colour_on(background), th, cv2.LINE_AA)
+    return box
+
+
+def _overlap(a: tuple[int, int, int, int], b: Sequence[int]) -> int:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0, w) * max(0, h)
+
+
+def legend_corner(size: tuple[int, int], panel: tuple[int, int], boxes: Sequence[Sequence[int]]
+                  ) -> tuple[int, int]:
+    """Top-left point of the legend panel: the image corner where it hides the least of the cells' boxes
+    (top-left on ties)."""
+    h, w = size
+    pw, ph = panel
+    corners = [(4, 4), (max(4, w - pw - 4), 4), (4, max(4, h - ph - 4)), (max(4, w - pw - 4), max(4, h - ph - 4))]
+    return min(corners, key=lambda c: sum(_overlap((c[0], c[1], c[0] + pw, c[1] + ph), b) for b in boxes))
 
 
 def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = ()) -> np.ndarray:
-    """A copy of ``rgb`` with every cell drawn; review cells get a red dashed-looking double box."""
+    """A copy of ``rgb`` with every cell drawn; review cells get a red double box.
+
+    Outlines first, then the legend (in the corner where it hides the fewest cells), then the labels, so
+    no outline or legend ever covers a label.
+    """
     out = rgb.copy()
     h, w = out.shape[:2]
-    scale = max(0.4, min(h, w) / 900)
+    scale = max(0.45, min(h, w) / 900)
     lw = max(1, round(min(h, w) / 400))
     seen: list[str] = []
+    labels: list[tuple[str, tuple[int, int, int, int], tuple[int, int, int]]] = []
     for c in result.cells:
         label = c.prediction.label if c.prediction else "?"
         col = colour_of(label) if c.prediction else UNLABELLED
@@ -61,21 +131,26 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = ()) ->
             cv2.rectangle(out, (x0 - 2 * lw, y0 - 2 * lw), (x1 - 1 + 2 * lw, y1 - 1 + 2 * lw), REVIEW, lw)
         conf = f" {c.prediction.confidence:.2f}" if c.prediction else ""
         flag = " ?" if c.prediction and c.prediction.review else ""
-        ty = y0 - 6 if y0 > 20 * scale else y1 + int(22 * scale)
-        _text(out, f"{c.id} {label}{conf}{flag}", (x0, min(h - 4, ty)), scale, col)
+        labels.append((f"{c.id} {label}{conf}{flag}", (x0, y0, x1, y1), col))
     # legend: the model's classes present in this image first, then the rest
     names = seen + [c for c in classes if c not in seen] if classes else seen
-    row = int(24 * scale) + 4
-    box_w = int(max([len(n) for n in names] + [8]) * 11 * scale) + 30
     if names:
-        y = 6
-        overlay = out.copy()
-        cv2.rectangle(overlay, (4, 4), (4 + box_w, 8 + row * len(names)), (255, 255, 255), -1)
-        out = cv2.addWeighted(overlay, 0.6, out, 0.4, 0)
-        for n in names:
-            col = colour_of(n)
-            cv2.rectangle(out, (10, y + 4), (10 + row - 10, y + row - 4), col, -1)
-            k = result.counts(classes).get(n, 0)
-            _text(out, f"{n} ({k})", (10 + row, y + row - 6), scale * 0.8, col)
+        row = int(24 * scale) + 4
+        counts = result.counts(classes)
+        entries = [f"{n} ({counts.get(n, 0)})" for n in names]
+        lscale = scale * 0.8
+        lth = max(1, round(lscale * 1.6))
+        text_w = max(cv2.getTextSize(e, FONT, lscale, lth)[0][0] for e in entries)
+        panel = (row + text_w + 12, 4 + row * len(names))
+        px, py = legend_corner((h, w), panel, [c.box for c in result.cells])
+        # an opaque white panel: dark text on it reads at >= 15:1 whatever the smear shows beneath
+        cv2.rectangle(out, (px, py), (px + panel[0], py + panel[1]), WHITE, -1)
+        y = py + 2
+        for n, entry in zip(names, entries, strict=True):
+            cv2.rectangle(out, (px + 6, y + 4), (px + row - 4, y + row - 4), colour_of(n), -1)
+            cv2.rectangle(out, (px + 6, y + 4), (px + row - 4, y + row - 4), (40, 40, 40), 1)
+            cv2.putText(out, entry, (px + row + 2, y + row - 6), FONT, lscale, (20, 20, 20), lth, cv2.LINE_AA)
             y += row
+    for text, anchor, col in labels:
+        draw_label(out, text, anchor, scale, col)
     return out

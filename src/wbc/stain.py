@@ -11,7 +11,7 @@ and an *apply* (a pure function of one uint8 RGB image):
 - :func:`match_histograms`: map each RGB channel's quantiles onto the reference quantiles.
 
 :func:`fit_stain_target` and :func:`normalise` dispatch on a ``{"method": ...}`` dict, the form stored
-in ``ModelInfo.extra["stain"]`` and applied by :class:`wbc.model.Classifier` before the network.
+in ``ModelInfo.preprocessing.stain`` and applied by :class:`wbc.model.Classifier` before the network.
 A target may also carry ``source`` statistics (one lab's pooled colours, as written by ``wbc adapt``):
 then every image gets the same fixed colour transform instead of per-image statistics, which keeps a
 cell's colour independent of how much background its crop holds.

@@ -48,9 +48,9 @@ def synthetic_cell(label: str, size: int = 96, seed: int = 0) -> np.ndarray:
         ang = 2 * np.pi * k / lobes + rng.uniform(0, np.pi)
         off = centre + (size * 0.1 * np.array([np.cos(ang), np.sin(ang)]) if lobes > 1 else 0)
         cv2.circle(img, tuple(int(v) for v in off), int(size * nuc_r * jitter), tuple(float(v) for v in nuc_rgb), -1)
-    img = cv2.GaussianBlur(img, (0, 0), size / 160)
-    img += rng.normal(0, 4, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    blurred: np.ndarray = cv2.GaussianBlur(img, (0, 0), size / 160)  # float32, as img
+    blurred += rng.normal(0, 4, blurred.shape)
+    return np.clip(blurred, 0, 255).astype(np.uint8)
 
 
 def make_dataset(
@@ -83,7 +83,7 @@ def synthetic_smear(
     d = 70.0 * scale
     nuc = np.zeros((h, w), np.uint8)
     cell = np.zeros((h, w), np.uint8)
-    centres = []
+    centres: list[np.ndarray] = []
     wr = 0.75 * d
     for _ in range(n_wbc):
         for _ in range(100):
@@ -111,5 +111,38 @@ def synthetic_smear(
     img[nuc > 0] = (135, 115, 205)
     img *= np.asarray(tint, np.float32)
     img += rng.normal(0, 3, img.shape)
-    img = cv2.GaussianBlur(img, (0, 0), 1.2 * max(scale, 0.5))
-    return np.clip(img, 0, 255).astype(np.uint8), boxes, nuc > 0, cell > 0
+    blurred = cv2.GaussianBlur(img, (0, 0), 1.2 * max(scale, 0.5))
+    return np.clip(blurred, 0, 255).astype(np.uint8), boxes, nuc > 0, cell > 0
+
+
+def png_bomb(width: int, height: int, rgb: bool = False) -> bytes:
+    """A valid all-black PNG of ``width`` x ``height`` that is tiny on disk (1-bit grey, or 8-bit RGB with
+    ``rgb``): a "decompression bomb" for testing that readers refuse huge images from their header.
+
+    One block of rows is compressed once and repeated (a full flush makes deflate blocks independent), so
+    30000x30000 RGB (2.6 MB here, 2.7 GB decoded) takes about a second and never holds the raw pixels.
+    """
+    import struct
+    import zlib
+
+    row = b"\0" + bytes(width * 3 if rgb else (width + 7) // 8)  # filter byte + one row of zero pixels
+    rows_per_block = max(1, min(height, (64 << 20) // len(row)))
+
+    def deflate(data: bytes, last: bool) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+
+    n_full, rest = divmod(height, rows_per_block)
+    block = row * rows_per_block
+    body = deflate(block, False) * n_full + deflate(row * rest, True)
+    adler = 1
+    for _ in range(n_full):
+        adler = zlib.adler32(block, adler)
+    adler = zlib.adler32(row * rest, adler)
+    idat = b"\x78\xda" + body + struct.pack(">I", adler & 0xFFFFFFFF)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8 if rgb else 1, 2 if rgb else 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -5,6 +5,7 @@ Each has ``to_dict`` for JSON; none holds arrays bigger than a cell's masks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,7 +56,7 @@ class SmearResult:
     model_id: str = ""
     warnings: list[str] = field(default_factory=list)
 
-    def counts(self, classes: tuple[str, ...] | list[str] = ()) -> dict[str, int]:
+    def counts(self, classes: Sequence[str] = ()) -> dict[str, int]:
         out = {c: 0 for c in classes}
         for c in self.cells:
             if c.prediction is not None:

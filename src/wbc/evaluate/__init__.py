@@ -108,8 +108,9 @@ def load_eval_data(
         return EvalData(samples, p, want, [], is_manifest=True)
     try:
         scan = scan_folder(p, mapping)
-        samples, skipped = list(scan.samples), []
-        unknown_dirs = []
+        samples = list(scan.samples)
+        skipped: list[tuple[str, str]] = []
+        unknown_dirs: list[tuple[str, str]] = []
         for path, reason in scan.skipped:
             (unknown_dirs if reason == "unknown class folder" else skipped).append((path, reason))
     except WbcError:
@@ -209,12 +210,14 @@ def classify_samples(
     batch_size: int = 64,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    reframe: bool = True,
 ) -> Scored:
-    """Run ``wbc classify``'s code on the samples and line the results up with them."""
+    """Run ``wbc classify``'s code on the samples and line the results up with them (``reframe`` as there)."""
     from wbc.classify import classify_paths
 
     res = classify_paths(
-        [s.path for s in samples], classifier, batch_size=batch_size, workers=workers, progress=progress
+        [s.path for s in samples], classifier, batch_size=batch_size, workers=workers, progress=progress,
+        reframe=reframe,
     )
     failed = Counter(p for p, _ in res.errors)
     kept = []
@@ -336,6 +339,7 @@ def evaluate(
     gallery_size: int = GALLERY_SIZE,
     cams_per_class: int = CAMS_PER_CLASS,
     progress: Callable[[int], None] | None = None,
+    reframe: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``classifier`` on labelled ``data``; write ``metrics.json``, ``predictions.csv`` and
     ``report.html`` into ``output``; return the metrics.
@@ -344,12 +348,12 @@ def evaluate(
     ``unknown_labels``, but not scored. Unreadable files are listed in ``unreadable``.
     ``refit_temperature``: when DATA is a manifest with a ``val`` split, also fit a temperature on it
     and report the ECE with that one. ``run_dir``: a cross-validation run whose per-fold validation
-    metrics are summarised (mean ± sd) in the report.
+    metrics are summarised (mean ± sd) in the report. ``reframe``: as ``wbc classify`` (default on).
     """
     from wbc import __version__
-    from wbc.classify import write_predictions_csv
     from wbc.evaluate.metrics import classification_metrics, fold_summary
     from wbc.evaluate.report import ReportInputs, Thumb, build_report
+    from wbc.formats import write_predictions_csv
     from wbc.model import softmax
 
     t0 = time.perf_counter()
@@ -357,7 +361,7 @@ def evaluate(
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = classifier.classes
-    scored = classify_samples(ed.samples, classifier, batch_size, workers, progress)
+    scored = classify_samples(ed.samples, classifier, batch_size, workers, progress, reframe)
     t_classify = time.perf_counter() - t0
 
     if not scored.samples:
@@ -377,9 +381,15 @@ def evaluate(
     logits = scored.logits[known].astype(np.float32)
     temperature = float(classifier.info.temperature)
     y_prob = softmax(logits, temperature)
+    chosen = tuple(getattr(classifier, "label_set", ()))
+    if chosen:  # --classes: scored as wbc classify answers, over the chosen label set only
+        from wbc.labels import restrict_probabilities
+
+        y_prob = restrict_probabilities(y_prob, classes, chosen)[0]
 
     metrics: dict[str, Any] = {
         "model_id": classifier.model_id,
+        "classes_chosen": list(chosen),
         "model_path": str(classifier.path),
         "data": str(ed.source.resolve()),
         "data_description": ed.description,

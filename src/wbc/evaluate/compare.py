@@ -7,7 +7,6 @@ Writes ``comparison.json``, ``comparison.csv`` (both models' answers per cell) a
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,7 @@ def compare(
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
-    from wbc.evaluate.report import _plt, display_name, fig_to_data_uri, page_start, pct
+    from wbc.evaluate.report import _plt, display_name, fig_to_data_uri, pct, render
 
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,26 +105,10 @@ def compare(
         ],
     )
 
-    # the page: words first, then a table and one figure
+    # the page (templates/compare.html): words first, then a table and one figure
     plt = _plt()
-    e = html.escape
     mc, diff = result["mcnemar"], result["accuracy_difference"]
     ra, rb = result["model_a"], result["model_b"]
-    significant = mc["p_value"] < 0.05
-    d_ci = diff["ci"]
-    verdict = (
-        f"This difference is unlikely to be chance (McNemar p = {mc['p_value']:.3g})."
-        if significant
-        else f"This difference could well be chance (McNemar p = {mc['p_value']:.3g}); on these cells the "
-        "two models cannot be told apart."
-    )
-    para = (
-        f"Both models classified the same <b>{len(rows):,} cells</b>. <b>A</b> ({e(name_a)}) named "
-        f"<b>{pct(ra['accuracy'])}</b> correctly, <b>B</b> ({e(name_b)}) <b>{pct(rb['accuracy'])}</b>. "
-        f"A was right where B was wrong on {mc['only_a_correct']:,} cells, and the other way round on "
-        f"{mc['only_b_correct']:,}. A minus B: <b>{100 * diff['difference']:+.1f} percentage points</b> "
-        f"(95% interval {100 * d_ci[0]:+.1f} to {100 * d_ci[1]:+.1f}). {verdict}"
-    )
     shown = [c for c in classes if c in ra["recall"]]
     y = np.arange(len(shown))
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(shown) + 1.2))
@@ -137,31 +120,32 @@ def compare(
     ax.set_xlabel("Sensitivity (share of the class found)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     fig.tight_layout()
-    img = fig_to_data_uri(fig)
-    rows_html = "".join(
-        f"<tr><td>{e(display_name(c))}</td><td class='num'>{pct(ra['recall'][c])}</td>"
-        f"<td class='num'>{pct(rb['recall'][c])}</td></tr>"
-        for c in shown
-    )
-    page = (
-        f"{page_start('Model comparison')}<h1>Model comparison</h1>"
-        f"<div class='meta'>data {e(str(data.source))}"
-        + (f" ({e(data.split)} split)" if data.split else "")
-        + f"</div><section class='summary'><p>{para}</p></section>"
-        "<h2>Overall</h2><table><tr><th>Measure</th><th class='num'>A</th><th class='num'>B</th></tr>"
-        f"<tr><td>Accuracy</td><td class='num'>{pct(ra['accuracy'])}</td><td class='num'>"
-        f"{pct(rb['accuracy'])}</td></tr>"
-        f"<tr><td>Macro F1</td><td class='num'>{ra['macro_f1']:.3f}</td><td class='num'>"
-        f"{rb['macro_f1']:.3f}</td></tr>"
-        f"</table><p class='howto'>Accuracy difference A − B: {100 * diff['difference']:+.1f} points, "
-        f"95% paired bootstrap interval {100 * d_ci[0]:+.1f} to {100 * d_ci[1]:+.1f} points "
-        f"({diff['n_boot']} resamples). McNemar's test ({mc['method'].replace('_', ' ')}): statistic "
-        f"{mc['statistic']:.2f}, p = {mc['p_value']:.3g}; both right {mc['both_correct']:,}, both wrong "
-        f"{mc['both_wrong']:,}.</p>"
-        "<h2>Per class</h2><table><tr><th>Class</th><th class='num'>Sensitivity A</th>"
-        f"<th class='num'>Sensitivity B</th></tr>{rows_html}</table>"
-        f"<div class='fig'><img src='{img}' alt='per-class sensitivity of both models'></div></main></body>"
-        "</html>"
+    page = render(
+        "compare.html",
+        title="Model comparison",
+        data=str(data.source),
+        split=data.split or "",
+        n_cells=f"{len(rows):,}",
+        name_a=name_a,
+        name_b=name_b,
+        a={"accuracy": pct(ra["accuracy"]), "macro_f1": f"{ra['macro_f1']:.3f}"},
+        b={"accuracy": pct(rb["accuracy"]), "macro_f1": f"{rb['macro_f1']:.3f}"},
+        only_a=f"{mc['only_a_correct']:,}",
+        only_b=f"{mc['only_b_correct']:,}",
+        diff=f"{100 * diff['difference']:+.1f}",
+        diff_lo=f"{100 * diff['ci'][0]:+.1f}",
+        diff_hi=f"{100 * diff['ci'][1]:+.1f}",
+        significant=mc["p_value"] < 0.05,
+        p_value=f"{mc['p_value']:.3g}",
+        n_boot=diff["n_boot"],
+        method=mc["method"].replace("_", " "),
+        statistic=f"{mc['statistic']:.2f}",
+        both_correct=f"{mc['both_correct']:,}",
+        both_wrong=f"{mc['both_wrong']:,}",
+        per_class=[
+            {"name": display_name(c), "a": pct(ra["recall"][c]), "b": pct(rb["recall"][c])} for c in shown
+        ],
+        figure=fig_to_data_uri(fig),
     )
     atomic_write_text(out_dir / "comparison.html", page)
     return result

@@ -10,14 +10,16 @@ is no script and no external resource, so the file works offline and can be mail
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
+import jinja2
 import numpy as np
+from markupsafe import Markup
 
 #: Plural display names of the canonical classes (others are shown as they are).
 DISPLAY_NAMES: dict[str, str] = {
@@ -109,26 +111,33 @@ def main_confusion(metrics: Mapping[str, Any], label: str) -> tuple[str, int] | 
     return classes[j], int(row[j])
 
 
-def summary_paragraphs(metrics: Mapping[str, Any]) -> list[str]:
-    """The opening of the report in plain words (HTML-escaped, with <b> for the key numbers)."""
-    e = html.escape
+def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
+    """The opening of the report in plain words, with <b> for the key numbers.
+
+    Markup whose ``format`` escapes every inserted value, so user text (model id, data, labels) stays text.
+    """
+    M = Markup
     n = metrics["n"]
     ci = metrics["ci"]
-    where = e(metrics.get("data_description", "the evaluation data"))
     paras = []
-    first = (
-        f"The model <b>{e(metrics.get('model_id', ''))}</b> was tested on <b>{n:,} cells</b> from "
-        f"{where} whose type had been set by experts. It named <b>{pct(metrics['accuracy'])}</b> "
-        f"of them correctly (95% confidence interval {pct_ci(ci['accuracy'])})."
+    first = M(
+        "The model <b>{}</b> was tested on <b>{} cells</b> from {} whose type had been set by experts. "
+        "It named <b>{}</b> of them correctly (95% confidence interval {})."
+    ).format(
+        metrics.get("model_id", ""),
+        f"{n:,}",
+        metrics.get("data_description", "the evaluation data"),
+        pct(metrics["accuracy"]),
+        pct_ci(ci["accuracy"]),
     )
     weak = weakest_classes(metrics)
     if weak:
         parts = []
         for c, r in weak:
             conf = main_confusion(metrics, c)
-            s = f"<b>{e(display_name(c))}</b> (it recognised {pct(r, 0)} of them"
+            s = M("<b>{}</b> (it recognised {} of them").format(display_name(c), pct(r, 0))
             if conf:
-                s += f"; most often mistaken for {e(display_name(conf[0]))}, {conf[1]:,} cells)"
+                s += M("; most often mistaken for {}, {} cells)").format(display_name(conf[0]), f"{conf[1]:,}")
             else:
                 s += ")"
             parts.append(s)
@@ -136,9 +145,8 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[str]:
             ((c, m["recall"]) for c, m in metrics["per_class"].items() if m["recall"] is not None),
             key=lambda t: (t[1], t[0]),
         )
-        first += (
-            f" It was weakest on {' and '.join(parts)}, and best on {e(display_name(best[0]))} "
-            f"({pct(best[1], 0)})."
+        first += M(" It was weakest on {}, and best on {} ({}).").format(
+            M(" and ").join(parts), display_name(best[0]), pct(best[1], 0)
         )
     if metrics.get("split") == "test":
         first += " These test cells were set aside before training, so the model had never seen them."
@@ -147,40 +155,45 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[str]:
     if sel.get("accepted_fraction") is not None and sel["review_threshold"] > 0:
         flagged = sel["flagged"]
         acc_ok = sel["accepted_accuracy"]
+        threshold = f"{sel['review_threshold']:.2f}"
         paras.append(
-            f"wbc flags a cell for human review when the model's confidence is below "
-            f"{sel['review_threshold']:.2f}. Here that flagged <b>{flagged:,} cells "
-            f"({pct(1 - sel['accepted_fraction'], 0)})</b>; on the other {n - flagged:,} cells it was right "
-            f"<b>{pct(acc_ok)}</b> of the time."
+            M(
+                "wbc flags a cell for human review when the model's confidence is below {}. Here that flagged "
+                "<b>{} cells ({})</b>; on the other {} cells it was right <b>{}</b> of the time."
+            ).format(threshold, f"{flagged:,}", pct(1 - sel["accepted_fraction"], 0), f"{n - flagged:,}", pct(acc_ok))
             if acc_ok is not None
-            else f"wbc flags a cell for review when the model's confidence is below "
-            f"{sel['review_threshold']:.2f}; here every cell was flagged."
+            else M("wbc flags a cell for review when the model's confidence is below {}; here every cell was flagged.")
+            .format(threshold)
         )
     ece = metrics["ece"]
     if ece.get("calibrated") is not None:
-        s = (
-            f"When the model states a confidence, the share of cells it gets right differs from that "
-            f"confidence by <b>{100 * ece['calibrated']:.1f} percentage points</b> on average "
-            f"(expected calibration error, after temperature scaling"
-        )
+        s = M(
+            "When the model states a confidence, the share of cells it gets right differs from that confidence "
+            "by <b>{} percentage points</b> on average (expected calibration error, after temperature scaling"
+        ).format(f"{100 * ece['calibrated']:.1f}")
         s += f"; {100 * ece['raw']:.1f} before)." if ece.get("raw") is not None else ")."
         paras.append(s)
     unknown = metrics.get("unknown_labels") or {}
     if unknown.get("count"):
-        labels = ", ".join(f"{e(k)} ({v:,})" for k, v in unknown["labels"].items())
+        labels = ", ".join(f"{k} ({v:,})" for k, v in unknown["labels"].items())
         paras.append(
-            f"{unknown['count']:,} cells had labels the model does not know ({labels}); they are "
-            "not part of the scores above. What the model called them is listed at the end."
+            M(
+                "{} cells had labels the model does not know ({}); they are not part of the scores above. "
+                "What the model called them is listed at the end."
+            ).format(f"{unknown['count']:,}", labels)
         )
     if metrics.get("split") is None and metrics.get("data_kind") == "folder":
         paras.append(
-            "Caution: if any of these images were used to train the model, the numbers above are "
-            "too optimistic. Evaluate on a run's manifest (its test split) for an unbiased estimate."
+            M(
+                "Caution: if any of these images were used to train the model, the numbers above are "
+                "too optimistic. Evaluate on a run's manifest (its test split) for an unbiased estimate."
+            )
         )
     if metrics.get("unreadable"):
         paras.append(
-            f"{len(metrics['unreadable']):,} image file(s) could not be read and were left out "
-            "(listed at the end)."
+            M("{} image file(s) could not be read and were left out (listed at the end).").format(
+                f"{len(metrics['unreadable']):,}"
+            )
         )
     return paras
 
@@ -442,42 +455,25 @@ def plot_coverage(metrics: Mapping[str, Any], y_true: np.ndarray, y_prob: np.nda
 
 
 # --- HTML ---------------------------------------------------------------------------------------
+# The pages are Jinja2 templates in ``templates/`` (autoescaped: user text such as file names and model ids
+# cannot inject markup). Python computes the values and formats the numbers; the templates only lay them out.
 
-CSS = """
-:root { --ink:#1f2933; --muted:#5f6b7a; --line:#e3e8ee; --accent:#0b5cad; --warn:#b45309; --bad:#b91c1c; }
-* { box-sizing: border-box; }
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
-       margin: 0; background: #f6f8fa; line-height: 1.5; }
-main { max-width: 1120px; margin: 0 auto; padding: 28px 28px 60px; background: #fff; }
-h1 { font-size: 1.7rem; margin: 0 0 4px; }
-h2 { font-size: 1.25rem; margin: 38px 0 8px; padding-top: 10px; border-top: 1px solid var(--line); }
-h3 { font-size: 1.02rem; margin: 22px 0 6px; }
-.meta { color: var(--muted); font-size: 0.9rem; margin-bottom: 18px; }
-.summary { background: #eef5fc; border-left: 5px solid var(--accent); padding: 14px 20px; border-radius: 4px;
-           font-size: 1.05rem; }
-.summary p { margin: 8px 0; }
-.howto { color: var(--muted); font-size: 0.93rem; margin: 4px 0 10px; max-width: 900px; }
-table { border-collapse: collapse; margin: 10px 0; font-size: 0.93rem; }
-th, td { padding: 6px 12px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { background: #f3f5f8; font-weight: 600; white-space: nowrap; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.ci { color: var(--muted); font-size: 0.85rem; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.low { color: var(--bad); font-weight: 600; }
-td.mid { color: var(--warn); font-weight: 600; }
-.fig { margin: 10px 0 4px; }
-.fig img { max-width: 100%; height: auto; }
-.gallery { display: flex; flex-wrap: wrap; gap: 12px; margin: 8px 0; }
-.gallery figure { margin: 0; width: 132px; font-size: 0.8rem; text-align: center; }
-.gallery figure.pair { width: 268px; }
-.gallery img { width: 128px; height: 128px; border-radius: 4px; border: 1px solid var(--line); }
-.gallery figcaption { line-height: 1.3; margin-top: 3px; }
-.gallery .wrong { color: var(--bad); font-weight: 600; }
-.classrow { display: flex; align-items: flex-start; gap: 16px; margin: 10px 0; }
-.classrow .name { width: 150px; font-weight: 600; padding-top: 50px; }
-.tech { font-size: 0.85rem; color: var(--muted); }
-.tech td { padding: 3px 10px; }
-code { font-size: 0.88em; background: #f3f5f8; padding: 1px 4px; border-radius: 3px; }
-"""
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    """The one template environment of the evaluation pages, created on first use."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("wbc.evaluate", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render(template: str, **context: Any) -> str:
+    """Render one of the evaluation templates with plain values (strings, numbers, lists, dicts)."""
+    return _env().get_template(template).render(**context) + "\n"
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -490,16 +486,16 @@ def _grade(x: float | None) -> str:
     return " low" if x < 0.75 else " mid" if x < 0.9 else ""
 
 
-def key_numbers_table(metrics: Mapping[str, Any]) -> str:
+def _ci_plain(ci: Sequence[float] | None) -> str:
+    return "n/a" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The rows of the key-numbers table: measure, value, 95% interval and what it means, as plain text."""
     ci = metrics["ci"]
     ece = metrics["ece"]
     rows = [
-        (
-            "Accuracy",
-            pct(metrics["accuracy"]),
-            pct_ci(ci["accuracy"]),
-            "Share of cells given the right class.",
-        ),
+        ("Accuracy", pct(metrics["accuracy"]), pct_ci(ci["accuracy"]), "Share of cells given the right class."),
         (
             "Balanced accuracy",
             pct(metrics["balanced_accuracy"]),
@@ -512,12 +508,7 @@ def key_numbers_table(metrics: Mapping[str, Any]) -> str:
             _ci_plain(ci["macro_f1"]),
             "Balance of missed cells and false alarms, averaged over classes (1 is perfect).",
         ),
-        (
-            "Weighted F1",
-            _fmt(metrics["weighted_f1"]),
-            "",
-            "The same, weighted by how many cells each class has.",
-        ),
+        ("Weighted F1", _fmt(metrics["weighted_f1"]), "", "The same, weighted by how many cells each class has."),
         (
             "Cohen's kappa",
             _fmt(metrics["cohen_kappa"]),
@@ -557,7 +548,7 @@ def key_numbers_table(metrics: Mapping[str, Any]) -> str:
                 "Calibration error, refitted",
                 f"{100 * r['ece']:.1f} points",
                 "",
-                f"With T = {r['temperature']:.2f} refitted on {html.escape(r['fitted_on'])}.",
+                f"With T = {r['temperature']:.2f} refitted on {r['fitted_on']}.",
             )
         )
     for c, a in metrics["selective"]["accuracy_at_coverage"].items():
@@ -569,127 +560,91 @@ def key_numbers_table(metrics: Mapping[str, Any]) -> str:
                 f"If the least confident {100 - 100 * float(c):.0f}% of cells went to a human.",
             )
         )
-    body = "".join(
-        f"<tr><td>{a}</td><td class='num'>{b}</td><td class='ci'>{c}</td><td>{d}</td></tr>"
-        for a, b, c, d in rows
-    )
-    return (
-        "<table><tr><th>Measure</th><th class='num'>Value</th><th>95% interval</th><th>What it means</th>"
-        "</tr>"
-        f"{body}</table>"
-    )
+    return [{"measure": a, "value": b, "ci": c, "meaning": d} for a, b, c, d in rows]
 
 
-def _ci_plain(ci: Sequence[float] | None) -> str:
-    return "n/a" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}"
-
-
-def per_class_table(metrics: Mapping[str, Any]) -> str:
+def per_class_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per class: counts, sensitivity with its interval, specificity, precision, F1, AUC, main confusion."""
     ci = metrics["ci"]
     auc = metrics["roc_auc"]["per_class"]
     rows = []
     for c, m in metrics["per_class"].items():
         conf = main_confusion(metrics, c) if m["support"] else None
-        confused = f"{html.escape(display_name(conf[0]))} ({conf[1]:,})" if conf else "—"
         rows.append(
-            f"<tr><td>{html.escape(display_name(c))}</td><td class='num'>{m['support']:,}</td>"
-            f"<td class='num{_grade(m['recall'])}'>{pct(m['recall'])}</td>"
-            f"<td class='ci'>{pct_ci(ci['recall'].get(c))}</td>"
-            f"<td class='num'>{pct(m['specificity'])}</td>"
-            f"<td class='num{_grade(m['precision'])}'>{pct(m['precision'])}</td>"
-            f"<td class='num'>{_fmt(m['f1'])}</td><td class='num'>{_fmt(auc.get(c))}</td>"
-            f"<td>{confused}</td></tr>"
+            {
+                "name": display_name(c),
+                "support": f"{m['support']:,}",
+                "recall": pct(m["recall"]),
+                "recall_grade": _grade(m["recall"]),
+                "recall_ci": pct_ci(ci["recall"].get(c)),
+                "specificity": pct(m["specificity"]),
+                "precision": pct(m["precision"]),
+                "precision_grade": _grade(m["precision"]),
+                "f1": _fmt(m["f1"]),
+                "auc": _fmt(auc.get(c)),
+                "confused": f"{display_name(conf[0])} ({conf[1]:,})" if conf else "—",
+            }
         )
-    return (
-        "<table><tr><th>Class</th><th class='num'>Cells</th><th class='num'>Sensitivity</th>"
-        "<th>95% interval</th><th class='num'>Specificity</th><th class='num'>Precision</th>"
-        "<th class='num'>F1</th><th class='num'>AUC</th><th>Most often mistaken for</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+    return rows
 
 
-def gallery_html(thumbs: Sequence[Thumb]) -> str:
-    if not thumbs:
-        return "<p class='howto'>None.</p>"
-    items = []
-    for t in thumbs:
-        wrong = t.true != t.predicted
-        cls = " class='wrong'" if wrong else ""
-        title = html.escape(t.path, quote=True)
-        items.append(
-            f"<figure><img src='{image_to_data_uri(t.rgb)}' alt='{html.escape(t.true)} cell' title='{title}'>"
-            f"<figcaption>expert: {html.escape(_short([t.true])[0])}<br>"
-            f"<span{cls}>model: {html.escape(_short([t.predicted])[0])} {100 * t.probability:.0f}%</span>"
-            "</figcaption></figure>"
-        )
-    return "<div class='gallery'>" + "".join(items) + "</div>"
+def thumb_items(thumbs: Sequence[Thumb]) -> list[dict[str, Any]]:
+    """What a gallery template needs of each thumbnail; the picture as a base64 data URI."""
+    return [
+        {
+            "src": image_to_data_uri(t.rgb),
+            "path": t.path,
+            "true": t.true,
+            "true_short": _short([t.true])[0],
+            "predicted": t.predicted,
+            "predicted_short": _short([t.predicted])[0],
+            "percent": f"{100 * t.probability:.0f}%",
+            "wrong": t.true != t.predicted,
+            "overlay_src": image_to_data_uri(t.overlay) if t.overlay is not None else None,
+        }
+        for t in thumbs
+    ]
 
 
-def gradcam_html(gradcam: Mapping[str, Sequence[Thumb]]) -> str:
+def gradcam_rows(gradcam: Mapping[str, Sequence[Thumb]]) -> list[dict[str, Any]]:
+    """One row per class of cell/overlay pairs (a cell without an overlay is shown twice)."""
     rows = []
     for c, thumbs in gradcam.items():
-        items = []
-        for t in thumbs:
-            wrong = t.true != t.predicted
-            cls = " class='wrong'" if wrong else ""
-            overlay = t.overlay if t.overlay is not None else t.rgb
-            items.append(
-                f"<figure class='pair'><img src='{image_to_data_uri(t.rgb)}' alt='{html.escape(c)} cell'>"
-                f" <img src='{image_to_data_uri(overlay)}' alt='Grad-CAM for {html.escape(t.predicted)}'>"
-                f"<figcaption><span{cls}>model: {html.escape(_short([t.predicted])[0])} "
-                f"{100 * t.probability:.0f}%</span></figcaption></figure>"
-            )
-        rows.append(
-            f"<div class='classrow'><div class='name'>{html.escape(display_name(c))}</div>"
-            f"<div class='gallery'>{''.join(items)}</div></div>"
-        )
-    return "".join(rows)
+        items = thumb_items(thumbs)
+        for it in items:
+            it["overlay_src"] = it["overlay_src"] or it["src"]
+        rows.append({"label": c, "name": display_name(c), "thumbs": items})
+    return rows
 
 
-def folds_table(folds: Mapping[str, Mapping[str, Any]]) -> str:
+def fold_rows(folds: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
     rows = []
     for k, v in folds.items():
         sd = "" if v["sd"] is None else f" ± {v['sd']:.3f}"
-        vals = ", ".join(f"{x:.3f}" for x in v["values"])
         rows.append(
-            f"<tr><td>{html.escape(k)}</td><td class='num'>{v['mean']:.3f}{sd}</td>"
-            f"<td class='num'>{v['n']}</td><td class='ci'>{vals}</td></tr>"
+            {
+                "name": k,
+                "mean_sd": f"{v['mean']:.3f}{sd}",
+                "n": str(v["n"]),
+                "per_fold": ", ".join(f"{x:.3f}" for x in v["values"]),
+            }
         )
-    return (
-        "<table><tr><th>Measure (validation fold)</th><th class='num'>Mean ± SD</th><th class='num'>"
-        "Folds</th>"
-        "<th>Per fold</th></tr>" + "".join(rows) + "</table>"
-    )
+    return rows
 
 
-def unknown_html(metrics: Mapping[str, Any]) -> str:
-    out = []
+def unknown_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Labels the model does not know: how many cells, and what the model called them."""
     unknown = metrics.get("unknown_labels") or {}
-    if unknown.get("count"):
-        rows = "".join(
-            f"<tr><td>{html.escape(lab)}</td><td class='num'>{n:,}</td><td>"
-            + html.escape(", ".join(f"{c} {k}" for c, k in unknown.get("called", {}).get(lab, {}).items()))
-            + "</td></tr>"
-            for lab, n in unknown["labels"].items()
-        )
-        out.append(
-            "<h3>Labels the model does not know</h3><p class='howto'>These cells were classified but not "
-            "scored: the model cannot give their label. Use <code>--map OLD=NEW</code> if a label is a "
-            "different spelling of a known class.</p><table><tr><th>Label in the data</th>"
-            f"<th class='num'>Cells</th><th>The model called them</th></tr>{rows}</table>"
-        )
-    if metrics.get("unreadable"):
-        items = "".join(f"<li><code>{html.escape(m)}</code></li>" for _, m in metrics["unreadable"][:50])
-        more = len(metrics["unreadable"]) - 50
-        out.append(
-            f"<h3>Files that could not be read</h3><ul>{items}</ul>"
-            + (f"<p>… and {more} more (see metrics.json).</p>" if more > 0 else "")
-        )
-    return "".join(out)
+    if not unknown.get("count"):
+        return []
+    called = unknown.get("called", {})
+    return [
+        {"label": lab, "n": f"{n:,}", "called": ", ".join(f"{c} {k}" for c, k in called.get(lab, {}).items())}
+        for lab, n in unknown["labels"].items()
+    ]
 
 
-def technical_table(metrics: Mapping[str, Any]) -> str:
+def technical_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     ci = metrics["ci"]
     items = [
         ("Model", metrics.get("model_id", "")),
@@ -706,18 +661,12 @@ def technical_table(metrics: Mapping[str, Any]) -> str:
         ("wbc version", metrics.get("wbc_version", "")),
         ("Created", metrics.get("created", "")),
     ]
-    return (
-        "<table class='tech'>"
-        + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items)
-        + "</table>"
-    )
+    return [(k, str(v)) for k, v in items]
 
 
 def page_start(title: str) -> str:
     """The opening of every self-contained wbc HTML page, up to ``<main>``: head, title and the shared CSS."""
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>")
+    return _env().get_template("page_start.html").render(title=title)
 
 
 def review_page(title: str, intro: str, thumbs: Sequence[Thumb]) -> str:
@@ -728,74 +677,40 @@ def review_page(title: str, intro: str, thumbs: Sequence[Thumb]) -> str:
     >>> page.startswith("<!DOCTYPE html>") and "None." in page
     True
     """
-    return (f"{page_start(title)}<h1>{html.escape(title)}</h1><p class='howto'>{html.escape(intro)}</p>"
-            f"{gallery_html(thumbs)}</main></body></html>\n")
+    return render("review.html", title=title, intro=intro, thumbs=thumb_items(thumbs))
 
 
 def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
     """The whole report as one HTML string."""
-    e = html.escape
     y_true, y_prob = inputs.y_true, inputs.y_prob
-    parts = [
-        page_start(f"{inputs.title} — {metrics.get('model_id', '')}"),
-        f"<h1>{e(inputs.title)}</h1>",
-        f"<div class='meta'>Model <b>{e(metrics.get('model_id', ''))}</b> · data "
-        f"{e(str(metrics.get('data', '')))}"
-        + (f" ({e(metrics['split'])} split)" if metrics.get("split") else "")
-        + f" · {metrics['n']:,} cells · {e(metrics.get('created', ''))}</div>",
-        "<section class='summary'>"
-        + "".join(f"<p>{p}</p>" for p in summary_paragraphs(metrics))
-        + "</section>",
-        "<h2>Key numbers</h2><p class='howto'>The 95% interval shows how much the number could move with a "
-        "different sample of cells of the same kind (bootstrap).</p>",
-        key_numbers_table(metrics),
-        "<h2>Per class</h2><p class='howto'><b>Sensitivity</b>: of the cells an expert put in this "
-        "class, the share the model also put there. <b>Specificity</b>: of the cells of other classes, "
-        "the share the model kept out. <b>Precision</b>: of the cells the model put in this class, the "
-        "share that belong there. Red: below 75%; amber: below 90%.</p>",
-        per_class_table(metrics),
-        f"<div class='fig'><img src='{plot_per_class(metrics)}' alt='per-class sensitivity and precision'>"
-        "</div>",
-        "<h2>Where the mistakes go</h2><p class='howto'>Each row is the experts' label, each column the "
-        "model's answer; the diagonal holds the correct calls. Left: numbers of cells; right: the same as "
-        "a share of each row, so rare classes read as easily as common ones.</p>",
-        f"<div class='fig'><img src='{plot_confusion(metrics)}' alt='confusion matrices'></div>",
-        "<h2>Telling classes apart</h2><p class='howto'>For each class, the curve shows how many of its "
-        "cells would be found (up) against how many other cells would be wrongly included (right) as the "
-        "decision threshold moves. Curves hugging the top-left corner are best.</p>",
-        f"<div class='fig'><img src='{plot_roc(metrics, y_true, y_prob)}' alt='ROC curves'></div>",
-        "<h2>Can the confidence be trusted?</h2><p class='howto'>Cells are grouped by the model's stated "
-        "confidence; the bars show how often the model was actually right in each group. Bars on the "
-        "dashed line mean the confidence is honest; orange marks over-confidence (right less often than "
-        "stated), light blue under-confidence. The grey histogram shows how many cells fall in each "
-        f"group; groups of fewer than {MIN_BIN_CELLS} cells are too small to draw.</p>",
-        f"<div class='fig'><img src='{plot_reliability(metrics, inputs)}' alt='reliability diagram'></div>",
-        "<h2>Sending unsure cells to review</h2><p class='howto'>If the cells the model is least sure about "
-        "are checked by a person, the remaining ones are more often right. The curve shows the accuracy on "
-        "the accepted cells for each share accepted; the diamond is the threshold stored in the model.</p>",
-        f"<div class='fig'><img src='{plot_coverage(metrics, y_true, y_prob)}' alt='coverage-accuracy curve'>"
-        "</div>",
-        "<h2>Most confident mistakes</h2><p class='howto'>Cells the model got wrong while being sure of "
-        "itself: worth a look, both for model errors and for possible labelling errors.</p>",
-        gallery_html(inputs.confident_mistakes),
-        "<h3>Least confident correct calls</h3>"
-        "<p class='howto'>Cells the model got right, but only just.</p>",
-        gallery_html(inputs.unsure_correct),
-        "<h2>What the model looks at (Grad-CAM)</h2><p class='howto'>Left: the cell. Right: the same cell "
-        "with the regions that pushed the model towards its answer in warm colours (red strongest). A sound "
-        "model looks at the nucleus and cytoplasm of the white cell, not at the background or red cells.</p>",
-        gradcam_html(inputs.gradcam)
-        if inputs.gradcam
-        else f"<p class='howto'>{e(inputs.gradcam_note or 'Not available.')}</p>",
-    ]
-    if inputs.folds:
-        parts += [
-            "<h2>Cross-validation</h2><p class='howto'>The same training repeated on different parts of "
-            "the data; a small spread means the result does not hinge on one lucky split.</p>",
-            folds_table(inputs.folds),
-        ]
-    extra = unknown_html(metrics)
-    if extra:
-        parts += ["<h2>Left out</h2>", extra]
-    parts += ["<h2>Technical details</h2>", technical_table(metrics), "</main></body></html>"]
-    return "\n".join(parts)
+    unreadable = [m for _, m in metrics.get("unreadable") or []]
+    return render(
+        "report.html",
+        title=f"{inputs.title} — {metrics.get('model_id', '')}",
+        heading=inputs.title,
+        model_id=metrics.get("model_id", ""),
+        data=str(metrics.get("data", "")),
+        split=metrics.get("split") or "",
+        n_cells=f"{metrics['n']:,}",
+        created=metrics.get("created", ""),
+        summary=summary_paragraphs(metrics),
+        key_numbers=key_numbers_rows(metrics),
+        per_class=per_class_rows(metrics),
+        figures={
+            "per_class": plot_per_class(metrics),
+            "confusion": plot_confusion(metrics),
+            "roc": plot_roc(metrics, y_true, y_prob),
+            "reliability": plot_reliability(metrics, inputs),
+            "coverage": plot_coverage(metrics, y_true, y_prob),
+        },
+        min_bin_cells=MIN_BIN_CELLS,
+        confident_mistakes=thumb_items(inputs.confident_mistakes),
+        unsure_correct=thumb_items(inputs.unsure_correct),
+        gradcam_rows=gradcam_rows(inputs.gradcam),
+        gradcam_note=inputs.gradcam_note or "Not available.",
+        folds=fold_rows(inputs.folds) if inputs.folds else [],
+        unknown=unknown_rows(metrics),
+        unreadable=unreadable[:50],
+        unreadable_more=len(unreadable) - 50,
+        technical=technical_rows(metrics),
+    )

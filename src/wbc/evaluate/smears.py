@@ -1,4 +1,7 @@
-"""Evaluate smear analysis on BCCD: WBC detection, nucleus/cell segmentation, end-to-end subtype accuracy.
+"""Evaluate smear analysis: WBC detection, nucleus/cell segmentation, end-to-end subtype accuracy.
+
+On BCCD by default, or on any YOLO- or VOC-labelled folder (:func:`load_labelled_folder`; TXL-PBC's
+``sources.csv`` adds a per-origin breakdown).
 
 Ground truth (read-only, under the data root):
 
@@ -31,6 +34,7 @@ import numpy as np
 from wbc.errors import WbcError
 from wbc.io import atomic_write_json, atomic_write_text, read_image
 from wbc.labels import canonical_label
+from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell
 
 Box = tuple[float, float, float, float]
@@ -38,21 +42,41 @@ Box = tuple[float, float, float, float]
 
 @dataclass
 class BccdItem:
-    """One BCCD field with its ground truth."""
+    """One labelled smear field (BCCD or any YOLO/VOC folder) with its ground truth."""
 
     name: str
     image: Path
     wbc_boxes: list[Box]
     mask: Path | None
     label: str | None  # canonical subtype when the image has exactly one labelled WBC
+    origin: str = ""  # the field's source, when the folder says (TXL-PBC's sources.csv)
 
 
-def read_voc_boxes(xml_path: Path, name: str = "WBC") -> list[Box]:
-    """Boxes of one class from a Pascal VOC file, as (x0, y0, x1, y1) with x1/y1 exclusive."""
-    root = ET.parse(xml_path).getroot()
+SmearItem = BccdItem
+#: Box class names (any case) that mean a white blood cell; subtype names (neutrophil, ...) count too.
+WBC_NAMES: frozenset[str] = frozenset({"wbc", "white blood cell", "white_blood_cell", "leukocyte", "leucocyte"})
+
+
+def is_wbc_name(name: str) -> bool:
+    """Whether a box class name means a WBC ("WBC", "leukocyte", or a WBC subtype such as "neutrophil")."""
+    n = name.strip().lower()
+    if n in WBC_NAMES:
+        return True
+    lab = canonical_label(name)
+    return lab is not None and lab not in ("platelet",)
+
+
+def read_voc_boxes(xml_path: Path, name: str | None = "WBC") -> list[Box]:
+    """Boxes of one class (``None``: any WBC name, :func:`is_wbc_name`) from a Pascal VOC file, as
+    (x0, y0, x1, y1) with x1/y1 exclusive."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as exc:
+        raise WbcError(f"{xml_path}: not a Pascal VOC file ({exc})") from None
     out: list[Box] = []
     for obj in root.iter("object"):
-        if (obj.findtext("name") or "").strip() != name:
+        oname = (obj.findtext("name") or "").strip()
+        if (oname != name) if name is not None else not is_wbc_name(oname):
             continue
         bb = obj.find("bndbox")
         if bb is None:
@@ -102,6 +126,142 @@ def load_bccd(root: Path, split: str = "test") -> list[BccdItem]:
                 label=labels.get(name),
             )
         )
+    return items
+
+
+def yolo_wbc_classes(folder: Path) -> set[int]:
+    """Class ids meaning WBC in a YOLO folder, from ``data.yaml`` / ``classes.txt`` names (default {0})."""
+    names: list[str] = []
+    for f in (folder / "classes.txt", folder / "labels" / "classes.txt"):
+        if f.is_file():
+            names = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+            break
+    yml = next((f for f in (folder / "data.yaml", folder / "dataset.yaml") if f.is_file()), None)
+    if not names and yml is not None:
+        names = _yaml_names(yml.read_text())
+    if not names:
+        return {0}
+    ids = {i for i, n in enumerate(names) if is_wbc_name(n)}
+    if not ids:
+        raise WbcError(f"{folder}: no WBC class among the YOLO class names {names}")
+    return ids
+
+
+def _yaml_names(text: str) -> list[str]:
+    """The ``names:`` of a YOLO data.yaml, as a flow list (``[a, b]``) or block (``0: a`` / ``- a`` lines);
+    a small reader so that PyYAML is not a dependency."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("names:"):
+            continue
+        rest = line[len("names:"):].strip()
+        if rest.startswith("["):
+            return [v.strip().strip("'\"") for v in rest.strip("[]").split(",") if v.strip()]
+        out = []
+        for sub in lines[i + 1:]:
+            if not sub.startswith((" ", "\t", "-")):
+                break
+            item = sub.strip().lstrip("-").strip()
+            if ":" in item:
+                item = item.split(":", 1)[1].strip()
+            if item:
+                out.append(item.strip("'\""))
+        return out
+    return []
+
+
+def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> list[Box]:
+    """WBC boxes from a YOLO label file (class cx cy w h, normalised) in pixels; missing file: none.
+    Exact duplicates (within half a pixel) are kept once."""
+    out: list[Box] = []
+    if not path.is_file():
+        return out
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        p = line.split()
+        if not p:
+            continue
+        try:
+            c, cx, cy, w, h = int(float(p[0])), *(float(v) for v in p[1:5])
+        except (ValueError, TypeError):
+            raise WbcError(f"{path}:{k}: expected 'class cx cy w h', got {line.strip()!r}") from None
+        if c in classes:
+            box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+            # the same box listed twice is one cell (a TXL-PBC test field lists one WBC six times)
+            if all(max(abs(a - b) for a, b in zip(box, o, strict=True)) > 0.5 for o in out):
+                out.append(box)
+    return out
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) without decoding the pixels where the format allows."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # fall back to a full decode, which names the file on failure
+        rgb = read_image(path)
+        return rgb.shape[1], rgb.shape[0]
+
+
+def load_labelled_folder(folder: Path, split: str | None = "test") -> list[BccdItem]:
+    """Labelled smear fields from any folder in one of the common layouts:
+
+    * BCCD / Pascal VOC: ``JPEGImages/`` + ``Annotations/*.xml`` (+ ``ImageSets/Main/<split>.txt``,
+      ``masks/``): read by :func:`load_bccd`;
+    * YOLO: ``images/[<split>/]`` + ``labels/[<split>/]*.txt`` (class names from ``data.yaml`` or
+      ``classes.txt``; TXL-PBC's ``sources.csv`` gives each field's origin);
+    * flat: images beside same-named ``.xml`` (VOC) or ``.txt`` (YOLO) files.
+
+    Masks, where present, are ``masks/<stem>.png`` with 0 background, 128 cytoplasm, 255 nucleus.
+    """
+    from wbc.io import is_image_file as is_image_path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WbcError(f"{folder}: not a folder")
+    if (folder / "Annotations").is_dir() and (folder / "JPEGImages").is_dir():
+        if (folder / "ImageSets" / "Main" / f"{split}.txt").is_file():
+            return load_bccd(folder, split or "test")
+        items = []
+        for x in sorted((folder / "Annotations").glob("*.xml")):
+            img = next((p for p in (folder / "JPEGImages").glob(f"{x.stem}.*") if is_image_path(p)), None)
+            if img is not None:
+                mp = folder / "masks" / f"{x.stem}.png"
+                items.append(BccdItem(x.stem, img, read_voc_boxes(x, None), mp if mp.is_file() else None, None))
+        return items
+    origins: dict[str, str] = {}
+    src = folder / "sources.csv"
+    if src.is_file():
+        with src.open(newline="") as fh:
+            origins = {r.get("stem", ""): r.get("origin", "") for r in csv.DictReader(fh)}
+    if (folder / "images").is_dir() and (folder / "labels").is_dir():
+        img_dir, lab_dir = folder / "images", folder / "labels"
+        if split and (img_dir / split).is_dir():
+            img_dir, lab_dir = img_dir / split, lab_dir / split
+        classes = yolo_wbc_classes(folder)
+        pairs = [(p, lab_dir / f"{p.stem}.txt") for p in sorted(img_dir.iterdir()) if is_image_path(p)]
+    else:
+        pairs = []
+        classes = yolo_wbc_classes(folder)
+        for p in sorted(folder.iterdir()):
+            if not is_image_path(p):
+                continue
+            for ext in (".xml", ".txt"):
+                if p.with_suffix(ext).is_file():
+                    pairs.append((p, p.with_suffix(ext)))
+                    break
+    if not pairs:
+        raise WbcError(f"{folder}: no labelled images found (expected a YOLO or Pascal VOC layout)")
+    items = []
+    for img, lab in pairs:
+        if lab.suffix == ".xml":
+            boxes = read_voc_boxes(lab, None)
+        else:
+            w, h = _image_size(img)
+            boxes = read_yolo_boxes(lab, w, h, classes)
+        mp = folder / "masks" / f"{img.stem}.png"
+        items.append(BccdItem(img.stem, img, boxes, mp if mp.is_file() else None, None, origins.get(img.stem, "")))
     return items
 
 
@@ -241,7 +401,7 @@ def evaluate_segmentation(
         t0 = time.perf_counter()
         cells = segment(rgb)
         seconds += time.perf_counter() - t0
-        boxes = [tuple(map(float, c.box)) for c in cells]
+        boxes = [(float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1 in (c.box for c in cells)]
         scores = [_score(c) for c in cells]
         tp, ious, g = match_detections(boxes, scores, it.wbc_boxes, iou_thr)
         all_scores += sorted(scores, reverse=True)
@@ -249,6 +409,8 @@ def evaluate_segmentation(
         match_ious += ious
         n_gt += g
         row: dict[str, Any] = {"image": it.name, "n_gt": g, "n_pred": len(cells), "tp": int(sum(tp))}
+        if it.origin:
+            row["origin"] = it.origin
         if it.mask is not None:
             gn, gc = read_gt_mask(it.mask)
             pn, pc = paste_masks(cells, rgb.shape[:2])
@@ -304,6 +466,16 @@ def evaluate_segmentation(
         "seconds_per_image_segmentation": seconds / max(1, len(items)),
         "per_image": per_image,
     }
+    origins = sorted({r["origin"] for r in per_image if r.get("origin")})
+    if origins:
+        out["per_origin"] = {}
+        for o in origins:
+            rows = [r for r in per_image if r.get("origin") == o]
+            tp_o = sum(r["tp"] for r in rows)
+            out["per_origin"][o] = {
+                "n_images": len(rows),
+                **_prf(tp_o, sum(r["n_pred"] for r in rows) - tp_o, sum(r["n_gt"] for r in rows) - tp_o),
+            }
     if classify is not None:
         out["subtype"] = subtype_metrics(y_true, y_pred)
     return out
@@ -338,7 +510,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     di = metrics["detection_ignore_unannotated"]
     s = metrics["segmentation"]
     lines = [
-        f"# Smear evaluation: BCCD {metrics.get('split', '')} split ({metrics['n_images']} images)",
+        f"# Smear evaluation: {metrics.get('dataset', 'BCCD')} {metrics.get('split') or ''} "
+        f"({metrics['n_images']} images)",
         "",
         f"Segmenter: `{metrics.get('segmenter', '')}`; classifier: `{metrics.get('model_id', '')}`.",
         "",
@@ -360,6 +533,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     lines.append(
         f"| segmentation time per field | {1000 * metrics['seconds_per_image_segmentation']:.0f} ms |"
     )
+    for o, v in metrics.get("per_origin", {}).items():
+        lines.append(f"| {o}: recall / precision ({v['n_images']} images) | {v['recall']:.3f} / {v['precision']:.3f} |")
     sub = metrics.get("subtype")
     if sub and sub["n"]:
         lines += [
@@ -376,15 +551,20 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
 def evaluate_smears(
     data_root: Path,
     output: Path,
-    segmenter: Any,
-    classifier: Any | None = None,
+    segmenter: SegmenterLike,
+    classifier: ClassifierLike | None = None,
     split: str = "test",
     limit: int | None = None,
+    dataset: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the whole evaluation and write ``metrics.json`` and ``summary.md`` to ``output``."""
+    """Run the whole evaluation and write ``metrics.json`` and ``summary.md`` to ``output``.
+
+    ``dataset``: any YOLO- or VOC-labelled folder (:func:`load_labelled_folder`); default BCCD under
+    ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt`` where they exist.
+    """
     from wbc.analyze import classify_cells
 
-    items = load_bccd(data_root, split)
+    items = load_labelled_folder(dataset, split) if dataset is not None else load_bccd(data_root, split)
     if limit:
         items = items[:limit]
     classify = None
@@ -396,6 +576,7 @@ def evaluate_smears(
 
     metrics = evaluate_segmentation(items, segmenter.segment, classify)
     metrics.update(
+        dataset=str(dataset) if dataset is not None else "BCCD",
         split=split,
         segmenter=getattr(segmenter, "model_id", segmenter.name),
         model_id=getattr(classifier, "model_id", "") if classifier is not None else "",

@@ -139,8 +139,8 @@ def red_cell_mask(rgb: np.ndarray) -> np.ndarray:
     bg = sat <= thr
     bg_level = float(np.median(sat[bg])) if bg.any() else 0.0
     fg = (sat > bg_level + RBC_MASK_LEVEL * (thr - bg_level)).astype(np.uint8)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, lab = cv2.connectedComponents(fg, connectivity=8)
+    opened = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, lab = cv2.connectedComponents(opened, connectivity=8)
     keep = np.ones(n, bool)
     keep[0] = False
     keep[lab[blue > _nucleus_threshold(blue)]] = False
@@ -206,6 +206,16 @@ def estimate_rbc_diameter(rgb: np.ndarray) -> float | None:
     # radii from ~1 thumbnail pixel to a red cell a third of the field across
     radii = np.geomspace(1.25, SCALE_THUMBNAIL / 6.0, 25)
     return 2.0 * spectrum_mode(opening_areas(mask, radii), radii) / f
+
+
+def rbc_diameter(rgb: np.ndarray, pixel_size: float | None = None) -> float | None:
+    """Red-cell diameter in pixels: from ``pixel_size`` (micrometres per pixel) when the lab knows its
+    optics, else measured (:func:`estimate_rbc_diameter`)."""
+    if pixel_size:
+        from wbc.segment.scale import RBC_UM
+
+        return RBC_UM / pixel_size
+    return estimate_rbc_diameter(rgb)
 
 
 def work_factor(rgb: np.ndarray, rbc_diameter: float | None) -> float:
@@ -432,9 +442,13 @@ class ClassicalSegmenter:
     name = "classical"
     model_id = "classical-v1"
 
+    def __init__(self, pixel_size: float | None = None) -> None:
+        #: micrometres per pixel; when set, the red-cell size comes from it instead of the image
+        self.pixel_size = pixel_size
+
     def segment(self, rgb: np.ndarray) -> list[Cell]:
         rgb = white_balance(rgb)
-        rbc = estimate_rbc_diameter(rgb)
+        rbc = rbc_diameter(rgb, self.pixel_size)
         factor = work_factor(rgb, rbc)
         small = resample(rgb, factor)
         nuc_p, cell_p = stain_maps(small)

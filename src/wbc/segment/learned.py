@@ -5,7 +5,7 @@ The network sees the field at the same *working scale* as the classical method (
 that maps the field's background to white (:func:`normalise_field`). Both make it indifferent to the
 microscope's magnification and the lamp's colour. Its probability maps then go through the same instance
 code as the classical method (nucleus groups -> cells, watershed against red cells), so the two methods
-produce identical outputs. Trained by ``python -m wbc.train.segmenter`` on the BCCD train split masks.
+produce identical outputs. Trained by ``wbc train-segmenter`` on the BCCD train split masks.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import numpy as np
 
 from wbc.errors import ModelError
 from wbc.paths import DEFAULT_SEGMENTER
+from wbc.runtime import ort_session
 from wbc.segment.classical import (
     WORK_RBC_DIAMETER,
     cells_from_instances,
-    estimate_rbc_diameter,
     foreground_mask,
     instances_from_maps,
+    rbc_diameter,
     resample,
     work_factor,
 )
@@ -41,8 +42,8 @@ def normalise_field(rgb: np.ndarray) -> np.ndarray:
     """
     x = rgb.astype(np.float32)
     ref = np.percentile(x[::4, ::4].reshape(-1, 3), 90, axis=0) + 1.0
-    x = x / ref.astype(np.float32)
-    return np.ascontiguousarray(((x - 0.75) / 0.25).transpose(2, 0, 1))
+    balanced = x / ref.astype(np.float32)
+    return np.ascontiguousarray(((balanced - 0.75) / 0.25).transpose(2, 0, 1))
 
 
 def pad_to_stride(x: np.ndarray, stride: int = STRIDE) -> tuple[np.ndarray, tuple[int, int]]:
@@ -59,22 +60,13 @@ class LearnedSegmenter:
 
     name = "learned"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, threads: int = 1) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, path: str | os.PathLike[str] | None = None, threads: int = 1,
+                 pixel_size: float | None = None) -> None:
+        self.pixel_size = pixel_size  # micrometres per pixel; overrides the measured red-cell size
         self.path = Path(path) if path else DEFAULT_SEGMENTER
         if not self.path.is_file():
             raise ModelError(f"{self.path}: segmentation model not found (use --segmenter classical)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises untyped errors
-            raise ModelError(
-                f"{self.path}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})"
-            ) from None
+        self.session = ort_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.model_id = meta.get("model_id", self.path.stem)
         self.input_name = self.session.get_inputs()[0].name
@@ -89,7 +81,7 @@ class LearnedSegmenter:
         return p[2].astype(np.float32), (p[1] + p[2]).astype(np.float32)
 
     def segment(self, rgb: np.ndarray) -> list[Cell]:
-        rbc = estimate_rbc_diameter(rgb)
+        rbc = rbc_diameter(rgb, self.pixel_size)
         factor = work_factor(rgb, rbc)
         small = resample(rgb, factor)
         nuc_p, cell_p = self.probabilities(small)

@@ -1,7 +1,7 @@
 """HTTP API and web page for wbc (``wbc serve``).
 
-:func:`create_app` (in :mod:`wbc.serve.app`) builds the FastAPI application; :func:`serve_command`
-(in :mod:`wbc.serve.command`) is the ``wbc serve`` command. Importing this package stays light:
+:func:`create_app` (in :mod:`wbc.serve.app`) builds the FastAPI application; ``wbc serve``
+(:mod:`wbc.cli.serve`) runs it with uvicorn. Importing this package stays light:
 FastAPI is only imported when the app is built.
 """
 

@@ -32,6 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import wbc
 from wbc.errors import WbcError
+from wbc.formats import differential_dicts as differential  # the API's JSON: wbc.formats
+from wbc.formats import prediction_to_dict
+from wbc.protocols import ClassifierLike, SegmenterLike
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Default limit on one request's body (all files together), in MiB.
@@ -120,10 +123,14 @@ def check_content_type(upload: UploadFile) -> str | None:
     return f"{name}: content type {ctype} is not an image (send image/png, image/jpeg, ...)"
 
 
-def read_upload(upload: UploadFile, max_bytes: int, min_size: int | None = None) -> np.ndarray:
-    """Decode one uploaded file to uint8 RGB, or raise :class:`WbcError` naming the file and problem."""
+def read_upload_bytes(upload: UploadFile, max_bytes: int, max_pixels: int) -> bytes:
+    """The uploaded file's bytes, after the cheap checks: content type, size, and the pixel count read from
+    the image header (so a few-MB "bomb" of billions of pixels is refused before any decoding).
+
+    Raises :class:`WbcError` naming the file and the problem.
+    """
     from wbc.errors import ImageReadError
-    from wbc.io import decode_image
+    from wbc.io import check_pixels, image_size
 
     name = upload.filename or "upload"
     problem = check_content_type(upload)
@@ -132,18 +139,27 @@ def read_upload(upload: UploadFile, max_bytes: int, min_size: int | None = None)
     data = upload.file.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageReadError(f"{name}: file is larger than the limit of {max_bytes / 2**20:g} MiB")
-    try:
-        return decode_image(data, name, min_size=min_size)
-    except (cv2.error, ValueError, MemoryError) as exc:  # a malformed file must never become a 500
-        raise ImageReadError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+    size = image_size(data, name) if data else None
+    if size is not None:
+        check_pixels(size, name, max_pixels)
+    return data
 
 
-def differential(counts: dict[str, int], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Per class: count, percent and the exact 95 % interval in percent (see :mod:`wbc.counts`)."""
-    from wbc.counts import differential_rows
+def decode_upload(data: bytes, name: str, max_pixels: int, min_size: int | None = None) -> np.ndarray:
+    """Decode checked upload bytes to uint8 RGB (every decoder failure becomes a :class:`WbcError`)."""
+    from wbc.io import decode_image
 
-    keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
-    return [dict(zip(keys, row[1:], strict=True)) for row in differential_rows(counts, classes, "")]
+    return decode_image(data, name, min_size=min_size, max_pixels=max_pixels)
+
+
+def read_upload(upload: UploadFile, max_bytes: int, min_size: int | None = None,
+                max_pixels: int | None = None) -> np.ndarray:
+    """Check and decode one uploaded file to uint8 RGB, or raise :class:`WbcError` naming the file."""
+    from wbc.io import MAX_PIXELS
+
+    limit = max_pixels or MAX_PIXELS
+    data = read_upload_bytes(upload, max_bytes, limit)
+    return decode_upload(data, upload.filename or "upload", limit, min_size)
 
 
 def png_base64(rgb: np.ndarray) -> str:
@@ -157,7 +173,7 @@ def hex_colour(rgb: Sequence[int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
 
 
-def model_metadata(classifier: Any, segmenter: Any) -> dict[str, Any]:
+def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict[str, Any]:
     """What a caller needs to know about the loaded models (no large arrays: OOD statistics, head)."""
     from wbc.crops import cell_fraction_of
     from wbc.render import colour_of
@@ -190,7 +206,7 @@ def versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "fastapi": fastapi.__version__}
 
 
-def classify_images(cells: np.ndarray, classifier: Any, names: Sequence[str]) -> list[Any]:
+def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequence[str]) -> list[Any]:
     """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
     ``wbc classify`` (:func:`wbc.classify.classify_paths`)."""
     from wbc.classify import predict_cells
@@ -201,16 +217,18 @@ def classify_images(cells: np.ndarray, classifier: Any, names: Sequence[str]) ->
     return preds
 
 
-def prediction_to_dict(p: Any) -> dict[str, Any]:
-    return {
-        "filename": p.path,
-        "label": p.label,
-        "confidence": round(float(p.confidence), 4),
-        "review": bool(p.review),
-        "review_reasons": list(p.reasons),
-        "ood": bool(p.ood),
-        "probabilities": {k: round(float(v), 4) for k, v in p.probabilities.items()},
-    }
+CLASSES_HELP = ("Answer only among these classes, e.g. `5part` or `neutrophil,lymphocyte` (probabilities "
+                "renormalised over them); default: every class of the model.")
+
+
+def chosen_classes(classifier: Any, classes: str | None) -> Any:
+    """The classifier restricted to the ``classes`` query field (``wbc classify --classes``); 422 if unknown."""
+    if not classes:
+        return classifier
+    try:
+        return classifier.with_classes(classes)
+    except WbcError as exc:
+        raise UploadProblem(422, "bad_classes", str(exc)) from None
 
 
 class CountsIn(BaseModel):
@@ -223,8 +241,8 @@ class CountsIn(BaseModel):
 
 
 def create_app(
-    classifier: Any | None = None,
-    segmenter: Any | None = None,
+    classifier: ClassifierLike | None = None,
+    segmenter: SegmenterLike | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     model_path: str | Path | None = None,
     segmenter_method: str = "auto",
@@ -232,14 +250,25 @@ def create_app(
     threads: int = 2,
     max_concurrent: int = 1,
     max_files: int = DEFAULT_MAX_FILES,
+    store: Any = None,
+    settings: Any = None,
 ) -> FastAPI:
     """The wbc HTTP API and web page.
 
     ``classifier`` / ``segmenter``: already-loaded models (tests, embedding in another app); when None
     they are loaded here, once, from ``model_path`` (default: the shipped model) and
     ``segmenter_method`` / ``segmenter_path``. ``max_upload_mb`` limits one request's body (413 above
-    it). ``max_concurrent`` inference calls run at once; others wait their turn.
+    it). ``max_concurrent`` inference calls run at once; others wait their turn. ``store``: the case store
+    for review and sign-off (a :class:`wbc.cases.CaseStore`, a SQLAlchemy URL or a path; None: no cases).
+    ``settings``: a :class:`wbc.serve.settings.ServeSettings` (API keys, Host/Origin allow-lists, rate
+    limit, body deadline); None reads them from the environment (``WBC_API_KEYS``, ...). Every route but
+    ``/health`` and the login form then needs a key (:mod:`wbc.serve.security`).
     """
+    from wbc.serve.security import API_KEY, Authenticator, SecurityMiddleware, describe, login_router
+    from wbc.serve.settings import ServeSettings, load_settings
+
+    settings = settings if isinstance(settings, ServeSettings) else load_settings()
+    authenticator = Authenticator(settings.all_keys(), settings)
     if max_upload_mb <= 0:
         raise WbcError(f"max_upload_mb must be positive, got {max_upload_mb}")
     if classifier is None:
@@ -260,6 +289,7 @@ def create_app(
         # Swagger UI and ReDoc load their scripts from a CDN: off, so nothing fails offline.
         docs_url=None,  # the schema stays at /openapi.json
         redoc_url=None,
+        dependencies=[API_KEY],  # every route, this module's and every included router's (wbc.serve.security)
     )
     app.state.classifier = classifier
     app.state.segmenter = segmenter
@@ -267,14 +297,15 @@ def create_app(
     app.state.max_files = max_files
     app.state.inference_slots = threading.BoundedSemaphore(max(1, max_concurrent))
     app.state.metadata = model_metadata(classifier, segmenter)
+    app.state.authenticator = authenticator
+    app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes)
+    app.add_middleware(SecurityMiddleware, authenticator=authenticator)  # outermost: before the body is read
+    app.include_router(login_router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if isinstance(exc, UploadProblem):
-            body = error_body(exc.error, str(exc.detail), exc.files)
-        else:
-            body = error_body("http_error", str(exc.detail))
+        body = error_body(getattr(exc, "error", "http_error"), str(exc.detail), getattr(exc, "files", ()))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -311,7 +342,8 @@ def create_app(
         meta = app.state.metadata
         return {"status": "ok", "model_id": meta["model_id"], "classes": meta["classes"],
                 "segmenter": meta["segmenter"], "versions": versions(),
-                "limits": {"max_upload_mb": app.state.max_bytes / 2**20, "max_files": app.state.max_files}}
+                "limits": {"max_upload_mb": app.state.max_bytes / 2**20, "max_files": app.state.max_files},
+                "security": describe(app.state.authenticator)}
 
     @app.get("/model", summary="The classifier's metadata: classes, input size, review threshold, ...")
     async def model() -> dict[str, Any]:
@@ -322,6 +354,8 @@ def create_app(
         request: Request,
         files: Annotated[list[UploadFile] | None, File(
             description="One or more single-cell images (field name `files`, repeated).")] = None,
+        classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
+        reframe: Annotated[bool, Query(description="Re-frame cells framed unlike the training crops.")] = True,
     ) -> JSONResponse:
         """One prediction per readable file; unreadable files are listed in ``errors``.
 
@@ -331,23 +365,40 @@ def create_app(
         if len(uploads) > app.state.max_files:
             raise UploadProblem(413, "too_many_files",
                                 f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
-        clf = app.state.classifier
+        clf = chosen_classes(app.state.classifier, classes)
         size = int(clf.info.input_size)
-        from wbc.preprocess import resize_square
+        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, check_cell_image, prepare_cell
+        from wbc.errors import ImageTooLargeError
+        from wbc.reframe import framing_stats_of
 
-        cells, names, errors = [], [], []
-        for up in uploads:
+        checked: list[tuple[str, bytes]] = []
+        errors: list[dict[str, str]] = []
+        for up in uploads:  # the cheap checks (type, bytes, header size) before waiting for a slot
+            name = up.filename or f"file{len(checked) + len(errors) + 1}"
             try:
-                rgb = read_upload(up, app.state.max_bytes, min_size=size)
-                cells.append(resize_square(rgb, size))
-                names.append(up.filename or f"file{len(names) + len(errors) + 1}")
+                checked.append((name, read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS)))
+            except ImageTooLargeError as exc:
+                errors.append({"filename": up.filename or "", "error": str(cell_too_large(exc))})
             except WbcError as exc:
                 errors.append({"filename": up.filename or "", "error": str(exc)})
-        if not cells:
+
+        def work() -> list[Any]:  # decoding counts against the concurrency limit, as inference does
+            cells, names = [], []
+            for name, data in checked:
+                try:
+                    rgb = decode_upload(data, name, MAX_CELL_PIXELS, min_size=size)
+                    check_cell_image(rgb, name)
+                    cells.append(prepare_cell(rgb, size, framing_stats_of(clf) if reframe else False))
+                    names.append(name)
+                except WbcError as exc:
+                    errors.append({"filename": name, "error": str(exc)})
+            return classify_images(np.stack(cells), clf, names) if cells else []
+
+        preds = inference(work) if checked else []
+        if not preds:
             status = 415 if all("content type" in e["error"] for e in errors) else 422
             raise UploadProblem(status, "no_readable_image",
                                 "none of the uploaded files could be read as an image", errors)
-        preds = inference(lambda: classify_images(np.stack(cells), clf, names))
         counts = {c: 0 for c in clf.classes}
         for p in preds:
             counts[p.label] += 1
@@ -366,21 +417,33 @@ def create_app(
         request: Request,
         file: Annotated[UploadFile | None, File(description="One smear image (field name `file`).")] = None,
         annotated: Annotated[bool, Query(description="Include the annotated image as base64 PNG.")] = False,
+        classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
     ) -> JSONResponse:
         """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
-        from wbc.analyze import analyze_image, result_to_dict
+        from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict
+        from wbc.errors import ImageTooLargeError
 
         up = require_files(request, [file] if file is not None else [], "file")[0]
-        clf, seg = app.state.classifier, app.state.segmenter
+        clf, seg = chosen_classes(app.state.classifier, classes), app.state.segmenter
         name = up.filename or "upload"
-        try:
-            rgb = read_upload(up, app.state.max_bytes)
+
+        def unreadable(exc: WbcError) -> UploadProblem:
+            if isinstance(exc, ImageTooLargeError):
+                status, error = 413, "too_many_pixels"
+            else:
+                status, error = (415 if "content type" in str(exc) else 422), "unreadable_image"
+            return UploadProblem(status, error, str(exc), [{"filename": name, "error": str(exc)}])
+
+        try:  # refused from the header, before waiting for a slot and before decoding
+            data = read_upload_bytes(up, app.state.max_bytes, MAX_ANALYZE_PIXELS)
         except WbcError as exc:
-            status = 415 if "content type" in str(exc) else 422
-            raise UploadProblem(status, "unreadable_image", str(exc), [{"filename": name, "error": str(exc)}]
-                                ) from None
+            raise unreadable(exc) from None
 
         def work() -> tuple[Any, str | None]:
+            try:  # decoding happens inside the concurrency slot: N uploads never decode at once
+                rgb = decode_upload(data, name, MAX_ANALYZE_PIXELS)
+            except WbcError as exc:
+                raise unreadable(exc) from None
             res = analyze_image(rgb, clf, seg, name=name)
             png = None
             if annotated:
@@ -419,6 +482,9 @@ def create_app(
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    from wbc.serve.cases import attach_cases
+
+    attach_cases(app, store)  # /cases/... and the review page /review (wbc.serve.cases)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

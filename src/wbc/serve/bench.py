@@ -1,82 +1,87 @@
-"""Latency of a live ``wbc serve``: ``python -m wbc.serve.bench [--model M] [--segmenter S]``.
-
-Starts ``wbc serve`` on a free localhost port in a subprocess, then measures, on the real data
-(``wbc.paths.data_root``): ``/analyze?annotated=true`` on BCCD fields, ``/classify`` on a batch of PBC
-cells, and ``/health`` while four clients keep ``/analyze`` busy (is the server still responsive?).
-Needs httpx (the ``test`` extra). Prints one line per measurement.
+"""Latency of a live ``wbc serve`` (``wbc serve-bench``): starts the server on a free loopback port in a
+subprocess, then measures ``/analyze?annotated=true`` on smear fields, ``/classify`` on a batch of cells, and
+``/health`` while four clients keep ``/analyze`` busy (is the server still responsive?). Needs httpx (the
+``test`` extra).
 """
 
 from __future__ import annotations
 
-import argparse
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-from wbc.paths import data_root
+from wbc.errors import WbcError
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@contextmanager
+def running_server(args: Sequence[str] = (), env: dict[str, str] | None = None,
+                   timeout: float = 60.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``wbc serve ARGS`` in a subprocess on a free port; yields (base URL, process) once /health answers."""
     import httpx
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--segmenter", default="auto")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--fields", type=int, default=10)
-    ap.add_argument("--cells", type=int, default=100)
-    args = ap.parse_args(argv)
-    root = data_root(args.data)
-    fields = sorted((root / "bccd" / "JPEGImages").glob("*.jpg"))[: args.fields]
-    cells = sorted((root / "pbc").glob("*/*.jpg"))
-    cells = cells[:: max(1, len(cells) // args.cells)][: args.cells]
-    if not fields or not cells:
-        print(f"no BCCD/PBC images under {root}", file=sys.stderr)
-        return 1
-    port = _free_port()
-    cmd = [sys.executable, "-m", "wbc", "serve", "--port", str(port), "--segmenter", args.segmenter]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    cmd = [sys.executable, "-m", "wbc", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                meta = httpx.get(base + "/health").json()
+                httpx.get(base + "/health", timeout=5)
                 break
             except httpx.TransportError:
                 if proc.poll() is not None:
-                    print("wbc serve exited; run it by hand to see why", file=sys.stderr)
-                    return 1
+                    raise WbcError("wbc serve exited at start; run it by hand to see why") from None
+                if time.monotonic() > deadline:
+                    raise WbcError(f"wbc serve did not answer within {timeout:.0f} s") from None
                 time.sleep(0.1)
-        print(f"model {meta['model_id']}, segmenter {meta['segmenter']['name']}")
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def measure_latency(fields: Sequence[Path], cells: Sequence[Path], server_args: Sequence[str] = (),
+                    busy_clients: int = 4) -> dict[str, Any]:
+    """Latencies (ms) of /analyze, /classify and /health-under-load on a fresh server; see the module doc."""
+    import httpx
+
+    if not fields or not cells:
+        raise WbcError("serve-bench needs smear fields and cell images")
+    out: dict[str, Any] = {}
+    with running_server(server_args) as (base, _proc):
         with httpx.Client(timeout=300) as c:
+            meta = c.get(base + "/health").json()
+            out["model_id"], out["segmenter"] = meta["model_id"], meta["segmenter"]["name"]
             t = []
             for p in fields:
                 t0 = time.perf_counter()
-                r = c.post(base + "/analyze?annotated=true",
-                           files={"file": (p.name, p.read_bytes(), "image/jpeg")})
+                c.post(base + "/analyze?annotated=true",
+                       files={"file": (p.name, p.read_bytes(), "image/jpeg")}).raise_for_status()
                 t.append(time.perf_counter() - t0)
-                r.raise_for_status()
-            print(f"/analyze?annotated=true, {len(fields)} BCCD fields 640x480: "
-                  f"median {1000 * statistics.median(t):.0f} ms, max {1000 * max(t):.0f} ms")
+            out["analyze_ms"] = {"n": len(t), "median": 1000 * statistics.median(t), "max": 1000 * max(t)}
             files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in cells]
             t0 = time.perf_counter()
-            r = c.post(base + "/classify", files=files)
+            c.post(base + "/classify", files=files).raise_for_status()
             dt = time.perf_counter() - t0
-            r.raise_for_status()
-            print(f"/classify, {len(files)} PBC cells in one request: {dt:.2f} s "
-                  f"({1000 * dt / len(files):.1f} ms/cell)")
+            out["classify"] = {"n": len(files), "seconds": dt, "ms_per_cell": 1000 * dt / len(files)}
         stop = threading.Event()
         data = fields[0].read_bytes()
 
@@ -85,28 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 while not stop.is_set():
                     c.post(base + "/analyze?annotated=true", files={"file": ("f.jpg", data, "image/jpeg")})
 
-        workers = [threading.Thread(target=load) for _ in range(4)]
+        workers = [threading.Thread(target=load) for _ in range(busy_clients)]
         for w in workers:
             w.start()
         time.sleep(1.0)
         lat = []
-        with httpx.Client(timeout=60) as c:
-            for _ in range(20):
-                t0 = time.perf_counter()
-                c.get(base + "/health").raise_for_status()
-                lat.append(time.perf_counter() - t0)
-                time.sleep(0.1)
-        stop.set()
-        for w in workers:
-            w.join()
-        print(f"/health while 4 clients keep /analyze busy: median {1000 * statistics.median(lat):.0f} ms, "
-              f"max {1000 * max(lat):.0f} ms")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
+        try:
+            with httpx.Client(timeout=60) as c:
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    c.get(base + "/health").raise_for_status()
+                    lat.append(time.perf_counter() - t0)
+                    time.sleep(0.1)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        out["health_under_load_ms"] = {"clients": busy_clients, "median": 1000 * statistics.median(lat),
+                                       "max": 1000 * max(lat)}
+    return out

@@ -7,7 +7,7 @@ epoch reads from RAM. The cache holds exactly what inference sees (:func:`wbc.pr
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,18 +16,26 @@ from torch.utils.data import Dataset
 
 from wbc.data import Sample
 from wbc.errors import ImageReadError
+from wbc.io import read_image
 from wbc.preprocess import load_cell
+from wbc.reframe import CANONICAL, frame_cell
 
 log = logging.getLogger(__name__)
 
 
 def decode_all(
-    samples: Sequence[Sample], size: int, workers: int = 2, progress: object | None = None
+    samples: Sequence[Sample], size: int, workers: int = 2, progress: object | None = None, reframe: bool = False
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """(cache (N, S, S, 3) uint8, indices of the samples that loaded, [(path, reason)] of those that did not)."""
+    """(cache (N, S, S, 3) uint8, indices of the samples that loaded, [(path, reason)] of those that did not).
+
+    ``reframe``: every cell re-framed to the canonical nucleus fraction (:data:`wbc.reframe.CANONICAL`), the
+    framing `wbc classify` gives cells framed unlike the training crops.
+    """
 
     def load(s: Sample) -> np.ndarray | str:
         try:
+            if reframe:
+                return frame_cell(read_image(s.path, min_size=size), size, CANONICAL)
             return load_cell(s.path, size)
         except ImageReadError as exc:
             return str(exc)
@@ -51,24 +59,34 @@ def decode_all(
 class CachedCells(Dataset):
     """(uint8 (3, S, S) tensor, label index) pairs from the cache, augmented on the fly."""
 
-    def __init__(self, cache: np.ndarray, labels: Sequence[int], transform: object | None = None) -> None:
+    def __init__(self, cache: np.ndarray, labels: Sequence[int] | np.ndarray,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 alt: np.ndarray | None = None, alt_p: float = 0.0) -> None:
         self.images = torch.from_numpy(cache).permute(0, 3, 1, 2)  # a view, no copy
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.transform = transform
+        # another framing of the same cells (re-framed), drawn with probability alt_p
+        self.alt = torch.from_numpy(alt).permute(0, 3, 1, 2) if alt is not None and alt_p > 0 else None
+        self.alt_p = alt_p
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i].contiguous()
+        frames = self.alt if self.alt is not None and float(torch.rand(())) < self.alt_p else self.images
+        x = frames[i].contiguous()
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[i]
 
 
-def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1 (absent classes get 0)."""
-    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
-    w = w / w[counts > 0].mean()
+def class_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency ("balanced") weights normalised to mean 1 (absent classes get 0)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(labels)
+    present = np.unique(y)
+    w = np.zeros(num_classes)
+    w[present] = compute_class_weight("balanced", classes=present, y=y)
+    w = w / w[present].mean()
     return torch.tensor(w, dtype=torch.float32)

@@ -17,7 +17,7 @@ from wbc.train.models import Ensemble, ExportWrapper, WbcNet, create_model
 OUTPUT_NAMES = ["logits", "embedding", "cam"]
 
 
-def to_onnx_bytes(net: torch.nn.Module, input_size: int, opset: int = 17) -> bytes:
+def to_onnx_bytes(net: WbcNet | Ensemble, input_size: int, opset: int = 17) -> bytes:
     """Serialise ``net.forward_all`` to ONNX with a dynamic batch axis."""
     wrapper = ExportWrapper(net).eval().to(memory_format=torch.contiguous_format)
     buf = io.BytesIO()
@@ -25,14 +25,16 @@ def to_onnx_bytes(net: torch.nn.Module, input_size: int, opset: int = 17) -> byt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, (dummy,), buf, input_names=["input"], output_names=OUTPUT_NAMES,
+            # torch annotates f as a path, but the TorchScript exporter (dynamo=False) also takes a file object
+            wrapper, (dummy,), buf,  # type: ignore[arg-type]
+            input_names=["input"], output_names=OUTPUT_NAMES,
             dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
             opset_version=opset, dynamo=False,
         )
     return buf.getvalue()
 
 
-def parity(onnx_bytes: bytes, net: torch.nn.Module, x: torch.Tensor) -> float:
+def parity(onnx_bytes: bytes, net: WbcNet | Ensemble, x: torch.Tensor) -> float:
     """Max absolute difference of the logits from ONNX Runtime and from PyTorch on ``x``."""
     import onnxruntime as ort
 
@@ -44,7 +46,7 @@ def parity(onnx_bytes: bytes, net: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def export_model(
-    net: torch.nn.Module, info: ModelInfo, path: str | os.PathLike[str], check_input: torch.Tensor,
+    net: WbcNet | Ensemble, info: ModelInfo, path: str | os.PathLike[str], check_input: torch.Tensor,
     opset: int = 17,
 ) -> float:
     """Write ``net`` to ``path`` with ``info``; returns the max |ONNX - PyTorch| logit difference."""
@@ -56,7 +58,7 @@ def export_model(
     return diff
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, ModelInfo]:
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, ModelInfo]:
     """A network and its metadata from ``best.pt``/``ensemble.pt`` or a run folder holding one."""
     p = Path(path)
     if p.is_dir():

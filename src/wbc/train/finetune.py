@@ -23,8 +23,9 @@ import io
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from wbc.train.transforms import cells_to_batch
 
 if TYPE_CHECKING:
     from wbc.adapt import AdaptResult
+
+#: Fine-tuning returns the kind of network it is given (a WbcNet or an Ensemble).
+NetT = TypeVar("NetT", bound=torch.nn.Module)
 
 #: The recipe measured in the module docstring; every value is a keyword of :func:`finetune`.
 DEFAULTS: dict[str, Any] = {"epochs": 30, "lr": 1e-3, "batch_size": 16, "weight_decay": 0.01,
@@ -72,7 +76,7 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Model
 
 def _arch(net: WbcNet | Ensemble) -> str:
     """The registry name of a network, or of an ensemble's members."""
-    return net.members[0].arch if isinstance(net, Ensemble) else net.arch
+    return str(net.members[0].arch if isinstance(net, Ensemble) else net.arch)
 
 
 def save_weights(
@@ -92,8 +96,8 @@ def save_weights(
 
 
 def finetune_members(
-    net: WbcNet, cells: np.ndarray, labels: Sequence[int], mean: Sequence[float], std: Sequence[float],
-    members: int = 1, seed: int = 0, **kwargs: Any,
+    net: WbcNet | Ensemble, cells: np.ndarray, labels: Sequence[int] | np.ndarray, mean: Sequence[float],
+    std: Sequence[float], members: int = 1, seed: int = 0, **kwargs: Any,
 ) -> WbcNet | Ensemble:
     """:func:`finetune` ``members`` times (seeds ``seed``, ``seed + 1``, ...); more than one gives their
     mean-probability :class:`Ensemble` (what ``wbc adapt --members K`` ships)."""
@@ -112,11 +116,11 @@ def _dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def finetune(
-    net: WbcNet, cells: np.ndarray, labels: Sequence[int], mean: Sequence[float], std: Sequence[float],
+    net: NetT, cells: np.ndarray, labels: Sequence[int] | np.ndarray, mean: Sequence[float], std: Sequence[float],
     epochs: int = DEFAULTS["epochs"], lr: float = DEFAULTS["lr"], batch_size: int = DEFAULTS["batch_size"],
     weight_decay: float = DEFAULTS["weight_decay"], label_smoothing: float = DEFAULTS["label_smoothing"],
     seed: int = 0, progress: Callable[[int, int], None] | None = None,
-) -> WbcNet:
+) -> NetT:
     """A fine-tuned copy of ``net`` (the original is untouched).
 
     ``cells``: uint8 (N, S, S, 3) exactly as inference preprocesses them (stain normalisation included);
@@ -157,7 +161,7 @@ def finetune(
 def adapt_finetune(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str] | None = None, stain: str | None = None, seed: int = 0,
-    threads: int = 2, mapping: dict[str, str] | None = None, review_target: float | None = None,
+    threads: int = 2, mapping: dict[str, str] | None = None, review_target_accuracy: float | None = None,
     progress: Any = None, members: int = 1, cross_validate: bool = True, **recipe: Any,
 ) -> AdaptResult:
     """Fine-tune every weight of ``model``'s network on the labelled cells in ``data`` (needs PyTorch).
@@ -182,10 +186,11 @@ def adapt_finetune(
     --finetune-members``), at 3x the fitting time and inference cost.
     """
     from wbc.adapt import AdaptResult, _check_output, load_labelled_cells, stain_spec, stratified_folds
-    from wbc.calibration import fit_temperature, review_threshold
-    from wbc.model import load_model, softmax
+    from wbc.calibration import calibrate, resolve_review_target
+    from wbc.model import load_model
     from wbc.ood import add_reference
     from wbc.preprocess import centre_crop
+    from wbc.reframe import framing_stats_of
     from wbc.stain import normalise_batch
     from wbc.train.export import export_model
 
@@ -203,20 +208,20 @@ def adapt_finetune(
         raise WbcError(f"{ckpt}: these weights ({ck_info.classes}, {ck_info.input_size} px) do not belong to "
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
     info = copy.deepcopy(clf.info)
-    cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping)
+    cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
     unknown = sorted({lab for lab in labels if lab not in clf.classes})
     if unknown:
         raise WbcError(f"{data}: labels not among the model's classes {clf.classes}: {unknown} (use --map)")
     if stain not in (None, "none"):
-        info.extra["stain"] = stain_spec(clf, stain, cells)
+        info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     elif stain == "none":
-        info.extra.pop("stain", None)
+        info.preprocessing = replace(info.preprocessing, stain=None)
     clf.info = info
     y = np.array([clf.classes.index(lab) for lab in labels])
     # what the exported network's inputs will look like: stain-normalised, then cut to its input
-    x = np.ascontiguousarray(centre_crop(normalise_batch(cells, info.extra.get("stain")), info.centre_crop))
+    x = np.ascontiguousarray(centre_crop(normalise_batch(cells, info.preprocessing.stain), info.centre_crop))
     settings = {**DEFAULTS, **recipe}
     n = len(y)
     k = int(max(2, min(5, n // 2)))
@@ -240,10 +245,8 @@ def adapt_finetune(
         logits_held[fold == f] = predict_logits(tuned(x[fold != f], y[fold != f]), x[fold == f], info.mean, info.std)
     logits_held = logits_held[held]
     before = clf.run(cells[held])["logits"]
-    temp = float(fit_temperature(logits_held, y[held]))
-    probs = softmax(logits_held, temp)
-    target = review_target if review_target is not None else (info.review_target_accuracy or 0.95)
-    thr = float(review_threshold(probs.max(1), probs.argmax(1) == y[held], target))
+    cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy))
+    temp, thr = cal.temperature, cal.review_threshold
     final = tuned(x, y)
     present, counts = np.unique(y, return_counts=True)
     res = AdaptResult(
@@ -260,7 +263,7 @@ def adapt_finetune(
         info.architecture = f"ensemble of {members} x {_arch(net)}"
     info.extra["adapt"] = {k_: v for k_, v in res.to_dict().items() if k_ not in ("output", "seconds", "skipped")}
     info.extra["adapt"].update(data=str(data), checkpoint=str(ckpt),
-                               stain=(info.extra.get("stain") or {}).get("method", "none"))
+                               stain=(info.preprocessing.stain or {}).get("method", "none"))
     if info.ood.get("references"):
         emb = predict_embeddings(final, x, info.mean, info.std)
         info.ood = add_reference(info.ood, cells, emb, labels, clf.classes, name=f"adapt:{Path(data).name}",
@@ -274,20 +277,9 @@ def adapt_finetune(
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wbc.train.finetune RUN/best.pt OUT.pt``: the half-precision weights that ship beside a model."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Write a checkpoint's network weights in half precision, as "
-                                 "`wbc adapt` reads them beside an ONNX model (MODEL.pt next to MODEL.onnx).")
-    ap.add_argument("checkpoint", type=Path, help="a run's best.pt")
-    ap.add_argument("output", type=Path, help="e.g. src/wbc/models/default/wbc_classifier.pt")
-    args = ap.parse_args(argv)
-    net, info = load_weights(args.checkpoint)
-    save_weights(net, _arch(net), info, args.output)
-    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def export_half_weights(checkpoint: Path, output: Path) -> Path:
+    """Write a checkpoint's network weights in half precision, as `wbc adapt` reads them beside an ONNX model
+    (``MODEL.pt`` next to ``MODEL.onnx``); ``wbc export-weights`` runs this."""
+    net, info = load_weights(checkpoint)
+    save_weights(net, _arch(net), info, output)
+    return output

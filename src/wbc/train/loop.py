@@ -14,28 +14,30 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from sklearn.metrics import accuracy_score, f1_score, recall_score
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 from torchvision.transforms import v2
 
-from wbc.calibration import fit_temperature, review_threshold
+from wbc.calibration import calibrate
 from wbc.config import TrainConfig
 from wbc.data import Sample, read_manifest, scan_folder, stratified_split, write_manifest
 from wbc.errors import WbcError
+from wbc.evaluate.metrics import summary_metrics
 from wbc.io import atomic_write_csv, atomic_write_json
 from wbc.labels import CLASSES
-from wbc.model import ModelInfo, softmax
+from wbc.model import ModelInfo, Preprocessing, softmax
 from wbc.paths import data_root as default_data_root
 from wbc.preprocess import centre_crop
+from wbc.train import distributed
 from wbc.train.data import CachedCells, class_weights, decode_all
 from wbc.train.export import export_model
 from wbc.train.models import Ensemble, WbcNet, create_model
@@ -59,6 +61,7 @@ class Split:
 
     images: np.ndarray
     labels: np.ndarray
+    alt: np.ndarray | None = None  # the same cells re-framed (cfg.reframe_p), training only
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -101,47 +104,18 @@ def predict_logits(net: torch.nn.Module, images: np.ndarray, mean, std, batch_si
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
-def predict_embeddings(net: WbcNet, images: np.ndarray, mean, std, batch_size: int = 128) -> np.ndarray:
+def predict_embeddings(net: WbcNet | Ensemble, images: np.ndarray, mean, std, batch_size: int = 128) -> np.ndarray:
     """Pooled embeddings (N, D) of uint8 cells, as the exported ``embedding`` output."""
     net.eval()
     out = _in_batches(lambda x: net.forward_all(x)[1], images, mean, std, batch_size, _device_of(net))
     return np.concatenate(out) if out else np.zeros((0, net.num_features), np.float32)
 
 
-def summarise(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    pred = logits.argmax(1)
-    idx = list(range(len(classes)))
-    rec = recall_score(labels, pred, labels=idx, average=None, zero_division=0)
-    return {
-        "n": len(labels),
-        "accuracy": float(accuracy_score(labels, pred)),
-        "macro_f1": float(f1_score(labels, pred, labels=idx, average="macro", zero_division=0)),
-        "recall": {c: float(r) for c, r in zip(classes, rec, strict=True)},
-    }
-
-
-def bootstrap_summary(logits: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 1000,
-                      seed: int = 0) -> dict[str, Any]:
-    """Point estimates with 95% percentile-bootstrap intervals (resampling cells)."""
-    point = summarise(logits, labels, classes)
-    rng = np.random.default_rng(seed)
-    pred = logits.argmax(1)
-    idx = list(range(len(classes)))
-    accs, f1s, recs = [], [], []
-    for _ in range(n_boot):
-        s = rng.integers(0, len(labels), len(labels))
-        accs.append(accuracy_score(labels[s], pred[s]))
-        f1s.append(f1_score(labels[s], pred[s], labels=idx, average="macro", zero_division=0))
-        recs.append(recall_score(labels[s], pred[s], labels=idx, average=None, zero_division=0))
-    r = np.asarray(recs)
-
-    def ci(v) -> list[float]:
-        return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-
-    point["accuracy_ci95"] = ci(accs)
-    point["macro_f1_ci95"] = ci(f1s)
-    point["recall_ci95"] = {c: ci(r[:, k]) for k, c in enumerate(classes)}
-    return point
+def summarise(logits: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 0,
+              seed: int = 0) -> dict[str, Any]:
+    """Training's summary of scored cells, the same numbers ``wbc evaluate`` reports
+    (:func:`wbc.evaluate.metrics.summary_metrics`); ``n_boot`` > 0 adds 95% bootstrap intervals."""
+    return summary_metrics(labels, logits.argmax(1), classes, n_boot=n_boot, seed=seed)
 
 
 def _progress(console: Console) -> Progress:
@@ -164,27 +138,58 @@ def progressive_input(cfg: TrainConfig, epoch: int) -> int:
     return cfg.progressive_size if epoch < cfg.progressive_epochs else 0
 
 
+def load_init_weights(path: str | os.PathLike[str], classes: list[str]) -> dict[str, torch.Tensor]:
+    """The float32 state dict of a ``best.pt`` or shipped ``.pt`` whose classes are ``classes`` (in order)."""
+    try:
+        ck = torch.load(Path(path), map_location="cpu", weights_only=False)
+        state = ck["model"]
+    except Exception as exc:  # missing file, another program's pickle
+        raise WbcError(f"{path}: cannot read network weights ({type(exc).__name__}: {exc})") from None
+    theirs = ModelInfo.from_json(ck["info"]).classes if ck.get("info") else classes
+    if list(theirs) != list(classes):
+        raise WbcError(f"{path}: weights for classes {theirs}, this run has {classes}")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def fit(
     cfg: TrainConfig, train: Split, val: Split, classes: list[str], run_dir: Path,
     mean, std, console: Console, resume: bool = False,
 ) -> tuple[WbcNet, list[dict[str, Any]]]:
     """Train one network; returns it (on the CPU) with the weights of its best validation macro-F1 epoch."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    d = distributed.current()  # DDP (wbc train --nproc N, torchrun): rank 0 writes, gradients are averaged
     device = resolve_device(cfg.device)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
     gen = seed_everything(cfg.seed)
     net = create_model(cfg.model, len(classes), pretrained=cfg.pretrained, dropout=cfg.dropout)
-    net = net.to(device, memory_format=torch.channels_last)
+    if cfg.init_weights:  # fine-tune a trained network (e.g. the shipped one) instead of starting from ImageNet
+        net.load_state_dict(load_init_weights(cfg.init_weights, classes))
+    net = net.to(device).to(memory_format=torch.channels_last)
+    model: torch.nn.Module = net  # what the batches go through: DDP's wrapper when distributed
+    if d.enabled:  # BatchNorm over the global batch, as in one process (see distributed.GlobalBatchStats)
+        net = distributed.sync_batchnorm(net)
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if device.type == "cuda"
+                                                          else None)
+        torch.manual_seed(cfg.seed + d.rank)  # same initial weights (DDP broadcasts rank 0's), own augmentations
     weights = class_weights(train.labels, len(classes)).to(device) if cfg.balance == "loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     transform = build_augment(cfg)
     if cfg.centre_crop:  # augment the whole frame (rotations, scale), then keep what the network sees
         transform = v2.Compose([transform, CentreCrop(cfg.centre_crop)])
-    dataset = CachedCells(train.images, train.labels, transform)
-    sampler = None
-    if cfg.balance == "sampler":
+    dataset = CachedCells(train.images, train.labels, transform, train.alt, cfg.reframe_p)
+    sampler: Any = None
+    batch_size = cfg.batch_size
+    if d.enabled:  # each process takes its share of every epoch; the global batch stays cfg.batch_size
+        if cfg.balance == "sampler":
+            raise WbcError("balance = sampler does not work with --nproc > 1; use balance = loss")
+        sampler = DistributedSampler(dataset, d.world_size, d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        batch_size = max(1, cfg.batch_size // d.world_size)
+    elif cfg.balance == "sampler":
         w = class_weights(train.labels, len(classes))[torch.as_tensor(train.labels)]
-        sampler = WeightedRandomSampler(w.double(), len(train), replacement=True, generator=gen)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        sampler = WeightedRandomSampler(cast(Sequence[float], w.double()), len(train), replacement=True,
+                                        generator=gen)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers, generator=gen,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -210,6 +215,8 @@ def fit(
         history = ck["history"]
         torch.set_rng_state(ck["rng"])
         gen.set_state(ck["gen"])
+        if d.enabled:
+            torch.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)  # the saved state is rank 0's
         console.print(f"resuming {run_dir} at epoch {start_epoch + 1}", highlight=False)
     if history and history[-1].get("stopped"):
         start_epoch = cfg.epochs  # finished (early-stopped) run: nothing left to do
@@ -217,6 +224,8 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         small = progressive_input(cfg, epoch)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
         net.train()
         tot_loss, tot_correct, seen = 0.0, 0, 0
         with _progress(console) as bar:
@@ -226,7 +235,7 @@ def fit(
                 x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
                 if small:
                     x = torch.nn.functional.interpolate(x, size=(small, small), mode="bilinear", antialias=True)
-                logits = net(x)
+                logits = model(x)
                 loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -238,21 +247,25 @@ def fit(
                 tot_correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 bar.update(task, advance=1, loss=tot_loss / seen, acc=tot_correct / seen)
+        sum_loss, sum_correct, n_seen = distributed.all_reduce_sum([tot_loss, tot_correct, seen])
         scored = ema.module if ema is not None else net  # the weights that are evaluated and kept
         val_logits = predict_logits(scored, val.images, mean, std)
         val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(val_logits),
                                                            torch.from_numpy(val.labels)))
         s = summarise(val_logits, val.labels, classes)
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": tot_loss / max(seen, 1),
-               "train_acc": tot_correct / max(seen, 1), "val_loss": val_loss, "val_acc": s["accuracy"],
+        val_loss, s["accuracy"], s["macro_f1"] = distributed.broadcast_from_main([val_loss, s["accuracy"],
+                                                                                  s["macro_f1"]])
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": sum_loss / max(n_seen, 1),
+               "train_acc": sum_correct / max(n_seen, 1), "val_loss": val_loss, "val_acc": s["accuracy"],
                "val_macro_f1": s["macro_f1"], "seconds": time.time() - t0}
         history.append(row)
         improved = s["macro_f1"] > best_f1
         if improved:
             best_f1, best_epoch, bad_epochs = s["macro_f1"], epoch + 1, 0
+        if improved and d.is_main:
             torch.save({"model": scored.state_dict(), "arch": cfg.model, "dropout": cfg.dropout},
                        run_dir / "best.pt")
-        else:
+        elif not improved:
             bad_epochs += 1
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
         row["stopped"] = stop
@@ -260,19 +273,30 @@ def fit(
             f"epoch {epoch + 1:>3}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
             f"val_loss {val_loss:.4f}  val_acc {s['accuracy']:.4f}  val_F1 {s['macro_f1']:.4f}"
             f"{'  *' if improved else ''}  {row['seconds']:.0f}s", highlight=False)
-        atomic_write_csv(run_dir / "metrics.csv", METRIC_COLUMNS, [[r[c] for c in METRIC_COLUMNS] for r in history])
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "bad": bad_epochs,
-                    "history": history, "rng": torch.get_rng_state(), "gen": gen.get_state(),
-                    **({"ema": ema.state_dict()} if ema is not None else {})}, last)
+        if d.is_main:
+            atomic_write_csv(run_dir / "metrics.csv", METRIC_COLUMNS,
+                             [[r[c] for c in METRIC_COLUMNS] for r in history])
+            save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "bad": bad_epochs,
+                         "history": history, "rng": torch.get_rng_state(), "gen": gen.get_state(),
+                         **({"ema": ema.state_dict()} if ema is not None else {})}, last)
+        distributed.barrier()  # every rank sees this epoch's checkpoints before going on
         if stop:
             console.print(f"early stop: no val macro-F1 gain for {cfg.patience} epochs (best epoch {best_epoch})")
             break
-    plot_curves(history, run_dir / "curves.png")
+    if d.is_main:
+        plot_curves(history, run_dir / "curves.png")
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     net = net.cpu()
     net.load_state_dict(best["model"])
     return net.eval(), history
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a run killed while saving keeps its last checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -328,9 +352,13 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
 
 def run_training(
     cfg: TrainConfig, run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
-    resume: bool = False, console: Console | None = None,
+    resume: bool = False, console: Console | None = None, nproc: int = 1,
 ) -> dict[str, Any]:
-    """Run a whole training job into ``run_dir``; returns the test summary."""
+    """Run a whole training job into ``run_dir``; returns the test summary.
+
+    ``nproc`` > 1: data-parallel training in that many processes on this machine (DDP; gloo on CPUs, NCCL on
+    GPUs); under ``torchrun`` the ranks come from its environment instead.
+    """
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     root = default_data_root(data_root)
@@ -341,17 +369,31 @@ def run_training(
         saved = json.loads((run_dir / "config.json").read_text())
         where = {k: getattr(cfg, k) for k in ("device", "threads", "num_workers")}  # this machine's, not the run's
         cfg = TrainConfig().updated({**{k: v for k, v in saved.items() if k != "extra"}, **where})
-    torch.set_num_threads(cfg.threads)
-    resolve_device(cfg.device)  # a missing GPU is reported now, not after decoding the data
+    device_type = resolve_device(cfg.device).type  # a missing GPU is reported now, not after decoding the data
+    if (nproc > 1 or "WORLD_SIZE" in os.environ) and cfg.folds > 1:
+        raise WbcError("cross-validation (folds > 1) runs in one process; train the folds as separate jobs")
+    if device_type == "cuda" and nproc > torch.cuda.device_count():
+        raise WbcError(f"--nproc {nproc} on cuda needs {nproc} GPUs; PyTorch sees {torch.cuda.device_count()}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start nproc processes, each running this function
+        distributed.spawn(_distributed_worker, nproc, cfg, run_dir, data_root, resume)
+        done = run_dir / "test_metrics.json"
+        return json.loads(done.read_text()) if done.is_file() else {}
+    d = distributed.init_distributed_mode(device_type)
+    if not d.is_main:
+        console = Console(quiet=True)
+    torch.set_num_threads(max(1, cfg.threads // d.world_size))
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    if d.is_main:
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
     t_start = time.time()
 
-    samples = prepare_samples(cfg, run_dir, root, resume, console)
+    samples = prepare_samples(cfg, run_dir, root, resume, console) if d.is_main else []
+    distributed.barrier()  # the other ranks read the manifest rank 0 wrote
+    samples = samples or read_manifest(run_dir / "manifest.csv", root=root)
     classes = [c for c in CLASSES if any(s.label == c for s in samples)]
     classes += sorted({s.label for s in samples} - set(classes))
     console.print(f"decoding {len(samples)} images at {cfg.input_size}px ...", highlight=False)
-    cache, ok, bad = decode_all(samples, cfg.input_size, workers=cfg.threads)
+    cache, ok, bad = decode_all(samples, cfg.input_size, workers=max(1, cfg.threads // d.world_size))
     for _path, reason in bad:
         console.print(f"[yellow]skipped unreadable[/] {reason}", highlight=False)
     kept = [samples[i] for i in ok]
@@ -365,10 +407,18 @@ def run_training(
     counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
     console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
 
+    alt_cache = None
+    if cfg.reframe_p > 0:  # the same cells re-framed, for training (decoded again: ~1 min per 10k cells)
+        console.print("decoding the re-framed copies ...", highlight=False)
+        alt_all, alt_ok, _ = decode_all([samples[i] for i in ok], cfg.input_size, workers=cfg.threads, reframe=True)
+        alt_cache = alt_all if len(alt_ok) == len(ok) else None
+
     def subset(mask: np.ndarray, scored: bool = True) -> Split:
         """Images to score are cut to the network's input now; training images keep their frame for augmentation."""
         images = cache[mask]
-        return Split(np.ascontiguousarray(centre_crop(images, cfg.centre_crop)) if scored else images, labels[mask])
+        if scored:
+            return Split(np.ascontiguousarray(centre_crop(images, cfg.centre_crop)), labels[mask])
+        return Split(images, labels[mask], alt_cache[mask] if alt_cache is not None else None)
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     test = subset(part == "test")
@@ -386,7 +436,7 @@ def run_training(
             members.append(net)
             oof_logits.append(lg)
             oof_labels.append(va.labels)
-        final: torch.nn.Module = Ensemble(members).eval()
+        final: WbcNet | Ensemble = Ensemble(members).eval()
         torch.save({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
                     "info": ""}, run_dir / "ensemble.pt")
         # members' out-of-fold predictions calibrate the ensemble (no image is scored by a model that saw it)
@@ -399,6 +449,8 @@ def run_training(
     else:
         val = subset(part == "val")
         final, _ = fit(cfg, subset(part == "train", False), val, classes, run_dir, mean, std, console, resume)
+        if not d.is_main:
+            return {}  # rank 0 calibrates, exports and tests
         val_logits = predict_logits(final, val.images, mean, std)
         val_labels = val.labels
 
@@ -414,13 +466,19 @@ def run_training(
     result: dict[str, Any] = {"train_seconds": time.time() - t_start}
     if len(test):
         test_logits = predict_logits(final, test.images, mean, std)
-        result.update(bootstrap_summary(test_logits, test.labels, classes, seed=cfg.seed))
+        result.update(summarise(test_logits, test.labels, classes, n_boot=1000, seed=cfg.seed))
         atomic_write_json(run_dir / "test_metrics.json", result)
         console.print(
             f"test: accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}  macro-F1 {result['macro_f1']:.4f}  "
-            f"min recall {min(result['recall'].values()):.4f}", highlight=False)
+            f"min recall {min(r for r in result['recall'].values() if r is not None):.4f}", highlight=False)
     console.print(f"run finished in {result['train_seconds'] / 60:.1f} min: {run_dir}")
     return result
+
+
+def _distributed_worker(cfg: TrainConfig, run_dir: Path, data_root: str | os.PathLike[str] | None,
+                        resume: bool) -> None:
+    """One rank of ``wbc train --nproc N`` (see :func:`wbc.train.distributed.spawn`)."""
+    run_training(cfg, run_dir, data_root=data_root, resume=resume)
 
 
 def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, seed: int = 0) -> float | None:
@@ -445,23 +503,21 @@ def finalise_info(
     samples: list[Sample], root: Path,
 ) -> ModelInfo:
     """Metadata for export: temperature and review threshold fitted on validation data."""
-    temperature = fit_temperature(val_logits, val_labels)
-    probs = softmax(val_logits, temperature)
-    threshold = review_threshold(probs.max(1), probs.argmax(1) == val_labels, cfg.review_target_accuracy)
+    cal = calibrate(val_logits, val_labels, cfg.review_target_accuracy)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     counts = {c: sum(1 for s in samples if s.label == c and s.split == "train") for c in classes}
     data_desc = Path(cfg.data).name
     return ModelInfo(
         classes=classes, input_size=cfg.input_size, centre_crop=cfg.centre_crop, mean=list(mean), std=list(std),
         architecture=cfg.model,
-        version=cfg.version, model_id=f"wbc-{cfg.model}-{data_desc}-{stamp}", temperature=temperature,
-        review_threshold=threshold, review_target_accuracy=cfg.review_target_accuracy,
+        version=cfg.version, model_id=f"wbc-{cfg.model}-{data_desc}-{stamp}", temperature=cal.temperature,
+        review_threshold=cal.review_threshold, review_target_accuracy=cal.review_target_accuracy,
         training_data=(f"{data_desc}: train split ({sum(counts.values())} of {len(samples)} images: {counts}); "
                        f"split seed {cfg.split_seed}, seed {cfg.seed}"),
         created=stamp,
         metrics=summarise(val_logits, val_labels, classes) | {"split": "val"},
-        extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}}
-        | ({"cell_fraction": fraction} if (fraction := measure_training_cell_fraction(samples)) else {}),
+        extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}},
+        preprocessing=Preprocessing(cell_fraction=measure_training_cell_fraction(samples) or None),
     )
 
 
@@ -490,7 +546,7 @@ def run_ensemble(
         raise WbcError("the runs differ in classes, input size, centre crop or normalisation")
     members: list[WbcNet] = []
     for net, _ in loaded:
-        members += list(net.members) if isinstance(net, Ensemble) else [net]
+        members += [cast(WbcNet, m) for m in (net.members if isinstance(net, Ensemble) else [net])]
     ensemble = Ensemble(members).eval()
     cfg = TrainConfig().updated({k: v for k, v in json.loads((Path(runs[0]) / "config.json").read_text()).items()
                                  if k != "extra"})
@@ -517,7 +573,7 @@ def run_ensemble(
     diff = export_model(ensemble, info, out / "model.onnx", check)
     atomic_write_json(out / "val_metrics.json", summarise(val_logits, parts["val"].labels, classes))
     test_logits = predict_logits(ensemble, parts["test"].images, mean, std)
-    result = bootstrap_summary(test_logits, parts["test"].labels, classes, seed=cfg.seed)
+    result = summarise(test_logits, parts["test"].labels, classes, n_boot=1000, seed=cfg.seed)
     atomic_write_json(out / "test_metrics.json", result)
     console.print(f"exported {out / 'model.onnx'} ({len(members)} members, max |onnx - torch| {diff:.2e}); "
                   f"test accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}", highlight=False)

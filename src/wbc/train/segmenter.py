@@ -1,6 +1,6 @@
 """Train the compact U-Net WBC segmenter on the BCCD *train* split masks and export it to ONNX.
 
-    python -m wbc.train.segmenter --data ../shared/data --output src/wbc/models/default/wbc_segmenter.onnx
+    wbc train-segmenter --data-root ../shared/data --output src/wbc/models/default/wbc_segmenter.onnx
 
 Fields are brought to the working scale exactly as at inference (red cells ~32 px, measured per image by
 :func:`wbc.segment.classical.estimate_rbc_diameter`) and white-balanced by
@@ -12,9 +12,9 @@ the epoch; the test split is never read here.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wbc.errors import WbcError
 from wbc.evaluate.smears import load_bccd
 from wbc.io import read_image
-from wbc.paths import data_root
 from wbc.segment.classical import estimate_rbc_diameter, resample, work_factor
 from wbc.segment.learned import normalise_field
 
@@ -80,7 +80,10 @@ def load_split(root: Path, split: str) -> list[tuple[np.ndarray, np.ndarray, flo
         if it.mask is None:
             continue
         rgb = read_image(it.image)
-        tgt = _quantise(cv2.imread(str(it.mask), cv2.IMREAD_UNCHANGED))
+        raw = cv2.imread(str(it.mask), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise WbcError(f"{it.mask}: not a readable mask image")
+        tgt = _quantise(raw)
         out.append((rgb, tgt, work_factor(rgb, estimate_rbc_diameter(rgb))))
     return out
 
@@ -122,8 +125,8 @@ def sample(
     y = t[y0 : y0 + size, x0 : x0 + size]
     if rng.random() < 0.5:
         x, y = x[:, :, ::-1], y[:, ::-1]
-    k = int(rng.integers(4))
-    x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
+    turns = int(rng.integers(4))
+    x, y = np.rot90(x, turns, axes=(1, 2)), np.rot90(y, turns)
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
@@ -140,7 +143,8 @@ def dice_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def evaluate(net: nn.Module, items: list[tuple[np.ndarray, np.ndarray, float]]) -> dict[str, float]:
     """Mean per-field nucleus and cell Dice at the working scale (val split)."""
     net.eval()
-    nd, cd = [], []
+    nd: list[float] = []
+    cd: list[float] = []
     for rgb, tgt, factor in items:
         img = resample(rgb, factor)
         t = cv2.resize(tgt, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -164,7 +168,7 @@ def export(net: nn.Module, path: Path, model_id: str, metrics: dict[str, float])
     tmp = path.with_suffix(".tmp.onnx")
     torch.onnx.export(
         net,
-        torch.zeros(1, 3, 192, 256),
+        (torch.zeros(1, 3, 192, 256),),
         str(tmp),
         input_names=["image"],
         output_names=["logits"],
@@ -184,34 +188,30 @@ def export(net: nn.Module, path: Path, model_id: str, metrics: dict[str, float])
     tmp.unlink(missing_ok=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--output", type=Path, default=Path("src/wbc/models/default/wbc_segmenter.onnx"))
-    ap.add_argument("--iters", type=int, default=600)
-    ap.add_argument("--eval-every", type=int, default=150)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    rng = np.random.default_rng(a.seed)
-    root = data_root(a.data)
+def train_segmenter(
+    root: Path, output: Path, iters: int = 600, eval_every: int = 150, batch: int = 8, size: int = 128,
+    lr: float = 3e-3, threads: int = 1, seed: int = 0, log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Train the U-Net on BCCD train, choose the iteration on BCCD val, export the best to ``output`` (ONNX).
+
+    ``wbc train-segmenter`` runs this. Every new best is exported at once, so an interrupted run still leaves a
+    usable model. Returns the best validation metrics.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     t0 = time.time()
     train, val = load_split(root, "train"), load_split(root, "val")
-    print(f"loaded {len(train)} train / {len(val)} val fields in {time.time() - t0:.0f}s", flush=True)
+    log(f"loaded {len(train)} train / {len(val)} val fields in {time.time() - t0:.0f}s")
     net = UNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.iters, pct_start=0.1)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iters, pct_start=0.1)
     weight = torch.tensor([1.0, 2.0, 2.0])
-    best, best_state = -1.0, None
-    for it in range(1, a.iters + 1):
-        batch = [sample(train[int(rng.integers(len(train)))], a.size, rng) for _ in range(a.batch)]
-        x = torch.from_numpy(np.stack([b[0] for b in batch]))
-        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
+    best, best_metrics = -1.0, {}
+    for it in range(1, iters + 1):
+        items = [sample(train[int(rng.integers(len(train)))], size, rng) for _ in range(batch)]
+        x = torch.from_numpy(np.stack([b[0] for b in items]))
+        y = torch.from_numpy(np.stack([b[1] for b in items]).astype(np.int64))
         logits = net(x)
         loss = F.cross_entropy(logits, y, weight=weight) + dice_loss(logits, y)
         opt.zero_grad()
@@ -219,22 +219,14 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         sched.step()
         if it % 50 == 0:
-            print(f"it {it} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
-        if it % a.eval_every == 0 or it == a.iters:
+            log(f"it {it} loss {loss.item():.3f} {time.time() - t0:.0f}s")
+        if it % eval_every == 0 or it == iters:
             m = evaluate(net, val)
             score = m["nucleus_dice"] + m["cell_dice"]
-            print(f"it {it} val {m}", flush=True)
+            log(f"it {it} val {m}")
             if score > best:
                 best, best_metrics = score, m
-                best_state = {k: v.clone() for k, v in net.state_dict().items()}
-                # export every new best, so an interrupted run still leaves a usable model
-                export(
-                    net, a.output, f"wbc-unet-bccd-it{it}-s{a.seed}", {"val_" + k: v for k, v in m.items()}
-                )
+                export(net, output, f"wbc-unet-bccd-it{it}-s{seed}", {"val_" + k: v for k, v in m.items()})
                 net.train()
-    assert best_state is not None
-    print(f"wrote {a.output} ({a.output.stat().st_size / 1e6:.1f} MB) val {best_metrics}", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+    log(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) val {best_metrics}")
+    return best_metrics

@@ -1,34 +1,10 @@
 // wbc web page: upload images, call the wbc HTTP API, show results. Plain JavaScript, no dependencies,
-// works offline. User-supplied text (file names) is only ever inserted with textContent.
+// works offline. User-supplied text (file names) is only ever inserted with textContent. Uses common.js
+// ($, el, NAMES, displayName), loaded first.
 "use strict";
 
-const NAMES = {
-  basophil: "Basophil", eosinophil: "Eosinophil", erythroblast: "Erythroblast",
-  ig: "Immature granulocyte", lymphocyte: "Lymphocyte", monocyte: "Monocyte",
-  neutrophil: "Neutrophil", platelet: "Platelet",
-};
 const state = { meta: null, limits: { max_upload_mb: 25, max_files: 500 }, mode: "smear", files: [], runs: [] };
 
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else if (k === "style") Object.assign(node.style, v);
-    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return node;
-}
-
-const displayName = (c) => NAMES[c] || (c ? c.charAt(0).toUpperCase() + c.slice(1) : "–");
 const colourOf = (c) => (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
 const pct = (v) => `${Number(v).toFixed(1)} %`;
 const fmtMB = (bytes) => (bytes < 1048576 ? `${Math.max(1, Math.round(bytes / 1024))} KiB`
@@ -40,6 +16,10 @@ function swatch(label) {
 
 async function fetchJSON(url, options) {
   const resp = await fetch(url, options);
+  if (resp.status === 401) {  // the login expired (or never happened): sign in again
+    window.location.assign("/login");
+    return { ok: false, status: 401, body: { error: "unauthorized", detail: "please sign in", errors: [] } };
+  }
   let body = null;
   try { body = await resp.json(); } catch (_) { body = null; }
   return { ok: resp.ok, status: resp.status, body };
@@ -68,7 +48,7 @@ async function init() {
     document.body.dataset.ready = "true";
   } catch (err) {
     $("mi-model").textContent = "not reachable";
-    showErrors([`Cannot reach the wbc server (${err.message}). Is \`wbc serve\` running?`]);
+    showErrors([`Cannot reach the wbc server (${err.message}). Ask the person who runs it to start it.`]);
   }
   updateFiles([]);
 }

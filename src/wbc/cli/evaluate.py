@@ -1,4 +1,4 @@
-"""The ``wbc evaluate`` command (registered in :mod:`wbc.cli`); the work is in :mod:`wbc.evaluate`.
+"""``wbc evaluate``: score a classifier on labelled cells; the work is in :mod:`wbc.evaluate`.
 
 Light to import: scikit-learn, matplotlib and ONNX Runtime load only when the command runs.
 """
@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from wbc.cli._app import app, console
+from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, progress
 from wbc.errors import WbcError
 
-console = Console(stderr=True)
 
-
-def evaluate_command(
+@app.command()
+def evaluate(
     data: Annotated[
         Path | None,
         typer.Argument(
@@ -44,9 +44,7 @@ def evaluate_command(
         tuple[Path, Path] | None,
         typer.Option("--compare", help="Compare two models/run folders on the same images: --compare A B."),
     ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option("--data-root", help="Data root for relative paths.")
-    ] = None,
+    data_root: DataRootOpt = None,
     refit_temperature: Annotated[
         bool,
         typer.Option(
@@ -59,17 +57,19 @@ def evaluate_command(
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    threads: Annotated[int, typer.Option("--threads", help="CPU threads for inference.", min=1)] = 2,
+    threads: ThreadsOpt = 2,
+    classes: ClassesOpt = None,
+    reframe: ReframeOpt = True,
 ) -> None:
     """Score a classifier on labelled cells: metrics.json, predictions.csv and a readable report.html."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from wbc.evaluate import (
         default_model_for,
-        evaluate,
         load_eval_data,
         resolve_data_path,
         resolve_model_path,
+    )
+    from wbc.evaluate import (
+        evaluate as run_evaluate,
     )
     from wbc.labels import parse_mapping
     from wbc.model import load_model
@@ -110,19 +110,11 @@ def evaluate_command(
         return
 
     model_path = resolve_model_path(model) if model else default_model_for(resolve_data_path(data, root))
-    clf = load_model(model_path, threads=threads)
+    clf = load_model(model_path, threads=threads).with_classes(classes)
     if model is None and model_path is not None:
         console.print(f"using the run's own model {model_path}", highlight=False)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("classifying", total=len(ed.samples))
-        m = evaluate(
+    with progress("classifying", len(ed.samples)) as update:
+        m = run_evaluate(
             ed,
             clf,
             output,
@@ -134,7 +126,8 @@ def evaluate_command(
             seed=seed,
             refit_temperature=refit_temperature,
             run_dir=model.parent if model and model.is_file() else model,
-            progress=lambda n: bar.update(task, completed=n),
+            progress=update,
+            reframe=reframe,
         )
     ci = m["ci"]["accuracy"]
     console.print(

@@ -1,0 +1,65 @@
+"""The PBC validation cells the framing and shift benchmarks score: one loader, so both see the same cells."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class ValCells:
+    """The model, the chosen cells with their images, class indices ``y`` and which cells are WBC5 types."""
+
+    clf: Any
+    samples: list
+    images: list[np.ndarray]
+    y: np.ndarray
+    wbc: np.ndarray
+
+
+def add_val_args(ap: argparse.ArgumentParser, per_class: int, output: str) -> None:
+    """The options :func:`load_val_cells` reads: model, manifest and split, cells per class, threads, data root;
+    and the JSON to write (default ``output``)."""
+    ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
+    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--split", default="val", help="manifest split (val: for choosing; never tune on test)")
+    ap.add_argument("--per-class", type=int, default=per_class, help="cells per class at most (0: all)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--output", type=Path, default=Path(output))
+    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+
+
+def load_val_cells(args: argparse.Namespace) -> ValCells:
+    """Load the model and the manifest's split cells (at most ``--per-class`` a class, seed 0; 0: all), as the
+    options of :func:`add_val_args` say.
+
+    Exits with status 1 and a one-line error on stderr naming the manifest when the split has no cells.
+    """
+    manifest, split, per_class = args.manifest, args.split, args.per_class
+    from wbc.data import read_manifest
+    from wbc.io import read_image
+    from wbc.labels import WBC5
+    from wbc.model import load_model
+    from wbc.paths import data_root
+
+    cv2.setNumThreads(1)
+    clf = load_model(args.model, threads=args.threads)
+    samples = [s for s in read_manifest(manifest, root=data_root(args.data)) if s.split == split]
+    if per_class:
+        rng = np.random.default_rng(0)
+        by: dict[str, list] = {}
+        for s in samples:
+            by.setdefault(s.label, []).append(s)
+        samples = [s for lab in sorted(by) for s in [by[lab][i] for i in sorted(rng.permutation(len(by[lab]))
+                                                                               [:per_class])]]
+    if not samples:
+        raise SystemExit(f"error: {manifest}: no {split} cells")
+    images = [read_image(s.path) for s in samples]
+    y = np.array([clf.classes.index(s.label) for s in samples])
+    wbc = np.isin(np.array([s.label for s in samples]), WBC5)
+    return ValCells(clf, samples, images, y, wbc)

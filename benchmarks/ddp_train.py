@@ -1,0 +1,67 @@
+"""Does data-parallel training (``wbc train --nproc 2``, DDP over gloo on the CPU) train as well as one process?
+
+Trains the same recipe (default ``configs/ddp_check.toml``: 300 PBC cells per class, 64 px, 3 epochs) in one
+process and in two, with the same total threads, for each seed, and writes the validation accuracies, the
+two-process minus one-process difference per seed and its mean, and the one-process spread across seeds (the
+noise it is to be judged against) to ``benchmarks/results/ddp_train.json``. A run folder that already holds
+its results is reused. Needs the real data (``../shared/data``)::
+
+    nice -n 10 python benchmarks/ddp_train.py --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(config: Path, out: Path, nproc: int, seed: int, extra: list[str]) -> dict:
+    if not (out / "test_metrics.json").is_file():
+        if out.exists():
+            shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "wbc", "train", "--config", str(config), "--output", str(out),
+               "--nproc", str(nproc), "--seed", str(seed), *extra]
+        subprocess.run(cmd, check=True, env={**os.environ, "GLIBC_TUNABLES": os.environ.get(
+            "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295")})
+    val = json.loads((out / "val_metrics.json").read_text())
+    test = json.loads((out / "test_metrics.json").read_text())
+    return {"nproc": nproc, "seed": seed, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+            "n_val": val["n"], "test_accuracy": test["accuracy"], "train_seconds": round(test["train_seconds"], 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "ddp_check.toml")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "ddp_check")
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "ddp_train.json")
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args, extra = ap.parse_known_args()
+    one = [train(args.config, args.runs / f"nproc1_seed{s}", 1, s, extra) for s in args.seeds]
+    many = [train(args.config, args.runs / f"nproc{args.nproc}_seed{s}", args.nproc, s, extra) for s in args.seeds]
+    diffs = [round(100 * (m["val_accuracy"] - o["val_accuracy"]), 2) for o, m in zip(one, many, strict=True)]
+    accs = [100 * o["val_accuracy"] for o in one]
+    result = {
+        "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
+        "extra_flags": extra,
+        "one_process": one,
+        f"{args.nproc}_processes": many,
+        "val_accuracy_difference_points_per_seed": diffs,
+        "val_accuracy_difference_points_mean": round(sum(diffs) / len(diffs), 2),
+        "one_process_val_accuracy_range_over_seeds_points": round(max(accs) - min(accs), 2),
+        "cpu_count": os.cpu_count(),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Library calls against the hand-written code they could replace (issue 12): same numbers, what they cost.
+
+Measures, on this machine, per call:
+
+* Clopper-Pearson: ``beta.ppf`` at the two bounds (``wbc.counts.clopper_pearson``) against
+  ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``, over every k for n = 1..200;
+* the image size from a JPEG header: the SOF-marker parser against Pillow's lazy ``Image.open(...).size``,
+  on real PBC cells and BCCD fields, next to the cost of decoding the same file (``wbc.io.decode_image``
+  at the classifier's size), which is what the header read sits in front of.
+
+    python benchmarks/library_swaps.py --output benchmarks/results/library_swaps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def per_call_us(fn: Callable[[], Any], calls: int, repeats: int = 5) -> float:
+    """Best of ``repeats`` of the mean time of one call over a loop of ``calls`` (microseconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, (time.perf_counter() - t) / calls * 1e6)
+    return best
+
+
+def clopper_pearson_check() -> dict[str, Any]:
+    from scipy.stats import binomtest
+
+    from wbc.counts import clopper_pearson
+
+    def library(k: int, n: int) -> tuple[float, float]:
+        ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+        return float(ci.low), float(ci.high)
+
+    pairs = [(k, n) for n in range(1, 201) for k in range(n + 1)]
+    diff = max(max(abs(a - b) for a, b in zip(clopper_pearson(k, n), library(k, n), strict=True)) for k, n in pairs)
+    sample = [(5, 100), (0, 100), (47, 200), (3, 10), (250, 500)]
+    return {
+        "pairs_compared": len(pairs),
+        "max_abs_difference": diff,
+        "by_hand_us": per_call_us(lambda: [clopper_pearson(k, n) for k, n in sample], len(sample)),
+        "binomtest_us": per_call_us(lambda: [library(k, n) for k, n in sample], len(sample)),
+    }
+
+
+def jpeg_header_check(data_root: Path, n_files: int) -> dict[str, Any]:
+    from PIL import Image
+
+    from wbc.io import _jpeg_size, decode_image
+
+    files = sorted(data_root.glob("pbc/*/*.jpg"))[:: max(1, 10986 // n_files)][:n_files]
+    files += sorted(data_root.glob("bccd/JPEGImages/*.jpg"))[: max(1, n_files // 10)]
+    blobs = [f.read_bytes() for f in files]
+
+    def pillow(b: bytes) -> tuple[int, int]:
+        with Image.open(io.BytesIO(b)) as im:
+            return int(im.size[1]), int(im.size[0])
+
+    agree = sum(_jpeg_size(b) == pillow(b) for b in blobs)
+    return {
+        "files": len(blobs),
+        "sizes_agree": agree,
+        "by_hand_us": per_call_us(lambda: [_jpeg_size(b) for b in blobs], len(blobs)),
+        "pillow_us": per_call_us(lambda: [pillow(b) for b in blobs], len(blobs)),
+        "decode_image_us": per_call_us(lambda: [decode_image(b, min_size=160) for b in blobs], len(blobs), 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    ap.add_argument("--files", type=int, default=400)
+    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/library_swaps.json"))
+    args = ap.parse_args()
+    res: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
+                           "clopper_pearson": clopper_pearson_check()}
+    if (args.data_root / "pbc").is_dir():
+        res["jpeg_header"] = jpeg_header_check(args.data_root, args.files)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

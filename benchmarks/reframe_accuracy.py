@@ -1,0 +1,121 @@
+"""Framing invariance of `wbc classify`: PBC validation cells re-framed synthetically, with and without re-framing.
+
+Each validation cell (the run's manifest, ``split == val``) is shown as it is and re-framed the ways other
+labs frame single cells: cropped tight around the centred cell (the cell filling the frame; also at 100 px),
+padded wide with its own background colour (the cell small in a large field; also as a 600 px field), and
+rescaled 0.5x and 2x. Every variant goes through the same preprocessing `wbc classify` uses
+(:func:`wbc.reframe.frame_cell` with re-framing on, :func:`wbc.preprocess.resize_square` with
+``--no-reframe``), then the model. Accuracy over the model's classes, and over the five WBC types with
+``--classes 5part`` semantics for the WBC cells.
+
+    python benchmarks/reframe_accuracy.py --manifest runs/default/manifest.csv \
+        --output benchmarks/results/reframe_accuracy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pbc_val import add_val_args, load_val_cells
+
+
+def tight(rgb: np.ndarray, frac: float) -> np.ndarray:
+    """The central ``frac`` of the frame (PBC cells are centred): the cell fills a tight crop."""
+    h, w = rgb.shape[:2]
+    ch, cw = round(h * frac), round(w * frac)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(rgb[y0 : y0 + ch, x0 : x0 + cw])
+
+
+def pad_wide(rgb: np.ndarray, factor: float, side: int | None = None) -> np.ndarray:
+    """The crop in the middle of a ``factor`` x larger canvas of its own background colour (optionally
+    resized to ``side`` px): the cell small in a wide field."""
+    from wbc.reframe import background_colour
+
+    h, w = rgb.shape[:2]
+    ph, pw = round(h * (factor - 1) / 2), round(w * (factor - 1) / 2)
+    out = cv2.copyMakeBorder(rgb, ph, ph, pw, pw, cv2.BORDER_CONSTANT, value=background_colour(rgb))
+    if side:
+        out = cv2.resize(out, (side, side), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (max(8, round(w * factor)), max(8, round(h * factor))), interpolation=interp)
+
+
+VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "native": lambda x: x,
+    "tight 0.5 (cell fills the frame)": lambda x: tight(x, 0.5),
+    "tight 0.4, as a 100 px crop": lambda x: rescale(tight(x, 0.4), 100 / (0.4 * x.shape[0])),
+    "padded 2x (own background)": lambda x: pad_wide(x, 2.0),
+    "padded 3x, as a 600 px field": lambda x: pad_wide(x, 3.0, 600),
+    "rescaled 0.5x": lambda x: rescale(x, 0.5),
+    "rescaled 2x": lambda x: rescale(x, 2.0),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_val_args(ap, per_class=0, output="benchmarks/results/reframe_accuracy.json")
+    ap.add_argument("--band", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                    help="nucleus-fraction band left untouched (default: the model's); to choose it on validation")
+    args = ap.parse_args(argv)
+
+    from wbc.io import atomic_write_json
+    from wbc.labels import WBC5, restrict_probabilities
+    from wbc.preprocess import resize_square
+    from wbc.reframe import FramingStats, frame_cell, framing_stats_of
+
+    val = load_val_cells(args)  # exits with a one-line error when the split has no cells
+    clf, samples, images, y, wbc = val.clf, val.samples, val.images, val.y, val.wbc
+    size = clf.info.input_size
+    y5 = y[wbc]
+    res: dict = {"model": clf.model_id, "split": args.split, "n": len(samples), "n_wbc5": int(wbc.sum()),
+                 "variants": {}}
+    stats = framing_stats_of(clf)  # the model's framing, as `wbc classify` uses it
+    if args.band:
+        stats = FramingStats(stats.target, *args.band)
+    res["band"] = [stats.low, stats.high]
+
+    def reframed(rgb: np.ndarray, n: int) -> np.ndarray:
+        return frame_cell(rgb, n, stats)
+
+    for name, fn in VARIANTS.items():
+        shown = [fn(im) for im in images]
+        row: dict = {"side_px": int(np.median([max(s.shape[:2]) for s in shown]))}
+        for mode, prep in (("no_reframe", resize_square), ("reframe", reframed)):
+            t0 = time.perf_counter()
+            cells = np.stack([prep(s, size) for s in shown])
+            ms = (time.perf_counter() - t0) / len(shown) * 1e3
+            probs = clf.predict_proba(cells)
+            p5, _ = restrict_probabilities(probs[wbc], clf.classes, WBC5)
+            row[mode] = {"accuracy": float((probs.argmax(1) == y).mean()),
+                         "accuracy_5part": float((p5.argmax(1) == y5).mean()), "prep_ms_per_cell": ms}
+        res["variants"][name] = row
+        print(f"{name:<34} {row['side_px']:>5}px  no reframe {row['no_reframe']['accuracy']:.4f}"
+              f"  reframe {row['reframe']['accuracy']:.4f}  (5-part {row['no_reframe']['accuracy_5part']:.4f} / "
+              f"{row['reframe']['accuracy_5part']:.4f})", flush=True)
+    native = res["variants"]["native"]["no_reframe"]["accuracy"]
+    worst = min(v["reframe"]["accuracy"] for v in res["variants"].values())
+    res["native_accuracy"] = native
+    res["worst_reframed_accuracy"] = worst
+    res["max_drop_points"] = 100 * (native - worst)
+    atomic_write_json(args.output, res)
+    print(f"native {native:.4f}; worst variant with re-framing {worst:.4f} ({res['max_drop_points']:.2f} points) "
+          f"-> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Synthetic shift suite: PBC validation cells as other labs would show them (stain, hue, grey, blur, JPEG,
+resolution, framing), scored through `wbc classify`'s preprocessing.
+
+Each shift is a fixed, deterministic transform of the original image file (numpy/OpenCV, independent of the
+training augmentation code), applied before the cell is prepared exactly as `wbc classify` prepares it
+(:func:`wbc.classify.prepare_cell`, re-framing on unless ``--no-reframe``). Reported per shift: accuracy over
+the model's classes, and over the five WBC types for the WBC cells (``--classes 5part``).
+
+    python benchmarks/shift_suite.py --model src/wbc/models/default/wbc_classifier.onnx \
+        --manifest runs/default/manifest.csv --per-class 60 --output benchmarks/results/shift_suite.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pbc_val import add_val_args, load_val_cells
+from reframe_accuracy import pad_wide, rescale, tight
+
+# Haematoxylin / eosin / DAB optical-density vectors (Ruifrok & Johnston 2001), rows.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_FROM_HED[2] = np.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+
+
+def _od(rgb: np.ndarray) -> np.ndarray:
+    return -np.log(np.maximum(rgb.astype(np.float32), 1.0) / 255.0)
+
+
+def _rgb(od: np.ndarray) -> np.ndarray:
+    return np.clip(np.exp(-np.maximum(od, 0)) * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def stain(rgb: np.ndarray, h: float, e: float, vec: np.ndarray | None = None) -> np.ndarray:
+    """Haematoxylin x ``h``, eosin x ``e`` (optionally re-mixed with other stain vectors ``vec``)."""
+    hed = _od(rgb) @ _HED_FROM_RGB
+    hed[..., 0] *= h
+    hed[..., 1] *= e
+    return _rgb(hed @ (vec if vec is not None else _RGB_FROM_HED))
+
+
+#: Another Romanowsky recipe: bluer haematoxylin, more orange eosin (a May-Gruenwald-Giemsa look).
+_OTHER_VECTORS = _RGB_FROM_HED.copy()
+_OTHER_VECTORS[0] = np.array([0.75, 0.60, 0.28]) / np.linalg.norm([0.75, 0.60, 0.28])
+_OTHER_VECTORS[1] = np.array([0.05, 0.80, 0.60]) / np.linalg.norm([0.05, 0.80, 0.60])
+
+
+def hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + round(degrees / 2)) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(rgb, (0, 0), sigma)
+
+
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    _ok, enc = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(enc, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+
+
+def lowres(rgb: np.ndarray, factor: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def other_lab(rgb: np.ndarray) -> np.ndarray:
+    """Several shifts at once: another stain recipe, a softer lens, a JPEG camera, the cell filling more."""
+    return jpeg(lowres(blur(stain(tight(rgb, 0.7), 1.2, 0.8, _OTHER_VECTORS), 1.5), 0.5), 50)
+
+
+SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": lambda x: x,
+    "stain: haematoxylin x1.5, eosin x0.6": lambda x: stain(x, 1.5, 0.6),
+    "stain: haematoxylin x0.6, eosin x1.4": lambda x: stain(x, 0.6, 1.4),
+    "stain: other stain vectors": lambda x: stain(x, 1.0, 1.0, _OTHER_VECTORS),
+    "hue +30 deg": lambda x: hue(x, 30),
+    "hue -30 deg": lambda x: hue(x, -30),
+    "hue 180 deg": lambda x: hue(x, 180),
+    "grey": grey,
+    "blur sigma 3 px (of 360)": lambda x: blur(x, 3.0),
+    "JPEG quality 20": lambda x: jpeg(x, 20),
+    "resolution 0.25x": lambda x: lowres(x, 0.25),
+    "framing: tight (cell fills frame)": lambda x: tight(x, 0.5),
+    "framing: 600 px field, small cell": lambda x: pad_wide(x, 3.0, 600),
+    "scale 0.5x": lambda x: rescale(x, 0.5),
+    "other lab (stain+blur+low-res+JPEG+tight)": other_lab,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_val_args(ap, per_class=60, output="benchmarks/results/shift_suite.json")
+    ap.add_argument("--no-reframe", action="store_true", help="as `wbc classify --no-reframe`")
+    args = ap.parse_args(argv)
+
+    from wbc.classify import prepare_cell
+    from wbc.io import atomic_write_json, atomic_write_text
+    from wbc.labels import WBC5, restrict_probabilities
+    from wbc.reframe import framing_stats_of
+
+    val = load_val_cells(args)  # exits with a one-line error when the split has no cells
+    clf, samples, images, y, wbc = val.clf, val.samples, val.images, val.y, val.wbc
+    size = clf.info.input_size
+    res: dict = {"model": clf.model_id, "split": args.split, "n": len(samples), "n_wbc5": int(wbc.sum()),
+                 "reframe": not args.no_reframe, "shifts": {}}
+    for name, fn in SHIFTS.items():
+        framing = False if args.no_reframe else framing_stats_of(clf)  # as `wbc classify` prepares cells
+        cells = np.stack([prepare_cell(fn(im), size, framing) for im in images])
+        probs = clf.predict_proba(cells)
+        p5, _ = restrict_probabilities(probs[wbc], clf.classes, WBC5)
+        res["shifts"][name] = {"accuracy": float((probs.argmax(1) == y).mean()),
+                               "accuracy_5part": float((p5.argmax(1) == y[wbc]).mean())}
+        print(f"{name:<44} {res['shifts'][name]['accuracy']:.4f}  5-part {res['shifts'][name]['accuracy_5part']:.4f}",
+              flush=True)
+    shifted = [v for k, v in res["shifts"].items() if k != "none"]
+    res["mean_shifted_accuracy"] = float(np.mean([v["accuracy"] for v in shifted]))
+    res["mean_shifted_accuracy_5part"] = float(np.mean([v["accuracy_5part"] for v in shifted]))
+    print(f"mean over shifts: {res['mean_shifted_accuracy']:.4f}  5-part {res['mean_shifted_accuracy_5part']:.4f}")
+    atomic_write_json(args.output, res)
+    lines = [f"Shift suite, {clf.model_id}, {res['n']} PBC {args.split} cells ({res['n_wbc5']} of the 5 WBC types), "
+             f"re-framing {'on' if res['reframe'] else 'off'}", "", "| shift | accuracy (8 classes) | 5-part |",
+             "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v['accuracy']:.3f} | {v['accuracy_5part']:.3f} |" for k, v in res["shifts"].items()]
+    lines.append(f"| **mean over shifts** | **{res['mean_shifted_accuracy']:.3f}** | "
+                 f"**{res['mean_shifted_accuracy_5part']:.3f}** |")
+    atomic_write_text(args.output.with_suffix(".md"), "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""Resumable, atomic batch analysis of smear fields: the parts every engine shares, and the local engine.
+
+A batch over a folder is a list of :class:`Job` (one input file, one output stem). Each field's results are
+committed in a fixed order, each file by an atomic rename: the annotated PNG first, then the JSON. The JSON
+is therefore the commit marker: a field whose JSON exists (and names the same image, classifier and
+segmenter) is complete, and a run that starts again skips it. ``cells.csv``, ``differential.csv`` and
+``errors.csv`` are rebuilt at the end from the JSON documents of this run's inputs, so a run killed at any
+moment (SIGTERM, SIGKILL, Ctrl-C) and started again loses nothing and redoes at most the fields that were in
+flight, and a re-used output folder never keeps a stale ``cells.csv``.
+
+The Ray engine (:mod:`wbc.distributed`) runs :func:`analyze_job` in an actor pool and commits on the driver
+with :func:`commit`; the local engine (:func:`run_local`) does both in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from wbc.errors import WbcError
+from wbc.formats import json_text, result_to_dict, write_cells_csv, write_differential_csv, write_errors_csv
+from wbc.io import atomic_write_bytes, decode_image, iter_image_paths, read_image
+from wbc.protocols import ClassifierLike, SegmenterLike
+
+#: Pieces of the temporary names that :func:`wbc.io.atomic_write_bytes` gives files before their rename.
+_TEMP_MARKERS: tuple[str, ...] = (".json.", ".png.", ".csv.")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input field and the stem of its outputs (``<stem>.json``, ``<stem>.png``)."""
+
+    path: str
+    stem: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What it takes to build the models in another process (a Ray actor): files and names, not sessions."""
+
+    model: str | None = None
+    segmenter: str = "auto"
+    segmenter_model: str | None = None
+    threads: int = 1
+    pixel_size: float | None = None  # micrometres per pixel; overrides the segmenter's measured scale
+    classes: str | None = None  # the chosen label set (--classes; wbc.labels.parse_class_set)
+
+    def load(self) -> tuple[Any, Any]:
+        """(classifier, segmenter), each an ONNX Runtime session with ``threads`` threads."""
+        from wbc.model import load_model
+        from wbc.segment import get_segmenter
+
+        return (load_model(self.model, threads=self.threads).with_classes(self.classes),
+                get_segmenter(self.segmenter, self.segmenter_model, threads=self.threads,
+                              pixel_size=self.pixel_size))
+
+
+@dataclass
+class FieldOutput:
+    """One analysed field, ready to commit: the JSON text and PNG bytes, or the error message."""
+
+    job: Job
+    json_text: str = ""
+    png: bytes | None = None
+    error: str = ""
+    seconds_analysis: float = 0.0
+    seconds_render: float = 0.0
+
+
+#: What :class:`AnalyzeSummary` keeps of each field's JSON document (the cells stay in the files).
+SUMMARY_KEYS: tuple[str, ...] = ("image", "width", "height", "model_id", "segmenter", "counts", "n_cells", "warnings")
+
+
+@dataclass
+class AnalyzeSummary:
+    """What a batch did. ``docs``: the :data:`SUMMARY_KEYS` of the JSON document of every input with results
+    (this run's and those a previous run finished), in input order; ``analyzed``: how many fields this run
+    analysed, ``skipped``: how many it found complete."""
+
+    docs: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    model_id: str = ""
+    segmenter_id: str = ""
+    analyzed: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0
+    seconds_analysis: float = 0.0
+    seconds_render: float = 0.0
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names per input: the stem, made unique with the parent folder when two collide."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = p.stem
+        if stem in seen:
+            seen[stem] += 1
+            stem = f"{p.parent.name}_{stem}" if f"{p.parent.name}_{stem}" not in seen else f"{stem}_{seen[stem]}"
+        seen.setdefault(stem, 0)
+        out.append(stem)
+    return out
+
+
+def plan_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[Job]:
+    """Every image under ``inputs`` (sorted, stable), with its output stem."""
+    inputs = list(inputs)
+    paths = list(iter_image_paths(inputs))
+    if not paths:
+        raise WbcError(f"no image files in {', '.join(map(str, inputs))}")
+    return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)]
+
+
+def prepare_output(output: str | os.PathLike[str]) -> Path:
+    """The output folder, created and checked before any work; temporary files of a killed run removed."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise WbcError(f"{out}: exists and is not a folder; choose another --output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".wbc-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise WbcError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+    for p in out.iterdir():  # left by a run killed between writing a temporary file and renaming it
+        if p.name.startswith(".") and any(m in p.name for m in _TEMP_MARKERS) and p.is_file():
+            p.unlink(missing_ok=True)
+    return out
+
+
+def read_doc(out: Path, job: Job) -> dict[str, Any] | None:
+    """The committed JSON document of ``job``, or None when there is none (or it cannot be parsed)."""
+    try:
+        doc = json.loads((out / f"{job.stem}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("image") == job.path else None
+
+
+def is_complete(out: Path, job: Job, model_id: str, segmenter_id: str, draw: bool) -> bool:
+    """Whether ``job`` has results from these models (and its PNG when drawing): a resumed run skips it."""
+    doc = read_doc(out, job)
+    if doc is None or doc.get("model_id") != model_id or doc.get("segmenter") != segmenter_id:
+        return False
+    return not draw or (out / f"{job.stem}.png").is_file()
+
+
+def pending_jobs(out: Path, jobs: Sequence[Job], model_id: str, segmenter_id: str, draw: bool,
+                 overwrite: bool) -> list[Job]:
+    """The jobs a run must do: all with ``overwrite``, else those without complete results."""
+    if overwrite:
+        return list(jobs)
+    return [j for j in jobs if not is_complete(out, j, model_id, segmenter_id, draw)]
+
+
+def segmenter_id_of(segmenter: SegmenterLike | None) -> str:
+    return getattr(segmenter, "model_id", getattr(segmenter, "name", ""))
+
+
+def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: SegmenterLike, draw: bool,
+                data: bytes | None = None) -> FieldOutput:
+    """Analyse one field into its output bytes (``data``: the file's bytes when already read). A file that
+    cannot be read or analysed gives an error, never an exception, so one bad file does not stop a batch."""
+    from wbc.analyze import analyze_image
+
+    classes = list(classifier.classes) if classifier is not None else []
+    try:
+        from wbc.analyze import MAX_ANALYZE_PIXELS  # refused from the header, before decoding
+
+        limit = MAX_ANALYZE_PIXELS
+        rgb = read_image(job.path, max_pixels=limit) if data is None else decode_image(data, job.path, max_pixels=limit)
+        t0 = time.perf_counter()
+        res = analyze_image(rgb, classifier, segmenter, name=job.path)
+        text = json_text(result_to_dict(res, classes, segmenter_id_of(segmenter)))
+        t1 = time.perf_counter()
+        png = None
+        if draw:
+            from wbc.render import render
+
+            ok, enc = cv2.imencode(".png", render(rgb, res, classes)[:, :, ::-1].copy())
+            if not ok:
+                raise WbcError(f"{job.path}: cannot encode the annotated image")
+            png = enc.tobytes()
+        return FieldOutput(job, text, png, seconds_analysis=t1 - t0, seconds_render=time.perf_counter() - t1)
+    except WbcError as exc:
+        return FieldOutput(job, error=str(exc))
+    except (MemoryError, cv2.error, ValueError) as exc:  # a malformed image must not stop the batch
+        return FieldOutput(job, error=f"{job.path}: analysis failed ({exc.__class__.__name__}: {exc})")
+
+
+def commit(out: Path, result: FieldOutput) -> None:
+    """Write one field's outputs: PNG, then JSON (the commit marker), each atomically. A failed field's old
+    outputs are removed, so that the pooled CSVs never count results of a file that now fails."""
+    json_path, png_path = out / f"{result.job.stem}.json", out / f"{result.job.stem}.png"
+    if result.error:
+        json_path.unlink(missing_ok=True)
+        png_path.unlink(missing_ok=True)
+        return
+    if result.png is not None:
+        atomic_write_bytes(png_path, result.png)
+    atomic_write_bytes(json_path, result.json_text.encode("utf-8"))
+
+
+def tally(summary: AnalyzeSummary, result: FieldOutput) -> None:
+    if result.error:
+        summary.errors.append((result.job.path, result.error))
+    else:
+        summary.analyzed += 1
+        summary.seconds_analysis += result.seconds_analysis
+        summary.seconds_render += result.seconds_render
+
+
+def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: AnalyzeSummary) -> AnalyzeSummary:
+    """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents."""
+    failed = {p for p, _ in summary.errors}
+    summary.docs, summary.classes = [], list(classes)
+
+    def docs() -> Iterator[dict[str, Any]]:  # streamed: a million fields' documents never sit in memory at once
+        for j in jobs:
+            if j.path not in failed and (d := read_doc(out, j)) is not None:
+                summary.docs.append({k: d.get(k) for k in SUMMARY_KEYS})
+                yield d
+
+    write_cells_csv(out / "cells.csv", docs(), classes)
+    if classes:
+        write_differential_csv(out / "differential.csv", summary.docs, classes)
+    else:
+        (out / "differential.csv").unlink(missing_ok=True)
+    write_errors_csv(out / "errors.csv", summary.errors)
+    return summary
+
+
+def run_local(
+    inputs: Iterable[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    classifier: ClassifierLike | None,
+    segmenter: SegmenterLike,
+    draw: bool = True,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> AnalyzeSummary:
+    """The local engine: analyse the pending fields one by one in this process, then rebuild the CSVs."""
+    out = prepare_output(output)
+    jobs = plan_jobs(inputs)
+    model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
+    todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite)
+    summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter))
+    if progress:
+        progress(summary.skipped, len(jobs))
+    for i, job in enumerate(todo):
+        result = analyze_job(job, classifier, segmenter, draw)
+        commit(out, result)
+        tally(summary, result)
+        if progress:
+            progress(summary.skipped + i + 1, len(jobs))
+    classes = list(classifier.classes) if classifier is not None else []
+    return finish(out, jobs, classes, summary)
+
+
+#: ``wbc analyze``'s local engine under the name the Python API has always used.
+analyze_paths = run_local

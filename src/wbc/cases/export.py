@@ -1,0 +1,100 @@
+"""Export reviewed cells as ``<class>/<image>`` crops plus ``manifest.csv``: the input ``wbc adapt --data`` takes.
+
+Only signed-off cases by default (a reviewer has vouched for every call), only cells with a class (not
+``not_wbc`` / ``unidentifiable``). The folder is written beside the target and swapped in whole, so an
+interrupted export never leaves a half-written folder; a folder from an earlier export is replaced, any
+other non-empty folder is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wbc.cases.store import SPECIAL_LABELS, CaseError, CaseStore, safe_stem
+from wbc.data import MANIFEST_COLUMNS
+
+#: Marks a folder written by :func:`export_cases` (so a re-export may replace it).
+MARKER = ".wbc-cases-export"
+EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "changed", "reviewer")
+
+
+@dataclass
+class ExportSummary:
+    output: str
+    n_cells: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    cases: list[str] = field(default_factory=list)
+    skipped_open: list[str] = field(default_factory=list)  # open cases left out (not signed off)
+    n_excluded: int = 0  # not_wbc / unidentifiable cells left out
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CaseError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise CaseError(f"{out}: folder is not empty and was not written by `wbc cases export`; "
+                        "choose a new folder")
+
+
+def export_cases(
+    store: CaseStore, output: str | os.PathLike[str], cases: Sequence[int | str] = (),
+    include_open: bool = False, changed_only: bool = False,
+) -> ExportSummary:
+    """Write the reviewed cells of ``cases`` (default: every case) to ``output``; see the module docstring."""
+    out = Path(output)
+    _check_target(out)
+    ids = [store.case_id(c) for c in cases] if cases else [c.id for c in store.list_cases()]
+    summary = ExportSummary(output=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rows: list[list[object]] = []
+        for cid in ids:
+            doc = store.case_document(cid)
+            if not doc["signed_by"] and not include_open:
+                summary.skipped_open.append(doc["name"])
+                continue
+            crops = store.crops(cid)
+            summary.cases.append(doc["name"])
+            for cell in doc["cells"]:
+                label = cell["label"]
+                if label in SPECIAL_LABELS:
+                    summary.n_excluded += 1
+                    continue
+                if changed_only and not cell["changed"]:
+                    continue
+                rel = f"{safe_stem(label)}/case{cid}_f{cell['field']}_c{cell['cell_no']}_{cell['id']}.png"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(crops[cell["id"]])
+                reviewer = cell["reviewed_by"] or doc["signed_by"] or ""
+                rows.append([rel, label, "", -1, "", doc["name"], cid, cell["id"], cell["model_label"],
+                             int(cell["changed"]), reviewer])
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])
+        w.writerows(rows)
+        (tmp / "manifest.csv").write_text(buf.getvalue(), encoding="utf-8")
+        (tmp / MARKER).write_text("written by wbc cases export\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary.n_cells = len(rows)
+    summary.counts = dict(Counter(str(r[1]) for r in rows))
+    return summary

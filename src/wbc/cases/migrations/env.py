@@ -1,0 +1,41 @@
+"""Alembic environment for the wbc case store.
+
+Run programmatically by :func:`wbc.cases.store.migrate`, which passes an open connection in
+``config.attributes["connection"]``; the ``alembic`` command line works too (``-x url=...`` or
+``sqlalchemy.url`` in an ini file).
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+from sqlalchemy.engine import Connection
+
+from wbc.cases.store import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+url = context.get_x_argument(as_dictionary=True).get("url")
+if url:
+    config.set_main_option("sqlalchemy.url", url)
+if connection is not None:
+    run(connection)
+elif context.is_offline_mode():  # `--sql`: the DDL for a DBA to run, for any dialect, without a database
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
+                      literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
+                                poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        run(conn)

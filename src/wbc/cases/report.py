@@ -1,0 +1,213 @@
+"""The case report: a printable HTML page (Jinja2, autoescaped) and a PDF (reportlab) per case.
+
+Both show the differential with exact 95 % intervals, the reviewer's counts beside the model's, the flagged
+cells' gallery, the model id, the reviewer and the time, and a summary in plain words for a reader who is not
+a specialist. A case that is not signed off yet is marked DRAFT on every page.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from wbc.cases.store import NOT_WBC, UNIDENTIFIABLE, CaseStore
+
+NAMES: dict[str, str] = {
+    "basophil": "basophil", "eosinophil": "eosinophil", "erythroblast": "erythroblast", "ig": "immature granulocyte",
+    "lymphocyte": "lymphocyte", "monocyte": "monocyte", "neutrophil": "neutrophil", "platelet": "platelet",
+    NOT_WBC: "not a white blood cell", UNIDENTIFIABLE: "unidentifiable",
+}
+#: What each cell type is, for the plain-words summary.
+ROLES: dict[str, str] = {
+    "neutrophil": "the commonest white cells, first to fight bacteria",
+    "lymphocyte": "cells of the immune system's memory and of the fight against viruses",
+    "monocyte": "cells that clear debris and germs",
+    "eosinophil": "cells involved in allergies and in fighting parasites",
+    "basophil": "rare cells involved in allergic reactions",
+    "ig": "young granulocytes that normally stay in the bone marrow",
+    "erythroblast": "young red cells that normally stay in the bone marrow",
+    "platelet": "cell fragments that help blood clot",
+}
+IMMATURE: tuple[str, ...] = ("ig", "erythroblast")
+
+
+def display_name(label: str) -> str:
+    return NAMES.get(label, label)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def plain_summary(doc: Mapping[str, Any]) -> list[str]:
+    """A few sentences for a non-specialist: who checked what, what was found, how sure the numbers are."""
+    diff = doc["differential"]
+    total = int(diff["total"])
+    n_fields = len(doc["fields"])
+    out = []
+    if doc["signed_by"]:
+        out.append(f"{doc['signed_by']} checked every white blood cell the software found in "
+                   f"{plural(n_fields, 'microscope image')} of this blood smear and signed the result off on "
+                   f"{(doc['signed_at'] or '')[:10]}.")
+    else:
+        out.append(f"This is a draft: nobody has signed it off yet. It covers {plural(n_fields, 'microscope image')}.")
+    if doc["n_changed"]:
+        out.append(f"The software suggested a type for each cell; the reviewer corrected {doc['n_changed']} of "
+                   f"{doc['n_cells']} suggestions, and the numbers below are the corrected ones.")
+    elif doc["signed_by"]:
+        out.append("The software suggested a type for each cell and the reviewer agreed with every suggestion.")
+    if total == 0:
+        out.append("No white blood cell could be counted, so no differential is given.")
+        return out
+    rows = sorted((r for r in diff["rows"] if r["count"]), key=lambda r: -r["count"])
+    top = rows[:2]
+    parts = [f"{display_name(r['class'])}s ({r['percent']:.0f} %: {ROLES.get(r['class'], '')})" for r in top]
+    out.append(f"{plural(total, 'white blood cell')} were counted. The most common were " + " and ".join(parts) + ".")
+    r0 = top[0]
+    out.append(f"With {total} cells, each percentage is an estimate: the true share of {display_name(r0['class'])}s "
+               f"is likely (95 % confidence) between {r0['ci95_low']:.0f} % and {r0['ci95_high']:.0f} %. "
+               "Counting more cells narrows these ranges.")
+    immature = [r for r in rows if r["class"] in IMMATURE]
+    if immature:
+        out.append("Cells that normally stay in the bone marrow were seen ("
+                   + ", ".join(f"{plural(r['count'], display_name(r['class']))}" for r in immature) + ").")
+    excluded = diff["excluded"]
+    if excluded.get(NOT_WBC) or excluded.get(UNIDENTIFIABLE):
+        out.append(f"{excluded.get(NOT_WBC, 0)} object(s) were not white blood cells and "
+                   f"{excluded.get(UNIDENTIFIABLE, 0)} could not be identified; they are not counted.")
+    out.append("This is a cell count, not a diagnosis: a doctor reads it with the lab's reference ranges and the "
+               "patient's history.")
+    return out
+
+
+def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
+    """What both reports show, computed once."""
+    doc = store.case_document(case)
+    crops = store.crops(doc["id"])
+    model_rows = {r["class"]: r for r in doc["model_differential"]["rows"]}
+    rows = []
+    for r in doc["differential"]["rows"]:
+        m = model_rows[r["class"]]
+        rows.append({**r, "name": display_name(r["class"]), "model_count": m["count"],
+                     "model_percent": m["percent"], "delta": r["count"] - m["count"]})
+    for lab in (NOT_WBC, UNIDENTIFIABLE):
+        n_model = 0  # the model never makes these calls
+        rows.append({"class": lab, "name": display_name(lab), "count": doc["differential"]["excluded"][lab],
+                     "total": None, "percent": None, "ci95_low": None, "ci95_high": None,
+                     "model_count": n_model, "model_percent": None,
+                     "delta": doc["differential"]["excluded"][lab] - n_model})
+    flagged = [c for c in doc["cells"] if c["model_review"] or c["changed"]]
+    gallery = [{**c, "model_name": display_name(c["model_label"]), "name": display_name(c["label"]),
+                "png": crops[c["id"]], "src": "data:image/png;base64," + base64.b64encode(crops[c["id"]]).decode()}
+               for c in flagged]
+    changes = Counter((c["model_label"], c["label"]) for c in doc["cells"] if c["changed"])
+    return {"case": doc, "rows": rows, "gallery": gallery, "summary": plain_summary(doc),
+            "changes": [{"from": display_name(a), "to": display_name(b), "n": n}
+                        for (a, b), n in changes.most_common()],
+            "draft": not doc["signed_by"]}
+
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def report_css() -> str:
+    return (TEMPLATES / "report.css").read_text(encoding="utf-8")
+
+
+def render_html(store: CaseStore, case: int | str, css_href: str | None = None) -> str:
+    """The printable report page: self-contained (style and crops inline, nothing external), or with the
+    style sheet at ``css_href`` (a server whose Content-Security-Policy forbids inline styles)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("wbc.cases", "templates"), autoescape=select_autoescape(default=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html").render(css_href=css_href, **report_context(store, case))
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
+def render_pdf(store: CaseStore, case: int | str) -> bytes:
+    """The same report as a PDF (A4, reportlab)."""
+    from xml.sax.saxutils import escape
+
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    ctx = report_context(store, case)
+    doc = ctx["case"]
+    styles = getSampleStyleSheet()
+    e = escape
+    story: list[Any] = []
+    title = f"White-blood-cell differential: {doc['name']}"
+    if ctx["draft"]:
+        story.append(Paragraph("<font color='#b00020'><b>DRAFT: not signed off</b></font>", styles["Heading2"]))
+    story.append(Paragraph(e(title), styles["Title"]))
+    meta = [["Case", doc["name"]], ["Fields / cells", f"{len(doc['fields'])} / {doc['n_cells']}"],
+            ["Model", doc["model_id"]], ["Analysed", doc["created_at"] or ""],
+            ["Reviewer", doc["signed_by"] or "not signed off"], ["Signed off", doc["signed_at"] or ""]]
+    t = Table([[Paragraph(f"<b>{e(a)}</b>", styles["Normal"]), Paragraph(e(str(b)), styles["Normal"])]
+               for a, b in meta], colWidths=[35 * mm, 135 * mm])
+    t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]))
+    story += [t, Spacer(1, 4 * mm), Paragraph("In plain words", styles["Heading2"])]
+    story += [Paragraph(e(s), styles["Normal"]) for s in ctx["summary"]]
+    story += [Spacer(1, 4 * mm), Paragraph("Differential (reviewed)", styles["Heading2"])]
+    head = ["Class", "Count", "Percent", "95 % CI", "Model's count", "Change"]
+    data = [head] + [[r["name"], str(r["count"]), _fmt(r["percent"]),
+                      "" if r["ci95_low"] is None else f"{r['ci95_low']:.1f}–{r['ci95_high']:.1f}",
+                      str(r["model_count"]), f"{r['delta']:+d}" if r["delta"] else ""] for r in ctx["rows"]]
+    t = Table(data, repeatRows=1, colWidths=[48 * mm, 18 * mm, 20 * mm, 30 * mm, 28 * mm, 20 * mm])
+    t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"), ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                           ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                           ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
+    story += [t, Paragraph(f"{doc['differential']['total']} cells counted; intervals are exact (Clopper-Pearson).",
+                           styles["Italic"])]
+    if ctx["changes"]:
+        story += [Spacer(1, 3 * mm), Paragraph("Corrections by the reviewer", styles["Heading2"])]
+        story += [Paragraph(e(f"{c['n']} × {c['from']} → {c['to']}"), styles["Normal"]) for c in ctx["changes"]]
+    story += [Spacer(1, 4 * mm), Paragraph("Flagged and corrected cells", styles["Heading2"])]
+    if ctx["gallery"]:
+        cells = []
+        for g in ctx["gallery"]:
+            img = Image(io.BytesIO(g["png"]), width=26 * mm, height=26 * mm)
+            cap = f"#{g['id']} model: {e(g['model_name'])} ({g['model_confidence']:.2f})"
+            cap += f"<br/>final: <b>{e(g['name'])}</b>" if g["changed"] else "<br/>confirmed"
+            cells.append([img, Paragraph(cap, styles["BodyText"])])
+        per_row = 3
+        grid = []
+        for i in range(0, len(cells), per_row):
+            row: list[Any] = []
+            for img, cap in cells[i : i + per_row]:
+                row += [img, cap]
+            row += [""] * (2 * per_row - len(row))
+            grid.append(row)
+        t = Table(grid, colWidths=[28 * mm, 29 * mm] * per_row)
+        t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        story.append(t)
+    else:
+        story.append(Paragraph("No cell was flagged or corrected.", styles["Normal"]))
+    story += [Spacer(1, 6 * mm), Paragraph(
+        "Research software: every call is a pre-classification that a qualified person confirmed or corrected. "
+        "Not a medical device.", styles["Italic"])]
+
+    def on_page(canvas: Any, _doc: Any) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 8)
+        canvas.drawString(15 * mm, 10 * mm, f"{doc['name'][:80]} · {doc['model_id'][:80]}")
+        page = f"page {canvas.getPageNumber()}"
+        canvas.drawRightString(195 * mm, 10 * mm, ("DRAFT · " if ctx["draft"] else "") + page)
+        canvas.restoreState()
+
+    buf = io.BytesIO()
+    pdf = SimpleDocTemplate(buf, pagesize=A4, title=title, author=doc["signed_by"] or "wbc",
+                            leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=18 * mm)
+    pdf.build(story, onFirstPage=on_page, onLaterPages=on_page)
+    return buf.getvalue()

@@ -1,0 +1,624 @@
+"""The case store: cases, fields, cells, the model's call and the reviewer's, with an append-only audit trail.
+
+A *case* is one or more smear fields analysed together (one patient's differential). Each cell keeps the
+model's call (label, confidence, review flag, probabilities) unchanged for ever; the reviewer's call is a
+separate column, and every change is appended to ``corrections`` (who, when, from what to what), so the
+original call and every step after it can always be read back. A case signed off by a named user is
+read-only: further edits raise :class:`CaseSignedError`.
+
+Storage is SQLAlchemy 2.x with portable types only (no SQLite-only SQL), so ``--store`` takes any
+SQLAlchemy URL (``sqlite:///cases.sqlite`` by default, ``postgresql+psycopg://...`` unchanged). The schema
+is created and upgraded by Alembic on open (:func:`migrate`), from the migrations shipped in this package.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
+
+from wbc.errors import WbcError
+from wbc.protocols import ClassifierLike
+
+#: The reviewer's calls beyond the model's classes. Neither counts in the differential.
+NOT_WBC: str = "not_wbc"
+UNIDENTIFIABLE: str = "unidentifiable"
+SPECIAL_LABELS: tuple[str, ...] = (NOT_WBC, UNIDENTIFIABLE)
+#: The store's file name when a folder (or nothing) is given: next to the results of ``wbc analyze``.
+DEFAULT_STORE_NAME: str = "cases.sqlite"
+DEFAULT_STORE: Path = Path("results") / DEFAULT_STORE_NAME
+MAX_NAME: int = 200
+MAX_USER: int = 120
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class CaseError(WbcError):
+    """A problem with a case: not found, a bad label or name, a name already taken."""
+
+
+class CaseNotFoundError(CaseError):
+    """No case (or cell) with that id or name."""
+
+
+class CaseSignedError(CaseError):
+    """The case is signed off and therefore read-only."""
+
+
+# --------------------------------------------------------------------------- schema (ORM)
+
+_NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=_NAMING)
+
+
+class CaseRow(Base):
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(MAX_USER), default="")
+    model_id: Mapped[str] = mapped_column(String(300), default="")
+    segmenter_id: Mapped[str] = mapped_column(String(300), default="")
+    classes: Mapped[list[str]] = mapped_column(JSON)
+    review_threshold: Mapped[float] = mapped_column(Float, default=0.0)
+    signed_by: Mapped[str | None] = mapped_column(String(MAX_USER), nullable=True)
+    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    signed_client: Mapped[str | None] = mapped_column(String(60), nullable=True)  # migration 0002
+
+    fields: Mapped[list[FieldRow]] = relationship(back_populates="case", order_by="FieldRow.position")
+
+
+class FieldRow(Base):
+    __tablename__ = "fields"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    image: Mapped[str] = mapped_column(String(500))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    image_png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when asked for
+    warnings: Mapped[list[str]] = mapped_column(JSON)
+
+    case: Mapped[CaseRow] = relationship(back_populates="fields")
+    cells: Mapped[list[CellRow]] = relationship(back_populates="field", order_by="CellRow.cell_no")
+
+
+class CellRow(Base):
+    __tablename__ = "cells"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    field_id: Mapped[int] = mapped_column(ForeignKey("fields.id"), index=True)
+    cell_no: Mapped[int] = mapped_column(Integer)  # the cell's id within its field (the analysis JSON's)
+    x0: Mapped[int] = mapped_column(Integer)
+    y0: Mapped[int] = mapped_column(Integer)
+    x1: Mapped[int] = mapped_column(Integer)
+    y1: Mapped[int] = mapped_column(Integer)
+    outline: Mapped[list[Any]] = mapped_column(JSON)  # cell polygons [[x, y], ...] in field pixels
+    nucleus: Mapped[list[Any]] = mapped_column(JSON)
+    crop_png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # the crop the classifier saw
+    # the model's call: written once, never updated
+    model_label: Mapped[str] = mapped_column(String(40))
+    model_confidence: Mapped[float] = mapped_column(Float)
+    model_review: Mapped[bool] = mapped_column(Boolean)
+    model_reasons: Mapped[list[str]] = mapped_column(JSON)
+    model_probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    ood: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the reviewer's call (None: not reviewed yet; the model's call stands)
+    label: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(MAX_USER), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    field: Mapped[FieldRow] = relationship(back_populates="cells")
+
+
+class CorrectionRow(Base):
+    """Append-only: one row per reviewer action; never updated or deleted."""
+
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id"), index=True)
+    old_label: Mapped[str] = mapped_column(String(40))
+    new_label: Mapped[str] = mapped_column(String(40))
+    user: Mapped[str] = mapped_column(String(MAX_USER))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str] = mapped_column(Text, default="")
+    #: the authenticated client behind the change (API key digest, "anonymous", "local"); migration 0002
+    client: Mapped[str | None] = mapped_column(String(60), nullable=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """Datetimes come back naive from SQLite: they were written in UTC."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    d = as_utc(dt)
+    return d.isoformat().replace("+00:00", "Z") if d else None
+
+
+def store_url(store: str | os.PathLike[str] | None) -> str:
+    """A SQLAlchemy URL from ``--store``: a URL as it is, a folder -> ``<folder>/cases.sqlite``, a file path."""
+    if store is None:
+        store = DEFAULT_STORE
+    s = str(store)
+    if "://" in s:
+        return s
+    p = Path(s)
+    if p.is_dir():
+        p = p / DEFAULT_STORE_NAME
+    return f"sqlite:///{p.resolve()}"
+
+
+def clean_user(user: str) -> str:
+    u = " ".join(str(user or "").split())
+    if not u:
+        raise CaseError("a user name is needed (who reviews or signs off)")
+    if len(u) > MAX_USER:
+        raise CaseError(f"user name longer than {MAX_USER} characters")
+    return u
+
+
+def clean_name(name: str) -> str:
+    n = " ".join(str(name or "").split())
+    if not n:
+        raise CaseError("a case needs a name (for example the sample or accession number)")
+    if len(n) > MAX_NAME:
+        raise CaseError(f"case name longer than {MAX_NAME} characters")
+    return n
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, enc = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise CaseError("could not encode an image as PNG")
+    return enc.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    from wbc.io import decode_image
+
+    return decode_image(data, "stored image")
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to the newest migration (``alembic upgrade head``), in one transaction."""
+    from alembic import command
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """Per connection, SQLite only: enforce foreign keys; a write-ahead log (a commit is one synced append,
+    still durable across a power cut with FULL sync; readers never wait for a writer)."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        u = make_url(url)
+    except ArgumentError as exc:
+        raise CaseError(f"--store {url!r}: not a SQLAlchemy URL or a file path ({exc})") from None
+    kwargs: dict[str, Any] = {}
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    try:
+        engine = create_engine(u, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise CaseError(f"--store {u.render_as_string()}: {exc}") from None
+    if u.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+# --------------------------------------------------------------------------- plain results
+
+
+@dataclass
+class CaseSummary:
+    """One line of ``wbc cases list``."""
+
+    id: int
+    name: str
+    created_at: str | None
+    created_by: str
+    model_id: str
+    n_fields: int
+    n_cells: int
+    n_changed: int
+    signed_by: str | None
+    signed_at: str | None
+
+    @property
+    def status(self) -> str:
+        return "signed off" if self.signed_by else "open"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "status": self.status}
+
+
+def final_label(cell: CellRow) -> str:
+    return cell.label if cell.label is not None else cell.model_label
+
+
+def cell_to_dict(cell: CellRow, position: int) -> dict[str, Any]:
+    return {
+        "id": cell.id,
+        "field_id": cell.field_id,
+        "field": position,
+        "cell_no": cell.cell_no,
+        "box": [cell.x0, cell.y0, cell.x1, cell.y1],
+        "outline": cell.outline,
+        "nucleus": cell.nucleus,
+        "model_label": cell.model_label,
+        "model_confidence": round(float(cell.model_confidence), 4),
+        "model_review": bool(cell.model_review),
+        "model_reasons": list(cell.model_reasons or []),
+        "model_probabilities": cell.model_probabilities or {},
+        "ood": bool(cell.ood),
+        "label": final_label(cell),
+        "reviewed": cell.label is not None,
+        "changed": cell.label is not None and cell.label != cell.model_label,
+        "reviewed_by": cell.reviewed_by,
+        "reviewed_at": iso(cell.reviewed_at),
+    }
+
+
+def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """Counts, percent and exact 95 % intervals over the model's classes; the special calls counted apart."""
+    from wbc.counts import differential_rows
+
+    counts = {c: 0 for c in classes}
+    other = {s: 0 for s in SPECIAL_LABELS}
+    for lab in labels:
+        if lab in counts:
+            counts[lab] += 1
+        elif lab in other:
+            other[lab] += 1
+    keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
+    rows = [dict(zip(keys, r[1:], strict=True)) for r in differential_rows(counts, classes, "")]
+    return {"total": sum(counts.values()), "rows": rows, "excluded": other}
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class CaseStore:
+    """The case store behind one SQLAlchemy URL; thread-safe (one session per call)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        try:
+            migrate(self.engine)
+        except OperationalError as exc:
+            raise CaseError(f"cannot open the case store {self.display_url}: {exc.orig}") from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, store: str | os.PathLike[str] | None = None) -> CaseStore:
+        """Open (creating or upgrading) the store: a SQLAlchemy URL, a ``.sqlite`` path, or a folder."""
+        return cls(store_url(store))
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # ------------------------------------------------------------- lookups
+
+    def _case(self, s: Session, case: int | str, lock: bool = False) -> CaseRow:
+        q = select(CaseRow)
+        if isinstance(case, int) or (isinstance(case, str) and case.isdigit()):
+            q = q.where(CaseRow.id == int(case))
+        else:
+            q = q.where(CaseRow.name == clean_name(str(case)))
+        if lock:
+            q = q.with_for_update()
+        row = s.scalars(q).first()
+        if row is None and isinstance(case, str) and case.isdigit():  # a name made of digits
+            row = s.scalars(select(CaseRow).where(CaseRow.name == case)).first()
+        if row is None:
+            raise CaseNotFoundError(f"case {case!r} not found in {self.display_url}")
+        return row
+
+    def case_id(self, case: int | str) -> int:
+        with self.session() as s:
+            return self._case(s, case).id
+
+    # ------------------------------------------------------------- writing
+
+    def create_case(
+        self, name: str, classes: Sequence[str], model_id: str = "", segmenter_id: str = "",
+        created_by: str = "", review_threshold: float = 0.0,
+    ) -> int:
+        """A new, empty, open case; returns its id. Names are unique."""
+        n = clean_name(name)
+        row = CaseRow(name=n, created_at=utcnow(), created_by=" ".join(str(created_by or "").split())[:MAX_USER],
+                      model_id=model_id, segmenter_id=segmenter_id, classes=list(classes),
+                      review_threshold=float(review_threshold))
+        try:
+            with self.session() as s:
+                s.add(row)
+                s.flush()
+                return row.id
+        except IntegrityError:
+            raise CaseError(f"a case named {n!r} already exists") from None
+
+    def add_field(self, case: int | str, rgb: np.ndarray, result: Any, crops: np.ndarray | None = None,
+                  image: str = "") -> int:
+        """Store one analysed field (a :class:`wbc.types.SmearResult` of ``rgb``) and its cells' crops.
+
+        ``crops`` (N, S, S, 3): the crops the classifier saw, in ``result.cells`` order (see
+        :func:`wbc.cases.crops_for`). Returns the field's id.
+        """
+        from wbc.analyze import mask_to_polygons
+
+        cells = list(result.cells)
+        with self.session() as s:
+            c = self._case(s, case, lock=True)
+            self._check_open(c)
+            if crops is None or len(crops) != len(cells):
+                raise CaseError(f"{image or result.image}: one crop per cell is needed")
+            position = 1 + int(s.scalar(select(func.count(FieldRow.id)).where(FieldRow.case_id == c.id)) or 0)
+            f = FieldRow(case_id=c.id, position=position, image=str(image or result.image)[:500],
+                         width=int(result.width), height=int(result.height), image_png=encode_png(rgb),
+                         warnings=list(result.warnings))
+            s.add(f)
+            s.flush()
+            for cell, crop in zip(cells, crops, strict=True):
+                p = cell.prediction
+                if p is None:
+                    raise CaseError(f"{f.image}: cell {cell.id} has no classification")
+                x0, y0, x1, y1 = (int(v) for v in cell.box)
+                s.add(CellRow(
+                    case_id=c.id, field_id=f.id, cell_no=int(cell.id), x0=x0, y0=y0, x1=x1, y1=y1,
+                    outline=mask_to_polygons(cell.cell_mask, (x0, y0)),
+                    nucleus=mask_to_polygons(cell.nucleus_mask, (x0, y0)),
+                    crop_png=encode_png(crop), model_label=p.label, model_confidence=float(p.confidence),
+                    model_review=bool(p.review), model_reasons=list(p.reasons),
+                    model_probabilities={k: round(float(v), 4) for k, v in p.probabilities.items()},
+                    ood=bool(p.ood)))
+            return f.id
+
+    @staticmethod
+    def _check_open(c: CaseRow) -> None:
+        if c.signed_by:
+            raise CaseSignedError(f"case {c.name!r} was signed off by {c.signed_by} on {iso(c.signed_at)} "
+                                  "and is read-only")
+
+    def reclassify(self, case: int | str, cell_id: int, label: str, user: str, note: str = "",
+                   client: str = "local") -> dict[str, Any]:
+        """Set the reviewer's call for one cell (a class, ``not_wbc`` or ``unidentifiable``; the model's own
+        label confirms it) and append it to the audit trail. ``client``: the authenticated caller (the
+        server passes the API key's digest). Returns the cell as a dict."""
+        who = clean_user(user)
+        with self.session() as s:
+            c = self._case(s, case, lock=True)
+            self._check_open(c)
+            allowed = [*c.classes, *SPECIAL_LABELS]
+            if label not in allowed:
+                raise CaseError(f"label {label!r} is not one of {', '.join(allowed)}")
+            cell = s.get(CellRow, int(cell_id))
+            if cell is None or cell.case_id != c.id:
+                raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
+            now = utcnow()
+            s.add(CorrectionRow(case_id=c.id, cell_id=cell.id, old_label=final_label(cell), new_label=label,
+                                user=who, at=now, note=str(note or "")[:2000], client=str(client)[:60]))
+            cell.label, cell.reviewed_by, cell.reviewed_at = label, who, now
+            s.flush()
+            return cell_to_dict(cell, cell.field.position)
+
+    def sign_off(self, case: int | str, user: str, client: str = "local") -> dict[str, Any]:
+        """Sign the case off as ``user`` (through ``client``, as in :meth:`reclassify`): from now on it is
+        read-only. Returns the case document."""
+        who = clean_user(user)
+        with self.session() as s:
+            c = self._case(s, case, lock=True)
+            self._check_open(c)
+            if not s.scalar(select(func.count(CellRow.id)).where(CellRow.case_id == c.id)):
+                raise CaseError(f"case {c.name!r} has no cells to sign off")
+            c.signed_by, c.signed_at, c.signed_client = who, utcnow(), str(client)[:60]
+            case_id = c.id
+        return self.case_document(case_id)
+
+    # ------------------------------------------------------------- reading
+
+    def list_cases(self) -> list[CaseSummary]:
+        with self.session() as s:
+            n_fields = dict(s.execute(select(FieldRow.case_id, func.count(FieldRow.id)).group_by(FieldRow.case_id))
+                            .all())
+            n_cells = dict(s.execute(select(CellRow.case_id, func.count(CellRow.id)).group_by(CellRow.case_id))
+                           .all())
+            changed = dict(s.execute(
+                select(CellRow.case_id, func.count(CellRow.id))
+                .where(CellRow.label.is_not(None), CellRow.label != CellRow.model_label)
+                .group_by(CellRow.case_id)).all())
+            return [CaseSummary(c.id, c.name, iso(c.created_at), c.created_by, c.model_id,
+                                int(n_fields.get(c.id, 0)), int(n_cells.get(c.id, 0)), int(changed.get(c.id, 0)),
+                                c.signed_by, iso(c.signed_at))
+                    for c in s.scalars(select(CaseRow).order_by(CaseRow.id))]
+
+    def case_document(self, case: int | str) -> dict[str, Any]:
+        """Everything about a case but the images, as JSON-ready dicts (the API's and the report's input)."""
+        with self.session() as s:
+            c = self._case(s, case)
+            fields, cells = [], []
+            loaded = s.scalars(select(FieldRow).where(FieldRow.case_id == c.id).order_by(FieldRow.position)
+                               .options(selectinload(FieldRow.cells)))
+            for f in loaded:
+                fields.append({"id": f.id, "position": f.position, "image": f.image, "width": f.width,
+                               "height": f.height, "warnings": list(f.warnings or []), "n_cells": len(f.cells)})
+                cells += [cell_to_dict(x, f.position) for x in f.cells]
+            corrections = [
+                {"id": r.id, "cell_id": r.cell_id, "old_label": r.old_label, "new_label": r.new_label,
+                 "user": r.user, "at": iso(r.at), "note": r.note, "client": r.client}
+                for r in s.scalars(select(CorrectionRow).where(CorrectionRow.case_id == c.id)
+                                   .order_by(CorrectionRow.id))]
+            classes = list(c.classes)
+            return {
+                "id": c.id, "name": c.name, "created_at": iso(c.created_at), "created_by": c.created_by,
+                "model_id": c.model_id, "segmenter_id": c.segmenter_id, "classes": classes,
+                "labels": [*classes, *SPECIAL_LABELS], "review_threshold": c.review_threshold,
+                "signed_by": c.signed_by, "signed_at": iso(c.signed_at), "signed_client": c.signed_client,
+                "status": "signed off" if c.signed_by else "open",
+                "fields": fields, "cells": cells, "corrections": corrections,
+                "differential": differential_of([x["label"] for x in cells], classes),
+                "model_differential": differential_of([x["model_label"] for x in cells], classes),
+                "n_cells": len(cells), "n_flagged": sum(x["model_review"] for x in cells),
+                "n_reviewed": sum(x["reviewed"] for x in cells), "n_changed": sum(x["changed"] for x in cells),
+            }
+
+    def tallies(self, case: int | str) -> dict[str, Any]:
+        """The differentials (reviewed and model's) and review counts, from the labels alone: what a page needs
+        after each change, without reading the case's images."""
+        with self.session() as s:
+            c = self._case(s, case)
+            rows = s.execute(select(CellRow.label, CellRow.model_label).where(CellRow.case_id == c.id)).all()
+            finals = [lab if lab is not None else model for lab, model in rows]
+            return {"differential": differential_of(finals, c.classes),
+                    "model_differential": differential_of([m for _, m in rows], c.classes),
+                    "n_reviewed": sum(lab is not None for lab, _ in rows),
+                    "n_changed": sum(lab is not None and lab != m for lab, m in rows)}
+
+    def field_png(self, case: int | str, field_id: int) -> bytes:
+        with self.session() as s:
+            c = self._case(s, case)
+            f = s.get(FieldRow, int(field_id))
+            if f is None or f.case_id != c.id:
+                raise CaseNotFoundError(f"field {field_id} is not in case {c.name!r}")
+            return f.image_png
+
+    def crop_png(self, case: int | str, cell_id: int) -> bytes:
+        with self.session() as s:
+            c = self._case(s, case)
+            cell = s.get(CellRow, int(cell_id))
+            if cell is None or cell.case_id != c.id:
+                raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
+            return cell.crop_png
+
+    def crops(self, case: int | str) -> dict[int, bytes]:
+        """Every cell's crop PNG by cell id (for the report's gallery and the export)."""
+        with self.session() as s:
+            c = self._case(s, case)
+            return dict(s.execute(select(CellRow.id, CellRow.crop_png).where(CellRow.case_id == c.id)).all())
+
+
+# --------------------------------------------------------------------------- from an analysis
+
+
+def crops_for(rgb: np.ndarray, result: Any, classifier: ClassifierLike) -> np.ndarray:
+    """The crops the classifier saw for ``result.cells`` (same size and cell fraction as the analysis)."""
+    from wbc.crops import cell_fraction_of, crop_cells
+
+    size = int(classifier.info.input_size)
+    if not result.cells:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.asarray(crop_cells(rgb, result.cells, size, cell_fraction_of(classifier)))
+
+
+def create_case_from_fields(
+    store: CaseStore, name: str, fields: Sequence[tuple[str, np.ndarray, Any]], classifier: ClassifierLike,
+    segmenter_id: str = "", created_by: str = "",
+) -> int:
+    """A new case from analysed fields ``(image name, rgb, SmearResult)``; returns the case id."""
+    if not fields:
+        raise CaseError("a case needs at least one field")
+    info = classifier.info
+    case_id = store.create_case(name, list(classifier.classes), model_id=str(classifier.model_id),
+                                segmenter_id=segmenter_id, created_by=created_by,
+                                review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0))
+    for image, rgb, res in fields:
+        store.add_field(case_id, rgb, res, crops_for(rgb, res, classifier), image=image)
+    return case_id
+
+
+def safe_stem(text: str) -> str:
+    """File-name-safe ASCII for a label or name (user text never reaches a path as it is)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "x"
+
+
+def crop_image(data: bytes) -> np.ndarray:
+    """A stored crop as RGB (tests, exports that re-encode)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

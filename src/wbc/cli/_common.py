@@ -1,0 +1,95 @@
+"""Options shared by several commands, so that one name always means one thing.
+
+``--data-root`` is the folder that holds the datasets (``pbc/``, ``bccd/``, ...; default ``$WBC_DATA_DIR`` or
+``../shared/data``); a *dataset* (a class-per-folder tree or a manifest CSV) is a positional argument or
+``--dataset`` (``--data`` is kept as its short alias). ``--model`` is always a classifier ONNX file,
+``--segmenter`` a registered segmenter name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from wbc.cli._app import console
+
+DataRootOpt = Annotated[
+    Path | None, typer.Option("--data-root", help="Data root (default: $WBC_DATA_DIR or ../shared/data).")
+]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", "-m", help="Classifier ONNX (default: the model shipped with wbc).")
+]
+SegmenterOpt = Annotated[str, typer.Option(
+    "--segmenter", help="auto | detector | classical | learned (auto: the learned detector when shipped).")]
+SegmenterModelOpt = Annotated[Path | None, typer.Option("--segmenter-model", help="Learned segmenter ONNX.")]
+PixelSizeOpt = Annotated[float | None, typer.Option(
+    "--pixel-size", min=0.01, max=10.0,
+    help="Micrometres per pixel of the fields (from the objective and camera); overrides the scale "
+    "measured from the red cells.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="CPU threads for inference.")]
+ClassesOpt = Annotated[str | None, typer.Option(
+    "--classes", help="Answer only among these classes: '5part' (neutrophil, lymphocyte, monocyte, eosinophil, "
+    "basophil) or a comma-separated list; probabilities are renormalised over them (default: every class).")]
+ReframeOpt = Annotated[bool, typer.Option(
+    "--reframe/--no-reframe", help="Re-frame cells framed unlike the training crops (filling a tight crop, "
+    "small in a wide field) before classifying them.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) | ray (a Ray actor pool; needs "
+                                      "the distributed extra).")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="Ray cluster to join (auto: the one `ray start` runs here; default: a local Ray runtime).")]
+ActorsOpt = Annotated[int, typer.Option("--actors", min=1, help="Ray actors (each with --threads threads).")]
+
+
+def check_engine(engine: str, ray_address: str | None) -> None:
+    """``--engine`` is local or ray; ``--ray-address`` only means something with ray."""
+    from wbc.errors import WbcError
+
+    if engine not in ("local", "ray"):
+        raise WbcError(f"--engine {engine}: choose local or ray")
+    if ray_address and engine != "ray":
+        raise WbcError("--ray-address needs --engine ray")
+
+
+def require_train(module: str) -> ModuleType:
+    """Import a ``wbc.train`` module only when a command needs it (torch is the optional train extra); without
+    the extra, a one-line message naming it instead of a traceback."""
+    from wbc.errors import WbcError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise WbcError(f"training needs the train extra: pip install -e '.[train]' ({exc})") from None
+
+
+def say(message: str) -> None:
+    """Print a plain line to the console; user paths in it are escaped, so ``[/x]`` never reads as markup."""
+    console.print(escape(message), highlight=False)
+
+
+def warn(message: str, prefix: str = "warning:") -> None:
+    """Print a yellow ``prefix`` and a plain (escaped) message."""
+    console.print(f"[yellow]{prefix}[/] {escape(message)}", highlight=False)
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """A progress bar on a terminal, nothing otherwise (a log file gets no ``1/62/6...`` counters).
+
+    Yields ``update(completed, total=None)``.
+    """
+    if not console.is_terminal:
+        yield lambda *_a, **_k: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n, total=None: bar.update(task, completed=n, total=total)

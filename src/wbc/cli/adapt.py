@@ -1,0 +1,134 @@
+"""``wbc adapt``: adapt a classifier to a new lab (few-shot fine-tuning, a head refit, or label-free)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wbc.cli._app import app, console
+from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt
+from wbc.errors import WbcError
+
+
+@app.command()
+def adapt(
+    data: Annotated[Path, typer.Option("--dataset", "--data", help="Labelled cells of the new lab: <class>/<image> "
+                                       "folders or a manifest CSV (path,label). About 25-100 cells. "
+                                       "With --no-labels: any folder of the lab's cell images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Adapted ONNX model to write.")],
+    model: ModelOpt = None,
+    stain: Annotated[str | None, typer.Option(
+        help="Stain normalisation to store: reinhard | macenko | histogram (this lab's colours -> the "
+             "training colours), none (remove), default: keep the model's.")] = None,
+    label_map: Annotated[list[str] | None, typer.Option("--map", help="Rename labels: old=new.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the held-out split, the folds and fine-tuning.")] = 0,
+    threads: ThreadsOpt = 2,
+    report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON.")] = None,
+    no_labels: Annotated[bool, typer.Option("--no-labels", help="No labels needed: choose the colour mapping "
+                                            "(none, reinhard, macenko, histogram) that makes the model most "
+                                            "consistent and confident on this lab's cells, and report why "
+                                            "(--stain METHOD: that mapping, no choice); the head is kept.")
+                         ] = False,
+    classes: ClassesOpt = None,
+    method: Annotated[str, typer.Option(help="finetune: every weight, in PyTorch (more accurate, needs the "
+                                        "network's .pt weights); head: refit the last layer only (seconds, "
+                                        "no PyTorch).")] = "finetune",
+    checkpoint: Annotated[Path | None, typer.Option(help="PyTorch weights for --method finetune (default: "
+                                                    "the .pt beside the model, e.g. RUN/best.pt).")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs over the labelled cells.")] = 30,
+    members: Annotated[int, typer.Option(min=1, help="Fine-tune this many copies (other seeds) and ship their "
+                                         "ensemble: more accurate, K times the fitting time and inference "
+                                         "cost.")] = 1,
+    cross_validate: Annotated[bool, typer.Option(
+        "--cross-validate/--no-cross-validate", help="Fit the held-out check, temperature and review threshold "
+        "on every cell by 5-fold cross-validation (default), or on one held-out fifth (--no-cross-validate: "
+        "about 1/3 of the time, a coarser review threshold).")] = True,
+) -> None:
+    """Adapt a classifier to a new lab from a few labelled cells (fine-tunes the network; minutes on a CPU)."""
+    from wbc.adapt import MAX_CELLS_WARN, adapt_model, adapt_stain
+    from wbc.io import atomic_write_text
+    from wbc.labels import parse_mapping
+
+    if no_labels and stain is None:
+        from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
+
+        free = adapt_unlabelled(model, data, output, classes=classes, threads=threads)
+        for msg in free.skipped:
+            console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+        for line in summary_lines(free):
+            console.print(line, highlight=False)
+        console.print(f"scored on {free.n_cells} unlabelled cells over {', '.join(free.classes)} in "
+                      f"{free.seconds:.0f} s -> {free.output}", highlight=False)
+        if report:
+            atomic_write_text(report, json.dumps(free.to_dict(), indent=2) + "\n")
+        return
+    if no_labels and stain is not None:  # (stain is None was handled above)
+        out = adapt_stain(model, data, output, stain=stain, threads=threads)
+        for msg in out["skipped"]:
+            console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+        console.print(f"{out['stain']} colour mapping fitted on {out['n_cells']} cells in {out['seconds']:.0f} s "
+                      f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)",
+                      highlight=False)
+        if report:
+            atomic_write_text(report, json.dumps(out, indent=2) + "\n")
+        return
+    try:
+        mapping = parse_mapping(label_map or []) or None
+    except ValueError as exc:
+        raise WbcError(str(exc)) from None
+    if method == "head" and members != 1:
+        raise WbcError("--members needs --method finetune")
+    if method == "head":
+        res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping)
+    elif method == "finetune":
+        from rich.progress import BarColumn, Progress, TimeRemainingColumn
+
+        if members > 1 and cross_validate:
+            console.print(f"[yellow]note:[/] --members {members} with cross-validation fine-tunes {members} "
+                          f"networks per fold and {members} on all cells: {members}x the time of one "
+                          "(--no-cross-validate takes about a third of that)", highlight=False)
+
+        with Progress("fine-tuning", BarColumn(), "{task.completed}/{task.total} steps", TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("steps", total=None)
+            try:  # the torch half, imported only when used
+                from wbc.train.finetune import adapt_finetune
+            except ImportError as exc:
+                raise WbcError(f"--method finetune needs PyTorch ({exc}): pip install 'wbc[train]', or use "
+                               "--method head") from None
+
+            res = adapt_finetune(model, data, output, checkpoint=checkpoint, stain=stain, seed=seed,
+                                 threads=threads, mapping=mapping, epochs=epochs, members=members,
+                                 cross_validate=cross_validate,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        raise WbcError(f"--method {method!r}: choose finetune or head")
+    if res.n_cells > MAX_CELLS_WARN:
+        console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, training on the lab's cells "
+                      "with `wbc train` may do better than few-shot adaptation", highlight=False)
+    for msg in res.skipped:
+        console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+    console.print(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
+                  f" in {res.seconds:.0f} s -> {res.output}", highlight=False)
+    if res.method == "head":
+        console.print(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
+                      f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
+                      f"{res.heldout_acc_after:.1%} after", highlight=False)
+        console.print(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
+                      f"confidence {res.review_threshold:.2f}", highlight=False)
+    else:
+        how = (f"{res.folds}-fold cross-validation, each of the {res.heldout_n} cells predicted by a fine-tuning "
+               "that never saw it") if res.settings.get("cross_validate") else (
+               f"{res.heldout_n} cells kept out of a first fine-tuning")
+        console.print(f"held-out check ({how}): accuracy "
+                      f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after", highlight=False)
+        console.print(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
+                      "the output is float32 ONNX", highlight=False)
+    if res.heldout_acc_after + 1e-9 < res.heldout_acc_before:
+        console.print("[yellow]warning:[/] the adapted model did worse on held-out cells than the original; "
+                      "check the labels or add cells", highlight=False)
+    if report:
+        atomic_write_text(report, json.dumps(res.to_dict(), indent=2) + "\n")

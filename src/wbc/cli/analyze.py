@@ -1,0 +1,100 @@
+"""``wbc analyze``: whole smear fields -> per-image JSON + annotated PNG, cells.csv, differential.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wbc.cli._app import app
+from wbc.cli._common import (
+    ActorsOpt,
+    ClassesOpt,
+    EngineOpt,
+    ModelOpt,
+    PixelSizeOpt,
+    RayAddressOpt,
+    SegmenterModelOpt,
+    SegmenterOpt,
+    ThreadsOpt,
+    say,
+    warn,
+)
+from wbc.errors import WbcError
+
+
+@app.command()
+def analyze(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Smear images or folders (default: data/raw_images/).", show_default=False),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for JSON, PNG and CSV.")] = Path(
+        "results"
+    ),
+    model: ModelOpt = None,
+    segmenter: SegmenterOpt = "auto",
+    segmenter_model: SegmenterModelOpt = None,
+    pixel_size: PixelSizeOpt = None,
+    draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write annotated PNGs.")] = True,
+    threads: ThreadsOpt = 2,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Redo fields whose results exist in --output (default: skip them, resuming a run).")
+    ] = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = 2,
+    classes: ClassesOpt = None,
+) -> None:
+    """Find, outline, classify and count the WBCs of smear images; write JSON, PNG and CSVs.
+
+    Resumable: fields whose results are already in --output are skipped, so a stopped run started again
+    finishes the rest.
+    """
+    from wbc.batch import ModelSpec
+    from wbc.cli._common import check_engine, progress
+    from wbc.formats import pooled_counts
+    from wbc.paths import DEFAULT_INPUT_DIR
+
+    inputs = list(paths) if paths else [DEFAULT_INPUT_DIR]
+    if not paths and not DEFAULT_INPUT_DIR.is_dir():
+        raise WbcError(
+            f"no PATH given and {DEFAULT_INPUT_DIR}/ does not exist: put smear images there "
+            "or name files or folders"
+        )
+    check_engine(engine, ray_address)
+    spec = ModelSpec(str(model) if model else None, segmenter, str(segmenter_model) if segmenter_model else None,
+                     threads, pixel_size=pixel_size, classes=classes)
+    with progress("analysing", None) as update:
+        if engine == "ray":
+            from wbc.distributed import analyze_paths_ray
+
+            summary = analyze_paths_ray(inputs, output, spec, draw=draw, overwrite=overwrite, actors=actors,
+                                        address=ray_address, progress=lambda i, n: update(i, total=n))
+        else:
+            from wbc.batch import analyze_paths
+
+            clf, seg = spec.load()
+            summary = analyze_paths(inputs, output, clf, seg, draw=draw, overwrite=overwrite,
+                                    progress=lambda i, n: update(i, total=n))
+    n_img = len(summary.docs)
+    n_cells = sum(d["n_cells"] for d in summary.docs)
+    done_before = f", {summary.skipped} done by an earlier run" if summary.skipped else ""
+    say(f"{n_img} image(s){done_before}, {n_cells} WBC(s) [{summary.segmenter_id} segmenter, {summary.model_id}]"
+        f" -> {output}/")
+    if summary.analyzed:
+        say(
+            f"  {1000 * summary.seconds_analysis / summary.analyzed:.0f} ms/image analysis"
+            + (f", {1000 * summary.seconds_render / summary.analyzed:.0f} ms/image drawing" if draw else "")
+        )
+    pooled = pooled_counts(summary.docs, summary.classes)
+    for c in summary.classes:
+        if pooled.get(c):
+            say(f"  {c:<13}{pooled[c]:>6}  {100 * pooled[c] / max(n_cells, 1):5.1f}%")
+    for _, msg in summary.errors:
+        warn(msg, "skipped")
+    if summary.errors:
+        warn(f"{len(summary.errors)} file(s) failed, listed in {output}/errors.csv", "note:")
+        if not n_img:
+            raise typer.Exit(1)

@@ -1,0 +1,187 @@
+"""``wbc cases``: the case store from the command line (list, show, create, report, export for ``wbc adapt``).
+
+The library is :mod:`wbc.cases`; this module only parses options and prints. SQLAlchemy is imported inside
+the commands, so ``wbc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from wbc.cli._app import app, console
+from wbc.cli._common import ModelOpt, SegmenterModelOpt, SegmenterOpt, ThreadsOpt, say, warn
+from wbc.errors import WbcError
+
+#: Where the store is when --store is not given: next to the results of ``wbc analyze`` (its default output).
+DEFAULT_STORE = Path("results") / "cases.sqlite"
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Case store: a SQLAlchemy URL (postgresql+psycopg://user@host/db, sqlite:///file) or a "
+    f"file or folder for SQLite (default: {DEFAULT_STORE}).")]
+CaseArg = Annotated[str, typer.Argument(help="Case id or name.", show_default=False)]
+
+cases_app = typer.Typer(help="Reviewed cases: list, show, create, report, export the corrections for wbc adapt.",
+                        no_args_is_help=True)
+app.add_typer(cases_app, name="cases")
+
+
+def store_url(store: str | os.PathLike[str] | None) -> str:
+    """The SQLAlchemy URL for ``--store`` (a URL as it is; a folder or file path -> SQLite)."""
+    from wbc.cases.store import store_url as url
+
+    return url(store if store is not None else DEFAULT_STORE)
+
+
+def open_store(store: str | None, must_exist: bool = True) -> Any:
+    """Open the store; for reading, a SQLite file that is not there is an error (not a new empty store)."""
+    from wbc.cases import CaseStore
+
+    url = store_url(store)
+    if must_exist and url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise WbcError(f"{path}: no case store here (create cases with `wbc serve` or `wbc cases create`, "
+                           "or pass --store)")
+    return CaseStore(url)
+
+
+@cases_app.command("list")
+def list_cases(store: StoreOpt = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False) -> None:
+    """List every case: fields, cells, cells changed by review, status."""
+    s = open_store(store)
+    rows = s.list_cases()
+    if as_json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    if not rows:
+        say(f"no cases in {s.display_url}")
+        return
+    from rich.table import Table
+    from rich.text import Text  # user text as Text: never read as markup
+
+    t = Table(title=f"cases in {s.display_url}", title_justify="left")
+    for col, just in (("id", "right"), ("name", "left"), ("fields", "right"), ("cells", "right"),
+                      ("changed", "right"), ("status", "left"), ("signed", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    t.title = Text(f"cases in {s.display_url}")
+    for r in rows:
+        t.add_row(str(r.id), Text(r.name), str(r.n_fields), str(r.n_cells), str(r.n_changed), r.status,
+                  Text(f"{r.signed_by} {r.signed_at}" if r.signed_by else ""))
+    console.print(t)
+
+
+@cases_app.command("show")
+def show_case(case: CaseArg, store: StoreOpt = None,
+              as_json: Annotated[bool, typer.Option("--json", help="Print the case as JSON to stdout.")] = False
+              ) -> None:
+    """One case: who analysed and signed it, the reviewed differential beside the model's, the corrections."""
+    s = open_store(store)
+    doc = s.case_document(case)
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    say(f"case {doc['id']}: {doc['name']} ({doc['status']})")
+    say(f"  analysed {doc['created_at']}{' by ' + doc['created_by'] if doc['created_by'] else ''}; "
+        f"model {doc['model_id']}")
+    if doc["signed_by"]:
+        say(f"  signed off by {doc['signed_by']} on {doc['signed_at']}")
+    say(f"  {len(doc['fields'])} field(s), {doc['n_cells']} cell(s): {doc['n_flagged']} flagged by the model, "
+        f"{doc['n_reviewed']} reviewed, {doc['n_changed']} changed")
+    model = {r["class"]: r["count"] for r in doc["model_differential"]["rows"]}
+    say(f"  {'class':<15}{'count':>6}{'%':>7}  {'95 % CI':<13}{'model':>6}")
+    for r in doc["differential"]["rows"]:
+        if r["count"] or model[r["class"]]:
+            say(f"  {r['class']:<15}{r['count']:>6}{r['percent']:>7.1f}  "
+                f"{r['ci95_low']:5.1f}-{r['ci95_high']:<7.1f}{model[r['class']]:>6}")
+    for lab, n in doc["differential"]["excluded"].items():
+        if n:
+            say(f"  {lab:<15}{n:>6}  (not counted)")
+    for c in doc["corrections"]:
+        say(f"  {c['at']}  cell {c['cell_id']}: {c['old_label']} -> {c['new_label']} by {c['user']}")
+
+
+@cases_app.command("create")
+def create_case(
+    name: Annotated[str, typer.Argument(help="Name of the new case (sample or accession number).")],
+    paths: Annotated[list[Path], typer.Argument(help="Smear fields (images or folders).", show_default=False)],
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    segmenter: SegmenterOpt = "auto",
+    segmenter_model: SegmenterModelOpt = None,
+    user: Annotated[str, typer.Option(help="Who creates the case.")] = "",
+    threads: ThreadsOpt = 2,
+) -> None:
+    """Analyse smear fields as one new case, for review in the web page (`wbc serve`, /review)."""
+    from wbc.analyze import analyze_image
+    from wbc.cases import create_case_from_fields
+    from wbc.io import iter_image_paths, read_image
+    from wbc.model import load_model
+    from wbc.segment import get_segmenter
+
+    files = list(iter_image_paths(paths))
+    if not files:
+        raise WbcError(f"no image files in {', '.join(map(str, paths))}")
+    s = open_store(store, must_exist=False)
+    clf = load_model(model, threads=threads)
+    seg = get_segmenter(segmenter, segmenter_model, threads=threads)
+    fields = []
+    for p in files:
+        rgb = read_image(p)
+        fields.append((p.name, rgb, analyze_image(rgb, clf, seg, name=p.name)))
+    seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
+    cid = create_case_from_fields(s, name, fields, clf, segmenter_id=seg_id, created_by=user)
+    doc = s.case_document(cid)
+    say(f"case {cid}: {doc['name']}: {len(files)} field(s), {doc['n_cells']} cell(s), "
+        f"{doc['n_flagged']} flagged -> {s.display_url}")
+
+
+@cases_app.command("report")
+def report(
+    case: CaseArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="report.html (printable page) or report.pdf.")],
+    store: StoreOpt = None,
+) -> None:
+    """Write the case report: differential with intervals, reviewer vs model, flagged cells, plain words."""
+    from wbc.cases.report import render_html, render_pdf
+    from wbc.io import atomic_write_bytes, atomic_write_text
+
+    s = open_store(store)
+    suffix = output.suffix.lower()
+    if suffix not in (".html", ".htm", ".pdf"):
+        raise WbcError(f"{output}: --output must end in .html or .pdf")
+    if suffix == ".pdf":
+        atomic_write_bytes(output, render_pdf(s, case))
+    else:
+        atomic_write_text(output, render_html(s, case))
+    if not s.case_document(case)["signed_by"]:
+        warn("the case is not signed off: the report is marked DRAFT")
+    say(f"report -> {output}")
+
+
+@cases_app.command("export")
+def export(
+    output: Annotated[Path, typer.Argument(help="Folder to write <class>/<image> crops and manifest.csv to.")],
+    case: Annotated[list[str] | None, typer.Option("--case", help="Only this case (id or name); repeatable.")
+                    ] = None,
+    store: StoreOpt = None,
+    include_open: Annotated[bool, typer.Option("--include-open", help="Also cases not signed off yet.")] = False,
+    changed_only: Annotated[bool, typer.Option("--changed-only", help="Only cells the reviewer changed.")] = False,
+) -> None:
+    """Export reviewed cells as training data: `wbc adapt --data OUTPUT` (or OUTPUT/manifest.csv) takes it as it is."""
+    from wbc.cases.export import export_cases
+
+    s = open_store(store)
+    res = export_cases(s, output, cases=list(case or []), include_open=include_open, changed_only=changed_only)
+    for name in res.skipped_open:
+        warn(f"case {name!r} is not signed off: left out (--include-open takes it)", prefix="skipped")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(res.counts.items()))
+    say(f"{res.n_cells} cell(s) from {len(res.cases)} case(s) -> {output}/ ({counts or 'none'}); "
+        f"{res.n_excluded} not-a-WBC / unidentifiable cell(s) left out")
+    if res.n_cells:
+        say(f"next: wbc adapt --data {output} --output my_lab.onnx")

@@ -1,0 +1,79 @@
+"""``wbc classify``: single-cell images -> a predictions CSV and a count summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wbc.cli._app import app
+from wbc.cli._common import (
+    ActorsOpt,
+    ClassesOpt,
+    EngineOpt,
+    ModelOpt,
+    RayAddressOpt,
+    ReframeOpt,
+    ThreadsOpt,
+    progress,
+    say,
+    warn,
+)
+from wbc.errors import WbcError
+
+
+@app.command()
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Single-cell images or folders of them.")],
+    model: ModelOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV to write.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    threads: ThreadsOpt = 2,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = 2,
+    classes: ClassesOpt = None,
+    reframe: ReframeOpt = True,
+) -> None:
+    """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
+    from wbc.classify import classify_paths
+    from wbc.cli._common import check_engine
+    from wbc.formats import write_predictions_csv
+    from wbc.io import check_output_file, iter_image_paths
+    from wbc.model import load_model
+    from wbc.ood import ADAPT_ADVICE, needs_adaptation, ood_warning
+
+    files = list(iter_image_paths(paths))
+    if not files:
+        raise WbcError(f"no image files in {', '.join(map(str, paths))}")
+    check_engine(engine, ray_address)
+    out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
+    clf = load_model(model, threads=threads).with_classes(classes)
+    with progress("classifying", len(files)) as update:
+        if engine == "ray":
+            from wbc.batch import ModelSpec
+            from wbc.distributed import classify_paths_ray
+
+            res = classify_paths_ray(files, ModelSpec(str(model) if model else None, threads=threads, classes=classes),
+                                     batch_size=batch_size, actors=actors, address=ray_address, progress=update)
+        else:
+            res = classify_paths(files, clf, batch_size=batch_size, workers=threads, progress=update,
+                                 reframe=reframe)
+    write_predictions_csv(out, res.predictions, clf.classes)
+    for _path, msg in res.errors:
+        warn(msg, "skipped")
+    n = len(res.predictions)
+    counts = res.counts()
+    n_review = sum(p.review for p in res.predictions)
+    say(f"{n} cells classified with {clf.model_id} -> {out}")
+    for c in clf.classes:
+        if counts.get(c):
+            say(f"  {c:<13}{counts[c]:>7}  {100 * counts[c] / n:5.1f}%")
+    say(f"  flagged for review: {n_review}")
+    if warning := ood_warning(res.predictions):
+        warn(f"{warning}; {ADAPT_ADVICE}" if needs_adaptation(res.predictions) else warning)
+    if res.errors:
+        warn(f"{len(res.errors)} file(s) could not be read", "note:")
+        if not n:
+            raise typer.Exit(1)

@@ -1,0 +1,64 @@
+"""``wbc evaluate-smears``: detection, segmentation and end-to-end subtype metrics on labelled smear fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wbc.cli._app import app
+from wbc.cli._common import (
+    DataRootOpt,
+    ModelOpt,
+    PixelSizeOpt,
+    SegmenterModelOpt,
+    SegmenterOpt,
+    ThreadsOpt,
+    say,
+)
+
+
+@app.command("evaluate-smears")
+def evaluate_smears(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for metrics.json + summary.md.")
+    ] = Path("results/evaluate_smears"),
+    data_root: DataRootOpt = None,
+    dataset: Annotated[Path | None, typer.Option(
+        "--dataset", help="Any YOLO- or VOC-labelled folder of smear fields (default: BCCD under the data root)."
+    )] = None,
+    split: Annotated[str, typer.Option(help="Split: test, val, train (BCCD's ImageSets or images/<split>/).")] = "test",
+    model: ModelOpt = None,
+    segmenter: SegmenterOpt = "auto",
+    segmenter_model: SegmenterModelOpt = None,
+    pixel_size: PixelSizeOpt = None,
+    no_classifier: Annotated[
+        bool, typer.Option("--no-classifier", help="Detection/segmentation only.")
+    ] = False,
+    threads: ThreadsOpt = 2,
+) -> None:
+    """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
+    or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
+    from wbc.evaluate.smears import evaluate_smears as run
+    from wbc.model import load_model
+    from wbc.paths import data_root as resolve_root
+    from wbc.segment import get_segmenter
+
+    clf = None if no_classifier else load_model(model, threads=threads)
+    seg = get_segmenter(segmenter, segmenter_model, threads=threads, pixel_size=pixel_size)
+    m = run(resolve_root(data_root), output, seg, clf, split=split, dataset=dataset)
+    d, s = m["detection"], m["segmentation"]
+    say(f"{m['dataset']} {split}: {m['n_images']} images, segmenter {m['segmenter']}")
+    say(
+        f"  WBC precision {d['precision']:.3f} recall {d['recall']:.3f} F1 {d['f1']:.3f} "
+        f"AP50 {d['ap50']:.3f} mean IoU {d['mean_iou_matched']:.3f}"
+    )
+    for o, v in m.get("per_origin", {}).items():
+        say(f"  {o}: recall {v['recall']:.3f} precision {v['precision']:.3f} ({v['n_images']} images)")
+    if s["nucleus_dice"] is not None:
+        say(f"  nucleus Dice {s['nucleus_dice']:.3f}  cell Dice {s['cell_dice']:.3f}")
+    if m.get("subtype") and m["subtype"]["n"]:
+        st = m["subtype"]
+        say(f"  subtype accuracy {st['accuracy']:.3f} macro-F1 {st['macro_f1']:.3f} (n={st['n']})")
+    say(f"  -> {output}/metrics.json, {output}/summary.md")

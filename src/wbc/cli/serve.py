@@ -1,0 +1,81 @@
+"""``wbc serve``: run the HTTP API and web page with uvicorn; the app is :func:`wbc.serve.app.create_app`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wbc.cli._app import app, console
+from wbc.cli._common import ClassesOpt, ModelOpt, SegmenterModelOpt, SegmenterOpt
+from wbc.cli.cases import StoreOpt, store_url
+from wbc.errors import WbcError
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but 127.0.0.1, ::1 or localhost "
+                                      "(e.g. 0.0.0.0: every interface) needs API keys.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    model: ModelOpt = None,
+    segmenter: SegmenterOpt = "auto",
+    segmenter_model: SegmenterModelOpt = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body (all files) in MiB.")
+                             ] = 25.0,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads per inference call.")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="Inference calls allowed to run at once.")] = 1,
+    api_key_file: Annotated[Path | None, typer.Option(
+        "--api-key-file", help="File of API keys, one per line (adds to $WBC_API_KEYS, comma-separated). "
+        "With keys, every route but /health needs X-API-Key or Authorization: Bearer.")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="A host name or address clients use to reach the server (Host header), "
+        "repeatable; loopback names, the --host address and this machine's name are always allowed.")] = None,
+    allowed_origin: Annotated[list[str] | None, typer.Option(
+        "--allowed-origin", help="Another site's origin (https://lims.example.org) whose pages may post "
+        "here, repeatable.")] = None,
+    rate_limit: Annotated[int | None, typer.Option(
+        "--rate-limit", min=0, help="Requests per minute per API key (0: none; default 1200).")] = None,
+    classes: ClassesOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Serve the HTTP API (/classify, /analyze, /health, /model) and the web page at http://HOST:PORT/."""
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - uvicorn is a core dependency
+        raise WbcError(f"wbc serve needs uvicorn: pip install uvicorn ({exc})") from None
+    from wbc.serve.app import create_app
+    from wbc.serve.security import check_binding
+    from wbc.serve.settings import load_settings, served_hosts
+
+    base = load_settings(api_key_file=api_key_file, rate_limit_per_minute=rate_limit)
+    settings = base.model_copy(update={
+        "allowed_hosts": served_hosts(base.allowed_hosts, host, allowed_host or []),
+        "allowed_origins": [*base.allowed_origins, *(allowed_origin or [])]})
+    check_binding(host, bool(settings.all_keys()))  # before the models load: fail fast
+    web = create_app(model_path=model, segmenter_method=segmenter, segmenter_path=segmenter_model,
+                     max_upload_mb=max_upload_mb, threads=threads, max_concurrent=workers, settings=settings,
+                     store=store_url(store))  # the case store behind /review (wbc.cases)
+    if classes:  # the server's default label set; a request's `classes` field overrides it
+        web.state.classifier = web.state.classifier.with_classes(classes)
+    meta = web.state.metadata
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"wbc serve: model {meta['model_id']}, segmenter {meta['segmenter']['name']}, "
+                  f"uploads up to {max_upload_mb:g} MiB", highlight=False)
+    console.print(f"  web page  http://{shown}:{port}/\n  API       http://{shown}:{port}/openapi.json",
+                  highlight=False)
+    from rich.markup import escape
+
+    console.print(f"  cases     {escape(web.state.case_store.display_url)} (review and sign-off at /review)",
+                  highlight=False)
+    n_keys = len(settings.all_keys())
+    console.print(f"  security  {n_keys} API key(s)" if n_keys else
+                  "  security  no API keys: open to every program on this machine (set WBC_API_KEYS)",
+                  highlight=False)
+    if n_keys and host.strip("[]") not in {"127.0.0.1", "::1", "localhost"}:
+        console.print("[yellow]note:[/] keys travel in clear text over plain HTTP; beyond a trusted network put "
+                      "the server behind a reverse proxy with TLS.", highlight=False)
+    try:
+        uvicorn.run(web, host=host, port=port, log_level="info", access_log=True)
+    except OSError as exc:  # port in use, address not available
+        raise WbcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -1,0 +1,48 @@
+"""``wbc train``: train a classifier from a config (defaults <- TOML <- flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wbc.cli._app import app, console
+from wbc.cli._common import DataRootOpt, require_train
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")] = Path("runs/latest"),
+    dataset: Annotated[str | None, typer.Option("--dataset", "--data", help="Class-per-folder dataset.")] = None,
+    data_root: DataRootOpt = None,
+    model: Annotated[str | None, typer.Option("--model", help="Registered model name (see `wbc models`).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet start.")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+    balance: Annotated[str | None, typer.Option(help="loss | sampler | none")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs (0: off).")] = None,
+    folds: Annotated[int | None, typer.Option(help="K-fold cross-validation + ensemble (K >= 2).")] = None,
+    max_per_class: Annotated[int | None, typer.Option(help="Cap images per class (0: all).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Augmentation worker processes (0: none).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | auto (a GPU when there is one).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="Data-parallel processes on this machine (DDP: gloo on CPUs, NCCL on GPUs).")] = 1,
+) -> None:
+    """Train a classifier: split, augment, fit, early-stop, calibrate, export ONNX, report on test."""
+    from wbc.config import load_config
+
+    overrides = dict(data=dataset, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                     input_size=input_size, pretrained=pretrained, augment=augment, balance=balance,
+                     patience=patience, folds=folds, max_per_class=max_per_class, seed=seed, threads=threads,
+                     num_workers=num_workers, device=device)
+    cfg = load_config(config, overrides)
+    run = require_train("wbc.train.loop").run_training
+    run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc)

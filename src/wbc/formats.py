@@ -1,0 +1,202 @@
+"""Every output format in one place: per-field JSON, ``cells.csv``, ``differential.csv``, ``errors.csv``,
+the predictions CSV of ``wbc classify`` and the HTTP API's JSON.
+
+One module owns them so that ``wbc analyze`` (local or Ray engine), ``wbc classify``, ``wbc evaluate``
+and ``wbc serve`` write the same bytes for the same results, and so that the pooled CSVs can be rebuilt
+from the per-field JSON documents alone (a resumed run has no in-memory results for the fields done
+before it started). CSV cells that a spreadsheet would run as a formula are neutralised here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wbc.counts import DIFFERENTIAL_HEADER, differential_rows
+from wbc.io import atomic_write_csv
+from wbc.types import Cell, Prediction, SmearResult
+
+#: A spreadsheet evaluates a text cell starting with one of these as a formula (CWE-1236).
+FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+ERRORS_HEADER: tuple[str, ...] = ("path", "error")
+
+
+# --------------------------------------------------------------------------- CSV safety
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def neutralise(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @`` (or a tab or CR)
+    gets a leading apostrophe; numbers, and text that reads as a number ("-0.5"), stay as they are.
+
+    >>> [neutralise(v) for v in ("=HYPERLINK(1)", "@SUM(A1)", "-0.5", -2, "cell_1.png")]
+    ["'=HYPERLINK(1)", "'@SUM(A1)", '-0.5', -2, 'cell_1.png']
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A user-facing CSV, formula-safe and written atomically."""
+    atomic_write_csv(path, [neutralise(h) for h in header], ([neutralise(v) for v in r] for r in rows))
+
+
+# --------------------------------------------------------------------------- per-field JSON
+
+
+def mask_to_polygons(
+    mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.7
+) -> list[list[list[int]]]:
+    """Outer outlines of a bool mask as integer [x, y] polygons in image coordinates (simplified)."""
+    cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=offset)
+    out = []
+    for c in cs:
+        if len(c) < 3:
+            continue
+        c = cv2.approxPolyDP(c, tolerance, True)
+        out.append(c.reshape(-1, 2).astype(int).tolist())
+    return out
+
+
+def cell_to_dict(c: Cell) -> dict[str, Any]:
+    x0, y0 = c.box[:2]
+    p = c.prediction
+    return {
+        "id": c.id,
+        "box": [int(v) for v in c.box],
+        "nucleus": mask_to_polygons(c.nucleus_mask, (x0, y0)),
+        "cell": mask_to_polygons(c.cell_mask, (x0, y0)),
+        "area_px": c.area_px,
+        "nucleus_area_px": int(c.nucleus_mask.sum()),
+        "touches_border": bool(c.touches_border),
+        "detection_score": round(float(c.score), 4),
+        "label": p.label if p else None,
+        "confidence": round(p.confidence, 4) if p else None,
+        "review": bool(p.review) if p else None,
+        "review_reasons": list(p.reasons) if p else [],
+        "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()} if p else {},
+    }
+
+
+def result_to_dict(res: SmearResult, classes: Sequence[str] = (), segmenter_id: str = "") -> dict[str, Any]:
+    """The JSON document for one field (``DIR/<stem>.json``, and the body of ``POST /analyze``)."""
+    return {
+        "image": res.image,
+        "width": res.width,
+        "height": res.height,
+        "model_id": res.model_id,
+        "segmenter": segmenter_id,
+        "counts": res.counts(classes),
+        "n_cells": len(res.cells),
+        "cells": [cell_to_dict(c) for c in res.cells],
+        "warnings": list(res.warnings),
+    }
+
+
+def json_text(doc: Mapping[str, Any]) -> str:
+    """The exact text of a per-field JSON file (one serialisation, so every engine writes the same bytes)."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------- pooled CSVs (from JSON documents)
+
+
+def cells_csv_header(classes: Sequence[str]) -> list[str]:
+    return ["image", "id", "x0", "y0", "x1", "y1", "area_px", "nucleus_area_px", "touches_border", "label",
+            "confidence", "review", *[f"p_{c}" for c in classes]]
+
+
+def cells_csv_rows(doc: Mapping[str, Any], classes: Sequence[str]) -> list[list[Any]]:
+    """``cells.csv`` rows of one field's JSON document."""
+    rows = []
+    for c in doc["cells"]:
+        labelled = c.get("label") is not None
+        probs = [c["probabilities"].get(k, 0.0) if labelled else "" for k in classes]
+        rows.append([doc["image"], c["id"], *c["box"], c["area_px"], c["nucleus_area_px"], int(c["touches_border"]),
+                     c["label"] if labelled else "", c["confidence"] if labelled else "",
+                     int(c["review"]) if labelled else "", *probs])
+    return rows
+
+
+def write_cells_csv(path: str | os.PathLike[str], docs: Iterable[Mapping[str, Any]], classes: Sequence[str]) -> None:
+    write_csv(path, cells_csv_header(classes), (r for d in docs for r in cells_csv_rows(d, classes)))
+
+
+def pooled_counts(docs: Iterable[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, int]:
+    out = {c: 0 for c in classes}
+    for d in docs:
+        for c, k in d["counts"].items():
+            out[c] = out.get(c, 0) + int(k)
+    return out
+
+
+def write_differential_csv(
+    path: str | os.PathLike[str], docs: Sequence[Mapping[str, Any]], classes: Sequence[str]
+) -> None:
+    """``differential.csv``: per field, then ``ALL`` pooled over fields (counts from the JSON documents)."""
+    rows: list[list[Any]] = []
+    for d in docs:
+        rows += differential_rows(d["counts"], classes, d["image"])
+    rows += differential_rows(pooled_counts(docs, classes), classes, "ALL")
+    write_csv(path, DIFFERENTIAL_HEADER, rows)
+
+
+def write_errors_csv(path: str | os.PathLike[str], errors: Iterable[tuple[str, str]]) -> None:
+    write_csv(path, ERRORS_HEADER, errors)
+
+
+# --------------------------------------------------------------------------- wbc classify / wbc evaluate
+
+
+def prediction_header(classes: Sequence[str]) -> list[str]:
+    return ["path", "label", "confidence", "review", *[f"p_{c}" for c in classes]]
+
+
+def prediction_row(p: Prediction, classes: Sequence[str]) -> list[object]:
+    return [p.path, p.label, f"{p.confidence:.4f}", str(p.review).lower(),
+            *[f"{p.probabilities.get(c, 0.0):.4f}" for c in classes]]
+
+
+def write_predictions_csv(
+    path: str | os.PathLike[str], predictions: Sequence[Prediction], classes: Sequence[str],
+    extra: dict[str, Sequence[object]] | None = None,
+) -> None:
+    """``path,label,confidence,review,p_<class>...`` (plus ``extra`` columns), formula-safe and atomic."""
+    header = prediction_header(classes) + list(extra or {})
+    rows = [prediction_row(p, classes) + [v[i] for v in (extra or {}).values()] for i, p in enumerate(predictions)]
+    write_csv(path, header, rows)
+
+
+# --------------------------------------------------------------------------- the HTTP API's JSON
+
+
+def differential_dicts(counts: Mapping[str, int], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per class: count, percent and the exact 95 % interval in percent (see :mod:`wbc.counts`)."""
+    keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
+    return [dict(zip(keys, row[1:], strict=True)) for row in differential_rows(dict(counts), classes, "")]
+
+
+def prediction_to_dict(p: Prediction) -> dict[str, Any]:
+    """One classified cell in the API's JSON."""
+    return {
+        "filename": p.path,
+        "label": p.label,
+        "confidence": round(float(p.confidence), 4),
+        "review": bool(p.review),
+        "review_reasons": list(p.reasons),
+        "ood": bool(p.ood),
+        "probabilities": {k: round(float(v), 4) for k, v in p.probabilities.items()},
+    }

@@ -1,0 +1,194 @@
+"""Cases over HTTP: create a case from uploaded fields, review it cell by cell, sign it off, print its report.
+
+An :class:`fastapi.APIRouter` that :func:`wbc.serve.app.create_app` includes; the store is
+``app.state.case_store`` (a :class:`wbc.cases.CaseStore`, ``None``: these routes answer 503). The review
+page is ``/review`` (static ``review.html`` + ``review.js``). Authentication, Origin and Host checks are
+:mod:`wbc.serve.security`'s: its ``API_KEY`` dependency is on this router (and on the whole app).
+
+Errors: unknown case or cell 404, a signed-off case 409 (read-only), a bad label or name 422, each with the
+app's JSON error body.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import cv2
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from wbc.cases.store import CaseError, CaseNotFoundError, CaseSignedError, CaseStore
+from wbc.errors import WbcError
+from wbc.serve.security import API_KEY, Identity, require_api_key
+
+# API keys etc. (wbc.serve.security); the app applies the same dependency to every route as well
+router = APIRouter(tags=["cases"], dependencies=[API_KEY])
+
+
+class LabelIn(BaseModel):
+    """The reviewer's call for one cell."""
+
+    label: str = Field(..., examples=["lymphocyte", "not_wbc", "unidentifiable"])
+    user: str = Field(..., max_length=120, examples=["A. Tech"])
+    note: str = Field("", max_length=2000)
+
+
+class SignOffIn(BaseModel):
+    user: str = Field(..., max_length=120, examples=["A. Tech"])
+
+
+def problem(status: int, error: str, detail: str) -> HTTPException:
+    from wbc.serve.app import UploadProblem
+
+    return UploadProblem(status, error, detail)
+
+
+def store_of(request: Request) -> CaseStore:
+    store = getattr(request.app.state, "case_store", None)
+    if store is None:
+        raise problem(503, "no_case_store", "this server has no case store (start it with `wbc serve --store ...`)")
+    return store
+
+
+def call(fn: Any, *args: Any) -> Any:
+    """Run a store call, turning case errors into 404 / 409 / 422."""
+    try:
+        return fn(*args)
+    except CaseNotFoundError as exc:
+        raise problem(404, "not_found", str(exc)) from None
+    except CaseSignedError as exc:
+        raise problem(409, "signed_off", str(exc)) from None
+    except CaseError as exc:
+        raise problem(422, "invalid_case", str(exc)) from None
+
+
+@router.get("/review", include_in_schema=False)
+def review_page() -> FileResponse:
+    from wbc.serve.app import STATIC_DIR
+
+    return FileResponse(STATIC_DIR / "review.html", media_type="text/html")
+
+
+@router.get("/review/report.css", include_in_schema=False)
+def report_css() -> Response:
+    """The report's style sheet (the served report links it: the CSP forbids inline styles)."""
+    from wbc.cases.report import report_css as css
+
+    return Response(css(), media_type="text/css")
+
+
+@router.get("/cases", summary="Every case in the store, newest last")
+def list_cases(request: Request) -> dict[str, Any]:
+    return {"cases": [c.to_dict() for c in call(store_of(request).list_cases)]}
+
+
+@router.post("/cases", status_code=201, summary="Analyse one or more smear fields as a new case")
+def create_case(
+    request: Request,
+    name: Annotated[str, Form(max_length=200, description="Case name (sample or accession number).")],
+    files: Annotated[list[UploadFile] | None, File(description="Smear fields (field name `files`, repeated).")
+                     ] = None,
+    user: Annotated[str, Form(max_length=120, description="Who created the case.")] = "",
+) -> JSONResponse:
+    """Every field is analysed as ``/analyze`` does; the case is created only if every field could be read
+    (otherwise 422 with each file's problem), so a case never silently misses a field."""
+    from starlette.datastructures import UploadFile as StarletteUploadFile
+
+    from wbc.analyze import analyze_image
+    from wbc.cases.store import create_case_from_fields
+    from wbc.serve.app import UploadProblem, read_upload
+
+    store = store_of(request)
+    uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
+    if not uploads:
+        raise UploadProblem(400, "missing_file", "no file in the request: send smear fields in the field 'files'")
+    state = request.app.state
+    if len(uploads) > state.max_files:
+        raise UploadProblem(413, "too_many_files", f"{len(uploads)} files; the limit is {state.max_files}")
+    clf, seg = state.classifier, state.segmenter
+    fields: list[tuple[str, Any, Any]] = []
+    errors: list[dict[str, str]] = []
+    for up in uploads:
+        fname = up.filename or f"field{len(fields) + len(errors) + 1}"
+        try:
+            with state.inference_slots:  # decode inside the slot: one large image at a time
+                rgb = read_upload(up, state.max_bytes)
+                fields.append((fname, rgb, analyze_image(rgb, clf, seg, name=fname)))
+        except WbcError as exc:
+            errors.append({"filename": fname, "error": str(exc)})
+        except (cv2.error, ValueError, MemoryError) as exc:
+            errors.append({"filename": fname, "error": f"{fname}: analysis failed ({exc.__class__.__name__})"})
+    if errors:
+        raise UploadProblem(422, "unreadable_image", f"{len(errors)} of {len(uploads)} field(s) could not be "
+                            "analysed; no case was created", errors)
+    seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
+    case_id = call(create_case_from_fields, store, name, fields, clf, seg_id, user)
+    return JSONResponse(store.case_document(case_id), status_code=201)
+
+
+@router.get("/cases/{case_id}", summary="A case: fields, cells (model's and reviewer's calls), corrections")
+def get_case(request: Request, case_id: int) -> dict[str, Any]:
+    return call(store_of(request).case_document, case_id)
+
+
+@router.get("/cases/{case_id}/fields/{field_id}/image", summary="A field's image (PNG)",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def field_image(request: Request, case_id: int, field_id: int) -> Response:
+    return Response(call(store_of(request).field_png, case_id, field_id), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/cases/{case_id}/cells/{cell_id}/crop", summary="A cell's crop as the classifier saw it (PNG)",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def cell_crop(request: Request, case_id: int, cell_id: int) -> Response:
+    return Response(call(store_of(request).crop_png, case_id, cell_id), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/cases/{case_id}/cells/{cell_id}/label", summary="Reclassify (or confirm) one cell")
+def label_cell(request: Request, case_id: int, cell_id: int, body: LabelIn,
+               who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
+    """The label is a class, ``not_wbc`` or ``unidentifiable``; answers the cell and the new differential.
+    The audit trail records the typed ``user`` and the API key (``client``) the change came through."""
+    store = store_of(request)
+    cell = call(store.reclassify, case_id, cell_id, body.label, body.user, body.note, who.name)
+    return {"cell": cell, **store.tallies(case_id)}
+
+
+@router.post("/cases/{case_id}/sign-off", summary="Sign the case off; it is read-only afterwards")
+def sign_off(request: Request, case_id: int, body: SignOffIn,
+             who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
+    return call(store_of(request).sign_off, case_id, body.user, who.name)
+
+
+@router.get("/cases/{case_id}/report", summary="The printable case report (HTML)", response_class=HTMLResponse)
+def report_html(request: Request, case_id: int) -> HTMLResponse:
+    from wbc.cases.report import render_html
+
+    return HTMLResponse(call(render_html, store_of(request), case_id, "/review/report.css"))
+
+
+@router.get("/cases/{case_id}/report.pdf", summary="The case report (PDF)", response_class=Response,
+            responses={200: {"content": {"application/pdf": {}}}})
+def report_pdf(request: Request, case_id: int) -> Response:
+    from wbc.cases.report import render_pdf
+
+    store = store_of(request)
+    name = call(store.case_document, case_id)["name"]
+    from wbc.cases.store import safe_stem
+
+    return Response(call(render_pdf, store, case_id), media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="wbc_case_{safe_stem(name)}.pdf"'})
+
+
+def attach_cases(app: Any, store: CaseStore | str | None) -> None:
+    """Open the case store (a store, a SQLAlchemy URL or a path; None: none) and add the case routes to ``app``.
+
+    The routes carry :mod:`wbc.serve.security`'s API-key dependency (the router's own) and get the app's
+    middleware (Host, Origin, headers).
+    """
+    if store is not None and not isinstance(store, CaseStore):
+        store = CaseStore.open(store)
+    app.state.case_store = store
+    app.include_router(router)

@@ -1,0 +1,452 @@
+"""Security of ``wbc serve``: API keys, logins for the web page, rate limits, and the browser protections.
+
+Two layers, one rule set (both call :meth:`Authenticator.authorize`):
+
+* :class:`SecurityMiddleware` (pure ASGI, outermost) runs before a request body is read. It answers
+  400 for a ``Host`` not on the allow-list (DNS rebinding), 403 for a cross-site request that changes
+  something (``Sec-Fetch-Site`` / ``Origin``: a web page the lab user visits cannot make the server work),
+  401 without a valid key, 429 over the per-key rate limit, 408 when a body does not arrive in time, and
+  adds CSP, ``nosniff`` and ``frame-ancestors`` headers to every answer. Only :data:`PUBLIC_PATHS` (liveness,
+  the login form and its style sheet) are open.
+* :func:`require_api_key`, a FastAPI dependency, for every router. It returns the caller's
+  :class:`Identity` and documents the key in the OpenAPI schema. **Every router of the app uses it**::
+
+      from fastapi import APIRouter, Depends
+      from wbc.serve.security import Identity, require_api_key
+
+      router = APIRouter(prefix="/cases", dependencies=[Depends(require_api_key)])
+
+      @router.get("")
+      def list_cases(who: Identity = Depends(require_api_key)) -> ...: ...
+
+  and :func:`wbc.serve.app.create_app` includes the router (``app.include_router(router)``).
+
+Keys come from ``WBC_API_KEYS`` (comma-separated) or a key file (:mod:`wbc.serve.settings`); a client
+sends one as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. The web page logs in once with a key at
+``/login`` and then carries an HttpOnly, ``SameSite=Strict`` session cookie. Without any key configured
+the server is open, which :func:`check_binding` allows on loopback only. Keys are kept as SHA-256 digests
+and compared in constant time; a caller is named by the digest's first 8 hex digits, never by the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Security
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wbc.errors import WbcError
+from wbc.serve.settings import ServeSettings
+
+#: Paths open without a key: liveness for monitors, and the login form with its style sheet and icon.
+PUBLIC_PATHS: frozenset[str] = frozenset({"/health", "/login", "/static/style.css", "/static/favicon.svg"})
+SESSION_COOKIE: str = "wbc_session"
+#: Addresses that only this machine can reach.
+LOOPBACK_ADDRESSES: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
+UNSAFE_METHODS: frozenset[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The page loads nothing from elsewhere; images are data: (annotated fields) or blob: (local thumbnails).
+CONTENT_SECURITY_POLICY: str = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),  # "no-referrer" would make Chromium send Origin: null on forms
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+
+
+class SecurityProblem(HTTPException):
+    """A refused request: ``status_code``, a short machine-readable ``error`` and a sentence for people."""
+
+    def __init__(self, status_code: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+                 ) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=dict(headers or {}))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: ``key:<8 hex digits of the key's SHA-256>``, or ``anonymous`` when keys are off."""
+
+    name: str
+
+    @property
+    def anonymous(self) -> bool:
+        return self.name == "anonymous"
+
+
+ANONYMOUS = Identity("anonymous")
+#: A request to one of :data:`PUBLIC_PATHS`.
+PUBLIC = Identity("public")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+#: What a request costs against its key's rate limit: reading (a crop, a case, the page) is a tenth of a
+#: request that makes the server work (analyse, classify, change a case), so that a review page loading
+#: hundreds of cell thumbnails at once is never refused.
+READ_COST: float = 0.1
+
+
+class RateLimiter:
+    """A token bucket per caller: ``per_minute`` sustained, bursts up to ``burst``; thread-safe."""
+
+    def __init__(self, per_minute: int, burst: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(max(1, burst))
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str, now: float | None = None, cost: float = 1.0) -> float:
+        """0 when ``who`` may proceed (``cost`` tokens are spent), else the seconds until there are enough."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._buckets) > 10_000:  # forget callers whose buckets have refilled (login attempts by IP)
+                self._buckets = {k: v for k, v in self._buckets.items()
+                                 if v[0] + (now - v[1]) * self.rate < self.burst}
+            tokens, last = self._buckets.get(who, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= cost:
+                self._buckets[who] = (tokens - cost, now)
+                return 0.0
+            self._buckets[who] = (tokens, now)
+            return (cost - tokens) / self.rate
+
+
+class Authenticator:
+    """API keys (as digests), web-page sessions and the per-key rate limit of one app."""
+
+    def __init__(self, keys: Iterable[str], settings: ServeSettings) -> None:
+        self._keys = {_digest(k): Identity("key:" + _digest(k).hex()[:8]) for k in keys}
+        self.settings = settings
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_burst)
+        self._sessions: dict[str, tuple[Identity, float]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether keys are required (at least one key is configured)."""
+        return bool(self._keys)
+
+    def check_key(self, key: str) -> Identity | None:
+        """The identity of ``key``, or None; every stored digest is compared, in constant time."""
+        d = _digest(key)
+        found = None
+        for known, ident in self._keys.items():
+            if hmac.compare_digest(known, d):
+                found = ident
+        return found
+
+    def new_session(self, ident: Identity) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            now = time.time()
+            self._sessions = {t: v for t, v in self._sessions.items() if v[1] > now}  # drop expired ones
+            self._sessions[token] = (ident, now + 3600 * self.settings.session_hours)
+        return token
+
+    def end_session(self, token: str) -> None:
+        with self._lock:
+            self._sessions.pop(token, None)
+
+    def identify(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> Identity | None:
+        """The caller named by ``X-API-Key``, ``Authorization: Bearer`` or the session cookie, else None."""
+        if not self.enabled:
+            return ANONYMOUS
+        key = headers.get("x-api-key")
+        if not key:
+            scheme, _, value = (headers.get("authorization") or "").partition(" ")
+            key = value.strip() if scheme.lower() == "bearer" else None
+        if key:
+            return self.check_key(key)
+        token = cookies.get(SESSION_COOKIE)
+        if token:
+            with self._lock:
+                ident, expires = self._sessions.get(token, (None, 0.0))
+            if ident is not None and expires > time.time():
+                return ident
+        return None
+
+    def authorize(self, headers: Mapping[str, str], cookies: Mapping[str, str], method: str = "POST") -> Identity:
+        """The caller's identity, with the request counted against its rate limit (reads at :data:`READ_COST`).
+
+        Raises :class:`SecurityProblem`: 401 without a valid key, 429 over the limit (``Retry-After``).
+        """
+        ident = self.identify(headers, cookies)
+        if ident is None:
+            given = bool(headers.get("x-api-key") or headers.get("authorization") or cookies.get(SESSION_COOKIE))
+            raise SecurityProblem(
+                401, "unauthorized",
+                "invalid API key" if given else "an API key is required: send X-API-Key: KEY or "
+                "Authorization: Bearer KEY", {"WWW-Authenticate": 'Bearer realm="wbc"'})
+        if ident.anonymous:
+            return ident
+        wait = self.limiter.take(ident.name, cost=1.0 if method.upper() in UNSAFE_METHODS else READ_COST)
+        if wait > 0:
+            raise SecurityProblem(429, "rate_limited",
+                                  f"more than {self.settings.rate_limit_per_minute} requests a minute with this "
+                                  "key; slow down", {"Retry-After": str(max(1, round(wait + 0.5)))})
+        return ident
+
+
+# --------------------------------------------------------------------------- the FastAPI dependency
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="An API key of this server (WBC_API_KEYS or --api-key-file).")
+bearer_scheme = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
+
+
+async def require_api_key(
+    request: Request,
+    _key: Annotated[str | None, Security(api_key_header)] = None,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+) -> Identity:
+    """The caller's :class:`Identity`; 401/429 otherwise. Use it on every router (see the module docstring).
+
+    The middleware has usually checked the request already (before its body was read) and left the
+    identity in ``request.state``; without the middleware the check runs here, so a router is never open.
+    """
+    ident = getattr(request.state, "wbc_identity", None)
+    if isinstance(ident, Identity):
+        return ident
+    if request.url.path in PUBLIC_PATHS:  # liveness and the login form
+        return PUBLIC
+    auth = getattr(request.app.state, "authenticator", None)
+    if not isinstance(auth, Authenticator):  # fail closed: a router mounted in an app without wbc security
+        raise SecurityProblem(500, "misconfigured", "this server has no authenticator (build it with create_app)")
+    ident = auth.authorize(request.headers, request.cookies, request.method)
+    request.state.wbc_identity = ident
+    return ident
+
+
+#: ``Depends(require_api_key)``, for ``APIRouter(dependencies=[API_KEY])`` and ``FastAPI(dependencies=...)``.
+API_KEY = Depends(require_api_key)
+
+
+# --------------------------------------------------------------------------- checks without a framework
+
+
+def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
+    """Whether a ``Host`` header (with or without port, IPv6 in brackets) names an allowed host."""
+    allowed = [a.lower() for a in allowed]
+    if "*" in allowed:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return bool(host) and host in allowed
+
+
+def cross_site_problem(method: str, headers: Mapping[str, str], allowed_origins: Iterable[str]) -> str | None:
+    """Why an unsafe (state-changing) request from another site is refused, else None.
+
+    Browsers say where a request comes from: ``Sec-Fetch-Site`` (``same-origin`` or ``none`` for the
+    page itself and for typed URLs; set by the browser, never by a page's script) and, in older browsers
+    only, ``Origin``. Non-browser clients send neither and pass.
+    """
+    if method.upper() not in UNSAFE_METHODS:
+        return None
+    site = (headers.get("sec-fetch-site") or "").lower()
+    if site:
+        return None if site in ("same-origin", "none") else f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    if origin == "null":
+        return "request from an opaque origin refused (Origin: null)"
+    if origin.rstrip("/") in {o.rstrip("/") for o in allowed_origins}:
+        return None
+    netloc = urlsplit(origin).netloc.lower()
+    if netloc and netloc == (headers.get("host") or "").lower():
+        return None
+    return f"cross-site request refused (Origin: {origin})"
+
+
+def check_binding(host: str, keys_configured: bool) -> None:
+    """Refuse to listen beyond loopback without API keys (raises :class:`WbcError`)."""
+    if host.strip("[]") not in LOOPBACK_ADDRESSES and not keys_configured:
+        raise WbcError(f"listening on {host} needs API keys: set WBC_API_KEYS or pass --api-key-file "
+                       "(only 127.0.0.1, ::1 and localhost may run without)")
+
+
+def _json_response(status: int, error: str, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    body = json.dumps({"error": error, "detail": detail, "errors": []}).encode()
+    return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
+
+
+def _wants_html(method: str, headers: Mapping[str, str]) -> bool:
+    return method in ("GET", "HEAD") and "text/html" in (headers.get("accept") or "")
+
+
+class SecurityMiddleware:
+    """Host and cross-site checks, authentication and rate limit before the body is read; security
+    headers on every answer; a deadline for the request body. See the module docstring."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.auth = authenticator
+        self.settings = authenticator.settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # no websockets are served today; any future one gets the same checks (Origin included)
+        if scope["type"] == "websocket" and self._refusal(scope, Headers(scope=scope), "POST") is not None:
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                if b"cache-control" not in names and not scope["path"].startswith("/static/"):
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        headers = Headers(scope=scope)
+        method = scope["method"]
+        problem = self._refusal(scope, headers, method)
+        if problem is not None:
+            if problem.status_code == 401 and _wants_html(method, headers):
+                response: Response = HTMLResponse(login_page(), status_code=401)
+            else:
+                response = _json_response(problem.status_code, problem.error, str(problem.detail), problem.headers)
+            await response(scope, receive, send_with_headers)
+            return
+        await self.app(scope, self._deadline(receive), send_with_headers)
+
+    def _refusal(self, scope: Scope, headers: Headers, method: str) -> SecurityProblem | None:
+        if not host_allowed(headers.get("host", ""), self.settings.allowed_hosts):
+            return SecurityProblem(400, "host_not_allowed",
+                                   f"Host {headers.get('host', '')!r} is not served here (allowed: "
+                                   f"{', '.join(self.settings.allowed_hosts)}; see --allowed-host)")
+        if why := cross_site_problem(method, headers, self.settings.allowed_origins):
+            return SecurityProblem(403, "cross_site", why)
+        if scope["path"] in PUBLIC_PATHS and scope["type"] == "http":
+            return None
+        cookies = _cookies(headers)
+        try:
+            ident = self.auth.authorize(headers, cookies, method)
+        except SecurityProblem as exc:
+            return exc
+        scope.setdefault("state", {})["wbc_identity"] = ident
+        return None
+
+    def _deadline(self, receive: Receive) -> Receive:
+        """``receive`` that raises 408 when the body is not complete ``body_timeout_s`` after the first read."""
+        timeout = self.settings.body_timeout_s
+        deadline: float | None = None
+        complete = False
+
+        async def timed() -> Message:
+            nonlocal deadline, complete
+            if complete:  # after the body, receive() waits for a disconnect: no deadline then
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + timeout
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise SecurityProblem(408, "body_timeout",
+                                      f"the request body did not arrive within {timeout:g} s") from None
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                complete = True
+            return msg
+
+        return timed
+
+
+def _cookies(headers: Headers) -> dict[str, str]:
+    from http.cookies import SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(headers.get("cookie", ""))
+    except Exception:  # a malformed cookie header is no session
+        return {}
+    return {k: m.value for k, m in jar.items()}
+
+
+# --------------------------------------------------------------------------- the web page's login
+
+
+def login_page(error: str = "") -> str:
+    """A plain login form (no script; the style sheet is the page's own)."""
+    msg = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>wbc: sign in</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/style.css">
+</head><body><main class="login"><h1>wbc</h1>
+<p>This server needs an access key. Ask the person who runs it for one.</p>{msg}
+<form method="post" action="/login"><label for="key">Access key</label>
+<input id="key" name="key" type="password" autocomplete="current-password" required autofocus>
+<button class="primary" type="submit">Sign in</button></form></main></body></html>
+"""
+
+
+login_router = APIRouter(include_in_schema=False)
+
+
+@login_router.get("/login")
+def login_form() -> HTMLResponse:
+    return HTMLResponse(login_page())
+
+
+@login_router.post("/login")
+def login(request: Request, key: Annotated[str, Form()] = "") -> Response:
+    """Check the key from the form; on success set the session cookie and go to the page."""
+    auth: Authenticator = request.app.state.authenticator
+    client = request.client.host if request.client else "unknown"
+    if auth.limiter.take(f"login:{client}") > 0:
+        return HTMLResponse(login_page("Too many attempts; wait a minute."), status_code=429)
+    ident = auth.check_key(key) if auth.enabled else ANONYMOUS
+    if ident is None:
+        return HTMLResponse(login_page("That key is not valid."), status_code=401)
+    resp = RedirectResponse("/", status_code=303)
+    if auth.enabled:
+        resp.set_cookie(SESSION_COOKIE, auth.new_session(ident), max_age=int(3600 * auth.settings.session_hours),
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+    return resp
+
+
+@login_router.post("/logout")
+def logout(request: Request) -> Response:
+    auth: Authenticator = request.app.state.authenticator
+    if token := request.cookies.get(SESSION_COOKIE):
+        auth.end_session(token)
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+def describe(auth: Authenticator) -> dict[str, Any]:
+    """What ``/health`` says about security (never the keys)."""
+    s = auth.settings
+    return {"api_keys": auth.enabled, "rate_limit_per_minute": s.rate_limit_per_minute if auth.enabled else None,
+            "body_timeout_s": s.body_timeout_s}

@@ -1,0 +1,122 @@
+"""Settings of ``wbc serve``, from the environment (``WBC_*``) or from arguments (pydantic-settings).
+
+``WBC_API_KEYS`` (comma-separated) and ``WBC_API_KEY_FILE`` (one key per line, ``#`` comments) hold the
+API keys; ``WBC_ALLOWED_HOSTS`` / ``WBC_ALLOWED_ORIGINS`` (comma-separated) widen the Host and Origin
+allow-lists; ``WBC_RATE_LIMIT_PER_MINUTE`` and ``WBC_BODY_TIMEOUT_S`` tune the limits. Arguments win over
+the environment: ``ServeSettings(api_keys=["..."])``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from wbc.errors import ConfigError
+
+#: Names a loopback server is reached by. ``testserver`` is the Host of Starlette's TestClient (it has no
+#: dot, so no one can register it as an internet domain to rebind to this machine).
+LOOPBACK_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1", "testserver")
+#: Shortest API key accepted: a guessable key is no protection.
+MIN_KEY_LENGTH: int = 16
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class ServeSettings(BaseSettings):
+    """What the security layer needs (:mod:`wbc.serve.security`); validated once, when the app is built."""
+
+    model_config = SettingsConfigDict(env_prefix="WBC_", extra="ignore")
+
+    #: Accepted API keys. Empty: no authentication (allowed on loopback only, see ``check_binding``).
+    api_keys: Annotated[list[str], NoDecode] = []
+    #: A file with more keys, one per line.
+    api_key_file: Path | None = None
+    #: Host header values (without port) the server answers; ``*`` answers any (not recommended).
+    allowed_hosts: Annotated[list[str], NoDecode] = list(LOOPBACK_HOSTS)
+    #: Extra origins (``https://lims.example.org``) whose pages may POST here; the server's own origin is
+    #: always allowed.
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    #: Requests per minute per API key (a token bucket; bursts up to ``rate_burst``). 0: no limit.
+    rate_limit_per_minute: int = 1200
+    rate_burst: int = 120
+    #: A request body must arrive completely within this many seconds (a hanging upload gets 408).
+    body_timeout_s: float = 30.0
+    #: How long a web-page login lasts.
+    session_hours: float = 12.0
+
+    @field_validator("api_keys", "allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("rate_limit_per_minute", "rate_burst")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+    @field_validator("body_timeout_s", "session_hours")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    def all_keys(self) -> list[str]:
+        """``api_keys`` plus the keys in ``api_key_file``; raises :class:`ConfigError` for a bad file or key."""
+        keys = list(self.api_keys)
+        if self.api_key_file is not None:
+            keys += read_key_file(self.api_key_file)
+        for k in keys:
+            if len(k) < MIN_KEY_LENGTH:
+                raise ConfigError(f"an API key is {len(k)} characters long; use at least {MIN_KEY_LENGTH} "
+                                  "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return keys
+
+
+def read_key_file(path: Path) -> list[str]:
+    """Keys from a file: one per line; blank lines and ``#`` comments are ignored."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the API key file ({exc.strerror or exc})") from None
+    keys = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    keys = [k for k in keys if k]
+    if not keys:
+        raise ConfigError(f"{path}: no API key in the file (one key per line)")
+    return keys
+
+
+def served_hosts(allowed: list[str], bind: str, extra: list[str]) -> list[str]:
+    """The Host allow-list for a server bound to ``bind``: ``allowed`` + ``extra`` + the bound address
+    (unless a wildcard) + this machine's name, so that ``http://<hostname>:8000/`` works out of the box."""
+    import socket
+
+    names = [*allowed, *extra]
+    if bind.strip("[]") not in ("0.0.0.0", "::", ""):
+        names.append(bind.strip("[]"))
+    elif "*" not in names:
+        names += [socket.gethostname(), socket.getfqdn()]
+    return list(dict.fromkeys(n.lower() for n in names if n))
+
+
+def load_settings(**overrides: object) -> ServeSettings:
+    """Settings from the environment with ``overrides`` (None values ignored); bad values -> ConfigError."""
+    from pydantic import ValidationError
+
+    try:
+        # Any: pydantic validates (and converts) the values; each field has its own type.
+        values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return ServeSettings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise ConfigError(f"serve setting {where}: {first.get('msg', 'invalid')}") from None

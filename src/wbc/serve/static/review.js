@@ -1,0 +1,427 @@
+// wbc review page: create a case from smear fields, review every cell (gallery by class or the field with
+// its outlines), reclassify with a click, a number key or the menu, sign off. Plain JavaScript, no
+// dependencies, works offline. User text (case names, file names, reviewer names) only ever goes in
+// through textContent or setAttribute, never as HTML. Uses common.js ($, el, NAMES, displayName), loaded first.
+"use strict";
+
+Object.assign(NAMES, { not_wbc: "Not a WBC", unidentifiable: "Unidentifiable" });  // NAMES: common.js
+const SPECIAL_COLOURS = { not_wbc: "#5b6676", unidentifiable: "#17202b" };
+const SVG = "http://www.w3.org/2000/svg";
+
+const state = {
+  meta: null, doc: null, view: "gallery", sel: null, order: [], keys: {}, busy: false, confirming: false,
+};
+const colourOf = (c) => SPECIAL_COLOURS[c] || (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
+const fmt1 = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(1));
+const signed = () => Boolean(state.doc && state.doc.signed_by);
+
+// One place for every request: authentication headers, if the server needs them, go here.
+async function api(url, options) {
+  const resp = await fetch(url, Object.assign({ credentials: "same-origin" }, options || {}));
+  let body = null;
+  try { body = await resp.json(); } catch (_) { body = null; }
+  return { ok: resp.ok, status: resp.status, body };
+}
+
+function problem(res) {
+  const b = res.body || {};
+  if (Array.isArray(b.errors) && b.errors.length) return b.errors.map((e) => e.error).join("; ");
+  return b.detail || `the server answered ${res.status}`;
+}
+
+// ------------------------------------------------------------------ cases list and creation
+
+async function init() {
+  $("new-case").addEventListener("submit", (e) => { e.preventDefault(); createCase(); });
+  $("view-gallery").addEventListener("click", () => setView("gallery"));
+  $("view-fields").addEventListener("click", () => setView("fields"));
+  $("sign-off").addEventListener("click", askSignOff);
+  $("confirm-sign-off").addEventListener("click", signOff);
+  $("cancel-sign-off").addEventListener("click", () => showConfirm(false));
+  const reviewer = $("reviewer");
+  try { reviewer.value = localStorage.getItem("wbc.reviewer") || ""; } catch (_) { /* private mode */ }
+  reviewer.addEventListener("change", () => {
+    try { localStorage.setItem("wbc.reviewer", reviewer.value.trim()); } catch (_) { /* ignore */ }
+  });
+  document.addEventListener("keydown", onKey);
+  window.addEventListener("popstate", () => openFromURL());
+  const model = await api("/model");
+  if (model.ok) state.meta = model.body;
+  await loadCases();
+  await openFromURL();
+  document.body.dataset.ready = "true";
+}
+
+async function loadCases() {
+  const res = await api("/cases");
+  const tbody = $("case-list").querySelector("tbody");
+  if (!res.ok) { $("cases-status").textContent = `Cases unavailable: ${problem(res)}`; tbody.replaceChildren(); return; }
+  const cases = res.body.cases.slice().reverse();
+  tbody.replaceChildren(...cases.map((c) => el("tr", {},
+    el("td", { class: "name", text: c.name }),
+    el("td", { class: "num", text: String(c.n_fields) }),
+    el("td", { class: "num", text: String(c.n_cells) }),
+    el("td", { class: "num", text: String(c.n_changed) }),
+    el("td", {}, el("span", { class: `badge ${c.signed_by ? "signed" : "open"}`, text: c.signed_by ? "Signed off" : "Open" })),
+    el("td", {}, el("button", { type: "button", class: "open-case", "data-case": c.id,
+      "aria-label": `Open case ${c.name}`, onclick: () => openCase(c.id, true) }, "Open")))));
+  if (!cases.length) tbody.append(el("tr", {}, el("td", { colspan: "6", text: "No case yet." })));
+}
+
+async function createCase() {
+  const name = $("case-name").value.trim();
+  const files = Array.from($("case-files").files);
+  if (!name) { $("cases-status").textContent = "Give the case a name."; $("case-name").focus(); return; }
+  if (!files.length) { $("cases-status").textContent = "Choose one or more smear fields."; $("case-files").focus(); return; }
+  const fd = new FormData();
+  fd.append("name", name);
+  fd.append("user", $("reviewer").value.trim());
+  for (const f of files) fd.append("files", f, f.name);
+  $("create-case").disabled = true;
+  $("cases-status").textContent = `Analysing ${files.length} field(s)…`;
+  let res;
+  try { res = await api("/cases", { method: "POST", body: fd }); } catch (err) {
+    res = { ok: false, status: 0, body: { detail: `no answer from the server (${err.message})` } };
+  }
+  $("create-case").disabled = false;
+  if (!res.ok) { $("cases-status").textContent = `Not created: ${problem(res)}`; return; }
+  $("cases-status").textContent = `Case created: ${res.body.n_cells} cell(s) in ${res.body.fields.length} field(s).`;
+  $("new-case").reset();
+  await loadCases();
+  showCase(res.body);
+  history.pushState({}, "", `/review?case=${res.body.id}`);
+  $("case").focus();
+}
+
+async function openFromURL() {
+  const id = new URLSearchParams(location.search).get("case");
+  if (id && /^\d+$/.test(id)) await openCase(Number(id), false);
+}
+
+async function openCase(id, push) {
+  const res = await api(`/cases/${id}`);
+  if (!res.ok) { $("cases-status").textContent = `Cannot open case ${id}: ${problem(res)}`; return; }
+  if (push) history.pushState({}, "", `/review?case=${id}`);
+  showCase(res.body);
+  $("case").focus();
+}
+
+// ------------------------------------------------------------------ the case
+
+function showCase(doc) {
+  state.doc = doc;
+  state.sel = null;
+  state.keys = {};
+  doc.classes.slice(0, 8).forEach((c, i) => { state.keys[String(i + 1)] = c; });
+  state.keys["9"] = "not_wbc";
+  state.keys["0"] = "unidentifiable";
+  state.keys.n = "not_wbc";
+  state.keys.u = "unidentifiable";
+  $("case").hidden = false;
+  $("case-heading").textContent = `Case ${doc.name}`;
+  $("report-link").href = `/cases/${doc.id}/report`;
+  $("pdf-link").href = `/cases/${doc.id}/report.pdf`;
+  buildMenu();
+  renderAll();
+  const first = ordered()[0];
+  if (first) select(first.id, false);
+}
+
+function renderAll() {
+  const d = state.doc;
+  $("case-meta").textContent = `${d.fields.length} field(s) · ${d.n_cells} cell(s) · ${d.n_flagged} flagged by the model · `
+    + `${d.n_reviewed} reviewed · ${d.n_changed} changed · model ${d.model_id}`;
+  const st = $("case-status");
+  st.className = `badge ${signed() ? "signed" : "open"}`;
+  st.textContent = signed() ? "Signed off (read-only)" : "Open";
+  $("case").classList.toggle("readonly", signed());
+  $("sign-off").hidden = signed();
+  $("reviewer").disabled = signed();
+  if (signed()) showConfirm(false);
+  const stx = $("signed-text");
+  stx.hidden = !signed();
+  stx.textContent = signed() ? `Signed off by ${d.signed_by} on ${d.signed_at}. The case is read-only.` : "";
+  renderDifferential();
+  if (state.view === "gallery") renderGallery(); else renderFields();
+  renderDetail();
+}
+
+function cellById(id) { return state.doc.cells.find((c) => c.id === id); }
+
+// Gallery order: cells the model flagged and nobody reviewed yet first (least confident first), then one
+// group per class (flagged first within it).
+function groups() {
+  const d = state.doc;
+  const byConf = (a, b) => (b.model_review - a.model_review) || (a.model_confidence - b.model_confidence) || (a.id - b.id);
+  const pending = d.cells.filter((c) => c.model_review && !c.reviewed).sort(byConf);
+  const out = [{ key: "flagged", title: "Flagged for review", cells: pending }];
+  for (const lab of d.labels) {
+    const cells = d.cells.filter((c) => c.label === lab && !(c.model_review && !c.reviewed)).sort(byConf);
+    if (cells.length) out.push({ key: lab, title: displayName(lab), cells });
+  }
+  return out.filter((g) => g.cells.length);
+}
+
+function ordered() {
+  if (state.view === "gallery") return groups().flatMap((g) => g.cells);
+  return state.doc.cells.slice().sort((a, b) => (a.field - b.field) || (a.cell_no - b.cell_no));
+}
+
+function cellTitle(c) {
+  const conf = `${Math.round(100 * c.model_confidence)} %`;
+  const model = c.changed ? `, model said ${displayName(c.model_label)} ${conf}` : ` ${conf}`;
+  return `Cell ${c.id}, field ${c.field}: ${displayName(c.label)}${model}`
+    + `${c.model_review && !c.reviewed ? ", flagged" : ""}${c.reviewed ? ", reviewed" : ""}`;
+}
+
+function renderGallery() {
+  const root = $("gallery");
+  state.order = ordered().map((c) => c.id);
+  root.replaceChildren(...groups().map((g) => el("section", { class: `group ${g.key === "flagged" ? "flagged" : ""}`, role: "group",
+    "aria-label": `${g.title}: ${g.cells.length}` },
+  el("h4", {}, g.key !== "flagged" ? el("span", { class: "swatch", style: { background: colourOf(g.key) }, "aria-hidden": "true" }) : "",
+    g.title, el("span", { class: "n", text: `(${g.cells.length})` })),
+  el("div", { class: "tiles" }, g.cells.map(tile)))));
+}
+
+function tile(c) {
+  const cls = ["tile", c.model_review && !c.reviewed ? "flag" : "", c.changed ? "changed" : "", c.reviewed ? "reviewed" : ""];
+  return el("button", {
+    type: "button", class: cls.filter(Boolean).join(" "), role: "option", "data-cell": c.id,
+    "aria-selected": String(state.sel === c.id), tabindex: state.sel === c.id ? "0" : "-1", "aria-label": cellTitle(c),
+    onclick: () => select(c.id, true),
+  },
+  el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/crop`, alt: "", loading: "lazy", width: "94", height: "94" }),
+  el("span", { class: "t-label", text: displayName(c.label) }),
+  el("span", { class: "t-sub", text: c.changed ? `was ${displayName(c.model_label)}` : `${Math.round(100 * c.model_confidence)} % · #${c.id}` }));
+}
+
+function renderFields() {
+  const root = $("fields");
+  state.order = ordered().map((c) => c.id);
+  root.replaceChildren(...state.doc.fields.map((f) => {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", `0 0 ${f.width} ${f.height}`);
+    svg.setAttribute("role", "listbox");
+    svg.setAttribute("aria-label", `Cells in ${f.image}`);
+    for (const c of state.doc.cells.filter((x) => x.field_id === f.id)) {
+      const g = document.createElementNS(SVG, "g");
+      g.setAttribute("role", "option");
+      g.setAttribute("data-cell", String(c.id));
+      g.setAttribute("tabindex", state.sel === c.id ? "0" : "-1");
+      g.setAttribute("aria-selected", String(state.sel === c.id));
+      g.setAttribute("aria-label", cellTitle(c));
+      if (c.model_review && !c.reviewed) g.setAttribute("class", "flag");
+      const polys = c.outline.length ? c.outline : [[[c.box[0], c.box[1]], [c.box[2], c.box[1]], [c.box[2], c.box[3]], [c.box[0], c.box[3]]]];
+      for (const poly of polys) {
+        const p = document.createElementNS(SVG, "polygon");
+        p.setAttribute("points", poly.map((xy) => xy.join(",")).join(" "));
+        p.setAttribute("stroke", colourOf(c.label));
+        g.append(p);
+      }
+      const t = document.createElementNS(SVG, "text");
+      t.setAttribute("x", String(c.box[0]));
+      t.setAttribute("y", String(Math.max(16, c.box[1] - 4)));
+      t.textContent = `${c.id} ${displayName(c.label)}`;
+      g.append(t);
+      g.addEventListener("click", () => select(c.id, true));
+      svg.append(g);
+    }
+    return el("figure", { class: "field-figure" },
+      el("div", { class: "field-frame" },
+        el("img", { src: `/cases/${state.doc.id}/fields/${f.id}/image`, alt: `Field ${f.position}: ${f.image}`,
+          width: String(f.width), height: String(f.height) }), svg),
+      el("figcaption", { text: `Field ${f.position}: ${f.image} · ${f.n_cells} cell(s)`
+        + (f.warnings.length ? ` · ${f.warnings.join("; ")}` : "") }));
+  }));
+}
+
+function setView(view) {
+  state.view = view;
+  $("view-gallery").setAttribute("aria-pressed", String(view === "gallery"));
+  $("view-fields").setAttribute("aria-pressed", String(view === "fields"));
+  $("gallery").hidden = view !== "gallery";
+  $("fields").hidden = view !== "fields";
+  if (view === "gallery") renderGallery(); else renderFields();
+  if (state.sel !== null) focusSelected();
+}
+
+function selectedNode() {
+  const root = state.view === "gallery" ? $("gallery") : $("fields");
+  return root.querySelector(`[data-cell="${state.sel}"]`);
+}
+
+function focusSelected() {
+  const node = selectedNode();
+  if (node) { node.focus({ preventScroll: false }); if (node.scrollIntoView) node.scrollIntoView({ block: "nearest" }); }
+}
+
+function select(id, focus) {
+  state.sel = id;
+  const root = state.view === "gallery" ? $("gallery") : $("fields");
+  for (const n of root.querySelectorAll("[data-cell]")) {
+    const on = Number(n.getAttribute("data-cell")) === id;
+    n.setAttribute("aria-selected", String(on));
+    n.setAttribute("tabindex", on ? "0" : "-1");
+  }
+  renderDetail();
+  if (focus) focusSelected();
+}
+
+function move(step) {
+  if (!state.order.length) return;
+  let i = state.order.indexOf(state.sel);
+  i = i < 0 ? 0 : Math.min(state.order.length - 1, Math.max(0, i + step));
+  select(state.order[i], true);
+}
+
+function buildMenu() {
+  const keyOf = Object.fromEntries(Object.entries(state.keys).filter(([k]) => /\d/.test(k)).map(([k, v]) => [v, k]));
+  $("label-menu").replaceChildren(...state.doc.labels.map((lab) => el("button", {
+    type: "button", "data-label": lab, "aria-pressed": "false", onclick: () => setLabel(lab),
+  }, keyOf[lab] ? el("kbd", { text: keyOf[lab] }) : "", el("span", { class: "swatch", style: { background: colourOf(lab) }, "aria-hidden": "true" }),
+  displayName(lab))));
+}
+
+function renderDetail() {
+  const c = state.sel !== null ? cellById(state.sel) : null;
+  const box = $("cell-detail");
+  for (const b of $("label-menu").querySelectorAll("button")) {
+    b.setAttribute("aria-pressed", String(Boolean(c) && b.getAttribute("data-label") === c.label));
+    b.disabled = signed() || !c;
+  }
+  if (!c) { box.replaceChildren(el("p", { class: "note", text: "Click a cell or use the arrow keys." })); return; }
+  const probs = Object.entries(c.model_probabilities || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
+    .map(([k, v]) => `${displayName(k)} ${Math.round(100 * v)} %`).join(", ");
+  box.replaceChildren(el("div", { class: "big" },
+    el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/crop`, alt: `Cell ${c.id}` }),
+    el("dl", {},
+      el("dt", { text: "Cell" }), el("dd", { text: `#${c.id}, field ${c.field}` }),
+      el("dt", { text: "Now" }), el("dd", { id: "current-label", text: displayName(c.label) }),
+      el("dt", { text: "Model" }), el("dd", { text: `${displayName(c.model_label)} (${Math.round(100 * c.model_confidence)} %)` }),
+      el("dt", { text: "Top 3" }), el("dd", { text: probs }),
+      c.model_review ? el("dt", { text: "Flag" }) : "", c.model_review ? el("dd", { text: (c.model_reasons || []).join("; ") || "review" }) : "",
+      c.reviewed ? el("dt", { text: "Reviewed" }) : "", c.reviewed ? el("dd", { text: `${c.reviewed_by}, ${c.reviewed_at}` }) : "")));
+}
+
+function renderDifferential() {
+  const d = state.doc;
+  const model = Object.fromEntries(d.model_differential.rows.map((r) => [r.class, r]));
+  const rows = d.differential.rows.map((r) => el("tr", { class: r.count !== model[r.class].count ? "differs" : (r.count ? "" : "zero"), "data-class": r.class },
+    el("th", { scope: "row" }, el("span", { class: "swatch", style: { background: colourOf(r.class) }, "aria-hidden": "true" }), displayName(r.class)),
+    el("td", { class: "num count", text: String(r.count) }),
+    el("td", { class: "num", text: fmt1(r.percent) }),
+    el("td", { class: "num", text: r.total ? `${fmt1(r.ci95_low)}–${fmt1(r.ci95_high)}` : "" }),
+    el("td", { class: "num", text: String(model[r.class].count) })));
+  for (const lab of ["not_wbc", "unidentifiable"]) {
+    const n = d.differential.excluded[lab] || 0;
+    rows.push(el("tr", { class: n ? "differs" : "zero", "data-class": lab },
+      el("th", { scope: "row", text: displayName(lab) }), el("td", { class: "num count", text: String(n) }),
+      el("td", {}), el("td", {}), el("td", { class: "num", text: "0" })));
+  }
+  $("review-diff").querySelector("tbody").replaceChildren(...rows);
+  $("review-diff-caption").textContent = `${d.differential.total} cells counted (reviewed calls); model's counts beside them`;
+}
+
+// ------------------------------------------------------------------ editing
+
+function say(text) { $("review-status").textContent = text; }
+
+function reviewerName() {
+  const name = $("reviewer").value.trim();
+  if (!name) { say("Type your name as Reviewer (top of the page) first: every change records who made it."); $("reviewer").focus(); }
+  return name;
+}
+
+async function setLabel(label) {
+  if (!state.doc || state.sel === null || state.busy) return;
+  if (signed()) { say("This case is signed off and read-only."); return; }
+  const user = reviewerName();
+  if (!user) return;
+  const id = state.sel;
+  const before = state.order.slice();
+  const hadFocus = document.activeElement && document.activeElement.closest && document.activeElement.closest("#gallery, #fields");
+  state.busy = true;
+  const res = await api(`/cases/${state.doc.id}/cells/${id}/label`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ label, user }),
+  });
+  state.busy = false;
+  if (!res.ok) {
+    say(`Not saved: ${problem(res)}`);
+    if (res.status === 409) await openCase(state.doc.id, false);
+    return;
+  }
+  const d = state.doc;
+  const i = d.cells.findIndex((c) => c.id === id);
+  d.cells[i] = Object.assign({}, d.cells[i], res.body.cell);
+  d.differential = res.body.differential;
+  d.model_differential = res.body.model_differential;
+  d.n_reviewed = res.body.n_reviewed;
+  d.n_changed = res.body.n_changed;
+  say(`Cell ${id}: ${displayName(label)}${label === res.body.cell.model_label ? " (confirmed)" : ""}.`);
+  renderAll();
+  // next: the cell that followed this one before the change (the gallery may have moved it)
+  const pos = before.indexOf(id);
+  const next = before.slice(pos + 1).find((x) => x !== id) ?? before.slice(0, pos).reverse()[0] ?? id;
+  select(next, Boolean(hadFocus));
+}
+
+function onKey(e) {
+  if (e.altKey || e.ctrlKey || e.metaKey || !state.doc || $("case").hidden) return;
+  const t = e.target;
+  if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
+  const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  if (k === "g") { setView("gallery"); e.preventDefault(); return; }
+  if (k === "f") { setView("fields"); e.preventDefault(); return; }
+  if (state.confirming) return;
+  const inCells = t && t.closest && t.closest("#gallery, #fields");
+  if (["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp", "Home", "End"].includes(k) && (inCells || t === document.body)) {
+    e.preventDefault();
+    if (k === "Home") select(state.order[0], true);
+    else if (k === "End") select(state.order[state.order.length - 1], true);
+    else move(k === "ArrowRight" || k === "ArrowDown" ? 1 : -1);
+    return;
+  }
+  if (state.sel === null || !(inCells || t === document.body || (t && t.closest && t.closest("#cell-panel")))) return;
+  if (k in state.keys) { e.preventDefault(); setLabel(state.keys[k]); return; }
+  if (k === "Enter" && inCells) { e.preventDefault(); setLabel(cellById(state.sel).label); }
+}
+
+// ------------------------------------------------------------------ sign-off
+
+function showConfirm(on) {
+  state.confirming = on;
+  $("confirm-box").hidden = !on;
+  $("sign-off").hidden = on || signed();
+}
+
+function askSignOff() {
+  const user = reviewerName();
+  if (!user) return;
+  const d = state.doc;
+  const pending = d.cells.filter((c) => c.model_review && !c.reviewed).length;
+  $("confirm-text").textContent = `Sign off case ${d.name} as ${user}? ${d.differential.total} cells counted, `
+    + `${d.n_changed} changed by review${pending ? `, ${pending} flagged cell(s) not looked at yet` : ""}. `
+    + "The case becomes read-only.";
+  showConfirm(true);
+  $("confirm-sign-off").focus();
+}
+
+async function signOff() {
+  const user = reviewerName();
+  if (!user) return;
+  const res = await api(`/cases/${state.doc.id}/sign-off`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ user }),
+  });
+  showConfirm(false);
+  if (!res.ok) { say(`Not signed off: ${problem(res)}`); return; }
+  const sel = state.sel;
+  state.doc = res.body;
+  renderAll();
+  if (sel !== null) select(sel, false);
+  say("Signed off. The report is ready.");
+  $("report-link").focus();
+  await loadCases();
+}
+
+document.addEventListener("DOMContentLoaded", init);

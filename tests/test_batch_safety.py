@@ -1,0 +1,213 @@
+"""Batch tools that lose nothing: every bad file is one readable per-file error and the good files' results
+are written; pixel bombs are refused from the header, before decoding; the output is checked before work;
+console output escapes user paths. Real files, real decoders, the real ``wbc`` command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.classify import MAX_CELL_PIXELS, classify_paths, review_reason
+from wbc.errors import ImageReadError, ImageTooLargeError
+from wbc.io import check_output_file, decode_image, image_size, iter_image_paths, read_image
+from wbc.model import load_model
+from wbc.synthetic import png_bomb, synthetic_cell, synthetic_smear
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_analyze import make_colour_classifier
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+    return path
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    """A BMP that claims ``width`` x ``height`` (1 bit per pixel) and holds no pixels: Pillow's territory."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 1, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info) + 8, 0, 0, 14 + len(info) + 8) + info + bytes(8)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_colour_classifier(tmp_path_factory.mktemp("bs") / "tiny.onnx", size=48)
+
+
+@pytest.fixture(scope="module")
+def hostile_cells(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two good cells beside everything a hostile user might drop into the folder."""
+    d = tmp_path_factory.mktemp("cells")
+    write_png(d / "good_a.png", synthetic_cell("neutrophil", 96, seed=1))
+    write_png(d / "good_b.png", synthetic_cell("lymphocyte", 96, seed=2))
+    (d / "bomb_40k_1bit.png").write_bytes(png_bomb(40000, 40000))
+    (d / "smear_12k.png").write_bytes(png_bomb(12000, 12000))
+    write_png(d / "dot_1x1.png", np.zeros((1, 1, 3), np.uint8))
+    (d / "not_an_image.png").write_bytes(b"hello, I am text")
+    (d / "huge_header.bmp").write_bytes(bmp_header(40000, 40000))
+    jpg = cv2.imencode(".jpg", synthetic_cell("monocyte", 96))[1].tobytes()
+    (d / "cut.jpg").write_bytes(jpg[: len(jpg) // 2])
+    return d
+
+
+def run_wbc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200", WBC_NO_REEXEC="1")
+    return subprocess.run([sys.executable, "-m", "wbc", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=env)
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
+    for w in words:
+        assert w in lines[0], out.stderr
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def test_header_sizes_without_decoding() -> None:
+    assert image_size(png_bomb(30000, 20000)) == (20000, 30000)
+    jpg = cv2.imencode(".jpg", np.zeros((7, 9, 3), np.uint8))[1].tobytes()
+    assert image_size(jpg) == (7, 9)
+    with pytest.raises(ImageTooLargeError, match="far too large"):  # Pillow's bomb check, as a readable error
+        image_size(bmp_header(40000, 40000), "x.bmp")
+    assert image_size(b"no header here") is None
+
+
+def test_a_pixel_bomb_is_refused_before_decoding() -> None:
+    """30000x30000 RGB PNG: 2.6 MB on disk, 2.7 GB decoded; refused with the process staying small."""
+    script = textwrap.dedent("""
+        def peak_mb():  # this process's peak RSS (VmHWM; ru_maxrss would include the forking pytest's)
+            line = [x for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
+            return int(line.split()[1]) // 1024
+        from wbc.errors import ImageTooLargeError
+        from wbc.io import decode_image
+        from wbc.synthetic import png_bomb
+        try:
+            decode_image(png_bomb(30000, 30000, rgb=True), "bomb.png")
+        except ImageTooLargeError as exc:
+            print(peak_mb(), exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    peak_mb, msg = out.stdout.split(" ", 1)
+    assert "bomb.png: 30000x30000 pixels is over the limit" in msg
+    assert int(peak_mb) < 400, out.stdout  # a decoded copy alone would be 2700 MB
+
+
+def test_opencv_errors_become_readable_per_file_errors() -> None:
+    # with the header check lifted, OpenCV itself refuses the 1.6-gigapixel PNG with a cv2.error
+    with pytest.raises(ImageReadError, match=r"big\.png: not a readable image \(error: .*\)"):
+        decode_image(png_bomb(40000, 40000), "big.png", max_pixels=2**40)
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        decode_image(b"\x89PNG\r\n\x1a\n" + bytes(40), "junk.png")
+
+
+def test_classify_keeps_the_good_cells_and_names_every_bad_file(hostile_cells: Path, model_file: Path) -> None:
+    clf = load_model(model_file, threads=1)
+    res = classify_paths(list(iter_image_paths([hostile_cells])), clf, batch_size=4, workers=2)
+    assert sorted(Path(p.path).name for p in res.predictions) == ["good_a.png", "good_b.png"]
+    errors = {Path(p).name: msg for p, msg in res.errors}
+    assert set(errors) == {"bomb_40k_1bit.png", "smear_12k.png", "dot_1x1.png", "not_an_image.png",
+                           "huge_header.bmp", "cut.jpg"}
+    assert "40000x40000" in errors["bomb_40k_1bit.png"] and "single-cell" in errors["bomb_40k_1bit.png"]
+    assert "12000x12000" in errors["smear_12k.png"] and f"{MAX_CELL_PIXELS:,}" in errors["smear_12k.png"]
+    assert "1x1 is too small" in errors["dot_1x1.png"]
+    assert "far too large" in errors["huge_header.bmp"]
+    assert "truncated" in errors["cut.jpg"] and "not a readable image" in errors["not_an_image.png"]
+    for msg in errors.values():
+        assert "\n" not in msg and "Traceback" not in msg
+
+
+def test_review_reason_never_reads_equal() -> None:
+    r = review_reason(0.98951, 0.99)  # both 0.99 at two decimals: the old "confidence 0.99 < 0.99"
+    c, t = r.removeprefix("confidence ").split(", below the review threshold ")
+    assert c != t and float(c) < float(t)
+    assert review_reason(0.5, 0.83) == "confidence 0.50, below the review threshold 0.83"
+
+
+def test_ood_warning_for_lab_staff_has_no_command_line_advice() -> None:
+    from wbc.ood import ood_warning
+    from wbc.types import Prediction
+
+    preds = [Prediction("monocyte", 0.5, True, {}, ood=True) for _ in range(5)]
+    msg = ood_warning(preds) or ""
+    assert "unlike the model's training data" in msg and "`" not in msg and "wbc " not in msg
+
+
+# --------------------------------------------------------------------------- outputs checked first
+
+
+def test_output_file_checks(tmp_path: Path) -> None:
+    assert check_output_file(tmp_path / "new" / "p.csv") == tmp_path / "new" / "p.csv"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(Exception, match="is a file, not a folder"):
+        check_output_file(tmp_path / "afile" / "p.csv")
+    with pytest.raises(Exception, match="is a folder"):
+        check_output_file(tmp_path)
+    unwritable = Path("/proc/wbc-no-such/p.csv") if os.geteuid() == 0 else tmp_path / "ro" / "p.csv"
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+    with pytest.raises(Exception, match="cannot write there"):
+        check_output_file(unwritable)
+
+
+@pytest.mark.slow
+def test_wbc_classify_end_to_end_on_a_hostile_folder(hostile_cells: Path, model_file: Path, tmp_path: Path) -> None:
+    """The command writes the good cells' CSV, lists each bad file on one line, and escapes paths."""
+    odd = tmp_path / "cells[/x]"  # rich markup in a user path
+    odd.mkdir(parents=True)
+    for p in hostile_cells.iterdir():
+        (odd / p.name).write_bytes(p.read_bytes())
+    out = run_wbc("classify", str(odd), "--model", str(model_file), "--output", str(tmp_path / "p.csv"),
+                  "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "[/x]" in out.stderr
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("path,label")
+    assert out.stderr.count("skipped") == 6
+    # bad output paths fail at once, in one line
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run_wbc("classify", str(odd), "--model", str(model_file), "--output", str(tmp_path)),
+                          "is a folder")
+    assert_one_line_error(run_wbc("classify", str(odd), "--model", str(model_file), "--output",
+                                  str(tmp_path / "afile" / "p.csv")), "is a file")
+
+
+@pytest.mark.slow
+def test_wbc_analyze_writes_the_good_fields_beside_a_bomb(model_file: Path, tmp_path: Path) -> None:
+    d = tmp_path / "fields[/x]"
+    d.mkdir(parents=True)
+    smear, *_ = synthetic_smear(n_wbc=2, seed=3)
+    write_png(d / "good.png", smear)
+    (d / "bomb.png").write_bytes(png_bomb(30000, 30000, rgb=True))
+    (d / "smear_12k.png").write_bytes(png_bomb(12000, 12000))
+    out = run_wbc("analyze", str(d), "--model", str(model_file), "--segmenter", "classical",
+                  "--output", str(tmp_path / "out"), "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "[/x]" in out.stderr
+    assert (tmp_path / "out" / "good.json").is_file() and (tmp_path / "out" / "good.png").is_file()
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert "bomb.png" in errors and "30000x30000" in errors and "12000x12000" in errors
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run_wbc("analyze", str(d), "--model", str(model_file), "--output",
+                                  str(tmp_path / "afile")), "not a folder")
+
+
+def test_read_image_refuses_a_field_over_the_analysis_limit_from_its_header(tmp_path: Path) -> None:
+    from wbc.analyze import MAX_ANALYZE_PIXELS
+
+    (tmp_path / "big.png").write_bytes(png_bomb(12000, 12000))
+    with pytest.raises(ImageTooLargeError, match="12000x12000"):
+        read_image(tmp_path / "big.png", max_pixels=MAX_ANALYZE_PIXELS)

@@ -1,0 +1,313 @@
+"""The case store on a real SQLite file: round trip, audit trail, sign-off, export for `wbc adapt`, reports.
+
+Fields are synthetic smears analysed by the real pipeline (classical segmenter, the shipped classifier or
+the tiny real ONNX one from test_serve), so the stored calls are real model output.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sqlalchemy")
+pytest.importorskip("alembic")
+
+from wbc.analyze import analyze_image
+from wbc.cases import NOT_WBC, UNIDENTIFIABLE, CaseError, CaseNotFoundError, CaseSignedError, CaseStore
+from wbc.cases.export import export_cases
+from wbc.cases.store import Base, create_case_from_fields, store_url
+from wbc.segment.classical import ClassicalSegmenter
+from wbc.synthetic import synthetic_smear
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_serve import classifier, model_path  # noqa: F401  (session fixtures)
+
+
+@pytest.fixture(scope="module")
+def fields(classifier):  # noqa: F811
+    seg = ClassicalSegmenter()
+    out = []
+    for seed in (1, 2, 3):
+        rgb, *_ = synthetic_smear(n_wbc=3, seed=seed)
+        out.append((f"field {seed}.png", rgb, analyze_image(rgb, classifier, seg, name=f"field {seed}.png")))
+    assert sum(len(r.cells) for _, _, r in out) >= 6
+    return out
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> CaseStore:
+    s = CaseStore.open(tmp_path / "cases.sqlite")
+    yield s
+    s.close()
+
+
+def other_label(doc: dict, cell: dict) -> str:
+    return next(c for c in doc["classes"] if c != cell["model_label"] and c != "platelet")
+
+
+def test_store_url_forms(tmp_path: Path) -> None:
+    assert store_url("postgresql+psycopg://u:p@db/wbc") == "postgresql+psycopg://u:p@db/wbc"
+    assert store_url(tmp_path) == f"sqlite:///{tmp_path.resolve()}/cases.sqlite"
+    assert store_url(tmp_path / "x.db") == f"sqlite:///{(tmp_path / 'x.db').resolve()}"
+    from wbc.cases.store import DEFAULT_STORE
+    from wbc.cli import cases as cli_cases
+
+    assert cli_cases.DEFAULT_STORE == DEFAULT_STORE  # one default, kept in two places for a fast `wbc --help`
+
+
+def test_migrations_match_the_models(tmp_path: Path) -> None:
+    """`alembic upgrade head` builds exactly the ORM's schema (no drift between models and migrations)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    s = CaseStore.open(tmp_path / "m.sqlite")
+    with s.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn)
+        assert ctx.get_current_revision() == "0002"
+        assert compare_metadata(ctx, Base.metadata) == []
+    s.close()
+    CaseStore.open(tmp_path / "m.sqlite").close()  # re-opening an up-to-date store is a no-op
+
+
+def test_postgresql_ddl_is_portable() -> None:
+    """The same migration renders PostgreSQL DDL (offline `alembic upgrade head --sql`): no SQLite-only SQL."""
+    import io
+
+    from alembic import command
+
+    from wbc.cases.store import alembic_config
+
+    cfg = alembic_config("postgresql+psycopg://user@db/wbc")
+    cfg.output_buffer = io.StringIO()
+    command.upgrade(cfg, "head", sql=True)
+    ddl = cfg.output_buffer.getvalue()
+    for table in ("cases", "fields", "cells", "corrections"):
+        assert f"CREATE TABLE {table} (" in ddl
+    assert "BYTEA" in ddl and '"user" VARCHAR(120)' in ddl and "TIMESTAMP WITH TIME ZONE" in ddl
+
+
+@pytest.mark.skipif(not os.environ.get("WBC_TEST_POSTGRES_URL"),
+                    reason="set WBC_TEST_POSTGRES_URL=postgresql+psycopg://... to run the store on PostgreSQL")
+def test_store_on_postgresql(fields, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """The store unchanged on a real PostgreSQL server (an empty database)."""
+    store = CaseStore.open(os.environ["WBC_TEST_POSTGRES_URL"])
+    name = f"pg case {os.getpid()} {tmp_path.name}"
+    cid = create_case_from_fields(store, name, fields, classifier)
+    doc = store.case_document(name)
+    cell = doc["cells"][0]
+    store.reclassify(cid, cell["id"], other_label(doc, cell), "pg user")
+    store.reclassify(cid, cell["id"], NOT_WBC, "pg user")
+    store.sign_off(cid, "pg user")
+    with pytest.raises(CaseSignedError):
+        store.reclassify(cid, cell["id"], UNIDENTIFIABLE, "pg user")
+    doc = store.case_document(cid)
+    assert [c["new_label"] for c in doc["corrections"]] == [other_label(doc, cell), NOT_WBC]
+    assert doc["cells"][0]["model_label"] == cell["model_label"] and doc["signed_at"].endswith("Z")
+    assert any(c.name == name and c.n_changed == 1 for c in store.list_cases())
+    assert export_cases(store, tmp_path / "pg_export", cases=[cid]).n_cells == doc["n_cells"] - 1
+    store.close()
+
+
+def test_upgrade_keeps_the_data(tmp_path: Path) -> None:
+    """A store made by the first migration is upgraded on open; its cases and audit trail stay intact."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from wbc.cases.store import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO cases (id, name, created_at, created_by, model_id, segmenter_id, classes, "
+                          "review_threshold) VALUES (1, 'old', '2026-01-02 03:04:05', 'x', 'm', 's', "
+                          "'[\"a\", \"b\"]', 0.9)"))
+        conn.execute(text("INSERT INTO fields VALUES (1, 1, 1, 'f.png', 10, 10, :png, '[]')"), {"png": b"png"})
+        conn.execute(text("INSERT INTO cells VALUES (1, 1, 1, 1, 0, 0, 5, 5, '[]', '[]', :png, 'a', 0.7, 1, '[]', "
+                          "'{}', 0, NULL, NULL, NULL)"), {"png": b"png"})
+        conn.execute(text("INSERT INTO corrections VALUES (1, 1, 1, 'a', 'b', 'old user', '2026-01-02 03:05:00', '')"))
+        conn.execute(text("UPDATE cells SET label = 'b', reviewed_by = 'old user' WHERE id = 1"))
+    engine.dispose()
+
+    store = CaseStore.open(tmp_path / "old.sqlite")
+    doc = store.case_document("old")
+    assert doc["created_at"] == "2026-01-02T03:04:05Z" and doc["cells"][0]["label"] == "b"
+    assert doc["corrections"] == [{"id": 1, "cell_id": 1, "old_label": "a", "new_label": "b", "user": "old user",
+                                   "at": "2026-01-02T03:05:00Z", "note": "", "client": None}]
+    store.reclassify("old", 1, "a", "new user", client="key:0123abcd")
+    store.sign_off("old", "new user", client="key:0123abcd")
+    doc = store.case_document("old")
+    assert doc["corrections"][-1]["client"] == "key:0123abcd" and doc["signed_client"] == "key:0123abcd"
+    store.close()
+
+
+def test_round_trip_audit_trail_and_sign_off(tmp_path: Path, fields, classifier) -> None:  # noqa: F811
+    path = tmp_path / "cases.sqlite"
+    store = CaseStore.open(path)
+    cid = create_case_from_fields(store, "  Sample  42 ", fields, classifier, segmenter_id="classical",
+                                  created_by="analyser")
+    store.close()
+
+    store = CaseStore.open(path)  # a fresh engine: everything comes back from the file
+    doc = store.case_document("Sample 42")
+    assert doc["id"] == cid and doc["name"] == "Sample 42" and doc["model_id"] == classifier.model_id
+    assert [f["image"] for f in doc["fields"]] == ["field 1.png", "field 2.png", "field 3.png"]
+    n = sum(len(r.cells) for _, _, r in fields)
+    assert doc["n_cells"] == n and doc["differential"]["total"] == n and not doc["corrections"]
+    first = fields[0][2].cells[0]
+    c0 = doc["cells"][0]
+    assert c0["model_label"] == first.prediction.label and c0["label"] == c0["model_label"]
+    assert c0["model_confidence"] == pytest.approx(first.prediction.confidence, abs=1e-4)
+    assert c0["box"] == [int(v) for v in first.box] and c0["outline"] and not c0["reviewed"]
+    crop = store.crop_png(cid, c0["id"])
+    assert crop.startswith(b"\x89PNG")
+
+    a, b = doc["cells"][0], doc["cells"][1]
+    new_a = other_label(doc, a)
+    store.reclassify(cid, a["id"], new_a, "A. Tech")
+    store.reclassify(cid, a["id"], NOT_WBC, "B. Second", note="debris")
+    store.reclassify(cid, b["id"], b["model_label"], "A. Tech")  # a confirmation
+    with pytest.raises(CaseError, match="not one of"):
+        store.reclassify(cid, a["id"], "giraffe", "A. Tech")
+    with pytest.raises(CaseError, match="user name"):
+        store.reclassify(cid, a["id"], UNIDENTIFIABLE, "  ")
+    with pytest.raises(CaseNotFoundError):
+        store.reclassify(cid, 10_000, UNIDENTIFIABLE, "A. Tech")
+
+    doc = store.case_document(cid)
+    ca = next(c for c in doc["cells"] if c["id"] == a["id"])
+    assert ca["label"] == NOT_WBC and ca["model_label"] == a["model_label"]  # the model's call is kept
+    assert ca["reviewed_by"] == "B. Second" and ca["changed"]
+    trail = [(r["cell_id"], r["old_label"], r["new_label"], r["user"]) for r in doc["corrections"]]
+    assert trail == [(a["id"], a["model_label"], new_a, "A. Tech"), (a["id"], new_a, NOT_WBC, "B. Second"),
+                     (b["id"], b["model_label"], b["model_label"], "A. Tech")]
+    assert doc["differential"]["total"] == n - 1 and doc["differential"]["excluded"][NOT_WBC] == 1
+    assert doc["model_differential"]["total"] == n
+    assert doc["n_reviewed"] == 2 and doc["n_changed"] == 1
+
+    signed = store.sign_off(cid, "B. Second")
+    assert signed["status"] == "signed off" and signed["signed_by"] == "B. Second" and signed["signed_at"]
+    for action in (lambda: store.reclassify(cid, b["id"], UNIDENTIFIABLE, "A. Tech"),
+                   lambda: store.sign_off(cid, "A. Tech"),
+                   lambda: store.add_field(cid, fields[0][1], fields[0][2], np.zeros((0, 8, 8, 3), np.uint8))):
+        with pytest.raises(CaseSignedError, match="read-only"):
+            action()
+    assert len(store.case_document(cid)["corrections"]) == 3  # nothing was appended by the refused edits
+    [summary] = store.list_cases()
+    assert (summary.name, summary.status, summary.n_fields, summary.n_cells, summary.n_changed) == (
+        "Sample 42", "signed off", 3, n, 1)
+    store.close()
+
+
+def test_names_are_unique_and_required(store: CaseStore, fields, classifier) -> None:  # noqa: F811
+    create_case_from_fields(store, "A", fields[:1], classifier)
+    with pytest.raises(CaseError, match="already exists"):
+        create_case_from_fields(store, "A", fields[:1], classifier)
+    with pytest.raises(CaseError, match="needs a name"):
+        store.create_case("   ", classifier.classes)
+    with pytest.raises(CaseNotFoundError):
+        store.case_document("B")
+
+
+def test_export_feeds_the_adapt_loader(store: CaseStore, fields, classifier, tmp_path: Path) -> None:  # noqa: F811
+    from wbc.adapt import load_labelled_cells
+    from wbc.data import load_dataset
+
+    cid = create_case_from_fields(store, "signed", fields, classifier)
+    open_id = create_case_from_fields(store, "still open", fields[:1], classifier)
+    doc = store.case_document(cid)
+    a, b, _c = doc["cells"][:3]
+    store.reclassify(cid, a["id"], other_label(doc, a), "tech")
+    store.reclassify(cid, b["id"], UNIDENTIFIABLE, "tech")
+    store.sign_off(cid, "tech")
+
+    out = tmp_path / "export"
+    summary = export_cases(store, out)
+    assert summary.cases == ["signed"] and summary.skipped_open == ["still open"]
+    assert summary.n_cells == doc["n_cells"] - 1 and summary.n_excluded == 1
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert len(rows) == summary.n_cells
+    by_cell = {int(r["cell_id"]): r for r in rows}
+    assert by_cell[a["id"]]["label"] == other_label(doc, a) and by_cell[a["id"]]["changed"] == "1"
+    assert by_cell[a["id"]]["model_label"] == a["model_label"] and b["id"] not in by_cell
+    for r in rows:  # <class>/<image>, the label is the folder
+        assert r["path"].split("/")[0] == r["label"] and (out / r["path"]).is_file()
+
+    size = int(classifier.info.input_size)
+    for source in (out, out / "manifest.csv"):  # the folder and the manifest, as `wbc adapt --data` reads them
+        cells, labels, _names, skipped = load_labelled_cells(source, size)
+        assert cells.shape == (summary.n_cells, size, size, 3) and not skipped
+        assert sorted(labels) == sorted(r["label"] for r in rows)
+    assert len(load_dataset(out).samples) == summary.n_cells
+
+    (out / "stray.txt").write_text("x")  # a re-export replaces its own earlier folder
+    again = export_cases(store, out, cases=[cid, open_id], include_open=True, changed_only=True)
+    assert again.n_cells == 1 + 0 and not (out / "stray.txt").exists()
+    other = tmp_path / "not_ours"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(CaseError, match="not empty"):
+        export_cases(store, other)
+
+
+def test_reports_html_and_pdf(store: CaseStore, fields, classifier) -> None:  # noqa: F811
+    from wbc.cases.report import plain_summary, render_html, render_pdf
+
+    cid = create_case_from_fields(store, "<script>alert(1)</script>", fields, classifier)
+    doc = store.case_document(cid)
+    cell = doc["cells"][0]
+    store.reclassify(cid, cell["id"], other_label(doc, cell), "<b>Eve</b>")
+    draft = render_html(store, cid)
+    assert "DRAFT" in draft and "<script>alert(1)" not in draft and "&lt;script&gt;" in draft
+    store.sign_off(cid, "<b>Eve</b>")
+    page = render_html(store, cid)
+    assert "DRAFT" not in page and "&lt;b&gt;Eve&lt;/b&gt;" in page and "<b>Eve" not in page
+    assert doc["model_id"] in page and page.count("data:image/png;base64,") >= 1
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # self-contained
+    words = " ".join(plain_summary(store.case_document(cid)))
+    assert "corrected 1 of" in words and "not a diagnosis" in words
+    pdf = render_pdf(store, cid)
+    assert pdf.startswith(b"%PDF") and len(pdf) > 2000
+
+
+def test_cli_create_list_show_report_export(tmp_path: Path, model_path: Path) -> None:  # noqa: F811
+    import json
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    for seed in (4, 5):
+        cv2.imwrite(str(tmp_path / f"f{seed}.png"), synthetic_smear(n_wbc=2, seed=seed)[0][:, :, ::-1])
+    store = str(tmp_path / "store.sqlite")
+    run = CliRunner().invoke
+    res = run(app, ["cases", "list", "--store", store])
+    assert res.exit_code == 1 and "no case store" in str(res.exception)  # reading never creates a store
+    res = run(app, ["cases", "create", "[red]x[/red]", str(tmp_path / "f4.png"), str(tmp_path / "f5.png"),
+                    "--store", store, "--model", str(model_path), "--segmenter", "classical", "--user", "me"])
+    assert res.exit_code == 0, res.output
+    res = run(app, ["cases", "list", "--store", store])
+    assert res.exit_code == 0 and "[red]x[/red]" in res.output  # user text is printed, not read as markup
+    doc = json.loads(run(app, ["cases", "show", "1", "--store", store, "--json"]).stdout)
+    assert doc["name"] == "[red]x[/red]" and len(doc["fields"]) == 2 and doc["created_by"] == "me"
+
+    s = CaseStore.open(store)
+    cell = doc["cells"][0]
+    s.reclassify(1, cell["id"], other_label(doc, cell), "me")
+    s.close()
+    res = run(app, ["cases", "report", "1", "--store", store, "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0 and "DRAFT" in (tmp_path / "r.html").read_text()
+    res = run(app, ["cases", "export", str(tmp_path / "none"), "--store", store])
+    assert res.exit_code == 0 and "not signed off" in res.output
+    res = run(app, ["cases", "export", str(tmp_path / "out"), "--store", store, "--include-open"])
+    assert res.exit_code == 0 and "wbc adapt --data" in res.output
+    rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
+    assert len(rows) == doc["n_cells"]

@@ -1,0 +1,143 @@
+"""Cases over HTTP (wbc.serve.cases): real app, real models, a real SQLite store, FastAPI's TestClient."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+pytest.importorskip("sqlalchemy")
+from fastapi.testclient import TestClient
+
+from wbc.cases import CaseStore
+from wbc.segment.classical import ClassicalSegmenter
+from wbc.serve.app import create_app
+from wbc.synthetic import synthetic_smear
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_serve import classifier, model_path, png_bytes  # noqa: F401  (session fixtures)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cases_api") / "cases.sqlite"
+
+
+@pytest.fixture(scope="module")
+def client(classifier, store_path: Path) -> Iterator[TestClient]:  # noqa: F811
+    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=5, store=store_path)
+    with TestClient(app) as c:
+        yield c
+
+
+def fields(n: int = 2) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"field <{i}>.png", png_bytes(synthetic_smear(n_wbc=2, seed=10 + i)[0]), "image/png"))
+            for i in range(n)]
+
+
+def new_case(client: TestClient, name: str, n: int = 2) -> dict:
+    r = client.post("/cases", data={"name": name, "user": "analyser"}, files=fields(n))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_create_review_sign_off_report(client: TestClient, classifier, store_path: Path) -> None:  # noqa: F811
+    doc = new_case(client, "API case 1")
+    assert doc["status"] == "open" and doc["model_id"] == classifier.model_id and len(doc["fields"]) == 2
+    assert [f["image"] for f in doc["fields"]] == ["field <0>.png", "field <1>.png"]
+    assert doc["n_cells"] >= 2 and doc["created_by"] == "analyser"
+    cid, cell = doc["id"], doc["cells"][0]
+
+    img = client.get(f"/cases/{cid}/fields/{doc['fields'][0]['id']}/image")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png" and img.content[:4] == b"\x89PNG"
+    crop = client.get(f"/cases/{cid}/cells/{cell['id']}/crop")
+    assert crop.status_code == 200 and crop.content[:4] == b"\x89PNG"
+
+    new = next(c for c in doc["classes"] if c != cell["model_label"])
+    r = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": new, "user": "A. Tech"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cell"]["label"] == new and body["cell"]["model_label"] == cell["model_label"]
+    row = {d["class"]: d for d in body["differential"]["rows"]}
+    assert row[new]["count"] >= 1 and row[new]["ci95_high"] > row[new]["ci95_low"]
+    assert body["n_changed"] == 1
+    r = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": "not_wbc", "user": "A. Tech"})
+    assert r.json()["differential"]["excluded"]["not_wbc"] == 1
+
+    assert client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": "cat", "user": "A"}
+                       ).status_code == 422
+    assert client.post(f"/cases/{cid}/cells/999999/label", json={"label": new, "user": "A"}).status_code == 404
+    assert client.get("/cases/999999").status_code == 404
+
+    r = client.post(f"/cases/{cid}/sign-off", json={"user": "Dr. Who"})
+    assert r.status_code == 200 and r.json()["signed_by"] == "Dr. Who"
+    r = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": new, "user": "A. Tech"})
+    assert r.status_code == 409 and r.json()["error"] == "signed_off" and "read-only" in r.json()["detail"]
+    assert client.post(f"/cases/{cid}/sign-off", json={"user": "X"}).status_code == 409
+
+    doc = client.get(f"/cases/{cid}").json()
+    assert [c["new_label"] for c in doc["corrections"]] == [new, "not_wbc"]
+    assert {c["client"] for c in doc["corrections"]} == {"anonymous"}  # no API keys on this server
+    listed = {c["name"]: c for c in client.get("/cases").json()["cases"]}
+    assert listed["API case 1"]["status"] == "signed off"
+
+    page = client.get(f"/cases/{cid}/report")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Dr. Who" in page.text
+    pdf = client.get(f"/cases/{cid}/report.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+
+    store = CaseStore.open(store_path)  # the same file, read by the library
+    assert store.case_document("API case 1")["signed_by"] == "Dr. Who"
+    store.close()
+
+
+def test_bad_uploads_create_no_case(client: TestClient) -> None:
+    before = len(client.get("/cases").json()["cases"])
+    r = client.post("/cases", data={"name": "bad"},
+                    files=[*fields(1), ("files", ("broken.png", b"not an image", "image/png"))])
+    assert r.status_code == 422 and r.json()["errors"][0]["filename"] == "broken.png"
+    assert client.post("/cases", data={"name": "none"}).status_code in (400, 422)
+    new_case(client, "dup", 1)
+    r = client.post("/cases", data={"name": "dup"}, files=fields(1))
+    assert r.status_code == 422 and "already exists" in r.json()["detail"]
+    assert len(client.get("/cases").json()["cases"]) == before + 1
+
+
+def test_review_page_is_served_and_linked(client: TestClient) -> None:
+    r = client.get("/review")
+    assert r.status_code == 200 and "review.js" in r.text
+    assert "/review" in client.get("/").text
+
+
+def test_api_keys_guard_cases_and_the_key_is_in_the_audit_trail(classifier, tmp_path: Path) -> None:  # noqa: F811
+    from wbc.serve.settings import ServeSettings
+
+    key = "k" * 24
+    app = create_app(classifier, ClassicalSegmenter(), store=tmp_path / "c.sqlite",
+                     settings=ServeSettings(api_keys=[key]))
+    with TestClient(app) as c:
+        assert c.get("/cases").status_code == 401
+        assert c.get("/review/report.css").status_code == 401
+        h = {"X-API-Key": key}
+        r = c.post("/cases", data={"name": "keyed"}, files=fields(1), headers=h)
+        assert r.status_code == 201, r.text
+        doc = r.json()
+        cell = doc["cells"][0]
+        assert c.post(f"/cases/{doc['id']}/cells/{cell['id']}/label", json={"label": "not_wbc", "user": "A"}
+                      ).status_code == 401
+        assert c.post(f"/cases/{doc['id']}/cells/{cell['id']}/label", json={"label": "not_wbc", "user": "A"},
+                      headers=h).status_code == 200
+        assert c.post(f"/cases/{doc['id']}/sign-off", json={"user": "A"}, headers=h).status_code == 200
+        doc = c.get(f"/cases/{doc['id']}", headers=h).json()
+    assert doc["corrections"][0]["client"].startswith("key:") and doc["signed_client"].startswith("key:")
+
+
+def test_without_a_store_the_case_routes_answer_503(classifier) -> None:  # noqa: F811
+    with TestClient(create_app(classifier, ClassicalSegmenter())) as c:
+        r = c.get("/cases")
+        assert r.status_code == 503 and "--store" in r.json()["detail"]

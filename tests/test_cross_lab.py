@@ -1,0 +1,226 @@
+"""Issue 13: framing-invariant single-cell input, a chosen label set, shape-first augmentation."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from tests.conftest import needs_torch
+
+from wbc.errors import WbcError
+from wbc.labels import CLASSES, WBC5, parse_class_set, restrict_probabilities
+from wbc.reframe import CANONICAL, background_colour, frame_cell, measure_framing, needs_reframe, reframe_cell
+from wbc.synthetic import synthetic_cell
+
+
+def _cell(label: str = "lymphocyte", size: int = 200, seed: int = 0) -> np.ndarray:
+    return synthetic_cell(label, size, seed)
+
+
+def _pad(rgb: np.ndarray, factor: float) -> np.ndarray:
+    h = rgb.shape[0]
+    p = round(h * (factor - 1) / 2)
+    return cv2.copyMakeBorder(rgb, p, p, p, p, cv2.BORDER_CONSTANT, value=(235, 215, 205))
+
+
+def test_measure_framing_finds_the_central_nucleus() -> None:
+    img = _cell()
+    f = measure_framing(img)
+    assert f.found
+    assert abs(f.cx - 100) < 15 and abs(f.cy - 100) < 15
+    # the synthetic lymphocyte nucleus has radius 0.24 of the side: extent ~0.48
+    assert 0.35 < f.fraction < 0.6
+
+
+def test_measure_framing_scales_with_the_frame() -> None:
+    img = _cell()
+    wide = measure_framing(_pad(img, 3.0))
+    assert wide.found
+    assert wide.fraction == pytest.approx(measure_framing(img).fraction / 3, rel=0.25)
+
+
+def test_no_nucleus_means_no_reframe() -> None:
+    blank = np.full((120, 120, 3), 230, np.uint8)
+    cv2.circle(blank, (60, 60), 15, (225, 150, 150), -1)  # a red cell: pale, not a nucleus
+    f = measure_framing(blank)
+    assert not f.found
+    assert not needs_reframe(f, blank.shape)
+    out = frame_cell(blank, 64)
+    assert np.array_equal(out, cv2.resize(blank, (64, 64), interpolation=cv2.INTER_AREA))
+
+
+def test_reframe_brings_tight_and_wide_cells_to_the_target_fraction() -> None:
+    img = _cell(size=240)
+    tight = np.ascontiguousarray(img[60:180, 60:180])  # the cell fills the frame
+    for shown in (tight, _pad(img, 3.0)):
+        out = reframe_cell(shown, 160, CANONICAL)
+        assert out.shape == (160, 160, 3)
+        f = measure_framing(out)
+        assert f.fraction == pytest.approx(CANONICAL.target, abs=0.08)
+
+
+def test_tight_crop_is_padded_with_its_own_background() -> None:
+    img = _cell(size=240)
+    tight = np.ascontiguousarray(img[70:170, 70:170])
+    out = reframe_cell(tight, 160, CANONICAL)
+    corner = out[:8, :8].reshape(-1, 3).astype(int).mean(0)
+    assert np.abs(corner - np.array(background_colour(tight))).max() <= 2  # filled with its brightest tenth's colour
+    assert corner.sum() > 400  # not black
+
+
+def test_parse_class_set() -> None:
+    assert parse_class_set("5part", CLASSES) == WBC5
+    assert parse_class_set(["Neutrophils", "LY"], CLASSES) == ("lymphocyte", "neutrophil")
+    assert parse_class_set("all", CLASSES) == ()
+    with pytest.raises(WbcError, match="bogus"):
+        parse_class_set("neutrophil,bogus", CLASSES)
+
+
+def test_restrict_probabilities_renormalises() -> None:
+    p = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]], np.float32)
+    out, mass = restrict_probabilities(p, ["a", "b", "c", "d"], ["b", "c"])
+    assert np.allclose(out.sum(1), 1)
+    assert np.allclose(out[:, [0, 3]], 0)
+    assert np.allclose(mass, [0.5, 0.2])
+    assert np.allclose(out[0, 1:3], [0.4, 0.6])
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory):
+    from tests.tiny_models import mean_colour_model
+
+    from wbc.model import load_model
+
+    rng = np.random.default_rng(0)
+    path = mean_colour_model(tmp_path_factory.mktemp("m") / "tiny.onnx", 32, rng.normal(0, 3, (len(CLASSES), 3)),
+                             "tiny")
+    return load_model(path, threads=1)
+
+
+def test_classify_with_a_label_set(tiny_classifier, tmp_path) -> None:
+    from wbc.classify import classify_paths
+    from wbc.io import write_image
+
+    paths = []
+    for i, label in enumerate(CLASSES):
+        write_image(tmp_path / f"{label}.png", synthetic_cell(label, 64, i))
+        paths.append(tmp_path / f"{label}.png")
+    full = classify_paths(paths, tiny_classifier)
+    five = classify_paths(paths, tiny_classifier, classes="5part")
+    via_model = classify_paths(paths, tiny_classifier.with_classes("5part"))
+    for a, b, c in zip(full.predictions, five.predictions, via_model.predictions, strict=True):
+        assert b.label in WBC5 and c.label == b.label
+        assert sum(b.probabilities.values()) == pytest.approx(1, abs=1e-4)
+        assert b.probabilities["platelet"] == 0 and b.probabilities["ig"] == 0
+        assert b.confidence >= max(a.probabilities[k] for k in WBC5) - 1e-6
+        # the review threshold still applies to the renormalised confidence
+        thr = tiny_classifier.info.review_threshold
+        assert b.review or b.confidence >= thr
+        if a.label not in WBC5 and a.confidence > 0.5:
+            assert b.review and any("outside the chosen classes" in r for r in b.reasons)
+    assert tiny_classifier.label_set == ()  # with_classes returns a copy
+
+
+def test_classify_reframe_flag(tiny_classifier, tmp_path) -> None:
+    from wbc.classify import classify_paths
+    from wbc.io import write_image
+
+    img = _cell(size=240)
+    p = tmp_path / "tight.png"
+    write_image(p, np.ascontiguousarray(img[60:180, 60:180]))
+    on = classify_paths([p], tiny_classifier)
+    off = classify_paths([p], tiny_classifier, reframe=False)
+    assert len(on.predictions) == len(off.predictions) == 1
+    assert not np.allclose(on.logits, off.logits)  # re-framing changed what the network saw
+
+
+@needs_torch
+def test_strong_colour_ops_keep_shape_and_range() -> None:
+    import torch
+
+    from wbc.train.transforms import RandomStrongColour, RandomTightPad
+
+    torch.manual_seed(0)
+    img = torch.from_numpy(_cell(size=64)).permute(2, 0, 1).contiguous()
+    for op in RandomStrongColour.OPS:
+        t = RandomStrongColour(1.0, {o: float(o == op) for o in RandomStrongColour.OPS})
+        out = t(img)
+        assert out.shape == img.shape and out.dtype == torch.uint8
+        # the nucleus stays darker than the background whatever the colours (shape is kept)
+        centre = out[:, 28:36, 28:36].float().mean()
+        corner = out[:, :6, :6].float().mean()
+        assert centre < corner, op
+    padded = RandomTightPad((0.5, 0.5))(img)
+    assert torch.equal(padded[:, 16:48, 16:48], img[:, 16:48, 16:48])
+    assert padded[:, 0, 0].float().sum() > 500  # filled with the bright background, not black
+
+
+@needs_torch
+def test_config_rejects_unknown_colour_ops() -> None:
+    from wbc.config import TrainConfig
+    from wbc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="strong_colour_ops"):
+        TrainConfig().updated({"strong_colour_ops": ["hue", "sepia"]})
+    assert TrainConfig().updated({"strong_colour_ops": ["hue", "grey"], "strong_colour_p": 0.5}).strong_colour_p == 0.5
+
+
+def test_score_prefers_diverse_consistent_predictions() -> None:
+    from wbc.adapt_unlabelled import score_probs
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    sharp = np.eye(3)[labels] * 0.9 + 0.1 / 3
+    collapsed = np.tile([0.96, 0.02, 0.02], (60, 1))  # confident and consistent, but one class for every cell
+    good = score_probs([sharp, sharp], ["a", "b", "c"], "good")
+    bad = score_probs([collapsed, collapsed], ["a", "b", "c"], "bad")
+    assert good.agreement == bad.agreement == 1.0
+    assert bad.entropy < good.entropy  # more confident ...
+    assert good.score > bad.score  # ... but the diversity term rejects the collapse
+    flip = score_probs([sharp, np.roll(sharp, 1, axis=1)], ["a", "b", "c"], "flip")
+    assert flip.agreement == 0.0 and flip.score < good.score
+
+
+def test_adapt_unlabelled_reports_and_keeps_no_mapping_for_training_like_cells(tmp_path) -> None:
+    from tests.tiny_models import mean_colour_model
+
+    from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
+    from wbc.io import write_image
+    from wbc.model import load_model
+    from wbc.stain import fit_stain_stats
+
+    cells = [synthetic_cell(c, 64, i) for i, c in enumerate(list(CLASSES) * 3)]
+    for i, c in enumerate(cells):
+        write_image(tmp_path / "lab" / f"{i}.png", c)
+    ref = {m: fit_stain_stats(cells, m) for m in ("reinhard", "histogram")}
+    rng = np.random.default_rng(1)
+    model = mean_colour_model(tmp_path / "m.onnx", 32, rng.normal(0, 3, (len(CLASSES), 3)), "tiny",
+                              extra={"colour_reference": ref})
+    res = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "out.onnx", classes="5part", threads=1)
+    assert {c.name for c in res.candidates} == {"none", "reinhard", "histogram"}
+    assert res.chosen == "none"  # the lab's colours are the training colours: no mapping can help
+    assert res.classes == list(WBC5)
+    adapted = load_model(tmp_path / "out.onnx", threads=1)
+    assert adapted.info.extra["adapt"]["chosen"] == "none"
+    assert adapted.info.preprocessing.stain is None
+    assert any("chose none" in line for line in summary_lines(res))
+    with pytest.raises(WbcError, match="at least 8"):
+        adapt_unlabelled(model, tmp_path / "lab" / "0.png", tmp_path / "x.onnx", threads=1)
+
+
+def test_http_classify_takes_classes_and_reframe(tiny_classifier) -> None:
+    from fastapi.testclient import TestClient
+
+    from wbc.segment.classical import ClassicalSegmenter
+    from wbc.serve.app import create_app
+
+    client = TestClient(create_app(tiny_classifier, ClassicalSegmenter(), max_upload_mb=2))
+    _ok, png = cv2.imencode(".png", _cell(size=120)[:, :, ::-1])
+    files = [("files", ("cell.png", png.tobytes(), "image/png"))]
+    res = client.post("/classify?classes=5part", files=files)
+    assert res.status_code == 200, res.text
+    probs = res.json()["results"][0]["probabilities"]
+    assert res.json()["results"][0]["label"] in WBC5 and probs["platelet"] == 0
+    assert client.post("/classify?reframe=false", files=files).status_code == 200
+    bad = client.post("/classify?classes=neutrophil,bogus", files=files)
+    assert bad.status_code == 422 and "bogus" in bad.text

@@ -1,0 +1,294 @@
+"""The learned WBC detector (decoding, instance masks, scale) and labelled-folder evaluation.
+
+The pure parts run on synthetic arrays anywhere; the shipped ONNX detector is checked on real fields
+(BCCD/TXL-PBC, skipped without the data): a field with no WBC, a WBC cut by the border, two touching WBCs,
+and a field at 4x the expected scale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.errors import ConfigError, WbcError
+from wbc.evaluate.smears import box_iou, evaluate_segmentation, load_labelled_folder, read_yolo_boxes
+from wbc.paths import DEFAULT_DETECTOR
+from wbc.segment import AUTO_ORDER, get_segmenter, list_segmenters, resolve_method
+from wbc.segment import detector as D
+from wbc.segment.scale import RBC_UM, WBC_BOX_UM, estimate_field_scale
+from wbc.synthetic import synthetic_smear
+
+needs_detector = pytest.mark.skipif(not DEFAULT_DETECTOR.is_file(), reason="no shipped detector model")
+
+
+def _heatmap_with(centres: list[tuple[float, float]], side: int = 256, sigma: float = 2.0) -> np.ndarray:
+    g = side // D.HM_STRIDE
+    yy, xx = np.mgrid[0:g, 0:g].astype(np.float32)
+    hm = np.zeros((g, g), np.float32)
+    for cx, cy in centres:
+        gx, gy = cx / D.HM_STRIDE - 0.5, cy / D.HM_STRIDE - 0.5
+        hm = np.maximum(hm, np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * sigma**2)))
+    return hm
+
+
+def test_decode_recovers_centres_and_sizes() -> None:
+    hm = _heatmap_with([(60.0, 70.0), (180.0, 150.0)])
+    size = np.zeros((2, *hm.shape), np.float32)
+    size[0] = np.log(100 / D.NOMINAL_WBC)  # 100 px wide
+    size[1] = np.log(60 / D.NOMINAL_WBC)  # 60 px high
+    dets = D.decode(hm, size, threshold=0.3)
+    assert len(dets) == 2
+    got = sorted(((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in dets)
+    assert np.allclose(got, [(60, 70), (180, 150)], atol=1.0)
+    for d in dets:
+        assert d.box[2] - d.box[0] == pytest.approx(100, rel=1e-3)
+        assert d.box[3] - d.box[1] == pytest.approx(60, rel=1e-3)
+
+
+def test_decode_empty_heatmap_gives_nothing() -> None:
+    assert D.decode(np.zeros((40, 40), np.float32), np.zeros((2, 40, 40), np.float32)) == []
+
+
+def test_touching_wbcs_are_split_between_their_centres() -> None:
+    """Two WBCs whose cell masks merge into one blob get one instance each, split near the midline."""
+    h, w = 120, 200
+    cell = np.zeros((h, w), np.float32)
+    cv2.circle(cell, (70, 60), 40, 1.0, -1)
+    cv2.circle(cell, (140, 60), 40, 1.0, -1)  # overlaps the first: one connected blob
+    nuc = np.zeros((h, w), np.float32)
+    cv2.circle(nuc, (70, 60), 18, 1.0, -1)
+    cv2.circle(nuc, (140, 60), 18, 1.0, -1)
+    dets = [D.Detection((30, 20, 110, 100), 0.9), D.Detection((100, 20, 180, 100), 0.8)]
+    full = []
+    for (x0, y0), n, c in D.instance_masks(dets, nuc, cell):
+        fn, fc = np.zeros((h, w), bool), np.zeros((h, w), bool)
+        fn[y0 : y0 + n.shape[0], x0 : x0 + n.shape[1]] = n
+        fc[y0 : y0 + c.shape[0], x0 : x0 + c.shape[1]] = c
+        full.append((fn, fc))
+    (n1, c1), (n2, c2) = full
+    assert not (c1 & c2).any()
+    assert c1[60, 60] and c2[60, 150] and not c1[60, 150]
+    assert n1[60, 70] and n2[60, 140] and not (n1 & ~c1).any()
+    assert abs(int(c1.sum()) - int(c2.sum())) < 0.1 * c1.sum()
+
+
+def test_refine_factor_only_when_far_from_nominal() -> None:
+    near = [D.Detection((0, 0, D.NOMINAL_WBC * 1.1, D.NOMINAL_WBC), 0.9)]
+    assert D.refine_factor(near, 0.5) is None
+    big = [D.Detection((0, 0, 4 * D.NOMINAL_WBC, 4 * D.NOMINAL_WBC), 0.9)]
+    assert D.refine_factor(big, 0.5) == pytest.approx(0.125)
+    assert D.refine_factor([], 0.5) is None
+
+
+def test_pixel_size_overrides_the_measured_scale() -> None:
+    rgb, *_ = synthetic_smear(seed=1)
+    s = estimate_field_scale(rgb, pixel_size=0.25)
+    assert s.source == "pixel_size"
+    assert s.rbc_px == pytest.approx(RBC_UM / 0.25) and s.wbc_px == pytest.approx(WBC_BOX_UM / 0.25)
+    assert estimate_field_scale(rgb).source == "red_cells"
+    assert estimate_field_scale(np.full((200, 200, 3), 210, np.uint8)).source == "fallback"
+    with pytest.raises(ConfigError, match="pixel-size"):
+        estimate_field_scale(rgb, pixel_size=-1.0)
+
+
+def test_classical_uses_the_pixel_size() -> None:
+    """A wrong pixel size (red cells 4x too small) loses the WBCs; the right one finds them."""
+    rgb, boxes, *_ = synthetic_smear(scale=1.0, n_wbc=2, seed=2)
+    right = RBC_UM / 70.0  # synthetic red cells are 70 px across at scale 1
+    cells = get_segmenter("classical", pixel_size=right).segment(rgb)
+    assert len(cells) == 2
+    assert all(max(box_iou(c.box, b) for b in boxes) > 0.5 for c in cells)
+
+
+def test_crop_follows_the_box_when_the_outline_is_poor() -> None:
+    """A detector box with an outline covering only the nucleus still gives a whole-cell-sized crop."""
+    from wbc.crops import cell_diameter
+    from wbc.types import Cell
+
+    m = np.zeros((200, 200), bool)
+    m[80:120, 80:120] = True  # a 40 px "outline" inside a 200 px box
+    c = Cell(1, (10, 10, 210, 210), m.copy(), m)
+    assert cell_diameter(c) == pytest.approx(0.75 * 200)
+    full = np.ones((200, 200), bool)
+    assert cell_diameter(Cell(1, (10, 10, 210, 210), full, full)) == pytest.approx(1.05 * 200)
+    disc = np.zeros((200, 200), np.uint8)
+    cv2.circle(disc, (100, 100), 95, 1, -1)
+    d = cell_diameter(Cell(1, (10, 10, 210, 210), disc > 0, disc > 0))
+    assert d == pytest.approx(190, rel=0.02)  # a good outline is used as it is
+
+
+def test_registry_names_and_auto() -> None:
+    names = list_segmenters()
+    assert {"detector", "classical", "learned"} <= set(names)
+    assert resolve_method("auto") in AUTO_ORDER
+    assert resolve_method("classical") == "classical"
+    with pytest.raises(ConfigError, match="unknown segmenter"):
+        get_segmenter("magic")
+
+
+# ------------------------------------------------------------------------------------ labelled folders
+def _write_yolo_folder(root: Path) -> list[tuple[int, int, int, int]]:
+    rgb, boxes, *_ = synthetic_smear(n_wbc=2, seed=4)
+    (root / "images" / "test").mkdir(parents=True)
+    (root / "labels" / "test").mkdir(parents=True)
+    cv2.imwrite(str(root / "images" / "test" / "a.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    h, w = rgb.shape[:2]
+    lines = ["0 0.5 0.5 0.02 0.02"]  # an RBC (class 0 here) that must be ignored
+    for x0, y0, x1, y1 in boxes:
+        lines.append(f"1 {(x0 + x1) / 2 / w} {(y0 + y1) / 2 / h} {(x1 - x0) / w} {(y1 - y0) / h}")
+    (root / "labels" / "test" / "a.txt").write_text("\n".join(lines) + "\n")
+    (root / "data.yaml").write_text("nc: 2\nnames:\n  0: RBC\n  1: WBC\n")
+    return boxes
+
+
+def test_yolo_folder_is_read_with_its_class_names(tmp_path: Path) -> None:
+    boxes = _write_yolo_folder(tmp_path)
+    items = load_labelled_folder(tmp_path, "test")
+    assert len(items) == 1 and len(items[0].wbc_boxes) == 2
+    for got, want in zip(sorted(items[0].wbc_boxes), sorted(boxes), strict=True):
+        assert box_iou(got, want) > 0.98
+    res = evaluate_segmentation(items, get_segmenter("classical").segment)
+    assert res["detection"]["recall"] == 1.0 and res["detection"]["precision"] == 1.0
+
+
+def test_voc_folder_flat_layout(tmp_path: Path) -> None:
+    rgb, boxes, *_ = synthetic_smear(n_wbc=1, seed=5)
+    cv2.imwrite(str(tmp_path / "f.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    x0, y0, x1, y1 = boxes[0]
+    (tmp_path / "f.xml").write_text(
+        "<annotation><object><name>neutrophil</name><bndbox>"
+        f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1 - 1}</xmax><ymax>{y1 - 1}</ymax></bndbox></object>"
+        "<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+        "</object></annotation>"
+    )
+    items = load_labelled_folder(tmp_path, None)
+    assert [len(it.wbc_boxes) for it in items] == [1]
+
+
+def test_bad_labels_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "x.txt"
+    bad.write_text("0 0.5 zero 0.1 0.1\n")
+    with pytest.raises(WbcError, match=r"x\.txt:1"):
+        read_yolo_boxes(bad, 100, 100, {0})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WbcError, match="no labelled images"):
+        load_labelled_folder(tmp_path / "empty", None)
+
+
+# ------------------------------------------------------------------------ the shipped detector, real data
+def _txl_field(root: Path, origin: str, k: int = 0, n_wbc: int = 1) -> tuple[np.ndarray, list]:
+    """The k-th TXL-PBC *val* field of ``origin`` with exactly ``n_wbc`` WBC boxes."""
+    from wbc.io import read_image
+
+    items = [it for it in load_labelled_folder(root / "txl_pbc", "val")
+             if it.origin == origin and len(it.wbc_boxes) == n_wbc]
+    it = items[k]
+    return read_image(it.image), list(it.wbc_boxes)
+
+
+@pytest.fixture(scope="module")
+def detector() -> D.DetectorSegmenter:
+    if not DEFAULT_DETECTOR.is_file():
+        pytest.skip("no shipped detector model")
+    return D.DetectorSegmenter(threads=1)
+
+
+@pytest.mark.real_data
+@needs_detector
+def test_field_without_wbc(real_data: Path, detector: D.DetectorSegmenter) -> None:
+    """A real field with its WBC painted over by the surrounding smear: nothing is found."""
+    rgb, boxes = _txl_field(real_data, "bccd")
+    x0, y0, x1, y1 = (int(v) for v in boxes[0])
+    mask = np.zeros(rgb.shape[:2], np.uint8)
+    mask[max(0, y0 - 10) : y1 + 10, max(0, x0 - 10) : x1 + 10] = 255
+    blank = cv2.inpaint(rgb, mask, 5, cv2.INPAINT_TELEA)
+    assert detector.segment(blank) == []
+    assert len(detector.segment(rgb)) >= 1
+
+
+@pytest.mark.real_data
+@needs_detector
+def test_wbc_cut_by_the_border(real_data: Path, detector: D.DetectorSegmenter) -> None:
+    """The field cropped through the middle of its WBC: the visible half is found and touches the border."""
+    rgb, boxes = _txl_field(real_data, "bccd")
+    x0, y0, x1, y1 = boxes[0]
+    cut = int((x0 + x1) / 2)
+    part = np.ascontiguousarray(rgb[:, cut:])
+    cells = detector.segment(part)
+    want = (0.0, y0, x1 - cut, y1)
+    assert len(cells) == 1
+    assert cells[0].touches_border
+    assert box_iou(cells[0].box, want) > 0.5
+
+
+@pytest.mark.real_data
+@needs_detector
+def test_two_touching_wbcs(real_data: Path, detector: D.DetectorSegmenter) -> None:
+    """A WBC copied right beside itself (cells touching): two cells, one box each, disjoint masks."""
+    rgb, boxes = _txl_field(real_data, "bcd")
+    x0, y0, x1, y1 = (int(v) for v in boxes[0])
+    w = x1 - x0
+    # widen the field by one WBC (mirrored smear), then paste a copy of the WBC right against it
+    img = np.ascontiguousarray(cv2.copyMakeBorder(rgb, 0, 0, 0, w, cv2.BORDER_REFLECT_101))
+    nx0 = x1 - 4
+    img[y0:y1, nx0 : nx0 + w] = rgb[y0:y1, x0:x1]
+    want = [(x0, y0, x1, y1), (nx0, y0, nx0 + w, y1)]
+    cells = detector.segment(img)
+    a, b = (max(cells, key=lambda c: box_iou(c.box, t)) for t in want)
+    assert a is not b
+    assert box_iou(a.box, want[0]) > 0.5 and box_iou(b.box, want[1]) > 0.5
+    from wbc.evaluate.smears import paste_masks
+
+    assert not (paste_masks([a], img.shape[:2])[1] & paste_masks([b], img.shape[:2])[1]).any()
+
+
+@pytest.mark.real_data
+@needs_detector
+def test_field_at_4x_the_expected_scale(real_data: Path, detector: D.DetectorSegmenter) -> None:
+    """A PBC-origin field (100x) enlarged 4x: the WBC fills most of the field and its box covers it."""
+    rgb, boxes = _txl_field(real_data, "pbc")
+    big = cv2.resize(rgb, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    want = tuple(4 * v for v in boxes[0])
+    cells = detector.segment(big)
+    assert len(cells) >= 1
+    best = max(cells, key=lambda c: box_iou(c.box, want))
+    assert box_iou(best.box, want) > 0.6
+
+
+def test_cli_evaluate_smears_on_a_yolo_folder_with_pixel_size(tmp_path: Path) -> None:
+    """`wbc evaluate-smears --dataset` scores any YOLO folder; `--pixel-size` reaches the segmenter."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    _write_yolo_folder(tmp_path / "lab")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(tmp_path / "lab"), "--segmenter", "classical",
+                                   "--pixel-size", str(RBC_UM / 70.0), "--no-classifier", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["detection"]["recall"] == 1.0 and m["n_images"] == 1
+    bad = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(tmp_path / "nowhere"), "--segmenter",
+                                   "classical", "--no-classifier", "-o", str(out)])
+    assert bad.exit_code != 0 and isinstance(bad.exception, WbcError) and "not a folder" in str(bad.exception)
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_train_detector_runs_and_exports(real_data: Path, tmp_path: Path) -> None:
+    """Two iterations of `wbc train-detector`'s loop write an ONNX model the segmenter loads and runs."""
+    pytest.importorskip("torch")
+    from wbc.train.detector import train_detector
+
+    out = tmp_path / "d.onnx"
+    res = train_detector(real_data, out, minutes=0.05, iters=2, batch=2, crop=128, eval_every=1,
+                         val_per_origin=1, log=lambda _msg: None)
+    assert out.is_file() and out.with_suffix(".pt").is_file() and res["best_it"] >= 1
+    seg = D.DetectorSegmenter(out)
+    rgb, *_ = synthetic_smear(seed=0)
+    assert isinstance(seg.segment(rgb), list)

@@ -1,0 +1,45 @@
+"""The example fields shipped in the package: the quick start needs nothing but the clone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wbc.errors import WbcError
+from wbc.examples import EXAMPLES_DIR, LICENCE_NAME, copy_examples, example_fields
+from wbc.io import read_image
+
+
+def test_a_handful_of_small_licensed_fields_ship_with_the_package() -> None:
+    fields = example_fields()
+    assert 5 <= len(fields) <= 8
+    assert sum(p.stat().st_size for p in fields) < 1_000_000
+    assert "MIT License" in (EXAMPLES_DIR / LICENCE_NAME).read_text()
+    for p in fields:
+        assert read_image(p).shape == (480, 640, 3)
+
+
+def test_copy_examples_keeps_existing_files_and_checks_the_target(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / example_fields()[0].name).write_bytes(b"mine")
+    copied = copy_examples(out)
+    assert [p.name for p in copied] == [p.name for p in example_fields()]
+    assert (out / example_fields()[0].name).read_bytes() == b"mine"  # never overwritten
+    assert (out / LICENCE_NAME).is_file()
+    assert len(copy_examples(tmp_path / "two", n=2)) == 2
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WbcError, match="not a folder"):
+        copy_examples(tmp_path / "file")
+
+
+def test_wbc_examples_works_without_any_data_root(tmp_path: Path) -> None:
+    env = dict(os.environ, WBC_DATA_DIR=str(tmp_path / "no-such-data"), COLUMNS="200")
+    out = subprocess.run([sys.executable, "-m", "wbc", "examples"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "data" / "raw_images").glob("*.jpg"))) == len(example_fields())

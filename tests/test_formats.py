@@ -1,0 +1,100 @@
+"""Output formats (wbc.formats) and resumable, atomic batch runs of the local engine (wbc.batch)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tiny_models import mean_colour_model
+from wbc.batch import run_local
+from wbc.formats import neutralise, write_predictions_csv
+from wbc.labels import CLASSES
+from wbc.model import load_model
+from wbc.segment.classical import ClassicalSegmenter
+from wbc.synthetic import synthetic_smear
+from wbc.types import Prediction
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory: pytest.TempPathFactory):
+    w = np.random.default_rng(0).normal(0, 3, (len(CLASSES), 3))
+    return load_model(mean_colour_model(tmp_path_factory.mktemp("m") / "tiny.onnx", 32, w, "tiny-colour"))
+
+
+def write_fields(folder: Path, n: int, size: tuple[int, int] = (240, 320)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        rgb, *_ = synthetic_smear(n_wbc=2, seed=i, size=size, scale=0.6)
+        out.append(folder / f"field_{i:02d}.png")
+        cv2.imwrite(str(out[-1]), rgb[:, :, ::-1])
+    return out
+
+
+def test_formula_cells_are_neutralised_and_numbers_kept(tmp_path: Path) -> None:
+    assert neutralise("=1+1") == "'=1+1" and neutralise("+SUM(A1)") == "'+SUM(A1)"
+    assert neutralise("@cmd") == "'@cmd" and neutralise("-2+3") == "'-2+3"
+    assert neutralise("-0.25") == "-0.25" and neutralise(-3) == -3 and neutralise(0.5) == 0.5
+    p = Prediction(label="neutrophil", confidence=0.9, review=False, probabilities={"neutrophil": 0.9},
+                   path="=HYPERLINK(\"http://x\")")
+    write_predictions_csv(tmp_path / "p.csv", [p], ["neutrophil"])
+    row = next(csv.DictReader((tmp_path / "p.csv").open()))
+    assert row["path"] == "'=HYPERLINK(\"http://x\")" and row["confidence"] == "0.9000"
+
+
+def test_formula_file_name_is_neutralised_in_cells_csv(clf, tmp_path: Path) -> None:
+    rgb, *_ = synthetic_smear(n_wbc=1, seed=3, size=(240, 320), scale=0.6)
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "=cmd.png"), rgb[:, :, ::-1])
+    run_local([tmp_path / "in" / "=cmd.png"], tmp_path / "out", clf, ClassicalSegmenter(), draw=False)
+    rows = list(csv.DictReader((tmp_path / "out" / "cells.csv").open()))
+    assert rows and all(not r["image"].startswith("=") for r in rows)
+    assert float(rows[0]["confidence"]) > 0  # numbers stay numbers
+
+
+def test_rerun_skips_complete_fields_and_rebuilds_the_csvs(clf, tmp_path: Path) -> None:
+    paths = write_fields(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    first = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    assert first.analyzed == 4 and first.skipped == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "field_02.json").unlink()  # as if the run had been stopped before this field
+    (out / "field_03.png").unlink()  # ... or between its PNG and its JSON
+    again = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    assert (again.analyzed, again.skipped) == (2, 2)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same bytes as one uninterrupted run
+    redo = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter(), overwrite=True)
+    assert (redo.analyzed, redo.skipped) == (4, 0)
+    # a re-used folder: the CSVs describe this run's inputs only, never stale rows of earlier ones
+    run_local([paths[0]], out, clf, ClassicalSegmenter())
+    images = {r["image"] for r in csv.DictReader((out / "cells.csv").open())}
+    assert images == {str(paths[0])}
+    assert {r["image"] for r in csv.DictReader((out / "differential.csv").open())} == {str(paths[0]), "ALL"}
+
+
+def test_other_model_results_are_not_taken_as_done(clf, tmp_path: Path) -> None:
+    write_fields(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    doc = json.loads((out / "field_00.json").read_text())
+    doc["model_id"] = "another-model"
+    (out / "field_00.json").write_text(json.dumps(doc))
+    (out / ".field_01.json.abcd1234").write_text("{half")  # a temporary file left by a killed run
+    again = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    assert (again.analyzed, again.skipped) == (1, 1)
+    assert json.loads((out / "field_00.json").read_text())["model_id"] == "tiny-colour"
+    assert not list(out.glob(".*"))
+
+
+def test_output_path_that_is_a_file_is_refused_before_work(clf, tmp_path: Path) -> None:
+    from wbc.errors import WbcError
+
+    write_fields(tmp_path / "in", 1)
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(WbcError, match="taken: exists and is not a folder"):
+        run_local([tmp_path / "in"], tmp_path / "taken", clf, ClassicalSegmenter())

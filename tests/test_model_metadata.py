@@ -1,0 +1,53 @@
+"""Model metadata: typed preprocessing settings (format 2) and the reader for format 1 (today's files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wbc.errors import ModelError
+from wbc.model import FORMAT_VERSION, ModelInfo, Preprocessing, load_model
+from wbc.paths import DEFAULT_MODEL
+
+SHIPPED_JSON = DEFAULT_MODEL.with_suffix(".json")
+
+
+def test_shipped_format_1_metadata_reads_into_typed_fields() -> None:
+    raw = json.loads(SHIPPED_JSON.read_text())
+    assert "format_version" not in raw  # the shipped file is format 1, left as it is
+    info = ModelInfo.from_json(SHIPPED_JSON.read_text())
+    assert info.format_version == FORMAT_VERSION
+    assert info.preprocessing == Preprocessing(stain=None, cell_fraction=raw["extra"]["cell_fraction"])
+    assert info.colour_reference == raw["extra"]["colour_reference"]
+    assert set(info.extra) == set(raw["extra"]) - {"cell_fraction", "colour_reference"}
+    for key in ("classes", "input_size", "mean", "std", "temperature", "review_threshold",
+                "review_target_accuracy", "ood", "metrics", "model_id"):
+        assert getattr(info, key) == raw[key], key
+    # the ONNX file's own copy reads the same
+    assert load_model(DEFAULT_MODEL, threads=1).info == info
+
+
+def test_format_2_round_trip_and_legacy_extra_keys(tmp_path: Path) -> None:
+    stain = {"method": "reinhard", "target": {"mean": [1.0, 2.0, 3.0], "std": [1.0, 1.0, 1.0]}}
+    info = ModelInfo(classes=["a", "b"], input_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                     preprocessing=Preprocessing(stain=stain, cell_fraction=0.4), colour_reference={"x": 1})
+    text = info.to_json()
+    assert json.loads(text)["format_version"] == FORMAT_VERSION == 2
+    assert json.loads(text)["preprocessing"] == {"stain": stain, "cell_fraction": 0.4}
+    assert ModelInfo.from_json(text) == info
+    # format 1 kept these settings in ``extra``: the reader moves them into the typed fields
+    v1 = {**json.loads(text), "extra": {"stain": stain, "cell_fraction": 0.4, "colour_reference": {"x": 1},
+                                       "opset": 17}}
+    for k in ("format_version", "preprocessing", "colour_reference"):
+        del v1[k]
+    old = ModelInfo.from_json(json.dumps(v1))
+    assert old.preprocessing == info.preprocessing and old.colour_reference == {"x": 1}
+    assert old.extra == {"opset": 17}
+
+
+def test_newer_format_is_refused_with_a_message() -> None:
+    data = json.loads(SHIPPED_JSON.read_text()) | {"format_version": FORMAT_VERSION + 1}
+    with pytest.raises(ModelError, match="newer"):
+        ModelInfo.from_json(json.dumps(data))

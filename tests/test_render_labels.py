@@ -1,0 +1,108 @@
+"""Annotated images: every cell's label is drawn once, wholly inside the image, readable on its background.
+
+Pixel tests on real OpenCV drawing (they hold on OpenCV 4 and 5: run with either installed).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.render import (
+    CLASS_COLOURS,
+    FONT,
+    contrast_ratio,
+    draw_label,
+    label_box,
+    render,
+    text_colour_on,
+)
+from wbc.types import Cell, Prediction, SmearResult
+
+PALE = (235, 228, 238)  # a pale smear background, where yellow text used to vanish
+
+
+def cell_at(box: tuple[int, int, int, int], label: str = "neutrophil", conf: float = 0.71,
+            review: bool = True, cid: int = 1) -> Cell:
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), bool)
+    mask[2:-2, 2:-2] = True
+    nucleus = np.zeros_like(mask)
+    nucleus[8:-8, 8:-8] = True
+    pred = Prediction(label=label, confidence=conf, review=review, probabilities={label: conf})
+    return Cell(id=cid, box=box, nucleus_mask=nucleus, cell_mask=mask, prediction=pred)
+
+
+def single_draw_reference(text: str, box: tuple[int, int, int, int], org: tuple[int, int], th: int,
+                          scale: float, bg: tuple[int, int, int]) -> np.ndarray:
+    """The label as one putText on a plain box: what a correctly drawn label looks like, pixel for pixel."""
+    x0, y0, x1, y1 = box
+    ref = np.zeros((y1, x1, 3), np.uint8)
+    ref[y0:y1, x0:x1] = bg
+    cv2.putText(ref, text, org, FONT, scale, text_colour_on(bg), th, cv2.LINE_AA)
+    return ref[y0:y1, x0:x1]
+
+
+@pytest.mark.parametrize("label", sorted(CLASS_COLOURS))
+def test_every_class_label_has_at_least_3_to_1_contrast(label: str) -> None:
+    bg = CLASS_COLOURS[label]
+    assert contrast_ratio(text_colour_on(bg), bg) >= 3.0  # WCAG large text / graphics (4.5 for all here)
+
+
+def test_contrast_ratio_matches_wcag() -> None:
+    assert contrast_ratio((0, 0, 0), (255, 255, 255)) == pytest.approx(21.0)
+    assert contrast_ratio((119, 119, 119), (255, 255, 255)) == pytest.approx(4.48, abs=0.01)
+
+
+def test_label_at_the_top_edge_is_drawn_once_and_inside_the_image() -> None:
+    img = np.full((240, 320, 3), PALE, np.uint8)
+    res = SmearResult("f", 320, 240, [cell_at((20, 0, 110, 80))])
+    out = render(img, res)
+    scale = max(0.45, 240 / 900)
+    text = "1 neutrophil 0.71 ?"
+    box, org, th = label_box(text, (20, 0, 110, 80), img.shape[:2], scale)
+    x0, y0, x1, y1 = box
+    assert 0 <= x0 < x1 <= 320 and 0 <= y0 < y1 <= 240  # not clipped at the top edge
+    (tw, _), _ = cv2.getTextSize(text, FONT, scale, th)
+    assert x1 - x0 > tw  # the box holds the whole text
+    got = out[y0:y1, x0:x1]
+    ref = single_draw_reference(text, box, org, th, scale, CLASS_COLOURS["neutrophil"])
+    # pixel for pixel one putText on a plain box: no second, offset copy ("neutrophi(l"), no outline
+    assert np.array_equal(got, ref)
+    # the frame of the box is pure background: no glyph runs past it
+    bg = np.array(CLASS_COLOURS["neutrophil"], np.uint8)
+    frame = np.concatenate([got[0], got[-1], got[:, 0], got[:, -1]])
+    assert (frame == bg).all()
+    # the text is there and dark on yellow
+    dark = (got.astype(int).sum(2) < 200).mean()
+    assert 0.05 < dark < 0.6
+
+
+def test_label_at_the_right_and_bottom_edges_stays_inside() -> None:
+    box, _org, _th = label_box("12 immature granulocyte 0.99 ?", (300, 230, 320, 240), (240, 320), 0.45)
+    assert box[0] >= 0 and box[2] <= 320 and box[1] >= 0 and box[3] <= 240
+
+
+def test_label_pixels_are_only_text_and_background_colours() -> None:
+    """Every pixel of a drawn label is the box colour, the text colour, or an antialiased blend of the two."""
+    img = np.full((100, 300, 3), PALE, np.uint8)
+    for name, colour in CLASS_COLOURS.items():
+        canvas = img.copy()
+        box = draw_label(canvas, f"3 {name} 0.42 ?", (10, 60, 80, 90), 0.5, colour)
+        px = canvas[box[1]:box[3], box[0]:box[2]].reshape(-1, 3).astype(float)
+        a, b = np.array(colour, float), np.array(text_colour_on(colour), float)
+        t = np.clip(((px - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
+        dist = np.linalg.norm(px - (a + t[:, None] * (b - a)), axis=1)
+        assert dist.max() < 3.0, name
+
+
+def test_render_draws_every_cell_and_keeps_the_input() -> None:
+    img = np.full((300, 400, 3), PALE, np.uint8)
+    cells = [cell_at((30, 60, 120, 150), "lymphocyte", 0.95, False, 1),
+             cell_at((200, 100, 300, 200), "eosinophil", 0.5, True, 2)]
+    out = render(img, SmearResult("f", 400, 300, cells), ["lymphocyte", "eosinophil"])
+    assert (img == np.array(PALE, np.uint8)).all()  # a copy is drawn on
+    for c in cells:
+        x0, y0, x1, y1 = c.box
+        assert (out[y0:y1, x0:x1] != img[y0:y1, x0:x1]).any()

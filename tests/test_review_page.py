@@ -1,0 +1,149 @@
+"""Review and sign-off in a real browser (Debian chromium via Playwright) against a real uvicorn server and a
+real SQLite case store: create a case from three fields, reclassify two cells with the keyboard alone, sign
+off, read the report, export the corrections and adapt a model from them with `wbc adapt --method head`.
+
+Skipped with a reason when chromium or Playwright is missing (apt-get install chromium); the page may only
+talk to the server (any other request fails the test).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from browser import BROWSER_MARKS, live_server, watch
+
+pytestmark = [*BROWSER_MARKS, pytest.mark.slow]
+pytest.importorskip("uvicorn")
+pytest.importorskip("sqlalchemy")
+
+from test_serve import classifier, model_path  # noqa: E402, F401  (session fixtures)
+from wbc.cases import CaseStore  # noqa: E402
+from wbc.cases.export import export_cases  # noqa: E402
+from wbc.segment.classical import ClassicalSegmenter  # noqa: E402
+from wbc.serve.app import create_app  # noqa: E402
+from wbc.synthetic import synthetic_smear  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(classifier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:  # noqa: F811
+    store = tmp_path_factory.mktemp("review") / "cases.sqlite"
+    with live_server(create_app(classifier, ClassicalSegmenter(), max_upload_mb=10, store=store)) as base:
+        yield base, store
+
+
+def tab_to(page, selector: str, limit: int = 40) -> None:
+    """Press Tab until the focused element matches ``selector`` (keyboard only, as a user would)."""
+    for _ in range(limit):
+        if page.evaluate("s => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+        page.keyboard.press("Tab")
+    pytest.fail(f"Tab never reached {selector}")
+
+
+def test_review_by_keyboard_sign_off_export_and_adapt(chromium, served, model_path: Path,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    base, store_path = served
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"field <{i}>.png")
+        cv2.imwrite(str(paths[-1]), synthetic_smear(n_wbc=2, seed=20 + i)[0][:, :, ::-1])
+
+    ctx = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    errors = watch(page, only=base)
+    page.goto(base + "/review")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+
+    # create the case: type, choose files, submit, all from the keyboard but the file chooser
+    page.focus("#reviewer")
+    page.keyboard.type("Ann <Tech>")
+    page.focus("#case-name")
+    page.keyboard.type("Case <b>1</b>")
+    page.set_input_files("#case-files", [str(x) for x in paths])
+    tab_to(page, "#create-case")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#case:not([hidden])", timeout=90_000)
+    assert page.locator("#case-heading").inner_text() == "Case Case <b>1</b>"  # shown as text, not markup
+    doc = page.evaluate("state.doc")
+    n_cells = doc["n_cells"]
+    assert len(doc["fields"]) == 3 and n_cells >= 4
+    classes = doc["classes"]
+
+    # flagged cells come first in the gallery
+    order = page.evaluate("state.order")
+    flags = [next(c for c in doc["cells"] if c["id"] == i)["model_review"] for i in order]
+    assert flags == sorted(flags, reverse=True)
+
+    # keyboard only: Tab into the gallery, then number keys; focus moves on to the next cell
+    tab_to(page, "#gallery .tile[aria-selected=true]")
+    changed = []
+    for _ in range(2):
+        cid = page.evaluate("state.sel")
+        cell = next(c for c in page.evaluate("state.doc.cells") if c["id"] == cid)
+        new = next(c for c in ("lymphocyte", "monocyte", "eosinophil") if c != cell["label"])
+        before = page.locator(f"#review-diff tr[data-class={new}] td.count").inner_text()
+        page.keyboard.press(str(classes.index(new) + 1))
+        page.wait_for_function("([id, lab]) => state.doc.cells.find(c => c.id === id).label === lab",
+                               arg=[cid, new])
+        after = page.locator(f"#review-diff tr[data-class={new}] td.count").inner_text()
+        assert int(after) == int(before) + 1  # the differential updated at once
+        assert page.evaluate("state.sel") != cid  # on to the next cell
+        assert page.evaluate("document.activeElement.matches('.tile')")
+        changed.append((cid, cell["model_label"], new))
+    assert page.locator("#review-diff tr.differs").count() >= 1
+
+    # the field view shows the same cells as outlines, and the keys work there too
+    page.keyboard.press("f")
+    assert page.locator("#fields").is_visible() and page.locator("#fields g[data-cell]").count() == n_cells
+    page.keyboard.press("g")
+
+    # sign off by keyboard
+    tab_to(page, "#sign-off")
+    page.keyboard.press("Enter")
+    assert page.locator("#confirm-box").is_visible()
+    assert "Ann <Tech>" in page.locator("#confirm-text").inner_text()
+    page.keyboard.press("Enter")  # focus is on the confirm button
+    page.wait_for_selector("#signed-text:not([hidden])")
+    assert "Ann <Tech>" in page.locator("#signed-text").inner_text()
+    assert page.locator("#case-status").inner_text().startswith("Signed off")
+
+    # read-only now: a number key changes nothing
+    tab_to(page, "#gallery .tile[aria-selected=true]")
+    page.keyboard.press("1")
+    page.wait_for_selector("#review-status:has-text('read-only')")
+    assert page.locator("#label-menu button:not([disabled])").count() == 0
+
+    report = page.request.get(base + page.locator("#report-link").get_attribute("href"))
+    assert report.ok and "Ann &lt;Tech&gt;" in report.text() and "DRAFT" not in report.text()
+    assert page.request.get(base + page.locator("#pdf-link").get_attribute("href")).body()[:4] == b"%PDF"
+    ctx.close()
+    assert not errors, errors
+
+    store = CaseStore.open(store_path)
+    doc = store.case_document("Case <b>1</b>")
+    assert doc["signed_by"] == "Ann <Tech>"
+    assert [(c["cell_id"], c["old_label"], c["new_label"]) for c in doc["corrections"]] == changed
+    export = tmp_path / "corrections"
+    summary = export_cases(store, export)
+    store.close()
+    assert summary.n_cells == n_cells
+    rows = list(csv.DictReader((export / "manifest.csv").open()))
+    for cid, _, new in changed:
+        assert next(r for r in rows if int(r["cell_id"]) == cid)["label"] == new
+
+    out = tmp_path / "adapted.onnx"
+    env = dict(os.environ, WBC_NO_REEXEC="1")
+    run = subprocess.run([sys.executable, "-m", "wbc", "adapt", "--method", "head", "--model", str(model_path),
+                          "--data", str(export), "--output", str(out), "--threads", "1"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert out.is_file() and f"adapted on {n_cells} cells" in run.stderr.replace("\n", " ")

@@ -1,0 +1,264 @@
+"""Scale-out: the Ray engine on a simulated two-node cluster, kill-and-resume on both engines, DDP training.
+
+Ray tests skip with a reason when Ray is not installed (``pip install -e ".[distributed]"``); all are slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import importable, needs_torch
+from test_formats import write_fields
+from tiny_models import mean_colour_model
+from wbc.batch import ModelSpec, run_local
+from wbc.labels import CLASSES
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295",
+       "PYTHONUNBUFFERED": "1"}
+
+
+def has_ray() -> bool:
+    return importable("ray", "ray.data")
+
+
+needs_ray = pytest.mark.skipif(not has_ray(), reason="Ray is not installed: pip install -e '.[distributed]'")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    w = np.random.default_rng(0).normal(0, 3, (len(CLASSES), 3))
+    return mean_colour_model(tmp_path_factory.mktemp("m") / "tiny.onnx", 32, w, "tiny-colour")
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fields")
+    write_fields(folder, 40)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, fields: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local engine's outputs for ``fields``, in one uninterrupted run."""
+    out = tmp_path_factory.mktemp("ref")
+    clf, seg = ModelSpec(str(tiny_model), "classical").load()
+    run_local([fields], out, clf, seg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A two-node Ray cluster on this machine (one CPU per node); yields its address."""
+    if not has_ray():
+        pytest.skip("Ray is not installed: pip install -e '.[distributed]'")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c.address
+    import ray
+
+    ray.shutdown()
+    c.shutdown()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def count_bad(out: Path, ref: dict[str, bytes]) -> int:
+    """Outputs present in ``out`` that are not exactly the reference's, and JSON files without their PNG."""
+    bad = 0
+    for p in out.glob("*.json"):
+        png = p.with_suffix(".png").name
+        if p.read_bytes() != ref.get(p.name) or png not in ref or (out / png).read_bytes() != ref[png]:
+            bad += 1
+    return bad
+
+
+def kill_and_resume(cmd: list[str], out: Path, ref: dict[str, bytes], kills: int, window: tuple[float, float],
+                    seed: int) -> tuple[int, int, int]:
+    """Start ``cmd``, kill it (SIGTERM or SIGKILL) at a random moment, ``kills`` times, checking the outputs
+    after each kill; then let it finish. Returns (corrupt outputs seen, outputs lost at the end, kills that
+    hit a running process)."""
+    rng = random.Random(seed)
+    corrupt = hits = 0
+    for k in range(kills):
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(*window))
+        hits += proc.poll() is None
+        proc.send_signal(signal.SIGKILL if k % 2 else signal.SIGTERM)
+        proc.wait()
+        corrupt += count_bad(out, ref)
+    subprocess.run(cmd, env=ENV, check=True, capture_output=True)
+    final = snapshot(out)
+    lost = sum(1 for name, data in ref.items() if final.get(name) != data)
+    corrupt += count_bad(out, ref)
+    return corrupt, lost, hits
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=ENV, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def test_local_engine_survives_ten_kills(tiny_model: Path, fields: Path, reference: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "wbc", "analyze", str(fields), "-o", str(tmp_path / "out"), "--model",
+           str(tiny_model), "--segmenter", "classical", "--threads", "1"]
+    duration = timed([*cmd[:6], str(tmp_path / "timing"), *cmd[7:]])
+    corrupt, lost, hits = kill_and_resume(cmd, tmp_path / "out", snapshot(reference), 10,
+                                          (0.2 * duration, 0.6 * duration), seed=0)
+    assert (corrupt, lost) == (0, 0)
+    assert hits >= 1  # some kills hit a run mid-way (the others, after it finished, change nothing)
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
+
+
+@needs_ray
+def test_ray_on_two_nodes_matches_the_local_engine(cluster: str, tiny_model: Path, fields: Path, reference: Path,
+                                                   tmp_path: Path) -> None:
+    import ray
+
+    from wbc.distributed import analyze_paths_ray
+
+    summary = analyze_paths_ray([fields], tmp_path / "out", ModelSpec(str(tiny_model), "classical", threads=1),
+                                actors=2, address=cluster)
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2
+    assert snapshot(tmp_path / "out") == snapshot(reference)  # byte-identical JSON, PNG and CSVs
+    assert summary.analyzed == 40 and [p for p, _ in summary.errors] == [str(fields / "broken.jpg")]
+    errors = list(csv.DictReader((tmp_path / "out" / "errors.csv").open()))
+    assert len(errors) == 1 and "broken.jpg" in errors[0]["error"]
+
+
+@needs_ray
+def test_ray_classify_matches_the_local_engine(cluster: str, tiny_model: Path, tmp_path: Path) -> None:
+    from wbc.classify import classify_paths
+    from wbc.distributed import classify_paths_ray
+    from wbc.formats import write_predictions_csv
+    from wbc.model import load_model
+    from wbc.synthetic import make_dataset
+
+    cells = make_dataset(tmp_path / "cells", n_per_class=5, size=64)
+    (cells / "bad.png").write_bytes(b"not a png")
+    paths = sorted(cells.rglob("*.png"))
+    clf = load_model(tiny_model, threads=1)
+    local = classify_paths(paths, clf, batch_size=16)
+    remote = classify_paths_ray(paths, ModelSpec(str(tiny_model), threads=1), batch_size=16, actors=2,
+                                address=cluster)
+    write_predictions_csv(tmp_path / "local.csv", local.predictions, clf.classes)
+    write_predictions_csv(tmp_path / "ray.csv", remote.predictions, clf.classes)
+    assert (tmp_path / "local.csv").read_bytes() == (tmp_path / "ray.csv").read_bytes()
+    assert remote.errors == local.errors and len(remote.errors) == 1
+
+
+@needs_ray
+def test_ray_engine_survives_ten_kills(cluster: str, tiny_model: Path, fields: Path, reference: Path,
+                                       tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "wbc", "analyze", str(fields), "-o", str(tmp_path / "out"), "--model",
+           str(tiny_model), "--segmenter", "classical", "--threads", "1", "--engine", "ray", "--ray-address",
+           cluster, "--actors", "2"]
+    duration = timed([*cmd[:6], str(tmp_path / "timing"), *cmd[7:]])
+    corrupt, lost, hits = kill_and_resume(cmd, tmp_path / "out", snapshot(reference), 10,
+                                          (0.3 * duration, 0.9 * duration), seed=1)
+    assert (corrupt, lost) == (0, 0)
+    assert hits >= 1
+    assert not list((tmp_path / "out").glob(".*"))
+
+
+def test_engine_ray_without_ray_names_the_extra(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['ray'] = None; from wbc.cli import main; "
+            f"sys.argv = ['wbc', 'analyze', {str(tmp_path)!r}, '--engine', 'ray']; main()")
+    write_fields(tmp_path, 1)
+    r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "pip install 'wbc[distributed]'" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+
+
+@needs_torch
+def test_two_process_training_matches_one_and_resumes(synthetic_dataset: Path, tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.train.loop import run_training
+
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=48, epochs=6,
+                      batch_size=16, lr=3e-3, patience=0, threads=2, augment=True, hed_sigma=0.0, hed_bias=0.0)
+    quiet = Console(quiet=True)
+    run_training(cfg, tmp_path / "one", console=quiet)
+    # two processes, stopped after 3 epochs (a new run with fewer epochs) and resumed to 6
+    first = run_training(cfg.updated({"epochs": 3}), tmp_path / "two", console=quiet, nproc=2)
+    assert first["accuracy"] >= 0  # rank 0 calibrated, exported and tested
+    assert torch.load(tmp_path / "two" / "last.pt", weights_only=False)["epoch"] == 2
+    (tmp_path / "two" / "config.json").write_text(json.dumps(cfg.to_dict()))  # the resumed run goes on to 6
+    run_training(cfg, tmp_path / "two", console=quiet, nproc=2, resume=True)
+    hist = list(csv.DictReader((tmp_path / "two" / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4, 5, 6]  # resumed at epoch 4, not restarted
+    assert (tmp_path / "two" / "model.onnx").is_file()
+    assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
+    v1 = json.loads((tmp_path / "one" / "val_metrics.json").read_text())["accuracy"]
+    v2 = json.loads((tmp_path / "two" / "val_metrics.json").read_text())["accuracy"]
+    # both learn (chance is 1/8); benchmarks/ddp_train.py compares them on PBC, where noise is smaller
+    assert v1 > 0.4 and v2 > 0.4
+
+
+def _one_step(out: str | None = None) -> tuple[object, object]:
+    """One SGD step of small_cnn (no dropout) on a fixed batch of 32; each of two processes takes 16 of them."""
+    import torch
+
+    from wbc.train import distributed
+    from wbc.train.models import create_model
+
+    if out:
+        distributed.init_distributed_mode("cpu")
+    d = distributed.current()
+    torch.manual_seed(0)
+    net = create_model("small_cnn", 8, pretrained=False, dropout=0.0)
+    model = net
+    if d.enabled:
+        net = distributed.sync_batchnorm(net)
+        model = torch.nn.parallel.DistributedDataParallel(net)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 8, (32,), generator=g)
+    if d.enabled:
+        x, y = x[16 * d.rank : 16 * (d.rank + 1)], y[16 * d.rank : 16 * (d.rank + 1)]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    result = (torch.cat([p.detach().flatten() for p in net.parameters()]),
+              torch.cat([b.flatten().float() for b in net.buffers()]))
+    if out and d.is_main:
+        torch.save(result, out)
+    return result
+
+
+@needs_torch
+def test_two_processes_take_the_same_step_as_one(tmp_path: Path) -> None:
+    """DDP (gloo) with BatchNorm over the global batch: the weights and BatchNorm statistics after one step
+    equal one process's on the whole batch."""
+    import torch
+
+    from wbc.train import distributed
+
+    params, buffers = _one_step()
+    distributed.spawn(_one_step, 2, str(tmp_path / "two.pt"))
+    params2, buffers2 = torch.load(tmp_path / "two.pt")
+    assert torch.allclose(params, params2, atol=1e-5) and torch.allclose(buffers, buffers2, atol=1e-5)

@@ -1,0 +1,307 @@
+"""Safe serving: API keys, web-page login, Host and cross-site checks, security headers, rate limit, pixel
+bombs refused from the header, a hanging body timed out. Real app, real ONNX classifier, real uvicorn for
+the socket-level test.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient
+
+from wbc.errors import ConfigError, WbcError
+from wbc.model import load_model
+from wbc.segment.classical import ClassicalSegmenter
+from wbc.serve.app import create_app
+from wbc.serve.security import (
+    SECURITY_HEADERS,
+    RateLimiter,
+    check_binding,
+    cross_site_problem,
+    host_allowed,
+)
+from wbc.serve.settings import ServeSettings, load_settings, read_key_file
+from wbc.synthetic import png_bomb, synthetic_cell, synthetic_smear
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_analyze import make_colour_classifier
+
+KEY = "k-0123456789abcdef-one"
+KEY2 = "k-0123456789abcdef-two"
+
+
+def png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory):
+    return load_model(make_colour_classifier(tmp_path_factory.mktemp("sec") / "tiny.onnx", size=48), threads=1)
+
+
+def make_client(classifier, **settings: object) -> TestClient:
+    return TestClient(create_app(classifier, ClassicalSegmenter(), max_upload_mb=4,
+                                 settings=ServeSettings(**settings)))
+
+
+@pytest.fixture(scope="module")
+def client(classifier) -> Iterator[TestClient]:
+    with make_client(classifier, api_keys=[KEY, KEY2]) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cell_png() -> bytes:
+    return png(synthetic_cell("lymphocyte", 96, seed=1))
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_keys_from_the_environment_gate_every_route_but_health(classifier, monkeypatch, cell_png) -> None:
+    monkeypatch.setenv("WBC_API_KEYS", f"{KEY}, {KEY2}")
+    with TestClient(create_app(classifier, ClassicalSegmenter())) as c:
+        assert c.get("/health").status_code == 200
+        files = {"files": ("c.png", cell_png, "image/png")}
+        for path in ("/model", "/openapi.json", "/static/app.js"):
+            assert c.get(path).status_code == 401, path
+        assert c.post("/classify", files=files).status_code == 401
+        assert c.get("/model", headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
+        assert c.get("/model", headers={"X-API-Key": KEY}).status_code == 200
+        assert c.get("/model", headers={"Authorization": f"Bearer {KEY2}"}).status_code == 200
+        assert c.post("/classify", files=files, headers={"X-API-Key": KEY}).status_code == 200
+        body = c.get("/model").json()
+        assert body["error"] == "unauthorized" and "X-API-Key" in body["detail"]
+
+
+def test_401_names_the_scheme_and_never_echoes_the_key(client: TestClient) -> None:
+    r = client.get("/model", headers={"X-API-Key": "not-the-key-0123456789"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert "not-the-key" not in r.text and r.json()["detail"] == "invalid API key"
+
+
+def test_no_keys_means_open_on_loopback(classifier) -> None:
+    with make_client(classifier) as c:
+        assert c.get("/model").status_code == 200
+        assert c.get("/health").json()["security"]["api_keys"] is False
+
+
+def test_keys_are_required_beyond_loopback() -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "[::1]"):
+        check_binding(host, keys_configured=False)
+    for host in ("0.0.0.0", "192.168.1.20", "::"):
+        with pytest.raises(WbcError, match="needs API keys"):
+            check_binding(host, keys_configured=False)
+        check_binding(host, keys_configured=True)
+
+
+def test_key_file_and_weak_keys(tmp_path: Path) -> None:
+    f = tmp_path / "keys.txt"
+    f.write_text(f"# lab keys\n{KEY}\n\n{KEY2}  # LIS\n")
+    assert read_key_file(f) == [KEY, KEY2]
+    assert ServeSettings(api_key_file=f, api_keys=["k-extra-0123456789"]).all_keys() == [
+        "k-extra-0123456789", KEY, KEY2]
+    with pytest.raises(ConfigError, match="at least 16"):
+        ServeSettings(api_keys=["short"]).all_keys()
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="no API key"):
+        read_key_file(tmp_path / "empty.txt")
+    with pytest.raises(ConfigError, match="rate_limit_per_minute"):
+        load_settings(rate_limit_per_minute=-1)
+
+
+def test_the_web_page_logs_in_with_a_key_and_a_strict_cookie(classifier) -> None:
+    with make_client(classifier, api_keys=[KEY]) as c:
+        r = c.get("/", headers={"Accept": "text/html"})
+        assert r.status_code == 401 and "<form" in r.text and 'action="/login"' in r.text
+        assert c.get("/static/style.css").status_code == 200  # the login form's style sheet is public
+        bad = c.post("/login", data={"key": "wrong-key-0123456789"}, follow_redirects=False)
+        assert bad.status_code == 401 and "not valid" in bad.text and "wbc_session" not in bad.headers.get(
+            "set-cookie", "")
+        ok = c.post("/login", data={"key": KEY}, follow_redirects=False)
+        assert ok.status_code == 303 and ok.headers["location"] == "/"
+        cookie = ok.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert c.get("/").status_code == 200 and c.get("/model").status_code == 200  # the cookie is sent
+        c.post("/logout", follow_redirects=False)
+        assert c.get("/model").status_code == 401
+
+
+# --------------------------------------------------------------------------- browsers and hosts
+
+
+def test_cross_site_posts_are_refused(client: TestClient, cell_png) -> None:
+    files = {"files": ("c.png", cell_png, "image/png")}
+    auth = {"X-API-Key": KEY}
+    for hdrs in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                 {"Sec-Fetch-Site": "same-site"}, {"Origin": "null"}):
+        r = client.post("/classify", files=files, headers={**auth, **hdrs})
+        assert r.status_code == 403 and r.json()["error"] == "cross_site", hdrs
+    same = client.post("/classify", files=files,
+                       headers={**auth, "Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 200
+    # a cross-site login attempt is refused as well (no login CSRF)
+    assert client.post("/login", data={"key": KEY}, headers={"Origin": "https://evil.example"}).status_code == 403
+
+
+def test_cross_site_rules() -> None:
+    assert cross_site_problem("GET", {"sec-fetch-site": "cross-site"}, []) is None  # reading is harmless
+    assert cross_site_problem("POST", {}, []) is None  # curl, httpx, scripts
+    assert cross_site_problem("POST", {"origin": "http://127.0.0.1:8000", "host": "127.0.0.1:8000"}, []) is None
+    assert cross_site_problem("POST", {"origin": "http://127.0.0.1:9999", "host": "127.0.0.1:8000"}, [])
+    assert cross_site_problem("POST", {"origin": "https://lims.lab"}, ["https://lims.lab"]) is None
+
+
+def test_unknown_host_is_refused(client: TestClient) -> None:
+    r = client.get("/health", headers={"Host": "attacker.example"})
+    assert r.status_code == 400 and r.json()["error"] == "host_not_allowed"
+    assert host_allowed("localhost:8000", ["localhost"]) and host_allowed("[::1]:8000", ["::1"])
+    assert not host_allowed("localhost.evil.example", ["localhost"]) and host_allowed("any", ["*"])
+
+
+def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
+    for r in (client.get("/health"), client.get("/model"), client.get("/nowhere", headers={"X-API-Key": KEY}),
+              client.get("/model", headers={"X-API-Key": KEY})):
+        for name, value in SECURITY_HEADERS:
+            assert r.headers[name.decode()] == value.decode()
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_rate_limit_per_key(classifier) -> None:
+    counts = {"counts": {"neutrophil": 1}}
+    with make_client(classifier, api_keys=[KEY, KEY2], rate_limit_per_minute=60, rate_burst=3) as c:
+        codes = [c.post("/differential", json=counts, headers={"X-API-Key": KEY}).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = c.post("/differential", json=counts, headers={"X-API-Key": KEY})
+        assert r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+        assert c.post("/differential", json=counts, headers={"X-API-Key": KEY2}).status_code == 200  # own bucket
+        assert c.get("/health").status_code == 200  # liveness is never limited
+    with make_client(classifier, api_keys=[KEY], rate_limit_per_minute=1, rate_burst=3) as c:
+        # reading costs a tenth: about 30 reads fit in a burst of 3 requests
+        codes = [c.get("/model", headers={"X-API-Key": KEY}).status_code for _ in range(40)]
+        assert 29 <= codes.index(429) <= 31 and set(codes[: codes.index(429)]) == {200}
+
+
+def test_token_bucket_refills() -> None:
+    rl = RateLimiter(per_minute=60, burst=2)
+    assert [rl.take("a", now=0.0) for _ in range(3)][:2] == [0.0, 0.0]
+    assert rl.take("a", now=0.0) > 0 and rl.take("a", now=1.01) == 0.0
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_pixel_bombs_are_refused_from_the_header(client: TestClient) -> None:
+    auth = {"X-API-Key": KEY}
+    bomb = png_bomb(30000, 30000)  # 1-bit: 0.1 MB on the wire, 900 megapixels
+    r = client.post("/analyze", files={"file": ("bomb.png", bomb, "image/png")}, headers=auth)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_pixels"
+    assert "30000x30000" in r.json()["detail"]
+    r = client.post("/classify", headers=auth, files=[("files", ("bomb.png", bomb, "image/png")),
+                                                      ("files", ("ok.png", png(synthetic_cell("monocyte")),
+                                                                 "image/png"))])
+    assert r.status_code == 200 and r.json()["n"] == 1
+    assert "too large to be a single-cell image" in r.json()["errors"][0]["error"]
+
+
+def test_tiny_and_field_sized_images_are_not_single_cells(client: TestClient) -> None:
+    smear, *_ = synthetic_smear(n_wbc=1, seed=2)
+    files = [("files", ("dot.png", png(np.zeros((1, 1, 3), np.uint8)), "image/png")),
+             ("files", ("field.png", png_bomb(12000, 12000), "image/png"))]
+    r = client.post("/classify", files=files, headers={"X-API-Key": KEY})
+    assert r.status_code == 422
+    errors = {e["filename"]: e["error"] for e in r.json()["errors"]}
+    assert "too small" in errors["dot.png"] and "too large" in errors["field.png"]
+    assert client.post("/analyze", files={"file": ("f.png", png(smear), "image/png")},
+                       headers={"X-API-Key": KEY}).status_code == 200
+
+
+@pytest.mark.slow
+def test_sixteen_bombs_at_once_stay_small_in_memory(tmp_path: Path) -> None:
+    """16 concurrent 30000x30000 RGB PNG uploads (2.7 GB each if decoded): all refused, the process stays
+    far below one decoded copy, and the server still answers."""
+    script = textwrap.dedent(f"""
+        import sys, threading
+        def peak_mb():  # this process's peak RSS (VmHWM; ru_maxrss would include the forking pytest's)
+            line = [x for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
+            return int(line.split()[1]) // 1024
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from fastapi.testclient import TestClient
+        from test_analyze import make_colour_classifier
+        from wbc.model import load_model
+        from wbc.segment.classical import ClassicalSegmenter
+        from wbc.serve.app import create_app
+        from wbc.serve.settings import ServeSettings
+        from wbc.synthetic import png_bomb
+        clf = load_model(make_colour_classifier(__import__("pathlib").Path({str(tmp_path)!r}) / "m.onnx", 48))
+        app = create_app(clf, ClassicalSegmenter(), settings=ServeSettings(api_keys=["{KEY}"]))
+        bomb = png_bomb(30000, 30000, rgb=True)
+        codes = []
+        with TestClient(app) as c:
+            def post():
+                codes.append(c.post("/analyze", files={{"file": ("b.png", bomb, "image/png")}},
+                                    headers={{"X-API-Key": "{KEY}"}}).status_code)
+            ts = [threading.Thread(target=post) for _ in range(16)]
+            [t.start() for t in ts]; [t.join() for t in ts]
+            health = c.get("/health").status_code
+        print(sorted(set(codes)), len(codes), health, peak_mb())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    codes, n, health, peak_mb = out.stdout.strip().rsplit(" ", 3)[0], *out.stdout.split()[-3:]
+    assert codes == "[413]" and int(n) == 16 and int(health) == 200
+    assert int(peak_mb) < 1024  # one decoded bomb alone would be 2700 MB
+
+
+# --------------------------------------------------------------------------- a hanging body
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_hanging_body_times_out(classifier) -> None:
+    import uvicorn
+
+    app = create_app(classifier, ClassicalSegmenter(), settings=ServeSettings(api_keys=[KEY], body_timeout_s=0.5))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"POST /analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: " + KEY.encode()
+                      + b"\r\nContent-Type: multipart/form-data; boundary=xx\r\nContent-Length: 100000\r\n\r\n"
+                      + b"--xx\r\nContent-Disposition: form-data")  # ... and nothing more
+            reply = b""
+            while chunk := s.recv(4096):  # the server answers, then closes the connection
+                reply += chunk
+            reply = reply.decode("latin-1")
+        assert reply.startswith("HTTP/1.1 408") and "body_timeout" in reply
+        # the server is still there for everyone else
+        import httpx
+
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
