@@ -1,12 +1,13 @@
 """Does data-parallel training (``wbc train --nproc 2``, DDP over gloo on the CPU) train as well as one process?
 
-Trains the same recipe (default ``configs/ddp_check.toml``: 300 PBC cells per class, 64 px, 3 epochs) in one
+Trains the same recipe (default ``configs/ddp_check.toml``: 300 PBC cells per class, 64 px, 10 epochs) in one
 process and in two, with the same total threads, for each seed, and writes the validation accuracies, the
-two-process minus one-process difference per seed and its mean, and the one-process spread across seeds (the
-noise it is to be judged against) to ``benchmarks/results/ddp_train.json``. A run folder that already holds
-its results is reused. Needs the real data (``../shared/data``)::
+two-process minus one-process difference per seed, the difference of the means with its 95 % interval
+(Welch), and each mode's spread across seeds (the noise it is to be judged against) to
+``benchmarks/results/ddp_train.json``. A run folder that already holds its results is reused. Needs the real
+data (``../shared/data``)::
 
-    nice -n 10 python benchmarks/ddp_train.py --seeds 0 1
+    nice -n 10 python benchmarks/ddp_train.py --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -36,6 +37,25 @@ def train(config: Path, out: Path, nproc: int, seed: int, extra: list[str]) -> d
             "n_val": val["n"], "test_accuracy": test["accuracy"], "train_seconds": round(test["train_seconds"], 1)}
 
 
+def mean_difference(one: list[float], many: list[float], nproc: int) -> dict[str, float | list[float] | None]:
+    """Means (points), their difference (``nproc`` processes minus one) and its 95 % Welch interval."""
+    import numpy as np
+    from scipy import stats
+
+    out: dict[str, float | list[float] | None] = {
+        "one_process_val_accuracy_mean": round(float(np.mean(one)), 2),
+        f"{nproc}_processes_val_accuracy_mean": round(float(np.mean(many)), 2),
+        "difference_of_means_points": round(float(np.mean(many) - np.mean(one)), 2),
+        "difference_of_means_ci95_points": None,
+    }
+    if len(one) > 1 and len(many) > 1:
+        res = stats.ttest_ind(many, one, equal_var=False)
+        ci = res.confidence_interval(0.95)
+        out["difference_of_means_ci95_points"] = [round(float(ci.low), 2), round(float(ci.high), 2)]
+        out["welch_p_value"] = round(float(res.pvalue), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "ddp_check.toml")
@@ -48,6 +68,7 @@ def main() -> None:
     many = [train(args.config, args.runs / f"nproc{args.nproc}_seed{s}", args.nproc, s, extra) for s in args.seeds]
     diffs = [round(100 * (m["val_accuracy"] - o["val_accuracy"]), 2) for o, m in zip(one, many, strict=True)]
     accs = [100 * o["val_accuracy"] for o in one]
+    accs_many = [100 * m["val_accuracy"] for m in many]
     result = {
         "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
         "extra_flags": extra,
@@ -56,6 +77,7 @@ def main() -> None:
         "val_accuracy_difference_points_per_seed": diffs,
         "val_accuracy_difference_points_mean": round(sum(diffs) / len(diffs), 2),
         "one_process_val_accuracy_range_over_seeds_points": round(max(accs) - min(accs), 2),
+        **mean_difference(accs, accs_many, args.nproc),
         "cpu_count": os.cpu_count(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

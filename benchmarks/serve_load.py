@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--bombs", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=1, help="wbc serve --workers")
-    ap.add_argument("--threads", type=int, default=2, help="wbc serve --threads")
+    ap.add_argument("--workers", type=int, default=None, help="wbc serve --workers (default: the server's)")
+    ap.add_argument("--threads", type=int, default=None, help="wbc serve --threads (default: the server's)")
     ap.add_argument("--segmenter", default="auto")
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = ap.parse_args(argv)
@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     fields = example_fields()
     keys = [secrets.token_urlsafe(24) for _ in range(args.clients + 1)]
     env = dict(os.environ, WBC_API_KEYS=",".join(keys))
-    server_args = ["--workers", str(args.workers), "--threads", str(args.threads), "--segmenter", args.segmenter]
+    server_args = ["--segmenter", args.segmenter]
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value is not None:
+            server_args += [flag, str(value)]
     load_before = os.getloadavg()
     out: dict[str, Any] = {
         "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -75,6 +75,28 @@ def test_touching_wbcs_are_split_between_their_centres() -> None:
     assert abs(int(c1.sum()) - int(c2.sum())) < 0.1 * c1.sum()
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_nucleus_follows_the_cells_own_colour_where_the_network_draws_it_wide() -> None:
+    """A 60 px cell with a 30 px violet nucleus; the network's map says 'nucleus' over a disc 40 % wider.
+    The colour evidence pulls the outline back to the violet pixels, whatever the stain's absolute level."""
+    yy, xx = np.mgrid[0:80, 0:80]
+    r = np.hypot(xx - 40, yy - 40)
+    cell, true_nuc = r < 30, r < 15
+    rng = np.random.default_rng(0)
+    p_net = np.where(r < 21, 0.9, 0.1).astype(np.float32)
+    for offset in (0.0, 40.0):  # the same cell under a bluer stain
+        blue = np.where(true_nuc, 70.0, 15.0) + offset + rng.normal(0, 4, r.shape)
+        nuc = D.nucleus_mask(p_net, blue.astype(np.float32), cell)
+        assert _dice(nuc, true_nuc) > 0.95
+        assert _dice(p_net > 0.5, true_nuc) < 0.7  # the network's map alone is far off
+    # a grey cell (no blueness contrast) keeps the network's outline
+    grey = D.nucleus_mask(p_net, np.zeros(r.shape, np.float32), cell)
+    assert np.array_equal(grey, (p_net > 0.5) & cell)
+
+
 def test_refine_factor_only_when_far_from_nominal() -> None:
     near = [D.Detection((0, 0, D.NOMINAL_WBC * 1.1, D.NOMINAL_WBC), 0.9)]
     assert D.refine_factor(near, 0.5) is None

@@ -1,4 +1,4 @@
-"""Model metadata: typed preprocessing settings (format 2) and the reader for format 1 (today's files)."""
+"""Model metadata: typed preprocessing settings (format 2) and the reader for format 1 (models before 1.1.0)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,21 @@ from wbc.paths import DEFAULT_MODEL
 SHIPPED_JSON = DEFAULT_MODEL.with_suffix(".json")
 
 
-def test_shipped_format_1_metadata_reads_into_typed_fields() -> None:
+def test_shipped_metadata_reads_into_typed_fields_and_as_format_1() -> None:
     raw = json.loads(SHIPPED_JSON.read_text())
-    assert "format_version" not in raw  # the shipped file is format 1, left as it is
     info = ModelInfo.from_json(SHIPPED_JSON.read_text())
-    assert info.format_version == FORMAT_VERSION
-    assert info.preprocessing == Preprocessing(stain=None, cell_fraction=raw["extra"]["cell_fraction"])
-    assert info.colour_reference == raw["extra"]["colour_reference"]
-    assert set(info.extra) == set(raw["extra"]) - {"cell_fraction", "colour_reference"}
+    assert raw["format_version"] == info.format_version == FORMAT_VERSION
     for key in ("classes", "input_size", "mean", "std", "temperature", "review_threshold",
-                "review_target_accuracy", "ood", "metrics", "model_id"):
+                "review_target_accuracy", "ood", "metrics", "model_id", "colour_reference"):
         assert getattr(info, key) == raw[key], key
+    assert info.preprocessing == Preprocessing(**raw["preprocessing"])
     # the ONNX file's own copy reads the same
     assert load_model(DEFAULT_MODEL, threads=1).info == info
+    # the same metadata written as format 1 (models shipped before 1.1.0 kept these settings in ``extra``)
+    v1 = {k: v for k, v in raw.items() if k not in ("format_version", "preprocessing", "colour_reference")}
+    v1["extra"] = {**raw["extra"], "cell_fraction": raw["preprocessing"]["cell_fraction"],
+                   "colour_reference": raw["colour_reference"]}
+    assert ModelInfo.from_json(json.dumps(v1)) == info
 
 
 def test_format_2_round_trip_and_legacy_extra_keys(tmp_path: Path) -> None:

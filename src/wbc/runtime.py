@@ -38,3 +38,11 @@ def ort_session(source: str | os.PathLike[str] | bytes, threads: int = 1, *, spi
     except Exception as exc:  # onnxruntime raises its own untyped errors
         name = "the model bytes" if isinstance(source, bytes) else str(source)
         raise ModelError(f"{name}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)

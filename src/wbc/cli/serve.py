@@ -23,8 +23,10 @@ def serve(
     segmenter_model: SegmenterModelOpt = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest request body (all files) in MiB.")
                              ] = 25.0,
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads per inference call.")] = 2,
-    workers: Annotated[int, typer.Option(min=1, help="Inference calls allowed to run at once.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads per inference call.")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Inference calls allowed to run at once (default: one per THREADS cores, at most 8).")
+    ] = None,
     api_key_file: Annotated[Path | None, typer.Option(
         "--api-key-file", help="File of API keys, one per line (adds to $WBC_API_KEYS, comma-separated). "
         "With keys, every route but /health needs X-API-Key or Authorization: Bearer.")] = None,

@@ -104,6 +104,13 @@ def _foreground_threshold(sat: np.ndarray, blue: np.ndarray) -> float:
     return _otsu(vals, default=float(sat.mean()))
 
 
+def grey_gains(rgb: np.ndarray) -> np.ndarray:
+    """Per-channel gains (float32, 3) that make the background, each channel's 90th percentile, grey at its
+    own brightness."""
+    ref = np.percentile(rgb[::4, ::4].reshape(-1, 3), 90, axis=0).astype(np.float32) + 1.0
+    return np.asarray(float(ref.mean()) / ref, np.float32)
+
+
 def white_balance(rgb: np.ndarray) -> np.ndarray:
     """``rgb`` with the background (each channel's 90th percentile: the bright mode of a thin smear)
     made grey at its own brightness.
@@ -111,8 +118,7 @@ def white_balance(rgb: np.ndarray) -> np.ndarray:
     Saturation and blueness assume a grey background; a lamp or camera tint makes the background
     more saturated than pale red cells and bluer than the cut between red cells and cytoplasm.
     """
-    ref = np.percentile(rgb[::4, ::4].reshape(-1, 3), 90, axis=0).astype(np.float32) + 1.0
-    gain = float(ref.mean()) / ref
+    gain = grey_gains(rgb)
     if np.all(np.abs(gain - 1.0) < 0.01):
         return rgb
     lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0, 255).astype(np.uint8)

@@ -247,8 +247,8 @@ def create_app(
     model_path: str | Path | None = None,
     segmenter_method: str = "auto",
     segmenter_path: str | Path | None = None,
-    threads: int = 2,
-    max_concurrent: int = 1,
+    threads: int = 1,
+    max_concurrent: int | None = None,
     max_files: int = DEFAULT_MAX_FILES,
     store: Any = None,
     settings: Any = None,
@@ -258,7 +258,8 @@ def create_app(
     ``classifier`` / ``segmenter``: already-loaded models (tests, embedding in another app); when None
     they are loaded here, once, from ``model_path`` (default: the shipped model) and
     ``segmenter_method`` / ``segmenter_path``. ``max_upload_mb`` limits one request's body (413 above
-    it). ``max_concurrent`` inference calls run at once; others wait their turn. ``store``: the case store
+    it). ``max_concurrent`` inference calls run at once, each on ``threads`` threads; others wait their turn
+(default: :func:`wbc.serve.settings.default_inference_slots`, one call per core). ``store``: the case store
     for review and sign-off (a :class:`wbc.cases.CaseStore`, a SQLAlchemy URL or a path; None: no cases).
     ``settings``: a :class:`wbc.serve.settings.ServeSettings` (API keys, Host/Origin allow-lists, rate
     limit, body deadline); None reads them from the environment (``WBC_API_KEYS``, ...). Every route but
@@ -295,6 +296,10 @@ def create_app(
     app.state.segmenter = segmenter
     app.state.max_bytes = max_bytes
     app.state.max_files = max_files
+    if max_concurrent is None:
+        from wbc.serve.settings import default_inference_slots
+
+        max_concurrent = default_inference_slots(threads)
     app.state.inference_slots = threading.BoundedSemaphore(max(1, max_concurrent))
     app.state.metadata = model_metadata(classifier, segmenter)
     app.state.authenticator = authenticator

@@ -21,6 +21,21 @@ from wbc.errors import ConfigError
 LOOPBACK_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1", "testserver")
 #: Shortest API key accepted: a guessable key is no protection.
 MIN_KEY_LENGTH: int = 16
+#: Most inference calls run at once by default, however many cores: each holds a decoded field (up to
+#: 40 Mpx) and its working copies in memory.
+MAX_DEFAULT_SLOTS: int = 8
+
+
+def default_inference_slots(threads: int = 1) -> int:
+    """Inference calls run at once by default: one per ``threads`` cores, at most :data:`MAX_DEFAULT_SLOTS`.
+
+    Much of a smear field's analysis (decoding, the scale estimate, outlines, JSON) is single-threaded
+    Python and NumPy, so two one-thread calls keep two cores busier than one two-thread call: on 2 cores,
+    8 clients got 34.7 fields/s, p95 291 ms, against 23.9 fields/s, p95 399 ms (``benchmarks/serve_load.py``).
+    """
+    from wbc.runtime import usable_cores
+
+    return max(1, min(MAX_DEFAULT_SLOTS, usable_cores() // max(1, threads)))
 
 
 def _split(value: object) -> object:
