@@ -305,3 +305,18 @@ def test_a_hanging_body_times_out(classifier) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_default_inference_slots_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One single-threaded call per usable core by default, fewer with more threads per call, never 0,
+    never more than MAX_DEFAULT_SLOTS; an app built without max_concurrent gets that many slots."""
+    import wbc.runtime
+    from wbc.serve import settings as S
+
+    for cores, threads, want in ((2, 1, 2), (2, 2, 1), (2, 4, 1), (64, 1, S.MAX_DEFAULT_SLOTS), (12, 3, 4)):
+        monkeypatch.setattr(wbc.runtime, "usable_cores", lambda c=cores: c)
+        assert S.default_inference_slots(threads) == want, (cores, threads)
+    monkeypatch.setattr(wbc.runtime, "usable_cores", lambda: 3)
+    app = create_app(load_model(threads=1), ClassicalSegmenter(), settings=ServeSettings())
+    slots = app.state.inference_slots
+    assert all(slots.acquire(blocking=False) for _ in range(3)) and not slots.acquire(blocking=False)

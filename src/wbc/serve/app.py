@@ -259,7 +259,7 @@ def create_app(
     they are loaded here, once, from ``model_path`` (default: the shipped model) and
     ``segmenter_method`` / ``segmenter_path``. ``max_upload_mb`` limits one request's body (413 above
     it). ``max_concurrent`` inference calls run at once, each on ``threads`` threads; others wait their turn
-(default: :func:`wbc.serve.settings.default_inference_slots`, one call per core). ``store``: the case store
+    (default: :func:`wbc.serve.settings.default_inference_slots`, one call per core). ``store``: the case store
     for review and sign-off (a :class:`wbc.cases.CaseStore`, a SQLAlchemy URL or a path; None: no cases).
     ``settings``: a :class:`wbc.serve.settings.ServeSettings` (API keys, Host/Origin allow-lists, rate
     limit, body deadline); None reads them from the environment (``WBC_API_KEYS``, ...). Every route but
