@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = clf.classes
     size = clf.info.input_size
     w0, b0 = original_head(clf)
+    temperature = float(clf.info.temperature)
     base_info = clf.info
     fraction = cell_fraction_of(clf)
     cache = args.cache
@@ -251,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         results["setup"]["seconds"] = time.perf_counter() - t0
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.output.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-        atomic_write_text(args.output.with_suffix(".md"), markdown(results))
+        atomic_write_text(_out(args.output, ".json"), json.dumps(results, indent=2) + "\n")
+        atomic_write_text(_out(args.output, ".md"), markdown(results))
 
     chosen: dict[str, Any] = {}
 
@@ -308,6 +309,17 @@ def main(argv: list[str] | None = None) -> int:
                 m = results["measures"][key]
                 print(f"{key:<36} BCCD acc {m['bccd']['accuracy']:.3f} F1 {m['bccd']['macro_f1']:.3f}   "
                       f"PBC acc {m['pbc_test']['accuracy']:.3f}", flush=True)
+                if not centre:  # + the lab's class frequencies, estimated by EM as `wbc adapt --no-labels` does
+                    key_p = key + "+prior (EM)"
+                    results["measures"][key_p] = {
+                        "bccd": metrics(b_labels, prior_pred(eb, w0, b0, tta, temperature, classes),
+                                        BCCD_CLASSES),
+                        "pbc_test": results["measures"][key]["pbc_test"],
+                        "pbc_views": results["measures"][key]["pbc_views"],
+                    }
+                    m = results["measures"][key_p]
+                    print(f"{key_p:<36} BCCD acc {m['bccd']['accuracy']:.3f} F1 {m['bccd']['macro_f1']:.3f}",
+                          flush=True)
         save()
         if name in ("none", "reinhard-lab", "auto-lab"):
             adapt_runs(results, name, emb[name], b_labels, p_labels, classes, w0, b0, args)
@@ -329,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         m = results["measures"][key]["bccd"]
         print(f"{key:<36} BCCD acc {m['accuracy']:.3f} F1 {m['macro_f1']:.3f}", flush=True)
     save()
-    print(f"wrote {args.output.with_suffix('.json')} and .md ({results['setup']['seconds']:.0f} s)")
+    print(f"wrote {_out(args.output, '.json')} and .md ({results['setup']['seconds']:.0f} s)")
     return 0
 
 
@@ -393,6 +405,26 @@ def finetune_runs(
         a = results["finetune"][f"{name}/{n}"]
         print(f"finetune {name:<13} n={n:<4} BCCD acc {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] "
               f"F1 {a['f1_mean']:.3f}  PBC {a['pbc_acc_mean']:.3f}  {a['fit_seconds_mean']:.0f} s", flush=True)
+
+
+def _out(output: Path, suffix: str) -> Path:
+    """``output`` + ``suffix`` (a name like ``cross_dataset_v1.1.0`` keeps its dots)."""
+    return output.with_name(output.name + suffix)
+
+
+def prior_pred(emb_views: np.ndarray, w: np.ndarray, b: np.ndarray, tta: bool, temperature: float,
+               classes: list[str]) -> list[str]:
+    """Predictions over BCCD's classes after the class frequencies are estimated by EM from the calibrated,
+    restricted probabilities (:func:`wbc.calibration.estimate_class_prior`, as `wbc adapt --no-labels`)."""
+    from wbc.calibration import estimate_class_prior
+    from wbc.model import softmax
+
+    views = emb_views if tta else emb_views[:1]
+    idx = [classes.index(c) for c in BCCD_CLASSES]
+    p = np.mean([softmax(e @ w.T + b, temperature)[:, idx] for e in views], axis=0)
+    p /= p.sum(1, keepdims=True)
+    prior, _ = estimate_class_prior(p)
+    return [BCCD_CLASSES[i] for i in (p * prior).argmax(1)]
 
 
 def adapt_runs(

@@ -204,6 +204,17 @@ def test_adapt_unlabelled_reports_and_keeps_no_mapping_for_training_like_cells(t
     assert adapted.info.extra["adapt"]["chosen"] == "none"
     assert adapted.info.preprocessing.stain is None
     assert any("chose none" in line for line in summary_lines(res))
+    # the lab's class frequencies, estimated over the chosen label set, travel with the model
+    assert set(res.class_prior) == set(WBC5) and sum(res.class_prior.values()) == pytest.approx(1, abs=1e-3)
+    assert adapted.info.class_prior == res.class_prior
+    assert any("class frequencies" in line for line in summary_lines(res))
+    plain = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "plain.onnx", classes="5part", threads=1,
+                             prior=False)
+    assert plain.class_prior == {} and load_model(tmp_path / "plain.onnx", threads=1).info.class_prior == {}
+    # re-adapting an adapted model starts from its own probabilities, not from the stored prior
+    again = adapt_unlabelled(tmp_path / "out.onnx", tmp_path / "lab", tmp_path / "again.onnx", classes="5part",
+                             threads=1)
+    assert again.class_prior == pytest.approx(res.class_prior, abs=1e-3)
     with pytest.raises(WbcError, match="at least 8"):
         adapt_unlabelled(model, tmp_path / "lab" / "0.png", tmp_path / "x.onnx", threads=1)
 

@@ -1,4 +1,5 @@
-"""Model metadata: typed preprocessing settings (format 2) and the reader for format 1 (models before 1.1.0)."""
+"""Model metadata: typed preprocessing settings (format 2), a lab's class prior (format 3) and the readers for
+formats 1 (models before 1.1.0) and 2."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ SHIPPED_JSON = DEFAULT_MODEL.with_suffix(".json")
 def test_shipped_metadata_reads_into_typed_fields_and_as_format_1() -> None:
     raw = json.loads(SHIPPED_JSON.read_text())
     info = ModelInfo.from_json(SHIPPED_JSON.read_text())
-    assert raw["format_version"] == info.format_version == FORMAT_VERSION
+    assert raw["format_version"] <= info.format_version == FORMAT_VERSION  # read as the current format
+    assert info.class_prior == {}  # format 2 had none: probabilities as calibrated
     for key in ("classes", "input_size", "mean", "std", "temperature", "review_threshold",
                 "review_target_accuracy", "ood", "metrics", "model_id", "colour_reference"):
         assert getattr(info, key) == raw[key], key
@@ -36,7 +38,7 @@ def test_format_2_round_trip_and_legacy_extra_keys(tmp_path: Path) -> None:
     info = ModelInfo(classes=["a", "b"], input_size=32, mean=[0.5] * 3, std=[0.25] * 3,
                      preprocessing=Preprocessing(stain=stain, cell_fraction=0.4), colour_reference={"x": 1})
     text = info.to_json()
-    assert json.loads(text)["format_version"] == FORMAT_VERSION == 2
+    assert json.loads(text)["format_version"] == FORMAT_VERSION == 3
     assert json.loads(text)["preprocessing"] == {"stain": stain, "cell_fraction": 0.4}
     assert ModelInfo.from_json(text) == info
     # format 1 kept these settings in ``extra``: the reader moves them into the typed fields
@@ -53,3 +55,19 @@ def test_newer_format_is_refused_with_a_message() -> None:
     data = json.loads(SHIPPED_JSON.read_text()) | {"format_version": FORMAT_VERSION + 1}
     with pytest.raises(ModelError, match="newer"):
         ModelInfo.from_json(json.dumps(data))
+
+
+def test_class_prior_round_trips_and_reweights_probabilities(tmp_path: Path) -> None:
+    import numpy as np
+
+    from wbc.model import class_probabilities
+
+    info = ModelInfo(classes=["a", "b", "c"], input_size=32, mean=[0.5] * 3, std=[0.25] * 3, temperature=2.0,
+                     class_prior={"a": 0.8, "b": 0.2})
+    assert ModelInfo.from_json(info.to_json()).class_prior == {"a": 0.8, "b": 0.2}
+    logits = np.log(np.array([[2.0, 2.0, 1.0]]))  # temperature 2: probabilities ∝ sqrt -> [1.41, 1.41, 1]
+    p = class_probabilities(logits, info)[0]
+    w = np.sqrt([2.0, 2.0, 1.0]) * [0.8 * 2, 0.2 * 2, 1.0]  # a, b re-weighted from 1/2 each; c untouched
+    assert np.allclose(p, w / w.sum(), atol=1e-6)
+    info.class_prior = {}
+    assert np.allclose(class_probabilities(logits, info)[0], np.sqrt([2, 2, 1]) / np.sqrt([2, 2, 1]).sum())

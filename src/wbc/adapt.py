@@ -302,6 +302,7 @@ def adapt_model(
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     info = copy.deepcopy(clf.info)
+    info.class_prior = {}  # labelled cells refit the probabilities; a label-free estimate no longer applies
     cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")

@@ -18,7 +18,7 @@ import numpy as np
 from wbc.errors import ImageReadError, ImageTooLargeError
 from wbc.io import read_image
 from wbc.labels import parse_class_set, restrict_probabilities
-from wbc.model import Classifier, softmax
+from wbc.model import Classifier, class_probabilities
 from wbc.preprocess import resize_square
 from wbc.protocols import ClassifierLike
 from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell, framing_stats_of
@@ -98,7 +98,7 @@ def predict_cells(
     """
     ood = classifier.info.ood
     out = classifier.run(cells, ("logits", "embedding") if with_embeddings or ood else ("logits",))
-    probs = softmax(out["logits"], classifier.info.temperature)
+    probs = class_probabilities(out["logits"], classifier.info)
     excluded = set(exclude)
     drop = [i for i, c in enumerate(classifier.classes) if c in excluded]
     if drop and len(drop) < len(classifier.classes):

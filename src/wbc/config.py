@@ -74,6 +74,12 @@ class TrainConfig:
     reframe_p: float = 0.0  # probability of showing a training cell re-framed (wbc.reframe.CANONICAL)
     tight_pad_p: float = 0.0  # probability of a tight crop padded back with the cell's background colour
     init_weights: str = ""  # start from these network weights (a .pt; e.g. the shipped model): fine-tuning
+    # other labs' unlabelled cells, learnt from by consistency (FixMatch; wbc.train.unlabelled)
+    unlabelled: str = ""  # "txl_pbc:bcd" (WBC crops of TXL-PBC train/val fields of those origins) or a folder
+    unlabelled_weight: float = 1.0  # weight of their loss next to the labelled cells' loss
+    unlabelled_threshold: float = 0.75  # pseudo-label a cell only when the teacher is this confident (label
+    # smoothing 0.1 caps a certain network near 0.91: at 0.9 only 2 % of the other lab's cells were used)
+    unlabelled_ratio: float = 0.5  # unlabelled cells per step, as a fraction of batch_size
     # review flag
     review_target_accuracy: float = 0.995  # accepted (non-review) val cells must reach this accuracy
     # run
@@ -130,6 +136,9 @@ class TrainConfig:
         if bad_ops or not 0 <= self.strong_colour_p <= 1 or not 1 <= self.jpeg_min_quality <= 95:
             raise ConfigError(f"strong_colour_p must be in [0, 1], strong_colour_ops among hue, stain, mix, grey, "
                               f"hema, randconv (not {sorted(bad_ops)}), jpeg_min_quality in 1..95")
+        if self.unlabelled_weight < 0 or not 0 < self.unlabelled_threshold < 1 or not 0 < self.unlabelled_ratio <= 4:
+            raise ConfigError("unlabelled_weight must be >= 0, unlabelled_threshold in (0, 1), unlabelled_ratio "
+                              "in (0, 4]")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
 

@@ -23,8 +23,9 @@ from wbc.runtime import ort_session
 
 METADATA_KEY = "wbc"
 #: Layout of :class:`ModelInfo` as stored. 1 (no ``format_version`` key): stain, cell fraction and colour
-#: statistics inside the free ``extra`` dict; 2: typed fields (``preprocessing``, ``colour_reference``).
-FORMAT_VERSION = 2
+#: statistics inside the free ``extra`` dict; 2: typed fields (``preprocessing``, ``colour_reference``);
+#: 3: ``class_prior`` (read by older wbc it would be ignored, changing the answers, so they refuse it).
+FORMAT_VERSION = 3
 #: ``extra`` keys of format 1 that are typed fields now, and where they went.
 _LEGACY_PREPROCESSING = ("stain", "cell_fraction")
 
@@ -70,6 +71,9 @@ class ModelInfo:
     centre_crop: int = 0  # >0: the network's input is the central centre_crop px of the input_size cell
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     colour_reference: dict[str, Any] = field(default_factory=dict)  # training colours per stain method
+    #: A lab's class frequencies, estimated without labels (``wbc adapt --no-labels``); probabilities are
+    #: re-weighted to them from training's class-balanced prior (:func:`apply_class_prior`). Empty: none.
+    class_prior: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -139,6 +143,33 @@ def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
         setattr(info, k, v)
     write_model(p, p.read_bytes(), info)
     return info
+
+
+def class_probabilities(logits: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """Calibrated class probabilities of a model's logits: ``softmax(logits / temperature)``, re-weighted to
+    the lab's class frequencies when the model stores them (``info.class_prior``)."""
+    return apply_class_prior(softmax(logits, info.temperature), info.classes, info.class_prior)
+
+
+def apply_class_prior(probs: np.ndarray, classes: list[str], prior: dict[str, float]) -> np.ndarray:
+    """Probabilities re-weighted from a uniform prior over the classes in ``prior`` to ``prior`` (Bayes' rule
+    for a change of class frequencies, Saerens et al. 2002): ``p'(c|x) ∝ p(c|x) * prior[c] * len(prior)``.
+
+    Training balances the classes, so a model's calibrated probabilities treat every class as equally
+    frequent; a lab where three cells in five are neutrophils is not like that. Classes outside ``prior``
+    keep weight 1, so a 5-part prior leaves the other classes' probabilities as they were.
+
+    >>> p = np.array([[0.5, 0.5, 0.0]], np.float32)
+    >>> apply_class_prior(p, ["a", "b", "c"], {"a": 0.75, "b": 0.25}).round(2).tolist()
+    [[0.75, 0.25, 0.0]]
+    >>> apply_class_prior(p, ["a", "b", "c"], {}).tolist()  # no prior: unchanged
+    [[0.5, 0.5, 0.0]]
+    """
+    if not prior:
+        return probs
+    w = np.array([prior.get(c, 1.0 / len(prior)) * len(prior) for c in classes], np.float64)
+    out = np.asarray(probs, np.float64) * w[None, :]
+    return (out / np.maximum(out.sum(1, keepdims=True), 1e-300)).astype(np.float32)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -221,7 +252,7 @@ class Classifier:
 
     def predict_proba(self, cells: np.ndarray | list[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Calibrated class probabilities (N, C) for uint8 RGB cells at ``input_size``."""
-        out = [softmax(self.run(cells[i : i + batch_size])["logits"], self.info.temperature)
+        out = [class_probabilities(self.run(cells[i : i + batch_size])["logits"], self.info)
                for i in range(0, len(cells), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 

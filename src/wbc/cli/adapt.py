@@ -33,6 +33,9 @@ def adapt(
                                             "(--stain METHOD: that mapping, no choice); the head is kept.")
                          ] = False,
     classes: ClassesOpt = None,
+    prior: Annotated[bool, typer.Option("--prior/--no-prior", help="With --no-labels: also estimate the lab's "
+                                        "class frequencies from its unlabelled cells (EM) and re-weight the "
+                                        "probabilities to them (training balanced the classes).")] = True,
     method: Annotated[str, typer.Option(help="finetune: every weight, in PyTorch (more accurate, needs the "
                                         "network's .pt weights); head: refit the last layer only (seconds, "
                                         "no PyTorch).")] = "finetune",
@@ -55,7 +58,7 @@ def adapt(
     if no_labels and stain is None:
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
 
-        free = adapt_unlabelled(model, data, output, classes=classes, threads=threads)
+        free = adapt_unlabelled(model, data, output, classes=classes, threads=threads, prior=prior)
         for msg in free.skipped:
             console.print(f"[yellow]skipped[/] {msg}", highlight=False)
         for line in summary_lines(free):

@@ -354,7 +354,7 @@ def evaluate(
     from wbc.evaluate.metrics import classification_metrics, fold_summary
     from wbc.evaluate.report import ReportInputs, Thumb, build_report
     from wbc.formats import write_predictions_csv
-    from wbc.model import softmax
+    from wbc.model import class_probabilities
 
     t0 = time.perf_counter()
     ed = data if isinstance(data, EvalData) else load_eval_data(data, split, mapping, root)
@@ -380,7 +380,7 @@ def evaluate(
     y_true = np.array([classes.index(s.label) for s in ks], np.int64)
     logits = scored.logits[known].astype(np.float32)
     temperature = float(classifier.info.temperature)
-    y_prob = softmax(logits, temperature)
+    y_prob = class_probabilities(logits, classifier.info)
     chosen = tuple(getattr(classifier, "label_set", ()))
     if chosen:  # --classes: scored as wbc classify answers, over the chosen label set only
         from wbc.labels import restrict_probabilities

@@ -186,6 +186,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "review_threshold": float(info.review_threshold),
         "review_target_accuracy": float(info.review_target_accuracy),
         "temperature": float(info.temperature),
+        "class_prior": dict(getattr(info, "class_prior", {}) or {}),
         "architecture": info.architecture,
         "version": info.version,
         "training_data": info.training_data,

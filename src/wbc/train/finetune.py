@@ -208,6 +208,7 @@ def adapt_finetune(
         raise WbcError(f"{ckpt}: these weights ({ck_info.classes}, {ck_info.input_size} px) do not belong to "
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
     info = copy.deepcopy(clf.info)
+    info.class_prior = {}  # labelled cells refit the probabilities; a label-free estimate no longer applies
     cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")

@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,9 +153,16 @@ def load_init_weights(path: str | os.PathLike[str], classes: list[str]) -> dict[
 
 def fit(
     cfg: TrainConfig, train: Split, val: Split, classes: list[str], run_dir: Path,
-    mean, std, console: Console, resume: bool = False,
+    mean, std, console: Console, resume: bool = False, unlabelled: np.ndarray | None = None,
 ) -> tuple[WbcNet, list[dict[str, Any]]]:
-    """Train one network; returns it (on the CPU) with the weights of its best validation macro-F1 epoch."""
+    """Train one network; returns it (on the CPU) with the weights of its best validation macro-F1 epoch.
+
+    ``unlabelled``: other labs' cells (uint8 cache) learnt from by consistency (FixMatch): each step, the
+    teacher (the weight average when ``ema`` > 0, else the network) names a flipped/rotated copy of each; where
+    it is at least ``unlabelled_threshold`` confident, the network is trained to give a strongly augmented
+    copy that answer, with weight ``unlabelled_weight``. Both kinds of cell pass through the network in one
+    batch, so BatchNorm's statistics cover the other labs too.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     d = distributed.current()  # DDP (wbc train --nproc N, torchrun): rank 0 writes, gradients are averaged
     device = resolve_device(cfg.device)
@@ -192,6 +199,7 @@ def fit(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers, generator=gen,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    ul_batches = _unlabelled_batches(cfg, unlabelled, transform, gen, d) if unlabelled is not None else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -228,6 +236,7 @@ def fit(
             sampler.set_epoch(epoch)
         net.train()
         tot_loss, tot_correct, seen = 0.0, 0, 0
+        ul_seen, ul_used = 0, 0
         with _progress(console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0)
             for x, y in loader:
@@ -235,8 +244,21 @@ def fit(
                 x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
                 if small:
                     x = torch.nn.functional.interpolate(x, size=(small, small), mode="bilinear", antialias=True)
-                logits = model(x)
-                loss = loss_fn(logits, y)
+                if ul_batches is None:
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                else:
+                    xw, xs = (normalise(v.to(device), mean, std) for v in next(ul_batches))
+                    if small:
+                        xw, xs = (torch.nn.functional.interpolate(v, size=(small, small), mode="bilinear",
+                                                                  antialias=True) for v in (xw, xs))
+                    pseudo, keep = _pseudo_labels(ema.module if ema is not None else net, xw,
+                                                  cfg.unlabelled_threshold)
+                    out = model(torch.cat([x, xs.contiguous(memory_format=torch.channels_last)]))
+                    logits = out[: len(y)]
+                    ul_loss = torch.nn.functional.cross_entropy(out[len(y):], pseudo, reduction="none")
+                    loss = loss_fn(logits, y) + cfg.unlabelled_weight * (ul_loss * keep).mean()
+                    ul_seen, ul_used = ul_seen + len(keep), ul_used + int(keep.sum())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -272,6 +294,7 @@ def fit(
         console.print(
             f"epoch {epoch + 1:>3}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
             f"val_loss {val_loss:.4f}  val_acc {s['accuracy']:.4f}  val_F1 {s['macro_f1']:.4f}"
+            f"{f'  pseudo-labelled {ul_used / ul_seen:.0%}' if ul_seen else ''}"
             f"{'  *' if improved else ''}  {row['seconds']:.0f}s", highlight=False)
         if d.is_main:
             atomic_write_csv(run_dir / "metrics.csv", METRIC_COLUMNS,
@@ -290,6 +313,38 @@ def fit(
     net = net.cpu()
     net.load_state_dict(best["model"])
     return net.eval(), history
+
+
+def _unlabelled_batches(cfg: TrainConfig, cache: np.ndarray, strong: Any, gen: torch.Generator,
+                        d: distributed.DistInfo) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (weak, strong) batches of the unlabelled cells, ``unlabelled_ratio`` x this rank's batch."""
+    from wbc.train.unlabelled import TwoViews
+
+    weak = CentreCrop(cfg.centre_crop) if cfg.centre_crop else None
+    size = max(1, round(cfg.batch_size * cfg.unlabelled_ratio / max(1, d.world_size)))
+    ds = TwoViews(cache, strong, weak)
+    sampler: DistributedSampler[int] | None = None
+    if d.enabled:
+        sampler = DistributedSampler(ds, d.world_size, d.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(ds, batch_size=min(size, len(ds)), shuffle=sampler is None, sampler=sampler,
+                        drop_last=True, generator=gen)
+    epoch = 0
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the teacher's class for each cell, 1.0 where its probability reaches ``threshold`` else 0.0)."""
+    was_training = teacher.training
+    teacher.eval()
+    with torch.no_grad():
+        p = torch.softmax(teacher(x), 1)
+    teacher.train(was_training)
+    conf, label = p.max(1)
+    return label, (conf >= threshold).float()
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -413,6 +468,16 @@ def run_training(
         alt_all, alt_ok, _ = decode_all([samples[i] for i in ok], cfg.input_size, workers=cfg.threads, reframe=True)
         alt_cache = alt_all if len(alt_ok) == len(ok) else None
 
+    unlabelled = None
+    if cfg.unlabelled:  # other labs' cells, no labels (FixMatch, see fit)
+        from wbc.crops import DEFAULT_CELL_FRACTION
+        from wbc.train.unlabelled import load_unlabelled
+
+        fraction = measure_training_cell_fraction(kept) or DEFAULT_CELL_FRACTION
+        unlabelled = load_unlabelled(cfg.unlabelled, root, cfg.input_size, fraction, cfg.threads)
+        console.print(f"{len(unlabelled)} unlabelled cells from {cfg.unlabelled} (cell fraction {fraction:.3f})",
+                      highlight=False)
+
     def subset(mask: np.ndarray, scored: bool = True) -> Split:
         """Images to score are cut to the network's input now; training images keep their frame for augmentation."""
         images = cache[mask]
@@ -428,7 +493,7 @@ def run_training(
             console.print(f"[bold]fold {k + 1}/{cfg.folds}[/]")
             tr, va = subset((part != "test") & (folds != k), False), subset((part != "test") & (folds == k))
             net, _ = fit(cfg.updated({"seed": cfg.seed + k}), tr, va, classes, run_dir / f"fold_{k}", mean, std,
-                         console, resume)
+                         console, resume, unlabelled)
             lg = predict_logits(net, va.images, mean, std)
             fs = summarise(lg, va.labels, classes)
             atomic_write_json(run_dir / f"fold_{k}" / "val_metrics.json", fs)
@@ -448,7 +513,8 @@ def run_training(
                            **{f"{m}_sd": float(np.std(v, ddof=1)) for m, v in cv.items()}})
     else:
         val = subset(part == "val")
-        final, _ = fit(cfg, subset(part == "train", False), val, classes, run_dir, mean, std, console, resume)
+        final, _ = fit(cfg, subset(part == "train", False), val, classes, run_dir, mean, std, console, resume,
+                       unlabelled)
         if not d.is_main:
             return {}  # rank 0 calibrates, exports and tests
         val_logits = predict_logits(final, val.images, mean, std)

@@ -1,0 +1,116 @@
+"""Other labs' unlabelled cells for training: where they come from, and the two views FixMatch needs.
+
+PBC is one lab. Other labs' cells without labels still teach something: a network trained to give a weakly
+augmented cell and a strongly augmented copy of it the same answer, where a teacher is confident (FixMatch,
+Sohn et al. 2020), learns features that hold on those labs' optics, cameras and stains, not only on the
+colour randomisation it is shown. ``TrainConfig.unlabelled`` names the cells:
+
+- ``"txl_pbc:bcd"`` (origins separated by commas): every WBC box of the TXL-PBC *train and val* fields of
+  those origins (``bcd``: the Kaggle blood-cell-detection lab, ``bccd``, ``pbc``), cut as `wbc analyze` cuts
+  smear cells (:func:`wbc.crops.crop_cell` at the model's cell fraction). BCCD-origin fields of BCCD's own
+  test split are never used, so BCCD's test cells stay unseen.
+- a folder of single-cell images (any lab's), read as `wbc classify` reads them (re-framed when framed
+  unlike the training crops).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from wbc.errors import WbcError
+from wbc.types import Cell
+
+#: TXL-PBC fields of these origins exist (``txl_pbc/sources.csv``).
+TXL_ORIGINS = ("bcd", "bccd", "pbc")
+
+
+def box_cell(box: tuple[float, float, float, float]) -> Cell:
+    """A :class:`wbc.types.Cell` filling an annotated box (an ellipse inscribed in it)."""
+    x0, y0, x1, y1 = (round(v) for v in box)
+    h, w = max(1, y1 - y0), max(1, x1 - x0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((yy + 0.5 - h / 2) / (h / 2)) ** 2 + ((xx + 0.5 - w / 2) / (w / 2)) ** 2 <= 1
+    return Cell(id=1, box=(x0, y0, x1, y1), nucleus_mask=mask, cell_mask=mask)
+
+
+def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: float) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops of every WBC box in TXL-PBC's train/val fields of ``origins``."""
+    from wbc import crops
+    from wbc.io import read_image
+
+    base = root / "txl_pbc"
+    bad = set(origins) - set(TXL_ORIGINS)
+    if bad:
+        raise WbcError(f"unlabelled: unknown TXL-PBC origin(s) {sorted(bad)}; known: {', '.join(TXL_ORIGINS)}")
+    if not (base / "sources.csv").is_file():
+        raise WbcError(f"{base / 'sources.csv'}: TXL-PBC not found (is the data root right?)")
+    bccd_test_file = root / "bccd" / "ImageSets" / "Main" / "test.txt"
+    bccd_test = set(bccd_test_file.read_text().split()) if bccd_test_file.is_file() else set()
+    out = []
+    with (base / "sources.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["origin"] not in origins or row["split"] not in ("train", "val"):
+                continue
+            if row["origin"] == "bccd" and row.get("bccd_image", "") in bccd_test:
+                continue  # keep BCCD's test cells unseen
+            labels = base / "labels" / row["split"] / f"{row['stem']}.txt"
+            images = sorted((base / "images" / row["split"]).glob(f"{row['stem']}.*"))
+            if not labels.is_file() or not images:
+                continue
+            rgb = read_image(images[0])
+            h, w = rgb.shape[:2]
+            for line in labels.read_text().splitlines():
+                parts = line.split()
+                if len(parts) != 5 or parts[0] != "0":  # class 0: WBC
+                    continue
+                cx, cy, bw, bh = (float(v) for v in parts[1:])
+                box = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+                out.append(crops.crop_cell(rgb, box_cell(box), size, fraction))
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: int = 2) -> np.ndarray:
+    """The cells ``TrainConfig.unlabelled`` names, as a uint8 cache (N, size, size, 3)."""
+    if spec.startswith("txl_pbc:"):
+        origins = tuple(o.strip() for o in spec.split(":", 1)[1].split(",") if o.strip())
+        cells = txl_wbc_crops(root, origins, size, fraction)
+    else:
+        from wbc.classify import load_cells
+        from wbc.io import iter_image_paths
+
+        folder = Path(spec) if Path(spec).is_absolute() or Path(spec).exists() else root / spec
+        if not folder.exists():
+            raise WbcError(f"unlabelled: {spec}: no such folder (nor under the data root {root})")
+        cells, _, _ = load_cells(list(iter_image_paths([folder])), size, threads)
+    if len(cells) < 8:
+        raise WbcError(f"unlabelled: {spec}: need at least 8 cells, found {len(cells)}")
+    return cells
+
+
+class TwoViews(Dataset):
+    """(weak view, strong view) of each unlabelled cell: a random flip/rotation (cells have no up), and the
+    full training augmentation. No labels: the teacher's answer on the weak view becomes the target."""
+
+    def __init__(self, cache: np.ndarray, strong: Callable[[torch.Tensor], torch.Tensor],
+                 weak: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.images = torch.from_numpy(cache).permute(0, 3, 1, 2)
+        self.strong = strong
+        self.weak = weak
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i].contiguous()
+        k = int(torch.randint(0, 8, ()))
+        w = torch.rot90(x, k % 4, (1, 2))
+        w = torch.flip(w, (2,)) if k >= 4 else w
+        if self.weak is not None:
+            w = self.weak(w)
+        return w.contiguous(), self.strong(x)
