@@ -127,14 +127,18 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: fl
     return Calibration(float(temperature), float(threshold), target, len(labels))
 
 
-def estimate_class_prior(probs: np.ndarray, max_iter: int = 1000, tol: float = 1e-7) -> tuple[np.ndarray, int]:
+def estimate_class_prior(
+    probs: np.ndarray, max_iter: int = 1000, tol: float = 1e-7, pseudo_count: float = 1.0
+) -> tuple[np.ndarray, int]:
     """(class frequencies, iterations) of unlabelled cells, estimated by expectation-maximisation from
     probabilities calibrated under a uniform training prior (Saerens, Latinne & Decaestecker 2002).
 
     Each step re-weights every cell's probabilities to the current frequencies (Bayes' rule) and takes their
     mean as the next frequencies; the fixed point is the maximum-likelihood class mix. It needs no labels and
     leaves a balanced lab's mix (nearly) uniform. Calibration matters: EM trusts the probabilities, which is
-    why the temperature fitted at export is applied first (Alexandari et al. 2020).
+    why the temperature fitted at export is applied first (Alexandari et al. 2020). ``pseudo_count`` cells of
+    every class are added to each step's count (a Dirichlet prior: the maximum a posteriori mix), so a class
+    absent from a small folder is made rarer, never impossible: a basophil must still be callable later.
 
     >>> rng = np.random.default_rng(0); y = rng.choice(3, 3000, p=[0.7, 0.2, 0.1])
     >>> x = rng.normal(2.0 * y, 1.0)  # one feature, class means 0, 2, 4, unit variance
@@ -142,6 +146,9 @@ def estimate_class_prior(probs: np.ndarray, max_iter: int = 1000, tol: float = 1
     >>> prior, _ = estimate_class_prior(lik / lik.sum(1, keepdims=True))  # calibrated for equal frequencies
     >>> np.round(prior, 1).tolist()
     [0.7, 0.2, 0.1]
+    >>> few, _ = estimate_class_prior(np.array([[0.9, 0.05, 0.05]] * 10))  # 10 cells, none of class 2
+    >>> bool(few[2] > 0.05)  # rare after 10 cells, not ruled out
+    True
     """
     p = np.asarray(probs, np.float64)
     k = p.shape[1]
@@ -149,8 +156,7 @@ def estimate_class_prior(probs: np.ndarray, max_iter: int = 1000, tol: float = 1
     for it in range(1, max_iter + 1):
         q = p * prior[None, :]
         q /= np.maximum(q.sum(1, keepdims=True), 1e-300)
-        new = np.clip(q.mean(0), 1e-6, None)
-        new /= new.sum()
+        new = (q.sum(0) + pseudo_count) / (len(p) + k * pseudo_count)
         done = float(np.abs(new - prior).max()) < tol
         prior = new
         if done:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wbc.errors import WbcError
+from wbc.errors import ImageReadError, WbcError
 from wbc.types import Cell
 
 #: TXL-PBC fields of these origins exist (``txl_pbc/sources.csv``).
@@ -63,7 +63,10 @@ def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: flo
             images = sorted((base / "images" / row["split"]).glob(f"{row['stem']}.*"))
             if not labels.is_file() or not images:
                 continue
-            rgb = read_image(images[0])
+            try:
+                rgb = read_image(images[0])
+            except ImageReadError:
+                continue  # one unreadable field costs its cells, not the run
             h, w = rgb.shape[:2]
             for line in labels.read_text().splitlines():
                 parts = line.split()
