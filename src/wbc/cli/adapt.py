@@ -36,6 +36,11 @@ def adapt(
     prior: Annotated[bool, typer.Option("--prior/--no-prior", help="With --no-labels: also estimate the lab's "
                                         "class frequencies from its unlabelled cells (EM) and re-weight the "
                                         "probabilities to them (training balanced the classes).")] = True,
+    framing: Annotated[str, typer.Option(help="With --no-labels: how the lab's cells are framed for the model. "
+                                         "auto: the model's framing unless another makes it clearly more "
+                                         "consistent and confident on these cells; band: re-frame only cells "
+                                         "far from the training framing; all: re-frame every cell (cells "
+                                         "small in wide fields).")] = "auto",
     method: Annotated[str, typer.Option(help="finetune: every weight, in PyTorch (more accurate, needs the "
                                         "network's .pt weights); head: refit the last layer only (seconds, "
                                         "no PyTorch).")] = "finetune",
@@ -58,7 +63,8 @@ def adapt(
     if no_labels and stain is None:
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
 
-        free = adapt_unlabelled(model, data, output, classes=classes, threads=threads, prior=prior)
+        free = adapt_unlabelled(model, data, output, classes=classes, threads=threads, prior=prior,
+                                framing=framing)
         for msg in free.skipped:
             console.print(f"[yellow]skipped[/] {msg}", highlight=False)
         for line in summary_lines(free):

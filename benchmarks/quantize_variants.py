@@ -1,0 +1,123 @@
+"""Which parts of the network to keep float when quantising: int8 variants of one float model compared.
+
+For each variant (everything int8 but the head, as ``wbc quantize`` did up to model 1.2.0; the first
+convolution float too, as it does now; the depthwise convolutions, the last blocks or the final 1x1
+convolution float; percentile or entropy activation ranges) the float model is quantised with the same
+calibration cells and scored on the PBC validation split (8 classes) and on a folder of another lab's
+labelled cells (5-part, the cells as they are), with the network's speed (cells/s, batch 64). Nothing here
+reads a test split.
+
+    wbc export src/wbc/models/default/wbc_classifier.pt --output /tmp/float.onnx
+    python benchmarks/bccd_cells.py --split trainval --n 0 --output /tmp/bccd_trainval
+    python benchmarks/quantize_variants.py --model /tmp/float.onnx --lab /tmp/bccd_trainval \\
+        --output benchmarks/results/quantize_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="the float ONNX model (wbc export)")
+    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--lab", type=Path, required=True, help="another lab's cells, <class>/<image>")
+    ap.add_argument("--per-class", type=int, default=64, help="calibration cells per class (train split)")
+    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/quantize_variants.json"))
+    args = ap.parse_args(argv)
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    from wbc.classify import load_cells
+    from wbc.data import cap_per_class, read_manifest
+    from wbc.io import atomic_write_json, iter_image_paths
+    from wbc.labels import WBC5
+    from wbc.model import Classifier, write_model
+
+    fp = Classifier(args.model, threads=2)
+    classes, size = fp.classes, fp.info.input_size
+    train = [s for s in read_manifest(args.manifest, "train", args.data) if s.label in classes]
+    val = [s for s in read_manifest(args.manifest, "val", args.data) if s.label in classes]
+    cal, _, _ = load_cells([s.path for s in cap_per_class(train, args.per_class, 0)], size, 2)
+    val_cells, val_ok, _ = load_cells([s.path for s in val], size, 2)
+    y_val = np.array([classes.index(val[i].label) for i in val_ok])
+    lab_paths = [p for p in iter_image_paths([args.lab]) if p.parent.name in WBC5]
+    lab_cells, lab_ok, _ = load_cells(lab_paths, size, 2)
+    y_lab = np.array([classes.index(lab_paths[i].parent.name) for i in lab_ok])
+    five = np.array([classes.index(c) for c in WBC5])
+    x_cal = fp.network_input(cal)
+
+    def logits(clf: Classifier, cells: np.ndarray) -> np.ndarray:
+        return np.concatenate([clf.run(cells[i : i + 64])["logits"] for i in range(0, len(cells), 64)])
+
+    def score(clf: Classifier) -> dict[str, float]:
+        lv, ll = logits(clf, val_cells), logits(clf, lab_cells)
+        t = time.perf_counter()
+        logits(clf, val_cells[:640])
+        return {"pbc_val_accuracy": float((lv.argmax(1) == y_val).mean()),
+                "lab_accuracy_5part": float((five[ll[:, five].argmax(1)] == y_lab).mean()),
+                "network_cells_per_s": round(640 / (time.perf_counter() - t))}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.i >= len(x_cal):
+                return None
+            self.i += 32
+            return {"input": x_cal[self.i - 32 : self.i]}
+
+    results = {"float": score(fp)}
+    print("float", results["float"], flush=True)
+    with tempfile.TemporaryDirectory(prefix="wbc-qv-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(args.model), str(pre), skip_symbolic_shape=True)
+        graph = onnx.load(str(pre)).graph
+        names = [n.name for n in graph.node]
+        head = [n.name for n in graph.node if "logits" in n.output]
+        stem = [n.name for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
+        last_conv = [n for n in names if "conv_head" in n or "ReduceMean" in n]
+        variants = {
+            "all int8 but the head (up to 1.2.0)": (head, CalibrationMethod.MinMax),
+            "first convolution float too (wbc quantize since 1.2.1)": (head + stem, CalibrationMethod.MinMax),
+            "final 1x1 convolution and pooling float": (head + last_conv, CalibrationMethod.MinMax),
+            "both": (head + stem + last_conv, CalibrationMethod.MinMax),
+            "depthwise convolutions float": (head + [n for n in names if "conv_dw" in n], CalibrationMethod.MinMax),
+            "last two blocks float": (head + last_conv + [n for n in names if "blocks.5" in n or "blocks.6" in n],
+                                      CalibrationMethod.MinMax),
+            "percentile ranges (99.99)": (head, CalibrationMethod.Percentile),
+            "entropy ranges": (head, CalibrationMethod.Entropy),
+        }
+        for i, (name, (exclude, method)) in enumerate(variants.items()):
+            dst = Path(tmp) / f"v{i}.onnx"
+            extra = {"CalibPercentile": 99.99} if method == CalibrationMethod.Percentile else {}
+            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                            nodes_to_exclude=exclude, extra_options=extra)
+            write_model(dst, dst.read_bytes(), fp.info)
+            results[name] = score(Classifier(dst, threads=2))
+            print(name, results[name], flush=True)
+    atomic_write_json(args.output, {"model": fp.info.model_id, "lab": str(args.lab), "n_val": len(y_val),
+                                    "n_lab": len(y_lab), "calibration_cells": len(cal), "variants": results})
+    print(f"-> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
