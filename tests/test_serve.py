@@ -87,6 +87,8 @@ def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier)
     assert set(body["colours"]) == set(classifier.classes)
     assert all(v.startswith("#") and len(v) == 7 for v in body["colours"].values())
     assert body["segmenter"]["name"] == "classical"
+    # the framing /classify applies: the training band unless `wbc adapt --no-labels` chose another
+    assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5}
 
 
 def test_openapi_schema_is_served_and_cdn_docs_are_off(client: TestClient) -> None:

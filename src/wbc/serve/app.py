@@ -175,7 +175,10 @@ def hex_colour(rgb: Sequence[int]) -> str:
 
 def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict[str, Any]:
     """What a caller needs to know about the loaded models (no large arrays: OOD statistics, head)."""
+    from dataclasses import asdict
+
     from wbc.crops import cell_fraction_of
+    from wbc.reframe import framing_stats_of
     from wbc.render import colour_of
 
     info = classifier.info
@@ -187,6 +190,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "review_target_accuracy": float(info.review_target_accuracy),
         "temperature": float(info.temperature),
         "class_prior": dict(getattr(info, "class_prior", {}) or {}),
+        "reframe": asdict(framing_stats_of(classifier)),
         "architecture": info.architecture,
         "version": info.version,
         "training_data": info.training_data,
