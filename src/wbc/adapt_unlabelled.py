@@ -174,6 +174,37 @@ def framing_options(clf: Any, framing: str = "auto") -> list[FramingStats]:
     return out + [v for v in FRAMINGS.values() if v not in out]
 
 
+@dataclass
+class _Framed:
+    """One framing's cells and the colour-mapping choice made on them."""
+
+    stats: FramingStats
+    cells: np.ndarray
+    spec: dict[str, Any] | None
+    candidates: list[Candidate]
+    chosen: str
+    why: str
+    skipped: list[str]
+
+    @property
+    def score(self) -> float:
+        return next(c.score for c in self.candidates if c.name == self.chosen)
+
+
+def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tuple[str, ...],
+                   methods: tuple[str, ...] | None, threads: int, data: object) -> _Framed:
+    """Load the lab's cells framed by ``stats`` and choose the colour mapping on them."""
+    from wbc.classify import load_cells
+
+    cells, _, errors = load_cells(paths, clf.info.input_size, threads, reframe=stats)
+    if len(cells) < 8:
+        raise WbcError(f"{data}: need at least 8 readable cell images, got {len(cells)}")
+    spec, cands, chosen, why = choose_preprocessing(clf, cells, allowed, methods)
+    for c in cands:
+        c.framing = framing_name(stats)
+    return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors])
+
+
 def adapt_unlabelled(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     classes: str | None = None, threads: int = 2, methods: tuple[str, ...] | None = None, prior: bool = True,
@@ -188,7 +219,6 @@ def adapt_unlabelled(
     unless another of :data:`FRAMINGS` scores clearly higher), or one of them to fix it.
     """
     from wbc.adapt import _check_output, write_model_copy
-    from wbc.classify import load_cells
     from wbc.io import iter_image_paths
     from wbc.labels import parse_class_set
     from wbc.model import load_model
@@ -198,27 +228,19 @@ def adapt_unlabelled(
     clf.info = replace(clf.info, class_prior={})  # a model adapted before: judge its own probabilities
     out = _check_output(output, clf)
     allowed = parse_class_set(classes, clf.classes)
-    paths = list(iter_image_paths([data]))
     own = framing_stats_of(clf)
-    tried = []
-    for stats in framing_options(clf, framing):
-        cells, _, errors = load_cells(paths, clf.info.input_size, threads, reframe=stats)
-        if len(cells) < 8:
-            raise WbcError(f"{data}: need at least 8 readable cell images, got {len(cells)}")
-        spec, cands, chosen, why = choose_preprocessing(clf, cells, allowed, methods)
-        for c in cands:
-            c.framing = framing_name(stats)
-        top = next(c.score for c in cands if c.name == chosen)
-        tried.append((top, stats, cells, spec, cands, chosen, why))
+    paths = list(iter_image_paths([data]))
+    tried = [_score_framing(clf, paths, stats, allowed, methods, threads, data)
+             for stats in framing_options(clf, framing)]
     best = tried[0]  # the model's own framing, unless another scores clearly higher
-    challenger = max(tried[1:], key=lambda t: t[0], default=None)
-    if challenger is not None and challenger[0] > best[0] + MIN_GAIN:
+    challenger = max(tried[1:], key=lambda t: t.score, default=None)
+    if challenger is not None and challenger.score > best.score + MIN_GAIN:
         best = challenger
-    top, stats, cells, spec, _, chosen, why = best
+    stats, cells, spec, chosen, why = best.stats, best.cells, best.spec, best.chosen, best.why
     if len(tried) > 1:
-        others = "; ".join(f"{framing_name(t[1])} {t[0]:.3f}" for t in tried if t is not best)
-        why = f"framing {framing_name(stats)} ({top:.3f}; {others}), {why}"
-    cands = [c for t in tried for c in t[4]]
+        others = "; ".join(f"{framing_name(t.stats)} {t.score:.3f}" for t in tried if t is not best)
+        why = f"framing {framing_name(stats)} ({best.score:.3f}; {others}), {why}"
+    cands = [c for t in tried for c in t.candidates]
     info = copy.deepcopy(clf.info)
     info.preprocessing = replace(info.preprocessing, stain=spec)
     if stats != own:
@@ -239,7 +261,7 @@ def adapt_unlabelled(
                                            "iterations": iterations}}
     write_model_copy(clf.path, out, info)
     return UnlabelledResult(str(out), len(cells), chosen, why, cands, list(allowed or clf.classes),
-                            time.perf_counter() - t0, [m for _, m in errors], class_prior, framing_name(stats))
+                            time.perf_counter() - t0, best.skipped, class_prior, framing_name(stats))
 
 
 def summary_lines(res: UnlabelledResult) -> list[str]:
