@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,21 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/quantize_variants.json"))
     args = ap.parse_args(argv)
 
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
     from wbc.classify import load_cells
     from wbc.data import cap_per_class, read_manifest
     from wbc.io import atomic_write_json, iter_image_paths
     from wbc.labels import WBC5
     from wbc.model import Classifier, write_model
+    from wbc.quantize import float_nodes, quantize_onnx
 
     fp = Classifier(args.model, threads=2)
     classes, size = fp.classes, fp.info.input_size
@@ -73,43 +66,34 @@ def main(argv: list[str] | None = None) -> int:
                 "lab_accuracy_5part": float((five[ll[:, five].argmax(1)] == y_lab).mean()),
                 "network_cells_per_s": round(640 / (time.perf_counter() - t))}
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.i = 0
+    def named(*parts: str) -> Callable[[Any], list[str]]:
+        """Keep float the head and the nodes whose names contain any of ``parts``."""
+        def pick(graph: Any) -> list[str]:
+            head = [n.name for n in graph.node if "logits" in n.output]
+            return head + [n.name for n in graph.node if any(p in n.name for p in parts)]
+        return pick
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.i >= len(x_cal):
-                return None
-            self.i += 32
-            return {"input": x_cal[self.i - 32 : self.i]}
+    def stem_and(*parts: str) -> Callable[[Any], list[str]]:
+        return lambda graph: sorted(set(float_nodes(graph)) | set(named(*parts)(graph)))
 
+    head_only = named()
+    variants: dict[str, tuple[Callable[[Any], list[str]], str]] = {
+        "all int8 but the head (up to 1.2.0)": (head_only, "MinMax"),
+        "first convolution float too (wbc quantize since 1.2.1)": (float_nodes, "MinMax"),
+        "final 1x1 convolution and pooling float": (named("conv_head", "ReduceMean"), "MinMax"),
+        "both": (stem_and("conv_head", "ReduceMean"), "MinMax"),
+        "depthwise convolutions float": (named("conv_dw"), "MinMax"),
+        "last two blocks float": (named("conv_head", "ReduceMean", "blocks.5", "blocks.6"), "MinMax"),
+        "percentile ranges (99.99)": (head_only, "Percentile"),
+        "entropy ranges": (head_only, "Entropy"),
+    }
     results = {"float": score(fp)}
     print("float", results["float"], flush=True)
     with tempfile.TemporaryDirectory(prefix="wbc-qv-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(args.model), str(pre), skip_symbolic_shape=True)
-        graph = onnx.load(str(pre)).graph
-        names = [n.name for n in graph.node]
-        head = [n.name for n in graph.node if "logits" in n.output]
-        stem = [n.name for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
-        last_conv = [n for n in names if "conv_head" in n or "ReduceMean" in n]
-        variants = {
-            "all int8 but the head (up to 1.2.0)": (head, CalibrationMethod.MinMax),
-            "first convolution float too (wbc quantize since 1.2.1)": (head + stem, CalibrationMethod.MinMax),
-            "final 1x1 convolution and pooling float": (head + last_conv, CalibrationMethod.MinMax),
-            "both": (head + stem + last_conv, CalibrationMethod.MinMax),
-            "depthwise convolutions float": (head + [n for n in names if "conv_dw" in n], CalibrationMethod.MinMax),
-            "last two blocks float": (head + last_conv + [n for n in names if "blocks.5" in n or "blocks.6" in n],
-                                      CalibrationMethod.MinMax),
-            "percentile ranges (99.99)": (head, CalibrationMethod.Percentile),
-            "entropy ranges": (head, CalibrationMethod.Entropy),
-        }
-        for i, (name, (exclude, method)) in enumerate(variants.items()):
+        for i, (name, (keep_float, method)) in enumerate(variants.items()):
             dst = Path(tmp) / f"v{i}.onnx"
-            extra = {"CalibPercentile": 99.99} if method == CalibrationMethod.Percentile else {}
-            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-                            nodes_to_exclude=exclude, extra_options=extra)
+            extra = {"CalibPercentile": 99.99} if method == "Percentile" else None
+            quantize_onnx(args.model, dst, x_cal, keep_float=keep_float, method=method, extra_options=extra)
             write_model(dst, dst.read_bytes(), fp.info)
             results[name] = score(Classifier(dst, threads=2))
             print(name, results[name], flush=True)

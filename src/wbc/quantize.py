@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,33 @@ from wbc.errors import WbcError
 from wbc.model import Classifier, write_model
 
 
-def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, batch_size: int = 32) -> None:
-    """Static int8 quantisation (QDQ, per-channel weights, min-max ranges) of ``src`` into ``dst``.
+def float_nodes(graph: Any) -> list[str]:
+    """The nodes :func:`quantize_onnx` keeps float by default: the linear head (embedding -> logits; it costs
+    nothing, keeps the logits exact given the embedding, and `wbc adapt` reads and replaces it) and the first
+    convolution, the one that reads the network input (see :func:`quantize_onnx`)."""
+    head = [n.name for n in graph.node if "logits" in n.output]
+    stem = [n.name for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
+    return head + stem
 
-    Two parts stay float: the linear head, and the first convolution (the one that reads the network
-    input). Quantising the input would clip every pixel to the colour range of the calibration cells, and
-    another lab's stain falls outside it; keeping the stem float costs 5-17 % of the network's speed and
-    recovered the float network's PBC validation accuracy (0.9897 -> 0.9915, float
-    0.9915) and BCCD cells as is (0.805 -> 0.812, float 0.809) for model 1.2.1 (docs/model_card.md).
 
-    ``calibration``: float32 network inputs (N, 3, S, S), already normalised.
+def quantize_onnx(
+    src: Path, dst: Path, calibration: np.ndarray, batch_size: int = 32,
+    keep_float: Callable[[Any], list[str]] = float_nodes, method: str = "MinMax",
+    extra_options: dict[str, Any] | None = None,
+) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights, ``method`` activation ranges) of ``src`` into ``dst``.
+
+    Two parts stay float (``keep_float``: the names of the nodes to leave float, given the pre-processed
+    graph): the linear head, and the first convolution. Quantising the input would clip every pixel to the
+    colour range of the calibration cells, and another lab's stain falls outside it; keeping the stem float
+    costs 5-17 % of the network's speed and recovered the float network's PBC validation accuracy (0.9897 ->
+    0.9915, float 0.9915) and BCCD cells as is (0.805 -> 0.812, float 0.809) for model 1.2.1
+    (docs/model_card.md; other choices: ``benchmarks/quantize_variants.py``).
+
+    ``calibration``: float32 network inputs (N, 3, S, S), already normalised. ``method``: an ONNX Runtime
+    ``CalibrationMethod`` name (MinMax, Percentile, Entropy).
     """
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -62,20 +79,14 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, batch_size: int
             self.start += batch_size
             return {"input": batch}
 
-    import onnx
-
     with tempfile.TemporaryDirectory(prefix="wbc-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        # the linear head (embedding -> logits) stays float: it costs nothing, keeps the logits exact
-        # given the embedding, and `wbc adapt` reads and replaces it
-        graph = onnx.load(str(pre)).graph
-        head = [n.name for n in graph.node if "logits" in n.output]
-        stem = [n.name for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=head + stem,
+            calibrate_method=CalibrationMethod[method], nodes_to_exclude=keep_float(onnx.load(str(pre)).graph),
+            extra_options=extra_options or {},
         )
 
 
