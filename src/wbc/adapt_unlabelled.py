@@ -241,9 +241,10 @@ def adapt_unlabelled(
         others = "; ".join(f"{framing_name(t.stats)} {t.score:.3f}" for t in tried if t is not best)
         why = f"framing {framing_name(stats)} ({best.score:.3f}; {others}), {why}"
     cands = [c for t in tried for c in t.candidates]
+    reframed = stats != own
     info = copy.deepcopy(clf.info)
     info.preprocessing = replace(info.preprocessing, stain=spec)
-    if stats != own:
+    if reframed:
         info.extra["reframe"] = asdict(stats)  # wbc classify / serve frame the lab's cells this way
     class_prior: dict[str, float] = {}
     iterations = 0
@@ -251,9 +252,8 @@ def adapt_unlabelled(
         clf.info = info
         class_prior, iterations = lab_class_prior(clf, cells, allowed)
     info.class_prior = class_prior
-    info.model_id = f"{clf.model_id}+unlabelled-{chosen}" + ("+prior" if class_prior else "")
-    if stats != own:
-        info.model_id += f"+framing-{framing_name(stats)}"
+    info.model_id = (f"{clf.model_id}+unlabelled-{chosen}" + ("+prior" if class_prior else "")
+                     + (f"+framing-{framing_name(stats)}" if reframed else ""))
     info.extra["adapt"] = {"kind": "no labels", "chosen": chosen, "framing": framing_name(stats),
                            "reason": why, "n_cells": len(cells), "data": str(data), "classes": list(allowed),
                            "candidates": [asdict(c) for c in cands],
