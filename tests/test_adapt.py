@@ -225,11 +225,15 @@ def test_adapt_on_real_bccd_cells_does_not_hurt(tmp_path: Path, bccd_lab: Path) 
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_finetuning_the_shipped_model_on_real_bccd_cells(tmp_path: Path, bccd_lab: Path) -> None:
-    """``wbc adapt``'s default on the shipped weights: a short run must help on held-out cells."""
+    """``wbc adapt``'s default recipe on the shipped weights must help on held-out cells (5-fold, 40 cells).
+
+    The full default schedule (30 epochs, 90 s here): with model 1.3.0, which names more BCCD cells right
+    unadapted, a 10-epoch run left the held-out accuracy where it was (0.775 both), 30 epochs raise it to 0.825.
+    """
     pytest.importorskip("torch")
     from wbc.train.finetune import adapt_finetune
 
-    res = adapt_finetune(None, bccd_lab, tmp_path / "f.onnx", stain="reinhard", epochs=10)
+    res = adapt_finetune(None, bccd_lab, tmp_path / "f.onnx", stain="reinhard")
     assert res.method == "finetune" and res.heldout_n >= 5
     assert res.heldout_acc_after > res.heldout_acc_before
     tuned = load_model(tmp_path / "f.onnx")
