@@ -10,6 +10,10 @@ adaptation can come from trainval while ``wbc evaluate-smears`` scores the test 
     wbc evaluate-smears --model /tmp/bccd_lab.onnx --output /tmp/smears_adapted
     python benchmarks/bccd_cells.py --split all --n 0 --exclude /tmp/bccd_lab --output /tmp/bccd_rest
     wbc evaluate /tmp/bccd_rest --model /tmp/bccd_lab.onnx --output /tmp/bccd_rest_eval
+
+``--tight`` writes the cells as a lab's own single-cell images would come instead: the annotated box (its longer
+side x 1.1, the window kept inside the field, so nothing is mirrored) at the field's resolution, the cell
+filling the image; ``wbc classify`` re-frames such crops itself.
 """
 
 from __future__ import annotations
@@ -22,7 +26,32 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_dataset import load_bccd_cells
+from cross_dataset import BCCD_CLASSES, load_bccd_cells, wbc_box
+
+
+def tight_bccd_cells(root: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """BCCD's single-WBC fields cut to their annotated box (longer side x 1.1, kept inside the field)."""
+    import csv
+
+    from wbc.io import read_image
+
+    cells, labels, names = [], [], []
+    with (root / "bccd" / "single_wbc_labels.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            box = wbc_box(root / "bccd" / "Annotations" / f"{row['image']}.xml")
+            label = row["label"].strip().lower()
+            if box is None or label not in BCCD_CLASSES:
+                continue
+            rgb = read_image(root / "bccd" / "JPEGImages" / f"{row['image']}.jpg")
+            h, w = rgb.shape[:2]
+            x0, y0, x1, y1 = box
+            side = min(int(max(x1 - x0, y1 - y0) * 1.1), h, w)
+            left = int(min(max(0.0, (x0 + x1 - side) / 2), w - side))
+            top = int(min(max(0.0, (y0 + y1 - side) / 2), h - side))
+            cells.append(rgb[top : top + side, left : left + side])
+            labels.append(label)
+            names.append(row["image"])
+    return cells, labels, names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="classifier whose input size and cell fraction "
                     "the crops follow (default: the shipped model)")
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--tight", action="store_true", help="the annotated box at the field's resolution, the cell "
+                    "filling the image (a lab's own crops), instead of wbc analyze's crops")
     args = ap.parse_args(argv)
 
     from wbc.crops import cell_fraction_of
@@ -53,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         names_in_split |= set(split_file.read_text().split())
     if args.exclude:
         names_in_split -= {p.stem for p in args.exclude.glob("*/*.png")}
-    clf = load_model(args.model)
-    cells, labels, names = load_bccd_cells(root, clf.info.input_size, "wbc", cell_fraction_of(clf))
+    if args.tight:
+        cells, labels, names = tight_bccd_cells(root)
+    else:
+        clf = load_model(args.model)
+        cells, labels, names = load_bccd_cells(root, clf.info.input_size, "wbc", cell_fraction_of(clf))
     idx = [i for i, n in enumerate(names) if n in names_in_split]
     idx = list(np.random.default_rng(args.seed).permutation(idx))
     if args.n:
