@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from wbc.adapt_unlabelled import candidate_views, pick_mapping, score_probs
-    from wbc.calibration import estimate_class_prior
+    from wbc.adapt_unlabelled import candidate_views, class_prior_of, pick_mapping, score_probs
     from wbc.classify import load_cells
     from wbc.io import atomic_write_json, iter_image_paths
     from wbc.labels import parse_class_set
@@ -52,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             cands, acc = [], {}
             for name, (_spec, views) in candidate_views(clf, cells, allowed).items():
                 cands.append(score_probs(views, list(allowed), name))
-                prior, _ = estimate_class_prior(views[0])
-                probs = apply_class_prior(views[0], list(allowed), dict(zip(allowed, prior, strict=True)))
+                probs = apply_class_prior(views[0], list(allowed), class_prior_of(views[0], list(allowed))[0])
                 acc[name] = float((probs.argmax(1) == y).mean())
             row = {"model": clf.model_id, "version": clf.info.version, "lab": str(lab), "n": len(y),
                    "candidates": {c.name: {"score": round(c.score, 4), "accuracy": round(acc[c.name], 4)}

@@ -151,8 +151,13 @@ def choose_preprocessing(
     clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (), methods: tuple[str, ...] | None = None
 ) -> tuple[dict[str, Any] | None, list[Candidate], str, str]:
     """(stain spec or None, every candidate's scores, the chosen name, why) for these unlabelled cells."""
-    views = candidate_views(clf, cells, allowed, methods)
-    shown = list(allowed or clf.classes)
+    return choose_from_views(candidate_views(clf, cells, allowed, methods), list(allowed or clf.classes))
+
+
+def choose_from_views(
+    views: dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]], shown: list[str]
+) -> tuple[dict[str, Any] | None, list[Candidate], str, str]:
+    """:func:`choose_preprocessing` on probabilities already computed (:func:`candidate_views`)."""
     cands = [score_probs(v, shown, name) for name, (_spec, v) in views.items()]
     chosen, why = pick_mapping(cands)
     return views[chosen][0], cands, chosen, why
@@ -177,13 +182,11 @@ def pick_mapping(cands: list[Candidate], margin: float = MAPPING_MIN_GAIN) -> tu
                     f"none {none.score:.3f})")
 
 
-def lab_class_prior(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = ()) -> tuple[dict[str, float], int]:
-    """({class: frequency} over ``allowed`` (all classes if empty), EM iterations) of these unlabelled cells,
-    from the model's calibrated probabilities as it will see them (its stain mapping applied)."""
+def class_prior_of(probs: np.ndarray, shown: list[str]) -> tuple[dict[str, float], int]:
+    """({class: frequency}, EM iterations) of the cells whose calibrated probabilities over ``shown`` are
+    ``probs`` (N, len(shown)): the model's answers as it will give them, its stain mapping applied."""
     from wbc.calibration import estimate_class_prior
 
-    shown = list(allowed or clf.classes)
-    probs = view_probs(clf, cells, allowed)[0]
     prior, iterations = estimate_class_prior(probs)
     return {c: round(float(v), 4) for c, v in zip(shown, prior, strict=True)}, iterations
 
@@ -214,6 +217,7 @@ class _Framed:
     chosen: str
     why: str
     skipped: list[str]
+    probs: np.ndarray  # the chosen candidate's probabilities (identity view), for the class prior
 
     @property
     def score(self) -> float:
@@ -228,10 +232,11 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
     cells, _, errors = load_cells(paths, clf.info.input_size, threads, reframe=stats)
     if len(cells) < 8:
         raise WbcError(f"{data}: need at least 8 readable cell images, got {len(cells)}")
-    spec, cands, chosen, why = choose_preprocessing(clf, cells, allowed, methods)
+    views = candidate_views(clf, cells, allowed, methods)
+    spec, cands, chosen, why = choose_from_views(views, list(allowed or clf.classes))
     for c in cands:
         c.framing = framing_name(stats)
-    return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors])
+    return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors], views[chosen][1][0])
 
 
 def adapt_unlabelled(
@@ -278,8 +283,7 @@ def adapt_unlabelled(
     class_prior: dict[str, float] = {}
     iterations = 0
     if prior:
-        clf.info = info
-        class_prior, iterations = lab_class_prior(clf, cells, allowed)
+        class_prior, iterations = class_prior_of(best.probs, list(allowed or clf.classes))
     info.class_prior = class_prior
     info.model_id = (f"{clf.model_id}+unlabelled-{chosen}" + ("+prior" if class_prior else "")
                      + (f"+framing-{framing_name(stats)}" if reframed else ""))
