@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                          "keeping cell sizes relative to each other, instead of scaling each crop to its cell")
     ap.add_argument("--finetune-members", type=int, default=1,
                     help="fine-tune K copies per draw and score their ensemble (wbc adapt --members K)")
+    ap.add_argument("--finetune-unlabelled", action="store_true",
+                    help="also give the fine-tuning half of the other cells without labels (wbc adapt "
+                         "--unlabelled); both halves are scored, and reported apart too")
     args = ap.parse_args(argv)
 
     from wbc.adapt import original_head
@@ -369,7 +372,7 @@ def finetune_runs(
 
     from wbc.preprocess import centre_crop
     from wbc.stain import normalise_batch
-    from wbc.train.finetune import DEFAULTS, finetune_members, load_weights
+    from wbc.train.finetune import DEFAULTS, finetune_members, load_weights, strong_augment
     from wbc.train.loop import predict_logits
 
     torch.set_num_threads(args.threads)
@@ -385,25 +388,37 @@ def finetune_runs(
         for tr, te in splits[n]:
             t1 = time.perf_counter()
             # --finetune-members K: K copies (seeds 0..K-1), their mean probability (`wbc adapt --members K`)
-            tuned = finetune_members(net, x[tr], y[tr], info.mean, info.std, args.finetune_members)
+            # --finetune-unlabelled: the first half of the other cells is also given, without labels
+            given = te[: len(te) // 2]
+            extra = ({"unlabelled": np.concatenate([x[tr], x[given]]), "strong": strong_augment(info)}
+                     if args.finetune_unlabelled else {})
+            tuned = finetune_members(net, x[tr], y[tr], info.mean, info.std, args.finetune_members, **extra)
             secs = time.perf_counter() - t1
             lg = predict_logits(tuned, x[te], info.mean, info.std)  # an ensemble's logits: log mean probability
             pred = [classes[allowed[i]] for i in lg[:, allowed].argmax(1)]
             pp = predict_logits(tuned, p_cells, info.mean, info.std).argmax(1)
+            right = np.asarray(pred) == np.asarray([b_labels[i] for i in te])
             rows.append({"n": n, "fit_seconds": secs,
                          "bccd": metrics([b_labels[i] for i in te], pred, BCCD_CLASSES),
+                         "acc_given_unlabelled": float(right[: len(given)].mean()),
+                         "acc_never_given": float(right[len(given) :].mean()),
                          "pbc_test_acc_after_adapt": float(np.mean(np.asarray(p_labels) == np.asarray(
                              [classes[i] for i in pp])))})
         accs = [r["bccd"]["accuracy"] for r in rows]
-        results["finetune"][f"{name}/{n}"] = {
+        results["finetune"][f"{name}/{n}" + ("+unlabelled" if args.finetune_unlabelled else "")] = {
             "draws": rows, "acc_mean": float(np.mean(accs)), "acc_min": float(np.min(accs)),
             "acc_max": float(np.max(accs)), "f1_mean": float(np.mean([r["bccd"]["macro_f1"] for r in rows])),
             "pbc_acc_mean": float(np.mean([r["pbc_test_acc_after_adapt"] for r in rows])),
             "fit_seconds_mean": float(np.mean([r["fit_seconds"] for r in rows])),
             "recipe": DEFAULTS, "members": args.finetune_members, "checkpoint": str(checkpoint),
         }
-        a = results["finetune"][f"{name}/{n}"]
+        a = results["finetune"][f"{name}/{n}" + ("+unlabelled" if args.finetune_unlabelled else "")]
+        a["unlabelled"] = args.finetune_unlabelled
+        for k in ("acc_given_unlabelled", "acc_never_given"):
+            a[f"{k}_mean"] = float(np.mean([r[k] for r in rows]))
         print(f"finetune {name:<13} n={n:<4} BCCD acc {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] "
+              f"(half given unlabelled {a['acc_given_unlabelled_mean']:.3f}, never given "
+              f"{a['acc_never_given_mean']:.3f}) "
               f"F1 {a['f1_mean']:.3f}  PBC {a['pbc_acc_mean']:.3f}  {a['fit_seconds_mean']:.0f} s", flush=True)
 
 
@@ -498,10 +513,13 @@ def markdown(res: dict[str, Any]) -> str:
             "`wbc adapt`, the default method")
         lines += ["", f"Few-shot fine-tuning of the whole network ({what}), the same draws:", "",
                   "| preprocessing / n labelled | BCCD accuracy mean [min-max] | macro-F1 mean | "
-                  "fit seconds | PBC test accuracy after |", "|---|---:|---:|---:|---:|"]
+                  "fit seconds | PBC test accuracy after | half given unlabelled / never given |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for key, a in res["finetune"].items():
+            halves = (f"{a['acc_given_unlabelled_mean']:.3f} / {a['acc_never_given_mean']:.3f}"
+                      if a.get("unlabelled") else "-")
             lines.append(f"| {key} | {a['acc_mean']:.3f} [{a['acc_min']:.3f}-{a['acc_max']:.3f}] | "
-                         f"{a['f1_mean']:.3f} | {a['fit_seconds_mean']:.0f} | {a['pbc_acc_mean']:.3f} |")
+                         f"{a['f1_mean']:.3f} | {a['fit_seconds_mean']:.0f} | {a['pbc_acc_mean']:.3f} | {halves} |")
     lines += ["", f"Reproduce: `{s['command']}` ({s.get('seconds', 0):.0f} s)", ""]
     return "\n".join(lines)
 

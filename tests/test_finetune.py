@@ -44,16 +44,21 @@ def write_lab(root: Path, n: int, seed: int) -> Path:
     return root
 
 
-def make_small_model(path: Path, input_size: int = SIZE, centre_crop: int = 0) -> Path:
-    """An untrained small_cnn as ONNX (``wbc export``'s path) with its ``.pt`` weights beside it."""
+def make_small_model(path: Path, input_size: int = SIZE, centre_crop: int = 0, trained: bool = False) -> Path:
+    """A small_cnn as ONNX (``wbc export``'s path) with its ``.pt`` weights beside it: untrained, or
+    (``trained``) fine-tuned on cells of another draw of the lab, as a shipped model starts out."""
     import torch
 
     from wbc.train.export import export_model
-    from wbc.train.finetune import save_weights
+    from wbc.train.finetune import finetune, save_weights
     from wbc.train.models import create_model
 
     torch.manual_seed(0)
     net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
+    if trained:
+        cells, labels = lab_cells(10, seed=11)
+        net = finetune(net, cells, [CLASSES.index(c) for c in labels], [0.5] * 3, [0.25] * 3, epochs=20,
+                       batch_size=8)
     info = ModelInfo(classes=list(CLASSES), input_size=input_size, centre_crop=centre_crop, mean=[0.5] * 3,
                      std=[0.25] * 3, model_id="tiny-cnn", review_threshold=0.5, architecture="small_cnn")
     side = info.network_size
@@ -97,6 +102,52 @@ def test_finetune_learns_the_new_lab_is_seeded_and_leaves_the_original_alone() -
     assert acc_after >= 0.95 > acc_before
     with pytest.raises(WbcError, match="at least 2"):
         finetune(net, cells[:1], y[:1], [0.5] * 3, [0.25] * 3)
+
+
+def test_unlabelled_cells_add_a_consistency_term_that_is_seeded() -> None:
+    """``finetune(unlabelled=...)``: the lab's unlabelled cells change what is learnt, reproducibly."""
+    import torch
+
+    from wbc.train.finetune import finetune, strong_augment
+    from wbc.train.loop import predict_logits
+    from wbc.train.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
+    cells, labels = lab_cells(4, seed=1)
+    y = [CLASSES.index(c) for c in labels]
+    pool, _ = lab_cells(20, seed=4)
+    info = ModelInfo(classes=list(CLASSES), input_size=SIZE, mean=[0.5] * 3, std=[0.25] * 3)
+    strong = strong_augment(info)  # no training config in it: TrainConfig's augmentation
+    kw = {"epochs": 15, "batch_size": 4, "seed": 3, "unlabelled": pool, "strong": strong}
+    a, b = finetune(net, cells, y, [0.5] * 3, [0.25] * 3, **kw), finetune(net, cells, y, [0.5] * 3, [0.25] * 3, **kw)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())  # same seed, same net
+    # the same random draws, but no cell confident enough to pseudo-label: the term, not the draws, made a differ
+    inert = finetune(net, cells, y, [0.5] * 3, [0.25] * 3, **{**kw, "unlabelled_threshold": 1 - 1e-9})
+    assert not all(torch.equal(v, inert.state_dict()[k]) for k, v in a.state_dict().items())
+    test, test_labels = lab_cells(15, seed=2)
+    want = np.array([CLASSES.index(c) for c in test_labels])
+    assert (predict_logits(a, test, [0.5] * 3, [0.25] * 3).argmax(1) == want).mean() >= 0.9
+    with pytest.raises(WbcError, match="strong augmentation"):
+        finetune(net, cells, y, [0.5] * 3, [0.25] * 3, unlabelled=pool)
+
+
+def test_unlabelled_pool_leaves_out_labelled_images_and_caps_its_size(tmp_path: Path, small_model: Path) -> None:
+    import shutil
+
+    from wbc.train.finetune import unlabelled_pool
+
+    labelled = write_lab(tmp_path / "lab", n=2, seed=1)
+    folder = write_lab(tmp_path / "slides", n=10, seed=3)
+    shutil.copytree(labelled, folder / "copies")
+    files = [str(f) for f in sorted(labelled.rglob("*.png"))]
+    clf = load_model(small_model)
+    assert len(unlabelled_pool(clf, folder, files)) == 30  # the 6 copies of labelled images left out
+    five = unlabelled_pool(clf, folder, files, limit=5, seed=1)
+    assert five.shape == (5, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(five, unlabelled_pool(clf, folder, files, limit=5, seed=1))
+    with pytest.raises(WbcError, match="no readable unlabelled"):
+        unlabelled_pool(clf, labelled, files)
 
 
 def test_weights_round_trip_in_half_precision_and_bad_files_are_named(tmp_path: Path, small_model: Path) -> None:
@@ -180,7 +231,36 @@ def test_adapt_members_ships_an_ensemble_that_can_be_adapted_again(tmp_path: Pat
     assert twice.exit_code == 1 and "already an ensemble" in str(twice.exception or twice.output)
     head = CliRunner().invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o",
                                     str(tmp_path / "h.onnx"), "--method", "head", "--members", "2"])
-    assert head.exit_code == 1 and "--members needs --method finetune" in str(head.exception or head.output)
+    assert head.exit_code == 1 and "need --method finetune" in str(head.exception or head.output)
+
+
+@pytest.mark.slow
+def test_wbc_adapt_learns_from_the_labs_unlabelled_cells_too(tmp_path: Path, small_model: Path) -> None:
+    """``--unlabelled``: the folder's cells join, minus images that are labelled cells (never held out twice).
+
+    The network starts trained, as a shipped model does: pseudo-labels from an untrained one are noise."""
+    import shutil
+
+    from wbc.cli import app
+
+    trained = make_small_model(tmp_path / "trained.onnx", trained=True)
+
+    data = write_lab(tmp_path / "lab", n=6, seed=1)
+    extra = write_lab(tmp_path / "slides", n=8, seed=7)
+    shutil.copytree(data, extra / "labelled_copy")  # the labelled images themselves, found again in the folder
+    (extra / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "semi.onnx"
+    res = CliRunner().invoke(app, ["adapt", "-m", str(trained), "--data", str(data), "-o", str(out),
+                                   "--epochs", "40", "--unlabelled", str(extra)])
+    assert res.exit_code == 0, res.output
+    settings = load_model(out).info.extra["adapt"]["settings"]
+    assert settings["unlabelled"] == {"data": str(extra), "cells": 24}  # 24 new cells; the 18 copies left out
+    assert accuracy(out) >= 0.9 > accuracy(small_model)
+    for bad in (["--method", "head"], ["--no-labels"]):
+        r = CliRunner().invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o",
+                                     str(tmp_path / "x.onnx"), "--unlabelled", str(extra), *bad])
+        assert r.exit_code == 1 and "--unlabelled" in str(r.exception or r.output)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 @pytest.mark.slow

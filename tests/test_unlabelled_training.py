@@ -38,13 +38,13 @@ def test_weak_view_is_a_flip_or_rotation_and_strong_view_the_augmentation() -> N
 def test_pseudo_labels_only_where_the_teacher_is_confident() -> None:
     import torch
 
-    from wbc.train.loop import _pseudo_labels
+    from wbc.train.loop import pseudo_labels
 
     teacher = torch.nn.Linear(2, 3, bias=False)
     with torch.no_grad():
         teacher.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 10.0], [0.0, 0.0]]))
     teacher.train()
-    label, keep = _pseudo_labels(teacher, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.05, 0.0]]), 0.9)
+    label, keep = pseudo_labels(teacher, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.05, 0.0]]), 0.9)
     assert label[:2].tolist() == [0, 1]
     assert keep.tolist() == [1.0, 1.0, 0.0]  # the third cell: ~0.35 / 0.33 / 0.33, no pseudo-label
     assert teacher.training  # the teacher's mode is restored

@@ -54,12 +54,18 @@ def adapt(
         "--cross-validate/--no-cross-validate", help="Fit the held-out check, temperature and review threshold "
         "on every cell by 5-fold cross-validation (default), or on one held-out fifth (--no-cross-validate: "
         "about 1/3 of the time, a coarser review threshold).")] = True,
+    unlabelled: Annotated[Path | None, typer.Option(
+        help="With --method finetune: a folder of the lab's cell images without labels (e.g. the slides to "
+             "be counted), learnt from by consistency alongside the labelled cells (2-3x "
+             "the fitting time; on BCCD no reliable gain, see docs/generalisation.md).")] = None,
 ) -> None:
     """Adapt a classifier to a new lab from a few labelled cells (fine-tunes the network; minutes on a CPU)."""
     from wbc.adapt import MAX_CELLS_WARN, adapt_model, adapt_stain
     from wbc.io import atomic_write_text
     from wbc.labels import parse_mapping
 
+    if no_labels and unlabelled is not None:
+        raise WbcError("--unlabelled goes with labelled cells; with --no-labels, --data is the unlabelled folder")
     if no_labels and stain is None:
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
 
@@ -88,8 +94,8 @@ def adapt(
         mapping = parse_mapping(label_map or []) or None
     except ValueError as exc:
         raise WbcError(str(exc)) from None
-    if method == "head" and members != 1:
-        raise WbcError("--members needs --method finetune")
+    if method == "head" and (members != 1 or unlabelled is not None):
+        raise WbcError("--members and --unlabelled need --method finetune")
     if method == "head":
         res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping)
     elif method == "finetune":
@@ -111,7 +117,7 @@ def adapt(
 
             res = adapt_finetune(model, data, output, checkpoint=checkpoint, stain=stain, seed=seed,
                                  threads=threads, mapping=mapping, epochs=epochs, members=members,
-                                 cross_validate=cross_validate,
+                                 cross_validate=cross_validate, unlabelled=unlabelled,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         raise WbcError(f"--method {method!r}: choose finetune or head")

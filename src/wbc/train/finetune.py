@@ -14,6 +14,12 @@ hundred cells:
 
 Measured on 100 labelled BCCD cells (3 random draws, the other 241 as test; docs/generalisation.md):
 head refit 0.819, this 0.881.
+
+The lab's *unlabelled* cells can join in (``unlabelled``; ``wbc adapt --unlabelled FOLDER``): each step a batch
+of them is named by the network on a flip/rotation and, where it is at least ``unlabelled_threshold``
+confident, the network learns to give a strongly augmented copy the same answer (FixMatch, as the shipped
+model's own training did with another lab's cells, :mod:`wbc.train.unlabelled`). A hundred labels then
+constrain a network that also sees the lab's whole range of cells.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ import torch.nn.functional as F
 
 from wbc.errors import WbcError
 from wbc.model import ModelInfo
-from wbc.train.loop import predict_embeddings, predict_logits
+from wbc.train.loop import predict_embeddings, predict_logits, pseudo_labels
 from wbc.train.models import Ensemble, WbcNet, create_model
-from wbc.train.transforms import cells_to_batch
+from wbc.train.transforms import cells_to_batch, normalise
 
 if TYPE_CHECKING:
     from wbc.adapt import AdaptResult
@@ -45,7 +51,24 @@ NetT = TypeVar("NetT", bound=torch.nn.Module)
 
 #: The recipe measured in the module docstring; every value is a keyword of :func:`finetune`.
 DEFAULTS: dict[str, Any] = {"epochs": 30, "lr": 1e-3, "batch_size": 16, "weight_decay": 0.01,
-                            "label_smoothing": 0.1}
+                            "label_smoothing": 0.1, "unlabelled_weight": 1.0, "unlabelled_threshold": 0.9}
+
+
+def strong_augment(info: ModelInfo) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The strong view for the unlabelled cells' consistency term: the augmentation the network was trained
+    with (its training config travels in the model's metadata), or :class:`wbc.config.TrainConfig`'s
+    defaults for a model without one."""
+    from wbc.config import TrainConfig
+    from wbc.train.transforms import build_augment
+
+    cfg = TrainConfig()
+    saved = info.extra.get("config", {}) if isinstance(info.extra, dict) else {}
+    known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and not k.startswith("unlab")}
+    try:
+        cfg = cfg.updated(known)
+    except Exception:  # an older model's config that today's TrainConfig no longer accepts: use the defaults
+        cfg = TrainConfig()
+    return build_augment(cfg)
 
 
 def load_weights(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, ModelInfo]:
@@ -119,15 +142,24 @@ def finetune(
     net: NetT, cells: np.ndarray, labels: Sequence[int] | np.ndarray, mean: Sequence[float], std: Sequence[float],
     epochs: int = DEFAULTS["epochs"], lr: float = DEFAULTS["lr"], batch_size: int = DEFAULTS["batch_size"],
     weight_decay: float = DEFAULTS["weight_decay"], label_smoothing: float = DEFAULTS["label_smoothing"],
-    seed: int = 0, progress: Callable[[int, int], None] | None = None,
+    seed: int = 0, progress: Callable[[int, int], None] | None = None, unlabelled: np.ndarray | None = None,
+    unlabelled_weight: float = DEFAULTS["unlabelled_weight"],
+    unlabelled_threshold: float = DEFAULTS["unlabelled_threshold"],
+    strong: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> NetT:
     """A fine-tuned copy of ``net`` (the original is untouched).
 
     ``cells``: uint8 (N, S, S, 3) exactly as inference preprocesses them (stain normalisation included);
     ``labels``: class indices of ``net``'s head. ``progress(step, total)`` is called after each step.
+    ``unlabelled``: the lab's cells without labels, prepared like ``cells``; each step adds ``batch_size`` of
+    them in a consistency term (module docstring) weighted ``unlabelled_weight``, their strong view made by
+    ``strong`` (required with them; :func:`strong_augment` gives the network's training augmentation).
     """
     if len(cells) != len(labels) or len(cells) < 2:
         raise WbcError(f"fine-tuning needs at least 2 labelled cells, got {len(cells)}")
+    use_unlabelled = unlabelled is not None and len(unlabelled) > 0 and unlabelled_weight > 0
+    if use_unlabelled and strong is None:
+        raise WbcError("fine-tuning with unlabelled cells needs their strong augmentation (strong=...)")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = copy.deepcopy(net)
@@ -140,12 +172,19 @@ def finetune(
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=0.1)
+    pool = torch.from_numpy(np.ascontiguousarray(unlabelled)).permute(0, 3, 1, 2) if use_unlabelled else None
     step = 0
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size] if steps_per_epoch > 1 else perm
             loss = F.cross_entropy(model(_dihedral(x[idx], gen)), y[idx], label_smoothing=label_smoothing)
+            if pool is not None and strong is not None:
+                raw = pool[torch.randint(0, len(pool), (batch_size,), generator=gen)]
+                pseudo, keep = pseudo_labels(model, _dihedral(normalise(raw, mean, std), gen), unlabelled_threshold)
+                xs = normalise(torch.stack([strong(c) for c in raw]), mean, std)
+                consistency = (F.cross_entropy(model(xs), pseudo, reduction="none") * keep).mean()
+                loss = loss + unlabelled_weight * consistency
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -162,7 +201,8 @@ def adapt_finetune(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str] | None = None, stain: str | None = None, seed: int = 0,
     threads: int = 2, mapping: dict[str, str] | None = None, review_target_accuracy: float | None = None,
-    progress: Any = None, members: int = 1, cross_validate: bool = True, **recipe: Any,
+    progress: Any = None, members: int = 1, cross_validate: bool = True,
+    unlabelled: str | os.PathLike[str] | None = None, **recipe: Any,
 ) -> AdaptResult:
     """Fine-tune every weight of ``model``'s network on the labelled cells in ``data`` (needs PyTorch).
 
@@ -184,6 +224,11 @@ def adapt_finetune(
     mean-probability ensemble as one ONNX graph, for both the held-out check and the output: on 100 BCCD
     cells, 3 members gave 0.900 against 0.884 for one (3 draws, ``benchmarks/cross_dataset.py
     --finetune-members``), at 3x the fitting time and inference cost.
+
+    ``unlabelled``: a folder (or file) of the lab's cell images without labels, learnt from by consistency
+    alongside the labelled cells (module docstring). The labelled cells a fine-tuning trains on join them;
+    cells held out for the check never do (images of the labelled set found in the folder are left out of
+    it), so the check stays one on unseen cells.
     """
     from wbc.adapt import AdaptResult, _check_output, load_labelled_cells, stain_spec, stratified_folds
     from wbc.calibration import calibrate, resolve_review_target
@@ -209,7 +254,7 @@ def adapt_finetune(
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
     info = copy.deepcopy(clf.info)
     info.class_prior = {}  # labelled cells refit the probabilities; a label-free estimate no longer applies
-    cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
+    cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
     unknown = sorted({lab for lab in labels if lab not in clf.classes})
@@ -221,8 +266,13 @@ def adapt_finetune(
         info.preprocessing = replace(info.preprocessing, stain=None)
     clf.info = info
     y = np.array([clf.classes.index(lab) for lab in labels])
-    # what the exported network's inputs will look like: stain-normalised, then cut to its input
-    x = np.ascontiguousarray(centre_crop(normalise_batch(cells, info.preprocessing.stain), info.centre_crop))
+
+    def prepared(c: np.ndarray) -> np.ndarray:  # what the exported network's inputs look like
+        return np.ascontiguousarray(centre_crop(normalise_batch(c, info.preprocessing.stain), info.centre_crop))
+
+    x = prepared(cells)
+    pool = prepared(unlabelled_pool(clf, unlabelled, files, threads, seed=seed)) if unlabelled is not None else None
+    strong = strong_augment(info) if pool is not None else None
     settings = {**DEFAULTS, **recipe}
     n = len(y)
     k = int(max(2, min(5, n // 2)))
@@ -238,7 +288,9 @@ def adapt_finetune(
             progress(done[0], steps)
 
     def tuned(cells_: np.ndarray, labels_: np.ndarray) -> WbcNet | Ensemble:
-        return finetune_members(net, cells_, labels_, info.mean, info.std, members, seed, progress=tick, **recipe)
+        extra = {} if pool is None else {"unlabelled": np.concatenate([pool, cells_]), "strong": strong}
+        return finetune_members(net, cells_, labels_, info.mean, info.std, members, seed, progress=tick,
+                                **extra, **recipe)
 
     held = np.isin(fold, list(checked))
     logits_held = np.zeros((n, len(clf.classes)), np.float32)
@@ -255,7 +307,8 @@ def adapt_finetune(
         folds=k, heldout_acc_before=float((before.argmax(1) == y[held]).mean()),
         heldout_acc_after=float((logits_held.argmax(1) == y[held]).mean()), temperature=temp,
         review_threshold=thr, method="finetune", heldout_n=int(held.sum()),
-        settings={**settings, "members": members, "cross_validate": cross_validate},
+        settings={**settings, "members": members, "cross_validate": cross_validate,
+                  "unlabelled": None if pool is None else {"data": str(unlabelled), "cells": len(pool)}},
     )
     info.head = {}  # the fine-tuned network's own last layer replaces any earlier head refit
     info.temperature, info.review_threshold = temp, thr
@@ -276,6 +329,40 @@ def adapt_finetune(
     res.skipped = skipped
     res.seconds = time.perf_counter() - t0
     return res
+
+
+#: The most unlabelled cells :func:`unlabelled_pool` reads (a seeded random subset of a larger folder): 30 epochs
+#: over 100 labelled cells draw about 3,000 unlabelled ones, so more would only cost reading time and memory.
+MAX_UNLABELLED = 2000
+
+
+def unlabelled_pool(clf: Any, data: str | os.PathLike[str], labelled: Sequence[str], threads: int = 2,
+                    limit: int = MAX_UNLABELLED, seed: int = 0) -> np.ndarray:
+    """The lab's unlabelled cells in ``data``, read and re-framed as ``wbc classify`` reads them, without the
+    images that are among the ``labelled`` files, or copies of them (same bytes): those join as labelled cells,
+    and must never reach a held-out check as unlabelled ones. At most ``limit`` images (a seeded random subset).
+    """
+    import hashlib
+
+    from wbc.classify import load_cells
+    from wbc.io import iter_image_paths
+    from wbc.reframe import framing_stats_of
+
+    def digest(path: str | os.PathLike[str]) -> str:
+        try:
+            return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            return f"unreadable:{path}"  # load_cells names the file when it fails to read it
+
+    seen = {digest(f) for f in labelled}
+    paths = list(iter_image_paths([data]))
+    if len(paths) > limit + len(seen):
+        paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), limit + len(seen), False))]
+    paths = [p for p in paths if digest(p) not in seen][:limit]
+    cells, _, _ = load_cells(paths, clf.info.input_size, threads, reframe=framing_stats_of(clf))
+    if len(cells) < 1:
+        raise WbcError(f"{data}: no readable unlabelled cell images (besides the labelled ones)")
+    return cells
 
 
 def export_half_weights(checkpoint: Path, output: Path) -> Path:

@@ -252,7 +252,7 @@ def fit(
                     if small:
                         xw, xs = (torch.nn.functional.interpolate(v, size=(small, small), mode="bilinear",
                                                                   antialias=True) for v in (xw, xs))
-                    pseudo, keep = _pseudo_labels(ema.module if ema is not None else net, xw,
+                    pseudo, keep = pseudo_labels(ema.module if ema is not None else net, xw,
                                                   cfg.unlabelled_threshold)
                     out = model(torch.cat([x, xs.contiguous(memory_format=torch.channels_last)]))
                     logits = out[: len(y)]
@@ -336,7 +336,7 @@ def _unlabelled_batches(cfg: TrainConfig, cache: np.ndarray, strong: Any, gen: t
         epoch += 1
 
 
-def _pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the teacher's class for each cell, 1.0 where its probability reaches ``threshold`` else 0.0)."""
     was_training = teacher.training
     teacher.eval()
