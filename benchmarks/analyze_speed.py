@@ -7,6 +7,9 @@ names one. Per-stage wall-clock medians and means are written as JSON, plus ``en
 seconds of all threads, which a busy shared machine does not inflate (wall time >= cpu / threads).
 
     python benchmarks/analyze_speed.py --threads 2 --output benchmarks/results/analyze_speed.json
+
+Smear cells are classified over ``SMEAR_TTA_VIEWS`` flips/rotations by default (``wbc analyze``'s default);
+``--tta 1`` times one view.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main() -> None:
     ap.add_argument("--segmenter", default=None, help="detector | classical | learned (default: all three)")
     ap.add_argument("--segmenter-model", default=None, help="ONNX for a learned segmenter (default: shipped)")
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/analyze_speed.json"))
+    ap.add_argument("--tta", type=int, default=None, help="views per cell (default: wbc analyze's)")
     a = ap.parse_args()
     import cv2
 
@@ -80,7 +84,7 @@ def main() -> None:
     from wbc.model import load_model
     from wbc.segment import get_segmenter
 
-    clf = load_model(a.model, threads=a.threads)
+    clf = load_model(a.model, threads=a.threads).with_tta(a.tta)
     imgs, source = fields(a.n)
     out: dict = {
         "source": source,
@@ -89,6 +93,7 @@ def main() -> None:
         "threads": a.threads,
         "classifier": clf.model_id,
         "input_size": clf.info.input_size,
+        "tta_views": clf.tta_views(smear=True),
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),

@@ -101,6 +101,10 @@ def main() -> None:
                 out = classify_paths(files, clf, batch_size=args.batch, workers=args.threads, reframe=reframe)
                 r = len(out.predictions) / (time.perf_counter() - t0)
                 res[key] = max(r, res.get(key, 0.0)) if rep else r
+        # --tta 4 (what `wbc adapt --no-labels` stores): four network passes per cell
+        t0 = time.perf_counter()
+        out = classify_paths(files, clf.with_tta(4), batch_size=args.batch, workers=args.threads)
+        res["end_to_end_tta4_cells_per_s"] = len(out.predictions) / (time.perf_counter() - t0)
     res["import"] = import_time()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(res, indent=2) + "\n")

@@ -208,9 +208,13 @@ def test_adapt_unlabelled_reports_and_keeps_no_mapping_for_training_like_cells(t
     assert set(res.class_prior) == set(WBC5) and sum(res.class_prior.values()) == pytest.approx(1, abs=1e-3)
     assert adapted.info.class_prior == res.class_prior
     assert any("class frequencies" in line for line in summary_lines(res))
+    # the adapted model averages each cell over the four rotations; --tta 1 keeps one view
+    assert adapted.info.extra["tta_views"] == 4 and adapted.tta_views() == 4
+    assert any("averaged over 4 flips/rotations" in line for line in summary_lines(res))
     plain = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "plain.onnx", classes="5part", threads=1,
-                             prior=False)
+                             prior=False, tta=1)
     assert plain.class_prior == {} and load_model(tmp_path / "plain.onnx", threads=1).info.class_prior == {}
+    assert load_model(tmp_path / "plain.onnx", threads=1).tta_views() == 1
     # re-adapting an adapted model starts from its own probabilities, not from the stored prior
     again = adapt_unlabelled(tmp_path / "out.onnx", tmp_path / "lab", tmp_path / "again.onnx", classes="5part",
                              threads=1)

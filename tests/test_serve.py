@@ -89,6 +89,8 @@ def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier)
     assert body["segmenter"]["name"] == "classical"
     # the framing /classify applies: the training band unless `wbc adapt --no-labels` chose another
     assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5}
+    # /classify: the model's own views per cell (one for a model without a setting); /analyze: the smear default
+    assert body["tta_views"] == {"classify": 1, "analyze": 4}
 
 
 def test_openapi_schema_is_served_and_cdn_docs_are_off(client: TestClient) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 
 from wbc.errors import ModelError, WbcError
 from wbc.model import Classifier, ModelInfo, write_model
+from wbc.preprocess import dihedral_view
 
 LAMBDAS = (0.001, 0.01, 0.1, 1.0)
 MAX_CELLS_WARN = 1000
@@ -134,13 +135,6 @@ def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0) 
         folds[idx] = (np.arange(len(idx)) + offset) % k
         offset += len(idx)
     return folds
-
-
-def dihedral_view(cells: np.ndarray, k: int) -> np.ndarray:
-    """View ``k`` (0-7) of a batch of cells (N, S, S, 3): ``k % 4`` quarter turns, of the horizontally
-    flipped cells when ``k >= 4``. View 0 is the identity."""
-    base = cells[:, :, ::-1] if k >= 4 else cells
-    return np.ascontiguousarray(np.rot90(base, k % 4, axes=(1, 2)))
 
 
 def dihedral(cells: np.ndarray, views: int = 8) -> list[np.ndarray]:

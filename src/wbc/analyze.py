@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wbc.classify import predict_cells
+from wbc.classify import predict_cells, tta_views_of
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.errors import ImageReadError
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS
@@ -43,7 +43,8 @@ def classify_cells(
         return
     size = int(classifier.info.input_size)
     crops = crop_cells(rgb, cells, size, fraction if fraction is not None else cell_fraction_of(classifier))
-    preds, _ = predict_cells(classifier, crops, exclude=NOT_IN_SMEAR_DETECTIONS)
+    preds, _ = predict_cells(classifier, crops, exclude=NOT_IN_SMEAR_DETECTIONS,
+                             views=tta_views_of(classifier, smear=True))
     for c, p in zip(cells, preds, strict=True):
         c.prediction = p
 

@@ -51,13 +51,14 @@ class ModelSpec:
     threads: int = 1
     pixel_size: float | None = None  # micrometres per pixel; overrides the segmenter's measured scale
     classes: str | None = None  # the chosen label set (--classes; wbc.labels.parse_class_set)
+    tta: int | None = None  # flips/rotations averaged per cell (--tta; None: wbc.model.Classifier.tta_views)
 
     def load(self) -> tuple[Any, Any]:
         """(classifier, segmenter), each an ONNX Runtime session with ``threads`` threads."""
         from wbc.model import load_model
         from wbc.segment import get_segmenter
 
-        return (load_model(self.model, threads=self.threads).with_classes(self.classes),
+        return (load_model(self.model, threads=self.threads).with_classes(self.classes).with_tta(self.tta),
                 get_segmenter(self.segmenter, self.segmenter_model, threads=self.threads,
                               pixel_size=self.pixel_size))
 

@@ -82,9 +82,32 @@ def predictions_from_probs(
     return out
 
 
+def run_views(classifier: ClassifierLike, cells: np.ndarray, want: tuple[str, ...], views: int = 1
+              ) -> dict[str, np.ndarray]:
+    """``classifier.run`` with the logits averaged over the first ``views`` flips/rotations of each cell
+    (:func:`wbc.preprocess.dihedral_view`; cells have no up). Other outputs (the embedding the
+    out-of-distribution flags read) are those of the cell as it is, the view the flags were fitted on."""
+    out = classifier.run(cells, want)
+    if views <= 1 or len(cells) == 0:
+        return out
+    from wbc.preprocess import dihedral_view
+
+    cells = np.asarray(cells)
+    logits = [out["logits"]] + [classifier.run(dihedral_view(cells, k), ("logits",))["logits"]
+                                for k in range(1, views)]
+    return {**out, "logits": np.mean(logits, axis=0)}
+
+
+def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
+    """How many views :func:`predict_cells` averages for this classifier (:meth:`wbc.model.Classifier.tta_views`;
+    1 for a classifier without that method)."""
+    views = getattr(classifier, "tta_views", None)
+    return int(views(smear)) if callable(views) else 1
+
+
 def predict_cells(
     classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
-    exclude: Sequence[str] = (), classes: Sequence[str] = (),
+    exclude: Sequence[str] = (), classes: Sequence[str] = (), views: int | None = None,
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
@@ -94,10 +117,12 @@ def predict_cells(
     renormalised, the same as predicting over the other classes' logits only. ``classes``: the chosen label
     set (``--classes``, see :func:`wbc.labels.parse_class_set`): the answer is restricted to them the same
     way; the review threshold applies to the renormalised confidence, and a cell the model puts mostly
-    outside the set (allowed mass < 0.5) is flagged too, naming the class it favours.
+    outside the set (allowed mass < 0.5) is flagged too, naming the class it favours. ``views``: logits
+    averaged over that many flips/rotations (:func:`run_views`; None: :func:`tta_views_of` the classifier).
     """
     ood = classifier.info.ood
-    out = classifier.run(cells, ("logits", "embedding") if with_embeddings or ood else ("logits",))
+    views = tta_views_of(classifier) if views is None else views
+    out = run_views(classifier, cells, ("logits", "embedding") if with_embeddings or ood else ("logits",), views)
     probs = class_probabilities(out["logits"], classifier.info)
     excluded = set(exclude)
     drop = [i for i, c in enumerate(classifier.classes) if c in excluded]

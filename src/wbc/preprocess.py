@@ -49,6 +49,18 @@ def centre_crop(cells: np.ndarray, size: int) -> np.ndarray:
     return cells[:, o : o + size, o : o + size]
 
 
+def dihedral_view(cells: np.ndarray, k: int) -> np.ndarray:
+    """View ``k`` (0-7) of a batch of cells (N, S, S, 3): ``k % 4`` quarter turns, of the horizontally
+    flipped cells when ``k >= 4``. View 0 is the identity; views 0-3 are the four rotations.
+
+    >>> x = np.arange(4, dtype=np.uint8).reshape(1, 2, 2, 1)
+    >>> [dihedral_view(x, k)[0, :, :, 0].tolist() for k in (0, 1, 4)]
+    [[[0, 1], [2, 3]], [[1, 3], [0, 2]], [[1, 0], [3, 2]]]
+    """
+    base = cells[:, :, ::-1] if k >= 4 else cells
+    return np.ascontiguousarray(np.rot90(base, k % 4, axes=(1, 2)))
+
+
 def prepare_batch(
     cells: Sequence[np.ndarray] | np.ndarray, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:

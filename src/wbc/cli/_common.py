@@ -37,6 +37,10 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="CPU threads f
 ClassesOpt = Annotated[str | None, typer.Option(
     "--classes", help="Answer only among these classes: '5part' (neutrophil, lymphocyte, monocyte, eosinophil, "
     "basophil) or a comma-separated list; probabilities are renormalised over them (default: every class).")]
+TtaOpt = Annotated[int | None, typer.Option(
+    "--tta", min=1, max=8, help="Average each cell's answer over this many flips/rotations (1-8; 4: the four "
+    "rotations). Default: the model's own (1 for the shipped model; 4 after `wbc adapt --no-labels`), and at "
+    "least 4 for cells found in smear fields. Costs that many network passes per cell.")]
 ReframeOpt = Annotated[bool, typer.Option(
     "--reframe/--no-reframe", help="Re-frame cells framed unlike the training crops (filling a tight crop, "
     "small in a wide field) before classifying them.")]

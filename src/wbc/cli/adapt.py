@@ -54,6 +54,9 @@ def adapt(
         "--cross-validate/--no-cross-validate", help="Fit the held-out check, temperature and review threshold "
         "on every cell by 5-fold cross-validation (default), or on one held-out fifth (--no-cross-validate: "
         "about 1/3 of the time, a coarser review threshold).")] = True,
+    tta: Annotated[int, typer.Option(
+        "--tta", min=1, max=8, help="With --no-labels: flips/rotations the adapted model averages per cell "
+        "(default 4, the rotations: more accurate on other labs' cells; 1: one network pass per cell).")] = 4,
     unlabelled: Annotated[Path | None, typer.Option(
         help="With --method finetune: a folder of the lab's cell images without labels (e.g. the slides to "
              "be counted), learnt from by consistency alongside the labelled cells (2-3x "
@@ -70,7 +73,7 @@ def adapt(
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
 
         free = adapt_unlabelled(model, data, output, classes=classes, threads=threads, prior=prior,
-                                framing=framing)
+                                framing=framing, tta=tta)
         for msg in free.skipped:
             console.print(f"[yellow]skipped[/] {msg}", highlight=False)
         for line in summary_lines(free):

@@ -18,6 +18,7 @@ from wbc.cli._common import (
     SegmenterModelOpt,
     SegmenterOpt,
     ThreadsOpt,
+    TtaOpt,
     say,
     warn,
 )
@@ -46,6 +47,7 @@ def analyze(
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = 2,
     classes: ClassesOpt = None,
+    tta: TtaOpt = None,
 ) -> None:
     """Find, outline, classify and count the WBCs of smear images; write JSON, PNG and CSVs.
 
@@ -65,7 +67,7 @@ def analyze(
         )
     check_engine(engine, ray_address)
     spec = ModelSpec(str(model) if model else None, segmenter, str(segmenter_model) if segmenter_model else None,
-                     threads, pixel_size=pixel_size, classes=classes)
+                     threads, pixel_size=pixel_size, classes=classes, tta=tta)
     with progress("analysing", None) as update:
         if engine == "ray":
             from wbc.distributed import analyze_paths_ray

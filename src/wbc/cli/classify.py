@@ -16,6 +16,7 @@ from wbc.cli._common import (
     RayAddressOpt,
     ReframeOpt,
     ThreadsOpt,
+    TtaOpt,
     progress,
     say,
     warn,
@@ -35,6 +36,7 @@ def classify(
     actors: ActorsOpt = 2,
     classes: ClassesOpt = None,
     reframe: ReframeOpt = True,
+    tta: TtaOpt = None,
 ) -> None:
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
     from wbc.classify import classify_paths
@@ -49,13 +51,14 @@ def classify(
         raise WbcError(f"no image files in {', '.join(map(str, paths))}")
     check_engine(engine, ray_address)
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
-    clf = load_model(model, threads=threads).with_classes(classes)
+    clf = load_model(model, threads=threads).with_classes(classes).with_tta(tta)
     with progress("classifying", len(files)) as update:
         if engine == "ray":
             from wbc.batch import ModelSpec
             from wbc.distributed import classify_paths_ray
 
-            res = classify_paths_ray(files, ModelSpec(str(model) if model else None, threads=threads, classes=classes),
+            res = classify_paths_ray(files, ModelSpec(str(model) if model else None, threads=threads, classes=classes,
+                                                            tta=tta),
                                      batch_size=batch_size, actors=actors, address=ray_address, progress=update,
                                      reframe=reframe)
         else:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, progress
+from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, TtaOpt, progress
 from wbc.errors import WbcError
 
 
@@ -59,6 +59,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     threads: ThreadsOpt = 2,
     classes: ClassesOpt = None,
+    tta: TtaOpt = None,
     reframe: ReframeOpt = True,
 ) -> None:
     """Score a classifier on labelled cells: metrics.json, predictions.csv and a readable report.html."""
@@ -110,7 +111,7 @@ def evaluate(
         return
 
     model_path = resolve_model_path(model) if model else default_model_for(resolve_data_path(data, root))
-    clf = load_model(model_path, threads=threads).with_classes(classes)
+    clf = load_model(model_path, threads=threads).with_classes(classes).with_tta(tta)
     if model is None and model_path is not None:
         console.print(f"using the run's own model {model_path}", highlight=False)
     with progress("classifying", len(ed.samples)) as update:

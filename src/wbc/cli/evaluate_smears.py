@@ -15,6 +15,7 @@ from wbc.cli._common import (
     SegmenterModelOpt,
     SegmenterOpt,
     ThreadsOpt,
+    TtaOpt,
     say,
 )
 
@@ -37,6 +38,7 @@ def evaluate_smears(
         bool, typer.Option("--no-classifier", help="Detection/segmentation only.")
     ] = False,
     threads: ThreadsOpt = 2,
+    tta: TtaOpt = None,
 ) -> None:
     """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
     or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
@@ -45,7 +47,7 @@ def evaluate_smears(
     from wbc.paths import data_root as resolve_root
     from wbc.segment import get_segmenter
 
-    clf = None if no_classifier else load_model(model, threads=threads)
+    clf = None if no_classifier else load_model(model, threads=threads).with_tta(tta)
     seg = get_segmenter(segmenter, segmenter_model, threads=threads, pixel_size=pixel_size)
     m = run(resolve_root(data_root), output, seg, clf, split=split, dataset=dataset)
     d, s = m["detection"], m["segmentation"]

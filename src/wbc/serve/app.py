@@ -177,6 +177,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
     """What a caller needs to know about the loaded models (no large arrays: OOD statistics, head)."""
     from dataclasses import asdict
 
+    from wbc.classify import tta_views_of
     from wbc.crops import cell_fraction_of
     from wbc.reframe import framing_stats_of
     from wbc.render import colour_of
@@ -191,6 +192,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "temperature": float(info.temperature),
         "class_prior": dict(getattr(info, "class_prior", {}) or {}),
         "reframe": asdict(framing_stats_of(classifier)),
+        "tta_views": {"classify": tta_views_of(classifier), "analyze": tta_views_of(classifier, smear=True)},
         "architecture": info.architecture,
         "version": info.version,
         "training_data": info.training_data,

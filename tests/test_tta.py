@@ -1,0 +1,101 @@
+"""Averaging over flips/rotations (``--tta``): what is averaged, who decides how many views, and where it applies.
+
+The classifier is a tiny real ONNX model whose answer reads the top half of the image only, so turning a cell
+changes it (a model that pools the whole image would hide a missing or wrong view).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wbc.errors import ModelError
+from wbc.labels import CLASSES
+
+SIZE = 32
+
+
+def _model(path: Path, extra: dict | None = None) -> Path:
+    from tests.tiny_models import mean_colour_model
+
+    w = np.random.default_rng(0).normal(0, 3, (len(CLASSES), 3))
+    return mean_colour_model(path, SIZE, w, "turned", extra=extra, embedding_output=True, top_half=True)
+
+
+def _cells(n: int = 6) -> np.ndarray:
+    """Cells whose top and bottom halves differ in colour."""
+    rng = np.random.default_rng(1)
+    cells = np.zeros((n, SIZE, SIZE, 3), np.uint8)
+    for i in range(n):
+        cells[i, : SIZE // 2] = rng.integers(0, 255, 3)
+        cells[i, SIZE // 2 :] = rng.integers(0, 255, 3)
+    return cells
+
+
+@pytest.fixture()
+def clf(tmp_path: Path):
+    from wbc.model import load_model
+
+    return load_model(_model(tmp_path / "turned.onnx"), threads=1)
+
+
+def test_run_views_averages_the_logits_of_the_first_views(clf) -> None:
+    from wbc.classify import run_views
+    from wbc.preprocess import dihedral_view
+
+    cells = _cells()
+    one = run_views(clf, cells, ("logits", "embedding"), 1)
+    four = run_views(clf, cells, ("logits", "embedding"), 4)
+    by_hand = np.mean([clf.run(dihedral_view(cells, k))["logits"] for k in range(4)], axis=0)
+    np.testing.assert_allclose(four["logits"], by_hand, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(four["logits"], one["logits"])  # the views differ for this model
+    # the out-of-distribution flags read the cell as it is, the view they were fitted on
+    np.testing.assert_array_equal(four["embedding"], one["embedding"])
+
+
+def test_how_many_views_the_flag_the_model_and_smear_cells_decide(clf, tmp_path: Path) -> None:
+    from wbc.model import SMEAR_TTA_VIEWS, load_model
+
+    assert (clf.tta_views(), clf.tta_views(smear=True)) == (1, SMEAR_TTA_VIEWS)
+    two = clf.with_tta(2)
+    assert (two.tta_views(), two.tta_views(smear=True)) == (2, 2)  # asked for: also in smears
+    assert clf.tta is None  # with_tta returns a copy
+    adapted = load_model(_model(tmp_path / "a.onnx", extra={"tta_views": 8}), threads=1)
+    assert (adapted.tta_views(), adapted.tta_views(smear=True)) == (8, 8)
+    assert adapted.with_tta(1).tta_views() == 1
+    with pytest.raises(ModelError, match="between 1 and 8"):
+        clf.with_tta(9)
+
+
+def test_classify_and_analyze_average_the_views_they_are_given(clf, tmp_path: Path) -> None:
+    from wbc.analyze import classify_cells
+    from wbc.classify import classify_paths, predict_cells
+    from wbc.io import write_image
+    from wbc.types import Cell
+
+    cells = _cells(4)
+    paths = []
+    for i, c in enumerate(cells):
+        paths.append(tmp_path / f"{i}.png")
+        write_image(paths[-1], c)
+    plain = classify_paths(paths, clf, reframe=False)
+    turned = classify_paths(paths, clf.with_tta(4), reframe=False)
+    expected, _ = predict_cells(clf, cells, views=4)
+    for got, want in zip(turned.predictions, expected, strict=True):
+        assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)
+    assert not np.allclose(plain.logits, turned.logits)
+    # a smear field: its cells get the smear default (SMEAR_TTA_VIEWS) unless --tta says otherwise
+    field = np.full((96, 96, 3), 230, np.uint8)
+    field[24:48, 24:48] = (120, 60, 160)  # a cell whose upper half differs from its lower half
+    field[48:72, 24:48] = (200, 80, 90)
+    mask = np.ones((48, 24), bool)
+    cell = Cell(id=1, box=(24, 24, 48, 72), nucleus_mask=mask, cell_mask=mask)
+    results = {}
+    for name, model in (("default", clf), ("one", clf.with_tta(1)), ("four", clf.with_tta(4))):
+        c = Cell(id=1, box=cell.box, nucleus_mask=mask, cell_mask=mask)
+        classify_cells(field, [c], model)
+        results[name] = c.prediction.probabilities
+    assert results["default"] == pytest.approx(results["four"])
+    assert results["one"] != pytest.approx(results["four"])
