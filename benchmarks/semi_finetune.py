@@ -12,7 +12,11 @@ same draw. Fitting time is reported too.
     python benchmarks/semi_finetune.py --folder /tmp/bccd_trainval --seeds 0 1 2 --weights 1 --threshold 0.9 \
         --output benchmarks/results/semi_finetune_t090.json
 
-The second chose ``wbc adapt``'s threshold (0.9; docs/generalisation.md).
+The second chose ``wbc adapt``'s threshold (0.9; docs/generalisation.md). ``--tta 4`` also scores the mean of
+the four rotations, what the fine-tuned model answers (``wbc adapt --tta``, default 4):
+
+    python benchmarks/semi_finetune.py --folder /tmp/bccd_trainval --seeds 0 1 2 --weights 0 --tta 4 \
+        --output benchmarks/results/semi_finetune_tta4.json
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.9, help="pseudo-label confidence (wbc adapt: 0.9)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", type=int, default=1, help="also score the mean logits of this many flips/rotations")
     ap.add_argument("--output", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
 
@@ -42,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.io import atomic_write_text, iter_image_paths
     from wbc.labels import parse_class_set, restrict_probabilities
     from wbc.model import load_model
+    from wbc.preprocess import dihedral_view
     from wbc.reframe import framing_stats_of
     from wbc.train.finetune import finetune, load_weights, strong_augment
     from wbc.train.loop import predict_logits
@@ -68,15 +74,25 @@ def main(argv: list[str] | None = None) -> int:
             probs = torch.softmax(torch.from_numpy(predict_logits(tuned, cells[rest], info.mean, info.std)), 1)
             p5, _ = restrict_probabilities(probs.numpy(), clf.classes, allowed)
             right = p5.argmax(1) == labels[rest]
+            if args.tta > 1:
+                lg = np.mean([predict_logits(tuned, dihedral_view(cells[rest], k), info.mean, info.std)
+                              for k in range(args.tta)], axis=0)
+                p5t, _ = restrict_probabilities(torch.softmax(torch.from_numpy(lg), 1).numpy(), clf.classes, allowed)
+                right_tta = p5t.argmax(1) == labels[rest]
             row = {"seed": seed, "weight": weight, "threshold": args.threshold, "labelled": len(lab),
                    "acc_seen_unlabelled": float(right[: len(half_a)].mean()),
                    "acc_unseen": float(right[len(half_a) :].mean()), "acc_all_other": float(right.mean()),
                    "n_seen": len(half_a), "n_unseen": len(half_b), "fit_seconds": secs}
+            if args.tta > 1:
+                row[f"acc_all_other_tta{args.tta}"] = float(right_tta.mean())
             rows.append(row)
-            print(f"seed {seed} weight {weight}: other cells {row['acc_all_other']:.3f} (given unlabelled "
+            print(f"seed {seed} weight {weight}: other cells {row['acc_all_other']:.3f} "
+                  + (f"({args.tta} views {row[f'acc_all_other_tta{args.tta}']:.3f}) " if args.tta > 1 else "")
+                  + f"(given unlabelled "
                   f"{row['acc_seen_unlabelled']:.3f}, never given {row['acc_unseen']:.3f}), {secs:.0f} s", flush=True)
     summary = {str(w): {k: float(np.mean([r[k] for r in rows if r["weight"] == w]))
-                        for k in ("acc_seen_unlabelled", "acc_unseen", "acc_all_other", "fit_seconds")}
+                        for k in ("acc_seen_unlabelled", "acc_unseen", "acc_all_other", "fit_seconds",
+                                  *([f"acc_all_other_tta{args.tta}"] if args.tta > 1 else []))}
                for w in args.weights}
     print(json.dumps(summary, indent=1))
     if args.output:

@@ -150,6 +150,24 @@ def test_unlabelled_pool_leaves_out_labelled_images_and_caps_its_size(tmp_path: 
         unlabelled_pool(clf, labelled, files)
 
 
+def test_mean_view_logits_average_the_rotations() -> None:
+    import torch
+
+    from wbc.preprocess import dihedral_view
+    from wbc.train.finetune import mean_view_logits
+    from wbc.train.loop import predict_logits
+    from wbc.train.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
+    cells = np.random.default_rng(0).integers(0, 255, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    one = predict_logits(net, cells, [0.5] * 3, [0.25] * 3)
+    np.testing.assert_allclose(mean_view_logits(net, cells, [0.5] * 3, [0.25] * 3, 1), one, rtol=1e-5, atol=1e-6)
+    four = np.mean([predict_logits(net, dihedral_view(cells, k), [0.5] * 3, [0.25] * 3) for k in range(4)], axis=0)
+    np.testing.assert_allclose(mean_view_logits(net, cells, [0.5] * 3, [0.25] * 3, 4), four, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(four, one)
+
+
 def test_weights_round_trip_in_half_precision_and_bad_files_are_named(tmp_path: Path, small_model: Path) -> None:
     import torch
 
@@ -185,12 +203,15 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
     tuned = load_model(out)
     assert tuned.info.model_id == "tiny-cnn+finetune" and not tuned.info.head
     assert tuned.info.extra["adapt"]["method"] == "finetune" and tuned.info.extra["adapt"]["n_cells"] == 30
+    # the adapted model answers with the mean of the four rotations, and its calibration was fitted so
+    assert tuned.info.extra["tta_views"] == 4 and tuned.tta_views() == 4
+    assert "each cell averaged over 4 flips/rotations" in res.output
     assert accuracy(out) >= 0.9 > accuracy(small_model)
     again = CliRunner().invoke(app, ["adapt", "-m", str(out), "--data", str(data), "-o", str(tmp_path / "t2.onnx"),
-                                     "--epochs", "5", "--no-cross-validate"])  # the tuned weights were beside it
+                                     "--epochs", "5", "--no-cross-validate", "--tta", "1"])  # weights beside it
     assert again.exit_code == 0, again.output
     t2 = load_model(tmp_path / "t2.onnx").info
-    assert t2.model_id == "tiny-cnn+finetune+finetune"
+    assert t2.model_id == "tiny-cnn+finetune+finetune" and t2.extra["tta_views"] == 1
     # --no-cross-validate: one stratified fifth (6 of the 30 cells) is the held-out check
     assert "6 cells kept out of a first fine-tuning" in again.output
     assert t2.extra["adapt"]["heldout_n"] == 6 and not t2.extra["adapt"]["settings"]["cross_validate"]

@@ -41,7 +41,7 @@ the model's ``class_prior``: training balanced the classes, a lab's differential
 train/val cells accuracy rose 0.765 -> 0.780 with model 1.1.0 and 0.780 -> 0.812 with 1.2.0; see
 docs/generalisation.md). A balanced folder gives a nearly uniform estimate, which changes little.
 
-The adapted model also averages each cell's answer over the four rotations (``TTA_VIEWS``, stored as
+The adapted model also averages each cell's answer over the four rotations (``ADAPTED_TTA_VIEWS``, stored as
 ``extra["tta_views"]``; :meth:`wbc.model.Classifier.tta_views`): on BCCD's train/val cells 0.834 -> 0.845, on its
 validation cells adapted on its train cells 0.882 -> 0.906 (model 1.3.0), PBC validation unchanged, at four
 network passes per cell (``--tta 1`` keeps one).
@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import WbcError
+from wbc.model import ADAPTED_TTA_VIEWS
 from wbc.reframe import CANONICAL, DEFAULT_STATS, FramingStats, framing_stats_of
 
 #: Framings ``wbc adapt --no-labels --framing`` can choose from: re-frame the cells outside the training crops'
@@ -72,8 +73,6 @@ FRAMINGS: dict[str, FramingStats] = {"band": DEFAULT_STATS, "all": CANONICAL}
 MAPPING_MIN_GAIN = 0.05
 #: Another framing must beat the model's own by this much.
 MIN_GAIN = 0.02
-#: Flips/rotations the adapted model averages per cell (the four rotations; see the module docstring).
-TTA_VIEWS = 4
 #: Views scored per candidate: identity and one rotation+flip (cells have no up).
 VIEWS = (0, 5)
 
@@ -250,7 +249,7 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
 def adapt_unlabelled(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     classes: str | None = None, threads: int = 2, methods: tuple[str, ...] | None = None, prior: bool = True,
-    framing: str = "auto", tta: int = TTA_VIEWS,
+    framing: str = "auto", tta: int = ADAPTED_TTA_VIEWS,
 ) -> UnlabelledResult:
     """Choose a framing and a stain mapping for the lab's unlabelled cells in ``data`` by view agreement and
     confidence, estimate the lab's class frequencies (``prior``), and write the model with all three (a copy

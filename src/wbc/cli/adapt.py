@@ -55,8 +55,9 @@ def adapt(
         "on every cell by 5-fold cross-validation (default), or on one held-out fifth (--no-cross-validate: "
         "about 1/3 of the time, a coarser review threshold).")] = True,
     tta: Annotated[int, typer.Option(
-        "--tta", min=1, max=8, help="With --no-labels: flips/rotations the adapted model averages per cell "
-        "(default 4, the rotations: more accurate on other labs' cells; 1: one network pass per cell).")] = 4,
+        "--tta", min=1, max=8, help="Flips/rotations the adapted model averages per cell, with --no-labels or "
+        "--method finetune (default 4, the rotations: more accurate on other labs' cells; 1: one network pass "
+        "per cell).")] = 4,
     unlabelled: Annotated[Path | None, typer.Option(
         help="With --method finetune: a folder of the lab's cell images without labels (e.g. the slides to "
              "be counted), learnt from by consistency alongside the labelled cells (2-3x "
@@ -120,7 +121,7 @@ def adapt(
 
             res = adapt_finetune(model, data, output, checkpoint=checkpoint, stain=stain, seed=seed,
                                  threads=threads, mapping=mapping, epochs=epochs, members=members,
-                                 cross_validate=cross_validate, unlabelled=unlabelled,
+                                 cross_validate=cross_validate, unlabelled=unlabelled, tta=tta,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         raise WbcError(f"--method {method!r}: choose finetune or head")
@@ -143,8 +144,9 @@ def adapt(
                f"{res.heldout_n} cells kept out of a first fine-tuning")
         console.print(f"held-out check ({how}): accuracy "
                       f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after", highlight=False)
+        views = res.settings.get("tta_views", 1)
         console.print(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
-                      "the output is float32 ONNX", highlight=False)
+                      f"each cell averaged over {views} flips/rotations; the output is float32 ONNX", highlight=False)
     if res.heldout_acc_after + 1e-9 < res.heldout_acc_before:
         console.print("[yellow]warning:[/] the adapted model did worse on held-out cells than the original; "
                       "check the labels or add cells", highlight=False)

@@ -57,10 +57,9 @@ def classify(
             from wbc.batch import ModelSpec
             from wbc.distributed import classify_paths_ray
 
-            res = classify_paths_ray(files, ModelSpec(str(model) if model else None, threads=threads, classes=classes,
-                                                            tta=tta),
-                                     batch_size=batch_size, actors=actors, address=ray_address, progress=update,
-                                     reframe=reframe)
+            spec = ModelSpec(str(model) if model else None, threads=threads, classes=classes, tta=tta)
+            res = classify_paths_ray(files, spec, batch_size=batch_size, actors=actors, address=ray_address,
+                                     progress=update, reframe=reframe)
         else:
             res = classify_paths(files, clf, batch_size=batch_size, workers=threads, progress=update,
                                  reframe=reframe)

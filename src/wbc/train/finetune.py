@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from wbc.errors import WbcError
-from wbc.model import ModelInfo
+from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo
 from wbc.train.loop import predict_embeddings, predict_logits, pseudo_labels
 from wbc.train.models import Ensemble, WbcNet, create_model
 from wbc.train.transforms import cells_to_batch, normalise
@@ -66,7 +66,7 @@ def strong_augment(info: ModelInfo) -> Callable[[torch.Tensor], torch.Tensor]:
     known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and not k.startswith("unlab")}
     try:
         cfg = cfg.updated(known)
-    except Exception:  # an older model's config that today's TrainConfig no longer accepts: use the defaults
+    except WbcError:  # an older model's config that today's TrainConfig no longer accepts: use the defaults
         cfg = TrainConfig()
     return build_augment(cfg)
 
@@ -116,6 +116,15 @@ def save_weights(
     torch.save({**weights, "arch": arch, "dropout": 0.0, "info": info.to_json()}, buf)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def mean_view_logits(net: torch.nn.Module, cells: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                     views: int = 1) -> np.ndarray:
+    """Logits (N, C) averaged over the first ``views`` flips/rotations of each cell, as
+    :func:`wbc.classify.run_views` averages them at inference."""
+    from wbc.preprocess import dihedral_view
+
+    return np.mean([predict_logits(net, dihedral_view(cells, k), mean, std) for k in range(max(1, views))], axis=0)
 
 
 def finetune_members(
@@ -202,7 +211,7 @@ def adapt_finetune(
     checkpoint: str | os.PathLike[str] | None = None, stain: str | None = None, seed: int = 0,
     threads: int = 2, mapping: dict[str, str] | None = None, review_target_accuracy: float | None = None,
     progress: Any = None, members: int = 1, cross_validate: bool = True,
-    unlabelled: str | os.PathLike[str] | None = None, **recipe: Any,
+    unlabelled: str | os.PathLike[str] | None = None, tta: int = ADAPTED_TTA_VIEWS, **recipe: Any,
 ) -> AdaptResult:
     """Fine-tune every weight of ``model``'s network on the labelled cells in ``data`` (needs PyTorch).
 
@@ -229,6 +238,9 @@ def adapt_finetune(
     alongside the labelled cells (module docstring). The labelled cells a fine-tuning trains on join them;
     cells held out for the check never do (images of the labelled set found in the folder are left out of
     it), so the check stays one on unseen cells.
+
+    ``tta``: flips/rotations the adapted model averages per cell (stored as ``extra["tta_views"]``); the
+    held-out check, temperature and review threshold are fitted on those averaged logits.
     """
     from wbc.adapt import AdaptResult, _check_output, load_labelled_cells, stain_spec, stratified_folds
     from wbc.calibration import calibrate, resolve_review_target
@@ -294,8 +306,9 @@ def adapt_finetune(
 
     held = np.isin(fold, list(checked))
     logits_held = np.zeros((n, len(clf.classes)), np.float32)
-    for f in checked:  # every checked cell is predicted by a network that never saw it
-        logits_held[fold == f] = predict_logits(tuned(x[fold != f], y[fold != f]), x[fold == f], info.mean, info.std)
+    for f in checked:  # every checked cell is predicted by a network that never saw it, as the output will
+        logits_held[fold == f] = mean_view_logits(tuned(x[fold != f], y[fold != f]), x[fold == f], info.mean,
+                                                  info.std, tta)
     logits_held = logits_held[held]
     before = clf.run(cells[held])["logits"]
     cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy))
@@ -307,11 +320,12 @@ def adapt_finetune(
         folds=k, heldout_acc_before=float((before.argmax(1) == y[held]).mean()),
         heldout_acc_after=float((logits_held.argmax(1) == y[held]).mean()), temperature=temp,
         review_threshold=thr, method="finetune", heldout_n=int(held.sum()),
-        settings={**settings, "members": members, "cross_validate": cross_validate,
+        settings={**settings, "members": members, "cross_validate": cross_validate, "tta_views": tta,
                   "unlabelled": None if pool is None else {"data": str(unlabelled), "cells": len(pool)}},
     )
     info.head = {}  # the fine-tuned network's own last layer replaces any earlier head refit
     info.temperature, info.review_threshold = temp, thr
+    info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
     info.model_id = f"{clf.model_id}+finetune" + (f"x{members}" if members > 1 else "")
     if members > 1:
         info.architecture = f"ensemble of {members} x {_arch(net)}"
