@@ -126,6 +126,9 @@ def test_wbc_adapt_writes_a_better_model_and_keeps_the_original(tmp_path: Path, 
     adapted = load_model(out)
     assert adapted.info.head and adapted.info.model_id == "tiny-emb+adapt"
     assert adapted.info.extra["adapt"]["n_cells"] == 30
+    # the adapted model answers with the mean of the four rotations; the check scored the same
+    assert adapted.tta_views() == 4 and adapted.info.extra["adapt"]["settings"] == {"tta_views": 4}
+    assert "averaged over 4 flips/rotations" in res.output
     assert json.loads((tmp_path / "adapt.json").read_text())["heldout_acc_after"] >= 0.9
     assert json.loads(out.with_suffix(".json").read_text())["head"]["weight"]
     assert accuracy(out) > accuracy(model_path) and accuracy(out) >= 0.9

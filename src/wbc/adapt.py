@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import ModelError, WbcError
-from wbc.model import Classifier, ModelInfo, write_model
+from wbc.model import ADAPTED_TTA_VIEWS, Classifier, ModelInfo, write_model
 from wbc.preprocess import dihedral_view
 
 LAMBDAS = (0.001, 0.01, 0.1, 1.0)
@@ -179,11 +179,13 @@ class AdaptResult:
 def adapt_embeddings(
     emb_views: np.ndarray, labels: Sequence[str], classes: Sequence[str], w0: np.ndarray, b0: np.ndarray,
     lambdas: Sequence[float] = LAMBDAS, folds: int = 5, seed: int = 0,
-    review_target_accuracy: float | None = None,
+    review_target_accuracy: float | None = None, tta_views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, AdaptResult]:
     """The whole fit on precomputed embeddings (V views, N cells, D): choose ``lam``, check, refit on all.
 
-    Pure numpy + scipy, so benchmarks can run many random draws cheaply.
+    ``tta_views``: the adapted model answers with the mean logits of that many views, so the out-of-fold check,
+    ``lam``'s choice and the calibration score the mean of the first ``tta_views`` views (the head is linear:
+    the mean of their embeddings). Pure numpy + scipy, so benchmarks can run many random draws cheaply.
     """
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.utils.class_weight import compute_class_weight
@@ -206,6 +208,7 @@ def adapt_embeddings(
         xs = emb_views[:, idx].reshape(-1, emb_views.shape[2])
         return fit_head(xs, np.tile(y[idx], v), w0, b0, lam, np.tile(weights[idx], v))
 
+    scored = emb_views[: max(1, min(tta_views, v))].mean(0)  # what the adapted model will see of each cell
     oof: dict[float, np.ndarray] = {}
     for lam in lambdas:
         logits = np.zeros((n, len(classes)))
@@ -214,7 +217,7 @@ def adapt_embeddings(
             if not te.any() or not tr.any():
                 continue
             w, b = fit(np.nonzero(tr)[0], lam)
-            logits[te] = emb_views[0, te] @ w.T + b
+            logits[te] = scored[te] @ w.T + b
         oof[lam] = logits
     cv = {lam: float((oof[lam].argmax(1) == y).mean()) for lam in lambdas}
     # balanced accuracy (mean recall over the classes present) picks lam (ties -> the larger, more
@@ -232,7 +235,7 @@ def adapt_embeddings(
         n_cells=n, counts={classes[c]: int(m) for c, m in zip(present, counts, strict=True)}, lam=best,
         folds=k, heldout_acc_before=float((before.argmax(1) == y).mean()),
         heldout_acc_after=cv[best], temperature=cal.temperature, review_threshold=cal.review_threshold,
-        cv={str(lam): acc for lam, acc in cv.items()}, heldout_n=n,
+        cv={str(lam): acc for lam, acc in cv.items()}, heldout_n=n, settings={"tta_views": tta_views},
     )
     return w, b, res
 
@@ -281,11 +284,14 @@ def adapt_model(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     stain: str | None = None, views: int = 8, seed: int = 0, threads: int = 2,
     mapping: dict[str, str] | None = None, review_target_accuracy: float | None = None,
+    tta: int = ADAPTED_TTA_VIEWS,
 ) -> AdaptResult:
     """Adapt ``model`` to the labelled cells in ``data`` and write the adapted copy to ``output``.
 
     ``stain``: None keeps the model's stain normalisation as it is; ``"none"`` removes it; a method name
     maps this lab's pooled colours onto the training colours (a fixed transform stored in the model).
+    ``views``: flips/rotations of each labelled cell the head is fitted on; ``tta``: flips/rotations the
+    adapted model averages per cell (``extra["tta_views"]``; the check and calibration score the same).
     """
     from wbc.calibration import resolve_review_target
     from wbc.model import load_model
@@ -308,10 +314,12 @@ def adapt_model(
     w0, b0 = original_head(clf)
     emb = embed_tta(clf, cells, views=views)
     target = resolve_review_target(review_target_accuracy, info.review_target_accuracy)
-    w, b, res = adapt_embeddings(emb, labels, clf.classes, w0, b0, seed=seed, review_target_accuracy=target)
+    w, b, res = adapt_embeddings(emb, labels, clf.classes, w0, b0, seed=seed, review_target_accuracy=target,
+                                 tta_views=tta)
     info.head = {"weight": w.astype(np.float32).tolist(), "bias": b.astype(np.float32).tolist()}
     info.temperature = res.temperature
     info.review_threshold = res.review_threshold
+    info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
     info.model_id = f"{clf.model_id}+adapt"
     info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds")}
     info.extra["adapt"]["data"] = str(data)

@@ -39,7 +39,7 @@ ClassesOpt = Annotated[str | None, typer.Option(
     "basophil) or a comma-separated list; probabilities are renormalised over them (default: every class).")]
 TtaOpt = Annotated[int | None, typer.Option(
     "--tta", min=1, max=8, help="Average each cell's answer over this many flips/rotations (1-8; 4: the four "
-    "rotations). Default: the model's own (1 for the shipped model; 4 after `wbc adapt --no-labels`), and at "
+    "rotations). Default: the model's own (1 for the shipped model; 4 for models `wbc adapt` writes), and at "
     "least 4 for cells found in smear fields. Costs that many network passes per cell.")]
 ReframeOpt = Annotated[bool, typer.Option(
     "--reframe/--no-reframe", help="Re-frame cells framed unlike the training crops (filling a tight crop, "

@@ -55,9 +55,9 @@ def adapt(
         "on every cell by 5-fold cross-validation (default), or on one held-out fifth (--no-cross-validate: "
         "about 1/3 of the time, a coarser review threshold).")] = True,
     tta: Annotated[int, typer.Option(
-        "--tta", min=1, max=8, help="Flips/rotations the adapted model averages per cell, with --no-labels or "
-        "--method finetune (default 4, the rotations: more accurate on other labs' cells; 1: one network pass "
-        "per cell).")] = 4,
+        "--tta", min=1, max=8, help="Flips/rotations the adapted model averages per cell (default 4, the "
+        "rotations: more accurate on other labs' cells; 1: one network pass per cell). Not with --stain and "
+        "--no-labels (a colour mapping only).")] = 4,
     unlabelled: Annotated[Path | None, typer.Option(
         help="With --method finetune: a folder of the lab's cell images without labels (e.g. the slides to "
              "be counted), learnt from by consistency alongside the labelled cells (2-3x "
@@ -101,7 +101,7 @@ def adapt(
     if method == "head" and (members != 1 or unlabelled is not None):
         raise WbcError("--members and --unlabelled need --method finetune")
     if method == "head":
-        res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping)
+        res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping, tta=tta)
     elif method == "finetune":
         from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
@@ -137,7 +137,8 @@ def adapt(
                       f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
                       f"{res.heldout_acc_after:.1%} after", highlight=False)
         console.print(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
-                      f"confidence {res.review_threshold:.2f}", highlight=False)
+                      f"confidence {res.review_threshold:.2f}; each cell averaged over "
+                      f"{res.settings.get('tta_views', 1)} flips/rotations", highlight=False)
     else:
         how = (f"{res.folds}-fold cross-validation, each of the {res.heldout_n} cells predicted by a fine-tuning "
                "that never saw it") if res.settings.get("cross_validate") else (
