@@ -99,3 +99,26 @@ def test_classify_and_analyze_average_the_views_they_are_given(clf, tmp_path: Pa
         results[name] = c.prediction.probabilities
     assert results["default"] == pytest.approx(results["four"])
     assert results["one"] != pytest.approx(results["four"])
+
+
+def test_http_routes_take_tta_per_request(clf) -> None:
+    """``/classify?tta=4`` averages as ``--tta 4`` does; the default is the model's own (one view here)."""
+    import cv2
+    from fastapi.testclient import TestClient
+
+    from wbc.classify import predict_cells
+    from wbc.segment.classical import ClassicalSegmenter
+    from wbc.serve.app import create_app
+
+    client = TestClient(create_app(clf, ClassicalSegmenter(), max_upload_mb=2))
+    cell = _cells(1)[0]
+    _ok, png = cv2.imencode(".png", cell[:, :, ::-1])
+    files = [("files", ("cell.png", png.tobytes(), "image/png"))]
+    got = {t: client.post("/classify?reframe=false" + (f"&tta={t}" if t else ""), files=files)
+           for t in (None, 1, 4)}
+    assert all(r.status_code == 200 for r in got.values()), got[4].text
+    probs = {t: r.json()["results"][0]["probabilities"] for t, r in got.items()}
+    assert probs[None] == pytest.approx(probs[1]) and probs[4] != pytest.approx(probs[1])
+    expected, _ = predict_cells(clf, cell[None], views=4)
+    assert probs[4] == pytest.approx(expected[0].probabilities, abs=1e-4)
+    assert client.post("/classify?tta=9", files=files).status_code == 422

@@ -228,8 +228,15 @@ CLASSES_HELP = ("Answer only among these classes, e.g. `5part` or `neutrophil,ly
                 "renormalised over them); default: every class of the model.")
 
 
-def chosen_classes(classifier: Any, classes: str | None) -> Any:
-    """The classifier restricted to the ``classes`` query field (``wbc classify --classes``); 422 if unknown."""
+TTA_HELP = ("Average each cell's answer over this many flips/rotations (1-8); default: the model's own for "
+            "/classify, at least 4 for smear cells (`tta_views` in /model).")
+
+
+def chosen_classes(classifier: Any, classes: str | None, tta: int | None = None) -> Any:
+    """The classifier restricted to the ``classes`` query field (``wbc classify --classes``; 422 if unknown),
+    averaging over ``tta`` views when the request names a number (``--tta``)."""
+    if tta is not None:
+        classifier = classifier.with_tta(tta)
     if not classes:
         return classifier
     try:
@@ -368,6 +375,7 @@ def create_app(
             description="One or more single-cell images (field name `files`, repeated).")] = None,
         classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
         reframe: Annotated[bool, Query(description="Re-frame cells framed unlike the training crops.")] = True,
+        tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
     ) -> JSONResponse:
         """One prediction per readable file; unreadable files are listed in ``errors``.
 
@@ -377,7 +385,7 @@ def create_app(
         if len(uploads) > app.state.max_files:
             raise UploadProblem(413, "too_many_files",
                                 f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
-        clf = chosen_classes(app.state.classifier, classes)
+        clf = chosen_classes(app.state.classifier, classes, tta)
         size = int(clf.info.input_size)
         from wbc.classify import MAX_CELL_PIXELS, cell_too_large, check_cell_image, prepare_cell
         from wbc.errors import ImageTooLargeError
@@ -430,13 +438,14 @@ def create_app(
         file: Annotated[UploadFile | None, File(description="One smear image (field name `file`).")] = None,
         annotated: Annotated[bool, Query(description="Include the annotated image as base64 PNG.")] = False,
         classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
+        tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
     ) -> JSONResponse:
         """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
         from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict
         from wbc.errors import ImageTooLargeError
 
         up = require_files(request, [file] if file is not None else [], "file")[0]
-        clf, seg = chosen_classes(app.state.classifier, classes), app.state.segmenter
+        clf, seg = chosen_classes(app.state.classifier, classes, tta), app.state.segmenter
         name = up.filename or "upload"
 
         def unreadable(exc: WbcError) -> UploadProblem:
