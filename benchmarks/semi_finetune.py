@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.io import atomic_write_text, iter_image_paths
     from wbc.labels import parse_class_set, restrict_probabilities
     from wbc.model import load_model
-    from wbc.preprocess import dihedral_view
     from wbc.reframe import framing_stats_of
-    from wbc.train.finetune import finetune, load_weights, strong_augment
+    from wbc.train.finetune import finetune, load_weights, mean_view_logits, strong_augment
     from wbc.train.loop import predict_logits
 
     torch.set_num_threads(args.threads)
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             p5, _ = restrict_probabilities(probs.numpy(), clf.classes, allowed)
             right = p5.argmax(1) == labels[rest]
             if args.tta > 1:
-                lg = np.mean([predict_logits(tuned, dihedral_view(cells[rest], k), info.mean, info.std)
-                              for k in range(args.tta)], axis=0)
+                lg = mean_view_logits(tuned, cells[rest], info.mean, info.std, args.tta)
                 p5t, _ = restrict_probabilities(torch.softmax(torch.from_numpy(lg), 1).numpy(), clf.classes, allowed)
                 right_tta = p5t.argmax(1) == labels[rest]
             row = {"seed": seed, "weight": weight, "threshold": args.threshold, "labelled": len(lab),

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import ModelError, WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, Classifier, ModelInfo, write_model
+from wbc.model import ADAPTED_TTA_VIEWS, Classifier, ModelInfo, checked_tta_views, write_model
 from wbc.preprocess import dihedral_view
 
 LAMBDAS = (0.001, 0.01, 0.1, 1.0)
@@ -298,6 +298,7 @@ def adapt_model(
     from wbc.ood import add_reference
     from wbc.reframe import framing_stats_of
 
+    tta = checked_tta_views(tta)
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)

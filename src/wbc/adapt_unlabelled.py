@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.model import ADAPTED_TTA_VIEWS
+from wbc.model import ADAPTED_TTA_VIEWS, checked_tta_views
 from wbc.reframe import CANONICAL, DEFAULT_STATS, FramingStats, framing_stats_of
 
 #: Framings ``wbc adapt --no-labels --framing`` can choose from: re-frame the cells outside the training crops'
@@ -265,8 +265,7 @@ def adapt_unlabelled(
     from wbc.labels import parse_class_set
     from wbc.model import load_model
 
-    if not 1 <= tta <= 8:
-        raise WbcError(f"--tta {tta}: views must be between 1 and 8")
+    tta = checked_tta_views(tta)
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
     clf.info = replace(clf.info, class_prior={})  # a model adapted before: judge its own probabilities

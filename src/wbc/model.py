@@ -191,6 +191,17 @@ SMEAR_TTA_VIEWS = 4
 ADAPTED_TTA_VIEWS = 4
 
 
+def checked_tta_views(views: int) -> int:
+    """``views`` as an int, if it is a number of flips/rotations to average (1-8); else a one-line error.
+
+    >>> checked_tta_views(4)
+    4
+    """
+    if not 1 <= int(views) <= 8:
+        raise ModelError(f"--tta {views}: views must be between 1 and 8")
+    return int(views)
+
+
 class Classifier:
     """An ONNX Runtime session plus the metadata that says how to feed it and read it.
 
@@ -235,10 +246,8 @@ class Classifier:
         (1-8, :func:`wbc.preprocess.dihedral_view`; 1: none; None: the default, :meth:`tta_views`)."""
         import copy
 
-        if views is not None and not 1 <= int(views) <= 8:
-            raise ModelError(f"--tta {views}: views must be between 1 and 8")
         out = copy.copy(self)
-        out.tta = None if views is None else int(views)
+        out.tta = None if views is None else checked_tta_views(views)
         return out
 
     def tta_views(self, smear: bool = False) -> int:

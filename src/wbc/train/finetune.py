@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from wbc.errors import WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo
+from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo, checked_tta_views
 from wbc.train.loop import predict_embeddings, predict_logits, pseudo_labels
 from wbc.train.models import Ensemble, WbcNet, create_model
 from wbc.train.transforms import cells_to_batch, normalise
@@ -251,6 +251,7 @@ def adapt_finetune(
     from wbc.stain import normalise_batch
     from wbc.train.export import export_model
 
+    tta = checked_tta_views(tta)
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, threads))
     clf = load_model(model, threads=threads)
