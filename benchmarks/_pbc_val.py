@@ -63,3 +63,22 @@ def load_val_cells(args: argparse.Namespace) -> ValCells:
     y = np.array([clf.classes.index(s.label) for s in samples])
     wbc = np.isin(np.array([s.label for s in samples]), WBC5)
     return ValCells(clf, samples, images, y, wbc)
+
+
+def classify_shown(clf: Any, images: list[np.ndarray], framing: Any) -> np.ndarray:
+    """Probabilities (N, C) for decoded single-cell images exactly as `wbc classify` computes them: each image
+    prepared by :func:`wbc.classify.prepare_cell_views` (``framing``: the model's
+    :class:`~wbc.reframe.FramingStats`, or False as ``--no-reframe``), an ambiguously framed cell averaged
+    over both framings, the model's own views (:func:`wbc.classify.predict_cells`)."""
+    from wbc.classify import predict_cells, prepare_cell_views
+    from wbc.model import class_probabilities
+
+    size = clf.info.input_size
+    prepared = [prepare_cell_views(im, size, framing) for im in images]
+    out: list[np.ndarray] = []
+    for i in range(0, len(prepared), 128):
+        part = prepared[i : i + 128]
+        second = {k: z for k, (_, z) in enumerate(part) if z is not None}
+        _, raw = predict_cells(clf, np.stack([c for c, _ in part]), second=second)
+        out.append(class_probabilities(raw["logits"], clf.info))
+    return np.concatenate(out)

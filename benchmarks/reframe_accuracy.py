@@ -3,13 +3,16 @@
 Each validation cell (the run's manifest, ``split == val``) is shown as it is and re-framed the ways other
 labs frame single cells: cropped tight around the centred cell (the cell filling the frame; also at 100 px),
 padded wide with its own background colour (the cell small in a large field; also as a 600 px field), and
-rescaled 0.5x and 2x. Every variant goes through the same preprocessing `wbc classify` uses
-(:func:`wbc.reframe.frame_cell` with re-framing on, :func:`wbc.preprocess.resize_square` with
-``--no-reframe``), then the model. Accuracy over the model's classes, and over the five WBC types with
-``--classes 5part`` semantics for the WBC cells.
+rescaled 0.5x and 2x. Every variant goes through what `wbc classify` does (:func:`wbc.classify.prepare_cell_views`
+with re-framing on, an ambiguously framed cell averaged over both framings; a plain resize with ``--no-reframe``),
+then the model. Accuracy over the model's classes, and over the five WBC types with ``--classes 5part``
+semantics for the WBC cells; ``ms_per_cell``: preparation and network together.
 
     python benchmarks/reframe_accuracy.py --manifest runs/default/manifest.csv \
         --output benchmarks/results/reframe_accuracy.json
+
+``--grey`` chose the second-framing zone (:class:`wbc.reframe.FramingStats`) on the whole validation split
+(``--per-class 0``): ``--grey 0.12`` (none), 0.22, 0.26, 0.3.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pbc_val import add_val_args, load_val_cells
+from _pbc_val import add_val_args, classify_shown, load_val_cells
 
 
 def tight(rgb: np.ndarray, frac: float) -> np.ndarray:
@@ -70,38 +73,38 @@ def main(argv: list[str] | None = None) -> int:
     add_val_args(ap, per_class=0, output="benchmarks/results/reframe_accuracy.json")
     ap.add_argument("--band", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                     help="nucleus-fraction band left untouched (default: the model's); to choose it on validation")
+    ap.add_argument("--grey", type=float, default=None,
+                    help="cells left as they are with a nucleus fraction below this also run re-framed, and the two "
+                         "answers are averaged (default: the model's; the band's low end: never)")
     args = ap.parse_args(argv)
 
     from wbc.io import atomic_write_json
     from wbc.labels import WBC5, restrict_probabilities
-    from wbc.preprocess import resize_square
-    from wbc.reframe import FramingStats, frame_cell, framing_stats_of
+    from wbc.reframe import FramingStats, framing_stats_of
 
     val = load_val_cells(args)  # exits with a one-line error when the split has no cells
     clf, samples, images, y, wbc = val.clf, val.samples, val.images, val.y, val.wbc
-    size = clf.info.input_size
     y5 = y[wbc]
     res: dict = {"model": clf.model_id, "split": args.split, "n": len(samples), "n_wbc5": int(wbc.sum()),
                  "variants": {}}
     stats = framing_stats_of(clf)  # the model's framing, as `wbc classify` uses it
     if args.band:
-        stats = FramingStats(stats.target, *args.band)
+        stats = FramingStats(stats.target, *args.band, grey=stats.grey)
+    if args.grey is not None:
+        stats = FramingStats(stats.target, stats.low, stats.high, args.grey)
     res["band"] = [stats.low, stats.high]
-
-    def reframed(rgb: np.ndarray, n: int) -> np.ndarray:
-        return frame_cell(rgb, n, stats)
+    res["grey"] = stats.grey
 
     for name, fn in VARIANTS.items():
         shown = [fn(im) for im in images]
         row: dict = {"side_px": int(np.median([max(s.shape[:2]) for s in shown]))}
-        for mode, prep in (("no_reframe", resize_square), ("reframe", reframed)):
+        for mode, framing in (("no_reframe", False), ("reframe", stats)):
             t0 = time.perf_counter()
-            cells = np.stack([prep(s, size) for s in shown])
+            probs = classify_shown(clf, shown, framing)
             ms = (time.perf_counter() - t0) / len(shown) * 1e3
-            probs = clf.predict_proba(cells)
             p5, _ = restrict_probabilities(probs[wbc], clf.classes, WBC5)
             row[mode] = {"accuracy": float((probs.argmax(1) == y).mean()),
-                         "accuracy_5part": float((p5.argmax(1) == y5).mean()), "prep_ms_per_cell": ms}
+                         "accuracy_5part": float((p5.argmax(1) == y5).mean()), "ms_per_cell": ms}
         res["variants"][name] = row
         print(f"{name:<34} {row['side_px']:>5}px  no reframe {row['no_reframe']['accuracy']:.4f}"
               f"  reframe {row['reframe']['accuracy']:.4f}  (5-part {row['no_reframe']['accuracy_5part']:.4f} / "

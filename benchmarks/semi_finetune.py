@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tta", type=int, default=1, help="also score the mean logits of this many flips/rotations")
+    ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: wbc adapt's)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: wbc adapt's)")
+    ap.add_argument("--label-smoothing", type=float, default=None, help="(default: wbc adapt's)")
     ap.add_argument("--output", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
 
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([clf.classes.index(paths[i].parent.name) for i in ok])
     allowed = parse_class_set("5part", clf.classes)
     strong = strong_augment(clf.info)
+    recipe = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
+                                ("label_smoothing", args.label_smoothing)) if v is not None}
     rows = []
     for seed in args.seeds:
         perm = np.random.default_rng(seed).permutation(len(labels))
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             tuned = finetune(net, cells[lab], labels[lab], info.mean, info.std, seed=seed,
                              unlabelled=np.concatenate([cells[lab], cells[half_a]]), unlabelled_weight=weight,
-                             unlabelled_threshold=args.threshold, strong=strong)
+                             unlabelled_threshold=args.threshold, strong=strong, **recipe)
             secs = time.perf_counter() - t0
             probs = torch.softmax(torch.from_numpy(predict_logits(tuned, cells[rest], info.mean, info.std)), 1)
             p5, _ = restrict_probabilities(probs.numpy(), clf.classes, allowed)
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     if args.output:
         atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
-                                                   "folder": str(args.folder), "summary": summary, "draws": rows},
+                                                   "folder": str(args.folder), "recipe": recipe, "summary": summary,
+                                                   "draws": rows},
                                                   indent=1) + "\n")
     return 0
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pbc_val import add_val_args, load_val_cells
+from _pbc_val import add_val_args, classify_shown, load_val_cells
 from reframe_accuracy import pad_wide, rescale, tight
 
 # Haematoxylin / eosin / DAB optical-density vectors (Ruifrok & Johnston 2001), rows.
@@ -108,20 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reframe", action="store_true", help="as `wbc classify --no-reframe`")
     args = ap.parse_args(argv)
 
-    from wbc.classify import prepare_cell
     from wbc.io import atomic_write_json, atomic_write_text
     from wbc.labels import WBC5, restrict_probabilities
     from wbc.reframe import framing_stats_of
 
     val = load_val_cells(args)  # exits with a one-line error when the split has no cells
     clf, samples, images, y, wbc = val.clf, val.samples, val.images, val.y, val.wbc
-    size = clf.info.input_size
     res: dict = {"model": clf.model_id, "split": args.split, "n": len(samples), "n_wbc5": int(wbc.sum()),
                  "reframe": not args.no_reframe, "shifts": {}}
     for name, fn in SHIFTS.items():
         framing = False if args.no_reframe else framing_stats_of(clf)  # as `wbc classify` prepares cells
-        cells = np.stack([prepare_cell(fn(im), size, framing) for im in images])
-        probs = clf.predict_proba(cells)
+        probs = classify_shown(clf, [fn(im) for im in images], framing)
         p5, _ = restrict_probabilities(probs[wbc], clf.classes, WBC5)
         res["shifts"][name] = {"accuracy": float((probs.argmax(1) == y).mean()),
                                "accuracy_5part": float((p5.argmax(1) == y[wbc]).mean())}

@@ -87,8 +87,9 @@ def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier)
     assert set(body["colours"]) == set(classifier.classes)
     assert all(v.startswith("#") and len(v) == 7 for v in body["colours"].values())
     assert body["segmenter"]["name"] == "classical"
-    # the framing /classify applies: the training band unless `wbc adapt --no-labels` chose another
-    assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5}
+    # the framing /classify applies: the training band unless `wbc adapt --no-labels` chose another, and the zone
+    # below 0.22 where a cell also runs re-framed
+    assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5, "grey": 0.22}
     # /classify: the model's own views per cell (one for a model without a setting); /analyze: the smear default
     assert body["tta_views"] == {"classify": 1, "analyze": 4}
 

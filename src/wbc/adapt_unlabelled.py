@@ -119,25 +119,37 @@ def score_probs(views: list[np.ndarray], classes: list[str], name: str) -> Candi
     return Candidate(name, agree, ent, div, agree - ent + div, counts)
 
 
-def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = ()) -> list[np.ndarray]:
-    """Calibrated probabilities over ``allowed`` (all classes if empty) of each of :data:`VIEWS` of the cells."""
+def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
+               second: dict[int, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Calibrated probabilities over ``allowed`` (all classes if empty) of each of :data:`VIEWS` of the cells;
+    ``second``: ambiguously framed cells' second framings, whose logits are averaged in as `wbc classify` does
+    (:func:`wbc.classify.predict_cells`)."""
     from wbc.adapt import dihedral_view
     from wbc.labels import restrict_probabilities
+    from wbc.model import class_probabilities
 
+    def logits_of(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([clf.run(x[i : i + 64])["logits"] for i in range(0, len(x), 64)])
+
+    idx2 = np.array(sorted(second or {}), dtype=int)
+    zoomed = np.stack([second[int(i)] for i in idx2]) if second else None
     out = []
     for k in VIEWS:
-        p = clf.predict_proba(dihedral_view(cells, k))
-        p, _ = restrict_probabilities(p, clf.classes, allowed)
+        logits = logits_of(dihedral_view(cells, k))
+        if zoomed is not None:
+            logits[idx2] = (logits[idx2] + logits_of(dihedral_view(zoomed, k))) / 2
+        p, _ = restrict_probabilities(class_probabilities(logits, clf.info), clf.classes, allowed)
         idx = [clf.classes.index(c) for c in (allowed or clf.classes)]
         out.append(p[:, idx])
     return out
 
 
 def candidate_views(
-    clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (), methods: tuple[str, ...] | None = None
+    clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (), methods: tuple[str, ...] | None = None,
+    second: dict[int, np.ndarray] | None = None,
 ) -> dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]]:
     """{candidate: (its stain spec, :func:`view_probs` under it)}: no mapping, then every stain mapping the model
-    has training colours for, fitted on these cells."""
+    has training colours for, fitted on these cells (``second``: as :func:`view_probs`)."""
     from wbc.adapt import stain_spec
     from wbc.stain import METHODS
 
@@ -148,7 +160,7 @@ def candidate_views(
         for name in names:
             spec = None if name == "none" else stain_spec(clf, name, cells)
             clf.info = replace(base, preprocessing=replace(base.preprocessing, stain=spec))
-            out[name] = (spec, view_probs(clf, cells, allowed))
+            out[name] = (spec, view_probs(clf, cells, allowed, second))
     finally:
         clf.info = base
     return out
@@ -233,13 +245,14 @@ class _Framed:
 
 def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tuple[str, ...],
                    methods: tuple[str, ...] | None, threads: int, data: object) -> _Framed:
-    """Load the lab's cells framed by ``stats`` and choose the colour mapping on them."""
-    from wbc.classify import load_cells
+    """Load the lab's cells framed by ``stats`` (with the second framings `wbc classify` averages in) and choose
+    the colour mapping on them."""
+    from wbc.classify import load_cell_views
 
-    cells, _, errors = load_cells(paths, clf.info.input_size, threads, reframe=stats)
+    cells, second, _, errors = load_cell_views(paths, clf.info.input_size, threads, reframe=stats)
     if len(cells) < 8:
         raise WbcError(f"{data}: need at least 8 readable cell images, got {len(cells)}")
-    views = candidate_views(clf, cells, allowed, methods)
+    views = candidate_views(clf, cells, allowed, methods, second)
     spec, cands, chosen, why = choose_from_views(views, list(allowed or clf.classes))
     for c in cands:
         c.framing = framing_name(stats)

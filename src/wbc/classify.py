@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
 from wbc.preprocess import resize_square
 from wbc.protocols import ClassifierLike
-from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell, framing_stats_of
+from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell_views, framing_stats_of
 from wbc.types import Prediction
 
 #: A single-cell image with a side below this cannot show a cell (a 1x1 image is no platelet).
@@ -108,6 +108,7 @@ def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
 def predict_cells(
     classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
     exclude: Sequence[str] = (), classes: Sequence[str] = (), views: int | None = None,
+    second: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
@@ -119,10 +120,18 @@ def predict_cells(
     way; the review threshold applies to the renormalised confidence, and a cell the model puts mostly
     outside the set (allowed mass < 0.5) is flagged too, naming the class it favours. ``views``: logits
     averaged over that many flips/rotations (:func:`run_views`; None: :func:`tta_views_of` the classifier).
+    ``second``: {index in ``cells``: the same cell re-framed} for cells whose framing is ambiguous
+    (:func:`wbc.reframe.frame_cell_views`); their logits are the mean of both framings'.
     """
     ood = classifier.info.ood
     views = tta_views_of(classifier) if views is None else views
     out = run_views(classifier, cells, ("logits", "embedding") if with_embeddings or ood else ("logits",), views)
+    if second:
+        idx = np.array(sorted(second))
+        zoomed = run_views(classifier, np.stack([second[int(i)] for i in idx]), ("logits",), views)["logits"]
+        logits = np.array(out["logits"], copy=True)
+        logits[idx] = (logits[idx] + zoomed) / 2
+        out = {**out, "logits": logits}
     probs = class_probabilities(out["logits"], classifier.info)
     excluded = set(exclude)
     drop = [i for i, c in enumerate(classifier.classes) if c in excluded]
@@ -168,46 +177,77 @@ def read_cell(path: str | os.PathLike[str], size: int, reframe: bool | FramingSt
     re-framed like them first (:func:`wbc.reframe.frame_cell`; a :class:`~wbc.reframe.FramingStats`: that
     framing, ``True``: the default one).
     """
+    return read_cell_views(path, size, reframe, second=False)[0]
+
+
+def read_cell_views(path: str | os.PathLike[str], size: int, reframe: bool | FramingStats = False,
+                    second: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_cell`, with the second framing of an ambiguously framed cell (:func:`prepare_cell_views`)."""
     try:
         rgb = read_image(path, min_size=size, max_pixels=MAX_CELL_PIXELS)
     except ImageTooLargeError as exc:
         raise cell_too_large(exc) from None
     check_cell_image(rgb, str(path))
-    return prepare_cell(rgb, size, reframe)
+    return prepare_cell_views(rgb, size, reframe, second)
 
 
 def prepare_cell(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True) -> np.ndarray:
     """A decoded single-cell image as the network's uint8 input: re-framed like the training crops when it is
     framed unlike them (``reframe``, :func:`wbc.reframe.frame_cell`), resized to ``size``. The one
     preprocessing of `wbc classify`, the Python API and the HTTP API's ``/classify``."""
+    return prepare_cell_views(rgb, size, reframe, second=False)[0]
+
+
+def prepare_cell_views(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True, second: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`prepare_cell`, and (``second``, re-framing on) the cell re-framed to the training crops' nucleus
+    fraction when its framing is ambiguous, else None (:func:`wbc.reframe.frame_cell_views`):
+    :func:`predict_cells` averages the two."""
     if reframe is False:
-        return resize_square(rgb, size)
-    return frame_cell(rgb, size, reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS)
+        return resize_square(rgb, size), None
+    return frame_cell_views(rgb, size, reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS, second)
 
 
-def _load(path: Path, size: int, reframe: bool | FramingStats = False) -> np.ndarray | str:
+@dataclass
+class CellBatch:
+    """One batch of :func:`iter_batches`: the files that loaded, their cells (N, S, S, 3), the files that did
+    not (path, message), and the second framings of ambiguously framed cells (index in ``cells`` -> cell)."""
+
+    paths: list[Path]
+    cells: np.ndarray
+    errors: list[tuple[str, str]]
+    second: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _load(path: Path, size: int, reframe: bool | FramingStats = False, second: bool = True
+          ) -> tuple[np.ndarray, np.ndarray | None] | str:
     try:
-        return read_cell(path, size, reframe)
+        return read_cell_views(path, size, reframe, second)
     except ImageReadError as exc:
         return str(exc)
 
 
 def iter_batches(
-    paths: Sequence[Path], size: int, batch_size: int, workers: int, reframe: bool | FramingStats = False
-) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[str, str]]]]:
+    paths: Sequence[Path], size: int, batch_size: int, workers: int, reframe: bool | FramingStats = False,
+    second: bool = True,
+) -> Iterator[CellBatch]:
     """Decoded, resized (``reframe``: re-framed, see :func:`read_cell`) batches in order, with the files that
-    failed to load."""
+    failed to load, and (``second``) the second framings :func:`prepare_cell_views` gives."""
+    def load(p: Path) -> tuple[np.ndarray, np.ndarray | None] | str:
+        return _load(p, size, reframe, second)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        pending = [pool.map(lambda p: _load(p, size, reframe), c) for c in chunks[:2]]
+        pending = [pool.map(load, c) for c in chunks[:2]]
         for ci, chunk in enumerate(chunks):
             loaded = list(pending[ci])
             if ci + 2 < len(chunks):
-                pending.append(pool.map(lambda p: _load(p, size, reframe), chunks[ci + 2]))
+                pending.append(pool.map(load, chunks[ci + 2]))
             ok = [(p, a) for p, a in zip(chunk, loaded, strict=True) if not isinstance(a, str)]
             errors = [(str(p), a) for p, a in zip(chunk, loaded, strict=True) if isinstance(a, str)]
-            arr = np.stack([a for _, a in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
-            yield [p for p, _ in ok], arr, errors
+            arr = np.stack([a[0] for _, a in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
+            yield CellBatch([p for p, _ in ok], arr, errors,
+                            {i: a[1] for i, (_, a) in enumerate(ok) if a[1] is not None})
 
 
 def load_cells(
@@ -215,16 +255,31 @@ def load_cells(
     reframe: bool | FramingStats = False,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """All readable images as uint8 cells (N, size, size, 3), the indices into ``paths`` of those
-    that loaded, and (path, message) for those that did not (never fatal)."""
+    that loaded, and (path, message) for those that did not (never fatal). One framing per cell (the second
+    framing of an ambiguously framed cell: :func:`load_cell_views`)."""
+    cells, _, ok, errors = load_cell_views(paths, size, workers, batch_size, reframe, second=False)
+    return cells, ok, errors
+
+
+def load_cell_views(
+    paths: Sequence[str | os.PathLike[str]], size: int, workers: int = 2, batch_size: int = 128,
+    reframe: bool | FramingStats = False, second: bool = True,
+) -> tuple[np.ndarray, dict[int, np.ndarray], list[int], list[tuple[str, str]]]:
+    """:func:`load_cells` with the second framings of ambiguously framed cells ({index in the cells: cell};
+    :func:`prepare_cell_views`), as `wbc classify` prepares them."""
     files = [Path(p) for p in paths]
     index = {str(p): i for i, p in enumerate(files)}
-    cells, ok, errors = [], [], []
-    for ok_paths, arr, errs in iter_batches(files, size, batch_size, workers, reframe):
-        cells.append(arr)
-        ok += [index[str(p)] for p in ok_paths]
-        errors += errs
+    cells: list[np.ndarray] = []
+    zoomed: dict[int, np.ndarray] = {}
+    ok: list[int] = []
+    errors: list[tuple[str, str]] = []
+    for batch in iter_batches(files, size, batch_size, workers, reframe, second=second):
+        zoomed.update({len(ok) + k: v for k, v in batch.second.items()})
+        cells.append(batch.cells)
+        ok += [index[str(p)] for p in batch.paths]
+        errors += batch.errors
     arr = np.concatenate(cells) if cells else np.zeros((0, size, size, 3), np.uint8)
-    return arr, ok, errors
+    return arr, zoomed, ok, errors
 
 
 def classify_paths(
@@ -253,16 +308,17 @@ def classify_paths(
     embs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
     done = 0
-    for ok_paths, arr, errs in iter_batches(files, size, batch_size, workers, framing):
-        errors += errs
+    for batch in iter_batches(files, size, batch_size, workers, framing):
+        errors += batch.errors
+        arr = batch.cells
         if len(arr):
-            batch_preds, out = predict_cells(classifier, arr, [str(p) for p in ok_paths], with_embeddings,
-                                             classes=allowed)
+            batch_preds, out = predict_cells(classifier, arr, [str(p) for p in batch.paths], with_embeddings,
+                                             classes=allowed, second=batch.second)
             preds += batch_preds
             logits.append(out["logits"])
             if with_embeddings:
                 embs.append(out["embedding"])
-        done += len(arr) + len(errs)
+        done += len(arr) + len(batch.errors)
         if callable(progress):
             progress(done)
     n_cls = len(classifier.classes)
@@ -277,5 +333,5 @@ def classify_paths(
 # The predictions CSV is one of the output formats of wbc.formats; these names stay importable from here.
 from wbc.formats import prediction_header, prediction_row, write_predictions_csv  # noqa: E402
 
-__all__ = ["ClassifyResult", "classify_paths", "load_cells", "predict_cells", "prediction_header",
+__all__ = ["ClassifyResult", "classify_paths", "load_cell_views", "load_cells", "predict_cells", "prediction_header",
            "prediction_row", "read_cell", "write_predictions_csv"]

@@ -213,14 +213,19 @@ def versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "fastapi": fastapi.__version__}
 
 
-def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequence[str]) -> list[Any]:
+def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequence[str],
+                    second: dict[int, np.ndarray] | None = None) -> list[Any]:
     """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
-    ``wbc classify`` (:func:`wbc.classify.classify_paths`)."""
+    ``wbc classify`` (:func:`wbc.classify.classify_paths`); ``second``: the second framings of ambiguously
+    framed cells, by index (:func:`wbc.classify.prepare_cell_views`)."""
     from wbc.classify import predict_cells
 
+    second = second or {}
     preds: list[Any] = []
     for i in range(0, len(cells), BATCH_SIZE):
-        preds += predict_cells(classifier, cells[i : i + BATCH_SIZE], list(names[i : i + BATCH_SIZE]))[0]
+        part = {k - i: v for k, v in second.items() if i <= k < i + BATCH_SIZE}
+        preds += predict_cells(classifier, cells[i : i + BATCH_SIZE], list(names[i : i + BATCH_SIZE]),
+                               second=part)[0]
     return preds
 
 
@@ -387,7 +392,7 @@ def create_app(
                                 f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
         clf = chosen_classes(app.state.classifier, classes, tta)
         size = int(clf.info.input_size)
-        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, check_cell_image, prepare_cell
+        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, check_cell_image, prepare_cell_views
         from wbc.errors import ImageTooLargeError
         from wbc.reframe import framing_stats_of
 
@@ -403,16 +408,21 @@ def create_app(
                 errors.append({"filename": up.filename or "", "error": str(exc)})
 
         def work() -> list[Any]:  # decoding counts against the concurrency limit, as inference does
-            cells, names = [], []
+            cells: list[np.ndarray] = []
+            names: list[str] = []
+            second: dict[int, np.ndarray] = {}
             for name, data in checked:
                 try:
                     rgb = decode_upload(data, name, MAX_CELL_PIXELS, min_size=size)
                     check_cell_image(rgb, name)
-                    cells.append(prepare_cell(rgb, size, framing_stats_of(clf) if reframe else False))
+                    cell, zoomed = prepare_cell_views(rgb, size, framing_stats_of(clf) if reframe else False)
+                    if zoomed is not None:
+                        second[len(cells)] = zoomed
+                    cells.append(cell)
                     names.append(name)
                 except WbcError as exc:
                     errors.append({"filename": name, "error": str(exc)})
-            return classify_images(np.stack(cells), clf, names) if cells else []
+            return classify_images(np.stack(cells), clf, names, second) if cells else []
 
         preds = inference(work) if checked else []
         if not preds:
