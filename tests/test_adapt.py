@@ -230,7 +230,7 @@ def test_adapt_on_real_bccd_cells_does_not_hurt(tmp_path: Path, bccd_lab: Path) 
 def test_finetuning_the_shipped_model_on_real_bccd_cells(tmp_path: Path, bccd_lab: Path) -> None:
     """``wbc adapt``'s default recipe on the shipped weights must help on held-out cells (5-fold, 40 cells).
 
-    The full default schedule (30 epochs, 90 s here): with model 1.3.0, which names more BCCD cells right
+    The full default schedule (60 epochs since wbc 0.8.0): with model 1.3.0, which names more BCCD cells right
     unadapted, a 10-epoch run left the held-out accuracy where it was (0.775 both), 30 epochs raise it to 0.825.
     """
     pytest.importorskip("torch")

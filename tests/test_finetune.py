@@ -334,3 +334,14 @@ def test_new_feature_reference_replaces_the_old_and_accepts_its_own_cells() -> N
     assert (ood_scores(None, moved, new)["feature"] <= 1).all()
     far = fake_embed(np.full_like(lab_c[:3], 20)) * 3.0 + 1.0
     assert (ood_scores(None, far, new)["feature"] > 1).all()
+
+
+@needs_torch
+def test_the_command_line_fine_tunes_with_the_library_recipe() -> None:
+    """`wbc adapt --epochs` defaults to the recipe's epochs (the CLI module cannot import torch to read them)."""
+    import inspect
+
+    from wbc.cli.adapt import adapt
+    from wbc.train.finetune import DEFAULTS
+
+    assert inspect.signature(adapt).parameters["epochs"].default == DEFAULTS["epochs"] == 60

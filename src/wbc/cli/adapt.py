@@ -46,7 +46,7 @@ def adapt(
                                         "no PyTorch).")] = "finetune",
     checkpoint: Annotated[Path | None, typer.Option(help="PyTorch weights for --method finetune (default: "
                                                     "the .pt beside the model, e.g. RUN/best.pt).")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs over the labelled cells.")] = 30,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs over the labelled cells.")] = 60,
     members: Annotated[int, typer.Option(min=1, help="Fine-tune this many copies (other seeds) and ship their "
                                          "ensemble: more accurate, K times the fitting time and inference "
                                          "cost.")] = 1,
