@@ -176,6 +176,27 @@ def test_a_cell_small_in_its_frame_is_averaged_over_both_framings(tiny_classifie
     served = client.post("/classify", files=files).json()["results"][0]["probabilities"]
     assert served == pytest.approx(res.predictions[0].probabilities, abs=1e-3)
 
+
+def test_second_framings_keep_their_cells_index_across_batches_and_bad_files(tmp_path) -> None:
+    """The second framing is keyed by the cell's index among the cells that loaded, whatever the batching."""
+    from wbc.classify import load_cell_views, load_cells, prepare_cell_views
+    from wbc.io import write_image
+    from wbc.reframe import DEFAULT_STATS
+
+    small, native = _pad(_cell(size=200), 2.5), _cell(size=200, seed=1)
+    write_image(tmp_path / "a_small.png", small)
+    (tmp_path / "b_broken.png").write_bytes(b"not an image")
+    write_image(tmp_path / "c_native.png", native)
+    write_image(tmp_path / "d_small.png", small)
+    paths = sorted(tmp_path.glob("*.png"))
+    cells, second, ok, errors = load_cell_views(paths, 64, workers=1, batch_size=2, reframe=DEFAULT_STATS)
+    assert ok == [0, 2, 3] and [e[0] for e in errors] == [str(paths[1])]
+    assert sorted(second) == [0, 2]  # the two small cells, by their place among the loaded cells
+    want = prepare_cell_views(small, 64, DEFAULT_STATS)[1]
+    assert all(np.array_equal(second[k], want) for k in (0, 2))
+    plain, ok2, _ = load_cells(paths, 64, workers=1, batch_size=2, reframe=DEFAULT_STATS)
+    assert np.array_equal(plain, cells) and ok2 == ok
+
 @needs_torch
 def test_strong_colour_ops_keep_shape_and_range() -> None:
     import torch

@@ -7,7 +7,8 @@ single-cell image is resized to the network's input, :func:`reframe_cell` finds 
 centre on a small (64 px) copy, and when its extent relative to the frame is outside what the training crops
 show, crops (or pads, with the image's own background colour) a square around it whose side puts the nucleus
 at the training crops' median fraction. Images framed like the training crops are left as they are, so
-PBC-like input sees exactly what it saw before.
+PBC-like input sees what it saw before; only a cell whose nucleus is small for its frame, which may as well be
+any cell at half the scale, is scored a second time re-framed (:func:`frame_cell_views`, ``FramingStats.grey``).
 
 The nucleus, not the whole cell, is measured: it is the darkest, most saturated part of every stained WBC
 whatever the stain, while pale cytoplasm merges with red cells and background. Lobes are merged by a
