@@ -12,7 +12,8 @@ semantics for the WBC cells; ``ms_per_cell``: preparation and network together.
         --output benchmarks/results/reframe_accuracy.json
 
 ``--grey`` chose the second-framing zone (:class:`wbc.reframe.FramingStats`) on the whole validation split
-(``--per-class 0``): ``--grey 0.12`` (none), 0.22, 0.26, 0.3.
+(the default ``--per-class 0``): ``--grey 0.12`` (no second framing), 0.22 (chosen) and 0.26,
+``benchmarks/results/reframe_grey_*.json``.
 """
 
 from __future__ import annotations
