@@ -125,19 +125,19 @@ def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
     ``second``: ambiguously framed cells' second framings, whose logits are averaged in as `wbc classify` does
     (:func:`wbc.classify.predict_cells`)."""
     from wbc.adapt import dihedral_view
+    from wbc.classify import average_second_framings
     from wbc.labels import restrict_probabilities
     from wbc.model import class_probabilities
 
     def logits_of(x: np.ndarray) -> np.ndarray:
         return np.concatenate([clf.run(x[i : i + 64])["logits"] for i in range(0, len(x), 64)])
 
-    idx2 = np.array(sorted(second or {}), dtype=int)
-    zoomed = np.stack([second[int(i)] for i in idx2]) if second else None
     out = []
     for k in VIEWS:
-        logits = logits_of(dihedral_view(cells, k))
-        if zoomed is not None:
-            logits[idx2] = (logits[idx2] + logits_of(dihedral_view(zoomed, k))) / 2
+        def view_logits(z: np.ndarray, k: int = k) -> np.ndarray:
+            return logits_of(dihedral_view(z, k))
+
+        logits = average_second_framings(view_logits(cells), second, view_logits)
         p, _ = restrict_probabilities(class_probabilities(logits, clf.info), clf.classes, allowed)
         idx = [clf.classes.index(c) for c in (allowed or clf.classes)]
         out.append(p[:, idx])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +98,20 @@ def run_views(classifier: ClassifierLike, cells: np.ndarray, want: tuple[str, ..
     return {**out, "logits": np.mean(logits, axis=0)}
 
 
+def average_second_framings(
+    logits: np.ndarray, second: Mapping[int, np.ndarray] | None, logits_of: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``logits`` (N, C) with the rows of the cells in ``second`` ({index: the cell re-framed},
+    :func:`wbc.reframe.frame_cell_views`) replaced by the mean of theirs and ``logits_of`` the re-framed cells: how
+    an ambiguously framed cell is answered, here and in the label-free adaptation's scores."""
+    if not second:
+        return logits
+    idx = np.array(sorted(second), dtype=int)
+    out = np.array(logits, copy=True)
+    out[idx] = (out[idx] + logits_of(np.stack([second[int(i)] for i in idx]))) / 2
+    return out
+
+
 def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
     """How many views :func:`predict_cells` averages for this classifier (:meth:`wbc.model.Classifier.tta_views`;
     1 for a classifier without that method)."""
@@ -127,11 +141,8 @@ def predict_cells(
     views = tta_views_of(classifier) if views is None else views
     out = run_views(classifier, cells, ("logits", "embedding") if with_embeddings or ood else ("logits",), views)
     if second:
-        idx = np.array(sorted(second))
-        zoomed = run_views(classifier, np.stack([second[int(i)] for i in idx]), ("logits",), views)["logits"]
-        logits = np.array(out["logits"], copy=True)
-        logits[idx] = (logits[idx] + zoomed) / 2
-        out = {**out, "logits": logits}
+        out = {**out, "logits": average_second_framings(
+            out["logits"], second, lambda z: run_views(classifier, z, ("logits",), views)["logits"])}
     probs = class_probabilities(out["logits"], classifier.info)
     excluded = set(exclude)
     drop = [i for i, c in enumerate(classifier.classes) if c in excluded]

@@ -18,7 +18,7 @@ for lobed and round nuclei alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -246,6 +246,6 @@ def frame_cell_views(
     if needs_reframe(f, cell.shape, stats):
         return reframe_cell(rgb, size, stats, full), None
     if second and f.found and stats.low <= f.fraction < stats.grey:
-        zoom = FramingStats(stats.target, stats.target, stats.target, stats.target)
+        zoom = replace(stats, low=stats.target, high=stats.target, grey=stats.target)  # every cell to the target
         return cell, reframe_cell(rgb, size, zoom, full)
     return cell, None
