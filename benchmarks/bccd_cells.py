@@ -30,9 +30,10 @@ from cross_dataset import BCCD_CLASSES, load_bccd_cells, wbc_box
 
 
 def tight_bccd_cells(root: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """BCCD's single-WBC fields cut to their annotated box (longer side x 1.1, kept inside the field)."""
+    """BCCD's single-WBC fields cut to their annotated box (:func:`wbc.crops.box_window`)."""
     import csv
 
+    from wbc.crops import box_window
     from wbc.io import read_image
 
     cells, labels, names = [], [], []
@@ -42,13 +43,7 @@ def tight_bccd_cells(root: Path) -> tuple[list[np.ndarray], list[str], list[str]
             label = row["label"].strip().lower()
             if box is None or label not in BCCD_CLASSES:
                 continue
-            rgb = read_image(root / "bccd" / "JPEGImages" / f"{row['image']}.jpg")
-            h, w = rgb.shape[:2]
-            x0, y0, x1, y1 = box
-            side = min(int(max(x1 - x0, y1 - y0) * 1.1), h, w)
-            left = int(min(max(0.0, (x0 + x1 - side) / 2), w - side))
-            top = int(min(max(0.0, (y0 + y1 - side) / 2), h - side))
-            cells.append(rgb[top : top + side, left : left + side])
+            cells.append(box_window(read_image(root / "bccd" / "JPEGImages" / f"{row['image']}.jpg"), box))
             labels.append(label)
             names.append(row["image"])
     return cells, labels, names

@@ -69,6 +69,55 @@ def test_unlabelled_sources_are_checked(tmp_path: Path) -> None:
         TrainConfig().updated({"unlabelled_threshold": 1.5})
 
 
+def _txl_tree(root: Path) -> None:
+    """A one-field TXL-PBC tree under ``root``: a pale 120 px "bcd" field whose red channel grows with the
+    column (no nucleus to re-frame around), one WBC box touching its left border and one red-cell box."""
+    from wbc.io import write_image
+
+    yy, xx = np.mgrid[0:120, 0:120]
+    field = np.stack([180 + xx // 2, np.full_like(xx, 230), np.full_like(yy, 230)], axis=2).astype(np.uint8)
+    base = root / "txl_pbc"
+    write_image(base / "images" / "train" / "f1.png", field)
+    (base / "labels" / "train").mkdir(parents=True)
+    (base / "labels" / "train" / "f1.txt").write_text("0 0.15 0.5 0.3 0.3\n1 0.7 0.5 0.1 0.1\n")  # a WBC, a RBC
+    (base / "sources.csv").write_text("split,stem,origin,bccd_image,width,height\ntrain,f1,bcd,,120,120\n")
+
+
+def test_txl_crops_single_keep_the_field_smear_mirror_it(tmp_path: Path) -> None:
+    from wbc.config import TrainConfig
+    from wbc.errors import ConfigError
+    from wbc.train.unlabelled import txl_wbc_crops
+
+    _txl_tree(tmp_path)
+    smear = txl_wbc_crops(tmp_path, ("bcd",), 48, 0.36, "smear")
+    single = txl_wbc_crops(tmp_path, ("bcd",), 48, 0.36, "single")
+    both = txl_wbc_crops(tmp_path, ("bcd",), 48, 0.36, "both")
+    assert smear.shape == single.shape == (1, 48, 48, 3) and both.shape == (2, 48, 48, 3)  # the RBC box is skipped
+    assert np.array_equal(both[0], smear[0]) and np.array_equal(both[1], single[0])
+    single_row, smear_row = single[0, 24, :, 0].astype(int), smear[0, 24, :, 0].astype(int)  # red: the column
+    assert (np.diff(single_row) >= 0).all()  # the window lies inside the field: the columns only increase
+    assert single_row[0] == 180  # from the field's first column: the cell by the border sits off-centre
+    assert (np.diff(smear_row) < 0).any()  # the smear crop runs past the border into a mirrored field
+    with pytest.raises(WbcError, match="crop 'tight'"):
+        txl_wbc_crops(tmp_path, ("bcd",), 48, 0.36, "tight")
+    with pytest.raises(ConfigError, match="unlabelled_crop"):
+        TrainConfig().updated({"unlabelled_crop": "tight"})
+
+
+def test_a_folder_of_unlabelled_cells_is_read_as_wbc_classify_reads_it(tmp_path: Path) -> None:
+    from wbc.io import write_image
+    from wbc.reframe import DEFAULT_STATS, measure_framing
+    from wbc.synthetic import synthetic_cell
+    from wbc.train.unlabelled import load_unlabelled
+
+    for i in range(8):  # the cell filling a tight crop, as another lab's single-cell images may come
+        write_image(tmp_path / "lab" / f"{i}.png", synthetic_cell("neutrophil", 128, i)[32:96, 32:96])
+    cells = load_unlabelled(str(tmp_path / "lab"), tmp_path, 48, 0.36)
+    fractions = [measure_framing(c).fraction for c in cells]
+    assert cells.shape == (8, 48, 48, 3)
+    assert all(abs(f - DEFAULT_STATS.target) < 0.1 for f in fractions), fractions  # re-framed, not ~0.7
+
+
 @pytest.mark.real_data
 def test_txl_crops_of_another_lab_skip_bccd_test_fields(real_data: Path) -> None:
     import csv

@@ -20,6 +20,9 @@ from wbc.errors import ConfigError
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
+#: How ``TrainConfig.unlabelled_crop`` may cut TXL-PBC's WBC boxes (:func:`wbc.train.unlabelled.txl_wbc_crops`).
+UNLABELLED_CROPS: tuple[str, ...] = ("smear", "single", "both")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -76,6 +79,9 @@ class TrainConfig:
     init_weights: str = ""  # start from these network weights (a .pt; e.g. the shipped model): fine-tuning
     # other labs' unlabelled cells, learnt from by consistency (FixMatch; wbc.train.unlabelled)
     unlabelled: str = ""  # "txl_pbc:bcd" (WBC crops of TXL-PBC train/val fields of those origins) or a folder
+    unlabelled_crop: str = "smear"  # how TXL-PBC's WBC boxes are cut: "smear" (as `wbc analyze` cuts smear
+    # cells: the field mirrored beyond its border), "single" (as a lab's single-cell image: the box inside the
+    # field, re-framed as `wbc classify` re-frames it) or "both" (each box twice); wbc.train.unlabelled
     unlabelled_weight: float = 1.0  # weight of their loss next to the labelled cells' loss
     unlabelled_threshold: float = 0.75  # pseudo-label a cell only when the teacher is this confident (label
     # smoothing 0.1 caps a certain network near 0.91: at 0.9 only 2 % of the other lab's cells were used)
@@ -139,6 +145,9 @@ class TrainConfig:
         if self.unlabelled_weight < 0 or not 0 < self.unlabelled_threshold < 1 or not 0 < self.unlabelled_ratio <= 4:
             raise ConfigError("unlabelled_weight must be >= 0, unlabelled_threshold in (0, 1), unlabelled_ratio "
                               "in (0, 4]")
+        if self.unlabelled_crop not in UNLABELLED_CROPS:
+            raise ConfigError(f"unlabelled_crop must be one of {', '.join(UNLABELLED_CROPS)}, "
+                              f"not {self.unlabelled_crop!r}")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
 

@@ -86,6 +86,25 @@ def crop_cell(rgb: np.ndarray, cell: Cell, size: int, fraction: float = DEFAULT_
     return resize_square(np.ascontiguousarray(src[y0 : y0 + side, x0 : x0 + side]), size)
 
 
+def box_window(rgb: np.ndarray, box: Sequence[float], margin: float = 1.1) -> np.ndarray:
+    """The square around an annotated box as a lab's own single-cell image shows a cell: side ``margin`` x the
+    box's longer side, centred on the box but kept inside the field (nothing mirrored or filled), so a cell by
+    the border sits off-centre; the field's resolution is kept (`wbc classify` re-frames such images itself).
+
+    >>> field = np.zeros((100, 120, 3), np.uint8)
+    >>> box_window(field, (10, 20, 50, 60)).shape  # a 40 px box: a 44 px window
+    (44, 44, 3)
+    >>> box_window(field, (0, 0, 30, 30)).shape, box_window(field, (0, 0, 300, 300)).shape  # kept inside
+    ((33, 33, 3), (100, 100, 3))
+    """
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(1, min(int(max(x1 - x0, y1 - y0) * margin), h, w))
+    left = int(min(max(0.0, (x0 + x1 - side) / 2), w - side))
+    top = int(min(max(0.0, (y0 + y1 - side) / 2), h - side))
+    return np.ascontiguousarray(rgb[top : top + side, left : left + side])
+
+
 def crop_cells(
     rgb: np.ndarray, cells: Sequence[Cell], size: int, fraction: float = DEFAULT_CELL_FRACTION
 ) -> np.ndarray:

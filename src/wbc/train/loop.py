@@ -474,8 +474,10 @@ def run_training(
         from wbc.train.unlabelled import load_unlabelled
 
         fraction = measure_training_cell_fraction(kept) or DEFAULT_CELL_FRACTION
-        unlabelled = load_unlabelled(cfg.unlabelled, root, cfg.input_size, fraction, cfg.threads)
-        console.print(f"{len(unlabelled)} unlabelled cells from {cfg.unlabelled} (cell fraction {fraction:.3f})",
+        unlabelled = load_unlabelled(cfg.unlabelled, root, cfg.input_size, fraction, cfg.threads,
+                                     cfg.unlabelled_crop)
+        crop = f", {cfg.unlabelled_crop} crops" if cfg.unlabelled.startswith("txl_pbc:") else ""
+        console.print(f"{len(unlabelled)} unlabelled cells from {cfg.unlabelled} (cell fraction {fraction:.3f}{crop})",
                       highlight=False)
 
     def subset(mask: np.ndarray, scored: bool = True) -> Split:

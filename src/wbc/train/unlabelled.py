@@ -6,9 +6,10 @@ Sohn et al. 2020), learns features that hold on those labs' optics, cameras and 
 colour randomisation it is shown. ``TrainConfig.unlabelled`` names the cells:
 
 - ``"txl_pbc:bcd"`` (origins separated by commas): every WBC box of the TXL-PBC *train and val* fields of
-  those origins (``bcd``: the Kaggle blood-cell-detection lab, ``bccd``, ``pbc``), cut as `wbc analyze` cuts
-  smear cells (:func:`wbc.crops.crop_cell` at the model's cell fraction). BCCD-origin fields of BCCD's own
-  test split are never used, so BCCD's test cells stay unseen.
+  those origins (``bcd``: the Kaggle blood-cell-detection lab, ``bccd``, ``pbc``), cut as
+  ``TrainConfig.unlabelled_crop`` says: as `wbc analyze` cuts smear cells, as a lab's own single-cell images
+  come, or both (:func:`txl_wbc_crops`). BCCD-origin fields of BCCD's own test split are never used, so BCCD's
+  test cells stay unseen.
 - a folder of single-cell images (any lab's), read as `wbc classify` reads them (re-framed when framed
   unlike the training crops).
 """
@@ -39,12 +40,24 @@ def box_cell(box: tuple[float, float, float, float]) -> Cell:
     return Cell(id=1, box=(x0, y0, x1, y1), nucleus_mask=mask, cell_mask=mask)
 
 
-def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: float) -> np.ndarray:
-    """(N, size, size, 3) uint8 crops of every WBC box in TXL-PBC's train/val fields of ``origins``."""
+def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: float, crop: str = "smear"
+                  ) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops of every WBC box in TXL-PBC's train/val fields of ``origins``.
+
+    ``crop`` (:data:`wbc.config.UNLABELLED_CROPS`): "smear" cuts each box as `wbc analyze` cuts a smear cell
+    (:func:`wbc.crops.crop_cell`: the cell at the model's ``fraction``, the field mirrored beyond its border,
+    which for BCD's 416 px fields is nearly every cell); "single" as a lab's own single-cell image comes and
+    `wbc classify` reads it (:func:`wbc.crops.box_window`, then :func:`wbc.reframe.frame_cell`: no mirrored
+    copies, the cell off-centre by a border); "both" gives each box both ways (the smear crop first).
+    """
     from wbc import crops
+    from wbc.config import UNLABELLED_CROPS
     from wbc.io import read_image
+    from wbc.reframe import DEFAULT_STATS, frame_cell
 
     base = root / "txl_pbc"
+    if crop not in UNLABELLED_CROPS:
+        raise WbcError(f"unlabelled: crop {crop!r}: expected one of {', '.join(UNLABELLED_CROPS)}")
     bad = set(origins) - set(TXL_ORIGINS)
     if bad:
         raise WbcError(f"unlabelled: unknown TXL-PBC origin(s) {sorted(bad)}; known: {', '.join(TXL_ORIGINS)}")
@@ -74,15 +87,20 @@ def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: flo
                     continue
                 cx, cy, bw, bh = (float(v) for v in parts[1:])
                 box = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
-                out.append(crops.crop_cell(rgb, box_cell(box), size, fraction))
+                if crop in ("smear", "both"):
+                    out.append(crops.crop_cell(rgb, box_cell(box), size, fraction))
+                if crop in ("single", "both"):
+                    out.append(frame_cell(crops.box_window(rgb, box), size, DEFAULT_STATS))
     return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
-def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: int = 2) -> np.ndarray:
-    """The cells ``TrainConfig.unlabelled`` names, as a uint8 cache (N, size, size, 3)."""
+def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: int = 2, crop: str = "smear"
+                    ) -> np.ndarray:
+    """The cells ``TrainConfig.unlabelled`` names, as a uint8 cache (N, size, size, 3); ``crop``: how TXL-PBC's
+    boxes are cut (:func:`txl_wbc_crops`; a folder's images are read as `wbc classify` reads them)."""
     if spec.startswith("txl_pbc:"):
         origins = tuple(o.strip() for o in spec.split(":", 1)[1].split(",") if o.strip())
-        cells = txl_wbc_crops(root, origins, size, fraction)
+        cells = txl_wbc_crops(root, origins, size, fraction, crop)
     else:
         from wbc.classify import load_cells
         from wbc.io import iter_image_paths
@@ -90,7 +108,9 @@ def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: 
         folder = Path(spec) if Path(spec).is_absolute() or Path(spec).exists() else root / spec
         if not folder.exists():
             raise WbcError(f"unlabelled: {spec}: no such folder (nor under the data root {root})")
-        cells, _, _ = load_cells(list(iter_image_paths([folder])), size, threads)
+        from wbc.reframe import DEFAULT_STATS
+
+        cells, _, _ = load_cells(list(iter_image_paths([folder])), size, threads, reframe=DEFAULT_STATS)
     if len(cells) < 8:
         raise WbcError(f"unlabelled: {spec}: need at least 8 cells, found {len(cells)}")
     return cells
