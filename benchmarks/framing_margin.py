@@ -1,0 +1,80 @@
+"""How far `wbc adapt --no-labels` scores every-cell re-framing above the model's own framing, on PBC validation
+cells as PBC frames them and padded 2x: the noise and the signal the framing margin (``MIN_GAIN``) must separate.
+
+Each draw takes ``--per-class`` random validation cells of each WBC type (seed ``--seed``), writes them as they are and
+padded 2x with their own background (a lab whose crops show the cell at half PBC's size), and runs
+:func:`wbc.adapt_unlabelled.adapt_unlabelled` (5-part, no colour mapping) on each; the gap is the "all" framing's
+score minus the "band" framing's. It chose ``MIN_GAIN = 0.1`` (wbc 0.9.0; docs/generalisation.md):
+
+    python benchmarks/framing_margin.py --models src/wbc/models/default/wbc_classifier.onnx OLD.onnx \\
+        --output benchmarks/results/framing_margin.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=[None], help="classifier ONNX files (default: the shipped model)")
+    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--draws", type=int, default=6)
+    ap.add_argument("--per-class", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/framing_margin.json"))
+    args = ap.parse_args(argv)
+
+    import cv2
+    import numpy as np
+
+    from wbc.adapt_unlabelled import MIN_GAIN, adapt_unlabelled
+    from wbc.data import read_manifest
+    from wbc.io import atomic_write_json, read_image, write_image
+    from wbc.labels import WBC5
+    from wbc.model import load_model
+    from wbc.paths import data_root
+    from wbc.reframe import background_colour
+
+    val = [s for s in read_manifest(args.manifest, "val", data_root(args.data)) if s.label in WBC5]
+    if not val:
+        raise SystemExit(f"error: {args.manifest}: no validation cells of the five WBC types")
+    rng = np.random.default_rng(args.seed)
+    names = {m: f"{(i := load_model(m).info).model_id} ({i.version})" for m in args.models}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in range(args.draws):
+            base = Path(tmp) / str(d)
+            for c in WBC5:
+                of_class = [s for s in val if s.label == c]
+                for i in rng.permutation(len(of_class))[: args.per_class]:
+                    s = of_class[int(i)]
+                    rgb = read_image(s.path)
+                    h, w = rgb.shape[:2]
+                    wide = cv2.copyMakeBorder(rgb, h // 2, h // 2, w // 2, w // 2, cv2.BORDER_CONSTANT,
+                                              value=background_colour(rgb))
+                    write_image(base / "native" / c / f"{Path(s.path).stem}.png", rgb)
+                    write_image(base / "padded_2x" / c / f"{Path(s.path).stem}.png", wide)
+            for model in args.models:
+                for kind in ("native", "padded_2x"):
+                    res = adapt_unlabelled(model, base / kind, base / f"{kind}.onnx", classes="5part", methods=())
+                    score = {c.framing: c.score for c in res.candidates}
+                    rows.append({"model": names[model], "draw": d, "cells": kind,
+                                 "gap": round(score["all"] - score["band"], 4), "chosen": res.framing})
+                    print(f"draw {d} {rows[-1]['model']} {kind:<9} all - band {rows[-1]['gap']:+.3f}", flush=True)
+    summary = {f"{m} {k}": [min(r["gap"] for r in rows if r["model"] == m and r["cells"] == k),
+                            max(r["gap"] for r in rows if r["model"] == m and r["cells"] == k)]
+               for m in {r["model"] for r in rows} for k in ("native", "padded_2x")}
+    atomic_write_json(args.output, {"min_gain": MIN_GAIN, "per_class": args.per_class, "seed": args.seed,
+                                    "gap_range": summary, "draws": rows})
+    for k, (lo, hi) in sorted(summary.items()):
+        print(f"{k}: {lo:+.3f} to {hi:+.3f}")
+    print(f"-> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
