@@ -93,6 +93,7 @@ def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, syn
     (["train", "--balance", "magic"], "balance must be"),
     (["export", "/no/run"], "checkpoint not found"),
     (["train", "--device", "tpu"], "device must be cpu, cuda or auto"),
+    (["train", "--unlabelled-crop", "tight"], "unlabelled_crop must be one of smear, single, both"),
 ])
 def test_cli_errors_are_one_line_not_tracebacks(args: list[str], msg: str) -> None:
     r = run_wbc(*args)

@@ -35,6 +35,9 @@ def train(
     unlabelled: Annotated[str | None, typer.Option(
         help="Other labs' unlabelled cells to learn from by consistency (FixMatch): txl_pbc:ORIGIN[,ORIGIN] "
              "or a folder of cell images; '' turns the config's off.")] = None,
+    unlabelled_crop: Annotated[str | None, typer.Option(
+        help="How TXL-PBC's WBC boxes are cut for --unlabelled: smear (as wbc analyze, mirrored past the field) | "
+             "single (as a lab's single-cell image, re-framed as wbc classify does) | both.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Data-parallel processes on this machine (DDP: gloo on CPUs, NCCL on GPUs).")] = 1,
@@ -45,7 +48,7 @@ def train(
     overrides = dict(data=dataset, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                      input_size=input_size, pretrained=pretrained, augment=augment, balance=balance,
                      patience=patience, folds=folds, max_per_class=max_per_class, seed=seed, threads=threads,
-                     num_workers=num_workers, device=device, unlabelled=unlabelled)
+                     num_workers=num_workers, device=device, unlabelled=unlabelled, unlabelled_crop=unlabelled_crop)
     cfg = load_config(config, overrides)
     run = require_train("wbc.train.loop").run_training
     run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc)
