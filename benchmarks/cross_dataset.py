@@ -104,12 +104,16 @@ def box_cell(box: tuple[float, float, float, float], box_to_cell: float = BOX_TO
 
 
 def load_bccd_cells(
-    root: Path, size: int, crop: str = "wbc", fraction: float | None = None, lab_scale: bool = False
+    root: Path, size: int, crop: str = "wbc", fraction: float | None = None, lab_scale: bool = False,
+    framing: object = None,
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """BCCD single-WBC crops at ``size`` with their labels and image names.
 
     ``crop="wbc"``: :func:`wbc.crops.crop_cell` (what ``wbc analyze`` does) on an ellipse fitted in the box,
-    with ``fraction`` (default: :data:`wbc.crops.DEFAULT_CELL_FRACTION`); ``"local"``: :func:`crop_cell`
+    with ``fraction`` (default: :data:`wbc.crops.DEFAULT_CELL_FRACTION`); the field is mirrored past its border,
+    as it is for 261 of BCCD's 277 train/val cells. ``"single"``: the box as a lab's single-cell image shows it
+    (:func:`wbc.crops.box_window`, nothing mirrored), re-framed as `wbc classify` re-frames it with ``framing``
+    (the model's :class:`wbc.reframe.FramingStats`; one framing). ``"local"``: :func:`crop_cell`
     here (max extent / PBC_FILL, background-coloured borders). ``lab_scale``: one crop side for the whole
     lab (the median cell diameter / ``fraction``) instead of one per cell, so that cells keep their sizes
     relative to each other, as in PBC's fixed-magnification crops (small lymphocytes, large monocytes).
@@ -133,6 +137,11 @@ def load_bccd_cells(
         rgb = read_image(root / "bccd" / "JPEGImages" / f"{image}.jpg")
         if crop == "wbc":
             cells.append(crops.crop_cell(rgb, box_cell(box), size, d / side if lab_scale else frac))
+        elif crop == "single":
+            from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell
+
+            stats = framing if isinstance(framing, FramingStats) else DEFAULT_STATS
+            cells.append(frame_cell(crops.box_window(rgb, box), size, stats))
         else:
             cells.append(resize_square(crop_cell(rgb, box), size))
     return np.stack(cells), [lab for _, lab, _ in fields], [image for image, _, _ in fields]
@@ -189,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measures", nargs="+", default=list(PREPS), choices=list(PREPS))
     ap.add_argument("--cache", type=Path, default=None, help="folder for cached embeddings (resumable)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--crop", choices=["wbc", "local"], default="wbc",
-                    help="wbc: wbc.crops (as wbc analyze); local: this script's background-padded crop")
+    ap.add_argument("--crop", choices=["wbc", "single", "local"], default="wbc",
+                    help="wbc: wbc.crops (as wbc analyze, mirrored past the field); single: the box as a lab's "
+                         "single-cell image, re-framed as wbc classify does; local: this script's padded crop")
     ap.add_argument("--finetune-checkpoint", type=Path, default=None,
                     help="PyTorch weights for the fine-tuning rows (default: the .pt beside --model)")
     ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning rows (the slow part)")
@@ -211,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.model import load_model
     from wbc.ood_fit import embed_samples
     from wbc.paths import data_root
+    from wbc.reframe import framing_stats_of
     from wbc.stain import METHODS, fit_stain_stats
 
     t0 = time.perf_counter()
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         cache.mkdir(parents=True, exist_ok=True)
 
     print("loading BCCD crops ...", flush=True)
-    b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction, args.lab_scale)
+    b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction, args.lab_scale, framing_stats_of(clf))
     counts = ", ".join(f"{c} {b_labels.count(c)}" for c in BCCD_CLASSES)
     print(f"  {len(b_cells)} cells: {counts}", flush=True)
     pbc_test = cap_per_class([s for s in read_manifest(args.manifest, "test", root) if s.label in classes],
@@ -333,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 save()
 
     # crop-scale sensitivity: the same cells cropped tighter / looser (1 view, no stain normalisation)
-    for factor in (0.8, 1.25) if "none" in args.measures else ():
+    for factor in (0.8, 1.25) if "none" in args.measures and args.crop != "single" else ():
         cells_f, labels_f, _ = load_bccd_cells(root, size, args.crop, fraction * factor, args.lab_scale)
         key = f"none, cell fraction x{factor}"
         pb = probs_from_emb(embeddings(f"scale{factor}", "bccd", cells_f, 1), w0, b0, False)
