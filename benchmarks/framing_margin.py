@@ -1,10 +1,12 @@
-"""How far `wbc adapt --no-labels` scores every-cell re-framing above the model's own framing, on PBC validation
-cells as PBC frames them and padded 2x: the noise and the signal the framing margin (``MIN_GAIN``) must separate.
+"""How far `wbc adapt --no-labels` scores every-cell re-framing ("all") and the lab's one magnification ("lab")
+above the model's own framing ("band"), on PBC validation cells as PBC frames them and padded 2x: the noise and the
+signal the framing margins (``MIN_GAIN``, ``LAB_MIN_GAIN``) must separate.
 
 Each draw takes ``--per-class`` random validation cells of each WBC type (seed ``--seed``), writes them as they are and
 padded 2x with their own background (a lab whose crops show the cell at half PBC's size), and runs
-:func:`wbc.adapt_unlabelled.adapt_unlabelled` (5-part, no colour mapping) on each; the gap is the "all" framing's
-score minus the "band" framing's. It chose ``MIN_GAIN = 0.1`` (wbc 0.9.0; docs/generalisation.md):
+:func:`wbc.adapt_unlabelled.adapt_unlabelled` (5-part, no colour mapping) on each; a gap is the "all" (or "lab")
+framing's score minus the "band" framing's. It chose ``MIN_GAIN = 0.1`` (wbc 0.9.0) and ``LAB_MIN_GAIN``
+(wbc 0.10.0; docs/generalisation.md):
 
     python benchmarks/framing_margin.py --models src/wbc/models/default/wbc_classifier.onnx OLD.onnx \\
         --output benchmarks/results/framing_margin.json
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     import numpy as np
 
-    from wbc.adapt_unlabelled import MIN_GAIN, adapt_unlabelled
+    from wbc.adapt_unlabelled import LAB_MIN_GAIN, MIN_GAIN, adapt_unlabelled
     from wbc.data import read_manifest
     from wbc.io import atomic_write_json, read_image, write_image
     from wbc.labels import WBC5
@@ -63,15 +65,23 @@ def main(argv: list[str] | None = None) -> int:
                     res = adapt_unlabelled(model, base / kind, base / f"{kind}.onnx", classes="5part", methods=())
                     score = {c.framing: c.score for c in res.candidates}
                     rows.append({"model": names[model], "draw": d, "cells": kind,
-                                 "gap": round(score["all"] - score["band"], 4), "chosen": res.framing})
-                    print(f"draw {d} {rows[-1]['model']} {kind:<9} all - band {rows[-1]['gap']:+.3f}", flush=True)
-    summary = {f"{m} {k}": [min(r["gap"] for r in rows if r["model"] == m and r["cells"] == k),
-                            max(r["gap"] for r in rows if r["model"] == m and r["cells"] == k)]
-               for m in {r["model"] for r in rows} for k in ("native", "padded_2x")}
-    atomic_write_json(args.output, {"min_gain": MIN_GAIN, "per_class": args.per_class, "seed": args.seed,
-                                    "gap_range": summary, "draws": rows})
+                                 "gap": round(score["all"] - score["band"], 4),
+                                 "gap_lab": round(score["lab"] - score["band"], 4), "chosen": res.framing})
+                    print(f"draw {d} {rows[-1]['model']} {kind:<9} all - band {rows[-1]['gap']:+.3f}, "
+                          f"lab - band {rows[-1]['gap_lab']:+.3f}, chosen {res.framing}", flush=True)
+
+    def spread(key: str) -> dict[str, list[float]]:
+        return {f"{m} {k}": [min(r[key] for r in rows if r["model"] == m and r["cells"] == k),
+                             max(r[key] for r in rows if r["model"] == m and r["cells"] == k)]
+                for m in {r["model"] for r in rows} for k in ("native", "padded_2x")}
+
+    summary, summary_lab = spread("gap"), spread("gap_lab")
+    atomic_write_json(args.output, {"min_gain": MIN_GAIN, "lab_min_gain": LAB_MIN_GAIN, "per_class": args.per_class,
+                                    "seed": args.seed, "gap_range": summary, "gap_range_lab": summary_lab,
+                                    "draws": rows})
     for k, (lo, hi) in sorted(summary.items()):
-        print(f"{k}: {lo:+.3f} to {hi:+.3f}")
+        print(f"{k}: all - band {lo:+.3f} to {hi:+.3f}, lab - band {summary_lab[k][0]:+.3f} to "
+              f"{summary_lab[k][1]:+.3f}")
     print(f"-> {args.output}")
     return 0
 

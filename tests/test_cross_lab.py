@@ -13,9 +13,12 @@ from wbc.reframe import (
     CANONICAL,
     background_colour,
     frame_cell,
+    frame_cell_views,
     framing_stats_of,
+    lab_framing,
     measure_framing,
     needs_reframe,
+    nucleus_extent,
     reframe_cell,
 )
 from wbc.synthetic import synthetic_cell
@@ -74,6 +77,34 @@ def test_tight_crop_is_padded_with_its_own_background() -> None:
     corner = out[:8, :8].reshape(-1, 3).astype(int).mean(0)
     assert np.abs(corner - np.array(background_colour(tight))).max() <= 2  # filled with its brightest tenth's colour
     assert corner.sum() > 400  # not black
+
+
+def _disc(side: int, radius: int) -> np.ndarray:
+    img = np.full((side, side, 3), 235, np.uint8)
+    cv2.circle(img, (side // 2, side // 2), radius, (90, 40, 140), -1)
+    return img
+
+
+def test_lab_framing_cuts_every_cell_at_one_magnification() -> None:
+    """``--framing lab``: one square side for the whole lab, from its median nucleus, so the cells keep their
+    sizes relative to each other, which re-framing each cell to the target fraction takes away."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    small, large = _disc(300, 20), _disc(200, 40)  # nuclei 41 and 81 px across, in images of other sizes
+    extents = [nucleus_extent(img) for img in (small, large) * 4]
+    stats = lab_framing(extents)
+    assert stats is not None and stats.side == pytest.approx(float(np.median(extents)) / stats.target)
+    fa, fb = (measure_framing(frame_cell(img, 96, stats)).fraction for img in (small, large))
+    assert fb / fa == pytest.approx(2.0, rel=0.2)  # the relative size kept
+    assert (fa + fb) / 2 == pytest.approx(stats.target, rel=0.2)  # the lab's median nucleus at the target
+    ca, cb = (measure_framing(frame_cell(img, 96, CANONICAL)).fraction for img in (small, large))
+    assert cb / ca == pytest.approx(1.0, abs=0.2)  # per-cell re-framing: both nuclei at the target fraction
+    assert frame_cell_views(small, 96, stats)[1] is None  # one magnification: no second framing
+    model = SimpleNamespace(info=SimpleNamespace(extra={"reframe": asdict(stats)}))
+    assert framing_stats_of(model) == stats  # what an adapted model stores, read back
+    assert lab_framing([None] * 10 + [30.0] * 7) is None  # fewer than 8 nuclei: no lab magnification
+    assert nucleus_extent(np.full((90, 90, 3), 235, np.uint8)) is None
 
 
 def test_parse_class_set() -> None:
@@ -284,6 +315,12 @@ def test_adapt_unlabelled_reports_and_keeps_no_mapping_for_training_like_cells(t
     assert again.class_prior == pytest.approx(res.class_prior, abs=1e-3)
     with pytest.raises(WbcError, match="at least 8"):
         adapt_unlabelled(model, tmp_path / "lab" / "0.png", tmp_path / "x.onnx", threads=1)
+    # the lab's one magnification is a third framing scored, when its nuclei can be measured
+    assert {c.framing for c in res.candidates} == {"band", "all", "lab"}
+    for i in range(8):
+        write_image(tmp_path / "blank" / f"{i}.png", np.full((64, 64, 3), 235, np.uint8))
+    with pytest.raises(WbcError, match="--framing lab: fewer than 8"):
+        adapt_unlabelled(model, tmp_path / "blank", tmp_path / "y.onnx", threads=1, framing="lab")
 
 
 def test_http_classify_takes_classes_and_reframe(tiny_classifier) -> None:
@@ -306,8 +343,9 @@ def test_http_classify_takes_classes_and_reframe(tiny_classifier) -> None:
 
 @pytest.mark.real_data
 def test_adapt_unlabelled_chooses_framing_for_cells_small_in_wide_fields(real_data, tmp_path) -> None:
-    """A lab whose crops show PBC cells at half the size (nucleus inside the untouched band) gets every cell
-    re-framed; PBC-framed crops keep the model's framing. Real PBC validation cells, the shipped model."""
+    """A lab whose crops show PBC cells at half the size (nucleus inside the untouched band) gets its cells
+    re-framed (every cell to the target fraction, or the lab's one magnification, whichever scores higher);
+    PBC-framed crops keep the model's framing. Real PBC validation cells, the shipped model."""
     from pathlib import Path
 
     from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
@@ -327,11 +365,12 @@ def test_adapt_unlabelled_chooses_framing_for_cells_small_in_wide_fields(real_da
         write_image(tmp_path / "wide" / s.label / f"{Path(s.path).stem}.png", wide)
         write_image(tmp_path / "native" / s.label / f"{Path(s.path).stem}.png", rgb)
     wide = adapt_unlabelled(None, tmp_path / "wide", tmp_path / "wide.onnx", classes="5part", threads=2)
-    assert wide.framing == "all" and {c.framing for c in wide.candidates} == {"band", "all"}
-    assert any(line.startswith("all ") and line.endswith("<- chosen") for line in summary_lines(wide))
+    assert wide.framing in ("all", "lab") and {c.framing for c in wide.candidates} == {"band", "all", "lab"}
+    assert any(line.startswith(f"{wide.framing} ") and line.endswith("<- chosen") for line in summary_lines(wide))
     adapted = load_model(tmp_path / "wide.onnx", threads=2)
     assert adapted.info.extra["reframe"]["low"] == adapted.info.extra["reframe"]["high"] == CANONICAL.target
-    assert adapted.info.model_id.endswith("+framing-all")
+    assert (adapted.info.extra["reframe"]["side"] > 0) == (wide.framing == "lab")
+    assert adapted.info.model_id.endswith(f"+framing-{wide.framing}")
     paths = sorted((tmp_path / "wide").glob("*/*.png"))
     truth = [p.parent.name for p in paths]
 
@@ -351,5 +390,9 @@ def test_adapt_unlabelled_chooses_framing_for_cells_small_in_wide_fields(real_da
     fixed = adapt_unlabelled(None, tmp_path / "wide", tmp_path / "fixed.onnx", classes="5part", threads=2,
                              framing="band")
     assert fixed.framing == "band" and {c.framing for c in fixed.candidates} == {"band"}
+    # the lab's one magnification, fixed: a square of PBC's crop size around each nucleus (363 px crops padded 2x)
+    lab = adapt_unlabelled(None, tmp_path / "wide", tmp_path / "lab.onnx", classes="5part", threads=2, framing="lab")
+    assert lab.framing == "lab" and 250 < load_model(tmp_path / "lab.onnx").info.extra["reframe"]["side"] < 500
+    assert accuracy(load_model(tmp_path / "lab.onnx", threads=2)) >= accuracy(shipped) + 0.05
     with pytest.raises(WbcError, match="--framing sideways"):
         adapt_unlabelled(None, tmp_path / "wide", tmp_path / "x.onnx", framing="sideways")

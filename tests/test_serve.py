@@ -89,7 +89,7 @@ def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier)
     assert body["segmenter"]["name"] == "classical"
     # the framing /classify applies: the training band unless `wbc adapt --no-labels` chose another, and the zone
     # below 0.22 where a cell also runs re-framed
-    assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5, "grey": 0.22}
+    assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5, "grey": 0.22, "side": 0.0}
     # /classify: the model's own views per cell (one for a model without a setting); /analyze: the smear default
     assert body["tta_views"] == {"classify": 1, "analyze": 4}
 

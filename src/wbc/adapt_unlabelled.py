@@ -35,6 +35,14 @@ cells, tight crops and BCCD's train/val crops keep the band. (No re-framing at a
 won on BCCD's crops, 1.501 against 1.467, but lowered their accuracy after adaptation, 0.820 -> 0.801: not
 a candidate.)
 
+A third framing is the lab's **one magnification** (:func:`wbc.reframe.lab_framing`, wbc 0.10.0): one microscope
+and camera show every cell at one scale, and PBC's crops keep each class's size (a small lymphocyte, a large
+monocyte), which re-framing each cell to the target fraction takes away. So every cell is also cut as one square
+side around its nucleus, the side that puts the lab's median nucleus at the target fraction; it replaces the
+model's own framing when it scores :data:`LAB_MIN_GAIN` higher. On PBC-framed cells it is nearly the model's own
+framing and never wins; on BCCD's single-cell images it is chosen and names more of them right (train/val
+0.827 -> 0.856; validation cells adapted on the train cells 0.871 -> 0.918, model 1.4.0; docs/generalisation.md).
+
 Then, with the chosen mapping, the lab's **class frequencies** are estimated from the same unlabelled cells
 by expectation-maximisation (:func:`wbc.calibration.estimate_class_prior`, Saerens et al. 2002) and stored as
 the model's ``class_prior``: training balanced the classes, a lab's differential does not (on BCCD's 277
@@ -71,11 +79,16 @@ FRAMINGS: dict[str, FramingStats] = {"band": DEFAULT_STATS, "all": CANONICAL}
 
 #: A colour mapping must beat no mapping by this much (score units: agreement - entropy + diversity).
 MAPPING_MIN_GAIN = 0.05
-#: Another framing must beat the model's own by this much. 0.1 since wbc 0.9.0 (was 0.02): on six 40-cell draws of
-#: PBC-framed validation cells every-cell re-framing scored -0.053 to +0.003 against the band, on another such draw
-#: +0.030 (one view disagreeing moves a score by 0.025), on the same cells padded 2x +0.33 to +0.53 (models 1.3.0 and
-#: 1.4.0; benchmarks/framing_margin.py).
+#: Another framing must beat the model's own by this much. 0.1 since wbc 0.9.0 (was 0.02): 40 PBC-framed validation
+#: cells (the first eight of each WBC type) scored 0.030 higher with every cell re-framed under model 1.4.0 (one view
+#: disagreeing moves a score by 0.025). With no colour mapping, on six random 40-cell draws
+#: (benchmarks/framing_margin.py, models 1.3.0 and 1.4.0) every-cell re-framing scored -0.077 to +0.002 against the
+#: band for PBC-framed cells and +0.082 to +0.208 for the same cells padded 2x.
 MIN_GAIN = 0.1
+#: The lab's one magnification (``--framing lab``) must beat the model's own framing by this much. On PBC-framed cells
+#: it is nearly the model's own framing (a square the size of PBC's crops around each nucleus): on the same draws it
+#: scored -0.037 to +0.001 against the band, for the cells padded 2x +0.114 to +0.209.
+LAB_MIN_GAIN = 0.03
 #: Views scored per candidate: identity and one rotation+flip (cells have no up).
 VIEWS = (0, 5)
 
@@ -152,12 +165,13 @@ def candidate_views(
     second: dict[int, np.ndarray] | None = None,
 ) -> dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]]:
     """{candidate: (its stain spec, :func:`view_probs` under it)}: no mapping, then every stain mapping the model
-    has training colours for, fitted on these cells (``second``: as :func:`view_probs`)."""
+    has training colours for, fitted on these cells (``second``: as :func:`view_probs`). ``methods``: the mappings to
+    try (None: every one; empty: no mapping, only "none")."""
     from wbc.adapt import stain_spec
     from wbc.stain import METHODS
 
     base = clf.info
-    names = ["none", *[m for m in (methods or METHODS) if base.colour_reference.get(m)]]
+    names = ["none", *[m for m in (METHODS if methods is None else methods) if base.colour_reference.get(m)]]
     out: dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]] = {}
     try:
         for name in names:
@@ -214,18 +228,46 @@ def class_prior_of(probs: np.ndarray, shown: list[str]) -> tuple[dict[str, float
 
 
 def framing_name(stats: FramingStats) -> str:
-    """The :data:`FRAMINGS` key of ``stats`` ("model" for a framing of the model's own)."""
+    """The :data:`FRAMINGS` key of ``stats``, "lab" for one magnification for the lab (``side``), else "model"
+    (a framing of the model's own)."""
+    if stats.side > 0:
+        return "lab"
     return next((k for k, v in FRAMINGS.items() if v == stats), "model")
 
 
-def framing_options(clf: Any, framing: str = "auto") -> list[FramingStats]:
-    """The framings to score, the incumbent (the model's own) first; one for ``framing`` "band" or "all"."""
+def framing_options(clf: Any, framing: str = "auto", lab: FramingStats | None = None) -> list[FramingStats]:
+    """The framings to score, the incumbent (the model's own) first; one for ``framing`` "band", "all" or "lab".
+
+    ``lab``: the lab's one magnification (:func:`wbc.reframe.lab_framing`; None when it could not be measured).
+    """
+    if framing == "lab":
+        if lab is None:
+            raise WbcError("--framing lab: fewer than 8 of the lab's images show a measurable nucleus")
+        return [lab]
     if framing != "auto":
         if framing not in FRAMINGS:
-            raise WbcError(f"--framing {framing}: choose auto, {', '.join(FRAMINGS)}")
+            raise WbcError(f"--framing {framing}: choose auto, {', '.join(FRAMINGS)}, lab")
         return [FRAMINGS[framing]]
     out = [framing_stats_of(clf)]
-    return out + [v for v in FRAMINGS.values() if v not in out]
+    return out + [v for v in (*FRAMINGS.values(), lab) if v is not None and v not in out]
+
+
+def measure_lab(paths: list[Any], threads: int = 2) -> FramingStats | None:
+    """The lab's one magnification from its images (:func:`wbc.reframe.lab_framing`; unreadable files are
+    skipped here and reported by the scoring)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wbc.io import read_image
+    from wbc.reframe import lab_framing, nucleus_extent
+
+    def extent(path: Any) -> float | None:
+        try:
+            return nucleus_extent(read_image(path))
+        except (WbcError, OSError, ValueError):
+            return None
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return lab_framing(list(pool.map(extent, paths)))
 
 
 @dataclass
@@ -289,12 +331,13 @@ def adapt_unlabelled(
     allowed = parse_class_set(classes, clf.classes)
     own = framing_stats_of(clf)
     paths = list(iter_image_paths([data]))
+    lab = measure_lab(paths, threads) if framing in ("auto", "lab") else None
     tried = [_score_framing(clf, paths, stats, allowed, methods, threads, data)
-             for stats in framing_options(clf, framing)]
+             for stats in framing_options(clf, framing, lab)]
     best = tried[0]  # the model's own framing, unless another scores clearly higher
-    challenger = max(tried[1:], key=lambda t: t.score, default=None)
-    if challenger is not None and challenger.score > best.score + MIN_GAIN:
-        best = challenger
+    clear = [t for t in tried[1:] if t.score > best.score + (LAB_MIN_GAIN if t.stats.side > 0 else MIN_GAIN)]
+    if clear:
+        best = max(clear, key=lambda t: t.score)
     stats, cells, spec, chosen, why = best.stats, best.cells, best.spec, best.chosen, best.why
     if len(tried) > 1:
         others = "; ".join(f"{framing_name(t.stats)} {t.score:.3f}" for t in tried if t is not best)

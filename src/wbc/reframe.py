@@ -46,18 +46,24 @@ class FramingStats:
     (:func:`frame_cell_views`). Chosen on PBC validation cells (``benchmarks/reframe_accuracy.py``): 0.22 keeps
     the native cells' accuracy and lifts cells padded 2x from 0.52 to 0.93 (docs/generalisation.md); a
     second network pass for about one PBC cell in seven. ``grey <= low``: no second view.
+
+    ``side`` > 0: one magnification for a whole lab instead of one per cell: every cell is cut as a ``side`` x
+    ``side`` pixel square of its image around the nucleus (band and second view unused), so cells keep the sizes
+    relative to each other that PBC's fixed-magnification crops show (a small lymphocyte, a large monocyte).
+    :func:`lab_framing` sets it from a lab's images.
     """
 
     target: float = 0.34
     low: float = 0.12
     high: float = 0.5
     grey: float = 0.22
+    side: float = 0.0
 
 
 DEFAULT_STATS = FramingStats()
 def framing_stats_of(classifier: object) -> FramingStats:
-    """The framing a model wants (``info.extra["reframe"]``: ``target``, ``low``, ``high``, optionally ``grey``;
-    without it, no second view), else the default.
+    """The framing a model wants (``info.extra["reframe"]``: ``target``, ``low``, ``high``, optionally ``grey``
+    (without it, no second view) and ``side`` (a lab's one magnification)), else the default.
 
     A model trained with re-framed copies of its cells (``reframe_p``) can take every cell re-framed
     (``low == high == target``, :data:`CANONICAL`); the default leaves PBC-framed cells as they are.
@@ -68,7 +74,7 @@ def framing_stats_of(classifier: object) -> FramingStats:
         return DEFAULT_STATS
     try:
         return FramingStats(float(spec["target"]), float(spec["low"]), float(spec["high"]),
-                            float(spec["grey"] if "grey" in spec else spec["low"]))
+                            float(spec["grey"] if "grey" in spec else spec["low"]), float(spec.get("side", 0.0)))
     except (KeyError, TypeError, ValueError):
         return DEFAULT_STATS
 
@@ -197,16 +203,56 @@ def reframe_cell(
     so a small nucleus in a wide field is measured at a useful resolution.
     """
     f = framing or measure_framing(rgb)
+    if stats.side > 0:
+        fill = background_colour(rgb)
+        f = _refined(rgb, f, stats.target, fill) if f.found else f
+        return resize_square(_square(rgb, f.cx, f.cy, max(8, round(stats.side)), fill), size)
     if not needs_reframe(f, rgb.shape, stats):
         return resize_square(rgb, size)
     fill = background_colour(rgb)
-    side = max(8, round(f.extent / stats.target))
+    f = _refined(rgb, f, stats.target, fill)
+    return resize_square(_square(rgb, f.cx, f.cy, max(8, round(f.extent / stats.target)), fill), size)
+
+
+def _refined(rgb: np.ndarray, f: Framing, target: float, fill: tuple[int, int, int]) -> Framing:
+    """``f`` measured again on the square it proposes (the nucleus at ``target`` of it), so a small nucleus in a
+    wide field is measured at a useful resolution; ``f`` itself when nothing is found there."""
+    side = max(8, round(f.extent / target))
     g = measure_framing(_square(rgb, f.cx, f.cy, side, fill))
-    if g.found:  # refine: centre and extent measured on the proposed square (its own pixel scale)
-        cx, cy = f.cx - side / 2 + g.cx, f.cy - side / 2 + g.cy
-        side = max(8, round(g.extent / stats.target))
-        f = Framing(cx, cy, g.extent, g.extent / min(rgb.shape[:2]), True, g.brightness)
-    return resize_square(_square(rgb, f.cx, f.cy, side, fill), size)
+    if not g.found:
+        return f
+    return Framing(f.cx - side / 2 + g.cx, f.cy - side / 2 + g.cy, g.extent, g.extent / min(rgb.shape[:2]), True,
+                   g.brightness)
+
+
+def nucleus_extent(rgb: np.ndarray, target: float = DEFAULT_STATS.target) -> float | None:
+    """The central nucleus' extent in ``rgb``'s own pixels (measured as :func:`reframe_cell` measures it), or
+    None when the image shows no nucleus.
+
+    >>> cell = np.full((300, 300, 3), 235, np.uint8)
+    >>> _ = cv2.circle(cell, (150, 150), 30, (90, 40, 140), -1)  # 61 px across
+    >>> 52 < nucleus_extent(cell) < 70
+    True
+    >>> nucleus_extent(np.full((300, 300, 3), 235, np.uint8)) is None
+    True
+    """
+    f = measure_framing(rgb)
+    return _refined(rgb, f, target, background_colour(rgb)).extent if f.found else None
+
+
+def lab_framing(extents: list[float | None], target: float = DEFAULT_STATS.target) -> FramingStats | None:
+    """One magnification for a lab whose images share one (a microscope, a camera): the square side that puts
+    the lab's median nucleus (``extents``: :func:`nucleus_extent` of its images) at ``target`` of the frame, for
+    every cell (``FramingStats.side``). None with fewer than 8 measured nuclei.
+
+    >>> stats = lab_framing([40.0, 50.0, 60.0] * 3)
+    >>> round(stats.side), stats.low == stats.high == stats.target
+    (147, True)
+    """
+    found = [e for e in extents if e is not None and e > 0]
+    if len(found) < 8:
+        return None
+    return FramingStats(target, target, target, target, side=float(np.median(found)) / target)
 
 
 def frame_cell(rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS) -> np.ndarray:
@@ -236,6 +282,8 @@ def frame_cell_views(
     True
     """
     h, w = rgb.shape[:2]
+    if stats.side > 0:  # the lab's one magnification: every cell cut at it, nothing ambiguous
+        return reframe_cell(rgb, size, stats), None
     cell = resize_square(rgb, size)
     if max(h, w) > 1.4 * min(h, w):
         return reframe_cell(rgb, size, stats), None

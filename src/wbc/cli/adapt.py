@@ -40,7 +40,9 @@ def adapt(
                                          "auto: the model's framing unless another makes it clearly more "
                                          "consistent and confident on these cells; band: re-frame only cells "
                                          "far from the training framing; all: re-frame every cell (cells "
-                                         "small in wide fields).")] = "auto",
+                                         "small in wide fields); lab: one magnification for all the lab's "
+                                         "cells, set from their median nucleus (keeps their relative "
+                                         "sizes).")] = "auto",
     method: Annotated[str, typer.Option(help="finetune: every weight, in PyTorch (more accurate, needs the "
                                         "network's .pt weights); head: refit the last layer only (seconds, "
                                         "no PyTorch).")] = "finetune",
