@@ -116,7 +116,9 @@ def load_bccd_cells(
     (the model's :class:`wbc.reframe.FramingStats`; one framing). ``"local"``: :func:`crop_cell`
     here (max extent / PBC_FILL, background-coloured borders). ``lab_scale``: one crop side for the whole
     lab (the median cell diameter / ``fraction``) instead of one per cell, so that cells keep their sizes
-    relative to each other, as in PBC's fixed-magnification crops (small lymphocytes, large monocytes).
+    relative to each other, as in PBC's fixed-magnification crops (small lymphocytes, large monocytes); with
+    ``"single"``, the lab's one magnification as `wbc adapt --no-labels --framing lab` sets it
+    (:func:`wbc.reframe.lab_framing` of the windows' nuclei: no label used).
     """
     from wbc import crops
     from wbc.io import read_image
@@ -132,16 +134,21 @@ def load_bccd_cells(
                 fields.append((row["image"], label, box))
     diameters = [crops.cell_diameter(box_cell(box)) for _, _, box in fields]
     side = float(np.median(diameters)) / frac
+    if crop == "single":
+        from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell, lab_framing, nucleus_extent
+
+        windows = [crops.box_window(read_image(root / "bccd" / "JPEGImages" / f"{image}.jpg"), box)
+                   for image, _, box in fields]
+        stats = framing if isinstance(framing, FramingStats) else DEFAULT_STATS
+        if lab_scale:
+            stats = lab_framing([nucleus_extent(w) for w in windows]) or stats
+        return (np.stack([frame_cell(w, size, stats) for w in windows]), [lab for _, lab, _ in fields],
+                [image for image, _, _ in fields])
     cells = []
     for (image, _, box), d in zip(fields, diameters, strict=True):
         rgb = read_image(root / "bccd" / "JPEGImages" / f"{image}.jpg")
         if crop == "wbc":
             cells.append(crops.crop_cell(rgb, box_cell(box), size, d / side if lab_scale else frac))
-        elif crop == "single":
-            from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell
-
-            stats = framing if isinstance(framing, FramingStats) else DEFAULT_STATS
-            cells.append(frame_cell(crops.box_window(rgb, box), size, stats))
         else:
             cells.append(resize_square(crop_cell(rgb, box), size))
     return np.stack(cells), [lab for _, lab, _ in fields], [image for image, _, _ in fields]
@@ -206,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning rows (the slow part)")
     ap.add_argument("--lab-scale", action="store_true",
                     help="crop every BCCD cell with one side (the lab's median diameter / the cell fraction), "
-                         "keeping cell sizes relative to each other, instead of scaling each crop to its cell")
+                         "keeping cell sizes relative to each other, instead of scaling each crop to its cell; "
+                         "with --crop single: the lab's one magnification, as wbc adapt --no-labels --framing lab")
     ap.add_argument("--finetune-members", type=int, default=1,
                     help="fine-tune K copies per draw and score their ensemble (wbc adapt --members K)")
     ap.add_argument("--finetune-unlabelled", action="store_true",
@@ -504,6 +512,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Model `{s['model_id']}` (input {s['input_size']} px), trained on PBC only. BCCD: {s['bccd_cells']} "
         "single-WBC fields cropped around their box"
+        + (" as single-cell images (`--crop single`)" if s.get("crop") == "single" else "")
         + (" with one crop size for the whole lab (`--lab-scale`)" if s.get("lab_scale") else "") + " ("
         + ", ".join(f"{c} {n}" for c, n in s["bccd_counts"].items())
         + "); predictions restricted to these 5 classes by renormalising their probabilities. "

@@ -345,3 +345,18 @@ def test_the_command_line_fine_tunes_with_the_library_recipe() -> None:
     from wbc.train.finetune import DEFAULTS
 
     assert inspect.signature(adapt).parameters["epochs"].default == DEFAULTS["epochs"] == 60
+
+
+def test_a_label_free_adapted_model_can_be_fine_tuned_and_keeps_its_framing(tmp_path: Path, small_model: Path) -> None:
+    """`wbc adapt --no-labels` leaves the network as it is and writes its weights beside the output, so a lab can
+    later fine-tune that model on labelled cells; the fine-tuned model keeps the framing chosen for the lab."""
+    from wbc.adapt_unlabelled import adapt_unlabelled
+    from wbc.train.finetune import adapt_finetune
+
+    lab = write_lab(tmp_path / "lab", 4, seed=5)
+    adapt_unlabelled(small_model, lab, tmp_path / "free.onnx", framing="all", prior=False, threads=1)
+    assert (tmp_path / "free.pt").read_bytes() == small_model.with_suffix(".pt").read_bytes()
+    free = load_model(tmp_path / "free.onnx")
+    assert free.info.extra["reframe"]["low"] == free.info.extra["reframe"]["high"]  # every cell re-framed
+    adapt_finetune(tmp_path / "free.onnx", lab, tmp_path / "tuned.onnx", epochs=2, cross_validate=False, threads=1)
+    assert load_model(tmp_path / "tuned.onnx").info.extra["reframe"] == free.info.extra["reframe"]

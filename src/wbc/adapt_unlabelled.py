@@ -319,7 +319,7 @@ def adapt_unlabelled(
     the adapted model averages per cell (1-8).
     """
     from wbc.adapt import _check_output, write_model_copy
-    from wbc.io import iter_image_paths
+    from wbc.io import atomic_write_bytes, iter_image_paths
     from wbc.labels import parse_class_set
     from wbc.model import load_model
 
@@ -362,6 +362,9 @@ def adapt_unlabelled(
                            "class_prior": {"estimated": bool(class_prior), "method": "EM (Saerens et al. 2002)",
                                            "iterations": iterations}}
     write_model_copy(clf.path, out, info)
+    weights = clf.path.with_suffix(".pt")
+    if weights.is_file():  # the network is unchanged: its weights go along, so `wbc adapt` can fine-tune the output
+        atomic_write_bytes(out.with_suffix(".pt"), weights.read_bytes())
     return UnlabelledResult(str(out), len(cells), chosen, why, cands, list(allowed or clf.classes),
                             time.perf_counter() - t0, best.skipped, class_prior, framing_name(stats), tta)
 
