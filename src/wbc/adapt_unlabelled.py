@@ -315,8 +315,9 @@ def adapt_unlabelled(
 
     ``classes``: the label set the lab uses (``"5part"``, ...): the scores and frequencies are computed over
     it, and it is what `wbc classify --classes` will answer with. ``framing``: "auto" (the model's own framing
-    unless another of :data:`FRAMINGS` scores clearly higher), or one of them to fix it. ``tta``: flips/rotations
-    the adapted model averages per cell (1-8).
+    unless another of :data:`FRAMINGS`, or the lab's one magnification, scores clearly higher), or "band", "all" or
+    "lab" to fix it. ``tta``: flips/rotations the adapted model averages per cell (1-8). The network's ``.pt``
+    weights beside ``model`` are copied beside ``output``, so the output can be fine-tuned with labels.
     """
     from wbc.adapt import _check_output, write_model_copy
     from wbc.io import atomic_write_bytes, iter_image_paths
