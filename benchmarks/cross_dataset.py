@@ -132,8 +132,6 @@ def load_bccd_cells(
             label = row["label"].strip().lower()
             if box is not None and label in BCCD_CLASSES:
                 fields.append((row["image"], label, box))
-    diameters = [crops.cell_diameter(box_cell(box)) for _, _, box in fields]
-    side = float(np.median(diameters)) / frac
     if crop == "single":
         from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell, lab_framing, nucleus_extent
 
@@ -144,6 +142,8 @@ def load_bccd_cells(
             stats = lab_framing([nucleus_extent(w) for w in windows]) or stats
         return (np.stack([frame_cell(w, size, stats) for w in windows]), [lab for _, lab, _ in fields],
                 [image for image, _, _ in fields])
+    diameters = [crops.cell_diameter(box_cell(box)) for _, _, box in fields]
+    side = float(np.median(diameters)) / frac
     cells = []
     for (image, _, box), d in zip(fields, diameters, strict=True):
         rgb = read_image(root / "bccd" / "JPEGImages" / f"{image}.jpg")
