@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--segmenter-model", default=None, help="ONNX for a learned segmenter (default: shipped)")
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/analyze_speed.json"))
     ap.add_argument("--tta", type=int, default=None, help="views per cell (default: wbc analyze's)")
+    ap.add_argument("--no-colour-calibration", action="store_true",
+                    help="time without calibrating each field on its red cells (wbc analyze's default: with)")
     a = ap.parse_args()
     import cv2
 
@@ -84,7 +86,7 @@ def main() -> None:
     from wbc.model import load_model
     from wbc.segment import get_segmenter
 
-    clf = load_model(a.model, threads=a.threads).with_tta(a.tta)
+    clf = load_model(a.model, threads=a.threads).with_tta(a.tta).with_colour_calibration(not a.no_colour_calibration)
     imgs, source = fields(a.n)
     out: dict = {
         "source": source,
@@ -92,6 +94,7 @@ def main() -> None:
         "field_size": list(imgs[0].shape[:2][::-1]),
         "threads": a.threads,
         "classifier": clf.model_id,
+        "colour_calibration": clf.red_cell_target() is not None,
         "input_size": clf.info.input_size,
         "tta_views": clf.tta_views(smear=True),
         "machine": {

@@ -35,18 +35,62 @@ def check_field(rgb: np.ndarray, name: str = "") -> None:
         raise ImageReadError(f"{name}: {w}x{h} is too small to hold a cell (minimum side {MIN_SIDE} px)")
 
 
+#: Each WBC's box is widened by this fraction of its side on every side before the field's red cells are
+#: measured, so no cytoplasm is taken for a red cell.
+WBC_MARGIN: float = 0.15
+
+
+def outside_cells(shape: tuple[int, ...], cells: list[Cell], margin: float = WBC_MARGIN) -> np.ndarray:
+    """Boolean mask of the field outside every WBC's (widened) box: its red cells and glass."""
+    h, w = shape[:2]
+    keep = np.ones((h, w), bool)
+    for c in cells:
+        x0, y0, x1, y1 = c.box
+        dx, dy = int(margin * (x1 - x0)), int(margin * (y1 - y0))
+        keep[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)] = False
+    return keep
+
+
+def calibrate_field(
+    rgb: np.ndarray, cells: list[Cell], classifier: ClassifierLike
+) -> tuple[np.ndarray, dict[str, list[float]] | None]:
+    """The field with its glass and red-cell colours mapped onto the training lab's, and the colours it had.
+
+    The field itself is the colour standard (:func:`wbc.stain.calibrate_red_cells`): no labels and no other
+    field are needed, so it works from the first field of a new lab. Unchanged (None) when the classifier
+    has no red-cell target (:meth:`wbc.model.Classifier.red_cell_target`) or the field has too few red cells.
+    """
+    target_of = getattr(classifier, "red_cell_target", None)
+    target = target_of() if callable(target_of) else None
+    if not target:
+        return rgb, None
+    from wbc.stain import calibrate_red_cells, red_cell_colours
+
+    step = 2 if min(rgb.shape[:2]) >= 256 else 1  # every other pixel row and column: the same colours, 4x faster
+    source = red_cell_colours(rgb[::step, ::step], outside_cells(rgb.shape, cells)[::step, ::step])
+    if source is None:
+        return rgb, None
+    return calibrate_red_cells(rgb, source, target), source
+
+
 def classify_cells(
     rgb: np.ndarray, cells: list[Cell], classifier: ClassifierLike, fraction: float | None = None
-) -> None:
-    """Set ``cell.prediction`` for each cell, from crops shaped like the classifier's training crops."""
+) -> dict[str, list[float]] | None:
+    """Set ``cell.prediction`` for each cell, from crops shaped like the classifier's training crops, cut from
+    the field calibrated on its red cells (:func:`calibrate_field`); returns the colours it was calibrated from."""
     if not cells:
-        return
+        return None
+    calibrated, calibration = calibrate_field(rgb, cells, classifier)
     size = int(classifier.info.input_size)
-    crops = crop_cells(rgb, cells, size, fraction if fraction is not None else cell_fraction_of(classifier))
+    fraction = fraction if fraction is not None else cell_fraction_of(classifier)
+    crops = crop_cells(calibrated, cells, size, fraction)
+    # the out-of-distribution colour check reads the cells as they came: calibration is not validation
+    raw = crop_cells(rgb, cells, size, fraction) if calibration is not None else None
     preds, _ = predict_cells(classifier, crops, exclude=NOT_IN_SMEAR_DETECTIONS,
-                             views=tta_views_of(classifier, smear=True))
+                             views=tta_views_of(classifier, smear=True), ood_cells=raw)
     for c, p in zip(cells, preds, strict=True):
         c.prediction = p
+    return calibration
 
 
 def analyze_image(
@@ -59,11 +103,10 @@ def analyze_image(
         segmenter = get_segmenter("auto")
     check_field(rgb, name)
     cells = segmenter.segment(rgb)
-    if classifier is not None:
-        classify_cells(rgb, cells, classifier)
+    calibration = classify_cells(rgb, cells, classifier) if classifier is not None else None
     h, w = rgb.shape[:2]
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
-    res = SmearResult(image=name, width=w, height=h, cells=cells, model_id=model_id)
+    res = SmearResult(image=name, width=w, height=h, cells=cells, model_id=model_id, calibration=calibration)
     if not cells:
         res.warnings.append("no white blood cell found")
     elif classifier is not None:
@@ -77,5 +120,5 @@ def analyze_image(
 # The output formats live in wbc.formats; these names stay importable from here.
 from wbc.formats import cell_to_dict, mask_to_polygons, result_to_dict  # noqa: E402
 
-__all__ = ["analyze_image", "cell_to_dict", "check_field", "classify_cells",
-           "mask_to_polygons", "result_to_dict"]
+__all__ = ["analyze_image", "calibrate_field", "cell_to_dict", "check_field", "classify_cells", "mask_to_polygons",
+           "outside_cells", "result_to_dict"]

@@ -52,13 +52,15 @@ class ModelSpec:
     pixel_size: float | None = None  # micrometres per pixel; overrides the segmenter's measured scale
     classes: str | None = None  # the chosen label set (--classes; wbc.labels.parse_class_set)
     tta: int | None = None  # flips/rotations averaged per cell (--tta; None: wbc.model.Classifier.tta_views)
+    colour_calibration: bool = True  # smear fields' colours calibrated on their red cells (--no-colour-calibration)
 
     def load(self) -> tuple[Any, Any]:
         """(classifier, segmenter), each an ONNX Runtime session with ``threads`` threads."""
         from wbc.model import load_model
         from wbc.segment import get_segmenter
 
-        return (load_model(self.model, threads=self.threads).with_classes(self.classes).with_tta(self.tta),
+        return (load_model(self.model, threads=self.threads).with_classes(self.classes).with_tta(self.tta)
+                .with_colour_calibration(self.colour_calibration),
                 get_segmenter(self.segmenter, self.segmenter_model, threads=self.threads,
                               pixel_size=self.pixel_size))
 

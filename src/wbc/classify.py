@@ -122,7 +122,7 @@ def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
 def predict_cells(
     classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
     exclude: Sequence[str] = (), classes: Sequence[str] = (), views: int | None = None,
-    second: Mapping[int, np.ndarray] | None = None,
+    second: Mapping[int, np.ndarray] | None = None, ood_cells: np.ndarray | None = None,
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
@@ -135,7 +135,9 @@ def predict_cells(
     outside the set (allowed mass < 0.5) is flagged too, naming the class it favours. ``views``: logits
     averaged over that many flips/rotations (:func:`run_views`; None: :func:`tta_views_of` the classifier).
     ``second``: {index in ``cells``: the same cell re-framed} for cells whose framing is ambiguous
-    (:func:`wbc.reframe.frame_cell_views`); their logits are the mean of both framings'.
+    (:func:`wbc.reframe.frame_cell_views`); their logits are the mean of both framings'. ``ood_cells``: the
+    same cells as they came, when ``cells`` were colour-calibrated (:func:`wbc.analyze.calibrate_field`): the
+    colour part of the out-of-distribution check reads them, so a lab unlike the training lab stays flagged.
     """
     ood = classifier.info.ood
     views = tta_views_of(classifier) if views is None else views
@@ -163,7 +165,7 @@ def predict_cells(
     if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
         from wbc.ood import flag_predictions
 
-        flag_predictions(preds, cells, out["embedding"], ood)
+        flag_predictions(preds, cells if ood_cells is None else ood_cells, out["embedding"], ood)
     return preds, out
 
 

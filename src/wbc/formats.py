@@ -103,6 +103,7 @@ def result_to_dict(res: SmearResult, classes: Sequence[str] = (), segmenter_id: 
         "n_cells": len(res.cells),
         "cells": [cell_to_dict(c) for c in res.cells],
         "warnings": list(res.warnings),
+        "colour_calibration": res.calibration,
     }
 
 

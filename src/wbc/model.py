@@ -228,6 +228,9 @@ class Classifier:
         self.label_set: tuple[str, ...] = ()
         #: views averaged per cell when asked for explicitly (``--tta``); None: the default, see :meth:`tta_views`.
         self.tta: int | None = None
+        #: calibrate smear fields' colours on their red cells before cropping (``--no-colour-calibration``: False); see
+        #: :meth:`red_cell_target`.
+        self.colour_calibration: bool = True
 
     def with_classes(self, classes: str | list[str] | tuple[str, ...] | None) -> Classifier:
         """This classifier (the same ONNX session, no copy of the network) answering only among ``classes``
@@ -249,6 +252,22 @@ class Classifier:
         out = copy.copy(self)
         out.tta = None if views is None else checked_tta_views(views)
         return out
+
+    def with_colour_calibration(self, on: bool = True) -> Classifier:
+        """This classifier (the same session) with smear-field red-cell calibration on or off."""
+        import copy
+
+        out = copy.copy(self)
+        out.colour_calibration = bool(on)
+        return out
+
+    def red_cell_target(self) -> dict[str, Any] | None:
+        """The training lab's glass and red-cell colours a smear field is calibrated to
+        (:func:`wbc.stain.calibrate_red_cells`), or None: calibration off, a model without them (fitted by
+        ``wbc ood fit``), or one that carries a lab's own colour mapping (``wbc adapt``), which replaces it."""
+        if not self.colour_calibration or self.info.preprocessing.stain:
+            return None
+        return self.info.colour_reference.get("red_cells") or None
 
     def tta_views(self, smear: bool = False) -> int:
         """Flips/rotations averaged per cell: ``--tta`` when given, else the model's own

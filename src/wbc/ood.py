@@ -19,6 +19,7 @@ Fit on a run: ``wbc ood fit --model M --manifest RUN/manifest.csv`` (writes into
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,8 +240,9 @@ def ood_warning(predictions: Sequence[Prediction]) -> str | None:
 
 
 def colour_reference(cells: np.ndarray, n: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Training colours for every stain normalisation method, from ``n`` random cells (for ``wbc adapt``)."""
-    from wbc.stain import METHODS, fit_stain_stats
+    """Training colours for every stain normalisation method, from ``n`` random cells (for ``wbc adapt``),
+    and the red cells' around them (``red_cells``: the target of ``wbc analyze``'s calibration)."""
+    from wbc.stain import METHODS, fit_stain_stats, red_cell_reference
 
     idx = np.sort(np.random.default_rng(seed).permutation(len(cells))[:n])
     out = {}
@@ -249,4 +251,6 @@ def colour_reference(cells: np.ndarray, n: int = 200, seed: int = 0) -> dict[str
             out[m] = fit_stain_stats(list(cells[idx]), m)
         except ValueError:  # e.g. too few stained pixels for Macenko: that method is just unavailable
             continue
+    with contextlib.suppress(ValueError):  # crops without red cells around the WBC: smear fields stay as they are
+        out["red_cells"] = red_cell_reference(cells[idx])
     return out

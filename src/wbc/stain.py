@@ -15,11 +15,16 @@ in ``ModelInfo.preprocessing.stain`` and applied by :class:`wbc.model.Classifier
 A target may also carry ``source`` statistics (one lab's pooled colours, as written by ``wbc adapt``):
 then every image gets the same fixed colour transform instead of per-image statistics, which keeps a
 cell's colour independent of how much background its crop holds.
+
+A smear field also carries its own colour standard: hundreds of red cells on empty glass.
+:func:`red_cell_colours` measures a field's glass and red-cell colours, and :func:`calibrate_red_cells` maps
+them onto the training lab's (:func:`red_cell_reference`), per image and without labels
+(``wbc analyze``, :func:`wbc.analyze.classify_cells`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -206,6 +211,93 @@ def match_histograms(
         lut = np.interp(levels, src, tq[c][idx]) if len(src) > 1 else np.full(256, tq[c].mean())
         out[..., c] = np.clip(np.rint(lut), 0, 255).astype(np.uint8)[arr[..., c]]
     return out
+
+
+# --- red-cell calibration ------------------------------------------------------------------------
+
+#: Fewest stained, non-WBC pixels a field needs before its red cells are trusted as a colour standard.
+RED_CELL_MIN_PIXELS = 2000
+#: Summed RGB optical density above which a pixel counts as stained (not empty glass).
+_STAINED_OD = 0.3
+#: Stained pixels darker than this percentile (nuclei, platelets, debris) are left out of the red-cell colour.
+_RED_CELL_PERCENTILE = 90
+
+
+def red_cell_colours(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict[str, list[float]] | None:
+    """A field's glass brightness and red-cell optical density per channel, or None with too few stained pixels.
+
+    The glass is the 99th-percentile brightness (:func:`background_level`); the red-cell colour is the median
+    optical density of the stained pixels (summed OD over 0.3) below the 90th percentile of darkness, among the
+    pixels ``mask`` allows (the field outside its WBCs): in a smear field almost all of them are red cells.
+
+    >>> field = np.full((100, 100, 3), (240, 235, 230), np.uint8)
+    >>> field[20:80, 20:80] = (200, 120, 130)
+    >>> c = red_cell_colours(field)
+    >>> [round(v) for v in c["background"]], [round(v, 2) for v in c["od"]]
+    ([240, 235, 230], [0.18, 0.67, 0.57])
+    >>> red_cell_colours(field[:10, :10]) is None
+    True
+    """
+    x = _as_rgb(rgb).reshape(-1, 3)
+    if mask is not None:
+        x = x[np.asarray(mask, bool).reshape(-1)]
+    if len(x) == 0:
+        return None
+    bg = background_level(x.reshape(-1, 1, 3))
+    od = optical_density(x.reshape(-1, 1, 3), bg)
+    total = od.sum(axis=1)
+    stained = total > _STAINED_OD
+    if stained.sum() < RED_CELL_MIN_PIXELS:
+        return None
+    keep = stained & (total <= np.percentile(total[stained], _RED_CELL_PERCENTILE))
+    if keep.sum() < RED_CELL_MIN_PIXELS // 2:
+        return None
+    return {"background": bg.tolist(), "od": np.median(od[keep], axis=0).tolist()}
+
+
+def border_mask(shape: tuple[int, ...], fraction: float = 0.12) -> np.ndarray:
+    """The outer ``fraction`` of each side of an image: around a centred cell, the red cells and glass."""
+    h, w = shape[:2]
+    k = max(1, round(fraction * min(h, w)))
+    m = np.zeros((h, w), bool)
+    m[:k] = m[-k:] = True
+    m[:, :k] = m[:, -k:] = True
+    return m
+
+
+def red_cell_reference(cells: Iterable[np.ndarray]) -> dict[str, list[float]]:
+    """The training lab's glass and red-cell colours: the median over single-cell crops of
+    :func:`red_cell_colours` of each crop's border (where the red cells around the centred WBC are)."""
+    found = [c for im in cells if (c := red_cell_colours(im, border_mask(im.shape))) is not None]
+    if not found:
+        raise ValueError("no image with enough red cells around the WBC to fit a red-cell reference")
+    return {k: np.median([c[k] for c in found], axis=0).tolist() for k in ("background", "od")}
+
+
+def calibrate_red_cells(
+    rgb: np.ndarray, source: Mapping[str, Sequence[float]], target: Mapping[str, Sequence[float]]
+) -> np.ndarray:
+    """Map an image's glass and red-cell colours (``source``) onto ``target``'s, per channel.
+
+    White balance first (each channel divided by its glass level), then each channel's optical density scaled
+    so the red cells' matches the target's: Beer-Lambert's law makes that one factor per channel for the whole
+    stain layer, so a field stained or lit more red, blue or darkly than the training lab's is brought back
+    while each cell keeps its colour relative to the red cells around it.
+
+    >>> ref = {"background": [250.0, 240.0, 235.0], "od": [0.2, 0.3, 0.2]}
+    >>> same = np.full((4, 4, 3), (250, 240, 235), np.uint8)
+    >>> bool((calibrate_red_cells(same, ref, ref) == same).all())
+    True
+    """
+    bg, tbg = np.asarray(source["background"], np.float64), np.asarray(target["background"], np.float64)
+    gain = np.asarray(target["od"], np.float64) / np.maximum(np.asarray(source["od"], np.float64), 1e-3)
+    levels = np.arange(256, dtype=np.float64)[:, None]  # each channel maps on its own: one 256-entry table each
+    od = np.maximum(-np.log((levels + 1.0) / (bg + 1.0)), 0.0) * gain
+    lut = np.clip(np.rint((tbg + 1.0) * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+    x = _as_rgb(rgb)
+    if x.dtype != np.uint8:
+        x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return cv2.LUT(np.ascontiguousarray(x), np.ascontiguousarray(lut.reshape(1, 256, 3)))
 
 
 # --- fit / apply by name -------------------------------------------------------------------------

@@ -55,6 +55,8 @@ class SmearResult:
     cells: list[Cell]
     model_id: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: the field's glass and red-cell colours its cells were calibrated from (:mod:`wbc.stain`); None: not calibrated
+    calibration: dict[str, list[float]] | None = None
 
     def counts(self, classes: Sequence[str] = ()) -> dict[str, int]:
         out = {c: 0 for c in classes}

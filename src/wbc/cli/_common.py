@@ -41,6 +41,10 @@ TtaOpt = Annotated[int | None, typer.Option(
     "--tta", min=1, max=8, help="Average each cell's answer over this many flips/rotations (1-8; 4: the four "
     "rotations). Default: the model's own (1 for the shipped model; 4 for models `wbc adapt` writes), and at "
     "least 4 for cells found in smear fields. Costs that many network passes per cell.")]
+ColourCalibrationOpt = Annotated[bool, typer.Option(
+    "--colour-calibration/--no-colour-calibration", help="Map each smear field's glass and red-cell colours onto "
+    "the training lab's before its cells are classified (the field is its own colour standard; models with a "
+    "lab's own colour mapping from `wbc adapt` use that instead).")]
 ReframeOpt = Annotated[bool, typer.Option(
     "--reframe/--no-reframe", help="Re-frame cells framed unlike the training crops (filling a tight crop, "
     "small in a wide field) before classifying them.")]

@@ -11,6 +11,7 @@ from wbc.cli._app import app
 from wbc.cli._common import (
     ActorsOpt,
     ClassesOpt,
+    ColourCalibrationOpt,
     EngineOpt,
     ModelOpt,
     PixelSizeOpt,
@@ -48,6 +49,7 @@ def analyze(
     actors: ActorsOpt = 2,
     classes: ClassesOpt = None,
     tta: TtaOpt = None,
+    colour_calibration: ColourCalibrationOpt = True,
 ) -> None:
     """Find, outline, classify and count the WBCs of smear images; write JSON, PNG and CSVs.
 
@@ -67,7 +69,7 @@ def analyze(
         )
     check_engine(engine, ray_address)
     spec = ModelSpec(str(model) if model else None, segmenter, str(segmenter_model) if segmenter_model else None,
-                     threads, pixel_size=pixel_size, classes=classes, tta=tta)
+                     threads, pixel_size=pixel_size, classes=classes, tta=tta, colour_calibration=colour_calibration)
     with progress("analysing", None) as update:
         if engine == "ray":
             from wbc.distributed import analyze_paths_ray

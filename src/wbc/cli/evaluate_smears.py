@@ -9,6 +9,8 @@ import typer
 
 from wbc.cli._app import app
 from wbc.cli._common import (
+    ClassesOpt,
+    ColourCalibrationOpt,
     DataRootOpt,
     ModelOpt,
     PixelSizeOpt,
@@ -39,6 +41,8 @@ def evaluate_smears(
     ] = False,
     threads: ThreadsOpt = 2,
     tta: TtaOpt = None,
+    classes: ClassesOpt = None,
+    colour_calibration: ColourCalibrationOpt = True,
 ) -> None:
     """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
     or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
@@ -47,7 +51,8 @@ def evaluate_smears(
     from wbc.paths import data_root as resolve_root
     from wbc.segment import get_segmenter
 
-    clf = None if no_classifier else load_model(model, threads=threads).with_tta(tta)
+    clf = None if no_classifier else (load_model(model, threads=threads).with_tta(tta)
+                                         .with_classes(classes).with_colour_calibration(colour_calibration))
     seg = get_segmenter(segmenter, segmenter_model, threads=threads, pixel_size=pixel_size)
     m = run(resolve_root(data_root), output, seg, clf, split=split, dataset=dataset)
     d, s = m["detection"], m["segmentation"]

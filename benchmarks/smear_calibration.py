@@ -1,0 +1,118 @@
+"""Smear fields calibrated on their own red cells, against not: subtype accuracy of ``wbc analyze``'s path.
+
+Three checks, each run with calibration on and off (:meth:`wbc.model.Classifier.with_calibration`):
+
+- BCCD smear fields (a lab the shipped model never saw) through the detector, as ``wbc evaluate-smears`` scores
+  them: every class, and the answer restricted to the five WBC types. The choice was made on ``val`` and
+  ``train``; ``test`` is read to report, not to choose (``--splits``).
+- PBC validation cells as smear fields (360 px, the WBC centred): the training lab's own colours, where
+  calibration must not cost accuracy. The detection nearest the centre is scored.
+- The same PBC fields re-stained as other labs would show them (the shift suite's stain and hue shifts):
+  does calibration bring the accuracy back.
+
+    python benchmarks/smear_calibration.py --output benchmarks/results/smear_calibration_v1.4.0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shift_suite import SHIFTS
+
+#: shift-suite shifts applied to whole PBC fields (colour only: calibration does not touch framing or blur)
+FIELD_SHIFTS = ("none", "stain: haematoxylin x1.5, eosin x0.6", "stain: haematoxylin x0.6, eosin x1.4",
+                "stain: other stain vectors", "hue -30 deg")
+
+
+def bccd_rows(root: Path, splits: list[str], clf, seg) -> list[dict]:
+    from wbc.evaluate.smears import evaluate_smears
+
+    rows = []
+    for split in splits:
+        for classes in (None, "5part"):
+            for calibrate in (True, False):
+                model = clf.with_classes(classes).with_colour_calibration(calibrate)
+                with tempfile.TemporaryDirectory() as tmp:
+                    m = evaluate_smears(root, Path(tmp), seg, model, split=split)
+                sub = m["subtype"]
+                rows.append({"data": f"BCCD {split}", "classes": classes or "all", "calibrate": calibrate,
+                             "n": sub["n"], "accuracy": round(sub["accuracy"], 4),
+                             "macro_f1": round(sub["macro_f1"], 4)})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def pbc_field_rows(root: Path, manifest: Path, n: int, seed: int, clf, seg) -> list[dict]:
+    from wbc.analyze import classify_cells
+    from wbc.data import read_manifest
+    from wbc.io import read_image
+
+    val = [s for s in read_manifest(manifest, "val", root) if s.label != "platelet"]  # platelets: no smear WBC
+    pick = np.random.default_rng(seed).permutation(len(val))[: n or len(val)]
+    right: dict[tuple[str, bool], list[bool]] = {}
+    for i in pick:
+        s = val[i]
+        base = read_image(s.path)
+        for shift in FIELD_SHIFTS:
+            rgb = np.ascontiguousarray(SHIFTS[shift](base))
+            cells = seg.segment(rgb)
+            if not cells:
+                for calibrate in (True, False):
+                    right.setdefault((shift, calibrate), []).append(False)
+                continue
+            h, w = rgb.shape[:2]
+            j = int(np.argmin([((c.box[0] + c.box[2] - w) ** 2 + (c.box[1] + c.box[3] - h) ** 2) for c in cells]))
+            for calibrate in (True, False):
+                cell = [cells[j]]
+                classify_cells(rgb, cell, clf.with_colour_calibration(calibrate))
+                right.setdefault((shift, calibrate), []).append(cell[0].prediction.label == s.label)
+    rows = [{"data": f"PBC val as fields, {shift}", "classes": "all", "calibrate": cal, "n": len(v),
+             "accuracy": round(float(np.mean(v)), 4)} for (shift, cal), v in right.items()]
+    for r in rows:
+        print(r, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument("--model", type=Path, default=None, help="classifier (default: the shipped one)")
+    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--splits", default="val,train,test", help="BCCD splits (test only to report)")
+    ap.add_argument("--pbc-fields", type=int, default=0, help="PBC validation cells as fields (0: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    from wbc.io import atomic_write_text
+    from wbc.model import load_model
+    from wbc.paths import data_root
+    from wbc.segment import get_segmenter
+
+    root = data_root(args.data)
+    clf = load_model(args.model, threads=args.threads)
+    if clf.red_cell_target() is None:
+        raise SystemExit(f"{clf.path}: no red-cell reference (run `wbc ood fit` on the model first)")
+    seg = get_segmenter("auto", threads=args.threads)
+    t0 = time.time()
+    rows = bccd_rows(root, [s for s in args.splits.split(",") if s], clf, seg)
+    rows += pbc_field_rows(root, args.manifest, args.pbc_fields, args.seed, clf, seg)
+    doc = {"model_id": clf.model_id, "segmenter": seg.model_id, "red_cell_target": clf.red_cell_target(),
+           "seconds": round(time.time() - t0, 1), "rows": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output, json.dumps(doc, indent=2) + "\n")
+    print(f"-> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
