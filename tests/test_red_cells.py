@@ -119,7 +119,7 @@ def test_analyze_names_another_labs_cells_as_it_names_its_own(calibrated_model, 
         other, outside_cells(other.shape, calibrated.cells))["od"], abs=0.02)  # measured on this field
 
 
-def test_a_lab_mapping_or_no_reference_turns_calibration_off(calibrated_model, field, tmp_path: Path) -> None:
+def test_an_adapted_model_or_no_reference_turns_calibration_off(calibrated_model, field, tmp_path: Path) -> None:
     rgb, boxes = field
     cells = field_cells(rgb, boxes)
     assert calibrate_field(rgb, cells, calibrated_model)[1] is not None
@@ -128,6 +128,9 @@ def test_a_lab_mapping_or_no_reference_turns_calibration_off(calibrated_model, f
         mapped.info.preprocessing, stain={"method": "reinhard", "target": {"mean": [0, 0, 0], "std": [1, 1, 1]}})
     out, colours = calibrate_field(rgb, cells, mapped)
     assert colours is None and out is rgb
+    adapted = load_model(calibrated_model.path)  # fine-tuned on a lab's colours as they come (no mapping)
+    adapted.info.extra = {**adapted.info.extra, "adapt": {"kind": "fine-tune"}}
+    assert calibrate_field(rgb, cells, adapted)[1] is None
     plain = mean_colour_model(tmp_path / "plain.onnx", 32, np.zeros((len(CLASSES), 3)), "plain")
     assert calibrate_field(rgb, cells, load_model(plain))[1] is None
 

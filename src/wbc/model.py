@@ -264,8 +264,10 @@ class Classifier:
     def red_cell_target(self) -> dict[str, Any] | None:
         """The training lab's glass and red-cell colours a smear field is calibrated to
         (:func:`wbc.stain.calibrate_red_cells`), or None: calibration off, a model without them (fitted by
-        ``wbc ood fit``), or one that carries a lab's own colour mapping (``wbc adapt``), which replaces it."""
-        if not self.colour_calibration or self.info.preprocessing.stain:
+        ``wbc ood fit``), or a model adapted to a lab (``wbc adapt``, with or without labels): it was fitted to,
+        or chose for, that lab's colours as they come, so they are left as they come."""
+        adapted = isinstance(self.info.extra, dict) and "adapt" in self.info.extra
+        if not self.colour_calibration or adapted or self.info.preprocessing.stain:
             return None
         return self.info.colour_reference.get("red_cells") or None
 

@@ -43,8 +43,8 @@ TtaOpt = Annotated[int | None, typer.Option(
     "least 4 for cells found in smear fields. Costs that many network passes per cell.")]
 ColourCalibrationOpt = Annotated[bool, typer.Option(
     "--colour-calibration/--no-colour-calibration", help="Map each smear field's glass and red-cell colours onto "
-    "the training lab's before its cells are classified (the field is its own colour standard; models with a "
-    "lab's own colour mapping from `wbc adapt` use that instead).")]
+    "the training lab's before its cells are classified (the field is its own colour standard; a model adapted "
+    "to a lab by `wbc adapt` takes that lab's colours as they come).")]
 ReframeOpt = Annotated[bool, typer.Option(
     "--reframe/--no-reframe", help="Re-frame cells framed unlike the training crops (filling a tight crop, "
     "small in a wide field) before classifying them.")]
