@@ -9,8 +9,12 @@ Three checks, each run with calibration on and off (:meth:`wbc.model.Classifier.
   calibration must not cost accuracy. The detection nearest the centre is scored.
 - The same PBC fields re-stained as other labs would show them (the shift suite's stain and hue shifts):
   does calibration bring the accuracy back.
+- TXL-PBC's BCD fields (another lab, no subtype labels; its cells were in 1.2-1.4's training without labels):
+  label-free, the mean confidence and the agreement of the four rotations' answers with their mean, as
+  ``wbc adapt --no-labels`` scores a candidate.
 
     python benchmarks/smear_calibration.py --output benchmarks/results/smear_calibration_v1.4.0.json
+    python benchmarks/smear_calibration.py --parts bcd --output benchmarks/results/smear_calibration_bcd_v1.4.0.json
 """
 
 from __future__ import annotations
@@ -81,6 +85,42 @@ def pbc_field_rows(root: Path, manifest: Path, n: int, seed: int, clf, seg) -> l
     return rows
 
 
+def bcd_rows(root: Path, n: int, clf, seg) -> list[dict]:
+    import csv
+
+    from wbc.analyze import calibrate_field
+    from wbc.crops import cell_fraction_of, crop_cells
+    from wbc.io import read_image
+    from wbc.model import class_probabilities
+    from wbc.preprocess import dihedral_view
+
+    txl = root / "txl_pbc"
+    with (txl / "sources.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["origin"] == "bcd" and r["split"] in ("train", "val")][:n]
+    size, fraction = int(clf.info.input_size), cell_fraction_of(clf)
+    scores: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for r in rows:
+        path = next((txl / "images" / r["split"]).glob(r["stem"] + ".*"))
+        rgb = read_image(path)
+        cells = seg.segment(rgb)
+        if not cells:
+            continue
+        for calibrate in (True, False):
+            field, _ = calibrate_field(rgb, cells, clf.with_colour_calibration(calibrate))
+            crops = crop_cells(field, cells, size, fraction)
+            views = np.stack([class_probabilities(clf.run(dihedral_view(crops, k))["logits"], clf.info)
+                              for k in range(4)])
+            mean = views.mean(0)
+            agree = (views.argmax(2) == mean.argmax(1)[None]).mean(0)
+            scores[calibrate] += list(zip(mean.max(1).tolist(), agree.tolist(), strict=True))
+    out = [{"data": f"BCD fields (train/val, {len(rows)}), label-free", "calibrate": cal, "n": len(v),
+            "mean_confidence": round(float(np.mean([a for a, _ in v])), 4),
+            "view_agreement": round(float(np.mean([b for _, b in v])), 4)} for cal, v in scores.items()]
+    for row in out:
+        print(row, flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", type=Path, required=True)
@@ -91,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parts", default="bccd,pbc", help="bccd, pbc, bcd (comma-separated)")
+    ap.add_argument("--bcd-fields", type=int, default=200, help="BCD fields for the label-free part")
     args = ap.parse_args(argv)
 
     from wbc.io import atomic_write_text
@@ -104,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{clf.path}: no red-cell reference (run `wbc ood fit` on the model first)")
     seg = get_segmenter("auto", threads=args.threads)
     t0 = time.time()
-    rows = bccd_rows(root, [s for s in args.splits.split(",") if s], clf, seg)
-    rows += pbc_field_rows(root, args.manifest, args.pbc_fields, args.seed, clf, seg)
+    parts = set(args.parts.split(","))
+    rows = bccd_rows(root, [s for s in args.splits.split(",") if s], clf, seg) if "bccd" in parts else []
+    if "pbc" in parts:
+        rows += pbc_field_rows(root, args.manifest, args.pbc_fields, args.seed, clf, seg)
+    if "bcd" in parts:
+        rows += bcd_rows(root, args.bcd_fields, clf, seg)
     doc = {"model_id": clf.model_id, "segmenter": seg.model_id, "red_cell_target": clf.red_cell_target(),
            "seconds": round(time.time() - t0, 1), "rows": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
