@@ -105,7 +105,7 @@ def box_cell(box: tuple[float, float, float, float], box_to_cell: float = BOX_TO
 
 def load_bccd_cells(
     root: Path, size: int, crop: str = "wbc", fraction: float | None = None, lab_scale: bool = False,
-    framing: object = None,
+    framing: object = None, red_cells: dict | None = None,
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """BCCD single-WBC crops at ``size`` with their labels and image names.
 
@@ -118,7 +118,9 @@ def load_bccd_cells(
     lab (the median cell diameter / ``fraction``) instead of one per cell, so that cells keep their sizes
     relative to each other, as in PBC's fixed-magnification crops (small lymphocytes, large monocytes); with
     ``"single"``, the lab's one magnification as `wbc adapt --no-labels --framing lab` sets it
-    (:func:`wbc.reframe.lab_framing` of the windows' nuclei: no label used).
+    (:func:`wbc.reframe.lab_framing` of the windows' nuclei: no label used). ``red_cells`` (with ``"wbc"``): the
+    model's red-cell target; each field is calibrated on its own red cells first, as `wbc analyze` does
+    (:func:`wbc.analyze.calibrate_field`).
     """
     from wbc import crops
     from wbc.io import read_image
@@ -147,6 +149,12 @@ def load_bccd_cells(
     cells = []
     for (image, _, box), d in zip(fields, diameters, strict=True):
         rgb = read_image(root / "bccd" / "JPEGImages" / f"{image}.jpg")
+        if red_cells and crop == "wbc":
+            from wbc.analyze import outside_cells
+            from wbc.stain import calibrate_red_cells, red_cell_colours
+
+            colours = red_cell_colours(rgb, outside_cells(rgb.shape, [box_cell(box)]))
+            rgb = calibrate_red_cells(rgb, colours, red_cells) if colours else rgb
         if crop == "wbc":
             cells.append(crops.crop_cell(rgb, box_cell(box), size, d / side if lab_scale else frac))
         else:
@@ -211,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-checkpoint", type=Path, default=None,
                     help="PyTorch weights for the fine-tuning rows (default: the .pt beside --model)")
     ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning rows (the slow part)")
+    ap.add_argument("--colour-calibration", action="store_true",
+                    help="with --crop wbc: calibrate each field on its own red cells first, as wbc analyze does")
     ap.add_argument("--lab-scale", action="store_true",
                     help="crop every BCCD cell with one side (the lab's median diameter / the cell fraction), "
                          "keeping cell sizes relative to each other, instead of scaling each crop to its cell; "
@@ -246,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         cache.mkdir(parents=True, exist_ok=True)
 
     print("loading BCCD crops ...", flush=True)
-    b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction, args.lab_scale, framing_stats_of(clf))
+    b_cells, b_labels, _ = load_bccd_cells(root, size, args.crop, fraction, args.lab_scale, framing_stats_of(clf),
+                                           clf.red_cell_target() if args.colour_calibration else None)
     counts = ", ".join(f"{c} {b_labels.count(c)}" for c in BCCD_CLASSES)
     print(f"  {len(b_cells)} cells: {counts}", flush=True)
     pbc_test = cap_per_class([s for s in read_manifest(args.manifest, "test", root) if s.label in classes],
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "pbc_test_cells": len(p_cells), "pbc_train_cells_for_stats": len(t_cells),
         "pbc_fill": PBC_FILL, "box_to_cell": BOX_TO_CELL, "crop": args.crop, "cell_fraction": fraction,
         "lab_scale": args.lab_scale,
+        "colour_calibration": args.colour_calibration,
         "draws": args.draws, "command": "python benchmarks/cross_dataset.py " + " ".join(sys.argv[1:]),
     }
 
@@ -513,7 +525,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"Model `{s['model_id']}` (input {s['input_size']} px), trained on PBC only. BCCD: {s['bccd_cells']} "
         "single-WBC fields cropped around their box"
         + (" as single-cell images (`--crop single`)" if s.get("crop") == "single" else "")
-        + (" with one crop size for the whole lab (`--lab-scale`)" if s.get("lab_scale") else "") + " ("
+        + (" with one crop size for the whole lab (`--lab-scale`)" if s.get("lab_scale") else "")
+        + (", each field first calibrated on its red cells (`--colour-calibration`)"
+           if s.get("colour_calibration") else "") + " ("
         + ", ".join(f"{c} {n}" for c, n in s["bccd_counts"].items())
         + "); predictions restricted to these 5 classes by renormalising their probabilities. "
         f"PBC test: {s['pbc_test_cells']} cells of the run's test split, 8 classes.",

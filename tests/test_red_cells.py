@@ -161,10 +161,11 @@ def test_bccd_validation_fields_are_named_better_calibrated(tmp_path: Path) -> N
     from wbc.segment import get_segmenter
 
     seg, clf = get_segmenter("auto"), load_model()
-    on = evaluate_smears(root, tmp_path / "on", seg, clf, split="val")["subtype"]["accuracy"]
-    off = evaluate_smears(root, tmp_path / "off", seg, clf.with_colour_calibration(False),
-                          split="val")["subtype"]["accuracy"]
-    assert on >= off + 0.05, (on, off)
+    on = evaluate_smears(root, tmp_path / "on", seg, clf, split="val")
+    off = evaluate_smears(root, tmp_path / "off", seg, clf.with_colour_calibration(False), split="val")
+    assert on["colour_calibration"] and not off["colour_calibration"]
+    assert "calibrated on its red cells" in (tmp_path / "on" / "summary.md").read_text()
+    assert on["subtype"]["accuracy"] >= off["subtype"]["accuracy"] + 0.05, (on["subtype"], off["subtype"])
 
 
 @pytest.mark.slow

@@ -513,7 +513,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         f"# Smear evaluation: {metrics.get('dataset', 'BCCD')} {metrics.get('split') or ''} "
         f"({metrics['n_images']} images)",
         "",
-        f"Segmenter: `{metrics.get('segmenter', '')}`; classifier: `{metrics.get('model_id', '')}`.",
+        f"Segmenter: `{metrics.get('segmenter', '')}`; classifier: `{metrics.get('model_id', '')}`"
+        + ("; each field's colours calibrated on its red cells." if metrics.get("colour_calibration") else "."),
         "",
         "| metric | value |",
         "| --- | --- |",
@@ -575,11 +576,13 @@ def evaluate_smears(
             return [c.prediction.label if c.prediction else "" for c in cells]
 
     metrics = evaluate_segmentation(items, segmenter.segment, classify)
+    target_of = getattr(classifier, "red_cell_target", None)
     metrics.update(
         dataset=str(dataset) if dataset is not None else "BCCD",
         split=split,
         segmenter=getattr(segmenter, "model_id", segmenter.name),
         model_id=getattr(classifier, "model_id", "") if classifier is not None else "",
+        colour_calibration=bool(callable(target_of) and target_of() is not None),  # wbc.analyze.calibrate_field
     )
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / "metrics.json", metrics)
