@@ -206,6 +206,10 @@ def test_analyze_returns_the_cli_json_plus_differential(client: TestClient, clas
     for key, value in want.items():
         assert body[key] == value, key
     assert body["n_cells"] == 2 and "annotated_png" not in body
+    calibrated = classifier.red_cell_target() is not None  # the shipped model: the field's red cells, measured
+    assert (body["colour_calibration"] is not None) == calibrated
+    if calibrated:
+        assert set(body["colour_calibration"]) == {"background", "od"}
     diff = {d["class"]: d for d in body["differential"]}
     assert list(diff) == classifier.classes
     assert sum(d["count"] for d in diff.values()) == 2

@@ -92,6 +92,8 @@ def test_smear_upload_shows_annotated_image_table_and_differential(page, tmp_pat
     doc = json.loads(Path(dl.value.path()).read_text())
     assert doc["results"][0]["image"] == "smear field.png" and doc["results"][0]["n_cells"] == 1
     assert "annotated_png" not in doc["results"][0]
+    calibrated = "colours calibrated" in page.locator(".card-meta").first.inner_text()
+    assert calibrated == (doc["results"][0]["colour_calibration"] is not None)
     with page.expect_download() as dl:
         page.click("#dl-diff")
     lines = Path(dl.value.path()).read_text().splitlines()

@@ -283,7 +283,8 @@ function smearCard(d) {
   card.append(el("div", { class: "card-head" },
     el("h3", { text: d.image }),
     el("span", { class: "card-meta",
-      text: `${d.width} × ${d.height} px · ${d.n_cells} cell${d.n_cells === 1 ? "" : "s"} · ${nRev} flagged for review` })));
+      text: `${d.width} × ${d.height} px · ${d.n_cells} cell${d.n_cells === 1 ? "" : "s"} · ${nRev} flagged for review`
+        + (d.colour_calibration ? " · colours calibrated on the field's red cells" : "") })));
   for (const w of d.warnings || []) card.append(el("p", { class: "warning", text: `Note: ${w}` }));
 
   let frame = null, highlight = null;
