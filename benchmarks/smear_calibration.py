@@ -33,7 +33,7 @@ from shift_suite import SHIFTS
 
 #: shift-suite shifts applied to whole PBC fields (colour only: calibration does not touch framing or blur)
 FIELD_SHIFTS = ("none", "stain: haematoxylin x1.5, eosin x0.6", "stain: haematoxylin x0.6, eosin x1.4",
-                "stain: other stain vectors", "hue -30 deg")
+                "stain: other stain vectors", "hue -30 deg", "grey")
 
 
 def bccd_rows(root: Path, splits: list[str], clf, seg) -> list[dict]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -68,11 +69,15 @@ def test_calibration_undoes_another_labs_stain_and_lamp(field) -> None:
     assert again is not None and np.allclose(again["od"], target["od"], atol=0.02)
 
 
-def test_too_few_red_cells_means_no_calibration() -> None:
+def test_too_few_red_cells_or_a_grey_field_means_no_calibration(calibrated_model) -> None:
     glass = np.full((200, 200, 3), 235, np.uint8)
     assert red_cell_colours(glass) is None
-    rgb, *_ = synthetic_smear(n_wbc=1, seed=0)
+    rgb, boxes, *_ = synthetic_smear(n_wbc=1, seed=0)
     assert red_cell_colours(rgb, np.zeros(rgb.shape[:2], bool)) is None
+    grey = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    assert red_cell_colours(rgb) is not None and red_cell_colours(grey) is None
+    out, colours = calibrate_field(grey, field_cells(grey, boxes), calibrated_model)
+    assert colours is None and out is grey  # classified as it came
 
 
 def test_red_cell_reference_reads_the_border_around_a_centred_cell() -> None:

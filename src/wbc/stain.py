@@ -221,6 +221,10 @@ RED_CELL_MIN_PIXELS = 2000
 _STAINED_OD = 0.3
 #: Stained pixels darker than this percentile (nuclei, platelets, debris) are left out of the red-cell colour.
 _RED_CELL_PERCENTILE = 90
+#: Least ratio of the red cells' largest to smallest channel optical density for a field to count as stained in
+#: colour. Real fields measured 1.30-2.0 (PBC, BCCD, BCD); a grey image is 1.0, and mapping its neutral red cells
+#: onto coloured ones would tint every nucleus like a red cell (PBC fields made grey: 0.803 -> 0.770).
+RED_CELL_MIN_CHROMA = 1.15
 
 
 def red_cell_colours(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict[str, list[float]] | None:
@@ -229,14 +233,15 @@ def red_cell_colours(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict[st
     The glass is the 99th-percentile brightness (:func:`background_level`); the red-cell colour is the median
     optical density of the stained pixels (summed OD over 0.3) below the 90th percentile of darkness, among the
     pixels ``mask`` allows (the field outside its WBCs): in a smear field almost all of them are red cells.
+    None too for a grey image (:data:`RED_CELL_MIN_CHROMA`).
 
     >>> field = np.full((100, 100, 3), (240, 235, 230), np.uint8)
     >>> field[20:80, 20:80] = (200, 120, 130)
     >>> c = red_cell_colours(field)
     >>> [round(v) for v in c["background"]], [round(v, 2) for v in c["od"]]
     ([240, 235, 230], [0.18, 0.67, 0.57])
-    >>> red_cell_colours(field[:10, :10]) is None
-    True
+    >>> red_cell_colours(field[:10, :10]) is None, red_cell_colours(field.mean(2, keepdims=True).repeat(3, 2)) is None
+    (True, True)
     """
     x = _as_rgb(rgb).reshape(-1, 3)
     if mask is not None:
@@ -252,7 +257,10 @@ def red_cell_colours(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict[st
     keep = stained & (total <= np.percentile(total[stained], _RED_CELL_PERCENTILE))
     if keep.sum() < RED_CELL_MIN_PIXELS // 2:
         return None
-    return {"background": bg.tolist(), "od": np.median(od[keep], axis=0).tolist()}
+    red = np.median(od[keep], axis=0)
+    if red.max() < RED_CELL_MIN_CHROMA * max(red.min(), 1e-3):  # grey: no stain colour to calibrate from
+        return None
+    return {"background": bg.tolist(), "od": red.tolist()}
 
 
 def border_mask(shape: tuple[int, ...], fraction: float = 0.12) -> np.ndarray:
