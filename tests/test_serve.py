@@ -92,6 +92,7 @@ def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier)
     assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5, "grey": 0.22, "side": 0.0}
     # /classify: the model's own views per cell (one for a model without a setting); /analyze: the smear default
     assert body["tta_views"] == {"classify": 1, "analyze": 4}
+    assert body["colour_calibration"] == classifier.red_cell_target()  # the shipped model's training red cells
 
 
 def test_openapi_schema_is_served_and_cdn_docs_are_off(client: TestClient) -> None:

@@ -199,6 +199,8 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "created": info.created,
         "metrics": info.metrics,
         "ood_flags": bool(info.ood),
+        # what /analyze calibrates each field's red cells and glass to (wbc.analyze.calibrate_field); null: not
+        "colour_calibration": classifier.red_cell_target() if hasattr(classifier, "red_cell_target") else None,
         "cell_fraction": float(cell_fraction_of(classifier)),
         "segmenter": {"name": getattr(segmenter, "name", ""), "model_id": getattr(segmenter, "model_id", "")},
         "colours": {c: hex_colour(colour_of(c)) for c in classifier.classes},
