@@ -51,6 +51,13 @@ def outside_cells(shape: tuple[int, ...], cells: list[Cell], margin: float = WBC
     return keep
 
 
+def red_cell_target_of(classifier: ClassifierLike) -> dict[str, list[float]] | None:
+    """The colours :func:`calibrate_field` maps a field onto (:meth:`wbc.model.Classifier.red_cell_target`;
+    None for a classifier without that method)."""
+    target = getattr(classifier, "red_cell_target", None)
+    return target() if callable(target) else None
+
+
 def calibrate_field(
     rgb: np.ndarray, cells: list[Cell], classifier: ClassifierLike
 ) -> tuple[np.ndarray, dict[str, list[float]] | None]:
@@ -60,8 +67,7 @@ def calibrate_field(
     field are needed, so it works from the first field of a new lab. Unchanged (None) when the classifier
     has no red-cell target (:meth:`wbc.model.Classifier.red_cell_target`) or the field has too few red cells.
     """
-    target_of = getattr(classifier, "red_cell_target", None)
-    target = target_of() if callable(target_of) else None
+    target = red_cell_target_of(classifier)
     if not target:
         return rgb, None
     from wbc.stain import calibrate_red_cells, red_cell_colours
@@ -85,7 +91,7 @@ def classify_cells(
     fraction = fraction if fraction is not None else cell_fraction_of(classifier)
     crops = crop_cells(calibrated, cells, size, fraction)
     # the out-of-distribution colour check reads the cells as they came: calibration is not validation
-    raw = crop_cells(rgb, cells, size, fraction) if calibration is not None else None
+    raw = crop_cells(rgb, cells, size, fraction) if calibration is not None and classifier.info.ood else None
     preds, _ = predict_cells(classifier, crops, exclude=NOT_IN_SMEAR_DETECTIONS,
                              views=tta_views_of(classifier, smear=True), ood_cells=raw)
     for c, p in zip(cells, preds, strict=True):
@@ -121,4 +127,4 @@ def analyze_image(
 from wbc.formats import cell_to_dict, mask_to_polygons, result_to_dict  # noqa: E402
 
 __all__ = ["analyze_image", "calibrate_field", "cell_to_dict", "check_field", "classify_cells", "mask_to_polygons",
-           "outside_cells", "result_to_dict"]
+           "outside_cells", "red_cell_target_of", "result_to_dict"]

@@ -563,7 +563,7 @@ def evaluate_smears(
     ``dataset``: any YOLO- or VOC-labelled folder (:func:`load_labelled_folder`); default BCCD under
     ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt`` where they exist.
     """
-    from wbc.analyze import classify_cells
+    from wbc.analyze import classify_cells, red_cell_target_of
 
     items = load_labelled_folder(dataset, split) if dataset is not None else load_bccd(data_root, split)
     if limit:
@@ -576,13 +576,12 @@ def evaluate_smears(
             return [c.prediction.label if c.prediction else "" for c in cells]
 
     metrics = evaluate_segmentation(items, segmenter.segment, classify)
-    target_of = getattr(classifier, "red_cell_target", None)
     metrics.update(
         dataset=str(dataset) if dataset is not None else "BCCD",
         split=split,
         segmenter=getattr(segmenter, "model_id", segmenter.name),
         model_id=getattr(classifier, "model_id", "") if classifier is not None else "",
-        colour_calibration=bool(callable(target_of) and target_of() is not None),  # wbc.analyze.calibrate_field
+        colour_calibration=classifier is not None and red_cell_target_of(classifier) is not None,
     )
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / "metrics.json", metrics)

@@ -177,6 +177,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
     """What a caller needs to know about the loaded models (no large arrays: OOD statistics, head)."""
     from dataclasses import asdict
 
+    from wbc.analyze import red_cell_target_of
     from wbc.classify import tta_views_of
     from wbc.crops import cell_fraction_of
     from wbc.reframe import framing_stats_of
@@ -200,7 +201,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "metrics": info.metrics,
         "ood_flags": bool(info.ood),
         # what /analyze calibrates each field's red cells and glass to (wbc.analyze.calibrate_field); null: not
-        "colour_calibration": classifier.red_cell_target() if hasattr(classifier, "red_cell_target") else None,
+        "colour_calibration": red_cell_target_of(classifier),
         "cell_fraction": float(cell_fraction_of(classifier)),
         "segmenter": {"name": getattr(segmenter, "name", ""), "model_id": getattr(segmenter, "model_id", "")},
         "colours": {c: hex_colour(colour_of(c)) for c in classifier.classes},
