@@ -38,7 +38,7 @@ def stained_differently(rgb: np.ndarray, gain=(1.35, 0.8, 1.15), glass=(235.0, 2
     return np.clip(np.rint((np.asarray(glass) + 1) * np.exp(-od) - 1), 0, 255).astype(np.uint8)
 
 
-def field_cells(rgb: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> list[Cell]:
+def field_cells(boxes: list[tuple[int, int, int, int]]) -> list[Cell]:
     return [Cell(id=i + 1, box=b, nucleus_mask=np.ones((b[3] - b[1], b[2] - b[0]), bool),
                  cell_mask=np.ones((b[3] - b[1], b[2] - b[0]), bool)) for i, b in enumerate(boxes)]
 
@@ -51,7 +51,7 @@ def field():
 
 def test_calibration_undoes_another_labs_stain_and_lamp(field) -> None:
     rgb, boxes = field
-    keep = outside_cells(rgb.shape, field_cells(rgb, boxes))
+    keep = outside_cells(rgb.shape, field_cells(boxes))
     target = red_cell_colours(rgb, keep)
     other = stained_differently(rgb)
     source = red_cell_colours(other, keep)
@@ -76,7 +76,7 @@ def test_too_few_red_cells_or_a_grey_field_means_no_calibration(calibrated_model
     assert red_cell_colours(rgb, np.zeros(rgb.shape[:2], bool)) is None
     grey = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
     assert red_cell_colours(rgb) is not None and red_cell_colours(grey) is None
-    out, colours = calibrate_field(grey, field_cells(grey, boxes), calibrated_model)
+    out, colours = calibrate_field(grey, field_cells(boxes), calibrated_model)
     assert colours is None and out is grey  # classified as it came
 
 
@@ -100,7 +100,7 @@ def calibrated_model(tmp_path_factory: pytest.TempPathFactory, field):
     path = tmp_path_factory.mktemp("m") / "tiny.onnx"
     mean_colour_model(path, 32, np.random.default_rng(0).normal(0, 3, (len(CLASSES), 3)), "tiny-colour")
     update_metadata(path, colour_reference={"red_cells": red_cell_colours(
-        rgb, outside_cells(rgb.shape, field_cells(rgb, boxes)))})
+        rgb, outside_cells(rgb.shape, field_cells(boxes)))})
     return load_model(path)
 
 
@@ -126,7 +126,7 @@ def test_analyze_names_another_labs_cells_as_it_names_its_own(calibrated_model, 
 
 def test_an_adapted_model_or_no_reference_turns_calibration_off(calibrated_model, field, tmp_path: Path) -> None:
     rgb, boxes = field
-    cells = field_cells(rgb, boxes)
+    cells = field_cells(boxes)
     assert calibrate_field(rgb, cells, calibrated_model)[1] is not None
     mapped = load_model(calibrated_model.path)
     mapped.info.preprocessing = dataclasses.replace(
