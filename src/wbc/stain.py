@@ -299,8 +299,8 @@ def calibrate_red_cells(
     """
     bg, tbg = np.asarray(source["background"], np.float64), np.asarray(target["background"], np.float64)
     gain = np.asarray(target["od"], np.float64) / np.maximum(np.asarray(source["od"], np.float64), 1e-3)
-    levels = np.arange(256, dtype=np.float64)[:, None]  # each channel maps on its own: one 256-entry table each
-    od = np.maximum(-np.log((levels + 1.0) / (bg + 1.0)), 0.0) * gain
+    levels = np.repeat(np.arange(256, dtype=np.float64)[:, None, None], 3, axis=2)  # one 256-entry table a channel
+    od = optical_density(levels, bg) * gain
     lut = np.clip(np.rint((tbg + 1.0) * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
     x = _as_rgb(rgb)
     if x.dtype != np.uint8:
