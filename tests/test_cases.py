@@ -68,7 +68,7 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     s = CaseStore.open(tmp_path / "m.sqlite")
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0002"
+        assert ctx.get_current_revision() == "0003"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
     CaseStore.open(tmp_path / "m.sqlite").close()  # re-opening an up-to-date store is a no-op
@@ -145,6 +145,7 @@ def test_upgrade_keeps_the_data(tmp_path: Path) -> None:
     store.sign_off("old", "new user", client="key:0123abcd")
     doc = store.case_document("old")
     assert doc["corrections"][-1]["client"] == "key:0123abcd" and doc["signed_client"] == "key:0123abcd"
+    assert doc["fields"][0]["colour_calibration"] is None  # stored before 0003: nothing is claimed for it
     store.close()
 
 
@@ -255,6 +256,41 @@ def test_export_feeds_the_adapt_loader(store: CaseStore, fields, classifier, tmp
     (other / "keep.txt").write_text("x")
     with pytest.raises(CaseError, match="not empty"):
         export_cases(store, other)
+
+
+def test_field_colour_calibration_is_kept_and_crops_keep_the_slides_colours(store: CaseStore, classifier) -> None:  # noqa: F811
+    """A field calibrated on its red cells before classifying says so in the store, the API document and the
+    report; its stored crops are the slide's own colours (what the reviewer judges, what `wbc adapt` trains on),
+    not the calibrated ones the network read."""
+    import cv2
+
+    from wbc.analyze import calibrate_field
+    from wbc.cases.report import render_html
+    from wbc.crops import cell_fraction_of, crop_cells
+
+    if classifier.red_cell_target() is None:
+        pytest.skip("the shipped model (with its red-cell colour reference) is needed")
+    rgb, *_ = synthetic_smear(n_wbc=3, seed=4)
+    # another lab's lamp and stain: a field the analysis calibrates
+    tinted = np.clip(rgb.astype(np.float32) * np.array([0.85, 1.0, 1.1], np.float32), 0, 255).astype(np.uint8)
+    res = analyze_image(tinted, classifier, ClassicalSegmenter(), name="tinted.png")
+    plain = analyze_image(tinted, classifier.with_colour_calibration(False), ClassicalSegmenter(), name="plain.png")
+    assert res.calibration is not None and plain.calibration is None and res.cells
+    cid = create_case_from_fields(store, "calibrated", [("tinted.png", tinted, res), ("plain.png", tinted, plain)],
+                                  classifier)
+    doc = store.case_document(cid)
+    assert doc["fields"][0]["colour_calibration"] == res.calibration
+    assert doc["fields"][1]["colour_calibration"] is None
+
+    size, fraction = classifier.info.input_size, cell_fraction_of(classifier)
+    own = crop_cells(tinted, res.cells, size, fraction)
+    seen = crop_cells(calibrate_field(tinted, res.cells, classifier)[0], res.cells, size, fraction)
+    c0 = next(c for c in doc["cells"] if c["field"] == 1)
+    stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(store.crop_png(cid, c0["id"]), np.uint8), cv2.IMREAD_COLOR),
+                          cv2.COLOR_BGR2RGB)
+    assert np.array_equal(stored, own[0]) and not np.array_equal(stored, seen[0])
+    page = render_html(store, cid)
+    assert "1 of 2 field(s) calibrated on their own red cells before classifying" in page
 
 
 def test_reports_html_and_pdf(store: CaseStore, fields, classifier) -> None:  # noqa: F811

@@ -104,6 +104,9 @@ def test_review_by_keyboard_sign_off_export_and_adapt(chromium, served, model_pa
     # the field view shows the same cells as outlines, and the keys work there too
     page.keyboard.press("f")
     assert page.locator("#fields").is_visible() and page.locator("#fields g[data-cell]").count() == n_cells
+    captions = page.locator("#fields figcaption").all_inner_texts()
+    calibrated = [bool(f["colour_calibration"]) for f in doc["fields"]]
+    assert calibrated == ["calibrated on its red cells" in c for c in captions]  # each field says so, or not
     page.keyboard.press("g")
 
     # sign off by keyboard

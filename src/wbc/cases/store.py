@@ -116,6 +116,9 @@ class FieldRow(Base):
     height: Mapped[int] = mapped_column(Integer)
     image_png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when asked for
     warnings: Mapped[list[str]] = mapped_column(JSON)
+    # what the field's colours were calibrated from before its cells were classified (the analysis JSON's
+    # ``colour_calibration``), None when they were classified as they came; migration 0003
+    colour_calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     case: Mapped[CaseRow] = relationship(back_populates="fields")
     cells: Mapped[list[CellRow]] = relationship(back_populates="field", order_by="CellRow.cell_no")
@@ -134,7 +137,7 @@ class CellRow(Base):
     y1: Mapped[int] = mapped_column(Integer)
     outline: Mapped[list[Any]] = mapped_column(JSON)  # cell polygons [[x, y], ...] in field pixels
     nucleus: Mapped[list[Any]] = mapped_column(JSON)
-    crop_png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # the crop the classifier saw
+    crop_png: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # as framed for the classifier, own colours
     # the model's call: written once, never updated
     model_label: Mapped[str] = mapped_column(String(40))
     model_confidence: Mapped[float] = mapped_column(Float)
@@ -442,7 +445,8 @@ class CaseStore:
             position = 1 + int(s.scalar(select(func.count(FieldRow.id)).where(FieldRow.case_id == c.id)) or 0)
             f = FieldRow(case_id=c.id, position=position, image=str(image or result.image)[:500],
                          width=int(result.width), height=int(result.height), image_png=encode_png(rgb),
-                         warnings=list(result.warnings))
+                         warnings=list(result.warnings),
+                         colour_calibration=getattr(result, "calibration", None))
             s.add(f)
             s.flush()
             for cell, crop in zip(cells, crops, strict=True):
@@ -527,7 +531,8 @@ class CaseStore:
                                .options(selectinload(FieldRow.cells)))
             for f in loaded:
                 fields.append({"id": f.id, "position": f.position, "image": f.image, "width": f.width,
-                               "height": f.height, "warnings": list(f.warnings or []), "n_cells": len(f.cells)})
+                               "height": f.height, "warnings": list(f.warnings or []), "n_cells": len(f.cells),
+                               "colour_calibration": f.colour_calibration})
                 cells += [cell_to_dict(x, f.position) for x in f.cells]
             corrections = [
                 {"id": r.id, "cell_id": r.cell_id, "old_label": r.old_label, "new_label": r.new_label,
@@ -587,7 +592,13 @@ class CaseStore:
 
 
 def crops_for(rgb: np.ndarray, result: Any, classifier: ClassifierLike) -> np.ndarray:
-    """The crops the classifier saw for ``result.cells`` (same size and cell fraction as the analysis)."""
+    """The crops of ``result.cells`` at the analysis' size and cell fraction, in the field's own colours.
+
+    When the analysis calibrated the field's colours (``result.calibration``) the classifier saw these crops
+    through that calibration; the store keeps them as the slide shows them, which is what a reviewer must judge
+    and what ``wbc adapt`` trains on (an adapted model reads a lab's cells as they come), and records the
+    calibration beside the field.
+    """
     from wbc.crops import cell_fraction_of, crop_cells
 
     size = int(classifier.info.input_size)

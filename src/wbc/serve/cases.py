@@ -139,7 +139,8 @@ def field_image(request: Request, case_id: int, field_id: int) -> Response:
                     headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/cases/{case_id}/cells/{cell_id}/crop", summary="A cell's crop as the classifier saw it (PNG)",
+@router.get("/cases/{case_id}/cells/{cell_id}/crop",
+            summary="A cell's crop as framed for the classifier, in the field's own colours (PNG)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
 def cell_crop(request: Request, case_id: int, cell_id: int) -> Response:
     return Response(call(store_of(request).crop_png, case_id, cell_id), media_type="image/png",

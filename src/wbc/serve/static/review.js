@@ -232,6 +232,7 @@ function renderFields() {
         el("img", { src: `/cases/${state.doc.id}/fields/${f.id}/image`, alt: `Field ${f.position}: ${f.image}`,
           width: String(f.width), height: String(f.height) }), svg),
       el("figcaption", { text: `Field ${f.position}: ${f.image} · ${f.n_cells} cell(s)`
+        + (f.colour_calibration ? " · colours calibrated on its red cells before classifying" : "")
         + (f.warnings.length ? ` · ${f.warnings.join("; ")}` : "") }));
   }));
 }
