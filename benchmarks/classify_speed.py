@@ -98,12 +98,14 @@ def main() -> None:
     if pbc.is_dir():
         files = list(iter_image_paths([pbc]))[::5][:2000]
         res["end_to_end_files"] = len(files)
-        # re-framing (the default), re-framing without the second framing of cells small in their frame, and
-        # --no-reframe, alternated twice so machine load hits all alike
+        # re-framing (the default, with the cells one view is unsure of re-run over four rotations), the same with
+        # --tta 1 (one view for every cell), re-framing without the second framing of cells small in their frame,
+        # and --no-reframe, alternated twice so machine load hits all alike
         one = copy.copy(clf)
         one.info = dataclasses.replace(clf.info, extra={**clf.info.extra, "reframe": {
             k: v for k, v in dataclasses.asdict(framing_stats_of(clf)).items() if k != "grey"}})
-        runs = (("end_to_end_cells_per_s", clf, True), ("end_to_end_one_framing_cells_per_s", one, True),
+        runs = (("end_to_end_cells_per_s", clf, True), ("end_to_end_tta1_cells_per_s", clf.with_tta(1), True),
+                ("end_to_end_one_framing_cells_per_s", one, True),
                 ("end_to_end_no_reframe_cells_per_s", clf, False))
         for rep in range(2):
             for key, model, reframe in runs:

@@ -92,6 +92,8 @@ def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier)
     assert body["reframe"] == {"target": 0.34, "low": 0.12, "high": 0.5, "grey": 0.22, "side": 0.0}
     # /classify: the model's own views per cell (one for a model without a setting); /analyze: the smear default
     assert body["tta_views"] == {"classify": 1, "analyze": 4}
+    # ... and /classify's cells named below 0.7 with one view answered again by their four rotations
+    assert body["tta_unsure"] == {"below": 0.7, "views": 4}
     assert body["colour_calibration"] == classifier.red_cell_target()  # the shipped model's training red cells
 
 

@@ -64,9 +64,44 @@ def test_how_many_views_the_flag_the_model_and_smear_cells_decide(clf, tmp_path:
     assert clf.tta is None  # with_tta returns a copy
     adapted = load_model(_model(tmp_path / "a.onnx", extra={"tta_views": 8}), threads=1)
     assert (adapted.tta_views(), adapted.tta_views(smear=True)) == (8, 8)
+    assert adapted.unsure_views() == (0.0, 1)  # every cell turned already: nothing to re-run
     assert adapted.with_tta(1).tta_views() == 1
     with pytest.raises(ModelError, match="between 1 and 8"):
         clf.with_tta(9)
+
+
+def test_unsure_cells_are_answered_by_four_rotations(clf) -> None:
+    """With one view the default, cells named below the gate get the mean of the four rotations, the others their
+    one view; the gate reads the answer's confidence (after ``--classes``); ``--tta`` (even 1) turns it off."""
+    from wbc.classify import answer_probabilities, predict_cells, run_views
+    from wbc.model import UNSURE_GATE, UNSURE_TTA_VIEWS
+
+    cells = _cells(16)
+    one = run_views(clf, cells, ("logits",), 1)["logits"]
+    four = run_views(clf, cells, ("logits",), UNSURE_TTA_VIEWS)["logits"]
+    assert clf.unsure_views() == (UNSURE_GATE, UNSURE_TTA_VIEWS)
+    for model in (clf, clf.with_classes("5part")):
+        conf = answer_probabilities(one, model, (), model.label_set)[0].max(1)
+        gate = float(np.median(conf))
+        _, out = predict_cells(model.with_unsure_gate(gate), cells)
+        unsure = conf < gate
+        assert 0 < unsure.sum() < len(cells)
+        np.testing.assert_allclose(out["logits"][unsure], four[unsure], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out["logits"][~unsure], one[~unsure])
+    # an unsure cell shown in two framings: the mean of both framings' four rotations
+    other = _cells(17)[16:]
+    _, out = predict_cells(clf.with_unsure_gate(1.0), cells[:2], second={1: other[0]})
+    both = (four[1] + run_views(clf, other, ("logits",), UNSURE_TTA_VIEWS)["logits"][0]) / 2
+    np.testing.assert_allclose(out["logits"][1], both, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["logits"][0], four[0], rtol=1e-5, atol=1e-5)
+    # views chosen explicitly: no gate, whatever the confidence
+    assert clf.with_tta(1).unsure_views() == (0.0, 1)
+    _, out = predict_cells(clf.with_tta(1).with_unsure_gate(1.0), cells)
+    np.testing.assert_array_equal(out["logits"], one)
+    _, out = predict_cells(clf.with_unsure_gate(1.0), cells, views=1)  # a caller's own views: the same
+    np.testing.assert_array_equal(out["logits"], one)
+    with pytest.raises(ModelError, match="between 0 and 1"):
+        clf.with_unsure_gate(1.5)
 
 
 def test_classify_and_analyze_average_the_views_they_are_given(clf, tmp_path: Path) -> None:
@@ -80,7 +115,7 @@ def test_classify_and_analyze_average_the_views_they_are_given(clf, tmp_path: Pa
     for i, c in enumerate(cells):
         paths.append(tmp_path / f"{i}.png")
         write_image(paths[-1], c)
-    plain = classify_paths(paths, clf, reframe=False)
+    plain = classify_paths(paths, clf.with_tta(1), reframe=False)
     turned = classify_paths(paths, clf.with_tta(4), reframe=False)
     expected, _ = predict_cells(clf, cells, views=4)
     for got, want in zip(turned.predictions, expected, strict=True):
@@ -118,7 +153,8 @@ def test_http_routes_take_tta_per_request(clf) -> None:
            for t in (None, 1, 4)}
     assert all(r.status_code == 200 for r in got.values()), got[4].text
     probs = {t: r.json()["results"][0]["probabilities"] for t, r in got.items()}
-    assert probs[None] == pytest.approx(probs[1]) and probs[4] != pytest.approx(probs[1])
-    expected, _ = predict_cells(clf, cell[None], views=4)
-    assert probs[4] == pytest.approx(expected[0].probabilities, abs=1e-4)
+    assert probs[4] != pytest.approx(probs[1])
+    for t, model in ((None, clf), (1, clf.with_tta(1)), (4, clf.with_tta(4))):  # the default: unsure cells turned
+        expected, _ = predict_cells(model, cell[None])
+        assert probs[t] == pytest.approx(expected[0].probabilities, abs=1e-4)
     assert client.post("/classify?tta=9", files=files).status_code == 422

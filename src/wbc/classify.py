@@ -112,6 +112,31 @@ def average_second_framings(
     return out
 
 
+def answer_probabilities(
+    logits: np.ndarray, classifier: ClassifierLike, exclude: Sequence[str] = (), classes: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated probabilities as the answer gives them (``exclude``d classes zeroed, then restricted to
+    ``classes`` when given), the full ones before the restriction, and the mass the restriction kept (ones
+    without it): :func:`predict_cells`' arithmetic."""
+    probs = class_probabilities(logits, classifier.info)
+    excluded = set(exclude)
+    drop = [i for i, c in enumerate(classifier.classes) if c in excluded]
+    if drop and len(drop) < len(classifier.classes):
+        probs[:, drop] = 0.0
+        probs /= probs.sum(1, keepdims=True)
+    if not classes:
+        return probs, probs, np.ones(len(probs))
+    restricted, mass = restrict_probabilities(probs, classifier.classes, tuple(classes))
+    return restricted, probs, mass
+
+
+def unsure_views_of(classifier: ClassifierLike) -> tuple[float, int]:
+    """``(gate, views)`` of :meth:`wbc.model.Classifier.unsure_views`: cells one view names below ``gate`` are
+    answered by the mean of ``views`` rotations; ``(0.0, 1)`` for a classifier without that method."""
+    f = getattr(classifier, "unsure_views", None)
+    return f() if callable(f) else (0.0, 1)
+
+
 def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
     """How many views :func:`predict_cells` averages for this classifier (:meth:`wbc.model.Classifier.tta_views`;
     1 for a classifier without that method)."""
@@ -135,26 +160,30 @@ def predict_cells(
     outside the set (allowed mass < 0.5) is flagged too, naming the class it favours. ``views``: logits
     averaged over that many flips/rotations (:func:`run_views`; None: :func:`tta_views_of` the classifier).
     ``second``: {index in ``cells``: the same cell re-framed} for cells whose framing is ambiguous
-    (:func:`wbc.reframe.frame_cell_views`); their logits are the mean of both framings'. ``ood_cells``: the
+    (:func:`wbc.reframe.frame_cell_views`); their logits are the mean of both framings'. With ``views`` left to
+    the classifier and one view its default, the cells it names below :data:`wbc.model.UNSURE_GATE` confidence
+    are answered again by the mean of the four rotations (:func:`unsure_views_of`). ``ood_cells``: the
     same cells as they came, when ``cells`` were colour-calibrated (:func:`wbc.analyze.calibrate_field`): the
     colour part of the out-of-distribution check reads them, so a lab unlike the training lab stays flagged.
     """
     ood = classifier.info.ood
+    gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
     views = tta_views_of(classifier) if views is None else views
     out = run_views(classifier, cells, ("logits", "embedding") if with_embeddings or ood else ("logits",), views)
     if second:
         out = {**out, "logits": average_second_framings(
             out["logits"], second, lambda z: run_views(classifier, z, ("logits",), views)["logits"])}
-    probs = class_probabilities(out["logits"], classifier.info)
-    excluded = set(exclude)
-    drop = [i for i, c in enumerate(classifier.classes) if c in excluded]
-    if drop and len(drop) < len(classifier.classes):
-        probs[:, drop] = 0.0
-        probs /= probs.sum(1, keepdims=True)
-    full = probs
     classes = tuple(classes) or tuple(getattr(classifier, "label_set", ()))
-    if classes:
-        probs, mass = restrict_probabilities(probs, classifier.classes, classes)
+    probs, full, mass = answer_probabilities(out["logits"], classifier, exclude, classes)
+    unsure = np.flatnonzero(probs.max(1) < gate) if more > views and len(probs) else np.zeros(0, int)
+    if unsure.size:  # the cells one view is unsure of, answered again by the mean of ``more`` rotations
+        again = {j: second[int(i)] for j, i in enumerate(unsure) if second and int(i) in second}
+        logits = np.array(out["logits"], copy=True)
+        logits[unsure] = average_second_framings(
+            run_views(classifier, cells[unsure], ("logits",), more)["logits"], again,
+            lambda z: run_views(classifier, z, ("logits",), more)["logits"])
+        out = {**out, "logits": logits}
+        probs, full, mass = answer_probabilities(logits, classifier, exclude, classes)
     preds = predictions_from_probs(probs, classifier, names)
     if classes:
         for p, m, row in zip(preds, mass, full, strict=True):

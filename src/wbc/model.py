@@ -189,6 +189,13 @@ SMEAR_TTA_VIEWS = 4
 #: label-free adaptation on its train cells 0.882 -> 0.906; three draws of 100 labelled BCCD train/val cells,
 #: 0.853 -> 0.865 fine-tuned and 0.789 -> 0.831 with the head refit on the others, every draw up.
 ADAPTED_TTA_VIEWS = 4
+#: A single-cell image that one view names with a confidence below ``UNSURE_GATE`` (after the chosen label set)
+#: is answered again by the mean of the four rotations (``UNSURE_TTA_VIEWS``), when the classifier answers with one
+#: view by default (the shipped model in ``wbc classify``, ``wbc evaluate`` and ``/classify``; not with ``--tta``):
+#: the rotations' gain where the network is unsure, at the cost of the few cells it is unsure of. Chosen on
+#: validation (docs/generalisation.md, "Rotations where the model is unsure").
+UNSURE_GATE = 0.7
+UNSURE_TTA_VIEWS = 4
 
 
 def checked_tta_views(views: int) -> int:
@@ -228,6 +235,9 @@ class Classifier:
         self.label_set: tuple[str, ...] = ()
         #: views averaged per cell when asked for explicitly (``--tta``); None: the default, see :meth:`tta_views`.
         self.tta: int | None = None
+        #: the confidence below which a one-view answer is re-run over the four rotations; None: ``UNSURE_GATE``;
+        #: see :meth:`unsure_views`.
+        self.unsure_gate: float | None = None
         #: calibrate smear fields' colours on their red cells before cropping (``--no-colour-calibration``: False); see
         #: :meth:`red_cell_target`.
         self.colour_calibration: bool = True
@@ -251,6 +261,17 @@ class Classifier:
 
         out = copy.copy(self)
         out.tta = None if views is None else checked_tta_views(views)
+        return out
+
+    def with_unsure_gate(self, gate: float | None) -> Classifier:
+        """This classifier (the same session) re-running cells it names below ``gate`` confidence over the four
+        rotations (0: never; None: the default, :data:`UNSURE_GATE`); see :meth:`unsure_views`."""
+        import copy
+
+        if gate is not None and not 0.0 <= gate <= 1.0:
+            raise ModelError(f"unsure gate {gate}: a confidence between 0 and 1 is needed")
+        out = copy.copy(self)
+        out.unsure_gate = gate
         return out
 
     def with_colour_calibration(self, on: bool = True) -> Classifier:
@@ -279,6 +300,14 @@ class Classifier:
             return self.tta
         own = int(self.info.extra.get("tta_views", 1)) if isinstance(self.info.extra, dict) else 1
         return max(own, SMEAR_TTA_VIEWS) if smear else own
+
+    def unsure_views(self) -> tuple[float, int]:
+        """``(gate, views)``: a cell answered with one view and a confidence below ``gate`` is answered again by the
+        mean of ``views`` flips/rotations (:func:`wbc.classify.predict_cells`). ``(0.0, 1)`` when the views were
+        chosen explicitly (``--tta``, including ``--tta 1``) or the model averages several views anyway."""
+        if self.tta is not None or self.tta_views() > 1:
+            return 0.0, 1
+        return (UNSURE_GATE if self.unsure_gate is None else self.unsure_gate), UNSURE_TTA_VIEWS
 
     @property
     def classes(self) -> list[str]:

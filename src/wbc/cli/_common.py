@@ -39,8 +39,9 @@ ClassesOpt = Annotated[str | None, typer.Option(
     "basophil) or a comma-separated list; probabilities are renormalised over them (default: every class).")]
 TtaOpt = Annotated[int | None, typer.Option(
     "--tta", min=1, max=8, help="Average each cell's answer over this many flips/rotations (1-8; 4: the four "
-    "rotations). Default: the model's own (1 for the shipped model; 4 for models `wbc adapt` writes), and at "
-    "least 4 for cells found in smear fields. Costs that many network passes per cell.")]
+    "rotations). Default: the model's own (1 for the shipped model, whose single-cell answers below 0.7 confidence "
+    "are answered again by the four rotations; 4 for models `wbc adapt` writes), and at least 4 for cells found in "
+    "smear fields. Costs that many network passes per cell; any value, 1 included, turns the re-run off.")]
 ColourCalibrationOpt = Annotated[bool, typer.Option(
     "--colour-calibration/--no-colour-calibration", help="Map each smear field's glass and red-cell colours onto "
     "the training lab's before its cells are classified (the field is its own colour standard; a model adapted "

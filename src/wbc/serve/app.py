@@ -178,12 +178,13 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
     from dataclasses import asdict
 
     from wbc.analyze import red_cell_target_of
-    from wbc.classify import tta_views_of
+    from wbc.classify import tta_views_of, unsure_views_of
     from wbc.crops import cell_fraction_of
     from wbc.reframe import framing_stats_of
     from wbc.render import colour_of
 
     info = classifier.info
+    gate, views = unsure_views_of(classifier)
     return {
         "model_id": classifier.model_id,
         "classes": classifier.classes,
@@ -194,6 +195,8 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "class_prior": dict(getattr(info, "class_prior", {}) or {}),
         "reframe": asdict(framing_stats_of(classifier)),
         "tta_views": {"classify": tta_views_of(classifier), "analyze": tta_views_of(classifier, smear=True)},
+        # /classify's cells named below `below` confidence with one view are answered by `views` rotations; null: off
+        "tta_unsure": {"below": gate, "views": views} if gate > 0 and views > 1 else None,
         "architecture": info.architecture,
         "version": info.version,
         "training_data": info.training_data,
