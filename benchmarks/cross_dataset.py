@@ -149,12 +149,10 @@ def load_bccd_cells(
     cells = []
     for (image, _, box), d in zip(fields, diameters, strict=True):
         rgb = read_image(root / "bccd" / "JPEGImages" / f"{image}.jpg")
-        if red_cells and crop == "wbc":
-            from wbc.analyze import outside_cells
-            from wbc.stain import calibrate_red_cells, red_cell_colours
+        if red_cells and crop == "wbc":  # as `wbc analyze` does, measured on every pixel (as first measured)
+            from wbc.analyze import calibrate_to
 
-            colours = red_cell_colours(rgb, outside_cells(rgb.shape, [box_cell(box)]))
-            rgb = calibrate_red_cells(rgb, colours, red_cells) if colours else rgb
+            rgb = calibrate_to(rgb, [box_cell(box)], red_cells, step=1)[0]
         if crop == "wbc":
             cells.append(crops.crop_cell(rgb, box_cell(box), size, d / side if lab_scale else frac))
         else:

@@ -70,9 +70,18 @@ def calibrate_field(
     target = red_cell_target_of(classifier)
     if not target:
         return rgb, None
+    return calibrate_to(rgb, cells, target)
+
+
+def calibrate_to(
+    rgb: np.ndarray, cells: list[Cell], target: dict[str, list[float]], step: int | None = None
+) -> tuple[np.ndarray, dict[str, list[float]] | None]:
+    """:func:`calibrate_field` onto the colours ``target`` (:func:`wbc.stain.red_cell_reference`), measuring the
+    field outside ``cells`` on every ``step``-th pixel row and column (default: every other in a field of 256 px
+    or more, the same colours 4x faster; 1: every pixel)."""
     from wbc.stain import calibrate_red_cells, red_cell_colours
 
-    step = 2 if min(rgb.shape[:2]) >= 256 else 1  # every other pixel row and column: the same colours, 4x faster
+    step = step or (2 if min(rgb.shape[:2]) >= 256 else 1)
     source = red_cell_colours(rgb[::step, ::step], outside_cells(rgb.shape, cells)[::step, ::step])
     if source is None:
         return rgb, None
