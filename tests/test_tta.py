@@ -65,6 +65,8 @@ def test_how_many_views_the_flag_the_model_and_smear_cells_decide(clf, tmp_path:
     adapted = load_model(_model(tmp_path / "a.onnx", extra={"tta_views": 8}), threads=1)
     assert (adapted.tta_views(), adapted.tta_views(smear=True)) == (8, 8)
     assert adapted.unsure_views() == (0.0, 1)  # every cell turned already: nothing to re-run
+    one = load_model(_model(tmp_path / "one.onnx", extra={"tta_views": 1}), threads=1)
+    assert one.unsure_views() == (0.0, 1)  # `wbc adapt --tta 1`: one view asked for, one view given
     assert adapted.with_tta(1).tta_views() == 1
     with pytest.raises(ModelError, match="between 1 and 8"):
         clf.with_tta(9)

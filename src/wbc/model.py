@@ -304,8 +304,10 @@ class Classifier:
     def unsure_views(self) -> tuple[float, int]:
         """``(gate, views)``: a cell answered with one view and a confidence below ``gate`` is answered again by the
         mean of ``views`` flips/rotations (:func:`wbc.classify.predict_cells`). ``(0.0, 1)`` when the views were
-        chosen explicitly (``--tta``, including ``--tta 1``) or the model averages several views anyway."""
-        if self.tta is not None or self.tta_views() > 1:
+        chosen explicitly: ``--tta`` (including ``--tta 1``), or the model's own ``extra["tta_views"]`` (what
+        ``wbc adapt --tta N`` stores, 1 included)."""
+        own = isinstance(self.info.extra, dict) and "tta_views" in self.info.extra
+        if self.tta is not None or own:
             return 0.0, 1
         return (UNSURE_GATE if self.unsure_gate is None else self.unsure_gate), UNSURE_TTA_VIEWS
 
