@@ -50,6 +50,26 @@ def test_pseudo_labels_only_where_the_teacher_is_confident() -> None:
     assert teacher.training  # the teacher's mode is restored
 
 
+def test_pseudo_labels_from_the_mean_of_the_teachers_rotations() -> None:
+    """With ``views`` > 1 the teacher's probability is the mean over quarter turns of each cell: a teacher that
+    reads one corner is confident on one turn only, so the mean keeps no pseudo-label where one view would."""
+    import torch
+
+    from wbc.train.loop import pseudo_labels
+
+    class Corner(torch.nn.Module):  # class 0 when the top-left pixel is bright, else class 1, confidently
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = 20 * (x[:, 0, 0, 0] - 0.5)
+            return torch.stack([z, -z, torch.zeros_like(z)], 1)
+
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, :, 0, 0] = 1.0  # bright in the top-left corner only
+    label, keep = pseudo_labels(Corner(), x, 0.9)
+    assert label.tolist() == [0] and keep.tolist() == [1.0]
+    label, keep = pseudo_labels(Corner(), x, 0.9, views=4)  # 1 of 4 turns says class 0, three say class 1
+    assert label.tolist() == [1] and keep.tolist() == [0.0]  # mean ~0.75 for class 1: below the threshold
+
+
 def test_unlabelled_sources_are_checked(tmp_path: Path) -> None:
     from wbc.config import TrainConfig
     from wbc.errors import ConfigError

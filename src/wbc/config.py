@@ -86,6 +86,7 @@ class TrainConfig:
     unlabelled_threshold: float = 0.75  # pseudo-label a cell only when the teacher is this confident (label
     # smoothing 0.1 caps a certain network near 0.91: at 0.9 only 2 % of the other lab's cells were used)
     unlabelled_ratio: float = 0.5  # unlabelled cells per step, as a fraction of batch_size
+    unlabelled_teacher_views: int = 1  # the teacher names the mean of this many rotations of each (1-4)
     # review flag
     review_target_accuracy: float = 0.995  # accepted (non-review) val cells must reach this accuracy
     # run
@@ -145,6 +146,8 @@ class TrainConfig:
         if self.unlabelled_weight < 0 or not 0 < self.unlabelled_threshold < 1 or not 0 < self.unlabelled_ratio <= 4:
             raise ConfigError("unlabelled_weight must be >= 0, unlabelled_threshold in (0, 1), unlabelled_ratio "
                               "in (0, 4]")
+        if not 1 <= self.unlabelled_teacher_views <= 4:
+            raise ConfigError(f"unlabelled_teacher_views must be 1-4 (rotations), not {self.unlabelled_teacher_views}")
         if self.unlabelled_crop not in UNLABELLED_CROPS:
             raise ConfigError(f"unlabelled_crop must be one of {', '.join(UNLABELLED_CROPS)}, "
                               f"not {self.unlabelled_crop!r}")

@@ -253,7 +253,7 @@ def fit(
                         xw, xs = (torch.nn.functional.interpolate(v, size=(small, small), mode="bilinear",
                                                                   antialias=True) for v in (xw, xs))
                     pseudo, keep = pseudo_labels(ema.module if ema is not None else net, xw,
-                                                  cfg.unlabelled_threshold)
+                                                  cfg.unlabelled_threshold, cfg.unlabelled_teacher_views)
                     out = model(torch.cat([x, xs.contiguous(memory_format=torch.channels_last)]))
                     logits = out[: len(y)]
                     ul_loss = torch.nn.functional.cross_entropy(out[len(y):], pseudo, reduction="none")
@@ -336,12 +336,16 @@ def _unlabelled_batches(cfg: TrainConfig, cache: np.ndarray, strong: Any, gen: t
         epoch += 1
 
 
-def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the teacher's class for each cell, 1.0 where its probability reaches ``threshold`` else 0.0)."""
+def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, threshold: float, views: int = 1
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the teacher's class for each cell, 1.0 where its probability reaches ``threshold`` else 0.0); with
+    ``views`` > 1 the teacher's probability is the mean over that many quarter turns of each cell, as `wbc`
+    answers an unsure cell (:data:`wbc.model.UNSURE_TTA_VIEWS`)."""
     was_training = teacher.training
     teacher.eval()
     with torch.no_grad():
-        p = torch.softmax(teacher(x), 1)
+        p = torch.stack([torch.softmax(teacher(torch.rot90(x, k, (2, 3)) if k else x), 1)
+                         for k in range(views)]).mean(0)
     teacher.train(was_training)
     conf, label = p.max(1)
     return label, (conf >= threshold).float()
