@@ -1,0 +1,81 @@
+"""The validation measures a candidate classifier is compared on before it may replace the shipped one.
+
+Runs the command-line tools a user would (``wbc evaluate``, ``wbc adapt --no-labels``, ``wbc evaluate-smears``),
+so each number is reproducible by hand, and reads no test split: PBC validation cells (8 classes); BCCD's train/val
+cells as single-cell images (``--tight``) and as boxed smear crops, five-part, as they come and after
+``wbc adapt --no-labels`` on them; BCCD's validation cells adapted on its train cells; BCCD's validation and train
+smears through the detector (every class). Write the BCCD folders first:
+
+    for s in train val trainval; do python benchmarks/bccd_cells.py --tight --split $s --n 0 \\
+        --output /tmp/bccd_tight_$s; done
+    python benchmarks/bccd_cells.py --split trainval --n 0 --output /tmp/bccd_trainval
+    python benchmarks/candidate_measures.py --model runs/tta_teacher/model_int8.onnx \\
+        --output benchmarks/results/candidate_tta_teacher.json
+
+The model needs its OOD statistics and colour reference (``wbc ood fit``), as ``wbc adapt --no-labels`` and the
+smear calibration read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def wbc(*args: str) -> None:
+    """Run ``wbc ARGS`` (the installed CLI of this interpreter); a failure ends the benchmark naming the command."""
+    cmd = [sys.executable, "-m", "wbc", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"error: {' '.join(cmd[2:])}: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def accuracy(folder: Path, key: str = "accuracy") -> float:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return float(metrics["subtype"]["accuracy"] if key == "subtype" else metrics[key])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="candidate ONNX (int8, OOD-fitted)")
+    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--tight", default="/tmp/bccd_tight_{split}", help="BCCD single-cell folders ({split})")
+    ap.add_argument("--boxed", type=Path, default=Path("/tmp/bccd_trainval"), help="BCCD boxed train/val folder")
+    ap.add_argument("--output", type=Path, required=True, help="JSON to write")
+    args = ap.parse_args(argv)
+
+    from wbc.io import atomic_write_text
+
+    m = str(args.model)
+    tight = {s: args.tight.format(split=s) for s in ("train", "val", "trainval")}
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        wbc("evaluate", str(args.manifest), "--split", "val", "--model", m, "--output", str(t / "pbc"))
+        out["pbc_val"] = accuracy(t / "pbc")
+        for name, data in (("tight_trainval", tight["trainval"]), ("tight_val", tight["val"]),
+                           ("boxed_trainval", str(args.boxed))):
+            wbc("evaluate", data, "--model", m, "--classes", "5part", "--output", str(t / name))
+            out[f"{name}_as_is"] = accuracy(t / name)
+        for name, fit, score in (("tight_trainval", tight["trainval"], tight["trainval"]),
+                                 ("tight_val_on_train", tight["train"], tight["val"]),
+                                 ("boxed_trainval", str(args.boxed), str(args.boxed))):
+            lab = t / f"{name}.onnx"
+            wbc("adapt", "--no-labels", "--model", m, "--data", fit, "--classes", "5part", "--output", str(lab))
+            wbc("evaluate", score, "--model", str(lab), "--classes", "5part", "--output", str(t / f"{name}_a"))
+            out[f"{name}_adapted"] = accuracy(t / f"{name}_a")
+        for split in ("val", "train"):
+            wbc("evaluate-smears", "--split", split, "--model", m, "--output", str(t / f"smears_{split}"))
+            out[f"bccd_smears_{split}"] = accuracy(t / f"smears_{split}", "subtype")
+    for k, v in out.items():
+        print(f"{k:>28}: {v:.4f}")
+    atomic_write_text(args.output, json.dumps({"model": m, "measures": out}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
