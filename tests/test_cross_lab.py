@@ -176,12 +176,13 @@ def test_classify_reframe_flag(tiny_classifier, tmp_path) -> None:
 
 def test_a_cell_small_in_its_frame_is_averaged_over_both_framings(tiny_classifier, tmp_path) -> None:
     """A nucleus inside the band but below ``grey`` (a small cell, or any cell shown at half scale): classify
-    answers with the mean logits of the cell as it is and re-framed to the target, in every path."""
+    answers with the weighted mean logits of the cell as it is and re-framed to the target
+    (``SECOND_VIEW_WEIGHT`` on the re-framed one), in every path."""
     from fastapi.testclient import TestClient
 
     from wbc.classify import classify_paths, prepare_cell_views
     from wbc.io import write_image
-    from wbc.reframe import DEFAULT_STATS
+    from wbc.reframe import DEFAULT_STATS, SECOND_VIEW_WEIGHT
     from wbc.segment.classical import ClassicalSegmenter
     from wbc.serve.app import create_app
 
@@ -191,7 +192,9 @@ def test_a_cell_small_in_its_frame_is_averaged_over_both_framings(tiny_classifie
     first, zoomed = prepare_cell_views(img, size, DEFAULT_STATS)
     assert zoomed is not None and not np.array_equal(first, zoomed)
     assert 0.25 < measure_framing(zoomed).fraction < 0.45  # at the target, 0.34
-    expected = (tiny_classifier.run(first[None])["logits"] + tiny_classifier.run(zoomed[None])["logits"]) / 2
+    w = SECOND_VIEW_WEIGHT
+    assert 0.5 <= w < 1  # the re-framed view weighs at least as much, the cell as it is still counts
+    expected = (1 - w) * tiny_classifier.run(first[None])["logits"] + w * tiny_classifier.run(zoomed[None])["logits"]
     write_image(tmp_path / "small.png", img)
     write_image(tmp_path / "native.png", _cell(size=200))
     res = classify_paths([tmp_path / "small.png", tmp_path / "native.png"], tiny_classifier)

@@ -90,10 +90,12 @@ def test_unsure_cells_are_answered_by_four_rotations(clf) -> None:
         assert 0 < unsure.sum() < len(cells)
         np.testing.assert_allclose(out["logits"][unsure], four[unsure], rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(out["logits"][~unsure], one[~unsure])
-    # an unsure cell shown in two framings: the mean of both framings' four rotations
+    # an unsure cell shown in two framings: the weighted mean of both framings' four rotations
+    from wbc.reframe import SECOND_VIEW_WEIGHT as w
+
     other = _cells(17)[16:]
     _, out = predict_cells(clf.with_unsure_gate(1.0), cells[:2], second={1: other[0]})
-    both = (four[1] + run_views(clf, other, ("logits",), UNSURE_TTA_VIEWS)["logits"][0]) / 2
+    both = (1 - w) * four[1] + w * run_views(clf, other, ("logits",), UNSURE_TTA_VIEWS)["logits"][0]
     np.testing.assert_allclose(out["logits"][1], both, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["logits"][0], four[0], rtol=1e-5, atol=1e-5)
     # views chosen explicitly: no gate, whatever the confidence

@@ -102,13 +102,17 @@ def average_second_framings(
     logits: np.ndarray, second: Mapping[int, np.ndarray] | None, logits_of: Callable[[np.ndarray], np.ndarray]
 ) -> np.ndarray:
     """``logits`` (N, C) with the rows of the cells in ``second`` ({index: the cell re-framed},
-    :func:`wbc.reframe.frame_cell_views`) replaced by the mean of theirs and ``logits_of`` the re-framed cells: how
-    an ambiguously framed cell is answered, here and in the label-free adaptation's scores."""
+    :func:`wbc.reframe.frame_cell_views`) replaced by the weighted mean of theirs and ``logits_of`` the re-framed
+    cells (:data:`wbc.reframe.SECOND_VIEW_WEIGHT` on the re-framed one): how an ambiguously framed cell is
+    answered, here and in the label-free adaptation's scores."""
     if not second:
         return logits
+    from wbc import reframe
+
+    w = reframe.SECOND_VIEW_WEIGHT
     idx = np.array(sorted(second), dtype=int)
     out = np.array(logits, copy=True)
-    out[idx] = (out[idx] + logits_of(np.stack([second[int(i)] for i in idx]))) / 2
+    out[idx] = (1 - w) * out[idx] + w * logits_of(np.stack([second[int(i)] for i in idx]))
     return out
 
 
