@@ -164,9 +164,10 @@ def predict_cells(
     outside the set (allowed mass < 0.5) is flagged too, naming the class it favours. ``views``: logits
     averaged over that many flips/rotations (:func:`run_views`; None: :func:`tta_views_of` the classifier).
     ``second``: {index in ``cells``: the same cell re-framed} for cells whose framing is ambiguous
-    (:func:`wbc.reframe.frame_cell_views`); their logits are the mean of both framings'. With ``views`` left to
-    the classifier and one view its default, the cells it names below :data:`wbc.model.UNSURE_GATE` confidence
-    are answered again by the mean of the four rotations (:func:`unsure_views_of`). ``ood_cells``: the
+    (:func:`wbc.reframe.frame_cell_views`); their logits are the weighted mean of both framings'
+    (:func:`average_second_framings`). With ``views`` left to the classifier and one view its default, the cells
+    it names below :data:`wbc.model.UNSURE_GATE` confidence are answered again by the mean of the four rotations
+    (:func:`unsure_views_of`). ``ood_cells``: the
     same cells as they came, when ``cells`` were colour-calibrated (:func:`wbc.analyze.calibrate_field`): the
     colour part of the out-of-distribution check reads them, so a lab unlike the training lab stays flagged.
     """
