@@ -2,9 +2,10 @@
 
 Each validation cell (the run's manifest, ``split == val``) is shown as it is and re-framed the ways other
 labs frame single cells: cropped tight around the centred cell (the cell filling the frame; also at 100 px),
-padded wide with its own background colour (the cell small in a large field; also as a 600 px field), and
-rescaled 0.5x and 2x. Every variant goes through what `wbc classify` does (:func:`wbc.classify.prepare_cell_views`
-with re-framing on, an ambiguously framed cell averaged over both framings; a plain resize with ``--no-reframe``),
+padded wide with its own background colour (the cell small in a large field; also as a 600 px field), widened
+to a camera's 4:3 frame, and rescaled 0.5x and 2x. Every variant goes through what `wbc classify` does
+(:func:`wbc.classify.prepare_cell_views` with re-framing on, an ambiguously framed cell averaged over both
+framings; a plain resize with ``--no-reframe``),
 then the model. Accuracy over the model's classes, and over the five WBC types with ``--classes 5part``
 semantics for the WBC cells; ``ms_per_cell``: preparation and network together.
 
@@ -52,6 +53,16 @@ def pad_wide(rgb: np.ndarray, factor: float, side: int | None = None) -> np.ndar
     return out
 
 
+def side_pad(rgb: np.ndarray, aspect: float) -> np.ndarray:
+    """The crop widened to ``aspect`` (width / height) with its own background colour: a camera's 4:3 frame."""
+    from wbc.reframe import background_colour
+
+    h, w = rgb.shape[:2]
+    extra = max(0, round(h * aspect) - w)
+    return cv2.copyMakeBorder(rgb, 0, 0, extra // 2, extra - extra // 2, cv2.BORDER_CONSTANT,
+                              value=background_colour(rgb))
+
+
 def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
     h, w = rgb.shape[:2]
     interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
@@ -64,6 +75,7 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tight 0.4, as a 100 px crop": lambda x: rescale(tight(x, 0.4), 100 / (0.4 * x.shape[0])),
     "padded 2x (own background)": lambda x: pad_wide(x, 2.0),
     "padded 3x, as a 600 px field": lambda x: pad_wide(x, 3.0, 600),
+    "4:3 frame (padded sideways)": lambda x: side_pad(x, 4 / 3),
     "rescaled 0.5x": lambda x: rescale(x, 0.5),
     "rescaled 2x": lambda x: rescale(x, 2.0),
 }

@@ -211,6 +211,27 @@ def test_a_cell_small_in_its_frame_is_averaged_over_both_framings(tiny_classifie
     assert served == pytest.approx(res.predictions[0].probabilities, abs=1e-3)
 
 
+def test_a_four_by_three_frame_is_cut_square_not_squashed() -> None:
+    """A camera's 4:3 frame around a cell is cut to its central square before the resize (a round nucleus stays
+    round); one whose nucleus sits near a side is moved to hold it; square images are untouched."""
+    from wbc.classify import prepare_cell_views
+    from wbc.preprocess import resize_square
+    from wbc.reframe import DEFAULT_STATS
+
+    cell = _cell("neutrophil", size=300, seed=3)  # square, PBC-like framing
+    wide = cv2.copyMakeBorder(cell, 0, 0, 50, 50, cv2.BORDER_CONSTANT, value=(235, 215, 205))  # 400 x 300: 4:3
+    first, second = prepare_cell_views(wide, 96, DEFAULT_STATS)
+    assert second is None
+    np.testing.assert_array_equal(first, resize_square(cell, 96))  # the central square: the cell as it was
+    assert not np.array_equal(first, resize_square(wide, 96))  # not the squashed frame
+    np.testing.assert_array_equal(prepare_cell_views(cell, 96, DEFAULT_STATS)[0], resize_square(cell, 96))
+    # the cell near the right side of a wider frame: the square moves to hold its nucleus
+    off = cv2.copyMakeBorder(cell, 0, 0, 110, 0, cv2.BORDER_CONSTANT, value=(235, 215, 205))  # 410 x 300
+    shown, _ = prepare_cell_views(off, 96, DEFAULT_STATS)
+    f = measure_framing(shown)
+    assert f.found and abs(f.cx - 48) < 20  # the nucleus well inside the square, not cut at its edge
+
+
 def test_second_framings_keep_their_cells_index_across_batches_and_bad_files(tmp_path) -> None:
     """The second framing is keyed by the cell's index among the cells that loaded, whatever the batching."""
     from wbc.classify import load_cell_views, load_cells, prepare_cell_views

@@ -18,7 +18,7 @@ for lobed and round nuclei alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -62,6 +62,12 @@ class FramingStats:
 
 
 DEFAULT_STATS = FramingStats()
+
+#: A single-cell image whose long side exceeds its short side by more than this factor is cut to its largest square,
+#: centred as near the nucleus as the image allows, before it is resized to the network's square input, instead of
+#: being squashed into it (up to 1.4; beyond, it is re-framed). PBC validation cells shown in a 4:3 frame lost 1.1
+#: points squashed (docs/generalisation.md, "Frames that are not square").
+SQUARE_TOLERANCE = 1.05
 
 #: The weight of the re-framed view when a cell in the grey zone is answered by both framings
 #: (:func:`wbc.classify.average_second_framings`; the cell as it is gets the rest). Chosen on all PBC validation
@@ -216,6 +222,11 @@ def reframe_cell(
         return resize_square(_square(rgb, f.cx, f.cy, max(8, round(stats.side)), fill), size)
     if not needs_reframe(f, rgb.shape, stats):
         return resize_square(rgb, size)
+    return _reframed(rgb, size, stats, f)
+
+
+def _reframed(rgb: np.ndarray, size: int, stats: FramingStats, f: Framing) -> np.ndarray:
+    """The square around the nucleus ``f`` (refined once) that puts it at ``stats.target`` of the frame."""
     fill = background_colour(rgb)
     f = _refined(rgb, f, stats.target, fill)
     return resize_square(_square(rgb, f.cx, f.cy, max(8, round(f.extent / stats.target)), fill), size)
@@ -272,6 +283,31 @@ def frame_cell(rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS) 
     return frame_cell_views(rgb, size, stats, second=False)[0]
 
 
+def square_view(rgb: np.ndarray, f: Framing) -> tuple[np.ndarray, int, int]:
+    """The largest square of ``rgb`` (nothing padded, nothing squashed), central, or moved just enough to hold the
+    whole nucleus ``f`` (a single-cell image is centred on its cell, whose nucleus may sit off its centre), and
+    its offset (x0, y0) in ``rgb``.
+
+    >>> frame = np.zeros((480, 640, 3), np.uint8)
+    >>> square_view(frame, Framing(cx=330.0, cy=240.0, extent=80.0, fraction=0.17))[1:]  # central
+    (80, 0)
+    >>> sq, x0, y0 = square_view(frame, Framing(cx=600.0, cy=240.0, extent=80.0, fraction=0.17))
+    >>> sq.shape, x0, y0  # a nucleus near the right edge: moved to hold it, kept inside the frame
+    ((480, 480, 3), 160, 0)
+    """
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+
+    def start(c: float, length: int) -> int:
+        lo = (length - s) / 2  # central
+        if f.found:  # hold the nucleus' extent: c - e/2 >= lo and c + e/2 <= lo + s
+            lo = min(max(lo, c + f.extent / 2 - s), c - f.extent / 2)
+        return int(np.clip(round(lo), 0, length - s))
+
+    x0, y0 = start(f.cx, w), start(f.cy, h)
+    return np.ascontiguousarray(rgb[y0 : y0 + s, x0 : x0 + s]), x0, y0
+
+
 def frame_cell_views(
     rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS, second: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -291,16 +327,19 @@ def frame_cell_views(
     h, w = rgb.shape[:2]
     if stats.side > 0:  # the lab's one magnification: every cell cut at it, nothing ambiguous
         return reframe_cell(rgb, size, stats), None
-    cell = resize_square(rgb, size)
     if max(h, w) > 1.4 * min(h, w):
         return reframe_cell(rgb, size, stats), None
+    view, x0, y0 = rgb, 0, 0
+    if max(h, w) > SQUARE_TOLERANCE * min(h, w):  # a 4:3 camera frame: a square of it, not squashed
+        view, x0, y0 = square_view(rgb, measure_framing(rgb))
+        h, w = view.shape[:2]
+    cell = resize_square(view, size)
     f = measure_framing(cell)
     sx, sy = w / size, h / size
     extent = f.extent * (sx + sy) / 2
-    full = Framing(f.cx * sx, f.cy * sy, extent, extent / min(h, w), f.found, f.brightness)
-    if needs_reframe(f, cell.shape, stats):
-        return reframe_cell(rgb, size, stats, full), None
+    full = Framing(f.cx * sx + x0, f.cy * sy + y0, extent, extent / min(h, w), f.found, f.brightness)
+    if needs_reframe(f, cell.shape, stats):  # decided on the view the network would see: re-frame from the image
+        return _reframed(rgb, size, stats, full), None
     if second and f.found and stats.low <= f.fraction < stats.grey:
-        zoom = replace(stats, low=stats.target, high=stats.target, grey=stats.target)  # every cell to the target
-        return cell, reframe_cell(rgb, size, zoom, full)
+        return cell, _reframed(rgb, size, stats, full)  # every cell to the target
     return cell, None
