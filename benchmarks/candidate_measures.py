@@ -31,7 +31,8 @@ def wbc(*args: str) -> None:
     cmd = [sys.executable, "-m", "wbc", *args]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"error: {' '.join(cmd[2:])}: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"error: {' '.join(cmd[2:])}: {last}")
 
 
 def accuracy(folder: Path, key: str = "accuracy") -> float:

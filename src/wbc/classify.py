@@ -21,7 +21,7 @@ from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
 from wbc.preprocess import resize_square
 from wbc.protocols import ClassifierLike
-from wbc.reframe import DEFAULT_STATS, FramingStats, frame_cell_views, framing_stats_of
+from wbc.reframe import DEFAULT_STATS, SECOND_VIEW_WEIGHT, FramingStats, frame_cell_views, framing_stats_of
 from wbc.types import Prediction
 
 #: A single-cell image with a side below this cannot show a cell (a 1x1 image is no platelet).
@@ -107,9 +107,7 @@ def average_second_framings(
     answered, here and in the label-free adaptation's scores."""
     if not second:
         return logits
-    from wbc import reframe
-
-    w = reframe.SECOND_VIEW_WEIGHT
+    w = SECOND_VIEW_WEIGHT
     idx = np.array(sorted(second), dtype=int)
     out = np.array(logits, copy=True)
     out[idx] = (1 - w) * out[idx] + w * logits_of(np.stack([second[int(i)] for i in idx]))
