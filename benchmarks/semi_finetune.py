@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: wbc adapt's)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: wbc adapt's)")
     ap.add_argument("--label-smoothing", type=float, default=None, help="(default: wbc adapt's)")
+    ap.add_argument("--interpolate", type=float, nargs="+", default=[1.0],
+                    help="score the fine-tuned weights blended with the original ones, this share fine-tuned "
+                         "(1: the fine-tuned network alone; WiSE-FT, Wortsman et al. 2022)")
     ap.add_argument("--output", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
 
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.labels import parse_class_set, restrict_probabilities
     from wbc.model import load_model
     from wbc.reframe import framing_stats_of
-    from wbc.train.finetune import finetune, load_weights, mean_view_logits, strong_augment
+    from wbc.train.finetune import blend_weights, finetune, load_weights, mean_view_logits, strong_augment
     from wbc.train.loop import predict_logits
 
     torch.set_num_threads(args.threads)
@@ -64,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     strong = strong_augment(clf.info)
     recipe = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
                                 ("label_smoothing", args.label_smoothing)) if v is not None}
+
+    def score(logits: np.ndarray, idx: np.ndarray) -> np.ndarray:  # right or wrong, 5-part, each cell of idx
+        p5, _ = restrict_probabilities(torch.softmax(torch.from_numpy(logits), 1).numpy(), clf.classes, allowed)
+        return p5.argmax(1) == labels[idx]
+
     rows = []
     for seed in args.seeds:
         perm = np.random.default_rng(seed).permutation(len(labels))
@@ -75,28 +83,26 @@ def main(argv: list[str] | None = None) -> int:
                              unlabelled=np.concatenate([cells[lab], cells[half_a]]), unlabelled_weight=weight,
                              unlabelled_threshold=args.threshold, strong=strong, **recipe)
             secs = time.perf_counter() - t0
-            probs = torch.softmax(torch.from_numpy(predict_logits(tuned, cells[rest], info.mean, info.std)), 1)
-            p5, _ = restrict_probabilities(probs.numpy(), clf.classes, allowed)
-            right = p5.argmax(1) == labels[rest]
-            if args.tta > 1:
-                lg = mean_view_logits(tuned, cells[rest], info.mean, info.std, args.tta)
-                p5t, _ = restrict_probabilities(torch.softmax(torch.from_numpy(lg), 1).numpy(), clf.classes, allowed)
-                right_tta = p5t.argmax(1) == labels[rest]
-            row = {"seed": seed, "weight": weight, "threshold": args.threshold, "labelled": len(lab),
-                   "acc_seen_unlabelled": float(right[: len(half_a)].mean()),
-                   "acc_unseen": float(right[len(half_a) :].mean()), "acc_all_other": float(right.mean()),
-                   "n_seen": len(half_a), "n_unseen": len(half_b), "fit_seconds": secs}
-            if args.tta > 1:
-                row[f"acc_all_other_tta{args.tta}"] = float(right_tta.mean())
-            rows.append(row)
-            print(f"seed {seed} weight {weight}: other cells {row['acc_all_other']:.3f} "
-                  + (f"({args.tta} views {row[f'acc_all_other_tta{args.tta}']:.3f}) " if args.tta > 1 else "")
-                  + f"(given unlabelled "
-                  f"{row['acc_seen_unlabelled']:.3f}, never given {row['acc_unseen']:.3f}), {secs:.0f} s", flush=True)
-    summary = {str(w): {k: float(np.mean([r[k] for r in rows if r["weight"] == w]))
-                        for k in ("acc_seen_unlabelled", "acc_unseen", "acc_all_other", "fit_seconds",
-                                  *([f"acc_all_other_tta{args.tta}"] if args.tta > 1 else []))}
-               for w in args.weights}
+            for share in args.interpolate:
+                scored = blend_weights(net, tuned, share)
+                right = score(predict_logits(scored, cells[rest], info.mean, info.std), rest)
+                row = {"seed": seed, "weight": weight, "share": share, "threshold": args.threshold,
+                       "labelled": len(lab), "acc_seen_unlabelled": float(right[: len(half_a)].mean()),
+                       "acc_unseen": float(right[len(half_a) :].mean()), "acc_all_other": float(right.mean()),
+                       "n_seen": len(half_a), "n_unseen": len(half_b), "fit_seconds": secs}
+                if args.tta > 1:
+                    right_tta = score(mean_view_logits(scored, cells[rest], info.mean, info.std, args.tta), rest)
+                    row[f"acc_all_other_tta{args.tta}"] = float(right_tta.mean())
+                rows.append(row)
+                print(f"seed {seed} weight {weight} share {share}: other cells {row['acc_all_other']:.3f} "
+                      + (f"({args.tta} views {row[f'acc_all_other_tta{args.tta}']:.3f}) " if args.tta > 1 else "")
+                      + f"(given unlabelled {row['acc_seen_unlabelled']:.3f}, never given {row['acc_unseen']:.3f}), "
+                      f"{secs:.0f} s", flush=True)
+    keys = ("acc_seen_unlabelled", "acc_unseen", "acc_all_other", "fit_seconds",
+            *([f"acc_all_other_tta{args.tta}"] if args.tta > 1 else []))
+    summary = {(str(w) if args.interpolate == [1.0] else f"{w} share {a}"):
+               {k: float(np.mean([r[k] for r in rows if r["weight"] == w and r["share"] == a])) for k in keys}
+               for w in args.weights for a in args.interpolate}
     print(json.dumps(summary, indent=1))
     if args.output:
         atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,

@@ -420,3 +420,31 @@ def test_adapt_unlabelled_chooses_framing_for_cells_small_in_wide_fields(real_da
     assert accuracy(load_model(tmp_path / "lab.onnx", threads=2)) >= accuracy(shipped) + 0.05
     with pytest.raises(WbcError, match="--framing sideways"):
         adapt_unlabelled(None, tmp_path / "wide", tmp_path / "x.onnx", framing="sideways")
+
+
+@needs_torch
+def test_training_copies_cut_tight_are_framed_as_wbc_classify_frames_them(tmp_path) -> None:
+    """``reframe_tight``: that share of the re-framed training copies is the cell cut tight, then framed by
+    `wbc classify`'s path (re-framed, its background around it); the others stay re-framed from the whole crop."""
+    from wbc.data import Sample
+    from wbc.train.data import decode_all, tight_crop
+
+    samples = []
+    for i in range(6):
+        path = tmp_path / f"cell{i}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(_cell(size=240, seed=i), cv2.COLOR_RGB2BGR))
+        samples.append(Sample(path, "lymphocyte", "train"))
+    whole, ok, bad = decode_all(samples, 96, reframe=True)
+    cut, _, _ = decode_all(samples, 96, reframe=True, tight=1.0, seed=3)
+    assert ok == list(range(6)) and not bad
+    for i, s in enumerate(samples):
+        rgb = cv2.cvtColor(cv2.imread(str(s.path)), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(whole[i], frame_cell(rgb, 96, CANONICAL))
+        shown = [frame_cell(tight_crop(rgb, f), 96) for f in np.linspace(0.45, 0.65, 41)]
+        assert min(np.abs(cut[i].astype(int) - v.astype(int)).mean() for v in shown) < 2.0
+        assert np.abs(cut[i].astype(int) - whole[i].astype(int)).mean() > 2.0
+    half, _, _ = decode_all(samples, 96, reframe=True, tight=0.5, seed=3)
+    same = [np.array_equal(half[i], whole[i]) for i in range(6)]
+    assert any(same) and not all(same)  # a share, drawn with the seed
+    again, _, _ = decode_all(samples, 96, reframe=True, tight=0.5, seed=3)
+    assert np.array_equal(again, half)

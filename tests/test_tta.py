@@ -108,6 +108,28 @@ def test_unsure_cells_are_answered_by_four_rotations(clf) -> None:
         clf.with_unsure_gate(1.5)
 
 
+def test_unsure_cells_reuse_their_first_view(clf, monkeypatch) -> None:
+    """The rotations of an unsure cell do not run the cell as it is again: it was the one view already scored
+    (each framing of a cell shown in two). Every cell unsure: N + 3N network images, + 1 + 3 for a second framing."""
+    from wbc.classify import predict_cells
+    from wbc.model import UNSURE_TTA_VIEWS
+
+    seen: list[int] = []
+    run = type(clf).run
+
+    def counted(self, cells, want):
+        seen.append(len(cells))
+        return run(self, cells, want)
+
+    monkeypatch.setattr(type(clf), "run", counted)
+    cells, other = _cells(5), _cells(6)[5:]
+    predict_cells(clf.with_unsure_gate(1.0), cells)
+    assert sum(seen) == len(cells) * UNSURE_TTA_VIEWS
+    seen.clear()
+    predict_cells(clf.with_unsure_gate(1.0), cells, second={2: other[0]})
+    assert sum(seen) == (len(cells) + 1) * UNSURE_TTA_VIEWS
+
+
 def test_classify_and_analyze_average_the_views_they_are_given(clf, tmp_path: Path) -> None:
     from wbc.analyze import classify_cells
     from wbc.classify import classify_paths, predict_cells

@@ -82,12 +82,13 @@ def predictions_from_probs(
     return out
 
 
-def run_views(classifier: ClassifierLike, cells: np.ndarray, want: tuple[str, ...], views: int = 1
-              ) -> dict[str, np.ndarray]:
+def run_views(classifier: ClassifierLike, cells: np.ndarray, want: tuple[str, ...], views: int = 1,
+              first: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``classifier.run`` with the logits averaged over the first ``views`` flips/rotations of each cell
     (:func:`wbc.preprocess.dihedral_view`; cells have no up). Other outputs (the embedding the
-    out-of-distribution flags read) are those of the cell as it is, the view the flags were fitted on."""
-    out = classifier.run(cells, want)
+    out-of-distribution flags read) are those of the cell as it is, the view the flags were fitted on.
+    ``first``: the logits of the cells as they are, when already known (only logits wanted): not run again."""
+    out = {"logits": first} if first is not None and want == ("logits",) else classifier.run(cells, want)
     if views <= 1 or len(cells) == 0:
         return out
     from wbc.preprocess import dihedral_view
@@ -173,18 +174,26 @@ def predict_cells(
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
     views = tta_views_of(classifier) if views is None else views
     out = run_views(classifier, cells, ("logits", "embedding") if with_embeddings or ood else ("logits",), views)
+    one = {"cells": out["logits"]}  # one view's logits, kept so the unsure cells' rotations do not run it again
     if second:
-        out = {**out, "logits": average_second_framings(
-            out["logits"], second, lambda z: run_views(classifier, z, ("logits",), views)["logits"])}
+        def second_logits(z: np.ndarray) -> np.ndarray:
+            one["second"] = run_views(classifier, z, ("logits",), views)["logits"]
+            return one["second"]
+
+        out = {**out, "logits": average_second_framings(out["logits"], second, second_logits)}
     classes = tuple(classes) or tuple(getattr(classifier, "label_set", ()))
     probs, full, mass = answer_probabilities(out["logits"], classifier, exclude, classes)
     unsure = np.flatnonzero(probs.max(1) < gate) if more > views and len(probs) else np.zeros(0, int)
     if unsure.size:  # the cells one view is unsure of, answered again by the mean of ``more`` rotations
         again = {j: second[int(i)] for j, i in enumerate(unsure) if second and int(i) in second}
+        row_of = {int(i): r for r, i in enumerate(sorted(second or ()))}  # rows of one["second"]
+        identity = views == 1  # one view's logits are then those of the cells as they are: rotation 0
+        known = one["second"][[row_of[int(i)] for i in unsure if int(i) in row_of]] if again and identity else None
         logits = np.array(out["logits"], copy=True)
         logits[unsure] = average_second_framings(
-            run_views(classifier, cells[unsure], ("logits",), more)["logits"], again,
-            lambda z: run_views(classifier, z, ("logits",), more)["logits"])
+            run_views(classifier, cells[unsure], ("logits",), more,
+                      first=one["cells"][unsure] if identity else None)["logits"], again,
+            lambda z: run_views(classifier, z, ("logits",), more, first=known)["logits"])
         out = {**out, "logits": logits}
         probs, full, mass = answer_probabilities(logits, classifier, exclude, classes)
     preds = predictions_from_probs(probs, classifier, names)

@@ -75,6 +75,8 @@ class TrainConfig:
     strong_colour_ops: tuple[str, ...] = ()  # which ops (empty: all of RandomStrongColour.OPS)
     jpeg_min_quality: int = 40  # JPEG re-compression quality U(jpeg_min_quality, 95)
     reframe_p: float = 0.0  # probability of showing a training cell re-framed (wbc.reframe.CANONICAL)
+    reframe_tight: float = 0.0  # share of those re-framed copies cut tight first (the cell filling a crop, as
+    # another lab's single-cell image; re-framed by `wbc classify`'s path, so padded with its background colour)
     tight_pad_p: float = 0.0  # probability of a tight crop padded back with the cell's background colour
     init_weights: str = ""  # start from these network weights (a .pt; e.g. the shipped model): fine-tuning
     # other labs' unlabelled cells, learnt from by consistency (FixMatch; wbc.train.unlabelled)

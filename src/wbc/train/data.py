@@ -23,17 +23,42 @@ from wbc.reframe import CANONICAL, frame_cell
 log = logging.getLogger(__name__)
 
 
+#: The central share of a training crop kept when it is cut tight (``decode_all(tight=...)``): the cell fills it,
+#: as in another lab's tight single-cell crop (PBC's cells span about half their frame).
+TIGHT_FRACTION = (0.45, 0.65)
+
+
+def tight_crop(rgb: np.ndarray, frac: float) -> np.ndarray:
+    """The central ``frac`` x ``frac`` share of the frame (training crops are centred on their cell).
+
+    >>> tight_crop(np.zeros((100, 80, 3), np.uint8), 0.5).shape
+    (50, 40, 3)
+    """
+    h, w = rgb.shape[:2]
+    ch, cw = max(8, round(h * frac)), max(8, round(w * frac))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(rgb[y0 : y0 + ch, x0 : x0 + cw])
+
+
 def decode_all(
-    samples: Sequence[Sample], size: int, workers: int = 2, progress: object | None = None, reframe: bool = False
+    samples: Sequence[Sample], size: int, workers: int = 2, progress: object | None = None, reframe: bool = False,
+    tight: float = 0.0, seed: int = 0,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """(cache (N, S, S, 3) uint8, indices of the samples that loaded, [(path, reason)] of those that did not).
 
     ``reframe``: every cell re-framed to the canonical nucleus fraction (:data:`wbc.reframe.CANONICAL`), the
-    framing `wbc classify` gives cells framed unlike the training crops.
+    framing `wbc classify` gives cells framed unlike the training crops. ``tight``: that share of the cells (drawn
+    with ``seed``) is first cut to a :data:`TIGHT_FRACTION` of its frame and then framed as `wbc classify` frames
+    a single-cell image (:func:`wbc.reframe.frame_cell`: the cell re-framed, padded with its background colour).
     """
+    rng = np.random.default_rng(seed)
+    cut = [float(rng.uniform(*TIGHT_FRACTION)) if rng.random() < tight else 0.0 for _ in samples]
 
-    def load(s: Sample) -> np.ndarray | str:
+    def load(i: int) -> np.ndarray | str:
+        s = samples[i]
         try:
+            if cut[i]:
+                return frame_cell(tight_crop(read_image(s.path, min_size=size), cut[i]), size)
             if reframe:
                 return frame_cell(read_image(s.path, min_size=size), size, CANONICAL)
             return load_cell(s.path, size)
@@ -44,7 +69,7 @@ def decode_all(
     ok: list[int] = []
     bad: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, res in enumerate(pool.map(load, samples, chunksize=32)):
+        for i, res in enumerate(pool.map(load, range(len(samples)), chunksize=32)):
             if isinstance(res, str):
                 bad.append((str(samples[i].path), res))
             else:

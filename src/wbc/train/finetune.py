@@ -121,6 +121,24 @@ def save_weights(
     return Path(path)
 
 
+def blend_weights(original: NetT, tuned: NetT, share: float) -> NetT:
+    """A copy of ``tuned`` whose float weights are ``share`` of its own and ``1 - share`` of ``original``'s (the
+    network it was fine-tuned from; WiSE-FT, Wortsman et al. 2022); ``share`` 1 returns ``tuned`` itself.
+
+    >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    >>> _ = torch.nn.init.zeros_(a.weight), torch.nn.init.ones_(b.weight)
+    >>> blend_weights(a, b, 0.25).weight.tolist()
+    [[0.25, 0.25]]
+    """
+    if share >= 1.0:
+        return tuned
+    out = copy.deepcopy(tuned)
+    base = original.state_dict()
+    out.load_state_dict({k: (share * v + (1.0 - share) * base[k]) if v.is_floating_point() else v
+                         for k, v in tuned.state_dict().items()})
+    return out.eval()
+
+
 def mean_view_logits(net: torch.nn.Module, cells: np.ndarray, mean: Sequence[float], std: Sequence[float],
                      views: int = 1) -> np.ndarray:
     """Logits (N, C) averaged over the first ``views`` flips/rotations of each cell, as

@@ -469,7 +469,8 @@ def run_training(
     alt_cache = None
     if cfg.reframe_p > 0:  # the same cells re-framed, for training (decoded again: ~1 min per 10k cells)
         console.print("decoding the re-framed copies ...", highlight=False)
-        alt_all, alt_ok, _ = decode_all([samples[i] for i in ok], cfg.input_size, workers=cfg.threads, reframe=True)
+        alt_all, alt_ok, _ = decode_all([samples[i] for i in ok], cfg.input_size, workers=cfg.threads, reframe=True,
+                                        tight=cfg.reframe_tight, seed=cfg.seed)
         alt_cache = alt_all if len(alt_ok) == len(ok) else None
 
     unlabelled = None
