@@ -121,6 +121,46 @@ def test_fit_from_manifest_stores_statistics_used_by_classify(tmp_path: Path) ->
     assert res.predictions[-1].ood and res.predictions[-1].review and res.predictions[-1].reasons
 
 
+def test_a_lab_adapted_without_labels_is_told_its_accuracy_is_unmeasured(tmp_path: Path) -> None:
+    """After `wbc adapt --no-labels` the lab's cells still look unlike the training data (the statistics are the
+    training lab's), so they stay flagged; the warning then says the adapted model's accuracy is unmeasured and asks
+    for labels, instead of asking for the adaptation already made."""
+    from wbc.io import write_image
+    from wbc.ood import ADAPT_ADVICE, LABEL_ADVICE
+
+    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    rows = []
+    for split, seed in (("train", 10), ("val", 11)):
+        cells, labels = cells_like(TRAIN_COLOURS, 8, seed=seed, size=16)
+        for i, (c, lab) in enumerate(zip(cells, labels, strict=True)):
+            write_image(tmp_path / "imgs" / f"{split}_{i}.png", c)
+            rows.append([str(tmp_path / "imgs" / f"{split}_{i}.png"), lab, split, -1, ""])
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "split", "fold", "sha1"], *rows])
+    runner = CliRunner()
+    assert runner.invoke(app, ["ood", "fit", "--model", str(model), "--manifest", str(manifest),
+                               "--threads", "1"]).exit_code == 0
+    other_lab = {k: (v[0] - 90, v[1] + 60, v[2] - 80) for k, v in TRAIN_COLOURS.items()}
+    lab_cells, _ = cells_like(other_lab, 6, seed=13, size=16)
+    for i, c in enumerate(lab_cells):
+        write_image(tmp_path / "lab" / f"cell_{i}.png", c)
+    plain = runner.invoke(app, ["classify", str(tmp_path / "lab"), "--model", str(model), "-o",
+                                str(tmp_path / "plain.csv")])
+    assert plain.exit_code == 0, plain.output
+    assert "until the model is adapted" in plain.output and ADAPT_ADVICE in " ".join(plain.output.split())
+    adapted = tmp_path / "lab.onnx"
+    res = runner.invoke(app, ["adapt", "--no-labels", "--model", str(model), "--data", str(tmp_path / "lab"),
+                              "--output", str(adapted)])
+    assert res.exit_code == 0, res.output
+    after = runner.invoke(app, ["classify", str(tmp_path / "lab"), "--model", str(adapted), "-o",
+                                str(tmp_path / "after.csv")])
+    assert after.exit_code == 0, after.output
+    text = " ".join(after.output.split())
+    assert "adapted to this lab's images without labels" in text and LABEL_ADVICE in text
+    assert "until the model is adapted" not in text and ADAPT_ADVICE not in text
+
+
 def test_fit_cli_reports_bad_manifest(tmp_path: Path) -> None:
     model, _ = make_embedding_model(tmp_path / "m.onnx")
     r = subprocess.run([sys.executable, "-m", "wbc", "ood", "fit", "--model", str(model), "--manifest",

@@ -125,9 +125,10 @@ def analyze_image(
     if not cells:
         res.warnings.append("no white blood cell found")
     elif classifier is not None:
-        from wbc.ood import ood_warning
+        from wbc.ood import adapted_without_labels, ood_warning
 
-        if msg := ood_warning([c.prediction for c in cells if c.prediction is not None]):
+        if msg := ood_warning([c.prediction for c in cells if c.prediction is not None],
+                              adapted_without_labels(classifier)):
             res.warnings.append(msg)
     return res
 

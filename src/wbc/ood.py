@@ -212,6 +212,31 @@ def flag_predictions(
 #: in the web page or reports, which speak of the lab's images, not of commands).
 ADAPT_ADVICE: str = "adapt the model with `wbc adapt` and ~50-100 labelled cells from this lab"
 
+#: The same advice for a model already adapted to the lab without labels (:func:`adapted_without_labels`).
+LABEL_ADVICE: str = ("label ~50-100 of this lab's cells and run `wbc adapt` on them: it measures the model's accuracy "
+                     "on them (held-out check) and adapts it further")
+
+
+def adapted_without_labels(classifier: object) -> bool:
+    """Whether the model was adapted to a lab by ``wbc adapt --no-labels``: it still flags that lab's cells as unlike
+    its training data (its out-of-distribution statistics are the training lab's), but it was chosen for them.
+
+    >>> from types import SimpleNamespace as NS
+    >>> adapted_without_labels(NS(info=NS(extra={"adapt": {"kind": "no labels"}})))
+    True
+    >>> adapted_without_labels(NS(info=NS(extra={})))
+    False
+    """
+    extra = getattr(getattr(classifier, "info", None), "extra", None)
+    adapt = extra.get("adapt") if isinstance(extra, dict) else None
+    return isinstance(adapt, dict) and adapt.get("kind") == "no labels"
+
+
+def advice_for(classifier: object) -> str:
+    """What the command line advises when many cells are out of distribution (:data:`ADAPT_ADVICE`, or
+    :data:`LABEL_ADVICE` for a model already adapted without labels)."""
+    return LABEL_ADVICE if adapted_without_labels(classifier) else ADAPT_ADVICE
+
 
 #: Above this fraction of out-of-distribution cells, results are called unreliable for the lab's images.
 UNRELIABLE_OOD_FRACTION: float = 0.2
@@ -222,10 +247,12 @@ def needs_adaptation(predictions: Sequence[Prediction]) -> bool:
     return bool(predictions) and sum(p.ood for p in predictions) / len(predictions) >= UNRELIABLE_OOD_FRACTION
 
 
-def ood_warning(predictions: Sequence[Prediction]) -> str | None:
+def ood_warning(predictions: Sequence[Prediction], unlabelled_adaptation: bool = False) -> str | None:
     """One sentence for reports and the web page when cells are out of distribution, else None.
 
-    Written for lab staff: it says what to do in the lab's words; the CLI appends :data:`ADAPT_ADVICE`.
+    Written for lab staff: it says what to do in the lab's words; the CLI appends :func:`advice_for` the model.
+    ``unlabelled_adaptation``: the model was adapted to this lab without labels (:func:`adapted_without_labels`),
+    so the sentence says its accuracy here is unmeasured instead of asking for an adaptation already made.
     """
     n = len(predictions)
     k = sum(p.ood for p in predictions)
@@ -233,7 +260,10 @@ def ood_warning(predictions: Sequence[Prediction]) -> str | None:
         return None
     frac = k / n
     msg = f"{k} of {n} cells ({100 * frac:.0f}%) look unlike the model's training data (marked for review)"
-    if needs_adaptation(predictions):
+    if needs_adaptation(predictions) and unlabelled_adaptation:
+        msg += ("; the model was adapted to this lab's images without labels, so its accuracy on them has not been "
+                "measured: check every cell")
+    elif needs_adaptation(predictions):
         msg += ("; results may be unreliable for this lab's images until the model is adapted to this lab's "
                 "stain and scanner: check every cell")
     return msg

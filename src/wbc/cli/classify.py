@@ -44,7 +44,7 @@ def classify(
     from wbc.formats import write_predictions_csv
     from wbc.io import check_output_file, iter_image_paths
     from wbc.model import load_model
-    from wbc.ood import ADAPT_ADVICE, needs_adaptation, ood_warning
+    from wbc.ood import adapted_without_labels, advice_for, needs_adaptation, ood_warning
 
     files = list(iter_image_paths(paths))
     if not files:
@@ -74,8 +74,8 @@ def classify(
         if counts.get(c):
             say(f"  {c:<13}{counts[c]:>7}  {100 * counts[c] / n:5.1f}%")
     say(f"  flagged for review: {n_review}")
-    if warning := ood_warning(res.predictions):
-        warn(f"{warning}; {ADAPT_ADVICE}" if needs_adaptation(res.predictions) else warning)
+    if warning := ood_warning(res.predictions, adapted_without_labels(clf)):
+        warn(f"{warning}; {advice_for(clf)}" if needs_adaptation(res.predictions) else warning)
     if res.errors:
         warn(f"{len(res.errors)} file(s) could not be read", "note:")
         if not n:
