@@ -242,3 +242,37 @@ def test_finetuning_the_shipped_model_on_real_bccd_cells(tmp_path: Path, bccd_la
     tuned = load_model(tmp_path / "f.onnx")
     assert tuned.info.preprocessing.stain["method"] == "reinhard" and tuned.model_id.endswith("+finetune")
     assert [r["name"] for r in tuned.info.ood["references"]] == ["adapt:lab"]
+
+
+def test_label_free_adaptation_keeps_a_prior_for_the_five_part_answer(tmp_path: Path) -> None:
+    """Adapted without ``--classes``, the lab's class frequencies are estimated over every class and, for the
+    answer `wbc classify --classes 5part` gives, over the five WBC types only (each sums to 1); the five-part answer
+    re-weights to the second (wbc.model.prior_for), the full answer to the first."""
+    from wbc.classify import answer_probabilities
+    from wbc.cli import app
+    from wbc.labels import WBC5, restrict_probabilities
+    from wbc.model import apply_class_prior, label_set_key, softmax
+
+    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    rng = np.random.default_rng(4)
+    cells = np.stack([lab_cell(lab, rng) for lab in LAB_COLOURS for _ in range(6)])
+    for i, c in enumerate(cells):
+        write_image(tmp_path / "lab" / f"cell_{i}.png", c)
+    out = tmp_path / "lab.onnx"
+    res = CliRunner().invoke(app, ["adapt", "-m", str(model), "--data", str(tmp_path / "lab"), "-o", str(out),
+                                   "--no-labels"])
+    assert res.exit_code == 0, res.output
+    assert "(--classes)" in res.output
+    adapted = load_model(out)
+    every, five = adapted.info.class_prior, adapted.info.extra["class_priors"][label_set_key(WBC5)]
+    assert set(every) == set(adapted.classes) and set(five) == set(WBC5)
+    assert abs(sum(five.values()) - 1) < 1e-3 and abs(sum(every.values()) - 1) < 1e-3
+    logits = adapted.run(cells)["logits"]
+    p = softmax(logits, adapted.info.temperature)
+    got = answer_probabilities(logits, adapted, (), WBC5)[0]
+    np.testing.assert_allclose(got, restrict_probabilities(apply_class_prior(p, adapted.classes, five),
+                                                           adapted.classes, WBC5)[0], atol=1e-5)
+    np.testing.assert_allclose(answer_probabilities(logits, adapted)[0],
+                               apply_class_prior(p, adapted.classes, every), atol=1e-5)
+    assert not np.allclose(got, restrict_probabilities(apply_class_prior(p, adapted.classes, every),
+                                                       adapted.classes, WBC5)[0], atol=1e-3)

@@ -94,6 +94,7 @@ def test_model_metadata_matches_the_loaded_model(client: TestClient, classifier)
     assert body["tta_views"] == {"classify": 1, "analyze": 4}
     # ... and /classify's cells named below 0.7 with one view answered again by their four rotations
     assert body["tta_unsure"] == {"below": 0.7, "views": 4}
+    assert body["class_prior"] == {} and body["class_priors"] == {}  # the shipped model: trained class-balanced
     assert body["colour_calibration"] == classifier.red_cell_target()  # the shipped model's training red cells
 
 

@@ -117,6 +117,7 @@ class UnlabelledResult:
     class_prior: dict[str, float] = field(default_factory=dict)  # estimated class frequencies ({}: not estimated)
     framing: str = "band"  # the chosen framing (a key of FRAMINGS, or "model": the model's own)
     tta_views: int = 1  # flips/rotations the adapted model averages per cell
+    set_priors: dict[str, dict[str, float]] = field(default_factory=dict)  # per named label set (label_set_priors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,6 +226,31 @@ def class_prior_of(probs: np.ndarray, shown: list[str]) -> tuple[dict[str, float
 
     prior, iterations = estimate_class_prior(probs)
     return {c: round(float(v), 4) for c, v in zip(shown, prior, strict=True)}, iterations
+
+
+def label_set_priors(probs: np.ndarray, shown: list[str]) -> dict[str, dict[str, float]]:
+    """{label-set key: {class: frequency}} for each named label set (:data:`wbc.labels.CLASS_SETS`) smaller than
+    ``shown``: the class frequencies estimated from ``probs`` (N, len(shown)) restricted to that set, as the answer
+    will be with ``--classes`` (:func:`wbc.model.prior_for` reads them).
+
+    >>> p = np.array([[0.6, 0.3, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0]] * 4)
+    >>> from wbc.labels import CLASSES
+    >>> five = label_set_priors(p, list(CLASSES))["basophil,eosinophil,lymphocyte,monocyte,neutrophil"]
+    >>> round(sum(five.values()), 3), max(five, key=five.get)
+    (1.0, 'basophil')
+    """
+    from wbc.labels import CLASS_SETS
+    from wbc.model import label_set_key
+
+    out: dict[str, dict[str, float]] = {}
+    for members in CLASS_SETS.values():
+        idx = [shown.index(c) for c in members if c in shown]
+        if len(idx) != len(members) or len(idx) >= len(shown):
+            continue
+        sub = np.asarray(probs, np.float64)[:, idx]
+        sub = sub / np.maximum(sub.sum(1, keepdims=True), 1e-300)
+        out[label_set_key(members)] = class_prior_of(sub, [shown[i] for i in idx])[0]
+    return out
 
 
 def framing_name(stats: FramingStats) -> str:
@@ -352,9 +378,14 @@ def adapt_unlabelled(
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
     class_prior: dict[str, float] = {}
     iterations = 0
+    set_priors: dict[str, dict[str, float]] = {}
     if prior:
         class_prior, iterations = class_prior_of(best.probs, list(allowed or clf.classes))
+        if not allowed:  # the lab may still answer over a named label set (--classes 5part): its own estimate
+            set_priors = label_set_priors(best.probs, list(clf.classes))
     info.class_prior = class_prior
+    if set_priors:
+        info.extra["class_priors"] = set_priors
     info.model_id = (f"{clf.model_id}+unlabelled-{chosen}" + ("+prior" if class_prior else "")
                      + (f"+framing-{framing_name(stats)}" if reframed else ""))
     info.extra["adapt"] = {"kind": "no labels", "chosen": chosen, "framing": framing_name(stats),
@@ -367,7 +398,8 @@ def adapt_unlabelled(
     if weights.is_file():  # the network is unchanged: its weights go along, so `wbc adapt` can fine-tune the output
         atomic_write_bytes(out.with_suffix(".pt"), weights.read_bytes())
     return UnlabelledResult(str(out), len(cells), chosen, why, cands, list(allowed or clf.classes),
-                            time.perf_counter() - t0, best.skipped, class_prior, framing_name(stats), tta)
+                            time.perf_counter() - t0, best.skipped, class_prior, framing_name(stats), tta,
+                            set_priors)
 
 
 def summary_lines(res: UnlabelledResult) -> list[str]:
@@ -383,6 +415,9 @@ def summary_lines(res: UnlabelledResult) -> list[str]:
     if res.class_prior:
         mix = ", ".join(f"{c} {v:.0%}" for c, v in sorted(res.class_prior.items(), key=lambda kv: -kv[1]))
         lines.append(f"class frequencies estimated without labels (EM): {mix}; probabilities re-weighted to them")
+    for key, prior in res.set_priors.items():
+        mix = ", ".join(f"{c} {v:.0%}" for c, v in sorted(prior.items(), key=lambda kv: -kv[1]))
+        lines.append(f"  answered over {key.replace(',', ', ')} only (--classes): {mix}")
     if res.tta_views > 1:
         lines.append(f"each cell's answer averaged over {res.tta_views} flips/rotations ({res.tta_views} network "
                      "passes per cell; --tta 1 here or at classify time for one)")

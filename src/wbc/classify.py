@@ -121,7 +121,7 @@ def answer_probabilities(
     """Calibrated probabilities as the answer gives them (``exclude``d classes zeroed, then restricted to
     ``classes`` when given), the full ones before the restriction, and the mass the restriction kept (ones
     without it): :func:`predict_cells`' arithmetic."""
-    probs = class_probabilities(logits, classifier.info)
+    probs = class_probabilities(logits, classifier.info, classes)
     excluded = set(exclude)
     drop = [i for i, c in enumerate(classifier.classes) if c in excluded]
     if drop and len(drop) < len(classifier.classes):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,39 @@ def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
     return info
 
 
-def class_probabilities(logits: np.ndarray, info: ModelInfo) -> np.ndarray:
+def class_probabilities(logits: np.ndarray, info: ModelInfo, label_set: Sequence[str] = ()) -> np.ndarray:
     """Calibrated class probabilities of a model's logits: ``softmax(logits / temperature)``, re-weighted to
-    the lab's class frequencies when the model stores them (``info.class_prior``)."""
-    return apply_class_prior(softmax(logits, info.temperature), info.classes, info.class_prior)
+    the lab's class frequencies when the model stores them (:func:`prior_for` the ``label_set`` the answer will be
+    restricted to, ``--classes``)."""
+    return apply_class_prior(softmax(logits, info.temperature), info.classes, prior_for(info, label_set))
+
+
+def label_set_key(label_set: Sequence[str]) -> str:
+    """How a label set names its class prior in ``info.extra["class_priors"]``: its classes, sorted, comma-joined.
+
+    >>> label_set_key(["neutrophil", "basophil"])
+    'basophil,neutrophil'
+    """
+    return ",".join(sorted(label_set))
+
+
+def prior_for(info: ModelInfo, label_set: Sequence[str] = ()) -> dict[str, float]:
+    """The lab's class frequencies to re-weight to: those `wbc adapt --no-labels` estimated over exactly
+    ``label_set`` when it stored them (``info.extra["class_priors"]``: adapted without ``--classes``, a lab may still
+    answer over 5 classes, and frequencies estimated over 8 misplace the cells the 8 classes split differently,
+    lymphocytes taken for erythroblasts), else ``info.class_prior``.
+
+    >>> info = ModelInfo(["a", "b", "c"], 8, [0.0] * 3, [1.0] * 3, class_prior={"a": 0.5, "b": 0.3, "c": 0.2},
+    ...                  extra={"class_priors": {"a,b": {"a": 0.4, "b": 0.6}}})
+    >>> prior_for(info, ("b", "a")), prior_for(info)["c"], prior_for(info, ("a", "c"))["c"]
+    ({'a': 0.4, 'b': 0.6}, 0.2, 0.2)
+    """
+    if label_set:
+        by_set = info.extra.get("class_priors") if isinstance(info.extra, dict) else None
+        prior = by_set.get(label_set_key(label_set)) if isinstance(by_set, dict) else None
+        if isinstance(prior, dict) and prior:
+            return {str(k): float(v) for k, v in prior.items()}
+    return info.class_prior
 
 
 def apply_class_prior(probs: np.ndarray, classes: list[str], prior: dict[str, float]) -> np.ndarray:

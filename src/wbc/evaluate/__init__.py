@@ -380,8 +380,8 @@ def evaluate(
     y_true = np.array([classes.index(s.label) for s in ks], np.int64)
     logits = scored.logits[known].astype(np.float32)
     temperature = float(classifier.info.temperature)
-    y_prob = class_probabilities(logits, classifier.info)
     chosen = tuple(getattr(classifier, "label_set", ()))
+    y_prob = class_probabilities(logits, classifier.info, chosen)
     if chosen:  # --classes: scored as wbc classify answers, over the chosen label set only
         from wbc.labels import restrict_probabilities
 

@@ -193,6 +193,8 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "review_target_accuracy": float(info.review_target_accuracy),
         "temperature": float(info.temperature),
         "class_prior": dict(getattr(info, "class_prior", {}) or {}),
+        # the same, estimated over one named label set (`classes` of /classify), {label-set key: {class: frequency}}
+        "class_priors": dict((info.extra or {}).get("class_priors", {}) or {}),
         "reframe": asdict(framing_stats_of(classifier)),
         "tta_views": {"classify": tta_views_of(classifier), "analyze": tta_views_of(classifier, smear=True)},
         # /classify's cells named below `below` confidence with one view are answered by `views` rotations; null: off
