@@ -276,3 +276,10 @@ def test_label_free_adaptation_keeps_a_prior_for_the_five_part_answer(tmp_path: 
                                apply_class_prior(p, adapted.classes, every), atol=1e-5)
     assert not np.allclose(got, restrict_probabilities(apply_class_prior(p, adapted.classes, every),
                                                        adapted.classes, WBC5)[0], atol=1e-3)
+    # labelled cells refit the probabilities: adapting that model with labels drops both estimates
+    labelled = write_lab_folder(tmp_path / "labelled", n_per_class=3, seed=2)
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(out), "--data", str(labelled), "-o",
+                                   str(tmp_path / "lab2.onnx")])
+    assert res.exit_code == 0, res.output
+    again = load_model(tmp_path / "lab2.onnx").info
+    assert again.class_prior == {} and "class_priors" not in again.extra

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import ModelError, WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, Classifier, ModelInfo, checked_tta_views, write_model
+from wbc.model import ADAPTED_TTA_VIEWS, Classifier, ModelInfo, checked_tta_views, without_lab_prior, write_model
 from wbc.preprocess import dihedral_view
 
 LAMBDAS = (0.001, 0.01, 0.1, 1.0)
@@ -302,8 +302,7 @@ def adapt_model(
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
-    info = copy.deepcopy(clf.info)
-    info.class_prior = {}  # labelled cells refit the probabilities; a label-free estimate no longer applies
+    info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")

@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, checked_tta_views
+from wbc.model import ADAPTED_TTA_VIEWS, checked_tta_views, without_lab_prior
 from wbc.reframe import CANONICAL, DEFAULT_STATS, FramingStats, framing_stats_of
 
 #: Framings ``wbc adapt --no-labels --framing`` can choose from: re-frame the cells outside the training crops'
@@ -353,7 +353,7 @@ def adapt_unlabelled(
     tta = checked_tta_views(tta)
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
-    clf.info = replace(clf.info, class_prior={})  # a model adapted before: judge its own probabilities
+    clf.info = without_lab_prior(clf.info)  # a model adapted before: judge its own probabilities
     out = _check_output(output, clf)
     allowed = parse_class_set(classes, clf.classes)
     own = framing_stats_of(clf)

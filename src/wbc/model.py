@@ -7,6 +7,7 @@ analysis reads both back. Nothing here imports torch.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -160,6 +161,20 @@ def label_set_key(label_set: Sequence[str]) -> str:
     'basophil,neutrophil'
     """
     return ",".join(sorted(label_set))
+
+
+def without_lab_prior(info: ModelInfo) -> ModelInfo:
+    """A copy of ``info`` without the lab class frequencies `wbc adapt --no-labels` estimated (``class_prior`` and
+    ``extra["class_priors"]``): what an adaptation that judges or refits the probabilities itself starts from.
+
+    >>> info = ModelInfo(["a", "b"], 8, [0.0] * 3, [1.0] * 3, class_prior={"a": 0.7, "b": 0.3},
+    ...                  extra={"class_priors": {"a,b": {"a": 0.7, "b": 0.3}}, "tta_views": 4})
+    >>> bare = without_lab_prior(info)
+    >>> bare.class_prior, bare.extra, info.class_prior["a"]
+    ({}, {'tta_views': 4}, 0.7)
+    """
+    extra = {k: v for k, v in (info.extra or {}).items() if k != "class_priors"}
+    return replace(info, class_prior={}, extra=copy.deepcopy(extra))
 
 
 def prior_for(info: ModelInfo, label_set: Sequence[str] = ()) -> dict[str, float]:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from wbc.errors import WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo, checked_tta_views
+from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo, checked_tta_views, without_lab_prior
 from wbc.train.loop import predict_embeddings, predict_logits, pseudo_labels
 from wbc.train.models import Ensemble, WbcNet, create_model
 from wbc.train.transforms import cells_to_batch, normalise
@@ -286,8 +286,7 @@ def adapt_finetune(
             clf.classes, clf.info.input_size, clf.info.network_size):
         raise WbcError(f"{ckpt}: these weights ({ck_info.classes}, {ck_info.input_size} px) do not belong to "
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
-    info = copy.deepcopy(clf.info)
-    info.class_prior = {}  # labelled cells refit the probabilities; a label-free estimate no longer applies
+    info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
