@@ -174,26 +174,25 @@ def predict_cells(
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
     views = tta_views_of(classifier) if views is None else views
     out = run_views(classifier, cells, ("logits", "embedding") if with_embeddings or ood else ("logits",), views)
-    one = {"cells": out["logits"]}  # one view's logits, kept so the unsure cells' rotations do not run it again
+    first = out["logits"]  # kept so the unsure cells' rotations do not run the view scored here again
+    framed = sorted(second or ())  # the cells shown in two framings, in the order their second framing is run
+    first_second = (run_views(classifier, np.stack([second[i] for i in framed]), ("logits",), views)["logits"]
+                    if second else None)
     if second:
-        def second_logits(z: np.ndarray) -> np.ndarray:
-            one["second"] = run_views(classifier, z, ("logits",), views)["logits"]
-            return one["second"]
-
-        out = {**out, "logits": average_second_framings(out["logits"], second, second_logits)}
+        out = {**out, "logits": average_second_framings(out["logits"], second, lambda _: first_second)}
     classes = tuple(classes) or tuple(getattr(classifier, "label_set", ()))
     probs, full, mass = answer_probabilities(out["logits"], classifier, exclude, classes)
     unsure = np.flatnonzero(probs.max(1) < gate) if more > views and len(probs) else np.zeros(0, int)
     if unsure.size:  # the cells one view is unsure of, answered again by the mean of ``more`` rotations
         again = {j: second[int(i)] for j, i in enumerate(unsure) if second and int(i) in second}
-        row_of = {int(i): r for r, i in enumerate(sorted(second or ()))}  # rows of one["second"]
         identity = views == 1  # one view's logits are then those of the cells as they are: rotation 0
-        known = one["second"][[row_of[int(i)] for i in unsure if int(i) in row_of]] if again and identity else None
+        row_of = {i: r for r, i in enumerate(framed)}
+        known = (first_second[[row_of[int(i)] for i in unsure if int(i) in row_of]]
+                 if again and identity and first_second is not None else None)
         logits = np.array(out["logits"], copy=True)
+        turned = run_views(classifier, cells[unsure], ("logits",), more, first=first[unsure] if identity else None)
         logits[unsure] = average_second_framings(
-            run_views(classifier, cells[unsure], ("logits",), more,
-                      first=one["cells"][unsure] if identity else None)["logits"], again,
-            lambda z: run_views(classifier, z, ("logits",), more, first=known)["logits"])
+            turned["logits"], again, lambda z: run_views(classifier, z, ("logits",), more, first=known)["logits"])
         out = {**out, "logits": logits}
         probs, full, mass = answer_probabilities(logits, classifier, exclude, classes)
     preds = predictions_from_probs(probs, classifier, names)
