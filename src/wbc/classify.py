@@ -176,9 +176,9 @@ def predict_cells(
     out = run_views(classifier, cells, ("logits", "embedding") if with_embeddings or ood else ("logits",), views)
     first = out["logits"]  # kept so the unsure cells' rotations do not run the view scored here again
     framed = sorted(second or ())  # the cells shown in two framings, in the order their second framing is run
-    first_second = (run_views(classifier, np.stack([second[i] for i in framed]), ("logits",), views)["logits"]
-                    if second else None)
+    first_second = np.zeros((0, first.shape[1]), first.dtype)  # their second framing's, in ``framed`` order
     if second:
+        first_second = run_views(classifier, np.stack([second[i] for i in framed]), ("logits",), views)["logits"]
         out = {**out, "logits": average_second_framings(out["logits"], second, lambda _: first_second)}
     classes = tuple(classes) or tuple(getattr(classifier, "label_set", ()))
     probs, full, mass = answer_probabilities(out["logits"], classifier, exclude, classes)
@@ -187,8 +187,7 @@ def predict_cells(
         again = {j: second[int(i)] for j, i in enumerate(unsure) if second and int(i) in second}
         identity = views == 1  # one view's logits are then those of the cells as they are: rotation 0
         row_of = {i: r for r, i in enumerate(framed)}
-        known = (first_second[[row_of[int(i)] for i in unsure if int(i) in row_of]]
-                 if again and identity and first_second is not None else None)
+        known = first_second[[row_of[int(i)] for i in unsure if int(i) in row_of]] if again and identity else None
         logits = np.array(out["logits"], copy=True)
         turned = run_views(classifier, cells[unsure], ("logits",), more, first=first[unsure] if identity else None)
         logits[unsure] = average_second_framings(
