@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, checked_tta_views, without_lab_prior
+from wbc.model import ADAPTED_TTA_VIEWS, checked_tta_views, label_set_key, without_lab_prior
 from wbc.reframe import CANONICAL, DEFAULT_STATS, FramingStats, framing_stats_of
 
 #: Framings ``wbc adapt --no-labels --framing`` can choose from: re-frame the cells outside the training crops'
@@ -240,7 +240,6 @@ def label_set_priors(probs: np.ndarray, shown: list[str]) -> dict[str, dict[str,
     (1.0, 'basophil')
     """
     from wbc.labels import CLASS_SETS
-    from wbc.model import label_set_key
 
     out: dict[str, dict[str, float]] = {}
     for members in CLASS_SETS.values():

@@ -108,10 +108,22 @@ def average_second_framings(
     answered, here and in the label-free adaptation's scores."""
     if not second:
         return logits
-    w = SECOND_VIEW_WEIGHT
-    idx = np.array(sorted(second), dtype=int)
+    idx = sorted(second)
+    return weigh_second_framings(logits, idx, logits_of(np.stack([second[i] for i in idx])))
+
+
+def weigh_second_framings(logits: np.ndarray, rows: Sequence[int], second_logits: np.ndarray) -> np.ndarray:
+    """``logits`` (N, C) with ``rows`` replaced by the weighted mean of theirs and ``second_logits`` (the same cells
+    re-framed, in ``rows``' order; :data:`wbc.reframe.SECOND_VIEW_WEIGHT` on them): :func:`average_second_framings`
+    when the re-framed cells' logits are already known.
+
+    >>> weigh_second_framings(np.zeros((3, 2)), [1], np.ones((1, 2)))[:, 0].round(2).tolist()
+    [0.0, 0.6, 0.0]
+    """
     out = np.array(logits, copy=True)
-    out[idx] = (1 - w) * out[idx] + w * logits_of(np.stack([second[int(i)] for i in idx]))
+    if len(rows):
+        idx = np.asarray(rows, dtype=int)
+        out[idx] = (1 - SECOND_VIEW_WEIGHT) * out[idx] + SECOND_VIEW_WEIGHT * second_logits
     return out
 
 
@@ -179,7 +191,7 @@ def predict_cells(
     first_second = np.zeros((0, first.shape[1]), first.dtype)  # their second framing's, in ``framed`` order
     if second:
         first_second = run_views(classifier, np.stack([second[i] for i in framed]), ("logits",), views)["logits"]
-        out = {**out, "logits": average_second_framings(out["logits"], second, lambda _: first_second)}
+        out = {**out, "logits": weigh_second_framings(out["logits"], framed, first_second)}
     classes = tuple(classes) or tuple(getattr(classifier, "label_set", ()))
     probs, full, mass = answer_probabilities(out["logits"], classifier, exclude, classes)
     unsure = np.flatnonzero(probs.max(1) < gate) if more > views and len(probs) else np.zeros(0, int)
