@@ -211,6 +211,31 @@ def test_a_cell_small_in_its_frame_is_averaged_over_both_framings(tiny_classifie
     assert served == pytest.approx(res.predictions[0].probabilities, abs=1e-3)
 
 
+def test_a_nucleus_seen_only_on_a_closer_look_gets_both_framings() -> None:
+    """A cell so small in a wide field that its nucleus does not stand out at the measuring size (an erythroblast in
+    a 600 px field): the centre of the frame is looked at again, and the cell is answered as it is and re-framed
+    around what is found there. Nothing found, re-framing off for a second view, or a lab's one magnification: as
+    before."""
+    from wbc.classify import prepare_cell_views
+    from wbc.preprocess import resize_square
+    from wbc.reframe import DEFAULT_STATS, FramingStats, measure_closer
+
+    field = _disc(600, 9)  # a nucleus 19 px across in a 600 px field: ~2 px at the 64 px measuring size
+    assert not measure_framing(resize_square(field, 96)).found
+    assert measure_closer(resize_square(field, 96)).found
+    first, zoomed = prepare_cell_views(field, 96, DEFAULT_STATS)
+    np.testing.assert_array_equal(first, resize_square(field, 96))  # the image as it is keeps its say
+    assert zoomed is not None
+    f = measure_framing(zoomed)
+    assert f.found and f.fraction == pytest.approx(DEFAULT_STATS.target, abs=0.08)  # re-framed around it
+    assert abs(f.cx - 48) < 8 and abs(f.cy - 48) < 8
+    blank = np.full((600, 600, 3), 235, np.uint8)
+    assert prepare_cell_views(blank, 96, DEFAULT_STATS)[1] is None  # nothing anywhere: no second framing
+    assert frame_cell_views(field, 96, DEFAULT_STATS, second=False)[1] is None
+    no_second = FramingStats(DEFAULT_STATS.target, DEFAULT_STATS.low, DEFAULT_STATS.high, DEFAULT_STATS.low)
+    assert frame_cell_views(field, 96, no_second)[1] is None  # grey <= low: the model wants no second view
+
+
 def test_a_four_by_three_frame_is_cut_square_not_squashed() -> None:
     """A camera's 4:3 frame around a cell is cut to its central square before the resize (a round nucleus stays
     round); one whose nucleus sits near a side is moved to hold it; square images are untouched."""

@@ -86,6 +86,24 @@ def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, syn
     assert "broken.png" in r.stderr and "5 cells classified" in r.stderr
 
 
+def test_train_no_test_holds_the_test_split_back(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """``wbc train --no-test``: nothing scored on the test split or printed of it, and the command the user runs
+    later to score it once works on the run."""
+    run = tmp_path / "held"
+    r = run_wbc("train", "--data", str(synthetic_dataset), "--model", "small_cnn", "--no-pretrained",
+                "--input-size", "48", "--epochs", "1", "--batch-size", "16", "--threads", "2", "--no-test",
+                "--output", str(run))
+    assert r.returncode == 0, r.stderr
+    assert (run / "model.onnx").is_file() and (run / "val_metrics.json").is_file()
+    assert not (run / "test_metrics.json").exists()
+    assert "test: accuracy" not in r.stderr and "test split held back" in r.stderr
+    r = run_wbc("evaluate", str(run / "manifest.csv"), "--split", "test", "--model", str(run / "model.onnx"),
+                "--output", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    n_test = sum(1 for row in csv.DictReader((run / "manifest.csv").open()) if row["split"] == "test")
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == n_test > 0
+
+
 @pytest.mark.parametrize(("args", "msg"), [
     (["classify", "/no/such/dir"], "no such file or folder"),
     (["classify", "pyproject.toml", "--model", "/no/model.onnx"], "model file not found"),
@@ -138,6 +156,9 @@ def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_datase
 
     mean_p = np.mean([softmax(m.run(cells)["logits"]) for m in members], axis=0)
     np.testing.assert_allclose(softmax(clf.run(cells)["logits"]), mean_p, atol=1e-4)
+    held = run_ensemble([synthetic_run, second], tmp_path / "held", console=Console(quiet=True), score_test=False)
+    assert held == {} and (tmp_path / "held" / "model.onnx").is_file()
+    assert (tmp_path / "ens" / "test_metrics.json").is_file() and not (tmp_path / "held" / "test_metrics.json").exists()
     # residual analysis across the two runs (benchmarks/error_overlap.py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from error_overlap import main as error_overlap

@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.13.0"
+__version__ = "0.14.0"
 __all__ = ["__version__", "analyze_images", "classify_images", "load_model", "load_segmenter"]
 
 if TYPE_CHECKING:

@@ -18,6 +18,9 @@ def ensemble(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the ensemble.")] = Path(
         "runs/ensemble"),
     data_root: DataRootOpt = None,
+    test: Annotated[bool, typer.Option(
+        "--test/--no-test", help="Score the test split; --no-test holds it back for a candidate chosen on "
+                                 "validation.")] = True,
 ) -> None:
     """Average the probabilities of several trained runs; calibrate, export one ONNX, score the test split."""
     if len(runs) < 2:
@@ -26,4 +29,4 @@ def ensemble(
         from wbc.train.loop import run_ensemble
     except ImportError as exc:
         raise WbcError(f"ensembles need the train extra: pip install -e '.[train]' ({exc})") from None
-    run_ensemble(runs, output, data_root=data_root, console=console)
+    run_ensemble(runs, output, data_root=data_root, console=console, score_test=test)

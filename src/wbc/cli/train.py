@@ -41,6 +41,9 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Data-parallel processes on this machine (DDP: gloo on CPUs, NCCL on GPUs).")] = 1,
+    test: Annotated[bool, typer.Option(
+        "--test/--no-test", help="Score the test split when the run ends; --no-test holds it back for a candidate "
+                                 "chosen on validation (score it once later with wbc evaluate --split test).")] = True,
 ) -> None:
     """Train a classifier: split, augment, fit, early-stop, calibrate, export ONNX, report on test."""
     from wbc.config import load_config
@@ -51,4 +54,4 @@ def train(
                      num_workers=num_workers, device=device, unlabelled=unlabelled, unlabelled_crop=unlabelled_crop)
     cfg = load_config(config, overrides)
     run = require_train("wbc.train.loop").run_training
-    run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc)
+    run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc, score_test=test)

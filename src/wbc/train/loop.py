@@ -411,12 +411,15 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
 
 def run_training(
     cfg: TrainConfig, run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
-    resume: bool = False, console: Console | None = None, nproc: int = 1,
+    resume: bool = False, console: Console | None = None, nproc: int = 1, score_test: bool = True,
 ) -> dict[str, Any]:
     """Run a whole training job into ``run_dir``; returns the test summary.
 
     ``nproc`` > 1: data-parallel training in that many processes on this machine (DDP; gloo on CPUs, NCCL on
     GPUs); under ``torchrun`` the ranks come from its environment instead.
+    ``score_test=False`` (``wbc train --no-test``): the test split is held back, not scored or printed, for a
+    candidate that is to be chosen on validation; ``wbc evaluate RUN/manifest.csv --split test`` scores it once,
+    after the choice. The summary then holds only the training time.
     """
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
@@ -434,9 +437,9 @@ def run_training(
     if device_type == "cuda" and nproc > torch.cuda.device_count():
         raise WbcError(f"--nproc {nproc} on cuda needs {nproc} GPUs; PyTorch sees {torch.cuda.device_count()}")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start nproc processes, each running this function
-        distributed.spawn(_distributed_worker, nproc, cfg, run_dir, data_root, resume)
+        distributed.spawn(_distributed_worker, nproc, cfg, run_dir, data_root, resume, score_test)
         done = run_dir / "test_metrics.json"
-        return json.loads(done.read_text()) if done.is_file() else {}
+        return json.loads(done.read_text()) if score_test and done.is_file() else {}
     d = distributed.init_distributed_mode(device_type)
     if not d.is_main:
         console = Console(quiet=True)
@@ -537,7 +540,11 @@ def run_training(
     console.print(f"exported {run_dir / 'model.onnx'} (max |onnx - torch| logit difference {diff:.2e})")
     atomic_write_json(run_dir / "val_metrics.json", summarise(val_logits, val_labels, classes))
     result: dict[str, Any] = {"train_seconds": time.time() - t_start}
-    if len(test):
+    if len(test) and not score_test:
+        console.print(f"test split held back ({len(test)} images, --no-test): after choosing, score it once with "
+                      f"wbc evaluate {run_dir / 'manifest.csv'} --split test --model {run_dir / 'model.onnx'}",
+                      highlight=False)
+    elif len(test):
         test_logits = predict_logits(final, test.images, mean, std)
         result.update(summarise(test_logits, test.labels, classes, n_boot=1000, seed=cfg.seed))
         atomic_write_json(run_dir / "test_metrics.json", result)
@@ -549,9 +556,9 @@ def run_training(
 
 
 def _distributed_worker(cfg: TrainConfig, run_dir: Path, data_root: str | os.PathLike[str] | None,
-                        resume: bool) -> None:
+                        resume: bool, score_test: bool = True) -> None:
     """One rank of ``wbc train --nproc N`` (see :func:`wbc.train.distributed.spawn`)."""
-    run_training(cfg, run_dir, data_root=data_root, resume=resume)
+    run_training(cfg, run_dir, data_root=data_root, resume=resume, score_test=score_test)
 
 
 def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, seed: int = 0) -> float | None:
@@ -596,10 +603,11 @@ def finalise_info(
 
 def run_ensemble(
     runs: list[Path], out_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
-    console: Console | None = None,
+    console: Console | None = None, score_test: bool = True,
 ) -> dict[str, Any]:
     """Combine finished runs that share one split into a mean-probability ensemble, calibrated on that
-    split's validation images, exported as one ONNX model and scored on its test images."""
+    split's validation images, exported as one ONNX model and scored on its test images (``score_test=False``:
+    held back, as in :func:`run_training`)."""
     from wbc.train.export import load_checkpoint
 
     console = console or Console(stderr=True)
@@ -627,7 +635,7 @@ def run_ensemble(
     samples = read_manifest(manifests[0], root=root)
     classes, size = infos[0].classes, infos[0].input_size
     parts = {}
-    for split in ("val", "test"):
+    for split in ("val", "test") if score_test else ("val",):
         subset = [s for s in samples if s.split == split]
         cache, ok, _ = decode_all(subset, size, workers=cfg.threads)
         parts[split] = Split(np.ascontiguousarray(centre_crop(cache, infos[0].centre_crop)),
@@ -645,9 +653,14 @@ def run_ensemble(
     check = cells_to_batch(parts["val"].images[:8], mean, std)
     diff = export_model(ensemble, info, out / "model.onnx", check)
     atomic_write_json(out / "val_metrics.json", summarise(val_logits, parts["val"].labels, classes))
+    console.print(f"exported {out / 'model.onnx'} ({len(members)} members, max |onnx - torch| {diff:.2e})",
+                  highlight=False)
+    if not score_test:
+        console.print(f"test split held back (--no-test): after choosing, score it once with wbc evaluate "
+                      f"{out / 'manifest.csv'} --split test --model {out / 'model.onnx'}", highlight=False)
+        return {}
     test_logits = predict_logits(ensemble, parts["test"].images, mean, std)
     result = summarise(test_logits, parts["test"].labels, classes, n_boot=1000, seed=cfg.seed)
     atomic_write_json(out / "test_metrics.json", result)
-    console.print(f"exported {out / 'model.onnx'} ({len(members)} members, max |onnx - torch| {diff:.2e}); "
-                  f"test accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}", highlight=False)
+    console.print(f"test accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}", highlight=False)
     return result
