@@ -107,6 +107,19 @@ def test_lab_framing_cuts_every_cell_at_one_magnification() -> None:
     assert nucleus_extent(np.full((90, 90, 3), 235, np.uint8)) is None
 
 
+def test_a_lab_of_small_cells_in_wide_fields_gets_its_magnification() -> None:
+    """Nuclei too small to stand out at the measuring size are measured on a closer look, so a lab whose images
+    show small cells in wide fields still gets its one magnification (``--framing lab``)."""
+    fields = [_disc(600, r) for r in (9, 10, 11, 12, 13, 9, 10, 11)]  # nuclei 19-27 px across in 600 px fields
+    assert not any(measure_framing(f).found for f in fields)
+    extents = [nucleus_extent(f) for f in fields]
+    assert all(e is not None and 15 < e < 32 for e in extents)
+    stats = lab_framing(extents)
+    assert stats is not None and stats.side == pytest.approx(float(np.median(extents)) / stats.target)
+    f = measure_framing(frame_cell(fields[2], 96, stats))  # cut at the lab's magnification: the nucleus at ~target
+    assert f.found and f.fraction == pytest.approx(stats.target, abs=0.08)
+
+
 def test_parse_class_set() -> None:
     assert parse_class_set("5part", CLASSES) == WBC5
     assert parse_class_set(["Neutrophils", "LY"], CLASSES) == ("lymphocyte", "neutrophil")

@@ -283,6 +283,50 @@ def test_progressive_resizing_with_worker_processes(synthetic_dataset: Path, tmp
     assert clf.session.get_inputs()[0].shape[2:] == [48, 48]
 
 
+_FORK_AFTER_SESSIONS = """
+import gc, sys
+from pathlib import Path
+import numpy as np
+from rich.console import Console
+import wbc.train.data as data
+from wbc.config import TrainConfig
+from wbc.model import load_model
+from wbc.train.loop import run_training
+
+model, cells, out = sys.argv[1:4]
+gc.disable()
+for _ in range(8):  # ONNX Runtime sessions (with their thread pools) left as cyclic garbage, as a notebook leaves them
+    clf = load_model(model, threads=2)
+    clf.run(np.zeros((2, 48, 48, 3), np.uint8))
+    box = [clf]
+    box.append(box)
+    del clf, box
+first = data.CachedCells.__getitem__  # the garbage collector stays off here: the sessions are still there at the fork
+
+def getitem(self, i):  # the worker process collects garbage before its first cell, as any allocation may make it
+    if not getattr(data, "collected", False):
+        data.collected = True
+        gc.collect()
+    return first(self, i)
+
+data.CachedCells.__getitem__ = getitem
+cfg = TrainConfig(data=cells, model="small_cnn", pretrained=False, input_size=48, epochs=1, batch_size=16, lr=3e-3,
+                  patience=0, threads=2, num_workers=1, hed_sigma=0.0, hed_bias=0.0)
+run_training(cfg, Path(out), console=Console(quiet=True))
+print("trained")
+"""
+
+
+@pytest.mark.slow
+def test_worker_processes_do_not_hang_on_sessions_left_in_the_parent(synthetic_run: Path, synthetic_dataset: Path,
+                                                                     tmp_path: Path) -> None:
+    """Training with worker processes after ONNX models were used in the same process (a notebook, a test run):
+    a worker is a fork, and collecting an inherited session waited for ever on the parent's thread pool."""
+    r = subprocess.run([sys.executable, "-c", _FORK_AFTER_SESSIONS, str(synthetic_run / "model.onnx"),
+                        str(synthetic_dataset), str(tmp_path / "run")], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "trained" in r.stdout, r.stderr[-2000:]
+
+
 def test_a_split_with_no_readable_images_is_one_clear_error(tmp_path: Path) -> None:
     """A manifest whose training images are all gone stops with the reason, not a numpy traceback."""
     from rich.console import Console

@@ -273,17 +273,24 @@ def _refined(rgb: np.ndarray, f: Framing, target: float, fill: tuple[int, int, i
 
 
 def nucleus_extent(rgb: np.ndarray, target: float = DEFAULT_STATS.target) -> float | None:
-    """The central nucleus' extent in ``rgb``'s own pixels (measured as :func:`reframe_cell` measures it), or
-    None when the image shows no nucleus.
+    """The central nucleus' extent in ``rgb``'s own pixels (measured as :func:`reframe_cell` measures it, with a
+    closer look at the centre when nothing stands out in the whole, :func:`measure_closer`), or None when the image
+    shows no nucleus.
 
     >>> cell = np.full((300, 300, 3), 235, np.uint8)
     >>> _ = cv2.circle(cell, (150, 150), 30, (90, 40, 140), -1)  # 61 px across
     >>> 52 < nucleus_extent(cell) < 70
     True
+    >>> field = np.full((600, 600, 3), 235, np.uint8)
+    >>> _ = cv2.circle(field, (300, 300), 10, (90, 40, 140), -1)  # 21 px across: ~2 px at the measuring size
+    >>> 16 < nucleus_extent(field) < 26
+    True
     >>> nucleus_extent(np.full((300, 300, 3), 235, np.uint8)) is None
     True
     """
     f = measure_framing(rgb)
+    if not f.found:
+        f = measure_closer(rgb)
     return _refined(rgb, f, target, background_colour(rgb)).extent if f.found else None
 
 

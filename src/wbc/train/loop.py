@@ -9,12 +9,14 @@ A run folder holds everything needed to trust and repeat the run::
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import random
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,7 +241,9 @@ def fit(
         ul_seen, ul_used = 0, 0
         with _progress(console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0)
-            for x, y in loader:
+            with _frozen_heap():  # the first epoch forks the worker processes (num_workers > 0) here
+                batches = iter(loader)
+            for x, y in batches:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
                 if small:
@@ -313,6 +317,24 @@ def fit(
     net = net.cpu()
     net.load_state_dict(best["model"])
     return net.eval(), history
+
+
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Every object alive now is left out of garbage collection inside the block, and for good in processes forked
+    there (the data loader's workers).
+
+    A worker is a fork of the training process with its other threads gone. Collecting an object it inherited can
+    wait on those threads for ever: an ONNX Runtime session left as garbage in the parent (an earlier model's, in a
+    notebook or a test run) waits on its thread pool's condition variable in its destructor, and the worker hangs.
+    Frozen, such objects are never collected in the worker (Python's ``gc.freeze`` is meant for this: objects alive
+    at a fork stay untouched); the parent collects them as before once the block ends.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _unlabelled_batches(cfg: TrainConfig, cache: np.ndarray, strong: Any, gen: torch.Generator,
