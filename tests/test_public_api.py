@@ -61,6 +61,33 @@ def test_every_public_function_works_twice_after_importing_every_submodule(tmp_p
         assert len(smears) == 1 and smears[0].image == "field.png" and smears[0].width > 0
 
 
+def test_onnx_runtime_sends_nothing_and_keeps_no_device_id(tmp_path: Path) -> None:
+    """ONNX Runtime (1.29 and newer) sends usage telemetry and writes a device id under ~/.cache unless told not to;
+    wbc tells it not to. A user who sets the variable to 0 gets ONNX Runtime's own default back (which shows this
+    check can see the device id when one is written)."""
+    import os
+    import subprocess
+    import sys
+
+    cell = tmp_path / "cell.png"
+    write_image(cell, synthetic_cell("neutrophil", size=96, seed=0))
+
+    def classify(home: Path, **extra: str) -> list[Path]:
+        env = {k: v for k, v in os.environ.items() if k not in wbc.ORT_TELEMETRY_OPT_OUTS}
+        env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), **extra)
+        r = subprocess.run([sys.executable, "-m", "wbc", "classify", str(cell), "--output", str(home / "p.csv")],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return [p for p in home.rglob("*") if "Microsoft" in p.parts]
+
+    import onnxruntime
+
+    assert classify(tmp_path / "home") == []
+    written = classify(tmp_path / "opted_in", **dict.fromkeys(wbc.ORT_TELEMETRY_OPT_OUTS, "0"))
+    if tuple(int(v) for v in onnxruntime.__version__.split(".")[:2]) >= (1, 29):
+        assert written, "opted back in, ONNX Runtime keeps its device id: the check above can see one"
+
+
 def test_analyze_images_names_an_unreadable_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")

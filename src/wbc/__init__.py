@@ -19,6 +19,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.14.0"
+
+#: ONNX Runtime's opt-outs of its usage telemetry: since 1.29 its Linux and macOS builds send usage events to Microsoft
+#: and keep a device id under ``~/.cache/Microsoft`` unless told not to (``ORT_DISABLE_TELEMETRY`` in 1.29-1.32,
+#: ``ORT_TELEMETRY_DISABLED`` later). A tool that reads patients' smears sends nothing anywhere, so both are set when
+#: wbc is imported, before any session starts; a value the user set is left as it is.
+ORT_TELEMETRY_OPT_OUTS = ("ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED")
+for _name in ORT_TELEMETRY_OPT_OUTS:
+    os.environ.setdefault(_name, "1")
+del _name
 __all__ = ["__version__", "analyze_images", "classify_images", "load_model", "load_segmenter"]
 
 if TYPE_CHECKING:
