@@ -3,7 +3,8 @@
 Each validation cell (the run's manifest, ``split == val``) is shown as it is and re-framed the ways other
 labs frame single cells: cropped tight around the centred cell (the cell filling the frame; also at 100 px),
 padded wide with its own background colour (the cell small in a large field; also as a 600 px field), widened
-to a camera's 4:3 frame, and rescaled 0.5x and 2x. Every variant goes through what `wbc classify` does
+to a camera's 4:3 frame, in the middle of a wide 16:9 camera frame, and rescaled 0.5x and 2x. Every variant goes
+through what `wbc classify` does
 (:func:`wbc.classify.prepare_cell_views` with re-framing on, an ambiguously framed cell averaged over both
 framings; a plain resize with ``--no-reframe``),
 then the model. Accuracy over the model's classes, and over the five WBC types with ``--classes 5part``
@@ -63,6 +64,19 @@ def side_pad(rgb: np.ndarray, aspect: float) -> np.ndarray:
                               value=background_colour(rgb))
 
 
+def camera_frame(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """The crop in the middle of a 16:9 frame of its own background ``factor`` x its height: one cell photographed
+    with a camera at a lower magnification (a 1,089 x 1,936 frame for ``factor`` 3)."""
+    from wbc.reframe import background_colour
+
+    h, w = rgb.shape[:2]
+    fh = round(h * factor)
+    fw = round(fh * 16 / 9)
+    top, left = (fh - h) // 2, (fw - w) // 2
+    return cv2.copyMakeBorder(rgb, top, fh - h - top, left, fw - w - left, cv2.BORDER_CONSTANT,
+                              value=background_colour(rgb))
+
+
 def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
     h, w = rgb.shape[:2]
     interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
@@ -76,6 +90,7 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "padded 2x (own background)": lambda x: pad_wide(x, 2.0),
     "padded 3x, as a 600 px field": lambda x: pad_wide(x, 3.0, 600),
     "4:3 frame (padded sideways)": lambda x: side_pad(x, 4 / 3),
+    "16:9 camera frame, 3x the crop's height": lambda x: camera_frame(x, 3.0),
     "rescaled 0.5x": lambda x: rescale(x, 0.5),
     "rescaled 2x": lambda x: rescale(x, 2.0),
 }

@@ -247,6 +247,14 @@ def test_a_nucleus_seen_only_on_a_closer_look_gets_both_framings() -> None:
     assert frame_cell_views(field, 96, DEFAULT_STATS, second=False)[1] is None
     no_second = FramingStats(DEFAULT_STATS.target, DEFAULT_STATS.low, DEFAULT_STATS.high, DEFAULT_STATS.low)
     assert frame_cell_views(field, 96, no_second)[1] is None  # grey <= low: the model wants no second view
+    # a wide camera frame (16:9) with the same small nucleus: the square around it as it is, and re-framed around it
+    wide = cv2.copyMakeBorder(field, 0, 0, 234, 233, cv2.BORDER_CONSTANT, value=(235, 235, 235))  # 600 x 1067
+    assert not measure_framing(wide).found
+    first, zoomed = prepare_cell_views(wide, 96, DEFAULT_STATS)
+    np.testing.assert_array_equal(first, resize_square(field, 96))  # the frame's square around it, not squashed
+    assert zoomed is not None and measure_framing(zoomed).fraction == pytest.approx(DEFAULT_STATS.target, abs=0.08)
+    large = cv2.copyMakeBorder(_disc(600, 80), 0, 0, 234, 233, cv2.BORDER_CONSTANT, value=(235, 235, 235))
+    assert prepare_cell_views(large, 96, DEFAULT_STATS)[1] is None  # a nucleus seen at once: re-framed, one view
 
 
 def test_a_four_by_three_frame_is_cut_square_not_squashed() -> None:

@@ -352,7 +352,8 @@ def frame_cell_views(
     target fraction (else None). `wbc classify` averages the network's logits over the two (weighted)
     (:class:`FramingStats` says why). So is an image in which no nucleus stands out until the centre of the frame
     is looked at closer (:func:`measure_closer`): what is found there may be a nucleus small in a wide field, or a
-    platelet or debris in a frame without a WBC, so the image as it is keeps its say.
+    platelet or debris in a frame without a WBC, so the image as it is keeps its say (for a frame much wider than
+    high, its largest square around what was found, :func:`square_view`).
 
     >>> cell = np.full((300, 300, 3), 235, np.uint8)
     >>> _ = cv2.circle(cell, (150, 150), 24, (90, 40, 140), -1)  # a nucleus at 0.16 of the frame
@@ -365,8 +366,13 @@ def frame_cell_views(
     h, w = rgb.shape[:2]
     if stats.side > 0:  # the lab's one magnification: every cell cut at it, nothing ambiguous
         return reframe_cell(rgb, size, stats), None
-    if max(h, w) > 1.4 * min(h, w):
-        return reframe_cell(rgb, size, stats), None
+    if max(h, w) > 1.4 * min(h, w):  # a wide camera frame: re-framed around its nucleus
+        f = measure_framing(rgb)
+        g = measure_closer(rgb) if not f.found and second and stats.grey > stats.low else f
+        if not g.found or g is f:
+            return reframe_cell(rgb, size, stats, f), None
+        # seen only on a closer look: both framings, the square of the frame around it as the image as it is
+        return resize_square(square_view(rgb, g)[0], size), _reframed(rgb, size, stats, g)
     view, x0, y0 = rgb, 0, 0
     if max(h, w) > SQUARE_TOLERANCE * min(h, w):  # a 4:3 camera frame: a square of it, not squashed
         view, x0, y0 = square_view(rgb, measure_framing(rgb))
