@@ -344,6 +344,15 @@ def square_view(rgb: np.ndarray, f: Framing) -> tuple[np.ndarray, int, int]:
     return np.ascontiguousarray(rgb[y0 : y0 + s, x0 : x0 + s]), x0, y0
 
 
+def _closer_look(rgb: np.ndarray, f: Framing, stats: FramingStats, second: bool) -> Framing | None:
+    """What :func:`measure_closer` finds in ``rgb`` when its first measurement ``f`` found nothing and the model
+    takes a second view (``second``, ``grey > low``); None otherwise."""
+    if f.found or not (second and stats.grey > stats.low):
+        return None
+    g = measure_closer(rgb)
+    return g if g.found else None
+
+
 def frame_cell_views(
     rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS, second: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -368,8 +377,8 @@ def frame_cell_views(
         return reframe_cell(rgb, size, stats), None
     if max(h, w) > 1.4 * min(h, w):  # a wide camera frame: re-framed around its nucleus
         f = measure_framing(rgb)
-        g = measure_closer(rgb) if not f.found and second and stats.grey > stats.low else f
-        if not g.found or g is f:
+        g = _closer_look(rgb, f, stats, second)
+        if g is None:
             return reframe_cell(rgb, size, stats, f), None
         # seen only on a closer look: both framings, the square of the frame around it as the image as it is
         return resize_square(square_view(rgb, g)[0], size), _reframed(rgb, size, stats, g)
@@ -379,13 +388,12 @@ def frame_cell_views(
         h, w = view.shape[:2]
     cell = resize_square(view, size)
     f = measure_framing(cell)
-    closer = not f.found and second and stats.grey > stats.low
-    if closer:
-        f = measure_closer(cell)
+    g = _closer_look(cell, f, stats, second)
+    f = g or f
     sx, sy = w / size, h / size
     extent = f.extent * (sx + sy) / 2
     full = Framing(f.cx * sx + x0, f.cy * sy + y0, extent, extent / min(h, w), f.found, f.brightness)
-    if closer and f.found:  # seen only on a closer look: both framings
+    if g is not None:  # seen only on a closer look: both framings
         return cell, _reframed(rgb, size, stats, full)
     if needs_reframe(f, cell.shape, stats):  # decided on the view the network would see: re-frame from the image
         return _reframed(rgb, size, stats, full), None
