@@ -108,6 +108,12 @@ class Framing:
     found: bool = True
     brightness: float = 0.0  # nucleus min channel / background min channel (nuclei < MAX_NUCLEUS_BRIGHTNESS)
 
+    @classmethod
+    def not_found(cls, shape: tuple[int, ...], brightness: float = 0.0) -> Framing:
+        """No nucleus stands out: the image centre, at the default target fraction."""
+        h, w = shape[:2]
+        return cls(w / 2, h / 2, float(min(h, w)) * DEFAULT_STATS.target, DEFAULT_STATS.target, False, brightness)
+
 
 def _min_channel(small: np.ndarray) -> np.ndarray:
     """The smallest of the three channels per pixel: low for nuclei (dark *and* saturated) whatever the stain."""
@@ -165,7 +171,7 @@ def measure_framing(rgb: np.ndarray) -> Framing:
             best, best_score = i, score
     bright = float(np.median(m[lab == best])) / max(bg, 1.0) if best >= 0 else 1.0
     if bright > MAX_NUCLEUS_BRIGHTNESS:
-        return Framing(w / 2, h / 2, float(min(h, w)) * DEFAULT_STATS.target, DEFAULT_STATS.target, False, bright)
+        return Framing.not_found(rgb.shape, bright)
     x, y, bw, bh = (int(v) for v in stats[best, :4])
     extent = max(bw, bh) / scale
     return Framing((x + bw / 2) / scale, (y + bh / 2) / scale, extent, extent / min(h, w), True, bright)
@@ -200,7 +206,7 @@ def measure_closer(rgb: np.ndarray) -> Framing:
         g = measure_framing(rgb[y0 : y0 + ch, x0 : x0 + cw])
         if g.found:
             return Framing(g.cx + x0, g.cy + y0, g.extent, g.extent / min(h, w), True, g.brightness)
-    return Framing(w / 2, h / 2, float(min(h, w)) * DEFAULT_STATS.target, DEFAULT_STATS.target, False)
+    return Framing.not_found(rgb.shape)
 
 
 def background_colour(rgb: np.ndarray) -> tuple[int, int, int]:
