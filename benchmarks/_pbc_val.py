@@ -65,16 +65,27 @@ def load_val_cells(args: argparse.Namespace) -> ValCells:
     return ValCells(clf, samples, images, y, wbc)
 
 
-def classify_shown(clf: Any, images: list[np.ndarray], framing: Any) -> np.ndarray:
+def classify_shown(clf: Any, images: list[np.ndarray], framing: Any, jpeg: int | None = None) -> np.ndarray:
     """Probabilities (N, C) for decoded single-cell images exactly as `wbc classify` computes them: each image
     prepared by :func:`wbc.classify.prepare_cell_views` (``framing``: the model's
     :class:`~wbc.reframe.FramingStats`, or False as ``--no-reframe``), an ambiguously framed cell averaged
-    over both framings, the model's own views (:func:`wbc.classify.predict_cells`)."""
-    from wbc.classify import predict_cells, prepare_cell_views
+    over both framings, the model's own views (:func:`wbc.classify.predict_cells`). ``jpeg``: each image saved as
+    a JPEG of this quality first and read as `wbc classify` reads such a file (:func:`wbc.classify.decode_cell_views`:
+    a large one decoded at a reduced size)."""
+    import cv2
+
+    from wbc.classify import decode_cell_views, predict_cells, prepare_cell_views
     from wbc.model import class_probabilities
 
     size = clf.info.input_size
-    prepared = [prepare_cell_views(im, size, framing) for im in images]
+
+    def prepare(im: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if jpeg is None:
+            return prepare_cell_views(im, size, framing)
+        _, data = cv2.imencode(".jpg", np.ascontiguousarray(im[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, jpeg])
+        return decode_cell_views(data.tobytes(), "cell.jpg", size, framing)
+
+    prepared = [prepare(im) for im in images]
     out: list[np.ndarray] = []
     for i in range(0, len(prepared), 128):
         part = prepared[i : i + 128]

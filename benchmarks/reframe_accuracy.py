@@ -13,6 +13,9 @@ semantics for the WBC cells; ``ms_per_cell``: preparation and network together.
     python benchmarks/reframe_accuracy.py --manifest runs/default/manifest.csv \
         --output benchmarks/results/reframe_accuracy.json
 
+``--jpeg 95`` saves every variant as a JPEG first and reads it as `wbc classify` reads a file, where a large JPEG
+is decoded at a reduced size (`benchmarks/results/reframe_accuracy_v1.4.0_wbc0.14.1_jpeg95.json`).
+
 ``--grey`` chose the second-framing zone (:class:`wbc.reframe.FramingStats`) on the whole validation split
 (the default ``--per-class 0``): ``--grey 0.12`` (no second framing), 0.22 (chosen) and 0.26,
 ``benchmarks/results/reframe_grey_*.json``.
@@ -104,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grey", type=float, default=None,
                     help="cells left as they are with a nucleus fraction below this also run re-framed, and the two "
                          "answers are averaged (default: the model's; the band's low end: never)")
+    ap.add_argument("--jpeg", type=int, default=None, metavar="QUALITY",
+                    help="save every variant as a JPEG of this quality and read it as `wbc classify` reads a file "
+                         "(a large JPEG decoded at a reduced size); default: the decoded pixels as they are")
     args = ap.parse_args(argv)
 
     from wbc.io import atomic_write_json
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     clf, samples, images, y, wbc = val.clf, val.samples, val.images, val.y, val.wbc
     y5 = y[wbc]
     res: dict = {"model": clf.model_id, "split": args.split, "n": len(samples), "n_wbc5": int(wbc.sum()),
-                 "variants": {}}
+                 "jpeg_quality": args.jpeg, "variants": {}}
     stats = framing_stats_of(clf)  # the model's framing, as `wbc classify` uses it
     if args.band:
         stats = FramingStats(stats.target, *args.band, grey=stats.grey)
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"side_px": int(np.median([max(s.shape[:2]) for s in shown]))}
         for mode, framing in (("no_reframe", False), ("reframe", stats)):
             t0 = time.perf_counter()
-            probs = classify_shown(clf, shown, framing)
+            probs = classify_shown(clf, shown, framing, args.jpeg)
             ms = (time.perf_counter() - t0) / len(shown) * 1e3
             p5, _ = restrict_probabilities(probs[wbc], clf.classes, WBC5)
             row[mode] = {"accuracy": float((probs.argmax(1) == y).mean()),

@@ -494,3 +494,46 @@ def test_training_copies_cut_tight_are_framed_as_wbc_classify_frames_them(tmp_pa
     assert any(same) and not all(same)  # a share, drawn with the seed
     again, _, _ = decode_all(samples, 96, reframe=True, tight=0.5, seed=3)
     assert np.array_equal(again, half)
+
+
+def test_a_large_jpeg_is_cut_at_the_files_resolution(tmp_path) -> None:
+    """A large JPEG is decoded at 1/2-1/8 of its size for speed, enough when the network sees it whole; a cell small
+    in it, re-framed, is cut from the file decoded whole, so it keeps the file's detail (it was cut from the reduced
+    decoding and blown up: PBC validation cells as JPEG files padded 2x, 0.9563 -> 0.9660). A lab's one
+    magnification, measured in the file's pixels, is cut at the same region of the file either way."""
+    from wbc.classify import decode_cell_views, prepare_cell_views, read_cell_views
+    from wbc.io import decode_image, read_image
+    from wbc.reframe import DEFAULT_STATS, FramingStats
+
+    field = _pad(_cell("neutrophil", size=240, seed=4), 5.0)  # 1,200 px, the cell 240 px: 30 px at 1/8
+    path = tmp_path / "field.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(field, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data = path.read_bytes()
+    reduced, whole = decode_image(data, "f", min_size=96), decode_image(data, "f")
+    assert reduced.shape[0] * 8 == whole.shape[0] == 1200  # decoded at 1/8
+    got = read_cell_views(path, 96, DEFAULT_STATS)[0]
+    np.testing.assert_array_equal(got, decode_cell_views(data, "f", 96, DEFAULT_STATS)[0])  # files and uploads alike
+    at_full = prepare_cell_views(whole, 96, DEFAULT_STATS)[0]
+    blown_up = prepare_cell_views(reduced, 96, DEFAULT_STATS)[0]  # before: cut from the reduced decoding
+
+    def diff(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+    def detail(a: np.ndarray) -> float:
+        return float(cv2.Laplacian(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+    # the same framing (measured on the reduced decoding either way), with the detail of the whole decoding
+    assert measure_framing(got).fraction == pytest.approx(measure_framing(at_full).fraction, abs=0.03)
+    assert detail(got) > 0.7 * detail(at_full) and detail(got) > 3 * detail(blown_up)
+    # a lab's one magnification (side in the file's pixels): the same region of the file, not 8x as much of it
+    lab = FramingStats(DEFAULT_STATS.target, DEFAULT_STATS.target, DEFAULT_STATS.target, DEFAULT_STATS.target,
+                       side=400.0)
+    got = read_cell_views(path, 96, lab)[0]
+    at_full = prepare_cell_views(read_image(path), 96, lab)[0]
+    assert diff(got, at_full) < 3
+    assert diff(prepare_cell_views(reduced, 96, lab)[0], at_full) > 3 * diff(got, at_full)
+    # an image the network sees whole is read as before: nothing decoded twice
+    small = tmp_path / "cell.jpg"
+    cv2.imwrite(str(small), cv2.cvtColor(_cell("neutrophil", size=400, seed=4), cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(read_cell_views(small, 96, DEFAULT_STATS)[0],
+                                  prepare_cell_views(read_image(small, min_size=96), 96, DEFAULT_STATS)[0])

@@ -6,6 +6,7 @@ batch, so the model, not JPEG decoding, sets the pace.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,12 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from wbc.errors import ImageReadError, ImageTooLargeError
-from wbc.io import read_image
+from wbc.io import decode_image, image_size, read_bytes
 from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
 from wbc.preprocess import resize_square
 from wbc.protocols import ClassifierLike
-from wbc.reframe import DEFAULT_STATS, SECOND_VIEW_WEIGHT, FramingStats, frame_cell_views, framing_stats_of
+from wbc.reframe import (
+    DEFAULT_STATS,
+    SECOND_VIEW_WEIGHT,
+    FramingStats,
+    FullImage,
+    frame_cell_views,
+    framing_stats_of,
+)
 from wbc.types import Prediction
 
 #: A single-cell image with a side below this cannot show a cell (a 1x1 image is no platelet).
@@ -247,12 +255,40 @@ def read_cell(path: str | os.PathLike[str], size: int, reframe: bool | FramingSt
 def read_cell_views(path: str | os.PathLike[str], size: int, reframe: bool | FramingStats = False,
                     second: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`read_cell`, with the second framing of an ambiguously framed cell (:func:`prepare_cell_views`)."""
+    return decode_cell_views(read_bytes(path), str(path), size, reframe, second)
+
+
+def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | FramingStats = False,
+                      second: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_cell_views` of a file's bytes (``name`` for messages): `wbc classify`'s files and ``/classify``'s
+    uploads take this one path. A large JPEG is decoded at a reduced size, enough for the network's input; a
+    region re-framing cuts smaller than that comes from the file decoded whole (:func:`full_image`)."""
     try:
-        rgb = read_image(path, min_size=size, max_pixels=MAX_CELL_PIXELS)
+        rgb = decode_image(data, name, min_size=size, max_pixels=MAX_CELL_PIXELS)
     except ImageTooLargeError as exc:
         raise cell_too_large(exc) from None
-    check_cell_image(rgb, str(path))
-    return prepare_cell_views(rgb, size, reframe, second)
+    check_cell_image(rgb, name)
+    return prepare_cell_views(rgb, size, reframe, second, full_image(data, name, rgb))
+
+
+def full_image(data: bytes, name: str, decoded: np.ndarray) -> FullImage | None:
+    """The file ``data`` as :class:`wbc.reframe.FullImage` when ``decoded`` is a reduced-size decoding of it (its
+    header says larger), else None; the whole decoding happens only if re-framing asks for it, once.
+
+    >>> import cv2
+    >>> ok, jpg = cv2.imencode(".jpg", np.full((480, 640, 3), 200, np.uint8))
+    >>> small = decode_image(jpg.tobytes(), "field.jpg", min_size=100)  # read at 1/4
+    >>> f = full_image(jpg.tobytes(), "field.jpg", small)
+    >>> small.shape, f.scale, f.decode().shape
+    ((120, 160, 3), 4.0, (480, 640, 3))
+    >>> full_image(jpg.tobytes(), "field.jpg", f.decode()) is None
+    True
+    """
+    header = image_size(data, name)
+    if header is None or max(header) <= max(decoded.shape[:2]):
+        return None
+    return FullImage(max(header) / max(decoded.shape[:2]),
+                     functools.cache(lambda: decode_image(data, name, max_pixels=MAX_CELL_PIXELS)))
 
 
 def prepare_cell(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True) -> np.ndarray:
@@ -262,14 +298,15 @@ def prepare_cell(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True
     return prepare_cell_views(rgb, size, reframe, second=False)[0]
 
 
-def prepare_cell_views(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True, second: bool = True
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
+def prepare_cell_views(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True, second: bool = True,
+                       full: FullImage | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`prepare_cell`, and (``second``, re-framing on) the cell re-framed to the training crops' nucleus
     fraction when its framing is ambiguous, else None (:func:`wbc.reframe.frame_cell_views`):
-    :func:`predict_cells` averages the two."""
+    :func:`predict_cells` averages the two. ``full``: the file ``rgb`` was decoded from at a reduced size."""
     if reframe is False:
         return resize_square(rgb, size), None
-    return frame_cell_views(rgb, size, reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS, second)
+    stats = reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS
+    return frame_cell_views(rgb, size, stats, second, full)
 
 
 @dataclass

@@ -210,16 +210,20 @@ def read_image(
     >>> read_image(p).shape
     (4, 5, 3)
     """
+    return decode_image(read_bytes(path), str(Path(path)), min_size=min_size, max_pixels=max_pixels)
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes, or an :class:`ImageReadError` naming it (missing, a directory, unreadable)."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise ImageReadError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise ImageReadError(f"{p}: is a directory, not an image") from None
     except OSError as exc:
         raise ImageReadError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, str(p), min_size=min_size, max_pixels=max_pixels)
 
 
 def is_image_file(path: Path) -> bool:

@@ -18,6 +18,7 @@ for lobed and round nuclei alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -113,6 +114,18 @@ class Framing:
         """No nucleus stands out: the image centre, at the default target fraction."""
         h, w = shape[:2]
         return cls(w / 2, h / 2, float(min(h, w)) * DEFAULT_STATS.target, DEFAULT_STATS.target, False, brightness)
+
+
+@dataclass(frozen=True)
+class FullImage:
+    """The file an image was decoded from at a reduced size (a large JPEG is decoded at 1/2-1/8 of its size, which
+    is fast and enough when the network sees it whole): ``scale`` file pixels per decoded pixel, and ``decode``,
+    the file decoded whole (called at most once). A region re-framing cuts smaller than the network's input is cut
+    from the whole decoding instead, so a cell small in a large frame keeps the file's resolution; a lab's one
+    magnification (:attr:`FramingStats.side`, measured in file pixels) is cut at its size in either."""
+
+    scale: float
+    decode: Callable[[], np.ndarray]
 
 
 def _min_channel(small: np.ndarray) -> np.ndarray:
@@ -241,11 +254,24 @@ def _square(rgb: np.ndarray, cx: float, cy: float, side: int, fill: tuple[int, i
     return np.ascontiguousarray(src)
 
 
+def _cut(rgb: np.ndarray, cx: float, cy: float, side: int, fill: tuple[int, int, int], size: int,
+         full: FullImage | None) -> np.ndarray:
+    """The ``side`` square of ``rgb`` around (cx, cy) at the network's ``size``; from ``full``'s whole decoding
+    when the square is smaller than ``size`` in ``rgb`` (and the whole decoding is ``rgb`` larger, not turned)."""
+    if full is not None and side < size:
+        big = full.decode()
+        k = big.shape[1] / rgb.shape[1]
+        if k > 1 and abs(big.shape[0] / rgb.shape[0] - k) < 0.05 * k:
+            return resize_square(_square(big, cx * k, cy * k, max(8, round(side * k)), fill), size)
+    return resize_square(_square(rgb, cx, cy, side, fill), size)
+
+
 def reframe_cell(
-    rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS, framing: Framing | None = None
+    rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS, framing: Framing | None = None,
+    full: FullImage | None = None,
 ) -> np.ndarray:
     """``rgb`` as a ``size`` x ``size`` uint8 cell framed like the training crops (unchanged framing when it
-    already is; see the module docstring).
+    already is; see the module docstring). ``full``: the file ``rgb`` was decoded from at a reduced size.
 
     The first measurement (on a 64 px copy of the whole image) is refined once on the square it proposes,
     so a small nucleus in a wide field is measured at a useful resolution.
@@ -254,17 +280,19 @@ def reframe_cell(
     if stats.side > 0:
         fill = background_colour(rgb)
         f = _refined(rgb, f, stats.target, fill) if f.found else f
-        return resize_square(_square(rgb, f.cx, f.cy, max(8, round(stats.side)), fill), size)
+        side = stats.side / (full.scale if full is not None else 1.0)  # measured in the file's pixels
+        return _cut(rgb, f.cx, f.cy, max(8, round(side)), fill, size, full)
     if not needs_reframe(f, rgb.shape, stats):
         return resize_square(rgb, size)
-    return _reframed(rgb, size, stats, f)
+    return _reframed(rgb, size, stats, f, full)
 
 
-def _reframed(rgb: np.ndarray, size: int, stats: FramingStats, f: Framing) -> np.ndarray:
+def _reframed(rgb: np.ndarray, size: int, stats: FramingStats, f: Framing, full: FullImage | None = None
+              ) -> np.ndarray:
     """The square around the nucleus ``f`` (refined once) that puts it at ``stats.target`` of the frame."""
     fill = background_colour(rgb)
     f = _refined(rgb, f, stats.target, fill)
-    return resize_square(_square(rgb, f.cx, f.cy, max(8, round(f.extent / stats.target)), fill), size)
+    return _cut(rgb, f.cx, f.cy, max(8, round(f.extent / stats.target)), fill, size, full)
 
 
 def _refined(rgb: np.ndarray, f: Framing, target: float, fill: tuple[int, int, int]) -> Framing:
@@ -360,7 +388,8 @@ def _closer_look(rgb: np.ndarray, f: Framing, stats: FramingStats, second: bool)
 
 
 def frame_cell_views(
-    rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS, second: bool = True
+    rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS, second: bool = True,
+    full: FullImage | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`frame_cell`, and a second view when the framing is ambiguous: for a cell left as it is whose
     nucleus fraction is between ``stats.low`` and ``stats.grey`` (``second``), the same cell re-framed to the
@@ -368,7 +397,9 @@ def frame_cell_views(
     (:class:`FramingStats` says why). So is an image in which no nucleus stands out until the centre of the frame
     is looked at closer (:func:`measure_closer`): what is found there may be a nucleus small in a wide field, or a
     platelet or debris in a frame without a WBC, so the image as it is keeps its say (for a frame much wider than
-    high, its largest square around what was found, :func:`square_view`).
+    high, its largest square around what was found, :func:`square_view`). ``full``: the file ``rgb`` was decoded
+    from at a reduced size (:class:`FullImage`); every measurement and decision is made on ``rgb``, and a region
+    smaller than ``size`` there is cut from the file's whole decoding.
 
     >>> cell = np.full((300, 300, 3), 235, np.uint8)
     >>> _ = cv2.circle(cell, (150, 150), 24, (90, 40, 140), -1)  # a nucleus at 0.16 of the frame
@@ -380,14 +411,14 @@ def frame_cell_views(
     """
     h, w = rgb.shape[:2]
     if stats.side > 0:  # the lab's one magnification: every cell cut at it, nothing ambiguous
-        return reframe_cell(rgb, size, stats), None
+        return reframe_cell(rgb, size, stats, full=full), None
     if max(h, w) > 1.4 * min(h, w):  # a wide camera frame: re-framed around its nucleus
         f = measure_framing(rgb)
         g = _closer_look(rgb, f, stats, second)
         if g is None:
-            return reframe_cell(rgb, size, stats, f), None
+            return reframe_cell(rgb, size, stats, f, full), None
         # seen only on a closer look: both framings, the square of the frame around it as the image as it is
-        return resize_square(square_view(rgb, g)[0], size), _reframed(rgb, size, stats, g)
+        return resize_square(square_view(rgb, g)[0], size), _reframed(rgb, size, stats, g, full)
     view, x0, y0 = rgb, 0, 0
     if max(h, w) > SQUARE_TOLERANCE * min(h, w):  # a 4:3 camera frame: a square of it, not squashed
         view, x0, y0 = square_view(rgb, measure_framing(rgb))
@@ -398,11 +429,11 @@ def frame_cell_views(
     f = g or f
     sx, sy = w / size, h / size
     extent = f.extent * (sx + sy) / 2
-    full = Framing(f.cx * sx + x0, f.cy * sy + y0, extent, extent / min(h, w), f.found, f.brightness)
+    whole = Framing(f.cx * sx + x0, f.cy * sy + y0, extent, extent / min(h, w), f.found, f.brightness)
     if g is not None:  # seen only on a closer look: both framings
-        return cell, _reframed(rgb, size, stats, full)
+        return cell, _reframed(rgb, size, stats, whole, full)
     if needs_reframe(f, cell.shape, stats):  # decided on the view the network would see: re-frame from the image
-        return _reframed(rgb, size, stats, full), None
+        return _reframed(rgb, size, stats, whole, full), None
     if second and f.found and stats.low <= f.fraction < stats.grey:
-        return cell, _reframed(rgb, size, stats, full)  # every cell to the target
+        return cell, _reframed(rgb, size, stats, whole, full)  # every cell to the target
     return cell, None

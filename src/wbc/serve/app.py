@@ -400,7 +400,7 @@ def create_app(
                                 f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
         clf = chosen_classes(app.state.classifier, classes, tta)
         size = int(clf.info.input_size)
-        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, check_cell_image, prepare_cell_views
+        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, decode_cell_views
         from wbc.errors import ImageTooLargeError
         from wbc.reframe import framing_stats_of
 
@@ -421,9 +421,7 @@ def create_app(
             second: dict[int, np.ndarray] = {}
             for name, data in checked:
                 try:
-                    rgb = decode_upload(data, name, MAX_CELL_PIXELS, min_size=size)
-                    check_cell_image(rgb, name)
-                    cell, zoomed = prepare_cell_views(rgb, size, framing_stats_of(clf) if reframe else False)
+                    cell, zoomed = decode_cell_views(data, name, size, framing_stats_of(clf) if reframe else False)
                     if zoomed is not None:
                         second[len(cells)] = zoomed
                     cells.append(cell)
