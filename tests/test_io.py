@@ -65,6 +65,26 @@ def test_reduced_jpeg_decode_never_goes_below_min_size() -> None:
     assert decode_image(enc.tobytes(), "x.jpg", min_size=300).shape[:2] == (400, 360)
 
 
+def test_a_jpeg_is_turned_the_same_way_read_reduced_or_whole() -> None:
+    """A JPEG whose EXIF says "rotate" (a phone photo) is read unrotated whether it is decoded at a reduced size or
+    whole (OpenCV's reduced decoding applied the rotation and its whole decoding did not, so the same file came out
+    turned by its size, and a region cut by coordinates of one decoding from the other was the wrong one)."""
+    import io
+
+    from PIL import Image
+
+    rgb = np.zeros((400, 600, 3), np.uint8)
+    rgb[:50, :100] = 255  # a mark in the top-left corner
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif, quality=95)
+    whole, reduced = decode_image(buf.getvalue(), "p.jpg"), decode_image(buf.getvalue(), "p.jpg", min_size=100)
+    assert whole.shape[:2] == (400, 600) and reduced.shape[:2] == (100, 150)  # 1/4, the same way up
+    assert reduced[:10, :20].mean() > 200 and reduced[-10:, -20:].mean() < 50  # the mark where it was
+
+
 def test_iter_image_paths_sorted_recursive_and_missing(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     for name in ["b.png", "a.jpg", "sub/c.tiff", "notes.txt"]:

@@ -167,8 +167,8 @@ def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int 
         short = min(size)
         for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                              (2, cv2.IMREAD_REDUCED_COLOR_2)):
-            if short // factor >= min_size:
-                arr = cv2.imdecode(buf, flag)
+            if short // factor >= min_size:  # EXIF orientation ignored, as the whole decoding below does
+                arr = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
                 if arr is not None:
                     return arr
                 break
