@@ -145,21 +145,21 @@ def read_upload_bytes(upload: UploadFile, max_bytes: int, max_pixels: int) -> by
     return data
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int, min_size: int | None = None) -> np.ndarray:
-    """Decode checked upload bytes to uint8 RGB (every decoder failure becomes a :class:`WbcError`)."""
+def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """Decode checked upload bytes to uint8 RGB, whole (every decoder failure becomes a :class:`WbcError`); single
+    cells are decoded by :func:`wbc.classify.decode_cell_views`."""
     from wbc.io import decode_image
 
-    return decode_image(data, name, min_size=min_size, max_pixels=max_pixels)
+    return decode_image(data, name, max_pixels=max_pixels)
 
 
-def read_upload(upload: UploadFile, max_bytes: int, min_size: int | None = None,
-                max_pixels: int | None = None) -> np.ndarray:
+def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int | None = None) -> np.ndarray:
     """Check and decode one uploaded file to uint8 RGB, or raise :class:`WbcError` naming the file."""
     from wbc.io import MAX_PIXELS
 
     limit = max_pixels or MAX_PIXELS
     data = read_upload_bytes(upload, max_bytes, limit)
-    return decode_upload(data, upload.filename or "upload", limit, min_size)
+    return decode_upload(data, upload.filename or "upload", limit)
 
 
 def png_base64(rgb: np.ndarray) -> str:
