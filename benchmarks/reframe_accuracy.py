@@ -3,7 +3,8 @@
 Each validation cell (the run's manifest, ``split == val``) is shown as it is and re-framed the ways other
 labs frame single cells: cropped tight around the centred cell (the cell filling the frame; also at 100 px),
 padded wide with its own background colour (the cell small in a large field; also as a 600 px field), widened
-to a camera's 4:3 frame, in the middle of a wide 16:9 camera frame, and rescaled 0.5x and 2x. Every variant goes
+to a camera's 4:3 frame, in the middle of a wide 16:9 camera frame, rescaled 0.5x and 2x, and photographed through an
+eyepiece (black outside a round field of view). Every variant goes
 through what `wbc classify` does
 (:func:`wbc.classify.prepare_cell_views` with re-framing on, an ambiguously framed cell averaged over both
 framings; a plain resize with ``--no-reframe``),
@@ -86,6 +87,17 @@ def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(rgb, (max(8, round(w * factor)), max(8, round(h * factor))), interpolation=interp)
 
 
+def eyepiece(rgb: np.ndarray, radius: float = 0.45, edge: float = 0.04, fall: float = 0.3) -> np.ndarray:
+    """``rgb`` photographed through an eyepiece (a phone held to it, a camera behind a field stop): black outside a
+    round field of view ``radius`` x the shorter side across from the centre, a soft edge ``edge`` wide, and the
+    field dimmer toward its rim by up to ``fall``."""
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(xx - w / 2, yy - h / 2) / min(h, w)
+    gain = np.clip((radius - r) / edge, 0, 1) * (1 - fall * np.minimum(r / radius, 1) ** 2)
+    return (rgb.astype(np.float32) * gain[..., None].astype(np.float32)).round().astype(np.uint8)
+
+
 VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "native": lambda x: x,
     "tight 0.5 (cell fills the frame)": lambda x: tight(x, 0.5),
@@ -96,6 +108,8 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "16:9 camera frame, 3x the crop's height": lambda x: camera_frame(x, 3.0),
     "rescaled 0.5x": lambda x: rescale(x, 0.5),
     "rescaled 2x": lambda x: rescale(x, 2.0),
+    "eyepiece photo: 600 px field, black outside a disc": lambda x: eyepiece(pad_wide(x, 3.0, 600)),
+    "eyepiece photo: 16:9 frame, black outside a disc": lambda x: eyepiece(camera_frame(x, 3.0), radius=0.5),
 }
 
 
@@ -110,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jpeg", type=int, default=None, metavar="QUALITY",
                     help="save every variant as a JPEG of this quality and read it as `wbc classify` reads a file "
                          "(a large JPEG decoded at a reduced size); default: the decoded pixels as they are")
+    ap.add_argument("--only", nargs="+", default=None, metavar="WORD",
+                    help="score only the variants whose name contains one of these words (and native)")
     args = ap.parse_args(argv)
 
     from wbc.io import atomic_write_json
@@ -129,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     res["band"] = [stats.low, stats.high]
     res["grey"] = stats.grey
 
-    for name, fn in VARIANTS.items():
+    chosen = {k: f for k, f in VARIANTS.items() if k == "native" or not args.only or any(w in k for w in args.only)}
+    for name, fn in chosen.items():
         shown = [fn(im) for im in images]
         row: dict = {"side_px": int(np.median([max(s.shape[:2]) for s in shown]))}
         for mode, framing in (("no_reframe", False), ("reframe", stats)):

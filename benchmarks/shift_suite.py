@@ -1,5 +1,6 @@
 """Synthetic shift suite: PBC validation cells as other labs would show them (stain, hue, grey, blur, JPEG,
-resolution, framing), scored through `wbc classify`'s preprocessing.
+resolution, framing, lamp colour, exposure, tone curve, a 12-bit camera's files, an eyepiece photo), scored through
+`wbc classify`'s preprocessing.
 
 Each shift is a fixed, deterministic transform of the original image file (numpy/OpenCV, independent of the
 training augmentation code), applied before the cell is prepared exactly as `wbc classify` prepares it
@@ -22,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _pbc_val import add_val_args, classify_shown, load_val_cells
-from reframe_accuracy import pad_wide, rescale, tight
+from reframe_accuracy import eyepiece, pad_wide, rescale, tight
 
 # Haematoxylin / eosin / DAB optical-density vectors (Ruifrok & Johnston 2001), rows.
 _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -78,6 +79,25 @@ def lowres(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def lamp(rgb: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
+    """Each channel times its gain (clipped): another lamp's colour (halogen is warm, LED cool) or exposure."""
+    return np.clip(rgb.astype(np.float32) * np.float32(gains), 0, 255).round().astype(np.uint8)
+
+
+def gamma(rgb: np.ndarray, g: float) -> np.ndarray:
+    """A camera's other tone curve: every level ``255 * (v / 255) ** g``."""
+    return ((np.arange(256) / 255.0) ** g * 255.0).round().astype(np.uint8)[rgb]
+
+
+def camera_bits(rgb: np.ndarray, bits: int) -> np.ndarray:
+    """Saved by a ``bits``-bit scientific camera into a 16-bit PNG (samples 0 to 2**bits - 1) and read back as
+    `wbc classify` reads the file (:func:`wbc.io.decode_image`)."""
+    from wbc.io import decode_image
+
+    high = (rgb[:, :, ::-1].astype(np.uint32) * (2**bits - 1) // 255).astype(np.uint16)
+    return decode_image(cv2.imencode(".png", high)[1].tobytes(), "camera.png")
+
+
 def other_lab(rgb: np.ndarray) -> np.ndarray:
     """Several shifts at once: another stain recipe, a softer lens, a JPEG camera, the cell filling more."""
     return jpeg(lowres(blur(stain(tight(rgb, 0.7), 1.2, 0.8, _OTHER_VECTORS), 1.5), 0.5), 50)
@@ -99,6 +119,12 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "framing: 600 px field, small cell": lambda x: pad_wide(x, 3.0, 600),
     "scale 0.5x": lambda x: rescale(x, 0.5),
     "other lab (stain+blur+low-res+JPEG+tight)": other_lab,
+    "lamp: warm halogen (R x1, G x0.88, B x0.68)": lambda x: lamp(x, (1.0, 0.88, 0.68)),
+    "lamp: cool LED (R x0.85, G x0.95, B x1)": lambda x: lamp(x, (0.85, 0.95, 1.0)),
+    "exposure x0.6": lambda x: lamp(x, (0.6, 0.6, 0.6)),
+    "gamma 1.6": lambda x: gamma(x, 1.6),
+    "12-bit camera, 16-bit PNG": lambda x: camera_bits(x, 12),
+    "eyepiece photo (600 px field, black outside a disc)": lambda x: eyepiece(pad_wide(x, 3.0, 600)),
 }
 
 

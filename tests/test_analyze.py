@@ -220,3 +220,28 @@ def test_cli_analyze_errors_are_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert r.returncode == 1 and "Traceback" not in r.stderr and "error" in r.stderr
+
+
+def test_an_eyepiece_photo_of_a_smear_is_classified_without_its_black_surround(monkeypatch) -> None:
+    """A smear photographed through an eyepiece: the field is segmented as it is, and the cells are classified from
+    the field with the black outside its round field of view turned background, so a crop near the rim and the
+    red-cell colour calibration never see the black."""
+    import wbc.analyze as analyze
+
+    rgb, _boxes, *_ = synthetic_smear(n_wbc=3, seed=2)
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    photo = rgb.copy()
+    photo[np.hypot(xx - w / 2, yy - h / 2) > 0.55 * h] = 0  # the corners are black
+    seen: list[np.ndarray] = []
+    real_crops = analyze.crop_cells
+
+    def crops(field: np.ndarray, *args, **kwargs):  # what each crop is cut from
+        seen.append(field)
+        return real_crops(field, *args, **kwargs)
+
+    monkeypatch.setattr(analyze, "crop_cells", crops)
+    cells = ClassicalSegmenter().segment(rgb)
+    analyze.classify_cells(photo, cells, load_model(None))
+    assert seen and all(int(f.max(axis=2)[photo.max(axis=2) == 0].min()) > 100 for f in seen)  # no black left
+    assert all(c.prediction is not None for c in cells)

@@ -537,3 +537,63 @@ def test_a_large_jpeg_is_cut_at_the_files_resolution(tmp_path) -> None:
     cv2.imwrite(str(small), cv2.cvtColor(_cell("neutrophil", size=400, seed=4), cv2.COLOR_RGB2BGR))
     np.testing.assert_array_equal(read_cell_views(small, 96, DEFAULT_STATS)[0],
                                   prepare_cell_views(read_image(small, min_size=96), 96, DEFAULT_STATS)[0])
+
+
+def _eyepiece(rgb: np.ndarray, radius: float = 0.45, edge: float = 0.04) -> np.ndarray:
+    """``rgb`` as a phone photo through an eyepiece: black outside a round field of view with a soft edge."""
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    gain = np.clip((radius - np.hypot(xx - w / 2, yy - h / 2) / min(h, w)) / edge, 0, 1)
+    return (rgb * gain[..., None]).round().astype(np.uint8)
+
+
+def test_an_eyepiece_photo_is_framed_within_its_field_of_view(tmp_path) -> None:
+    """A cell photographed through an eyepiece sits in a bright disc in black. The black ring, dark and centred,
+    was measured as the nucleus (extent = the frame), so the cell was shrunk to a speck (PBC validation cells so
+    shown: 12 % named right). Now the outside of the field of view is background and the image is cut to the disc's
+    square: the cell is framed as the same cell in a plain field, in every path that frames single cells."""
+    from wbc.adapt_unlabelled import measure_lab
+    from wbc.classify import decode_cell_views, prepare_cell_views
+    from wbc.io import write_image
+    from wbc.preprocess import field_of_view, field_stop_mask
+    from wbc.reframe import DEFAULT_STATS
+
+    plain = _pad(_cell("neutrophil", size=200, seed=5), 3.0)  # 600 px, nucleus ~0.15 of the frame
+    wide = cv2.copyMakeBorder(plain, 0, 0, 233, 234, cv2.BORDER_CONSTANT, value=(235, 215, 205))  # 16:9
+    for photo in (_eyepiece(plain), _eyepiece(wide, radius=0.5)):
+        mask = field_stop_mask(photo)
+        assert mask is not None and mask[0, 0] and not mask[photo.shape[0] // 2, photo.shape[1] // 2]
+        assert measure_framing(field_of_view(photo)[0]).fraction == pytest.approx(
+            measure_framing(plain).fraction, abs=0.04)  # the nucleus, not the black ring
+        for got, want in zip(prepare_cell_views(photo, 96, DEFAULT_STATS), prepare_cell_views(plain, 96, DEFAULT_STATS),
+                             strict=True):
+            assert got is not None and want is not None
+            assert measure_framing(got).fraction == pytest.approx(measure_framing(want).fraction, abs=0.05)
+    assert measure_framing(_eyepiece(plain)).fraction > 0.9  # what was measured before: the ring
+    _ok, png = cv2.imencode(".png", cv2.cvtColor(_eyepiece(wide, radius=0.5), cv2.COLOR_RGB2BGR))
+    got = decode_cell_views(png.tobytes(), "photo.png", 96, DEFAULT_STATS)[0]  # a file or an upload alike
+    assert measure_framing(got).fraction == pytest.approx(measure_framing(prepare_cell_views(plain, 96)[0]).fraction,
+                                                          abs=0.05)
+    # the lab's one magnification is measured within the field of view too
+    for kind in ("plain", "photo"):
+        (tmp_path / kind).mkdir()
+    for seed in range(8):
+        cell = _pad(_cell("lymphocyte", size=200, seed=seed), 2.0)
+        write_image(tmp_path / "plain" / f"{seed}.png", cell)
+        write_image(tmp_path / "photo" / f"{seed}.png", _eyepiece(cell))
+    lab_plain = measure_lab(sorted((tmp_path / "plain").iterdir()))
+    lab_photo = measure_lab(sorted((tmp_path / "photo").iterdir()))
+    assert lab_plain is not None and lab_photo is not None
+    assert lab_photo.side == pytest.approx(lab_plain.side, rel=0.1)
+    # images without a field stop are left alone (every PBC, BCCD and TXL-PBC image was, when this was added)
+    assert field_stop_mask(plain) is None and field_stop_mask(_cell(size=200)) is None
+    assert field_of_view(plain)[1] is None
+
+
+def test_a_nucleus_at_the_border_is_not_taken_for_a_field_stop() -> None:
+    """Only near-black counts as outside the field of view: a stained nucleus cut by the frame's edge stays."""
+    from wbc.preprocess import field_stop_mask
+
+    cell = _cell("lymphocyte", size=200)
+    cut = np.ascontiguousarray(cell[:, 100:])  # the nucleus cut in half by the left edge
+    assert field_stop_mask(cut) is None

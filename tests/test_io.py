@@ -8,6 +8,7 @@ import pytest
 
 from wbc.errors import ImageReadError
 from wbc.io import atomic_write_csv, decode_image, iter_image_paths, read_image
+from wbc.synthetic import synthetic_cell
 
 
 def _write(path: Path, arr: np.ndarray) -> Path:
@@ -32,6 +33,30 @@ def test_grey_16bit_and_rgba_are_converted(tmp_path: Path) -> None:
     bgra = np.zeros((8, 8, 4), np.uint8)
     bgra[..., 3] = 0  # fully transparent -> white
     assert read_image(_write(tmp_path / "t.png", bgra)).min() == 255
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_a_twelve_bit_camera_image_in_a_16bit_file_reads_as_bright_as_at_8_bits(tmp_path: Path, ext: str) -> None:
+    """A scientific camera's 16-bit file holding 12-bit samples (0-4095) used to be divided by 257: almost black."""
+    rgb = synthetic_cell("neutrophil", 96, seed=3)
+    eight = read_image(_write(tmp_path / f"c8{ext}", rgb[:, :, ::-1]))
+    twelve = read_image(_write(tmp_path / f"c12{ext}", rgb[:, :, ::-1].astype(np.uint16) * 16))
+    assert np.abs(twelve.astype(int) - eight.astype(int)).max() <= 1
+    full = read_image(_write(tmp_path / f"c16{ext}", rgb[:, :, ::-1].astype(np.uint16) * 257))  # full 16-bit range
+    assert np.array_equal(full, eight)
+    tiny = read_image(_write(tmp_path / f"c16_8bit{ext}", rgb[:, :, ::-1].astype(np.uint16)))  # 8-bit values
+    assert np.array_equal(tiny, eight)
+
+
+def test_sixteen_bit_alpha_and_float_samples_keep_their_own_scales(tmp_path: Path) -> None:
+    bgra = np.zeros((6, 6, 4), np.uint16)
+    bgra[..., :3] = 4000  # a 12-bit camera's near-white
+    bgra[:3, :, 3] = 65535  # opaque half; the other half transparent -> white
+    img = read_image(_write(tmp_path / "a16.png", bgra))
+    assert img[:3].max() == img[:3].min() == round(4000 * 255 / 4095) and img[3:].min() == 255
+    ramp = np.linspace(0, 4095, 36, dtype=np.float32).reshape(6, 6)
+    assert read_image(_write(tmp_path / "f.tif", ramp))[..., 0].max() == 255
+    assert read_image(_write(tmp_path / "unit.tif", ramp / 4095))[..., 0].max() == 255
 
 
 def test_bad_files_name_the_file_and_problem(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from wbc.classify import predict_cells, tta_views_of
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.errors import ImageReadError
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS
+from wbc.preprocess import fill_field_stop
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell, SmearResult
 
@@ -92,9 +93,12 @@ def classify_cells(
     rgb: np.ndarray, cells: list[Cell], classifier: ClassifierLike, fraction: float | None = None
 ) -> dict[str, list[float]] | None:
     """Set ``cell.prediction`` for each cell, from crops shaped like the classifier's training crops, cut from
-    the field calibrated on its red cells (:func:`calibrate_field`); returns the colours it was calibrated from."""
+    the field calibrated on its red cells (:func:`calibrate_field`); returns the colours it was calibrated from.
+    The black outside an eyepiece photo's field of view is background first (:func:`wbc.preprocess.fill_field_stop`;
+    the field is segmented as it is)."""
     if not cells:
         return None
+    rgb = fill_field_stop(rgb)  # an eyepiece photo: the black around the field of view is neither cell nor colour
     calibrated, calibration = calibrate_field(rgb, cells, classifier)
     size = int(classifier.info.input_size)
     fraction = fraction if fraction is not None else cell_fraction_of(classifier)

@@ -20,7 +20,7 @@ from wbc.errors import ImageReadError, ImageTooLargeError
 from wbc.io import decode_image, image_size, read_bytes
 from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
-from wbc.preprocess import resize_square
+from wbc.preprocess import field_of_view, resize_square, scaled_view
 from wbc.protocols import ClassifierLike
 from wbc.reframe import (
     DEFAULT_STATS,
@@ -306,6 +306,12 @@ def prepare_cell_views(rgb: np.ndarray, size: int, reframe: bool | FramingStats 
     if reframe is False:
         return resize_square(rgb, size), None
     stats = reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS
+    view, box = field_of_view(rgb)  # an eyepiece photo: its round field of view, the black around it background
+    if box is not None:
+        if full is not None:
+            full = FullImage(full.scale, functools.cache(
+                lambda whole=full.decode, shape=rgb.shape: scaled_view(whole(), box, shape)))
+        rgb = view
     return frame_cell_views(rgb, size, stats, second, full)
 
 

@@ -29,17 +29,53 @@ MAX_PIXELS: int = 200_000_000
 cv2.setNumThreads(1)  # one decoder thread per call; parallelism comes from callers' thread pools
 
 
+#: The bit depths cameras write. A 16-bit file from a scientific camera often holds its 10-, 12- or 14-bit samples
+#: as they are (0-4095 for 12 bits), so dividing by 257 would show a bright-field image almost black.
+CAMERA_BITS: tuple[int, ...] = (8, 10, 12, 14, 16)
+
+
+def sample_bits(peak: float) -> int:
+    """The smallest camera bit depth (:data:`CAMERA_BITS`) whose range holds a sample value of ``peak``.
+
+    A bright-field image's brightest pixels are its background, near the top of the camera's range, so the
+    largest sample tells the depth a 16-bit (or float) file was really written at; rounding up to a camera's
+    depth keeps one camera's images on one scale, whatever their exposure.
+
+    >>> sample_bits(255), sample_bits(4095), sample_bits(1800), sample_bits(60000)
+    (8, 12, 12, 16)
+    """
+    need = max(1, int(np.ceil(peak))).bit_length()
+    return next((b for b in CAMERA_BITS if b >= need), CAMERA_BITS[-1])
+
+
+def _depth_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """16-bit or float (H, W, C) samples as float32 on the 0-255 scale: colour from the camera depth it holds
+    (:func:`sample_bits`; float in 0-1 times 255), alpha from its own full scale (65535, or 1 for float)."""
+    values = np.nan_to_num(arr.astype(np.float32))
+    n = 3 if values.shape[2] >= 3 else 1
+    colour, alpha = values[:, :, :n], values[:, :, n:]
+    peak = float(colour.max()) if colour.size else 0.0
+    if arr.dtype.kind == "f" and peak <= 1.0:
+        colour = colour * 255.0
+    else:
+        colour = colour * (255.0 / (2 ** sample_bits(peak) - 1))
+    if alpha.size:
+        alpha = alpha * (255.0 / 65535.0 if arr.dtype == np.uint16 else 255.0 if float(alpha.max()) <= 1.0 else 1.0)
+    return np.concatenate([colour, alpha], axis=2) if alpha.size else colour
+
+
 def _to_rgb8(arr: np.ndarray, name: str) -> np.ndarray:
-    """Convert any decoded array (grey, 16-bit, float, BGRA) to uint8 RGB."""
+    """Convert any decoded array (grey, 16-bit, float, BGRA) to uint8 RGB.
+
+    16-bit and float samples are scaled from the camera depth they hold (:func:`sample_bits`): a 12-bit camera's
+    16-bit TIFF reads as bright as the same image saved at 8 bits.
+    """
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
         raise ImageReadError(f"{name}: unsupported image shape {arr.shape}")
-    if arr.dtype == np.uint16:
-        arr = (arr.astype(np.float32) / 257.0).round()
-    elif arr.dtype in (np.float32, np.float64):
-        scale = 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0
-        arr = np.nan_to_num(arr.astype(np.float32) * scale)
+    if arr.dtype in (np.uint16, np.float32, np.float64):
+        arr = _depth_to_8bit(arr).round()
     elif arr.dtype != np.uint8:
         raise ImageReadError(f"{name}: unsupported pixel type {arr.dtype}")
     arr = np.clip(arr, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr

@@ -84,3 +84,107 @@ def normalisation_constants(mean: Sequence[float], std: Sequence[float]) -> tupl
     m = np.asarray(mean, np.float64)
     s = np.asarray(std, np.float64)
     return (1.0 / (255.0 * s)).astype(np.float32), (-m / s).astype(np.float32)
+
+
+#: Outside a microscope's field of view a camera records near-black: behind an eyepiece (a phone held to it) or a
+#: field stop the image is a bright disc in black, and scans can carry black borders. A pixel counts as outside when
+#: its brightest channel is below this share of the background's; stained nuclei stay above it (PBC's brightest
+#: channel 0.45-0.65 of the background's).
+FIELD_STOP_LEVEL = 0.2
+#: How far (a share of the image's shorter side) the outside region grows into pixels darker than the background:
+#: a real field stop's edge is a soft ramp, not a step.
+FIELD_STOP_RAMP = 0.06
+_WORK_SIDE = 256
+
+
+def field_stop_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """The pixels of ``rgb`` outside the microscope's field of view (bool, ``rgb``'s shape), or None when none are.
+
+    Outside = near-black (:data:`FIELD_STOP_LEVEL`) and connected to the image border, widened over the soft
+    edge (:data:`FIELD_STOP_RAMP`) into pixels darker than the background. Found on a copy at most 256 px; an
+    image whose border is not dark costs only a look at its border.
+
+    >>> field = np.full((200, 300, 3), 235, np.uint8)
+    >>> yy, xx = np.mgrid[:200, :300]
+    >>> field[np.hypot(xx - 150, yy - 100) > 90] = 5  # a round field of view in black
+    >>> mask = field_stop_mask(field)
+    >>> bool(mask[0, 0]), bool(mask[100, 150]), field_stop_mask(np.full((50, 50, 3), 235, np.uint8)) is None
+    (True, False, True)
+    """
+    h, w = rgb.shape[:2]
+    grid = rgb[:: max(1, h // 16), :: max(1, w // 16)].max(axis=2).ravel()  # ~256 samples: the background level
+    level = FIELD_STOP_LEVEL * float(np.partition(grid, int(0.9 * (grid.size - 1)))[int(0.9 * (grid.size - 1))])
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).max(axis=1)
+    if level <= 0 or np.count_nonzero(border < level) < 0.01 * border.size:
+        return None
+    scale = min(1.0, _WORK_SIDE / max(h, w))
+    small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                interpolation=cv2.INTER_AREA)
+    small = small.max(axis=2)
+    dark = (small < level).astype(np.uint8)
+    _n, labels = cv2.connectedComponents(dark, connectivity=8)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outside = np.isin(labels, edge[edge > 0])
+    if not outside.any():
+        return None
+    darker = small < level / FIELD_STOP_LEVEL * 0.85  # darker than the background: the ramp, if next to outside
+    allowed = (darker | outside).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    out = outside.astype(np.uint8)
+    for _ in range(max(1, round(FIELD_STOP_RAMP * min(small.shape)))):  # geodesic: through darker pixels only
+        out = np.asarray(cv2.dilate(out, kernel) & allowed, np.uint8)
+    if scale != 1.0:  # back at full size, its edge redrawn there: darker-than-background pixels next to it join
+        big = np.asarray(cv2.resize(out, (w, h), interpolation=cv2.INTER_NEAREST), np.uint8)
+        k = 2 * int(np.ceil(1 / scale)) + 1
+        near = np.asarray(cv2.dilate(big, np.ones((k, k), np.uint8)), bool)
+        return big.astype(bool) | (near & (rgb.max(axis=2) < level / FIELD_STOP_LEVEL * 0.85))
+    return out.astype(bool)
+
+
+def fill_field_stop(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``rgb`` with the pixels outside the field of view (``mask``, default :func:`field_stop_mask`) set to the
+    background colour (the median colour of the brightest tenth of the rest), so an eyepiece photo reads as a cell in
+    a wide field; ``rgb`` itself when there are none.
+
+    >>> field = np.full((120, 120, 3), 235, np.uint8)
+    >>> field[:, :10] = 0
+    >>> fill_field_stop(field)[:, :10].min()
+    np.uint8(235)
+    """
+    mask = field_stop_mask(rgb) if mask is None else mask
+    if mask is None or mask.all() or not mask.any():
+        return rgb
+    inside = rgb[~mask].reshape(-1, 3)
+    bright = inside.astype(np.int32).sum(1)
+    colour = np.median(inside[bright >= np.percentile(bright, 90)], axis=0).round().astype(np.uint8)
+    out = rgb.copy()
+    out[mask] = colour
+    return out
+
+
+def field_of_view(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """``rgb`` cut to its field of view's bounding box with the outside filled (:func:`fill_field_stop`), and that
+    box (x0, y0, x1, y1); ``(rgb, None)`` when nothing is outside. A 16:9 phone photo of a round eyepiece field
+    becomes the square around the disc, framed like a wide field.
+
+    >>> photo = np.full((90, 160, 3), 235, np.uint8)
+    >>> yy, xx = np.mgrid[:90, :160]
+    >>> photo[np.hypot(xx - 80, yy - 45) > 44] = 0
+    >>> view, box = field_of_view(photo)
+    >>> view.shape, box
+    ((89, 89, 3), (36, 1, 125, 90))
+    """
+    mask = field_stop_mask(rgb)
+    if mask is None or mask.all():
+        return rgb, None
+    ys, xs = np.nonzero(~mask)
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return np.ascontiguousarray(fill_field_stop(rgb, mask)[y0:y1, x0:x1]), (x0, y0, x1, y1)
+
+
+def scaled_view(big: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """The region ``box`` of an image of ``shape`` cut from ``big``, the same image decoded larger, with the
+    outside of its field of view filled as :func:`field_of_view` fills it."""
+    k = big.shape[1] / shape[1]
+    x0, y0, x1, y1 = (round(v * k) for v in box)
+    return np.ascontiguousarray(fill_field_stop(big)[y0:y1, x0:x1])
