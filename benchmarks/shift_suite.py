@@ -1,5 +1,6 @@
 """Synthetic shift suite: PBC validation cells as other labs would show them (stain, hue, grey, blur, JPEG,
-resolution, framing, lamp colour, exposure, tone curve, a 12-bit camera's files, an eyepiece photo), scored through
+resolution, framing, lamp colour, exposure, tone curve, a 12-bit camera's files, an eyepiece photo, a scale bar),
+scored through
 `wbc classify`'s preprocessing.
 
 Each shift is a fixed, deterministic transform of the original image file (numpy/OpenCV, independent of the
@@ -98,6 +99,15 @@ def camera_bits(rgb: np.ndarray, bits: int) -> np.ndarray:
     return decode_image(cv2.imencode(".png", high)[1].tobytes(), "camera.png")
 
 
+def scale_bar(rgb: np.ndarray) -> np.ndarray:
+    """A black scale bar and its label burnt into the bottom right corner, as published and exported images carry."""
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    cv2.rectangle(out, (round(w * 0.65), round(h * 0.9)), (round(w * 0.92), round(h * 0.93)), (0, 0, 0), -1)
+    cv2.putText(out, "10 um", (round(w * 0.68), round(h * 0.87)), cv2.FONT_HERSHEY_SIMPLEX, h / 600, (0, 0, 0), 2)
+    return out
+
+
 def other_lab(rgb: np.ndarray) -> np.ndarray:
     """Several shifts at once: another stain recipe, a softer lens, a JPEG camera, the cell filling more."""
     return jpeg(lowres(blur(stain(tight(rgb, 0.7), 1.2, 0.8, _OTHER_VECTORS), 1.5), 0.5), 50)
@@ -125,6 +135,7 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gamma 1.6": lambda x: gamma(x, 1.6),
     "12-bit camera, 16-bit PNG": lambda x: camera_bits(x, 12),
     "eyepiece photo (600 px field, black outside a disc)": lambda x: eyepiece(pad_wide(x, 3.0, 600)),
+    "scale bar and label burnt in": scale_bar,
 }
 
 

@@ -245,3 +245,15 @@ def test_an_eyepiece_photo_of_a_smear_is_classified_without_its_black_surround(m
     analyze.classify_cells(photo, cells, load_model(None))
     assert seen and all(int(f.max(axis=2)[photo.max(axis=2) == 0].min()) > 100 for f in seen)  # no black left
     assert all(c.prediction is not None for c in cells)
+    # a cell the disc's edge cuts is flagged for review, saying why; the cells inside it are not flagged for that
+    centre = [((c.box[0] + c.box[2]) / 2 - w / 2, (c.box[1] + c.box[3]) / 2 - h / 2) for c in cells]
+    far = int(np.argmax([np.hypot(*xy) for xy in centre]))
+    radius = float(np.hypot(*centre[far]))
+    photo = rgb.copy()
+    photo[np.hypot(xx - w / 2, yy - h / 2) > radius] = 0  # the edge through the farthest cell's centre
+    cells = ClassicalSegmenter().segment(rgb)
+    analyze.classify_cells(photo, cells, load_model(None))
+    cut = cells[far]
+    assert cut.prediction.review and analyze.FIELD_STOP_REASON in cut.prediction.reasons
+    inside = [c for c in cells if max(np.hypot(x - w / 2, y - h / 2) for x in c.box[::2] for y in c.box[1::2]) < radius]
+    assert all(analyze.FIELD_STOP_REASON not in c.prediction.reasons for c in inside)

@@ -8,13 +8,14 @@ folders through :func:`wbc.batch.analyze_paths` (resumable, atomic). Nothing her
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from wbc.classify import predict_cells, tta_views_of
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.errors import ImageReadError
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS
-from wbc.preprocess import fill_field_stop
+from wbc.preprocess import field_stop_mask, fill_field_stop
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell, SmearResult
 
@@ -95,10 +96,14 @@ def classify_cells(
     """Set ``cell.prediction`` for each cell, from crops shaped like the classifier's training crops, cut from
     the field calibrated on its red cells (:func:`calibrate_field`); returns the colours it was calibrated from.
     The black outside an eyepiece photo's field of view is background first (:func:`wbc.preprocess.fill_field_stop`;
-    the field is segmented as it is)."""
+    the field is segmented as it is), and a cell its edge cuts is flagged for review (:data:`FIELD_STOP_REASON`; its
+    crop is cut as any other's: marking it ``touches_border`` cost a cell of BCCD's 192 train cells so shown)."""
     if not cells:
         return None
-    rgb = fill_field_stop(rgb)  # an eyepiece photo: the black around the field of view is neither cell nor colour
+    stop = field_stop_mask(rgb)  # an eyepiece photo: the black around the field of view is neither cell nor colour
+    cut = [c for c in cells if stop is not None and cut_by_field_stop(c, stop)]
+    if stop is not None:
+        rgb = fill_field_stop(rgb, stop)
     calibrated, calibration = calibrate_field(rgb, cells, classifier)
     size = int(classifier.info.input_size)
     fraction = fraction if fraction is not None else cell_fraction_of(classifier)
@@ -109,7 +114,25 @@ def classify_cells(
                              views=tta_views_of(classifier, smear=True), ood_cells=raw)
     for c, p in zip(cells, preds, strict=True):
         c.prediction = p
+        if any(c is k for k in cut):
+            p.review = True
+            p.reasons.append(FIELD_STOP_REASON)
     return calibration
+
+
+#: The review reason of a smear cell that the edge of an eyepiece photo's field of view cuts.
+FIELD_STOP_REASON = "cut by the edge of the field of view"
+
+
+def cut_by_field_stop(cell: Cell, stop: np.ndarray) -> bool:
+    """True when more than 1 % of ``cell``'s outline lies within 2 px of the field stop ``stop`` (the outside of an
+    eyepiece photo's field of view, :func:`wbc.preprocess.field_stop_mask`): part of the cell is not in the image."""
+    x0, y0, x1, y1 = cell.box
+    h, w = stop.shape
+    a, b, c, d = max(0, x0 - 2), max(0, y0 - 2), min(w, x1 + 2), min(h, y1 + 2)
+    near = cv2.dilate(stop[b:d, a:c].astype(np.uint8), np.ones((5, 5), np.uint8))[y0 - b : y1 - b, x0 - a : x1 - a]
+    mask = cell.cell_mask[: near.shape[0], : near.shape[1]]
+    return bool(np.count_nonzero(near.astype(bool) & mask) > 0.01 * max(1, int(mask.sum())))
 
 
 def analyze_image(

@@ -88,9 +88,10 @@ def normalisation_constants(mean: Sequence[float], std: Sequence[float]) -> tupl
 
 #: Outside a microscope's field of view a camera records near-black: behind an eyepiece (a phone held to it) or a
 #: field stop the image is a bright disc in black, and scans can carry black borders. A pixel counts as outside when
-#: its brightest channel is below this share of the background's; stained nuclei stay above it (PBC's brightest
-#: channel 0.45-0.65 of the background's).
-FIELD_STOP_LEVEL = 0.2
+#: its brightest channel is below this share of the background's. Stained nuclei stay well above it (PBC's brightest
+#: channel 0.43-0.65 of the background's; shown in grey, their darkest pixels 0.16-0.25 on 480 training crops), so a
+#: grey image's nucleus cut by the frame's edge is never taken for it.
+FIELD_STOP_LEVEL = 0.1
 #: How far (a share of the image's shorter side) the outside region grows into pixels darker than the background:
 #: a real field stop's edge is a soft ramp, not a step.
 FIELD_STOP_RAMP = 0.06

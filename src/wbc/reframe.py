@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from wbc.preprocess import resize_square
+from wbc.preprocess import FIELD_STOP_LEVEL, resize_square
 
 #: Side of the copy the nucleus is measured on (cost: ~0.1 ms per image).
 MEASURE_SIDE = 64
@@ -148,18 +148,51 @@ def _small(rgb: np.ndarray) -> np.ndarray:
 MAX_NUCLEUS_BRIGHTNESS = 0.62
 
 
+def _tenth_brightest(values: np.ndarray) -> float:
+    flat = values.reshape(-1)
+    k = int(0.9 * (flat.size - 1))
+    return float(np.partition(flat, k)[k])
+
+
+def _near_black(rgb: np.ndarray, small_size: tuple[int, int]) -> np.ndarray | None:
+    """Where ``rgb`` is near-black (its brightest channel below :data:`wbc.preprocess.FIELD_STOP_LEVEL` of the
+    background's), with a pixel's rim, as a mask at ``small_size`` (w, h); None when nowhere. Found at ``rgb``'s own
+    resolution: a thin scale bar or label blends into the background on the measuring copy."""
+    peak = cv2.max(cv2.max(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    level = FIELD_STOP_LEVEL * _tenth_brightest(peak[:: max(1, peak.shape[0] // 64), :: max(1, peak.shape[1] // 64)])
+    black = (peak < level).astype(np.uint8)
+    if not black.any():
+        return None
+    rim = np.asarray(cv2.dilate(black, _SQUARE3), np.float32)
+    if rim.shape[::-1] != small_size:
+        rim = np.asarray(cv2.resize(rim, small_size, interpolation=cv2.INTER_AREA), np.float32)
+    return np.asarray(cv2.dilate((rim > 0).astype(np.uint8), _SQUARE3)) > 0
+
+
 def measure_framing(rgb: np.ndarray) -> Framing:
     """The nucleus nearest the image centre, measured on a 64 px copy (Otsu on the smallest channel).
 
-    Returns ``found=False`` (and the image centre) when nothing nucleus-like stands out from the rest.
+    Returns ``found=False`` (and the image centre) when nothing nucleus-like stands out from the rest. Near-black
+    pixels (all three channels below :data:`wbc.preprocess.FIELD_STOP_LEVEL` of the background's brightest; a stained
+    nucleus keeps one channel far above it) are a scale bar, a label or a border, never a nucleus, and are left out.
+
+    >>> cell = np.full((200, 200, 3), 235, np.uint8)
+    >>> _ = cv2.circle(cell, (100, 100), 30, (90, 40, 140), -1)
+    >>> _ = cv2.rectangle(cell, (120, 175), (190, 185), (0, 0, 0), -1)  # a scale bar
+    >>> f = measure_framing(cell)
+    >>> round(f.cx), round(f.cy), 0.25 < f.fraction < 0.36
+    (100, 100, True)
     """
     h, w = rgb.shape[:2]
     small = _small(rgb)
     sh, sw = small.shape[:2]
     scale = sw / w
     m = np.ascontiguousarray(_min_channel(small))
+    bg = _tenth_brightest(m)
+    black = _near_black(rgb, (sw, sh))
+    if black is not None:
+        m[black] = round(bg)
     flat = m.reshape(-1)
-    bg = float(np.partition(flat, int(0.9 * (flat.size - 1)))[int(0.9 * (flat.size - 1))])
     thr, _ = cv2.threshold(m, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
     # a second Otsu among the darker class separates nuclei from red cells (the first often splits
     # background from everything stained); kept when that class is clearly bimodal
@@ -191,6 +224,7 @@ def measure_framing(rgb: np.ndarray) -> Framing:
 
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_SQUARE3 = np.ones((3, 3), np.uint8)
 
 #: When no nucleus stands out in the whole frame, the central 1/k of it is looked at again (each at the same
 #: :data:`MEASURE_SIDE` px) for each k here, in turn: a cell small in a wide field (an erythroblast's nucleus in a
