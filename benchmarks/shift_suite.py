@@ -1,6 +1,6 @@
 """Synthetic shift suite: PBC validation cells as other labs would show them (stain, hue, grey, blur, JPEG,
-resolution, framing, lamp colour, exposure, tone curve, a 12-bit camera's files, an eyepiece photo, a scale bar),
-scored through
+resolution, framing, lamp colour, exposure, tone curve, a 12-bit camera's files, an eyepiece photo, a scale bar,
+a canvas around the image), scored through
 `wbc classify`'s preprocessing.
 
 Each shift is a fixed, deterministic transform of the original image file (numpy/OpenCV, independent of the
@@ -108,6 +108,13 @@ def scale_bar(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
+def canvas(rgb: np.ndarray, colour: tuple[int, int, int], factor: float = 2.0) -> np.ndarray:
+    """The image pasted in the middle of a ``factor`` x larger canvas of one colour: a page, or a dataset's padding."""
+    h, w = rgb.shape[:2]
+    ph, pw = round(h * (factor - 1) / 2), round(w * (factor - 1) / 2)
+    return cv2.copyMakeBorder(rgb, ph, ph, pw, pw, cv2.BORDER_CONSTANT, value=colour)
+
+
 def other_lab(rgb: np.ndarray) -> np.ndarray:
     """Several shifts at once: another stain recipe, a softer lens, a JPEG camera, the cell filling more."""
     return jpeg(lowres(blur(stain(tight(rgb, 0.7), 1.2, 0.8, _OTHER_VECTORS), 1.5), 0.5), 50)
@@ -136,6 +143,8 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "12-bit camera, 16-bit PNG": lambda x: camera_bits(x, 12),
     "eyepiece photo (600 px field, black outside a disc)": lambda x: eyepiece(pad_wide(x, 3.0, 600)),
     "scale bar and label burnt in": scale_bar,
+    "canvas: pasted onto a white page (2x)": lambda x: canvas(x, (255, 255, 255)),
+    "canvas: padded with grey (2x)": lambda x: canvas(x, (128, 128, 128)),
 }
 
 

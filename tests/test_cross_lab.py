@@ -618,3 +618,23 @@ def test_a_scale_bar_is_never_the_nucleus() -> None:
                                   cv2.resize(with_bar(blank), (96, 96), interpolation=cv2.INTER_AREA))
     cell = _cell("neutrophil", size=200, seed=2)
     assert measure_framing(with_bar(cell)) == measure_framing(cell)
+
+
+def test_a_cell_pasted_onto_a_canvas_is_framed_as_its_own_image() -> None:
+    """A cell image pasted onto a white page or padded to a square with grey: the canvas's uniform rows and columns
+    are cut off before framing (the white page read as the background made the whole crop the "nucleus", and the cell
+    stayed small: PBC validation cells on a white page 2x, 0.922 on the shift suite)."""
+    from wbc.classify import prepare_cell_views
+    from wbc.preprocess import field_of_view, padding_box
+    from wbc.reframe import DEFAULT_STATS
+
+    cell = _cell("monocyte", size=160, seed=3)
+    for colour in ((255, 255, 255), (128, 128, 128), (0, 0, 0)):
+        page = cv2.copyMakeBorder(cell, 80, 80, 200, 120, cv2.BORDER_CONSTANT, value=colour)
+        assert padding_box(page) == (200, 80, 360, 240)
+        np.testing.assert_array_equal(field_of_view(page)[0], cell)
+        np.testing.assert_array_equal(prepare_cell_views(page, 96, DEFAULT_STATS)[0],
+                                      prepare_cell_views(cell, 96, DEFAULT_STATS)[0])
+    assert padding_box(cell) is None  # a microscope image's own edges are never one colour
+    thin = cv2.copyMakeBorder(cell, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    assert padding_box(thin) is None  # a hairline frame is not a canvas

@@ -125,7 +125,7 @@ FIELD_STOP_REASON = "cut by the edge of the field of view"
 
 
 def cut_by_field_stop(cell: Cell, stop: np.ndarray) -> bool:
-    """True when more than 1 % of ``cell``'s outline lies within 2 px of the field stop ``stop`` (the outside of an
+    """True when more than 1 % of ``cell``'s area lies within 2 px of the field stop ``stop`` (the outside of an
     eyepiece photo's field of view, :func:`wbc.preprocess.field_stop_mask`): part of the cell is not in the image."""
     x0, y0, x1, y1 = cell.box
     h, w = stop.shape

@@ -163,10 +163,74 @@ def fill_field_stop(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
     return out
 
 
+#: A canvas's rows and columns are one colour to within this (per channel, 0-255): a cell image pasted onto a page or
+#: padded to a square by a dataset. A microscope's own rows never are (none of PBC's, BCCD's or TXL-PBC's images).
+PAD_TOLERANCE = 3
+#: Uniform edge rows or columns count as padding from this share of the image's side.
+PAD_MIN_SHARE = 0.02
+#: ... and only when their colour differs from the image's own background by more than this (per channel): a field
+#: padded with its own background is a cell small in a wide field, framed as such.
+PAD_OWN_BACKGROUND = 12
+
+
+def _leading(uniform: np.ndarray) -> int:
+    """How many of the first entries of a bool vector are True."""
+    stop = np.flatnonzero(~uniform)
+    return int(uniform.size if stop.size == 0 else stop[0])
+
+
+def padding_box(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box (x0, y0, x1, y1) inside the uniform rows and columns at the edges of ``rgb`` (canvas padding: a cell
+    pasted onto a white page, a crop padded to a square with grey or black), or None when no side has
+    :data:`PAD_MIN_SHARE` of them or they are the colour of the image's own background (:data:`PAD_OWN_BACKGROUND`).
+    An image whose four outermost lines are not uniform costs only a look at them.
+
+    >>> page = np.full((100, 200, 3), 255, np.uint8)
+    >>> page[20:80, 60:150] = np.random.default_rng(0).integers(0, 255, (60, 90, 3))
+    >>> padding_box(page)
+    (60, 20, 150, 80)
+    """
+    def uniform(lines: np.ndarray) -> np.ndarray:  # (n, length, 3) -> (n,)
+        return (lines.max(axis=1).astype(np.int16) - lines.min(axis=1)).max(axis=1) <= PAD_TOLERANCE
+
+    h, w = rgb.shape[:2]
+    edges = np.stack([rgb[0], rgb[-1]]), np.stack([rgb[:, 0], rgb[:, -1]])
+    if not (uniform(edges[0]).any() or uniform(edges[1]).any()):
+        return None
+    rows, cols = uniform(rgb), uniform(rgb.transpose(1, 0, 2))
+    top, bottom, left, right = _leading(rows), _leading(rows[::-1]), _leading(cols), _leading(cols[::-1])
+    if top + bottom >= h or left + right >= w:  # one colour throughout: nothing to cut to
+        return None
+    if max(top, bottom) < PAD_MIN_SHARE * h and max(left, right) < PAD_MIN_SHARE * w:
+        return None
+    inner = rgb[top : h - bottom, left : w - right]
+    colour = np.median(np.concatenate([rgb[:top].reshape(-1, 3), rgb[h - bottom :].reshape(-1, 3),
+                                       rgb[:, :left].reshape(-1, 3), rgb[:, w - right :].reshape(-1, 3)]), axis=0)
+    if np.abs(colour - _background(inner)).max() <= PAD_OWN_BACKGROUND:  # the image's own background: a wide field
+        return None
+    return left, top, w - right, h - bottom
+
+
+def _background(rgb: np.ndarray) -> np.ndarray:
+    """The median colour of the brightest tenth of ``rgb`` (every 4th pixel): its glass."""
+    flat = rgb[::4, ::4].reshape(-1, 3)
+    bright = flat.astype(np.int32).sum(1)
+    return np.median(flat[bright >= np.percentile(bright, 90)], axis=0)
+
+
+def _compose(outer: tuple[int, int, int, int] | None, inner: tuple[int, int, int, int] | None
+             ) -> tuple[int, int, int, int] | None:
+    """``inner`` (a box in the region ``outer`` cuts) in the coordinates ``outer`` is in."""
+    if outer is None or inner is None:
+        return inner or outer
+    return outer[0] + inner[0], outer[1] + inner[1], outer[0] + inner[2], outer[1] + inner[3]
+
+
 def field_of_view(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-    """``rgb`` cut to its field of view's bounding box with the outside filled (:func:`fill_field_stop`), and that
-    box (x0, y0, x1, y1); ``(rgb, None)`` when nothing is outside. A 16:9 phone photo of a round eyepiece field
-    becomes the square around the disc, framed like a wide field.
+    """``rgb`` cut to what a microscope saw: inside any canvas padding (:func:`padding_box`), then to its field of
+    view's bounding box with the outside filled (:func:`fill_field_stop`); and that box (x0, y0, x1, y1), or
+    ``(rgb, None)`` when there is neither. A 16:9 phone photo of a round eyepiece field becomes the square around
+    the disc, framed like a wide field; a cell pasted onto a white page, the cell's own image.
 
     >>> photo = np.full((90, 160, 3), 235, np.uint8)
     >>> yy, xx = np.mgrid[:90, :160]
@@ -175,12 +239,15 @@ def field_of_view(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int
     >>> view.shape, box
     ((89, 89, 3), (36, 1, 125, 90))
     """
+    pad = padding_box(rgb)
+    if pad is not None:
+        rgb = np.ascontiguousarray(rgb[pad[1] : pad[3], pad[0] : pad[2]])
     mask = field_stop_mask(rgb)
     if mask is None or mask.all():
-        return rgb, None
+        return rgb, pad
     ys, xs = np.nonzero(~mask)
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-    return np.ascontiguousarray(fill_field_stop(rgb, mask)[y0:y1, x0:x1]), (x0, y0, x1, y1)
+    return np.ascontiguousarray(fill_field_stop(rgb, mask)[y0:y1, x0:x1]), _compose(pad, (x0, y0, x1, y1))
 
 
 def scaled_view(big: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
@@ -188,4 +255,4 @@ def scaled_view(big: np.ndarray, box: tuple[int, int, int, int], shape: tuple[in
     outside of its field of view filled as :func:`field_of_view` fills it."""
     k = big.shape[1] / shape[1]
     x0, y0, x1, y1 = (round(v * k) for v in box)
-    return np.ascontiguousarray(fill_field_stop(big)[y0:y1, x0:x1])
+    return fill_field_stop(np.ascontiguousarray(big[y0:y1, x0:x1]))
