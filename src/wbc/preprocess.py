@@ -155,9 +155,7 @@ def fill_field_stop(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
     mask = field_stop_mask(rgb) if mask is None else mask
     if mask is None or mask.all() or not mask.any():
         return rgb
-    inside = rgb[~mask].reshape(-1, 3)
-    bright = inside.astype(np.int32).sum(1)
-    colour = np.median(inside[bright >= np.percentile(bright, 90)], axis=0).round().astype(np.uint8)
+    colour = brightest_tenth_colour(rgb[~mask]).round().astype(np.uint8)
     out = rgb.copy()
     out[mask] = colour
     return out
@@ -206,14 +204,19 @@ def padding_box(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
     inner = rgb[top : h - bottom, left : w - right]
     colour = np.median(np.concatenate([rgb[:top].reshape(-1, 3), rgb[h - bottom :].reshape(-1, 3),
                                        rgb[:, :left].reshape(-1, 3), rgb[:, w - right :].reshape(-1, 3)]), axis=0)
-    if np.abs(colour - _background(inner)).max() <= PAD_OWN_BACKGROUND:  # the image's own background: a wide field
+    if np.abs(colour - brightest_tenth_colour(inner[::4, ::4])).max() <= PAD_OWN_BACKGROUND:  # its own background
         return None
     return left, top, w - right, h - bottom
 
 
-def _background(rgb: np.ndarray) -> np.ndarray:
-    """The median colour of the brightest tenth of ``rgb`` (every 4th pixel): its glass."""
-    flat = rgb[::4, ::4].reshape(-1, 3)
+def brightest_tenth_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median colour (float, RGB) of the brightest tenth of ``pixels`` (any shape ending in 3): an image's
+    background, its glass, whatever the lamp.
+
+    >>> brightest_tenth_colour(np.array([[10, 10, 10]] * 9 + [[240, 230, 220]], np.uint8)).tolist()
+    [240.0, 230.0, 220.0]
+    """
+    flat = pixels.reshape(-1, 3)
     bright = flat.astype(np.int32).sum(1)
     return np.median(flat[bright >= np.percentile(bright, 90)], axis=0)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from wbc.preprocess import FIELD_STOP_LEVEL, resize_square
+from wbc.preprocess import FIELD_STOP_LEVEL, brightest_tenth_colour, resize_square
 
 #: Side of the copy the nucleus is measured on (cost: ~0.1 ms per image).
 MEASURE_SIDE = 64
@@ -258,10 +258,7 @@ def measure_closer(rgb: np.ndarray) -> Framing:
 
 def background_colour(rgb: np.ndarray) -> tuple[int, int, int]:
     """The image's own background: the median colour of its brightest tenth (on a small copy)."""
-    flat = _small(rgb).reshape(-1, 3)
-    bright = flat.astype(np.int32).sum(1)
-    keep = flat[bright >= np.percentile(bright, 90)]
-    return tuple(int(v) for v in np.median(keep, axis=0))  # type: ignore[return-value]
+    return tuple(int(v) for v in brightest_tenth_colour(_small(rgb)))  # type: ignore[return-value]
 
 
 def needs_reframe(f: Framing, shape: tuple[int, ...], stats: FramingStats = DEFAULT_STATS) -> bool:
