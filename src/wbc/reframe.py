@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from wbc.preprocess import FIELD_STOP_LEVEL, brightest_tenth_colour, resize_square
+from wbc.preprocess import FIELD_STOP_LEVEL, brightest_tenth_colour, resize_square, tenth_brightest
 
 #: Side of the copy the nucleus is measured on (cost: ~0.1 ms per image).
 MEASURE_SIDE = 64
@@ -148,18 +148,12 @@ def _small(rgb: np.ndarray) -> np.ndarray:
 MAX_NUCLEUS_BRIGHTNESS = 0.62
 
 
-def _tenth_brightest(values: np.ndarray) -> float:
-    flat = values.reshape(-1)
-    k = int(0.9 * (flat.size - 1))
-    return float(np.partition(flat, k)[k])
-
-
 def _near_black(rgb: np.ndarray, small_size: tuple[int, int]) -> np.ndarray | None:
     """Where ``rgb`` is near-black (its brightest channel below :data:`wbc.preprocess.FIELD_STOP_LEVEL` of the
     background's), with a pixel's rim, as a mask at ``small_size`` (w, h); None when nowhere. Found at ``rgb``'s own
     resolution: a thin scale bar or label blends into the background on the measuring copy."""
     peak = cv2.max(cv2.max(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
-    level = FIELD_STOP_LEVEL * _tenth_brightest(peak[:: max(1, peak.shape[0] // 64), :: max(1, peak.shape[1] // 64)])
+    level = FIELD_STOP_LEVEL * tenth_brightest(peak[:: max(1, peak.shape[0] // 64), :: max(1, peak.shape[1] // 64)])
     black = (peak < level).astype(np.uint8)
     if not black.any():
         return None
@@ -188,7 +182,7 @@ def measure_framing(rgb: np.ndarray) -> Framing:
     sh, sw = small.shape[:2]
     scale = sw / w
     m = np.ascontiguousarray(_min_channel(small))
-    bg = _tenth_brightest(m)
+    bg = tenth_brightest(m)
     black = _near_black(rgb, (sw, sh))
     if black is not None:
         m[black] = round(bg)
