@@ -1,5 +1,6 @@
 """Synthetic shift suite: PBC validation cells as other labs would show them (stain, hue, grey, blur, JPEG,
-resolution, framing, lamp colour, exposure, tone curve, a 12-bit camera's files, an eyepiece photo, a scale bar,
+resolution, framing, lamp colour, exposure, tone curve, a 12-bit camera's files, an eyepiece photo (also with stray
+light lifting its black), a scale bar,
 a canvas around the image), scored through
 `wbc classify`'s preprocessing.
 
@@ -115,6 +116,11 @@ def canvas(rgb: np.ndarray, colour: tuple[int, int, int], factor: float = 2.0) -
     return cv2.copyMakeBorder(rgb, ph, ph, pw, pw, cv2.BORDER_CONSTANT, value=colour)
 
 
+def stray_light(rgb: np.ndarray, black: float) -> np.ndarray:
+    """Stray light (flare, a phone's lifted shadows) added evenly: black becomes ``black``, white stays white."""
+    return np.clip(rgb.astype(np.float32) * (1 - black / 255) + black, 0, 255).round().astype(np.uint8)
+
+
 def other_lab(rgb: np.ndarray) -> np.ndarray:
     """Several shifts at once: another stain recipe, a softer lens, a JPEG camera, the cell filling more."""
     return jpeg(lowres(blur(stain(tight(rgb, 0.7), 1.2, 0.8, _OTHER_VECTORS), 1.5), 0.5), 50)
@@ -142,6 +148,7 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gamma 1.6": lambda x: gamma(x, 1.6),
     "12-bit camera, 16-bit PNG": lambda x: camera_bits(x, 12),
     "eyepiece photo (600 px field, black outside a disc)": lambda x: eyepiece(pad_wide(x, 3.0, 600)),
+    "eyepiece photo with stray light (its black at 30)": lambda x: stray_light(eyepiece(pad_wide(x, 3.0, 600)), 30),
     "scale bar and label burnt in": scale_bar,
     "canvas: pasted onto a white page (2x)": lambda x: canvas(x, (255, 255, 255)),
     "canvas: padded with grey (2x)": lambda x: canvas(x, (128, 128, 128)),
