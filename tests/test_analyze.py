@@ -257,3 +257,28 @@ def test_an_eyepiece_photo_of_a_smear_is_classified_without_its_black_surround(m
     assert cut.prediction.review and analyze.FIELD_STOP_REASON in cut.prediction.reasons
     inside = [c for c in cells if max(np.hypot(x - w / 2, y - h / 2) for x in c.box[::2] for y in c.box[1::2]) < radius]
     assert all(analyze.FIELD_STOP_REASON not in c.prediction.reasons for c in inside)
+
+
+@pytest.mark.parametrize("quality", [None, 90])
+def test_a_smear_field_on_a_canvas_is_analysed_within_it(quality) -> None:
+    """A field pasted onto a white page (a figure, a screenshot, a dataset that pads its fields), as it is or saved as
+    a JPEG whose ringing blurs the page's edge: the page used to be read as the field's glass by its colour
+    calibration, and the cells were named otherwise (BCCD validation fields so pasted: 0.824 -> 0.741; as a JPEG,
+    0.706). Now the field is analysed within the canvas: the same cells, the same calibration, the same answers,
+    their boxes in the image's coordinates."""
+    rgb, *_ = synthetic_smear(n_wbc=3, seed=2)
+    h, w = rgb.shape[:2]
+    page = cv2.copyMakeBorder(rgb, 60, 60, 90, 90, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    if quality:
+        _ok, enc = cv2.imencode(".jpg", page[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        page = cv2.imdecode(enc, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+        _ok, enc = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        rgb = cv2.imdecode(enc, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+    clf, seg = load_model(None), ClassicalSegmenter()
+    plain, pasted = analyze_image(rgb, clf, seg), analyze_image(page, clf, seg)
+    assert (pasted.width, pasted.height) == (w + 180, h + 120) and len(pasted.cells) == len(plain.cells) >= 2
+    assert plain.calibration is not None and pasted.calibration is not None
+    assert pasted.calibration["background"] == pytest.approx(plain.calibration["background"], abs=3)  # not the page
+    for a, b in zip(sorted(plain.cells, key=lambda c: c.box), sorted(pasted.cells, key=lambda c: c.box), strict=True):
+        assert b.box[0] - 90 == pytest.approx(a.box[0], abs=2) and b.box[1] - 60 == pytest.approx(a.box[1], abs=2)
+        assert b.prediction is not None and a.prediction is not None and b.prediction.label == a.prediction.label

@@ -15,7 +15,7 @@ from wbc.classify import predict_cells, tta_views_of
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.errors import ImageReadError
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS
-from wbc.preprocess import field_stop_mask, fill_field_stop
+from wbc.preprocess import canvas_box, field_stop_mask, fill_field_stop
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell, SmearResult
 
@@ -135,17 +135,39 @@ def cut_by_field_stop(cell: Cell, stop: np.ndarray) -> bool:
     return bool(np.count_nonzero(near.astype(bool) & mask) > 0.01 * max(1, int(mask.sum())))
 
 
+def within_canvas(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """The field of ``rgb`` inside any canvas it was pasted onto (:func:`wbc.preprocess.canvas_box`), and its offset
+    (x, y) in ``rgb``; ``rgb`` itself and (0, 0) when there is none."""
+    box = canvas_box(rgb)
+    if box is None:
+        return rgb, (0, 0)
+    return np.ascontiguousarray(rgb[box[1] : box[3], box[0] : box[2]]), (box[0], box[1])
+
+
+def move_cells(cells: list[Cell], dx: int, dy: int) -> None:
+    """Shift each cell's box by (dx, dy) in place (its masks are relative to the box)."""
+    if dx or dy:
+        for c in cells:
+            c.box = (c.box[0] + dx, c.box[1] + dy, c.box[2] + dx, c.box[3] + dy)
+
+
 def analyze_image(
     rgb: np.ndarray, classifier: ClassifierLike | None, segmenter: SegmenterLike | None = None, name: str = ""
 ) -> SmearResult:
-    """Find, outline and classify every WBC in one RGB field (``classifier=None``: outlines only)."""
+    """Find, outline and classify every WBC in one RGB field (``classifier=None``: outlines only).
+
+    A field pasted onto a canvas (a page, a screenshot's margin, a dataset's padding) is analysed within it
+    (:func:`wbc.preprocess.canvas_box`): the canvas would otherwise be taken for the field's glass by its colour
+    calibration. Boxes are in the image's coordinates either way."""
     if segmenter is None:
         from wbc.segment import get_segmenter
 
         segmenter = get_segmenter("auto")
     check_field(rgb, name)
-    cells = segmenter.segment(rgb)
-    calibration = classify_cells(rgb, cells, classifier) if classifier is not None else None
+    field, (dx, dy) = within_canvas(rgb)
+    cells = segmenter.segment(field)
+    calibration = classify_cells(field, cells, classifier) if classifier is not None else None
+    move_cells(cells, dx, dy)
     h, w = rgb.shape[:2]
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
     res = SmearResult(image=name, width=w, height=h, cells=cells, model_id=model_id, calibration=calibration)

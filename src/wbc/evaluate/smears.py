@@ -563,19 +563,29 @@ def evaluate_smears(
     ``dataset``: any YOLO- or VOC-labelled folder (:func:`load_labelled_folder`); default BCCD under
     ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt`` where they exist.
     """
-    from wbc.analyze import classify_cells, red_cell_target_of
+    from wbc.analyze import classify_cells, move_cells, red_cell_target_of, within_canvas
 
     items = load_labelled_folder(dataset, split) if dataset is not None else load_bccd(data_root, split)
     if limit:
         items = items[:limit]
+
+    def segment(rgb: np.ndarray) -> list[Cell]:  # as `wbc analyze` segments: within any canvas
+        field, (dx, dy) = within_canvas(rgb)
+        cells = segmenter.segment(field)
+        move_cells(cells, dx, dy)
+        return cells
+
     classify = None
     if classifier is not None:
 
         def classify(rgb: np.ndarray, cells: list[Cell]) -> list[str]:
-            classify_cells(rgb, cells, classifier)
+            field, (dx, dy) = within_canvas(rgb)
+            move_cells(cells, -dx, -dy)
+            classify_cells(field, cells, classifier)
+            move_cells(cells, dx, dy)
             return [c.prediction.label if c.prediction else "" for c in cells]
 
-    metrics = evaluate_segmentation(items, segmenter.segment, classify)
+    metrics = evaluate_segmentation(items, segment, classify)
     metrics.update(
         dataset=str(dataset) if dataset is not None else "BCCD",
         split=split,
