@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _smears_shown import add_smear_args, load_parts, score_split
 from shift_suite import canvas, jpeg
 
 COLOURS = {"white": (255, 255, 255), "grey": (128, 128, 128), "black": (0, 0, 0)}
@@ -28,61 +29,42 @@ COLOURS = {"white": (255, 255, 255), "grey": (128, 128, 128), "black": (0, 0, 0)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--splits", nargs="+", default=["val", "train"])
+    add_smear_args(ap, "benchmarks/results/canvas_smears.json")
     ap.add_argument("--colours", nargs="+", default=list(COLOURS), choices=list(COLOURS))
     ap.add_argument("--factor", type=float, default=1.3, help="the canvas's size / the field's")
     ap.add_argument("--jpeg", type=int, default=None, metavar="QUALITY",
                     help="the field on its canvas saved as a JPEG of this quality (default: exactly as pasted)")
-    ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
-    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/canvas_smears.json"))
     args = ap.parse_args(argv)
 
-    import wbc.evaluate.smears as smears
+    from wbc.evaluate.smears import load_bccd, read_image
     from wbc.io import atomic_write_json
-    from wbc.model import load_model
-    from wbc.paths import data_root
-    from wbc.segment import get_segmenter
 
-    root = data_root(args.data)
-    clf, seg = load_model(args.model), get_segmenter("auto")
-    read, load = smears.read_image, smears.load_bccd
-    res: dict = {"model": clf.model_id, "segmenter": getattr(seg, "model_id", seg.name), "factor": args.factor,
-                 "jpeg_quality": args.jpeg, "rows": []}
+    root, clf, seg, res = load_parts(args)
+    res.update({"factor": args.factor, "jpeg_quality": args.jpeg, "rows": []})
 
-    def pasted(rgb: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-        out = canvas(rgb, colour, args.factor)
-        return out if args.jpeg is None else jpeg(out, args.jpeg)
+    def margins(h: int, w: int) -> tuple[int, int]:  # the canvas's rows above and columns left of the field
+        return round(h * (args.factor - 1) / 2), round(w * (args.factor - 1) / 2)
+
+    def items(root_: Path, split_: str = "test", moved: bool = True) -> list:  # the boxes moved with the field
+        out = []
+        for it in load_bccd(root_, split_):
+            ph, pw = margins(*read_image(it.image).shape[:2]) if moved else (0, 0)
+            boxes = [(x0 + pw, y0 + ph, x1 + pw, y1 + ph) for x0, y0, x1, y1 in it.wbc_boxes]
+            out.append(dataclasses.replace(it, wbc_boxes=boxes, mask=None))  # the masks are not padded: no Dice
+        return out
+
+    def pasted(colour: tuple[int, int, int]) -> Callable[..., np.ndarray]:
+        def read(path: Path, *a: object, **k: object) -> np.ndarray:
+            out = canvas(read_image(path, *a, **k), colour, args.factor)
+            return out if args.jpeg is None else jpeg(out, args.jpeg)
+
+        return read
 
     for split in args.splits:
-        for shown in ["as it is", *args.colours]:
-            def shifted(root_: Path, split_: str = "test", shown: str = shown) -> list:
-                items = load(root_, split_)
-                if shown == "as it is":
-                    return [dataclasses.replace(it, mask=None) for it in items]
-                out = []
-                for it in items:
-                    h, w = read(it.image).shape[:2]
-                    ph, pw = round(h * (args.factor - 1) / 2), round(w * (args.factor - 1) / 2)
-                    boxes = [(x0 + pw, y0 + ph, x1 + pw, y1 + ph) for x0, y0, x1, y1 in it.wbc_boxes]
-                    out.append(dataclasses.replace(it, wbc_boxes=boxes, mask=None))
-                return out
-
-            smears.load_bccd = shifted  # type: ignore[assignment]
-            if shown != "as it is":
-                smears.read_image = (  # type: ignore[assignment]
-                    lambda path, *a, c=COLOURS[shown], **k: pasted(read(path, *a, **k), c))
-            try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    m = smears.evaluate_smears(root, Path(tmp), seg, clf, split=split)
-            finally:
-                smears.read_image, smears.load_bccd = read, load  # type: ignore[assignment]
-            det, sub = m["detection"], m["subtype"]
-            row = {"split": split, "field": shown, "detection_f1": round(det["f1"], 4), "ap50": round(det["ap50"], 4),
-                   "missed": det["fn"], "false": det["fp"], "subtype_n": sub["n"],
-                   "subtype_accuracy": round(sub["accuracy"], 4), "macro_f1": round(sub["macro_f1"], 4)}
-            res["rows"].append(row)
-            print(row, flush=True)
+        res["rows"].append(score_split(root, seg, clf, split, "as it is",
+                                       load=lambda r, s="test": items(r, s, moved=False)))
+        for name in args.colours:
+            res["rows"].append(score_split(root, seg, clf, split, name, pasted(COLOURS[name]), items))
     atomic_write_json(args.output, res)
     return 0
 

@@ -15,51 +15,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _smears_shown import add_smear_args, load_parts, score_split
 from reframe_accuracy import eyepiece
 from shift_suite import stray_light
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--splits", nargs="+", default=["val", "train"])
+    add_smear_args(ap, "benchmarks/results/eyepiece_smears.json")
     ap.add_argument("--radius", type=float, default=0.58, help="the field of view's radius / the field's height")
     ap.add_argument("--black", type=float, default=0.0,
                     help="stray light: the black outside the field of view lifted to this (0-255), evenly")
-    ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
-    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/eyepiece_smears.json"))
     args = ap.parse_args(argv)
 
-    import wbc.evaluate.smears as smears
+    from wbc.evaluate.smears import read_image
     from wbc.io import atomic_write_json
-    from wbc.model import load_model
-    from wbc.paths import data_root
-    from wbc.segment import get_segmenter
 
-    root = data_root(args.data)
-    clf, seg = load_model(args.model), get_segmenter("auto")
-    read = smears.read_image
-    res: dict = {"model": clf.model_id, "segmenter": getattr(seg, "model_id", seg.name), "radius": args.radius,
-                 "black": args.black, "rows": []}
+    root, clf, seg, res = load_parts(args)
+    res.update({"radius": args.radius, "black": args.black, "rows": []})
+
+    def photographed(path: Path, *a: object, **k: object) -> np.ndarray:
+        return stray_light(eyepiece(read_image(path, *a, **k), radius=args.radius), args.black)
+
     for split in args.splits:
-        for shown in ("as it is", "through an eyepiece"):
-            smears.read_image = read if shown == "as it is" else (  # type: ignore[assignment]
-                lambda path, *a, **k: stray_light(eyepiece(read(path, *a, **k), radius=args.radius), args.black))
-            try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    m = smears.evaluate_smears(root, Path(tmp), seg, clf, split=split)
-            finally:
-                smears.read_image = read  # type: ignore[assignment]
-            det, sub = m["detection"], m["subtype"]
-            row = {"split": split, "field": shown, "detection_f1": round(det["f1"], 4), "ap50": round(det["ap50"], 4),
-                   "missed": det["fn"], "false": det["fp"], "subtype_n": sub["n"],
-                   "subtype_accuracy": round(sub["accuracy"], 4), "macro_f1": round(sub["macro_f1"], 4)}
-            res["rows"].append(row)
-            print(row, flush=True)
+        res["rows"].append(score_split(root, seg, clf, split, "as it is"))
+        res["rows"].append(score_split(root, seg, clf, split, "through an eyepiece", photographed))
     atomic_write_json(args.output, res)
     return 0
 

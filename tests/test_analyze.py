@@ -282,3 +282,20 @@ def test_a_smear_field_on_a_canvas_is_analysed_within_it(quality) -> None:
     for a, b in zip(sorted(plain.cells, key=lambda c: c.box), sorted(pasted.cells, key=lambda c: c.box), strict=True):
         assert b.box[0] - 90 == pytest.approx(a.box[0], abs=2) and b.box[1] - 60 == pytest.approx(a.box[1], abs=2)
         assert b.prediction is not None and a.prediction is not None and b.prediction.label == a.prediction.label
+
+
+def test_the_black_beside_an_eyepiece_photo_is_not_taken_for_a_canvas() -> None:
+    """An eyepiece photo wider than its round field of view has whole black columns at its sides, as uniform as a
+    canvas. Cutting them as one changed the field the detector sees (BCCD fields so shown: 2 and 5 more false WBCs,
+    validation and train); the field stop is its own case. A field padded with black is still cut to itself."""
+    from wbc.analyze import within_canvas
+
+    rgb, *_ = synthetic_smear(n_wbc=3, seed=2)
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    photo = rgb.copy()
+    photo[np.hypot(xx - w / 2, yy - h / 2) > 0.58 * h] = 0  # the side columns all black
+    assert within_canvas(photo)[1] == (0, 0)
+    padded = cv2.copyMakeBorder(rgb, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    field, offset = within_canvas(padded)
+    assert offset == (40, 40) and field.shape == rgb.shape

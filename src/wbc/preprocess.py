@@ -358,7 +358,8 @@ CANVAS_NEAR = 10
 def canvas_box(rgb: np.ndarray, margin: int | None = None) -> tuple[int, int, int, int] | None:
     """The box (x0, y0, x1, y1) of a smear field pasted onto a canvas (:func:`padding_box`), moved in past up to
     ``margin`` (default :data:`CANVAS_MARGIN`) more near-canvas lines on each side that had a canvas; None when there
-    is none.
+    is none, or when the uniform lines are dark and the field inside them still has a field stop: the black columns
+    beside an eyepiece photo's round field of view (:func:`field_stop_mask`).
 
     >>> page = np.full((300, 400, 3), 255, np.uint8)
     >>> page[50:250, 100:300] = np.random.default_rng(0).integers(0, 200, (200, 200, 3))
@@ -375,6 +376,9 @@ def canvas_box(rgb: np.ndarray, margin: int | None = None) -> tuple[int, int, in
     outside = np.ones((h, w), bool)
     outside[y0:y1, x0:x1] = False
     colour = np.median(rgb[outside], axis=0)
+    inner = rgb[y0:y1, x0:x1]
+    if colour.max() < FLARE_MAX * tenth_brightest(inner[::4, ::4].max(axis=2)) and field_stop_mask(inner) is not None:
+        return None  # black lines of an eyepiece photo's field stop, not a canvas: the field stop is its own case
 
     def near(line: np.ndarray) -> bool:  # the line's median pixel within CANVAS_NEAR of the canvas's colour
         return float(np.median(np.abs(line.astype(np.float32) - colour).max(axis=-1))) <= CANVAS_NEAR
