@@ -4,8 +4,9 @@ All in one run, on the same number of threads (default 2), so the ratios are com
 shared machine. The shipped model is int8 (``wbc quantize``); ``--float-model`` also times the float model
 it was quantised from, and the eager PyTorch figure is for the float network of the same architecture.
 Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC images when the data
-is present (re-framing on, the default; on without the second framing of cells small in their frame; off),
-and the import time of the analysis path (which must not import torch).
+is present (re-framing on, the default; on without the second framing of cells small in their frame; off;
+on, with the network as one multi-threaded session instead of one single-thread session per core), and the
+import time of the analysis path (which must not import torch).
 
     python benchmarks/classify_speed.py --threads 2 --float-model runs/default/model.onnx \
         --output benchmarks/results/classify_speed.json
@@ -36,6 +37,19 @@ def rate(fn, n_items: int, min_seconds: float = 3.0) -> float:
         fn()
         done += n_items
     return done / (time.perf_counter() - t0)
+
+
+class _JointSession:
+    """One session with ``threads`` intra-op threads, in :class:`wbc.runtime.SessionGroup`'s place."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        from wbc.runtime import ort_session
+
+        self.session = ort_session(path, threads, spin=False)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(list(names), {self.input_name: x}))
 
 
 def import_time() -> dict:
@@ -76,6 +90,9 @@ def main() -> None:
                  "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     res["quantization"] = clf.info.extra.get("quantization", {}).get("method", "none (float32)")
     res["onnxruntime_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
+    joint = copy.copy(clf)  # the network as one session with --threads intra-op threads (wbc 0.16.0 and earlier)
+    joint.sessions = _JointSession(clf.path, args.threads)
+    res["onnxruntime_one_session_cells_per_s"] = rate(lambda: joint.run(cells), args.batch, args.seconds)
     if args.float_model:
         ref = load_model(args.float_model, threads=args.threads)
         res["onnxruntime_float_model"] = ref.model_id
@@ -104,9 +121,11 @@ def main() -> None:
         one = copy.copy(clf)
         one.info = dataclasses.replace(clf.info, extra={**clf.info.extra, "reframe": {
             k: v for k, v in dataclasses.asdict(framing_stats_of(clf)).items() if k != "grey"}})
+        # and the network as one multi-threaded session instead of one single-thread session per core
         runs = (("end_to_end_cells_per_s", clf, True), ("end_to_end_tta1_cells_per_s", clf.with_tta(1), True),
                 ("end_to_end_one_framing_cells_per_s", one, True),
-                ("end_to_end_no_reframe_cells_per_s", clf, False))
+                ("end_to_end_no_reframe_cells_per_s", clf, False),
+                ("end_to_end_one_session_cells_per_s", joint, True))
         for rep in range(2):
             for key, model, reframe in runs:
                 t0 = time.perf_counter()

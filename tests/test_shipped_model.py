@@ -75,3 +75,21 @@ def test_shipped_weights_are_the_shipped_model_before_quantisation(real_data: Pa
     torch_pred = predict_logits(net, cells, info.mean, info.std).argmax(1)
     onnx_pred = clf.predict_proba(cells).argmax(1)
     assert len(ok) > 90 and np.mean(torch_pred == onnx_pred) >= 0.97
+
+
+def test_sessions_per_core_answer_as_one_session() -> None:
+    """`wbc.runtime.SessionGroup` shares a batch's rows among single-thread sessions: every row, every output and
+    every batch size (one row, fewer rows than sessions, uneven shares) as one session gives them."""
+    from wbc.runtime import SessionGroup, ort_session
+
+    one = ort_session(DEFAULT_MODEL, 2)
+    group = SessionGroup(DEFAULT_MODEL, threads=3)
+    assert len(group.sessions) == 3
+    x = np.random.default_rng(0).normal(size=(11, 3, 160, 160)).astype(np.float32)
+    for n in (1, 2, 11):
+        want = one.run(["logits", "embedding"], {group.input_name: x[:n]})
+        got = group.run(["logits", "embedding"], x[:n])
+        for a, b in zip(want, got, strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert load_model(threads=1).sessions._pool is None  # one core: one session, no thread hand-off

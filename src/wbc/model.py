@@ -21,7 +21,7 @@ from wbc.errors import ModelError
 from wbc.io import atomic_write_bytes, atomic_write_text
 from wbc.paths import DEFAULT_MODEL
 from wbc.preprocess import centre_crop, prepare_batch
-from wbc.runtime import ort_session
+from wbc.runtime import SessionGroup
 
 METADATA_KEY = "wbc"
 #: Layout of :class:`ModelInfo` as stored. 1 (no ``format_version`` key): stain, cell fraction and colour
@@ -265,8 +265,10 @@ class Classifier:
         self.path = Path(path) if path else DEFAULT_MODEL
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
-        # no busy-waiting between batches: the decoding threads need those cores (see wbc.runtime)
-        self.session = ort_session(self.path, threads, spin=False)
+        # one single-thread session per core, sharing each batch (wbc.runtime.SessionGroup): the decoding threads
+        # need those cores too, and independent calls keep them busier than one multi-threaded call
+        self.sessions = SessionGroup(self.path, threads)
+        self.session = self.sessions.sessions[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise ModelError(f"{self.path}: ONNX file has no wbc metadata (was it exported by `wbc export`?)")
@@ -383,7 +385,7 @@ class Classifier:
         names = [n for n in want if n in self.outputs]
         if self.info.head and "logits" in want and "embedding" not in names:
             names.append("embedding")
-        res = dict(zip(names, self.session.run(names, {self.input_name: x}), strict=True))
+        res = dict(zip(names, self.sessions.run(names, x), strict=True))
         if self.info.head and "logits" in want:
             w = np.asarray(self.info.head["weight"], np.float32)
             b = np.asarray(self.info.head["bias"], np.float32)
