@@ -2,11 +2,14 @@
 and its accuracy, and what each margin would choose.
 
 For each model and each lab folder (``<class>/<cell>.png``, 5-part labels used only to score), the cells are
-prepared as ``wbc adapt --no-labels`` prepares them (the model's own framing), every candidate (no mapping and
-each stain mapping fitted on the lab's pooled colours) is scored by :func:`wbc.adapt_unlabelled.score_probs`,
-and its accuracy is measured as `wbc classify --classes 5part` would give it after adaptation: with the lab's
-class frequencies estimated from the same cells (EM) and applied. A margin "chooses" the best-scoring mapping
-only when it beats no mapping by more than the margin (:func:`wbc.adapt_unlabelled.pick_mapping`).
+prepared as ``wbc adapt --no-labels`` prepares them (the model's own framing, the second framings of ambiguously
+framed cells averaged in; ``--framing lab``: cut at the lab's one magnification, adapt's third framing,
+:func:`wbc.adapt_unlabelled.measure_lab`), every candidate (no mapping and each stain mapping in ``--methods``,
+fitted on the lab's pooled colours) is scored by :func:`wbc.adapt_unlabelled.score_probs`, and its accuracy is
+measured as `wbc classify --classes 5part` would give it after adaptation: with the lab's class frequencies
+estimated from the same cells (EM) and applied; ``--score-over all`` scores over every class, as `wbc adapt
+--no-labels` does without ``--classes``. A margin "chooses" the best-scoring mapping only when it beats no
+mapping by more than the margin (:func:`wbc.adapt_unlabelled.pick_mapping`).
 
     python benchmarks/framed_labs.py --colour --output /tmp/colour_labs
     python benchmarks/bccd_cells.py --split trainval --n 0 --output /tmp/bccd_trainval
@@ -25,14 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=[None], help="classifier ONNX files (default: the shipped model)")
     ap.add_argument("--labs", type=Path, nargs="+", required=True, help="folders of <class>/<cell> images")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.02, 0.05])
+    ap.add_argument("--framing", choices=["own", "lab"], default="own",
+                    help="the model's own framing, or the lab's one magnification")
+    ap.add_argument("--methods", nargs="+", default=["reinhard", "macenko", "histogram"])
+    ap.add_argument("--score-over", choices=["5part", "all"], default="5part",
+                    help="the classes the scores are computed over: `wbc adapt --no-labels --classes 5part`, or "
+                         "every class, as it scores without --classes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/mapping_choice.json"))
     args = ap.parse_args(argv)
 
     import numpy as np
 
-    from wbc.adapt_unlabelled import candidate_views, class_prior_of, pick_mapping, score_probs
-    from wbc.classify import load_cells
+    from wbc.adapt_unlabelled import candidate_views, class_prior_of, measure_lab, pick_mapping, score_probs
+    from wbc.classify import load_cell_views
     from wbc.io import atomic_write_json, iter_image_paths
     from wbc.labels import parse_class_set
     from wbc.model import apply_class_prior, load_model
@@ -46,14 +55,20 @@ def main(argv: list[str] | None = None) -> int:
             paths = [p for p in iter_image_paths([lab]) if p.parent.name in allowed]
             if not paths:
                 raise SystemExit(f"{lab}: no <class>/<image> files of the five WBC types")
-            cells, ok, _ = load_cells(paths, clf.info.input_size, args.threads, reframe=framing_stats_of(clf))
+            stats = (measure_lab(paths, args.threads) if args.framing == "lab" else None) or framing_stats_of(clf)
+            # as `wbc adapt --no-labels` scores them: the second framings of ambiguously framed cells averaged in
+            cells, second, ok, _ = load_cell_views(paths, clf.info.input_size, args.threads, reframe=stats)
             y = np.array([allowed.index(paths[i].parent.name) for i in ok])
             cands, acc = [], {}
-            for name, (_spec, views) in candidate_views(clf, cells, allowed).items():
-                cands.append(score_probs(views, list(allowed), name))
-                probs = apply_class_prior(views[0], list(allowed), class_prior_of(views[0], list(allowed))[0])
+            over = allowed if args.score_over == "5part" else ()
+            five = [clf.classes.index(c) for c in allowed]
+            for name, (_spec, views) in candidate_views(clf, cells, over, tuple(args.methods), second).items():
+                cands.append(score_probs(views, list(over or clf.classes), name))
+                p5 = views[0] if over else views[0][:, five] / views[0][:, five].sum(1, keepdims=True)
+                probs = apply_class_prior(p5, list(allowed), class_prior_of(p5, list(allowed))[0])
                 acc[name] = float((probs.argmax(1) == y).mean())
             row = {"model": clf.model_id, "version": clf.info.version, "lab": str(lab), "n": len(y),
+                   "framing": args.framing, "scored_over": args.score_over,
                    "candidates": {c.name: {"score": round(c.score, 4), "accuracy": round(acc[c.name], 4)}
                                   for c in cands},
                    "chosen": {str(m): pick_mapping(cands, m)[0] for m in args.margins}}

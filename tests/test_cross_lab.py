@@ -356,12 +356,16 @@ def test_adapt_unlabelled_reports_and_keeps_no_mapping_for_training_like_cells(t
     cells = [synthetic_cell(c, 64, i) for i, c in enumerate(list(CLASSES) * 3)]
     for i, c in enumerate(cells):
         write_image(tmp_path / "lab" / f"{i}.png", c)
-    ref = {m: fit_stain_stats(cells, m) for m in ("reinhard", "histogram")}
+    ref = {m: fit_stain_stats(cells, m) for m in ("reinhard", "macenko", "histogram")}
     rng = np.random.default_rng(1)
     model = mean_colour_model(tmp_path / "m.onnx", 32, rng.normal(0, 3, (len(CLASSES), 3)), "tiny",
                               extra={"colour_reference": ref})
     res = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "out.onnx", classes="5part", threads=1)
+    # Macenko is no candidate (wbc.adapt_unlabelled.CANDIDATE_METHODS), though the model has its training colours
     assert {c.name for c in res.candidates} == {"none", "reinhard", "histogram"}
+    asked = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "m2.onnx", classes="5part", threads=1,
+                             methods=("macenko",), framing="band")
+    assert {c.name for c in asked.candidates} == {"none", "macenko"}
     assert res.chosen == "none"  # the lab's colours are the training colours: no mapping can help
     assert res.classes == list(WBC5)
     adapted = load_model(tmp_path / "out.onnx", threads=1)

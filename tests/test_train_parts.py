@@ -121,3 +121,59 @@ def test_training_centre_crop_cuts_where_inference_does() -> None:
         x = np.random.default_rng(side).integers(0, 255, (1, side, side, 3), dtype=np.uint8)
         got = CentreCrop(size)(torch.from_numpy(x[0]).permute(2, 0, 1)).permute(1, 2, 0).numpy()
         np.testing.assert_array_equal(got, centre_crop(x, size)[0])
+
+
+def test_attribute_heads_learn_only_from_given_targets() -> None:
+    import torch
+
+    from wbc.train.attributes import ATTRIBUTES, AttributeHeads
+
+    torch.manual_seed(0)
+    heads = AttributeHeads(8)
+    emb = torch.randn(6, 8, requires_grad=True)
+    none = torch.full((6, len(ATTRIBUTES)), -1)
+    assert float(heads.loss(emb, none).detach()) == 0.0  # a batch of cells without attributes adds nothing
+    some = none.clone()
+    some[:3, 2] = torch.tensor([0, 4, 5])  # three cells' nucleus shape only
+    loss = heads.loss(emb, some)
+    loss.backward()
+    grads = [h.weight.grad for h in heads.heads]
+    assert float(loss.detach()) > 0 and grads[2] is not None and float(grads[2].abs().sum()) > 0
+    assert all(g is None or float(g.abs().sum()) == 0 for k, g in enumerate(grads) if k != 2)
+    assert float(emb.grad[3:].abs().sum()) == 0  # the cells without targets get no gradient from the heads
+
+
+def test_training_with_attributes_reads_them_and_changes_the_network(synthetic_dataset, tmp_path) -> None:
+    """``attributes = "wbcatt"``: the data root's WBCAtt table reaches training (matched by file name, test split
+    never), and its loss changes what the network learns; without the table the run stops with the reason."""
+    import csv
+
+    import torch
+    from rich.console import Console
+
+    from wbc.errors import WbcError
+    from wbc.io import iter_image_paths
+    from wbc.train.attributes import ATTRIBUTES
+    from wbc.train.loop import run_training
+
+    root = tmp_path / "root"
+    (root / "wbcatt").mkdir(parents=True)
+    with (root / "wbcatt" / "pbc_attr_v1_train.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["img_name", "label", *ATTRIBUTES, "path"])
+        classes = sorted(d.name for d in synthetic_dataset.iterdir() if d.is_dir())
+        for p in iter_image_paths([synthetic_dataset]):  # attributes that follow the class, as WBCAtt's do
+            values = [v[classes.index(p.parent.name) % len(v)] for v in ATTRIBUTES.values()]
+            w.writerow([p.name, p.parent.name, *values, str(p)])
+    base = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=32, epochs=2,
+                       batch_size=16, lr=3e-3, patience=0, threads=2, augment=False, seed=3)
+    nets = {}
+    for name, cfg in (("plain", base), ("attributes", base.updated({"attributes": "wbcatt", "attribute_weight": 1.0}))):
+        run = tmp_path / name
+        run_training(cfg, run, data_root=root, console=Console(quiet=True), score_test=False)
+        nets[name] = torch.load(run / "best.pt", weights_only=False)["model"]
+        assert set(nets[name]) == set(nets["plain"])  # the heads are not part of the exported network
+    assert any(not torch.equal(nets["plain"][k], nets["attributes"][k]) for k in nets["plain"])
+    with pytest.raises(WbcError, match="WBCAtt"):
+        run_training(base.updated({"attributes": "wbcatt"}), tmp_path / "none", data_root=tmp_path,
+                     console=Console(quiet=True), score_test=False)

@@ -89,6 +89,10 @@ class TrainConfig:
     # smoothing 0.1 caps a certain network near 0.91: at 0.9 only 2 % of the other lab's cells were used)
     unlabelled_ratio: float = 0.5  # unlabelled cells per step, as a fraction of batch_size
     unlabelled_teacher_views: int = 1  # the teacher names the mean of this many rotations of each (1-4)
+    # morphological attributes as a second signal (wbc.train.attributes): "wbcatt" (WBCAtt's 11 attributes of PBC
+    # cells, under the data root's wbcatt/), learnt by linear heads on the embedding, dropped at export
+    attributes: str = ""
+    attribute_weight: float = 0.5  # weight of their mean cross-entropy next to the class loss
     # review flag
     review_target_accuracy: float = 0.995  # accepted (non-review) val cells must reach this accuracy
     # run
@@ -153,6 +157,8 @@ class TrainConfig:
         if self.unlabelled_crop not in UNLABELLED_CROPS:
             raise ConfigError(f"unlabelled_crop must be one of {', '.join(UNLABELLED_CROPS)}, "
                               f"not {self.unlabelled_crop!r}")
+        if self.attributes not in ("", "wbcatt") or self.attribute_weight < 0:
+            raise ConfigError(f"attributes must be '' or 'wbcatt' (not {self.attributes!r}) and attribute_weight >= 0")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
 

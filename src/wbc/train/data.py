@@ -82,27 +82,29 @@ def decode_all(
 
 
 class CachedCells(Dataset):
-    """(uint8 (3, S, S) tensor, label index) pairs from the cache, augmented on the fly."""
+    """(uint8 (3, S, S) tensor, label index) pairs from the cache, augmented on the fly; with ``attributes``
+    ((N, K) int targets, -1: none; :mod:`wbc.train.attributes`), (tensor, label, attribute targets) triples."""
 
     def __init__(self, cache: np.ndarray, labels: Sequence[int] | np.ndarray,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 alt: np.ndarray | None = None, alt_p: float = 0.0) -> None:
+                 alt: np.ndarray | None = None, alt_p: float = 0.0, attributes: np.ndarray | None = None) -> None:
         self.images = torch.from_numpy(cache).permute(0, 3, 1, 2)  # a view, no copy
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.transform = transform
         # another framing of the same cells (re-framed), drawn with probability alt_p
         self.alt = torch.from_numpy(alt).permute(0, 3, 1, 2) if alt is not None and alt_p > 0 else None
         self.alt_p = alt_p
+        self.attributes = torch.as_tensor(attributes, dtype=torch.long) if attributes is not None else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         frames = self.alt if self.alt is not None and float(torch.rand(())) < self.alt_p else self.images
         x = frames[i].contiguous()
         if self.transform is not None:
             x = self.transform(x)
-        return x, self.labels[i]
+        return (x, self.labels[i]) if self.attributes is None else (x, self.labels[i], self.attributes[i])
 
 
 def class_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> torch.Tensor:

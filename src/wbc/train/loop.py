@@ -64,6 +64,7 @@ class Split:
     images: np.ndarray
     labels: np.ndarray
     alt: np.ndarray | None = None  # the same cells re-framed (cfg.reframe_p), training only
+    attributes: np.ndarray | None = None  # (N, 11) morphological attribute targets (cfg.attributes), training only
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -186,7 +187,15 @@ def fit(
     transform = build_augment(cfg)
     if cfg.centre_crop:  # augment the whole frame (rotations, scale), then keep what the network sees
         transform = v2.Compose([transform, CentreCrop(cfg.centre_crop)])
-    dataset = CachedCells(train.images, train.labels, transform, train.alt, cfg.reframe_p)
+    heads = None
+    if train.attributes is not None and cfg.attribute_weight > 0:  # a second signal: the morphology (attributes.py)
+        if d.enabled:
+            raise WbcError("attributes do not work with --nproc > 1 (their heads sit outside DDP's wrapper)")
+        from wbc.train.attributes import AttributeHeads
+
+        heads = AttributeHeads(net.num_features).to(device)
+    dataset = CachedCells(train.images, train.labels, transform, train.alt, cfg.reframe_p,
+                          train.attributes if heads is not None else None)
     sampler: Any = None
     batch_size = cfg.batch_size
     if d.enabled:  # each process takes its share of every epoch; the global batch stays cfg.batch_size
@@ -202,7 +211,8 @@ def fit(
                         drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers, generator=gen,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
     ul_batches = _unlabelled_batches(cfg, unlabelled, transform, gen, d) if unlabelled is not None else None
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(net.parameters()) + (list(heads.parameters()) if heads is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
@@ -243,26 +253,34 @@ def fit(
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0)
             with _frozen_heap():  # the first epoch forks the worker processes (num_workers > 0) here
                 batches = iter(loader)
-            for x, y in batches:
+            for x, y, *more in batches:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 x = normalise(x, mean, std).contiguous(memory_format=torch.channels_last)
                 if small:
                     x = torch.nn.functional.interpolate(x, size=(small, small), mode="bilinear", antialias=True)
-                if ul_batches is None:
-                    logits = model(x)
-                    loss = loss_fn(logits, y)
-                else:
+                xs = None
+                if ul_batches is not None:
                     xw, xs = (normalise(v.to(device), mean, std) for v in next(ul_batches))
                     if small:
                         xw, xs = (torch.nn.functional.interpolate(v, size=(small, small), mode="bilinear",
                                                                   antialias=True) for v in (xw, xs))
                     pseudo, keep = pseudo_labels(ema.module if ema is not None else net, xw,
                                                   cfg.unlabelled_threshold, cfg.unlabelled_teacher_views)
-                    out = model(torch.cat([x, xs.contiguous(memory_format=torch.channels_last)]))
-                    logits = out[: len(y)]
+                    xs = xs.contiguous(memory_format=torch.channels_last)
+                both = x if xs is None else torch.cat([x, xs])  # one batch: BatchNorm sees the other labs too
+                if heads is not None:  # the embedding feeds the attribute heads too (DDP was refused above)
+                    emb = net.embed(both)
+                    out = net.fc(net.dropout(emb))
+                else:
+                    out = model(both)
+                logits = out[: len(y)]
+                loss = loss_fn(logits, y)
+                if xs is not None:
                     ul_loss = torch.nn.functional.cross_entropy(out[len(y):], pseudo, reduction="none")
-                    loss = loss_fn(logits, y) + cfg.unlabelled_weight * (ul_loss * keep).mean()
+                    loss = loss + cfg.unlabelled_weight * (ul_loss * keep).mean()
                     ul_seen, ul_used = ul_seen + len(keep), ul_used + int(keep.sum())
+                if heads is not None:
+                    loss = loss + cfg.attribute_weight * heads.loss(emb[: len(y)], more[0].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -510,12 +528,22 @@ def run_training(
         console.print(f"{len(unlabelled)} unlabelled cells from {cfg.unlabelled} (cell fraction {fraction:.3f}{crop})",
                       highlight=False)
 
+    attributes = None
+    if cfg.attributes:  # morphological attributes of the training cells (wbc.train.attributes)
+        from wbc.train.attributes import attribute_targets, read_wbcatt
+
+        attributes = attribute_targets([s.path for s in kept], read_wbcatt(root / "wbcatt"))
+        attributes[part == "test"] = -1  # only the cells trained on reach the heads; the test split's never
+        console.print(f"{int((attributes >= 0).any(1).sum())} train/val cells with WBCAtt attributes",
+                      highlight=False)
+
     def subset(mask: np.ndarray, scored: bool = True) -> Split:
         """Images to score are cut to the network's input now; training images keep their frame for augmentation."""
         images = cache[mask]
         if scored:
             return Split(np.ascontiguousarray(centre_crop(images, cfg.centre_crop)), labels[mask])
-        return Split(images, labels[mask], alt_cache[mask] if alt_cache is not None else None)
+        return Split(images, labels[mask], alt_cache[mask] if alt_cache is not None else None,
+                     attributes[mask] if attributes is not None else None)
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     test = subset(part == "test")

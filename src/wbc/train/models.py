@@ -51,7 +51,11 @@ class WbcNet(nn.Module):
         self.num_features = num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.backbone(x).mean((2, 3))))
+        return self.fc(self.dropout(self.embed(x)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding (N, D) the class head reads (and :mod:`wbc.train.attributes`' heads)."""
+        return self.backbone(x).mean((2, 3))
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """logits (N, C), pooled embedding (N, D), class activation maps (N, C, h, w)."""
