@@ -50,9 +50,9 @@ class SessionGroup:
 
     Why not one session with ``threads`` intra-op threads: each of its operators waits for its slowest thread, so
     while `wbc classify`'s decoding threads hold a core, the whole network waits. Independent single-thread calls
-    let the cores stay busy: 2,000 PBC files on 2 cores, 370 against 341 cells/s end to end, and the network alone
-    no slower (`benchmarks/classify_speed.py`, ``end_to_end_*``). The answers are the same: every row is computed
-    by the same graph either way.
+    let the cores stay busy: 2,000 PBC files on 2 cores, 372.9 against 360.0 cells/s end to end in one run, the
+    network alone 723 against 714 (`benchmarks/classify_speed.py`, ``end_to_end_one_session_cells_per_s``). The
+    answers are the same: every row is computed by the same graph either way.
 
     >>> from wbc.paths import DEFAULT_MODEL
     >>> group = SessionGroup(DEFAULT_MODEL, threads=2)

@@ -4,8 +4,9 @@ WBCAtt (Tsutsui et al., NeurIPS 2023; ``wbcatt/`` under the data root) gives 11 
 (cell size and shape, nucleus shape, nuclear-cytoplasmic ratio, chromatin, vacuoles, cytoplasm texture and colour,
 granule type and colour, granularity) for PBC's five WBC classes. Trained to name them from the network's pooled
 embedding as well as the class (one linear head per attribute, dropped at export), the network is asked for the
-morphology behind each class, not only for whatever separates PBC's classes. The heads see only training-split
-cells; a cell without attributes (the other three classes, unlisted files) adds nothing to that loss.
+morphology behind each class, not only for whatever separates PBC's classes. The heads see only the cells trained
+on (never the test split's); a cell without attributes (the other three classes, unlisted files) adds nothing to
+that loss. Measured once, not shipped (docs/generalisation.md, "Tried in wbc 0.17.0").
 """
 
 from __future__ import annotations
