@@ -372,6 +372,7 @@ def test_adapt_unlabelled_reports_and_keeps_no_mapping_for_training_like_cells(t
     assert adapted.info.extra["adapt"]["chosen"] == "none"
     assert adapted.info.preprocessing.stain is None
     assert any("chose none" in line for line in summary_lines(res))
+    assert any(line.startswith("warning: only 24 cells") for line in summary_lines(res))  # too few to choose well
     # the lab's class frequencies, estimated over the chosen label set, travel with the model
     assert set(res.class_prior) == set(WBC5) and sum(res.class_prior.values()) == pytest.approx(1, abs=1e-3)
     assert adapted.info.class_prior == res.class_prior

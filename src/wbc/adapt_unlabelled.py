@@ -99,6 +99,10 @@ MIN_GAIN = 0.1
 LAB_MIN_GAIN = 0.03
 #: Views scored per candidate: identity and one rotation+flip (cells have no up).
 VIEWS = (0, 5)
+#: Below this many cells the choice is mostly the draw's: five draws each of 25 / 50 / 100 of BCCD's 277 train/val
+#: single-cell crops, adapted on and scored on themselves (5-part), 0.800 -> 0.784 on average (one draw -16 points) /
+#: 0.840 -> 0.856 / 0.846 -> 0.864 (docs/generalisation.md, "How many cells"). Fewer are adapted on, with a warning.
+FEW_CELLS = 50
 
 
 @dataclass
@@ -424,6 +428,10 @@ def summary_lines(res: UnlabelledResult) -> list[str]:
         lines.append(f"{c.framing:<8} {c.name:<11} {c.agreement:>9.3f} {c.entropy:>8.3f} {c.diversity:>9.3f} "
                      f"{c.score:>7.3f}  {top}{mark}")
     lines.append(f"chose {res.chosen}: {res.reason}")
+    if res.n_cells < FEW_CELLS:
+        lines.append(f"warning: only {res.n_cells} cells; below {FEW_CELLS} what scores best is mostly the draw's "
+                     "(on another lab's folders of 25 cells adaptation gained nothing on average): give it more of "
+                     "the lab's cells if there are more")
     if res.class_prior:
         mix = ", ".join(f"{c} {v:.0%}" for c, v in sorted(res.class_prior.items(), key=lambda kv: -kv[1]))
         lines.append(f"class frequencies estimated without labels (EM): {mix}; probabilities re-weighted to them")
