@@ -78,15 +78,16 @@ def test_shipped_weights_are_the_shipped_model_before_quantisation(real_data: Pa
 
 
 def test_sessions_per_core_answer_as_one_session() -> None:
-    """`wbc.runtime.SessionGroup` shares a batch's rows among single-thread sessions: every row, every output and
-    every batch size (one row, fewer rows than sessions, uneven shares) as one session gives them."""
+    """`wbc.runtime.SessionGroup` shares a batch's rows among single-thread sessions (a small batch runs as one call
+    on all cores): every row, every output and every batch size (one row, a smear field's few, uneven shares) as one
+    session gives them."""
     from wbc.runtime import SessionGroup, ort_session
 
     one = ort_session(DEFAULT_MODEL, 2)
     group = SessionGroup(DEFAULT_MODEL, threads=3)
     assert len(group.sessions) == 3
-    x = np.random.default_rng(0).normal(size=(11, 3, 160, 160)).astype(np.float32)
-    for n in (1, 2, 11):
+    x = np.random.default_rng(0).normal(size=(40, 3, 160, 160)).astype(np.float32)
+    for n in (1, 2, 11, 40):  # 40 rows: 14 + 13 + 13
         want = one.run(["logits", "embedding"], {group.input_name: x[:n]})
         got = group.run(["logits", "embedding"], x[:n])
         for a, b in zip(want, got, strict=True):

@@ -45,13 +45,18 @@ def ort_session(source: str | os.PathLike[str] | bytes, threads: int = 1, *, spi
         raise ModelError(f"{name}: not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
 
 
+#: A batch is shared among a :class:`SessionGroup`'s sessions from this many rows per session; a smaller one runs as
+#: one call on all of its cores.
+SPLIT_MIN_ROWS = 4
+
+
 class SessionGroup:
     """``threads`` single-thread sessions of one model; :meth:`run` shares a batch's rows among them, in parallel.
 
     Why not one session with ``threads`` intra-op threads: each of its operators waits for its slowest thread, so
     while `wbc classify`'s decoding threads hold a core, the whole network waits. Independent single-thread calls
-    let the cores stay busy: 2,000 PBC files on 2 cores, 372.9 against 360.0 cells/s end to end in one run, the
-    network alone 723 against 714 (`benchmarks/classify_speed.py`, ``end_to_end_one_session_cells_per_s``). The
+    let the cores stay busy: 2,000 PBC files on 2 cores, 369.2 against 352.8 cells/s end to end in one run, the
+    network alone 749 against 738 (`benchmarks/classify_speed.py`, ``end_to_end_one_session_cells_per_s``). The
     answers are the same: every row is computed by the same graph either way.
 
     >>> from wbc.paths import DEFAULT_MODEL
@@ -65,9 +70,13 @@ class SessionGroup:
         self.sessions = [ort_session(source, 1, spin=False) for _ in range(max(1, threads))]
         self.input_name = self.sessions[0].get_inputs()[0].name
         self._pool = ThreadPoolExecutor(len(self.sessions) - 1) if len(self.sessions) > 1 else None
+        # a smear field's few cells: one call on every core answers sooner than a row or two per session
+        self._joint = ort_session(source, len(self.sessions), spin=False) if len(self.sessions) > 1 else None
 
     def run(self, names: Sequence[str], x: np.ndarray) -> list[np.ndarray]:
         """The outputs ``names`` for the input batch ``x``, as ``session.run(names, {input: x})`` gives them."""
+        if self._joint is not None and len(x) < SPLIT_MIN_ROWS * len(self.sessions):
+            return list(self._joint.run(list(names), {self.input_name: x}))
         parts = np.array_split(x, min(len(self.sessions), len(x))) if len(x) > 1 else [x]
         if len(parts) == 1 or self._pool is None:
             return list(self.sessions[0].run(list(names), {self.input_name: x}))
