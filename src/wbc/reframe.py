@@ -266,9 +266,10 @@ def needs_reframe(f: Framing, shape: tuple[int, ...], stats: FramingStats = DEFA
     return not (stats.low <= f.fraction <= stats.high) or off > 0.25 or max(h, w) > 1.4 * min(h, w)
 
 
-#: A padding colour, or how to get it: measuring the background costs a third of a millisecond that a square
-#: inside the image (a zoomed-in second framing, most re-framed cells) never needs.
-Fill = tuple[int, int, int] | Callable[[], tuple[int, int, int]] | None
+#: How to get a square's padding colour, measured only when asked (:func:`lazy_background`): measuring the
+#: background costs a third of a millisecond that a square inside the image (a zoomed-in second framing, most
+#: re-framed cells) never needs.
+Fill = Callable[[], tuple[int, int, int]]
 
 
 def lazy_background(rgb: np.ndarray) -> Callable[[], tuple[int, int, int]]:
@@ -277,16 +278,14 @@ def lazy_background(rgb: np.ndarray) -> Callable[[], tuple[int, int, int]]:
 
 
 def _square(rgb: np.ndarray, cx: float, cy: float, side: int, fill: Fill) -> np.ndarray:
-    """The ``side`` x ``side`` square centred on (cx, cy); beyond the image, ``fill`` (a colour or a callable giving
-    it; default: the image's background colour)."""
+    """The ``side`` x ``side`` square centred on (cx, cy); beyond the image, the colour ``fill()`` gives."""
     x0, y0 = round(cx - side / 2), round(cy - side / 2)
     h, w = rgb.shape[:2]
     top, left = max(0, -y0), max(0, -x0)
     bottom, right = max(0, y0 + side - h), max(0, x0 + side - w)
     src = rgb[max(0, y0) : min(h, y0 + side), max(0, x0) : min(w, x0 + side)]
     if top or left or bottom or right:
-        colour = fill() if callable(fill) else fill if fill is not None else background_colour(rgb)
-        src = cv2.copyMakeBorder(src, top, bottom, left, right, cv2.BORDER_CONSTANT, value=colour)
+        src = cv2.copyMakeBorder(src, top, bottom, left, right, cv2.BORDER_CONSTANT, value=fill())
     return np.ascontiguousarray(src)
 
 
