@@ -5,8 +5,9 @@ shared machine. The shipped model is int8 (``wbc quantize``); ``--float-model`` 
 it was quantised from, and the eager PyTorch figure is for the float network of the same architecture.
 Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC images when the data
 is present (re-framing on, the default; on without the second framing of cells small in their frame; off;
-on, with the network as one multi-threaded session instead of one single-thread session per core), and the
-import time of the analysis path (which must not import torch).
+on, with the network as one multi-threaded session instead of one single-thread session per core; on, with NumPy's
+BLAS left free to use every core as before wbc 0.17.1, see ``wbc.runtime.one_blas_thread``), and the import time
+of the analysis path (which must not import torch).
 
     python benchmarks/classify_speed.py --threads 2 --float-model runs/default/model.onnx \
         --output benchmarks/results/classify_speed.json
@@ -15,6 +16,7 @@ import time of the analysis path (which must not import torch).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -50,6 +52,19 @@ class _JointSession:
 
     def run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
         return list(self.session.run(list(names), {self.input_name: x}))
+
+
+@contextlib.contextmanager
+def blas_free():
+    """`wbc classify` with NumPy's BLAS free to use every core while the network runs (wbc 0.17.0 and earlier)."""
+    import wbc.classify
+
+    held = wbc.classify.predict_cells
+    wbc.classify.predict_cells = held.__wrapped__  # without its one_blas_thread decorator
+    try:
+        yield
+    finally:
+        wbc.classify.predict_cells = held
 
 
 def import_time() -> dict:
@@ -125,13 +140,20 @@ def main() -> None:
         runs = (("end_to_end_cells_per_s", clf, True), ("end_to_end_tta1_cells_per_s", clf.with_tta(1), True),
                 ("end_to_end_one_framing_cells_per_s", one, True),
                 ("end_to_end_no_reframe_cells_per_s", clf, False),
-                ("end_to_end_one_session_cells_per_s", joint, True))
+                ("end_to_end_one_session_cells_per_s", joint, True),
+                ("end_to_end_blas_free_cells_per_s", clf, True))
+        # and the CPU time of all threads per cell, which a busy machine inflates less than the wall clock
+        cpu = res.setdefault("end_to_end_cpu_ms_per_cell", {})
         for rep in range(2):
             for key, model, reframe in runs:
-                t0 = time.perf_counter()
-                out = classify_paths(files, model, batch_size=args.batch, workers=args.threads, reframe=reframe)
+                t0, c0 = time.perf_counter(), time.process_time()
+                with blas_free() if key == "end_to_end_blas_free_cells_per_s" else contextlib.nullcontext():
+                    out = classify_paths(files, model, batch_size=args.batch, workers=args.threads, reframe=reframe)
                 r = len(out.predictions) / (time.perf_counter() - t0)
+                c = (time.process_time() - c0) * 1000 / len(out.predictions)
                 res[key] = max(r, res.get(key, 0.0)) if rep else r
+                name = key.removesuffix("_cells_per_s").removeprefix("end_to_end").lstrip("_") or "default"
+                cpu[name] = min(c, cpu.get(name, c))
         # --tta 4 (what `wbc adapt --no-labels` stores): four network passes per cell
         t0 = time.perf_counter()
         out = classify_paths(files, clf.with_tta(4), batch_size=args.batch, workers=args.threads)

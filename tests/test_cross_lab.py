@@ -329,6 +329,35 @@ def test_config_rejects_unknown_colour_ops() -> None:
     assert TrainConfig().updated({"strong_colour_ops": ["hue", "grey"], "strong_colour_p": 0.5}).strong_colour_p == 0.5
 
 
+def test_adapt_unlabelled_scores_a_seeded_sample_of_a_large_folder(tmp_path) -> None:
+    """A folder larger than ``max_cells`` is scored on a random sample of that size, the same each run, and the
+    report says so; the CLI's default is the library's."""
+    import inspect
+
+    from tests.tiny_models import mean_colour_model
+
+    from wbc.adapt_unlabelled import MAX_CELLS, adapt_unlabelled, summary_lines
+    from wbc.cli.adapt import adapt as adapt_command
+    from wbc.io import write_image
+    from wbc.model import load_model
+
+    for i, c in enumerate(list(CLASSES) * 3):
+        write_image(tmp_path / "lab" / f"{i:02d}.png", synthetic_cell(c, 64, i))
+    model = mean_colour_model(tmp_path / "m.onnx", 32, np.random.default_rng(1).normal(0, 3, (len(CLASSES), 3)),
+                              "tiny")
+    runs = [adapt_unlabelled(model, tmp_path / "lab", tmp_path / f"s{k}.onnx", threads=1, framing="band",
+                             max_cells=10) for k in range(2)]
+    whole = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "all.onnx", threads=1, framing="band", max_cells=0)
+    assert [r.n_cells for r in runs] == [10, 10] and whole.n_cells == 24 and runs[0].n_files == whole.n_files == 24
+    assert runs[0].class_prior == runs[1].class_prior != whole.class_prior  # one sample, drawn alike each run
+    assert any("scored on a random 10 of the folder's 24 images" in line for line in summary_lines(runs[0]))
+    assert not any("random" in line for line in summary_lines(whole))
+    assert load_model(tmp_path / "s0.onnx", threads=1).info.extra["adapt"]["n_files"] == 24
+    with pytest.raises(WbcError, match="max_cells"):
+        adapt_unlabelled(model, tmp_path / "lab", tmp_path / "x.onnx", threads=1, max_cells=-1)
+    assert inspect.signature(adapt_command).parameters["max_cells"].default == MAX_CELLS
+
+
 def test_score_prefers_diverse_consistent_predictions() -> None:
     from wbc.adapt_unlabelled import score_probs
 

@@ -94,3 +94,35 @@ def test_sessions_per_core_answer_as_one_session() -> None:
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     assert load_model(threads=1).sessions._pool is None  # one core: one session, no thread hand-off
+
+
+def test_predict_cells_holds_blas_to_one_thread() -> None:
+    """While a batch is classified, NumPy's BLAS runs on one thread (`wbc.runtime.one_blas_thread`: its idle
+    workers spun on the cores the network needs), and the process's own setting is back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from wbc.classify import predict_cells
+
+    def blas_threads() -> dict[str, int]:
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    clf = load_model()
+    assert clf.info.ood  # the shipped model flags out-of-distribution cells: the products at issue
+    seen: list[dict[str, int]] = []
+    run = clf.run
+
+    def watched_run(cells: np.ndarray, want: tuple[str, ...] = ("logits",)) -> dict[str, np.ndarray]:
+        seen.append(blas_threads())
+        return run(cells, want)
+
+    cells = np.random.default_rng(0).integers(0, 255, (8, 160, 160, 3), dtype=np.uint8)
+    predict_cells(clf, cells)  # its first call imports what loads SciPy's own BLAS, found from the next call on
+    clf.run = watched_run  # type: ignore[method-assign]
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a 2-core machine, whatever this one has
+        before = blas_threads()
+        preds, out = predict_cells(clf, cells)
+        after = blas_threads()
+    assert before and set(before.values()) == {2}
+    assert len(preds) == 8 and out["embedding"].shape[0] == 8
+    assert seen and all(set(s.values()) == {1} for s in seen)
+    assert after == before

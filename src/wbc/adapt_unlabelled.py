@@ -103,6 +103,11 @@ VIEWS = (0, 5)
 #: single-cell crops, adapted on and scored on themselves (5-part), 0.800 -> 0.784 on average (one draw -16 points) /
 #: 0.840 -> 0.856 / 0.846 -> 0.864 (docs/generalisation.md, "How many cells"). Fewer are adapted on, with a warning.
 FEW_CELLS = 50
+#: At most this many of the lab's cells are scored (a seeded random sample of a larger folder): every candidate keeps
+#: its cells in memory in three framings and runs them through the network 18 times, so a lab's whole archive would
+#: take hours and gigabytes, while the scores of a few thousand cells are the folder's to within a hundredth.
+#: ``max_cells`` (``--max-cells``) changes it; 0 scores every cell.
+MAX_CELLS = 2000
 
 
 @dataclass
@@ -130,6 +135,7 @@ class UnlabelledResult:
     framing: str = "band"  # the chosen framing (a key of FRAMINGS, or "model": the model's own)
     tta_views: int = 1  # flips/rotations the adapted model averages per cell
     set_priors: dict[str, dict[str, float]] = field(default_factory=dict)  # per named label set (label_set_priors)
+    n_files: int = 0  # image files in the folder; more than scored when a sample was drawn (MAX_CELLS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -346,10 +352,25 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
     return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors], views[chosen][1][0])
 
 
+def sample_paths(paths: list[Any], max_cells: int, seed: int = 0) -> list[Any]:
+    """``paths`` when there are at most ``max_cells`` (or ``max_cells`` is 0), else a random ``max_cells`` of them
+    drawn with ``seed``, in their own order: the same folder always gives the same sample.
+
+    >>> sample_paths(list(range(10)), 4)
+    [2, 4, 5, 7]
+    >>> sample_paths(list(range(10)), 0) == sample_paths(list(range(10)), 10) == list(range(10))
+    True
+    """
+    if max_cells <= 0 or len(paths) <= max_cells:
+        return list(paths)
+    keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_cells, replace=False))
+    return [paths[int(i)] for i in keep]
+
+
 def adapt_unlabelled(
     model: str | os.PathLike[str] | None, data: str | os.PathLike[str], output: str | os.PathLike[str],
     classes: str | None = None, threads: int = 2, methods: tuple[str, ...] | None = None, prior: bool = True,
-    framing: str = "auto", tta: int = ADAPTED_TTA_VIEWS,
+    framing: str = "auto", tta: int = ADAPTED_TTA_VIEWS, max_cells: int = MAX_CELLS,
 ) -> UnlabelledResult:
     """Choose a framing and a stain mapping for the lab's unlabelled cells in ``data`` by view agreement and
     confidence, estimate the lab's class frequencies (``prior``), and write the model with all three (a copy
@@ -358,7 +379,8 @@ def adapt_unlabelled(
     ``classes``: the label set the lab uses (``"5part"``, ...): the scores and frequencies are computed over
     it, and it is what `wbc classify --classes` will answer with. ``framing``: "auto" (the model's own framing
     unless another of :data:`FRAMINGS`, or the lab's one magnification, scores clearly higher), or "band", "all" or
-    "lab" to fix it. ``tta``: flips/rotations the adapted model averages per cell (1-8). The network's ``.pt``
+    "lab" to fix it. ``tta``: flips/rotations the adapted model averages per cell (1-8). ``max_cells``: the most
+    cells scored, a seeded random sample of a larger folder (:data:`MAX_CELLS`; 0: all). The network's ``.pt``
     weights beside ``model`` are copied beside ``output``, so the output can be fine-tuned with labels.
     """
     from wbc.adapt import _check_output, write_model_copy
@@ -373,7 +395,10 @@ def adapt_unlabelled(
     out = _check_output(output, clf)
     allowed = parse_class_set(classes, clf.classes)
     own = framing_stats_of(clf)
-    paths = list(iter_image_paths([data]))
+    if max_cells < 0:
+        raise WbcError(f"max_cells must be 0 (every cell) or more, got {max_cells}")
+    found = list(iter_image_paths([data]))
+    paths = sample_paths(found, max_cells)
     lab = measure_lab(paths, threads) if framing in ("auto", "lab") else None
     tried = [_score_framing(clf, paths, stats, allowed, methods, threads, data)
              for stats in framing_options(clf, framing, lab)]
@@ -405,7 +430,8 @@ def adapt_unlabelled(
     info.model_id = (f"{clf.model_id}+unlabelled-{chosen}" + ("+prior" if class_prior else "")
                      + (f"+framing-{framing_name(stats)}" if reframed else ""))
     info.extra["adapt"] = {"kind": "no labels", "chosen": chosen, "framing": framing_name(stats),
-                           "reason": why, "n_cells": len(cells), "data": str(data), "classes": list(allowed),
+                           "reason": why, "n_cells": len(cells), "n_files": len(found), "data": str(data),
+                           "classes": list(allowed),
                            "candidates": [asdict(c) for c in cands],
                            "class_prior": {"estimated": bool(class_prior), "method": "EM (Saerens et al. 2002)",
                                            "iterations": iterations}}
@@ -415,7 +441,7 @@ def adapt_unlabelled(
         atomic_write_bytes(out.with_suffix(".pt"), weights.read_bytes())
     return UnlabelledResult(str(out), len(cells), chosen, why, cands, list(allowed or clf.classes),
                             time.perf_counter() - t0, best.skipped, class_prior, framing_name(stats), tta,
-                            set_priors)
+                            set_priors, len(found))
 
 
 def summary_lines(res: UnlabelledResult) -> list[str]:
@@ -428,6 +454,9 @@ def summary_lines(res: UnlabelledResult) -> list[str]:
         lines.append(f"{c.framing:<8} {c.name:<11} {c.agreement:>9.3f} {c.entropy:>8.3f} {c.diversity:>9.3f} "
                      f"{c.score:>7.3f}  {top}{mark}")
     lines.append(f"chose {res.chosen}: {res.reason}")
+    if res.n_files > res.n_cells + len(res.skipped):
+        lines.append(f"scored on a random {res.n_cells + len(res.skipped)} of the folder's {res.n_files} images "
+                     "(--max-cells; 0: every one): enough for the choice, and the model answers every cell")
     if res.n_cells < FEW_CELLS:
         lines.append(f"warning: only {res.n_cells} cells; below {FEW_CELLS} what scores best is mostly the draw's "
                      "(on another lab's folders of 25 cells adaptation gained nothing on average): give it more of "

@@ -30,6 +30,7 @@ from wbc.reframe import (
     frame_cell_views,
     framing_stats_of,
 )
+from wbc.runtime import one_blas_thread
 from wbc.types import Prediction
 
 #: A single-cell image with a side below this cannot show a cell (a 1x1 image is no platelet).
@@ -167,6 +168,7 @@ def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
     return int(views(smear)) if callable(views) else 1
 
 
+@one_blas_thread()  # the out-of-distribution products; see one_blas_thread for why
 def predict_cells(
     classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
     exclude: Sequence[str] = (), classes: Sequence[str] = (), views: int | None = None,

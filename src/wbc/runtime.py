@@ -2,13 +2,17 @@
 
 CPU only, ``threads`` intra-op threads, one inter-op thread, warnings silenced, and an unreadable file turned
 into a one-line :class:`~wbc.errors.ModelError` naming it. :class:`SessionGroup`: one single-thread session per
-core, a batch's rows shared among them, for the classifier's large batches.
+core, a batch's rows shared among them, for the classifier's large batches. :func:`one_blas_thread`: NumPy's
+matrix products on one thread while the network runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +23,7 @@ from wbc.errors import ModelError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+    from threadpoolctl import ThreadpoolController
 
 
 def ort_session(source: str | os.PathLike[str] | bytes, threads: int = 1, *, spin: bool = True) -> ort.InferenceSession:
@@ -88,6 +93,36 @@ class SessionGroup:
         first = self.sessions[0].run(feed, {self.input_name: parts[0]})  # this thread takes a share too
         outs = [first] + [f.result() for f in futures]
         return [np.concatenate([o[i] for o in outs]) for i in range(len(feed))]
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller(modules: int) -> ThreadpoolController:
+    """The loaded BLAS libraries, found again (2 ms) only when ``modules`` (``len(sys.modules)``) says that something
+    was imported since, which may have loaded one (SciPy's own OpenBLAS comes with its first use)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """NumPy's and SciPy's BLAS on one thread inside the block; also a decorator.
+
+    Why: after a product large enough to share, OpenBLAS's worker threads busy-wait for the next one for a while.
+    The out-of-distribution check's few small products a batch (its embeddings times a PCA basis) thus kept a
+    core's worker spinning while ONNX Runtime and the decoding threads needed it: 0.8 core-ms a PBC cell, the
+    network's own cost being about 3 (``benchmarks/classify_speed.py``; `wbc classify` end to end on 2 cores
+    362 -> 403 cells/s in one run). The products themselves take microseconds on one thread. The limit is the
+    process's (BLAS has no per-thread setting; 0.02 ms to set) and is undone at the end of the block; a library
+    first loaded inside a block is held from the next block on.
+
+    >>> import numpy as np
+    >>> with one_blas_thread():
+    ...     (np.ones((64, 1280)) @ np.ones((1280, 32))).shape
+    (64, 32)
+    """
+    with _blas_controller(len(sys.modules)).limit(limits=1, user_api="blas"):
+        yield
 
 
 def usable_cores() -> int:

@@ -43,6 +43,9 @@ def adapt(
                                          "small in wide fields); lab: one magnification for all the lab's "
                                          "cells, set from their median nucleus (keeps their relative "
                                          "sizes).")] = "auto",
+    max_cells: Annotated[int, typer.Option(
+        min=0, help="With --no-labels: score at most this many of the folder's cells, a random sample of a larger "
+        "folder, the same each run (0: every one). The adapted model answers every cell either way.")] = 2000,
     method: Annotated[str, typer.Option(help="finetune: every weight, in PyTorch (more accurate, needs the "
                                         "network's .pt weights); head: refit the last layer only (seconds, "
                                         "no PyTorch).")] = "finetune",
@@ -76,7 +79,7 @@ def adapt(
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
 
         free = adapt_unlabelled(model, data, output, classes=classes, threads=threads, prior=prior,
-                                framing=framing, tta=tta)
+                                framing=framing, tta=tta, max_cells=max_cells)
         for msg in free.skipped:
             console.print(f"[yellow]skipped[/] {msg}", highlight=False)
         for line in summary_lines(free):
