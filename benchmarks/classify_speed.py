@@ -6,7 +6,7 @@ it was quantised from, and the eager PyTorch figure is for the float network of 
 Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC images when the data
 is present (re-framing on, the default; on without the second framing of cells small in their frame; off;
 on, with the network as one multi-threaded session instead of one single-thread session per core; on, with NumPy's
-BLAS left free to use every core as before wbc 0.17.1, see ``wbc.runtime.one_blas_thread``), and the import time
+BLAS left free to use every core as before wbc 0.18.0, see ``wbc.runtime.one_blas_thread``), and the import time
 of the analysis path (which must not import torch).
 
     python benchmarks/classify_speed.py --threads 2 --float-model runs/default/model.onnx \

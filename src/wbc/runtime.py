@@ -109,10 +109,10 @@ def one_blas_thread() -> Iterator[None]:
     """NumPy's and SciPy's BLAS on one thread inside the block; also a decorator.
 
     Why: after a product large enough to share, OpenBLAS's worker threads busy-wait for the next one for a while.
-    The out-of-distribution check's few small products a batch (its embeddings times a PCA basis) thus kept a
-    core's worker spinning while ONNX Runtime and the decoding threads needed it: 0.8 core-ms a PBC cell, the
-    network's own cost being about 3 (``benchmarks/classify_speed.py``; `wbc classify` end to end on 2 cores
-    362 -> 403 cells/s in one run). The products themselves take microseconds on one thread. The limit is the
+    The out-of-distribution check's products each batch (its embeddings times a PCA basis) thus kept a core's worker
+    spinning while ONNX Runtime and the decoding threads needed it: 0.8 core-ms a PBC cell, the network's own cost
+    being about 3; on one thread the products take about 0.05 ms a cell longer (`wbc classify` end to end on 2 cores
+    359.9 -> 393.6 cells/s in one run, ``benchmarks/results/classify_speed_one_blas_thread.json``). The limit is the
     process's (BLAS has no per-thread setting; 0.02 ms to set) and is undone at the end of the block; a library
     first loaded inside a block is held from the next block on.
 
