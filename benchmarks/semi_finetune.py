@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interpolate", type=float, nargs="+", default=[1.0],
                     help="score the fine-tuned weights blended with the original ones, this share fine-tuned "
                          "(1: the fine-tuned network alone; WiSE-FT, Wortsman et al. 2022)")
+    ap.add_argument("--framing", choices=("model", "auto"), default="model",
+                    help="model: the cells framed as the model frames them; auto: each draw's labelled cells "
+                         "choose it without their labels, as `wbc adapt --no-labels` chooses (tried in wbc 0.18.0, "
+                         "not adopted: docs/generalisation.md)")
     ap.add_argument("--output", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
 
@@ -73,9 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         return p5.argmax(1) == labels[idx]
 
     rows = []
+    own_cells = cells
     for seed in args.seeds:
         perm = np.random.default_rng(seed).permutation(len(labels))
         lab, rest = perm[: args.n], perm[args.n :]
+        framing = "model"
+        cells = own_cells
+        if args.framing == "auto":  # chosen on this draw's labelled cells, without their labels
+            from wbc.adapt_unlabelled import choose_framing, framing_name, framing_reason
+
+            best, tried = choose_framing(clf, [paths[ok[i]] for i in lab], "auto", (), (), args.threads)
+            framing = framing_name(best.stats)
+            print(f"seed {seed}: {framing_reason(best, tried)}", flush=True)
+            if best.stats != framing_stats_of(clf):
+                cells, ok_now, _ = load_cells(paths, clf.info.input_size, args.threads, reframe=best.stats)
+                assert ok_now == ok, "the same files must load in every framing"
         half_a, half_b = rest[: len(rest) // 2], rest[len(rest) // 2 :]
         for weight in args.weights:
             t0 = time.perf_counter()
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             for share in args.interpolate:
                 scored = blend_weights(net, tuned, share)
                 right = score(predict_logits(scored, cells[rest], info.mean, info.std), rest)
-                row = {"seed": seed, "weight": weight, "share": share, "threshold": args.threshold,
+                row = {"seed": seed, "framing": framing, "weight": weight, "share": share, "threshold": args.threshold,
                        "labelled": len(lab), "acc_seen_unlabelled": float(right[: len(half_a)].mean()),
                        "acc_unseen": float(right[len(half_a) :].mean()), "acc_all_other": float(right.mean()),
                        "n_seen": len(half_a), "n_unseen": len(half_b), "fit_seconds": secs}

@@ -352,6 +352,29 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
     return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors], views[chosen][1][0])
 
 
+def choose_framing(clf: Any, paths: list[Any], framing: str = "auto", allowed: tuple[str, ...] = (),
+                   methods: tuple[str, ...] | None = None, threads: int = 2, data: object = "",
+                   ) -> tuple[_Framed, list[_Framed]]:
+    """(the framing chosen for the lab's cells ``paths``, every framing scored): the model's own, unless another
+    of :func:`framing_options` (every cell re-framed, the lab's one magnification measured by :func:`measure_lab`)
+    scores clearly higher without labels (:data:`MIN_GAIN`, :data:`LAB_MIN_GAIN`), each under its best colour
+    mapping among ``methods`` (``()``: no mapping)."""
+    lab = measure_lab(paths, threads) if framing in ("auto", "lab") else None
+    tried = [_score_framing(clf, paths, stats, allowed, methods, threads, data)
+             for stats in framing_options(clf, framing, lab)]
+    best = tried[0]  # the model's own framing, unless another scores clearly higher
+    clear = [t for t in tried[1:] if t.score > best.score + (LAB_MIN_GAIN if t.stats.side > 0 else MIN_GAIN)]
+    if clear:
+        best = max(clear, key=lambda t: t.score)
+    return best, tried
+
+
+def framing_reason(best: _Framed, tried: list[_Framed]) -> str:
+    """The framing chosen and every framing's score, for the report: "framing lab (1.400; band 1.340; all 1.355)"."""
+    others = "; ".join(f"{framing_name(t.stats)} {t.score:.3f}" for t in tried if t is not best)
+    return f"framing {framing_name(best.stats)} ({best.score:.3f}" + (f"; {others})" if others else ")")
+
+
 def sample_paths(paths: list[Any], max_cells: int, seed: int = 0) -> list[Any]:
     """``paths`` when there are at most ``max_cells`` (or ``max_cells`` is 0), else a random ``max_cells`` of them
     drawn with ``seed``, in their own order: the same folder always gives the same sample.
@@ -399,17 +422,10 @@ def adapt_unlabelled(
         raise WbcError(f"max_cells must be 0 (every cell) or more, got {max_cells}")
     found = list(iter_image_paths([data]))
     paths = sample_paths(found, max_cells)
-    lab = measure_lab(paths, threads) if framing in ("auto", "lab") else None
-    tried = [_score_framing(clf, paths, stats, allowed, methods, threads, data)
-             for stats in framing_options(clf, framing, lab)]
-    best = tried[0]  # the model's own framing, unless another scores clearly higher
-    clear = [t for t in tried[1:] if t.score > best.score + (LAB_MIN_GAIN if t.stats.side > 0 else MIN_GAIN)]
-    if clear:
-        best = max(clear, key=lambda t: t.score)
+    best, tried = choose_framing(clf, paths, framing, allowed, methods, threads, data)
     stats, cells, spec, chosen, why = best.stats, best.cells, best.spec, best.chosen, best.why
     if len(tried) > 1:
-        others = "; ".join(f"{framing_name(t.stats)} {t.score:.3f}" for t in tried if t is not best)
-        why = f"framing {framing_name(stats)} ({best.score:.3f}; {others}), {why}"
+        why = f"{framing_reason(best, tried)}, {why}"
     cands = [c for t in tried for c in t.candidates]
     reframed = stats != own
     info = copy.deepcopy(clf.info)
