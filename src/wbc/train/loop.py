@@ -270,7 +270,7 @@ def fit(
                 both = x if xs is None else torch.cat([x, xs])  # one batch: BatchNorm sees the other labs too
                 if heads is not None:  # the embedding feeds the attribute heads too (DDP was refused above)
                     emb = net.embed(both)
-                    out = net.fc(net.dropout(emb))
+                    out = net.logits_of(emb)
                 else:
                     out = model(both)
                 logits = out[: len(y)]

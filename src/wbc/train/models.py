@@ -51,11 +51,15 @@ class WbcNet(nn.Module):
         self.num_features = num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.embed(x)))
+        return self.logits_of(self.embed(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled embedding (N, D) the class head reads (and :mod:`wbc.train.attributes`' heads)."""
         return self.backbone(x).mean((2, 3))
+
+    def logits_of(self, emb: torch.Tensor) -> torch.Tensor:
+        """The class head on an embedding from :meth:`embed` (dropout while training)."""
+        return self.fc(self.dropout(emb))
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """logits (N, C), pooled embedding (N, D), class activation maps (N, C, h, w)."""
