@@ -17,14 +17,21 @@ the four rotations, what the fine-tuned model answers (``wbc adapt --tta``, defa
 
     python benchmarks/semi_finetune.py --folder /tmp/bccd_trainval --seeds 0 1 2 --weights 0 --tta 4 \
         --output benchmarks/results/semi_finetune_tta4.json
+
+``--frozen PREFIX...`` keeps some weights fixed (surgical fine-tuning) and ``--members K`` averages K fine-tuned
+copies, as ``wbc adapt --members K`` (both measured in wbc 0.19.0, not adopted: docs/generalisation.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lab_folder import load_lab_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,27 +54,28 @@ def main(argv: list[str] | None = None) -> int:
                     help="model: the cells framed as the model frames them; auto: each draw's labelled cells "
                          "choose it without their labels, as `wbc adapt --no-labels` chooses (tried in wbc 0.18.0, "
                          "not adopted: docs/generalisation.md)")
+    ap.add_argument("--members", type=int, default=1,
+                    help="fine-tuned copies (seeds seed, seed+1, ...) averaged, as `wbc adapt --members K`")
+    ap.add_argument("--frozen", nargs="*", default=[], help="parameter-name prefixes kept fixed "
+                    "(e.g. backbone.conv_stem backbone.blocks.0)")
     ap.add_argument("--output", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
+    if args.members > 1 and args.interpolate != [1.0]:
+        ap.error("--interpolate blends one network with the original; it cannot be used with --members")
 
     import numpy as np
     import torch
 
     from wbc.classify import load_cells
-    from wbc.io import atomic_write_text, iter_image_paths
-    from wbc.labels import parse_class_set, restrict_probabilities
-    from wbc.model import load_model
+    from wbc.io import atomic_write_text
+    from wbc.labels import restrict_probabilities
     from wbc.reframe import framing_stats_of
-    from wbc.train.finetune import blend_weights, finetune, load_weights, mean_view_logits, strong_augment
+    from wbc.train.finetune import blend_weights, finetune_members, mean_view_logits, strong_augment
     from wbc.train.loop import predict_logits
 
-    torch.set_num_threads(args.threads)
-    clf = load_model(args.model)
-    net, info = load_weights(clf.path.with_suffix(".pt"))
-    paths = list(iter_image_paths([args.folder]))
-    cells, ok, _ = load_cells(paths, clf.info.input_size, args.threads, reframe=framing_stats_of(clf))
-    labels = np.array([clf.classes.index(paths[i].parent.name) for i in ok])
-    allowed = parse_class_set("5part", clf.classes)
+    lab = load_lab_folder(args.folder, args.model, args.threads)
+    clf, net, info, paths, ok = lab.clf, lab.net, lab.info, lab.paths, lab.ok
+    cells, labels, allowed = lab.cells, lab.labels, lab.allowed
     strong = strong_augment(clf.info)
     recipe = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
                                 ("label_smoothing", args.label_smoothing)) if v is not None}
@@ -95,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         half_a, half_b = rest[: len(rest) // 2], rest[len(rest) // 2 :]
         for weight in args.weights:
             t0 = time.perf_counter()
-            tuned = finetune(net, cells[lab], labels[lab], info.mean, info.std, seed=seed,
+            tuned = finetune_members(net, cells[lab], labels[lab], info.mean, info.std, args.members, seed=seed,
                              unlabelled=np.concatenate([cells[lab], cells[half_a]]), unlabelled_weight=weight,
-                             unlabelled_threshold=args.threshold, strong=strong, **recipe)
+                             unlabelled_threshold=args.threshold, strong=strong,
+                             frozen=args.frozen, **recipe)
             secs = time.perf_counter() - t0
             for share in args.interpolate:
                 scored = blend_weights(net, tuned, share)
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     if args.output:
         atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
-                                                   "folder": str(args.folder), "recipe": recipe, "summary": summary,
+                                                   "folder": str(args.folder), "recipe": recipe,
+                                                   "frozen": args.frozen, "members": args.members, "summary": summary,
                                                    "draws": rows},
                                                   indent=1) + "\n")
     return 0

@@ -283,3 +283,56 @@ def test_label_free_adaptation_keeps_a_prior_for_the_five_part_answer(tmp_path: 
     assert res.exit_code == 0, res.output
     again = load_model(tmp_path / "lab2.onnx").info
     assert again.class_prior == {} and "class_priors" not in again.extra
+
+
+def test_pick_cells_labels_each_kind_once_and_adapt_reads_its_filled_in_manifest(tmp_path: Path,
+                                                                                  model_path: Path) -> None:
+    """`wbc pick-cells`: a folder of 20 cells of one kind and 2 of each of two others; asked for three, the
+    typical rule takes one of each kind (a random draw of three would most often take the common kind only).
+    The CSV it writes is the manifest `wbc adapt` reads once its label column is filled in."""
+    import csv
+
+    from wbc.adapt import load_labelled_cells
+    from wbc.cli import app
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for label, n in (("neutrophil", 20), ("lymphocyte", 2), ("monocyte", 2)):
+        for i in range(n):
+            write_image(folder / f"{label}_{i}.png", lab_cell(label, rng))
+    (folder / "broken.png").write_bytes(b"not an image")  # skipped, never fatal
+    out = tmp_path / "to_label.csv"
+    args = ["pick-cells", str(folder), "--model", str(model_path), "--n", "3", "-o", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "chose 3 of 24 cells by rule typical" in res.output and "broken.png" in res.output
+    rows = list(csv.DictReader(out.open()))
+    kinds = sorted(Path(r["path"]).name.split("_")[0] for r in rows)
+    assert kinds == ["lymphocyte", "monocyte", "neutrophil"] and all(r["label"] == "" for r in rows)
+    again = tmp_path / "again.csv"
+    assert CliRunner().invoke(app, [*args[:-1], str(again)]).exit_code == 0
+    assert again.read_text() == out.read_text()  # seeded: the same folder, the same choice
+
+    with pytest.raises(WbcError, match="fill in the label column"):
+        load_labelled_cells(out, SIZE)
+    filled = [{"path": r["path"], "label": Path(r["path"]).name.split("_")[0].upper() + "S" if i else ""}
+              for i, r in enumerate(rows)]  # the first row left unlabelled; labels in a lab's own spelling
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "label"])
+        w.writeheader()
+        w.writerows(filled)
+    cells, labels, names, skipped = load_labelled_cells(out, SIZE)
+    assert len(cells) == 2 and labels == [f["label"].lower()[:-1] for f in filled[1:]]  # "MONOCYTES": monocyte
+    assert names == [f["path"] for f in filled[1:]]
+    assert skipped == [f"{out}: 1 of 3 rows have no label"]
+
+
+def test_pick_cells_refuses_an_unknown_rule_and_an_empty_folder(tmp_path: Path, model_path: Path) -> None:
+    from wbc.adapt_select import pick_cells
+
+    with pytest.raises(WbcError, match="unknown rule 'best'"):
+        pick_cells(model_path, tmp_path, rule="best")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WbcError, match="no images found"):
+        pick_cells(model_path, tmp_path / "empty")

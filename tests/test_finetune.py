@@ -104,6 +104,25 @@ def test_finetune_learns_the_new_lab_is_seeded_and_leaves_the_original_alone() -
         finetune(net, cells[:1], y[:1], [0.5] * 3, [0.25] * 3)
 
 
+def test_finetune_keeps_frozen_weights_and_tunes_the_rest() -> None:
+    import torch
+
+    from wbc.train.finetune import finetune
+    from wbc.train.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
+    cells, labels = lab_cells(6, seed=1)
+    y = [CLASSES.index(c) for c in labels]
+    names = [n for n, _ in net.named_parameters()]
+    first = names[0].rsplit(".", 1)[0]  # the first layer's weight and bias
+    tuned = finetune(net, cells, y, [0.5] * 3, [0.25] * 3, epochs=3, batch_size=8, frozen=[first])
+    old, new = dict(net.named_parameters()), dict(tuned.named_parameters())
+    assert all(torch.equal(old[n], new[n]) == n.startswith(first) for n in names)
+    with pytest.raises(WbcError, match="leaves no weight to tune"):
+        finetune(net, cells, y, [0.5] * 3, [0.25] * 3, epochs=1, frozen=[""])
+
+
 def test_unlabelled_cells_add_a_consistency_term_that_is_seeded() -> None:
     """``finetune(unlabelled=...)``: the lab's unlabelled cells change what is learnt, reproducibly."""
     import torch

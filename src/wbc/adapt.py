@@ -243,19 +243,23 @@ def adapt_embeddings(
 def load_labelled_cells(
     data: str | os.PathLike[str], size: int, mapping: dict[str, str] | None = None, reframe: Any = False
 ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-    """Cells (N, S, S, 3), labels, file names, and messages for files that could not be read (skipped).
+    """Cells (N, S, S, 3), labels, file names, and messages for files that could not be read or have no label
+    (skipped).
 
     ``reframe``: as :func:`wbc.classify.load_cells` (the model's framing, so the cells are prepared exactly as
     `wbc classify` will prepare the lab's cells)."""
     from wbc.classify import load_cells
     from wbc.data import load_dataset
 
-    samples = load_dataset(data, mapping=mapping).samples
+    found = load_dataset(data, mapping=mapping).samples
+    samples = [s for s in found if s.label.strip()]  # a manifest's rows not labelled yet (`wbc pick-cells`)
     if not samples:
-        raise WbcError(f"{data}: no labelled images")
+        raise WbcError(f"{data}: no labelled images" + (" (fill in the label column)" if found else ""))
     cells, ok, errors = load_cells([s.path for s in samples], size, reframe=reframe)
+    gaps = len(found) - len(samples)
+    unlabelled = [f"{data}: {gaps} of {len(found)} rows have no label"] if gaps else []
     return (cells, [samples[i].label for i in ok], [str(samples[i].path) for i in ok],
-            [msg for _, msg in errors])
+            unlabelled + [msg for _, msg in errors])
 
 
 def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:

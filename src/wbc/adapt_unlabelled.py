@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from wbc.data import sample_paths
 from wbc.errors import WbcError
 from wbc.model import ADAPTED_TTA_VIEWS, checked_tta_views, label_set_key, without_lab_prior
 from wbc.reframe import CANONICAL, DEFAULT_STATS, FramingStats, framing_stats_of
@@ -373,21 +374,6 @@ def framing_reason(best: _Framed, tried: list[_Framed]) -> str:
     """The framing chosen and every framing's score, for the report: "framing lab (1.400; band 1.340; all 1.355)"."""
     others = "; ".join(f"{framing_name(t.stats)} {t.score:.3f}" for t in tried if t is not best)
     return f"framing {framing_name(best.stats)} ({best.score:.3f}" + (f"; {others})" if others else ")")
-
-
-def sample_paths(paths: list[Any], max_cells: int, seed: int = 0) -> list[Any]:
-    """``paths`` when there are at most ``max_cells`` (or ``max_cells`` is 0), else a random ``max_cells`` of them
-    drawn with ``seed``, in their own order: the same folder always gives the same sample.
-
-    >>> sample_paths(list(range(10)), 4)
-    [2, 4, 5, 7]
-    >>> sample_paths(list(range(10)), 0) == sample_paths(list(range(10)), 10) == list(range(10))
-    True
-    """
-    if max_cells <= 0 or len(paths) <= max_cells:
-        return list(paths)
-    keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_cells, replace=False))
-    return [paths[int(i)] for i in keep]
 
 
 def adapt_unlabelled(

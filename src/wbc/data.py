@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from wbc.errors import WbcError
 from wbc.io import atomic_write_csv, is_image_file
 from wbc.labels import canonical_label
 from wbc.paths import data_root
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,21 @@ def read_manifest(
     return out
 
 
+def sample_paths(paths: list[T], max_cells: int, seed: int = 0) -> list[T]:
+    """``paths`` when there are at most ``max_cells`` (or ``max_cells`` is 0), else a random ``max_cells`` of them
+    drawn with ``seed``, in their own order: the same folder always gives the same sample.
+
+    >>> sample_paths(list(range(10)), 4)
+    [2, 4, 5, 7]
+    >>> sample_paths(list(range(10)), 0) == sample_paths(list(range(10)), 10) == list(range(10))
+    True
+    """
+    if max_cells <= 0 or len(paths) <= max_cells:
+        return list(paths)
+    keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_cells, replace=False))
+    return [paths[int(i)] for i in keep]
+
+
 def cap_per_class(samples: Sequence[Sample], max_per_class: int, seed: int = 0) -> list[Sample]:
     """Up to ``max_per_class`` random samples of every label (all if <= 0), reproducible for a seed and
     in input order within each label, so that fitting statistics on a subset costs bounded time."""
@@ -203,12 +221,12 @@ def load_dataset(
     split: str | None = None,
     mapping: dict[str, str] | None = None,
 ) -> ScanResult:
-    """A class-per-folder directory or a manifest CSV, as samples (one entry point for every command)."""
+    """A class-per-folder directory or a manifest CSV, as samples (one entry point for every command). Labels are
+    read in any known spelling (``Neutrophils``, ``EOSINOPHIL``: :func:`wbc.labels.canonical_label`), a manifest's
+    as a folder's; unknown ones are kept as written."""
     p = Path(source)
     if p.is_file() and p.suffix.lower() == ".csv":
-        samples = read_manifest(p, split=split)
-        if mapping:
-            samples = [Sample(s.path, canonical_label(s.label, mapping) or s.label, s.split, s.fold, s.sha1)
-                       for s in samples]
+        samples = [Sample(s.path, canonical_label(s.label, mapping) or s.label, s.split, s.fold, s.sha1)
+                   for s in read_manifest(p, split=split)]
         return ScanResult(samples)
     return scan_folder(p, mapping)

@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "quantize",
     "adapt",
+    "pick_cells",
     "ood",
     "serve",
     "cases",

@@ -176,6 +176,7 @@ def finetune(
     unlabelled_weight: float = DEFAULTS["unlabelled_weight"],
     unlabelled_threshold: float = DEFAULTS["unlabelled_threshold"],
     strong: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    frozen: Sequence[str] = (),
 ) -> NetT:
     """A fine-tuned copy of ``net`` (the original is untouched).
 
@@ -184,6 +185,7 @@ def finetune(
     ``unlabelled``: the lab's cells without labels, prepared like ``cells``; each step adds ``batch_size`` of
     them in a consistency term (module docstring) weighted ``unlabelled_weight``, their strong view made by
     ``strong`` (required with them; :func:`strong_augment` gives the network's training augmentation).
+    ``frozen``: prefixes of parameter names (``"backbone.conv_stem"``, ``"backbone.blocks.0"``) kept as they are.
     """
     if len(cells) != len(labels) or len(cells) < 2:
         raise WbcError(f"fine-tuning needs at least 2 labelled cells, got {len(cells)}")
@@ -194,13 +196,16 @@ def finetune(
     torch.manual_seed(seed)
     model = copy.deepcopy(net)
     model.eval()  # BatchNorm keeps its training statistics (see the module docstring)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(tuple(frozen)))
+    tuned = [p for p in model.parameters() if p.requires_grad]
+    if not tuned:
+        raise WbcError(f"fine-tuning: frozen={list(frozen)} leaves no weight to tune")
     x = cells_to_batch(cells, mean, std)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     steps_per_epoch = max(1, len(x) // batch_size)
     total = epochs * steps_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(tuned, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=0.1)
     pool = torch.from_numpy(np.ascontiguousarray(unlabelled)).permute(0, 3, 1, 2) if use_unlabelled else None
     step = 0

@@ -1,0 +1,45 @@
+"""A labelled folder of one lab's cells, loaded as the few-shot benchmarks score it: one loader, so
+``semi_finetune.py`` and ``label_choice.py`` see the same cells."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LabFolder:
+    """The model and its PyTorch network, the folder's files, the indices of those that loaded, their cells (framed
+    as the model frames them), class indices, and the five-part label set."""
+
+    clf: Any
+    net: Any
+    info: Any
+    paths: list[Path]
+    ok: list[int]
+    cells: np.ndarray
+    labels: np.ndarray
+    allowed: tuple[str, ...]
+
+
+def load_lab_folder(folder: Path, model: Path | None, threads: int) -> LabFolder:
+    """``folder``'s ``<class>/<cell>`` images, with the model (default: shipped) and the ``.pt`` weights beside it."""
+    import torch
+
+    from wbc.classify import load_cells
+    from wbc.io import iter_image_paths
+    from wbc.labels import parse_class_set
+    from wbc.model import load_model
+    from wbc.reframe import framing_stats_of
+    from wbc.train.finetune import load_weights
+
+    torch.set_num_threads(threads)
+    clf = load_model(model)
+    net, info = load_weights(clf.path.with_suffix(".pt"))
+    paths = list(iter_image_paths([folder]))
+    cells, ok, _ = load_cells(paths, clf.info.input_size, threads, reframe=framing_stats_of(clf))
+    labels = np.array([clf.classes.index(paths[i].parent.name) for i in ok])
+    return LabFolder(clf, net, info, paths, ok, cells, labels, parse_class_set("5part", clf.classes))

@@ -1,0 +1,45 @@
+"""``wbc pick-cells``: which of a lab's cell images to label first for ``wbc adapt``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wbc.cli._app import app
+from wbc.cli._common import ModelOpt, ThreadsOpt, say, warn
+
+
+@app.command("pick-cells")
+def pick_cells(
+    data: Annotated[Path, typer.Argument(help="A folder of the lab's cell images (no labels needed).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write: path,label with the label "
+                                         "column empty, for you to fill in and give to `wbc adapt --data`.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="How many cells to label.")] = 50,
+    model: ModelOpt = None,
+    rule: Annotated[str, typer.Option(help="typical: one cell of each of n kinds the model sees in the folder "
+                                      "(k-means on its embeddings), so rare kinds are labelled too; balanced: "
+                                      "about as many of each class the model names; random.")] = "typical",
+    seed: Annotated[int, typer.Option(help="Seed for the sample of a large folder and the clustering.")] = 0,
+    max_cells: Annotated[int, typer.Option(min=0, help="Look at most at this many of the folder's images, a "
+                                           "seeded random sample of a larger folder (0: every one).")] = 2000,
+    threads: ThreadsOpt = 2,
+    report: Annotated[Path | None, typer.Option(help="Also write what was chosen and how as JSON.")] = None,
+) -> None:
+    """Choose which of a lab's cells to label for `wbc adapt`: cells unlike each other teach more than a random draw."""
+    from wbc.adapt_select import pick_cells as pick
+    from wbc.io import atomic_write_csv, atomic_write_text
+
+    res = pick(model, data, n=n, rule=rule, seed=seed, threads=threads, max_cells=max_cells)
+    for msg in res.skipped:
+        warn(msg, "skipped")
+    atomic_write_csv(output, ("path", "label"), [(p, "") for p in res.paths])
+    if report:
+        atomic_write_text(report, json.dumps(res.to_dict(), indent=2) + "\n")
+    sample = f", a seeded sample of the folder's {res.n_files}" if res.n_sampled < res.n_files else ""
+    say(f"chose {len(res.paths)} of {res.n_read} cells{sample} by rule {res.rule} in {res.seconds:.0f} s -> "
+        f"{output}")
+    say(f"next: fill in its label column (neutrophil, lymphocyte, ...; rows left empty are skipped), then "
+        f"`wbc adapt --data {output} --output my_lab.onnx`")
