@@ -336,3 +336,9 @@ def test_pick_cells_refuses_an_unknown_rule_and_an_empty_folder(tmp_path: Path, 
     (tmp_path / "empty").mkdir()
     with pytest.raises(WbcError, match="no images found"):
         pick_cells(model_path, tmp_path / "empty")
+    folder = write_lab_folder(tmp_path / "lab", n_per_class=2, seed=0)
+    w = np.zeros((len(CLASSES), 3), np.float32)
+    bare = mean_colour_model(tmp_path / "bare.onnx", SIZE, w, "tiny-bare", None, embedding_output=False)
+    with pytest.raises(WbcError, match="no 'embedding' output"):
+        pick_cells(bare, folder, n=2)
+    assert len(pick_cells(bare, folder, n=2, rule="random").paths) == 2
