@@ -329,7 +329,13 @@ def test_pick_cells_labels_each_kind_once_and_adapt_reads_its_filled_in_manifest
 
 
 def test_pick_cells_refuses_an_unknown_rule_and_an_empty_folder(tmp_path: Path, model_path: Path) -> None:
-    from wbc.adapt_select import pick_cells
+    import inspect
+
+    from wbc.adapt_select import MAX_CELLS, pick_cells
+    from wbc.cli.pick_cells import pick_cells as pick_command
+
+    # the command's --max-cells default is written out (no import at start-up); it must be the library's cap
+    assert inspect.signature(pick_command).parameters["max_cells"].default == MAX_CELLS
 
     with pytest.raises(WbcError, match="unknown rule 'best'"):
         pick_cells(model_path, tmp_path, rule="best")

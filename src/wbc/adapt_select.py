@@ -30,7 +30,9 @@ import numpy as np
 from wbc.errors import WbcError
 from wbc.model import Classifier
 
-#: The most cells of a folder looked at: a larger folder is sampled (seeded), as ``wbc adapt --no-labels`` does.
+#: The most cells of a folder looked at, a seeded sample of a larger one (as ``wbc adapt --no-labels`` samples):
+#: the cells are held in memory and clustered. All 10,986 PBC images through a sample of 2,000: 10 s and 0.77 GB
+#: on 2 cores (``wbc pick-cells ../shared/data/pbc``). ``max_cells`` (``--max-cells``) changes it; 0: every cell.
 MAX_CELLS = 2000
 
 
