@@ -132,6 +132,16 @@ def test_wbc_adapt_writes_a_better_model_and_keeps_the_original(tmp_path: Path, 
     assert json.loads((tmp_path / "adapt.json").read_text())["heldout_acc_after"] >= 0.9
     assert json.loads(out.with_suffix(".json").read_text())["head"]["weight"]
     assert accuracy(out) > accuracy(model_path) and accuracy(out) >= 0.9
+    # 30 held-out cells cannot show 99.5 % among the cells they accept: every cell is flagged, and the lab is told
+    # what they do show and how to choose a target they show
+    assert adapted.info.review_threshold == 1.0 and adapted.info.review_target_accuracy == 0.995
+    assert "every cell will be flagged for review: 30 held-out cells show at most" in " ".join(res.output.split())
+    lower = tmp_path / "lower.onnx"
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "--model", str(model_path), "--data", str(data),
+                                   "--output", str(lower), "--review-target", "0.8"])
+    assert res.exit_code == 0 and "every cell will be flagged" not in res.output, res.output
+    kept = load_model(lower).info
+    assert kept.review_target_accuracy == 0.8 and kept.review_threshold < 1.0
 
 
 def test_adapt_rejects_bad_requests(tmp_path: Path, model_path: Path) -> None:
@@ -326,6 +336,21 @@ def test_pick_cells_labels_each_kind_once_and_adapt_reads_its_filled_in_manifest
     assert len(cells) == 2 and labels == [f["label"].lower()[:-1] for f in filled[1:]]  # "MONOCYTES": monocyte
     assert names == [f["path"] for f in filled[1:]]
     assert skipped == [f"{out}: 1 of 3 rows have no label"]
+
+
+def test_adapt_reads_a_labs_own_folder_names_and_names_the_folders_it_cannot(tmp_path: Path) -> None:
+    """LISC's class folders (``eosi``, ``lymp``, ``mixt``): the first two are classes, the third is none and is
+    reported with the --map that would name it, never dropped in silence."""
+    from wbc.adapt import load_labelled_cells
+
+    rng = np.random.default_rng(5)
+    for folder, label in (("eosi", "monocyte"), ("lymp", "lymphocyte"), ("mixt", "neutrophil")):  # colours only
+        (tmp_path / "lab" / folder).mkdir(parents=True)
+        for i in range(2):
+            write_image(tmp_path / "lab" / folder / f"{i}.png", lab_cell(label, rng))
+    cells, labels, _, skipped = load_labelled_cells(tmp_path / "lab", SIZE)
+    assert len(cells) == 4 and sorted(labels) == ["eosinophil"] * 2 + ["lymphocyte"] * 2
+    assert skipped == [f"{tmp_path / 'lab' / 'mixt'}: unknown class folder (--map mixt=CLASS names its class)"]
 
 
 def test_pick_cells_refuses_an_unknown_rule_and_an_empty_folder(tmp_path: Path, model_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 from wbc.calibration import (
     DEFAULT_REVIEW_TARGET_ACCURACY,
     Calibration,
+    accuracy_lower_bound,
     calibrate,
     fit_temperature,
     resolve_review_target,
@@ -34,7 +35,8 @@ def test_calibrate_matches_the_fit_it_replaced(target: float) -> None:
     cal = calibrate(logits, y, target)
     assert isinstance(cal, Calibration)
     assert (cal.temperature, cal.review_threshold, cal.review_target_accuracy, cal.n) == (t, thr, target, len(y))
-    assert set(cal.to_dict()) == {"temperature", "review_threshold", "review_target_accuracy", "n"}
+    assert cal.to_dict() == {"temperature": t, "review_threshold": thr, "review_target_accuracy": target, "n": len(y),
+                             "shown_accuracy": None}
 
 
 def test_accepted_cells_reach_the_target() -> None:
@@ -64,3 +66,34 @@ def test_shipped_model_keeps_its_review_target() -> None:
 def test_calibrate_on_no_cells_is_identity() -> None:
     cal = calibrate(np.zeros((0, 3), np.float32), np.zeros(0, int), 0.99)
     assert cal.temperature == 1.0 and cal.n == 0
+
+
+def test_few_cells_all_right_cannot_vouch_for_the_target() -> None:
+    """25 held-out cells, every one right: the point rule accepts every cell (threshold 0), though 25 cells
+    cannot tell 99.5 % from 90 %; with ``evidence`` (wbc adapt) every cell is flagged, even one the model gives a
+    confidence of exactly 1, and the calibration says what the cells do show."""
+    from wbc.classify import predictions_from_probs
+
+    logits, y = _overconfident(n=25, seed=3)
+    logits[np.arange(25), y] += 20  # every cell right and sure
+    assert calibrate(logits, y, 0.995).review_threshold == 0.0
+    cal = calibrate(logits, y, 0.995, evidence=True)
+    assert cal.review_threshold == 1.0 and round(cal.shown_accuracy, 3) == 0.887
+    assert calibrate(logits, y, 0.85, evidence=True).review_threshold == 0.0  # a target they do show
+
+    from types import SimpleNamespace
+
+    classes = ["a", "b", "c", "d"]
+    sure = SimpleNamespace(classes=classes, info=ModelInfo(classes, 8, [0.0] * 3, [1.0] * 3,
+                                                            review_threshold=cal.review_threshold))
+    flagged = predictions_from_probs(np.array([[1.0, 0.0, 0.0, 0.0]]), sure)
+    assert flagged[0].review and "do not show its review target" in flagged[0].reasons[0]
+
+
+def test_the_threshold_cells_show_keeps_the_accepted_cells_above_the_target() -> None:
+    logits, y = _overconfident(n=4000, seed=4)
+    point, shown = calibrate(logits, y, 0.99), calibrate(logits, y, 0.99, evidence=True)
+    assert shown.temperature == point.temperature and 0 < point.review_threshold < shown.review_threshold < 1
+    p = softmax(logits, shown.temperature)
+    kept = p.max(1) >= shown.review_threshold
+    assert accuracy_lower_bound(int((p.argmax(1) == y)[kept].sum()), int(kept.sum())) >= 0.99

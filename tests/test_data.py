@@ -20,6 +20,18 @@ def test_canonical_labels(raw: str, want: str | None) -> None:
     assert canonical_label(raw) == want
 
 
+@pytest.mark.parametrize(("raw", "want"), [
+    ("eosi", "eosinophil"), ("lymp", "lymphocyte"), ("mixt", None),  # LISC's folders
+    ("NGS", "neutrophil"), ("NGB", "neutrophil"), ("LYT", "lymphocyte"), ("MON", "monocyte"), ("EBO", "erythroblast"),
+    ("MYB", "ig"), ("LYA", None), ("MYO", None),  # Matek's: atypical lymphocytes and blasts are not guessed
+    ("Neutrophil, segmented", "neutrophil"), ("Neutrophil, band", "neutrophil"), ("Metamyelocyte", "ig"),
+    ("Lymphocyte, variant form", None), ("Large Lymph", "lymphocyte"), ("small_lymphocytes", "lymphocyte"),
+    ("SNE", "neutrophil"), ("band cells", "neutrophil"), ("small cells", None), ("neutrophil/eosinophil", None),
+])
+def test_public_datasets_spellings_are_known_and_ambiguous_ones_are_not_guessed(raw: str, want: str | None) -> None:
+    assert canonical_label(raw) == want
+
+
 def test_mapping_renames_before_canonicalising() -> None:
     m = parse_mapping(["band=neutrophil", "SEG = neutrophil"])
     assert canonical_label("band", m) == "neutrophil" and canonical_label("seg", m) == "neutrophil"

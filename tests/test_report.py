@@ -80,6 +80,20 @@ def test_summary_names_the_weakest_classes_and_their_confusions() -> None:
     assert "immature granulocytes (IG)" in text and "mistaken for neutrophils" in text
     assert "never seen" in text  # test split: says the cells were held out
     assert "smudge" in text and "could not be read" in text
+    assert "flags a cell for human review when the model's confidence is below 0.60" in text
+
+
+def test_summary_says_why_a_model_that_reviews_every_cell_does() -> None:
+    """An adapted model whose labelled cells did not show its review target (threshold 1.0) flags every cell,
+    even one it is certain of, and the report says why instead of "confidence below 1.00"."""
+    from wbc.evaluate.metrics import selective_metrics
+
+    m, _ = _case()
+    certain = np.eye(4)  # four cells, each named with confidence 1
+    m["selective"] = selective_metrics(certain, np.arange(len(certain)), 1.0)
+    assert m["selective"]["accepted_fraction"] == 0.0 and m["selective"]["flagged"] == len(certain)
+    text = " ".join(summary_paragraphs(m))
+    assert "flags every cell for human review" in text and "below 1.00" not in text
 
 
 def test_report_html_is_complete_and_offline() -> None:

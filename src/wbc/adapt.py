@@ -171,6 +171,9 @@ class AdaptResult:
     method: str = "head"  # "head" (last layer refit) or "finetune" (every weight)
     heldout_n: int = 0  # cells behind heldout_acc_* (all of them for the head's cross-validation)
     settings: dict[str, Any] = field(default_factory=dict)  # the fine-tuning recipe
+    #: the review target, and the highest one the held-out cells show (``wbc.calibration.shown_accuracy``)
+    review_target_accuracy: float | None = None
+    shown_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -229,12 +232,13 @@ def adapt_embeddings(
 
     best = max(lambdas, key=lambda lam: (round(bal(oof[lam]), 6), lam))
     before = emb_views[0] @ w0.T + b0
-    cal = calibrate(oof[best], y, review_target_accuracy)
+    cal = calibrate(oof[best], y, review_target_accuracy, evidence=True)  # the threshold these few cells show
     w, b = fit(np.arange(n), best)
     res = AdaptResult(
         n_cells=n, counts={classes[c]: int(m) for c, m in zip(present, counts, strict=True)}, lam=best,
         folds=k, heldout_acc_before=float((before.argmax(1) == y).mean()),
         heldout_acc_after=cv[best], temperature=cal.temperature, review_threshold=cal.review_threshold,
+        shown_accuracy=cal.shown_accuracy, review_target_accuracy=cal.review_target_accuracy,
         cv={str(lam): acc for lam, acc in cv.items()}, heldout_n=n, settings={"tta_views": tta_views},
     )
     return w, b, res
@@ -249,17 +253,20 @@ def load_labelled_cells(
     ``reframe``: as :func:`wbc.classify.load_cells` (the model's framing, so the cells are prepared exactly as
     `wbc classify` will prepare the lab's cells)."""
     from wbc.classify import load_cells
-    from wbc.data import load_dataset
+    from wbc.data import UNKNOWN_FOLDER, load_dataset
 
-    found = load_dataset(data, mapping=mapping).samples
+    dataset = load_dataset(data, mapping=mapping)
+    found = dataset.samples
     samples = [s for s in found if s.label.strip()]  # a manifest's rows not labelled yet (`wbc pick-cells`)
     if not samples:
         raise WbcError(f"{data}: no labelled images" + (" (fill in the label column)" if found else ""))
     cells, ok, errors = load_cells([s.path for s in samples], size, reframe=reframe)
     gaps = len(found) - len(samples)
     unlabelled = [f"{data}: {gaps} of {len(found)} rows have no label"] if gaps else []
+    strays = [f"{path}: {why}" + (f" (--map {Path(path).name}=CLASS names its class)" if why == UNKNOWN_FOLDER
+                                  else "") for path, why in dataset.skipped]
     return (cells, [samples[i].label for i in ok], [str(samples[i].path) for i in ok],
-            unlabelled + [msg for _, msg in errors])
+            strays + unlabelled + [msg for _, msg in errors])
 
 
 def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:
@@ -322,7 +329,7 @@ def adapt_model(
                                  tta_views=tta)
     info.head = {"weight": w.astype(np.float32).tolist(), "bias": b.astype(np.float32).tolist()}
     info.temperature = res.temperature
-    info.review_threshold = res.review_threshold
+    info.review_threshold, info.review_target_accuracy = res.review_threshold, target
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
     info.model_id = f"{clf.model_id}+adapt"
     info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds")}

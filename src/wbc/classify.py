@@ -61,7 +61,11 @@ def review_reason(confidence: float, threshold: float) -> str:
     'confidence 0.989, below the review threshold 0.990'
     >>> review_reason(0.61, 0.83)
     'confidence 0.61, below the review threshold 0.83'
+    >>> review_reason(1.0, 1.0)
+    'every cell is reviewed: the cells this model was checked on do not show its review target'
     """
+    if threshold >= 1.0:
+        return "every cell is reviewed: the cells this model was checked on do not show its review target"
     for digits in range(2, 7):
         c, t = f"{confidence:.{digits}f}", f"{threshold:.{digits}f}"
         if c != t:
@@ -79,7 +83,7 @@ def predictions_from_probs(
     for i, p in enumerate(probs):
         k = int(p.argmax())
         conf = float(p[k])
-        review = conf < thr
+        review = conf < thr or thr >= 1.0  # 1.0: no confidence is shown to be enough (a confidence can be 1.0)
         out.append(Prediction(
             label=classes[k],
             confidence=conf,

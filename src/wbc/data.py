@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("path", "label", "split", "fold", "sha1")
 
+#: :func:`scan_folder`'s reason for a folder whose name is no class (:func:`wbc.labels.canonical_label`).
+UNKNOWN_FOLDER = "unknown class folder"
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -74,7 +77,7 @@ def scan_folder(
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         label = canonical_label(folder.name, mapping)
         if label is None:
-            skipped.append((str(folder), "unknown class folder"))
+            skipped.append((str(folder), UNKNOWN_FOLDER))
             continue
         if classes is not None and label not in classes:
             skipped.append((str(folder), f"class {label!r} not used"))

@@ -43,49 +43,102 @@ _ALIASES: dict[str, str] = {
     "basophil": "basophil",
     "baso": "basophil",
     "ba": "basophil",
+    "bas": "basophil",  # Matek et al. 2019 (AML cytomorphology, Munich)
     "eosinophil": "eosinophil",
     "eos": "eosinophil",
     "eo": "eosinophil",
+    "eosi": "eosinophil",  # LISC (Rezatofighi & Soltanian-Zadeh 2011)
     "erythroblast": "erythroblast",
     "nrbc": "erythroblast",
     "nucleated red blood cell": "erythroblast",
+    "nucleated rbc": "erythroblast",
+    "normoblast": "erythroblast",
     "ery": "erythroblast",
+    "erb": "erythroblast",  # PBC's file prefix
+    "ebo": "erythroblast",  # Matek
     "ig": "ig",
     "immature granulocyte": "ig",
     "immature gran": "ig",
+    "promyelocyte": "ig",  # PBC's ig class: promyelocytes, myelocytes and metamyelocytes
+    "myelocyte": "ig",
+    "metamyelocyte": "ig",
+    "pmy": "ig",  # PBC's file prefixes
+    "mmy": "ig",
+    "pmo": "ig",  # Matek: promyelocyte, its bilobed form, myelocyte, metamyelocyte
+    "pmb": "ig",
+    "myb": "ig",
+    "mmz": "ig",
     "lymphocyte": "lymphocyte",
     "lymph": "lymphocyte",
     "ly": "lymphocyte",
+    "lymp": "lymphocyte",  # LISC
+    "lyt": "lymphocyte",  # Matek: typical lymphocyte (its atypical ones, LYA, are left to --map)
     "monocyte": "monocyte",
     "mono": "monocyte",
     "mo": "monocyte",
+    "mon": "monocyte",  # Matek
     "neutrophil": "neutrophil",
     "neut": "neutrophil",
     "ne": "neutrophil",
+    "band": "neutrophil",  # band and segmented neutrophils are one class in PBC, as in a 5-part differential
+    "segmented": "neutrophil",
+    "seg": "neutrophil",
+    "stab": "neutrophil",
+    "pmn": "neutrophil",
+    "bne": "neutrophil",  # PBC's file prefixes
+    "sne": "neutrophil",
+    "ngb": "neutrophil",  # Matek
+    "ngs": "neutrophil",
     "platelet": "platelet",
     "plt": "platelet",
     "thrombocyte": "platelet",
 }
 
+#: Words that qualify a class name without changing the class: CellaVision's "Neutrophil, segmented",
+#: Raabin-WBC's "Large Lymph". "Variant", "reactive" and "atypical" are not among them: whether such cells count
+#: as the class is the lab's call (``--map``).
+_QUALIFIERS = frozenset({"segmented", "seg", "band", "banded", "stab", "small", "large", "mature", "typical",
+                         "normal", "cell", "cells", "form"})
+
 
 def _normalise(name: str) -> str:
-    key = re.sub(r"[_\-\s]+", " ", name.strip().lower())
+    key = re.sub(r"[^0-9a-z]+", " ", name.strip().lower()).strip()
     if key.endswith("s") and key[:-1] in _ALIASES:
         key = key[:-1]
     return key
 
 
+def _lookup(key: str) -> str | None:
+    """``key`` (normalised) as a class: itself, or the one class word it holds beside qualifiers."""
+    if key in _ALIASES:
+        return _ALIASES[key]
+    words = [w[:-1] if w.endswith("s") and w[:-1] in _ALIASES else w for w in key.split()]
+    if not words or not all(w in _ALIASES or w in _QUALIFIERS for w in words):
+        return None
+    named = {_ALIASES[w] for w in words if w in _ALIASES and w not in _QUALIFIERS}  # "band" qualifies a neutrophil
+    named = named or {_ALIASES[w] for w in words if w in _ALIASES}  # ... and is one: "band cells"
+    return named.pop() if len(named) == 1 else None
+
+
 def canonical_label(name: str, mapping: dict[str, str] | None = None) -> str | None:
     """Return the canonical class for ``name``, or None when it is not a known class.
 
-    ``mapping`` (e.g. from ``--map old=new``) is applied first, on the raw or normalised spelling.
+    Public datasets' spellings are known (LISC's ``eosi``, Matek's ``NGS``, CellaVision's ``Neutrophil,
+    segmented``, Raabin-WBC's ``Large Lymph``); cells a lab may or may not count as the class (``Lymphocyte,
+    variant form``, blasts) are not guessed. ``mapping`` (e.g. from ``--map old=new``) is applied first, on the raw
+    or normalised spelling.
+
+    >>> [canonical_label(s) for s in ("eosi", "NGS", "Neutrophil, segmented", "Large Lymph", "MMY")]
+    ['eosinophil', 'neutrophil', 'neutrophil', 'lymphocyte', 'ig']
+    >>> canonical_label("Lymphocyte, variant form") is None, canonical_label("Band")
+    (True, 'neutrophil')
     """
     if mapping:
         for key in (name, _normalise(name)):
             if key in mapping:
                 name = mapping[key]
                 break
-    return _ALIASES.get(_normalise(name))
+    return _lookup(_normalise(name))
 
 
 def parse_mapping(items: list[str] | None) -> dict[str, str]:

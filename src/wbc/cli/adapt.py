@@ -67,9 +67,14 @@ def adapt(
         help="With --method finetune: a folder of the lab's cell images without labels (e.g. the slides to "
              "be counted), learnt from by consistency alongside the labelled cells (2-3x "
              "the fitting time; on BCCD no reliable gain, see docs/generalisation.md).")] = None,
+    review_target: Annotated[float | None, typer.Option(
+        min=0.5, max=0.9999, help="Accuracy the cells left unflagged must be shown to reach on the held-out "
+        "labelled cells (95 % lower bound); default: the model's (0.995). Fewer cells show less: 25 all right "
+        "show 0.887, about 600 show 0.995. Where no threshold shows it, every cell is flagged.")] = None,
 ) -> None:
     """Adapt a classifier to a new lab from a few labelled cells (fine-tunes the network; minutes on a CPU)."""
     from wbc.adapt import MAX_CELLS_WARN, adapt_model, adapt_stain
+    from wbc.calibration import cells_to_show
     from wbc.io import atomic_write_text
     from wbc.labels import parse_mapping
 
@@ -106,7 +111,8 @@ def adapt(
     if method == "head" and (members != 1 or unlabelled is not None):
         raise WbcError("--members and --unlabelled need --method finetune")
     if method == "head":
-        res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping, tta=tta)
+        res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping, tta=tta,
+                          review_target_accuracy=review_target)
     elif method == "finetune":
         from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
@@ -127,6 +133,7 @@ def adapt(
             res = adapt_finetune(model, data, output, checkpoint=checkpoint, stain=stain, seed=seed,
                                  threads=threads, mapping=mapping, epochs=epochs, members=members,
                                  cross_validate=cross_validate, unlabelled=unlabelled, tta=tta,
+                                 review_target_accuracy=review_target,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
         raise WbcError(f"--method {method!r}: choose finetune or head")
@@ -153,6 +160,13 @@ def adapt(
         views = res.settings.get("tta_views", 1)
         console.print(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
                       f"each cell averaged over {views} flips/rotations; the output is float32 ONNX", highlight=False)
+    if res.shown_accuracy is not None and res.review_threshold >= 1.0:
+        console.print(
+            f"[yellow]every cell will be flagged for review:[/] {res.heldout_n} held-out cells show at most "
+            f"{res.shown_accuracy:.1%} accuracy among the cells they accept (95 % lower bound), short of the review "
+            f"target {res.review_target_accuracy:.1%}. Label more cells (about "
+            f"{cells_to_show(res.review_target_accuracy or 0.995)} right in a row show it), or choose a target "
+            "they show with --review-target", highlight=False)
     if res.heldout_acc_after + 1e-9 < res.heldout_acc_before:
         console.print("[yellow]warning:[/] the adapted model did worse on held-out cells than the original; "
                       "check the labels or add cells", highlight=False)

@@ -140,7 +140,7 @@ def evaluate(
     if m["unknown_labels"]["count"]:
         console.print(
             f"[yellow]{m['unknown_labels']['count']} cells with labels the model does not know "
-            f"(not scored): {m['unknown_labels']['labels']}[/]",
+            f"(not scored): {m['unknown_labels']['labels']}; --map OLD=CLASS names them[/]",
             highlight=False,
         )
     for _path, msg in m["unreadable"]:

@@ -155,11 +155,11 @@ def selective_metrics(
     """Accuracy when only the most confident cells are accepted, and what the stored threshold does.
 
     ``accepted_*`` describe the cells whose confidence is at or above ``review_threshold`` (the ones
-    ``wbc classify`` does not flag for review).
+    ``wbc classify`` does not flag for review; none at a threshold of 1.0).
     """
     conf = y_prob.max(axis=1)
     correct = (y_prob.argmax(axis=1) == y_true).astype(float)
-    accepted = conf >= review_threshold
+    accepted = (conf >= review_threshold) & (review_threshold < 1.0)  # 1.0: every cell flagged (wbc.classify)
     return {
         "accuracy_at_coverage": {f"{c:.2f}": coverage_accuracy(conf, correct, c) for c in coverages},
         "review_threshold": float(review_threshold),

@@ -152,7 +152,11 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
         first += " These test cells were set aside before training, so the model had never seen them."
     paras.append(first)
     sel = metrics["selective"]
-    if sel.get("accepted_fraction") is not None and sel["review_threshold"] > 0:
+    if sel.get("accepted_fraction") is not None and sel["review_threshold"] >= 1.0:
+        paras.append(M("This model flags every cell for human review: the labelled cells it was checked on do not "
+                       "show its review target (wbc adapt on a few cells; label more, or choose a target they show "
+                       "with --review-target)."))
+    elif sel.get("accepted_fraction") is not None and sel["review_threshold"] > 0:
         flagged = sel["flagged"]
         acc_ok = sel["accepted_accuracy"]
         threshold = f"{sel['review_threshold']:.2f}"

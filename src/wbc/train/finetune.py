@@ -337,7 +337,8 @@ def adapt_finetune(
                                                   info.std, tta)
     logits_held = logits_held[held]
     before = clf.run(cells[held])["logits"]
-    cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy))
+    cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy),
+                    evidence=True)  # a lab's few cells: the threshold they show, not one they reach by chance
     temp, thr = cal.temperature, cal.review_threshold
     final = tuned(x, y)
     present, counts = np.unique(y, return_counts=True)
@@ -345,12 +346,13 @@ def adapt_finetune(
         n_cells=n, counts={clf.classes[c]: int(m) for c, m in zip(present, counts, strict=True)}, lam=None,
         folds=k, heldout_acc_before=float((before.argmax(1) == y[held]).mean()),
         heldout_acc_after=float((logits_held.argmax(1) == y[held]).mean()), temperature=temp,
-        review_threshold=thr, method="finetune", heldout_n=int(held.sum()),
+        review_threshold=thr, method="finetune", heldout_n=int(held.sum()), shown_accuracy=cal.shown_accuracy,
+        review_target_accuracy=cal.review_target_accuracy,
         settings={**settings, "members": members, "cross_validate": cross_validate, "tta_views": tta,
                   "unlabelled": None if pool is None else {"data": str(unlabelled), "cells": len(pool)}},
     )
     info.head = {}  # the fine-tuned network's own last layer replaces any earlier head refit
-    info.temperature, info.review_threshold = temp, thr
+    info.temperature, info.review_threshold, info.review_target_accuracy = temp, thr, cal.review_target_accuracy
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
     info.model_id = f"{clf.model_id}+finetune" + (f"x{members}" if members > 1 else "")
     if members > 1:

@@ -42,8 +42,9 @@ async function init() {
     state.meta = model.body;
     if (health.body.limits) state.limits = health.body.limits;
     $("mi-model").textContent = `${model.body.model_id} · ${model.body.classes.length} classes`;
-    $("mi-threshold").textContent = model.body.review_threshold > 0
-      ? `${(100 * model.body.review_threshold).toFixed(0)} % confidence` : "off";
+    const thr = model.body.review_threshold;  // 1: every cell reviewed (its labelled cells did not show the target)
+    $("mi-threshold").textContent = thr >= 1 ? "100 % (every cell)"
+      : thr > 0 ? `${(100 * thr).toFixed(0)} % confidence` : "off";
     $("mi-segmenter").textContent = model.body.segmenter.name || "–";
     document.body.dataset.ready = "true";
   } catch (err) {
