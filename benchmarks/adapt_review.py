@@ -9,16 +9,19 @@ those are right. The held-out predictions the threshold was fitted on are kept, 
 on the same draws:
 
 - ``point``: the lowest threshold at which the held-out cells it accepts are at least the target right (the rule
-  `wbc adapt` used until wbc 0.20.0, :func:`wbc.calibration.review_threshold`);
+  `wbc adapt` used up to wbc 0.19.0, :func:`wbc.calibration.review_threshold`);
 - ``shown``: the lowest threshold at which they *show* the target: the one-sided 95 % Clopper-Pearson lower bound
   of their accuracy is at least the target (:func:`wbc.calibration.shown_review_threshold`); none: every cell
   flagged.
 
-Also the rest's expected calibration error with the fitted temperature and with none (T = 1).
+Each rule is scored at the review targets in ``TARGETS`` (what ``wbc adapt --review-target`` asks for). Also the
+rest's expected calibration error with the fitted temperature and with none (T = 1).
 
     python benchmarks/bccd_cells.py --split trainval --n 0 --tight --output /tmp/bccd_tight_trainval
     python benchmarks/adapt_review.py --folder /tmp/bccd_tight_trainval --n 25 50 100 --seeds 0 1 2 \
         --output benchmarks/results/adapt_review.json
+    python benchmarks/adapt_review.py --folder /tmp/bccd_tight_trainval --n 100 --seeds 0 1 2 \
+        --output benchmarks/results/adapt_review_n100_targets.json
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-TARGETS = (0.995, 0.98, 0.95)
+TARGETS = (0.995, 0.98, 0.95, 0.9, 0.85, 0.8)
 
 
 def accepted(conf: np.ndarray, right: np.ndarray, other: np.ndarray, threshold: float) -> dict:
