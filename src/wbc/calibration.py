@@ -1,7 +1,8 @@
 """Confidence calibration (temperature scaling) and the review threshold, fitted on validation data.
 
 Pure numpy/scipy so that both training (at export) and evaluation (to report ECE before and after)
-use the same code.
+use the same code; :func:`under_review` is the one rule of which cells a threshold flags (`wbc classify`,
+`wbc evaluate`), so scipy is imported only where a fit needs it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from wbc.model import softmax
 
@@ -37,6 +37,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """
     if len(labels) == 0:
         return 1.0
+    from scipy.optimize import minimize_scalar  # here: `wbc classify` reads this module for its review rule only
+
     res = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))),
                           bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))
@@ -151,6 +153,16 @@ def shown_accuracy(confidence: np.ndarray, correct: np.ndarray, level: float = E
     n = np.arange(1, len(right) + 1)
     with np.errstate(invalid="ignore"):
         return float(np.nanmax(beta.ppf(1 - level, right, n - right + 1)))
+
+
+def under_review(confidence: np.ndarray | float, threshold: float) -> np.ndarray:
+    """Which cells a review threshold flags: those below it, and every cell at 1.0 (no confidence was shown to be
+    enough, :func:`shown_review_threshold`; a cell can be named with a confidence of exactly 1).
+
+    >>> under_review(np.array([0.5, 0.99, 1.0]), 0.9).tolist(), under_review(1.0, 1.0).tolist()
+    ([True, False, False], True)
+    """
+    return np.asarray(confidence) < threshold if threshold < 1.0 else np.ones(np.shape(confidence), bool)
 
 
 def coverage_accuracy(confidence: np.ndarray, correct: np.ndarray, coverage: float) -> float:

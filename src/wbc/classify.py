@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wbc.calibration import under_review
 from wbc.errors import ImageReadError, ImageTooLargeError
 from wbc.io import decode_image, image_size, read_bytes
 from wbc.labels import parse_class_set, restrict_probabilities
@@ -83,7 +84,7 @@ def predictions_from_probs(
     for i, p in enumerate(probs):
         k = int(p.argmax())
         conf = float(p[k])
-        review = conf < thr or thr >= 1.0  # 1.0: no confidence is shown to be enough (a confidence can be 1.0)
+        review = bool(under_review(conf, thr))
         out.append(Prediction(
             label=classes[k],
             confidence=conf,

@@ -27,7 +27,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from wbc.calibration import coverage_accuracy, expected_calibration_error
+from wbc.calibration import coverage_accuracy, expected_calibration_error, under_review
 from wbc.model import softmax
 
 #: Coverages reported for selective prediction (accept the most confident 90/95/99% of cells).
@@ -159,7 +159,7 @@ def selective_metrics(
     """
     conf = y_prob.max(axis=1)
     correct = (y_prob.argmax(axis=1) == y_true).astype(float)
-    accepted = (conf >= review_threshold) & (review_threshold < 1.0)  # 1.0: every cell flagged (wbc.classify)
+    accepted = ~under_review(conf, review_threshold)
     return {
         "accuracy_at_coverage": {f"{c:.2f}": coverage_accuracy(conf, correct, c) for c in coverages},
         "review_threshold": float(review_threshold),
