@@ -122,19 +122,24 @@ def shown_review_threshold(confidence: np.ndarray, correct: np.ndarray, target_a
     >>> shown_review_threshold(conf[:20], correct[:20], 0.995)  # 20 right cannot show 99.5 %
     1.0
     """
-    from scipy.stats import beta
-
-    order = np.argsort(-np.asarray(confidence), kind="stable")
-    conf = np.asarray(confidence)[order]
-    right = np.cumsum(np.asarray(correct)[order])
-    n = np.arange(1, len(conf) + 1)
-    with np.errstate(invalid="ignore"):  # no right cell yet: no bound (nan, never >= the target)
-        lower = beta.ppf(1 - level, right, n - right + 1)
+    conf, lower = _accepted_lower_bounds(confidence, correct, level)
     ok = np.nonzero(lower >= target_accuracy)[0]
     if len(ok) == 0:
         return 1.0
     k = ok[-1]  # accept the k+1 most confident cells
     return 0.0 if k == len(conf) - 1 else float(conf[k])
+
+
+def _accepted_lower_bounds(confidence: np.ndarray, correct: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences sorted high to low, and for each k the lower bound of the k+1 most confident cells' accuracy
+    (:func:`accuracy_lower_bound`; nan while none of them is right)."""
+    from scipy.stats import beta
+
+    order = np.argsort(-np.asarray(confidence), kind="stable")
+    right = np.cumsum(np.asarray(correct)[order])
+    n = np.arange(1, len(right) + 1)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(confidence)[order], beta.ppf(1 - level, right, n - right + 1)
 
 
 def shown_accuracy(confidence: np.ndarray, correct: np.ndarray, level: float = EVIDENCE_LEVEL) -> float:
@@ -144,15 +149,8 @@ def shown_accuracy(confidence: np.ndarray, correct: np.ndarray, level: float = E
     >>> round(shown_accuracy(np.ones(25), np.ones(25, bool)), 3)
     0.887
     """
-    order = np.argsort(-np.asarray(confidence), kind="stable")
-    right = np.cumsum(np.asarray(correct)[order])
-    if len(right) == 0 or right[-1] == 0:
-        return 0.0
-    from scipy.stats import beta
-
-    n = np.arange(1, len(right) + 1)
-    with np.errstate(invalid="ignore"):
-        return float(np.nanmax(beta.ppf(1 - level, right, n - right + 1)))
+    _, lower = _accepted_lower_bounds(confidence, correct, level)
+    return float(np.nanmax(lower)) if np.any(lower > 0) else 0.0
 
 
 def under_review(confidence: np.ndarray | float, threshold: float) -> np.ndarray:
