@@ -13,7 +13,9 @@ adaptation can come from trainval while ``wbc evaluate-smears`` scores the test 
 
 ``--tight`` writes the cells as a lab's own single-cell images would come instead: the annotated box (its longer
 side x 1.1, the window kept inside the field, so nothing is mirrored) at the field's resolution, the cell
-filling the image; ``wbc classify`` re-frames such crops itself.
+filling the image; ``wbc classify`` re-frames such crops itself. ``--whole-field`` writes each field whole, halved
+to 320 x 240 (a JPEG of quality 95), as the widely used Kaggle "Blood Cell Images" release shows BCCD's cells: the
+WBC wherever it lies in the field, among crowded red cells.
 """
 
 from __future__ import annotations
@@ -49,6 +51,27 @@ def tight_bccd_cells(root: Path) -> tuple[list[np.ndarray], list[str], list[str]
     return cells, labels, names
 
 
+def whole_bccd_fields(root: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """BCCD's single-WBC fields, whole, halved to 320 x 240 (where the WBC lies is not used)."""
+    import csv
+
+    import cv2
+
+    from wbc.io import read_image
+
+    cells, labels, names = [], [], []
+    with (root / "bccd" / "single_wbc_labels.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            label = row["label"].strip().lower()
+            path = root / "bccd" / "JPEGImages" / f"{row['image']}.jpg"
+            if label not in BCCD_CLASSES or not path.is_file():
+                continue
+            cells.append(cv2.resize(read_image(path), (320, 240), interpolation=cv2.INTER_AREA))
+            labels.append(label)
+            names.append(row["image"])
+    return cells, labels, names
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", type=Path, required=True, help="folder to write <class>/<field>.png into")
@@ -62,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--tight", action="store_true", help="the annotated box at the field's resolution, the cell "
                     "filling the image (a lab's own crops), instead of wbc analyze's crops")
+    ap.add_argument("--whole-field", action="store_true", help="each field whole, halved to 320 x 240, as JPEG "
+                    "(the Kaggle 'Blood Cell Images' release of BCCD), instead of wbc analyze's crops")
     args = ap.parse_args(argv)
 
     from wbc.crops import cell_fraction_of
@@ -78,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         names_in_split |= set(split_file.read_text().split())
     if args.exclude:
-        names_in_split -= {p.stem for p in args.exclude.glob("*/*.png")}
-    if args.tight:
+        names_in_split -= {p.stem for p in args.exclude.glob("*/*.*")}
+    if args.whole_field:
+        cells, labels, names = whole_bccd_fields(root)
+    elif args.tight:
         cells, labels, names = tight_bccd_cells(root)
     else:
         clf = load_model(args.model)
@@ -88,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     idx = list(np.random.default_rng(args.seed).permutation(idx))
     if args.n:
         idx = idx[: args.n]
+    suffix = ".jpg" if args.whole_field else ".png"
     for i in idx:
-        write_image(args.output / labels[i] / f"{names[i]}.png", cells[i])
+        write_image(args.output / labels[i] / f"{names[i]}{suffix}", cells[i])
     counts = Counter(labels[i] for i in idx)
     print(f"wrote {len(idx)} cells of BCCD {args.split} to {args.output}: "
           + ", ".join(f"{c} {k}" for c, k in counts.most_common()))

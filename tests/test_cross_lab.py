@@ -60,6 +60,33 @@ def test_no_nucleus_means_no_reframe() -> None:
     assert np.array_equal(out, cv2.resize(blank, (64, 64), interpolation=cv2.INTER_AREA))
 
 
+def _pale_field(nucleus: bool = True) -> np.ndarray:
+    """A pale, blurred stain as in BCCD's fields: the nucleus no darker than the red cells in its smallest channel,
+    only bluer; red cells crowd the centre, the WBC sits off it."""
+    field = np.full((240, 320, 3), (222, 226, 232), np.uint8)  # bluish glass
+    for x, y in [(160, 120), (190, 100), (130, 140), (40, 40), (280, 200), (70, 200)]:
+        cv2.circle(field, (x, y), 24, (214, 150, 160), -1)  # pink red cells: smallest channel ~0.67 of the glass
+    if nucleus:
+        cv2.circle(field, (240, 80), 36, (200, 175, 205), -1)  # pale cytoplasm
+        cv2.ellipse(field, (240, 80), (26, 22), 20, 0, 360, (160, 150, 214), -1)  # pale, blue nucleus
+    return cv2.GaussianBlur(field, (0, 0), 2)
+
+
+def test_a_pale_nucleus_is_found_by_its_colour_where_red_cells_are_as_dark() -> None:
+    """In the smallest channel a pale nucleus is no darker than the red cells around it, and the two merge into one
+    component; in red it stands out, as red cells are almost as light as the glass (BCCD's fields 320 x 240: a nucleus
+    found in 241 of 277 against 184; fails on wbc 0.20.0's code)."""
+    f = measure_framing(_pale_field())
+    assert f.found
+    assert abs(f.cx - 240) < 12 and abs(f.cy - 80) < 12
+    assert 0.15 < f.fraction < 0.3  # the nucleus' ~52 px of the 240 px side
+
+
+def test_pale_red_cells_are_no_nucleus() -> None:
+    """Without a WBC the same field has nothing nucleus-like: red cells are redder than blue, however central."""
+    assert not measure_framing(_pale_field(nucleus=False)).found
+
+
 def test_reframe_brings_tight_and_wide_cells_to_the_target_fraction() -> None:
     img = _cell(size=240)
     tight = np.ascontiguousarray(img[60:180, 60:180])  # the cell fills the frame

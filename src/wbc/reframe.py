@@ -11,7 +11,9 @@ PBC-like input sees what it saw before; only a cell whose nucleus is small for i
 any cell at half the scale, is scored a second time re-framed (:func:`frame_cell_views`, ``FramingStats.grey``).
 
 The nucleus, not the whole cell, is measured: it is the darkest, most saturated part of every stained WBC
-whatever the stain, while pale cytoplasm merges with red cells and background. Lobes are merged by a
+whatever the stain, while pale cytoplasm merges with red cells and background. Where a pale stain leaves the
+nucleus no darker than the red cells, it is looked for again in red, where it is still blue and the red cells are
+nearly as light as the glass (:data:`PALE_NUCLEUS`). Lobes are merged by a
 morphological closing, so the extent (the larger side of the nucleus' bounding box) follows the cell's size
 for lobed and round nuclei alike.
 """
@@ -108,7 +110,8 @@ class Framing:
     extent: float  # the larger side of the nucleus' bounding box, pixels
     fraction: float  # extent / the image's shorter side
     found: bool = True
-    brightness: float = 0.0  # nucleus min channel / background min channel (nuclei < MAX_NUCLEUS_BRIGHTNESS)
+    brightness: float = 0.0  # nucleus / background in the smallest channel (< MAX_NUCLEUS_BRIGHTNESS), or in red
+    # for a pale nucleus (PALE_NUCLEUS)
 
     @classmethod
     def not_found(cls, shape: tuple[int, ...], brightness: float = 0.0) -> Framing:
@@ -149,6 +152,22 @@ def _small(rgb: np.ndarray) -> np.ndarray:
 MAX_NUCLEUS_BRIGHTNESS = 0.62
 
 
+#: Where no central object is dark enough to be a nucleus, the frame is looked at again in red: a pale stain or a
+#: blurred camera lifts a nucleus above :data:`MAX_NUCLEUS_BRIGHTNESS` (BCCD's: median 0.54 of the glass in the
+#: smallest channel, 5-95 % 0.45-0.69, as dark as its red cells there), but in red the red cells are nearly as light as
+#: the glass (0.87-0.92) and the nucleus is not (0.45-0.81). What is found there counts when it is at most this bright
+#: in red, bluer than red (blue minus red, relative to the glass, 0.25-0.46 in BCCD's nuclei, 0.10-0.32 in PBC's; red
+#: cells and the pale objects of PBC's platelet crops -0.2 to 0.04) and nucleus-sized (of the frame's shorter side):
+#: (brightness, blueness, extent), chosen on the components of BCCD's train/val fields and PBC training crops.
+PALE_NUCLEUS = (0.8, 0.1, 0.12)
+
+
+def _pale_nucleus(brightness: float, blue: np.ndarray, where: np.ndarray, extent: float) -> bool:
+    """Whether a component found in red is a pale nucleus (:data:`PALE_NUCLEUS`)."""
+    top, min_blue, min_extent = PALE_NUCLEUS
+    return brightness <= top and extent >= min_extent and float(np.median(blue[where])) >= min_blue
+
+
 def _near_black(rgb: np.ndarray, small_size: tuple[int, int]) -> np.ndarray | None:
     """Where ``rgb`` is near-black (its brightest channel below :data:`wbc.preprocess.FIELD_STOP_LEVEL` of the
     background's), with a pixel's rim, as a mask at ``small_size`` (w, h); None when nowhere. Found at ``rgb``'s own
@@ -181,41 +200,70 @@ def measure_framing(rgb: np.ndarray) -> Framing:
     h, w = rgb.shape[:2]
     small = _small(rgb)
     sh, sw = small.shape[:2]
-    scale = sw / w
     m = np.ascontiguousarray(_min_channel(small))
     bg = tenth_brightest(m)
     black = _near_black(rgb, (sw, sh))
     if black is not None:
         m[black] = round(bg)
+    box, bright = _central_nucleus(m, bg)
+    if box is None:  # a pale stain: the nucleus may stand out only in red, where red cells are as light as glass
+        red = np.ascontiguousarray(small[..., 0])
+        red_bg = tenth_brightest(red)
+        if black is not None:
+            red[black] = round(red_bg)
+        blue = (small[..., 2].astype(np.float32) - small[..., 0]) / max(bg, 1.0)
+        box, pale = _central_nucleus(red, red_bg, blue)
+        bright = pale if box is not None else bright
+    if box is None:
+        return Framing.not_found(rgb.shape, bright)
+    x, y, bw, bh = box
+    scale = sw / w
+    extent = max(bw, bh) / scale
+    return Framing((x + bw / 2) / scale, (y + bh / 2) / scale, extent, extent / min(h, w), True, bright)
+
+
+def _dark_mask(m: np.ndarray) -> np.ndarray:
+    """Otsu's darker class of ``m``, or, when that class is clearly bimodal, its darker half (the first threshold
+    often splits background from everything stained; the second separates nuclei from red cells)."""
     flat = m.reshape(-1)
     thr, _ = cv2.threshold(m, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
-    # a second Otsu among the darker class separates nuclei from red cells (the first often splits
-    # background from everything stained); kept when that class is clearly bimodal
     dark = flat[flat <= thr]
     if dark.size > 16:
         thr2, _ = cv2.threshold(dark.reshape(1, -1), 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
         lo, hi = dark[dark <= thr2], dark[dark > thr2]
         if lo.size > 0.05 * dark.size and hi.size and float(hi.mean()) - float(lo.mean()) > 25:
             thr = thr2
-    mask = (m <= thr).astype(np.uint8)
-    closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _KERNEL)
+    return (m <= thr).astype(np.uint8)
+
+
+def _central_nucleus(
+    m: np.ndarray, bg: float, blue: np.ndarray | None = None
+) -> tuple[tuple[int, int, int, int] | None, float]:
+    """The box (x, y, w, h) of the component of ``m``'s dark class nearest the centre (then the largest), lobes
+    merged by a closing, and its brightness relative to ``bg``; the box is None when that component is no nucleus
+    (brighter than :data:`MAX_NUCLEUS_BRIGHTNESS`) or there is none. ``blue`` given: ``m`` is the red channel, and
+    only pale nuclei (:func:`_pale_nucleus`) are candidates."""
+    sh, sw = m.shape[:2]
+    closed = cv2.morphologyEx(_dark_mask(m), cv2.MORPH_CLOSE, _KERNEL)
     n, lab, stats, cents = cv2.connectedComponentsWithStats(closed, connectivity=8)
     min_area = max(3, int(0.002 * sw * sh))
-    best, best_score = -1, np.inf
+    best, best_score, bright = -1, np.inf, 1.0
     for i in range(1, n):
         area = stats[i, cv2.CC_STAT_AREA]
         if area < min_area:
             continue
+        where = lab == i
+        b = float(np.median(m[where])) / max(bg, 1.0)
+        if blue is not None and not _pale_nucleus(b, blue, where, max(stats[i, 2], stats[i, 3]) / min(sw, sh)):
+            continue  # red cells: redder than blue
         dist = float(np.hypot(cents[i][0] - sw / 2, cents[i][1] - sh / 2)) / max(sw, sh)
         score = dist - 0.5 * float(np.sqrt(area / (sw * sh)))  # central first, then large
         if score < best_score:
-            best, best_score = i, score
-    bright = float(np.median(m[lab == best])) / max(bg, 1.0) if best >= 0 else 1.0
-    if bright > MAX_NUCLEUS_BRIGHTNESS:
-        return Framing.not_found(rgb.shape, bright)
+            best, best_score, bright = i, score, b
+    if best < 0 or (blue is None and bright > MAX_NUCLEUS_BRIGHTNESS):
+        return None, bright  # nothing, or the central object is red cells or a platelet: not a nucleus
     x, y, bw, bh = (int(v) for v in stats[best, :4])
-    extent = max(bw, bh) / scale
-    return Framing((x + bw / 2) / scale, (y + bh / 2) / scale, extent, extent / min(h, w), True, bright)
+    return (x, y, bw, bh), bright
 
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
