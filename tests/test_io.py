@@ -123,3 +123,32 @@ def test_atomic_csv_leaves_no_temp_files(tmp_path: Path) -> None:
     atomic_write_csv(tmp_path / "out.csv", ["a", "b"], [[1, 2]])
     assert (tmp_path / "out.csv").read_text() == "a,b\n1,2\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_a_gif_in_a_folder_is_read_and_a_folder_of_other_files_says_what_it_holds(tmp_path: Path) -> None:
+    """A folder of GIFs was skipped in silence and reported as holding no image files; a folder of another format
+    (JPEG 2000) said only that, as if empty."""
+    from PIL import Image
+
+    from wbc.errors import WbcError
+    from wbc.io import no_images_message
+
+    cell = synthetic_cell("neutrophil", 64, 0)
+    Image.fromarray(cell).convert("P").save(tmp_path / "cell.gif")
+    assert list(iter_image_paths([tmp_path])) == [tmp_path / "cell.gif"]
+    assert read_image(tmp_path / "cell.gif").shape == (64, 64, 3)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("a.jp2", "b.jp2", "notes.txt"):
+        (other / name).write_bytes(b"x")
+    msg = no_images_message([other])
+    assert msg.startswith(f"no image files in {other}: 3 other files (.jp2 2, .txt 1)")
+    assert "\n" not in msg
+    (tmp_path / "empty").mkdir()
+    assert no_images_message([tmp_path / "empty"]).endswith("it holds no files")
+
+    from wbc.batch import plan_jobs
+
+    with pytest.raises(WbcError, match=r"\.jp2 2"):
+        plan_jobs([other])

@@ -26,7 +26,7 @@ import cv2
 
 from wbc.errors import WbcError
 from wbc.formats import json_text, result_to_dict, write_cells_csv, write_differential_csv, write_errors_csv
-from wbc.io import atomic_write_bytes, decode_image, iter_image_paths, read_image
+from wbc.io import atomic_write_bytes, decode_image, iter_image_paths, no_images_message, read_image
 from wbc.protocols import ClassifierLike, SegmenterLike
 
 #: Pieces of the temporary names that :func:`wbc.io.atomic_write_bytes` gives files before their rename.
@@ -117,7 +117,7 @@ def plan_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[Job]:
     inputs = list(inputs)
     paths = list(iter_image_paths(inputs))
     if not paths:
-        raise WbcError(f"no image files in {', '.join(map(str, inputs))}")
+        raise WbcError(no_images_message(inputs))
     return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)]
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import numpy as np
 from wbc.errors import ImageReadError, ImageTooLargeError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # GIF: its first frame, read by Pillow
 )
 #: Images with more pixels than this are refused (a 20k x 20k scan); callers may tile instead.
 MAX_PIXELS: int = 200_000_000
@@ -280,6 +282,32 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             yield p
         else:
             raise ImageReadError(f"{p}: no such file or folder")
+
+
+def no_images_message(inputs: Iterable[str | os.PathLike[str]]) -> str:
+    """The one-line message for inputs that hold no image file, saying what they hold instead, so a folder of
+    another format is not mistaken for an empty one.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "cell_1.jp2").write_bytes(b"x"), (d / "notes.txt").write_text("x")
+    >>> no_images_message([d]).split(": ", 1)[1]
+    '2 other files (.jp2 1, .txt 1); images end in .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp'
+    """
+    inputs = [Path(i) for i in inputs]
+    suffixes: Counter[str] = Counter()
+    for item in inputs:
+        files = item.rglob("*") if item.is_dir() else [item]
+        for q in itertools.islice(files, 100_000):
+            if q.is_file() and not q.name.startswith("."):
+                suffixes[q.suffix.lower() or "(no extension)"] += 1
+    where = ", ".join(map(str, inputs))
+    if not suffixes:
+        return f"no image files in {where}: it holds no files"
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(suffixes.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
+    n = sum(suffixes.values())
+    return (f"no image files in {where}: {n} other file{'s' if n != 1 else ''} ({kinds}); images end in "
+            + ", ".join(sorted(IMAGE_EXTENSIONS)))
 
 
 def check_output_file(path: str | os.PathLike[str]) -> Path:

@@ -120,13 +120,13 @@ def create_case(
     """Analyse smear fields as one new case, for review in the web page (`wbc serve`, /review)."""
     from wbc.analyze import analyze_image
     from wbc.cases import create_case_from_fields
-    from wbc.io import iter_image_paths, read_image
+    from wbc.io import iter_image_paths, no_images_message, read_image
     from wbc.model import load_model
     from wbc.segment import get_segmenter
 
     files = list(iter_image_paths(paths))
     if not files:
-        raise WbcError(f"no image files in {', '.join(map(str, paths))}")
+        raise WbcError(no_images_message(paths))
     s = open_store(store, must_exist=False)
     clf = load_model(model, threads=threads)
     seg = get_segmenter(segmenter, segmenter_model, threads=threads)

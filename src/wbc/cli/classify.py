@@ -42,13 +42,13 @@ def classify(
     from wbc.classify import classify_paths
     from wbc.cli._common import check_engine
     from wbc.formats import write_predictions_csv
-    from wbc.io import check_output_file, iter_image_paths
+    from wbc.io import check_output_file, iter_image_paths, no_images_message
     from wbc.model import load_model
     from wbc.ood import adapted_without_labels, advice_for, needs_adaptation, ood_warning
 
     files = list(iter_image_paths(paths))
     if not files:
-        raise WbcError(f"no image files in {', '.join(map(str, paths))}")
+        raise WbcError(no_images_message(paths))
     check_engine(engine, ray_address)
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
     clf = load_model(model, threads=threads).with_classes(classes).with_tta(tta)
