@@ -294,14 +294,14 @@ def no_images_message(inputs: Iterable[str | os.PathLike[str]]) -> str:
     >>> no_images_message([d]).split(": ", 1)[1]
     '2 other files (.jp2 1, .txt 1); images end in .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp'
     """
-    inputs = [Path(i) for i in inputs]
+    items = [Path(i) for i in inputs]
     suffixes: Counter[str] = Counter()
-    for item in inputs:
+    for item in items:
         files = item.rglob("*") if item.is_dir() else [item]
         for q in itertools.islice(files, 100_000):
             if q.is_file() and not q.name.startswith("."):
                 suffixes[q.suffix.lower() or "(no extension)"] += 1
-    where = ", ".join(map(str, inputs))
+    where = ", ".join(map(str, items))
     if not suffixes:
         return f"no image files in {where}: it holds no files"
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(suffixes.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
