@@ -252,14 +252,18 @@ def _central_nucleus(
         area = stats[i, cv2.CC_STAT_AREA]
         if area < min_area:
             continue
-        where = lab == i
-        b = float(np.median(m[where])) / max(bg, 1.0)
-        if blue is not None and not _pale_nucleus(b, blue, where, max(stats[i, 2], stats[i, 3]) / min(sw, sh)):
-            continue  # red cells: redder than blue
+        b = 1.0
+        if blue is not None:  # in red, every candidate is checked; in the smallest channel, only the one chosen
+            where = lab == i
+            b = float(np.median(m[where])) / max(bg, 1.0)
+            if not _pale_nucleus(b, blue, where, max(stats[i, 2], stats[i, 3]) / min(sw, sh)):
+                continue  # red cells: redder than blue
         dist = float(np.hypot(cents[i][0] - sw / 2, cents[i][1] - sh / 2)) / max(sw, sh)
         score = dist - 0.5 * float(np.sqrt(area / (sw * sh)))  # central first, then large
         if score < best_score:
             best, best_score, bright = i, score, b
+    if best >= 0 and blue is None:
+        bright = float(np.median(m[lab == best])) / max(bg, 1.0)
     if best < 0 or (blue is None and bright > MAX_NUCLEUS_BRIGHTNESS):
         return None, bright  # nothing, or the central object is red cells or a platelet: not a nucleus
     x, y, bw, bh = (int(v) for v in stats[best, :4])
