@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,45 +32,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cross_dataset import BCCD_CLASSES, load_bccd_cells, wbc_box
 
 
-def tight_bccd_cells(root: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """BCCD's single-WBC fields cut to their annotated box (:func:`wbc.crops.box_window`)."""
+def labelled_fields(root: Path) -> Iterator[tuple[str, str, np.ndarray, tuple[float, float, float, float]]]:
+    """(field name, label, RGB field, its one WBC box) for each BCCD field with one annotated WBC of a known class."""
     import csv
 
-    from wbc.crops import box_window
     from wbc.io import read_image
 
-    cells, labels, names = [], [], []
     with (root / "bccd" / "single_wbc_labels.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
             box = wbc_box(root / "bccd" / "Annotations" / f"{row['image']}.xml")
             label = row["label"].strip().lower()
             if box is None or label not in BCCD_CLASSES:
                 continue
-            cells.append(box_window(read_image(root / "bccd" / "JPEGImages" / f"{row['image']}.jpg"), box))
-            labels.append(label)
-            names.append(row["image"])
-    return cells, labels, names
+            yield row["image"], label, read_image(root / "bccd" / "JPEGImages" / f"{row['image']}.jpg"), box
+
+
+def tight_bccd_cells(root: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """BCCD's single-WBC fields cut to their annotated box (:func:`wbc.crops.box_window`)."""
+    from wbc.crops import box_window
+
+    fields = list(labelled_fields(root))
+    return [box_window(rgb, box) for _, _, rgb, box in fields], [f[1] for f in fields], [f[0] for f in fields]
 
 
 def whole_bccd_fields(root: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
     """BCCD's single-WBC fields, whole, halved to 320 x 240 (where the WBC lies is not used)."""
-    import csv
-
     import cv2
 
-    from wbc.io import read_image
-
-    cells, labels, names = [], [], []
-    with (root / "bccd" / "single_wbc_labels.csv").open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            label = row["label"].strip().lower()
-            path = root / "bccd" / "JPEGImages" / f"{row['image']}.jpg"
-            if label not in BCCD_CLASSES or not path.is_file():
-                continue
-            cells.append(cv2.resize(read_image(path), (320, 240), interpolation=cv2.INTER_AREA))
-            labels.append(label)
-            names.append(row["image"])
-    return cells, labels, names
+    fields = list(labelled_fields(root))
+    cells = [cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA) for _, _, rgb, _ in fields]
+    return cells, [f[1] for f in fields], [f[0] for f in fields]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,17 +200,11 @@ def measure_framing(rgb: np.ndarray) -> Framing:
     h, w = rgb.shape[:2]
     small = _small(rgb)
     sh, sw = small.shape[:2]
-    m = np.ascontiguousarray(_min_channel(small))
-    bg = tenth_brightest(m)
     black = _near_black(rgb, (sw, sh))
-    if black is not None:
-        m[black] = round(bg)
+    m, bg = _against_glass(_min_channel(small), black)
     box, bright = _central_nucleus(m, bg)
     if box is None:  # a pale stain: the nucleus may stand out only in red, where red cells are as light as glass
-        red = np.ascontiguousarray(small[..., 0])
-        red_bg = tenth_brightest(red)
-        if black is not None:
-            red[black] = round(red_bg)
+        red, red_bg = _against_glass(small[..., 0], black)
         blue = (small[..., 2].astype(np.float32) - small[..., 0]) / max(bg, 1.0)
         box, pale = _central_nucleus(red, red_bg, blue)
         bright = pale if box is not None else bright
@@ -220,6 +214,16 @@ def measure_framing(rgb: np.ndarray) -> Framing:
     scale = sw / w
     extent = max(bw, bh) / scale
     return Framing((x + bw / 2) / scale, (y + bh / 2) / scale, extent, extent / min(h, w), True, bright)
+
+
+def _against_glass(channel: np.ndarray, black: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """A copy of one channel with its near-black pixels (``black``: a scale bar, a label, a border) set to the glass's
+    level, and that level (:func:`wbc.preprocess.tenth_brightest`)."""
+    out = np.ascontiguousarray(channel).copy()
+    bg = tenth_brightest(out)
+    if black is not None:
+        out[black] = round(bg)
+    return out, bg
 
 
 def _dark_mask(m: np.ndarray) -> np.ndarray:
