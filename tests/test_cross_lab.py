@@ -305,6 +305,31 @@ def test_a_four_by_three_frame_is_cut_square_not_squashed() -> None:
     assert f.found and abs(f.cx - 48) < 20  # the nucleus well inside the square, not cut at its edge
 
 
+def test_a_cell_off_its_frames_centre_is_framed_around_its_nucleus() -> None:
+    """A WBC more than a fifth of the frame from its centre, at a size within the band, is re-framed around its
+    nucleus, in a square frame and in a 4:3 camera frame (every training crop shows its cell centred; a WBC off the
+    centre of a crowded field looked like a platelet crop); a cell a twentieth off is left as it is."""
+    from wbc.preprocess import resize_square
+
+    cell = _cell("lymphocyte", size=150, seed=1)
+    for width in (300, 400):
+        for shift, moved in ((66, True), (15, False)):  # 0.22 and 0.05 of the 300 px high frame, downwards
+            frame = np.full((300, width, 3), (235, 215, 205), np.uint8)
+            x0 = (width - 150) // 2
+            frame[75 + shift : 225 + shift, x0 : x0 + 150] = cell
+            f = measure_framing(frame)
+            assert f.found and 0.12 < f.fraction < 0.5  # within the band: only its place could move it
+            assert abs(f.cy - 150 - shift) < 0.03 * 300
+            shown, _ = frame_cell_views(frame, 96)
+            g = measure_framing(shown)
+            if moved:
+                assert abs(g.cx - 48) < 0.06 * 96 and abs(g.cy - 48) < 0.06 * 96
+            elif width == 300:
+                np.testing.assert_array_equal(shown, resize_square(frame, 96))
+            else:
+                assert abs(g.cy - 48 - shift * 96 / 300) < 0.06 * 96  # where it was
+
+
 def test_second_framings_keep_their_cells_index_across_batches_and_bad_files(tmp_path) -> None:
     """The second framing is keyed by the cell's index among the cells that loaded, whatever the batching."""
     from wbc.classify import load_cell_views, load_cells, prepare_cell_views

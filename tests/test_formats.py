@@ -57,6 +57,28 @@ def test_formula_file_name_is_neutralised_in_cells_csv(clf, tmp_path: Path) -> N
     assert float(rows[0]["confidence"]) > 0  # numbers stay numbers
 
 
+def test_the_csvs_say_why_a_cell_is_flagged(tmp_path: Path) -> None:
+    """Both CSVs carry each flagged cell's reasons (the JSON's ``review_reasons``), empty for an accepted cell, so a
+    reviewer working from a spreadsheet sees why, as the web page and the JSON show it."""
+    flagged = Prediction(label="eosinophil", confidence=0.8, review=True, probabilities={"eosinophil": 0.8},
+                         path="a.png", reasons=["confidence 0.80, below the review threshold 0.99",
+                                                "colours unlike the training images (OOD score 2.7)"])
+    accepted = Prediction(label="neutrophil", confidence=0.999, review=False, probabilities={"neutrophil": 0.999},
+                          path="b.png")
+    write_predictions_csv(tmp_path / "p.csv", [flagged, accepted], ["eosinophil", "neutrophil"])
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert rows[0]["review_reasons"] == ("confidence 0.80, below the review threshold 0.99; "
+                                         "colours unlike the training images (OOD score 2.7)")
+    assert rows[1]["review_reasons"] == ""
+    write_fields(tmp_path / "in", 1)
+    unsure = load_model(mean_colour_model(tmp_path / "flat.onnx", 32, np.zeros((len(CLASSES), 3)), "tiny-flat"))
+    run_local([tmp_path / "in"], tmp_path / "out", unsure, ClassicalSegmenter(), draw=False)
+    doc = json.loads((tmp_path / "out" / "field_00.json").read_text())
+    cells = list(csv.DictReader((tmp_path / "out" / "cells.csv").open()))
+    assert cells and [r["review_reasons"] for r in cells] == ["; ".join(c["review_reasons"]) for c in doc["cells"]]
+    assert all(r["review_reasons"].endswith("below the review threshold 0.50") for r in cells)  # no class stands out
+
+
 def test_rerun_skips_complete_fields_and_rebuilds_the_csvs(clf, tmp_path: Path) -> None:
     paths = write_fields(tmp_path / "in", 4)
     out = tmp_path / "out"

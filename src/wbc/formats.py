@@ -117,7 +117,7 @@ def json_text(doc: Mapping[str, Any]) -> str:
 
 def cells_csv_header(classes: Sequence[str]) -> list[str]:
     return ["image", "id", "x0", "y0", "x1", "y1", "area_px", "nucleus_area_px", "touches_border", "label",
-            "confidence", "review", *[f"p_{c}" for c in classes]]
+            "confidence", "review", *[f"p_{c}" for c in classes], "review_reasons"]
 
 
 def cells_csv_rows(doc: Mapping[str, Any], classes: Sequence[str]) -> list[list[Any]]:
@@ -128,7 +128,7 @@ def cells_csv_rows(doc: Mapping[str, Any], classes: Sequence[str]) -> list[list[
         probs = [c["probabilities"].get(k, 0.0) if labelled else "" for k in classes]
         rows.append([doc["image"], c["id"], *c["box"], c["area_px"], c["nucleus_area_px"], int(c["touches_border"]),
                      c["label"] if labelled else "", c["confidence"] if labelled else "",
-                     int(c["review"]) if labelled else "", *probs])
+                     int(c["review"]) if labelled else "", *probs, reasons_text(c.get("review_reasons", []))])
     return rows
 
 
@@ -163,19 +163,29 @@ def write_errors_csv(path: str | os.PathLike[str], errors: Iterable[tuple[str, s
 
 
 def prediction_header(classes: Sequence[str]) -> list[str]:
-    return ["path", "label", "confidence", "review", *[f"p_{c}" for c in classes]]
+    return ["path", "label", "confidence", "review", *[f"p_{c}" for c in classes], "review_reasons"]
 
 
 def prediction_row(p: Prediction, classes: Sequence[str]) -> list[object]:
     return [p.path, p.label, f"{p.confidence:.4f}", str(p.review).lower(),
-            *[f"{p.probabilities.get(c, 0.0):.4f}" for c in classes]]
+            *[f"{p.probabilities.get(c, 0.0):.4f}" for c in classes], reasons_text(p.reasons)]
+
+
+def reasons_text(reasons: Sequence[str]) -> str:
+    """Why a cell is flagged for review, as one CSV cell: the reasons joined by "; " (empty when it is not).
+
+    >>> reasons_text(["confidence 0.80, below the review threshold 0.99", "colours unlike the training images"])
+    'confidence 0.80, below the review threshold 0.99; colours unlike the training images'
+    """
+    return "; ".join(reasons)
 
 
 def write_predictions_csv(
     path: str | os.PathLike[str], predictions: Sequence[Prediction], classes: Sequence[str],
     extra: dict[str, Sequence[object]] | None = None,
 ) -> None:
-    """``path,label,confidence,review,p_<class>...`` (plus ``extra`` columns), formula-safe and atomic."""
+    """``path,label,confidence,review,p_<class>...,review_reasons`` (plus ``extra`` columns), formula-safe and
+    atomic."""
     header = prediction_header(classes) + list(extra or {})
     rows = [prediction_row(p, classes) + [v[i] for v in (extra or {}).values()] for i, p in enumerate(predictions)]
     write_csv(path, header, rows)

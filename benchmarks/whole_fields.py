@@ -1,0 +1,137 @@
+"""WBCs shown in whole smear fields, given to ``wbc classify`` as single-cell images: where their nucleus sits and
+what the network names them.
+
+A smear field photographed whole is cut around nothing: its WBC lies anywhere, among crowded red cells, where every
+training crop shows its cell centred. Over eight classes such a WBC was often named "platelet" (a PBC platelet crop
+shows red cells and little else). Two sets of fields, each with exactly one annotated WBC:
+
+- TXL-PBC's BCD fields (416 x 416, a Kaggle blood-cell-detection set; train and val), which have no subtype labels:
+  every field shows a WBC, so each "platelet" (or "erythroblast") answer is wrong. Label-free.
+- ``--labelled DIR``: a ``<class>/<field>`` folder with subtype labels, e.g. BCCD's train/val fields shown whole
+  (``python benchmarks/bccd_cells.py --split trainval --n 0 --whole-field --output DIR``): accuracy over eight
+  classes and five-part, and the same counts.
+
+For each: how far the nucleus sits from the centre of the square ``wbc classify`` takes of the frame (per side of the
+frame; ``wbc.reframe.OFF_CENTRE`` re-frames beyond it), the labels, and how many are "platelet".
+
+    python benchmarks/bccd_cells.py --split trainval --n 0 --whole-field --output /tmp/bccd_fields_trainval
+    python benchmarks/whole_fields.py --labelled /tmp/bccd_fields_trainval \\
+        --output benchmarks/results/whole_fields_wbc0.22.0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def bcd_one_wbc_fields(root: Path, out: Path) -> list[Path]:
+    """Copy TXL-PBC's BCD train/val fields that show exactly one WBC box into ``out``; their paths."""
+    import shutil
+
+    txl = root / "txl_pbc"
+    paths = []
+    with (txl / "sources.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["origin"] != "bcd" or row["split"] not in ("train", "val"):
+                continue
+            boxes = (txl / "labels" / row["split"] / f"{row['stem']}.txt").read_text().splitlines()
+            if sum(1 for line in boxes if line.split()[:1] == ["0"]) != 1:
+                continue
+            dst = out / f"{row['stem']}.jpg"
+            shutil.copyfile(txl / "images" / row["split"] / f"{row['stem']}.jpg", dst)
+            paths.append(dst)
+    return sorted(paths)
+
+
+def nucleus_offset(path: Path) -> float | None:
+    """How far the nucleus sits from the centre of the square ``wbc classify`` takes of the image (per side), or None
+    where no nucleus is found."""
+    from wbc.io import read_image
+    from wbc.reframe import SQUARE_TOLERANCE, measure_framing, square_view
+
+    rgb = read_image(path)
+    h, w = rgb.shape[:2]
+    if max(h, w) > SQUARE_TOLERANCE * min(h, w):
+        rgb = square_view(rgb, measure_framing(rgb))[0]
+    f = measure_framing(rgb)
+    if not f.found:
+        return None
+    s = rgb.shape[0]
+    return max(abs(f.cx - s / 2), abs(f.cy - s / 2)) / s
+
+
+def score(paths: list[Path], labels: list[str] | None, model: str | None) -> dict:
+    """Offsets, answers and (with ``labels``) accuracy over eight classes and five-part for ``paths``."""
+    import wbc
+    from wbc.labels import WBC5
+
+    offsets = [o for o in (nucleus_offset(p) for p in paths) if o is not None]
+    clf = wbc.load_model(model)
+    eight = wbc.classify_images(paths, model=clf).predictions
+    five = wbc.classify_images(paths, model=clf, classes="5part").predictions
+    out: dict = {
+        "n": len(paths),
+        "nucleus_found": len(offsets),
+        "offset_median": round(float(np.median(offsets)), 3) if offsets else None,
+        "offset_p90": round(float(np.percentile(offsets, 90)), 3) if offsets else None,
+        "labels": dict(sorted(Counter(p.label for p in eight).items())),
+        "platelet": sum(p.label == "platelet" for p in eight),
+    }
+    if labels is not None:
+        out["accuracy"] = round(float(np.mean([p.label == y for p, y in zip(eight, labels, strict=True)])), 4)
+        wbc5 = [(p, y) for p, y in zip(five, labels, strict=True) if y in WBC5]
+        out["accuracy_5part"] = round(float(np.mean([p.label == y for p, y in wbc5])), 4)
+    return out
+
+
+def labelled_folder(folder: Path) -> tuple[list[Path], list[str]]:
+    """``folder``'s ``<class>/<image>`` files and their class names."""
+    from wbc.io import IMAGE_EXTENSIONS
+
+    paths = sorted(p for p in folder.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return paths, [p.parent.name.lower() for p in paths]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--labelled", type=Path, default=None, help="a <class>/<field> folder of whole fields to score too")
+    ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
+    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/whole_fields.json"))
+    args = ap.parse_args(argv)
+
+    from wbc import __version__
+    from wbc.paths import data_root
+    from wbc.reframe import OFF_CENTRE
+
+    root = data_root(args.data)
+    if not (root / "txl_pbc" / "sources.csv").is_file():
+        print(f"error: no TXL-PBC data under {root} (set WBC_DATA_DIR or --data)", file=sys.stderr)
+        return 1
+    result: dict = {"wbc": __version__, "off_centre": OFF_CENTRE, "model": args.model or "shipped"}
+    with tempfile.TemporaryDirectory() as tmp:
+        result["bcd_one_wbc_fields"] = score(bcd_one_wbc_fields(root, Path(tmp)), None, args.model)
+    if args.labelled is not None:
+        paths, labels = labelled_folder(args.labelled)
+        result["labelled"] = {"folder": str(args.labelled), **score(paths, labels, args.model)}
+    for name, part in result.items():
+        if isinstance(part, dict):
+            print(f"{name:20s} n={part['n']} offset median {part['offset_median']} p90 {part['offset_p90']}  "
+                  f"platelet {part['platelet']}  " + (f"accuracy {part['accuracy']} five-part "
+                                                      f"{part['accuracy_5part']}" if "accuracy" in part else ""))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
