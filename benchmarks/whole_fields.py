@@ -92,14 +92,6 @@ def score(paths: list[Path], labels: list[str] | None, model: str | None) -> dic
     return out
 
 
-def labelled_folder(folder: Path) -> tuple[list[Path], list[str]]:
-    """``folder``'s ``<class>/<image>`` files and their class names."""
-    from wbc.io import IMAGE_EXTENSIONS
-
-    paths = sorted(p for p in folder.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    return paths, [p.parent.name.lower() for p in paths]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--labelled", type=Path, default=None, help="a <class>/<field> folder of whole fields to score too")
@@ -120,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         result["bcd_one_wbc_fields"] = score(bcd_one_wbc_fields(root, Path(tmp)), None, args.model)
     if args.labelled is not None:
-        paths, labels = labelled_folder(args.labelled)
+        from wbc.data import scan_folder
+
+        samples = scan_folder(args.labelled).samples  # class folders named as `wbc train` reads them
+        paths, labels = [s.path for s in samples], [s.label for s in samples]
         result["labelled"] = {"folder": str(args.labelled), **score(paths, labels, args.model)}
     for name, part in result.items():
         if isinstance(part, dict):
