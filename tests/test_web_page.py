@@ -6,6 +6,7 @@ Skipped with a reason when chromium or Playwright is missing; Playwright never d
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from collections.abc import Iterator
@@ -94,6 +95,11 @@ def test_smear_upload_shows_annotated_image_table_and_differential(page, tmp_pat
     assert "annotated_png" not in doc["results"][0]
     calibrated = "colours calibrated" in page.locator(".card-meta").first.inner_text()
     assert calibrated == (doc["results"][0]["colour_calibration"] is not None)
+    with page.expect_download() as dl:
+        page.click("#dl-cells")
+    cells = list(csv.DictReader(Path(dl.value.path()).read_text().splitlines()))
+    shown = doc["results"][0]["cells"][0]["review_reasons"]  # a synthetic cell: flagged, with its reasons
+    assert len(cells) == 1 and shown and cells[0]["review_reasons"] == "; ".join(shown)
     with page.expect_download() as dl:
         page.click("#dl-diff")
     lines = Path(dl.value.path()).read_text().splitlines()

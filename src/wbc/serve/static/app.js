@@ -377,17 +377,18 @@ function downloadJSON() {
 function downloadCellsCSV() {
   const classes = state.meta.classes;
   const lines = [csvLine(["image", "id", "x0", "y0", "x1", "y1", "label", "confidence", "review",
-    ...classes.map((c) => `p_${c}`)])];
+    ...classes.map((c) => `p_${c}`), "review_reasons"])];
+  const reasons = (c) => (c.review_reasons || []).join("; ");  // as wbc.formats.reasons_text writes them
   for (const r of state.runs) {
     if (r.kind === "smear") {
       for (const c of r.data.cells) {
         lines.push(csvLine([r.data.image, c.id, ...c.box, c.label, c.confidence, c.review ? 1 : 0,
-          ...classes.map((k) => (c.probabilities || {})[k] ?? "")]));
+          ...classes.map((k) => (c.probabilities || {})[k] ?? ""), reasons(c)]));
       }
     } else {
       for (const c of r.data.results) {
         lines.push(csvLine([c.filename, "", "", "", "", "", c.label, c.confidence, c.review ? 1 : 0,
-          ...classes.map((k) => (c.probabilities || {})[k] ?? "")]));
+          ...classes.map((k) => (c.probabilities || {})[k] ?? ""), reasons(c)]));
       }
     }
   }
