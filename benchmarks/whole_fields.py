@@ -55,17 +55,14 @@ def nucleus_offset(path: Path) -> float | None:
     """How far the nucleus sits from the centre of the square ``wbc classify`` takes of the image (per side), or None
     where no nucleus is found."""
     from wbc.io import read_image
-    from wbc.reframe import SQUARE_TOLERANCE, measure_framing, square_view
+    from wbc.reframe import SQUARE_TOLERANCE, measure_framing, off_centre, square_view
 
     rgb = read_image(path)
     h, w = rgb.shape[:2]
     if max(h, w) > SQUARE_TOLERANCE * min(h, w):
         rgb = square_view(rgb, measure_framing(rgb))[0]
     f = measure_framing(rgb)
-    if not f.found:
-        return None
-    s = rgb.shape[0]
-    return max(abs(f.cx - s / 2), abs(f.cy - s / 2)) / s
+    return off_centre(f, rgb.shape) if f.found else None
 
 
 def score(paths: list[Path], labels: list[str] | None, model: str | None) -> dict:

@@ -329,8 +329,19 @@ def needs_reframe(f: Framing, shape: tuple[int, ...], stats: FramingStats = DEFA
     if not f.found:
         return False
     h, w = shape[:2]
-    off = max(abs(f.cx - w / 2), abs(f.cy - h / 2)) / min(h, w)
-    return not (stats.low <= f.fraction <= stats.high) or off > OFF_CENTRE or max(h, w) > 1.4 * min(h, w)
+    return not (stats.low <= f.fraction <= stats.high) or off_centre(f, shape) > OFF_CENTRE \
+        or max(h, w) > 1.4 * min(h, w)
+
+
+def off_centre(f: Framing, shape: tuple[int, ...]) -> float:
+    """How far the nucleus ``f`` sits from the centre of a frame of ``shape``, along the farther axis, per side of
+    the frame (:data:`OFF_CENTRE` re-frames beyond it).
+
+    >>> off_centre(Framing(cx=100.0, cy=160.0, extent=40.0, fraction=0.2), (200, 200, 3))
+    0.3
+    """
+    h, w = shape[:2]
+    return max(abs(f.cx - w / 2), abs(f.cy - h / 2)) / min(h, w)
 
 
 #: How to get a square's padding colour, measured only when asked (:func:`lazy_background`): measuring the
