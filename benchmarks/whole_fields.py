@@ -12,11 +12,12 @@ shows red cells and little else). Two sets of fields, each with exactly one anno
   classes and five-part, and the same counts.
 
 For each: how far the nucleus sits from the centre of the square ``wbc classify`` takes of the frame (per side of the
-frame; ``wbc.reframe.OFF_CENTRE`` re-frames beyond it), the labels, and how many are "platelet".
+frame; ``wbc.reframe.OFF_CENTRE`` re-frames beyond it), which look finds the nucleus where the first does not (a
+closer look at the centre, its hue), the labels, and how many are "platelet".
 
     python benchmarks/bccd_cells.py --split trainval --n 0 --whole-field --output /tmp/bccd_fields_trainval
     python benchmarks/whole_fields.py --labelled /tmp/bccd_fields_trainval \\
-        --output benchmarks/results/whole_fields_wbc0.22.0.json
+        --output benchmarks/results/whole_fields_wbc0.23.0.json
 """
 
 from __future__ import annotations
@@ -51,18 +52,22 @@ def bcd_one_wbc_fields(root: Path, out: Path) -> list[Path]:
     return sorted(paths)
 
 
-def nucleus_offset(path: Path) -> float | None:
-    """How far the nucleus sits from the centre of the square ``wbc classify`` takes of the image (per side), or None
-    where no nucleus is found."""
+def nucleus_offset(path: Path) -> tuple[float | None, str]:
+    """How far the nucleus sits from the centre of the square ``wbc classify`` takes of the image (per side; None
+    where the first look finds no nucleus), and which look finds it: "first" (``measure_framing``), "closer" (the
+    centre looked at closer), "hue" (``measure_by_hue``, since wbc 0.23.0) or "none"."""
     from wbc.io import read_image
-    from wbc.reframe import SQUARE_TOLERANCE, measure_framing, off_centre, square_view
+    from wbc.reframe import SQUARE_TOLERANCE, measure_by_hue, measure_closer, measure_framing, off_centre, square_view
 
     rgb = read_image(path)
     h, w = rgb.shape[:2]
     if max(h, w) > SQUARE_TOLERANCE * min(h, w):
         rgb = square_view(rgb, measure_framing(rgb))[0]
     f = measure_framing(rgb)
-    return off_centre(f, rgb.shape) if f.found else None
+    if f.found:
+        return off_centre(f, rgb.shape), "first"
+    look = "closer" if measure_closer(rgb).found else "hue" if measure_by_hue(rgb).found else "none"
+    return None, look
 
 
 def score(paths: list[Path], labels: list[str] | None, model: str | None) -> dict:
@@ -70,13 +75,18 @@ def score(paths: list[Path], labels: list[str] | None, model: str | None) -> dic
     import wbc
     from wbc.labels import WBC5
 
-    offsets = [o for o in (nucleus_offset(p) for p in paths) if o is not None]
+    measured = [nucleus_offset(p) for p in paths]
+    offsets = [o for o, _ in measured if o is not None]
+    looks = Counter(look for _, look in measured)
     clf = wbc.load_model(model)
     eight = wbc.classify_images(paths, model=clf).predictions
     five = wbc.classify_images(paths, model=clf, classes="5part").predictions
     out: dict = {
         "n": len(paths),
         "nucleus_found": len(offsets),
+        "found_closer": looks["closer"],
+        "found_by_hue": looks["hue"],
+        "no_nucleus": looks["none"],
         "offset_median": round(float(np.median(offsets)), 3) if offsets else None,
         "offset_p90": round(float(np.percentile(offsets, 90)), 3) if offsets else None,
         "labels": dict(sorted(Counter(p.label for p in eight).items())),
@@ -116,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         result["labelled"] = {"folder": str(args.labelled), **score(paths, labels, args.model)}
     for name, part in result.items():
         if isinstance(part, dict):
-            print(f"{name:20s} n={part['n']} offset median {part['offset_median']} p90 {part['offset_p90']}  "
+            print(f"{name:20s} n={part['n']} nucleus found {part['nucleus_found']} (closer {part['found_closer']}, "
+                  f"by hue {part['found_by_hue']}, none {part['no_nucleus']})  offset median {part['offset_median']} "
+                  f"p90 {part['offset_p90']}  "
                   f"platelet {part['platelet']}  " + (f"accuracy {part['accuracy']} five-part "
                                                       f"{part['accuracy_5part']}" if "accuracy" in part else ""))
     args.output.parent.mkdir(parents=True, exist_ok=True)

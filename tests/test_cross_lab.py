@@ -330,6 +330,31 @@ def test_a_cell_off_its_frames_centre_is_framed_around_its_nucleus() -> None:
                 assert abs(g.cy - 48 - shift * 96 / 300) < 0.06 * 96  # where it was
 
 
+def test_a_nucleus_as_dark_as_the_red_cells_it_touches_is_found_by_its_hue() -> None:
+    """A nucleus touching crowded red cells of nearly its own darkness (BCCD's whole fields: 16 of 277 found no
+    nucleus, most then named "platelet") is found by its hue when no other look finds it, and the field re-framed
+    around it; red cells alone, with nothing bluer than the glass, are still no nucleus and left as they are."""
+    from wbc.preprocess import resize_square
+    from wbc.reframe import measure_by_hue, measure_closer, square_view
+
+    glass, red_cell, nucleus = (225, 215, 220), (185, 150, 160), (165, 145, 200)
+    field = np.full((240, 320, 3), glass, np.uint8)  # a 4:3 camera frame
+    for c in [(100, 60), (190, 60), (100, 150), (190, 160), (140, 105), (230, 110), (240, 200), (80, 215)]:
+        cv2.circle(field, c, 30, red_cell, -1)
+    red_cells_only = field.copy()
+    cv2.circle(field, (150, 185), 26, nucleus, -1)  # 0.27 of the frame below its centre
+    square = square_view(field, measure_framing(field))[0]
+    assert not measure_framing(square).found and not measure_closer(square).found
+    shown, _ = frame_cell_views(field, 96)
+    g = measure_by_hue(shown)
+    assert g.found and abs(g.cx - 48) < 0.06 * 96 and abs(g.cy - 48) < 0.06 * 96
+    assert 0.25 < g.fraction < 0.45  # at the training crops' nucleus fraction, not the field's 0.22
+    shown, second = frame_cell_views(red_cells_only, 96)
+    assert not measure_by_hue(shown).found and second is None
+    as_it_is = square_view(red_cells_only, measure_framing(red_cells_only))[0]
+    np.testing.assert_array_equal(shown, resize_square(as_it_is, 96))
+
+
 def test_second_framings_keep_their_cells_index_across_batches_and_bad_files(tmp_path) -> None:
     """The second framing is keyed by the cell's index among the cells that loaded, whatever the batching."""
     from wbc.classify import load_cell_views, load_cells, prepare_cell_views
