@@ -452,10 +452,16 @@ def reframe_cell(
     already is; see the module docstring). ``full``: the file ``rgb`` was decoded from at a reduced size.
 
     The first measurement (on a 64 px copy of the whole image) is refined once on the square it proposes,
-    so a small nucleus in a wide field is measured at a useful resolution.
+    so a small nucleus in a wide field is measured at a useful resolution. At the lab's one magnification
+    (``stats.side``), a nucleus the first look misses is looked for closer (:func:`measure_closer`), then by its
+    hue (:func:`measure_by_hue`), as :func:`frame_cell_views` looks for it; the square is cut at the image's
+    centre only when none of them finds one.
     """
     f = framing or measure_framing(rgb)
     if stats.side > 0:
+        if not f.found:
+            g = measure_closer(rgb)
+            f = g if g.found else measure_by_hue(rgb)
         fill = lazy_background(rgb)
         f = _refined(rgb, f, stats.target, fill) if f.found else f
         side = stats.side / (full.scale if full is not None else 1.0)  # measured in the file's pixels
