@@ -333,10 +333,10 @@ def test_a_cell_off_its_frames_centre_is_framed_around_its_nucleus() -> None:
 def test_a_nucleus_as_dark_as_the_red_cells_it_touches_is_found_by_its_hue() -> None:
     """A nucleus touching crowded red cells of nearly its own darkness (BCCD's whole fields: 16 of 277 found no
     nucleus, most then named "platelet") is found by its hue when no other look finds it, and the field re-framed
-    around it, at the model's framing and at a lab's one magnification; red cells alone, with nothing bluer than the
-    glass, are still no nucleus and left as they are."""
+    around it, at the model's framing and at a lab's one magnification (whose side it counts in too); red cells
+    alone, with nothing bluer than the glass, are still no nucleus and left as they are."""
     from wbc.preprocess import resize_square
-    from wbc.reframe import lab_framing, measure_by_hue, measure_closer, square_view
+    from wbc.reframe import lab_framing, measure_by_hue, measure_closer, nucleus_extent, square_view
 
     glass, red_cell, nucleus = (225, 215, 220), (185, 150, 160), (165, 145, 200)
     field = np.full((240, 320, 3), glass, np.uint8)  # a 4:3 camera frame
@@ -350,6 +350,7 @@ def test_a_nucleus_as_dark_as_the_red_cells_it_touches_is_found_by_its_hue() -> 
     g = measure_by_hue(shown)
     assert g.found and abs(g.cx - 48) < 0.06 * 96 and abs(g.cy - 48) < 0.06 * 96
     assert 0.25 < g.fraction < 0.45  # at the training crops' nucleus fraction, not the field's 0.22
+    assert 45 < nucleus_extent(field) < 60  # what a lab's one magnification is measured from: 52 px across
     one_magnification = lab_framing([52.0] * 8)  # `wbc adapt --no-labels --framing lab`: every cell cut at one side
     g = measure_by_hue(frame_cell_views(field, 96, one_magnification)[0])
     assert g.found and abs(g.cx - 48) < 0.06 * 96 and abs(g.cy - 48) < 0.06 * 96

@@ -383,6 +383,23 @@ def measure_closer(rgb: np.ndarray) -> Framing:
     return Framing.not_found(rgb.shape)
 
 
+def find_nucleus(rgb: np.ndarray, first: Framing | None = None) -> Framing:
+    """The nucleus every look finds, in turn: the first (:func:`measure_framing`; ``first`` when measured already),
+    a closer look at the centre (:func:`measure_closer`), then its hue (:func:`measure_by_hue`). One cut per cell,
+    as at a lab's one magnification, takes them all; `wbc classify`'s own framing takes them in the same order,
+    with both framings for what only the closer look finds (:func:`frame_cell_views`).
+
+    >>> field = np.full((600, 600, 3), 235, np.uint8)
+    >>> _ = cv2.circle(field, (300, 300), 8, (90, 40, 140), -1)  # too small to stand out in the whole frame
+    >>> measure_framing(field).found, find_nucleus(field).found
+    (False, True)
+    """
+    f = first if first is not None else measure_framing(rgb)
+    if not f.found:
+        f = measure_closer(rgb)
+    return f if f.found else measure_by_hue(rgb)
+
+
 def background_colour(rgb: np.ndarray) -> tuple[int, int, int]:
     """The image's own background: the median colour of its brightest tenth (on a small copy)."""
     return tuple(int(v) for v in brightest_tenth_colour(_small(rgb)))  # type: ignore[return-value]
@@ -453,19 +470,16 @@ def reframe_cell(
 
     The first measurement (on a 64 px copy of the whole image) is refined once on the square it proposes,
     so a small nucleus in a wide field is measured at a useful resolution. At the lab's one magnification
-    (``stats.side``), a nucleus the first look misses is looked for closer (:func:`measure_closer`), then by its
-    hue (:func:`measure_by_hue`), as :func:`frame_cell_views` looks for it; the square is cut at the image's
-    centre only when none of them finds one.
+    (``stats.side``), a nucleus the first look misses is looked for closer, then by its hue (:func:`find_nucleus`),
+    as :func:`frame_cell_views` looks for it; the square is cut at the image's centre only when none finds one.
     """
-    f = framing or measure_framing(rgb)
     if stats.side > 0:
-        if not f.found:
-            g = measure_closer(rgb)
-            f = g if g.found else measure_by_hue(rgb)
+        f = find_nucleus(rgb, framing)
         fill = lazy_background(rgb)
         f = _refined(rgb, f, stats.target, fill) if f.found else f
         side = stats.side / (full.scale if full is not None else 1.0)  # measured in the file's pixels
         return _cut(rgb, f.cx, f.cy, max(8, round(side)), fill, size, full)
+    f = framing or measure_framing(rgb)
     if not needs_reframe(f, rgb.shape, stats):
         return resize_square(rgb, size)
     return _reframed(rgb, size, stats, f, full)
@@ -491,10 +505,8 @@ def _refined(rgb: np.ndarray, f: Framing, target: float, fill: Fill) -> Framing:
 
 
 def nucleus_extent(rgb: np.ndarray, target: float = DEFAULT_STATS.target) -> float | None:
-    """The central nucleus' extent in ``rgb``'s own pixels (measured as :func:`reframe_cell` measures it, with a
-    closer look at the centre when nothing stands out in the whole, :func:`measure_closer`), or None when the image
-    shows no nucleus. Not by hue (:func:`measure_by_hue`): the extent it measures holds some cytoplasm, and a lab's
-    magnification is the median of these.
+    """The central nucleus' extent in ``rgb``'s own pixels (found by every look, :func:`find_nucleus`, and measured
+    as :func:`reframe_cell` measures it), or None when the image shows no nucleus.
 
     >>> cell = np.full((300, 300, 3), 235, np.uint8)
     >>> _ = cv2.circle(cell, (150, 150), 30, (90, 40, 140), -1)  # 61 px across
@@ -507,9 +519,7 @@ def nucleus_extent(rgb: np.ndarray, target: float = DEFAULT_STATS.target) -> flo
     >>> nucleus_extent(np.full((300, 300, 3), 235, np.uint8)) is None
     True
     """
-    f = measure_framing(rgb)
-    if not f.found:
-        f = measure_closer(rgb)
+    f = find_nucleus(rgb)
     return _refined(rgb, f, target, lazy_background(rgb)).extent if f.found else None
 
 
