@@ -76,6 +76,7 @@ def classify_shown(clf: Any, images: list[np.ndarray], framing: Any, jpeg: int |
 
     from wbc.classify import decode_cell_views, predict_cells, prepare_cell_views
     from wbc.model import class_probabilities
+    from wbc.reframe import FramingStats
 
     size = clf.info.input_size
 
@@ -90,6 +91,7 @@ def classify_shown(clf: Any, images: list[np.ndarray], framing: Any, jpeg: int |
     for i in range(0, len(prepared), 128):
         part = prepared[i : i + 128]
         second = {k: z for k, (_, z) in enumerate(part) if z is not None}
-        _, raw = predict_cells(clf, np.stack([c for c, _ in part]), second=second)
+        _, raw = predict_cells(clf, np.stack([c for c, _ in part]), second=second,
+                               refocus=framing if isinstance(framing, FramingStats) else None)
         out.append(class_probabilities(raw["logits"], clf.info))
     return np.concatenate(out)

@@ -360,6 +360,61 @@ def test_a_nucleus_as_dark_as_the_red_cells_it_touches_is_found_by_its_hue() -> 
     np.testing.assert_array_equal(shown, resize_square(as_it_is, 96))
 
 
+def test_a_cell_named_platelet_with_a_nucleus_in_view_is_answered_again_around_it(tmp_path) -> None:
+    """A WBC left as it is (its nucleus within the band, near enough the centre) that the network names platelet
+    is shown again re-framed around its nucleus, and answered by both framings' weighted logits, in `wbc classify`
+    and ``/classify``; glass with no nucleus named platelet, and the same image with re-framing off, keep their
+    one framing and their answer; `wbc adapt --no-labels` scores the cell as `wbc classify` answers it."""
+    from fastapi.testclient import TestClient
+    from tests.tiny_models import mean_colour_model
+
+    from wbc.adapt_unlabelled import view_probs
+    from wbc.classify import classify_paths, prepare_cell_views
+    from wbc.io import write_image
+    from wbc.model import load_model
+    from wbc.reframe import DEFAULT_STATS, SECOND_VIEW_WEIGHT, needs_reframe, nucleus_view
+    from wbc.segment.classical import ClassicalSegmenter
+    from wbc.serve.app import create_app
+
+    field = np.full((200, 200, 3), 232, np.uint8)
+    cv2.circle(field, (130, 120), 26, (90, 40, 140), -1)  # 0.26 of the frame, 0.15 off its centre
+    f = measure_framing(field)
+    assert f.found and DEFAULT_STATS.grey < f.fraction < DEFAULT_STATS.high and not needs_reframe(f, field.shape)
+    size = 32
+    as_is, second = prepare_cell_views(field, size, DEFAULT_STATS)
+    around = nucleus_view(as_is, size)
+    assert second is None and around is not None
+
+    # a linear model on the mean colour, built so the frame as it is reads platelet and the mixed answer lymphocyte
+    probe = load_model(mean_colour_model(tmp_path / "probe.onnx", size, np.zeros((len(CLASSES), 3)), "probe",
+                                         embedding_output=True), threads=1)
+    m_as_is, m_around = probe.run(np.stack([as_is, around]), ("embedding",))["embedding"]
+    w = SECOND_VIEW_WEIGHT
+    both = np.stack([m_as_is, (1 - w) * m_as_is + w * m_around])
+    weight = np.zeros((len(CLASSES), 3))
+    weight[CLASSES.index("platelet")] = np.linalg.pinv(both) @ [1.0, -1.0]
+    weight[CLASSES.index("lymphocyte")] = np.linalg.pinv(both) @ [0.0, 1.0]
+    clf = load_model(mean_colour_model(tmp_path / "m.onnx", size, weight, "m"), threads=1)
+    assert clf.predict_proba(as_is[None]).argmax() == CLASSES.index("platelet")
+
+    write_image(tmp_path / "field.png", field)
+    write_image(tmp_path / "glass.png", np.full((200, 200, 3), 232, np.uint8))
+    res = classify_paths([tmp_path / "field.png", tmp_path / "glass.png"], clf)
+    expected = (1 - w) * clf.run(as_is[None])["logits"][0] + w * clf.run(around[None])["logits"][0]
+    np.testing.assert_allclose(res.logits[0], expected, rtol=1e-5, atol=1e-5)
+    assert [p.label for p in res.predictions] == ["lymphocyte", "platelet"]
+    off = classify_paths([tmp_path / "field.png"], clf, reframe=False)
+    assert off.predictions[0].label == "platelet"
+    client = TestClient(create_app(clf, ClassicalSegmenter()))
+    files = [("files", ("field.png", (tmp_path / "field.png").read_bytes(), "image/png"))]
+    served = client.post("/classify", files=files).json()["results"][0]
+    assert served["label"] == "lymphocyte"
+    assert served["probabilities"] == pytest.approx(res.predictions[0].probabilities, abs=1e-3)
+    scored = view_probs(clf, as_is[None], refocus=DEFAULT_STATS)[0][0]  # `wbc adapt --no-labels` scores the same
+    assert CLASSES[int(scored.argmax())] == "lymphocyte"
+    assert CLASSES[int(view_probs(clf, as_is[None])[0][0].argmax())] == "platelet"
+
+
 def test_second_framings_keep_their_cells_index_across_batches_and_bad_files(tmp_path) -> None:
     """The second framing is keyed by the cell's index among the cells that loaded, whatever the batching."""
     from wbc.classify import load_cell_views, load_cells, prepare_cell_views

@@ -156,24 +156,30 @@ def score_probs(views: list[np.ndarray], classes: list[str], name: str) -> Candi
 
 
 def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
-               second: dict[int, np.ndarray] | None = None) -> list[np.ndarray]:
+               second: dict[int, np.ndarray] | None = None, refocus: FramingStats | None = None) -> list[np.ndarray]:
     """Calibrated probabilities over ``allowed`` (all classes if empty) of each of :data:`VIEWS` of the cells;
     ``second``: ambiguously framed cells' second framings, whose logits are averaged in as `wbc classify` does
-    (:func:`wbc.classify.predict_cells`)."""
+    (:func:`wbc.classify.predict_cells`); ``refocus``: the framing the cells were cut with, so a cell named platelet
+    although a nucleus stands out in it gets its second framing too, as there
+    (:func:`wbc.classify.platelet_second_framings`)."""
     from wbc.adapt import dihedral_view
-    from wbc.classify import average_second_framings
+    from wbc.classify import average_second_framings, platelet_second_framings
     from wbc.labels import restrict_probabilities
     from wbc.model import class_probabilities
 
     def logits_of(x: np.ndarray) -> np.ndarray:
         return np.concatenate([clf.run(x[i : i + 64])["logits"] for i in range(0, len(x), 64)])
 
+    known = {k: logits_of(dihedral_view(cells, k)) for k in VIEWS[:1]}  # the first view's, reused below
+    if refocus is not None:
+        second = {**(second or {}),
+                  **platelet_second_framings(cells, known[VIEWS[0]], clf.classes, refocus, second or {})}
     out = []
     for k in VIEWS:
         def view_logits(z: np.ndarray, k: int = k) -> np.ndarray:
             return logits_of(dihedral_view(z, k))
 
-        logits = average_second_framings(view_logits(cells), second, view_logits)
+        logits = average_second_framings(known[k] if k in known else view_logits(cells), second, view_logits)
         p, _ = restrict_probabilities(class_probabilities(logits, clf.info), clf.classes, allowed)
         idx = [clf.classes.index(c) for c in (allowed or clf.classes)]
         out.append(p[:, idx])
@@ -182,11 +188,11 @@ def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
 
 def candidate_views(
     clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (), methods: tuple[str, ...] | None = None,
-    second: dict[int, np.ndarray] | None = None,
+    second: dict[int, np.ndarray] | None = None, refocus: FramingStats | None = None,
 ) -> dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]]:
     """{candidate: (its stain spec, :func:`view_probs` under it)}: no mapping, then every stain mapping the model
-    has training colours for, fitted on these cells (``second``: as :func:`view_probs`). ``methods``: the mappings to
-    try (None: :data:`CANDIDATE_METHODS`; empty: no mapping, only "none")."""
+    has training colours for, fitted on these cells (``second``, ``refocus``: as :func:`view_probs`). ``methods``:
+    the mappings to try (None: :data:`CANDIDATE_METHODS`; empty: no mapping, only "none")."""
     from wbc.adapt import stain_spec
 
     base = clf.info
@@ -196,7 +202,7 @@ def candidate_views(
         for name in names:
             spec = None if name == "none" else stain_spec(clf, name, cells)
             clf.info = replace(base, preprocessing=replace(base.preprocessing, stain=spec))
-            out[name] = (spec, view_probs(clf, cells, allowed, second))
+            out[name] = (spec, view_probs(clf, cells, allowed, second, refocus))
     finally:
         clf.info = base
     return out
@@ -346,7 +352,7 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
     cells, second, _, errors = load_cell_views(paths, clf.info.input_size, threads, reframe=stats)
     if len(cells) < 8:
         raise WbcError(f"{data}: need at least 8 readable cell images, got {len(cells)}")
-    views = candidate_views(clf, cells, allowed, methods, second)
+    views = candidate_views(clf, cells, allowed, methods, second, stats)
     spec, cands, chosen, why = choose_from_views(views, list(allowed or clf.classes))
     for c in cands:
         c.framing = framing_name(stats)

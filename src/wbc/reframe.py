@@ -548,6 +548,33 @@ def frame_cell(rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS) 
     return frame_cell_views(rgb, size, stats, second=False)[0]
 
 
+#: How close to the target fraction and to the centre (per side of the frame) a nucleus must be for its image to count
+#: as framed around it already (:func:`nucleus_view`): about the measurement's own spread on the 64 px copy (+-0.03).
+FRAMED_TOLERANCE = 0.05
+
+
+def nucleus_view(rgb: np.ndarray, size: int, target: float = DEFAULT_STATS.target) -> np.ndarray | None:
+    """``rgb`` re-framed around the nucleus the first look finds in it (:func:`measure_framing`), the nucleus at
+    ``target`` of a ``size`` px frame; None when no nucleus stands out, or when the image is framed around it already
+    (within :data:`FRAMED_TOLERANCE`: the same question again). The second framing of a cell the network names
+    platelet though a nucleus stands out in it (:func:`wbc.classify.platelet_second_framings`).
+
+    >>> cell = np.full((160, 160, 3), 235, np.uint8)
+    >>> _ = cv2.circle(cell, (120, 100), 15, (90, 40, 140), -1)  # a nucleus off the centre, 0.19 of the frame
+    >>> f = measure_framing(nucleus_view(cell, 160))
+    >>> abs(f.cx - 80) < 8 and abs(f.cy - 80) < 8 and 0.3 < f.fraction < 0.38  # centred, at the target: +-0.03
+    True
+    >>> nucleus_view(np.full((160, 160, 3), 235, np.uint8), 160) is None  # glass alone
+    True
+    >>> nucleus_view(nucleus_view(cell, 160), 160) is None  # framed around its nucleus already
+    True
+    """
+    f = measure_framing(rgb)
+    if not f.found or (abs(f.fraction - target) <= FRAMED_TOLERANCE and off_centre(f, rgb.shape) <= FRAMED_TOLERANCE):
+        return None
+    return _reframed(rgb, size, FramingStats(target, target, target, target), f)
+
+
 def square_view(rgb: np.ndarray, f: Framing) -> tuple[np.ndarray, int, int]:
     """The largest square of ``rgb`` (nothing padded, nothing squashed), central, or moved just enough to hold the
     whole nucleus ``f`` (a single-cell image is centred on its cell, whose nucleus may sit off its centre), and

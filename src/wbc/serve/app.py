@@ -222,10 +222,11 @@ def versions() -> dict[str, str]:
 
 
 def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequence[str],
-                    second: dict[int, np.ndarray] | None = None) -> list[Any]:
+                    second: dict[int, np.ndarray] | None = None, refocus: Any = None) -> list[Any]:
     """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
     ``wbc classify`` (:func:`wbc.classify.classify_paths`); ``second``: the second framings of ambiguously
-    framed cells, by index (:func:`wbc.classify.prepare_cell_views`)."""
+    framed cells, by index (:func:`wbc.classify.prepare_cell_views`); ``refocus``: the framing statistics the cells
+    were re-framed with, if they were (:func:`wbc.classify.predict_cells`)."""
     from wbc.classify import predict_cells
 
     second = second or {}
@@ -233,7 +234,7 @@ def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequen
     for i in range(0, len(cells), BATCH_SIZE):
         part = {k - i: v for k, v in second.items() if i <= k < i + BATCH_SIZE}
         preds += predict_cells(classifier, cells[i : i + BATCH_SIZE], list(names[i : i + BATCH_SIZE]),
-                               second=part)[0]
+                               second=part, refocus=refocus)[0]
     return preds
 
 
@@ -419,16 +420,17 @@ def create_app(
             cells: list[np.ndarray] = []
             names: list[str] = []
             second: dict[int, np.ndarray] = {}
+            framing = framing_stats_of(clf) if reframe else None
             for name, data in checked:
                 try:
-                    cell, zoomed = decode_cell_views(data, name, size, framing_stats_of(clf) if reframe else False)
+                    cell, zoomed = decode_cell_views(data, name, size, framing or False)
                     if zoomed is not None:
                         second[len(cells)] = zoomed
                     cells.append(cell)
                     names.append(name)
                 except WbcError as exc:
                     errors.append({"filename": name, "error": str(exc)})
-            return classify_images(np.stack(cells), clf, names, second) if cells else []
+            return classify_images(np.stack(cells), clf, names, second, framing) if cells else []
 
         preds = inference(work) if checked else []
         if not preds:
