@@ -217,7 +217,7 @@ def predict_cells(
     classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
     exclude: Sequence[str] = (), classes: Sequence[str] = (), views: int | None = None,
     second: Mapping[int, np.ndarray] | None = None, ood_cells: np.ndarray | None = None,
-    refocus: FramingStats | None = None,
+    refocus: FramingStats | None = None, adjust: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
@@ -238,7 +238,9 @@ def predict_cells(
     colour part of the out-of-distribution check reads them, so a lab unlike the training lab stays flagged.
     ``refocus``: single-cell images re-framed with these statistics (`wbc classify`): a cell answered platelet
     although a nucleus stands out in it, and not shown in two framings already, is also shown re-framed around that
-    nucleus and answered by the weighted mean of both framings (:func:`platelet_second_framings`).
+    nucleus and answered by the weighted mean of both framings (:func:`platelet_second_framings`). ``adjust``:
+    evidence from outside the network, applied to the answer's probabilities before they become predictions
+    (`wbc analyze`: the cytoplasm's colour, :func:`wbc.analyze.cytoplasm_evidence`).
     """
     ood = classifier.info.ood
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
@@ -275,6 +277,8 @@ def predict_cells(
                 logits = weigh_second_framings(logits, rows, z)
             out = {**out, "logits": logits}
             probs, full, mass = answer_probabilities(logits, classifier, exclude, classes)
+    if adjust is not None:
+        probs = adjust(probs)
     preds = predictions_from_probs(probs, classifier, names)
     if classes:
         for p, m, row in zip(preds, mass, full, strict=True):

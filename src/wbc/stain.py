@@ -282,6 +282,57 @@ def red_cell_reference(cells: Iterable[np.ndarray]) -> dict[str, list[float]]:
     return {k: np.median([c[k] for c in found], axis=0).tolist() for k in ("background", "od")}
 
 
+#: Fewest cytoplasm pixels (cell mask less nucleus mask) :func:`cytoplasm_eosin` measures.
+CYTOPLASM_MIN_PIXELS = 30
+
+
+def cytoplasm_eosin(
+    rgb: np.ndarray, cell_mask: np.ndarray, nucleus_mask: np.ndarray, colours: Mapping[str, Sequence[float]]
+) -> float | None:
+    """How much like the field's red cells a WBC's cytoplasm absorbs: its optical density in green minus that in
+    red (the median over the cytoplasm's pixels), divided by the same for the red cells (``colours``:
+    :func:`red_cell_colours` of the field, whose glass the densities are taken against). Haemoglobin and eosin
+    absorb green: an eosinophil's cytoplasm comes out highest, an erythroblast's above a lymphocyte's, whose
+    basophilic cytoplasm absorbs red (near 0 or below). The field is its own colour standard, so the measure holds
+    across stains and white balances. None when the cytoplasm has fewer than :data:`CYTOPLASM_MIN_PIXELS` pixels
+    or the red cells absorb green no more than red.
+
+    ``rgb`` and the masks are the cell's box (the masks bool, the box's size).
+
+    >>> colours = {"background": [240.0, 235.0, 230.0], "od": [0.2, 0.7, 0.55]}
+    >>> box = np.full((20, 20, 3), (240, 235, 230), np.uint8)
+    >>> cell = np.zeros((20, 20), bool); cell[2:18, 2:18] = True
+    >>> nucleus = np.zeros((20, 20), bool); nucleus[6:14, 6:14] = True
+    >>> box[cell & ~nucleus] = (150, 170, 215)  # blue cytoplasm: absorbs red
+    >>> cytoplasm_eosin(box, cell, nucleus, colours) < 0
+    True
+    >>> box[cell & ~nucleus] = (228, 150, 165)  # pink cytoplasm: absorbs green, as the red cells do
+    >>> round(cytoplasm_eosin(box, cell, nucleus, colours), 2)
+    0.79
+    """
+    cyto = cell_mask & ~nucleus_mask
+    red = float(colours["od"][1]) - float(colours["od"][0])
+    if int(cyto.sum()) < CYTOPLASM_MIN_PIXELS or red <= 0.05:
+        return None
+    od = np.median(optical_density(rgb[cyto].reshape(-1, 1, 3), colours["background"]).reshape(-1, 3), axis=0)
+    return float((od[1] - od[0]) / red)
+
+
+def eosin_odds(value: float, first: Sequence[float], second: Sequence[float]) -> float:
+    """How much likelier a cytoplasm measure ``value`` (:func:`cytoplasm_eosin`) is under the ``first`` class than
+    under the ``second`` (each ``[mean, sd]`` of that class's training cells, normal densities): the factor by
+    which it moves the odds between the two.
+
+    >>> round(eosin_odds(-0.1, [0.01, 0.14], [0.31, 0.21]), 1)  # a blue cytoplasm: a lymphocyte's, not haemoglobin
+    7.4
+    """
+    def log_density(x: float, mean: float, sd: float) -> float:
+        sd = max(float(sd), 1e-3)
+        return -0.5 * ((x - float(mean)) / sd) ** 2 - float(np.log(sd))
+
+    return float(np.exp(np.clip(log_density(value, *first) - log_density(value, *second), -30, 30)))
+
+
 def calibrate_red_cells(
     rgb: np.ndarray, source: Mapping[str, Sequence[float]], target: Mapping[str, Sequence[float]]
 ) -> np.ndarray:
