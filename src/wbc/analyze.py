@@ -82,15 +82,23 @@ def calibrate_to(
     rgb: np.ndarray, cells: list[Cell], target: dict[str, list[float]], step: int | None = None
 ) -> tuple[np.ndarray, dict[str, list[float]] | None]:
     """:func:`calibrate_field` onto the colours ``target`` (:func:`wbc.stain.red_cell_reference`), measuring the
-    field outside ``cells`` on every ``step``-th pixel row and column (default: every other in a field of 256 px
-    or more, the same colours 4x faster; 1: every pixel)."""
-    from wbc.stain import calibrate_red_cells, red_cell_colours
+    field's own colours outside ``cells`` (:func:`field_colours`, ``step``)."""
+    from wbc.stain import calibrate_red_cells
 
-    step = step or (2 if min(rgb.shape[:2]) >= 256 else 1)
-    source = red_cell_colours(rgb[::step, ::step], outside_cells(rgb.shape, cells)[::step, ::step])
+    source = field_colours(rgb, cells, step)
     if source is None:
         return rgb, None
     return calibrate_red_cells(rgb, source, target), source
+
+
+def field_colours(rgb: np.ndarray, cells: list[Cell], step: int | None = None) -> dict[str, list[float]] | None:
+    """The field's glass and red-cell colours (:func:`wbc.stain.red_cell_colours`) outside ``cells``, on every
+    ``step``-th pixel row and column (default: every other in a field of 256 px or more, the same colours 4x faster;
+    1: every pixel); None with too few red cells."""
+    from wbc.stain import red_cell_colours
+
+    step = step or (2 if min(rgb.shape[:2]) >= 256 else 1)
+    return red_cell_colours(rgb[::step, ::step], outside_cells(rgb.shape, cells)[::step, ::step])
 
 
 def classify_cells(
@@ -146,8 +154,7 @@ def cytoplasm_evidence(
     info = getattr(classifier, "info", None)
     fitted = (getattr(info, "colour_reference", None) or {}).get("cytoplasm_eosin") or {}
     first, second = HAEMOGLOBIN_PAIR
-    if colours is None or first not in fitted or second not in fitted or not {first, second} <= set(
-            classifier.classes):
+    if colours is None or not {first, second} <= set(fitted) or not {first, second} <= set(classifier.classes):
         return None
     odds: dict[int, float] = {}
     for i, c in enumerate(cells):
@@ -163,18 +170,17 @@ def cytoplasm_evidence(
 
 def central_cytoplasm_eosin(rgb: np.ndarray, segmenter: SegmenterLike) -> float | None:
     """:func:`wbc.stain.cytoplasm_eosin` of the WBC nearest the centre of a field (a training crop analysed as a
-    field), against the field's red cells measured as :func:`calibrate_to` measures them; None when no WBC, red
-    cells or cytoplasm is found. What the model's ``colour_reference["cytoplasm_eosin"]`` is fitted from
-    (``scripts/fit_cytoplasm_colours.py``)."""
-    from wbc.stain import cytoplasm_eosin, red_cell_colours
+    field), against the field's red cells measured as the calibration measures them (:func:`field_colours`); None
+    when no WBC, red cells or cytoplasm is found. What the model's ``colour_reference["cytoplasm_eosin"]`` is fitted
+    from (``scripts/fit_cytoplasm_colours.py``)."""
+    from wbc.stain import cytoplasm_eosin
 
     cells = segmenter.segment(rgb)
     if not cells:
         return None
     h, w = rgb.shape[:2]
     c = min(cells, key=lambda k: ((k.box[0] + k.box[2]) / 2 - w / 2) ** 2 + ((k.box[1] + k.box[3]) / 2 - h / 2) ** 2)
-    step = 2 if min(h, w) >= 256 else 1
-    colours = red_cell_colours(rgb[::step, ::step], outside_cells(rgb.shape, cells)[::step, ::step])
+    colours = field_colours(rgb, cells)
     if colours is None:
         return None
     x0, y0, x1, y1 = c.box
@@ -267,5 +273,5 @@ def analyze_image(
 from wbc.formats import cell_to_dict, mask_to_polygons, result_to_dict  # noqa: E402
 
 __all__ = ["analyze_image", "calibrate_field", "cell_to_dict", "central_cytoplasm_eosin", "check_field",
-           "classify_cells", "cytoplasm_evidence", "mask_to_polygons", "outside_cells", "red_cell_target_of",
-           "result_to_dict"]
+           "classify_cells", "cytoplasm_evidence", "field_colours", "mask_to_polygons", "outside_cells",
+           "red_cell_target_of", "result_to_dict"]
