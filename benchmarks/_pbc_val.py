@@ -65,16 +65,22 @@ def load_val_cells(args: argparse.Namespace) -> ValCells:
     return ValCells(clf, samples, images, y, wbc)
 
 
-def classify_shown(clf: Any, images: list[np.ndarray], framing: Any, jpeg: int | None = None) -> np.ndarray:
+def classify_shown(
+    clf: Any, images: list[np.ndarray], framing: Any, jpeg: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, C) for decoded single-cell images exactly as `wbc classify` computes them: each image
     prepared by :func:`wbc.classify.prepare_cell_views` (``framing``: the model's
     :class:`~wbc.reframe.FramingStats`, or False as ``--no-reframe``), an ambiguously framed cell averaged
-    over both framings, the model's own views (:func:`wbc.classify.predict_cells`). ``jpeg``: each image saved as
+    over both framings, the model's own views and the cytoplasm's colour (:func:`wbc.classify.predict_cells`,
+    :func:`wbc.cytoplasm.single_cell_evidence`). ``jpeg``: each image saved as
     a JPEG of this quality first and read as `wbc classify` reads such a file (:func:`wbc.classify.decode_cell_views`:
-    a large one decoded at a reduced size)."""
+    a large one decoded at a reduced size). Returned with the network's own (the same logits, without the
+    cytoplasm's evidence), which the benchmarks restrict to the five WBC types for their five-part figure:
+    `--classes 5part` leaves the cytoplasm no erythroblast to weigh against."""
     import cv2
 
     from wbc.classify import decode_cell_views, predict_cells, prepare_cell_views
+    from wbc.cytoplasm import single_cell_evidence
     from wbc.model import class_probabilities
     from wbc.reframe import FramingStats
 
@@ -87,11 +93,14 @@ def classify_shown(clf: Any, images: list[np.ndarray], framing: Any, jpeg: int |
         return decode_cell_views(data.tobytes(), "cell.jpg", size, framing)
 
     prepared = [prepare(im) for im in images]
-    out: list[np.ndarray] = []
+    answered: list[np.ndarray] = []
+    network: list[np.ndarray] = []
     for i in range(0, len(prepared), 128):
         part = prepared[i : i + 128]
         second = {k: z for k, (_, z) in enumerate(part) if z is not None}
-        _, raw = predict_cells(clf, np.stack([c for c, _ in part]), second=second,
-                               refocus=framing if isinstance(framing, FramingStats) else None)
-        out.append(class_probabilities(raw["logits"], clf.info))
-    return np.concatenate(out)
+        cells = np.stack([c for c, _ in part])
+        preds, raw = predict_cells(clf, cells, second=second, adjust=single_cell_evidence(cells, clf),
+                                   refocus=framing if isinstance(framing, FramingStats) else None)
+        answered.append(np.array([[p.probabilities[c] for c in clf.classes] for p in preds], np.float32))
+        network.append(class_probabilities(raw["logits"], clf.info))
+    return np.concatenate(answered), np.concatenate(network)

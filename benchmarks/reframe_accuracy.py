@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"side_px": int(np.median([max(s.shape[:2]) for s in shown]))}
         for mode, framing in (("no_reframe", False), ("reframe", stats)):
             t0 = time.perf_counter()
-            probs = classify_shown(clf, shown, framing, args.jpeg)
+            probs, network = classify_shown(clf, shown, framing, args.jpeg)
             ms = (time.perf_counter() - t0) / len(shown) * 1e3
-            p5, _ = restrict_probabilities(probs[wbc], clf.classes, WBC5)
+            p5, _ = restrict_probabilities(network[wbc], clf.classes, WBC5)  # five-part: no evidence to weigh
             row[mode] = {"accuracy": float((probs.argmax(1) == y).mean()),
                          "accuracy_5part": float((p5.argmax(1) == y5).mean()), "ms_per_cell": ms}
         res["variants"][name] = row

@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                  "reframe": not args.no_reframe, "shifts": {}}
     for name, fn in SHIFTS.items():
         framing = False if args.no_reframe else framing_stats_of(clf)  # as `wbc classify` prepares cells
-        probs = classify_shown(clf, [fn(im) for im in images], framing)
-        p5, _ = restrict_probabilities(probs[wbc], clf.classes, WBC5)
+        probs, network = classify_shown(clf, [fn(im) for im in images], framing)
+        p5, _ = restrict_probabilities(network[wbc], clf.classes, WBC5)  # five-part: no evidence to weigh
         res["shifts"][name] = {"accuracy": float((probs.argmax(1) == y).mean()),
                                "accuracy_5part": float((p5.argmax(1) == y[wbc]).mean())}
         print(f"{name:<44} {res['shifts'][name]['accuracy']:.4f}  5-part {res['shifts'][name]['accuracy_5part']:.4f}",

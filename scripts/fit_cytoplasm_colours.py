@@ -3,8 +3,8 @@
 Up to ``--per-class`` training cells of every class a smear's WBC can be (the manifest's ``train`` split,
 seeded) are each analysed as a smear field: the WBC nearest its centre is segmented as `wbc analyze` segments it,
 and its cytoplasm's eosin measured against the field's own red cells
-(:func:`wbc.analyze.central_cytoplasm_eosin`). The mean and standard deviation per class go into the model file
-and its JSON copy, where `wbc analyze` reads them (:func:`wbc.analyze.cytoplasm_evidence`). Only the metadata changes.
+(:func:`wbc.cytoplasm.central_cytoplasm_eosin`). The mean and standard deviation per class go into the model file
+and its JSON copy, where `wbc analyze` reads them (:func:`wbc.cytoplasm.cytoplasm_evidence`). Only the metadata changes.
 
     python scripts/fit_cytoplasm_colours.py --model src/wbc/models/default/wbc_classifier.onnx \\
         --manifest runs/default/manifest.csv --per-class 150
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from wbc.analyze import central_cytoplasm_eosin
+    from wbc.cytoplasm import central_cytoplasm_eosin
     from wbc.data import read_manifest
     from wbc.io import read_image
     from wbc.labels import NOT_IN_SMEAR_DETECTIONS

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from tiny_models import mean_colour_model
-from wbc.analyze import analyze_image, calibrate_field, outside_cells
-from wbc.io import write_image
+from wbc.analyze import analyze_image, calibrate_field
+from wbc.cytoplasm import outside_cells
+from wbc.io import read_image, write_image
 from wbc.labels import CLASSES
 from wbc.model import load_model, update_metadata
 from wbc.paths import data_root
@@ -175,6 +176,71 @@ def test_a_smear_cell_whose_cytoplasm_absorbs_red_is_named_lymphocyte_not_erythr
         pair = ("erythroblast", "lymphocyte")
         assert sum(a.prediction.probabilities[k] for k in pair) == pytest.approx(
             sum(b.prediction.probabilities[k] for k in pair), abs=1e-4)
+
+
+def test_a_single_cell_image_of_unfamiliar_colours_is_weighed_by_its_cytoplasm_too(tmp_path: Path) -> None:
+    """`wbc classify` (and ``/classify``, and `wbc evaluate`'s scores) weigh a single-cell image's cytoplasm as `wbc
+    analyze` weighs a smear cell's, when its colours are unlike the training images': a network that puts a cell with
+    red cells around it a little above lymphocyte as erythroblast is overruled by a blue cytoplasm, not by a pink one;
+    colours the model's out-of-distribution check finds familiar, a model without the statistics, or
+    `--no-colour-calibration`, change nothing."""
+    from fastapi.testclient import TestClient
+
+    from wbc.classify import classify_paths
+    from wbc.evaluate import evaluate
+    from wbc.ood import colour_features, fit_gaussian, ood_scores
+    from wbc.serve.app import create_app
+
+    rgb, boxes, nucleus, cell = synthetic_smear(n_wbc=2, seed=3)
+    blue = rgb.copy()
+    blue[cell & ~nucleus] = (190, 200, 208)  # a pale basophilic cytoplasm: it absorbs red more than green
+    x0, y0, x1, y1 = boxes[0]
+    cx, cy, half = (x0 + x1) // 2, (y0 + y1) // 2, x1 - x0  # the WBC at half its frame, red cells around it
+    crop = (slice(max(0, cy - half), cy + half), slice(max(0, cx - half), cx + half))
+    for folder, image in (("lymphocyte", blue), ("erythroblast", rgb)):
+        write_image(tmp_path / "cells" / folder / "a.png", np.ascontiguousarray(image[crop]))
+    files = [tmp_path / "cells" / "lymphocyte" / "a.png", tmp_path / "cells" / "erythroblast" / "a.png"]
+
+    size = 160  # the cytoplasm is measured on the network's view: large enough to segment
+    weight = np.zeros((len(CLASSES), 3))
+    weight[CLASSES.index("erythroblast")], weight[CLASSES.index("lymphocyte")] = 0.5, 0.4
+    plain = mean_colour_model(tmp_path / "m.onnx", size, weight, "m", embedding_output=True)
+    reference = [synthetic_cell(c, size, seed=k) for k in range(4) for c in ("neutrophil", "lymphocyte", "monocyte")]
+    gauss = fit_gaussian(colour_features(np.stack(reference)))
+
+    def model(name: str, threshold: float, statistics: bool) -> Path:
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(plain.read_bytes())
+        fitted = {"lymphocyte": [0.05, 0.39], "erythroblast": [0.69, 0.42]}  # scripts/fit_cytoplasm_colours.py's
+        update_metadata(path, colour_reference={"cytoplasm_eosin": fitted} if statistics else {}, ood={
+            "version": 1, "references": [{"name": "training", "colour": {**gauss, "threshold": threshold}}]})
+        return path
+
+    unfamiliar = load_model(model("unfamiliar", 1.0, True))
+    views = np.stack([cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA) for f in files])
+    assert (ood_scores(views, None, unfamiliar.info.ood)["colour"] > 1).all()  # unlike the training images
+    answers = {name: classify_paths(files, load_model(model(name, t, s))).predictions
+               for name, t, s in (("unfamiliar", 1.0, True), ("familiar", 1e9, True), ("no_statistics", 1.0, False))}
+    assert [p.label for p in answers["unfamiliar"]] == ["lymphocyte", "erythroblast"]
+    assert [p.label for p in answers["familiar"]] == ["erythroblast"] * 2
+    assert [p.label for p in answers["no_statistics"]] == ["erythroblast"] * 2
+    off = classify_paths(files, unfamiliar.with_colour_calibration(False)).predictions  # as --no-colour-calibration
+    assert [p.label for p in off] == ["erythroblast"] * 2
+    for flag, label in (("--colour-calibration", "lymphocyte"), ("--no-colour-calibration", "erythroblast")):
+        csv_path = tmp_path / f"{flag}.csv"
+        r = subprocess.run([sys.executable, "-m", "wbc", "classify", str(files[0]), "--model", str(unfamiliar.path),
+                            "--output", str(csv_path), flag], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert csv_path.read_text().splitlines()[1].split(",")[1] == label
+    pair = ("erythroblast", "lymphocyte")
+    for a, b in zip(answers["unfamiliar"], answers["no_statistics"], strict=True):
+        assert sum(a.probabilities[k] for k in pair) == pytest.approx(sum(b.probabilities[k] for k in pair), abs=1e-4)
+
+    client = TestClient(create_app(unfamiliar, ClassicalSegmenter()))
+    served = client.post("/classify", files=[("files", ("a.png", files[0].read_bytes(), "image/png"))]).json()
+    assert served["results"][0]["label"] == "lymphocyte"
+    scored = evaluate(tmp_path / "cells", unfamiliar, tmp_path / "eval", n_boot=10, cams_per_class=0)
+    assert scored["accuracy"] == 1.0  # the answers above, not the network's alone (0.5)
 
 
 def test_cli_records_the_calibration_and_turns_it_off(tmp_path: Path) -> None:

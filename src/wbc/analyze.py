@@ -8,14 +8,12 @@ folders through :func:`wbc.batch.analyze_paths` (resumable, atomic). Nothing her
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import cv2
 import numpy as np
 
 from wbc.classify import predict_cells, tta_views_of
 from wbc.crops import cell_fraction_of, crop_cells
+from wbc.cytoplasm import cytoplasm_evidence, field_colours
 from wbc.errors import ImageReadError
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS
 from wbc.preprocess import canvas_box, field_stop_mask, fill_field_stop
@@ -38,22 +36,6 @@ def check_field(rgb: np.ndarray, name: str = "") -> None:
         )
     if min(h, w) < MIN_SIDE:
         raise ImageReadError(f"{name}: {w}x{h} is too small to hold a cell (minimum side {MIN_SIDE} px)")
-
-
-#: Each WBC's box is widened by this fraction of its side on every side before the field's red cells are
-#: measured, so no cytoplasm is taken for a red cell.
-WBC_MARGIN: float = 0.15
-
-
-def outside_cells(shape: tuple[int, ...], cells: list[Cell], margin: float = WBC_MARGIN) -> np.ndarray:
-    """Boolean mask of the field outside every WBC's (widened) box: its red cells and glass."""
-    h, w = shape[:2]
-    keep = np.ones((h, w), bool)
-    for c in cells:
-        x0, y0, x1, y1 = c.box
-        dx, dy = int(margin * (x1 - x0)), int(margin * (y1 - y0))
-        keep[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)] = False
-    return keep
 
 
 def red_cell_target_of(classifier: ClassifierLike) -> dict[str, list[float]] | None:
@@ -91,16 +73,6 @@ def calibrate_to(
     return calibrate_red_cells(rgb, source, target), source
 
 
-def field_colours(rgb: np.ndarray, cells: list[Cell], step: int | None = None) -> dict[str, list[float]] | None:
-    """The field's glass and red-cell colours (:func:`wbc.stain.red_cell_colours`) outside ``cells``, on every
-    ``step``-th pixel row and column (default: every other in a field of 256 px or more, the same colours 4x faster;
-    1: every pixel); None with too few red cells."""
-    from wbc.stain import red_cell_colours
-
-    step = step or (2 if min(rgb.shape[:2]) >= 256 else 1)
-    return red_cell_colours(rgb[::step, ::step], outside_cells(rgb.shape, cells)[::step, ::step])
-
-
 def classify_cells(
     rgb: np.ndarray, cells: list[Cell], classifier: ClassifierLike, fraction: float | None = None
 ) -> dict[str, list[float]] | None:
@@ -130,81 +102,6 @@ def classify_cells(
             p.review = True
             p.reasons.append(FIELD_STOP_REASON)
     return calibration
-
-
-#: The two classes a WBC's cytoplasm tells apart where the network may not: an erythroblast's holds haemoglobin and
-#: absorbs green as the red cells do, a lymphocyte's is basophilic and absorbs red. Another lab's lymphocytes, blurred
-#: to a dense violet disc with no visible cytoplasm, look to the network like PBC's erythroblasts.
-HAEMOGLOBIN_PAIR: tuple[str, str] = ("lymphocyte", "erythroblast")
-
-
-def cytoplasm_evidence(
-    rgb: np.ndarray, cells: list[Cell], colours: dict[str, list[float]] | None, classifier: ClassifierLike
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """What each cell's cytoplasm says between the two classes of :data:`HAEMOGLOBIN_PAIR`, as an ``adjust`` for
-    :func:`wbc.classify.predict_cells`: for a cell answered one of them, their summed probability is shared again
-    by the odds its cytoplasm's colour gives (:func:`wbc.stain.cytoplasm_eosin` against the field's red cells
-    ``colours``, :func:`wbc.stain.eosin_odds` under the training cells' statistics in the model,
-    ``colour_reference["cytoplasm_eosin"]``). None when the model has no such statistics, the field no red-cell
-    colours, or no cell a measurable cytoplasm. Chosen on validation (docs/smear_analysis.md, "The cytoplasm's
-    colour").
-    """
-    from wbc.stain import cytoplasm_eosin, eosin_odds
-
-    info = getattr(classifier, "info", None)
-    fitted = (getattr(info, "colour_reference", None) or {}).get("cytoplasm_eosin") or {}
-    first, second = HAEMOGLOBIN_PAIR
-    if colours is None or not {first, second} <= set(fitted) or not {first, second} <= set(classifier.classes):
-        return None
-    odds: dict[int, float] = {}
-    for i, c in enumerate(cells):
-        x0, y0, x1, y1 = c.box
-        value = cytoplasm_eosin(rgb[y0:y1, x0:x1], c.cell_mask, c.nucleus_mask, colours)
-        if value is not None:
-            odds[i] = eosin_odds(value, fitted[first], fitted[second])
-    if not odds:
-        return None
-    pair = (classifier.classes.index(first), classifier.classes.index(second))
-    return functools.partial(share_pair, pair=pair, odds=odds)
-
-
-def central_cytoplasm_eosin(rgb: np.ndarray, segmenter: SegmenterLike) -> float | None:
-    """:func:`wbc.stain.cytoplasm_eosin` of the WBC nearest the centre of a field (a training crop analysed as a
-    field), against the field's red cells measured as the calibration measures them (:func:`field_colours`); None
-    when no WBC, red cells or cytoplasm is found. What the model's ``colour_reference["cytoplasm_eosin"]`` is fitted
-    from (``scripts/fit_cytoplasm_colours.py``)."""
-    from wbc.stain import cytoplasm_eosin
-
-    cells = segmenter.segment(rgb)
-    if not cells:
-        return None
-    h, w = rgb.shape[:2]
-    c = min(cells, key=lambda k: ((k.box[0] + k.box[2]) / 2 - w / 2) ** 2 + ((k.box[1] + k.box[3]) / 2 - h / 2) ** 2)
-    colours = field_colours(rgb, cells)
-    if colours is None:
-        return None
-    x0, y0, x1, y1 = c.box
-    return cytoplasm_eosin(rgb[y0:y1, x0:x1], c.cell_mask, c.nucleus_mask, colours)
-
-
-def share_pair(probs: np.ndarray, pair: tuple[int, int], odds: dict[int, float]) -> np.ndarray:
-    """``probs`` (N, C) with, in each row of ``odds`` ({row: odds of the first class against the second}) whose
-    answer is one of the ``pair``'s classes, their summed probability shared again in proportion to their
-    probabilities times those odds; every other probability as it was.
-
-    >>> share_pair(np.array([[0.1, 0.6, 0.3], [0.1, 0.6, 0.3]]), (2, 1), {0: 4.0})[:, 1:].round(2).tolist()
-    [[0.3, 0.6], [0.6, 0.3]]
-    """
-    out = np.array(probs, copy=True)
-    a, b = pair
-    for row, factor in odds.items():
-        if out[row].argmax() not in pair:
-            continue
-        wa, wb = out[row, a] * factor, out[row, b]
-        if wa + wb > 0:
-            total = out[row, a] + out[row, b]
-            out[row, a], out[row, b] = total * wa / (wa + wb), total * wb / (wa + wb)
-    return out
 
 
 #: The review reason of a smear cell that the edge of an eyepiece photo's field of view cuts.
@@ -272,6 +169,5 @@ def analyze_image(
 # The output formats live in wbc.formats; these names stay importable from here.
 from wbc.formats import cell_to_dict, mask_to_polygons, result_to_dict  # noqa: E402
 
-__all__ = ["analyze_image", "calibrate_field", "cell_to_dict", "central_cytoplasm_eosin", "check_field",
-           "classify_cells", "cytoplasm_evidence", "field_colours", "mask_to_polygons", "outside_cells",
+__all__ = ["analyze_image", "calibrate_field", "cell_to_dict", "check_field", "classify_cells", "mask_to_polygons",
            "red_cell_target_of", "result_to_dict"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from wbc.calibration import under_review
+from wbc.cytoplasm import single_cell_evidence
 from wbc.errors import ImageReadError, ImageTooLargeError
 from wbc.io import decode_image, image_size, read_bytes
 from wbc.labels import parse_class_set, restrict_probabilities
@@ -240,7 +241,8 @@ def predict_cells(
     although a nucleus stands out in it, and not shown in two framings already, is also shown re-framed around that
     nucleus and answered by the weighted mean of both framings (:func:`platelet_second_framings`). ``adjust``:
     evidence from outside the network, applied to the answer's probabilities before they become predictions
-    (`wbc analyze`: the cytoplasm's colour, :func:`wbc.analyze.cytoplasm_evidence`).
+    (the cytoplasm's colour: `wbc analyze`'s :func:`wbc.cytoplasm.cytoplasm_evidence`, `wbc classify`'s
+    :func:`wbc.cytoplasm.single_cell_evidence`).
     """
     ood = classifier.info.ood
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
@@ -486,7 +488,8 @@ def classify_paths(
         if len(arr):
             batch_preds, out = predict_cells(classifier, arr, [str(p) for p in batch.paths], with_embeddings,
                                              classes=allowed, second=batch.second,
-                                             refocus=framing if isinstance(framing, FramingStats) else None)
+                                             refocus=framing if isinstance(framing, FramingStats) else None,
+                                             adjust=single_cell_evidence(arr, classifier))
             preds += batch_preds
             logits.append(out["logits"])
             if with_embeddings:

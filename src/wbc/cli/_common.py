@@ -46,6 +46,10 @@ ColourCalibrationOpt = Annotated[bool, typer.Option(
     "--colour-calibration/--no-colour-calibration", help="Map each smear field's glass and red-cell colours onto "
     "the training lab's before its cells are classified (the field is its own colour standard; a model adapted "
     "to a lab by `wbc adapt` takes that lab's colours as they come).")]
+CellColourOpt = Annotated[bool, typer.Option(
+    "--colour-calibration/--no-colour-calibration", help="Weigh a cell answered lymphocyte or erythroblast, whose "
+    "colours are unlike the training images', by its cytoplasm's colour against the red cells around it (the image "
+    "is its own colour standard), as `wbc analyze` weighs a smear cell.")]
 ReframeOpt = Annotated[bool, typer.Option(
     "--reframe/--no-reframe", help="Re-frame cells framed unlike the training crops (filling a tight crop, "
     "small in a wide field) before classifying them.")]

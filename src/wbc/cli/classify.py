@@ -10,6 +10,7 @@ import typer
 from wbc.cli._app import app
 from wbc.cli._common import (
     ActorsOpt,
+    CellColourOpt,
     ClassesOpt,
     EngineOpt,
     ModelOpt,
@@ -37,6 +38,7 @@ def classify(
     classes: ClassesOpt = None,
     reframe: ReframeOpt = True,
     tta: TtaOpt = None,
+    colour_calibration: CellColourOpt = True,
 ) -> None:
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
     from wbc.classify import classify_paths
@@ -51,13 +53,15 @@ def classify(
         raise WbcError(no_images_message(paths))
     check_engine(engine, ray_address)
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
-    clf = load_model(model, threads=threads).with_classes(classes).with_tta(tta)
+    clf = (load_model(model, threads=threads).with_classes(classes).with_tta(tta)
+           .with_colour_calibration(colour_calibration))
     with progress("classifying", len(files)) as update:
         if engine == "ray":
             from wbc.batch import ModelSpec
             from wbc.distributed import classify_paths_ray
 
-            spec = ModelSpec(str(model) if model else None, threads=threads, classes=classes, tta=tta)
+            spec = ModelSpec(str(model) if model else None, threads=threads, classes=classes, tta=tta,
+                             colour_calibration=colour_calibration)
             res = classify_paths_ray(files, spec, batch_size=batch_size, actors=actors, address=ray_address,
                                      progress=update, reframe=reframe)
         else:

@@ -354,7 +354,6 @@ def evaluate(
     from wbc.evaluate.metrics import classification_metrics, fold_summary
     from wbc.evaluate.report import ReportInputs, Thumb, build_report
     from wbc.formats import write_predictions_csv
-    from wbc.model import class_probabilities
 
     t0 = time.perf_counter()
     ed = data if isinstance(data, EvalData) else load_eval_data(data, split, mapping, root)
@@ -381,11 +380,10 @@ def evaluate(
     logits = scored.logits[known].astype(np.float32)
     temperature = float(classifier.info.temperature)
     chosen = tuple(getattr(classifier, "label_set", ()))
-    y_prob = class_probabilities(logits, classifier.info, chosen)
-    if chosen:  # --classes: scored as wbc classify answers, over the chosen label set only
-        from wbc.labels import restrict_probabilities
-
-        y_prob = restrict_probabilities(y_prob, classes, chosen)[0]
+    # scored as wbc classify answers: over the chosen label set only (--classes), with the evidence it weighs
+    # besides the network (wbc.classify.predict_cells' ``adjust``); the logits serve the calibration measures
+    y_prob = np.array([[p.probabilities[c] for c in classes]
+                       for p, k in zip(scored.predictions, known, strict=True) if k], np.float32)
 
     metrics: dict[str, Any] = {
         "model_id": classifier.model_id,

@@ -226,15 +226,18 @@ def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequen
     """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
     ``wbc classify`` (:func:`wbc.classify.classify_paths`); ``second``: the second framings of ambiguously
     framed cells, by index (:func:`wbc.classify.prepare_cell_views`); ``refocus``: the framing statistics the cells
-    were re-framed with, if they were (:func:`wbc.classify.predict_cells`)."""
+    were re-framed with, if they were (:func:`wbc.classify.predict_cells`); the cytoplasm's colour weighed as
+    `wbc classify` weighs it (:func:`wbc.cytoplasm.single_cell_evidence`)."""
     from wbc.classify import predict_cells
+    from wbc.cytoplasm import single_cell_evidence
 
     second = second or {}
     preds: list[Any] = []
     for i in range(0, len(cells), BATCH_SIZE):
         part = {k - i: v for k, v in second.items() if i <= k < i + BATCH_SIZE}
-        preds += predict_cells(classifier, cells[i : i + BATCH_SIZE], list(names[i : i + BATCH_SIZE]),
-                               second=part, refocus=refocus)[0]
+        batch = cells[i : i + BATCH_SIZE]
+        preds += predict_cells(classifier, batch, list(names[i : i + BATCH_SIZE]), second=part, refocus=refocus,
+                               adjust=single_cell_evidence(batch, classifier))[0]
     return preds
 
 
