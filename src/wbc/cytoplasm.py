@@ -69,6 +69,31 @@ def share_pair(probs: np.ndarray, pair: tuple[int, int], odds: dict[int, float])
     return out
 
 
+#: A measure further than this many standard deviations from both classes' training means describes neither class (a
+#: field whose red cells barely absorb green more than red, dividing by almost nothing; a stain turned out of range):
+#: it is no evidence between them. PBC validation cells with their hue turned 30 degrees measured 12-15 and lost
+#: two lymphocytes to erythroblast at odds of 1e-13 without it; no answer on BCCD's smears or cells changes with it.
+#: At 3 it cost a BCCD train smear lymphocyte measured at -1.17, bluer than most lymphocytes, not unlike them.
+PLAUSIBLE_SD: float = 5.0
+
+
+def pair_odds(value: float, first: Sequence[float], second: Sequence[float]) -> float | None:
+    """:func:`wbc.stain.eosin_odds` of a cytoplasm measure between two classes (each ``[mean, sd]``), or None when the
+    value lies beyond :data:`PLAUSIBLE_SD` of both.
+
+    >>> lymphocyte, erythroblast = [0.05, 0.39], [0.69, 0.42]
+    >>> round(pair_odds(-0.2, lymphocyte, erythroblast), 1)  # a blue cytoplasm: a lymphocyte's
+    8.3
+    >>> pair_odds(12.0, lymphocyte, erythroblast) is None  # neither class's: a red-cell reference too faint
+    True
+    """
+    from wbc.stain import eosin_odds
+
+    if all(abs(value - mean) > PLAUSIBLE_SD * sd for mean, sd in (first, second)):
+        return None
+    return eosin_odds(value, first, second)
+
+
 def pair_statistics(classifier: ClassifierLike) -> tuple[tuple[int, int], Sequence[float], Sequence[float]] | None:
     """The :data:`HAEMOGLOBIN_PAIR`'s class indices and their training cells' ``[mean, sd]`` of the cytoplasm
     measure (the model's ``colour_reference["cytoplasm_eosin"]``); None for a model without them.
@@ -95,11 +120,11 @@ def cytoplasm_evidence(
     """What each cell's cytoplasm says between the two classes of :data:`HAEMOGLOBIN_PAIR`, as an ``adjust`` for
     :func:`wbc.classify.predict_cells`: for a cell answered one of them, their summed probability is shared again
     by the odds its cytoplasm's colour gives (:func:`wbc.stain.cytoplasm_eosin` against the field's red cells
-    ``colours``, :func:`wbc.stain.eosin_odds` under the training cells' statistics, :func:`pair_statistics`). None
+    ``colours``, :func:`pair_odds` under the training cells' statistics, :func:`pair_statistics`). None
     when the model has no such statistics, the field no red-cell colours, or no cell a measurable cytoplasm. Chosen
     on validation (docs/smear_analysis.md, "The cytoplasm's colour").
     """
-    from wbc.stain import cytoplasm_eosin, eosin_odds
+    from wbc.stain import cytoplasm_eosin
 
     stats = pair_statistics(classifier)
     if colours is None or stats is None:
@@ -109,8 +134,8 @@ def cytoplasm_evidence(
     for i, c in enumerate(cells):
         x0, y0, x1, y1 = c.box
         value = cytoplasm_eosin(rgb[y0:y1, x0:x1], c.cell_mask, c.nucleus_mask, colours)
-        if value is not None:
-            odds[i] = eosin_odds(value, first, second)
+        if value is not None and (o := pair_odds(value, first, second)) is not None:
+            odds[i] = o
     if not odds:
         return None
     return functools.partial(share_pair, pair=pair, odds=odds)
@@ -171,7 +196,6 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Calla
 
     def adjust(probs: np.ndarray) -> np.ndarray:
         from wbc.ood import ood_scores
-        from wbc.stain import eosin_odds
 
         answer = probs.argmax(1)
         rows = [i for i in range(len(probs)) if answer[i] in pair and probs[i, list(pair)].min() > 0]
@@ -182,8 +206,9 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Calla
             return probs
         odds: dict[int, float] = {}
         for i, score in zip(rows, colour, strict=True):
-            if score > 1.0 and (value := central_cytoplasm_eosin(cells[i], _single_cell_segmenter())) is not None:
-                odds[i] = eosin_odds(value, first, second)
+            value = central_cytoplasm_eosin(cells[i], _single_cell_segmenter()) if score > 1.0 else None
+            if value is not None and (o := pair_odds(value, first, second)) is not None:
+                odds[i] = o
         return share_pair(probs, pair, odds) if odds else probs
 
     return adjust
