@@ -171,6 +171,8 @@ def test_a_smear_cell_whose_cytoplasm_absorbs_red_is_named_lymphocyte_not_erythr
         assert cytoplasm_eosin(blue[y0:y1, x0:x1], c.cell_mask, c.nucleus_mask, after.calibration) < 0
     assert [c.prediction.label for c in before.cells] == ["erythroblast"] * 2
     assert [c.prediction.label for c in after.cells] == ["lymphocyte"] * 2
+    assert all(c.prediction.review and any("erythroblast by the network" in r for r in c.prediction.reasons)
+               for c in after.cells)  # shown for review, both answers named
     assert [c.prediction.label for c in pink.cells] == ["erythroblast"] * 2
     for b, a in zip(before.cells, after.cells, strict=True):
         pair = ("erythroblast", "lymphocyte")
@@ -183,7 +185,7 @@ def test_a_single_cell_image_of_unfamiliar_colours_is_weighed_by_its_cytoplasm_t
     analyze` weighs a smear cell's, when its colours are unlike the training images': a network that puts a cell with
     red cells around it a little above lymphocyte as erythroblast is overruled by a blue cytoplasm, not by a pink one;
     colours the model's out-of-distribution check finds familiar, a model without the statistics, or
-    `--no-colour-calibration`, change nothing."""
+    `--no-colour-calibration`, change nothing. A changed answer is flagged for review with both answers named."""
     from fastapi.testclient import TestClient
 
     from wbc.classify import classify_paths
@@ -222,6 +224,10 @@ def test_a_single_cell_image_of_unfamiliar_colours_is_weighed_by_its_cytoplasm_t
     answers = {name: classify_paths(files, load_model(model(name, t, s))).predictions
                for name, t, s in (("unfamiliar", 1.0, True), ("familiar", 1e9, True), ("no_statistics", 1.0, False))}
     assert [p.label for p in answers["unfamiliar"]] == ["lymphocyte", "erythroblast"]
+    changed, kept = answers["unfamiliar"]  # the answer the cytoplasm changed is shown for review, and why
+    assert changed.review
+    assert "erythroblast by the network, lymphocyte by its cytoplasm's colour" in " ".join(changed.reasons)
+    assert not any("by the network" in r for r in kept.reasons)
     assert [p.label for p in answers["familiar"]] == ["erythroblast"] * 2
     assert [p.label for p in answers["no_statistics"]] == ["erythroblast"] * 2
     off = classify_paths(files, unfamiliar.with_colour_calibration(False)).predictions  # as --no-colour-calibration

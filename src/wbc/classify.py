@@ -242,7 +242,8 @@ def predict_cells(
     nucleus and answered by the weighted mean of both framings (:func:`platelet_second_framings`). ``adjust``:
     evidence from outside the network, applied to the answer's probabilities before they become predictions
     (the cytoplasm's colour: `wbc analyze`'s :func:`wbc.cytoplasm.cytoplasm_evidence`, `wbc classify`'s
-    :func:`wbc.cytoplasm.single_cell_evidence`).
+    :func:`wbc.cytoplasm.single_cell_evidence`); a cell whose answer it changes is flagged for review, the reason
+    naming both answers and the evidence (:class:`wbc.cytoplasm.Evidence`).
     """
     ood = classifier.info.ood
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
@@ -279,9 +280,14 @@ def predict_cells(
                 logits = weigh_second_framings(logits, rows, z)
             out = {**out, "logits": logits}
             probs, full, mass = answer_probabilities(logits, classifier, exclude, classes)
+    network = probs.argmax(1)
     if adjust is not None:
         probs = adjust(probs)
     preds = predictions_from_probs(probs, classifier, names)
+    for i in np.flatnonzero(probs.argmax(1) != network):  # the network and the evidence disagree: a person decides
+        preds[i].review = True
+        preds[i].reasons.append(f"{classifier.classes[int(network[i])]} by the network, {preds[i].label} by "
+                                f"{getattr(adjust, 'what', 'other evidence')}")
     if classes:
         for p, m, row in zip(preds, mass, full, strict=True):
             if m < 0.5:

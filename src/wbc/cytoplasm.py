@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +27,18 @@ HAEMOGLOBIN_PAIR: tuple[str, str] = ("lymphocyte", "erythroblast")
 #: Each WBC's box is widened by this fraction of its side on every side before the field's red cells are
 #: measured, so no cytoplasm is taken for a red cell.
 WBC_MARGIN: float = 0.15
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Evidence besides the network, as :func:`wbc.classify.predict_cells`' ``adjust``: ``apply`` maps the answer's
+    probabilities (N, C) to new ones; ``what`` names it in the review reason of a cell whose answer it changes."""
+
+    apply: Callable[[np.ndarray], np.ndarray]
+    what: str = "its cytoplasm's colour against the red cells"
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        return self.apply(probs)
 
 
 def outside_cells(shape: tuple[int, ...], cells: list[Cell], margin: float = WBC_MARGIN) -> np.ndarray:
@@ -116,7 +129,7 @@ def pair_statistics(classifier: ClassifierLike) -> tuple[tuple[int, int], Sequen
 
 def cytoplasm_evidence(
     rgb: np.ndarray, cells: list[Cell], colours: dict[str, list[float]] | None, classifier: ClassifierLike
-) -> Callable[[np.ndarray], np.ndarray] | None:
+) -> Evidence | None:
     """What each cell's cytoplasm says between the two classes of :data:`HAEMOGLOBIN_PAIR`, as an ``adjust`` for
     :func:`wbc.classify.predict_cells`: for a cell answered one of them, their summed probability is shared again
     by the odds its cytoplasm's colour gives (:func:`wbc.stain.cytoplasm_eosin` against the field's red cells
@@ -138,7 +151,7 @@ def cytoplasm_evidence(
             odds[i] = o
     if not odds:
         return None
-    return functools.partial(share_pair, pair=pair, odds=odds)
+    return Evidence(functools.partial(share_pair, pair=pair, odds=odds))
 
 
 def central_cytoplasm_eosin(rgb: np.ndarray, segmenter: SegmenterLike) -> float | None:
@@ -168,7 +181,7 @@ def _single_cell_segmenter() -> SegmenterLike:
     return get_segmenter("classical")
 
 
-def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Callable[[np.ndarray], np.ndarray] | None:
+def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Evidence | None:
     """:func:`cytoplasm_evidence` for single-cell images (the network's uint8 views ``cells``), as an ``adjust`` for
     :func:`wbc.classify.predict_cells`: a cell answered lymphocyte or erythroblast (the other of the two still
     possible) whose colours are unlike the training images' (the model's out-of-distribution colour check) is
@@ -211,4 +224,4 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Calla
                 odds[i] = o
         return share_pair(probs, pair, odds) if odds else probs
 
-    return adjust
+    return Evidence(adjust)
