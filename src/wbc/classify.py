@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from wbc.calibration import under_review
-from wbc.cytoplasm import single_cell_evidence
+from wbc.cytoplasm import Evidence, single_cell_evidence
 from wbc.errors import ImageReadError, ImageTooLargeError
 from wbc.io import decode_image, image_size, read_bytes
 from wbc.labels import parse_class_set, restrict_probabilities
@@ -218,7 +218,7 @@ def predict_cells(
     classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
     exclude: Sequence[str] = (), classes: Sequence[str] = (), views: int | None = None,
     second: Mapping[int, np.ndarray] | None = None, ood_cells: np.ndarray | None = None,
-    refocus: FramingStats | None = None, adjust: Callable[[np.ndarray], np.ndarray] | None = None,
+    refocus: FramingStats | None = None, adjust: Evidence | None = None,
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
@@ -240,10 +240,11 @@ def predict_cells(
     ``refocus``: single-cell images re-framed with these statistics (`wbc classify`): a cell answered platelet
     although a nucleus stands out in it, and not shown in two framings already, is also shown re-framed around that
     nucleus and answered by the weighted mean of both framings (:func:`platelet_second_framings`). ``adjust``:
-    evidence from outside the network, applied to the answer's probabilities before they become predictions
-    (the cytoplasm's colour: `wbc analyze`'s :func:`wbc.cytoplasm.cytoplasm_evidence`, `wbc classify`'s
-    :func:`wbc.cytoplasm.single_cell_evidence`); a cell whose answer it changes is flagged for review, the reason
-    naming both answers and the evidence (:class:`wbc.cytoplasm.Evidence`).
+    evidence from outside the network (:class:`wbc.cytoplasm.Evidence`: the cytoplasm's colour, `wbc analyze`'s
+    :func:`wbc.cytoplasm.cytoplasm_evidence` and `wbc classify`'s :func:`wbc.cytoplasm.single_cell_evidence`),
+    applied to the answer's probabilities before they become predictions, with the cells' out-of-distribution colour
+    scores (computed once, for it and the flags); a cell whose answer it changes is flagged for review, the reason
+    naming both answers and the evidence.
     """
     ood = classifier.info.ood
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
@@ -280,14 +281,17 @@ def predict_cells(
                 logits = weigh_second_framings(logits, rows, z)
             out = {**out, "logits": logits}
             probs, full, mass = answer_probabilities(logits, classifier, exclude, classes)
-    network = probs.argmax(1)
+    from wbc.ood import flag_predictions, ood_scores
+
+    # computed once: the evidence and the flags below read them
+    scores = ood_scores(cells if ood_cells is None else ood_cells, out["embedding"], ood) if ood else {}
+    network, what = probs.argmax(1), ""
     if adjust is not None:
-        probs = adjust(probs)
+        probs, what = adjust(probs, scores.get("colour")), adjust.what
     preds = predictions_from_probs(probs, classifier, names)
     for i in np.flatnonzero(probs.argmax(1) != network):  # the network and the evidence disagree: a person decides
         preds[i].review = True
-        preds[i].reasons.append(f"{classifier.classes[int(network[i])]} by the network, {preds[i].label} by "
-                                f"{getattr(adjust, 'what', 'other evidence')}")
+        preds[i].reasons.append(f"{classifier.classes[int(network[i])]} by the network, {preds[i].label} by {what}")
     if classes:
         for p, m, row in zip(preds, mass, full, strict=True):
             if m < 0.5:
@@ -295,9 +299,7 @@ def predict_cells(
                 p.review = True
                 p.reasons.append(f"the model favours {other} ({row.max():.2f}), outside the chosen classes")
     if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
-        from wbc.ood import flag_predictions
-
-        flag_predictions(preds, cells if ood_cells is None else ood_cells, out["embedding"], ood)
+        flag_predictions(preds, None, None, ood, scores)
     return preds, out
 
 

@@ -31,14 +31,18 @@ WBC_MARGIN: float = 0.15
 
 @dataclass(frozen=True)
 class Evidence:
-    """Evidence besides the network, as :func:`wbc.classify.predict_cells`' ``adjust``: ``apply`` maps the answer's
-    probabilities (N, C) to new ones; ``what`` names it in the review reason of a cell whose answer it changes."""
+    """The cytoplasm's say between the two classes of ``pair`` (class indices), as :func:`wbc.classify.predict_cells`'
+    ``adjust``: ``odds_of`` gives {row: odds of the first class against the second} from the answer's probabilities
+    (N, C) and the cells' out-of-distribution colour scores (None when not computed), and :func:`share_pair` applies
+    them; ``what`` names it in the review reason of a cell whose answer it changes."""
 
-    apply: Callable[[np.ndarray], np.ndarray]
+    pair: tuple[int, int]
+    odds_of: Callable[[np.ndarray, np.ndarray | None], dict[int, float]]
     what: str = "its cytoplasm's colour against the red cells"
 
-    def __call__(self, probs: np.ndarray) -> np.ndarray:
-        return self.apply(probs)
+    def __call__(self, probs: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+        odds = self.odds_of(probs, colour)
+        return share_pair(probs, self.pair, odds) if odds else probs
 
 
 def outside_cells(shape: tuple[int, ...], cells: list[Cell], margin: float = WBC_MARGIN) -> np.ndarray:
@@ -151,7 +155,7 @@ def cytoplasm_evidence(
             odds[i] = o
     if not odds:
         return None
-    return Evidence(functools.partial(share_pair, pair=pair, odds=odds))
+    return Evidence(pair, lambda probs, colour: odds)
 
 
 def central_cytoplasm_eosin(rgb: np.ndarray, segmenter: SegmenterLike) -> float | None:
@@ -207,21 +211,16 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Evide
         return None
     pair, first, second = stats
 
-    def adjust(probs: np.ndarray) -> np.ndarray:
+    def odds_of(probs: np.ndarray, colour: np.ndarray | None) -> dict[int, float]:
         from wbc.ood import ood_scores
 
         answer = probs.argmax(1)
         rows = [i for i in range(len(probs)) if answer[i] in pair and probs[i, list(pair)].min() > 0]
-        if not rows:
-            return probs
-        colour = ood_scores(cells[rows], None, ood).get("colour")
-        if colour is None:
-            return probs
-        odds: dict[int, float] = {}
-        for i, score in zip(rows, colour, strict=True):
-            value = central_cytoplasm_eosin(cells[i], _single_cell_segmenter()) if score > 1.0 else None
-            if value is not None and (o := pair_odds(value, first, second)) is not None:
-                odds[i] = o
-        return share_pair(probs, pair, odds) if odds else probs
+        if rows and colour is None:  # not computed by the caller
+            colour = ood_scores(cells, None, ood).get("colour")
+        unfamiliar = [i for i in rows if colour is not None and colour[i] > 1.0]
+        values = {i: central_cytoplasm_eosin(cells[i], _single_cell_segmenter()) for i in unfamiliar}
+        odds = {i: pair_odds(v, first, second) for i, v in values.items() if v is not None}
+        return {i: o for i, o in odds.items() if o is not None}
 
-    return Evidence(adjust)
+    return Evidence(pair, odds_of)

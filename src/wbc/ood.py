@@ -193,12 +193,13 @@ REASONS = {"colour": "colours unlike the training images", "feature": "appearanc
 
 def flag_predictions(
     predictions: Sequence[Prediction], cells: np.ndarray | None, embeddings: np.ndarray | None,
-    ood: dict[str, Any],
+    ood: dict[str, Any], scores: dict[str, np.ndarray] | None = None,
 ) -> list[Prediction]:
-    """Set ``ood``, ``review`` and a reason on predictions whose cells are out of distribution (in place)."""
+    """Set ``ood``, ``review`` and a reason on predictions whose cells are out of distribution (in place);
+    ``scores``: their :func:`ood_scores`, when already computed."""
     if not ood or not len(predictions):
         return list(predictions)
-    scores = ood_scores(cells, embeddings, ood)
+    scores = ood_scores(cells, embeddings, ood) if scores is None else scores
     for i, p in enumerate(predictions):
         for kind, s in scores.items():
             if s[i] > 1.0:
