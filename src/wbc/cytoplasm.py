@@ -33,7 +33,8 @@ WBC_MARGIN: float = 0.15
 class Evidence:
     """The cytoplasm's say between the two classes of ``pair`` (class indices), as :func:`wbc.classify.predict_cells`'
     ``adjust``: ``odds_of`` gives {row: odds of the first class against the second} from the answer's probabilities
-    (N, C) and the cells' out-of-distribution colour scores (None when not computed), and :func:`share_pair` applies
+    (N, C) and the cells' out-of-distribution colour scores (:func:`wbc.ood.ood_scores`, which `predict_cells` computes
+    once for this and its flags; None: none), and :func:`share_pair` applies
     them; ``what`` names it in the review reason of a cell whose answer it changes."""
 
     pair: tuple[int, int]
@@ -212,13 +213,11 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Evide
     pair, first, second = stats
 
     def odds_of(probs: np.ndarray, colour: np.ndarray | None) -> dict[int, float]:
-        from wbc.ood import ood_scores
-
+        if colour is None:  # no colour check made: nothing is measured
+            return {}
         answer = probs.argmax(1)
-        rows = [i for i in range(len(probs)) if answer[i] in pair and probs[i, list(pair)].min() > 0]
-        if rows and colour is None:  # not computed by the caller
-            colour = ood_scores(cells, None, ood).get("colour")
-        unfamiliar = [i for i in rows if colour is not None and colour[i] > 1.0]
+        unfamiliar = [i for i in range(len(probs))
+                      if answer[i] in pair and probs[i, list(pair)].min() > 0 and colour[i] > 1.0]
         values = {i: central_cytoplasm_eosin(cells[i], _single_cell_segmenter()) for i in unfamiliar}
         odds = {i: pair_odds(v, first, second) for i, v in values.items() if v is not None}
         return {i: o for i, o in odds.items() if o is not None}
