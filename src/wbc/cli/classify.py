@@ -39,6 +39,12 @@ def classify(
     reframe: ReframeOpt = True,
     tta: TtaOpt = None,
     colour_calibration: CellColourOpt = True,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Also write an HTML page of the answers to check at a glance: the differential with 95% "
+                         "intervals and each class's cells as the model saw them, flagged ones first.")] = None,
+    report_cells: Annotated[int, typer.Option(
+        min=0, help="Cells shown per class on the --report page (flagged first, then the least confident; "
+                    "0: every cell).")] = 48,  # wbc.evaluate.classified.REPORT_CELLS (not imported at start-up)
 ) -> None:
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
     from wbc.classify import classify_paths
@@ -53,6 +59,7 @@ def classify(
         raise WbcError(no_images_message(paths))
     check_engine(engine, ray_address)
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
+    page = check_output_file(report) if report else None
     clf = (load_model(model, threads=threads).with_classes(classes).with_tta(tta)
            .with_colour_calibration(colour_calibration))
     with progress("classifying", len(files)) as update:
@@ -78,8 +85,15 @@ def classify(
         if counts.get(c):
             say(f"  {c:<13}{counts[c]:>7}  {100 * counts[c] / n:5.1f}%")
     say(f"  flagged for review: {n_review}")
-    if warning := ood_warning(res.predictions, adapted_without_labels(clf)):
+    warning = ood_warning(res.predictions, adapted_without_labels(clf))
+    if warning:
         warn(f"{warning}; {advice_for(clf)}" if needs_adaptation(res.predictions) else warning)
+    if page is not None:
+        from wbc.evaluate.classified import write_classified_report
+
+        write_classified_report(page, res.predictions, clf, per_class=report_cells, reframe=reframe,
+                                sources=[str(p) for p in paths], warning=warning, errors=res.errors)
+        say(f"report -> {page}")
     if res.errors:
         warn(f"{len(res.errors)} file(s) could not be read", "note:")
         if not n:

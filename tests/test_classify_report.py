@@ -1,0 +1,134 @@
+"""`wbc classify --report`: the page a person checks single-cell answers on (wbc.evaluate.classified)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import re
+import subprocess
+import sys
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from wbc.classify import classify_paths, read_cell
+from wbc.evaluate.classified import gallery_order, write_classified_report
+from wbc.io import iter_image_paths
+from wbc.model import load_model
+from wbc.reframe import framing_stats_of
+from wbc.types import Prediction
+
+
+class _Images(HTMLParser):
+    """The <img> tags of a page, in order, and whether every opened tag was closed in order."""
+
+    VOID = frozenset({"img", "meta", "br", "input", "link"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str | None]] = []
+        self.stack: list[str] = []
+        self.balanced = True
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs))
+        elif tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack.pop() != tag:
+            self.balanced = False
+
+
+def _parse(page: str) -> _Images:
+    p = _Images()
+    p.feed(page)
+    return p
+
+
+def _decode(uri: str) -> np.ndarray:
+    data = base64.b64decode(uri.split(",", 1)[1])
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def _cells(folder: Path, n: int = 9) -> Path:
+    """``n`` synthetic single-cell images: the cell small in a wide frame, as it comes, and filling a tight crop."""
+    from wbc.synthetic import make_dataset
+
+    src = make_dataset(folder.parent / "synth", n_per_class=2, size=96)
+    folder.mkdir()
+    for i, p in enumerate(list(iter_image_paths([src]))[:n]):
+        rgb = cv2.imread(str(p))
+        if i % 3 == 1:  # tight: the cell fills the frame
+            rgb = rgb[18:78, 18:78]
+        elif i % 3 == 2:  # wide: the cell small in a large frame of its own background
+            rgb = cv2.copyMakeBorder(rgb, 96, 96, 96, 96, cv2.BORDER_REPLICATE)
+        cv2.imwrite(str(folder / f"cell_{i:02d}.png"), rgb)
+    return folder
+
+
+def test_gallery_order_shows_flagged_cells_first_then_the_least_confident() -> None:
+    preds = [Prediction("neutrophil", c, r, {}) for c, r in
+             [(0.99, False), (0.55, False), (0.97, True), (0.80, True), (0.60, False)]]
+    assert gallery_order(preds, per_class=0) == {"neutrophil": [3, 2, 1, 4, 0]}
+    assert gallery_order(preds, per_class=2) == {"neutrophil": [3, 2]}
+    assert gallery_order([], per_class=5) == {}
+
+
+def test_the_report_shows_each_cell_as_the_model_saw_it(tmp_path: Path) -> None:
+    """The picture of a cell is the network's input (re-framed as `wbc classify` re-framed it), not the file."""
+    folder = _cells(tmp_path / "cells")
+    clf = load_model(None, threads=1)
+    res = classify_paths(list(iter_image_paths([folder])), clf, workers=1)
+    page = tmp_path / "report.html"
+    write_classified_report(page, res.predictions, clf, per_class=0, sources=[str(folder)])
+    html = page.read_text()
+    parsed = _parse(html)
+    assert parsed.balanced and len(parsed.images) == len(res.predictions) == 9
+    framing = framing_stats_of(clf)
+    by_path = {p.path: p for p in res.predictions}
+    for img in parsed.images:
+        path = str(img["title"]).splitlines()[0]
+        shown = _decode(str(img["src"]))
+        seen = read_cell(path, clf.info.input_size, framing)
+        assert shown.shape == seen.shape == (160, 160, 3)
+        assert np.abs(shown.astype(int) - seen).mean() < 4  # the same picture, through a JPEG
+        assert img["alt"] == f"{by_path[path].label} cell"
+    # the tight crops were re-framed: the picture differs from the file merely resized
+    tight = str(folder / "cell_01.png")
+    plain = cv2.resize(cv2.imread(tight)[:, :, ::-1], (160, 160), interpolation=cv2.INTER_AREA)
+    assert np.abs(read_cell(tight, 160, framing).astype(int) - plain).mean() > 10
+
+
+def test_classify_cli_writes_the_report_with_counts_galleries_and_skipped_files(tmp_path: Path) -> None:
+    folder = _cells(tmp_path / "cells")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out, page = tmp_path / "preds.csv", tmp_path / "out" / "report.html"
+    page.parent.mkdir()
+    r = subprocess.run([sys.executable, "-m", "wbc", "classify", str(folder), "--output", str(out), "--classes",
+                        "5part", "--report", str(page), "--report-cells", "2"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"report -> {page}" in r.stderr
+    rows = list(csv.DictReader(out.open()))
+    counts = Counter(row["label"] for row in rows)
+    html = page.read_text()
+    parsed = _parse(html)
+    assert parsed.balanced
+    # every answered class has its heading with its count, and at most two of its cells shown
+    for label, n in counts.items():
+        assert re.search(rf"<h3 id='{label}'>[^<]*: {n} cells?, \d+ flagged", html), label
+    assert len(parsed.images) == sum(min(2, n) for n in counts.values())
+    assert all(str(i["src"]).startswith("data:image/jpeg;base64,") for i in parsed.images)
+    # the differential lists the five classes asked for, even those with no cell, and only them
+    table = html.split("<h2>Differential</h2>")[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td>", table) == ["basophil", "eosinophil", "lymphocyte", "monocyte",
+                                                         "neutrophil"]
+    assert "broken.png" in html.split("Files not read")[1]
+    assert "<script" not in html and "http" not in html.replace("http-equiv", "")  # self-contained, nothing fetched
