@@ -38,7 +38,7 @@ for f in src/wbc/example_fields/*.jpg; do
     [ -s "$out" ] || { echo "fresh-clone check: $out missing" >&2; missing=1; }
   done
 done
-for out in out/cells.csv out/differential.csv; do
+for out in out/cells.csv out/differential.csv out/report.html; do
   [ -s "$out" ] || { echo "fresh-clone check: $out missing" >&2; missing=1; }
 done
 [ "$n" -ge 5 ] || { echo "fresh-clone check: only $n example fields shipped" >&2; missing=1; }

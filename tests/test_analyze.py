@@ -200,6 +200,8 @@ def test_cli_analyze_default_folder(clf, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "1 file(s) failed" in r.stderr
     assert (tmp_path / "out" / "differential.csv").is_file() and (tmp_path / "out" / "a.png").is_file()
+    page = (tmp_path / "out" / "report.html").read_text()  # written by default, for a person to check
+    assert "report: out/report.html" in r.stderr and "<h1>Smear analysis</h1>" in page and "corrupt.jpg" in page
 
 
 def test_cli_analyze_errors_are_one_line(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ class AnalyzeSummary:
     skipped: int = 0
     seconds_analysis: float = 0.0
     seconds_render: float = 0.0
+    stems: dict[str, str] = field(default_factory=dict)  # each field's image, as in ``docs``: its output stem
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -224,12 +225,13 @@ def tally(summary: AnalyzeSummary, result: FieldOutput) -> None:
 def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: AnalyzeSummary) -> AnalyzeSummary:
     """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents."""
     failed = {p for p, _ in summary.errors}
-    summary.docs, summary.classes = [], list(classes)
+    summary.docs, summary.classes, summary.stems = [], list(classes), {}
 
     def docs() -> Iterator[dict[str, Any]]:  # streamed: a million fields' documents never sit in memory at once
         for j in jobs:
             if j.path not in failed and (d := read_doc(out, j)) is not None:
                 summary.docs.append({k: d.get(k) for k in SUMMARY_KEYS})
+                summary.stems[str(d.get("image"))] = j.stem
                 yield d
 
     write_cells_csv(out / "cells.csv", docs(), classes)

@@ -50,6 +50,13 @@ def analyze(
     classes: ClassesOpt = None,
     tta: TtaOpt = None,
     colour_calibration: ColourCalibrationOpt = True,
+    report: Annotated[bool, typer.Option(
+        "--report/--no-report", help="Write report.html in --output: the differential with 95% intervals, each "
+                                     "class's cells cut from their fields (flagged first, linked to the annotated "
+                                     "field) and the fields' warnings, to check at a glance.")] = True,
+    report_cells: Annotated[int, typer.Option(
+        min=0, help="Cells shown per class in report.html (flagged first, then the least confident; 0: every "
+                    "cell).")] = 48,  # wbc.evaluate.classified.REPORT_CELLS (not imported at start-up)
 ) -> None:
     """Find, outline, classify and count the WBCs of smear images; write JSON, PNG and CSVs.
 
@@ -96,6 +103,13 @@ def analyze(
     for c in summary.classes:
         if pooled.get(c):
             say(f"  {c:<13}{pooled[c]:>6}  {100 * pooled[c] / max(n_cells, 1):5.1f}%")
+    if report and summary.classes:
+        from wbc.evaluate.classified import write_analysis_report
+
+        page = write_analysis_report(output, summary.docs, summary.classes, stems=summary.stems,
+                                     model_id=summary.model_id, segmenter_id=summary.segmenter_id,
+                                     per_class=report_cells, errors=summary.errors)
+        say(f"  report: {page}")
     for _, msg in summary.errors:
         warn(msg, "skipped")
     if summary.errors:

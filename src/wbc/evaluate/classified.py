@@ -1,19 +1,22 @@
-"""A page of single-cell answers for a person to check (`wbc classify --report`).
+"""Pages of answers for a person to check: `wbc classify --report` and `wbc analyze`'s ``report.html``.
 
-`wbc classify` answers in a CSV; a lab trying wbc on its own cells wants to *see* them: the differential with its
-intervals, and each class's cells as the model saw them (re-framed where they were), flagged ones first, so a
-hematologist can tell at a glance whether "eosinophil" holds eosinophils. One self-contained HTML file: the
-pictures are embedded, nothing is fetched, and it opens from a USB stick or an e-mail.
+`wbc classify` answers in a CSV and `wbc analyze` in JSON and CSVs; a lab trying wbc on its own images wants to
+*see* the answers: the differential with its intervals, and each class's cells, flagged ones first, so a
+hematologist can tell at a glance whether "eosinophil" holds eosinophils. One self-contained HTML file each: the
+pictures are embedded, nothing is fetched, and the same inputs give the same bytes (no timestamp).
 
-Small pure functions (:func:`gallery_order`, :func:`differential`) under one renderer (:func:`classified_page`) and
-one writer (:func:`write_classified_report`) that reads the shown cells again as the classifier prepared them.
+A streaming picker (:class:`GalleryPicker`, :func:`gallery_order`: at most so many cells a class, never the whole
+batch in memory) and :func:`differential` under two renderers (:func:`classified_page`, :func:`analysis_page`) and two
+writers: :func:`write_classified_report` reads the shown single-cell images again as the classifier prepared them;
+:func:`write_analysis_report` cuts the shown cells from their fields by the boxes in ``cells.csv``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import heapq
 import os
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +35,55 @@ REPORT_CELLS: int = 48
 class ShownCell:
     """One cell in a gallery: the network's view of it and its answer."""
 
-    rgb: np.ndarray  # uint8 RGB, the model's input (re-framed where `wbc classify` re-framed it)
+    rgb: np.ndarray  # uint8 RGB: the model's input (`wbc classify`), the cell cut from its field (`wbc analyze`)
     label: str
     confidence: float
     review: bool
     path: str = ""
     reasons: list[str] = field(default_factory=list)
+    href: str = ""  # what the picture links to (`wbc analyze`: its field's annotated PNG)
+    cell_id: int | None = None  # `wbc analyze`: the cell's id in its field (cells.csv, the annotated PNG)
+
+
+class GalleryPicker:
+    """Counts the cells of each class and keeps, per class, the ``per_class`` (0: all) a gallery shows first: the
+    cells flagged for review, then the rest, each group least confident first. Streaming, so a million cells'
+    answers never sit in memory at once.
+
+    >>> picker = GalleryPicker(per_class=1)
+    >>> for label, conf, review in [("monocyte", 0.9, False), ("monocyte", 0.95, True), ("lymphocyte", 0.5, False)]:
+    ...     picker.add(label, conf, review, f"{label} {conf}")
+    >>> picker.galleries()
+    {'monocyte': ['monocyte 0.95'], 'lymphocyte': ['lymphocyte 0.5']}
+    >>> dict(picker.n), dict(picker.flagged)
+    ({'monocyte': 2, 'lymphocyte': 1}, {'monocyte': 1})
+    """
+
+    def __init__(self, per_class: int = REPORT_CELLS) -> None:
+        self.per_class = per_class
+        self.n: Counter[str] = Counter()
+        self.flagged: Counter[str] = Counter()
+        self._heaps: dict[str, list[tuple[int, float, int, Any]]] = {}
+        self._seen = 0
+
+    def add(self, label: str, confidence: float, review: bool, item: Any) -> None:
+        """One cell's answer; ``item`` is what :meth:`galleries` returns for it."""
+        self.n[label] += 1
+        if review:
+            self.flagged[label] += 1
+        # the heap's smallest entry is the kept cell shown last: evicted first
+        entry = (-int(not review), -float(confidence), -self._seen, item)
+        self._seen += 1
+        heap = self._heaps.setdefault(label, [])
+        if self.per_class <= 0 or len(heap) < self.per_class:
+            heapq.heappush(heap, entry)
+        elif entry > heap[0]:
+            heapq.heapreplace(heap, entry)
+
+    def galleries(self) -> dict[str, list[Any]]:
+        """{class: the kept items, in the order the gallery shows them}, classes in the order first seen."""
+        return {label: [e[3] for e in sorted(heap, key=lambda e: e[:3], reverse=True)]
+                for label, heap in self._heaps.items()}
 
 
 def gallery_order(predictions: Sequence[Prediction], per_class: int = REPORT_CELLS) -> dict[str, list[int]]:
@@ -50,43 +96,48 @@ def gallery_order(predictions: Sequence[Prediction], per_class: int = REPORT_CEL
     >>> gallery_order(preds, per_class=3)
     {'lymphocyte': [1, 4, 3], 'monocyte': [2]}
     """
-    by_class: dict[str, list[int]] = {}
+    picker = GalleryPicker(per_class)
     for i, p in enumerate(predictions):
-        by_class.setdefault(p.label, []).append(i)
-    out = {}
-    for label, idx in by_class.items():
-        idx.sort(key=lambda i: (not predictions[i].review, predictions[i].confidence, i))
-        out[label] = idx[:per_class] if per_class > 0 else idx
-    return out
+        picker.add(p.label, p.confidence, p.review, i)
+    return picker.galleries()
 
 
-def differential(predictions: Sequence[Prediction], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per class of ``classes``: cells, share, its 95 % interval (exact binomial) and how many are flagged.
+def differential(n: Mapping[str, int], flagged: Mapping[str, int], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per class of ``classes``: cells (``n``), share, its 95 % interval (exact binomial) and how many are
+    flagged.
 
-    >>> preds = [Prediction("lymphocyte", 0.9, False, {})] * 3 + [Prediction("monocyte", 0.6, True, {})]
-    >>> [(r["label"], r["n"], r["percent"], r["flagged"]) for r in differential(preds, ["lymphocyte", "monocyte"])]
-    [('lymphocyte', 3, '75.0%', 0), ('monocyte', 1, '25.0%', 1)]
-    >>> differential(preds, ["lymphocyte"])[0]["interval"]
-    '19.4-99.4%'
+    >>> rows = differential({"lymphocyte": 3, "monocyte": 1}, {"monocyte": 1}, ["lymphocyte", "monocyte"])
+    >>> [(r["label"], r["n"], r["percent"], r["interval"], r["flagged"]) for r in rows]
+    [('lymphocyte', 3, '75.0%', '19.4-99.4%', 0), ('monocyte', 1, '25.0%', '0.6-80.6%', 1)]
     """
     from wbc.counts import clopper_pearson
 
-    n = len(predictions)
+    total = sum(n.values())
     rows = []
     for c in classes:
-        k = sum(p.label == c for p in predictions)
-        lo, hi = clopper_pearson(k, n) if n else (0.0, 0.0)
-        rows.append({"label": c, "n": k, "percent": f"{100 * k / n:.1f}%" if n else "-",
-                     "interval": f"{100 * lo:.1f}-{100 * hi:.1f}%" if n else "-",
-                     "flagged": sum(p.label == c and p.review for p in predictions)})
+        k = int(n.get(c, 0))
+        lo, hi = clopper_pearson(k, total) if total else (0.0, 0.0)
+        rows.append({"label": c, "n": k, "percent": f"{100 * k / total:.1f}%" if total else "-",
+                     "interval": f"{100 * lo:.1f}-{100 * hi:.1f}%" if total else "-",
+                     "flagged": int(flagged.get(c, 0))})
     return rows
+
+
+def _galleries(classes: Sequence[str], n: Mapping[str, int], flagged: Mapping[str, int],
+               shown: Mapping[str, Sequence[ShownCell]]) -> list[dict[str, Any]]:
+    from wbc.evaluate.report import display_name
+
+    return [{"label": c, "name": display_name(c), "n": int(n.get(c, 0)), "flagged": int(flagged.get(c, 0)),
+             "cells": _cell_items(shown.get(c, ()))} for c in classes if n.get(c)]
 
 
 def _cell_items(cells: Sequence[ShownCell]) -> list[dict[str, Any]]:
     from wbc.evaluate.report import image_to_data_uri
 
     return [{"src": image_to_data_uri(c.rgb), "percent": f"{100 * c.confidence:.0f}%", "review": c.review,
-             "name": Path(c.path).name, "title": "\n".join([c.path, *c.reasons])} for c in cells]
+             "name": Path(c.path).name + ("" if c.cell_id is None else f" #{c.cell_id}"),
+             "title": "\n".join([c.path + ("" if c.cell_id is None else f" (cell {c.cell_id})"), *c.reasons]),
+             "href": c.href} for c in cells]
 
 
 def classified_page(
@@ -99,37 +150,34 @@ def classified_page(
     reframe: bool = True,
     warning: str | None = None,
     errors: Sequence[tuple[str, str]] = (),
-    created: str | None = None,
 ) -> str:
-    """The page as one HTML string: the differential over ``classes`` (the answer's label set), then a gallery
-    per class of the ``shown`` cells, then the files that could not be read (``errors``: (path, message)).
+    """`wbc classify --report`'s page as one HTML string: the differential over ``classes`` (the answer's label
+    set), then a gallery per class of the ``shown`` cells, then the files that could not be read (``errors``:
+    (path, message)).
 
     >>> page = classified_page([], ["lymphocyte"], {}, model_id="m")
     >>> page.startswith("<!DOCTYPE html>") and "No cell was classified." in page
     True
     """
     from wbc import __version__
-    from wbc.evaluate.report import display_name, render
+    from wbc.evaluate.report import render
 
-    n = len(predictions)
-    galleries = [{"label": c, "name": display_name(c), "n": sum(p.label == c for p in predictions),
-                  "flagged": sum(p.label == c and p.review for p in predictions),
-                  "cells": _cell_items(shown.get(c, ()))} for c in classes]
+    n = Counter(p.label for p in predictions)
+    flagged = Counter(p.label for p in predictions if p.review)
     return render(
         "classified.html",
-        title=f"{n:,} cells — {model_id}",
+        title=f"{len(predictions):,} cells — {model_id}",
         model_id=model_id,
         sources=", ".join(str(s) for s in sources),
-        n=n,
-        n_cells=f"{n:,}",
-        n_review=sum(p.review for p in predictions),
+        n=len(predictions),
+        n_cells=f"{len(predictions):,}",
+        n_review=sum(flagged.values()),
         classes=", ".join(classes),
         reframe=reframe,
         warning=warning,
-        rows=differential(predictions, classes),
-        galleries=[g for g in galleries if g["n"]],
+        rows=differential(n, flagged, classes),
+        galleries=_galleries(classes, n, flagged, shown),
         errors=[{"path": p, "message": m} for p, m in errors],
-        created=created or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__,
     )
 
@@ -168,3 +216,122 @@ def write_classified_report(
     page = classified_page(predictions, classes, shown, model_id=classifier.model_id, sources=sources,
                            reframe=reframe, warning=warning, errors=errors)
     atomic_write_text(path, page)
+
+
+#: Side of a cell's picture on `wbc analyze`'s page, cut from its field around its box (:data:`CUT_MARGIN` x the box's
+#: longer side, kept inside the field) at the field's resolution, then resized.
+THUMB_SIDE: int = 128
+CUT_MARGIN: float = 1.4
+
+
+def analysis_page(
+    classes: Sequence[str],
+    picker: GalleryPicker,
+    shown: Mapping[str, Sequence[ShownCell]],
+    fields: Sequence[Mapping[str, Any]],
+    *,
+    model_id: str,
+    segmenter_id: str = "",
+    errors: Sequence[tuple[str, str]] = (),
+) -> str:
+    """`wbc analyze`'s ``report.html`` as one HTML string: the differential pooled over the ``fields`` (each
+    ``{"image", "href", "n_cells", "counts", "warnings"}``), a gallery per class of the ``shown`` cells (counted by
+    ``picker``), the fields, then those that failed (``errors``: (path, message)).
+
+    >>> page = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m")
+    >>> page.startswith("<!DOCTYPE html>") and "No WBC was found." in page
+    True
+    """
+    from wbc import __version__
+    from wbc.evaluate.report import render
+
+    n_cells = sum(picker.n.values())
+    return render(
+        "analysis.html",
+        title=f"{len(fields):,} smear fields — {model_id}",
+        model_id=model_id,
+        segmenter_id=segmenter_id,
+        n=n_cells,
+        n_cells=f"{n_cells:,}",
+        n_fields=f"{len(fields):,}",
+        n_review=sum(picker.flagged.values()),
+        n_warned=sum(1 for f in fields if f.get("warnings")),
+        classes=", ".join(classes),
+        rows=differential(picker.n, picker.flagged, classes),
+        galleries=_galleries(classes, picker.n, picker.flagged, shown),
+        fields=[{**f, "counts": ", ".join(f"{k} {c}" for c, k in f["counts"].items() if k),
+                 "warnings": "; ".join(f.get("warnings") or ())} for f in fields],
+        errors=[{"path": p, "message": m} for p, m in errors],
+        version=__version__,
+    )
+
+
+def pick_smear_cells(rows: Iterable[Mapping[str, str]], per_class: int = REPORT_CELLS) -> GalleryPicker:
+    """A :class:`GalleryPicker` over ``cells.csv``'s rows (:func:`wbc.formats.cells_csv_rows`), each kept cell as
+    ``(image, box, confidence, review, reasons, id)``."""
+    picker = GalleryPicker(per_class)
+    for r in rows:
+        review = r["review"] in ("1", "True", "true")
+        box = tuple(int(float(r[k])) for k in ("x0", "y0", "x1", "y1"))
+        reasons = [t for t in (r.get("review_reasons") or "").split("; ") if t]
+        picker.add(r["label"], float(r["confidence"]), review,
+                   (r["image"], box, float(r["confidence"]), review, reasons, int(r["id"])))
+    return picker
+
+
+def write_analysis_report(
+    out: str | os.PathLike[str],
+    docs: Sequence[Mapping[str, Any]],
+    classes: Sequence[str],
+    *,
+    stems: Mapping[str, str],
+    model_id: str,
+    segmenter_id: str = "",
+    per_class: int = REPORT_CELLS,
+    errors: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Write :func:`analysis_page` to ``out/report.html`` (atomically) from a finished `wbc analyze` batch: its
+    ``cells.csv`` in ``out`` (streamed), the fields' summary ``docs`` (:class:`wbc.batch.AnalyzeSummary`) and
+    ``stems`` ({image: output stem}, for the links to the annotated PNGs). Each field with shown cells is read once;
+    a field that cannot be read now leaves its cells out of the galleries, not the counts."""
+    import csv
+
+    import cv2
+
+    from wbc.crops import box_window
+    from wbc.errors import ImageReadError
+    from wbc.io import atomic_write_text, read_image
+
+    out = Path(out)
+    cells_csv = out / "cells.csv"
+    with cells_csv.open(newline="", encoding="utf-8") as f:
+        picker = pick_smear_cells(csv.DictReader(f), per_class)
+    chosen = picker.galleries()
+    by_image: dict[str, list[tuple[str, int]]] = {}
+    for label, items in chosen.items():
+        for j, item in enumerate(items):
+            by_image.setdefault(item[0], []).append((label, j))
+    pictures: dict[tuple[str, int], np.ndarray] = {}
+    for image, refs in by_image.items():
+        try:
+            rgb = read_image(image)
+        except (ImageReadError, OSError):
+            continue
+        for label, j in refs:
+            cut = box_window(rgb, chosen[label][j][1], CUT_MARGIN)
+            pictures[(label, j)] = cv2.resize(cut, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+
+    def href(image: str) -> str:
+        stem = stems.get(image)
+        return f"{stem}.png" if stem and (out / f"{stem}.png").is_file() else ""
+
+    shown = {label: [ShownCell(pictures[(label, j)], label, conf, review, image, reasons, href(image), cell_id)
+                     for j, (image, _box, conf, review, reasons, cell_id) in enumerate(items) if (label, j) in pictures]
+             for label, items in chosen.items()}
+    fields = [{"image": d["image"], "href": href(str(d["image"])), "n_cells": d["n_cells"], "counts": d["counts"],
+               "warnings": d.get("warnings") or []} for d in docs]
+    page = analysis_page(classes, picker, shown, fields, model_id=model_id, segmenter_id=segmenter_id,
+                         errors=errors)
+    path = out / "report.html"
+    atomic_write_text(path, page)
+    return path

@@ -1,4 +1,5 @@
-"""`wbc classify --report`: the page a person checks single-cell answers on (wbc.evaluate.classified)."""
+"""The pages a person checks answers on (wbc.evaluate.classified): `wbc classify --report`, `wbc analyze`'s
+report.html."""
 
 from __future__ import annotations
 
@@ -14,11 +15,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from wbc.batch import analyze_paths
 from wbc.classify import classify_paths, read_cell
-from wbc.evaluate.classified import gallery_order, write_classified_report
+from wbc.crops import box_window
+from wbc.evaluate.classified import (
+    CUT_MARGIN,
+    THUMB_SIDE,
+    gallery_order,
+    write_analysis_report,
+    write_classified_report,
+)
 from wbc.io import iter_image_paths
 from wbc.model import load_model
 from wbc.reframe import framing_stats_of
+from wbc.segment.classical import ClassicalSegmenter
+from wbc.synthetic import synthetic_smear
 from wbc.types import Prediction
 
 
@@ -132,3 +143,46 @@ def test_classify_cli_writes_the_report_with_counts_galleries_and_skipped_files(
                                                          "neutrophil"]
     assert "broken.png" in html.split("Files not read")[1]
     assert "<script" not in html and "http" not in html.replace("http-equiv", "")  # self-contained, nothing fetched
+
+
+def test_the_analysis_report_cuts_each_cell_from_its_field_and_links_the_annotated_field(tmp_path: Path) -> None:
+    """`wbc analyze`'s report.html: counts as in cells.csv, each picture the cell's box cut from its own field, its
+    link the annotated PNG of that field (two fields of one name in two folders kept apart), failures listed."""
+    src = tmp_path / "in"
+    for i, folder in enumerate(["day1", "day1", "day2"]):
+        (src / folder).mkdir(parents=True, exist_ok=True)
+        rgb, *_ = synthetic_smear(n_wbc=2 + i % 2, seed=20 + i)
+        cv2.imwrite(str(src / folder / ("field.png" if i != 1 else "other.png")), rgb[:, :, ::-1])
+    (src / "day2" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "out"
+    clf = load_model(None, threads=1)
+    summary = analyze_paths([src], out, clf, ClassicalSegmenter())
+    assert summary.analyzed == 3 and len(summary.errors) == 1
+    page = write_analysis_report(out, summary.docs, summary.classes, stems=summary.stems, model_id=clf.model_id,
+                                 per_class=1, errors=summary.errors)
+    html = page.read_text()
+    parsed = _parse(html)
+    assert page == out / "report.html" and parsed.balanced
+    rows = list(csv.DictReader((out / "cells.csv").open()))
+    counts = Counter(r["label"] for r in rows)
+    assert len(rows) >= 5
+    for label, n in counts.items():
+        assert re.search(rf"<h3 id='{label}'>[^<]*: {n} cells?, \d+ flagged", html), label
+    assert len(parsed.images) == len(counts)  # one a class
+    links = re.findall(r"<figure><a href='([^']+)'><img", html)
+    assert len(links) == len(parsed.images)
+    for img, href in zip(parsed.images, links, strict=True):
+        image, cell = re.fullmatch(r"(.+) \(cell (\d+)\)", str(img["title"]).splitlines()[0]).groups()
+        assert href == f"{summary.stems[image]}.png" and (out / href).is_file()
+        row = next(r for r in rows if r["image"] == image and r["id"] == cell)
+        assert img["alt"] == f"{row['label']} cell"
+        field = cv2.imread(image)[:, :, ::-1]
+        box = [int(row[k]) for k in ("x0", "y0", "x1", "y1")]
+        cut = cv2.resize(box_window(field, box, CUT_MARGIN), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        assert np.abs(_decode(str(img["src"])).astype(int) - cut).mean() < 4
+    assert len(set(summary.stems.values())) == 3  # the two field.png kept apart
+    assert "corrupt.jpg" in html.split("Fields not analysed")[1]
+    # the same outputs give the same page, byte for byte (no timestamp)
+    again = write_analysis_report(out, summary.docs, summary.classes, stems=summary.stems, model_id=clf.model_id,
+                                  per_class=1, errors=summary.errors)
+    assert again.read_text() == html
