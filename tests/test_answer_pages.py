@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
@@ -152,7 +153,8 @@ def test_the_analysis_report_cuts_each_cell_from_its_field_and_links_the_annotat
     for i, folder in enumerate(["day1", "day1", "day2"]):
         (src / folder).mkdir(parents=True, exist_ok=True)
         rgb, *_ = synthetic_smear(n_wbc=2 + i % 2, seed=20 + i)
-        cv2.imwrite(str(src / folder / ("field.png" if i != 1 else "other.png")), rgb[:, :, ::-1])
+        name = "field.png" if i != 1 else "javascript:alert(1).png"  # a hostile name stays a relative link
+        cv2.imwrite(str(src / folder / name), rgb[:, :, ::-1])
     (src / "day2" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "out"
     clf = load_model(None, threads=1)
@@ -173,7 +175,8 @@ def test_the_analysis_report_cuts_each_cell_from_its_field_and_links_the_annotat
     assert len(links) == len(parsed.images)
     for img, href in zip(parsed.images, links, strict=True):
         image, cell = re.fullmatch(r"(.+) \(cell (\d+)\)", str(img["title"]).splitlines()[0]).groups()
-        assert href == f"{summary.stems[image]}.png" and (out / href).is_file()
+        assert href.startswith("./") and unquote(href) == f"./{summary.stems[image]}.png"
+        assert (out / unquote(href)).is_file()
         row = next(r for r in rows if r["image"] == image and r["id"] == cell)
         assert img["alt"] == f"{row['label']} cell"
         field = cv2.imread(image)[:, :, ::-1]
@@ -181,6 +184,7 @@ def test_the_analysis_report_cuts_each_cell_from_its_field_and_links_the_annotat
         cut = cv2.resize(box_window(field, box, CUT_MARGIN), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
         assert np.abs(_decode(str(img["src"])).astype(int) - cut).mean() < 4
     assert len(set(summary.stems.values())) == 3  # the two field.png kept apart
+    assert "href='./javascript%3Aalert%281%29.png'" in html and "href='javascript" not in html
     assert "corrupt.jpg" in html.split("Fields not analysed")[1]
     # the same outputs give the same page, byte for byte (no timestamp)
     again = write_analysis_report(out, summary.docs, summary.classes, stems=summary.stems, model_id=clf.model_id,

@@ -33,7 +33,7 @@ REPORT_CELLS: int = 48
 
 @dataclass
 class ShownCell:
-    """One cell in a gallery: the network's view of it and its answer."""
+    """One cell in a gallery: its picture and its answer."""
 
     rgb: np.ndarray  # uint8 RGB: the model's input (`wbc classify`), the cell cut from its field (`wbc analyze`)
     label: str
@@ -269,13 +269,18 @@ def analysis_page(
 def pick_smear_cells(rows: Iterable[Mapping[str, str]], per_class: int = REPORT_CELLS) -> GalleryPicker:
     """A :class:`GalleryPicker` over ``cells.csv``'s rows (:func:`wbc.formats.cells_csv_rows`), each kept cell as
     ``(image, box, confidence, review, reasons, id)``."""
+    from wbc.formats import FORMULA_PREFIXES
+
     picker = GalleryPicker(per_class)
     for r in rows:
+        image = r["image"]
+        if image.startswith("'") and image[1:].startswith(FORMULA_PREFIXES):  # neutralised for spreadsheets
+            image = image[1:]
         review = r["review"] in ("1", "True", "true")
         box = tuple(int(float(r[k])) for k in ("x0", "y0", "x1", "y1"))
         reasons = [t for t in (r.get("review_reasons") or "").split("; ") if t]
         picker.add(r["label"], float(r["confidence"]), review,
-                   (r["image"], box, float(r["confidence"]), review, reasons, int(r["id"])))
+                   (image, box, float(r["confidence"]), review, reasons, int(r["id"])))
     return picker
 
 
@@ -295,6 +300,7 @@ def write_analysis_report(
     ``stems`` ({image: output stem}, for the links to the annotated PNGs). Each field with shown cells is read once;
     a field that cannot be read now leaves its cells out of the galleries, not the counts."""
     import csv
+    from urllib.parse import quote
 
     import cv2
 
@@ -321,9 +327,9 @@ def write_analysis_report(
             cut = box_window(rgb, chosen[label][j][1], CUT_MARGIN)
             pictures[(label, j)] = cv2.resize(cut, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
 
-    def href(image: str) -> str:
+    def href(image: str) -> str:  # "./" and quoted: a file named "javascript:..." stays a relative path
         stem = stems.get(image)
-        return f"{stem}.png" if stem and (out / f"{stem}.png").is_file() else ""
+        return f"./{quote(stem + '.png')}" if stem and (out / f"{stem}.png").is_file() else ""
 
     shown = {label: [ShownCell(pictures[(label, j)], label, conf, review, image, reasons, href(image), cell_id)
                      for j, (image, _box, conf, review, reasons, cell_id) in enumerate(items) if (label, j) in pictures]
