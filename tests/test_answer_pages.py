@@ -190,3 +190,15 @@ def test_the_analysis_report_cuts_each_cell_from_its_field_and_links_the_annotat
     again = write_analysis_report(out, summary.docs, summary.classes, stems=summary.stems, model_id=clf.model_id,
                                   per_class=1, errors=summary.errors)
     assert again.read_text() == html
+
+
+def test_the_commands_show_as_many_cells_a_class_as_the_library_by_default() -> None:
+    """`--report-cells`' default is written out in the CLI (it does not import the page code at start-up)."""
+    import inspect
+
+    from wbc.cli.analyze import analyze
+    from wbc.cli.classify import classify
+    from wbc.evaluate.classified import REPORT_CELLS
+
+    for command in (classify, analyze):
+        assert inspect.signature(command).parameters["report_cells"].default == REPORT_CELLS

@@ -110,17 +110,11 @@ def differential(n: Mapping[str, int], flagged: Mapping[str, int], classes: Sequ
     >>> [(r["label"], r["n"], r["percent"], r["interval"], r["flagged"]) for r in rows]
     [('lymphocyte', 3, '75.0%', '19.4-99.4%', 0), ('monocyte', 1, '25.0%', '0.6-80.6%', 1)]
     """
-    from wbc.counts import clopper_pearson
+    from wbc.counts import differential_rows  # the intervals differential.csv and the web page give
 
-    total = sum(n.values())
-    rows = []
-    for c in classes:
-        k = int(n.get(c, 0))
-        lo, hi = clopper_pearson(k, total) if total else (0.0, 0.0)
-        rows.append({"label": c, "n": k, "percent": f"{100 * k / total:.1f}%" if total else "-",
-                     "interval": f"{100 * lo:.1f}-{100 * hi:.1f}%" if total else "-",
-                     "flagged": int(flagged.get(c, 0))})
-    return rows
+    return [{"label": c, "n": k, "percent": f"{pct:.1f}%" if total else "-",
+             "interval": f"{lo:.1f}-{hi:.1f}%" if total else "-", "flagged": int(flagged.get(c, 0))}
+            for _, c, k, total, pct, lo, hi in differential_rows(dict(n), classes, "")]
 
 
 def _galleries(classes: Sequence[str], n: Mapping[str, int], flagged: Mapping[str, int],
