@@ -15,7 +15,8 @@ adaptation can come from trainval while ``wbc evaluate-smears`` scores the test 
 side x 1.1, the window kept inside the field, so nothing is mirrored) at the field's resolution, the cell
 filling the image; ``wbc classify`` re-frames such crops itself. ``--whole-field`` writes each field whole, halved
 to 320 x 240 (a JPEG of quality 95), as the widely used Kaggle "Blood Cell Images" release shows BCCD's cells: the
-WBC wherever it lies in the field, among crowded red cells.
+WBC wherever it lies in the field, among crowded red cells; ``--field-size 4000 3000`` enlarges them to a 12 MP
+camera's whole frame instead (wbc 0.26.0 takes single-cell images of up to 40 MP).
 """
 
 from __future__ import annotations
@@ -55,12 +56,14 @@ def tight_bccd_cells(root: Path) -> tuple[list[np.ndarray], list[str], list[str]
     return [box_window(rgb, box) for _, _, rgb, box in fields], [f[1] for f in fields], [f[0] for f in fields]
 
 
-def whole_bccd_fields(root: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """BCCD's single-WBC fields, whole, halved to 320 x 240 (where the WBC lies is not used)."""
+def whole_bccd_fields(root: Path, size: tuple[int, int] = (320, 240)) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """BCCD's single-WBC fields, whole, resized to ``size`` (width, height; halved to 320 x 240 by default, where the
+    WBC lies is not used)."""
     import cv2
 
     fields = list(labelled_fields(root))
-    cells = [cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA) for _, _, rgb, _ in fields]
+    cells = [cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if size[0] <= rgb.shape[1] else cv2.INTER_CUBIC)
+             for _, _, rgb, _ in fields]
     return cells, [f[1] for f in fields], [f[0] for f in fields]
 
 
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                     "filling the image (a lab's own crops), instead of wbc analyze's crops")
     ap.add_argument("--whole-field", action="store_true", help="each field whole, halved to 320 x 240, as JPEG "
                     "(the Kaggle 'Blood Cell Images' release of BCCD), instead of wbc analyze's crops")
+    ap.add_argument("--field-size", type=int, nargs=2, default=(320, 240), metavar=("WIDTH", "HEIGHT"),
+                    help="--whole-field's size (default 320 x 240; 4000 3000: a 12 MP camera's whole frame)")
     args = ap.parse_args(argv)
 
     from wbc.crops import cell_fraction_of
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.exclude:
         names_in_split -= {p.stem for p in args.exclude.glob("*/*.*")}
     if args.whole_field:
-        cells, labels, names = whole_bccd_fields(root)
+        cells, labels, names = whole_bccd_fields(root, tuple(args.field_size))
     elif args.tight:
         cells, labels, names = tight_bccd_cells(root)
     else:

@@ -3,7 +3,8 @@
 Each validation cell (the run's manifest, ``split == val``) is shown as it is and re-framed the ways other
 labs frame single cells: cropped tight around the centred cell (the cell filling the frame; also at 100 px),
 padded wide with its own background colour (the cell small in a large field; also as a 600 px field), widened
-to a camera's 4:3 frame, in the middle of a wide 16:9 camera frame, rescaled 0.5x and 2x, and photographed through an
+to a camera's 4:3 frame, in the middle of a wide 16:9 camera frame (also a camera's whole 6.7 and 15 MP frame, which
+`wbc classify` refused as too large before wbc 0.26.0), rescaled 0.5x and 2x, and photographed through an
 eyepiece (black outside a round field of view). Every variant goes
 through what `wbc classify` does
 (:func:`wbc.classify.prepare_cell_views` with re-framing on, an ambiguously framed cell averaged over both
@@ -106,6 +107,8 @@ VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "padded 3x, as a 600 px field": lambda x: pad_wide(x, 3.0, 600),
     "4:3 frame (padded sideways)": lambda x: side_pad(x, 4 / 3),
     "16:9 camera frame, 3x the crop's height": lambda x: camera_frame(x, 3.0),
+    "camera 6.7 MP: 16:9 frame 5.35x the crop's height": lambda x: camera_frame(x, 5.35),
+    "camera 15 MP: 16:9 frame 8x the crop's height": lambda x: camera_frame(x, 8.0),
     "rescaled 0.5x": lambda x: rescale(x, 0.5),
     "rescaled 2x": lambda x: rescale(x, 2.0),
     "eyepiece photo: 600 px field, black outside a disc": lambda x: eyepiece(pad_wide(x, 3.0, 600)),

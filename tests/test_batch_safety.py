@@ -211,3 +211,28 @@ def test_read_image_refuses_a_field_over_the_analysis_limit_from_its_header(tmp_
     (tmp_path / "big.png").write_bytes(png_bomb(12000, 12000))
     with pytest.raises(ImageTooLargeError, match="12000x12000"):
         read_image(tmp_path / "big.png", max_pixels=MAX_ANALYZE_PIXELS)
+
+
+def test_a_camera_s_whole_frame_of_one_cell_is_classified_and_the_cell_found(tmp_path: Path) -> None:
+    """A 12 MP photo of one cell (refused as "too large" until wbc 0.26.0) is read, and re-framing finds the cell:
+    the network sees it large, where a plain resize of the frame would show a speck."""
+    from wbc.classify import read_cell
+    from wbc.reframe import framing_stats_of
+
+    cell = cv2.resize(synthetic_cell("neutrophil", size=96, seed=3), (400, 400), interpolation=cv2.INTER_CUBIC)
+    frame = np.empty((3000, 4000, 3), np.uint8)
+    frame[:] = cell[:8, :8].reshape(-1, 3).mean(0).astype(np.uint8)  # the crop's own background
+    frame[1300:1700, 1800:2200] = cell
+    path = tmp_path / "camera_12mp.jpg"
+    cv2.imwrite(str(path), frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert 12_000_000 <= 3000 * 4000 <= MAX_CELL_PIXELS
+    clf = load_model(None, threads=1)
+    res = classify_paths([path], clf, workers=1)
+    assert res.errors == [] and len(res.predictions) == 1
+    seen = read_cell(path, 160, framing_stats_of(clf))
+    plain = cv2.resize(frame, (160, 160), interpolation=cv2.INTER_AREA)
+
+    def dark(rgb: np.ndarray) -> int:  # pixels well below the background: the cell
+        return int((rgb.astype(int).sum(2) < frame[0, 0].astype(int).sum() - 120).sum())
+
+    assert dark(seen) > 20 * dark(plain) > 0

@@ -38,9 +38,13 @@ from wbc.types import Prediction
 
 #: A single-cell image with a side below this cannot show a cell (a 1x1 image is no platelet).
 MIN_CELL_SIDE: int = 16
-#: A single-cell image above this many pixels (2000x2000) is a field or a scan, not one cell: it is refused
-#: from its header, before decoding (``wbc analyze`` is the tool for fields).
-MAX_CELL_PIXELS: int = 4_000_000
+#: A single-cell image above this many pixels is a scan, not a photo of one cell: it is refused from its header, before
+#: decoding. A camera's whole frame of one cell is welcome: 12-24 MP photos are common, and re-framing finds the cell
+#: in them (PBC validation cells centred in 16:9 frames of 6.7 and 15 MP, JPEG 95: 0.9875 and 0.9792 over eight
+#: classes, every five-part answer right; BCCD's train/val fields enlarged to 4000 x 3000: five-part 0.8412, against
+#: 0.8339 at 320 x 240; docs/generalisation.md). The same limit as ``wbc analyze``'s fields (40 MP, a 7,700 x 5,200
+#: frame); it was 4 MP until wbc 0.26.0, which refused every such photo.
+MAX_CELL_PIXELS: int = 40_000_000
 
 
 @dataclass
@@ -312,8 +316,9 @@ def check_cell_image(rgb: np.ndarray, name: str) -> None:
 
 
 def cell_too_large(exc: ImageTooLargeError) -> ImageReadError:
-    """The size error reworded for single-cell tools: such an image is a field, not a cell."""
-    return ImageReadError(f"{exc}; too large to be a single-cell image (analyse smear fields with wbc analyze)")
+    """The size error reworded for single-cell tools: such an image is a scan, not one cell."""
+    return ImageReadError(f"{exc}; too large to be a single-cell image (tile a whole-slide scan into fields for wbc "
+                          "analyze)")
 
 
 def read_cell(path: str | os.PathLike[str], size: int, reframe: bool | FramingStats = False) -> np.ndarray:
