@@ -25,6 +25,14 @@ from wbc.errors import ImageReadError, ImageTooLargeError
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # GIF: its first frame, read by Pillow
 )
+#: Image formats wbc has no decoder for that a lab may still keep beside its JPEGs: a phone's HEIC/HEIF, AVIF, JPEG XL
+#: and JPEG 2000, raw camera files, whole-slide scans and DICOM. A folder's files in them are left out, as any other
+#: non-image file is, but counted (:func:`foreign_images_note`), so that the commands say so instead of skipping a
+#: lab's photos in silence.
+FOREIGN_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+    ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw", ".czi", ".svs",
+    ".ndpi", ".scn", ".mrxs", ".vsi", ".lif", ".nd2", ".dcm", ".dicom",
+})
 #: Images with more pixels than this are refused (a 20k x 20k scan); callers may tile instead.
 MAX_PIXELS: int = 200_000_000
 
@@ -308,6 +316,32 @@ def no_images_message(inputs: Iterable[str | os.PathLike[str]]) -> str:
     n = sum(suffixes.values())
     return (f"no image files in {where}: {n} other file{'s' if n != 1 else ''} ({kinds}); images end in "
             + ", ".join(sorted(IMAGE_EXTENSIONS)))
+
+
+def foreign_images_note(inputs: Iterable[str | os.PathLike[str]]) -> str | None:
+    """One line naming the files in the folders among ``inputs`` that are images wbc cannot read
+    (:data:`FOREIGN_IMAGE_EXTENSIONS`), left out of the run, or None when there are none.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = [(d / n).write_bytes(b"x") for n in ("a.jpg", "b.HEIC", "c.heic", "notes.txt")]
+    >>> foreign_images_note([d])
+    '2 files in formats wbc cannot read were left out (.heic 2): save them as JPEG, PNG or TIFF to include them'
+    >>> foreign_images_note([d / "a.jpg"]) is None
+    True
+    """
+    suffixes: Counter[str] = Counter()
+    for item in (Path(i) for i in inputs):
+        if item.is_dir():
+            for q in itertools.islice(item.rglob("*"), 100_000):
+                if q.suffix.lower() in FOREIGN_IMAGE_EXTENSIONS and q.is_file() and not q.name.startswith("."):
+                    suffixes[q.suffix.lower()] += 1
+    if not suffixes:
+        return None
+    n = sum(suffixes.values())
+    kinds = ", ".join(f"{k} {c}" for k, c in sorted(suffixes.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"{n} file{'s' if n != 1 else ''} in formats wbc cannot read {'were' if n != 1 else 'was'} left out "
+            f"({kinds}): save them as JPEG, PNG or TIFF to include them")
 
 
 def check_output_file(path: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -89,6 +90,15 @@ def say(message: str) -> None:
 def warn(message: str, prefix: str = "warning:") -> None:
     """Print a yellow ``prefix`` and a plain (escaped) message."""
     console.print(f"[yellow]{prefix}[/] {escape(message)}", highlight=False)
+
+
+def note_foreign_images(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Say which of the folders' files are images in formats wbc cannot read (a phone's HEIC, raw, DICOM, ...), left
+    out of the run (:func:`wbc.io.foreign_images_note`); nothing when there are none."""
+    from wbc.io import foreign_images_note
+
+    if note := foreign_images_note(paths):
+        warn(note, "note:")
 
 
 @contextmanager

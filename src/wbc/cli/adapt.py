@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt
+from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images
 from wbc.errors import WbcError
 
 
@@ -80,6 +80,7 @@ def adapt(
 
     if no_labels and unlabelled is not None:
         raise WbcError("--unlabelled goes with labelled cells; with --no-labels, --data is the unlabelled folder")
+    note_foreign_images([data] if unlabelled is None else [data, unlabelled])
     if no_labels and stain is None:
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
 

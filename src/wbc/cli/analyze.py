@@ -20,6 +20,7 @@ from wbc.cli._common import (
     SegmenterOpt,
     ThreadsOpt,
     TtaOpt,
+    note_foreign_images,
     say,
     warn,
 )
@@ -112,6 +113,7 @@ def analyze(
         say(f"  report: {page}")
     for _, msg in summary.errors:
         warn(msg, "skipped")
+    note_foreign_images(inputs)
     if summary.errors:
         warn(f"{len(summary.errors)} file(s) failed, listed in {output}/errors.csv", "note:")
         if not n_img:

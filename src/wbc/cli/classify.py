@@ -18,6 +18,7 @@ from wbc.cli._common import (
     ReframeOpt,
     ThreadsOpt,
     TtaOpt,
+    note_foreign_images,
     progress,
     say,
     warn,
@@ -60,6 +61,7 @@ def classify(
     check_engine(engine, ray_address)
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
     page = check_output_file(report) if report else None
+    note_foreign_images(paths)  # once the command will run: a bad option fails in one line
     clf = (load_model(model, threads=threads).with_classes(classes).with_tta(tta)
            .with_colour_calibration(colour_calibration))
     with progress("classifying", len(files)) as update:

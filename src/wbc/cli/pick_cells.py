@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app
-from wbc.cli._common import ModelOpt, ThreadsOpt, say, warn
+from wbc.cli._common import ModelOpt, ThreadsOpt, note_foreign_images, say, warn
 
 
 @app.command("pick-cells")
@@ -32,6 +32,7 @@ def pick_cells(
     from wbc.adapt_select import pick_cells as pick
     from wbc.io import atomic_write_csv, atomic_write_text
 
+    note_foreign_images([data])
     res = pick(model, data, n=n, rule=rule, seed=seed, threads=threads, max_cells=max_cells)
     for msg in res.skipped:
         warn(msg, "skipped")
