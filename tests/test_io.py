@@ -152,3 +152,25 @@ def test_a_gif_in_a_folder_is_read_and_a_folder_of_other_files_says_what_it_hold
 
     with pytest.raises(WbcError, match=r"\.jp2 2"):
         plan_jobs([other])
+
+
+def test_a_jpeg_with_data_after_its_end_is_read_and_a_cut_one_refused_even_with_a_thumbnail() -> None:
+    """A phone's motion photo (a video after the picture's end) or a camera's padding is a complete JPEG; a JPEG cut
+    short is refused, also when the EXIF segment holds a thumbnail with an end-of-image marker of its own."""
+    from wbc.io import jpeg_complete
+
+    cell = synthetic_cell("monocyte", 160)
+    main = cv2.imencode(".jpg", cell[:, :, ::-1])[1].tobytes()
+    thumb = cv2.imencode(".jpg", cv2.resize(cell, (40, 40))[:, :, ::-1])[1].tobytes()
+    payload = b"Exif\x00\x00" + thumb
+    with_thumb = main[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + main[2:]
+    motion = main + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+    for data in (main, with_thumb, motion, main + bytes(500)):
+        assert jpeg_complete(data)
+        assert np.abs(decode_image(data, "x.jpg").astype(int) - decode_image(main, "y.jpg")).mean() < 1
+    cut_thumb = with_thumb[: len(with_thumb) - len(main) // 2]
+    assert b"\xff\xd9" in cut_thumb  # the thumbnail's end: a search for any end marker would take it as the picture's
+    for data in (main[: len(main) // 2], cut_thumb):
+        assert not jpeg_complete(data)
+        with pytest.raises(ImageReadError, match="truncated JPEG"):
+            decode_image(data, "cut.jpg")

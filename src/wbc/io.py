@@ -116,20 +116,45 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     sizes on 440 PBC and BCCD files, 4 us instead of 93 us, in front of every decode (1.8 ms a PBC cell), so
     Pillow would add 5 % to decoding in `wbc classify` (benchmarks/library_swaps.py).
     """
+    for marker, i in _jpeg_markers(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 <= len(data):
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+    return None
+
+
+def _jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset) of a JPEG's header segments in order, up to its first start of scan (0xDA) included; each
+    segment skipped by its length, so a thumbnail inside the EXIF segment is never walked into."""
     i = 2
     n = len(data)
-    while i + 9 < n:
+    while i + 4 <= n:
         if data[i] != 0xFF:
-            return None
+            return
         marker = data[i + 1]
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
-        i += 2 + length
-    return None
+        yield marker, i
+        if marker == 0xDA:
+            return
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's image reaches its end-of-image marker (0xFFD9) after its first start of scan. What follows it
+    does not matter: a phone's motion-photo video, a camera's padding or trailer. Inside the compressed data every
+    0xFF byte is followed by 0x00 or a restart marker, so 0xFFD9 there is the end itself; an EXIF thumbnail's own end,
+    before the scan, does not count.
+
+    >>> ok, jpg = cv2.imencode(".jpg", np.full((64, 64, 3), 200, np.uint8))
+    >>> jpg = jpg.tobytes()
+    >>> jpeg_complete(jpg), jpeg_complete(jpg + bytes(500)), jpeg_complete(jpg[: len(jpg) // 2])
+    (True, True, False)
+    """
+    if b"\xff\xd9" in data[-64:]:  # nearly every file: the end is the last thing in it
+        return True
+    scan = next((i for marker, i in _jpeg_markers(data) if marker == 0xDA), None)
+    return scan is not None and data.find(b"\xff\xd9", scan) >= 0
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -206,7 +231,7 @@ def decode_image(
 def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int | None) -> np.ndarray:
     """OpenCV (reduced-size JPEG decoding when ``min_size`` allows), else Pillow; BGR(A) or grey."""
     is_jpeg = data[:2] == b"\xff\xd8"
-    if is_jpeg and b"\xff\xd9" not in data[-64:]:
+    if is_jpeg and not jpeg_complete(data):
         raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, np.uint8)
     if is_jpeg and min_size and size is not None:
