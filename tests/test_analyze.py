@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,6 +203,14 @@ def test_cli_analyze_default_folder(clf, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "differential.csv").is_file() and (tmp_path / "out" / "a.png").is_file()
     page = (tmp_path / "out" / "report.html").read_text()  # written by default, for a person to check
     assert "report: out/report.html" in r.stderr and "<h1>Smear analysis</h1>" in page and "corrupt.jpg" in page
+    assert "<tr><td>platelet</td>" in page  # the differential lists every class the model answers among
+    r = subprocess.run([sys.executable, "-m", "wbc", "analyze", "--output", "out5", "--model", str(clf.path),
+                        "--segmenter", "classical", "--classes", "5part"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "out5" / "report.html").read_text().split("<h2>Differential</h2>")[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td>", table) == ["basophil", "eosinophil", "lymphocyte", "monocyte",
+                                                         "neutrophil"]
 
 
 def test_cli_analyze_errors_are_one_line(tmp_path: Path) -> None:

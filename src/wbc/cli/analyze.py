@@ -106,8 +106,10 @@ def analyze(
             say(f"  {c:<13}{pooled[c]:>6}  {100 * pooled[c] / max(n_cells, 1):5.1f}%")
     if report and summary.classes:
         from wbc.evaluate.classified import write_analysis_report
+        from wbc.labels import parse_class_set
 
-        page = write_analysis_report(output, summary.docs, summary.classes, stems=summary.stems,
+        answered = parse_class_set(classes, summary.classes) or summary.classes  # --classes: its rows only
+        page = write_analysis_report(output, summary.docs, answered, stems=summary.stems,
                                      model_id=summary.model_id, segmenter_id=summary.segmenter_id,
                                      per_class=report_cells, errors=summary.errors)
         say(f"  report: {page}")
