@@ -202,3 +202,23 @@ def test_the_commands_show_as_many_cells_a_class_as_the_library_by_default() -> 
 
     for command in (classify, analyze):
         assert inspect.signature(command).parameters["report_cells"].default == REPORT_CELLS
+
+
+def test_the_fields_table_of_a_large_run_lists_the_first_fields_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    """A whole slide's thousands of fields are counted on the page but listed only up to MAX_FIELD_ROWS."""
+    import wbc.evaluate.classified as classified
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        rgb, *_ = synthetic_smear(n_wbc=1, seed=40 + i)
+        cv2.imwrite(str(src / f"f{i}.png"), rgb[:, :, ::-1])
+    out = tmp_path / "out"
+    clf = load_model(None, threads=1)
+    summary = analyze_paths([src], out, clf, ClassicalSegmenter())
+    monkeypatch.setattr(classified, "MAX_FIELD_ROWS", 2)
+    html = write_analysis_report(out, summary.docs, summary.classes, stems=summary.stems,
+                                 model_id=clf.model_id).read_text()
+    table = html.split("<h2>Fields</h2>")[1]
+    assert "The first 2 of 3 fields" in table and table.count("<tr><td>") == 2
+    assert "3 fields" in html.split("</div>")[0]  # the header counts them all

@@ -49,6 +49,15 @@ def neutralise(value: Any) -> Any:
     return value
 
 
+def read_back(value: str) -> str:
+    """A CSV cell as it was before :func:`neutralise`: its leading apostrophe taken off again.
+
+    >>> [read_back(neutralise(v)) for v in ("=HYPERLINK(1)", "'quoted", "cell_1.png")]
+    ['=HYPERLINK(1)', "'quoted", 'cell_1.png']
+    """
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES) else value
+
+
 def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A user-facing CSV, formula-safe and written atomically."""
     atomic_write_csv(path, [neutralise(h) for h in header], ([neutralise(v) for v in r] for r in rows))

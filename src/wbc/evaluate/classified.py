@@ -13,6 +13,7 @@ writers: :func:`write_classified_report` reads the shown single-cell images agai
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 from collections import Counter
@@ -216,6 +217,9 @@ def write_classified_report(
 #: longer side, kept inside the field) at the field's resolution, then resized.
 THUMB_SIDE: int = 128
 CUT_MARGIN: float = 1.4
+#: The fields table of `wbc analyze`'s page lists at most this many fields (every one is in ``differential.csv``),
+#: so a run over a whole slide's fields does not make a page of hundreds of megabytes.
+MAX_FIELD_ROWS: int = 1000
 
 
 def analysis_page(
@@ -227,10 +231,13 @@ def analysis_page(
     model_id: str,
     segmenter_id: str = "",
     errors: Sequence[tuple[str, str]] = (),
+    n_fields: int | None = None,
+    n_warned: int | None = None,
 ) -> str:
-    """`wbc analyze`'s ``report.html`` as one HTML string: the differential pooled over the ``fields`` (each
-    ``{"image", "href", "n_cells", "counts", "warnings"}``), a gallery per class of the ``shown`` cells (counted by
-    ``picker``), the fields, then those that failed (``errors``: (path, message)).
+    """`wbc analyze`'s ``report.html`` as one HTML string: the differential pooled over the fields (``fields``, each
+    ``{"image", "href", "n_cells", "counts", "warnings"}``, the rows of its fields table; ``n_fields`` and ``n_warned``:
+    how many fields there are and carry a warning, when the table shows only some), a gallery per class of the
+    ``shown`` cells (counted by ``picker``), then the files that failed (``errors``: (path, message)).
 
     >>> page = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m")
     >>> page.startswith("<!DOCTYPE html>") and "No WBC was found." in page
@@ -240,16 +247,19 @@ def analysis_page(
     from wbc.evaluate.report import render
 
     n_cells = sum(picker.n.values())
+    total = len(fields) if n_fields is None else n_fields
     return render(
         "analysis.html",
-        title=f"{len(fields):,} smear fields — {model_id}",
+        title=f"{total:,} smear fields — {model_id}",
         model_id=model_id,
         segmenter_id=segmenter_id,
         n=n_cells,
         n_cells=f"{n_cells:,}",
-        n_fields=f"{len(fields):,}",
+        n_fields=f"{total:,}",
+        n_listed=len(fields),
+        total=total,
         n_review=sum(picker.flagged.values()),
-        n_warned=sum(1 for f in fields if f.get("warnings")),
+        n_warned=sum(1 for f in fields if f.get("warnings")) if n_warned is None else n_warned,
         classes=", ".join(classes),
         rows=differential(picker.n, picker.flagged, classes),
         galleries=_galleries(classes, picker.n, picker.flagged, shown),
@@ -263,13 +273,11 @@ def analysis_page(
 def pick_smear_cells(rows: Iterable[Mapping[str, str]], per_class: int = REPORT_CELLS) -> GalleryPicker:
     """A :class:`GalleryPicker` over ``cells.csv``'s rows (:func:`wbc.formats.cells_csv_rows`), each kept cell as
     ``(image, box, confidence, review, reasons, id)``."""
-    from wbc.formats import FORMULA_PREFIXES
+    from wbc.formats import read_back
 
     picker = GalleryPicker(per_class)
     for r in rows:
-        image = r["image"]
-        if image.startswith("'") and image[1:].startswith(FORMULA_PREFIXES):  # neutralised for spreadsheets
-            image = image[1:]
+        image = read_back(r["image"])  # neutralised for spreadsheets
         review = r["review"] in ("1", "True", "true")
         box = tuple(int(float(r[k])) for k in ("x0", "y0", "x1", "y1"))
         reasons = [t for t in (r.get("review_reasons") or "").split("; ") if t]
@@ -321,6 +329,7 @@ def write_analysis_report(
             cut = box_window(rgb, chosen[label][j][1], CUT_MARGIN)
             pictures[(label, j)] = cv2.resize(cut, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
 
+    @functools.cache
     def href(image: str) -> str:  # "./" and quoted: a file named "javascript:..." stays a relative path
         stem = stems.get(image)
         return f"./{quote(stem + '.png')}" if stem and (out / f"{stem}.png").is_file() else ""
@@ -329,9 +338,9 @@ def write_analysis_report(
                      for j, (image, _box, conf, review, reasons, cell_id) in enumerate(items) if (label, j) in pictures]
              for label, items in chosen.items()}
     fields = [{"image": d["image"], "href": href(str(d["image"])), "n_cells": d["n_cells"], "counts": d["counts"],
-               "warnings": d.get("warnings") or []} for d in docs]
+               "warnings": d.get("warnings") or []} for d in docs[:MAX_FIELD_ROWS]]
     page = analysis_page(classes, picker, shown, fields, model_id=model_id, segmenter_id=segmenter_id,
-                         errors=errors)
+                         errors=errors, n_fields=len(docs), n_warned=sum(1 for d in docs if d.get("warnings")))
     path = out / "report.html"
     atomic_write_text(path, page)
     return path
