@@ -115,7 +115,8 @@ def test_fit_from_manifest_stores_statistics_used_by_classify(tmp_path: Path) ->
         paths.append(tmp_path / f"fresh_{i}.png")
         write_image(paths[-1], c)
     odd = tmp_path / "odd.png"
-    write_image(odd, np.full((16, 16, 3), (20, 200, 20), np.uint8))
+    green = np.full((16, 16, 3), (20, 200, 20), np.int16) + np.random.default_rng(0).integers(-6, 7, (16, 16, 3))
+    write_image(odd, green.astype(np.uint8))  # a photo of something green (noisy: a flat frame is refused unread)
     res = classify_paths([*paths, odd], clf)
     assert sum(p.ood for p in res.predictions[:-1]) <= 1  # thresholds at the 99.5th percentile
     assert res.predictions[-1].ood and res.predictions[-1].review and res.predictions[-1].reasons

@@ -25,13 +25,13 @@ def _model(path: Path, extra: dict | None = None) -> Path:
 
 
 def _cells(n: int = 6) -> np.ndarray:
-    """Cells whose top and bottom halves differ in colour."""
+    """Cells whose top and bottom halves differ in colour, with a camera's noise (wbc refuses flat drawings)."""
     rng = np.random.default_rng(1)
-    cells = np.zeros((n, SIZE, SIZE, 3), np.uint8)
+    cells = np.zeros((n, SIZE, SIZE, 3), np.int16)
     for i in range(n):
-        cells[i, : SIZE // 2] = rng.integers(0, 255, 3)
-        cells[i, SIZE // 2 :] = rng.integers(0, 255, 3)
-    return cells
+        cells[i, : SIZE // 2] = rng.integers(8, 248, 3)
+        cells[i, SIZE // 2 :] = rng.integers(8, 248, 3)
+    return (cells + rng.integers(-6, 7, cells.shape)).clip(0, 255).astype(np.uint8)
 
 
 @pytest.fixture()

@@ -306,18 +306,21 @@ def framing_options(clf: Any, framing: str = "auto", lab: FramingStats | None = 
 
 
 def measure_lab(paths: list[Any], threads: int = 2) -> FramingStats | None:
-    """The lab's one magnification from its images (:func:`wbc.reframe.lab_framing`; unreadable files are
-    skipped here and reported by the scoring), each measured within its field of view as `wbc classify` frames it
-    (:func:`wbc.preprocess.field_of_view`)."""
+    """The lab's one magnification from its images (:func:`wbc.reframe.lab_framing`; unreadable files and images
+    that are no photos are skipped here and reported by the scoring), each measured within its field of view as
+    `wbc classify` frames it (:func:`wbc.preprocess.field_of_view`)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from wbc.classify import check_cell_image
     from wbc.io import read_image
     from wbc.preprocess import field_of_view
     from wbc.reframe import lab_framing, nucleus_extent
 
     def extent(path: Any) -> float | None:
         try:
-            return nucleus_extent(field_of_view(read_image(path))[0])
+            rgb = read_image(path)
+            check_cell_image(rgb, str(path))  # a mask or a drawing beside the lab's cells is no measure of them
+            return nucleus_extent(field_of_view(rgb)[0])
         except (WbcError, OSError, ValueError):
             return None
 

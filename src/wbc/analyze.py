@@ -16,7 +16,7 @@ from wbc.crops import cell_fraction_of, crop_cells
 from wbc.cytoplasm import cytoplasm_evidence, field_colours
 from wbc.errors import ImageReadError
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS
-from wbc.preprocess import canvas_box, field_stop_mask, fill_field_stop
+from wbc.preprocess import canvas_box, field_stop_mask, fill_field_stop, not_a_photo
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell, SmearResult
 
@@ -27,7 +27,8 @@ MIN_SIDE: int = 32
 
 
 def check_field(rgb: np.ndarray, name: str = "") -> None:
-    """Refuse images the analysis cannot handle, with a message naming the file."""
+    """Refuse images the analysis cannot handle (too large, too small, no photo: a mask, a drawing, a blank frame,
+    :func:`wbc.preprocess.not_a_photo`), with a message naming the file."""
     h, w = rgb.shape[:2]
     if h * w > MAX_ANALYZE_PIXELS:
         raise ImageReadError(
@@ -36,6 +37,8 @@ def check_field(rgb: np.ndarray, name: str = "") -> None:
         )
     if min(h, w) < MIN_SIDE:
         raise ImageReadError(f"{name}: {w}x{h} is too small to hold a cell (minimum side {MIN_SIDE} px)")
+    if why := not_a_photo(rgb):
+        raise ImageReadError(f"{name}: {why}")
 
 
 def red_cell_target_of(classifier: ClassifierLike) -> dict[str, list[float]] | None:

@@ -22,7 +22,7 @@ from wbc.errors import ImageReadError, ImageTooLargeError
 from wbc.io import decode_image, image_size, read_bytes
 from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
-from wbc.preprocess import field_of_view, resize_square, scaled_view
+from wbc.preprocess import field_of_view, not_a_photo, resize_square, scaled_view
 from wbc.protocols import ClassifierLike
 from wbc.reframe import (
     DEFAULT_STATS,
@@ -308,11 +308,14 @@ def predict_cells(
 
 
 def check_cell_image(rgb: np.ndarray, name: str) -> None:
-    """Refuse a decoded image too small to be one cell, naming the file."""
+    """Refuse a decoded image too small to be one cell, or one that is no photo (a mask, a drawing, a blank frame:
+    :func:`wbc.preprocess.not_a_photo`), naming the file."""
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_CELL_SIDE:
         raise ImageReadError(f"{name}: {w}x{h} is too small to be a single-cell image "
                              f"(minimum side {MIN_CELL_SIDE} px)")
+    if why := not_a_photo(rgb):
+        raise ImageReadError(f"{name}: {why}")
 
 
 def cell_too_large(exc: ImageTooLargeError) -> ImageReadError:

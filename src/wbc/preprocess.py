@@ -456,3 +456,57 @@ def scaled_view(big: np.ndarray, box: tuple[int, int, int, int], shape: tuple[in
     k = big.shape[1] / shape[1]
     x0, y0, x1, y1 = (round(v * k) for v in box)
     return fill_field_stop(np.ascontiguousarray(big[y0:y1, x0:x1]))
+
+
+#: :func:`not_a_photo` looks at every pixel of a grid this many to a side first ...
+PHOTO_GRID = 16
+#: ... and an image showing this many exact colours there or more is a photo (a microscope camera's noise and
+#: shading give every image seen here 37 or more: all 10,986 PBC cells, BCCD's and TXL-PBC's 1,225 fields; BCCD's
+#: 367 nucleus/cytoplasm masks show at most 9).
+PHOTO_MIN_COLOURS = 32
+#: An image with fewer is refused when, beyond its commonest colour (a background, a canvas, a mask's zero), its
+#: seven next commonest exact colours cover this share of it: a mask, a label map or a drawing. Every BCCD mask
+#: scores 0.81 or more; photos with few colours on the grid (a cell pasted small onto a blank page, a grey or
+#: posterised photo: the 24 shifts of ``benchmarks/shift_suite.py``) score far less, the cell's own pixels being
+#: many colours. docs/generalisation.md, "Masks and drawings in a lab's folder".
+FLAT_SHARE = 0.75
+
+
+def _packed(rgb: np.ndarray) -> np.ndarray:
+    """Each pixel's colour as one integer (any shape ending in 3 -> flat int32)."""
+    flat = rgb.reshape(-1, 3).astype(np.int32)
+    return (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+
+
+def not_a_photo(rgb: np.ndarray) -> str | None:
+    """Why ``rgb`` (uint8 RGB) cannot be a microscope photo of stained cells, or None when it can be.
+
+    A lab's folders often hold a dataset's masks, label maps or drawings beside its photos; named as cells or
+    searched for them, they would be counted in the differential. Cheap for a photo (a 16 x 16 grid of pixels,
+    about 0.04 ms); only an image with few colours there is looked at more closely (:data:`FLAT_SHARE`).
+
+    >>> not_a_photo(np.full((64, 64, 3), 255, np.uint8))
+    'one flat colour: nothing in view'
+    >>> mask = np.zeros((64, 64, 3), np.uint8)
+    >>> mask[16:48, 16:48] = 255
+    >>> not_a_photo(mask)
+    'a mask or a drawing, not a photo of stained cells (beyond its background, 1 colour makes all of it)'
+    >>> noisy = np.random.default_rng(0).normal(180, 12, (64, 64, 3)).clip(0, 255).astype(np.uint8)
+    >>> not_a_photo(noisy) is None
+    True
+    """
+    h, w = rgb.shape[:2]
+    grid = rgb[:: max(1, h // PHOTO_GRID), :: max(1, w // PHOTO_GRID)]
+    if len(np.unique(_packed(grid))) >= PHOTO_MIN_COLOURS:
+        return None
+    _, counts = np.unique(_packed(rgb[:: max(1, h // 128), :: max(1, w // 128)]), return_counts=True)
+    rest = np.sort(counts)[::-1][1:]  # beyond the commonest colour
+    if rest.sum() < 0.002 * counts.sum():
+        return "one flat colour: nothing in view"
+    top = rest[:7]
+    share = top.sum() / rest.sum()
+    if share < FLAT_SHARE:
+        return None
+    n = int((top > 0).sum())
+    return (f"a mask or a drawing, not a photo of stained cells (beyond its background, {n} colour"
+            f"{'s' if n > 1 else ''} make{'' if n > 1 else 's'} {'all' if share == 1 else f'{share:.0%}'} of it)")

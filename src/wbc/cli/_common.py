@@ -92,6 +92,41 @@ def warn(message: str, prefix: str = "warning:") -> None:
     console.print(f"[yellow]{prefix}[/] {escape(message)}", highlight=False)
 
 
+#: At most this many skipped files are named one by one; the others are counted by reason (a dataset's folder of
+#: masks beside its photos would otherwise print a line each).
+SKIPPED_SHOWN = 10
+
+
+def skip_reason(message: str) -> str:
+    """The kind of problem in a ``"<file>: <problem> (<details>)"`` message, for counting: sizes and details dropped.
+
+    >>> skip_reason("a/b.png: a mask or a drawing, not a photo of stained cells (beyond its background, ...)")
+    'a mask or a drawing, not a photo of stained cells'
+    >>> skip_reason("c.jpg: 12x9 is too small to be a single-cell image (minimum side 16 px)")
+    'too small to be a single-cell image'
+    >>> skip_reason("d.tif: analysis failed (ValueError: no)")
+    'analysis failed'
+    """
+    import re
+
+    problem = message.split(": ", 1)[-1]
+    return re.sub(r"^\d+x\d+ is ", "", problem.split(" (")[0])
+
+
+def warn_skipped(messages: Iterable[str], listed_in: str | None = None) -> None:
+    """Say which files a run left out and why: the first :data:`SKIPPED_SHOWN` by name, the others counted by kind
+    of problem (``listed_in``: where all of them are named)."""
+    from collections import Counter
+
+    messages = list(messages)
+    for msg in messages[:SKIPPED_SHOWN]:
+        warn(msg, "skipped")
+    if rest := messages[SKIPPED_SHOWN:]:
+        kinds = "; ".join(f"{kind} ({n})" for kind, n in Counter(map(skip_reason, rest)).most_common())
+        where = f", every one named in {listed_in}" if listed_in else ""
+        warn(f"{len(rest)} more file(s){where}: {kinds}", "skipped")
+
+
 def note_foreign_images(paths: Iterable[str | os.PathLike[str]]) -> None:
     """Say which of the folders' files are images in formats wbc cannot read (a phone's HEIC, raw, DICOM, ...), left
     out of the run (:func:`wbc.io.foreign_images_note`); nothing when there are none."""

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images
+from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images, warn_skipped
 from wbc.errors import WbcError
 
 
@@ -86,8 +86,7 @@ def adapt(
 
         free = adapt_unlabelled(model, data, output, classes=classes, threads=threads, prior=prior,
                                 framing=framing, tta=tta, max_cells=max_cells)
-        for msg in free.skipped:
-            console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+        warn_skipped(free.skipped)
         for line in summary_lines(free):
             console.print(line, highlight=False)
         console.print(f"scored on {free.n_cells} unlabelled cells over {', '.join(free.classes)} in "
@@ -97,8 +96,7 @@ def adapt(
         return
     if no_labels and stain is not None:  # (stain is None was handled above)
         out = adapt_stain(model, data, output, stain=stain, threads=threads)
-        for msg in out["skipped"]:
-            console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+        warn_skipped(out["skipped"])
         console.print(f"{out['stain']} colour mapping fitted on {out['n_cells']} cells in {out['seconds']:.0f} s "
                       f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)",
                       highlight=False)
@@ -141,8 +139,7 @@ def adapt(
     if res.n_cells > MAX_CELLS_WARN:
         console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, training on the lab's cells "
                       "with `wbc train` may do better than few-shot adaptation", highlight=False)
-    for msg in res.skipped:
-        console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+    warn_skipped(res.skipped)
     console.print(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
                   f" in {res.seconds:.0f} s -> {res.output}", highlight=False)
     if res.method == "head":

@@ -23,6 +23,7 @@ from wbc.cli._common import (
     note_foreign_images,
     say,
     warn,
+    warn_skipped,
 )
 from wbc.errors import WbcError
 
@@ -113,8 +114,7 @@ def analyze(
                                      model_id=summary.model_id, segmenter_id=summary.segmenter_id,
                                      per_class=report_cells, errors=summary.errors)
         say(f"  report: {page}")
-    for _, msg in summary.errors:
-        warn(msg, "skipped")
+    warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")
     note_foreign_images(inputs)
     if summary.errors:
         warn(f"{len(summary.errors)} file(s) failed, listed in {output}/errors.csv", "note:")

@@ -22,6 +22,7 @@ from wbc.cli._common import (
     progress,
     say,
     warn,
+    warn_skipped,
 )
 from wbc.errors import WbcError
 
@@ -77,8 +78,7 @@ def classify(
             res = classify_paths(files, clf, batch_size=batch_size, workers=threads, progress=update,
                                  reframe=reframe)
     write_predictions_csv(out, res.predictions, clf.classes)
-    for _path, msg in res.errors:
-        warn(msg, "skipped")
+    warn_skipped((msg for _, msg in res.errors), str(report) if report else None)
     n = len(res.predictions)
     counts = res.counts()
     n_review = sum(p.review for p in res.predictions)

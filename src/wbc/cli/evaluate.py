@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, TtaOpt, progress
+from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, TtaOpt, progress, warn_skipped
 from wbc.errors import WbcError
 
 
@@ -143,6 +143,5 @@ def evaluate(
             f"(not scored): {m['unknown_labels']['labels']}; --map OLD=CLASS names them[/]",
             highlight=False,
         )
-    for _path, msg in m["unreadable"]:
-        console.print(f"[yellow]skipped[/] {msg}", highlight=False)
+    warn_skipped((msg for _, msg in m["unreadable"]), f"{output}/metrics.json")
     console.print(f"wrote {output}/metrics.json, predictions.csv, report.html", highlight=False)

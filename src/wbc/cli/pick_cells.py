@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app
-from wbc.cli._common import ModelOpt, ThreadsOpt, note_foreign_images, say, warn
+from wbc.cli._common import ModelOpt, ThreadsOpt, note_foreign_images, say, warn_skipped
 
 
 @app.command("pick-cells")
@@ -34,8 +34,7 @@ def pick_cells(
 
     note_foreign_images([data])
     res = pick(model, data, n=n, rule=rule, seed=seed, threads=threads, max_cells=max_cells)
-    for msg in res.skipped:
-        warn(msg, "skipped")
+    warn_skipped(res.skipped)
     atomic_write_csv(output, ("path", "label"), [(p, "") for p in res.paths])
     if report:
         atomic_write_text(report, json.dumps(res.to_dict(), indent=2) + "\n")
