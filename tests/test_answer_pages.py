@@ -192,6 +192,20 @@ def test_the_analysis_report_cuts_each_cell_from_its_field_and_links_the_annotat
     assert again.read_text() == html
 
 
+def test_every_cell_of_a_field_named_with_an_apostrophe_is_shown(tmp_path: Path, monkeypatch) -> None:
+    """cells.csv writes ``'-scan.png`` as it is; the page read it back as ``-scan.png`` and lost its cells (wbc
+    0.26.0). Every cell in cells.csv is on the page when every cell is asked for."""
+    monkeypatch.chdir(tmp_path)
+    rgb, *_ = synthetic_smear(n_wbc=2, seed=5)
+    cv2.imwrite("'-scan.png", rgb[:, :, ::-1])
+    clf = load_model(None, threads=1)
+    summary = analyze_paths(["'-scan.png"], "out", clf, ClassicalSegmenter())
+    page = write_analysis_report(Path("out"), summary.docs, summary.classes, stems=summary.stems,
+                                 model_id=clf.model_id, per_class=0)
+    rows = list(csv.DictReader(Path("out/cells.csv").read_text().splitlines()))
+    assert rows and len(_parse(page.read_text()).images) == len(rows)
+
+
 def test_the_commands_show_as_many_cells_a_class_as_the_library_by_default() -> None:
     """`--report-cells`' default is written out in the CLI (it does not import the page code at start-up)."""
     import inspect

@@ -47,6 +47,17 @@ def test_formula_cells_are_neutralised_and_numbers_kept(tmp_path: Path) -> None:
     assert row["path"] == "'=HYPERLINK(\"http://x\")" and row["confidence"] == "0.9000"
 
 
+def test_read_back_undoes_neutralise_for_every_name() -> None:
+    """A file named ``'-scan.png`` was left as it was and read back as ``-scan.png`` (wbc 0.26.0), so its cells fell
+    out of report.html's galleries."""
+    from wbc.formats import read_back
+
+    names = ["=1+1", "'=1+1", "''=1+1", "'-scan.png", "-scan.png", "'quoted", "''", "'", "-0.5", "'-0.5", "@a",
+             "'@a", "\tx", "'\tx", "plain.png", "+", "'+", ""]
+    assert [read_back(neutralise(v)) for v in names] == names
+    assert all(not str(neutralise(v)).startswith(("=", "+", "-", "@")) or v in ("-0.5",) for v in names)
+
+
 def test_formula_file_name_is_neutralised_in_cells_csv(clf, tmp_path: Path) -> None:
     rgb, *_ = synthetic_smear(n_wbc=1, seed=3, size=(240, 320), scale=0.6)
     (tmp_path / "in").mkdir()
@@ -111,6 +122,28 @@ def test_other_model_results_are_not_taken_as_done(clf, tmp_path: Path) -> None:
     assert (again.analyzed, again.skipped) == (1, 1)
     assert json.loads((out / "field_00.json").read_text())["model_id"] == "tiny-colour"
     assert not list(out.glob(".*"))
+
+
+def test_a_run_resumed_with_other_settings_redoes_the_fields(clf, tmp_path: Path) -> None:
+    """--classes, --tta, --no-colour-calibration and --pixel-size change the answers but not the model's id: a run
+    resumed with any of them changed redoes every field (wbc 0.26.0 kept the earlier answers, so a five-part
+    report.html left out the cells of the other classes while still counting them)."""
+    write_fields(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    doc = json.loads((out / "field_00.json").read_text())
+    assert doc["settings"] == {"classes": [], "tta": 4, "colour_calibration": True, "pixel_size": None}
+    for other, seg in ((clf.with_classes("5part"), ClassicalSegmenter()), (clf.with_tta(1), ClassicalSegmenter()),
+                       (clf.with_colour_calibration(False), ClassicalSegmenter()),
+                       (clf, ClassicalSegmenter(pixel_size=0.2))):
+        redo = run_local([tmp_path / "in"], out, other, seg)
+        assert (redo.analyzed, redo.skipped) == (2, 0)
+        again = run_local([tmp_path / "in"], out, other, seg)  # the same settings again: nothing to redo
+        assert (again.analyzed, again.skipped) == (0, 2)
+    five = run_local([tmp_path / "in"], out, clf.with_classes("5part"), ClassicalSegmenter())
+    assert five.analyzed == 2
+    labels = {r["label"] for r in csv.DictReader((out / "cells.csv").open())}
+    assert labels and labels <= {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"}
 
 
 def test_output_path_that_is_a_file_is_refused_before_work(clf, tmp_path: Path) -> None:

@@ -165,7 +165,9 @@ def test_a_jpeg_with_data_after_its_end_is_read_and_a_cut_one_refused_even_with_
     payload = b"Exif\x00\x00" + thumb
     with_thumb = main[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + main[2:]
     motion = main + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
-    for data in (main, with_thumb, motion, main + bytes(500)):
+    scan = main.find(b"\xff\xda")  # fill bytes (0xFF) before markers, as the standard allows, and a trailer
+    filled = main[:2] + b"\xff" + main[2:scan] + b"\xff\xff" + main[scan:] + bytes(500)
+    for data in (main, with_thumb, motion, main + bytes(500), filled):
         assert jpeg_complete(data)
         assert np.abs(decode_image(data, "x.jpg").astype(int) - decode_image(main, "y.jpg")).mean() < 1
     cut_thumb = with_thumb[: len(with_thumb) - len(main) // 2]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,20 +149,37 @@ def read_doc(out: Path, job: Job) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and doc.get("image") == job.path else None
 
 
-def is_complete(out: Path, job: Job, model_id: str, segmenter_id: str, draw: bool) -> bool:
-    """Whether ``job`` has results from these models (and its PNG when drawing): a resumed run skips it."""
+def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | None) -> dict[str, Any]:
+    """What besides the models decides a field's answers: the label set (``--classes``; empty: every class), the
+    views averaged per cell (``--tta``), the colour calibration (``--no-colour-calibration``) and the pixel size
+    (``--pixel-size``). Stored in each field's JSON, so that a run resumed with other settings redoes the fields
+    instead of keeping answers it would not give."""
+    from wbc.classify import tta_views_of
+
+    return {"classes": list(getattr(classifier, "label_set", ()) or ()),
+            "tta": tta_views_of(classifier, smear=True) if classifier is not None else None,
+            "colour_calibration": bool(getattr(classifier, "colour_calibration", True)),
+            "pixel_size": getattr(segmenter, "pixel_size", None)}
+
+
+def is_complete(out: Path, job: Job, model_id: str, segmenter_id: str, draw: bool,
+                settings: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``job`` has results from these models and ``settings`` (:func:`run_settings`; None: not compared), and
+    its PNG when drawing: a resumed run skips it."""
     doc = read_doc(out, job)
     if doc is None or doc.get("model_id") != model_id or doc.get("segmenter") != segmenter_id:
+        return False
+    if settings is not None and doc.get("settings") != dict(settings):
         return False
     return not draw or (out / f"{job.stem}.png").is_file()
 
 
 def pending_jobs(out: Path, jobs: Sequence[Job], model_id: str, segmenter_id: str, draw: bool,
-                 overwrite: bool) -> list[Job]:
-    """The jobs a run must do: all with ``overwrite``, else those without complete results."""
+                 overwrite: bool, settings: Mapping[str, Any] | None = None) -> list[Job]:
+    """The jobs a run must do: all with ``overwrite``, else those without complete results (:func:`is_complete`)."""
     if overwrite:
         return list(jobs)
-    return [j for j in jobs if not is_complete(out, j, model_id, segmenter_id, draw)]
+    return [j for j in jobs if not is_complete(out, j, model_id, segmenter_id, draw, settings)]
 
 
 def segmenter_id_of(segmenter: SegmenterLike | None) -> str:
@@ -183,7 +200,7 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
         rgb = read_image(job.path, max_pixels=limit) if data is None else decode_image(data, job.path, max_pixels=limit)
         t0 = time.perf_counter()
         res = analyze_image(rgb, classifier, segmenter, name=job.path)
-        text = json_text(result_to_dict(res, classes, segmenter_id_of(segmenter)))
+        text = json_text(result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter)))
         t1 = time.perf_counter()
         png = None
         if draw:
@@ -256,7 +273,8 @@ def run_local(
     out = prepare_output(output)
     jobs = plan_jobs(inputs)
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
-    todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite)
+    todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite,
+                        run_settings(classifier, segmenter))
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter))
     if progress:
         progress(summary.skipped, len(jobs))

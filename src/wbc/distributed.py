@@ -31,6 +31,7 @@ from wbc.batch import (
     pending_jobs,
     plan_jobs,
     prepare_output,
+    run_settings,
     segmenter_id_of,
     tally,
 )
@@ -146,7 +147,7 @@ def analyze_paths_ray(
     jobs = plan_jobs(inputs)
     classifier, segmenter = spec.load()  # the driver checks the models once, and learns their ids
     seg_id = segmenter_id_of(segmenter)
-    todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite)
+    todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id)
     if progress:
         progress(summary.skipped, len(jobs))

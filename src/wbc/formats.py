@@ -41,21 +41,31 @@ def neutralise(value: Any) -> Any:
     """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @`` (or a tab or CR)
     gets a leading apostrophe; numbers, and text that reads as a number ("-0.5"), stay as they are.
 
-    >>> [neutralise(v) for v in ("=HYPERLINK(1)", "@SUM(A1)", "-0.5", -2, "cell_1.png")]
-    ["'=HYPERLINK(1)", "'@SUM(A1)", '-0.5', -2, 'cell_1.png']
+    Text that already starts with apostrophes before such a character gets one more, so that :func:`read_back`
+    can always undo it (a file named ``'-scan.png``).
+
+    >>> [neutralise(v) for v in ("=HYPERLINK(1)", "@SUM(A1)", "-0.5", -2, "cell_1.png", "'-scan.png")]
+    ["'=HYPERLINK(1)", "'@SUM(A1)", '-0.5', -2, 'cell_1.png', "''-scan.png"]
     """
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) and not _is_number(value):
+    if isinstance(value, str) and _escaped(value):
         return "'" + value
     return value
+
+
+def _escaped(value: str) -> bool:
+    """Whether :func:`neutralise` prefixes ``value``: after any leading apostrophes, a formula character starts
+    it, and it does not read as a number."""
+    rest = value.lstrip("'")
+    return rest.startswith(FORMULA_PREFIXES) and not _is_number(rest)
 
 
 def read_back(value: str) -> str:
     """A CSV cell as it was before :func:`neutralise`: its leading apostrophe taken off again.
 
-    >>> [read_back(neutralise(v)) for v in ("=HYPERLINK(1)", "'quoted", "cell_1.png")]
-    ['=HYPERLINK(1)', "'quoted", 'cell_1.png']
+    >>> [read_back(neutralise(v)) for v in ("=HYPERLINK(1)", "'quoted", "cell_1.png", "'-scan.png", "''=x")]
+    ['=HYPERLINK(1)', "'quoted", 'cell_1.png', "'-scan.png", "''=x"]
     """
-    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES) else value
+    return value[1:] if value.startswith("'") and _escaped(value[1:]) else value
 
 
 def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -100,9 +110,11 @@ def cell_to_dict(c: Cell) -> dict[str, Any]:
     }
 
 
-def result_to_dict(res: SmearResult, classes: Sequence[str] = (), segmenter_id: str = "") -> dict[str, Any]:
-    """The JSON document for one field (``DIR/<stem>.json``, and the body of ``POST /analyze``)."""
-    return {
+def result_to_dict(res: SmearResult, classes: Sequence[str] = (), segmenter_id: str = "",
+                   settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON document for one field (``DIR/<stem>.json``, and the body of ``POST /analyze``). ``settings``: what
+    besides the models decided its answers (`wbc analyze`'s, :func:`wbc.batch.run_settings`), stored last."""
+    doc = {
         "image": res.image,
         "width": res.width,
         "height": res.height,
@@ -114,6 +126,9 @@ def result_to_dict(res: SmearResult, classes: Sequence[str] = (), segmenter_id: 
         "warnings": list(res.warnings),
         "colour_calibration": res.calibration,
     }
+    if settings is not None:
+        doc["settings"] = dict(settings)
+    return doc
 
 
 def json_text(doc: Mapping[str, Any]) -> str:

@@ -124,13 +124,24 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
     """(marker, offset) of a JPEG's header segments in order, up to its first start of scan (0xDA) included; each
-    segment skipped by its length, so a thumbnail inside the EXIF segment is never walked into."""
+    segment skipped by its length, so a thumbnail inside the EXIF segment is never walked into. Fill bytes (0xFF)
+    before a marker, which the standard allows (T.81 B.1.1.2) and some encoders write, are skipped as decoders do.
+
+    >>> ok, jpg = cv2.imencode(".jpg", np.full((8, 8, 3), 200, np.uint8))
+    >>> jpg = jpg.tobytes()
+    >>> padded = jpg[:2] + bytes([0xFF, 0xFF]) + jpg[2:]
+    >>> [m for m, _ in _jpeg_markers(padded)] == [m for m, _ in _jpeg_markers(jpg)]
+    True
+    """
     i = 2
     n = len(data)
     while i + 4 <= n:
         if data[i] != 0xFF:
             return
         marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte: the marker follows
+            i += 1
+            continue
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue

@@ -110,12 +110,20 @@ def differential(n: Mapping[str, int], flagged: Mapping[str, int], classes: Sequ
     >>> rows = differential({"lymphocyte": 3, "monocyte": 1}, {"monocyte": 1}, ["lymphocyte", "monocyte"])
     >>> [(r["label"], r["n"], r["percent"], r["interval"], r["flagged"]) for r in rows]
     [('lymphocyte', 3, '75.0%', '19.4-99.4%', 0), ('monocyte', 1, '25.0%', '0.6-80.6%', 1)]
+    >>> [(r["percent"], r["interval"]) for r in differential({"a": 1, "b": 7}, {}, ["a", "b"])][:1]  # 0.316-52.651
+    [('12.5%', '0.3-52.7%')]
     """
-    from wbc.counts import differential_rows  # the intervals differential.csv and the web page give
+    from wbc.counts import clopper_pearson  # the intervals differential.csv and the web page give
 
-    return [{"label": c, "n": k, "percent": f"{pct:.1f}%" if total else "-",
-             "interval": f"{lo:.1f}-{hi:.1f}%" if total else "-", "flagged": int(flagged.get(c, 0))}
-            for _, c, k, total, pct, lo, hi in differential_rows(dict(n), classes, "")]
+    total = sum(int(n.get(c, 0)) for c in classes)
+    rows = []
+    for c in classes:  # rounded once, from the exact values (differential.csv's are rounded to 0.01 already)
+        k = int(n.get(c, 0))
+        lo, hi = clopper_pearson(k, total)
+        rows.append({"label": c, "n": k, "percent": f"{100 * k / total:.1f}%" if total else "-",
+                     "interval": f"{100 * lo:.1f}-{100 * hi:.1f}%" if total else "-",
+                     "flagged": int(flagged.get(c, 0))})
+    return rows
 
 
 def _galleries(classes: Sequence[str], n: Mapping[str, int], flagged: Mapping[str, int],
