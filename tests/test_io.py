@@ -127,7 +127,7 @@ def test_atomic_csv_leaves_no_temp_files(tmp_path: Path) -> None:
 
 def test_a_gif_in_a_folder_is_read_and_a_folder_of_other_files_says_what_it_holds(tmp_path: Path) -> None:
     """A folder of GIFs was skipped in silence and reported as holding no image files; a folder of another format
-    (JPEG 2000) said only that, as if empty."""
+    (JPEG XL) said only that, as if empty. JPEG 2000 and AVIF files are read (wbc 0.27.0; they were left out)."""
     from PIL import Image
 
     from wbc.errors import WbcError
@@ -137,20 +137,25 @@ def test_a_gif_in_a_folder_is_read_and_a_folder_of_other_files_says_what_it_hold
     Image.fromarray(cell).convert("P").save(tmp_path / "cell.gif")
     assert list(iter_image_paths([tmp_path])) == [tmp_path / "cell.gif"]
     assert read_image(tmp_path / "cell.gif").shape == (64, 64, 3)
+    Image.fromarray(cell).save(tmp_path / "cell.jp2")  # a slide scanner's or a PACS export
+    Image.fromarray(cell).save(tmp_path / "cell.avif", quality=90)
+    assert [p.name for p in iter_image_paths([tmp_path])] == ["cell.avif", "cell.gif", "cell.jp2"]
+    for name in ("cell.jp2", "cell.avif"):
+        assert np.abs(read_image(tmp_path / name).astype(int) - cell).mean() < 4, name
 
     other = tmp_path / "other"
     other.mkdir()
-    for name in ("a.jp2", "b.jp2", "notes.txt"):
+    for name in ("a.jxl", "b.jxl", "notes.txt"):
         (other / name).write_bytes(b"x")
     msg = no_images_message([other])
-    assert msg.startswith(f"no image files in {other}: 3 other files (.jp2 2, .txt 1)")
+    assert msg.startswith(f"no image files in {other}: 3 other files (.jxl 2, .txt 1)")
     assert "\n" not in msg
     (tmp_path / "empty").mkdir()
     assert no_images_message([tmp_path / "empty"]).endswith("it holds no files")
 
     from wbc.batch import plan_jobs
 
-    with pytest.raises(WbcError, match=r"\.jp2 2"):
+    with pytest.raises(WbcError, match=r"\.jxl 2"):
         plan_jobs([other])
 
 

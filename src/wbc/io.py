@@ -23,14 +23,15 @@ import numpy as np
 from wbc.errors import ImageReadError, ImageTooLargeError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # GIF: its first frame, read by Pillow
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",  # GIF: its first frame, read by Pillow
+     ".jp2", ".j2k", ".avif"}  # JPEG 2000 (a scanner's or PACS export) and AVIF: OpenCV reads both, Pillow too
 )
-#: Image formats wbc has no decoder for that a lab may still keep beside its JPEGs: a phone's HEIC/HEIF, AVIF, JPEG XL
-#: and JPEG 2000, raw camera files, whole-slide scans and DICOM. A folder's files in them are left out, as any other
-#: non-image file is, but counted (:func:`foreign_images_note`), so that the commands say so instead of skipping a
-#: lab's photos in silence.
+#: Image formats wbc has no decoder for that a lab may still keep beside its JPEGs: a phone's HEIC/HEIF, JPEG XL, raw
+#: camera files, whole-slide scans and DICOM. A folder's files in them are left out, as any other non-image file is,
+#: but counted (:func:`foreign_images_note`), so that the commands say so instead of skipping a lab's photos in
+#: silence.
 FOREIGN_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
-    ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw", ".czi", ".svs",
+    ".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw", ".czi", ".svs",
     ".ndpi", ".scn", ".mrxs", ".vsi", ".lif", ".nd2", ".dcm", ".dicom",
 })
 #: Images with more pixels than this are refused (a 20k x 20k scan); callers may tile instead.
@@ -334,9 +335,9 @@ def no_images_message(inputs: Iterable[str | os.PathLike[str]]) -> str:
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
-    >>> _ = (d / "cell_1.jp2").write_bytes(b"x"), (d / "notes.txt").write_text("x")
+    >>> _ = (d / "cell_1.jxl").write_bytes(b"x"), (d / "notes.txt").write_text("x")
     >>> no_images_message([d]).split(": ", 1)[1]
-    '2 other files (.jp2 1, .txt 1); images end in .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp'
+    '2 other files (.jxl 1, .txt 1); images end in .avif, .bmp, .gif, .j2k, .jp2, .jpeg, .jpg, .png, .tif, .tiff, .webp'
     """
     items = [Path(i) for i in inputs]
     suffixes: Counter[str] = Counter()
