@@ -42,16 +42,22 @@ DIFFERENTIAL_HEADER: tuple[str, ...] = (
 )
 
 
-def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str) -> list[list[Any]]:
-    """One row per class: count, total, percent and the 95 % interval in percent."""
+def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str, digits: int = 2
+                      ) -> list[list[Any]]:
+    """One row per class: count, total, percent and the 95 % interval in percent, rounded to ``digits`` decimals
+    (2 in the CSVs; the HTTP API and the case store keep 4, so that a page showing one decimal rounds the exact
+    value, not an already rounded one: 52.651 is 52.65 at two decimals, shown as 52.6).
+
+    >>> differential_rows({"a": 1, "b": 7}, ["a", "b"], "x")[0], differential_rows({"a": 1, "b": 7}, ["a", "b"], "x", 4)[0]
+    (['x', 'a', 1, 8, 12.5, 0.32, 52.65], ['x', 'a', 1, 8, 12.5, 0.316, 52.651])
+    """
     n = sum(counts.get(c, 0) for c in classes)
     rows = []
     for c in classes:
         k = counts.get(c, 0)
         lo, hi = clopper_pearson(k, n)
-        rows.append(
-            [image, c, k, n, round(100.0 * k / n, 2) if n else 0.0, round(100 * lo, 2), round(100 * hi, 2)]
-        )
+        rows.append([image, c, k, n, round(100.0 * k / n, digits) if n else 0.0, round(100 * lo, digits),
+                     round(100 * hi, digits)])
     return rows
 
 

@@ -219,9 +219,9 @@ def write_predictions_csv(
 
 
 def differential_dicts(counts: Mapping[str, int], classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Per class: count, percent and the exact 95 % interval in percent (see :mod:`wbc.counts`)."""
+    """Per class: count, percent and the exact 95 % interval in percent, to 4 decimals (see :mod:`wbc.counts`)."""
     keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
-    return [dict(zip(keys, row[1:], strict=True)) for row in differential_rows(dict(counts), classes, "")]
+    return [dict(zip(keys, row[1:], strict=True)) for row in differential_rows(dict(counts), classes, "", digits=4)]
 
 
 def prediction_to_dict(p: Prediction) -> dict[str, Any]:

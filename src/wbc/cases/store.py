@@ -351,7 +351,7 @@ def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, 
         elif lab in other:
             other[lab] += 1
     keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
-    rows = [dict(zip(keys, r[1:], strict=True)) for r in differential_rows(counts, classes, "")]
+    rows = [dict(zip(keys, r[1:], strict=True)) for r in differential_rows(counts, classes, "", digits=4)]
     return {"total": sum(counts.values()), "rows": rows, "excluded": other}
 
 
