@@ -48,7 +48,8 @@ def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str
     (2 in the CSVs; the HTTP API and the case store keep 4, so that a page showing one decimal rounds the exact
     value, not an already rounded one: 52.651 is 52.65 at two decimals, shown as 52.6).
 
-    >>> differential_rows({"a": 1, "b": 7}, ["a", "b"], "x")[0], differential_rows({"a": 1, "b": 7}, ["a", "b"], "x", 4)[0]
+    >>> counts = {"a": 1, "b": 7}
+    >>> differential_rows(counts, ["a", "b"], "x")[0], differential_rows(counts, ["a", "b"], "x", 4)[0]
     (['x', 'a', 1, 8, 12.5, 0.32, 52.65], ['x', 'a', 1, 8, 12.5, 0.316, 52.651])
     """
     n = sum(counts.get(c, 0) for c in classes)
