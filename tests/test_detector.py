@@ -314,3 +314,44 @@ def test_train_detector_runs_and_exports(real_data: Path, tmp_path: Path) -> Non
     seg = D.DetectorSegmenter(out)
     rgb, *_ = synthetic_smear(seed=0)
     assert isinstance(seg.segment(rgb), list)
+
+
+def test_smear_scores_on_fields_without_masks_or_without_boxes(tmp_path: Path) -> None:
+    """A field without a mask (a YOLO folder, TXL-PBC) counts every detection in the "unannotated cells ignored"
+    block too (wbc 0.26.0 showed precision 1, recall 0 there); fields without any WBC box give AP null, not a bare NaN
+    that makes metrics.json invalid JSON."""
+    import json
+
+    from wbc.evaluate.smears import BccdItem, evaluate_smears, summary_markdown
+    from wbc.types import Cell
+
+    img = tmp_path / "f.png"
+    cv2.imwrite(str(img), np.full((100, 100, 3), 200, np.uint8))
+    m = np.ones((20, 20), bool)
+
+    def seg(rgb: np.ndarray) -> list[Cell]:  # one detection on a true box, one on nothing
+        return [Cell(0, (10, 10, 30, 30), m, m, score=0.9), Cell(1, (80, 0, 100, 20), m, m, score=0.8)]
+
+    res = evaluate_segmentation([BccdItem("f", img, [(10.0, 10.0, 30.0, 30.0), (50.0, 50.0, 70.0, 70.0)], None, None)],
+                                seg)
+    det, ign = res["detection"], res["detection_ignore_unannotated"]
+    assert (det["tp"], det["fp"], det["fn"]) == (1, 1, 1)
+    assert (ign["tp"], ign["fp"], ign["fn"], ign["precision"], ign["recall"]) == (1, 1, 1, 0.5, 0.5)
+
+    folder = tmp_path / "yolo"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    cv2.imwrite(str(folder / "images" / "a.png"), np.full((100, 100, 3), 200, np.uint8))
+    (folder / "labels" / "a.txt").write_text("")  # a field without WBCs
+
+    class Seg:
+        name = model_id = "fake"
+
+        def segment(self, rgb: np.ndarray) -> list[Cell]:
+            return seg(rgb)[:1]
+
+    evaluate_smears(tmp_path, tmp_path / "out", Seg(), dataset=folder)
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert metrics["detection"]["ap50"] is None
+    assert "| AP@0.5 | n/a (no WBC box) |" in summary_markdown(metrics)

@@ -219,6 +219,25 @@ def test_map_renames_a_label(env: dict[str, Path], tmp_path: Path) -> None:
     assert m["per_class"]["neutrophil"]["support"] == 24
 
 
+def test_a_chosen_label_set_scores_only_the_cells_it_can_name(env: dict[str, Path], tmp_path: Path) -> None:
+    """With --classes 5part an ig, erythroblast or platelet cell cannot be named right; wbc 0.26.0 scored it anyway
+    (a run naming every five-part cell right showed 0.625). Such cells are listed as labels outside the chosen set,
+    every score is over the five classes, and the calibration is measured on the probabilities the chart shows."""
+    from wbc.evaluate import evaluate
+    from wbc.labels import WBC5
+
+    clf = load_model(env["model"])
+    five = evaluate(env["data"], clf.with_classes("5part"), tmp_path / "five", n_boot=100, gallery_size=2)
+    assert five["n"] == 5 * 12  # the five WBC folders
+    assert set(five["per_class"]) == set(WBC5) and five["classes_chosen"] == list(clf.with_classes("5part").label_set)
+    assert five["unknown_labels"]["labels"] == {"erythroblast": 12, "ig": 12, "platelet": 12, "smudge": 12}
+    rows = list(csv.DictReader((tmp_path / "five" / "predictions.csv").open()))
+    scored = [r for r in rows if r["correct"]]
+    assert len(scored) == five["n"] and {r["true_label"] for r in scored} == set(WBC5)
+    assert five["accuracy"] == pytest.approx(np.mean([r["correct"] == "true" for r in scored]))
+    assert "outside the classes chosen" in (tmp_path / "five" / "report.html").read_text()
+
+
 def test_manifest_split_and_cross_validation_folds(env: dict[str, Path], tmp_path: Path) -> None:
     from wbc.evaluate import evaluate
 

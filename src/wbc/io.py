@@ -10,6 +10,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import os
 import tempfile
 from collections import Counter
@@ -437,7 +438,27 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as indented JSON, written atomically; a NaN or infinite number (an undefined metric) is written as
+    null, as JSON has no such numbers (Python's ``json`` would write a bare ``NaN`` that strict parsers refuse).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "m.json"
+    >>> atomic_write_json(p, {"ap50": float("nan"), "n": [1, float("inf")]})
+    >>> json.loads(p.read_text())
+    {'ap50': None, 'n': [1, None]}
+    """
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float inside dicts, lists and tuples replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def atomic_write_csv(

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, TtaOpt, progress, warn_skipped
+from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, TtaOpt, progress, warn, warn_skipped
 from wbc.errors import WbcError
 
 
@@ -138,10 +138,8 @@ def evaluate(
         highlight=False,
     )
     if m["unknown_labels"]["count"]:
-        console.print(
-            f"[yellow]{m['unknown_labels']['count']} cells with labels the model does not know "
-            f"(not scored): {m['unknown_labels']['labels']}; --map OLD=CLASS names them[/]",
-            highlight=False,
-        )
+        outside = "outside the classes chosen with --classes" if m["classes_chosen"] else "the model does not know"
+        warn(f"{m['unknown_labels']['count']} cells with labels {outside} (not scored): "
+             f"{m['unknown_labels']['labels']}; --map OLD=CLASS names them", "note:")
     warn_skipped((msg for _, msg in m["unreadable"]), f"{output}/metrics.json")
     console.print(f"wrote {output}/metrics.json, predictions.csv, report.html", highlight=False)

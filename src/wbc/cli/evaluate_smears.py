@@ -59,7 +59,7 @@ def evaluate_smears(
     say(f"{m['dataset']} {split}: {m['n_images']} images, segmenter {m['segmenter']}")
     say(
         f"  WBC precision {d['precision']:.3f} recall {d['recall']:.3f} F1 {d['f1']:.3f} "
-        f"AP50 {d['ap50']:.3f} mean IoU {d['mean_iou_matched']:.3f}"
+        f"AP50 {'n/a' if d['ap50'] is None else format(d['ap50'], '.3f')} mean IoU {d['mean_iou_matched']:.3f}"
     )
     for o, v in m.get("per_origin", {}).items():
         say(f"  {o}: recall {v['recall']:.3f} precision {v['precision']:.3f} ({v['n_images']} images)")

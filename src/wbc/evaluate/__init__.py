@@ -279,15 +279,17 @@ def build_gradcam(
     y_true: np.ndarray,
     y_prob: np.ndarray,
     per_class: int = CAMS_PER_CLASS,
+    answered: Sequence[str] | None = None,
 ) -> tuple[dict[str, list[Any]], str]:
-    """Grad-CAM thumbnails per class (for the class the model chose), or an empty dict and why."""
+    """Grad-CAM thumbnails per class (for the class the model chose), or an empty dict and why. ``answered``: the
+    classes ``y_true`` and ``y_prob``'s columns index (``--classes``; default the model's)."""
     from wbc.evaluate.gradcam import cam_heatmap, overlay_heatmap
     from wbc.evaluate.report import Thumb
     from wbc.preprocess import centre_crop, resize_square
 
     if "cam" not in classifier.outputs:
         return {}, "This model file has no class-activation output, so no Grad-CAM overlays can be drawn."
-    classes = classifier.classes
+    classes = list(answered or classifier.classes)
     picks = pick_gradcam_cells(y_true, y_prob, len(classes), per_class)
     out: dict[str, list[Any]] = {}
     size = classifier.info.input_size
@@ -307,7 +309,8 @@ def build_gradcam(
         thumbs = []
         for rgb, cam, i in zip(shown, cams, keep, strict=True):
             p = int(y_prob[i].argmax())
-            heat = cam_heatmap(cam[p], rgb.shape[:2], input_size=classifier.info.network_size)
+            heat = cam_heatmap(cam[classifier.classes.index(classes[p])], rgb.shape[:2],
+                               input_size=classifier.info.network_size)
             thumbs.append(
                 Thumb(
                     rgb,
@@ -344,7 +347,8 @@ def evaluate(
     """Evaluate ``classifier`` on labelled ``data``; write ``metrics.json``, ``predictions.csv`` and
     ``report.html`` into ``output``; return the metrics.
 
-    Cells whose label the model does not know are classified, listed in predictions.csv and counted in
+    Cells whose label the model does not know, or that is not among the classes it answers among (``--classes``,
+    :meth:`wbc.model.Classifier.with_classes`), are classified, listed in predictions.csv and counted in
     ``unknown_labels``, but not scored. Unreadable files are listed in ``unreadable``.
     ``refit_temperature``: when DATA is a manifest with a ``val`` split, also fit a temperature on it
     and report the ECE with that one. ``run_dir``: a cross-validation run whose per-fold validation
@@ -368,21 +372,25 @@ def evaluate(
             f"{ed.source}: none of the {len(ed.samples)} images could be read "
             f"(first problem: {scored.errors[0][1] if scored.errors else 'unknown'})"
         )
-    known = np.array([s.label in classes for s in scored.samples], bool)
+    chosen = tuple(getattr(classifier, "label_set", ()))
+    answered = list(chosen) if chosen else list(classes)  # the classes answers are among (--classes): those scored
+    known = np.array([s.label in answered for s in scored.samples], bool)
     if not known.any():
         labels = sorted({s.label for s in ed.samples})
         raise WbcError(
-            f"{ed.source}: none of the labels in the data ({', '.join(labels)}) is a class of the "
-            f"model ({', '.join(classes)}); use --map OLD=NEW to rename"
+            f"{ed.source}: none of the labels in the data ({', '.join(labels)}) is a class "
+            f"{'chosen with --classes' if chosen else 'of the model'} ({', '.join(answered)}); "
+            "use --map OLD=NEW to rename"
         )
     ks = [s for s, k in zip(scored.samples, known, strict=True) if k]
-    y_true = np.array([classes.index(s.label) for s in ks], np.int64)
-    logits = scored.logits[known].astype(np.float32)
+    y_true = np.array([answered.index(s.label) for s in ks], np.int64)
+    # a cell labelled outside the chosen classes cannot be answered right: it is listed, not scored. The logits of
+    # the chosen classes alone give the calibrated probabilities the reliability chart and the ECE compare
+    logits = scored.logits[known][:, [classes.index(c) for c in answered]].astype(np.float32)
     temperature = float(classifier.info.temperature)
-    chosen = tuple(getattr(classifier, "label_set", ()))
     # scored as wbc classify answers: over the chosen label set only (--classes), with the evidence it weighs
     # besides the network (wbc.classify.predict_cells' ``adjust``); the logits serve the calibration measures
-    y_prob = np.array([[p.probabilities[c] for c in classes]
+    y_prob = np.array([[p.probabilities[c] for c in answered]
                        for p, k in zip(scored.predictions, known, strict=True) if k], np.float32)
 
     metrics: dict[str, Any] = {
@@ -401,7 +409,7 @@ def evaluate(
         classification_metrics(
             y_true,
             y_prob,
-            classes,
+            answered,
             logits=logits,
             temperature=temperature,
             review_threshold=float(classifier.info.review_threshold),
@@ -454,11 +462,11 @@ def evaluate(
             img = _thumb(ks[i].path)
             if img is not None:
                 p = int(y_prob[i].argmax())
-                out.append(Thumb(img, classes[y_true[i]], classes[p], float(y_prob[i, p]), str(ks[i].path)))
+                out.append(Thumb(img, answered[y_true[i]], answered[p], float(y_prob[i, p]), str(ks[i].path)))
         return out
 
     cams, cam_note = (
-        build_gradcam(classifier, ks, y_true, y_prob, cams_per_class) if cams_per_class else ({}, "")
+        build_gradcam(classifier, ks, y_true, y_prob, cams_per_class, answered) if cams_per_class else ({}, "")
     )
     inputs = ReportInputs(
         y_true=y_true,

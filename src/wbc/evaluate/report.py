@@ -182,9 +182,10 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
         labels = ", ".join(f"{k} ({v:,})" for k, v in unknown["labels"].items())
         paras.append(
             M(
-                "{} cells had labels the model does not know ({}); they are not part of the scores above. "
+                "{} cells had labels {} ({}); they are not part of the scores above. "
                 "What the model called them is listed at the end."
-            ).format(f"{unknown['count']:,}", labels)
+            ).format(f"{unknown['count']:,}", "outside the classes chosen to answer among" if
+                     metrics.get("classes_chosen") else "the model does not know", labels)
         )
     if metrics.get("split") is None and metrics.get("data_kind") == "folder":
         paras.append(

@@ -14,7 +14,10 @@ Detection is scored as in Pascal VOC: greedy matching by confidence at IoU >= 0.
 interpolation. The VOC boxes have known gaps (a few WBCs unannotated, one labelled "Platelets"): the
 primary numbers use them as they are; ``detection_ignore_unannotated`` additionally treats detections
 that fall on a *mask* cell that no WBC box covers (:func:`unboxed_mask_cells`) as neither right nor
-wrong, and says how many.
+wrong, and says how many (on a field without a mask every detection counts as in the primary numbers).
+Detection is greedy by confidence, each detection taking the best IoU box not yet taken (as COCO does; VOC
+counts a detection whose best box is taken as false even when another box clears the threshold: the two
+differ only where two true boxes overlap at IoU 0.5 or more). AP is null without any true box.
 Segmentation Dice/IoU are computed per image over the union of all cells (the masks are semantic).
 """
 
@@ -299,10 +302,10 @@ def match_detections(
     return tp, ious, len(gt)
 
 
-def average_precision(scores: Sequence[float], tp: Sequence[bool], n_gt: int) -> float:
-    """All-point interpolated AP (VOC 2010+) from pooled detections."""
+def average_precision(scores: Sequence[float], tp: Sequence[bool], n_gt: int) -> float | None:
+    """All-point interpolated AP (VOC 2010+) from pooled detections; None (undefined) without any true box."""
     if n_gt == 0:
-        return float("nan")
+        return None
     if len(scores) == 0:
         return 0.0
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
@@ -433,6 +436,9 @@ def evaluate_segmentation(
                     ign["ignored"] += 1
                 else:
                     ign["fp"] += 1
+        else:  # no mask: nothing tells an unannotated cell, so every detection counts as in ``detection``
+            ign["tp"] += int(sum(tp))
+            ign["fp"] += len(tp) - int(sum(tp))
         if classify is not None and it.label is not None and len(it.wbc_boxes) == 1 and cells:
             labels = classify(rgb, cells)
             best = max(range(len(cells)), key=lambda k: box_iou(boxes[k], it.wbc_boxes[0]))
@@ -445,7 +451,7 @@ def evaluate_segmentation(
             row.update(label=it.label, predicted="missed")
         per_image.append(row)
     tp_n = int(sum(all_tp))
-    det = _prf(tp_n, len(all_tp) - tp_n, n_gt - tp_n)
+    det: dict[str, Any] = dict(_prf(tp_n, len(all_tp) - tp_n, n_gt - tp_n))
     det["ap50"] = average_precision(all_scores, all_tp, n_gt)
     det["mean_iou_matched"] = float(np.mean(match_ious)) if match_ious else 0.0
     det["iou_threshold"] = iou_thr
@@ -521,7 +527,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         f"| WBC precision @IoU0.5 | {d['precision']:.3f} ({d['tp']} TP, {d['fp']} FP) |",
         f"| WBC recall @IoU0.5 | {d['recall']:.3f} ({d['fn']} missed) |",
         f"| WBC F1 | {d['f1']:.3f} |",
-        f"| AP@0.5 | {d['ap50']:.3f} |",
+        f"| AP@0.5 | {'n/a (no WBC box)' if d['ap50'] is None else format(d['ap50'], '.3f')} |",
         f"| mean IoU of matched boxes | {d['mean_iou_matched']:.3f} |",
         f"| precision, unboxed mask cells ignored | {di['precision']:.3f} "
         f"({di['ignored_detections_on_unboxed_mask_cells']} ignored) |",
