@@ -373,3 +373,73 @@ def test_pick_cells_refuses_an_unknown_rule_and_an_empty_folder(tmp_path: Path, 
     with pytest.raises(WbcError, match="no 'embedding' output"):
         pick_cells(bare, folder, n=2)
     assert len(pick_cells(bare, folder, n=2, rule="random").paths) == 2
+
+
+def test_adapt_and_pick_cells_refuse_a_bad_output_before_any_work(tmp_path: Path, model_path: Path) -> None:
+    """An output under a file failed with a traceback after the whole adaptation (and after writing the model, when
+    the bad path was --report's) in wbc 0.26.0; now one line, at once, and nothing written."""
+    from wbc.cli import app
+
+    data = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    (tmp_path / "afile").write_text("x")
+    bad = str(tmp_path / "afile" / "y")
+    runner = CliRunner()
+    for args in (["adapt", "--no-labels", "-m", str(model_path), "--data", str(data), "-o", bad + ".onnx"],
+                 ["adapt", "--no-labels", "-m", str(model_path), "--data", str(data), "-o", str(tmp_path / "z.onnx"),
+                  "--report", bad + ".json"],
+                 ["pick-cells", str(data), "-m", str(model_path), "--n", "3", "-o", bad + ".csv"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1 and isinstance(res.exception, WbcError | SystemExit), res.output
+        assert "is a file" in str(res.exception or res.output)
+    assert not (tmp_path / "z.onnx").exists()
+
+
+def test_a_class_absent_from_a_large_folder_keeps_a_prior_above_zero() -> None:
+    """The estimated frequencies were stored to 4 decimals: past about 20,000 cells a class the folder lacks got 0,
+    and the adapted model gave it probability 0 for every cell, however clear."""
+    from wbc.adapt_unlabelled import class_prior_of
+    from wbc.model import apply_class_prior
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(len(CLASSES)), 25_000)
+    p[:, 0] *= 1e-4  # no basophils in the folder
+    p /= p.sum(1, keepdims=True)
+    prior, _ = class_prior_of(p, list(CLASSES))
+    assert 0 < prior["basophil"] < 1e-4
+    assert all(v == round(v, 4) for k, v in prior.items() if k != "basophil")  # the others as before
+    clear = np.array([[0.999] + [0.001 / 7] * 7])
+    assert apply_class_prior(clear, list(CLASSES), prior)[0, 0] > 0  # unlikely in this lab, never impossible
+
+
+def test_label_free_runs_refuse_a_sample_too_small_and_leave_no_stale_weights(tmp_path: Path) -> None:
+    from wbc.adapt_unlabelled import MIN_CELLS, adapt_unlabelled, framing_name
+    from wbc.reframe import DEFAULT_STATS, FramingStats
+
+    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    data = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    with pytest.raises(WbcError, match=f"--max-cells must be 0 .every cell. or at least {MIN_CELLS}, got 5"):
+        adapt_unlabelled(model, data, tmp_path / "a.onnx", max_cells=5)
+    (tmp_path / "a.pt").write_bytes(b"an earlier run's weights")  # the model here has none beside it
+    adapt_unlabelled(model, data, tmp_path / "a.onnx", methods=())
+    assert (tmp_path / "a.onnx").is_file() and not (tmp_path / "a.pt").exists()
+    # a lab magnification the model already has is the model's own, told from a newly measured one
+    own = FramingStats(**{**DEFAULT_STATS.__dict__, "side": 221.0})
+    new = FramingStats(**{**DEFAULT_STATS.__dict__, "side": 282.0})
+    assert (framing_name(own, own), framing_name(new, own), framing_name(new)) == ("model", "lab", "lab")
+
+
+def test_a_fixed_colour_mapping_for_another_lab_drops_the_first_lab_s_class_frequencies(tmp_path: Path) -> None:
+    """`wbc adapt --no-labels --stain` on a model adapted to lab A kept lab A's class frequencies (wbc 0.26.0)."""
+    from wbc.adapt import adapt_stain
+    from wbc.adapt_unlabelled import adapt_unlabelled
+
+    target = {"mean": [60.0, 5.0, -5.0], "std": [8.0, 4.0, 4.0]}
+    model, _ = make_embedding_model(tmp_path / "m.onnx", extra={"colour_reference": {"reinhard": target}})
+    lab_a = write_lab_folder(tmp_path / "a", n_per_class=4, seed=1)
+    adapt_unlabelled(model, lab_a, tmp_path / "lab_a.onnx", methods=())
+    assert load_model(tmp_path / "lab_a.onnx").info.class_prior
+    adapt_stain(tmp_path / "lab_a.onnx", write_lab_folder(tmp_path / "b", n_per_class=4, seed=2),
+                tmp_path / "lab_b.onnx")
+    info = load_model(tmp_path / "lab_b.onnx").info
+    assert info.class_prior == {} and "class_priors" not in info.extra
+    assert info.preprocessing.stain["method"] == "reinhard"

@@ -23,7 +23,6 @@ the new lab's cells. ``--no-labels`` (:func:`adapt_stain`) stores only the colou
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 import warnings
@@ -56,6 +55,19 @@ def _onnx() -> Any:
 def write_model_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], info: ModelInfo) -> Path:
     """Copy the ONNX graph of ``src`` to ``dst`` with ``info`` as its metadata (atomic) + ``<dst>.json``."""
     return write_model(dst, Path(src).read_bytes(), info)
+
+
+def carry_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str], same_network: bool) -> None:
+    """The PyTorch weights beside ``dst`` (``<dst>.pt``, what `wbc adapt --method finetune` starts from): the ones
+    beside ``src`` when the adaptation left the network as it was (``same_network``) and ``src`` has them; else
+    none, so that an earlier run's weights left beside ``dst`` are never taken for this model's."""
+    from wbc.io import atomic_write_bytes
+
+    weights, stale = Path(src).with_suffix(".pt"), Path(dst).with_suffix(".pt")
+    if same_network and weights.is_file():
+        atomic_write_bytes(stale, weights.read_bytes())
+    else:
+        stale.unlink(missing_ok=True)
 
 
 def original_head(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
@@ -339,6 +351,7 @@ def adapt_model(
         name = f"adapt:{Path(data).name}"
         info.ood = add_reference(info.ood, cells, emb[0], labels, clf.classes, name=name)
     write_model_copy(clf.path, out, info)
+    carry_weights(clf.path, out, same_network=False)  # the head changed: the .pt's would be another model's
     res.output = str(out)
     res.skipped = skipped
     res.seconds = time.perf_counter() - t0
@@ -360,19 +373,23 @@ def adapt_stain(
     from wbc.classify import load_cells
     from wbc.io import iter_image_paths
     from wbc.model import load_model
+    from wbc.reframe import framing_stats_of
 
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
-    cells, _, errors = load_cells(list(iter_image_paths([data])), clf.info.input_size, threads)
+    # the colours are fitted on the cells as `wbc classify` will map them: re-framed as the model frames them
+    cells, _, errors = load_cells(list(iter_image_paths([data])), clf.info.input_size, threads,
+                                  reframe=framing_stats_of(clf))
     skipped = [msg for _, msg in errors]
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 readable cell images, got {len(cells)}")
-    info = copy.deepcopy(clf.info)
+    info = without_lab_prior(clf.info)  # another lab's class frequencies do not carry over to this one
     info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     info.model_id = f"{clf.model_id}+stain"
     info.extra["adapt"] = {"kind": "stain only, no labels", "stain": stain, "n_cells": len(cells),
                            "data": str(data)}
     write_model_copy(clf.path, out, info)
+    carry_weights(clf.path, out, same_network=True)
     return {"output": str(out), "n_cells": len(cells), "skipped": skipped, "stain": stain,
             "seconds": time.perf_counter() - t0}

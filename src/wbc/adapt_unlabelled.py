@@ -109,6 +109,8 @@ FEW_CELLS = 50
 #: PBC images took 463 s and 4.8 GB on 2 cores; a sample of 2,000, 88 s and 1.3 GB, the same choice, every score
 #: within 0.008 (docs/generalisation.md, "A large folder"). ``max_cells`` (``--max-cells``) changes it; 0: every cell.
 MAX_CELLS = 2000
+#: Fewer readable cells than this and nothing can be chosen (nor a sample of fewer drawn, ``--max-cells``).
+MIN_CELLS = 8
 
 
 @dataclass
@@ -253,7 +255,9 @@ def class_prior_of(probs: np.ndarray, shown: list[str]) -> tuple[dict[str, float
     from wbc.calibration import estimate_class_prior
 
     prior, iterations = estimate_class_prior(probs)
-    return {c: round(float(v), 4) for c, v in zip(shown, prior, strict=True)}, iterations
+    # 4 decimals, but never 0: a class the folder lacks keeps its small frequency (EM's pseudo-count, below 5e-5 past
+    # about 20,000 cells), or the adapted model could never name it again, however clear a cell
+    return {c: round(float(v), 4) or float(f"{v:.2g}") for c, v in zip(shown, prior, strict=True)}, iterations
 
 
 def label_set_priors(probs: np.ndarray, shown: list[str]) -> dict[str, dict[str, float]]:
@@ -280,11 +284,12 @@ def label_set_priors(probs: np.ndarray, shown: list[str]) -> dict[str, dict[str,
     return out
 
 
-def framing_name(stats: FramingStats) -> str:
+def framing_name(stats: FramingStats, own: FramingStats | None = None) -> str:
     """The :data:`FRAMINGS` key of ``stats``, "lab" for one magnification for the lab (``side``), else "model"
-    (a framing of the model's own)."""
+    (a framing of the model's own). ``own``: the model's framing; a lab magnification it already has (adapted to
+    a lab before) is "model", so that a newly measured one is told from it."""
     if stats.side > 0:
-        return "lab"
+        return "model" if stats == own else "lab"
     return next((k for k, v in FRAMINGS.items() if v == stats), "model")
 
 
@@ -353,12 +358,12 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
     from wbc.classify import load_cell_views
 
     cells, second, _, errors = load_cell_views(paths, clf.info.input_size, threads, reframe=stats)
-    if len(cells) < 8:
-        raise WbcError(f"{data}: need at least 8 readable cell images, got {len(cells)}")
+    if len(cells) < MIN_CELLS:
+        raise WbcError(f"{data}: need at least {MIN_CELLS} readable cell images, got {len(cells)}")
     views = candidate_views(clf, cells, allowed, methods, second, stats)
     spec, cands, chosen, why = choose_from_views(views, list(allowed or clf.classes))
     for c in cands:
-        c.framing = framing_name(stats)
+        c.framing = framing_name(stats, framing_stats_of(clf))
     return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors], views[chosen][1][0])
 
 
@@ -381,8 +386,9 @@ def choose_framing(clf: Any, paths: list[Any], framing: str = "auto", allowed: t
 
 def framing_reason(best: _Framed, tried: list[_Framed]) -> str:
     """The framing chosen and every framing's score, for the report: "framing lab (1.400; band 1.340; all 1.355)"."""
-    others = "; ".join(f"{framing_name(t.stats)} {t.score:.3f}" for t in tried if t is not best)
-    return f"framing {framing_name(best.stats)} ({best.score:.3f}" + (f"; {others})" if others else ")")
+    own = tried[0].stats  # the model's own framing is scored first
+    others = "; ".join(f"{framing_name(t.stats, own)} {t.score:.3f}" for t in tried if t is not best)
+    return f"framing {framing_name(best.stats, own)} ({best.score:.3f}" + (f"; {others})" if others else ")")
 
 
 def adapt_unlabelled(
@@ -401,8 +407,8 @@ def adapt_unlabelled(
     cells scored, a seeded random sample of a larger folder (:data:`MAX_CELLS`; 0: all). The network's ``.pt``
     weights beside ``model`` are copied beside ``output``, so the output can be fine-tuned with labels.
     """
-    from wbc.adapt import _check_output, write_model_copy
-    from wbc.io import atomic_write_bytes, iter_image_paths
+    from wbc.adapt import _check_output, carry_weights, write_model_copy
+    from wbc.io import iter_image_paths
     from wbc.labels import parse_class_set
     from wbc.model import load_model
 
@@ -413,8 +419,8 @@ def adapt_unlabelled(
     out = _check_output(output, clf)
     allowed = parse_class_set(classes, clf.classes)
     own = framing_stats_of(clf)
-    if max_cells < 0:
-        raise WbcError(f"max_cells must be 0 (every cell) or more, got {max_cells}")
+    if max_cells < 0 or 0 < max_cells < MIN_CELLS:
+        raise WbcError(f"--max-cells must be 0 (every cell) or at least {MIN_CELLS}, got {max_cells}")
     found = list(iter_image_paths([data]))
     paths = sample_paths(found, max_cells)
     best, tried = choose_framing(clf, paths, framing, allowed, methods, threads, data)
@@ -439,19 +445,17 @@ def adapt_unlabelled(
     if set_priors:
         info.extra["class_priors"] = set_priors
     info.model_id = (f"{clf.model_id}+unlabelled-{chosen}" + ("+prior" if class_prior else "")
-                     + (f"+framing-{framing_name(stats)}" if reframed else ""))
-    info.extra["adapt"] = {"kind": "no labels", "chosen": chosen, "framing": framing_name(stats),
+                     + (f"+framing-{framing_name(stats, own)}" if reframed else ""))
+    info.extra["adapt"] = {"kind": "no labels", "chosen": chosen, "framing": framing_name(stats, own),
                            "reason": why, "n_cells": len(cells), "n_files": len(found), "data": str(data),
                            "classes": list(allowed),
                            "candidates": [asdict(c) for c in cands],
                            "class_prior": {"estimated": bool(class_prior), "method": "EM (Saerens et al. 2002)",
                                            "iterations": iterations}}
     write_model_copy(clf.path, out, info)
-    weights = clf.path.with_suffix(".pt")
-    if weights.is_file():  # the network is unchanged: its weights go along, so `wbc adapt` can fine-tune the output
-        atomic_write_bytes(out.with_suffix(".pt"), weights.read_bytes())
+    carry_weights(clf.path, out, same_network=True)  # unchanged: `wbc adapt` can fine-tune the output
     return UnlabelledResult(str(out), len(cells), chosen, why, cands, list(allowed or clf.classes),
-                            time.perf_counter() - t0, best.skipped, class_prior, framing_name(stats), tta,
+                            time.perf_counter() - t0, best.skipped, class_prior, framing_name(stats, own), tta,
                             set_priors, len(found))
 
 

@@ -75,11 +75,14 @@ def adapt(
     """Adapt a classifier to a new lab from a few labelled cells (fine-tunes the network; minutes on a CPU)."""
     from wbc.adapt import MAX_CELLS_WARN, adapt_model, adapt_stain
     from wbc.calibration import cells_to_show
-    from wbc.io import atomic_write_text
+    from wbc.io import atomic_write_text, check_output_file
     from wbc.labels import parse_mapping
 
     if no_labels and unlabelled is not None:
         raise WbcError("--unlabelled goes with labelled cells; with --no-labels, --data is the unlabelled folder")
+    for path in (output, output.with_suffix(".json"), report):  # before any work: a bad path fails at once
+        if path is not None:
+            check_output_file(path)
     note_foreign_images([data] if unlabelled is None else [data, unlabelled])
     if no_labels and stain is None:
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines

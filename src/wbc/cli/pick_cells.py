@@ -30,8 +30,11 @@ def pick_cells(
 ) -> None:
     """Choose which of a lab's cells to label for `wbc adapt`: cells unlike each other teach more than a random draw."""
     from wbc.adapt_select import pick_cells as pick
-    from wbc.io import atomic_write_csv, atomic_write_text
+    from wbc.io import atomic_write_csv, atomic_write_text, check_output_file
 
+    for path in (output, report):  # before any work: a bad path fails at once
+        if path is not None:
+            check_output_file(path)
     note_foreign_images([data])
     res = pick(model, data, n=n, rule=rule, seed=seed, threads=threads, max_cells=max_cells)
     warn_skipped(res.skipped)
