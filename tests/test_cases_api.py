@@ -6,6 +6,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -106,6 +108,20 @@ def test_bad_uploads_create_no_case(client: TestClient) -> None:
     r = client.post("/cases", data={"name": "dup"}, files=fields(1))
     assert r.status_code == 422 and "already exists" in r.json()["detail"]
     assert len(client.get("/cases").json()["cases"]) == before + 1
+
+
+def test_ids_past_the_store_s_integers_and_fields_past_the_pixel_limit_get_4xx(client: TestClient) -> None:
+    """An id of 2**63 answered 500 (the database driver's overflow); an 8000 x 8000 field was decoded whole before
+    it was refused, and every field's pixels were held until the last was analysed (wbc 0.26.0)."""
+    big = 2**63
+    for r in (client.get(f"/cases/{big}"), client.get(f"/cases/1/cells/{big}/crop"),
+              client.get(f"/cases/1/fields/{big}/image"), client.get(f"/cases/{big}/report"),
+              client.post(f"/cases/{big}/sign-off", json={"user": "A"})):
+        assert r.status_code == 422, r.text
+    assert client.get(f"/cases/{big - 1}").status_code == 404
+    _, wide = cv2.imencode(".png", np.full((8000, 8000, 3), 230, np.uint8))
+    r = client.post("/cases", data={"name": "too wide"}, files=[("files", ("wide.png", wide.tobytes(), "image/png"))])
+    assert r.status_code == 422 and "40,000,000" in r.json()["errors"][0]["error"]
 
 
 def test_review_page_is_served_and_linked(client: TestClient) -> None:

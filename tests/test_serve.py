@@ -171,6 +171,30 @@ def test_missing_file_field_and_non_multipart_requests(client: TestClient) -> No
         assert r.status_code == 415
 
 
+def test_answers_named_in_docs_api_for_slips_and_extremes(client: TestClient, smear: np.ndarray) -> None:
+    """Each of these got another status than docs/api.md names (or a 500) in wbc 0.26.0."""
+    # `curl -F file=field.jpg` without its @ sends text: 400 missing_file, not 422
+    for path, field in (("/classify", "files"), ("/analyze", "file")):
+        r = client.post(path, data={field: "field.jpg"}, files={"other": ("x.txt", b"x", "text/plain")})
+        assert r.status_code == 400 and r.json()["error"] == "missing_file", r.text
+    # a text part beside a real file: the file is answered
+    r = client.post("/classify", data={"files": "note"}, files=[("files", ("c.png", png_bytes(smear), "image/png"))])
+    assert r.status_code == 200 and r.json()["n"] == 1
+    # the status follows the problem, never the file's name: bad bytes named "content type ..." are 422, not 415
+    for path, field in (("/classify", "files"), ("/analyze", "file")):
+        r = client.post(path, files=[(field, ("content type scan.png", b"not an image", "image/png"))])
+        assert r.status_code == 422, (path, r.text)
+    r = client.post("/analyze", files=[("file", ("scan.png", png_bytes(smear), "text/plain"))])
+    assert r.status_code == 415
+    # past Starlette's own 1,000 parts: 413 too_many_files, as past the server's limit
+    many = [("files", (f"{i}.png", b"x", "image/png")) for i in range(1001)]
+    r = client.post("/classify", files=many)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_files"
+    # a count past any slide: 422, not a 500 from the interval's arithmetic
+    r = client.post("/differential", json={"counts": {"neutrophil": 2**64, "lymphocyte": 1}})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_counts"
+
+
 def test_too_large_uploads_get_413_before_and_while_reading(client: TestClient) -> None:
     big = b"\x00" * (3 * 2**20)
     r = client.post("/classify", files={"files": ("big.png", big, "image/png")})

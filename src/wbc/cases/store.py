@@ -427,9 +427,10 @@ class CaseStore:
         except IntegrityError:
             raise CaseError(f"a case named {n!r} already exists") from None
 
-    def add_field(self, case: int | str, rgb: np.ndarray, result: Any, crops: np.ndarray | None = None,
+    def add_field(self, case: int | str, rgb: np.ndarray | bytes, result: Any, crops: np.ndarray | None = None,
                   image: str = "") -> int:
-        """Store one analysed field (a :class:`wbc.types.SmearResult` of ``rgb``) and its cells' crops.
+        """Store one analysed field (a :class:`wbc.types.SmearResult` of ``rgb``, or of the image whose PNG
+        ``rgb`` is: :class:`PreparedField`) and its cells' crops.
 
         ``crops`` (N, S, S, 3): the crops the classifier saw, in ``result.cells`` order (see
         :func:`wbc.cases.crops_for`). Returns the field's id.
@@ -444,7 +445,8 @@ class CaseStore:
                 raise CaseError(f"{image or result.image}: one crop per cell is needed")
             position = 1 + int(s.scalar(select(func.count(FieldRow.id)).where(FieldRow.case_id == c.id)) or 0)
             f = FieldRow(case_id=c.id, position=position, image=str(image or result.image)[:500],
-                         width=int(result.width), height=int(result.height), image_png=encode_png(rgb),
+                         width=int(result.width), height=int(result.height),
+                         image_png=rgb if isinstance(rgb, bytes) else encode_png(rgb),
                          warnings=list(result.warnings),
                          colour_calibration=getattr(result, "calibration", None))
             s.add(f)
@@ -607,19 +609,37 @@ def crops_for(rgb: np.ndarray, result: Any, classifier: ClassifierLike) -> np.nd
     return np.asarray(crop_cells(rgb, result.cells, size, cell_fraction_of(classifier)))
 
 
+@dataclass
+class PreparedField:
+    """An analysed field as the store keeps it, its decoded image no longer held: a request of many large fields
+    keeps each one's PNG and crops until the case is created, not its pixels (:func:`prepare_field`)."""
+
+    image: str
+    png: bytes
+    result: Any
+    crops: np.ndarray
+
+
+def prepare_field(image: str, rgb: np.ndarray, result: Any, classifier: ClassifierLike) -> PreparedField:
+    """``rgb`` analysed as ``result`` (a :class:`wbc.types.SmearResult`), ready for :func:`create_case_from_fields`."""
+    return PreparedField(image, encode_png(rgb), result, crops_for(rgb, result, classifier))
+
+
 def create_case_from_fields(
-    store: CaseStore, name: str, fields: Sequence[tuple[str, np.ndarray, Any]], classifier: ClassifierLike,
-    segmenter_id: str = "", created_by: str = "",
+    store: CaseStore, name: str, fields: Sequence[tuple[str, np.ndarray, Any] | PreparedField],
+    classifier: ClassifierLike, segmenter_id: str = "", created_by: str = "",
 ) -> int:
-    """A new case from analysed fields ``(image name, rgb, SmearResult)``; returns the case id."""
+    """A new case from analysed fields (``(image name, rgb, SmearResult)`` or :class:`PreparedField`); returns the
+    case id."""
     if not fields:
         raise CaseError("a case needs at least one field")
     info = classifier.info
     case_id = store.create_case(name, list(classifier.classes), model_id=str(classifier.model_id),
                                 segmenter_id=segmenter_id, created_by=created_by,
                                 review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0))
-    for image, rgb, res in fields:
-        store.add_field(case_id, rgb, res, crops_for(rgb, res, classifier), image=image)
+    for f in fields:
+        ready = f if isinstance(f, PreparedField) else prepare_field(f[0], f[1], f[2], classifier)
+        store.add_field(case_id, ready.png, ready.result, ready.crops, image=ready.image)
     return case_id
 
 

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import wbc
-from wbc.errors import WbcError
+from wbc.errors import ImageReadError, WbcError
 from wbc.formats import differential_dicts as differential  # the API's JSON: wbc.formats
 from wbc.formats import prediction_to_dict
 from wbc.protocols import ClassifierLike, SegmenterLike
@@ -123,19 +123,23 @@ def check_content_type(upload: UploadFile) -> str | None:
     return f"{name}: content type {ctype} is not an image (send image/png, image/jpeg, ...)"
 
 
+class WrongContentType(ImageReadError):
+    """An upload whose declared content type cannot be an image: answered 415, told apart by its type, never by
+    its message (which starts with the user's file name)."""
+
+
 def read_upload_bytes(upload: UploadFile, max_bytes: int, max_pixels: int) -> bytes:
     """The uploaded file's bytes, after the cheap checks: content type, size, and the pixel count read from
     the image header (so a few-MB "bomb" of billions of pixels is refused before any decoding).
 
     Raises :class:`WbcError` naming the file and the problem.
     """
-    from wbc.errors import ImageReadError
     from wbc.io import check_pixels, image_size
 
     name = upload.filename or "upload"
     problem = check_content_type(upload)
     if problem:
-        raise ImageReadError(problem)
+        raise WrongContentType(problem)
     data = upload.file.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageReadError(f"{name}: file is larger than the limit of {max_bytes / 2**20:g} MiB")
@@ -262,6 +266,10 @@ def chosen_classes(classifier: Any, classes: str | None, tta: int | None = None)
         raise UploadProblem(422, "bad_classes", str(exc)) from None
 
 
+#: The largest count ``POST /differential`` takes (far beyond any slide; the exact interval needs a finite float).
+MAX_COUNT = 10**12
+
+
 class CountsIn(BaseModel):
     """Cell counts per class, e.g. pooled over several fields by the caller."""
 
@@ -341,6 +349,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):  # Starlette's own cap (1,000)
+            detail = f"{exc.detail} (this server takes {app.state.max_files} a request)"
+            return JSONResponse(error_body("too_many_files", detail), status_code=413)
         body = error_body(getattr(exc, "error", "http_error"), str(exc.detail), getattr(exc, "files", ()))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -360,18 +371,19 @@ def create_app(
         with app.state.inference_slots:
             return fn()
 
-    def require_files(request: Request, files: list[UploadFile] | None, field: str) -> list[UploadFile]:
-        """The uploaded files, or 415 (not a multipart request) / 400 (no such field)."""
+    def require_files(request: Request, files: Sequence[UploadFile | str] | None, field: str) -> list[UploadFile]:
+        """The uploaded files, or 415 (not a multipart request) / 400 (no such field, or only text in it: the
+        routes take text parts too, so that `curl -F file=x.jpg` without its ``@`` gets this answer, not 422)."""
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise UploadProblem(415, "unsupported_media_type",
                                 f"send the image(s) as multipart/form-data in the field {field!r} "
                                 f"(got content type {ctype or 'none'!r})")
-        files = [f for f in files or [] if isinstance(f, StarletteUploadFile)]  # not plain text fields
-        if not files:
+        uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]  # not plain text fields
+        if not uploads:
             raise UploadProblem(400, "missing_file",
                                 f"no file in the request: send multipart/form-data with the field {field!r}")
-        return files
+        return uploads
 
     @app.get("/health", summary="Liveness, the loaded models and the software versions")
     async def health() -> dict[str, Any]:  # async: answers even when every worker thread is busy
@@ -388,7 +400,7 @@ def create_app(
     @app.post("/classify", summary="Classify single-cell images")
     def classify(
         request: Request,
-        files: Annotated[list[UploadFile] | None, File(
+        files: Annotated[list[UploadFile | str] | None, File(
             description="One or more single-cell images (field name `files`, repeated).")] = None,
         classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
         reframe: Annotated[bool, Query(description="Re-frame cells framed unlike the training crops.")] = True,
@@ -410,6 +422,7 @@ def create_app(
 
         checked: list[tuple[str, bytes]] = []
         errors: list[dict[str, str]] = []
+        wrong_type = 0  # uploads refused for their declared content type
         for up in uploads:  # the cheap checks (type, bytes, header size) before waiting for a slot
             name = up.filename or f"file{len(checked) + len(errors) + 1}"
             try:
@@ -417,6 +430,7 @@ def create_app(
             except ImageTooLargeError as exc:
                 errors.append({"filename": up.filename or "", "error": str(cell_too_large(exc))})
             except WbcError as exc:
+                wrong_type += isinstance(exc, WrongContentType)
                 errors.append({"filename": up.filename or "", "error": str(exc)})
 
         def work() -> list[Any]:  # decoding counts against the concurrency limit, as inference does
@@ -437,7 +451,7 @@ def create_app(
 
         preds = inference(work) if checked else []
         if not preds:
-            status = 415 if all("content type" in e["error"] for e in errors) else 422
+            status = 415 if errors and wrong_type == len(errors) else 422
             raise UploadProblem(status, "no_readable_image",
                                 "none of the uploaded files could be read as an image", errors)
         counts = {c: 0 for c in clf.classes}
@@ -456,7 +470,7 @@ def create_app(
     @app.post("/analyze", summary="Find, outline, classify and count the WBCs of one smear field")
     def analyze(
         request: Request,
-        file: Annotated[UploadFile | None, File(description="One smear image (field name `file`).")] = None,
+        file: Annotated[UploadFile | str | None, File(description="One smear image (field name `file`).")] = None,
         annotated: Annotated[bool, Query(description="Include the annotated image as base64 PNG.")] = False,
         classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
         tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
@@ -473,7 +487,7 @@ def create_app(
             if isinstance(exc, ImageTooLargeError):
                 status, error = 413, "too_many_pixels"
             else:
-                status, error = (415 if "content type" in str(exc) else 422), "unreadable_image"
+                status, error = (415 if isinstance(exc, WrongContentType) else 422), "unreadable_image"
             return UploadProblem(status, error, str(exc), [{"filename": name, "error": str(exc)}])
 
         try:  # refused from the header, before waiting for a slot and before decoding
@@ -513,9 +527,9 @@ def create_app(
     @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts")
     def differential_endpoint(body: CountsIn) -> dict[str, Any]:
         """For pooling: add the ``counts`` of several fields, post them here, get the differential."""
-        bad = {k: v for k, v in body.counts.items() if v < 0}
+        bad = {k: v for k, v in body.counts.items() if not 0 <= v <= MAX_COUNT}
         if bad:
-            raise UploadProblem(422, "invalid_counts", f"counts must be >= 0: {bad}")
+            raise UploadProblem(422, "invalid_counts", f"counts must be between 0 and {MAX_COUNT:,}: {bad}")
         classes = list(app.state.metadata["classes"])
         classes += [c for c in body.counts if c not in classes]
         return {"total": sum(body.counts.values()), "differential": differential(body.counts, classes)}

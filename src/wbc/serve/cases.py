@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import cv2
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -24,6 +25,10 @@ from wbc.serve.security import API_KEY, Identity, require_api_key
 
 # API keys etc. (wbc.serve.security); the app applies the same dependency to every route as well
 router = APIRouter(tags=["cases"], dependencies=[API_KEY])
+
+#: A case's, field's or cell's id in a path: what the store's integer column holds (a larger one is 422, not an
+#: overflow deep in the database driver).
+Id = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 
 class LabelIn(BaseModel):
@@ -87,7 +92,7 @@ def list_cases(request: Request) -> dict[str, Any]:
 def create_case(
     request: Request,
     name: Annotated[str, Form(max_length=200, description="Case name (sample or accession number).")],
-    files: Annotated[list[UploadFile] | None, File(description="Smear fields (field name `files`, repeated).")
+    files: Annotated[list[UploadFile | str] | None, File(description="Smear fields (field name `files`, repeated).")
                      ] = None,
     user: Annotated[str, Form(max_length=120, description="Who created the case.")] = "",
 ) -> JSONResponse:
@@ -95,8 +100,8 @@ def create_case(
     (otherwise 422 with each file's problem), so a case never silently misses a field."""
     from starlette.datastructures import UploadFile as StarletteUploadFile
 
-    from wbc.analyze import analyze_image
-    from wbc.cases.store import create_case_from_fields
+    from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image
+    from wbc.cases.store import PreparedField, create_case_from_fields, prepare_field
     from wbc.serve.app import UploadProblem, read_upload
 
     store = store_of(request)
@@ -107,14 +112,16 @@ def create_case(
     if len(uploads) > state.max_files:
         raise UploadProblem(413, "too_many_files", f"{len(uploads)} files; the limit is {state.max_files}")
     clf, seg = state.classifier, state.segmenter
-    fields: list[tuple[str, Any, Any]] = []
+    fields: list[PreparedField] = []
     errors: list[dict[str, str]] = []
     for up in uploads:
         fname = up.filename or f"field{len(fields) + len(errors) + 1}"
         try:
-            with state.inference_slots:  # decode inside the slot: one large image at a time
-                rgb = read_upload(up, state.max_bytes)
-                fields.append((fname, rgb, analyze_image(rgb, clf, seg, name=fname)))
+            with state.inference_slots:  # decode inside the slot: one large image at a time, refused from its
+                rgb = read_upload(up, state.max_bytes, MAX_ANALYZE_PIXELS)  # header past /analyze's limit
+                # kept as its PNG and crops: many fields' pixels would otherwise sit in memory until the last
+                fields.append(prepare_field(fname, rgb, analyze_image(rgb, clf, seg, name=fname), clf))
+                del rgb
         except WbcError as exc:
             errors.append({"filename": fname, "error": str(exc)})
         except (cv2.error, ValueError, MemoryError) as exc:
@@ -128,13 +135,13 @@ def create_case(
 
 
 @router.get("/cases/{case_id}", summary="A case: fields, cells (model's and reviewer's calls), corrections")
-def get_case(request: Request, case_id: int) -> dict[str, Any]:
+def get_case(request: Request, case_id: Id) -> dict[str, Any]:
     return call(store_of(request).case_document, case_id)
 
 
 @router.get("/cases/{case_id}/fields/{field_id}/image", summary="A field's image (PNG)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def field_image(request: Request, case_id: int, field_id: int) -> Response:
+def field_image(request: Request, case_id: Id, field_id: Id) -> Response:
     return Response(call(store_of(request).field_png, case_id, field_id), media_type="image/png",
                     headers={"Cache-Control": "private, max-age=3600"})
 
@@ -142,13 +149,13 @@ def field_image(request: Request, case_id: int, field_id: int) -> Response:
 @router.get("/cases/{case_id}/cells/{cell_id}/crop",
             summary="A cell's crop as framed for the classifier, in the field's own colours (PNG)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def cell_crop(request: Request, case_id: int, cell_id: int) -> Response:
+def cell_crop(request: Request, case_id: Id, cell_id: Id) -> Response:
     return Response(call(store_of(request).crop_png, case_id, cell_id), media_type="image/png",
                     headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.post("/cases/{case_id}/cells/{cell_id}/label", summary="Reclassify (or confirm) one cell")
-def label_cell(request: Request, case_id: int, cell_id: int, body: LabelIn,
+def label_cell(request: Request, case_id: Id, cell_id: Id, body: LabelIn,
                who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
     """The label is a class, ``not_wbc`` or ``unidentifiable``; answers the cell and the new differential.
     The audit trail records the typed ``user`` and the API key (``client``) the change came through."""
@@ -158,13 +165,13 @@ def label_cell(request: Request, case_id: int, cell_id: int, body: LabelIn,
 
 
 @router.post("/cases/{case_id}/sign-off", summary="Sign the case off; it is read-only afterwards")
-def sign_off(request: Request, case_id: int, body: SignOffIn,
+def sign_off(request: Request, case_id: Id, body: SignOffIn,
              who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
     return call(store_of(request).sign_off, case_id, body.user, who.name)
 
 
 @router.get("/cases/{case_id}/report", summary="The printable case report (HTML)", response_class=HTMLResponse)
-def report_html(request: Request, case_id: int) -> HTMLResponse:
+def report_html(request: Request, case_id: Id) -> HTMLResponse:
     from wbc.cases.report import render_html
 
     return HTMLResponse(call(render_html, store_of(request), case_id, "/review/report.css"))
@@ -172,7 +179,7 @@ def report_html(request: Request, case_id: int) -> HTMLResponse:
 
 @router.get("/cases/{case_id}/report.pdf", summary="The case report (PDF)", response_class=Response,
             responses={200: {"content": {"application/pdf": {}}}})
-def report_pdf(request: Request, case_id: int) -> Response:
+def report_pdf(request: Request, case_id: Id) -> Response:
     from wbc.cases.report import render_pdf
 
     store = store_of(request)

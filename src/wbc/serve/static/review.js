@@ -18,6 +18,10 @@ const signed = () => Boolean(state.doc && state.doc.signed_by);
 // One place for every request: authentication headers, if the server needs them, go here.
 async function api(url, options) {
   const resp = await fetch(url, Object.assign({ credentials: "same-origin" }, options || {}));
+  if (resp.status === 401) {  // the login expired (or never happened): sign in again, as the main page does
+    window.location.assign("/login");
+    return { ok: false, status: 401, body: { error: "unauthorized", detail: "please sign in", errors: [] } };
+  }
   let body = null;
   try { body = await resp.json(); } catch (_) { body = null; }
   return { ok: resp.ok, status: resp.status, body };
