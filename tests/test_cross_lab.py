@@ -493,7 +493,7 @@ def test_adapt_unlabelled_scores_a_seeded_sample_of_a_large_folder(tmp_path) -> 
     assert any("scored on a random 10 of the folder's 24 images" in line for line in summary_lines(runs[0]))
     assert not any("random" in line for line in summary_lines(whole))
     assert load_model(tmp_path / "s0.onnx", threads=1).info.extra["adapt"]["n_files"] == 24
-    with pytest.raises(WbcError, match="max_cells"):
+    with pytest.raises(WbcError, match="max-cells"):
         adapt_unlabelled(model, tmp_path / "lab", tmp_path / "x.onnx", threads=1, max_cells=-1)
     assert inspect.signature(adapt_command).parameters["max_cells"].default == MAX_CELLS
 
