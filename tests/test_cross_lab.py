@@ -870,3 +870,31 @@ def test_a_cell_pasted_onto_a_canvas_is_framed_as_its_own_image() -> None:
     assert padding_box(cell) is None  # edges in the image's own background colour: a wide field, not a canvas
     thin = cv2.copyMakeBorder(cell, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=(255, 255, 255))
     assert padding_box(thin) is None  # a hairline frame is not a canvas
+
+
+def test_a_nucleus_in_a_strip_over_8_to_1_is_measured_where_it_is() -> None:
+    """The 64 px measuring copy keeps at least 8 px on its short side; both axes were scaled back by the long
+    side's factor, which put a nucleus at y = 70 of a 100 px strip at y = 188, 125 px across instead of 41."""
+    from wbc.reframe import measure_framing
+
+    for shape, centre in (((100, 2000), (1000, 70)), ((2000, 100), (70, 1000))):
+        img = np.random.default_rng(0).normal(225, 4, (*shape, 3)).clip(0, 255).astype(np.uint8)
+        cv2.circle(img, centre, 20, (90, 40, 140), -1)
+        f = measure_framing(img)
+        assert f.found and abs(f.cx - centre[0]) < 15 and abs(f.cy - centre[1]) < 15, (shape, f)
+        assert 30 < f.extent < 80, (shape, f)  # within the 64 px copy's resolution (31 px a pixel here)
+
+
+def test_a_file_given_twice_keeps_both_of_its_indices(tmp_path) -> None:
+    """``load_cells`` maps cells back to the input list; a file given twice got the later index for both (wbc 0.26.0:
+    ``[a, broken, a, b]`` gave ``[2, 2, 3]``), and adapt, quantize and ood fit index their samples with these."""
+    from wbc.classify import load_cells
+    from wbc.io import write_image
+
+    write_image(tmp_path / "a.png", _cell(size=64))
+    write_image(tmp_path / "b.png", _cell(size=64, seed=1))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    paths = [tmp_path / "a.png", tmp_path / "broken.png", tmp_path / "a.png", tmp_path / "b.png"]
+    for batch_size in (1, 2, 128):
+        cells, ok, errors = load_cells(paths, 32, workers=1, batch_size=batch_size)
+        assert ok == [0, 2, 3] and len(cells) == 3 and len(errors) == 1

@@ -100,3 +100,19 @@ def test_the_bccd_masks_are_refused_and_every_bccd_field_taken(real_data: Path) 
         pytest.skip(f"{bccd / 'masks'}: no masks here")
     assert all(not_a_photo(read_image(p)) for p in masks)
     assert not [p.name for p in fields if not_a_photo(read_image(p))]
+
+
+def test_a_camera_frame_on_flat_glass_is_a_photo_also_as_a_jpeg_read_reduced() -> None:
+    """A large JPEG is decoded at a reduced size, which averages away the noise the photo check counts: a cell on
+    flat-lit glass in a camera frame was refused as a JPEG and classified as a PNG of the same pixels."""
+    from wbc.classify import decode_cell_views
+
+    cell = synthetic_cell("lymphocyte", 360, seed=4)
+    frame = (np.random.default_rng(0).normal(0, 3, (2400, 3200, 3)) + cell[:20, :20].reshape(-1, 3).mean(0))
+    frame = frame.clip(0, 255).astype(np.uint8)
+    frame[1020:1380, 1420:1780] = cell
+    _, jpg = cv2.imencode(".jpg", frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    small = cv2.imdecode(jpg, cv2.IMREAD_REDUCED_COLOR_8)[:, :, ::-1]
+    assert not_a_photo(small) is not None  # what the reduced decoding alone would say
+    view, _ = decode_cell_views(jpg.tobytes(), "frame.jpg", 64, reframe=True)
+    assert view.shape == (64, 64, 3)

@@ -307,14 +307,15 @@ def predict_cells(
     return preds, out
 
 
-def check_cell_image(rgb: np.ndarray, name: str) -> None:
+def check_cell_image(rgb: np.ndarray, name: str, full: FullImage | None = None) -> None:
     """Refuse a decoded image too small to be one cell, or one that is no photo (a mask, a drawing, a blank frame:
-    :func:`wbc.preprocess.not_a_photo`), naming the file."""
+    :func:`wbc.preprocess.not_a_photo`), naming the file. ``full``: the file, when ``rgb`` is a reduced decoding
+    of it; shrinking averages away the camera noise the photo check counts, so a refusal is checked on the whole."""
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_CELL_SIDE:
         raise ImageReadError(f"{name}: {w}x{h} is too small to be a single-cell image "
                              f"(minimum side {MIN_CELL_SIDE} px)")
-    if why := not_a_photo(rgb):
+    if (why := not_a_photo(rgb)) and (full is None or not_a_photo(full.decode())):
         raise ImageReadError(f"{name}: {why}")
 
 
@@ -350,8 +351,9 @@ def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | Framing
         rgb = decode_image(data, name, min_size=size, max_pixels=MAX_CELL_PIXELS)
     except ImageTooLargeError as exc:
         raise cell_too_large(exc) from None
-    check_cell_image(rgb, name)
-    return prepare_cell_views(rgb, size, reframe, second, full_image(data, name, rgb))
+    full = full_image(data, name, rgb)
+    check_cell_image(rgb, name, full)
+    return prepare_cell_views(rgb, size, reframe, second, full)
 
 
 def full_image(data: bytes, name: str, decoded: np.ndarray) -> FullImage | None:
@@ -407,6 +409,7 @@ class CellBatch:
     cells: np.ndarray
     errors: list[tuple[str, str]]
     second: dict[int, np.ndarray] = field(default_factory=dict)
+    indices: list[int] = field(default_factory=list)  # of ``paths`` in the input list (a file given twice: both)
 
 
 def _load(path: Path, size: int, reframe: bool | FramingStats = False, second: bool = True
@@ -437,7 +440,8 @@ def iter_batches(
             errors = [(str(p), a) for p, a in zip(chunk, loaded, strict=True) if isinstance(a, str)]
             arr = np.stack([a[0] for _, a in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
             yield CellBatch([p for p, _ in ok], arr, errors,
-                            {i: a[1] for i, (_, a) in enumerate(ok) if a[1] is not None})
+                            {i: a[1] for i, (_, a) in enumerate(ok) if a[1] is not None},
+                            [ci * batch_size + j for j, a in enumerate(loaded) if not isinstance(a, str)])
 
 
 def load_cells(
@@ -458,7 +462,6 @@ def load_cell_views(
     """:func:`load_cells` with the second framings of ambiguously framed cells ({index in the cells: cell};
     :func:`prepare_cell_views`), as `wbc classify` prepares them."""
     files = [Path(p) for p in paths]
-    index = {str(p): i for i, p in enumerate(files)}
     cells: list[np.ndarray] = []
     zoomed: dict[int, np.ndarray] = {}
     ok: list[int] = []
@@ -466,7 +469,7 @@ def load_cell_views(
     for batch in iter_batches(files, size, batch_size, workers, reframe, second=second):
         zoomed.update({len(ok) + k: v for k, v in batch.second.items()})
         cells.append(batch.cells)
-        ok += [index[str(p)] for p in batch.paths]
+        ok += batch.indices
         errors += batch.errors
     arr = np.concatenate(cells) if cells else np.zeros((0, size, size, 3), np.uint8)
     return arr, zoomed, ok, errors

@@ -202,9 +202,14 @@ def restrict_probabilities(
 
     Renormalising is the same as a softmax over the allowed classes' logits only. Empty ``allowed``: unchanged.
 
+    A row with no probability left on any allowed class (float32 underflow) is spread evenly over them, so the
+    answer is still one of them, at its lowest confidence.
+
     >>> p, mass = restrict_probabilities(np.array([[0.5, 0.3, 0.2]]), ["a", "b", "c"], ["b", "c"])
     >>> [round(float(v), 2) for v in p[0]], round(float(mass[0]), 2)
     ([0.0, 0.6, 0.4], 0.5)
+    >>> restrict_probabilities(np.array([[1.0, 0.0, 0.0]]), ["a", "b", "c"], ["b", "c"])[0].tolist()
+    [[0.0, 0.5, 0.5]]
     """
     probs = np.asarray(probs, np.float32)
     if not allowed or set(allowed) >= set(classes):
@@ -212,5 +217,8 @@ def restrict_probabilities(
     keep = np.array([c in set(allowed) for c in classes])
     out = np.where(keep[None, :], probs, 0.0).astype(np.float32)
     mass = out.sum(1)
-    out /= np.maximum(mass, 1e-12)[:, None]
+    empty = mass <= 0
+    if empty.any():
+        out[empty] = keep.astype(np.float32)
+    out /= np.maximum(out.sum(1), 1e-12)[:, None]
     return out, mass

@@ -148,6 +148,21 @@ def _min_channel(small: np.ndarray) -> np.ndarray:
     return cv2.min(cv2.min(small[..., 0], small[..., 1]), small[..., 2])
 
 
+def _scales(shape: tuple[int, ...], small_shape: tuple[int, ...]) -> tuple[float, float]:
+    """(x, y) scale of :func:`_small`'s copy of an image of ``shape``: the copy's width over the image's for both
+    axes, except for a strip over 8:1, whose short side the copy's 8 px floor widened: each axis its own then.
+
+    >>> _scales((100, 2000), (8, 64)), _scales((363, 360), (64, 63))
+    ((0.032, 0.08), (0.175, 0.175))
+    """
+    h, w = shape[:2]
+    sh, sw = small_shape[:2]
+    nominal = MEASURE_SIDE / max(h, w)
+    if nominal < 1 and min(round(w * nominal), round(h * nominal)) < 8:
+        return sw / w, sh / h
+    return sw / w, sw / w
+
+
 def _small(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     scale = MEASURE_SIDE / max(h, w)
@@ -238,10 +253,10 @@ def measure_by_hue(rgb: np.ndarray) -> Framing:
     if best < 0:
         return Framing.not_found(rgb.shape)
     x, y, bw, bh = (int(v) for v in stats[best, :4])
-    scale = sw / w
-    extent = max(bw, bh) / scale
+    kx, ky = _scales(rgb.shape, small.shape)
+    extent = max(bw / kx, bh / ky)
     bright = float(np.median(dark[lab == best]))
-    return Framing((x + bw / 2) / scale, (y + bh / 2) / scale, extent, extent / min(h, w), True, bright)
+    return Framing((x + bw / 2) / kx, (y + bh / 2) / ky, extent, extent / min(h, w), True, bright)
 
 
 def _near_black(rgb: np.ndarray, small_size: tuple[int, int]) -> np.ndarray | None:
@@ -287,9 +302,9 @@ def measure_framing(rgb: np.ndarray) -> Framing:
     if box is None:
         return Framing.not_found(rgb.shape, bright)
     x, y, bw, bh = box
-    scale = sw / w
-    extent = max(bw, bh) / scale
-    return Framing((x + bw / 2) / scale, (y + bh / 2) / scale, extent, extent / min(h, w), True, bright)
+    kx, ky = _scales(rgb.shape, small.shape)
+    extent = max(bw / kx, bh / ky)
+    return Framing((x + bw / 2) / kx, (y + bh / 2) / ky, extent, extent / min(h, w), True, bright)
 
 
 def _against_glass(channel: np.ndarray, black: np.ndarray | None) -> tuple[np.ndarray, float]:
