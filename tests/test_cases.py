@@ -347,3 +347,58 @@ def test_cli_create_list_show_report_export(tmp_path: Path, model_path: Path) ->
     assert res.exit_code == 0 and "wbc adapt --data" in res.output
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert len(rows) == doc["n_cells"]
+
+
+def test_a_sign_off_waits_for_a_label_being_written(tmp_path: Path, fields, classifier, monkeypatch) -> None:  # noqa: F811
+    """On SQLite the checks ran outside any transaction: a second reviewer could sign the case off between the first
+    one's "still open?" check and their write, leaving a correction after the sign-off (wbc 0.26.0)."""
+    import threading
+    import time
+
+    a, b = CaseStore.open(tmp_path / "c.sqlite"), CaseStore.open(tmp_path / "c.sqlite")
+    cid = create_case_from_fields(a, "S-1", fields[:1], classifier)
+    cell = a.case_document(cid)["cells"][0]
+    check, racing = CaseStore._check_open, []
+
+    def check_then_race(c) -> None:
+        check(c)
+        if not racing:  # A has checked; B signs off now, before A writes
+            racing.append(threading.Thread(target=b.sign_off, args=(cid, "B")))
+            racing[0].start()
+            time.sleep(0.5)
+            waited.append(racing[0].is_alive())  # B must wait for A's transaction
+
+    waited: list[bool] = []
+    monkeypatch.setattr(CaseStore, "_check_open", staticmethod(check_then_race))
+    a.reclassify(cid, cell["id"], NOT_WBC, "A")
+    racing[0].join()
+    doc = a.case_document(cid)
+    assert waited == [True] and doc["signed_by"] == "B" and len(doc["corrections"]) == 1
+    a.close()
+    b.close()
+
+
+def test_a_case_is_stored_whole_or_not_at_all_and_found_by_its_name_first(store: CaseStore, fields, classifier,  # noqa: F811
+                                                                            tmp_path: Path) -> None:
+    from wbc.cases.store import prepare_field
+
+    good = prepare_field(*fields[0], classifier)
+    bad = prepare_field(*fields[1], classifier)
+    bad.crops = bad.crops[:0]  # a field that fails while the case is being created
+    with pytest.raises(CaseError, match="one crop per cell"):
+        create_case_from_fields(store, "0001", [good, bad], classifier)
+    assert store.list_cases() == []  # no half case left behind, its name not taken
+    first = create_case_from_fields(store, "S-77", [good], classifier)
+    second = create_case_from_fields(store, "0001", [good], classifier)
+    assert (store.case_id("0001"), store.case_id(str(first)), store.case_id(first)) == (second, first, first)
+    with pytest.raises(CaseNotFoundError):
+        store.case_id("²")  # a digit that is no ASCII digit: not found, not a ValueError
+    out = export_cases(store, tmp_path / "ex", cases=[first, "S-77"], include_open=True)
+    rows = list(csv.DictReader((tmp_path / "ex" / "manifest.csv").read_text().splitlines()))
+    assert len(rows) == out.n_cells == len(good.result.cells)  # one case named twice: each cell once
+
+
+def test_a_file_that_is_no_case_store_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.sqlite").write_text("not a database " * 100)
+    with pytest.raises(CaseError, match="cannot open the case store"):
+        CaseStore.open(tmp_path / "notes.sqlite")

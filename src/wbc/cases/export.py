@@ -51,7 +51,8 @@ def export_cases(
     """Write the reviewed cells of ``cases`` (default: every case) to ``output``; see the module docstring."""
     out = Path(output)
     _check_target(out)
-    ids = [store.case_id(c) for c in cases] if cases else [c.id for c in store.list_cases()]
+    # each case once, however often it is named (by id and by name too): a cell twice would be learnt twice
+    ids = list(dict.fromkeys(store.case_id(c) for c in cases)) if cases else [c.id for c in store.list_cases()]
     summary = ExportSummary(output=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

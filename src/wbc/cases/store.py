@@ -41,7 +41,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
 from wbc.errors import WbcError
@@ -259,12 +259,26 @@ def migrate(engine: Engine) -> None:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     """Per connection, SQLite only: enforce foreign keys; a write-ahead log (a commit is one synced append,
-    still durable across a power cut with FULL sync; readers never wait for a writer)."""
+    still durable across a power cut with FULL sync; readers never wait for a writer). The driver's own
+    transaction handling is off (it sent no BEGIN before a read), so that :func:`_sqlite_begin` starts every
+    transaction, a writing one with the write lock taken first."""
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.close()
+
+
+#: ``Connection.info`` key of a connection whose transaction writes (:meth:`CaseStore.session`).
+_WRITES = "wbc_writes"
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Start a SQLite transaction; a writing one takes the database's write lock at once (``BEGIN IMMEDIATE``), so
+    that what it reads (is the case still open? the cell's label) cannot change before it writes: SQLite has no
+    row locks, and ``SELECT ... FOR UPDATE`` does nothing there."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(_WRITES) else "BEGIN")
 
 
 def make_engine(url: str) -> Engine:
@@ -283,6 +297,7 @@ def make_engine(url: str) -> Engine:
         raise CaseError(f"--store {u.render_as_string()}: {exc}") from None
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -364,10 +379,15 @@ class CaseStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        from alembic.util import CommandError
+
         try:
             migrate(self.engine)
-        except OperationalError as exc:
+        except DatabaseError as exc:  # OperationalError among them; "file is not a database"
             raise CaseError(f"cannot open the case store {self.display_url}: {exc.orig}") from None
+        except CommandError as exc:  # a revision this wbc does not know: a newer wbc made the store
+            raise CaseError(f"cannot open the case store {self.display_url}: it was made by a newer wbc ({exc})"
+                            ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -383,23 +403,39 @@ class CaseStore:
         self.engine.dispose()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as s:
-            yield s
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """One transaction. ``write``: it changes the store after checking what it reads (a case still open, a
+        cell's current label): on SQLite it holds the write lock from its start (:func:`_sqlite_begin`), elsewhere
+        :meth:`_case` locks the case's row."""
+        if not write or self.engine.url.get_backend_name() != "sqlite":
+            with self._sessions.begin() as s:
+                yield s
+            return
+        with self.engine.connect() as conn:
+            conn.info[_WRITES] = True
+            try:
+                with self._sessions(bind=conn) as s, s.begin():
+                    yield s
+            finally:
+                conn.info.pop(_WRITES, None)
 
     # ------------------------------------------------------------- lookups
 
     def _case(self, s: Session, case: int | str, lock: bool = False) -> CaseRow:
-        q = select(CaseRow)
-        if isinstance(case, int) or (isinstance(case, str) and case.isdigit()):
-            q = q.where(CaseRow.id == int(case))
-        else:
-            q = q.where(CaseRow.name == clean_name(str(case)))
-        if lock:
-            q = q.with_for_update()
-        row = s.scalars(q).first()
-        if row is None and isinstance(case, str) and case.isdigit():  # a name made of digits
-            row = s.scalars(select(CaseRow).where(CaseRow.name == case)).first()
+        """The case with id ``case`` (an int), or named ``case`` (a str: its name first, then, for plain ASCII
+        digits, its id; an accession number "0001" names a case, it is not id 1 when such a case exists)."""
+        def first(where: Any) -> CaseRow | None:
+            q = select(CaseRow).where(where)
+            return s.scalars(q.with_for_update() if lock else q).first()
+
+        row = None
+        if isinstance(case, str):
+            name = str(case).strip()
+            row = first(CaseRow.name == clean_name(name)) if name else None
+            if row is None and re.fullmatch(r"[0-9]{1,18}", name):
+                row = first(CaseRow.id == int(name))
+        elif isinstance(case, int) and 0 < case < 2**63:
+            row = first(CaseRow.id == case)
         if row is None:
             raise CaseNotFoundError(f"case {case!r} not found in {self.display_url}")
         return row
@@ -415,14 +451,24 @@ class CaseStore:
         created_by: str = "", review_threshold: float = 0.0,
     ) -> int:
         """A new, empty, open case; returns its id. Names are unique."""
+        return self.create_case_with_fields(name, classes, [], model_id, segmenter_id, created_by, review_threshold)
+
+    def create_case_with_fields(
+        self, name: str, classes: Sequence[str], fields: Sequence[PreparedField], model_id: str = "",
+        segmenter_id: str = "", created_by: str = "", review_threshold: float = 0.0,
+    ) -> int:
+        """A new open case with ``fields``, in one transaction: no one sees, labels or signs off a case that misses
+        a field, and a field that fails leaves no case behind (nor its name taken). Returns its id."""
         n = clean_name(name)
         row = CaseRow(name=n, created_at=utcnow(), created_by=" ".join(str(created_by or "").split())[:MAX_USER],
                       model_id=model_id, segmenter_id=segmenter_id, classes=list(classes),
                       review_threshold=float(review_threshold))
         try:
-            with self.session() as s:
+            with self.session(write=True) as s:
                 s.add(row)
                 s.flush()
+                for f in fields:
+                    self._add_field(s, row, f.png, f.result, f.crops, f.image)
                 return row.id
         except IntegrityError:
             raise CaseError(f"a case named {n!r} already exists") from None
@@ -435,36 +481,41 @@ class CaseStore:
         ``crops`` (N, S, S, 3): the crops the classifier saw, in ``result.cells`` order (see
         :func:`wbc.cases.crops_for`). Returns the field's id.
         """
+        with self.session(write=True) as s:
+            c = self._case(s, case, lock=True)
+            self._check_open(c)
+            return self._add_field(s, c, rgb, result, crops, image)
+
+    def _add_field(self, s: Session, c: CaseRow, rgb: np.ndarray | bytes, result: Any, crops: np.ndarray | None,
+                   image: str) -> int:
+        """:meth:`add_field` within the transaction ``s``, to the open case ``c``."""
         from wbc.analyze import mask_to_polygons
 
         cells = list(result.cells)
-        with self.session() as s:
-            c = self._case(s, case, lock=True)
-            self._check_open(c)
-            if crops is None or len(crops) != len(cells):
-                raise CaseError(f"{image or result.image}: one crop per cell is needed")
-            position = 1 + int(s.scalar(select(func.count(FieldRow.id)).where(FieldRow.case_id == c.id)) or 0)
-            f = FieldRow(case_id=c.id, position=position, image=str(image or result.image)[:500],
-                         width=int(result.width), height=int(result.height),
-                         image_png=rgb if isinstance(rgb, bytes) else encode_png(rgb),
-                         warnings=list(result.warnings),
-                         colour_calibration=getattr(result, "calibration", None))
-            s.add(f)
-            s.flush()
-            for cell, crop in zip(cells, crops, strict=True):
-                p = cell.prediction
-                if p is None:
-                    raise CaseError(f"{f.image}: cell {cell.id} has no classification")
-                x0, y0, x1, y1 = (int(v) for v in cell.box)
-                s.add(CellRow(
-                    case_id=c.id, field_id=f.id, cell_no=int(cell.id), x0=x0, y0=y0, x1=x1, y1=y1,
-                    outline=mask_to_polygons(cell.cell_mask, (x0, y0)),
-                    nucleus=mask_to_polygons(cell.nucleus_mask, (x0, y0)),
-                    crop_png=encode_png(crop), model_label=p.label, model_confidence=float(p.confidence),
-                    model_review=bool(p.review), model_reasons=list(p.reasons),
-                    model_probabilities={k: round(float(v), 4) for k, v in p.probabilities.items()},
-                    ood=bool(p.ood)))
-            return f.id
+        if crops is None or len(crops) != len(cells):
+            raise CaseError(f"{image or result.image}: one crop per cell is needed")
+        position = 1 + int(s.scalar(select(func.count(FieldRow.id)).where(FieldRow.case_id == c.id)) or 0)
+        f = FieldRow(case_id=c.id, position=position, image=str(image or result.image)[:500],
+                     width=int(result.width), height=int(result.height),
+                     image_png=rgb if isinstance(rgb, bytes) else encode_png(rgb),
+                     warnings=list(result.warnings),
+                     colour_calibration=getattr(result, "calibration", None))
+        s.add(f)
+        s.flush()
+        for cell, crop in zip(cells, crops, strict=True):
+            p = cell.prediction
+            if p is None:
+                raise CaseError(f"{f.image}: cell {cell.id} has no classification")
+            x0, y0, x1, y1 = (int(v) for v in cell.box)
+            s.add(CellRow(
+                case_id=c.id, field_id=f.id, cell_no=int(cell.id), x0=x0, y0=y0, x1=x1, y1=y1,
+                outline=mask_to_polygons(cell.cell_mask, (x0, y0)),
+                nucleus=mask_to_polygons(cell.nucleus_mask, (x0, y0)),
+                crop_png=encode_png(crop), model_label=p.label, model_confidence=float(p.confidence),
+                model_review=bool(p.review), model_reasons=list(p.reasons),
+                model_probabilities={k: round(float(v), 4) for k, v in p.probabilities.items()},
+                ood=bool(p.ood)))
+        return f.id
 
     @staticmethod
     def _check_open(c: CaseRow) -> None:
@@ -478,7 +529,7 @@ class CaseStore:
         label confirms it) and append it to the audit trail. ``client``: the authenticated caller (the
         server passes the API key's digest). Returns the cell as a dict."""
         who = clean_user(user)
-        with self.session() as s:
+        with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
             self._check_open(c)
             allowed = [*c.classes, *SPECIAL_LABELS]
@@ -498,7 +549,7 @@ class CaseStore:
         """Sign the case off as ``user`` (through ``client``, as in :meth:`reclassify`): from now on it is
         read-only. Returns the case document."""
         who = clean_user(user)
-        with self.session() as s:
+        with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
             self._check_open(c)
             if not s.scalar(select(func.count(CellRow.id)).where(CellRow.case_id == c.id)):
@@ -634,13 +685,10 @@ def create_case_from_fields(
     if not fields:
         raise CaseError("a case needs at least one field")
     info = classifier.info
-    case_id = store.create_case(name, list(classifier.classes), model_id=str(classifier.model_id),
-                                segmenter_id=segmenter_id, created_by=created_by,
-                                review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0))
-    for f in fields:
-        ready = f if isinstance(f, PreparedField) else prepare_field(f[0], f[1], f[2], classifier)
-        store.add_field(case_id, ready.png, ready.result, ready.crops, image=ready.image)
-    return case_id
+    ready = [f if isinstance(f, PreparedField) else prepare_field(f[0], f[1], f[2], classifier) for f in fields]
+    return store.create_case_with_fields(name, list(classifier.classes), ready, model_id=str(classifier.model_id),
+                                         segmenter_id=segmenter_id, created_by=created_by,
+                                         review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0))
 
 
 def safe_stem(text: str) -> str:

@@ -149,12 +149,13 @@ def report(
 ) -> None:
     """Write the case report: differential with intervals, reviewer vs model, flagged cells, plain words."""
     from wbc.cases.report import render_html, render_pdf
-    from wbc.io import atomic_write_bytes, atomic_write_text
+    from wbc.io import atomic_write_bytes, atomic_write_text, check_output_file
 
-    s = open_store(store)
     suffix = output.suffix.lower()
     if suffix not in (".html", ".htm", ".pdf"):
         raise WbcError(f"{output}: --output must end in .html or .pdf")
+    check_output_file(output)  # a bad path fails at once, in one line
+    s = open_store(store)
     if suffix == ".pdf":
         atomic_write_bytes(output, render_pdf(s, case))
     else:
@@ -175,7 +176,11 @@ def export(
 ) -> None:
     """Export reviewed cells as training data: `wbc adapt --data OUTPUT` (or OUTPUT/manifest.csv) takes it as it is."""
     from wbc.cases.export import export_cases
+    from wbc.io import check_output_file
 
+    if output.exists() and not output.is_dir():
+        raise WbcError(f"{output}: exists and is not a folder")
+    check_output_file(output.parent / f"{output.name}.export")  # its folder writable: a bad path fails at once
     s = open_store(store)
     res = export_cases(s, output, cases=list(case or []), include_open=include_open, changed_only=changed_only)
     for name in res.skipped_open:
