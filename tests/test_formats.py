@@ -153,3 +153,24 @@ def test_output_path_that_is_a_file_is_refused_before_work(clf, tmp_path: Path) 
     (tmp_path / "taken").write_text("x")
     with pytest.raises(WbcError, match="taken: exists and is not a folder"):
         run_local([tmp_path / "in"], tmp_path / "taken", clf, ClassicalSegmenter())
+
+
+def test_every_field_once_under_its_own_name_and_no_output_taken_for_a_field(clf, tmp_path: Path) -> None:
+    """wbc 0.26.0 gave ``a/x_2`` and ``c/b/x`` one output name (one field lost from the CSVs), analysed a file twice
+    when a folder and the file in it were both named, read an earlier run's annotated PNGs as fields when the output
+    folder was inside an input folder, and left a PNG a --no-draw run no longer matched."""
+    rgb, *_ = synthetic_smear(n_wbc=1, seed=5, size=(240, 320))
+    names = ["a/x.png", "a/x_2.png", "b/x.png", "c/b/x.png"]
+    for name in names:
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "in" / name), rgb[:, :, ::-1])
+    out = tmp_path / "in" / "results"  # inside the input folder
+    first = run_local([tmp_path / "in", tmp_path / "in" / "a" / "x.png"], out, clf, ClassicalSegmenter())
+    assert first.analyzed == 4 and len(set(first.stems.values())) == 4
+    images = {r["image"] for r in csv.DictReader((out / "cells.csv").open())}
+    assert images == {str(tmp_path / "in" / n) for n in names}
+    again = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())  # results/*.png are not fields
+    assert (again.analyzed, again.skipped) == (0, 4)
+    assert (out / "x.png").is_file()
+    redo = run_local([tmp_path / "in"], out, clf.with_tta(1), ClassicalSegmenter(), draw=False)
+    assert redo.analyzed == 4 and not list(out.glob("*.png"))

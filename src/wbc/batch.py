@@ -14,6 +14,7 @@ with :func:`commit`; the local engine (:func:`run_local`) does both in one proce
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -100,23 +101,38 @@ class AnalyzeSummary:
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names per input: the stem, made unique with the parent folder when two collide."""
-    seen: dict[str, int] = {}
+    """Output names per input: the stem; when taken, the parent folder and the stem; then the stem and a number.
+    Every name is checked against every name handed out, ignoring case (a case-insensitive disk would otherwise
+    write two fields to one file).
+
+    >>> unique_stems([Path("a/x.jpg"), Path("a/x_2.jpg"), Path("b/x.jpg"), Path("c/b/x.jpg"), Path("d/X.png")])
+    ['x', 'x_2', 'b_x', 'x_3', 'd_X']
+    """
+    used: set[str] = set()
     out = []
     for p in paths:
-        stem = p.stem
-        if stem in seen:
-            seen[stem] += 1
-            stem = f"{p.parent.name}_{stem}" if f"{p.parent.name}_{stem}" not in seen else f"{stem}_{seen[stem]}"
-        seen.setdefault(stem, 0)
+        candidates = itertools.chain((p.stem, f"{p.parent.name}_{p.stem}"),
+                                     (f"{p.stem}_{k}" for k in itertools.count(2)))
+        stem = next(c for c in candidates if c.casefold() not in used)
+        used.add(stem.casefold())
         out.append(stem)
     return out
 
 
-def plan_jobs(inputs: Iterable[str | os.PathLike[str]]) -> list[Job]:
-    """Every image under ``inputs`` (sorted, stable), with its output stem."""
+def plan_jobs(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None) -> list[Job]:
+    """Every image under ``inputs`` (sorted, stable), each file once however often the inputs name it, with its
+    output stem. ``output``: the run's output folder, whose files (the annotated PNGs of an earlier run, when it
+    lies inside an input folder) are never taken for fields."""
     inputs = list(inputs)
-    paths = list(iter_image_paths(inputs))
+    out = Path(output).resolve() if output is not None else None
+    seen: set[Path] = set()
+    paths = []
+    for p in iter_image_paths(inputs):
+        real = p.resolve()
+        if real in seen or (out is not None and real.is_relative_to(out)):
+            continue
+        seen.add(real)
+        paths.append(p)
     if not paths:
         raise WbcError(no_images_message(inputs))
     return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)]
@@ -227,6 +243,8 @@ def commit(out: Path, result: FieldOutput) -> None:
         return
     if result.png is not None:
         atomic_write_bytes(png_path, result.png)
+    else:  # not drawn: an earlier run's PNG would show other answers than this JSON
+        png_path.unlink(missing_ok=True)
     atomic_write_bytes(json_path, result.json_text.encode("utf-8"))
 
 
@@ -271,7 +289,7 @@ def run_local(
 ) -> AnalyzeSummary:
     """The local engine: analyse the pending fields one by one in this process, then rebuild the CSVs."""
     out = prepare_output(output)
-    jobs = plan_jobs(inputs)
+    jobs = plan_jobs(inputs, out)
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
     todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite,
                         run_settings(classifier, segmenter))

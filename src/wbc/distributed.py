@@ -144,7 +144,7 @@ def analyze_paths_ray(
     """
     ray = connect(address, num_cpus=None)
     out = prepare_output(output)
-    jobs = plan_jobs(inputs)
+    jobs = plan_jobs(inputs, out)
     classifier, segmenter = spec.load()  # the driver checks the models once, and learns their ids
     seg_id = segmenter_id_of(segmenter)
     todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
