@@ -25,6 +25,14 @@ def test_toml_then_flags_override(tmp_path: Path) -> None:
     ("epochs = 3\nprogressive_size = 112\nprogressive_epochs = 3", "leave at least one epoch at full size"),
     ("num_workers = -1", "num_workers must be"),
     ("epochs = [", "not valid TOML"),
+    # accepted without a word by wbc 0.26.0:
+    ("epochs = 3\nlr_typo = 1\n[train]\nlr = 0.01", "epochs, lr_typo outside the .train. table"),
+    ("review_target_accuracy = 99.5", "review_target_accuracy is a fraction"),
+    ("ema = 1.5", "ema and dropout must be in"),
+    ("dropout = 1.5", "ema and dropout must be in"),
+    ("patience = -3", "must be >= 0: .'patience': -3"),
+    ("weight_decay = -1.0", "must be >= 0"),
+    ("split = [0.5, 0.6, -0.1]", "split is three fractions"),
 ])
 def test_bad_config_names_file_and_problem(tmp_path: Path, text: str, msg: str) -> None:
     p = tmp_path / "bad.toml"

@@ -181,3 +181,17 @@ def test_training_learns_from_unlabelled_cells(synthetic_dataset: Path, tmp_path
     used = [int(v) for v in re.findall(r"pseudo-labelled (\d+)%", text)]
     assert len(used) == 3 and used[-1] > 0  # a teacher that has learnt something labels some of them
     assert result["accuracy"] > 0.3  # 8 classes: chance 0.125; the labelled cells still train it
+
+
+def test_the_run_s_own_validation_and_test_images_are_never_unlabelled_cells(tmp_path: Path) -> None:
+    """TXL-PBC's PBC-origin fields are PBC's files byte for byte: ``unlabelled = "txl_pbc:pbc"`` fed 56 validation
+    and 41 test cells of a PBC run into its training (wbc 0.26.0). Files whose SHA-1 is excluded are left out."""
+    from wbc.data import file_sha1
+    from wbc.synthetic import make_dataset
+    from wbc.train.unlabelled import load_unlabelled
+
+    folder = make_dataset(tmp_path / "lab", n_per_class=2, size=48)
+    files = sorted(folder.glob("*/*.png"))
+    assert len(load_unlabelled(str(folder), tmp_path, 32, 0.5)) == len(files)
+    held = frozenset(file_sha1(p) for p in files[:5])
+    assert len(load_unlabelled(str(folder), tmp_path, 32, 0.5, exclude=held)) == len(files) - 5

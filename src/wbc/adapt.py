@@ -132,21 +132,39 @@ def fit_head(
     return res.x[: c * d].reshape(c, d), res.x[c * d :]
 
 
-def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Fold index per sample, classes spread evenly over folds (deterministic for a seed).
+def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0,
+                     groups: Sequence[Any] | None = None) -> np.ndarray:
+    """Fold index per sample, classes spread evenly over folds (deterministic for a seed). ``groups``: a key per
+    sample (:func:`content_keys`); samples with one key share a fold, so a copy of a labelled cell is never held out
+    while the cell itself is learnt from.
 
     By hand, not ``sklearn.model_selection.StratifiedKFold``: that refuses when every class has fewer cells
     than folds (4 cells of 4 classes, 2 folds), which few-shot adaptation must accept.
+
+    >>> stratified_folds([0, 0, 0, 0], 2, groups=["a", "b", "a", "c"]).tolist()
+    [1, 0, 1, 0]
     """
     lab = np.asarray(labels)
     rng = np.random.default_rng(seed)
     folds = np.zeros(len(lab), int)
     offset = 0
     for c in np.unique(lab):
-        idx = rng.permutation(np.nonzero(lab == c)[0])
-        folds[idx] = (np.arange(len(idx)) + offset) % k
-        offset += len(idx)
+        members = np.nonzero(lab == c)[0]
+        units: dict[Any, list[int]] = {}
+        for i in members.tolist():
+            units.setdefault(i if groups is None else groups[i], []).append(i)
+        parts = list(units.values())
+        for pos, u in enumerate(rng.permutation(len(parts))):
+            folds[parts[u]] = (pos + offset) % k
+        offset += len(parts)
     return folds
+
+
+def content_keys(arrays: np.ndarray) -> list[str]:
+    """A key per row of ``arrays`` (cells, embeddings) that equal rows share: a file's copies are one cell."""
+    import hashlib
+
+    return [hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest() for a in arrays]
 
 
 def dihedral(cells: np.ndarray, views: int = 8) -> list[np.ndarray]:
@@ -215,7 +233,7 @@ def adapt_embeddings(
     y = np.array([cls_index[lab] for lab in labels])
     present, counts = np.unique(y, return_counts=True)
     k = int(max(2, min(folds, n // 2)))
-    fold = stratified_folds(y, k, seed)
+    fold = stratified_folds(y, k, seed, content_keys(emb_views[0]))  # a cell's copies: one fold
     # class-balanced weights: a lab's rare classes (basophils) count as much as its common ones
     weights = compute_class_weight("balanced", classes=present, y=y)[np.searchsorted(present, y)]
 

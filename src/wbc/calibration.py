@@ -63,13 +63,17 @@ def review_threshold(confidence: np.ndarray, correct: np.ndarray, target_accurac
     Cells below the threshold are flagged for review. Returns 0.0 when every cell can be accepted
     and 1.0 when no threshold reaches the target.
 
+    Cells tied at a threshold are accepted together, so a cut is only taken after the last of them.
+
     >>> review_threshold(np.array([0.99, 0.9, 0.6, 0.5]), np.array([1, 1, 0, 1]), 1.0)
     0.9
+    >>> review_threshold(np.array([0.95, 0.9, 0.9, 0.9]), np.array([1, 1, 0, 0]), 0.99)  # not 0.9: 2 of 4 right
+    0.95
     """
     order = np.argsort(-confidence, kind="stable")
     conf = confidence[order]
     cum_acc = np.cumsum(correct[order]) / np.arange(1, len(conf) + 1)
-    ok = np.nonzero(cum_acc >= target_accuracy)[0]
+    ok = np.nonzero((cum_acc >= target_accuracy) & _block_ends(conf))[0]
     if len(ok) == 0:
         return 1.0
     k = ok[-1]  # accept the k+1 most confident cells
@@ -123,11 +127,17 @@ def shown_review_threshold(confidence: np.ndarray, correct: np.ndarray, target_a
     1.0
     """
     conf, lower = _accepted_lower_bounds(confidence, correct, level)
-    ok = np.nonzero(lower >= target_accuracy)[0]
+    ok = np.nonzero((lower >= target_accuracy) & _block_ends(conf))[0]
     if len(ok) == 0:
         return 1.0
     k = ok[-1]  # accept the k+1 most confident cells
     return 0.0 if k == len(conf) - 1 else float(conf[k])
+
+
+def _block_ends(conf: np.ndarray) -> np.ndarray:
+    """For confidences sorted high to low: where a cut may fall, after the last of the cells tied at a value (a
+    threshold accepts every cell at or above it)."""
+    return np.append(conf[:-1] > conf[1:], True) if len(conf) else np.zeros(0, bool)
 
 
 def _accepted_lower_bounds(confidence: np.ndarray, correct: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:

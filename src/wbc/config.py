@@ -161,6 +161,17 @@ class TrainConfig:
             raise ConfigError(f"attributes must be '' or 'wbcatt' (not {self.attributes!r}) and attribute_weight >= 0")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
+        if not 0 < self.review_target_accuracy <= 1:
+            raise ConfigError(f"review_target_accuracy is a fraction in (0, 1] (0.995 for 99.5 %), "
+                              f"not {self.review_target_accuracy}")
+        if not 0 <= self.ema < 1 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"ema and dropout must be in [0, 1) (ema 0: off), not {self.ema} and {self.dropout}")
+        negative = {k: getattr(self, k) for k in ("patience", "warmup_epochs", "weight_decay", "max_per_class")
+                    if getattr(self, k) < 0}
+        if negative:
+            raise ConfigError(f"must be >= 0: {negative}")
+        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6 or self.split[0] <= 0:
+            raise ConfigError(f"split is three fractions (train, val, test) >= 0 summing to 1, not {list(self.split)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,7 +196,12 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] |
             raise ConfigError(f"{p}: config file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML ({exc})") from None
-        data = data.get("train", data)
+        if "train" in data:  # the keys go under [train], or all at the top: never some of each
+            stray = sorted(k for k in data if k != "train")
+            if stray:
+                raise ConfigError(f"{p}: {', '.join(stray)} outside the [train] table would be ignored; "
+                                  "put every key under [train] (or none)")
+            data = data["train"]
         try:
             cfg = cfg.updated(data)
         except ConfigError as exc:

@@ -540,7 +540,9 @@ def train_detector(
                     "holdout": holdout or "",
                     "val": json.dumps({k: round(float(x), 4) for k, x in v.items()}),
                 })
-                torch.save(net.state_dict(), output.with_suffix(".pt"))
+                from wbc.train.loop import save_atomic
+
+                save_atomic(net.state_dict(), output.with_suffix(".pt"))
                 log(f"  -> exported {output}")
         if done:
             break

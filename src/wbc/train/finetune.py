@@ -268,7 +268,14 @@ def adapt_finetune(
     ``tta``: flips/rotations the adapted model averages per cell (stored as ``extra["tta_views"]``); the
     held-out check, temperature and review threshold are fitted on those averaged logits.
     """
-    from wbc.adapt import AdaptResult, _check_output, load_labelled_cells, stain_spec, stratified_folds
+    from wbc.adapt import (
+        AdaptResult,
+        _check_output,
+        content_keys,
+        load_labelled_cells,
+        stain_spec,
+        stratified_folds,
+    )
     from wbc.calibration import calibrate, resolve_review_target
     from wbc.model import load_model
     from wbc.ood import add_reference
@@ -314,7 +321,7 @@ def adapt_finetune(
     settings = {**DEFAULTS, **recipe}
     n = len(y)
     k = int(max(2, min(5, n // 2)))
-    fold = stratified_folds(y, k, seed)
+    fold = stratified_folds(y, k, seed, content_keys(cells))  # a cell's copies in one fold: never held out and learnt
     checked = range(k) if cross_validate else range(1)  # the folds held out in turn (default: only fold 0)
     steps = members * settings["epochs"] * (sum(max(1, int((fold != f).sum()) // settings["batch_size"])
                                                 for f in checked) + max(1, n // settings["batch_size"]))

@@ -34,7 +34,7 @@ from wbc.config import TrainConfig
 from wbc.data import Sample, read_manifest, scan_folder, stratified_split, write_manifest
 from wbc.errors import WbcError
 from wbc.evaluate.metrics import summary_metrics
-from wbc.io import atomic_write_csv, atomic_write_json
+from wbc.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from wbc.labels import CLASSES
 from wbc.model import ModelInfo, Preprocessing, softmax
 from wbc.paths import data_root as default_data_root
@@ -307,8 +307,8 @@ def fit(
         if improved:
             best_f1, best_epoch, bad_epochs = s["macro_f1"], epoch + 1, 0
         if improved and d.is_main:
-            torch.save({"model": scored.state_dict(), "arch": cfg.model, "dropout": cfg.dropout},
-                       run_dir / "best.pt")
+            save_atomic({"model": scored.state_dict(), "arch": cfg.model, "dropout": cfg.dropout},
+                        run_dir / "best.pt")
         elif not improved:
             bad_epochs += 1
         stop = cfg.patience > 0 and bad_epochs >= cfg.patience
@@ -522,8 +522,11 @@ def run_training(
         from wbc.train.unlabelled import load_unlabelled
 
         fraction = measure_training_cell_fraction(kept) or DEFAULT_CELL_FRACTION
+        from wbc.data import file_sha1
+
+        held_out = frozenset(s.sha1 or file_sha1(s.path) for s in kept if s.split in ("val", "test"))
         unlabelled = load_unlabelled(cfg.unlabelled, root, cfg.input_size, fraction, cfg.threads,
-                                     cfg.unlabelled_crop)
+                                     cfg.unlabelled_crop, exclude=held_out)  # never the run's own val/test
         crop = f", {cfg.unlabelled_crop} crops" if cfg.unlabelled.startswith("txl_pbc:") else ""
         console.print(f"{len(unlabelled)} unlabelled cells from {cfg.unlabelled} (cell fraction {fraction:.3f}{crop})",
                       highlight=False)
@@ -562,8 +565,8 @@ def run_training(
             oof_logits.append(lg)
             oof_labels.append(va.labels)
         final: WbcNet | Ensemble = Ensemble(members).eval()
-        torch.save({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
-                    "info": ""}, run_dir / "ensemble.pt")
+        save_atomic({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
+                     "info": ""}, run_dir / "ensemble.pt")
         # members' out-of-fold predictions calibrate the ensemble (no image is scored by a model that saw it)
         val_logits = np.log(np.clip(softmax(np.concatenate(oof_logits)), 1e-12, None))
         val_labels = np.concatenate(oof_labels)
@@ -584,7 +587,7 @@ def run_training(
     ckpt_name = "ensemble.pt" if cfg.folds > 1 else "best.pt"
     ck = torch.load(run_dir / ckpt_name, map_location="cpu", weights_only=False)
     ck["info"] = info.to_json()
-    torch.save(ck, run_dir / ckpt_name)
+    save_atomic(ck, run_dir / ckpt_name)
     check = cells_to_batch(centre_crop(cache[:8], cfg.centre_crop), mean, std)
     diff = export_model(final, info, run_dir / "model.onnx", check)
     console.print(f"exported {run_dir / 'model.onnx'} (max |onnx - torch| logit difference {diff:.2e})")
@@ -697,9 +700,9 @@ def run_ensemble(
     info.model_id = info.model_id.replace(f"wbc-{cfg.model}", f"wbc-ensemble{len(members)}-{cfg.model}")
     info.extra["members"] = [str(r) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
-                "info": info.to_json()}, out / "ensemble.pt")
-    (out / "manifest.csv").write_bytes(manifests[0].read_bytes())
+    save_atomic({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
+                 "info": info.to_json()}, out / "ensemble.pt")
+    atomic_write_bytes(out / "manifest.csv", manifests[0].read_bytes())
     check = cells_to_batch(parts["val"].images[:8], mean, std)
     diff = export_model(ensemble, info, out / "model.onnx", check)
     atomic_write_json(out / "val_metrics.json", summarise(val_logits, parts["val"].labels, classes))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wbc.data import file_sha1
 from wbc.errors import ImageReadError, WbcError
 from wbc.types import Cell
 
@@ -40,9 +41,11 @@ def box_cell(box: tuple[float, float, float, float]) -> Cell:
     return Cell(id=1, box=(x0, y0, x1, y1), nucleus_mask=mask, cell_mask=mask)
 
 
-def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: float, crop: str = "smear"
-                  ) -> np.ndarray:
-    """(N, size, size, 3) uint8 crops of every WBC box in TXL-PBC's train/val fields of ``origins``.
+def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: float, crop: str = "smear",
+                  exclude: frozenset[str] = frozenset()) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops of every WBC box in TXL-PBC's train/val fields of ``origins``, but those of
+    a field whose SHA-1 is in ``exclude`` (the run's own validation and test images: TXL-PBC's PBC-origin fields
+    are PBC's files, byte for byte).
 
     ``crop`` (:data:`wbc.config.UNLABELLED_CROPS`): "smear" cuts each box as `wbc analyze` cuts a smear cell
     (:func:`wbc.crops.crop_cell`: the cell at the model's ``fraction``, the field mirrored beyond its border,
@@ -76,6 +79,8 @@ def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: flo
             images = sorted((base / "images" / row["split"]).glob(f"{row['stem']}.*"))
             if not labels.is_file() or not images:
                 continue
+            if exclude and file_sha1(images[0]) in exclude:
+                continue  # a validation or test image of the run itself
             try:
                 rgb = read_image(images[0])
             except ImageReadError:
@@ -94,13 +99,14 @@ def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: flo
     return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
-def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: int = 2, crop: str = "smear"
-                    ) -> np.ndarray:
+def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: int = 2, crop: str = "smear",
+                    exclude: frozenset[str] = frozenset()) -> np.ndarray:
     """The cells ``TrainConfig.unlabelled`` names, as a uint8 cache (N, size, size, 3); ``crop``: how TXL-PBC's
-    boxes are cut (:func:`txl_wbc_crops`; a folder's images are read as `wbc classify` reads them)."""
+    boxes are cut (:func:`txl_wbc_crops`; a folder's images are read as `wbc classify` reads them). ``exclude``:
+    SHA-1s of files never to learn from (the run's validation and test images)."""
     if spec.startswith("txl_pbc:"):
         origins = tuple(o.strip() for o in spec.split(":", 1)[1].split(",") if o.strip())
-        cells = txl_wbc_crops(root, origins, size, fraction, crop)
+        cells = txl_wbc_crops(root, origins, size, fraction, crop, exclude)
     else:
         from wbc.classify import load_cells
         from wbc.io import iter_image_paths
@@ -110,7 +116,8 @@ def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: 
             raise WbcError(f"unlabelled: {spec}: no such folder (nor under the data root {root})")
         from wbc.reframe import DEFAULT_STATS
 
-        cells, _, _ = load_cells(list(iter_image_paths([folder])), size, threads, reframe=DEFAULT_STATS)
+        files = [p for p in iter_image_paths([folder]) if not exclude or file_sha1(p) not in exclude]
+        cells, _, _ = load_cells(files, size, threads, reframe=DEFAULT_STATS)
     if len(cells) < 8:
         raise WbcError(f"unlabelled: {spec}: need at least 8 cells, found {len(cells)}")
     return cells
