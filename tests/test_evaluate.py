@@ -368,3 +368,18 @@ def test_report_images_load_in_chromium(evaluated: tuple[dict, Path]) -> None:
     bad = [i for i in images if not i["ok"]]
     assert not bad, bad
     assert all(not u.startswith("http") for u in requests), requests
+
+
+def test_a_refitted_head_offers_no_stale_class_activation_maps(env: dict[str, Path], tmp_path: Path) -> None:
+    """`wbc adapt --method head` keeps its head in the metadata; the graph's maps are the old head's (wbc 0.26.0 drew
+    them as the evidence for the new head's answers)."""
+    from wbc.model import write_model
+
+    clf = load_model(env["model"])
+    assert "cam" in clf.outputs
+    info = clf.info
+    w = np.zeros((len(CLASSES), 12), np.float32)
+    info.head = {"weight": w.tolist(), "bias": np.arange(len(CLASSES), dtype=np.float32).tolist()}
+    adapted = load_model(write_model(tmp_path / "head.onnx", env["model"].read_bytes(), info))
+    assert "cam" not in adapted.outputs and "cam" not in adapted.run(np.zeros((1, SIZE, SIZE, 3), np.uint8), ("cam",))
+    assert adapted.run(np.zeros((2, SIZE, SIZE, 3), np.uint8))["logits"].argmax(1).tolist() == [7, 7]

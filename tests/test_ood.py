@@ -93,7 +93,8 @@ def test_fit_from_manifest_stores_statistics_used_by_classify(tmp_path: Path) ->
     from wbc.io import write_image
     from wbc.model import load_model
 
-    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    eosin = {"cytoplasm_eosin": {"neutrophil": [0.1, 0.02]}}  # the training cells' cytoplasm, fitted apart
+    model, _ = make_embedding_model(tmp_path / "m.onnx", extra={"colour_reference": eosin})
     rows = []
     for split, seed in (("train", 10), ("val", 11)):
         cells, labels = cells_like(TRAIN_COLOURS, 8, seed=seed, size=16)
@@ -109,6 +110,7 @@ def test_fit_from_manifest_stores_statistics_used_by_classify(tmp_path: Path) ->
     clf = load_model(model)
     assert clf.info.ood["references"][0]["colour"]["threshold"] > 0
     assert {"reinhard", "histogram"} <= set(clf.info.colour_reference)
+    assert clf.info.colour_reference["cytoplasm_eosin"] == eosin["cytoplasm_eosin"]  # kept (0.26.0 dropped it)
     fresh, _ = cells_like(TRAIN_COLOURS, 4, seed=12, size=16)
     paths = []
     for i, c in enumerate(fresh):

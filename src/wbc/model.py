@@ -276,7 +276,9 @@ class Classifier:
             self.info = ModelInfo.from_json(meta[METADATA_KEY])
         except (ModelError, ValueError, TypeError) as exc:  # a newer format, bad JSON, wrong field types
             raise ModelError(f"{self.path}: unreadable wbc metadata ({exc})") from None
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        # a head refitted by `wbc adapt` lives in the metadata, not in the graph, whose class-activation maps are
+        # still the old head's: they would show the old head's evidence for the new head's answer, so none is offered
+        self.outputs = [o.name for o in self.session.get_outputs() if not (self.info.head and o.name == "cam")]
         self.input_name = self.session.get_inputs()[0].name
         #: the chosen label set (``--classes``); empty: every class. See :meth:`with_classes`.
         self.label_set: tuple[str, ...] = ()
@@ -385,6 +387,8 @@ class Classifier:
         names = [n for n in want if n in self.outputs]
         if self.info.head and "logits" in want and "embedding" not in names:
             names.append("embedding")
+        if not names:  # none of ``want`` is offered (ONNX Runtime would answer every output for no names)
+            return {}
         res = dict(zip(names, self.sessions.run(names, x), strict=True))
         if self.info.head and "logits" in want:
             w = np.asarray(self.info.head["weight"], np.float32)

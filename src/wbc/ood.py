@@ -260,7 +260,8 @@ def ood_warning(predictions: Sequence[Prediction], unlabelled_adaptation: bool =
     if n == 0 or k == 0:
         return None
     frac = k / n
-    msg = f"{k} of {n} cells ({100 * frac:.0f}%) look unlike the model's training data (marked for review)"
+    share = f"{100 * frac:.0f}%" if 100 * frac >= 1 or not k else "under 1%"
+    msg = f"{k} of {n} cells ({share}) look unlike the model's training data (marked for review)"
     if needs_adaptation(predictions) and unlabelled_adaptation:
         msg += ("; the model was adapted to this lab's images without labels, so its accuracy on them has not been "
                 "measured: check every cell")

@@ -56,6 +56,8 @@ def fit_from_manifest(
     ood = fit_ood(tc, te, [train[i].label for i in ti], vc, ve, clf.classes, percentile)
     info = clf.info
     info.ood = ood
-    info.colour_reference = colour_reference(tc, seed=seed)
+    # merged, not replaced: the model may carry more colour statistics than these (the training cells' cytoplasm
+    # colours, scripts/fit_cytoplasm_colours.py), which the cytoplasm evidence reads
+    info.colour_reference = {**(info.colour_reference or {}), **colour_reference(tc, seed=seed)}
     write_model(Path(output) if output else clf.path, clf.path.read_bytes(), info)
     return ood

@@ -149,9 +149,10 @@ def quantize_model(
     info.model_id = f"{info.model_id}-int8"
     write_model(out, out.read_bytes(), info)
     if info.ood:
+        from wbc.ood import DEFAULT_PERCENTILE
         from wbc.ood_fit import fit_from_manifest
 
         fit_from_manifest(out, manifest, max_per_class=ood_per_class, data_root=data_root, threads=threads,
-                          seed=seed)
+                          seed=seed, percentile=float(info.ood.get("percentile", DEFAULT_PERCENTILE)))
     report["seconds"] = time.perf_counter() - t0
     return report

@@ -288,7 +288,8 @@ def build_gradcam(
     from wbc.preprocess import centre_crop, resize_square
 
     if "cam" not in classifier.outputs:
-        return {}, "This model file has no class-activation output, so no Grad-CAM overlays can be drawn."
+        return {}, ("This model has no class-activation maps for its answers (none in the file, or a head refitted "
+                    "by wbc adapt that the file's maps predate), so no Grad-CAM overlays can be drawn.")
     classes = list(answered or classifier.classes)
     picks = pick_gradcam_cells(y_true, y_prob, len(classes), per_class)
     out: dict[str, list[Any]] = {}
