@@ -240,3 +240,42 @@ def test_a_camera_s_whole_frame_of_one_cell_is_classified_and_the_cell_found(tmp
         return int((rgb.astype(int).sum(2) < frame[0, 0].astype(int).sum() - 120).sum())
 
     assert dark(seen) > 20 * dark(plain) > 0
+
+
+def test_names_manifests_and_outputs_that_gave_tracebacks(model_file: Path, tmp_path: Path) -> None:
+    """Each of these ended in a Python traceback in wbc 0.26.0, or overwrote an input."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.data import read_manifest
+    from wbc.errors import WbcError
+
+    runner = CliRunner()
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    write_png(cells / "ok.png", synthetic_cell("neutrophil", 96, seed=1))
+    latin = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name from an old camera or a Windows share
+    (cells / latin).write_bytes((cells / "ok.png").read_bytes())  # (OpenCV cannot open such a name itself)
+    res = runner.invoke(app, ["classify", str(cells), "--model", str(model_file), "-o", str(tmp_path / "p.csv"),
+                              "--report", str(tmp_path / "p.html"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "p.csv").read_bytes().splitlines()
+    assert len(rows) == 3 and any(b"caf\xe9.png" in r for r in rows)  # the name's own bytes
+    # the output is one of the inputs (`-o cells/*.jpg` in a shell): refused, the image kept
+    res = runner.invoke(app, ["classify", str(cells), "--model", str(model_file), "-o", str(cells / "ok.png")])
+    assert res.exit_code == 1 and "is one of the input images" in str(res.exception or res.output)
+    assert (cells / "ok.png").read_bytes()[:4] == b"\x89PNG"
+    # a manifest saved by a spreadsheet as "CSV UTF-8" (a byte-order mark), one in Latin-1, a folder
+    with (tmp_path / "bom.csv").open("w", encoding="utf-8-sig", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label"], [str(cells / "ok.png"), "neutrophil"]])
+    assert [s.label for s in read_manifest(tmp_path / "bom.csv")] == ["neutrophil"]
+    (tmp_path / "latin.csv").write_bytes("path,label\ncafé.png,neutrophil\n".encode("latin-1"))
+    for bad, words in ((tmp_path / "latin.csv", "not a UTF-8 text file"), (cells, "is a folder")):
+        with pytest.raises(WbcError, match=words):
+            read_manifest(bad)
+    # a path with rich markup in it is printed as it is
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "bom.csv"), "--split", "all", "--model", str(model_file),
+                              "-o", str(tmp_path / "ev[/v2]"), "--bootstrap", "100"])
+    assert res.exit_code == 0 and f"wrote {tmp_path / 'ev[/v2]'}/metrics.json" in res.output, res.output

@@ -159,7 +159,7 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
 def read_doc(out: Path, job: Job) -> dict[str, Any] | None:
     """The committed JSON document of ``job``, or None when there is none (or it cannot be parsed)."""
     try:
-        doc = json.loads((out / f"{job.stem}.json").read_text(encoding="utf-8"))
+        doc = json.loads((out / f"{job.stem}.json").read_text(encoding="utf-8", errors="surrogateescape"))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and doc.get("image") == job.path else None
@@ -245,7 +245,7 @@ def commit(out: Path, result: FieldOutput) -> None:
         atomic_write_bytes(png_path, result.png)
     else:  # not drawn: an earlier run's PNG would show other answers than this JSON
         png_path.unlink(missing_ok=True)
-    atomic_write_bytes(json_path, result.json_text.encode("utf-8"))
+    atomic_write_bytes(json_path, result.json_text.encode("utf-8", "surrogateescape"))  # a name's own bytes
 
 
 def tally(summary: AnalyzeSummary, result: FieldOutput) -> None:

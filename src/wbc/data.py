@@ -162,8 +162,8 @@ def read_manifest(
     p = Path(path)
     explicit_root = root
     root = root or data_root()
-    try:
-        with p.open(newline="") as fh:
+    try:  # utf-8-sig: a spreadsheet's "CSV UTF-8" begins with a byte-order mark
+        with p.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             missing = {"path", "label"} - set(reader.fieldnames or ())
             if missing:
@@ -171,6 +171,12 @@ def read_manifest(
             rows = list(reader)
     except FileNotFoundError:
         raise WbcError(f"{p}: manifest not found") from None
+    except IsADirectoryError:
+        raise WbcError(f"{p}: is a folder, not a manifest CSV") from None
+    except UnicodeDecodeError:
+        raise WbcError(f"{p}: not a UTF-8 text file (a spreadsheet saves one as \"CSV UTF-8\")") from None
+    except csv.Error as exc:
+        raise WbcError(f"{p}: not a readable CSV ({exc})") from None
     out = []
     for r in rows:
         if split and r.get("split") != split:
@@ -215,7 +221,7 @@ def manifest_hash(samples: Sequence[Sample]) -> str:
     """A short hash of which files (by content when known) carry which labels."""
     h = hashlib.sha256()
     for s in sorted(samples, key=lambda s: (s.sha1 or str(s.path), s.label)):
-        h.update(f"{s.sha1 or s.path.name}\t{s.label}\n".encode())
+        h.update(f"{s.sha1 or s.path.name}\t{s.label}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 

@@ -434,7 +434,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """``text`` as UTF-8, written atomically. A file name that is no UTF-8 (Latin-1 from an old camera or a Windows
+    share: Python holds its bytes as surrogates) is written as its own bytes, not refused with an exception."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images, warn_skipped
+from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images, say, warn_skipped
 from wbc.errors import WbcError
 
 
@@ -91,18 +91,17 @@ def adapt(
                                 framing=framing, tta=tta, max_cells=max_cells)
         warn_skipped(free.skipped)
         for line in summary_lines(free):
-            console.print(line, highlight=False)
-        console.print(f"scored on {free.n_cells} unlabelled cells over {', '.join(free.classes)} in "
-                      f"{free.seconds:.0f} s -> {free.output}", highlight=False)
+            say(line)
+        say(f"scored on {free.n_cells} unlabelled cells over {', '.join(free.classes)} in "
+                      f"{free.seconds:.0f} s -> {free.output}")
         if report:
             atomic_write_text(report, json.dumps(free.to_dict(), indent=2) + "\n")
         return
     if no_labels and stain is not None:  # (stain is None was handled above)
         out = adapt_stain(model, data, output, stain=stain, threads=threads)
         warn_skipped(out["skipped"])
-        console.print(f"{out['stain']} colour mapping fitted on {out['n_cells']} cells in {out['seconds']:.0f} s "
-                      f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)",
-                      highlight=False)
+        say(f"{out['stain']} colour mapping fitted on {out['n_cells']} cells in {out['seconds']:.0f} s "
+                      f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)")
         if report:
             atomic_write_text(report, json.dumps(out, indent=2) + "\n")
         return
@@ -143,24 +142,24 @@ def adapt(
         console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, training on the lab's cells "
                       "with `wbc train` may do better than few-shot adaptation", highlight=False)
     warn_skipped(res.skipped)
-    console.print(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
-                  f" in {res.seconds:.0f} s -> {res.output}", highlight=False)
+    say(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
+                  f" in {res.seconds:.0f} s -> {res.output}")
     if res.method == "head":
-        console.print(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
+        say(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
                       f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
-                      f"{res.heldout_acc_after:.1%} after", highlight=False)
-        console.print(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
+                      f"{res.heldout_acc_after:.1%} after")
+        say(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
                       f"confidence {res.review_threshold:.2f}; each cell averaged over "
-                      f"{res.settings.get('tta_views', 1)} flips/rotations", highlight=False)
+                      f"{res.settings.get('tta_views', 1)} flips/rotations")
     else:
         how = (f"{res.folds}-fold cross-validation, each of the {res.heldout_n} cells predicted by a fine-tuning "
                "that never saw it") if res.settings.get("cross_validate") else (
                f"{res.heldout_n} cells kept out of a first fine-tuning")
-        console.print(f"held-out check ({how}): accuracy "
-                      f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after", highlight=False)
+        say(f"held-out check ({how}): accuracy "
+                      f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after")
         views = res.settings.get("tta_views", 1)
-        console.print(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
-                      f"each cell averaged over {views} flips/rotations; the output is float32 ONNX", highlight=False)
+        say(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
+                      f"each cell averaged over {views} flips/rotations; the output is float32 ONNX")
     if res.shown_accuracy is not None and res.review_threshold >= 1.0:
         console.print(
             f"[yellow]every cell will be flagged for review:[/] {res.heldout_n} held-out cells show at most "

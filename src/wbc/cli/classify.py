@@ -62,6 +62,10 @@ def classify(
     check_engine(engine, ray_address)
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
     page = check_output_file(report) if report else None
+    inputs = {f.resolve() for f in files}
+    for given in (out, page):  # `-o cells/*.jpg` in a shell makes the first image the output
+        if given is not None and given.resolve() in inputs:
+            raise WbcError(f"{given}: is one of the input images; give another file for the output")
     note_foreign_images(paths)  # once the command will run: a bad option fails in one line
     clf = (load_model(model, threads=threads).with_classes(classes).with_tta(tta)
            .with_colour_calibration(colour_calibration))

@@ -10,8 +10,18 @@ from typing import Annotated
 
 import typer
 
-from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, DataRootOpt, ReframeOpt, ThreadsOpt, TtaOpt, progress, warn, warn_skipped
+from wbc.cli._app import app
+from wbc.cli._common import (
+    ClassesOpt,
+    DataRootOpt,
+    ReframeOpt,
+    ThreadsOpt,
+    TtaOpt,
+    progress,
+    say,
+    warn,
+    warn_skipped,
+)
 from wbc.errors import WbcError
 
 
@@ -93,27 +103,23 @@ def evaluate(
 
         clf_a = load_model(resolve_model_path(compare[0]), threads=threads)
         clf_b = load_model(resolve_model_path(compare[1]), threads=threads)
-        console.print(
-            f"comparing {clf_a.model_id} and {clf_b.model_id} on {len(ed.samples)} images ...",
-            highlight=False,
-        )
+        say(
+            f"comparing {clf_a.model_id} and {clf_b.model_id} on {len(ed.samples)} images ...")
         res = run_compare(
             ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, n_boot=bootstrap, seed=seed
         )
         d, mc = res["accuracy_difference"], res["mcnemar"]
-        console.print(
+        say(
             f"{res['n']} cells: A {res['model_a']['accuracy']:.4f}  B {res['model_b']['accuracy']:.4f}  "
             f"A-B {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  McNemar "
-            f"p={mc['p_value']:.3g}",
-            highlight=False,
-        )
-        console.print(f"wrote {output / 'comparison.html'}, comparison.json, comparison.csv", highlight=False)
+            f"p={mc['p_value']:.3g}")
+        say(f"wrote {output / 'comparison.html'}, comparison.json, comparison.csv")
         return
 
     model_path = resolve_model_path(model) if model else default_model_for(resolve_data_path(data, root))
     clf = load_model(model_path, threads=threads).with_classes(classes).with_tta(tta)
     if model is None and model_path is not None:
-        console.print(f"using the run's own model {model_path}", highlight=False)
+        say(f"using the run's own model {model_path}")
     with progress("classifying", len(ed.samples)) as update:
         m = run_evaluate(
             ed,
@@ -131,15 +137,13 @@ def evaluate(
             reframe=reframe,
         )
     ci = m["ci"]["accuracy"]
-    console.print(
+    say(
         f"{m['n']} cells scored with {m['model_id']}: accuracy {m['accuracy']:.4f} "
         f"[{ci[0]:.4f}, {ci[1]:.4f}]  macro-F1 {m['macro_f1']:.4f}  "
-        f"ECE {m['ece']['raw']:.4f} -> {m['ece']['calibrated']:.4f}",
-        highlight=False,
-    )
+        f"ECE {m['ece']['raw']:.4f} -> {m['ece']['calibrated']:.4f}")
     if m["unknown_labels"]["count"]:
         outside = "outside the classes chosen with --classes" if m["classes_chosen"] else "the model does not know"
         warn(f"{m['unknown_labels']['count']} cells with labels {outside} (not scored): "
              f"{m['unknown_labels']['labels']}; --map OLD=CLASS names them", "note:")
     warn_skipped((msg for _, msg in m["unreadable"]), f"{output}/metrics.json")
-    console.print(f"wrote {output}/metrics.json, predictions.csv, report.html", highlight=False)
+    say(f"wrote {output}/metrics.json, predictions.csv, report.html")

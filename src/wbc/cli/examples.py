@@ -20,4 +20,5 @@ def examples(
     from wbc.examples import copy_examples
 
     fields = copy_examples(output, n)
-    say(f"{len(fields)} example smear fields (BCCD, MIT licence) in {output}/; next: wbc analyze --output out/")
+    where = "" if output == Path("data/raw_images") else f"{output} "  # the default input of wbc analyze
+    say(f"{len(fields)} example smear fields (BCCD, MIT licence) in {output}/; next: wbc analyze {where}--output out/")

@@ -28,9 +28,11 @@ def fit(
     threads: ThreadsOpt = 2,
 ) -> None:
     """Fit OOD statistics on the run's train split, thresholds on its val split; store them in the model."""
+    from wbc.io import check_output_file
     from wbc.ood import DEFAULT_PERCENTILE
     from wbc.ood_fit import fit_from_manifest
 
+    check_output_file(output or model)  # before the fitting: a bad path fails at once, in one line
     ood = fit_from_manifest(model, manifest, output, max_per_class, percentile or DEFAULT_PERCENTILE,
                             data_root, threads)
     ref = ood["references"][0]

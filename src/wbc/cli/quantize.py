@@ -21,8 +21,10 @@ def quantize(
     threads: ThreadsOpt = 2,
 ) -> None:
     """Quantise a model to int8 for ONNX Runtime; re-fit calibration, review threshold and OOD on val."""
+    from wbc.io import check_output_file
     from wbc.quantize import quantize_model
 
+    check_output_file(output)  # before the quantisation: a bad path fails at once, in one line
     rep = quantize_model(model, manifest, output, per_class=per_class, data_root=data_root, threads=threads)
     say(f"wrote {output}: val accuracy float {rep['val_accuracy_float']:.4f} -> int8 {rep['val_accuracy_int8']:.4f}, "
         f"agreement {rep['val_agreement']:.4f} on {rep['val_cells']} cells ({rep['seconds']:.0f} s)")

@@ -95,7 +95,8 @@ def mask_path(bccd: Path, name: str) -> Path:
 
 def read_gt_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(nucleus, cell) bool masks from a BCCD mask PNG (noisy grey levels quantised at 64 and 192)."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # from its bytes: OpenCV's own file opening crashes on a name that is no UTF-8
+    m = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
     if m is None:
         raise WbcError(f"{path}: cannot read mask")
     if m.ndim == 3:
@@ -108,7 +109,8 @@ def load_bccd(root: Path, split: str = "test") -> list[BccdItem]:
     bccd = root / "bccd" if (root / "bccd").is_dir() else root
     split_file = bccd / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        raise WbcError(f"{split_file}: BCCD split not found (is --data the data root?)")
+        raise WbcError(f"{split_file}: BCCD split not found (is --data-root the data root? --dataset names "
+                       "another folder)")
     labels: dict[str, str] = {}
     lab_file = bccd / "single_wbc_labels.csv"
     if lab_file.is_file():

@@ -80,7 +80,7 @@ def load_split(root: Path, split: str) -> list[tuple[np.ndarray, np.ndarray, flo
         if it.mask is None:
             continue
         rgb = read_image(it.image)
-        raw = cv2.imread(str(it.mask), cv2.IMREAD_UNCHANGED)
+        raw = cv2.imdecode(np.frombuffer(Path(it.mask).read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise WbcError(f"{it.mask}: not a readable mask image")
         tgt = _quantise(raw)
