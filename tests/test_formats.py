@@ -174,3 +174,16 @@ def test_every_field_once_under_its_own_name_and_no_output_taken_for_a_field(clf
     assert (out / "x.png").is_file()
     redo = run_local([tmp_path / "in"], out, clf.with_tta(1), ClassicalSegmenter(), draw=False)
     assert redo.analyzed == 4 and not list(out.glob("*.png"))
+
+
+def test_fields_in_folders_below_the_output_folder_are_analysed(clf, tmp_path: Path) -> None:
+    """Only the output folder's own files are left out (fe8aa07 left out everything below it: `wbc analyze fields
+    -o .` lost every field)."""
+    write_fields(tmp_path / "fields", 2)
+    run = run_local([tmp_path / "fields"], tmp_path, clf, ClassicalSegmenter())
+    assert run.analyzed == 2
+    write_fields(tmp_path / "only", 1)
+    from wbc.errors import WbcError
+
+    with pytest.raises(WbcError, match="is in the output folder"):
+        run_local([tmp_path / "only"], tmp_path / "only", clf, ClassicalSegmenter())

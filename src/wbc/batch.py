@@ -121,20 +121,24 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 def plan_jobs(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None) -> list[Job]:
     """Every image under ``inputs`` (sorted, stable), each file once however often the inputs name it, with its
-    output stem. ``output``: the run's output folder, whose files (the annotated PNGs of an earlier run, when it
-    lies inside an input folder) are never taken for fields."""
+    output stem. ``output``: the run's output folder, whose own files (the annotated PNGs an earlier run wrote there,
+    when it lies inside an input folder) are never taken for fields; images in folders below it are."""
     inputs = list(inputs)
     out = Path(output).resolve() if output is not None else None
     seen: set[Path] = set()
-    paths = []
+    paths, ours = [], 0
     for p in iter_image_paths(inputs):
         real = p.resolve()
-        if real in seen or (out is not None and real.is_relative_to(out)):
+        if real in seen:
             continue
         seen.add(real)
+        if out is not None and real.parent == out:
+            ours += 1
+            continue
         paths.append(p)
     if not paths:
-        raise WbcError(no_images_message(inputs))
+        raise WbcError(f"every image found ({ours}) is in the output folder {output}: give another --output"
+                       if ours else no_images_message(inputs))
     return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)]
 
 
