@@ -402,3 +402,21 @@ def test_a_file_that_is_no_case_store_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "notes.sqlite").write_text("not a database " * 100)
     with pytest.raises(CaseError, match="cannot open the case store"):
         CaseStore.open(tmp_path / "notes.sqlite")
+
+
+def test_the_pdf_draws_every_letter_and_the_summary_names_tied_classes(store: CaseStore, fields,
+                                                                        classifier) -> None:  # noqa: F811
+    """Helvetica drew Ł, Ż and Greek as black squares (ZapfDingbats) in the signed PDF; a class tied for second
+    commonest was left out of the plain-words summary (wbc 0.26.0)."""
+    from wbc.cases.report import plain_summary, render_pdf
+
+    cid = create_case_from_fields(store, "Ζ-" + "x" * 90, fields, classifier)
+    store.sign_off(cid, "Łukasz Żółkiewski")
+    pdf = render_pdf(store, cid)
+    assert b"ZapfDingbats" not in pdf and b"DejaVuSans" in pdf
+    doc = store.case_document(cid)
+    doc["differential"]["rows"] = [{"class": c, "count": 1, "percent": 33.3, "ci95_low": 1.0, "ci95_high": 90.0}
+                                   for c in ("lymphocyte", "monocyte", "neutrophil")]
+    doc["differential"]["total"] = 3
+    words = " ".join(plain_summary(doc))
+    assert all(f"{c}s (33 %" in words for c in ("lymphocyte", "monocyte", "neutrophil")), words

@@ -8,6 +8,7 @@ a specialist. A case that is not signed off yet is marked DRAFT on every page.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from collections import Counter
 from collections.abc import Mapping
@@ -64,9 +65,10 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
         out.append("No white blood cell could be counted, so no differential is given.")
         return out
     rows = sorted((r for r in diff["rows"] if r["count"]), key=lambda r: -r["count"])
-    top = rows[:2]
+    top = [r for r in rows if r["count"] >= rows[min(1, len(rows) - 1)]["count"]]  # the two commonest, and ties
     parts = [f"{display_name(r['class'])}s ({r['percent']:.0f} %: {ROLES.get(r['class'], '')})" for r in top]
-    out.append(f"{plural(total, 'white blood cell')} were counted. The most common were " + " and ".join(parts) + ".")
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    out.append(f"{plural(total, 'white blood cell')} were counted. The most common were {listed}.")
     r0 = top[0]
     out.append(f"With {total} cells, each percentage is an estimate: the true share of {display_name(r0['class'])}s "
                f"is likely (95 % confidence) between {r0['ci95_low']:.0f} % and {r0['ci95_high']:.0f} %. "
@@ -132,8 +134,43 @@ def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.1f}"
 
 
+#: reportlab's built-in Helvetica has no Ł, Ż, Greek or Cyrillic (each drawn as a black square): the PDF's text is set
+#: in DejaVu Sans, the TrueType font matplotlib ships (Helvetica only where it is missing).
+_FONT_FILES = {"WbcSans": "DejaVuSans.ttf", "WbcSans-Bold": "DejaVuSans-Bold.ttf",
+               "WbcSans-Oblique": "DejaVuSans-Oblique.ttf", "WbcSans-BoldOblique": "DejaVuSans-BoldOblique.ttf"}
+
+
+@functools.cache
+def _pdf_fonts() -> dict[str, str]:
+    """Built-in font -> the Unicode font to draw with instead ({} when matplotlib's DejaVu files are missing)."""
+    import matplotlib
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    if not all((folder / f).is_file() for f in _FONT_FILES.values()):
+        return {}
+    for name, f in _FONT_FILES.items():
+        pdfmetrics.registerFont(TTFont(name, str(folder / f)))
+    pdfmetrics.registerFontFamily("WbcSans", normal="WbcSans", bold="WbcSans-Bold", italic="WbcSans-Oblique",
+                                  boldItalic="WbcSans-BoldOblique")
+    return {"Helvetica": "WbcSans", "Helvetica-Bold": "WbcSans-Bold", "Helvetica-Oblique": "WbcSans-Oblique",
+            "Helvetica-BoldOblique": "WbcSans-BoldOblique"}
+
+
+def _fit(text: str, font: str, size: float, width: float) -> str:
+    """``text`` shortened with an ellipsis to at most ``width`` points in ``font`` at ``size``."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    if stringWidth(text, font, size) <= width:
+        return text
+    while text and stringWidth(text + "…", font, size) > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def render_pdf(store: CaseStore, case: int | str) -> bytes:
-    """The same report as a PDF (A4, reportlab)."""
+    """The same report as a PDF (A4, reportlab), its text in a Unicode font (:func:`_pdf_fonts`)."""
     from xml.sax.saxutils import escape
 
     from reportlab.lib import colors
@@ -145,6 +182,11 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     ctx = report_context(store, case)
     doc = ctx["case"]
     styles = getSampleStyleSheet()
+    fonts = _pdf_fonts()
+    for style in styles.byName.values():
+        if hasattr(style, "fontName"):  # paragraph styles (a list style has none)
+            style.fontName = fonts.get(style.fontName, style.fontName)
+    bold, regular = fonts.get("Helvetica-Bold", "Helvetica-Bold"), fonts.get("Helvetica", "Helvetica")
     e = escape
     story: list[Any] = []
     title = f"White-blood-cell differential: {doc['name']}"
@@ -165,7 +207,8 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
                       "" if r["ci95_low"] is None else f"{r['ci95_low']:.1f}–{r['ci95_high']:.1f}",
                       str(r["model_count"]), f"{r['delta']:+d}" if r["delta"] else ""] for r in ctx["rows"]]
     t = Table(data, repeatRows=1, colWidths=[48 * mm, 18 * mm, 20 * mm, 30 * mm, 28 * mm, 20 * mm])
-    t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"), ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+    t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), regular), ("FONTNAME", (0, 0), (-1, 0), bold),
+                           ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
                            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
     story += [t, Paragraph(f"{doc['differential']['total']} cells counted; intervals are exact (Clopper-Pearson).",
@@ -199,11 +242,14 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
         "Not a medical device.", styles["Italic"])]
 
     def on_page(canvas: Any, _doc: Any) -> None:
+        from reportlab.pdfbase.pdfmetrics import stringWidth
+
         canvas.saveState()
-        canvas.setFont("Helvetica", 8)
-        canvas.drawString(15 * mm, 10 * mm, f"{doc['name'][:80]} · {doc['model_id'][:80]}")
-        page = f"page {canvas.getPageNumber()}"
-        canvas.drawRightString(195 * mm, 10 * mm, ("DRAFT · " if ctx["draft"] else "") + page)
+        canvas.setFont(regular, 8)
+        right = ("DRAFT · " if ctx["draft"] else "") + f"page {canvas.getPageNumber()}"
+        room = 180 * mm - stringWidth(right, regular, 8) - 6 * mm  # a long name never runs into the page number
+        canvas.drawString(15 * mm, 10 * mm, _fit(f"{doc['name']} · {doc['model_id']}", regular, 8, room))
+        canvas.drawRightString(195 * mm, 10 * mm, right)
         canvas.restoreState()
 
     buf = io.BytesIO()

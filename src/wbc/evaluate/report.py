@@ -94,10 +94,16 @@ def pct_ci(ci: Sequence[float] | None, digits: int = 1) -> str:
 
 
 def weakest_classes(metrics: Mapping[str, Any], k: int = 2) -> list[tuple[str, float]]:
-    """The ``k`` classes (with cells in the data) that the model finds least often, lowest recall first."""
+    """The ``k`` classes (with cells in the data) that the model finds least often, lowest recall first: only
+    classes found less often than the best one (a class at 100 % is nobody's weakest).
+
+    >>> weakest_classes({"per_class": {"a": {"recall": 0.5}, "b": {"recall": 1.0}, "c": {"recall": 1.0}}})
+    [('a', 0.5)]
+    """
     rec = [(c, m["recall"]) for c, m in metrics["per_class"].items() if m["recall"] is not None]
     rec.sort(key=lambda t: (t[1], t[0]))
-    return rec[: k if len(rec) > k else max(len(rec) - 1, 0)]
+    best = max((r for _, r in rec), default=0.0)
+    return [t for t in rec if t[1] < best][:k]
 
 
 def main_confusion(metrics: Mapping[str, Any], label: str) -> tuple[str, int] | None:
