@@ -355,3 +355,41 @@ def test_smear_scores_on_fields_without_masks_or_without_boxes(tmp_path: Path) -
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert metrics["detection"]["ap50"] is None
     assert "| AP@0.5 | n/a (no WBC box) |" in summary_markdown(metrics)
+
+
+def test_a_field_larger_than_the_network_s_window_is_run_in_stitched_windows(monkeypatch) -> None:
+    """A pointwise stand-in for the network: the windows' outputs, stitched, are the whole field's."""
+    seg = D.DetectorSegmenter.__new__(D.DetectorSegmenter)
+
+    def pointwise(small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        f = small.astype(np.float32) / 255
+        hm = f[D.HM_STRIDE // 2 :: D.HM_STRIDE, D.HM_STRIDE // 2 :: D.HM_STRIDE, 0]
+        hh, ww = -(-small.shape[0] // D.HM_STRIDE), -(-small.shape[1] // D.HM_STRIDE)
+        hm = np.pad(hm, ((0, hh - hm.shape[0]), (0, ww - hm.shape[1])))
+        return hm, np.stack([hm, 2 * hm]), np.moveaxis(f[..., :2], 2, 0)
+
+    monkeypatch.setattr(seg, "run", pointwise)
+    field = np.random.default_rng(0).integers(0, 255, (1500, 2300, 3), np.uint8)
+    whole, tiled = pointwise(field), seg.run_tiled(field)
+    for a, b in zip(whole, tiled, strict=True):
+        assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_cells_of_a_large_field_are_found_at_their_own_scale(real_data: Path) -> None:
+    """A 3840 x 2880 mosaic of 144 BCCD train/val fields at half size (80 px WBCs): the field was shrunk to 1024 px,
+    its WBCs below the smallest the detector was trained on, and at most 100 kept: 94 of 152 found (wbc 0.26.0)."""
+    from wbc.evaluate.smears import load_bccd
+    from wbc.io import read_image
+
+    items = load_bccd(real_data, "trainval")
+    k, h, w = 12, 240, 320
+    mosaic, truth = np.zeros((k * h, k * w, 3), np.uint8), []
+    for n in range(k * k):
+        it = items[n % len(items)]
+        y, x = (n // k) * h, (n % k) * w
+        field = read_image(it.image)[:480, :640]
+        mosaic[y : y + h, x : x + w] = cv2.resize(field, (w, h), interpolation=cv2.INTER_AREA)
+        truth += [(b[0] / 2 + x, b[1] / 2 + y, b[2] / 2 + x, b[3] / 2 + y) for b in it.wbc_boxes]
+    cells = get_segmenter("auto", threads=2).segment(mosaic)
+    found = sum(any(box_iou(tuple(float(v) for v in c.box), t) >= 0.5 for c in cells) for t in truth)
+    assert len(truth) == 152 and found >= 145 and len(cells) <= len(truth) + 8

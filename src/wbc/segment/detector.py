@@ -39,8 +39,15 @@ NOMINAL_WBC: float = 80.0
 HM_STRIDE: int = 4
 #: Network input sides are padded to a multiple of this.
 PAD_STRIDE: int = 16
-#: Largest working-scale side; larger fields are processed at a coarser scale (speed guard).
+#: Largest working-scale side the network sees at once; a larger field at the working scale is run in overlapping
+#: windows of this side (:meth:`DetectorSegmenter.run_tiled`). Until wbc 0.27.0 such a field was shrunk to it
+#: instead, which made a 3840 x 2880 field's WBCs smaller than any the detector was trained on (91 of 152 found).
 MAX_WORK_SIDE: int = 1024
+#: What each window keeps beyond the part of it that is used, at the working scale: 1.6 WBCs of context, so that a
+#: cell cut by a window's edge is found whole in its neighbour's core.
+TILE_MARGIN: int = 128
+#: Largest working-scale field, in pixels (a guard on time and memory: 64 windows of 1024 px).
+MAX_WORK_PIXELS: int = 64_000_000
 #: Largest enlargement of a field (WBCs under NOMINAL_WBC / 3 px across are beyond any smear camera).
 MAX_UPSCALE: float = 3.0
 #: Heatmap peak threshold for a detection (set before training; on TXL-PBC val + BCCD val it gives WBC
@@ -88,7 +95,7 @@ class Detection:
 
 
 def decode(heatmap: np.ndarray, size: np.ndarray, threshold: float = SCORE_THRESHOLD,
-           max_det: int = 100) -> list[Detection]:
+           max_det: int = 100_000) -> list[Detection]:
     """Peaks of ``heatmap`` (h, w) above ``threshold`` -> boxes in input pixels, with sub-cell centres.
 
     Heatmap cell (j, i) covers input pixels [4i, 4i+4) x [4j, 4j+4); the centre is refined by a
@@ -238,9 +245,14 @@ def _resize_to(rgb: np.ndarray, factor: float) -> np.ndarray:
 
 
 def working_factor(shape: tuple[int, int], wbc_px: float) -> float:
-    """Resampling factor bringing a WBC of ``wbc_px`` to :data:`NOMINAL_WBC` px, capped by field size."""
+    """Resampling factor bringing a WBC of ``wbc_px`` to :data:`NOMINAL_WBC` px, capped by the working field's
+    pixels (:data:`MAX_WORK_PIXELS`) and :data:`MAX_UPSCALE`.
+
+    >>> round(working_factor((2880, 3840), 80.0), 3), round(working_factor((480, 640), 160.0), 3)
+    (1.0, 0.5)
+    """
     f = NOMINAL_WBC / max(wbc_px, 1.0)
-    return float(min(f, MAX_WORK_SIDE / max(shape), MAX_UPSCALE))
+    return float(min(f, np.sqrt(MAX_WORK_PIXELS / (shape[0] * shape[1])), MAX_UPSCALE))
 
 
 def first_guess(scale: FieldScale, shape: tuple[int, int]) -> float:
@@ -287,12 +299,36 @@ class DetectorSegmenter:
         hh, ww = -(-h // HM_STRIDE), -(-w // HM_STRIDE)
         return hm[0, 0, :hh, :ww], size[0, :, :hh, :ww], masks[0, :, :h, :w]
 
+    def run_tiled(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`run` for a field of any size at the working scale: one pass up to :data:`MAX_WORK_SIDE`, else
+        overlapping windows of that side, each used inside its :data:`TILE_MARGIN` (the outputs stitched, so that
+        the peaks are found and merged over the whole field as for one pass)."""
+        h, w = small.shape[:2]
+        if max(h, w) <= MAX_WORK_SIDE:
+            return self.run(small)
+        step = MAX_WORK_SIDE - 2 * TILE_MARGIN  # a multiple of PAD_STRIDE: windows and cores align to the heatmap
+        hh, ww = -(-h // HM_STRIDE), -(-w // HM_STRIDE)
+        hm = np.zeros((hh, ww), np.float32)
+        size = np.zeros((2, hh, ww), np.float32)
+        masks = np.zeros((2, h, w), np.float32)
+        for y0 in range(0, h, step):
+            for x0 in range(0, w, step):
+                ty0, tx0 = max(0, y0 - TILE_MARGIN), max(0, x0 - TILE_MARGIN)
+                y1, x1 = min(h, y0 + step), min(w, x0 + step)
+                t_hm, t_size, t_masks = self.run(small[ty0 : min(h, y1 + TILE_MARGIN), tx0 : min(w, x1 + TILE_MARGIN)])
+                masks[:, y0:y1, x0:x1] = t_masks[:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
+                hy0, hx0, hy1, hx1 = y0 // HM_STRIDE, x0 // HM_STRIDE, -(-y1 // HM_STRIDE), -(-x1 // HM_STRIDE)
+                oy, ox = ty0 // HM_STRIDE, tx0 // HM_STRIDE
+                hm[hy0:hy1, hx0:hx1] = t_hm[hy0 - oy : hy1 - oy, hx0 - ox : hx1 - ox]
+                size[:, hy0:hy1, hx0:hx1] = t_size[:, hy0 - oy : hy1 - oy, hx0 - ox : hx1 - ox]
+        return hm, size, masks
+
     def detect(self, rgb: np.ndarray) -> tuple[float, list[Detection], np.ndarray]:
         """(working factor, detections at the working scale, masks) after at most one scale refinement."""
         scale = estimate_field_scale(rgb, self.pixel_size)
         self.last_scale = scale
         factor = working_factor(rgb.shape[:2], first_guess(scale, rgb.shape[:2]))
-        hm, size, masks = self.run(_resize_to(rgb, factor))
+        hm, size, masks = self.run_tiled(_resize_to(rgb, factor))
         dets = decode(hm, size, self.threshold)
         if scale.source == "pixel_size":
             return factor, dets, masks
@@ -303,8 +339,8 @@ class DetectorSegmenter:
             coarse = working_factor(rgb.shape[:2], min(rgb.shape[:2]) / 3.0)
             better = coarse if coarse < factor / REFINE_RATIO else None
         if better is not None:
-            f2 = float(min(better, MAX_WORK_SIDE / max(rgb.shape[:2]), MAX_UPSCALE))
-            hm2, size2, masks2 = self.run(_resize_to(rgb, f2))
+            f2 = float(min(better, np.sqrt(MAX_WORK_PIXELS / (rgb.shape[0] * rgb.shape[1])), MAX_UPSCALE))
+            hm2, size2, masks2 = self.run_tiled(_resize_to(rgb, f2))
             dets2 = decode(hm2, size2, self.threshold)
             if dets2:  # else the first pass's answer stands
                 factor, dets, masks = f2, dets2, masks2
