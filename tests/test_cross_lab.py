@@ -531,7 +531,7 @@ def test_adapt_unlabelled_reports_and_keeps_no_mapping_for_training_like_cells(t
                               extra={"colour_reference": ref})
     res = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "out.onnx", classes="5part", threads=1)
     # Macenko is no candidate (wbc.adapt_unlabelled.CANDIDATE_METHODS), though the model has its training colours
-    assert {c.name for c in res.candidates} == {"none", "reinhard", "histogram"}
+    assert {c.name for c in res.candidates} == {"none", "reinhard"}  # histogram matching no candidate since 0.27.0
     asked = adapt_unlabelled(model, tmp_path / "lab", tmp_path / "m2.onnx", classes="5part", threads=1,
                              methods=("macenko",), framing="band")
     assert {c.name for c in asked.candidates} == {"none", "macenko"}

@@ -28,9 +28,10 @@ def adapt(
     threads: ThreadsOpt = 2,
     report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON.")] = None,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No labels needed: choose the colour mapping "
-                                            "(none, reinhard, macenko, histogram) that makes the model most "
+                                            "(none or reinhard) and the framing that make the model most "
                                             "consistent and confident on this lab's cells, and report why "
-                                            "(--stain METHOD: that mapping, no choice); the head is kept.")
+                                            "(--stain METHOD: that mapping, reinhard, macenko or histogram, no "
+                                            "choice); the head is kept.")
                          ] = False,
     classes: ClassesOpt = None,
     prior: Annotated[bool, typer.Option("--prior/--no-prior", help="With --no-labels: also estimate the lab's "
