@@ -94,7 +94,7 @@ def adapt(
         for line in summary_lines(free):
             say(line)
         say(f"scored on {free.n_cells} unlabelled cells over {', '.join(free.classes)} in "
-                      f"{free.seconds:.0f} s -> {free.output}")
+            f"{free.seconds:.0f} s -> {free.output}")
         if report:
             atomic_write_text(report, json.dumps(free.to_dict(), indent=2) + "\n")
         return
@@ -102,7 +102,7 @@ def adapt(
         out = adapt_stain(model, data, output, stain=stain, threads=threads)
         warn_skipped(out["skipped"])
         say(f"{out['stain']} colour mapping fitted on {out['n_cells']} cells in {out['seconds']:.0f} s "
-                      f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)")
+            f"-> {out['output']} (head, calibration and OOD flags unchanged: validate locally)")
         if report:
             atomic_write_text(report, json.dumps(out, indent=2) + "\n")
         return
@@ -144,23 +144,23 @@ def adapt(
                       "with `wbc train` may do better than few-shot adaptation", highlight=False)
     warn_skipped(res.skipped)
     say(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
-                  f" in {res.seconds:.0f} s -> {res.output}")
+        f" in {res.seconds:.0f} s -> {res.output}")
     if res.method == "head":
         say(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
-                      f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
-                      f"{res.heldout_acc_after:.1%} after")
+            f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
+            f"{res.heldout_acc_after:.1%} after")
         say(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
-                      f"confidence {res.review_threshold:.2f}; each cell averaged over "
-                      f"{res.settings.get('tta_views', 1)} flips/rotations")
+            f"confidence {res.review_threshold:.2f}; each cell averaged over "
+            f"{res.settings.get('tta_views', 1)} flips/rotations")
     else:
         how = (f"{res.folds}-fold cross-validation, each of the {res.heldout_n} cells predicted by a fine-tuning "
                "that never saw it") if res.settings.get("cross_validate") else (
                f"{res.heldout_n} cells kept out of a first fine-tuning")
         say(f"held-out check ({how}): accuracy "
-                      f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after")
+            f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after")
         views = res.settings.get("tta_views", 1)
         say(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
-                      f"each cell averaged over {views} flips/rotations; the output is float32 ONNX")
+            f"each cell averaged over {views} flips/rotations; the output is float32 ONNX")
     if res.shown_accuracy is not None and res.review_threshold >= 1.0:
         console.print(
             f"[yellow]every cell will be flagged for review:[/] {res.heldout_n} held-out cells show at most "
