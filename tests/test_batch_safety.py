@@ -263,10 +263,12 @@ def test_names_manifests_and_outputs_that_gave_tracebacks(model_file: Path, tmp_
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "p.csv").read_bytes().splitlines()
     assert len(rows) == 3 and any(b"caf\xe9.png" in r for r in rows)  # the name's own bytes
-    # the output is one of the inputs (`-o cells/*.jpg` in a shell): refused, the image kept
-    res = runner.invoke(app, ["classify", str(cells), "--model", str(model_file), "-o", str(cells / "ok.png")])
-    assert res.exit_code == 1 and "is one of the input images" in str(res.exception or res.output)
-    assert (cells / "ok.png").read_bytes()[:4] == b"\x89PNG"
+    # the output is one of the inputs, or an image (`-o cells/*.jpg` in a shell: the first image the output, the
+    # others inputs): refused, the image kept
+    for out in (cells / "ok.png", tmp_path / "elsewhere.jpg"):
+        res = runner.invoke(app, ["classify", str(cells), "--model", str(model_file), "-o", str(out)])
+        assert res.exit_code == 1 and "is an image" in str(res.exception or res.output)
+    assert (cells / "ok.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "elsewhere.jpg").exists()
     # a manifest saved by a spreadsheet as "CSV UTF-8" (a byte-order mark), one in Latin-1, a folder
     with (tmp_path / "bom.csv").open("w", encoding="utf-8-sig", newline="") as fh:
         csv.writer(fh).writerows([["path", "label"], [str(cells / "ok.png"), "neutrophil"]])

@@ -361,7 +361,7 @@ def test_a_field_larger_than_the_network_s_window_is_run_in_stitched_windows(mon
     """A pointwise stand-in for the network: the windows' outputs, stitched, are the whole field's."""
     seg = D.DetectorSegmenter.__new__(D.DetectorSegmenter)
 
-    def pointwise(small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def pointwise(small: np.ndarray, ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         f = small.astype(np.float32) / 255
         hm = f[D.HM_STRIDE // 2 :: D.HM_STRIDE, D.HM_STRIDE // 2 :: D.HM_STRIDE, 0]
         hh, ww = -(-small.shape[0] // D.HM_STRIDE), -(-small.shape[1] // D.HM_STRIDE)

@@ -52,7 +52,7 @@ def classify(
     from wbc.classify import classify_paths
     from wbc.cli._common import check_engine
     from wbc.formats import write_predictions_csv
-    from wbc.io import check_output_file, iter_image_paths, no_images_message
+    from wbc.io import check_output_file, is_image_file, iter_image_paths, no_images_message
     from wbc.model import load_model
     from wbc.ood import adapted_without_labels, advice_for, needs_adaptation, ood_warning
 
@@ -63,9 +63,10 @@ def classify(
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
     page = check_output_file(report) if report else None
     inputs = {f.resolve() for f in files}
-    for given in (out, page):  # `-o cells/*.jpg` in a shell makes the first image the output
-        if given is not None and given.resolve() in inputs:
-            raise WbcError(f"{given}: is one of the input images; give another file for the output")
+    for given in (out, page):  # `-o cells/*.jpg` in a shell makes the first image the output, the rest inputs
+        if given is not None and (given.resolve() in inputs or is_image_file(given)):
+            raise WbcError(f"{given}: is an image{' of the input' if given.resolve() in inputs else ''}; give a "
+                           f"{'.csv' if given is out else '.html'} file for the output")
     note_foreign_images(paths)  # once the command will run: a bad option fails in one line
     clf = (load_model(model, threads=threads).with_classes(classes).with_tta(tta)
            .with_colour_calibration(colour_calibration))

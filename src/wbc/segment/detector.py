@@ -46,8 +46,8 @@ MAX_WORK_SIDE: int = 1024
 #: What each window keeps beyond the part of it that is used, at the working scale: 1.6 WBCs of context, so that a
 #: cell cut by a window's edge is found whole in its neighbour's core.
 TILE_MARGIN: int = 128
-#: Largest working-scale field, in pixels (a guard on time and memory: 64 windows of 1024 px).
-MAX_WORK_PIXELS: int = 64_000_000
+#: Largest working-scale field, in pixels (a guard on time and memory: about 64 windows, each used over 768 px).
+MAX_WORK_PIXELS: int = 64 * 768 * 768
 #: Largest enlargement of a field (WBCs under NOMINAL_WBC / 3 px across are beyond any smear camera).
 MAX_UPSCALE: float = 3.0
 #: Heatmap peak threshold for a detection (set before training; on TXL-PBC val + BCCD val it gives WBC
@@ -66,13 +66,15 @@ NUCLEUS_NET_WEIGHT: float = 0.5
 MIN_BLUENESS_SPREAD: float = 4.0
 
 
-def normalise(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def normalise(rgb: np.ndarray, ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """float32 (3, H, W) white-balanced input (background -> 1.0, centred), and the background colour.
 
     The 90th percentile per channel is background in any readable smear; dividing by it removes lamp
-    colour and exposure, as in :func:`wbc.segment.learned.normalise_field`.
+    colour and exposure, as in :func:`wbc.segment.learned.normalise_field`. ``ref``: the background colour to use
+    (a window of a larger field takes the whole field's: its own may be a corner's black).
     """
-    ref = np.percentile(rgb[::4, ::4].reshape(-1, 3), 90, axis=0).astype(np.float32) + 1.0
+    if ref is None:
+        ref = np.percentile(rgb[::4, ::4].reshape(-1, 3), 90, axis=0).astype(np.float32) + 1.0
     x = rgb.astype(np.float32) / ref
     return np.ascontiguousarray(((x - 0.75) / 0.25).transpose(2, 0, 1)), ref
 
@@ -250,9 +252,19 @@ def working_factor(shape: tuple[int, int], wbc_px: float) -> float:
 
     >>> round(working_factor((2880, 3840), 80.0), 3), round(working_factor((480, 640), 160.0), 3)
     (1.0, 0.5)
+    >>> working_factor((480, 640), 40.0)  # an enlargement stops at MAX_WORK_SIDE, as before windows: one pass
+    1.6
     """
     f = NOMINAL_WBC / max(wbc_px, 1.0)
-    return float(min(f, np.sqrt(MAX_WORK_PIXELS / (shape[0] * shape[1])), MAX_UPSCALE))
+    return float(min(f, MAX_UPSCALE, _largest_factor(shape, f)))
+
+
+def _largest_factor(shape: tuple[int, ...], wanted: float) -> float:
+    """The largest resampling a field of ``shape`` may take: an enlargement ends at :data:`MAX_WORK_SIDE` (as
+    before windows: a small field is one pass); the working field's pixels end at :data:`MAX_WORK_PIXELS`."""
+    h, w = shape[:2]
+    cap = float(np.sqrt(MAX_WORK_PIXELS / (h * w)))
+    return min(cap, max(1.0, MAX_WORK_SIDE / max(h, w))) if wanted > 1 else cap
 
 
 def first_guess(scale: FieldScale, shape: tuple[int, int]) -> float:
@@ -291,9 +303,10 @@ class DetectorSegmenter:
         self.input_name = self.session.get_inputs()[0].name
         self.last_scale: FieldScale | None = None
 
-    def run(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(heatmap (h/4, w/4), size (2, h/4, w/4), masks (2, h, w)) for a field at the working scale."""
-        x, _ = normalise(small)
+    def run(self, small: np.ndarray, ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(heatmap (h/4, w/4), size (2, h/4, w/4), masks (2, h, w)) for a field at the working scale (``ref``: its
+        background colour, :func:`normalise`)."""
+        x, _ = normalise(small, ref)
         h, w = x.shape[1:]
         hm, size, masks = self.session.run(None, {self.input_name: pad_input(x)[None]})
         hh, ww = -(-h // HM_STRIDE), -(-w // HM_STRIDE)
@@ -306,6 +319,7 @@ class DetectorSegmenter:
         h, w = small.shape[:2]
         if max(h, w) <= MAX_WORK_SIDE:
             return self.run(small)
+        _, ref = normalise(small[:: max(1, h // 512), :: max(1, w // 512)])  # the whole field's background
         step = MAX_WORK_SIDE - 2 * TILE_MARGIN  # a multiple of PAD_STRIDE: windows and cores align to the heatmap
         hh, ww = -(-h // HM_STRIDE), -(-w // HM_STRIDE)
         hm = np.zeros((hh, ww), np.float32)
@@ -315,7 +329,8 @@ class DetectorSegmenter:
             for x0 in range(0, w, step):
                 ty0, tx0 = max(0, y0 - TILE_MARGIN), max(0, x0 - TILE_MARGIN)
                 y1, x1 = min(h, y0 + step), min(w, x0 + step)
-                t_hm, t_size, t_masks = self.run(small[ty0 : min(h, y1 + TILE_MARGIN), tx0 : min(w, x1 + TILE_MARGIN)])
+                window = small[ty0 : min(h, y1 + TILE_MARGIN), tx0 : min(w, x1 + TILE_MARGIN)]
+                t_hm, t_size, t_masks = self.run(window, ref)
                 masks[:, y0:y1, x0:x1] = t_masks[:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
                 hy0, hx0, hy1, hx1 = y0 // HM_STRIDE, x0 // HM_STRIDE, -(-y1 // HM_STRIDE), -(-x1 // HM_STRIDE)
                 oy, ox = ty0 // HM_STRIDE, tx0 // HM_STRIDE
@@ -339,7 +354,7 @@ class DetectorSegmenter:
             coarse = working_factor(rgb.shape[:2], min(rgb.shape[:2]) / 3.0)
             better = coarse if coarse < factor / REFINE_RATIO else None
         if better is not None:
-            f2 = float(min(better, np.sqrt(MAX_WORK_PIXELS / (rgb.shape[0] * rgb.shape[1])), MAX_UPSCALE))
+            f2 = float(min(better, MAX_UPSCALE, _largest_factor(rgb.shape, better)))
             hm2, size2, masks2 = self.run_tiled(_resize_to(rgb, f2))
             dets2 = decode(hm2, size2, self.threshold)
             if dets2:  # else the first pass's answer stands

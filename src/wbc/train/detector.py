@@ -349,8 +349,8 @@ class ValDetector(D.DetectorSegmenter):
         self.last_scale = None
 
     @torch.no_grad()
-    def run(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x, _ = D.normalise(small)
+    def run(self, small: np.ndarray, ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, _ = D.normalise(small, ref)
         h, w = x.shape[1:]
         hm, size, m = self.net(torch.from_numpy(D.pad_input(x))[None])
         hh, ww = -(-h // D.HM_STRIDE), -(-w // D.HM_STRIDE)
