@@ -393,3 +393,23 @@ def test_cells_of_a_large_field_are_found_at_their_own_scale(real_data: Path) ->
     cells = get_segmenter("auto", threads=2).segment(mosaic)
     found = sum(any(box_iou(tuple(float(v) for v in c.box), t) >= 0.5 for c in cells) for t in truth)
     assert len(truth) == 152 and found >= 145 and len(cells) <= len(truth) + 8
+
+
+def test_the_red_cells_of_a_field_of_many_megapixels_are_measured_on_its_centre(real_data: Path) -> None:
+    """On a 6,400 x 4,800 mosaic of BCCD fields at half size the whole field's 160 px thumbnail made a red cell a
+    pixel across, and the estimate was noise (156 px for red cells of about 40): no WBC was found without
+    --pixel-size (wbc 0.26.0). The central part is measured instead, as a 640 x 480 field is."""
+    from wbc.evaluate.smears import load_bccd
+    from wbc.io import read_image
+    from wbc.segment.classical import estimate_rbc_diameter
+
+    items = load_bccd(real_data, "trainval")
+    k, h, w = 20, 240, 320
+    mosaic = np.zeros((k * h, k * w, 3), np.uint8)
+    for n in range(k * k):
+        y, x = (n // k) * h, (n % k) * w
+        field = read_image(items[n % len(items)].image)[:480, :640]
+        mosaic[y : y + h, x : x + w] = cv2.resize(field, (w, h), interpolation=cv2.INTER_AREA)
+    one = np.median([estimate_rbc_diameter(cv2.resize(read_image(it.image), (320, 240), interpolation=cv2.INTER_AREA))
+                     for it in items[:20]])
+    assert 0.7 < estimate_rbc_diameter(mosaic) / one < 1.4
