@@ -262,3 +262,20 @@ def test_two_processes_take_the_same_step_as_one(tmp_path: Path) -> None:
     distributed.spawn(_one_step, 2, str(tmp_path / "two.pt"))
     params2, buffers2 = torch.load(tmp_path / "two.pt")
     assert torch.allclose(params, params2, atol=1e-5) and torch.allclose(buffers, buffers2, atol=1e-5)
+
+
+def test_the_ray_engine_s_cell_actor_answers_with_the_run_s_settings(tiny_model: Path, tmp_path: Path) -> None:
+    """`wbc classify --engine ray` loaded the model bare in its actors: --classes, --tta and --no-colour-calibration
+    were ignored (wbc 0.26.0 named cells outside the chosen classes). The actor, run here without Ray, answers as
+    the local engine does with the same settings."""
+    from wbc.classify import classify_paths
+    from wbc.distributed import CellClassifier
+    from wbc.synthetic import make_dataset
+
+    cells = make_dataset(tmp_path / "cells", n_per_class=2, size=64)
+    paths = sorted(str(p) for p in cells.rglob("*.png"))
+    spec = ModelSpec(str(tiny_model), threads=1, classes="neutrophil,lymphocyte", tta=1)
+    remote = CellClassifier(spec, {})({"path": np.array(paths, dtype=object)})
+    local = classify_paths(paths, spec.load_classifier(), batch_size=len(paths), workers=1)
+    assert [p.label for p in remote["prediction"]] == [p.label for p in local.predictions]
+    assert {p.label for p in remote["prediction"]} <= {"neutrophil", "lymphocyte"}

@@ -195,3 +195,21 @@ def test_the_run_s_own_validation_and_test_images_are_never_unlabelled_cells(tmp
     assert len(load_unlabelled(str(folder), tmp_path, 32, 0.5)) == len(files)
     held = frozenset(file_sha1(p) for p in files[:5])
     assert len(load_unlabelled(str(folder), tmp_path, 32, 0.5, exclude=held)) == len(files) - 5
+
+
+def test_each_rank_gets_unlabelled_batches_when_the_set_is_smaller_than_a_batch_per_rank() -> None:
+    """With 20 unlabelled cells over 2 processes a rank holds 10, and a batch of 16 never filled: training hung
+    (wbc 0.26.0). The batch is capped at the rank's own share."""
+    import torch
+
+    from wbc.config import TrainConfig
+    from wbc.train.distributed import DistInfo
+    from wbc.train.loop import _unlabelled_batches
+
+    cfg = TrainConfig(batch_size=64, unlabelled_ratio=0.5)  # 16 a rank
+    cache = np.random.default_rng(0).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    for rank in (0, 1):
+        batches = _unlabelled_batches(cfg, cache, lambda x: x, torch.Generator().manual_seed(0),
+                                      DistInfo(rank=rank, world_size=2))
+        weak, strong = next(batches)
+        assert len(weak) == len(strong) == 10

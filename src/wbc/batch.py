@@ -57,13 +57,18 @@ class ModelSpec:
 
     def load(self) -> tuple[Any, Any]:
         """(classifier, segmenter), each an ONNX Runtime session with ``threads`` threads."""
-        from wbc.model import load_model
         from wbc.segment import get_segmenter
 
-        return (load_model(self.model, threads=self.threads).with_classes(self.classes).with_tta(self.tta)
-                .with_colour_calibration(self.colour_calibration),
+        return (self.load_classifier(),
                 get_segmenter(self.segmenter, self.segmenter_model, threads=self.threads,
                               pixel_size=self.pixel_size))
+
+    def load_classifier(self) -> Any:
+        """The classifier alone, with this spec's label set, views and colour calibration (every engine's)."""
+        from wbc.model import load_model
+
+        return (load_model(self.model, threads=self.threads).with_classes(self.classes).with_tta(self.tta)
+                .with_colour_calibration(self.colour_calibration))
 
 
 @dataclass

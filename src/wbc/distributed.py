@@ -176,9 +176,8 @@ class CellClassifier:
     :func:`wbc.classify.classify_paths` does (it is that function, on this actor's share of the files)."""
 
     def __init__(self, spec: ModelSpec, options: dict[str, Any]) -> None:
-        from wbc.model import load_model
-
-        self.classifier = load_model(spec.model, threads=spec.threads)
+        # the spec's classifier as the driver's: its label set, views and colour calibration (load_classifier)
+        self.classifier = spec.load_classifier()
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

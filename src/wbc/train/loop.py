@@ -366,7 +366,8 @@ def _unlabelled_batches(cfg: TrainConfig, cache: np.ndarray, strong: Any, gen: t
     sampler: DistributedSampler[int] | None = None
     if d.enabled:
         sampler = DistributedSampler(ds, d.world_size, d.rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(ds, batch_size=min(size, len(ds)), shuffle=sampler is None, sampler=sampler,
+    share = len(sampler) if sampler is not None else len(ds)  # this rank's cells: a batch never larger
+    loader = DataLoader(ds, batch_size=min(size, share), shuffle=sampler is None, sampler=sampler,
                         drop_last=True, generator=gen)
     epoch = 0
     while True:
