@@ -182,6 +182,7 @@ def fit(
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if device.type == "cuda"
                                                           else None)
         torch.manual_seed(cfg.seed + d.rank)  # same initial weights (DDP broadcasts rank 0's), own augmentations
+        gen.manual_seed(cfg.seed + d.rank)  # ... in the loaders' worker processes too (they seed from ``gen``)
     weights = class_weights(train.labels, len(classes)).to(device) if cfg.balance == "loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     transform = build_augment(cfg)
