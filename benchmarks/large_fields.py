@@ -22,17 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def score(found: list[tuple[float, float, float, float]], truth: list[tuple[float, float, float, float]]) -> dict:
-    """Greedy one-to-one matching at IoU 0.5: true positives, false positives, missed."""
-    from wbc.evaluate.smears import box_iou
+def score(found: list[tuple[float, float, float, float]], scores: list[float],
+          truth: list[tuple[float, float, float, float]]) -> dict:
+    """True positives, false positives and missed cells at IoU 0.5, matched as `wbc evaluate-smears` matches."""
+    from wbc.evaluate.smears import match_detections
 
-    used: set[int] = set()
-    tp = 0
-    for b in found:
-        best = max(((box_iou(b, t), i) for i, t in enumerate(truth) if i not in used), default=(0.0, -1))
-        if best[0] >= 0.5:
-            used.add(best[1])
-            tp += 1
+    tp = int(sum(match_detections(found, scores, truth, 0.5)[0]))
     return {"tp": tp, "fp": len(found) - tp, "fn": len(truth) - tp}
 
 
@@ -70,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         cells = seg.segment(mosaic)
         seconds = time.perf_counter() - t0
-        s = score([tuple(float(v) for v in c.box) for c in cells], truth)
+        s = score([tuple(float(v) for v in c.box) for c in cells], [float(c.score) for c in cells], truth)
         s.update(recall=s["tp"] / max(1, len(truth)), precision=s["tp"] / max(1, len(cells)), seconds=seconds,
                  size=[k * w, k * h], wbc=len(truth))
         res["mosaics"][f"{k}x{k}"] = s

@@ -375,14 +375,13 @@ def test_a_field_larger_than_the_network_s_window_is_run_in_stitched_windows(mon
         assert a.shape == b.shape and np.array_equal(a, b)
 
 
-def test_cells_of_a_large_field_are_found_at_their_own_scale(real_data: Path) -> None:
-    """A 3840 x 2880 mosaic of 144 BCCD train/val fields at half size (80 px WBCs): the field was shrunk to 1024 px,
-    its WBCs below the smallest the detector was trained on, and at most 100 kept: 94 of 152 found (wbc 0.26.0)."""
+def bccd_mosaic(root: Path, k: int) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """k x k BCCD train/val fields at half size (320 x 240, 80 px WBCs) in one image, and their WBC boxes."""
     from wbc.evaluate.smears import load_bccd
     from wbc.io import read_image
 
-    items = load_bccd(real_data, "trainval")
-    k, h, w = 12, 240, 320
+    items = load_bccd(root, "trainval")
+    h, w = 240, 320
     mosaic, truth = np.zeros((k * h, k * w, 3), np.uint8), []
     for n in range(k * k):
         it = items[n % len(items)]
@@ -390,6 +389,13 @@ def test_cells_of_a_large_field_are_found_at_their_own_scale(real_data: Path) ->
         field = read_image(it.image)[:480, :640]
         mosaic[y : y + h, x : x + w] = cv2.resize(field, (w, h), interpolation=cv2.INTER_AREA)
         truth += [(b[0] / 2 + x, b[1] / 2 + y, b[2] / 2 + x, b[3] / 2 + y) for b in it.wbc_boxes]
+    return mosaic, truth
+
+
+def test_cells_of_a_large_field_are_found_at_their_own_scale(real_data: Path) -> None:
+    """A 3840 x 2880 mosaic of 144 BCCD train/val fields at half size (80 px WBCs): the field was shrunk to 1024 px,
+    its WBCs below the smallest the detector was trained on, and at most 100 kept: 94 of 152 found (wbc 0.26.0)."""
+    mosaic, truth = bccd_mosaic(real_data, 12)
     cells = get_segmenter("auto", threads=2).segment(mosaic)
     found = sum(any(box_iou(tuple(float(v) for v in c.box), t) >= 0.5 for c in cells) for t in truth)
     assert len(truth) == 152 and found >= 145 and len(cells) <= len(truth) + 8
@@ -404,12 +410,7 @@ def test_the_red_cells_of_a_field_of_many_megapixels_are_measured_on_its_centre(
     from wbc.segment.classical import estimate_rbc_diameter
 
     items = load_bccd(real_data, "trainval")
-    k, h, w = 20, 240, 320
-    mosaic = np.zeros((k * h, k * w, 3), np.uint8)
-    for n in range(k * k):
-        y, x = (n // k) * h, (n % k) * w
-        field = read_image(items[n % len(items)].image)[:480, :640]
-        mosaic[y : y + h, x : x + w] = cv2.resize(field, (w, h), interpolation=cv2.INTER_AREA)
+    mosaic, _ = bccd_mosaic(real_data, 20)
     one = np.median([estimate_rbc_diameter(cv2.resize(read_image(it.image), (320, 240), interpolation=cv2.INTER_AREA))
                      for it in items[:20]])
     assert 0.7 < estimate_rbc_diameter(mosaic) / one < 1.4
