@@ -119,6 +119,23 @@ def test_iter_image_paths_sorted_recursive_and_missing(tmp_path: Path) -> None:
         list(iter_image_paths([tmp_path / "nope"]))
 
 
+def test_hidden_folders_are_left_out_and_linked_folders_followed_once(tmp_path: Path) -> None:
+    """Thumbnails in a hidden folder would count a lab's cells twice; a linked folder of today's scans is part of
+    the folder; a link back up the tree must not loop."""
+    img = cv2.imencode(".png", synthetic_cell("neutrophil"))[1].tobytes()
+    scans = tmp_path / "scanner" / "today"
+    scans.mkdir(parents=True)
+    (scans / "c.png").write_bytes(img)
+    lab = tmp_path / "lab"
+    for name in ("a.png", ".thumbnails/a.png", ".ipynb_checkpoints/b.png", "sub/b.png"):
+        (lab / name).parent.mkdir(parents=True, exist_ok=True)
+        (lab / name).write_bytes(img)
+    (lab / "today").symlink_to(scans)
+    (lab / "sub" / "loop").symlink_to(lab)
+    found = [p.relative_to(lab).as_posix() for p in iter_image_paths([lab])]
+    assert found == ["a.png", "sub/b.png", "today/c.png"]
+
+
 def test_atomic_csv_leaves_no_temp_files(tmp_path: Path) -> None:
     atomic_write_csv(tmp_path / "out.csv", ["a", "b"], [[1, 2]])
     assert (tmp_path / "out.csv").read_text() == "a,b\n1,2\n"

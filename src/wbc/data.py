@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.io import atomic_write_csv, is_image_file
+from wbc.io import atomic_write_csv, files_under, is_image_file
 from wbc.labels import canonical_label
 from wbc.paths import data_root
 
@@ -82,7 +82,7 @@ def scan_folder(
         if classes is not None and label not in classes:
             skipped.append((str(folder), f"class {label!r} not used"))
             continue
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = files_under(folder)
         images = [p for p in files if is_image_file(p)]
         skipped += [(str(p), "not an image file") for p in files if not is_image_file(p)]
         if not images:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import math
 import os
@@ -314,6 +313,34 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def files_under(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every file in ``folder`` and its subfolders, sorted, leaving out hidden files and hidden folders.
+
+    Hidden folders (``.thumbnails``, ``.Trash-1000``, ``.ipynb_checkpoints``) hold copies and thumbnails of a lab's
+    images, which would count the same cells twice. Linked subfolders are followed, as a lab links today's scans
+    into its folder, each real folder once, so a link back up the tree cannot loop.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for n in ("b/1.jpg", "a.jpg", ".thumbnails/a.jpg", "b/.c.jpg"):
+    ...     (d / n).parent.mkdir(exist_ok=True); _ = (d / n).write_bytes(b"x")
+    >>> (d / "b" / "up").symlink_to(d)
+    >>> [str(p.relative_to(d)) for p in files_under(d)]
+    ['a.jpg', 'b/1.jpg']
+    """
+    seen: set[str] = set()
+    found: list[Path] = []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top, f) for f in files if not f.startswith(".") and os.path.isfile(os.path.join(top, f))]
+    return sorted(found)
+
+
 def iter_image_paths(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     """Yield image files from files and folders (folders recursively, sorted), in a stable order.
 
@@ -323,7 +350,7 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            yield from (q for q in files_under(p) if is_image_file(q))
         elif p.is_file():
             yield p
         else:
@@ -343,10 +370,9 @@ def no_images_message(inputs: Iterable[str | os.PathLike[str]]) -> str:
     items = [Path(i) for i in inputs]
     suffixes: Counter[str] = Counter()
     for item in items:
-        files = item.rglob("*") if item.is_dir() else [item]
-        for q in itertools.islice(files, 100_000):
-            if q.is_file() and not q.name.startswith("."):
-                suffixes[q.suffix.lower() or "(no extension)"] += 1
+        files = files_under(item) if item.is_dir() else [item] if item.is_file() else []
+        for q in files:
+            suffixes[q.suffix.lower() or "(no extension)"] += 1
     where = ", ".join(map(str, items))
     if not suffixes:
         return f"no image files in {where}: it holds no files"
@@ -371,8 +397,8 @@ def foreign_images_note(inputs: Iterable[str | os.PathLike[str]]) -> str | None:
     suffixes: Counter[str] = Counter()
     for item in (Path(i) for i in inputs):
         if item.is_dir():
-            for q in itertools.islice(item.rglob("*"), 100_000):
-                if q.suffix.lower() in FOREIGN_IMAGE_EXTENSIONS and q.is_file() and not q.name.startswith("."):
+            for q in files_under(item):
+                if q.suffix.lower() in FOREIGN_IMAGE_EXTENSIONS:
                     suffixes[q.suffix.lower()] += 1
     if not suffixes:
         return None

@@ -24,7 +24,7 @@ import numpy as np
 
 from wbc.data import Sample, manifest_hash, read_manifest, scan_folder
 from wbc.errors import WbcError
-from wbc.io import atomic_write_json, atomic_write_text, is_image_file
+from wbc.io import atomic_write_json, atomic_write_text, files_under, is_image_file
 from wbc.labels import canonical_label
 from wbc.paths import data_root as default_data_root
 
@@ -122,7 +122,7 @@ def load_eval_data(
     for folder, _ in unknown_dirs:
         d = Path(folder)
         label = (mapping or {}).get(d.name, d.name)
-        samples += [Sample(f, label) for f in sorted(d.rglob("*")) if f.is_file() and is_image_file(f)]
+        samples += [Sample(f, label) for f in files_under(d) if is_image_file(f)]
     if not samples:
         raise WbcError(f"{p}: no images in class folders (expected {p}/<class>/<image>)")
     return EvalData(samples, p, None, skipped)
