@@ -209,6 +209,27 @@ def test_wbc_analyze_writes_the_good_fields_beside_a_bomb(model_file: Path, tmp_
                                   str(tmp_path / "afile")), "not a folder")
 
 
+def test_a_tiff_of_several_fields_says_only_the_first_was_analysed(model_file: Path, tmp_path: Path) -> None:
+    """A scanner's multi-page TIFF held fields that were never analysed, and nothing said so. Its pyramid (pages
+    marked as reduced-resolution copies) is one field."""
+    tifffile = pytest.importorskip("tifffile")
+    from wbc.batch import Job, analyze_job
+    from wbc.segment import get_segmenter
+
+    fields = [synthetic_smear(n_wbc=1, seed=s)[0] for s in (1, 2)]
+    with tifffile.TiffWriter(tmp_path / "stack.tif") as tif:
+        for f in fields:
+            tif.write(f, photometric="rgb")
+    with tifffile.TiffWriter(tmp_path / "pyramid.tif") as tif:
+        tif.write(fields[0], photometric="rgb")
+        tif.write(fields[0][::2, ::2], photometric="rgb", subfiletype=1)
+    classifier, segmenter = load_model(model_file), get_segmenter("classical")
+    texts = {name: analyze_job(Job(str(tmp_path / f"{name}.tif"), name), classifier, segmenter, draw=False).json_text
+             for name in ("stack", "pyramid")}
+    assert "holds 2 images; only the first was analysed" in texts["stack"]
+    assert texts["pyramid"] and "only the first" not in texts["pyramid"]
+
+
 def test_read_image_refuses_a_field_over_the_analysis_limit_from_its_header(tmp_path: Path) -> None:
     from wbc.analyze import MAX_ANALYZE_PIXELS
 

@@ -27,7 +27,15 @@ import cv2
 
 from wbc.errors import WbcError
 from wbc.formats import json_text, result_to_dict, write_cells_csv, write_differential_csv, write_errors_csv
-from wbc.io import atomic_write_bytes, decode_image, iter_image_paths, no_images_message, read_image
+from wbc.io import (
+    atomic_write_bytes,
+    decode_image,
+    iter_image_paths,
+    no_images_message,
+    pages_warning,
+    read_bytes,
+    tiff_fields,
+)
 from wbc.protocols import ClassifierLike, SegmenterLike
 
 #: Pieces of the temporary names that :func:`wbc.io.atomic_write_bytes` gives files before their rename.
@@ -222,9 +230,12 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
         from wbc.analyze import MAX_ANALYZE_PIXELS  # refused from the header, before decoding
 
         limit = MAX_ANALYZE_PIXELS
-        rgb = read_image(job.path, max_pixels=limit) if data is None else decode_image(data, job.path, max_pixels=limit)
+        data = read_bytes(job.path) if data is None else data
+        rgb = decode_image(data, job.path, max_pixels=limit)
         t0 = time.perf_counter()
         res = analyze_image(rgb, classifier, segmenter, name=job.path)
+        if (pages := tiff_fields(data)) > 1:
+            res.warnings.append(pages_warning(pages))
         text = json_text(result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter)))
         t1 = time.perf_counter()
         png = None

@@ -281,6 +281,37 @@ def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
     return arr
 
 
+def tiff_fields(data: bytes) -> int:
+    """How many full-resolution images a TIFF file holds (1 for any other file), so that a run can say it analysed
+    only the first. Pages marked as a reduced-resolution copy or a mask (a scanner's pyramid levels, thumbnails)
+    are not counted.
+
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.new("RGB", (8, 8)).save(buf, "TIFF", save_all=True, append_images=[Image.new("RGB", (8, 8))] * 2)
+    >>> tiff_fields(buf.getvalue()), tiff_fields(b"\\xff\\xd8")
+    (3, 1)
+    """
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            n = 0
+            for i in range(min(int(getattr(im, "n_frames", 1)), 10_000)):
+                im.seek(i)
+                n += not int(im.tag_v2.get(254, 0)) & 0b101  # NewSubfileType: reduced resolution (1), mask (4)
+            return max(1, n)
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return 1
+
+
+def pages_warning(pages: int) -> str:
+    """The field warning for a TIFF file of several images (:func:`tiff_fields`)."""
+    return f"the file holds {pages} images; only the first was analysed: save each field as a file of its own"
+
+
 def read_image(
     path: str | os.PathLike[str], min_size: int | None = None, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:

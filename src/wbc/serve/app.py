@@ -478,6 +478,7 @@ def create_app(
         """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
         from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict
         from wbc.errors import ImageTooLargeError
+        from wbc.io import pages_warning, tiff_fields
 
         up = require_files(request, [file] if file is not None else [], "file")[0]
         clf, seg = chosen_classes(app.state.classifier, classes, tta), app.state.segmenter
@@ -501,6 +502,8 @@ def create_app(
             except WbcError as exc:
                 raise unreadable(exc) from None
             res = analyze_image(rgb, clf, seg, name=name)
+            if (pages := tiff_fields(data)) > 1:
+                res.warnings.append(pages_warning(pages))
             png = None
             if annotated:
                 from wbc.render import render
