@@ -316,6 +316,52 @@ def test_train_detector_runs_and_exports(real_data: Path, tmp_path: Path) -> Non
     assert isinstance(seg.segment(rgb), list)
 
 
+def _detector_data(root: Path) -> None:
+    """A tiny data root: BCCD fields A (train), B (val), C (test); TXL-PBC train field t1 and val fields
+    copying A and C by name, copying t1 byte for byte under another name, and one of its own."""
+    from wbc.io import write_image
+
+    rng = np.random.default_rng(0)
+    voc = ("<annotation><object><name>WBC</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>40</xmax>"
+           "<ymax>40</ymax></bndbox></object></annotation>")
+    bccd, txl = root / "bccd", root / "txl_pbc"
+    (bccd / "ImageSets" / "Main").mkdir(parents=True)
+    (bccd / "Annotations").mkdir()
+    for split, name in (("train", "A"), ("val", "B"), ("test", "C")):
+        (bccd / "ImageSets" / "Main" / f"{split}.txt").write_text(f"{name}\n")
+        write_image(bccd / "JPEGImages" / f"{name}.jpg", rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+        (bccd / "Annotations" / f"{name}.xml").write_text(voc)
+    rows = ["split,stem,origin,bccd_image,width,height", "train,t1,bcd,,80,64", "val,copy_a,bccd,A,80,64",
+            "val,copy_c,bccd,C,80,64", "val,same_as_t1,pbc,,80,64", "val,own,bcd,,80,64"]
+    (txl / "images" / "train").mkdir(parents=True)
+    (txl / "images" / "val").mkdir(parents=True)
+    write_image(txl / "images" / "train" / "t1.jpg", rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    write_image(txl / "images" / "val" / "own.jpg", rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    for stem, src in (("copy_a", bccd / "JPEGImages" / "A.jpg"), ("copy_c", bccd / "JPEGImages" / "C.jpg"),
+                      ("same_as_t1", txl / "images" / "train" / "t1.jpg")):
+        (txl / "images" / "val" / f"{stem}.jpg").write_bytes(src.read_bytes())
+    (txl / "sources.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_detector_validation_holds_no_training_field(tmp_path: Path) -> None:
+    """TXL-PBC val copies of BCCD train images, and fields byte-identical to a training field, are not
+    validation fields: the checkpoint is chosen on fields the network has not seen."""
+    pytest.importorskip("torch")
+    from wbc.data import file_sha1
+    from wbc.train.detector import build_training_set, build_val_set
+
+    _detector_data(tmp_path)
+    train = build_training_set(tmp_path)
+    assert sorted(f.name for f in train) == ["A", "t1"]
+    trained = {file_sha1(f.path) for f in train if f.path is not None}
+    val = build_val_set(tmp_path)
+    assert sorted(f.name for f in val) == ["B", "own"]
+    assert not {file_sha1(f.path) for f in val if f.path is not None} & trained
+    # leaving BCCD out of training, its train fields may validate (the BCCD origin is not validated then)
+    assert sorted(f.name for f in build_val_set(tmp_path, holdout="bccd")) == ["own"]
+    assert sorted(f.name for f in build_val_set(tmp_path, holdout="pbc")) == ["B", "own"]
+
+
 def test_smear_scores_on_fields_without_masks_or_without_boxes(tmp_path: Path) -> None:
     """A field without a mask (a YOLO folder, TXL-PBC) counts every detection in the "unannotated cells ignored"
     block too (wbc 0.26.0 showed precision 1, recall 0 there); fields without any WBC box give AP null, not a bare NaN

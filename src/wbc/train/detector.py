@@ -16,7 +16,8 @@ A sample rescales a cached field so that WBCs are 0.3-3x :data:`~wbc.segment.det
 (padded with background), jitters hue/saturation/brightness/contrast/gamma, blurs (out-of-focus fields)
 and adds noise, flips and turns. Validation (TXL-PBC val and BCCD val) runs the inference code itself
 (:class:`ValDetector`: scale estimate, refinement, decoding), and picks the checkpoint by detection F1
-plus the mask Dice; the BCCD test split and the TXL-PBC test split are never read here.
+plus the mask Dice; TXL-PBC val fields that copy a BCCD train image, or any training field byte for byte,
+are left out of it (:func:`build_val_set`). The BCCD test split and the TXL-PBC test split are never read here.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wbc.data import file_sha1
 from wbc.evaluate.smears import load_bccd, read_gt_mask
 from wbc.io import read_image
 from wbc.segment import detector as D
@@ -159,15 +161,20 @@ def bccd_names(root: Path, split: str) -> set[str]:
     return set((root / "bccd" / "ImageSets" / "Main" / f"{split}.txt").read_text().split())
 
 
+def txl_files(root: Path, split: str, origins: tuple[str, ...] = ORIGINS,
+              exclude_bccd: AbstractSet[str] = frozenset()) -> list[tuple[dict[str, str], Path]]:
+    """The ``sources.csv`` rows of :func:`load_txl`'s fields with their image files."""
+    txl = root / "txl_pbc"
+    return [(r, txl / "images" / split / f"{r['stem']}.jpg") for r in txl_rows(root)
+            if r["split"] == split and r["origin"] in origins and r.get("bccd_image", "") not in exclude_bccd]
+
+
 def load_txl(root: Path, split: str, origins: tuple[str, ...] = ORIGINS, exclude_bccd: AbstractSet[str] = frozenset(),
              cache: bool = True) -> list[Field]:
     """TXL-PBC fields of ``split`` from ``origins``; copies of the BCCD images in ``exclude_bccd`` left out."""
     out = []
     txl = root / "txl_pbc"
-    for r in txl_rows(root):
-        if r["split"] != split or r["origin"] not in origins or r.get("bccd_image", "") in exclude_bccd:
-            continue
-        img = txl / "images" / split / f"{r['stem']}.jpg"
+    for r, img in txl_files(root, split, origins, exclude_bccd):
         rgb = read_image(img)
         boxes = _yolo_boxes(txl / "labels" / split / f"{r['stem']}.txt", rgb.shape[1], rgb.shape[0])
         default = {"bccd": 214.0, "bcd": 152.0, "pbc": 134.0}[r["origin"]]
@@ -431,12 +438,32 @@ def build_training_set(root: Path, holdout: str | None = None) -> list[Field]:
     return fields
 
 
-def build_val_set(root: Path, holdout: str | None = None, per_origin: int | None = None) -> list[Field]:
-    """TXL-PBC val (all origins, or only ``holdout``'s... no: the training origins) + BCCD val, uncached."""
+def trained_on(root: Path, holdout: str | None = None) -> tuple[set[str], set[str]]:
+    """What :func:`build_training_set` reads, without decoding it: the BCCD image names and the SHA-1 of
+    every image file (TXL-PBC's BCCD-origin fields are byte-identical copies of BCCD images)."""
+    keep_out = bccd_names(root, "test") | bccd_names(root, "val")
     origins = tuple(o for o in ORIGINS if o != holdout)
-    fields = load_txl(root, "val", origins, exclude_bccd=bccd_names(root, "test"), cache=False)
+    files = [img for _, img in txl_files(root, "train", origins, keep_out)]
+    names: set[str] = set()
+    if holdout != "bccd":
+        items = load_bccd(root, "train")
+        names = {it.name for it in items}
+        files += [it.image for it in items]
+    return names, {file_sha1(f) for f in files}
+
+
+def build_val_set(root: Path, holdout: str | None = None, per_origin: int | None = None) -> list[Field]:
+    """TXL-PBC val (the training origins) + BCCD val, uncached, without any field the training set holds.
+
+    TXL-PBC's val fields that copy a BCCD train (or test) image are left out, and so is any field
+    byte-identical to a training field.
+    """
+    origins = tuple(o for o in ORIGINS if o != holdout)
+    names, hashes = trained_on(root, holdout)
+    fields = load_txl(root, "val", origins, exclude_bccd=bccd_names(root, "test") | names, cache=False)
     if holdout != "bccd":
         fields += load_bccd_fields(root, "val", cache=False)
+    fields = [f for f in fields if f.path is None or file_sha1(f.path) not in hashes]
     if per_origin:
         rng = np.random.default_rng(0)
         out = []
