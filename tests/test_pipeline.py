@@ -69,6 +69,53 @@ def test_export_command_and_resume(synthetic_run: Path, tmp_path: Path) -> None:
     assert r.returncode == 1 and "--resume" in r.stderr and "Traceback" not in r.stderr
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [{"num_workers": 1}, {"unlabelled": "lab"}], ids=["workers", "unlabelled"])
+def test_a_resumed_run_ends_as_the_uninterrupted_one(synthetic_dataset: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
+    """Stopped after its first epoch's last.pt and resumed, a run ends with the weights of the run never stopped,
+    with worker processes and with unlabelled cells (both drew other random numbers after a resume)."""
+    import torch
+    from rich.console import Console
+
+    import wbc.train.loop as loop
+    from wbc.config import TrainConfig
+    from wbc.io import write_image
+    from wbc.labels import CLASSES
+    from wbc.synthetic import synthetic_cell
+
+    if "unlabelled" in extra:
+        for i, label in enumerate(CLASSES * 2):
+            write_image(tmp_path / "lab" / f"{i}.png", synthetic_cell(label, 72, 1000 + i))
+        extra = {"unlabelled": str(tmp_path / "lab"), "unlabelled_threshold": 0.01}
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=32, epochs=2,
+                      batch_size=32, lr=3e-3, patience=0, threads=1, max_per_class=8).updated(extra)
+    quiet = Console(quiet=True)
+    save = loop.save_atomic
+
+    def run(name: str, stop_after: int, resume: bool = False) -> None:  # killed right after that epoch's last.pt
+        def save_then_stop(obj: dict, path: Path) -> None:
+            save(obj, path)
+            if path.name == "last.pt" and obj["epoch"] == stop_after:
+                raise _Stop
+
+        monkeypatch.setattr(loop, "save_atomic", save_then_stop)
+        with pytest.raises(_Stop):  # (the last epoch's stop skips the export, not needed here)
+            loop.run_training(cfg, tmp_path / name, resume=resume, console=quiet, score_test=False)
+
+    run("full", 1)
+    run("resumed", 0)
+    run("resumed", 1, resume=True)
+    full, resumed = (torch.load(tmp_path / r / "last.pt", weights_only=False) for r in ("full", "resumed"))
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in full["history"]]
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
 def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, synthetic_dataset: Path,
                                                          tmp_path: Path) -> None:
     folder = tmp_path / "cells"

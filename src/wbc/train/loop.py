@@ -208,10 +208,11 @@ def fit(
         w = class_weights(train.labels, len(classes))[torch.as_tensor(train.labels)]
         sampler = WeightedRandomSampler(cast(Sequence[float], w.double()), len(train), replacement=True,
                                         generator=gen)
+    # worker processes start afresh each epoch, seeded from ``gen``, which last.pt saves: a resumed run draws the
+    # same augmentations as an uninterrupted one (persistent workers' random streams run on across epochs)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers, generator=gen,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    ul_batches = _unlabelled_batches(cfg, unlabelled, transform, gen, d) if unlabelled is not None else None
+                        pin_memory=device.type == "cuda")
     params = list(net.parameters()) + (list(heads.parameters()) if heads is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
@@ -238,6 +239,7 @@ def fit(
         gen.set_state(ck["gen"])
         if d.enabled:
             torch.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)  # the saved state is rank 0's
+            gen.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)  # ... and so is the workers' seed source
         console.print(f"resuming {run_dir} at epoch {start_epoch + 1}", highlight=False)
     if history and history[-1].get("stopped"):
         start_epoch = cfg.epochs  # finished (early-stopped) run: nothing left to do
@@ -248,11 +250,14 @@ def fit(
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         net.train()
+        # drawn afresh each epoch (from ``gen`` and the torch RNG, which last.pt saves), so that a resumed run goes on
+        # with the same unlabelled batches
+        ul_batches = _unlabelled_batches(cfg, unlabelled, transform, gen, d, epoch) if unlabelled is not None else None
         tot_loss, tot_correct, seen = 0.0, 0, 0
         ul_seen, ul_used = 0, 0
         with _progress(console) as bar:
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0, acc=0.0)
-            with _frozen_heap():  # the first epoch forks the worker processes (num_workers > 0) here
+            with _frozen_heap():  # each epoch forks its worker processes (num_workers > 0) here
                 batches = iter(loader)
             for x, y, *more in batches:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -357,8 +362,9 @@ def _frozen_heap() -> Iterator[None]:
 
 
 def _unlabelled_batches(cfg: TrainConfig, cache: np.ndarray, strong: Any, gen: torch.Generator,
-                        d: distributed.DistInfo) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (weak, strong) batches of the unlabelled cells, ``unlabelled_ratio`` x this rank's batch."""
+                        d: distributed.DistInfo, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (weak, strong) batches of the unlabelled cells, ``unlabelled_ratio`` x this rank's batch, for one
+    training ``epoch``."""
     from wbc.train.unlabelled import TwoViews
 
     weak = CentreCrop(cfg.centre_crop) if cfg.centre_crop else None
@@ -370,12 +376,12 @@ def _unlabelled_batches(cfg: TrainConfig, cache: np.ndarray, strong: Any, gen: t
     share = len(sampler) if sampler is not None else len(ds)  # this rank's cells: a batch never larger
     loader = DataLoader(ds, batch_size=min(size, share), shuffle=sampler is None, sampler=sampler,
                         drop_last=True, generator=gen)
-    epoch = 0
+    n = 0
     while True:
         if sampler is not None:
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch * 1_000_000 + n)  # another order for every pass of every training epoch
         yield from loader
-        epoch += 1
+        n += 1
 
 
 def pseudo_labels(teacher: torch.nn.Module, x: torch.Tensor, threshold: float, views: int = 1
