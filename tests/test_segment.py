@@ -230,3 +230,23 @@ def test_nucleus_with_pale_chromatin_comes_out_solid() -> None:
     c = cells[0]
     cy, cx = 200 - c.box[1], 300 - c.box[0]
     assert c.nucleus_mask[cy, cx]
+
+
+def test_train_segmenter_replaces_its_model_in_one_step(tmp_path: Path) -> None:
+    """The new model is written beside the old and renamed over it, never written into it: a crash or a full disk
+    while writing left a truncated model (the default --output is the shipped one). A hard link to the old file
+    still holds the old model afterwards, and no temporary file is left."""
+    torch = pytest.importorskip("torch")
+    import onnx
+
+    from wbc.train.segmenter import UNet, export
+
+    out = tmp_path / "seg.onnx"
+    torch.manual_seed(0)
+    export(UNet(widths=(4, 4, 4, 4, 4)), out, "first", {})
+    old = out.read_bytes()
+    (tmp_path / "old.onnx").hardlink_to(out)  # the same file as the model, as long as it is written in place
+    export(UNet(widths=(4, 4, 4, 4, 4)), out, "second", {})
+    assert (tmp_path / "old.onnx").read_bytes() == old
+    assert {p.value for p in onnx.load(str(out)).metadata_props if p.key == "model_id"} == {"second"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx", "seg.onnx"]

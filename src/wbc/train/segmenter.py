@@ -161,6 +161,7 @@ def evaluate(net: nn.Module, items: list[tuple[np.ndarray, np.ndarray, float]]) 
 
 
 def export(net: nn.Module, path: Path, model_id: str, metrics: dict[str, float]) -> None:
+    """ONNX (opset 17, dynamic H/W) with metadata, written atomically: a failed write keeps the model there."""
     import onnx
 
     net.eval()
@@ -184,8 +185,8 @@ def export(net: nn.Module, path: Path, model_id: str, metrics: dict[str, float])
     }.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v
-    onnx.save(m, str(path))
-    tmp.unlink(missing_ok=True)
+    onnx.save(m, str(tmp))
+    tmp.replace(path)
 
 
 def train_segmenter(
