@@ -362,6 +362,24 @@ def test_detector_validation_holds_no_training_field(tmp_path: Path) -> None:
     assert sorted(f.name for f in build_val_set(tmp_path, holdout="pbc")) == ["B", "own"]
 
 
+@pytest.mark.slow
+def test_train_detector_with_iters_is_repeatable(tmp_path: Path) -> None:
+    """With --iters the learning rate follows the iterations, not the wall clock: two runs with one seed give the
+    same weights (the time budget only ends a run early). The learning rate followed the wall time used."""
+    torch = pytest.importorskip("torch")
+    from wbc.train.detector import train_detector
+
+    _detector_data(tmp_path / "data")
+    weights, results = [], []
+    for run in ("a", "b"):
+        out = tmp_path / run / "d.onnx"
+        results.append(train_detector(tmp_path / "data", out, minutes=1.0, iters=3, batch=2, crop=64, lr=0.1,
+                                      eval_every=3, pretrained=False, log=lambda _msg: None))
+        weights.append(torch.load(out.with_suffix(".pt"), weights_only=True))
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
+    assert [r["iterations"] for r in results] == [3, 3]
+
+
 def test_smear_scores_on_fields_without_masks_or_without_boxes(tmp_path: Path) -> None:
     """A field without a mask (a YOLO folder, TXL-PBC) counts every detection in the "unannotated cells ignored"
     block too (wbc 0.26.0 showed precision 1, recall 0 there); fields without any WBC box give AP null, not a bare NaN

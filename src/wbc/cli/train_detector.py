@@ -19,18 +19,22 @@ def train_detector(
     data_root: DataRootOpt = None,
     holdout: Annotated[str | None, typer.Option(
         help="Leave this TXL-PBC origin out (bccd, bcd, pbc): the leave-one-source-out runs.")] = None,
-    minutes: Annotated[float, typer.Option(min=0.1, help="Wall-time budget; the learning rate follows it.")
-                       ] = 60.0,
-    iters: Annotated[int, typer.Option(min=1, help="Upper bound on iterations.")] = 5000,
+    minutes: Annotated[float | None, typer.Option(min=0.1, help=(
+        "Wall-time budget. With --iters it only ends the run early; alone (default 60) the learning rate follows "
+        "it, so runs are not repeatable."))] = None,
+    iters: Annotated[int | None, typer.Option(min=1, help=(
+        "Iterations; the learning rate follows them, so a run is repeatable with --seed (default: as many as "
+        "--minutes allows, at most 5000)."))] = None,
     batch: Annotated[int, typer.Option(min=1, help="Crops per batch.")] = 8,
     crop: Annotated[int, typer.Option(min=64, help="Training crop side in pixels (a multiple of 16).")] = 192,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine over the budget).")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine over --iters, else over --minutes).")
+                  ] = 2e-3,
     eval_every: Annotated[int, typer.Option(min=1, help="Validate (and export a new best) every N iterations.")
                           ] = 150,
     val_per_origin: Annotated[int, typer.Option(min=1, help="Validation fields per source.")] = 40,
     init: Annotated[Path | None, typer.Option(help="Start from these weights (a .pt this command wrote).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads.")] = 1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (a repeatable run needs --iters too).")] = 0,
 ) -> None:
     """Train the detector on BCCD train + TXL-PBC train (validation picks the checkpoint; test is never read)."""
     from wbc.paths import data_root as resolve_root

@@ -1,6 +1,7 @@
 """Train the learned WBC detector + outliner (:mod:`wbc.segment.detector`) and export it to ONNX.
 
     wbc train-detector --output src/wbc/models/default/wbc_detector.onnx --minutes 60
+    wbc train-detector --output runs/detector/wbc_detector.onnx --iters 650   # repeatable with --seed
 
 Data (read-only, under the data root):
 
@@ -39,7 +40,7 @@ from torch.nn import functional as F
 
 from wbc.data import file_sha1
 from wbc.evaluate.smears import load_bccd, read_gt_mask
-from wbc.io import read_image
+from wbc.io import atomic_write_text, read_image
 from wbc.segment import detector as D
 
 #: WBC box side (px) of the cached fields (the largest training size is ~3x nominal, upsampled from it).
@@ -474,12 +475,16 @@ def build_val_set(root: Path, holdout: str | None = None, per_origin: int | None
     return fields
 
 
+#: Most iterations of a run scheduled by wall time (``minutes`` without ``iters``).
+MAX_TIMED_ITERS: int = 5000
+
+
 def train_detector(
     root: Path,
     output: Path,
     holdout: str | None = None,
-    minutes: float = 60.0,
-    iters: int = 5000,
+    minutes: float | None = None,
+    iters: int | None = None,
     batch: int = 8,
     crop: int = CROP,
     lr: float = 2e-3,
@@ -491,8 +496,15 @@ def train_detector(
     init: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train within ``minutes`` of wall time (a cosine schedule over the budget), export each new best
-    checkpoint to ``output`` (ONNX, with a ``.pt`` beside it) and return the validation log.
+    """Train with a cosine learning-rate schedule, export each new best checkpoint to ``output`` (ONNX, with a
+    ``.pt`` beside it) and return the validation log.
+
+    ``iters``: the schedule runs over that many iterations, so two runs with the same ``seed`` give the same
+    model (on the CPU); ``minutes`` then only ends a run early, without changing its learning rate. ``minutes``
+    alone (60 when neither is given): the schedule follows the wall time used of that budget (at most
+    :data:`MAX_TIMED_ITERS` iterations), as many iterations as the machine's load allows, so runs are not
+    repeatable; the log records the iterations made (``iters`` set to them repeats a run of that length, on a
+    schedule by iterations).
 
     ``holdout``: a TXL-PBC origin left out of training and validation (leave-one-source-out).
     ``init``: start from a ``.pt`` this function saved (then no warm-up).
@@ -517,15 +529,22 @@ def train_detector(
     if init is not None:
         net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    # time-based cosine schedule: the learning rate follows the fraction of the wall-time budget used
-    budget = minutes * 60.0
+    # cosine schedule over the iterations, or (``minutes`` alone) over the fraction of the wall-time budget used
+    timed = iters is None
+    if timed and minutes is None:
+        minutes = 60.0
+    limit = MAX_TIMED_ITERS if iters is None else iters
+    budget = minutes * 60.0 if minutes is not None else float("inf")
+    schedule = f"cosine over {minutes:g} min of wall time" if timed else f"cosine over {limit} iterations"
     t_start = time.time()
     best, best_it = -1.0, 0
     history: list[dict[str, float]] = []
     it = 0
-    while it < iters:
+    while it < limit:
         it += 1
-        frac = min(1.0, (time.time() - t_start) / budget)
+        elapsed = time.time() - t_start
+        out_of_time = elapsed >= budget  # (ends the run after this iteration)
+        frac = min(1.0, elapsed / budget) if timed else (it - 1) / limit
         warm = 1.0 if init is not None else min(1.0, it / 100)
         cur_lr = lr * (warm * 0.5 * (1 + np.cos(np.pi * frac)) + 0.01)
         for gparam in opt.param_groups:
@@ -550,7 +569,7 @@ def train_detector(
         if it % 25 == 0:
             log(f"it {it} loss {loss.item():.3f} (hm {l_hm.item():.3f} size {l_sz.item():.3f} "
                 f"mask {l_m.item():.3f}) lr {cur_lr:.2e} {time.time() - t0:.0f}s")
-        done = frac >= 1.0 or it >= iters
+        done = out_of_time or it >= limit
         if it % eval_every == 0 or done:
             v = validate(net, val)
             score = v["f1"] + 0.5 * (v.get("nucleus_dice", 0.0) + v.get("cell_dice", 0.0)) / 2
@@ -565,6 +584,7 @@ def train_detector(
                     "nominal_wbc": str(D.NOMINAL_WBC),
                     "score_threshold": str(D.SCORE_THRESHOLD),
                     "holdout": holdout or "",
+                    "schedule": schedule,
                     "val": json.dumps({k: round(float(x), 4) for k, x in v.items()}),
                 })
                 from wbc.train.loop import save_atomic
@@ -574,6 +594,8 @@ def train_detector(
         if done:
             break
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".log.json").write_text(json.dumps({"best_it": best_it, "log": history}, indent=1))
-    log(f"done: best it {best_it} score {best:.4f}; {time.time() - t0:.0f}s")
-    return {"best_it": best_it, "score": best, "log": history}
+    atomic_write_text(output.with_suffix(".log.json"), json.dumps({"best_it": best_it, "iterations": it,
+                                                                    "schedule": schedule, "log": history}, indent=1))
+    log(f"done: best it {best_it} score {best:.4f}; {it} iterations ({schedule}"
+        f"{', ended by the time budget' if not timed and it < limit else ''}); {time.time() - t0:.0f}s")
+    return {"best_it": best_it, "score": best, "iterations": it, "log": history}
