@@ -74,7 +74,7 @@ def resized_copy(items: list[BccdItem], side: int, folder: Path, crop: float = 1
         boxes = []
         for b in it.wbc_boxes:
             c = (max(b[0] - x0, 0), max(b[1] - y0, 0), min(b[2] - x0, cw), min(b[3] - y0, ch))
-            if (c[2] - c[0]) * (c[3] - c[1]) >= 0.5 * (b[2] - b[0]) * (b[3] - b[1]):
+            if c[2] > c[0] and c[3] > c[1] and (c[2] - c[0]) * (c[3] - c[1]) >= 0.5 * (b[2] - b[0]) * (b[3] - b[1]):
                 boxes.append((c[0] * sx, c[1] * sy, c[2] * sx, c[3] * sy))
         out.append(BccdItem(it.name, p, boxes, None, None, it.origin))
     return out

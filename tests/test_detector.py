@@ -478,3 +478,21 @@ def test_the_red_cells_of_a_field_of_many_megapixels_are_measured_on_its_centre(
     one = np.median([estimate_rbc_diameter(cv2.resize(read_image(it.image), (320, 240), interpolation=cv2.INTER_AREA))
                      for it in items[:20]])
     assert 0.7 < estimate_rbc_diameter(mosaic) / one < 1.4
+
+
+def test_cropped_copy_drops_boxes_outside_the_crop(tmp_path: Path) -> None:
+    """``benchmarks/smear_detection.py --crop``: a box wholly outside the central crop, on both axes, is dropped
+    (clipped, its negative width and height once multiplied to a positive area kept it as a box no detection
+    could match); a box inside is kept and scaled."""
+    import sys
+
+    from wbc.evaluate.smears import BccdItem
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from smear_detection import resized_copy
+
+    image = tmp_path / "field.png"
+    cv2.imwrite(str(image), np.full((100, 100, 3), 200, np.uint8))
+    item = BccdItem("field", image, [(40.0, 40.0, 60.0, 60.0), (0.0, 0.0, 10.0, 10.0)], None, None)
+    (out,) = resized_copy([item], 100, tmp_path / "copy", crop=0.5)
+    assert out.wbc_boxes == [(30.0, 30.0, 70.0, 70.0)]
