@@ -31,6 +31,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pbc-per-class", type=int, default=30, help="PBC test cells per class (0: all)")
     ap.add_argument("--train-per-class", type=int, default=30, help="PBC train cells per class for stats")
     ap.add_argument("--measures", nargs="+", default=list(PREPS), choices=list(PREPS))
-    ap.add_argument("--cache", type=Path, default=None, help="folder for cached embeddings (resumable)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="folder for cached embeddings (resumable; one sub-folder per model and cell setting)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--crop", choices=["wbc", "single", "local"], default="wbc",
                     help="wbc: wbc.crops (as wbc analyze, mirrored past the field); single: the box as a lab's "
@@ -250,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     base_info = clf.info
     fraction = cell_fraction_of(clf)
     cache = args.cache
-    if cache:
+    if cache:  # one sub-folder per setting that changes the cells or the model: a cache never answers another run
+        key = json.dumps([clf.model_id, str(clf.path), str(args.manifest), str(root), args.crop, args.lab_scale,
+                          args.colour_calibration, fraction, args.pbc_per_class, args.train_per_class])
+        cache = cache / hashlib.sha1(key.encode()).hexdigest()[:12]
         cache.mkdir(parents=True, exist_ok=True)
 
     print("loading BCCD crops ...", flush=True)
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "pbc_fill": PBC_FILL, "box_to_cell": BOX_TO_CELL, "crop": args.crop, "cell_fraction": fraction,
         "lab_scale": args.lab_scale,
         "colour_calibration": args.colour_calibration,
+        "cache": str(cache) if cache else None,
         "draws": args.draws, "command": "python benchmarks/cross_dataset.py " + " ".join(sys.argv[1:]),
     }
 
