@@ -123,18 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/adapt_review.json"))
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.io import iter_image_paths
     from wbc.labels import canonical_label
 
     cells = [(p, canonical_label(p.parent.name)) for p in iter_image_paths([args.folder])]
     cells = [(p, lab) for p, lab in cells if lab]
-    draws = []
+    draws: list[dict] = []
+    prov = provenance(__file__, argv)
     for n in args.n:
         for seed in args.seeds:
             d = one_draw(cells, n, seed, args.threads, not args.no_cross_validate)
             draws.append(d)
             print(json.dumps(d), flush=True)
-            summary = {"folder": str(args.folder), "draws": draws}
+            summary = {"folder": str(args.folder), "draws": draws, "provenance": prov}
             args.output.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.output.with_suffix(".tmp")
             tmp.write_text(json.dumps(summary, indent=1) + "\n")

@@ -83,6 +83,8 @@ def main() -> None:
     import cv2
 
     cv2.setNumThreads(a.threads)
+    from _provenance import provenance
+
     from wbc.model import load_model
     from wbc.segment import get_segmenter
 
@@ -131,6 +133,7 @@ def main() -> None:
             flush=True,
         )
     out["machine"]["load_avg_after"] = list(os.getloadavg())
+    out["provenance"] = provenance(__file__, model_id=clf.model_id)
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.output}")

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import cv2
+    from _provenance import provenance
     from sklearn.metrics import roc_auc_score
 
     from wbc.io import atomic_write_text, read_image
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"label {truth:<11} called {pred:<11} n {len(vals):>3}  cytoplasm a* {row['median_a']:5.1f} "
               f"[{row['q25_a']:.1f}, {row['q75_a']:.1f}]{auc}")
     if args.output:
-        atomic_write_text(args.output, json.dumps({"predictions": str(args.predictions), "groups": rows},
-                                                  indent=1) + "\n")
+        atomic_write_text(args.output, json.dumps({"predictions": str(args.predictions), "groups": rows,
+                                                   "provenance": provenance(__file__, argv)}, indent=1) + "\n")
     return 0
 
 

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, required=True, help="JSON to write")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.io import atomic_write_text
 
     m = str(args.model)
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             out[f"bccd_smears_{split}"] = accuracy(t / f"smears_{split}", "subtype")
     for k, v in out.items():
         print(f"{k:>40}: {v:.4f}")
-    atomic_write_text(args.output, json.dumps({"model": m, "measures": out}, indent=1) + "\n")
+    doc = {"model": m, "measures": out, "provenance": provenance(__file__, argv, m)}
+    atomic_write_text(args.output, json.dumps(doc, indent=1) + "\n")
     return 0
 
 

@@ -36,10 +36,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the field on its canvas saved as a JPEG of this quality (default: exactly as pasted)")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.evaluate.smears import load_bccd, read_image
     from wbc.io import atomic_write_json
 
     root, clf, seg, res = load_parts(args)
+    res["provenance"] = provenance(__file__, argv, clf.model_id)
     res.update({"factor": args.factor, "jpeg_quality": args.jpeg, "rows": []})
 
     def margins(h: int, w: int) -> tuple[int, int]:  # the canvas's rows above and columns left of the field

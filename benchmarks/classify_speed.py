@@ -89,6 +89,7 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, GLIBC_TUNABLES=GLIBC_FIX))
 
     import torch
+    from _provenance import provenance
 
     from wbc.classify import classify_paths
     from wbc.io import iter_image_paths
@@ -102,7 +103,8 @@ def main() -> None:
     s = clf.info.input_size
     cells = np.random.default_rng(0).integers(0, 255, (args.batch, s, s, 3), dtype=np.uint8)
     res: dict = {"model": clf.model_id, "input_size": s, "threads": args.threads, "batch": args.batch,
-                 "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+                 "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                 "provenance": provenance(__file__, model_id=clf.model_id)}
     res["quantization"] = clf.info.extra.get("quantization", {}).get("method", "none (float32)")
     res["onnxruntime_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
     joint = copy.copy(clf)  # the network as one session with --threads intra-op threads (wbc 0.16.0 and earlier)

@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                          "--unlabelled); both halves are scored, and reported apart too")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.adapt import original_head
     from wbc.crops import cell_fraction_of
     from wbc.data import cap_per_class, read_manifest
@@ -276,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ft_ckpt = args.finetune_checkpoint or clf.path.with_suffix(".pt")
     if args.no_finetune or not ft_ckpt.is_file():
         ft_ckpt = None
+    results["provenance"] = provenance(__file__, argv, clf.model_id)
     results["setup"] = {
         "model": str(clf.path), "model_id": clf.model_id, "input_size": size,
         "bccd_cells": len(b_cells), "bccd_counts": {c: b_labels.count(c) for c in BCCD_CLASSES},

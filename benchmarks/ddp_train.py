@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args, extra = ap.parse_known_args()
+
+    from _provenance import provenance
+
     one = [train(args.config, args.runs / f"nproc1_seed{s}", 1, s, extra) for s in args.seeds]
     many = [train(args.config, args.runs / f"nproc{args.nproc}_seed{s}", args.nproc, s, extra) for s in args.seeds]
     diffs = [round(100 * (m["val_accuracy"] - o["val_accuracy"]), 2) for o, m in zip(one, many, strict=True)]
@@ -79,6 +82,7 @@ def main() -> None:
         "one_process_val_accuracy_range_over_seeds_points": round(max(accs) - min(accs), 2),
         **mean_difference(accs, accs_many, args.nproc),
         "cpu_count": os.cpu_count(),
+        "provenance": provenance(__file__),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="test-time augmentation: mean probability over this many flips/rotations of each cell")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.adapt import dihedral_view
     from wbc.classify import load_cells
     from wbc.data import read_manifest
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "ensemble_accuracy": float(np.mean(ens == labels)), "ensemble_errors": int(np.sum(ens != labels)),
         "common_errors": [cell(i) for i in sorted(common)],
         "command": "python benchmarks/error_overlap.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "provenance": provenance(__file__, argv),
     }
     atomic_write_json(args.output, report)
     if args.html:

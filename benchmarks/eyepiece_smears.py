@@ -33,10 +33,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="stray light: the black outside the field of view lifted to this (0-255), evenly")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.evaluate.smears import read_image
     from wbc.io import atomic_write_json
 
     root, clf, seg, res = load_parts(args)
+    res["provenance"] = provenance(__file__, argv, clf.model_id)
     res.update({"radius": args.radius, "black": args.black, "rows": []})
 
     def photographed(path: Path, *a: object, **k: object) -> np.ndarray:

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
     import numpy as np
+    from _provenance import provenance
 
     from wbc.adapt_unlabelled import LAB_MIN_GAIN, MIN_GAIN, adapt_unlabelled
     from wbc.data import read_manifest
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     summary, summary_lab = spread("gap"), spread("gap_lab")
     atomic_write_json(args.output, {"min_gain": MIN_GAIN, "lab_min_gain": LAB_MIN_GAIN, "per_class": args.per_class,
                                     "seed": args.seed, "gap_range": summary, "gap_range_lab": summary_lab,
-                                    "draws": rows})
+                                    "draws": rows, "provenance": provenance(__file__, argv)})
     for k, (lo, hi) in sorted(summary.items()):
         print(f"{k}: all - band {lo:+.3f} to {hi:+.3f}, lab - band {summary_lab[k][0]:+.3f} to "
               f"{summary_lab[k][1]:+.3f}")

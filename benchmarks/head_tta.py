@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
+    from _provenance import provenance
 
     from wbc.adapt import adapt_model
     from wbc.classify import classify_paths
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {f"acc_views{v}": float(np.mean([r[f"acc_views{v}"] for r in rows])) for v in args.views}
     print(json.dumps(summary))
     if args.output:
-        atomic_write_text(args.output, json.dumps({"folder": str(args.folder), "summary": summary, "draws": rows},
-                                                  indent=1) + "\n")
+        atomic_write_text(args.output, json.dumps({"folder": str(args.folder), "summary": summary, "draws": rows,
+                                                   "provenance": provenance(__file__, argv)}, indent=1) + "\n")
     return 0
 
 

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
+    from _provenance import provenance
 
     from wbc.adapt_select import choose_cells
     from wbc.io import atomic_write_text
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
                                                    "folder": str(args.folder), "n": args.n,
-                                                   "held_out": args.held_out, "summary": summary, "draws": rows},
+                                                   "held_out": args.held_out, "summary": summary, "draws": rows,
+                                                   "provenance": provenance(__file__, argv, clf.model_id)},
                                                   indent=1) + "\n")
     return 0
 

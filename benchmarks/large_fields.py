@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/large_fields.json"))
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.evaluate.smears import load_bccd
     from wbc.io import atomic_write_json, read_image
     from wbc.paths import data_root
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     items = load_bccd(args.data or data_root(), args.split)
     seg = get_segmenter(args.segmenter, threads=2, pixel_size=args.pixel_size)
     res: dict = {"segmenter": getattr(seg, "model_id", args.segmenter), "split": args.split,
-                 "tile_scale": args.tile_scale, "pixel_size": args.pixel_size, "mosaics": {}}
+                 "tile_scale": args.tile_scale, "pixel_size": args.pixel_size, "mosaics": {},
+                 "provenance": provenance(__file__, argv)}
     for k in args.grids:
         picked = [items[i % len(items)] for i in range(k * k)]
         h, w = round(480 * args.tile_scale), round(640 * args.tile_scale)

@@ -82,8 +82,11 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=400)
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/library_swaps.json"))
     args = ap.parse_args()
+
+    from _provenance import provenance
+
     res: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
-                           "clopper_pearson": clopper_pearson_check()}
+                           "clopper_pearson": clopper_pearson_check(), "provenance": provenance(__file__)}
     if (args.data_root / "pbc").is_dir():
         res["jpeg_header"] = jpeg_header_check(args.data_root, args.files)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
+    from _provenance import provenance
 
     from wbc.adapt_unlabelled import candidate_views, class_prior_of, measure_lab, pick_mapping, score_probs
     from wbc.classify import load_cell_views
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             line = "  ".join(f"{k} {v['score']:.3f}/{v['accuracy']:.3f}" for k, v in row["candidates"].items())
             print(f"{clf.info.version} {lab.name:<20} {line}  chosen {row['chosen']}", flush=True)
     atomic_write_json(args.output, {"what": "score/accuracy (5-part, class prior applied) per candidate",
-                                    "margins": args.margins, "rows": rows})
+                                    "margins": args.margins, "rows": rows, "provenance": provenance(__file__, argv)})
     print(f"wrote {args.output}")
     return 0
 

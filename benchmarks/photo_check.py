@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/photo_check.json"))
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
     from shift_suite import SHIFTS, canvas
 
     from wbc.io import atomic_write_json, iter_image_paths
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     pbc = sorted((root / "pbc").glob("*/*.jpg"))
     if not pbc:
         raise SystemExit(f"{root / 'pbc'}: no PBC images (set --data or $WBC_DATA_DIR)")
-    res: dict = {"sets": {}}
+    res: dict = {"sets": {}, "provenance": provenance(__file__, argv)}
     sets = {
         "PBC cells, all, decoded as `wbc classify` decodes them": (pbc, 160),
         "BCCD fields": (sorted((root / "bccd" / "JPEGImages").glob("*.jpg")), None),

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/quantize_variants.json"))
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.classify import load_cells
     from wbc.data import cap_per_class, read_manifest
     from wbc.io import atomic_write_json, iter_image_paths
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = score(Classifier(dst, threads=2))
             print(name, results[name], flush=True)
     atomic_write_json(args.output, {"model": fp.info.model_id, "lab": str(args.lab), "n_val": len(y_val),
-                                    "n_lab": len(y_lab), "calibration_cells": len(cal), "variants": results})
+                                    "n_lab": len(y_lab), "calibration_cells": len(cal), "variants": results,
+                                    "provenance": provenance(__file__, argv, fp.info.model_id)})
     print(f"-> {args.output}")
     return 0
 

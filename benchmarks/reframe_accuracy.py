@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="score only the variants whose name contains one of these words (and native)")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.io import atomic_write_json
     from wbc.labels import WBC5, restrict_probabilities
     from wbc.reframe import FramingStats, framing_stats_of
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     clf, samples, images, y, wbc = val.clf, val.samples, val.images, val.y, val.wbc
     y5 = y[wbc]
     res: dict = {"model": clf.model_id, "split": args.split, "n": len(samples), "n_wbc5": int(wbc.sum()),
-                 "jpeg_quality": args.jpeg, "variants": {}}
+                 "jpeg_quality": args.jpeg, "variants": {}, "provenance": provenance(__file__, argv, clf.model_id)}
     stats = framing_stats_of(clf)  # the model's framing, as `wbc classify` uses it
     if args.band:
         stats = FramingStats(stats.target, *args.band, grey=stats.grey)

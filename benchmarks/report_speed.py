@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--output", default="benchmarks/report_speed.json")
     args = ap.parse_args()
 
+    from _provenance import provenance
+
     from wbc.evaluate import evaluate, resolve_model_path
     from wbc.model import load_model
 
@@ -77,6 +79,7 @@ def main() -> None:
         "target_seconds": 60,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
         "load_average_1min": round(os.getloadavg()[0], 2),
+        "provenance": provenance(__file__, model_id=clf.model_id),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

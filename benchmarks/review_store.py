@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/review_store.json"))
     args = ap.parse_args()
 
+    from _provenance import provenance
     from fastapi.testclient import TestClient
 
     from wbc.cases import CaseStore
@@ -110,6 +111,7 @@ def main() -> None:
         "export_ms": round(export_ms, 1), "exported_cells": exp.n_cells,
         "store_kb": round(size / 1024, 1), "store_kb_per_field": round(size / 1024 / len(images), 1),
         "platform": platform.platform(), "python": platform.python_version(),
+        "provenance": provenance(__file__),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2) + "\n")

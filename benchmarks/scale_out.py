@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "scale_out.json")
     args = ap.parse_args()
 
+    from _provenance import provenance
+
     from wbc.batch import ModelSpec, run_local
     from wbc.distributed import analyze_paths_ray, connect
 
@@ -120,6 +122,7 @@ def main() -> None:
         "ray_2_actors_over_local_end_to_end": round(summary["ray_2_actors"]["fields_per_s_end_to_end"]
                                                     / summary["local"]["fields_per_s_end_to_end"], 3),
         "outputs_identical_to_local": same,
+        "provenance": provenance(__file__),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(e.g. backbone.conv_stem backbone.blocks.0)")
     ap.add_argument("--output", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
+
+    from _provenance import provenance
+
     if args.members > 1 and args.interpolate != [1.0]:
         ap.error("--interpolate blends one network with the original; it cannot be used with --members")
 
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
                                                    "folder": str(args.folder), "recipe": recipe,
                                                    "frozen": args.frozen, "members": args.members, "summary": summary,
-                                                   "draws": rows},
+                                                   "draws": rows,
+                                                   "provenance": provenance(__file__, argv, clf.model_id)},
                                                   indent=1) + "\n")
     return 0
 

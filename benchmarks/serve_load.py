@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     fields = example_fields()
     keys = [secrets.token_urlsafe(24) for _ in range(args.clients + 1)]
     env = dict(os.environ, WBC_API_KEYS=",".join(keys))
@@ -205,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_before": [round(x, 2) for x in load_before]},
         "targets": TARGETS,
+        "provenance": provenance(__file__, argv),
     }
     with running_server(server_args, env=env) as (base, proc):
         import httpx

@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reframe", action="store_true", help="as `wbc classify --no-reframe`")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.io import atomic_write_json, atomic_write_text
     from wbc.labels import WBC5, restrict_probabilities
     from wbc.reframe import framing_stats_of
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     val = load_val_cells(args)  # exits with a one-line error when the split has no cells
     clf, samples, images, y, wbc = val.clf, val.samples, val.images, val.y, val.wbc
     res: dict = {"model": clf.model_id, "split": args.split, "n": len(samples), "n_wbc5": int(wbc.sum()),
-                 "reframe": not args.no_reframe, "shifts": {}}
+                 "reframe": not args.no_reframe, "shifts": {},
+                 "provenance": provenance(__file__, argv, clf.model_id)}
     for name, fn in SHIFTS.items():
         framing = False if args.no_reframe else framing_stats_of(clf)  # as `wbc classify` prepares cells
         probs, network = classify_shown(clf, [fn(im) for im in images], framing)

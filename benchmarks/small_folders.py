@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/small_folders.json"))
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.io import atomic_write_json, iter_image_paths
 
     files = sorted(iter_image_paths([args.folder]))
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>4} cells: as is {a.mean():.3f}, adapted {b.mean():.3f}, change {(b - a).min():+.3f} .. "
               f"{(b - a).max():+.3f}")
     atomic_write_json(args.output, {"folder": str(args.folder), "draws": args.draws, "rows": rows,
-                                    "summary": summary})
+                                    "summary": summary, "provenance": provenance(__file__, argv)})
     return 0
 
 

@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bcd-fields", type=int, default=200, help="BCD fields for the label-free part")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.io import atomic_write_text
     from wbc.model import load_model
     from wbc.paths import data_root
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if "bcd" in parts:
         rows += bcd_rows(root, args.bcd_fields, clf, seg)
     doc = {"model_id": clf.model_id, "segmenter": seg.model_id, "red_cell_target": clf.red_cell_target(),
-           "seconds": round(time.time() - t0, 1), "rows": rows}
+           "seconds": round(time.time() - t0, 1), "rows": rows,
+           "provenance": provenance(__file__, argv, clf.model_id)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output, json.dumps(doc, indent=2) + "\n")
     print(f"-> {args.output}")

@@ -147,6 +147,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", type=Path, required=True)
     a = ap.parse_args()
+
+    from _provenance import provenance
+
     cv2.setNumThreads(a.threads)
     from wbc.segment import get_segmenter
 
@@ -172,7 +175,7 @@ def main() -> None:
     out: dict[str, Any] = {"split": a.split, "origins": a.origins, "resize_to": a.resize_to,
                            "pixel_size": a.pixel_size, "crop": a.crop, "blur": a.blur,
                            "n_txl_fields": len(txl), "n_bccd_fields": len(bccd), "n_trained_on_left_out": n_trained,
-                           "load_avg": list(os.getloadavg()), "segmenters": {}}
+                           "load_avg": list(os.getloadavg()), "segmenters": {}, "provenance": provenance(__file__)}
     for k, name in enumerate(a.segmenters):
         path = a.segmenter_model if k == 0 else None
         seg = get_segmenter(name, path, threads=a.threads, pixel_size=a.pixel_size)

@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/summary_parity.json"))
     args = ap.parse_args()
+
+    from _provenance import provenance
+
     clf = load_model(args.model, threads=args.threads)
     classes = clf.classes
     test_lg, test_y = logits_of(clf, read_manifest(args.manifest, "test"), args.threads)
@@ -88,6 +91,7 @@ def main() -> None:
             abs(a - b) for k in ("accuracy_ci95", "macro_f1_ci95") for a, b in zip(old[k], new[k], strict=True)),
         "calibration_before": before, "calibration_after": after,
         "calibration_identical": before == {k: after[k] for k in before},
+        "provenance": provenance(__file__, model_id=clf.model_id),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=2) + "\n")

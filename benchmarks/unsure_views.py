@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=None, help="JSON to write")
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc.classify import classify_paths
     from wbc.data import read_manifest
     from wbc.io import atomic_write_text, iter_image_paths
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['ms_per_cell']:.2f} ms/cell", flush=True)
     if args.output:
         atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
-                                                   "threads": args.threads, "rows": rows}, indent=1) + "\n")
+                                                   "threads": args.threads, "rows": rows,
+                                                   "provenance": provenance(__file__, argv, clf.model_id)},
+                                                  indent=1) + "\n")
     return 0
 
 

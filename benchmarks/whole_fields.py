@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/whole_fields.json"))
     args = ap.parse_args(argv)
 
+    from _provenance import provenance
+
     from wbc import __version__
     from wbc.paths import data_root
     from wbc.reframe import OFF_CENTRE
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"p90 {part['offset_p90']}  "
                   f"platelet {part['platelet']}  " + (f"accuracy {part['accuracy']} five-part "
                                                       f"{part['accuracy_5part']}" if "accuracy" in part else ""))
+    result["provenance"] = provenance(__file__, argv)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {args.output}")

@@ -213,6 +213,8 @@ def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_datase
     assert error_overlap([str(synthetic_run), str(second), "--split", "test", "--data", "/",
                           "--output", str(tmp_path / "overlap.json")]) == 0
     overlap = json.loads((tmp_path / "overlap.json").read_text())
+    assert overlap["provenance"]["command"].startswith("python benchmarks/error_overlap.py ")  # how to re-run it
+    assert overlap["provenance"]["wbc_version"] and "date" in overlap["provenance"]
     errors = [r["errors"] for r in overlap["per_run"]]
     assert overlap["cells"] == 16 and overlap["errors_in_all_runs"] <= min(errors) <= max(errors)
     assert max(errors) <= overlap["errors_in_any_run"] <= sum(errors)
