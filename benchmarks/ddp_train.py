@@ -4,8 +4,10 @@ Trains the same recipe (default ``configs/ddp_check.toml``: 300 PBC cells per cl
 process and in two, with the same total threads, for each seed, and writes the validation accuracies, the
 two-process minus one-process difference per seed, the difference of the means with its 95 % interval
 (Welch), and each mode's spread across seeds (the noise it is to be judged against) to
-``benchmarks/results/ddp_train.json``. A run folder that already holds its results is reused. Needs the real
-data (``../shared/data``)::
+``benchmarks/results/ddp_train.json``. A run folder that already holds its results is reused when this script
+trained it with the same config (its contents) and extra flags (``settings.json`` in the folder says); one
+trained otherwise stops the script with a message rather than be reported under the new settings. Needs the
+real data (``../shared/data``)::
 
     nice -n 10 python benchmarks/ddp_train.py --seeds 0 1 2
 """
@@ -13,6 +15,7 @@ data (``../shared/data``)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -20,17 +23,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+from wbc.io import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(config: Path, out: Path, nproc: int, seed: int, extra: list[str]) -> dict:
-    if not (out / "test_metrics.json").is_file():
+    settings = {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "extra_flags": extra}
+    stamp = out / "settings.json"
+    if (out / "test_metrics.json").is_file():
+        if not stamp.is_file() or json.loads(stamp.read_text()) != settings:
+            raise SystemExit(f"error: {out}: trained with another config or other flags than {config} "
+                             f"{' '.join(extra)}; remove it or give another --runs")
+    else:
         if out.exists():
             shutil.rmtree(out)
         cmd = [sys.executable, "-m", "wbc", "train", "--config", str(config), "--output", str(out),
                "--nproc", str(nproc), "--seed", str(seed), *extra]
         subprocess.run(cmd, check=True, env={**os.environ, "GLIBC_TUNABLES": os.environ.get(
             "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295")})
+        atomic_write_json(stamp, settings)
     val = json.loads((out / "val_metrics.json").read_text())
     test = json.loads((out / "test_metrics.json").read_text())
     return {"nproc": nproc, "seed": seed, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
@@ -64,6 +76,8 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args, extra = ap.parse_known_args()
+    if not args.config.is_file():
+        raise SystemExit(f"error: {args.config}: no such config file")
 
     from _provenance import provenance
 

@@ -279,3 +279,33 @@ def test_the_ray_engine_s_cell_actor_answers_with_the_run_s_settings(tiny_model:
     local = classify_paths(paths, spec.load_classifier(), batch_size=len(paths), workers=1)
     assert [p.label for p in remote["prediction"]] == [p.label for p in local.predictions]
     assert {p.label for p in remote["prediction"]} <= {"neutrophil", "lymphocyte"}
+
+
+def test_ddp_benchmark_reuses_a_run_folder_only_for_its_own_settings(tmp_path: Path) -> None:
+    """``benchmarks/ddp_train.py`` reuses a finished run folder only when it trained it with the same config contents
+    and extra flags; any other (an edited recipe, other flags, a folder it did not stamp) stops it with a message,
+    where it used to report the old runs under the new settings."""
+    import hashlib
+    import json
+
+    from wbc.io import atomic_write_json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ddp_train import train
+
+    config = tmp_path / "recipe.toml"
+    config.write_text("[train]\nepochs = 3\n")
+    out = tmp_path / "runs" / "nproc1_seed0"
+    out.mkdir(parents=True)
+    (out / "val_metrics.json").write_text(json.dumps({"accuracy": 0.8, "macro_f1": 0.79, "n": 10}))
+    (out / "test_metrics.json").write_text(json.dumps({"accuracy": 0.81, "train_seconds": 5.0}))
+    with pytest.raises(SystemExit, match="trained with another config"):  # not stamped by the script
+        train(config, out, 1, 0, [])
+    atomic_write_json(out / "settings.json", {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+                                              "extra_flags": []})
+    assert train(config, out, 1, 0, [])["val_accuracy"] == 0.8  # the same settings: reused, nothing trained
+    with pytest.raises(SystemExit, match="trained with another config"):
+        train(config, out, 1, 0, ["--epochs", "1"])
+    config.write_text("[train]\nepochs = 10\n")
+    with pytest.raises(SystemExit, match="trained with another config"):
+        train(config, out, 1, 0, [])
