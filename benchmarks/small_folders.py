@@ -25,7 +25,14 @@ import numpy as np
 
 
 def wbc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wbc", *args], capture_output=True, text=True, check=True)
+    """Run ``wbc ARGS`` (the installed CLI of this interpreter); a failure ends the benchmark naming the command
+    and the CLI's own one-line reason."""
+    cmd = [sys.executable, "-m", "wbc", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"error: {' '.join(cmd[2:])}: {last.removeprefix('error: ')}")
+    return done
 
 
 def accuracy(folder: Path, out: Path, model: Path | None) -> float:
@@ -47,7 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.io import atomic_write_json, iter_image_paths
 
     files = sorted(iter_image_paths([args.folder]))
-    rows = []
+    if bad := [n for n in args.sizes if not 0 < n <= len(files)]:
+        raise SystemExit(f"error: {args.folder}: --sizes {bad[0]}: the folder has {len(files)} cells")
+    rows: list[dict] = []
+
+    def save() -> None:  # after every draw: a failing draw keeps the ones before it
+        summary = {}
+        for n in args.sizes:
+            a = np.array([r["as_is"] for r in rows if r["n"] == n])
+            b = np.array([r["adapted"] for r in rows if r["n"] == n])
+            if len(a):
+                summary[str(n)] = {"as_is": round(float(a.mean()), 4), "adapted": round(float(b.mean()), 4),
+                                   "worst_change": round(float((b - a).min()), 4),
+                                   "best_change": round(float((b - a).max()), 4)}
+        atomic_write_json(args.output, {"folder": str(args.folder), "draws": args.draws, "rows": rows,
+                                        "summary": summary, "provenance": provenance(__file__, argv)})
+
     for n in args.sizes:
         for seed in range(args.draws):
             with tempfile.TemporaryDirectory() as tmp:
@@ -62,18 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"n": n, "seed": seed, "as_is": accuracy(draw, Path(tmp) / "as_is", None),
                        "adapted": accuracy(draw, Path(tmp) / "adapted", lab), "chose": chose}
             rows.append(row)
+            save()
             print(f"{n:>4} cells, draw {seed}: {row['as_is']:.3f} -> {row['adapted']:.3f}  {chose[:70]}", flush=True)
-    summary = {}
     for n in args.sizes:
         a = np.array([r["as_is"] for r in rows if r["n"] == n])
         b = np.array([r["adapted"] for r in rows if r["n"] == n])
-        summary[str(n)] = {"as_is": round(float(a.mean()), 4), "adapted": round(float(b.mean()), 4),
-                           "worst_change": round(float((b - a).min()), 4),
-                           "best_change": round(float((b - a).max()), 4)}
         print(f"{n:>4} cells: as is {a.mean():.3f}, adapted {b.mean():.3f}, change {(b - a).min():+.3f} .. "
               f"{(b - a).max():+.3f}")
-    atomic_write_json(args.output, {"folder": str(args.folder), "draws": args.draws, "rows": rows,
-                                    "summary": summary, "provenance": provenance(__file__, argv)})
     return 0
 
 
