@@ -10,6 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 @dataclass
 class ValCells:
@@ -26,11 +28,11 @@ def add_val_args(ap: argparse.ArgumentParser, per_class: int, output: str) -> No
     """The options :func:`load_val_cells` reads: model, manifest and split, cells per class, threads, data root;
     and the JSON to write (default ``output``)."""
     ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--split", default="val", help="manifest split (val: for choosing; never tune on test)")
     ap.add_argument("--per-class", type=int, default=per_class, help="cells per class at most (0: all)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--output", type=Path, default=Path(output))
+    ap.add_argument("--output", type=Path, default=ROOT / output)
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
 
 
@@ -38,10 +40,12 @@ def load_val_cells(args: argparse.Namespace) -> ValCells:
     """Load the model and the manifest's split cells (at most ``--per-class`` a class, seed 0; 0: all), as the
     options of :func:`add_val_args` say.
 
-    Exits with status 1 and a one-line error on stderr naming the manifest when the split has no cells.
+    Exits with status 1 and a one-line error on stderr naming the manifest when it cannot be read or the split has
+    no cells.
     """
     manifest, split, per_class = args.manifest, args.split, args.per_class
     from wbc.data import read_manifest
+    from wbc.errors import WbcError
     from wbc.io import read_image
     from wbc.labels import WBC5
     from wbc.model import load_model
@@ -49,7 +53,10 @@ def load_val_cells(args: argparse.Namespace) -> ValCells:
 
     cv2.setNumThreads(1)
     clf = load_model(args.model, threads=args.threads)
-    samples = [s for s in read_manifest(manifest, root=data_root(args.data)) if s.split == split]
+    try:
+        samples = [s for s in read_manifest(manifest, root=data_root(args.data)) if s.split == split]
+    except WbcError as e:
+        raise SystemExit(f"error: {e}") from None
     if per_class:
         rng = np.random.default_rng(0)
         by: dict[str, list] = {}

@@ -10,13 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def add_smear_args(ap: argparse.ArgumentParser, output: str) -> None:
     """``--splits``, ``--model``, ``--data`` and ``--output`` (default ``output``)."""
     ap.add_argument("--splits", nargs="+", default=["val", "train"])
     ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path(output))
+    ap.add_argument("--output", type=Path, default=ROOT / output)
 
 
 def load_parts(args: argparse.Namespace) -> tuple[Path, Any, Any, dict[str, Any]]:

@@ -37,6 +37,8 @@ import numpy as np
 
 TARGETS = (0.995, 0.98, 0.95, 0.9, 0.85, 0.8)
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def accepted(conf: np.ndarray, right: np.ndarray, other: np.ndarray, threshold: float) -> dict:
     """Cells left unflagged at ``threshold`` (and by no other flag): their share and how many of them are right."""
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-cross-validate", action="store_true", help="as `wbc adapt --no-cross-validate`")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/adapt_review.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/adapt_review.json")
     args = ap.parse_args(argv)
 
     from _provenance import provenance

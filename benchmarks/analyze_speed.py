@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def fields(n: int) -> tuple[list[np.ndarray], str]:
     from wbc.io import read_image
@@ -75,7 +77,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="classifier ONNX (default: shipped)")
     ap.add_argument("--segmenter", default=None, help="detector | classical | learned (default: all three)")
     ap.add_argument("--segmenter-model", default=None, help="ONNX for a learned segmenter (default: shipped)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/analyze_speed.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/analyze_speed.json")
     ap.add_argument("--tta", type=int, default=None, help="views per cell (default: wbc analyze's)")
     ap.add_argument("--no-colour-calibration", action="store_true",
                     help="time without calibrating each field on its red cells (wbc analyze's default: with)")

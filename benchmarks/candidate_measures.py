@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def wbc(*args: str) -> None:
     """Run ``wbc ARGS`` (the installed CLI of this interpreter); a failure ends the benchmark naming the command."""
@@ -44,7 +46,7 @@ def accuracy(folder: Path, key: str = "accuracy") -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="candidate ONNX (int8, OOD-fitted)")
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--tight", default="/tmp/bccd_tight_{split}", help="BCCD single-cell folders ({split})")
     ap.add_argument("--boxed", type=Path, default=Path("/tmp/bccd_trainval"), help="BCCD boxed train/val folder")
     ap.add_argument("--output", type=Path, required=True, help="JSON to write")

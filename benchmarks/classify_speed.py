@@ -31,6 +31,8 @@ import numpy as np
 
 GLIBC_FIX = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def rate(fn, n_items: int, min_seconds: float = 3.0) -> float:
     fn()  # warm-up
@@ -83,7 +85,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--output", default="benchmarks/results/classify_speed.json")
+    ap.add_argument("--output", default=ROOT / "benchmarks/results/classify_speed.json")
     args = ap.parse_args()
     if os.environ.get("GLIBC_TUNABLES") != GLIBC_FIX and sys.platform == "linux":
         os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, GLIBC_TUNABLES=GLIBC_FIX))

@@ -51,6 +51,8 @@ BOX_TO_CELL = 0.88  # median segmented BCCD cell width / annotated WBC box side
 
 # --- BCCD crops ----------------------------------------------------------------------------------
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def wbc_box(xml_path: Path) -> tuple[float, float, float, float] | None:
     """The single WBC box of a BCCD annotation, or None when there is not exactly one."""
@@ -202,9 +204,9 @@ def probs_from_emb(emb_views: np.ndarray, w: np.ndarray, b: np.ndarray, tta: boo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/cross_dataset"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/cross_dataset")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100])
     ap.add_argument("--pbc-per-class", type=int, default=30, help="PBC test cells per class (0: all)")
@@ -574,5 +576,10 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    from wbc.errors import WbcError
+
     os.environ.setdefault("GLIBC_TUNABLES", GLIBC_FIX)
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WbcError as e:  # bad input (a manifest not found): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

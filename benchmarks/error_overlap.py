@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", type=Path, nargs="+", help="run folders with model.onnx and manifest.csv")
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     ap.add_argument("--data", type=Path, default=None, help="data root (default: WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/error_overlap.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/error_overlap.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--html", type=Path, default=None,
                     help="also write a page showing the cells every run gets wrong, for an expert's review")

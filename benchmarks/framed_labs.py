@@ -42,11 +42,13 @@ COLOUR_LABS = {
     "other_lab": "other lab (stain+blur+low-res+JPEG+tight)",
 }
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", type=Path, required=True, help="folder to write <lab>/<class>/<cell>.png into")
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
@@ -72,4 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from wbc.errors import WbcError
+
+    try:
+        raise SystemExit(main())
+    except WbcError as e:  # bad input (a manifest not found, too few cells): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

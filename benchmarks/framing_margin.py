@@ -18,23 +18,25 @@ import argparse
 import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=[None], help="classifier ONNX files (default: the shipped model)")
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--draws", type=int, default=6)
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/framing_margin.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/framing_margin.json")
     args = ap.parse_args(argv)
 
     import cv2
     import numpy as np
     from _provenance import provenance
 
-    from wbc.adapt_unlabelled import LAB_MIN_GAIN, MIN_GAIN, adapt_unlabelled
+    from wbc.adapt_unlabelled import LAB_MIN_GAIN, MIN_CELLS, MIN_GAIN, adapt_unlabelled
     from wbc.data import read_manifest
     from wbc.io import atomic_write_json, read_image, write_image
     from wbc.labels import WBC5
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     from wbc.paths import data_root
     from wbc.reframe import background_colour
 
+    if args.per_class * len(WBC5) < MIN_CELLS:  # wbc adapt --no-labels needs that many cells
+        raise SystemExit(f"error: --per-class {args.per_class}: a draw needs at least {MIN_CELLS} cells, "
+                         f"{-(-MIN_CELLS // len(WBC5))} per class")
     val = [s for s in read_manifest(args.manifest, "val", data_root(args.data)) if s.label in WBC5]
     if not val:
         raise SystemExit(f"error: {args.manifest}: no validation cells of the five WBC types")
@@ -88,4 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from wbc.errors import WbcError
+
+    try:
+        raise SystemExit(main())
+    except WbcError as e:  # bad input (a manifest not found, too few cells): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def score(found: list[tuple[float, float, float, float]], scores: list[float],
           truth: list[tuple[float, float, float, float]]) -> dict:
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile-scale", type=float, default=1.0, help="each field's size in the mosaic (of 640 x 480)")
     ap.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (`wbc analyze --pixel-size`)")
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/large_fields.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/large_fields.json")
     args = ap.parse_args(argv)
 
     from _provenance import provenance

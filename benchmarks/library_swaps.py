@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def per_call_us(fn: Callable[[], Any], calls: int, repeats: int = 5) -> float:
     """Best of ``repeats`` of the mean time of one call over a loop of ``calls`` (microseconds)."""
@@ -80,7 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
     ap.add_argument("--files", type=int, default=400)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/library_swaps.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/library_swaps.json")
     args = ap.parse_args()
 
     from _provenance import provenance

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the classes the scores are computed over: `wbc adapt --no-labels --classes 5part`, or "
                          "every class, as it scores without --classes")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/mapping_choice.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/mapping_choice.json")
     args = ap.parse_args(argv)
 
     import numpy as np

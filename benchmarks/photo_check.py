@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def refused(images: Iterable[np.ndarray]) -> dict:
     """How many of ``images`` :func:`wbc.preprocess.not_a_photo` refuses, with the first few reasons."""
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--folder", type=Path, action="append", default=[], help="more cell images (repeatable)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/photo_check.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/photo_check.json")
     args = ap.parse_args(argv)
 
     from _provenance import provenance

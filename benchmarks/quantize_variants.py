@@ -24,15 +24,17 @@ from typing import Any
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="the float ONNX model (wbc export)")
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--lab", type=Path, required=True, help="another lab's cells, <class>/<image>")
     ap.add_argument("--per-class", type=int, default=64, help="calibration cells per class (train split)")
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/quantize_variants.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/quantize_variants.json")
     args = ap.parse_args(argv)
 
     from _provenance import provenance
@@ -107,4 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from wbc.errors import WbcError
+
+    try:
+        raise SystemExit(main())
+    except WbcError as e:  # bad input (a manifest not found, too few cells): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def pick_cells(n: int, work: Path) -> tuple[Path, str]:
     """A class-per-folder set of ``n`` cells: symlinks into the real data, or synthetic images."""
@@ -47,7 +49,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="ONNX model or run folder (default: the shipped model)")
     ap.add_argument("--cells", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--output", default="benchmarks/report_speed.json")
+    ap.add_argument("--output", default=ROOT / "benchmarks/report_speed.json")
     args = ap.parse_args()
 
     from _provenance import provenance

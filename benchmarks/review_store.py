@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def field_images(n: int) -> tuple[list[tuple[str, bytes]], str]:
     from wbc.paths import data_root
@@ -46,7 +48,7 @@ def main() -> None:
     ap.add_argument("--fields", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=40, help="label calls timed")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/review_store.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/review_store.json")
     args = ap.parse_args()
 
     from _provenance import provenance

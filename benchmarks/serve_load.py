@@ -35,6 +35,8 @@ from wbc.synthetic import png_bomb
 
 TARGETS = {"load_errors": 0, "load_p95_ms_max": 300.0, "bomb_peak_rss_mb_max": 1024.0}
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def proc_status_mb(pid: int, field: str) -> float:
     """VmRSS / VmHWM of a process, in MiB (Linux)."""
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="wbc serve --workers (default: the server's)")
     ap.add_argument("--threads", type=int, default=None, help="wbc serve --threads (default: the server's)")
     ap.add_argument("--segmenter", default="auto")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/serve_load.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/serve_load.json")
     args = ap.parse_args(argv)
 
     from _provenance import provenance

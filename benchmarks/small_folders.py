@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def wbc(*args: str) -> subprocess.CompletedProcess[str]:
     """Run ``wbc ARGS`` (the installed CLI of this interpreter); a failure ends the benchmark naming the command
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folder", type=Path, required=True, help="a lab's labelled cells, <class>/<image>")
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100])
     ap.add_argument("--draws", type=int, default=5)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/small_folders.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/small_folders.json")
     args = ap.parse_args(argv)
 
     from _provenance import provenance

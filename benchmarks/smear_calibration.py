@@ -35,6 +35,8 @@ from shift_suite import SHIFTS
 FIELD_SHIFTS = ("none", "stain: haematoxylin x1.5, eosin x0.6", "stain: haematoxylin x0.6, eosin x1.4",
                 "stain: other stain vectors", "hue -30 deg", "grey")
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def bccd_rows(root: Path, splits: list[str], clf, seg) -> list[dict]:
     from wbc.evaluate.smears import evaluate_smears
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--output", type=Path, required=True)
     ap.add_argument("--model", type=Path, default=None, help="classifier (default: the shipped one)")
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--splits", default="val,train,test", help="BCCD splits (test only to report)")
     ap.add_argument("--pbc-fields", type=int, default=0, help="PBC validation cells as fields (0: all)")
     ap.add_argument("--seed", type=int, default=0)
@@ -164,4 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from wbc.errors import WbcError
+
+    try:
+        raise SystemExit(main())
+    except WbcError as e:  # bad input (a manifest not found, too few cells): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

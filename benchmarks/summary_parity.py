@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def old_summary(logits: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 1000,
                 seed: int = 0) -> dict[str, Any]:
@@ -67,9 +69,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="default: the shipped model")
-    ap.add_argument("--manifest", type=Path, default=Path("runs/default/manifest.csv"))
+    ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/summary_parity.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/summary_parity.json")
     args = ap.parse_args()
 
     from _provenance import provenance
@@ -99,4 +101,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from wbc.errors import WbcError
+
+    try:
+        main()
+    except WbcError as e:  # bad input (a manifest not found): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -96,4 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from wbc.errors import WbcError
+
+    try:
+        raise SystemExit(main())
+    except WbcError as e:  # bad input (a manifest not found, too few cells): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

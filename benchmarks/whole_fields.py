@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults are resolved against it
+
 
 def bcd_one_wbc_fields(root: Path, out: Path) -> list[Path]:
     """Copy TXL-PBC's BCD train/val fields that show exactly one WBC box into ``out``; their paths."""
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labelled", type=Path, default=None, help="a <class>/<field> folder of whole fields to score too")
     ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/whole_fields.json"))
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/whole_fields.json")
     args = ap.parse_args(argv)
 
     from _provenance import provenance
