@@ -84,9 +84,13 @@ def main() -> None:
                     help="the float ONNX model the (int8) --model was quantised from, timed for comparison")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds for each network timing")
+    ap.add_argument("--files", type=int, default=2000,
+                    help="PBC files (every 5th) for the end-to-end timings, each classified 13 times (0: none)")
     ap.add_argument("--output", default=ROOT / "benchmarks/results/classify_speed.json")
     args = ap.parse_args()
+    if args.files < 0:
+        raise SystemExit(f"error: --files {args.files}: must be 0 or more")
     if os.environ.get("GLIBC_TUNABLES") != GLIBC_FIX and sys.platform == "linux":
         os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, GLIBC_TUNABLES=GLIBC_FIX))
 
@@ -94,7 +98,7 @@ def main() -> None:
     from _provenance import provenance
 
     from wbc.classify import classify_paths
-    from wbc.io import iter_image_paths
+    from wbc.io import atomic_write_text, iter_image_paths
     from wbc.model import load_model
     from wbc.paths import data_root
     from wbc.reframe import framing_stats_of
@@ -107,6 +111,11 @@ def main() -> None:
     res: dict = {"model": clf.model_id, "input_size": s, "threads": args.threads, "batch": args.batch,
                  "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                  "provenance": provenance(__file__, model_id=clf.model_id)}
+
+    def save() -> None:  # after each stage: a long or interrupted run keeps what it measured
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.output, json.dumps(res, indent=2) + "\n")
+
     res["quantization"] = clf.info.extra.get("quantization", {}).get("method", "none (float32)")
     res["onnxruntime_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
     joint = copy.copy(clf)  # the network as one session with --threads intra-op threads (wbc 0.16.0 and earlier)
@@ -129,10 +138,11 @@ def main() -> None:
         res["resnet50_224_eager_cells_per_s"] = rate(lambda: r50(x224), args.batch // 2, args.seconds)
     res["speedup_vs_resnet50"] = res["onnxruntime_cells_per_s"] / res["resnet50_224_eager_cells_per_s"]
     res["speedup_vs_eager_same_model"] = res["onnxruntime_cells_per_s"] / res["pytorch_eager_cells_per_s"]
+    save()
 
     pbc = data_root() / "pbc"
-    if pbc.is_dir():
-        files = list(iter_image_paths([pbc]))[::5][:2000]
+    if pbc.is_dir() and args.files:
+        files = list(iter_image_paths([pbc]))[::5][: args.files]
         res["end_to_end_files"] = len(files)
         # re-framing (the default, with the cells one view is unsure of re-run over four rotations), the same with
         # --tta 1 (one view for every cell), re-framing without the second framing of cells small in their frame,
@@ -158,13 +168,14 @@ def main() -> None:
                 res[key] = max(r, res.get(key, 0.0)) if rep else r
                 name = key.removesuffix("_cells_per_s").removeprefix("end_to_end").lstrip("_") or "default"
                 cpu[name] = min(c, cpu.get(name, c))
+            save()
         # --tta 4 (what `wbc adapt --no-labels` stores): four network passes per cell
         t0 = time.perf_counter()
         out = classify_paths(files, clf.with_tta(4), batch_size=args.batch, workers=args.threads)
         res["end_to_end_tta4_cells_per_s"] = len(out.predictions) / (time.perf_counter() - t0)
+        save()
     res["import"] = import_time()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(res, indent=2) + "\n")
+    save()
     print(json.dumps(res, indent=2))
 
 
