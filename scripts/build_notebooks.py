@@ -1,13 +1,17 @@
 """Write and execute the two front-end notebooks (thin calls into the wbc package).
 
-    python scripts/build_notebooks.py            # writes notebooks/*.ipynb with outputs
+    python scripts/build_notebooks.py [classification] [detection]   # writes notebooks/*.ipynb with outputs
 
 The notebooks hold no logic of their own: each cell calls the package, as the CLI and the HTTP API do.
+The detection notebook reads ``data/raw_images/`` as `wbc analyze` does; the committed copy is executed on the
+example fields shipped with wbc alone (copied into a scratch ``data/raw_images/``), whatever the builder's own
+``data/raw_images/`` holds, so that its outputs never show a lab's smears and come out the same on every clone.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -30,13 +34,18 @@ CLASSIFICATION = [
         "      f'review below confidence {clf.info.review_threshold:.2f}')"
     ),
     new_markdown_cell(
-        "## Classify a folder of cells\nA few cells of each class from the PBC data (`../shared/data/pbc`)."
+        "## Classify cells\nFour cells of each class from the **test split** of the model's training run "
+        "(`runs/default/manifest.csv`; the images are the PBC data's, `../shared/data/pbc`): cells held out from "
+        "training and from every choice made in it, the split the evaluation below scores."
     ),
     new_code_cell(
-        "from wbc.io import iter_image_paths\n\n"
-        "root = data_root() / 'pbc'\n"
-        "files = [p for c in sorted(root.iterdir()) if c.is_dir() for p in list(iter_image_paths([c]))[:4]]\n"
+        "from wbc.data import read_manifest\n\n"
+        "test = read_manifest('../runs/default/manifest.csv', 'test')\n"
+        "files = [s.path for c in clf.classes for s in [s for s in test if s.label == c][:4]]\n"
         "res = wbc.classify_images(files, clf)\n"
+        "if res.errors:\n"
+        "    print(f'{len(res.errors)} of {len(files)} cells not read (PBC data looked for in {data_root()}); '\n"
+        "          f'first: {res.errors[0][1]}')\n"
         "for p in res.predictions[:8]:\n"
         "    print(f'{p.path.split(\"/\")[-2]:>13} -> {p.label:<13} {p.confidence:.3f}  review={p.review}')\n"
         "print(dict(res.counts()))"
@@ -54,16 +63,20 @@ CLASSIFICATION = [
         "writes `metrics.json`, `predictions.csv` and a self-contained `report.html`."
     ),
     new_code_cell(
-        "import json, subprocess, sys\n\n"
+        "import json, os, subprocess, sys\n\n"
         "manifest = 'runs/default/manifest.csv'\n"
         "from pathlib import Path\n"
-        "if Path('../' + manifest).is_file():\n"
+        "if Path('../' + manifest).is_file():  # the model loaded above, never a run's own model.onnx\n"
+        "    env = {k: v for k, v in os.environ.items() if k != 'FORCE_COLOR'}  # plain text, not a terminal's\n"
         "    out = subprocess.run([sys.executable, '-m', 'wbc', 'evaluate', '../' + manifest, '--split', 'test',\n"
-        "                          '--output', '../out/notebook_eval'], capture_output=True, text=True)\n"
-        "    done = 'report: ../out/notebook_eval/report.html'\n"
-        "    print(out.stderr.strip().splitlines()[-1] if out.returncode else done)\n"
-        "    m = json.loads(Path('../out/notebook_eval/metrics.json').read_text())\n"
-        "    print(f\"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}\")\n"
+        "                          '--model', str(clf.path), '--output', '../out/notebook_eval'],\n"
+        "                         capture_output=True, text=True, env=env)\n"
+        "    if out.returncode:  # the error, and no metrics (those in ../out are an earlier run's)\n"
+        "        print(out.stderr.strip().splitlines()[-1])\n"
+        "    else:\n"
+        "        print('report: ../out/notebook_eval/report.html')\n"
+        "        m = json.loads(Path('../out/notebook_eval/metrics.json').read_text())\n"
+        "        print(f\"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}\")\n"
         "else:\n"
         "    print('no run folder here: train one with '\n"
         "          '`wbc train --config configs/default.toml --output runs/default`')"
@@ -94,8 +107,8 @@ DETECTION = [
     ),
     new_code_cell(
         "import matplotlib.pyplot as plt\nfrom wbc.render import render\n\n"
-        "fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))\n"
-        "for ax, p, r in zip(axes, images, results):\n"
+        "fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)\n"
+        "for ax, p, r in zip(axes[0], images, results):\n"
         "    ax.imshow(render(read_image(p), r, clf.classes)); ax.set_title(p.name); ax.axis('off')\n"
         "plt.tight_layout()"
     ),
@@ -111,21 +124,41 @@ DETECTION = [
 ]
 
 
-def build(name: str, cells: list) -> Path:
+def execute(cells: list, cwd: Path) -> nbformat.NotebookNode:
+    """The notebook of ``cells``, executed with ``cwd`` as its working folder (raises on a failing cell)."""
     nb = new_notebook(
         cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     )
-    NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
-    ).execute()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def build(name: str, cells: list, cwd: Path = ROOT / "notebooks") -> Path:
     path = ROOT / "notebooks" / name
-    nbformat.write(nb, path)
+    nbformat.write(execute(cells, cwd), path)
     return path
 
 
+def build_detection() -> Path:
+    """The detection notebook run on the shipped example fields alone, in a scratch ``data/raw_images/``."""
+    from wbc.examples import copy_examples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_examples(Path(tmp) / "data" / "raw_images")
+        (Path(tmp) / "notebooks").mkdir()
+        return build("WBC_detection_and_classification.ipynb", DETECTION, Path(tmp) / "notebooks")
+
+
+BUILDERS = {
+    "classification": lambda: build("WBC_Classification.ipynb", CLASSIFICATION),
+    "detection": build_detection,
+}
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["classification", "detection"]
-    if "classification" in which:
-        print(build("WBC_Classification.ipynb", CLASSIFICATION))
-    if "detection" in which:
-        print(build("WBC_detection_and_classification.ipynb", DETECTION))
+    which = sys.argv[1:] or list(BUILDERS)
+    unknown = [w for w in which if w not in BUILDERS]
+    if unknown:
+        sys.exit(f"error: no notebook called {unknown[0]!r}; choose from {', '.join(BUILDERS)}")
+    for w in BUILDERS:
+        if w in which:
+            print(BUILDERS[w]())

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_both_notebooks_exist() -> None:
@@ -21,3 +27,91 @@ def test_notebook_was_executed_without_errors(path: Path) -> None:
     assert code and all(c.execution_count for c in code)
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert any("import wbc" in c.source for c in code)
+
+
+def _outputs(nb: nbformat.NotebookNode) -> str:
+    """The text the notebook's code cells printed."""
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_detection_notebook_shows_only_the_example_fields() -> None:
+    from wbc.examples import example_fields
+
+    nb = nbformat.read(ROOT / "notebooks" / "WBC_detection_and_classification.ipynb", as_version=4)
+    shown = re.findall(r"^(\S+\.\w+) \[", _outputs(nb), flags=re.M)
+    assert shown and set(shown) <= {p.name for p in example_fields()}
+
+
+def test_classification_notebook_shows_test_cells() -> None:
+    """The showcase cells are the training run's held-out test cells, and the notebook says so."""
+    nb = nbformat.read(ROOT / "notebooks" / "WBC_Classification.ipynb", as_version=4)
+    assert "read_manifest('../runs/default/manifest.csv', 'test')" in "".join(
+        c.source for c in nb.cells if c.cell_type == "code")
+    assert any("**test split**" in c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def test_build_refuses_an_unknown_notebook_name() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_notebooks.py"), "detect"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and "detect" in out.stderr and "Traceback" not in out.stderr
+    assert not out.stdout
+
+
+def _run(name: str, cwd: Path) -> str:
+    """Execute scripts/build_notebooks.py's cells ``name`` with ``cwd`` as the working folder; what they printed."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_notebooks
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_notebook
+
+    nb = new_notebook(cells=getattr(build_notebooks, name))
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    assert any(o.output_type == "display_data" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return _outputs(nb)
+
+
+def _layout(tmp: Path, files: Sequence[Path] = ()) -> Path:
+    """A scratch repository layout (notebooks/, data/raw_images/ with ``files``); its notebooks/ folder."""
+    (tmp / "notebooks").mkdir()
+    (tmp / "data" / "raw_images").mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(f, tmp / "data" / "raw_images" / f.name)
+    return tmp / "notebooks"
+
+
+@pytest.mark.slow
+def test_detection_notebook_runs_on_one_image(tmp_path: Path) -> None:
+    from wbc.examples import example_fields
+
+    assert "1 images;" in _run("DETECTION", _layout(tmp_path, example_fields()[:1]))
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_classification_notebook_scores_the_model_it_loaded(real_data: Path, tmp_path: Path) -> None:
+    """A run's own model.onnx beside the manifest (what `wbc train --output runs/default` leaves) is not scored."""
+    cwd = _layout(tmp_path)
+    run = tmp_path / "runs" / "default"
+    run.mkdir(parents=True)
+    rows = (ROOT / "runs" / "default" / "manifest.csv").read_text().splitlines()
+    test = [r for r in rows[1:] if r.split(",")[2] == "test"]
+    (run / "manifest.csv").write_text("\n".join([rows[0], *[r for r in test if "/basophil/" in r][:2],
+                                                 *[r for r in test if "/platelet/" in r][:2]]) + "\n")
+    (run / "model.onnx").write_bytes(b"not the model the notebook loaded")
+    text = _run("CLASSIFICATION", cwd)
+    assert "n=4" in text and "error" not in text
+
+
+@pytest.mark.slow
+def test_classification_notebook_without_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No data: one line per step saying so; no traceback, and no metrics of an earlier run shown as current."""
+    monkeypatch.setenv("WBC_DATA_DIR", str(tmp_path / "no_data"))
+    cwd = _layout(tmp_path)
+    (tmp_path / "runs" / "default").mkdir(parents=True)
+    shutil.copyfile(ROOT / "runs" / "default" / "manifest.csv", tmp_path / "runs" / "default" / "manifest.csv")
+    (tmp_path / "out" / "notebook_eval").mkdir(parents=True)
+    (tmp_path / "out" / "notebook_eval" / "metrics.json").write_text('{"accuracy": 0.1234, "macro_f1": 0.1, "n": 7}')
+    text = _run("CLASSIFICATION", cwd)
+    assert "32 of 32 cells not read" in text
+    assert "error:" in text and "0.1234" not in text and "\x1b[" not in text
