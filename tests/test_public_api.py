@@ -100,3 +100,16 @@ def test_analyze_images_names_an_unreadable_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not an image")
     with pytest.raises(wbc.errors.WbcError, match=r"broken\.png"):
         wbc.analyze_images([bad], wbc.load_model(threads=1), wbc.load_segmenter("classical", threads=1))
+
+
+def test_one_path_is_one_image_not_its_characters(tmp_path: Path) -> None:
+    """A plain ``str`` is a sequence too (of its characters): one path, as str or Path, answers as a list of one."""
+    cell, field = tmp_path / "cell.png", tmp_path / "field.png"
+    write_image(cell, synthetic_cell("neutrophil", size=96, seed=0))
+    write_image(field, synthetic_smear(seed=0)[0])
+    clf, seg = wbc.load_model(threads=1), wbc.load_segmenter("classical", threads=1)
+    for one in (str(cell), cell):
+        res = wbc.classify_images(one, clf)
+        assert [p.path for p in res.predictions] == [str(cell)] and not res.errors
+    for one in (str(field), field):
+        assert [s.image for s in wbc.analyze_images(one, clf, seg)] == ["field.png"]

@@ -52,17 +52,24 @@ def load_segmenter(method: str = "auto", path: str | os.PathLike[str] | None = N
     return get_segmenter(method, path, threads=threads)
 
 
-def classify_images(paths: Sequence[str | os.PathLike[str]], model: Classifier | None = None,
+def _path_list(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """``paths`` as a list: one path (a ``str`` is a sequence too, of its characters) becomes a list of one."""
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
+def classify_images(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], model: Classifier | None = None,
                     **kwargs: Any) -> ClassifyResult:
-    """Classify single-cell image files; keyword arguments as :func:`wbc.classify.classify_paths`."""
+    """Classify single-cell image files (one path or a sequence of them); keyword arguments as
+    :func:`wbc.classify.classify_paths`."""
     from wbc.classify import classify_paths
 
-    return classify_paths(list(paths), model or load_model(), **kwargs)
+    return classify_paths(_path_list(paths), model or load_model(), **kwargs)
 
 
-def analyze_images(paths: Sequence[str | os.PathLike[str]], model: Classifier | None = None,
+def analyze_images(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], model: Classifier | None = None,
                    segmenter: SegmenterLike | None = None) -> list[SmearResult]:
-    """Find, outline, classify and count the WBCs of each smear image (no files written).
+    """Find, outline, classify and count the WBCs of each smear image (one path or a sequence of them; no files
+    written).
 
     An unreadable image raises :class:`wbc.errors.ImageReadError` naming the file; ``wbc analyze`` is the
     batch tool that collects per-file errors instead.
@@ -74,4 +81,4 @@ def analyze_images(paths: Sequence[str | os.PathLike[str]], model: Classifier | 
 
     clf = model or load_model()
     seg = segmenter if segmenter is not None else load_segmenter()
-    return [analyze_image(read_image(p), clf, seg, name=Path(p).name) for p in paths]
+    return [analyze_image(read_image(p), clf, seg, name=Path(p).name) for p in _path_list(paths)]
