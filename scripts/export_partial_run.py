@@ -21,6 +21,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from wbc.errors import WbcError
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reframe", choices=["default", "canonical"], default="default")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    for f in (args.run / "config.json", args.run / "manifest.csv", args.run / args.checkpoint):
+        if not f.is_file():
+            raise SystemExit(f"error: {f}: not found (is {args.run} a training run folder?)")
 
     import numpy as np
     import torch
@@ -80,4 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WbcError as exc:  # e.g. --like not a model: one line, as `wbc` says it
+        raise SystemExit(f"error: {exc}") from None

@@ -5,6 +5,8 @@ seeded) are each analysed as a smear field: the WBC nearest its centre is segmen
 and its cytoplasm's eosin measured against the field's own red cells
 (:func:`wbc.cytoplasm.central_cytoplasm_eosin`). The mean and standard deviation per class go into the model file
 and its JSON copy, where `wbc analyze` reads them (:func:`wbc.cytoplasm.cytoplasm_evidence`). Only the metadata changes.
+When a class has fewer than 20 cells measured, nothing is written (its earlier statistics would be lost, and with
+a lymphocyte's or erythroblast's the cytoplasm weighing turned off): the script says which class and exits 1.
 
     python scripts/fit_cytoplasm_colours.py --model src/wbc/models/default/wbc_classifier.onnx \\
         --manifest runs/default/manifest.csv --per-class 150
@@ -16,6 +18,11 @@ import argparse
 import json
 
 import numpy as np
+
+from wbc.errors import WbcError
+
+#: The fewest cells of a class whose measures make its statistics.
+MIN_CELLS = 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         these = [s for s in rows if s.label == label]
         picked = [these[i] for i in sorted(rng.permutation(len(these))[: args.per_class])]
         values = [v for s in picked if (v := central_cytoplasm_eosin(read_image(s.path), segmenter)) is not None]
-        if len(values) >= 20:
+        if len(values) >= MIN_CELLS:
             fitted[label] = [round(float(np.mean(values)), 4), round(float(np.std(values)), 4)]
         print(f"{label:<13} {len(values):>4} of {len(picked)} measured  {fitted.get(label)}", flush=True)
+    short = [c for c in info.classes if c not in NOT_IN_SMEAR_DETECTIONS and c not in fitted]
+    if short:
+        raise SystemExit(f"error: fewer than {MIN_CELLS} cells measured for {', '.join(short)}; {args.model} left "
+                         "as it was (a larger --per-class, or a manifest with more training cells of the class)")
     reference = {**info.colour_reference, "cytoplasm_eosin": fitted}
     update_metadata(args.model, colour_reference=reference)  # the model file and its JSON copy
     print(json.dumps(fitted))
@@ -54,4 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WbcError as exc:  # a missing model, manifest or image: one line, as `wbc` says it
+        raise SystemExit(f"error: {exc}") from None
