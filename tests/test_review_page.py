@@ -150,3 +150,115 @@ def test_review_by_keyboard_sign_off_export_and_adapt(chromium, served, model_pa
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.is_file() and f"adapted on {n_cells} cells" in run.stderr.replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------- races and failed requests
+
+
+def make_case(base: str, name: str, seed: int) -> int:
+    """A case of one synthetic field, created through the API (as another reviewer's browser would)."""
+    import httpx
+
+    png = cv2.imencode(".png", synthetic_smear(n_wbc=2, seed=seed)[0][:, :, ::-1])[1].tobytes()
+    r = httpx.post(base + "/cases", data={"name": name, "user": "setup"},
+                   files=[("files", ("field.png", png, "image/png"))], timeout=120)
+    assert r.status_code == 201 and r.json()["n_cells"] >= 1, r.text
+    return int(r.json()["id"])
+
+
+def case_on_server(base: str, case_id: int) -> dict:
+    import httpx
+
+    return httpx.get(f"{base}/cases/{case_id}", timeout=30).json()
+
+
+@pytest.fixture()
+def review(chromium, served) -> Iterator[tuple[object, str]]:
+    base, _ = served
+    ctx = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    errors = watch(page, only=base)
+    page.goto(base + "/review")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    page.fill("#reviewer", "Ann")
+    page.dispatch_event("#reviewer", "change")
+    yield page, base
+    ctx.close()
+    assert not errors, errors
+
+
+def open_case(page, case_id: int) -> None:
+    page.click(f"button.open-case[data-case='{case_id}']")
+    page.wait_for_function("id => state.doc && state.doc.id === id", arg=case_id)
+
+
+def test_a_sign_off_asked_for_one_case_never_signs_another(review) -> None:
+    page, base = review
+    a, b = make_case(base, "sign A", 40), make_case(base, "sign B", 41)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, a)
+    page.click("#sign-off")
+    assert "sign A" in page.locator("#confirm-text").inner_text()
+    open_case(page, b)  # from the case list, above the open confirmation
+    assert page.locator("#confirm-box").is_hidden()
+    page.evaluate("signOff()")  # even a click that reached the (now hidden) confirm button signs nothing
+    page.click("#sign-off")  # ... and so does going Back to the first case
+    page.go_back()
+    page.wait_for_function("id => state.doc && state.doc.id === id", arg=a)
+    assert page.locator("#confirm-box").is_hidden()
+    page.evaluate("signOff()")
+    page.wait_for_timeout(300)
+    assert case_on_server(base, a)["signed_by"] is None and case_on_server(base, b)["signed_by"] is None
+
+    page.click("#sign-off")  # the confirmed case, and only it, is signed off
+    page.click("#confirm-sign-off")
+    page.wait_for_selector("#signed-text:not([hidden])")
+    assert case_on_server(base, a)["signed_by"] == "Ann" and case_on_server(base, b)["signed_by"] is None
+
+
+def test_a_failed_label_request_says_so_and_the_next_one_works(review) -> None:
+    page, base = review
+    c = make_case(base, "network", 42)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    calls: list[str] = []
+
+    def first_fails(route) -> None:  # the server restarting, or the network gone, for one request
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/label", first_fails)
+    page.focus("#gallery .tile[aria-selected=true]")
+    page.keyboard.press("9")
+    page.wait_for_selector("#review-status:has-text('Not saved: no answer from the server')")
+    assert page.evaluate("state.busy") is False
+    page.keyboard.press("9")  # the same key again: saved now
+    page.wait_for_selector("#review-status:has-text('Not a WBC')")
+    assert len(calls) == 2 and case_on_server(base, c)["n_reviewed"] == 1
+
+
+def test_a_label_answer_after_another_case_was_opened_stays_with_its_case(review) -> None:
+    page, base = review
+    a, b = make_case(base, "slow A", 43), make_case(base, "slow B", 44)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, a)
+    # hold the label request until the other case is open (a slow server under load)
+    page.evaluate("""() => { const f = window.fetch; window.fetch = (u, o) => String(u).endsWith('/label')
+        ? new Promise((res) => { window.releaseLabel = () => res(f(u, o)); }) : f(u, o); }""")
+    page.focus("#gallery .tile[aria-selected=true]")
+    page.keyboard.press("9")
+    page.wait_for_function("typeof window.releaseLabel === 'function'")
+    open_case(page, b)
+    page.evaluate("window.releaseLabel()")
+    page.wait_for_selector("#review-status:has-text('slow A')")
+    assert case_on_server(base, a)["n_reviewed"] == 1
+    shown, server_b = page.evaluate("state.doc"), case_on_server(base, b)
+    assert shown["id"] == b and shown["n_reviewed"] == 0
+    assert shown["differential"] == server_b["differential"]
+    assert page.locator("#review-diff tr[data-class=not_wbc] td.count").inner_text() == "0"

@@ -9,7 +9,7 @@ const SPECIAL_COLOURS = { not_wbc: "#5b6676", unidentifiable: "#17202b" };
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
-  meta: null, doc: null, view: "gallery", sel: null, order: [], keys: {}, busy: false, confirming: false,
+  meta: null, doc: null, view: "gallery", sel: null, order: [], keys: {}, busy: false, confirming: null,
 };
 const colourOf = (c) => SPECIAL_COLOURS[c] || (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
 const fmt1 = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(1));
@@ -113,6 +113,7 @@ async function openCase(id, push) {
 // ------------------------------------------------------------------ the case
 
 function showCase(doc) {
+  showConfirm(false);  // a sign-off asked for the case shown before never signs this one
   state.doc = doc;
   state.sel = null;
   state.keys = {};
@@ -346,17 +347,28 @@ async function setLabel(label) {
   const id = state.sel;
   const before = state.order.slice();
   const hadFocus = document.activeElement && document.activeElement.closest && document.activeElement.closest("#gallery, #fields");
+  const d = state.doc;  // the answer belongs to this case, even if another one is open when it comes
   state.busy = true;
-  const res = await api(`/cases/${state.doc.id}/cells/${id}/label`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ label, user }),
-  });
-  state.busy = false;
-  if (!res.ok) {
-    say(`Not saved: ${problem(res)}`);
-    if (res.status === 409) await openCase(state.doc.id, false);
+  let res;
+  try {
+    res = await api(`/cases/${d.id}/cells/${id}/label`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ label, user }),
+    });
+  } catch (err) {
+    res = { ok: false, status: 0, body: { detail: `no answer from the server (${err.message}); try again` } };
+  } finally {
+    state.busy = false;
+  }
+  if (state.doc !== d) {  // another case was opened meanwhile: say so, and leave the case now shown alone
+    say(res.ok ? `Cell ${id} of case ${d.name}: ${displayName(label)} (saved).`
+      : `Cell ${id} of case ${d.name} not saved: ${problem(res)}`);
     return;
   }
-  const d = state.doc;
+  if (!res.ok) {
+    say(`Not saved: ${problem(res)}`);
+    if (res.status === 409) await openCase(d.id, false);
+    return;
+  }
   const i = d.cells.findIndex((c) => c.id === id);
   d.cells[i] = Object.assign({}, d.cells[i], res.body.cell);
   d.differential = res.body.differential;
@@ -378,7 +390,7 @@ function onKey(e) {
   const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
   if (k === "g") { setView("gallery"); e.preventDefault(); return; }
   if (k === "f") { setView("fields"); e.preventDefault(); return; }
-  if (state.confirming) return;
+  if (state.confirming !== null) return;
   const inCells = t && t.closest && t.closest("#gallery, #fields");
   if (["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp", "Home", "End"].includes(k) && (inCells || t === document.body)) {
     e.preventDefault();
@@ -394,10 +406,11 @@ function onKey(e) {
 
 // ------------------------------------------------------------------ sign-off
 
+// on: the case the confirmation asks about (its id is what signOff signs), or false
 function showConfirm(on) {
-  state.confirming = on;
+  state.confirming = on ? on.id : null;
   $("confirm-box").hidden = !on;
-  $("sign-off").hidden = on || signed();
+  $("sign-off").hidden = Boolean(on) || signed();
 }
 
 function askSignOff() {
@@ -408,18 +421,26 @@ function askSignOff() {
   $("confirm-text").textContent = `Sign off case ${d.name} as ${user}? ${d.differential.total} cells counted, `
     + `${d.n_changed} changed by review${pending ? `, ${pending} flagged cell(s) not looked at yet` : ""}. `
     + "The case becomes read-only.";
-  showConfirm(true);
+  showConfirm(d);
   $("confirm-sign-off").focus();
 }
 
 async function signOff() {
+  const id = state.confirming;
+  showConfirm(false);
+  if (id === null || !state.doc || state.doc.id !== id) return;  // only the case the confirmation named
   const user = reviewerName();
   if (!user) return;
-  const res = await api(`/cases/${state.doc.id}/sign-off`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ user }),
-  });
-  showConfirm(false);
+  let res;
+  try {
+    res = await api(`/cases/${id}/sign-off`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ user }),
+    });
+  } catch (err) {
+    res = { ok: false, status: 0, body: { detail: `no answer from the server (${err.message}); try again` } };
+  }
   if (!res.ok) { say(`Not signed off: ${problem(res)}`); return; }
+  if (!state.doc || state.doc.id !== id) { await loadCases(); return; }  // another case was opened meanwhile
   const sel = state.sel;
   state.doc = res.body;
   renderAll();
