@@ -127,3 +127,81 @@ def test_single_cell_mode_and_bad_files_are_reported(page, tmp_path: Path) -> No
     assert page.locator("#errors").is_visible()
     assert "broken.jpg" in page.locator("#error-list").inner_text()
     assert "2 of 3" in page.locator("#status").inner_text()
+
+
+def smear_file(tmp_path: Path, name: str = "field.png") -> Path:
+    p = tmp_path / name
+    cv2.imwrite(str(p), draw_smear()[:, :, ::-1])
+    return p
+
+
+def test_one_run_at_a_time_even_when_the_mode_is_switched_meanwhile(page, tmp_path: Path) -> None:
+    page.set_input_files("#file-input", str(smear_file(tmp_path)))
+    # hold /analyze until the test lets it go (a large field takes a while)
+    page.evaluate("""() => { const f = window.fetch; window.held = [];
+        window.fetch = (u, o) => String(u).startsWith('/analyze')
+          ? new Promise((res) => window.held.push(() => res(f(u, o)))) : f(u, o); }""")
+    page.click("#run-button")
+    page.wait_for_function("window.held.length === 1")
+    page.check("input[name=mode][value=cells]")  # ordinary use while waiting
+    page.check("input[name=mode][value=smear]")
+    assert page.locator("#run-button").is_disabled()
+    page.evaluate("() => { run(); }")  # a second start (Enter in the form) is ignored too
+    page.evaluate("window.held.splice(0).forEach((go) => go())")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.evaluate("window.held.length") == 0
+    assert page.locator("#cards article").count() == 1
+    assert "1 of 1" in page.locator("#status").inner_text()
+    assert "1 cell" in page.locator("#diff-caption").inner_text()
+
+
+def test_no_answer_for_the_pooled_differential_ends_the_run_with_a_message(page, tmp_path: Path) -> None:
+    page.route("**/differential", lambda route: route.abort())  # the server stopped at that moment
+    page.set_input_files("#file-input", str(smear_file(tmp_path)))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=30_000)
+    assert page.locator("#run-button").is_enabled() and page.locator("#progress-wrap").is_hidden()
+    assert "pooled differential could not be computed" in page.locator("#error-list").inner_text()
+    assert page.locator("#diff-table tbody tr").count() == 0
+
+
+CSV_VALUES = ["=1+2.jpg", "@SUM(1+1).jpg", "+cmd", "-2+3", "\tx", "\rx", "'=x", "''@x", "'-scan.png", "-0.5", "+1e5",
+              "-1_000", " -3 ", "\t5", "-.5", "-5.", "-inf", "-nan", "-1e999", "-0x10", "-", "=", "cell_1.png", "ALL",
+              "lymphocyte", "a,b", 'say "hi"', "", "\u00e9=1"]
+
+
+def test_csv_cells_are_neutralised_as_the_library_does(page, tmp_path: Path) -> None:
+    from wbc.formats import neutralise
+
+    line = page.evaluate("vals => csvLine([...vals, 3, -1, 0.25, null])", CSV_VALUES)
+    assert next(csv.reader([line])) == [str(neutralise(v)) for v in CSV_VALUES] + ["3", "-1", "0.25", ""]
+
+    # and the downloads themselves: a file name that a spreadsheet would run
+    page.set_input_files("#file-input", str(smear_file(tmp_path, "@SUM(1+1).png")))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    for button in ("#dl-cells", "#dl-diff"):
+        with page.expect_download() as dl:
+            page.click(button)
+        rows = list(csv.reader(Path(dl.value.path()).read_text().splitlines()))
+        assert rows[1][0] == "'@SUM(1+1).png", (button, rows[1])
+
+
+def test_cells_with_the_same_file_name_each_show_their_own_image(page, tmp_path: Path) -> None:
+    paths = []
+    for i, (folder, name, label, size) in enumerate([("a", "cell_001.png", "neutrophil", 96),
+                                                     ("b", "cell_001.png", "eosinophil", 120),
+                                                     ("c", 'odd "name".png', "lymphocyte", 80)]):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / name)
+        cv2.imwrite(str(paths[-1]), synthetic_cell(label, size, seed=i)[:, :, ::-1])
+    page.check("input[name=mode][value=cells]")
+    page.set_input_files("#file-input", [str(p) for p in paths])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("table.cells tbody tr").count() == 3
+    page.wait_for_function("[...document.querySelectorAll('img.thumb')].every((i) => i.complete)")
+    widths = page.eval_on_selector_all("table.cells tbody tr",
+                                       "rows => rows.map((r) => { const i = r.querySelector('img.thumb'); "
+                                       "return i ? i.naturalWidth : null; })")
+    assert widths == [96, 120, 80]  # each row its own file, in upload order

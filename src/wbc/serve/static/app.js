@@ -3,7 +3,9 @@
 // ($, el, NAMES, displayName), loaded first.
 "use strict";
 
-const state = { meta: null, limits: { max_upload_mb: 25, max_files: 500 }, mode: "smear", files: [], runs: [] };
+const state = {
+  meta: null, limits: { max_upload_mb: 25, max_files: 500 }, mode: "smear", files: [], runs: [], busy: false,
+};
 
 const colourOf = (c) => (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
 const pct = (v) => `${Number(v).toFixed(1)} %`;
@@ -84,13 +86,14 @@ function updateFiles(files) {
   const what = state.mode === "smear" ? "smear field" : "single-cell image";
   $("file-summary").textContent = files.length
     ? `${files.length} ${what}${files.length > 1 ? "s" : ""} selected (${fmtMB(total)})` : "";
-  $("run-button").disabled = !files.length || !state.meta;
+  $("run-button").disabled = state.busy || !files.length || !state.meta;  // one run at a time
   $("run-button").textContent = state.mode === "smear" ? "Analyse" : "Classify";
 }
 
 // ------------------------------------------------------------------ running
 
 function setBusy(busy, text, done, total) {
+  state.busy = busy;
   $("run-button").disabled = busy || !state.files.length;
   $("file-input").disabled = busy;
   $("progress-wrap").hidden = !busy;
@@ -105,7 +108,7 @@ function showErrors(messages) {
 
 async function run() {
   const files = state.files.slice();
-  if (!files.length) return;
+  if (!files.length || state.busy) return;
   const mode = state.mode;
   const errors = [];
   const limit = state.limits.max_upload_mb * 1048576;
@@ -124,14 +127,22 @@ async function run() {
   if (mode === "smear") await runSmears(usable, errors);
   else await runCells(usable, errors);
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
-  showErrors(errors);
   if (state.runs.length) {
-    await renderSummary(mode);
+    try { await renderSummary(mode); } catch (err) {  // e.g. the server stopped: no summary, never a stuck page
+      state.differential = [];
+      $("stats").replaceChildren();
+      $("diff-table").querySelector("tbody").replaceChildren();
+      $("diff-caption").textContent = "";
+      $("diff-note").textContent = "";
+      errors.push(`The pooled differential could not be computed: no answer from the server (${err.message}).`);
+    }
+    showErrors(errors);
     $("results").hidden = false;
     const nDone = mode === "smear" ? state.runs.length : allCells().length;
     setBusy(false, `Done: ${nDone} of ${files.length} file(s) analysed in ${secs} s.`);
     $("results").focus({ preventScroll: false });
   } else {
+    showErrors(errors);
     setBusy(false, "No file could be analysed.");
   }
 }
@@ -177,7 +188,7 @@ async function runCells(files, errors) {
   for (const batch of batches(files)) {
     setBusy(true, `Classifying ${done + 1}–${done + batch.length} of ${files.length}…`, done, files.length);
     const fd = new FormData();
-    for (const f of batch) { fd.append("files", f, f.name); thumbs.set(f.name, f); }
+    for (const f of batch) fd.append("files", f, f.name);
     let res;
     try {
       res = await fetchJSON("/classify", { method: "POST", body: fd });
@@ -189,11 +200,28 @@ async function runCells(files, errors) {
     done += batch.length;
     if (!res.ok) { errors.push(...problemText(res, batch[0].name)); continue; }
     results.push(...res.body.results);
+    pairThumbs(batch, res.body, thumbs);
     for (const e of res.body.errors || []) errors.push(e.error);
   }
   if (results.length) {
     state.runs.push({ kind: "cells", name: "single cells", data: { model_id: state.meta.model_id, results } });
     $("cards").append(cellsCard(results, thumbs));
+  }
+}
+
+// Each result's own File (its thumbnail), keyed by the result: /classify answers the readable files in upload
+// order, so results pair with the batch's files in order, by name (names repeat: cell_001.jpg of two samples).
+// A result whose name is also among the unreadable files gets no thumbnail rather than perhaps another's.
+function pairThumbs(batch, body, thumbs) {
+  const failed = new Set((body.errors || []).map((e) => e.filename));
+  const sent = (name) => name.replace(/"/g, "%22").replace(/\r/g, "%0D").replace(/\n/g, "%0A");  // as a browser sends it
+  let j = 0;
+  for (const r of body.results) {
+    let k = j;
+    while (k < batch.length && batch[k].name !== r.filename && sent(batch[k].name) !== r.filename) k += 1;
+    if (k === batch.length) continue;
+    if (!failed.has(r.filename)) thumbs.set(r, batch[k]);
+    j = k + 1;
   }
 }
 
@@ -332,7 +360,7 @@ function cellsCard(results, thumbs) {
   card.append(el("div", { class: "card-head" }, el("h3", { text: "Single-cell images" }),
     el("span", { class: "card-meta", text: `${results.length} classified` })));
   const rows = results.map((r) => {
-    const f = thumbs.get(r.filename);
+    const f = thumbs.get(r);
     const img = f ? el("img", { class: "thumb", src: URL.createObjectURL(f), alt: `Cell image ${r.filename}` }) : "";
     return el("tr", { class: r.review ? "review" : "", tabindex: "0" },
       el("td", {}, img),
@@ -358,10 +386,26 @@ function save(name, text, type) {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
+// Whether Python's float() reads the text as a finite number (wbc.formats._is_number): "-0.5", "1e3", " 2 ", "1_000".
+function isNumber(text) {
+  const t = text.trim();
+  const digits = "\\d(?:_?\\d)*";
+  return new RegExp(`^[+-]?(?:${digits}(?:\\.(?:${digits})?)?|\\.${digits})(?:[eE][+-]?${digits})?$`).test(t)
+    && Number.isFinite(Number(t.replace(/_/g, "")));
+}
+
+// A CSV cell no spreadsheet runs as a formula, as wbc.formats.neutralise writes it (CWE-1236): text starting,
+// after any apostrophes, with = + - @ tab or CR, and not a number, gets one more apostrophe in front.
+function neutralise(v) {
+  if (typeof v !== "string") return v;
+  const rest = v.replace(/^'+/, "");
+  return /^[=+\-@\t\r]/.test(rest) && !isNumber(rest) ? `'${v}` : v;
+}
+
 function csvLine(values) {
   return values.map((v) => {
-    const s = v === null || v === undefined ? "" : String(v);
-    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+    const s = v === null || v === undefined ? "" : String(neutralise(v));
+    return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   }).join(",");
 }
 
