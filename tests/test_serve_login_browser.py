@@ -72,3 +72,36 @@ def test_the_page_signs_in_with_a_key_then_analyses(chromium, servers: tuple[str
     assert page.title() in ("status 403", "blocked")
     ctx.close()
     assert not errors, errors
+
+
+def test_sign_out_and_sign_in_again_on_the_page_one_was_on(chromium, servers: tuple[str, str]) -> None:
+    base, _ = servers
+    ctx = chromium.new_context()
+    page = ctx.new_page()
+    errors = watch(page, only=base)
+    page.goto(base + "/review?case=7")  # a bookmarked case: the form, then back to it
+    page.fill("#key", KEY)
+    page.click("button[type=submit]")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    assert page.url == base + "/review?case=7"
+
+    ctx.clear_cookies()  # the session is gone (a server restart ends every session): the page's next request
+    page.evaluate("() => { loadCases(); }")  # ... goes to the form, which comes back here
+    page.wait_for_selector("form[action='/login']", timeout=15_000)
+    page.fill("#key", KEY)
+    page.click("button[type=submit]")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    assert page.url == base + "/review?case=7"
+
+    for path in ("/review", "/"):  # both pages can sign out
+        page.goto(base + path)
+        page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        page.click("#sign-out button")
+        page.wait_for_selector("form[action='/login']")
+        assert page.request.get(base + "/model").status == 401  # the session ended on the server
+        page.fill("#key", KEY)
+        page.click("button[type=submit]")
+        page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        assert page.url == base + "/"
+    ctx.close()
+    assert not errors, errors

@@ -140,6 +140,21 @@ def test_the_web_page_logs_in_with_a_key_and_a_strict_cookie(classifier) -> None
         assert c.get("/model").status_code == 401
 
 
+def test_signing_in_goes_back_to_the_page_it_was_asked_from_never_elsewhere(classifier) -> None:
+    with make_client(classifier, api_keys=[KEY]) as c:
+        form = c.get("/review?case=3", headers={"Accept": "text/html"})  # a bookmarked case, no session
+        assert form.status_code == 401 and '<input type="hidden" name="next" value="/review?case=3">' in form.text
+        assert 'value="/review?case=3&amp;x=&quot;"' in c.get("/login", params={"next": '/review?case=3&x="'}).text
+        assert 'name="next"' not in c.get("/login").text
+        bad = c.post("/login", data={"key": "wrong-key-0123456789", "next": "/review?case=3"})
+        assert bad.status_code == 401 and 'value="/review?case=3"' in bad.text  # kept for the next try
+        for nxt, where in [("/review?case=3", "/review?case=3"), ("//evil.example/x", "/"),
+                           ("https://evil.example/", "/"), ("/\\evil.example", "/"), ("http:/x", "/"),
+                           ("/\tx", "/"), ("evil.example", "/"), ("/logout", "/"), ("", "/")]:
+            ok = c.post("/login", data={"key": KEY, "next": nxt}, follow_redirects=False)
+            assert ok.status_code == 303 and ok.headers["location"] == where, nxt
+
+
 # --------------------------------------------------------------------------- browsers and hosts
 
 

@@ -84,6 +84,7 @@ def test_smear_upload_shows_annotated_image_table_and_differential(page, tmp_pat
     assert page.locator("#diff-table tbody tr").count() == len(page.evaluate("state.meta.classes"))
     assert "1 cell" in page.locator("#diff-caption").inner_text()
     assert page.locator("#errors").is_hidden()
+    assert page.locator("#sign-out").is_hidden()  # no keys, no session: nothing to sign out of
 
     rows.first.focus()  # selecting a row outlines the cell on the image
     assert page.locator(".highlight").is_visible()

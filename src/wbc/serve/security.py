@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, Security
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Security
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
@@ -333,8 +333,10 @@ class SecurityMiddleware:
         method = scope["method"]
         problem = self._refusal(scope, headers, method)
         if problem is not None:
-            if problem.status_code == 401 and _wants_html(method, headers):
-                response: Response = HTMLResponse(login_page(), status_code=401)
+            if problem.status_code == 401 and _wants_html(method, headers):  # signed in, back to this page
+                query = scope.get("query_string", b"").decode("latin-1")
+                here = scope.get("root_path", "") + scope["path"] + (f"?{query}" if query else "")
+                response: Response = HTMLResponse(login_page(next_path=here), status_code=401)
             else:
                 response = _json_response(problem.status_code, problem.error, str(problem.detail), problem.headers)
             await response(scope, receive, send_with_headers)
@@ -396,16 +398,36 @@ def _cookies(headers: Headers) -> dict[str, str]:
 # --------------------------------------------------------------------------- the web page's login
 
 
-def login_page(error: str = "") -> str:
-    """A plain login form (no script; the style sheet is the page's own)."""
+def safe_next(path: str | None) -> str:
+    """``path`` when it is a path on this server (``/review?case=3``), else ``/``: after signing in, the browser
+    goes back to the page it came from, never to another site (no open redirect).
+
+    >>> [safe_next(p) for p in ("/review?case=3", "//evil.example/", "https://evil.example/", "/\\evil", "x", None)]
+    ['/review?case=3', '/', '/', '/', '/', '/']
+    """
+    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path or len(path) > 2000:
+        return "/"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        return "/"
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc or parts.path in ("/login", "/logout"):
+        return "/"
+    return path
+
+
+def login_page(error: str = "", next_path: str | None = None) -> str:
+    """A plain login form (no script; the style sheet is the page's own); ``next_path``: where to go once signed
+    in (:func:`safe_next`)."""
     msg = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    back = safe_next(next_path)
+    nxt = f'<input type="hidden" name="next" value="{html.escape(back)}">' if back != "/" else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>wbc: sign in</title><link rel="icon" href="/static/favicon.svg"><link rel="stylesheet" href="/static/style.css">
 </head><body><main class="login"><h1>wbc</h1>
 <p>This server needs an access key. Ask the person who runs it for one.</p>{msg}
 <form method="post" action="/login"><label for="key">Access key</label>
-<input id="key" name="key" type="password" autocomplete="current-password" required autofocus>
+<input id="key" name="key" type="password" autocomplete="current-password" required autofocus>{nxt}
 <button class="primary" type="submit">Sign in</button></form></main></body></html>
 """
 
@@ -414,21 +436,23 @@ login_router = APIRouter(include_in_schema=False)
 
 
 @login_router.get("/login")
-def login_form() -> HTMLResponse:
-    return HTMLResponse(login_page())
+def login_form(next_path: Annotated[str, Query(alias="next")] = "/") -> HTMLResponse:
+    return HTMLResponse(login_page(next_path=next_path))
 
 
 @login_router.post("/login")
-def login(request: Request, key: Annotated[str, Form()] = "") -> Response:
-    """Check the key from the form; on success set the session cookie and go to the page."""
+def login(request: Request, key: Annotated[str, Form()] = "",
+          next_path: Annotated[str, Form(alias="next")] = "/") -> Response:
+    """Check the key from the form; on success set the session cookie and go back to the page the form was
+    shown for (``next``, a path on this server only: :func:`safe_next`), else to the main page."""
     auth: Authenticator = request.app.state.authenticator
     client = request.client.host if request.client else "unknown"
     if auth.limiter.take(f"login:{client}") > 0:
-        return HTMLResponse(login_page("Too many attempts; wait a minute."), status_code=429)
+        return HTMLResponse(login_page("Too many attempts; wait a minute.", next_path), status_code=429)
     ident = auth.check_key(key) if auth.enabled else ANONYMOUS
     if ident is None:
-        return HTMLResponse(login_page("That key is not valid."), status_code=401)
-    resp = RedirectResponse("/", status_code=303)
+        return HTMLResponse(login_page("That key is not valid.", next_path), status_code=401)
+    resp = RedirectResponse(safe_next(next_path), status_code=303)
     if auth.enabled:
         resp.set_cookie(SESSION_COOKIE, auth.new_session(ident), max_age=int(3600 * auth.settings.session_hours),
                         httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")

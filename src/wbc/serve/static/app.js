@@ -19,7 +19,7 @@ function swatch(label) {
 async function fetchJSON(url, options) {
   const resp = await fetch(url, options);
   if (resp.status === 401) {  // the login expired (or never happened): sign in again
-    window.location.assign("/login");
+    window.location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);  // then back here
     return { ok: false, status: 401, body: { error: "unauthorized", detail: "please sign in", errors: [] } };
   }
   let body = null;
@@ -43,6 +43,7 @@ async function init() {
     if (!health.ok || !model.ok) throw new Error(`server answered ${health.status}`);
     state.meta = model.body;
     if (health.body.limits) state.limits = health.body.limits;
+    $("sign-out").hidden = !(health.body.security && health.body.security.api_keys);
     $("mi-model").textContent = `${model.body.model_id} · ${model.body.classes.length} classes`;
     const thr = model.body.review_threshold;  // 1: every cell reviewed (its labelled cells did not show the target)
     $("mi-threshold").textContent = thr >= 1 ? "100 % (every cell)"

@@ -19,7 +19,7 @@ const signed = () => Boolean(state.doc && state.doc.signed_by);
 async function api(url, options) {
   const resp = await fetch(url, Object.assign({ credentials: "same-origin" }, options || {}));
   if (resp.status === 401) {  // the login expired (or never happened): sign in again, as the main page does
-    window.location.assign("/login");
+    window.location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);  // then back here
     return { ok: false, status: 401, body: { error: "unauthorized", detail: "please sign in", errors: [] } };
   }
   let body = null;
@@ -49,8 +49,9 @@ async function init() {
   });
   document.addEventListener("keydown", onKey);
   window.addEventListener("popstate", () => openFromURL());
-  const model = await api("/model");
+  const [model, health] = await Promise.all([api("/model"), api("/health")]);
   if (model.ok) state.meta = model.body;
+  $("sign-out").hidden = !(health.ok && health.body.security && health.body.security.api_keys);
   await loadCases();
   await openFromURL();
   document.body.dataset.ready = "true";
