@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from wbc.analyze import analyze_image, result_to_dict
 from wbc.classify import classify_paths
+from wbc.errors import WbcError
 from wbc.model import load_model
 from wbc.paths import DEFAULT_MODEL
 from wbc.segment.classical import ClassicalSegmenter
@@ -313,6 +314,21 @@ def test_web_page_and_assets_are_served_and_need_no_network(client: TestClient) 
     for f in STATIC_DIR.iterdir():  # nothing fetched from elsewhere: works offline
         text = f.read_text(encoding="utf-8").replace("http://www.w3.org/2000/svg", "")  # SVG namespace
         assert "https://" not in text and "http://" not in text, f.name
+
+
+FIVE_PART = {"basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"}
+
+
+def test_the_served_label_set_is_named_in_model_and_health(classifier, client: TestClient) -> None:
+    assert client.get("/model").json()["label_set"] == classifier.classes  # default: every class
+    with TestClient(create_app(classifier, ClassicalSegmenter(), classes="5part")) as c:  # wbc serve --classes 5part
+        model, health = c.get("/model").json(), c.get("/health").json()
+        assert model["classes"] == classifier.classes and set(model["label_set"]) == FIVE_PART
+        assert health["classes"] == classifier.classes and health["label_set"] == model["label_set"]
+        r = c.post("/classify", files=[("files", ("c.png", png_bytes(synthetic_cell("lymphocyte", 96)), "image/png"))])
+        assert r.json()["results"][0]["label"] in FIVE_PART
+    with pytest.raises(WbcError, match="nope"):
+        create_app(classifier, ClassicalSegmenter(), classes="nope")
 
 
 def test_create_app_loads_models_from_paths(model_path: Path) -> None:

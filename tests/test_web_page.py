@@ -206,3 +206,23 @@ def test_cells_with_the_same_file_name_each_show_their_own_image(page, tmp_path:
                                        "rows => rows.map((r) => { const i = r.querySelector('img.thumb'); "
                                        "return i ? i.naturalWidth : null; })")
     assert widths == [96, 120, 80]  # each row its own file, in upload order
+
+
+def test_a_server_answering_five_classes_shows_only_those(chromium, classifier, tmp_path: Path) -> None:  # noqa: F811
+    cell = tmp_path / "cell.png"
+    cv2.imwrite(str(cell), synthetic_cell("lymphocyte", 96, seed=3)[:, :, ::-1])
+    with live_server(create_app(classifier, ClassicalSegmenter(), classes="5part")) as base:  # wbc serve --classes
+        ctx = chromium.new_context()
+        pg = ctx.new_page()
+        errors = watch(pg, only=base)
+        pg.goto(base + "/")
+        pg.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        assert "5 of 8 classes" in pg.locator("#mi-model").inner_text()
+        pg.check("input[name=mode][value=cells]")
+        pg.set_input_files("#file-input", str(cell))
+        pg.click("#run-button")
+        pg.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+        shown = pg.eval_on_selector_all("#diff-table tbody th", "ths => ths.map((th) => th.innerText)")
+        ctx.close()
+    assert sorted(shown) == ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+    assert not errors, errors

@@ -57,9 +57,8 @@ def serve(
     check_binding(host, bool(settings.all_keys()))  # before the models load: fail fast
     web = create_app(model_path=model, segmenter_method=segmenter, segmenter_path=segmenter_model,
                      max_upload_mb=max_upload_mb, threads=threads, max_concurrent=workers, settings=settings,
-                     store=store_url(store))  # the case store behind /review (wbc.cases)
-    if classes:  # the server's default label set; a request's `classes` field overrides it
-        web.state.classifier = web.state.classifier.with_classes(classes)
+                     store=store_url(store),  # the case store behind /review (wbc.cases)
+                     classes=classes)  # the server's default label set; a request's `classes` field overrides it
     meta = web.state.metadata
     shown = f"[{host}]" if ":" in host else host
     console.print(f"wbc serve: model {meta['model_id']}, segmenter {meta['segmenter']['name']}, "

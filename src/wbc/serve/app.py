@@ -17,7 +17,7 @@ import platform
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import cv2
 import numpy as np
@@ -192,6 +192,8 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
     return {
         "model_id": classifier.model_id,
         "classes": classifier.classes,
+        # the classes this server answers among (`wbc serve --classes`); a request's `classes` overrides them
+        "label_set": list(tuple(getattr(classifier, "label_set", ()) or ()) or classifier.classes),
         "input_size": int(info.input_size),
         "review_threshold": float(info.review_threshold),
         "review_target_accuracy": float(info.review_target_accuracy),
@@ -291,6 +293,7 @@ def create_app(
     max_files: int = DEFAULT_MAX_FILES,
     store: Any = None,
     settings: Any = None,
+    classes: str | None = None,
 ) -> FastAPI:
     """The wbc HTTP API and web page.
 
@@ -302,7 +305,8 @@ def create_app(
     for review and sign-off (a :class:`wbc.cases.CaseStore`, a SQLAlchemy URL or a path; None: no cases).
     ``settings``: a :class:`wbc.serve.settings.ServeSettings` (API keys, Host/Origin allow-lists, rate
     limit, body deadline); None reads them from the environment (``WBC_API_KEYS``, ...). Every route but
-    ``/health`` and the login form then needs a key (:mod:`wbc.serve.security`).
+    ``/health`` and the login form then needs a key (:mod:`wbc.serve.security`). ``classes``: the server's
+    default label set (``"5part"``, ``wbc serve --classes``; ``label_set`` in ``/model`` and ``/health``).
     """
     from wbc.serve.security import API_KEY, Authenticator, SecurityMiddleware, describe, login_router
     from wbc.serve.settings import ServeSettings, load_settings
@@ -319,6 +323,8 @@ def create_app(
         from wbc.segment import get_segmenter
 
         segmenter = get_segmenter(segmenter_method, segmenter_path, threads=threads)
+    if classes:  # before the metadata below is built from it
+        classifier = cast(Any, classifier).with_classes(classes)  # wbc.model.Classifier.with_classes
 
     max_bytes = int(max_upload_mb * 2**20)
     app = FastAPI(
@@ -389,7 +395,7 @@ def create_app(
     async def health() -> dict[str, Any]:  # async: answers even when every worker thread is busy
         meta = app.state.metadata
         return {"status": "ok", "model_id": meta["model_id"], "classes": meta["classes"],
-                "segmenter": meta["segmenter"], "versions": versions(),
+                "label_set": meta["label_set"], "segmenter": meta["segmenter"], "versions": versions(),
                 "limits": {"max_upload_mb": app.state.max_bytes / 2**20, "max_files": app.state.max_files},
                 "security": describe(app.state.authenticator)}
 

@@ -44,7 +44,8 @@ async function init() {
     state.meta = model.body;
     if (health.body.limits) state.limits = health.body.limits;
     $("sign-out").hidden = !(health.body.security && health.body.security.api_keys);
-    $("mi-model").textContent = `${model.body.model_id} · ${model.body.classes.length} classes`;
+    const nAnswered = answered().length, nClasses = model.body.classes.length;
+    $("mi-model").textContent = `${model.body.model_id} · ${nAnswered < nClasses ? `${nAnswered} of ` : ""}${nClasses} classes`;
     const thr = model.body.review_threshold;  // 1: every cell reviewed (its labelled cells did not show the target)
     $("mi-threshold").textContent = thr >= 1 ? "100 % (every cell)"
       : thr > 0 ? `${(100 * thr).toFixed(0)} % confidence` : "off";
@@ -228,8 +229,11 @@ function pairThumbs(batch, body, thumbs) {
 
 // ------------------------------------------------------------------ rendering
 
+// The classes the server answers among (`wbc serve --classes`: label_set in /model); the differential shows these.
+const answered = () => state.meta.label_set || state.meta.classes;
+
 function cellCounts() {
-  const counts = Object.fromEntries(state.meta.classes.map((c) => [c, 0]));
+  const counts = Object.fromEntries(answered().map((c) => [c, 0]));
   for (const r of state.runs) {
     const items = r.kind === "smear" ? r.data.cells : r.data.results;
     for (const c of items) if (c.label) counts[c.label] = (counts[c.label] || 0) + 1;
@@ -246,7 +250,7 @@ async function renderSummary(mode) {
   const res = await fetchJSON("/differential", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ counts }),
   });
-  const diff = res.ok ? res.body.differential : [];
+  const diff = res.ok ? res.body.differential.filter((d) => answered().includes(d.class) || d.count) : [];
   state.differential = diff;
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
   const nReview = allCells().filter((c) => c.review).length;
