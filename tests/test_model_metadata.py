@@ -71,3 +71,48 @@ def test_class_prior_round_trips_and_reweights_probabilities(tmp_path: Path) -> 
     assert np.allclose(p, w / w.sum(), atol=1e-6)
     info.class_prior = {}
     assert np.allclose(class_probabilities(logits, info)[0], np.sqrt([2, 2, 1]) / np.sqrt([2, 2, 1]).sum())
+
+
+def _tiny_model_with(path: Path, metadata: object) -> Path:
+    """A tiny real ONNX classifier (32 px input, 8 classes, a 3-wide embedding) whose wbc metadata is replaced
+    by ``metadata`` (a dict: the tiny model's own fields with these changed; anything else: stored as it is)."""
+    import numpy as np
+
+    from tiny_models import mean_colour_model
+
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(mean_colour_model(path, 32, np.zeros((8, 3)), "tiny", embedding_output=True)))
+    entry = model.metadata_props[0]
+    entry.value = json.dumps(json.loads(entry.value) | metadata if isinstance(metadata, dict) else metadata)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("edit", "msg"), [
+    ({"classes": ["basophil", "eosinophil"]}, "the network answers 8 classes, its metadata names 2"),
+    ({"classes": "basophil"}, "field classes: a non-empty list of class names"),
+    ({"input_size": 48}, "the network takes 32x32 inputs, its metadata says 48"),
+    ({"input_size": "32"}, "field input_size: a whole number > 0"),
+    ({"input_size": 0}, "field input_size: a whole number > 0"),
+    ({"mean": [0.5]}, "field mean: three numbers"),
+    ({"temperature": "abc"}, "field temperature: a number > 0"),
+    ({"temperature": None}, "field temperature: a number > 0"),
+    ({"review_threshold": "high"}, "field review_threshold: a number"),
+    ({"class_prior": {"basophil": "x"}}, "field class_prior"),
+    ({"head": {"weight": [[0.0] * 4] * 8, "bias": [0.0] * 8}}, "head does not map the 3-wide embedding to its 8"),
+    ({"head": {"weight": [[0.0] * 3] * 8, "bias": [0.0] * 7}}, "head does not map"),
+    ([1, 2], "metadata is a JSON list, not an object"),
+])
+def test_edited_metadata_that_does_not_fit_is_refused_in_one_line(tmp_path: Path, edit: object, msg: str) -> None:
+    """Metadata edited by hand (wrong types, or not matching the network) is refused when the model loads,
+    naming the model and the field, instead of a traceback at the first cell or wrong answers without a word."""
+    path = _tiny_model_with(tmp_path / "edited.onnx", edit)
+    with pytest.raises(ModelError, match=msg) as info:
+        load_model(path, threads=1)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_metadata_that_fits_the_network_loads(tmp_path: Path) -> None:
+    head = {"weight": [[0.5] * 3] * 8, "bias": [0.0] * 8}  # a head refitted by `wbc adapt`: 3-wide embedding
+    clf = load_model(_tiny_model_with(tmp_path / "ok.onnx", {"head": head, "temperature": 2}), threads=1)
+    assert clf.info.head == head and clf.info.temperature == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,12 +102,60 @@ class ModelInfo:
     def from_json(cls, text: str) -> ModelInfo:
         """Read any format up to :data:`FORMAT_VERSION` (format 1 is migrated on reading)."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ModelError(f"metadata is a JSON {type(data).__name__}, not an object")
         version = int(data.get("format_version", 1))
         if version > FORMAT_VERSION:
             raise ModelError(f"model metadata format {version} is newer than this wbc reads ({FORMAT_VERSION}); "
                              "upgrade wbc")
         known = {f for f in cls.__dataclass_fields__}
+        check_fields(data)
         return cls(**{k: v for k, v in data.items() if k in known} | {"format_version": FORMAT_VERSION})
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: What each metadata field must hold, as (test, description). A hand-edited model file gets these wrong: a wrong
+#: type fails deep inside classification with a traceback, and some answer wrongly without a word (a string of
+#: class names is a class per letter, one mean value is broadcast over the three channels).
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "classes": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) and c for c in v),
+                "a non-empty list of class names"),
+    "input_size": (lambda v: _whole(v) and v > 0, "a whole number > 0"),
+    "centre_crop": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) for x in v), "three numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and x > 0 for x in v),
+            "three numbers > 0"),
+    "temperature": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "review_threshold": (_number, "a number"),
+    "review_target_accuracy": (_number, "a number"),
+    "class_prior": (lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
+                    "an object of class: frequency"),
+    "preprocessing": (lambda v: v is None or isinstance(v, dict), "an object"),
+    **{k: (lambda v: isinstance(v, dict), "an object") for k in ("metrics", "ood", "head", "extra",
+                                                                 "colour_reference")},
+    **{k: (lambda v: isinstance(v, str), "a string") for k in ("architecture", "version", "model_id",
+                                                               "training_data", "created")},
+}
+
+
+def check_fields(data: dict[str, Any]) -> None:
+    """Refuse metadata (as read from JSON) whose fields hold the wrong type or an impossible value, naming the
+    field. Hand-written, not pydantic: it runs at every model load, whose time is ``wbc classify``'s start-up.
+
+    >>> check_fields({"classes": "basophil"})
+    Traceback (most recent call last):
+    wbc.errors.ModelError: field classes: a non-empty list of class names, not 'basophil'
+    """
+    for key, (ok, want) in _FIELD_CHECKS.items():
+        if key in data and not ok(data[key]):
+            raise ModelError(f"field {key}: {want}, not {data[key]!r}"[:200])
 
 
 def with_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
@@ -276,6 +324,7 @@ class Classifier:
             self.info = ModelInfo.from_json(meta[METADATA_KEY])
         except (ModelError, ValueError, TypeError) as exc:  # a newer format, bad JSON, wrong field types
             raise ModelError(f"{self.path}: unreadable wbc metadata ({exc})") from None
+        self._check_graph()
         # a head refitted by `wbc adapt` lives in the metadata, not in the graph, whose class-activation maps are
         # still the old head's: they would show the old head's evidence for the new head's answer, so none is offered
         self.outputs = [o.name for o in self.session.get_outputs() if not (self.info.head and o.name == "cam")]
@@ -290,6 +339,28 @@ class Classifier:
         #: calibrate smear fields' colours on their red cells before cropping (``--no-colour-calibration``: False); see
         #: :meth:`red_cell_target`.
         self.colour_calibration: bool = True
+
+    def _check_graph(self) -> None:
+        """The metadata against the network: its input side and its number of classes (or the head's shapes), so a
+        model whose metadata was edited to fit another network is refused in one line, not answered with."""
+        shape = self.session.get_inputs()[0].shape
+        side = self.info.network_size
+        if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]) and tuple(shape[2:]) != (side, side):
+            raise ModelError(f"{self.path}: the network takes {shape[2]}x{shape[3]} inputs, its metadata says {side}")
+        widths = {o.name: o.shape[-1] if o.shape else None for o in self.session.get_outputs()}
+        n = len(self.info.classes)
+        if self.info.head:
+            try:
+                w = np.asarray(self.info.head.get("weight"), np.float32)
+                b = np.asarray(self.info.head.get("bias"), np.float32)
+            except (ValueError, TypeError):
+                w = b = np.zeros(0, np.float32)
+            emb = widths.get("embedding")
+            if w.ndim != 2 or w.shape[0] != n or b.shape != (n,) or (isinstance(emb, int) and w.shape[1] != emb):
+                raise ModelError(f"{self.path}: its metadata's head does not map the {emb}-wide embedding to "
+                                 f"its {n} classes")
+        elif isinstance(widths.get("logits"), int) and widths["logits"] != n:
+            raise ModelError(f"{self.path}: the network answers {widths['logits']} classes, its metadata names {n}")
 
     def with_classes(self, classes: str | list[str] | tuple[str, ...] | None) -> Classifier:
         """This classifier (the same ONNX session, no copy of the network) answering only among ``classes``
