@@ -87,11 +87,41 @@ def test_pydantic_coercion_gives_what_the_hand_coercion_gave(path: Path) -> None
 def test_coercion_of_saved_json_and_of_bad_values(tmp_path: Path) -> None:
     import json
 
-    cfg = TrainConfig().updated({"epochs": 3, "scale": (0.8, 1.2), "classes": ("a", "b")})
+    cfg = TrainConfig().updated({"epochs": 3, "scale": (0.8, 1.2), "classes": ("neutrophil", "basophil")})
     again = TrainConfig().updated(json.loads(json.dumps(cfg.to_dict())))  # run folders store config.json
-    assert again == cfg and again.scale == (0.8, 1.2) and again.classes == ("a", "b")
+    assert again == cfg and again.scale == (0.8, 1.2) and again.classes == ("neutrophil", "basophil")
     assert TrainConfig().updated({"lr": 1, "epochs": "4", "version": 2.0}) == TrainConfig(lr=1.0, epochs=4,
                                                                                         version="2.0")
     for bad in ({"epochs": 3.5}, {"scale": [1.0]}, {"split": [0.5, 0.5]}, {"pretrained": "maybe"}):
         with pytest.raises(ConfigError, match=f"option '{next(iter(bad))}'"):
             TrainConfig().updated(bad)
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    (["basophil", "eosinophils", "Lymphocytes"], ("basophil", "eosinophil", "lymphocyte")),
+    (["NEUTROPHIL", "neutrophil", "IG"], ("neutrophil", "ig")),
+    ("5part", ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")),
+    ("neutrophil, lymph", ("neutrophil", "lymphocyte")),
+    ([], ()),
+])
+def test_classes_are_read_in_any_known_spelling(tmp_path: Path, value: object, want: tuple[str, ...]) -> None:
+    """Training compares ``classes`` with the canonical folder labels: a plural or an alias must not drop its
+    class (``"lymphocytes"`` left lymphocytes out of the run without a word)."""
+    import json
+
+    p = tmp_path / "c.toml"
+    p.write_text(f"classes = {json.dumps(value)}\n")
+    assert load_config(p).classes == want
+
+
+@pytest.mark.parametrize(("value", "msg"), [
+    ('["basophil", "eosinofil"]', "classes: 'eosinofil' is not a class"),
+    ('["lymphocytes"]', "only 'lymphocyte'; a classifier needs at least two classes"),
+    ('["Basophils", "basophil"]', "only 'basophil'"),
+])
+def test_unknown_or_single_classes_are_refused(tmp_path: Path, value: str, msg: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(f"classes = {value}\n")
+    with pytest.raises(ConfigError, match=msg) as info:
+        load_config(p)
+    assert "bad.toml" in str(info.value)

@@ -395,3 +395,24 @@ def test_a_split_with_no_readable_images_is_one_clear_error(tmp_path: Path) -> N
     cfg = TrainConfig(model="small_cnn", pretrained=False, input_size=48, epochs=1)
     with pytest.raises(WbcError, match=r"manifest\.csv: no readable train images \(3 of 4 could not be read\)"):
         run_training(cfg, run, data_root=tmp_path, resume=True, console=Console(quiet=True))
+
+
+@pytest.mark.parametrize("layout", ["missing", "one class"])
+def test_a_run_stopped_before_training_leaves_no_config_behind(tmp_path: Path, layout: str) -> None:
+    """A missing dataset folder, or one holding a single class (a classifier that cannot be wrong, with perfect
+    validation scores), stops the run in one line, without a config.json that makes the folder look like a run."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import run_training
+
+    data = tmp_path / "cells"
+    if layout == "one class":
+        make_dataset(data, n_per_class=3, size=32, classes=["basophil"])
+    cfg = TrainConfig(data=str(data), model="small_cnn", pretrained=False, input_size=48, epochs=1)
+    msg = "dataset folder not found" if layout == "missing" else "images of one class only .basophil."
+    with pytest.raises(WbcError, match=msg):
+        run_training(cfg, tmp_path / "run", console=Console(quiet=True))
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -113,6 +113,8 @@ class TrainConfig:
 
         known = {f.name for f in dataclasses.fields(self)}
         clean = {k: v for k, v in changes.items() if v is not None}
+        if isinstance(clean.get("classes"), str):  # "5part" or "neutrophil,lymphocyte", as --classes takes them
+            clean["classes"] = [c for c in clean["classes"].split(",") if c.strip()]
         for key in clean:
             if key not in known:
                 raise ConfigError(f"unknown training option {key!r}; known: {', '.join(sorted(known))}")
@@ -123,6 +125,7 @@ class TrainConfig:
             key = str(err["loc"][0]) if err["loc"] else "?"
             kind = type(getattr(self, key, "")).__name__
             raise ConfigError(f"option {key!r}: {clean.get(key)!r} is not a valid {kind} ({err['msg']})") from None
+        cfg = dataclasses.replace(cfg, classes=training_classes(cfg.classes))
         cfg.validate()
         return cfg
 
@@ -175,6 +178,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def training_classes(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``classes`` as canonical class names, in any known spelling or as a named set (``5part``), as ``--classes``
+    takes them: compared verbatim with the canonical folder labels, ``"lymphocytes"`` or a typo silently left that
+    class out of training. Unknown names and a single class (a classifier that cannot be wrong) are refused.
+
+    >>> training_classes(("Lymphocytes", "eos", "lymphocyte"))
+    ('lymphocyte', 'eosinophil')
+    """
+    from wbc.labels import CLASS_SETS, CLASSES, canonical_label
+
+    out: list[str] = []
+    for name in names:
+        found = CLASS_SETS.get(name.strip().lower()) or (canonical_label(name),)
+        if found == (None,):
+            raise ConfigError(f"classes: {name!r} is not a class ({', '.join(CLASSES)}) "
+                              f"nor a named set ({', '.join(CLASS_SETS)})")
+        out += [c for c in found if c and c not in out]
+    if len(out) == 1:
+        raise ConfigError(f"classes: only {out[0]!r}; a classifier needs at least two classes (none: every class "
+                          "found in the data)")
+    return tuple(out)
 
 
 @functools.cache

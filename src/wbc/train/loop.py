@@ -444,6 +444,9 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
     for path, reason in scan.skipped:
         console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
     samples = scan.samples
+    found = sorted({s.label for s in samples})
+    if len(found) < 2:
+        raise WbcError(f"{folder}: images of one class only ({', '.join(found)}); a classifier needs at least two")
     if cfg.max_per_class:
         rng = np.random.default_rng(cfg.split_seed)
         by: dict[str, list[Sample]] = {}
@@ -493,11 +496,11 @@ def run_training(
         console = Console(quiet=True)
     torch.set_num_threads(max(1, cfg.threads // d.world_size))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if d.is_main:
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
     t_start = time.time()
 
     samples = prepare_samples(cfg, run_dir, root, resume, console) if d.is_main else []
+    if d.is_main:  # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
     distributed.barrier()  # the other ranks read the manifest rank 0 wrote
     samples = samples or read_manifest(run_dir / "manifest.csv", root=root)
     classes = [c for c in CLASSES if any(s.label == c for s in samples)]
