@@ -116,3 +116,20 @@ def test_metadata_that_fits_the_network_loads(tmp_path: Path) -> None:
     head = {"weight": [[0.5] * 3] * 8, "bias": [0.0] * 8}  # a head refitted by `wbc adapt`: 3-wide embedding
     clf = load_model(_tiny_model_with(tmp_path / "ok.onnx", {"head": head, "temperature": 2}), threads=1)
     assert clf.info.head == head and clf.info.temperature == 2
+
+
+@pytest.mark.parametrize(("version", "number"), [("1.2.0", 1), ("2024-06", 2024), ("2rc1", 2), ("v3", 0), ("", 0),
+                                                 ("9" * 30, 2**63 - 1)])
+def test_any_version_label_exports(tmp_path: Path, version: str, number: int) -> None:
+    """A version whose first part is not a plain number ("2024-06") crashed the export at the end of training."""
+    import numpy as np
+    import onnx
+
+    from tiny_models import mean_colour_model
+    from wbc.model import with_metadata
+
+    raw = mean_colour_model(tmp_path / "m.onnx", 32, np.zeros((8, 3)), "tiny").read_bytes()
+    info = ModelInfo(["a"] * 8, 32, [0.5] * 3, [0.25] * 3, version=version)
+    proto = onnx.load_from_string(with_metadata(raw, info))
+    assert proto.model_version == number
+    assert ModelInfo.from_json(proto.metadata_props[0].value).version == version

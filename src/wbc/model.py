@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -167,7 +168,9 @@ def with_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
     proto.producer_name = "wbc"
-    proto.model_version = int(info.version.split(".")[0]) if info.version[:1].isdigit() else 0
+    # the version's leading number ("2024-06" -> 2024, "2rc1" -> 2, "v3" -> 0): any label must export
+    lead = re.match(r"\d+", info.version)
+    proto.model_version = min(int(lead.group()), 2**63 - 1) if lead else 0
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
