@@ -416,3 +416,32 @@ def test_a_run_stopped_before_training_leaves_no_config_behind(tmp_path: Path, l
     with pytest.raises(WbcError, match=msg):
         run_training(cfg, tmp_path / "run", console=Console(quiet=True))
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("per_class", [2, 4])
+def test_quantize_writes_its_output_only_when_finished(tmp_path: Path, per_class: int) -> None:
+    """The int8 model is built and re-fitted beside --output and moved there at the end: when the out-of-distribution
+    re-fit fails (here: too few cells), --output holds no finished-looking model with the float model's thresholds."""
+    from tiny_models import mean_colour_model
+    from wbc.data import Sample, scan_folder, write_manifest
+    from wbc.errors import WbcError
+    from wbc.model import update_metadata
+    from wbc.quantize import quantize_model
+    from wbc.synthetic import make_dataset
+
+    w = np.random.default_rng(0).normal(0, 3, (8, 3))
+    model = mean_colour_model(tmp_path / "float.onnx", 32, w, "tiny", embedding_output=True)
+    update_metadata(model, ood={"percentile": 99.0})  # so quantize re-fits the OOD statistics, its last step
+    cells = make_dataset(tmp_path / "cells", n_per_class=per_class, size=32, classes=["basophil", "neutrophil"])
+    rows = [Sample(s.path, s.label, "train" if i % 2 else "val") for i, s in enumerate(scan_folder(cells).samples)]
+    write_manifest(tmp_path / "manifest.csv", rows, root=tmp_path)
+    out = tmp_path / "q" / "int8.onnx"
+    if per_class == 2:
+        with pytest.raises(WbcError, match="too few readable images"):
+            quantize_model(model, tmp_path / "manifest.csv", out, data_root=tmp_path, threads=1)
+        assert list(out.parent.iterdir()) == []
+    else:
+        quantize_model(model, tmp_path / "manifest.csv", out, data_root=tmp_path, threads=1)
+        assert sorted(p.name for p in out.parent.iterdir()) == ["int8.json", "int8.onnx"]
+        info = load_model(out, threads=1).info
+        assert info.model_id == "tiny-int8" and info.ood["percentile"] == 99.0 and "quantization" in info.extra

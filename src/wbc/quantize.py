@@ -16,10 +16,11 @@ agreement with the float model and both accuracies on validation are stored in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,38 +122,54 @@ def quantize_model(
 
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="wbc-quant-") as tmp:
-        raw = Path(tmp) / "int8.onnx"
-        quantize_onnx(fp32.path, raw, fp32.network_input(cal_cells))
-        write_model(out, raw.read_bytes(), info)  # metadata first, so the file loads as a Classifier
-    int8 = Classifier(out, threads=threads)
+    with _finished_then_moved(out) as work:
+        with tempfile.TemporaryDirectory(prefix="wbc-quant-") as tmp:
+            raw = Path(tmp) / "int8.onnx"
+            quantize_onnx(fp32.path, raw, fp32.network_input(cal_cells))
+            write_model(work, raw.read_bytes(), info)  # metadata first, so the file loads as a Classifier
+        int8 = Classifier(work, threads=threads)
 
-    def logits(clf: Classifier) -> np.ndarray:
-        return np.concatenate([clf.run(val_cells[i : i + 64])["logits"] for i in range(0, len(val_cells), 64)])
+        def logits(clf: Classifier) -> np.ndarray:
+            return np.concatenate([clf.run(val_cells[i : i + 64])["logits"] for i in range(0, len(val_cells), 64)])
 
-    lf, lq = logits(fp32), logits(int8)
-    cal = calibrate(lq, y, resolve_review_target(None, info.review_target_accuracy))
-    info.temperature, info.review_threshold = cal.temperature, cal.review_threshold
-    info.review_target_accuracy = cal.review_target_accuracy
-    report = {
-        "method": "onnxruntime static int8, QDQ, per-channel weights, min-max activation ranges; "
-                  "first convolution and linear head float",
-        "calibration_cells": len(cal_cells),
-        "val_cells": len(y),
-        "val_accuracy_float": float((lf.argmax(1) == y).mean()),
-        "val_accuracy_int8": float((lq.argmax(1) == y).mean()),
-        "val_agreement": float((lf.argmax(1) == lq.argmax(1)).mean()),
-        "val_max_abs_logit_diff": float(np.abs(lf - lq).max()),
-        "source_model_id": info.model_id,
-    }
-    info.extra["quantization"] = report
-    info.model_id = f"{info.model_id}-int8"
-    write_model(out, out.read_bytes(), info)
-    if info.ood:
-        from wbc.ood import DEFAULT_PERCENTILE
-        from wbc.ood_fit import fit_from_manifest
+        lf, lq = logits(fp32), logits(int8)
+        cal = calibrate(lq, y, resolve_review_target(None, info.review_target_accuracy))
+        info.temperature, info.review_threshold = cal.temperature, cal.review_threshold
+        info.review_target_accuracy = cal.review_target_accuracy
+        report = {
+            "method": "onnxruntime static int8, QDQ, per-channel weights, min-max activation ranges; "
+                      "first convolution and linear head float",
+            "calibration_cells": len(cal_cells),
+            "val_cells": len(y),
+            "val_accuracy_float": float((lf.argmax(1) == y).mean()),
+            "val_accuracy_int8": float((lq.argmax(1) == y).mean()),
+            "val_agreement": float((lf.argmax(1) == lq.argmax(1)).mean()),
+            "val_max_abs_logit_diff": float(np.abs(lf - lq).max()),
+            "source_model_id": info.model_id,
+        }
+        info.extra["quantization"] = report
+        info.model_id = f"{info.model_id}-int8"
+        write_model(work, work.read_bytes(), info)
+        if info.ood:
+            from wbc.ood import DEFAULT_PERCENTILE
+            from wbc.ood_fit import fit_from_manifest
 
-        fit_from_manifest(out, manifest, max_per_class=ood_per_class, data_root=data_root, threads=threads,
-                          seed=seed, percentile=float(info.ood.get("percentile", DEFAULT_PERCENTILE)))
+            fit_from_manifest(work, manifest, max_per_class=ood_per_class, data_root=data_root, threads=threads,
+                              seed=seed, percentile=float(info.ood.get("percentile", DEFAULT_PERCENTILE)))
     report["seconds"] = time.perf_counter() - t0
     return report
+
+
+@contextlib.contextmanager
+def _finished_then_moved(out: Path) -> Iterator[Path]:
+    """A path beside ``out`` where a model file (and its ``.json``) is built, moved to ``out`` only when the block
+    ends without error: an interrupted quantisation must not leave at ``out`` a finished-looking int8 model that
+    carries the float model's temperature or out-of-distribution thresholds."""
+    work = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
+    try:
+        yield work
+        os.replace(work.with_suffix(".json"), out.with_suffix(".json"))
+        os.replace(work, out)
+    finally:
+        work.unlink(missing_ok=True)
+        work.with_suffix(".json").unlink(missing_ok=True)
