@@ -96,3 +96,26 @@ def test_manifest_roundtrip_relative_to_root(tmp_path: Path) -> None:
 def test_real_pbc_classes_are_canonical(real_data: Path) -> None:
     folders = sorted(p.name for p in (real_data / "pbc").iterdir() if p.is_dir())
     assert sorted(canonical_label(f) for f in folders) == sorted(CLASSES)
+
+
+def test_manifest_rows_cut_short_or_with_a_spreadsheet_fold_read(tmp_path: Path) -> None:
+    """A row cut short by an editor has None in its missing cells (label, split), and a spreadsheet writes fold 1
+    as "1.0": read as empty cells and as 1, not a traceback later (`wbc adapt` skips unlabelled rows)."""
+    p = tmp_path / "m.csv"
+    p.write_text("path,label,split,fold,sha1\na.png,basophil,test,1.0,\nb.png\nc.png,eosinophil,train\n,,,,\n")
+    rows = read_manifest(p, root=tmp_path)
+    assert [(s.path.name, s.label, s.split, s.fold, s.sha1) for s in rows] == [
+        ("a.png", "basophil", "test", 1, ""), ("b.png", "", "", -1, ""), ("c.png", "eosinophil", "train", -1, "")]
+    assert [s.path.name for s in read_manifest(p, split="train", root=tmp_path)] == ["c.png"]
+
+
+@pytest.mark.parametrize(("row", "msg"), [
+    ("a.png,basophil,test,one", r"m\.csv: row 3: fold 'one' is not a number"),
+    ("a.png,basophil,test,1.5", r"m\.csv: row 3: fold '1.5' is not a whole number"),
+    (",basophil,test,1", r"m\.csv: row 3: no path"),
+])
+def test_bad_manifest_rows_are_named(tmp_path: Path, row: str, msg: str) -> None:
+    p = tmp_path / "m.csv"
+    p.write_text(f"path,label,split,fold\nok.png,basophil,test,0\n{row}\n")
+    with pytest.raises(WbcError, match=msg):
+        read_manifest(p, root=tmp_path)

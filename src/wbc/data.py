@@ -178,15 +178,37 @@ def read_manifest(
     except csv.Error as exc:
         raise WbcError(f"{p}: not a readable CSV ({exc})") from None
     out = []
-    for r in rows:
-        if split and r.get("split") != split:
+    for line, r in enumerate(rows, start=2):  # line 1: the header
+        # a row cut short by an editor has None in its missing cells: read as empty ones (an unlabelled row)
+        cells = {k: v or "" for k, v in r.items() if k is not None}
+        if not any(v.strip() for v in cells.values()):  # ",,,": a spreadsheet's trailing empty row
             continue
-        fp = Path(r["path"])
+        if split and cells.get("split", "") != split:
+            continue
+        if not cells["path"].strip():
+            raise WbcError(f"{p}: row {line}: no path")
+        fp = Path(cells["path"])
         if not fp.is_absolute():
             beside = p.parent / fp
             fp = beside if explicit_root is None and beside.is_file() else root / fp
-        out.append(Sample(fp, r["label"], r.get("split", ""), int(r.get("fold") or -1), r.get("sha1", "")))
+        fold = _fold(cells.get("fold", ""), f"{p}: row {line}")
+        out.append(Sample(fp, cells["label"], cells.get("split", ""), fold, cells.get("sha1", "")))
     return out
+
+
+def _fold(text: str, where: str) -> int:
+    """A manifest's ``fold`` cell: empty is -1 (no cross-validation); ``1.0``, as a spreadsheet writes 1, is 1.
+
+    >>> _fold("", "m.csv: row 2"), _fold("1.0", "m.csv: row 2"), _fold("3", "m.csv: row 2")
+    (-1, 1, 3)
+    """
+    try:
+        value = float(text or -1)
+    except ValueError:
+        raise WbcError(f"{where}: fold {text!r} is not a number") from None
+    if not value.is_integer():
+        raise WbcError(f"{where}: fold {text!r} is not a whole number")
+    return int(value)
 
 
 def sample_paths(paths: list[T], max_cells: int, seed: int = 0) -> list[T]:
