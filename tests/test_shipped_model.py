@@ -126,3 +126,42 @@ def test_predict_cells_holds_blas_to_one_thread() -> None:
     assert len(preds) == 8 and out["embedding"].shape[0] == 8
     assert seen and all(set(s.values()) == {1} for s in seen)
     assert after == before
+
+
+def test_overlapping_one_blas_thread_blocks_restore_the_setting() -> None:
+    """Two requests' blocks overlapping in two threads (A enters, B enters, A leaves, B leaves): BLAS stays on one
+    thread until the last leaves, then is back as before (B used to restore the 1 it found, for good)."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from wbc.runtime import one_blas_thread
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, set[int]] = {}
+
+    def a() -> None:
+        with one_blas_thread():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(5)
+        with one_blas_thread():
+            b_in.set()
+            a_out.wait(5)
+            seen["b after a left"] = blas_threads()
+
+    before = blas_threads()  # not set here: a thread holding a limit would keep the others from setting theirs
+    if before == {1}:
+        pytest.skip("BLAS is on one thread in this process already")
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen["b after a left"] == {1} and blas_threads() == before

@@ -12,10 +12,11 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -104,6 +105,12 @@ def _blas_controller(modules: int) -> ThreadpoolController:
     return ThreadpoolController()
 
 
+#: :func:`one_blas_thread`'s blocks under way (in any thread) and the limit their first one set.
+_BLAS_LOCK = threading.Lock()
+_blas_blocks = 0
+_blas_limiter: Any = None
+
+
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """NumPy's and SciPy's BLAS on one thread inside the block; also a decorator.
@@ -113,16 +120,40 @@ def one_blas_thread() -> Iterator[None]:
     spinning while ONNX Runtime and the decoding threads needed it: 0.8 core-ms a PBC cell, the network's own cost
     being about 3; on one thread the products take about 0.05 ms a cell longer (`wbc classify` end to end on 2 cores
     359.9 -> 393.6 cells/s in one run, ``benchmarks/results/classify_speed_one_blas_thread.json``). The limit is the
-    process's (BLAS has no per-thread setting; 0.02 ms to set) and is undone at the end of the block; a library
-    first loaded inside a block is held from the next block on.
+    process's (BLAS has no per-thread setting; 0.02 ms to set): the first of overlapping blocks (``wbc serve``'s
+    concurrent requests) sets it and the last to end undoes it (each block restoring the setting it had found left
+    BLAS on one thread for good after two overlapped); a library first loaded inside a block is held from the next.
 
     >>> import numpy as np
     >>> with one_blas_thread():
     ...     (np.ones((64, 1280)) @ np.ones((1280, 32))).shape
     (64, 32)
     """
-    with _blas_controller(len(sys.modules)).limit(limits=1, user_api="blas"):
+    global _blas_blocks, _blas_limiter
+    with _BLAS_LOCK:
+        if not _blas_blocks:
+            _blas_limiter = _blas_controller(len(sys.modules)).limit(limits=1, user_api="blas")
+            _release_blas_control()
+        _blas_blocks += 1
+    try:
         yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_blocks -= 1
+            if not _blas_blocks and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _release_blas_control()
+                _blas_limiter = None
+
+
+def _release_blas_control() -> None:
+    """Let any thread set OpenBLAS's limit next: threadpoolctl 3.8 lets only the thread that set a process-wide pool's
+    limit change it again until released, and the last of overlapping blocks may end in another thread."""
+    import threadpoolctl
+
+    release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if release is not None:  # threadpoolctl < 3.8: any thread may set it
+        release()
 
 
 def usable_cores() -> int:
