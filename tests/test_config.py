@@ -47,6 +47,19 @@ def test_missing_config_file(tmp_path: Path) -> None:
         load_config(tmp_path / "none.toml")
 
 
+def test_unreadable_config_file_is_one_line(tmp_path: Path) -> None:
+    """A TOML file saved as UTF-16 (Notepad's "Unicode"), or a folder given as --config: one line, no traceback."""
+    utf16 = tmp_path / "c.toml"
+    utf16.write_bytes("epochs = 1\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"c\.toml: not UTF-8 text"):
+        load_config(utf16)
+    with pytest.raises(ConfigError, match="is a folder, not a TOML config file"):
+        load_config(tmp_path)
+    accented = tmp_path / "u.toml"
+    accented.write_text('data = "données"\n', encoding="utf-8")  # read as UTF-8 whatever the locale says
+    assert load_config(accented).data == "données"
+
+
 def test_shipped_default_config_loads() -> None:
     cfg = load_config(Path(__file__).parents[1] / "configs" / "default.toml")
     assert cfg.model == "efficientnet_lite0" and cfg.pretrained

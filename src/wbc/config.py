@@ -217,9 +217,15 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] |
     if path:
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
         except FileNotFoundError:
             raise ConfigError(f"{p}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{p}: is a folder, not a TOML config file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not UTF-8 text, as TOML must be (saved as UTF-16 \"Unicode\"?)") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML ({exc})") from None
         if "train" in data:  # the keys go under [train], or all at the top: never some of each
