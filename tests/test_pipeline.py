@@ -445,3 +445,19 @@ def test_quantize_writes_its_output_only_when_finished(tmp_path: Path, per_class
         assert sorted(p.name for p in out.parent.iterdir()) == ["int8.json", "int8.onnx"]
         info = load_model(out, threads=1).info
         assert info.model_id == "tiny-int8" and info.ood["percentile"] == 99.0 and "quantization" in info.extra
+
+
+@pytest.mark.parametrize("kind", ["truncated", "an image"])
+def test_export_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path: Path, kind: str) -> None:
+    """`wbc export` on a truncated .pt or another file: the file named in one line, not a PyTorch traceback."""
+    from wbc.errors import WbcError
+    from wbc.paths import DEFAULT_MODEL
+    from wbc.train.export import load_checkpoint
+
+    bad = tmp_path / "bad.pt"
+    if kind == "truncated":
+        bad.write_bytes(DEFAULT_MODEL.with_suffix(".pt").read_bytes()[:300_000])
+    else:
+        bad.write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
+    with pytest.raises(WbcError, match=r"bad\.pt: not a wbc checkpoint"):
+        load_checkpoint(bad)

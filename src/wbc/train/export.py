@@ -70,14 +70,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Mo
             raise WbcError(f"{path}: no best.pt or ensemble.pt in this run folder")
     if not p.is_file():
         raise WbcError(f"{p}: checkpoint not found")
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    info = ModelInfo.from_json(ckpt["info"])
-    states = ckpt["members"] if "members" in ckpt else [ckpt["model"]]
-    nets: list[WbcNet] = []
-    for state in states:
-        net = create_model(ckpt["arch"], len(info.classes), pretrained=False, dropout=ckpt.get("dropout", 0.0))
-        net.load_state_dict(state)
-        nets.append(net.eval())
+    try:  # as wbc.train.finetune.load_weights reads one
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        info = ModelInfo.from_json(ckpt["info"])
+        states = ckpt["members"] if "members" in ckpt else [ckpt["model"]]
+        nets: list[WbcNet] = []
+        for state in states:
+            net = create_model(ckpt["arch"], len(info.classes), pretrained=False, dropout=ckpt.get("dropout", 0.0))
+            net.load_state_dict(state)
+            nets.append(net.eval())
+    except WbcError:
+        raise
+    except Exception as exc:  # a truncated file, another program's pickle, a state dict that does not fit
+        raise WbcError(f"{p}: not a wbc checkpoint ({type(exc).__name__}: {exc})") from None
     return (Ensemble(nets) if len(nets) > 1 else nets[0]), info
 
 
