@@ -27,6 +27,9 @@ def test_canonical_labels(raw: str, want: str | None) -> None:
     ("Neutrophil, segmented", "neutrophil"), ("Neutrophil, band", "neutrophil"), ("Metamyelocyte", "ig"),
     ("Lymphocyte, variant form", None), ("Large Lymph", "lymphocyte"), ("small_lymphocytes", "lymphocyte"),
     ("SNE", "neutrophil"), ("band cells", "neutrophil"), ("small cells", None), ("neutrophil/eosinophil", None),
+    ("Immature granulocytes (IG)", "ig"), ("IG (immature granulocytes)", "ig"),
+    ("erythroblasts (NRBC)", "erythroblast"), ("NRBC (nucleated red blood cells)", "erythroblast"),
+    ("Immature granulocytes, lymphocytes", None),
 ])
 def test_public_datasets_spellings_are_known_and_ambiguous_ones_are_not_guessed(raw: str, want: str | None) -> None:
     assert canonical_label(raw) == want

@@ -108,10 +108,17 @@ def _normalise(name: str) -> str:
     return key
 
 
+#: Aliases of several words, longest first: read as their class word inside a longer name, so that "Immature
+#: granulocytes (IG)" is "ig ig", one class, as "erythroblasts (NRBC)" is.
+_PHRASES: tuple[str, ...] = tuple(sorted((a for a in _ALIASES if " " in a), key=len, reverse=True))
+
+
 def _lookup(key: str) -> str | None:
     """``key`` (normalised) as a class: itself, or the one class word it holds beside qualifiers."""
     if key in _ALIASES:
         return _ALIASES[key]
+    for phrase in _PHRASES:
+        key = re.sub(rf"\b{phrase}s?\b", _ALIASES[phrase], key)
     words = [w[:-1] if w.endswith("s") and w[:-1] in _ALIASES else w for w in key.split()]
     if not words or not all(w in _ALIASES or w in _QUALIFIERS for w in words):
         return None
