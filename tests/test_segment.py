@@ -250,3 +250,15 @@ def test_train_segmenter_replaces_its_model_in_one_step(tmp_path: Path) -> None:
     assert (tmp_path / "old.onnx").read_bytes() == old
     assert {p.value for p in onnx.load(str(out)).metadata_props if p.key == "model_id"} == {"second"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx", "seg.onnx"]
+
+
+@pytest.mark.parametrize(("kwargs", "placed"), [
+    ({"n_wbc": 40}, "placed 11"), ({"scale": 3, "size": (200, 200)}, "placed 0")])
+def test_synthetic_smear_refuses_wbcs_it_has_no_room_for(kwargs: dict, placed: str) -> None:
+    """Too many WBCs for the field, or a field smaller than one: a clear error, not fewer boxes than asked for
+    without a word (40 gave 12) or numpy's "high - low < 0"."""
+    from wbc.errors import WbcError
+
+    with pytest.raises(WbcError, match=f"no room for .* WBCs .*{placed}"):
+        synthetic_smear(**kwargs)
+    assert len(synthetic_smear(n_wbc=3, seed=2)[1]) == 3

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from wbc.errors import WbcError
 from wbc.io import write_image
 
 # nucleus (radius fraction, lobes, BGR-free RGB colour), cytoplasm radius fraction and colour
@@ -75,7 +76,9 @@ def synthetic_smear(
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], np.ndarray, np.ndarray]:
     """A smear-like field: grey background, pink pale-centred red cells, violet-nucleus WBCs.
 
-    Returns (rgb, wbc boxes, nucleus mask, cell mask). Red cells are ``70 * scale`` px across.
+    Returns (rgb, wbc boxes, nucleus mask, cell mask). Red cells are ``70 * scale`` px across, WBCs 1.5x that,
+    apart and inside the field: one that finds no room in 100 random places raises :class:`WbcError`, so a test
+    never gets fewer WBCs than it asked for without a word.
     """
     rng = np.random.default_rng(seed)
     h, w = size
@@ -86,11 +89,14 @@ def synthetic_smear(
     centres: list[np.ndarray] = []
     wr = 0.75 * d
     for _ in range(n_wbc):
-        for _ in range(100):
+        for _ in range(100 if min(h, w) > 2 * wr + 10 else 0):
             c = rng.uniform([wr + 5, wr + 5], [w - wr - 5, h - wr - 5])
             if all(np.hypot(*(c - o)) > 2 * wr + 10 for o in centres):
                 centres.append(c)
                 break
+        else:
+            raise WbcError(f"synthetic_smear: no room for {n_wbc} WBCs {2 * wr:.0f} px across in a {w}x{h} field "
+                           f"(placed {len(centres)}); give a larger size, a smaller scale or fewer WBCs")
     for _ in range(int(h * w / (d * d) * 0.9)):
         c = rng.uniform([0, 0], [w, h])
         if any(np.hypot(*(c - o)) < wr + d / 2 for o in centres):
