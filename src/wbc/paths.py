@@ -14,7 +14,7 @@ DATA_ENV = "WBC_DATA_DIR"
 
 
 def data_root(override: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: ``override`` (a ``--data`` option), else ``$WBC_DATA_DIR``, else ``../shared/data``.
+    """The data root: ``override`` (a ``--data-root`` option), else ``$WBC_DATA_DIR``, else ``../shared/data``.
 
     ``../shared/data`` is looked up from the working directory first, then from the repository that
     holds this package, so that commands work from the repo root and from its subfolders.
