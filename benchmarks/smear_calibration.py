@@ -15,6 +15,9 @@ Three checks, each run with calibration on and off (:meth:`wbc.model.Classifier.
 
     python benchmarks/smear_calibration.py --output benchmarks/results/smear_calibration_v1.4.0.json
     python benchmarks/smear_calibration.py --parts bcd --output benchmarks/results/smear_calibration_bcd_v1.4.0.json
+    # over-exposed fields (a lamp too bright, a phone on an eyepiece): BCCD validation fields brightened 1.5x
+    python benchmarks/smear_calibration.py --parts bccd --splits val,train --exposure 1.5 \
+        --output benchmarks/results/smear_calibration_exposure1.5_wbc0.28.0.json
 """
 
 from __future__ import annotations
@@ -54,6 +57,24 @@ def bccd_rows(root: Path, splits: list[str], clf, seg) -> list[dict]:
                              "macro_f1": round(sub["macro_f1"], 4)})
                 print(rows[-1], flush=True)
     return rows
+
+
+def exposed_bccd(root: Path, factor: float, out: Path) -> Path:
+    """A copy of BCCD's fields with every pixel's brightness multiplied by ``factor`` and clipped at 255, as an
+    over-exposed camera saves them (JPEG quality 95); its boxes, splits, masks and labels linked, not copied."""
+    import cv2
+
+    from wbc.io import read_image
+
+    src, dst = root / "bccd", out / "bccd"
+    (dst / "JPEGImages").mkdir(parents=True)
+    for name in ("Annotations", "ImageSets", "masks", "single_wbc_labels.csv", "labels.csv"):
+        if (src / name).exists():
+            (dst / name).symlink_to(src / name)
+    for p in sorted((src / "JPEGImages").glob("*.jpg")):
+        rgb = np.clip(read_image(p).astype(np.float32) * factor, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(dst / "JPEGImages" / p.name), rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return out
 
 
 def pbc_field_rows(root: Path, manifest: Path, n: int, seed: int, clf, seg) -> list[dict]:
@@ -135,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parts", default="bccd,pbc", help="bccd, pbc, bcd (comma-separated)")
     ap.add_argument("--bcd-fields", type=int, default=200, help="BCD fields for the label-free part")
+    ap.add_argument("--exposure", type=float, default=1.0, help="BCCD fields brightened by this factor first")
     args = ap.parse_args(argv)
 
     from _provenance import provenance
@@ -151,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     seg = get_segmenter("auto", threads=args.threads)
     t0 = time.time()
     parts = set(args.parts.split(","))
-    rows = bccd_rows(root, [s for s in args.splits.split(",") if s], clf, seg) if "bccd" in parts else []
+    with tempfile.TemporaryDirectory() as tmp:
+        bccd_root = exposed_bccd(root, args.exposure, Path(tmp)) if args.exposure != 1.0 else root
+        rows = bccd_rows(bccd_root, [s for s in args.splits.split(",") if s], clf, seg) if "bccd" in parts else []
     if "pbc" in parts:
         rows += pbc_field_rows(root, args.manifest, args.pbc_fields, args.seed, clf, seg)
     if "bcd" in parts:
         rows += bcd_rows(root, args.bcd_fields, clf, seg)
     doc = {"model_id": clf.model_id, "segmenter": seg.model_id, "red_cell_target": clf.red_cell_target(),
+           "exposure": args.exposure,
            "seconds": round(time.time() - t0, 1), "rows": rows,
            "provenance": provenance(__file__, argv, clf.model_id)}
     args.output.parent.mkdir(parents=True, exist_ok=True)

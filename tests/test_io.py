@@ -59,6 +59,18 @@ def test_sixteen_bit_alpha_and_float_samples_keep_their_own_scales(tmp_path: Pat
     assert read_image(_write(tmp_path / "unit.tif", ramp / 4095))[..., 0].max() == 255
 
 
+def test_a_float_file_with_one_stray_sample_reads_on_its_own_scale(tmp_path: Path) -> None:
+    """One inf, or one overshoot to 1.02, in a 0-1 float file from a processing pipeline made the whole image read
+    black, and it was refused as a blank frame or a drawing."""
+    cell = synthetic_cell("lymphocyte").astype(np.float32) / 255
+    expected = read_image(_write(tmp_path / "clean.tif", cell))
+    for name, value in (("inf", np.inf), ("overshoot", 1.02), ("nan", np.nan)):
+        stray = cell.copy()
+        stray[0, 0, 0] = value
+        got = read_image(_write(tmp_path / f"{name}.tif", stray))
+        assert np.abs(got[1:].astype(int) - expected[1:]).max() == 0, name
+
+
 def test_bad_files_name_the_file_and_problem(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")

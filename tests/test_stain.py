@@ -17,6 +17,7 @@ from wbc.stain import (
     match_histograms,
     normalise,
     normalise_batch,
+    red_cell_colours,
     reinhard,
 )
 
@@ -116,3 +117,35 @@ def test_bad_input_gives_clear_errors() -> None:
         reinhard(np.zeros((4, 4), np.uint8), [50, 0, 0], [1, 1, 1])
     batch = np.zeros((2, 4, 4, 3), np.uint8)
     assert normalise_batch(batch, None) is batch
+
+
+def test_a_grey_image_keeps_its_grey_under_reinhard() -> None:
+    """A grey image's a and b spreads are rounding noise: stretched 850-2,700x, they painted grey cells at random."""
+    grey = stained_image(np.stack([NUCLEAR, EOSIN]), seed=8).mean(2, keepdims=True).repeat(3, 2).astype(np.uint8)
+    m, s = lab_stats(stained_image(np.stack([NUCLEAR, EOSIN]), seed=9))
+    out_std = lab_stats(reinhard(grey, m, s, *lab_stats(grey)))[1]
+    assert out_std[1:].max() < 0.3 * s[1:].min()  # a and b shifted to the target's tint, not stretched to its spread
+
+
+def test_a_field_clipped_in_a_channel_is_not_calibrated() -> None:
+    """Over-exposed, the glass and red cells both read 255 in one channel: its red-cell density reads near 0, and
+    scaling it up to the training lab's painted every cell."""
+    field = np.full((100, 100, 3), (250, 238, 255), np.uint8)
+    field[20:80, 20:80] = (215, 130, 254)
+    assert red_cell_colours(field) is None
+    field[20:80, 20:80] = (215, 130, 235)
+    assert red_cell_colours(field) is not None
+
+
+def test_macenko_maps_a_lab_onto_its_own_reference_whichever_order_its_stains_come_in() -> None:
+    """Two fits of one lab can name its stains in either order (May-Grunwald-Giemsa's two dyes absorb red alike),
+    and images of one lab differ in their glass: the mapping onto the lab's own reference stays near identity."""
+    tiles = [tinted(stained_image(np.stack([NUCLEAR, EOSIN]), seed=s, size=64), (1.0, 1.0, g))
+             for s, g in zip(range(10, 16), (1.0, 0.9, 0.8, 1.0, 0.9, 0.8), strict=True)]
+    reference = fit_stain_target(tiles[:3], "macenko")["target"]
+    source = fit_stain_target(tiles[3:], "macenko")["target"]
+    flipped = {"stains": source["stains"][::-1], "max": source["max"][::-1], "background": source["background"]}
+    outs = [normalise_batch(np.stack(tiles[3:]), {"method": "macenko", "target": reference, "source": src})
+            for src in (source, flipped)]
+    assert np.array_equal(outs[0], outs[1])
+    assert np.abs(outs[0].astype(int) - np.stack(tiles[3:])).mean() < 8  # the glass moved to the lab's median

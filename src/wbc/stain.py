@@ -34,6 +34,8 @@ import numpy as np
 METHODS = ("reinhard", "macenko", "histogram")
 N_QUANTILES = 65
 _EPS = 1e-6
+#: Least source spread (CIELAB units) Reinhard's mapping divides by: below it a channel is only shifted.
+REINHARD_MIN_STD = 1.0
 
 
 def _as_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -95,7 +97,9 @@ def reinhard(
         source_mean, source_std = flat.mean(0), flat.std(0)
     sm, ss = np.asarray(source_mean, np.float64), np.asarray(source_std, np.float64)
     tm, ts = np.asarray(target_mean, np.float64), np.asarray(target_std, np.float64)
-    scale = (ts / np.maximum(ss, _EPS)).astype(np.float32)
+    # a spread under one LAB unit is rounding noise (a grey image's a and b), not colour to stretch: stretching it
+    # 850-2,700x painted grey cells at random (PBC test cells made grey, --stain reinhard: 0.963 -> 0.825)
+    scale = (ts / np.maximum(ss, REINHARD_MIN_STD)).astype(np.float32)
     out = (lab - sm.astype(np.float32)) * scale + tm.astype(np.float32)
     out[..., 0] = np.clip(out[..., 0], 0.0, 100.0)
     return lab_to_rgb(out)
@@ -151,6 +155,20 @@ def macenko_stains(
     return stains, np.maximum(max_c, _EPS), bg
 
 
+def _swapped(source: np.ndarray, target: np.ndarray) -> bool:
+    """Whether ``source``'s two stain vectors match ``target``'s better in the other order.
+
+    :func:`macenko_stains` orders stains by red absorption, which does not tell May-Grunwald-Giemsa's two dyes
+    apart reliably: fits of one lab's cells came out in either order, and mapping the nuclear stain's amounts onto
+    the eosin vector cost 10-27 points on PBC cells mapped onto PBC's own reference.
+
+    >>> a, b = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])
+    >>> _swapped(np.stack([b, a]), np.stack([a, b])), _swapped(np.stack([a, b]), np.stack([a, b]))
+    (True, False)
+    """
+    return bool(source[0] @ target[1] + source[1] @ target[0] > source[0] @ target[0] + source[1] @ target[1])
+
+
 def macenko(
     rgb: np.ndarray,
     target_stains: Sequence[Sequence[float]],
@@ -171,12 +189,15 @@ def macenko(
             s_src, m_src, bg_src = macenko_stains(arr)
         except ValueError:
             return arr.copy()
+    t_stains = np.asarray(target_stains, np.float64)
+    if _swapped(s_src, t_stains):  # the source's stains named in the target's order
+        s_src, m_src = s_src[::-1], m_src[::-1]
     od = optical_density(arr, bg_src)
     conc = np.linalg.lstsq(s_src.T, od.T, rcond=None)[0]
     ratio = np.asarray(target_max, np.float64) / np.maximum(m_src, _EPS)
     conc *= ratio[:, None]
     bg_t = np.asarray(target_background if target_background is not None else [255.0] * 3, np.float64)
-    out = (bg_t + 1.0) * np.exp(-(np.asarray(target_stains, np.float64).T @ conc)).T - 1.0
+    out = (bg_t + 1.0) * np.exp(-(t_stains.T @ conc)).T - 1.0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(arr.shape)
 
 
@@ -226,6 +247,11 @@ _RED_CELL_PERCENTILE = 90
 #: colour. Real fields measured 1.30-2.0 (PBC, BCCD, BCD); a grey image is 1.0, and mapping its neutral red cells
 #: onto coloured ones would tint every nucleus like a red cell (PBC fields made grey: 0.803 -> 0.770).
 RED_CELL_MIN_CHROMA = 1.15
+#: Least red-cell optical density in any channel for a field to be calibrated. Real fields measured 0.072 and above
+#: (119 BCCD and TXL-PBC fields); an over-exposed field whose glass and red cells both clip at 255 in one channel
+#: reads near 0 there, and scaling that channel up to the training lab's (up to 186x) painted every cell
+#: (BCCD fields brightened 1.5x: 0.70 uncalibrated, 0.50 so calibrated).
+RED_CELL_MIN_OD = 0.03
 
 
 def red_cell_colours(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict[str, list[float]] | None:
@@ -234,7 +260,7 @@ def red_cell_colours(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict[st
     The glass is the 99th-percentile brightness (:func:`background_level`); the red-cell colour is the median
     optical density of the stained pixels (summed OD over 0.3) below the 90th percentile of darkness, among the
     pixels ``mask`` allows (the field outside its WBCs): in a smear field almost all of them are red cells.
-    None too for a grey image (:data:`RED_CELL_MIN_CHROMA`).
+    None too for a grey image (:data:`RED_CELL_MIN_CHROMA`) and for one clipped in a channel (:data:`RED_CELL_MIN_OD`).
 
     >>> field = np.full((100, 100, 3), (240, 235, 230), np.uint8)
     >>> field[20:80, 20:80] = (200, 120, 130)
@@ -260,6 +286,8 @@ def red_cell_colours(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict[st
         return None
     red = np.median(od[keep], axis=0)
     if red.max() < RED_CELL_MIN_CHROMA * max(red.min(), 1e-3):  # grey: no stain colour to calibrate from
+        return None
+    if red.min() < RED_CELL_MIN_OD:  # a channel clipped at the top: its stain cannot be measured
         return None
     return {"background": bg.tolist(), "od": red.tolist()}
 
@@ -371,6 +399,22 @@ def calibrate_red_cells(
 # --- fit / apply by name -------------------------------------------------------------------------
 
 
+def common_glass(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each image white-balanced onto the images' median glass (:func:`background_level`).
+
+    A mosaic's 99th percentile is its brightest images' glass: against it every other image's glass has optical
+    density, and Macenko's second "stain" came out as glass tint (PBC: blue glass 229 for most cells' 204).
+
+    >>> dim, bright = np.full((4, 4, 3), 200, np.uint8), np.full((4, 4, 3), 240, np.uint8)
+    >>> [int(im.max()) for im in common_glass([dim, bright, dim])]
+    [200, 200, 200]
+    """
+    levels = [background_level(im) for im in images]
+    glass = np.median(levels, axis=0)
+    return [np.clip(np.rint(_as_rgb(im) * (glass / lv)), 0, 255).astype(np.uint8) for im, lv in zip(images, levels,
+                                                                                                 strict=True)]
+
+
 def fit_stain_stats(images: Sequence[np.ndarray], method: str) -> dict[str, Any]:
     """Pooled colour statistics of a set of images for ``method``, as plain lists (JSON-ready)."""
     if method not in METHODS:
@@ -384,7 +428,7 @@ def fit_stain_stats(images: Sequence[np.ndarray], method: str) -> dict[str, Any]
         # stain vectors of a mosaic of the images: one robust estimate for the whole set
         side = min(min(im.shape[:2]) for im in images)
         tiles = [cv2.resize(_as_rgb(im), (side, side), interpolation=cv2.INTER_AREA) for im in images]
-        stains, max_c, bg = macenko_stains(np.concatenate(tiles, axis=0))
+        stains, max_c, bg = macenko_stains(np.concatenate(common_glass(tiles), axis=0))
         return {"stains": stains.tolist(), "max": max_c.tolist(), "background": bg.tolist()}
     return {"quantiles": channel_quantiles(images).tolist()}
 
