@@ -302,7 +302,8 @@ def tiff_fields(data: bytes) -> int:
             n = 0
             for i in range(min(int(getattr(im, "n_frames", 1)), 10_000)):
                 im.seek(i)
-                n += not int(im.tag_v2.get(254, 0)) & 0b101  # NewSubfileType: reduced resolution (1), mask (4)
+                kind = int(getattr(im, "tag_v2", {}).get(254, 0))  # NewSubfileType: reduced resolution 1, mask 4
+                n += not kind & 0b101
             return max(1, n)
     except (OSError, ValueError, SyntaxError, EOFError):
         return 1
