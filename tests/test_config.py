@@ -33,6 +33,16 @@ def test_toml_then_flags_override(tmp_path: Path) -> None:
     ("patience = -3", "must be >= 0: .'patience': -3"),
     ("weight_decay = -1.0", "must be >= 0"),
     ("split = [0.5, 0.6, -0.1]", "split is three fractions"),
+    # a traceback in the first batch, after the whole dataset was decoded, or taken silently, until wbc 0.28.0:
+    ("hue = 0.7", "hue must be in .0, 0.5."),
+    ("scale = [0.3, 1.0]", "scale must be two factors"),
+    ("scale = [1.2, 0.8]", "scale must be two factors"),
+    ("brightness = -0.1", "brightness: must be >= 0"),
+    ("blur_sigma = 0.0", "blur_sigma must be > 0.1"),
+    ("reframe_p = 3.0", "reframe_p: a probability"),
+    ("jpeg_p = -1", "jpeg_p: a probability"),
+    ("translate = 0.9", "translate in .0, 0.5."),
+    ("lowres_min = 1.5\nlowres_p = 1", "lowres_min"),
 ])
 def test_bad_config_names_file_and_problem(tmp_path: Path, text: str, msg: str) -> None:
     p = tmp_path / "bad.toml"

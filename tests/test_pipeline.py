@@ -65,6 +65,8 @@ def test_export_command_and_resume(synthetic_run: Path, tmp_path: Path) -> None:
     r = run_wbc("export", str(synthetic_run), "--output", str(tmp_path / "m.onnx"))
     assert r.returncode == 0, r.stderr
     assert "max |onnx - torch|" in r.stderr and (tmp_path / "m.onnx").is_file()
+    r = run_wbc("export", str(synthetic_run / "last.pt"), "--output", str(tmp_path / "last.onnx"))
+    assert r.returncode == 1 and "last.pt: no model metadata yet" in r.stderr and "Traceback" not in r.stderr
     r = run_wbc("train", "--output", str(synthetic_run), "--data", "x")
     assert r.returncode == 1 and "--resume" in r.stderr and "Traceback" not in r.stderr
 

@@ -173,8 +173,34 @@ class TrainConfig:
                     if getattr(self, k) < 0}
         if negative:
             raise ConfigError(f"must be >= 0: {negative}")
+        self.validate_augmentation()
         if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6 or self.split[0] <= 0:
             raise ConfigError(f"split is three fractions (train, val, test) >= 0 summing to 1, not {list(self.split)}")
+
+    def validate_augmentation(self) -> None:
+        """The augmentation's ranges, checked before any image is decoded: torchvision refused a hue of 0.7 or a
+        scale of 0.3 with a traceback only in the first batch, after the whole dataset was decoded, and took a
+        probability of 3 without a word."""
+        p_keys = ("blur_p", "gray_p", "lowres_p", "jpeg_p", "reframe_p", "reframe_tight", "tight_pad_p")
+        bad = [k for k in p_keys if not 0 <= getattr(self, k) <= 1]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: a probability (share) in [0, 1], not "
+                              f"{', '.join(str(getattr(self, k)) for k in bad)}")
+        negative = [k for k in ("brightness", "contrast", "saturation", "hed_sigma", "hed_bias", "noise_std")
+                    if getattr(self, k) < 0]
+        if negative:
+            raise ConfigError(f"{', '.join(negative)}: must be >= 0")
+        lo, hi = self.scale
+        if not 0 < lo <= hi or not 0 <= self.translate < 0.5 or (1 / lo - 1) / 2 + self.translate >= 0.9:
+            raise ConfigError(f"scale must be two factors 0 < low <= high, translate in [0, 0.5), and the padding "
+                              f"they need under 0.9 of the side (low >= about 0.4), not scale {list(self.scale)}, "
+                              f"translate {self.translate}")
+        if not 0 <= self.hue <= 0.5 or self.hed_sigma > 1 or not 0 < self.lowres_min <= 1:
+            raise ConfigError(f"hue must be in [0, 0.5] (a fraction of the colour circle), hed_sigma <= 1, lowres_min "
+                              f"in (0, 1], not {self.hue}, {self.hed_sigma}, {self.lowres_min}")
+        if self.blur_p > 0 and self.blur_sigma <= 0.1:
+            raise ConfigError(f"blur_sigma must be > 0.1 (the smallest blur drawn) when blur_p > 0, "
+                              f"not {self.blur_sigma}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,6 +72,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Mo
         raise WbcError(f"{p}: checkpoint not found")
     try:  # as wbc.train.finetune.load_weights reads one
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        if isinstance(ckpt, dict) and "model" in ckpt and not ckpt.get("info"):
+            raise WbcError(f"{p}: no model metadata yet: a run's best.pt gets it when the run finishes (finish it "
+                           "with `wbc train --resume`); last.pt never has it, export the run folder or its best.pt")
         info = ModelInfo.from_json(ckpt["info"])
         states = ckpt["members"] if "members" in ckpt else [ckpt["model"]]
         nets: list[WbcNet] = []
