@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=3)
     args = ap.parse_args(argv)
 
-    from wbc import __version__
+    from _provenance import provenance
+
     from wbc.data import read_manifest
     from wbc.io import atomic_write_text
     from wbc.model import load_model
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             row[method] = float((clf.run(mapped)["logits"].argmax(1) == truth).mean())
         rows.append(row)
         print(row, flush=True)
-    doc = {"model_id": clf.model_id, "wbc_version": __version__, "command": " ".join(sys.argv),
-           "split": "val", "rows": rows,
+    doc = {"model_id": clf.model_id, "split": "val", "rows": rows,
            "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("none", *METHODS)}}
+    doc["provenance"] = provenance(__file__, argv, clf.model_id)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output, json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc["mean"]), f"-> {args.output}")
