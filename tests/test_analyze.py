@@ -310,3 +310,31 @@ def test_the_black_beside_an_eyepiece_photo_is_not_taken_for_a_canvas() -> None:
     padded = cv2.copyMakeBorder(rgb, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     field, offset = within_canvas(padded)
     assert offset == (40, 40) and field.shape == rgb.shape
+
+
+def test_a_file_replaced_under_the_same_name_is_analysed_again(clf, tmp_path: Path) -> None:
+    """A camera re-using IMG_0001.jpg: the second run into the same folder kept the first image's cells (wbc
+    0.27.0 compared only the name, models and settings). The JSON holds the file's SHA-1; a changed file is redone,
+    an unchanged one (even with a new modification time, as `cp` gives) is skipped."""
+    import hashlib
+    import os
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    two, none = synthetic_smear(n_wbc=2, seed=5)[0], synthetic_smear(n_wbc=0, seed=6)[0]
+    cv2.imwrite(str(src / "IMG_0001.png"), two[:, :, ::-1])
+    first = analyze_paths([src], out, clf, ClassicalSegmenter(), draw=False)
+    doc = json.loads((out / "IMG_0001.json").read_text())
+    assert first.docs[0]["n_cells"] == 2
+    cv2.imwrite(str(src / "IMG_0001.png"), none[:, :, ::-1])  # today's slide, same name
+    os.utime(src / "IMG_0001.png", ns=(1, 1))  # an older time than the JSON's: a time alone would not tell
+    second = analyze_paths([src], out, clf, ClassicalSegmenter(), draw=False)
+    assert (second.analyzed, second.skipped, second.docs[0]["n_cells"]) == (1, 0, 0)
+    assert doc["sha1"] != json.loads((out / "IMG_0001.json").read_text())["sha1"]
+    assert json.loads((out / "IMG_0001.json").read_text())["sha1"] == hashlib.sha1(
+        (src / "IMG_0001.png").read_bytes()).hexdigest()
+    assert len(list(csv.DictReader((out / "cells.csv").open()))) == 0
+    os.utime(src / "IMG_0001.png")  # touched, not changed
+    third = analyze_paths([src], out, clf, ClassicalSegmenter(), draw=False)
+    assert (third.analyzed, third.skipped) == (0, 1)
+

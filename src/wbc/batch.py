@@ -2,11 +2,11 @@
 
 A batch over a folder is a list of :class:`Job` (one input file, one output stem). Each field's results are
 committed in a fixed order, each file by an atomic rename: the annotated PNG first, then the JSON. The JSON
-is therefore the commit marker: a field whose JSON exists (and names the same image, classifier and
-segmenter) is complete, and a run that starts again skips it. ``cells.csv``, ``differential.csv`` and
-``errors.csv`` are rebuilt at the end from the JSON documents of this run's inputs, so a run killed at any
-moment (SIGTERM, SIGKILL, Ctrl-C) and started again loses nothing and redoes at most the fields that were in
-flight, and a re-used output folder never keeps a stale ``cells.csv``.
+is therefore the commit marker: a field whose JSON exists (and names the same image, with the same content: its
+SHA-1, classifier and segmenter) is complete, and a run that starts again skips it. ``cells.csv``,
+``differential.csv`` and ``errors.csv`` are rebuilt at the end from the JSON documents of this run's inputs, so a
+run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) and started again loses nothing and redoes at most the fields
+that were in flight, and a re-used output folder never keeps a stale ``cells.csv``.
 
 The Ray engine (:mod:`wbc.distributed`) runs :func:`analyze_job` in an actor pool and commits on the driver
 with :func:`commit`; the local engine (:func:`run_local`) does both in one process.
@@ -14,6 +14,7 @@ with :func:`commit`; the local engine (:func:`run_local`) does both in one proce
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -44,10 +45,12 @@ _TEMP_MARKERS: tuple[str, ...] = (".json.", ".png.", ".csv.")
 
 @dataclass(frozen=True)
 class Job:
-    """One input field and the stem of its outputs (``<stem>.json``, ``<stem>.png``)."""
+    """One input field and the stem of its outputs (``<stem>.json``, ``<stem>.png``); ``sha1``: its file's content
+    (:func:`content_sha1`) when known."""
 
     path: str
     stem: str
+    sha1: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,18 @@ def plan_jobs(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLik
     return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)]
 
 
+def content_sha1(path: str | os.PathLike[str]) -> str:
+    """The SHA-1 of a file's bytes, read in pieces ("" when it cannot be read: its analysis will say why)."""
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
 def prepare_output(output: str | os.PathLike[str]) -> Path:
     """The output folder, created and checked before any work; temporary files of a killed run removed."""
     out = Path(output)
@@ -197,10 +212,13 @@ def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | N
 
 def is_complete(out: Path, job: Job, model_id: str, segmenter_id: str, draw: bool,
                 settings: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``job`` has results from these models and ``settings`` (:func:`run_settings`; None: not compared), and
-    its PNG when drawing: a resumed run skips it."""
+    """Whether ``job`` has results of its file as it is now (the SHA-1 of its bytes: a camera re-uses names), from
+    these models and ``settings`` (:func:`run_settings`; None: not compared), and its PNG when drawing: a resumed
+    run skips it."""
     doc = read_doc(out, job)
     if doc is None or doc.get("model_id") != model_id or doc.get("segmenter") != segmenter_id:
+        return False
+    if not doc.get("sha1") or doc.get("sha1") != (job.sha1 or content_sha1(job.path)):
         return False
     if settings is not None and doc.get("settings") != dict(settings):
         return False
@@ -236,7 +254,9 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
         res = analyze_image(rgb, classifier, segmenter, name=job.path)
         if (pages := tiff_fields(data)) > 1:
             res.warnings.append(pages_warning(pages))
-        text = json_text(result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter)))
+        doc = result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter))
+        doc["sha1"] = hashlib.sha1(data).hexdigest()  # the content analysed: a file replaced under its name is redone
+        text = json_text(doc)
         t1 = time.perf_counter()
         png = None
         if draw:
