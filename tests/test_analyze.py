@@ -338,3 +338,28 @@ def test_a_file_replaced_under_the_same_name_is_analysed_again(clf, tmp_path: Pa
     third = analyze_paths([src], out, clf, ClassicalSegmenter(), draw=False)
     assert (third.analyzed, third.skipped) == (0, 1)
 
+
+def test_an_identical_file_under_another_name_is_counted_once(clf, tmp_path: Path) -> None:
+    """The same image copied under another name (a folder and a copy in it, a double selection) was analysed and
+    counted twice; the copy is left out of the run and named with the file it copies."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rgb = synthetic_smear(n_wbc=2, seed=5)[0]
+    cv2.imwrite(str(src / "a.png"), rgb[:, :, ::-1])
+    (src / "sub").mkdir()
+    (src / "sub" / "a_copy.png").write_bytes((src / "a.png").read_bytes())
+    cv2.imwrite(str(src / "b.png"), synthetic_smear(n_wbc=1, seed=7)[0][:, :, ::-1])
+    summary = analyze_paths([src], out, clf, ClassicalSegmenter(), draw=False)
+    assert [d["image"] for d in summary.docs] == [str(src / "a.png"), str(src / "b.png")]
+    assert summary.copies == [(str(src / "sub" / "a_copy.png"), str(src / "a.png"))]
+    assert not (out / "a_copy.json").exists()
+    rows = list(csv.DictReader((out / "cells.csv").open()))
+    assert {r["image"] for r in rows} == {str(src / "a.png"), str(src / "b.png")}
+    res = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(src / "a.png"), str(src / "sub" / "a_copy.png"),
+                          "--model", str(clf.path), "--segmenter", "classical", "--output", str(tmp_path / "o2"),
+                          "--no-draw", "--no-report", "--threads", "1"], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "COLUMNS": "300", "WBC_NO_REEXEC": "1"})
+    assert res.returncode == 0, res.stderr
+    note = [ln for ln in res.stderr.splitlines() if "a_copy.png" in ln]
+    assert len(note) == 1 and str(src / "a.png") in note[0] and "counted once" in note[0], res.stderr
+    assert "1 image(s)" in res.stderr

@@ -161,9 +161,9 @@ def test_every_field_once_under_its_own_name_and_no_output_taken_for_a_field(clf
     folder was inside an input folder, and left a PNG a --no-draw run no longer matched."""
     rgb, *_ = synthetic_smear(n_wbc=1, seed=5, size=(240, 320))
     names = ["a/x.png", "a/x_2.png", "b/x.png", "c/b/x.png"]
-    for name in names:
+    for i, name in enumerate(names):  # four images (a copy of one would be counted once)
         (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(tmp_path / "in" / name), rgb[:, :, ::-1])
+        cv2.imwrite(str(tmp_path / "in" / name), np.roll(rgb, i, axis=1)[:, :, ::-1])
     out = tmp_path / "in" / "results"  # inside the input folder
     first = run_local([tmp_path / "in", tmp_path / "in" / "a" / "x.png"], out, clf, ClassicalSegmenter())
     assert first.analyzed == 4 and len(set(first.stems.values())) == 4

@@ -6,7 +6,8 @@ is therefore the commit marker: a field whose JSON exists (and names the same im
 SHA-1, classifier and segmenter) is complete, and a run that starts again skips it. ``cells.csv``,
 ``differential.csv`` and ``errors.csv`` are rebuilt at the end from the JSON documents of this run's inputs, so a
 run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) and started again loses nothing and redoes at most the fields
-that were in flight, and a re-used output folder never keeps a stale ``cells.csv``.
+that were in flight, and a re-used output folder never keeps a stale ``cells.csv``. A file whose bytes an earlier
+input already has (a copy under another name) is left out of the run, so that no field is counted twice.
 
 The Ray engine (:mod:`wbc.distributed`) runs :func:`analyze_job` in an actor pool and commits on the driver
 with :func:`commit`; the local engine (:func:`run_local`) does both in one process.
@@ -114,6 +115,7 @@ class AnalyzeSummary:
     seconds_analysis: float = 0.0
     seconds_render: float = 0.0
     stems: dict[str, str] = field(default_factory=dict)  # each field's image, as in ``docs``: its output stem
+    copies: list[tuple[str, str]] = field(default_factory=list)  # (file left out, the input with the same bytes)
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -168,6 +170,22 @@ def content_sha1(path: str | os.PathLike[str]) -> str:
     except OSError:
         return ""
     return digest.hexdigest()
+
+
+def without_copies(jobs: Sequence[Job]) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Each job with its file's SHA-1, without the files whose bytes an earlier job's file has (the same image
+    under another name: a copy in a sub-folder, a file chosen twice), and those copies as (copy, original)."""
+    first: dict[str, str] = {}
+    kept, copies = [], []
+    for job in jobs:
+        sha1 = content_sha1(job.path)
+        if sha1 and sha1 in first:
+            copies.append((job.path, first[sha1]))
+            continue
+        if sha1:
+            first[sha1] = job.path
+        kept.append(Job(job.path, job.stem, sha1))
+    return kept, copies
 
 
 def prepare_output(output: str | os.PathLike[str]) -> Path:
@@ -329,11 +347,12 @@ def run_local(
 ) -> AnalyzeSummary:
     """The local engine: analyse the pending fields one by one in this process, then rebuild the CSVs."""
     out = prepare_output(output)
-    jobs = plan_jobs(inputs, out)
+    jobs, copies = without_copies(plan_jobs(inputs, out))
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
     todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite,
                         run_settings(classifier, segmenter))
-    summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter))
+    summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter),
+                             copies=copies)
     if progress:
         progress(summary.skipped, len(jobs))
     for i, job in enumerate(todo):

@@ -34,6 +34,7 @@ from wbc.batch import (
     run_settings,
     segmenter_id_of,
     tally,
+    without_copies,
 )
 from wbc.classify import ClassifyResult
 from wbc.errors import WbcError
@@ -144,11 +145,12 @@ def analyze_paths_ray(
     """
     ray = connect(address, num_cpus=None)
     out = prepare_output(output)
-    jobs = plan_jobs(inputs, out)
+    jobs, copies = without_copies(plan_jobs(inputs, out))
     classifier, segmenter = spec.load()  # the driver checks the models once, and learns their ids
     seg_id = segmenter_id_of(segmenter)
     todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
-    summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id)
+    summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id,
+                             copies=copies)
     if progress:
         progress(summary.skipped, len(jobs))
     if todo:

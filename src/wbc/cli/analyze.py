@@ -115,6 +115,8 @@ def analyze(
                                      per_class=report_cells, errors=summary.errors)
         say(f"  report: {page}")
     warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")
+    warn_skipped(f"{copy}: the same image as another input, analysed and counted once ({original} has the same bytes)"
+                 for copy, original in summary.copies)
     note_foreign_images(inputs)
     if summary.errors:
         warn(f"{len(summary.errors)} file(s) failed, listed in {output}/errors.csv", "note:")
