@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def test_wbc_adapt_writes_a_better_model_and_keeps_the_original(tmp_path: Path, 
     assert "held-out check" in res.output and "broken.png" in res.output
     assert model_path.read_bytes() == before_bytes
     adapted = load_model(out)
-    assert adapted.info.head and adapted.info.model_id == "tiny-emb+adapt"
+    assert adapted.info.head and re.fullmatch(r"tiny-emb\+adapt-[0-9a-f]{8}", adapted.info.model_id)
     assert adapted.info.extra["adapt"]["n_cells"] == 30
     # the adapted model answers with the mean of the four rotations; the check scored the same
     assert adapted.tta_views() == 4 and adapted.info.extra["adapt"]["settings"] == {"tta_views": 4}
@@ -181,7 +182,7 @@ def test_label_free_adaptation_maps_the_lab_colours_and_keeps_the_head(tmp_path:
     spec = adapted.info.preprocessing.stain
     assert spec["method"] == "reinhard" and spec["target"] == target
     assert np.allclose(spec["source"]["mean"], fit_stain_stats(list(cells), "reinhard")["mean"], atol=1e-3)
-    assert adapted.info.model_id == "tiny-emb+stain" and not adapted.info.head
+    assert re.fullmatch(r"tiny-emb\+stain-[0-9a-f]{8}", adapted.info.model_id) and not adapted.info.head
     got = adapted.run(cells, ("embedding",))["embedding"]
     want = load_model(model).run(normalise_batch(cells, spec), ("embedding",))["embedding"]
     assert np.allclose(got, want, atol=1e-5)
@@ -250,7 +251,8 @@ def test_finetuning_the_shipped_model_on_real_bccd_cells(tmp_path: Path, bccd_la
     assert res.method == "finetune" and res.heldout_n >= 5
     assert res.heldout_acc_after > res.heldout_acc_before
     tuned = load_model(tmp_path / "f.onnx")
-    assert tuned.info.preprocessing.stain["method"] == "reinhard" and tuned.model_id.endswith("+finetune")
+    assert tuned.info.preprocessing.stain["method"] == "reinhard"
+    assert re.fullmatch(r".+-int8\+finetune-[0-9a-f]{8}", tuned.model_id)
     assert [r["name"] for r in tuned.info.ood["references"]] == ["adapt:lab"]
 
 
@@ -443,3 +445,29 @@ def test_a_fixed_colour_mapping_for_another_lab_drops_the_first_lab_s_class_freq
     info = load_model(tmp_path / "lab_b.onnx").info
     assert info.class_prior == {} and "class_priors" not in info.extra
     assert info.preprocessing.stain["method"] == "reinhard"
+
+
+def test_each_adapted_model_has_its_own_id_and_the_same_adaptation_the_same(tmp_path: Path, model_path: Path) -> None:
+    """Every model `wbc adapt` wrote was "<base>+adapt": a re-run of `wbc analyze` with a newer adapted model kept the
+    older model's answers (the id is what a resumed run compares), and reports could not tell the models apart."""
+    from wbc.adapt import adapt_model, adapt_stain
+
+    lab, other = write_lab_folder(tmp_path / "lab", 6, seed=1), write_lab_folder(tmp_path / "other", 6, seed=2)
+    ids = {}
+    for name, data in (("a", lab), ("again", lab), ("other cells", other)):
+        adapt_model(model_path, data, tmp_path / f"{name}.onnx", views=1, tta=1)
+        ids[name] = load_model(tmp_path / f"{name}.onnx").model_id
+    assert re.fullmatch(r"tiny-emb\+adapt-[0-9a-f]{8}", ids["a"]), ids
+    assert ids["again"] == ids["a"] and ids["other cells"] != ids["a"], ids  # same cells and seed: the same id
+    target = {"mean": [60.0, 10.0, -10.0], "std": [10.0, 5.0, 5.0]}
+    model, _ = make_embedding_model(tmp_path / "m.onnx", extra={"colour_reference": {"reinhard": target}})
+    adapt_stain(model, lab / "neutrophil", tmp_path / "s1.onnx", stain="reinhard")
+    adapt_stain(model, other / "neutrophil", tmp_path / "s2.onnx", stain="reinhard")
+    s1, s2 = (load_model(tmp_path / f"{n}.onnx").model_id for n in ("s1", "s2"))
+    assert re.fullmatch(r"tiny-emb\+stain-[0-9a-f]{8}", s1) and s1 != s2
+    from wbc.adapt_unlabelled import adapt_unlabelled
+
+    for name, data in (("u1", lab), ("u1 again", lab), ("u2", other)):
+        adapt_unlabelled(model, data, tmp_path / f"{name}.onnx", methods=())
+    u1, again, u2 = (load_model(tmp_path / f"{n}.onnx").model_id for n in ("u1", "u1 again", "u2"))
+    assert re.match(r"tiny-emb\+unlabelled-none-[0-9a-f]{8}", u1) and u1 == again != u2, (u1, again, u2)

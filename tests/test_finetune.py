@@ -7,6 +7,7 @@ is their colour, which the untrained network cannot tell apart.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -220,7 +221,7 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
     assert "broken.png" in res.output
     assert small_model.read_bytes() == original
     tuned = load_model(out)
-    assert tuned.info.model_id == "tiny-cnn+finetune" and not tuned.info.head
+    assert re.fullmatch(r"tiny-cnn\+finetune-[0-9a-f]{8}", tuned.info.model_id) and not tuned.info.head
     assert tuned.info.extra["adapt"]["method"] == "finetune" and tuned.info.extra["adapt"]["n_cells"] == 30
     # the adapted model answers with the mean of the four rotations, and its calibration was fitted so
     assert tuned.info.extra["tta_views"] == 4 and tuned.tta_views() == 4
@@ -230,7 +231,7 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
                                      "--epochs", "5", "--no-cross-validate", "--tta", "1"])  # weights beside it
     assert again.exit_code == 0, again.output
     t2 = load_model(tmp_path / "t2.onnx").info
-    assert t2.model_id == "tiny-cnn+finetune+finetune" and t2.extra["tta_views"] == 1
+    assert re.fullmatch(r"tiny-cnn(\+finetune-[0-9a-f]{8}){2}", t2.model_id) and t2.extra["tta_views"] == 1
     # --no-cross-validate: one stratified fifth (6 of the 30 cells) is the held-out check
     assert "6 cells kept out of a first fine-tuning" in again.output
     assert t2.extra["adapt"]["heldout_n"] == 6 and not t2.extra["adapt"]["settings"]["cross_validate"]
@@ -253,7 +254,8 @@ def test_adapt_members_ships_an_ensemble_that_can_be_adapted_again(tmp_path: Pat
                                    "--epochs", "40", "--members", "2"])
     assert res.exit_code == 0, res.output
     tuned = load_model(out)
-    assert tuned.info.model_id == "tiny-cnn+finetunex2" and tuned.info.architecture == "ensemble of 2 x small_cnn"
+    assert re.fullmatch(r"tiny-cnn\+finetunex2-[0-9a-f]{8}", tuned.info.model_id)
+    assert tuned.info.architecture == "ensemble of 2 x small_cnn"
     assert tuned.info.extra["adapt"]["settings"]["members"] == 2
     assert accuracy(out) >= 0.9 > accuracy(small_model)
     net, _ = load_weights(out.with_suffix(".pt"))  # the members' weights beside it, in one file
@@ -321,6 +323,21 @@ def test_finetuning_a_centre_crop_model_trains_on_what_the_network_sees(tmp_path
     big = np.stack([resize_square(c, 40) for c in cells])
     pred = [tuned.classes[i] for i in tuned.predict_proba(big).argmax(1)]
     assert np.mean(np.asarray(pred) == np.asarray(labels)) >= 0.9
+
+
+def test_each_fine_tuned_model_has_its_own_id_and_the_same_fine_tuning_the_same(tmp_path: Path,
+                                                                                small_model: Path) -> None:
+    """Every fine-tuned model was "<base>+finetune", so results and reports could not tell two apart; the id now ends
+    in a hash of the model's metadata and weights: another draw of cells another id, the same cells and seed the same.
+    """
+    from wbc.train.finetune import adapt_finetune
+
+    ids = []
+    for name, seed in (("a", 1), ("again", 1), ("other", 2)):
+        data = write_lab(tmp_path / f"lab{seed}", n=4, seed=seed)
+        adapt_finetune(small_model, data, tmp_path / f"{name}.onnx", epochs=1, cross_validate=False, tta=1)
+        ids.append(load_model(tmp_path / f"{name}.onnx").model_id)
+    assert re.fullmatch(r"tiny-cnn\+finetune-[0-9a-f]{8}", ids[0]) and ids[0] == ids[1] != ids[2], ids
 
 
 def test_finetune_refuses_missing_or_mismatched_weights(tmp_path: Path, small_model: Path) -> None:

@@ -57,6 +57,19 @@ def write_model_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], i
     return write_model(dst, Path(src).read_bytes(), info)
 
 
+def adaptation_hash(info: ModelInfo, weights: bytes = b"") -> str:
+    """8 hex digits of the SHA-1 of an adapted model's metadata (``info`` without its id: the head, temperature,
+    stain mapping, what was done on which cells, ...) and of its network's ``weights`` when they changed. Each
+    adaptation's model id carries it (``BASE+adapt-1a2b3c4d``), so two adapted models never share an id (analysis
+    results, reports and case stores name the model by its id, and a resumed `wbc analyze` redoes a field made by
+    another model), and the same adaptation (same cells, settings and seed) gives the same id."""
+    import hashlib
+
+    digest = hashlib.sha1(replace(info, model_id="").to_json().encode())
+    digest.update(weights)
+    return digest.hexdigest()[:8]
+
+
 def carry_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str], same_network: bool) -> None:
     """The PyTorch weights beside ``dst`` (``<dst>.pt``, what `wbc adapt --method finetune` starts from): the ones
     beside ``src`` when the adaptation left the network as it was (``same_network``) and ``src`` has them; else
@@ -361,13 +374,13 @@ def adapt_model(
     info.temperature = res.temperature
     info.review_threshold, info.review_target_accuracy = res.review_threshold, target
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
-    info.model_id = f"{clf.model_id}+adapt"
     info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds")}
     info.extra["adapt"]["data"] = str(data)
     info.extra["adapt"]["stain"] = (info.preprocessing.stain or {}).get("method", "none")
     if info.ood.get("references"):
         name = f"adapt:{Path(data).name}"
         info.ood = add_reference(info.ood, cells, emb[0], labels, clf.classes, name=name)
+    info.model_id = f"{clf.model_id}+adapt-{adaptation_hash(info)}"
     write_model_copy(clf.path, out, info)
     carry_weights(clf.path, out, same_network=False)  # the head changed: the .pt's would be another model's
     res.output = str(out)
@@ -404,9 +417,9 @@ def adapt_stain(
         raise WbcError(f"{data}: need at least 4 readable cell images, got {len(cells)}")
     info = without_lab_prior(clf.info)  # another lab's class frequencies do not carry over to this one
     info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
-    info.model_id = f"{clf.model_id}+stain"
     info.extra["adapt"] = {"kind": "stain only, no labels", "stain": stain, "n_cells": len(cells),
                            "data": str(data)}
+    info.model_id = f"{clf.model_id}+stain-{adaptation_hash(info)}"
     write_model_copy(clf.path, out, info)
     carry_weights(clf.path, out, same_network=True)
     return {"output": str(out), "n_cells": len(cells), "skipped": skipped, "stain": stain,

@@ -411,7 +411,7 @@ def adapt_unlabelled(
     cells scored, a seeded random sample of a larger folder (:data:`MAX_CELLS`; 0: all). The network's ``.pt``
     weights beside ``model`` are copied beside ``output``, so the output can be fine-tuned with labels.
     """
-    from wbc.adapt import _check_output, carry_weights, write_model_copy
+    from wbc.adapt import _check_output, adaptation_hash, carry_weights, write_model_copy
     from wbc.io import iter_image_paths
     from wbc.labels import parse_class_set
     from wbc.model import load_model
@@ -448,14 +448,14 @@ def adapt_unlabelled(
     info.class_prior = class_prior
     if set_priors:
         info.extra["class_priors"] = set_priors
-    info.model_id = (f"{clf.model_id}+unlabelled-{chosen}" + ("+prior" if class_prior else "")
-                     + (f"+framing-{framing_name(stats, own)}" if reframed else ""))
     info.extra["adapt"] = {"kind": "no labels", "chosen": chosen, "framing": framing_name(stats, own),
                            "reason": why, "n_cells": len(cells), "n_files": len(found), "data": str(data),
                            "classes": list(allowed),
                            "candidates": [asdict(c) for c in cands],
                            "class_prior": {"estimated": bool(class_prior), "method": "EM (Saerens et al. 2002)",
                                            "iterations": iterations}}
+    info.model_id = (f"{clf.model_id}+unlabelled-{chosen}-{adaptation_hash(info)}" + ("+prior" if class_prior else "")
+                     + (f"+framing-{framing_name(stats, own)}" if reframed else ""))
     write_model_copy(clf.path, out, info)
     carry_weights(clf.path, out, same_network=True)  # unchanged: `wbc adapt` can fine-tune the output
     return UnlabelledResult(str(out), len(cells), chosen, why, cands, list(allowed or clf.classes),

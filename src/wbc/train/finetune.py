@@ -271,6 +271,7 @@ def adapt_finetune(
     from wbc.adapt import (
         AdaptResult,
         _check_output,
+        adaptation_hash,
         content_keys,
         load_labelled_cells,
         stain_spec,
@@ -361,7 +362,6 @@ def adapt_finetune(
     info.head = {}  # the fine-tuned network's own last layer replaces any earlier head refit
     info.temperature, info.review_threshold, info.review_target_accuracy = temp, thr, cal.review_target_accuracy
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
-    info.model_id = f"{clf.model_id}+finetune" + (f"x{members}" if members > 1 else "")
     if members > 1:
         info.architecture = f"ensemble of {members} x {_arch(net)}"
     info.extra["adapt"] = {k_: v for k_, v in res.to_dict().items() if k_ not in ("output", "seconds", "skipped")}
@@ -371,6 +371,9 @@ def adapt_finetune(
         emb = predict_embeddings(final, x, info.mean, info.std)
         info.ood = add_reference(info.ood, cells, emb, labels, clf.classes, name=f"adapt:{Path(data).name}",
                                  new_features=True)
+    weights = b"".join(t.detach().cpu().numpy().tobytes() for t in final.state_dict().values())
+    info.model_id = (f"{clf.model_id}+finetune" + (f"x{members}" if members > 1 else "")
+                     + f"-{adaptation_hash(info, weights)}")
     export_model(final, info, out, torch.rand(2, 3, info.network_size, info.network_size) * 4 - 2)
     # the tuned weights beside the model, as the shipped model has them: the output can be adapted again
     save_weights(final, _arch(net), info, out.with_suffix(".pt"))
