@@ -116,3 +116,20 @@ def test_a_camera_frame_on_flat_glass_is_a_photo_also_as_a_jpeg_read_reduced() -
     assert not_a_photo(small) is not None  # what the reduced decoding alone would say
     view, _ = decode_cell_views(jpg.tobytes(), "frame.jpg", 64, reframe=True)
     assert view.shape == (64, 64, 3)
+
+
+def test_an_under_exposed_smear_is_called_too_dark_not_a_drawing(tmp_path: Path) -> None:
+    """A smear photographed with too little light shows only a few levels per channel: wbc 0.27.0 refused it as "a
+    mask or a drawing", which sends a lab scientist looking for a wrong file instead of at the lamp."""
+    smear, *_ = synthetic_smear(n_wbc=2, seed=1)
+    dark = (smear * 0.03).astype(np.uint8)
+    why = not_a_photo(dark) or ""
+    assert why.startswith("too dark (under-exposed)") and "mask" not in why, why
+    assert "mask or a drawing" in (not_a_photo(label_map()) or "")  # class numbers 0-2: dark, grey, still a mask
+    assert not_a_photo(np.zeros((80, 80, 3), np.uint8)) == "one flat colour: nothing in view"  # a black frame
+    model = make_colour_classifier(tmp_path / "tiny.onnx", size=32)
+    write_image(tmp_path / "in" / "dark.png", dark)
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "in"), "--model", str(model), "--segmenter",
+                                   "classical", "--output", str(tmp_path / "out"), "--threads", "1", "--no-report"])
+    assert "dark.png: too dark (under-exposed)" in res.output and "re-take it" in res.output, res.output
+    assert "too dark (under-exposed)" in (tmp_path / "out" / "errors.csv").read_text()

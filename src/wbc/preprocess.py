@@ -472,6 +472,30 @@ PHOTO_MIN_COLOURS = 32
 FLAT_SHARE = 0.75
 
 
+#: An image refused for its few colours whose bright parts (the 99th percentile of each pixel's brightest channel)
+#: stay below this, and which is not grey (a label map's classes 0, 1, 2 are), is an under-exposed photo: a BCCD field
+#: at 2-5 % of its light reaches 4-11 and was refused as "a mask or a drawing"; at 8 % (17) it is analysed.
+DARK_LEVEL = 40
+
+
+def under_exposed(rgb: np.ndarray) -> str | None:
+    """Why ``rgb`` is too dark to be checked as a photo (its few colours are the camera's few levels, not a drawing's),
+    or None. Only for an image :func:`not_a_photo` would refuse: a dark field it takes is analysed as it is.
+
+    >>> dark = (np.random.default_rng(0).normal(150, 40, (64, 64, 3)) * 0.05).clip(0, 255).astype(np.uint8)
+    >>> under_exposed(dark)
+    'too dark (under-exposed): its brightest parts reach 12 of 255; re-take it with more light or a longer exposure'
+    """
+    h, w = rgb.shape[:2]
+    px = rgb[:: max(1, h // 128), :: max(1, w // 128)].reshape(-1, 3)
+    bright = int(np.percentile(px.max(axis=1), 99))
+    coloured = float((px.max(axis=1) != px.min(axis=1)).mean())
+    if bright >= DARK_LEVEL or coloured < 0.05:
+        return None
+    return (f"too dark (under-exposed): its brightest parts reach {bright} of 255; re-take it with more light or a "
+            "longer exposure")
+
+
 def _packed(rgb: np.ndarray) -> np.ndarray:
     """Each pixel's colour as one integer (any shape ending in 3 -> flat int32)."""
     flat = rgb.reshape(-1, 3).astype(np.int32)
@@ -483,7 +507,8 @@ def not_a_photo(rgb: np.ndarray) -> str | None:
 
     A lab's folders often hold a dataset's masks, label maps or drawings beside its photos; named as cells or
     searched for them, they would be counted in the differential. Cheap for a photo (a 16 x 16 grid of pixels,
-    about 0.04 ms); only an image with few colours there is looked at more closely (:data:`FLAT_SHARE`).
+    about 0.04 ms); only an image with few colours there is looked at more closely (:data:`FLAT_SHARE`). A photo
+    too dark to show more than a few levels is named so (:func:`under_exposed`), not taken for a drawing.
 
     >>> not_a_photo(np.full((64, 64, 3), 255, np.uint8))
     'one flat colour: nothing in view'
@@ -502,11 +527,13 @@ def not_a_photo(rgb: np.ndarray) -> str | None:
     _, counts = np.unique(_packed(rgb[:: max(1, h // 128), :: max(1, w // 128)]), return_counts=True)
     rest = np.sort(counts)[::-1][1:]  # beyond the commonest colour
     if rest.sum() < 0.002 * counts.sum():
-        return "one flat colour: nothing in view"
+        return under_exposed(rgb) or "one flat colour: nothing in view"
     top = rest[:7]
     share = top.sum() / rest.sum()
     if share < FLAT_SHARE:
         return None
+    if dark := under_exposed(rgb):
+        return dark
     n = int((top > 0).sum())
     return (f"a mask or a drawing, not a photo of stained cells (beyond its background, {n} colour"
             f"{'s' if n > 1 else ''} make{'' if n > 1 else 's'} {'all' if share == 1 else f'{share:.0%}'} of it)")
