@@ -471,3 +471,20 @@ def test_each_adapted_model_has_its_own_id_and_the_same_adaptation_the_same(tmp_
         adapt_unlabelled(model, data, tmp_path / f"{name}.onnx", methods=())
     u1, again, u2 = (load_model(tmp_path / f"{n}.onnx").model_id for n in ("u1", "u1 again", "u2"))
     assert re.match(r"tiny-emb\+unlabelled-none-[0-9a-f]{8}", u1) and u1 == again != u2, (u1, again, u2)
+
+
+def test_fewer_labelled_cells_than_documented_are_warned_of_before_training(tmp_path: Path, model_path: Path) -> None:
+    """`wbc adapt` on 16 exported cells said nothing about the documented 25-100 cells (and wrote a worse model)."""
+    from wbc.cli import app
+
+    few = write_lab_folder(tmp_path / "few", n_per_class=5, seed=1)
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model_path), "--data", str(few), "-o",
+                                   str(tmp_path / "few.onnx")])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "fewer than the 25-100" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "15 labelled cells" in lines[0], res.output
+    assert res.output.index("fewer than the 25") < res.output.index("adapted on 15 cells")
+    enough = write_lab_folder(tmp_path / "enough", n_per_class=9, seed=1)
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model_path), "--data", str(enough), "-o",
+                                   str(tmp_path / "enough.onnx")])
+    assert res.exit_code == 0 and "fewer than" not in res.output, res.output

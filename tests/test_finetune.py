@@ -340,6 +340,20 @@ def test_each_fine_tuned_model_has_its_own_id_and_the_same_fine_tuning_the_same(
     assert re.fullmatch(r"tiny-cnn\+finetune-[0-9a-f]{8}", ids[0]) and ids[0] == ids[1] != ids[2], ids
 
 
+def test_fine_tuning_logged_to_a_file_shows_its_progress(tmp_path: Path, small_model: Path) -> None:
+    """`wbc adapt > adapt.log 2>&1` printed nothing for 17 minutes: the progress bar is for terminals only. Off a
+    terminal (CliRunner's streams, a log file) it prints a line at each tenth of the steps."""
+    from wbc.cli import app
+
+    data = write_lab(tmp_path / "lab", n=4, seed=1)
+    res = CliRunner().invoke(app, ["adapt", "-m", str(small_model), "--data", str(data), "-o", str(tmp_path / "t.onnx"),
+                                   "--epochs", "2", "--no-cross-validate", "--tta", "1"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("fine-tuning: ")]
+    assert lines and all("steps) after 0 min" in ln for ln in lines), res.output  # at most one per tenth
+    assert len(lines) <= 10 and lines[-1].startswith("fine-tuning: 100% ("), res.output
+
+
 def test_finetune_refuses_missing_or_mismatched_weights(tmp_path: Path, small_model: Path) -> None:
     from wbc.cli import app
     from wbc.train.finetune import load_weights, save_weights

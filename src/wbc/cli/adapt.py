@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images, say, warn_skipped
+from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images, say, warn, warn_skipped
 from wbc.errors import WbcError
+
+
+def progress_lines(what: str) -> Callable[[int, int], None]:
+    """Progress as plain lines, for a log file or a scheduled job (a terminal gets a bar instead): one at each tenth
+    of the work, with the steps done and the time taken."""
+    t0, shown = time.perf_counter(), [0]
+
+    def update(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth > shown[0]:
+            shown[0] = tenth
+            seconds = time.perf_counter() - t0
+            say(f"{what}: {10 * tenth}% ({done}/{total} steps) after {int(seconds // 60)} min {seconds % 60:.0f} s")
+
+    return update
 
 
 @app.command()
@@ -74,7 +91,7 @@ def adapt(
         "show 0.887, about 600 show 0.995. Where no threshold shows it, every cell is flagged.")] = None,
 ) -> None:
     """Adapt a classifier to a new lab from a few labelled cells (fine-tunes the network; minutes on a CPU)."""
-    from wbc.adapt import MAX_CELLS_WARN, adapt_model, adapt_stain
+    from wbc.adapt import MAX_CELLS_WARN, adapt_model, adapt_stain, few_cells_warning
     from wbc.calibration import cells_to_show
     from wbc.io import atomic_write_text, check_output_file
     from wbc.labels import parse_mapping
@@ -112,6 +129,8 @@ def adapt(
         raise WbcError(str(exc)) from None
     if method == "head" and (members != 1 or unlabelled is not None):
         raise WbcError("--members and --unlabelled need --method finetune")
+    if method in ("head", "finetune") and (few := few_cells_warning(data, mapping)):
+        warn(few)
     if method == "head":
         res = adapt_model(model, data, output, stain=stain, seed=seed, threads=threads, mapping=mapping, tta=tta,
                           review_target_accuracy=review_target)
@@ -123,8 +142,9 @@ def adapt(
                           f"networks per fold and {members} on all cells: {members}x the time of one "
                           "(--no-cross-validate takes about a third of that)", highlight=False)
 
+        lines = None if console.is_terminal else progress_lines("fine-tuning")  # a log file: a line per tenth
         with Progress("fine-tuning", BarColumn(), "{task.completed}/{task.total} steps", TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
+                      console=console, transient=True, disable=lines is not None) as bar:
             task = bar.add_task("steps", total=None)
             try:  # the torch half, imported only when used
                 from wbc.train.finetune import adapt_finetune
@@ -136,7 +156,8 @@ def adapt(
                                  threads=threads, mapping=mapping, epochs=epochs, members=members,
                                  cross_validate=cross_validate, unlabelled=unlabelled, tta=tta,
                                  review_target_accuracy=review_target,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                 progress=lines or (lambda done, total: bar.update(task, completed=done,
+                                                                                    total=total)))
     else:
         raise WbcError(f"--method {method!r}: choose finetune or head")
     if res.n_cells > MAX_CELLS_WARN:
