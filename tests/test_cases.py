@@ -420,3 +420,55 @@ def test_the_pdf_draws_every_letter_and_the_summary_names_tied_classes(store: Ca
     doc["differential"]["total"] = 3
     words = " ".join(plain_summary(doc))
     assert all(f"{c}s (33 %" in words for c in ("lymphocyte", "monocyte", "neutrophil")), words
+
+
+def pdf_paragraphs(monkeypatch, store: CaseStore, case) -> str:
+    """Every paragraph's text in the case's PDF (its text is compressed and set in a subset font)."""
+    import reportlab.platypus
+
+    from wbc.cases.report import render_pdf
+
+    seen: list[str] = []
+    real = reportlab.platypus.Paragraph
+
+    def record(text, *args, **kwargs):
+        seen.append(str(text))
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(reportlab.platypus, "Paragraph", record)
+    assert render_pdf(store, case).startswith(b"%PDF")
+    monkeypatch.setattr(reportlab.platypus, "Paragraph", real)
+    return "\n".join(seen)
+
+
+def test_the_report_says_which_cells_a_person_reviewed(store: CaseStore, fields, classifier,  # noqa: F811
+                                                       monkeypatch) -> None:
+    """The signed report captioned never-opened cells "confirmed" and said the signer "checked every white blood
+    cell"; the reviewers who made the changes were not named (wbc 0.27.0)."""
+    from wbc.cases.report import plain_summary, render_html
+
+    cid = create_case_from_fields(store, "S-3", fields, classifier)
+    doc = store.case_document(cid)
+    a, b = doc["cells"][:2]
+    store.reclassify(cid, a["id"], other_label(doc, a), "A. Tech")
+    store.reclassify(cid, b["id"], b["model_label"], "A. Tech")  # a confirmation
+    store.sign_off(cid, "Dr. B. Reviewer")
+    doc = store.case_document(cid)
+    n, n_flagged = doc["n_cells"], doc["n_flagged"]
+    k = sum(c["model_review"] for c in (a, b))
+    words = " ".join(plain_summary(doc))
+    assert "checked every" not in words
+    assert f"A. Tech reviewed 2 of {n} cells ({k} of {n_flagged} flagged) one by one" in words
+    assert f"The other {n - 2} were not opened: the software's calls for them were accepted at sign-off" in words
+    page = render_html(store, cid)
+    for text in (page, pdf_paragraphs(monkeypatch, store, cid)):
+        assert "confirmed or corrected" not in text and "checked every" not in text
+        assert f"2 of {n} cells ({k} of {n_flagged} flagged), by A. Tech" in text
+        if b["model_review"]:
+            assert "confirmed by A. Tech" in text
+        assert f"final: {other_label(doc, a)} (by A. Tech)" in text
+        unopened = sum(c["model_review"] and not c["reviewed"] for c in doc["cells"])
+        assert unopened
+        assert text.count("not opened: accepted at sign-off") == unopened
+    draft = store.case_document(create_case_from_fields(store, "S-3b", fields[:1], classifier))
+    assert "so far nobody has reviewed any of its" in " ".join(plain_summary(draft))

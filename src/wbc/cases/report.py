@@ -44,23 +44,63 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def names_list(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def reviewers_of(doc: Mapping[str, Any]) -> list[str]:
+    """Who reviewed cells of the case (the audit trail's users), in the order they first did."""
+    return list(dict.fromkeys(str(c["user"]) for c in doc["corrections"]))
+
+
+def review_extent(doc: Mapping[str, Any]) -> str:
+    """How much of the case a person looked at: ``reviewed 5 of 18 cells (4 of 14 flagged)``."""
+    cells = doc["cells"]
+    n_flagged = sum(1 for c in cells if c["model_review"])
+    n_flagged_reviewed = sum(1 for c in cells if c["model_review"] and c["reviewed"])
+    return (f"reviewed {doc['n_reviewed']} of {plural(len(cells), 'cell')} "
+            f"({n_flagged_reviewed} of {n_flagged} flagged)")
+
+
+def review_status(cell: Mapping[str, Any], signed: bool) -> str:
+    """A gallery caption's last line: what became of the model's call, and who decided it."""
+    if cell["changed"]:
+        return f"final: {display_name(cell['label'])} (by {cell['reviewed_by']})"
+    if cell["reviewed"]:
+        return f"confirmed by {cell['reviewed_by']}"
+    return "not opened: accepted at sign-off" if signed else "not reviewed yet"
+
+
 def plain_summary(doc: Mapping[str, Any]) -> list[str]:
     """A few sentences for a non-specialist: who checked what, what was found, how sure the numbers are."""
     diff = doc["differential"]
     total = int(diff["total"])
     n_fields = len(doc["fields"])
+    n_cells, n_reviewed = int(doc["n_cells"]), int(doc["n_reviewed"])
+    reviewers = names_list(reviewers_of(doc))
+    if not n_reviewed:
+        extent = f"nobody has reviewed any of its {plural(n_cells, 'cell')} one by one"
+    else:
+        extent = f"{reviewers or 'the reviewer'} {review_extent(doc)} one by one"
     out = []
     if doc["signed_by"]:
-        out.append(f"{doc['signed_by']} checked every white blood cell the software found in "
-                   f"{plural(n_fields, 'microscope image')} of this blood smear and signed the result off on "
-                   f"{(doc['signed_at'] or '')[:10]}.")
+        out.append(f"{doc['signed_by']} signed the result off on {(doc['signed_at'] or '')[:10]}. It covers "
+                   f"{plural(n_fields, 'microscope image')} of this blood smear; {extent}.")
+        if n_reviewed < n_cells:
+            out.append(f"The other {n_cells - n_reviewed} were not opened: the software's calls for them were "
+                       "accepted at sign-off." if n_reviewed else "None of them was opened: the software's calls "
+                       "were accepted at sign-off.")
     else:
-        out.append(f"This is a draft: nobody has signed it off yet. It covers {plural(n_fields, 'microscope image')}.")
+        out.append(f"This is a draft: nobody has signed it off yet. It covers {plural(n_fields, 'microscope image')};"
+                   f" so far {extent}.")
     if doc["n_changed"]:
         out.append(f"The software suggested a type for each cell; the reviewer corrected {doc['n_changed']} of "
                    f"{doc['n_cells']} suggestions, and the numbers below are the corrected ones.")
-    elif doc["signed_by"]:
+    elif doc["signed_by"] and n_reviewed == n_cells:
         out.append("The software suggested a type for each cell and the reviewer agreed with every suggestion.")
+    elif doc["signed_by"] and n_reviewed:
+        out.append("The software suggested a type for each cell; the reviewer changed none of those reviewed.")
     if total == 0:
         out.append("No white blood cell could be counted, so no differential is given.")
         return out
@@ -104,13 +144,20 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
                      "delta": doc["differential"]["excluded"][lab] - n_model})
     flagged = [c for c in doc["cells"] if c["model_review"] or c["changed"]]
     gallery = [{**c, "model_name": display_name(c["model_label"]), "name": display_name(c["label"]),
-                "png": crops[c["id"]], "src": "data:image/png;base64," + base64.b64encode(crops[c["id"]]).decode()}
+                "status": review_status(c, bool(doc["signed_by"])), "png": crops[c["id"]],
+                "src": "data:image/png;base64," + base64.b64encode(crops[c["id"]]).decode()}
                for c in flagged]
     changes = Counter((c["model_label"], c["label"]) for c in doc["cells"] if c["changed"])
     return {"case": doc, "rows": rows, "gallery": gallery, "summary": plain_summary(doc),
             "changes": [{"from": display_name(a), "to": display_name(b), "n": n}
                         for (a, b), n in changes.most_common()],
+            "review_extent": review_extent(doc), "reviewers": reviewers_of(doc), "footer": FOOTER,
             "draft": not doc["signed_by"]}
+
+
+#: Both reports' last words.
+FOOTER = ("Research software: every call is a pre-classification by the software. The report says which calls a "
+          "person reviewed and which were accepted at sign-off without being opened. Not a medical device.")
 
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -120,6 +167,12 @@ def report_css() -> str:
     return (TEMPLATES / "report.css").read_text(encoding="utf-8")
 
 
+def review_line(ctx: Mapping[str, Any]) -> str:
+    """The meta line: ``5 of 18 cells (4 of 14 flagged), by A. Tech``."""
+    who = names_list(ctx["reviewers"])
+    return ctx["review_extent"].removeprefix("reviewed ") + (f", by {who}" if who else "")
+
+
 def render_html(store: CaseStore, case: int | str, css_href: str | None = None) -> str:
     """The printable report page: self-contained (style and crops inline, nothing external), or with the
     style sheet at ``css_href`` (a server whose Content-Security-Policy forbids inline styles)."""
@@ -127,7 +180,8 @@ def render_html(store: CaseStore, case: int | str, css_href: str | None = None) 
 
     env = Environment(loader=PackageLoader("wbc.cases", "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("report.html").render(css_href=css_href, **report_context(store, case))
+    ctx = report_context(store, case)
+    return env.get_template("report.html").render(css_href=css_href, review_line=review_line(ctx), **ctx)
 
 
 def _fmt(v: float | None) -> str:
@@ -195,7 +249,8 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     story.append(Paragraph(e(title), styles["Title"]))
     meta = [["Case", doc["name"]], ["Fields / cells", f"{len(doc['fields'])} / {doc['n_cells']}"],
             ["Model", doc["model_id"]], ["Analysed", doc["created_at"] or ""],
-            ["Reviewer", doc["signed_by"] or "not signed off"], ["Signed off", doc["signed_at"] or ""]]
+            ["Reviewed", review_line(ctx)],
+            ["Signed off by", doc["signed_by"] or "not signed off"], ["Signed off on", doc["signed_at"] or ""]]
     t = Table([[Paragraph(f"<b>{e(a)}</b>", styles["Normal"]), Paragraph(e(str(b)), styles["Normal"])]
                for a, b in meta], colWidths=[35 * mm, 135 * mm])
     t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]))
@@ -222,7 +277,7 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
         for g in ctx["gallery"]:
             img = Image(io.BytesIO(g["png"]), width=26 * mm, height=26 * mm)
             cap = f"#{g['id']} model: {e(g['model_name'])} ({g['model_confidence']:.2f})"
-            cap += f"<br/>final: <b>{e(g['name'])}</b>" if g["changed"] else "<br/>confirmed"
+            cap += f"<br/><b>{e(g['status'])}</b>" if g["changed"] else f"<br/>{e(g['status'])}"
             cells.append([img, Paragraph(cap, styles["BodyText"])])
         per_row = 3
         grid = []
@@ -237,9 +292,7 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
         story.append(t)
     else:
         story.append(Paragraph("No cell was flagged or corrected.", styles["Normal"]))
-    story += [Spacer(1, 6 * mm), Paragraph(
-        "Research software: every call is a pre-classification that a qualified person confirmed or corrected. "
-        "Not a medical device.", styles["Italic"])]
+    story += [Spacer(1, 6 * mm), Paragraph(e(ctx["footer"]), styles["Italic"])]
 
     def on_page(canvas: Any, _doc: Any) -> None:
         from reportlab.pdfbase.pdfmetrics import stringWidth
