@@ -68,7 +68,7 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     s = CaseStore.open(tmp_path / "m.sqlite")
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0003"
+        assert ctx.get_current_revision() == "0004"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
     CaseStore.open(tmp_path / "m.sqlite").close()  # re-opening an up-to-date store is a no-op
@@ -472,3 +472,43 @@ def test_the_report_says_which_cells_a_person_reviewed(store: CaseStore, fields,
         assert text.count("not opened: accepted at sign-off") == unopened
     draft = store.case_document(create_case_from_fields(store, "S-3b", fields[:1], classifier))
     assert "so far nobody has reviewed any of its" in " ".join(plain_summary(draft))
+
+
+def test_the_same_image_is_added_to_a_case_once(tmp_path: Path, model_path: Path, store: CaseStore, fields,  # noqa: F811
+                                                classifier) -> None:  # noqa: F811
+    """`wbc cases create DUP same.jpg same.jpg` (or a folder and a file in it, or a copy under another name)
+    analysed and counted the same cells twice (wbc 0.27.0)."""
+    import json
+    import shutil
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from wbc.cases.store import file_digest, prepare_field
+    from wbc.cli import app
+
+    folder = tmp_path / "smears"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "same.png"), synthetic_smear(n_wbc=2, seed=6)[0][:, :, ::-1])
+    cv2.imwrite(str(folder / "other.png"), synthetic_smear(n_wbc=2, seed=7)[0][:, :, ::-1])
+    shutil.copy(folder / "same.png", tmp_path / "copy.png")
+    db = str(tmp_path / "dup.sqlite")
+    run = CliRunner().invoke
+    res = run(app, ["cases", "create", "DUP", str(folder / "same.png"), str(folder), str(tmp_path / "copy.png"),
+                    "--store", db, "--model", str(model_path), "--segmenter", "classical"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert f"{tmp_path / 'copy.png'}: the same image as {folder / 'same.png'}" in out
+    assert out.count("skipped") == 2 and "DUP: 2 field(s)" in out
+    doc = json.loads(run(app, ["cases", "show", "DUP", "--store", db, "--json"]).stdout)
+    assert sorted(f["image"] for f in doc["fields"]) == ["other.png", "same.png"]
+    assert doc["fields"][0]["sha1"] == file_digest((folder / doc["fields"][0]["image"]).read_bytes())
+
+    # the store itself refuses a file already in the case, in one line naming both
+    a = prepare_field(*fields[0], classifier, sha1="ab" * 20)
+    b = prepare_field(*fields[1], classifier, sha1="ab" * 20)
+    with pytest.raises(CaseError, match=r"field 2.png: the same image as field 1 \(field 1.png\) of case 'D'"):
+        create_case_from_fields(store, "D", [a, b], classifier)
+    cid = create_case_from_fields(store, "D", [a], classifier)
+    with pytest.raises(CaseError, match="the same image as field 1"):
+        store.add_field(cid, b.png, b.result, b.crops, "again.png", sha1="ab" * 20)

@@ -157,3 +157,17 @@ def test_without_a_store_the_case_routes_answer_503(classifier) -> None:  # noqa
     with TestClient(create_app(classifier, ClassicalSegmenter())) as c:
         r = c.get("/cases")
         assert r.status_code == 503 and "--store" in r.json()["detail"]
+
+
+def test_the_same_image_twice_makes_no_case(client: TestClient) -> None:
+    """Choosing the same file twice in the page's file chooser analysed and counted it twice (wbc 0.27.0)."""
+    same = png_bytes(synthetic_smear(n_wbc=2, seed=30)[0])
+    files = [("files", ("a.png", same, "image/png")), ("files", ("b.png", png_bytes(synthetic_smear(seed=31)[0]),
+                                                                 "image/png")),
+             ("files", ("a copy.png", same, "image/png"))]
+    r = client.post("/cases", data={"name": "DUPWEB", "user": "me"}, files=files)
+    assert r.status_code == 422 and r.json()["error"] == "duplicate_field", r.text
+    assert r.json()["detail"].startswith("a copy.png is the same image as a.png (identical file content")
+    assert all(c["name"] != "DUPWEB" for c in client.get("/cases").json()["cases"])
+    r = client.post("/cases", data={"name": "DUPWEB", "user": "me"}, files=files[:2])
+    assert r.status_code == 201 and [f["image"] for f in r.json()["fields"]] == ["a.png", "b.png"]

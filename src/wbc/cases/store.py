@@ -13,6 +13,7 @@ is created and upgraded by Alembic on open (:func:`migrate`), from the migration
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -119,6 +120,8 @@ class FieldRow(Base):
     # what the field's colours were calibrated from before its cells were classified (the analysis JSON's
     # ``colour_calibration``), None when they were classified as they came; migration 0003
     colour_calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # SHA-1 of the file's bytes (None: stored before migration 0004, or added from pixels): a case holds each image once
+    sha1: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
     case: Mapped[CaseRow] = relationship(back_populates="fields")
     cells: Mapped[list[CellRow]] = relationship(back_populates="field", order_by="CellRow.cell_no")
@@ -468,38 +471,43 @@ class CaseStore:
                 s.add(row)
                 s.flush()
                 for f in fields:
-                    self._add_field(s, row, f.png, f.result, f.crops, f.image)
+                    self._add_field(s, row, f.png, f.result, f.crops, f.image, f.sha1)
                 return row.id
         except IntegrityError:
             raise CaseError(f"a case named {n!r} already exists") from None
 
     def add_field(self, case: int | str, rgb: np.ndarray | bytes, result: Any, crops: np.ndarray | None = None,
-                  image: str = "") -> int:
+                  image: str = "", sha1: str | None = None) -> int:
         """Store one analysed field (a :class:`wbc.types.SmearResult` of ``rgb``, or of the image whose PNG
         ``rgb`` is: :class:`PreparedField`) and its cells' crops.
 
         ``crops`` (N, S, S, 3): the crops the classifier saw, in ``result.cells`` order (see
-        :func:`wbc.cases.crops_for`). Returns the field's id.
+        :func:`wbc.cases.crops_for`). ``sha1``: the SHA-1 of the image file's bytes; a file already in the case
+        is refused (:class:`CaseError` naming both), so no cell is counted twice. Returns the field's id.
         """
         with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
             self._check_open(c)
-            return self._add_field(s, c, rgb, result, crops, image)
+            return self._add_field(s, c, rgb, result, crops, image, sha1)
 
     def _add_field(self, s: Session, c: CaseRow, rgb: np.ndarray | bytes, result: Any, crops: np.ndarray | None,
-                   image: str) -> int:
+                   image: str, sha1: str | None = None) -> int:
         """:meth:`add_field` within the transaction ``s``, to the open case ``c``."""
         from wbc.analyze import mask_to_polygons
 
         cells = list(result.cells)
         if crops is None or len(crops) != len(cells):
             raise CaseError(f"{image or result.image}: one crop per cell is needed")
+        if sha1 and (same := s.scalars(select(FieldRow).where(FieldRow.case_id == c.id, FieldRow.sha1 == sha1))
+                     .first()):
+            raise CaseError(f"{image or result.image}: the same image as field {same.position} ({same.image}) of "
+                            f"case {c.name!r} (identical file content, SHA-1 {sha1[:12]}); a field is added once")
         position = 1 + int(s.scalar(select(func.count(FieldRow.id)).where(FieldRow.case_id == c.id)) or 0)
         f = FieldRow(case_id=c.id, position=position, image=str(image or result.image)[:500],
                      width=int(result.width), height=int(result.height),
                      image_png=rgb if isinstance(rgb, bytes) else encode_png(rgb),
                      warnings=list(result.warnings),
-                     colour_calibration=getattr(result, "calibration", None))
+                     colour_calibration=getattr(result, "calibration", None), sha1=sha1 or None)
         s.add(f)
         s.flush()
         for cell, crop in zip(cells, crops, strict=True):
@@ -585,7 +593,7 @@ class CaseStore:
             for f in loaded:
                 fields.append({"id": f.id, "position": f.position, "image": f.image, "width": f.width,
                                "height": f.height, "warnings": list(f.warnings or []), "n_cells": len(f.cells),
-                               "colour_calibration": f.colour_calibration})
+                               "colour_calibration": f.colour_calibration, "sha1": f.sha1})
                 cells += [cell_to_dict(x, f.position) for x in f.cells]
             corrections = [
                 {"id": r.id, "cell_id": r.cell_id, "old_label": r.old_label, "new_label": r.new_label,
@@ -669,11 +677,19 @@ class PreparedField:
     png: bytes
     result: Any
     crops: np.ndarray
+    sha1: str | None = None  # of the image file's bytes: the store refuses a file already in the case
 
 
-def prepare_field(image: str, rgb: np.ndarray, result: Any, classifier: ClassifierLike) -> PreparedField:
-    """``rgb`` analysed as ``result`` (a :class:`wbc.types.SmearResult`), ready for :func:`create_case_from_fields`."""
-    return PreparedField(image, encode_png(rgb), result, crops_for(rgb, result, classifier))
+def prepare_field(image: str, rgb: np.ndarray, result: Any, classifier: ClassifierLike,
+                  sha1: str | None = None) -> PreparedField:
+    """``rgb`` analysed as ``result`` (a :class:`wbc.types.SmearResult`), ready for :func:`create_case_from_fields`;
+    ``sha1``: of the file ``rgb`` was read from (:func:`file_digest`)."""
+    return PreparedField(image, encode_png(rgb), result, crops_for(rgb, result, classifier), sha1)
+
+
+def file_digest(data: bytes) -> str:
+    """The SHA-1 a field's file content is known by in the store."""
+    return hashlib.sha1(data).hexdigest()
 
 
 def create_case_from_fields(

@@ -117,27 +117,40 @@ def create_case(
     user: Annotated[str, typer.Option(help="Who creates the case.")] = "",
     threads: ThreadsOpt = 2,
 ) -> None:
-    """Analyse smear fields as one new case, for review in the web page (`wbc serve`, /review)."""
+    """Analyse smear fields as one new case, for review in the web page (`wbc serve`, /review).
+
+    A file whose content is already in the case (named twice, a folder and a file in it, a copy under another
+    name) is skipped with a warning: each image is counted once."""
     from wbc.analyze import analyze_image
-    from wbc.cases import create_case_from_fields
-    from wbc.io import iter_image_paths, no_images_message, read_image
+    from wbc.cases.store import create_case_from_fields, file_digest, prepare_field
+    from wbc.io import iter_image_paths, no_images_message, read_bytes, read_image
     from wbc.model import load_model
     from wbc.segment import get_segmenter
 
     files = list(iter_image_paths(paths))
     if not files:
         raise WbcError(no_images_message(paths))
+    seen: dict[str, Path] = {}
+    unique = []
+    for p in files:
+        digest = file_digest(read_bytes(p))
+        if digest in seen:
+            warn(f"{p}: the same image as {seen[digest]} (identical file content, SHA-1 {digest[:12]}); "
+                 "counted once", "skipped")
+            continue
+        seen[digest] = p
+        unique.append((p, digest))
     s = open_store(store, must_exist=False)
     clf = load_model(model, threads=threads)
     seg = get_segmenter(segmenter, segmenter_model, threads=threads)
     fields = []
-    for p in files:
+    for p, digest in unique:
         rgb = read_image(p)
-        fields.append((p.name, rgb, analyze_image(rgb, clf, seg, name=p.name)))
+        fields.append(prepare_field(p.name, rgb, analyze_image(rgb, clf, seg, name=p.name), clf, digest))
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     cid = create_case_from_fields(s, name, fields, clf, segmenter_id=seg_id, created_by=user)
     doc = s.case_document(cid)
-    say(f"case {cid}: {doc['name']}: {len(files)} field(s), {doc['n_cells']} cell(s), "
+    say(f"case {cid}: {doc['name']}: {len(fields)} field(s), {doc['n_cells']} cell(s), "
         f"{doc['n_flagged']} flagged -> {s.display_url}")
 
 

@@ -111,16 +111,28 @@ def create_case(
     state = request.app.state
     if len(uploads) > state.max_files:
         raise UploadProblem(413, "too_many_files", f"{len(uploads)} files; the limit is {state.max_files}")
+    # the same file twice (chosen twice, or a copy under another name) would count its cells twice: refused
+    # before anything is analysed, naming both
+    digests: list[str] = []
+    seen: dict[str, str] = {}
+    for i, up in enumerate(uploads):
+        fname = up.filename or f"field{i + 1}"
+        digest = upload_digest(up)
+        if digest in seen:
+            raise UploadProblem(422, "duplicate_field", f"{fname} is the same image as {seen[digest]} (identical "
+                                f"file content, SHA-1 {digest[:12]}): send each field once; no case was created")
+        seen[digest] = fname
+        digests.append(digest)
     clf, seg = state.classifier, state.segmenter
     fields: list[PreparedField] = []
     errors: list[dict[str, str]] = []
-    for up in uploads:
+    for up, digest in zip(uploads, digests, strict=True):
         fname = up.filename or f"field{len(fields) + len(errors) + 1}"
         try:
             with state.inference_slots:  # decode inside the slot: one large image at a time, refused from its
                 rgb = read_upload(up, state.max_bytes, MAX_ANALYZE_PIXELS)  # header past /analyze's limit
                 # kept as its PNG and crops: many fields' pixels would otherwise sit in memory until the last
-                fields.append(prepare_field(fname, rgb, analyze_image(rgb, clf, seg, name=fname), clf))
+                fields.append(prepare_field(fname, rgb, analyze_image(rgb, clf, seg, name=fname), clf, digest))
                 del rgb
         except WbcError as exc:
             errors.append({"filename": fname, "error": str(exc)})
@@ -132,6 +144,18 @@ def create_case(
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     case_id = call(create_case_from_fields, store, name, fields, clf, seg_id, user)
     return JSONResponse(store.case_document(case_id), status_code=201)
+
+
+def upload_digest(upload: UploadFile) -> str:
+    """The SHA-1 of an uploaded file's bytes, read in chunks (the file is left at its start)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    upload.file.seek(0)
+    while chunk := upload.file.read(1 << 20):
+        h.update(chunk)
+    upload.file.seek(0)
+    return h.hexdigest()
 
 
 @router.get("/cases/{case_id}", summary="A case: fields, cells (model's and reviewer's calls), corrections")
