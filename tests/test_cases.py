@@ -512,3 +512,33 @@ def test_the_same_image_is_added_to_a_case_once(tmp_path: Path, model_path: Path
     cid = create_case_from_fields(store, "D", [a], classifier)
     with pytest.raises(CaseError, match="the same image as field 1"):
         store.add_field(cid, b.png, b.result, b.crops, "again.png", sha1="ab" * 20)
+
+
+def test_digits_that_name_one_case_and_are_another_cases_id_are_refused(tmp_path: Path, store: CaseStore, fields,
+                                                                          classifier) -> None:  # noqa: F811
+    """`wbc cases show 3` showed the case *named* "3" (id 4), not case 3 read from `wbc cases list`: another
+    patient's report without a word (wbc 0.27.0)."""
+    from typer.testing import CliRunner
+
+    from wbc.cases import CaseAmbiguousError
+    from wbc.cli import app
+
+    one = create_case_from_fields(store, "S 2026 0143", fields[:1], classifier)
+    named = create_case_from_fields(store, str(one), fields[1:2], classifier)  # named "1", id 2
+    with pytest.raises(CaseAmbiguousError, match=rf"'1' is both the name of case {named} and the id of case "
+                                                 rf"{one} \('S 2026 0143'\): write #{one} .*#{named} for the case"):
+        store.case_id(str(one))
+    assert (store.case_id(f"#{one}"), store.case_id(f" #{named} "), store.case_id(one)) == (one, named, one)
+    assert (store.case_id(str(named)), store.case_id("S 2026 0143")) == (named, one)  # unambiguous: as before
+    with pytest.raises(CaseNotFoundError):
+        store.case_id("#99")
+    with pytest.raises(CaseError, match="#ID means the case with that id"):
+        create_case_from_fields(store, "#5", fields[:1], classifier)
+    with pytest.raises(CaseAmbiguousError):
+        export_cases(store, tmp_path / "ex", cases=[str(one)], include_open=True)
+
+    run = CliRunner().invoke
+    res = run(app, ["cases", "show", str(one), "--store", store.url])
+    assert res.exit_code == 1 and "write #1" in str(res.exception)
+    res = run(app, ["cases", "show", f"#{one}", "--store", store.url])
+    assert res.exit_code == 0 and "S 2026 0143" in res.output

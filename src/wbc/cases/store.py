@@ -69,6 +69,10 @@ class CaseNotFoundError(CaseError):
     """No case (or cell) with that id or name."""
 
 
+class CaseAmbiguousError(CaseError):
+    """A reference that names one case and is the id of another: ``#ID`` chooses."""
+
+
 class CaseSignedError(CaseError):
     """The case is signed off and therefore read-only."""
 
@@ -218,6 +222,8 @@ def clean_name(name: str) -> str:
     n = " ".join(str(name or "").split())
     if not n:
         raise CaseError("a case needs a name (for example the sample or accession number)")
+    if re.fullmatch(r"#[0-9]+", n):
+        raise CaseError(f"a case cannot be named {n!r}: #ID means the case with that id")
     if len(n) > MAX_NAME:
         raise CaseError(f"case name longer than {MAX_NAME} characters")
     return n
@@ -425,8 +431,10 @@ class CaseStore:
     # ------------------------------------------------------------- lookups
 
     def _case(self, s: Session, case: int | str, lock: bool = False) -> CaseRow:
-        """The case with id ``case`` (an int), or named ``case`` (a str: its name first, then, for plain ASCII
-        digits, its id; an accession number "0001" names a case, it is not id 1 when such a case exists)."""
+        """The case with id ``case`` (an int, or a str ``#ID``), or named ``case`` (a str: its name, else, for plain
+        ASCII digits, its id). Digits that name one case and are the id of another ("3" naming case 4 while case 3
+        exists) are refused (:class:`CaseAmbiguousError`, saying how to write either), never guessed; digits with a
+        leading zero (an accession number "0001") are a name first, as no id is written so."""
         def first(where: Any) -> CaseRow | None:
             q = select(CaseRow).where(where)
             return s.scalars(q.with_for_update() if lock else q).first()
@@ -434,9 +442,18 @@ class CaseStore:
         row = None
         if isinstance(case, str):
             name = str(case).strip()
-            row = first(CaseRow.name == clean_name(name)) if name else None
-            if row is None and re.fullmatch(r"[0-9]{1,18}", name):
-                row = first(CaseRow.id == int(name))
+            if m := re.fullmatch(r"#([0-9]{1,18})", name):  # an explicit id, never a name
+                row = first(CaseRow.id == int(m[1]))
+            elif name:
+                row = first(CaseRow.name == clean_name(name))
+                if re.fullmatch(r"[0-9]{1,18}", name) and (row is None or name == str(int(name))):
+                    by_id = first(CaseRow.id == int(name))
+                    if row is not None and by_id is not None and by_id.id != row.id:
+                        raise CaseAmbiguousError(
+                            f"{name!r} is both the name of case {row.id} and the id of case {by_id.id} "
+                            f"({by_id.name!r}): write #{by_id.id} for case {by_id.id}, #{row.id} for the case named "
+                            f"{name!r}")
+                    row = row or by_id
         elif isinstance(case, int) and 0 < case < 2**63:
             row = first(CaseRow.id == case)
         if row is None:

@@ -23,7 +23,10 @@ DEFAULT_STORE = Path("results") / "cases.sqlite"
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="Case store: a SQLAlchemy URL (postgresql+psycopg://user@host/db, sqlite:///file) or a "
     f"file or folder for SQLite (default: {DEFAULT_STORE}).")]
-CaseArg = Annotated[str, typer.Argument(help="Case id or name.", show_default=False)]
+#: How a case is named on the command line (the store's rule, :meth:`wbc.cases.CaseStore.case_id`).
+CASE_HELP = ("Case name or id; #ID for the id alone. Digits that name one case and are the id of another are "
+             "refused: write #ID.")
+CaseArg = Annotated[str, typer.Argument(help=CASE_HELP, show_default=False)]
 
 cases_app = typer.Typer(help="Reviewed cases: list, show, create, report, export the corrections for wbc adapt.",
                         no_args_is_help=True)
@@ -181,7 +184,7 @@ def report(
 @cases_app.command("export")
 def export(
     output: Annotated[Path, typer.Argument(help="Folder to write <class>/<image> crops and manifest.csv to.")],
-    case: Annotated[list[str] | None, typer.Option("--case", help="Only this case (id or name); repeatable.")
+    case: Annotated[list[str] | None, typer.Option("--case", help=f"Only this case; repeatable. {CASE_HELP}")
                     ] = None,
     store: StoreOpt = None,
     include_open: Annotated[bool, typer.Option("--include-open", help="Also cases not signed off yet.")] = False,
