@@ -68,7 +68,7 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     s = CaseStore.open(tmp_path / "m.sqlite")
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0004"
+        assert ctx.get_current_revision() == "0005"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
     CaseStore.open(tmp_path / "m.sqlite").close()  # re-opening an up-to-date store is a no-op
@@ -542,3 +542,38 @@ def test_digits_that_name_one_case_and_are_another_cases_id_are_refused(tmp_path
     assert res.exit_code == 1 and "write #1" in str(res.exception)
     res = run(app, ["cases", "show", f"#{one}", "--store", store.url])
     assert res.exit_code == 0 and "S 2026 0143" in res.output
+
+
+def test_case_names_are_unicode_nfc(tmp_path: Path, store: CaseStore, fields, classifier) -> None:  # noqa: F811
+    """"Müller-01" typed on macOS (NFD) and on Windows (NFC) made two cases that look the same (wbc 0.27.0)."""
+    import unicodedata
+
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from wbc.cases.store import alembic_config
+
+    nfc, nfd = (unicodedata.normalize(form, "Müller-01") for form in ("NFC", "NFD"))
+    assert nfc != nfd
+    cid = create_case_from_fields(store, nfd, fields[:1], classifier)
+    assert store.case_document(cid)["name"] == nfc
+    with pytest.raises(CaseError, match="already exists"):
+        create_case_from_fields(store, nfc, fields[:1], classifier)
+    assert store.case_id(nfd) == store.case_id(nfc) == cid
+
+    # a store written before: its names are brought to NFC when it is opened, unless one would take another's
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        for i, name in enumerate((nfd, "Zoë", unicodedata.normalize("NFD", "Zoë")), start=1):
+            conn.execute(text("INSERT INTO cases (id, name, created_at, created_by, model_id, segmenter_id, classes, "
+                              "review_threshold) VALUES (:i, :n, '2026-01-02 03:04:05', '', '', '', '[]', 0)"),
+                         {"i": i, "n": name})
+    engine.dispose()
+    old = CaseStore.open(tmp_path / "old.sqlite")
+    assert [c.name for c in old.list_cases()] == [nfc, "Zoë", unicodedata.normalize("NFD", "Zoë")]
+    assert (old.case_id(nfd), old.case_id("Zoë")) == (1, 2)
+    old.close()

@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -219,7 +220,9 @@ def clean_user(user: str) -> str:
 
 
 def clean_name(name: str) -> str:
-    n = " ".join(str(name or "").split())
+    """A case name as stored and looked up: white space collapsed, Unicode NFC (a name typed on macOS, NFD, and on
+    Windows, NFC, is one name; migration 0005 brought stored names to NFC)."""
+    n = unicodedata.normalize("NFC", " ".join(str(name or "").split()))
     if not n:
         raise CaseError("a case needs a name (for example the sample or accession number)")
     if re.fullmatch(r"#[0-9]+", n):
@@ -446,6 +449,8 @@ class CaseStore:
                 row = first(CaseRow.id == int(m[1]))
             elif name:
                 row = first(CaseRow.name == clean_name(name))
+                if row is None and (raw := " ".join(name.split())) != clean_name(name):
+                    row = first(CaseRow.name == raw)  # a name left un-normalised by migration 0005 (it collided)
                 if re.fullmatch(r"[0-9]{1,18}", name) and (row is None or name == str(int(name))):
                     by_id = first(CaseRow.id == int(name))
                     if row is not None and by_id is not None and by_id.id != row.id:
