@@ -109,7 +109,7 @@ def test_store_on_postgresql(fields, classifier, tmp_path: Path) -> None:  # noq
     assert [c["new_label"] for c in doc["corrections"]] == [other_label(doc, cell), NOT_WBC]
     assert doc["cells"][0]["model_label"] == cell["model_label"] and doc["signed_at"].endswith("Z")
     assert any(c.name == name and c.n_changed == 1 for c in store.list_cases())
-    assert export_cases(store, tmp_path / "pg_export", cases=[cid]).n_cells == doc["n_cells"] - 1
+    assert export_cases(store, tmp_path / "pg_export", cases=[cid], include_accepted=True).n_cells == doc["n_cells"] - 1
     store.close()
 
 
@@ -230,7 +230,7 @@ def test_export_feeds_the_adapt_loader(store: CaseStore, fields, classifier, tmp
     store.sign_off(cid, "tech")
 
     out = tmp_path / "export"
-    summary = export_cases(store, out)
+    summary = export_cases(store, out, include_accepted=True)
     assert summary.cases == ["signed"] and summary.skipped_open == ["still open"]
     assert summary.n_cells == doc["n_cells"] - 1 and summary.n_excluded == 1
     rows = list(csv.DictReader((out / "manifest.csv").open()))
@@ -345,8 +345,9 @@ def test_cli_create_list_show_report_export(tmp_path: Path, model_path: Path) ->
     assert res.exit_code == 0 and "not signed off" in res.output
     res = run(app, ["cases", "export", str(tmp_path / "out"), "--store", store, "--include-open"])
     assert res.exit_code == 0 and "wbc adapt --data" in res.output
+    assert f"{doc['n_cells'] - 1} cell(s) nobody reviewed left out" in " ".join(res.output.split())
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
-    assert len(rows) == doc["n_cells"]
+    assert [(int(r["cell_id"]), r["label_source"], r["reviewer"]) for r in rows] == [(cell["id"], "reviewed", "me")]
 
 
 def test_a_sign_off_waits_for_a_label_being_written(tmp_path: Path, fields, classifier, monkeypatch) -> None:  # noqa: F811
@@ -390,10 +391,11 @@ def test_a_case_is_stored_whole_or_not_at_all_and_found_by_its_name_first(store:
     assert store.list_cases() == []  # no half case left behind, its name not taken
     first = create_case_from_fields(store, "S-77", [good], classifier)
     second = create_case_from_fields(store, "0001", [good], classifier)
+    store.sign_off(first, "me")
     assert (store.case_id("0001"), store.case_id(str(first)), store.case_id(first)) == (second, first, first)
     with pytest.raises(CaseNotFoundError):
         store.case_id("²")  # a digit that is no ASCII digit: not found, not a ValueError
-    out = export_cases(store, tmp_path / "ex", cases=[first, "S-77"], include_open=True)
+    out = export_cases(store, tmp_path / "ex", cases=[first, "S-77"], include_accepted=True)
     rows = list(csv.DictReader((tmp_path / "ex" / "manifest.csv").read_text().splitlines()))
     assert len(rows) == out.n_cells == len(good.result.cells)  # one case named twice: each cell once
 
@@ -577,3 +579,29 @@ def test_case_names_are_unicode_nfc(tmp_path: Path, store: CaseStore, fields, cl
     assert [c.name for c in old.list_cases()] == [nfc, "Zoë", unicodedata.normalize("NFD", "Zoë")]
     assert (old.case_id(nfd), old.case_id("Zoë")) == (1, 2)
     old.close()
+
+
+def test_export_says_where_each_label_came_from(store: CaseStore, fields, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """`wbc cases export` exported the model's calls for cells nobody opened as labels, with the signer as their
+    "reviewer" (wbc 0.27.0): training data for `wbc adapt` presented as reviewed."""
+    cid = create_case_from_fields(store, "S-10", fields, classifier)
+    doc = store.case_document(cid)
+    a, b = doc["cells"][:2]
+    store.reclassify(cid, a["id"], other_label(doc, a), "A. Tech")
+    store.reclassify(cid, b["id"], b["model_label"], "A. Tech")
+    store.sign_off(cid, "Dr. B. Reviewer")
+    n = doc["n_cells"]
+
+    summary = export_cases(store, tmp_path / "reviewed")  # by default: what a person looked at
+    rows = list(csv.DictReader((tmp_path / "reviewed" / "manifest.csv").open()))
+    assert (summary.n_cells, summary.n_unreviewed, summary.n_accepted) == (2, n - 2, 0)
+    assert {(int(r["cell_id"]), r["label_source"], r["reviewer"], r["signed_by"]) for r in rows} == {
+        (a["id"], "reviewed", "A. Tech", "Dr. B. Reviewer"), (b["id"], "reviewed", "A. Tech", "Dr. B. Reviewer")}
+
+    summary = export_cases(store, tmp_path / "all", include_accepted=True)
+    rows = list(csv.DictReader((tmp_path / "all" / "manifest.csv").open()))
+    assert (summary.n_cells, summary.n_unreviewed, summary.n_accepted) == (n, 0, n - 2)
+    accepted = [r for r in rows if int(r["cell_id"]) not in (a["id"], b["id"])]
+    assert len(accepted) == n - 2
+    assert all(r["label_source"] == "accepted_at_sign_off" and r["reviewer"] == "" for r in accepted)
+    assert all(r["label"] == r["model_label"] for r in accepted)

@@ -135,13 +135,17 @@ def test_review_by_keyboard_sign_off_export_and_adapt(chromium, served, model_pa
     doc = store.case_document("Case <b>1</b>")
     assert doc["signed_by"] == "Ann <Tech>"
     assert [(c["cell_id"], c["old_label"], c["new_label"]) for c in doc["corrections"]] == changed
+    reviewed = export_cases(store, tmp_path / "reviewed")  # by default only the cells a person reviewed
+    assert reviewed.n_cells == len(changed) and reviewed.n_unreviewed == n_cells - len(changed)
     export = tmp_path / "corrections"
-    summary = export_cases(store, export)
+    summary = export_cases(store, export, include_accepted=True)  # and the model's calls accepted at sign-off
     store.close()
     assert summary.n_cells == n_cells
     rows = list(csv.DictReader((export / "manifest.csv").open()))
     for cid, _, new in changed:
-        assert next(r for r in rows if int(r["cell_id"]) == cid)["label"] == new
+        row = next(r for r in rows if int(r["cell_id"]) == cid)
+        assert (row["label"], row["label_source"], row["reviewer"]) == (new, "reviewed", "Ann <Tech>")
+    assert sum(r["label_source"] == "accepted_at_sign_off" for r in rows) == n_cells - len(changed)
 
     out = tmp_path / "adapted.onnx"
     env = dict(os.environ, WBC_NO_REEXEC="1")

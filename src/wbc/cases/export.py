@@ -1,9 +1,13 @@
 """Export reviewed cells as ``<class>/<image>`` crops plus ``manifest.csv``: the input ``wbc adapt --data`` takes.
 
-Only signed-off cases by default (a reviewer has vouched for every call), only cells with a class (not
-``not_wbc`` / ``unidentifiable``). The folder is written beside the target and swapped in whole, so an
-interrupted export never leaves a half-written folder; a folder from an earlier export is replaced, any
-other non-empty folder is refused.
+Only signed-off cases by default, only cells with a class (not ``not_wbc`` / ``unidentifiable``), and only cells
+a person reviewed (confirmed or changed): a cell nobody opened carries the model's own call, accepted at sign-off,
+and training on it teaches the model its own answers (and inflates ``wbc adapt``'s "before" accuracy).
+``include_accepted`` adds those cells of signed-off cases too. Each row says where its label came from
+(``label_source``: ``reviewed``, or ``accepted_at_sign_off`` with an empty ``reviewer``).
+
+The folder is written beside the target and swapped in whole, so an interrupted export never leaves a half-written
+folder; a folder from an earlier export is replaced, any other non-empty folder is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from wbc.data import MANIFEST_COLUMNS
 
 #: Marks a folder written by :func:`export_cases` (so a re-export may replace it).
 MARKER = ".wbc-cases-export"
-EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "changed", "reviewer")
+EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "changed", "label_source", "reviewer", "signed_by")
+#: ``label_source``: a person reviewed the cell (confirmed or changed its call; ``reviewer`` names them) ...
+REVIEWED = "reviewed"
+#: ... or nobody opened it and the model's call was accepted when the case was signed off (``include_accepted``).
+ACCEPTED = "accepted_at_sign_off"
 
 
 @dataclass
@@ -34,6 +42,8 @@ class ExportSummary:
     cases: list[str] = field(default_factory=list)
     skipped_open: list[str] = field(default_factory=list)  # open cases left out (not signed off)
     n_excluded: int = 0  # not_wbc / unidentifiable cells left out
+    n_unreviewed: int = 0  # cells nobody reviewed left out (the model's calls; include_accepted takes signed ones)
+    n_accepted: int = 0  # of n_cells: the model's calls accepted at sign-off (include_accepted)
 
 
 def _check_target(out: Path) -> None:
@@ -46,7 +56,7 @@ def _check_target(out: Path) -> None:
 
 def export_cases(
     store: CaseStore, output: str | os.PathLike[str], cases: Sequence[int | str] = (),
-    include_open: bool = False, changed_only: bool = False,
+    include_open: bool = False, changed_only: bool = False, include_accepted: bool = False,
 ) -> ExportSummary:
     """Write the reviewed cells of ``cases`` (default: every case) to ``output``; see the module docstring."""
     out = Path(output)
@@ -72,12 +82,19 @@ def export_cases(
                     continue
                 if changed_only and not cell["changed"]:
                     continue
+                if cell["reviewed"]:
+                    source, reviewer = REVIEWED, cell["reviewed_by"] or ""
+                elif include_accepted and doc["signed_by"]:
+                    source, reviewer = ACCEPTED, ""
+                    summary.n_accepted += 1
+                else:
+                    summary.n_unreviewed += 1
+                    continue
                 rel = f"{safe_stem(label)}/case{cid}_f{cell['field']}_c{cell['cell_no']}_{cell['id']}.png"
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / rel).write_bytes(crops[cell["id"]])
-                reviewer = cell["reviewed_by"] or doc["signed_by"] or ""
                 rows.append([rel, label, "", -1, "", doc["name"], cid, cell["id"], cell["model_label"],
-                             int(cell["changed"]), reviewer])
+                             int(cell["changed"]), source, reviewer, doc["signed_by"] or ""])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])

@@ -189,8 +189,13 @@ def export(
     store: StoreOpt = None,
     include_open: Annotated[bool, typer.Option("--include-open", help="Also cases not signed off yet.")] = False,
     changed_only: Annotated[bool, typer.Option("--changed-only", help="Only cells the reviewer changed.")] = False,
+    include_accepted: Annotated[bool, typer.Option(
+        "--include-accepted", help="Also the cells nobody opened in signed-off cases: the model's calls accepted at "
+        "sign-off (label_source accepted_at_sign_off in manifest.csv).")] = False,
 ) -> None:
-    """Export reviewed cells as training data: `wbc adapt --data OUTPUT` (or OUTPUT/manifest.csv) takes it as it is."""
+    """Export reviewed cells as training data: `wbc adapt --data OUTPUT` (or OUTPUT/manifest.csv) takes it as it is.
+
+    Only cells a person reviewed (confirmed or changed) by default; manifest.csv says each label's source."""
     from wbc.cases.export import export_cases
     from wbc.io import check_output_file
 
@@ -198,11 +203,16 @@ def export(
         raise WbcError(f"{output}: exists and is not a folder")
     check_output_file(output.parent / f"{output.name}.export")  # its folder writable: a bad path fails at once
     s = open_store(store)
-    res = export_cases(s, output, cases=list(case or []), include_open=include_open, changed_only=changed_only)
+    res = export_cases(s, output, cases=list(case or []), include_open=include_open, changed_only=changed_only,
+                       include_accepted=include_accepted)
     for name in res.skipped_open:
         warn(f"case {name!r} is not signed off: left out (--include-open takes it)", prefix="skipped")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(res.counts.items()))
-    say(f"{res.n_cells} cell(s) from {len(res.cases)} case(s) -> {output}/ ({counts or 'none'}); "
+    accepted = f", {res.n_accepted} of them the model's calls accepted at sign-off" if res.n_accepted else ""
+    say(f"{res.n_cells} cell(s){accepted} from {len(res.cases)} case(s) -> {output}/ ({counts or 'none'}); "
         f"{res.n_excluded} not-a-WBC / unidentifiable cell(s) left out")
+    if res.n_unreviewed:
+        warn(f"{res.n_unreviewed} cell(s) nobody reviewed left out: their labels are the model's own calls "
+             "(--include-accepted takes those of signed-off cases)", prefix="note:")
     if res.n_cells:
         say(f"next: wbc adapt --data {output} --output my_lab.onnx")
