@@ -68,7 +68,7 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     s = CaseStore.open(tmp_path / "m.sqlite")
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0005"
+        assert ctx.get_current_revision() == "0006"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
     CaseStore.open(tmp_path / "m.sqlite").close()  # re-opening an up-to-date store is a no-op
@@ -605,3 +605,37 @@ def test_export_says_where_each_label_came_from(store: CaseStore, fields, classi
     assert len(accepted) == n - 2
     assert all(r["label_source"] == "accepted_at_sign_off" and r["reviewer"] == "" for r in accepted)
     assert all(r["label"] == r["model_label"] for r in accepted)
+
+
+def test_the_report_traces_the_case_to_its_images_and_software(store: CaseStore, classifier,  # noqa: F811
+                                                               monkeypatch) -> None:
+    """The case report named no field's file, no wbc version and no segmenter; the PDF also dropped the colour
+    calibration line, the field of each gallery cell and who analysed the case (wbc 0.27.0)."""
+    from wbc import __version__
+    from wbc.cases.report import render_html
+    from wbc.cases.store import file_digest, prepare_field
+
+    seg = ClassicalSegmenter()
+    rgb, *_ = synthetic_smear(n_wbc=3, seed=4)
+    tinted = np.clip(rgb.astype(np.float32) * np.array([0.85, 1.0, 1.1], np.float32), 0, 255).astype(np.uint8)
+    plain = synthetic_smear(n_wbc=3, seed=5)[0]
+    got = [prepare_field("BloodImage_00010.jpg", tinted, analyze_image(tinted, classifier, seg), classifier,
+                         file_digest(b"one")),
+           prepare_field("IMG_0002 <b>.png", plain, analyze_image(plain, classifier.with_colour_calibration(False),
+                                                                   seg), classifier, file_digest(b"two"))]
+    cid = create_case_from_fields(store, "S-11", got, classifier, segmenter_id="classical-v1", created_by="A. Tech")
+    doc = store.case_document(cid)
+    assert doc["wbc_version"] == __version__
+    n_calibrated = sum(bool(f["colour_calibration"]) for f in doc["fields"])
+    page = render_html(store, cid)
+    pdf = pdf_paragraphs(monkeypatch, store, cid)
+    for text in (page, pdf):
+        assert "BloodImage_00010.jpg" in text and "IMG_0002 &lt;b&gt;.png" in text
+        assert f"wbc {__version__}" in text and "classical-v1" in text and classifier.model_id in text
+        assert "by A. Tech" in text and file_digest(b"one")[:12] in text
+        if n_calibrated:
+            assert f"{n_calibrated} of 2 field(s) calibrated on their own red cells before classifying" in text
+        else:
+            assert "classified as they came" in text
+        flagged = [c for c in doc["cells"] if c["model_review"]]
+        assert all(f"#{c['id']} · field {c['field']}" in text for c in flagged)

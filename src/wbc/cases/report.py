@@ -148,13 +148,19 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
                 "src": "data:image/png;base64," + base64.b64encode(crops[c["id"]]).decode()}
                for c in flagged]
     changes = Counter((c["model_label"], c["label"]) for c in doc["cells"] if c["changed"])
-    return {"case": doc, "rows": rows, "gallery": gallery, "summary": plain_summary(doc),
+    fields = [{**f, "colours": "calibrated on its red cells" if f["colour_calibration"] else "as they came",
+               "sha1_short": (f.get("sha1") or "")[:12] or "not recorded"} for f in doc["fields"]]
+    return {"case": doc, "meta": report_meta(doc), "fields": fields, "rows": rows, "gallery": gallery,
+            "summary": plain_summary(doc),
             "changes": [{"from": display_name(a), "to": display_name(b), "n": n}
                         for (a, b), n in changes.most_common()],
-            "review_extent": review_extent(doc), "reviewers": reviewers_of(doc), "footer": FOOTER,
+            "footer": FOOTER, "corrections_none": CORRECTIONS_NONE, "gallery_note": GALLERY_NOTE,
             "draft": not doc["signed_by"]}
 
 
+CORRECTIONS_NONE = "None: every call of the model was kept."
+GALLERY_NOTE = ("Cells the model flagged for review (low confidence or unusual appearance) and cells the reviewer "
+                "changed.")
 #: Both reports' last words.
 FOOTER = ("Research software: every call is a pre-classification by the software. The report says which calls a "
           "person reviewed and which were accepted at sign-off without being opened. Not a medical device.")
@@ -167,10 +173,43 @@ def report_css() -> str:
     return (TEMPLATES / "report.css").read_text(encoding="utf-8")
 
 
-def review_line(ctx: Mapping[str, Any]) -> str:
+def review_line(doc: Mapping[str, Any]) -> str:
     """The meta line: ``5 of 18 cells (4 of 14 flagged), by A. Tech``."""
-    who = names_list(ctx["reviewers"])
-    return ctx["review_extent"].removeprefix("reviewed ") + (f", by {who}" if who else "")
+    who = names_list(reviewers_of(doc))
+    return review_extent(doc).removeprefix("reviewed ") + (f", by {who}" if who else "")
+
+
+def colours_line(doc: Mapping[str, Any]) -> str:
+    n = sum(1 for f in doc["fields"] if f["colour_calibration"])
+    if not n:
+        return "classified as they came"
+    return f"{n} of {len(doc['fields'])} field(s) calibrated on their own red cells before classifying"
+
+
+def report_meta(doc: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The report's head, the same lines in the HTML and the PDF: what was analysed, with what, by whom, who
+    reviewed and signed it (``id``: the HTML element's id, or "")."""
+    from wbc import __version__
+
+    version = doc.get("wbc_version")
+    made = f"wbc {version}" if version else "wbc version not recorded (a case stored before the store kept it)"
+    if version != __version__:
+        made += f"; this report by wbc {__version__}"
+    threshold = float(doc.get("review_threshold") or 0.0)
+    lines = [
+        ("Case", doc["name"], "case-name"),
+        ("Fields / cells", f"{len(doc['fields'])} / {doc['n_cells']} (the fields' files are listed below)", ""),
+        ("Classifier", doc["model_id"] or "not recorded", "model"),
+        ("Segmenter", doc.get("segmenter_id") or "not recorded", "segmenter"),
+        ("Review threshold", f"{threshold:.2f} (a cell the classifier is less sure of is flagged)", ""),
+        ("Colours", colours_line(doc), "colours"),
+        ("Software", made, "software"),
+        ("Analysed", (doc["created_at"] or "") + (f" by {doc['created_by']}" if doc["created_by"] else ""), ""),
+        ("Reviewed", review_line(doc), "reviewed"),
+        ("Signed off by", doc["signed_by"] or "not signed off", "reviewer"),
+        ("Signed off on", doc["signed_at"] or "–", ""),
+    ]
+    return [{"label": a, "value": str(b), "id": i} for a, b, i in lines]
 
 
 def render_html(store: CaseStore, case: int | str, css_href: str | None = None) -> str:
@@ -180,8 +219,7 @@ def render_html(store: CaseStore, case: int | str, css_href: str | None = None) 
 
     env = Environment(loader=PackageLoader("wbc.cases", "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
-    ctx = report_context(store, case)
-    return env.get_template("report.html").render(css_href=css_href, review_line=review_line(ctx), **ctx)
+    return env.get_template("report.html").render(css_href=css_href, **report_context(store, case))
 
 
 def _fmt(v: float | None) -> str:
@@ -247,12 +285,8 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     if ctx["draft"]:
         story.append(Paragraph("<font color='#b00020'><b>DRAFT: not signed off</b></font>", styles["Heading2"]))
     story.append(Paragraph(e(title), styles["Title"]))
-    meta = [["Case", doc["name"]], ["Fields / cells", f"{len(doc['fields'])} / {doc['n_cells']}"],
-            ["Model", doc["model_id"]], ["Analysed", doc["created_at"] or ""],
-            ["Reviewed", review_line(ctx)],
-            ["Signed off by", doc["signed_by"] or "not signed off"], ["Signed off on", doc["signed_at"] or ""]]
-    t = Table([[Paragraph(f"<b>{e(a)}</b>", styles["Normal"]), Paragraph(e(str(b)), styles["Normal"])]
-               for a, b in meta], colWidths=[35 * mm, 135 * mm])
+    t = Table([[Paragraph(f"<b>{e(m['label'])}</b>", styles["Normal"]), Paragraph(e(m["value"]), styles["Normal"])]
+               for m in ctx["meta"]], colWidths=[35 * mm, 135 * mm])
     t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]))
     story += [t, Spacer(1, 4 * mm), Paragraph("In plain words", styles["Heading2"])]
     story += [Paragraph(e(s), styles["Normal"]) for s in ctx["summary"]]
@@ -268,15 +302,27 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
                            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
     story += [t, Paragraph(f"{doc['differential']['total']} cells counted; intervals are exact (Clopper-Pearson).",
                            styles["Italic"])]
-    if ctx["changes"]:
-        story += [Spacer(1, 3 * mm), Paragraph("Corrections by the reviewer", styles["Heading2"])]
-        story += [Paragraph(e(f"{c['n']} × {c['from']} → {c['to']}"), styles["Normal"]) for c in ctx["changes"]]
-    story += [Spacer(1, 4 * mm), Paragraph("Flagged and corrected cells", styles["Heading2"])]
+    story += [Spacer(1, 3 * mm), Paragraph("Corrections by the reviewer", styles["Heading2"])]
+    story += [Paragraph(e(f"{c['n']} × {c['from']} → {c['to']}"), styles["Normal"]) for c in ctx["changes"]]
+    if not ctx["changes"]:
+        story.append(Paragraph(CORRECTIONS_NONE, styles["Normal"]))
+    story += [Spacer(1, 4 * mm), Paragraph("Fields", styles["Heading2"])]
+    small = styles["BodyText"]
+    data = [["Field", "File", "Size (px)", "Cells", "Colours", "SHA-1"]] + [
+        [str(f["position"]), Paragraph(e(f["image"]), small), f"{f['width']} × {f['height']}", str(f["n_cells"]),
+         Paragraph(e(f["colours"]), small), Paragraph(e(f["sha1_short"]), small)] for f in ctx["fields"]]
+    t = Table(data, repeatRows=1, colWidths=[12 * mm, 58 * mm, 22 * mm, 12 * mm, 42 * mm, 24 * mm])
+    t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), regular), ("FONTNAME", (0, 0), (-1, 0), bold),
+                           ("FONTSIZE", (0, 0), (-1, -1), 8), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                           ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                           ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
+    story += [t, Spacer(1, 4 * mm), Paragraph("Flagged and corrected cells", styles["Heading2"]),
+              Paragraph(e(GALLERY_NOTE), styles["Italic"])]
     if ctx["gallery"]:
         cells = []
         for g in ctx["gallery"]:
             img = Image(io.BytesIO(g["png"]), width=26 * mm, height=26 * mm)
-            cap = f"#{g['id']} model: {e(g['model_name'])} ({g['model_confidence']:.2f})"
+            cap = f"#{g['id']} · field {g['field']}<br/>model: {e(g['model_name'])} ({g['model_confidence']:.2f})"
             cap += f"<br/><b>{e(g['status'])}</b>" if g["changed"] else f"<br/>{e(g['status'])}"
             cells.append([img, Paragraph(cap, styles["BodyText"])])
         per_row = 3

@@ -107,6 +107,7 @@ class CaseRow(Base):
     signed_by: Mapped[str | None] = mapped_column(String(MAX_USER), nullable=True)
     signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     signed_client: Mapped[str | None] = mapped_column(String(60), nullable=True)  # migration 0002
+    wbc_version: Mapped[str | None] = mapped_column(String(40), nullable=True)  # that analysed it; migration 0006
 
     fields: Mapped[list[FieldRow]] = relationship(back_populates="case", order_by="FieldRow.position")
 
@@ -484,8 +485,11 @@ class CaseStore:
     ) -> int:
         """A new open case with ``fields``, in one transaction: no one sees, labels or signs off a case that misses
         a field, and a field that fails leaves no case behind (nor its name taken). Returns its id."""
+        from wbc import __version__
+
         n = clean_name(name)
-        row = CaseRow(name=n, created_at=utcnow(), created_by=" ".join(str(created_by or "").split())[:MAX_USER],
+        row = CaseRow(name=n, created_at=utcnow(), wbc_version=__version__,
+                      created_by=" ".join(str(created_by or "").split())[:MAX_USER],
                       model_id=model_id, segmenter_id=segmenter_id, classes=list(classes),
                       review_threshold=float(review_threshold))
         try:
@@ -625,7 +629,8 @@ class CaseStore:
             classes = list(c.classes)
             return {
                 "id": c.id, "name": c.name, "created_at": iso(c.created_at), "created_by": c.created_by,
-                "model_id": c.model_id, "segmenter_id": c.segmenter_id, "classes": classes,
+                "model_id": c.model_id, "segmenter_id": c.segmenter_id, "wbc_version": c.wbc_version,
+                "classes": classes,
                 "labels": [*classes, *SPECIAL_LABELS], "review_threshold": c.review_threshold,
                 "signed_by": c.signed_by, "signed_at": iso(c.signed_at), "signed_client": c.signed_client,
                 "status": "signed off" if c.signed_by else "open",
