@@ -21,6 +21,7 @@ from wbc.analyze import analyze_image
 from wbc.cases import NOT_WBC, UNIDENTIFIABLE, CaseError, CaseNotFoundError, CaseSignedError, CaseStore
 from wbc.cases.export import export_cases
 from wbc.cases.store import Base, create_case_from_fields, store_url
+from wbc.labels import PER_100_WBC
 from wbc.segment.classical import ClassicalSegmenter
 from wbc.synthetic import synthetic_smear
 
@@ -161,7 +162,8 @@ def test_round_trip_audit_trail_and_sign_off(tmp_path: Path, fields, classifier)
     assert doc["id"] == cid and doc["name"] == "Sample 42" and doc["model_id"] == classifier.model_id
     assert [f["image"] for f in doc["fields"]] == ["field 1.png", "field 2.png", "field 3.png"]
     n = sum(len(r.cells) for _, _, r in fields)
-    assert doc["n_cells"] == n and doc["differential"]["total"] == n and not doc["corrections"]
+    n_wbc = sum(c.prediction.label not in PER_100_WBC for _, _, r in fields for c in r.cells)  # NRBCs: per 100 WBCs
+    assert doc["n_cells"] == n and doc["differential"]["total"] == n_wbc and not doc["corrections"]
     first = fields[0][2].cells[0]
     c0 = doc["cells"][0]
     assert c0["model_label"] == first.prediction.label and c0["label"] == c0["model_label"]
@@ -189,8 +191,8 @@ def test_round_trip_audit_trail_and_sign_off(tmp_path: Path, fields, classifier)
     trail = [(r["cell_id"], r["old_label"], r["new_label"], r["user"]) for r in doc["corrections"]]
     assert trail == [(a["id"], a["model_label"], new_a, "A. Tech"), (a["id"], new_a, NOT_WBC, "B. Second"),
                      (b["id"], b["model_label"], b["model_label"], "A. Tech")]
-    assert doc["differential"]["total"] == n - 1 and doc["differential"]["excluded"][NOT_WBC] == 1
-    assert doc["model_differential"]["total"] == n
+    assert doc["differential"]["total"] == n_wbc - (a["model_label"] not in PER_100_WBC)
+    assert doc["differential"]["excluded"][NOT_WBC] == 1 and doc["model_differential"]["total"] == n_wbc
     assert doc["n_reviewed"] == 2 and doc["n_changed"] == 1
 
     signed = store.sign_off(cid, "B. Second")

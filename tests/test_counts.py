@@ -49,3 +49,26 @@ def test_differential_rows_per_image_and_pooled(tmp_path: Path) -> None:
     assert {r["class"]: int(r["count"]) for r in pooled} == {"lymphocyte": 1, "neutrophil": 3}
     empty = [r for r in got if r["image"] == "b"]
     assert all(r["total"] == "0" and r["ci95_high"] == "100.0" for r in empty)
+
+
+def test_nrbcs_and_platelets_are_counted_per_100_wbcs_outside_the_total() -> None:
+    """Hematology counts NRBCs per 100 WBCs: inside the total, one NRBC changed every WBC's share, and a platelet
+    relabelled in review was counted as a leukocyte."""
+    from wbc.counts import differential_rows, per_100_interval
+
+    classes = ["erythroblast", "lymphocyte", "neutrophil", "platelet"]
+    without = {r[1]: r for r in differential_rows({"lymphocyte": 30, "neutrophil": 70}, classes, "x")}
+    with_nrbc = {r[1]: r for r in differential_rows({"lymphocyte": 30, "neutrophil": 70, "erythroblast": 5,
+                                                     "platelet": 2}, classes, "x")}
+    for c in ("lymphocyte", "neutrophil"):
+        assert with_nrbc[c][3:] == without[c][3:]  # total 100 and the same shares and intervals
+    assert with_nrbc["erythroblast"][2:5] == [5, 100, 5.0] and with_nrbc["platelet"][2:5] == [2, 100, 2.0]
+    lo, hi = with_nrbc["erythroblast"][5:]
+    assert 0 < lo < 5.0 < hi
+    # the interval holds its 95 % over draws: NRBCs at 5 per 100 WBCs, 100 WBCs a count
+    rng = np.random.default_rng(0)
+    k = rng.binomial(105, 5 / 105, size=2000)
+    bounds = np.array([per_100_interval(int(v), 105 - int(v)) for v in k])
+    rate = 0.05
+    covered = np.mean((bounds[:, 0] <= rate) & (rate <= bounds[:, 1]))
+    assert covered >= 0.95

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from wbc.labels import PER_100_WBC
 from wbc.types import SmearResult
 
 
@@ -42,21 +43,41 @@ DIFFERENTIAL_HEADER: tuple[str, ...] = (
 )
 
 
+def per_100_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact interval for a count of ``k`` cells per ``n`` WBCs counted beside them (NRBCs per 100 WBCs), as a
+    ratio k/n: the Clopper-Pearson interval of the share k/(k+n), turned into the ratio p/(1-p); (0, 1) with no
+    WBC counted, as :func:`clopper_pearson` answers for nothing counted.
+
+    >>> [round(100 * v, 2) for v in per_100_interval(5, 100)]
+    [1.59, 12.06]
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    lo, hi = clopper_pearson(k, k + n, confidence)
+    return lo / (1 - lo), hi / (1 - hi)
+
+
 def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str, digits: int = 2
                       ) -> list[list[Any]]:
     """One row per class: count, total, percent and the 95 % interval in percent, rounded to ``digits`` decimals
     (2 in the CSVs; the HTTP API and the case store keep 4, so that a page showing one decimal rounds the exact
     value, not an already rounded one: 52.651 is 52.65 at two decimals, shown as 52.6).
 
+    The total is the WBCs'. Erythroblasts (NRBCs) and platelets (:data:`wbc.labels.PER_100_WBC`) are counted
+    outside it, their percent read per 100 WBCs (:func:`per_100_interval`), as hematology reports them.
+
     >>> counts = {"a": 1, "b": 7}
     >>> differential_rows(counts, ["a", "b"], "x")[0], differential_rows(counts, ["a", "b"], "x", 4)[0]
     (['x', 'a', 1, 8, 12.5, 0.32, 52.65], ['x', 'a', 1, 8, 12.5, 0.316, 52.651])
+    >>> differential_rows({"lymphocyte": 1, "neutrophil": 3, "erythroblast": 2}, ["erythroblast", "lymphocyte",
+    ...                   "neutrophil"], "x")[:2]
+    [['x', 'erythroblast', 2, 4, 50.0, 4.52, 348.88], ['x', 'lymphocyte', 1, 4, 25.0, 0.63, 80.59]]
     """
-    n = sum(counts.get(c, 0) for c in classes)
+    n = sum(counts.get(c, 0) for c in classes if c not in PER_100_WBC)
     rows = []
     for c in classes:
         k = counts.get(c, 0)
-        lo, hi = clopper_pearson(k, n)
+        lo, hi = per_100_interval(k, n) if c in PER_100_WBC else clopper_pearson(k, n)
         rows.append([image, c, k, n, round(100.0 * k / n, digits) if n else 0.0, round(100 * lo, digits),
                      round(100 * hi, digits)])
     return rows

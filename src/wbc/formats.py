@@ -221,7 +221,16 @@ def write_predictions_csv(
 def differential_dicts(counts: Mapping[str, int], classes: Sequence[str]) -> list[dict[str, Any]]:
     """Per class: count, percent and the exact 95 % interval in percent, to 4 decimals (see :mod:`wbc.counts`)."""
     keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
-    return [dict(zip(keys, row[1:], strict=True)) for row in differential_rows(dict(counts), classes, "", digits=4)]
+    return [{**dict(zip(keys, row[1:], strict=True)), "unit": differential_unit(row[1])}
+            for row in differential_rows(dict(counts), classes, "", digits=4)]
+
+
+def differential_unit(label: str) -> str:
+    """What a differential row's ``percent`` counts: ``"percent"`` of the WBCs, or ``"per 100 WBC"`` for NRBCs and
+    platelets (:data:`wbc.labels.PER_100_WBC`), so a page or a client need not know the convention."""
+    from wbc.labels import PER_100_WBC
+
+    return "per 100 WBC" if label in PER_100_WBC else "percent"
 
 
 def prediction_to_dict(p: Prediction) -> dict[str, Any]:

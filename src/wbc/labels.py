@@ -39,6 +39,10 @@ WBC5: tuple[str, ...] = ("basophil", "eosinophil", "lymphocyte", "monocyte", "ne
 #: had called 16 of 64 detected WBCs "platelet").
 NOT_IN_SMEAR_DETECTIONS: tuple[str, ...] = ("platelet",)
 
+#: Classes counted per 100 WBCs, outside the WBC total, as hematology reports them: an erythroblast (a nucleated
+#: red cell, NRBC) and a platelet are no leukocytes. Counted inside the total, one NRBC changed every other share.
+PER_100_WBC: tuple[str, ...] = ("erythroblast", "platelet")
+
 _ALIASES: dict[str, str] = {
     "basophil": "basophil",
     "baso": "basophil",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from wbc.cases.store import NOT_WBC, UNIDENTIFIABLE, CaseStore
+from wbc.labels import PER_100_WBC
 
 NAMES: dict[str, str] = {
     "basophil": "basophil", "eosinophil": "eosinophil", "erythroblast": "erythroblast", "ig": "immature granulocyte",
@@ -105,7 +106,8 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
         out.append("No white blood cell could be counted, so no differential is given.")
         return out
     rows = sorted((r for r in diff["rows"] if r["count"]), key=lambda r: -r["count"])
-    top = [r for r in rows if r["count"] >= rows[min(1, len(rows) - 1)]["count"]]  # the two commonest, and ties
+    wbcs = [r for r in rows if r["class"] not in PER_100_WBC]  # NRBCs and platelets are counted per 100 WBCs
+    top = [r for r in wbcs if r["count"] >= wbcs[min(1, len(wbcs) - 1)]["count"]]  # the two commonest, and ties
     parts = [f"{display_name(r['class'])}s ({r['percent']:.0f} %: {ROLES.get(r['class'], '')})" for r in top]
     listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
     out.append(f"{plural(total, 'white blood cell')} were counted. The most common were {listed}.")

@@ -368,8 +368,10 @@ def cell_to_dict(cell: CellRow, position: int) -> dict[str, Any]:
 
 
 def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
-    """Counts, percent and exact 95 % intervals over the model's classes; the special calls counted apart."""
+    """Counts, percent and exact 95 % intervals over the model's classes, the total the WBCs' (NRBCs and platelets
+    per 100 WBCs: :func:`wbc.counts.differential_rows`); the special calls counted apart."""
     from wbc.counts import differential_rows
+    from wbc.formats import differential_unit
 
     counts = {c: 0 for c in classes}
     other = {s: 0 for s in SPECIAL_LABELS}
@@ -379,8 +381,9 @@ def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, 
         elif lab in other:
             other[lab] += 1
     keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
-    rows = [dict(zip(keys, r[1:], strict=True)) for r in differential_rows(counts, classes, "", digits=4)]
-    return {"total": sum(counts.values()), "rows": rows, "excluded": other}
+    rows = [{**dict(zip(keys, r[1:], strict=True)), "unit": differential_unit(r[1])}
+            for r in differential_rows(counts, classes, "", digits=4)]
+    return {"total": rows[0]["total"] if rows else 0, "rows": rows, "excluded": other}  # the WBCs (wbc.counts)
 
 
 # --------------------------------------------------------------------------- the store

@@ -101,10 +101,13 @@ def analyze(
             f"  {1000 * summary.seconds_analysis / summary.analyzed:.0f} ms/image analysis"
             + (f", {1000 * summary.seconds_render / summary.analyzed:.0f} ms/image drawing" if draw else "")
         )
+    from wbc.counts import differential_rows
+    from wbc.labels import PER_100_WBC
+
     pooled = pooled_counts(summary.docs, summary.classes)
-    for c in summary.classes:
-        if pooled.get(c):
-            say(f"  {c:<13}{pooled[c]:>6}  {100 * pooled[c] / max(n_cells, 1):5.1f}%")
+    for _, c, k, _, percent, _, _ in differential_rows(pooled, summary.classes, ""):
+        if k:  # shares of the WBCs; NRBCs per 100 WBCs, outside their total
+            say(f"  {c:<13}{k:>6}  {percent:5.1f}{' per 100 WBCs' if c in PER_100_WBC else '%'}")
     if report and summary.classes:
         from wbc.evaluate.classified import write_analysis_report
         from wbc.labels import parse_class_set

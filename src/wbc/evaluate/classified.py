@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from wbc.labels import PER_100_WBC
 from wbc.types import Prediction
 
 #: How many cells each class's gallery shows by default (`wbc classify --report-cells`): flagged ones first, then
@@ -105,23 +106,24 @@ def gallery_order(predictions: Sequence[Prediction], per_class: int = REPORT_CEL
 
 def differential(n: Mapping[str, int], flagged: Mapping[str, int], classes: Sequence[str]) -> list[dict[str, Any]]:
     """One row per class of ``classes``: cells (``n``), share, its 95 % interval (exact binomial) and how many are
-    flagged.
+    flagged. Shares are of the WBCs; erythroblasts (NRBCs) and platelets per 100 WBCs (:mod:`wbc.counts`).
 
     >>> rows = differential({"lymphocyte": 3, "monocyte": 1}, {"monocyte": 1}, ["lymphocyte", "monocyte"])
     >>> [(r["label"], r["n"], r["percent"], r["interval"], r["flagged"]) for r in rows]
     [('lymphocyte', 3, '75.0%', '19.4-99.4%', 0), ('monocyte', 1, '25.0%', '0.6-80.6%', 1)]
     >>> [(r["percent"], r["interval"]) for r in differential({"a": 1, "b": 7}, {}, ["a", "b"])][:1]  # 0.316-52.651
     [('12.5%', '0.3-52.7%')]
+    >>> [r["percent"] for r in differential({"erythroblast": 1, "lymphocyte": 4}, {}, ["erythroblast", "lymphocyte"])]
+    ['25.0 /100 WBC', '100.0%']
     """
-    from wbc.counts import clopper_pearson  # the intervals differential.csv and the web page give
+    from wbc.counts import differential_rows  # the numbers differential.csv and the web page give
 
-    total = sum(int(n.get(c, 0)) for c in classes)
-    rows = []
-    for c in classes:  # rounded once, from the exact values (differential.csv's are rounded to 0.01 already)
-        k = int(n.get(c, 0))
-        lo, hi = clopper_pearson(k, total)
-        rows.append({"label": c, "n": k, "percent": f"{100 * k / total:.1f}%" if total else "-",
-                     "interval": f"{100 * lo:.1f}-{100 * hi:.1f}%" if total else "-",
+    rows = []  # rounded once, from the exact values (differential.csv's are rounded to 0.01 already)
+    for _, c, k, total, _, lo, hi in differential_rows({c: int(n.get(c, 0)) for c in classes}, classes, "",
+                                                       digits=12):
+        unit = " /100 WBC" if c in PER_100_WBC else "%"
+        rows.append({"label": c, "n": k, "percent": f"{100 * k / total:.1f}{unit}" if total else "-",
+                     "interval": f"{lo:.1f}-{hi:.1f}{unit}" if total else "-",
                      "flagged": int(flagged.get(c, 0))})
     return rows
 

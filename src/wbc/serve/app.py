@@ -541,7 +541,8 @@ def create_app(
             raise UploadProblem(422, "invalid_counts", f"counts must be between 0 and {MAX_COUNT:,}: {bad}")
         classes = list(app.state.metadata["classes"])
         classes += [c for c in body.counts if c not in classes]
-        return {"total": sum(body.counts.values()), "differential": differential(body.counts, classes)}
+        rows = differential(body.counts, classes)  # the total is the WBCs' (NRBCs and platelets per 100 WBCs)
+        return {"total": rows[0]["total"] if rows else 0, "differential": rows}
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

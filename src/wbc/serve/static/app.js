@@ -265,7 +265,8 @@ async function renderSummary(mode) {
       el("div", { class: "value", text: String(value) }), el("div", { class: "label", text: label }))));
   const scope = mode === "smear" && state.runs.length > 1 ? ` pooled over ${state.runs.length} fields` : "";
   $("diff-caption").textContent = `${total} cell${total === 1 ? "" : "s"}${scope}; `
-    + "percent of all classified cells with an exact (Clopper–Pearson) 95 % confidence interval.";
+    + "percent of the white cells (erythroblasts and platelets per 100 white cells, outside the total) with an exact "
+    + "(Clopper–Pearson) 95 % confidence interval.";
   $("diff-table").querySelector("tbody").replaceChildren(...diff.map(diffRow));
   $("diff-note").textContent = total < 100
     ? `Only ${total} cell${total === 1 ? "" : "s"}: the intervals are wide. A manual differential counts 100–200 leukocytes; `
@@ -282,8 +283,8 @@ function diffRow(d) {
   return el("tr", { class: d.count ? "" : "zero" },
     el("th", { scope: "row" }, swatch(d.class), displayName(d.class)),
     el("td", { class: "num", text: String(d.count) }),
-    el("td", { class: "num", text: pct(d.percent) }),
-    el("td", { class: "num", text: `${lo.toFixed(1)}–${hi.toFixed(1)} %` }),
+    el("td", { class: "num", text: d.unit === "per 100 WBC" ? `${d.percent.toFixed(1)} /100 WBC` : pct(d.percent) }),
+    el("td", { class: "num", text: `${lo.toFixed(1)}–${hi.toFixed(1)}${d.unit === "per 100 WBC" ? "" : " %"}` }),
     el("td", {}, bar));
 }
 
