@@ -127,15 +127,29 @@ def test_other_model_results_are_not_taken_as_done(clf, tmp_path: Path) -> None:
 def test_a_run_resumed_with_other_settings_redoes_the_fields(clf, tmp_path: Path) -> None:
     """--classes, --tta, --no-colour-calibration and --pixel-size change the answers but not the model's id: a run
     resumed with any of them changed redoes every field (wbc 0.26.0 kept the earlier answers, so a five-part
-    report.html left out the cells of the other classes while still counting them)."""
+    report.html left out the cells of the other classes while still counting them). So does a model file rewritten
+    under its id (`wbc ood fit`, `wbc quantize`: wbc 0.27.0 kept the answers without OOD flags or calibration)."""
+    import hashlib
+    import shutil
+
+    from wbc.model import update_metadata
+
+    model = tmp_path / "tiny.onnx"
+    shutil.copy(clf.path, model)
+    update_metadata(model, colour_reference={"red_cells": {"background": [240.0, 235.0, 230.0], "od": [0.2, 0.6, 0.5]}})
+    clf = load_model(model)
     write_fields(tmp_path / "in", 2)
     out = tmp_path / "out"
     run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
     doc = json.loads((out / "field_00.json").read_text())
-    assert doc["settings"] == {"classes": [], "tta": 4, "colour_calibration": True, "pixel_size": None}
+    assert doc["settings"] == {"classes": [], "tta": 4, "colour_calibration": True, "pixel_size": None,
+                               "model_sha1": hashlib.sha1(model.read_bytes()).hexdigest()}
+    refitted = tmp_path / "refitted.onnx"  # the same model id, other statistics
+    shutil.copy(model, refitted)
+    update_metadata(refitted, temperature=2.0)
     for other, seg in ((clf.with_classes("5part"), ClassicalSegmenter()), (clf.with_tta(1), ClassicalSegmenter()),
                        (clf.with_colour_calibration(False), ClassicalSegmenter()),
-                       (clf, ClassicalSegmenter(pixel_size=0.2))):
+                       (clf, ClassicalSegmenter(pixel_size=0.2)), (load_model(refitted), ClassicalSegmenter())):
         redo = run_local([tmp_path / "in"], out, other, seg)
         assert (redo.analyzed, redo.skipped) == (2, 0)
         again = run_local([tmp_path / "in"], out, other, seg)  # the same settings again: nothing to redo

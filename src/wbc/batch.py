@@ -15,6 +15,7 @@ with :func:`commit`; the local engine (:func:`run_local`) does both in one proce
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -222,10 +223,29 @@ def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | N
     instead of keeping answers it would not give."""
     from wbc.classify import tta_views_of
 
+    target = getattr(classifier, "red_cell_target", None)
     return {"classes": list(getattr(classifier, "label_set", ()) or ()),
             "tta": tta_views_of(classifier, smear=True) if classifier is not None else None,
-            "colour_calibration": bool(getattr(classifier, "colour_calibration", True)),
-            "pixel_size": getattr(segmenter, "pixel_size", None)}
+            # whether fields are calibrated, not whether it was asked for: a model without the training colours, or
+            # an adapted one, is never calibrated
+            "colour_calibration": (target() is not None if callable(target)
+                                   else bool(getattr(classifier, "colour_calibration", True))),
+            "pixel_size": getattr(segmenter, "pixel_size", None),
+            "model_sha1": model_file_sha1(getattr(classifier, "path", None))}
+
+
+def model_file_sha1(path: str | os.PathLike[str] | None) -> str | None:
+    """The SHA-1 of a model file (None without one): `wbc ood fit` and `wbc quantize` rewrite a model under its id, and
+    a resumed run kept the answers of the model before (no OOD flags, no colour calibration)."""
+    if path is None or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return _sha1_of(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha1_of(path: str, mtime_ns: int, size: int) -> str:  # once a run, not once a field
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def is_complete(out: Path, job: Job, model_id: str, segmenter_id: str, draw: bool,
