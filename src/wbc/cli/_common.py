@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -134,6 +134,16 @@ def note_foreign_images(paths: Iterable[str | os.PathLike[str]]) -> None:
 
     if note := foreign_images_note(paths):
         warn(note, "note:")
+
+
+def note_unchecked_model(classifier: Any) -> None:
+    """Say when a model carries no out-of-distribution statistics: a model straight from `wbc train` flags no cell
+    unlike its training images and calibrates no field's colours, and nothing said so."""
+    info = getattr(classifier, "info", None)
+    if info is not None and not info.ood:
+        warn(f"{getattr(classifier, 'path', 'the model')}: no out-of-distribution statistics or training colours: "
+             "cells unlike its training images are not flagged and smear fields not colour-calibrated; fit them with "
+             "`wbc ood fit --model MODEL --manifest RUN/manifest.csv`", "note:")
 
 
 @contextmanager

@@ -66,7 +66,7 @@ def analyze(
     finishes the rest.
     """
     from wbc.batch import ModelSpec
-    from wbc.cli._common import check_engine, progress
+    from wbc.cli._common import check_engine, note_unchecked_model, progress
     from wbc.formats import pooled_counts
     from wbc.paths import DEFAULT_INPUT_DIR
 
@@ -89,6 +89,7 @@ def analyze(
             from wbc.batch import analyze_paths
 
             clf, seg = spec.load()
+            note_unchecked_model(clf)
             summary = analyze_paths(inputs, output, clf, seg, draw=draw, overwrite=overwrite,
                                     progress=lambda i, n: update(i, total=n))
     n_img = len(summary.docs)

@@ -50,7 +50,7 @@ def classify(
 ) -> None:
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
     from wbc.classify import classify_paths
-    from wbc.cli._common import check_engine
+    from wbc.cli._common import check_engine, note_unchecked_model
     from wbc.formats import write_predictions_csv
     from wbc.io import check_output_file, is_image_file, iter_image_paths, no_images_message
     from wbc.model import load_model
@@ -70,6 +70,7 @@ def classify(
     note_foreign_images(paths)  # once the command will run: a bad option fails in one line
     clf = (load_model(model, threads=threads).with_classes(classes).with_tta(tta)
            .with_colour_calibration(colour_calibration))
+    note_unchecked_model(clf)
     with progress("classifying", len(files)) as update:
         if engine == "ray":
             from wbc.batch import ModelSpec
