@@ -244,6 +244,8 @@ def test_analyze_returns_the_cli_json_plus_differential(client: TestClient, clas
     assert list(diff) == classifier.classes
     assert sum(d["count"] for d in diff.values()) == 2
     wbcs = [d for c, d in diff.items() if c not in PER_100_WBC]  # NRBCs and platelets: per 100 WBCs, outside
+    assert {c: d["unit"] for c, d in diff.items() if d["unit"] != "percent"} == dict.fromkeys(PER_100_WBC,
+                                                                                          "per 100 WBC")
     assert sum(d["percent"] for d in wbcs) == pytest.approx(100.0 if sum(d["count"] for d in wbcs) else 0.0, abs=0.05)
     for d in diff.values():
         assert d["ci95_low"] <= d["percent"] <= d["ci95_high"]

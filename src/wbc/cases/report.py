@@ -294,7 +294,8 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     story += [Paragraph(e(s), styles["Normal"]) for s in ctx["summary"]]
     story += [Spacer(1, 4 * mm), Paragraph("Differential (reviewed)", styles["Heading2"])]
     head = ["Class", "Count", "Percent", "95 % CI", "Model's count", "Change"]
-    data = [head] + [[r["name"], str(r["count"]), _fmt(r["percent"]),
+    data = [head] + [[r["name"], str(r["count"]),
+                      _fmt(r["percent"]) + (" /100 WBC" if r.get("unit") == "per 100 WBC" else ""),
                       "" if r["ci95_low"] is None else f"{r['ci95_low']:.1f}–{r['ci95_high']:.1f}",
                       str(r["model_count"]), f"{r['delta']:+d}" if r["delta"] else ""] for r in ctx["rows"]]
     t = Table(data, repeatRows=1, colWidths=[48 * mm, 18 * mm, 20 * mm, 30 * mm, 28 * mm, 20 * mm])
@@ -302,7 +303,8 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
                            ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
                            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
-    story += [t, Paragraph(f"{doc['differential']['total']} cells counted; intervals are exact (Clopper-Pearson).",
+    story += [t, Paragraph(f"{doc['differential']['total']} white cells counted; erythroblasts and platelets per 100 "
+                           "white cells, outside the total; intervals are exact (Clopper-Pearson).",
                            styles["Italic"])]
     story += [Spacer(1, 3 * mm), Paragraph("Corrections by the reviewer", styles["Heading2"])]
     story += [Paragraph(e(f"{c['n']} × {c['from']} → {c['to']}"), styles["Normal"]) for c in ctx["changes"]]

@@ -284,7 +284,8 @@ function diffRow(d) {
     el("th", { scope: "row" }, swatch(d.class), displayName(d.class)),
     el("td", { class: "num", text: String(d.count) }),
     el("td", { class: "num", text: d.unit === "per 100 WBC" ? `${d.percent.toFixed(1)} /100 WBC` : pct(d.percent) }),
-    el("td", { class: "num", text: `${lo.toFixed(1)}–${hi.toFixed(1)}${d.unit === "per 100 WBC" ? "" : " %"}` }),
+    el("td", { class: "num", text: d.unit === "per 100 WBC" ? `${d.ci95_low.toFixed(1)}–${d.ci95_high.toFixed(1)}`
+      : `${lo.toFixed(1)}–${hi.toFixed(1)} %` }),
     el("td", {}, bar));
 }
 
