@@ -89,9 +89,9 @@ def analyze(
             from wbc.batch import analyze_paths
 
             clf, seg = spec.load()
-            note_unchecked_model(clf)
             summary = analyze_paths(inputs, output, clf, seg, draw=draw, overwrite=overwrite,
                                     progress=lambda i, n: update(i, total=n))
+            note_unchecked_model(clf)  # once the run is under way: a bad --output still fails in one line
     n_img = len(summary.docs)
     n_cells = sum(d["n_cells"] for d in summary.docs)
     done_before = f", {summary.skipped} done by an earlier run" if summary.skipped else ""
