@@ -85,6 +85,17 @@ def test_folds_cover_train_and_val_only(tmp_path: Path) -> None:
     assert Counter(x.fold for x in s if x.split != "test") == {0: 5, 1: 4, 2: 4, 3: 4}
 
 
+def test_folds_are_balanced_across_classes(tmp_path: Path) -> None:
+    """Each class's fold count restarted at 0, so every class's remainder went to the first folds: seven classes of
+    six cells gave folds of 15, 15 and 7 (balanced: 12-13), and a class of two cells was missing from the last; seven
+    classes of seven gave 21, 14 and 14."""
+    classes = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
+    root = make_dataset(tmp_path / "d", n_per_class=7, size=24, classes=classes)
+    s = stratified_split(scan_folder(root).samples, fractions=(1.0, 0.0, 0.0), folds=3)
+    sizes = Counter(x.fold for x in s)
+    assert sum(sizes.values()) == 49 and max(sizes.values()) - min(sizes.values()) <= 1
+
+
 def test_manifest_roundtrip_relative_to_root(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", n_per_class=4, size=24, classes=["monocyte"])
     s = stratified_split(scan_folder(root).samples)

@@ -450,6 +450,27 @@ def test_quantize_writes_its_output_only_when_finished(tmp_path: Path, per_class
         assert info.model_id == "tiny-int8" and info.ood["percentile"] == 99.0 and "quantization" in info.extra
 
 
+def test_quantize_keeps_a_cross_validation_run_s_out_of_fold_calibration(tmp_path: Path) -> None:
+    """A cross-validation run's val rows trained its members: re-fitted on them, the review threshold fell from 0.99
+    to 0.85 (in-sample); the float model's out-of-fold temperature and threshold are kept."""
+    from tiny_models import mean_colour_model
+    from wbc.data import Sample, scan_folder, write_manifest
+    from wbc.model import update_metadata
+    from wbc.quantize import quantize_model
+    from wbc.synthetic import make_dataset
+
+    w = np.random.default_rng(0).normal(0, 3, (8, 3))
+    model = mean_colour_model(tmp_path / "float.onnx", 32, w, "tiny")
+    update_metadata(model, temperature=1.7, review_threshold=0.93)
+    cells = make_dataset(tmp_path / "cells", n_per_class=6, size=32, classes=["basophil", "neutrophil"])
+    rows = [Sample(s.path, s.label, "train" if i % 2 else "val", fold=i % 3)
+            for i, s in enumerate(scan_folder(cells).samples)]
+    write_manifest(tmp_path / "manifest.csv", rows, root=tmp_path)
+    report = quantize_model(model, tmp_path / "manifest.csv", tmp_path / "int8.onnx", data_root=tmp_path, threads=1)
+    info = load_model(tmp_path / "int8.onnx", threads=1).info
+    assert (info.temperature, info.review_threshold) == (1.7, 0.93) and "out-of-fold" in report["calibration"]
+
+
 @pytest.mark.parametrize("kind", ["truncated", "an image"])
 def test_export_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path: Path, kind: str) -> None:
     """`wbc export` on a truncated .pt or another file: the file named in one line, not a PyTorch traceback."""

@@ -177,3 +177,26 @@ def test_training_with_attributes_reads_them_and_changes_the_network(synthetic_d
     with pytest.raises(WbcError, match="WBCAtt"):
         run_training(base.updated({"attributes": "wbcatt"}), tmp_path / "none", data_root=tmp_path,
                      console=Console(quiet=True), score_test=False)
+
+
+@needs_torch
+def test_a_cross_validation_model_says_what_it_was_trained_and_scored_on(tmp_path) -> None:
+    """A --folds K ensemble trained on every non-test row, and its validation answers are out-of-fold: its metadata
+    said "train split (120 of 172 images)" and "split": "val"."""
+    from wbc.data import scan_folder, stratified_split
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import finalise_info
+
+    root = make_dataset(tmp_path / "d", n_per_class=10, size=32, classes=["basophil", "neutrophil"])
+    samples = stratified_split(scan_folder(root).samples, folds=3)
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(20, 2)), np.array([0, 1] * 10)
+    n_fit = sum(s.split != "test" for s in samples)
+    cv = finalise_info(TrainConfig(data=str(root), folds=3, init_weights="shipped.pt"), ["basophil", "neutrophil"],
+                       [0.5] * 3, [0.25] * 3, logits, labels, samples, root)
+    want = f"3-fold cross-validation ensemble (3 members) on the train and val splits ({n_fit} of 20"
+    assert want in cv.training_data
+    assert "started from shipped.pt" in cv.training_data and cv.metrics["split"] == "out-of-fold"
+    plain = finalise_info(TrainConfig(data=str(root)), ["basophil", "neutrophil"], [0.5] * 3, [0.25] * 3, logits,
+                          labels, stratified_split(scan_folder(root).samples), root)
+    assert "train split (12 of 20" in plain.training_data and plain.metrics["split"] == "val"

@@ -120,6 +120,7 @@ def stratified_split(
     for group in _group_by_content(with_hash):
         by_label[with_hash[group[0]].label].append(group)
     out: list[Sample | None] = [None] * len(with_hash)
+    fold_i = 0  # carried from class to class: restarted at 0 for each, every class's remainder went to the first folds
     for label in sorted(by_label):
         groups = by_label[label]
         order = rng.permutation(len(groups))
@@ -127,7 +128,6 @@ def stratified_split(
         n_test = round(n * fractions[2])
         n_val = round(n * fractions[1])
         taken = 0
-        fold_i = 0
         for gi in order:
             split = "test" if taken < n_test else "val" if taken < n_test + n_val else "train"
             fold = -1

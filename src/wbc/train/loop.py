@@ -649,17 +649,22 @@ def finalise_info(
     """Metadata for export: temperature and review threshold fitted on validation data."""
     cal = calibrate(val_logits, val_labels, cfg.review_target_accuracy)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    counts = {c: sum(1 for s in samples if s.label == c and s.split == "train") for c in classes}
+    cv = cfg.folds > 1  # every non-test row trained K-1 members, and the validation answers are out-of-fold
+    trained = ("train", "val") if cv else ("train",)
+    counts = {c: sum(1 for s in samples if s.label == c and s.split in trained) for c in classes}
     data_desc = Path(cfg.data).name
+    how = (f"{cfg.folds}-fold cross-validation ensemble ({cfg.folds} members) on the train and val splits" if cv
+           else "train split")
+    start = f"; started from {Path(cfg.init_weights).name}" if cfg.init_weights else ""
     return ModelInfo(
         classes=classes, input_size=cfg.input_size, centre_crop=cfg.centre_crop, mean=list(mean), std=list(std),
         architecture=cfg.model,
         version=cfg.version, model_id=f"wbc-{cfg.model}-{data_desc}-{stamp}", temperature=cal.temperature,
         review_threshold=cal.review_threshold, review_target_accuracy=cal.review_target_accuracy,
-        training_data=(f"{data_desc}: train split ({sum(counts.values())} of {len(samples)} images: {counts}); "
-                       f"split seed {cfg.split_seed}, seed {cfg.seed}"),
+        training_data=(f"{data_desc}: {how} ({sum(counts.values())} of {len(samples)} images: {counts}); "
+                       f"split seed {cfg.split_seed}, seed {cfg.seed}{start}"),
         created=stamp,
-        metrics=summarise(val_logits, val_labels, classes) | {"split": "val"},
+        metrics=summarise(val_logits, val_labels, classes) | {"split": "out-of-fold" if cv else "val"},
         extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}},
         preprocessing=Preprocessing(cell_fraction=measure_training_cell_fraction(samples) or None),
     )
