@@ -152,6 +152,10 @@ def test_train_no_test_holds_the_test_split_back(synthetic_dataset: Path, tmp_pa
     assert r.returncode == 0, r.stderr
     n_test = sum(1 for row in csv.DictReader((run / "manifest.csv").open()) if row["split"] == "test")
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == n_test > 0
+    assert "not held-out" not in r.stderr
+    r = run_wbc("evaluate", str(run / "manifest.csv"), "--split", "train", "--model", str(run / "model.onnx"),
+                "--output", str(tmp_path / "ev_train"))  # the cells it learnt from: said so, not taken for accuracy
+    assert r.returncode == 0 and "trained the run's model: these numbers are not held-out accuracy" in r.stderr
 
 
 @pytest.mark.parametrize(("args", "msg"), [

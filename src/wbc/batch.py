@@ -245,7 +245,7 @@ def model_file_sha1(path: str | os.PathLike[str] | None) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _sha1_of(path: str, mtime_ns: int, size: int) -> str:  # once a run, not once a field
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    return content_sha1(path)
 
 
 def is_complete(out: Path, job: Job, model_id: str, segmenter_id: str, draw: bool,

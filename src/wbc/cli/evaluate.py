@@ -97,6 +97,9 @@ def evaluate(
         else:
             raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder")
     ed = load_eval_data(data, split, maps, root)
+    if ed.is_manifest and (ed.split == "train" or (ed.split == "val" and any(x.fold >= 0 for x in ed.samples))):
+        warn(f"the {ed.split} rows of {ed.source} trained the run's model{'s' if ed.split == 'val' else ''}: "
+             "these numbers are not held-out accuracy (--split test is)", "note:")
 
     if compare:
         from wbc.evaluate.compare import compare as run_compare
