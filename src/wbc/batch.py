@@ -33,6 +33,7 @@ from wbc.formats import json_text, result_to_dict, write_cells_csv, write_differ
 from wbc.io import (
     atomic_write_bytes,
     decode_image,
+    file_sha1,
     iter_image_paths,
     no_images_message,
     pages_warning,
@@ -162,15 +163,11 @@ def plan_jobs(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLik
 
 
 def content_sha1(path: str | os.PathLike[str]) -> str:
-    """The SHA-1 of a file's bytes, read in pieces ("" when it cannot be read: its analysis will say why)."""
-    digest = hashlib.sha1()
+    """:func:`wbc.io.file_sha1`, or "" when the file cannot be read: its analysis will say why."""
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        return file_sha1(path)
     except OSError:
         return ""
-    return digest.hexdigest()
 
 
 def without_copies(jobs: Sequence[Job]) -> tuple[list[Job], list[tuple[str, str]]]:

@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.io import atomic_write_csv, files_under, is_image_file
+from wbc.io import atomic_write_csv, file_sha1, files_under, is_image_file
 from wbc.labels import canonical_label
 from wbc.paths import data_root
 
@@ -52,10 +52,6 @@ class ScanResult:
 
     def counts(self) -> Counter[str]:
         return Counter(s.label for s in self.samples)
-
-
-def file_sha1(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 def scan_folder(

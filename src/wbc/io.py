@@ -7,6 +7,7 @@ All readers return ``numpy.ndarray`` of shape (H, W, 3), dtype uint8, RGB order.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -327,6 +328,16 @@ def read_image(
     (4, 5, 3)
     """
     return decode_image(read_bytes(path), str(Path(path)), min_size=min_size, max_pixels=max_pixels)
+
+
+def file_sha1(path: str | os.PathLike[str]) -> str:
+    """The SHA-1 of a file's bytes, read in 1 MB pieces (the name a file's content is known by: duplicates, resumed
+    runs, held-out files). An unreadable file raises OSError."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:

@@ -394,15 +394,14 @@ def unlabelled_pool(clf: Any, data: str | os.PathLike[str], labelled: Sequence[s
     images that are among the ``labelled`` files, or copies of them (same bytes): those join as labelled cells,
     and must never reach a held-out check as unlabelled ones. At most ``limit`` images (a seeded random subset).
     """
-    import hashlib
 
     from wbc.classify import load_cells
-    from wbc.io import iter_image_paths
+    from wbc.io import file_sha1, iter_image_paths
     from wbc.reframe import framing_stats_of
 
     def digest(path: str | os.PathLike[str]) -> str:
         try:
-            return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            return file_sha1(path)
         except OSError:
             return f"unreadable:{path}"  # load_cells names the file when it fails to read it
 
