@@ -173,6 +173,21 @@ def test_bootstrap_intervals_behave() -> None:
     assert perfect["accuracy"] == [1.0, 1.0] and perfect["recall"]["a"] == [1.0, 1.0]
 
 
+def test_bootstrap_macro_f1_leaves_out_a_class_the_resample_lacks() -> None:
+    """The point estimate averages over the classes with cells; the bootstrap scored a class a resample happened to
+    lack as F1 = 0, so a perfect model with one basophil got the interval [0.8, 1.0]."""
+    y = np.array([0] * 40 + [1] * 30 + [2] * 15 + [3] * 14 + [4] * 1)
+    assert bootstrap_cis(y, y, list("abcde"), n_boot=500, seed=0)["macro_f1"] == [1.0, 1.0]
+    # each resample scored as scikit-learn scores the point estimate: macro over the classes the resample has
+    rng = np.random.default_rng(4)
+    pred = np.where(rng.random(len(y)) < 0.8, y, (y + 1) % 5)
+    idx = np.array([rng.integers(0, len(y), len(y)) for _ in range(40)])
+    assert any(4 not in y[i] for i in idx)
+    got = _metrics_from_cms(_confusions(y, pred, 5, idx), [0, 1, 2, 3, 4])["macro_f1"]
+    want = [f1_score(y[i], pred[i], labels=sorted(set(y[i])), average="macro", zero_division=0) for i in idx]
+    assert got == pytest.approx(want)
+
+
 def test_one_resampler_reproduces_the_loops_it_replaced() -> None:
     # bootstrap_cis and paired_accuracy_difference each drew these chunks inline before
     rng = np.random.default_rng(3)

@@ -195,10 +195,21 @@ def _metrics_from_cms(cms: np.ndarray, labels: Sequence[int]) -> dict[str, np.nd
         precision = tp / pred_n
     return {
         "accuracy": tp.sum(axis=1) / n,
-        "macro_f1": f1[:, list(labels)].mean(axis=1),
+        # macro over the classes with cells in each resample, as the point estimate is over those in the data
+        "macro_f1": _macro_over_present(f1[:, list(labels)], true_n[:, list(labels)] > 0),
         "recall": recall,
         "precision": precision,
     }
+
+
+def _macro_over_present(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Row means of ``values`` (B, K) over the entries ``present`` marks: a class a resample has no cell of has no F1
+    to average, as a class the data lacks has none in the point estimate (scoring it 0 pulled the interval down).
+
+    >>> _macro_over_present(np.array([[1.0, 0.0], [0.5, 1.0]]), np.array([[True, False], [True, True]])).tolist()
+    [1.0, 0.75]
+    """
+    return np.where(present, values, 0.0).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
 
 
 def _confusions(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, index: np.ndarray) -> np.ndarray:
@@ -237,7 +248,8 @@ def bootstrap_cis(
     per-class precision.
 
     A resample that happens to contain no cell of a class gives no recall for it; that class's
-    interval uses the resamples that do.
+    interval uses the resamples that do, and that resample's macro-F1 averages over the classes it has cells of
+    (the point estimate's convention, :func:`present_labels`).
     """
     n_classes = len(classes)
     labels = present_labels(y_true, n_classes)
