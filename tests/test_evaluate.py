@@ -383,3 +383,36 @@ def test_a_refitted_head_offers_no_stale_class_activation_maps(env: dict[str, Pa
     adapted = load_model(write_model(tmp_path / "head.onnx", env["model"].read_bytes(), info))
     assert "cam" not in adapted.outputs and "cam" not in adapted.run(np.zeros((1, SIZE, SIZE, 3), np.uint8), ("cam",))
     assert adapted.run(np.zeros((2, SIZE, SIZE, 3), np.uint8))["logits"].argmax(1).tolist() == [7, 7]
+
+
+def _with_info(src: Path, dst: Path, **changes: object) -> Path:
+    """A copy of the model at ``src`` with fields of its ModelInfo changed."""
+    from dataclasses import replace
+
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key == METADATA_KEY:
+            p.value = replace(ModelInfo.from_json(p.value), **changes).to_json()
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_calibration_error_is_that_of_the_reliability_chart(env: dict[str, Path], tmp_path: Path) -> None:
+    """An adapted model states probabilities re-weighted by the lab's class prior: ece.calibrated, the summary
+    sentence and the chart's panel all describe those (wbc 0.27.0 printed softmax(logits / T)'s error, 37.8 points,
+    over bars whose error was 17.5)."""
+    import re
+
+    from wbc.evaluate import evaluate
+
+    prior = {c: 0.3 if c == "neutrophil" else 0.1 for c in CLASSES}
+    model = _with_info(env["model"], tmp_path / "prior.onnx", class_prior=prior)
+    r = evaluate(env["data"], load_model(model), tmp_path / "o", n_boot=100, cams_per_class=0, gallery_size=2)
+    rb = r["reliability"]
+    n = sum(rb["count"])
+    ece = sum(c / n * abs(a - f) for c, a, f in zip(rb["count"], rb["accuracy"], rb["confidence"], strict=True) if c)
+    assert r["ece"]["calibrated"] == pytest.approx(ece)
+    assert abs(r["ece"]["temperature_only"] - ece) > 0.01  # the prior moved the stated confidence
+    html = (tmp_path / "o" / "report.html").read_text()
+    said = re.search(r"differs from that confidence by <b>([0-9.]+) percentage points", html)
+    assert said and float(said.group(1)) == pytest.approx(100 * ece, abs=0.05)

@@ -22,6 +22,7 @@ from wbc.evaluate.metrics import (
     specificity,
     summary_metrics,
 )
+from wbc.model import softmax
 
 CLASSES = ["a", "b", "c"]
 # six cells; true 0 0 0 1 1 2, predicted 0 0 1 1 2 2; confusion matrix rows (true) [2 1 0] [0 1 1] [0 0 1]
@@ -92,19 +93,33 @@ def test_ece_before_and_after_temperature() -> None:
     # logits whose softmax at T=2 is better calibrated than at T=1 for mostly-wrong confident calls
     logits = np.array([[4.0, 0, 0], [4.0, 0, 0], [4.0, 0, 0], [0, 4.0, 0]])
     y = np.array([0, 1, 2, 1])
-    m = classification_metrics(
-        y,
-        np.full((4, 3), 1 / 3) + np.eye(3)[[0, 0, 0, 1]] * 0.01,
-        CLASSES,
-        logits=logits,
-        temperature=2.0,
-        n_boot=100,
-    )
     conf1 = np.exp(4) / (np.exp(4) + 2)  # every cell in one bin; 2 of 4 right
     conf2 = np.exp(2) / (np.exp(2) + 2)
+    stated = softmax(logits, 2.0)  # the temperature alone: what the model states without a class prior
+    m = classification_metrics(y, stated, CLASSES, logits=logits, temperature=2.0, n_boot=100)
     assert m["ece"]["raw"] == pytest.approx(abs(conf1 - 0.5), rel=1e-5)
     assert m["ece"]["calibrated"] == pytest.approx(abs(conf2 - 0.5), rel=1e-5)
+    assert m["ece"]["temperature_only"] == pytest.approx(m["ece"]["calibrated"])
     assert m["ece"]["temperature"] == 2.0 and m["ece"]["bins"] == 15
+
+
+def test_calibrated_ece_is_that_of_the_stated_probabilities() -> None:
+    """The probabilities a model states can differ from softmax(logits / T) (a lab class prior, the cytoplasm
+    evidence): ece.calibrated, nll_calibrated and the reliability bins all describe the stated ones (wbc 0.27.0 took
+    ece.calibrated from the logits, so the report titled the chart's bars with another probability's error)."""
+    logits = np.array([[4.0, 0, 0], [4.0, 0, 0], [4.0, 0, 0], [0, 4.0, 0]])
+    y = np.array([0, 1, 2, 1])
+    stated = np.full((4, 3), 0.3) + np.eye(3)[[0, 0, 0, 1]] * 0.1  # confidence 0.4, 2 of 4 right
+    m = classification_metrics(y, stated, CLASSES, logits=logits, temperature=2.0, n_boot=100)
+    assert m["ece"]["calibrated"] == pytest.approx(0.1)
+    assert m["ece"]["nll_calibrated"] == pytest.approx(-np.mean(np.log(stated[np.arange(4), y])))
+    conf2 = np.exp(2) / (np.exp(2) + 2)
+    assert m["ece"]["temperature_only"] == pytest.approx(abs(conf2 - 0.5), rel=1e-5)
+    rb = m["reliability"]
+    n = sum(rb["count"])
+    from_bins = sum(c / n * abs(a - f) for c, a, f in zip(rb["count"], rb["accuracy"], rb["confidence"], strict=True)
+                    if c)
+    assert m["ece"]["calibrated"] == pytest.approx(from_bins)
 
 
 def test_selective_prediction(m: dict) -> None:

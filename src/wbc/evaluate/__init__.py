@@ -385,8 +385,8 @@ def evaluate(
         )
     ks = [s for s, k in zip(scored.samples, known, strict=True) if k]
     y_true = np.array([answered.index(s.label) for s in ks], np.int64)
-    # a cell labelled outside the chosen classes cannot be answered right: it is listed, not scored. The logits of
-    # the chosen classes alone give the calibrated probabilities the reliability chart and the ECE compare
+    # a cell labelled outside the chosen classes cannot be answered right: it is listed, not scored. The chosen
+    # classes' logits give the raw and temperature-only ECE; the stated probabilities (y_prob) the chart and the rest
     logits = scored.logits[known][:, [classes.index(c) for c in answered]].astype(np.float32)
     temperature = float(classifier.info.temperature)
     # scored as wbc classify answers: over the chosen label set only (--classes), with the evidence it weighs

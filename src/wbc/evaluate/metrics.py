@@ -336,10 +336,12 @@ def classification_metrics(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Everything ``metrics.json`` reports about a labelled set, from true class indices and the
-    model's (calibrated) probabilities.
+    model's probabilities as it states them (``y_prob``).
 
-    ``logits`` (raw, before temperature scaling) enable the before/after-calibration ECE; without them
-    only the ECE of ``y_prob`` is reported.
+    Every calibration measure of ``y_prob`` (``ece.calibrated``, ``reliability``) describes those probabilities.
+    ``logits`` (raw, before temperature scaling) add the ECE with T = 1 (``raw``) and with ``temperature`` alone
+    (``temperature_only``, which differs from ``calibrated`` where a lab class prior or other evidence moved the
+    stated probabilities).
     """
     y_true = np.asarray(y_true, np.int64)
     y_prob = np.asarray(y_prob, np.float64)
@@ -368,7 +370,16 @@ def _classification_metrics(
     labels = present_labels(y_true, len(classes))
     cm = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
     if logits is not None:
-        calib = calibration_metrics(np.asarray(logits), y_true, temperature)
+        # "calibrated" is the confidence as stated (y_prob: the temperature, and the lab's class prior and the
+        # cytoplasm evidence where they apply), the one the reliability chart draws; the logits give "raw" (T = 1)
+        # and "temperature_only" (softmax(logits / T), which a refitted temperature is compared with)
+        by_t = calibration_metrics(np.asarray(logits), y_true, temperature)
+        calib = {
+            **by_t,
+            "calibrated": expected_calibration_error(y_prob, y_true, ECE_BINS),
+            "nll_calibrated": float(log_loss(y_true, _renorm(y_prob), labels=list(range(len(classes))))),
+            "temperature_only": by_t["calibrated"],
+        }
     else:
         calib = {
             "bins": ECE_BINS,

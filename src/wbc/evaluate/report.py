@@ -179,9 +179,9 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
     if ece.get("calibrated") is not None:
         s = M(
             "When the model states a confidence, the share of cells it gets right differs from that confidence "
-            "by <b>{} percentage points</b> on average (expected calibration error, after temperature scaling"
+            "by <b>{} percentage points</b> on average (expected calibration error of the confidence as stated"
         ).format(f"{100 * ece['calibrated']:.1f}")
-        s += f"; {100 * ece['raw']:.1f} before)." if ece.get("raw") is not None else ")."
+        s += f"; {100 * ece['raw']:.1f} for the raw scores)." if ece.get("raw") is not None else ")."
         paras.append(s)
     unknown = metrics.get("unknown_labels") or {}
     if unknown.get("count"):
@@ -357,7 +357,8 @@ def plot_roc(metrics: Mapping[str, Any], y_true: np.ndarray, y_prob: np.ndarray)
 
 
 def plot_reliability(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
-    """Reliability diagrams before (T = 1) and after temperature scaling, with confidence histograms."""
+    """Reliability diagrams of the raw scores (T = 1) and of the confidence as stated (``metrics["reliability"]``,
+    titled with ``ece.calibrated``, its ECE), with confidence histograms."""
     from wbc.evaluate.metrics import reliability_bins
     from wbc.model import softmax
 
@@ -373,7 +374,7 @@ def plot_reliability(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
             )
         )
         panels.append(
-            (f"Calibrated (T = {ece['temperature']:.2f})", metrics["reliability"], ece["calibrated"])
+            (f"As stated (T = {ece['temperature']:.2f})", metrics["reliability"], ece["calibrated"])
         )
     else:
         panels.append(("Model confidence", metrics["reliability"], ece["calibrated"]))
@@ -544,14 +545,25 @@ def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
         )
     rows.append(
         (
-            "Calibration error" + (", calibrated" if ece.get("raw") is not None else ""),
+            "Calibration error" + (", as stated" if ece.get("raw") is not None else ""),
             f"{100 * ece['calibrated']:.1f} points",
             "",
-            "The same after temperature scaling"
-            + (f" (T = {ece['temperature']:.2f})" if ece.get("temperature") else "")
+            "The same for the confidence the model states"
+            + (f" (after temperature scaling, T = {ece['temperature']:.2f})" if ece.get("temperature") else "")
             + "; 0 is perfectly honest.",
         )
     )
+    t_only = ece.get("temperature_only")
+    if t_only is not None and f"{100 * t_only:.1f}" != f"{100 * ece['calibrated']:.1f}":
+        rows.append(
+            (
+                "Calibration error, temperature only",
+                f"{100 * t_only:.1f} points",
+                "",
+                "The raw scores after temperature scaling alone, before the lab's class prior and the cytoplasm "
+                "evidence that the stated confidence weighs.",
+            )
+        )
     if ece.get("refit"):
         r = ece["refit"]
         rows.append(
@@ -559,7 +571,7 @@ def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
                 "Calibration error, refitted",
                 f"{100 * r['ece']:.1f} points",
                 "",
-                f"With T = {r['temperature']:.2f} refitted on {r['fitted_on']}.",
+                f"The raw scores with T = {r['temperature']:.2f} refitted on {r['fitted_on']} (temperature alone).",
             )
         )
     for c, a in metrics["selective"]["accuracy_at_coverage"].items():
