@@ -416,3 +416,33 @@ def test_calibration_error_is_that_of_the_reliability_chart(env: dict[str, Path]
     html = (tmp_path / "o" / "report.html").read_text()
     said = re.search(r"differs from that confidence by <b>([0-9.]+) percentage points", html)
     assert said and float(said.group(1)) == pytest.approx(100 * ece, abs=0.05)
+
+
+def test_compare_honours_the_label_set_tta_and_reframing(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--compare A B --classes 5part` compared the two models over all eight classes, and dropped --tta and
+    --no-reframe, without a word (wbc 0.27.0); --model beside --compare did nothing."""
+    import wbc.evaluate.compare as cmp
+    from wbc.labels import WBC5
+
+    seen: list[tuple[tuple[str, ...], int | None, bool]] = []
+    real = cmp.classify_samples
+
+    def spy(samples, clf, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((tuple(clf.label_set), clf.tta, kwargs.get("reframe", True)))
+        return real(samples, clf, *args, **kwargs)
+
+    monkeypatch.setattr(cmp, "classify_samples", spy)
+    weak = build_tiny_model(tmp_path / "weak.onnx", env["train"], model_id="w", seed=5, c_reg=0.0005)
+    res = CliRunner().invoke(app, ["evaluate", str(env["data"]), "--compare", str(env["model"]), str(weak),
+                                   "--classes", "5part", "--tta", "2", "--no-reframe", "-o", str(tmp_path / "c"),
+                                   "--bootstrap", "100"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert r["n"] == 5 * 12 and set(r["model_a"]["recall"]) <= set(WBC5) and set(r["classes"]) == set(WBC5)
+    assert [(set(ls), t, rf) for ls, t, rf in seen] == [(set(WBC5), 2, False)] * 2
+    res = CliRunner().invoke(app, ["evaluate", str(env["data"]), "--compare", str(env["model"]), str(weak),
+                                   "--model", str(weak), "-o", str(tmp_path / "d")])
+    assert res.exit_code != 0 and "--model has no effect with --compare" in str(res.exception)
+    assert not (tmp_path / "d").exists()

@@ -91,6 +91,8 @@ def evaluate(
     except ValueError as exc:
         raise WbcError(str(exc)) from None
     root = default_root(data_root)
+    if compare and model is not None:
+        raise WbcError("--model has no effect with --compare; name both models there (--compare A B)")
     if data is None:
         if compare and (Path(compare[0]) / "manifest.csv").is_file():
             data = Path(compare[0]) / "manifest.csv"
@@ -104,12 +106,14 @@ def evaluate(
     if compare:
         from wbc.evaluate.compare import compare as run_compare
 
-        clf_a = load_model(resolve_model_path(compare[0]), threads=threads)
-        clf_b = load_model(resolve_model_path(compare[1]), threads=threads)
+        # both answer as wbc classify would with the same options (--classes, --tta, --no-reframe)
+        clf_a = load_model(resolve_model_path(compare[0]), threads=threads).with_classes(classes).with_tta(tta)
+        clf_b = load_model(resolve_model_path(compare[1]), threads=threads).with_classes(classes).with_tta(tta)
         say(
             f"comparing {clf_a.model_id} and {clf_b.model_id} on {len(ed.samples)} images ...")
         res = run_compare(
-            ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, n_boot=bootstrap, seed=seed
+            ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, n_boot=bootstrap, seed=seed,
+            reframe=reframe,
         )
         d, mc = res["accuracy_difference"], res["mcnemar"]
         say(

@@ -38,8 +38,13 @@ def compare(
     workers: int = 2,
     n_boot: int = 1000,
     seed: int = 0,
+    reframe: bool = True,
 ) -> dict[str, Any]:
-    """Score both classifiers on ``data`` and compare them on the cells both can read and label."""
+    """Score both classifiers on ``data`` and compare them on the cells both can read and label.
+
+    Each answers as ``wbc classify`` would (its ``--classes`` label set, TTA, and ``reframe``), so only the cells
+    labelled with a class both answer among are scored, over those classes: a cell neither can name right would
+    only add the same error to both."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
@@ -47,16 +52,19 @@ def compare(
 
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sa = classify_samples(data.samples, clf_a, batch_size, workers)
-    sb = classify_samples(data.samples, clf_b, batch_size, workers)
+    sa = classify_samples(data.samples, clf_a, batch_size, workers, reframe=reframe)
+    sb = classify_samples(data.samples, clf_b, batch_size, workers, reframe=reframe)
+    # the classes each answers among (--classes, Classifier.with_classes; default all of its own)
+    answered_b = list(clf_b.label_set) or list(clf_b.classes)
+    classes = [c for c in (list(clf_a.label_set) or list(clf_a.classes)) if c in answered_b]
     pos_b = {str(s.path): i for i, s in enumerate(sb.samples)}
     rows = []  # (index in a, index in b)
     for i, s in enumerate(sa.samples):
         j = pos_b.get(str(s.path))
-        if j is not None and s.label in clf_a.classes and s.label in clf_b.classes:
+        if j is not None and s.label in classes:
             rows.append((i, j))
     if not rows:
-        raise WbcError(f"{data.source}: no cell has a label that both models know")
+        raise WbcError(f"{data.source}: no cell has a label that both models answer among ({', '.join(classes)})")
     ia = np.array([r[0] for r in rows])
     ib = np.array([r[1] for r in rows])
     truth = [sa.samples[i].label for i in ia]
@@ -64,7 +72,6 @@ def compare(
     pred_b = [sb.predictions[j].label for j in ib]
     ok_a = np.array([p == t for p, t in zip(pred_a, truth, strict=True)])
     ok_b = np.array([p == t for p, t in zip(pred_b, truth, strict=True)])
-    classes = [c for c in clf_a.classes if c in clf_b.classes]
     name_a, name_b = _names(clf_a, clf_b)
 
     def summary(pred: list[str]) -> dict[str, Any]:
@@ -81,6 +88,7 @@ def compare(
     result: dict[str, Any] = {
         "data": str(data.source),
         "split": data.split,
+        "classes": classes,
         "n": len(rows),
         "model_a": {"id": name_a, "path": str(clf_a.path), **summary(pred_a)},
         "model_b": {"id": name_b, "path": str(clf_b.path), **summary(pred_b)},
