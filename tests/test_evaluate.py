@@ -446,3 +446,56 @@ def test_compare_honours_the_label_set_tta_and_reframing(
                                    "--model", str(weak), "-o", str(tmp_path / "d")])
     assert res.exit_code != 0 and "--model has no effect with --compare" in str(res.exception)
     assert not (tmp_path / "d").exists()
+
+
+def test_gradcam_explains_the_view_that_was_answered(env: dict[str, Path], tmp_path: Path) -> None:
+    """The overlays were computed on the file plainly resized, not on the cell wbc classify answered (re-framed): for
+    cells small in a wide frame the network often answered that input otherwise than the caption says."""
+    from wbc.classify import read_cell
+    from wbc.evaluate import evaluate
+    from wbc.io import read_image, write_image
+    from wbc.reframe import framing_stats_of
+
+    clf = load_model(env["model"])
+    size, framing = clf.info.input_size, framing_stats_of(clf)
+    wide = tmp_path / "wide"
+    for f in sorted(env["data"].glob("*/*.png")):
+        if f.parent.name not in CLASSES or f.name == "broken.png":
+            continue
+        img = read_image(f)
+        canvas = np.full((144, 144, 3), img[0, 0], np.uint8)
+        canvas[48:96, 48:96] = img
+        q = wide / f.parent.name / f.name
+        write_image(q, canvas)
+        if np.array_equal(read_cell(q, size, framing), read_cell(q, size)):  # kept: the cells re-framing changes
+            q.unlink()
+    files = sorted(wide.glob("*/*.png"))
+    per_class = {c.name: len(list(c.iterdir())) for c in wide.iterdir() if any(c.iterdir())}
+    assert len(files) >= 5
+    fed: list[np.ndarray] = []
+    run = clf.run
+
+    def spy(cells: np.ndarray, want: tuple[str, ...] = ("logits",)) -> dict[str, np.ndarray]:
+        if "cam" in want:
+            fed.extend(np.asarray(cells))
+        return run(cells, want)
+
+    clf.run = spy  # type: ignore[method-assign]
+    evaluate(wide, clf, tmp_path / "o", n_boot=100, cams_per_class=2, gallery_size=1)
+    framed = [read_cell(f, size, framing) for f in files]
+    assert len(fed) == sum(min(2, n) for n in per_class.values())
+    assert all(any(np.array_equal(cell, v) for v in framed) for cell in fed)
+
+
+def test_class_activation_maps_averaged_over_views_are_turned_back() -> None:
+    """With --tta the answer averages flips/rotations; each view's map is turned back onto the cell before the mean."""
+    from wbc.evaluate import view_averaged_cams
+
+    class Pointwise:  # a "network" whose one map is the image's red channel: every view's map, turned back, is it
+        def run(self, cells: np.ndarray, want: tuple[str, ...] = ("cam",)) -> dict[str, np.ndarray]:
+            return {"cam": cells[:, None, :, :, 0].astype(np.float32)}
+
+    cells = np.random.default_rng(0).integers(0, 255, (2, 6, 6, 3), np.uint8)
+    for views in (1, 2, 4, 8):
+        got = view_averaged_cams(Pointwise(), cells, views)  # type: ignore[arg-type]
+        assert np.allclose(got, cells[:, None, :, :, 0]), views

@@ -273,6 +273,20 @@ def pick_gradcam_cells(
     return out
 
 
+def view_averaged_cams(classifier: Classifier, cells: np.ndarray, views: int = 1) -> np.ndarray:
+    """The class activation maps (N, C, h, w) of ``cells`` averaged over the first ``views`` flips/rotations, each
+    turned back onto the cell as it is: the maps of the answer :func:`wbc.classify.run_views` averages (for a
+    network ending in global average pooling and one linear layer, the maps' spatial means are its logits)."""
+    from wbc.preprocess import dihedral_view
+
+    cams = []
+    for k in range(max(1, views)):
+        cam = classifier.run(dihedral_view(cells, k) if k else cells, want=("cam",))["cam"]
+        cam = np.rot90(cam, -(k % 4), axes=(2, 3))  # dihedral_view flips, then turns: undone in reverse
+        cams.append(cam[:, :, :, ::-1] if k >= 4 else cam)
+    return np.mean(cams, axis=0)
+
+
 def build_gradcam(
     classifier: Classifier,
     samples: Sequence[Sample],
@@ -280,12 +294,20 @@ def build_gradcam(
     y_prob: np.ndarray,
     per_class: int = CAMS_PER_CLASS,
     answered: Sequence[str] | None = None,
+    reframe: bool = True,
 ) -> tuple[dict[str, list[Any]], str]:
     """Grad-CAM thumbnails per class (for the class the model chose), or an empty dict and why. ``answered``: the
-    classes ``y_true`` and ``y_prob``'s columns index (``--classes``; default the model's)."""
+    classes ``y_true`` and ``y_prob``'s columns index (``--classes``; default the model's).
+
+    Each cell is read as ``wbc classify`` read it for its answer (:func:`wbc.classify.read_cell`, re-framed when
+    ``reframe``) and its maps averaged over the views ``--tta`` averages, so the overlay explains the input that was
+    answered (a plain resize of the file is another input, which the network can answer otherwise)."""
+    from wbc.classify import read_cell, tta_views_of
+    from wbc.errors import ImageReadError
     from wbc.evaluate.gradcam import cam_heatmap, overlay_heatmap
     from wbc.evaluate.report import Thumb
     from wbc.preprocess import centre_crop, resize_square
+    from wbc.reframe import framing_stats_of
 
     if "cam" not in classifier.outputs:
         return {}, ("This model has no class-activation maps for its answers (none in the file, or a head refitted "
@@ -294,19 +316,22 @@ def build_gradcam(
     picks = pick_gradcam_cells(y_true, y_prob, len(classes), per_class)
     out: dict[str, list[Any]] = {}
     size = classifier.info.input_size
+    framing = framing_stats_of(classifier) if reframe else False
+    views = tta_views_of(classifier)
     for k, idx in picks.items():
         shown, cells, keep = [], [], []
         for i in idx:
-            img = _thumb(samples[i].path, max(THUMB, size))
-            if img is not None:
-                cell = resize_square(img, size)
-                # show what the network sees (a centre-crop model sees only the cell's centre)
-                shown.append(resize_square(centre_crop(cell[None], classifier.info.centre_crop)[0], THUMB))
-                cells.append(cell)
-                keep.append(i)
+            try:
+                cell = read_cell(samples[i].path, size, framing)
+            except ImageReadError:  # gone or changed since it was classified
+                continue
+            # show what the network sees (a centre-crop model sees only the cell's centre)
+            shown.append(resize_square(centre_crop(cell[None], classifier.info.centre_crop)[0], THUMB))
+            cells.append(cell)
+            keep.append(i)
         if not keep:
             continue
-        cams = classifier.run(np.stack(cells), want=("cam",))["cam"]
+        cams = view_averaged_cams(classifier, np.stack(cells), views)
         thumbs = []
         for rgb, cam, i in zip(shown, cams, keep, strict=True):
             p = int(y_prob[i].argmax())
@@ -467,7 +492,8 @@ def evaluate(
         return out
 
     cams, cam_note = (
-        build_gradcam(classifier, ks, y_true, y_prob, cams_per_class, answered) if cams_per_class else ({}, "")
+        build_gradcam(classifier, ks, y_true, y_prob, cams_per_class, answered, reframe) if cams_per_class
+        else ({}, "")
     )
     inputs = ReportInputs(
         y_true=y_true,
