@@ -19,6 +19,7 @@ from wbc.cli._common import (
     ThreadsOpt,
     TtaOpt,
     say,
+    warn_skipped,
 )
 
 
@@ -68,4 +69,5 @@ def evaluate_smears(
     if m.get("subtype") and m["subtype"]["n"]:
         st = m["subtype"]
         say(f"  subtype accuracy {st['accuracy']:.3f} macro-F1 {st['macro_f1']:.3f} (n={st['n']})")
+    warn_skipped((msg for _, msg in m["errors"]), f"{output}/metrics.json")
     say(f"  -> {output}/metrics.json, {output}/summary.md")

@@ -74,8 +74,10 @@ def read_voc_boxes(xml_path: Path, name: str | None = "WBC") -> list[Box]:
     (x0, y0, x1, y1) with x1/y1 exclusive."""
     try:
         root = ET.parse(xml_path).getroot()
-    except ET.ParseError as exc:
-        raise WbcError(f"{xml_path}: not a Pascal VOC file ({exc})") from None
+    except FileNotFoundError:
+        raise WbcError(f"{xml_path}: annotation file not found") from None
+    except (ET.ParseError, OSError) as exc:
+        raise WbcError(f"{xml_path}: not a readable Pascal VOC file ({exc})") from None
     out: list[Box] = []
     for obj in root.iter("object"):
         oname = (obj.findtext("name") or "").strip()
@@ -84,7 +86,10 @@ def read_voc_boxes(xml_path: Path, name: str | None = "WBC") -> list[Box]:
         bb = obj.find("bndbox")
         if bb is None:
             continue
-        x0, y0, x1, y1 = (float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
+        try:
+            x0, y0, x1, y1 = (float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError as exc:
+            raise WbcError(f"{xml_path}: a {oname!r} box has a coordinate that is not a number ({exc})") from None
         out.append((x0, y0, x1 + 1.0, y1 + 1.0))
     return out
 
@@ -96,7 +101,11 @@ def mask_path(bccd: Path, name: str) -> Path:
 def read_gt_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(nucleus, cell) bool masks from a BCCD mask PNG (noisy grey levels quantised at 64 and 192)."""
     # from its bytes: OpenCV's own file opening crashes on a name that is no UTF-8
-    m = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise WbcError(f"{path}: cannot read mask ({exc.strerror or exc})") from None
+    m = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if m is None:
         raise WbcError(f"{path}: cannot read mask")
     if m.ndim == 3:
@@ -104,8 +113,11 @@ def read_gt_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return m > 192, m > 64
 
 
-def load_bccd(root: Path, split: str = "test") -> list[BccdItem]:
-    """The BCCD items of a split (``train``, ``val``, ``test``, ``trainval``)."""
+def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | None = None) -> list[BccdItem]:
+    """The BCCD items of a split (``train``, ``val``, ``test``, ``trainval``).
+
+    A field whose annotation cannot be read raises :class:`WbcError` naming it, or, given ``errors``, is left out
+    and listed there as (file, message), so that one bad field does not lose the others' scores."""
     bccd = root / "bccd" if (root / "bccd").is_dir() else root
     split_file = bccd / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
@@ -122,11 +134,18 @@ def load_bccd(root: Path, split: str = "test") -> list[BccdItem]:
     items = []
     for name in split_file.read_text().split():
         mp = mask_path(bccd, name)
+        try:
+            boxes = read_voc_boxes(bccd / "Annotations" / f"{name}.xml")
+        except WbcError as exc:
+            if errors is None:
+                raise
+            errors.append((str(bccd / "JPEGImages" / f"{name}.jpg"), str(exc)))
+            continue
         items.append(
             BccdItem(
                 name=name,
                 image=bccd / "JPEGImages" / f"{name}.jpg",
-                wbc_boxes=read_voc_boxes(bccd / "Annotations" / f"{name}.xml"),
+                wbc_boxes=boxes,
                 mask=mp if mp.is_file() else None,
                 label=labels.get(name),
             )
@@ -209,7 +228,9 @@ def _image_size(path: Path) -> tuple[int, int]:
         return rgb.shape[1], rgb.shape[0]
 
 
-def load_labelled_folder(folder: Path, split: str | None = "test") -> list[BccdItem]:
+def load_labelled_folder(
+    folder: Path, split: str | None = "test", errors: list[tuple[str, str]] | None = None
+) -> list[BccdItem]:
     """Labelled smear fields from any folder in one of the common layouts:
 
     * BCCD / Pascal VOC: ``JPEGImages/`` + ``Annotations/*.xml`` (+ ``ImageSets/Main/<split>.txt``,
@@ -218,7 +239,8 @@ def load_labelled_folder(folder: Path, split: str | None = "test") -> list[BccdI
       ``classes.txt``; TXL-PBC's ``sources.csv`` gives each field's origin);
     * flat: images beside same-named ``.xml`` (VOC) or ``.txt`` (YOLO) files.
 
-    Masks, where present, are ``masks/<stem>.png`` with 0 background, 128 cytoplasm, 255 nucleus.
+    Masks, where present, are ``masks/<stem>.png`` with 0 background, 128 cytoplasm, 255 nucleus. ``errors``: as
+    :func:`load_bccd` (a field whose labels cannot be read is listed there, not fatal).
     """
     from wbc.io import is_image_file as is_image_path
 
@@ -227,13 +249,14 @@ def load_labelled_folder(folder: Path, split: str | None = "test") -> list[BccdI
         raise WbcError(f"{folder}: not a folder")
     if (folder / "Annotations").is_dir() and (folder / "JPEGImages").is_dir():
         if (folder / "ImageSets" / "Main" / f"{split}.txt").is_file():
-            return load_bccd(folder, split or "test")
+            return load_bccd(folder, split or "test", errors)
         items = []
         for x in sorted((folder / "Annotations").glob("*.xml")):
             img = next((p for p in (folder / "JPEGImages").glob(f"{x.stem}.*") if is_image_path(p)), None)
             if img is not None:
                 mp = folder / "masks" / f"{x.stem}.png"
-                items.append(BccdItem(x.stem, img, read_voc_boxes(x, None), mp if mp.is_file() else None, None))
+                if (boxes := _field_boxes(img, x, None, errors)) is not None:
+                    items.append(BccdItem(x.stem, img, boxes, mp if mp.is_file() else None, None))
         return items
     origins: dict[str, str] = {}
     src = folder / "sources.csv"
@@ -260,14 +283,28 @@ def load_labelled_folder(folder: Path, split: str | None = "test") -> list[BccdI
         raise WbcError(f"{folder}: no labelled images found (expected a YOLO or Pascal VOC layout)")
     items = []
     for img, lab in pairs:
-        if lab.suffix == ".xml":
-            boxes = read_voc_boxes(lab, None)
-        else:
-            w, h = _image_size(img)
-            boxes = read_yolo_boxes(lab, w, h, classes)
+        if (boxes := _field_boxes(img, lab, classes, errors)) is None:
+            continue
         mp = folder / "masks" / f"{img.stem}.png"
         items.append(BccdItem(img.stem, img, boxes, mp if mp.is_file() else None, None, origins.get(img.stem, "")))
     return items
+
+
+def _field_boxes(
+    img: Path, lab: Path, classes: set[int] | None, errors: list[tuple[str, str]] | None
+) -> list[Box] | None:
+    """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids); None when they
+    cannot be read and ``errors`` takes the problem (else it is raised)."""
+    try:
+        if lab.suffix == ".xml":
+            return read_voc_boxes(lab, None)
+        w, h = _image_size(img)
+        return read_yolo_boxes(lab, w, h, classes or set())
+    except WbcError as exc:
+        if errors is None:
+            raise
+        errors.append((str(img), str(exc)))
+        return None
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -389,7 +426,9 @@ def evaluate_segmentation(
     """Detection, segmentation and (with ``classify``) subtype metrics over BCCD items.
 
     ``classify(rgb, cells)`` returns one canonical label per cell; the end-to-end check uses the images
-    with one labelled WBC and compares the label of the detection best matching the WBC box.
+    with one labelled WBC and compares the label of the detection best matching the WBC box. A field whose image
+    or mask cannot be read, or whose mask is not its size, is left out and listed in ``errors`` as (image, message):
+    one bad file does not lose the other fields' scores.
     """
     all_scores: list[float] = []
     all_tp: list[bool] = []
@@ -401,8 +440,17 @@ def evaluate_segmentation(
     y_true: list[str] = []
     y_pred: list[str] = []
     seconds = 0.0
+    errors: list[tuple[str, str]] = []
     for it in items:
-        rgb = read_image(it.image)
+        try:
+            rgb = read_image(it.image)
+            gt = read_gt_mask(it.mask) if it.mask is not None else None
+            if gt is not None and gt[0].shape != rgb.shape[:2]:
+                raise WbcError(f"{it.mask}: the mask is {gt[0].shape[1]}x{gt[0].shape[0]} pixels, its field "
+                               f"{it.image.name} {rgb.shape[1]}x{rgb.shape[0]}")
+        except WbcError as exc:
+            errors.append((str(it.image), str(exc)))
+            continue
         t0 = time.perf_counter()
         cells = segment(rgb)
         seconds += time.perf_counter() - t0
@@ -416,8 +464,8 @@ def evaluate_segmentation(
         row: dict[str, Any] = {"image": it.name, "n_gt": g, "n_pred": len(cells), "tp": int(sum(tp))}
         if it.origin:
             row["origin"] = it.origin
-        if it.mask is not None:
-            gn, gc = read_gt_mask(it.mask)
+        if gt is not None:
+            gn, gc = gt
             pn, pc = paste_masks(cells, rgb.shape[:2])
             d1, i1 = dice_iou(pn, gn)
             d2, i2 = dice_iou(pc, gc)
@@ -458,7 +506,8 @@ def evaluate_segmentation(
     det["mean_iou_matched"] = float(np.mean(match_ious)) if match_ious else 0.0
     det["iou_threshold"] = iou_thr
     out: dict[str, Any] = {
-        "n_images": len(items),
+        "n_images": len(per_image),
+        "errors": [list(e) for e in errors],
         "detection": det,
         "detection_ignore_unannotated": {
             **_prf(ign["tp"], ign["fp"], n_gt - ign["tp"]),
@@ -471,7 +520,7 @@ def evaluate_segmentation(
             "cell_dice": float(np.mean(cd)) if cd else None,
             "cell_iou": float(np.mean(ci)) if ci else None,
         },
-        "seconds_per_image_segmentation": seconds / max(1, len(items)),
+        "seconds_per_image_segmentation": seconds / max(1, len(per_image)),
         "per_image": per_image,
     }
     origins = sorted({r["origin"] for r in per_image if r.get("origin")})
@@ -554,6 +603,12 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
             "the PBC training data; a few labels look wrong): read them as a transfer check, not as the",
             "classifier's accuracy.",
         ]
+    errors = metrics.get("errors") or []
+    if errors:
+        lines += ["", f"{len(errors)} field(s) could not be read and were left out:", ""]
+        lines += [f"- {msg}" for _, msg in errors[:50]]
+        if len(errors) > 50:
+            lines.append(f"- ... and {len(errors) - 50} more, listed in metrics.json")
     return "\n".join(lines) + "\n"
 
 
@@ -569,11 +624,14 @@ def evaluate_smears(
     """Run the whole evaluation and write ``metrics.json`` and ``summary.md`` to ``output``.
 
     ``dataset``: any YOLO- or VOC-labelled folder (:func:`load_labelled_folder`); default BCCD under
-    ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt`` where they exist.
+    ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt`` where they exist. Fields
+    whose files cannot be read are listed in ``errors`` (image, message) and left out of every score.
     """
     from wbc.analyze import classify_cells, move_cells, red_cell_target_of, within_canvas
 
-    items = load_labelled_folder(dataset, split) if dataset is not None else load_bccd(data_root, split)
+    load_errors: list[tuple[str, str]] = []
+    items = (load_labelled_folder(dataset, split, load_errors) if dataset is not None
+             else load_bccd(data_root, split, load_errors))
     if limit:
         items = items[:limit]
 
@@ -594,6 +652,10 @@ def evaluate_smears(
             return [c.prediction.label if c.prediction else "" for c in cells]
 
     metrics = evaluate_segmentation(items, segment, classify)
+    metrics["errors"] = [[f, m] for f, m in load_errors] + metrics["errors"]
+    if metrics["errors"] and not metrics["n_images"]:
+        raise WbcError(f"{dataset if dataset is not None else 'BCCD'}: none of the {len(metrics['errors'])} fields "
+                       f"could be read (first problem: {metrics['errors'][0][1]})")
     metrics.update(
         dataset=str(dataset) if dataset is not None else "BCCD",
         split=split,

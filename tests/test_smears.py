@@ -1,0 +1,99 @@
+"""`wbc evaluate-smears` on labelled folders with a bad file in them: the other fields are still scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc.errors import WbcError
+from wbc.evaluate.smears import evaluate_smears, load_bccd, read_voc_boxes
+from wbc.types import Cell
+
+BOX = (20, 20, 50, 50)
+
+
+class OneCell:
+    """A stand-in segmenter: one cell on the one WBC box of every field below."""
+
+    name = model_id = "fake"
+
+    def segment(self, rgb: np.ndarray) -> list[Cell]:
+        m = np.ones((BOX[3] - BOX[1], BOX[2] - BOX[0]), bool)
+        return [Cell(0, BOX, m, m, score=0.9)]
+
+
+def _yolo_folder(root: Path, n: int = 4) -> Path:
+    """``n`` 100 x 100 fields, each with one WBC box and a full-size mask of it."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("WBC\n")
+    x0, y0, x1, y1 = BOX
+    for i in range(n):
+        cv2.imwrite(str(root / "images" / f"f{i}.jpg"), np.full((100, 100, 3), 200, np.uint8))
+        (root / "labels" / f"f{i}.txt").write_text(f"0 {(x0 + x1) / 200} {(y0 + y1) / 200} {(x1 - x0) / 100} "
+                                                   f"{(y1 - y0) / 100}\n")
+        mask = np.zeros((100, 100), np.uint8)
+        mask[y0:y1, x0:x1] = 128
+        cv2.imwrite(str(root / "masks" / f"f{i}.png"), mask)
+    return root
+
+
+def test_a_truncated_field_is_listed_and_the_others_scored(tmp_path: Path) -> None:
+    """One truncated JPEG among four fields lost the whole run (no metrics.json) before wbc 0.28.0."""
+    folder = _yolo_folder(tmp_path / "yolo")
+    (folder / "images" / "f2.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    m = evaluate_smears(tmp_path, tmp_path / "out", OneCell(), dataset=folder)
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert on_disk["n_images"] == 3 and len(on_disk["errors"]) == 1
+    assert on_disk["errors"][0][0].endswith("f2.jpg") and "f2.jpg" in on_disk["errors"][0][1]
+    assert m["detection"]["recall"] == 1.0 and m["detection"]["tp"] == 3
+    assert "f2.jpg" in (tmp_path / "out" / "summary.md").read_text()
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(folder), "--no-classifier", "--segmenter",
+                                   "classical", "-o", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "3 images" in res.output and "f2.jpg" in res.output and (tmp_path / "cli" / "metrics.json").is_file()
+
+
+def test_a_mask_of_another_size_is_named_not_a_broadcast_error(tmp_path: Path) -> None:
+    """A mask saved at half the field's size raised numpy's broadcast ValueError (a traceback)."""
+    folder = _yolo_folder(tmp_path / "yolo")
+    cv2.imwrite(str(folder / "masks" / "f1.png"), np.zeros((50, 50), np.uint8))
+    m = evaluate_smears(tmp_path, tmp_path / "out", OneCell(), dataset=folder)
+    assert m["n_images"] == 3 and m["segmentation"]["n_images_with_masks"] == 3
+    [(field, msg)] = m["errors"]
+    assert field.endswith("f1.jpg") and msg.startswith(str(folder / "masks" / "f1.png")) and "50x50" in msg
+
+
+def test_a_missing_or_bad_annotation_is_a_one_line_error(tmp_path: Path) -> None:
+    """A BCCD split naming a field without its .xml raised FileNotFoundError, a non-numeric <xmin> ValueError."""
+    bccd = tmp_path / "bccd"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (bccd / d).mkdir(parents=True)
+    x0, y0, x1, y1 = BOX
+    for name in ("BloodImage_00001", "BloodImage_00002"):
+        cv2.imwrite(str(bccd / "JPEGImages" / f"{name}.jpg"), np.full((100, 100, 3), 200, np.uint8))
+    (bccd / "Annotations" / "BloodImage_00001.xml").write_text(
+        f"<annotation><object><name>WBC</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1 - 1}</xmax>"
+        f"<ymax>{y1 - 1}</ymax></bndbox></object></annotation>")
+    (bccd / "ImageSets" / "Main" / "test.txt").write_text("BloodImage_00001\nBloodImage_00002\n")
+    with pytest.raises(WbcError, match=r"BloodImage_00002\.xml: annotation file not found"):
+        load_bccd(tmp_path)
+    m = evaluate_smears(tmp_path, tmp_path / "out", OneCell())
+    assert m["n_images"] == 1 and m["detection"]["recall"] == 1.0
+    assert [e[0] for e in m["errors"]] == [str(bccd / "JPEGImages" / "BloodImage_00002.jpg")]
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<annotation><object><name>WBC</name><bndbox><xmin>ten</xmin></bndbox></object></annotation>")
+    with pytest.raises(WbcError, match=r"bad\.xml: a 'WBC' box has a coordinate that is not a number"):
+        read_voc_boxes(bad)
+    (bccd / "ImageSets" / "Main" / "test.txt").write_text("BloodImage_00002\n")
+    with pytest.raises(WbcError, match="none of the 1 fields could be read"):
+        evaluate_smears(tmp_path, tmp_path / "out2", OneCell())
