@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from wbc.errors import WbcError
-from wbc.evaluate.smears import evaluate_smears, load_bccd, read_voc_boxes
+from wbc.evaluate.smears import evaluate_smears, is_wbc_name, load_bccd, load_labelled_folder, read_voc_boxes
 from wbc.types import Cell
 
 BOX = (20, 20, 50, 50)
@@ -97,3 +97,34 @@ def test_a_missing_or_bad_annotation_is_a_one_line_error(tmp_path: Path) -> None
     (bccd / "ImageSets" / "Main" / "test.txt").write_text("BloodImage_00002\n")
     with pytest.raises(WbcError, match="none of the 1 fields could be read"):
         evaluate_smears(tmp_path, tmp_path / "out2", OneCell())
+
+
+def test_wbc_types_outside_the_eight_classes_are_wbc_boxes(tmp_path: Path) -> None:
+    """Boxes named Blast, Atypical lymphocyte, ... were dropped from the truth, so their correct detections counted as
+    false positives; names neither a WBC nor a red cell or platelet are now reported."""
+    assert all(is_wbc_name(n) for n in ("Blast", "blast cell", "Myeloblast", "atypical lymphocyte",
+                                        "Reactive_lymphocyte", "variant lymphocyte", "Plasma cells", "Smudge", "WBCs"))
+    assert not any(is_wbc_name(n) for n in ("RBC", "Platelets", "Artifact"))
+    cv2.imwrite(str(tmp_path / "field.jpg"), np.full((100, 100, 3), 200, np.uint8))
+    boxes = {"Neutrophil": BOX, "Blast": (60, 60, 90, 90), "RBC": (1, 1, 9, 9), "Artifact": (1, 80, 9, 90)}
+    (tmp_path / "field.xml").write_text("<annotation>" + "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1 - 1}</xmax><ymax>{y1 - 1}"
+        "</ymax></bndbox></object>" for n, (x0, y0, x1, y1) in boxes.items()) + "</annotation>")
+    [item] = load_labelled_folder(tmp_path, None)
+    assert len(item.wbc_boxes) == 2 and item.unknown_boxes == {"Artifact": 1}
+
+    class TwoCells(OneCell):
+        def segment(self, rgb: np.ndarray) -> list[Cell]:
+            m = np.ones((30, 30), bool)
+            return [*super().segment(rgb), Cell(1, (60, 60, 90, 90), m, m, score=0.8)]
+
+    m = evaluate_smears(tmp_path, tmp_path / "out", TwoCells(), dataset=tmp_path)
+    assert (m["detection"]["precision"], m["detection"]["recall"]) == (1.0, 1.0)
+    assert m["unknown_box_names"] == {"Artifact": 1}
+    assert "Artifact (1)" in (tmp_path / "out" / "summary.md").read_text()
+    yolo = _yolo_folder(tmp_path / "yolo", n=1)
+    (yolo / "classes.txt").write_text("WBC\nBlast\ndebris\nRBC\n")
+    (yolo / "labels" / "f0.txt").write_text("1 0.75 0.75 0.3 0.3\n2 0.05 0.05 0.05 0.05\n2 0.1 0.9 0.05 0.05\n"
+                                             "3 0.5 0.05 0.05 0.05\n")
+    [item] = load_labelled_folder(yolo, None)
+    assert len(item.wbc_boxes) == 1 and item.unknown_boxes == {"debris": 2}

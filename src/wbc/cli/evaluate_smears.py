@@ -19,6 +19,7 @@ from wbc.cli._common import (
     ThreadsOpt,
     TtaOpt,
     say,
+    warn,
     warn_skipped,
 )
 
@@ -69,5 +70,8 @@ def evaluate_smears(
     if m.get("subtype") and m["subtype"]["n"]:
         st = m["subtype"]
         say(f"  subtype accuracy {st['accuracy']:.3f} macro-F1 {st['macro_f1']:.3f} (n={st['n']})")
+    if unknown := m["unknown_box_names"]:
+        warn("boxes named neither a WBC nor a red cell or platelet were not scored as WBCs: "
+             + ", ".join(f"{k} ({v})" for k, v in unknown.items()), "note:")
     warn_skipped((msg for _, msg in m["errors"]), f"{output}/metrics.json")
     say(f"  -> {output}/metrics.json, {output}/summary.md")

@@ -24,10 +24,12 @@ Segmentation Dice/IoU are computed per image over the union of all cells (the ma
 from __future__ import annotations
 
 import csv
+import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,25 +55,55 @@ class BccdItem:
     mask: Path | None
     label: str | None  # canonical subtype when the image has exactly one labelled WBC
     origin: str = ""  # the field's source, when the folder says (TXL-PBC's sources.csv)
+    #: boxes whose class name is neither a WBC nor a red cell or platelet (name -> count): not scored, but reported
+    unknown_boxes: dict[str, int] = field(default_factory=dict)
 
 
 SmearItem = BccdItem
-#: Box class names (any case) that mean a white blood cell; subtype names (neutrophil, ...) count too.
-WBC_NAMES: frozenset[str] = frozenset({"wbc", "white blood cell", "white_blood_cell", "leukocyte", "leucocyte"})
+#: Box class names (any case; ``_``, ``-`` as spaces; a plural ``s`` dropped) that mean a white blood cell. The
+#: eight classes' names count too (:func:`wbc.labels.canonical_label`); these are the WBC types outside them that
+#: leukaemia and lab datasets box (a blast left out of the truth made its correct detection a false positive).
+WBC_NAMES: frozenset[str] = frozenset({
+    "wbc", "white blood cell", "white_blood_cell", "leukocyte", "leucocyte",
+    "blast", "blast cell", "myeloblast", "lymphoblast", "monoblast", "promonocyte", "prolymphocyte",
+    "plasma cell", "plasmacyte", "atypical lymphocyte", "reactive lymphocyte", "variant lymphocyte",
+    "abnormal lymphocyte", "large granular lymphocyte", "hairy cell", "smudge", "smudge cell", "basket cell",
+})
+#: Box class names that are known not to be WBCs (besides platelets): what a smear folder boxes beside them.
+NON_WBC_NAMES: frozenset[str] = frozenset({"rbc", "red blood cell", "red cell", "erythrocyte", "thrombocyte", "plt"})
+
+
+def _box_name(name: str) -> str:
+    """A box class name as :data:`WBC_NAMES` spells it: lower case, words split by single spaces.
+
+    >>> _box_name(" Plasma_Cells "), _box_name("WBCs")
+    ('plasma cell', 'wbc')
+    """
+    n = re.sub(r"[\s_\-]+", " ", name.strip().lower())
+    if n.endswith("s") and n[:-1] in WBC_NAMES | NON_WBC_NAMES:
+        n = n[:-1]
+    return n
 
 
 def is_wbc_name(name: str) -> bool:
-    """Whether a box class name means a WBC ("WBC", "leukocyte", or a WBC subtype such as "neutrophil")."""
-    n = name.strip().lower()
-    if n in WBC_NAMES:
+    """Whether a box class name means a WBC ("WBC", "leukocyte", a WBC subtype such as "neutrophil", or another WBC
+    type such as "Blast", "Atypical lymphocyte": :data:`WBC_NAMES`)."""
+    if _box_name(name) in WBC_NAMES:
         return True
     lab = canonical_label(name)
     return lab is not None and lab not in ("platelet",)
 
 
-def read_voc_boxes(xml_path: Path, name: str | None = "WBC") -> list[Box]:
+def is_known_non_wbc_name(name: str) -> bool:
+    """Whether a box class name is known not to mean a WBC (a red cell, a platelet): other names that are not WBCs
+    are reported, since they may be WBC types this list lacks."""
+    return _box_name(name) in NON_WBC_NAMES or canonical_label(name) == "platelet"
+
+
+def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[str] | None = None) -> list[Box]:
     """Boxes of one class (``None``: any WBC name, :func:`is_wbc_name`) from a Pascal VOC file, as
-    (x0, y0, x1, y1) with x1/y1 exclusive."""
+    (x0, y0, x1, y1) with x1/y1 exclusive. ``unknown`` (with ``name`` None) counts the boxes whose name is neither
+    a WBC nor :func:`is_known_non_wbc_name`."""
     try:
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
@@ -82,6 +114,8 @@ def read_voc_boxes(xml_path: Path, name: str | None = "WBC") -> list[Box]:
     for obj in root.iter("object"):
         oname = (obj.findtext("name") or "").strip()
         if (oname != name) if name is not None else not is_wbc_name(oname):
+            if name is None and unknown is not None and not is_known_non_wbc_name(oname):
+                unknown[oname] += 1
             continue
         bb = obj.find("bndbox")
         if bb is None:
@@ -153,16 +187,18 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
     return items
 
 
-def yolo_wbc_classes(folder: Path) -> set[int]:
-    """Class ids meaning WBC in a YOLO folder, from ``data.yaml`` / ``classes.txt`` names (default {0})."""
-    names: list[str] = []
+def yolo_class_names(folder: Path) -> list[str]:
+    """The class names of a YOLO folder, from ``classes.txt`` or ``data.yaml`` (empty when it names none)."""
     for f in (folder / "classes.txt", folder / "labels" / "classes.txt"):
         if f.is_file():
-            names = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
-            break
+            return [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
     yml = next((f for f in (folder / "data.yaml", folder / "dataset.yaml") if f.is_file()), None)
-    if not names and yml is not None:
-        names = _yaml_names(yml.read_text())
+    return _yaml_names(yml.read_text()) if yml is not None else []
+
+
+def yolo_wbc_classes(folder: Path) -> set[int]:
+    """Class ids meaning WBC in a YOLO folder, from ``data.yaml`` / ``classes.txt`` names (default {0})."""
+    names = yolo_class_names(folder)
     if not names:
         return {0}
     ids = {i for i, n in enumerate(names) if is_wbc_name(n)}
@@ -255,8 +291,9 @@ def load_labelled_folder(
             img = next((p for p in (folder / "JPEGImages").glob(f"{x.stem}.*") if is_image_path(p)), None)
             if img is not None:
                 mp = folder / "masks" / f"{x.stem}.png"
-                if (boxes := _field_boxes(img, x, None, errors)) is not None:
-                    items.append(BccdItem(x.stem, img, boxes, mp if mp.is_file() else None, None))
+                if (got := _field_boxes(img, x, set(), {}, errors)) is not None:
+                    items.append(BccdItem(x.stem, img, got[0], mp if mp.is_file() else None, None,
+                                          unknown_boxes=got[1]))
         return items
     origins: dict[str, str] = {}
     src = folder / "sources.csv"
@@ -267,11 +304,9 @@ def load_labelled_folder(
         img_dir, lab_dir = folder / "images", folder / "labels"
         if split and (img_dir / split).is_dir():
             img_dir, lab_dir = img_dir / split, lab_dir / split
-        classes = yolo_wbc_classes(folder)
         pairs = [(p, lab_dir / f"{p.stem}.txt") for p in sorted(img_dir.iterdir()) if is_image_path(p)]
     else:
         pairs = []
-        classes = yolo_wbc_classes(folder)
         for p in sorted(folder.iterdir()):
             if not is_image_path(p):
                 continue
@@ -281,30 +316,45 @@ def load_labelled_folder(
                     break
     if not pairs:
         raise WbcError(f"{folder}: no labelled images found (expected a YOLO or Pascal VOC layout)")
+    classes = yolo_wbc_classes(folder)
+    names = yolo_class_names(folder)
+    others = {i: n for i, n in enumerate(names) if not is_wbc_name(n) and not is_known_non_wbc_name(n)}
     items = []
     for img, lab in pairs:
-        if (boxes := _field_boxes(img, lab, classes, errors)) is None:
+        if (got := _field_boxes(img, lab, classes, others, errors)) is None:
             continue
         mp = folder / "masks" / f"{img.stem}.png"
-        items.append(BccdItem(img.stem, img, boxes, mp if mp.is_file() else None, None, origins.get(img.stem, "")))
+        items.append(BccdItem(img.stem, img, got[0], mp if mp.is_file() else None, None, origins.get(img.stem, ""),
+                              got[1]))
     return items
 
 
 def _field_boxes(
-    img: Path, lab: Path, classes: set[int] | None, errors: list[tuple[str, str]] | None
-) -> list[Box] | None:
-    """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids); None when they
-    cannot be read and ``errors`` takes the problem (else it is raised)."""
+    img: Path, lab: Path, classes: set[int], others: Mapping[int, str], errors: list[tuple[str, str]] | None
+) -> tuple[list[Box], dict[str, int]] | None:
+    """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids), and the count of its
+    boxes named neither a WBC nor a known other cell (YOLO: the ids ``others`` names); None when they cannot be
+    read and ``errors`` takes the problem (else it is raised)."""
     try:
         if lab.suffix == ".xml":
-            return read_voc_boxes(lab, None)
+            unknown: Counter[str] = Counter()
+            return read_voc_boxes(lab, None, unknown), dict(unknown)
         w, h = _image_size(img)
-        return read_yolo_boxes(lab, w, h, classes or set())
+        return read_yolo_boxes(lab, w, h, classes), _yolo_class_counts(lab, others)
     except WbcError as exc:
         if errors is None:
             raise
         errors.append((str(img), str(exc)))
         return None
+
+
+def _yolo_class_counts(path: Path, names: Mapping[int, str]) -> dict[str, int]:
+    """How many boxes of each class in ``names`` ({id: name}) a YOLO label file holds (lines already checked by
+    :func:`read_yolo_boxes`)."""
+    if not names or not path.is_file():
+        return {}
+    ids = Counter(int(float(p[0])) for p in map(str.split, path.read_text().splitlines()) if p)
+    return {names[i]: n for i, n in ids.items() if i in names}
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -505,9 +555,14 @@ def evaluate_segmentation(
     det["ap50"] = average_precision(all_scores, all_tp, n_gt)
     det["mean_iou_matched"] = float(np.mean(match_ious)) if match_ious else 0.0
     det["iou_threshold"] = iou_thr
+    unknown: Counter[str] = Counter()
+    for it in items:
+        unknown.update(it.unknown_boxes)
     out: dict[str, Any] = {
         "n_images": len(per_image),
         "errors": [list(e) for e in errors],
+        # box names read neither as a WBC nor as a red cell or platelet: if they are WBCs, the numbers miss them
+        "unknown_box_names": dict(sorted(unknown.items())),
         "detection": det,
         "detection_ignore_unannotated": {
             **_prf(ign["tp"], ign["fp"], n_gt - ign["tp"]),
@@ -603,6 +658,9 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
             "the PBC training data; a few labels look wrong): read them as a transfer check, not as the",
             "classifier's accuracy.",
         ]
+    if unknown := metrics.get("unknown_box_names"):
+        lines += ["", "Boxes not read as WBCs, whose names are neither a WBC nor a red cell or platelet: "
+                  + ", ".join(f"{k} ({v})" for k, v in unknown.items()) + "."]
     errors = metrics.get("errors") or []
     if errors:
         lines += ["", f"{len(errors)} field(s) could not be read and were left out:", ""]
