@@ -499,3 +499,24 @@ def test_class_activation_maps_averaged_over_views_are_turned_back() -> None:
     for views in (1, 2, 4, 8):
         got = view_averaged_cams(Pointwise(), cells, views)  # type: ignore[arg-type]
         assert np.allclose(got, cells[:, None, :, :, 0]), views
+
+
+def test_only_a_run_s_own_model_is_said_never_to_have_seen_its_test_cells(env: dict[str, Path], tmp_path: Path) -> None:
+    """The report said "had never seen them" for any manifest's test rows, here the very images the model was fitted
+    on (another run's split; the shipped model on a lab's own manifest is the same case)."""
+    from wbc.evaluate import evaluate
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    files = [f for f in sorted(env["train"].glob("*/*.png")) if f.parent.name in ("lymphocyte", "neutrophil")]
+    write_manifest(foreign / "manifest.csv", [Sample(f, f.parent.name, "test", -1, "") for f in files], root=tmp_path)
+    m = evaluate(foreign / "manifest.csv", load_model(env["model"]), tmp_path / "o", root=tmp_path, n_boot=100,
+                 cams_per_class=0, gallery_size=1)
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "had never seen" not in html and "held out only for the model that run trained" in html
+    assert m["split"] == "test" and m["own_run"] is False
+    shutil.copy(env["model"], foreign / "model.onnx")  # now the run's own model
+    m = evaluate(foreign / "manifest.csv", load_model(foreign / "model.onnx"), tmp_path / "own", root=tmp_path,
+                 n_boot=100, cams_per_class=0, gallery_size=1)
+    html = (tmp_path / "own" / "report.html").read_text()
+    assert m["own_run"] is True and "had never seen" in html and "held out only" not in html

@@ -44,6 +44,8 @@ def _case(n: int = 400, seed: int = 0) -> tuple[dict, ReportInputs]:
         model_id="m-1",
         data="somewhere/pbc",
         split="test",
+        data_kind="manifest",
+        own_run=True,  # the run's own model on its own split: only then are the test cells held out from it
         manifest_hash="abc",
         created="today",
         unknown_labels={"count": 3, "labels": {"smudge": 3}, "called": {"smudge": {"lymphocyte": 3}}},

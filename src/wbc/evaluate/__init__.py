@@ -426,6 +426,8 @@ def evaluate(
         "data": str(ed.source.resolve()),
         "data_description": ed.description,
         "data_kind": "manifest" if ed.is_manifest else "folder",
+        # the run's own split: only then are its test rows known to be held out from this model's training
+        "own_run": ed.is_manifest and Path(classifier.path).resolve().parent == ed.source.resolve().parent,
         "split": ed.split,
         "manifest_hash": manifest_hash(ed.samples),
         "wbc_version": __version__,

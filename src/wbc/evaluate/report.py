@@ -154,7 +154,7 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
         first += M(" It was weakest on {}, and best on {} ({}).").format(
             M(" and ").join(parts), display_name(best[0]), pct(best[1], 0)
         )
-    if metrics.get("split") == "test":
+    if metrics.get("split") == "test" and metrics.get("own_run"):  # another run's split says nothing of this model
         first += " These test cells were set aside before training, so the model had never seen them."
     paras.append(first)
     sel = metrics["selective"]
@@ -198,6 +198,14 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
             M(
                 "Caution: if any of these images were used to train the model, the numbers above are "
                 "too optimistic. Evaluate on a run's manifest (its test split) for an unbiased estimate."
+            )
+        )
+    elif metrics.get("data_kind") == "manifest" and not metrics.get("own_run"):
+        paras.append(
+            M(
+                "Caution: this split was not made by the run that trained this model (another run's, or a lab's "
+                "own), so its test rows are held out only for the model that run trained; if any of these images "
+                "were used to train this model, the numbers above are too optimistic."
             )
         )
     if metrics.get("unreadable"):
