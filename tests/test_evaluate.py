@@ -520,3 +520,32 @@ def test_only_a_run_s_own_model_is_said_never_to_have_seen_its_test_cells(env: d
                  n_boot=100, cams_per_class=0, gallery_size=1)
     html = (tmp_path / "own" / "report.html").read_text()
     assert m["own_run"] is True and "had never seen" in html and "held out only" not in html
+
+
+def test_refitted_temperature_is_fitted_over_the_chosen_classes(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--refit-temperature with --classes 5part fitted T on all eight classes' logits and val cells (ig,
+    erythroblast, platelet included), and re-framed them whatever --no-reframe said."""
+    import wbc.evaluate as ev
+    from wbc.evaluate import evaluate
+
+    files = [f for f in sorted(env["data"].glob("*/*.png")) if f.parent.name in CLASSES and f.name != "broken.png"]
+    run = tmp_path / "run"
+    run.mkdir()
+    samples = [Sample(f, f.parent.name, "test" if i % 2 else "val", -1, "") for i, f in enumerate(files)]
+    write_manifest(run / "manifest.csv", samples, root=tmp_path)
+    reframed: list[bool] = []
+    real = ev.classify_samples
+
+    def spy(samples, clf, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reframed.append(kwargs.get("reframe", args[3] if len(args) > 3 else True))
+        return real(samples, clf, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "classify_samples", spy)
+    m = evaluate(run / "manifest.csv", load_model(env["model"]).with_classes("5part"), tmp_path / "o", root=tmp_path,
+                 n_boot=100, refit_temperature=True, cams_per_class=0, gallery_size=1, reframe=False)
+    val5 = sum(s.split == "val" and s.label in ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+               for s in samples)
+    assert f"({val5} cells)" in m["ece"]["refit"]["fitted_on"] and val5 == 30
+    assert reframed == [False, False]

@@ -459,7 +459,7 @@ def evaluate(
     metrics["skipped"] = [list(e) for e in ed.skipped]
     if refit_temperature:
         metrics["ece"]["refit"] = _refit_on_val(
-            ed, classifier, mapping, root, batch_size, workers, logits, y_true
+            ed, classifier, mapping, root, batch_size, workers, logits, y_true, reframe
         )
 
     folds = None
@@ -526,8 +526,12 @@ def _refit_on_val(
     workers: int,
     logits: np.ndarray,
     y_true: np.ndarray,
+    reframe: bool = True,
 ) -> dict[str, Any] | None:
-    """Temperature refitted on the manifest's ``val`` split, and the ECE it gives on the evaluated cells."""
+    """Temperature refitted on the manifest's ``val`` split, and the ECE it gives on the evaluated cells.
+
+    Fitted as the rest is measured: on the val cells of the classes answered among (``--classes``), their logits
+    only, read as ``reframe`` says; ``logits`` and ``y_true`` are the evaluated cells' over those classes."""
     from wbc.calibration import expected_calibration_error, fit_temperature
     from wbc.model import softmax
 
@@ -538,12 +542,15 @@ def _refit_on_val(
     except WbcError:
         return None
     classes = classifier.classes
-    vs = [s for s in val.samples if s.label in classes]
+    answered = list(getattr(classifier, "label_set", ())) or list(classes)
+    vs = [s for s in val.samples if s.label in answered]
     if not vs:
         return None
-    sc = classify_samples(vs, classifier, batch_size, workers)
-    yv = np.array([classes.index(s.label) for s in sc.samples])
-    t = fit_temperature(sc.logits, yv)
+    sc = classify_samples(vs, classifier, batch_size, workers, reframe=reframe)
+    if not sc.samples:
+        return None
+    yv = np.array([answered.index(s.label) for s in sc.samples])
+    t = fit_temperature(sc.logits[:, [classes.index(c) for c in answered]], yv)
     return {
         "temperature": t,
         "ece": expected_calibration_error(softmax(logits, t), y_true),
