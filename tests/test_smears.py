@@ -44,7 +44,7 @@ def _yolo_folder(root: Path, n: int = 4) -> Path:
 
 
 def test_a_truncated_field_is_listed_and_the_others_scored(tmp_path: Path) -> None:
-    """One truncated JPEG among four fields lost the whole run (no metrics.json) before wbc 0.28.0."""
+    """One truncated JPEG among four fields lost the whole run (no metrics.json) before wbc 0.29.0."""
     folder = _yolo_folder(tmp_path / "yolo")
     (folder / "images" / "f2.jpg").write_bytes(b"\xff\xd8\xff truncated")
     m = evaluate_smears(tmp_path, tmp_path / "out", OneCell(), dataset=folder)
