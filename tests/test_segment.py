@@ -262,3 +262,28 @@ def test_synthetic_smear_refuses_wbcs_it_has_no_room_for(kwargs: dict, placed: s
     with pytest.raises(WbcError, match=f"no room for .* WBCs .*{placed}"):
         synthetic_smear(**kwargs)
     assert len(synthetic_smear(n_wbc=3, seed=2)[1]) == 3
+
+
+def _low_magnification_field() -> np.ndarray:
+    """The six example fields at 0.15x (a 20x objective's view: red cells ~14 px, WBC boxes ~30 px), tiled 20 x 20
+    into one 1,920 x 1,440 px field of 467 WBCs."""
+    import cv2
+
+    from wbc.examples import example_fields
+    from wbc.io import read_image
+
+    fields = [cv2.resize(read_image(p), (96, 72), interpolation=cv2.INTER_AREA) for p in example_fields()]
+    tiles = [fields[k % 6] for k in range(400)]
+    return np.ascontiguousarray(np.vstack([np.hstack(tiles[r * 20 : (r + 1) * 20]) for r in range(20)]))
+
+
+def test_a_low_magnification_field_whose_red_cells_vanish_on_the_thumbnail_is_measured_on_its_centre() -> None:
+    """Red cells of ~1 thumbnail pixel are not found on the whole field's thumbnail: that look's None must lead to a
+    look at the centre (it ended the search, and the detector then looked for WBCs 17x too large and found none)."""
+    from wbc.segment.classical import thumbnail_rbc_diameter
+
+    field = _low_magnification_field()
+    assert thumbnail_rbc_diameter(field) is None
+    d = estimate_rbc_diameter(field)
+    assert d is not None and 10 < d < 20
+    assert len(get_segmenter("detector").segment(field)) >= 0.9 * 467

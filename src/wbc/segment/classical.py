@@ -187,19 +187,21 @@ def spectrum_mode(areas: np.ndarray, radii: np.ndarray) -> float:
     return float(np.exp(x))
 
 
-#: A field whose red cells measure under this many thumbnail pixels across is measured again on its central part, a
-#: half of each side at a time, while that part's short side stays at least :data:`ZOOM_MIN_SIDE`: on a field of many
-#: megapixels at an ordinary magnification (a scanner's region) the whole field's thumbnail makes a red cell a pixel,
-#: and the spectrum's mode is noise (a 6,400 x 4,800 px mosaic of BCCD fields measured 156 px for 40 px red cells).
+#: A field whose red cells measure under this many thumbnail pixels across, or are not found on it at all, is measured
+#: again on its central part, a half of each side at a time, while that part's short side stays at least
+#: :data:`ZOOM_MIN_SIDE`: on a field of many megapixels at an ordinary magnification (a scanner's region) the whole
+#: field's thumbnail makes a red cell a pixel, and the spectrum's mode is noise (a 6,400 x 4,800 px mosaic of BCCD
+#: fields measured 156 px for 40 px red cells); at a low magnification (a 20x objective's 14 px red cells on a
+#: 1,920 x 1,440 px field) they vanish from it (before wbc 0.29.0 that first look's None was the answer).
 ZOOM_BELOW: float = 5.0
 ZOOM_MIN_SIDE: int = 320
 
 
 def estimate_rbc_diameter(rgb: np.ndarray) -> float | None:
     """Typical red-cell diameter in pixels (:func:`thumbnail_rbc_diameter`), measured again on the field's central
-    part while the red cells are too small on its thumbnail (:data:`ZOOM_BELOW`)."""
+    part while the red cells are too small on its thumbnail, or not found on it (:data:`ZOOM_BELOW`)."""
     d = thumbnail_rbc_diameter(rgb)
-    while d is not None and d * SCALE_THUMBNAIL / max(rgb.shape[:2]) < ZOOM_BELOW \
+    while (d is None or d * SCALE_THUMBNAIL / max(rgb.shape[:2]) < ZOOM_BELOW) \
             and min(rgb.shape[:2]) // 2 >= ZOOM_MIN_SIDE:
         h, w = rgb.shape[:2]
         rgb = rgb[h // 4 : h - h // 4, w // 4 : w - w // 4]
