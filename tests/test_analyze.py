@@ -124,8 +124,8 @@ def _write_inputs(folder: Path) -> None:
     folder.mkdir()
     rgb, *_ = synthetic_smear(n_wbc=2, seed=7)
     cv2.imwrite(str(folder / "a.jpg"), rgb[:, :, ::-1])
-    grey16 = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
-    cv2.imwrite(str(folder / "grey16.png"), grey16)
+    rgb16 = rgb[:, :, ::-1].astype(np.uint16) * 257  # a 16-bit colour camera's field (a grey one is refused)
+    cv2.imwrite(str(folder / "rgb16.png"), rgb16)
     rgba = np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])
     cv2.imwrite(str(folder / "rgba.png"), rgba)
     empty, *_ = synthetic_smear(n_wbc=0, seed=8)
@@ -165,6 +165,27 @@ def test_analyze_paths_writes_everything_and_survives_bad_files(clf, tmp_path: P
     diff = list(csv.DictReader((out / "differential.csv").open()))
     pooled = sum(int(r["count"]) for r in diff if r["image"] == "ALL")
     assert pooled == len(rows)
+
+
+def test_a_grey_field_is_not_reported_as_a_field_without_wbcs(clf, tmp_path: Path) -> None:
+    """Every segmenter finds WBCs by their stain's colours: a grey field (a monochrome camera, a grey JPEG) gave
+    "no white blood cell found", a valid empty result counted into the run. It is refused by name, into errors.csv."""
+    from wbc.errors import ImageReadError
+    from wbc.examples import example_fields
+    from wbc.io import read_image
+
+    rgb = read_image(example_fields()[0])
+    grey = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    with pytest.raises(ImageReadError, match=r"^grey\.png: a grey image .*analyse the colour original$"):
+        analyze_image(grey, None, ClassicalSegmenter(), name="grey.png")
+    assert analyze_image(rgb, None, ClassicalSegmenter(), name="colour.png").cells  # the colour original is analysed
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "colour.png"), rgb[:, :, ::-1])
+    cv2.imwrite(str(tmp_path / "in" / "grey.jpg"), grey[:, :, 0])  # a one-channel JPEG, as a monochrome camera's
+    summary = analyze_paths([tmp_path / "in"], tmp_path / "out", clf, ClassicalSegmenter(), draw=False)
+    assert [d["image"] for d in summary.docs] == [str(tmp_path / "in" / "colour.png")]
+    errors = list(csv.DictReader((tmp_path / "out" / "errors.csv").open()))
+    assert len(errors) == 1 and "grey.jpg: a grey image" in errors[0]["error"]
 
 
 def test_oversized_image_is_refused_with_a_message(clf, monkeypatch: pytest.MonkeyPatch) -> None:
