@@ -188,6 +188,32 @@ def test_a_grey_field_is_not_reported_as_a_field_without_wbcs(clf, tmp_path: Pat
     assert len(errors) == 1 and "grey.jpg: a grey image" in errors[0]["error"]
 
 
+def test_analyze_image_refuses_arrays_that_are_not_uint8_rgb() -> None:
+    """The Python API took any array: a 16-bit one got other cells and labels, a float one was called "too dark", a
+    2-D one crashed in numpy. It names the array and says what it expects, as read_image would have converted."""
+    from wbc.errors import ImageReadError
+
+    rgb, *_ = synthetic_smear(n_wbc=1, seed=3)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    for arr in (rgb.astype(np.uint16) * 257, rgb / np.float32(255), rgb.astype(np.float32), grey, rgba):
+        with pytest.raises(ImageReadError, match=r"^a\.tif: expected an 8-bit RGB array .*wbc\.io\.read_image"):
+            analyze_image(arr, None, ClassicalSegmenter(), name="a.tif")
+    assert len(analyze_image(rgb, None, ClassicalSegmenter(), name="a.tif").cells) == 1
+
+
+def test_a_field_too_small_within_its_canvas_is_refused() -> None:
+    """The minimum side was checked on the whole page only: a 24 px field pasted onto a 400 px page was segmented and
+    a "cell" in it classified."""
+    from wbc.errors import ImageReadError
+
+    rgb, *_ = synthetic_smear(n_wbc=1, seed=3)
+    page = np.full((400, 400, 3), 255, np.uint8)
+    page[100:124, 150:174] = cv2.resize(rgb, (24, 24), interpolation=cv2.INTER_AREA)
+    with pytest.raises(ImageReadError, match=r"^page\.png \(the field within its canvas\): 24x24 is too small"):
+        analyze_image(page, None, ClassicalSegmenter(), name="page.png")
+
+
 def test_oversized_image_is_refused_with_a_message(clf, monkeypatch: pytest.MonkeyPatch) -> None:
     import wbc.analyze
     from wbc.errors import ImageReadError

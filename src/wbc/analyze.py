@@ -27,8 +27,14 @@ MIN_SIDE: int = 32
 
 
 def check_field(rgb: np.ndarray, name: str = "") -> None:
-    """Refuse images the analysis cannot handle (too large, too small, no photo: a mask, a drawing, a blank frame,
-    :func:`wbc.preprocess.not_a_photo`), with a message naming the file."""
+    """Refuse images the analysis cannot handle (not an 8-bit RGB array, too large, too small, no photo: a mask, a
+    drawing, a blank frame, :func:`wbc.preprocess.not_a_photo`), with a message naming the file. The segmenters'
+    thresholds are in 8-bit levels of three colour channels: a 16-bit array gave other cells and labels, a float one
+    was "too dark"; :func:`wbc.io.read_image` converts files."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ImageReadError(f"{name}: expected an 8-bit RGB array (height, width, 3), got {got}; read image files "
+                             "with wbc.io.read_image, which converts grey, 16-bit and RGBA")
     h, w = rgb.shape[:2]
     if h * w > MAX_ANALYZE_PIXELS:
         raise ImageReadError(
@@ -192,6 +198,8 @@ def analyze_image(
         segmenter = get_segmenter("auto")
     check_field(rgb, name)
     field, (dx, dy) = within_canvas(rgb)
+    if field is not rgb:  # the field itself must pass too: a 24 px field on a 400 px page was segmented
+        check_field(field, f"{name} (the field within its canvas)")
     check_colour(field, name)
     cells = segmenter.segment(field)
     calibration = classify_cells(field, cells, classifier) if classifier is not None else None
