@@ -302,3 +302,58 @@ def test_names_manifests_and_outputs_that_gave_tracebacks(model_file: Path, tmp_
     res = runner.invoke(app, ["evaluate", str(tmp_path / "bom.csv"), "--split", "all", "--model", str(model_file),
                               "-o", str(tmp_path / "ev[/v2]"), "--bootstrap", "100"])
     assert res.exit_code == 0 and f"wrote {tmp_path / 'ev[/v2]'}/metrics.json" in res.output, res.output
+
+
+class _FailsOnce:
+    """A segmenter whose first field fails as ONNX Runtime does when a large field's buffer cannot be allocated."""
+
+    name, model_id, pixel_size = "fails-once", "fails-once-v1", None
+
+    def __init__(self) -> None:
+        from wbc.segment.classical import ClassicalSegmenter
+
+        self.inner, self.calls = ClassicalSegmenter(), 0
+
+    def segment(self, rgb: np.ndarray) -> list:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested "
+                               "buffer of size 860160000\nstack trace of the allocator")
+        return self.inner.segment(rgb)
+
+
+def test_a_runtime_error_in_one_field_does_not_stop_the_batch(model_file: Path, tmp_path: Path) -> None:
+    """Only WbcError, MemoryError, cv2.error and ValueError became a field's error row: ONNX Runtime's own errors (a
+    large field it could not allocate for) ended `wbc analyze` with a traceback, and the fields after it were never
+    analysed. Any exception of one field is its row in errors.csv, on one line; the others are written. The Ray
+    engine's actors run the same function (wbc.distributed.FieldAnalyzer)."""
+    from wbc.batch import analyze_paths
+    from wbc.distributed import FieldAnalyzer
+
+    for seed in (1, 2, 3):
+        write_png(tmp_path / f"field{seed}.png", synthetic_smear(n_wbc=1, seed=seed)[0])
+    out = tmp_path / "out"
+    summary = analyze_paths([tmp_path], out, load_model(model_file), _FailsOnce(), draw=False)
+    assert sorted(p.name for p in out.glob("field*.json")) == ["field2.json", "field3.json"]
+    assert summary.analyzed == 2 and len(summary.errors) == 1
+    error = summary.errors[0][1]
+    assert error.endswith("field1.png: analysis failed (RuntimeError: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+                          "Failed to allocate memory for requested buffer of size 860160000)"), error
+    assert "Failed to allocate memory" in (out / "errors.csv").read_text()
+    actor = FieldAnalyzer.__new__(FieldAnalyzer)  # the Ray actor's per-field work, without Ray
+    actor.classifier, actor.segmenter, actor.draw = load_model(model_file), _FailsOnce(), False
+    paths = [str(tmp_path / f"field{s}.png") for s in (1, 2)]
+    rows = actor({"path": np.array(paths, dtype=object), "stem": np.array(["a", "b"], dtype=object),
+                  "data": np.array([None, None], dtype=object)})
+    assert "analysis failed (RuntimeError" in rows["error"][0] and rows["error"][1] == "" and rows["json"][1]
+
+
+def test_a_segmenter_model_of_the_wrong_kind_ends_wbc_analyze_in_one_line(model_file: Path, tmp_path: Path) -> None:
+    """`--segmenter learned --segmenter-model wbc_detector.onnx` ended with an IndexError traceback."""
+    from wbc.paths import DEFAULT_DETECTOR
+
+    write_png(tmp_path / "field.png", synthetic_smear(n_wbc=1, seed=1)[0])
+    assert_one_line_error(run_wbc("analyze", str(tmp_path / "field.png"), "--model", str(model_file), "--segmenter",
+                                  "learned", "--segmenter-model", str(DEFAULT_DETECTOR), "--output",
+                                  str(tmp_path / "out"), "--no-report"),
+                          "wbc_detector.onnx", "needs a U-Net segmenter")

@@ -151,6 +151,34 @@ def test_registry_names_and_auto() -> None:
         get_segmenter("magic")
 
 
+def test_a_segmenter_model_of_the_wrong_kind_is_refused_in_one_line() -> None:
+    """A model file of another kind was loaded unchecked: the U-Net on the detector's file raised IndexError on every
+    field, the detector on the classifier's ONNX Runtime's InvalidArgument (a traceback, the run lost)."""
+    from wbc.errors import ModelError
+    from wbc.paths import DEFAULT_MODEL, DEFAULT_SEGMENTER
+
+    with pytest.raises(ModelError, match=r"wbc_detector\.onnx: --segmenter learned needs a U-Net segmenter; this file "
+                                         r"is a WBC detector \(--segmenter detector\)$"):
+        get_segmenter("learned", DEFAULT_DETECTOR)
+    with pytest.raises(ModelError, match=r"wbc_classifier\.onnx: --segmenter detector needs a WBC detector; this file "
+                                         r"is a cell classifier \(--model\)$"):
+        get_segmenter("detector", DEFAULT_MODEL)
+    with pytest.raises(ModelError, match=r"wbc_segmenter\.onnx: .*this file is a U-Net segmenter"):
+        get_segmenter("detector", DEFAULT_SEGMENTER)
+    with pytest.raises(ModelError, match=r"wbc_classifier\.onnx: not a segmenter model"):
+        get_segmenter("auto", DEFAULT_MODEL)
+
+
+def test_auto_with_a_u_net_model_file_is_not_run_as_the_detector() -> None:
+    """``auto`` with ``--segmenter-model`` ran any file as the detector: the shipped U-Net gave "analysis failed
+    (ValueError: not enough values to unpack)" on every field. It runs the kind the file is."""
+    from wbc.paths import DEFAULT_SEGMENTER
+
+    assert get_segmenter("auto", DEFAULT_SEGMENTER).name == "learned"
+    assert get_segmenter("auto", DEFAULT_DETECTOR).name == "detector"
+    assert resolve_method("auto", DEFAULT_SEGMENTER) == "learned"
+
+
 # ------------------------------------------------------------------------------------ labelled folders
 def _write_yolo_folder(root: Path) -> list[tuple[int, int, int, int]]:
     rgb, boxes, *_ = synthetic_smear(n_wbc=2, seed=4)

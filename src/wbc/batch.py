@@ -275,7 +275,9 @@ def segmenter_id_of(segmenter: SegmenterLike | None) -> str:
 def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: SegmenterLike, draw: bool,
                 data: bytes | None = None) -> FieldOutput:
     """Analyse one field into its output bytes (``data``: the file's bytes when already read). A file that
-    cannot be read or analysed gives an error, never an exception, so one bad file does not stop a batch."""
+    cannot be read or analysed gives an error, never an exception, so one bad file does not stop a batch (every engine
+    runs this: the Ray actors too, :class:`wbc.distributed.FieldAnalyzer`). Before wbc 0.29.0 an error of a type not
+    foreseen (ONNX Runtime's, out of memory on one large field) ended the run with a traceback."""
     from wbc.analyze import analyze_image
 
     classes = list(classifier.classes) if classifier is not None else []
@@ -304,8 +306,18 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
         return FieldOutput(job, text, png, seconds_analysis=t1 - t0, seconds_render=time.perf_counter() - t1)
     except WbcError as exc:
         return FieldOutput(job, error=str(exc))
-    except (MemoryError, cv2.error, ValueError) as exc:  # a malformed image must not stop the batch
-        return FieldOutput(job, error=f"{job.path}: analysis failed ({exc.__class__.__name__}: {exc})")
+    except Exception as exc:  # a malformed image, or ONNX Runtime's own errors (out of memory): never the whole batch
+        return FieldOutput(job, error=f"{job.path}: analysis failed ({exc.__class__.__name__}: {one_line(exc)})")
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters (ONNX Runtime's run several lines long).
+
+    >>> one_line(RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate\\nstack trace"))
+    '[ONNXRuntimeError] : 6 : Failed to allocate'
+    """
+    text = " ".join(str(exc).split("\n")[0].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def commit(out: Path, result: FieldOutput) -> None:

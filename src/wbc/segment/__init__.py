@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from wbc.paths import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from wbc.protocols import SegmenterLike
@@ -89,14 +90,70 @@ def list_segmenters() -> dict[str, str]:
     return {k: v[1] for k, v in _REGISTRY.items()}
 
 
+#: A WBC detector's outputs, in order (``wbc train-detector``'s export).
+DETECTOR_OUTPUTS: tuple[str, ...] = ("heatmap", "size", "masks")
+#: What each kind of model file is called in messages, and how it is used.
+MODEL_KINDS: dict[str, str] = {"detector": "a WBC detector (--segmenter detector)",
+                               "learned": "a U-Net segmenter (--segmenter learned)",
+                               "classifier": "a cell classifier (--model)"}
+
+
+def model_kind(session: Any) -> str:
+    """What an ONNX Runtime session's model is, by its outputs: ``detector`` (:data:`DETECTOR_OUTPUTS`), ``learned``
+    (a U-Net: one output of 3 channels, background / cytoplasm / nucleus, per pixel), ``classifier`` (logits per
+    cell), or "" (none of these). A segmenter run on another kind's model raised IndexError or ONNX Runtime's errors
+    on every field."""
+    outs = session.get_outputs()
+    names = tuple(o.name for o in outs)
+    if names[: len(DETECTOR_OUTPUTS)] == DETECTOR_OUTPUTS:
+        return "detector"
+    if len(outs) == 1 and len(outs[0].shape) == 4 and outs[0].shape[1] == 3:
+        return "learned"
+    if outs and outs[0].name == "logits" and len(outs[0].shape) == 2:
+        return "classifier"
+    return ""
+
+
+def _what(session: Any) -> str:
+    """A model's kind in words, for a message (:data:`MODEL_KINDS`; else its outputs)."""
+    outputs = ", ".join(o.name for o in session.get_outputs())
+    return MODEL_KINDS.get(model_kind(session)) or f"no model wbc knows (outputs: {outputs})"
+
+
+def check_model_kind(session: Any, path: str | os.PathLike[str], kind: str) -> None:
+    """Refuse a model file of another kind than ``kind`` (:func:`model_kind`) with a message naming the file."""
+    from wbc.errors import ModelError
+
+    if model_kind(session) != kind:
+        wanted = MODEL_KINDS[kind].split(" (")[0]
+        raise ModelError(f"{path}: --segmenter {kind} needs {wanted}; this file is {_what(session)}")
+
+
+def kind_of_file(path: str | os.PathLike[str]) -> str:
+    """:func:`model_kind` of the ONNX file at ``path`` (a :class:`~wbc.errors.ModelError` naming it when it is not one
+    of the segmenters' models): what ``auto`` runs a given ``--segmenter-model`` as."""
+    from wbc.errors import ModelError
+    from wbc.runtime import ort_session
+
+    session = ort_session(path, 1)
+    kind = model_kind(session)
+    if kind not in ("detector", "learned"):
+        raise ModelError(f"{path}: not a segmenter model (a WBC detector or a U-Net segmenter); this file is "
+                         f"{_what(session)}")
+    return kind
+
+
 def resolve_method(method: str, path: str | os.PathLike[str] | None = None) -> str:
-    """The registered name ``method`` stands for (``auto``: the first of :data:`AUTO_ORDER` available)."""
+    """The registered name ``method`` stands for (``auto``: the first of :data:`AUTO_ORDER` available; with a model
+    ``path``, the kind that file is, :func:`kind_of_file`: before wbc 0.29.0 any file was run as the detector)."""
     from wbc.errors import ConfigError
 
     if method != "auto" and method not in _REGISTRY:
         raise ConfigError(f"unknown segmenter {method!r}; choose one of {', '.join(METHODS)}")
     if method != "auto":
         return method
+    if path is not None and Path(path).is_file():
+        return kind_of_file(path)
     for m in AUTO_ORDER:
         default = _REGISTRY[m][2]
         if default is None or default.is_file() or (path is not None and m == AUTO_ORDER[0]):
@@ -119,6 +176,6 @@ def get_segmenter(
 create_segmenter = get_segmenter
 
 __all__ = [
-    "AUTO_ORDER", "DEFAULT_METHOD", "METHODS", "Segmenter", "create_segmenter", "get_segmenter",
-    "list_segmenters", "register", "resolve_method",
+    "AUTO_ORDER", "DEFAULT_METHOD", "DETECTOR_OUTPUTS", "METHODS", "MODEL_KINDS", "Segmenter", "check_model_kind",
+    "create_segmenter", "get_segmenter", "kind_of_file", "list_segmenters", "model_kind", "register", "resolve_method",
 ]

@@ -29,6 +29,7 @@ from skimage.filters import threshold_otsu
 from wbc.errors import ModelError
 from wbc.paths import DEFAULT_DETECTOR
 from wbc.runtime import ort_session
+from wbc.segment import check_model_kind
 from wbc.segment.classical import grey_gains
 from wbc.segment.scale import FIELD_WBC_FRACTION, FieldScale, estimate_field_scale
 from wbc.types import Cell
@@ -296,6 +297,7 @@ class DetectorSegmenter:
             raise ModelError(f"{self.path}: detector model not found (use --segmenter classical)")
         # no spinning: between runs the cores go to the scale estimate, decoding and the classifier
         self.session = ort_session(self.path, threads, spin=False)
+        check_model_kind(self.session, self.path, "detector")
         meta = self.session.get_modelmeta().custom_metadata_map
         self.model_id = meta.get("model_id", self.path.stem)
         self.threshold = float(threshold if threshold is not None else meta.get("score_threshold", SCORE_THRESHOLD))

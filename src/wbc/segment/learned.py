@@ -19,6 +19,7 @@ import numpy as np
 from wbc.errors import ModelError
 from wbc.paths import DEFAULT_SEGMENTER
 from wbc.runtime import ort_session
+from wbc.segment import check_model_kind
 from wbc.segment.classical import (
     WORK_RBC_DIAMETER,
     cells_from_instances,
@@ -67,6 +68,7 @@ class LearnedSegmenter:
         if not self.path.is_file():
             raise ModelError(f"{self.path}: segmentation model not found (use --segmenter classical)")
         self.session = ort_session(self.path, threads)
+        check_model_kind(self.session, self.path, "learned")
         meta = self.session.get_modelmeta().custom_metadata_map
         self.model_id = meta.get("model_id", self.path.stem)
         self.input_name = self.session.get_inputs()[0].name
