@@ -386,18 +386,27 @@ def instances_from_maps(
     ws = np.where(cell, ws, 0)
     out = np.zeros_like(ws)
     se = _disk(rbc_px * 0.12)
+    margin = se.shape[0]  # beyond the opening's reach: each cell is worked on inside its own box
+    H, W = ws.shape
+    ws_boxes, nuc_boxes = ndi.find_objects(ws, max_label=k), ndi.find_objects(groups, max_label=k)
     for i in range(1, k + 1):
-        m = (ws == i).astype(np.uint8)
-        if not m.any():
+        a, b = ws_boxes[i - 1], nuc_boxes[i - 1]
+        if a is None:
             continue
+        y0, x0 = min(a[0].start, b[0].start if b else H), min(a[1].start, b[1].start if b else W)
+        y1, x1 = max(a[0].stop, b[0].stop if b else 0), max(a[1].stop, b[1].stop if b else 0)
+        win = (slice(max(0, y0 - margin), min(H, y1 + margin)), slice(max(0, x0 - margin), min(W, x1 + margin)))
+        own = groups[win] == i
+        m = (ws[win] == i).astype(np.uint8)
         m = cv2.morphologyEx(m, cv2.MORPH_OPEN, se)
-        m = ndi.binary_fill_holes(m | (groups == i))
+        m = ndi.binary_fill_holes(m | own)
         # keep the component(s) touching the nucleus only
         lab, nl = ndi.label(m)
         if nl > 1:
-            hit = np.unique(lab[groups == i])
+            hit = np.unique(lab[own])
             m = np.isin(lab, hit[hit > 0])
-        out[m & (out == 0)] = i
+        o = out[win]
+        o[m & (o == 0)] = i
     nucleus = np.where(nuc_filled & (out > 0), out, 0).astype(np.int32)
     return Instances(nucleus, out.astype(np.int32))
 
