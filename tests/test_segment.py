@@ -315,3 +315,49 @@ def test_the_instance_loop_works_inside_each_cell_s_window(monkeypatch: pytest.M
     h, w = C.resample(field, factor).shape[:2]
     per_cell = sorted(sizes)[:-2]  # the two whole-field fills (nucleus groups, stained foreground) stay
     assert len(per_cell) >= 15 and max(per_cell) < 0.1 * h * w
+
+
+def test_the_working_field_of_classical_and_learned_has_a_pixel_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--pixel-size`` a low-magnification field is enlarged to red cells of 32 px: a 2,000 x 1,500 px field at
+    0.75 um/px became 6,400 x 4,800 (a 12 MP camera's 123 Mpx ran out of memory). The working field is capped at
+    MAX_WORK_PIXELS (here lowered to 4 Mpx), its red cells smaller, and the WBCs are still found."""
+    import wbc.segment.classical as C
+
+    rgb, boxes, *_ = synthetic_smear(scale=0.15, n_wbc=6, seed=1, size=(1500, 2000))  # red cells ~10 px
+    monkeypatch.setattr(C, "MAX_WORK_PIXELS", 4_000_000, raising=False)
+    shapes: list[tuple[int, ...]] = []
+    real = C.resample
+
+    def spy(img: np.ndarray, factor: float) -> np.ndarray:
+        out = real(img, factor)
+        shapes.append(out.shape)
+        return out
+
+    monkeypatch.setattr(C, "resample", spy)
+    cells = ClassicalSegmenter(pixel_size=0.75).segment(rgb)
+    assert shapes and all(h * w <= 4_000_000 for h, w, _ in shapes), shapes
+    tp, _, _ = match_detections([c.box for c in cells], [c.score for c in cells], [tuple(b) for b in boxes])
+    assert sum(tp) >= 5
+
+
+def test_the_u_net_runs_a_large_working_field_in_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The U-Net took the whole working field in one call (ONNX Runtime could not allocate 860 MB for a 6,400 x 4,800
+    one, and the run ended): a field wider than a window runs in overlapping windows, with the same cells."""
+    import wbc.segment.learned as L
+
+    rgb, *_ = synthetic_smear(n_wbc=4, seed=2, size=(1200, 1600))  # ~730 x 550 px at the working scale
+    seg = L.LearnedSegmenter()
+    one = [c.box for c in seg.segment(rgb)]
+    monkeypatch.setattr(L, "MAX_WINDOW_SIDE", 320, raising=False)
+    monkeypatch.setattr(L, "WINDOW_MARGIN", 64, raising=False)
+    inputs: list[tuple[int, ...]] = []
+    real = seg.session.run
+
+    def spy(names: object, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        inputs.append(next(iter(feed.values())).shape)
+        return real(names, feed)
+
+    monkeypatch.setattr(seg, "session", type("S", (), {"run": staticmethod(spy)})())
+    windowed = [c.box for c in seg.segment(rgb)]
+    assert len(inputs) > 1 and all(max(s[2:]) <= 320 for s in inputs), inputs
+    assert len(one) == 4 and windowed == one

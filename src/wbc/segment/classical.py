@@ -246,11 +246,20 @@ def rbc_diameter(rgb: np.ndarray, pixel_size: float | None = None) -> float | No
     return estimate_rbc_diameter(rgb)
 
 
+#: Largest working field, in pixels, as the detector's (:data:`wbc.segment.detector.MAX_WORK_PIXELS`, about 37.7 Mpx):
+#: a field whose red cells would need more is resampled to this many, its red cells under :data:`WORK_RBC_DIAMETER`
+#: (every size test is in red cells at the working scale, so they follow). Before wbc 0.29.0 there was no limit: a
+#: 4,000 x 3,000 px field given ``--pixel-size 0.75`` (a 20x objective) was enlarged 3.2x to 123 Mpx and ran out of
+#: memory after a minute (6 GB), and the U-Net one could not allocate its first layer.
+MAX_WORK_PIXELS: int = 64 * 768 * 768
+
+
 def work_factor(rgb: np.ndarray, rbc_diameter: float | None) -> float:
-    """Resampling factor that brings red cells to :data:`WORK_RBC_DIAMETER` pixels (clamped)."""
-    if rbc_diameter is None:
-        return 1.0
-    return float(np.clip(WORK_RBC_DIAMETER / rbc_diameter, 0.05, 4.0))
+    """Resampling factor that brings red cells to :data:`WORK_RBC_DIAMETER` pixels (clamped to 0.05-4), with the
+    working field at most :data:`MAX_WORK_PIXELS`."""
+    factor = 1.0 if rbc_diameter is None else float(np.clip(WORK_RBC_DIAMETER / rbc_diameter, 0.05, 4.0))
+    h, w = rgb.shape[:2]
+    return float(min(factor, np.sqrt(MAX_WORK_PIXELS / max(1, h * w))))
 
 
 def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
