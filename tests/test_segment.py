@@ -361,3 +361,38 @@ def test_the_u_net_runs_a_large_working_field_in_windows(monkeypatch: pytest.Mon
     windowed = [c.box for c in seg.segment(rgb)]
     assert len(inputs) > 1 and all(max(s[2:]) <= 320 for s in inputs), inputs
     assert len(one) == 4 and windowed == one
+
+
+def test_a_small_nucleus_far_from_the_field_s_largest_is_kept() -> None:
+    """The platelet/fragment test compared each nucleus group with the whole field's largest: in a field of many
+    fields' size the largest of dozens of nuclei dropped small lymphocytes far from it (classical on an 8 x 8 mosaic of
+    BCCD val fields found 53 of the 65 WBCs the fields give one by one). It compares with the larger groups near it."""
+    import cv2
+
+    from wbc.segment.classical import instances_from_maps
+
+    def nuclei(small_at: tuple[int, int]) -> np.ndarray:
+        m = np.zeros((1500, 1500), np.uint8)
+        cv2.circle(m, (100, 100), 20, 1, -1)  # a large nucleus: 40 px across, its reach 12 x 40 px
+        cv2.circle(m, small_at, 10, 1, -1)  # a quarter of its area: under MIN_NUCLEUS_AREA_FIELD (0.3) of it
+        return m.astype(np.float32)
+
+    far = nuclei((1300, 1300))  # 1,700 px away: another field's WBC
+    assert int(instances_from_maps(far, far).cell.max()) == 2
+    near = nuclei((300, 100))  # 200 px away, in the same field: a fragment or platelet beside a WBC
+    assert int(instances_from_maps(near, near).cell.max()) == 1
+
+
+@pytest.mark.real_data
+def test_classical_on_a_mosaic_of_bccd_val_fields_finds_what_the_fields_give_one_by_one(real_data: Path) -> None:
+    """8 x 8 full-size BCCD val fields as one 5,120 x 3,840 px field: the whole-field nucleus test kept 53 of the 65
+    WBCs the fields give one by one; the local one keeps 62."""
+    from wbc.evaluate.smears import load_bccd
+    from wbc.io import read_image
+
+    items = load_bccd(real_data, "val")
+    tiles = [read_image(items[k % len(items)].image) for k in range(64)]
+    mosaic = np.ascontiguousarray(np.vstack([np.hstack(tiles[r * 8 : (r + 1) * 8]) for r in range(8)]))
+    seg = ClassicalSegmenter()
+    alone = sum(len(seg.segment(t)) for t in tiles)
+    assert len(seg.segment(mosaic)) >= 0.9 * alone
