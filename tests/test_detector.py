@@ -524,3 +524,45 @@ def test_cropped_copy_drops_boxes_outside_the_crop(tmp_path: Path) -> None:
     item = BccdItem("field", image, [(40.0, 40.0, 60.0, 60.0), (0.0, 0.0, 10.0, 10.0)], None, None)
     (out,) = resized_copy([item], 100, tmp_path / "copy", crop=0.5)
     assert out.wbc_boxes == [(30.0, 30.0, 70.0, 70.0)]
+
+
+@needs_detector
+def test_with_the_optics_given_a_field_over_1024_px_is_enlarged_to_the_nominal_wbc(monkeypatch) -> None:
+    """With --pixel-size the WBC size is known, but a field over 1,024 px was never enlarged (the one-pass rule from
+    before windows): a 20x objective's 21 px WBCs stayed at 0.26x nominal. It is enlarged within MAX_UPSCALE and
+    MAX_WORK_PIXELS and run in windows; a measured scale keeps the one-pass rule."""
+    field, *_ = synthetic_smear(scale=0.2, n_wbc=3, seed=0, size=(1200, 1600))
+    seen: list[tuple[int, ...]] = []
+
+    def fake_run(small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # shapes only, no network
+        seen.append(small.shape)
+        h, w = small.shape[:2]
+        return np.zeros((-(-h // 4), -(-w // 4)), np.float32), np.zeros((2, -(-h // 4), -(-w // 4)), np.float32), \
+            np.zeros((2, h, w), np.float32)
+
+    seg = D.DetectorSegmenter(pixel_size=1.0)  # a 14 um WBC box is 14 px: 80 / 14 > MAX_UPSCALE
+    monkeypatch.setattr(seg, "run_tiled", fake_run)
+    assert seg.segment(field) == [] and seen == [(3600, 4800, 3)]
+    assert D.working_factor((1200, 1600), 14.0) == 1.0  # measured: one pass, as before
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@needs_detector
+def test_bccd_fields_at_a_20x_objective_s_magnification_are_found_with_the_pixel_size(real_data: Path) -> None:
+    """BCCD val fields at 0.1x (WBC boxes ~21 px) tiled 30 x 30 into 1,920 x 1,440 px: with --pixel-size 1.0 the
+    detector found 388 of the 900 WBCs (the field was not enlarged), 880 when it is."""
+    from wbc.evaluate.smears import load_bccd
+    from wbc.io import read_image
+
+    items = load_bccd(real_data, "val")
+    tiles, truth = [], []
+    for k in range(900):
+        it, (r, c) = items[k % len(items)], divmod(k, 30)
+        tiles.append(cv2.resize(read_image(it.image), (64, 48), interpolation=cv2.INTER_AREA))
+        truth += [(c * 64 + b[0] * 0.1, r * 48 + b[1] * 0.1, c * 64 + b[2] * 0.1, r * 48 + b[3] * 0.1)
+                  for b in it.wbc_boxes]
+    mosaic = np.ascontiguousarray(np.vstack([np.hstack(tiles[r * 30 : (r + 1) * 30]) for r in range(30)]))
+    cells = D.DetectorSegmenter(pixel_size=1.0, threads=2).segment(mosaic)
+    found = sum(any(box_iou(c.box, t) >= 0.5 for c in cells) for t in truth)
+    assert found >= 0.9 * len(truth)

@@ -51,6 +51,12 @@ TILE_MARGIN: int = 128
 MAX_WORK_PIXELS: int = 64 * 768 * 768
 #: Largest enlargement of a field (WBCs under NOMINAL_WBC / 3 px across are beyond any smear camera).
 MAX_UPSCALE: float = 3.0
+#: With ``--pixel-size``, a field whose WBCs would stay under this fraction of :data:`NOMINAL_WBC` if enlarged only to
+#: :data:`MAX_WORK_SIDE` is enlarged further, within :data:`MAX_UPSCALE` and :data:`MAX_WORK_PIXELS`, and run in
+#: windows. Before wbc 0.29.0 a field over 1,024 px was never enlarged: a 20x objective's 21 px WBCs stayed at 0.26x
+#: nominal (BCCD val fields at 0.1x tiled 30 x 30 into 1,920 x 1,440 px, ``--pixel-size 1.0``: 388 of 900 WBCs found,
+#: now 880). Fields whose WBCs reach half nominal keep the one-pass rule (the large-field benchmarks' 70 px WBCs).
+ENLARGE_BELOW: float = 0.5
 #: Heatmap peak threshold for a detection (set before training; on TXL-PBC val + BCCD val it gives WBC
 #: precision 0.995 / 0.989 at recall 0.984 / 1.000; the model's metadata ``score_threshold`` overrides it).
 SCORE_THRESHOLD: float = 0.3
@@ -247,25 +253,34 @@ def _resize_to(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
 
 
-def working_factor(shape: tuple[int, int], wbc_px: float) -> float:
+def working_factor(shape: tuple[int, int], wbc_px: float, exact: bool = False) -> float:
     """Resampling factor bringing a WBC of ``wbc_px`` to :data:`NOMINAL_WBC` px, capped by the working field's
-    pixels (:data:`MAX_WORK_PIXELS`) and :data:`MAX_UPSCALE`.
+    pixels (:data:`MAX_WORK_PIXELS`) and :data:`MAX_UPSCALE`; ``exact``: the size comes from the optics
+    (``--pixel-size``), see :func:`_largest_factor`.
 
     >>> round(working_factor((2880, 3840), 80.0), 3), round(working_factor((480, 640), 160.0), 3)
     (1.0, 0.5)
-    >>> working_factor((480, 640), 40.0)  # an enlargement stops at MAX_WORK_SIDE, as before windows: one pass
+    >>> working_factor((480, 640), 40.0)  # a measured size: an enlargement stops at MAX_WORK_SIDE, one pass
     1.6
+    >>> working_factor((1440, 1920), 21.0), working_factor((1440, 1920), 21.0, exact=True)  # the optics: windows
+    (1.0, 3.0)
     """
     f = NOMINAL_WBC / max(wbc_px, 1.0)
-    return float(min(f, MAX_UPSCALE, _largest_factor(shape, f)))
+    return float(min(f, MAX_UPSCALE, _largest_factor(shape, f, exact)))
 
 
-def _largest_factor(shape: tuple[int, ...], wanted: float) -> float:
-    """The largest resampling a field of ``shape`` may take: an enlargement ends at :data:`MAX_WORK_SIDE` (as
-    before windows: a small field is one pass); the working field's pixels end at :data:`MAX_WORK_PIXELS`."""
+def _largest_factor(shape: tuple[int, ...], wanted: float, exact: bool = False) -> float:
+    """The largest resampling a field of ``shape`` may take: the working field's pixels end at
+    :data:`MAX_WORK_PIXELS`; an enlargement also ends at :data:`MAX_WORK_SIDE` (as before windows: a small field is
+    one pass, and a red-cell size measured too small does not blow platelets up), unless the optics are given
+    (``exact``) and the WBCs would stay under :data:`ENLARGE_BELOW` of nominal: then the field is enlarged as far as
+    its pixels allow and run in windows."""
     h, w = shape[:2]
     cap = float(np.sqrt(MAX_WORK_PIXELS / (h * w)))
-    return min(cap, max(1.0, MAX_WORK_SIDE / max(h, w))) if wanted > 1 else cap
+    one_pass = min(cap, max(1.0, MAX_WORK_SIDE / max(h, w)))
+    if wanted <= 1 or (exact and one_pass / wanted < ENLARGE_BELOW):
+        return cap
+    return one_pass
 
 
 def first_guess(scale: FieldScale, shape: tuple[int, int]) -> float:
@@ -344,7 +359,7 @@ class DetectorSegmenter:
         """(working factor, detections at the working scale, masks) after at most one scale refinement."""
         scale = estimate_field_scale(rgb, self.pixel_size)
         self.last_scale = scale
-        factor = working_factor(rgb.shape[:2], first_guess(scale, rgb.shape[:2]))
+        factor = working_factor(rgb.shape[:2], first_guess(scale, rgb.shape[:2]), exact=scale.source == "pixel_size")
         hm, size, masks = self.run_tiled(_resize_to(rgb, factor))
         dets = decode(hm, size, self.threshold)
         if scale.source == "pixel_size":
