@@ -396,3 +396,15 @@ def test_classical_on_a_mosaic_of_bccd_val_fields_finds_what_the_fields_give_one
     seg = ClassicalSegmenter()
     alone = sum(len(seg.segment(t)) for t in tiles)
     assert len(seg.segment(mosaic)) >= 0.9 * alone
+
+
+def test_the_public_load_segmenter_takes_the_pixel_size() -> None:
+    """Every method takes ``pixel_size``, but ``wbc.load_segmenter`` could not pass it: Python users could not give
+    their optics."""
+    import wbc
+    from wbc.errors import ConfigError
+
+    assert wbc.load_segmenter("classical", threads=1, pixel_size=0.2).pixel_size == 0.2
+    assert wbc.load_segmenter("classical", threads=1).pixel_size is None
+    with pytest.raises(ConfigError, match="--pixel-size -1"):
+        wbc.load_segmenter("classical", pixel_size=-1.0)

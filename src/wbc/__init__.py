@@ -45,11 +45,12 @@ def load_model(path: str | os.PathLike[str] | None = None, threads: int = 2) -> 
 
 
 def load_segmenter(method: str = "auto", path: str | os.PathLike[str] | None = None,
-                   threads: int = 2) -> SegmenterLike:
-    """A smear segmenter by name (``auto``, ``classical``, ``learned``, ...); see :mod:`wbc.segment`."""
+                   threads: int = 2, pixel_size: float | None = None) -> SegmenterLike:
+    """A smear segmenter by name (``auto``, ``classical``, ``learned``, ...); see :mod:`wbc.segment`. ``pixel_size``:
+    micrometres per pixel when the lab knows its optics (``--pixel-size``), else the scale is measured per field."""
     from wbc.segment import get_segmenter
 
-    return get_segmenter(method, path, threads=threads)
+    return get_segmenter(method, path, threads=threads, pixel_size=pixel_size)
 
 
 def _path_list(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
