@@ -67,11 +67,11 @@ def _learned(path: Path | None, threads: int, pixel_size: float | None) -> Segme
     return LearnedSegmenter(path, threads=threads, pixel_size=pixel_size)
 
 
-#: ``auto`` takes the first of these whose model file exists. Chosen on TXL-PBC val (185 WBCs, three labs)
-#: + BCCD val, WBC recall / precision at IoU 0.5: detector 0.984 / 0.995 (BCCD 1.000 / 0.989), U-Net 0.962 /
-#: 0.978, classical 0.924 / 0.945; the U-Net outlines nuclei better (BCCD val Dice 0.945 vs 0.905), so
-#: ``--segmenter learned`` stays the choice for nucleus morphometry at BCCD's magnification.
-#: benchmarks/smear_detection.py, docs/smear_analysis.md.
+#: ``auto`` takes the first of these whose model file exists. Chosen on TXL-PBC val (159 WBCs, three labs; the 26
+#: fields that copy BCCD train images left out) + BCCD val, WBC recall / precision at IoU 0.5 of the shipped models:
+#: detector 0.981 / 1.000 (BCCD val 1.000 / 0.989), U-Net 0.956 / 0.974, classical 0.912 / 0.935; BCCD val nucleus /
+#: cell Dice: detector 0.946 / 0.953, U-Net 0.945 / 0.948, classical 0.943 / 0.922, so the detector outlines as well
+#: as the U-Net. benchmarks/smear_detection.py, docs/smear_analysis.md ("Measured").
 AUTO_ORDER: tuple[str, ...] = ("detector", "classical")
 METHODS: tuple[str, ...] = ("auto", *_REGISTRY)
 

@@ -19,7 +19,8 @@ stains. The steps:
    red-cell markers (distance-transform peaks), limited to a plausible WBC radius and smoothed.
 
 The same instance and resampling code (:func:`instances_from_maps`, :func:`cells_from_instances`) turns
-the learned segmenter's probability maps into cells, so both methods produce identical outputs.
+the learned segmenter's probability maps into cells, so both methods give the same kind of output (not the same
+cells).
 """
 
 from __future__ import annotations
@@ -372,7 +373,7 @@ def keep_nucleus_groups(areas: np.ndarray, rbc_area: float, centres: np.ndarray 
 def instances_from_maps(
     nuc_p: np.ndarray, cell_p: np.ndarray, fg: np.ndarray | None = None, rbc_px: float = WORK_RBC_DIAMETER
 ) -> Instances:
-    """Group nucleus pixels into cells and grow each cell's region; shared by both segmenters.
+    """Group nucleus pixels into cells and grow each cell's region; shared by the classical and U-Net segmenters.
 
     ``nuc_p``/``cell_p``: probability maps; ``fg``: optional stained foreground used to place red-cell
     markers that compete with WBCs for pixels (so touching red cells are not swallowed).

@@ -5,7 +5,8 @@ The network sees the field at the same *working scale* as the classical method (
 that maps the field's background to white (:func:`normalise_field`). Both make it indifferent to the
 microscope's magnification and the lamp's colour. Its probability maps then go through the same instance
 code as the classical method (nucleus groups -> cells, watershed against red cells), so the two methods
-produce identical outputs. Trained by ``wbc train-segmenter`` on the BCCD train split masks.
+give the same kind of output (their cells and outlines differ). Trained by ``wbc train-segmenter`` on the BCCD train
+split masks.
 """
 
 from __future__ import annotations

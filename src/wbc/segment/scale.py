@@ -1,6 +1,6 @@
 """The field's scale: how many pixels a red cell and a WBC span, from the optics or from the image.
 
-Both segmenters work at a fixed scale, so they need it. ``--pixel-size UM`` (micrometres per pixel,
+Every segmenter works at a fixed scale, so each needs it. ``--pixel-size UM`` (micrometres per pixel,
 known from the lab's objective and camera) gives it exactly; otherwise the red-cell diameter is measured
 from the image (:func:`wbc.segment.classical.estimate_rbc_diameter`, a granulometry of the red-cell mask).
 """
