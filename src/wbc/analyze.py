@@ -33,8 +33,8 @@ def check_field(rgb: np.ndarray, name: str = "") -> None:
     was "too dark"; :func:`wbc.io.read_image` converts files."""
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        raise ImageReadError(f"{name}: expected an 8-bit RGB array (height, width, 3), got {got}; read image files "
-                             "with wbc.io.read_image, which converts grey, 16-bit and RGBA")
+        raise ImageReadError(f"{name}: expected an 8-bit RGB array (uint8, height x width x 3), got {got}; read "
+                             "image files with wbc.io.read_image, which converts grey, 16-bit and RGBA")
     h, w = rgb.shape[:2]
     if h * w > MAX_ANALYZE_PIXELS:
         raise ImageReadError(
