@@ -210,3 +210,27 @@ def test_a_jpeg_with_data_after_its_end_is_read_and_a_cut_one_refused_even_with_
         assert not jpeg_complete(data)
         with pytest.raises(ImageReadError, match="truncated JPEG"):
             decode_image(data, "cut.jpg")
+
+
+def test_files_under_stays_below_a_link_to_an_ancestor_and_names_files_by_their_real_path(tmp_path: Path) -> None:
+    """A link to the input's parent (`lab/up -> ..`) was followed, counting the other slides beside the folder; a
+    file reachable through a real folder and a link to it was named by whichever the file system listed first
+    (wbc 0.28.0), so its JSON name, report and resume key changed when the folder was copied."""
+    from wbc.io import files_under
+
+    (tmp_path / "lab" / "a").mkdir(parents=True)
+    (tmp_path / "lab" / "a" / "1.jpg").write_bytes(b"x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "3.jpg").write_bytes(b"z")
+    (tmp_path / "lab" / "up").symlink_to(tmp_path)
+    (tmp_path / "lab" / "0twin").symlink_to(tmp_path / "lab" / "a")  # sorted before the real folder
+    (tmp_path / "lab" / "a" / "deeper").mkdir()
+    (tmp_path / "lab" / "a" / "deeper" / "back").symlink_to(tmp_path / "lab" / "a")  # its own ancestor, inside
+    assert [p.relative_to(tmp_path).as_posix() for p in files_under(tmp_path / "lab")] == ["lab/a/1.jpg"]
+    # a link to a folder elsewhere (today's scans) is still followed, also through a link inside a linked folder
+    (tmp_path / "scans" / "today").mkdir(parents=True)
+    (tmp_path / "scans" / "today" / "4.jpg").write_bytes(b"w")
+    (tmp_path / "scans" / "today" / "up").symlink_to(tmp_path / "scans")  # an ancestor of the linked folder
+    (tmp_path / "lab" / "today").symlink_to(tmp_path / "scans" / "today")
+    assert [p.relative_to(tmp_path).as_posix() for p in files_under(tmp_path / "lab")] == ["lab/a/1.jpg",
+                                                                                         "lab/today/4.jpg"]

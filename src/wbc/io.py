@@ -362,26 +362,49 @@ def files_under(folder: str | os.PathLike[str]) -> list[Path]:
 
     Hidden folders (``.thumbnails``, ``.Trash-1000``, ``.ipynb_checkpoints``) hold copies and thumbnails of a lab's
     images, which would count the same cells twice. Linked subfolders are followed, as a lab links today's scans
-    into its folder, each real folder once, so a link back up the tree cannot loop.
+    into its folder, each real folder once: the real folders under ``folder`` first, then the links in sorted
+    order, so a file is named by its real path when it has one, whatever order the file system lists folders in.
+    A link to a folder that holds the link (``up -> ..``, a link to ``folder`` or above it) is not followed: it
+    would loop, or count the other slides beside ``folder``.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
     >>> for n in ("b/1.jpg", "a.jpg", ".thumbnails/a.jpg", "b/.c.jpg"):
     ...     (d / n).parent.mkdir(exist_ok=True); _ = (d / n).write_bytes(b"x")
     >>> (d / "b" / "up").symlink_to(d)
+    >>> (d / "0b").symlink_to(d / "b")
     >>> [str(p.relative_to(d)) for p in files_under(d)]
     ['a.jpg', 'b/1.jpg']
     """
     seen: set[str] = set()
     found: list[Path] = []
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            dirs[:] = []
+    links: list[str] = []
+
+    def walk(start: str) -> None:
+        """The real folders under ``start``; the linked folders met are queued in ``links``, in sorted order."""
+        for top, dirs, files in os.walk(start):  # followlinks=False: a link is listed in dirs, not entered
+            real = os.path.realpath(top)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            links.extend(os.path.join(top, d) for d in dirs if os.path.islink(os.path.join(top, d)))
+            found.extend(Path(top, f) for f in files if not f.startswith(".") and os.path.isfile(os.path.join(top, f)))
+
+    def holds(outer: str, inner: str) -> bool:
+        try:
+            return os.path.commonpath([outer, inner]) == outer
+        except ValueError:  # on two drives (Windows)
+            return False
+
+    root = os.path.realpath(folder)
+    walk(os.fspath(folder))
+    for link in links:  # grows while it is read: links inside a linked folder come after
+        target = os.path.realpath(link)
+        if target in seen or holds(target, root) or holds(target, os.path.realpath(os.path.dirname(link))):
             continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(top, f) for f in files if not f.startswith(".") and os.path.isfile(os.path.join(top, f))]
+        walk(link)
     return sorted(found)
 
 
