@@ -641,3 +641,19 @@ def test_the_report_traces_the_case_to_its_images_and_software(store: CaseStore,
             assert "classified as they came" in text
         flagged = [c for c in doc["cells"] if c["model_review"]]
         assert all(f"#{c['id']} · field {c['field']}" in text for c in flagged)
+
+
+def test_export_neutralises_formulas_in_people_s_text(store: CaseStore, fields, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """manifest.csv wrote the case name, reviewer and signer as typed (wbc 0.28.0): a spreadsheet ran "=1+1" as a
+    formula (CWE-1236)."""
+    from wbc.formats import read_back
+
+    cid = create_case_from_fields(store, "=1+1", fields[:1], classifier)
+    cell = store.case_document(cid)["cells"][0]
+    store.reclassify(cid, cell["id"], cell["model_label"], "@SUM(1+1)")
+    store.sign_off(cid, "-2+3")
+    export_cases(store, tmp_path / "ex")
+    rows = list(csv.DictReader((tmp_path / "ex" / "manifest.csv").open()))
+    assert [(r["case"], r["reviewer"], r["signed_by"]) for r in rows] == [("'=1+1", "'@SUM(1+1)", "'-2+3")]
+    assert read_back(rows[0]["case"]) == "=1+1"
+    assert rows[0]["path"].startswith(f"{cell['model_label']}/") and rows[0]["fold"] == "-1"  # read_manifest's own

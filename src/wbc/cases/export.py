@@ -24,6 +24,7 @@ from pathlib import Path
 
 from wbc.cases.store import SPECIAL_LABELS, CaseError, CaseStore, safe_stem
 from wbc.data import MANIFEST_COLUMNS
+from wbc.formats import neutralise
 
 #: Marks a folder written by :func:`export_cases` (so a re-export may replace it).
 MARKER = ".wbc-cases-export"
@@ -98,7 +99,9 @@ def export_cases(
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])
-        w.writerows(rows)
+        # the extra columns hold people's text (case name, reviewer): formula-safe for a spreadsheet; the manifest's
+        # own columns stay as read_manifest reads them (a path and a class name, written by wbc)
+        w.writerows([*r[:len(MANIFEST_COLUMNS)], *map(neutralise, r[len(MANIFEST_COLUMNS):])] for r in rows)
         (tmp / "manifest.csv").write_text(buf.getvalue(), encoding="utf-8")
         (tmp / MARKER).write_text("written by wbc cases export\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
