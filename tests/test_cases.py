@@ -579,7 +579,7 @@ def test_case_names_are_unicode_nfc(tmp_path: Path, store: CaseStore, fields, cl
     engine.dispose()
     old = CaseStore.open(tmp_path / "old.sqlite")
     assert [c.name for c in old.list_cases()] == [nfc, "Zoë", unicodedata.normalize("NFD", "Zoë")]
-    assert (old.case_id(nfd), old.case_id("Zoë")) == (1, 2)
+    assert (old.case_id(nfd), old.case_id("#2")) == (1, 2)  # "Zoë" names cases 2 and 3: refused (test below)
     old.close()
 
 
@@ -641,6 +641,37 @@ def test_the_report_traces_the_case_to_its_images_and_software(store: CaseStore,
             assert "classified as they came" in text
         flagged = [c for c in doc["cells"] if c["model_review"]]
         assert all(f"#{c['id']} · field {c['field']}" in text for c in flagged)
+
+
+def test_a_name_stored_in_two_unicode_spellings_is_refused_not_resolved(tmp_path: Path) -> None:
+    """Migration 0005 left "Zoe" + combining diaeresis (case 1) beside its NFC twin "Zoë" (case 2): case 1's own
+    name opened, labelled or signed off case 2 (wbc 0.28.0), and both show as one name."""
+    import unicodedata
+
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from wbc.cases import CaseAmbiguousError
+    from wbc.cases.store import alembic_config
+
+    nfd, nfc = (unicodedata.normalize(form, "Zo\u00eb") for form in ("NFD", "NFC"))
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        for i, name in enumerate((nfd, nfc, "Ann"), start=1):
+            conn.execute(text("INSERT INTO cases (id, name, created_at, created_by, model_id, segmenter_id, classes, "
+                              "review_threshold) VALUES (:i, :n, '2026-01-02 03:04:05', '', '', '', '[]', 0)"),
+                         {"i": i, "n": name})
+    engine.dispose()
+    s = CaseStore.open(tmp_path / "old.sqlite")
+    for typed in (nfd, nfc, f" {nfd} "):
+        with pytest.raises(CaseAmbiguousError, match=r"write #1 for case 1 .*#2 for case 2"):
+            s.case_id(typed)
+    assert (s.case_id("#1"), s.case_id("#2"), s.case_id("Ann"), s.case_id("3")) == (1, 2, 3, 3)
+    s.close()
 
 
 def test_export_neutralises_formulas_in_people_s_text(store: CaseStore, fields, classifier, tmp_path: Path) -> None:  # noqa: F811

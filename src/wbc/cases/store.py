@@ -452,9 +452,7 @@ class CaseStore:
             if m := re.fullmatch(r"#([0-9]{1,18})", name):  # an explicit id, never a name
                 row = first(CaseRow.id == int(m[1]))
             elif name:
-                row = first(CaseRow.name == clean_name(name))
-                if row is None and (raw := " ".join(name.split())) != clean_name(name):
-                    row = first(CaseRow.name == raw)  # a name left un-normalised by migration 0005 (it collided)
+                row = self._by_name(s, name, first)
                 if re.fullmatch(r"[0-9]{1,18}", name) and (row is None or name == str(int(name))):
                     by_id = first(CaseRow.id == int(name))
                     if row is not None and by_id is not None and by_id.id != row.id:
@@ -468,6 +466,21 @@ class CaseStore:
         if row is None:
             raise CaseNotFoundError(f"case {case!r} not found in {self.display_url}")
         return row
+
+    def _by_name(self, s: Session, name: str, first: Any) -> CaseRow | None:
+        """The case named ``name`` (NFC, as stored), or None. Migration 0005 left a name that collided with its NFC
+        twin as it was ("Zoe" + combining diaeresis beside "Zoë"): both show as one name, so a name that matches two
+        cases in two Unicode spellings is refused (:class:`CaseAmbiguousError`, with each one's ``#ID``), never
+        resolved to whichever spelling the keyboard sent."""
+        nfc = clean_name(name)
+        spellings = dict.fromkeys([nfc, " ".join(name.split()), unicodedata.normalize("NFD", nfc)])
+        rows = {r.id: r for r in s.scalars(select(CaseRow).where(CaseRow.name.in_(spellings))).all()}
+        if len(rows) > 1:
+            each = ", ".join(f"#{i} for case {i} (created {iso(r.created_at)}, spelt {r.name!a})"
+                             for i, r in sorted(rows.items()))
+            raise CaseAmbiguousError(f"{nfc!r} names {len(rows)} cases, stored before wbc 0.28.0 in different "
+                                     f"Unicode spellings of one name: write {each}")
+        return first(CaseRow.id == next(iter(rows))) if rows else None
 
     def case_id(self, case: int | str) -> int:
         with self.session() as s:
