@@ -643,6 +643,27 @@ def test_the_report_traces_the_case_to_its_images_and_software(store: CaseStore,
         assert all(f"#{c['id']} · field {c['field']}" in text for c in flagged)
 
 
+def test_a_tiff_of_several_fields_is_said_when_a_case_is_created(tmp_path: Path, model_path: Path) -> None:  # noqa: F811
+    """`wbc cases create` analysed the first image of a TIFF of 3 fields without a word (wbc 0.28.0): a reviewer
+    signed off a case missing fields 2 and 3."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    pages = [Image.fromarray(synthetic_smear(n_wbc=2, seed=s)[0]) for s in (4, 5, 6)]
+    pages[0].save(tmp_path / "slide.tif", save_all=True, append_images=pages[1:])
+    db = str(tmp_path / "t.sqlite")
+    run = CliRunner().invoke
+    res = run(app, ["cases", "create", "T", str(tmp_path / "slide.tif"), "--store", db, "--model", str(model_path),
+                    "--segmenter", "classical"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(run(app, ["cases", "show", "T", "--store", db, "--json"]).stdout)
+    assert any("holds 3 images; only the first was analysed" in w for w in doc["fields"][0]["warnings"])
+
+
 def test_a_name_stored_in_two_unicode_spellings_is_refused_not_resolved(tmp_path: Path) -> None:
     """Migration 0005 left "Zoe" + combining diaeresis (case 1) beside its NFC twin "Zoë" (case 2): case 1's own
     name opened, labelled or signed off case 2 (wbc 0.28.0), and both show as one name."""

@@ -113,3 +113,18 @@ def test_one_path_is_one_image_not_its_characters(tmp_path: Path) -> None:
         assert [p.path for p in res.predictions] == [str(cell)] and not res.errors
     for one in (str(field), field):
         assert [s.image for s in wbc.analyze_images(one, clf, seg)] == ["field.png"]
+
+
+def test_analyze_images_says_a_tiff_holds_more_fields(tmp_path: Path) -> None:
+    """A TIFF of 3 fields gave the first field's result without a word about the other two (wbc 0.28.0), where
+    `wbc analyze` and POST /analyze say it in the field's warnings."""
+    from PIL import Image
+
+    pages = [Image.fromarray(synthetic_smear(n_wbc=1, seed=s)[0]) for s in (1, 2, 3)]
+    pages[0].save(tmp_path / "slide.tif", save_all=True, append_images=pages[1:])
+    write_image(tmp_path / "one.png", synthetic_smear(n_wbc=1, seed=1)[0])
+    clf, seg = wbc.load_model(threads=1), wbc.load_segmenter("classical", threads=1)
+    tiff, png = wbc.analyze_images([tmp_path / "slide.tif", tmp_path / "one.png"], clf, seg)
+    assert tiff.image == "slide.tif" and tiff.cells
+    assert any("the file holds 3 images; only the first was analysed" in w for w in tiff.warnings)
+    assert not any("only the first" in w for w in png.warnings)

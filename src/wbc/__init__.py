@@ -73,13 +73,14 @@ def analyze_images(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     written).
 
     An unreadable image raises :class:`wbc.errors.ImageReadError` naming the file; ``wbc analyze`` is the
-    batch tool that collects per-file errors instead.
+    batch tool that collects per-file errors instead. A TIFF of several fields is analysed on its first, and its
+    result's ``warnings`` say so.
     """
     from pathlib import Path
 
-    from wbc.analyze import analyze_image
-    from wbc.io import read_image
+    from wbc.analyze import analyze_bytes
+    from wbc.io import read_bytes
 
     clf = model or load_model()
     seg = segmenter if segmenter is not None else load_segmenter()
-    return [analyze_image(read_image(p), clf, seg, name=Path(p).name) for p in _path_list(paths)]
+    return [analyze_bytes(read_bytes(p), Path(p).name, clf, seg, source=str(Path(p)))[1] for p in _path_list(paths)]

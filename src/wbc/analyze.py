@@ -15,6 +15,7 @@ from wbc.classify import predict_cells, tta_views_of
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.cytoplasm import cytoplasm_evidence, field_colours
 from wbc.errors import ImageReadError
+from wbc.io import MAX_PIXELS, decode_image, pages_warning, tiff_fields
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS
 from wbc.preprocess import canvas_box, field_stop_mask, fill_field_stop, not_a_photo
 from wbc.protocols import ClassifierLike, SegmenterLike
@@ -218,8 +219,24 @@ def analyze_image(
     return res
 
 
+def analyze_bytes(
+    data: bytes, name: str, classifier: ClassifierLike | None, segmenter: SegmenterLike | None = None,
+    source: str = "", max_pixels: int = MAX_PIXELS,
+) -> tuple[np.ndarray, SmearResult]:
+    """Decode an image file's bytes and :func:`analyze_image` it as the field ``name``; the decoded RGB and the result.
+
+    A TIFF of several fields gets the warning that only its first was analysed (:func:`wbc.io.pages_warning`), as
+    in `wbc analyze`: whoever analyses a file's bytes (a case, the Python API) says so, so that no one signs off a
+    case missing fields 2..N unwarned. ``source``: how decoding errors name the file (default ``name``)."""
+    rgb = decode_image(data, source or name, max_pixels=max_pixels)
+    res = analyze_image(rgb, classifier, segmenter, name=name)
+    if (pages := tiff_fields(data)) > 1:
+        res.warnings.append(pages_warning(pages))
+    return rgb, res
+
+
 # The output formats live in wbc.formats; these names stay importable from here.
 from wbc.formats import cell_to_dict, mask_to_polygons, result_to_dict  # noqa: E402
 
-__all__ = ["analyze_image", "calibrate_field", "cell_to_dict", "check_colour", "check_field", "classify_cells",
-           "field_chroma", "mask_to_polygons", "red_cell_target_of", "result_to_dict"]
+__all__ = ["analyze_bytes", "analyze_image", "calibrate_field", "cell_to_dict", "check_colour", "check_field",
+           "classify_cells", "field_chroma", "mask_to_polygons", "red_cell_target_of", "result_to_dict"]

@@ -124,9 +124,9 @@ def create_case(
 
     A file whose content is already in the case (named twice, a folder and a file in it, a copy under another
     name) is skipped with a warning: each image is counted once."""
-    from wbc.analyze import analyze_image
+    from wbc.analyze import analyze_bytes
     from wbc.cases.store import create_case_from_fields, file_digest, prepare_field
-    from wbc.io import iter_image_paths, no_images_message, read_bytes, read_image
+    from wbc.io import iter_image_paths, no_images_message, read_bytes
     from wbc.model import load_model
     from wbc.segment import get_segmenter
 
@@ -147,9 +147,9 @@ def create_case(
     clf = load_model(model, threads=threads)
     seg = get_segmenter(segmenter, segmenter_model, threads=threads)
     fields = []
-    for p, digest in unique:
-        rgb = read_image(p)
-        fields.append(prepare_field(p.name, rgb, analyze_image(rgb, clf, seg, name=p.name), clf, digest))
+    for p, digest in unique:  # read again, not kept from the digests: many fields' bytes need not sit in memory
+        rgb, res = analyze_bytes(read_bytes(p), p.name, clf, seg, source=str(p))  # a TIFF's pages: said in warnings
+        fields.append(prepare_field(p.name, rgb, res, clf, digest))
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     cid = create_case_from_fields(s, name, fields, clf, segmenter_id=seg_id, created_by=user)
     doc = s.case_document(cid)
