@@ -260,6 +260,32 @@ def test_cli_analyze_default_folder(clf, tmp_path: Path) -> None:
                                                          "neutrophil"]
 
 
+def test_cli_analyze_tells_cells_from_wbcs_and_gives_no_rate_without_wbcs(tmp_path: Path) -> None:
+    """A field whose only cells are NRBCs (the shipped example BloodImage_00021.jpg): the console said "2 WBC(s)" and
+    "0.0 per 100 WBCs", differential.csv 0.0 with a 95 % interval of 0-100, report.html "2 WBCs found" (wbc 0.28.0):
+    its NRBCs are no WBCs, and a rate per 100 WBCs with no WBC counted has no value."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    w = np.zeros((len(CLASSES), 3))
+    w[CLASSES.index("erythroblast")] = 5.0  # every cell is brighter than the 0.5 mean -> erythroblast wins
+    model = mean_colour_model(tmp_path / "e.onnx", 32, w, "erythroblast-lover")
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "f.png"), synthetic_smear(n_wbc=2, seed=5)[0][:, :, ::-1])
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model",
+                                   str(model), "--segmenter", "classical", "--no-draw"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "1 image(s), 2 cell(s) (0 WBC(s))" in out and "erythroblast 2 n/a (no WBC counted)" in out
+    rows = {(r["image"], r["class"]): r for r in csv.DictReader((tmp_path / "out" / "differential.csv").open())}
+    assert [rows["ALL", "erythroblast"][k] for k in ("count", "total", "percent", "ci95_low", "ci95_high")] == [
+        "2", "0", "", "", ""]
+    page = " ".join((tmp_path / "out" / "report.html").read_text().split())
+    assert "2 cells found in 1 smear fields" in page and "0 WBCs, the differential's total" in page
+    assert "n/a (no WBC counted)" in page and "WBCs found" not in page
+
+
 def test_cli_analyze_errors_are_one_line(tmp_path: Path) -> None:
     r = subprocess.run(
         [

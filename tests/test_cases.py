@@ -643,6 +643,53 @@ def test_the_report_traces_the_case_to_its_images_and_software(store: CaseStore,
         assert all(f"#{c['id']} · field {c['field']}" in text for c in flagged)
 
 
+def _relabel(store: CaseStore, cid: int, labels: list[str]) -> dict:
+    """The case's cells called ``labels`` in order, the rest not a WBC; its document."""
+    doc = store.case_document(cid)
+    assert len(doc["cells"]) >= len(labels)
+    for cell, label in zip(doc["cells"], labels + [NOT_WBC] * (len(doc["cells"]) - len(labels)), strict=True):
+        store.reclassify(cid, cell["id"], label, "me")
+    return store.case_document(cid)
+
+
+def test_cases_show_marks_rates_per_100_wbcs_and_counts_the_wbcs(store: CaseStore, fields, classifier) -> None:  # noqa: F811
+    """`wbc cases show` printed NRBCs per 100 WBCs under its "%" heading, with no unit and no WBC total: 50.0
+    erythroblasts beside 100.0 lymphocytes (wbc 0.28.0)."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cid = create_case_from_fields(store, "S-1", fields, classifier)
+    _relabel(store, cid, ["lymphocyte"] * 4 + ["erythroblast"] * 2)
+    res = CliRunner().invoke(app, ["cases", "show", "S-1", "--store", store.url])
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.startswith("  ")}
+    assert "50.0 /100 WBC" in lines["erythroblast"] and "4.5-348.9" in lines["erythroblast"]
+    assert "100.0 %" in lines["lymphocyte"] and "/100 WBC" not in lines["lymphocyte"]
+    assert "4 WBCs counted" in res.output
+
+
+def test_a_case_without_wbcs_gives_no_rate_per_100_wbcs(store: CaseStore, fields, classifier) -> None:  # noqa: F811
+    """A case whose cells are all NRBCs read "Erythroblast 6 0.0 /100 WBC 0.0-100.0" in its report and in
+    `wbc cases show` (wbc 0.28.0): with no WBC counted a rate per 100 WBCs has no value."""
+    from typer.testing import CliRunner
+
+    from wbc.cases.report import render_html
+    from wbc.cli import app
+
+    cid = create_case_from_fields(store, "S-2", fields, classifier)
+    doc = _relabel(store, cid, ["erythroblast"] * 6)
+    row = next(r for r in doc["differential"]["rows"] if r["class"] == "erythroblast")
+    assert (row["count"], row["total"], row["percent"], row["ci95_low"], row["ci95_high"]) == (6, 0, None, None, None)
+    page = " ".join(render_html(store, cid).split())
+    html_row = page.split("<td>Erythroblast</td>")[1].split("</tr>")[0]
+    assert "n/a (no WBC counted)" in html_row and "0.0" not in html_row and "100.0" not in html_row
+    res = CliRunner().invoke(app, ["cases", "show", "S-2", "--store", store.url])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.split()[:1] == ["erythroblast"])
+    assert "n/a (no WBC counted)" in line and "0.0" not in line
+
+
 def test_a_tiff_of_several_fields_is_said_when_a_case_is_created(tmp_path: Path, model_path: Path) -> None:  # noqa: F811
     """`wbc cases create` analysed the first image of a TIFF of 3 fields without a word (wbc 0.28.0): a reviewer
     signed off a case missing fields 2 and 3."""

@@ -72,3 +72,55 @@ def test_nrbcs_and_platelets_are_counted_per_100_wbcs_outside_the_total() -> Non
     rate = 0.05
     covered = np.mean((bounds[:, 0] <= rate) & (rate <= bounds[:, 1]))
     assert covered >= 0.95
+
+
+def test_nrbcs_without_wbcs_have_no_rate(tmp_path: Path) -> None:
+    """With no WBC counted, NRBCs per 100 WBCs is k/0: the rows said 0.0 per 100 WBCs with a 95 % interval of 0-100
+    (wbc 0.28.0; differential.csv of the shipped example field BloodImage_00021.jpg), report.html said "-"."""
+    from wbc.evaluate.classified import differential
+    from wbc.formats import differential_dicts
+
+    classes = ["erythroblast", "lymphocyte", "platelet"]
+    row = differential_rows({"erythroblast": 2}, classes, "x")[0]
+    assert row[2:] == [2, 0, None, None, None]  # not 0.0 / 0.0 / 100.0
+    assert differential_rows({"erythroblast": 2, "lymphocyte": 1}, classes, "x")[0][4] == 200.0  # as before
+    out = tmp_path / "d.csv"
+    write_differential_csv(out, [{"image": "f.jpg", "counts": {"erythroblast": 2}}], classes)
+    got = {(r["image"], r["class"]): r for r in csv.DictReader(out.open())}
+    assert [got["ALL", "erythroblast"][k] for k in ("count", "total", "percent", "ci95_low", "ci95_high")] == [
+        "2", "0", "", "", ""]
+    assert got["ALL", "platelet"]["percent"] == ""
+    doc = {d["class"]: d for d in differential_dicts({"erythroblast": 3}, classes)}  # POST /differential's JSON
+    assert (doc["erythroblast"]["percent"], doc["erythroblast"]["ci95_high"], doc["erythroblast"]["unit"]) == (
+        None, None, "per 100 WBC")
+    page = {r["label"]: r for r in differential({"erythroblast": 1}, {}, classes)}  # report.html
+    assert page["erythroblast"]["percent"] == "n/a (no WBC counted)" and page["platelet"]["percent"] == "-"
+
+
+def test_the_classify_console_gives_the_differential_of_its_report(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wbc classify` printed shares of every cell (3 erythroblasts of 12 cells: 25.0 %) while its own --report,
+    /classify and the web page gave shares of the WBCs, NRBCs and platelets per 100 WBCs (wbc 0.28.0)."""
+    from typer.testing import CliRunner
+
+    import wbc.classify
+    from wbc.classify import ClassifyResult
+    from wbc.cli import app
+
+    labels = ["erythroblast", "platelet", "lymphocyte", "neutrophil"] * 3
+    for i in range(len(labels)):
+        (tmp_path / f"c{i}.png").write_bytes(b"x")
+
+    def fake(paths, clf, **_):  # the shipped model's classes, these cells' calls
+        return ClassifyResult([Prediction(lab, 0.99, False, {lab: 0.99}, path=str(p))
+                               for lab, p in zip(labels, paths, strict=True)], np.zeros((len(paths), 8)))
+
+    monkeypatch.setattr(wbc.classify, "classify_paths", fake)
+    res = CliRunner().invoke(app, ["classify", str(tmp_path), "-o", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.startswith("  ")}
+    counts = {lab: labels.count(lab) for lab in set(labels)}
+    classes = sorted(counts)
+    rows = {r[1]: r for r in differential_rows(counts, classes, "")}
+    assert f"{rows['lymphocyte'][4]:.1f}%" in lines["lymphocyte"] and "50.0%" in lines["lymphocyte"]
+    assert "50.0 per 100 WBCs" in lines["erythroblast"] and "50.0 per 100 WBCs" in lines["platelet"]

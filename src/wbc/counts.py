@@ -6,7 +6,8 @@ A 100-cell differential has wide intervals (a true 5 % monocyte count reads anyw
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from wbc.labels import PER_100_WBC
@@ -43,16 +44,29 @@ DIFFERENTIAL_HEADER: tuple[str, ...] = (
 )
 
 
+#: What a page or a console shows for a rate per 100 WBCs when no WBC was counted (``None`` in the numbers).
+NO_WBC_RATE = "n/a (no WBC counted)"
+
+
+def wbc_total(counts: Mapping[str, int], classes: Sequence[str]) -> int:
+    """The WBCs among ``counts``: a differential's total, without the classes counted per 100 WBCs.
+
+    >>> wbc_total({"lymphocyte": 4, "erythroblast": 1}, ["erythroblast", "lymphocyte"])
+    4
+    """
+    return sum(int(counts.get(c, 0)) for c in classes if c not in PER_100_WBC)
+
+
 def per_100_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact interval for a count of ``k`` cells per ``n`` WBCs counted beside them (NRBCs per 100 WBCs), as a
-    ratio k/n: the Clopper-Pearson interval of the share k/(k+n), turned into the ratio p/(1-p); (0, 1) with no
-    WBC counted, as :func:`clopper_pearson` answers for nothing counted.
+    ratio k/n: the Clopper-Pearson interval of the share k/(k+n), turned into the ratio p/(1-p). With no WBC
+    counted the ratio is unbounded: (0, inf), never (0, 1), which would read as at most 100 per 100 WBCs.
 
-    >>> [round(100 * v, 2) for v in per_100_interval(5, 100)]
-    [1.59, 12.06]
+    >>> [round(100 * v, 2) for v in per_100_interval(5, 100)], per_100_interval(3, 0)
+    ([1.59, 12.06], (0.0, inf))
     """
     if n <= 0:
-        return 0.0, 1.0
+        return 0.0, math.inf
     lo, hi = clopper_pearson(k, k + n, confidence)
     return lo / (1 - lo), hi / (1 - hi)
 
@@ -63,8 +77,11 @@ def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str
     (2 in the CSVs; the HTTP API and the case store keep 4, so that a page showing one decimal rounds the exact
     value, not an already rounded one: 52.651 is 52.65 at two decimals, shown as 52.6).
 
-    The total is the WBCs'. Erythroblasts (NRBCs) and platelets (:data:`wbc.labels.PER_100_WBC`) are counted
-    outside it, their percent read per 100 WBCs (:func:`per_100_interval`), as hematology reports them.
+    The total is the WBCs' (:func:`wbc_total`). Erythroblasts (NRBCs) and platelets (:data:`wbc.labels.PER_100_WBC`)
+    are counted outside it, their percent read per 100 WBCs (:func:`per_100_interval`), as hematology reports them.
+    With no WBC counted such a rate has no value: its percent and both bounds are ``None`` (empty CSV cells, JSON
+    ``null``; shown as :data:`NO_WBC_RATE`), never 0.0 with an interval of 0-100 (before wbc 0.29.0). A WBC class
+    with no WBC counted keeps 0.0 and the uninformative 0-100 % of :func:`clopper_pearson`.
 
     >>> counts = {"a": 1, "b": 7}
     >>> differential_rows(counts, ["a", "b"], "x")[0], differential_rows(counts, ["a", "b"], "x", 4)[0]
@@ -72,11 +89,16 @@ def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str
     >>> differential_rows({"lymphocyte": 1, "neutrophil": 3, "erythroblast": 2}, ["erythroblast", "lymphocyte",
     ...                   "neutrophil"], "x")[:2]
     [['x', 'erythroblast', 2, 4, 50.0, 4.52, 348.88], ['x', 'lymphocyte', 1, 4, 25.0, 0.63, 80.59]]
+    >>> differential_rows({"erythroblast": 2}, ["erythroblast", "lymphocyte"], "x")
+    [['x', 'erythroblast', 2, 0, None, None, None], ['x', 'lymphocyte', 0, 0, 0.0, 0.0, 100.0]]
     """
-    n = sum(counts.get(c, 0) for c in classes if c not in PER_100_WBC)
-    rows = []
+    n = wbc_total(counts, classes)
+    rows: list[list[Any]] = []
     for c in classes:
         k = counts.get(c, 0)
+        if c in PER_100_WBC and n <= 0:
+            rows.append([image, c, k, n, None, None, None])
+            continue
         lo, hi = per_100_interval(k, n) if c in PER_100_WBC else clopper_pearson(k, n)
         rows.append([image, c, k, n, round(100.0 * k / n, digits) if n else 0.0, round(100 * lo, digits),
                      round(100 * hi, digits)])

@@ -136,12 +136,12 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
     rows = []
     for r in doc["differential"]["rows"]:
         m = model_rows[r["class"]]
-        rows.append({**r, "name": display_name(r["class"]), "model_count": m["count"],
+        rows.append({**r, "name": display_name(r["class"]), "rate": rate_text(r), "model_count": m["count"],
                      "model_percent": m["percent"], "delta": r["count"] - m["count"]})
     for lab in (NOT_WBC, UNIDENTIFIABLE):
         n_model = 0  # the model never makes these calls
         rows.append({"class": lab, "name": display_name(lab), "count": doc["differential"]["excluded"][lab],
-                     "total": None, "percent": None, "ci95_low": None, "ci95_high": None,
+                     "total": None, "percent": None, "ci95_low": None, "ci95_high": None, "rate": "",
                      "model_count": n_model, "model_percent": None,
                      "delta": doc["differential"]["excluded"][lab] - n_model})
     flagged = [c for c in doc["cells"] if c["model_review"] or c["changed"]]
@@ -228,6 +228,21 @@ def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.1f}"
 
 
+def rate_text(row: dict[str, Any]) -> str:
+    """A differential row's percent as both reports print it: ``/100 WBC`` marks NRBCs and platelets, and such a
+    rate with no WBC counted reads :data:`wbc.counts.NO_WBC_RATE` (its numbers are None), never a bare unit.
+
+    >>> [rate_text(r) for r in ({"percent": 12.34, "unit": "percent"}, {"percent": 50.0, "unit": "per 100 WBC"},
+    ...                         {"percent": None, "count": 6, "unit": "per 100 WBC"}, {"percent": None, "count": 0})]
+    ['12.3', '50.0 /100 WBC', 'n/a (no WBC counted)', '']
+    """
+    from wbc.counts import NO_WBC_RATE
+
+    if row["percent"] is None:
+        return NO_WBC_RATE if row.get("unit") == "per 100 WBC" and row.get("count") else ""
+    return _fmt(row["percent"]) + (" /100 WBC" if row.get("unit") == "per 100 WBC" else "")
+
+
 #: reportlab's built-in Helvetica has no Ł, Ż, Greek or Cyrillic (each drawn as a black square): the PDF's text is set
 #: in DejaVu Sans, the TrueType font matplotlib ships (Helvetica only where it is missing).
 _FONT_FILES = {"WbcSans": "DejaVuSans.ttf", "WbcSans-Bold": "DejaVuSans-Bold.ttf",
@@ -268,8 +283,9 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     from xml.sax.saxutils import escape
 
     from reportlab.lib import colors
+    from reportlab.lib.enums import TA_RIGHT
     from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import mm
     from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
@@ -294,11 +310,13 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     story += [Paragraph(e(s), styles["Normal"]) for s in ctx["summary"]]
     story += [Spacer(1, 4 * mm), Paragraph("Differential (reviewed)", styles["Heading2"])]
     head = ["Class", "Count", "Percent", "95 % CI", "Model's count", "Change"]
+    # a rate's text wraps within its column: drawn on one line, right-aligned, it ran over the count beside it
+    rate = ParagraphStyle("rate", fontName=regular, fontSize=10, leading=12, alignment=TA_RIGHT)
     data = [head] + [[r["name"], str(r["count"]),
-                      _fmt(r["percent"]) + (" /100 WBC" if r.get("unit") == "per 100 WBC" else ""),
+                      Paragraph(e(r["rate"]), rate),
                       "" if r["ci95_low"] is None else f"{r['ci95_low']:.1f}–{r['ci95_high']:.1f}",
                       str(r["model_count"]), f"{r['delta']:+d}" if r["delta"] else ""] for r in ctx["rows"]]
-    t = Table(data, repeatRows=1, colWidths=[48 * mm, 18 * mm, 20 * mm, 30 * mm, 28 * mm, 20 * mm])
+    t = Table(data, repeatRows=1, colWidths=[44 * mm, 16 * mm, 33 * mm, 27 * mm, 32 * mm, 20 * mm])
     t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), regular), ("FONTNAME", (0, 0), (-1, 0), bold),
                            ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -90,6 +90,19 @@ def say(message: str) -> None:
 def warn(message: str, prefix: str = "warning:") -> None:
     """Print a yellow ``prefix`` and a plain (escaped) message."""
     console.print(f"[yellow]{prefix}[/] {escape(message)}", highlight=False)
+
+
+def say_differential(counts: Mapping[str, int], classes: Sequence[str]) -> None:
+    """Print a class's line for each class counted: its share of the WBCs, or for NRBCs and platelets its rate per
+    100 WBCs (:func:`wbc.counts.differential_rows`, as differential.csv and report.html give them, so a console never
+    shows a second differential)."""
+    from wbc.counts import NO_WBC_RATE, differential_rows
+    from wbc.labels import PER_100_WBC
+
+    for _, c, k, _, percent, _, _ in differential_rows(dict(counts), classes, ""):
+        if k:
+            value = NO_WBC_RATE if percent is None else f"{percent:5.1f}{' per 100 WBCs' if c in PER_100_WBC else '%'}"
+            say(f"  {c:<13}{k:>6}  {value}")
 
 
 #: At most this many skipped files are named one by one; the others are counted by reason (a dataset's folder of

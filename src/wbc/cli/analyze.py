@@ -66,7 +66,8 @@ def analyze(
     finishes the rest.
     """
     from wbc.batch import ModelSpec
-    from wbc.cli._common import check_engine, note_unchecked_model, progress
+    from wbc.cli._common import check_engine, note_unchecked_model, progress, say_differential
+    from wbc.counts import wbc_total
     from wbc.formats import pooled_counts
     from wbc.paths import DEFAULT_INPUT_DIR
 
@@ -94,21 +95,17 @@ def analyze(
             note_unchecked_model(clf)  # once the run is under way: a bad --output still fails in one line
     n_img = len(summary.docs)
     n_cells = sum(d["n_cells"] for d in summary.docs)
+    pooled = pooled_counts(summary.docs, summary.classes)
+    n_wbc = wbc_total(pooled, summary.classes)  # NRBCs and platelets are cells, not WBCs: the differential's total
     done_before = f", {summary.skipped} done by an earlier run" if summary.skipped else ""
-    say(f"{n_img} image(s){done_before}, {n_cells} WBC(s) [{summary.segmenter_id} segmenter, {summary.model_id}]"
-        f" -> {output}/")
+    say(f"{n_img} image(s){done_before}, {n_cells} cell(s) ({n_wbc} WBC(s)) [{summary.segmenter_id} segmenter, "
+        f"{summary.model_id}] -> {output}/")
     if summary.analyzed:
         say(
             f"  {1000 * summary.seconds_analysis / summary.analyzed:.0f} ms/image analysis"
             + (f", {1000 * summary.seconds_render / summary.analyzed:.0f} ms/image drawing" if draw else "")
         )
-    from wbc.counts import differential_rows
-    from wbc.labels import PER_100_WBC
-
-    pooled = pooled_counts(summary.docs, summary.classes)
-    for _, c, k, _, percent, _, _ in differential_rows(pooled, summary.classes, ""):
-        if k:  # shares of the WBCs; NRBCs per 100 WBCs, outside their total
-            say(f"  {c:<13}{k:>6}  {percent:5.1f}{' per 100 WBCs' if c in PER_100_WBC else '%'}")
+    say_differential(pooled, summary.classes)  # shares of the WBCs; NRBCs per 100 WBCs, outside their total
     if report and summary.classes:
         from wbc.evaluate.classified import write_analysis_report
         from wbc.labels import parse_class_set

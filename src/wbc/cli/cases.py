@@ -97,16 +97,28 @@ def show_case(case: CaseArg, store: StoreOpt = None,
     say(f"  {len(doc['fields'])} field(s), {doc['n_cells']} cell(s): {doc['n_flagged']} flagged by the model, "
         f"{doc['n_reviewed']} reviewed, {doc['n_changed']} changed")
     model = {r["class"]: r["count"] for r in doc["model_differential"]["rows"]}
-    say(f"  {'class':<15}{'count':>6}{'%':>7}  {'95 % CI':<13}{'model':>6}")
+    say(f"  {doc['differential']['total']} WBCs counted; % of the WBCs, erythroblasts and platelets per 100 WBCs "
+        "(/100 WBC), outside the total")
+    say(f"  {'class':<15}{'count':>6}  {'rate':<16}{'95 % CI':<16}{'model':>6}")
     for r in doc["differential"]["rows"]:
         if r["count"] or model[r["class"]]:
-            say(f"  {r['class']:<15}{r['count']:>6}{r['percent']:>7.1f}  "
-                f"{r['ci95_low']:5.1f}-{r['ci95_high']:<7.1f}{model[r['class']]:>6}")
+            say(f"  {r['class']:<15}{r['count']:>6}{_rate(r)}{model[r['class']]:>6}")
     for lab, n in doc["differential"]["excluded"].items():
         if n:
             say(f"  {lab:<15}{n:>6}  (not counted)")
     for c in doc["corrections"]:
         say(f"  {c['at']}  cell {c['cell_id']}: {c['old_label']} -> {c['new_label']} by {c['user']}")
+
+
+def _rate(row: dict[str, Any]) -> str:
+    """A differential row's rate and interval for ``wbc cases show``, each with its unit: a bare 50.0 for NRBCs per
+    100 WBCs under a "%" heading read as half of the WBCs."""
+    from wbc.counts import NO_WBC_RATE
+
+    if row["percent"] is None:
+        return f"  {NO_WBC_RATE:<32}"
+    unit = " /100 WBC" if row.get("unit") == "per 100 WBC" else " %"
+    return f"  {row['percent']:>5.1f}{unit:<9}  {row['ci95_low']:.1f}-{row['ci95_high']:.1f}".ljust(34)
 
 
 @cases_app.command("create")

@@ -50,7 +50,7 @@ def classify(
 ) -> None:
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
     from wbc.classify import classify_paths
-    from wbc.cli._common import check_engine, note_unchecked_model
+    from wbc.cli._common import check_engine, note_unchecked_model, say_differential
     from wbc.formats import write_predictions_csv
     from wbc.io import check_output_file, is_image_file, iter_image_paths, no_images_message
     from wbc.model import load_model
@@ -89,9 +89,7 @@ def classify(
     counts = res.counts()
     n_review = sum(p.review for p in res.predictions)
     say(f"{n} cells classified with {clf.model_id} -> {out}")
-    for c in clf.classes:
-        if counts.get(c):
-            say(f"  {c:<13}{counts[c]:>7}  {100 * counts[c] / n:5.1f}%")
+    say_differential(counts, clf.classes)  # as report.html: shares of the WBCs, NRBCs and platelets per 100 WBCs
     say(f"  flagged for review: {n_review}")
     warning = ood_warning(res.predictions, adapted_without_labels(clf))
     if warning:

@@ -115,14 +115,17 @@ def differential(n: Mapping[str, int], flagged: Mapping[str, int], classes: Sequ
     [('12.5%', '0.3-52.7%')]
     >>> [r["percent"] for r in differential({"erythroblast": 1, "lymphocyte": 4}, {}, ["erythroblast", "lymphocyte"])]
     ['25.0 /100 WBC', '100.0%']
+    >>> [(r["percent"], r["interval"]) for r in differential({"erythroblast": 1}, {}, ["erythroblast", "lymphocyte"])]
+    [('n/a (no WBC counted)', '-'), ('-', '-')]
     """
-    from wbc.counts import differential_rows  # the numbers differential.csv and the web page give
+    from wbc.counts import NO_WBC_RATE, differential_rows  # the numbers differential.csv and the web page give
 
     rows = []  # rounded once, from the exact values (differential.csv's are rounded to 0.01 already)
     for _, c, k, total, _, lo, hi in differential_rows({c: int(n.get(c, 0)) for c in classes}, classes, "",
                                                        digits=12):
         unit = " /100 WBC" if c in PER_100_WBC else "%"
-        rows.append({"label": c, "n": k, "percent": f"{100 * k / total:.1f}{unit}" if total else "-",
+        rows.append({"label": c, "n": k,
+                     "percent": f"{100 * k / total:.1f}{unit}" if total else NO_WBC_RATE if k else "-",
                      "interval": f"{lo:.1f}-{hi:.1f}{unit}" if total else "-",
                      "flagged": int(flagged.get(c, 0))})
     return rows
@@ -254,6 +257,7 @@ def analysis_page(
     True
     """
     from wbc import __version__
+    from wbc.counts import wbc_total
     from wbc.evaluate.report import render
 
     n_cells = sum(picker.n.values())
@@ -265,6 +269,7 @@ def analysis_page(
         segmenter_id=segmenter_id,
         n=n_cells,
         n_cells=f"{n_cells:,}",
+        n_wbc=f"{wbc_total(picker.n, classes):,}",  # the differential's total: NRBCs and platelets are no WBCs
         n_fields=f"{total:,}",
         n_listed=len(fields),
         total=total,
