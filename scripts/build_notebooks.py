@@ -112,14 +112,22 @@ DETECTION = [
         "    ax.imshow(render(read_image(p), r, clf.classes)); ax.set_title(p.name); ax.axis('off')\n"
         "plt.tight_layout()"
     ),
-    new_markdown_cell("## Differential with 95% Clopper-Pearson intervals"),
+    new_markdown_cell(
+        "## Differential with 95% Clopper-Pearson intervals\n\nThe differential `wbc analyze` writes "
+        "(`wbc.counts.differential_rows`): shares of the WBCs; erythroblasts (NRBCs) and platelets per 100 WBCs, "
+        "outside the WBC total."
+    ),
     new_code_cell(
-        "from wbc.counts import clopper_pearson, pooled_counts\n\n"
-        "counts = pooled_counts(results, clf.classes)\nn = sum(counts.values())\n"
-        "for c, k in counts.items():\n"
-        "    if k:\n"
-        "        lo, hi = clopper_pearson(k, n)\n"
-        "        print(f'{c:<13}{k:>4}  {100 * k / n:5.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]')"
+        "from wbc.counts import NO_WBC_RATE, differential_rows, pooled_counts\n"
+        "from wbc.formats import differential_unit\n\n"
+        "counts = pooled_counts(results, clf.classes)\n"
+        "for _, c, k, n, p, lo, hi in differential_rows(counts, clf.classes, ''):\n"
+        "    if k and p is None:\n"
+        "        print(f'{c:<13}{k:>4}  {NO_WBC_RATE}')\n"
+        "    elif k:\n"
+        "        unit = '%' if differential_unit(c) == 'percent' else ' per 100 WBCs'\n"
+        "        print(f'{c:<13}{k:>4}  {p:5.1f}{unit}  [{lo:.1f}, {hi:.1f}]')\n"
+        "print(n, 'WBCs counted')"
     ),
 ]
 

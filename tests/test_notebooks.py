@@ -42,6 +42,29 @@ def test_detection_notebook_shows_only_the_example_fields() -> None:
     assert shown and set(shown) <= {p.name for p in example_fields()}
 
 
+def test_detection_notebook_gives_the_differential_wbc_analyze_gives() -> None:
+    """The notebook's last cell counted NRBCs inside the WBC total with a plain percent (eosinophil 40.0 %,
+    erythroblast 20.0 %) while `wbc analyze` gave 50.0 % and 25.0 per 100 WBCs for the same fields (wbc 0.28.0)."""
+    import ast
+    from collections import Counter
+
+    from wbc.counts import differential_rows
+    from wbc.labels import CLASSES, PER_100_WBC
+
+    nb = nbformat.read(ROOT / "notebooks" / "WBC_detection_and_classification.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "differential_rows(" in code[-1].source and "clopper_pearson" not in code[-1].source
+    calls = re.findall(r"^\S+\.\w+ (\[.*\])$", _outputs(nb), flags=re.M)  # the cell printing each field's cells
+    counts = Counter(label for line in calls for label, _ in ast.literal_eval(line))
+    assert counts["erythroblast"]  # the shipped example fields hold an NRBC: the case this checks
+    printed = "".join(o.get("text", "") for o in code[-1].outputs)
+    for _, c, k, _, p, lo, hi in differential_rows(dict(counts), CLASSES, ""):
+        if k:
+            unit = " per 100 WBCs" if c in PER_100_WBC else "%"
+            assert f"{c:<13}{k:>4}  {p:5.1f}{unit}  [{lo:.1f}, {hi:.1f}]" in printed
+    assert f"{sum(counts[c] for c in CLASSES if c not in PER_100_WBC)} WBCs counted" in printed
+
+
 def test_classification_notebook_shows_test_cells() -> None:
     """The showcase cells are the training run's held-out test cells, and the notebook says so."""
     nb = nbformat.read(ROOT / "notebooks" / "WBC_Classification.ipynb", as_version=4)
