@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from wbc.errors import ImageReadError
-from wbc.io import atomic_write_csv, decode_image, iter_image_paths, read_image
+import wbc.io
+from wbc.errors import ImageReadError, ImageTooLargeError
+from wbc.io import MAX_PIXELS, atomic_write_csv, decode_image, image_size, iter_image_paths, read_image
 from wbc.synthetic import synthetic_cell
 
 
@@ -234,3 +238,47 @@ def test_files_under_stays_below_a_link_to_an_ancestor_and_names_files_by_their_
     (tmp_path / "lab" / "today").symlink_to(tmp_path / "scans" / "today")
     assert [p.relative_to(tmp_path).as_posix() for p in files_under(tmp_path / "lab")] == ["lab/a/1.jpg",
                                                                                          "lab/today/4.jpg"]
+
+
+def radiance_bomb(width: int, height: int, lines: int | None = None, header: bytes = b"") -> bytes:
+    """A Radiance RGBE (.hdr) file of ``width`` x ``height`` whose every line is one run-length coded run per
+    component: ~16 pixels a byte (float32 RGB, 12 bytes a pixel, once decoded). ``lines``: how many lines to write
+    (fewer: a file cut short); ``header``: extra header lines."""
+    head = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n" + header + f"\n-Y {height} +X {width}\n".encode()
+    runs = b"".join(bytes([128 + min(127, width - i), 128]) for i in range(0, width, 127))
+    return head + (bytes([2, 2, width >> 8, width & 255]) + runs * 4) * (height if lines is None else lines)
+
+
+def test_a_radiance_file_s_size_is_read_from_its_header_and_a_bomb_never_decoded(monkeypatch) -> None:
+    """Pillow cannot read Radiance .hdr, so its size was unknown and OpenCV decoded a 3 MB file of 50 megapixels
+    (600 MB as float32) before the pixel limit was checked (wbc 0.28.0)."""
+    _ok, enc = cv2.imencode(".hdr", np.ones((30, 40, 3), np.float32))
+    assert image_size(enc.tobytes(), "small.hdr") == (30, 40) and decode_image(enc.tobytes()).shape == (30, 40, 3)
+    bomb = radiance_bomb(20000, 2500)
+    assert len(bomb) < 4 * 2**20 and image_size(bomb, "b.hdr") == (2500, 20000)
+
+    def decoded(*_a: object) -> None:
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr(wbc.io, "_decode", decoded)
+    with pytest.raises(ImageTooLargeError, match=r"b\.hdr: 20000x2500 pixels is over the limit of 40,000,000"):
+        decode_image(bomb, "b.hdr", max_pixels=40_000_000)
+    # OpenCV ends the header at a blank 127-byte piece of a longer line: a decoy after it never hides the real size
+    hidden = radiance_bomb(20000, 2500, lines=1, header=b"#" + b"x" * 126 + b"\n") + b"\n\n-Y 8 +X 8\n"
+    assert image_size(hidden, "h.hdr") == (2500, 20000)
+    with pytest.raises(ImageReadError, match=r"n\.hdr: Radiance image without a resolution line"):
+        image_size(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n", "n.hdr")
+
+
+def test_opencv_refuses_an_image_past_max_pixels_whatever_its_format() -> None:
+    """The second layer: ``import wbc`` sets OpenCV's own header check to MAX_PIXELS (its default, 2**30, let a
+    format whose size wbc does not read decode to 12 GB)."""
+    code = ("import os, sys, numpy as np, wbc, cv2\n"
+            "print(os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS') or sys.exit('OPENCV_IO_MAX_IMAGE_PIXELS not set'))\n"
+            "data = np.frombuffer(sys.stdin.buffer.read(), np.uint8)\n"
+            "try:\n    cv2.imdecode(data, cv2.IMREAD_UNCHANGED)\nexcept cv2.error as exc:\n"
+            "    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(exc) else exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run([sys.executable, "-c", code], input=radiance_bomb(20000, MAX_PIXELS // 20000 + 1, lines=1),
+                         capture_output=True, env=env)
+    assert out.stdout.decode().split() == [str(MAX_PIXELS), "refused"], out.stderr.decode()[-300:]

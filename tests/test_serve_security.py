@@ -233,6 +233,30 @@ def test_pixel_bombs_are_refused_from_the_header(client: TestClient) -> None:
     assert "too large to be a single-cell image" in r.json()["errors"][0]["error"]
 
 
+def test_a_radiance_bomb_is_refused_from_its_header_on_every_upload_route(classifier, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3 MB Radiance .hdr of 50 megapixels (Pillow cannot read the format, so its size was never read) was decoded
+    to 600 MB of float32 before the pixel limit refused it, by /analyze, /classify and POST /cases (wbc 0.28.0)."""
+    import wbc.io
+    from test_io import radiance_bomb
+
+    def decoded(*_a: object) -> None:
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr(wbc.io, "_decode", decoded)
+    bomb = ("b.hdr", radiance_bomb(20000, 2500), "application/octet-stream")
+    auth = {"X-API-Key": KEY}
+    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=4, store=tmp_path / "c.sqlite",
+                     settings=ServeSettings(api_keys=[KEY]))
+    with TestClient(app) as c:
+        r = c.post("/analyze", files={"file": bomb}, headers=auth)
+        assert r.status_code == 413 and r.json()["error"] == "too_many_pixels" and "20000x2500" in r.json()["detail"]
+        r = c.post("/classify", files={"files": bomb}, headers=auth)
+        assert r.status_code == 422 and "too large to be a single-cell image" in r.json()["errors"][0]["error"]
+        r = c.post("/cases", data={"name": "hdr"}, files={"files": bomb}, headers=auth)
+        assert r.status_code == 422 and "20000x2500" in r.json()["errors"][0]["error"]
+
+
 def test_tiny_and_field_sized_images_are_not_single_cells(client: TestClient) -> None:
     smear, *_ = synthetic_smear(n_wbc=1, seed=2)
     files = [("files", ("dot.png", png(np.zeros((1, 1, 3), np.uint8)), "image/png")),

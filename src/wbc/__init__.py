@@ -28,6 +28,10 @@ ORT_TELEMETRY_OPT_OUTS = ("ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED")
 for _name in ORT_TELEMETRY_OPT_OUTS:
     os.environ.setdefault(_name, "1")
 del _name
+#: OpenCV's own limit on an image's pixels, read from its header before decoding; it reads the variable once, when
+#: cv2 is first imported. ``wbc.io.MAX_PIXELS``, as a second layer under wbc's checks: a format whose size wbc cannot
+#: read from its header is still never decoded past it (OpenCV's default is 2**30, 12 GB as float32 RGB).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "200000000")
 __all__ = ["__version__", "analyze_images", "classify_images", "load_model", "load_segmenter"]
 
 if TYPE_CHECKING:

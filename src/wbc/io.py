@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -178,13 +179,35 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
 
 
+#: A Radiance resolution string as OpenCV reads it (``sscanf("-Y %d +X %d")``: any spacing, a ``+`` on the numbers).
+_RADIANCE_SIZE = re.compile(rb"-Y\s*\+?([0-9]+)\s*\+X\s*\+?([0-9]+)")
+
+
+def _radiance_size(data: bytes, name: str) -> tuple[int, int] | None:
+    """(height, width) of a Radiance RGBE (``.hdr``) file; None when ``data`` is not one.
+
+    Pillow cannot read the format and OpenCV can, to float32 RGB, and its run-length coding holds ~16 pixels a
+    byte: a 3 MB upload becomes gigabytes. OpenCV reads the header line by line in 127-byte pieces, so where it sees
+    the header end is not for us to guess: every resolution string in the file counts and the largest is the size
+    (a real file has one). Without any, OpenCV cannot decode the file either.
+    """
+    if not data.startswith((b"#?RADIANCE", b"#?RGBE")):  # OpenCV's signatures of the format
+        return None
+    sizes = [(int(m[1]), int(m[2])) for m in _RADIANCE_SIZE.finditer(data)]
+    if not sizes:
+        raise ImageReadError(f"{name}: Radiance image without a resolution line (-Y height +X width)")
+    return max(sizes, key=lambda hw: hw[0] * hw[1])
+
+
 def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int] | None:
     """(height, width) read from the file's header, without decoding the pixels; None when unknown.
 
-    PNG and JPEG headers are parsed here; other formats through Pillow, which opens files lazily (the
+    PNG, JPEG and Radiance headers are parsed here; other formats through Pillow, which opens files lazily (the
     header only). A size so large that Pillow calls it a decompression bomb raises :class:`ImageReadError`.
+    Formats neither reads (PFM, PAM: uncompressed, so never a bomb) are left to OpenCV's own limit,
+    ``OPENCV_IO_MAX_IMAGE_PIXELS``, which ``import wbc`` sets to :data:`MAX_PIXELS`.
     """
-    size = _png_size(data) or (_jpeg_size(data) if data[:2] == b"\xff\xd8" else None)
+    size = _png_size(data) or (_jpeg_size(data) if data[:2] == b"\xff\xd8" else None) or _radiance_size(data, name)
     if size is not None:
         return size
     import warnings
