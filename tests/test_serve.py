@@ -311,6 +311,22 @@ def test_differential_endpoint_gives_clopper_pearson_intervals(client: TestClien
     assert client.post("/differential", json={"nope": 1}).status_code == 422
 
 
+def test_differential_reads_counts_under_the_names_labs_use(client: TestClient) -> None:
+    """``NRBC`` was a class of its own inside the WBC total (every percentage wrong, no error) and ``Neutrophils``
+    another neutrophil class (wbc 0.28.0): names are read as wbc reads labels, and an unknown one is refused."""
+    body = client.post("/differential", json={"counts": {"Neutrophils": 40, "band": 10, "lymphocyte": 50,
+                                                         "NRBC": 10}}).json()
+    rows = {d["class"]: d for d in body["differential"]}
+    assert body["total"] == 100 and set(rows) == set(client.get("/model").json()["classes"])
+    assert rows["neutrophil"]["count"] == 50 and rows["neutrophil"]["percent"] == 50.0
+    assert rows["erythroblast"]["count"] == 10 and rows["erythroblast"]["unit"] == "per 100 WBC"
+    bad = client.post("/differential", json={"counts": {"neutrophil": 5, "blasts": 2, "not_wbc": 1}})
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_counts"
+    assert bad.json()["detail"].startswith("not a class of this model: 'blasts', 'not_wbc' (its classes: ")
+    over = client.post("/differential", json={"counts": {"neutrophil": 10**12, "neut": 1}})
+    assert over.status_code == 422 and over.json()["error"] == "invalid_counts"
+
+
 def test_web_page_and_assets_are_served_and_need_no_network(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")

@@ -535,13 +535,31 @@ def create_app(
 
     @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts")
     def differential_endpoint(body: CountsIn) -> dict[str, Any]:
-        """For pooling: add the ``counts`` of several fields, post them here, get the differential."""
+        """For pooling: add the ``counts`` of several fields, post them here, get the differential.
+
+        Each name is read as the rest of wbc reads labels (:func:`wbc.labels.canonical_label`: ``NRBC``,
+        ``Neutrophils``, ``band``), and names of one class are added up. A name that is no class of the model is
+        refused, never counted as a class of its own: an NRBC inside the WBC total changes every percentage."""
+        from wbc.labels import canonical_label
+
         bad = {k: v for k, v in body.counts.items() if not 0 <= v <= MAX_COUNT}
         if bad:
             raise UploadProblem(422, "invalid_counts", f"counts must be between 0 and {MAX_COUNT:,}: {bad}")
         classes = list(app.state.metadata["classes"])
-        classes += [c for c in body.counts if c not in classes]
-        rows = differential(body.counts, classes)  # the total is the WBCs' (NRBCs and platelets per 100 WBCs)
+        counts: dict[str, int] = {}
+        unknown: list[str] = []
+        for name, n in body.counts.items():
+            cls = name if name in classes else canonical_label(name)
+            if cls is not None and cls in classes:
+                counts[cls] = counts.get(cls, 0) + n
+            else:
+                unknown.append(repr(name))
+        if unknown:
+            raise UploadProblem(422, "invalid_counts", f"not a class of this model: {', '.join(unknown)} "
+                                f"(its classes: {', '.join(classes)})")
+        if over := {k: v for k, v in counts.items() if v > MAX_COUNT}:
+            raise UploadProblem(422, "invalid_counts", f"counts must be between 0 and {MAX_COUNT:,}: {over}")
+        rows = differential(counts, classes)  # the total is the WBCs' (NRBCs and platelets per 100 WBCs)
         return {"total": rows[0]["total"] if rows else 0, "differential": rows}
 
     @app.get("/", include_in_schema=False)
