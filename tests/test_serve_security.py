@@ -346,6 +346,62 @@ def test_a_hanging_body_times_out(classifier) -> None:
         thread.join(timeout=10)
 
 
+async def _shrink_default_thread_pool(threads: int) -> None:
+    import anyio.to_thread
+
+    anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+
+
+@pytest.mark.parametrize("route", ["/analyze", "/classify", "/cases"])
+def test_the_page_answers_while_uploads_wait_for_an_inference_slot(classifier, tmp_path: Path, route: str) -> None:
+    """Each upload waiting for the one inference slot held one of AnyIO's worker threads (40), so with 40 queued the
+    page, /review, crops, /login and sign-off, which need one too, hung until the queue drained (wbc 0.28.0). Here
+    the pool has 4 threads, the slot is held by an analysis that waits for the test, and 6 uploads queue."""
+    release, entered = threading.Event(), threading.Event()
+
+    class Held(ClassicalSegmenter):
+        def segment(self, rgb: np.ndarray) -> object:
+            entered.set()
+            release.wait(30)
+            return super().segment(rgb)
+
+    field = png(synthetic_smear(n_wbc=1, seed=3)[0])
+    upload = {"/analyze": lambda i: {"files": {"file": ("f.png", field, "image/png")}},
+              "/classify": lambda i: {"files": {"files": ("c.png", png(synthetic_cell("monocyte")), "image/png")}},
+              "/cases": lambda i: {"files": {"files": ("f.png", field, "image/png")}, "data": {"name": f"q{i}"}}}
+    app = create_app(classifier, Held(), max_concurrent=1, store=tmp_path / "c.sqlite",
+                     settings=ServeSettings(api_keys=[KEY]))
+    auth = {"X-API-Key": KEY}
+    with TestClient(app) as c:
+        c.portal.call(_shrink_default_thread_pool, 4)
+        statuses: list[int] = []
+        holder = threading.Thread(target=lambda: statuses.append(
+            c.post("/analyze", headers=auth, **upload["/analyze"](0)).status_code))
+        holder.start()
+        assert entered.wait(20)
+        queued = [threading.Thread(target=lambda i=i: statuses.append(
+            c.post(route, headers=auth, **upload[route](i)).status_code)) for i in range(6)]
+        for t in queued:
+            t.start()
+        time.sleep(0.5)  # every upload has reached the slot's queue
+        page: list[float] = []
+
+        def get_page() -> None:
+            t0 = time.perf_counter()
+            assert c.get("/", headers=auth).status_code == 200 and c.get("/cases", headers=auth).status_code == 200
+            page.append(time.perf_counter() - t0)
+
+        getter = threading.Thread(target=get_page)
+        getter.start()
+        getter.join(5)
+        answered_while_held = bool(page)
+        release.set()
+        for t in (holder, *queued, getter):
+            t.join(60)
+    assert answered_while_held, "GET / waited behind the uploads queued for the inference slot"
+    assert sorted(statuses) == sorted([200] + [201 if route == "/cases" else 200] * 6), statuses
+
+
 def test_default_inference_slots_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     """One single-threaded call per usable core by default, fewer with more threads per call, never 0,
     never more than MAX_DEFAULT_SLOTS; an app built without max_concurrent gets that many slots."""
@@ -357,5 +413,4 @@ def test_default_inference_slots_one_per_core_capped(monkeypatch: pytest.MonkeyP
         assert S.default_inference_slots(threads) == want, (cores, threads)
     monkeypatch.setattr(wbc.runtime, "usable_cores", lambda: 3)
     app = create_app(load_model(threads=1), ClassicalSegmenter(), settings=ServeSettings())
-    slots = app.state.inference_slots
-    assert all(slots.acquire(blocking=False) for _ in range(3)) and not slots.acquire(blocking=False)
+    assert app.state.inference_limiter.total_tokens == 3

@@ -2,8 +2,9 @@
 
 One app holds one classifier and one segmenter, loaded when the app is built (``app.state``), so
 requests never pay for model loading and two apps in one process never share state. Inference is
-CPU-bound, so the endpoints are plain ``def`` functions that FastAPI runs in its thread pool; a
-semaphore caps how many run at once so that a burst of uploads queues instead of thrashing the CPU.
+CPU-bound, so it runs in worker threads, at most ``max_concurrent`` at once (:func:`in_inference_slot`), so that
+a burst of uploads queues instead of thrashing the CPU; a queued upload waits without holding a thread, so the
+page and every other route still get one.
 
 Every problem with an upload (empty, not an image, truncated, too large, wrong content type, missing
 field) is answered with a 4xx JSON body ``{"error", "detail", "errors": [{"filename", "error"}]}``;
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import base64
 import platform
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
+import anyio
 import cv2
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -26,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,6 +47,8 @@ DEFAULT_MAX_FILES: int = 500
 ACCEPTED_TYPES: tuple[str, ...] = ("image/", "application/octet-stream", "binary/octet-stream")
 #: Batch size for single-cell inference.
 BATCH_SIZE: int = 64
+
+T = TypeVar("T")
 
 
 class UploadProblem(HTTPException):
@@ -164,6 +168,16 @@ def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int | None = Non
     limit = max_pixels or MAX_PIXELS
     data = read_upload_bytes(upload, max_bytes, limit)
     return decode_upload(data, upload.filename or "upload", limit)
+
+
+async def in_inference_slot(state: Any, fn: Callable[[], T]) -> T:
+    """``fn()`` in a worker thread once one of the app's inference slots (``state.inference_limiter``) is free.
+
+    The request waits for its slot without holding a thread. Waiting inside a thread (on a semaphore) let 40
+    queued uploads take every one of AnyIO's worker threads, and the page, /review, crops, /login and sign-off,
+    which need one, hung behind them (wbc 0.28.0).
+    """
+    return await anyio.to_thread.run_sync(fn, limiter=state.inference_limiter)
 
 
 def png_base64(rgb: np.ndarray) -> str:
@@ -300,9 +314,10 @@ def create_app(
     ``classifier`` / ``segmenter``: already-loaded models (tests, embedding in another app); when None
     they are loaded here, once, from ``model_path`` (default: the shipped model) and
     ``segmenter_method`` / ``segmenter_path``. ``max_upload_mb`` limits one request's body (413 above
-    it). ``max_concurrent`` inference calls run at once, each on ``threads`` threads; others wait their turn
-    (default: :func:`wbc.serve.settings.default_inference_slots`, one call per core). ``store``: the case store
-    for review and sign-off (a :class:`wbc.cases.CaseStore`, a SQLAlchemy URL or a path; None: no cases).
+    it). ``max_concurrent`` inference calls run at once, each on ``threads`` threads; others wait their turn without
+    holding a thread (default: :func:`wbc.serve.settings.default_inference_slots`, one call per core). ``store``:
+    the case store for review and sign-off (a :class:`wbc.cases.CaseStore`, a SQLAlchemy URL or a path; None: no
+    cases).
     ``settings``: a :class:`wbc.serve.settings.ServeSettings` (API keys, Host/Origin allow-lists, rate
     limit, body deadline); None reads them from the environment (``WBC_API_KEYS``, ...). Every route but
     ``/health`` and the login form then needs a key (:mod:`wbc.serve.security`). ``classes``: the server's
@@ -345,7 +360,7 @@ def create_app(
         from wbc.serve.settings import default_inference_slots
 
         max_concurrent = default_inference_slots(threads)
-    app.state.inference_slots = threading.BoundedSemaphore(max(1, max_concurrent))
+    app.state.inference_limiter = anyio.CapacityLimiter(max(1, max_concurrent))  # in_inference_slot
     app.state.metadata = model_metadata(classifier, segmenter)
     app.state.authenticator = authenticator
     app.state.settings = settings
@@ -372,10 +387,6 @@ def create_app(
     @app.exception_handler(WbcError)
     async def _wbc_error(request: Request, exc: WbcError) -> JSONResponse:
         return JSONResponse(error_body("unprocessable", str(exc)), 422)
-
-    def inference(fn: Callable[[], Any]) -> Any:
-        with app.state.inference_slots:
-            return fn()
 
     def require_files(request: Request, files: Sequence[UploadFile | str] | None, field: str) -> list[UploadFile]:
         """The uploaded files, or 415 (not a multipart request) / 400 (no such field, or only text in it: the
@@ -404,7 +415,7 @@ def create_app(
         return app.state.metadata
 
     @app.post("/classify", summary="Classify single-cell images")
-    def classify(
+    async def classify(
         request: Request,
         files: Annotated[list[UploadFile | str] | None, File(
             description="One or more single-cell images (field name `files`, repeated).")] = None,
@@ -428,16 +439,21 @@ def create_app(
 
         checked: list[tuple[str, bytes]] = []
         errors: list[dict[str, str]] = []
-        wrong_type = 0  # uploads refused for their declared content type
-        for up in uploads:  # the cheap checks (type, bytes, header size) before waiting for a slot
-            name = up.filename or f"file{len(checked) + len(errors) + 1}"
-            try:
-                checked.append((name, read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS)))
-            except ImageTooLargeError as exc:
-                errors.append({"filename": up.filename or "", "error": str(cell_too_large(exc))})
-            except WbcError as exc:
-                wrong_type += isinstance(exc, WrongContentType)
-                errors.append({"filename": up.filename or "", "error": str(exc)})
+
+        def check() -> int:  # the cheap checks (type, bytes, header size) before waiting for a slot
+            wrong_type = 0  # uploads refused for their declared content type
+            for up in uploads:
+                name = up.filename or f"file{len(checked) + len(errors) + 1}"
+                try:
+                    checked.append((name, read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS)))
+                except ImageTooLargeError as exc:
+                    errors.append({"filename": up.filename or "", "error": str(cell_too_large(exc))})
+                except WbcError as exc:
+                    wrong_type += isinstance(exc, WrongContentType)
+                    errors.append({"filename": up.filename or "", "error": str(exc)})
+            return wrong_type
+
+        wrong_type = await run_in_threadpool(check)
 
         def work() -> list[Any]:  # decoding counts against the concurrency limit, as inference does
             cells: list[np.ndarray] = []
@@ -455,7 +471,7 @@ def create_app(
                     errors.append({"filename": name, "error": str(exc)})
             return classify_images(np.stack(cells), clf, names, second, framing) if cells else []
 
-        preds = inference(work) if checked else []
+        preds = await in_inference_slot(app.state, work) if checked else []
         if not preds:
             status = 415 if errors and wrong_type == len(errors) else 422
             raise UploadProblem(status, "no_readable_image",
@@ -474,7 +490,7 @@ def create_app(
         })
 
     @app.post("/analyze", summary="Find, outline, classify and count the WBCs of one smear field")
-    def analyze(
+    async def analyze(
         request: Request,
         file: Annotated[UploadFile | str | None, File(description="One smear image (field name `file`).")] = None,
         annotated: Annotated[bool, Query(description="Include the annotated image as base64 PNG.")] = False,
@@ -498,11 +514,11 @@ def create_app(
             return UploadProblem(status, error, str(exc), [{"filename": name, "error": str(exc)}])
 
         try:  # refused from the header, before waiting for a slot and before decoding
-            data = read_upload_bytes(up, app.state.max_bytes, MAX_ANALYZE_PIXELS)
+            data = await run_in_threadpool(read_upload_bytes, up, app.state.max_bytes, MAX_ANALYZE_PIXELS)
         except WbcError as exc:
             raise unreadable(exc) from None
 
-        def work() -> tuple[Any, str | None]:
+        def work() -> dict[str, Any]:
             try:  # decoding happens inside the concurrency slot: N uploads never decode at once
                 rgb = decode_upload(data, name, MAX_ANALYZE_PIXELS)
             except WbcError as exc:
@@ -510,27 +526,24 @@ def create_app(
             res = analyze_image(rgb, clf, seg, name=name)
             if (pages := tiff_fields(data)) > 1:
                 res.warnings.append(pages_warning(pages))
-            png = None
+            seg_id = getattr(seg, "model_id", getattr(seg, "name", ""))
+            body = result_to_dict(res, clf.classes, seg_id)
+            body["n_review"] = sum(bool(c.prediction and c.prediction.review) for c in res.cells)
+            body["differential"] = differential(body["counts"], clf.classes)
             if annotated:
                 from wbc.render import render
 
-                png = png_base64(render(rgb, res, clf.classes))
-            return res, png
+                body["annotated_png"] = png_base64(render(rgb, res, clf.classes))
+            return body
 
         try:
-            res, png = inference(work)
+            body = await in_inference_slot(app.state, work)
         except WbcError as exc:  # e.g. a field too small or too large to analyse
             msg = str(exc)
             raise UploadProblem(422, "unprocessable", msg, [{"filename": name, "error": msg}]) from None
         except (cv2.error, ValueError, MemoryError) as exc:  # as in wbc analyze: a bad image is not a 500
             msg = f"{name}: analysis failed ({exc.__class__.__name__})"
             raise UploadProblem(422, "analysis_failed", msg, [{"filename": name, "error": msg}]) from None
-        seg_id = getattr(seg, "model_id", getattr(seg, "name", ""))
-        body = result_to_dict(res, clf.classes, seg_id)
-        body["n_review"] = sum(bool(c.prediction and c.prediction.review) for c in res.cells)
-        body["differential"] = differential(body["counts"], clf.classes)
-        if png is not None:
-            body["annotated_png"] = png
         return JSONResponse(body)
 
     @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts")

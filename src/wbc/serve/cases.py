@@ -11,6 +11,7 @@ app's JSON error body.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 import cv2
@@ -89,20 +90,22 @@ def list_cases(request: Request) -> dict[str, Any]:
 
 
 @router.post("/cases", status_code=201, summary="Analyse one or more smear fields as a new case")
-def create_case(
+async def create_case(
     request: Request,
     name: Annotated[str, Form(max_length=200, description="Case name (sample or accession number).")],
     files: Annotated[list[UploadFile | str] | None, File(description="Smear fields (field name `files`, repeated).")
                      ] = None,
     user: Annotated[str, Form(max_length=120, description="Who created the case.")] = "",
 ) -> JSONResponse:
-    """Every field is analysed as ``/analyze`` does; the case is created only if every field could be read
-    (otherwise 422 with each file's problem), so a case never silently misses a field."""
+    """Every field is analysed as ``/analyze`` does, each in an inference slot (waited for without holding a thread:
+    :func:`wbc.serve.app.in_inference_slot`); the case is created only if every field could be read (otherwise 422
+    with each file's problem), so a case never silently misses a field."""
+    from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile as StarletteUploadFile
 
     from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image
     from wbc.cases.store import PreparedField, create_case_from_fields, prepare_field
-    from wbc.serve.app import UploadProblem, read_upload
+    from wbc.serve.app import UploadProblem, in_inference_slot, read_upload
 
     store = store_of(request)
     uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
@@ -113,27 +116,28 @@ def create_case(
         raise UploadProblem(413, "too_many_files", f"{len(uploads)} files; the limit is {state.max_files}")
     # the same file twice (chosen twice, or a copy under another name) would count its cells twice: refused
     # before anything is analysed, naming both
-    digests: list[str] = []
+    digests: list[str] = await run_in_threadpool(lambda: [upload_digest(up) for up in uploads])
     seen: dict[str, str] = {}
-    for i, up in enumerate(uploads):
+    for i, (up, digest) in enumerate(zip(uploads, digests, strict=True)):
         fname = up.filename or f"field{i + 1}"
-        digest = upload_digest(up)
         if digest in seen:
             raise UploadProblem(422, "duplicate_field", f"{fname} is the same image as {seen[digest]} (identical "
                                 f"file content, SHA-1 {digest[:12]}): send each field once; no case was created")
         seen[digest] = fname
-        digests.append(digest)
     clf, seg = state.classifier, state.segmenter
     fields: list[PreparedField] = []
     errors: list[dict[str, str]] = []
+
+    def analyse(up: UploadFile, fname: str, digest: str) -> PreparedField:
+        # decoded inside the slot: one large image at a time, refused from its header past /analyze's limit; kept
+        # as its PNG and crops, as many fields' pixels would otherwise sit in memory until the last
+        rgb = read_upload(up, state.max_bytes, MAX_ANALYZE_PIXELS)
+        return prepare_field(fname, rgb, analyze_image(rgb, clf, seg, name=fname), clf, digest)
+
     for up, digest in zip(uploads, digests, strict=True):
         fname = up.filename or f"field{len(fields) + len(errors) + 1}"
         try:
-            with state.inference_slots:  # decode inside the slot: one large image at a time, refused from its
-                rgb = read_upload(up, state.max_bytes, MAX_ANALYZE_PIXELS)  # header past /analyze's limit
-                # kept as its PNG and crops: many fields' pixels would otherwise sit in memory until the last
-                fields.append(prepare_field(fname, rgb, analyze_image(rgb, clf, seg, name=fname), clf, digest))
-                del rgb
+            fields.append(await in_inference_slot(state, functools.partial(analyse, up, fname, digest)))
         except WbcError as exc:
             errors.append({"filename": fname, "error": str(exc)})
         except (cv2.error, ValueError, MemoryError) as exc:
@@ -142,8 +146,8 @@ def create_case(
         raise UploadProblem(422, "unreadable_image", f"{len(errors)} of {len(uploads)} field(s) could not be "
                             "analysed; no case was created", errors)
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
-    case_id = call(create_case_from_fields, store, name, fields, clf, seg_id, user)
-    return JSONResponse(store.case_document(case_id), status_code=201)
+    case_id = await run_in_threadpool(call, create_case_from_fields, store, name, fields, clf, seg_id, user)
+    return JSONResponse(await run_in_threadpool(store.case_document, case_id), status_code=201)
 
 
 def upload_digest(upload: UploadFile) -> str:
