@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +172,18 @@ def test_the_same_image_twice_makes_no_case(client: TestClient) -> None:
     assert all(c["name"] != "DUPWEB" for c in client.get("/cases").json()["cases"])
     r = client.post("/cases", data={"name": "DUPWEB", "user": "me"}, files=files[:2])
     assert r.status_code == 201 and [f["image"] for f in r.json()["fields"]] == ["a.png", "b.png"]
+
+
+def test_a_case_from_a_multi_page_tiff_says_what_it_left_out(client: TestClient) -> None:
+    """POST /cases analysed the first image of a scanner's 3-field TIFF and said nothing, where /analyze and
+    `wbc analyze` warn (wbc 0.28.0): the field carries the same warning, shown on the review page."""
+    from PIL import Image
+
+    pages = [Image.fromarray(synthetic_smear(n_wbc=2, seed=s)[0]) for s in (1, 2, 3)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    r = client.post("/cases", data={"name": "TIFF 3 fields"},
+                    files={"files": ("slide.tif", buf.getvalue(), "image/tiff")})
+    assert r.status_code == 201, r.text
+    assert r.json()["fields"][0]["warnings"][-1] == (
+        "the file holds 3 images; only the first was analysed: save each field as a file of its own")

@@ -105,7 +105,8 @@ async def create_case(
 
     from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image
     from wbc.cases.store import PreparedField, create_case_from_fields, prepare_field
-    from wbc.serve.app import UploadProblem, in_inference_slot, read_upload
+    from wbc.io import pages_warning, tiff_fields
+    from wbc.serve.app import UploadProblem, decode_upload, in_inference_slot, read_upload_bytes
 
     store = store_of(request)
     uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
@@ -131,8 +132,12 @@ async def create_case(
     def analyse(up: UploadFile, fname: str, digest: str) -> PreparedField:
         # decoded inside the slot: one large image at a time, refused from its header past /analyze's limit; kept
         # as its PNG and crops, as many fields' pixels would otherwise sit in memory until the last
-        rgb = read_upload(up, state.max_bytes, MAX_ANALYZE_PIXELS)
-        return prepare_field(fname, rgb, analyze_image(rgb, clf, seg, name=fname), clf, digest)
+        data = read_upload_bytes(up, state.max_bytes, MAX_ANALYZE_PIXELS)
+        rgb = decode_upload(data, fname, MAX_ANALYZE_PIXELS)
+        res = analyze_image(rgb, clf, seg, name=fname)
+        if (pages := tiff_fields(data)) > 1:  # a scanner's multi-field TIFF: said on the field, as /analyze says it
+            res.warnings.append(pages_warning(pages))
+        return prepare_field(fname, rgb, res, clf, digest)
 
     for up, digest in zip(uploads, digests, strict=True):
         fname = up.filename or f"field{len(fields) + len(errors) + 1}"

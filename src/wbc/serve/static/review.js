@@ -90,7 +90,10 @@ async function createCase() {
   }
   $("create-case").disabled = false;
   if (!res.ok) { $("cases-status").textContent = `Not created: ${problem(res)}`; return; }
-  $("cases-status").textContent = `Case created: ${res.body.n_cells} cell(s) in ${res.body.fields.length} field(s).`;
+  // a field's warnings (a TIFF of several fields of which only the first was analysed, ...) are said at once
+  const warned = res.body.fields.filter((f) => f.warnings.length).map((f) => `${f.image}: ${f.warnings.join("; ")}.`);
+  $("cases-status").textContent = `Case created: ${res.body.n_cells} cell(s) in ${res.body.fields.length} field(s).`
+    + (warned.length ? ` ${warned.join(" ")}` : "");
   $("new-case").reset();
   await loadCases();
   showCase(res.body);
