@@ -180,6 +180,32 @@ def test_cross_site_rules() -> None:
     assert cross_site_problem("POST", {"origin": "https://lims.lab"}, ["https://lims.lab"]) is None
 
 
+def test_an_allowed_origin_may_post_from_a_current_browser(classifier) -> None:
+    """Chrome, Firefox and Safari send ``Sec-Fetch-Site: cross-site`` (or ``same-site``) with ``Origin``; that alone
+    refused the page of an --allowed-origin site exactly as an attacker's, and its fetch() preflight got 401 (wbc
+    0.28.0). Now it may post, and read the answer (CORS for those origins only)."""
+    lims, evil = "https://lims.example.org", "https://evil.example"
+    for site in ("cross-site", "same-site"):
+        assert cross_site_problem("POST", {"sec-fetch-site": site, "origin": lims}, [lims + "/"]) is None
+        assert cross_site_problem("POST", {"sec-fetch-site": site, "origin": evil}, [lims])
+    body = {"counts": {"neutrophil": 1}}
+    cross = {"X-API-Key": KEY, "Sec-Fetch-Site": "cross-site"}
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key,content-type"}
+    with make_client(classifier, api_keys=[KEY], allowed_origins=["https://LIMS.example.org/"]) as c:
+        ok = c.post("/differential", json=body, headers={**cross, "Origin": lims})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == lims
+        bad = c.post("/differential", json=body, headers={**cross, "Origin": evil})
+        assert bad.status_code == 403 and "access-control-allow-origin" not in bad.headers
+        r = c.options("/differential", headers={"Origin": lims, **preflight})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == lims
+        allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert {"x-api-key", "content-type"} <= allowed
+        assert c.options("/differential", headers={"Origin": evil, **preflight}).status_code >= 400
+    with make_client(classifier, api_keys=[KEY]) as c:  # no allowed origin: no CORS answer at all
+        r = c.options("/differential", headers={"Origin": lims, **preflight})
+        assert r.status_code == 401 and "access-control-allow-origin" not in r.headers
+
+
 def test_unknown_host_is_refused(client: TestClient) -> None:
     r = client.get("/health", headers={"Host": "attacker.example"})
     assert r.status_code == 400 and r.json()["error"] == "host_not_allowed"

@@ -323,7 +323,7 @@ def create_app(
     ``/health`` and the login form then needs a key (:mod:`wbc.serve.security`). ``classes``: the server's
     default label set (``"5part"``, ``wbc serve --classes``; ``label_set`` in ``/model`` and ``/health``).
     """
-    from wbc.serve.security import API_KEY, Authenticator, SecurityMiddleware, describe, login_router
+    from wbc.serve.security import API_KEY, Authenticator, SecurityMiddleware, describe, login_router, normal_origin
     from wbc.serve.settings import ServeSettings, load_settings
 
     settings = settings if isinstance(settings, ServeSettings) else load_settings()
@@ -365,7 +365,15 @@ def create_app(
     app.state.authenticator = authenticator
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes)
-    app.add_middleware(SecurityMiddleware, authenticator=authenticator)  # outermost: before the body is read
+    app.add_middleware(SecurityMiddleware, authenticator=authenticator)  # before the body is read
+    if settings.allowed_origins:
+        # --allowed-origin: that site's pages may call the API with fetch() and read the answers. Outermost, so that
+        # the browser's preflight (OPTIONS, which carries no key) is answered, for those origins only.
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=sorted({normal_origin(o) for o in settings.allowed_origins}),
+                           allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+                           max_age=600)
     app.include_router(login_router)
 
     @app.exception_handler(StarletteHTTPException)

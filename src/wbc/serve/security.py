@@ -261,25 +261,36 @@ def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
     return bool(host) and host in allowed
 
 
+def normal_origin(origin: str) -> str:
+    """An origin as browsers write it in ``Origin`` (lower case, no trailing slash), for comparing with a setting.
+
+    >>> normal_origin("https://LIMS.example.org/")
+    'https://lims.example.org'
+    """
+    return origin.strip().rstrip("/").lower()
+
+
 def cross_site_problem(method: str, headers: Mapping[str, str], allowed_origins: Iterable[str]) -> str | None:
     """Why an unsafe (state-changing) request from another site is refused, else None.
 
     Browsers say where a request comes from: ``Sec-Fetch-Site`` (``same-origin`` or ``none`` for the
-    page itself and for typed URLs; set by the browser, never by a page's script) and, in older browsers
-    only, ``Origin``. Non-browser clients send neither and pass.
+    page itself and for typed URLs; set by the browser, never by a page's script) and ``Origin``, which older
+    browsers send alone. Non-browser clients send neither and pass. A page of one of ``allowed_origins``
+    (``--allowed-origin``) passes: current browsers send its ``Origin`` with ``Sec-Fetch-Site: cross-site`` or
+    ``same-site``, which alone would be refused.
     """
     if method.upper() not in UNSAFE_METHODS:
+        return None
+    origin = headers.get("origin")
+    if origin not in (None, "null") and normal_origin(origin) in {normal_origin(o) for o in allowed_origins}:
         return None
     site = (headers.get("sec-fetch-site") or "").lower()
     if site:
         return None if site in ("same-origin", "none") else f"cross-site request refused (Sec-Fetch-Site: {site})"
-    origin = headers.get("origin")
     if origin is None:
         return None
     if origin == "null":
         return "request from an opaque origin refused (Origin: null)"
-    if origin.rstrip("/") in {o.rstrip("/") for o in allowed_origins}:
-        return None
     netloc = urlsplit(origin).netloc.lower()
     if netloc and netloc == (headers.get("host") or "").lower():
         return None
