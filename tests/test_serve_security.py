@@ -140,6 +140,18 @@ def test_the_web_page_logs_in_with_a_key_and_a_strict_cookie(classifier) -> None
         assert c.get("/model").status_code == 401
 
 
+@pytest.mark.parametrize("other", ['prefs={"lang":"en"}', "consent=yes please", "flag", 'x="unterminated'])
+def test_another_apps_cookie_does_not_sign_the_browser_out(classifier, other: str) -> None:
+    """A cookie that ``http.cookies`` calls illegal (JSON, a space, a bare flag), set by another application on the
+    same host, made every request 401 right after a successful login (wbc 0.28.0)."""
+    with make_client(classifier, api_keys=[KEY]) as c:
+        token = c.post("/login", data={"key": KEY}, follow_redirects=False).cookies["wbc_session"]
+        c.cookies.clear()
+        for cookie in (f"{other}; wbc_session={token}", f"wbc_session={token}; {other}"):
+            assert c.get("/model", headers={"Cookie": cookie}).status_code == 200, cookie
+        assert c.get("/model", headers={"Cookie": f"{other}; wbc_session=forged"}).status_code == 401
+
+
 def test_signing_in_goes_back_to_the_page_it_was_asked_from_never_elsewhere(classifier) -> None:
     with make_client(classifier, api_keys=[KEY]) as c:
         form = c.get("/review?case=3", headers={"Accept": "text/html"})  # a bookmarked case, no session

@@ -396,14 +396,15 @@ class SecurityMiddleware:
 
 
 def _cookies(headers: Headers) -> dict[str, str]:
-    from http.cookies import SimpleCookie
+    """The request's cookies, read as ``request.cookies`` reads them (Starlette's lenient parser, as browsers do).
 
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:  # a malformed cookie header is no session
-        return {}
-    return {k: m.value for k, m in jar.items()}
+    ``http.cookies.SimpleCookie`` stopped at the first cookie it found illegal and returned none: another
+    application on the same host (browsers keep cookies per host, not per port) setting one with a space, a quote
+    or JSON in it signed the browser out of this one after every login (wbc 0.28.0).
+    """
+    from starlette.requests import cookie_parser
+
+    return cookie_parser(headers.get("cookie", ""))
 
 
 # --------------------------------------------------------------------------- the web page's login
