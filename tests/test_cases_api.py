@@ -187,3 +187,21 @@ def test_a_case_from_a_multi_page_tiff_says_what_it_left_out(client: TestClient)
     assert r.status_code == 201, r.text
     assert r.json()["fields"][0]["warnings"][-1] == (
         "the file holds 3 images; only the first was analysed: save each field as a file of its own")
+
+
+def test_a_sign_off_of_a_case_changed_since_it_was_shown_is_refused(client: TestClient) -> None:
+    """The review page's confirmation names the differential it shows; a colleague's relabel after it still let the
+    sign-off through, attesting to counts the signer never saw (wbc 0.28.0). ``corrections_seen`` is checked in the
+    sign-off's transaction; without it (scripts) there is no check."""
+    doc = new_case(client, "stale sign-off", 1)
+    cid, cell = doc["id"], doc["cells"][0]
+    seen = len(doc["corrections"])
+    relabel = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": "not_wbc", "user": "B"})
+    assert relabel.status_code == 200
+    r = client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": seen})
+    assert r.status_code == 409 and r.json()["error"] == "changed", r.text
+    assert "(1 correction(s) now, 0 then)" in r.json()["detail"] and "reload" in r.json()["detail"]
+    assert client.get(f"/cases/{cid}").json()["signed_by"] is None
+    assert client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": -1}).status_code == 422
+    r = client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": seen + 1})
+    assert r.status_code == 200 and r.json()["signed_by"] == "A"

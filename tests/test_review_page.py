@@ -221,6 +221,35 @@ def test_a_sign_off_asked_for_one_case_never_signs_another(review) -> None:
     assert case_on_server(base, a)["signed_by"] == "Ann" and case_on_server(base, b)["signed_by"] is None
 
 
+def test_a_case_changed_by_someone_else_after_the_confirmation_is_not_signed_off(review) -> None:
+    """The confirmation names the differential the page shows; a colleague's relabel after it made the signer attest
+    to counts they never saw (wbc 0.28.0). The page's own relabels count as seen; another's refuses the sign-off, and
+    the page shows the case as it is now."""
+    import httpx
+
+    page, base = review
+    a = make_case(base, "stale", 45)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, a)
+    page.focus("#gallery .tile[aria-selected=true]")
+    page.keyboard.press("9")  # this page's own correction: seen
+    page.wait_for_selector("#review-status:has-text('Not a WBC')")
+    page.click("#sign-off")
+    cell = case_on_server(base, a)["cells"][-1]["id"]
+    r = httpx.post(f"{base}/cases/{a}/cells/{cell}/label", json={"label": "unidentifiable", "user": "Bo"}, timeout=30)
+    assert r.status_code == 200
+    page.click("#confirm-sign-off")
+    page.wait_for_selector("#review-status:has-text('Not signed off')")
+    assert "changed after it was shown" in page.locator("#review-status").inner_text()
+    assert case_on_server(base, a)["signed_by"] is None
+    page.wait_for_function("state.doc.corrections.length === 2")  # reloaded: the colleague's change is shown
+    page.click("#sign-off")
+    page.click("#confirm-sign-off")
+    page.wait_for_selector("#signed-text:not([hidden])")
+    assert case_on_server(base, a)["signed_by"] == "Ann"
+
+
 def test_a_failed_label_request_says_so_and_the_next_one_works(review) -> None:
     page, base = review
     c = make_case(base, "network", 42)

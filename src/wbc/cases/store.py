@@ -78,6 +78,10 @@ class CaseSignedError(CaseError):
     """The case is signed off and therefore read-only."""
 
 
+class CaseChangedError(CaseError):
+    """The case changed after the signer was shown it: a sign-off would attest to what they never saw."""
+
+
 # --------------------------------------------------------------------------- schema (ORM)
 
 _NAMING = {
@@ -595,15 +599,24 @@ class CaseStore:
             s.flush()
             return cell_to_dict(cell, cell.field.position)
 
-    def sign_off(self, case: int | str, user: str, client: str = "local") -> dict[str, Any]:
+    def sign_off(self, case: int | str, user: str, client: str = "local", corrections_seen: int | None = None
+                 ) -> dict[str, Any]:
         """Sign the case off as ``user`` (through ``client``, as in :meth:`reclassify`): from now on it is
-        read-only. Returns the case document."""
+        read-only. ``corrections_seen``: how many corrections the signer was shown; if the case has another number
+        (a colleague relabelled a cell meanwhile), it is not signed off (:class:`CaseChangedError`), checked in the
+        sign-off's own transaction. Returns the case document."""
         who = clean_user(user)
         with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
             self._check_open(c)
             if not s.scalar(select(func.count(CellRow.id)).where(CellRow.case_id == c.id)):
                 raise CaseError(f"case {c.name!r} has no cells to sign off")
+            if corrections_seen is not None:
+                n = s.scalar(select(func.count(CorrectionRow.id)).where(CorrectionRow.case_id == c.id)) or 0
+                if n != corrections_seen:
+                    raise CaseChangedError(
+                        f"case {c.name!r} changed after it was shown for sign-off ({n} correction(s) now, "
+                        f"{corrections_seen} then); it was not signed off: reload it and check the differential again")
             c.signed_by, c.signed_at, c.signed_client = who, utcnow(), str(client)[:60]
             case_id = c.id
         return self.case_document(case_id)

@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from wbc.cases.store import CaseError, CaseNotFoundError, CaseSignedError, CaseStore
+from wbc.cases.store import CaseChangedError, CaseError, CaseNotFoundError, CaseSignedError, CaseStore
 from wbc.errors import WbcError
 from wbc.serve.security import API_KEY, Identity, require_api_key
 
@@ -42,6 +42,9 @@ class LabelIn(BaseModel):
 
 class SignOffIn(BaseModel):
     user: str = Field(..., max_length=120, examples=["A. Tech"])
+    #: how many corrections the signer's page showed (its ``corrections``, plus its own since); a case changed since
+    #: is not signed off (409 ``changed``). The review page always sends it; without it, no check.
+    corrections_seen: int | None = Field(None, ge=0, examples=[2])
 
 
 def problem(status: int, error: str, detail: str) -> HTTPException:
@@ -65,6 +68,8 @@ def call(fn: Any, *args: Any) -> Any:
         raise problem(404, "not_found", str(exc)) from None
     except CaseSignedError as exc:
         raise problem(409, "signed_off", str(exc)) from None
+    except CaseChangedError as exc:
+        raise problem(409, "changed", str(exc)) from None
     except CaseError as exc:
         raise problem(422, "invalid_case", str(exc)) from None
 
@@ -200,7 +205,7 @@ def label_cell(request: Request, case_id: Id, cell_id: Id, body: LabelIn,
 @router.post("/cases/{case_id}/sign-off", summary="Sign the case off; it is read-only afterwards")
 def sign_off(request: Request, case_id: Id, body: SignOffIn,
              who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
-    return call(store_of(request).sign_off, case_id, body.user, who.name)
+    return call(store_of(request).sign_off, case_id, body.user, who.name, body.corrections_seen)
 
 
 @router.get("/cases/{case_id}/report", summary="The printable case report (HTML)", response_class=HTMLResponse)

@@ -10,6 +10,7 @@ const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
   meta: null, doc: null, view: "gallery", sel: null, order: [], keys: {}, busy: false, confirming: null,
+  confirmingSeen: null,
 };
 const colourOf = (c) => SPECIAL_COLOURS[c] || (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
 const fmt1 = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(1));
@@ -118,6 +119,8 @@ async function openCase(id, push) {
 
 function showCase(doc) {
   showConfirm(false);  // a sign-off asked for the case shown before never signs this one
+  // the corrections this page has shown: a sign-off is refused (409 changed) when the case has others
+  doc.corrections_seen = doc.corrections.length;
   state.doc = doc;
   state.sel = null;
   state.keys = {};
@@ -374,6 +377,7 @@ async function setLabel(label) {
     if (res.status === 409) await openCase(d.id, false);
     return;
   }
+  d.corrections_seen += 1;  // each saved label is one correction
   const i = d.cells.findIndex((c) => c.id === id);
   d.cells[i] = Object.assign({}, d.cells[i], res.body.cell);
   d.differential = res.body.differential;
@@ -411,9 +415,11 @@ function onKey(e) {
 
 // ------------------------------------------------------------------ sign-off
 
-// on: the case the confirmation asks about (its id is what signOff signs), or false
+// on: the case the confirmation asks about (its id is what signOff signs, the corrections it had then are what the
+// server checks the case against), or false
 function showConfirm(on) {
   state.confirming = on ? on.id : null;
+  state.confirmingSeen = on ? on.corrections_seen : null;
   $("confirm-box").hidden = !on;
   $("sign-off").hidden = Boolean(on) || signed();
 }
@@ -432,6 +438,7 @@ function askSignOff() {
 
 async function signOff() {
   const id = state.confirming;
+  const seen = state.confirmingSeen;
   showConfirm(false);
   if (id === null || !state.doc || state.doc.id !== id) return;  // only the case the confirmation named
   const user = reviewerName();
@@ -439,12 +446,18 @@ async function signOff() {
   let res;
   try {
     res = await api(`/cases/${id}/sign-off`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ user }),
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user, corrections_seen: seen }),
     });
   } catch (err) {
     res = { ok: false, status: 0, body: { detail: `no answer from the server (${err.message}); try again` } };
   }
-  if (!res.ok) { say(`Not signed off: ${problem(res)}`); return; }
+  if (!res.ok) {
+    // changed by someone else meanwhile (or signed off already): show the case as it is now, then say why
+    if (res.status === 409 && state.doc && state.doc.id === id) await openCase(id, false);
+    say(`Not signed off: ${problem(res)}`);
+    return;
+  }
   if (!state.doc || state.doc.id !== id) { await loadCases(); return; }  // another case was opened meanwhile
   const sel = state.sel;
   state.doc = res.body;
