@@ -205,3 +205,17 @@ def test_a_sign_off_of_a_case_changed_since_it_was_shown_is_refused(client: Test
     assert client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": -1}).status_code == 422
     r = client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": seen + 1})
     assert r.status_code == 200 and r.json()["signed_by"] == "A"
+
+
+def test_a_404_names_no_store_path(client: TestClient, store_path: Path) -> None:
+    """Every case route's 404 said where the store lives ("case 999 not found in sqlite:////srv/..."; for
+    PostgreSQL the database's user, host and port) to any client (wbc 0.28.0)."""
+    doc = new_case(client, "leak", 1)
+    for r in (client.get("/cases/999"), client.get("/cases/999/report"), client.get("/cases/999/report.pdf"),
+              client.get("/cases/999/cells/1/crop"), client.get("/cases/999/fields/1/image"),
+              client.post("/cases/999/sign-off", json={"user": "A"}),
+              client.post("/cases/999/cells/1/label", json={"label": "not_wbc", "user": "A"})):
+        assert r.status_code == 404 and r.json()["detail"] == "case 999 not found", r.text
+        assert str(store_path.parent) not in r.text and "sqlite" not in r.text
+    r = client.get(f"/cases/{doc['id']}/cells/999999/crop")
+    assert r.status_code == 404 and "sqlite" not in r.text and "999999" in r.json()["detail"]

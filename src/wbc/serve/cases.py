@@ -60,12 +60,26 @@ def store_of(request: Request) -> CaseStore:
     return store
 
 
+def not_found_detail(exc: CaseNotFoundError) -> str:
+    """The store's "not found" message without the store's address (``... not found in sqlite:////srv/...``: a file
+    path, or a database's user, host and port), which the command line names for the person who chose the store
+    and an HTTP client has no business knowing.
+
+    >>> not_found_detail(CaseNotFoundError("case 9 not found in postgresql+psycopg://wbc:***@db01:5432/cases"))
+    'case 9 not found'
+    >>> not_found_detail(CaseNotFoundError("cell 5 is not in case 'S-1'"))
+    "cell 5 is not in case 'S-1'"
+    """
+    head, sep, _where = str(exc).partition(" not found in ")
+    return f"{head} not found" if sep else str(exc)
+
+
 def call(fn: Any, *args: Any) -> Any:
     """Run a store call, turning case errors into 404 / 409 / 422."""
     try:
         return fn(*args)
     except CaseNotFoundError as exc:
-        raise problem(404, "not_found", str(exc)) from None
+        raise problem(404, "not_found", not_found_detail(exc)) from None
     except CaseSignedError as exc:
         raise problem(409, "signed_off", str(exc)) from None
     except CaseChangedError as exc:
