@@ -264,6 +264,16 @@ def test_analyze_annotated_png_is_the_rendered_field(client: TestClient, smear: 
     assert np.abs(img.astype(int) - smear[:, :, ::-1].astype(int)).max() > 100  # something was drawn
 
 
+def test_analyze_refuses_two_files_instead_of_dropping_one(client: TestClient, smear: np.ndarray) -> None:
+    """`curl -F file=@a.png -F file=@b.png` got a 200 for b.png alone, a.png dropped without a word (wbc 0.28.0)."""
+    files = [("file", ("a.png", png_bytes(smear), "image/png")),
+             ("file", ("b.png", jpeg_bytes(smear), "image/jpeg"))]
+    r = client.post("/analyze", files=files)
+    assert r.status_code == 400 and r.json()["error"] == "too_many_files"
+    assert r.json()["detail"].startswith("/analyze takes one field a request, got 2: a.png, b.png")
+    assert client.post("/analyze", files=files[:1]).json()["image"] == "a.png"
+
+
 def test_analyze_empty_field_is_200_with_a_warning(client: TestClient) -> None:
     rgb, *_ = synthetic_smear(n_wbc=0, seed=6)
     body = client.post("/analyze", files={"file": ("blank.png", png_bytes(rgb), "image/png")}).json()

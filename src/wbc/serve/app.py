@@ -500,7 +500,8 @@ def create_app(
     @app.post("/analyze", summary="Find, outline, classify and count the WBCs of one smear field")
     async def analyze(
         request: Request,
-        file: Annotated[UploadFile | str | None, File(description="One smear image (field name `file`).")] = None,
+        file: Annotated[list[UploadFile | str] | None, File(description="One smear image (field name `file`).")
+                        ] = None,
         annotated: Annotated[bool, Query(description="Include the annotated image as base64 PNG.")] = False,
         classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
         tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
@@ -510,7 +511,12 @@ def create_app(
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
-        up = require_files(request, [file] if file is not None else [], "file")[0]
+        ups = require_files(request, file, "file")
+        if len(ups) > 1:  # a repeated `file` part: FastAPI would keep the last and drop the others without a word
+            names = ", ".join(u.filename or "upload" for u in ups)
+            raise UploadProblem(400, "too_many_files", f"/analyze takes one field a request, got {len(ups)}: {names} "
+                                "(send each on its own, or several as one case: POST /cases)")
+        up = ups[0]
         clf, seg = chosen_classes(app.state.classifier, classes, tta), app.state.segmenter
         name = up.filename or "upload"
 
