@@ -7,6 +7,7 @@ in the test (mean colour -> linear layer, see test_analyze), so that these tests
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -375,3 +376,57 @@ def test_serve_command_reports_a_missing_model_without_traceback(tmp_path: Path)
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
     assert "none.onnx" in r.stderr and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_bench_starts_its_server_without_the_environment_s_keys_or_the_lab_s_store(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wbc serve-bench` sends no key, but its server inherited WBC_API_KEYS (a traceback: httpx's 401), and opened
+    results/cases.sqlite in the working directory, which may be the lab's store (wbc 0.28.0)."""
+    import wbc.serve.bench as bench
+
+    started: list[dict] = []
+
+    class ExitsAtOnce:  # a server that never answers: running_server says so, after recording how it started it
+        def __init__(self, cmd: list[str], **kw: object) -> None:
+            started.append({**kw, "cmd": cmd})
+
+        def poll(self) -> int:
+            return 1
+
+        def terminate(self) -> None: ...
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 1
+
+    monkeypatch.setattr(bench.subprocess, "Popen", ExitsAtOnce)
+    monkeypatch.setenv("WBC_API_KEYS", "k-0123456789abcdef-one")
+    monkeypatch.setenv("WBC_API_KEY_FILE", "/keys.txt")
+    with pytest.raises(WbcError, match="exited at start"):
+        bench.measure_latency([Path("f.jpg")], [Path("c.jpg")])
+    env, cmd = started[0]["env"], started[0]["cmd"]
+    assert "WBC_API_KEYS" not in env and "WBC_API_KEY_FILE" not in env and env["PATH"] == os.environ["PATH"]
+    store = Path(cmd[cmd.index("--store") + 1])
+    assert store.name == "cases.sqlite" and not store.parent.exists()  # a temporary folder, gone afterwards
+    with pytest.raises(WbcError), bench.running_server(["--store", "x.sqlite"], env={"WBC_API_KEYS": "k" * 20}):
+        pass  # an explicit environment (benchmarks/serve_load.py: keys on) and store are left as they are
+    assert started[1]["env"] == {"WBC_API_KEYS": "k" * 20} and started[1]["cmd"].count("--store") == 1
+
+
+def test_serve_bench_says_what_the_server_answered_instead_of_a_traceback(classifier, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import contextmanager
+
+    import wbc.serve.bench as bench
+    from browser import live_server
+    from wbc.serve.settings import ServeSettings
+
+    @contextmanager
+    def keyed_server(args: object = (), env: object = None) -> Iterator[tuple[str, None]]:
+        app = create_app(classifier, ClassicalSegmenter(), settings=ServeSettings(api_keys=["k" * 20]))
+        with live_server(app) as base:
+            yield base, None
+
+    monkeypatch.setattr(bench, "running_server", keyed_server)
+    (tmp_path / "f.jpg").write_bytes(jpeg_bytes(synthetic_smear(n_wbc=1, seed=1)[0]))
+    with pytest.raises(WbcError, match=r"^serve-bench: wbc serve answered 401 to POST /analyze: .*API key"):
+        bench.measure_latency([tmp_path / "f.jpg"], [tmp_path / "f.jpg"])
