@@ -219,3 +219,15 @@ def test_a_404_names_no_store_path(client: TestClient, store_path: Path) -> None
         assert str(store_path.parent) not in r.text and "sqlite" not in r.text
     r = client.get(f"/cases/{doc['id']}/cells/999999/crop")
     assert r.status_code == 404 and "sqlite" not in r.text and "999999" in r.json()["detail"]
+
+
+def test_docs_api_names_how_field_images_and_crops_are_cached(client: TestClient) -> None:
+    """docs/api.md said every answer but static files was ``no-store``; field images and crops are cached privately
+    for an hour (so the review page does not fetch them again after each relabel), which it now says."""
+    doc = new_case(client, "cached", 1)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+    cid, field, cell = doc["id"], doc["fields"][0]["id"], doc["cells"][0]["id"]
+    for url in (f"/cases/{cid}/fields/{field}/image", f"/cases/{cid}/cells/{cell}/crop"):
+        r = client.get(url)
+        assert r.status_code == 200 and f"`{r.headers['cache-control']}`" in docs, url
+    assert client.get(f"/cases/{doc['id']}").headers["cache-control"] == "no-store"

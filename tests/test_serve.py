@@ -198,6 +198,33 @@ def test_answers_named_in_docs_api_for_slips_and_extremes(client: TestClient, sm
     assert r.status_code == 422 and r.json()["error"] == "invalid_counts"
 
 
+def test_answers_named_in_docs_api_past_1000_text_parts_and_for_head(client: TestClient, smear: np.ndarray) -> None:
+    """Past 1,000 text parts the answer was 400 http_error, not docs/api.md's 413 too_many_files; HEAD /health and
+    HEAD /model, as uptime monitors ask, were 405 (wbc 0.28.0)."""
+    cell = [("files", ("c.png", png_bytes(smear), "image/png"))]
+    r = client.post("/classify", data={f"t{i}": "x" for i in range(1001)}, files=cell)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_files", r.text
+    for path in ("/health", "/model"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json" and not r.content, path
+    assert set(client.get("/openapi.json").json()["paths"]["/health"]) == {"get"}
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_docs_api_shows_the_differential_rows_as_served(client: TestClient, smear: np.ndarray) -> None:
+    """docs/api.md's examples left out each row's ``unit``, which tells a client the rows outside the WBC total."""
+    import json
+    import re
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    example = json.loads(re.search(r"### `POST /classify`.*?```json\n(.*?)```", text, re.S)[1])
+    served = client.post("/classify", files=[("files", ("c.png", png_bytes(smear), "image/png"))]).json()
+    assert set(example["differential"][0]) == set(served["differential"][0])
+    assert set(example) == set(served)
+
+
 def test_too_large_uploads_get_413_before_and_while_reading(client: TestClient) -> None:
     big = b"\x00" * (3 * 2**20)
     r = client.post("/classify", files={"files": ("big.png", big, "image/png")})

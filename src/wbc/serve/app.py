@@ -378,8 +378,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):  # Starlette's own cap (1,000)
-            detail = f"{exc.detail} (this server takes {app.state.max_files} a request)"
+        # Starlette's own caps, 1,000 file parts and 1,000 text parts: 413, as past the server's limit
+        if exc.status_code == 400 and str(exc.detail).startswith(("Too many files", "Too many fields")):
+            detail = f"{exc.detail} (this server takes {app.state.max_files} files a request)"
             return JSONResponse(error_body("too_many_files", detail), status_code=413)
         body = error_body(getattr(exc, "error", "http_error"), str(exc.detail), getattr(exc, "files", ()))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
@@ -421,6 +422,9 @@ def create_app(
     @app.get("/model", summary="The classifier's metadata: classes, input size, review threshold, ...")
     async def model() -> dict[str, Any]:
         return app.state.metadata
+
+    for path, endpoint in (("/health", health), ("/model", model)):  # uptime monitors often ask with HEAD
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     @app.post("/classify", summary="Classify single-cell images")
     async def classify(
