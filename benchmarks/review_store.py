@@ -65,7 +65,7 @@ def main() -> None:
         db = Path(tmp) / "cases.sqlite"
         app = create_app(load_model(None, threads=args.threads), get_segmenter("auto", threads=args.threads),
                          store=db, max_upload_mb=100)
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://localhost") as client:  # a Host the app answers
             t0 = time.perf_counter()
             r = client.post("/cases", data={"name": "bench", "user": "bench"},
                             files=[("files", (n, b, "application/octet-stream")) for n, b in images])

@@ -225,6 +225,19 @@ def test_unknown_host_is_refused(client: TestClient) -> None:
     assert not host_allowed("localhost.evil.example", ["localhost"]) and host_allowed("any", ["*"])
 
 
+def test_the_test_client_s_host_is_not_served_by_default(classifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``testserver`` was on the production Host allow-list (wbc 0.28.0): a single-label name, it resolves through the
+    network's DNS search suffix, so on someone else's network it can name their machine (DNS rebinding)."""
+    from wbc.serve.settings import LOOPBACK_HOSTS, served_hosts
+
+    monkeypatch.delenv("WBC_ALLOWED_HOSTS", raising=False)  # tests/conftest.py allows it for the other tests
+    assert "testserver" not in ServeSettings().allowed_hosts and "testserver" not in LOOPBACK_HOSTS
+    assert "testserver" not in served_hosts(ServeSettings().allowed_hosts, "127.0.0.1", [])
+    app = create_app(classifier, ClassicalSegmenter(), settings=ServeSettings())
+    assert TestClient(app).get("/health").status_code == 400
+    assert TestClient(app, base_url="http://localhost:8000").get("/health").status_code == 200
+
+
 def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
     for r in (client.get("/health"), client.get("/model"), client.get("/nowhere", headers={"X-API-Key": KEY}),
               client.get("/model", headers={"X-API-Key": KEY})):

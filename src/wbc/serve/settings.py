@@ -16,9 +16,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from wbc.errors import ConfigError
 
-#: Names a loopback server is reached by. ``testserver`` is the Host of Starlette's TestClient (it has no
-#: dot, so no one can register it as an internet domain to rebind to this machine).
-LOOPBACK_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1", "testserver")
+#: Names a loopback server is reached by. Not Starlette's TestClient's ``testserver``: a single-label name resolves
+#: through the network's DNS search suffix, so on a network someone else runs (a laptop on foreign Wi-Fi) it can name
+#: their machine, the very DNS rebinding the Host check is for. Tests allow it themselves (tests/conftest.py).
+LOOPBACK_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 #: Shortest API key accepted: a guessable key is no protection.
 MIN_KEY_LENGTH: int = 16
 #: Most inference calls run at once by default, however many cores: each holds a decoded field (up to
