@@ -295,3 +295,24 @@ def test_a_label_answer_after_another_case_was_opened_stays_with_its_case(review
     assert shown["id"] == b and shown["n_reviewed"] == 0
     assert shown["differential"] == server_b["differential"]
     assert page.locator("#review-diff tr[data-class=not_wbc] td.count").inner_text() == "0"
+
+
+def test_a_case_of_only_nrbcs_and_platelets_shows_no_rate(review) -> None:
+    """With no WBC counted a case's erythroblasts and platelets have no rate per 100 WBCs (null in the API since wbc
+    0.29.0): the page showed an empty cell, as for a class never seen."""
+    import httpx
+
+    page, base = review
+    c = make_case(base, "no WBC", 46)
+    cells = case_on_server(base, c)["cells"]
+    for cell, label in zip(cells, ["erythroblast"] + ["platelet"] * (len(cells) - 1), strict=True):
+        r = httpx.post(f"{base}/cases/{c}/cells/{cell['id']}/label", json={"label": label, "user": "Bo"}, timeout=30)
+        assert r.status_code == 200
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    row = page.locator("#review-diff tr[data-class=erythroblast] td").all_inner_texts()
+    assert row[:3] == ["1", "n/a (no WBC counted)", ""], row
+    row = page.locator("#review-diff tr[data-class=lymphocyte] td").all_inner_texts()
+    assert row[:2] == ["0", "0.0"], row
+    assert page.locator("#review-diff-caption").inner_text().startswith("0 white cells counted")

@@ -226,3 +226,43 @@ def test_a_server_answering_five_classes_shows_only_those(chromium, classifier, 
         ctx.close()
     assert sorted(shown) == ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
     assert not errors, errors
+
+
+def called(page, labels: list[str]) -> None:
+    """The server's /analyze answers with their cells called ``labels`` (copies of the field's first cell): the
+    calls a real model makes on a field of NRBCs or platelets, which a synthetic smear does not give. The pooled
+    differential is still the server's own (POST /differential)."""
+    page.evaluate("""labels => { const f = window.fetch;
+        window.fetch = async (u, o) => {
+          const resp = await f(u, o);
+          if (!String(u).startsWith('/analyze') || !resp.ok) return resp;
+          const body = await resp.json();
+          body.cells = labels.map((label, i) => ({ ...body.cells[0], id: i + 1, label }));
+          body.n_cells = labels.length;
+          return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json' } });
+        }; }""", labels)
+
+
+def analyse_one_field(page, tmp_path: Path) -> None:
+    page.set_input_files("#file-input", str(smear_file(tmp_path)))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("#errors").is_hidden(), page.locator("#error-list").inner_text()
+
+
+def diff_cells(page, label: str) -> list[str]:
+    return page.locator(f"#diff-table tbody tr:has(th:text-is('{label}')) td").all_inner_texts()
+
+
+def test_a_field_of_only_nrbcs_and_platelets_shows_no_rate(page, tmp_path: Path) -> None:
+    """With no WBC counted the API gives an erythroblast's or platelet's rate per 100 WBCs as null (since wbc
+    0.29.0): the page read ``d.percent.toFixed`` and showed no differential at all."""
+    called(page, ["erythroblast", "erythroblast", "platelet"])
+    analyse_one_field(page, tmp_path)
+    assert diff_cells(page, "Erythroblast")[:3] == ["2", "n/a (no WBC counted)", ""]
+    assert diff_cells(page, "Platelet")[:3] == ["1", "n/a (no WBC counted)", ""]
+    assert diff_cells(page, "Lymphocyte")[:2] == ["0", "0.0 %"]
+    with page.expect_download() as dl:
+        page.click("#dl-diff")
+    rows = {(r["image"], r["class"]): r for r in csv.DictReader(Path(dl.value.path()).read_text().splitlines())}
+    assert (rows["ALL", "erythroblast"]["percent"], rows["ALL", "erythroblast"]["ci95_high"]) == ("", "")

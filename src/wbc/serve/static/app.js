@@ -275,6 +275,14 @@ async function renderSummary(mode) {
 }
 
 function diffRow(d) {
+  if (d.percent === null) {  // a rate per 100 WBCs with no WBC counted has no value (wbc.counts.NO_WBC_RATE)
+    return el("tr", { class: d.count ? "" : "zero" },
+      el("th", { scope: "row" }, swatch(d.class), displayName(d.class)),
+      el("td", { class: "num", text: String(d.count) }),
+      el("td", { class: "num", text: d.count ? "n/a (no WBC counted)" : "" }),
+      el("td", { class: "num", text: "" }),
+      el("td", {}));
+  }
   const lo = Math.max(0, d.ci95_low), hi = Math.min(100, d.ci95_high);
   const bar = el("div", { class: "bar", role: "img",
     "aria-label": `${displayName(d.class)} ${pct(d.percent)}, 95 % CI ${pct(lo)} to ${pct(hi)}` },

@@ -323,7 +323,8 @@ function renderDifferential() {
   const rows = d.differential.rows.map((r) => el("tr", { class: r.count !== model[r.class].count ? "differs" : (r.count ? "" : "zero"), "data-class": r.class },
     el("th", { scope: "row" }, el("span", { class: "swatch", style: { background: colourOf(r.class) }, "aria-hidden": "true" }), displayName(r.class)),
     el("td", { class: "num count", text: String(r.count) }),
-    el("td", { class: "num", text: fmt1(r.percent) + (r.unit === "per 100 WBC" ? "†" : "") }),
+    el("td", { class: "num", text: r.percent === null ? (r.count ? "n/a (no WBC counted)" : "")
+      : fmt1(r.percent) + (r.unit === "per 100 WBC" ? "†" : "") }),
     el("td", { class: "num", text: r.total ? `${fmt1(r.ci95_low)}–${fmt1(r.ci95_high)}` : "" }),
     el("td", { class: "num", text: String(model[r.class].count) })));
   for (const lab of ["not_wbc", "unidentifiable"]) {
