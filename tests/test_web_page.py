@@ -262,7 +262,18 @@ def test_a_field_of_only_nrbcs_and_platelets_shows_no_rate(page, tmp_path: Path)
     assert diff_cells(page, "Erythroblast")[:3] == ["2", "n/a (no WBC counted)", ""]
     assert diff_cells(page, "Platelet")[:3] == ["1", "n/a (no WBC counted)", ""]
     assert diff_cells(page, "Lymphocyte")[:2] == ["0", "0.0 %"]
+    assert "3 cells, 0 white cells among them" in page.locator("#diff-caption").inner_text()
+    assert page.locator("#diff-note").inner_text().startswith("No white cell counted")
     with page.expect_download() as dl:
         page.click("#dl-diff")
     rows = {(r["image"], r["class"]): r for r in csv.DictReader(Path(dl.value.path()).read_text().splitlines())}
     assert (rows["ALL", "erythroblast"]["percent"], rows["ALL", "erythroblast"]["ci95_high"]) == ("", "")
+
+
+def test_the_few_cells_note_counts_the_wbcs(page, tmp_path: Path) -> None:
+    """120 platelets and 4 lymphocytes: the note's "Only N cells" threshold counted every cell, so 4 WBCs read as
+    enough for a differential (wbc 0.28.0)."""
+    called(page, ["platelet"] * 120 + ["lymphocyte"] * 4)
+    analyse_one_field(page, tmp_path)
+    assert page.locator("#diff-note").inner_text().startswith("Only 4 white cells counted: the intervals are wide.")
+    assert "124 cells, 4 white cells among them;" in page.locator("#diff-caption").inner_text()

@@ -253,6 +253,7 @@ async function renderSummary(mode) {
   const diff = res.ok ? res.body.differential.filter((d) => answered().includes(d.class) || d.count) : [];
   state.differential = diff;
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  const nWbc = res.ok ? res.body.total : null;  // the differential's total: the WBCs, not the NRBCs and platelets
   const nReview = allCells().filter((c) => c.review).length;
   const stats = [
     [mode === "smear" ? "Smear fields" : "Images", mode === "smear" ? state.runs.length : total, false],
@@ -264,14 +265,17 @@ async function renderSummary(mode) {
     el("div", { class: `stat${attention ? " attention" : ""}` },
       el("div", { class: "value", text: String(value) }), el("div", { class: "label", text: label }))));
   const scope = mode === "smear" && state.runs.length > 1 ? ` pooled over ${state.runs.length} fields` : "";
-  $("diff-caption").textContent = `${total} cell${total === 1 ? "" : "s"}${scope}; `
+  const whites = (n) => `${n} white cell${n === 1 ? "" : "s"}`;
+  $("diff-caption").textContent = `${total} cell${total === 1 ? "" : "s"}${scope}`
+    + (nWbc !== null && nWbc !== total ? `, ${whites(nWbc)} among them` : "") + "; "
     + "percent of the white cells (erythroblasts and platelets per 100 white cells, outside the total) with an exact "
     + "(Clopper–Pearson) 95 % confidence interval.";
   $("diff-table").querySelector("tbody").replaceChildren(...diff.map(diffRow));
-  $("diff-note").textContent = total < 100
-    ? `Only ${total} cell${total === 1 ? "" : "s"}: the intervals are wide. A manual differential counts 100–200 leukocytes; `
-      + "analyse more fields before reading small percentages."
-    : "Cells flagged for review are counted under their most likely class; check them before reporting.";
+  const more = "A manual differential counts 100–200 leukocytes; analyse more fields before reading small percentages.";
+  $("diff-note").textContent = nWbc === 0  // the threshold counts the WBCs: 120 platelets are no differential
+    ? `No white cell counted: there are no percentages, and no rate per 100 white cells. ${more}`
+    : nWbc !== null && nWbc < 100 ? `Only ${whites(nWbc)} counted: the intervals are wide. ${more}`
+      : "Cells flagged for review are counted under their most likely class; check them before reporting.";
 }
 
 function diffRow(d) {

@@ -430,7 +430,7 @@ function askSignOff() {
   if (!user) return;
   const d = state.doc;
   const pending = d.cells.filter((c) => c.model_review && !c.reviewed).length;
-  $("confirm-text").textContent = `Sign off case ${d.name} as ${user}? ${d.differential.total} cells counted, `
+  $("confirm-text").textContent = `Sign off case ${d.name} as ${user}? ${d.differential.total} white cells counted, `
     + `${d.n_changed} changed by review${pending ? `, ${pending} flagged cell(s) not looked at yet` : ""}. `
     + "The case becomes read-only.";
   showConfirm(d);
