@@ -270,6 +270,26 @@ def test_a_field_of_only_nrbcs_and_platelets_shows_no_rate(page, tmp_path: Path)
     assert (rows["ALL", "erythroblast"]["percent"], rows["ALL", "erythroblast"]["ci95_high"]) == ("", "")
 
 
+def test_a_rate_per_100_wbcs_is_drawn_and_said_in_its_unit(page, tmp_path: Path) -> None:
+    """9 platelets beside 4 WBCs: the bar's fill was 225 % of its width and a screen reader heard "225.0 %, 95 % CI
+    62.8 % to 100.0 %", the interval cut at 100 (wbc 0.28.0)."""
+    from wbc.counts import per_100_interval
+
+    called(page, ["platelet"] * 9 + ["lymphocyte"] * 4)
+    analyse_one_field(page, tmp_path)
+    lo, hi = (100 * v for v in per_100_interval(9, 4))
+    assert diff_cells(page, "Platelet")[:3] == ["9", "225.0 /100 WBC", f"{lo:.1f}–{hi:.1f}"]
+    bar = page.locator("#diff-table tbody tr:has(th:text-is('Platelet')) .bar")
+    said = bar.get_attribute("aria-label")
+    assert f"225.0 per 100 white cells, 95 % CI {lo:.1f} to {hi:.1f} per 100 white cells" in said, said
+    assert "%" not in said.replace("95 % CI", "")
+    widths = bar.evaluate("b => [b.offsetWidth, b.querySelector('.fill').offsetWidth, b.querySelector('.ci').offsetLeft"
+                          " + b.querySelector('.ci').offsetWidth]")
+    assert widths[1] <= widths[0] and widths[2] <= widths[0] + 1, widths
+    lymph = page.locator("#diff-table tbody tr:has(th:text-is('Lymphocyte')) .bar").get_attribute("aria-label")
+    assert lymph.startswith("Lymphocyte 100.0 %, 95 % CI")  # a share of the WBCs keeps its percent
+
+
 def test_the_few_cells_note_counts_the_wbcs(page, tmp_path: Path) -> None:
     """120 platelets and 4 lymphocytes: the note's "Only N cells" threshold counted every cell, so 4 WBCs read as
     enough for a differential (wbc 0.28.0)."""

@@ -287,17 +287,25 @@ function diffRow(d) {
       el("td", { class: "num", text: "" }),
       el("td", {}));
   }
-  const lo = Math.max(0, d.ci95_low), hi = Math.min(100, d.ci95_high);
-  const bar = el("div", { class: "bar", role: "img",
-    "aria-label": `${displayName(d.class)} ${pct(d.percent)}, 95 % CI ${pct(lo)} to ${pct(hi)}` },
-  el("div", { class: "fill", style: { width: `${d.percent}%`, background: colourOf(d.class) } }),
-  el("div", { class: "ci", style: { left: `${lo}%`, width: `${Math.max(hi - lo, 0.3)}%` } }));
+  // a share of the WBCs lies within 0-100 %; a rate per 100 WBCs (erythroblasts, platelets: outside the total) may
+  // pass 100. Its bar, on the same 0-100 scale, stops at the end with an arrow; its label gives the whole interval.
+  const perWbc = d.unit === "per 100 WBC";
+  const lo = Math.max(0, d.ci95_low), hi = perWbc ? d.ci95_high : Math.min(100, d.ci95_high);
+  const drawnLo = Math.min(100, lo), drawnHi = Math.min(100, hi);
+  const said = perWbc
+    ? `${d.percent.toFixed(1)} per 100 white cells, 95 % CI ${lo.toFixed(1)} to ${hi.toFixed(1)} per 100 white cells`
+      + (hi > 100 ? " (the bar shows 0 to 100)" : "")
+    : `${pct(d.percent)}, 95 % CI ${pct(lo)} to ${pct(hi)}`;
+  const bar = el("div", { class: "bar", role: "img", "aria-label": `${displayName(d.class)} ${said}` },
+    el("div", { class: `fill${d.percent > 100 ? " beyond" : ""}`,
+      style: { width: `${Math.min(100, d.percent)}%`, background: colourOf(d.class) } }),
+    el("div", { class: `ci${hi > 100 ? " open" : ""}`,
+      style: { left: `${drawnLo}%`, width: `${Math.max(drawnHi - drawnLo, 0.3)}%` } }));
   return el("tr", { class: d.count ? "" : "zero" },
     el("th", { scope: "row" }, swatch(d.class), displayName(d.class)),
     el("td", { class: "num", text: String(d.count) }),
-    el("td", { class: "num", text: d.unit === "per 100 WBC" ? `${d.percent.toFixed(1)} /100 WBC` : pct(d.percent) }),
-    el("td", { class: "num", text: d.unit === "per 100 WBC" ? `${d.ci95_low.toFixed(1)}–${d.ci95_high.toFixed(1)}`
-      : `${lo.toFixed(1)}–${hi.toFixed(1)} %` }),
+    el("td", { class: "num", text: perWbc ? `${d.percent.toFixed(1)} /100 WBC` : pct(d.percent) }),
+    el("td", { class: "num", text: perWbc ? `${lo.toFixed(1)}–${hi.toFixed(1)}` : `${lo.toFixed(1)}–${hi.toFixed(1)} %` }),
     el("td", {}, bar));
 }
 
