@@ -709,6 +709,10 @@ def test_a_tiff_of_several_fields_is_said_when_a_case_is_created(tmp_path: Path,
     assert res.exit_code == 0, res.output
     doc = json.loads(run(app, ["cases", "show", "T", "--store", db, "--json"]).stdout)
     assert any("holds 3 images; only the first was analysed" in w for w in doc["fields"][0]["warnings"])
+    res = run(app, ["cases", "report", "T", "--store", db, "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r.html").read_text()
+    assert "field 1 (slide.tif): the file holds 3 images; only the first was analysed" in page
 
 
 def test_a_name_stored_in_two_unicode_spellings_is_refused_not_resolved(tmp_path: Path) -> None:
@@ -756,3 +760,35 @@ def test_export_neutralises_formulas_in_people_s_text(store: CaseStore, fields, 
     assert [(r["case"], r["reviewer"], r["signed_by"]) for r in rows] == [("'=1+1", "'@SUM(1+1)", "'-2+3")]
     assert read_back(rows[0]["case"]) == "=1+1"
     assert rows[0]["path"].startswith(f"{cell['model_label']}/") and rows[0]["fold"] == "-1"  # read_manifest's own
+
+
+def test_the_report_shows_each_field_s_warnings(store: CaseStore, fields, classifier,  # noqa: F811
+                                                monkeypatch) -> None:
+    """The signed report, HTML and PDF, said none of the fields' warnings (wbc 0.28.0): a TIFF of which only the
+    first field was analysed, a field with no WBC, cells unlike the training data were signed off unseen."""
+    import dataclasses
+
+    from wbc.cases.report import plain_summary, render_html
+    from wbc.io import pages_warning
+
+    said = {1: [pages_warning(3), "<b>3 of 3 cells</b> look unlike the model's training data"], 2: [],
+            3: ["no white blood cell found"]}
+    warned = [(name, rgb, dataclasses.replace(res, warnings=said[i])) for i, (name, rgb, res) in enumerate(fields, 1)]
+    cid = create_case_from_fields(store, "warned", warned, classifier)
+    store.sign_off(cid, "Ann")
+    lines = [f"field 1 (field 1.png): {said[1][0]}", f"field 1 (field 1.png): {said[1][1]}",
+             "field 3 (field 3.png): no white blood cell found"]
+    page = render_html(store, cid)
+    listed = page.split('<ul class="warnings" id="field-warnings">')[1].split("</ul>")[0]
+    assert [ln.strip().removeprefix("<li>").removesuffix("</li>") for ln in listed.strip().splitlines()] == [
+        ln.replace("<b>", "&lt;b&gt;").replace("</b>", "&lt;/b&gt;").replace("'", "&#39;") for ln in lines]
+    words = " ".join(plain_summary(store.case_document(cid)))
+    assert "The software warned about 2 of the 3 microscope images" in words
+    pdf = pdf_paragraphs(monkeypatch, store, cid)
+    assert "Warnings about the fields" in pdf and all(ln.replace("<", "&lt;").replace(">", "&gt;") in pdf
+                                                      for ln in lines), pdf
+
+    quiet = create_case_from_fields(store, "quiet", [(n, rgb, dataclasses.replace(r, warnings=[]))
+                                                     for n, rgb, r in fields], classifier)
+    assert "field-warnings" not in render_html(store, quiet)
+    assert "warned" not in " ".join(plain_summary(store.case_document(quiet)))

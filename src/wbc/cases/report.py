@@ -1,8 +1,8 @@
 """The case report: a printable HTML page (Jinja2, autoescaped) and a PDF (reportlab) per case.
 
 Both show the differential with exact 95 % intervals, the reviewer's counts beside the model's, the flagged
-cells' gallery, the model id, the reviewer and the time, and a summary in plain words for a reader who is not
-a specialist. A case that is not signed off yet is marked DRAFT on every page.
+cells' gallery, each field's warnings, the model id, the reviewer and the time, and a summary in plain words for
+a reader who is not a specialist. A case that is not signed off yet is marked DRAFT on every page.
 """
 
 from __future__ import annotations
@@ -102,6 +102,10 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
         out.append("The software suggested a type for each cell and the reviewer agreed with every suggestion.")
     elif doc["signed_by"] and n_reviewed:
         out.append("The software suggested a type for each cell; the reviewer changed none of those reviewed.")
+    if n_warned := sum(1 for f in doc["fields"] if f.get("warnings")):
+        which = "the microscope image" if n_fields == 1 else f"{n_warned} of the {n_fields} microscope images"
+        out.append(f"The software warned about {which} (listed under \"Warnings about the fields\"); read the "
+                   "numbers with those warnings in mind.")
     if total == 0:
         out.append("No white blood cell could be counted, so no differential is given.")
         return out
@@ -153,11 +157,18 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
     fields = [{**f, "colours": "calibrated on its red cells" if f["colour_calibration"] else "as they came",
                "sha1_short": (f.get("sha1") or "")[:12] or "not recorded"} for f in doc["fields"]]
     return {"case": doc, "meta": report_meta(doc), "fields": fields, "rows": rows, "gallery": gallery,
-            "summary": plain_summary(doc),
+            "summary": plain_summary(doc), "warnings": field_warnings(doc),
             "changes": [{"from": display_name(a), "to": display_name(b), "n": n}
                         for (a, b), n in changes.most_common()],
             "footer": FOOTER, "corrections_none": CORRECTIONS_NONE, "gallery_note": GALLERY_NOTE,
             "draft": not doc["signed_by"]}
+
+
+def field_warnings(doc: Mapping[str, Any]) -> list[str]:
+    """Each field's warnings as stored with the analysis, one line each (``field 2 (slide.tif): the file holds 3
+    images; only the first was analysed: ...``): the signer attests to a count the warnings qualify (fields of a
+    TIFF never analysed, no WBC found, cells unlike the training data), so the report must say them."""
+    return [f"field {f['position']} ({f['image']}): {w}" for f in doc["fields"] for w in f.get("warnings") or []]
 
 
 CORRECTIONS_NONE = "None: every call of the model was kept."
@@ -338,7 +349,12 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
                            ("FONTSIZE", (0, 0), (-1, -1), 8), ("VALIGN", (0, 0), (-1, -1), "TOP"),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
                            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
-    story += [t, Spacer(1, 4 * mm), Paragraph("Flagged and corrected cells", styles["Heading2"]),
+    story.append(t)
+    if ctx["warnings"]:
+        story += [Spacer(1, 3 * mm), Paragraph("Warnings about the fields", styles["Heading2"])]
+        item = ParagraphStyle("warning", parent=styles["Normal"], leftIndent=4 * mm, bulletIndent=0)
+        story += [Paragraph(e(w), item, bulletText="•") for w in ctx["warnings"]]
+    story += [Spacer(1, 4 * mm), Paragraph("Flagged and corrected cells", styles["Heading2"]),
               Paragraph(e(GALLERY_NOTE), styles["Italic"])]
     if ctx["gallery"]:
         cells = []
