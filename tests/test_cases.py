@@ -61,18 +61,43 @@ def test_store_url_forms(tmp_path: Path) -> None:
     assert cli_cases.DEFAULT_STORE == DEFAULT_STORE  # one default, kept in two places for a fast `wbc --help`
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
-    """`alembic upgrade head` builds exactly the ORM's schema (no drift between models and migrations)."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_store_url(request, tmp_path: Path):
+    """The URL of an empty store: a new SQLite file, or a new schema of ``WBC_TEST_POSTGRES_URL``'s database (dropped
+    afterwards; the database's other contents are never touched)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.sqlite'}"
+        return
+    base = os.environ.get("WBC_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set WBC_TEST_POSTGRES_URL=postgresql+psycopg://... to run the store on PostgreSQL")
+    from sqlalchemy import create_engine, text
+
+    schema = f"wbc_test_{os.getpid()}_{tmp_path.name}".lower().replace("-", "_")[:60]
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_migrations_match_the_models(empty_store_url: str) -> None:
+    """`alembic upgrade head` builds exactly the ORM's schema (no drift between models and migrations), on SQLite and
+    PostgreSQL."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    s = CaseStore.open(tmp_path / "m.sqlite")
+    s = CaseStore.open(empty_store_url)
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
         assert ctx.get_current_revision() == "0006"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
-    CaseStore.open(tmp_path / "m.sqlite").close()  # re-opening an up-to-date store is a no-op
+    CaseStore.open(empty_store_url).close()  # re-opening an up-to-date store is a no-op
 
 
 def test_postgresql_ddl_is_portable() -> None:
@@ -114,14 +139,16 @@ def test_store_on_postgresql(fields, classifier, tmp_path: Path) -> None:  # noq
     store.close()
 
 
-def test_upgrade_keeps_the_data(tmp_path: Path) -> None:
-    """A store made by the first migration is upgraded on open; its cases and audit trail stay intact."""
+def test_upgrade_keeps_the_data(empty_store_url: str) -> None:
+    """A store made by the first migration is upgraded on open, on SQLite and PostgreSQL (every migration's DDL and
+    data steps run there: before wbc 0.29.0 only the schema at head was tried on PostgreSQL); its cases and audit
+    trail stay intact."""
     from alembic import command
     from sqlalchemy import create_engine, text
 
     from wbc.cases.store import alembic_config
 
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    url = empty_store_url
     engine = create_engine(url)
     cfg = alembic_config(url)
     with engine.begin() as conn:
@@ -131,13 +158,16 @@ def test_upgrade_keeps_the_data(tmp_path: Path) -> None:
                           "review_threshold) VALUES (1, 'old', '2026-01-02 03:04:05', 'x', 'm', 's', "
                           "'[\"a\", \"b\"]', 0.9)"))
         conn.execute(text("INSERT INTO fields VALUES (1, 1, 1, 'f.png', 10, 10, :png, '[]')"), {"png": b"png"})
-        conn.execute(text("INSERT INTO cells VALUES (1, 1, 1, 1, 0, 0, 5, 5, '[]', '[]', :png, 'a', 0.7, 1, '[]', "
-                          "'{}', 0, NULL, NULL, NULL)"), {"png": b"png"})
+        conn.execute(text("INSERT INTO cells VALUES (1, 1, 1, 1, 0, 0, 5, 5, '[]', '[]', :png, 'a', 0.7, TRUE, '[]', "
+                          "'{}', FALSE, NULL, NULL, NULL)"), {"png": b"png"})
         conn.execute(text("INSERT INTO corrections VALUES (1, 1, 1, 'a', 'b', 'old user', '2026-01-02 03:05:00', '')"))
         conn.execute(text("UPDATE cells SET label = 'b', reviewed_by = 'old user' WHERE id = 1"))
+        if engine.dialect.name == "postgresql":  # rows given their ids: PostgreSQL's id sequences move on only by use
+            for table in ("cases", "fields", "cells", "corrections"):
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1)"))
     engine.dispose()
 
-    store = CaseStore.open(tmp_path / "old.sqlite")
+    store = CaseStore.open(url)
     doc = store.case_document("old")
     assert doc["created_at"] == "2026-01-02T03:04:05Z" and doc["cells"][0]["label"] == "b"
     assert doc["corrections"] == [{"id": 1, "cell_id": 1, "old_label": "a", "new_label": "b", "user": "old user",
@@ -715,7 +745,7 @@ def test_a_tiff_of_several_fields_is_said_when_a_case_is_created(tmp_path: Path,
     assert "field 1 (slide.tif): the file holds 3 images; only the first was analysed" in page
 
 
-def test_a_name_stored_in_two_unicode_spellings_is_refused_not_resolved(tmp_path: Path) -> None:
+def test_a_name_stored_in_two_unicode_spellings_is_refused_not_resolved(empty_store_url: str) -> None:
     """Migration 0005 left "Zoe" + combining diaeresis (case 1) beside its NFC twin "Zoë" (case 2): case 1's own
     name opened, labelled or signed off case 2 (wbc 0.28.0), and both show as one name."""
     import unicodedata
@@ -727,7 +757,7 @@ def test_a_name_stored_in_two_unicode_spellings_is_refused_not_resolved(tmp_path
     from wbc.cases.store import alembic_config
 
     nfd, nfc = (unicodedata.normalize(form, "Zo\u00eb") for form in ("NFD", "NFC"))
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    url = empty_store_url
     engine = create_engine(url)
     cfg = alembic_config(url)
     with engine.begin() as conn:
@@ -738,7 +768,7 @@ def test_a_name_stored_in_two_unicode_spellings_is_refused_not_resolved(tmp_path
                               "review_threshold) VALUES (:i, :n, '2026-01-02 03:04:05', '', '', '', '[]', 0)"),
                          {"i": i, "n": name})
     engine.dispose()
-    s = CaseStore.open(tmp_path / "old.sqlite")
+    s = CaseStore.open(url)
     for typed in (nfd, nfc, f" {nfd} "):
         with pytest.raises(CaseAmbiguousError, match=r"write #1 for case 1 .*#2 for case 2"):
             s.case_id(typed)
