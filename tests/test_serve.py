@@ -457,3 +457,20 @@ def test_serve_bench_says_what_the_server_answered_instead_of_a_traceback(classi
     (tmp_path / "f.jpg").write_bytes(jpeg_bytes(synthetic_smear(n_wbc=1, seed=1)[0]))
     with pytest.raises(WbcError, match=r"^serve-bench: wbc serve answered 401 to POST /analyze: .*API key"):
         bench.measure_latency([tmp_path / "f.jpg"], [tmp_path / "f.jpg"])
+
+
+def test_a_runtime_error_of_the_analysis_is_a_422_naming_the_file_not_a_500(classifier, smear: np.ndarray,
+                                                                             tmp_path: Path) -> None:
+    """ONNX Runtime's own errors (out of memory on a large field) are no ValueError: /analyze answered 500 and POST
+    /cases 500 where wbc analyze lists the file in errors.csv (wbc 0.28.0)."""
+
+    class Failing(ClassicalSegmenter):
+        def segment(self, rgb: np.ndarray) -> list:
+            raise RuntimeError("Failed to allocate memory for requested buffer of size 860160000")
+
+    with TestClient(create_app(classifier, Failing(), store=tmp_path / "c.sqlite")) as c:
+        r = c.post("/analyze", files={"file": ("big.png", png_bytes(smear), "image/png")})
+        assert r.status_code == 422 and r.json()["error"] == "analysis_failed"
+        assert r.json()["detail"] == "big.png: analysis failed (RuntimeError)"
+        r = c.post("/cases", data={"name": "S-1"}, files=[("files", ("big.png", png_bytes(smear), "image/png"))])
+        assert r.status_code == 422 and "big.png: analysis failed (RuntimeError)" in r.text

@@ -29,7 +29,9 @@ ModelOpt = Annotated[
 ]
 SegmenterOpt = Annotated[str, typer.Option(
     "--segmenter", help="auto | detector | classical | learned (auto: the learned detector when shipped).")]
-SegmenterModelOpt = Annotated[Path | None, typer.Option("--segmenter-model", help="Learned segmenter ONNX.")]
+SegmenterModelOpt = Annotated[Path | None, typer.Option(
+    "--segmenter-model", help="The segmenter's ONNX file: a WBC detector (auto, detector) or a U-Net (learned); its "
+                              "kind is checked when it is loaded.")]
 PixelSizeOpt = Annotated[float | None, typer.Option(
     "--pixel-size", min=0.01, max=10.0,
     help="Micrometres per pixel of the fields (from the objective and camera); overrides the scale "

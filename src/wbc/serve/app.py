@@ -559,8 +559,10 @@ def create_app(
         except WbcError as exc:  # e.g. a field too small or too large to analyse
             msg = str(exc)
             raise UploadProblem(422, "unprocessable", msg, [{"filename": name, "error": msg}]) from None
-        except (cv2.error, ValueError, MemoryError) as exc:  # as in wbc analyze: a bad image is not a 500
-            msg = f"{name}: analysis failed ({exc.__class__.__name__})"
+        except UploadProblem:
+            raise
+        except Exception as exc:  # as in wbc analyze (batch.analyze_job): a malformed image or ONNX Runtime's own
+            msg = f"{name}: analysis failed ({exc.__class__.__name__})"  # error (out of memory) is not a 500
             raise UploadProblem(422, "analysis_failed", msg, [{"filename": name, "error": msg}]) from None
         return JSONResponse(body)
 

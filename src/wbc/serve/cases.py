@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any
 
-import cv2
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -164,7 +163,9 @@ async def create_case(
             fields.append(await in_inference_slot(state, functools.partial(analyse, up, fname, digest)))
         except WbcError as exc:
             errors.append({"filename": fname, "error": str(exc)})
-        except (cv2.error, ValueError, MemoryError) as exc:
+        except UploadProblem:
+            raise
+        except Exception as exc:  # as in wbc analyze: ONNX Runtime's own errors too; the case is not created
             errors.append({"filename": fname, "error": f"{fname}: analysis failed ({exc.__class__.__name__})"})
     if errors:
         raise UploadProblem(422, "unreadable_image", f"{len(errors)} of {len(uploads)} field(s) could not be "
