@@ -220,6 +220,32 @@ def test_two_process_training_matches_one_and_resumes(synthetic_dataset: Path, t
     assert v1 > 0.4 and v2 > 0.4
 
 
+@needs_torch
+def test_a_failing_rank_s_own_message_reaches_the_user(tmp_path: Path) -> None:
+    """`wbc train --nproc 2` with a missing dataset: rank 0's WbcError, not rank 1's gloo "Connection closed by
+    peer" inside a 70-line traceback (which is what spawn re-raised first in most runs)."""
+    for i in range(3):
+        r = subprocess.run([sys.executable, "-m", "wbc", "train", "--data", str(tmp_path / "nonexistent"), "--output",
+                            str(tmp_path / f"run{i}"), "--model", "small_cnn", "--no-pretrained", "--epochs", "1",
+                            "--threads", "2", "--nproc", "2"], env=ENV, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1
+        assert "dataset folder not found" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+@needs_torch
+def test_balance_sampler_with_nproc_is_refused_before_the_ranks_start(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_training
+
+    with pytest.raises(WbcError, match="balance = sampler"):
+        run_training(TrainConfig(data=str(tmp_path), balance="sampler"), tmp_path / "run", console=Console(quiet=True),
+                     nproc=2)
+    assert not (tmp_path / "run").exists()  # no config.json or manifest.csv left behind
+
+
 def _one_step(out: str | None = None) -> tuple[object, object]:
     """One SGD step of small_cnn (no dropout) on a fixed batch of 32; each of two processes takes 16 of them."""
     import torch

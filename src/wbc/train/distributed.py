@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from wbc.errors import WbcError
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
@@ -146,10 +150,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(local_rank: int, nproc: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _worker(local_rank: int, nproc: int, fn: Callable[..., Any], args: tuple[Any, ...], errors: str) -> None:
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc))
     try:
         fn(*args)
+    except WbcError as exc:  # written before cleanup(): the other ranks fail only once this one leaves the group
+        (Path(errors) / f"rank{local_rank}").write_text(str(exc))
+        raise
     finally:
         cleanup()
 
@@ -163,7 +170,13 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
     if os.environ["MASTER_ADDR"] in ("127.0.0.1", "localhost"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # containers often resolve the host name elsewhere
     try:
-        torch.multiprocessing.spawn(_worker, args=(nproc, fn, args), nprocs=nproc, join=True)
+        with tempfile.TemporaryDirectory() as errors:
+            try:
+                torch.multiprocessing.spawn(_worker, args=(nproc, fn, args, errors), nprocs=nproc, join=True)
+            except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException):
+                if found := sorted(Path(errors).iterdir()):  # a rank's own message, not a peer's gloo error
+                    raise WbcError(found[0].read_text()) from None
+                raise
     finally:
         for k, v in saved.items():
             if v is None:

@@ -485,6 +485,9 @@ def run_training(
     device_type = resolve_device(cfg.device).type  # a missing GPU is reported now, not after decoding the data
     if (nproc > 1 or "WORLD_SIZE" in os.environ) and cfg.folds > 1:
         raise WbcError("cross-validation (folds > 1) runs in one process; train the folds as separate jobs")
+    if (nproc > 1 or int(os.environ.get("WORLD_SIZE", 1)) > 1) and cfg.balance == "sampler":
+        # refused here, before the ranks start or a file is written (train_one checks it again under torchrun)
+        raise WbcError("balance = sampler does not work with --nproc > 1; use balance = loss")
     if device_type == "cuda" and nproc > torch.cuda.device_count():
         raise WbcError(f"--nproc {nproc} on cuda needs {nproc} GPUs; PyTorch sees {torch.cuda.device_count()}")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start nproc processes, each running this function
