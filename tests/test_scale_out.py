@@ -190,6 +190,118 @@ def test_engine_ray_without_ray_names_the_extra(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@needs_ray
+def test_ray_reads_relative_paths_where_the_driver_runs(cluster: str, tiny_model: Path, fields: Path,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actors run in the folder the cluster started in, not the driver's: relative inputs and --model failed
+    there (every field "not a readable image", every cell "no such file", or 400 lines of Ray tracebacks). Now they
+    are read by their absolute paths, and the outputs are the local engine's, byte for byte, names included."""
+    from wbc.classify import classify_paths
+    from wbc.distributed import analyze_paths_ray, classify_paths_ray
+    from wbc.synthetic import make_dataset
+
+    make_dataset(tmp_path / "cells", n_per_class=1, size=64)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fields").symlink_to(fields)
+    spec = ModelSpec(os.path.relpath(tiny_model), "classical", threads=1)
+    summary = analyze_paths_ray(["fields"], "out", spec, actors=1, address=cluster)
+    assert summary.analyzed == 40 and [e[0] for e in summary.errors] == ["fields/broken.jpg"]
+    clf, seg = spec.load()
+    run_local(["fields"], "local", clf, seg)
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "local")
+    cells = [*sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "cells").rglob("*.png")), "cells/gone.png"]
+    remote = classify_paths_ray(cells, spec, batch_size=4, actors=1, address=cluster)
+    local = classify_paths(cells, clf, batch_size=4, workers=1)
+    assert [p.to_dict() for p in remote.predictions] == [p.to_dict() for p in local.predictions]
+    assert remote.errors == local.errors == [("cells/gone.png", "cells/gone.png: no such file")]
+
+
+@needs_ray
+def test_ray_tells_why_a_file_cannot_be_read_as_the_local_engine_does(cluster: str, tiny_model: Path,
+                                                                       tmp_path: Path) -> None:
+    """A file gone (or unreadable) before the actor reads it: Ray Data turned the read stage's None into NaN, whose 4
+    bytes were decoded, and errors.csv said "not a readable image (UnidentifiedImageError)"."""
+    import ray
+
+    from wbc.distributed import FieldAnalyzer, bind, read_bytes
+
+    gone = str(tmp_path / "gone.png")
+    ds = (ray.data.from_items([{"path": gone, "stem": "gone", "file": gone}])
+          .map_batches(read_bytes, batch_size=1)
+          .map_batches(bind(FieldAnalyzer, spec=ModelSpec(str(tiny_model), "classical"), draw=False), batch_size=1,
+                       compute=ray.data.ActorPoolStrategy(size=1)))
+    assert [r["error"] for r in ds.iter_rows()] == [f"{gone}: no such file"]
+
+
+@needs_ray
+def test_threads_above_every_node_s_cpus_are_refused(cluster: str, tiny_model: Path, fields: Path,
+                                                    tmp_path: Path) -> None:
+    """Each node has 1 CPU: an actor asking for 2 was never scheduled, and the run waited for ever, silently."""
+    from wbc.distributed import analyze_paths_ray, classify_paths_ray
+    from wbc.errors import WbcError
+
+    spec = ModelSpec(str(tiny_model), "classical", threads=2)
+    with pytest.raises(WbcError, match=r"--threads 2: no Ray node has 2 CPUs \(largest: 1\)"):
+        analyze_paths_ray([fields], tmp_path / "out", spec, actors=1, address=cluster)
+    with pytest.raises(WbcError, match="--threads 2"):
+        classify_paths_ray([fields / "broken.jpg"], spec, actors=1, address=cluster)
+
+
+def test_an_address_where_nothing_listens_fails_in_one_line(tmp_path: Path) -> None:
+    """Ray retried such an address for about 14 minutes, printing C++ warnings and ignoring SIGTERM."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_fields(tmp_path / "in", 1)
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        r = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                            "--engine", "ray", "--ray-address", address], env=ENV, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith(f"error: cannot join the Ray cluster at {address}")
+    from wbc.distributed import check_address
+    from wbc.errors import WbcError
+
+    with pytest.raises(WbcError, match="give HOST:PORT"):
+        check_address("headnode")
+
+
+def test_ray_engine_checks_cheap_things_before_starting_ray(tiny_model: Path, fields: Path, reference: Path,
+                                                             tmp_path: Path) -> None:
+    """A bad --output, or a run with every field done, answered only after Ray's start (10 s, 38 s on a loaded
+    machine); the Ray path did not print the note on a model without OOD statistics either. Here Ray cannot start."""
+    import shutil
+
+    shutil.copytree(reference, tmp_path / "done")
+    stub = ("import sys, wbc.distributed as d\n"
+            "def no(*a, **k): raise SystemExit('Ray was started')\n"
+            "d.connect = no\nfrom wbc.cli import main\nsys.argv = ['wbc'] + sys.argv[1:]\nmain()")
+    base = ["--model", str(tiny_model), "--segmenter", "classical", "--threads", "1", "--engine", "ray"]
+    r = subprocess.run([sys.executable, "-c", stub, "analyze", str(fields), "-o", str(fields / "broken.jpg"), *base],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1 and "broken.jpg: exists and is not a folder" in r.stderr, r.stderr
+    done = sorted(str(p) for p in fields.glob("*.png"))  # not broken.jpg: a failed field is tried again
+    r = subprocess.run([sys.executable, "-c", stub, "analyze", *done, "-o", str(tmp_path / "done"), *base],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and "40 done by an earlier run" in r.stderr, r.stderr
+    assert "no out-of-distribution statistics" in r.stderr
+
+
+@needs_ray
+def test_a_ray_run_prints_no_noise_of_its_own(cluster: str, tiny_model: Path, tmp_path: Path) -> None:
+    """Every run printed Ray's token-authentication notice and "Set ray log level from environment variable
+    RAY_BACKEND_LOG_LEVEL", the latter caused by wbc's own setting of that variable."""
+    write_fields(tmp_path / "in", 1)
+    r = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                        "--model", str(tiny_model), "--segmenter", "classical", "--threads", "1", "--actors", "1",
+                        "--engine", "ray", "--ray-address", cluster], env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "RAY_BACKEND_LOG_LEVEL" not in r.stderr and "Token authentication" not in r.stderr, r.stderr
+
+
 @needs_torch
 def test_two_process_training_matches_one_and_resumes(synthetic_dataset: Path, tmp_path: Path) -> None:
     import json

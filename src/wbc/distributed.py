@@ -12,9 +12,12 @@ Ray is an optional dependency (the ``distributed`` extra) and is imported only h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import socket
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from wbc.batch import (
     analyze_job,
     commit,
     finish,
+    one_line,
     pending_jobs,
     plan_jobs,
     prepare_output,
@@ -37,7 +41,8 @@ from wbc.batch import (
     without_copies,
 )
 from wbc.classify import ClassifyResult
-from wbc.errors import WbcError
+from wbc.errors import ImageReadError, WbcError
+from wbc.io import read_bytes as read_file
 from wbc.types import Prediction
 
 MISSING_RAY = "--engine ray needs Ray: pip install 'wbc[distributed]' (the distributed extra)"
@@ -53,13 +58,36 @@ def import_ray() -> Any:
     return ray
 
 
+def check_address(address: str | None) -> None:
+    """A one-line error, within seconds, when nothing listens at ``host:port`` (or ``ray://host:port``): Ray itself
+    retries such an address for about 14 minutes, printing C++ warnings and deaf to SIGTERM. ``None``, ``"auto"``
+    and ``"local"`` are Ray's own to resolve (``"auto"`` with no cluster already fails in one line)."""
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise WbcError(f"--ray-address {address}: give HOST:PORT (the head's port, 6379 unless `ray start --head "
+                       "--port` chose another), ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        why = exc.strerror or exc.__class__.__name__
+        raise WbcError(f"cannot join the Ray cluster at {address}: nothing answers there ({why}); "
+                       f"is `ray start --head` running on {host}?") from None
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Join the cluster at ``address`` (``"auto"``: the one ``ray start`` runs here), or start a local Ray
     runtime when ``address`` is None. Returns the ``ray`` module. A driver already connected stays so."""
+    check_address(address)
+    if address not in (None, "auto", "local") and "ray" not in sys.modules:
+        # a port that answers but is not Ray's: 5 tries (~6 s) instead of 20; read when Ray is imported
+        os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "5")
     ray = import_ray()
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # C++ notices about Ray Data's own actors
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+        # ERROR, not WARNING: Ray's token-authentication notice on every run is none of the user's business
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
                                   "log_to_driver": False, "configure_logging": True}
         if address is None:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
@@ -80,15 +108,35 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     return ray
 
 
+def check_threads(ray: Any, threads: int) -> None:
+    """Refuse ``--threads`` above every node's CPU count: an actor asking for more CPUs than any node has is never
+    scheduled, and Ray Data waits for ever without a word."""
+    cpus = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]), default=0)
+    if threads > cpus:
+        raise WbcError(f"--threads {threads}: no Ray node has {threads} CPUs (largest: {cpus}); "
+                       f"use --threads {max(cpus, 1)} or fewer")
+
+
+def _named(message: str, file: str, name: str) -> str:
+    """``message`` about the absolute ``file`` an actor read, told with the ``name`` the user gave, as the local
+    engine tells it."""
+    return name + message[len(file):] if message.startswith(file) else message
+
+
 def read_bytes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Pipeline stage: the encoded bytes of each input file (None when unreadable: the analyser reports why)."""
-    data: list[bytes | None] = []
-    for p in batch["path"]:
+    """Pipeline stage: the encoded bytes of each input file, read by its absolute path (``file``: actors run in
+    the folder ``ray start`` ran in, not the driver's), or why it cannot be read, in the local engine's words.
+    Never None: Ray Data turns a column of None into NaN, which read as 4 bytes of a corrupt image."""
+    data: list[bytes] = []
+    errors: list[str] = []
+    for p, f in zip(batch["path"], batch["file"], strict=True):
         try:
-            data.append(Path(p).read_bytes())
-        except OSError:
-            data.append(None)
-    return {**batch, "data": np.array(data, dtype=object)}
+            data.append(read_file(str(f)))
+            errors.append("")
+        except ImageReadError as exc:
+            data.append(b"")
+            errors.append(_named(str(exc), str(Path(f)), str(Path(p))))
+    return {**batch, "data": np.array(data, dtype=object), "read_error": np.array(errors, dtype=object)}
 
 
 class FieldAnalyzer:
@@ -99,9 +147,9 @@ class FieldAnalyzer:
         self.draw = draw
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = [analyze_job(Job(str(p), str(s)), self.classifier, self.segmenter, self.draw,
-                            data=None if d is None else bytes(d))
-                for p, s, d in zip(batch["path"], batch["stem"], batch["data"], strict=True)]
+        outs = [FieldOutput(Job(str(p), str(s)), error=str(e)) if e else
+                analyze_job(Job(str(p), str(s)), self.classifier, self.segmenter, self.draw, data=bytes(d))
+                for p, s, d, e in zip(batch["path"], batch["stem"], batch["data"], batch["read_error"], strict=True)]
         return {
             "path": np.array([o.job.path for o in outs], dtype=object),
             "stem": np.array([o.job.stem for o in outs], dtype=object),
@@ -123,6 +171,30 @@ def bind(cls: type[Any], **kwargs: Any) -> type[Any]:
     return type(cls.__name__, (cls,), {"__init__": __init__})
 
 
+def absolute(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its model files absolute: the actors do not run in the driver's folder."""
+    return dataclasses.replace(spec, **{k: os.path.abspath(v) for k in ("model", "segmenter_model")
+                                        if (v := getattr(spec, k))})
+
+
+def rows(ds: Any) -> Iterator[dict[str, Any]]:
+    """``ds``'s rows; a failure inside Ray (a model missing on one worker machine) as one line naming its root
+    cause, not hundreds of lines of Ray tracebacks."""
+    try:
+        yield from ds.iter_rows()
+    except WbcError:
+        raise
+    except Exception as exc:
+        cause: BaseException | None = exc
+        for _ in range(10):  # Ray wraps the actor's own error (RayTaskError.cause, __cause__) a few times over
+            if cause is None or isinstance(cause, WbcError):
+                break
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if isinstance(cause, WbcError):
+            raise WbcError(str(cause)) from None
+        raise WbcError(f"the Ray run failed: {one_line(exc)}") from None
+
+
 def _field_output(row: dict[str, Any], draw: bool) -> FieldOutput:
     return FieldOutput(Job(str(row["path"]), str(row["stem"])), str(row["json"]),
                        bytes(row["png"]) if draw and not row["error"] else None, str(row["error"]),
@@ -138,15 +210,20 @@ def analyze_paths_ray(
     actors: int = 2,
     address: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_classifier: Callable[[Any], None] | None = None,
 ) -> AnalyzeSummary:
     """``wbc analyze --engine ray``: the same outputs as :func:`wbc.batch.run_local`, from an actor pool.
 
-    ``actors``: how many actors (each with ``spec.threads`` CPUs and ONNX Runtime threads).
+    ``actors``: how many actors (each with ``spec.threads`` CPUs and ONNX Runtime threads). ``on_classifier``:
+    called with the driver's classifier once loaded (the CLI's note on a model without OOD statistics).
+    The output folder, the inputs and the models are checked before Ray starts (seconds, on a loaded machine
+    tens of them), and Ray does not start at all when every field is done.
     """
-    ray = connect(address, num_cpus=None)
     out = prepare_output(output)
     jobs, copies = without_copies(plan_jobs(inputs, out))
     classifier, segmenter = spec.load()  # the driver checks the models once, and learns their ids
+    if on_classifier:
+        on_classifier(classifier)
     seg_id = segmenter_id_of(segmenter)
     todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id,
@@ -154,12 +231,15 @@ def analyze_paths_ray(
     if progress:
         progress(summary.skipped, len(jobs))
     if todo:
-        ds = (ray.data.from_items([{"path": j.path, "stem": j.stem} for j in todo],
+        ray = connect(address, num_cpus=None)
+        check_threads(ray, spec.threads)
+        spec = absolute(spec)  # the actors run in the folder `ray start` ran in, not the driver's
+        ds = (ray.data.from_items([{"path": j.path, "stem": j.stem, "file": os.path.abspath(j.path)} for j in todo],
                                   override_num_blocks=min(len(todo), 64 * actors))
               .map_batches(read_bytes, batch_size=1, num_cpus=spec.threads)
               .map_batches(bind(FieldAnalyzer, spec=spec, draw=draw), batch_size=1,
                            compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))), num_cpus=spec.threads))
-        for i, row in enumerate(ds.iter_rows()):
+        for i, row in enumerate(rows(ds)):
             result = _field_output(row, draw)
             commit(out, result)
             tally(summary, result)
@@ -185,13 +265,15 @@ class CellClassifier:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from wbc.classify import classify_paths
 
-        paths = [str(p) for p in batch["path"]]
-        res = classify_paths(paths, self.classifier, batch_size=len(paths), workers=1, **self.options)
-        by_path = {p.path: p for p in res.predictions}
+        names = [str(p) for p in batch["path"]]
+        files = [str(f) for f in batch["file"]] if "file" in batch else names  # absolute: see classify_paths_ray
+        res = classify_paths(files, self.classifier, batch_size=len(files), workers=1, **self.options)
+        by_file = {p.path: p for p in res.predictions}
         errors = dict(res.errors)
-        return {"path": batch["path"],
-                "prediction": np.array([by_path.get(p) for p in paths], dtype=object),
-                "error": np.array([errors.get(p, "") for p in paths], dtype=object)}
+        pairs = list(zip(files, names, strict=True))
+        preds = [dataclasses.replace(by_file[f], path=n) if f in by_file else None for f, n in pairs]
+        return {"path": batch["path"], "prediction": np.array(preds, dtype=object),
+                "error": np.array([_named(errors[f], f, n) if f in errors else "" for f, n in pairs], dtype=object)}
 
 
 def classify_paths_ray(
@@ -206,16 +288,19 @@ def classify_paths_ray(
     """``wbc classify --engine ray``: predictions in input order and (path, error) per file that failed, as
     :func:`wbc.classify.classify_paths` gives them (logits are not gathered from the actors);
     ``options`` are that function's (``reframe``, ``classes``)."""
+    spec = absolute(spec)
     ray = connect(address)
+    check_threads(ray, spec.threads)
     names = [str(Path(p)) for p in paths]
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     n_blocks = max(1, min(-(-len(names) // batch_size), 64 * actors))
-    ds = (ray.data.from_items([{"path": p} for p in names], override_num_blocks=n_blocks)
+    # the actors run in the folder `ray start` ran in: they read absolute paths, and answer with the given names
+    ds = (ray.data.from_items([{"path": p, "file": os.path.abspath(p)} for p in names], override_num_blocks=n_blocks)
           .map_batches(bind(CellClassifier, spec=spec, options=options), batch_size=batch_size,
                        compute=ray.data.ActorPoolStrategy(size=min(actors, n_blocks)), num_cpus=spec.threads))
     preds: list[Prediction] = []
     errors: list[tuple[str, str]] = []
-    for i, row in enumerate(ds.iter_rows()):
+    for i, row in enumerate(rows(ds)):
         if row["error"]:
             errors.append((str(row["path"]), str(row["error"])))
         else:

@@ -85,7 +85,8 @@ def analyze(
             from wbc.distributed import analyze_paths_ray
 
             summary = analyze_paths_ray(inputs, output, spec, draw=draw, overwrite=overwrite, actors=actors,
-                                        address=ray_address, progress=lambda i, n: update(i, total=n))
+                                        address=ray_address, progress=lambda i, n: update(i, total=n),
+                                        on_classifier=note_unchecked_model)
         else:
             from wbc.batch import analyze_paths
 
