@@ -291,15 +291,15 @@ def test_ray_engine_checks_cheap_things_before_starting_ray(tiny_model: Path, fi
 
 @needs_ray
 def test_a_ray_run_prints_no_noise_of_its_own(cluster: str, tiny_model: Path, tmp_path: Path) -> None:
-    """Every run printed Ray's token-authentication notice and "Set ray log level from environment variable
-    RAY_BACKEND_LOG_LEVEL", the latter caused by wbc's own setting of that variable."""
+    """Every run printed Ray's token-authentication notice (wbc 0.28.0); Ray's C++ error lines about its own actors
+    ending stay hidden (RAY_BACKEND_LOG_LEVEL=fatal, whose price is Ray's one line saying so)."""
     write_fields(tmp_path / "in", 1)
     r = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                         "--model", str(tiny_model), "--segmenter", "classical", "--threads", "1", "--actors", "1",
                         "--engine", "ray", "--ray-address", cluster], env=ENV, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "RAY_BACKEND_LOG_LEVEL" not in r.stderr and "Token authentication" not in r.stderr, r.stderr
+    assert "Token authentication" not in r.stderr and "core_worker" not in r.stderr, r.stderr
 
 
 @needs_torch

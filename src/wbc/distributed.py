@@ -86,6 +86,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
         os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "5")
     ray = import_ray()
     if not ray.is_initialized():
+        # C++ error lines about Ray Data's own actors ending (core_worker.cc: "Actor with class name ... has been
+        # killed") at every run's end; the price is Ray's one line saying it read this variable
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         # ERROR, not WARNING: Ray's token-authentication notice on every run is none of the user's business
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
                                   "log_to_driver": False, "configure_logging": True}
