@@ -34,3 +34,38 @@ def test_a_platelet_crop_without_a_wbc_keeps_its_platelet() -> None:
     f = measure_framing(cell)
     assert f.found and abs(f.cx - 100) < 6 and abs(f.cy - 100) < 6 and f.fraction < 0.12
 
+
+def _crowded_off_centre() -> np.ndarray:
+    """A crowded field of red cells in which only the hue look finds the (pale, off-centre) nucleus."""
+    field = np.full((240, 240, 3), (225, 215, 220), np.uint8)
+    for c in [(60, 60), (150, 60), (60, 150), (150, 160), (100, 105), (190, 110), (200, 200), (40, 215)]:
+        cv2.circle(field, c, 30, (185, 150, 160), -1)
+    cv2.circle(field, (175, 180), 26, (165, 145, 200), -1)
+    return np.clip(field + np.random.default_rng(0).normal(0, 3, field.shape), 0, 255).astype(np.uint8)
+
+
+def test_one_framing_is_wbc_classifys_first_framing() -> None:
+    """``prepare_cell`` / ``read_cell`` / ``frame_cell`` (``second=False``) give the first view `wbc classify`
+    answers on: the closer and hue looks decide that view too (before wbc 0.29.0 they were skipped there)."""
+    from wbc.classify import prepare_cell_views
+    from wbc.reframe import frame_cell, measure_by_hue, measure_closer
+
+    field = _crowded_off_centre()
+    assert not measure_framing(field).found and not measure_closer(field).found and measure_by_hue(field).found
+    first, _ = prepare_cell_views(field, 160, DEFAULT_STATS, second=True)
+    assert np.array_equal(prepare_cell(field, 160, DEFAULT_STATS), first)
+    assert np.array_equal(frame_cell(field, 160, DEFAULT_STATS), first)
+
+
+def test_a_wide_frame_found_only_on_a_closer_look_gives_classifys_square_with_one_framing() -> None:
+    """A 16:9 frame whose small nucleus only the closer look finds: one framing is `wbc classify`'s first view (the
+    frame's square around it), not the whole frame squashed into the square."""
+    from wbc.classify import prepare_cell_views
+    from wbc.reframe import measure_closer
+
+    frame = _glass(360, 640, seed=2)
+    cv2.circle(frame, (320, 180), 5, (110, 60, 150), -1)  # a platelet-sized nucleus at the centre, 1/70 of the width
+    assert not measure_framing(frame).found and measure_closer(frame).found
+    first, second = prepare_cell_views(frame, 160, DEFAULT_STATS, second=True)
+    assert second is not None
+    assert np.array_equal(prepare_cell(frame, 160, DEFAULT_STATS), first)

@@ -630,11 +630,13 @@ def square_view(rgb: np.ndarray, f: Framing) -> tuple[np.ndarray, int, int]:
     return np.ascontiguousarray(rgb[y0 : y0 + s, x0 : x0 + s]), x0, y0
 
 
-def _look_again(rgb: np.ndarray, f: Framing, stats: FramingStats, second: bool) -> tuple[Framing | None, Framing]:
-    """When the first measurement ``f`` of ``rgb`` found nothing and the model takes a second view (``second``,
-    ``grey > low``): what :func:`measure_closer` finds (None when nothing) and, when that finds nothing either,
-    :func:`measure_by_hue` in place of ``f``. Otherwise (None, ``f``)."""
-    if f.found or not (second and stats.grey > stats.low):
+def _look_again(rgb: np.ndarray, f: Framing, stats: FramingStats) -> tuple[Framing | None, Framing]:
+    """When the first measurement ``f`` of ``rgb`` found nothing and the model takes a second view (``grey > low``):
+    what :func:`measure_closer` finds (None when nothing) and, when that finds nothing either,
+    :func:`measure_by_hue` in place of ``f``. Otherwise (None, ``f``). Taken whether or not the caller wants the
+    second view: these looks decide the first view too (before wbc 0.29.0, ``second=False`` skipped them, so
+    :func:`frame_cell` and ``read_cell`` gave another first view than `wbc classify`)."""
+    if f.found or not stats.grey > stats.low:
         return None, f
     g = measure_closer(rgb)
     return (g, f) if g.found else (None, measure_by_hue(rgb))
@@ -654,7 +656,7 @@ def frame_cell_views(
     either, the nucleus is looked for by its hue (:func:`measure_by_hue`), and what that finds is framed as a nucleus
     found at first would be. ``full``: the file ``rgb`` was decoded from at a reduced size (:class:`FullImage`);
     every measurement and decision is made on ``rgb``, and a region smaller than ``size`` there is cut from the
-    file's whole decoding.
+    file's whole decoding. ``second`` False: the same first view (every look still taken), and None for the second.
 
     >>> cell = np.full((300, 300, 3), 235, np.uint8)
     >>> _ = cv2.circle(cell, (150, 150), 24, (90, 40, 140), -1)  # a nucleus at 0.16 of the frame
@@ -668,23 +670,23 @@ def frame_cell_views(
     if stats.side > 0:  # the lab's one magnification: every cell cut at it, nothing ambiguous
         return reframe_cell(rgb, size, stats, full=full), None
     if max(h, w) > 1.4 * min(h, w):  # a wide camera frame: re-framed around its nucleus
-        g, f = _look_again(rgb, measure_framing(rgb), stats, second)
+        g, f = _look_again(rgb, measure_framing(rgb), stats)
         if g is None:
             return reframe_cell(rgb, size, stats, f, full), None
         # seen only on a closer look: both framings, the square of the frame around it as the image as it is
-        return resize_square(square_view(rgb, g)[0], size), _reframed(rgb, size, stats, g, full)
+        return resize_square(square_view(rgb, g)[0], size), (_reframed(rgb, size, stats, g, full) if second else None)
     view, x0, y0 = rgb, 0, 0
     if max(h, w) > SQUARE_TOLERANCE * min(h, w):  # a 4:3 camera frame: a square of it, not squashed
         view, x0, y0 = square_view(rgb, measure_framing(rgb))
         h, w = view.shape[:2]
     cell = resize_square(view, size)
-    g, f = _look_again(cell, measure_framing(cell), stats, second)
+    g, f = _look_again(cell, measure_framing(cell), stats)
     f = g or f
     sx, sy = w / size, h / size
     extent = f.extent * (sx + sy) / 2
     whole = Framing(f.cx * sx + x0, f.cy * sy + y0, extent, extent / min(h, w), f.found, f.brightness)
     if g is not None:  # seen only on a closer look: both framings
-        return cell, _reframed(rgb, size, stats, whole, full)
+        return cell, (_reframed(rgb, size, stats, whole, full) if second else None)
     if needs_reframe(f, cell.shape, stats):  # decided on the view the network would see: re-frame from the image
         return _reframed(rgb, size, stats, whole, full), None
     if second and f.found and stats.low <= f.fraction < stats.grey:
