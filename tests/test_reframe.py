@@ -69,3 +69,31 @@ def test_a_wide_frame_found_only_on_a_closer_look_gives_classifys_square_with_on
     first, second = prepare_cell_views(frame, 160, DEFAULT_STATS, second=True)
     assert second is not None
     assert np.array_equal(prepare_cell(frame, 160, DEFAULT_STATS), first)
+
+
+def test_a_tiny_picture_on_a_canvas_is_refused_as_too_small() -> None:
+    """:data:`wbc.classify.MIN_CELL_SIDE` holds for what is left once the canvas is cut off, as for the picture
+    alone (before wbc 0.29.0 a 12 px thumbnail on a white page was answered, confidently and unflagged)."""
+    import pytest
+
+    from wbc.classify import decode_cell_views
+    from wbc.errors import ImageReadError
+
+    page = np.full((64, 64, 3), 255, np.uint8)
+    page[26:38, 26:38] = np.random.default_rng(0).integers(60, 220, (12, 12, 3))
+    png = cv2.imencode(".png", page)[1].tobytes()
+    with pytest.raises(ImageReadError, match=r"^thumb_on_page\.png: .* 12x12, too small"):
+        decode_cell_views(png, "thumb_on_page.png", 160, DEFAULT_STATS)
+    assert decode_cell_views(png, "thumb_on_page.png", 160, False)[0].shape == (160, 160, 3)  # no re-framing: no cut
+
+
+def test_a_cell_on_a_canvas_is_still_answered() -> None:
+    """A picture of a cell's size on a page passes the check (only what is under 16 px is refused)."""
+    from wbc.classify import decode_cell_views
+
+    page = np.full((300, 300, 3), 255, np.uint8)
+    cell = _glass(120, 120, seed=3)
+    cv2.circle(cell, (60, 60), 20, (90, 40, 140), -1)
+    page[90:210, 90:210] = cell
+    first, _ = decode_cell_views(cv2.imencode(".png", page)[1].tobytes(), "cell_on_page.png", 160, DEFAULT_STATS)
+    assert first.shape == (160, 160, 3)

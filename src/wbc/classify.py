@@ -353,7 +353,27 @@ def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | Framing
         raise cell_too_large(exc) from None
     full = full_image(data, name, rgb)
     check_cell_image(rgb, name, full)
-    return prepare_cell_views(rgb, size, reframe, second, full)
+    if reframe is False:
+        return resize_square(rgb, size), None
+    fov = field_of_view(rgb)
+    _check_view_size(fov, name, full)
+    return _framed_views(rgb, fov, size, reframe, second, full)
+
+
+def _check_view_size(fov: tuple[np.ndarray, tuple[int, int, int, int] | None], name: str,
+                     full: FullImage | None = None) -> None:
+    """Refuse a picture under :data:`MIN_CELL_SIDE` once its canvas or eyepiece black is cut off (``fov``, from
+    :func:`wbc.preprocess.field_of_view`), naming the file: re-framing frames what is left, so a thumbnail pasted on a
+    page was answered, confidently, where the thumbnail alone is refused (before wbc 0.29.0). Sides in the file's
+    pixels (``full``: ``rgb`` was a reduced decoding of it)."""
+    view, box = fov
+    if box is None:
+        return
+    k = full.scale if full is not None else 1.0
+    h, w = (round(v * k) for v in view.shape[:2])
+    if min(h, w) < MIN_CELL_SIDE:
+        raise ImageReadError(f"{name}: the picture inside its canvas is {w}x{h}, too small to be a single-cell "
+                             f"image (minimum side {MIN_CELL_SIDE} px)")
 
 
 def full_image(data: bytes, name: str, decoded: np.ndarray) -> FullImage | None:
@@ -390,8 +410,15 @@ def prepare_cell_views(rgb: np.ndarray, size: int, reframe: bool | FramingStats 
     :func:`predict_cells` averages the two. ``full``: the file ``rgb`` was decoded from at a reduced size."""
     if reframe is False:
         return resize_square(rgb, size), None
+    return _framed_views(rgb, field_of_view(rgb), size, reframe, second, full)
+
+
+def _framed_views(rgb: np.ndarray, fov: tuple[np.ndarray, tuple[int, int, int, int] | None], size: int,
+                  reframe: bool | FramingStats, second: bool, full: FullImage | None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`prepare_cell_views` of ``rgb`` whose :func:`wbc.preprocess.field_of_view` is ``fov`` (computed once)."""
     stats = reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS
-    view, box = field_of_view(rgb)  # an eyepiece photo: its round field of view, the black around it background
+    view, box = fov  # an eyepiece photo: its round field of view, the black around it background
     if box is not None:
         if full is not None:
             full = FullImage(full.scale, functools.cache(
