@@ -69,7 +69,8 @@ DEFAULT_STATS = FramingStats()
 
 #: A single-cell image whose long side exceeds its short side by more than this factor is cut to its largest square,
 #: centred as near the nucleus as the image allows, before it is resized to the network's square input, instead of
-#: being squashed into it (up to 1.4; beyond, it is re-framed). PBC validation cells shown in a 4:3 frame lost 1.1
+#: being squashed into it (up to 1.4; beyond, it is re-framed around the nucleus a look finds, and squashed whole
+#: when none finds one). PBC validation cells shown in a 4:3 frame lost 1.1
 #: points squashed (docs/generalisation.md, "Frames that are not square").
 SQUARE_TOLERANCE = 1.05
 
