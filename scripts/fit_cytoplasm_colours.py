@@ -10,12 +10,6 @@ a lymphocyte's or erythroblast's the cytoplasm weighing turned off): the script 
 
     python scripts/fit_cytoplasm_colours.py --model src/wbc/models/default/wbc_classifier.onnx \\
         --manifest runs/default/manifest.csv --per-class 150
-
-``--single-cell`` fits instead the statistics `wbc classify` reads (``colour_reference["cytoplasm_eosin_single"]``,
-:func:`wbc.cytoplasm.single_cell_evidence`), for :data:`wbc.cytoplasm.HAEMOGLOBIN_PAIR`'s two classes: each cell
-measured as `wbc classify` measures it, on the network's first view (:func:`wbc.classify.prepare_cell`) by the
-classical segmenter. The two measures differ (the detector on the file puts PBC erythroblasts at 0.65, the classical
-segmenter on the 160 px view at 0.28), so odds taken under the field statistics pushed erythroblasts toward lymphocyte.
 """
 
 from __future__ import annotations
@@ -38,47 +32,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--per-class", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--single-cell", action="store_true", help="fit the single-cell measure (wbc classify's) into "
-                    "colour_reference['cytoplasm_eosin_single'], for lymphocyte and erythroblast")
     args = ap.parse_args(argv)
 
-    from wbc.classify import prepare_cell
-    from wbc.cytoplasm import FIELD_KEY, HAEMOGLOBIN_PAIR, SINGLE_CELL_KEY, central_cytoplasm_eosin
+    from wbc.cytoplasm import central_cytoplasm_eosin
     from wbc.data import read_manifest
     from wbc.io import read_image
     from wbc.labels import NOT_IN_SMEAR_DETECTIONS
     from wbc.model import load_model, update_metadata
     from wbc.paths import data_root
-    from wbc.reframe import framing_stats_of
     from wbc.segment import get_segmenter
 
-    clf = load_model(args.model, threads=1)
-    info = clf.info
-    size, stats = info.input_size, framing_stats_of(clf)
-    segmenter = get_segmenter("classical" if args.single_cell else "auto")
-    key = SINGLE_CELL_KEY if args.single_cell else FIELD_KEY
-    wanted = set(HAEMOGLOBIN_PAIR) if args.single_cell else set(info.classes) - set(NOT_IN_SMEAR_DETECTIONS)
-    classes = [c for c in info.classes if c in wanted]
-
-    def measure(path: str) -> float | None:
-        rgb = read_image(path)
-        return central_cytoplasm_eosin(prepare_cell(rgb, size, stats) if args.single_cell else rgb, segmenter)
-
+    info = load_model(args.model, threads=1).info
+    segmenter = get_segmenter("auto")
     rows = [s for s in read_manifest(args.manifest, root=data_root(args.data)) if s.split == "train"]
     rng = np.random.default_rng(args.seed)
     fitted: dict[str, list[float]] = {}
-    for label in classes:  # what a smear's WBC can be; for single cells, the pair the evidence weighs
+    for label in [c for c in info.classes if c not in NOT_IN_SMEAR_DETECTIONS]:  # what a smear's WBC can be
         these = [s for s in rows if s.label == label]
         picked = [these[i] for i in sorted(rng.permutation(len(these))[: args.per_class])]
-        values = [v for s in picked if (v := measure(s.path)) is not None]
+        values = [v for s in picked if (v := central_cytoplasm_eosin(read_image(s.path), segmenter)) is not None]
         if len(values) >= MIN_CELLS:
             fitted[label] = [round(float(np.mean(values)), 4), round(float(np.std(values)), 4)]
         print(f"{label:<13} {len(values):>4} of {len(picked)} measured  {fitted.get(label)}", flush=True)
-    short = [c for c in classes if c not in fitted]
+    short = [c for c in info.classes if c not in NOT_IN_SMEAR_DETECTIONS and c not in fitted]
     if short:
         raise SystemExit(f"error: fewer than {MIN_CELLS} cells measured for {', '.join(short)}; {args.model} left "
                          "as it was (a larger --per-class, or a manifest with more training cells of the class)")
-    reference = {**info.colour_reference, key: fitted}
+    reference = {**info.colour_reference, "cytoplasm_eosin": fitted}
     update_metadata(args.model, colour_reference=reference)  # the model file and its JSON copy
     print(json.dumps(fitted))
     return 0

@@ -112,18 +112,9 @@ def pair_odds(value: float, first: Sequence[float], second: Sequence[float]) -> 
     return eosin_odds(value, first, second)
 
 
-#: The model's ``colour_reference`` key of the statistics measured on smear fields (`wbc analyze`: the learned
-#: detector, the file as read), and of those measured as `wbc classify` measures a single-cell image (the classical
-#: segmenter on the network's view; ``scripts/fit_cytoplasm_colours.py --single-cell``, since wbc 0.29.0). The two
-#: measures differ: PBC erythroblasts' mean is 0.65 the first way and 0.28 the second.
-FIELD_KEY, SINGLE_CELL_KEY = "cytoplasm_eosin", "cytoplasm_eosin_single"
-
-
-def pair_statistics(
-    classifier: ClassifierLike, key: str = FIELD_KEY
-) -> tuple[tuple[int, int], Sequence[float], Sequence[float]] | None:
+def pair_statistics(classifier: ClassifierLike) -> tuple[tuple[int, int], Sequence[float], Sequence[float]] | None:
     """The :data:`HAEMOGLOBIN_PAIR`'s class indices and their training cells' ``[mean, sd]`` of the cytoplasm
-    measure (the model's ``colour_reference[key]``); None for a model without them.
+    measure (the model's ``colour_reference["cytoplasm_eosin"]``); None for a model without them.
 
     >>> from types import SimpleNamespace as NS
     >>> fitted = {"lymphocyte": [0.05, 0.39], "erythroblast": [0.69, 0.42]}
@@ -134,7 +125,7 @@ def pair_statistics(
     True
     """
     info = getattr(classifier, "info", None)
-    fitted = (getattr(info, "colour_reference", None) or {}).get(key) or {}
+    fitted = (getattr(info, "colour_reference", None) or {}).get("cytoplasm_eosin") or {}
     first, second = HAEMOGLOBIN_PAIR
     if not {first, second} <= set(fitted) or not {first, second} <= set(classifier.classes):
         return None
@@ -203,9 +194,6 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Evide
     probability shared again by what its cytoplasm says. Nothing changes for a cell without red cells around it (a
     tight crop), a model without the statistics or an out-of-distribution reference, or a classifier with colour
     calibration turned off (`--no-colour-calibration`, :meth:`wbc.model.Classifier.with_colour_calibration`).
-    The odds use the statistics fitted the way it measures (:data:`SINGLE_CELL_KEY`); a model without them falls
-    back to the smear fields' (:data:`FIELD_KEY`), as every model did before wbc 0.29.0, so a model fitted earlier
-    answers as it was validated rather than losing the evidence unannounced.
 
     Only unfamiliar colours are measured: a measure costs 20-35 ms, and on the training lab's own cells the network
     needs no second opinion (of PBC's validation cells answered one of the two, every one measured: 3 of 357 answers
@@ -218,7 +206,7 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Evide
     >>> single_cell_evidence(np.zeros((1, 64, 64, 3), np.uint8), clf) is None  # no out-of-distribution reference
     True
     """
-    stats = pair_statistics(classifier, SINGLE_CELL_KEY) or pair_statistics(classifier)
+    stats = pair_statistics(classifier)
     ood = getattr(getattr(classifier, "info", None), "ood", None)
     if stats is None or not ood or not len(cells) or not getattr(classifier, "colour_calibration", True):
         return None
