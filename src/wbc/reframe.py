@@ -346,13 +346,13 @@ def _central_nucleus(
     n, lab, stats, cents = cv2.connectedComponentsWithStats(closed, connectivity=8)
     min_area = max(3, int(0.002 * sw * sh))
     if blue is None:  # the largest nucleus-dark component sets what "nucleus-sized" means in this image
-        dark = [
-            int(stats[i, cv2.CC_STAT_AREA]) for i in range(1, n)
-            if stats[i, cv2.CC_STAT_AREA] >= min_area
-            and float(np.median(m[lab == i])) / max(bg, 1.0) <= MAX_NUCLEUS_BRIGHTNESS
-        ]
-        if dark:
-            min_area = max(min_area, int(MIN_NUCLEUS_SHARE * max(dark)))
+        for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable"):  # largest first: usually the first
+            area = int(stats[i, cv2.CC_STAT_AREA])
+            if area < min_area:
+                break
+            if float(np.median(m[lab == i])) / max(bg, 1.0) <= MAX_NUCLEUS_BRIGHTNESS:
+                min_area = max(min_area, int(MIN_NUCLEUS_SHARE * area))
+                break
     best, best_score, bright = -1, np.inf, 1.0
     for i in range(1, n):
         area = stats[i, cv2.CC_STAT_AREA]
