@@ -343,8 +343,9 @@ def test_a_runtime_error_in_one_field_does_not_stop_the_batch(model_file: Path, 
     actor = FieldAnalyzer.__new__(FieldAnalyzer)  # the Ray actor's per-field work, without Ray
     actor.classifier, actor.segmenter, actor.draw = load_model(model_file), _FailsOnce(), False
     paths = [str(tmp_path / f"field{s}.png") for s in (1, 2)]
-    rows = actor({"path": np.array(paths, dtype=object), "stem": np.array(["a", "b"], dtype=object),
-                  "data": np.array([None, None], dtype=object)})
+    rows = actor({"path": np.array(paths, dtype=object), "stem": np.array(["a", "b"], dtype=object),  # as read
+                  "data": np.array([Path(p).read_bytes() for p in paths], dtype=object),
+                  "read_error": np.array(["", ""], dtype=object)})
     assert "analysis failed (RuntimeError" in rows["error"][0] and rows["error"][1] == "" and rows["json"][1]
 
 
