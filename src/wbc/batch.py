@@ -32,13 +32,10 @@ from wbc.errors import WbcError
 from wbc.formats import json_text, result_to_dict, write_cells_csv, write_differential_csv, write_errors_csv
 from wbc.io import (
     atomic_write_bytes,
-    decode_image,
     file_sha1,
     iter_image_paths,
     no_images_message,
-    pages_warning,
     read_bytes,
-    tiff_fields,
 )
 from wbc.protocols import ClassifierLike, SegmenterLike
 
@@ -278,7 +275,7 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
     cannot be read or analysed gives an error, never an exception, so one bad file does not stop a batch (every engine
     runs this: the Ray actors too, :class:`wbc.distributed.FieldAnalyzer`). Before wbc 0.29.0 an error of a type not
     foreseen (ONNX Runtime's, out of memory on one large field) ended the run with a traceback."""
-    from wbc.analyze import analyze_image
+    from wbc.analyze import analyze_bytes
 
     classes = list(classifier.classes) if classifier is not None else []
     try:
@@ -286,11 +283,8 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
 
         limit = MAX_ANALYZE_PIXELS
         data = read_bytes(job.path) if data is None else data
-        rgb = decode_image(data, job.path, max_pixels=limit)
         t0 = time.perf_counter()
-        res = analyze_image(rgb, classifier, segmenter, name=job.path)
-        if (pages := tiff_fields(data)) > 1:
-            res.warnings.append(pages_warning(pages))
+        rgb, res = analyze_bytes(data, job.path, classifier, segmenter, max_pixels=limit)  # a multi-field TIFF said
         doc = result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter))
         doc["sha1"] = hashlib.sha1(data).hexdigest()  # the content analysed: a file replaced under its name is redone
         text = json_text(doc)

@@ -121,10 +121,9 @@ async def create_case(
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile as StarletteUploadFile
 
-    from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image
+    from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_bytes
     from wbc.cases.store import PreparedField, create_case_from_fields, prepare_field
-    from wbc.io import pages_warning, tiff_fields
-    from wbc.serve.app import UploadProblem, decode_upload, in_inference_slot, read_upload_bytes
+    from wbc.serve.app import UploadProblem, in_inference_slot, read_upload_bytes
 
     store = store_of(request)
     uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
@@ -151,10 +150,7 @@ async def create_case(
         # decoded inside the slot: one large image at a time, refused from its header past /analyze's limit; kept
         # as its PNG and crops, as many fields' pixels would otherwise sit in memory until the last
         data = read_upload_bytes(up, state.max_bytes, MAX_ANALYZE_PIXELS)
-        rgb = decode_upload(data, fname, MAX_ANALYZE_PIXELS)
-        res = analyze_image(rgb, clf, seg, name=fname)
-        if (pages := tiff_fields(data)) > 1:  # a scanner's multi-field TIFF: said on the field, as /analyze says it
-            res.warnings.append(pages_warning(pages))
+        rgb, res = analyze_bytes(data, fname, clf, seg, max_pixels=MAX_ANALYZE_PIXELS)  # a multi-field TIFF said
         return prepare_field(fname, rgb, res, clf, digest)
 
     for up, digest in zip(uploads, digests, strict=True):
