@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from wbc.errors import ModelError
+from wbc.errors import ModelError, WbcError
 from wbc.io import atomic_write_bytes, atomic_write_text
 from wbc.paths import DEFAULT_MODEL
 from wbc.preprocess import centre_crop, prepare_batch
@@ -175,12 +175,25 @@ def with_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
     return proto.SerializeToString()
 
 
+def check_model_output(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a model file's name, or a one-line :class:`WbcError` for a ``.json`` name: :func:`write_model` writes
+    the metadata copy beside the model as ``<name>.json``, which would replace the model itself.
+
+    >>> check_model_output("lab.onnx").name
+    'lab.onnx'
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        raise WbcError(f"{p}: a model file is ONNX; give a .onnx name (its metadata is written beside it as .json)")
+    return p
+
+
 def write_model(path: str | os.PathLike[str], onnx_bytes: bytes, info: ModelInfo) -> Path:
     """Write a model file carrying ``info`` (atomically) and a readable copy of it as ``<name>.json``.
 
     The one writer of model files: export, ``wbc adapt`` and ``wbc.ood fit`` all go through it.
     """
-    p = Path(path)
+    p = check_model_output(path)
     atomic_write_bytes(p, with_metadata(onnx_bytes, info))
     atomic_write_text(p.with_suffix(".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
     return p

@@ -10,9 +10,12 @@ split and stored in the model's metadata (``ModelInfo.ood``) so that analysis ne
   32-dimensional PCA space, plus the PCA reconstruction residual. Catches things that look different to
   the network, whatever their colour.
 
-Each score is divided by its threshold, the ``percentile`` (99.5) of the *validation* split's scores, so
-1.0 is the edge: about 0.5 % of in-distribution cells are flagged. ``references`` is a list; a score is the
-minimum over references, so ``wbc adapt`` can add a reference for a new lab's cells.
+Each score is divided by its threshold, so 1.0 is the edge, and a cell is flagged when either score passes it.
+The two thresholds sit at one percentile of the *validation* split's scores (``score_percentile``), the lowest at
+which no more than 100 - ``percentile`` (99.5) % of those cells pass either (:func:`joint_thresholds`): about 0.5 %
+of in-distribution cells are flagged. Before wbc 0.30.0 each score had its own 99.5th percentile, which together
+flag up to 1 %; the shipped model's statistics are of that kind (docs/generalisation.md). ``references`` is a list;
+a score is the minimum over references, so ``wbc adapt`` can add a reference for a new lab's cells.
 
 Fit on a run: ``wbc ood fit --model M --manifest RUN/manifest.csv`` (writes into ``M``).
 """
@@ -58,7 +61,13 @@ def fit_gaussian(x: np.ndarray) -> dict[str, Any]:
     if len(x) < 3:
         raise WbcError(f"need at least 3 samples to fit OOD statistics, got {len(x)}")
     lw = LedoitWolf().fit(np.asarray(x, np.float64))
-    return {"mean": lw.location_.tolist(), "icov": np.linalg.inv(lw.covariance_).tolist()}
+    cov = lw.covariance_
+    if not np.trace(cov) > 0:  # every sample alike (one image listed many times): no spread to measure against
+        raise WbcError(f"the {len(x)} training cells' colours do not vary at all (the same image repeated?)")
+    try:
+        return {"mean": lw.location_.tolist(), "icov": np.linalg.inv(cov).tolist()}
+    except np.linalg.LinAlgError:
+        raise WbcError(f"the {len(x)} training cells' colours vary too little to fit OOD statistics on") from None
 
 
 def mahalanobis(x: np.ndarray, gauss: dict[str, Any]) -> np.ndarray:
@@ -75,7 +84,9 @@ def fit_pca(emb: np.ndarray, dims: int = PCA_DIMS) -> dict[str, Any]:
     from sklearn.decomposition import PCA
 
     z = _l2(emb)
-    k = int(min(dims, *z.shape, max(1, len(z) - 1)))
+    # at most half as many axes as embeddings: n - 1 axes pass through every training embedding, leaving them no
+    # residual, so its scale (the median) sat at its floor and a few dozen cells gave thresholds of 10,000 or more
+    k = int(min(dims, *z.shape, max(1, (len(z) - 1) // 2)))
     with np.errstate(divide="ignore", invalid="ignore"):  # one embedding: no variance (0 / 0), handled below
         pca = PCA(n_components=k, svd_solver="full").fit(z)
     sd = np.sqrt(pca.explained_variance_) if len(z) > 1 else np.zeros(k)
@@ -120,12 +131,65 @@ def feature_distance(emb: np.ndarray, pca: dict[str, Any], ref: dict[str, Any]) 
 # --- fitting and scoring -------------------------------------------------------------------------
 
 
+def check_percentile(percentile: float) -> float:
+    """``percentile`` when it is a share of validation cells worth leaving unflagged (50-100), else a one-line
+    :class:`WbcError`: below 50, more than half of the training lab's own cells would be flagged.
+
+    >>> check_percentile(99.5)
+    99.5
+    """
+    if not 50.0 <= percentile <= 100.0:  # nan fails this too
+        raise WbcError(f"percentile {percentile:g}: must be between 50 and 100 (99.5: 0.5 % of the training lab's "
+                       "validation cells flagged)")
+    return percentile
+
+
+def min_val_cells(percentile: float) -> int:
+    """Validation cells needed for a ``percentile`` threshold to leave at least one cell above it; with fewer, the
+    threshold is in effect their largest score, and about 1 in (n + 1) of the lab's own cells is flagged.
+
+    >>> min_val_cells(99.5), min_val_cells(95.0), min_val_cells(100.0)
+    (200, 20, 0)
+    """
+    return 0 if percentile >= 100 else int(np.ceil(100.0 / (100.0 - percentile) - 1e-9))
+
+
+def joint_thresholds(scores: Sequence[np.ndarray], percentile: float) -> tuple[list[float], float]:
+    """A threshold for each of several scores of the same cells, all at one common percentile ``q`` >= ``percentile``:
+    the lowest at which at most 100 - ``percentile`` % of the cells pass any of them; and ``q``. A cell is flagged
+    when either score passes its threshold, so each at ``percentile`` itself would flag up to twice as many.
+
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=2000), rng.normal(size=2000)
+    >>> (t, q) = joint_thresholds([a, b], 99.0)
+    >>> bool(q > 99.0), float(np.mean((a > t[0]) | (b > t[1])))
+    (True, 0.01)
+    """
+    target = (100.0 - percentile) / 100.0
+
+    def at(q: float) -> list[float]:
+        return [float(np.percentile(s, q)) for s in scores]
+
+    def share(q: float) -> float:
+        return float(np.mean(np.any([s > t for s, t in zip(scores, at(q), strict=True)], axis=0)))
+
+    lo, hi = percentile, 100.0
+    if share(lo) <= target:
+        return at(lo), lo
+    for _ in range(40):  # the share falls as q rises, and is 0 at 100: bisect to a small fraction of a cell
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if share(mid) <= target else (mid, hi)
+    return at(hi), hi
+
+
 def fit_ood(
     train_cells: np.ndarray, train_emb: np.ndarray, train_labels: Sequence[str],
     val_cells: np.ndarray, val_emb: np.ndarray, classes: Sequence[str],
     percentile: float = DEFAULT_PERCENTILE, name: str = "training",
 ) -> dict[str, Any]:
-    """The ``ModelInfo.ood`` dict: statistics from training cells, thresholds from validation cells."""
+    """The ``ModelInfo.ood`` dict: statistics from training cells, thresholds from validation cells
+    (:func:`joint_thresholds`: about 100 - ``percentile`` % of validation cells flagged by either score)."""
+    check_percentile(percentile)
     pca = fit_pca(train_emb)
     ref: dict[str, Any] = {
         "name": name,
@@ -133,11 +197,11 @@ def fit_ood(
         "feature": fit_feature_reference(train_emb, train_labels, classes, pca),
     }
     val_colour = mahalanobis(colour_features(val_cells), ref["colour"])
-    ref["colour"]["threshold"] = float(np.percentile(val_colour, percentile))
     val_feature = feature_distance(val_emb, pca, ref["feature"])
-    ref["feature"]["threshold"] = float(np.percentile(val_feature, percentile))
-    return {"version": OOD_VERSION, "percentile": percentile, "pca": pca, "references": [ref],
-            "n_train": len(train_cells), "n_val": len(val_cells)}
+    (ref["colour"]["threshold"], ref["feature"]["threshold"]), each = joint_thresholds(
+        [val_colour, val_feature], percentile)
+    return {"version": OOD_VERSION, "percentile": percentile, "score_percentile": each, "pca": pca,
+            "references": [ref], "n_train": len(train_cells), "n_val": len(val_cells)}
 
 
 def add_reference(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wbc.cli._app import app
-from wbc.cli._common import DataRootOpt, ThreadsOpt, say
+from wbc.cli._common import DataRootOpt, ThreadsOpt, say, warn
 
 ood_app = typer.Typer(help="Out-of-distribution flags: fit the statistics a model uses to flag unfamiliar cells.",
                       no_args_is_help=True)
@@ -19,22 +19,27 @@ app.add_typer(ood_app, name="ood")
 def fit(
     model: Annotated[Path, typer.Option("--model", "-m", help="ONNX model to fit the statistics for.")],
     manifest: Annotated[Path, typer.Option("--manifest", help="The model's run manifest (train/val split).")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of updating --model.")
-                      ] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the model with its statistics here (an .onnx file, its metadata beside it as "
+                               ".json) instead of updating --model.")] = None,
     data_root: DataRootOpt = None,
     max_per_class: Annotated[int, typer.Option(help="Cap images per class and split (0: all).")] = 300,
-    percentile: Annotated[float | None, typer.Option(help="Validation percentile that becomes the threshold "
-                                                     "(default 99.5).")] = None,
+    percentile: Annotated[float | None, typer.Option(
+        min=50.0, max=100.0, help="Share of validation cells, in percent, left unflagged by both scores together "
+                                  "(default 99.5: 0.5 % flagged).")] = None,
     threads: ThreadsOpt = 2,
 ) -> None:
     """Fit OOD statistics on the run's train split, thresholds on its val split; store them in the model."""
     from wbc.io import check_output_file
-    from wbc.ood import DEFAULT_PERCENTILE
+    from wbc.model import check_model_output
+    from wbc.ood import DEFAULT_PERCENTILE, check_percentile
     from wbc.ood_fit import fit_from_manifest
 
-    check_output_file(output or model)  # before the fitting: a bad path fails at once, in one line
-    ood = fit_from_manifest(model, manifest, output, max_per_class, percentile or DEFAULT_PERCENTILE,
-                            data_root, threads)
+    # before the fitting: a bad path or value fails at once, in one line
+    chosen = check_percentile(DEFAULT_PERCENTILE if percentile is None else percentile)
+    check_output_file(check_model_output(output or model))
+    ood = fit_from_manifest(model, manifest, output, max_per_class, chosen, data_root, threads,
+                            note=lambda msg: warn(msg, "note:"))
     ref = ood["references"][0]
     say(f"OOD statistics from {ood['n_train']} train / {ood['n_val']} val cells; thresholds "
         f"colour {ref['colour']['threshold']:.2f}, feature {ref['feature']['threshold']:.2f} -> {output or model}")
