@@ -436,3 +436,28 @@ def test_an_identical_file_under_another_name_is_counted_once(clf, tmp_path: Pat
     note = [ln for ln in res.stderr.splitlines() if "a_copy.png" in ln]
     assert len(note) == 1 and str(src / "a.png") in note[0] and "counted once" in note[0], res.stderr
     assert "1 image(s)" in res.stderr
+
+
+def test_cli_analyze_says_when_cells_look_unlike_the_training_data(tmp_path: Path) -> None:
+    """Another lab's fields (BCCD, the shipped examples): every cell out of distribution. The field's JSON said so, and
+    `wbc classify` on the terminal, but `wbc analyze` printed a clean differential (wbc 0.29.0). It now gives the run's
+    flagged count and the sentence with its advice, and each cell its machine-readable ``ood``."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.ood import ADAPT_ADVICE
+    from wbc.paths import PACKAGE_DIR
+
+    (tmp_path / "in").mkdir()
+    for name in ("BloodImage_00007.jpg", "BloodImage_00015.jpg"):
+        (tmp_path / "in" / name).write_bytes((PACKAGE_DIR / "example_fields" / name).read_bytes())
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "1",
+                                   "--no-draw", "--no-report"])
+    assert res.exit_code == 0, res.output
+    cells = [c for f in ("BloodImage_00007", "BloodImage_00015")
+             for c in json.loads((tmp_path / "out" / f"{f}.json").read_text())["cells"]]
+    out = " ".join(res.output.split())
+    n = len(cells)
+    assert n and f"flagged for review: {n}" in out
+    assert f"{n} of {n} cells (100%) look unlike the model's training data" in out and ADAPT_ADVICE in out
+    assert all(c["ood"] is True for c in cells)

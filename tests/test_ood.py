@@ -299,6 +299,12 @@ def test_both_scores_together_flag_the_percentiles_share_of_validation_cells() -
     assert ood["score_percentile"] > 99.5 and ood["percentile"] == 99.5
 
 
+def test_ood_warning_never_rounds_a_part_up_to_all() -> None:
+    preds = [Prediction("neutrophil", 0.9, True, {}, ood=i < 199) for i in range(200)]
+    assert "199 of 200 cells (over 99%)" in (ood_warning(preds) or "")
+    assert "2 of 2 cells (100%)" in (ood_warning(preds[:2]) or "")
+
+
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_a_refit_flags_about_half_a_percent_of_the_training_labs_validation_cells(real_data: Path,

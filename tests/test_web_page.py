@@ -297,3 +297,22 @@ def test_the_few_cells_note_counts_the_wbcs(page, tmp_path: Path) -> None:
     analyse_one_field(page, tmp_path)
     assert page.locator("#diff-note").inner_text().startswith("Only 4 white cells counted: the intervals are wide.")
     assert "124 cells, 4 white cells among them;" in page.locator("#diff-caption").inner_text()
+
+
+def test_single_cells_unlike_the_training_data_are_said_so(page, base_url: str, tmp_path: Path) -> None:
+    """`/analyze`'s out-of-distribution sentence was shown above a field's cells, but `/classify` gave none, so a page
+    of another lab's single cells showed a differential without it (wbc 0.29.0)."""
+    import httpx
+
+    paths = [tmp_path / "lymphocyte.png", tmp_path / "green.png"]
+    cv2.imwrite(str(paths[0]), synthetic_cell("lymphocyte", 96, seed=0)[:, :, ::-1])
+    green = np.full((96, 96, 3), (20, 200, 20), np.int16) + np.random.default_rng(0).integers(-6, 7, (96, 96, 3))
+    cv2.imwrite(str(paths[1]), green.astype(np.uint8)[:, :, ::-1])  # nothing like a stained cell's colours
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    expected = httpx.post(f"{base_url}/classify", files=files, timeout=60).json()["warnings"]
+    assert expected and "look unlike the model's training data" in expected[0]
+    page.check("input[name=mode][value=cells]")
+    page.set_input_files("#file-input", [str(p) for p in paths])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator(".image-card .warning").all_inner_texts() == [f"Note: {expected[0]}"]

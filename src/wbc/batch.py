@@ -37,6 +37,7 @@ from wbc.io import (
     no_images_message,
     read_bytes,
 )
+from wbc.ood import REASONS as OOD_REASONS
 from wbc.protocols import ClassifierLike, SegmenterLike
 
 #: Pieces of the temporary names that :func:`wbc.io.atomic_write_bytes` gives files before their rename.
@@ -115,6 +116,11 @@ class AnalyzeSummary:
     seconds_render: float = 0.0
     stems: dict[str, str] = field(default_factory=dict)  # each field's image, as in ``docs``: its output stem
     copies: list[tuple[str, str]] = field(default_factory=list)  # (file left out, the input with the same bytes)
+    # over every field's classified cells (as ``docs``): how many, how many flagged for review, how many of those
+    # unlike the training cells (the run's own out-of-distribution sentence, :func:`wbc.ood.ood_sentence`)
+    n_classified: int = 0
+    n_review: int = 0
+    n_ood: int = 0
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -338,16 +344,35 @@ def tally(summary: AnalyzeSummary, result: FieldOutput) -> None:
         summary.seconds_render += result.seconds_render
 
 
+def cell_is_ood(cell: Mapping[str, Any]) -> bool:
+    """Whether a field document's cell was flagged unlike the training cells: its ``ood``, or for a document an
+    earlier run wrote (before wbc 0.30.0, without one) its out-of-distribution review reason.
+
+    >>> old = {"review_reasons": ["colours unlike the training images (OOD score 2.3)"]}
+    >>> cell_is_ood({"ood": False}), cell_is_ood(old)
+    (False, True)
+    """
+    if "ood" in cell:
+        return bool(cell["ood"])
+    return any(str(r).startswith(tuple(OOD_REASONS.values())) for r in cell.get("review_reasons") or [])
+
+
 def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: AnalyzeSummary) -> AnalyzeSummary:
     """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents."""
     failed = {p for p, _ in summary.errors}
     summary.docs, summary.classes, summary.stems = [], list(classes), {}
+    summary.n_classified = summary.n_review = summary.n_ood = 0
 
     def docs() -> Iterator[dict[str, Any]]:  # streamed: a million fields' documents never sit in memory at once
         for j in jobs:
             if j.path not in failed and (d := read_doc(out, j)) is not None:
                 summary.docs.append({k: d.get(k) for k in SUMMARY_KEYS})
                 summary.stems[str(d.get("image"))] = j.stem
+                for c in d.get("cells") or []:
+                    if c.get("label") is not None:
+                        summary.n_classified += 1
+                        summary.n_review += bool(c.get("review"))
+                        summary.n_ood += cell_is_ood(c)
                 yield d
 
     write_cells_csv(out / "cells.csv", docs(), classes)

@@ -106,6 +106,7 @@ def cell_to_dict(c: Cell) -> dict[str, Any]:
         "confidence": round(p.confidence, 4) if p else None,
         "review": bool(p.review) if p else None,
         "review_reasons": list(p.reasons) if p else [],
+        "ood": bool(p.ood) if p else None,  # unlike the training cells (wbc.ood), as /classify's "ood"
         "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()} if p else {},
     }
 

@@ -307,9 +307,14 @@ def advice_for(classifier: object) -> str:
 UNRELIABLE_OOD_FRACTION: float = 0.2
 
 
+def too_many_ood(k: int, n: int) -> bool:
+    """Whether ``k`` out-of-distribution cells of ``n`` are so many that the model should be adapted to this lab."""
+    return n > 0 and k / n >= UNRELIABLE_OOD_FRACTION
+
+
 def needs_adaptation(predictions: Sequence[Prediction]) -> bool:
     """Whether so many cells are out of distribution that the model should be adapted to this lab."""
-    return bool(predictions) and sum(p.ood for p in predictions) / len(predictions) >= UNRELIABLE_OOD_FRACTION
+    return too_many_ood(sum(p.ood for p in predictions), len(predictions))
 
 
 def ood_warning(predictions: Sequence[Prediction], unlabelled_adaptation: bool = False) -> str | None:
@@ -319,17 +324,28 @@ def ood_warning(predictions: Sequence[Prediction], unlabelled_adaptation: bool =
     ``unlabelled_adaptation``: the model was adapted to this lab without labels (:func:`adapted_without_labels`),
     so the sentence says its accuracy here is unmeasured instead of asking for an adaptation already made.
     """
-    n = len(predictions)
-    k = sum(p.ood for p in predictions)
+    return ood_sentence(sum(p.ood for p in predictions), len(predictions), unlabelled_adaptation)
+
+
+def ood_sentence(k: int, n: int, unlabelled_adaptation: bool = False) -> str | None:
+    """:func:`ood_warning` from the counts alone: ``k`` out-of-distribution cells of ``n`` (a whole `wbc analyze` run's,
+    which never holds every cell's prediction at once). The share is never rounded to all or none of the cells.
+
+    >>> ood_sentence(199, 200).split(" look")[0], ood_sentence(1, 400).split(" look")[0]
+    ('199 of 200 cells (over 99%)', '1 of 400 cells (under 1%)')
+    """
     if n == 0 or k == 0:
         return None
-    frac = k / n
-    share = f"{100 * frac:.0f}%" if 100 * frac >= 1 or not k else "under 1%"
+    share = f"{100 * k / n:.0f}%"
+    if 100 * k / n < 1:
+        share = "under 1%"
+    elif share == "100%" and k < n:
+        share = "over 99%"
     msg = f"{k} of {n} cells ({share}) look unlike the model's training data (marked for review)"
-    if needs_adaptation(predictions) and unlabelled_adaptation:
+    if too_many_ood(k, n) and unlabelled_adaptation:
         msg += ("; the model was adapted to this lab's images without labels, so its accuracy on them has not been "
                 "measured: check every cell")
-    elif needs_adaptation(predictions):
+    elif too_many_ood(k, n):
         msg += ("; results may be unreliable for this lab's images until the model is adapted to this lab's "
                 "stain and scanner: check every cell")
     return msg

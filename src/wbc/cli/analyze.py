@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -69,6 +69,7 @@ def analyze(
     from wbc.cli._common import check_engine, note_unchecked_model, progress, say_differential
     from wbc.counts import wbc_total
     from wbc.formats import pooled_counts
+    from wbc.ood import adapted_without_labels, advice_for, ood_sentence, too_many_ood
     from wbc.paths import DEFAULT_INPUT_DIR
 
     inputs = list(paths) if paths else [DEFAULT_INPUT_DIR]
@@ -80,20 +81,26 @@ def analyze(
     check_engine(engine, ray_address)
     spec = ModelSpec(str(model) if model else None, segmenter, str(segmenter_model) if segmenter_model else None,
                      threads, pixel_size=pixel_size, classes=classes, tta=tta, colour_calibration=colour_calibration)
+    loaded: list[Any] = []  # the classifier, for the advice on out-of-distribution cells
+
+    def on_classifier(classifier: Any) -> None:
+        note_unchecked_model(classifier)
+        loaded.append(classifier)
+
     with progress("analysing", None) as update:
         if engine == "ray":
             from wbc.distributed import analyze_paths_ray
 
             summary = analyze_paths_ray(inputs, output, spec, draw=draw, overwrite=overwrite, actors=actors,
                                         address=ray_address, progress=lambda i, n: update(i, total=n),
-                                        on_classifier=note_unchecked_model)
+                                        on_classifier=on_classifier)
         else:
             from wbc.batch import analyze_paths
 
             clf, seg = spec.load()
             summary = analyze_paths(inputs, output, clf, seg, draw=draw, overwrite=overwrite,
                                     progress=lambda i, n: update(i, total=n))
-            note_unchecked_model(clf)  # once the run is under way: a bad --output still fails in one line
+            on_classifier(clf)  # once the run is under way: a bad --output still fails in one line
     n_img = len(summary.docs)
     n_cells = sum(d["n_cells"] for d in summary.docs)
     pooled = pooled_counts(summary.docs, summary.classes)
@@ -107,6 +114,11 @@ def analyze(
             + (f", {1000 * summary.seconds_render / summary.analyzed:.0f} ms/image drawing" if draw else "")
         )
     say_differential(pooled, summary.classes)  # shares of the WBCs; NRBCs per 100 WBCs, outside their total
+    if summary.n_classified:  # as `wbc classify` says them, over the run's every field (each field's JSON has its own)
+        say(f"  flagged for review: {summary.n_review}")
+        k, n = summary.n_ood, summary.n_classified
+        if warning := ood_sentence(k, n, bool(loaded) and adapted_without_labels(loaded[0])):
+            warn(f"{warning}; {advice_for(loaded[0])}" if loaded and too_many_ood(k, n) else warning)
     if report and summary.classes:
         from wbc.evaluate.classified import write_analysis_report
         from wbc.labels import parse_class_set

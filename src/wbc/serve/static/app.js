@@ -186,6 +186,7 @@ function batches(files) {
 async function runCells(files, errors) {
   const results = [];
   const thumbs = new Map();
+  const notes = [];  // each request's out-of-distribution sentence (/classify's warnings), with its files
   let done = 0;
   for (const batch of batches(files)) {
     setBusy(true, `Classifying ${done + 1}–${done + batch.length} of ${files.length}…`, done, files.length);
@@ -204,10 +205,14 @@ async function runCells(files, errors) {
     results.push(...res.body.results);
     pairThumbs(batch, res.body, thumbs);
     for (const e of res.body.errors || []) errors.push(e.error);
+    for (const w of res.body.warnings || []) notes.push({ w, from: batch[0].name, to: batch[batch.length - 1].name });
   }
   if (results.length) {
     state.runs.push({ kind: "cells", name: "single cells", data: { model_id: state.meta.model_id, results } });
-    $("cards").append(cellsCard(results, thumbs));
+    // several requests: each sentence counts its own files, so it names them
+    const several = batches(files).length > 1;
+    const warnings = notes.map((n) => (several ? `${n.from} to ${n.to}: ${n.w}` : n.w));
+    $("cards").append(cellsCard(results, thumbs, warnings));
   }
 }
 
@@ -382,10 +387,11 @@ function smearCard(d) {
   return card;
 }
 
-function cellsCard(results, thumbs) {
+function cellsCard(results, thumbs, warnings = []) {
   const card = el("article", { class: "panel image-card", "aria-label": "Single-cell results" });
   card.append(el("div", { class: "card-head" }, el("h3", { text: "Single-cell images" }),
     el("span", { class: "card-meta", text: `${results.length} classified` })));
+  for (const w of warnings) card.append(el("p", { class: "warning", text: `Note: ${w}` }));
   const rows = results.map((r) => {
     const f = thumbs.get(r);
     const img = f ? el("img", { class: "thumb", src: URL.createObjectURL(f), alt: `Cell image ${r.filename}` }) : "";
