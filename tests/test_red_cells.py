@@ -299,3 +299,47 @@ def test_calibrated_cells_of_an_unseen_lab_stay_flagged() -> None:
     cells = [c for r in results for c in r.cells]
     assert len(cells) >= 20 and all(r.calibration is not None for r in results if r.cells)
     assert all(c.prediction.ood and c.prediction.review for c in cells)
+
+
+def test_the_cytoplasm_names_no_class_it_did_not_weigh(tmp_path: Path) -> None:
+    """The cytoplasm weighs lymphocyte against erythroblast only. A network near a tie between lymphocyte and a third
+    class: the share it moves from lymphocyte to erythroblast leaves the third class on top, and the reason said that
+    class was named "by its cytoplasm's colour" (wbc 0.29.0). It now says what the cytoplasm weighed."""
+    from wbc.classify import predict_cells
+    from wbc.cytoplasm import Evidence
+
+    p = dict.fromkeys(CLASSES, 1e-4) | {"lymphocyte": 0.5, "neutrophil": 0.4, "erythroblast": 0.1}
+    weight = np.zeros((len(CLASSES), 3))
+    weight[:, 0] = [np.log(p[c]) / 2 for c in CLASSES]  # a white cell: 2.0 in every channel after normalising
+    clf = load_model(mean_colour_model(tmp_path / "t.onnx", 16, weight, "tiny"))
+    pair = (CLASSES.index("lymphocyte"), CLASSES.index("erythroblast"))
+    cells = np.full((1, 16, 16, 3), 255, np.uint8)
+    (before,), _ = predict_cells(clf, cells, views=1)
+    (after,), _ = predict_cells(clf, cells, views=1, adjust=Evidence(pair, lambda probs, colour: {0: 0.2}))
+    assert before.label == "lymphocyte" and after.label == "neutrophil" and after.review
+    assert ("lymphocyte by the network; its cytoplasm's colour against the red cells weighs erythroblast over "
+            "lymphocyte, leaving neutrophil") in after.reasons
+    assert not any("neutrophil by its cytoplasm" in r for r in after.reasons)
+
+
+def test_a_box_past_the_field_edge_is_measured_on_the_part_inside() -> None:
+    """A segmenter may give a box reaching past the field's edge (box-sized masks, as :class:`wbc.types.Cell` asks;
+    the crop mirrors the field there). The cytoplasm measure cut the field to the box, which the edge clips, and
+    indexed it with the whole box's masks: IndexError inside `analyze_image` (wbc 0.29.0). It now measures the part
+    inside, as it measures the same cell given its box clipped."""
+    from wbc.cytoplasm import cytoplasm_evidence
+
+    rgb, _boxes, *_ = synthetic_smear(n_wbc=2, seed=3)
+    w = rgb.shape[1]
+    inside = next(c for c in ClassicalSegmenter().segment(rgb) if c.box[2] < w - 20)
+    x0, y0, x1, y1 = inside.box
+    dx = w - x1 + 15  # moved right until its box reaches 15 px past the edge; only the part inside has pixels
+    clipped = Cell(1, (x0 + dx, y0, w, y1), inside.nucleus_mask[:, : w - x0 - dx], inside.cell_mask[:, : w - x0 - dx])
+    past = Cell(1, (x0 + dx, y0, x1 + dx, y1), inside.nucleus_mask, inside.cell_mask)
+    colours = red_cell_colours(rgb, outside_cells(rgb.shape, [inside]))
+    clf = type("C", (), {"classes": ["lymphocyte", "erythroblast"], "info": type("I", (), {"colour_reference": {
+        "cytoplasm_eosin": {"lymphocyte": [0.05, 0.39], "erythroblast": [0.69, 0.42]}}})()})()
+    probs = np.array([[0.6, 0.4]])
+    a, b = (cytoplasm_evidence(rgb, [c], colours, clf) for c in (clipped, past))
+    assert a is not None and b is not None  # the part inside has cytoplasm enough to measure
+    assert np.allclose(a(probs), b(probs)) and not np.allclose(a(probs), probs)

@@ -289,13 +289,14 @@ def predict_cells(
 
     # computed once: the evidence and the flags below read them
     scores = ood_scores(cells if ood_cells is None else ood_cells, out["embedding"], ood) if ood else {}
-    network, what = probs.argmax(1), ""
+    network = probs.argmax(1)
     if adjust is not None:
-        probs, what = adjust(probs, scores.get("colour")), adjust.what
+        probs = adjust(probs, scores.get("colour"))
     preds = predictions_from_probs(probs, classifier, names)
-    for i in np.flatnonzero(probs.argmax(1) != network):  # the network and the evidence disagree: a person decides
-        preds[i].review = True
-        preds[i].reasons.append(f"{classifier.classes[int(network[i])]} by the network, {preds[i].label} by {what}")
+    if adjust is not None:  # the network and the evidence disagree: a person decides
+        for i in np.flatnonzero(probs.argmax(1) != network):
+            preds[i].review = True
+            preds[i].reasons.append(adjust.reason(classifier.classes, int(network[i]), int(probs[i].argmax())))
     if classes:
         for p, m, row in zip(preds, mass, full, strict=True):
             if m < 0.5:

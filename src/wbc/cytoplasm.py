@@ -45,6 +45,23 @@ class Evidence:
         odds = self.odds_of(probs, colour)
         return share_pair(probs, self.pair, odds) if odds else probs
 
+    def reason(self, classes: Sequence[str], network: int, answer: int) -> str:
+        """The review reason of a cell whose answer this evidence changed from class ``network`` to ``answer``. The
+        evidence weighs only the ``pair``: when the share it takes from the network's answer leaves a third class
+        on top, the reason says so rather than that the cytoplasm named that class.
+
+        >>> e = Evidence((0, 2), lambda probs, colour: {})
+        >>> e.reason(["lymphocyte", "neutrophil", "erythroblast"], 0, 2)
+        "lymphocyte by the network, erythroblast by its cytoplasm's colour against the red cells"
+        >>> e.reason(["lymphocyte", "neutrophil", "erythroblast"], 0, 1).split(" red cells ")[1]
+        'weighs erythroblast over lymphocyte, leaving neutrophil'
+        """
+        if answer in self.pair:
+            return f"{classes[network]} by the network, {classes[answer]} by {self.what}"
+        other = self.pair[1] if network == self.pair[0] else self.pair[0]
+        return (f"{classes[network]} by the network; {self.what} weighs {classes[other]} over {classes[network]}, "
+                f"leaving {classes[answer]}")
+
 
 def outside_cells(shape: tuple[int, ...], cells: list[Cell], margin: float = WBC_MARGIN) -> np.ndarray:
     """Boolean mask of the field outside every WBC's (widened) box: its red cells and glass."""
@@ -65,6 +82,22 @@ def field_colours(rgb: np.ndarray, cells: list[Cell], step: int | None = None) -
 
     step = step or (2 if min(rgb.shape[:2]) >= 256 else 1)
     return red_cell_colours(rgb[::step, ::step], outside_cells(rgb.shape, cells)[::step, ::step])
+
+
+def inside_field(rgb: np.ndarray, cell: Cell) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The part of ``cell``'s box inside the field, and its cell and nucleus masks cut to match: a segmenter may give
+    a box reaching past the field's edge (:class:`wbc.types.Cell` does not forbid it; :func:`wbc.crops.crop_cells`
+    mirrors the field there), whose box-sized masks are larger than the pixels the field has there.
+
+    >>> m = np.ones((4, 4), bool)
+    >>> [a.shape[:2] for a in inside_field(np.zeros((3, 5, 3), np.uint8), Cell(0, (3, -1, 7, 3), m, m))]
+    [(3, 2), (3, 2), (3, 2)]
+    """
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = cell.box
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    cut = np.s_[cy0 - y0 : max(cy0, cy1) - y0, cx0 - x0 : max(cx0, cx1) - x0]
+    return rgb[cy0:cy1, cx0:cx1], cell.cell_mask[cut], cell.nucleus_mask[cut]
 
 
 def share_pair(probs: np.ndarray, pair: tuple[int, int], odds: dict[int, float]) -> np.ndarray:
@@ -150,8 +183,8 @@ def cytoplasm_evidence(
     pair, first, second = stats
     odds: dict[int, float] = {}
     for i, c in enumerate(cells):
-        x0, y0, x1, y1 = c.box
-        value = cytoplasm_eosin(rgb[y0:y1, x0:x1], c.cell_mask, c.nucleus_mask, colours)
+        view, cell_mask, nucleus_mask = inside_field(rgb, c)
+        value = cytoplasm_eosin(view, cell_mask, nucleus_mask, colours)
         if value is not None and (o := pair_odds(value, first, second)) is not None:
             odds[i] = o
     if not odds:
@@ -174,8 +207,7 @@ def central_cytoplasm_eosin(rgb: np.ndarray, segmenter: SegmenterLike) -> float 
     colours = field_colours(rgb, cells)
     if colours is None:
         return None
-    x0, y0, x1, y1 = c.box
-    return cytoplasm_eosin(rgb[y0:y1, x0:x1], c.cell_mask, c.nucleus_mask, colours)
+    return cytoplasm_eosin(*inside_field(rgb, c), colours)
 
 
 @functools.cache
