@@ -128,3 +128,45 @@ def test_wbc_types_outside_the_eight_classes_are_wbc_boxes(tmp_path: Path) -> No
                                              "3 0.5 0.05 0.05 0.05\n")
     [item] = load_labelled_folder(yolo, None)
     assert len(item.wbc_boxes) == 1 and item.unknown_boxes == {"debris": 2}
+
+
+def test_a_voc_folder_with_a_split_file_reads_boxes_named_by_cell_type(tmp_path: Path) -> None:
+    """With the standard ``ImageSets/Main/<split>.txt`` only boxes named exactly ``WBC`` were read: a lab's
+    Neutrophil/Blast boxes left the truth, every correct detection was a false positive, nothing was reported, and
+    recall over no box read 1.000."""
+    d = tmp_path / "voc"
+    (d / "JPEGImages").mkdir(parents=True)
+    (d / "Annotations").mkdir()
+    cv2.imwrite(str(d / "JPEGImages" / "f1.jpg"), np.full((100, 100, 3), 200, np.uint8))
+    boxes = {"Neutrophil": BOX, "Blast": (60, 60, 90, 90), "RBC": (1, 1, 9, 9), "Schistocyte": (1, 80, 9, 90)}
+    (d / "Annotations" / "f1.xml").write_text("<annotation>" + "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1 - 1}</xmax><ymax>{y1 - 1}"
+        "</ymax></bndbox></object>" for n, (x0, y0, x1, y1) in boxes.items()) + "</annotation>")
+    without = load_labelled_folder(d, "test", [])
+    (d / "ImageSets" / "Main").mkdir(parents=True)
+    (d / "ImageSets" / "Main" / "test.txt").write_text("f1\n")
+    with_split = load_labelled_folder(d, "test", [])
+    assert len(without[0].wbc_boxes) == len(with_split[0].wbc_boxes) == 2
+    assert with_split[0].unknown_boxes == without[0].unknown_boxes == {"Schistocyte": 1}
+    m = evaluate_smears(tmp_path, tmp_path / "out", OneCell(), dataset=d)
+    assert (m["detection"]["tp"], m["detection"]["fn"], m["unknown_box_names"]) == (1, 1, {"Schistocyte": 1})
+
+
+def test_recall_without_any_true_box_is_undefined_not_one(tmp_path: Path) -> None:
+    """A folder with no WBC box at all read "recall 1.000" beside precision 0: recall and F1 are now null (n/a)."""
+    folder = _yolo_folder(tmp_path / "yolo", n=1)
+    (folder / "labels" / "f0.txt").write_text("")
+    m = evaluate_smears(tmp_path, tmp_path / "out", OneCell(), dataset=folder)
+    d = m["detection"]
+    assert (d["precision"], d["recall"], d["f1"], d["ap50"]) == (0.0, None, None, None)
+    assert m["detection_ignore_unannotated"]["recall"] is None
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| WBC recall @IoU0.5 | n/a (0 missed) |" in summary and "| WBC F1 | n/a |" in summary
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(folder), "--no-classifier", "--segmenter",
+                                   "classical", "-o", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "recall n/a F1 n/a" in res.output

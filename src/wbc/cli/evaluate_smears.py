@@ -49,6 +49,7 @@ def evaluate_smears(
     """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
     or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
     from wbc.evaluate.smears import evaluate_smears as run
+    from wbc.evaluate.smears import rate
     from wbc.model import load_model
     from wbc.paths import data_root as resolve_root
     from wbc.segment import get_segmenter
@@ -60,11 +61,11 @@ def evaluate_smears(
     d, s = m["detection"], m["segmentation"]
     say(f"{m['dataset']} {split}: {m['n_images']} images, segmenter {m['segmenter']}")
     say(
-        f"  WBC precision {d['precision']:.3f} recall {d['recall']:.3f} F1 {d['f1']:.3f} "
+        f"  WBC precision {rate(d['precision'])} recall {rate(d['recall'])} F1 {rate(d['f1'])} "
         f"AP50 {'n/a' if d['ap50'] is None else format(d['ap50'], '.3f')} mean IoU {d['mean_iou_matched']:.3f}"
     )
     for o, v in m.get("per_origin", {}).items():
-        say(f"  {o}: recall {v['recall']:.3f} precision {v['precision']:.3f} ({v['n_images']} images)")
+        say(f"  {o}: recall {rate(v['recall'])} precision {rate(v['precision'])} ({v['n_images']} images)")
     if s["nucleus_dice"] is not None:
         say(f"  nucleus Dice {s['nucleus_dice']:.3f}  cell Dice {s['cell_dice']:.3f}")
     if m.get("subtype") and m["subtype"]["n"]:

@@ -168,8 +168,9 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
     items = []
     for name in split_file.read_text().split():
         mp = mask_path(bccd, name)
-        try:
-            boxes = read_voc_boxes(bccd / "Annotations" / f"{name}.xml")
+        unknown: Counter[str] = Counter()
+        try:  # any WBC name, as the folder read without a split file: a lab's "Neutrophil" or "Blast" boxes too
+            boxes = read_voc_boxes(bccd / "Annotations" / f"{name}.xml", None, unknown)
         except WbcError as exc:
             if errors is None:
                 raise
@@ -182,6 +183,7 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
                 wbc_boxes=boxes,
                 mask=mp if mp.is_file() else None,
                 label=labels.get(name),
+                unknown_boxes=dict(unknown),
             )
         )
     return items
@@ -460,11 +462,20 @@ def _score(c: Cell) -> float:
     return float(getattr(c, "score", 1.0))
 
 
-def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float | None]:
+    """Precision, recall and F1 with their counts; recall and F1 are None (undefined) without any true box, so that
+    a folder whose boxes were all left out of the truth cannot read as recall 1."""
     p = tp / (tp + fp) if tp + fp else 1.0
-    r = tp / (tp + fn) if tp + fn else 1.0
+    if not tp + fn:
+        return {"precision": p, "recall": None, "f1": None, "tp": tp, "fp": fp, "fn": fn}
+    r = tp / (tp + fn)
     f1 = 2 * p * r / (p + r) if p + r else 0.0
     return {"precision": p, "recall": r, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def rate(v: float | None) -> str:
+    """A precision, recall or F1 for the terminal and ``summary.md``: three decimals, ``n/a`` when undefined."""
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def evaluate_segmentation(
@@ -630,9 +641,9 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         "",
         "| metric | value |",
         "| --- | --- |",
-        f"| WBC precision @IoU0.5 | {d['precision']:.3f} ({d['tp']} TP, {d['fp']} FP) |",
-        f"| WBC recall @IoU0.5 | {d['recall']:.3f} ({d['fn']} missed) |",
-        f"| WBC F1 | {d['f1']:.3f} |",
+        f"| WBC precision @IoU0.5 | {rate(d['precision'])} ({d['tp']} TP, {d['fp']} FP) |",
+        f"| WBC recall @IoU0.5 | {rate(d['recall'])} ({d['fn']} missed) |",
+        f"| WBC F1 | {rate(d['f1'])} |",
         f"| AP@0.5 | {'n/a (no WBC box)' if d['ap50'] is None else format(d['ap50'], '.3f')} |",
         f"| mean IoU of matched boxes | {d['mean_iou_matched']:.3f} |",
         f"| precision, unboxed mask cells ignored | {di['precision']:.3f} "
@@ -647,7 +658,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         f"| segmentation time per field | {1000 * metrics['seconds_per_image_segmentation']:.0f} ms |"
     )
     for o, v in metrics.get("per_origin", {}).items():
-        lines.append(f"| {o}: recall / precision ({v['n_images']} images) | {v['recall']:.3f} / {v['precision']:.3f} |")
+        lines.append(f"| {o}: recall / precision ({v['n_images']} images) | {rate(v['recall'])} / "
+                     f"{rate(v['precision'])} |")
     sub = metrics.get("subtype")
     if sub and sub["n"]:
         lines += [
