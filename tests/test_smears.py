@@ -170,3 +170,32 @@ def test_recall_without_any_true_box_is_undefined_not_one(tmp_path: Path) -> Non
                                    "classical", "-o", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
     assert "recall n/a F1 n/a" in res.output
+
+
+def test_a_label_file_that_is_not_utf8_is_one_field_s_error(tmp_path: Path) -> None:
+    """A YOLO label file with a Latin-1 comment raised UnicodeDecodeError: a traceback and no results for any field.
+    Now that field is listed in ``errors``; a class-name file that is not UTF-8 ends the run in one line."""
+    for n in ("a", "b"):
+        cv2.imwrite(str(tmp_path / f"{n}.jpg"), np.full((100, 100, 3), 200, np.uint8))
+    (tmp_path / "a.txt").write_text("0 0.35 0.35 0.3 0.3\n")
+    (tmp_path / "b.txt").write_bytes("0 0.35 0.35 0.3 0.3  # gro\xdf\n".encode("latin-1"))
+    (tmp_path / "classes.txt").write_text("WBC\ndebris\n")
+    errors: list[tuple[str, str]] = []
+    items = load_labelled_folder(tmp_path, None, errors)
+    assert [i.name for i in items] == ["a"] and len(items[0].wbc_boxes) == 1
+    [(field, msg)] = errors
+    assert field.endswith("b.jpg") and msg.startswith(f"{tmp_path / 'b.txt'}: not a UTF-8 text file")
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(tmp_path), "--no-classifier", "--segmenter",
+                                   "classical", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0 and "b.txt: not a UTF-8 text file" in res.output, res.output
+    assert (tmp_path / "out" / "metrics.json").is_file()
+    (tmp_path / "classes.txt").write_bytes("WBC\nd\xe9bris\n".encode("latin-1"))
+    with pytest.raises(WbcError, match=r"classes\.txt: not a UTF-8 text file"):
+        load_labelled_folder(tmp_path, None, [])
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(tmp_path), "--no-classifier", "--segmenter",
+                                   "classical", "-o", str(tmp_path / "out2")])
+    assert isinstance(res.exception, WbcError) and "classes.txt: not a UTF-8 text file" in str(res.exception)

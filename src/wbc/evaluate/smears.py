@@ -166,7 +166,7 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
                 if lab:
                     labels[row["image"].strip()] = lab
     items = []
-    for name in split_file.read_text().split():
+    for name in _read_label_text(split_file).split():
         mp = mask_path(bccd, name)
         unknown: Counter[str] = Counter()
         try:  # any WBC name, as the folder read without a split file: a lab's "Neutrophil" or "Blast" boxes too
@@ -189,13 +189,24 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
     return items
 
 
+def _read_label_text(path: Path) -> str:
+    """A label or class-name file's text; one that cannot be read or is not UTF-8 (a Latin-1 comment, a Windows
+    tool's export) is a :class:`WbcError` naming it, so that it is one field's error, not a traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise WbcError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise WbcError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def yolo_class_names(folder: Path) -> list[str]:
     """The class names of a YOLO folder, from ``classes.txt`` or ``data.yaml`` (empty when it names none)."""
     for f in (folder / "classes.txt", folder / "labels" / "classes.txt"):
         if f.is_file():
-            return [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+            return [ln.strip() for ln in _read_label_text(f).splitlines() if ln.strip()]
     yml = next((f for f in (folder / "data.yaml", folder / "dataset.yaml") if f.is_file()), None)
-    return _yaml_names(yml.read_text()) if yml is not None else []
+    return _yaml_names(_read_label_text(yml)) if yml is not None else []
 
 
 def yolo_wbc_classes(folder: Path) -> set[int]:
@@ -238,7 +249,7 @@ def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> l
     out: list[Box] = []
     if not path.is_file():
         return out
-    for k, line in enumerate(path.read_text().splitlines(), 1):
+    for k, line in enumerate(_read_label_text(path).splitlines(), 1):
         p = line.split()
         if not p:
             continue
@@ -355,7 +366,7 @@ def _yolo_class_counts(path: Path, names: Mapping[int, str]) -> dict[str, int]:
     :func:`read_yolo_boxes`)."""
     if not names or not path.is_file():
         return {}
-    ids = Counter(int(float(p[0])) for p in map(str.split, path.read_text().splitlines()) if p)
+    ids = Counter(int(float(p[0])) for p in map(str.split, _read_label_text(path).splitlines()) if p)
     return {names[i]: n for i, n in ids.items() if i in names}
 
 
