@@ -464,4 +464,40 @@ def test_default_inference_slots_one_per_core_capped(monkeypatch: pytest.MonkeyP
         assert S.default_inference_slots(threads) == want, (cores, threads)
     monkeypatch.setattr(wbc.runtime, "usable_cores", lambda: 3)
     app = create_app(load_model(threads=1), ClassicalSegmenter(), settings=ServeSettings())
-    assert app.state.inference_limiter.total_tokens == 3
+    assert app.state.inference_slots == 3
+
+
+def test_create_app_needs_no_running_event_loop(classifier, cell_png, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_app made its anyio.CapacityLimiter outside any event loop, which AnyIO before 4.2 refuses
+    (AsyncLibraryNotFoundError), and fastapi>=0.110 allows AnyIO 4.0: ``wbc serve`` could not start. Here the
+    limiter, as AnyIO < 4.2, needs a running loop; the app starts and an upload gets its inference slot."""
+    import asyncio
+
+    import anyio
+
+    real = anyio.CapacityLimiter
+
+    def needs_a_loop(total_tokens: float) -> anyio.CapacityLimiter:
+        asyncio.get_running_loop()  # RuntimeError outside a running loop
+        return real(total_tokens)
+
+    monkeypatch.setattr(anyio, "CapacityLimiter", needs_a_loop)
+    app = create_app(classifier, ClassicalSegmenter(), max_concurrent=2, settings=ServeSettings(api_keys=[KEY]))
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 200
+        for _ in range(2):  # the second upload reuses the first one's limiter
+            r = c.post("/classify", headers={"X-API-Key": KEY}, files={"files": ("c.png", cell_png, "image/png")})
+            assert r.status_code == 200, r.text
+    assert app.state.inference_limiter.total_tokens == 2
+
+
+def test_the_declared_fastapi_and_anyio_floors_are_ones_the_server_works_with() -> None:
+    """pyproject.toml allowed fastapi 0.110, with which wbc serve did not start (anyio 4.1 through starlette 0.36) and,
+    once it did, answered every one-file upload 422 ("file: Input should be a valid list") up to fastapi 0.112.3;
+    fastapi 0.112.4 with starlette 0.38.6 and anyio 3.4.0 or 4.1.0 was checked to serve /health and /analyze."""
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {d.split(">=")[0].strip(): tuple(int(v) for v in d.split(">=")[1].split(",")[0].split("."))
+              for d in deps if ">=" in d}
+    assert floors["fastapi"] >= (0, 112, 4) and floors["anyio"] >= (3, 4)

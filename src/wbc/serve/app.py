@@ -171,12 +171,15 @@ def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int | None = Non
 
 
 async def in_inference_slot(state: Any, fn: Callable[[], T]) -> T:
-    """``fn()`` in a worker thread once one of the app's inference slots (``state.inference_limiter``) is free.
+    """``fn()`` in a worker thread once one of the app's ``state.inference_slots`` is free.
 
     The request waits for its slot without holding a thread. Waiting inside a thread (on a semaphore) let 40
     queued uploads take every one of AnyIO's worker threads, and the page, /review, crops, /login and sign-off,
-    which need one, hung behind them (wbc 0.28.0).
+    which need one, hung behind them (wbc 0.28.0). The limiter is made here, on the event loop, at first use:
+    AnyIO before 4.2 (which the FastAPI versions wbc allows may bring) cannot make one outside a running loop.
     """
+    if state.inference_limiter is None:  # no await between the test and the assignment: one limiter per app
+        state.inference_limiter = anyio.CapacityLimiter(state.inference_slots)
     return await anyio.to_thread.run_sync(fn, limiter=state.inference_limiter)
 
 
@@ -360,7 +363,8 @@ def create_app(
         from wbc.serve.settings import default_inference_slots
 
         max_concurrent = default_inference_slots(threads)
-    app.state.inference_limiter = anyio.CapacityLimiter(max(1, max_concurrent))  # in_inference_slot
+    app.state.inference_slots = max(1, max_concurrent)
+    app.state.inference_limiter = None  # made on the event loop at first use: in_inference_slot
     app.state.metadata = model_metadata(classifier, segmenter)
     app.state.authenticator = authenticator
     app.state.settings = settings
