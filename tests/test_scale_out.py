@@ -9,8 +9,10 @@ import csv
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,6 +268,69 @@ def test_an_address_where_nothing_listens_fails_in_one_line(tmp_path: Path) -> N
 
     with pytest.raises(WbcError, match="give HOST:PORT"):
         check_address("headnode")
+
+
+def test_an_address_that_answers_but_is_not_ray_fails_in_one_line(tmp_path: Path) -> None:
+    """A port that answers but does not speak gRPC (the dashboard's 8265 given for the head's port, any web server):
+    Ray retried "Failed to get cluster ID" every ~35 s, printing C++ warnings, until killed (wbc 0.29.0 waited
+    over 3 minutes); RAY_NUM_REDIS_GET_RETRIES, meant to shorten that, changed nothing. Now one line, in seconds."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        port = s.getsockname()[1]
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        write_fields(tmp_path / "in", 1)
+        address = f"127.0.0.1:{port}"
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                            "--engine", "ray", "--ray-address", address], env=ENV, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith(
+            f"error: --ray-address {address}: something answers there but it is not a Ray cluster"), r.stderr
+        assert time.monotonic() - t0 < 30
+    finally:
+        web.terminate()
+        web.wait(10)
+
+
+def test_the_grpc_probe_tells_an_http2_server_from_others() -> None:
+    """A server that answers the HTTP/2 preface with a SETTINGS frame (as Ray's GCS does) passes; one that answers
+    anything else, closes, or stays silent does not."""
+    from wbc.distributed import speaks_grpc
+
+    def probe(reply: bytes | None) -> bool:
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(1)
+
+            def serve() -> None:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.recv(64)
+                    if reply is not None:
+                        conn.sendall(reply)
+                    time.sleep(0.5)
+
+            t = threading.Thread(target=serve)
+            t.start()
+            with socket.create_connection(srv.getsockname(), timeout=0.3) as c:
+                got = speaks_grpc(c)
+            t.join()
+            return got
+
+    assert probe(bytes([0, 0, 6, 4, 0, 0, 0, 0, 0]) + bytes(6))  # SETTINGS with one setting
+    assert not probe(b"HTTP/1.0 505 HTTP Version Not Supported\r\n\r\n")
+    assert not probe(b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert not probe(None)  # silent past the socket's timeout
 
 
 def test_ray_engine_checks_cheap_things_before_starting_ray(tiny_model: Path, fields: Path, reference: Path,

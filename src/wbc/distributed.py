@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,10 +57,31 @@ def import_ray() -> Any:
     return ray
 
 
+#: The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client server) answers
+#: with a SETTINGS frame of its own; a web server, Redis or SSH answers otherwise or not at all.
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def speaks_grpc(sock: socket.socket) -> bool:
+    """Whether the server on ``sock`` answers the HTTP/2 preface with a SETTINGS frame (a frame header of 9 bytes,
+    type 4), as every gRPC server does at once; False on any other answer, a close or silence (the socket's
+    timeout)."""
+    try:
+        sock.sendall(HTTP2_HELLO)
+        head = b""
+        while len(head) < 9 and (chunk := sock.recv(9 - len(head))):
+            head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 0x04
+
+
 def check_address(address: str | None) -> None:
-    """A one-line error, within seconds, when nothing listens at ``host:port`` (or ``ray://host:port``): Ray itself
-    retries such an address for about 14 minutes, printing C++ warnings and deaf to SIGTERM. ``None``, ``"auto"``
-    and ``"local"`` are Ray's own to resolve (``"auto"`` with no cluster already fails in one line)."""
+    """A one-line error, within seconds, when nothing listens at ``host:port`` (or ``ray://host:port``), or when what
+    listens there does not speak gRPC (the dashboard's 8265, any web server): Ray itself retries such an address for
+    minutes (nothing there: about 14), printing C++ warnings and deaf to SIGTERM. ``None``, ``"auto"`` and
+    ``"local"`` are Ray's own to resolve (``"auto"`` with no cluster already fails in one line). A cluster with
+    ``RAY_USE_TLS`` speaks TLS first: only the connection is checked there."""
     if address is None or address in ("auto", "local"):
         return
     hostport = address.removeprefix("ray://")
@@ -70,20 +90,23 @@ def check_address(address: str | None) -> None:
         raise WbcError(f"--ray-address {address}: give HOST:PORT (the head's port, 6379 unless `ray start --head "
                        "--port` chose another), ray://HOST:PORT or auto")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
     except OSError as exc:
         why = exc.strerror or exc.__class__.__name__
         raise WbcError(f"cannot join the Ray cluster at {address}: nothing answers there ({why}); "
                        f"is `ray start --head` running on {host}?") from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or speaks_grpc(sock):
+            return
+    raise WbcError(f"--ray-address {address}: something answers there but it is not a Ray cluster (give the head's "
+                   "port, 6379 unless `ray start --head --port` chose another, or Ray Client's 10001 with ray://; "
+                   "not the dashboard's 8265)")
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Join the cluster at ``address`` (``"auto"``: the one ``ray start`` runs here), or start a local Ray
     runtime when ``address`` is None. Returns the ``ray`` module. A driver already connected stays so."""
     check_address(address)
-    if address not in (None, "auto", "local") and "ray" not in sys.modules:
-        # a port that answers but is not Ray's: 5 tries (~6 s) instead of 20; read when Ray is imported
-        os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "5")
     ray = import_ray()
     if not ray.is_initialized():
         # C++ error lines about Ray Data's own actors ending (core_worker.cc: "Actor with class name ... has been
