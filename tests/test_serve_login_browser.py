@@ -105,3 +105,51 @@ def test_sign_out_and_sign_in_again_on_the_page_one_was_on(chromium, servers: tu
         assert page.url == base + "/"
     ctx.close()
     assert not errors, errors
+
+
+def test_an_allowed_same_site_page_cannot_post_on_the_reviewer_s_session(chromium, tmp_path: Path) -> None:
+    """A page of an --allowed-origin site on the same site (here 127.0.0.1, another port) posting with
+    ``credentials: "include"``: chromium sends the SameSite=Strict session cookie along, and wbc 0.29.0 took the
+    request as the signed-in reviewer's. Now it needs a key of its own (401); the browser's own page still works."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    seen: list[tuple[str, bool, int]] = []  # (Origin, whether the session cookie came, status) of each POST
+
+    def recording(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/differential":
+                return await app(scope, receive, send)
+            h = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+
+            async def spy(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    seen.append((h.get("origin", ""), "wbc_session=" in h.get("cookie", ""), message["status"]))
+                await send(message)
+
+            return await app(scope, receive, spy)
+
+        return wrapped
+
+    page_html: dict[str, str] = {}
+    with live_server(Starlette(routes=[Route("/", lambda _r: HTMLResponse(page_html["html"]))])) as lims:
+        clf = load_model(make_colour_classifier(tmp_path / "m.onnx", size=48), threads=1)
+        app = create_app(clf, ClassicalSegmenter(), settings=ServeSettings(api_keys=[KEY], allowed_origins=[lims]))
+        with live_server(recording(app)) as base:
+            page_html["html"] = f"""<!doctype html><body><script>
+              fetch("{base}/differential", {{method: "POST", credentials: "include",
+                    headers: {{"Content-Type": "text/plain"}}, body: '{{"counts": {{"neutrophil": 1}}}}'}})
+                .then(r => document.title = "status " + r.status).catch(e => document.title = "blocked");
+            </script></body>"""
+            ctx = chromium.new_context()
+            page = ctx.new_page()
+            page.goto(base + "/")
+            page.fill("#key", KEY)
+            page.click("button[type=submit]")
+            page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+            page.goto(lims + "/")
+            page.wait_for_function("document.title !== ''", timeout=15_000)
+            ctx.close()
+    assert seen == [(lims, True, 401)], seen  # the cookie went along, and did not count

@@ -218,6 +218,27 @@ def test_an_allowed_origin_may_post_from_a_current_browser(classifier) -> None:
         assert r.status_code == 401 and "access-control-allow-origin" not in r.headers
 
 
+def test_a_page_of_another_origin_needs_its_own_key_not_the_reviewer_s_session(classifier) -> None:
+    """A browser sends the SameSite=Strict session cookie from a same-site page too (lims.lab.org to wbc.lab.org,
+    localhost:3000 to localhost:8000): a page of an --allowed-origin site posted as whoever was signed in, with no
+    key of its own (wbc 0.29.0). The cookie now counts only for this server's own pages."""
+    lims = "https://lims.example.org"
+    body = {"counts": {"neutrophil": 3}}
+    with make_client(classifier, api_keys=[KEY], allowed_origins=[lims]) as c:
+        assert c.post("/login", data={"key": KEY}, follow_redirects=False).status_code == 303
+        for site in ("same-site", "cross-site"):
+            r = c.post("/differential", json=body, headers={"Origin": lims, "Sec-Fetch-Site": site})
+            assert r.status_code == 401 and "needs an API key" in r.json()["detail"], r.text
+            r = c.post("/differential", json=body, headers={"Origin": lims, "Sec-Fetch-Site": site, "X-API-Key": KEY})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == lims
+        assert c.post("/differential", json=body, headers={"Origin": lims}).status_code == 401  # no Sec-Fetch-Site
+        # this server's own page, and links followed from elsewhere (no Origin), still ride the session
+        own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+        assert c.post("/differential", json=body, headers=own).status_code == 200
+        assert c.post("/differential", json=body, headers={"Origin": "http://testserver"}).status_code == 200
+        assert c.get("/model", headers={"Sec-Fetch-Site": "same-site"}).status_code == 200
+
+
 def test_unknown_host_is_refused(client: TestClient) -> None:
     r = client.get("/health", headers={"Host": "attacker.example"})
     assert r.status_code == 400 and r.json()["error"] == "host_not_allowed"

@@ -23,7 +23,8 @@ Two layers, one rule set (both call :meth:`Authenticator.authorize`):
 
 Keys come from ``WBC_API_KEYS`` (comma-separated) or a key file (:mod:`wbc.serve.settings`); a client
 sends one as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``. The web page logs in once with a key at
-``/login`` and then carries an HttpOnly, ``SameSite=Strict`` session cookie. Without any key configured
+``/login`` and then carries an HttpOnly, ``SameSite=Strict`` session cookie, which counts only for requests from
+this server's own pages (:meth:`Authenticator.authorize`). Without any key configured
 the server is open, which :func:`check_binding` allows on loopback only. Keys are kept as SHA-256 digests
 and compared in constant time; a caller is named by the digest's first 8 hex digits, never by the key.
 """
@@ -192,15 +193,25 @@ class Authenticator:
     def authorize(self, headers: Mapping[str, str], cookies: Mapping[str, str], method: str = "POST") -> Identity:
         """The caller's identity, with the request counted against its rate limit (reads at :data:`READ_COST`).
 
+        The session cookie counts only for this server's own pages: a browser sends it from a same-site page
+        too (``SameSite=Strict`` stops only other sites), and a page of an ``--allowed-origin`` may post, so such
+        a page would act as whoever is signed in. A request from another origin (:func:`from_another_origin`)
+        needs its own key.
+
         Raises :class:`SecurityProblem`: 401 without a valid key, 429 over the limit (``Retry-After``).
         """
-        ident = self.identify(headers, cookies)
+        foreign = from_another_origin(headers)
+        ident = self.identify(headers, {} if foreign else cookies)
         if ident is None:
-            given = bool(headers.get("x-api-key") or headers.get("authorization") or cookies.get(SESSION_COOKIE))
-            raise SecurityProblem(
-                401, "unauthorized",
-                "invalid API key" if given else "an API key is required: send X-API-Key: KEY or "
-                "Authorization: Bearer KEY", {"WWW-Authenticate": 'Bearer realm="wbc"'})
+            key_given = bool(headers.get("x-api-key") or headers.get("authorization"))
+            if foreign and not key_given and cookies.get(SESSION_COOKIE):
+                detail = (f"a request from another origin ({headers.get('origin')}) needs an API key: send X-API-Key: "
+                          "KEY or Authorization: Bearer KEY (the web page's session counts only for its own pages)")
+            elif key_given or cookies.get(SESSION_COOKIE):
+                detail = "invalid API key"
+            else:
+                detail = "an API key is required: send X-API-Key: KEY or Authorization: Bearer KEY"
+            raise SecurityProblem(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="wbc"'})
         if ident.anonymous:
             return ident
         wait = self.limiter.take(ident.name, cost=1.0 if method.upper() in UNSAFE_METHODS else READ_COST)
@@ -268,6 +279,25 @@ def normal_origin(origin: str) -> str:
     'https://lims.example.org'
     """
     return origin.strip().rstrip("/").lower()
+
+
+def from_another_origin(headers: Mapping[str, str]) -> bool:
+    """Whether a browser says the request comes from a page of another origin than this server's: it sends
+    ``Origin`` (fetch() and form posts do; following a link does not) with ``Sec-Fetch-Site`` other than
+    ``same-origin``/``none``, or, from a browser too old for that header, an ``Origin`` naming another host.
+
+    >>> from_another_origin({"origin": "https://lims.lab", "sec-fetch-site": "same-site"})
+    True
+    >>> from_another_origin({"origin": "http://wbc.lab", "sec-fetch-site": "same-origin"}), from_another_origin({})
+    (False, False)
+    """
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    site = (headers.get("sec-fetch-site") or "").lower()
+    if site:
+        return site not in ("same-origin", "none")
+    return origin == "null" or urlsplit(origin).netloc.lower() != (headers.get("host") or "").lower()
 
 
 def cross_site_problem(method: str, headers: Mapping[str, str], allowed_origins: Iterable[str]) -> str | None:
