@@ -282,3 +282,25 @@ def test_opencv_refuses_an_image_past_max_pixels_whatever_its_format() -> None:
     out = subprocess.run([sys.executable, "-c", code], input=radiance_bomb(20000, MAX_PIXELS // 20000 + 1, lines=1),
                          capture_output=True, env=env)
     assert out.stdout.decode().split() == [str(MAX_PIXELS), "refused"], out.stderr.decode()[-300:]
+
+
+@pytest.mark.parametrize("order, variable, refused", [
+    ("import wbc, cv2", None, False), ("import cv2, wbc", None, True), ("import cv2, wbc", "300000000", False)])
+def test_a_format_wbc_cannot_size_is_refused_when_opencv_s_limit_came_too_late(order: str, variable: str | None,
+                                                                               refused: bool) -> None:
+    """OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, on import: after ``import cv2; import wbc`` its default, 2**30
+    pixels, stayed in force and a PFM or PAM file (sized by neither wbc nor Pillow) was decoded whatever its
+    size. It is now refused, in one line saying why, unless the variable was set before cv2 was imported."""
+    code = (f"{order}\nimport sys\nfrom wbc.errors import ImageReadError\nfrom wbc.io import decode_image\n"
+            "try:\n    print(decode_image(sys.stdin.buffer.read(), 'f.pfm').shape)\n"
+            "except ImageReadError as exc:\n    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    if variable is not None:
+        env["OPENCV_IO_MAX_IMAGE_PIXELS"] = variable
+    pfm = cv2.imencode(".pfm", np.full((30, 40, 3), 0.5, np.float32))[1].tobytes()
+    out = subprocess.run([sys.executable, "-c", code], input=pfm, capture_output=True, env=env)
+    said = out.stdout.decode().strip()
+    if refused:
+        assert said.startswith("f.pfm: its size cannot be read before decoding") and "import wbc first" in said, said
+    else:
+        assert said == "(30, 40, 3)", said + out.stderr.decode()[-300:]

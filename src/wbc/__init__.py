@@ -15,6 +15,7 @@ torch; training lives in :mod:`wbc.train`.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,10 @@ for _name in ORT_TELEMETRY_OPT_OUTS:
 del _name
 #: OpenCV's own limit on an image's pixels, read from its header before decoding; it reads the variable once, when
 #: cv2 is first imported. ``wbc.io.MAX_PIXELS``, as a second layer under wbc's checks: a format whose size wbc cannot
-#: read from its header is still never decoded past it (OpenCV's default is 2**30, 12 GB as float32 RGB).
+#: read from its header is still never decoded past it (OpenCV's default is 2**30, 12 GB as float32 RGB). Set after
+#: ``import cv2`` (a notebook, a service or a script importing cv2 first) it changes nothing: wbc.io then refuses the
+#: formats whose size neither wbc nor Pillow reads (:func:`wbc.io.opencv_limit_in_force`).
+_OPENCV_LIMIT_IN_FORCE: bool = "cv2" not in sys.modules or "OPENCV_IO_MAX_IMAGE_PIXELS" in os.environ
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "200000000")
 __all__ = ["__version__", "analyze_images", "classify_images", "load_model", "load_segmenter"]
 

@@ -205,7 +205,8 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int] | None:
     PNG, JPEG and Radiance headers are parsed here; other formats through Pillow, which opens files lazily (the
     header only). A size so large that Pillow calls it a decompression bomb raises :class:`ImageReadError`.
     Formats neither reads (PFM, PAM: uncompressed, so never a bomb) are left to OpenCV's own limit,
-    ``OPENCV_IO_MAX_IMAGE_PIXELS``, which ``import wbc`` sets to :data:`MAX_PIXELS`.
+    ``OPENCV_IO_MAX_IMAGE_PIXELS``, which ``import wbc`` sets to :data:`MAX_PIXELS` (unless cv2 was imported
+    first: :func:`opencv_limit_in_force`).
     """
     size = _png_size(data) or (_jpeg_size(data) if data[:2] == b"\xff\xd8" else None) or _radiance_size(data, name)
     if size is not None:
@@ -224,6 +225,15 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int] | None:
                                  f"({exc.args[0].split(' exceeds')[0]})") from None
     except Exception:  # not a format Pillow knows: OpenCV may still read it
         return None
+
+
+def opencv_limit_in_force() -> bool:
+    """Whether OpenCV's own pixel limit is the one ``import wbc`` set (or the user's): OpenCV reads
+    ``OPENCV_IO_MAX_IMAGE_PIXELS`` once, when cv2 is imported, so with ``import cv2`` before ``import wbc`` and the
+    variable unset its default, 2**30 pixels, stays in force."""
+    import wbc
+
+    return wbc._OPENCV_LIMIT_IN_FORCE
 
 
 def check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
@@ -254,6 +264,10 @@ def decode_image(
     size = image_size(data, name)
     if size is not None:
         check_pixels(size, name, max_pixels)
+    elif not opencv_limit_in_force():  # nothing would stop OpenCV decoding a bomb of this format
+        raise ImageReadError(f"{name}: its size cannot be read before decoding (not PNG, JPEG, Radiance or a format "
+                             "Pillow opens), and OpenCV's pixel limit is off because cv2 was imported before wbc: "
+                             "import wbc first, or set OPENCV_IO_MAX_IMAGE_PIXELS before importing cv2")
     try:
         arr = _decode(data, name, size, min_size)
     except DECODE_ERRORS as exc:
