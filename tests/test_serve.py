@@ -474,6 +474,11 @@ def test_a_runtime_error_of_the_analysis_is_a_422_naming_the_file_not_a_500(clas
         assert r.json()["detail"] == "big.png: analysis failed (RuntimeError)"
         r = c.post("/cases", data={"name": "S-1"}, files=[("files", ("big.png", png_bytes(smear), "image/png"))])
         assert r.status_code == 422 and "big.png: analysis failed (RuntimeError)" in r.text
+        assert r.json()["error"] == "unreadable_image"
+        assert r.json()["errors"] == [{"filename": "big.png", "error": "big.png: analysis failed (RuntimeError)"}]
+    # docs/api.md named analysis_failed for POST /cases too, misleading a client that switches on "error"
+    [row] = [ln for ln in (DOCS / "api.md").read_text(encoding="utf-8").splitlines() if "could not be analysed" in ln]
+    assert row.split("|")[-2].strip().startswith("`analysis_failed` (`/analyze`); `unreadable_image` in `POST /cases`")
 
 
 def test_classify_and_analyze_say_out_of_distribution_as_each_other() -> None:
