@@ -496,4 +496,3 @@ def test_classify_and_analyze_say_out_of_distribution_as_each_other() -> None:
                                                           "stain and scanner: check every cell"]
     assert an["cells"] and all(cell["ood"] is True for cell in an["cells"])
     assert any("look unlike the model's training data" in w for w in an["warnings"])
-
