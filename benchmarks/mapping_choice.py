@@ -43,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from _provenance import provenance
 
-    from wbc.adapt_unlabelled import candidate_views, class_prior_of, measure_lab, pick_mapping, score_probs
+    from wbc.adapt_unlabelled import (
+        candidate_views,
+        class_prior_of,
+        measure_lab,
+        pick_mapping,
+        score_probs,
+        set_weights,
+    )
     from wbc.classify import load_cell_views
     from wbc.io import atomic_write_json, iter_image_paths
     from wbc.labels import parse_class_set
@@ -65,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             cands, acc = [], {}
             over = allowed if args.score_over == "5part" else ()
             five = [clf.classes.index(c) for c in allowed]
-            for name, (_spec, views) in candidate_views(clf, cells, over, tuple(args.methods), second).items():
+            for name, (_spec, views, w) in candidate_views(clf, cells, over, tuple(args.methods), second).items():
                 cands.append(score_probs(views, list(over or clf.classes), name))
                 p5 = views[0] if over else views[0][:, five] / views[0][:, five].sum(1, keepdims=True)
-                probs = apply_class_prior(p5, list(allowed), class_prior_of(p5, list(allowed))[0])
+                w5 = w if over else set_weights(views[0], list(clf.classes), allowed)  # as `wbc adapt` weights them
+                probs = apply_class_prior(p5, list(allowed), class_prior_of(p5, list(allowed), w5)[0])
                 acc[name] = float((probs.argmax(1) == y).mean())
             row = {"model": clf.model_id, "version": clf.info.version, "lab": str(lab), "n": len(y),
                    "framing": args.framing, "scored_over": args.score_over,

@@ -488,3 +488,54 @@ def test_fewer_labelled_cells_than_documented_are_warned_of_before_training(tmp_
     res = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model_path), "--data", str(enough), "-o",
                                    str(tmp_path / "enough.onnx")])
     assert res.exit_code == 0 and "fewer than" not in res.output, res.output
+
+
+def _colour_lab(root: Path, colours: dict[str, tuple[int, int, int]], n: int = 12, side: int = 40) -> Path:
+    """``n`` noisy single-colour images of each of ``colours`` ({file prefix: RGB}) in ``root``."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, rgb in colours.items():
+        for i in range(n):
+            cell = np.clip(rng.normal(rgb, 20, (side, side, 3)), 0, 255).astype(np.uint8)
+            write_image(root / f"{prefix}_{i:02d}.png", cell)
+    return root
+
+
+def _platelet_model(path: Path) -> Path:
+    """Red images are neutrophils; green ones platelets, whose little probability on the five WBC types is basophil."""
+    w = np.zeros((len(CLASSES), 3), np.float32)
+    for name, row in (("neutrophil", (6, -6, 0)), ("platelet", (-6, 6, 0)), ("basophil", (-3, 3, 0))):
+        w[CLASSES.index(name)] = row
+    return mean_colour_model(path, SIZE, w, "tiny-plt", embedding_output=True)
+
+
+def test_the_five_part_prior_is_not_made_by_images_outside_the_five_types() -> None:
+    """A platelet image with 0.4 % of its probability on the five WBC types counted as one whole WBC in the five-part
+    class frequencies (before wbc 0.30.0): 20 neutrophils and 20 platelets gave basophil 45 %. An image the model
+    takes for an erythroblast still counts: on other labs' cells those are often lymphocytes."""
+    from wbc.adapt_unlabelled import label_set_priors
+
+    idx = {c: i for i, c in enumerate(CLASSES)}
+    neutrophils = np.full((20, len(CLASSES)), 0.01 / 7)
+    neutrophils[:, idx["neutrophil"]] = 0.99
+    platelets = np.full((20, len(CLASSES)), 1e-5)
+    platelets[:, idx["basophil"]] = 4e-3
+    platelets[:, idx["platelet"]] = 1 - platelets.sum(1) + platelets[:, idx["platelet"]]
+    prior = next(iter(label_set_priors(np.vstack([neutrophils, platelets]), list(CLASSES)).values()))
+    assert prior["basophil"] < 0.1 and prior["neutrophil"] > 0.8, prior
+    erythroblasts = np.full((20, len(CLASSES)), 1e-3)
+    erythroblasts[:, idx["erythroblast"]], erythroblasts[:, idx["lymphocyte"]] = 0.9, 0.094
+    prior = next(iter(label_set_priors(np.vstack([neutrophils, erythroblasts]), list(CLASSES)).values()))
+    assert 0.4 < prior["lymphocyte"] < 0.6, prior
+
+
+def test_with_classes_the_prior_is_not_made_by_images_outside_the_set(tmp_path: Path) -> None:
+    """`wbc adapt --no-labels --classes 5part` on 12 neutrophils and 12 platelets stored basophil near 50 %: the
+    platelets' near-random five-part answer counted as whole cells (before wbc 0.30.0)."""
+    from wbc.adapt_unlabelled import adapt_unlabelled
+
+    data = _colour_lab(tmp_path / "lab", {"neutrophil": (220, 40, 40), "platelet": (40, 220, 40)})
+    res = adapt_unlabelled(_platelet_model(tmp_path / "m.onnx"), data, tmp_path / "a.onnx", classes="5part",
+                           threads=1, methods=(), framing="band")
+    assert res.class_prior["basophil"] < 0.1 and res.class_prior["neutrophil"] > 0.7, res.class_prior
+    assert load_model(tmp_path / "a.onnx").info.class_prior == res.class_prior

@@ -16,11 +16,12 @@ understands the cells shows without labels:
 
 ``score = agreement - entropy / log(C) + pooled entropy / log(C)`` over the chosen label set (``classes``).
 No mapping is the default:
-a mapping replaces it only when it scores more than :data:`MAPPING_MIN_GAIN` higher, so PBC-like input is never
-mapped for nothing. A mapping makes the lab's cells look like PBC's, which by itself raises the model's
-confidence and agreement, so it has to earn its place. On seven validation labs (BCCD's 277 train/val cells and
-six colour-shifted copies of PBC validation cells) with four models (1.2.1, 1.3.0 and two sibling runs), a 0.02
-and a 0.05 margin choose alike except for the second-epoch networks on BCCD, where histogram matching beat no
+a mapping replaces it only when it scores more than :data:`MAPPING_MIN_GAIN` higher, so PBC-like input is not
+mapped for nothing (without ``--classes`` it never was on PBC draws; over five classes a folder half platelets chose
+Reinhard, and PBC accuracy was not lower). A mapping makes the lab's cells look like PBC's, which by itself raises
+the model's confidence and agreement, so it has to earn its place. On seven validation labs (BCCD's 277 train/val
+cells and six colour-shifted copies of PBC validation cells) with four models (1.2.1, 1.3.0 and two sibling runs),
+a 0.02 and a 0.05 margin choose alike except for the second-epoch networks on BCCD, where histogram matching beat no
 mapping by 0.026-0.050 and cost 1.8-3.2 points: 0.05 chooses none there, and its choice is never more than
 0.5 point below the best candidate (``benchmarks/mapping_choice.py``, docs/generalisation.md).
 The result says what was chosen and why (every candidate's scores).
@@ -48,7 +49,9 @@ Then, with the chosen mapping, the lab's **class frequencies** are estimated fro
 by expectation-maximisation (:func:`wbc.calibration.estimate_class_prior`, Saerens et al. 2002) and stored as
 the model's ``class_prior``: training balanced the classes, a lab's differential does not (on BCCD's 277
 train/val cells accuracy rose 0.765 -> 0.780 with model 1.1.0 and 0.780 -> 0.812 with 1.2.0; see
-docs/generalisation.md). A balanced folder gives a nearly uniform estimate, which changes little.
+docs/generalisation.md). A balanced folder gives a nearly uniform estimate, which changes little. An image outside
+the label set that is no nucleated cell (a platelet, for the five WBC types) counts for as little as the model gives
+the set (:func:`set_weights`; before wbc 0.30.0 as a whole cell, with a near-random five-part answer).
 
 The adapted model also averages each cell's answer over the four rotations (``ADAPTED_TTA_VIEWS``, stored as
 ``extra["tta_views"]``; :meth:`wbc.model.Classifier.tta_views`): on BCCD's train/val cells 0.834 -> 0.845, on its
@@ -161,6 +164,26 @@ def score_probs(views: list[np.ndarray], classes: list[str], name: str) -> Candi
     return Candidate(name, agree, ent, div, agree - ent + div, counts)
 
 
+def set_weights(probs: np.ndarray, classes: list[str], allowed: tuple[str, ...] | list[str]) -> np.ndarray:
+    """How far each cell, with probabilities ``probs`` (N, len(classes)) over every class, is one of the label set
+    ``allowed`` (all ones when it is empty): 1 - its probability on the classes of no nucleated cell outside the set
+    (:data:`wbc.labels.NOT_IN_SMEAR_DETECTIONS`, platelets). A platelet image is no cell of a five-part differential
+    (on 20 PBC platelets the five WBC types held 0.2 % of the probability), but the nucleated classes outside the
+    set (erythroblast, ig) count as in it: on another lab's cells the model's line between them and the WBC types
+    does not hold (BCCD's lymphocytes are taken for erythroblasts), and weighting by the whole probability inside
+    the set lowered BCCD's five-part accuracy after adaptation, 0.8592 -> 0.8556.
+
+    >>> p = np.array([[0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9], [0.0, 0.0, 0.6, 0.0, 0.4, 0.0, 0.0, 0.0]])
+    >>> from wbc.labels import CLASSES, WBC5
+    >>> set_weights(p, list(CLASSES), WBC5).round(2).tolist(), set_weights(p, list(CLASSES), ()).tolist()
+    ([0.1, 1.0], [1.0, 1.0])
+    """
+    from wbc.labels import NOT_IN_SMEAR_DETECTIONS
+
+    out = [i for i, c in enumerate(classes) if allowed and c not in allowed and c in NOT_IN_SMEAR_DETECTIONS]
+    return np.clip(1.0 - np.asarray(probs, np.float64)[:, out].sum(1), 0.0, 1.0)
+
+
 def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
                second: dict[int, np.ndarray] | None = None, refocus: FramingStats | None = None) -> list[np.ndarray]:
     """Calibrated probabilities over ``allowed`` (all classes if empty) of each of :data:`VIEWS` of the cells;
@@ -168,6 +191,13 @@ def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
     (:func:`wbc.classify.predict_cells`); ``refocus``: the framing the cells were cut with, so a cell named platelet
     although a nucleus stands out in it gets its second framing too, as there
     (:func:`wbc.classify.platelet_second_framings`)."""
+    return views_and_weights(clf, cells, allowed, second, refocus)[0]
+
+
+def views_and_weights(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
+                      second: dict[int, np.ndarray] | None = None, refocus: FramingStats | None = None
+                      ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(:func:`view_probs`, each cell's :func:`set_weights` from its first view's probabilities over every class)."""
     from wbc.adapt import dihedral_view
     from wbc.classify import average_second_framings, platelet_second_framings
     from wbc.labels import restrict_probabilities
@@ -181,34 +211,39 @@ def view_probs(clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (),
         second = {**(second or {}),
                   **platelet_second_framings(cells, known[VIEWS[0]], clf.classes, refocus, second or {})}
     out = []
+    weights = np.ones(len(cells))
     for k in VIEWS:
         def view_logits(z: np.ndarray, k: int = k) -> np.ndarray:
             return logits_of(dihedral_view(z, k))
 
         logits = average_second_framings(known[k] if k in known else view_logits(cells), second, view_logits)
-        p, _ = restrict_probabilities(class_probabilities(logits, clf.info), clf.classes, allowed)
+        full = class_probabilities(logits, clf.info)
+        if k == VIEWS[0]:
+            weights = set_weights(full, list(clf.classes), allowed)
+        p, _ = restrict_probabilities(full, clf.classes, allowed)
         idx = [clf.classes.index(c) for c in (allowed or clf.classes)]
         out.append(p[:, idx])
-    return out
+    return out, weights
 
 
 def candidate_views(
     clf: Any, cells: np.ndarray, allowed: tuple[str, ...] = (), methods: tuple[str, ...] | None = None,
     second: dict[int, np.ndarray] | None = None, refocus: FramingStats | None = None,
-) -> dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]]:
-    """{candidate: (its stain spec, :func:`view_probs` under it)}: no mapping, then every stain mapping the model
+) -> dict[str, tuple[dict[str, Any] | None, list[np.ndarray], np.ndarray]]:
+    """{candidate: (its stain spec, :func:`view_probs` under it, :func:`set_weights` under it)}: no mapping, then
+    every stain mapping the model
     has training colours for, fitted on these cells (``second``, ``refocus``: as :func:`view_probs`). ``methods``:
     the mappings to try (None: :data:`CANDIDATE_METHODS`; empty: no mapping, only "none")."""
     from wbc.adapt import stain_spec
 
     base = clf.info
     names = ["none", *[m for m in (CANDIDATE_METHODS if methods is None else methods) if base.colour_reference.get(m)]]
-    out: dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]] = {}
+    out: dict[str, tuple[dict[str, Any] | None, list[np.ndarray], np.ndarray]] = {}
     try:
         for name in names:
             spec = None if name == "none" else stain_spec(clf, name, cells)
             clf.info = replace(base, preprocessing=replace(base.preprocessing, stain=spec))
-            out[name] = (spec, view_probs(clf, cells, allowed, second, refocus))
+            out[name] = (spec, *views_and_weights(clf, cells, allowed, second, refocus))
     finally:
         clf.info = base
     return out
@@ -222,10 +257,10 @@ def choose_preprocessing(
 
 
 def choose_from_views(
-    views: dict[str, tuple[dict[str, Any] | None, list[np.ndarray]]], shown: list[str]
+    views: dict[str, tuple[dict[str, Any] | None, list[np.ndarray], np.ndarray]], shown: list[str]
 ) -> tuple[dict[str, Any] | None, list[Candidate], str, str]:
     """:func:`choose_preprocessing` on probabilities already computed (:func:`candidate_views`)."""
-    cands = [score_probs(v, shown, name) for name, (_spec, v) in views.items()]
+    cands = [score_probs(v, shown, name) for name, (_spec, v, _w) in views.items()]
     chosen, why = pick_mapping(cands)
     return views[chosen][0], cands, chosen, why
 
@@ -253,12 +288,15 @@ def pick_mapping(cands: list[Candidate], margin: float = MAPPING_MIN_GAIN) -> tu
                     f"none {none.score:.3f})")
 
 
-def class_prior_of(probs: np.ndarray, shown: list[str]) -> tuple[dict[str, float], int]:
+def class_prior_of(probs: np.ndarray, shown: list[str], weights: np.ndarray | None = None
+                   ) -> tuple[dict[str, float], int]:
     """({class: frequency}, EM iterations) of the cells whose calibrated probabilities over ``shown`` are
-    ``probs`` (N, len(shown)): the model's answers as it will give them, its stain mapping applied."""
+    ``probs`` (N, len(shown)): the model's answers as it will give them, its stain mapping applied. ``weights``
+    (N,): how far each cell is one of ``shown`` (:func:`set_weights`; default 1 each), so that an image the model
+    puts outside the set (a platelet, for five WBC types) does not count as a whole cell of it."""
     from wbc.calibration import estimate_class_prior
 
-    prior, iterations = estimate_class_prior(probs)
+    prior, iterations = estimate_class_prior(probs, weights=weights)
     # 4 decimals, but never 0: a class the folder lacks keeps its small frequency (EM's pseudo-count, below 5e-5 past
     # about 20,000 cells), or the adapted model could never name it again, however clear a cell
     return {c: round(float(v), 4) or float(f"{v:.2g}") for c, v in zip(shown, prior, strict=True)}, iterations
@@ -284,7 +322,8 @@ def label_set_priors(probs: np.ndarray, shown: list[str]) -> dict[str, dict[str,
             continue
         sub = np.asarray(probs, np.float64)[:, idx]
         sub = sub / np.maximum(sub.sum(1, keepdims=True), 1e-300)
-        out[label_set_key(members)] = class_prior_of(sub, [shown[i] for i in idx])[0]
+        weights = set_weights(probs, shown, members)  # a platelet image is no white cell of the set's answer
+        out[label_set_key(members)] = class_prior_of(sub, [shown[i] for i in idx], weights)[0]
     return out
 
 
@@ -349,6 +388,7 @@ class _Framed:
     why: str
     skipped: list[str]
     probs: np.ndarray  # the chosen candidate's probabilities (identity view), for the class prior
+    weights: np.ndarray  # how far each cell is one of the label set (set_weights), for the class prior
 
     @property
     def score(self) -> float:
@@ -368,7 +408,8 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
     spec, cands, chosen, why = choose_from_views(views, list(allowed or clf.classes))
     for c in cands:
         c.framing = framing_name(stats, framing_stats_of(clf))
-    return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors], views[chosen][1][0])
+    return _Framed(stats, cells, spec, cands, chosen, why, [m for _, m in errors], views[chosen][1][0],
+                   views[chosen][2])
 
 
 def choose_framing(clf: Any, paths: list[Any], framing: str = "auto", allowed: tuple[str, ...] = (),
@@ -442,7 +483,7 @@ def adapt_unlabelled(
     iterations = 0
     set_priors: dict[str, dict[str, float]] = {}
     if prior:
-        class_prior, iterations = class_prior_of(best.probs, list(allowed or clf.classes))
+        class_prior, iterations = class_prior_of(best.probs, list(allowed or clf.classes), best.weights)
         if not allowed:  # the lab may still answer over a named label set (--classes 5part): its own estimate
             set_priors = label_set_priors(best.probs, list(clf.classes))
     info.class_prior = class_prior

@@ -235,7 +235,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: fl
 
 
 def estimate_class_prior(
-    probs: np.ndarray, max_iter: int = 1000, tol: float = 1e-7, pseudo_count: float = 1.0
+    probs: np.ndarray, max_iter: int = 1000, tol: float = 1e-7, pseudo_count: float = 1.0,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """(class frequencies, iterations) of unlabelled cells, estimated by expectation-maximisation from
     probabilities calibrated under a uniform training prior (Saerens, Latinne & Decaestecker 2002).
@@ -246,6 +247,9 @@ def estimate_class_prior(
     why the temperature fitted at export is applied first (Alexandari et al. 2020). ``pseudo_count`` cells of
     every class are added to each step's count (a Dirichlet prior: the maximum a posteriori mix), so a class
     absent from a small folder is made rarer, never impossible: a basophil must still be callable later.
+    ``weights`` (N,): how far each cell counts (default 1 each), e.g. the share of its probability inside a label set
+    the frequencies are over, so an image the model puts outside the set (a platelet, for five WBC types) does not
+    count as a whole cell of it.
 
     >>> rng = np.random.default_rng(0); y = rng.choice(3, 3000, p=[0.7, 0.2, 0.1])
     >>> x = rng.normal(2.0 * y, 1.0)  # one feature, class means 0, 2, 4, unit variance
@@ -256,14 +260,19 @@ def estimate_class_prior(
     >>> few, _ = estimate_class_prior(np.array([[0.9, 0.05, 0.05]] * 10))  # 10 cells, none of class 2
     >>> bool(few[2] > 0.05)  # rare after 10 cells, not ruled out
     True
+    >>> mixed = np.array([[0.9, 0.05, 0.05]] * 10 + [[0.05, 0.05, 0.9]] * 10)
+    >>> w = np.r_[np.ones(10), np.full(10, 1e-3)]  # the last ten barely count (images outside the set)
+    >>> [round(float(estimate_class_prior(mixed, weights=v)[0][2]), 2) for v in (None, w)]
+    [0.48, 0.08]
     """
     p = np.asarray(probs, np.float64)
     k = p.shape[1]
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64)
     prior = np.full(k, 1.0 / k)
     for it in range(1, max_iter + 1):
         q = p * prior[None, :]
         q /= np.maximum(q.sum(1, keepdims=True), 1e-300)
-        new = (q.sum(0) + pseudo_count) / (len(p) + k * pseudo_count)
+        new = ((q * w[:, None]).sum(0) + pseudo_count) / (w.sum() + k * pseudo_count)
         done = float(np.abs(new - prior).max()) < tol
         prior = new
         if done:
