@@ -539,3 +539,18 @@ def test_with_classes_the_prior_is_not_made_by_images_outside_the_set(tmp_path: 
                            threads=1, methods=(), framing="band")
     assert res.class_prior["basophil"] < 0.1 and res.class_prior["neutrophil"] > 0.7, res.class_prior
     assert load_model(tmp_path / "a.onnx").info.class_prior == res.class_prior
+
+
+@pytest.mark.parametrize("name", ["lab.onnx", "lab.json", "lab.pt"])
+def test_a_report_on_the_model_or_its_sidecars_is_refused_before_any_work(tmp_path: Path, model_path: Path,
+                                                                          name: str) -> None:
+    """`--report` is written last: on the output's own path it replaced the adapted model, on its `.json` the
+    model's metadata copy, and the command still said it succeeded (before wbc 0.30.0)."""
+    from wbc.cli import app
+
+    data = write_lab_folder(tmp_path / "cells", n_per_class=3, seed=2)
+    res = CliRunner().invoke(app, ["adapt", "--no-labels", "-m", str(model_path), "--data", str(data),
+                                   "-o", str(tmp_path / "lab.onnx"), "--report", str(tmp_path / name)])
+    assert res.exit_code == 1 and isinstance(res.exception, WbcError), res.output
+    assert "--report would overwrite" in str(res.exception) and name in str(res.exception)
+    assert not (tmp_path / "lab.onnx").exists() and not (tmp_path / name).exists()

@@ -43,7 +43,8 @@ def adapt(
     label_map: Annotated[list[str] | None, typer.Option("--map", help="Rename labels: old=new.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the held-out split, the folds and fine-tuning.")] = 0,
     threads: ThreadsOpt = 2,
-    report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the adaptation summary as JSON (another file than "
+                                                "the output and the .json and .pt written beside it).")] = None,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No labels needed: choose the colour mapping "
                                             "(none or reinhard) and the framing that make the model most "
                                             "consistent and confident on this lab's cells, and report why "
@@ -101,6 +102,10 @@ def adapt(
     for path in (output, output.with_suffix(".json"), report):  # before any work: a bad path fails at once
         if path is not None:
             check_output_file(path)
+    beside = (output, output.with_suffix(".json"), output.with_suffix(".pt"))  # what write_model and its weights write
+    if report is not None and report.resolve() in {p.resolve() for p in beside}:  # written last, it would replace it
+        raise WbcError(f"{report}: --report would overwrite the adapted model or a file written beside it "
+                       f"({', '.join(p.name for p in beside)}): choose another name")
     note_foreign_images([data] if unlabelled is None else [data, unlabelled])
     if no_labels and stain is None:
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
