@@ -554,3 +554,52 @@ def test_a_report_on_the_model_or_its_sidecars_is_refused_before_any_work(tmp_pa
     assert res.exit_code == 1 and isinstance(res.exception, WbcError), res.output
     assert "--report would overwrite" in str(res.exception) and name in str(res.exception)
     assert not (tmp_path / "lab.onnx").exists() and not (tmp_path / name).exists()
+
+
+def _spy_on_nucleus_extent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shapes of the images :func:`wbc.reframe.nucleus_extent` measures from now on."""
+    import wbc.reframe
+
+    seen: list[tuple[int, ...]] = []
+    real = wbc.reframe.nucleus_extent
+    monkeypatch.setattr(wbc.reframe, "nucleus_extent", lambda rgb, *a, **k: seen.append(rgb.shape) or real(rgb, *a,
+                                                                                                            **k))
+    return seen
+
+
+def test_the_lab_magnification_is_not_measured_on_images_over_the_single_cell_limit(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """`--framing auto` measured each image decoded whole, with the general 200 M-pixel limit, before the scoring
+    refused it from its header as no single cell (40 M): one 12000x12000 PNG took 3.4 GB (before wbc 0.30.0)."""
+    import wbc.classify
+    from wbc.adapt_unlabelled import measure_lab
+
+    data = _colour_lab(tmp_path / "lab", {"cell": (200, 150, 170)}, n=10)  # 1,600 pixels each
+    monkeypatch.setattr(wbc.classify, "MAX_CELL_PIXELS", 1000)  # each image over the single-cell limit
+    seen = _spy_on_nucleus_extent(monkeypatch)
+    assert measure_lab(sorted(data.iterdir()), threads=1) is None
+    assert seen == []  # refused from the header, as the scoring refuses them: never decoded and measured
+
+
+def test_a_large_jpeg_is_measured_at_a_reduced_size_in_the_file_s_pixels(tmp_path: Path, monkeypatch) -> None:
+    """A camera's whole frame of one cell (6000x4000 JPEG) was decoded whole to measure its nucleus: 1-2 s and up
+    to 2 GB each (before wbc 0.30.0). Now at a reduced size, the extent scaled back to the file's pixels."""
+    import cv2
+
+    import wbc.adapt_unlabelled
+    from wbc.adapt_unlabelled import measure_lab
+
+    monkeypatch.setattr(wbc.adapt_unlabelled, "MEASURE_MIN_SIDE", 200, raising=False)  # 1000: 4000 px images
+    rng = np.random.default_rng(0)
+    side = 800  # decoded at 1/4, 200 px
+    for i in range(8):
+        cell = np.full((side, side, 3), 235, np.uint8)
+        cv2.circle(cell, (side // 2, side // 2), side // 8, (90, 40, 140), -1)  # a nucleus a quarter of the frame
+        cell = np.clip(cell + rng.normal(0, 6, cell.shape), 0, 255).astype(np.uint8)
+        write_image(tmp_path / "jpg" / f"c{i}.jpg", cell)
+        write_image(tmp_path / "png" / f"c{i}.png", cell)
+    seen = _spy_on_nucleus_extent(monkeypatch)
+    jpg = measure_lab(sorted((tmp_path / "jpg").iterdir()), threads=1)
+    assert jpg is not None and seen and all(200 <= s[0] < side for s in seen), seen
+    png = measure_lab(sorted((tmp_path / "png").iterdir()), threads=1)  # decoded whole
+    assert png is not None and abs(jpg.side / png.side - 1) < 0.05, (jpg.side, png.side)

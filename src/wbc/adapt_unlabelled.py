@@ -118,6 +118,10 @@ FEW_CELLS = 50
 MAX_CELLS = 2000
 #: Fewer readable cells than this and nothing can be chosen (nor a sample of fewer drawn, ``--max-cells``).
 MIN_CELLS = 8
+#: :func:`measure_lab` decodes a large JPEG at 1/2-1/8 of its size, its short side never below this many pixels (as
+#: `wbc classify` decodes it at a reduced size): a 6000x4000 camera frame of one cell took 1-2 s and up to 2 GB to
+#: measure decoded whole (a sample of 2,000 such images, 30-60 min). A JPEG under twice this is decoded whole.
+MEASURE_MIN_SIDE = 1000
 
 
 @dataclass
@@ -354,21 +358,27 @@ def framing_options(clf: Any, framing: str = "auto", lab: FramingStats | None = 
 
 
 def measure_lab(paths: list[Any], threads: int = 2) -> FramingStats | None:
-    """The lab's one magnification from its images (:func:`wbc.reframe.lab_framing`; unreadable files and images
-    that are no photos are skipped here and reported by the scoring), each measured within its field of view as
-    `wbc classify` frames it (:func:`wbc.preprocess.field_of_view`)."""
+    """The lab's one magnification from its images (:func:`wbc.reframe.lab_framing`; unreadable files, images that
+    are no photos and images over the single-cell limit are skipped here and reported by the scoring), each
+    measured within its field of view as `wbc classify` frames it (:func:`wbc.preprocess.field_of_view`), in the
+    file's pixels. An image over :data:`wbc.classify.MAX_CELL_PIXELS` is refused from its header, as the scoring
+    refuses it (before wbc 0.30.0 it was decoded and measured first: gigabytes for a slide export), and a large
+    JPEG is measured on a reduced decoding (:data:`MEASURE_MIN_SIDE`)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from wbc.classify import check_cell_image
-    from wbc.io import read_image
+    from wbc.classify import MAX_CELL_PIXELS, check_cell_image, full_image
+    from wbc.io import decode_image, read_bytes
     from wbc.preprocess import field_of_view
     from wbc.reframe import lab_framing, nucleus_extent
 
     def extent(path: Any) -> float | None:
         try:
-            rgb = read_image(path)
-            check_cell_image(rgb, str(path))  # a mask or a drawing beside the lab's cells is no measure of them
-            return nucleus_extent(field_of_view(rgb)[0])
+            data, name = read_bytes(path), str(path)
+            rgb = decode_image(data, name, min_size=MEASURE_MIN_SIDE, max_pixels=MAX_CELL_PIXELS)
+            full = full_image(data, name, rgb)  # None unless rgb is a reduced decoding of the file
+            check_cell_image(rgb, name, full)  # a mask or a drawing beside the lab's cells is no measure of them
+            found = nucleus_extent(field_of_view(rgb)[0])
+            return None if found is None else found * (full.scale if full is not None else 1.0)
         except (WbcError, OSError, ValueError):
             return None
 
