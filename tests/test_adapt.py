@@ -603,3 +603,27 @@ def test_a_large_jpeg_is_measured_at_a_reduced_size_in_the_file_s_pixels(tmp_pat
     assert jpg is not None and seen and all(200 <= s[0] < side for s in seen), seen
     png = measure_lab(sorted((tmp_path / "png").iterdir()), threads=1)  # decoded whole
     assert png is not None and abs(jpg.side / png.side - 1) < 0.05, (jpg.side, png.side)
+
+
+def test_a_folder_of_refused_images_says_why(tmp_path: Path, model_path: Path) -> None:
+    """`wbc adapt --no-labels` on a folder whose images were all refused said only "got 0" and never why; a manifest
+    CSV and a folder of other files got the same (before wbc 0.30.0). `--stain` had the same message."""
+    from wbc.adapt import adapt_stain
+    from wbc.adapt_unlabelled import adapt_unlabelled
+
+    thumbs = _colour_lab(tmp_path / "thumbs", {"cell": (200, 150, 170)}, n=12, side=14)  # under the 16 px minimum
+    with pytest.raises(WbcError, match=r"got 0; 12 refused, the first: .*cell_00\.png: 14x14 is too small"):
+        adapt_unlabelled(model_path, thumbs, tmp_path / "a.onnx", threads=1, methods=())
+    with pytest.raises(WbcError, match=r"got 0; 12 refused, the first: .*14x14 is too small"):
+        adapt_stain(model_path, thumbs, tmp_path / "a.onnx", threads=1)
+    manifest = tmp_path / "cells.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},neutrophil\n" for p in sorted(thumbs.iterdir())))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("x")
+    for data, says in ((manifest, "a manifest CSV .path,label. is for labelled cells"), (notes, "no image files in")):
+        for run in (lambda d: adapt_unlabelled(model_path, d, tmp_path / "a.onnx", threads=1, methods=()),
+                    lambda d: adapt_stain(model_path, d, tmp_path / "a.onnx", threads=1)):
+            with pytest.raises(WbcError, match=says):
+                run(data)
+    assert not (tmp_path / "a.onnx").exists()

@@ -327,6 +327,27 @@ def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:
     return out
 
 
+def unlabelled_image_paths(data: str | os.PathLike[str]) -> list[Path]:
+    """The image files of ``data``, a folder (or file) of a lab's unlabelled cells (``--no-labels``); a manifest CSV
+    or a folder without one image is refused with what it is, rather than as "got 0" readable cells."""
+    from wbc.io import iter_image_paths, no_images_message
+
+    if Path(data).suffix.lower() == ".csv" and Path(data).is_file():
+        raise WbcError(f"{data}: --no-labels takes a folder of the lab's cell images; a manifest CSV (path,label) is "
+                       "for labelled cells (wbc adapt without --no-labels)")
+    found = list(iter_image_paths([data]))
+    if not found:
+        raise WbcError(no_images_message([data]))
+    return found
+
+
+def too_few_cells(data: object, need: int, got: int, errors: Sequence[tuple[Any, str]]) -> WbcError:
+    """The error for ``data`` holding fewer than ``need`` readable cell images, with how many were refused and the
+    first one's reason (``errors``: (file, message)), which a run that stops here never reported."""
+    why = f"; {len(errors)} refused, the first: {errors[0][1]}" if errors else ""
+    return WbcError(f"{data}: need at least {need} readable cell images, got {got}{why}")
+
+
 def few_cells_warning(data: str | os.PathLike[str], mapping: dict[str, str] | None = None) -> str | None:
     """A one-line warning, before any training, when ``data`` holds fewer labelled cells than
     :data:`MIN_CELLS_ADVISED` (counted from the folder or manifest, no image read); None otherwise, or when ``data``
@@ -424,7 +445,6 @@ def adapt_stain(
     so such cells keep their out-of-distribution flag.
     """
     from wbc.classify import load_cells
-    from wbc.io import iter_image_paths
     from wbc.model import load_model
     from wbc.reframe import framing_stats_of
 
@@ -432,11 +452,11 @@ def adapt_stain(
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     # the colours are fitted on the cells as `wbc classify` will map them: re-framed as the model frames them
-    cells, _, errors = load_cells(list(iter_image_paths([data])), clf.info.input_size, threads,
+    cells, _, errors = load_cells(unlabelled_image_paths(data), clf.info.input_size, threads,
                                   reframe=framing_stats_of(clf))
     skipped = [msg for _, msg in errors]
     if len(cells) < 4:
-        raise WbcError(f"{data}: need at least 4 readable cell images, got {len(cells)}")
+        raise too_few_cells(data, 4, len(cells), errors)
     info = without_lab_prior(clf.info)  # another lab's class frequencies do not carry over to this one
     info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     info.extra["adapt"] = {"kind": "stain only, no labels", "stain": stain, "n_cells": len(cells),

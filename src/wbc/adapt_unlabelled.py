@@ -409,11 +409,12 @@ def _score_framing(clf: Any, paths: list[Any], stats: FramingStats, allowed: tup
                    methods: tuple[str, ...] | None, threads: int, data: object) -> _Framed:
     """Load the lab's cells framed by ``stats`` (with the second framings `wbc classify` averages in) and choose
     the colour mapping on them."""
+    from wbc.adapt import too_few_cells
     from wbc.classify import load_cell_views
 
     cells, second, _, errors = load_cell_views(paths, clf.info.input_size, threads, reframe=stats)
     if len(cells) < MIN_CELLS:
-        raise WbcError(f"{data}: need at least {MIN_CELLS} readable cell images, got {len(cells)}")
+        raise too_few_cells(data, MIN_CELLS, len(cells), errors)
     views = candidate_views(clf, cells, allowed, methods, second, stats)
     spec, cands, chosen, why = choose_from_views(views, list(allowed or clf.classes))
     for c in cands:
@@ -462,8 +463,7 @@ def adapt_unlabelled(
     cells scored, a seeded random sample of a larger folder (:data:`MAX_CELLS`; 0: all). The network's ``.pt``
     weights beside ``model`` are copied beside ``output``, so the output can be fine-tuned with labels.
     """
-    from wbc.adapt import _check_output, adaptation_hash, carry_weights, write_model_copy
-    from wbc.io import iter_image_paths
+    from wbc.adapt import _check_output, adaptation_hash, carry_weights, unlabelled_image_paths, write_model_copy
     from wbc.labels import parse_class_set
     from wbc.model import load_model
 
@@ -476,7 +476,7 @@ def adapt_unlabelled(
     own = framing_stats_of(clf)
     if max_cells < 0 or 0 < max_cells < MIN_CELLS:
         raise WbcError(f"--max-cells must be 0 (every cell) or at least {MIN_CELLS}, got {max_cells}")
-    found = list(iter_image_paths([data]))
+    found = unlabelled_image_paths(data)
     paths = sample_paths(found, max_cells)
     best, tried = choose_framing(clf, paths, framing, allowed, methods, threads, data)
     stats, cells, spec, chosen, why = best.stats, best.cells, best.spec, best.chosen, best.why
