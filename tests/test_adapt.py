@@ -627,3 +627,17 @@ def test_a_folder_of_refused_images_says_why(tmp_path: Path, model_path: Path) -
             with pytest.raises(WbcError, match=says):
                 run(data)
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_every_class_named_in_classes_still_stores_the_five_part_prior(tmp_path: Path, model_path: Path) -> None:
+    """`--classes` naming all eight classes is the unrestricted answer, but stored no five-part prior, so a later
+    `wbc classify --classes 5part` was re-weighted to the eight-class estimate (before wbc 0.30.0)."""
+    from wbc.adapt_unlabelled import adapt_unlabelled
+    from wbc.labels import WBC5
+    from wbc.model import label_set_key
+
+    data = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    adapt_unlabelled(model_path, data, tmp_path / "a.onnx", threads=1, methods=(), framing="band",
+                     classes=",".join(CLASSES))
+    info = load_model(tmp_path / "a.onnx").info
+    assert label_set_key(WBC5) in info.extra.get("class_priors", {}) and info.extra["adapt"]["classes"] == []

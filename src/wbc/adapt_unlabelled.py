@@ -473,6 +473,8 @@ def adapt_unlabelled(
     clf.info = without_lab_prior(clf.info)  # a model adapted before: judge its own probabilities
     out = _check_output(output, clf)
     allowed = parse_class_set(classes, clf.classes)
+    if set(allowed) >= set(clf.classes):  # every class named: the answer is unrestricted, and so are the priors
+        allowed = ()
     own = framing_stats_of(clf)
     if max_cells < 0 or 0 < max_cells < MIN_CELLS:
         raise WbcError(f"--max-cells must be 0 (every cell) or at least {MIN_CELLS}, got {max_cells}")
