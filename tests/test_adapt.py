@@ -641,3 +641,22 @@ def test_every_class_named_in_classes_still_stores_the_five_part_prior(tmp_path:
                      classes=",".join(CLASSES))
     info = load_model(tmp_path / "a.onnx").info
     assert label_set_key(WBC5) in info.extra.get("class_priors", {}) and info.extra["adapt"]["classes"] == []
+
+
+def test_options_a_fixed_colour_mapping_cannot_use_are_refused_beside_it(tmp_path: Path) -> None:
+    """`wbc adapt --no-labels --stain reinhard --framing lab --max-cells 10` stored the mapping only, on every cell,
+    and said nothing of the framing or the sample asked for (before wbc 0.30.0)."""
+    from wbc.cli import app
+
+    target = {"mean": [60.0, 5.0, -5.0], "std": [8.0, 4.0, 4.0]}
+    model_path, _ = make_embedding_model(tmp_path / "m.onnx", extra={"colour_reference": {"reinhard": target}})
+    data = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    base = ["adapt", "--no-labels", "--stain", "reinhard", "-m", str(model_path), "--data", str(data), "-o",
+            str(tmp_path / "st.onnx")]
+    for extra, named in ((["--framing", "lab"], "--framing"), (["--classes", "5part"], "--classes"),
+                         (["--max-cells", "10"], "--max-cells"), (["--tta", "1"], "--tta")):
+        res = CliRunner().invoke(app, base + extra)
+        assert res.exit_code == 1 and isinstance(res.exception, WbcError), res.output
+        assert str(res.exception).startswith(f"{named}: not with --no-labels --stain reinhard"), res.exception
+    assert not (tmp_path / "st.onnx").exists()
+    assert CliRunner().invoke(app, [*base, "--no-prior"]).exit_code == 0  # no prior is what --stain stores anyway

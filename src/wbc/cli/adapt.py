@@ -55,16 +55,17 @@ def adapt(
     prior: Annotated[bool, typer.Option("--prior/--no-prior", help="With --no-labels: also estimate the lab's "
                                         "class frequencies from its unlabelled cells (EM) and re-weight the "
                                         "probabilities to them (training balanced the classes).")] = True,
-    framing: Annotated[str, typer.Option(help="With --no-labels: how the lab's cells are framed for the model. "
-                                         "auto: the model's framing unless another makes it clearly more "
-                                         "consistent and confident on these cells; band: re-frame only cells "
-                                         "far from the training framing; all: re-frame every cell (cells "
-                                         "small in wide fields); lab: one magnification for all the lab's "
+    framing: Annotated[str, typer.Option(help="With --no-labels (not with --stain): how the lab's cells are framed "
+                                         "for the model. auto: the model's framing unless another makes it "
+                                         "clearly more consistent and confident on these cells; band: re-frame "
+                                         "only cells far from the training framing; all: re-frame every cell "
+                                         "(cells small in wide fields); lab: one magnification for all the lab's "
                                          "cells, set from their median nucleus (keeps their relative "
                                          "sizes).")] = "auto",
     max_cells: Annotated[int, typer.Option(
-        min=0, help="With --no-labels: score at most this many of the folder's cells, a random sample of a larger "
-        "folder, the same each run (0: every one). The adapted model answers every cell either way.")] = 2000,
+        min=0, help="With --no-labels (not with --stain): score at most this many of the folder's cells, a random "
+        "sample of a larger folder, the same each run (0: every one). The adapted model answers every cell either "
+        "way.")] = 2000,
     method: Annotated[str, typer.Option(help="finetune: every weight, in PyTorch (more accurate, needs the "
                                         "network's .pt weights); head: refit the last layer only (seconds, "
                                         "no PyTorch).")] = "finetune",
@@ -106,6 +107,16 @@ def adapt(
     if report is not None and report.resolve() in {p.resolve() for p in beside}:  # written last, it would replace it
         raise WbcError(f"{report}: --report would overwrite the adapted model or a file written beside it "
                        f"({', '.join(p.name for p in beside)}): choose another name")
+    if no_labels and stain is not None:  # a colour mapping only: nothing is chosen, framed, sampled or estimated
+        from wbc.adapt_unlabelled import MAX_CELLS
+        from wbc.model import ADAPTED_TTA_VIEWS
+
+        unused = [name for name, given in (("--classes", classes is not None), ("--framing", framing != "auto"),
+                                           ("--max-cells", max_cells != MAX_CELLS), ("--tta", tta != ADAPTED_TTA_VIEWS))
+                  if given]
+        if unused:
+            raise WbcError(f"{', '.join(unused)}: not with --no-labels --stain {stain}, which stores that colour "
+                           "mapping only; drop --stain to have the mapping, framing and class frequencies chosen")
     note_foreign_images([data] if unlabelled is None else [data, unlabelled])
     if no_labels and stain is None:
         from wbc.adapt_unlabelled import adapt_unlabelled, summary_lines
