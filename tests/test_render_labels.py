@@ -106,3 +106,73 @@ def test_render_draws_every_cell_and_keeps_the_input() -> None:
     for c in cells:
         x0, y0, x1, y1 = c.box
         assert (out[y0:y1, x0:x1] != img[y0:y1, x0:x1]).any()
+
+
+def _white_panel(img: np.ndarray) -> tuple[int, int, int, int]:
+    """The legend's opaque white panel: the bounding box (x0, y0, x1, y1) of the pure white pixels."""
+    ys, xs = np.nonzero(np.all(img == 255, axis=-1))
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _pixels_of(img: np.ndarray, region: tuple[int, int, int, int], colour: tuple[int, int, int]) -> int:
+    x0, y0, x1, y1 = region
+    return int(np.all(img[y0:y1, x0:x1] == np.array(colour, np.uint8), axis=-1).sum())
+
+
+SMEAR_CLASSES = [c for c in CLASS_COLOURS if c != "platelet"]
+
+
+def test_a_label_is_never_drawn_over_the_legend() -> None:
+    """BCCD's BloodImage_00374: a cell's box starts just under the top-left legend, and its label, drawn above the
+    box, covered the legend's last row (wbc 0.29.0 chose the corner against the cells' boxes only)."""
+    img = np.full((480, 640, 3), 200, np.uint8)
+    res = SmearResult("f", 640, 480, [cell_at((186, 281, 388, 477), "neutrophil", 0.9, False, 1),
+                                      cell_at((1, 138, 225, 360), "lymphocyte", 0.9, False, 2)])
+    out = render(img, res, list(CLASS_COLOURS))  # eight rows: the panel's foot is just above the lymphocyte's box
+    legend = _white_panel(out)
+    row = int(24 * max(0.45, 480 / 900)) + 4
+    assert legend[3] - legend[1] == 4 + row * 8 + 1  # the whole panel shows: no label over its last row
+    swatch = (row - 10) ** 2  # the legend's own swatch of the class, at most
+    for label in ("lymphocyte", "neutrophil"):
+        assert _pixels_of(out, legend, CLASS_COLOURS[label]) <= swatch, label
+
+
+def test_neighbouring_cells_labels_do_not_cover_each_other() -> None:
+    """Two WBCs side by side (a crowded field): the right one's label was drawn over the left one's confidence and
+    review mark ("1 erythrobl" left of "2 neutrophil 0.92 ?")."""
+    img = np.full((480, 640, 3), 200, np.uint8)
+    res = SmearResult("f", 640, 480, [cell_at((200, 200, 300, 300), "erythroblast", 0.9, True, 1),
+                                      cell_at((300, 205, 400, 305), "neutrophil", 0.9, True, 2)])
+    out = render(img, res, SMEAR_CLASSES)
+    first = label_box("1 erythroblast 0.90 ?", (200, 200, 300, 300), (480, 640), max(0.45, 480 / 900))[0]
+    assert _pixels_of(out, first, CLASS_COLOURS["erythroblast"]) > 0  # drawn where it goes when nothing is in the way
+    assert _pixels_of(out, first, CLASS_COLOURS["neutrophil"]) == 0  # and nothing of the neighbour's label on it
+
+
+@pytest.mark.parametrize(("conf", "threshold", "shown"), [(0.9854, 0.9863332509994507, "0.985"), (0.998, 0.0, "0.998")])
+def test_a_flagged_cell_s_label_never_reads_as_the_threshold_it_fell_below(conf: float, threshold: float,
+                                                                            shown: str) -> None:
+    """0.9854 under a threshold of 0.9863 was labelled "0.99 ?", under a web page saying "review below 99 %", and a
+    cell flagged only as unlike the training data "1.00 ?": as many digits as it takes, as the reports give them."""
+    img = np.full((240, 320, 3), PALE, np.uint8)
+    out = render(img, SmearResult("f", 320, 240, [cell_at((100, 100, 200, 200), "eosinophil", conf, True)]),
+                 ["eosinophil"], threshold)
+    text = f"1 eosinophil {shown} ?"
+    scale = max(0.45, 240 / 900)
+    box, org, th = label_box(text, (100, 100, 200, 200), (240, 320), scale)
+    ref = single_draw_reference(text, box, org, th, scale, CLASS_COLOURS["eosinophil"])
+    assert np.array_equal(out[box[1]:box[3], box[0]:box[2]], ref)
+
+
+def test_the_legend_says_what_the_review_mark_means() -> None:
+    """An annotated PNG passed on by itself said nothing of the red double box and the "?": the legend has a row for
+    them (with the number of flagged cells) when a cell is flagged, and none when none is."""
+    img = np.full((300, 400, 3), PALE, np.uint8)
+    row = int(24 * max(0.45, 300 / 900)) + 4
+    for review, rows in ((True, 3), (False, 2)):
+        out = render(img, SmearResult("f", 400, 300, [cell_at((200, 100, 300, 200), "eosinophil", 0.5, review)]),
+                     ["eosinophil", "lymphocyte"])
+        x0, y0, _x1, y1 = _white_panel(out)
+        assert y1 - y0 == 4 + row * rows + 1
+        if review:  # its swatch: a red double box
+            assert _pixels_of(out, (x0, y1 - row, x0 + row, y1), (220, 0, 0)) > 0

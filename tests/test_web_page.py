@@ -277,11 +277,13 @@ def test_a_rate_per_100_wbcs_is_drawn_and_said_in_its_unit(page, tmp_path: Path)
 
     called(page, ["platelet"] * 9 + ["lymphocyte"] * 4)
     analyse_one_field(page, tmp_path)
-    lo, hi = (100 * v for v in per_100_interval(9, 4))
-    assert diff_cells(page, "Platelet")[:3] == ["9", "225.0 /100 WBC", f"{lo:.1f}–{hi:.1f}"]
+    from wbc.counts import fixed
+
+    lo, hi = (fixed(round(100 * v, 4)) for v in per_100_interval(9, 4))  # the API's 4 decimals, rounded half up
+    assert diff_cells(page, "Platelet")[:3] == ["9", "225.0 /100 WBC", f"{lo}–{hi} /100 WBC"]  # the unit said
     bar = page.locator("#diff-table tbody tr:has(th:text-is('Platelet')) .bar")
     said = bar.get_attribute("aria-label")
-    assert f"225.0 per 100 white cells, 95 % CI {lo:.1f} to {hi:.1f} per 100 white cells" in said, said
+    assert f"225.0 per 100 white cells, 95 % CI {lo} to {hi} per 100 white cells" in said, said
     assert "%" not in said.replace("95 % CI", "")
     widths = bar.evaluate("b => [b.offsetWidth, b.querySelector('.fill').offsetWidth, b.querySelector('.ci').offsetLeft"
                           " + b.querySelector('.ci').offsetWidth]")

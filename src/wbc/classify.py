@@ -61,22 +61,26 @@ class ClassifyResult:
 
 
 def review_reason(confidence: float, threshold: float) -> str:
-    """Why a low-confidence cell is flagged, with as many decimals as it takes for the two numbers to differ
-    (never "confidence 0.99 < 0.99").
+    """Why a low-confidence cell is flagged, with as many decimals as it takes for the two numbers to differ (never
+    "confidence 0.99 < 0.99"), the threshold never with fewer than the reports and pages show it with
+    (:func:`wbc.formats.threshold_text`: 0.986, not 0.99 beside a page's 98.6 %, before wbc 0.30.0), both rounded by
+    the rule every output rounds with (:func:`wbc.counts.fixed`).
 
     >>> review_reason(0.9893, 0.99)
     'confidence 0.989, below the review threshold 0.990'
-    >>> review_reason(0.61, 0.83)
-    'confidence 0.61, below the review threshold 0.83'
+    >>> review_reason(0.61, 0.83), review_reason(0.76, 0.9863332509994507)
+    ('confidence 0.61, below the review threshold 0.83', 'confidence 0.76, below the review threshold 0.986')
     >>> review_reason(1.0, 1.0)
     'every cell is reviewed: the cells this model was checked on do not show its review target'
     """
+    from wbc.counts import fixed
+    from wbc.formats import confidence_text, threshold_text
+
     if threshold >= 1.0:
         return "every cell is reviewed: the cells this model was checked on do not show its review target"
-    for digits in range(2, 7):
-        c, t = f"{confidence:.{digits}f}", f"{threshold:.{digits}f}"
-        if c != t:
-            break
+    c, t = confidence_text(confidence, threshold), threshold_text(threshold)
+    if (digits := len(c.partition(".")[2])) > len(t.partition(".")[2]):
+        t = fixed(threshold, digits)
     return f"confidence {c}, below the review threshold {t}"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wbc.counts import DIFFERENTIAL_HEADER, differential_rows
+from wbc.counts import DIFFERENTIAL_HEADER, differential_rows, fixed
 from wbc.io import atomic_write_csv
 from wbc.types import Cell, Prediction, SmearResult
 
@@ -182,6 +182,48 @@ def write_differential_csv(
 
 def write_errors_csv(path: str | os.PathLike[str], errors: Iterable[tuple[str, str]]) -> None:
     write_csv(path, ERRORS_HEADER, errors)
+
+
+# --------------------------------------------------------------------------- a confidence beside its flag
+
+
+def confidence_text(confidence: float, threshold: float = 0.0, digits: int = 2, scale: float = 1.0) -> str:
+    """A cell's confidence as an output shows it beside its review flag (``scale`` 100: in percent): ``digits``
+    decimals (:func:`wbc.counts.fixed`), more while it would read as the review ``threshold`` at those digits, or as
+    1 (100 %) though below it. Before wbc 0.30.0 a cell of 0.9854 under a threshold of 0.9863 was labelled "0.99 ?",
+    and one flagged as unlike the training images "1.00 ?". The pages do the same (``confidenceText`` in common.js).
+
+    >>> confidence_text(0.9854, 0.98633), confidence_text(0.9412, 0.98633), confidence_text(0.998), confidence_text(1.0)
+    ('0.985', '0.94', '0.998', '1.00')
+    >>> confidence_text(0.9854, 0.98633, 1, 100)
+    '98.5'
+    """
+    d = digits
+    while d < digits + 5:
+        c = fixed(scale * confidence, d)
+        if not (0 < threshold < 1 and c == fixed(scale * threshold, d)) and not (
+                confidence < 1 and c == fixed(scale * 1.0, d)):
+            break
+        d += 1
+    return fixed(scale * confidence, d)
+
+
+def threshold_text(threshold: float, digits: int = 3, scale: float = 1.0) -> str:
+    """The review threshold as an output shows it: ``digits`` decimals (0.986, or 98.6 % with ``digits`` 1 and ``scale``
+    100: the digits a confidence beside a flag has at least), one trailing zero dropped (0.83, 99 %), more while a
+    threshold below 1 would read as 1. Shown as 0.99 (99 %) before wbc 0.30.0, it stood above cells of 0.986 the model
+    had not flagged. The pages do the same (``thresholdText`` in common.js).
+
+    >>> threshold_text(0.9863332509994507), threshold_text(0.9863332509994507, 1, 100), threshold_text(0.99995)
+    ('0.986', '98.6', '0.99995')
+    >>> threshold_text(0.83), threshold_text(0.5), threshold_text(0.99, 1, 100)
+    ('0.83', '0.50', '99')
+    """
+    d = digits
+    while d < digits + 5 and threshold < 1 and fixed(scale * threshold, d) == fixed(scale * 1.0, d):
+        d += 1
+    text = fixed(scale * threshold, d)
+    return text[:-1].removesuffix(".") if d == digits > 0 and text.endswith("0") else text
 
 
 # --------------------------------------------------------------------------- wbc classify / wbc evaluate

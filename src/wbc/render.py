@@ -54,34 +54,53 @@ def text_colour_on(background: Sequence[int]) -> tuple[int, int, int]:
     return BLACK if contrast_ratio(BLACK, background) >= contrast_ratio(WHITE, background) else WHITE
 
 
-def label_box(
+def label_spots(
     text: str, anchor: tuple[int, int, int, int], image_size: tuple[int, int], scale: float
-) -> tuple[tuple[int, int, int, int], tuple[int, int], int]:
-    """Where a cell's label goes: its box (x0, y0, x1, y1), the text origin, and the stroke thickness.
-
-    Above the cell's box when there is room, else just inside its top edge; always wholly inside the
-    image (never clipped at the top or right edge).
-    """
+) -> tuple[list[tuple[tuple[int, int, int, int], tuple[int, int]]], int]:
+    """Where a cell's label may go, best first, each as its box (x0, y0, x1, y1) and text origin, and the stroke
+    thickness: above the cell's box (just inside its top edge when there is no room), then inside its top edge, below
+    it, inside its bottom edge; each left-aligned with the box, then right-aligned. Always wholly inside the image
+    (never clipped at an edge); :func:`render` takes the first that covers no other label and not the legend."""
     h, w = image_size
     th = max(1, round(scale * 1.6))
     (tw, tht), base = cv2.getTextSize(text, FONT, scale, th)
     pad = max(2, round(3 * scale))
     bw, bh = tw + 2 * pad, tht + base + 2 * pad
-    x0, y0, _x1, _y1 = anchor
-    top = y0 - bh if y0 - bh >= 0 else y0
-    top = int(min(max(0, top), max(0, h - bh)))
-    left = int(min(max(0, x0), max(0, w - bw)))
-    return (left, top, left + bw, top + bh), (left + pad, top + pad + tht), th
+    x0, y0, x1, y1 = anchor
+    tops = [y0 - bh if y0 - bh >= 0 else y0, y0, y1, y1 - bh]
+    spots: list[tuple[tuple[int, int, int, int], tuple[int, int]]] = []
+    for left in (x0, x1 - bw):
+        for top in tops:
+            t = int(min(max(0, top), max(0, h - bh)))
+            lft = int(min(max(0, left), max(0, w - bw)))
+            spot = ((lft, t, lft + bw, t + bh), (lft + pad, t + pad + tht))
+            if spot not in spots:
+                spots.append(spot)
+    return spots, th
+
+
+def label_box(
+    text: str, anchor: tuple[int, int, int, int], image_size: tuple[int, int], scale: float
+) -> tuple[tuple[int, int, int, int], tuple[int, int], int]:
+    """Where a cell's label goes when nothing is in the way (:func:`label_spots`' first): its box (x0, y0, x1, y1),
+    the text origin, and the stroke thickness. Above the cell's box when there is room, else just inside its top
+    edge; always wholly inside the image (never clipped at the top or right edge)."""
+    spots, th = label_spots(text, anchor, image_size, scale)
+    return spots[0][0], spots[0][1], th
 
 
 def draw_label(img: np.ndarray, text: str, anchor: tuple[int, int, int, int], scale: float,
-               background: tuple[int, int, int]) -> tuple[int, int, int, int]:
-    """Draw ``text`` once, in black or white, on a filled box of the class colour; returns the box.
+               background: tuple[int, int, int],
+               spot: tuple[tuple[int, int, int, int], tuple[int, int]] | None = None) -> tuple[int, int, int, int]:
+    """Draw ``text`` once, in black or white, on a filled box of the class colour, at ``spot`` (one of
+    :func:`label_spots`; default :func:`label_box`); returns the box.
 
     One ``putText`` per label: outline-then-fill drawing came out doubled ("ghosted") when OpenCV's text
     metrics depend on the stroke width, as in OpenCV 5.
     """
     box, org, th = label_box(text, anchor, img.shape[:2], scale)
+    if spot is not None:
+        box, org = spot
     cv2.rectangle(img, box[:2], (box[2] - 1, box[3] - 1), background, -1)
     cv2.putText(img, text, org, FONT, scale, text_colour_on(background), th, cv2.LINE_AA)
     return box
@@ -103,18 +122,25 @@ def legend_corner(size: tuple[int, int], panel: tuple[int, int], boxes: Sequence
     return min(corners, key=lambda c: sum(_overlap((c[0], c[1], c[0] + pw, c[1] + ph), b) for b in boxes))
 
 
-def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = ()) -> np.ndarray:
-    """A copy of ``rgb`` with every cell drawn; review cells get a red double box.
+def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), threshold: float = 0.0) -> np.ndarray:
+    """A copy of ``rgb`` with every cell drawn; review cells get a red double box and a "?" after their label, which
+    the legend explains. ``classes``: the classes the analysis answered among (the legend lists those it did not find
+    with 0; :func:`wbc.analyze.smear_classes`); ``threshold``: the review threshold, so that a cell's confidence is
+    never shown as the threshold it fell below (:func:`wbc.formats.confidence_text`).
 
-    Outlines first, then the legend (in the corner where it hides the fewest cells), then the labels, so
-    no outline or legend ever covers a label.
+    Outlines first, then the legend (in the corner where it hides the fewest cells and labels), then the labels, each
+    where it covers neither the legend nor a label drawn before it (:func:`label_spots`), so no outline, legend or
+    other label ever covers a label's text where there is room for both.
     """
+    from wbc.formats import confidence_text
+
     out = rgb.copy()
     h, w = out.shape[:2]
     scale = max(0.45, min(h, w) / 900)
     lw = max(1, round(min(h, w) / 400))
     seen: list[str] = []
     labels: list[tuple[str, tuple[int, int, int, int], tuple[int, int, int]]] = []
+    n_review = 0
     for c in result.cells:
         label = c.prediction.label if c.prediction else "?"
         col = colour_of(label) if c.prediction else UNLABELLED
@@ -128,29 +154,40 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = ()) ->
             cv2.drawContours(out, cs, -1, col, thick, cv2.LINE_AA)
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), col, lw)
         if c.prediction and c.prediction.review:
+            n_review += 1
             cv2.rectangle(out, (x0 - 2 * lw, y0 - 2 * lw), (x1 - 1 + 2 * lw, y1 - 1 + 2 * lw), REVIEW, lw)
-        conf = f" {c.prediction.confidence:.2f}" if c.prediction else ""
+        conf = f" {confidence_text(c.prediction.confidence, threshold)}" if c.prediction else ""
         flag = " ?" if c.prediction and c.prediction.review else ""
         labels.append((f"{c.id} {label}{conf}{flag}", (x0, y0, x1, y1), col))
-    # legend: the model's classes present in this image first, then the rest
+    spots = [label_spots(text, anchor, (h, w), scale)[0] for text, anchor, _ in labels]
+    legend: tuple[int, int, int, int] | None = None
+    # legend: the classes present in this image first, then the rest answered among; then what "?" means
     names = seen + [c for c in classes if c not in seen] if classes else seen
     if names:
         row = int(24 * scale) + 4
         counts = result.counts(classes)
-        entries = [f"{n} ({counts.get(n, 0)})" for n in names]
+        entries = [f"{n} ({counts.get(n, 0)})" for n in names] + ([f"? review ({n_review})"] if n_review else [])
         lscale = scale * 0.8
         lth = max(1, round(lscale * 1.6))
         text_w = max(cv2.getTextSize(e, FONT, lscale, lth)[0][0] for e in entries)
-        panel = (row + text_w + 12, 4 + row * len(names))
-        px, py = legend_corner((h, w), panel, [c.box for c in result.cells])
+        panel = (row + text_w + 12, 4 + row * len(entries))
+        px, py = legend_corner((h, w), panel, [c.box for c in result.cells] + [s[0][0] for s in spots])
+        legend = (px, py, px + panel[0] + 1, py + panel[1] + 1)
         # an opaque white panel: dark text on it reads at >= 15:1 whatever the smear shows beneath
         cv2.rectangle(out, (px, py), (px + panel[0], py + panel[1]), WHITE, -1)
         y = py + 2
-        for n, entry in zip(names, entries, strict=True):
-            cv2.rectangle(out, (px + 6, y + 4), (px + row - 4, y + row - 4), colour_of(n), -1)
-            cv2.rectangle(out, (px + 6, y + 4), (px + row - 4, y + row - 4), (40, 40, 40), 1)
+        for i, entry in enumerate(entries):
+            a, b = (px + 6, y + 4), (px + row - 4, y + row - 4)
+            if i < len(names):
+                cv2.rectangle(out, a, b, colour_of(names[i]), -1)
+                cv2.rectangle(out, a, b, (40, 40, 40), 1)
+            else:  # the review mark: a red double box, as drawn around a flagged cell
+                cv2.rectangle(out, a, b, REVIEW, 1)
+                cv2.rectangle(out, (a[0] + 3, a[1] + 3), (b[0] - 3, b[1] - 3), REVIEW, 1)
             cv2.putText(out, entry, (px + row + 2, y + row - 6), FONT, lscale, (20, 20, 20), lth, cv2.LINE_AA)
             y += row
-    for text, anchor, col in labels:
-        draw_label(out, text, anchor, scale, col)
+    placed: list[tuple[int, int, int, int]] = [legend] if legend else []
+    for (text, anchor, col), options in zip(labels, spots, strict=True):
+        spot = min(options, key=lambda o: (sum(_overlap(o[0], b) for b in placed), options.index(o)))
+        placed.append(draw_label(out, text, anchor, scale, col, spot))
     return out

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from wbc.cases.store import NOT_WBC, UNIDENTIFIABLE, CaseStore
+from wbc.counts import fixed
+from wbc.formats import confidence_text, threshold_text
 from wbc.labels import PER_100_WBC
 
 NAMES: dict[str, str] = {
@@ -112,12 +114,12 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
     rows = sorted((r for r in diff["rows"] if r["count"]), key=lambda r: -r["count"])
     wbcs = [r for r in rows if r["class"] not in PER_100_WBC]  # NRBCs and platelets are counted per 100 WBCs
     top = [r for r in wbcs if r["count"] >= wbcs[min(1, len(wbcs) - 1)]["count"]]  # the two commonest, and ties
-    parts = [f"{display_name(r['class'])}s ({r['percent']:.0f} %: {ROLES.get(r['class'], '')})" for r in top]
+    parts = [f"{display_name(r['class'])}s ({fixed(r['percent'], 0)} %: {ROLES.get(r['class'], '')})" for r in top]
     listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
     out.append(f"{plural(total, 'white blood cell')} were counted. The most common were {listed}.")
     r0 = top[0]
     out.append(f"With {total} cells, each percentage is an estimate: the true share of {display_name(r0['class'])}s "
-               f"is likely (95 % confidence) between {r0['ci95_low']:.0f} % and {r0['ci95_high']:.0f} %. "
+               f"is likely (95 % confidence) between {fixed(r0['ci95_low'], 0)} % and {fixed(r0['ci95_high'], 0)} %. "
                "Counting more cells narrows these ranges.")
     immature = [r for r in rows if r["class"] in IMMATURE]
     if immature:
@@ -140,16 +142,18 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
     rows = []
     for r in doc["differential"]["rows"]:
         m = model_rows[r["class"]]
-        rows.append({**r, "name": display_name(r["class"]), "rate": rate_text(r), "model_count": m["count"],
-                     "model_percent": m["percent"], "delta": r["count"] - m["count"]})
+        rows.append({**r, "name": display_name(r["class"]), "rate": rate_text(r), "ci": ci_text(r),
+                     "model_count": m["count"], "model_percent": m["percent"], "delta": r["count"] - m["count"]})
     for lab in (NOT_WBC, UNIDENTIFIABLE):
         n_model = 0  # the model never makes these calls
         rows.append({"class": lab, "name": display_name(lab), "count": doc["differential"]["excluded"][lab],
-                     "total": None, "percent": None, "ci95_low": None, "ci95_high": None, "rate": "",
+                     "total": None, "percent": None, "ci95_low": None, "ci95_high": None, "rate": "", "ci": "",
                      "model_count": n_model, "model_percent": None,
                      "delta": doc["differential"]["excluded"][lab] - n_model})
     flagged = [c for c in doc["cells"] if c["model_review"] or c["changed"]]
+    threshold = float(doc.get("review_threshold") or 0.0)
     gallery = [{**c, "model_name": display_name(c["model_label"]), "name": display_name(c["label"]),
+                "confidence": confidence_text(c["model_confidence"], threshold),
                 "status": review_status(c, bool(doc["signed_by"])), "png": crops[c["id"]],
                 "src": "data:image/png;base64," + base64.b64encode(crops[c["id"]]).decode()}
                for c in flagged]
@@ -214,7 +218,7 @@ def report_meta(doc: Mapping[str, Any]) -> list[dict[str, str]]:
         ("Fields / cells", f"{len(doc['fields'])} / {doc['n_cells']} (the fields' files are listed below)", ""),
         ("Classifier", doc["model_id"] or "not recorded", "model"),
         ("Segmenter", doc.get("segmenter_id") or "not recorded", "segmenter"),
-        ("Review threshold", f"{threshold:.2f} (a cell the classifier is less sure of is flagged)", ""),
+        ("Review threshold", f"{threshold_text(threshold)} (a cell the classifier is less sure of is flagged)", ""),
         ("Colours", colours_line(doc), "colours"),
         ("Software", made, "software"),
         ("Analysed", (doc["created_at"] or "") + (f" by {doc['created_by']}" if doc["created_by"] else ""), ""),
@@ -236,7 +240,13 @@ def render_html(store: CaseStore, case: int | str, css_href: str | None = None) 
 
 
 def _fmt(v: float | None) -> str:
-    return "" if v is None else f"{v:.1f}"
+    return "" if v is None else fixed(v)
+
+
+def ci_text(row: dict[str, Any]) -> str:
+    """A differential row's 95 % interval as both reports print it (``0.6–80.6``), by the rule every output rounds with
+    (:func:`wbc.counts.fixed`), or "" when it has none."""
+    return "" if row["ci95_low"] is None else f"{_fmt(row['ci95_low'])}–{_fmt(row['ci95_high'])}"
 
 
 def rate_text(row: dict[str, Any]) -> str:
@@ -325,7 +335,7 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     rate = ParagraphStyle("rate", fontName=regular, fontSize=10, leading=12, alignment=TA_RIGHT)
     data = [head] + [[r["name"], str(r["count"]),
                       Paragraph(e(r["rate"]), rate),
-                      "" if r["ci95_low"] is None else f"{r['ci95_low']:.1f}–{r['ci95_high']:.1f}",
+                      r["ci"],
                       str(r["model_count"]), f"{r['delta']:+d}" if r["delta"] else ""] for r in ctx["rows"]]
     t = Table(data, repeatRows=1, colWidths=[44 * mm, 16 * mm, 33 * mm, 27 * mm, 32 * mm, 20 * mm])
     t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), regular), ("FONTNAME", (0, 0), (-1, 0), bold),
@@ -360,7 +370,7 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
         cells = []
         for g in ctx["gallery"]:
             img = Image(io.BytesIO(g["png"]), width=26 * mm, height=26 * mm)
-            cap = f"#{g['id']} · field {g['field']}<br/>model: {e(g['model_name'])} ({g['model_confidence']:.2f})"
+            cap = f"#{g['id']} · field {g['field']}<br/>model: {e(g['model_name'])} ({g['confidence']})"
             cap += f"<br/><b>{e(g['status'])}</b>" if g["changed"] else f"<br/>{e(g['status'])}"
             cells.append([img, Paragraph(cap, styles["BodyText"])])
         per_row = 3

@@ -98,12 +98,13 @@ def say_differential(counts: Mapping[str, int], classes: Sequence[str]) -> None:
     """Print a class's line for each class counted: its share of the WBCs, or for NRBCs and platelets its rate per
     100 WBCs (:func:`wbc.counts.differential_rows`, as differential.csv and report.html give them, so a console never
     shows a second differential)."""
-    from wbc.counts import NO_WBC_RATE, differential_rows
+    from wbc.counts import NO_WBC_RATE, differential_rows, fixed
     from wbc.labels import PER_100_WBC
 
-    for _, c, k, _, percent, _, _ in differential_rows(dict(counts), classes, ""):
+    for _, c, k, _, percent, _, _ in differential_rows(dict(counts), classes, "", digits=4):  # as the pages round
         if k:
-            value = NO_WBC_RATE if percent is None else f"{percent:5.1f}{' per 100 WBCs' if c in PER_100_WBC else '%'}"
+            unit = " per 100 WBCs" if c in PER_100_WBC else "%"
+            value = NO_WBC_RATE if percent is None else f"{fixed(percent):>5}{unit}"
             say(f"  {c:<13}{k:>6}  {value}")
 
 

@@ -113,12 +113,12 @@ def show_case(case: CaseArg, store: StoreOpt = None,
 def _rate(row: dict[str, Any]) -> str:
     """A differential row's rate and interval for ``wbc cases show``, each with its unit: a bare 50.0 for NRBCs per
     100 WBCs under a "%" heading read as half of the WBCs."""
-    from wbc.counts import NO_WBC_RATE
+    from wbc.counts import NO_WBC_RATE, fixed
 
     if row["percent"] is None:
         return f"  {NO_WBC_RATE:<32}"
     unit = " /100 WBC" if row.get("unit") == "per 100 WBC" else " %"
-    return f"  {row['percent']:>5.1f}{unit:<9}  {row['ci95_low']:.1f}-{row['ci95_high']:.1f}".ljust(34)
+    return f"  {fixed(row['percent']):>5}{unit:<9}  {fixed(row['ci95_low'])}-{fixed(row['ci95_high'])}".ljust(34)
 
 
 @cases_app.command("create")

@@ -118,15 +118,15 @@ def differential(n: Mapping[str, int], flagged: Mapping[str, int], classes: Sequ
     >>> [(r["percent"], r["interval"]) for r in differential({"erythroblast": 1}, {}, ["erythroblast", "lymphocyte"])]
     [('n/a (no WBC counted)', '-'), ('-', '-')]
     """
-    from wbc.counts import NO_WBC_RATE, differential_rows  # the numbers differential.csv and the web page give
+    from wbc.counts import NO_WBC_RATE, differential_rows, fixed  # the numbers differential.csv and the pages give
 
-    rows = []  # rounded once, from the exact values (differential.csv's are rounded to 0.01 already)
-    for _, c, k, total, _, lo, hi in differential_rows({c: int(n.get(c, 0)) for c in classes}, classes, "",
-                                                       digits=12):
+    rows = []  # from the 4-decimal values the HTTP API and the case store hold, by the one rule (wbc.counts.fixed)
+    for _, c, k, total, percent, lo, hi in differential_rows({c: int(n.get(c, 0)) for c in classes}, classes, "",
+                                                             digits=4):
         unit = " /100 WBC" if c in PER_100_WBC else "%"
         rows.append({"label": c, "n": k,
-                     "percent": f"{100 * k / total:.1f}{unit}" if total else NO_WBC_RATE if k else "-",
-                     "interval": f"{lo:.1f}-{hi:.1f}{unit}" if total else "-",
+                     "percent": f"{fixed(percent)}{unit}" if total else NO_WBC_RATE if k else "-",
+                     "interval": f"{fixed(lo)}-{fixed(hi)}{unit}" if total else "-",
                      "flagged": int(flagged.get(c, 0))})
     return rows
 
@@ -141,8 +141,10 @@ def _galleries(classes: Sequence[str], n: Mapping[str, int], flagged: Mapping[st
 
 def _cell_items(cells: Sequence[ShownCell]) -> list[dict[str, Any]]:
     from wbc.evaluate.report import image_to_data_uri
+    from wbc.formats import confidence_text  # whole percent, never 100 % below 1 (an unusual cell's "1.00 ?")
 
-    return [{"src": image_to_data_uri(c.rgb), "percent": f"{100 * c.confidence:.0f}%", "review": c.review,
+    return [{"src": image_to_data_uri(c.rgb), "percent": f"{confidence_text(c.confidence, 0.0, 0, 100)}%",
+             "review": c.review,
              "name": Path(c.path).name + ("" if c.cell_id is None else f" #{c.cell_id}"),
              "title": "\n".join([c.path + ("" if c.cell_id is None else f" (cell {c.cell_id})"), *c.reasons]),
              "href": c.href} for c in cells]

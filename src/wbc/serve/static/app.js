@@ -8,7 +8,7 @@ const state = {
 };
 
 const colourOf = (c) => (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
-const pct = (v) => `${Number(v).toFixed(1)} %`;
+const pct = (v) => `${fixed(v)} %`;  // fixed: common.js, the rule the printed reports round with
 const fmtMB = (bytes) => (bytes < 1048576 ? `${Math.max(1, Math.round(bytes / 1024))} KiB`
   : `${(bytes / 1048576).toFixed(1)} MiB`);
 
@@ -46,9 +46,7 @@ async function init() {
     $("sign-out").hidden = !(health.body.security && health.body.security.api_keys);
     const nAnswered = answered().length, nClasses = model.body.classes.length;
     $("mi-model").textContent = `${model.body.model_id} · ${nAnswered < nClasses ? `${nAnswered} of ` : ""}${nClasses} classes`;
-    const thr = model.body.review_threshold;  // 1: every cell reviewed (its labelled cells did not show the target)
-    $("mi-threshold").textContent = thr >= 1 ? "100 % (every cell)"
-      : thr > 0 ? `${(100 * thr).toFixed(0)} % confidence` : "off";
+    $("mi-threshold").textContent = thresholdLine(model.body.review_threshold);
     $("mi-segmenter").textContent = model.body.segmenter.name || "–";
     document.body.dataset.ready = "true";
   } catch (err) {
@@ -56,6 +54,12 @@ async function init() {
     showErrors([`Cannot reach the wbc server (${err.message}). Ask the person who runs it to start it.`]);
   }
   updateFiles([]);
+}
+
+// The review threshold as the page says it: 98.6 %, the digits a cell's confidence is shown with (thresholdText,
+// common.js); 1: every cell reviewed (its labelled cells did not show the target); 0: off.
+function thresholdLine(thr) {
+  return thr >= 1 ? "100 % (every cell)" : thr > 0 ? `${thresholdText(thr)} % confidence` : "off";
 }
 
 function bindForm() {
@@ -264,7 +268,7 @@ async function renderSummary(mode) {
     [mode === "smear" ? "Smear fields" : "Images", mode === "smear" ? state.runs.length : total, false],
     [mode === "smear" ? "Cells found and classified" : "Cells classified", total, false],
     ["Flagged for review", nReview, nReview > 0],
-    ["Review if confidence below", `${(100 * state.meta.review_threshold).toFixed(0)} %`, false],
+    ["Review if confidence below", thresholdLine(state.meta.review_threshold).replace(" confidence", ""), false],
   ];
   $("stats").replaceChildren(...stats.map(([label, value, attention]) =>
     el("div", { class: `stat${attention ? " attention" : ""}` },
@@ -298,7 +302,7 @@ function diffRow(d) {
   const lo = Math.max(0, d.ci95_low), hi = perWbc ? d.ci95_high : Math.min(100, d.ci95_high);
   const drawnLo = Math.min(100, lo), drawnHi = Math.min(100, hi);
   const said = perWbc
-    ? `${d.percent.toFixed(1)} per 100 white cells, 95 % CI ${lo.toFixed(1)} to ${hi.toFixed(1)} per 100 white cells`
+    ? `${fixed(d.percent)} per 100 white cells, 95 % CI ${fixed(lo)} to ${fixed(hi)} per 100 white cells`
       + (hi > 100 ? " (the bar shows 0 to 100)" : "")
     : `${pct(d.percent)}, 95 % CI ${pct(lo)} to ${pct(hi)}`;
   const bar = el("div", { class: "bar", role: "img", "aria-label": `${displayName(d.class)} ${said}` },
@@ -309,19 +313,20 @@ function diffRow(d) {
   return el("tr", { class: d.count ? "" : "zero" },
     el("th", { scope: "row" }, swatch(d.class), displayName(d.class)),
     el("td", { class: "num", text: String(d.count) }),
-    el("td", { class: "num", text: perWbc ? `${d.percent.toFixed(1)} /100 WBC` : pct(d.percent) }),
-    el("td", { class: "num", text: perWbc ? `${lo.toFixed(1)}–${hi.toFixed(1)}` : `${lo.toFixed(1)}–${hi.toFixed(1)} %` }),
+    el("td", { class: "num", text: perWbc ? `${fixed(d.percent)} /100 WBC` : pct(d.percent) }),
+    el("td", { class: "num", text: perWbc ? `${fixed(lo)}–${fixed(hi)} /100 WBC` : `${fixed(lo)}–${fixed(hi)} %` }),
     el("td", {}, bar));
 }
 
 function secondBest(probs, label) {
   const alt = Object.entries(probs || {}).filter(([k]) => k !== label).sort((a, b) => b[1] - a[1])[0];
-  return alt && alt[1] >= 0.01 ? `${displayName(alt[0])} ${(100 * alt[1]).toFixed(0)} %` : "–";
+  return alt && alt[1] >= 0.01 ? `${displayName(alt[0])} ${fixed(100 * alt[1], 0)} %` : "–";
 }
 
+// A cell's confidence beside its flag: never shown as the threshold it fell below (confidenceText, common.js).
 function confCell(conf) {
   return el("td", { class: "num" }, el("span", { class: "conf" },
-    `${(100 * conf).toFixed(1)} %`,
+    `${confidenceText(conf, state.meta.review_threshold)} %`,
     el("span", { class: "conf-bar", "aria-hidden": "true" }, el("span", { style: { width: `${100 * conf}%` } }))));
 }
 

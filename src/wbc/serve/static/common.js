@@ -32,3 +32,42 @@ function el(tag, attrs, ...children) {
 }
 
 const displayName = (c) => NAMES[c] || (c ? c.charAt(0).toUpperCase() + c.slice(1) : "–");
+
+// `v` with `digits` decimals, rounded half up (away from zero) from its shortest decimal form: wbc.counts.fixed's
+// rule, step for step, so the pages and the printed reports show one number (toFixed rounds the binary value:
+// 31.25 read 31.3 here and 31.2 on paper before wbc 0.30.0, 0.15 reads 0.1).
+function fixed(v, digits = 1) {
+  const x = Number(v);
+  if (!Number.isFinite(x)) return String(x);
+  const [mant, exp] = Math.abs(x).toExponential().split("e");  // the shortest digits, as Python's repr has them
+  const sig = mant.replace(".", "");
+  const keep = Number(exp) + 1 + digits;  // the significant digits kept: those before the point and `digits` more
+  let n = keep > 0 ? BigInt(sig.slice(0, keep).padEnd(keep, "0")) : 0n;
+  if (keep >= 0 && Number(sig[keep] || "0") >= 5) n += 1n;  // the first digit dropped decides
+  const t = n.toString().padStart(digits + 1, "0");
+  return (x < 0 && n > 0n ? "-" : "") + (digits > 0 ? `${t.slice(0, -digits)}.${t.slice(-digits)}` : t);
+}
+
+// What a number shown with `digits` decimals reads as when `scale` (100: percent) multiplies it.
+const scaled = (v, digits, scale) => fixed(scale * v, digits);
+
+// A cell's confidence as a page shows it beside its flag (wbc.formats.confidence_text): `digits` decimals, more
+// while it would read as the review threshold `thr` at those digits, or as 100 % though below 1, so a flagged cell's
+// confidence never reads as the threshold it fell below (0.9854 under 0.9863 read "99 %" under "99 %").
+function confidenceText(conf, thr, digits = 1, scale = 100) {
+  let d = digits;
+  for (; d < digits + 5; d += 1) {
+    const c = scaled(conf, d, scale);
+    if (!(thr > 0 && thr < 1 && c === scaled(thr, d, scale)) && !(conf < 1 && c === scaled(1, d, scale))) break;
+  }
+  return scaled(conf, d, scale);
+}
+
+// The review threshold as a page shows it (wbc.formats.threshold_text): 98.6 % (the digits a confidence is shown
+// with), one trailing zero dropped (99 %), more while a threshold below 1 would read as 100 %.
+function thresholdText(thr, digits = 1, scale = 100) {
+  let d = digits;
+  while (d < digits + 5 && thr < 1 && scaled(thr, d, scale) === scaled(1, d, scale)) d += 1;
+  const text = scaled(thr, d, scale);
+  return d === digits && digits > 0 && text.endsWith("0") ? text.slice(0, -1).replace(/\.$/, "") : text;
+}

@@ -13,7 +13,9 @@ const state = {
   confirmingSeen: null,
 };
 const colourOf = (c) => SPECIAL_COLOURS[c] || (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
-const fmt1 = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(1));
+const fmt1 = (v) => (v === null || v === undefined ? "" : fixed(v));  // fixed: common.js, the reports' rounding
+// the model's confidence in a cell, never shown as the review threshold it fell below (confidenceText, common.js)
+const confText = (c, digits) => `${confidenceText(c.model_confidence, state.doc.review_threshold, digits)} %`;
 const signed = () => Boolean(state.doc && state.doc.signed_by);
 
 // One place for every request: authentication headers, if the server needs them, go here.
@@ -141,8 +143,10 @@ function showCase(doc) {
 
 function renderAll() {
   const d = state.doc;
-  $("case-meta").textContent = `${d.fields.length} field(s) · ${d.n_cells} cell(s) · ${d.n_flagged} flagged by the model · `
-    + `${d.n_reviewed} reviewed · ${d.n_changed} changed · model ${d.model_id}`;
+  const thr = d.review_threshold;  // as the case report says it (wbc.formats.threshold_text), in percent
+  const below = thr > 0 && thr < 1 ? ` (review below ${thresholdText(thr)} % confidence)` : "";
+  $("case-meta").textContent = `${d.fields.length} field(s) · ${d.n_cells} cell(s) · ${d.n_flagged} flagged by the model`
+    + `${below} · ${d.n_reviewed} reviewed · ${d.n_changed} changed · model ${d.model_id}`;
   const st = $("case-status");
   st.className = `badge ${signed() ? "signed" : "open"}`;
   st.textContent = signed() ? "Signed off (read-only)" : "Open";
@@ -180,7 +184,7 @@ function ordered() {
 }
 
 function cellTitle(c) {
-  const conf = `${Math.round(100 * c.model_confidence)} %`;
+  const conf = confText(c, 1);
   const model = c.changed ? `, model said ${displayName(c.model_label)} ${conf}` : ` ${conf}`;
   return `Cell ${c.id}, field ${c.field}: ${displayName(c.label)}${model}`
     + `${c.model_review && !c.reviewed ? ", flagged" : ""}${c.reviewed ? ", reviewed" : ""}`;
@@ -311,7 +315,7 @@ function renderDetail() {
     el("dl", {},
       el("dt", { text: "Cell" }), el("dd", { text: `#${c.id}, field ${c.field}` }),
       el("dt", { text: "Now" }), el("dd", { id: "current-label", text: displayName(c.label) }),
-      el("dt", { text: "Model" }), el("dd", { text: `${displayName(c.model_label)} (${Math.round(100 * c.model_confidence)} %)` }),
+      el("dt", { text: "Model" }), el("dd", { text: `${displayName(c.model_label)} (${confText(c, 1)})` }),
       el("dt", { text: "Top 3" }), el("dd", { text: probs }),
       c.model_review ? el("dt", { text: "Flag" }) : "", c.model_review ? el("dd", { text: (c.model_reasons || []).join("; ") || "review" }) : "",
       c.reviewed ? el("dt", { text: "Reviewed" }) : "", c.reviewed ? el("dd", { text: `${c.reviewed_by}, ${c.reviewed_at}` }) : "")));
