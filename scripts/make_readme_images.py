@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def annotated_fields(out: Path, clf: object, seg: object, fields: dict[str, Path]) -> list[Path]:
-    from wbc.analyze import analyze_image
+    from wbc.analyze import analyze_image, smear_label_set
     from wbc.io import read_image
     from wbc.render import render
 
@@ -43,7 +43,8 @@ def annotated_fields(out: Path, clf: object, seg: object, fields: dict[str, Path
         rgb = read_image(fields[stem])
         res = analyze_image(rgb, clf, seg, name=fields[stem].name)
         path = out / f"annotated_{stem}.jpg"
-        cv2.imwrite(str(path), render(rgb, res, clf.classes)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        drawn = render(rgb, res, smear_label_set(clf), float(clf.info.review_threshold))  # as wbc analyze draws it
+        cv2.imwrite(str(path), drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
         written.append(path)
     return written
 

@@ -250,7 +250,8 @@ def test_cli_analyze_default_folder(clf, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "differential.csv").is_file() and (tmp_path / "out" / "a.png").is_file()
     page = (tmp_path / "out" / "report.html").read_text()  # written by default, for a person to check
     assert "report: out/report.html" in r.stderr and "<h1>Smear analysis</h1>" in page and "corrupt.jpg" in page
-    assert "<tr><td>platelet</td>" in page  # the differential lists every class the model answers among
+    assert "<tr><td>erythroblast</td>" in page  # the differential lists every class the model answers among in a smear
+    assert "<tr><td>platelet</td>" not in page  # which platelets are not (since wbc 0.30.0)
     r = subprocess.run([sys.executable, "-m", "wbc", "analyze", "--output", "out5", "--model", str(clf.path),
                         "--segmenter", "classical", "--classes", "5part"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
@@ -461,3 +462,43 @@ def test_cli_analyze_says_when_cells_look_unlike_the_training_data(tmp_path: Pat
     assert n and f"flagged for review: {n}" in out
     assert f"{n} of {n} cells (100%) look unlike the model's training data" in out and ADAPT_ADVICE in out
     assert all(c["ood"] is True for c in cells)
+
+
+def _legend_rows(png: Path) -> int:
+    """How many rows the legend of an annotated PNG has: its opaque white panel's height over a row's."""
+    img = cv2.imread(str(png))
+    h, w = img.shape[:2]
+    ys, _xs = np.nonzero(np.all(img == 255, axis=-1))
+    return (int(ys.max()) - int(ys.min()) + 1 - 5) // (int(24 * max(0.45, min(h, w) / 900)) + 4)
+
+
+@pytest.mark.parametrize("classes", [None, "5part"])
+def test_smear_outputs_list_the_classes_answered_and_no_platelet_rate(clf, tmp_path: Path, classes: str | None
+                                                                      ) -> None:
+    """`wbc analyze` never answers "platelet" (wbc.labels.NOT_IN_SMEAR_DETECTIONS), yet differential.csv, report.html
+    and every PNG's legend gave it a measured-looking 0 per 100 WBCs with an interval; a five-part run listed the
+    model's eight classes, ig and erythroblasts at 0 with intervals too (wbc 0.29.0). Each lists the classes answered
+    among, without platelets; cells.csv keeps a probability column per class of the model."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cv2.imwrite(str(tmp_path / "f.png"), synthetic_smear(n_wbc=3, seed=5)[0][:, :, ::-1])
+    args = ["analyze", str(tmp_path / "f.png"), "-o", str(tmp_path / "out"), "--model", str(clf.path),
+            "--segmenter", "classical", "--threads", "1"]
+    res = CliRunner().invoke(app, args + (["--classes", classes] if classes else []))
+    assert res.exit_code == 0, res.output
+    want = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"] if classes else \
+        [c for c in CLASSES if c != "platelet"]
+    out = tmp_path / "out"
+    rows = list(csv.DictReader((out / "differential.csv").open()))
+    assert [r["class"] for r in rows if r["image"] == "ALL"] == want
+    assert list(json.loads((out / "f.json").read_text())["counts"]) == want
+    page = (out / "report.html").read_text()
+    table = page.split("<h2>Differential</h2>")[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td>", table) == want
+    assert "Platelets are not counted in smear analysis" in page and "platelets are counted" not in page
+    cells = list(csv.DictReader((out / "cells.csv").open()))
+    assert cells and "p_platelet" in cells[0]
+    flagged = any(c["review"] == "1" for c in cells)
+    assert _legend_rows(out / "f.png") == len(want) + flagged  # and a row for the review mark

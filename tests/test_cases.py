@@ -822,3 +822,121 @@ def test_the_report_shows_each_field_s_warnings(store: CaseStore, fields, classi
                                                      for n, rgb, r in fields], classifier)
     assert "field-warnings" not in render_html(store, quiet)
     assert "warned" not in " ".join(plain_summary(store.case_document(quiet)))
+
+
+def _field_with_cells(cells: list[tuple[tuple[int, int, int, int], str, float, bool]]):
+    """A 480x640 field whose colours change along both axes (a mirrored copy of any part of it shows), and a
+    :class:`SmearResult` of it with the given ``(box, label, confidence, review)`` cells."""
+    from wbc.types import Cell, Prediction, SmearResult
+
+    yy, xx = np.mgrid[0:480, 0:640]
+    rgb = np.stack([xx * 255 // 639, yy * 255 // 479, (xx + 2 * yy) % 256], axis=-1).astype(np.uint8)
+    out = []
+    for i, (box, label, conf, review) in enumerate(cells, 1):
+        h, w = box[3] - box[1], box[2] - box[0]
+        mask = np.zeros((h, w), bool)
+        mask[h // 8:-(h // 8), w // 8:] = True
+        out.append(Cell(i, box, mask.copy(), mask, touches_border=box[2] >= 640,
+                        prediction=Prediction(label, conf, review, {label: conf})))
+    return rgb, SmearResult("edge.png", 640, 480, out)
+
+
+def test_the_report_and_the_review_page_show_a_cell_at_the_field_s_edge_as_the_slide_shows_it(
+        store: CaseStore, classifier) -> None:  # noqa: F811
+    """A cell cut off by the field's edge showed in the case report and on the review page as the classifier's crop,
+    which mirrors the field beyond its edge: a lymphocyte as two lobes, an eosinophil as four nuclei (8 of 17 cells of
+    BCCD's ten fields, wbc 0.29.0). The pictures a reviewer judges are the field cut around the box, nothing mirrored;
+    the stored crop, `wbc cases export`'s training data, stays what the classifier saw."""
+    from wbc.cases.report import render_pdf, report_context
+    from wbc.cases.store import decode_png
+    from wbc.crops import box_window
+    from wbc.evaluate.classified import CUT_MARGIN
+
+    rgb, res = _field_with_cells([((547, 103, 640, 210), "lymphocyte", 0.6, True)])
+    cid = create_case_from_fields(store, "edge", [("edge.png", rgb, res)], classifier)
+    cell = store.case_document(cid)["cells"][0]
+    want = box_window(rgb, cell["box"], CUT_MARGIN)  # kept inside the field: the cell sits off-centre
+    shown = report_context(store, cid)["gallery"][0]
+    assert np.array_equal(decode_png(shown["png"]), want)
+    assert store.view_png(cid, cell["id"]) == shown["png"]  # GET /cases/{id}/cells/{cell}/view, the review page's
+    crop = decode_png(store.crop_png(cid, cell["id"]))
+    assert crop.shape[:2] == (classifier.info.input_size,) * 2 and crop.shape != want.shape  # as the classifier saw it
+    assert render_pdf(store, cid).startswith(b"%PDF")
+
+
+def test_a_case_has_no_platelet_row_and_its_report_says_platelets_are_not_counted(store: CaseStore, fields,
+                                                                                   classifier) -> None:  # noqa: F811
+    """No smear cell is called "platelet" (wbc.labels.NOT_IN_SMEAR_DETECTIONS), yet every case report printed
+    "Platelet 0 0.0 /100 WBC 0.0-25.9", a measured-looking rate (BCCD's ten fields hold 11 platelets to 18 WBCs). A
+    case stored before keeps its platelet class, shown only where a reviewer called a cell so."""
+    from wbc.cases.report import render_html, render_pdf
+    from wbc.cases.store import PreparedField, crops_for, encode_png
+
+    cid = create_case_from_fields(store, "no platelets", fields, classifier)
+    doc = store.case_document(cid)
+    assert "platelet" not in doc["classes"] and "platelet" not in doc["labels"]
+    assert [r["class"] for r in doc["differential"]["rows"]] == [c for c in classifier.classes if c != "platelet"]
+    page = " ".join(render_html(store, cid).split())
+    assert "<td>Platelet</td>" not in page and "Platelets are not counted in smear analysis" in page
+    with pytest.raises(CaseError, match="platelet"):
+        store.reclassify(cid, doc["cells"][0]["id"], "platelet", "me")
+    assert render_pdf(store, cid).startswith(b"%PDF")
+
+    name, rgb, res = fields[0]
+    old = store.create_case_with_fields("stored by wbc 0.29.0", list(classifier.classes),
+                                        [PreparedField(name, encode_png(rgb), res, crops_for(rgb, res, classifier))])
+    assert "platelet" not in store.case_document(old)["classes"]
+    cell = store.case_document(old)["cells"][0]
+    store.reclassify(old, cell["id"], "platelet", "me")  # its reviewer could, and the count shows
+    row = next(r for r in store.tallies(old)["differential"]["rows"] if r["class"] == "platelet")
+    assert row["count"] == 1 and "platelet" in store.case_document(old)["classes"]
+
+
+def test_the_case_report_gives_the_threshold_and_each_confidence_with_the_digits_that_tell_them_apart(
+        store: CaseStore, classifier) -> None:  # noqa: F811
+    """The report read "Review threshold 0.99" beside flagged cells of 0.985 and a cell flagged only as unlike the
+    training data "(1.00)" (wbc 0.29.0): the threshold 0.986, the cells 0.985 and 0.998."""
+    from wbc.cases.report import render_html, report_context, report_meta
+    from wbc.cases.store import prepare_field
+
+    rgb, res = _field_with_cells([((100, 100, 200, 200), "eosinophil", 0.9854, True),
+                                  ((300, 100, 400, 200), "neutrophil", 0.998, True),
+                                  ((100, 300, 200, 400), "lymphocyte", 0.62, True)])
+    field = prepare_field("t.png", rgb, res, classifier)
+    cid = store.create_case_with_fields("thresholds", classifier.classes, [field], review_threshold=0.9863332509994507)
+    lines = {m["label"]: m["value"] for m in report_meta(store.case_document(cid))}
+    assert lines["Review threshold"].startswith("0.986 ")
+    assert [g["confidence"] for g in report_context(store, cid)["gallery"]] == ["0.985", "0.998", "0.62"]
+    page = render_html(store, cid)
+    assert "(0.985)" in page and "(0.998)" in page and "(0.99)" not in page and "(1.00)" not in page
+
+
+def test_every_output_of_a_case_rounds_a_half_as_the_pages_do(store: CaseStore, classifier,  # noqa: F811
+                                                                monkeypatch) -> None:
+    """5 of 16 WBCs (31.25 %) and 1 NRBC per 16 (6.25) read 31.2 and 6.2 in the report, the PDF and `wbc cases show`
+    (Python's half to even) and 31.3 and 6.3 on the review page that was signed (JavaScript's toFixed) in wbc 0.29.0:
+    one rule, half up, everywhere (wbc.counts.fixed; common.js's fixed is checked against it in test_web_page.py)."""
+    from typer.testing import CliRunner
+
+    from wbc.cases.report import rate_text, render_html
+    from wbc.cases.store import prepare_field
+    from wbc.cli import app
+
+    assert rate_text({"percent": 31.25, "unit": "percent", "count": 5}) == "31.3"
+    labels = ["eosinophil"] * 5 + ["lymphocyte"] * 3 + ["ig"] * 2 + ["neutrophil"] * 6 + ["erythroblast"]
+    boxes = [(20 + 110 * (i % 5), 20 + 110 * (i // 5), 100 + 110 * (i % 5), 100 + 110 * (i // 5))
+             for i in range(len(labels))]
+    rgb, res = _field_with_cells([(b, lab, 0.9, True) for b, lab in zip(boxes, labels, strict=True)])
+    store.create_case_with_fields("halves", classifier.classes, [prepare_field("h.png", rgb, res, classifier)])
+    page = " ".join(render_html(store, "halves").split())
+    for name, rate, ci in (("Eosinophil", "31.3", "11.0–58.7"), ("Lymphocyte", "18.8", "4.0–45.6"),
+                           ("Erythroblast", "6.3 /100 WBC", "0.1–40.2")):
+        row = page.split(f"<td>{name}</td>")[1].split("</tr>")[0]
+        assert f">{rate}<" in row and f">{ci}<" in row, (name, row)
+    pdf = pdf_paragraphs(monkeypatch, store, "halves")
+    assert "31.3" in pdf and "31.2" not in pdf and "6.3 /100 WBC" in pdf
+    res = CliRunner().invoke(app, ["cases", "show", "halves", "--store", store.url])
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.startswith("  ") and ln.split()}
+    assert " 31.3 %" in lines["eosinophil"] and " 18.8 %" in lines["lymphocyte"]
+    assert " 6.3 /100 WBC" in lines["erythroblast"]

@@ -231,3 +231,22 @@ def test_docs_api_names_how_field_images_and_crops_are_cached(client: TestClient
         r = client.get(url)
         assert r.status_code == 200 and f"`{r.headers['cache-control']}`" in docs, url
     assert client.get(f"/cases/{doc['id']}").headers["cache-control"] == "no-store"
+
+
+def test_the_review_page_s_pictures_are_the_cells_as_the_slide_shows_them(client: TestClient) -> None:
+    """The review page showed each cell's crop as framed for the classifier (`/crop`), which mirrors the field beyond
+    its edge: a cell at the edge looked doubled (wbc 0.29.0). `/view` cuts the cell from its field, nothing mirrored,
+    and the page asks for that."""
+    from wbc.cases.store import cell_view, decode_png
+
+    doc = new_case(client, "views", 1)
+    cid, field = doc["id"], doc["fields"][0]
+    rgb = decode_png(client.get(f"/cases/{cid}/fields/{field['id']}/image").content)
+    for cell in doc["cells"]:
+        r = client.get(f"/cases/{cid}/cells/{cell['id']}/view")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.headers["cache-control"] == "private, max-age=3600"
+        assert np.array_equal(decode_png(r.content), cell_view(rgb, cell["box"]))
+    assert client.get(f"/cases/{cid}/cells/999999/view").status_code == 404
+    js = (Path(__file__).resolve().parents[1] / "src" / "wbc" / "serve" / "static" / "review.js").read_text()
+    assert "/view`" in js and "/crop`" not in js

@@ -298,14 +298,15 @@ def test_a_label_answer_after_another_case_was_opened_stays_with_its_case(review
 
 
 def test_a_case_of_only_nrbcs_and_platelets_shows_no_rate(review) -> None:
-    """With no WBC counted a case's erythroblasts and platelets have no rate per 100 WBCs (null in the API since wbc
-    0.29.0): the page showed an empty cell, as for a class never seen."""
+    """With no WBC counted a case's erythroblasts have no rate per 100 WBCs (null in the API since wbc 0.29.0): the
+    page showed an empty cell, as for a class never seen. The platelets taken for WBCs are "not a WBC" (a case has no
+    platelet class since wbc 0.30.0)."""
     import httpx
 
     page, base = review
     c = make_case(base, "no WBC", 46)
     cells = case_on_server(base, c)["cells"]
-    for cell, label in zip(cells, ["erythroblast"] + ["platelet"] * (len(cells) - 1), strict=True):
+    for cell, label in zip(cells, ["erythroblast"] + ["not_wbc"] * (len(cells) - 1), strict=True):
         r = httpx.post(f"{base}/cases/{c}/cells/{cell['id']}/label", json={"label": label, "user": "Bo"}, timeout=30)
         assert r.status_code == 200
     page.reload()

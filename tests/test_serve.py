@@ -259,8 +259,10 @@ def test_analyze_returns_the_cli_json_plus_differential(client: TestClient, clas
     assert r.status_code == 200, r.text
     body = r.json()
     seg = ClassicalSegmenter()
-    want = result_to_dict(analyze_image(smear, classifier, seg, name="field.png"), classifier.classes,
-                          seg.model_id)
+    from wbc.analyze import smear_label_set
+
+    answered = smear_label_set(classifier)  # every class of the model but platelets (since wbc 0.30.0)
+    want = result_to_dict(analyze_image(smear, classifier, seg, name="field.png"), answered, seg.model_id)
     for key, value in want.items():
         assert body[key] == value, key
     assert body["n_cells"] == 2 and "annotated_png" not in body
@@ -269,11 +271,10 @@ def test_analyze_returns_the_cli_json_plus_differential(client: TestClient, clas
     if calibrated:
         assert set(body["colour_calibration"]) == {"background", "od"}
     diff = {d["class"]: d for d in body["differential"]}
-    assert list(diff) == classifier.classes
+    assert list(diff) == answered
     assert sum(d["count"] for d in diff.values()) == 2
-    wbcs = [d for c, d in diff.items() if c not in PER_100_WBC]  # NRBCs and platelets: per 100 WBCs, outside
-    assert {c: d["unit"] for c, d in diff.items() if d["unit"] != "percent"} == dict.fromkeys(PER_100_WBC,
-                                                                                          "per 100 WBC")
+    wbcs = [d for c, d in diff.items() if c not in PER_100_WBC]  # NRBCs: per 100 WBCs, outside
+    assert {c: d["unit"] for c, d in diff.items() if d["unit"] != "percent"} == {"erythroblast": "per 100 WBC"}
     assert sum(d["percent"] for d in wbcs) == pytest.approx(100.0 if sum(d["count"] for d in wbcs) else 0.0, abs=0.05)
     for d in diff.values():  # a rate per 100 WBCs with no WBC counted has no value (null), never 0.0 in 0-100
         if d["percent"] is None:
@@ -390,6 +391,27 @@ def test_the_served_label_set_is_named_in_model_and_health(classifier, client: T
         assert r.json()["results"][0]["label"] in FIVE_PART
     with pytest.raises(WbcError, match="nope"):
         create_app(classifier, ClassicalSegmenter(), classes="nope")
+
+
+def test_a_smear_is_answered_among_the_served_label_set_without_platelets(classifier, client: TestClient,
+                                                                            smear: np.ndarray) -> None:
+    """/analyze gave every class of the model a differential row and a legend entry: platelets, which no smear cell
+    is, at a measured-looking 0 per 100 WBCs with an interval, and on a `--classes 5part` server ig and erythroblasts
+    at 0 beside the web page's five rows (wbc 0.29.0). Its rows are /model's `smear_label_set`."""
+    upload = {"file": ("field.png", png_bytes(smear), "image/png")}
+    want = [c for c in classifier.classes if c != "platelet"]
+    assert client.get("/model").json()["smear_label_set"] == want
+    body = client.post("/analyze", files=upload).json()
+    assert [d["class"] for d in body["differential"]] == list(body["counts"]) == want
+    with TestClient(create_app(classifier, ClassicalSegmenter(), classes="5part")) as c:  # wbc serve --classes 5part
+        five = c.get("/model").json()["smear_label_set"]
+        assert set(five) == FIVE_PART
+        body = c.post("/analyze?annotated=true", files=upload).json()
+        assert [d["class"] for d in body["differential"]] == list(body["counts"]) == five
+        png = cv2.imdecode(np.frombuffer(base64.b64decode(body["annotated_png"]), np.uint8), cv2.IMREAD_COLOR)
+        ys = np.nonzero(np.all(png == 255, axis=-1))[0]  # the legend's white panel: five rows, and the review mark's
+        row = int(24 * max(0.45, min(png.shape[:2]) / 900)) + 4
+        assert (ys.max() - ys.min() + 1 - 5) // row == 5 + (body["n_review"] > 0)
 
 
 def test_create_app_loads_models_from_paths(model_path: Path) -> None:

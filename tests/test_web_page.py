@@ -81,7 +81,7 @@ def test_smear_upload_shows_annotated_image_table_and_differential(page, tmp_pat
     assert label  # a class name, shown in words
     review = rows.first.get_attribute("class") == "review"
     assert (rows.first.locator(".badge.review").count() == 1) == review
-    assert page.locator("#diff-table tbody tr").count() == len(page.evaluate("state.meta.classes"))
+    assert page.locator("#diff-table tbody tr").count() == len(page.evaluate("state.meta.smear_label_set"))
     assert "1 cell" in page.locator("#diff-caption").inner_text()
     assert page.locator("#errors").is_hidden()
     assert page.locator("#sign-out").is_hidden()  # no keys, no session: nothing to sign out of
@@ -318,3 +318,67 @@ def test_single_cells_unlike_the_training_data_are_said_so(page, base_url: str, 
     page.click("#run-button")
     page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
     assert page.locator(".image-card .warning").all_inner_texts() == [f"Note: {expected[0]}"]
+
+
+def test_a_smear_differential_has_no_platelet_row(page, tmp_path: Path) -> None:
+    """Smear analysis never answers "platelet", yet the pooled differential read "Platelet 0 0.0 /100 WBC 0.0-532.5",
+    a measured-looking rate (wbc 0.29.0): no such row, and the caption says platelets are not counted. Single-cell
+    mode, where a crop may be a platelet, keeps it."""
+    analyse_one_field(page, tmp_path)
+    shown = page.eval_on_selector_all("#diff-table tbody th", "ths => ths.map((th) => th.innerText.trim())")
+    assert "Platelet" not in shown and "Erythroblast" in shown
+    caption = page.locator("#diff-caption").inner_text()
+    assert "Platelets are not counted in smear analysis" in caption and "platelets per 100" not in caption
+    cell = tmp_path / "cell.png"
+    cv2.imwrite(str(cell), synthetic_cell("lymphocyte", 96, seed=3)[:, :, ::-1])
+    page.check("input[name=mode][value=cells]")
+    page.set_input_files("#file-input", str(cell))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    shown = page.eval_on_selector_all("#diff-table tbody th", "ths => ths.map((th) => th.innerText.trim())")
+    assert "Platelet" in shown
+
+
+def test_the_page_rounds_and_shows_confidences_as_the_reports_do(page) -> None:
+    """The page rounded with toFixed (the binary value, so 0.15 read 0.1; a half up, so 31.25 read 31.3) and the
+    reports with Python's format (a half to even: 31.2): the same differential differed on screen and on paper
+    (wbc 0.29.0). common.js's fixed, confidenceText and thresholdText give wbc.counts.fixed's and wbc.formats' text."""
+    from wbc.counts import fixed
+    from wbc.formats import confidence_text, threshold_text
+
+    values = [31.25, 6.25, 0.15, 2.675, 12.5, 37.5, 18.75, 0.05, 0.0, 99.95, 100.0, 52.6515, 0.1489, 225.0, 1e-5,
+              -0.25, 40.2256, 11.0193, 58.6588]
+    for digits in (0, 1, 2):
+        got = page.evaluate("([vs, d]) => vs.map((v) => fixed(v, d))", [values, digits])
+        assert got == [fixed(v, digits) for v in values], digits
+    thr = 0.9863332509994507
+    confs = [0.9854, 0.9863, 0.9864, 0.9996, 0.998, 1.0, 0.5, 0.98612, 0.7634]
+    got = page.evaluate("([cs, t]) => cs.map((c) => confidenceText(c, t))", [confs, thr])
+    assert got == [confidence_text(c, thr, 1, 100) for c in confs]
+    assert got[:2] == ["98.5", "98.630"]  # 0.9854 under 0.9863 is not "99", nor 0.9863 above it "98.6"
+    thresholds = [thr, 0.99, 0.5, 0.9999, 0.995]
+    got = page.evaluate("ts => ts.map((t) => thresholdText(t))", thresholds)
+    assert got == [threshold_text(t, 1, 100) for t in thresholds] and got[0] == "98.6"
+
+
+def test_the_review_threshold_reads_with_the_digits_a_confidence_has(chromium, classifier, tmp_path: Path  # noqa: F811
+                                                                      ) -> None:
+    """A model's threshold of 0.9863 read "Review below 99 % confidence" over a cell of 98.5 % flagged and one of
+    98.6 % not (wbc 0.29.0): it reads 98.6 %, in the header and beside the results."""
+    import copy
+    import dataclasses
+
+    strict = copy.copy(classifier)
+    strict.info = dataclasses.replace(classifier.info, review_threshold=0.9863332509994507)
+    with live_server(create_app(strict, ClassicalSegmenter())) as base:
+        ctx = chromium.new_context()
+        pg = ctx.new_page()
+        errors = watch(pg, only=base)
+        pg.goto(base + "/")
+        pg.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        header = pg.locator("#mi-threshold").inner_text()
+        analyse_one_field(pg, tmp_path)
+        tile = pg.locator(".stat:has-text('Review if confidence below') .value").inner_text()
+        ctx.close()
+    assert header == "98.6 % confidence" and tile == "98.6 %"
+    assert not errors, errors

@@ -16,7 +16,7 @@ from wbc.crops import cell_fraction_of, crop_cells
 from wbc.cytoplasm import cytoplasm_evidence, field_colours
 from wbc.errors import ImageReadError
 from wbc.io import MAX_PIXELS, decode_image, pages_warning, tiff_fields
-from wbc.labels import NOT_IN_SMEAR_DETECTIONS
+from wbc.labels import NOT_IN_SMEAR_DETECTIONS, smear_classes
 from wbc.preprocess import canvas_box, field_stop_mask, fill_field_stop, not_a_photo
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell, SmearResult
@@ -25,6 +25,14 @@ from wbc.types import Cell, SmearResult
 MAX_ANALYZE_PIXELS: int = 40_000_000
 #: Minimum image side; smaller images cannot hold a recognisable cell.
 MIN_SIDE: int = 32
+
+
+def smear_label_set(classifier: ClassifierLike) -> list[str]:
+    """The classes a smear analysis answers among, the rows of its differential and its legend: the label set
+    (``--classes``; every class of the model without one) less platelets (:func:`wbc.labels.smear_classes`). Before
+    wbc 0.30.0 the outputs listed every class of the model: a five-part run drew ``ig (0)`` in each legend and wrote
+    0 ig with an interval in ``differential.csv``, and every run a platelet rate it never measures."""
+    return smear_classes(tuple(getattr(classifier, "label_set", ()) or ()) or tuple(classifier.classes))
 
 
 def check_field(rgb: np.ndarray, name: str = "") -> None:

@@ -281,9 +281,9 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
     cannot be read or analysed gives an error, never an exception, so one bad file does not stop a batch (every engine
     runs this: the Ray actors too, :class:`wbc.distributed.FieldAnalyzer`). Before wbc 0.29.0 an error of a type not
     foreseen (ONNX Runtime's, out of memory on one large field) ended the run with a traceback."""
-    from wbc.analyze import analyze_bytes
+    from wbc.analyze import analyze_bytes, smear_label_set
 
-    classes = list(classifier.classes) if classifier is not None else []
+    classes = smear_label_set(classifier) if classifier is not None else []  # the counts' and the legend's rows
     try:
         from wbc.analyze import MAX_ANALYZE_PIXELS  # refused from the header, before decoding
 
@@ -299,7 +299,8 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
         if draw:
             from wbc.render import render
 
-            ok, enc = cv2.imencode(".png", render(rgb, res, classes)[:, :, ::-1].copy())
+            threshold = float(classifier.info.review_threshold) if classifier is not None else 0.0
+            ok, enc = cv2.imencode(".png", render(rgb, res, classes, threshold)[:, :, ::-1].copy())
             if not ok:
                 raise WbcError(f"{job.path}: cannot encode the annotated image")
             png = enc.tobytes()
@@ -357,8 +358,11 @@ def cell_is_ood(cell: Mapping[str, Any]) -> bool:
     return any(str(r).startswith(tuple(OOD_REASONS.values())) for r in cell.get("review_reasons") or [])
 
 
-def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: AnalyzeSummary) -> AnalyzeSummary:
-    """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents."""
+def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: AnalyzeSummary,
+           columns: Sequence[str] | None = None) -> AnalyzeSummary:
+    """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents: the
+    differential's rows are ``classes`` (those answered, :func:`wbc.analyze.smear_label_set`), ``cells.csv`` has a
+    probability column for each of ``columns`` (default ``classes``; the model's classes)."""
     failed = {p for p, _ in summary.errors}
     summary.docs, summary.classes, summary.stems = [], list(classes), {}
     summary.n_classified = summary.n_review = summary.n_ood = 0
@@ -375,7 +379,7 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
                         summary.n_ood += cell_is_ood(c)
                 yield d
 
-    write_cells_csv(out / "cells.csv", docs(), classes)
+    write_cells_csv(out / "cells.csv", docs(), classes if columns is None else columns)
     if classes:
         write_differential_csv(out / "differential.csv", summary.docs, classes)
     else:
@@ -409,8 +413,18 @@ def run_local(
         tally(summary, result)
         if progress:
             progress(summary.skipped + i + 1, len(jobs))
-    classes = list(classifier.classes) if classifier is not None else []
-    return finish(out, jobs, classes, summary)
+    classes, columns = answered_and_columns(classifier)
+    return finish(out, jobs, classes, summary, columns)
+
+
+def answered_and_columns(classifier: ClassifierLike | None) -> tuple[list[str], list[str]]:
+    """A run's differential rows (:func:`wbc.analyze.smear_label_set`) and ``cells.csv``'s probability columns (every
+    class of the model, as before wbc 0.30.0), for :func:`finish`."""
+    from wbc.analyze import smear_label_set
+
+    if classifier is None:
+        return [], []
+    return smear_label_set(classifier), list(classifier.classes)
 
 
 #: ``wbc analyze``'s local engine under the name the Python API has always used.

@@ -28,6 +28,7 @@ from wbc.batch import (
     Job,
     ModelSpec,
     analyze_job,
+    answered_and_columns,
     commit,
     finish,
     one_line,
@@ -273,7 +274,8 @@ def analyze_paths_ray(
                 progress(summary.skipped + i + 1, len(jobs))
     order = {j.path: i for i, j in enumerate(jobs)}
     summary.errors.sort(key=lambda e: order[e[0]])
-    return finish(out, jobs, list(classifier.classes), summary)
+    classes, columns = answered_and_columns(classifier)  # the differential's rows, cells.csv's probability columns
+    return finish(out, jobs, classes, summary, columns)
 
 
 # --------------------------------------------------------------------------- wbc classify --engine ray

@@ -137,7 +137,7 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
 def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
     """What both reports show, computed once."""
     doc = store.case_document(case)
-    crops = store.crops(doc["id"])
+    crops = store.views(doc["id"])  # each cell as the slide shows it, not the classifier's (mirrored) crop
     model_rows = {r["class"]: r for r in doc["model_differential"]["rows"]}
     rows = []
     for r in doc["differential"]["rows"]:
@@ -165,6 +165,7 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
             "changes": [{"from": display_name(a), "to": display_name(b), "n": n}
                         for (a, b), n in changes.most_common()],
             "footer": FOOTER, "corrections_none": CORRECTIONS_NONE, "gallery_note": GALLERY_NOTE,
+            "differential_note": DIFFERENTIAL_NOTE,
             "draft": not doc["signed_by"]}
 
 
@@ -175,6 +176,10 @@ def field_warnings(doc: Mapping[str, Any]) -> list[str]:
     return [f"field {f['position']} ({f['image']}): {w}" for f in doc["fields"] for w in f.get("warnings") or []]
 
 
+#: Under both reports' differential: the units, and that platelets are not counted (no smear cell is one, so no row
+#: reads as a measured 0 per 100 WBCs, as every case report did before wbc 0.30.0).
+DIFFERENTIAL_NOTE = ("erythroblasts per 100 white cells, outside the total; intervals are exact (Clopper-Pearson). "
+                     "Platelets are not counted in smear analysis (cells are found by their nucleus).")
 CORRECTIONS_NONE = "None: every call of the model was kept."
 GALLERY_NOTE = ("Cells the model flagged for review (low confidence or unusual appearance) and cells the reviewer "
                 "changed.")
@@ -342,8 +347,7 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
                            ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
                            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
-    story += [t, Paragraph(f"{doc['differential']['total']} white cells counted; erythroblasts and platelets per 100 "
-                           "white cells, outside the total; intervals are exact (Clopper-Pearson).",
+    story += [t, Paragraph(f"{doc['differential']['total']} white cells counted; {DIFFERENTIAL_NOTE}",
                            styles["Italic"])]
     story += [Spacer(1, 3 * mm), Paragraph("Corrections by the reviewer", styles["Heading2"])]
     story += [Paragraph(e(f"{c['n']} × {c['from']} → {c['to']}"), styles["Normal"]) for c in ctx["changes"]]

@@ -13,6 +13,7 @@ is created and upgraded by Alembic on open (:func:`migrate`), from the migration
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -47,6 +48,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
 from wbc.errors import WbcError
+from wbc.labels import smear_classes
 from wbc.protocols import ClassifierLike
 
 #: The reviewer's calls beyond the model's classes. Neither counts in the differential.
@@ -371,6 +373,18 @@ def cell_to_dict(cell: CellRow, position: int) -> dict[str, Any]:
     }
 
 
+def case_classes(stored: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
+    """A case's classes as its differential and the reviewer's menu show them: those stored with it less platelets (no
+    cell found in a smear is one: :func:`wbc.labels.smear_classes`), unless a cell of the case is labelled so (a case
+    stored before wbc 0.30.0 kept every class of the model, and its reviewer could call a cell "platelet").
+
+    >>> case_classes(["lymphocyte", "platelet"]), case_classes(["lymphocyte", "platelet"], ["platelet"])
+    (['lymphocyte'], ['lymphocyte', 'platelet'])
+    """
+    kept = set(smear_classes(stored)) | set(labels)
+    return [c for c in stored if c in kept]
+
+
 def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
     """Counts, percent and exact 95 % intervals over the model's classes, the total the WBCs' (NRBCs and platelets
     per 100 WBCs: :func:`wbc.counts.differential_rows`); the special calls counted apart."""
@@ -409,6 +423,8 @@ class CaseStore:
             raise CaseError(f"cannot open the case store {self.display_url}: it was made by a newer wbc ({exc})"
                             ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # a stored field and its cells' boxes never change: each field is decoded once for its cells' pictures
+        self._field_views = functools.lru_cache(maxsize=16)(self._cut_views)
 
     @classmethod
     def open(cls, store: str | os.PathLike[str] | None = None) -> CaseStore:
@@ -586,7 +602,7 @@ class CaseStore:
         with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
             self._check_open(c)
-            allowed = [*c.classes, *SPECIAL_LABELS]
+            allowed = [*c.classes, *SPECIAL_LABELS]  # no platelet since wbc 0.30.0 (create_case_from_fields)
             if label not in allowed:
                 raise CaseError(f"label {label!r} is not one of {', '.join(allowed)}")
             cell = s.get(CellRow, int(cell_id))
@@ -655,7 +671,7 @@ class CaseStore:
                  "user": r.user, "at": iso(r.at), "note": r.note, "client": r.client}
                 for r in s.scalars(select(CorrectionRow).where(CorrectionRow.case_id == c.id)
                                    .order_by(CorrectionRow.id))]
-            classes = list(c.classes)
+            classes = case_classes(c.classes, [x["label"] for x in cells])
             return {
                 "id": c.id, "name": c.name, "created_at": iso(c.created_at), "created_by": c.created_by,
                 "model_id": c.model_id, "segmenter_id": c.segmenter_id, "wbc_version": c.wbc_version,
@@ -677,8 +693,9 @@ class CaseStore:
             c = self._case(s, case)
             rows = s.execute(select(CellRow.label, CellRow.model_label).where(CellRow.case_id == c.id)).all()
             finals = [lab if lab is not None else model for lab, model in rows]
-            return {"differential": differential_of(finals, c.classes),
-                    "model_differential": differential_of([m for _, m in rows], c.classes),
+            classes = case_classes(c.classes, finals)
+            return {"differential": differential_of(finals, classes),
+                    "model_differential": differential_of([m for _, m in rows], classes),
                     "n_reviewed": sum(lab is not None for lab, _ in rows),
                     "n_changed": sum(lab is not None and lab != m for lab, m in rows)}
 
@@ -699,13 +716,64 @@ class CaseStore:
             return cell.crop_png
 
     def crops(self, case: int | str) -> dict[int, bytes]:
-        """Every cell's crop PNG by cell id (for the report's gallery and the export)."""
+        """Every cell's crop PNG by cell id: what the classifier saw (the export's training data)."""
         with self.session() as s:
             c = self._case(s, case)
             return dict(s.execute(select(CellRow.id, CellRow.crop_png).where(CellRow.case_id == c.id)).all())
 
+    def view_png(self, case: int | str, cell_id: int) -> bytes:
+        """One cell's picture as the slide shows it (:func:`cell_view`), for the review page."""
+        with self.session() as s:
+            c = self._case(s, case)
+            cell = s.get(CellRow, int(cell_id))
+            if cell is None or cell.case_id != c.id:
+                raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
+            field_id = cell.field_id
+        return self._field_views(field_id)[int(cell_id)]
+
+    def views(self, case: int | str) -> dict[int, bytes]:
+        """Every cell's picture as the slide shows it (:func:`cell_view`) by cell id, for the reports' galleries."""
+        with self.session() as s:
+            c = self._case(s, case)
+            field_ids = list(s.scalars(select(FieldRow.id).where(FieldRow.case_id == c.id)))
+        return {k: v for f in field_ids for k, v in self._field_views(f).items()}
+
+    def _cut_views(self, field_id: int) -> dict[int, bytes]:
+        """The pictures of one field's cells, by cell id, its image decoded once."""
+        with self.session() as s:
+            f = s.get(FieldRow, int(field_id))
+            if f is None:
+                raise CaseNotFoundError(f"field {field_id} is not in the store")
+            rgb = decode_png(f.image_png)
+            return {x.id: encode_png(cell_view(rgb, (x.x0, x.y0, x.x1, x.y1))) for x in f.cells}
+
 
 # --------------------------------------------------------------------------- from an analysis
+
+
+#: The longest side of a cell's picture for the review page and the reports (:func:`cell_view`).
+VIEW_SIDE: int = 256
+
+
+def cell_view(rgb: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """A cell as a reviewer must judge it: its field cut around its box as `wbc analyze`'s report cuts it
+    (:func:`wbc.crops.box_window`, :data:`wbc.evaluate.classified.CUT_MARGIN`), kept inside the field, at most
+    :data:`VIEW_SIDE` px. The stored crop is what the classifier saw: beyond the field's edge it mirrors the field, so a
+    cell cut off by the edge showed as two lobes, four nuclei or twice (8 of 17 cells in BCCD's ten fields) on the
+    review page and in the report before wbc 0.30.0.
+
+    >>> cell_view(np.zeros((480, 640, 3), np.uint8), (547, 103, 640, 210)).shape  # at the right edge, not mirrored
+    (149, 149, 3)
+    """
+    import cv2
+
+    from wbc.crops import box_window
+    from wbc.evaluate.classified import CUT_MARGIN
+
+    cut = box_window(rgb, box, CUT_MARGIN)
+    if max(cut.shape[:2]) > VIEW_SIDE:
+        cut = cv2.resize(cut, (VIEW_SIDE, VIEW_SIDE), interpolation=cv2.INTER_AREA)
+    return cut
 
 
 def crops_for(rgb: np.ndarray, result: Any, classifier: ClassifierLike) -> np.ndarray:
@@ -758,7 +826,8 @@ def create_case_from_fields(
         raise CaseError("a case needs at least one field")
     info = classifier.info
     ready = [f if isinstance(f, PreparedField) else prepare_field(f[0], f[1], f[2], classifier) for f in fields]
-    return store.create_case_with_fields(name, list(classifier.classes), ready, model_id=str(classifier.model_id),
+    classes = smear_classes(classifier.classes)  # what a reviewer may call a smear cell: no platelets (case_classes)
+    return store.create_case_with_fields(name, classes, ready, model_id=str(classifier.model_id),
                                          segmenter_id=segmenter_id, created_by=created_by,
                                          review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0))
 

@@ -121,10 +121,9 @@ def analyze(
             warn(f"{warning}; {advice_for(loaded[0])}" if loaded and too_many_ood(k, n) else warning)
     if report and summary.classes:
         from wbc.evaluate.classified import write_analysis_report
-        from wbc.labels import parse_class_set
 
-        answered = parse_class_set(classes, summary.classes) or summary.classes  # --classes: its rows only
-        page = write_analysis_report(output, summary.docs, answered, stems=summary.stems,
+        # the classes answered (--classes: its rows only; no platelets: wbc.analyze.smear_label_set)
+        page = write_analysis_report(output, summary.docs, summary.classes, stems=summary.stems,
                                      model_id=summary.model_id, segmenter_id=summary.segmenter_id,
                                      per_class=report_cells, errors=summary.errors)
         say(f"  report: {page}")

@@ -249,7 +249,8 @@ def analysis_page(
     n_fields: int | None = None,
     n_warned: int | None = None,
 ) -> str:
-    """`wbc analyze`'s ``report.html`` as one HTML string: the differential pooled over the fields (``fields``, each
+    """`wbc analyze`'s ``report.html`` as one HTML string: the differential over ``classes`` (those the run answered
+    among, no platelets: :func:`wbc.analyze.smear_label_set`) pooled over the fields (``fields``, each
     ``{"image", "href", "n_cells", "counts", "warnings"}``, the rows of its fields table; ``n_fields`` and ``n_warned``:
     how many fields there are and carry a warning, when the table shows only some), a gallery per class of the
     ``shown`` cells (counted by ``picker``), then the files that failed (``errors``: (path, message)).
@@ -278,6 +279,7 @@ def analysis_page(
         n_review=sum(picker.flagged.values()),
         n_warned=sum(1 for f in fields if f.get("warnings")) if n_warned is None else n_warned,
         classes=", ".join(classes),
+        nrbc=any(c in PER_100_WBC for c in classes),  # erythroblasts answered (platelets never are in a smear)
         rows=differential(picker.n, picker.flagged, classes),
         galleries=_galleries(classes, picker.n, picker.flagged, shown),
         fields=[{**f, "counts": ", ".join(f"{k} {c}" for c, k in f["counts"].items() if k),

@@ -198,7 +198,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
     """What a caller needs to know about the loaded models (no large arrays: OOD statistics, head)."""
     from dataclasses import asdict
 
-    from wbc.analyze import red_cell_target_of
+    from wbc.analyze import red_cell_target_of, smear_label_set
     from wbc.classify import tta_views_of, unsure_views_of
     from wbc.crops import cell_fraction_of
     from wbc.reframe import framing_stats_of
@@ -211,6 +211,9 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "classes": classifier.classes,
         # the classes this server answers among (`wbc serve --classes`); a request's `classes` overrides them
         "label_set": list(tuple(getattr(classifier, "label_set", ()) or ()) or classifier.classes),
+        # the classes /analyze answers among, its differential's rows: the label set less platelets (no smear cell is
+        # one: wbc.analyze.smear_label_set)
+        "smear_label_set": smear_label_set(classifier),
         "input_size": int(info.input_size),
         "review_threshold": float(info.review_threshold),
         "review_target_accuracy": float(info.review_target_accuracy),
@@ -519,7 +522,7 @@ def create_app(
         tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
     ) -> JSONResponse:
         """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
-        from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict
+        from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict, smear_label_set
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
@@ -553,13 +556,14 @@ def create_app(
             if (pages := tiff_fields(data)) > 1:
                 res.warnings.append(pages_warning(pages))
             seg_id = getattr(seg, "model_id", getattr(seg, "name", ""))
-            body = result_to_dict(res, clf.classes, seg_id)
+            answered = smear_label_set(clf)  # the differential's and the legend's rows: no platelets, the label set's
+            body = result_to_dict(res, answered, seg_id)
             body["n_review"] = sum(bool(c.prediction and c.prediction.review) for c in res.cells)
-            body["differential"] = differential(body["counts"], clf.classes)
+            body["differential"] = differential(body["counts"], answered)
             if annotated:
                 from wbc.render import render
 
-                body["annotated_png"] = png_base64(render(rgb, res, clf.classes))
+                body["annotated_png"] = png_base64(render(rgb, res, answered, float(clf.info.review_threshold)))
             return body
 
         try:

@@ -203,6 +203,15 @@ def cell_crop(request: Request, case_id: Id, cell_id: Id) -> Response:
                     headers={"Cache-Control": "private, max-age=3600"})
 
 
+@router.get("/cases/{case_id}/cells/{cell_id}/view",
+            summary="A cell as the slide shows it: its field cut around its box, nothing mirrored (PNG)",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def cell_view(request: Request, case_id: Id, cell_id: Id) -> Response:
+    """What the review page shows a reviewer (`/crop` is what the classifier saw: mirrored beyond the field's edge)."""
+    return Response(call(store_of(request).view_png, case_id, cell_id), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
 @router.post("/cases/{case_id}/cells/{cell_id}/label", summary="Reclassify (or confirm) one cell")
 def label_cell(request: Request, case_id: Id, cell_id: Id, body: LabelIn,
                who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:

@@ -238,11 +238,12 @@ function pairThumbs(batch, body, thumbs) {
 
 // ------------------------------------------------------------------ rendering
 
-// The classes the server answers among (`wbc serve --classes`: label_set in /model); the differential shows these.
-const answered = () => state.meta.label_set || state.meta.classes;
+// The classes the server answers among (`wbc serve --classes`: label_set in /model); the differential shows these. A
+// smear's cells are never platelets (smear_label_set: /analyze never answers it), so its differential has no such row.
+const answered = (mode) => (mode === "smear" && state.meta.smear_label_set) || state.meta.label_set || state.meta.classes;
 
-function cellCounts() {
-  const counts = Object.fromEntries(answered().map((c) => [c, 0]));
+function cellCounts(mode) {
+  const counts = Object.fromEntries(answered(mode).map((c) => [c, 0]));
   for (const r of state.runs) {
     const items = r.kind === "smear" ? r.data.cells : r.data.results;
     for (const c of items) if (c.label) counts[c.label] = (counts[c.label] || 0) + 1;
@@ -255,11 +256,11 @@ function allCells() {
 }
 
 async function renderSummary(mode) {
-  const counts = cellCounts();
+  const counts = cellCounts(mode);
   const res = await fetchJSON("/differential", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ counts }),
   });
-  const diff = res.ok ? res.body.differential.filter((d) => answered().includes(d.class) || d.count) : [];
+  const diff = res.ok ? res.body.differential.filter((d) => answered(mode).includes(d.class) || d.count) : [];
   state.differential = diff;
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
   const nWbc = res.ok ? res.body.total : null;  // the differential's total: the WBCs, not the NRBCs and platelets
@@ -275,10 +276,12 @@ async function renderSummary(mode) {
       el("div", { class: "value", text: String(value) }), el("div", { class: "label", text: label }))));
   const scope = mode === "smear" && state.runs.length > 1 ? ` pooled over ${state.runs.length} fields` : "";
   const whites = (n) => `${n} white cell${n === 1 ? "" : "s"}`;
+  const outside = mode === "smear" ? "erythroblasts" : "erythroblasts and platelets";
   $("diff-caption").textContent = `${total} cell${total === 1 ? "" : "s"}${scope}`
     + (nWbc !== null && nWbc !== total ? `, ${whites(nWbc)} among them` : "") + "; "
-    + "percent of the white cells (erythroblasts and platelets per 100 white cells, outside the total) with an exact "
-    + "(Clopper–Pearson) 95 % confidence interval.";
+    + `percent of the white cells (${outside} per 100 white cells, outside the total) with an exact `
+    + "(Clopper–Pearson) 95 % confidence interval."
+    + (mode === "smear" ? " Platelets are not counted in smear analysis (cells are found by their nucleus)." : "");
   $("diff-table").querySelector("tbody").replaceChildren(...diff.map(diffRow));
   const more = "A manual differential counts 100–200 leukocytes; analyse more fields before reading small percentages.";
   $("diff-note").textContent = nWbc === 0  // the threshold counts the WBCs: 120 platelets are no differential

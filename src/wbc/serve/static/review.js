@@ -127,6 +127,7 @@ function showCase(doc) {
   state.sel = null;
   state.keys = {};
   doc.classes.slice(0, 8).forEach((c, i) => { state.keys[String(i + 1)] = c; });
+  $("last-class-key").textContent = String(Math.min(8, doc.classes.length));  // 7 since wbc 0.30.0: no platelet
   state.keys["9"] = "not_wbc";
   state.keys["0"] = "unidentifiable";
   state.keys.n = "not_wbc";
@@ -207,9 +208,9 @@ function tile(c) {
     "aria-selected": String(state.sel === c.id), tabindex: state.sel === c.id ? "0" : "-1", "aria-label": cellTitle(c),
     onclick: () => select(c.id, true),
   },
-  el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/crop`, alt: "", loading: "lazy", width: "94", height: "94" }),
+  el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/view`, alt: "", loading: "lazy", width: "94", height: "94" }),
   el("span", { class: "t-label", text: displayName(c.label) }),
-  el("span", { class: "t-sub", text: c.changed ? `was ${displayName(c.model_label)}` : `${Math.round(100 * c.model_confidence)} % · #${c.id}` }));
+  el("span", { class: "t-sub", text: c.changed ? `was ${displayName(c.model_label)}` : `${confText(c, 0)} · #${c.id}` }));
 }
 
 function renderFields() {
@@ -309,9 +310,9 @@ function renderDetail() {
   }
   if (!c) { box.replaceChildren(el("p", { class: "note", text: "Click a cell or use the arrow keys." })); return; }
   const probs = Object.entries(c.model_probabilities || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
-    .map(([k, v]) => `${displayName(k)} ${Math.round(100 * v)} %`).join(", ");
+    .map(([k, v]) => `${displayName(k)} ${fixed(100 * v, 0)} %`).join(", ");
   box.replaceChildren(el("div", { class: "big" },
-    el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/crop`, alt: `Cell ${c.id}` }),
+    el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/view`, alt: `Cell ${c.id}` }),
     el("dl", {},
       el("dt", { text: "Cell" }), el("dd", { text: `#${c.id}, field ${c.field}` }),
       el("dt", { text: "Now" }), el("dd", { id: "current-label", text: displayName(c.label) }),
@@ -339,7 +340,7 @@ function renderDifferential() {
   }
   $("review-diff").querySelector("tbody").replaceChildren(...rows);
   $("review-diff-caption").textContent = `${d.differential.total} white cells counted (reviewed calls); model's counts `
-    + "beside them; † per 100 white cells, outside the total";
+    + "beside them; † per 100 white cells, outside the total. Platelets are not counted in smear analysis.";
 }
 
 // ------------------------------------------------------------------ editing
