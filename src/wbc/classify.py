@@ -68,8 +68,8 @@ def review_reason(confidence: float, threshold: float) -> str:
 
     >>> review_reason(0.9893, 0.99)
     'confidence 0.989, below the review threshold 0.990'
-    >>> review_reason(0.61, 0.83), review_reason(0.76, 0.9863332509994507)
-    ('confidence 0.61, below the review threshold 0.83', 'confidence 0.76, below the review threshold 0.986')
+    >>> review_reason(0.61, 0.83), review_reason(0.98496, 0.9863332509994507)
+    ('confidence 0.61, below the review threshold 0.83', 'confidence 0.985, below the review threshold 0.986')
     >>> review_reason(1.0, 1.0)
     'every cell is reviewed: the cells this model was checked on do not show its review target'
     """
@@ -78,7 +78,8 @@ def review_reason(confidence: float, threshold: float) -> str:
 
     if threshold >= 1.0:
         return "every cell is reviewed: the cells this model was checked on do not show its review target"
-    c, t = confidence_text(confidence, threshold), threshold_text(threshold)
+    t = threshold_text(threshold)
+    c = confidence_text(confidence, threshold, max(2, len(t.partition(".")[2])))  # 0.985, as a page's 98.5 %
     if (digits := len(c.partition(".")[2])) > len(t.partition(".")[2]):
         t = fixed(threshold, digits)
     return f"confidence {c}, below the review threshold {t}"
