@@ -340,6 +340,19 @@ def test_each_fine_tuned_model_has_its_own_id_and_the_same_fine_tuning_the_same(
     assert re.fullmatch(r"tiny-cnn\+finetune-[0-9a-f]{8}", ids[0]) and ids[0] == ids[1] != ids[2], ids
 
 
+def test_a_fine_tuned_model_is_float_and_carries_no_quantisation_record(tmp_path: Path, small_model: Path) -> None:
+    """`wbc adapt` fine-tunes the shipped int8 model into a float32 network, whose metadata (and its .pt's) kept the
+    base's ``extra["quantization"]``: it described a quantisation the file does not have."""
+    from wbc.model import update_metadata
+    from wbc.train.finetune import adapt_finetune, load_weights
+
+    update_metadata(small_model, extra={"quantization": {"method": "onnxruntime static int8, QDQ"}})
+    out = tmp_path / "tuned.onnx"
+    adapt_finetune(small_model, write_lab(tmp_path / "lab", n=4, seed=1), out, epochs=1, cross_validate=False, tta=1)
+    assert "quantization" not in load_model(out).info.extra
+    assert "quantization" not in load_weights(out.with_suffix(".pt"))[1].extra
+
+
 def test_fine_tuning_logged_to_a_file_shows_its_progress(tmp_path: Path, small_model: Path) -> None:
     """`wbc adapt > adapt.log 2>&1` printed nothing for 17 minutes: the progress bar is for terminals only. Off a
     terminal (CliRunner's streams, a log file) it prints a line at each tenth of the steps."""

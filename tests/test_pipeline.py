@@ -475,6 +475,59 @@ def test_quantize_keeps_a_cross_validation_run_s_out_of_fold_calibration(tmp_pat
     assert (info.temperature, info.review_threshold) == (1.7, 0.93) and "out-of-fold" in report["calibration"]
 
 
+def _tiny_float_run(tmp_path: Path, extra: dict | None = None) -> tuple[Path, Path]:
+    """A float mean-colour model (with an embedding output) and a manifest of synthetic cells, train and val rows."""
+    from tiny_models import mean_colour_model
+    from wbc.data import Sample, scan_folder, write_manifest
+    from wbc.synthetic import make_dataset
+
+    w = np.random.default_rng(0).normal(0, 3, (8, 3))
+    model = mean_colour_model(tmp_path / "float.onnx", 32, w, "tiny", extra=extra, embedding_output=True)
+    cells = make_dataset(tmp_path / "cells", n_per_class=4, size=32, classes=["basophil", "neutrophil"])
+    rows = [Sample(s.path, s.label, "train" if i % 2 else "val") for i, s in enumerate(scan_folder(cells).samples)]
+    write_manifest(tmp_path / "manifest.csv", rows, root=tmp_path)
+    return model, tmp_path / "manifest.csv"
+
+
+def test_quantize_keeps_a_lab_adapted_model_s_calibration_and_ood_reference(tmp_path: Path) -> None:
+    """A model adapted to a lab (`wbc adapt`) has its calibration and an OOD reference from that lab's cells: re-fitted
+    on the manifest (another lab's cells), a lab model whose every cell was reviewed (threshold 1.0) accepted cells at
+    PBC's 0.965 and lost its lab's OOD reference. They are kept, and the quantisation record says so."""
+    import copy
+
+    from wbc.model import update_metadata
+    from wbc.ood_fit import fit_from_manifest
+    from wbc.quantize import quantize_model
+
+    model, manifest = _tiny_float_run(tmp_path)
+    fit_from_manifest(model, manifest, data_root=tmp_path, threads=1)
+    ood = load_model(model, threads=1).info.ood
+    lab = copy.deepcopy(ood["references"][0])
+    lab["name"] = "adapt:my_lab"
+    ood["references"].append(lab)
+    head = {"weight": np.random.default_rng(1).normal(0, 3, (8, 3)).tolist(), "bias": [0.0] * 8}
+    update_metadata(model, head=head, temperature=1.3, review_threshold=1.0, ood=ood,
+                    extra={"adapt": {"method": "head", "data": "my_lab", "review_threshold": 1.0}, "tta_views": 4})
+    report = quantize_model(model, manifest, tmp_path / "int8.onnx", data_root=tmp_path, threads=1)
+    info = load_model(tmp_path / "int8.onnx", threads=1).info
+    assert (info.temperature, info.review_threshold) == (1.3, 1.0) and info.head == head
+    assert [r["name"] for r in info.ood["references"]] == ["training", "adapt:my_lab"] and info.ood == ood
+    assert "adapted model's" in report["calibration"] and "kept" in info.extra["quantization"]["ood"]
+    assert info.extra["tta_views"] == 4 and info.model_id == "tiny-int8"
+
+
+def test_quantize_reads_a_float_graph_as_float_whatever_its_metadata_says(tmp_path: Path) -> None:
+    """A model fine-tuned by `wbc adapt` before wbc 0.30.0 carried its int8 base's quantisation record in a float32
+    graph, and `wbc quantize` refused it as "already quantised": the graph is what says so."""
+    from wbc.quantize import quantize_model
+
+    stale = {"quantization": {"method": "the int8 base's", "val_accuracy_int8": 0.99}}
+    model, manifest = _tiny_float_run(tmp_path, extra=stale)
+    quantize_model(model, manifest, tmp_path / "int8.onnx", data_root=tmp_path, threads=1)
+    rec = load_model(tmp_path / "int8.onnx", threads=1).info.extra["quantization"]
+    assert rec["method"] != "the int8 base's" and rec["calibration"] == "re-fitted on the val split"
+
+
 @pytest.mark.parametrize("kind", ["truncated", "an image"])
 def test_export_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path: Path, kind: str) -> None:
     """`wbc export` on a truncated .pt or another file: the file named in one line, not a PyTorch traceback."""

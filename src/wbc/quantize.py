@@ -9,7 +9,9 @@ What changes with the weights is re-measured, never carried over: the temperatur
 threshold are re-fitted on the validation split with the quantised network, and out-of-distribution
 statistics, if the source model had them, are re-fitted too (:func:`wbc.ood_fit.fit_from_manifest`). The
 agreement with the float model and both accuracies on validation are stored in
-``info.extra["quantization"]``.
+``info.extra["quantization"]``. Two calibrations are kept instead, as the manifest cannot re-measure them: a
+cross-validation run's (its val rows trained the members) and a model adapted to a lab (``wbc adapt``), whose
+calibration and OOD reference belong to that lab's cells, not to the manifest's.
 
 ``wbc quantize MODEL --manifest RUN/manifest.csv --output MODEL_INT8``
 """
@@ -91,6 +93,19 @@ def quantize_onnx(
         )
 
 
+#: ONNX operators that only a quantised graph holds.
+QUANTISED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                           "MatMulInteger"})
+
+
+def is_quantised(path: str | os.PathLike[str]) -> bool:
+    """Whether the ONNX graph at ``path`` is quantised: read from the graph, not from ``extra["quantization"]``,
+    which a float model fine-tuned by `wbc adapt` before wbc 0.30.0 carried over from its int8 base."""
+    import onnx
+
+    return any(n.op_type in QUANTISED_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def quantize_model(
     model: str | os.PathLike[str], manifest: str | os.PathLike[str], output: str | os.PathLike[str],
     per_class: int = 32, data_root: Path | None = None, threads: int = 2, seed: int = 0,
@@ -99,17 +114,26 @@ def quantize_model(
     """Quantise ``model`` to int8 with cells from its run's manifest; returns the validation comparison.
 
     Calibration uses ``per_class`` random training cells of each class; the validation split (all of it)
-    re-fits temperature and review threshold (not for a cross-validation run, whose val rows trained its members:
-    its out-of-fold calibration is kept) and measures agreement with the float model. OOD
-    statistics are re-fitted on up to ``ood_per_class`` train and val cells per class.
+    re-fits temperature and review threshold and measures agreement with the float model (each cell averaged over
+    the model's ``extra["tta_views"]``, as it answers). OOD statistics are re-fitted on up to ``ood_per_class``
+    train and val cells per class. Kept as they are instead: the out-of-fold calibration of a cross-validation run
+    (its val rows trained its members), and the calibration and OOD statistics of a model adapted to a lab (`wbc
+    adapt`: fitted on that lab's cells, which the manifest does not hold; re-fitted on it, a lab model whose every
+    cell was reviewed accepted cells at PBC's 0.965 and lost its lab's OOD reference).
     """
+    from wbc.classify import run_views
+
     t0 = time.perf_counter()
     fp32 = Classifier(model, threads=threads)
-    if fp32.info.extra.get("quantization"):
+    if is_quantised(fp32.path):
         raise WbcError(f"{model}: already quantised")
     if Path(output).resolve() == fp32.path.resolve():
         raise WbcError(f"{output}: --output must differ from the model (the float model is kept)")
     info = fp32.info
+    info.extra.pop("quantization", None)  # a float graph: a record there was its int8 base's (see is_quantised)
+    adapt = info.extra.get("adapt")
+    adapted = isinstance(adapt, dict)
+    views = fp32.tta_views()  # the flips/rotations the model averages per cell, as it will answer
     train = [s for s in read_manifest(manifest, "train", data_root) if s.label in fp32.classes]
     val = [s for s in read_manifest(manifest, "val", data_root) if s.label in fp32.classes]
     if not train or not val:
@@ -131,19 +155,27 @@ def quantize_model(
         int8 = Classifier(work, threads=threads)
 
         def logits(clf: Classifier) -> np.ndarray:
-            return np.concatenate([clf.run(val_cells[i : i + 64])["logits"] for i in range(0, len(val_cells), 64)])
+            return np.concatenate([run_views(clf, val_cells[i : i + 64], ("logits",), views)["logits"]
+                                   for i in range(0, len(val_cells), 64)])
 
         lf, lq = logits(fp32), logits(int8)
         # a cross-validation run's val rows trained its members: re-fitted on them, the review threshold fell from
         # 0.99 to 0.85; the float model's out-of-fold calibration is kept instead
         cross_validated = any(s.fold >= 0 for s in val)
-        if not cross_validated:
+        if adapted:
+            data = (adapt if isinstance(adapt, dict) else {}).get("data") or "a lab's cells"
+            calibration = (f"the adapted model's (wbc adapt on {data}), kept: the "
+                           "manifest's val split holds other cells and cannot re-measure it")
+        elif cross_validated:
+            calibration = ("the float model's, fitted on out-of-fold predictions (a cross-validation run's val rows "
+                           "trained its members)")
+        else:
             cal = calibrate(lq, y, resolve_review_target(None, info.review_target_accuracy))
             info.temperature, info.review_threshold = cal.temperature, cal.review_threshold
             info.review_target_accuracy = cal.review_target_accuracy
+            calibration = "re-fitted on the val split"
         report = {
-            "calibration": ("the float model's, fitted on out-of-fold predictions (a cross-validation run's val rows "
-                            "trained its members)" if cross_validated else "re-fitted on the val split"),
+            "calibration": calibration,
             "method": "onnxruntime static int8, QDQ, per-channel weights, min-max activation ranges; "
                       "first convolution and linear head float",
             "calibration_cells": len(cal_cells),
@@ -154,10 +186,13 @@ def quantize_model(
             "val_max_abs_logit_diff": float(np.abs(lf - lq).max()),
             "source_model_id": info.model_id,
         }
+        if info.ood:
+            report["ood"] = ("the adapted model's, kept: its lab's reference cannot be re-measured on the manifest"
+                             if adapted else "re-fitted on the manifest")
         info.extra["quantization"] = report
         info.model_id = f"{info.model_id}-int8"
         write_model(work, work.read_bytes(), info)
-        if info.ood:
+        if info.ood and not adapted:
             from wbc.ood import DEFAULT_PERCENTILE
             from wbc.ood_fit import fit_from_manifest
 

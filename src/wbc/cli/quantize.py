@@ -20,7 +20,8 @@ def quantize(
     data_root: DataRootOpt = None,
     threads: ThreadsOpt = 2,
 ) -> None:
-    """Quantise a model to int8 for ONNX Runtime; re-fit calibration, review threshold and OOD on val."""
+    """Quantise a model to int8 for ONNX Runtime; re-fit calibration, review threshold and OOD on val (a model
+    adapted to a lab keeps its own: the manifest does not hold the lab's cells)."""
     from wbc.io import check_output_file
     from wbc.quantize import quantize_model
 

@@ -300,6 +300,9 @@ def adapt_finetune(
         raise WbcError(f"{ckpt}: these weights ({ck_info.classes}, {ck_info.input_size} px) do not belong to "
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
+    # the output is a new float32 network: an int8 base's quantisation record would describe a graph it is not
+    # (and `wbc quantize` refused it as "already quantised")
+    info.extra.pop("quantization", None)
     cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
     if len(cells) < 4:
         raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
