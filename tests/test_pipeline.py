@@ -528,6 +528,33 @@ def test_quantize_reads_a_float_graph_as_float_whatever_its_metadata_says(tmp_pa
     assert rec["method"] != "the int8 base's" and rec["calibration"] == "re-fitted on the val split"
 
 
+def test_quantizing_an_ensemble_keeps_every_member_s_head_and_stem_float(tmp_path: Path) -> None:
+    """An ensemble graph's "logits" node is the Log of the mean probability, so only it was kept float and every
+    member's linear head was quantised, while the metadata said "linear head float"."""
+    import onnx
+    import torch
+
+    from wbc.model import ModelInfo
+    from wbc.quantize import quantize_onnx
+    from wbc.train.export import export_model
+    from wbc.train.models import Ensemble, create_model
+
+    torch.manual_seed(0)
+    nets = [create_model("small_cnn", 8, pretrained=False, dropout=0.0).eval() for _ in range(2)]
+    info = ModelInfo(classes=[f"c{i}" for i in range(8)], input_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                     model_id="ens")
+    export_model(Ensemble(nets).eval(), info, tmp_path / "ens.onnx", torch.rand(2, 3, 32, 32))
+    calibration = np.random.default_rng(0).normal(0, 1, (16, 3, 32, 32)).astype(np.float32)
+    quantize_onnx(tmp_path / "ens.onnx", tmp_path / "int8.onnx", calibration, batch_size=8)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    heads = [n for n in graph.node if n.op_type == "Gemm"]
+    stems = [n for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
+    assert len(heads) == 2 and len(stems) == 2 and any(n.op_type == "QuantizeLinear" for n in graph.node)
+    assert all(made_by.get(i) != "DequantizeLinear" for n in heads + stems for i in n.input[1:])
+    assert all(made_by.get(n.input[0]) != "DequantizeLinear" for n in heads)
+
+
 @pytest.mark.parametrize("kind", ["truncated", "an image"])
 def test_export_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path: Path, kind: str) -> None:
     """`wbc export` on a truncated .pt or another file: the file named in one line, not a PyTorch traceback."""

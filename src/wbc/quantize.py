@@ -36,10 +36,12 @@ from wbc.model import Classifier, write_model
 
 
 def float_nodes(graph: Any) -> list[str]:
-    """The nodes :func:`quantize_onnx` keeps float by default: the linear head (embedding -> logits; it costs
-    nothing, keeps the logits exact given the embedding, and `wbc adapt` reads and replaces it) and the first
-    convolution, the one that reads the network input (see :func:`quantize_onnx`)."""
-    head = [n.name for n in graph.node if "logits" in n.output]
+    """The nodes :func:`quantize_onnx` keeps float by default: the linear heads (embedding -> logits, each
+    ensemble member's too; it costs nothing, keeps the logits exact given the embedding, and `wbc adapt` reads and
+    replaces it) and the first convolutions, the ones that read the network input (see :func:`quantize_onnx`)."""
+    # every Gemm: the only ones in a WbcNet graph are linear heads, one per member of an ensemble (whose "logits"
+    # node is the Log of the mean probability, not a head)
+    head = [n.name for n in graph.node if "logits" in n.output or n.op_type == "Gemm"]
     stem = [n.name for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
     return head + stem
 
