@@ -254,6 +254,155 @@ def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_datase
         error_overlap([str(synthetic_run), str(bad), "--data", "/", "--output", str(tmp_path / "no.json")])
 
 
+def _copy_run(src: Path, dst: Path, seed: int, folds: int = 0) -> Path:
+    """A copy of run ``src`` holding another network (its weights nudged, by ``seed``): a second run on the same split,
+    without training one. ``folds``: as `wbc train --folds K` leaves a run: the manifest's non-test rows dealt into
+    K folds (the same for every copy), its config saying so, and ensemble.pt holding one network per fold."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(src, dst)
+    ck = torch.load(dst / "best.pt", map_location="cpu", weights_only=False)
+    gen = torch.Generator().manual_seed(seed)
+
+    def nudged() -> dict:
+        return {k: t + 0.05 * torch.randn(t.shape, generator=gen) if t.is_floating_point() and t.dim() > 1 else t
+                for k, t in ck["model"].items()}
+
+    if not folds:
+        torch.save({**ck, "model": nudged()}, dst / "best.pt")
+        return dst
+    with (dst / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["fold"] = str(i % folds) if row["split"] != "test" else "-1"
+    with (dst / "manifest.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**config, "folds": folds}))
+    torch.save({"members": [nudged() for _ in range(folds)], "arch": ck["arch"], "dropout": ck.get("dropout", 0.0),
+                "info": ck["info"]}, dst / "ensemble.pt")
+    return dst
+
+
+def test_an_ensemble_of_cross_validation_runs_is_calibrated_out_of_fold(synthetic_run: Path, tmp_path: Path) -> None:
+    """`wbc ensemble` of two --folds runs fitted its temperature and review threshold on the val rows, which trained
+    every member, and called it "out-of-fold", "3-fold ... (3 members)" for 6 members. Each train or val row of fold k
+    is now scored by every run's k-th member, the ones that never saw it, and the members are counted."""
+    from rich.console import Console
+
+    from wbc.calibration import calibrate
+    from wbc.data import read_manifest
+    from wbc.errors import WbcError
+    from wbc.model import softmax
+    from wbc.train.data import decode_all
+    from wbc.train.export import load_checkpoint
+    from wbc.train.loop import predict_logits, run_ensemble
+
+    runs = [_copy_run(synthetic_run, tmp_path / name, seed, folds=2) for name, seed in (("cvA", 1), ("cvB", 2))]
+    run_ensemble(runs, tmp_path / "ens", console=Console(quiet=True), score_test=False)
+    info = load_model(tmp_path / "ens" / "model.onnx").info
+    assert "2 x 2-fold cross-validation ensembles (4 members) on the train and val splits" in info.training_data
+    assert info.architecture == "ensemble of 4 x small_cnn" and info.metrics["split"] == "out-of-fold"
+    rows = [s for s in read_manifest(runs[0] / "manifest.csv", root=Path("/")) if s.split != "test"]
+    cells, ok, _ = decode_all(rows, info.input_size)
+    nets = [load_checkpoint(r)[0].members for r in runs]
+    fold = np.array([rows[i].fold for i in ok])
+    probs = np.zeros((len(ok), len(info.classes)))
+    for k in (0, 1):
+        probs[fold == k] = np.mean([softmax(predict_logits(n[k], cells[fold == k], info.mean, info.std))
+                                    for n in nets], axis=0)
+    y = np.array([info.classes.index(rows[i].label) for i in ok])
+    cal = calibrate(np.log(np.clip(probs, 1e-12, None)), y, info.review_target_accuracy)
+    assert info.temperature == pytest.approx(cal.temperature, rel=1e-4)
+    assert info.review_threshold == pytest.approx(cal.review_threshold, abs=1e-4)
+    assert json.loads((tmp_path / "ens" / "val_metrics.json").read_text())["n"] == len(ok)
+    (runs[1] / "ensemble.pt").unlink()  # its best.pt: one network for the manifest's two folds
+    with pytest.raises(WbcError, match=r"cvB: 1 networks for its manifest's 2 cross-validation folds"):
+        run_ensemble(runs, tmp_path / "ens2", console=Console(quiet=True))
+
+
+def test_ensemble_never_overwrites_a_run_counts_a_run_once_and_leaves_no_stale_test_score(synthetic_run: Path,
+                                                                                          tmp_path: Path) -> None:
+    """`wbc ensemble A B -o A` replaced run A's model (and its added ensemble.pt became what `wbc export A` loads); a
+    run given twice, or a copy of one, was counted twice; a --no-test ensemble kept the previous one's test score."""
+    import shutil
+
+    from rich.console import Console
+
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_ensemble
+
+    quiet = Console(quiet=True)
+    b = _copy_run(synthetic_run, tmp_path / "b", seed=1)
+    before = {p.name: p.read_bytes() for p in b.iterdir()}
+    with pytest.raises(WbcError, match="b: --output is one of the runs"):
+        run_ensemble([synthetic_run, b], b, console=quiet)
+    with pytest.raises(WbcError, match="b: given twice"):
+        run_ensemble([b, synthetic_run, b], tmp_path / "ens", console=quiet)
+    copy = shutil.copytree(b, tmp_path / "copy")
+    with pytest.raises(WbcError, match=r"copy: holds the same network as .*b"):
+        run_ensemble([b, copy], tmp_path / "ens", console=quiet)
+    with pytest.raises(WbcError, match="copy: holds a training run"):
+        run_ensemble([synthetic_run, b], copy, console=quiet)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(WbcError, match="afile: is a file"):
+        run_ensemble([synthetic_run, b], tmp_path / "afile", console=quiet)
+    assert {p.name: p.read_bytes() for p in b.iterdir()} == before and not (tmp_path / "ens").exists()
+    run_ensemble([synthetic_run, b], tmp_path / "ens", console=quiet)
+    assert (tmp_path / "ens" / "test_metrics.json").is_file()
+    run_ensemble([synthetic_run, b], tmp_path / "ens", console=quiet, score_test=False)
+    assert not (tmp_path / "ens" / "test_metrics.json").exists()
+
+
+def test_ensemble_of_two_architectures_or_an_unreadable_config_is_one_line(synthetic_run: Path,
+                                                                           tmp_path: Path) -> None:
+    """Runs of two architectures failed inside torch after every val image was decoded; a first run without (or with
+    a broken) config.json gave a FileNotFoundError or JSONDecodeError; a mismatch named neither run nor field."""
+    import torch
+    from rich.console import Console
+
+    from wbc.errors import WbcError
+    from wbc.model import ModelInfo
+    from wbc.train.export import load_checkpoint
+    from wbc.train.loop import run_ensemble
+    from wbc.train.models import create_model
+
+    quiet = Console(quiet=True)
+    other = _copy_run(synthetic_run, tmp_path / "resnet", seed=1)
+    ck = torch.load(other / "best.pt", map_location="cpu", weights_only=False)
+    net = create_model("resnet50", len(ModelInfo.from_json(ck["info"]).classes), pretrained=False)
+    torch.save({**ck, "model": net.state_dict(), "arch": "resnet50"}, other / "best.pt")
+    with pytest.raises(WbcError, match=r"resnet: architecture resnet50, .*synth: small_cnn; an ensemble needs one"):
+        run_ensemble([synthetic_run, other], tmp_path / "ens", console=quiet)
+    odd = _copy_run(synthetic_run, tmp_path / "odd", seed=2)
+    ck = torch.load(odd / "best.pt", map_location="cpu", weights_only=False)
+    info = ModelInfo.from_json(ck["info"])
+    info.mean = [0.4, 0.4, 0.4]
+    bare = ModelInfo.from_json(ck["info"])
+    bare.extra.pop("config")
+    torch.save({**ck, "info": info.to_json()}, odd / "best.pt")
+    with pytest.raises(WbcError, match=r"odd: mean \[0.4, 0.4, 0.4\], .*synth: \["):
+        run_ensemble([synthetic_run, odd], tmp_path / "ens", console=quiet)
+    # the config inside the checkpoint serves when config.json is gone; without either, one line
+    from wbc.train.loop import _run_config
+
+    (odd / "config.json").unlink()
+    assert json.loads(json.dumps(_run_config(odd, load_checkpoint(synthetic_run)[1]).to_dict())) == json.loads(
+        (synthetic_run / "config.json").read_text())
+    with pytest.raises(WbcError, match=r"odd/config.json: unreadable run config"):
+        _run_config(odd, bare)
+    (odd / "config.json").write_text('{"epochs": "x"')
+    with pytest.raises(WbcError, match=r"odd/config.json: unreadable run config"):
+        _run_config(odd, bare)
+    torch.save({**ck, "info": bare.to_json()}, odd / "best.pt")
+    with pytest.raises(WbcError, match=r"odd/config.json: unreadable run config"):
+        run_ensemble([odd, synthetic_run], tmp_path / "ens", console=quiet)
+
+
 def test_quantize_keeps_predictions_and_refits_calibration(synthetic_run: Path, tmp_path: Path) -> None:
     import onnx
 

@@ -34,7 +34,7 @@ from wbc.config import TrainConfig
 from wbc.data import Sample, read_manifest, scan_folder, stratified_split, write_manifest
 from wbc.errors import WbcError
 from wbc.evaluate.metrics import summary_metrics
-from wbc.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from wbc.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, check_output_file
 from wbc.labels import CLASSES
 from wbc.model import ModelInfo, Preprocessing, softmax
 from wbc.paths import data_root as default_data_root
@@ -647,17 +647,20 @@ def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, s
 
 def finalise_info(
     cfg: TrainConfig, classes: list[str], mean, std, val_logits: np.ndarray, val_labels: np.ndarray,
-    samples: list[Sample], root: Path,
+    samples: list[Sample], root: Path, members: int | None = None,
 ) -> ModelInfo:
-    """Metadata for export: temperature and review threshold fitted on validation data."""
+    """Metadata for export: temperature and review threshold fitted on validation data. ``members``: how many
+    networks a cross-validation ensemble holds, when not ``cfg.folds`` (`wbc ensemble` of several such runs)."""
     cal = calibrate(val_logits, val_labels, cfg.review_target_accuracy)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cv = cfg.folds > 1  # every non-test row trained K-1 members, and the validation answers are out-of-fold
     trained = ("train", "val") if cv else ("train",)
     counts = {c: sum(1 for s in samples if s.label == c and s.split in trained) for c in classes}
     data_desc = Path(cfg.data).name
-    how = (f"{cfg.folds}-fold cross-validation ensemble ({cfg.folds} members) on the train and val splits" if cv
-           else "train split")
+    n = members or cfg.folds
+    runs = f"{n // cfg.folds} x " if cv and n != cfg.folds else ""
+    how = (f"{runs}{cfg.folds}-fold cross-validation ensemble{'s' if runs else ''} ({n} members) on the train and val "
+           "splits" if cv else "train split")
     start = f"; started from {Path(cfg.init_weights).name}" if cfg.init_weights else ""
     return ModelInfo(
         classes=classes, input_size=cfg.input_size, centre_crop=cfg.centre_crop, mean=list(mean), std=list(std),
@@ -673,13 +676,67 @@ def finalise_info(
     )
 
 
+def check_ensemble_output(runs: Sequence[str | os.PathLike[str]], out: Path) -> None:
+    """Refuse, before anything is loaded, an ensemble that would overwrite a run or count one twice: ``out`` one of
+    the ``runs`` (its model.onnx replaced, and the ensemble.pt added there is what `wbc export RUN` then loads), a
+    folder holding a training run, or a file; a run given twice (weighted double)."""
+    resolved = [Path(r).resolve() for r in runs]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            raise WbcError(f"{runs[i]}: given twice; each run is one member of the ensemble")
+    if out.resolve() in resolved:
+        raise WbcError(f"{out}: --output is one of the runs (its model would be replaced); give a new folder")
+    if out.exists() and not out.is_dir():
+        raise WbcError(f"{out}: is a file; --output is the folder the ensemble is written to")
+    if any((out / name).exists() for name in ("best.pt", "last.pt", "config.json")):
+        raise WbcError(f"{out}: holds a training run (its model would be replaced); give a new folder")
+
+
+def _run_config(run: str | os.PathLike[str], info: ModelInfo) -> TrainConfig:
+    """A run's training configuration: the one its checkpoint carries (``extra["config"]``), else its config.json."""
+    saved, where = info.extra.get("config"), Path(run) / "config.json"
+    if not isinstance(saved, dict):
+        try:
+            saved = json.loads(where.read_text())
+        except (OSError, ValueError) as exc:
+            raise WbcError(f"{where}: unreadable run config ({exc})") from None
+        if not isinstance(saved, dict):
+            raise WbcError(f"{where}: not a run config (a JSON object of training options)")
+    try:
+        return TrainConfig().updated({k: v for k, v in saved.items() if k != "extra"})
+    except WbcError as exc:
+        raise WbcError(f"{where}: {exc}") from None
+
+
+def _same_networks(runs: Sequence[str | os.PathLike[str]], nets: Sequence[Sequence[WbcNet]]) -> None:
+    """Refuse two runs holding one network (a copied run folder): it would be weighted double."""
+    import hashlib
+
+    seen: dict[str, int] = {}
+    for i, run_nets in enumerate(nets):
+        for net in run_nets:
+            digest = hashlib.sha1()
+            for t in net.state_dict().values():
+                digest.update(t.detach().cpu().numpy().tobytes())
+            j = seen.setdefault(digest.hexdigest(), i)
+            if j != i:
+                raise WbcError(f"{runs[i]}: holds the same network as {runs[j]}; each run is one member of the "
+                               "ensemble")
+
+
 def run_ensemble(
     runs: list[Path], out_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
     console: Console | None = None, score_test: bool = True,
 ) -> dict[str, Any]:
     """Combine finished runs that share one split into a mean-probability ensemble, calibrated on that
     split's validation images, exported as one ONNX model and scored on its test images (``score_test=False``:
-    held back, as in :func:`run_training`)."""
+    held back, as in :func:`run_training`).
+
+    Cross-validation runs (``--folds K``: the manifest's rows carry their folds, ``ensemble.pt`` one member per fold)
+    are calibrated out of fold, as :func:`run_training` calibrates one: each train or val row is scored by the
+    members that never trained on it (fold k's by every run's k-th member). Their val rows trained every other
+    member, so a calibration on them would be in-sample (a review threshold re-fitted so fell from 0.99 to 0.85).
+    """
     from wbc.train.export import load_checkpoint
 
     console = console or Console(stderr=True)
@@ -691,35 +748,60 @@ def run_ensemble(
             raise WbcError(f"{m.parent}: not a run folder (no manifest.csv)")
     if len({m.read_bytes() for m in manifests}) != 1:
         raise WbcError("the runs were trained on different splits; an ensemble needs one shared manifest.csv")
+    check_ensemble_output(runs, out)
     loaded = [load_checkpoint(r) for r in runs]
     infos = [i for _, i in loaded]
-    if any((i.classes, i.input_size, i.centre_crop, i.mean, i.std)
-           != (infos[0].classes, infos[0].input_size, infos[0].centre_crop, infos[0].mean, infos[0].std)
-           for i in infos):
-        raise WbcError("the runs differ in classes, input size, centre crop or normalisation")
-    members: list[WbcNet] = []
-    for net, _ in loaded:
-        members += [cast(WbcNet, m) for m in (net.members if isinstance(net, Ensemble) else [net])]
+    for run, info in zip(runs, infos, strict=True):
+        for field in ("classes", "input_size", "centre_crop", "mean", "std"):
+            if getattr(info, field) != getattr(infos[0], field):
+                raise WbcError(f"{run}: {field} {getattr(info, field)}, {runs[0]}: {getattr(infos[0], field)}; the "
+                               "runs of an ensemble must share it")
+    nets = [[cast(WbcNet, m) for m in (net.members if isinstance(net, Ensemble) else [net])] for net, _ in loaded]
+    arch = nets[0][0].arch
+    for run, run_nets in zip(runs, nets, strict=True):
+        other = next((m.arch for m in run_nets if m.arch != arch), None)
+        if other is not None:
+            raise WbcError(f"{run}: architecture {other}, {runs[0]}: {arch}; an ensemble needs one architecture")
+    _same_networks(runs, nets)
+    members = [m for run_nets in nets for m in run_nets]
     ensemble = Ensemble(members).eval()
-    cfg = TrainConfig().updated({k: v for k, v in json.loads((Path(runs[0]) / "config.json").read_text()).items()
-                                 if k != "extra"})
-    torch.set_num_threads(cfg.threads)
+    cfg = _run_config(runs[0], infos[0])
     samples = read_manifest(manifests[0], root=root)
+    folds = sorted({s.fold for s in samples if s.fold >= 0 and s.split != "test"})
+    for run, run_nets in zip(runs, nets, strict=True):
+        if folds and folds != list(range(len(run_nets))):
+            raise WbcError(f"{run}: {len(run_nets)} networks for its manifest's {len(folds)} cross-validation folds; "
+                           "a cross-validation run's ensemble.pt holds one network per fold, in fold order")
+    cfg = cfg.updated({"folds": len(folds) if folds else 0})
+    check_output_file(out / "model.onnx")  # the runs are checked: now a folder that cannot be written, before decoding
+    torch.set_num_threads(cfg.threads)
     classes, size = infos[0].classes, infos[0].input_size
-    parts = {}
+    mean, std = infos[0].mean, infos[0].std
+    parts, fold_of = {}, np.zeros(0, int)
     for split in ("val", "test") if score_test else ("val",):
-        subset = [s for s in samples if s.split == split]
+        subset = [s for s in samples if (s.split != "test" if split == "val" and folds else s.split == split)]
         cache, ok, _ = decode_all(subset, size, workers=cfg.threads)
         parts[split] = Split(np.ascontiguousarray(centre_crop(cache, infos[0].centre_crop)),
                              np.array([classes.index(subset[i].label) for i in ok]))
-    mean, std = infos[0].mean, infos[0].std
-    val_logits = predict_logits(ensemble, parts["val"].images, mean, std)
-    info = finalise_info(cfg, classes, mean, std, val_logits, parts["val"].labels, samples, root)
-    info.architecture = f"ensemble of {len(members)} x {cfg.model}"
-    info.model_id = info.model_id.replace(f"wbc-{cfg.model}", f"wbc-ensemble{len(members)}-{cfg.model}")
+        if split == "val":
+            fold_of = np.array([subset[i].fold for i in ok])
+    if folds:  # out of fold: fold k's rows by every run's k-th member, as run_training calibrates one such run
+        probs = np.zeros((len(parts["val"]), len(classes)))
+        for k in folds:
+            rows = fold_of == k
+            probs[rows] = np.mean([softmax(predict_logits(run_nets[k], parts["val"].images[rows], mean, std))
+                                   for run_nets in nets], axis=0)
+        val_logits = np.log(np.clip(probs, 1e-12, None)).astype(np.float32)
+    else:
+        val_logits = predict_logits(ensemble, parts["val"].images, mean, std)
+    info = finalise_info(cfg, classes, mean, std, val_logits, parts["val"].labels, samples, root,
+                         members=len(members))
+    info.architecture = f"ensemble of {len(members)} x {arch}"
+    info.model_id = info.model_id.replace(f"wbc-{cfg.model}", f"wbc-ensemble{len(members)}-{arch}")
     info.extra["members"] = [str(r) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
-    save_atomic({"members": [m.state_dict() for m in members], "arch": cfg.model, "dropout": cfg.dropout,
+    (out / "test_metrics.json").unlink(missing_ok=True)  # never another model's test score beside this one
+    save_atomic({"members": [m.state_dict() for m in members], "arch": arch, "dropout": cfg.dropout,
                  "info": info.to_json()}, out / "ensemble.pt")
     atomic_write_bytes(out / "manifest.csv", manifests[0].read_bytes())
     check = cells_to_batch(parts["val"].images[:8], mean, std)
