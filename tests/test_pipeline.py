@@ -71,6 +71,35 @@ def test_export_command_and_resume(synthetic_run: Path, tmp_path: Path) -> None:
     assert r.returncode == 1 and "--resume" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_export_checks_its_output_first_and_never_writes_over_the_checkpoint(synthetic_run: Path,
+                                                                             tmp_path: Path) -> None:
+    """`wbc export` and `wbc ensemble` checked --output only after the work (tracebacks: a folder, a path under a
+    file), and `wbc export RUN/best.pt -o RUN/best.pt` replaced the trained weights with ONNX bytes."""
+    r = run_wbc("export", str(synthetic_run), "--output", str(tmp_path))
+    assert r.returncode == 1 and "is a folder" in r.stderr and "Traceback" not in r.stderr
+    best = synthetic_run / "best.pt"
+    weights = best.read_bytes()
+    r = run_wbc("export", str(best), "--output", str(best))
+    assert r.returncode == 1 and "best.pt: --output must be an .onnx file" in r.stderr and "Traceback" not in r.stderr
+    assert best.read_bytes() == weights
+    (tmp_path / "afile").write_text("x")
+    r = run_wbc("export", str(synthetic_run), "--output", str(tmp_path / "afile" / "m.onnx"))
+    assert r.returncode == 1 and "afile is a file" in r.stderr and "Traceback" not in r.stderr
+    other = _copy_run(synthetic_run, tmp_path / "other", seed=1)
+    r = run_wbc("ensemble", str(synthetic_run), str(other), "--output", str(tmp_path / "afile"))
+    assert r.returncode == 1 and "afile: is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_of_one_checkpoint_is_the_same_bytes_each_time(synthetic_run: Path, tmp_path: Path) -> None:
+    """The parity check's input was unseeded, so its difference (stored in the metadata) and the file's SHA-1 changed
+    from export to export, and `wbc analyze` redid every field after the same checkpoint was exported again."""
+    from wbc.train.export import export_checkpoint
+
+    export_checkpoint(synthetic_run, tmp_path / "a.onnx")
+    export_checkpoint(synthetic_run, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
 class _Stop(Exception):
     pass
 

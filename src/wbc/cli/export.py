@@ -19,6 +19,12 @@ def export(
     opset: Annotated[int, typer.Option(min=17)] = 17,
 ) -> None:
     """Export a trained checkpoint to ONNX (+ metadata) and check it against PyTorch."""
+    from wbc.io import check_output_file
+
+    # before torch is loaded: a bad path fails at once, in one line, and never over the checkpoint itself
+    if output.suffix.lower() != ".onnx" and not output.is_dir():
+        raise WbcError(f"{output}: --output must be an .onnx file (a checkpoint there would be replaced)")
+    check_output_file(output)
     try:
         from wbc.train.export import export_checkpoint
     except ImportError as exc:

@@ -45,6 +45,11 @@ def parity(onnx_bytes: bytes, net: WbcNet | Ensemble, x: torch.Tensor) -> float:
     return float(np.abs(got - want).max())
 
 
+def parity_input(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """``n`` seeded random network inputs (N, 3, size, size) in [-2, 2), for :func:`parity`."""
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 4 - 2
+
+
 def export_model(
     net: WbcNet | Ensemble, info: ModelInfo, path: str | os.PathLike[str], check_input: torch.Tensor,
     opset: int = 17,
@@ -91,5 +96,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Mo
 
 def export_checkpoint(path: str | os.PathLike[str], output: str | os.PathLike[str], opset: int = 17) -> float:
     net, info = load_checkpoint(path)
-    x = torch.rand(4, 3, info.network_size, info.network_size) * 4 - 2
+    # a seeded parity input: its difference is stored in the metadata, so one checkpoint exports to the same bytes
+    # (wbc analyze redoes every field of a model whose file SHA-1 changed)
+    x = parity_input(4, info.network_size)
     return export_model(net, info, output, x, opset)

@@ -283,7 +283,7 @@ def adapt_finetune(
     from wbc.preprocess import centre_crop
     from wbc.reframe import framing_stats_of
     from wbc.stain import normalise_batch
-    from wbc.train.export import export_model
+    from wbc.train.export import export_model, parity_input
 
     tta = checked_tta_views(tta)
     t0 = time.perf_counter()
@@ -377,7 +377,7 @@ def adapt_finetune(
     weights = b"".join(t.detach().cpu().numpy().tobytes() for t in final.state_dict().values())
     info.model_id = (f"{clf.model_id}+finetune" + (f"x{members}" if members > 1 else "")
                      + f"-{adaptation_hash(info, weights)}")
-    export_model(final, info, out, torch.rand(2, 3, info.network_size, info.network_size) * 4 - 2)
+    export_model(final, info, out, parity_input(2, info.network_size))  # seeded: the same adaptation, the same bytes
     # the tuned weights beside the model, as the shipped model has them: the output can be adapted again
     save_weights(final, _arch(net), info, out.with_suffix(".pt"))
     res.output = str(out)
