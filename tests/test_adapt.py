@@ -340,6 +340,30 @@ def test_pick_cells_labels_each_kind_once_and_adapt_reads_its_filled_in_manifest
     assert skipped == [f"{out}: 1 of 3 rows have no label"]
 
 
+def test_pick_cells_never_writes_over_a_filled_in_label_file(tmp_path: Path, model_path: Path) -> None:
+    """Run again with the same --output (say with a larger --n), `wbc pick-cells` replaced the labels a hematologist
+    had filled in with empty ones; a file with labels is now refused before any work, one with none rewritten."""
+    import csv
+
+    from wbc.cli import app
+
+    folder = write_lab_folder(tmp_path / "lab", n_per_class=2, seed=0)
+    out = tmp_path / "to_label.csv"
+    args = ["pick-cells", str(folder), "--model", str(model_path), "--n", "2", "-o", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0  # nothing labelled yet: written again
+    rows = list(csv.DictReader(out.open()))
+    rows[0]["label"] = "neutrophil"
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    filled = out.read_bytes()
+    res = CliRunner().invoke(app, [*args[:-4], "--n", "3", "-o", str(out)])
+    assert res.exit_code == 1 and "to_label.csv: already holds 1 labels" in str(res.exception or res.output)
+    assert out.read_bytes() == filled
+
+
 def test_adapt_reads_a_labs_own_folder_names_and_names_the_folders_it_cannot(tmp_path: Path) -> None:
     """LISC's class folders (``eosi``, ``lymp``, ``mixt``): the first two are classes, the third is none and is
     reported with the --map that would name it, never dropped in silence."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,21 @@ import typer
 
 from wbc.cli._app import app
 from wbc.cli._common import ModelOpt, ThreadsOpt, note_foreign_images, say, warn_skipped
+from wbc.errors import WbcError
+
+
+def refuse_filled_in(output: Path) -> None:
+    """Refuse to write over a label file that has been filled in: the CSV this command writes is the one a
+    hematologist spends time labelling, and a second run (say with a larger ``--n``) replaced it with empty labels."""
+    if not output.is_file():
+        return
+    try:
+        with output.open(newline="", encoding="utf-8", errors="replace") as fh:
+            labelled = sum(1 for row in csv.DictReader(fh) if (row.get("label") or "").strip())
+    except (OSError, csv.Error) as exc:
+        raise WbcError(f"{output}: cannot read the file to be replaced ({exc}); give another --output") from None
+    if labelled:
+        raise WbcError(f"{output}: already holds {labelled} labels; give another --output (or delete the file)")
 
 
 @app.command("pick-cells")
@@ -35,6 +51,7 @@ def pick_cells(
     for path in (output, report):  # before any work: a bad path fails at once
         if path is not None:
             check_output_file(path)
+    refuse_filled_in(output)
     note_foreign_images([data])
     res = pick(model, data, n=n, rule=rule, seed=seed, threads=threads, max_cells=max_cells)
     warn_skipped(res.skipped)
