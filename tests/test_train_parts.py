@@ -73,6 +73,18 @@ def test_training_normalisation_equals_inference_preprocessing() -> None:
     np.testing.assert_allclose(a, prepare_batch(cells, mean, std), atol=1e-6)
 
 
+def test_models_without_the_train_extra_is_one_line(tmp_path) -> None:
+    """`wbc models` without torch gave a traceback; `wbc export` and `wbc ensemble` say so in one line."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["torch"] = None\n')  # torch not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "wbc", "models"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "wbc models needs the train extra" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_registry_lists_and_rejects() -> None:
     from wbc.train.models import create_model, list_models
 

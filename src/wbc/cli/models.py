@@ -5,12 +5,16 @@ from __future__ import annotations
 import typer
 
 from wbc.cli._app import app
+from wbc.errors import WbcError
 
 
 @app.command("models")
 def list_models_cmd() -> None:
     """List the registered network architectures."""
-    from wbc.train.models import list_models
+    try:  # the registry builds torch networks: an install without the train extra gets one line, as `wbc export`
+        from wbc.train.models import list_models
+    except ImportError as exc:
+        raise WbcError(f"wbc models needs the train extra: pip install -e '.[train]' ({exc})") from None
 
     for name, desc in list_models().items():
         typer.echo(f"{name:<20}{desc}")
