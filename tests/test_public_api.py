@@ -11,10 +11,13 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import wbc
+import wbc.analyze
 import wbc.errors
+import wbc.model
 from wbc.io import write_image
 from wbc.synthetic import synthetic_cell, synthetic_smear
 
@@ -128,3 +131,99 @@ def test_analyze_images_says_a_tiff_holds_more_fields(tmp_path: Path) -> None:
     assert tiff.image == "slide.tif" and tiff.cells
     assert any("the file holds 3 images; only the first was analysed" in w for w in tiff.warnings)
     assert not any("only the first" in w for w in png.warnings)
+
+
+# Contracts an integrator relies on (the pyapi review of wbc 0.29.0): each test failed before wbc 0.30.0.
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clf() -> wbc.model.Classifier:
+    return wbc.load_model(threads=1)
+
+
+@pytest.fixture(scope="module")
+def seg() -> object:
+    return wbc.load_segmenter("classical", threads=1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda c: c.astype(np.float32) / 255,  # answered as near-black: platelet
+    lambda c: c.astype(np.uint16) * 257,  # answered as blown out: monocyte 0.99
+    lambda c: c[..., :1],  # one channel
+    lambda c: c[0],  # one cell without the batch axis
+    lambda c: c[:, :-8, :-8],  # not at the model's input size
+    lambda c: [c[0], c[0, :-8]],  # a list of cells of different sizes
+], ids=["float01", "uint16", "one_channel", "no_batch_axis", "wrong_size", "ragged_list"])
+def test_classifier_refuses_cells_that_are_not_uint8_rgb_batches(clf, make) -> None:
+    cells = synthetic_cell("neutrophil", size=clf.info.input_size, seed=0)[None]
+    with pytest.raises(wbc.errors.ImageReadError, match=r"^cells: expected uint8 RGB cells \(N x \d+ x \d+ x 3\)"):
+        clf.predict_proba(make(cells))
+    with pytest.raises(wbc.errors.ImageReadError, match="uint8"):
+        clf.run(make(cells))
+    assert clf.predict_proba([cells[0], cells[0]]).shape == (2, len(clf.classes))  # a list of uint8 cells: answered
+    assert clf.predict_proba([]).shape == (0, len(clf.classes))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_prepare_cell_refuses_what_is_not_an_8bit_rgb_image(dtype) -> None:
+    """``prepare_cell`` crashed inside OpenCV on float 0-1 and answered 16-bit cells with a confident wrong class."""
+    from wbc.classify import prepare_cell
+
+    with pytest.raises(wbc.errors.ImageReadError, match=r"^the image: expected an 8-bit RGB array"):
+        prepare_cell(synthetic_cell("neutrophil", size=120, seed=0).astype(dtype), 96)
+
+
+def test_predict_proba_answers_within_the_label_set(clf) -> None:
+    """``with_classes`` promises answers only among its classes; ``predict_proba`` still named platelet."""
+    from wbc.classify import predict_cells
+
+    five = clf.with_classes("5part")
+    cells = np.stack([synthetic_cell(c, size=clf.info.input_size, seed=0) for c in ("platelet", "neutrophil")])
+    p = five.predict_proba(cells)
+    outside = [i for i, c in enumerate(clf.classes) if c not in five.label_set]
+    assert np.all(p[:, outside] == 0) and np.allclose(p.sum(1), 1)
+    preds, _ = predict_cells(five.with_tta(1), cells, classes=five.label_set)  # the same answer classify gives
+    assert [clf.classes[k] for k in p.argmax(1)] == [q.label for q in preds]
+    assert clf.predict_proba(cells)[:, outside].sum() > 0  # no label set: every class, as before
+
+
+def test_array_refusal_without_a_name_reads_as_a_sentence(seg) -> None:
+    """An array refused without ``name`` gave a message starting with ": "."""
+    from wbc.analyze import analyze_image, check_colour
+
+    with pytest.raises(wbc.errors.ImageReadError, match=r"^the image: expected an 8-bit RGB array"):
+        analyze_image(np.zeros((64, 64), np.uint8), None, seg)
+    with pytest.raises(wbc.errors.ImageReadError, match=r"^the image: a grey image"):
+        check_colour(np.full((64, 64, 3), 200, np.uint8))
+
+
+@pytest.mark.parametrize("call", [
+    lambda clf: wbc.load_model(threads="2"),  # TypeError in max()
+    lambda clf: clf.with_tta("x"),  # ValueError in int()
+    lambda clf: clf.with_tta(2.7),  # silently 2 views
+    lambda clf: wbc.classify_images([], clf, batch_size=0),  # ValueError in range()
+    lambda clf: clf.predict_proba(np.zeros((1, 8, 8, 3), np.uint8), batch_size=0),
+], ids=["threads_str", "tta_str", "tta_float", "batch_size_0", "predict_proba_batch_size_0"])
+def test_a_wrong_argument_is_a_one_line_error_naming_it(clf, call) -> None:
+    with pytest.raises(wbc.errors.WbcError, match=r"^(threads|tta|batch_size) .*: must be a whole number"):
+        call(clf)
+
+
+def test_python_errors_name_keywords_not_command_line_flags(clf) -> None:
+    """Python callers were told about ``--tta`` and ``--classes``; the message names the keyword (the flag's name
+    without dashes, so the command line's user still finds it)."""
+    with pytest.raises(wbc.errors.ModelError, match=r"^tta 0: must be a whole number between 1 and 8"):
+        clf.with_tta(0)
+    with pytest.raises(wbc.errors.WbcError, match=r"^classes: 'bogus' is not a class of this model"):
+        clf.with_classes("bogus")
+    assert clf.with_tta(2.0).tta == 2
+
+
+def test_python_docs_record_the_segmenter_and_say_arrays_are_rgb() -> None:
+    """docs/review.md's case example stored no segmenter (its report said "Segmenter: not recorded"), and no doc said
+    that ``cv2.imread``'s BGR arrays are answered wrongly without a word."""
+    review = (ROOT / "docs" / "review.md").read_text()
+    assert "create_case_from_fields(store, \"S-2026-0142\", fields, clf, segmenter_id=seg.model_id)" in review
+    assert "cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)" in (ROOT / "docs" / "smear_analysis.md").read_text()

@@ -17,7 +17,7 @@ from wbc.cytoplasm import cytoplasm_evidence, field_colours
 from wbc.errors import ImageReadError
 from wbc.io import MAX_PIXELS, decode_image, pages_warning, tiff_fields
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS, smear_classes
-from wbc.preprocess import canvas_box, field_stop_mask, fill_field_stop, not_a_photo
+from wbc.preprocess import canvas_box, check_rgb8, field_stop_mask, fill_field_stop, not_a_photo
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell, SmearResult
 
@@ -40,10 +40,8 @@ def check_field(rgb: np.ndarray, name: str = "") -> None:
     drawing, a blank frame, :func:`wbc.preprocess.not_a_photo`), with a message naming the file. The segmenters'
     thresholds are in 8-bit levels of three colour channels: a 16-bit array gave other cells and labels, a float one
     was "too dark"; :func:`wbc.io.read_image` converts files."""
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        raise ImageReadError(f"{name}: expected an 8-bit RGB array (uint8, height x width x 3), got {got}; read "
-                             "image files with wbc.io.read_image, which converts grey, 16-bit and RGBA")
+    name = name or "the image"  # an array given without a name: not a message starting with ": "
+    check_rgb8(rgb, name)
     h, w = rgb.shape[:2]
     if h * w > MAX_ANALYZE_PIXELS:
         raise ImageReadError(
@@ -88,6 +86,7 @@ def field_chroma(rgb: np.ndarray) -> float:
 def check_colour(rgb: np.ndarray, name: str = "") -> None:
     """Refuse a grey field (:data:`MIN_FIELD_CHROMA`) with a message naming the file: it cannot be analysed, and its
     empty result would be read as a field without WBCs."""
+    name = name or "the image"
     if (chroma := field_chroma(rgb)) < MIN_FIELD_CHROMA:
         raise ImageReadError(
             f"{name}: a grey image (its stain colours measure {chroma:.0f}, stained smears 87 and more, "
@@ -208,7 +207,7 @@ def analyze_image(
     check_field(rgb, name)
     field, (dx, dy) = within_canvas(rgb)
     if field is not rgb:  # the field itself must pass too: a 24 px field on a 400 px page was segmented
-        check_field(field, f"{name} (the field within its canvas)")
+        check_field(field, f"{name or 'the image'} (the field within its canvas)")
     check_colour(field, name)
     cells = segmenter.segment(field)
     calibration = classify_cells(field, cells, classifier) if classifier is not None else None

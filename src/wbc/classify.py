@@ -18,11 +18,11 @@ import numpy as np
 
 from wbc.calibration import under_review
 from wbc.cytoplasm import Evidence, single_cell_evidence
-from wbc.errors import ImageReadError, ImageTooLargeError
+from wbc.errors import ImageReadError, ImageTooLargeError, checked_whole
 from wbc.io import decode_image, image_size, read_bytes
 from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
-from wbc.preprocess import field_of_view, not_a_photo, resize_square, scaled_view
+from wbc.preprocess import check_rgb8, field_of_view, not_a_photo, resize_square, scaled_view
 from wbc.protocols import ClassifierLike
 from wbc.reframe import (
     DEFAULT_STATS,
@@ -413,7 +413,10 @@ def prepare_cell_views(rgb: np.ndarray, size: int, reframe: bool | FramingStats 
                        full: FullImage | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`prepare_cell`, and (``second``, re-framing on) the cell re-framed to the training crops' nucleus
     fraction when its framing is ambiguous, else None (:func:`wbc.reframe.frame_cell_views`):
-    :func:`predict_cells` averages the two. ``full``: the file ``rgb`` was decoded from at a reduced size."""
+    :func:`predict_cells` averages the two. ``full``: the file ``rgb`` was decoded from at a reduced size. Anything
+    but an 8-bit RGB array is refused (:func:`wbc.preprocess.check_rgb8`): float 0-1 failed inside OpenCV, and
+    16-bit was answered with a confident wrong class."""
+    check_rgb8(rgb)
     if reframe is False:
         return resize_square(rgb, size), None
     return _framed_views(rgb, field_of_view(rgb), size, reframe, second, full)
@@ -523,8 +526,11 @@ def classify_paths(
     ``progress``: an optional callable ``progress(n_done)`` for progress bars. ``reframe`` (default on):
     cells framed unlike the training crops are re-framed first (:mod:`wbc.reframe`). ``classes``: restrict the
     answer to a label set (``"5part"``, ``"neutrophil,lymphocyte"``, or names; see
-    :func:`wbc.labels.parse_class_set`).
+    :func:`wbc.labels.parse_class_set`). A ``batch_size`` or ``workers`` that is no whole number (0 batch size: it
+    failed in ``range()``) is a one-line :class:`wbc.errors.WbcError`.
     """
+    batch_size = checked_whole(batch_size, "batch_size", 1, meaning="cells a network call takes")
+    workers = checked_whole(workers, "workers", 0, meaning="threads decoding the files; 0 is taken as 1")
     allowed = parse_class_set(classes, classifier.classes)
     framing = framing_stats_of(classifier) if reframe else False
     files = [Path(p) for p in paths]

@@ -295,7 +295,7 @@ class CellClassifier:
 
         names = [str(p) for p in batch["path"]]
         files = [str(f) for f in batch["file"]] if "file" in batch else names  # absolute: see classify_paths_ray
-        res = classify_paths(files, self.classifier, batch_size=len(files), workers=1, **self.options)
+        res = classify_paths(files, self.classifier, batch_size=max(1, len(files)), workers=1, **self.options)
         by_file = {p.path: p for p in res.predictions}
         errors = dict(res.errors)
         pairs = list(zip(files, names, strict=True))

@@ -210,7 +210,7 @@ def parse_class_set(spec: str | Sequence[str] | None, available: Sequence[str]) 
         if name is None:
             name = item if item in available else None
         if name is None or name not in available:
-            raise WbcError(f"--classes: {item!r} is not a class of this model ({', '.join(available)}) "
+            raise WbcError(f"classes: {item!r} is not a class of this model ({', '.join(available)}) "
                            f"nor a named set ({', '.join(CLASS_SETS)})")
         wanted.add(name)
     return tuple(c for c in available if c in wanted)

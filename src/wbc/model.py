@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from wbc.errors import ModelError, WbcError
+from wbc.errors import ModelError, WbcError, checked_whole
 from wbc.io import atomic_write_bytes, atomic_write_text
 from wbc.paths import DEFAULT_MODEL
-from wbc.preprocess import centre_crop, prepare_batch
+from wbc.preprocess import centre_crop, checked_cells, prepare_batch
 from wbc.runtime import SessionGroup
 
 METADATA_KEY = "wbc"
@@ -308,14 +308,14 @@ UNSURE_TTA_VIEWS = 4
 
 
 def checked_tta_views(views: int) -> int:
-    """``views`` as an int, if it is a number of flips/rotations to average (1-8); else a one-line error.
+    """``views`` as an int, if it is a number of flips/rotations to average (1-8); else a one-line error naming
+    ``tta`` (``--tta`` on the command line, ``tta=`` / :meth:`Classifier.with_tta` in Python). Since wbc 0.30.0
+    2.7 is refused, not taken as 2.
 
     >>> checked_tta_views(4)
     4
     """
-    if not 1 <= int(views) <= 8:
-        raise ModelError(f"--tta {views}: views must be between 1 and 8")
-    return int(views)
+    return checked_whole(views, "tta", 1, 8, "the flips/rotations to average", ModelError)
 
 
 class Classifier:
@@ -460,7 +460,11 @@ class Classifier:
 
         The one place inference preprocessing happens: the stain normalisation in the metadata
         (``info.preprocessing.stain``, see :mod:`wbc.stain`), then the ``centre_crop``, then the normalisation.
+        Anything but uint8 (N, S, S, 3) is refused (:func:`wbc.preprocess.checked_cells`): float 0-1 or 16-bit cells
+        were answered as if near-black or blown out, a confident wrong class. RGB order cannot be checked: a BGR
+        cell (``cv2.imread``) is answered wrongly without a word.
         """
+        cells = checked_cells(cells, self.info.input_size)
         stain = self.info.preprocessing.stain
         if stain:
             from wbc.stain import normalise_batch
@@ -484,8 +488,16 @@ class Classifier:
         return res
 
     def predict_proba(self, cells: np.ndarray | list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Calibrated class probabilities (N, C) for uint8 RGB cells at ``input_size``."""
-        out = [class_probabilities(self.run(cells[i : i + batch_size])["logits"], self.info)
+        """Calibrated class probabilities (N, C) for uint8 RGB cells at ``input_size``, within :attr:`label_set`
+        (:meth:`with_classes`; the other classes 0, the rest renormalised, the lab's class prior for that set) as
+        :func:`wbc.classify.predict_cells` answers; before wbc 0.30.0 over every class whatever the label set.
+        One view per cell, without the re-framing or the other evidence ``predict_cells`` weighs in."""
+        from wbc.labels import restrict_probabilities
+
+        batch_size = checked_whole(batch_size, "batch_size", 1)
+        cells = checked_cells(cells, self.info.input_size)
+        out = [restrict_probabilities(class_probabilities(self.run(cells[i : i + batch_size])["logits"], self.info,
+                                                          self.label_set), self.classes, self.label_set)[0]
                for i in range(0, len(cells), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 

@@ -12,7 +12,51 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from wbc.errors import ImageReadError
 from wbc.io import read_image
+
+
+def check_rgb8(rgb: object, name: str = "") -> None:
+    """Refuse anything but an 8-bit RGB array (height x width x 3) with a message naming ``name`` (default "the
+    image"): thresholds and networks work in 8-bit levels of three channels, so a float 0-1 image read as near-black,
+    a 16-bit one as blown out, and neither was refused. The channels' order cannot be checked: a BGR array
+    (``cv2.imread``) is taken as RGB, and needs ``cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)`` first.
+
+    >>> check_rgb8(np.zeros((8, 8), np.uint8))
+    Traceback (most recent call last):
+    wbc.errors.ImageReadError: the image: expected an 8-bit RGB array (uint8, height x width x 3), got uint8 (8, 8); \
+read image files with wbc.io.read_image, which converts grey, 16-bit and RGBA
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ImageReadError(f"{name or 'the image'}: expected an 8-bit RGB array (uint8, height x width x 3), got "
+                             f"{got}; read image files with wbc.io.read_image, which converts grey, 16-bit and RGBA")
+
+
+def checked_cells(cells: np.ndarray | Sequence[np.ndarray], size: int) -> np.ndarray:
+    """``cells`` as one uint8 array (N, ``size``, ``size``, 3), or a one-line :class:`~wbc.errors.ImageReadError`:
+    a classifier's input was only cast to float, so float 0-1 cells were answered as near-black, 16-bit ones as blown
+    out (a confident wrong class), and a wrong shape failed deep in numpy or ONNX Runtime.
+
+    >>> checked_cells([np.zeros((4, 4, 3), np.uint8)], 4).shape
+    (1, 4, 4, 3)
+    >>> checked_cells(np.zeros((1, 4, 4, 3), np.float32), 4)
+    Traceback (most recent call last):
+    wbc.errors.ImageReadError: cells: expected uint8 RGB cells (N x 4 x 4 x 3), got float32 (1, 4, 4, 3); \
+wbc.classify.prepare_cell makes them from any 8-bit RGB image
+    """
+    want = f"cells: expected uint8 RGB cells (N x {size} x {size} x 3), got"
+    how = "wbc.classify.prepare_cell makes them from any 8-bit RGB image"
+    if isinstance(cells, np.ndarray):
+        arr = cells
+    else:
+        items = [np.asarray(c) for c in cells]
+        if len({(a.dtype, a.shape) for a in items}) > 1:
+            raise ImageReadError(f"{want} cells of different types or shapes; {how}")
+        arr = np.stack(items) if items else np.zeros((0, size, size, 3), np.uint8)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (size, size, 3):
+        raise ImageReadError(f"{want} {arr.dtype} {arr.shape}; {how}")
+    return arr
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:

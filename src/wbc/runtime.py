@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wbc.errors import ModelError
+from wbc.errors import ModelError, checked_whole
 
 if TYPE_CHECKING:
     import onnxruntime as ort
     from threadpoolctl import ThreadpoolController
+
+#: What ``threads`` means in its error message (``load_model(threads=...)``, ``--threads``).
+THREADS_MEANING = "the cores a network runs on; 0 is taken as 1"
 
 
 def ort_session(source: str | os.PathLike[str] | bytes, threads: int = 1, *, spin: bool = True) -> ort.InferenceSession:
@@ -37,7 +40,7 @@ def ort_session(source: str | os.PathLike[str] | bytes, threads: int = 1, *, spi
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, threads)
+    opts.intra_op_num_threads = max(1, checked_whole(threads, "threads", 0, meaning=THREADS_MEANING))
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spin:
@@ -75,6 +78,7 @@ class SessionGroup:
     """
 
     def __init__(self, source: str | os.PathLike[str] | bytes, threads: int = 2) -> None:
+        threads = checked_whole(threads, "threads", 0, meaning=THREADS_MEANING)  # "2" failed in max()
         self.sessions = [ort_session(source, 1, spin=False) for _ in range(max(1, threads))]
         self.input_name = self.sessions[0].get_inputs()[0].name
         self._pool = ThreadPoolExecutor(len(self.sessions) - 1) if len(self.sessions) > 1 else None
