@@ -18,7 +18,8 @@ import wbc
 import wbc.analyze
 import wbc.errors
 import wbc.model
-from wbc.io import write_image
+from wbc.examples import example_fields
+from wbc.io import read_image, write_image
 from wbc.synthetic import synthetic_cell, synthetic_smear
 
 #: Submodules that need optional extras (torch, ray, ...) are imported when their extra is installed.
@@ -148,6 +149,22 @@ def seg() -> object:
     return wbc.load_segmenter("classical", threads=1)
 
 
+def test_analyze_images_keeps_the_other_fields_results(tmp_path: Path, clf, seg) -> None:
+    """One grey field in a list lost every other field's result; with ``errors=`` it is listed and the rest answered,
+    and without it the call still raises, as before (a short list is never taken for a complete one)."""
+    good = tmp_path / "good.png"
+    write_image(good, synthetic_smear(n_wbc=1, seed=1)[0])
+    grey = tmp_path / "grey.png"  # a monochrome camera's field
+    write_image(grey, np.repeat(read_image(example_fields()[0]).mean(2, keepdims=True), 3, 2).astype(np.uint8))
+    errors: list[tuple[str, str]] = []
+    res = wbc.analyze_images([good, grey, tmp_path / "missing.png", good], clf, seg, errors=errors)
+    assert [r.image for r in res] == ["good.png", "good.png"]
+    assert [e[0] for e in errors] == [str(grey), str(tmp_path / "missing.png")]
+    assert errors[0][1].startswith("grey.png: a grey image") and "no such file" in errors[1][1]
+    with pytest.raises(wbc.errors.ImageReadError, match=r"grey\.png: a grey image"):
+        wbc.analyze_images([good, grey], clf, seg)
+
+
 @pytest.mark.parametrize("make", [
     lambda c: c.astype(np.float32) / 255,  # answered as near-black: platelet
     lambda c: c.astype(np.uint16) * 257,  # answered as blown out: monocyte 0.99
@@ -187,6 +204,53 @@ def test_predict_proba_answers_within_the_label_set(clf) -> None:
     preds, _ = predict_cells(five.with_tta(1), cells, classes=five.label_set)  # the same answer classify gives
     assert [clf.classes[k] for k in p.argmax(1)] == [q.label for q in preds]
     assert clf.predict_proba(cells)[:, outside].sum() > 0  # no label set: every class, as before
+
+
+def test_package_is_marked_typed() -> None:
+    """PEP 561: without ``py.typed`` shipped in the package, integrators' mypy/pyright treat all of wbc as untyped."""
+    import subprocess
+    import tomllib
+
+    assert (Path(wbc.__file__).parent / "py.typed").is_file()
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["wbc"]
+    assert "py.typed" in data
+    ignored = subprocess.run(["git", "check-ignore", "-q", "src/wbc/py.typed"], cwd=ROOT, check=False)
+    assert ignored.returncode != 0, "py.typed is git-ignored: a checkout would build a wheel without it"
+
+
+@pytest.mark.parametrize("fn", ["classify_images", "analyze_images"])
+@pytest.mark.parametrize("value", [np.zeros((64, 64, 3), np.uint8), b"\xff\xd8\xff", [np.zeros((64, 64, 3), np.uint8)],
+                                   None, [b"cell.png"]], ids=["ndarray", "bytes", "list_of_ndarray", "none",
+                                                              "list_of_bytes"])
+def test_public_functions_name_a_non_path_argument(fn, value, clf, seg) -> None:
+    """An array, bytes or PIL image where paths go failed inside pathlib with a TypeError that pointed nowhere."""
+    args = (value, clf) if fn == "classify_images" else (value, clf, seg)
+    with pytest.raises(wbc.errors.WbcError, match=r"^expected image file paths .*wbc\.analyze\.analyze_image"):
+        getattr(wbc, fn)(*args)
+
+
+def test_public_functions_take_a_generator_and_a_pil_image_is_refused(tmp_path: Path, clf, seg) -> None:
+    from PIL import Image
+
+    cell = tmp_path / "cell.png"
+    write_image(cell, synthetic_cell("neutrophil", size=96, seed=0))
+    assert [p.path for p in wbc.classify_images((c for c in [cell]), clf).predictions] == [str(cell)]
+    with pytest.raises(wbc.errors.WbcError, match="got PngImageFile"):
+        wbc.classify_images(Image.open(cell), clf)
+
+
+def test_result_types_name_the_json_they_have(clf, seg) -> None:
+    """``wbc.types`` said every result type has ``to_dict``; only ``Prediction`` does: it names the JSON a
+    SmearResult has, and that one is JSON."""
+    import json
+
+    import wbc.types as t
+    from wbc.formats import result_to_dict
+
+    doc = t.__doc__ or ""
+    assert "wbc.formats.result_to_dict" in doc and "Each has ``to_dict``" not in doc
+    smear = wbc.analyze.analyze_image(synthetic_smear(n_wbc=1, seed=1)[0], clf, seg, name="f.png")
+    assert json.loads(json.dumps(result_to_dict(smear, clf.classes)))["image"] == "f.png"
 
 
 def test_array_refusal_without_a_name_reads_as_a_sentence(seg) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.29.0"
@@ -61,34 +61,64 @@ def load_segmenter(method: str = "auto", path: str | os.PathLike[str] | None = N
     return get_segmenter(method, path, threads=threads, pixel_size=pixel_size)
 
 
-def _path_list(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
-    """``paths`` as a list: one path (a ``str`` is a sequence too, of its characters) becomes a list of one."""
-    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+def _path_list(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """``paths`` as a list: one path (a ``str`` is a sequence too, of its characters) becomes a list of one.
+    Anything else (a decoded image, a file's bytes, a PIL image, None) is a one-line :class:`wbc.errors.WbcError`
+    pointing to the functions that take it: before wbc 0.30.0 it failed inside pathlib with a TypeError."""
+    from wbc.errors import WbcError
+
+    def refused(value: object) -> WbcError:
+        return WbcError(f"expected image file paths (str or pathlib.Path), got {type(value).__name__}; for a "
+                        "decoded image use wbc.analyze.analyze_image, for a file's bytes wbc.analyze.analyze_bytes")
+
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    if isinstance(paths, (bytes, bytearray, memoryview)) or not isinstance(paths, Iterable):
+        raise refused(paths)
+    out = list(paths)
+    for p in out:
+        if not isinstance(p, (str, os.PathLike)):
+            raise refused(p)
+    return out
 
 
-def classify_images(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], model: Classifier | None = None,
+def classify_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], model: Classifier | None = None,
                     **kwargs: Any) -> ClassifyResult:
     """Classify single-cell image files (one path or a sequence of them); keyword arguments as
-    :func:`wbc.classify.classify_paths`."""
+    :func:`wbc.classify.classify_paths`. A file that cannot be read is listed in the result's ``errors``."""
     from wbc.classify import classify_paths
 
     return classify_paths(_path_list(paths), model or load_model(), **kwargs)
 
 
-def analyze_images(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], model: Classifier | None = None,
-                   segmenter: SegmenterLike | None = None) -> list[SmearResult]:
+def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], model: Classifier | None = None,
+                   segmenter: SegmenterLike | None = None, errors: list[tuple[str, str]] | None = None,
+                   ) -> list[SmearResult]:
     """Find, outline, classify and count the WBCs of each smear image (one path or a sequence of them; no files
     written).
 
-    An unreadable image raises :class:`wbc.errors.ImageReadError` naming the file; ``wbc analyze`` is the
-    batch tool that collects per-file errors instead. A TIFF of several fields is analysed on its first, and its
-    result's ``warnings`` say so.
+    An image that cannot be analysed (unreadable, grey, no photo) raises :class:`wbc.errors.ImageReadError` naming
+    the file, and the other fields' results are lost. Given a list as ``errors`` (since wbc 0.30.0), each such file
+    is appended to it as ``(path, message)``, as ``classify_images`` lists its ``errors``, and the others are
+    answered: one bad field in a day's batch no longer loses the rest. The default stays raising, so that code
+    written before cannot take a short list for a complete one. A TIFF of several fields is analysed on its first,
+    and its result's ``warnings`` say so.
     """
     from pathlib import Path
 
     from wbc.analyze import analyze_bytes
+    from wbc.errors import ImageReadError
     from wbc.io import read_bytes
 
+    files = _path_list(paths)
     clf = model or load_model()
     seg = segmenter if segmenter is not None else load_segmenter()
-    return [analyze_bytes(read_bytes(p), Path(p).name, clf, seg, source=str(Path(p)))[1] for p in _path_list(paths)]
+    out = []
+    for p in files:
+        try:
+            out.append(analyze_bytes(read_bytes(p), Path(p).name, clf, seg, source=str(Path(p)))[1])
+        except ImageReadError as exc:
+            if errors is None:
+                raise
+            errors.append((str(p), str(exc)))
+    return out

@@ -1,6 +1,8 @@
 """Plain result types shared by the CLI, the Python API, the HTTP API and the reports.
 
-Each has ``to_dict`` for JSON; none holds arrays bigger than a cell's masks.
+None holds arrays bigger than a cell's masks. JSON: :meth:`Prediction.to_dict`; a :class:`SmearResult` with its
+cells, :func:`wbc.formats.result_to_dict` (it needs the class list and segmenter id, and ``types`` sits below
+``formats``); ``dataclasses.asdict`` of a result holds numpy masks, which ``json`` cannot write.
 """
 
 from __future__ import annotations
