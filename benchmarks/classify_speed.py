@@ -6,7 +6,8 @@ it was quantised from, and the eager PyTorch figure is for the float network of 
 Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC images when the data
 is present (re-framing on, the default; on without the second framing of cells small in their frame; off;
 on, with the network as one multi-threaded session instead of one single-thread session per core; on, with NumPy's
-BLAS left free to use every core as before wbc 0.18.0, see ``wbc.runtime.one_blas_thread``), and the import time
+BLAS left free to use every core as before wbc 0.18.0, see ``wbc.runtime.one_blas_thread``; on, with each session
+given its whole share of a batch at once as before wbc 0.30.0, see ``wbc.runtime.CHUNK_ROWS``), and the import time
 of the analysis path (which must not import torch).
 
     python benchmarks/classify_speed.py --threads 2 --float-model runs/default/model.onnx \
@@ -54,6 +55,20 @@ class _JointSession:
 
     def run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
         return list(self.session.run(list(names), {self.input_name: x}))
+
+
+@contextlib.contextmanager
+def unchunked():
+    """Each single-thread session given its whole share of a batch in one call (wbc 0.29.0 and earlier), not
+    ``wbc.runtime.CHUNK_ROWS`` rows at a time."""
+    import wbc.runtime
+
+    held = wbc.runtime.CHUNK_ROWS
+    wbc.runtime.CHUNK_ROWS = 0
+    try:
+        yield
+    finally:
+        wbc.runtime.CHUNK_ROWS = held
 
 
 @contextlib.contextmanager
@@ -118,6 +133,8 @@ def main() -> None:
 
     res["quantization"] = clf.info.extra.get("quantization", {}).get("method", "none (float32)")
     res["onnxruntime_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
+    with unchunked():
+        res["onnxruntime_unchunked_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
     joint = copy.copy(clf)  # the network as one session with --threads intra-op threads (wbc 0.16.0 and earlier)
     joint.sessions = _JointSession(clf.path, args.threads)
     res["onnxruntime_one_session_cells_per_s"] = rate(lambda: joint.run(cells), args.batch, args.seconds)
@@ -155,13 +172,15 @@ def main() -> None:
                 ("end_to_end_one_framing_cells_per_s", one, True),
                 ("end_to_end_no_reframe_cells_per_s", clf, False),
                 ("end_to_end_one_session_cells_per_s", joint, True),
-                ("end_to_end_blas_free_cells_per_s", clf, True))
+                ("end_to_end_blas_free_cells_per_s", clf, True),
+                ("end_to_end_unchunked_cells_per_s", clf, True))
         # and the CPU time of all threads per cell, which a busy machine inflates less than the wall clock
         cpu = res.setdefault("end_to_end_cpu_ms_per_cell", {})
         for rep in range(2):
             for key, model, reframe in runs:
                 t0, c0 = time.perf_counter(), time.process_time()
-                with blas_free() if key == "end_to_end_blas_free_cells_per_s" else contextlib.nullcontext():
+                held = {"end_to_end_blas_free_cells_per_s": blas_free, "end_to_end_unchunked_cells_per_s": unchunked}
+                with held.get(key, contextlib.nullcontext)():
                     out = classify_paths(files, model, batch_size=args.batch, workers=args.threads, reframe=reframe)
                 r = len(out.predictions) / (time.perf_counter() - t0)
                 c = (time.process_time() - c0) * 1000 / len(out.predictions)

@@ -96,6 +96,27 @@ def test_sessions_per_core_answer_as_one_session() -> None:
     assert load_model(threads=1).sessions._pool is None  # one core: one session, no thread hand-off
 
 
+def test_sessions_run_their_share_a_few_rows_at_a_time_with_the_same_answers(monkeypatch) -> None:
+    """Each single-thread session runs :data:`wbc.runtime.CHUNK_ROWS` rows a call (a few rows' activations stay in
+    cache: `wbc classify` about 8 % faster, since wbc 0.30.0), and the answers are those of one call per share."""
+    import wbc.runtime
+    from wbc.runtime import SessionGroup
+
+    calls: list[int] = []
+    group = SessionGroup(DEFAULT_MODEL, threads=2)
+    x = np.random.default_rng(1).normal(size=(37, 3, 160, 160)).astype(np.float32)
+    monkeypatch.setattr(wbc.runtime, "CHUNK_ROWS", 0)
+    whole = group.run(["logits", "embedding"], x)
+    monkeypatch.setattr(wbc.runtime, "CHUNK_ROWS", 8)
+    for s in group.sessions:  # count the rows of every call the sessions are given
+        monkeypatch.setattr(s, "run", lambda names, feed, _run=s.run: calls.append(len(next(iter(feed.values()))))
+                            or _run(names, feed))
+    chunked = group.run(["logits", "embedding"], x)
+    assert sorted(calls) == [2, 3, 8, 8, 8, 8]  # 37 rows: 19 (8 + 8 + 3) and 18 (8 + 8 + 2)
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_predict_cells_holds_blas_to_one_thread() -> None:
     """While a batch is classified, NumPy's BLAS runs on one thread (`wbc.runtime.one_blas_thread`: its idle
     workers spun on the cores the network needs), and the process's own setting is back afterwards."""

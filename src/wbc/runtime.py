@@ -57,6 +57,13 @@ def ort_session(source: str | os.PathLike[str] | bytes, threads: int = 1, *, spi
 #: A batch is shared among a :class:`SessionGroup`'s sessions from this many rows per session; a smaller one runs as
 #: one call on all of its cores.
 SPLIT_MIN_ROWS = 4
+#: Each single-thread session runs its share of a batch this many rows at a time (0: all at once). A few rows'
+#: activations stay in the core's cache where 64 rows' do not: one single-thread session, the shipped network, 8 rows
+#: a call 464-472 against 410-412 cells/s for 64 (CPU time, a quiet 2-core machine); `wbc classify` end to end on 1,000
+#: PBC files, 2 cores, the two alternated three times in one run: 385-391 against 361-366 cells/s, 4.70 against 5.13
+#: CPU ms a cell, the same answers to the last bit (since wbc 0.30.0; ``benchmarks/classify_speed.py`` times both,
+#: ``unchunked``).
+CHUNK_ROWS = 8
 
 
 class SessionGroup:
@@ -93,10 +100,18 @@ class SessionGroup:
         if len(x) < SPLIT_MIN_ROWS * len(self.sessions):
             return list(self._joint.run(feed, {self.input_name: x}))
         parts = np.array_split(x, len(self.sessions))
-        futures = [self._pool.submit(s.run, feed, {self.input_name: part})
+        futures = [self._pool.submit(self._run_chunked, s, feed, part)
                    for s, part in zip(self.sessions[1:], parts[1:], strict=True)]
-        first = self.sessions[0].run(feed, {self.input_name: parts[0]})  # this thread takes a share too
+        first = self._run_chunked(self.sessions[0], feed, parts[0])  # this thread takes a share too
         outs = [first] + [f.result() for f in futures]
+        return [np.concatenate([o[i] for o in outs]) for i in range(len(feed))]
+
+    def _run_chunked(self, session: ort.InferenceSession, feed: list[str], x: np.ndarray) -> list[np.ndarray]:
+        """``session``'s outputs ``feed`` for ``x``, run :data:`CHUNK_ROWS` rows at a time."""
+        step = CHUNK_ROWS or len(x)
+        if len(x) <= step:
+            return list(session.run(feed, {self.input_name: x}))
+        outs = [session.run(feed, {self.input_name: x[i : i + step]}) for i in range(0, len(x), step)]
         return [np.concatenate([o[i] for o in outs]) for i in range(len(feed))]
 
 
