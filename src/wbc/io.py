@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -230,10 +231,9 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int] | None:
 def opencv_limit_in_force() -> bool:
     """Whether OpenCV's own pixel limit is the one ``import wbc`` set (or the user's): OpenCV reads
     ``OPENCV_IO_MAX_IMAGE_PIXELS`` once, when cv2 is imported, so with ``import cv2`` before ``import wbc`` and the
-    variable unset its default, 2**30 pixels, stays in force."""
-    import wbc
-
-    return wbc._OPENCV_LIMIT_IN_FORCE
+    variable unset its default, 2**30 pixels, stays in force. Read from the package as ``import wbc`` left it, never
+    imported from here: a foundation module imports nothing above it (docs/architecture.md's layers)."""
+    return bool(getattr(sys.modules.get("wbc"), "_OPENCV_LIMIT_IN_FORCE", True))
 
 
 def check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
