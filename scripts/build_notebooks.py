@@ -27,11 +27,12 @@ CLASSIFICATION = [
         "same steps are `wbc classify` and `wbc evaluate` on the command line."
     ),
     new_code_cell(
-        "import wbc\nfrom wbc.paths import data_root\n\n"
-        "clf = wbc.load_model()\n"
+        "import wbc\nfrom wbc.counts import fixed\nfrom wbc.formats import confidence_text, threshold_text\n"
+        "from wbc.paths import data_root\n\n"
+        "clf = wbc.load_model()\nthreshold = clf.info.review_threshold\n"
         "print(clf.model_id)\nprint('classes:', ', '.join(clf.classes))\n"
-        "print(f'input {clf.info.input_size}px, temperature {clf.info.temperature:.2f}, '\n"
-        "      f'review below confidence {clf.info.review_threshold:.2f}')"
+        "print(f'input {clf.info.input_size}px, temperature {fixed(clf.info.temperature, 2)}, '\n"
+        "      f'review below confidence {threshold_text(threshold)}')"
     ),
     new_markdown_cell(
         "## Classify cells\nFour cells of each class from the **test split** of the model's training run "
@@ -47,15 +48,22 @@ CLASSIFICATION = [
         "    print(f'{len(res.errors)} of {len(files)} cells not read (PBC data looked for in {data_root()}); '\n"
         "          f'first: {res.errors[0][1]}')\n"
         "for p in res.predictions[:8]:\n"
-        "    print(f'{p.path.split(\"/\")[-2]:>13} -> {p.label:<13} {p.confidence:.3f}  review={p.review}')\n"
-        "print(dict(res.counts()))"
+        "    print(f'{p.path.split(\"/\")[-2]:>13} -> {p.label:<13} {confidence_text(p.confidence, threshold, 3)}'\n"
+        "          f'  review={p.review}')\n"
+        "print(dict(res.counts()))\n"
+        "flagged = [p for p in res.predictions if p.review]\n"
+        "print(f'flagged for review: {len(flagged)} of {len(res.predictions)}')\n"
+        "for p in flagged:  # why, as the review_reasons column of `wbc classify`\n"
+        "    print(f'{p.path.split(\"/\")[-2]:>13} -> {p.label:<13} {\"; \".join(p.reasons)}')"
     ),
     new_code_cell(
         "import matplotlib.pyplot as plt\nfrom wbc.io import read_image\n\n"
         "fig, axes = plt.subplots(2, 8, figsize=(16, 4.4))\n"
         "for ax, p in zip(axes.flat, res.predictions[::2]):\n"
         "    ax.imshow(read_image(p.path)); ax.axis('off')\n"
-        "    ax.set_title(f'{p.label}\\n{p.confidence:.2f}', fontsize=9, color='C3' if p.review else 'black')\n"
+        "    flag = ' ?' if p.review else ''  # '?', in red: flagged for review, as on wbc's annotated images\n"
+        "    ax.set_title(f'{p.label}\\n{confidence_text(p.confidence, threshold)}{flag}', fontsize=9,\n"
+        "                 color='C3' if p.review else 'black')\n"
         "plt.tight_layout()"
     ),
     new_markdown_cell(
@@ -76,7 +84,7 @@ CLASSIFICATION = [
         "    else:\n"
         "        print('report: ../out/notebook_eval/report.html')\n"
         "        m = json.loads(Path('../out/notebook_eval/metrics.json').read_text())\n"
-        "        print(f\"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  n={m['n']}\")\n"
+        "        print(f\"accuracy {fixed(m['accuracy'], 4)}  macro-F1 {fixed(m['macro_f1'], 4)}  n={m['n']}\")\n"
         "else:\n"
         "    print('no run folder here: train one with '\n"
         "          '`wbc train --config configs/default.toml --output runs/default`')"
@@ -91,8 +99,11 @@ DETECTION = [
     ),
     new_code_cell(
         "from pathlib import Path\nimport wbc\n"
+        "from wbc.analyze import smear_label_set\n"
         "from wbc.examples import example_fields\nfrom wbc.io import iter_image_paths, read_image\n\n"
         "clf = wbc.load_model()\nseg = wbc.load_segmenter('auto')\n"
+        "answered = smear_label_set(clf)  # the classes a smear cell is answered among: the model's, less platelets\n"
+        "threshold = clf.info.review_threshold\n"
         "folder = Path('../data/raw_images')\n"
         "images = list(iter_image_paths([folder])) if folder.is_dir() else []\n"
         "if not images:  # nothing in data/raw_images/ yet: the example fields shipped with wbc\n"
@@ -101,33 +112,46 @@ DETECTION = [
         "print(len(images), 'images;', 'segmenter:', seg.name)"
     ),
     new_code_cell(
-        "results = wbc.analyze_images(images, clf, seg)\n"
-        "for r in results:\n"
-        "    print(r.image, [(c.prediction.label, round(c.prediction.confidence, 2)) for c in r.cells])"
+        "from wbc.formats import confidence_text\n\n"
+        "errors = []  # (path, message) of each field that cannot be analysed; the others are still answered\n"
+        "results = wbc.analyze_images(images, clf, seg, errors=errors)\n"
+        "for r in results:  # '?': flagged for review, as on the annotated images\n"
+        "    print(r.image, [(c.prediction.label, confidence_text(c.prediction.confidence, threshold)\n"
+        "                     + (' ?' if c.prediction.review else '')) for c in r.cells])\n"
+        "    for w in r.warnings:\n"
+        "        print('  warning:', w)\n"
+        "for path, message in errors:\n"
+        "    print('not analysed:', message)"
     ),
     new_code_cell(
         "import matplotlib.pyplot as plt\nfrom wbc.render import render\n\n"
-        "fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)\n"
-        "for ax, p, r in zip(axes[0], images, results):\n"
-        "    ax.imshow(render(read_image(p), r, clf.classes)); ax.set_title(p.name); ax.axis('off')\n"
-        "plt.tight_layout()"
+        "failed = {path for path, _ in errors}\n"
+        "analysed = [p for p in images if str(p) not in failed]  # the fields of `results`, in order\n"
+        "if results:\n"
+        "    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)\n"
+        "    for ax, p, r in zip(axes[0], analysed, results):  # legends: the classes answered, and '? review'\n"
+        "        ax.imshow(render(read_image(p), r, answered, threshold)); ax.set_title(p.name); ax.axis('off')\n"
+        "    plt.tight_layout()"
     ),
     new_markdown_cell(
         "## Differential with 95% Clopper-Pearson intervals\n\nThe differential `wbc analyze` writes "
-        "(`wbc.counts.differential_rows`): shares of the WBCs; erythroblasts (NRBCs) and platelets per 100 WBCs, "
-        "outside the WBC total."
+        "(`wbc.counts.differential_rows` over the classes answered, `wbc.analyze.smear_label_set`): shares of the "
+        "WBCs; erythroblasts (NRBCs) per 100 WBCs, outside the WBC total. There is no platelet row: the segmenters "
+        "find cells by their nucleus, so a smear cell is never called a platelet and platelets are not counted."
     ),
     new_code_cell(
-        "from wbc.counts import NO_WBC_RATE, differential_rows, pooled_counts\n"
+        "from wbc.counts import NO_WBC_RATE, differential_rows, fixed, pooled_counts, wbc_total\n"
         "from wbc.formats import differential_unit\n\n"
-        "counts = pooled_counts(results, clf.classes)\n"
-        "for _, c, k, n, p, lo, hi in differential_rows(counts, clf.classes, ''):\n"
+        "counts = pooled_counts(results, answered)\n"
+        "# 4 decimals, then one rounding (wbc.counts.fixed), as report.html and the console of `wbc analyze` round\n"
+        "for _, c, k, n, p, lo, hi in differential_rows(counts, answered, '', digits=4):\n"
         "    if k and p is None:\n"
         "        print(f'{c:<13}{k:>4}  {NO_WBC_RATE}')\n"
         "    elif k:\n"
         "        unit = '%' if differential_unit(c) == 'percent' else ' per 100 WBCs'\n"
-        "        print(f'{c:<13}{k:>4}  {p:5.1f}{unit}  [{lo:.1f}, {hi:.1f}]')\n"
-        "print(n, 'WBCs counted')"
+        "        print(f'{c:<13}{k:>4}  {fixed(p):>5}{unit}  [{fixed(lo)}, {fixed(hi)}]')\n"
+        "print(wbc_total(counts, answered), 'WBCs counted')\n"
+        "print('flagged for review:', sum(c.prediction.review for r in results for c in r.cells))"
     ),
 ]
 

@@ -48,8 +48,8 @@ def test_detection_notebook_gives_the_differential_wbc_analyze_gives() -> None:
     import ast
     from collections import Counter
 
-    from wbc.counts import differential_rows
-    from wbc.labels import CLASSES, PER_100_WBC
+    from wbc.counts import differential_rows, fixed
+    from wbc.labels import CLASSES, PER_100_WBC, smear_classes
 
     nb = nbformat.read(ROOT / "notebooks" / "WBC_detection_and_classification.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -58,12 +58,29 @@ def test_detection_notebook_gives_the_differential_wbc_analyze_gives() -> None:
     counts = Counter(label for line in calls for label, _ in ast.literal_eval(line))
     assert counts["erythroblast"]  # the shipped example fields hold an NRBC: the case this checks
     printed = "".join(o.get("text", "") for o in code[-1].outputs)
-    for _, c, k, _, p, lo, hi in differential_rows(dict(counts), CLASSES, ""):
+    answered = smear_classes(CLASSES)  # no platelet row: a smear cell is never called one (wbc 0.30.0)
+    for _, c, k, _, p, lo, hi in differential_rows(dict(counts), answered, "", digits=4):  # as report.html rounds
         if k:
             unit = " per 100 WBCs" if c in PER_100_WBC else "%"
-            assert f"{c:<13}{k:>4}  {p:5.1f}{unit}  [{lo:.1f}, {hi:.1f}]" in printed
-    assert f"{sum(counts[c] for c in CLASSES if c not in PER_100_WBC)} WBCs counted" in printed
+            assert f"{c:<13}{k:>4}  {fixed(p):>5}{unit}  [{fixed(lo)}, {fixed(hi)}]" in printed
+    assert f"{sum(counts[c] for c in answered if c not in PER_100_WBC)} WBCs counted" in printed
+    assert "platelet" not in printed
 
+
+def test_detection_notebook_shows_review_flags_and_warnings() -> None:
+    """Each flagged smear cell is marked '?' as on the annotated images, the flagged count is the cells so marked,
+    and the fields' warnings (the example fields look unlike the training images: every cell out of distribution)
+    are printed under them."""
+    import ast
+
+    nb = nbformat.read(ROOT / "notebooks" / "WBC_detection_and_classification.ipynb", as_version=4)
+    text = _outputs(nb)
+    fields = re.findall(r"^\S+\.\w+ (\[.*\])$", text, flags=re.M)  # each field's (label, confidence) pairs
+    shown = [conf for line in fields for _, conf in ast.literal_eval(line)]
+    flagged = re.search(r"^flagged for review: (\d+)$", text, flags=re.M)
+    assert shown and flagged and int(flagged[1]) == sum(c.endswith(" ?") for c in shown) > 0
+    assert re.search(r"^  warning: .*look unlike the model's training data", text, flags=re.M)
+    assert "Traceback" not in text and "not analysed" not in text
 
 def test_classification_notebook_shows_test_cells() -> None:
     """The showcase cells are the training run's held-out test cells, and the notebook says so."""
