@@ -304,3 +304,22 @@ def test_a_format_wbc_cannot_size_is_refused_when_opencv_s_limit_came_too_late(o
         assert said.startswith("f.pfm: its size cannot be read before decoding") and "import wbc first" in said, said
     else:
         assert said == "(30, 40, 3)", said + out.stderr.decode()[-300:]
+
+
+@pytest.mark.parametrize("name, data, said", [
+    ("t.jpg", b"\xff\xd8\xff garbage", "t.jpg: truncated JPEG"),
+    ("notes.txt", b"just some notes\n", "notes.txt: not a"),
+    ("f.pam", b"P7\nWIDTH 4\nHEIGHT 4\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + bytes(48),
+     "f.pam: its size cannot be read before decoding")])
+def test_cv2_first_keeps_the_decoder_s_message_for_a_broken_file(name: str, data: bytes, said: str) -> None:
+    """After ``import cv2; import wbc`` every file whose size nobody read was refused as "cv2 imported before wbc",
+    a truncated JPEG or a text file too, so the real fault was never said. Only formats OpenCV alone decodes
+    (PFM, PAM, OpenEXR, JPEG XL) are refused now; a broken file gets the decoder's own message."""
+    code = ("import cv2, wbc\nimport sys\nfrom wbc.errors import ImageReadError\nfrom wbc.io import decode_image\n"
+            f"try:\n    print(decode_image(sys.stdin.buffer.read(), {name!r}).shape)\n"
+            "except ImageReadError as exc:\n    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, env=env)
+    got = out.stdout.decode().strip()
+    assert got.startswith(said), got + out.stderr.decode()[-300:]
+    assert ("import wbc first" in got) == name.endswith(".pam"), got

@@ -205,7 +205,7 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int] | None:
 
     PNG, JPEG and Radiance headers are parsed here; other formats through Pillow, which opens files lazily (the
     header only). A size so large that Pillow calls it a decompression bomb raises :class:`ImageReadError`.
-    Formats neither reads (PFM, PAM: uncompressed, so never a bomb) are left to OpenCV's own limit,
+    Formats neither reads (PFM, PAM, OpenEXR, JPEG XL) are left to OpenCV's own limit,
     ``OPENCV_IO_MAX_IMAGE_PIXELS``, which ``import wbc`` sets to :data:`MAX_PIXELS` (unless cv2 was imported
     first: :func:`opencv_limit_in_force`).
     """
@@ -236,6 +236,15 @@ def opencv_limit_in_force() -> bool:
     return bool(getattr(sys.modules.get("wbc"), "_OPENCV_LIMIT_IN_FORCE", True))
 
 
+def _opencv_only_format(data: bytes) -> bool:
+    """Whether ``data`` starts like a format OpenCV decodes but neither wbc nor Pillow sizes from its header (PFM,
+    PAM, OpenEXR, JPEG XL): only those need OpenCV's own pixel limit. Anything else whose size was not read (a
+    truncated JPEG, a text file) is a broken file, left to the decoder's own message."""
+    if data[:2] in (b"PF", b"Pf", b"P7") and data[2:3].isspace():
+        return True
+    return data.startswith((b"v/1\x01", b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n"))
+
+
 def check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
     """Refuse an image of ``size`` (height, width) with more than ``max_pixels`` pixels, naming the file."""
     h, w = size
@@ -264,7 +273,7 @@ def decode_image(
     size = image_size(data, name)
     if size is not None:
         check_pixels(size, name, max_pixels)
-    elif not opencv_limit_in_force():  # nothing would stop OpenCV decoding a bomb of this format
+    elif not opencv_limit_in_force() and _opencv_only_format(data):  # nothing would stop OpenCV decoding a bomb
         raise ImageReadError(f"{name}: its size cannot be read before decoding (not PNG, JPEG, Radiance or a format "
                              "Pillow opens), and OpenCV's pixel limit is off because cv2 was imported before wbc: "
                              "import wbc first, or set OPENCV_IO_MAX_IMAGE_PIXELS before importing cv2")
