@@ -250,6 +250,19 @@ def test_ood_fit_refuses_an_output_named_like_the_metadata_copy(tmp_path: Path) 
     assert not (tmp_path / "fitted.json").exists()
 
 
+@pytest.mark.parametrize("command", [["ood", "fit", "--model", "{model}"], ["quantize", "{model}"]])
+def test_a_model_writer_refuses_an_output_that_is_not_onnx(tmp_path: Path, command: list[str]) -> None:
+    """`wbc ood fit -o run/best.pt` (a typo for best.onnx) replaced the run's PyTorch checkpoint with ONNX bytes, and
+    `wbc quantize -o` took any name too; both now refuse a name not ending in .onnx before any work."""
+    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"TRAINED-WEIGHTS")
+    r = wbc_cli(*(a.format(model=model) for a in command), "--manifest", str(write_manifest(tmp_path)),
+                "--threads", "1", "-o", str(checkpoint))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "give a .onnx name" in r.stderr, r.stderr
+    assert checkpoint.read_bytes() == b"TRAINED-WEIGHTS" and not (tmp_path / "best.json").exists()
+
+
 def test_ood_fit_on_identical_train_images_fails_in_one_line(tmp_path: Path) -> None:
     model, _ = make_embedding_model(tmp_path / "m.onnx")
     r = wbc_cli("ood", "fit", "--model", str(model), "--manifest", str(write_manifest(tmp_path, repeat_first=5)),

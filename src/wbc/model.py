@@ -176,14 +176,15 @@ def with_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
 
 
 def check_model_output(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a model file's name, or a one-line :class:`WbcError` for a ``.json`` name: :func:`write_model` writes
-    the metadata copy beside the model as ``<name>.json``, which would replace the model itself.
+    """``path`` as a model file's name, or a one-line :class:`WbcError` unless it ends in ``.onnx``: a ``.json`` name
+    would be replaced by the metadata copy :func:`write_model` writes beside it, and a typo such as ``best.pt`` for
+    ``best.onnx`` would replace a run's PyTorch checkpoint with ONNX bytes.
 
     >>> check_model_output("lab.onnx").name
     'lab.onnx'
     """
     p = Path(path)
-    if p.suffix.lower() == ".json":
+    if p.suffix.lower() != ".onnx":
         raise WbcError(f"{p}: a model file is ONNX; give a .onnx name (its metadata is written beside it as .json)")
     return p
 

@@ -32,7 +32,7 @@ from wbc.calibration import calibrate, resolve_review_target
 from wbc.classify import load_cells
 from wbc.data import cap_per_class, read_manifest
 from wbc.errors import WbcError
-from wbc.model import Classifier, write_model
+from wbc.model import Classifier, check_model_output, write_model
 
 
 def float_nodes(graph: Any) -> list[str]:
@@ -126,6 +126,7 @@ def quantize_model(
     from wbc.classify import run_views
 
     t0 = time.perf_counter()
+    check_model_output(output)  # before any work: a checkpoint named by mistake is never replaced
     fp32 = Classifier(model, threads=threads)
     if is_quantised(fp32.path):
         raise WbcError(f"{model}: already quantised")

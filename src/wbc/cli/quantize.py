@@ -23,9 +23,10 @@ def quantize(
     """Quantise a model to int8 for ONNX Runtime; re-fit calibration, review threshold and OOD on val (a model
     adapted to a lab keeps its own: the manifest does not hold the lab's cells)."""
     from wbc.io import check_output_file
+    from wbc.model import check_model_output
     from wbc.quantize import quantize_model
 
-    check_output_file(output)  # before the quantisation: a bad path fails at once, in one line
+    check_output_file(check_model_output(output))  # before the quantisation: a bad path fails at once, in one line
     rep = quantize_model(model, manifest, output, per_class=per_class, data_root=data_root, threads=threads)
     say(f"wrote {output}: val accuracy float {rep['val_accuracy_float']:.4f} -> int8 {rep['val_accuracy_int8']:.4f}, "
         f"agreement {rep['val_agreement']:.4f} on {rep['val_cells']} cells ({rep['seconds']:.0f} s)")
