@@ -47,7 +47,8 @@ def score_split(root: Path, seg: Any, clf: Any, split: str, shown: str, read: Ca
     finally:
         smears.read_image, smears.load_bccd = original_read, original_load  # type: ignore[assignment]
     det, sub = m["detection"], m["subtype"]
-    row = {"split": split, "field": shown, "detection_f1": round(det["f1"], 4), "ap50": round(det["ap50"], 4),
+    f1 = None if det["f1"] is None else round(det["f1"], 4)  # None: a folder without any true box
+    row = {"split": split, "field": shown, "detection_f1": f1, "ap50": round(det["ap50"], 4),
            "missed": det["fn"], "false": det["fp"], "subtype_n": sub["n"],
            "subtype_accuracy": round(sub["accuracy"], 4), "macro_f1": round(sub["macro_f1"], 4)}
     print(row, flush=True)

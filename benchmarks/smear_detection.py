@@ -44,6 +44,7 @@ from wbc.evaluate.smears import (
     load_bccd,
     load_labelled_folder,
     match_detections,
+    rate,
 )
 from wbc.io import read_image
 from wbc.paths import data_root
@@ -203,12 +204,14 @@ def main() -> None:
         res["seconds"] = time.time() - t0
         out["segmenters"][name] = res
         d = res["txl_pbc"]["all"]
-        line = f"{name}: TXL-PBC {a.split} recall {d['recall']:.3f} precision {d['precision']:.3f} AP50 {d['ap50']:.3f}"
+        # recall (and F1) are None on a folder without any true box: rate() prints "n/a"
+        line = (f"{name}: TXL-PBC {a.split} recall {rate(d['recall'])} precision {d['precision']:.3f} "
+                f"AP50 {d['ap50']:.3f}")
         for o, v in res["txl_pbc"]["per_origin"].items():
-            line += f"; {o} R {v['recall']:.3f} P {v['precision']:.3f}"
+            line += f"; {o} R {rate(v['recall'])} P {v['precision']:.3f}"
         if bccd:
             b, s = res["bccd"]["detection"], res["bccd"]["segmentation"]
-            line += (f" | BCCD recall {b['recall']:.3f} precision {b['precision']:.3f} "
+            line += (f" | BCCD recall {rate(b['recall'])} precision {b['precision']:.3f} "
                      f"nucleus Dice {s['nucleus_dice']:.3f} cell Dice {s['cell_dice']:.3f}")
         print(line + f" | box cover {res['box_cover']['mean']:.3f}", flush=True)
     out["load_avg_after"] = list(os.getloadavg())
