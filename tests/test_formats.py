@@ -201,3 +201,25 @@ def test_fields_in_folders_below_the_output_folder_are_analysed(clf, tmp_path: P
 
     with pytest.raises(WbcError, match="is in the output folder"):
         run_local([tmp_path / "only"], tmp_path / "only", clf, ClassicalSegmenter())
+
+
+def test_flagged_confidence_never_reads_as_the_shown_threshold() -> None:
+    """A cell of 0.98597 under a threshold of 0.98633 was labelled "0.9860 ?" (98.60 % on a page) beside a threshold
+    shown as 0.986 (98.6 %): the same number. The confidence gets the digits that tell it apart, and a value that is
+    itself rounded (0.986 from a JSON document) gets no run of zeros. Before wbc 0.30.0: "0.9860"."""
+    from decimal import Decimal
+
+    from wbc.formats import confidence_text, prediction_to_dict, threshold_text
+
+    thr = 0.9863332509994507
+    for conf in (0.98597, 0.98604, 0.9859723448753357, 0.98600412):
+        for digits, scale in ((2, 1.0), (3, 1.0), (1, 100.0), (0, 100.0)):
+            shown = Decimal(threshold_text(thr, 3 if scale == 1 else 1, scale))
+            assert Decimal(confidence_text(conf, thr, digits, scale)) != shown, (conf, digits, scale)
+    assert confidence_text(0.98597, thr) == "0.98597" and confidence_text(0.98597, thr, 1, 100) == "98.597"
+    assert confidence_text(0.986, thr) == "0.9860" and confidence_text(0.986, thr, 1, 100) == "98.60"
+    # the API sends 6 decimals, enough for the page to tell 0.985972 from 98.6 %
+    p = Prediction(label="eosinophil", confidence=0.9859723448753357, probabilities={"eosinophil": 0.9859723448753357},
+                   review=True)
+    assert prediction_to_dict(p)["confidence"] == 0.985972
+    assert confidence_text(prediction_to_dict(p)["confidence"], thr, 1, 100) == "98.597"

@@ -343,6 +343,8 @@ def test_the_page_rounds_and_shows_confidences_as_the_reports_do(page) -> None:
     """The page rounded with toFixed (the binary value, so 0.15 read 0.1; a half up, so 31.25 read 31.3) and the
     reports with Python's format (a half to even: 31.2): the same differential differed on screen and on paper
     (wbc 0.29.0). common.js's fixed, confidenceText and thresholdText give wbc.counts.fixed's and wbc.formats' text."""
+    from decimal import Decimal
+
     from wbc.counts import fixed
     from wbc.formats import confidence_text, threshold_text
 
@@ -356,6 +358,15 @@ def test_the_page_rounds_and_shows_confidences_as_the_reports_do(page) -> None:
     got = page.evaluate("([cs, t]) => cs.map((c) => confidenceText(c, t))", [confs, thr])
     assert got == [confidence_text(c, thr, 1, 100) for c in confs]
     assert got[:2] == ["98.5", "98.630"]  # 0.9854 under 0.9863 is not "99", nor 0.9863 above it "98.6"
+    # nor one of 0.98597 "98.60" under a threshold shown as 98.6 (compared as values), nor a rounded 0.986 "98.600000"
+    confs = [0.98597, 0.98604, 0.9859723448753357, 0.985972, 0.986, 0.98600000143]
+    for digits in (0, 1, 2):
+        got = page.evaluate("([cs, t, d]) => cs.map((c) => confidenceText(c, t, d))", [confs, thr, digits])
+        assert got == [confidence_text(c, thr, digits, 100) for c in confs], digits
+        assert all(Decimal(g) != Decimal("98.6") for g in got[:4]), got
+    assert got[:5] == ["98.597", "98.604", "98.597", "98.597", "98.60"]
+    got = page.evaluate("([cs, t]) => cs.map((c) => confidenceText(c, t, 2, 1))", [confs, thr])
+    assert got == [confidence_text(c, thr) for c in confs] and got[0] == "0.98597"
     thresholds = [thr, 0.99, 0.5, 0.9999, 0.995]
     got = page.evaluate("ts => ts.map((t) => thresholdText(t))", thresholds)
     assert got == [threshold_text(t, 1, 100) for t in thresholds] and got[0] == "98.6"

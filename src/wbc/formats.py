@@ -13,6 +13,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import cv2
@@ -103,7 +104,7 @@ def cell_to_dict(c: Cell) -> dict[str, Any]:
         "touches_border": bool(c.touches_border),
         "detection_score": round(float(c.score), 4),
         "label": p.label if p else None,
-        "confidence": round(p.confidence, 4) if p else None,
+        "confidence": round(p.confidence, 6) if p else None,  # 6: enough to tell a flagged cell from the threshold
         "review": bool(p.review) if p else None,
         "review_reasons": list(p.reasons) if p else [],
         "ood": bool(p.ood) if p else None,  # unlike the training cells (wbc.ood), as /classify's "ood"
@@ -190,18 +191,24 @@ def write_errors_csv(path: str | os.PathLike[str], errors: Iterable[tuple[str, s
 def confidence_text(confidence: float, threshold: float = 0.0, digits: int = 2, scale: float = 1.0) -> str:
     """A cell's confidence as an output shows it beside its review flag (``scale`` 100: in percent): ``digits``
     decimals (:func:`wbc.counts.fixed`), more while it would read as the review ``threshold`` at those digits, or as
-    1 (100 %) though below it. Before wbc 0.30.0 a cell of 0.9854 under a threshold of 0.9863 was labelled "0.99 ?",
-    and one flagged as unlike the training images "1.00 ?". The pages do the same (``confidenceText`` in common.js).
+    the threshold as the outputs show it (:func:`threshold_text`; compared as values: 0.9860 reads as 0.986), or as 1
+    (100 %) though below it. Before wbc 0.30.0 a cell of 0.9854 under a threshold of 0.9863 was labelled "0.99 ?",
+    one of 0.98597 "0.9860 ?" under "0.986", and one flagged as unlike the training images "1.00 ?". At most 5 digits
+    more, and no zeros past the decimals ``confidence`` itself has (0.986 read from a JSON document shows 0.9860, not
+    0.9860000). The pages do the same (``confidenceText`` in common.js).
 
     >>> confidence_text(0.9854, 0.98633), confidence_text(0.9412, 0.98633), confidence_text(0.998), confidence_text(1.0)
     ('0.985', '0.94', '0.998', '1.00')
-    >>> confidence_text(0.9854, 0.98633, 1, 100)
-    '98.5'
+    >>> confidence_text(0.9854, 0.98633, 1, 100), confidence_text(0.98597, 0.98633), confidence_text(0.986, 0.98633)
+    ('98.5', '0.98597', '0.9860')
     """
+    k = round(math.log10(scale)) if scale > 0 else 0
+    shown = Decimal(threshold_text(threshold, max(0, 3 - k), scale)) if 0 < threshold < 1 else None
+    own = max(0, -int(Decimal(repr(float(confidence))).normalize().as_tuple().exponent) - k)  # decimals it has
     d = digits
     while d < digits + 5:
         c = fixed(scale * confidence, d)
-        if not (0 < threshold < 1 and c == fixed(scale * threshold, d)) and not (
+        if not (shown is not None and (c == fixed(scale * threshold, d) or (d < own and Decimal(c) == shown))) and not (
                 confidence < 1 and c == fixed(scale * 1.0, d)):
             break
         d += 1
@@ -281,7 +288,7 @@ def prediction_to_dict(p: Prediction) -> dict[str, Any]:
     return {
         "filename": p.path,
         "label": p.label,
-        "confidence": round(float(p.confidence), 4),
+        "confidence": round(float(p.confidence), 6),  # 6, as cell_to_dict
         "review": bool(p.review),
         "review_reasons": list(p.reasons),
         "ood": bool(p.ood),

@@ -360,7 +360,7 @@ def cell_to_dict(cell: CellRow, position: int) -> dict[str, Any]:
         "outline": cell.outline,
         "nucleus": cell.nucleus,
         "model_label": cell.model_label,
-        "model_confidence": round(float(cell.model_confidence), 4),
+        "model_confidence": round(float(cell.model_confidence), 6),  # as wbc.formats.cell_to_dict
         "model_review": bool(cell.model_review),
         "model_reasons": list(cell.model_reasons or []),
         "model_probabilities": cell.model_probabilities or {},

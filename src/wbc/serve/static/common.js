@@ -52,13 +52,20 @@ function fixed(v, digits = 1) {
 const scaled = (v, digits, scale) => fixed(scale * v, digits);
 
 // A cell's confidence as a page shows it beside its flag (wbc.formats.confidence_text): `digits` decimals, more
-// while it would read as the review threshold `thr` at those digits, or as 100 % though below 1, so a flagged cell's
-// confidence never reads as the threshold it fell below (0.9854 under 0.9863 read "99 %" under "99 %").
+// while it would read as the review threshold `thr` at those digits, or as the threshold as the page shows it
+// (thresholdText; compared as values: 98.60 reads as 98.6), or as 100 % though below 1, so a flagged cell's confidence
+// never reads as the threshold it fell below (0.9854 under 0.9863 read "99 %" under "99 %", 0.98597 "98.60 %" under
+// "98.6 %"). At most 5 digits more, and no zeros past the decimals `conf` itself has.
 function confidenceText(conf, thr, digits = 1, scale = 100) {
+  const k = scale > 0 ? Math.round(Math.log10(scale)) : 0;
+  const shown = thr > 0 && thr < 1 ? Number(thresholdText(thr, Math.max(0, 3 - k), scale)) : null;
+  const [mant, exp] = Math.abs(Number(conf)).toExponential().split("e");  // its shortest digits, as Python's repr
+  const own = Math.max(0, mant.replace(".", "").length - 1 - Number(exp) - k);  // the decimals it has, scaled
   let d = digits;
   for (; d < digits + 5; d += 1) {
     const c = scaled(conf, d, scale);
-    if (!(thr > 0 && thr < 1 && c === scaled(thr, d, scale)) && !(conf < 1 && c === scaled(1, d, scale))) break;
+    if (!(shown !== null && (c === scaled(thr, d, scale) || (d < own && Number(c) === shown)))
+        && !(conf < 1 && c === scaled(1, d, scale))) break;
   }
   return scaled(conf, d, scale);
 }
