@@ -940,3 +940,28 @@ def test_every_output_of_a_case_rounds_a_half_as_the_pages_do(store: CaseStore, 
     lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.startswith("  ") and ln.split()}
     assert " 31.3 %" in lines["eosinophil"] and " 18.8 %" in lines["lymphocyte"]
     assert " 6.3 /100 WBC" in lines["erythroblast"]
+
+
+def test_the_summary_gives_unopened_bone_marrow_cells_as_the_software_s_calls(store: CaseStore,
+                                                                              classifier) -> None:  # noqa: F811
+    """The signed report's plain words said "Cells that normally stay in the bone marrow were seen (2 immature
+    granulocytes, 1 erythroblast)" when nobody had opened any of them (all three wrong per BCCD's labels, wbc
+    0.29.0): an IG or NRBC is a finding only once a reviewer confirmed it."""
+    from wbc.cases.report import plain_summary
+
+    cells = [((40, 40, 140, 140), "ig", 0.71, True), ((200, 200, 300, 300), "erythroblast", 0.71, True),
+             ((400, 100, 500, 200), "neutrophil", 0.99, False), ((300, 300, 400, 400), "neutrophil", 0.99, False)]
+    rgb, res = _field_with_cells(cells)
+    cid = create_case_from_fields(store, "IG-1", [("f.png", rgb, res)], classifier)
+    draft = " ".join(plain_summary(store.case_document(cid)))
+    assert "were seen" not in draft
+    assert ("The software called 1 immature granulocyte and 1 erythroblast (cells that normally stay in the bone "
+            "marrow); they are the software's calls, awaiting a reviewer's confirmation") in draft
+    ig = next(c for c in store.case_document(cid)["cells"] if c["model_label"] == "ig")
+    store.reclassify(cid, ig["id"], "ig", "A. Tech")
+    store.sign_off(cid, "Dr. B. Reviewer")
+    words = " ".join(plain_summary(store.case_document(cid)))
+    assert "were seen" not in words
+    assert "The reviewer confirmed cells that normally stay in the bone marrow (1 immature granulocyte)." in words
+    assert ("The software called 1 erythroblast (cells that normally stay in the bone marrow); nobody opened it "
+            "before sign-off, so it is the software's call, not confirmed by a reviewer") in words

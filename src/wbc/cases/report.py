@@ -121,16 +121,37 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
     out.append(f"With {total} cells, each percentage is an estimate: the true share of {display_name(r0['class'])}s "
                f"is likely (95 % confidence) between {fixed(r0['ci95_low'], 0)} % and {fixed(r0['ci95_high'], 0)} %. "
                "Counting more cells narrows these ranges.")
-    immature = [r for r in rows if r["class"] in IMMATURE]
-    if immature:
-        out.append("Cells that normally stay in the bone marrow were seen ("
-                   + ", ".join(f"{plural(r['count'], display_name(r['class']))}" for r in immature) + ").")
+    out.extend(immature_sentences(doc))
     excluded = diff["excluded"]
     if excluded.get(NOT_WBC) or excluded.get(UNIDENTIFIABLE):
         out.append(f"{excluded.get(NOT_WBC, 0)} object(s) were not white blood cells and "
                    f"{excluded.get(UNIDENTIFIABLE, 0)} could not be identified; they are not counted.")
     out.append("This is a cell count, not a diagnosis: a doctor reads it with the lab's reference ranges and the "
                "patient's history.")
+    return out
+
+
+def immature_sentences(doc: Mapping[str, Any]) -> list[str]:
+    """What the summary says about cells that normally stay in the bone marrow (IGs, erythroblasts), the alarming
+    finding of a differential: a reviewer's calls as confirmed, the model's calls nobody opened as the software's
+    calls still awaiting a person's review (on BCCD the unopened ones were wrong), never as cells "seen"."""
+    def listed(cells: list[Mapping[str, Any]]) -> str:
+        n = Counter(str(c["label"]) for c in cells)
+        return names_list([plural(n[k], display_name(k)) for k in IMMATURE if n[k]])
+
+    immature = [c for c in doc["cells"] if c["label"] in IMMATURE]
+    seen = [c for c in immature if c["reviewed"]]
+    called = [c for c in immature if not c["reviewed"]]
+    out = []
+    if seen:
+        out.append(f"The reviewer confirmed cells that normally stay in the bone marrow ({listed(seen)}).")
+    if called:
+        one = len(called) == 1
+        them, they = ("it", "it is the software's call") if one else ("them", "they are the software's calls")
+        when = (f"nobody opened {them} before sign-off, so {they}, not confirmed by a reviewer" if doc["signed_by"]
+                else f"{they}, awaiting a reviewer's confirmation")
+        out.append(f"The software called {listed(called)} (cells that normally stay in the bone marrow); {when}, "
+                   "and counted as called.")
     return out
 
 
