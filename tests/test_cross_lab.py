@@ -898,3 +898,60 @@ def test_a_file_given_twice_keeps_both_of_its_indices(tmp_path) -> None:
     for batch_size in (1, 2, 128):
         cells, ok, errors = load_cells(paths, 32, workers=1, batch_size=batch_size)
         assert ok == [0, 2, 3] and len(cells) == 3 and len(errors) == 1
+
+
+def test_cells_most_likely_outside_the_label_set_are_flagged_and_said_by_every_output(
+        tiny_classifier, tmp_path, monkeypatch) -> None:
+    """`wbc classify --classes 5part` on 40 PBC cells counted 14 platelets, NRBCs and IGs as basophils and
+    lymphocytes with only per-cell flags, and one whose set held over half the probability went unflagged (wbc
+    0.29.0): each cell most likely outside the set is flagged naming its class, and the terminal, the --report page,
+    /classify and the Python API say how many, by class, with one sentence (wbc.classify.outside_note)."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    import wbc.classify
+    from wbc.classify import classify_paths, outside_note, predict_cells
+    from wbc.cli import app
+    from wbc.io import write_image
+    from wbc.segment.classical import ClassicalSegmenter
+    from wbc.serve.app import create_app
+    from wbc.types import Prediction
+
+    def probs(**p: float) -> np.ndarray:
+        return np.array([p.get(c, 1e-6) for c in tiny_classifier.classes])
+
+    # platelet most likely but the five-part classes hold 0.55; then a lymphocyte
+    rows = np.stack([probs(platelet=0.45, lymphocyte=0.3, basophil=0.25), probs(lymphocyte=0.98)])
+    logits = (np.log(rows) * tiny_classifier.info.temperature).astype(np.float32)
+    monkeypatch.setattr(wbc.classify, "unsure_views_of", lambda clf: (0.0, 1))
+    monkeypatch.setattr(wbc.classify, "run_views",
+                        lambda clf, cells, want, views=1, first=None: {"logits": logits[:len(cells)]})
+    cells = np.zeros((2, 32, 32, 3), np.uint8)
+    preds, _ = predict_cells(tiny_classifier, cells, ["a", "b"], classes=WBC5)
+    assert preds[0].label == "lymphocyte" and preds[0].review and preds[0].outside == "platelet"
+    assert any("favours platelet" in r and "outside the chosen classes" in r for r in preds[0].reasons)
+    assert preds[1].outside == ""
+    want = ("1 of 2 cells are most likely a class outside the chosen ones (platelet 1): each is counted in the "
+            "chosen class shown and flagged for review")
+    assert outside_note(preds) == want
+
+    monkeypatch.setattr(wbc.classify, "predict_cells", lambda clf, arr, names, *a, **k: (
+        [Prediction("lymphocyte", 0.6, True, {}, path=n, outside="platelet" if i < 2 else "")
+         for i, n in enumerate(names)], {"logits": np.zeros((len(names), len(clf.classes)), np.float32)}))
+    paths = []
+    for i in range(4):
+        write_image(tmp_path / f"c{i}.png", _cell(size=64, seed=i))
+        paths.append(tmp_path / f"c{i}.png")
+    want = want.replace("1 of 2", "2 of 4").replace("platelet 1", "platelet 2")
+    assert classify_paths(paths, tiny_classifier, classes="5part").outside_note() == want
+    res = CliRunner().invoke(app, ["classify", str(tmp_path / "c0.png"), str(tmp_path / "c1.png"),
+                                   str(tmp_path / "c2.png"), str(tmp_path / "c3.png"),
+                                   "--model", str(tiny_classifier.path), "--classes", "5part",
+                                   "-o", str(tmp_path / "p.csv"), "--report", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    assert want in " ".join(res.output.split())
+    assert want in (tmp_path / "r.html").read_text()
+    client = TestClient(create_app(tiny_classifier, ClassicalSegmenter(), max_upload_mb=2))
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    body = client.post("/classify?classes=5part", files=files).json()
+    assert body["warnings"][0] == want

@@ -59,6 +59,31 @@ class ClassifyResult:
     def counts(self) -> Counter[str]:
         return Counter(p.label for p in self.predictions)
 
+    def outside_note(self) -> str | None:
+        """:func:`outside_note` of these predictions."""
+        return outside_note(self.predictions)
+
+
+def outside_note(preds: Sequence[Prediction]) -> str | None:
+    """How many cells the model takes for a class a label set left out (``--classes 5part``: platelets, NRBCs, IGs
+    of an analyser's export), by class; None when none. They stay counted in the chosen class they are shown as
+    (each flagged, its reason naming the class), so the run must say it: 14 of 40 PBC cells counted as basophils and
+    lymphocytes with only per-cell flags (before wbc 0.30.0). `wbc classify`, its report, ``/classify`` and the
+    Python API (:meth:`ClassifyResult.outside_note`) all give this sentence.
+
+    >>> P = lambda out: Prediction("lymphocyte", 0.5, True, {}, outside=out)
+    >>> outside_note([P("platelet"), P("platelet"), P("ig"), P("")]).partition(":")[0]
+    '3 of 4 cells are most likely a class outside the chosen ones (platelet 2, ig 1)'
+    >>> outside_note([P("")]) is None
+    True
+    """
+    n = Counter(p.outside for p in preds if p.outside)
+    if not n:
+        return None
+    which = ", ".join(f"{c} {k}" for c, k in n.most_common())
+    return (f"{sum(n.values())} of {len(preds)} cells are most likely a class outside the chosen ones ({which}): "
+            "each is counted in the chosen class shown and flagged for review")
+
 
 def review_reason(confidence: float, threshold: float) -> str:
     """Why a low-confidence cell is flagged, with as many decimals as it takes for the two numbers to differ (never
@@ -236,8 +261,9 @@ def predict_cells(
     cells cannot be (known from how they were found); their probability is set to 0 and the rest
     renormalised, the same as predicting over the other classes' logits only. ``classes``: the chosen label
     set (``--classes``, see :func:`wbc.labels.parse_class_set`): the answer is restricted to them the same
-    way; the review threshold applies to the renormalised confidence, and a cell the model puts mostly
-    outside the set (allowed mass < 0.5) is flagged too, naming the class it favours. ``views``: logits
+    way; the review threshold applies to the renormalised confidence, and a cell whose most likely class over all
+    the model's is outside the set is flagged too, naming that class (``Prediction.outside``; before wbc 0.30.0
+    only when the set held under half the probability), as is one whose set holds under half of it. ``views``: logits
     averaged over that many flips/rotations (:func:`run_views`; None: :func:`tta_views_of` the classifier).
     ``second``: {index in ``cells``: the same cell re-framed} for cells whose framing is ambiguous
     (:func:`wbc.reframe.frame_cell_views`); their logits are the weighted mean of both framings'
@@ -302,12 +328,16 @@ def predict_cells(
         for i in np.flatnonzero(probs.argmax(1) != network):
             preds[i].review = True
             preds[i].reasons.append(adjust.reason(classifier.classes, int(network[i]), int(probs[i].argmax())))
-    if classes:
+    if classes:  # a cell the model takes for a class left out is no cell of the chosen ones: a person decides
+        chosen = set(classes)
         for p, m, row in zip(preds, mass, full, strict=True):
-            if m < 0.5:
-                other = classifier.classes[int(row.argmax())]
-                p.review = True
+            other = classifier.classes[int(row.argmax())]
+            if other not in chosen:
+                p.review, p.outside = True, other
                 p.reasons.append(f"the model favours {other} ({row.max():.2f}), outside the chosen classes")
+            elif m < 0.5:
+                p.review = True
+                p.reasons.append(f"the chosen classes hold {m:.2f} of the model's probability")
     if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
         flag_predictions(preds, None, None, ood, scores)
     return preds, out
@@ -567,5 +597,5 @@ def classify_paths(
 # The predictions CSV is one of the output formats of wbc.formats; these names stay importable from here.
 from wbc.formats import prediction_header, prediction_row, write_predictions_csv  # noqa: E402
 
-__all__ = ["ClassifyResult", "classify_paths", "load_cell_views", "load_cells", "predict_cells", "prediction_header",
-           "prediction_row", "read_cell", "write_predictions_csv"]
+__all__ = ["ClassifyResult", "classify_paths", "load_cell_views", "load_cells", "outside_note", "predict_cells",
+           "prediction_header", "prediction_row", "read_cell", "write_predictions_csv"]

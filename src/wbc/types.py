@@ -25,6 +25,8 @@ class Prediction:
     path: str = ""
     ood: bool = False  # unlike the training data (colour or feature statistics)
     reasons: list[str] = field(default_factory=list)  # why review is set, in words
+    # the class the model favours over all its classes when a label set (``--classes``) left it out; "" otherwise
+    outside: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

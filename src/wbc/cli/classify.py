@@ -91,6 +91,8 @@ def classify(
     say(f"{n} cells classified with {clf.model_id} -> {out}")
     say_differential(counts, clf.classes)  # as report.html: shares of the WBCs, NRBCs and platelets per 100 WBCs
     say(f"  flagged for review: {n_review}")
+    if outside := res.outside_note():
+        warn(outside)
     warning = ood_warning(res.predictions, adapted_without_labels(clf))
     if warning:
         warn(f"{warning}; {advice_for(clf)}" if needs_adaptation(res.predictions) else warning)

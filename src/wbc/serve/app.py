@@ -495,12 +495,14 @@ def create_app(
             status = 415 if errors and wrong_type == len(errors) else 422
             raise UploadProblem(status, "no_readable_image",
                                 "none of the uploaded files could be read as an image", errors)
+        from wbc.classify import outside_note
         from wbc.ood import adapted_without_labels, ood_warning
 
         counts = {c: 0 for c in clf.classes}
         for p in preds:
             counts[p.label] += 1
         warning = ood_warning(preds, adapted_without_labels(clf))  # the sentence /analyze gives a field
+        outside = outside_note(preds)  # the sentence `wbc classify` prints
         return JSONResponse({
             "model_id": clf.model_id,
             "n": len(preds),
@@ -508,7 +510,7 @@ def create_app(
             "results": [prediction_to_dict(p) for p in preds],
             "counts": counts,
             "differential": differential(counts, clf.classes),
-            "warnings": [warning] if warning else [],
+            "warnings": [w for w in (outside, warning) if w],
             "errors": errors,
         })
 
