@@ -236,3 +236,24 @@ def test_the_fields_table_of_a_large_run_lists_the_first_fields_and_says_so(tmp_
     table = html.split("<h2>Fields</h2>")[1]
     assert "The first 2 of 3 fields" in table and table.count("<tr><td>") == 2
     assert "3 fields" in html.split("</div>")[0]  # the header counts them all
+
+
+def test_a_flagged_caption_has_the_digits_that_tell_it_from_the_review_threshold() -> None:
+    """`wbc classify --report` captioned a cell flagged at 0.9862 under the threshold 0.98633 "99% · review" beside an
+    unflagged 0.9904's "99%", the threshold only in hover titles (wbc 0.29.0); the review page and the case report
+    give the digits that tell them apart (wbc.formats.confidence_text), and so does this page, its header the
+    threshold."""
+    from wbc.evaluate.classified import GalleryPicker, ShownCell, analysis_page, classified_page
+    from wbc.types import Prediction
+
+    rgb = np.full((32, 32, 3), 200, np.uint8)
+    cells = [ShownCell(rgb, "monocyte", 0.9862, True, "a.png"), ShownCell(rgb, "monocyte", 0.9904, False, "b.png")]
+    preds = [Prediction("monocyte", c.confidence, c.review, {}, path=c.path) for c in cells]
+    page = classified_page(preds, ["monocyte"], {"monocyte": cells}, model_id="m", threshold=0.98633)
+    assert "98.62% · review" in page and ">99.0%<" in page and ">99%" not in page
+    assert "(review threshold 98.6% confidence)" in page
+    picker = GalleryPicker()
+    for c in cells:
+        picker.add(c.label, c.confidence, c.review, c)
+    smear = analysis_page(["monocyte"], picker, {"monocyte": cells}, [], model_id="m", threshold=0.98633)
+    assert "98.62% · review" in smear and ">99%" not in smear and "review threshold 98.6% confidence" in smear

@@ -125,7 +125,8 @@ def analyze(
         # the classes answered (--classes: its rows only; no platelets: wbc.analyze.smear_label_set)
         page = write_analysis_report(output, summary.docs, summary.classes, stems=summary.stems,
                                      model_id=summary.model_id, segmenter_id=summary.segmenter_id,
-                                     per_class=report_cells, errors=summary.errors)
+                                     per_class=report_cells, errors=summary.errors,
+                                     threshold=float(loaded[0].info.review_threshold) if loaded else 0.0)
         say(f"  report: {page}")
     warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")
     warn_skipped(f"{copy}: the same image as another input, analysed and counted once ({original} has the same bytes)"

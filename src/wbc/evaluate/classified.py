@@ -132,22 +132,39 @@ def differential(n: Mapping[str, int], flagged: Mapping[str, int], classes: Sequ
 
 
 def _galleries(classes: Sequence[str], n: Mapping[str, int], flagged: Mapping[str, int],
-               shown: Mapping[str, Sequence[ShownCell]]) -> list[dict[str, Any]]:
+               shown: Mapping[str, Sequence[ShownCell]], threshold: float = 0.0) -> list[dict[str, Any]]:
     from wbc.evaluate.report import display_name
 
     return [{"label": c, "name": display_name(c), "n": int(n.get(c, 0)), "flagged": int(flagged.get(c, 0)),
-             "cells": _cell_items(shown.get(c, ()))} for c in classes if n.get(c)]
+             "cells": _cell_items(shown.get(c, ()), threshold)} for c in classes if n.get(c)]
 
 
-def _cell_items(cells: Sequence[ShownCell]) -> list[dict[str, Any]]:
+def _cell_items(cells: Sequence[ShownCell], threshold: float = 0.0) -> list[dict[str, Any]]:
+    """Each shown cell's picture and caption. The confidence has the digits that tell it from the model's review
+    ``threshold`` (:func:`wbc.formats.confidence_text`, as the review page and the case report): before wbc 0.30.0
+    a cell flagged at 0.9862 under 0.9863 read "99% · review" beside an unflagged 0.9904's "99%"."""
     from wbc.evaluate.report import image_to_data_uri
-    from wbc.formats import confidence_text  # whole percent, never 100 % below 1 (an unusual cell's "1.00 ?")
+    from wbc.formats import confidence_text  # never 100 % below 1 (an unusual cell's "1.00 ?")
 
-    return [{"src": image_to_data_uri(c.rgb), "percent": f"{confidence_text(c.confidence, 0.0, 0, 100)}%",
+    return [{"src": image_to_data_uri(c.rgb), "percent": f"{confidence_text(c.confidence, threshold, 0, 100)}%",
              "review": c.review,
              "name": Path(c.path).name + ("" if c.cell_id is None else f" #{c.cell_id}"),
              "title": "\n".join([c.path + ("" if c.cell_id is None else f" (cell {c.cell_id})"), *c.reasons]),
              "href": c.href} for c in cells]
+
+
+def threshold_note(threshold: float) -> str:
+    """The page header's words for the model's review threshold, in the digits the pages give it
+    (:func:`wbc.formats.threshold_text`): the captions' confidences are read against it.
+
+    >>> threshold_note(0.9863332509994507), threshold_note(1.0), threshold_note(0.0)
+    ('review threshold 98.6% confidence', 'every cell is flagged (review threshold 100%)', '')
+    """
+    from wbc.formats import threshold_text
+
+    if threshold >= 1:
+        return "every cell is flagged (review threshold 100%)"
+    return f"review threshold {threshold_text(threshold, 1, 100)}% confidence" if threshold > 0 else ""
 
 
 def classified_page(
@@ -160,6 +177,7 @@ def classified_page(
     reframe: bool = True,
     warning: str | None = None,
     errors: Sequence[tuple[str, str]] = (),
+    threshold: float = 0.0,
 ) -> str:
     """`wbc classify --report`'s page as one HTML string: the differential over ``classes`` (the answer's label
     set), then a gallery per class of the ``shown`` cells, then the files that could not be read (``errors``:
@@ -188,8 +206,9 @@ def classified_page(
         reframe=reframe,
         warning=warning,
         outside=outside_note(predictions),
+        threshold=threshold_note(threshold),
         rows=differential(n, flagged, classes),
-        galleries=_galleries(classes, n, flagged, shown),
+        galleries=_galleries(classes, n, flagged, shown, threshold),
         errors=[{"path": p, "message": m} for p, m in errors],
         version=__version__,
     )
@@ -227,7 +246,8 @@ def write_classified_report(
             shown.setdefault(label, []).append(ShownCell(rgb, p.label, p.confidence, p.review, p.path, p.reasons))
     classes = tuple(getattr(classifier, "label_set", ()) or ()) or tuple(classifier.classes)
     page = classified_page(predictions, classes, shown, model_id=classifier.model_id, sources=sources,
-                           reframe=reframe, warning=warning, errors=errors)
+                           reframe=reframe, warning=warning, errors=errors,
+                           threshold=float(classifier.info.review_threshold))
     atomic_write_text(path, page)
 
 
@@ -251,6 +271,7 @@ def analysis_page(
     errors: Sequence[tuple[str, str]] = (),
     n_fields: int | None = None,
     n_warned: int | None = None,
+    threshold: float = 0.0,
 ) -> str:
     """`wbc analyze`'s ``report.html`` as one HTML string: the differential over ``classes`` (those the run answered
     among, no platelets: :func:`wbc.analyze.smear_label_set`) pooled over the fields (``fields``, each
@@ -283,8 +304,9 @@ def analysis_page(
         n_warned=sum(1 for f in fields if f.get("warnings")) if n_warned is None else n_warned,
         classes=", ".join(classes),
         nrbc=any(c in PER_100_WBC for c in classes),  # erythroblasts answered (platelets never are in a smear)
+        threshold=threshold_note(threshold),
         rows=differential(picker.n, picker.flagged, classes),
-        galleries=_galleries(classes, picker.n, picker.flagged, shown),
+        galleries=_galleries(classes, picker.n, picker.flagged, shown, threshold),
         fields=[{**f, "counts": ", ".join(f"{k} {c}" for c, k in f["counts"].items() if k),
                  "warnings": "; ".join(f.get("warnings") or ())} for f in fields],
         errors=[{"path": p, "message": m} for p, m in errors],
@@ -318,6 +340,7 @@ def write_analysis_report(
     segmenter_id: str = "",
     per_class: int = REPORT_CELLS,
     errors: Sequence[tuple[str, str]] = (),
+    threshold: float = 0.0,
 ) -> Path:
     """Write :func:`analysis_page` to ``out/report.html`` (atomically) from a finished `wbc analyze` batch: its
     ``cells.csv`` in ``out`` (streamed), the fields' summary ``docs`` (:class:`wbc.batch.AnalyzeSummary`) and
@@ -362,7 +385,8 @@ def write_analysis_report(
     fields = [{"image": d["image"], "href": href(str(d["image"])), "n_cells": d["n_cells"], "counts": d["counts"],
                "warnings": d.get("warnings") or []} for d in docs[:MAX_FIELD_ROWS]]
     page = analysis_page(classes, picker, shown, fields, model_id=model_id, segmenter_id=segmenter_id,
-                         errors=errors, n_fields=len(docs), n_warned=sum(1 for d in docs if d.get("warnings")))
+                         errors=errors, n_fields=len(docs), n_warned=sum(1 for d in docs if d.get("warnings")),
+                         threshold=threshold)
     path = out / "report.html"
     atomic_write_text(path, page)
     return path
