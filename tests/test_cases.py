@@ -376,7 +376,7 @@ def test_cli_create_list_show_report_export(tmp_path: Path, model_path: Path) ->
     res = run(app, ["cases", "export", str(tmp_path / "none"), "--store", store])
     assert res.exit_code == 0 and "not signed off" in res.output
     res = run(app, ["cases", "export", str(tmp_path / "out"), "--store", store, "--include-open"])
-    assert res.exit_code == 0 and "wbc adapt --data" in res.output
+    assert res.exit_code == 0 and "review at least 3 more" in res.output  # 1 cell: wbc adapt would refuse it
     assert f"{doc['n_cells'] - 1} cell(s) nobody reviewed left out" in " ".join(res.output.split())
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert [(int(r["cell_id"]), r["label_source"], r["reviewer"]) for r in rows] == [(cell["id"], "reviewed", "me")]
@@ -965,3 +965,34 @@ def test_the_summary_gives_unopened_bone_marrow_cells_as_the_software_s_calls(st
     assert "The reviewer confirmed cells that normally stay in the bone marrow (1 immature granulocyte)." in words
     assert ("The software called 1 erythroblast (cells that normally stay in the bone marrow); nobody opened it "
             "before sign-off, so it is the software's call, not confirmed by a reviewer") in words
+
+
+def test_cases_show_names_no_platelet_rate_and_export_names_a_next_step_that_runs(
+        store: CaseStore, fields, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """`wbc cases show` headed every case "erythroblasts and platelets per 100 WBCs" though a case has no platelet
+    row since wbc 0.30.0; `wbc cases export` of 2 reviewed cells said "next: wbc adapt --data ..." which then
+    refused "need at least 4 labelled cells, got 2" with no way forward (wbc 0.29.0)."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cid = create_case_from_fields(store, "S-5", fields, classifier)
+    doc = store.case_document(cid)
+    for cell in doc["cells"][:2]:
+        store.reclassify(cid, cell["id"], cell["model_label"], "A. Tech")
+    store.sign_off(cid, "Dr. B. Reviewer")
+    res = CliRunner().invoke(app, ["cases", "show", "S-5", "--store", store.url])
+    assert res.exit_code == 0, res.output
+    assert "platelet" not in res.output
+    assert "% of the WBCs, erythroblasts per 100 WBCs (/100 WBC), outside the total" in res.output
+    res = CliRunner().invoke(app, ["cases", "export", str(tmp_path / "corr"), "--store", store.url])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "next: wbc adapt" not in out
+    assert "wbc adapt needs at least 4 labelled cells: review at least 2 more (or add --include-accepted" in out
+    res = CliRunner().invoke(app, ["adapt", "--data", str(tmp_path / "corr"), "--output", str(tmp_path / "m.onnx"),
+                                   "--method", "head"])
+    assert res.exit_code != 0 and "review more cells, or export with --include-accepted" in str(res.exception)
+    res = CliRunner().invoke(app, ["cases", "export", str(tmp_path / "all"), "--store", store.url,
+                                   "--include-accepted"])
+    assert "next: wbc adapt --data" in " ".join(res.output.split())

@@ -44,6 +44,16 @@ MAX_CELLS_WARN = 1000
 #: below it the held-out check and the review threshold rest on a handful of cells, and the adapted model often does
 #: worse than the original (16 cells of one case: 93.8 % -> 81.2 %).
 MIN_CELLS_ADVISED = 25
+#: The fewest labelled cells `wbc adapt` runs on at all (a held-out check needs some); `wbc cases export` names the
+#: next step against it rather than suggesting an adaptation that refuses.
+MIN_LABELLED_CELLS = 4
+
+
+def too_few_labelled(data: object, n: int) -> WbcError:
+    """The one-line refusal for fewer than :data:`MIN_LABELLED_CELLS`, with the way forward: before wbc 0.30.0 a
+    folder `wbc cases export` had just written and advised adapting on was refused with no word of what to do."""
+    return WbcError(f"{data}: need at least {MIN_LABELLED_CELLS} labelled cells, got {n}; label more (for a "
+                    "`wbc cases export` folder: review more cells, or export with --include-accepted)")
 
 
 # --- model file ----------------------------------------------------------------------------------
@@ -401,8 +411,8 @@ def adapt_model(
     out = _check_output(output, clf)
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
-    if len(cells) < 4:
-        raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
+    if len(cells) < MIN_LABELLED_CELLS:
+        raise too_few_labelled(data, len(cells))
     if stain not in (None, "none"):
         info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     elif stain == "none":

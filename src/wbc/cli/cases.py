@@ -97,8 +97,12 @@ def show_case(case: CaseArg, store: StoreOpt = None,
     say(f"  {len(doc['fields'])} field(s), {doc['n_cells']} cell(s): {doc['n_flagged']} flagged by the model, "
         f"{doc['n_reviewed']} reviewed, {doc['n_changed']} changed")
     model = {r["class"]: r["count"] for r in doc["model_differential"]["rows"]}
-    say(f"  {doc['differential']['total']} WBCs counted; % of the WBCs, erythroblasts and platelets per 100 WBCs "
-        "(/100 WBC), outside the total")
+    from wbc.labels import PER_100_WBC
+
+    # the rate rows the case has (no platelet row since wbc 0.30.0): a header naming absent rows misleads
+    per_100 = [f"{c}s" for c in PER_100_WBC if any(r["class"] == c for r in doc["differential"]["rows"])]
+    rates = f", {' and '.join(per_100)} per 100 WBCs (/100 WBC), outside the total" if per_100 else ""
+    say(f"  {doc['differential']['total']} WBCs counted; % of the WBCs{rates}")
     say(f"  {'class':<15}{'count':>6}  {'rate':<16}{'95 % CI':<16}{'model':>6}")
     for r in doc["differential"]["rows"]:
         if r["count"] or model[r["class"]]:
@@ -226,5 +230,11 @@ def export(
     if res.n_unreviewed:
         warn(f"{res.n_unreviewed} cell(s) nobody reviewed left out: their labels are the model's own calls "
              "(--include-accepted takes those of signed-off cases)", prefix="note:")
-    if res.n_cells:
+    from wbc.adapt import MIN_LABELLED_CELLS
+
+    if res.n_cells >= MIN_LABELLED_CELLS:
         say(f"next: wbc adapt --data {output} --output my_lab.onnx")
+    else:  # wbc adapt would refuse: say what makes it run instead
+        more = "" if include_accepted else " (or add --include-accepted: the calls accepted at sign-off too)"
+        say(f"wbc adapt needs at least {MIN_LABELLED_CELLS} labelled cells: review at least "
+            f"{MIN_LABELLED_CELLS - res.n_cells} more{more}, then export again")

@@ -269,6 +269,7 @@ def adapt_finetune(
     held-out check, temperature and review threshold are fitted on those averaged logits.
     """
     from wbc.adapt import (
+        MIN_LABELLED_CELLS,
         AdaptResult,
         _check_output,
         adaptation_hash,
@@ -276,6 +277,7 @@ def adapt_finetune(
         load_labelled_cells,
         stain_spec,
         stratified_folds,
+        too_few_labelled,
     )
     from wbc.calibration import calibrate, resolve_review_target
     from wbc.model import load_model
@@ -304,8 +306,8 @@ def adapt_finetune(
     # (and `wbc quantize` refused it as "already quantised")
     info.extra.pop("quantization", None)
     cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
-    if len(cells) < 4:
-        raise WbcError(f"{data}: need at least 4 labelled cells, got {len(cells)}")
+    if len(cells) < MIN_LABELLED_CELLS:
+        raise too_few_labelled(data, len(cells))
     unknown = sorted({lab for lab in labels if lab not in clf.classes})
     if unknown:
         raise WbcError(f"{data}: labels not among the model's classes {clf.classes}: {unknown} (use --map)")
