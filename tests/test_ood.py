@@ -339,3 +339,16 @@ def test_a_refit_flags_about_half_a_percent_of_the_training_labs_validation_cell
     rows = list(csv.DictReader(manifest.open()))
     res = classify_paths([real_data / r["path"] for r in rows if r["split"] == "val"], load_model(model))
     assert sum(p.ood for p in res.predictions) / len(res.predictions) <= 0.008
+
+
+def test_every_output_gives_one_adapt_advice_with_the_cell_counts_adapt_is_made_for() -> None:
+    """The terminal advised "~50-100 labelled cells" (README and `wbc adapt`: 25-100, or --no-labels first) while the
+    pages and reports, fed the same sentence, gave no advice at all (wbc 0.29.0): the advice is now part of the one
+    sentence every output gives."""
+    from wbc.ood import ood_sentence
+
+    many = ood_sentence(5, 10)
+    assert many.endswith("check every cell; adapt the model to this lab with `wbc adapt` on 25-100 labelled cells "
+                         "(or `wbc adapt --no-labels` on unlabelled ones)")
+    assert "label 25-100 of this lab's cells and run `wbc adapt`" in ood_sentence(5, 10, unlabelled_adaptation=True)
+    assert "50-100" not in many and "wbc adapt" not in ood_sentence(1, 10)
