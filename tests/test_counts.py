@@ -48,7 +48,7 @@ def test_differential_rows_per_image_and_pooled(tmp_path: Path) -> None:
     pooled = [r for r in got if r["image"] == "ALL"]
     assert {r["class"]: int(r["count"]) for r in pooled} == {"lymphocyte": 1, "neutrophil": 3}
     empty = [r for r in got if r["image"] == "b"]
-    assert all(r["total"] == "0" and r["ci95_high"] == "100.0" for r in empty)
+    assert all(r["total"] == "0" and r["percent"] == r["ci95_high"] == "" for r in empty)  # as report.html: "-"
 
 
 def test_nrbcs_and_platelets_are_counted_per_100_wbcs_outside_the_total() -> None:
@@ -124,3 +124,19 @@ def test_the_classify_console_gives_the_differential_of_its_report(tmp_path: Pat
     rows = {r[1]: r for r in differential_rows(counts, classes, "")}
     assert f"{rows['lymphocyte'][4]:.1f}%" in lines["lymphocyte"] and "50.0%" in lines["lymphocyte"]
     assert "50.0 per 100 WBCs" in lines["erythroblast"] and "50.0 per 100 WBCs" in lines["platelet"]
+
+
+def test_a_field_without_wbcs_gives_no_wbc_share_in_the_csv_as_in_the_report(tmp_path: Path) -> None:
+    """BloodImage_00021.jpg (one NRBC, no WBC): differential.csv read `ALL,neutrophil,0,0,0.0,0.0,100.0` where
+    report.html showed "-" (wbc 0.29.0): a clinician saw "0.0 % neutrophils" for a sample with no WBC counted."""
+    from wbc.evaluate.classified import differential
+
+    classes = ["erythroblast", "lymphocyte", "neutrophil"]
+    out = tmp_path / "d.csv"
+    write_differential_csv(out, [{"image": "f.jpg", "counts": {"erythroblast": 1}},
+                                 {"image": "g.jpg", "counts": {"neutrophil": 1}}], classes)
+    got = {(r["image"], r["class"]): r for r in csv.DictReader(out.open())}
+    keys = ("count", "total", "percent", "ci95_low", "ci95_high")
+    assert [got["f.jpg", "neutrophil"][k] for k in keys] == ["0", "0", "", "", ""]
+    assert differential({"erythroblast": 1}, {}, classes)[2]["percent"] == "-"  # report.html
+    assert [got["ALL", "neutrophil"][k] for k in keys][:3] == ["1", "1", "100.0"]  # a WBC counted: its share

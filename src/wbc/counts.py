@@ -98,7 +98,8 @@ def differential_rows(counts: dict[str, int], classes: Sequence[str], image: str
     are counted outside it, their percent read per 100 WBCs (:func:`per_100_interval`), as hematology reports them.
     With no WBC counted such a rate has no value: its percent and both bounds are ``None`` (empty CSV cells, JSON
     ``null``; shown as :data:`NO_WBC_RATE`), never 0.0 with an interval of 0-100 (before wbc 0.29.0). A WBC class
-    with no WBC counted keeps 0.0 and the uninformative 0-100 % of :func:`clopper_pearson`.
+    with no WBC counted keeps 0.0 and the uninformative 0-100 % of :func:`clopper_pearson` here (the JSON);
+    ``differential.csv`` leaves them empty, as report.html shows "-" (:func:`wbc.formats.write_differential_csv`).
 
     >>> counts = {"a": 1, "b": 7}
     >>> differential_rows(counts, ["a", "b"], "x")[0], differential_rows(counts, ["a", "b"], "x", 4)[0]
