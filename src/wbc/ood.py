@@ -273,9 +273,9 @@ def flag_predictions(
     return list(predictions)
 
 
-#: What :func:`ood_sentence` advises when many cells are unlike the training data: the same words, with the cell
-#: counts `wbc adapt` is made for (25-100: wbc.adapt.MIN_CELLS_ADVISED, README), in the terminal, the pages and the
-#: reports. Before wbc 0.30.0 only the terminal gave advice, asking for "~50-100" cells.
+#: What the command line adds to :func:`ood_warning` for the person who runs wbc (never shown to lab staff in the web
+#: page or reports, which speak of the lab's images, not of commands), with the cell counts `wbc adapt` is made for
+#: (25-100, as the README and `wbc adapt` say; before wbc 0.30.0 "~50-100").
 ADAPT_ADVICE: str = ("adapt the model to this lab with `wbc adapt` on 25-100 labelled cells "
                      "(or `wbc adapt --no-labels` on unlabelled ones)")
 
@@ -300,8 +300,8 @@ def adapted_without_labels(classifier: object) -> bool:
 
 
 def advice_for(classifier: object) -> str:
-    """What :func:`ood_sentence` advises for this model when many cells are out of distribution
-    (:data:`ADAPT_ADVICE`, or :data:`LABEL_ADVICE` for a model already adapted without labels)."""
+    """What the command line advises when many cells are out of distribution (:data:`ADAPT_ADVICE`, or
+    :data:`LABEL_ADVICE` for a model already adapted without labels)."""
     return LABEL_ADVICE if adapted_without_labels(classifier) else ADAPT_ADVICE
 
 
@@ -322,8 +322,8 @@ def needs_adaptation(predictions: Sequence[Prediction]) -> bool:
 def ood_warning(predictions: Sequence[Prediction], unlabelled_adaptation: bool = False) -> str | None:
     """One sentence for reports and the web page when cells are out of distribution, else None.
 
-    Every output gives it as it is (terminal, pages, reports, JSON), the advice included when many cells are
-    flagged (:func:`ood_sentence`).
+    Written for lab staff: it says what to do in the lab's words, with no command; the CLI appends :func:`advice_for`
+    the model, the commands with the cell counts.
     ``unlabelled_adaptation``: the model was adapted to this lab without labels (:func:`adapted_without_labels`),
     so the sentence says its accuracy here is unmeasured instead of asking for an adaptation already made.
     """
@@ -347,10 +347,10 @@ def ood_sentence(k: int, n: int, unlabelled_adaptation: bool = False) -> str | N
     msg = f"{k} of {n} cells ({share}) look unlike the model's training data (marked for review)"
     if too_many_ood(k, n) and unlabelled_adaptation:
         msg += ("; the model was adapted to this lab's images without labels, so its accuracy on them has not been "
-                f"measured: check every cell; {LABEL_ADVICE}")
+                "measured: check every cell")
     elif too_many_ood(k, n):
         msg += ("; results may be unreliable for this lab's images until the model is adapted to this lab's "
-                f"stain and scanner: check every cell; {ADAPT_ADVICE}")
+                "stain and scanner: check every cell")
     return msg
 
 

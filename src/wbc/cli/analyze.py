@@ -69,7 +69,7 @@ def analyze(
     from wbc.cli._common import check_engine, note_unchecked_model, progress, say_differential
     from wbc.counts import wbc_total
     from wbc.formats import pooled_counts
-    from wbc.ood import adapted_without_labels, ood_sentence
+    from wbc.ood import adapted_without_labels, advice_for, ood_sentence, too_many_ood
     from wbc.paths import DEFAULT_INPUT_DIR
 
     inputs = list(paths) if paths else [DEFAULT_INPUT_DIR]
@@ -118,7 +118,7 @@ def analyze(
         say(f"  flagged for review: {summary.n_review}")
         k, n = summary.n_ood, summary.n_classified
         if warning := ood_sentence(k, n, bool(loaded) and adapted_without_labels(loaded[0])):
-            warn(warning)  # with the advice, as the pages and reports give it
+            warn(f"{warning}; {advice_for(loaded[0])}" if loaded and too_many_ood(k, n) else warning)
     if report and summary.classes:
         from wbc.evaluate.classified import write_analysis_report
 

@@ -54,7 +54,7 @@ def classify(
     from wbc.formats import write_predictions_csv
     from wbc.io import check_output_file, is_image_file, iter_image_paths, no_images_message
     from wbc.model import load_model
-    from wbc.ood import adapted_without_labels, ood_warning
+    from wbc.ood import adapted_without_labels, advice_for, needs_adaptation, ood_warning
 
     files = list(iter_image_paths(paths))
     if not files:
@@ -94,8 +94,8 @@ def classify(
     if outside := res.outside_note():
         warn(outside)
     warning = ood_warning(res.predictions, adapted_without_labels(clf))
-    if warning:  # with the advice, in the words the pages and reports give it (wbc.ood.ood_sentence)
-        warn(warning)
+    if warning:
+        warn(f"{warning}; {advice_for(clf)}" if needs_adaptation(res.predictions) else warning)
     if page is not None:
         from wbc.evaluate.classified import write_classified_report
 
