@@ -103,16 +103,19 @@ class SessionGroup:
         futures = [self._pool.submit(self._run_chunked, s, feed, part)
                    for s, part in zip(self.sessions[1:], parts[1:], strict=True)]
         first = self._run_chunked(self.sessions[0], feed, parts[0])  # this thread takes a share too
-        outs = [first] + [f.result() for f in futures]
-        return [np.concatenate([o[i] for o in outs]) for i in range(len(feed))]
+        return _joined([first] + [f.result() for f in futures])
 
     def _run_chunked(self, session: ort.InferenceSession, feed: list[str], x: np.ndarray) -> list[np.ndarray]:
         """``session``'s outputs ``feed`` for ``x``, run :data:`CHUNK_ROWS` rows at a time."""
         step = CHUNK_ROWS or len(x)
         if len(x) <= step:
             return list(session.run(feed, {self.input_name: x}))
-        outs = [session.run(feed, {self.input_name: x[i : i + step]}) for i in range(0, len(x), step)]
-        return [np.concatenate([o[i] for o in outs]) for i in range(len(feed))]
+        return _joined([session.run(feed, {self.input_name: x[i : i + step]}) for i in range(0, len(x), step)])
+
+
+def _joined(parts: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Each output of several runs over consecutive row blocks, joined back into one in row order."""
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 @functools.lru_cache(maxsize=1)
