@@ -576,10 +576,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    from wbc.errors import WbcError
+    from _run import run
 
     os.environ.setdefault("GLIBC_TUNABLES", GLIBC_FIX)
-    try:
-        raise SystemExit(main())
-    except WbcError as e:  # bad input (a manifest not found): one line, no traceback
-        raise SystemExit(f"error: {e}") from None
+    run(main)

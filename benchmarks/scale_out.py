@@ -131,4 +131,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _run import run
+
+    run(main)

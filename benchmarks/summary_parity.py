@@ -101,9 +101,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from wbc.errors import WbcError
+    from _run import run
 
-    try:
-        main()
-    except WbcError as e:  # bad input (a manifest not found): one line, no traceback
-        raise SystemExit(f"error: {e}") from None
+    run(main)

@@ -96,9 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from wbc.errors import WbcError
+    from _run import run
 
-    try:
-        raise SystemExit(main())
-    except WbcError as e:  # bad input (a manifest not found, too few cells): one line, no traceback
-        raise SystemExit(f"error: {e}") from None
+    run(main)
