@@ -7,6 +7,7 @@ the tiny real ONNX one from test_serve), so the stored calls are real model outp
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_migrations_match_the_models(empty_store_url: str) -> None:
     s = CaseStore.open(empty_store_url)
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0006"
+        assert ctx.get_current_revision() == "0007"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
     CaseStore.open(empty_store_url).close()  # re-opening an up-to-date store is a no-op
@@ -177,6 +178,52 @@ def test_upgrade_keeps_the_data(empty_store_url: str) -> None:
     doc = store.case_document("old")
     assert doc["corrections"][-1]["client"] == "key:0123abcd" and doc["signed_client"] == "key:0123abcd"
     assert doc["fields"][0]["colour_calibration"] is None  # stored before 0003: nothing is claimed for it
+    store.close()
+
+
+def test_a_0006_store_gains_the_counted_classes_and_its_cases_count_as_before(empty_store_url: str, fields,
+                                                                             classifier) -> None:  # noqa: F811
+    """Migration 0007 adds ``cases.counted`` (the label set a case's differential counts; before wbc 0.31.0 a case of a
+    ``--classes 5part`` server counted the menu's ig and erythroblast at 0). A case stored before keeps NULL there and
+    its differential's rows, the menu's; one created afterwards on the same store counts its label set."""
+    from alembic import command
+    from sqlalchemy import create_engine, inspect, text
+
+    from wbc.cases.store import alembic_config
+
+    menu = [c for c in classifier.classes if c != "platelet"]
+    url = empty_store_url
+    engine = create_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+        conn.execute(text("INSERT INTO cases (id, name, created_at, created_by, model_id, segmenter_id, classes, "
+                          "review_threshold, wbc_version) VALUES (1, 'by 0.30.0', '2026-12-06 03:04:05', 'x', 'm', "
+                          "'s', :classes, 0.9, '0.30.0')"), {"classes": json.dumps(menu)})
+        conn.execute(text("INSERT INTO fields (id, case_id, position, image, width, height, image_png, warnings) "
+                          "VALUES (1, 1, 1, 'f.png', 10, 10, :png, '[]')"), {"png": b"png"})
+        conn.execute(text("INSERT INTO cells VALUES (1, 1, 1, 1, 0, 0, 5, 5, '[]', '[]', :png, 'neutrophil', 0.7, "
+                          "TRUE, '[]', '{}', FALSE, NULL, NULL, NULL)"), {"png": b"png"})
+        if engine.dialect.name == "postgresql":  # rows given their ids: PostgreSQL's id sequences move on only by use
+            for table in ("cases", "fields", "cells"):
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1)"))
+    engine.dispose()
+
+    store = CaseStore.open(url)
+    assert "counted" in {c["name"] for c in inspect(store.engine).get_columns("cases")}
+    old = store.case_document("by 0.30.0")
+    assert old["counted"] is None and old["classes"] == menu
+    assert [r["class"] for r in old["differential"]["rows"]] == menu  # as before: nothing is claimed for it
+    assert [r["class"] for r in store.tallies(1)["differential"]["rows"]] == menu
+    clf5 = classifier.with_classes("5part")
+    rgb = fields[0][1]
+    five = create_case_from_fields(store, "five-part", [("f.png", rgb, analyze_image(rgb, clf5, ClassicalSegmenter()))],
+                                   clf5)
+    doc = store.case_document(five)
+    assert doc["counted"] == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"] == [
+        r["class"] for r in doc["differential"]["rows"]]
+    assert doc["classes"] == menu  # the reviewer's menu is the model's
     store.close()
 
 

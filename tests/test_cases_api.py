@@ -250,3 +250,47 @@ def test_the_review_page_s_pictures_are_the_cells_as_the_slide_shows_them(client
     assert client.get(f"/cases/{cid}/cells/999999/view").status_code == 404
     js = (Path(__file__).resolve().parents[1] / "src" / "wbc" / "serve" / "static" / "review.js").read_text()
     assert "/view`" in js and "/crop`" not in js
+
+
+def test_a_five_part_server_s_case_counts_five_classes_and_a_reviewer_may_still_call_ig(
+        classifier, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    """A case made by `wbc serve --classes 5part` stored the model's classes as its differential's rows: its
+    differential, report and JSON listed ig and erythroblast at 0, counts that lab never makes (wbc 0.30.0). Its
+    differential now counts the five classes; the reviewer's menu keeps every class, and a cell called ig adds the
+    ig row."""
+    from test_cases import pdf_paragraphs
+    from wbc.cases.export import export_cases
+    from wbc.cases.report import display_name, report_context
+
+    five = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=5, store=tmp_path / "cases.sqlite",
+                     classes="5part")
+    with TestClient(app) as client:
+        doc = new_case(client, "five-part", 1)
+        cid, cell = doc["id"], doc["cells"][0]
+        for d in (doc, client.get(f"/cases/{cid}").json()):
+            assert [r["class"] for r in d["differential"]["rows"]] == five
+            assert [r["class"] for r in d["model_differential"]["rows"]] == five
+        assert doc["counted"] == five
+        assert "ig" in doc["classes"] and "ig" in doc["labels"] and "erythroblast" in doc["labels"]  # the menu
+        page = client.get(f"/cases/{cid}/report").text
+        for c in ("ig", "erythroblast"):
+            assert f"<td>{display_name(c).capitalize()}</td>" not in page
+        assert "erythroblasts per 100" not in page  # no row of theirs to give a unit for
+        store = app.state.case_store
+        assert [r["class"] for r in report_context(store, cid)["rows"]][:5] == five
+        assert "erythroblasts per 100" not in pdf_paragraphs(monkeypatch, store, cid)
+
+        r = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": "ig", "user": "A. Tech"})
+        assert r.status_code == 200, r.text
+        rows = {x["class"]: x for x in r.json()["differential"]["rows"]}
+        with_ig = [c for c in doc["classes"] if c in {"ig", *five}]  # in the model's order
+        assert list(rows) == with_ig and rows["ig"]["count"] == 1
+        assert [x["class"] for x in r.json()["model_differential"]["rows"]] == with_ig
+        doc = client.get(f"/cases/{cid}").json()
+        assert {x["class"]: x["count"] for x in doc["differential"]["rows"]}["ig"] == 1
+        assert "erythroblast" not in [x["class"] for x in doc["differential"]["rows"]]
+        assert f"<td>{display_name('ig').capitalize()}</td>" in client.get(f"/cases/{cid}/report").text
+        assert client.post(f"/cases/{cid}/sign-off", json={"user": "Dr. Who"}).status_code == 200
+        out = export_cases(store, tmp_path / "export", cases=[cid])
+        assert out.counts == {"ig": 1}

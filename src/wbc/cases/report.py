@@ -11,7 +11,7 @@ import base64
 import functools
 import io
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
             "changes": [{"from": display_name(a), "to": display_name(b), "n": n}
                         for (a, b), n in changes.most_common()],
             "footer": FOOTER, "corrections_none": CORRECTIONS_NONE, "gallery_note": GALLERY_NOTE,
-            "differential_note": DIFFERENTIAL_NOTE,
+            "differential_note": differential_note(doc["differential"]["rows"]),
             "draft": not doc["signed_by"]}
 
 
@@ -207,6 +207,14 @@ GALLERY_NOTE = ("Cells the model flagged for review (low confidence or unusual a
 #: Both reports' last words.
 FOOTER = ("Research software: every call is a pre-classification by the software. The report says which calls a "
           "person reviewed and which were accepted at sign-off without being opened. Not a medical device.")
+
+
+def differential_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """:data:`DIFFERENTIAL_NOTE` for a differential of these rows: the erythroblasts' unit only where they have a row
+    (a five-part case counts none, since wbc 0.31.0: :func:`wbc.cases.store.counted_classes`)."""
+    if any(r["class"] == "erythroblast" for r in rows):
+        return DIFFERENTIAL_NOTE
+    return DIFFERENTIAL_NOTE.split("; ", 1)[1]
 
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -368,7 +376,7 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
                            ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
                            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
-    story += [t, Paragraph(f"{doc['differential']['total']} white cells counted; {DIFFERENTIAL_NOTE}",
+    story += [t, Paragraph(f"{doc['differential']['total']} white cells counted; {ctx['differential_note']}",
                            styles["Italic"])]
     story += [Spacer(1, 3 * mm), Paragraph("Corrections by the reviewer", styles["Heading2"])]
     story += [Paragraph(e(f"{c['n']} × {c['from']} → {c['to']}"), styles["Normal"]) for c in ctx["changes"]]

@@ -114,6 +114,9 @@ class CaseRow(Base):
     signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     signed_client: Mapped[str | None] = mapped_column(String(60), nullable=True)  # migration 0002
     wbc_version: Mapped[str | None] = mapped_column(String(40), nullable=True)  # that analysed it; migration 0006
+    # the classes its differential counts (the label set it was analysed among, less platelets); ``classes`` is the
+    # reviewer's menu. None: stored before migration 0007, the differential counts ``classes`` (counted_classes)
+    counted: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
     fields: Mapped[list[FieldRow]] = relationship(back_populates="case", order_by="FieldRow.position")
 
@@ -374,15 +377,37 @@ def cell_to_dict(cell: CellRow, position: int) -> dict[str, Any]:
 
 
 def case_classes(stored: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
-    """A case's classes as its differential and the reviewer's menu show them: those stored with it less platelets (no
-    cell found in a smear is one: :func:`wbc.labels.smear_classes`), unless a cell of the case is labelled so (a case
-    stored before wbc 0.30.0 kept every class of the model, and its reviewer could call a cell "platelet").
+    """A case's classes as the reviewer's menu shows them (its differential's rows: :func:`counted_classes`): those
+    stored with it less platelets (no cell found in a smear is one: :func:`wbc.labels.smear_classes`), unless a cell
+    of the case is labelled so (a case stored before wbc 0.30.0 kept every class of the model, and its reviewer could
+    call a cell "platelet").
 
     >>> case_classes(["lymphocyte", "platelet"]), case_classes(["lymphocyte", "platelet"], ["platelet"])
     (['lymphocyte'], ['lymphocyte', 'platelet'])
     """
     kept = set(smear_classes(stored)) | set(labels)
     return [c for c in stored if c in kept]
+
+
+def counted_classes(stored: Sequence[str], counted: Sequence[str] | None, labels: Sequence[str] = (),
+                    model_labels: Sequence[str] = ()) -> list[str]:
+    """The rows of a case's differential: the classes it was analysed among (``counted``, its label set: a case
+    created by ``wbc serve --classes 5part`` counts five, not the model's seven), plus any class of the reviewer's
+    menu (:func:`case_classes`) a cell is called, now (``labels``: the reviewer's call, else the model's) or by the
+    model (``model_labels``), so no call goes uncounted. ``counted`` None (stored before migration 0007): the menu's
+    classes, as before wbc 0.31.0, when a five-part case listed ig and erythroblast at 0, counts its lab never makes.
+
+    >>> menu = ["erythroblast", "ig", "lymphocyte", "neutrophil"]
+    >>> counted_classes(menu, ["lymphocyte", "neutrophil"]), counted_classes(menu, ["lymphocyte", "neutrophil"], ["ig"])
+    (['lymphocyte', 'neutrophil'], ['ig', 'lymphocyte', 'neutrophil'])
+    >>> counted_classes(menu, None)
+    ['erythroblast', 'ig', 'lymphocyte', 'neutrophil']
+    """
+    menu = case_classes(stored, labels)
+    if counted is None:
+        return menu
+    shown = {*counted, *labels, *model_labels}
+    return [c for c in menu if c in shown]
 
 
 def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
@@ -510,23 +535,29 @@ class CaseStore:
 
     def create_case(
         self, name: str, classes: Sequence[str], model_id: str = "", segmenter_id: str = "",
-        created_by: str = "", review_threshold: float = 0.0,
+        created_by: str = "", review_threshold: float = 0.0, counted: Sequence[str] | None = None,
     ) -> int:
         """A new, empty, open case; returns its id. Names are unique."""
-        return self.create_case_with_fields(name, classes, [], model_id, segmenter_id, created_by, review_threshold)
+        return self.create_case_with_fields(name, classes, [], model_id, segmenter_id, created_by, review_threshold,
+                                            counted)
 
     def create_case_with_fields(
         self, name: str, classes: Sequence[str], fields: Sequence[PreparedField], model_id: str = "",
         segmenter_id: str = "", created_by: str = "", review_threshold: float = 0.0,
+        counted: Sequence[str] | None = None,
     ) -> int:
         """A new open case with ``fields``, in one transaction: no one sees, labels or signs off a case that misses
-        a field, and a field that fails leaves no case behind (nor its name taken). Returns its id."""
+        a field, and a field that fails leaves no case behind (nor its name taken). Returns its id.
+
+        ``classes``: what a reviewer may call a cell; ``counted``: the differential's rows, the label set the fields
+        were analysed among (None: ``classes``; :func:`counted_classes`)."""
         from wbc import __version__
 
         n = clean_name(name)
         row = CaseRow(name=n, created_at=utcnow(), wbc_version=__version__,
                       created_by=" ".join(str(created_by or "").split())[:MAX_USER],
                       model_id=model_id, segmenter_id=segmenter_id, classes=list(classes),
+                      counted=None if counted is None else [c for c in classes if c in set(counted)],
                       review_threshold=float(review_threshold))
         try:
             with self.session(write=True) as s:
@@ -671,17 +702,20 @@ class CaseStore:
                  "user": r.user, "at": iso(r.at), "note": r.note, "client": r.client}
                 for r in s.scalars(select(CorrectionRow).where(CorrectionRow.case_id == c.id)
                                    .order_by(CorrectionRow.id))]
-            classes = case_classes(c.classes, [x["label"] for x in cells])
+            finals, models = [x["label"] for x in cells], [x["model_label"] for x in cells]
+            classes = case_classes(c.classes, finals)  # the reviewer's menu
+            rows = counted_classes(c.classes, c.counted, finals, models)  # the differential's
             return {
                 "id": c.id, "name": c.name, "created_at": iso(c.created_at), "created_by": c.created_by,
                 "model_id": c.model_id, "segmenter_id": c.segmenter_id, "wbc_version": c.wbc_version,
                 "classes": classes,
-                "labels": [*classes, *SPECIAL_LABELS], "review_threshold": c.review_threshold,
+                "labels": [*classes, *SPECIAL_LABELS], "counted": None if c.counted is None else list(c.counted),
+                "review_threshold": c.review_threshold,
                 "signed_by": c.signed_by, "signed_at": iso(c.signed_at), "signed_client": c.signed_client,
                 "status": "signed off" if c.signed_by else "open",
                 "fields": fields, "cells": cells, "corrections": corrections,
-                "differential": differential_of([x["label"] for x in cells], classes),
-                "model_differential": differential_of([x["model_label"] for x in cells], classes),
+                "differential": differential_of(finals, rows),
+                "model_differential": differential_of(models, rows),
                 "n_cells": len(cells), "n_flagged": sum(x["model_review"] for x in cells),
                 "n_reviewed": sum(x["reviewed"] for x in cells), "n_changed": sum(x["changed"] for x in cells),
             }
@@ -693,9 +727,10 @@ class CaseStore:
             c = self._case(s, case)
             rows = s.execute(select(CellRow.label, CellRow.model_label).where(CellRow.case_id == c.id)).all()
             finals = [lab if lab is not None else model for lab, model in rows]
-            classes = case_classes(c.classes, finals)
+            models = [m for _, m in rows]
+            classes = counted_classes(c.classes, c.counted, finals, models)
             return {"differential": differential_of(finals, classes),
-                    "model_differential": differential_of([m for _, m in rows], classes),
+                    "model_differential": differential_of(models, classes),
                     "n_reviewed": sum(lab is not None for lab, _ in rows),
                     "n_changed": sum(lab is not None and lab != m for lab, m in rows)}
 
@@ -821,7 +856,10 @@ def create_case_from_fields(
     classifier: ClassifierLike, segmenter_id: str = "", created_by: str = "",
 ) -> int:
     """A new case from analysed fields (``(image name, rgb, SmearResult)`` or :class:`PreparedField`); returns the
-    case id."""
+    case id. Its reviewer may call a cell any class of the model a smear cell can be; its differential counts the
+    classifier's label set (``wbc serve --classes 5part``: five rows, :func:`counted_classes`)."""
+    from wbc.analyze import smear_label_set
+
     if not fields:
         raise CaseError("a case needs at least one field")
     info = classifier.info
@@ -829,7 +867,8 @@ def create_case_from_fields(
     classes = smear_classes(classifier.classes)  # what a reviewer may call a smear cell: no platelets (case_classes)
     return store.create_case_with_fields(name, classes, ready, model_id=str(classifier.model_id),
                                          segmenter_id=segmenter_id, created_by=created_by,
-                                         review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0))
+                                         review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0),
+                                         counted=smear_label_set(classifier))
 
 
 def safe_stem(text: str) -> str:
