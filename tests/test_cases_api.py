@@ -226,8 +226,7 @@ def test_docs_api_names_how_field_images_and_crops_are_cached(client: TestClient
     for an hour (so the review page does not fetch them again after each relabel), which it now says."""
     doc = new_case(client, "cached", 1)
     docs = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
-    cid, field, cell = doc["id"], doc["fields"][0]["id"], doc["cells"][0]["id"]
-    for url in (f"/cases/{cid}/fields/{field}/image", f"/cases/{cid}/cells/{cell}/crop"):
+    for url in (doc["fields"][0]["image_url"], doc["cells"][0]["crop_url"]):
         r = client.get(url)
         assert r.status_code == 200 and f"`{r.headers['cache-control']}`" in docs, url
     assert client.get(f"/cases/{doc['id']}").headers["cache-control"] == "no-store"
@@ -243,13 +242,47 @@ def test_the_review_page_s_pictures_are_the_cells_as_the_slide_shows_them(client
     cid, field = doc["id"], doc["fields"][0]
     rgb = decode_png(client.get(f"/cases/{cid}/fields/{field['id']}/image").content)
     for cell in doc["cells"]:
-        r = client.get(f"/cases/{cid}/cells/{cell['id']}/view")
+        r = client.get(cell["view_url"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert r.headers["cache-control"] == "private, max-age=3600"
         assert np.array_equal(decode_png(r.content), cell_view(rgb, cell["box"]))
     assert client.get(f"/cases/{cid}/cells/999999/view").status_code == 404
     js = (Path(__file__).resolve().parents[1] / "src" / "wbc" / "serve" / "static" / "review.js").read_text()
-    assert "/view`" in js and "/crop`" not in js
+    assert "c.view_url" in js and "crop" not in js
+
+
+def test_case_images_are_cached_only_under_urls_that_name_their_content(classifier, tmp_path: Path) -> None:  # noqa: F811
+    """Every store numbers its cases, fields and cells from 1, and `/cases/1/cells/1/view` was kept for an hour: after
+    `wbc serve` restarted with another store, the review page showed the previous store's cell under the new case's
+    call (wbc 0.30.0). The case document's image URLs now carry their content version; a URL of another store is 404,
+    and an image asked for without one is revalidated."""
+    docs = []
+    for i, seed in enumerate((10, 11)):  # two stores, one case each: the same ids
+        with TestClient(create_app(classifier, ClassicalSegmenter(), store=tmp_path / f"store{i}.sqlite")) as c:
+            field = png_bytes(synthetic_smear(n_wbc=2, seed=seed)[0])
+            r = c.post("/cases", data={"name": "S-1"}, files=[("files", ("f.png", field, "image/png"))])
+            assert r.status_code == 201, r.text
+            docs.append(r.json())
+    (a, b), (fa, fb) = (d["cells"][0] for d in docs), (d["fields"][0] for d in docs)
+    assert (docs[0]["id"], a["id"], fa["id"]) == (docs[1]["id"], b["id"], fb["id"]) == (1, 1, 1)
+    for x, y in ((a, b), (fa, fb)):
+        urls = [u for u in ("view_url", "crop_url", "image_url") if u in x]
+        assert urls and all(x[u].split("?v=")[0] == y[u].split("?v=")[0] and x[u] != y[u] for u in urls)
+
+    with TestClient(create_app(classifier, ClassicalSegmenter(), store=tmp_path / "store1.sqlite")) as c:
+        for mine, other in ((b["view_url"], a["view_url"]), (b["crop_url"], a["crop_url"]),
+                            (fb["image_url"], fa["image_url"])):
+            r = c.get(mine)
+            assert r.status_code == 200 and r.headers["cache-control"] == "private, max-age=3600", mine
+            stale = c.get(other)  # the previous store's page asking this store: never this store's image
+            assert stale.status_code == 404 and stale.json()["error"] == "not_found", other
+            assert "reload the case" in stale.json()["detail"]
+            bare = c.get(mine.split("?")[0])  # an API client without `v`: asked again each time
+            assert bare.headers["cache-control"] == "private, no-cache" and bare.content == r.content
+            again = c.get(mine.split("?")[0], headers={"If-None-Match": bare.headers["etag"]})
+            assert again.status_code == 304 and not again.content
+        relabelled = c.post(f"/cases/1/cells/{b['id']}/label", json={"label": "not_wbc", "user": "A"}).json()["cell"]
+        assert relabelled["view_url"] == b["view_url"]  # a relabel changes no picture
 
 
 def test_a_five_part_server_s_case_counts_five_classes_and_a_reviewer_may_still_call_ig(

@@ -353,7 +353,25 @@ def final_label(cell: CellRow) -> str:
     return cell.label if cell.label is not None else cell.model_label
 
 
-def cell_to_dict(cell: CellRow, position: int) -> dict[str, Any]:
+def content_version(*parts: object) -> str:
+    """16 hex digits that name a stored picture by what it shows (:meth:`CaseStore.field_version`,
+    :meth:`CaseStore.cell_version`): the API's image URLs carry them, so that a browser that kept case 1's cell 1 of
+    one store never shows it for case 1's cell 1 of another (every store numbers its rows from 1).
+
+    >>> len(content_version("field", "0a1b")), content_version("field", "0a1b") == content_version("field", "0a1c")
+    (16, False)
+    """
+    return hashlib.sha1("|".join(map(str, parts)).encode("utf-8")).hexdigest()[:16]
+
+
+def image_urls(case_id: int, cell_id: int, version: str) -> dict[str, str]:
+    """A cell's picture URLs (``/view``: as the slide shows it; ``/crop``: as the classifier saw it), versioned."""
+    base = f"/cases/{case_id}/cells/{cell_id}"
+    return {"view_url": f"{base}/view?v={version}", "crop_url": f"{base}/crop?v={version}"}
+
+
+def cell_to_dict(cell: CellRow, position: int, version: str) -> dict[str, Any]:
+    """A cell as JSON; ``version``: its pictures' content version (:meth:`CaseStore.cell_version`)."""
     return {
         "id": cell.id,
         "field_id": cell.field_id,
@@ -373,6 +391,7 @@ def cell_to_dict(cell: CellRow, position: int) -> dict[str, Any]:
         "changed": cell.label is not None and cell.label != cell.model_label,
         "reviewed_by": cell.reviewed_by,
         "reviewed_at": iso(cell.reviewed_at),
+        **image_urls(cell.case_id, cell.id, version),
     }
 
 
@@ -450,6 +469,8 @@ class CaseStore:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # a stored field and its cells' boxes never change: each field is decoded once for its cells' pictures
         self._field_views = functools.lru_cache(maxsize=16)(self._cut_views)
+        # the SHA-1 of the PNG of each field stored without its file's (:meth:`_field_version`), hashed once
+        self._png_digests: dict[int, str] = {}
 
     @classmethod
     def open(cls, store: str | os.PathLike[str] | None = None) -> CaseStore:
@@ -644,7 +665,8 @@ class CaseStore:
                                 user=who, at=now, note=str(note or "")[:2000], client=str(client)[:60]))
             cell.label, cell.reviewed_by, cell.reviewed_at = label, who, now
             s.flush()
-            return cell_to_dict(cell, cell.field.position)
+            version = self._cell_version(c, self._field_version(c, cell.field), cell)
+            return cell_to_dict(cell, cell.field.position, version)
 
     def sign_off(self, case: int | str, user: str, client: str = "local", corrections_seen: int | None = None
                  ) -> dict[str, Any]:
@@ -686,17 +708,21 @@ class CaseStore:
                     for c in s.scalars(select(CaseRow).order_by(CaseRow.id))]
 
     def case_document(self, case: int | str) -> dict[str, Any]:
-        """Everything about a case but the images, as JSON-ready dicts (the API's and the report's input)."""
+        """Everything about a case but the images, as JSON-ready dicts (the API's and the report's input); the
+        images' URLs (each field's ``image_url``, each cell's ``view_url`` and ``crop_url``) carry their content
+        version, so that no browser cache shows another store's image for the same ids."""
         with self.session() as s:
             c = self._case(s, case)
             fields, cells = [], []
             loaded = s.scalars(select(FieldRow).where(FieldRow.case_id == c.id).order_by(FieldRow.position)
                                .options(selectinload(FieldRow.cells)))
             for f in loaded:
+                version = self._field_version(c, f)
                 fields.append({"id": f.id, "position": f.position, "image": f.image, "width": f.width,
                                "height": f.height, "warnings": list(f.warnings or []), "n_cells": len(f.cells),
-                               "colour_calibration": f.colour_calibration, "sha1": f.sha1})
-                cells += [cell_to_dict(x, f.position) for x in f.cells]
+                               "colour_calibration": f.colour_calibration, "sha1": f.sha1,
+                               "image_url": f"/cases/{c.id}/fields/{f.id}/image?v={version}"})
+                cells += [cell_to_dict(x, f.position, self._cell_version(c, version, x)) for x in f.cells]
             corrections = [
                 {"id": r.id, "cell_id": r.cell_id, "old_label": r.old_label, "new_label": r.new_label,
                  "user": r.user, "at": iso(r.at), "note": r.note, "client": r.client}
@@ -733,6 +759,37 @@ class CaseStore:
                     "model_differential": differential_of(models, classes),
                     "n_reviewed": sum(lab is not None for lab, _ in rows),
                     "n_changed": sum(lab is not None and lab != m for lab, m in rows)}
+
+    def _field_version(self, c: CaseRow, f: FieldRow) -> str:
+        """The content version of a field's image (:func:`content_version`): its file's SHA-1, or, for a field
+        stored without one (before migration 0004, or from pixels), its PNG's, and the wbc that decoded it."""
+        digest = f.sha1 or self._png_digests.get(f.id)
+        if digest is None:  # the PNG is read in the caller's session
+            digest = self._png_digests.setdefault(f.id, "png:" + hashlib.sha1(f.image_png).hexdigest())
+        return content_version("field", digest, c.wbc_version)
+
+    @staticmethod
+    def _cell_version(c: CaseRow, field_version: str, cell: CellRow) -> str:
+        """A cell's pictures' content version: its field's image, its box and the model that framed its crop."""
+        return content_version("cell", field_version, cell.x0, cell.y0, cell.x1, cell.y1, c.model_id)
+
+    def field_version(self, case: int | str, field_id: int) -> str:
+        """The content version of a field's image (the ``v`` of its ``image_url``)."""
+        with self.session() as s:
+            c = self._case(s, case)
+            f = s.get(FieldRow, int(field_id))
+            if f is None or f.case_id != c.id:
+                raise CaseNotFoundError(f"field {field_id} is not in case {c.name!r}")
+            return self._field_version(c, f)
+
+    def cell_version(self, case: int | str, cell_id: int) -> str:
+        """The content version of a cell's view and crop (the ``v`` of its ``view_url`` and ``crop_url``)."""
+        with self.session() as s:
+            c = self._case(s, case)
+            cell = s.get(CellRow, int(cell_id))
+            if cell is None or cell.case_id != c.id:
+                raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
+            return self._cell_version(c, self._field_version(c, cell.field), cell)
 
     def field_png(self, case: int | str, field_id: int) -> bytes:
         with self.session() as s:

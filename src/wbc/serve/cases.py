@@ -12,9 +12,10 @@ app's JSON error body.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -188,28 +189,55 @@ def get_case(request: Request, case_id: Id) -> dict[str, Any]:
     return call(store_of(request).case_document, case_id)
 
 
+#: The ``v`` of an image URL (``image_url``, ``view_url``, ``crop_url`` of a case's document): its content version.
+Version = Annotated[str | None, Query(max_length=64, description=(
+    "The image's content version, as the case's document gives it in the URL; another one: 404. Without it the "
+    "answer is revalidated (`no-cache`, `ETag`)."))]
+#: Versioned image URLs name their content: a browser may keep them (private: never a proxy).
+VERSIONED_CACHE = "private, max-age=3600"
+
+
+def image_answer(request: Request, version: str, v: str | None, what: str, png: Callable[[], bytes]) -> Response:
+    """A case's image, cached by the browser only under the URL that names its content (``?v=``, the case document's):
+    every store numbers its cases, fields and cells from 1, and before wbc 0.31.0 ``/cases/1/cells/1/view`` was
+    kept for an hour, so a server restarted with another store showed the previous store's cell under the new
+    case's call. Another ``v`` (a page of another store, or of an older analysis) is 404, never this store's image;
+    no ``v``: the answer is revalidated each time (``no-cache``, its ETag the version; 304 when it is unchanged)."""
+    if v is not None and v != version:
+        raise problem(404, "not_found", f"{what} has another content version than {v!r} (an image of another case "
+                      "store, or one analysed since): reload the case")
+    etag = f'"{version}"'
+    headers = {"ETag": etag, "Cache-Control": VERSIONED_CACHE if v is not None else "private, no-cache"}
+    if etag in [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(call(png), media_type="image/png", headers=headers)
+
+
 @router.get("/cases/{case_id}/fields/{field_id}/image", summary="A field's image (PNG)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def field_image(request: Request, case_id: Id, field_id: Id) -> Response:
-    return Response(call(store_of(request).field_png, case_id, field_id), media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=3600"})
+def field_image(request: Request, case_id: Id, field_id: Id, v: Version = None) -> Response:
+    store = store_of(request)
+    return image_answer(request, call(store.field_version, case_id, field_id), v, f"field {field_id}",
+                        functools.partial(store.field_png, case_id, field_id))
 
 
 @router.get("/cases/{case_id}/cells/{cell_id}/crop",
             summary="A cell's crop as framed for the classifier, in the field's own colours (PNG)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def cell_crop(request: Request, case_id: Id, cell_id: Id) -> Response:
-    return Response(call(store_of(request).crop_png, case_id, cell_id), media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=3600"})
+def cell_crop(request: Request, case_id: Id, cell_id: Id, v: Version = None) -> Response:
+    store = store_of(request)
+    return image_answer(request, call(store.cell_version, case_id, cell_id), v, f"cell {cell_id}",
+                        functools.partial(store.crop_png, case_id, cell_id))
 
 
 @router.get("/cases/{case_id}/cells/{cell_id}/view",
             summary="A cell as the slide shows it: its field cut around its box, nothing mirrored (PNG)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def cell_view(request: Request, case_id: Id, cell_id: Id) -> Response:
+def cell_view(request: Request, case_id: Id, cell_id: Id, v: Version = None) -> Response:
     """What the review page shows a reviewer (`/crop` is what the classifier saw: mirrored beyond the field's edge)."""
-    return Response(call(store_of(request).view_png, case_id, cell_id), media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=3600"})
+    store = store_of(request)
+    return image_answer(request, call(store.cell_version, case_id, cell_id), v, f"cell {cell_id}",
+                        functools.partial(store.view_png, case_id, cell_id))
 
 
 @router.post("/cases/{case_id}/cells/{cell_id}/label", summary="Reclassify (or confirm) one cell")

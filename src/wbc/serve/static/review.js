@@ -204,6 +204,8 @@ function renderGallery() {
   el("div", { class: "tiles" }, g.cells.map(tile)))));
 }
 
+// A cell's and a field's image URLs are the case document's (view_url, image_url): they carry the image's content
+// version, so a browser that kept case 1's cell 1 of another case store never shows it here (wbc 0.30.0 did).
 function tile(c) {
   const cls = ["tile", c.model_review && !c.reviewed ? "flag" : "", c.changed ? "changed" : "", c.reviewed ? "reviewed" : ""];
   return el("button", {
@@ -211,7 +213,7 @@ function tile(c) {
     "aria-selected": String(state.sel === c.id), tabindex: state.sel === c.id ? "0" : "-1", "aria-label": cellTitle(c),
     onclick: () => select(c.id, true),
   },
-  el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/view`, alt: "", loading: "lazy", width: "94", height: "94" }),
+  el("img", { src: c.view_url, alt: "", loading: "lazy", width: "94", height: "94" }),
   el("span", { class: "t-label", text: displayName(c.label) }),
   el("span", { class: "t-sub", text: c.changed ? `was ${displayName(c.model_label)}` : `${confText(c, 0)} · #${c.id}` }));
 }
@@ -249,7 +251,7 @@ function renderFields() {
     }
     return el("figure", { class: "field-figure" },
       el("div", { class: "field-frame" },
-        el("img", { src: `/cases/${state.doc.id}/fields/${f.id}/image`, alt: `Field ${f.position}: ${f.image}`,
+        el("img", { src: f.image_url, alt: `Field ${f.position}: ${f.image}`,
           width: String(f.width), height: String(f.height) }), svg),
       el("figcaption", { text: `Field ${f.position}: ${f.image} · ${f.n_cells} cell(s)`
         + (f.colour_calibration ? " · colours calibrated on its red cells before classifying" : "")
@@ -315,7 +317,7 @@ function renderDetail() {
   const probs = Object.entries(c.model_probabilities || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
     .map(([k, v]) => `${displayName(k)} ${fixed(100 * v, 0)} %`).join(", ");
   box.replaceChildren(el("div", { class: "big" },
-    el("img", { src: `/cases/${state.doc.id}/cells/${c.id}/view`, alt: `Cell ${c.id}` }),
+    el("img", { src: c.view_url, alt: `Cell ${c.id}` }),
     el("dl", {},
       el("dt", { text: "Cell" }), el("dd", { text: `#${c.id}, field ${c.field}` }),
       el("dt", { text: "Now" }), el("dd", { id: "current-label", text: displayName(c.label) }),
