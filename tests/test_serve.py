@@ -431,6 +431,24 @@ def test_a_smear_is_answered_among_the_served_label_set_without_platelets(classi
         assert (ys.max() - ys.min() + 1 - 5) // row == 5 + (body["n_review"] > 0)
 
 
+def test_classify_with_a_label_set_answers_counts_and_rows_among_it(classifier, client: TestClient) -> None:
+    """/classify with a label set (`classes=5part`, or `wbc serve --classes 5part`) gave `counts` and `differential`
+    rows for every class of the model: ig at "0.0 % (95 % CI 0-70.8)", erythroblasts and platelets at 0 per 100 WBC,
+    measured-looking zeros for classes it can never answer (wbc 0.30.0), where /analyze and `wbc classify --classes
+    --report` list the label set's rows only. Its rows are now the label set's, /model's `label_set`."""
+    cells = [("files", (f"{k}.png", png_bytes(synthetic_cell(k, 96)), "image/png")) for k in ("lymphocyte", "platelet")]
+    body = client.post("/classify", files=cells).json()  # no label set: every class
+    assert list(body["counts"]) == [d["class"] for d in body["differential"]] == classifier.classes
+    with TestClient(create_app(classifier, ClassicalSegmenter(), classes="5part")) as c:
+        five = c.get("/model").json()["label_set"]
+        assert set(five) == FIVE_PART
+        body = c.post("/classify", files=cells).json()
+        assert list(body["counts"]) == [d["class"] for d in body["differential"]] == five
+        assert sum(body["counts"].values()) == body["n"] == 2
+    two = client.post("/classify?classes=neutrophil,lymphocyte", files=cells).json()  # a request's own label set
+    assert list(two["counts"]) == [d["class"] for d in two["differential"]] == ["lymphocyte", "neutrophil"]
+
+
 def test_create_app_loads_models_from_paths(model_path: Path) -> None:
     app = create_app(model_path=model_path, segmenter_method="classical", threads=1)
     body = TestClient(app).get("/health").json()

@@ -498,7 +498,9 @@ def create_app(
         from wbc.classify import outside_note
         from wbc.ood import adapted_without_labels, ood_warning
 
-        counts = {c: 0 for c in clf.classes}
+        # the label set's rows, as /analyze's and `wbc classify --report`'s: a class it cannot answer is no measured 0
+        answered = list(getattr(clf, "label_set", ()) or clf.classes)
+        counts = {c: 0 for c in answered}
         for p in preds:
             counts[p.label] += 1
         warning = ood_warning(preds, adapted_without_labels(clf))  # the sentence /analyze gives a field
@@ -509,7 +511,7 @@ def create_app(
             "n_review": sum(bool(p.review) for p in preds),
             "results": [prediction_to_dict(p) for p in preds],
             "counts": counts,
-            "differential": differential(counts, clf.classes),
+            "differential": differential(counts, answered),
             "warnings": [w for w in (outside, warning) if w],
             "errors": errors,
         })
