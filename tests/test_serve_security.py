@@ -93,6 +93,46 @@ def test_401_names_the_scheme_and_never_echoes_the_key(client: TestClient) -> No
     assert "not-the-key" not in r.text and r.json()["detail"] == "invalid API key"
 
 
+def test_openapi_documents_the_error_body_the_server_sends(client: TestClient, cell_png) -> None:
+    """/openapi.json documented each 422 as FastAPI's ``{"detail": [{loc, msg, type}]}``, no other 4xx, and /health as
+    needing a key (wbc 0.30.0): a client generated from it could not read one error body, all of them
+    ``{"error", "detail": str, "errors"}``. Real answers now match the schema documented for their status."""
+    spec = client.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    types = {"string": str, "array": list}
+
+    def check(body: dict, schema: dict) -> None:
+        props = schema["properties"]
+        assert set(body) == set(props) == set(schema["required"]), (body, props)
+        for k, v in body.items():
+            assert isinstance(v, types[props[k]["type"]]), (k, v)
+            for item in v if "items" in props[k] else ():
+                check(item, schemas[props[k]["items"]["$ref"].rsplit("/", 1)[1]])
+
+    def conforms(r, path: str, method: str) -> None:
+        documented = spec["paths"][path][method]["responses"][str(r.status_code)]
+        check(r.json(), schemas[documented["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]])
+
+    key = {"X-API-Key": KEY}
+    cell = [("files", ("c.png", cell_png, "image/png"))]
+    answers = [
+        (client.post("/classify?tta=9", files=cell, headers=key), "/classify", "post", 422),  # detail: a str
+        (client.post("/classify", files=cell), "/classify", "post", 401),
+        (client.post("/classify", files=[("files", ("c.txt", b"x", "text/plain"))], headers=key), "/classify",
+         "post", 415),  # errors: one file's problem
+        (client.get("/cases/1", headers=key), "/cases/{case_id}", "get", 503),  # no case store
+    ]
+    for r, path, method, status in answers:
+        assert r.status_code == status, r.text
+        conforms(r, path, method)
+    assert answers[2][0].json()["errors"]
+    health = spec["paths"]["/health"]["get"]
+    assert health["security"] == [] and "401" not in health["responses"]  # public, as served:
+    assert client.get("/health").status_code == 200
+    assert spec["paths"]["/model"]["get"]["security"] and "401" in spec["paths"]["/model"]["get"]["responses"]
+
+
 def test_no_keys_means_open_on_loopback(classifier) -> None:
     with make_client(classifier) as c:
         assert c.get("/model").status_code == 200

@@ -69,6 +69,45 @@ def error_body(error: str, detail: str, files: Sequence[dict[str, str]] = ()) ->
     return {"error": error, "detail": detail, "errors": list(files)}
 
 
+class FileError(BaseModel):
+    """One uploaded file's problem."""
+
+    filename: str = Field(..., examples=["scan.jpg"])
+    error: str = Field(..., examples=["scan.jpg: truncated JPEG (no end-of-image marker)"])
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx answer (:func:`error_body`, :mod:`wbc.serve.security`'s): ``error`` is what a client
+    switches on, ``detail`` a sentence for people, ``errors`` each file's problem (often empty)."""
+
+    error: str = Field(..., examples=["unreadable_image"])
+    detail: str = Field(..., examples=["scan.jpg: truncated JPEG (no end-of-image marker)"])
+    errors: list[FileError]
+
+
+#: What each 4xx status means, in /openapi.json (docs/api.md, "Errors", has the full table).
+ERROR_STATUSES: dict[int, str] = {
+    400: "`host_not_allowed` (a Host not served here), `missing_file`, `too_many_files` (two fields to /analyze)",
+    401: "`unauthorized`: no valid API key (a server with keys; every route but /health and the login form)",
+    403: "`cross_site`: a request from another site that changes something",
+    404: "`not_found`: no such case, field or cell, or an image URL of another content version",
+    408: "`body_timeout`: the request body did not arrive in time",
+    409: "`signed_off`: the case is read-only; `changed`: it changed after it was shown for sign-off",
+    413: "`too_large`, `too_many_pixels`, `too_many_files`",
+    415: "`unsupported_media_type` (not multipart/form-data), `unreadable_image` / `no_readable_image` (not an image)",
+    422: "`invalid_request`, `unreadable_image`, `no_readable_image`, `unprocessable`, `analysis_failed`, "
+         "`bad_classes`, `invalid_counts`, `invalid_case`, `duplicate_field`",
+    429: "`rate_limited`: over the API key's rate limit (`Retry-After`)",
+    503: "`no_case_store`: the server runs without a case store",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, each with :class:`ErrorBody`, the shape the server sends (FastAPI
+    would document a 422 as its own ``{"detail": [{loc, msg, type}]}``, which no answer of wbc's has)."""
+    return {s: {"model": ErrorBody, "description": ERROR_STATUSES[s]} for s in statuses}
+
+
 # --------------------------------------------------------------------------- request size limit
 
 
@@ -329,7 +368,15 @@ def create_app(
     ``/health`` and the login form then needs a key (:mod:`wbc.serve.security`). ``classes``: the server's
     default label set (``"5part"``, ``wbc serve --classes``; ``label_set`` in ``/model`` and ``/health``).
     """
-    from wbc.serve.security import API_KEY, Authenticator, SecurityMiddleware, describe, login_router, normal_origin
+    from wbc.serve.security import (
+        API_KEY,
+        PUBLIC_PATHS,
+        Authenticator,
+        SecurityMiddleware,
+        describe,
+        login_router,
+        normal_origin,
+    )
     from wbc.serve.settings import ServeSettings, load_settings
 
     settings = settings if isinstance(settings, ServeSettings) else load_settings()
@@ -357,7 +404,22 @@ def create_app(
         docs_url=None,  # the schema stays at /openapi.json
         redoc_url=None,
         dependencies=[API_KEY],  # every route, this module's and every included router's (wbc.serve.security)
+        responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429),  # the case routes add theirs
     )
+    built_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with the routes open without a key (``PUBLIC_PATHS``: /health) marked so, not as the app-wide
+        key dependency makes them look."""
+        if app.openapi_schema is None:
+            for path, ops in built_openapi().get("paths", {}).items():
+                for op in ops.values() if path in PUBLIC_PATHS else ():
+                    op["security"] = []  # neither a key nor its rate limit applies
+                    op.get("responses", {}).pop("401", None)
+                    op.get("responses", {}).pop("429", None)
+        return cast(dict[str, Any], app.openapi_schema)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.classifier = classifier
     app.state.segmenter = segmenter
     app.state.max_bytes = max_bytes

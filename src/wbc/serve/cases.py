@@ -284,5 +284,7 @@ def attach_cases(app: Any, store: CaseStore | str | None) -> None:
     """
     if store is not None and not isinstance(store, CaseStore):
         store = CaseStore.open(store)
+    from wbc.serve.app import error_responses
+
     app.state.case_store = store
-    app.include_router(router)
+    app.include_router(router, responses=error_responses(404, 409, 503))
