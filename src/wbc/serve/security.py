@@ -365,8 +365,9 @@ class SecurityMiddleware:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
-                if b"cache-control" not in names and not scope["path"].startswith("/static/"):
-                    extra.append((b"cache-control", b"no-store"))
+                if b"cache-control" not in names:  # the page's scripts: revalidated (ETag, 304), never run stale
+                    static = scope["path"].startswith("/static/")
+                    extra.append((b"cache-control", b"no-cache" if static else b"no-store"))
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
