@@ -955,3 +955,40 @@ def test_cells_most_likely_outside_the_label_set_are_flagged_and_said_by_every_o
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
     body = client.post("/classify?classes=5part", files=files).json()
     assert body["warnings"][0] == want
+
+
+def test_a_smear_field_says_how_many_of_its_cells_are_outside_the_label_set(tiny_classifier, monkeypatch) -> None:
+    """/analyze, `POST /cases` and `wbc analyze --classes` (all wbc.analyze.analyze_image) flagged a cell most likely a
+    class the label set left out (an NRBC counted as a monocyte) only in that cell's reasons; the field's warnings,
+    which the pages show above each field, did not say what /classify and `wbc classify` say (wbc 0.30.0). They now
+    give the same sentence (wbc.classify.outside_note), first."""
+    from fastapi.testclient import TestClient
+
+    import wbc.analyze
+    from wbc.analyze import analyze_image
+    from wbc.classify import outside_note
+    from wbc.segment.classical import ClassicalSegmenter
+    from wbc.serve.app import create_app
+    from wbc.synthetic import synthetic_smear
+    from wbc.types import Prediction
+
+    def predict(clf, crops, *a, **k):  # the first cell most likely an erythroblast, which 5part leaves out
+        return ([Prediction("monocyte", 0.6, True, {}, outside="erythroblast" if i == 0 else "")
+                 for i in range(len(crops))], {})
+
+    field = synthetic_smear(n_wbc=2, seed=10)[0]
+    five = tiny_classifier.with_classes("5part")
+    monkeypatch.setattr(wbc.analyze, "predict_cells", predict)
+    res = analyze_image(field, five, ClassicalSegmenter(), name="f.png")
+    assert len(res.cells) >= 2
+    want = outside_note([c.prediction for c in res.cells])
+    assert want and want.startswith(f"1 of {len(res.cells)} cells are most likely a class outside the chosen ones "
+                                    "(erythroblast 1)")
+    assert res.warnings[:1] == [want]
+    client = TestClient(create_app(tiny_classifier, ClassicalSegmenter(), max_upload_mb=2))
+    png = cv2.imencode(".png", np.ascontiguousarray(field[:, :, ::-1]))[1].tobytes()
+    body = client.post("/analyze?classes=5part", files={"file": ("f.png", png, "image/png")}).json()
+    assert body["warnings"][0] == want
+    monkeypatch.setattr(wbc.analyze, "predict_cells", lambda clf, crops, *a, **k: (
+        [Prediction("monocyte", 0.9, False, {}) for _ in crops], {}))
+    assert not any("outside the chosen" in w for w in analyze_image(field, five, ClassicalSegmenter()).warnings)

@@ -199,7 +199,9 @@ def analyze_image(
 
     A field pasted onto a canvas (a page, a screenshot's margin, a dataset's padding) is analysed within it
     (:func:`wbc.preprocess.canvas_box`): the canvas would otherwise be taken for the field's glass by its colour
-    calibration. Boxes are in the image's coordinates either way."""
+    calibration. Boxes are in the image's coordinates either way. With a label set, the warnings say first how many
+    cells are most likely a class it left out (:func:`wbc.classify.outside_note`, as `wbc classify` does), since
+    wbc 0.31.0."""
     if segmenter is None:
         from wbc.segment import get_segmenter
 
@@ -218,11 +220,13 @@ def analyze_image(
     if not cells:
         res.warnings.append("no white blood cell found")
     elif classifier is not None:
+        from wbc.classify import outside_note
         from wbc.ood import adapted_without_labels, ood_warning
 
-        if msg := ood_warning([c.prediction for c in cells if c.prediction is not None],
-                              adapted_without_labels(classifier)):
-            res.warnings.append(msg)
+        preds = [c.prediction for c in cells if c.prediction is not None]
+        # cells of a class the label set left out are counted in a chosen one: said first, as `wbc classify` says it
+        # (before wbc 0.31.0 a field said it only in each such cell's reasons)
+        res.warnings += [w for w in (outside_note(preds), ood_warning(preds, adapted_without_labels(classifier))) if w]
     return res
 
 
