@@ -258,6 +258,35 @@ def test_an_allowed_origin_may_post_from_a_current_browser(classifier) -> None:
         assert r.status_code == 401 and "access-control-allow-origin" not in r.headers
 
 
+def test_a_refused_preflight_is_the_documented_json_error_after_the_host_check(classifier) -> None:
+    """Starlette's CORS middleware, outermost, answered a preflight from an origin not allowed with 400 text/plain
+    "Disallowed CORS origin", without the security headers, and an allowed origin's preflight before the Host check
+    (wbc 0.30.0). The security middleware is now outermost: Host first, then the preflight (no key needed) to CORS,
+    whose refusals are wbc's JSON error; a refusal of its own still lets an allowed page read why."""
+    lims, evil = "http://localhost:3000", "http://evil.example"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
+    with make_client(classifier, api_keys=[KEY], allowed_origins=[lims]) as c:
+        for headers in ({"Origin": evil, **preflight},  # another origin
+                        {"Origin": lims, "Access-Control-Request-Method": "PUT"},  # an allowed one, another method
+                        {"Origin": lims, **preflight, "Access-Control-Request-Headers": "x-evil"}):
+            r = c.options("/classify", headers=headers)
+            assert r.status_code == 403 and r.headers["content-type"] == "application/json", r.text
+            assert r.json()["error"] == "cross_site" and r.json()["errors"] == [] and "CORS" in r.json()["detail"]
+            assert "access-control-allow-origin" not in r.headers
+            for name, value in SECURITY_HEADERS:
+                assert r.headers[name.decode()] == value.decode()
+        r = c.options("/classify", headers={"Origin": lims, **preflight, "Host": "rebind.example"})
+        assert r.status_code == 400 and r.json()["error"] == "host_not_allowed"  # the Host allow-list first
+        r = c.options("/classify", headers={"Origin": lims, **preflight})  # allowed: answered, no key needed
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == lims
+        assert r.headers["x-content-type-options"] == "nosniff"
+        r = c.post("/differential", json={"counts": {"neutrophil": 1}},
+                   headers={"Origin": lims, "Sec-Fetch-Site": "same-site"})  # no key: the page may read why
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == lims
+        r = c.get("/model", headers={"Origin": evil, "Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 401 and "access-control-allow-origin" not in r.headers
+
+
 def test_a_page_of_another_origin_needs_its_own_key_not_the_reviewer_s_session(classifier) -> None:
     """A browser sends the SameSite=Strict session cookie from a same-site page too (lims.lab.org to wbc.lab.org,
     localhost:3000 to localhost:8000): a page of an --allowed-origin site posted as whoever was signed in, with no

@@ -372,6 +372,7 @@ def create_app(
         API_KEY,
         PUBLIC_PATHS,
         Authenticator,
+        JsonCORSMiddleware,
         SecurityMiddleware,
         describe,
         login_router,
@@ -434,15 +435,15 @@ def create_app(
     app.state.authenticator = authenticator
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes)
-    app.add_middleware(SecurityMiddleware, authenticator=authenticator)  # before the body is read
     if settings.allowed_origins:
-        # --allowed-origin: that site's pages may call the API with fetch() and read the answers. Outermost, so that
-        # the browser's preflight (OPTIONS, which carries no key) is answered, for those origins only.
-        from starlette.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=sorted({normal_origin(o) for o in settings.allowed_origins}),
+        # --allowed-origin: that site's pages may call the API with fetch() and read the answers. Inside the security
+        # middleware, which passes the browser's preflight (OPTIONS, which carries no key) to it after the Host check;
+        # it answers those origins only (others: wbc's JSON 403)
+        app.add_middleware(JsonCORSMiddleware,
+                           allow_origins=sorted({normal_origin(o) for o in settings.allowed_origins}),
                            allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization", "Content-Type"],
                            max_age=600)
+    app.add_middleware(SecurityMiddleware, authenticator=authenticator)  # outermost: before the body is read
     app.include_router(login_router)
 
     @app.exception_handler(StarletteHTTPException)

@@ -6,7 +6,8 @@ Two layers, one rule set (both call :meth:`Authenticator.authorize`):
   400 for a ``Host`` not on the allow-list (DNS rebinding), 403 for a cross-site request that changes
   something (``Sec-Fetch-Site`` / ``Origin``: a web page the lab user visits cannot make the server work),
   401 without a valid key, 429 over the per-key rate limit, 408 when a body does not arrive in time, and
-  adds CSP, ``nosniff`` and ``frame-ancestors`` headers to every answer. Only :data:`PUBLIC_PATHS` (liveness,
+  adds CSP, ``nosniff`` and ``frame-ancestors`` headers to every answer. A CORS preflight (no key) goes on, after the
+  Host check, to :class:`JsonCORSMiddleware` when ``--allowed-origin`` is set. Only :data:`PUBLIC_PATHS` (liveness,
   the login form and its style sheet) are open.
 * :func:`require_api_key`, a FastAPI dependency, for every router. It returns the caller's
   :class:`Identity` and documents the key in the OpenAPI schema. **Every router of the app uses it**::
@@ -48,6 +49,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Sec
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wbc.errors import WbcError
@@ -339,6 +341,27 @@ def _json_response(status: int, error: str, detail: str, headers: Mapping[str, s
     return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 
+def is_preflight(method: str, headers: Mapping[str, str]) -> bool:
+    """Whether a request is a browser's CORS preflight, as Starlette's CORS middleware tells one (and answers it)."""
+    return method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware for ``--allowed-origin`` pages, a refused preflight answered as every error is: JSON
+    (403 ``cross_site``), inside :class:`SecurityMiddleware` (Host checked first, security headers). Before wbc 0.31.0
+    it was outermost and answered ``400 text/plain "Disallowed CORS origin"``, without those headers, before the
+    Host check."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers=request_headers)
+        if response.status_code < 400:
+            return response
+        refused = bytes(response.body).decode("utf-8", "replace").removeprefix("Disallowed CORS ")
+        return _json_response(403, "cross_site", f"CORS preflight refused (Origin: {request_headers.get('origin')}; "
+                              f"not allowed: {refused}): this server answers the pages of its --allowed-origin sites "
+                              "only, for GET and POST with X-API-Key, Authorization and Content-Type")
+
+
 def _wants_html(method: str, headers: Mapping[str, str]) -> bool:
     return method in ("GET", "HEAD") and "text/html" in (headers.get("accept") or "")
 
@@ -379,8 +402,9 @@ class SecurityMiddleware:
                 query = scope.get("query_string", b"").decode("latin-1")
                 here = scope.get("root_path", "") + scope["path"] + (f"?{query}" if query else "")
                 response: Response = HTMLResponse(login_page(next_path=here), status_code=401)
-            else:
-                response = _json_response(problem.status_code, problem.error, str(problem.detail), problem.headers)
+            else:  # a page of an --allowed-origin may read why (CORS, inside, never sees this answer)
+                response = _json_response(problem.status_code, problem.error, str(problem.detail),
+                                          {**(problem.headers or {}), **self._cors_headers(headers)})
             await response(scope, receive, send_with_headers)
             return
         await self.app(scope, self._deadline(receive), send_with_headers)
@@ -392,6 +416,8 @@ class SecurityMiddleware:
                                    f"{', '.join(self.settings.allowed_hosts)}; see --allowed-host)")
         if why := cross_site_problem(method, headers, self.settings.allowed_origins):
             return SecurityProblem(403, "cross_site", why)
+        if self.settings.allowed_origins and is_preflight(method, headers):
+            return None  # no key: answered by JsonCORSMiddleware, inside, never by the app
         if scope["path"] in PUBLIC_PATHS and scope["type"] == "http":
             return None
         cookies = _cookies(headers)
@@ -401,6 +427,13 @@ class SecurityMiddleware:
             return exc
         scope.setdefault("state", {})["wbc_identity"] = ident
         return None
+
+    def _cors_headers(self, headers: Headers) -> dict[str, str]:
+        """What the CORS middleware adds to an answer to a page of an ``--allowed-origin``, else nothing."""
+        origin = headers.get("origin")
+        if origin and normal_origin(origin) in {normal_origin(o) for o in self.settings.allowed_origins}:
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {}
 
     def _deadline(self, receive: Receive) -> Receive:
         """``receive`` that raises 408 when the body is not complete ``body_timeout_s`` after the first read."""
