@@ -221,6 +221,18 @@ def test_a_404_names_no_store_path(client: TestClient, store_path: Path) -> None
     assert r.status_code == 404 and "sqlite" not in r.text and "999999" in r.json()["detail"]
 
 
+def test_a_field_of_another_declared_content_type_is_422_listed_as_the_docs_say(client: TestClient) -> None:
+    """docs/api.md gave 415 for a part whose declared content type is no image; `POST /cases` answers 422
+    `unreadable_image`, listing the file (wbc 0.30.0's docs). Its row now says so."""
+    field = png_bytes(synthetic_smear(n_wbc=2, seed=10)[0])
+    r = client.post("/cases", data={"name": "typed"}, files=[("files", ("field1.jpg", field, "text/plain"))])
+    assert r.status_code == 422 and r.json()["error"] == "unreadable_image", r.text
+    assert [e["filename"] for e in r.json()["errors"]] == ["field1.jpg"] and "text/plain" in r.text
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+    row = next(line for line in docs.splitlines() if "declared content type is not an image" in line)
+    assert "`POST /cases`: 422, listed per file" in row, row
+
+
 def test_docs_api_names_how_field_images_and_crops_are_cached(client: TestClient) -> None:
     """docs/api.md said every answer but static files was ``no-store``; field images and crops are cached privately
     for an hour (so the review page does not fetch them again after each relabel), which it now says."""

@@ -176,8 +176,13 @@ def test_the_web_page_logs_in_with_a_key_and_a_strict_cookie(classifier) -> None
         cookie = ok.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
         assert c.get("/").status_code == 200 and c.get("/model").status_code == 200  # the cookie is sent
+        token = c.cookies["wbc_session"]
         c.post("/logout", follow_redirects=False)
         assert c.get("/model").status_code == 401
+        # a script still sending the ended session was told "invalid API key", though it sent none (wbc 0.30.0)
+        r = c.get("/model", headers={"Cookie": f"wbc_session={token}"})
+        assert r.status_code == 401 and r.json()["detail"].startswith("your session has ended"), r.text
+        assert "sign in again" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("other", ['prefs={"lang":"en"}', "consent=yes please", "flag", 'x="unterminated'])

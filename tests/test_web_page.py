@@ -209,6 +209,8 @@ def test_cells_with_the_same_file_name_each_show_their_own_image(page, tmp_path:
 
 
 def test_a_server_answering_five_classes_shows_only_those(chromium, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """Only the five rows, and, since wbc 0.31.0, a caption that names no rate per 100 white cells: it said
+    "erythroblasts and platelets per 100 white cells" (smear mode: "erythroblasts") beside five rows, none of them."""
     cell = tmp_path / "cell.png"
     cv2.imwrite(str(cell), synthetic_cell("lymphocyte", 96, seed=3)[:, :, ::-1])
     with live_server(create_app(classifier, ClassicalSegmenter(), classes="5part")) as base:  # wbc serve --classes
@@ -223,8 +225,14 @@ def test_a_server_answering_five_classes_shows_only_those(chromium, classifier, 
         pg.click("#run-button")
         pg.wait_for_selector("#status:has-text('Done')", timeout=60_000)
         shown = pg.eval_on_selector_all("#diff-table tbody th", "ths => ths.map((th) => th.innerText)")
+        captions = [pg.locator("#diff-caption").inner_text()]
+        pg.check("input[name=mode][value=smear]")
+        analyse_one_field(pg, tmp_path)
+        captions.append(pg.locator("#diff-caption").inner_text())
         ctx.close()
     assert sorted(shown) == ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+    for caption in captions:
+        assert "per 100 white cells" not in caption and "percent of the white cells with an exact" in caption, caption
     assert not errors, errors
 
 

@@ -209,8 +209,10 @@ class Authenticator:
             if foreign and not key_given and cookies.get(SESSION_COOKIE):
                 detail = (f"a request from another origin ({headers.get('origin')}) needs an API key: send X-API-Key: "
                           "KEY or Authorization: Bearer KEY (the web page's session counts only for its own pages)")
-            elif key_given or cookies.get(SESSION_COOKIE):
+            elif key_given:
                 detail = "invalid API key"
+            elif cookies.get(SESSION_COOKIE):  # no key was sent: "invalid API key" named none of what happened
+                detail = "your session has ended (signed out, expired, or the server restarted): sign in again"
             else:
                 detail = "an API key is required: send X-API-Key: KEY or Authorization: Bearer KEY"
             raise SecurityProblem(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="wbc"'})

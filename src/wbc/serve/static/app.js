@@ -276,10 +276,12 @@ async function renderSummary(mode) {
       el("div", { class: "value", text: String(value) }), el("div", { class: "label", text: label }))));
   const scope = mode === "smear" && state.runs.length > 1 ? ` pooled over ${state.runs.length} fields` : "";
   const whites = (n) => `${n} white cell${n === 1 ? "" : "s"}`;
-  const outside = mode === "smear" ? "erythroblasts" : "erythroblasts and platelets";
+  // the rows counted per 100 WBCs that the table shows (none for a five-part server: no "erythroblasts ... per 100")
+  const rates = diff.filter((d) => d.unit === "per 100 WBC").map((d) => `${displayName(d.class).toLowerCase()}s`);
   $("diff-caption").textContent = `${total} cell${total === 1 ? "" : "s"}${scope}`
     + (nWbc !== null && nWbc !== total ? `, ${whites(nWbc)} among them` : "") + "; "
-    + `percent of the white cells (${outside} per 100 white cells, outside the total) with an exact `
+    + `percent of the white cells${rates.length ? ` (${rates.join(" and ")} per 100 white cells, outside the total)` : ""}`
+    + " with an exact "
     + "(Clopper–Pearson) 95 % confidence interval."
     + (mode === "smear" ? " Platelets are not counted in smear analysis (cells are found by their nucleus)." : "");
   $("diff-table").querySelector("tbody").replaceChildren(...diff.map(diffRow));
