@@ -89,7 +89,7 @@ class ErrorBody(BaseModel):
 ERROR_STATUSES: dict[int, str] = {
     400: "`host_not_allowed` (a Host not served here), `missing_file`, `too_many_files` (two fields to /analyze)",
     401: "`unauthorized`: no valid API key (a server with keys; every route but /health and the login form)",
-    403: "`cross_site`: a request from another site that changes something",
+    403: "`cross_site`: a request from another site that changes something, or a CORS preflight not allowed",
     404: "`not_found`: no such case, field or cell, or an image URL of another content version",
     408: "`body_timeout`: the request body did not arrive in time",
     409: "`signed_off`: the case is read-only; `changed`: it changed after it was shown for sign-off",
