@@ -27,6 +27,7 @@ from wbc.protocols import ClassifierLike
 from wbc.reframe import (
     DEFAULT_STATS,
     SECOND_VIEW_WEIGHT,
+    CellViews,
     FramingStats,
     FullImage,
     frame_cell_views,
@@ -63,6 +64,10 @@ class ClassifyResult:
         """:func:`outside_note` of these predictions."""
         return outside_note(self.predictions)
 
+    def other_cells_note(self) -> str | None:
+        """:func:`other_cells_note` of these predictions."""
+        return other_cells_note(self.predictions)
+
 
 def outside_note(preds: Sequence[Prediction]) -> str | None:
     """How many cells the model takes for a class a label set left out (``--classes 5part``: platelets, NRBCs, IGs
@@ -83,6 +88,34 @@ def outside_note(preds: Sequence[Prediction]) -> str | None:
     which = ", ".join(f"{c} {k}" for c, k in n.most_common())
     return (f"{sum(n.values())} of {len(preds)} cells are most likely a class outside the chosen ones ({which}): "
             "each is counted in the chosen class shown and flagged for review")
+
+
+def other_cells_note(preds: Sequence[Prediction]) -> str | None:
+    """How many images show other nucleated cells whole beside the one answered for (``Prediction.other_cells``, see
+    :func:`predict_cells`); None when none. Each is flagged, but a run of many must say it too, as
+    :func:`outside_note` does: `wbc classify`, its report, ``/classify`` and the Python API
+    (:meth:`ClassifyResult.other_cells_note`) all give this sentence. Since wbc 0.31.0.
+
+    >>> P = lambda k: Prediction("neutrophil", 0.99, True, {}, other_cells=k)
+    >>> other_cells_note([P(1), P(0), P(2)]).partition(":")[0]
+    '2 of 3 images show more than one nucleated cell'
+    >>> other_cells_note([P(0)]) is None
+    True
+    """
+    n = sum(1 for p in preds if p.other_cells)
+    if not n:
+        return None
+    return (f"{n} of {len(preds)} images show more than one nucleated cell: each is answered for one of them and "
+            "flagged for review; crop each cell on its own to have it answered")
+
+
+def other_cells_reason(others: int) -> str:
+    """Why a cell whose image shows ``others`` more nucleated cells whole is flagged (:func:`predict_cells`).
+
+    >>> other_cells_reason(1)
+    '2 nucleated cells in view: the answer is for one of them, and which one is unclear'
+    """
+    return f"{others + 1} nucleated cells in view: the answer is for one of them, and which one is unclear"
 
 
 def review_reason(confidence: float, threshold: float) -> str:
@@ -252,7 +285,7 @@ def predict_cells(
     classifier: ClassifierLike, cells: np.ndarray, names: Sequence[str] = (), with_embeddings: bool = False,
     exclude: Sequence[str] = (), classes: Sequence[str] = (), views: int | None = None,
     second: Mapping[int, np.ndarray] | None = None, ood_cells: np.ndarray | None = None,
-    refocus: FramingStats | None = None, adjust: Evidence | None = None,
+    refocus: FramingStats | None = None, adjust: Evidence | None = None, others: Mapping[int, int] | None = None,
 ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
@@ -279,7 +312,10 @@ def predict_cells(
     :func:`wbc.cytoplasm.cytoplasm_evidence` and `wbc classify`'s :func:`wbc.cytoplasm.single_cell_evidence`),
     applied to the answer's probabilities before they become predictions, with the cells' out-of-distribution colour
     scores (computed once, for it and the flags); a cell whose answer it changes is flagged for review, the reason
-    naming both answers and the evidence.
+    naming both answers and the evidence. ``others``: {index in ``cells``: how many other cells' nuclei lie whole in its
+    image} (:class:`wbc.reframe.CellViews`): such a cell is flagged for review, the answer being for one of them
+    (``Prediction.other_cells``; since wbc 0.31.0), unless the model takes the image for a platelet crop
+    (:data:`NO_WBC_CLASS`, over all its classes), whose "nuclei" are platelets.
     """
     ood = classifier.info.ood
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
@@ -338,6 +374,10 @@ def predict_cells(
             elif m < 0.5:
                 p.review = True
                 p.reasons.append(f"the chosen classes hold {m:.2f} of the model's probability")
+    for at, k in (others or {}).items():  # more than one cell in view: a person decides which the answer is for
+        if k and classifier.classes[int(full[at].argmax())] != NO_WBC_CLASS:
+            preds[at].review, preds[at].other_cells = True, int(k)
+            preds[at].reasons.append(other_cells_reason(int(k)))
     if ood:  # out-of-distribution cells get review and a reason (wbc.ood)
         flag_predictions(preds, None, None, ood, scores)
     return preds, out
@@ -373,13 +413,14 @@ def read_cell(path: str | os.PathLike[str], size: int, reframe: bool | FramingSt
 
 
 def read_cell_views(path: str | os.PathLike[str], size: int, reframe: bool | FramingStats = False,
-                    second: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`read_cell`, with the second framing of an ambiguously framed cell (:func:`prepare_cell_views`)."""
+                    second: bool = True) -> CellViews:
+    """:func:`read_cell`, with the second framing of an ambiguously framed cell (:func:`prepare_cell_views`) and the
+    other cells found whole in the image (``others``, when re-framing measured it)."""
     return decode_cell_views(read_bytes(path), str(path), size, reframe, second)
 
 
 def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | FramingStats = False,
-                      second: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                      second: bool = True) -> CellViews:
     """:func:`read_cell_views` of a file's bytes (``name`` for messages): `wbc classify`'s files and ``/classify``'s
     uploads take this one path. A large JPEG is decoded at a reduced size, enough for the network's input; a
     region re-framing cuts smaller than that comes from the file decoded whole (:func:`full_image`)."""
@@ -390,7 +431,7 @@ def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | Framing
     full = full_image(data, name, rgb)
     check_cell_image(rgb, name, full)
     if reframe is False:
-        return resize_square(rgb, size), None
+        return CellViews(resize_square(rgb, size))
     fov = field_of_view(rgb)
     _check_view_size(fov, name, full)
     return _framed_views(rgb, fov, size, reframe, second, full)
@@ -440,21 +481,22 @@ def prepare_cell(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True
 
 
 def prepare_cell_views(rgb: np.ndarray, size: int, reframe: bool | FramingStats = True, second: bool = True,
-                       full: FullImage | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                       full: FullImage | None = None) -> CellViews:
     """:func:`prepare_cell`, and (``second``, re-framing on) the cell re-framed to the training crops' nucleus
     fraction when its framing is ambiguous, else None (:func:`wbc.reframe.frame_cell_views`):
     :func:`predict_cells` averages the two. ``full``: the file ``rgb`` was decoded from at a reduced size. Anything
     but an 8-bit RGB array is refused (:func:`wbc.preprocess.check_rgb8`): float 0-1 failed inside OpenCV, and
-    16-bit was answered with a confident wrong class."""
+    16-bit was answered with a confident wrong class. With them, the other cells whose nuclei the re-framing
+    measurement found whole in the image (:class:`wbc.reframe.CellViews`; none measured without re-framing)."""
     check_rgb8(rgb)
     if reframe is False:
-        return resize_square(rgb, size), None
+        return CellViews(resize_square(rgb, size))
     return _framed_views(rgb, field_of_view(rgb), size, reframe, second, full)
 
 
 def _framed_views(rgb: np.ndarray, fov: tuple[np.ndarray, tuple[int, int, int, int] | None], size: int,
                   reframe: bool | FramingStats, second: bool, full: FullImage | None
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+                  ) -> CellViews:
     """:func:`prepare_cell_views` of ``rgb`` whose :func:`wbc.preprocess.field_of_view` is ``fov`` (computed once)."""
     stats = reframe if isinstance(reframe, FramingStats) else DEFAULT_STATS
     view, box = fov  # an eyepiece photo: its round field of view, the black around it background
@@ -469,17 +511,19 @@ def _framed_views(rgb: np.ndarray, fov: tuple[np.ndarray, tuple[int, int, int, i
 @dataclass
 class CellBatch:
     """One batch of :func:`iter_batches`: the files that loaded, their cells (N, S, S, 3), the files that did
-    not (path, message), and the second framings of ambiguously framed cells (index in ``cells`` -> cell)."""
+    not (path, message), the second framings of ambiguously framed cells (index in ``cells`` -> cell), and how many
+    other cells lie whole in the images that show more than one (index in ``cells`` -> count)."""
 
     paths: list[Path]
     cells: np.ndarray
     errors: list[tuple[str, str]]
     second: dict[int, np.ndarray] = field(default_factory=dict)
     indices: list[int] = field(default_factory=list)  # of ``paths`` in the input list (a file given twice: both)
+    others: dict[int, int] = field(default_factory=dict)
 
 
 def _load(path: Path, size: int, reframe: bool | FramingStats = False, second: bool = True
-          ) -> tuple[np.ndarray, np.ndarray | None] | str:
+          ) -> CellViews | str:
     try:
         return read_cell_views(path, size, reframe, second)
     except ImageReadError as exc:
@@ -492,7 +536,7 @@ def iter_batches(
 ) -> Iterator[CellBatch]:
     """Decoded, resized (``reframe``: re-framed, see :func:`read_cell`) batches in order, with the files that
     failed to load, and (``second``) the second framings :func:`prepare_cell_views` gives."""
-    def load(p: Path) -> tuple[np.ndarray, np.ndarray | None] | str:
+    def load(p: Path) -> CellViews | str:
         return _load(p, size, reframe, second)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -507,7 +551,8 @@ def iter_batches(
             arr = np.stack([a[0] for _, a in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
             yield CellBatch([p for p, _ in ok], arr, errors,
                             {i: a[1] for i, (_, a) in enumerate(ok) if a[1] is not None},
-                            [ci * batch_size + j for j, a in enumerate(loaded) if not isinstance(a, str)])
+                            [ci * batch_size + j for j, a in enumerate(loaded) if not isinstance(a, str)],
+                            {i: a.others for i, (_, a) in enumerate(ok) if a.others})
 
 
 def load_cells(
@@ -554,8 +599,10 @@ def classify_paths(
     """Classify image files. A file that cannot be read is recorded in ``errors``, never fatal.
 
     ``progress``: an optional callable ``progress(n_done)`` for progress bars. ``reframe`` (default on):
-    cells framed unlike the training crops are re-framed first (:mod:`wbc.reframe`). ``classes``: restrict the
-    answer to a label set (``"5part"``, ``"neutrophil,lymphocyte"``, or names; see
+    cells framed unlike the training crops are re-framed first (:mod:`wbc.reframe`), and an image that shows other
+    nucleated cells whole beside the one answered for is flagged for review (:func:`predict_cells`'s ``others``;
+    :meth:`ClassifyResult.other_cells_note` says how many). ``classes``: restrict the answer to a label set
+    (``"5part"``, ``"neutrophil,lymphocyte"``, or names; see
     :func:`wbc.labels.parse_class_set`). A ``batch_size`` or ``workers`` that is no whole number (0 batch size: it
     failed in ``range()``) is a one-line :class:`wbc.errors.WbcError`.
     """
@@ -577,7 +624,7 @@ def classify_paths(
             batch_preds, out = predict_cells(classifier, arr, [str(p) for p in batch.paths], with_embeddings,
                                              classes=allowed, second=batch.second,
                                              refocus=framing if isinstance(framing, FramingStats) else None,
-                                             adjust=single_cell_evidence(arr, classifier))
+                                             adjust=single_cell_evidence(arr, classifier), others=batch.others)
             preds += batch_preds
             logits.append(out["logits"])
             if with_embeddings:
@@ -597,5 +644,5 @@ def classify_paths(
 # The predictions CSV is one of the output formats of wbc.formats; these names stay importable from here.
 from wbc.formats import prediction_header, prediction_row, write_predictions_csv  # noqa: E402
 
-__all__ = ["ClassifyResult", "classify_paths", "load_cell_views", "load_cells", "outside_note", "predict_cells",
-           "prediction_header", "prediction_row", "read_cell", "write_predictions_csv"]
+__all__ = ["ClassifyResult", "classify_paths", "load_cell_views", "load_cells", "other_cells_note", "outside_note",
+           "predict_cells", "prediction_header", "prediction_row", "read_cell", "write_predictions_csv"]

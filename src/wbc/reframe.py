@@ -16,6 +16,10 @@ nucleus no darker than the red cells, it is looked for again in red, where it is
 nearly as light as the glass (:data:`PALE_NUCLEUS`). Lobes are merged by a
 morphological closing, so the extent (the larger side of the nucleus' bounding box) follows the cell's size
 for lobed and round nuclei alike.
+
+The same measurement counts the nuclei of other cells whole in the frame (:data:`OTHER_CELL`, ``Framing.others``,
+:class:`CellViews`): an image of two cells is answered for one of them, and which one is unclear, so
+:func:`wbc.classify.predict_cells` flags it for review (since wbc 0.31.0).
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ class Framing:
     found: bool = True
     brightness: float = 0.0  # nucleus / background in the smallest channel (< MAX_NUCLEUS_BRIGHTNESS), or in red
     # for a pale nucleus (PALE_NUCLEUS)
+    others: int = 0  # nuclei of other cells whole in the frame (OTHER_CELL), besides this one
 
     @classmethod
     def not_found(cls, shape: tuple[int, ...], brightness: float = 0.0) -> Framing:
@@ -294,18 +299,18 @@ def measure_framing(rgb: np.ndarray) -> Framing:
     sh, sw = small.shape[:2]
     black = _near_black(rgb, (sw, sh))
     m, bg = _against_glass(_min_channel(small), black)
-    box, bright = _central_nucleus(m, bg)
+    box, bright, others = _central_nucleus(m, bg)
     if box is None:  # a pale stain: the nucleus may stand out only in red, where red cells are as light as glass
         red, red_bg = _against_glass(small[..., 0], black)
         blue = (small[..., 2].astype(np.float32) - small[..., 0]) / max(bg, 1.0)
-        box, pale = _central_nucleus(red, red_bg, blue)
+        box, pale, others = _central_nucleus(red, red_bg, blue)
         bright = pale if box is not None else bright
     if box is None:
         return Framing.not_found(rgb.shape, bright)
     x, y, bw, bh = box
     kx, ky = _scales(rgb.shape, small.shape)
     extent = max(bw / kx, bh / ky)
-    return Framing((x + bw / 2) / kx, (y + bh / 2) / ky, extent, extent / min(h, w), True, bright)
+    return Framing((x + bw / 2) / kx, (y + bh / 2) / ky, extent, extent / min(h, w), True, bright, others)
 
 
 def _against_glass(channel: np.ndarray, black: np.ndarray | None) -> tuple[np.ndarray, float]:
@@ -334,9 +339,10 @@ def _dark_mask(m: np.ndarray) -> np.ndarray:
 
 def _central_nucleus(
     m: np.ndarray, bg: float, blue: np.ndarray | None = None
-) -> tuple[tuple[int, int, int, int] | None, float]:
+) -> tuple[tuple[int, int, int, int] | None, float, int]:
     """The box (x, y, w, h) of the component of ``m``'s dark class nearest the centre (then the largest), lobes
-    merged by a closing, and its brightness relative to ``bg``; the box is None when that component is no nucleus
+    merged by a closing, its brightness relative to ``bg``, and how many other cells' nuclei lie whole in the frame
+    (:func:`_other_nuclei`); the box is None when that component is no nucleus
     (brighter than :data:`MAX_NUCLEUS_BRIGHTNESS`) or there is none. ``blue`` given: ``m`` is the red channel, and
     only pale nuclei (:func:`_pale_nucleus`) are candidates. A component under :data:`MIN_NUCLEUS_SHARE` of the
     largest one dark enough to be a nucleus is no candidate: a platelet is as dark as a nucleus, and one nearer the
@@ -371,9 +377,47 @@ def _central_nucleus(
     if best >= 0 and blue is None:
         bright = float(np.median(m[lab == best])) / max(bg, 1.0)
     if best < 0 or (blue is None and bright > MAX_NUCLEUS_BRIGHTNESS):
-        return None, bright  # nothing, or the central object is red cells or a platelet: not a nucleus
+        return None, bright, 0  # nothing, or the central object is red cells or a platelet: not a nucleus
     x, y, bw, bh = (int(v) for v in stats[best, :4])
-    return (x, y, bw, bh), bright
+    return (x, y, bw, bh), bright, _other_nuclei(m, bg, lab, stats, best, min_area, blue)
+
+
+#: When another nucleus mass in the measured copy is the nucleus of another cell whole in the frame, not a lobe of the
+#: chosen nucleus nor a piece of a neighbour at the frame's edge: (share, rim, apart). Its area is at least ``share``
+#: of the chosen nucleus' (a platelet beside an erythroblast's small nucleus is 0.16-0.22 of it); it is clear of the
+#: frame's edge by ``rim`` of its own extent, room for its cytoplasm (PBC crops often show part of a neighbour at the
+#: border: a cell cut by the frame is not what the image was taken of); and it lies at least ``apart`` of the larger
+#: nucleus' extent from the chosen one (the lobes of one eosinophil or neutrophil nucleus that the closing leaves
+#: apart: 0.13-0.28 on PBC validation crops; two neutrophils or erythroblasts touching: 0.32-0.49). Chosen on PBC
+#: validation crops and synthetic pairs of them (``benchmarks/two_cells.py``, docs/generalisation.md). Since wbc 0.31.0.
+OTHER_CELL = (0.25, 0.25, 0.35)
+
+
+def _other_nuclei(m: np.ndarray, bg: float, lab: np.ndarray, stats: np.ndarray, best: int, min_area: int,
+                  blue: np.ndarray | None) -> int:
+    """How many components of ``lab`` besides ``best`` (the chosen nucleus) are the nuclei of other cells whole in the
+    frame (:data:`OTHER_CELL`), dark enough to be nuclei as :func:`_central_nucleus` judges them. The cheap tests
+    (area, the frame's edge) come first: most images have no candidate left, and pay nothing more."""
+    share, rim, apart = OTHER_CELL
+    sh, sw = m.shape[:2]
+    floor = max(min_area, share * float(stats[best, cv2.CC_STAT_AREA]))
+    chosen = max(int(stats[best, 2]), int(stats[best, 3]))
+    gap: np.ndarray | None = None  # each pixel's distance to the chosen nucleus, computed for the first candidate
+    n = 0
+    for i in range(1, len(stats)):
+        x, y, w, h, area = (int(v) for v in stats[i, :5])
+        extent = max(w, h)
+        if i == best or area < floor or min(x, y, sw - x - w, sh - y - h) < rim * extent:
+            continue
+        if gap is None:
+            gap = cv2.distanceTransform((lab != best).astype(np.uint8), cv2.DIST_L2, 3)
+        where = lab == i
+        if float(gap[where].min()) < apart * max(extent, chosen):
+            continue  # a lobe of the chosen nucleus
+        b = float(np.median(m[where])) / max(bg, 1.0)
+        if b <= MAX_NUCLEUS_BRIGHTNESS if blue is None else _pale_nucleus(b, blue, where, extent / min(sw, sh)):
+            n += 1  # else red cells, or a pale object: no nucleus
+    return n
 
 
 #: A dark component smaller than this share of the largest nucleus-dark component in the measured copy is no
@@ -643,10 +687,28 @@ def _look_again(rgb: np.ndarray, f: Framing, stats: FramingStats) -> tuple[Frami
     return (g, f) if g.found else (None, measure_by_hue(rgb))
 
 
+class CellViews(tuple[np.ndarray, np.ndarray | None]):
+    """What :func:`frame_cell_views` gives: the pair (the first view, the second or None) it always unpacked as, and
+    ``others``: how many other cells' nuclei its first measurement found whole in the image (:data:`OTHER_CELL`; 0
+    where none, or nothing was measured). The answer is for one cell, and which one is unclear where ``others`` > 0:
+    :func:`wbc.classify.predict_cells` flags such a cell for review."""
+
+    others: int
+
+    def __new__(cls, first: np.ndarray, second: np.ndarray | None = None, others: int = 0) -> CellViews:
+        views = super().__new__(cls, (first, second))
+        views.others = others
+        return views
+
+    def __getnewargs__(self) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """Pickled and copied whole (tuple's own gives the pair as one argument)."""
+        return self[0], self[1], self.others
+
+
 def frame_cell_views(
     rgb: np.ndarray, size: int, stats: FramingStats = DEFAULT_STATS, second: bool = True,
     full: FullImage | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> CellViews:
     """:func:`frame_cell`, and a second view when the framing is ambiguous: for a cell left as it is whose
     nucleus fraction is between ``stats.low`` and ``stats.grey`` (``second``), the same cell re-framed to the
     target fraction (else None). `wbc classify` averages the network's logits over the two (weighted)
@@ -658,6 +720,8 @@ def frame_cell_views(
     found at first would be. ``full``: the file ``rgb`` was decoded from at a reduced size (:class:`FullImage`);
     every measurement and decision is made on ``rgb``, and a region smaller than ``size`` there is cut from the
     file's whole decoding. ``second`` False: the same first view (every look still taken), and None for the second.
+    With them, :class:`CellViews`' ``others``: the nuclei of other cells the first look found whole in the image (its
+    square and the image itself, for a frame a little wider than high), since wbc 0.31.0.
 
     >>> cell = np.full((300, 300, 3), 235, np.uint8)
     >>> _ = cv2.circle(cell, (150, 150), 24, (90, 40, 140), -1)  # a nucleus at 0.16 of the frame
@@ -666,30 +730,39 @@ def frame_cell_views(
     ((96, 96, 3), (96, 96, 3), True)
     >>> frame_cell_views(cell, 96, CANONICAL)[1] is None  # re-framed already: nothing ambiguous
     True
+    >>> _ = cv2.circle(cell, (60, 150), 24, (90, 40, 140), -1)  # a second cell, whole in the frame
+    >>> frame_cell_views(cell, 96).others
+    1
     """
     h, w = rgb.shape[:2]
     if stats.side > 0:  # the lab's one magnification: every cell cut at it, nothing ambiguous
-        return reframe_cell(rgb, size, stats, full=full), None
+        first = measure_framing(rgb)
+        return CellViews(reframe_cell(rgb, size, stats, first, full), None, first.others)
     if max(h, w) > 1.4 * min(h, w):  # a wide camera frame: re-framed around its nucleus
-        g, f = _look_again(rgb, measure_framing(rgb), stats)
+        first = measure_framing(rgb)
+        g, f = _look_again(rgb, first, stats)
         if g is None:
-            return reframe_cell(rgb, size, stats, f, full), None
+            return CellViews(reframe_cell(rgb, size, stats, f, full), None, first.others)
         # seen only on a closer look: both framings, the square of the frame around it as the image as it is
-        return resize_square(square_view(rgb, g)[0], size), (_reframed(rgb, size, stats, g, full) if second else None)
-    view, x0, y0 = rgb, 0, 0
+        return CellViews(resize_square(square_view(rgb, g)[0], size),
+                         _reframed(rgb, size, stats, g, full) if second else None)
+    view, x0, y0, others = rgb, 0, 0, 0
     if max(h, w) > SQUARE_TOLERANCE * min(h, w):  # a 4:3 camera frame: a square of it, not squashed
-        view, x0, y0 = square_view(rgb, measure_framing(rgb))
-        h, w = view.shape[:2]
+        around = measure_framing(rgb)  # the whole frame: a cell beside the square is in the image too
+        view, x0, y0 = square_view(rgb, around)
+        h, w, others = *view.shape[:2], around.others
     cell = resize_square(view, size)
-    g, f = _look_again(cell, measure_framing(cell), stats)
+    first = measure_framing(cell)
+    g, f = _look_again(cell, first, stats)
+    others = max(others, first.others)
     f = g or f
     sx, sy = w / size, h / size
     extent = f.extent * (sx + sy) / 2
     whole = Framing(f.cx * sx + x0, f.cy * sy + y0, extent, extent / min(h, w), f.found, f.brightness)
     if g is not None:  # seen only on a closer look: both framings
-        return cell, (_reframed(rgb, size, stats, whole, full) if second else None)
+        return CellViews(cell, _reframed(rgb, size, stats, whole, full) if second else None, others)
     if needs_reframe(f, cell.shape, stats):  # decided on the view the network would see: re-frame from the image
-        return _reframed(rgb, size, stats, whole, full), None
+        return CellViews(_reframed(rgb, size, stats, whole, full), None, others)
     if second and f.found and stats.low <= f.fraction < stats.grey:
-        return cell, _reframed(rgb, size, stats, whole, full)  # every cell to the target
-    return cell, None
+        return CellViews(cell, _reframed(rgb, size, stats, whole, full), others)  # every cell to the target
+    return CellViews(cell, None, others)

@@ -27,6 +27,9 @@ class Prediction:
     reasons: list[str] = field(default_factory=list)  # why review is set, in words
     # the class the model favours over all its classes when a label set (``--classes``) left it out; "" otherwise
     outside: str = ""
+    # how many other nucleated cells lie whole in the image beside the one answered for (flagged for review; see
+    # wbc.classify.predict_cells); 0 otherwise
+    other_cells: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

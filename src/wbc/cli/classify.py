@@ -93,6 +93,8 @@ def classify(
     say(f"  flagged for review: {n_review}")
     if outside := res.outside_note():
         warn(outside)
+    if crowded := res.other_cells_note():
+        warn(crowded)
     warning = ood_warning(res.predictions, adapted_without_labels(clf))
     if warning:
         warn(f"{warning}; {advice_for(clf)}" if needs_adaptation(res.predictions) else warning)

@@ -182,14 +182,15 @@ def classified_page(
     """`wbc classify --report`'s page as one HTML string: the differential over ``classes`` (the answer's label
     set), then a gallery per class of the ``shown`` cells, then the files that could not be read (``errors``:
     (path, message)). The header says how many cells the model took for a class outside ``classes``
-    (:func:`wbc.classify.outside_note`): they are counted in the differential as the chosen class shown.
+    (:func:`wbc.classify.outside_note`): they are counted in the differential as the chosen class shown; and how many
+    images show more than one nucleated cell (:func:`wbc.classify.other_cells_note`).
 
     >>> page = classified_page([], ["lymphocyte"], {}, model_id="m")
     >>> page.startswith("<!DOCTYPE html>") and "No cell was classified." in page
     True
     """
     from wbc import __version__
-    from wbc.classify import outside_note
+    from wbc.classify import other_cells_note, outside_note
     from wbc.evaluate.report import render
 
     n = Counter(p.label for p in predictions)
@@ -206,6 +207,7 @@ def classified_page(
         reframe=reframe,
         warning=warning,
         outside=outside_note(predictions),
+        crowded=other_cells_note(predictions),
         threshold=threshold_note(threshold),
         rows=differential(n, flagged, classes),
         galleries=_galleries(classes, n, flagged, shown, threshold),

@@ -287,22 +287,25 @@ def versions() -> dict[str, str]:
 
 
 def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequence[str],
-                    second: dict[int, np.ndarray] | None = None, refocus: Any = None) -> list[Any]:
+                    second: dict[int, np.ndarray] | None = None, refocus: Any = None,
+                    others: dict[int, int] | None = None) -> list[Any]:
     """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
     ``wbc classify`` (:func:`wbc.classify.classify_paths`); ``second``: the second framings of ambiguously
     framed cells, by index (:func:`wbc.classify.prepare_cell_views`); ``refocus``: the framing statistics the cells
-    were re-framed with, if they were (:func:`wbc.classify.predict_cells`); the cytoplasm's colour weighed as
-    `wbc classify` weighs it (:func:`wbc.cytoplasm.single_cell_evidence`)."""
+    were re-framed with, if they were (:func:`wbc.classify.predict_cells`); ``others``: how many other cells lie
+    whole in the images that show more than one, by index (:class:`wbc.reframe.CellViews`); the cytoplasm's colour
+    weighed as `wbc classify` weighs it (:func:`wbc.cytoplasm.single_cell_evidence`)."""
     from wbc.classify import predict_cells
     from wbc.cytoplasm import single_cell_evidence
 
-    second = second or {}
+    second, others = second or {}, others or {}
     preds: list[Any] = []
     for i in range(0, len(cells), BATCH_SIZE):
         part = {k - i: v for k, v in second.items() if i <= k < i + BATCH_SIZE}
+        crowded = {k - i: v for k, v in others.items() if i <= k < i + BATCH_SIZE}
         batch = cells[i : i + BATCH_SIZE]
         preds += predict_cells(classifier, batch, list(names[i : i + BATCH_SIZE]), second=part, refocus=refocus,
-                               adjust=single_cell_evidence(batch, classifier))[0]
+                               adjust=single_cell_evidence(batch, classifier), others=crowded)[0]
     return preds
 
 
@@ -541,24 +544,28 @@ def create_app(
             cells: list[np.ndarray] = []
             names: list[str] = []
             second: dict[int, np.ndarray] = {}
+            others: dict[int, int] = {}
             framing = framing_stats_of(clf) if reframe else None
             for name, data in checked:
                 try:
-                    cell, zoomed = decode_cell_views(data, name, size, framing or False)
+                    views = decode_cell_views(data, name, size, framing or False)
+                    cell, zoomed = views
                     if zoomed is not None:
                         second[len(cells)] = zoomed
+                    if views.others:
+                        others[len(cells)] = views.others
                     cells.append(cell)
                     names.append(name)
                 except WbcError as exc:
                     errors.append({"filename": name, "error": str(exc)})
-            return classify_images(np.stack(cells), clf, names, second, framing) if cells else []
+            return classify_images(np.stack(cells), clf, names, second, framing, others) if cells else []
 
         preds = await in_inference_slot(app.state, work) if checked else []
         if not preds:
             status = 415 if errors and wrong_type == len(errors) else 422
             raise UploadProblem(status, "no_readable_image",
                                 "none of the uploaded files could be read as an image", errors)
-        from wbc.classify import outside_note
+        from wbc.classify import other_cells_note, outside_note
         from wbc.ood import adapted_without_labels, ood_warning
 
         # the label set's rows, as /analyze's and `wbc classify --report`'s: a class it cannot answer is no measured 0
@@ -567,7 +574,8 @@ def create_app(
         for p in preds:
             counts[p.label] += 1
         warning = ood_warning(preds, adapted_without_labels(clf))  # the sentence /analyze gives a field
-        outside = outside_note(preds)  # the sentence `wbc classify` prints
+        outside = outside_note(preds)  # the sentences `wbc classify` prints
+        crowded = other_cells_note(preds)
         return JSONResponse({
             "model_id": clf.model_id,
             "n": len(preds),
@@ -575,7 +583,7 @@ def create_app(
             "results": [prediction_to_dict(p) for p in preds],
             "counts": counts,
             "differential": differential(counts, answered),
-            "warnings": [w for w in (outside, warning) if w],
+            "warnings": [w for w in (outside, crowded, warning) if w],
             "errors": errors,
         })
 
