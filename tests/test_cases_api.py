@@ -207,6 +207,27 @@ def test_a_sign_off_of_a_case_changed_since_it_was_shown_is_refused(client: Test
     assert r.status_code == 200 and r.json()["signed_by"] == "A"
 
 
+def test_a_label_made_on_a_stale_page_is_refused_not_overwriting_a_colleague_s(client: TestClient) -> None:
+    """Two pages show one case; B relabels a cell, then A's page, still showing the model's call, confirms it. Before
+    wbc 0.31.0 A's request was taken as a change back (both 200): B's correction was gone and the signed report said
+    "every call of the model was kept". With ``expected`` (the call A's page showed) it is refused, 409 ``changed``."""
+    doc = new_case(client, "stale label")
+    cid, cell = doc["id"], doc["cells"][0]
+    shown = cell["label"]  # what both pages show: the model's call
+    other = next(c for c in doc["classes"] if c != shown)
+    r = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": other, "user": "B", "expected": shown})
+    assert r.status_code == 200, r.text
+    r = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": shown, "user": "A", "expected": shown})
+    assert r.status_code == 409 and r.json()["error"] == "changed", r.text
+    assert repr(other) in r.json()["detail"] and "by B" in r.json()["detail"]
+    now = client.get(f"/cases/{cid}").json()
+    assert now["cells"][0]["label"] == other and now["cells"][0]["reviewed_by"] == "B"
+    assert [(c["user"], c["new_label"]) for c in now["corrections"]] == [("B", other)]
+    # a client that sends no `expected` (before wbc 0.31.0) is answered as before
+    r = client.post(f"/cases/{cid}/cells/{cell['id']}/label", json={"label": shown, "user": "A"})
+    assert r.status_code == 200 and r.json()["cell"]["label"] == shown
+
+
 def test_a_404_names_no_store_path(client: TestClient, store_path: Path) -> None:
     """Every case route's 404 said where the store lives ("case 999 not found in sqlite:////srv/..."; for
     PostgreSQL the database's user, host and port) to any client (wbc 0.28.0)."""

@@ -250,6 +250,29 @@ def test_a_case_changed_by_someone_else_after_the_confirmation_is_not_signed_off
     assert case_on_server(base, a)["signed_by"] == "Ann"
 
 
+def test_a_confirmation_on_a_stale_page_leaves_a_colleague_s_label(review) -> None:
+    """The page sends the call it shows with each label: a cell a colleague relabelled after the page loaded the case
+    is not overwritten by Enter's "confirm" (before wbc 0.31.0 it was, silently), and the page shows it as it is now."""
+    import httpx
+
+    page, base = review
+    c = make_case(base, "stale confirm", 47)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    page.focus("#gallery .tile[aria-selected=true]")
+    cell = page.evaluate("state.sel")
+    r = httpx.post(f"{base}/cases/{c}/cells/{cell}/label", json={"label": "unidentifiable", "user": "Bo"}, timeout=30)
+    assert r.status_code == 200
+    page.keyboard.press("Enter")  # confirms the call this page still shows
+    page.wait_for_selector("#review-status:has-text('Not saved')")
+    assert "nothing was saved" in page.locator("#review-status").inner_text()
+    doc = case_on_server(base, c)
+    assert [x["label"] for x in doc["cells"] if x["id"] == cell] == ["unidentifiable"]
+    assert [(x["user"], x["new_label"]) for x in doc["corrections"]] == [("Bo", "unidentifiable")]
+    page.wait_for_function("id => state.doc.cells.find((x) => x.id === id).label === 'unidentifiable'", arg=cell)
+
+
 def test_a_failed_label_request_says_so_and_the_next_one_works(review) -> None:
     page, base = review
     c = make_case(base, "network", 42)

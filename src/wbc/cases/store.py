@@ -646,10 +646,13 @@ class CaseStore:
                                   "and is read-only")
 
     def reclassify(self, case: int | str, cell_id: int, label: str, user: str, note: str = "",
-                   client: str = "local") -> dict[str, Any]:
+                   client: str = "local", expected: str | None = None) -> dict[str, Any]:
         """Set the reviewer's call for one cell (a class, ``not_wbc`` or ``unidentifiable``; the model's own
         label confirms it) and append it to the audit trail. ``client``: the authenticated caller (the
-        server passes the API key's digest). Returns the cell as a dict."""
+        server passes the API key's digest). ``expected``: the cell's call as the caller last showed it (the review
+        page always sends it); a cell that holds another one now (a colleague relabelled it since) is left as it is
+        (:class:`CaseChangedError`), checked under the case's lock: a stale page's "confirm" silently undid the
+        colleague's correction before wbc 0.31.0. None: no check. Returns the cell as a dict."""
         who = clean_user(user)
         with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
@@ -660,6 +663,10 @@ class CaseStore:
             cell = s.get(CellRow, int(cell_id))
             if cell is None or cell.case_id != c.id:
                 raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
+            if expected is not None and final_label(cell) != expected:
+                by = f"by {cell.reviewed_by}" if cell.label is not None else "the model's call"
+                raise CaseChangedError(f"cell {cell.id} of case {c.name!r} is {final_label(cell)!r} now ({by}), not "
+                                       f"{expected!r} as it was shown; nothing was saved: reload the case")
             now = utcnow()
             s.add(CorrectionRow(case_id=c.id, cell_id=cell.id, old_label=final_label(cell), new_label=label,
                                 user=who, at=now, note=str(note or "")[:2000], client=str(client)[:60]))

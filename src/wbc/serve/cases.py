@@ -5,8 +5,8 @@ An :class:`fastapi.APIRouter` that :func:`wbc.serve.app.create_app` includes; th
 page is ``/review`` (static ``review.html`` + ``review.js``). Authentication, Origin and Host checks are
 :mod:`wbc.serve.security`'s: its ``API_KEY`` dependency is on this router (and on the whole app).
 
-Errors: unknown case or cell 404, a signed-off case 409 (read-only), a bad label or name 422, each with the
-app's JSON error body.
+Errors: unknown case or cell 404, a signed-off case 409 (read-only), a case or cell changed since the client showed
+it 409, a bad label or name 422, each with the app's JSON error body.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class LabelIn(BaseModel):
     label: str = Field(..., examples=["lymphocyte", "not_wbc", "unidentifiable"])
     user: str = Field(..., max_length=120, examples=["A. Tech"])
     note: str = Field("", max_length=2000)
+    #: the cell's call as the client's page showed it; a cell relabelled since is not changed (409 ``changed``), so a
+    #: stale page never undoes a colleague's correction. The review page always sends it; without it, no check.
+    expected: str | None = Field(None, max_length=40, examples=["neutrophil"])
 
 
 class SignOffIn(BaseModel):
@@ -244,9 +247,10 @@ def cell_view(request: Request, case_id: Id, cell_id: Id, v: Version = None) -> 
 def label_cell(request: Request, case_id: Id, cell_id: Id, body: LabelIn,
                who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
     """The label is a class, ``not_wbc`` or ``unidentifiable``; answers the cell and the new differential.
-    The audit trail records the typed ``user`` and the API key (``client``) the change came through."""
+    The audit trail records the typed ``user`` and the API key (``client``) the change came through. With ``expected``
+    (the call the client showed), a cell relabelled since is left as it is: 409 ``changed``."""
     store = store_of(request)
-    cell = call(store.reclassify, case_id, cell_id, body.label, body.user, body.note, who.name)
+    cell = call(store.reclassify, case_id, cell_id, body.label, body.user, body.note, who.name, body.expected)
     return {"cell": cell, **store.tallies(case_id)}
 
 

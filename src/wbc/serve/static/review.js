@@ -371,7 +371,9 @@ async function setLabel(label) {
   let res;
   try {
     res = await api(`/cases/${d.id}/cells/${id}/label`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ label, user }),
+      // expected: the call this page shows; a cell a colleague relabelled since is not overwritten (409, reloaded)
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ label, user, expected: cellById(id).label }),
     });
   } catch (err) {
     res = { ok: false, status: 0, body: { detail: `no answer from the server (${err.message}); try again` } };
