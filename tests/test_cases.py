@@ -485,6 +485,60 @@ def test_a_file_that_is_no_case_store_is_one_line(tmp_path: Path) -> None:
         CaseStore.open(tmp_path / "notes.sqlite")
 
 
+def test_a_store_folder_that_cannot_be_made_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """A --store under a file, or under /proc, was a FileExistsError / FileNotFoundError traceback; `wbc serve` run
+    from a folder it cannot write (wanting only /classify) crashed making its default store, and now starts without
+    cases, saying so in one line."""
+    from wbc.cli.serve import open_cases
+
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(CaseError, match=r"cannot create its folder .*f \(a file is in the way\)"):
+        CaseStore.open(tmp_path / "f" / "x.sqlite")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").write_text("a file where the default store's folder would go")
+    assert open_cases(None) is None  # the default store: warned about, served without
+    with pytest.raises(CaseError, match="cannot create its folder"):
+        open_cases(str(tmp_path / "results" / "cases.sqlite"))  # a --store named: an error
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_store_in_a_read_only_folder_names_the_folder(tmp_path: Path) -> None:
+    """SQLite keeps its write-ahead log beside the store: in a read-only folder even reading failed, blaming the
+    database ("attempt to write a readonly database"), and writing to a read-only store file was a traceback. The
+    message now names what must be writable. Run as another user would (root's override of file modes dropped)."""
+    import shutil
+    import subprocess
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root overrides file modes, and setpriv (to drop that) is missing")
+        prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                  "--bounding-set=-dac_override,-dac_read_search", "--"]
+    folder, ro_file = tmp_path / "archive", tmp_path / "ro.sqlite"
+    for path in (folder / "cases.sqlite", ro_file):
+        s = CaseStore.open(path)
+        s.create_case("S-1", ["lymphocyte"])
+        s.close()
+    ro_file.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        run = subprocess.run([*prefix, sys.executable, "-m", "wbc", "cases", "list", "--store", str(folder)],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+        assert f"its folder {folder} must be writable (SQLite keeps its write-ahead log" in run.stderr
+        code = ("import sys; from wbc.cases import CaseStore, CaseError\n"
+                "s = CaseStore.open(sys.argv[1])\n"
+                "try: s.create_case('S-2', ['lymphocyte'])\nexcept CaseError as e: print(e)")
+        run = subprocess.run([*prefix, sys.executable, "-c", code, str(ro_file)], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0 and run.stderr == "", run.stderr
+        assert run.stdout.strip().endswith("attempt to write a readonly database: the file is read-only"), run.stdout
+    finally:
+        folder.chmod(0o755)
+
+
 def test_the_pdf_draws_every_letter_and_the_summary_names_tied_classes(store: CaseStore, fields,
                                                                         classifier) -> None:  # noqa: F811
     """Helvetica drew Ł, Ż and Greek as black squares (ZapfDingbats) in the signed PDF; a class tied for second

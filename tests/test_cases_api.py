@@ -228,6 +228,40 @@ def test_a_label_made_on_a_stale_page_is_refused_not_overwriting_a_colleague_s(c
     assert r.status_code == 200 and r.json()["cell"]["label"] == shown
 
 
+def test_a_locked_store_is_one_line_and_a_503(classifier, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    """Another program holds the SQLite store's write lock (a backup, a database browser) past the busy timeout: the
+    Python API raised sqlalchemy's OperationalError (a traceback in `wbc cases create`, after every field was
+    analysed) and a label over HTTP was a bare-text 500. Now it is a one-line CaseError and a JSON 503 that names no
+    file of the server's."""
+    import sqlite3
+
+    import wbc.cases.store as store_module
+    from wbc.cases import CaseError
+
+    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_S", 0.2, raising=False)  # 30 s before wbc 0.31.0
+    path = tmp_path / "cases.sqlite"
+    store = CaseStore.open(path)
+    with TestClient(create_app(classifier, ClassicalSegmenter(), max_upload_mb=5, store=store)) as c:
+        doc = new_case(c, "locked", 1)
+        cell = doc["cells"][0]["id"]
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the other program's write lock
+        try:
+            with pytest.raises(CaseError, match="database is locked: another program is writing to it") as err:
+                store.reclassify(doc["id"], cell, "not_wbc", "A")
+            assert "\n" not in str(err.value) and str(path) in str(err.value)
+            r = c.post(f"/cases/{doc['id']}/cells/{cell}/label", json={"label": "not_wbc", "user": "A"})
+            assert r.status_code == 503 and r.json()["error"] == "store_unavailable", r.text
+            assert "busy" in r.json()["detail"] and str(tmp_path) not in r.text
+            assert c.get(f"/cases/{doc['id']}").status_code == 200  # reading goes on (the write-ahead log)
+        finally:
+            other.rollback()
+            other.close()
+        r = c.post(f"/cases/{doc['id']}/cells/{cell}/label", json={"label": "not_wbc", "user": "A"})
+        assert r.status_code == 200
+    store.close()
+
+
 def test_a_404_names_no_store_path(client: TestClient, store_path: Path) -> None:
     """Every case route's 404 said where the store lives ("case 999 not found in sqlite:////srv/..."; for
     PostgreSQL the database's user, host and port) to any client (wbc 0.28.0)."""

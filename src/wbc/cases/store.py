@@ -43,8 +43,8 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
 from wbc.errors import WbcError
@@ -60,6 +60,9 @@ DEFAULT_STORE_NAME: str = "cases.sqlite"
 DEFAULT_STORE: Path = Path("results") / DEFAULT_STORE_NAME
 MAX_NAME: int = 200
 MAX_USER: int = 120
+#: How long a SQLite write waits for another program's write lock (a backup, a database browser) before the store
+#: says it is busy (:class:`CaseStoreUnavailableError`).
+SQLITE_BUSY_TIMEOUT_S: float = 30.0
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -82,6 +85,15 @@ class CaseSignedError(CaseError):
 
 class CaseChangedError(CaseError):
     """The case changed after the signer was shown it: a sign-off would attest to what they never saw."""
+
+
+class CaseStoreUnavailableError(CaseError):
+    """The store cannot be read or written now: another program holds its lock, it or its folder is read-only, the
+    server is unreachable. ``detail``: the problem without the store's address, for an HTTP client (503)."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 # --------------------------------------------------------------------------- schema (ORM)
@@ -311,8 +323,14 @@ def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {}
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            folder = Path(u.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only working folder (wbc serve's default store), /proc/..., a file
+                why = ("a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError))
+                       else exc.strerror or str(exc))
+                raise CaseError(f"case store {u.database}: cannot create its folder {folder} ({why})") from None
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
     try:
         engine = create_engine(u, **kwargs)
     except (ArgumentError, ImportError) as exc:
@@ -321,6 +339,29 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def store_problem(url: URL, exc: DBAPIError) -> tuple[str, str]:
+    """What a database error means for the store: for the person who chose it (naming files), and for an HTTP
+    client (naming nothing of the server's). SQLite says "attempt to write a readonly database" also when only the
+    folder is read-only (its write-ahead log lives beside the file), so which of the two is said."""
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    low = reason.lower()
+    if "locked" in low or "busy" in low:
+        return (f"{reason}: another program is writing to it; try again when it is done",
+                "the case store is busy: another program is writing to it; try again")
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and (
+            "readonly" in low or "read-only" in low or "unable to open" in low):
+        path = Path(url.database)
+        hints = []
+        if not os.access(path.parent, os.W_OK):
+            hints.append(f"its folder {path.parent} must be writable (SQLite keeps its write-ahead log beside the "
+                         "file)")
+        if path.exists() and not os.access(path, os.W_OK):
+            hints.append("the file is read-only")
+        return reason + (f": {'; '.join(hints)}" if hints else ""), "the case store cannot be written by this server"
+    return reason, "the case store cannot be used now; try again, or ask the server's administrator"
 
 
 # --------------------------------------------------------------------------- plain results
@@ -461,7 +502,9 @@ class CaseStore:
 
         try:
             migrate(self.engine)
-        except DatabaseError as exc:  # OperationalError among them; "file is not a database"
+        except OperationalError as exc:  # locked, read-only, unreachable
+            raise self._unavailable(exc, "cannot open the case store") from None
+        except DatabaseError as exc:  # "file is not a database"
             raise CaseError(f"cannot open the case store {self.display_url}: {exc.orig}") from None
         except CommandError as exc:  # a revision this wbc does not know: a newer wbc made the store
             raise CaseError(f"cannot open the case store {self.display_url}: it was made by a newer wbc ({exc})"
@@ -484,22 +527,30 @@ class CaseStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _unavailable(self, exc: DBAPIError, what: str = "case store") -> CaseStoreUnavailableError:
+        said, detail = store_problem(self.engine.url, exc)
+        return CaseStoreUnavailableError(f"{what} {self.display_url}: {said}", detail)
+
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
         """One transaction. ``write``: it changes the store after checking what it reads (a case still open, a
         cell's current label): on SQLite it holds the write lock from its start (:func:`_sqlite_begin`), elsewhere
-        :meth:`_case` locks the case's row."""
-        if not write or self.engine.url.get_backend_name() != "sqlite":
-            with self._sessions.begin() as s:
-                yield s
-            return
-        with self.engine.connect() as conn:
-            conn.info[_WRITES] = True
-            try:
-                with self._sessions(bind=conn) as s, s.begin():
+        :meth:`_case` locks the case's row. A store locked by another program past :data:`SQLITE_BUSY_TIMEOUT_S`,
+        read-only or unreachable is a :class:`CaseStoreUnavailableError` (one line; it was a traceback, a bare 500)."""
+        try:
+            if not write or self.engine.url.get_backend_name() != "sqlite":
+                with self._sessions.begin() as s:
                     yield s
-            finally:
-                conn.info.pop(_WRITES, None)
+                return
+            with self.engine.connect() as conn:
+                conn.info[_WRITES] = True
+                try:
+                    with self._sessions(bind=conn) as s, s.begin():
+                        yield s
+                finally:
+                    conn.info.pop(_WRITES, None)
+        except OperationalError as exc:
+            raise self._unavailable(exc) from None
 
     # ------------------------------------------------------------- lookups
 

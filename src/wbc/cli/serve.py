@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ClassesOpt, ModelOpt, SegmenterModelOpt, SegmenterOpt
+from wbc.cli._common import ClassesOpt, ModelOpt, SegmenterModelOpt, SegmenterOpt, warn
 from wbc.cli.cases import StoreOpt, store_url
 from wbc.errors import WbcError
 
@@ -57,8 +57,10 @@ def serve(
     check_binding(host, bool(settings.all_keys()))  # before the models load: fail fast
     web = create_app(model_path=model, segmenter_method=segmenter, segmenter_path=segmenter_model,
                      max_upload_mb=max_upload_mb, threads=threads, max_concurrent=workers, settings=settings,
-                     store=store_url(store),  # the case store behind /review (wbc.cases)
+                     store=None,  # the case store is opened below, once the models loaded (a bad model makes none)
                      classes=classes)  # the server's default label set; a request's `classes` field overrides it
+    # the case store behind /review (wbc.cases): the routes read app.state.case_store (None: they answer 503)
+    web.state.case_store = cases = open_cases(store)
     meta = web.state.metadata
     shown = f"[{host}]" if ":" in host else host
     console.print(f"wbc serve: model {meta['model_id']}, segmenter {meta['segmenter']['name']}, "
@@ -67,8 +69,8 @@ def serve(
                   highlight=False)
     from rich.markup import escape
 
-    console.print(f"  cases     {escape(web.state.case_store.display_url)} (review and sign-off at /review)",
-                  highlight=False)
+    console.print(f"  cases     {escape(cases.display_url)} (review and sign-off at /review)" if cases else
+                  "  cases     none (/review and /cases answer 503; pass --store)", highlight=False)
     n_keys = len(settings.all_keys())
     console.print(f"  security  {n_keys} API key(s)" if n_keys else
                   "  security  no API keys: open to every program on this machine (set WBC_API_KEYS)",
@@ -80,3 +82,18 @@ def serve(
         uvicorn.run(web, host=host, port=port, log_level="info", access_log=True)
     except OSError as exc:  # port in use, address not available
         raise WbcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def open_cases(store: str | None) -> Any:
+    """The case store behind /review. The default one (``results/cases.sqlite`` of the working folder) that cannot be
+    made or opened there (a read-only checkout, where a user wants only /classify) is said in one line and the server
+    runs without cases; it was a traceback before wbc 0.31.0. A ``--store`` named that fails is an error."""
+    from wbc.cases.store import CaseError, CaseStore
+
+    try:
+        return CaseStore(store_url(store))
+    except CaseError as exc:
+        if store is not None:
+            raise
+        warn(f"{exc}; serving without cases (/review and /cases answer 503): pass --store to keep them elsewhere")
+        return None

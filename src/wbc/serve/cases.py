@@ -6,7 +6,8 @@ page is ``/review`` (static ``review.html`` + ``review.js``). Authentication, Or
 :mod:`wbc.serve.security`'s: its ``API_KEY`` dependency is on this router (and on the whole app).
 
 Errors: unknown case or cell 404, a signed-off case 409 (read-only), a case or cell changed since the client showed
-it 409, a bad label or name 422, each with the app's JSON error body.
+it 409, a bad label or name 422, a store locked by another program, read-only or unreachable 503, each with the
+app's JSON error body.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from wbc.cases.store import CaseChangedError, CaseError, CaseNotFoundError, CaseSignedError, CaseStore
+from wbc.cases.store import (
+    CaseChangedError,
+    CaseError,
+    CaseNotFoundError,
+    CaseSignedError,
+    CaseStore,
+    CaseStoreUnavailableError,
+)
 from wbc.errors import WbcError
 from wbc.serve.security import API_KEY, Identity, require_api_key
 
@@ -78,9 +86,12 @@ def not_found_detail(exc: CaseNotFoundError) -> str:
 
 
 def call(fn: Any, *args: Any) -> Any:
-    """Run a store call, turning case errors into 404 / 409 / 422."""
+    """Run a store call, turning case errors into 404 / 409 / 422, and a store that cannot be used now into 503 (its
+    detail names no file or host of the server's)."""
     try:
         return fn(*args)
+    except CaseStoreUnavailableError as exc:
+        raise problem(503, "store_unavailable", exc.detail) from None
     except CaseNotFoundError as exc:
         raise problem(404, "not_found", not_found_detail(exc)) from None
     except CaseSignedError as exc:
@@ -172,7 +183,7 @@ async def create_case(
                             "analysed; no case was created", errors)
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     case_id = await run_in_threadpool(call, create_case_from_fields, store, name, fields, clf, seg_id, user)
-    return JSONResponse(await run_in_threadpool(store.case_document, case_id), status_code=201)
+    return JSONResponse(await run_in_threadpool(call, store.case_document, case_id), status_code=201)
 
 
 def upload_digest(upload: UploadFile) -> str:
@@ -251,7 +262,7 @@ def label_cell(request: Request, case_id: Id, cell_id: Id, body: LabelIn,
     (the call the client showed), a cell relabelled since is left as it is: 409 ``changed``."""
     store = store_of(request)
     cell = call(store.reclassify, case_id, cell_id, body.label, body.user, body.note, who.name, body.expected)
-    return {"cell": cell, **store.tallies(case_id)}
+    return {"cell": cell, **call(store.tallies, case_id)}
 
 
 @router.post("/cases/{case_id}/sign-off", summary="Sign the case off; it is read-only afterwards")
