@@ -95,7 +95,7 @@ def test_migrations_match_the_models(empty_store_url: str) -> None:
     s = CaseStore.open(empty_store_url)
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0007"
+        assert ctx.get_current_revision() == "0008"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
     CaseStore.open(empty_store_url).close()  # re-opening an up-to-date store is a no-op
@@ -537,6 +537,47 @@ def test_a_store_in_a_read_only_folder_names_the_folder(tmp_path: Path) -> None:
         assert run.stdout.strip().endswith("attempt to write a readonly database: the file is read-only"), run.stdout
     finally:
         folder.chmod(0o755)
+
+
+def test_a_signed_case_reports_the_differential_that_was_signed(store: CaseStore, fields, classifier,  # noqa: F811
+                                                                 monkeypatch) -> None:
+    """A signed-off case's labels were frozen but its numbers were re-computed on every read by the current rules: a
+    case signed with wbc 0.27.0 at 20 WBCs, 50 % neutrophils was re-printed by 0.30.0, still "signed off", as 15 WBCs,
+    66.7 %. The differentials are kept at sign-off; a later wbc whose rules differ says so, naming both versions; a
+    case signed off before the store kept them says its numbers are re-computed."""
+    from sqlalchemy import update
+
+    import wbc
+    import wbc.counts
+    from wbc.cases.report import render_html, render_pdf
+    from wbc.cases.store import CaseRow
+
+    cid = create_case_from_fields(store, "signed numbers", fields, classifier)
+    old = create_case_from_fields(store, "signed before 0.31.0", fields[:1], classifier)
+    signed = store.sign_off(cid, "A. Signer")
+    store.sign_off(old, "A. Signer")
+    with store.session(write=True) as s:  # as a case signed off before migration 0008 is stored
+        s.execute(update(CaseRow).where(CaseRow.id == old).values(signed_numbers=None))
+    assert signed["numbers_as_signed"] is True and signed["numbers_now"] is None
+
+    rows = wbc.counts.differential_rows  # a later wbc counting the same calls by another rule
+    monkeypatch.setattr(wbc.counts, "differential_rows",
+                        lambda counts, *a, **k: rows({c: 2 * n for c, n in counts.items()}, *a, **k))
+    monkeypatch.setattr(wbc, "__version__", "9.9.9")
+    doc = store.case_document(cid)
+    assert doc["differential"] == signed["differential"] and doc["model_differential"] == signed["model_differential"]
+    assert doc["numbers_by"] == signed["numbers_by"] and doc["numbers_as_signed"] is True
+    total = signed["differential"]["total"]
+    assert doc["numbers_now"]["wbc_version"] == "9.9.9" and doc["numbers_now"]["differential"]["total"] == 2 * total
+    html = render_html(store, cid)
+    assert f">{total} white cells counted (reviewed calls)" in html
+    assert (f"as signed off, computed by wbc {signed['numbers_by']}; wbc 9.9.9 computes other numbers from the same "
+            f"calls ({2 * total} white cells counted, not {total})") in html
+    assert render_pdf(store, cid)[:4] == b"%PDF"
+    doc = store.case_document(old)
+    assert doc["numbers_as_signed"] is False and doc["numbers_now"] is None
+    assert "re-computed by wbc 9.9.9 from the calls signed off" in render_html(store, old)
+    assert "Numbers" not in render_html(store, create_case_from_fields(store, "open", fields[:1], classifier))
 
 
 def test_the_pdf_draws_every_letter_and_the_summary_names_tied_classes(store: CaseStore, fields,

@@ -260,7 +260,26 @@ def report_meta(doc: Mapping[str, Any]) -> list[dict[str, str]]:
         ("Signed off by", doc["signed_by"] or "not signed off", "reviewer"),
         ("Signed off on", doc["signed_at"] or "–", ""),
     ]
+    if doc["signed_by"]:
+        lines.append(("Numbers", numbers_line(doc), "numbers"))
     return [{"label": a, "value": str(b), "id": i} for a, b, i in lines]
+
+
+def numbers_line(doc: Mapping[str, Any]) -> str:
+    """Where a signed-off case's differential comes from: the numbers signed off (and, when this wbc's counting rules
+    make others of the same calls, both versions and the total each gives), or, for a case signed off before wbc
+    0.31.0 kept them, re-computed by this wbc. Before, a signed case was silently re-printed by the newest rules."""
+    from wbc import __version__
+
+    if not doc["numbers_as_signed"]:
+        return (f"re-computed by wbc {__version__} from the calls signed off: the case was signed off before wbc "
+                "0.31.0, which kept no copy of the numbers signed, so they differ from these if the counting rules "
+                "changed since")
+    line = f"as signed off, computed by wbc {doc['numbers_by']}"
+    if now := doc["numbers_now"]:
+        line += (f"; wbc {now['wbc_version']} computes other numbers from the same calls "
+                 f"({now['differential']['total']} white cells counted, not {doc['differential']['total']})")
+    return line
 
 
 def render_html(store: CaseStore, case: int | str, css_href: str | None = None) -> str:

@@ -129,6 +129,9 @@ class CaseRow(Base):
     # the classes its differential counts (the label set it was analysed among, less platelets); ``classes`` is the
     # reviewer's menu. None: stored before migration 0007, the differential counts ``classes`` (counted_classes)
     counted: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # the numbers signed off: {"wbc_version", "differential", "model_differential"} as computed at sign-off, what the
+    # reports print for the case from then on; None: open, or signed off before migration 0008 (re-computed)
+    signed_numbers: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     fields: Mapped[list[FieldRow]] = relationship(back_populates="case", order_by="FieldRow.position")
 
@@ -470,6 +473,23 @@ def counted_classes(stored: Sequence[str], counted: Sequence[str] | None, labels
     return [c for c in menu if c in shown]
 
 
+def differentials(c: CaseRow, finals: Sequence[str], models: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A case's reviewed and model's differentials from its cells' calls (``finals``: the reviewer's, else the
+    model's), by this wbc's counting rules."""
+    rows = counted_classes(c.classes, c.counted, finals, models)
+    return differential_of(finals, rows), differential_of(models, rows)
+
+
+def same_numbers(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two differentials give the same numbers (total, each row's count, rate and interval, the calls left
+    out), whatever else a wbc version added to them."""
+    def numbers(d: dict[str, Any]) -> Any:
+        keys = ("class", "count", "percent", "ci95_low", "ci95_high")
+        return d.get("total"), [[r.get(k) for k in keys] for r in d.get("rows", [])], d.get("excluded")
+
+    return bool(numbers(a) == numbers(b))
+
+
 def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
     """Counts, percent and exact 95 % intervals over the model's classes, the total the WBCs' (NRBCs and platelets
     per 100 WBCs: :func:`wbc.counts.differential_rows`); the special calls counted apart."""
@@ -731,7 +751,10 @@ class CaseStore:
         """Sign the case off as ``user`` (through ``client``, as in :meth:`reclassify`): from now on it is
         read-only. ``corrections_seen``: how many corrections the signer was shown; if the case has another number
         (a colleague relabelled a cell meanwhile), it is not signed off (:class:`CaseChangedError`), checked in the
-        sign-off's own transaction. Returns the case document."""
+        sign-off's own transaction. The differentials as signed are kept with the case (:meth:`case_document`).
+        Returns the case document."""
+        from wbc import __version__
+
         who = clean_user(user)
         with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
@@ -744,6 +767,11 @@ class CaseStore:
                     raise CaseChangedError(
                         f"case {c.name!r} changed after it was shown for sign-off ({n} correction(s) now, "
                         f"{corrections_seen} then); it was not signed off: reload it and check the differential again")
+            # the numbers the signer attests to, kept: a later wbc's counting rules never change what its reports print
+            calls = s.execute(select(CellRow.label, CellRow.model_label).where(CellRow.case_id == c.id)).all()
+            finals, models = [lab if lab is not None else m for lab, m in calls], [m for _, m in calls]
+            diff, model_diff = differentials(c, finals, models)
+            c.signed_numbers = {"wbc_version": __version__, "differential": diff, "model_differential": model_diff}
             c.signed_by, c.signed_at, c.signed_client = who, utcnow(), str(client)[:60]
             case_id = c.id
         return self.case_document(case_id)
@@ -768,7 +796,15 @@ class CaseStore:
     def case_document(self, case: int | str) -> dict[str, Any]:
         """Everything about a case but the images, as JSON-ready dicts (the API's and the report's input); the
         images' URLs (each field's ``image_url``, each cell's ``view_url`` and ``crop_url``) carry their content
-        version, so that no browser cache shows another store's image for the same ids."""
+        version, so that no browser cache shows another store's image for the same ids.
+
+        A signed-off case's differentials are those it was signed off with (``numbers_as_signed`` True; ``numbers_by``
+        the wbc version that computed them), and ``numbers_now`` gives this wbc's when its counting rules make others
+        of the same calls: a signed case's numbers were re-computed on every read before wbc 0.31.0, so a newer wbc
+        re-printed it with numbers nobody signed. Cases signed off before then have no stored numbers
+        (``numbers_as_signed`` False: re-computed)."""
+        from wbc import __version__
+
         with self.session() as s:
             c = self._case(s, case)
             fields, cells = [], []
@@ -788,7 +824,14 @@ class CaseStore:
                                    .order_by(CorrectionRow.id))]
             finals, models = [x["label"] for x in cells], [x["model_label"] for x in cells]
             classes = case_classes(c.classes, finals)  # the reviewer's menu
-            rows = counted_classes(c.classes, c.counted, finals, models)  # the differential's
+            diff, model_diff = differentials(c, finals, models)
+            signed = c.signed_numbers if c.signed_by else None
+            now = None
+            if signed:
+                if not (same_numbers(signed["differential"], diff)
+                        and same_numbers(signed["model_differential"], model_diff)):
+                    now = {"wbc_version": __version__, "differential": diff, "model_differential": model_diff}
+                diff, model_diff = signed["differential"], signed["model_differential"]
             return {
                 "id": c.id, "name": c.name, "created_at": iso(c.created_at), "created_by": c.created_by,
                 "model_id": c.model_id, "segmenter_id": c.segmenter_id, "wbc_version": c.wbc_version,
@@ -798,8 +841,9 @@ class CaseStore:
                 "signed_by": c.signed_by, "signed_at": iso(c.signed_at), "signed_client": c.signed_client,
                 "status": "signed off" if c.signed_by else "open",
                 "fields": fields, "cells": cells, "corrections": corrections,
-                "differential": differential_of(finals, rows),
-                "model_differential": differential_of(models, rows),
+                "differential": diff, "model_differential": model_diff,
+                "numbers_by": signed["wbc_version"] if signed else __version__,
+                "numbers_as_signed": None if not c.signed_by else bool(signed), "numbers_now": now,
                 "n_cells": len(cells), "n_flagged": sum(x["model_review"] for x in cells),
                 "n_reviewed": sum(x["reviewed"] for x in cells), "n_changed": sum(x["changed"] for x in cells),
             }
@@ -812,9 +856,10 @@ class CaseStore:
             rows = s.execute(select(CellRow.label, CellRow.model_label).where(CellRow.case_id == c.id)).all()
             finals = [lab if lab is not None else model for lab, model in rows]
             models = [m for _, m in rows]
-            classes = counted_classes(c.classes, c.counted, finals, models)
-            return {"differential": differential_of(finals, classes),
-                    "model_differential": differential_of(models, classes),
+            diff, model_diff = differentials(c, finals, models)
+            if c.signed_by and c.signed_numbers:  # as signed, as case_document gives them
+                diff, model_diff = c.signed_numbers["differential"], c.signed_numbers["model_differential"]
+            return {"differential": diff, "model_differential": model_diff,
                     "n_reviewed": sum(lab is not None for lab, _ in rows),
                     "n_changed": sum(lab is not None and lab != m for lab, m in rows)}
 

@@ -93,7 +93,9 @@ def show_case(case: CaseArg, store: StoreOpt = None,
     say(f"  analysed {doc['created_at']}{' by ' + doc['created_by'] if doc['created_by'] else ''}; "
         f"model {doc['model_id']}")
     if doc["signed_by"]:
-        say(f"  signed off by {doc['signed_by']} on {doc['signed_at']}")
+        from wbc.cases.report import numbers_line
+
+        say(f"  signed off by {doc['signed_by']} on {doc['signed_at']}; numbers {numbers_line(doc)}")
     say(f"  {len(doc['fields'])} field(s), {doc['n_cells']} cell(s): {doc['n_flagged']} flagged by the model, "
         f"{doc['n_reviewed']} reviewed, {doc['n_changed']} changed")
     model = {r["class"]: r["count"] for r in doc["model_differential"]["rows"]}
