@@ -62,6 +62,27 @@ def test_store_url_forms(tmp_path: Path) -> None:
     assert cli_cases.DEFAULT_STORE == DEFAULT_STORE  # one default, kept in two places for a fast `wbc --help`
 
 
+def test_a_store_folder_named_with_percent_or_question_mark_is_that_folder(tmp_path: Path) -> None:
+    """A store path went into the URL unquoted: SQLAlchemy decoded "run%201" to "run 1" (a new folder) and cut "who?"
+    at the "?" (a store file "who" beside the folder), so the case was stored elsewhere and the next command on the
+    same --store found no store."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    for name in ("run%201", "who?", "Lab #2", "Müller"):
+        folder = tmp_path / name
+        folder.mkdir()
+        s = CaseStore.open(folder)
+        assert s.engine.url.database == str((folder / "cases.sqlite").resolve())
+        s.create_case("S-1", ["lymphocyte"])
+        s.close()
+        assert (folder / "cases.sqlite").is_file()
+        res = CliRunner().invoke(app, ["cases", "list", "--store", str(folder)])
+        assert res.exit_code == 0 and "S-1" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run%201", "who?", "Lab #2", "Müller"])
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_store_url(request, tmp_path: Path):
     """The URL of an empty store: a new SQLite file, or a new schema of ``WBC_TEST_POSTGRES_URL``'s database (dropped

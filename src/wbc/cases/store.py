@@ -223,7 +223,8 @@ def iso(dt: datetime | None) -> str | None:
 
 
 def store_url(store: str | os.PathLike[str] | None) -> str:
-    """A SQLAlchemy URL from ``--store``: a URL as it is, a folder -> ``<folder>/cases.sqlite``, a file path."""
+    """A SQLAlchemy URL from ``--store``: a URL as it is, a folder -> ``<folder>/cases.sqlite``, a file path (its
+    ``%`` and ``?`` quoted, so the URL names that file)."""
     if store is None:
         store = DEFAULT_STORE
     s = str(store)
@@ -232,7 +233,8 @@ def store_url(store: str | os.PathLike[str] | None) -> str:
     p = Path(s)
     if p.is_dir():
         p = p / DEFAULT_STORE_NAME
-    return f"sqlite:///{p.resolve()}"
+    # quoted: a folder named "run%201" or "who?" was read as "run 1" or cut at "?" (a store written elsewhere)
+    return URL.create("sqlite", database=str(p.resolve())).render_as_string(hide_password=False)
 
 
 def clean_user(user: str) -> str:

@@ -42,11 +42,13 @@ def store_url(store: str | os.PathLike[str] | None) -> str:
 
 def open_store(store: str | None, must_exist: bool = True) -> Any:
     """Open the store; for reading, a SQLite file that is not there is an error (not a new empty store)."""
+    from sqlalchemy.engine import make_url
+
     from wbc.cases import CaseStore
 
     url = store_url(store)
     if must_exist and url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+        path = Path(make_url(url).database or "")  # unquoted: the file the store opens ("run%201" stays that)
         if not path.is_file():
             raise WbcError(f"{path}: no case store here (create cases with `wbc serve` or `wbc cases create`, "
                            "or pass --store)")
