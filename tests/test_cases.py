@@ -202,6 +202,56 @@ def test_upgrade_keeps_the_data(empty_store_url: str) -> None:
     store.close()
 
 
+#: A process that says it is ready, then opens the store at ``argv[1]`` once the file ``argv[2]`` exists.
+_OPENER = """
+import os, sys, time
+from wbc.cases.store import CaseStore, CaseError
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+try:
+    CaseStore(sys.argv[1]).close()
+    print("ok")
+except CaseError as exc:
+    print(exc)
+"""
+
+
+def test_two_processes_upgrading_one_store_both_open_it(empty_store_url: str, tmp_path: Path) -> None:
+    """A store at an older revision opened by two processes at once (the server restarting after an upgrade while a
+    cron job exports): the second failed, "database is locked" on SQLite (its read could not become the upgrade's
+    write), "column ... already exists" on PostgreSQL (no lock). The upgrade now holds the store's write lock and
+    re-reads the revision inside it."""
+    import subprocess
+
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from wbc.cases.store import alembic_config
+
+    for trial in range(2):
+        url = empty_store_url.replace("old.sqlite", f"old{trial}.sqlite")
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # the schema of the trial before
+                for table in ("corrections", "cells", "fields", "cases", "alembic_version", "wbc_alembic_version"):
+                    conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        engine.dispose()
+        go = tmp_path / f"go{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", _OPENER, url, str(go)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+        go.touch()
+        said = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert said == ["ok", "ok"], said
+        s = CaseStore.open(url)
+        s.create_case("after", ["lymphocyte"])
+        s.close()
+
+
 def test_a_0006_store_gains_the_counted_classes_and_its_cases_count_as_before(empty_store_url: str, fields,
                                                                              classifier) -> None:  # noqa: F811
     """Migration 0007 adds ``cases.counted`` (the label set a case's differential counts; before wbc 0.31.0 a case of a

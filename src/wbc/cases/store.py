@@ -286,14 +286,38 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+#: PostgreSQL advisory lock held while a store is created or upgraded (:func:`migrate`).
+MIGRATION_LOCK: int = 0x77626300
+
+
 def migrate(engine: Engine) -> None:
-    """Create or upgrade the schema to the newest migration (``alembic upgrade head``), in one transaction."""
+    """Create or upgrade the schema to the newest migration (``alembic upgrade head``), in one transaction.
+
+    A store already at the newest revision is only read (a store its user may only read still opens). Otherwise the
+    upgrade runs under the store's write lock (SQLite: ``BEGIN IMMEDIATE``, which waits for another writer; PostgreSQL:
+    an advisory lock), and Alembic re-reads the revision inside it: two processes opening an older store at once (a
+    server restarting after an upgrade while a cron job exports) both open it. Before wbc 0.31.0 the second failed,
+    "database is locked" on SQLite (its read could not become a write), "column already exists" on PostgreSQL."""
     from alembic import command
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn, conn.begin():
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current is not None and current == ScriptDirectory.from_config(cfg).get_current_head():
+        return
+    with engine.connect() as conn:
+        conn.info[_WRITES] = True  # SQLite: BEGIN IMMEDIATE (_sqlite_begin)
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            conn.info.pop(_WRITES, None)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
