@@ -113,9 +113,11 @@ def test_migrations_match_the_models(empty_store_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
+    from wbc.cases.store import VERSION_TABLE
+
     s = CaseStore.open(empty_store_url)
     with s.engine.connect() as conn:
-        ctx = MigrationContext.configure(conn)
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         assert ctx.get_current_revision() == "0008"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
@@ -250,6 +252,67 @@ def test_two_processes_upgrading_one_store_both_open_it(empty_store_url: str, tm
         s = CaseStore.open(url)
         s.create_case("after", ["lymphocyte"])
         s.close()
+
+
+def _versions(url: str, table: str) -> list[str] | None:
+    """The revisions in ``table`` of the database at ``url`` (None: no such table)."""
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = (list(conn.execute(text(f"SELECT version_num FROM {table}")).scalars())
+                if inspect(conn).has_table(table) else None)
+    engine.dispose()
+    return rows
+
+
+def test_a_database_with_another_application_s_alembic_table_is_left_alone(empty_store_url: str) -> None:
+    """--store may point into a database another application migrates with Alembic (a LIMS). wbc kept its revision in
+    Alembic's default ``alembic_version``: the LIMS's revision there was taken for "made by a newer wbc", and a LIMS
+    at base found wbc's revision in its table (its next upgrade cannot locate it). wbc keeps its own table now."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(empty_store_url)
+    with engine.begin() as conn:  # the LIMS's Alembic, at one of its revisions
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('3f2a9c1e7b10')"))
+    s = CaseStore.open(empty_store_url)
+    s.create_case("S-1", ["lymphocyte"])
+    s.close()
+    assert _versions(empty_store_url, "alembic_version") == ["3f2a9c1e7b10"]
+    assert _versions(empty_store_url, "wbc_alembic_version") == ["0008"]
+    with engine.begin() as conn:  # the LIMS downgraded to base: its table empty, and wbc never writes there
+        conn.execute(text("DELETE FROM alembic_version"))
+    engine.dispose()
+    CaseStore.open(empty_store_url).close()
+    assert _versions(empty_store_url, "alembic_version") == []
+
+
+def test_a_store_of_an_older_wbc_moves_its_revision_to_its_own_table(empty_store_url: str, monkeypatch) -> None:
+    """A store written before wbc 0.31.0 holds its revision in ``alembic_version``: moved to ``wbc_alembic_version``
+    when it is opened (and upgraded), its cases kept."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    import wbc.cases.store as store_module
+    from wbc.cases.store import alembic_config
+
+    monkeypatch.setattr(store_module, "VERSION_TABLE", "alembic_version")  # as wbc 0.30.0 wrote it
+    engine = create_engine(empty_store_url)
+    with engine.begin() as conn:
+        cfg = alembic_config(empty_store_url)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+        conn.execute(text("INSERT INTO cases (name, created_at, created_by, model_id, segmenter_id, classes, "
+                          "review_threshold) VALUES ('old', '2026-01-02 03:04:05', 'x', 'm', 's', '[\"a\"]', 0.9)"))
+    engine.dispose()
+    monkeypatch.undo()
+    assert _versions(empty_store_url, "alembic_version") == ["0007"]
+    s = CaseStore.open(empty_store_url)
+    assert s.case_document("old")["created_by"] == "x"
+    s.close()
+    assert _versions(empty_store_url, "alembic_version") is None  # wbc's alone: dropped
+    assert _versions(empty_store_url, "wbc_alembic_version") == ["0008"]
 
 
 def test_a_0006_store_gains_the_counted_classes_and_its_cases_count_as_before(empty_store_url: str, fields,

@@ -288,6 +288,37 @@ def alembic_config(url: str) -> Any:
 
 #: PostgreSQL advisory lock held while a store is created or upgraded (:func:`migrate`).
 MIGRATION_LOCK: int = 0x77626300
+#: The store's own Alembic version table. Before wbc 0.31.0 it was Alembic's default ``alembic_version``, which a
+#: database shared with another application's Alembic migrations (a LIMS's) holds too: wbc read the LIMS's revision
+#: as "made by a newer wbc", or wrote its own into the LIMS's table (:func:`adopt_legacy_version`).
+VERSION_TABLE: str = "wbc_alembic_version"
+LEGACY_VERSION_TABLE: str = "alembic_version"
+
+
+def adopt_legacy_version(conn: Any, cfg: Any) -> None:
+    """Move the revision of a store written before wbc 0.31.0 from ``alembic_version`` to :data:`VERSION_TABLE`
+    (dropping ``alembic_version`` when that empties it), inside the upgrade's transaction; only when that table holds
+    exactly one of wbc's revisions and wbc's four tables are there: anything else in it is another application's,
+    left alone."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect, text
+
+    insp = inspect(conn)
+    if insp.has_table(VERSION_TABLE) or not insp.has_table(LEGACY_VERSION_TABLE):
+        return
+    if not all(insp.has_table(t) for t in ("cases", "fields", "cells", "corrections")):
+        return
+    if not {"model_id", "review_threshold", "signed_by"} <= {c["name"] for c in insp.get_columns("cases")}:
+        return
+    revisions = list(conn.execute(text(f"SELECT version_num FROM {LEGACY_VERSION_TABLE}")).scalars())
+    known = {r.revision for r in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if len(revisions) != 1 or revisions[0] not in known:
+        return
+    command.stamp(cfg, revisions[0])  # into VERSION_TABLE (migrations/env.py)
+    conn.execute(text(f"DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = :v"), {"v": revisions[0]})
+    if not conn.execute(text(f"SELECT COUNT(*) FROM {LEGACY_VERSION_TABLE}")).scalar():
+        conn.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
 
 
 def migrate(engine: Engine) -> None:
@@ -297,7 +328,8 @@ def migrate(engine: Engine) -> None:
     upgrade runs under the store's write lock (SQLite: ``BEGIN IMMEDIATE``, which waits for another writer; PostgreSQL:
     an advisory lock), and Alembic re-reads the revision inside it: two processes opening an older store at once (a
     server restarting after an upgrade while a cron job exports) both open it. Before wbc 0.31.0 the second failed,
-    "database is locked" on SQLite (its read could not become a write), "column already exists" on PostgreSQL."""
+    "database is locked" on SQLite (its read could not become a write), "column already exists" on PostgreSQL.
+    The revision is kept in :data:`VERSION_TABLE` (:func:`adopt_legacy_version` moves an older store's there)."""
     from alembic import command
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -305,7 +337,7 @@ def migrate(engine: Engine) -> None:
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.connect() as conn, conn.begin():
-        current = MigrationContext.configure(conn).get_current_revision()
+        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     if current is not None and current == ScriptDirectory.from_config(cfg).get_current_head():
         return
     with engine.connect() as conn:
@@ -315,6 +347,7 @@ def migrate(engine: Engine) -> None:
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
                 cfg.attributes["connection"] = conn
+                adopt_legacy_version(conn, cfg)
                 command.upgrade(cfg, "head")
         finally:
             conn.info.pop(_WRITES, None)

@@ -11,14 +11,16 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlalchemy.engine import Connection
 
-from wbc.cases.store import Base
+from wbc.cases.store import VERSION_TABLE, Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    # wbc's own version table: a database shared with another application's Alembic keeps that one's alembic_version
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -31,7 +33,7 @@ if connection is not None:
     run(connection)
 elif context.is_offline_mode():  # `--sql`: the DDL for a DBA to run, for any dialect, without a database
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True)
+                      literal_binds=True, version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()
 else:
