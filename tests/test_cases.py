@@ -471,6 +471,26 @@ def test_export_feeds_the_adapt_loader(store: CaseStore, fields, classifier, tmp
         export_cases(store, other)
 
 
+def test_export_into_the_current_folder_is_one_line(store: CaseStore, tmp_path: Path, monkeypatch) -> None:
+    """`wbc cases export .` was a ValueError traceback ("PosixPath('.') has an empty name"): the export is written
+    beside its folder and swapped in, which the current folder cannot be without leaving the shell in a removed
+    folder. Refused in one line; a folder named relative to the current one still works."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", str(here), ".."):
+        with pytest.raises(CaseError, match="write the export to a folder other than the current one"):
+            export_cases(store, out)
+    res = CliRunner().invoke(app, ["cases", "export", ".", "--store", str(tmp_path / "cases.sqlite")])
+    assert res.exit_code == 1 and "other than the current one" in str(res.exception)
+    assert export_cases(store, "sub").output and (here / "sub" / "manifest.csv").is_file()
+    assert sorted(p.name for p in here.iterdir()) == ["sub"]
+
+
 def test_field_colour_calibration_is_kept_and_crops_keep_the_slides_colours(store: CaseStore, classifier) -> None:  # noqa: F811
     """A field calibrated on its red cells before classifying says so in the store, the API document and the
     report; its stored crops are the slide's own colours (what the reviewer judges, what `wbc adapt` trains on),

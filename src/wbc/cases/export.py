@@ -60,7 +60,10 @@ def export_cases(
     include_open: bool = False, changed_only: bool = False, include_accepted: bool = False,
 ) -> ExportSummary:
     """Write the reviewed cells of ``cases`` (default: every case) to ``output``; see the module docstring."""
-    out = Path(output)
+    out = Path(os.path.abspath(output))  # "." has no name to write the folder beside
+    if Path.cwd() == out.resolve() or out.resolve() in Path.cwd().parents:
+        raise CaseError(f"{output}: is the current folder or holds it; write the export to a folder other than the "
+                        "current one (the export is swapped in whole, which would leave the shell in a removed folder)")
     _check_target(out)
     # each case once, however often it is named (by id and by name too): a cell twice would be learnt twice
     ids = list(dict.fromkeys(store.case_id(c) for c in cases)) if cases else [c.id for c in store.list_cases()]
