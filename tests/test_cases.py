@@ -361,6 +361,28 @@ def test_a_0006_store_gains_the_counted_classes_and_its_cases_count_as_before(em
     store.close()
 
 
+def test_control_characters_in_names_are_refused(empty_store_url: str, fields, classifier) -> None:  # noqa: F811
+    """A NUL in a user name, case name or note (a JSON body's "\\u0000") was a 500 on PostgreSQL (psycopg refuses it),
+    after every field of a new case was analysed, and stored as it was on SQLite. Names with a control character are
+    refused on both (422 over HTTP); a note keeps its text without the NUL."""
+    s = CaseStore.open(empty_store_url)
+    cid = create_case_from_fields(s, "S-1", fields[:1], classifier)
+    cell = s.case_document(cid)["cells"][0]
+    for bad in ("A\x00Tech", "A\x1b[31m"):
+        with pytest.raises(CaseError, match="user name holds a control character"):
+            s.reclassify(cid, cell["id"], NOT_WBC, bad)
+        with pytest.raises(CaseError, match="user name holds a control character"):
+            s.sign_off(cid, bad)
+        with pytest.raises(CaseError, match="case name holds a control character"):
+            create_case_from_fields(s, f"S-2{bad}", fields[:1], classifier)
+        with pytest.raises(CaseError, match="user name holds a control character"):
+            create_case_from_fields(s, "S-3", fields[:1], classifier, created_by=bad)
+    s.reclassify(cid, cell["id"], NOT_WBC, "A Tech", note="see\x00 slide 2\nagain")
+    doc = s.case_document(cid)
+    assert doc["corrections"][-1]["note"] == "see slide 2\nagain" and [c.name for c in s.list_cases()] == ["S-1"]
+    s.close()
+
+
 def test_round_trip_audit_trail_and_sign_off(tmp_path: Path, fields, classifier) -> None:  # noqa: F811
     path = tmp_path / "cases.sqlite"
     store = CaseStore.open(path)

@@ -237,13 +237,22 @@ def store_url(store: str | os.PathLike[str] | None) -> str:
     return URL.create("sqlite", database=str(p.resolve())).render_as_string(hide_password=False)
 
 
+def no_control(text: str, what: str) -> str:
+    """``text`` (white space already collapsed), refused with a :class:`CaseError` if it holds a control character (a
+    JSON body's ``\\u0000``): PostgreSQL cannot store a NUL (a 500 there, stored as it was on SQLite), and no name
+    needs the others."""
+    if bad := next((ch for ch in text if unicodedata.category(ch) == "Cc"), None):
+        raise CaseError(f"{what} holds a control character (U+{ord(bad):04X})")
+    return text
+
+
 def clean_user(user: str) -> str:
     u = " ".join(str(user or "").split())
     if not u:
         raise CaseError("a user name is needed (who reviews or signs off)")
     if len(u) > MAX_USER:
         raise CaseError(f"user name longer than {MAX_USER} characters")
-    return u
+    return no_control(u, "user name")
 
 
 def clean_name(name: str) -> str:
@@ -256,7 +265,7 @@ def clean_name(name: str) -> str:
         raise CaseError(f"a case cannot be named {n!r}: #ID means the case with that id")
     if len(n) > MAX_NAME:
         raise CaseError(f"case name longer than {MAX_NAME} characters")
-    return n
+    return no_control(n, "case name")
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -706,7 +715,7 @@ class CaseStore:
 
         n = clean_name(name)
         row = CaseRow(name=n, created_at=utcnow(), wbc_version=__version__,
-                      created_by=" ".join(str(created_by or "").split())[:MAX_USER],
+                      created_by=no_control(" ".join(str(created_by or "").split())[:MAX_USER], "user name"),
                       model_id=model_id, segmenter_id=segmenter_id, classes=list(classes),
                       counted=None if counted is None else [c for c in classes if c in set(counted)],
                       review_threshold=float(review_threshold))
@@ -747,7 +756,7 @@ class CaseStore:
             raise CaseError(f"{image or result.image}: the same image as field {same.position} ({same.image}) of "
                             f"case {c.name!r} (identical file content, SHA-1 {sha1[:12]}); a field is added once")
         position = 1 + int(s.scalar(select(func.count(FieldRow.id)).where(FieldRow.case_id == c.id)) or 0)
-        f = FieldRow(case_id=c.id, position=position, image=str(image or result.image)[:500],
+        f = FieldRow(case_id=c.id, position=position, image=str(image or result.image).replace("\x00", "")[:500],
                      width=int(result.width), height=int(result.height),
                      image_png=rgb if isinstance(rgb, bytes) else encode_png(rgb),
                      warnings=list(result.warnings),
@@ -798,8 +807,9 @@ class CaseStore:
                 raise CaseChangedError(f"cell {cell.id} of case {c.name!r} is {final_label(cell)!r} now ({by}), not "
                                        f"{expected!r} as it was shown; nothing was saved: reload the case")
             now = utcnow()
+            note = str(note or "").replace("\x00", "")[:2000]  # PostgreSQL stores no NUL
             s.add(CorrectionRow(case_id=c.id, cell_id=cell.id, old_label=final_label(cell), new_label=label,
-                                user=who, at=now, note=str(note or "")[:2000], client=str(client)[:60]))
+                                user=who, at=now, note=note, client=str(client)[:60]))
             cell.label, cell.reviewed_by, cell.reviewed_at = label, who, now
             s.flush()
             version = self._cell_version(c, self._field_version(c, cell.field), cell)
