@@ -8,6 +8,8 @@ folders through :func:`wbc.batch.analyze_paths` (resumable, atomic). Nothing her
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import cv2
 import numpy as np
 
@@ -92,6 +94,222 @@ def check_colour(rgb: np.ndarray, name: str = "") -> None:
             f"{name}: a grey image (its stain colours measure {chroma:.0f}, stained smears 87 and more, "
             f"{MIN_FIELD_CHROMA:.0f} needed): WBCs are found by their stain's colours; analyse the colour original"
         )
+
+
+#: Long side of the copy :func:`smear_look` measures a field on (about 256 x 192 px: a few milliseconds).
+LOOK_SIDE: int = 256
+#: Red-cell diameter (px) at which a field's texture is judged when its whole copy looks too textured and its red
+#: cells are smaller there (:func:`smear_look`'s closer look).
+LOOK_RBC: float = 40.0
+#: The closer look is taken when the copy's texture is within this factor of a threshold (its measures then count).
+LOOK_CLOSER: float = 1.4
+
+
+@dataclass(frozen=True)
+class SmearLook:
+    """What a field shows of a blood smear, each a share of its pixels (outside an eyepiece's field stop), measured
+    on a copy :data:`LOOK_SIDE` px long against the light of its glass (its brightest pixels).
+
+    ``stained``: pixels with a stain's colour (max - min of the white-balanced channels over 8 % of the light);
+    ``dark``: near-black pixels (no channel above 25 % of the light); ``off_stain``: of the stained pixels' colour,
+    the share (weighted by how coloured) in the yellow-green-cyan-sky hues (45-210 degrees) no Romanowsky stain gives;
+    ``glass``: pixels within 8 % of the glass's brightness (the glass and plasma between cells); ``smooth``: pixels
+    whose 5 x 5 neighbourhood varies by under 2 % of the light (glass, plasma, the insides of cells); ``solid``: of
+    the stained pixels, those inside a stained 5 px disc (cells, not the thin strokes of print or a drawing).
+    ``smooth`` and ``solid`` are judged at the red cells' scale (:func:`smear_look`). :func:`not_a_smear` reads them.
+    """
+
+    stained: float
+    dark: float
+    off_stain: float
+    glass: float
+    smooth: float
+    solid: float
+
+
+#: Thresholds of :func:`not_a_smear`, each beyond every field wbc is tuned on with a margin (benchmarks/non_smear.py,
+#: docs/smear_analysis.md "Not a smear field"): BCCD and TXL-PBC train and val fields, BCCD fields cut beside their
+#: WBCs, BCCD mosaics, and fields under the stain, lamp, exposure, tone, noise, JPEG, blur, scale, scale-bar, eyepiece
+#: and canvas changes wbc is meant to withstand.
+MIN_STAINED: float = 0.03
+MAX_DARK: float = 0.025
+MAX_OFF_STAIN: float = 0.35
+MIN_GLASS: float = 0.09
+MIN_SMOOTH: float = 0.36
+MIN_SOLID: float = 0.10
+
+
+def _look_copy(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """``rgb`` resized by ``factor``: every n-th pixel down to twice the size first, then averaged (cheap on large
+    fields), or enlarged (cubic)."""
+    h, w = rgb.shape[:2]
+    step = max(1, int(np.ceil(0.5 / factor - 1e-6)))
+    small = rgb[::step, ::step]
+    f = factor * step
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if abs(f - 1.0) < 1e-3:
+        return np.ascontiguousarray(small)
+    return cv2.resize(small, size, interpolation=cv2.INTER_AREA if f < 1.0 else cv2.INTER_CUBIC)
+
+
+def _inside_stop(small: np.ndarray) -> np.ndarray:
+    """The pixels of ``small`` inside an eyepiece's field of view, 4 px in from its edge (all of them without one)."""
+    stop = field_stop_mask(small)
+    keep = np.ones(small.shape[:2], bool) if stop is None else \
+        ~cv2.dilate(stop.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    return keep if keep.any() else np.ones(small.shape[:2], bool)
+
+
+def _share_at(values: np.ndarray, q: float) -> int:
+    """The ``q``-th percentile (0-100, lower) of uint8 ``values``, from their histogram (a fraction of np.percentile's
+    time)."""
+    counts = np.cumsum(np.bincount(values.reshape(-1), minlength=256))
+    return int(np.searchsorted(counts, q / 100.0 * (counts[-1] - 1), side="right"))
+
+
+@dataclass
+class _Copy:
+    """A field's copy as :func:`smear_look` reads it: its pixels inside any field stop (``keep``), the glass's light,
+    each pixel's brightest channel (``top``), its white-balanced channels (``balanced``, float32) and their max - min
+    (``chroma``), the stained pixels and the grey (per light) blurred by 1 px."""
+
+    keep: np.ndarray
+    light: float
+    top: np.ndarray
+    chroma: np.ndarray
+    stained: np.ndarray
+    grey: np.ndarray
+    balanced: tuple[np.ndarray, ...]
+
+
+def _read_copy(small: np.ndarray) -> _Copy:
+    """What :func:`smear_look` reads of a copy (:class:`_Copy`): each measure's parts computed once, per channel
+    (numpy's reductions over a colour axis cost several times as much)."""
+    from wbc.segment.classical import grey_gains
+
+    keep = _inside_stop(small)
+    channels = cv2.split(small)
+    top = cv2.max(cv2.max(channels[0], channels[1]), channels[2])
+    light = float(_share_at(top[keep], 95)) + 1.0
+    balanced = tuple(c.astype(np.float32) * float(k) for c, k in zip(channels, grey_gains(small), strict=True))
+    chroma = cv2.max(cv2.max(*balanced[:2]), balanced[2]) - cv2.min(cv2.min(*balanced[:2]), balanced[2])
+    stained = keep & (chroma > 0.08 * light)
+    grey = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) / light, (0, 0), 1.0)
+    return _Copy(keep, light, top, chroma, stained, grey, balanced)
+
+
+def _texture(copy: _Copy) -> tuple[float, float]:
+    """:attr:`SmearLook.smooth` and :attr:`SmearLook.solid` of a copy."""
+    mean, sq = cv2.blur(copy.grey, (5, 5)), cv2.blur(copy.grey * copy.grey, (5, 5))
+    smooth = np.count_nonzero((sq - mean * mean)[copy.keep] < 0.02**2) / max(1, int(np.count_nonzero(copy.keep)))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    inside = cv2.morphologyEx(copy.stained.astype(np.uint8), cv2.MORPH_OPEN, disc)
+    return float(smooth), np.count_nonzero(inside) / max(1, int(np.count_nonzero(copy.stained)))
+
+
+def smear_look(field: np.ndarray) -> SmearLook:
+    """Measure :class:`SmearLook` on ``field`` (uint8 RGB, within any canvas): a few milliseconds on a 640 x 480 field,
+    about 4 % of :func:`analyze_image`'s time (benchmarks/non_smear.py).
+
+    Texture depends on the magnification: a field that looks textured or stroked in its copy (within
+    :data:`LOOK_CLOSER` of :data:`MIN_SMOOTH` or :data:`MIN_SOLID`) is looked at again with
+    its red cells :data:`LOOK_RBC` px across (:func:`wbc.segment.classical.estimate_rbc_diameter`; its centre, at
+    most :data:`LOOK_SIDE` px, when that is a reduction: a wide low-magnification frame, a mosaic of fields; all of it
+    enlarged when smaller), and the smoother, more solid of the two counts. A field that fails a test of its light and
+    colour already is not looked at again (on a photograph of many megapixels that costs 0.1-0.2 s)."""
+    factor = min(1.0, LOOK_SIDE / max(field.shape[:2]))
+    copy = _read_copy(_look_copy(field, factor))
+    keep, stained = copy.keep, copy.stained
+    n, n_stained = max(1, int(np.count_nonzero(keep))), int(np.count_nonzero(stained))
+    off = 0.0
+    if n_stained >= 30:
+        colours = np.stack([np.clip(c[stained], 0, 255) for c in copy.balanced], axis=1).astype(np.uint8)
+        hue = cv2.cvtColor(colours.reshape(-1, 1, 3), cv2.COLOR_RGB2HSV)[:, 0, 0].astype(np.float32) * 2.0
+        weight = copy.chroma[stained]
+        off = float(weight[(hue >= 45) & (hue < 210)].sum() / weight.sum())
+    grey = np.clip(copy.grey[keep] * 255.0, 0, 255).astype(np.uint8)
+    dark = np.count_nonzero(copy.top[keep] < 0.25 * copy.light)
+    glass = np.count_nonzero(grey > 0.92 * _share_at(grey, 95))
+    look = SmearLook(float(n_stained / n), float(dark / n), off, float(glass / n), *_texture(copy))
+    if (look.smooth < LOOK_CLOSER * MIN_SMOOTH or look.solid < LOOK_CLOSER * MIN_SOLID) \
+            and _not_smear_colours(look) is None and (closer := _closer(field, factor)) is not None:
+        look = replace(look, smooth=max(look.smooth, closer[0]), solid=max(look.solid, closer[1]))
+    return look
+
+
+def _closer(field: np.ndarray, factor: float) -> tuple[float, float] | None:
+    """:func:`_texture` of ``field`` with its red cells :data:`LOOK_RBC` px across (its centre, when reduced), when
+    they are smaller in its copy at ``factor``; None when they are not, or not measured. ``solid`` is measured at
+    most at the field's own resolution: an enlargement thickens the thin strokes of print as much as it does cells."""
+    from wbc.segment.classical import estimate_rbc_diameter
+
+    rbc = estimate_rbc_diameter(field)
+    if rbc is None or rbc * factor >= LOOK_RBC:
+        return None
+
+    def centre(f: float) -> tuple[float, float]:
+        h, w = field.shape[:2]
+        side = round(LOOK_SIDE / f)
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        return _texture(_read_copy(_look_copy(field[y0 : y0 + side, x0 : x0 + side], f)))
+
+    f = LOOK_RBC / rbc
+    smooth, solid = centre(f)
+    return (smooth, solid) if f <= 1.0 else (smooth, centre(1.0)[1])
+
+
+def not_a_smear(field: np.ndarray, look: SmearLook | None = None) -> str | None:
+    """Why ``field`` does not look like a blood-smear field (:func:`smear_look`, ``look`` when measured), in words,
+    or None when it does. Every field wbc is tuned on passes (benchmarks/non_smear.py)."""
+    look = look or smear_look(field)
+    if why := _not_smear_colours(look):
+        return why
+    if look.smooth < MIN_SMOOTH:
+        return f"it is textured all over (only {look.smooth:.0%} of it is smooth, as glass and cells are)"
+    if look.solid < MIN_SOLID:
+        return "only thin lines in it are stained, as in print or a drawing, not cells"
+    return None
+
+
+def _not_smear_colours(look: SmearLook) -> str | None:
+    """:func:`not_a_smear`'s tests of a field's light and colour (those that need no closer look)."""
+    if look.stained < MIN_STAINED:
+        return f"nothing in it is stained ({look.stained:.1%} coloured), as on blank glass or a plain surface"
+    if look.dark > MAX_DARK:
+        return f"{look.dark:.0%} of it is near black, which a bright-field smear never is"
+    if look.off_stain > MAX_OFF_STAIN:
+        return f"{look.off_stain:.0%} of its colour is yellow, green or sky blue, which no blood stain gives"
+    if look.glass < MIN_GLASS:
+        return f"it shows no glass between cells (only {look.glass:.0%} of it is near its brightest)"
+    return None
+
+
+#: How the warning of a field that does not look like a blood smear begins (:func:`not_a_smear_warning`): what the
+#: command line looks for to name those fields.
+NOT_A_SMEAR_WARNING = "does not look like a blood-smear field"
+#: The review reason of each cell of such a field.
+NOT_A_SMEAR_REASON = "its field does not look like a blood smear"
+
+
+def not_a_smear_warning(reason: str, n_cells: int, classified: bool = True) -> str:
+    """The warning of a field that does not look like a blood smear, for ``reason`` (:func:`not_a_smear`) and the
+    ``n_cells`` found in it (``classified`` False: outlined only, so none is flagged).
+
+    >>> not_a_smear_warning("it is textured all over", 0).split("; ")
+    ['does not look like a blood-smear field: it is textured all over', \
+'check the image: finding no WBCs in it says nothing about a smear']
+    >>> not_a_smear_warning("it is textured all over", 2).split("; ")[1]
+    'its 2 cells are flagged for review: count them only once a person has confirmed they are WBCs'
+    """
+    if not n_cells:
+        return f"{NOT_A_SMEAR_WARNING}: {reason}; check the image: finding no WBCs in it says nothing about a smear"
+    if not classified:
+        return f"{NOT_A_SMEAR_WARNING}: {reason}; check the image: the cells found in it may be no WBCs"
+    cells = "its 1 cell is" if n_cells == 1 else f"its {n_cells} cells are"
+    them = "it" if n_cells == 1 else "them"
+    its = "it is a WBC" if n_cells == 1 else "they are WBCs"
+    return (f"{NOT_A_SMEAR_WARNING}: {reason}; {cells} flagged for review: count {them} only once a person has "
+            f"confirmed {its}")
 
 
 def red_cell_target_of(classifier: ClassifierLike) -> dict[str, list[float]] | None:
@@ -199,9 +417,14 @@ def analyze_image(
 
     A field pasted onto a canvas (a page, a screenshot's margin, a dataset's padding) is analysed within it
     (:func:`wbc.preprocess.canvas_box`): the canvas would otherwise be taken for the field's glass by its colour
-    calibration. Boxes are in the image's coordinates either way. With a label set, the warnings say first how many
-    cells are most likely a class it left out (:func:`wbc.classify.outside_note`, as `wbc classify` does), since
-    wbc 0.31.0."""
+    calibration. Boxes are in the image's coordinates either way. With a label set, the warnings say (after a
+    not-a-smear warning) how many cells are most likely a class it left out (:func:`wbc.classify.outside_note`, as
+    `wbc classify` does), since wbc 0.31.0.
+
+    A field that does not look like a blood smear (:func:`not_a_smear`: a photograph, a page, blank glass) is
+    analysed, but its result's first warning says so and why (:func:`not_a_smear_warning`), and each of its cells is
+    flagged for review (:data:`NOT_A_SMEAR_REASON`), since wbc 0.31.0: before, a cat's photograph came back with a
+    "neutrophil" and nothing else said."""
     if segmenter is None:
         from wbc.segment import get_segmenter
 
@@ -211,12 +434,19 @@ def analyze_image(
     if field is not rgb:  # the field itself must pass too: a 24 px field on a 400 px page was segmented
         check_field(field, f"{name or 'the image'} (the field within its canvas)")
     check_colour(field, name)
+    unlike = not_a_smear(field)
     cells = segmenter.segment(field)
     calibration = classify_cells(field, cells, classifier) if classifier is not None else None
     move_cells(cells, dx, dy)
     h, w = rgb.shape[:2]
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
     res = SmearResult(image=name, width=w, height=h, cells=cells, model_id=model_id, calibration=calibration)
+    if unlike:
+        res.warnings.append(not_a_smear_warning(unlike, len(cells), classifier is not None))
+        for c in cells:
+            if c.prediction is not None:
+                c.prediction.review = True
+                c.prediction.reasons.append(NOT_A_SMEAR_REASON)
     if not cells:
         res.warnings.append("no white blood cell found")
     elif classifier is not None:
@@ -249,5 +479,7 @@ def analyze_bytes(
 # The output formats live in wbc.formats; these names stay importable from here.
 from wbc.formats import cell_to_dict, mask_to_polygons, result_to_dict  # noqa: E402
 
-__all__ = ["analyze_bytes", "analyze_image", "calibrate_field", "cell_to_dict", "check_colour", "check_field",
-           "classify_cells", "field_chroma", "mask_to_polygons", "red_cell_target_of", "result_to_dict"]
+__all__ = ["NOT_A_SMEAR_REASON", "NOT_A_SMEAR_WARNING", "SmearLook", "analyze_bytes", "analyze_image",
+           "calibrate_field", "cell_to_dict", "check_colour", "check_field", "classify_cells", "field_chroma",
+           "mask_to_polygons", "not_a_smear", "not_a_smear_warning", "red_cell_target_of", "result_to_dict",
+           "smear_look"]

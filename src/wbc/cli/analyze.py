@@ -114,6 +114,7 @@ def analyze(
             + (f", {1000 * summary.seconds_render / summary.analyzed:.0f} ms/image drawing" if draw else "")
         )
     say_differential(pooled, summary.classes)  # shares of the WBCs; NRBCs per 100 WBCs, outside their total
+    warn_not_smears(summary.docs, output)
     if summary.n_classified:  # as `wbc classify` says them, over the run's every field (each field's JSON has its own)
         say(f"  flagged for review: {summary.n_review}")
         k, n = summary.n_ood, summary.n_classified
@@ -136,3 +137,19 @@ def analyze(
         warn(f"{len(summary.errors)} file(s) failed, listed in {output}/errors.csv", "note:")
         if not n_img:
             raise typer.Exit(1)
+
+
+def warn_not_smears(docs: list[dict[str, Any]], output: Path) -> None:
+    """Name each field that does not look like a blood smear (:func:`wbc.analyze.not_a_smear`) on a line of its own,
+    with why and what became of its cells: the first :data:`~wbc.cli._common.SKIPPED_SHOWN`, then how many more
+    (their JSON in ``output`` and report.html say it too). Before wbc 0.31.0 a photograph among the fields gave its
+    "WBCs" to the differential without a word."""
+    from wbc.analyze import NOT_A_SMEAR_WARNING
+    from wbc.cli._common import SKIPPED_SHOWN
+
+    said = [f"{d['image']}: {w}" for d in docs for w in d.get("warnings") or () if w.startswith(NOT_A_SMEAR_WARNING)]
+    for line in said[:SKIPPED_SHOWN]:
+        warn(line)
+    if rest := said[SKIPPED_SHOWN:]:
+        warn(f"{len(rest)} more field(s) {NOT_A_SMEAR_WARNING}s; each one's JSON in {output}/ says why, and their "
+             "cells are flagged for review")
