@@ -209,7 +209,7 @@ def _texture(copy: _Copy) -> tuple[float, float]:
 
 def smear_look(field: np.ndarray) -> SmearLook:
     """Measure :class:`SmearLook` on ``field`` (uint8 RGB, within any canvas): a few milliseconds on a 640 x 480 field,
-    about 4 % of :func:`analyze_image`'s time (benchmarks/non_smear.py).
+    about 5 % of :func:`analyze_image`'s time (benchmarks/non_smear.py).
 
     Texture depends on the magnification: a field that looks textured or stroked in its copy (within
     :data:`LOOK_CLOSER` of :data:`MIN_SMOOTH` or :data:`MIN_SOLID`) is looked at again with
