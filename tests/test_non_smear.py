@@ -155,3 +155,26 @@ def test_http_analyze_and_a_case_say_it_and_flag_the_cells(client) -> None:
     assert doc["fields"][0]["warnings"][0].startswith(NOT_A_SMEAR_WARNING)
     assert [c["model_review"] for c in doc["cells"]] == [True] and doc["n_flagged"] == 1
     assert NOT_A_SMEAR_REASON in doc["cells"][0]["model_reasons"]
+
+
+def test_wbc_cases_create_names_the_photograph_and_stores_its_warning(tmp_path: Path,
+                                                                      model_path: Path) -> None:  # noqa: F811
+    pytest.importorskip("sqlalchemy")
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    write_image(tmp_path / "cat.png", photograph("chelsea"))
+    write_image(tmp_path / "smear.png", synthetic_smear(n_wbc=2, seed=5)[0])
+    db = str(tmp_path / "cases.sqlite")
+    run = CliRunner().invoke
+    res = run(app, ["cases", "create", "C", str(tmp_path / "cat.png"), str(tmp_path / "smear.png"), "--store", db,
+                    "--model", str(model_path), "--segmenter", "classical"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert f"cat.png: {NOT_A_SMEAR_WARNING}: it is textured all over" in said and f"smear.png: {NOT_A_SMEAR_WARNING}" \
+        not in said
+    doc = json.loads(run(app, ["cases", "show", "C", "--store", db, "--json"]).stdout)
+    warned = {f["image"]: f["warnings"] for f in doc["fields"]}
+    assert warned["cat.png"][0].startswith(NOT_A_SMEAR_WARNING)
+    assert not any(w.startswith(NOT_A_SMEAR_WARNING) for w in warned["smear.png"])

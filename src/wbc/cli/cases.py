@@ -144,7 +144,7 @@ def create_case(
 
     A file whose content is already in the case (named twice, a folder and a file in it, a copy under another
     name) is skipped with a warning: each image is counted once."""
-    from wbc.analyze import analyze_bytes
+    from wbc.analyze import NOT_A_SMEAR_WARNING, analyze_bytes
     from wbc.cases.store import create_case_from_fields, file_digest, prepare_field
     from wbc.io import iter_image_paths, no_images_message, read_bytes
     from wbc.model import load_model
@@ -169,6 +169,9 @@ def create_case(
     fields = []
     for p, digest in unique:  # read again, not kept from the digests: many fields' bytes need not sit in memory
         rgb, res = analyze_bytes(read_bytes(p), p.name, clf, seg, source=str(p))  # a TIFF's pages: said in warnings
+        for w in res.warnings:  # since wbc 0.31.0 a photograph among the fields is named, as `wbc analyze` names it
+            if w.startswith(NOT_A_SMEAR_WARNING):
+                warn(f"{p}: {w}")
         fields.append(prepare_field(p.name, rgb, res, clf, digest))
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     cid = create_case_from_fields(s, name, fields, clf, segmenter_id=seg_id, created_by=user)
