@@ -147,6 +147,31 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(synthetic_dataset: Path, tm
         assert torch.equal(v, resumed["model"][k]), k
 
 
+def test_resume_refuses_a_changed_recipe_and_takes_the_machine_from_the_command_line(synthetic_dataset: Path,
+                                                                                    tmp_path: Path) -> None:
+    """`wbc train --resume --epochs 3` on a finished 1-epoch run printed "resuming", trained nothing, re-exported
+    the same model and exited 0: every recipe flag and the config file were dropped without a word. A setting that
+    differs from the run's is refused in one line; the run's own config file, and --threads (the machine's), are
+    not a clash, and neither are the defaults of options the user did not set."""
+    from rich.console import Console
+
+    from wbc.config import load_config
+    from wbc.train.loop import run_training
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(f'[train]\ndata = "{synthetic_dataset}"\nmodel = "small_cnn"\npretrained = false\n'
+                    "input_size = 32\nepochs = 1\nbatch_size = 16\nthreads = 1\nmax_per_class = 4\npatience = 0\n")
+    run = tmp_path / "r"
+    run_training(load_config(toml), run, console=Console(quiet=True), score_test=False)
+    r = run_wbc("train", "-o", str(run), "--resume", "--epochs", "3", "--lr", "0.01")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "epochs 3 (the run's: 1), lr 0.01 (the run's: 0.001)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # the header and the one epoch
+    r = run_wbc("train", "-c", str(toml), "--threads", "2", "-o", str(run), "--resume", "--no-test")
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2
+
+
 def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, synthetic_dataset: Path,
                                                          tmp_path: Path) -> None:
     folder = tmp_path / "cells"

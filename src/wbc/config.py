@@ -237,31 +237,45 @@ def _validator() -> TypeAdapter[TrainConfig]:
     return TypeAdapter(TrainConfig)
 
 
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options a TOML config file sets (keys flat or under ``[train]``), as written: its shape is checked
+    here, its values by :meth:`TrainConfig.updated`."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a TOML config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text, as TOML must be (saved as UTF-16 \"Unicode\"?)") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    if "train" in data:  # the keys go under [train], or all at the top: never some of each
+        stray = sorted(k for k in data if k != "train")
+        if stray:
+            raise ConfigError(f"{p}: {', '.join(stray)} outside the [train] table would be ignored; "
+                              "put every key under [train] (or none)")
+        data = data["train"]
+    return data
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults <- TOML file (flat keys, or under ``[train]``) <- ``overrides`` (CLI flags)."""
     cfg = TrainConfig()
     if path:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{p}: is a folder, not a TOML config file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p}: not UTF-8 text, as TOML must be (saved as UTF-16 \"Unicode\"?)") from None
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: not valid TOML ({exc})") from None
-        if "train" in data:  # the keys go under [train], or all at the top: never some of each
-            stray = sorted(k for k in data if k != "train")
-            if stray:
-                raise ConfigError(f"{p}: {', '.join(stray)} outside the [train] table would be ignored; "
-                                  "put every key under [train] (or none)")
-            data = data["train"]
+        data = read_config_file(path)
         try:
             cfg = cfg.updated(data)
         except ConfigError as exc:
-            raise ConfigError(f"{p}: {exc}") from None
+            raise ConfigError(f"{Path(path)}: {exc}") from None
     return cfg.updated(overrides or {})
+
+
+def given_options(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> frozenset[str]:
+    """The options a user set, in the config file or as flags (``overrides`` that are not None), as against those
+    left at their defaults: `wbc train --resume` compares only these with the run's own."""
+    from_file = set(read_config_file(path)) if path else set()
+    return frozenset(from_file | {k for k, v in (overrides or {}).items() if v is not None})

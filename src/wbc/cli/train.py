@@ -38,7 +38,9 @@ def train(
     unlabelled_crop: Annotated[str | None, typer.Option(
         help="How TXL-PBC's WBC boxes are cut for --unlabelled: smear (as wbc analyze, mirrored past the field) | "
              "single (as a lab's single-cell image, re-framed as wbc classify does) | both.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help=(
+        "Continue the run in --output with its own settings (a flag or config key that differs is refused; "
+        "--device, --threads and --num-workers are this machine's)."))] = False,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Data-parallel processes on this machine (DDP: gloo on CPUs, NCCL on GPUs).")] = 1,
     test: Annotated[bool, typer.Option(
@@ -46,7 +48,7 @@ def train(
                                  "chosen on validation (score it once later with wbc evaluate --split test).")] = True,
 ) -> None:
     """Train a classifier: split, augment, fit, early-stop, calibrate, export ONNX, report on test."""
-    from wbc.config import load_config
+    from wbc.config import given_options, load_config
 
     overrides = dict(data=dataset, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                      input_size=input_size, pretrained=pretrained, augment=augment, balance=balance,
@@ -54,4 +56,5 @@ def train(
                      num_workers=num_workers, device=device, unlabelled=unlabelled, unlabelled_crop=unlabelled_crop)
     cfg = load_config(config, overrides)
     run = require_train("wbc.train.loop").run_training
-    run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc, score_test=test)
+    run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc, score_test=test,
+        given=given_options(config, overrides))

@@ -15,9 +15,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -460,11 +460,52 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
     return samples
 
 
+#: Options that describe the machine a run runs on, not its recipe: `--resume` takes them from the command line.
+MACHINE_OPTIONS: frozenset[str] = frozenset({"device", "threads", "num_workers"})
+
+
+def resumed_config(cfg: TrainConfig, run_dir: Path, given: Collection[str] | None = None) -> TrainConfig:
+    """The configuration a resumed run goes on with: its own (``RUN/config.json``), with this machine's
+    :data:`MACHINE_OPTIONS` from ``cfg``.
+
+    Every other option the user set (``given``: flags and config-file keys; None: every option of ``cfg``) must equal
+    the run's, else the run is refused: a resumed run goes on as the uninterrupted one would have, and `--epochs 20`
+    on a finished 12-epoch run was dropped without a word (more epochs would also stretch the cosine schedule the
+    first epochs were trained on). To train on from a run's weights, start a new run with ``init_weights``.
+    """
+    where = run_dir / "config.json"
+    try:
+        saved = json.loads(where.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        run_cfg = TrainConfig().updated({k: v for k, v in saved.items() if k != "extra"})
+    except (OSError, ValueError, WbcError) as exc:
+        raise WbcError(f"{where}: unreadable run config ({exc})") from None
+    keys = [f.name for f in fields(TrainConfig) if f.name != "extra"] if given is None else sorted(given)
+    clash = [k for k in keys if k not in MACHINE_OPTIONS and k != "extra" and getattr(cfg, k) != getattr(run_cfg, k)]
+    if clash:
+        raise WbcError(f"{run_dir}: --resume goes on with the run's own settings, but "
+                       + ", ".join(f"{k} {_shown(getattr(cfg, k))} (the run's: {_shown(getattr(run_cfg, k))})"
+                                   for k in clash)
+                       + "; leave them out to resume, or start a new --output to change the recipe (init_weights = "
+                       f"\"{run_dir / 'best.pt'}\" trains on from its weights)")
+    return run_cfg.updated({k: getattr(cfg, k) for k in MACHINE_OPTIONS})
+
+
+def _shown(value: Any) -> str:
+    """An option's value as a config file writes it (tuples as lists)."""
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
 def run_training(
     cfg: TrainConfig, run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
     resume: bool = False, console: Console | None = None, nproc: int = 1, score_test: bool = True,
+    given: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Run a whole training job into ``run_dir``; returns the test summary.
+
+    ``resume``: go on with the run in ``run_dir`` (its own configuration, :func:`resumed_config`; ``given``: the
+    options the user set, which must equal the run's, None: every option of ``cfg``).
 
     ``nproc`` > 1: data-parallel training in that many processes on this machine (DDP; gloo on CPUs, NCCL on
     GPUs); under ``torchrun`` the ranks come from its environment instead.
@@ -479,9 +520,7 @@ def run_training(
     if started and not resume:
         raise WbcError(f"{run_dir}: a run already exists here; pass --resume to continue it or pick another --output")
     if resume and (run_dir / "config.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text())
-        where = {k: getattr(cfg, k) for k in ("device", "threads", "num_workers")}  # this machine's, not the run's
-        cfg = TrainConfig().updated({**{k: v for k, v in saved.items() if k != "extra"}, **where})
+        cfg = resumed_config(cfg, run_dir, given)
     device_type = resolve_device(cfg.device).type  # a missing GPU is reported now, not after decoding the data
     if (nproc > 1 or "WORLD_SIZE" in os.environ) and cfg.folds > 1:
         raise WbcError("cross-validation (folds > 1) runs in one process; train the folds as separate jobs")
