@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,63 @@ def test_resume_refuses_a_changed_recipe_and_takes_the_machine_from_the_command_
     r = run_wbc("train", "-c", str(toml), "--threads", "2", "-o", str(run), "--resume", "--no-test")
     assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_a_run_trained_on_an_old_run_s_manifest_keeps_its_test_split(synthetic_run: Path, tmp_path: Path) -> None:
+    """docs/training.md advised giving a new run the old manifest as its data to keep a test split unseen when the
+    data grows, but `wbc train --data RUN/manifest.csv` was refused ("dataset folder not found")."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.data import read_manifest
+    from wbc.train.loop import run_training
+
+    cfg = TrainConfig(data=str(synthetic_run / "manifest.csv"), model="small_cnn", pretrained=False, input_size=32,
+                      epochs=1, batch_size=16, threads=1, split_seed=7)
+    run_training(cfg, tmp_path / "b", console=Console(quiet=True), score_test=False)
+
+    def rows(run: Path) -> list[tuple[str, str, str]]:
+        return sorted((str(s.path), s.label, s.split) for s in read_manifest(run / "manifest.csv", root=Path("/")))
+
+    assert rows(tmp_path / "b") == rows(synthetic_run)  # the whole split, not only the test rows, and not re-dealt
+    info = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert info["model_id"].startswith("wbc-small_cnn-synth-manifest-")
+
+
+def test_new_rows_of_a_manifest_are_dealt_into_train_and_val_only(synthetic_run: Path, tmp_path: Path) -> None:
+    """Files added to an old manifest without a split join train or val, never its test split; a copy of a listed
+    file joins that file's split; cross-validation folds are dealt over the train and val rows."""
+    import shutil
+
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.data import read_manifest, write_manifest
+    from wbc.train.loop import prepare_samples
+
+    old = read_manifest(synthetic_run / "manifest.csv", root=Path("/"))
+    test = [s for s in old if s.split == "test"]
+    added = tmp_path / "added"
+    added.mkdir()
+    new = []
+    for i, s in enumerate([s for s in old if s.split == "train"][:12]):
+        shutil.copy(s.path, added / f"{i}.png")  # new names; their bytes differ by the appended byte
+        with (added / f"{i}.png").open("ab") as fh:
+            fh.write(b"\0")
+        new.append(replace(s, path=added / f"{i}.png", split="", sha1=""))
+    shutil.copy(test[0].path, added / "copy_of_a_test_file.png")
+    copy = replace(test[0], path=added / "copy_of_a_test_file.png", split="", sha1="")
+    write_manifest(tmp_path / "grown.csv", [*old, *new, copy], root=Path("/"))
+    for folds in (0, 3):
+        cfg = TrainConfig(data=str(tmp_path / "grown.csv"), folds=folds)
+        got = prepare_samples(cfg, tmp_path / f"run{folds}", Path("/"), False, Console(quiet=True))
+        by_path = {s.path: s for s in got}
+        assert [by_path[s.path].split for s in old] == [s.split for s in old]
+        assert {by_path[s.path].split for s in new} == {"train", "val"}
+        assert by_path[copy.path].split == "test"
+        if folds:
+            assert {s.fold for s in got if s.split != "test"} == {0, 1, 2}
+            assert {s.fold for s in got if s.split == "test"} == {-1}
 
 
 def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, synthetic_dataset: Path,

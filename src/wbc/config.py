@@ -27,7 +27,7 @@ UNLABELLED_CROPS: tuple[str, ...] = ("smear", "single", "both")
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    data: str = "pbc"  # class-per-folder dataset; relative paths are under the data root
+    data: str = "pbc"  # class-per-folder dataset, or a manifest .csv (its split kept); relative: under the data root
     classes: tuple[str, ...] = ()  # empty: every known class found in the data
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
     split_seed: int = 0  # the split's seed, kept apart from ``seed`` so reruns share one split

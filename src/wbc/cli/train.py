@@ -15,7 +15,9 @@ from wbc.cli._common import DataRootOpt, require_train
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")] = Path("runs/latest"),
-    dataset: Annotated[str | None, typer.Option("--dataset", "--data", help="Class-per-folder dataset.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "--data", help=(
+        "Class-per-folder dataset, or a manifest CSV (a run's manifest.csv: its split is kept, new rows go to train "
+        "and val)."))] = None,
     data_root: DataRootOpt = None,
     model: Annotated[str | None, typer.Option("--model", help="Registered model name (see `wbc models`).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,

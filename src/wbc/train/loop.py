@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -31,11 +31,11 @@ from torchvision.transforms import v2
 
 from wbc.calibration import calibrate
 from wbc.config import TrainConfig
-from wbc.data import Sample, read_manifest, scan_folder, stratified_split, write_manifest
+from wbc.data import Sample, file_sha1, read_manifest, scan_folder, stratified_split, write_manifest
 from wbc.errors import WbcError
 from wbc.evaluate.metrics import summary_metrics
 from wbc.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, check_output_file
-from wbc.labels import CLASSES
+from wbc.labels import CLASSES, canonical_label
 from wbc.model import ModelInfo, Preprocessing, softmax
 from wbc.paths import data_root as default_data_root
 from wbc.preprocess import centre_crop
@@ -432,18 +432,32 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def data_source(cfg: TrainConfig, root: Path) -> Path:
+    """``cfg.data`` as a path: a folder or manifest as given, else under the data root."""
+    data = Path(cfg.data)
+    return data if data.is_absolute() or data.exists() else root / cfg.data
+
+
+def is_manifest(path: Path) -> bool:
+    """Whether training data names a manifest CSV (a run's ``manifest.csv``), not a class-per-folder dataset."""
+    return path.suffix.lower() == ".csv"
+
+
 def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, console: Console) -> list[Sample]:
-    """The run's manifest: reused when resuming, else scanned, split (seeded) and written."""
+    """The run's manifest: reused when resuming, else scanned (or read from a manifest), split (seeded) and
+    written."""
     manifest = run_dir / "manifest.csv"
     if resume and manifest.is_file():
         return read_manifest(manifest, root=root)
-    folder = Path(cfg.data)
-    if not folder.is_absolute() and not folder.is_dir():
-        folder = root / cfg.data
-    scan = scan_folder(folder, classes=cfg.classes or None)
-    for path, reason in scan.skipped:
-        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
-    samples = scan.samples
+    folder = data_source(cfg, root)
+    skipped: list[tuple[str, str]] = []
+    if is_manifest(folder):
+        samples = manifest_samples(folder, cfg, root)
+    else:
+        scan = scan_folder(folder, classes=cfg.classes or None)
+        for path, reason in scan.skipped:
+            console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        samples, skipped = scan.samples, scan.skipped
     found = sorted({s.label for s in samples})
     if len(found) < 2:
         raise WbcError(f"{folder}: images of one class only ({', '.join(found)}); a classifier needs at least two")
@@ -454,10 +468,66 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
             by.setdefault(s.label, []).append(s)
         samples = [s for lab in sorted(by) for s in
                    [by[lab][i] for i in sorted(rng.permutation(len(by[lab]))[: cfg.max_per_class])]]
-    samples = stratified_split(samples, cfg.split, seed=cfg.split_seed, folds=cfg.folds)
+    if is_manifest(folder):
+        samples, unreadable = deal_new_rows(samples, cfg)
+        for path, reason in unreadable:
+            console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        skipped += unreadable
+    else:
+        samples = stratified_split(samples, cfg.split, seed=cfg.split_seed, folds=cfg.folds)
     write_manifest(manifest, samples, root=root)
-    atomic_write_csv(run_dir / "skipped.csv", ["path", "reason"], scan.skipped)
+    atomic_write_csv(run_dir / "skipped.csv", ["path", "reason"], skipped)
     return samples
+
+
+def manifest_samples(path: Path, cfg: TrainConfig, root: Path) -> list[Sample]:
+    """A manifest's rows as training samples (labels in any known spelling, restricted to ``cfg.classes``), each
+    keeping its split; rows without one are dealt later (:func:`deal_new_rows`)."""
+    rows = [replace(s, label=canonical_label(s.label) or s.label) for s in read_manifest(path, root=root)]
+    for s in rows:
+        if s.split not in ("train", "val", "test", ""):
+            raise WbcError(f"{path}: {s.path}: split {s.split!r}; a row's split is train, val, test or empty (a new "
+                           "file, dealt into train and val)")
+    rows = [s for s in rows if not cfg.classes or s.label in cfg.classes]
+    if not rows:
+        raise WbcError(f"{path}: no rows{' of the classes asked for' if cfg.classes else ''}")
+    return rows
+
+
+def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """(a manifest's samples with every row split and, for cross-validation, in a fold; [(path, reason)] of new rows
+    whose file cannot be read, left out).
+
+    Rows that have a split keep it, so a test split stays the one it was: rows without one (files added since) are
+    dealt into train and val only, in ``cfg.split``'s proportion, but a copy (same SHA-1) of a listed file, which
+    joins that file's split. With ``folds`` K > 1, the train and val rows are dealt into K folds afresh unless every
+    one is in a fold < K."""
+    def content(s: Sample) -> str:
+        try:
+            return s.sha1 or file_sha1(s.path)
+        except OSError:
+            return ""
+
+    out = [replace(s, sha1=content(s)) for s in samples]
+    split_of = {s.sha1: s.split for s in out if s.split and s.sha1}
+    out = [replace(s, split=s.split or split_of.get(s.sha1, "")) for s in out]
+    skipped = [(str(s.path), "cannot be read") for s in out if not s.split and not s.sha1]
+    out = [s for s in out if s.split or s.sha1]
+    new = [i for i, s in enumerate(out) if not s.split]
+    if new:
+        train, val, _ = cfg.split
+        dealt = stratified_split([out[i] for i in new], (train / (train + val), val / (train + val), 0.0),
+                                 seed=cfg.split_seed)
+        for i, s in zip(new, dealt, strict=True):
+            out[i] = s
+    if cfg.folds < 2:
+        return [replace(s, fold=-1) for s in out], skipped
+    pool = [i for i, s in enumerate(out) if s.split != "test"]
+    if not all(0 <= out[i].fold < cfg.folds for i in pool):
+        dealt = stratified_split([out[i] for i in pool], (1.0, 0.0, 0.0), seed=cfg.split_seed, folds=cfg.folds)
+        for i, s in zip(pool, dealt, strict=True):
+            out[i] = replace(out[i], fold=s.fold)
+    return [replace(s, fold=-1) if s.split == "test" else s for s in out], skipped
 
 
 #: Options that describe the machine a run runs on, not its recipe: `--resume` takes them from the command line.
@@ -575,8 +645,6 @@ def run_training(
         from wbc.train.unlabelled import load_unlabelled
 
         fraction = measure_training_cell_fraction(kept) or DEFAULT_CELL_FRACTION
-        from wbc.data import file_sha1
-
         held_out = frozenset(s.sha1 or file_sha1(s.path) for s in kept if s.split in ("val", "test"))
         unlabelled = load_unlabelled(cfg.unlabelled, root, cfg.input_size, fraction, cfg.threads,
                                      cfg.unlabelled_crop, exclude=held_out)  # never the run's own val/test
@@ -695,7 +763,8 @@ def finalise_info(
     cv = cfg.folds > 1  # every non-test row trained K-1 members, and the validation answers are out-of-fold
     trained = ("train", "val") if cv else ("train",)
     counts = {c: sum(1 for s in samples if s.label == c and s.split in trained) for c in classes}
-    data_desc = Path(cfg.data).name
+    data = Path(cfg.data)  # a manifest by its folder too: every run's is manifest.csv
+    data_desc = "-".join(filter(None, (data.parent.name, data.stem))) if is_manifest(data) else data.name
     n = members or cfg.folds
     runs = f"{n // cfg.folds} x " if cv and n != cfg.folds else ""
     how = (f"{runs}{cfg.folds}-fold cross-validation ensemble{'s' if runs else ''} ({n} members) on the train and val "
