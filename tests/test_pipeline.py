@@ -686,6 +686,44 @@ def test_a_run_stopped_before_training_leaves_no_config_behind(tmp_path: Path, l
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_a_class_without_readable_training_images_is_refused_not_exported(tmp_path: Path) -> None:
+    """A class folder whose images were all unreadable became an output of the exported model that the network never
+    learnt (class weight 0, no cell), which wbc classify then answered with and every report counted."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import run_training
+
+    data = make_dataset(tmp_path / "cells", n_per_class=4, size=32, classes=["neutrophil", "lymphocyte"])
+    (data / "basophil").mkdir()
+    for i in range(4):
+        (data / "basophil" / f"b{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([i]) * 40)  # truncated
+    cfg = TrainConfig(data=str(data), model="small_cnn", pretrained=False, input_size=32, epochs=1)
+    with pytest.raises(WbcError, match=r"no readable training images of basophil \(4 of 12 images could not be read\)"):
+        run_training(cfg, tmp_path / "run", console=Console(quiet=True))
+    assert not (tmp_path / "run" / "model.onnx").exists() and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_class_asked_for_but_absent_from_the_data_is_named(tmp_path: Path) -> None:
+    """classes naming a class the data does not hold trained a model without it, without a word, while the run's
+    config.json listed it."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import run_training
+
+    data = make_dataset(tmp_path / "cells", n_per_class=3, size=32, classes=["neutrophil", "lymphocyte"])
+    cfg = TrainConfig(data=str(data), classes=("neutrophil", "lymphocyte", "basophil"), model="small_cnn",
+                      pretrained=False, input_size=32, epochs=1)
+    with pytest.raises(WbcError, match=r"cells: no images of basophil, which classes asks for"):
+        run_training(cfg, tmp_path / "run", console=Console(quiet=True))
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 @pytest.mark.parametrize("per_class", [2, 4])
 def test_quantize_writes_its_output_only_when_finished(tmp_path: Path, per_class: int) -> None:
     """The int8 model is built and re-fitted beside --output and moved there at the end: when the out-of-distribution

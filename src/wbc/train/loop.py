@@ -459,6 +459,10 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
             console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
         samples, skipped = scan.samples, scan.skipped
     found = sorted({s.label for s in samples})
+    absent = [c for c in cfg.classes if c not in found]
+    if absent:  # the model left them out without a word, while its config.json listed them
+        raise WbcError(f"{folder}: no images of {', '.join(absent)}, which classes asks for; add them, or leave "
+                       f"{'that class' if len(absent) == 1 else 'those classes'} out of classes")
     if len(found) < 2:
         raise WbcError(f"{folder}: images of one class only ({', '.join(found)}); a classifier needs at least two")
     if cfg.max_per_class:
@@ -628,6 +632,12 @@ def run_training(
                            f"({len(bad)} of {len(samples)} could not be read)")
     labels = np.array([classes.index(s.label) for s in kept])
     part = np.array([s.split for s in kept])
+    trained = np.isin(part, ("train", "val") if cfg.folds > 1 else ("train",))
+    untrained = [c for k, c in enumerate(classes) if not np.any(labels[trained] == k)]
+    if untrained:  # an output the network never learnt, which wbc classify would still answer with
+        raise WbcError(f"{run_dir / 'manifest.csv'}: no readable training images of {', '.join(untrained)} "
+                       f"({len(bad)} of {len(samples)} images could not be read); fix or remove them, or leave "
+                       f"{'that class' if len(untrained) == 1 else 'those classes'} out with classes")
     folds = np.array([s.fold for s in kept])
     counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
     console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
