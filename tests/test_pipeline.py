@@ -724,6 +724,52 @@ def test_a_class_asked_for_but_absent_from_the_data_is_named(tmp_path: Path) -> 
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.parametrize(("change", "msg"), [
+    ({"model": "efficientnet-lite0"}, r"model 'efficientnet-lite0': not a registered model \(efficientnet_lite0, "),
+    ({"seed": -1}, r"seed and split_seed must be in 0..2\*\*32 - 1"),
+    ({"split_seed": -1}, r"seed and split_seed must be in 0..2\*\*32 - 1"),
+    ({"init_weights": "nope/best.pt"}, r"nope/best.pt: init_weights not found"),
+    ({"init_weights": "RUN", "model": "efficientnet_lite0"}, r"best.pt: weights of small_cnn, this run trains "
+                                                              r"efficientnet_lite0"),
+    ({"init_weights": "RUN", "classes": ("neutrophil", "lymphocyte")}, r"best.pt: weights for classes \["),
+    ({"unlabelled": "txl_pbc:xyz"}, r"unlabelled: txl_pbc:xyz: unknown TXL-PBC origin\(s\) \['xyz'\]"),
+    ({"unlabelled": "/no/such/cells"}, r"unlabelled: /no/such/cells: no such folder"),
+], ids=["model", "seed", "split_seed", "init_missing", "init_arch", "init_classes", "origin", "folder"])
+def test_bad_settings_are_refused_before_any_image_is_decoded(synthetic_run: Path, synthetic_dataset: Path,
+                                                              tmp_path: Path, change: dict, msg: str) -> None:
+    """A model name's typo, a negative seed or init_weights of another architecture were tracebacks, and a missing
+    init_weights or an unknown unlabelled origin one line, but only after the whole dataset was decoded (a minute on
+    full PBC, on a rented GPU), leaving config.json, manifest.csv and skipped.csv behind."""
+    import io
+
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_training
+
+    if change.get("init_weights") == "RUN":
+        change = {**change, "init_weights": str(synthetic_run / "best.pt")}
+    out = io.StringIO()
+    with pytest.raises(WbcError, match=msg):
+        cfg = TrainConfig(data=str(synthetic_dataset), pretrained=False, input_size=32, epochs=1).updated(
+            {"model": "small_cnn", **change})
+        run_training(cfg, tmp_path / "run", console=Console(file=out))
+    assert "decoding" not in out.getvalue() and not (tmp_path / "run" / "config.json").exists()
+
+
+def test_train_output_that_is_a_file_or_under_one_is_one_line(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """`wbc train -o FILE` and `-o FILE/run` were FileExistsError and NotADirectoryError tracebacks."""
+    (tmp_path / "afile").write_text("x")
+    r = run_wbc("train", "--data", str(synthetic_dataset), "--model", "efficientnet-lite0", "-o", str(tmp_path / "r"))
+    assert r.returncode == 1 and "model 'efficientnet-lite0': not a registered model" in r.stderr
+    assert "Traceback" not in r.stderr and "decoding" not in r.stderr and not (tmp_path / "r").exists()
+    for out, msg in ((tmp_path / "afile", "afile: is a file; --output is the run folder"),
+                     (tmp_path / "afile" / "run", "because " + str(tmp_path / "afile") + " is a file")):
+        r = run_wbc("train", "--data", str(synthetic_dataset), "-o", str(out))
+        assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("per_class", [2, 4])
 def test_quantize_writes_its_output_only_when_finished(tmp_path: Path, per_class: int) -> None:
     """The int8 model is built and re-fitted beside --output and moved there at the end: when the out-of-distribution

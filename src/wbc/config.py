@@ -164,6 +164,10 @@ class TrainConfig:
             raise ConfigError(f"attributes must be '' or 'wbcatt' (not {self.attributes!r}) and attribute_weight >= 0")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError("folds must be 0 (no cross-validation) or >= 2")
+        if not 0 <= self.split_seed < 2**32 or not 0 <= self.seed < 2**32 - max(0, self.folds - 1):
+            # numpy refused them with a traceback only once the whole dataset was read (fold k trains with seed + k)
+            raise ConfigError(f"seed and split_seed must be in 0..2**32 - 1 (seed + folds - 1 at most that), not "
+                              f"{self.seed} and {self.split_seed}")
         if not 0 < self.review_target_accuracy <= 1:
             raise ConfigError(f"review_target_accuracy is a fraction in (0, 1] (0.995 for 99.5 %), "
                               f"not {self.review_target_accuracy}")

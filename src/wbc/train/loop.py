@@ -141,17 +141,47 @@ def progressive_input(cfg: TrainConfig, epoch: int) -> int:
     return cfg.progressive_size if epoch < cfg.progressive_epochs else 0
 
 
-def load_init_weights(path: str | os.PathLike[str], classes: list[str]) -> dict[str, torch.Tensor]:
-    """The float32 state dict of a ``best.pt`` or shipped ``.pt`` whose classes are ``classes`` (in order)."""
+def load_init_weights(path: str | os.PathLike[str], classes: list[str], arch: str = "") -> dict[str, torch.Tensor]:
+    """The float32 state dict of a ``best.pt`` or shipped ``.pt`` whose classes are ``classes`` (in order) and, when
+    ``arch`` is given and the file records its own, whose architecture is ``arch``."""
     try:
         ck = torch.load(Path(path), map_location="cpu", weights_only=False)
         state = ck["model"]
     except Exception as exc:  # missing file, another program's pickle
         raise WbcError(f"{path}: cannot read network weights ({type(exc).__name__}: {exc})") from None
+    if arch and ck.get("arch") and ck["arch"] != arch:
+        raise WbcError(f"{path}: weights of {ck['arch']}, this run trains {arch}")
     theirs = ModelInfo.from_json(ck["info"]).classes if ck.get("info") else classes
     if list(theirs) != list(classes):
         raise WbcError(f"{path}: weights for classes {theirs}, this run has {classes}")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def check_before_reading(cfg: TrainConfig, root: Path) -> None:
+    """Refuse, before the data is scanned or decoded, what only the training itself refused, some with a traceback,
+    after a minute of decoding on full PBC: an unregistered model, an unlabelled source that is not there, a missing
+    ``init_weights`` file (its architecture and classes: :func:`check_init_weights`, once the classes are known)."""
+    from wbc.train.models import list_models
+
+    if cfg.model not in list_models():
+        raise WbcError(f"model {cfg.model!r}: not a registered model ({', '.join(list_models())}; see `wbc models`)")
+    if cfg.unlabelled:
+        from wbc.train.unlabelled import unlabelled_source
+
+        unlabelled_source(cfg.unlabelled, root)
+    if cfg.init_weights and not Path(cfg.init_weights).is_file():
+        raise WbcError(f"{cfg.init_weights}: init_weights not found")
+
+
+def check_init_weights(cfg: TrainConfig, classes: list[str]) -> None:
+    """Refuse, before any image is decoded, ``init_weights`` of another architecture or other classes, or that do not
+    fit the network (a state dict's traceback after decoding)."""
+    state = load_init_weights(cfg.init_weights, classes, cfg.model)
+    try:
+        create_model(cfg.model, len(classes), pretrained=False, dropout=cfg.dropout).load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise WbcError(f"{cfg.init_weights}: these weights do not fit a {cfg.model} network ({first})") from None
 
 
 def fit(
@@ -174,7 +204,7 @@ def fit(
     gen = seed_everything(cfg.seed)
     net = create_model(cfg.model, len(classes), pretrained=cfg.pretrained, dropout=cfg.dropout)
     if cfg.init_weights:  # fine-tune a trained network (e.g. the shipped one) instead of starting from ImageNet
-        net.load_state_dict(load_init_weights(cfg.init_weights, classes))
+        net.load_state_dict(load_init_weights(cfg.init_weights, classes, cfg.model))
     net = net.to(device).to(memory_format=torch.channels_last)
     model: torch.nn.Module = net  # what the batches go through: DDP's wrapper when distributed
     if d.enabled:  # BatchNorm over the global batch, as in one process (see distributed.GlobalBatchStats)
@@ -534,6 +564,13 @@ def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample]
     return [replace(s, fold=-1) if s.split == "test" else s for s in out], skipped
 
 
+def classes_of(samples: Sequence[Sample]) -> list[str]:
+    """A run's classes, the model's outputs: the known classes its samples hold in :data:`wbc.labels.CLASSES`'s order,
+    then any other labels alphabetically."""
+    classes = [c for c in CLASSES if any(s.label == c for s in samples)]
+    return classes + sorted({s.label for s in samples} - set(classes))
+
+
 #: Options that describe the machine a run runs on, not its recipe: `--resume` takes them from the command line.
 MACHINE_OPTIONS: frozenset[str] = frozenset({"device", "threads", "num_workers"})
 
@@ -589,12 +626,15 @@ def run_training(
     """
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise WbcError(f"{run_dir}: is a file; --output is the run folder")
     root = default_data_root(data_root)
     started = (run_dir / "last.pt").exists() or any(run_dir.glob("fold_*/last.pt"))
     if started and not resume:
         raise WbcError(f"{run_dir}: a run already exists here; pass --resume to continue it or pick another --output")
     if resume and (run_dir / "config.json").is_file():
         cfg = resumed_config(cfg, run_dir, given)
+    check_before_reading(cfg, root)
     device_type = resolve_device(cfg.device).type  # a missing GPU is reported now, not after decoding the data
     if (nproc > 1 or "WORLD_SIZE" in os.environ) and cfg.folds > 1:
         raise WbcError("cross-validation (folds > 1) runs in one process; train the folds as separate jobs")
@@ -603,6 +643,7 @@ def run_training(
         raise WbcError("balance = sampler does not work with --nproc > 1; use balance = loss")
     if device_type == "cuda" and nproc > torch.cuda.device_count():
         raise WbcError(f"--nproc {nproc} on cuda needs {nproc} GPUs; PyTorch sees {torch.cuda.device_count()}")
+    check_output_file(run_dir / "config.json")  # a path under a file, a folder that cannot be written: one line
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start nproc processes, each running this function
         distributed.spawn(_distributed_worker, nproc, cfg, run_dir, data_root, resume, score_test)
         done = run_dir / "test_metrics.json"
@@ -616,11 +657,12 @@ def run_training(
 
     samples = prepare_samples(cfg, run_dir, root, resume, console) if d.is_main else []
     if d.is_main:  # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
+        if cfg.init_weights:
+            check_init_weights(cfg, classes_of(samples))
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
     distributed.barrier()  # the other ranks read the manifest rank 0 wrote
     samples = samples or read_manifest(run_dir / "manifest.csv", root=root)
-    classes = [c for c in CLASSES if any(s.label == c for s in samples)]
-    classes += sorted({s.label for s in samples} - set(classes))
+    classes = classes_of(samples)
     console.print(f"decoding {len(samples)} images at {cfg.input_size}px ...", highlight=False)
     cache, ok, bad = decode_all(samples, cfg.input_size, workers=max(1, cfg.threads // d.world_size))
     for _path, reason in bad:

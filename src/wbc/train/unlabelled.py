@@ -99,21 +99,37 @@ def txl_wbc_crops(root: Path, origins: tuple[str, ...], size: int, fraction: flo
     return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
+def unlabelled_source(spec: str, root: Path) -> tuple[str, ...] | Path:
+    """What ``TrainConfig.unlabelled`` names: TXL-PBC origins (``txl_pbc:bcd,pbc``) or a folder of cell images,
+    checked before any image is read (`wbc train` read its whole dataset before an unknown origin was refused)."""
+    if spec.startswith("txl_pbc:"):
+        origins = tuple(o.strip() for o in spec.split(":", 1)[1].split(",") if o.strip())
+        bad = set(origins) - set(TXL_ORIGINS)
+        if bad or not origins:
+            what = f"unknown TXL-PBC origin(s) {sorted(bad)}" if bad else "no TXL-PBC origin named"
+            raise WbcError(f"unlabelled: {spec}: {what}; known: {', '.join(TXL_ORIGINS)}")
+        if not (root / "txl_pbc" / "sources.csv").is_file():
+            raise WbcError(f"{root / 'txl_pbc' / 'sources.csv'}: TXL-PBC not found (is the data root right?)")
+        return origins
+    folder = Path(spec) if Path(spec).is_absolute() or Path(spec).exists() else root / spec
+    if not folder.exists():
+        raise WbcError(f"unlabelled: {spec}: no such folder (nor under the data root {root})")
+    return folder
+
+
 def load_unlabelled(spec: str, root: Path, size: int, fraction: float, threads: int = 2, crop: str = "smear",
                     exclude: frozenset[str] = frozenset()) -> np.ndarray:
     """The cells ``TrainConfig.unlabelled`` names, as a uint8 cache (N, size, size, 3); ``crop``: how TXL-PBC's
     boxes are cut (:func:`txl_wbc_crops`; a folder's images are read as `wbc classify` reads them). ``exclude``:
     SHA-1s of files never to learn from (the run's validation and test images)."""
-    if spec.startswith("txl_pbc:"):
-        origins = tuple(o.strip() for o in spec.split(":", 1)[1].split(",") if o.strip())
-        cells = txl_wbc_crops(root, origins, size, fraction, crop, exclude)
+    source = unlabelled_source(spec, root)
+    if isinstance(source, tuple):
+        cells = txl_wbc_crops(root, source, size, fraction, crop, exclude)
     else:
         from wbc.classify import load_cells
         from wbc.io import iter_image_paths
 
-        folder = Path(spec) if Path(spec).is_absolute() or Path(spec).exists() else root / spec
-        if not folder.exists():
-            raise WbcError(f"unlabelled: {spec}: no such folder (nor under the data root {root})")
+        folder = source
         from wbc.reframe import DEFAULT_STATS
 
         files = [p for p in iter_image_paths([folder]) if not exclude or file_sha1(p) not in exclude]
