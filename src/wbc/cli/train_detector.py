@@ -16,6 +16,8 @@ from wbc.errors import WbcError
 def train_detector(
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (a .pt is kept beside it).")
                       ] = Path("runs/detector/wbc_detector.onnx"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output (and its .pt).")
+                         ] = False,
     data_root: DataRootOpt = None,
     holdout: Annotated[str | None, typer.Option(
         help="Leave this TXL-PBC origin out (bccd, bcd, pbc): the leave-one-source-out runs.")] = None,
@@ -44,4 +46,4 @@ def train_detector(
         raise WbcError(f"--crop {crop}: must be a multiple of 16")
     run(resolve_root(data_root), output, holdout=holdout, minutes=minutes, iters=iters, batch=batch, crop=crop,
         lr=lr, eval_every=eval_every, val_per_origin=val_per_origin, threads=threads, seed=seed, init=init,
-        log=say)
+        log=say, overwrite=overwrite)

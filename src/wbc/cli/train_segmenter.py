@@ -14,7 +14,9 @@ from wbc.cli._common import DataRootOpt, require_train, say
 @app.command("train-segmenter")
 def train_segmenter(
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")] = Path(
-        "src/wbc/models/default/wbc_segmenter.onnx"),
+        "runs/segmenter/wbc_segmenter.onnx"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output (e.g. the shipped "
+                                                                "src/wbc/models/default/wbc_segmenter.onnx).")] = False,
     data_root: DataRootOpt = None,
     iters: Annotated[int, typer.Option(min=1, help="Training iterations.")] = 600,
     eval_every: Annotated[int, typer.Option(min=1, help="Validate (and export a new best) every N iterations.")
@@ -30,4 +32,4 @@ def train_segmenter(
 
     run = require_train("wbc.train.segmenter").train_segmenter
     run(resolve_root(data_root), output, iters=iters, eval_every=eval_every, batch=batch, size=size, lr=lr,
-        threads=threads, seed=seed, log=say)
+        threads=threads, seed=seed, log=say, overwrite=overwrite)

@@ -1,6 +1,6 @@
 """Train the learned WBC detector + outliner (:mod:`wbc.segment.detector`) and export it to ONNX.
 
-    wbc train-detector --output src/wbc/models/default/wbc_detector.onnx --minutes 60
+    wbc train-detector --output src/wbc/models/default/wbc_detector.onnx --minutes 60 --overwrite
     wbc train-detector --output runs/detector/wbc_detector.onnx --iters 650   # repeatable with --seed
 
 Data (read-only, under the data root):
@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wbc.data import file_sha1
+from wbc.errors import WbcError
 from wbc.evaluate.smears import load_bccd, read_gt_mask
 from wbc.io import atomic_write_text, read_image
 from wbc.segment import detector as D
@@ -154,12 +155,35 @@ def _cache(name: str, origin: str, rgb: np.ndarray, boxes: np.ndarray, mask: np.
 
 
 def txl_rows(root: Path) -> list[dict[str, str]]:
-    with (root / "txl_pbc" / "sources.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    path = root / "txl_pbc" / "sources.csv"
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise WbcError(f"{path}: TXL-PBC not readable ({exc.strerror or exc}; is --data-root the data root?)") from None
 
 
 def bccd_names(root: Path, split: str) -> set[str]:
-    return set((root / "bccd" / "ImageSets" / "Main" / f"{split}.txt").read_text().split())
+    path = root / "bccd" / "ImageSets" / "Main" / f"{split}.txt"
+    try:
+        return set(path.read_text().split())
+    except OSError as exc:
+        raise WbcError(f"{path}: BCCD split not readable ({exc.strerror or exc}; is --data-root the data root?)"
+                       ) from None
+
+
+def load_init(init: Path) -> dict[str, torch.Tensor]:
+    """The weights of a ``.pt`` `wbc train-detector` wrote (beside its ``.onnx``), checked to fit the network before
+    any field is read: a missing file, the ``.onnx`` itself or a classifier's ``.pt`` were tracebacks after the data
+    was loaded."""
+    try:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        DetectorNet(pretrained=False).load_state_dict(state)
+    except Exception as exc:  # missing, not a torch file, another network's weights
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise WbcError(f"{init}: not a detector checkpoint (the .pt wbc train-detector writes beside its .onnx): "
+                       f"{type(exc).__name__}: {first}") from None
+    return cast(dict[str, torch.Tensor], state)
 
 
 def txl_files(root: Path, split: str, origins: tuple[str, ...] = ORIGINS,
@@ -495,6 +519,7 @@ def train_detector(
     pretrained: bool = True,
     init: Path | None = None,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train with a cosine learning-rate schedule, export each new best checkpoint to ``output`` (ONNX, with a
     ``.pt`` beside it) and return the validation log.
@@ -508,11 +533,17 @@ def train_detector(
 
     ``holdout``: a TXL-PBC origin left out of training and validation (leave-one-source-out).
     ``init``: start from a ``.pt`` this function saved (then no warm-up).
+    ``overwrite``: replace an existing ``output`` (else refused before anything is read:
+    :func:`wbc.train.export.check_new_output`).
     """
     if holdout is not None and holdout not in ORIGINS:
         from wbc.errors import ConfigError
 
         raise ConfigError(f"--holdout {holdout!r}: choose one of {', '.join(ORIGINS)}")
+    from wbc.train.export import check_new_output
+
+    check_new_output(output, overwrite)
+    init_state = load_init(init) if init is not None else None
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -526,8 +557,8 @@ def train_detector(
     log(f"train {', '.join(f'{o} {len(v)}' for o, v in by_origin.items())}; val {len(val)}; "
           f"{time.time() - t0:.0f}s")
     net = DetectorNet(pretrained=pretrained and init is None)
-    if init is not None:
-        net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    if init_state is not None:
+        net.load_state_dict(init_state)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     # cosine schedule over the iterations, or (``minutes`` alone) over the fraction of the wall-time budget used
     timed = iters is None

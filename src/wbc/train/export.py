@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from wbc.errors import WbcError
+from wbc.io import check_output_file
 from wbc.model import ModelInfo, write_model
 from wbc.train.models import Ensemble, ExportWrapper, WbcNet, create_model
 
@@ -100,3 +101,15 @@ def export_checkpoint(path: str | os.PathLike[str], output: str | os.PathLike[st
     # (wbc analyze redoes every field of a model whose file SHA-1 changed)
     x = parity_input(4, info.network_size)
     return export_model(net, info, output, x, opset)
+
+
+def check_new_output(output: Path, overwrite: bool) -> None:
+    """Refuse, before any data is read, an ``output`` model that exists (without ``overwrite``) or cannot be written.
+
+    A trainer exports its first checkpoint at its first validation, however poor, over what is there: a trial run of
+    `wbc train-segmenter` from the repository root replaced the shipped U-Net, its default output until wbc 0.31.0.
+    """
+    if output.is_file() and not overwrite:
+        raise WbcError(f"{output}: exists (its first checkpoint would replace it); pass --overwrite to replace it, "
+                       "or give a new --output")
+    check_output_file(output)

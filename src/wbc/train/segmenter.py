@@ -1,6 +1,6 @@
 """Train the compact U-Net WBC segmenter on the BCCD *train* split masks and export it to ONNX.
 
-    wbc train-segmenter --data-root ../shared/data --output src/wbc/models/default/wbc_segmenter.onnx
+    wbc train-segmenter --data-root ../shared/data --output src/wbc/models/default/wbc_segmenter.onnx --overwrite
 
 Fields are brought to the working scale exactly as at inference (red cells ~32 px, measured per image by
 :func:`wbc.segment.classical.estimate_rbc_diameter`) and white-balanced by
@@ -191,13 +191,17 @@ def export(net: nn.Module, path: Path, model_id: str, metrics: dict[str, float])
 
 def train_segmenter(
     root: Path, output: Path, iters: int = 600, eval_every: int = 150, batch: int = 8, size: int = 128,
-    lr: float = 3e-3, threads: int = 1, seed: int = 0, log: Callable[[str], None] = print,
+    lr: float = 3e-3, threads: int = 1, seed: int = 0, log: Callable[[str], None] = print, overwrite: bool = False,
 ) -> dict[str, float]:
     """Train the U-Net on BCCD train, choose the iteration on BCCD val, export the best to ``output`` (ONNX).
 
     ``wbc train-segmenter`` runs this. Every new best is exported at once, so an interrupted run still leaves a
-    usable model. Returns the best validation metrics.
+    usable model. Returns the best validation metrics. An existing ``output`` is replaced only with ``overwrite``
+    (:func:`wbc.train.export.check_new_output`): the first validation's checkpoint, however poor, replaces it.
     """
+    from wbc.train.export import check_new_output
+
+    check_new_output(output, overwrite)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
