@@ -43,6 +43,12 @@ def test_toml_then_flags_override(tmp_path: Path) -> None:
     ("jpeg_p = -1", "jpeg_p: a probability"),
     ("translate = 0.9", "translate in .0, 0.5."),
     ("lowres_min = 1.5\nlowres_p = 1", "lowres_min"),
+    # an AttributeError traceback until wbc 0.31.0:
+    ("train = 3", "train must be a .train. table of options, not 3"),
+    ("train = 'configs/default.toml'", "train must be a .train. table of options, not 'configs/default.toml'"),
+    # refused by numpy only after the whole dataset was decoded, until wbc 0.31.0:
+    ("seed = -1", "seed and split_seed must be in 0..2..32 - 1"),
+    ("split_seed = -1", "seed and split_seed must be in 0..2..32 - 1"),
 ])
 def test_bad_config_names_file_and_problem(tmp_path: Path, text: str, msg: str) -> None:
     p = tmp_path / "bad.toml"

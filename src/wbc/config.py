@@ -263,6 +263,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ConfigError(f"{p}: {', '.join(stray)} outside the [train] table would be ignored; "
                               "put every key under [train] (or none)")
         data = data["train"]
+        if not isinstance(data, dict):  # `train = "configs/default.toml"`: an AttributeError traceback
+            raise ConfigError(f"{p}: train must be a [train] table of options, not {data!r}")
     return data
 
 
