@@ -914,3 +914,21 @@ def test_export_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path: Path, kind
         bad.write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
     with pytest.raises(WbcError, match=r"bad\.pt: not a wbc checkpoint"):
         load_checkpoint(bad)
+
+
+def test_export_of_a_cross_validation_fold_says_to_export_the_run(tmp_path: Path) -> None:
+    """A fold's best.pt never gets metadata (only the run's ensemble.pt does), yet `wbc export RUN/fold_0` advised
+    finishing it with `wbc train --resume`, which on the fold folder would start a new run with default settings."""
+    import torch
+
+    from wbc.errors import WbcError
+    from wbc.train.export import load_checkpoint
+    from wbc.train.models import create_model
+
+    run = tmp_path / "cv"
+    (run / "fold_0").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    torch.save({"model": create_model("small_cnn", 2, pretrained=False).state_dict(), "arch": "small_cnn",
+                "dropout": 0.0}, run / "fold_0" / "best.pt")
+    with pytest.raises(WbcError, match=rf"network of a cross-validation run, .*export the run folder {run} "):
+        load_checkpoint(run / "fold_0")

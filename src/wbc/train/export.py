@@ -79,6 +79,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Mo
     try:  # as wbc.train.finetune.load_weights reads one
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
         if isinstance(ckpt, dict) and "model" in ckpt and not ckpt.get("info"):
+            run = p.parent.parent
+            if p.parent.name.startswith("fold_") and (run / "config.json").is_file():  # never gets metadata
+                raise WbcError(f"{p}: one fold's network of a cross-validation run, which has no metadata of its own; "
+                               f"export the run folder {run} (the ensemble of its folds; if it is unfinished, "
+                               f"finish it first with `wbc train --output {run} --resume`)")
             raise WbcError(f"{p}: no model metadata yet: a run's best.pt gets it when the run finishes (finish it "
                            "with `wbc train --resume`); last.pt never has it, export the run folder or its best.pt")
         info = ModelInfo.from_json(ckpt["info"])
