@@ -230,6 +230,21 @@ def test_new_rows_of_a_manifest_are_dealt_into_train_and_val_only(synthetic_run:
             assert {s.fold for s in got if s.split == "test"} == {-1}
 
 
+def test_max_per_class_on_a_manifest_keeps_rows_of_every_split(synthetic_run: Path, tmp_path: Path) -> None:
+    """A manifest dealt with split seed 0, capped with that seed, kept only its test rows: the cap repeated the draw
+    that had dealt the split (`--data runs/default/manifest.csv --max-per-class 8`: "no readable train images")."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.train.loop import prepare_samples
+
+    cfg = TrainConfig(data=str(synthetic_run / "manifest.csv"), max_per_class=3)
+    got = prepare_samples(cfg, tmp_path / "run", Path("/"), False, Console(quiet=True))
+    classes = {s.label for s in got}
+    assert {(s.label, s.split) for s in got} == {(c, p) for c in classes for p in ("train", "val", "test")}
+    assert all(sum(s.label == c for s in got) == 3 for c in classes)
+
+
 def test_classify_cli_writes_csv_and_survives_bad_files(synthetic_run: Path, synthetic_dataset: Path,
                                                          tmp_path: Path) -> None:
     folder = tmp_path / "cells"

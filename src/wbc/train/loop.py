@@ -495,7 +495,9 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
                        f"{'that class' if len(absent) == 1 else 'those classes'} out of classes")
     if len(found) < 2:
         raise WbcError(f"{folder}: images of one class only ({', '.join(found)}); a classifier needs at least two")
-    if cfg.max_per_class:
+    if cfg.max_per_class and is_manifest(folder):
+        samples = cap_manifest(samples, cfg.max_per_class, cfg.split_seed)
+    elif cfg.max_per_class:
         rng = np.random.default_rng(cfg.split_seed)
         by: dict[str, list[Sample]] = {}
         for s in samples:
@@ -526,6 +528,29 @@ def manifest_samples(path: Path, cfg: TrainConfig, root: Path) -> list[Sample]:
     if not rows:
         raise WbcError(f"{path}: no rows{' of the classes asked for' if cfg.classes else ''}")
     return rows
+
+
+def cap_manifest(samples: list[Sample], max_per_class: int, seed: int) -> list[Sample]:
+    """``max_per_class`` random rows of each class of a manifest, from each split about in its share of the class but
+    at least one (so more when the class has more splits than that). A plain draw with ``seed`` repeated the draw
+    that had dealt a manifest made with that split seed, and so kept its test rows only."""
+    rng = np.random.default_rng([seed, 1])
+    out: list[Sample] = []
+    for label in sorted({s.label for s in samples}):
+        group = [s for s in samples if s.label == label]
+        if len(group) <= max_per_class:
+            out += group
+            continue
+        parts = {sp: [s for s in group if s.split == sp] for sp in ("train", "val", "test", "")}
+        want = {sp: max_per_class * len(part) / len(group) for sp, part in parts.items() if part}
+        n = {sp: max(1, int(w)) for sp, w in want.items()}
+        while sum(n.values()) > max_per_class and max(n.values()) > 1:
+            n[max(n, key=lambda sp: n[sp])] -= 1
+        while sum(n.values()) < max_per_class:  # the largest shortfall first; the class has rows to spare
+            n[max((sp for sp in n if n[sp] < len(parts[sp])), key=lambda sp: want[sp] - n[sp])] += 1
+        for sp, k in n.items():
+            out += [parts[sp][i] for i in sorted(rng.permutation(len(parts[sp]))[:k])]
+    return out
 
 
 def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[tuple[str, str]]]:
