@@ -704,7 +704,7 @@ def run_training(
     if untrained:  # an output the network never learnt, which wbc classify would still answer with
         raise WbcError(f"{run_dir / 'manifest.csv'}: no readable training images of {', '.join(untrained)} "
                        f"({len(bad)} of {len(samples)} images could not be read); fix or remove them, or leave "
-                       f"{'that class' if len(untrained) == 1 else 'those classes'} out with classes")
+                       f"{'that class' if len(untrained) == 1 else 'those classes'} out of classes")
     folds = np.array([s.fold for s in kept])
     counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
     console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
