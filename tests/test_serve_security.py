@@ -133,6 +133,29 @@ def test_openapi_documents_the_error_body_the_server_sends(client: TestClient, c
     assert spec["paths"]["/model"]["get"]["security"] and "401" in spec["paths"]["/model"]["get"]["responses"]
 
 
+def test_openapi_names_every_error_code_the_server_sends(client: TestClient) -> None:
+    """Each status's description in /openapi.json names every ``error`` code the source raises under it: the case
+    store's 503 ``store_unavailable`` and a label's 409 ``changed`` (its ``expected``) came in later merges and were
+    left out (wbc 0.31.0's first drafts), so a client reading the schema could not learn them."""
+    import re
+
+    import wbc.serve
+    from wbc.serve.app import ERROR_STATUSES
+
+    raised = re.compile(r"(?:problem|Problem|_json_response)\(\s*(\d{3}),\s*\"(\w+)\"")
+    found = {(int(st), code) for f in Path(wbc.serve.__file__).parent.glob("*.py")
+             for st, code in raised.findall(f.read_text(encoding="utf-8"))
+             if st != "500"}  # 500 `misconfigured`: a server built wrong, no answer a client handles
+    assert {(503, "store_unavailable"), (409, "changed"), (401, "unauthorized")} <= found  # the scan finds them
+    assert [(st, code) for st, code in sorted(found) if f"`{code}`" not in ERROR_STATUSES[st]] == []
+    spec = client.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+    label = spec["paths"]["/cases/{case_id}/cells/{cell_id}/label"]["post"]["responses"]
+    assert "`store_unavailable`" in label["503"]["description"] and "`expected`" in label["409"]["description"]
+    props = spec["components"]["schemas"]
+    assert "409 `changed`" in props["LabelIn"]["properties"]["expected"]["description"]
+    assert "409 `changed`" in props["SignOffIn"]["properties"]["corrections_seen"]["description"]
+
+
 def test_no_keys_means_open_on_loopback(classifier) -> None:
     with make_client(classifier) as c:
         assert c.get("/model").status_code == 200

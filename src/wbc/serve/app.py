@@ -92,13 +92,15 @@ ERROR_STATUSES: dict[int, str] = {
     403: "`cross_site`: a request from another site that changes something, or a CORS preflight not allowed",
     404: "`not_found`: no such case, field or cell, or an image URL of another content version",
     408: "`body_timeout`: the request body did not arrive in time",
-    409: "`signed_off`: the case is read-only; `changed`: it changed after it was shown for sign-off",
+    409: "`signed_off`: the case is read-only; `changed`: it changed after it was shown for sign-off, or a label's "
+         "`expected` is not the cell's call now (someone relabelled it since)",
     413: "`too_large`, `too_many_pixels`, `too_many_files`",
     415: "`unsupported_media_type` (not multipart/form-data), `unreadable_image` / `no_readable_image` (not an image)",
     422: "`invalid_request`, `unreadable_image`, `no_readable_image`, `unprocessable`, `analysis_failed`, "
          "`bad_classes`, `invalid_counts`, `invalid_case`, `duplicate_field`",
     429: "`rate_limited`: over the API key's rate limit (`Retry-After`)",
-    503: "`no_case_store`: the server runs without a case store",
+    503: "`no_case_store`: the server runs without a case store; `store_unavailable`: the store is locked by another "
+         "program, read-only or unreachable (try again)",
 }
 
 

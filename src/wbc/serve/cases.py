@@ -48,14 +48,18 @@ class LabelIn(BaseModel):
     note: str = Field("", max_length=2000)
     #: the cell's call as the client's page showed it; a cell relabelled since is not changed (409 ``changed``), so a
     #: stale page never undoes a colleague's correction. The review page always sends it; without it, no check.
-    expected: str | None = Field(None, max_length=40, examples=["neutrophil"])
+    expected: str | None = Field(None, max_length=40, examples=["neutrophil"], description=(
+        "The cell's call as the client showed it; a cell relabelled since is left as it is (409 `changed`), so a "
+        "stale page never undoes a colleague's correction. Omitted: no check."))
 
 
 class SignOffIn(BaseModel):
     user: str = Field(..., max_length=120, examples=["A. Tech"])
     #: how many corrections the signer's page showed (its ``corrections``, plus its own since); a case changed since
     #: is not signed off (409 ``changed``). The review page always sends it; without it, no check.
-    corrections_seen: int | None = Field(None, ge=0, examples=[2])
+    corrections_seen: int | None = Field(None, ge=0, examples=[2], description=(
+        "How many corrections the signer's page showed; a case changed since is not signed off (409 `changed`). "
+        "Omitted: no check."))
 
 
 def problem(status: int, error: str, detail: str) -> HTTPException:
