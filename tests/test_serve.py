@@ -461,6 +461,30 @@ def test_classify_with_a_label_set_answers_counts_and_rows_among_it(classifier, 
     assert list(two["counts"]) == [d["class"] for d in two["differential"]] == ["lymphocyte", "neutrophil"]
 
 
+def test_a_pooled_differential_gives_the_label_set_s_rows_and_any_class_counted(classifier, client: TestClient) -> None:
+    """POST /differential gave every class of the model a row on a `--classes 5part` server: ig at 0.0 %, erythroblasts
+    and platelets at 0 per 100 WBC with intervals, where the /analyze answers it pools give five rows (wbc 0.30.0).
+    Its rows are now the server's label set (or the request's `classes`), plus any class actually counted."""
+    def rows(c: TestClient, counts: dict[str, int], query: str = "") -> list[str]:
+        r = c.post(f"/differential{query}", json={"counts": counts})
+        assert r.status_code == 200, r.text
+        return [d["class"] for d in r.json()["differential"]]
+
+    five = [c for c in classifier.classes if c in FIVE_PART]
+    with TestClient(create_app(classifier, ClassicalSegmenter(), classes="5part")) as c:
+        assert rows(c, {"neutrophil": 5, "lymphocyte": 3}) == five
+        body = c.post("/differential", json={"counts": {"neutrophil": 5, "ig": 1, "NRBC": 2}}).json()
+        assert [d["class"] for d in body["differential"]] == [k for k in classifier.classes
+                                                              if k in FIVE_PART | {"ig", "erythroblast"}]
+        assert body["total"] == 6  # the ig counted in the WBC total, the erythroblasts per 100 WBC
+        assert rows(c, {"neutrophil": 5}, "?classes=all") == classifier.classes
+        bad = c.post("/differential?classes=nope", json={"counts": {"neutrophil": 5}})
+        assert bad.status_code == 422 and bad.json()["error"] == "bad_classes"
+    assert rows(client, {"neutrophil": 5}) == classifier.classes  # no label set: every class, as before
+    smear = client.get("/model").json()["smear_label_set"]  # pooled /analyze answers: their rows
+    assert rows(client, {"neutrophil": 5}, "?classes=" + ",".join(smear)) == smear
+
+
 def test_create_app_loads_models_from_paths(model_path: Path) -> None:
     app = create_app(model_path=model_path, segmenter_method="classical", threads=1)
     body = TestClient(app).get("/health").json()

@@ -332,6 +332,11 @@ def chosen_classes(classifier: Any, classes: str | None, tta: int | None = None)
         raise UploadProblem(422, "bad_classes", str(exc)) from None
 
 
+DIFFERENTIAL_CLASSES_HELP = ("The differential's rows: these classes (`5part`, names; `smear_label_set` in /model "
+                             "for pooled /analyze answers), plus any class counted; default: the server's label set "
+                             "(`label_set` in /model).")
+
+
 #: The largest count ``POST /differential`` takes (far beyond any slide; the exact interval needs a finite float).
 MAX_COUNT = 10**12
 
@@ -656,32 +661,44 @@ def create_app(
         return JSONResponse(body)
 
     @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts")
-    def differential_endpoint(body: CountsIn) -> dict[str, Any]:
+    def differential_endpoint(
+        body: CountsIn,
+        classes: Annotated[str | None, Query(description=DIFFERENTIAL_CLASSES_HELP)] = None,
+    ) -> dict[str, Any]:
         """For pooling: add the ``counts`` of several fields, post them here, get the differential.
 
         Each name is read as the rest of wbc reads labels (:func:`wbc.labels.canonical_label`: ``NRBC``,
         ``Neutrophils``, ``band``), and names of one class are added up. A name that is no class of the model is
-        refused, never counted as a class of its own: an NRBC inside the WBC total changes every percentage."""
-        from wbc.labels import canonical_label
+        refused, never counted as a class of its own: an NRBC inside the WBC total changes every percentage.
+        The rows are the label set's (``classes``, else the server's), plus any class counted: before wbc 0.31.0 a
+        ``--classes 5part`` server gave every class of the model, ig and platelets at 0 with intervals, while the
+        ``/analyze`` answers it pools give five."""
+        from wbc.labels import canonical_label, parse_class_set
 
         bad = {k: v for k, v in body.counts.items() if not 0 <= v <= MAX_COUNT}
         if bad:
             raise UploadProblem(422, "invalid_counts", f"counts must be between 0 and {MAX_COUNT:,}: {bad}")
-        classes = list(app.state.metadata["classes"])
+        classes_of_model = list(app.state.metadata["classes"])
         counts: dict[str, int] = {}
         unknown: list[str] = []
         for name, n in body.counts.items():
-            cls = name if name in classes else canonical_label(name)
-            if cls is not None and cls in classes:
+            cls = name if name in classes_of_model else canonical_label(name)
+            if cls is not None and cls in classes_of_model:
                 counts[cls] = counts.get(cls, 0) + n
             else:
                 unknown.append(repr(name))
         if unknown:
             raise UploadProblem(422, "invalid_counts", f"not a class of this model: {', '.join(unknown)} "
-                                f"(its classes: {', '.join(classes)})")
+                                f"(its classes: {', '.join(classes_of_model)})")
         if over := {k: v for k, v in counts.items() if v > MAX_COUNT}:
             raise UploadProblem(422, "invalid_counts", f"counts must be between 0 and {MAX_COUNT:,}: {over}")
-        rows = differential(counts, classes)  # the total is the WBCs' (NRBCs and platelets per 100 WBCs)
+        try:  # as /classify's `classes`: none, the server's label set; `all`, every class of the model
+            answered = (parse_class_set(classes, classes_of_model) or classes_of_model if classes
+                        else app.state.metadata["label_set"])
+        except WbcError as exc:
+            raise UploadProblem(422, "bad_classes", str(exc)) from None
+        # the total is the WBCs' (NRBCs and platelets per 100 WBCs); a class counted is never left out of it
+        rows = differential(counts, [c for c in classes_of_model if c in answered or counts.get(c)])
         return {"total": rows[0]["total"] if rows else 0, "differential": rows}
 
     @app.get("/", include_in_schema=False)
