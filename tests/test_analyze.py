@@ -413,6 +413,46 @@ def test_a_file_replaced_under_the_same_name_is_analysed_again(clf, tmp_path: Pa
     assert (third.analyzed, third.skipped) == (0, 1)
 
 
+def test_a_run_resumed_after_an_upgrade_names_the_fields_an_older_wbc_answered(clf, tmp_path: Path) -> None:
+    """A run resumed by a newer wbc kept the fields an older one had analysed (their answers, warnings and flags:
+    before wbc 0.31.0 no not-a-smear check) and said only "2 done by an earlier run": nothing told which wbc answered
+    them. Each field's JSON now holds its ``wbc_version``; a resumed run still keeps them (no hours of work redone
+    unasked) but says how many another wbc answered, and that --overwrite redoes them."""
+    from typer.testing import CliRunner
+
+    import wbc
+    from wbc.cli import app
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"f{i}.png"), synthetic_smear(n_wbc=1, seed=i)[0][:, :, ::-1])
+    args = ["analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(clf.path), "--segmenter",
+            "classical", "--threads", "1", "--no-draw", "--no-report"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "another wbc" not in first.output
+    for stem, version in (("f0", None), ("f1", "0.29.1")):  # as wbc 0.30.0 wrote it (no version), and a later one
+        path = tmp_path / "out" / f"{stem}.json"
+        doc = json.loads(path.read_text())
+        assert doc["wbc_version"] == wbc.__version__
+        if version is None:
+            del doc["wbc_version"]
+        else:
+            doc["wbc_version"] = version
+        path.write_text(json.dumps(doc))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())
+    assert "3 done by an earlier run" in said  # kept, not redone
+    assert (f"2 field(s) in {tmp_path / 'out'}/ were analysed by another wbc (1 by a wbc before 0.31.0, 1 by wbc "
+            f"0.29.1), kept with that wbc's answers and warnings; run again with --overwrite to redo every field with "
+            f"wbc {wbc.__version__}") in said
+    assert "wbc_version" not in json.loads((tmp_path / "out" / "f0.json").read_text())
+    redo = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert redo.exit_code == 0 and "another wbc" not in redo.output, redo.output
+    assert json.loads((tmp_path / "out" / "f0.json").read_text())["wbc_version"] == wbc.__version__
+
+
 def test_an_identical_file_under_another_name_is_counted_once(clf, tmp_path: Path) -> None:
     """The same image copied under another name (a folder and a copy in it, a double selection) was analysed and
     counted twice; the copy is left out of the run and named with the file it copies."""

@@ -96,7 +96,8 @@ class FieldOutput:
 
 
 #: What :class:`AnalyzeSummary` keeps of each field's JSON document (the cells stay in the files).
-SUMMARY_KEYS: tuple[str, ...] = ("image", "width", "height", "model_id", "segmenter", "counts", "n_cells", "warnings")
+SUMMARY_KEYS: tuple[str, ...] = ("image", "width", "height", "model_id", "segmenter", "counts", "n_cells", "warnings",
+                                  "wbc_version")
 
 
 @dataclass
@@ -220,7 +221,8 @@ def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | N
     """What besides the models decides a field's answers: the label set (``--classes``; empty: every class), the
     views averaged per cell (``--tta``), the colour calibration (``--no-colour-calibration``) and the pixel size
     (``--pixel-size``). Stored in each field's JSON, so that a run resumed with other settings redoes the fields
-    instead of keeping answers it would not give."""
+    instead of keeping answers it would not give. The wbc version is none of them: a run resumed after an upgrade
+    keeps the fields done (each JSON's ``wbc_version`` says which wbc answered; `wbc analyze` says how many)."""
     from wbc.classify import tta_views_of
 
     target = getattr(classifier, "red_cell_target", None)
@@ -281,6 +283,7 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
     cannot be read or analysed gives an error, never an exception, so one bad file does not stop a batch (every engine
     runs this: the Ray actors too, :class:`wbc.distributed.FieldAnalyzer`). Before wbc 0.29.0 an error of a type not
     foreseen (ONNX Runtime's, out of memory on one large field) ended the run with a traceback."""
+    from wbc import __version__
     from wbc.analyze import analyze_bytes, smear_label_set
 
     classes = smear_label_set(classifier) if classifier is not None else []  # the counts' and the legend's rows
@@ -293,6 +296,7 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
         rgb, res = analyze_bytes(data, job.path, classifier, segmenter, max_pixels=limit)  # a multi-field TIFF said
         doc = result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter))
         doc["sha1"] = hashlib.sha1(data).hexdigest()  # the content analysed: a file replaced under its name is redone
+        doc["wbc_version"] = __version__  # which wbc answered: a run resumed after an upgrade keeps, and names, them
         text = json_text(doc)
         t1 = time.perf_counter()
         png = None

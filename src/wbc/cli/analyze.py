@@ -114,6 +114,7 @@ def analyze(
             + (f", {1000 * summary.seconds_render / summary.analyzed:.0f} ms/image drawing" if draw else "")
         )
     say_differential(pooled, summary.classes)  # shares of the WBCs; NRBCs per 100 WBCs, outside their total
+    warn_other_wbc(summary.docs, output)
     warn_not_smears(summary.docs, output)
     if summary.n_classified:  # as `wbc classify` says them, over the run's every field (each field's JSON has its own)
         say(f"  flagged for review: {summary.n_review}")
@@ -153,3 +154,20 @@ def warn_not_smears(docs: list[dict[str, Any]], output: Path) -> None:
     if rest := said[SKIPPED_SHOWN:]:
         warn(f"{len(rest)} more field(s) {NOT_A_SMEAR_WARNING}s; each one's JSON in {output}/ says why, and their "
              "cells are flagged for review")
+
+
+def warn_other_wbc(docs: list[dict[str, Any]], output: Path) -> None:
+    """Say how many fields another wbc analysed (their JSON's ``wbc_version``; none before wbc 0.31.0). A run resumed
+    after an upgrade keeps them, as it keeps every complete field (redoing hours of work unasked is no upgrade's
+    business), but their answers are that wbc's: before 0.31.0 no field was checked for being a blood smear at
+    all. Before wbc 0.31.0 the terminal only said "N done by an earlier run"."""
+    from collections import Counter
+
+    from wbc import __version__
+
+    by = Counter(d.get("wbc_version") for d in docs if d.get("wbc_version") != __version__)
+    if by:
+        which = ", ".join(f"{n} by wbc {v}" if v else f"{n} by a wbc before 0.31.0"
+                          for v, n in sorted(by.items(), key=lambda vn: (vn[0] is not None, str(vn[0]))))
+        warn(f"{by.total()} field(s) in {output}/ were analysed by another wbc ({which}), kept with that wbc's answers "
+             f"and warnings; run again with --overwrite to redo every field with wbc {__version__}")
