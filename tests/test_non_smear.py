@@ -131,6 +131,22 @@ def test_wbc_analyze_names_the_photograph_in_a_line_and_its_json(tmp_path: Path,
     assert NOT_A_SMEAR_WARNING in (tmp_path / "out" / "report.html").read_text()
 
 
+@pytest.mark.parametrize("n", [11, 12])
+def test_wbc_analyze_counts_the_fields_past_ten_in_a_sentence(n: int, capsys, tmp_path: Path) -> None:
+    """Past the ten fields named one by one, the count line read "1 more field(s) does not look like a blood-smear
+    fields" (the warning's start with an "s" glued on)."""
+    from wbc.cli.analyze import warn_not_smears
+
+    docs = [{"image": f"f{i}.png", "warnings": [f"{NOT_A_SMEAR_WARNING}: it is textured all over"]} for i in range(n)]
+    warn_not_smears(docs, tmp_path)
+    lines = " ".join(capsys.readouterr().err.split()).split("warning: ")[1:]
+    assert len(lines) == 11 and lines[9].startswith(f"f9.png: {NOT_A_SMEAR_WARNING}")
+    want = (f"1 more field {NOT_A_SMEAR_WARNING}; its JSON in {tmp_path}/ says why, and its cells are flagged for "
+            "review") if n == 11 else (f"2 more fields do not look like a blood-smear field; each one's JSON in "
+                                       f"{tmp_path}/ says why, and their cells are flagged for review")
+    assert lines[10].strip() == want
+
+
 @pytest.fixture(scope="module")
 def client(classifier, tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # noqa: F811
     pytest.importorskip("fastapi")

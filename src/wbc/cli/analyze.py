@@ -152,8 +152,12 @@ def warn_not_smears(docs: list[dict[str, Any]], output: Path) -> None:
     for line in said[:SKIPPED_SHOWN]:
         warn(line)
     if rest := said[SKIPPED_SHOWN:]:
-        warn(f"{len(rest)} more field(s) {NOT_A_SMEAR_WARNING}s; each one's JSON in {output}/ says why, and their "
-             "cells are flagged for review")
+        if len(rest) == 1:
+            warn(f"1 more field {NOT_A_SMEAR_WARNING}; its JSON in {output}/ says why, and its cells are flagged for "
+                 "review")
+        else:
+            warn(f"{len(rest)} more fields do not look like a blood-smear field; each one's JSON in {output}/ says "
+                 "why, and their cells are flagged for review")
 
 
 def warn_other_wbc(docs: list[dict[str, Any]], output: Path) -> None:
