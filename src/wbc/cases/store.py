@@ -330,6 +330,34 @@ def adopt_legacy_version(conn: Any, cfg: Any) -> None:
         conn.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
 
 
+#: The revisions a wbc before 0.31.0 left a store at, each kept in :data:`LEGACY_VERSION_TABLE`.
+LEGACY_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
+
+
+def legacy_version_sql(revision: str | None, dialect: str) -> list[Any]:
+    """The statements that move a store's ``revision`` from ``alembic_version`` to :data:`VERSION_TABLE`, as
+    :func:`adopt_legacy_version` does, for Alembic's offline SQL (``--sql``, migrations/env.py) from a revision a wbc
+    before 0.31.0 wrote; none from any other (or no) revision. Without them a DBA's printed upgrade from such a store
+    (``"0006:head"``) stopped at its first ``UPDATE wbc_alembic_version``: no such table. On PostgreSQL
+    ``alembic_version`` is dropped when that empties it (another application's revision keeps it); on other databases
+    the emptied table is left: wbc ignores it once :data:`VERSION_TABLE` is there (an older wbc refuses the store
+    either way, "table cases already exists")."""
+    from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
+    from sqlalchemy.schema import CreateTable
+
+    if revision not in LEGACY_REVISIONS:
+        return []
+    table = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32), nullable=False),
+                  PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"))  # as Alembic makes it
+    out: list[Any] = [CreateTable(table),
+                      f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{revision}')",
+                      f"DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = '{revision}'"]
+    if dialect == "postgresql":
+        out.append(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM {LEGACY_VERSION_TABLE}) THEN DROP TABLE "
+                   f"{LEGACY_VERSION_TABLE}; END IF; END $$")
+    return out
+
+
 def migrate(engine: Engine) -> None:
     """Create or upgrade the schema to the newest migration (``alembic upgrade head``), in one transaction.
 

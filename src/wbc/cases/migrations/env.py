@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlalchemy.engine import Connection
 
-from wbc.cases.store import VERSION_TABLE, Base
+from wbc.cases.store import VERSION_TABLE, Base, legacy_version_sql
 
 config = context.config
 target_metadata = Base.metadata
@@ -35,6 +35,11 @@ elif context.is_offline_mode():  # `--sql`: the DDL for a DBA to run, for any di
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
                       literal_binds=True, version_table=VERSION_TABLE)
     with context.begin_transaction():
+        # from a store a wbc before 0.31.0 wrote ("0006:head"): its revision moved to wbc's table first, as
+        # wbc.cases.store.adopt_legacy_version does when such a store is opened
+        for statement in legacy_version_sql(context.get_starting_revision_argument(),
+                                            context.get_context().dialect.name):
+            context.execute(statement)
         context.run_migrations()
 else:
     engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
