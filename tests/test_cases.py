@@ -83,6 +83,34 @@ def test_a_store_folder_named_with_percent_or_question_mark_is_that_folder(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run%201", "who?", "Lab #2", "Müller"])
 
 
+def test_messages_name_a_store_s_file_as_it_is_named(tmp_path: Path) -> None:
+    """The quoted URL that opens a store in a folder named with ``%``, ``?`` or ``#`` was also what every message named
+    ("case 'x' not found in sqlite:////.../run%25201/cases.sqlite"): a path that does not exist. Messages name the
+    file; a server's URL keeps its password out."""
+    import re
+
+    from sqlalchemy import create_engine
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    for name in ("run%201", "who?", "Lab #2"):
+        folder = tmp_path / name
+        folder.mkdir()
+        s = CaseStore.open(folder)
+        file = str((folder / "cases.sqlite").resolve())
+        assert s.display_url == file
+        with pytest.raises(CaseError, match=re.escape(f"case 'nope' not found in {file}")):
+            s.case_document("nope")
+        s.close()
+        res = CliRunner().invoke(app, ["cases", "list", "--store", str(folder)])
+        assert res.exit_code == 0 and f"no cases in {file}" in " ".join(res.output.split()), res.output
+    assert CaseStore("sqlite://").display_url == "sqlite://"
+    pg = CaseStore.__new__(CaseStore)
+    pg.engine = create_engine("postgresql+psycopg://u:secret@db/wbc")  # never connected
+    assert pg.display_url == "postgresql+psycopg://u:***@db/wbc"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_store_url(request, tmp_path: Path):
     """The URL of an empty store: a new SQLite file, or a new schema of ``WBC_TEST_POSTGRES_URL``'s database (dropped

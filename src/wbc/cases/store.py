@@ -638,7 +638,13 @@ class CaseStore:
 
     @property
     def display_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        """Where the store is, for messages: a SQLite store's file as the user named it (its URL quotes ``%``, ``?``
+        and ``#``: a folder ``run%201`` read ``run%25201``, a path that does not exist), else the URL without its
+        password."""
+        u = self.engine.url
+        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+            return u.database
+        return u.render_as_string(hide_password=True)
 
     def close(self) -> None:
         self.engine.dispose()
