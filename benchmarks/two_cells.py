@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     got = classify_paths([s.path for s in val], clf, workers=args.threads)
     if got.errors:
-        raise SystemExit(f"error: {got.errors[0][0]}: {got.errors[0][1]}")
+        raise SystemExit(f"error: {got.errors[0][1]}")  # the message names the file
     labels = [s.label for s in val]
     flagged = [(lab, p) for lab, p in zip(labels, got.predictions, strict=True) if p.other_cells]
 

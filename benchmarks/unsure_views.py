@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             res = classify_paths(paths, c, workers=args.threads, classes=classes)
             secs = time.perf_counter() - t0
             if res.errors:
-                raise SystemExit(f"error: {res.errors[0][0]}: {res.errors[0][1]}")
+                raise SystemExit(f"error: {res.errors[0][1]}")  # the message names the file
             pred = np.array([p.label for p in res.predictions])
             row = {"set": name, "variant": variant, "gate": gate, "n": len(pred),
                    "accuracy": float(np.mean(pred == np.array(labels))), "ms_per_cell": 1000 * secs / len(pred)}

@@ -31,3 +31,17 @@ def test_a_missing_data_root_is_one_line_not_a_traceback(script: str, tmp_path: 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no_such_root" in lines[0]
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_missing_cell_file_is_named_once(tmp_path: Path) -> None:
+    """benchmarks/two_cells.py put the path before a message that starts with it: "error: X.jpg: X.jpg: no such
+    file"."""
+    import os
+
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "two_cells.py"), "--pairs", "2", "--output",
+                        str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300,
+                       cwd=BENCHMARKS.parent, env={**os.environ, "WBC_DATA_DIR": str(tmp_path / "no_root")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'no_root'}"), r.stderr
+    assert lines[0].count(str(tmp_path / "no_root")) == 1 and lines[0].endswith(": no such file"), r.stderr
