@@ -339,6 +339,29 @@ def test_a_case_of_only_nrbcs_and_platelets_shows_no_rate(review) -> None:
     assert row[:3] == ["1", "n/a (no WBC counted)", ""], row
     row = page.locator("#review-diff tr[data-class=lymphocyte] td").all_inner_texts()
     assert row[:2] == ["0", "0.0"], row
-    assert page.locator("#review-diff-caption").inner_text().startswith("0 white cells counted")
+    caption = page.locator("#review-diff-caption").inner_text()
+    assert caption.startswith("0 white cells counted") and "† per 100 white cells, outside the total" in caption
     page.click("#sign-off")  # the confirmation counts the WBCs, not every cell (wbc 0.28.0: "0 cells counted")
     assert "? 0 white cells counted, " in page.locator("#confirm-text").inner_text()
+
+
+def test_a_five_part_case_s_caption_names_no_rate_per_100(chromium, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """A five-part case (`wbc serve --classes 5part`) has no erythroblast row, yet its differential's caption explained
+    "† per 100 white cells, outside the total", a mark no row carried. The web page's caption and the case report
+    name such rates only for rows they show; so does the review page."""
+    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=10, store=tmp_path / "five.sqlite",
+                     classes="5part")
+    with live_server(app) as base:
+        c = make_case(base, "five-part", 47)
+        ctx = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        page = ctx.new_page()
+        errors = watch(page, only=base)
+        page.goto(base + "/review")
+        page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        open_case(page, c)
+        assert page.locator("#review-diff tr[data-class=erythroblast]").count() == 0
+        caption = page.locator("#review-diff-caption").inner_text()
+        assert "white cells counted" in caption and "†" not in caption, caption
+        assert caption.endswith("beside them. Platelets are not counted in smear analysis.")
+        ctx.close()
+    assert not errors, errors

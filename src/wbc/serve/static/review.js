@@ -344,8 +344,10 @@ function renderDifferential() {
       el("td", {}), el("td", {}), el("td", { class: "num", text: "0" })));
   }
   $("review-diff").querySelector("tbody").replaceChildren(...rows);
+  // the † only where a row carries one: a five-part case counts no erythroblasts (as the web page and the case report)
+  const rates = d.differential.rows.some((r) => r.unit === "per 100 WBC") ? "; † per 100 white cells, outside the total" : "";
   $("review-diff-caption").textContent = `${d.differential.total} white cells counted (reviewed calls); model's counts `
-    + "beside them; † per 100 white cells, outside the total. Platelets are not counted in smear analysis.";
+    + `beside them${rates}. Platelets are not counted in smear analysis.`;
 }
 
 // ------------------------------------------------------------------ editing
