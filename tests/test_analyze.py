@@ -504,6 +504,36 @@ def test_cli_analyze_says_when_cells_look_unlike_the_training_data(tmp_path: Pat
     assert all(c["ood"] is True for c in cells)
 
 
+def test_cli_analyze_pools_the_label_set_sentence_over_its_fields(clf, tmp_path: Path) -> None:
+    """`wbc classify --classes` says how many cells are most likely a class outside the set, and so does each field's
+    JSON, but `wbc analyze --classes`' terminal never said it for the run. It now gives /classify's sentence pooled
+    over the fields: for one field, that field's own sentence."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / "in" / f"f{i}.png"), synthetic_smear(n_wbc=3, seed=5 + i)[0][:, :, ::-1])
+    base = ["analyze", "-o", str(tmp_path / "out"), "--model", str(clf.path), "--segmenter", "classical",
+            "--threads", "1", "--no-draw", "--no-report", "--classes", "neutrophil,lymphocyte"]
+    one = CliRunner().invoke(app, [base[0], str(tmp_path / "in" / "f0.png"), *base[1:]])
+    assert one.exit_code == 0, one.output
+    field = [w for w in json.loads((tmp_path / "out" / "f0.json").read_text())["warnings"]
+             if "outside the chosen ones" in w]
+    assert len(field) == 1  # the tiny model takes some of these cells for other classes
+    assert f"warning: {field[0]}" in " ".join(one.output.split())
+    both = CliRunner().invoke(app, [base[0], str(tmp_path / "in"), *base[1:]])
+    assert both.exit_code == 0, both.output
+    docs = [json.loads((tmp_path / "out" / f"f{i}.json").read_text()) for i in range(2)]
+    n = sum(c["label"] is not None for d in docs for c in d["cells"])
+    k = sum(any("outside the chosen classes" in r for r in c["review_reasons"]) for d in docs for c in d["cells"])
+    assert f"warning: {k} of {n} cells are most likely a class outside the chosen ones (" in " ".join(
+        both.output.split())
+    plain = CliRunner().invoke(app, [base[0], str(tmp_path / "in"), *base[1:-2], "-o", str(tmp_path / "all")])
+    assert plain.exit_code == 0 and "outside the chosen ones" not in plain.output
+
+
 def _legend_rows(png: Path) -> int:
     """How many rows the legend of an annotated PNG has: its opaque white panel's height over a row's."""
     img = cv2.imread(str(png))

@@ -122,6 +122,8 @@ class AnalyzeSummary:
     n_classified: int = 0
     n_review: int = 0
     n_ood: int = 0
+    # how many of those are most likely a class the label set left out, by class (:func:`wbc.classify.outside_sentence`)
+    outside: dict[str, int] = field(default_factory=dict)
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -367,8 +369,10 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
     """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents: the
     differential's rows are ``classes`` (those answered, :func:`wbc.analyze.smear_label_set`), ``cells.csv`` has a
     probability column for each of ``columns`` (default ``classes``; the model's classes)."""
+    from wbc.classify import outside_class
+
     failed = {p for p, _ in summary.errors}
-    summary.docs, summary.classes, summary.stems = [], list(classes), {}
+    summary.docs, summary.classes, summary.stems, summary.outside = [], list(classes), {}, {}
     summary.n_classified = summary.n_review = summary.n_ood = 0
 
     def docs() -> Iterator[dict[str, Any]]:  # streamed: a million fields' documents never sit in memory at once
@@ -381,6 +385,8 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
                         summary.n_classified += 1
                         summary.n_review += bool(c.get("review"))
                         summary.n_ood += cell_is_ood(c)
+                        for other in filter(None, map(outside_class, c.get("review_reasons") or [])):
+                            summary.outside[other] = summary.outside.get(other, 0) + 1
                 yield d
 
     write_cells_csv(out / "cells.csv", docs(), classes if columns is None else columns)

@@ -82,12 +82,38 @@ def outside_note(preds: Sequence[Prediction]) -> str | None:
     >>> outside_note([P("")]) is None
     True
     """
-    n = Counter(p.outside for p in preds if p.outside)
-    if not n:
+    return outside_sentence(Counter(p.outside for p in preds if p.outside), len(preds))
+
+
+def outside_sentence(by_class: Mapping[str, int], n: int) -> str | None:
+    """:func:`outside_note`'s sentence for ``by_class`` (how many cells are most likely each class left out) of ``n``
+    cells; None when none. `wbc analyze` gives it pooled over a run's fields (their cells' :func:`outside_class`).
+
+    >>> outside_sentence({"ig": 1, "platelet": 2}, 9).partition(":")[0]
+    '3 of 9 cells are most likely a class outside the chosen ones (platelet 2, ig 1)'
+    """
+    counts = Counter({c: k for c, k in by_class.items() if k})
+    if not counts:
         return None
-    which = ", ".join(f"{c} {k}" for c, k in n.most_common())
-    return (f"{sum(n.values())} of {len(preds)} cells are most likely a class outside the chosen ones ({which}): "
+    which = ", ".join(f"{c} {k}" for c, k in counts.most_common())
+    return (f"{counts.total()} of {n} cells are most likely a class outside the chosen ones ({which}): "
             "each is counted in the chosen class shown and flagged for review")
+
+
+def outside_reason(other: str, probability: float) -> str:
+    """A cell's review reason when the model's most likely class, ``other``, is outside the chosen ones."""
+    return f"the model favours {other} ({probability:.2f}), outside the chosen classes"
+
+
+def outside_class(reason: str) -> str | None:
+    """The class an :func:`outside_reason` names (None for another reason): a field's JSON keeps the reasons only.
+
+    >>> outside_class(outside_reason("platelet", 0.8312)), outside_class("colours unlike the training images")
+    ('platelet', None)
+    """
+    head, sep, tail = str(reason).partition("the model favours ")
+    other, _, rest = tail.partition(" (")
+    return other if sep and not head and other and rest.endswith("), outside the chosen classes") else None
 
 
 def other_cells_note(preds: Sequence[Prediction]) -> str | None:
@@ -370,7 +396,7 @@ def predict_cells(
             other = classifier.classes[int(row.argmax())]
             if other not in chosen:
                 p.review, p.outside = True, other
-                p.reasons.append(f"the model favours {other} ({row.max():.2f}), outside the chosen classes")
+                p.reasons.append(outside_reason(other, float(row.max())))
             elif m < 0.5:
                 p.review = True
                 p.reasons.append(f"the chosen classes hold {m:.2f} of the model's probability")

@@ -66,6 +66,7 @@ def analyze(
     finishes the rest.
     """
     from wbc.batch import ModelSpec
+    from wbc.classify import outside_sentence
     from wbc.cli._common import check_engine, note_unchecked_model, progress, say_differential
     from wbc.counts import wbc_total
     from wbc.formats import pooled_counts
@@ -118,6 +119,8 @@ def analyze(
     warn_not_smears(summary.docs, output)
     if summary.n_classified:  # as `wbc classify` says them, over the run's every field (each field's JSON has its own)
         say(f"  flagged for review: {summary.n_review}")
+        if outside := outside_sentence(summary.outside, summary.n_classified):  # --classes: as `wbc classify` says it
+            warn(outside)
         k, n = summary.n_ood, summary.n_classified
         if warning := ood_sentence(k, n, bool(loaded) and adapted_without_labels(loaded[0])):
             warn(f"{warning}; {advice_for(loaded[0])}" if loaded and too_many_ood(k, n) else warning)
