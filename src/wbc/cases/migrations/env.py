@@ -37,7 +37,8 @@ elif context.is_offline_mode():  # `--sql`: the DDL for a DBA to run, for any di
     with context.begin_transaction():
         # from a store a wbc before 0.31.0 wrote ("0006:head"): its revision moved to wbc's table first, as
         # wbc.cases.store.adopt_legacy_version does when such a store is opened
-        for statement in legacy_version_sql(context.get_starting_revision_argument(),
+        start = context.get_starting_revision_argument()  # "0006" of "0006:head"; None without a range
+        for statement in legacy_version_sql(start if isinstance(start, str) else None,
                                             context.get_context().dialect.name):
             context.execute(statement)
         context.run_migrations()
