@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
+from wbc.counts import clopper_pearson
 from wbc.evaluate.metrics import (
     _confusions,
     _metrics_from_cms,
@@ -184,15 +185,51 @@ def test_bootstrap_intervals_behave() -> None:
     assert ci == bootstrap_cis(y, pred, CLASSES, n_boot=500, seed=0)  # deterministic for a seed
     small = bootstrap_cis(y[:50], pred[:50], CLASSES, n_boot=500, seed=0)
     assert small["accuracy"][1] - small["accuracy"][0] > ci["accuracy"][1] - ci["accuracy"][0]
+    # every resample of a perfect model is perfect: no interval, rather than 100.0-100.0 % (before wbc 0.31.0)
     perfect = bootstrap_cis(y, y, CLASSES, n_boot=200)
-    assert perfect["accuracy"] == [1.0, 1.0] and perfect["recall"]["a"] == [1.0, 1.0]
+    assert perfect["accuracy"] is None and perfect["recall"]["a"] is None and perfect["macro_f1"] is None
+
+
+def test_proportions_get_exact_intervals_never_of_zero_width() -> None:
+    """The percentile bootstrap printed 100.0-100.0 % for 40 of 40 cells and for a class of 5 of 5: a lab read it as
+    certain. Accuracy, recall and precision are k of n; their exact intervals are 91.2-100 % and 47.8-100 %."""
+    right5 = classification_metrics(np.zeros(5, np.int64), np.eye(2)[np.zeros(5, int)], ["a", "b"], n_boot=100)
+    assert right5["ci"]["recall"]["a"][0] < 0.6 and right5["ci"]["recall"]["a"][0] == pytest.approx(0.4782, abs=1e-4)
+    y = np.repeat(np.arange(8), 5)
+    m = classification_metrics(y, np.eye(8)[y], list("abcdefgh"), n_boot=100)
+    assert m["ci"]["accuracy"] == pytest.approx([0.9119, 1.0], abs=1e-4)
+    assert all(m["ci"]["recall"][c] == pytest.approx([0.4782, 1.0], abs=1e-4) for c in "abcdefgh")
+    assert m["ci"]["macro_f1"] is None and "bootstrap" in m["ci"]["method"]["macro_f1"]
+    assert "Clopper-Pearson" in m["ci"]["method"]["accuracy"]
+    # precision: k right of the class's calls; a class never called has no precision and no interval
+    from wbc.evaluate.metrics import confidence_intervals
+
+    ci = confidence_intervals(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), ["a", "b", "c"])
+    assert ci["precision"]["a"] == pytest.approx(list(clopper_pearson(2, 3))) and ci["precision"]["c"] is None
+    assert ci["recall"]["b"] == pytest.approx(list(clopper_pearson(1, 2))) and ci["recall"]["c"] is None
+
+
+def test_recall_interval_covers_the_truth_in_small_classes() -> None:
+    """Simulated coverage of the nominal 95 % recall interval, 10 cells at a true recall of 0.95: 35 % with the
+    percentile bootstrap (zero-width in 64 % of draws), at least 95 % with the exact interval."""
+    from wbc.evaluate.metrics import confidence_intervals
+
+    rng = np.random.default_rng(123)
+    hits = 0
+    for r in range(200):
+        right = rng.random(10) < 0.95
+        lo, hi = confidence_intervals(np.zeros(10, np.int64), np.where(right, 0, 1), ["a", "b"], n_boot=100,
+                                      seed=r)["recall"]["a"]
+        hits += lo <= 0.95 <= hi
+    assert hits / 200 >= 0.93
 
 
 def test_bootstrap_macro_f1_leaves_out_a_class_the_resample_lacks() -> None:
     """The point estimate averages over the classes with cells; the bootstrap scored a class a resample happened to
     lack as F1 = 0, so a perfect model with one basophil got the interval [0.8, 1.0]."""
     y = np.array([0] * 40 + [1] * 30 + [2] * 15 + [3] * 14 + [4] * 1)
-    assert bootstrap_cis(y, y, list("abcde"), n_boot=500, seed=0)["macro_f1"] == [1.0, 1.0]
+    one_wrong = np.r_[1, y[1:]]  # one cell of a called b: macro-F1 0.994; scoring a lacking e as 0 gave ~0.79
+    assert bootstrap_cis(y, one_wrong, list("abcde"), n_boot=500, seed=0)["macro_f1"][0] > 0.95
     # each resample scored as scikit-learn scores the point estimate: macro over the classes the resample has
     rng = np.random.default_rng(4)
     pred = np.where(rng.random(len(y)) < 0.8, y, (y + 1) % 5)
@@ -204,16 +241,11 @@ def test_bootstrap_macro_f1_leaves_out_a_class_the_resample_lacks() -> None:
 
 
 def test_one_resampler_reproduces_the_loops_it_replaced() -> None:
-    # bootstrap_cis and paired_accuracy_difference each drew these chunks inline before
+    # bootstrap_cis drew these chunks inline before
     rng = np.random.default_rng(3)
     old = [rng.integers(0, 37, (min(250, 600 - s), 37)) for s in range(0, 600, 250)]
     new = list(resample_indices(37, 600, seed=3))
     assert len(new) == len(old) and all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
-    a, b = rng.random(37) < 0.8, rng.random(37) < 0.7
-    d = a.astype(float) - b.astype(float)
-    means = np.concatenate([d[i].mean(axis=1) for i in resample_indices(37, 600, seed=5)])
-    expected = [float(q) for q in np.quantile(means, [0.025, 0.975])]
-    assert paired_accuracy_difference(a, b, n_boot=600, seed=5)["ci"] == expected
 
 
 def test_training_summary_is_the_evaluation_summary() -> None:
@@ -232,31 +264,68 @@ def test_training_summary_is_the_evaluation_summary() -> None:
     s4 = summary_metrics(y4, p4, classes, n_boot=300, seed=1)
     assert s4["macro_f1"] == pytest.approx(f1_score(y4, p4, labels=[0, 1, 2, 3], average="macro"))
     assert list(s4["recall"].values()) == pytest.approx(list(recall_score(y4, p4, labels=[0, 1, 2, 3], average=None)))
-    ci = bootstrap_cis(y4, p4, classes, n_boot=300, seed=1)
+    from wbc.evaluate.metrics import confidence_intervals
+
+    ci = confidence_intervals(y4, p4, classes, n_boot=300, seed=1)
     got = (s4["accuracy_ci95"], s4["macro_f1_ci95"], s4["recall_ci95"])
     assert got == (ci["accuracy"], ci["macro_f1"], ci["recall"])
     assert s4["accuracy_ci95"][0] < s4["accuracy"] < s4["accuracy_ci95"][1]
 
 
-def test_mcnemar_exact_and_chi2() -> None:
+def test_mcnemar_is_exact() -> None:
     r = mcnemar(np.array([1, 1, 0, 1], bool), np.array([1, 0, 0, 0], bool))
     assert (r["only_a_correct"], r["only_b_correct"], r["both_correct"], r["both_wrong"]) == (2, 0, 1, 1)
     assert r["method"] == "exact" and r["p_value"] == pytest.approx(0.5)  # 2 * 0.5**2
+    # 25 or more discordant cells are tested exactly too (chi-squared with correction before wbc 0.31.0)
     a = np.r_[np.ones(30, bool), np.zeros(10, bool), np.ones(50, bool)]
     b = np.r_[np.zeros(30, bool), np.ones(10, bool), np.ones(50, bool)]
     r = mcnemar(a, b)
-    assert r["method"] == "chi2_corrected"
-    assert r["statistic"] == pytest.approx((30 - 10 - 1) ** 2 / 40)  # 9.025
-    assert r["p_value"] == pytest.approx(math.erfc(math.sqrt(9.025 / 2)))  # chi2(1) tail
+    assert r["method"] == "exact" and r["statistic"] == 10
+    assert r["p_value"] == pytest.approx(2 * sum(math.comb(40, k) for k in range(11)) / 2**40)
     assert mcnemar(a, a)["p_value"] == 1.0
 
 
 def test_paired_accuracy_difference() -> None:
     a = np.array([1, 1, 1, 0] * 25, bool)
     b = np.array([1, 0, 0, 0] * 25, bool)
-    d = paired_accuracy_difference(a, b, n_boot=400)
+    d = paired_accuracy_difference(a, b)
     assert d["difference"] == pytest.approx(0.5)
     assert d["ci"][0] < 0.5 < d["ci"][1] and d["ci"][0] > 0.3
+
+
+def test_paired_interval_agrees_with_mcnemar() -> None:
+    """A right on 4 of 40 cells that B misses and never the reverse: McNemar p = 0.125, yet the paired bootstrap
+    interval was +2.5 to +20.0 points, and the comparison page said both "95% interval +2.5 to +20.0" and "could
+    well be chance". The interval now holds 0 exactly when p >= 0.05, for every split of up to 60 discordant cells."""
+    a = np.ones(40, bool)
+    b = np.r_[np.zeros(4, bool), np.ones(36, bool)]
+    assert mcnemar(a, b)["p_value"] == pytest.approx(0.125)
+    d = paired_accuracy_difference(a, b)
+    assert d["difference"] == pytest.approx(0.1) and d["ci"][0] < 0 < d["ci"][1]
+    for n_disc in range(61):
+        for k in range(n_disc + 1):
+            a = np.r_[np.ones(k, bool), np.zeros(n_disc - k, bool), np.ones(20, bool)]
+            b = np.r_[np.zeros(k, bool), np.ones(n_disc - k, bool), np.ones(20, bool)]
+            lo, hi = paired_accuracy_difference(a, b)["ci"]
+            assert (mcnemar(a, b)["p_value"] < 0.05) == (not lo <= 0 <= hi), (n_disc, k)
+    # two models that agree on every cell are not certainly equal: +-(upper bound of the discordant share)
+    same = paired_accuracy_difference(np.ones(40, bool), np.ones(40, bool))["ci"]
+    assert same[0] == pytest.approx(-clopper_pearson(0, 40)[1]) and same[1] == pytest.approx(clopper_pearson(0, 40)[1])
+
+
+def test_paired_interval_covers_the_true_difference() -> None:
+    """Exact coverage, by enumeration, where B is wrong on every cell on which the two disagree (5 % of 40 cells):
+    mapping the interval of A's share of the disagreements through the observed share alone covered 60 %."""
+    from scipy.stats import binom
+
+    n, delta = 40, 0.05
+    cover = 0.0
+    for d in range(n + 1):
+        a = np.r_[np.ones(d, bool), np.ones(n - d, bool)]
+        b = np.r_[np.zeros(d, bool), np.ones(n - d, bool)]
+        lo, hi = paired_accuracy_difference(a, b)["ci"]
+        cover += binom.pmf(d, n, delta) * (lo <= delta <= hi)
+    assert cover >= 0.95
 
 
 def test_fold_summary_mean_and_sd() -> None:

@@ -98,6 +98,25 @@ def test_summary_says_why_a_model_that_reviews_every_cell_does() -> None:
     assert "flags every cell for human review" in text and "below 1.00" not in text
 
 
+def test_a_perfect_small_set_is_not_reported_as_certain() -> None:
+    """40 cells all right, 5 a class: the report printed "95% confidence interval 100.0–100.0%" for the accuracy and
+    for each class, which a lab reads as certain. The exact intervals are 91.2–100 % and 47.8–100 %; macro-F1, which
+    the bootstrap cannot vary here, is said to have none."""
+    from wbc.evaluate.report import key_numbers_rows, per_class_rows, technical_rows
+
+    y = np.repeat(np.arange(4), 10)
+    m = classification_metrics(y, np.eye(4)[y] * 0.97 + 0.01, CLASSES, review_threshold=0.6, n_boot=200)
+    m.update(model_id="m", data="d", split="test", data_kind="manifest", own_run=True)
+    text = " ".join(summary_paragraphs(m))
+    assert "(95% confidence interval 91.2–100.0%)" in text
+    assert all(r["recall_ci"] == "69.2–100.0%" for r in per_class_rows(m))  # 10 of 10
+    keys = {r["measure"]: r["ci"] for r in key_numbers_rows(m)}
+    assert keys["Accuracy"] == "91.2–100.0%" and keys["Macro F1"].startswith("none")
+    assert "Clopper-Pearson" in dict(technical_rows(m))["95% intervals"]
+    html = build_report(m, ReportInputs(y_true=y, y_prob=np.eye(4)[y] * 0.97 + 0.01))
+    assert "100.0–100.0" not in html and "1.000–1.000" not in html
+
+
 def test_report_html_is_complete_and_offline() -> None:
     m, inputs = _case()
     html = build_report(m, inputs)

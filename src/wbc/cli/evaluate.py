@@ -63,7 +63,8 @@ def evaluate(
         ),
     ] = False,
     bootstrap: Annotated[
-        int, typer.Option(help="Bootstrap resamples for the confidence intervals.", min=100)
+        int, typer.Option(help="Bootstrap resamples for the macro-F1 interval (accuracy, sensitivity and "
+                          "precision have exact binomial intervals).", min=100)
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
@@ -112,8 +113,7 @@ def evaluate(
         say(
             f"comparing {clf_a.model_id} and {clf_b.model_id} on {len(ed.samples)} images ...")
         res = run_compare(
-            ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, n_boot=bootstrap, seed=seed,
-            reframe=reframe,
+            ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, reframe=reframe,
         )
         d, mc = res["accuracy_difference"], res["mcnemar"]
         say(

@@ -90,7 +90,8 @@ def pct(x: float | None, digits: int = 1) -> str:
 
 
 def pct_ci(ci: Sequence[float] | None, digits: int = 1) -> str:
-    return "n/a" if not ci else f"{100 * ci[0]:.{digits}f}–{100 * ci[1]:.{digits}f}%"
+    """An interval in percent; never one of zero width, which would read as certainty (``n/a`` instead)."""
+    return "n/a" if not ci or ci[1] <= ci[0] else f"{100 * ci[0]:.{digits}f}–{100 * ci[1]:.{digits}f}%"
 
 
 def weakest_classes(metrics: Mapping[str, Any], k: int = 2) -> list[tuple[str, float]]:
@@ -299,7 +300,7 @@ def plot_confusion(metrics: Mapping[str, Any]) -> str:
 
 
 def plot_per_class(metrics: Mapping[str, Any]) -> str:
-    """Horizontal bars: recall (sensitivity) and precision per class with 95% bootstrap intervals."""
+    """Horizontal bars: recall (sensitivity) and precision per class with their exact 95% intervals."""
     plt = _plt()
     classes = [c for c, m in metrics["per_class"].items() if m["support"] or m["predicted"]]
     ci = metrics["ci"]
@@ -507,7 +508,11 @@ def _grade(x: float | None) -> str:
 
 
 def _ci_plain(ci: Sequence[float] | None) -> str:
-    return "n/a" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}"
+    return "n/a" if not ci or ci[1] <= ci[0] else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+#: The key-numbers table's interval of macro-F1 where the bootstrap has none (every resample gives the same value).
+NO_BOOTSTRAP_INTERVAL = "none: every resample of the cells gives the same value"
 
 
 def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -525,7 +530,7 @@ def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
         (
             "Macro F1",
             _fmt(metrics["macro_f1"]),
-            _ci_plain(ci["macro_f1"]),
+            _ci_plain(ci["macro_f1"]) if ci["macro_f1"] else NO_BOOTSTRAP_INTERVAL,
             "Balance of missed cells and false alarms, averaged over classes (1 is perfect).",
         ),
         ("Weighted F1", _fmt(metrics["weighted_f1"]), "", "The same, weighted by how many cells each class has."),
@@ -687,7 +692,9 @@ def technical_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Classes", ", ".join(metrics["classes"])),
         ("Temperature (stored)", _fmt(metrics["ece"].get("temperature"), 3)),
         ("Calibration bins", str(metrics["ece"]["bins"])),
-        ("Bootstrap", f"{ci['n_boot']} resamples of cells, percentile intervals, seed {ci['seed']}"),
+        ("95% intervals", "exact binomial (Clopper-Pearson) for accuracy, sensitivity and precision; percentile "
+         f"bootstrap for macro F1 ({ci['n_boot']} resamples of cells, seed {ci['seed']}); none for the other "
+         "measures"),
         ("Macro averages", "over the classes that have cells in the data"),
         ("wbc version", metrics.get("wbc_version", "")),
         ("Created", metrics.get("created", "")),
