@@ -522,6 +522,34 @@ def test_only_a_run_s_own_model_is_said_never_to_have_seen_its_test_cells(env: d
     assert m["own_run"] is True and "had never seen" in html and "held out only" not in html
 
 
+def test_a_run_s_own_training_and_calibration_rows_carry_a_caution(env: dict[str, Path], tmp_path: Path) -> None:
+    """--split all scored the run's training rows with no word anywhere; --split val (where the temperature, review
+    threshold and best epoch were fitted) too; --split train had a terminal note only. Now the terminal, metrics.json
+    and the report say so, and only the run's own test rows count as held out."""
+    files = [f for f in sorted(env["data"].glob("*/*.png")) if f.parent.name in CLASSES and f.name != "broken.png"]
+    run = tmp_path / "run"
+    run.mkdir()
+    splits = ("train", "val", "test")
+    write_manifest(run / "manifest.csv", [Sample(f, f.parent.name, splits[i % 3], -1, "") for i, f in enumerate(files)],
+                   root=tmp_path)
+    shutil.copy(env["model"], run / "model.onnx")
+    runner = CliRunner()
+    for split, held_out in (("all", False), ("val", False), ("test", True)):
+        out = tmp_path / f"o_{split}"
+        res = runner.invoke(app, ["evaluate", str(run / "manifest.csv"), "--split", split, "--data-root", str(tmp_path),
+                                  "-o", str(out), "--bootstrap", "100"])
+        assert res.exit_code == 0, res.output
+        m = json.loads((out / "metrics.json").read_text())
+        html = (out / "report.html").read_text()
+        assert m["own_run"] is True and m["held_out"] is held_out, split
+        if held_out:
+            assert m["caution"] is None and "not held-out" not in res.output and "had never seen" in html
+            continue
+        assert "not held-out accuracy" in " ".join(res.output.split()), split
+        assert "not held out from it" in m["caution"] and "too optimistic" in html and "had never seen" not in html
+        assert ("train rows trained" in m["caution"]) is (split == "all") and "val rows chose" in m["caution"]
+
+
 def test_refitted_temperature_is_fitted_over_the_chosen_classes(
     env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

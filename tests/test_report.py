@@ -117,6 +117,23 @@ def test_a_perfect_small_set_is_not_reported_as_certain() -> None:
     assert "100.0–100.0" not in html and "1.000–1.000" not in html
 
 
+@pytest.mark.parametrize("split", [None, "train", "val"])
+def test_a_run_s_own_train_or_val_rows_are_said_not_to_be_held_out(split: str | None) -> None:
+    """wbc evaluate RUN --split all/train/val scores the cells that trained or calibrated the run's model; the report
+    had no caution for them (only a folder and another run's manifest had one)."""
+    from markupsafe import escape
+
+    from wbc.evaluate.report import caution_text
+
+    m, _ = _case(n=120)
+    m.update(split=split, data_kind="manifest", own_run=True)
+    text = " ".join(summary_paragraphs(m))
+    assert "Caution: these cells come from the manifest of the run that trained this model" in text
+    assert "too optimistic" in text and "never seen" not in text and str(escape(caution_text(m))) in text
+    m.update(split="test")
+    assert "Caution" not in " ".join(summary_paragraphs(m)) and caution_text(m) == ""
+
+
 def test_report_html_is_complete_and_offline() -> None:
     m, inputs = _case()
     html = build_report(m, inputs)

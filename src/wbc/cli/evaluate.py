@@ -74,8 +74,11 @@ def evaluate(
     reframe: ReframeOpt = True,
 ) -> None:
     """Score a classifier on labelled cells: metrics.json, predictions.csv and a readable report.html."""
+    from collections import Counter
+
     from wbc.evaluate import (
         default_model_for,
+        in_sample_note,
         load_eval_data,
         resolve_data_path,
         resolve_model_path,
@@ -100,9 +103,9 @@ def evaluate(
         else:
             raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder")
     ed = load_eval_data(data, split, maps, root)
-    if ed.is_manifest and (ed.split == "train" or (ed.split == "val" and any(x.fold >= 0 for x in ed.samples))):
-        warn(f"the {ed.split} rows of {ed.source} trained the run's model{'s' if ed.split == 'val' else ''}: "
-             "these numbers are not held-out accuracy (--split test is)", "note:")
+    if ed.is_manifest and (note := in_sample_note(Counter(x.split for x in ed.samples),
+                                                   any(x.fold >= 0 for x in ed.samples))):
+        warn(f"{ed.source}: {note}: these numbers are not held-out accuracy (--split test is)", "note:")
 
     if compare:
         from wbc.evaluate.compare import compare as run_compare

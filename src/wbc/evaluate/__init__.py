@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from wbc.paths import data_root as default_data_root
 if TYPE_CHECKING:
     from wbc.model import Classifier
 
-__all__ = ["EvalData", "evaluate", "load_eval_data", "load_fold_metrics", "resolve_model_path"]
+__all__ = ["EvalData", "evaluate", "in_sample_note", "load_eval_data", "load_fold_metrics", "resolve_model_path"]
 
 #: Images shown per gallery, and Grad-CAM cells per class, in the report.
 GALLERY_SIZE = 12
@@ -54,6 +54,28 @@ class EvalData:
         if self.is_manifest:
             return f"the {self.split} split of {self.source.name}" if self.split else f"{self.source.name}"
         return f"the folder {self.source.name}"
+
+
+def in_sample_note(splits: Mapping[str, int], cross_validation: bool = False) -> str:
+    """What a run's manifest rows of ``splits`` (split: rows) did for the run's model, or "" for test rows only.
+
+    Its train rows fitted the network, its val rows chose the best epoch and fitted the temperature and the review
+    threshold (:func:`wbc.calibration.calibrate`), or in a cross-validation run trained the other folds' members:
+    scored with that model, neither is held out (the terminal, ``metrics.json``'s ``caution`` and the report say so;
+    before wbc 0.31.0 only ``--split train`` had a terminal note).
+
+    >>> in_sample_note({"train": 3, "val": 1}), in_sample_note({"test": 5})
+    ("3 train rows trained the run's model; 1 val row chose the run's model's epoch and fitted its temperature and \
+review threshold", '')
+    """
+    parts = []
+    if n := splits.get("train", 0):
+        parts.append(f"{n:,} train row{'s' * (n != 1)} trained the run's model")
+    if n := splits.get("val", 0):
+        parts.append(f"{n:,} val row{'s' * (n != 1)} "
+                     + ("trained the run's cross-validation members" if cross_validation
+                        else "chose the run's model's epoch and fitted its temperature and review threshold"))
+    return "; ".join(parts)
 
 
 def resolve_data_path(data: str | os.PathLike[str], root: Path | None = None) -> Path:
@@ -382,7 +404,7 @@ def evaluate(
     """
     from wbc import __version__
     from wbc.evaluate.metrics import classification_metrics, fold_summary
-    from wbc.evaluate.report import ReportInputs, Thumb, build_report
+    from wbc.evaluate.report import ReportInputs, Thumb, build_report, caution_text
     from wbc.formats import write_predictions_csv
 
     t0 = time.perf_counter()
@@ -419,6 +441,8 @@ def evaluate(
     y_prob = np.array([[p.probabilities[c] for c in answered]
                        for p, k in zip(scored.predictions, known, strict=True) if k], np.float32)
 
+    own_run = ed.is_manifest and Path(classifier.path).resolve().parent == ed.source.resolve().parent
+    row_splits = dict(sorted(Counter(s.split for s in ed.samples).items())) if ed.is_manifest else {}
     metrics: dict[str, Any] = {
         "model_id": classifier.model_id,
         "classes_chosen": list(chosen),
@@ -427,8 +451,12 @@ def evaluate(
         "data_description": ed.description,
         "data_kind": "manifest" if ed.is_manifest else "folder",
         # the run's own split: only then are its test rows known to be held out from this model's training
-        "own_run": ed.is_manifest and Path(classifier.path).resolve().parent == ed.source.resolve().parent,
+        "own_run": own_run,
         "split": ed.split,
+        "row_splits": row_splits,  # manifest rows evaluated, by their split
+        "held_out": own_run and set(row_splits) == {"test"},
+        # what the run's own train/val rows did for this model ("" when none is scored)
+        "in_sample": in_sample_note(row_splits, any(s.fold >= 0 for s in ed.samples)) if own_run else "",
         "manifest_hash": manifest_hash(ed.samples),
         "wbc_version": __version__,
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -507,6 +535,7 @@ def evaluate(
         gradcam_note=cam_note,
         folds=folds,
     )
+    metrics["caution"] = caution_text(metrics) or None
     html_text = build_report(metrics, inputs)
     metrics["timing_seconds"] = {
         "classify": round(t_classify, 2),

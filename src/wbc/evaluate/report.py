@@ -194,21 +194,8 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
             ).format(f"{unknown['count']:,}", "outside the classes chosen to answer among" if
                      metrics.get("classes_chosen") else "the model does not know", labels)
         )
-    if metrics.get("split") is None and metrics.get("data_kind") == "folder":
-        paras.append(
-            M(
-                "Caution: if any of these images were used to train the model, the numbers above are "
-                "too optimistic. Evaluate on a run's manifest (its test split) for an unbiased estimate."
-            )
-        )
-    elif metrics.get("data_kind") == "manifest" and not metrics.get("own_run"):
-        paras.append(
-            M(
-                "Caution: this split was not made by the run that trained this model (another run's, or a lab's "
-                "own), so its test rows are held out only for the model that run trained; if any of these images "
-                "were used to train this model, the numbers above are too optimistic."
-            )
-        )
+    if caution := caution_text(metrics):
+        paras.append(M("{}").format(caution))
     if metrics.get("unreadable"):
         paras.append(
             M("{} image file(s) could not be read and were left out (listed at the end).").format(
@@ -216,6 +203,37 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
             )
         )
     return paras
+
+
+def caution_text(metrics: Mapping[str, Any]) -> str:
+    """Why the numbers may be too optimistic, as plain text ("" for a run's own model on its own test rows): the
+    report's caution paragraph and ``metrics.json``'s ``caution``.
+
+    A folder and another run's manifest may hold the model's training images; a run's own train and val rows
+    certainly trained or calibrated it (before wbc 0.31.0 the report had no caution for those).
+    """
+    from wbc.evaluate import in_sample_note
+
+    if metrics.get("data_kind") == "folder":
+        return ("Caution: if any of these images were used to train the model, the numbers above are too optimistic. "
+                "Evaluate on a run's manifest (its test split) for an unbiased estimate.")
+    if metrics.get("data_kind") != "manifest":
+        return ""
+    if not metrics.get("own_run"):
+        return ("Caution: this split was not made by the run that trained this model (another run's, or a lab's own), "
+                "so its test rows are held out only for the model that run trained; if any of these images were used "
+                "to train this model, the numbers above are too optimistic.")
+    if "in_sample" in metrics:
+        note = metrics["in_sample"]
+    elif metrics.get("split"):
+        note = in_sample_note({metrics["split"]: metrics["n"]})
+    else:  # every row of the run's manifest
+        note = "every split of the run was scored, the rows that trained and calibrated the model included"
+    if not note:
+        return ""
+    return (f"Caution: these cells come from the manifest of the run that trained this model and are not held out "
+            f"from it ({note}). The numbers above are too optimistic, the calibration error and the review figures "
+            "most of all; the run's test split (--split test) gives the held-out estimate.")
 
 
 # --- pictures -----------------------------------------------------------------------------------
