@@ -309,6 +309,30 @@ def test_cli_evaluate_without_torch_and_errors(env: dict[str, Path], tmp_path: P
     assert res.exit_code != 0 and "OLD=NEW" in str(res.exception)
 
 
+def test_an_output_that_is_a_file_is_one_line_before_any_work(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-o naming an existing file ended wbc evaluate and --compare in a FileExistsError traceback."""
+    import wbc.evaluate
+    import wbc.model
+    from wbc.errors import WbcError
+
+    taken = tmp_path / "afile"
+    taken.write_text("mine")
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work began before the output was checked")
+
+    monkeypatch.setattr(wbc.model, "load_model", no_work)
+    monkeypatch.setattr(wbc.evaluate, "load_eval_data", no_work)
+    runner = CliRunner()
+    for extra in ([], ["--compare", str(env["model"]), str(env["model"])]):
+        res = runner.invoke(app, ["evaluate", str(env["data"]), "-o", str(taken), *extra])
+        assert isinstance(res.exception, WbcError), (extra, res.exception)
+        assert str(taken) in str(res.exception) and "\n" not in str(res.exception)
+    assert taken.read_text() == "mine"
+
+
 def test_compare_two_models(env: dict[str, Path], tmp_path: Path) -> None:
     weak = build_tiny_model(tmp_path / "weak.onnx", env["train"], model_id="tiny-weak", seed=5, c_reg=0.0005)
     res = CliRunner().invoke(

@@ -199,3 +199,30 @@ def test_a_label_file_that_is_not_utf8_is_one_field_s_error(tmp_path: Path) -> N
     res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(tmp_path), "--no-classifier", "--segmenter",
                                    "classical", "-o", str(tmp_path / "out2")])
     assert isinstance(res.exception, WbcError) and "classes.txt: not a UTF-8 text file" in str(res.exception)
+
+
+def test_an_output_that_is_a_file_ends_the_run_in_one_line_before_any_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-o naming an existing file gave a 40-line FileExistsError after every field had been segmented and classified
+    (minutes on BCCD, lost). Now it is one line naming the path, before the segmenter is even made."""
+    from typer.testing import CliRunner
+
+    import wbc.segment
+    from wbc.cli import app
+
+    folder = _yolo_folder(tmp_path / "yolo", n=2)
+    taken = tmp_path / "afile"
+    taken.write_text("mine")
+
+    class Untouchable(OneCell):
+        def segment(self, rgb: np.ndarray) -> list[Cell]:
+            raise AssertionError("a field was segmented before the output was checked")
+
+    monkeypatch.setattr(wbc.segment, "get_segmenter", lambda *a, **k: Untouchable())
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(folder), "--no-classifier", "-o", str(taken)])
+    assert isinstance(res.exception, WbcError), res.exception
+    assert str(taken) in str(res.exception) and "\n" not in str(res.exception)
+    with pytest.raises(WbcError, match="afile"):
+        evaluate_smears(tmp_path, taken, Untouchable(), dataset=folder)
+    assert taken.read_text() == "mine"

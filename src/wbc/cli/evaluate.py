@@ -86,6 +86,7 @@ def evaluate(
     from wbc.evaluate import (
         evaluate as run_evaluate,
     )
+    from wbc.io import check_output_file
     from wbc.labels import parse_mapping
     from wbc.model import load_model
     from wbc.paths import data_root as default_root
@@ -102,6 +103,7 @@ def evaluate(
             data = Path(compare[0]) / "manifest.csv"
         else:
             raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder")
+    check_output_file(output / ("comparison.json" if compare else "metrics.json"))  # before any work, in one line
     ed = load_eval_data(data, split, maps, root)
     if ed.is_manifest and (note := in_sample_note(Counter(x.split for x in ed.samples),
                                                    any(x.fold >= 0 for x in ed.samples))):

@@ -50,10 +50,12 @@ def evaluate_smears(
     or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
     from wbc.evaluate.smears import evaluate_smears as run
     from wbc.evaluate.smears import rate
+    from wbc.io import check_output_file
     from wbc.model import load_model
     from wbc.paths import data_root as resolve_root
     from wbc.segment import get_segmenter
 
+    check_output_file(output / "metrics.json")  # before any model is loaded or field segmented, in one line
     clf = None if no_classifier else (load_model(model, threads=threads).with_tta(tta)
                                          .with_classes(classes).with_colour_calibration(colour_calibration))
     seg = get_segmenter(segmenter, segmenter_model, threads=threads, pixel_size=pixel_size)

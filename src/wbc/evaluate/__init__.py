@@ -24,7 +24,7 @@ import numpy as np
 
 from wbc.data import Sample, manifest_hash, read_manifest, scan_folder
 from wbc.errors import WbcError
-from wbc.io import atomic_write_json, atomic_write_text, files_under, is_image_file
+from wbc.io import atomic_write_json, atomic_write_text, check_output_file, files_under, is_image_file
 from wbc.labels import canonical_label
 from wbc.paths import data_root as default_data_root
 
@@ -408,9 +408,8 @@ def evaluate(
     from wbc.formats import write_predictions_csv
 
     t0 = time.perf_counter()
+    out_dir = check_output_file(Path(output) / "metrics.json").parent  # a one-line error before any work
     ed = data if isinstance(data, EvalData) else load_eval_data(data, split, mapping, root)
-    out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     classes = classifier.classes
     scored = classify_samples(ed.samples, classifier, batch_size, workers, progress, reframe)
     t_classify = time.perf_counter() - t0

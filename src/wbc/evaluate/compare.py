@@ -16,7 +16,7 @@ import numpy as np
 
 from wbc.errors import WbcError
 from wbc.evaluate import EvalData, classify_samples
-from wbc.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from wbc.io import atomic_write_csv, atomic_write_json, atomic_write_text, check_output_file
 
 if TYPE_CHECKING:
     from wbc.model import Classifier
@@ -49,8 +49,7 @@ def compare(
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
     from wbc.evaluate.report import _plt, display_name, fig_to_data_uri, pct, render
 
-    out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_file(Path(output) / "comparison.json").parent  # a one-line error before any work
     sa = classify_samples(data.samples, clf_a, batch_size, workers, reframe=reframe)
     sb = classify_samples(data.samples, clf_b, batch_size, workers, reframe=reframe)
     # the classes each answers among (--classes, Classifier.with_classes; default all of its own)

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.io import atomic_write_json, atomic_write_text, read_image
+from wbc.io import atomic_write_json, atomic_write_text, check_output_file, read_image
 from wbc.labels import canonical_label
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell
@@ -710,6 +710,7 @@ def evaluate_smears(
     """
     from wbc.analyze import classify_cells, move_cells, red_cell_target_of, within_canvas
 
+    check_output_file(output / "metrics.json")  # an unusable output ends the run before the fields, not after them
     load_errors: list[tuple[str, str]] = []
     items = (load_labelled_folder(dataset, split, load_errors) if dataset is not None
              else load_bccd(data_root, split, load_errors))
@@ -744,7 +745,6 @@ def evaluate_smears(
         model_id=getattr(classifier, "model_id", "") if classifier is not None else "",
         colour_calibration=classifier is not None and red_cell_target_of(classifier) is not None,
     )
-    output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / "metrics.json", metrics)
     atomic_write_text(output / "summary.md", summary_markdown(metrics))
     return metrics
