@@ -360,6 +360,25 @@ def test_compare_two_models(env: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "cmp" / "comparison.html").is_file()
 
 
+def test_compare_says_what_it_left_out(env: dict[str, Path], tmp_path: Path) -> None:
+    """--compare on a folder with an unreadable file and a label the models do not know spoke of the cells it scored
+    only: the terminal and the page said nothing of the rest, and comparison.json listed unreadable paths without a
+    reason. wbc evaluate reports all of them."""
+    res = CliRunner().invoke(app, ["evaluate", str(env["data"]), "--compare", str(env["model"]), str(env["model"]),
+                                   "-o", str(tmp_path / "cmp"), "--bootstrap", "100"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert r["n"] == 96 and r["n_images"] == 9 * 12 + 1 and r["not_scored"] == {"smudge": 12}
+    [(path, why)] = r["unreadable"]
+    assert path.endswith("broken.png") and "broken.png" in why and why != path
+    assert [Path(p).name for p, _ in r["skipped"]] == ["notes.txt"]
+    out = " ".join(res.output.split())
+    assert "broken.png" in out and "12 cells with labels that the two models do not both answer among" in out
+    page = " ".join((tmp_path / "cmp" / "comparison.html").read_text().split())
+    assert "Of the 109 images given, 1 could not be read (listed below) and 12 have labels" in page
+    assert "(smudge 12)" in page and "broken.png" in page
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_report_images_load_in_chromium(evaluated: tuple[dict, Path]) -> None:

@@ -125,6 +125,10 @@ def evaluate(
             f"{res['n']} cells: A {res['model_a']['accuracy']:.4f}  B {res['model_b']['accuracy']:.4f}  "
             f"A-B {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  McNemar "
             f"p={mc['p_value']:.3g}")
+        if res["not_scored"]:
+            warn(f"{sum(res['not_scored'].values())} cells with labels that the two models do not both answer among "
+                 f"(not scored): {res['not_scored']}; --map OLD=CLASS names them", "note:")
+        warn_skipped((msg for _, msg in res["unreadable"]), f"{output}/comparison.json")
         say(f"wrote {output / 'comparison.html'}, comparison.json, comparison.csv")
         return
 

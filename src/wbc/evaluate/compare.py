@@ -9,6 +9,7 @@ Writes ``comparison.json``, ``comparison.csv`` (both models' answers per cell) a
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,25 @@ def _names(a: Classifier, b: Classifier) -> tuple[str, str]:
     return na, nb
 
 
+def left_out_text(result: dict[str, Any]) -> str:
+    """The page's sentence on the images that are not part of the comparison ("" when every one is).
+
+    >>> left_out_text({"n_images": 45, "unreadable": [["a", "a: empty"], ["b", "b: cut"]], "not_scored": {"x": 1}})
+    'Of the 45 images given, 2 could not be read (listed below) and 1 has a label that the two models do not both \
+answer among (x 1); they are not part of this comparison.'
+    """
+    parts = []
+    if k := len(result["unreadable"]):
+        parts.append(f"{k:,} could not be read (listed below)")
+    if m := sum(result["not_scored"].values()):
+        labels = ", ".join(f"{lab} {n:,}" for lab, n in result["not_scored"].items())
+        parts.append(f"{m:,} {'has a label' if m == 1 else 'have labels'} that the two models do not both answer "
+                     f"among ({labels})")
+    if not parts:
+        return ""
+    return f"Of the {result['n_images']:,} images given, {' and '.join(parts)}; they are not part of this comparison."
+
+
 def compare(
     data: EvalData,
     clf_a: Classifier,
@@ -43,7 +63,9 @@ def compare(
 
     Each answers as ``wbc classify`` would (its ``--classes`` label set, TTA, and ``reframe``), so only the cells
     labelled with a class both answer among are scored, over those classes: a cell neither can name right would
-    only add the same error to both."""
+    only add the same error to both. What is left out is said (``unreadable`` with the reason, ``not_scored`` by
+    label, ``skipped``), in ``comparison.json`` and on the page, as ``wbc evaluate`` says it (before wbc 0.31.0 only
+    the unreadable files' paths were in ``comparison.json``)."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
@@ -57,10 +79,16 @@ def compare(
     classes = [c for c in (list(clf_a.label_set) or list(clf_a.classes)) if c in answered_b]
     pos_b = {str(s.path): i for i, s in enumerate(sb.samples)}
     rows = []  # (index in a, index in b)
+    not_scored: Counter[str] = Counter()  # read by both, labelled outside the classes both answer among
     for i, s in enumerate(sa.samples):
         j = pos_b.get(str(s.path))
         if j is not None and s.label in classes:
             rows.append((i, j))
+        elif j is not None:
+            not_scored[s.label] += 1
+    unreadable: dict[str, str] = {}  # path -> the first reason either model gave
+    for path, msg in [*sa.errors, *sb.errors]:
+        unreadable.setdefault(path, msg)
     if not rows:
         raise WbcError(f"{data.source}: no cell has a label that both models answer among ({', '.join(classes)})")
     ia = np.array([r[0] for r in rows])
@@ -92,7 +120,10 @@ def compare(
         "model_b": {"id": name_b, "path": str(clf_b.path), **summary(pred_b)},
         "mcnemar": mcnemar(ok_a, ok_b),
         "accuracy_difference": paired_accuracy_difference(ok_a, ok_b),
-        "unreadable": sorted({e[0] for e in sa.errors} | {e[0] for e in sb.errors}),
+        "n_images": len(data.samples),
+        "unreadable": [[path, msg] for path, msg in sorted(unreadable.items())],
+        "not_scored": dict(sorted(not_scored.items())),
+        "skipped": [list(e) for e in data.skipped],
     }
     atomic_write_json(out_dir / "comparison.json", result)
     atomic_write_csv(
@@ -151,6 +182,9 @@ def compare(
             {"name": display_name(c), "a": pct(ra["recall"][c]), "b": pct(rb["recall"][c])} for c in shown
         ],
         figure=fig_to_data_uri(fig),
+        left_out=left_out_text(result),
+        unreadable=[msg for _, msg in result["unreadable"][:50]],
+        unreadable_more=len(result["unreadable"]) - 50,
     )
     atomic_write_text(out_dir / "comparison.html", page)
     return result
