@@ -333,6 +333,39 @@ def test_an_output_that_is_a_file_is_one_line_before_any_work(
     assert taken.read_text() == "mine"
 
 
+def test_the_review_summary_counts_every_flag_wbc_classify_gives(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's "Here that flagged 5 cells; on the other 37 it was right 97.3%" counted the confidence threshold
+    alone, while wbc classify (predictions.csv's review column) also flags colours unlike the training images, a
+    second cell in view, ...: 6 flagged there. Here the most confident cell is flagged as out of distribution."""
+    import wbc.classify
+    from wbc.evaluate import evaluate
+
+    real = wbc.classify.classify_paths
+
+    def one_more_flag(*args, **kwargs):  # type: ignore[no-untyped-def]
+        res = real(*args, **kwargs)
+        p = max(res.predictions, key=lambda p: p.confidence)
+        p.review, p.ood = True, True
+        p.reasons.append("colours unlike the training images (OOD score 9.9)")
+        return res
+
+    monkeypatch.setattr(wbc.classify, "classify_paths", one_more_flag)
+    clf = load_model(env["model"])
+    clf.info.review_threshold = 0.15  # the tiny model states 0.13-0.18: some cells pass the threshold
+    m = evaluate(env["data"], clf, tmp_path / "o", n_boot=100, cams_per_class=0, gallery_size=1)
+    rows = [r for r in csv.DictReader((tmp_path / "o" / "predictions.csv").open()) if r["correct"]]
+    flagged = [r for r in rows if r["review"] == "true"]
+    sel = m["selective"]
+    assert sel["flagged_any"] == len(flagged) == sel["flagged"] + 1 and sel["flagged_other"] == 1
+    signed = [r["correct"] == "true" for r in rows if r["review"] == "false"]
+    assert sel["accepted_any_accuracy"] == pytest.approx(np.mean(signed))
+    text = " ".join((tmp_path / "o" / "report.html").read_text().split())
+    assert f"Here it flagged <b>{len(flagged)} cells" in text and f"on the other {len(signed)} cells" in text
+    assert f"{sel['flagged']} below the threshold and 1 for another reason" in text
+
+
 def test_compare_two_models(env: dict[str, Path], tmp_path: Path) -> None:
     weak = build_tiny_model(tmp_path / "weak.onnx", env["train"], model_id="tiny-weak", seed=5, c_reg=0.0005)
     res = CliRunner().invoke(

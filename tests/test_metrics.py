@@ -272,6 +272,16 @@ def test_training_summary_is_the_evaluation_summary() -> None:
     assert s4["accuracy_ci95"][0] < s4["accuracy"] < s4["accuracy_ci95"][1]
 
 
+def test_selective_counts_every_review_flag_when_given() -> None:
+    """The threshold flags cells 2 and 4 (below 0.7); wbc classify also flagged cell 0 (say, colours unlike the
+    training images): 3 flagged in all, and the calls signed off without a look are cells 1, 3 and 5."""
+    sel = selective_metrics(_probs(), Y_TRUE, 0.7, review=np.array([1, 0, 1, 0, 1, 0], bool))
+    assert (sel["flagged"], sel["flagged_any"], sel["flagged_other"]) == (2, 3, 1)
+    assert sel["accepted_any_fraction"] == pytest.approx(0.5)
+    assert sel["accepted_any_accuracy"] == sel["accepted_accuracy"] == 1.0 and sel["accepted_fraction"] == 4 / 6
+    assert "flagged_any" not in selective_metrics(_probs(), Y_TRUE, 0.7)
+
+
 def test_mcnemar_is_exact() -> None:
     r = mcnemar(np.array([1, 1, 0, 1], bool), np.array([1, 0, 0, 0], bool))
     assert (r["only_a_correct"], r["only_b_correct"], r["both_correct"], r["both_wrong"]) == (2, 0, 1, 1)

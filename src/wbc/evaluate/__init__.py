@@ -470,6 +470,8 @@ def evaluate(
             review_threshold=float(classifier.info.review_threshold),
             n_boot=n_boot,
             seed=seed,
+            # the flag wbc classify gives (predictions.csv's review column), every reason counted
+            review=np.array([p.review for p, k in zip(scored.predictions, known, strict=True) if k], bool),
         )
     )
     unknown = Counter(s.label for s, k in zip(scored.samples, known, strict=True) if not k)

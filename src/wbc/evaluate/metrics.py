@@ -151,23 +151,44 @@ def _renorm(p: np.ndarray) -> np.ndarray:
 
 
 def selective_metrics(
-    y_prob: np.ndarray, y_true: np.ndarray, review_threshold: float, coverages: Sequence[float] = COVERAGES
+    y_prob: np.ndarray,
+    y_true: np.ndarray,
+    review_threshold: float,
+    coverages: Sequence[float] = COVERAGES,
+    review: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Accuracy when only the most confident cells are accepted, and what the stored threshold does.
 
-    ``accepted_*`` describe the cells whose confidence is at or above ``review_threshold`` (the ones
-    ``wbc classify`` does not flag for review; none at a threshold of 1.0).
+    ``accepted_*`` describe the cells whose confidence is at or above ``review_threshold`` (the ones the threshold
+    alone does not flag; none at a threshold of 1.0). ``review``: the flag ``wbc classify`` gave each cell
+    (``predictions.csv``'s ``review`` column: the threshold, and colours unlike the training images, another cell in
+    view, evidence that changed the answer, an answer outside the chosen classes); with it, ``flagged_any``,
+    ``flagged_other`` (flagged though at or above the threshold), ``accepted_any_fraction`` and
+    ``accepted_any_accuracy`` describe the calls a lab would sign off without looking (before wbc 0.31.0 the report
+    counted the threshold's flags alone).
     """
     conf = y_prob.max(axis=1)
     correct = (y_prob.argmax(axis=1) == y_true).astype(float)
     accepted = ~under_review(conf, review_threshold)
-    return {
+    out: dict[str, Any] = {
         "accuracy_at_coverage": {f"{c:.2f}": coverage_accuracy(conf, correct, c) for c in coverages},
         "review_threshold": float(review_threshold),
         "accepted_fraction": float(accepted.mean()) if len(conf) else None,
         "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
         "flagged": int((~accepted).sum()),
     }
+    if review is not None:
+        review = np.asarray(review, bool)
+        if review.shape != conf.shape:
+            raise ValueError(f"review has shape {review.shape}, expected ({len(conf)},)")
+        signed = ~review
+        out.update(
+            flagged_any=int(review.sum()),
+            flagged_other=int((review & accepted).sum()),
+            accepted_any_fraction=float(signed.mean()) if len(conf) else None,
+            accepted_any_accuracy=float(correct[signed].mean()) if signed.any() else None,
+        )
+    return out
 
 
 def coverage_curve(y_prob: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -397,9 +418,11 @@ def classification_metrics(
     review_threshold: float = 0.0,
     n_boot: int = 1000,
     seed: int = 0,
+    review: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Everything ``metrics.json`` reports about a labelled set, from true class indices and the
-    model's probabilities as it states them (``y_prob``).
+    model's probabilities as it states them (``y_prob``); ``review``: ``wbc classify``'s review flag of each cell
+    (:func:`selective_metrics`).
 
     Every calibration measure of ``y_prob`` (``ece.calibrated``, ``reliability``) describes those probabilities.
     ``logits`` (raw, before temperature scaling) add the ECE with T = 1 (``raw``) and with ``temperature`` alone
@@ -415,7 +438,7 @@ def classification_metrics(
     with warnings.catch_warnings():  # classes absent from the data are handled explicitly below
         warnings.simplefilter("ignore", UserWarning)
         return _classification_metrics(
-            y_true, y_prob, classes, logits, temperature, review_threshold, n_boot, seed
+            y_true, y_prob, classes, logits, temperature, review_threshold, n_boot, seed, review
         )
 
 
@@ -428,6 +451,7 @@ def _classification_metrics(
     review_threshold: float,
     n_boot: int,
     seed: int,
+    review: np.ndarray | None = None,
 ) -> dict[str, Any]:
     y_pred = y_prob.argmax(axis=1)
     labels = present_labels(y_true, len(classes))
@@ -470,7 +494,7 @@ def _classification_metrics(
         "ece": calib,
         "reliability": reliability_bins(y_prob, y_true),
         "ci": confidence_intervals(y_true, y_pred, classes, n_boot=n_boot, seed=seed),
-        "selective": selective_metrics(y_prob, y_true, review_threshold),
+        "selective": selective_metrics(y_prob, y_true, review_threshold, review=review),
     }
 
 

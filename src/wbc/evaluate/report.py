@@ -163,6 +163,8 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
         paras.append(M("This model flags every cell for human review: the labelled cells it was checked on do not "
                        "show its review target (wbc adapt on a few cells; label more, or choose a target they show "
                        "with --review-target)."))
+    elif sel.get("flagged_any") is not None and (sel["flagged_any"] or sel["review_threshold"] > 0):
+        paras.append(review_paragraph(sel, n))
     elif sel.get("accepted_fraction") is not None and sel["review_threshold"] > 0:
         flagged = sel["flagged"]
         acc_ok = sel["accepted_accuracy"]
@@ -203,6 +205,30 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
             )
         )
     return paras
+
+
+def review_paragraph(sel: Mapping[str, Any], n: int) -> Markup:
+    """What ``wbc classify``'s review flag did on these cells, every reason counted as ``predictions.csv``'s
+    ``review`` column counts it (before wbc 0.31.0 the confidence threshold's flags alone), and how often the calls
+    a lab would sign off without looking were right."""
+    M = Markup
+    threshold = f"{sel['review_threshold']:.2f}"
+    flagged, other = sel["flagged_any"], sel["flagged_other"]
+    if sel["review_threshold"] > 0:
+        s = M("wbc flags a cell for human review, as wbc classify does, when the model's confidence is below {} or "
+              "for another reason (colours unlike the training images, another cell in view, ...: predictions.csv's "
+              "review_reasons column says which).").format(threshold)
+    else:
+        s = M("wbc flags a cell for human review, as wbc classify does, for reasons such as colours unlike the "
+              "training images or another cell in view (predictions.csv's review_reasons column says which).")
+    s += M(" Here it flagged <b>{} cell{} ({})</b>").format(f"{flagged:,}", "s" * (flagged != 1),
+                                                           pct(flagged / n if n else None, 0))
+    if flagged and sel["review_threshold"] > 0:
+        s += M(": {} below the threshold and {} for another reason").format(f"{flagged - other:,}", f"{other:,}")
+    if sel["accepted_any_accuracy"] is None:
+        return s + M(", every cell.")
+    return s + M("; on the other {} cells it was right <b>{}</b> of the time.").format(
+        f"{n - flagged:,}", pct(sel["accepted_any_accuracy"]))
 
 
 def caution_text(metrics: Mapping[str, Any]) -> str:
