@@ -134,6 +134,23 @@ def test_a_run_s_own_train_or_val_rows_are_said_not_to_be_held_out(split: str | 
     assert "Caution" not in " ".join(summary_paragraphs(m)) and caution_text(m) == ""
 
 
+def test_the_review_threshold_is_shown_with_the_digits_that_tell_it_from_the_cells() -> None:
+    """The report said "confidence below 0.99" and its chart "review threshold 0.99" for a threshold of 0.98633, so
+    a cell of 0.988, not flagged, read as below it; predictions.csv of the same run says 0.986."""
+    from wbc.evaluate.metrics import selective_metrics
+
+    m, _ = _case(n=120)
+    t = 0.9863332509994507
+    for review in (None, np.zeros(m["n"], bool)):  # the threshold-only sentence, and the one with every flag
+        m["selective"] = selective_metrics(np.eye(4)[np.arange(m["n"]) % 4] * 0.9 + 0.025, np.arange(m["n"]) % 4, t,
+                                           review=review)
+        text = " ".join(summary_paragraphs(m))
+        assert "below 0.986" in text and "0.99 " not in text and "0.99." not in text
+    from wbc.evaluate.report import threshold_label
+
+    assert threshold_label(t) == "review threshold 0.986"
+
+
 def test_report_html_is_complete_and_offline() -> None:
     m, inputs = _case()
     html = build_report(m, inputs)

@@ -21,6 +21,8 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from wbc.formats import threshold_text
+
 #: Plural display names of the canonical classes (others are shown as they are).
 DISPLAY_NAMES: dict[str, str] = {
     "basophil": "basophils",
@@ -168,7 +170,7 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
     elif sel.get("accepted_fraction") is not None and sel["review_threshold"] > 0:
         flagged = sel["flagged"]
         acc_ok = sel["accepted_accuracy"]
-        threshold = f"{sel['review_threshold']:.2f}"
+        threshold = threshold_text(sel["review_threshold"])
         paras.append(
             M(
                 "wbc flags a cell for human review when the model's confidence is below {}. Here that flagged "
@@ -212,7 +214,7 @@ def review_paragraph(sel: Mapping[str, Any], n: int) -> Markup:
     ``review`` column counts it (before wbc 0.31.0 the confidence threshold's flags alone), and how often the calls
     a lab would sign off without looking were right."""
     M = Markup
-    threshold = f"{sel['review_threshold']:.2f}"
+    threshold = threshold_text(sel["review_threshold"])
     flagged, other = sel["flagged_any"], sel["flagged_other"]
     if sel["review_threshold"] > 0:
         s = M("wbc flags a cell for human review, as wbc classify does, when the model's confidence is below {} or "
@@ -481,6 +483,17 @@ def plot_reliability(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
     return fig_to_data_uri(fig)
 
 
+def threshold_label(threshold: float) -> str:
+    """The coverage chart's marker label: the threshold with the digits that tell it from the confidences it flags
+    (:func:`wbc.formats.threshold_text`; before wbc 0.31.0 the report rounded 0.9863 to 0.99, above cells of 0.988 the
+    model had not flagged).
+
+    >>> threshold_label(0.9863332509994507)
+    'review threshold 0.986'
+    """
+    return f"review threshold {threshold_text(threshold)}"
+
+
 def plot_coverage(metrics: Mapping[str, Any], y_true: np.ndarray, y_prob: np.ndarray) -> str:
     from wbc.evaluate.metrics import coverage_curve
 
@@ -506,7 +519,7 @@ def plot_coverage(metrics: Mapping[str, Any], y_true: np.ndarray, y_prob: np.nda
     if sel.get("accepted_fraction") and sel["accepted_accuracy"] is not None and sel["review_threshold"] > 0:
         x, y = 100 * sel["accepted_fraction"], 100 * sel["accepted_accuracy"]
         ax.axvline(x, color="#D55E00", ls=":", lw=1.2)
-        ax.plot(x, y, "D", color="#D55E00", ms=6, label=f"review threshold {sel['review_threshold']:.2f}")
+        ax.plot(x, y, "D", color="#D55E00", ms=6, label=threshold_label(sel["review_threshold"]))
         ax.legend(loc="lower left", frameon=False, fontsize=9)
     ax.set_xlabel("Cells accepted without review (%), most confident first")
     ax.set_ylabel("Accuracy on accepted cells (%)")
