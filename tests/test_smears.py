@@ -226,3 +226,33 @@ def test_an_output_that_is_a_file_ends_the_run_in_one_line_before_any_field(
     with pytest.raises(WbcError, match="afile"):
         evaluate_smears(tmp_path, taken, Untouchable(), dataset=folder)
     assert taken.read_text() == "mine"
+
+
+def test_a_label_outside_the_classes_answered_among_is_counted_not_scored(tmp_path: Path) -> None:
+    """evaluate-smears --classes neutrophil,lymphocyte named all 9 neutrophils and lymphocytes of 12 BCCD fields right
+    and still read accuracy 0.75, macro-F1 0.61: the 3 eosinophils, which it can never answer, were scored as errors
+    (the artefact wbc evaluate fixed in 0.27.0). They are now counted apart, with what they were called."""
+    from wbc.evaluate.smears import BccdItem, evaluate_segmentation, summary_markdown
+
+    folder = _yolo_folder(tmp_path / "yolo", n=5)
+    labels = ["neutrophil", "neutrophil", "eosinophil", "neutrophil", "eosinophil"]
+    items = [BccdItem(f"f{i}", folder / "images" / f"f{i}.jpg", [tuple(map(float, BOX))], None, lab)
+             for i, lab in enumerate(labels)]
+    truth = iter(labels)
+
+    def classify(rgb: np.ndarray, cells: list[Cell]) -> list[str]:  # right within {neutrophil}, else neutrophil
+        lab = next(truth)
+        return [lab if lab == "neutrophil" else "neutrophil"]
+
+    m = evaluate_segmentation(items, OneCell().segment, classify, label_set=("neutrophil",))
+    sub = m["subtype"]
+    assert (sub["n"], sub["accuracy"], sub["macro_f1"]) == (3, 1.0, 1.0)
+    assert sub["not_scored"] == {"eosinophil": 2} and sub["not_scored_called"] == {"eosinophil": {"neutrophil": 2}}
+    assert "eosinophil" not in sub["confusion"] and [r.get("scored", True) for r in m["per_image"]] == [
+        True, True, False, True, False]
+    m.update(dataset="x", split="val")
+    assert "2 fields labelled outside the classes answered among (--classes) were not scored: eosinophil 2 (called " \
+        "neutrophil 2)" in summary_markdown(m)
+    # without a label set every labelled field is scored, as before
+    truth = iter(labels)
+    assert evaluate_segmentation(items, OneCell().segment, classify)["subtype"]["n"] == 5

@@ -49,7 +49,7 @@ def evaluate_smears(
     """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
     or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
     from wbc.evaluate.smears import evaluate_smears as run
-    from wbc.evaluate.smears import rate
+    from wbc.evaluate.smears import not_scored_note, rate
     from wbc.io import check_output_file
     from wbc.model import load_model
     from wbc.paths import data_root as resolve_root
@@ -73,6 +73,8 @@ def evaluate_smears(
     if m.get("subtype") and m["subtype"]["n"]:
         st = m["subtype"]
         say(f"  subtype accuracy {st['accuracy']:.3f} macro-F1 {st['macro_f1']:.3f} (n={st['n']})")
+    if m.get("subtype") and (note := not_scored_note(m["subtype"])):
+        warn(note, "note:")
     if unknown := m["unknown_box_names"]:
         warn("boxes named neither a WBC nor a red cell or platelet were not scored as WBCs: "
              + ", ".join(f"{k} ({v})" for k, v in unknown.items()), "note:")

@@ -494,11 +494,16 @@ def evaluate_segmentation(
     segment: Callable[[np.ndarray], list[Cell]],
     classify: Callable[[np.ndarray, list[Cell]], list[str]] | None = None,
     iou_thr: float = 0.5,
+    label_set: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Detection, segmentation and (with ``classify``) subtype metrics over BCCD items.
 
     ``classify(rgb, cells)`` returns one canonical label per cell; the end-to-end check uses the images
-    with one labelled WBC and compares the label of the detection best matching the WBC box. A field whose image
+    with one labelled WBC and compares the label of the detection best matching the WBC box. ``label_set``: the
+    classes ``classify`` answers among (``--classes``; empty: any); a field labelled outside them can never be
+    answered right, so it is not scored but counted in ``subtype.not_scored`` (label: fields) with what it was called
+    in ``subtype.not_scored_called``, as ``wbc evaluate`` lists such cells (before wbc 0.31.0 it was scored as wrong:
+    ``--classes neutrophil,lymphocyte`` that named every neutrophil and lymphocyte right read 0.75). A field whose image
     or mask cannot be read, or whose mask is not its size, is left out and listed in ``errors`` as (image, message):
     one bad file does not lose the other fields' scores.
     """
@@ -511,6 +516,7 @@ def evaluate_segmentation(
     per_image = []
     y_true: list[str] = []
     y_pred: list[str] = []
+    outside: dict[str, Counter[str]] = {}  # label outside ``label_set`` -> what those fields were called
     seconds = 0.0
     errors: list[tuple[str, str]] = []
     for it in items:
@@ -561,16 +567,19 @@ def evaluate_segmentation(
         else:  # no mask: nothing tells an unannotated cell, so every detection counts as in ``detection``
             ign["tp"] += int(sum(tp))
             ign["fp"] += len(tp) - int(sum(tp))
-        if classify is not None and it.label is not None and len(it.wbc_boxes) == 1 and cells:
-            labels = classify(rgb, cells)
-            best = max(range(len(cells)), key=lambda k: box_iou(boxes[k], it.wbc_boxes[0]))
-            y_true.append(it.label)
-            y_pred.append(labels[best] if box_iou(boxes[best], it.wbc_boxes[0]) >= iou_thr else "missed")
-            row.update(label=it.label, predicted=y_pred[-1])
-        elif classify is not None and it.label is not None and len(it.wbc_boxes) == 1:
-            y_true.append(it.label)
-            y_pred.append("missed")
-            row.update(label=it.label, predicted="missed")
+        if classify is not None and it.label is not None and len(it.wbc_boxes) == 1:
+            predicted = "missed"
+            if cells:
+                labels = classify(rgb, cells)
+                best = max(range(len(cells)), key=lambda k: box_iou(boxes[k], it.wbc_boxes[0]))
+                predicted = labels[best] if box_iou(boxes[best], it.wbc_boxes[0]) >= iou_thr else "missed"
+            row.update(label=it.label, predicted=predicted)
+            if label_set and it.label not in label_set:
+                outside.setdefault(it.label, Counter())[predicted] += 1
+                row["scored"] = False
+            else:
+                y_true.append(it.label)
+                y_pred.append(predicted)
         per_image.append(row)
     tp_n = int(sum(all_tp))
     det: dict[str, Any] = dict(_prf(tp_n, len(all_tp) - tp_n, n_gt - tp_n))
@@ -611,7 +620,11 @@ def evaluate_segmentation(
                 **_prf(tp_o, sum(r["n_pred"] for r in rows) - tp_o, sum(r["n_gt"] for r in rows) - tp_o),
             }
     if classify is not None:
-        out["subtype"] = subtype_metrics(y_true, y_pred)
+        out["subtype"] = {
+            **subtype_metrics(y_true, y_pred),
+            "not_scored": {lab: sum(c.values()) for lab, c in sorted(outside.items())},
+            "not_scored_called": {lab: dict(c.most_common()) for lab, c in sorted(outside.items())},
+        }
     return out
 
 
@@ -636,6 +649,23 @@ def subtype_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, A
         "f1_per_class": f1s,
         "confusion": confusion,
     }
+
+
+def not_scored_note(subtype: Mapping[str, Any]) -> str:
+    """The fields labelled outside the classes answered among, and what they were called ("" when none).
+
+    >>> not_scored_note({"not_scored": {"eosinophil": 3}, "not_scored_called": {"eosinophil": {"neutrophil": 3}}})
+    '3 fields labelled outside the classes answered among (--classes) were not scored: eosinophil 3 (called \
+neutrophil 3)'
+    """
+    outside = subtype.get("not_scored") or {}
+    if not outside:
+        return ""
+    called = subtype.get("not_scored_called") or {}
+    parts = [f"{lab} {n}" + (f" (called {', '.join(f'{c} {k}' for c, k in called[lab].items())})" if called.get(lab)
+                             else "") for lab, n in outside.items()]
+    return (f"{sum(outside.values())} fields labelled outside the classes answered among (--classes) were not scored: "
+            + "; ".join(parts))
 
 
 def summary_markdown(metrics: dict[str, Any]) -> str:
@@ -681,6 +711,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
             "the PBC training data; a few labels look wrong): read them as a transfer check, not as the",
             "classifier's accuracy.",
         ]
+    if sub and sub.get("not_scored"):
+        lines += ["", not_scored_note(sub) + "."]
     if unknown := metrics.get("unknown_box_names"):
         lines += ["", "Boxes not read as WBCs, whose names are neither a WBC nor a red cell or platelet: "
                   + ", ".join(f"{k} ({v})" for k, v in unknown.items()) + "."]
@@ -733,7 +765,8 @@ def evaluate_smears(
             move_cells(cells, dx, dy)
             return [c.prediction.label if c.prediction else "" for c in cells]
 
-    metrics = evaluate_segmentation(items, segment, classify)
+    label_set = tuple(getattr(classifier, "label_set", ()) or ()) if classifier is not None else ()
+    metrics = evaluate_segmentation(items, segment, classify, label_set=label_set)
     metrics["errors"] = [[f, m] for f, m in load_errors] + metrics["errors"]
     if metrics["errors"] and not metrics["n_images"]:
         raise WbcError(f"{dataset if dataset is not None else 'BCCD'}: none of the {len(metrics['errors'])} fields "
