@@ -626,6 +626,33 @@ def test_a_run_s_own_training_and_calibration_rows_carry_a_caution(env: dict[str
         assert ("train rows trained" in m["caution"]) is (split == "all") and "val rows chose" in m["caution"]
 
 
+def test_a_file_listed_twice_in_a_manifest_is_scored_once(env: dict[str, Path], tmp_path: Path) -> None:
+    """A manifest listing one file three times scored it three times (n and the class's support grew, every interval
+    narrowed), and one listed under two labels was scored right once and wrong once, with no word anywhere."""
+    from wbc.evaluate import evaluate, load_eval_data
+
+    files = [f for f in sorted(env["data"].glob("*/*.png")) if f.parent.name in CLASSES and f.name != "broken.png"]
+    rows = [Sample(f, f.parent.name, "test", -1, "") for f in files]
+    twice, clash = rows[0], rows[-1]
+    assert clash.label == "platelet"
+    listed = [*rows, twice, twice, Sample(clash.path, "lymphocyte", "test", -1, "")]
+    write_manifest(tmp_path / "m.csv", listed, root=tmp_path)
+    ed = load_eval_data(tmp_path / "m.csv", "test", root=tmp_path)
+    assert len(ed.samples) == len(rows) - 1 and Path(clash.path) not in {Path(x.path) for x in ed.samples}
+    assert [why.split(":")[0] for _, why in ed.repeated] == [
+        "listed 2 times with different labels (lymphocyte, platelet)", "listed again with the same label",
+        "listed again with the same label"]
+    m = evaluate(ed, load_model(env["model"]), tmp_path / "o", n_boot=100, cams_per_class=0, gallery_size=1)
+    assert m["n"] == len(rows) - 1 and m["per_class"][twice.label]["support"] == 12
+    assert len(m["repeated"]) == 3 and sum("different labels" in why for _, why in m["repeated"]) == 1
+    text = " ".join((tmp_path / "o" / "report.html").read_text().split())
+    assert "The manifest has 2 rows naming a file already listed, with the same label (scored once), and 1 file " \
+        "listed with different labels (not scored)" in text
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "m.csv"), "--data-root", str(tmp_path), "--model",
+                                   str(env["model"]), "-o", str(tmp_path / "cli"), "--bootstrap", "100"])
+    assert res.exit_code == 0 and "2 rows naming a file already listed" in " ".join(res.output.split()), res.output
+
+
 def test_refitted_temperature_is_fitted_over_the_chosen_classes(
     env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

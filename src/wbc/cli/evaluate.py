@@ -80,6 +80,7 @@ def evaluate(
         default_model_for,
         in_sample_note,
         load_eval_data,
+        repeated_note,
         resolve_data_path,
         resolve_model_path,
     )
@@ -105,8 +106,15 @@ def evaluate(
             raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder")
     check_output_file(output / ("comparison.json" if compare else "metrics.json"))  # before any work, in one line
     ed = load_eval_data(data, split, maps, root)
-    if ed.is_manifest and (note := in_sample_note(Counter(x.split for x in ed.samples),
-                                                   any(x.fold >= 0 for x in ed.samples))):
+    if note := repeated_note(ed.repeated):
+        where = "comparison.json" if compare else "metrics.json"
+        warn(f"{ed.source}: {note[0].lower()}{note[1:]}; e.g. {ed.repeated[0][0]}; all listed in {output}/{where}",
+             "note:")
+    splits = Counter(x.split for x in ed.samples) if ed.is_manifest else Counter()
+    cross_validation = any(x.fold >= 0 for x in ed.samples)
+    if default_model_for(ed.source) is None and not cross_validation:
+        splits.pop("val", None)  # "val" rows of a manifest outside a run folder calibrated no model known here
+    if note := in_sample_note(splits, cross_validation):
         warn(f"{ed.source}: {note}: these numbers are not held-out accuracy (--split test is)", "note:")
 
     if compare:

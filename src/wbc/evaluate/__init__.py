@@ -31,7 +31,16 @@ from wbc.paths import data_root as default_data_root
 if TYPE_CHECKING:
     from wbc.model import Classifier
 
-__all__ = ["EvalData", "evaluate", "in_sample_note", "load_eval_data", "load_fold_metrics", "resolve_model_path"]
+__all__ = [
+    "EvalData",
+    "dedupe_rows",
+    "evaluate",
+    "in_sample_note",
+    "load_eval_data",
+    "load_fold_metrics",
+    "repeated_note",
+    "resolve_model_path",
+]
 
 #: Images shown per gallery, and Grad-CAM cells per class, in the report.
 GALLERY_SIZE = 12
@@ -48,6 +57,7 @@ class EvalData:
     split: str | None = None  # manifest split used; None for a folder or "all"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): non-images etc.
     is_manifest: bool = False
+    repeated: list[tuple[str, str]] = field(default_factory=list)  # (path, what): manifest rows naming a file again
 
     @property
     def description(self) -> str:
@@ -93,6 +103,54 @@ def resolve_data_path(data: str | os.PathLike[str], root: Path | None = None) ->
     return p
 
 
+def dedupe_rows(samples: Sequence[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """A manifest's rows with each file once, and what was left out as (path, what).
+
+    A file listed again with the same label is scored once (its first row); one listed with different labels is not
+    scored at all, since neither label can be trusted over the other. Before wbc 0.31.0 every row was scored as a
+    cell of its own, silently: a file listed three times counted three times and narrowed every interval.
+    """
+    keys = [Path(s.path).resolve() for s in samples]
+    groups: dict[Path, list[Sample]] = {}
+    for k, s in zip(keys, samples, strict=True):
+        groups.setdefault(k, []).append(s)
+    kept: list[Sample] = []
+    repeated: list[tuple[str, str]] = []
+    for k, s in zip(keys, samples, strict=True):
+        group = groups[k]
+        labels = sorted({g.label for g in group})
+        first = s is group[0]
+        if len(labels) > 1:
+            if first:
+                repeated.append((str(s.path), f"listed {len(group)} times with different labels ({', '.join(labels)}): "
+                                              "not scored"))
+        elif first:
+            kept.append(s)
+        else:
+            repeated.append((str(s.path), "listed again with the same label: scored once"))
+    return kept, repeated
+
+
+def repeated_note(repeated: Sequence[Sequence[str]]) -> str:
+    """How many manifest rows named a file again (scored once) or files with different labels (not scored); "" for
+    none.
+
+    >>> repeated_note([["a.jpg", "listed again with the same label: scored once"],
+    ...                ["b.jpg", "listed 2 times with different labels (ig, monocyte): not scored"]])
+    'The manifest has 1 row naming a file already listed, with the same label (scored once), and 1 file listed with \
+different labels (not scored)'
+    """
+    again = sum(why.startswith("listed again") for _, why in repeated)
+    clash = len(repeated) - again
+    parts = []
+    if again:
+        rows = f"{again:,} row{'s' * (again != 1)}"
+        parts.append(f"{rows} naming a file already listed, with the same label (scored once)")
+    if clash:
+        parts.append(f"{clash:,} file{'s' * (clash != 1)} listed with different labels (not scored)")
+    return f"The manifest has {', and '.join(parts)}" if parts else ""
+
+
 def _relabel(label: str, mapping: dict[str, str] | None) -> str:
     """The canonical class name when ``label`` is a known spelling, else the label as mapped/written."""
     return canonical_label(label, mapping) or (mapping or {}).get(label, label)
@@ -126,8 +184,11 @@ def load_eval_data(
                     f"{p}: no rows in split {want!r} (splits here: {', '.join(splits) or 'none'}; "
                     "use --split all for every row)"
                 )
-        samples = [Sample(r.path, _relabel(r.label, mapping), r.split, r.fold, r.sha1) for r in rows]
-        return EvalData(samples, p, want, [], is_manifest=True)
+        samples, repeated = dedupe_rows(
+            [Sample(r.path, _relabel(r.label, mapping), r.split, r.fold, r.sha1) for r in rows])
+        if not samples:
+            raise WbcError(f"{p}: every file is listed with different labels ({repeated[0][0]}: {repeated[0][1]})")
+        return EvalData(samples, p, want, [], is_manifest=True, repeated=repeated)
     try:
         scan = scan_folder(p, mapping)
         samples = list(scan.samples)
@@ -486,6 +547,7 @@ def evaluate(
     }
     metrics["unreadable"] = [list(e) for e in scored.errors]
     metrics["skipped"] = [list(e) for e in ed.skipped]
+    metrics["repeated"] = [list(e) for e in ed.repeated]
     if refit_temperature:
         metrics["ece"]["refit"] = _refit_on_val(
             ed, classifier, mapping, root, batch_size, workers, logits, y_true, reframe

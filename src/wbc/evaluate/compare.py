@@ -124,6 +124,7 @@ def compare(
         "unreadable": [[path, msg] for path, msg in sorted(unreadable.items())],
         "not_scored": dict(sorted(not_scored.items())),
         "skipped": [list(e) for e in data.skipped],
+        "repeated": [list(e) for e in data.repeated],
     }
     atomic_write_json(out_dir / "comparison.json", result)
     atomic_write_csv(

@@ -21,6 +21,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from wbc.evaluate import in_sample_note, repeated_note
 from wbc.formats import threshold_text
 
 #: Plural display names of the canonical classes (others are shown as they are).
@@ -200,6 +201,8 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
         )
     if caution := caution_text(metrics):
         paras.append(M("{}").format(caution))
+    if note := repeated_note(metrics.get("repeated") or []):
+        paras.append(M("{} (listed in metrics.json).").format(note))
     if metrics.get("unreadable"):
         paras.append(
             M("{} image file(s) could not be read and were left out (listed at the end).").format(
@@ -240,8 +243,6 @@ def caution_text(metrics: Mapping[str, Any]) -> str:
     A folder and another run's manifest may hold the model's training images; a run's own train and val rows
     certainly trained or calibrated it (before wbc 0.31.0 the report had no caution for those).
     """
-    from wbc.evaluate import in_sample_note
-
     if metrics.get("data_kind") == "folder":
         return ("Caution: if any of these images were used to train the model, the numbers above are too optimistic. "
                 "Evaluate on a run's manifest (its test split) for an unbiased estimate.")
