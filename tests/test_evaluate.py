@@ -653,6 +653,29 @@ def test_a_file_listed_twice_in_a_manifest_is_scored_once(env: dict[str, Path], 
     assert res.exit_code == 0 and "2 rows naming a file already listed" in " ".join(res.output.split()), res.output
 
 
+def test_a_run_folder_without_its_model_means_its_manifest(env: dict[str, Path], tmp_path: Path) -> None:
+    """`wbc evaluate runs/default`, as the docs show it, failed in every checkout with "no images in class folders":
+    runs/default/model.onnx is not committed, and a run folder was its manifest only beside its model. A folder
+    holding manifest.csv and no class folders is now its manifest, scored with the shipped model (and said so)."""
+    from wbc.evaluate import resolve_data_path
+
+    run = tmp_path / "run"
+    (run / "fold_0").mkdir(parents=True)  # sub-folders without images do not make a class-per-folder set
+    files = [f for f in sorted(env["data"].glob("*/*_000.png")) if f.parent.name in CLASSES]
+    write_manifest(run / "manifest.csv", [Sample(f, f.parent.name, "test", -1, "") for f in files], root=tmp_path)
+    assert resolve_data_path(run) == run / "manifest.csv"
+    cells = tmp_path / "cells"  # a class-per-folder set stays one, a manifest.csv in it or not
+    (cells / "neutrophil").mkdir(parents=True)
+    shutil.copy(files[0], cells / "neutrophil" / "a.png")
+    (cells / "manifest.csv").write_text("path,label\n")
+    assert resolve_data_path(cells) == cells
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data-root", str(tmp_path), "-o", str(tmp_path / "o"),
+                                   "--bootstrap", "100"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "no model.onnx beside" in " ".join(res.output.split())
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["n"] == len(files)
+
+
 def test_refitted_temperature_is_fitted_over_the_chosen_classes(
     env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,7 +81,6 @@ def evaluate(
         in_sample_note,
         load_eval_data,
         repeated_note,
-        resolve_data_path,
         resolve_model_path,
     )
     from wbc.evaluate import (
@@ -140,10 +139,12 @@ def evaluate(
         say(f"wrote {output / 'comparison.html'}, comparison.json, comparison.csv")
         return
 
-    model_path = resolve_model_path(model) if model else default_model_for(resolve_data_path(data, root))
+    model_path = resolve_model_path(model) if model else default_model_for(ed.source)
     clf = load_model(model_path, threads=threads).with_classes(classes).with_tta(tta)
     if model is None and model_path is not None:
         say(f"using the run's own model {model_path}")
+    elif model is None and ed.is_manifest and ed.source.name == "manifest.csv":
+        say(f"no model.onnx beside {ed.source}: scoring with the model shipped with wbc (--model names another)")
     with progress("classifying", len(ed.samples)) as update:
         m = run_evaluate(
             ed,

@@ -90,7 +90,9 @@ review threshold", '')
 
 def resolve_data_path(data: str | os.PathLike[str], root: Path | None = None) -> Path:
     """``data`` as given, else under the data root (``pbc`` -> ``<root>/pbc``); a run folder with a
-    ``manifest.csv`` means that manifest."""
+    ``manifest.csv`` means that manifest: one with its ``model.onnx``, or one without (``runs/default`` in a checkout,
+    where the model file is not committed) whose sub-folders hold no images, so it cannot be a class-per-folder set
+    (before wbc 0.31.0 that was read as one: "no images in class folders")."""
     p = Path(data).expanduser()
     if not p.exists():
         alt = (root or default_data_root()) / p
@@ -98,9 +100,15 @@ def resolve_data_path(data: str | os.PathLike[str], root: Path | None = None) ->
             where = "" if p.is_absolute() else f" (nor {alt})"
             raise WbcError(f"{p}: no such folder or manifest{where}")
         p = alt
-    if p.is_dir() and (p / "manifest.csv").is_file() and (p / "model.onnx").is_file():
+    if p.is_dir() and (p / "manifest.csv").is_file() and ((p / "model.onnx").is_file() or not _has_class_images(p)):
         return p / "manifest.csv"
     return p
+
+
+def _has_class_images(folder: Path) -> bool:
+    """Whether any sub-folder of ``folder`` holds an image file directly (a class-per-folder set does)."""
+    return any(d.is_dir() and not d.name.startswith(".") and any(is_image_file(f) for f in d.iterdir())
+               for d in folder.iterdir())
 
 
 def dedupe_rows(samples: Sequence[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
