@@ -127,8 +127,9 @@ def test_selective_prediction(m: dict) -> None:
     # most confident first: .97 .91 .81 .71 right, .61 .51 wrong
     sel = m["selective"]
     acc = sel["accuracy_at_coverage"]
-    assert acc["0.90"] == pytest.approx(4 / 5)  # round(5.4) = 5 cells
-    assert acc["0.95"] == pytest.approx(4 / 6) and acc["0.99"] == pytest.approx(4 / 6)
+    assert acc["0.90"] == pytest.approx(4 / 5) and sel["cells_at_coverage"] == {"0.90": 5}  # round(5.4) = 5 cells
+    # 95 % and 99 % of 6 cells keep all 6: the overall accuracy, not a selective one (wbc 0.30.0 reported them)
+    assert set(acc) == {"0.90"}
     assert sel["review_threshold"] == 0.7
     assert sel["accepted_fraction"] == pytest.approx(4 / 6)
     assert sel["accepted_accuracy"] == 1.0
@@ -280,6 +281,18 @@ def test_selective_counts_every_review_flag_when_given() -> None:
     assert sel["accepted_any_fraction"] == pytest.approx(0.5)
     assert sel["accepted_any_accuracy"] == sel["accepted_accuracy"] == 1.0 and sel["accepted_fraction"] == 4 / 6
     assert "flagged_any" not in selective_metrics(_probs(), Y_TRUE, 0.7)
+
+
+def test_a_coverage_that_keeps_every_cell_is_left_out() -> None:
+    """On 42 cells "the 99 % most confident" kept all 42 (round(41.58)), and the report said "if the least confident
+    1% of cells went to a human" beside the overall accuracy; 95 % kept 40 of 42."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 42)
+    p = softmax(rng.normal(0, 1, (42, 3)), 1.0)
+    sel = selective_metrics(p, y, 0.5)
+    assert set(sel["accuracy_at_coverage"]) == {"0.90", "0.95"} and sel["cells_at_coverage"] == {"0.90": 38, "0.95": 40}
+    assert set(selective_metrics(np.tile(p, (3, 1)), np.tile(y, 3), 0.5)["accuracy_at_coverage"]) == {
+        "0.90", "0.95", "0.99"}  # 126 cells: 99 % keeps 125
 
 
 def test_mcnemar_is_exact() -> None:

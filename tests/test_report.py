@@ -151,6 +151,19 @@ def test_the_review_threshold_is_shown_with_the_digits_that_tell_it_from_the_cel
     assert threshold_label(t) == "review threshold 0.986"
 
 
+def test_key_numbers_say_how_many_cells_a_coverage_kept() -> None:
+    """On 42 cells the key numbers said "Accuracy on the 99% most confident ... If the least confident 1% of cells
+    went to a human": that kept all 42, the overall accuracy. Each row now gives the cells kept and left."""
+    from wbc.evaluate.report import key_numbers_rows
+
+    m, _ = _case(n=42)
+    measures = [r["measure"] for r in key_numbers_rows(m) if r["measure"].startswith("Accuracy on")]
+    assert measures == ["Accuracy on the 90% most confident (38 of 42 cells)",
+                        "Accuracy on the 95% most confident (40 of 42 cells)"]
+    meanings = [r["meaning"] for r in key_numbers_rows(m) if r["measure"].startswith("Accuracy on")]
+    assert meanings[1] == "If the least confident 2 cells (5%) went to a human."
+
+
 def test_report_html_is_complete_and_offline() -> None:
     m, inputs = _case()
     html = build_report(m, inputs)

@@ -159,6 +159,9 @@ def selective_metrics(
 ) -> dict[str, Any]:
     """Accuracy when only the most confident cells are accepted, and what the stored threshold does.
 
+    ``accuracy_at_coverage`` (coverage: accuracy) and ``cells_at_coverage`` (coverage: cells kept) hold the
+    coverages that leave at least one cell out.
+
     ``accepted_*`` describe the cells whose confidence is at or above ``review_threshold`` (the ones the threshold
     alone does not flag; none at a threshold of 1.0). ``review``: the flag ``wbc classify`` gave each cell
     (``predictions.csv``'s ``review`` column: the threshold, and colours unlike the training images, another cell in
@@ -170,8 +173,15 @@ def selective_metrics(
     conf = y_prob.max(axis=1)
     correct = (y_prob.argmax(axis=1) == y_true).astype(float)
     accepted = ~under_review(conf, review_threshold)
+    n = len(conf)
+    # the cells each coverage keeps, as coverage_accuracy counts them; a coverage that keeps every cell (99 % of
+    # fewer than 50) is no selective accuracy but the overall one, and is left out (before wbc 0.31.0 the report
+    # showed it as "if the least confident 1% went to a human" though none did)
+    kept = {f"{c:.2f}": max(1, round(c * n)) for c in coverages}
     out: dict[str, Any] = {
-        "accuracy_at_coverage": {f"{c:.2f}": coverage_accuracy(conf, correct, c) for c in coverages},
+        "accuracy_at_coverage": {f"{c:.2f}": coverage_accuracy(conf, correct, c) for c in coverages
+                                 if kept[f"{c:.2f}"] < n},
+        "cells_at_coverage": {key: k for key, k in kept.items() if k < n},
         "review_threshold": float(review_threshold),
         "accepted_fraction": float(accepted.mean()) if len(conf) else None,
         "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,

@@ -505,8 +505,9 @@ def plot_coverage(metrics: Mapping[str, Any], y_true: np.ndarray, y_prob: np.nda
     ax.plot(100 * cov, 100 * acc, color="#0072B2", lw=1.8)
     lines = []
     for c, a in sel["accuracy_at_coverage"].items():
-        ax.plot(100 * float(c), 100 * a, "o", color="#0072B2", ms=5)
-        lines.append(f"{100 * float(c):.0f}% accepted: {100 * a:.1f}% right")
+        share = sel.get("cells_at_coverage", {}).get(c, float(c) * len(y_true)) / max(len(y_true), 1)
+        ax.plot(100 * share, 100 * a, "o", color="#0072B2", ms=5)
+        lines.append(f"{100 * share:.0f}% accepted: {100 * a:.1f}% right")
     ax.text(
         0.03,
         0.14,
@@ -645,13 +646,16 @@ def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
                 f"The raw scores with T = {r['temperature']:.2f} refitted on {r['fitted_on']} (temperature alone).",
             )
         )
+    n = metrics["n"]
     for c, a in metrics["selective"]["accuracy_at_coverage"].items():
+        k = metrics["selective"].get("cells_at_coverage", {}).get(c, round(float(c) * n))
         rows.append(
             (
-                f"Accuracy on the {100 * float(c):.0f}% most confident",
+                f"Accuracy on the {100 * k / n:.0f}% most confident ({k:,} of {n:,} cells)",
                 pct(a),
                 "",
-                f"If the least confident {100 - 100 * float(c):.0f}% of cells went to a human.",
+                f"If the least confident {n - k:,} cell{'s' * (n - k != 1)} ({100 * (n - k) / n:.0f}%) went to a "
+                "human.",
             )
         )
     return [{"measure": a, "value": b, "ci": c, "meaning": d} for a, b, c, d in rows]
