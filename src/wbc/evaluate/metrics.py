@@ -256,9 +256,9 @@ def resample_indices(n: int, n_boot: int, seed: int = 0, chunk: int = 250) -> It
     """The one bootstrap of wbc: ``n_boot`` resamples of ``n`` items (with replacement), as index arrays
     (B, n) in chunks of at most ``chunk`` rows, which bounds the memory of the index array.
 
-    By hand rather than ``scipy.stats.bootstrap``: every metric of one report (accuracy, macro-F1, recall
-    and precision of each class) comes from the same resamples in one bincount per chunk, and a class a
-    resample lacks is left out of that class's interval instead of turning it into NaN.
+    By hand rather than ``scipy.stats.bootstrap``: every metric :func:`bootstrap_cis` resamples (accuracy, macro-F1,
+    recall and precision of each class; wbc reports the macro-F1 one) comes from the same resamples in one bincount
+    per chunk, and a class a resample lacks is left out of that class's interval instead of turning it into NaN.
 
     >>> [b.shape for b in resample_indices(10, 600)]
     [(250, 10), (250, 10), (100, 10)]
