@@ -117,7 +117,8 @@ def predict_embeddings(net: WbcNet | Ensemble, images: np.ndarray, mean, std, ba
 def summarise(logits: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 0,
               seed: int = 0) -> dict[str, Any]:
     """Training's summary of scored cells, the same numbers ``wbc evaluate`` reports
-    (:func:`wbc.evaluate.metrics.summary_metrics`); ``n_boot`` > 0 adds 95% bootstrap intervals."""
+    (:func:`wbc.evaluate.metrics.summary_metrics`); ``n_boot`` > 0 adds 95% intervals (exact binomial for accuracy
+    and recall, bootstrap for macro-F1)."""
     return summary_metrics(labels, logits.argmax(1), classes, n_boot=n_boot, seed=seed)
 
 
