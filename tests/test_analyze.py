@@ -572,3 +572,24 @@ def test_smear_outputs_list_the_classes_answered_and_no_platelet_rate(clf, tmp_p
     assert cells and "p_platelet" in cells[0]
     flagged = any(c["review"] == "1" for c in cells)
     assert _legend_rows(out / "f.png") == len(want) + flagged  # and a row for the review mark
+
+
+@pytest.mark.parametrize("edge", ["left", "top"])
+def test_a_box_past_the_field_edge_is_checked_against_the_field_stop(edge: str) -> None:
+    """A cell whose box reaches past the image's left or top edge (a custom segmenter may give one) is checked on its
+    part inside the image: its window started at a negative index, so the wrong columns were read and it was not
+    flagged although its visible part lies on the field stop as a box inside the image does."""
+    from wbc.analyze import cut_by_field_stop
+
+    stop = np.zeros((200, 300), bool)
+    stop[:, :10] = True  # the field stop: the 10 leftmost columns are black
+    m = np.ones((60, 60), bool)
+    inside, past = Cell(1, (0, 70, 60, 130), m, m), Cell(2, (-20, 70, 40, 130), m, m)  # 60 or 40 columns visible
+    if edge == "top":
+        stop = np.ascontiguousarray(stop.T)
+        inside, past = (Cell(c.id, (c.box[1], c.box[0], c.box[3], c.box[2]), m, m) for c in (inside, past))
+    assert cut_by_field_stop(inside, stop) and cut_by_field_stop(past, stop)
+    far = np.zeros_like(stop)
+    far[-10:, -10:] = True  # a stop far from the cell
+    assert not cut_by_field_stop(past, far)
+    assert not cut_by_field_stop(Cell(3, (-80, -80, -20, -20), m, m), stop)  # wholly outside the image

@@ -384,12 +384,17 @@ FIELD_STOP_REASON = "cut by the edge of the field of view"
 
 def cut_by_field_stop(cell: Cell, stop: np.ndarray) -> bool:
     """True when more than 1 % of ``cell``'s area lies within 2 px of the field stop ``stop`` (the outside of an
-    eyepiece photo's field of view, :func:`wbc.preprocess.field_stop_mask`): part of the cell is not in the image."""
+    eyepiece photo's field of view, :func:`wbc.preprocess.field_stop_mask`): part of the cell is not in the image.
+    A box reaching past the image's edge (:class:`wbc.types.Cell` allows it) is checked on its part inside the image:
+    before wbc 0.31.0 one past the left or top edge was checked against the wrong columns or rows."""
     x0, y0, x1, y1 = cell.box
     h, w = stop.shape
-    a, b, c, d = max(0, x0 - 2), max(0, y0 - 2), min(w, x1 + 2), min(h, y1 + 2)
-    near = cv2.dilate(stop[b:d, a:c].astype(np.uint8), np.ones((5, 5), np.uint8))[y0 - b : y1 - b, x0 - a : x1 - a]
-    mask = cell.cell_mask[: near.shape[0], : near.shape[1]]
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)  # the box within the image
+    if cx1 <= cx0 or cy1 <= cy0:
+        return False
+    a, b, c, d = max(0, cx0 - 2), max(0, cy0 - 2), min(w, cx1 + 2), min(h, cy1 + 2)
+    near = cv2.dilate(stop[b:d, a:c].astype(np.uint8), np.ones((5, 5), np.uint8))[cy0 - b : cy1 - b, cx0 - a : cx1 - a]
+    mask = cell.cell_mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     return bool(np.count_nonzero(near.astype(bool) & mask) > 0.01 * max(1, int(mask.sum())))
 
 
