@@ -593,3 +593,27 @@ def test_a_box_past_the_field_edge_is_checked_against_the_field_stop(edge: str) 
     far[-10:, -10:] = True  # a stop far from the cell
     assert not cut_by_field_stop(past, far)
     assert not cut_by_field_stop(Cell(3, (-80, -80, -20, -20), m, m), stop)  # wholly outside the image
+
+
+def test_a_phone_photo_turned_by_its_exif_is_analysed_as_every_viewer_shows_it(clf) -> None:
+    """A smear photo whose JPEG says "turn 90 degrees clockwise to show" (phones write it): the JSON's width, height
+    and boxes are those of the photo as every viewer and browser shows it, the same as for the photo saved turned
+    (before wbc 0.31.0 they were in the stored pixels' frame: boxes drawn over the photo in a browser missed)."""
+    import io
+
+    from PIL import Image
+
+    from wbc.analyze import analyze_bytes
+
+    rgb, boxes, *_ = synthetic_smear(n_wbc=2, seed=5)
+    stored = np.ascontiguousarray(np.rot90(rgb, 1))  # the camera's pixels
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(buf, "JPEG", quality=95, exif=exif)
+    shown, res = analyze_bytes(buf.getvalue(), "phone.jpg", clf, ClassicalSegmenter())
+    assert shown.shape == rgb.shape and (res.width, res.height) == (rgb.shape[1], rgb.shape[0])
+    centres = sorted(((c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2) for c in res.cells)
+    truth = sorted(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes)
+    assert len(centres) == len(truth)
+    assert all(np.hypot(x - u, y - v) < 10 for (x, y), (u, v) in zip(centres, truth, strict=True))

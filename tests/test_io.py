@@ -106,24 +106,73 @@ def test_reduced_jpeg_decode_never_goes_below_min_size() -> None:
     assert decode_image(enc.tobytes(), "x.jpg", min_size=300).shape[:2] == (400, 360)
 
 
-def test_a_jpeg_is_turned_the_same_way_read_reduced_or_whole() -> None:
-    """A JPEG whose EXIF says "rotate" (a phone photo) is read unrotated whether it is decoded at a reduced size or
-    whole (OpenCV's reduced decoding applied the rotation and its whole decoding did not, so the same file came out
-    turned by its size, and a region cut by coordinates of one decoding from the other was the wrong one)."""
+def _tagged(rgb: np.ndarray, fmt: str, orientation: int) -> bytes:
+    """``rgb`` saved as ``fmt`` with its EXIF orientation tag set (a phone's photo turned in the file)."""
     import io
 
     from PIL import Image
 
-    rgb = np.zeros((400, 600, 3), np.uint8)
-    rgb[:50, :100] = 255  # a mark in the top-left corner
-    im = Image.fromarray(rgb)
-    exif = im.getexif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
     buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif, quality=95)
-    whole, reduced = decode_image(buf.getvalue(), "p.jpg"), decode_image(buf.getvalue(), "p.jpg", min_size=100)
-    assert whole.shape[:2] == (400, 600) and reduced.shape[:2] == (100, 150)  # 1/4, the same way up
-    assert reduced[:10, :20].mean() > 200 and reduced[-10:, -20:].mean() < 50  # the mark where it was
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    kwargs = {"tiffinfo": {0x0112: orientation}} if fmt == "TIFF" else {"exif": exif}
+    Image.fromarray(rgb).save(buf, fmt, quality=95, **kwargs) if fmt == "JPEG" else Image.fromarray(rgb).save(
+        buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_a_jpeg_is_turned_the_same_way_read_reduced_or_whole() -> None:
+    """A JPEG whose EXIF says "rotate" (a phone photo) is turned the same way whether it is decoded at a reduced size
+    or whole (OpenCV's reduced decoding applied the rotation and its whole decoding did not, so the same file came out
+    turned by its size, and a region cut by coordinates of one decoding from the other was the wrong one); since wbc
+    0.31.0 both turn it as viewers show it."""
+    rgb = np.zeros((400, 600, 3), np.uint8)
+    rgb[:50, :100] = 255  # a mark in the top-left corner of the stored pixels
+    data = _tagged(rgb, "JPEG", 6)  # orientation: rotate 90 degrees clockwise to display
+    whole, reduced = decode_image(data, "p.jpg"), decode_image(data, "p.jpg", min_size=100)
+    assert whole.shape[:2] == (600, 400) and reduced.shape[:2] == (150, 100)  # 1/4, the same way up
+    assert whole[:100, -50:].mean() > 200 and reduced[:20, -10:].mean() > 200  # the mark top right, as shown
+    assert reduced[-10:, :20].mean() < 50
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "WEBP"])
+def test_an_image_is_read_in_the_orientation_every_viewer_shows(tmp_path: Path, fmt: str) -> None:
+    """A file whose EXIF orientation says how to show it (a phone's photo through an eyepiece) is read turned as
+    every viewer and browser shows it (Pillow's ``exif_transpose``), from a path and from bytes alike: its boxes
+    were in the stored pixels' frame, turned 90 degrees from the photo as shown (before wbc 0.31.0). OpenCV's TIFF
+    decoder turns a TIFF itself: it must not be turned twice."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    yy, xx = np.mgrid[:120, :160]
+    rgb = np.stack([xx * 255 // 160, yy * 255 // 120, np.full_like(xx, 128)], axis=-1).astype(np.uint8)
+    for orientation in range(1, 9):
+        data = _tagged(rgb, fmt, orientation)
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")).astype(int)
+        path = tmp_path / f"o{orientation}.{fmt.lower()}"
+        path.write_bytes(data)
+        for got in (read_image(path), decode_image(data, "x")):
+            assert got.shape == shown.shape, (orientation, got.shape)
+            assert np.abs(got.astype(int) - shown).mean() < 1.0, orientation
+
+
+def test_exif_orientation_is_read_from_a_jpeg_header_by_hand() -> None:
+    """The orientation of a JPEG is read from its EXIF block (big- or little-endian, behind other APP segments);
+    a file without one, or with a malformed one, is shown as stored."""
+    from wbc.io import exif_orientation
+
+    rgb = np.full((16, 24, 3), 200, np.uint8)
+    assert [exif_orientation(_tagged(rgb, "JPEG", o)) for o in range(1, 9)] == list(range(1, 9))
+    ok, plain = cv2.imencode(".jpg", rgb)
+    assert ok and exif_orientation(plain.tobytes()) == 1
+    tiff = b"MM\x00*\x00\x00\x00\x08\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x08\x00\x00"  # big-endian, 8
+    app1 = b"Exif\x00\x00" + tiff
+    jpg = plain.tobytes()
+    jpg = jpg[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpg[2:]
+    assert exif_orientation(jpg) == 8 and decode_image(jpg, "x.jpg").shape[:2] == (24, 16)
+    broken = jpg[:2] + b"\xff\xe1\x00\x0cExif\x00\x00MM\x00*" + jpg[2:]  # the directory's offset cut off
+    assert exif_orientation(broken) == 1
 
 
 def test_iter_image_paths_sorted_recursive_and_missing(tmp_path: Path) -> None:
@@ -323,3 +372,27 @@ def test_cv2_first_keeps_the_decoder_s_message_for_a_broken_file(name: str, data
     got = out.stdout.decode().strip()
     assert got.startswith(said), got + out.stderr.decode()[-300:]
     assert ("import wbc first" in got) == name.endswith(".pam"), got
+
+
+def test_a_single_cell_photo_turned_by_its_exif_is_classified_as_shown() -> None:
+    """`wbc classify` (:func:`wbc.classify.decode_cell_views`, reduced decoding and re-framing from the whole
+    decoding) sees a phone's photo tagged "turn 90 degrees to show" as the same photo saved already turned: the reduced
+    and whole decodings are turned alike, so a region found on one is cut from the other in the same place."""
+    from wbc.classify import decode_cell_views
+    from wbc.reframe import DEFAULT_STATS
+
+    rng = np.random.default_rng(0)
+    shown = np.clip(rng.normal(0, 3, (900, 1600, 3)) + np.array([235, 225, 228]), 0, 255).astype(np.uint8)
+    cv2.circle(shown, (1100, 300), 110, (220, 180, 200), -1)  # the cell, off the centre of a wide frame
+    cv2.circle(shown, (1080, 290), 60, (90, 40, 140), -1)  # its nucleus
+    cv2.circle(shown, (1150, 250), 20, (60, 20, 110), -1)  # a lobe: the cell looks different turned
+    stored = np.ascontiguousarray(np.rot90(shown, 1))  # the camera's pixels; the tag says turn 90 degrees clockwise
+    assert np.array_equal(np.rot90(stored, -1), shown)
+    ok, plain = cv2.imencode(".jpg", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    a = decode_cell_views(plain.tobytes(), "shown.jpg", 160, DEFAULT_STATS)
+    b = decode_cell_views(_tagged(stored, "JPEG", 6), "tagged.jpg", 160, DEFAULT_STATS)
+    for x, y in zip(a, b, strict=True):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert np.abs(x.astype(int) - y.astype(int)).mean() < 2  # 6.5 when read as stored

@@ -256,3 +256,20 @@ def test_a_label_outside_the_classes_answered_among_is_counted_not_scored(tmp_pa
     # without a label set every labelled field is scored, as before
     truth = iter(labels)
     assert evaluate_segmentation(items, OneCell().segment, classify)["subtype"]["n"] == 5
+
+
+def test_a_yolo_box_on_a_photo_turned_by_its_exif_is_placed_on_the_photo_as_shown(tmp_path: Path) -> None:
+    """YOLO boxes are fractions of the photo as shown; a phone's JPEG stored 60 x 100 with "turn 90 degrees to show"
+    is read as shown (100 x 60, :func:`wbc.io.read_image`), so its boxes are scaled by the shown sides."""
+    from PIL import Image
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("WBC\n")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (60, 100), (200, 200, 200)).save(root / "images" / "p.jpg", exif=exif)
+    (root / "labels" / "p.txt").write_text("0 0.5 0.25 0.2 0.5\n")  # x 40-60 of 100, y 0-30 of 60, as shown
+    [item] = load_labelled_folder(root, None)
+    assert [tuple(round(v) for v in b) for b in item.wbc_boxes] == [(40, 0, 60, 30)]

@@ -266,12 +266,14 @@ def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> l
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) without decoding the pixels where the format allows."""
+    """(width, height) without decoding the pixels where the format allows, as :func:`wbc.io.read_image` reads the
+    image: turned by its EXIF orientation (YOLO's normalised boxes are the photo's as shown)."""
     try:
         from PIL import Image
 
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
     except Exception:  # fall back to a full decode, which names the file on failure
         rgb = read_image(path)
         return rgb.shape[1], rgb.shape[0]
