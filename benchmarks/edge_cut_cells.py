@@ -90,7 +90,7 @@ def pbc_rows(args: argparse.Namespace, root: Path, clf: Any, seg: Any) -> list[d
             if near:
                 q = min(near, key=lambda q: (centre(q)[0] - ex) ** 2 + (centre(q)[1] - ey) ** 2)
                 p = q.prediction
-                row.update(est_share=round(share_beyond_image_edge(q, part.shape), 4), answer=p.label,
+                row.update(est_share=share_beyond_image_edge(q, part.shape), answer=p.label,
                            confidence=round(p.confidence, 4), edge_flag=EDGE_REASON in p.reasons,
                            other_flag=bool(p.review and any(x != EDGE_REASON for x in p.reasons)))
             out.append(row)
@@ -116,7 +116,7 @@ def field_rows(args: argparse.Namespace, root: Path, clf: Any, seg: Any) -> list
                                 c.nucleus_mask, c.cell_mask)
                 p = c.prediction
                 out.append({"fields": name, "field": it.name, "touches_border": c.touches_border,
-                            "est_share": round(share_beyond_image_edge(in_field, field.shape), 4),
+                            "est_share": share_beyond_image_edge(in_field, field.shape),
                             "edge_flag": EDGE_REASON in p.reasons,
                             "other_flag": bool(p.review and any(x != EDGE_REASON for x in p.reasons))})
     return out
