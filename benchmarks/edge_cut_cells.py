@@ -151,6 +151,24 @@ def summary(cut: list[dict[str, Any]], fields: list[dict[str, Any]], shares: lis
     return out
 
 
+def by_keep(cut: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per share of the box kept: the cells found, named wrongly, left unflagged by anything but the edge flag (and
+    of them wrong), flagged for the edge, and the mean true and estimated shares cut off."""
+    out = []
+    for keep in sorted({r["keep"] for r in cut}, reverse=True):
+        rows = [r for r in cut if r["keep"] == keep]
+        found = [r for r in rows if r["found"]]
+        left = [r for r in found if not r["other_flag"]]
+        out.append({"keep": keep, "cells": len(rows), "found": len(found),
+                    "wrong": sum(r["answer"] != r["label"] for r in found),
+                    "unflagged_otherwise": len(left), "unflagged_otherwise_wrong": sum(r["answer"] != r["label"]
+                                                                                        for r in left),
+                    "edge_flagged": sum(r["edge_flag"] for r in found),
+                    "true_share": round(float(np.mean([r["true_share"] for r in found])), 4) if found else None,
+                    "est_share": round(float(np.mean([r["est_share"] for r in found])), 4) if found else None})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--split", default="val", help="manifest and dataset split (val: for choosing; never tune on test)")
@@ -163,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", type=Path, default=ROOT / "runs/default/manifest.csv")
     ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/edge_cut_cells.json")
+    ap.add_argument("--rows", action="store_true", help="also write every cut cell and field cell (about 1 MB)")
     args = ap.parse_args(argv)
 
     from _provenance import provenance
@@ -179,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     clf, seg = load_model(), get_segmenter("auto")
     cut = pbc_rows(args, root, clf, seg)
     fields = field_rows(args, root, clf, seg)
-    res = {"provenance": provenance(__file__, argv, clf.model_id), "split": args.split,
-           "summary": summary(cut, fields, args.shares), "pbc_cut_cells": cut, "field_cells": fields}
+    res: dict[str, Any] = {"provenance": provenance(__file__, argv, clf.model_id), "split": args.split,
+                           "summary": summary(cut, fields, args.shares), "by_keep": by_keep(cut)}
+    if args.rows:
+        res.update(pbc_cut_cells=cut, field_cells=fields)
     atomic_write_json(args.output, res)
-    for row in res["summary"]:
+    for row in (*res["summary"], *res["by_keep"]):
         print(row)
     return 0
 
