@@ -411,7 +411,7 @@ EDGE_REASON = "cut by the image's edge"
 #: (:func:`share_beyond_image_edge`). Chosen on PBC val cells (the training lab: no out-of-distribution flag) shown
 #: as fields cut by an image edge at 5-60 % of their box: the answers left unflagged are wrong 2 of 635 times at
 #: 0.05, as often as whole cells' (1 of 313), 1 of 337 at 0.02 and 8 of 1,049 at 0.1, above the review threshold's
-#: 0.5 % (docs/smear_analysis.md, "Cells cut by the image's edge").
+#: 0.5 % (docs/smear_analysis.md, "The flag for a cell cut by the image's edge").
 EDGE_CUT_SHARE: float = 0.05
 
 
