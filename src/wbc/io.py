@@ -209,11 +209,15 @@ def exif_orientation(data: bytes) -> int:
     if not (data[:8] == b"\x89PNG\r\n\x1a\n" or data[:4] in (b"II*\x00", b"MM\x00*")
             or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
         return 1  # formats without EXIF (BMP, GIF) or that Pillow does not open: as stored
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            value = int(im.getexif().get(0x0112, 1))
+        with warnings.catch_warnings():  # the size was checked against wbc's own limit before (image_size)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                value = int(im.getexif().get(0x0112, 1))
     except Exception:  # an unreadable header: the decoder names the problem
         return 1
     return value if 1 <= value <= 8 else 1
