@@ -1,8 +1,8 @@
-"""Which images `wbc analyze` says do not look like a blood-smear field (:func:`wbc.analyze.not_a_smear`).
+"""Which images `wbc analyze` says do not look like a blood-smear field (:func:`wbc.smear_look.not_a_smear`).
 
 Every image goes the way :func:`wbc.analyze.analyze_image` takes it: refused when it is no photo
-(:func:`wbc.preprocess.not_a_photo`) or grey (:func:`wbc.analyze.check_colour`), else measured within any canvas
-(:func:`wbc.analyze.smear_look`) and flagged or passed. Counted per set:
+(:func:`wbc.preprocess.not_a_photo`) or grey (:func:`wbc.smear_look.check_colour`), else measured within any canvas
+(:func:`wbc.smear_look.smear_look`) and flagged or passed. Counted per set:
 
 * smear fields, tuned on (none may be flagged): BCCD train and val, TXL-PBC train and val (less the fields that show
   a BCCD test image), BCCD train+val fields cut to the part beside their WBCs (a field without a WBC), BCCD mosaics
@@ -235,11 +235,12 @@ def duotone(rgb: np.ndarray) -> np.ndarray:
 
 def judge(rgb: np.ndarray) -> dict[str, Any]:
     """What `wbc analyze` does with ``rgb`` before segmenting: ``refused`` (its message), or the field's
-    :class:`wbc.analyze.SmearLook` and ``flagged`` (:func:`wbc.analyze.not_a_smear`'s reason, or None)."""
+    :class:`wbc.smear_look.SmearLook` and ``flagged`` (:func:`wbc.smear_look.not_a_smear`'s reason, or None)."""
     from dataclasses import asdict
 
-    from wbc.analyze import check_colour, check_field, not_a_smear, smear_look, within_canvas
+    from wbc.analyze import check_field, within_canvas
     from wbc.errors import WbcError
+    from wbc.smear_look import check_colour, not_a_smear, smear_look
 
     try:
         check_field(rgb, "image")
@@ -285,12 +286,13 @@ def tally(images: Iterable[Image], smears: bool, every: bool = False) -> dict[st
 
 
 def timing(root: Path, n: int = 20, repeats: int = 3) -> dict[str, Any]:
-    """Milliseconds a field for :func:`wbc.analyze.smear_look` and for all of :func:`wbc.analyze.analyze_image` (which
-    includes it; default model and segmenter, two threads) on ``n`` BCCD val fields: the two interleaved field by
+    """Milliseconds a field for :func:`wbc.smear_look.smear_look` and for all of :func:`wbc.analyze.analyze_image`
+    (which includes it; default model and segmenter, two threads) on ``n`` BCCD val fields: the two interleaved field by
     field, each ``repeats`` times, so that a busy machine slows both alike; the median over fields of each field's
     fastest run, wall-clock and CPU (all threads)."""
     import wbc
-    from wbc.analyze import analyze_image, smear_look
+    from wbc.analyze import analyze_image
+    from wbc.smear_look import smear_look
 
     fields = [rgb for _, rgb in read_all(bccd_split(root, "val")[:n])]
     clf, seg = wbc.load_model(threads=2), wbc.load_segmenter(threads=2)

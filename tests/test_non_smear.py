@@ -1,7 +1,7 @@
 """Images that are no blood smear (a photograph, a page, blank glass): said in every output, their cells flagged.
 
 Before wbc 0.31.0 `wbc analyze`, the Python API, POST /analyze and the case store gave a cat's photograph "WBCs" and
-a differential, or "no white blood cell found", and nothing said the image was no smear (wbc.analyze.not_a_smear).
+a differential, or "no white blood cell found", and nothing said the image was no smear (wbc.smear_look.not_a_smear).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from wbc.types import Cell
 sys.path.insert(0, str(Path(__file__).parent))
 from test_serve import classifier, model_path, png_bytes  # noqa: F401  (session fixtures)
 
-#: How such a field's warning begins, and its cells' review reason (wbc.analyze.NOT_A_SMEAR_WARNING, _REASON).
+#: How such a field's warning begins, and its cells' review reason (wbc.smear_look.NOT_A_SMEAR_WARNING, _REASON).
 NOT_A_SMEAR_WARNING = "does not look like a blood-smear field"
 NOT_A_SMEAR_REASON = "its field does not look like a blood smear"
 
@@ -69,7 +69,7 @@ class OneCell:
                                   lambda: photograph("immunohistochemistry"), blank_glass, printed_text],
                          ids=["cat", "astronaut", "coffee", "rocket", "tissue section", "blank glass", "blue text"])
 def test_photographs_pages_and_blank_glass_do_not_look_like_smears(make) -> None:
-    from wbc.analyze import not_a_smear
+    from wbc.smear_look import not_a_smear
 
     assert not_a_smear(make())
 
@@ -77,9 +77,9 @@ def test_photographs_pages_and_blank_glass_do_not_look_like_smears(make) -> None
 def test_smear_fields_look_like_smears() -> None:
     """The shipped BCCD example fields, synthetic smears with and without WBCs, tinted, and a wide 1600 x 1200 frame
     of 14 px red cells (benchmarks/non_smear.py measures every BCCD and TXL-PBC field: none is flagged)."""
-    from wbc.analyze import NOT_A_SMEAR_REASON as REASON
-    from wbc.analyze import NOT_A_SMEAR_WARNING as WARNING
-    from wbc.analyze import not_a_smear
+    from wbc.smear_look import NOT_A_SMEAR_REASON as REASON
+    from wbc.smear_look import NOT_A_SMEAR_WARNING as WARNING
+    from wbc.smear_look import not_a_smear
 
     assert (WARNING, REASON) == (NOT_A_SMEAR_WARNING, NOT_A_SMEAR_REASON)
     fields = [read_image(p) for p in sorted((PACKAGE_DIR / "example_fields").glob("*.jpg"))]

@@ -255,7 +255,8 @@ def test_result_types_name_the_json_they_have(clf, seg) -> None:
 
 def test_array_refusal_without_a_name_reads_as_a_sentence(seg) -> None:
     """An array refused without ``name`` gave a message starting with ": "."""
-    from wbc.analyze import analyze_image, check_colour
+    from wbc.analyze import analyze_image
+    from wbc.smear_look import check_colour
 
     with pytest.raises(wbc.errors.ImageReadError, match=r"^the image: expected an 8-bit RGB array"):
         analyze_image(np.zeros((64, 64), np.uint8), None, seg)

@@ -144,12 +144,12 @@ def analyze(
 
 
 def warn_not_smears(docs: list[dict[str, Any]], output: Path) -> None:
-    """Name each field that does not look like a blood smear (:func:`wbc.analyze.not_a_smear`) on a line of its own,
+    """Name each field that does not look like a blood smear (:func:`wbc.smear_look.not_a_smear`) on a line of its own,
     with why and what became of its cells: the first :data:`~wbc.cli._common.SKIPPED_SHOWN`, then how many more
     (their JSON in ``output`` and report.html say it too). Before wbc 0.31.0 a photograph among the fields gave its
     "WBCs" to the differential without a word."""
-    from wbc.analyze import NOT_A_SMEAR_WARNING
     from wbc.cli._common import SKIPPED_SHOWN
+    from wbc.smear_look import NOT_A_SMEAR_WARNING
 
     said = [f"{d['image']}: {w}" for d in docs for w in d.get("warnings") or () if w.startswith(NOT_A_SMEAR_WARNING)]
     for line in said[:SKIPPED_SHOWN]:

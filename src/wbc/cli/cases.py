@@ -144,11 +144,12 @@ def create_case(
 
     A file whose content is already in the case (named twice, a folder and a file in it, a copy under another
     name) is skipped with a warning: each image is counted once."""
-    from wbc.analyze import NOT_A_SMEAR_WARNING, analyze_bytes
+    from wbc.analyze import analyze_bytes
     from wbc.cases.store import create_case_from_fields, file_digest, prepare_field
     from wbc.io import iter_image_paths, no_images_message, read_bytes
     from wbc.model import load_model
     from wbc.segment import get_segmenter
+    from wbc.smear_look import NOT_A_SMEAR_WARNING
 
     files = list(iter_image_paths(paths))
     if not files:
