@@ -113,6 +113,54 @@ def test_opencv_errors_become_readable_per_file_errors() -> None:
         decode_image(b"\x89PNG\r\n\x1a\n" + bytes(40), "junk.png")
 
 
+def damaged_png(rgb: np.ndarray) -> bytes:
+    """A PNG one flipped byte damaged: its first IDAT chunk's length, so that OpenCV (libpng: CRC error) fails and
+    Pillow raises SyntaxError ("broken PNG file"), an exception no caller caught before wbc 0.32.0."""
+    b = bytearray(cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes())
+    b[b.index(b"IDAT") - 1] ^= 43
+    return bytes(b)
+
+
+def test_a_png_pillow_calls_broken_is_one_line_naming_pillows_reason() -> None:
+    with pytest.raises(ImageReadError, match=r"^x\.png: not a readable image \(broken PNG file \(chunk .*\)\)$"):
+        decode_image(damaged_png(synthetic_cell("neutrophil", 96, seed=1)), "x.png")
+
+
+def test_a_png_pillow_calls_broken_loses_only_itself_in_classify_analyze_and_the_http_api(
+        model_file: Path, tmp_path: Path) -> None:
+    """One byte of bit rot in one PNG ended the whole `wbc classify` run with a traceback, made ``/classify`` answer
+    500 for every upload beside it and ``wbc.analyze_images(errors=[])`` raise (Pillow's SyntaxError escaped)."""
+    import wbc
+    from wbc.segment import get_segmenter
+
+    good = write_png(tmp_path / "good.png", synthetic_cell("neutrophil", 96, seed=1))
+    bad = tmp_path / "rot.png"
+    bad.write_bytes(damaged_png(synthetic_cell("lymphocyte", 96, seed=2)))
+    clf = load_model(model_file, threads=1)
+    res = classify_paths([good, bad], clf, workers=1)
+    assert [Path(p.path).name for p in res.predictions] == ["good.png"]
+    assert [(Path(p).name, "broken PNG file" in m) for p, m in res.errors] == [("rot.png", True)]
+
+    field = write_png(tmp_path / "field.png", synthetic_smear(n_wbc=1, seed=1)[0])
+    (tmp_path / "rot_field.png").write_bytes(damaged_png(synthetic_smear(n_wbc=1, seed=2)[0]))
+    errors: list[tuple[str, str]] = []
+    out = wbc.analyze_images([field, tmp_path / "rot_field.png"], clf, get_segmenter("classical"), errors=errors)
+    assert len(out) == 1 and [Path(p).name for p, _ in errors] == ["rot_field.png"]
+    assert "broken PNG file" in errors[0][1]
+
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from wbc.serve.app import create_app
+
+    with TestClient(create_app(clf, get_segmenter("classical"), max_upload_mb=2)) as client:
+        r = client.post("/classify", files=[("files", (p.name, p.read_bytes(), "image/png")) for p in (good, bad)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["n"] == 1 and [e["filename"] for e in body["errors"]] == ["rot.png"]
+    assert "broken PNG file" in body["errors"][0]["error"]
+
+
 def test_classify_keeps_the_good_cells_and_names_every_bad_file(hostile_cells: Path, model_file: Path) -> None:
     clf = load_model(model_file, threads=1)
     res = classify_paths(list(iter_image_paths([hostile_cells])), clf, batch_size=4, workers=2)

@@ -100,13 +100,15 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     An image that cannot be analysed (unreadable, grey, no photo) raises :class:`wbc.errors.ImageReadError` naming
     the file, and the other fields' results are lost. Given a list as ``errors`` (since wbc 0.30.0), each such file
     is appended to it as ``(path, message)``, as ``classify_images`` lists its ``errors``, and the others are
-    answered: one bad field in a day's batch no longer loses the rest. The default stays raising, so that code
-    written before cannot take a short list for a complete one. A TIFF of several fields is analysed on its first,
-    and its result's ``warnings`` say so.
+    answered: one bad field in a day's batch no longer loses the rest. So is, since wbc 0.32.0, a field whose
+    analysis failed with another exception ("analysis failed (...)", as `wbc analyze` says it). The default stays
+    raising, so that code written before cannot take a short list for a complete one. A TIFF of several fields is
+    analysed on its first, and its result's ``warnings`` say so.
     """
     from pathlib import Path
 
     from wbc.analyze import analyze_bytes
+    from wbc.batch import one_line
     from wbc.errors import ImageReadError
     from wbc.io import read_bytes
 
@@ -121,4 +123,8 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
             if errors is None:
                 raise
             errors.append((str(p), str(exc)))
+        except Exception as exc:  # a decoder's own failure, as `wbc analyze` words it (wbc.batch.analyze_job)
+            if errors is None:
+                raise
+            errors.append((str(p), f"{p}: analysis failed ({exc.__class__.__name__}: {one_line(exc)})"))
     return out

@@ -550,10 +550,25 @@ class CellBatch:
 
 def _load(path: Path, size: int, reframe: bool | FramingStats = False, second: bool = True
           ) -> CellViews | str:
+    """One file's cell views, or the one-line message saying why it cannot be one: never an exception, so that one
+    file a decoder fails on in a way wbc does not know (before wbc 0.32.0, Pillow's SyntaxError for a damaged PNG)
+    cannot end the run and lose every other file's answer."""
     try:
         return read_cell_views(path, size, reframe, second)
     except ImageReadError as exc:
         return str(exc)
+    except Exception as exc:
+        return unreadable_message(str(path), exc)
+
+
+def unreadable_message(name: str, exc: BaseException) -> str:
+    """The one line for a file whose reading failed with an exception wbc does not expect (a decoder's own).
+
+    >>> unreadable_message("a.png", SyntaxError("broken PNG file\\nmore"))
+    'a.png: could not be read (SyntaxError: broken PNG file)'
+    """
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return f"{name}: could not be read ({exc.__class__.__name__}{': ' + text if text else ''})"
 
 
 def iter_batches(

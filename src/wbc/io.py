@@ -324,8 +324,12 @@ def check_pixels(size: tuple[int, int], name: str, max_pixels: int) -> None:
         raise ImageTooLargeError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,} pixels")
 
 
+#: What Pillow raises on a malformed file: OSError (a truncated file; ``UnidentifiedImageError`` is one), ValueError,
+#: SyntaxError (a PNG chunk whose length or CRC one flipped byte damaged: "broken PNG file") and EOFError (a file cut
+#: inside a header). Before wbc 0.32.0 the last two escaped as a traceback that ended the whole `wbc classify` run.
+PILLOW_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, EOFError)
 #: What decoders raise on malformed or oversized data; each becomes an ImageReadError naming the file.
-DECODE_ERRORS: tuple[type[BaseException], ...] = (cv2.error, ValueError, MemoryError, OverflowError, OSError)
+DECODE_ERRORS: tuple[type[BaseException], ...] = (cv2.error, MemoryError, OverflowError, *PILLOW_ERRORS)
 
 
 def decode_image(
@@ -386,7 +390,7 @@ def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int 
 
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
     """Fallback for formats OpenCV cannot read; returns BGR(A) like OpenCV so conversion is shared."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as opened:
@@ -397,13 +401,32 @@ def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
             arr = np.asarray(im)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: image is far too large to decode ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageReadError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+    except PILLOW_ERRORS as exc:
+        raise ImageReadError(f"{name}: not a readable image ({pillow_reason(exc)})") from None
     if arr.dtype == np.int32:
         arr = np.clip(arr, 0, 65535).astype(np.uint16)
     if arr.ndim == 3 and arr.shape[2] >= 3:
         arr = np.concatenate([arr[:, :, 2::-1], arr[:, :, 3:]], axis=2)
     return arr
+
+
+def pillow_reason(exc: BaseException) -> str:
+    """Pillow's reason for refusing a file, on one line (at most 160 characters), for a message that names the file:
+    "image file is truncated", "broken PNG file (chunk ...)". An unknown format keeps its class name, as Pillow's
+    message would only repeat an in-memory object's address.
+
+    >>> from PIL import UnidentifiedImageError
+    >>> pillow_reason(OSError("image file is truncated")), pillow_reason(UnidentifiedImageError("cannot identify x"))
+    ('image file is truncated', 'UnidentifiedImageError')
+    >>> pillow_reason(EOFError())
+    'EOFError'
+    """
+    from PIL import UnidentifiedImageError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, UnidentifiedImageError) or not text:
+        return exc.__class__.__name__
+    return text[:160]
 
 
 def tiff_fields(data: bytes) -> int:

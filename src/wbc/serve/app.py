@@ -525,7 +525,7 @@ def create_app(
                                 f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
         clf = chosen_classes(app.state.classifier, classes, tta)
         size = int(clf.info.input_size)
-        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, decode_cell_views
+        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, decode_cell_views, unreadable_message
         from wbc.errors import ImageTooLargeError
         from wbc.reframe import framing_stats_of
 
@@ -565,6 +565,8 @@ def create_app(
                     names.append(name)
                 except WbcError as exc:
                     errors.append({"filename": name, "error": str(exc)})
+                except Exception as exc:  # a decoder's own failure is this file's problem, not a 500 for all
+                    errors.append({"filename": name, "error": unreadable_message(name, exc)})
             return classify_images(np.stack(cells), clf, names, second, framing, others) if cells else []
 
         preds = await in_inference_slot(app.state, work) if checked else []
