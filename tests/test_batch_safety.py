@@ -278,6 +278,39 @@ def test_a_tiff_of_several_fields_says_only_the_first_was_analysed(model_file: P
     assert texts["pyramid"] and "only the first" not in texts["pyramid"]
 
 
+def test_a_tiff_of_several_cells_is_flagged_and_said_in_classify_and_the_http_api(model_file: Path,
+                                                                                  tmp_path: Path) -> None:
+    """An ImageJ stack of cell crops was answered as one cell, in `wbc classify`, ``classify_images`` and
+    ``/classify``, with nothing saying that the other pages were never classified."""
+    from PIL import Image
+
+    cells = [Image.fromarray(synthetic_cell(c, 96, seed=i)) for i, c in enumerate(["neutrophil", "lymphocyte"])]
+    cells[0].save(tmp_path / "stack.tif", save_all=True, append_images=cells[1:])
+    cells[1].save(tmp_path / "one.tif")
+    clf = load_model(model_file, threads=1)
+    res = classify_paths([tmp_path / "stack.tif", tmp_path / "one.tif"], clf, workers=1)
+    stack, one = res.predictions
+    assert stack.review and "the file holds 2 images; only the first was classified" in stack.reasons
+    assert not any("only the first" in r for r in one.reasons)
+    from wbc.classify import several_images_note
+
+    assert res.several_images_note() == several_images_note(res.predictions)
+    assert (res.several_images_note() or "").startswith("1 of 2 files holds several images; only the first of each")
+
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from wbc.segment import get_segmenter
+    from wbc.serve.app import create_app
+
+    with TestClient(create_app(clf, get_segmenter("classical"), max_upload_mb=2)) as client:
+        r = client.post("/classify", files=[("files", (n, (tmp_path / n).read_bytes(), "image/tiff"))
+                                            for n in ("stack.tif", "one.tif")])
+    body = r.json()
+    assert r.status_code == 200 and body["warnings"] and res.several_images_note() in body["warnings"]
+    assert "the file holds 2 images; only the first was classified" in body["results"][0]["review_reasons"]
+
+
 def test_read_image_refuses_a_field_over_the_analysis_limit_from_its_header(tmp_path: Path) -> None:
     from wbc.analyze import MAX_ANALYZE_PIXELS
 

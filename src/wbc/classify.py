@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import numpy as np
 from wbc.calibration import under_review
 from wbc.cytoplasm import Evidence, single_cell_evidence
 from wbc.errors import ImageReadError, ImageTooLargeError, checked_whole
-from wbc.io import decode_image, image_size, read_bytes
+from wbc.io import decode_image, image_size, read_bytes, tiff_fields
 from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
 from wbc.preprocess import check_rgb8, field_of_view, not_a_photo, resize_square, scaled_view
@@ -67,6 +68,10 @@ class ClassifyResult:
     def other_cells_note(self) -> str | None:
         """:func:`other_cells_note` of these predictions."""
         return other_cells_note(self.predictions)
+
+    def several_images_note(self) -> str | None:
+        """:func:`several_images_note` of these predictions."""
+        return several_images_note(self.predictions)
 
 
 def outside_note(preds: Sequence[Prediction]) -> str | None:
@@ -133,6 +138,49 @@ def other_cells_note(preds: Sequence[Prediction]) -> str | None:
         return None
     return (f"{n} of {len(preds)} images show more than one nucleated cell: each is answered for one of them and "
             "flagged for review; crop each cell on its own to have it answered")
+
+
+#: A cell's review reason when its file holds several images (:func:`several_images_reason`), as a pattern.
+_SEVERAL_IMAGES = re.compile(r"the file holds \d+ images; only the first was classified")
+
+
+def several_images_reason(pages: int) -> str:
+    """Why a cell whose file holds ``pages`` images (a multi-page TIFF: an ImageJ stack, a microscope's z-stack or
+    time series) is flagged: only the first image was classified, so the others' cells are in no count.
+
+    >>> several_images_reason(4)
+    'the file holds 4 images; only the first was classified'
+    """
+    return f"the file holds {pages} images; only the first was classified"
+
+
+def flag_several_images(preds: Sequence[Prediction], pages: Mapping[int, int]) -> None:
+    """Flag for review, saying why (:func:`several_images_reason`), the cells of ``preds`` whose file holds several
+    images ({index in ``preds``: how many images}, from :class:`wbc.reframe.CellViews`). Before wbc 0.32.0 a stack of
+    four cells was answered as one cell, and nothing said three were never looked at. The pages are not classified as
+    cells of their own: a stack may as well be one cell's focal planes or exposures, which would count it N times."""
+    for at, n in pages.items():
+        if n > 1:
+            preds[at].review = True
+            preds[at].reasons.append(several_images_reason(n))
+
+
+def several_images_note(preds: Sequence[Prediction]) -> str | None:
+    """How many of the files answered hold several images (:func:`flag_several_images`), only the first of each
+    classified; None when none. `wbc classify`, ``/classify``'s ``warnings`` and the Python API
+    (:meth:`ClassifyResult.several_images_note`) give this sentence. Since wbc 0.32.0.
+
+    >>> P = lambda *why: Prediction("neutrophil", 0.99, bool(why), {}, reasons=list(why))
+    >>> several_images_note([P(several_images_reason(4)), P()]).partition(":")[0]
+    '1 of 2 files holds several images; only the first of each was classified'
+    >>> several_images_note([P("colours unlike the training images")]) is None
+    True
+    """
+    n = sum(1 for p in preds if any(_SEVERAL_IMAGES.fullmatch(r) for r in p.reasons))
+    if not n:
+        return None
+    return (f"{n} of {len(preds)} files {'hold' if n != 1 else 'holds'} several images; only the first of each was "
+            "classified: save each cell as a file of its own to have it counted")
 
 
 def other_cells_reason(others: int) -> str:
@@ -449,7 +497,8 @@ def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | Framing
                       second: bool = True) -> CellViews:
     """:func:`read_cell_views` of a file's bytes (``name`` for messages): `wbc classify`'s files and ``/classify``'s
     uploads take this one path. A large JPEG is decoded at a reduced size, enough for the network's input; a
-    region re-framing cuts smaller than that comes from the file decoded whole (:func:`full_image`)."""
+    region re-framing cuts smaller than that comes from the file decoded whole (:func:`full_image`). A TIFF of
+    several images is read on its first; the views' ``pages`` say how many it holds (:func:`flag_several_images`)."""
     try:
         rgb = decode_image(data, name, min_size=size, max_pixels=MAX_CELL_PIXELS)
     except ImageTooLargeError as exc:
@@ -457,10 +506,13 @@ def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | Framing
     full = full_image(data, name, rgb)
     check_cell_image(rgb, name, full)
     if reframe is False:
-        return CellViews(resize_square(rgb, size))
-    fov = field_of_view(rgb)
-    _check_view_size(fov, name, full)
-    return _framed_views(rgb, fov, size, reframe, second, full)
+        views = CellViews(resize_square(rgb, size))
+    else:
+        fov = field_of_view(rgb)
+        _check_view_size(fov, name, full)
+        views = _framed_views(rgb, fov, size, reframe, second, full)
+    views.pages = tiff_fields(data)
+    return views
 
 
 def _check_view_size(fov: tuple[np.ndarray, tuple[int, int, int, int] | None], name: str,
@@ -537,8 +589,9 @@ def _framed_views(rgb: np.ndarray, fov: tuple[np.ndarray, tuple[int, int, int, i
 @dataclass
 class CellBatch:
     """One batch of :func:`iter_batches`: the files that loaded, their cells (N, S, S, 3), the files that did
-    not (path, message), the second framings of ambiguously framed cells (index in ``cells`` -> cell), and how many
-    other cells lie whole in the images that show more than one (index in ``cells`` -> count)."""
+    not (path, message), the second framings of ambiguously framed cells (index in ``cells`` -> cell), how many
+    other cells lie whole in the images that show more than one (index in ``cells`` -> count), and how many images
+    the files that hold several hold (index in ``cells`` -> count)."""
 
     paths: list[Path]
     cells: np.ndarray
@@ -546,6 +599,7 @@ class CellBatch:
     second: dict[int, np.ndarray] = field(default_factory=dict)
     indices: list[int] = field(default_factory=list)  # of ``paths`` in the input list (a file given twice: both)
     others: dict[int, int] = field(default_factory=dict)
+    pages: dict[int, int] = field(default_factory=dict)
 
 
 def _load(path: Path, size: int, reframe: bool | FramingStats = False, second: bool = True
@@ -593,7 +647,8 @@ def iter_batches(
             yield CellBatch([p for p, _ in ok], arr, errors,
                             {i: a[1] for i, (_, a) in enumerate(ok) if a[1] is not None},
                             [ci * batch_size + j for j, a in enumerate(loaded) if not isinstance(a, str)],
-                            {i: a.others for i, (_, a) in enumerate(ok) if a.others})
+                            {i: a.others for i, (_, a) in enumerate(ok) if a.others},
+                            {i: a.pages for i, (_, a) in enumerate(ok) if a.pages > 1})
 
 
 def load_cells(
@@ -642,8 +697,9 @@ def classify_paths(
     ``progress``: an optional callable ``progress(n_done)`` for progress bars. ``reframe`` (default on):
     cells framed unlike the training crops are re-framed first (:mod:`wbc.reframe`), and an image that shows other
     nucleated cells whole beside the one answered for is flagged for review (:func:`predict_cells`'s ``others``;
-    :meth:`ClassifyResult.other_cells_note` says how many). ``classes``: restrict the answer to a label set
-    (``"5part"``, ``"neutrophil,lymphocyte"``, or names; see
+    :meth:`ClassifyResult.other_cells_note` says how many). A multi-page TIFF is classified on its first image and
+    flagged for review (:func:`flag_several_images`; :meth:`ClassifyResult.several_images_note` says how many).
+    ``classes``: restrict the answer to a label set (``"5part"``, ``"neutrophil,lymphocyte"``, or names; see
     :func:`wbc.labels.parse_class_set`). A ``batch_size`` or ``workers`` that is no whole number (0 batch size: it
     failed in ``range()``) is a one-line :class:`wbc.errors.WbcError`.
     """
@@ -666,6 +722,7 @@ def classify_paths(
                                              classes=allowed, second=batch.second,
                                              refocus=framing if isinstance(framing, FramingStats) else None,
                                              adjust=single_cell_evidence(arr, classifier), others=batch.others)
+            flag_several_images(batch_preds, batch.pages)
             preds += batch_preds
             logits.append(out["logits"])
             if with_embeddings:
@@ -686,4 +743,5 @@ def classify_paths(
 from wbc.formats import prediction_header, prediction_row, write_predictions_csv  # noqa: E402
 
 __all__ = ["ClassifyResult", "classify_paths", "load_cell_views", "load_cells", "other_cells_note", "outside_note",
-           "predict_cells", "prediction_header", "prediction_row", "read_cell", "write_predictions_csv"]
+           "predict_cells", "prediction_header", "prediction_row", "read_cell", "several_images_note",
+           "write_predictions_csv"]

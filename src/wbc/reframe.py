@@ -691,18 +691,23 @@ class CellViews(tuple[np.ndarray, np.ndarray | None]):
     """What :func:`frame_cell_views` gives: the pair (the first view, the second or None) it always unpacked as, and
     ``others``: how many other cells' nuclei its first measurement found whole in the image (:data:`OTHER_CELL`; 0
     where none, or nothing was measured). The answer is for one cell, and which one is unclear where ``others`` > 0:
-    :func:`wbc.classify.predict_cells` flags such a cell for review."""
+    :func:`wbc.classify.predict_cells` flags such a cell for review. ``pages``: how many images the file holds (a
+    multi-page TIFF, :func:`wbc.io.tiff_fields`; set by :func:`wbc.classify.decode_cell_views`): only the first is
+    these views, and :func:`wbc.classify.flag_several_images` flags the cell for review."""
 
     others: int
+    pages: int
 
-    def __new__(cls, first: np.ndarray, second: np.ndarray | None = None, others: int = 0) -> CellViews:
+    def __new__(cls, first: np.ndarray, second: np.ndarray | None = None, others: int = 0,
+                pages: int = 1) -> CellViews:
         views = super().__new__(cls, (first, second))
         views.others = others
+        views.pages = pages
         return views
 
-    def __getnewargs__(self) -> tuple[np.ndarray, np.ndarray | None, int]:
+    def __getnewargs__(self) -> tuple[np.ndarray, np.ndarray | None, int, int]:
         """Pickled and copied whole (tuple's own gives the pair as one argument)."""
-        return self[0], self[1], self.others
+        return self[0], self[1], self.others, self.pages
 
 
 def frame_cell_views(

@@ -95,6 +95,8 @@ def classify(
         warn(outside)
     if crowded := res.other_cells_note():
         warn(crowded)
+    if stacks := res.several_images_note():
+        warn(stacks)
     warning = ood_warning(res.predictions, adapted_without_labels(clf))
     if warning:
         warn(f"{warning}; {advice_for(clf)}" if needs_adaptation(res.predictions) else warning)

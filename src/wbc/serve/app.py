@@ -290,14 +290,15 @@ def versions() -> dict[str, str]:
 
 def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequence[str],
                     second: dict[int, np.ndarray] | None = None, refocus: Any = None,
-                    others: dict[int, int] | None = None) -> list[Any]:
+                    others: dict[int, int] | None = None, pages: dict[int, int] | None = None) -> list[Any]:
     """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
     ``wbc classify`` (:func:`wbc.classify.classify_paths`); ``second``: the second framings of ambiguously
     framed cells, by index (:func:`wbc.classify.prepare_cell_views`); ``refocus``: the framing statistics the cells
     were re-framed with, if they were (:func:`wbc.classify.predict_cells`); ``others``: how many other cells lie
-    whole in the images that show more than one, by index (:class:`wbc.reframe.CellViews`); the cytoplasm's colour
+    whole in the images that show more than one, by index (:class:`wbc.reframe.CellViews`); ``pages``: how many
+    images the files of several hold, by index (:func:`wbc.classify.flag_several_images`); the cytoplasm's colour
     weighed as `wbc classify` weighs it (:func:`wbc.cytoplasm.single_cell_evidence`)."""
-    from wbc.classify import predict_cells
+    from wbc.classify import flag_several_images, predict_cells
     from wbc.cytoplasm import single_cell_evidence
 
     second, others = second or {}, others or {}
@@ -308,6 +309,7 @@ def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequen
         batch = cells[i : i + BATCH_SIZE]
         preds += predict_cells(classifier, batch, list(names[i : i + BATCH_SIZE]), second=part, refocus=refocus,
                                adjust=single_cell_evidence(batch, classifier), others=crowded)[0]
+    flag_several_images(preds, pages or {})
     return preds
 
 
@@ -552,6 +554,7 @@ def create_app(
             names: list[str] = []
             second: dict[int, np.ndarray] = {}
             others: dict[int, int] = {}
+            pages: dict[int, int] = {}
             framing = framing_stats_of(clf) if reframe else None
             for name, data in checked:
                 try:
@@ -561,20 +564,22 @@ def create_app(
                         second[len(cells)] = zoomed
                     if views.others:
                         others[len(cells)] = views.others
+                    if views.pages > 1:
+                        pages[len(cells)] = views.pages
                     cells.append(cell)
                     names.append(name)
                 except WbcError as exc:
                     errors.append({"filename": name, "error": str(exc)})
                 except Exception as exc:  # a decoder's own failure is this file's problem, not a 500 for all
                     errors.append({"filename": name, "error": unreadable_message(name, exc)})
-            return classify_images(np.stack(cells), clf, names, second, framing, others) if cells else []
+            return classify_images(np.stack(cells), clf, names, second, framing, others, pages) if cells else []
 
         preds = await in_inference_slot(app.state, work) if checked else []
         if not preds:
             status = 415 if errors and wrong_type == len(errors) else 422
             raise UploadProblem(status, "no_readable_image",
                                 "none of the uploaded files could be read as an image", errors)
-        from wbc.classify import other_cells_note, outside_note
+        from wbc.classify import other_cells_note, outside_note, several_images_note
         from wbc.ood import adapted_without_labels, ood_warning
 
         # the label set's rows, as /analyze's and `wbc classify --report`'s: a class it cannot answer is no measured 0
@@ -585,6 +590,7 @@ def create_app(
         warning = ood_warning(preds, adapted_without_labels(clf))  # the sentence /analyze gives a field
         outside = outside_note(preds)  # the sentences `wbc classify` prints
         crowded = other_cells_note(preds)
+        stacks = several_images_note(preds)
         return JSONResponse({
             "model_id": clf.model_id,
             "n": len(preds),
@@ -592,7 +598,7 @@ def create_app(
             "results": [prediction_to_dict(p) for p in preds],
             "counts": counts,
             "differential": differential(counts, answered),
-            "warnings": [w for w in (outside, crowded, warning) if w],
+            "warnings": [w for w in (outside, crowded, stacks, warning) if w],
             "errors": errors,
         })
 
