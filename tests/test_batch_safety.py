@@ -211,6 +211,22 @@ def test_output_file_checks(tmp_path: Path) -> None:
         check_output_file(unwritable)
 
 
+def test_wbc_classify_names_the_links_to_missing_images_it_leaves_out(model_file: Path, tmp_path: Path) -> None:
+    """A folder's links to images that are gone were left out of the run without a word; now each is a "skipped"
+    line, past ten counted, as unreadable files are."""
+    d = tmp_path / "cells"
+    d.mkdir()
+    write_png(d / "good.png", synthetic_cell("neutrophil", 96, seed=1))
+    for i in range(12):
+        (d / f"link{i:02d}.png").symlink_to(tmp_path / f"gone{i:02d}.png")
+    out = run_wbc("classify", str(d), "--model", str(model_file), "--output", str(tmp_path / "p.csv"),
+                  "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    named = [ln for ln in out.stderr.splitlines() if "link to a missing file" in ln]
+    assert len(named) == 11 and f"skipped {d / 'link00.png'}: link to a missing file" in named[0], out.stderr
+    assert "2 more file(s): link to a missing file (2)" in named[-1]
+
+
 @pytest.mark.slow
 def test_wbc_classify_end_to_end_on_a_hostile_folder(hostile_cells: Path, model_file: Path, tmp_path: Path) -> None:
     """The command writes the good cells' CSV, lists each bad file on one line, and escapes paths."""

@@ -201,6 +201,43 @@ def test_hidden_folders_are_left_out_and_linked_folders_followed_once(tmp_path: 
     assert found == ["a.png", "sub/b.png", "today/c.png"]
 
 
+def test_jfif_jpe_and_jif_jpegs_in_a_folder_are_read(tmp_path: Path) -> None:
+    """Chrome and Edge on Windows save photos as .jfif: a folder's were left out of the run without a word."""
+    jpg = cv2.imencode(".jpg", synthetic_cell("neutrophil", 64, seed=0)[:, :, ::-1])[1].tobytes()
+    for name in ("a.jpg", "b.jfif", "c.JPE", "d.jif"):
+        (tmp_path / name).write_bytes(jpg)
+    assert [p.name for p in iter_image_paths([tmp_path])] == ["a.jpg", "b.jfif", "c.JPE", "d.jif"]
+    assert read_image(tmp_path / "b.jfif").shape == (64, 64, 3)
+
+
+def test_a_folder_it_may_not_list_and_links_to_missing_images_are_named(tmp_path: Path, monkeypatch) -> None:
+    """A subfolder this user may not list (another user's day on a share) and a link named as an image whose file
+    is gone were dropped from a folder run in silence, and an unlistable folder was said to "hold no files"."""
+    from wbc.io import no_images_message
+
+    lab = tmp_path / "lab"
+    for day in ("monday", "tuesday"):
+        (lab / day).mkdir(parents=True)
+        (lab / day / "cell.jpg").write_bytes(b"x")
+    (lab / "e.png").symlink_to(tmp_path / "gone.png")
+    (lab / "notes.txt").symlink_to(tmp_path / "gone.txt")  # no image: nothing to say
+    scandir = os.scandir
+
+    def refuse_tuesday(path: str | os.PathLike[str] = ".") -> object:  # what a mode-000 folder gives a non-root user
+        if os.fspath(path).endswith("tuesday"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_tuesday)
+    assert [p.relative_to(lab).as_posix() for p in iter_image_paths([lab])] == ["monday/cell.jpg"]
+    assert no_images_message([lab / "tuesday"]) == (f"no image files found in {lab / 'tuesday'}: cannot list the "
+                                                    "folder (Permission denied)")
+    from wbc.io import left_out_under
+
+    assert left_out_under([lab]) == [f"{lab / 'e.png'}: link to a missing file ({tmp_path / 'gone.png'})",
+                                     f"{lab / 'tuesday'}: cannot list the folder (Permission denied)"]
+
+
 def test_atomic_csv_leaves_no_temp_files(tmp_path: Path) -> None:
     atomic_write_csv(tmp_path / "out.csv", ["a", "b"], [[1, 2]])
     assert (tmp_path / "out.csv").read_text() == "a,b\n1,2\n"

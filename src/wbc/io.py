@@ -28,7 +28,10 @@ from wbc.errors import ImageReadError, ImageTooLargeError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",  # GIF: its first frame, read by Pillow
-     ".jp2", ".j2k", ".avif"}  # JPEG 2000 (a scanner's or PACS export) and AVIF: OpenCV reads both, Pillow too
+     ".jp2", ".j2k", ".avif",  # JPEG 2000 (a scanner's or PACS export) and AVIF: OpenCV reads both, Pillow too
+     # JPEGs by other names (since wbc 0.32.0): Chrome and Edge on Windows save photos as .jfif, and a folder's were
+     # left out without a word; decoders read them by their content
+     ".jfif", ".jpe", ".jif"}
 )
 #: Image formats wbc has no decoder for that a lab may still keep beside its JPEGs: a phone's HEIC/HEIF, JPEG XL, raw
 #: camera files, whole-slide scans and DICOM. A folder's files in them are left out, as any other non-image file is,
@@ -503,8 +506,12 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def files_under(folder: str | os.PathLike[str]) -> list[Path]:
+def files_under(folder: str | os.PathLike[str], skipped: list[str] | None = None) -> list[Path]:
     """Every file in ``folder`` and its subfolders, sorted, leaving out hidden files and hidden folders.
+
+    ``skipped``: given a list, what the walk had to leave out is appended to it, one line each naming the path
+    (:func:`left_out_under`): a folder it may not list (another user's day on a lab share) and a link named as an
+    image whose file is missing; before wbc 0.32.0 both were dropped without a word.
 
     Hidden folders (``.thumbnails``, ``.Trash-1000``, ``.ipynb_checkpoints``) hold copies and thumbnails of a lab's
     images, which would count the same cells twice. Linked subfolders are followed, as a lab links today's scans
@@ -526,9 +533,14 @@ def files_under(folder: str | os.PathLike[str]) -> list[Path]:
     found: list[Path] = []
     links: list[str] = []
 
+    def unlistable(exc: OSError) -> None:
+        if skipped is not None:
+            skipped.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
+
     def walk(start: str) -> None:
         """The real folders under ``start``; the linked folders met are queued in ``links``, in sorted order."""
-        for top, dirs, files in os.walk(start):  # followlinks=False: a link is listed in dirs, not entered
+        # followlinks=False: a link is listed in dirs, not entered
+        for top, dirs, files in os.walk(start, onerror=unlistable):
             real = os.path.realpath(top)
             if real in seen:
                 dirs[:] = []
@@ -536,7 +548,14 @@ def files_under(folder: str | os.PathLike[str]) -> list[Path]:
             seen.add(real)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             links.extend(os.path.join(top, d) for d in dirs if os.path.islink(os.path.join(top, d)))
-            found.extend(Path(top, f) for f in files if not f.startswith(".") and os.path.isfile(os.path.join(top, f)))
+            for f in files:
+                path = os.path.join(top, f)
+                if f.startswith("."):
+                    continue
+                if os.path.isfile(path):
+                    found.append(Path(path))
+                elif skipped is not None and os.path.islink(path) and is_image_file(Path(f)):
+                    skipped.append(f"{path}: link to a missing file ({os.readlink(path)})")
 
     def holds(outer: str, inner: str) -> bool:
         try:
@@ -551,7 +570,27 @@ def files_under(folder: str | os.PathLike[str]) -> list[Path]:
         if target in seen or holds(target, root) or holds(target, os.path.realpath(os.path.dirname(link))):
             continue
         walk(link)
+    if skipped is not None:
+        skipped.sort()
     return sorted(found)
+
+
+def left_out_under(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """What the folders among ``inputs`` hold that a run leaves out for a reason of its own, one line each naming the
+    path (:func:`files_under`'s ``skipped``): a subfolder this user may not list and a link named as an image whose
+    file is missing. The commands list them as skipped, as they list unreadable files.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "cell.png").symlink_to(d / "gone.png"); (d / "notes.txt").symlink_to(d / "gone.txt")
+    >>> [m.split(": ", 1)[1] for m in left_out_under([d])] == [f"link to a missing file ({d / 'gone.png'})"]
+    True
+    """
+    skipped: list[str] = []
+    for item in (Path(i) for i in inputs):
+        if item.is_dir():
+            files_under(item, skipped)
+    return skipped
 
 
 def iter_image_paths(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
@@ -577,16 +616,21 @@ def no_images_message(inputs: Iterable[str | os.PathLike[str]]) -> str:
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
     >>> _ = (d / "cell_1.jxl").write_bytes(b"x"), (d / "notes.txt").write_text("x")
-    >>> no_images_message([d]).split(": ", 1)[1]
-    '2 other files (.jxl 1, .txt 1); images end in .avif, .bmp, .gif, .j2k, .jp2, .jpeg, .jpg, .png, .tif, .tiff, .webp'
+    >>> msg = no_images_message([d]).split(": ", 1)[1]
+    >>> msg.split("; ")[0], msg.split("; ")[1][:37]
+    ('2 other files (.jxl 1, .txt 1)', 'images end in .avif, .bmp, .gif, .j2k')
     """
     items = [Path(i) for i in inputs]
     suffixes: Counter[str] = Counter()
+    skipped: list[str] = []
     for item in items:
-        files = files_under(item) if item.is_dir() else [item] if item.is_file() else []
+        files = files_under(item, skipped) if item.is_dir() else [item] if item.is_file() else []
         for q in files:
             suffixes[q.suffix.lower() or "(no extension)"] += 1
     where = ", ".join(map(str, items))
+    if skipped:  # a folder it may not list is no empty folder
+        more = f" (and {len(skipped) - 1} more left out)" if len(skipped) > 1 else ""
+        return f"no image files found in {where}: {skipped[0].removeprefix(where + ': ')}{more}"
     if not suffixes:
         return f"no image files in {where}: it holds no files"
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(suffixes.items(), key=lambda kv: (-kv[1], kv[0]))[:6])

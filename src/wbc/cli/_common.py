@@ -145,11 +145,14 @@ def warn_skipped(messages: Iterable[str], listed_in: str | None = None) -> None:
 
 def note_foreign_images(paths: Iterable[str | os.PathLike[str]]) -> None:
     """Say which of the folders' files are images in formats wbc cannot read (a phone's HEIC, raw, DICOM, ...), left
-    out of the run (:func:`wbc.io.foreign_images_note`); nothing when there are none."""
-    from wbc.io import foreign_images_note
+    out of the run (:func:`wbc.io.foreign_images_note`); nothing when there are none. Then, as skipped files are
+    listed (:func:`warn_skipped`), the subfolders it may not list and the image links whose file is missing
+    (:func:`wbc.io.left_out_under`; since wbc 0.32.0: before, a day's folder on a share was dropped in silence)."""
+    from wbc.io import foreign_images_note, left_out_under
 
     if note := foreign_images_note(paths):
         warn(note, "note:")
+    warn_skipped(left_out_under(paths))
 
 
 def note_unchecked_model(classifier: Any) -> None:
