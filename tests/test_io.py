@@ -52,6 +52,33 @@ def test_a_twelve_bit_camera_image_in_a_16bit_file_reads_as_bright_as_at_8_bits(
     assert np.array_equal(tiny, eight)
 
 
+@pytest.mark.parametrize("kind", ["uint16", "float32", "uint16 rgba", "uint16 turned"])
+def test_a_tiff_of_separate_colour_planes_at_more_than_8_bits_reads_as_its_pixels(tmp_path: Path, kind: str) -> None:
+    """OpenCV and Pillow read a 16-bit TIFF with separate R, G and B planes (tifffile writes one for a (3, H, W)
+    array, as microscope software does) as if interleaved: three grey copies side by side over noise, answered with
+    a confident class. Alpha, float samples and the TIFF's orientation hold too."""
+    tifffile = pytest.importorskip("tifffile")
+    rgb = synthetic_cell("neutrophil", 96, seed=0)
+    planes = np.moveaxis(rgb.astype(np.float32) / 255 if kind == "float32" else rgb.astype(np.uint16) * 257, 2, 0)
+    kw: dict = {"photometric": "rgb"}
+    if kind == "uint16 rgba":
+        planes, kw["extrasamples"] = np.concatenate([planes, np.full((1, 96, 96), 65535, np.uint16)]), [2]
+    if kind == "uint16 turned":
+        kw["extratags"] = [(274, 3, 1, 6, False)]  # Orientation 6: shown turned 90 degrees clockwise
+    tifffile.imwrite(tmp_path / "p.tif", planes, **kw)
+    assert tifffile.TiffFile(tmp_path / "p.tif").pages[0].planarconfig == 2
+    want = np.rot90(rgb, -1) if kind == "uint16 turned" else rgb
+    assert np.abs(read_image(tmp_path / "p.tif").astype(int) - want).max() <= 1
+
+
+def test_a_damaged_tiff_of_separate_colour_planes_is_one_line(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "p.tif", np.zeros((3, 64, 64), np.uint16), photometric="rgb", compression="zlib")
+    data = (tmp_path / "p.tif").read_bytes()
+    with pytest.raises(ImageReadError, match=r"^p\.tif: TIFF with separate colour planes .* could not be decoded"):
+        decode_image(data[: len(data) // 2], "p.tif")  # cut inside its planes
+
+
 def test_sixteen_bit_alpha_and_float_samples_keep_their_own_scales(tmp_path: Path) -> None:
     bgra = np.zeros((6, 6, 4), np.uint16)
     bgra[..., :3] = 4000  # a 12-bit camera's near-white

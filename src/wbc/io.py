@@ -192,6 +192,62 @@ def _tiff_orientation(tiff: bytes) -> int:
     return 1
 
 
+def _tiff_value(tiff: bytes, tag: int) -> int | None:
+    """The first value of ``tag`` (a SHORT or LONG, inline or at its offset) in the first image directory of classic
+    TIFF bytes; None when absent, of another type, or malformed (a BigTIFF). Read by hand, a few microseconds: it is
+    asked of every TIFF before decoding (:func:`_planar_deep_tiff`), where Pillow's lazy open takes 0.1-0.3 ms.
+
+    >>> import tifffile
+    >>> buf = io.BytesIO(); tifffile.imwrite(buf, np.zeros((3, 4, 5), np.uint16), photometric="rgb")
+    >>> _tiff_value(buf.getvalue(), 284), _tiff_value(buf.getvalue(), 258), _tiff_value(buf.getvalue(), 0x0112)
+    (2, 16, None)
+    """
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
+    if tiff[:2] not in (b"II", b"MM") or len(tiff) < 8:
+        return None
+    at = int.from_bytes(tiff[4:8], order)
+    n = int.from_bytes(tiff[at : at + 2], order) if at + 2 <= len(tiff) else 0
+    for e in range(at + 2, min(at + 2 + 12 * n, len(tiff) - 11), 12):
+        if int.from_bytes(tiff[e : e + 2], order) == tag:
+            size = {3: 2, 4: 4}.get(int.from_bytes(tiff[e + 2 : e + 4], order))
+            if size is None:
+                return None
+            count = int.from_bytes(tiff[e + 4 : e + 8], order)
+            where = e + 8 if size * count <= 4 else int.from_bytes(tiff[e + 8 : e + 12], order)
+            return int.from_bytes(tiff[where : where + size], order) if where + size <= len(tiff) else None
+    return None
+
+
+def _planar_deep_tiff(data: bytes) -> bool:
+    """Whether ``data`` is a TIFF whose colour samples are stored as separate planes (PlanarConfiguration 2) at more
+    than 8 bits: OpenCV 4.14 and Pillow read such a file as if its samples were interleaved, three grey copies of the
+    image side by side over noise, which `wbc classify` answered with a confident class and `wbc analyze` called no
+    smear (before wbc 0.32.0). tifffile writes one for any (3, H, W) array, as several microscope packages do. 8-bit
+    planar TIFFs OpenCV reads right."""
+    return data[:4] in (b"II*\x00", b"MM\x00*") and _tiff_value(data, 284) == 2 and (_tiff_value(data, 258) or 8) > 8
+
+
+def _decode_planar_tiff(data: bytes, name: str) -> np.ndarray:
+    """The first image of a TIFF with separate colour planes (:func:`_planar_deep_tiff`) through tifffile (a
+    dependency of scikit-image, and so of wbc), as BGR(A) like OpenCV; a file it cannot decode (a compression it needs
+    ``imagecodecs`` for, such as LZW) is refused in one line naming the remedy."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            arr = np.asarray(page.asarray(maxworkers=1))
+            planes = int(getattr(page, "planarconfig", 1)) == 2
+    except Exception as exc:  # ImportError, or whatever tifffile raises on a damaged or unsupported file
+        raise ImageReadError(f"{name}: TIFF with separate colour planes at more than 8 bits could not be decoded "
+                             f"({pillow_reason(exc)}); save it with contiguous (chunky) samples") from None
+    if planes and arr.ndim == 3:
+        arr = np.moveaxis(arr, 0, -1)  # (samples, H, W) -> (H, W, samples)
+    if arr.ndim == 3 and arr.shape[2] >= 3:  # RGB(A) -> BGR(A), as OpenCV gives
+        arr = np.concatenate([arr[:, :, 2::-1], arr[:, :, 3:]], axis=2)
+    return np.ascontiguousarray(arr)
+
+
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation (1-8) an image file's bytes carry, 1 when none: how a phone or camera says its stored
     pixels are to be turned (6: 90 degrees clockwise) to show the picture as it was taken, as every viewer and browser
@@ -371,10 +427,13 @@ def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int 
     """OpenCV (reduced-size JPEG decoding when ``min_size`` allows), else Pillow; BGR(A) or grey, turned as its EXIF
     orientation says (:func:`exif_orientation`), as viewers show it: before wbc 0.31.0 a phone's JPEG came out as
     stored, so its boxes and outlines were where no viewer showed its cells. OpenCV's TIFF decoder turns the image
-    itself; its other decoders and Pillow leave it as stored."""
+    itself; its other decoders, Pillow and tifffile (a TIFF of separate colour planes at more than 8 bits,
+    :func:`_planar_deep_tiff`) leave it as stored."""
     is_jpeg = data[:2] == b"\xff\xd8"
     if is_jpeg and not jpeg_complete(data):
         raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
+    if _planar_deep_tiff(data):
+        return orient(_decode_planar_tiff(data, name), exif_orientation(data))
     buf = np.frombuffer(data, np.uint8)
     if is_jpeg and min_size and size is not None:
         short = min(size)
