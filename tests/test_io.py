@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -77,6 +78,80 @@ def test_a_damaged_tiff_of_separate_colour_planes_is_one_line(tmp_path: Path) ->
     data = (tmp_path / "p.tif").read_bytes()
     with pytest.raises(ImageReadError, match=r"^p\.tif: TIFF with separate colour planes .* could not be decoded"):
         decode_image(data[: len(data) // 2], "p.tif")  # cut inside its planes
+
+
+def adobe_rgb_profile() -> bytes:
+    """An ICC v2 matrix/TRC profile like Adobe RGB (1998), written by hand: Pillow can only make sRGB, Lab and XYZ
+    profiles, and a test machine has no .icc files."""
+    import struct
+
+    def s15(*v: float) -> bytes:
+        return b"".join(struct.pack(">i", round(x * 65536)) for x in v)
+
+    name = b"Adobe RGB (1998)-like\0"
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(name)) + name + bytes(79)),
+            (b"cprt", b"text" + bytes(4) + b"none\0"), (b"wtpt", b"XYZ " + bytes(4) + s15(0.9642, 1.0, 0.82491)),
+            (b"rXYZ", b"XYZ " + bytes(4) + s15(0.60974, 0.31111, 0.01947)),
+            (b"gXYZ", b"XYZ " + bytes(4) + s15(0.20528, 0.62567, 0.06087)),
+            (b"bXYZ", b"XYZ " + bytes(4) + s15(0.14919, 0.06322, 0.74457))]
+    tags += [(t, b"curv" + bytes(4) + struct.pack(">IH", 1, 563) + bytes(2)) for t in (b"rTRC", b"gTRC", b"bTRC")]
+    table, body, at = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, data in tags:
+        body += bytes(-(at + len(body)) % 4)
+        table += sig + struct.pack(">II", at + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", at + len(body)) + b"none" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + bytes(12) + b"acspAPPL" + bytes(24) + s15(0.9642, 1.0, 0.8249) + b"none" + bytes(44))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def save_in_adobe_rgb(rgb: np.ndarray, path: Path, **kw: object) -> Path:
+    """``rgb`` (sRGB) saved as a colour-managed editor saves it in Adobe RGB: other numbers, its profile embedded,
+    the same colours on screen."""
+    from PIL import Image, ImageCms
+
+    adobe = adobe_rgb_profile()
+    to_adobe = ImageCms.buildTransform(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")),
+                                       ImageCms.ImageCmsProfile(io.BytesIO(adobe)), "RGB", "RGB")
+    ImageCms.applyTransform(Image.fromarray(rgb), to_adobe).save(path, icc_profile=adobe, **kw)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".webp"])
+def test_an_image_with_an_embedded_colour_profile_is_read_in_srgb(tmp_path: Path, ext: str) -> None:
+    """A cell saved in Adobe RGB (a microscope DSLR's setting) with its profile embedded shows the same colours in
+    any viewer, but wbc read its numbers as they are: about 4 levels off on average, flagging cells."""
+    from PIL import Image, ImageCms
+
+    rgb = synthetic_cell("neutrophil", 96, seed=0)
+    kw = {"quality": 95} if ext == ".jpg" else {"lossless": True} if ext == ".webp" else {}
+    Image.fromarray(rgb).save(tmp_path / f"ref{ext}", **kw)
+    ref = read_image(tmp_path / f"ref{ext}").astype(int)
+    adobe = read_image(save_in_adobe_rgb(rgb, tmp_path / f"adobe{ext}", **kw)).astype(int)
+    assert np.abs(adobe - ref).mean() < (2.0 if ext == ".jpg" else 1.0)  # JPEG: two encodings' own losses
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # an sRGB profile: nothing to change
+    Image.fromarray(rgb).save(tmp_path / f"srgb{ext}", icc_profile=srgb, **kw)
+    assert np.array_equal(read_image(tmp_path / f"srgb{ext}"), ref)
+
+
+@pytest.mark.real_data
+def test_an_adobe_rgb_copy_of_a_pbc_cell_gets_the_srgb_original_s_answer_and_flags(real_data: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Ignoring the profile, the Adobe RGB copies of these two PBC cells were flagged where the originals were not
+    (the immature granulocyte "colours unlike the training images", the monocyte below the review threshold)."""
+    import wbc
+
+    files = []
+    for src in ("ig/IG_110946.jpg", "monocyte/MO_100695.jpg"):
+        rgb = read_image(real_data / "pbc" / src)
+        stem = Path(src).stem
+        _write(tmp_path / f"{stem}_ref.png", rgb[:, :, ::-1])
+        files += [tmp_path / f"{stem}_ref.png", save_in_adobe_rgb(rgb, tmp_path / f"{stem}_adobe.png")]
+    res = wbc.classify_images(files, workers=1)
+    assert not res.errors
+    for ref, adobe in zip(res.predictions[::2], res.predictions[1::2], strict=True):
+        assert (adobe.label, adobe.review, adobe.ood) == (ref.label, ref.review, ref.ood), (ref, adobe)
+        assert abs(adobe.confidence - ref.confidence) < 0.005
 
 
 def test_sixteen_bit_alpha_and_float_samples_keep_their_own_scales(tmp_path: Path) -> None:

@@ -1,13 +1,15 @@
 """Reading images of every common format into 8-bit RGB, finding image files, and atomic writes.
 
 All readers return ``numpy.ndarray`` of shape (H, W, 3), dtype uint8, RGB order, turned as the file's EXIF
-orientation says (:func:`exif_orientation`), as viewers show it, from a path or from bytes alike. Problems raise
+orientation says (:func:`exif_orientation`) and in sRGB when the file embeds another RGB colour profile
+(:func:`to_srgb`), as viewers show it, from a path or from bytes alike. Problems raise
 :class:`wbc.errors.ImageReadError` with the file name and what is wrong, never a bare OpenCV error.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -420,7 +422,105 @@ def decode_image(
     if arr.size == 0:
         raise ImageReadError(f"{name}: image has no pixels")
     check_pixels(arr.shape[:2], name, max_pixels)
-    return _to_rgb8(arr, name)
+    return to_srgb(_to_rgb8(arr, name), embedded_icc(data))
+
+
+def _jpeg_icc(data: bytes) -> bytes | None:
+    """The ICC profile a JPEG's APP2 segments carry (split over several when large), joined in their order."""
+    parts: dict[int, bytes] = {}
+    for marker, i in _jpeg_markers(data):
+        if marker == 0xE2 and data[i + 4 : i + 16] == b"ICC_PROFILE\x00" and i + 18 <= len(data):
+            parts[data[i + 16]] = data[i + 18 : i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")]
+    return b"".join(parts[k] for k in sorted(parts)) or None
+
+
+def _png_icc(data: bytes) -> bytes | None:
+    """The ICC profile of a PNG's iCCP chunk (before its image data), at most 16 MB of it decompressed."""
+    import zlib
+
+    i = 8
+    while i + 8 <= len(data):
+        n, kind = int.from_bytes(data[i : i + 4], "big"), data[i + 4 : i + 8]
+        if kind == b"iCCP":
+            body = data[i + 8 : i + 8 + n]
+            start = body.find(b"\x00") + 2  # after the profile's name and the compression method
+            try:
+                return zlib.decompressobj().decompress(body[start:], 1 << 24) or None if start >= 2 else None
+            except zlib.error:
+                return None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        i += 12 + n
+    return None
+
+
+def embedded_icc(data: bytes) -> bytes | None:
+    """The ICC colour profile an image file embeds, None when none: a JPEG's and a PNG's read by hand (a few
+    microseconds, before every decode), a TIFF's and a WebP's through Pillow's lazy open; other formats' are not read.
+
+    >>> from PIL import Image, ImageCms
+    >>> icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    >>> for fmt in ("JPEG", "PNG", "TIFF", "WEBP"):
+    ...     buf = io.BytesIO(); Image.new("RGB", (8, 8)).save(buf, fmt, icc_profile=icc)
+    ...     assert embedded_icc(buf.getvalue()) == icc, fmt
+    >>> embedded_icc(b"GIF89a") is None
+    True
+    """
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_icc(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return _png_icc(data)
+    if not (data[:4] in (b"II*\x00", b"MM\x00*") or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
+        return None
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # the size was checked against wbc's own limit before (image_size)
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                icc = im.info.get("icc_profile")
+    except Exception:  # an unreadable header: the decoder named the problem
+        return None
+    return bytes(icc) if icc else None
+
+
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(icc: bytes) -> Any:
+    """A transform from the RGB profile ``icc`` to sRGB (relative colorimetric, as viewers show a matrix profile),
+    built once per profile; None for a profile that is no RGB one (a CMYK JPEG's, a grey image's), is sRGB already by
+    its description (nothing to change), or cannot be read: the image is then read as stored."""
+    try:
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if src.profile.xcolor_space.strip() != "RGB" or ImageCms.getProfileDescription(src).strip().lower(
+                ).startswith("srgb"):
+            return None
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        # LittleCMS's own numbers (Pillow names them only since 10.x): relative colorimetric, and no pixel cache, as
+        # the transform is shared by the decoding threads
+        intent: Any = 1
+        nocache: Any = 0x40
+        return ImageCms.buildTransform(src, srgb, "RGB", "RGB", intent, nocache)
+    except Exception:  # Pillow without LittleCMS, or a damaged profile
+        return None
+
+
+def to_srgb(rgb: np.ndarray, icc: bytes | None) -> np.ndarray:
+    """``rgb`` (uint8, decoded from a file that embeds the ICC profile ``icc``) converted to sRGB, the colours the
+    model was trained on, as a colour-managed viewer shows the file. Before wbc 0.32.0 the profile was ignored, so a
+    cell saved in Adobe RGB (a microscope DSLR's setting) was read with other colours than it shows, and flagged
+    unlike the training images where its sRGB copy was not; a ProPhoto-like one flagged every cell. ``rgb`` as it is
+    without a profile, with an sRGB one, or with one that is no RGB profile or cannot be read (:func:`_srgb_transform`).
+    """
+    transform = _srgb_transform(icc) if icc else None
+    if transform is None:
+        return rgb
+    from PIL import Image, ImageCms
+
+    return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
 
 
 def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int | None) -> np.ndarray:
