@@ -154,6 +154,23 @@ def test_an_adobe_rgb_copy_of_a_pbc_cell_gets_the_srgb_original_s_answer_and_fla
         assert abs(adobe.confidence - ref.confidence) < 0.005
 
 
+def test_a_truncated_file_is_one_line_with_the_decoder_s_reason_and_no_decoder_noise(capfd) -> None:
+    """Three truncated files printed six lines of OpenCV, libtiff and libpng errors naming no file before wbc's own
+    "not a readable image (OSError)"; a PNG without only its end chunk, which Pillow reads, was refused."""
+    from PIL import Image
+
+    rgb = synthetic_cell("neutrophil", 96, seed=0)
+    png = cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "TIFF")
+    for data, name in ((png[: len(png) // 2], "cut.png"), (buf.getvalue()[: len(buf.getvalue()) // 2], "cut.tif")):
+        with pytest.raises(ImageReadError, match=rf"^{name}: not a readable image \(image file is truncated"):
+            decode_image(data, name)
+    assert np.array_equal(decode_image(png[: png.rindex(b"IEND") - 4], "no_end.png"), rgb)
+    err = capfd.readouterr().err
+    assert "[ERROR" not in err and "[ WARN" not in err and "libpng error" not in err and "Warning" not in err, err
+
+
 def test_sixteen_bit_alpha_and_float_samples_keep_their_own_scales(tmp_path: Path) -> None:
     bgra = np.zeros((6, 6, 4), np.uint16)
     bgra[..., :3] = 4000  # a 12-bit camera's near-white

@@ -3,7 +3,9 @@
 All readers return ``numpy.ndarray`` of shape (H, W, 3), dtype uint8, RGB order, turned as the file's EXIF
 orientation says (:func:`exif_orientation`) and in sRGB when the file embeds another RGB colour profile
 (:func:`to_srgb`), as viewers show it, from a path or from bytes alike. Problems raise
-:class:`wbc.errors.ImageReadError` with the file name and what is wrong, never a bare OpenCV error.
+:class:`wbc.errors.ImageReadError` with the file name and what is wrong, never a bare OpenCV error. Importing this
+module silences OpenCV's own log (unless ``OPENCV_LOG_LEVEL`` is set): its decoders' errors name no file, and the
+message above says what is wrong.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ FOREIGN_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
 MAX_PIXELS: int = 200_000_000
 
 cv2.setNumThreads(1)  # one decoder thread per call; parallelism comes from callers' thread pools
+if "OPENCV_LOG_LEVEL" not in os.environ:  # the user's own setting wins
+    # a broken file's decoder errors (OpenCV's, libtiff's through it) printed lines naming no file before wbc's own
+    # one-line message about it (before wbc 0.32.0): decode_image says what is wrong, naming the file
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 #: The bit depths cameras write. A 16-bit file from a scientific camera often holds its 10-, 12- or 14-bit samples
@@ -179,6 +185,18 @@ def jpeg_complete(data: bytes) -> bool:
     return scan is not None and data.find(b"\xff\xd9", scan) >= 0
 
 
+def png_complete(data: bytes) -> bool:
+    """Whether a PNG's bytes hold its end chunk (IEND), as :func:`jpeg_complete` asks of a JPEG: a file cut short
+    lacks it. What follows it (a camera's trailer) does not matter.
+
+    >>> ok, png = cv2.imencode(".png", np.full((64, 64, 3), 200, np.uint8))
+    >>> png = png.tobytes()
+    >>> png_complete(png), png_complete(png + bytes(500)), png_complete(png[: len(png) // 2])
+    (True, True, False)
+    """
+    return b"IEND" in data[-64:] or data.rfind(b"IEND", 8) >= 0
+
+
 def _tiff_orientation(tiff: bytes) -> int:
     """The Orientation tag (0x0112) of the first image directory of TIFF-structured bytes (an EXIF block); 1 when
     absent or malformed."""
@@ -275,8 +293,8 @@ def exif_orientation(data: bytes) -> int:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():  # the size was checked against wbc's own limit before (image_size)
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # the size was checked against wbc's own limit before (image_size); a
+            warnings.simplefilter("ignore")  # damaged header's "Corrupt EXIF data" would reach the terminal
             with Image.open(io.BytesIO(data)) as im:
                 value = int(im.getexif().get(0x0112, 1))
     except Exception:  # an unreadable header: the decoder names the problem
@@ -350,8 +368,8 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # a bomb is refused below; a damaged header's warnings ("Corrupt EXIF
+            warnings.simplefilter("ignore")  # data") name no file: the decoder's error says what is wrong
             with Image.open(io.BytesIO(data)) as im:
                 return int(im.size[1]), int(im.size[0])
     except Image.DecompressionBombError as exc:
@@ -534,6 +552,10 @@ def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int 
         raise ImageReadError(f"{name}: truncated JPEG (no end-of-image marker)")
     if _planar_deep_tiff(data):
         return orient(_decode_planar_tiff(data, name), exif_orientation(data))
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and not png_complete(data):
+        # libpng prints its own error for a cut PNG, naming no file, and OpenCV fails even where only the end chunk is
+        # missing; Pillow reads what there is or says why ("image file is truncated")
+        return orient(_decode_with_pillow(data, name), exif_orientation(data))
     buf = np.frombuffer(data, np.uint8)
     if is_jpeg and min_size and size is not None:
         short = min(size)
@@ -552,15 +574,19 @@ def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int 
 
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
     """Fallback for formats OpenCV cannot read; returns BGR(A) like OpenCV so conversion is shared."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            im: Image.Image = opened
-            if im.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I"):
-                im = im.convert("RGBA" if "A" in im.mode else "RGB")
-            arr = np.asarray(im)
+        with warnings.catch_warnings():  # "Truncated File Read" names no file: the error below says it, naming it
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.load()
+                im: Image.Image = opened
+                if im.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I"):
+                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
+                arr = np.asarray(im)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: image is far too large to decode ({exc})") from None
     except PILLOW_ERRORS as exc:
@@ -604,16 +630,20 @@ def tiff_fields(data: bytes) -> int:
     """
     if data[:4] not in (b"II*\x00", b"MM\x00*"):
         return 1
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            n = 0
-            for i in range(min(int(getattr(im, "n_frames", 1)), 10_000)):
-                im.seek(i)
-                kind = int(getattr(im, "tag_v2", {}).get(254, 0))  # NewSubfileType: reduced resolution 1, mask 4
-                n += not kind & 0b101
-            return max(1, n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged page's warnings name no file
+            with Image.open(io.BytesIO(data)) as im:
+                n = 0
+                for i in range(min(int(getattr(im, "n_frames", 1)), 10_000)):
+                    im.seek(i)
+                    kind = int(getattr(im, "tag_v2", {}).get(254, 0))  # NewSubfileType: reduced resolution 1, mask 4
+                    n += not kind & 0b101
+                return max(1, n)
     except (OSError, ValueError, SyntaxError, EOFError):
         return 1
 
