@@ -53,6 +53,18 @@ def one_cell_and_pieces(seed: int = 0) -> np.ndarray:
     return img
 
 
+def beside_a_two_lobed_neighbour() -> np.ndarray:
+    """A WBC (round nucleus) beside a second one whose nucleus shows as two long lobes, 27 px apart: the lobes stay
+    apart in the measured copy, each clear of the first cell's nucleus."""
+    img = np.clip(np.random.default_rng(0).normal(0, 3, (240, 360, 3)) + np.array([235, 225, 228]), 0, 255)
+    img = img.astype(np.uint8)
+    _cell(img, 140, 120)
+    cv2.circle(img, (270, 120), 66, CYTOPLASM, -1)
+    for side in (-1, 1):
+        cv2.ellipse(img, (270, 120 + side * 22), (52, 9), 0, 0, 360, NUCLEUS, -1)
+    return img
+
+
 def _model(tmp_path: Path, favourite: str) -> Classifier:
     """A tiny real ONNX classifier that answers ``favourite`` confidently for any glass-coloured image."""
     from tiny_models import mean_colour_model
@@ -119,6 +131,21 @@ def test_an_image_of_two_cells_is_flagged_by_every_output(tmp_path: Path) -> Non
                        ).json()
     assert [r["review"] for r in body["results"]] == [True, False] and body["n_review"] == 1
     assert body["results"][0]["review_reasons"] == both.reasons and body["warnings"] == [note]
+
+
+def test_a_neighbour_whose_nucleus_shows_as_two_lobe_groups_counts_as_one_cell(real_data: Path) -> None:
+    """Each nucleus mass apart from the chosen one counted as a cell, so a neighbour whose lobes the measurement left
+    in two groups counted twice: "3 nucleated cells in view" for two cells (before wbc 0.32.0). A mass within
+    ``apart`` of a nucleus already counted is a lobe of that cell. PBC validation LY_165111 shows a lymphocyte beside
+    one neutrophil (its nucleus in two lobe groups); BNE_51939 and SNE_316202 still count their second cell."""
+    from wbc.classify import read_cell_views
+    from wbc.io import read_image
+    from wbc.reframe import frame_cell_views, measure_framing
+
+    assert measure_framing(beside_a_two_lobed_neighbour()).others == 1
+    path = real_data / "pbc" / "lymphocyte" / "LY_165111.jpg"
+    assert frame_cell_views(read_image(path), 224).others == 1
+    assert read_cell_views(path, 160, DEFAULT_STATS).others == 1
 
 
 def test_two_platelets_are_no_two_cells(tmp_path: Path) -> None:

@@ -388,7 +388,8 @@ def _central_nucleus(
 #: frame's edge by ``rim`` of its own extent, room for its cytoplasm (PBC crops often show part of a neighbour at the
 #: border: a cell cut by the frame is not what the image was taken of); and it lies at least ``apart`` of the larger
 #: nucleus' extent from the chosen one (the lobes of one eosinophil or neutrophil nucleus that the closing leaves
-#: apart: 0.13-0.28 on PBC validation crops; two neutrophils or erythroblasts touching: 0.32-0.49). Chosen on PBC
+#: apart: 0.13-0.28 on PBC validation crops; two neutrophils or erythroblasts touching: 0.32-0.49), and from every
+#: other nucleus counted (a neighbour's lobes: one cell, since wbc 0.32.0). Chosen on PBC
 #: validation crops and synthetic pairs of them (``benchmarks/two_cells.py``, docs/generalisation.md). Since wbc 0.31.0.
 OTHER_CELL = (0.25, 0.25, 0.35)
 
@@ -396,12 +397,14 @@ OTHER_CELL = (0.25, 0.25, 0.35)
 def _other_nuclei(m: np.ndarray, bg: float, lab: np.ndarray, stats: np.ndarray, best: int, min_area: int,
                   blue: np.ndarray | None) -> int:
     """How many components of ``lab`` besides ``best`` (the chosen nucleus) are the nuclei of other cells whole in the
-    frame (:data:`OTHER_CELL`), dark enough to be nuclei as :func:`_central_nucleus` judges them. The cheap tests
-    (area, the frame's edge) come first: most images have no candidate left, and pay nothing more."""
+    frame (:data:`OTHER_CELL`), dark enough to be nuclei as :func:`_central_nucleus` judges them; one within ``apart``
+    of a nucleus already counted is a lobe of that cell (a neighbour's two lobe groups are one cell, not two). The
+    cheap tests (area, the frame's edge) come first: most images have no candidate left, and pay nothing more."""
     share, rim, apart = OTHER_CELL
     sh, sw = m.shape[:2]
     floor = max(min_area, share * float(stats[best, cv2.CC_STAT_AREA]))
     chosen = max(int(stats[best, 2]), int(stats[best, 3]))
+    counted: list[tuple[np.ndarray, int]] = []
     gap: np.ndarray | None = None  # each pixel's distance to the chosen nucleus, computed for the first candidate
     n = 0
     for i in range(1, len(stats)):
@@ -416,6 +419,9 @@ def _other_nuclei(m: np.ndarray, bg: float, lab: np.ndarray, stats: np.ndarray, 
             continue  # a lobe of the chosen nucleus
         b = float(np.median(m[where])) / max(bg, 1.0)
         if b <= MAX_NUCLEUS_BRIGHTNESS if blue is None else _pale_nucleus(b, blue, where, extent / min(sw, sh)):
+            if any(float(d[where].min()) < apart * max(extent, e) for d, e in counted):
+                continue  # a lobe of another cell's nucleus already counted
+            counted.append((cv2.distanceTransform((~where).astype(np.uint8), cv2.DIST_L2, 3), extent))
             n += 1  # else red cells, or a pale object: no nucleus
     return n
 
