@@ -5,12 +5,16 @@ Every image goes the way :func:`wbc.analyze.analyze_image` takes it: refused whe
 (:func:`wbc.smear_look.smear_look`) and flagged or passed. Counted per set:
 
 * smear fields, tuned on (none may be flagged): BCCD train and val, TXL-PBC train and val (less the fields that show
-  a BCCD test image), BCCD train+val fields cut to the part beside their WBCs (a field without a WBC), BCCD mosaics
-  (2x2 to 12x12 half-size fields and 4x4 to 16x16 quarter-size ones: wide low-magnification frames), and every third
-  BCCD val field and every eighth TXL-PBC val field under each of the changes :func:`_shifts` lists (stain, lamp,
-  exposure, tone curve, noise, JPEG, blur, scale, scale bar, eyepiece, canvas);
-* smear fields held out, reported after the choice: BCCD test, TXL-PBC test and the TXL-PBC fields that show a BCCD
-  test image;
+  a BCCD test image), BCCD train+val fields cut to the part beside their WBCs (a field without a WBC), PBC train and
+  val platelet images (the PBC lab's fields without a WBC: pale red cells on peach glass, since wbc 0.32.0), BCCD
+  mosaics (2x2 to 12x12 half-size fields and 4x4 to 16x16 quarter-size ones: wide low-magnification frames), and
+  every third BCCD val field and every eighth TXL-PBC val field under each of the changes :func:`_shifts` lists
+  (stain, lamp, exposure, tone curve, noise, JPEG, blur, scale, scale bar, eyepiece, canvas);
+* smear fields held out, reported after the choice: BCCD test, TXL-PBC test, the TXL-PBC fields that show a BCCD
+  test image and PBC test platelet images;
+* smear fields reported apart: TXL-PBC train+val fields (less those showing a BCCD test image) cut to the part beside
+  their WBCs, at least 160 px each way (fields without a WBC from its BCCD and BCD labs; PBC-origin fields have no
+  such part): parts of the palest BCD-lab fields are flagged;
 * not smears (all should be told): scikit-image's sample images (offline: photographs, a scanned page, text, a fundus
   photograph, a tissue section, the Hubble deep field, a logo, ...), their quarters, the colour ones enlarged 3x,
   and synthetic ones (blank glass with vignetting, dust, noise, plain and noisy colours, printed text in five inks,
@@ -107,22 +111,54 @@ def read_all(items: Iterable[tuple[str, Path]]) -> Iterator[Image]:
         yield name, read_image(path)
 
 
+def _beside(rgb: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray | None:
+    """The field's largest part left, right, above or below all ``boxes`` (x0, y0, x1, y1), at least 160 px each way;
+    None when there is no box or no such part."""
+    if not boxes:
+        return None
+    h, w = rgb.shape[:2]
+    x0, y0 = int(min(b[0] for b in boxes)), int(min(b[1] for b in boxes))
+    x1, y1 = int(max(b[2] for b in boxes)) + 1, int(max(b[3] for b in boxes)) + 1
+    parts = [p for p in [(0, 0, x0, h), (x1, 0, w, h), (0, 0, w, y0), (0, y1, w, h)]
+             if p[2] - p[0] >= 160 and p[3] - p[1] >= 160]
+    if not parts:
+        return None
+    a, b, c, d = max(parts, key=lambda p: (p[2] - p[0]) * (p[3] - p[1]))
+    return np.ascontiguousarray(rgb[b:d, a:c])
+
+
 def beside_wbcs(root: Path, items: Iterable[tuple[str, Path]]) -> Iterator[Image]:
-    """Each field's largest part left, right, above or below all its WBC boxes, at least 160 px each way."""
+    """Each BCCD field's largest part beside all its WBC boxes (:func:`_beside`)."""
     from wbc.evaluate.smears import read_voc_boxes
 
     for name, rgb in read_all(items):
-        boxes = read_voc_boxes(root / "bccd" / "Annotations" / f"{name.rsplit('/', 1)[1]}.xml")
-        if not boxes:
-            continue
+        part = _beside(rgb, read_voc_boxes(root / "bccd" / "Annotations" / f"{name.rsplit('/', 1)[1]}.xml"))
+        if part is not None:
+            yield f"{name} beside its WBCs", part
+
+
+def txl_beside_wbcs(root: Path, items: Iterable[tuple[str, Path]]) -> Iterator[Image]:
+    """Each TXL-PBC field's largest part beside all its WBC boxes (YOLO labels, class 0; :func:`_beside`)."""
+    for name, rgb in read_all(items):
+        split, stem = name.split("/")[1], name.rsplit("/", 1)[1]
         h, w = rgb.shape[:2]
-        x0, y0 = int(min(b[0] for b in boxes)), int(min(b[1] for b in boxes))
-        x1, y1 = int(max(b[2] for b in boxes)) + 1, int(max(b[3] for b in boxes)) + 1
-        parts = [p for p in [(0, 0, x0, h), (x1, 0, w, h), (0, 0, w, y0), (0, y1, w, h)]
-                 if p[2] - p[0] >= 160 and p[3] - p[1] >= 160]
-        if parts:
-            a, b, c, d = max(parts, key=lambda p: (p[2] - p[0]) * (p[3] - p[1]))
-            yield f"{name} beside its WBCs", np.ascontiguousarray(rgb[b:d, a:c])
+        boxes = []
+        for line in (root / "txl_pbc" / "labels" / split / f"{stem}.txt").read_text().splitlines():
+            if line.split()[:1] == ["0"]:
+                xc, yc, bw, bh = (float(v) for v in line.split()[1:5])
+                boxes.append(((xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h))
+        part = _beside(rgb, boxes)
+        if part is not None:
+            yield f"{name} beside its WBCs", part
+
+
+def pbc_platelets(root: Path, splits: Iterable[str]) -> list[tuple[str, Path]]:
+    """PBC's platelet images in ``splits`` of the committed manifest: smear fields of the PBC lab without a WBC."""
+    from wbc.data import read_manifest
+
+    return [(f"pbc/{s.split}/{s.path.name}", s.path)
+            for s in read_manifest(ROOT / "runs" / "default" / "manifest.csv", root=root)
+            if s.label == "platelet" and s.split in set(splits)]
 
 
 def mosaics(items: list[tuple[str, Path]]) -> Iterator[Image]:
@@ -327,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from _provenance import provenance
 
-    from wbc import analyze
+    from wbc import smear_look
     from wbc.io import atomic_write_json
     from wbc.paths import data_root
 
@@ -342,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "BCCD val": lambda: read_all(bccd_split(root, "val")),
         "TXL-PBC train+val (less BCCD test images)": lambda: read_all(txl_fields(root, ["train", "val"], False)),
         "BCCD train+val beside their WBCs": lambda: beside_wbcs(root, trainval),
+        "PBC train+val platelet images": lambda: read_all(pbc_platelets(root, ["train", "val"])),
         "BCCD mosaics": lambda: mosaics(trainval),
         "BCCD val and TXL-PBC val fields, shifted": lambda: shifted(shift_fields),
     }
@@ -349,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         "BCCD test": lambda: read_all(bccd_split(root, "test")),
         "TXL-PBC test (less BCCD test images)": lambda: read_all(txl_fields(root, ["test"], False)),
         "TXL-PBC fields showing BCCD test images": lambda: read_all(txl_fields(root, ["train", "val", "test"], True)),
+        "PBC test platelet images": lambda: read_all(pbc_platelets(root, ["test"])),
+    }
+    apart: dict[str, Callable[[], Iterable[Image]]] = {
+        "TXL-PBC train+val (less BCCD test images) beside their WBCs":
+            lambda: txl_beside_wbcs(root, txl_fields(root, ["train", "val"], False)),
     }
     others: dict[str, Callable[[], Iterable[Image]]] = {
         "scikit-image sample images": lambda: nat.items(),
@@ -357,12 +399,12 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic non-smears": synthetic,
     }
     res: dict[str, Any] = {
-        "thresholds": {k: getattr(analyze, k) for k in ("MIN_STAINED", "MAX_DARK", "MAX_OFF_STAIN", "MIN_GLASS",
+        "thresholds": {k: getattr(smear_look, k) for k in ("MIN_STAINED", "MAX_DARK", "MAX_OFF_STAIN", "MIN_GLASS",
                                                           "MIN_SMOOTH", "MIN_SOLID")},
-        "smears_tuned": {}, "smears_held_out": {}, "not_smears": {}, "beyond": {},
+        "smears_tuned": {}, "smears_held_out": {}, "smears_apart": {}, "not_smears": {}, "beyond": {},
         "provenance": provenance(__file__, argv)}
     for group, sets, smears in [("smears_tuned", tuned, True), ("smears_held_out", held_out, True),
-                                ("not_smears", others, False)]:
+                                ("smears_apart", apart, True), ("not_smears", others, False)]:
         for name, make in sets.items():
             res[group][name] = t = tally(make(), smears, every=not smears or (args.every and group == "smears_tuned"))
             print(f"{name}: {t['n']} images, {t['refused']} refused, {t['flagged']} flagged, {t['passed']} passed",
@@ -370,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     res["beyond"]["grey photographs in a stain's purple (duotones)"] = tally(
         ((f"{n} in purple", duotone(nat[n])) for n in ["camera", "astronaut", "chelsea", "coins", "text", "page"]),
         False, every=True)
-    for group in ("smears_tuned", "smears_held_out"):
+    for group in ("smears_tuned", "smears_held_out", "smears_apart"):
         res[f"{group}_false"] = sum(t["n"] - t["passed"] for t in res[group].values())
         res[f"{group}_n"] = sum(t["n"] for t in res[group].values())
     told = sum(t["refused"] + t["flagged"] for t in res["not_smears"].values())
@@ -378,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     res["not_smears_told"] = told
     res["not_smears_told_rate"] = round(told / n_other, 4)
     print(f"smears tuned on: {res['smears_tuned_false']} of {res['smears_tuned_n']} flagged or refused; held out: "
-          f"{res['smears_held_out_false']} of {res['smears_held_out_n']}; other images told: {told} of {n_other}")
+          f"{res['smears_held_out_false']} of {res['smears_held_out_n']}; apart: {res['smears_apart_false']} of "
+          f"{res['smears_apart_n']}; other images told: {told} of {n_other}")
     if not args.no_timing:
         res["timing"] = timing(root)
         print(res["timing"])

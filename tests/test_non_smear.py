@@ -53,6 +53,24 @@ def printed_text(ink: tuple[int, int, int] = (30, 40, 160)) -> np.ndarray:
     return page
 
 
+def pale_smear_without_a_wbc(seed: int = 0) -> np.ndarray:
+    """A field of the PBC lab without a WBC: pale red cells (pale centres) and 12 platelets on peach glass, 2 % of it
+    coloured over 8 % of the light, as PBC's platelet images (1.7 % and more)."""
+    rng = np.random.default_rng(seed)
+    field = np.empty((363, 360, 3), np.float32)
+    field[:] = (247, 228, 206)
+    for _ in range(16):
+        (cx, cy), r = (int(v) for v in rng.integers(30, 330, 2)), int(rng.integers(30, 36))
+        disc = np.zeros(field.shape[:2], np.float32)
+        cv2.circle(disc, (cx, cy), r, 1.0, -1)
+        cv2.circle(disc, (cx, cy), r // 2, 0.5, -1)
+        disc = cv2.GaussianBlur(disc, (0, 0), 2.0)[..., None]
+        field = field * (1 - disc) + disc * np.float32([228, 203, 198])
+    for _ in range(12):
+        cv2.circle(field, (int(rng.integers(20, 340)), int(rng.integers(20, 340))), 8, (150, 110, 170), -1)
+    return np.clip(field + rng.normal(0, 1.5, field.shape), 0, 255).astype(np.uint8)
+
+
 class OneCell:
     """A segmenter that finds one 60 px cell in the middle of any image: what a detector may find in a photograph."""
 
@@ -62,6 +80,19 @@ class OneCell:
         h, w = rgb.shape[:2]
         mask = np.ones((60, 60), bool)
         return [Cell(1, (w // 2 - 30, h // 2 - 30, w // 2 + 30, h // 2 + 30), mask.copy(), mask.copy())]
+
+
+def test_the_pbc_labs_smear_fields_without_a_wbc_are_smears(real_data: Path) -> None:
+    """Its pale red cells on peach glass barely count as stained: a field of them without a WBC (PBC's platelet images,
+    1.7 % and more coloured) was called "nothing in it is stained ..., as on blank glass" before wbc 0.32.0 (30 of
+    PBC's 1,360 train and val platelet images). Blank glass and plain surfaces measure 0.5 % at most."""
+    from wbc.smear_look import MIN_STAINED, not_a_smear, smear_look
+
+    field = pale_smear_without_a_wbc()
+    assert 0.015 < smear_look(field).stained < 0.03 and not_a_smear(field) is None
+    for name in ("PLATELET_2561", "PLATELET_310105", "PLATELET_359510", "PLATELET_435521", "PLATELET_464925"):
+        assert not_a_smear(read_image(real_data / "pbc" / "platelet" / f"{name}.jpg")) is None, name
+    assert smear_look(blank_glass()).stained < MIN_STAINED and not_a_smear(blank_glass()).startswith("nothing")
 
 
 @pytest.mark.parametrize("make", [lambda: photograph("chelsea"), lambda: photograph("astronaut"),
