@@ -143,7 +143,7 @@ def test_one_run_at_a_time_even_when_the_mode_is_switched_meanwhile(page, tmp_pa
         window.fetch = (u, o) => String(u).startsWith('/analyze')
           ? new Promise((res) => window.held.push(() => res(f(u, o)))) : f(u, o); }""")
     page.click("#run-button")
-    page.wait_for_function("window.held.length === 1")
+    page.wait_for_function("() => window.held.length === 1")
     page.check("input[name=mode][value=cells]")  # ordinary use while waiting
     page.check("input[name=mode][value=smear]")
     assert page.locator("#run-button").is_disabled()
@@ -164,6 +164,39 @@ def test_no_answer_for_the_pooled_differential_ends_the_run_with_a_message(page,
     assert page.locator("#run-button").is_enabled() and page.locator("#progress-wrap").is_hidden()
     assert "pooled differential could not be computed" in page.locator("#error-list").inner_text()
     assert page.locator("#diff-table tbody tr").count() == 0
+
+
+def test_a_second_run_shows_and_downloads_none_of_the_first_runs_pooled_numbers(page, tmp_path: Path) -> None:
+    """A new run cleared the cards but not the summary tiles nor the pooled differential, and the downloads stayed
+    live: until its last field was done the page showed this run's cards under the last run's tiles and differential,
+    and **Download differential CSV** wrote this run's fields followed by the last run's ``ALL`` rows (wbc 0.31.0)."""
+    page.set_input_files("#file-input", [str(smear_file(tmp_path, f"{i}.png")) for i in range(3)])  # run 1: 3 fields
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    first = page.locator("#diff-caption").inner_text()
+    assert "pooled over 3 fields" in first
+    page.evaluate("""() => { const f = window.fetch; window.held = [];
+        window.fetch = (u, o) => String(u).startsWith('/analyze')
+          ? new Promise((res) => window.held.push(() => res(f(u, o)))) : f(u, o); }""")  # run 2: /analyze held
+    page.set_input_files("#file-input", [str(smear_file(tmp_path, "a.png")), str(smear_file(tmp_path, "b.png"))])
+    page.click("#run-button")
+    page.wait_for_function("() => window.held.length === 1")
+    page.evaluate("window.held.splice(0).forEach((go) => go())")
+    page.wait_for_function("() => window.held.length === 1")  # the first field answered, the second asked for
+    assert page.locator("#results").is_visible() and page.locator("#cards article").count() == 1
+    assert page.locator("#diff-caption").inner_text() != first
+    assert page.locator("#stats .stat").count() == 0 and page.locator("#diff-table tbody tr").count() == 0
+    assert all(page.locator(b).is_disabled() for b in ("#dl-json", "#dl-cells", "#dl-diff"))
+    page.evaluate("window.held.splice(0).forEach((go) => go())")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert "pooled over 2 fields" in page.locator("#diff-caption").inner_text()
+    with page.expect_download() as dl:
+        page.click("#dl-diff")
+    rows = list(csv.DictReader(Path(dl.value.path()).read_text().splitlines()))
+    assert sorted({r["image"] for r in rows}) == ["ALL", "a.png", "b.png"]
+    pooled = {r["class"]: int(r["count"]) for r in rows if r["image"] == "ALL"}
+    fields = {c: sum(int(r["count"]) for r in rows if r["image"] != "ALL" and r["class"] == c) for c in pooled}
+    assert pooled == fields
 
 
 CSV_VALUES = ["=1+2.jpg", "@SUM(1+1).jpg", "+cmd", "-2+3", "\tx", "\rx", "'=x", "''@x", "'-scan.png", "-0.5", "+1e5",
@@ -264,18 +297,30 @@ def diff_cells(page, label: str) -> list[str]:
 
 def test_a_field_of_only_nrbcs_and_platelets_shows_no_rate(page, tmp_path: Path) -> None:
     """With no WBC counted the API gives an erythroblast's or platelet's rate per 100 WBCs as null (since wbc
-    0.29.0): the page read ``d.percent.toFixed`` and showed no differential at all."""
+    0.29.0): the page read ``d.percent.toFixed`` and showed no differential at all. A WBC class has no share either:
+    the table read "0.0 %, 0.0–100.0 %" under "there are no percentages", and the differential CSV wrote 0, 0, 100
+    where ``wbc analyze``'s differential.csv leaves them empty (before wbc 0.32.0); its rows are the same now."""
+    from collections import Counter
+
+    from wbc.formats import write_differential_csv
+
     called(page, ["erythroblast", "erythroblast", "platelet"])
     analyse_one_field(page, tmp_path)
     assert diff_cells(page, "Erythroblast")[:3] == ["2", "n/a (no WBC counted)", ""]
     assert diff_cells(page, "Platelet")[:3] == ["1", "n/a (no WBC counted)", ""]
-    assert diff_cells(page, "Lymphocyte")[:2] == ["0", "0.0 %"]
+    assert diff_cells(page, "Lymphocyte")[:3] == ["0", "", ""]
+    assert page.locator("#diff-table tbody .bar").count() == 0  # no 0-100 % whisker drawn either
     assert "3 cells, 0 white cells among them" in page.locator("#diff-caption").inner_text()
     assert page.locator("#diff-note").inner_text().startswith("No white cell counted")
     with page.expect_download() as dl:
         page.click("#dl-diff")
-    rows = {(r["image"], r["class"]): r for r in csv.DictReader(Path(dl.value.path()).read_text().splitlines())}
-    assert (rows["ALL", "erythroblast"]["percent"], rows["ALL", "erythroblast"]["ci95_high"]) == ("", "")
+    got = list(csv.reader(Path(dl.value.path()).read_text().splitlines()))
+    labels = page.evaluate("state.runs[0].data.cells.map((c) => c.label)")
+    write_differential_csv(tmp_path / "differential.csv", [{"image": "x", "counts": Counter(labels)}],
+                           [r[1] for r in got[1:] if r[0] == "ALL"])  # what wbc analyze writes for these cells
+    expected = list(csv.reader((tmp_path / "differential.csv").read_text().splitlines()))
+    assert [r for r in got if r[0] in ("image", "ALL")] == [r for r in expected if r[0] in ("image", "ALL")]
+    assert all(r[4:] == ["", "", ""] for r in got[1:] if r[3] == "0")  # a field's own rows too, if it has no WBC
 
 
 def test_a_rate_per_100_wbcs_is_drawn_and_said_in_its_unit(page, tmp_path: Path) -> None:

@@ -102,6 +102,8 @@ function setBusy(busy, text, done, total) {
   state.busy = busy;
   $("run-button").disabled = busy || !state.files.length;
   $("file-input").disabled = busy;
+  // a download is of a finished run: mid-run, the differential CSV paired this run's fields with the last run's ALL
+  for (const id of ["dl-json", "dl-cells", "dl-diff"]) $(id).disabled = busy;
   $("progress-wrap").hidden = !busy;
   if (total) { $("progress").max = total; $("progress").value = done; }
   $("status").textContent = text || "";
@@ -126,6 +128,8 @@ async function run() {
     return true;
   });
   state.runs = [];
+  clearSummary();  // the last run's tiles and pooled differential never sit above (or download with) this run's fields
+  $("diff-caption").textContent = "The differential is pooled once every file is analysed.";
   $("cards").replaceChildren();
   $("results").hidden = true;
   showErrors([]);
@@ -135,11 +139,7 @@ async function run() {
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   if (state.runs.length) {
     try { await renderSummary(mode); } catch (err) {  // e.g. the server stopped: no summary, never a stuck page
-      state.differential = [];
-      $("stats").replaceChildren();
-      $("diff-table").querySelector("tbody").replaceChildren();
-      $("diff-caption").textContent = "";
-      $("diff-note").textContent = "";
+      clearSummary();
       errors.push(`The pooled differential could not be computed: no answer from the server (${err.message}).`);
     }
     showErrors(errors);
@@ -151,6 +151,15 @@ async function run() {
     showErrors(errors);
     setBusy(false, "No file could be analysed.");
   }
+}
+
+// No summary tiles and no pooled differential: between runs, and when the pooled one could not be computed.
+function clearSummary() {
+  state.differential = [];
+  $("stats").replaceChildren();
+  $("diff-table").querySelector("tbody").replaceChildren();
+  $("diff-caption").textContent = "";
+  $("diff-note").textContent = "";
 }
 
 async function runSmears(files, errors) {
@@ -293,7 +302,10 @@ async function renderSummary(mode) {
 }
 
 function diffRow(d) {
-  if (d.percent === null) {  // a rate per 100 WBCs with no WBC counted has no value (wbc.counts.NO_WBC_RATE)
+  // with no WBC counted nothing has a value: a rate per 100 WBCs (null in the API, wbc.counts.NO_WBC_RATE), nor a
+  // share, which the API gives as 0.0 with 0-100 % and report.html and differential.csv leave empty (before wbc 0.32.0
+  // this table read "0.0 %, 0.0–100.0 %" under a note saying "there are no percentages")
+  if (d.percent === null || !d.total) {
     return el("tr", { class: d.count ? "" : "zero" },
       el("th", { scope: "row" }, swatch(d.class), displayName(d.class)),
       el("td", { class: "num", text: String(d.count) }),
@@ -445,6 +457,10 @@ function neutralise(v) {
   return /^[=+\-@\t\r]/.test(rest) && !isNumber(rest) ? `'${v}` : v;
 }
 
+// A differential row's percent and bounds as differential.csv writes them (wbc.formats.write_differential_csv): empty
+// with no WBC counted, where the API gives a share as 0.0 with an interval of 0-100.
+const csvShare = (d) => (d.total ? [d.percent, d.ci95_low, d.ci95_high] : ["", "", ""]);
+
 function csvLine(values) {
   return values.map((v) => {
     const s = v === null || v === undefined ? "" : String(neutralise(v));
@@ -487,12 +503,12 @@ function downloadDifferentialCSV() {
   for (const r of state.runs) {
     if (r.kind === "smear") {
       for (const d of r.data.differential) {
-        lines.push(csvLine([r.data.image, d.class, d.count, d.total, d.percent, d.ci95_low, d.ci95_high]));
+        lines.push(csvLine([r.data.image, d.class, d.count, d.total, ...csvShare(d)]));
       }
     }
   }
   for (const d of state.differential || []) {
-    lines.push(csvLine(["ALL", d.class, d.count, d.total, d.percent, d.ci95_low, d.ci95_high]));
+    lines.push(csvLine(["ALL", d.class, d.count, d.total, ...csvShare(d)]));
   }
   save("wbc_differential.csv", lines.join("\n") + "\n", "text/csv");
 }
