@@ -159,11 +159,11 @@ def test_review_by_keyboard_sign_off_export_and_adapt(chromium, served, model_pa
 # ---------------------------------------------------------------------------- races and failed requests
 
 
-def make_case(base: str, name: str, seed: int) -> int:
+def make_case(base: str, name: str, seed: int, n_wbc: int = 2) -> int:
     """A case of one synthetic field, created through the API (as another reviewer's browser would)."""
     import httpx
 
-    png = cv2.imencode(".png", synthetic_smear(n_wbc=2, seed=seed)[0][:, :, ::-1])[1].tobytes()
+    png = cv2.imencode(".png", synthetic_smear(n_wbc=n_wbc, seed=seed)[0][:, :, ::-1])[1].tobytes()
     r = httpx.post(base + "/cases", data={"name": name, "user": "setup"},
                    files=[("files", ("field.png", png, "image/png"))], timeout=120)
     assert r.status_code == 201 and r.json()["n_cells"] >= 1, r.text
@@ -365,3 +365,229 @@ def test_a_five_part_case_s_caption_names_no_rate_per_100(chromium, classifier, 
         assert caption.endswith("beside them. Platelets are not counted in smear analysis.")
         ctx.close()
     assert not errors, errors
+
+
+def slow_labels(page, ms: int) -> None:
+    """Each label request answered ``ms`` late: a loaded server, a hospital network."""
+    page.evaluate("""ms => { const f = window.fetch; window.fetch = (u, o) => String(u).endsWith('/label')
+        ? new Promise((res) => setTimeout(() => res(f(u, o)), ms)) : f(u, o); }""", ms)
+
+
+def test_label_keys_pressed_faster_than_the_server_answers_each_label_their_own_cell(review) -> None:
+    """A key pressed while the last label was saving was dropped without a word; the selection then moved on, and the
+    reviewer's next key labelled the cell after the one it was meant for (before wbc 0.32.0). Each key now labels the
+    cell selected when it is pressed, in order, the selection moving on at once, and the page shows what is saving."""
+    page, base = review
+    c = make_case(base, "fast keys", 48, n_wbc=4)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    ids, classes = page.evaluate("[state.order.slice(0, 3), state.doc.classes]")
+    assert len(ids) == 3
+    wanted = ["lymphocyte", "monocyte", "neutrophil"]
+    slow_labels(page, 800)
+    page.focus("#gallery .tile[aria-selected=true]")
+    for label in wanted:  # at a reviewer's pace: each key before the last one's answer
+        page.keyboard.press(str(classes.index(label) + 1))
+    saving = page.evaluate("() => [!document.querySelector('#saving')?.hidden, "
+                           "document.querySelector('#saving')?.textContent, "
+                           "document.querySelectorAll('#gallery .tile.saving').length]")
+    page.wait_for_function("() => !state.busy", timeout=15_000)
+    page.wait_for_timeout(500)
+    doc = case_on_server(base, c)
+    assert [(x["cell_id"], x["new_label"]) for x in doc["corrections"]] == list(zip(ids, wanted, strict=True))
+    shown = {x["id"]: x["label"] for x in page.evaluate("state.doc.cells")}
+    assert [shown[i] for i in ids] == wanted
+    assert saving[0] and saving[1].startswith(f"Saving cell {ids[0]} (Lymphocyte), cell {ids[1]} (Monocyte)")
+    assert saving[2] == 3  # each cell given a label shows it is saving
+    assert page.locator("#saving").is_hidden() and page.locator("#gallery .tile.saving").count() == 0
+
+
+@pytest.mark.parametrize("width", [1001, 1280, 1920])
+def test_the_differential_shows_the_models_counts_whole_at_desktop_widths(chromium, served, width: int) -> None:
+    """The side column was 420 px and the table's numbers never wrap: a 200-cell case's table was 403 px in a 386 px
+    panel, its Model column cut off ("11" for 118, nothing for 2) behind a scrollbar at every desktop width (before
+    wbc 0.32.0). The rows here are the server's own (POST /differential), a wide case's counts."""
+    base, _ = served
+    c = make_case(base, f"wide counts {width}", 49)
+    counts = {"neutrophil": 112, "lymphocyte": 52, "monocyte": 18, "eosinophil": 12, "basophil": 2, "ig": 4,
+              "erythroblast": 112}
+    model = {"neutrophil": 118, "lymphocyte": 49, "monocyte": 16, "eosinophil": 11, "basophil": 2, "ig": 6,
+             "erythroblast": 110}
+    ctx = chromium.new_context(viewport={"width": width, "height": 900})
+    page = ctx.new_page()
+    errors = watch(page, only=base)
+    page.goto(f"{base}/review?case={c}")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    edges = page.evaluate("""async ([counts, model]) => {
+        const post = async (c) => (await (await fetch('/differential', { method: 'POST',
+            headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ counts: c }) })).json());
+        const d = await post(counts), m = await post(model);
+        state.doc.differential = { rows: d.differential, total: d.total, excluded: { not_wbc: 13, unidentifiable: 1 } };
+        state.doc.model_differential = { rows: m.differential, total: m.total, excluded: {} };
+        renderDifferential();
+        const t = document.getElementById('review-diff'), wrap = t.parentElement.getBoundingClientRect();
+        return { wrap: wrap.right, scrolls: t.parentElement.scrollWidth - t.parentElement.clientWidth,
+                 cells: [...t.querySelectorAll('tr > :last-child')].map((x) => x.getBoundingClientRect().right) };
+    }""", [counts, model])
+    shown = page.locator("#review-diff tbody tr td:last-child").all_inner_texts()
+    ctx.close()
+    assert edges["scrolls"] <= 0 and max(edges["cells"]) <= edges["wrap"] + 0.5, edges  # not scrolled away
+    assert shown[:7] == [str(model[r]) for r in sorted(model)]  # basophil ... neutrophil, whole
+    assert not errors, errors
+
+
+def test_a_label_that_cannot_be_saved_sends_none_given_after_it_and_says_which(review) -> None:
+    """Labels are saved in the order given; when one fails, those queued behind it are not sent (the case may have
+    changed, the server may be gone): the page names each, and selects the cell that failed, never another."""
+    page, base = review
+    c = make_case(base, "queue fails", 50, n_wbc=4)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    ids, classes = page.evaluate("[state.order.slice(0, 3), state.doc.classes]")
+    page.evaluate("""() => { const f = window.fetch; let n = 0; window.fetch = (u, o) => String(u).endsWith('/label')
+        ? new Promise((res, rej) => setTimeout(() => (n++ ? res(f(u, o)) : rej(new TypeError('network down'))), 800))
+        : f(u, o); }""")
+    page.focus("#gallery .tile[aria-selected=true]")
+    for label in ("lymphocyte", "monocyte", "neutrophil"):
+        page.keyboard.press(str(classes.index(label) + 1))
+    page.wait_for_function("() => !state.busy", timeout=15_000)
+    status = page.locator("#review-status").inner_text()
+    assert status.startswith("Not saved: no answer from the server (network down)"), status
+    assert f"Not sent either: cell {ids[1]} (Monocyte), cell {ids[2]} (Neutrophil)" in status, status
+    assert page.evaluate("state.sel") == ids[0] and page.locator("#saving").is_hidden()
+    assert case_on_server(base, c)["corrections"] == []
+    page.keyboard.press(str(classes.index("lymphocyte") + 1))  # the failed cell's key again: saved, on that cell
+    page.wait_for_selector("#review-status:has-text('Lymphocyte')")
+    assert [(x["cell_id"], x["new_label"]) for x in case_on_server(base, c)["corrections"]] == [(ids[0], "lymphocyte")]
+
+
+def test_escape_closes_the_sign_off_confirmation(review) -> None:
+    """The confirmation is an alertdialog; Escape did nothing (before wbc 0.32.0). It closes it, as Cancel does."""
+    page, base = review
+    c = make_case(base, "confirm escape", 58)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    page.click("#sign-off")
+    assert page.locator("#confirm-box").is_visible()
+    page.keyboard.press("Escape")
+    assert page.locator("#confirm-box").is_hidden() and page.evaluate("state.confirming") is None
+    assert page.evaluate("document.activeElement.id") == "sign-off"
+
+
+def test_a_label_while_the_sign_off_confirmation_is_open_closes_it(review) -> None:
+    """The confirmation kept its numbers while a menu click relabelled a cell, and its Sign off was then refused as if a
+    colleague had changed the case (before wbc 0.32.0). The label closes it; asked again, it gives the new numbers."""
+    page, base = review
+    c = make_case(base, "confirm open", 51)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    page.click("#sign-off")
+    assert "0 changed by review" in page.locator("#confirm-text").inner_text()
+    label = next(x for x in ("lymphocyte", "monocyte") if x != page.evaluate("state.doc.cells[0].label"))
+    page.click(f"#gallery [data-cell='{page.evaluate('state.doc.cells[0].id')}']")
+    page.click(f"#label-menu button[data-label={label}]")
+    assert page.locator("#confirm-box").is_hidden()  # closed: its numbers are no longer the case's
+    page.wait_for_function("() => !state.busy")
+    page.click("#sign-off")
+    assert "1 changed by review" in page.locator("#confirm-text").inner_text()
+    page.click("#confirm-sign-off")
+    page.wait_for_selector("#signed-text:not([hidden])")
+    assert case_on_server(base, c)["signed_by"] == "Ann"
+
+
+def test_back_to_the_case_list_closes_the_case(review) -> None:
+    """Back to /review left the last case on screen and open to labels under the list's address (before wbc 0.32.0)."""
+    page, base = review
+    a = make_case(base, "back A", 52)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, a)
+    page.go_back()
+    page.wait_for_function("() => location.search === ''")
+    assert page.locator("#case").is_hidden() and page.evaluate("state.doc") is None
+    page.keyboard.press("9")  # no case: no label
+    page.wait_for_timeout(300)
+    assert case_on_server(base, a)["corrections"] == []
+
+
+def test_of_two_opens_clicked_in_a_row_the_last_one_is_shown(review) -> None:
+    """On a slow link the first of two Opens clicked in a row replaced the second when its answer came last (before wbc
+    0.32.0)."""
+    page, base = review
+    a, b = make_case(base, "race A", 59), make_case(base, "race B", 53)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    page.evaluate("""a => { const f = window.fetch; window.fetch = (u, o) => String(u) === `/cases/${a}`
+        ? new Promise((res) => { window.releaseA = () => res(f(u, o)); }) : f(u, o); }""", a)
+    page.click(f"button.open-case[data-case='{a}']")
+    page.wait_for_function("() => typeof window.releaseA === 'function'")
+    open_case(page, b)
+    page.evaluate("window.releaseA()")
+    page.wait_for_timeout(500)
+    assert page.evaluate("state.doc.id") == b and page.url.endswith(f"?case={b}")
+    assert page.locator("#case-heading").inner_text() == "Case race B"
+
+
+def test_a_case_opened_signed_off_leaves_the_reviewer_box_free_for_a_new_case(chromium, served, tmp_path) -> None:
+    """The Reviewer box was locked while a signed-off case was shown: a browser that opened one from a bookmark could
+    not type a name, and a case it created had no creator (before wbc 0.32.0)."""
+    import httpx
+
+    base, _ = served
+    c = make_case(base, "signed bookmark", 54)
+    r = httpx.post(f"{base}/cases/{c}/sign-off", json={"user": "Bo"}, timeout=30)
+    assert r.status_code == 200, r.text
+    ctx = chromium.new_context(viewport={"width": 1400, "height": 1000})  # a new browser: no name remembered
+    page = ctx.new_page()
+    errors = watch(page, only=base)
+    page.goto(f"{base}/review?case={c}")
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    assert page.locator("#case-status").inner_text().startswith("Signed off")
+    assert page.locator("#reviewer").is_enabled()
+    page.fill("#reviewer", "Cy")
+    page.fill("#case-name", "from a signed one")
+    field = tmp_path / "field.png"
+    cv2.imwrite(str(field), synthetic_smear(n_wbc=2, seed=55)[0][:, :, ::-1])
+    page.set_input_files("#case-files", str(field))
+    page.click("#create-case")
+    page.wait_for_selector("#cases-status:has-text('Case created')", timeout=90_000)
+    new = page.evaluate("state.doc.id")
+    ctx.close()
+    assert case_on_server(base, new)["created_by"] == "Cy"
+    assert not errors, errors
+
+
+def test_the_case_list_counts_the_changes_a_label_makes(review) -> None:
+    """The case list was loaded with the page only: after relabels its Changed read 2 beside the case header's 3
+    (before wbc 0.32.0)."""
+    page, base = review
+    c = make_case(base, "list count", 56)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    page.focus("#gallery .tile[aria-selected=true]")
+    page.keyboard.press("9")
+    page.wait_for_selector("#review-status:has-text('Not a WBC')")
+    changed = page.locator(f"#case-list tr:has(button[data-case='{c}']) td").nth(3).inner_text()
+    assert changed == "1" and "· 1 changed ·" in page.locator("#case-meta").inner_text()
+
+
+def test_the_top_3_gives_the_models_call_with_the_digits_of_its_flag(review) -> None:
+    """"Model: Eosinophil (98.5 %)" over "Top 3: Eosinophil 99 %": the probabilities were rounded to whole percent, the
+    very reading a flagged cell's confidence is kept from (before wbc 0.32.0)."""
+    page, base = review
+    c = make_case(base, "top 3", 57)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    page.evaluate("""() => { const c = state.doc.cells.find((x) => x.id === state.sel);
+        Object.assign(c, { model_label: 'eosinophil', label: 'eosinophil', model_confidence: 0.985, model_review: true,
+          model_probabilities: { eosinophil: 0.985, neutrophil: 0.0125, monocyte: 0.0025 } });
+        state.doc.review_threshold = 0.9863; renderDetail(); }""")
+    detail = page.locator("#cell-detail dd").all_inner_texts()
+    assert detail[2] == "Eosinophil (98.5 %)", detail
+    assert detail[3] == "Eosinophil 98.5 %, Neutrophil 1.3 %, Monocyte 0.3 %", detail

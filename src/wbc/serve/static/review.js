@@ -9,8 +9,9 @@ const SPECIAL_COLOURS = { not_wbc: "#5b6676", unidentifiable: "#17202b" };
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
-  meta: null, doc: null, view: "gallery", sel: null, order: [], keys: {}, busy: false, confirming: null,
-  confirmingSeen: null,
+  meta: null, doc: null, view: "gallery", sel: null, order: [], keys: {}, confirming: null, confirmingSeen: null,
+  busy: false, saving: null, queue: [],  // busy: labels are being saved; saving: the one sent; queue: those to send
+  opening: 0,  // counts the cases asked for: only the last one asked for is shown
 };
 const colourOf = (c) => SPECIAL_COLOURS[c] || (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
 const fmt1 = (v) => (v === null || v === undefined ? "" : fixed(v));  // fixed: common.js, the reports' rounding
@@ -65,15 +66,22 @@ async function loadCases() {
   const tbody = $("case-list").querySelector("tbody");
   if (!res.ok) { $("cases-status").textContent = `Cases unavailable: ${problem(res)}`; tbody.replaceChildren(); return; }
   const cases = res.body.cases.slice().reverse();
-  tbody.replaceChildren(...cases.map((c) => el("tr", {},
+  tbody.replaceChildren(...cases.map((c) => el("tr", { "data-case": c.id },
     el("td", { class: "name", text: c.name }),
     el("td", { class: "num", text: String(c.n_fields) }),
     el("td", { class: "num", text: String(c.n_cells) }),
-    el("td", { class: "num", text: String(c.n_changed) }),
+    el("td", { class: "num changed", text: String(c.n_changed) }),
     el("td", {}, el("span", { class: `badge ${c.signed_by ? "signed" : "open"}`, text: c.signed_by ? "Signed off" : "Open" })),
     el("td", {}, el("button", { type: "button", class: "open-case", "data-case": c.id,
       "aria-label": `Open case ${c.name}`, onclick: () => openCase(c.id, true) }, "Open")))));
   if (!cases.length) tbody.append(el("tr", {}, el("td", { colspan: "6", text: "No case yet." })));
+}
+
+// The case list's Changed count of case `doc`, as the case now has it: the list is loaded with the page, but a label
+// changes it (before wbc 0.32.0 it read 2 beside a case header's 3 until the page was reloaded).
+function updateListed(doc) {
+  const td = $("case-list").querySelector(`tr[data-case="${doc.id}"] td.changed`);
+  if (td) td.textContent = String(doc.n_changed);
 }
 
 async function createCase() {
@@ -102,18 +110,30 @@ async function createCase() {
   $("cases-status").textContent = `Case created: ${res.body.n_cells} cell(s) in ${res.body.fields.length} field(s).` + said;
   $("new-case").reset();
   await loadCases();
+  state.opening += 1;  // the new case is shown, not an Open clicked while it was analysed
   showCase(res.body);
   history.pushState({}, "", `/review?case=${res.body.id}`);
   $("case").focus();
 }
 
+// The case the address names, or none: Back to /review closes the case shown (before wbc 0.32.0 it stayed on screen,
+// open to labels, under the list's address).
 async function openFromURL() {
   const id = new URLSearchParams(location.search).get("case");
-  if (id && /^\d+$/.test(id)) await openCase(Number(id), false);
+  if (id && /^\d+$/.test(id)) { await openCase(Number(id), false); return; }
+  state.opening += 1;  // an Open still on its way shows nothing now
+  showConfirm(false);
+  state.doc = null;
+  state.sel = null;
+  $("case").hidden = true;
 }
 
+// The case asked for last is shown: an earlier Open answered late is dropped (before wbc 0.32.0, on a slow link, the
+// first of two Opens clicked in a row replaced the second).
 async function openCase(id, push) {
+  const n = ++state.opening;
   const res = await api(`/cases/${id}`);
+  if (n !== state.opening) return;
   if (!res.ok) { $("cases-status").textContent = `Cannot open case ${id}: ${problem(res)}`; return; }
   if (push) history.pushState({}, "", `/review?case=${id}`);
   showCase(res.body);
@@ -127,6 +147,7 @@ function showCase(doc) {
   // the corrections this page has shown: a sign-off is refused (409 changed) when the case has others
   doc.corrections_seen = doc.corrections.length;
   state.doc = doc;
+  updateListed(doc);
   state.sel = null;
   state.keys = {};
   doc.classes.slice(0, 8).forEach((c, i) => { state.keys[String(i + 1)] = c; });
@@ -156,7 +177,6 @@ function renderAll() {
   st.textContent = signed() ? "Signed off (read-only)" : "Open";
   $("case").classList.toggle("readonly", signed());
   $("sign-off").hidden = signed();
-  $("reviewer").disabled = signed();
   if (signed()) showConfirm(false);
   const stx = $("signed-text");
   stx.hidden = !signed();
@@ -202,6 +222,7 @@ function renderGallery() {
   el("h4", {}, g.key !== "flagged" ? el("span", { class: "swatch", style: { background: colourOf(g.key) }, "aria-hidden": "true" }) : "",
     g.title, el("span", { class: "n", text: `(${g.cells.length})` })),
   el("div", { class: "tiles" }, g.cells.map(tile)))));
+  showSaving();
 }
 
 // A cell's and a field's image URLs are the case document's (view_url, image_url): they carry the image's content
@@ -257,6 +278,7 @@ function renderFields() {
         + (f.colour_calibration ? " · colours calibrated on its red cells before classifying" : "")
         + (f.warnings.length ? ` · ${f.warnings.join("; ")}` : "") }));
   }));
+  showSaving();
 }
 
 function setView(view) {
@@ -314,8 +336,10 @@ function renderDetail() {
     b.disabled = signed() || !c;
   }
   if (!c) { box.replaceChildren(el("p", { class: "note", text: "Click a cell or use the arrow keys." })); return; }
+  // one decimal, the model's call as the Model line gives it (a cell flagged at 98.5 % read "99 %" here before wbc
+  // 0.32.0, the very reading confidenceText prevents)
   const probs = Object.entries(c.model_probabilities || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
-    .map(([k, v]) => `${displayName(k)} ${fixed(100 * v, 0)} %`).join(", ");
+    .map(([k, v]) => `${displayName(k)} ${k === c.model_label ? confText(c, 1) : `${fixed(100 * v)} %`}`).join(", ");
   box.replaceChildren(el("div", { class: "big" },
     el("img", { src: c.view_url, alt: `Cell ${c.id}` }),
     el("dl", {},
@@ -335,7 +359,7 @@ function renderDifferential() {
     el("td", { class: "num count", text: String(r.count) }),
     el("td", { class: "num", text: r.percent === null ? (r.count ? "n/a (no WBC counted)" : "")
       : fmt1(r.percent) + (r.unit === "per 100 WBC" ? "†" : "") }),
-    el("td", { class: "num", text: r.total ? `${fmt1(r.ci95_low)}–${fmt1(r.ci95_high)}` : "" }),
+    el("td", { class: "num ci", text: r.total ? `${fmt1(r.ci95_low)}–${fmt1(r.ci95_high)}` : "" }),
     el("td", { class: "num", text: String(model[r.class].count) })));
   for (const lab of ["not_wbc", "unidentifiable"]) {
     const n = d.differential.excluded[lab] || 0;
@@ -360,37 +384,92 @@ function reviewerName() {
   return name;
 }
 
-async function setLabel(label) {
-  if (!state.doc || state.sel === null || state.busy) return;
+// A label (a key, Enter or the menu) is for the cell selected when it is given, and the selection moves on at once:
+// the next key is for the next cell even while the server has not answered the last. Labels are saved one after
+// another, in the order given; until then the cells show as saving, and the panel says which. Before wbc 0.32.0 a
+// key pressed while the last label was saving was dropped without a word, the selection then moved on, and the
+// reviewer's following key labelled the cell after the one it was meant for.
+function setLabel(label) {
+  if (!state.doc || state.sel === null) return;
   if (signed()) { say("This case is signed off and read-only."); return; }
   const user = reviewerName();
   if (!user) return;
+  // a label changes the numbers the open confirmation asks about: it closes, and Sign off… asks with the new ones
+  // (before wbc 0.32.0 it stayed, and its Sign off was refused as if a colleague had changed the case)
+  if (state.confirming !== null) showConfirm(false);
   const id = state.sel;
-  const before = state.order.slice();
+  state.queue.push({ d: state.doc, id, label, user });
   const hadFocus = document.activeElement && document.activeElement.closest && document.activeElement.closest("#gallery, #fields");
-  const d = state.doc;  // the answer belongs to this case, even if another one is open when it comes
+  // next: the cell that follows this one in the order shown (the gallery moves it once its answer comes)
+  const pos = state.order.indexOf(id);
+  const next = state.order.slice(pos + 1)[0] ?? state.order.slice(0, pos).reverse()[0] ?? id;
+  select(next, Boolean(hadFocus));
+  showSaving();
+  if (!state.busy) saveQueue();
+}
+
+// The labels given and not yet saved, in order: the one being sent, then the queue.
+function unsaved() { return (state.saving ? [state.saving] : []).concat(state.queue); }
+
+const onScreen = (item) => Boolean(state.doc) && item.d.id === state.doc.id;  // a label of the case on screen
+
+function labelText(item) {
+  return `cell ${item.id}${onScreen(item) ? "" : ` of case ${item.d.name}`} (${displayName(item.label)})`;
+}
+
+// Which cells are waiting for the server, on their tiles and outlines and in words under the menu.
+function showSaving() {
+  const items = unsaved();
+  const ids = new Set(items.filter(onScreen).map((x) => x.id));
+  for (const n of document.querySelectorAll("#gallery [data-cell], #fields [data-cell]")) {
+    n.classList.toggle("saving", ids.has(Number(n.getAttribute("data-cell"))));
+  }
+  const box = $("saving");
+  box.hidden = !items.length;
+  box.textContent = items.length ? `Saving ${items.map(labelText).join(", ")}…` : "";
+}
+
+async function saveQueue() {
   state.busy = true;
+  while (state.queue.length) {
+    state.saving = state.queue.shift();
+    showSaving();
+    const ok = await saveLabel(state.saving);
+    state.saving = null;
+    if (!ok) {  // the labels given after it are not sent: the page names them, none lands unseen
+      const dropped = state.queue.splice(0);
+      if (dropped.length) say(`${$("review-status").textContent} Not sent either: ${dropped.map(labelText).join(", ")}; press their keys again.`);
+    }
+  }
+  state.busy = false;
+  showSaving();
+}
+
+async function saveLabel(item) {
+  const { d, id, label, user } = item;  // the answer belongs to case d, even if another one is open when it comes
   let res;
   try {
     res = await api(`/cases/${d.id}/cells/${id}/label`, {
-      // expected: the call this page shows; a cell a colleague relabelled since is not overwritten (409, reloaded)
+      // expected: the call this page shows (after the labels saved before this one); a cell a colleague relabelled
+      // since is not overwritten (409, reloaded)
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ label, user, expected: cellById(id).label }),
+      body: JSON.stringify({ label, user, expected: d.cells.find((c) => c.id === id).label }),
     });
   } catch (err) {
     res = { ok: false, status: 0, body: { detail: `no answer from the server (${err.message}); try again` } };
-  } finally {
-    state.busy = false;
   }
   if (state.doc !== d) {  // another case was opened meanwhile: say so, and leave the case now shown alone
+    if (res.ok) updateListed({ id: d.id, n_changed: res.body.n_changed });
     say(res.ok ? `Cell ${id} of case ${d.name}: ${displayName(label)} (saved).`
       : `Cell ${id} of case ${d.name} not saved: ${problem(res)}`);
-    return;
+    return res.ok;
   }
+  const hadFocus = document.activeElement && document.activeElement.closest && document.activeElement.closest("#gallery, #fields");
   if (!res.ok) {
-    say(`Not saved: ${problem(res)}`);
     if (res.status === 409) await openCase(d.id, false);
-    return;
+    if (state.doc && state.doc.id === d.id && cellById(id)) select(id, Boolean(hadFocus));  // the cell to label again
+    say(`Not saved: ${problem(res)}`);
+    return false;
   }
   d.corrections_seen += 1;  // each saved label is one correction
   const i = d.cells.findIndex((c) => c.id === id);
@@ -399,16 +478,21 @@ async function setLabel(label) {
   d.model_differential = res.body.model_differential;
   d.n_reviewed = res.body.n_reviewed;
   d.n_changed = res.body.n_changed;
+  updateListed(d);
   say(`Cell ${id}: ${displayName(label)}${label === res.body.cell.model_label ? " (confirmed)" : ""}.`);
-  renderAll();
-  // next: the cell that followed this one before the change (the gallery may have moved it)
-  const pos = before.indexOf(id);
-  const next = before.slice(pos + 1).find((x) => x !== id) ?? before.slice(0, pos).reverse()[0] ?? id;
-  select(next, Boolean(hadFocus));
+  renderAll();  // keeps the selection, which moved on when the label was given
+  if (hadFocus) focusSelected();
+  return true;
 }
 
 function onKey(e) {
   if (e.altKey || e.ctrlKey || e.metaKey || !state.doc || $("case").hidden) return;
+  if (e.key === "Escape" && state.confirming !== null) {  // an alertdialog closes on Escape, as Cancel does
+    e.preventDefault();
+    showConfirm(false);
+    $("sign-off").focus();
+    return;
+  }
   const t = e.target;
   if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
   const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
@@ -442,6 +526,7 @@ function showConfirm(on) {
 function askSignOff() {
   const user = reviewerName();
   if (!user) return;
+  if (unsaved().length) { say("Labels are still being saved: sign off once they are (the numbers asked about are the saved ones)."); return; }
   const d = state.doc;
   const pending = d.cells.filter((c) => c.model_review && !c.reviewed).length;
   $("confirm-text").textContent = `Sign off case ${d.name} as ${user}? ${d.differential.total} white cells counted, `
