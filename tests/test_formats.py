@@ -121,7 +121,7 @@ def test_other_model_results_are_not_taken_as_done(clf, tmp_path: Path) -> None:
     again = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
     assert (again.analyzed, again.skipped) == (1, 1)
     assert json.loads((out / "field_00.json").read_text())["model_id"] == "tiny-colour"
-    assert not list(out.glob(".*"))
+    assert [p.name for p in out.glob(".*")] == [".wbc-results"]  # no temporary file; the output folder's mark
 
 
 def test_a_run_resumed_with_other_settings_redoes_the_fields(clf, tmp_path: Path) -> None:
@@ -201,6 +201,34 @@ def test_fields_in_folders_below_the_output_folder_are_analysed(clf, tmp_path: P
 
     with pytest.raises(WbcError, match="is in the output folder"):
         run_local([tmp_path / "only"], tmp_path / "only", clf, ClassicalSegmenter())
+
+
+def test_an_earlier_run_s_output_folder_beside_the_fields_is_not_read_as_fields(clf, tmp_path: Path) -> None:
+    """`wbc analyze .` then `wbc analyze . -o results_v2`: the second run took the first's annotated PNGs in
+    ``results/`` for 3 more fields (wbc 0.31.0: 3 fields read as 6, their drawn labels adding "WBCs"). Every output
+    folder holds ``.wbc-results`` since wbc 0.32.0; one written before it is known by its PNGs' JSON documents."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.errors import WbcError
+
+    d = tmp_path / "d"
+    write_fields(d, 2)
+    run_local([d], d / "results", clf, ClassicalSegmenter())
+    (d / "results" / ".wbc-results").unlink(missing_ok=True)  # as a wbc before 0.32.0 left it
+    second = run_local([d], d / "results_v2", clf, ClassicalSegmenter())
+    assert len(second.docs) == 2 and second.analyzed == 2
+    assert not [doc["image"] for doc in second.docs if not doc["image"].startswith(f"{d}/field_")]
+    assert second.earlier_outputs == {str(d / "results"): 2}
+    assert (d / "results_v2" / ".wbc-results").is_file()
+    res = CliRunner().invoke(app, ["analyze", str(d), "-o", str(d / "results_v3"), "--model", str(clf.path),
+                                   "--segmenter", "classical", "--threads", "1", "--no-report"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "2 image(s)" in said
+    assert f"note: left out 4 image(s) in output folders of wbc ({d / 'results'}/, {d / 'results_v2'}/)" in said
+    with pytest.raises(WbcError, match=r"is in an output folder of wbc .*: annotated results, not smear fields"):
+        run_local([d / "results_v2"], tmp_path / "elsewhere", clf, ClassicalSegmenter())
 
 
 def test_flagged_confidence_never_reads_as_the_shown_threshold() -> None:

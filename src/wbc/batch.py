@@ -7,7 +7,8 @@ SHA-1, classifier and segmenter) is complete, and a run that starts again skips 
 ``differential.csv`` and ``errors.csv`` are rebuilt at the end from the JSON documents of this run's inputs, so a
 run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) and started again loses nothing and redoes at most the fields
 that were in flight, and a re-used output folder never keeps a stale ``cells.csv``. A file whose bytes an earlier
-input already has (a copy under another name) is left out of the run, so that no field is counted twice.
+input already has (a copy under another name) is left out of the run, so that no field is counted twice; so is every
+image in an output folder (:data:`OUTPUT_MARKER`), whose annotated PNGs are no fields.
 
 The Ray engine (:mod:`wbc.distributed`) runs :func:`analyze_job` in an actor pool and commits on the driver
 with :func:`commit`; the local engine (:func:`run_local`) does both in one process.
@@ -42,6 +43,10 @@ from wbc.protocols import ClassifierLike, SegmenterLike
 
 #: Pieces of the temporary names that :func:`wbc.io.atomic_write_bytes` gives files before their rename.
 _TEMP_MARKERS: tuple[str, ...] = (".json.", ".png.", ".csv.")
+
+#: The file every run leaves in its output folder (since wbc 0.32.0): the images there are its annotated fields, which
+#: a later run over a folder above it must not take for smear fields (`wbc analyze .`, then `wbc analyze . -o v2`).
+OUTPUT_MARKER = ".wbc-results"
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class AnalyzeSummary:
     seconds_render: float = 0.0
     stems: dict[str, str] = field(default_factory=dict)  # each field's image, as in ``docs``: its output stem
     copies: list[tuple[str, str]] = field(default_factory=list)  # (file left out, the input with the same bytes)
+    earlier_outputs: dict[str, int] = field(default_factory=dict)  # images left out, by earlier output folder
     # over every field's classified cells (as ``docs``): how many, how many flagged for review, how many of those
     # unlike the training cells (the run's own out-of-distribution sentence, :func:`wbc.ood.ood_sentence`)
     n_classified: int = 0
@@ -146,13 +152,22 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def plan_jobs(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None) -> list[Job]:
+    """The jobs of :func:`plan_run`, without the count of the images it left out."""
+    return plan_run(inputs, output)[0]
+
+
+def plan_run(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None
+             ) -> tuple[list[Job], dict[str, int]]:
     """Every image under ``inputs`` (sorted, stable), each file once however often the inputs name it, with its
-    output stem. ``output``: the run's output folder, whose own files (the annotated PNGs an earlier run wrote there,
-    when it lies inside an input folder) are never taken for fields; images in folders below it are."""
+    output stem; and how many images it left out in each earlier output folder (:func:`is_earlier_output`).
+    ``output``: the run's output folder, whose own files (the annotated PNGs an earlier run wrote there, when it lies
+    inside an input folder) are never taken for fields; images in folders below it are."""
     inputs = list(inputs)
     out = Path(output).resolve() if output is not None else None
     seen: set[Path] = set()
     paths, ours = [], 0
+    earlier: dict[str, int] = {}
+    marked: dict[Path, bool] = {}
     for p in iter_image_paths(inputs):
         real = p.resolve()
         if real in seen:
@@ -161,11 +176,46 @@ def plan_jobs(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLik
         if out is not None and real.parent == out:
             ours += 1
             continue
+        if is_earlier_output(real, marked):
+            earlier[str(p.parent)] = earlier.get(str(p.parent), 0) + 1
+            continue
         paths.append(p)
     if not paths:
-        raise WbcError(f"every image found ({ours}) is in the output folder {output}: give another --output"
-                       if ours else no_images_message(inputs))
-    return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)]
+        if ours and not earlier:
+            raise WbcError(f"every image found ({ours}) is in the output folder {output}: give another --output")
+        if earlier:
+            folders = ", ".join(([str(output)] if ours else []) + list(earlier))
+            raise WbcError(f"every image found ({ours + sum(earlier.values())}) is in an output folder of wbc "
+                           f"({folders}): annotated results, not smear fields")
+        raise WbcError(no_images_message(inputs))
+    return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)], earlier
+
+
+def is_earlier_output(path: Path, marked: dict[Path, bool]) -> bool:
+    """Whether the image at (resolved) ``path`` is an earlier run's output, not a field: it lies in a folder holding
+    :data:`OUTPUT_MARKER`, or (a folder written before wbc 0.32.0) it is a PNG beside a field's JSON document that
+    names another image. ``marked``: what is known of each folder (one look per folder). Before wbc 0.32.0 a second
+    run over a data folder counted the first run's annotated PNGs (``results/``) as fields, with their drawn labels."""
+    folder = path.parent
+    if folder not in marked:
+        marked[folder] = (folder / OUTPUT_MARKER).is_file()
+    if marked[folder]:
+        return True
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        doc = json.loads(path.with_suffix(".json").read_text(encoding="utf-8", errors="surrogateescape"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"image", "counts", "cells"} <= doc.keys() and not same_file(doc["image"], path)
+
+
+def same_file(a: Any, b: Path) -> bool:
+    """Whether ``a`` (a path as a JSON document gives it) is the file ``b``; False when either cannot be read."""
+    try:
+        return os.path.samefile(str(a), b)
+    except (OSError, ValueError):
+        return False
 
 
 def content_sha1(path: str | os.PathLike[str]) -> str:
@@ -208,6 +258,17 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
         if p.name.startswith(".") and any(m in p.name for m in _TEMP_MARKERS) and p.is_file():
             p.unlink(missing_ok=True)
     return out
+
+
+def start_run(out: Path) -> None:
+    """Mark ``out`` as an output folder (:data:`OUTPUT_MARKER`), whose images a later run over a folder above it
+    leaves out."""
+    marker = out / OUTPUT_MARKER
+    if not marker.is_file():
+        from wbc import __version__
+
+        atomic_write_bytes(marker, f"wbc {__version__} analyze results: the images here are annotated fields, "
+                                   "never read as smear fields by another run\n".encode())
 
 
 def read_doc(out: Path, job: Job) -> dict[str, Any] | None:
@@ -409,12 +470,14 @@ def run_local(
 ) -> AnalyzeSummary:
     """The local engine: analyse the pending fields one by one in this process, then rebuild the CSVs."""
     out = prepare_output(output)
-    jobs, copies = without_copies(plan_jobs(inputs, out))
+    planned, earlier = plan_run(inputs, out)
+    jobs, copies = without_copies(planned)
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
     todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite,
                         run_settings(classifier, segmenter))
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter),
-                             copies=copies)
+                             copies=copies, earlier_outputs=earlier)
+    start_run(out)
     if progress:
         progress(summary.skipped, len(jobs))
     for i, job in enumerate(todo):

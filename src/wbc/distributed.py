@@ -33,10 +33,11 @@ from wbc.batch import (
     finish,
     one_line,
     pending_jobs,
-    plan_jobs,
+    plan_run,
     prepare_output,
     run_settings,
     segmenter_id_of,
+    start_run,
     tally,
     without_copies,
 )
@@ -247,14 +248,16 @@ def analyze_paths_ray(
     tens of them), and Ray does not start at all when every field is done.
     """
     out = prepare_output(output)
-    jobs, copies = without_copies(plan_jobs(inputs, out))
+    planned, earlier = plan_run(inputs, out)
+    jobs, copies = without_copies(planned)
     classifier, segmenter = spec.load()  # the driver checks the models once, and learns their ids
     if on_classifier:
         on_classifier(classifier)
     seg_id = segmenter_id_of(segmenter)
     todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id,
-                             copies=copies)
+                             copies=copies, earlier_outputs=earlier)
+    start_run(out)
     if progress:
         progress(summary.skipped, len(jobs))
     if todo:

@@ -136,11 +136,23 @@ def analyze(
     warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")
     warn_skipped(f"{copy}: the same image as another input, analysed and counted once ({original} has the same bytes)"
                  for copy, original in summary.copies)
+    note_earlier_outputs(summary.earlier_outputs)
     note_foreign_images(inputs)
     if summary.errors:
         warn(f"{len(summary.errors)} file(s) failed, listed in {output}/errors.csv", "note:")
         if not n_img:
             raise typer.Exit(1)
+
+
+def note_earlier_outputs(earlier: dict[str, int]) -> None:
+    """Say, on one line, how many images the run left out as an earlier run's outputs (:func:`wbc.batch.plan_run`),
+    naming their folders: before wbc 0.32.0 a second run over a data folder counted the first run's annotated PNGs
+    (``results/``) as smear fields, without a word."""
+    if earlier:
+        shown = [f"{folder}/" for folder in list(earlier)[:5]]
+        more = f" and {len(earlier) - 5} more" if len(earlier) > 5 else ""
+        warn(f"left out {sum(earlier.values())} image(s) in output folders of wbc ({', '.join(shown)}{more}): "
+             "annotated results, not smear fields", "note:")
 
 
 def warn_not_smears(docs: list[dict[str, Any]], output: Path) -> None:
