@@ -231,6 +231,38 @@ def test_an_earlier_run_s_output_folder_beside_the_fields_is_not_read_as_fields(
         run_local([d / "results_v2"], tmp_path / "elsewhere", clf, ClassicalSegmenter())
 
 
+def test_a_run_stopped_part_way_leaves_no_pooled_file_that_disagrees_with_the_json(clf, tmp_path: Path) -> None:
+    """A run killed after committing a changed field left the run before's cells.csv and differential.csv, which
+    still counted the old image beside its new JSON (wbc 0.31.0). A run removes them before its first commit and
+    writes them again at its end."""
+    import hashlib
+
+    paths = write_fields(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    rgb, *_ = synthetic_smear(n_wbc=5, seed=99, size=(240, 320), scale=0.6)  # a camera re-uses the name
+    cv2.imwrite(str(paths[0]), rgb[:, :, ::-1])
+
+    def killed(i: int, n: int) -> None:  # as SIGKILL right after the first commit
+        if i > 1:
+            raise SystemExit(137)
+
+    with pytest.raises(SystemExit):
+        run_local([tmp_path / "in"], out, clf, ClassicalSegmenter(), progress=killed)
+    doc = json.loads((out / "field_00.json").read_text())
+    assert doc["sha1"] == hashlib.sha1(paths[0].read_bytes()).hexdigest()  # the new image's field is committed
+    for name in ("cells.csv", "differential.csv", "errors.csv"):
+        if (out / name).is_file():  # a pooled file left must describe the fields as their JSON does
+            rows = [r for r in csv.DictReader((out / name).open()) if r.get("image") == str(paths[0])]
+            if name == "cells.csv":
+                assert len(rows) == len(doc["cells"])
+            if name == "differential.csv":
+                assert {r["class"]: int(r["count"]) for r in rows} == {c: int(k) for c, k in doc["counts"].items()}
+    run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())  # the same command again writes them
+    assert len([r for r in csv.DictReader((out / "cells.csv").open()) if r["image"] == str(paths[0])]) == len(
+        doc["cells"])
+
+
 def test_flagged_confidence_never_reads_as_the_shown_threshold() -> None:
     """A cell of 0.98597 under a threshold of 0.98633 was labelled "0.9860 ?" (98.60 % on a page) beside a threshold
     shown as 0.986 (98.6 %): the same number. The confidence gets the digits that tell it apart, and a value that is

@@ -6,9 +6,10 @@ is therefore the commit marker: a field whose JSON exists (and names the same im
 SHA-1, classifier and segmenter) is complete, and a run that starts again skips it. ``cells.csv``,
 ``differential.csv`` and ``errors.csv`` are rebuilt at the end from the JSON documents of this run's inputs, so a
 run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) and started again loses nothing and redoes at most the fields
-that were in flight, and a re-used output folder never keeps a stale ``cells.csv``. A file whose bytes an earlier
-input already has (a copy under another name) is left out of the run, so that no field is counted twice; so is every
-image in an output folder (:data:`OUTPUT_MARKER`), whose annotated PNGs are no fields.
+that were in flight, and a re-used output folder never keeps a stale ``cells.csv``: a run removes the pooled files
+(:data:`POOLED_FILES`) before its first commit, so one stopped part-way leaves none that disagrees with the JSON. A file
+whose bytes an earlier input already has (a copy under another name) is left out of the run, so that no field is
+counted twice; so is every image in an output folder (:data:`OUTPUT_MARKER`), whose annotated PNGs are no fields.
 
 The Ray engine (:mod:`wbc.distributed`) runs :func:`analyze_job` in an actor pool and commits on the driver
 with :func:`commit`; the local engine (:func:`run_local`) does both in one process.
@@ -47,6 +48,9 @@ _TEMP_MARKERS: tuple[str, ...] = (".json.", ".png.", ".csv.")
 #: The file every run leaves in its output folder (since wbc 0.32.0): the images there are its annotated fields, which
 #: a later run over a folder above it must not take for smear fields (`wbc analyze .`, then `wbc analyze . -o v2`).
 OUTPUT_MARKER = ".wbc-results"
+
+#: The files a run pools over its fields: removed before it commits a field, written again at its end.
+POOLED_FILES: tuple[str, ...] = ("cells.csv", "differential.csv", "errors.csv", "report.html")
 
 
 @dataclass(frozen=True)
@@ -261,14 +265,17 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
 
 
 def start_run(out: Path) -> None:
-    """Mark ``out`` as an output folder (:data:`OUTPUT_MARKER`), whose images a later run over a folder above it
-    leaves out."""
+    """Mark ``out`` as an output folder (:data:`OUTPUT_MARKER`) and remove the pooled files an earlier run left there
+    (:data:`POOLED_FILES`): written again at this run's end, so a run stopped part-way leaves no pooled summary that
+    disagrees with the fields' JSON (before wbc 0.32.0 the last run's stayed, counting the fields as they were)."""
     marker = out / OUTPUT_MARKER
     if not marker.is_file():
         from wbc import __version__
 
         atomic_write_bytes(marker, f"wbc {__version__} analyze results: the images here are annotated fields, "
                                    "never read as smear fields by another run\n".encode())
+    for name in POOLED_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def read_doc(out: Path, job: Job) -> dict[str, Any] | None:
