@@ -446,6 +446,34 @@ def test_a_runtime_error_in_one_field_does_not_stop_the_batch(model_file: Path, 
     assert "analysis failed (RuntimeError" in rows["error"][0] and rows["error"][1] == "" and rows["json"][1]
 
 
+def test_a_disk_that_fills_up_mid_run_ends_wbc_analyze_in_one_line(model_file: Path, tmp_path: Path) -> None:
+    """A full disk under --output ended `wbc analyze` with a 43-line traceback (wbc 0.31.0); the fields written
+    before it stay. The second field's PNG finds the disk full."""
+    for seed in (1, 2):
+        write_png(tmp_path / f"field{seed}.png", synthetic_smear(n_wbc=1, seed=seed)[0])
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import errno, sys
+        from pathlib import Path
+        import wbc.batch, wbc.io
+        write = wbc.io.atomic_write_bytes
+        def full(path, data):
+            if Path(path).name == "field2.png":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            write(path, data)
+        wbc.batch.atomic_write_bytes = wbc.io.atomic_write_bytes = full
+        from wbc.cli import main
+        sys.argv = ["wbc", "analyze", {str(tmp_path)!r}, "--model", {str(model_file)!r}, "--segmenter", "classical",
+                    "--threads", "1", "--output", {str(out)!r}]
+        main()
+        """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, COLUMNS="200", WBC_NO_REEXEC="1"))
+    assert_one_line_error(r, f"{out / 'field2.png'}: cannot write (No space left on device); the fields written "
+                             "before it are kept")
+    assert (out / "field1.json").is_file() and (out / "field1.png").is_file()
+
+
 def test_a_segmenter_model_of_the_wrong_kind_ends_wbc_analyze_in_one_line(model_file: Path, tmp_path: Path) -> None:
     """`--segmenter learned --segmenter-model wbc_detector.onnx` ended with an IndexError traceback."""
     from wbc.paths import DEFAULT_DETECTOR

@@ -263,6 +263,36 @@ def test_a_run_stopped_part_way_leaves_no_pooled_file_that_disagrees_with_the_js
         doc["cells"])
 
 
+def test_a_full_disk_ends_the_run_in_one_line_naming_the_file_and_keeps_the_fields(
+        clf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails mid-run (a full disk) ended `wbc analyze` with a 43-line traceback (wbc 0.31.0), in commit
+    and in the pooled CSVs alike; the fields written before it stay, so the same command finishes the run."""
+    import errno
+
+    import wbc.batch
+    import wbc.io
+    from wbc.errors import WbcError
+
+    write_fields(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    write = wbc.io.atomic_write_bytes
+    for full in ("field_01.png", "cells.csv"):
+        def atomic_write_bytes(path: Path, data: bytes, full: str = full) -> None:
+            if Path(path).name == full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            write(path, data)
+
+        for module in (wbc.batch, wbc.io):  # the fields' files, and the CSVs (wbc.io.atomic_write_csv)
+            monkeypatch.setattr(module, "atomic_write_bytes", atomic_write_bytes)
+        with pytest.raises(WbcError, match=rf"{full}: cannot write \(No space left on device\); the fields written "
+                                           "before it are kept"):
+            run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+        assert (out / "field_00.json").is_file() and (out / "field_00.png").is_file()
+    monkeypatch.undo()
+    done = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    assert (done.analyzed, done.skipped) == (0, 2) and (out / "cells.csv").is_file()
+
+
 def test_flagged_confidence_never_reads_as_the_shown_threshold() -> None:
     """A cell of 0.98597 under a threshold of 0.98633 was labelled "0.9860 ?" (98.60 % on a page) beside a threshold
     shown as 0.986 (98.6 %): the same number. The confidence gets the digits that tell it apart, and a value that is

@@ -24,6 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,13 +270,26 @@ def start_run(out: Path) -> None:
     (:data:`POOLED_FILES`): written again at this run's end, so a run stopped part-way leaves no pooled summary that
     disagrees with the fields' JSON (before wbc 0.32.0 the last run's stayed, counting the fields as they were)."""
     marker = out / OUTPUT_MARKER
-    if not marker.is_file():
-        from wbc import __version__
+    with writing(marker):
+        if not marker.is_file():
+            from wbc import __version__
 
-        atomic_write_bytes(marker, f"wbc {__version__} analyze results: the images here are annotated fields, "
-                                   "never read as smear fields by another run\n".encode())
+            atomic_write_bytes(marker, f"wbc {__version__} analyze results: the images here are annotated "
+                                       "fields, never read as smear fields by another run\n".encode())
     for name in POOLED_FILES:
-        (out / name).unlink(missing_ok=True)
+        with writing(out / name):
+            (out / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An :class:`OSError` writing ``path`` mid-run (a full disk, a folder turned read-only) as one line naming it:
+    the fields committed before stay, so the same command finishes the run. Before wbc 0.32.0 a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise WbcError(f"{path}: cannot write ({exc.strerror or exc}); the fields written before it are kept: make "
+                       "room and run the same command again to finish") from None
 
 
 def read_doc(out: Path, job: Job) -> dict[str, Any] | None:
@@ -397,17 +411,19 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 def commit(out: Path, result: FieldOutput) -> None:
     """Write one field's outputs: PNG, then JSON (the commit marker), each atomically. A failed field's old
-    outputs are removed, so that the pooled CSVs never count results of a file that now fails."""
+    outputs are removed, so that the pooled CSVs never count results of a file that now fails. A write that fails
+    (a full disk) is one line naming the file (:func:`writing`)."""
     json_path, png_path = out / f"{result.job.stem}.json", out / f"{result.job.stem}.png"
-    if result.error:
-        json_path.unlink(missing_ok=True)
-        png_path.unlink(missing_ok=True)
-        return
-    if result.png is not None:
-        atomic_write_bytes(png_path, result.png)
-    else:  # not drawn: an earlier run's PNG would show other answers than this JSON
-        png_path.unlink(missing_ok=True)
-    atomic_write_bytes(json_path, result.json_text.encode("utf-8", "surrogateescape"))  # a name's own bytes
+    steps: list[tuple[Path, bytes | None]] = (
+        [(json_path, None), (png_path, None)] if result.error  # removed: None
+        # not drawn: an earlier run's PNG would show other answers than this JSON; a name's own bytes in the JSON
+        else [(png_path, result.png), (json_path, result.json_text.encode("utf-8", "surrogateescape"))])
+    for path, data in steps:
+        with writing(path):
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(path, data)
 
 
 def tally(summary: AnalyzeSummary, result: FieldOutput) -> None:
@@ -457,12 +473,15 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
                             summary.outside[other] = summary.outside.get(other, 0) + 1
                 yield d
 
-    write_cells_csv(out / "cells.csv", docs(), classes if columns is None else columns)
-    if classes:
-        write_differential_csv(out / "differential.csv", summary.docs, classes)
-    else:
-        (out / "differential.csv").unlink(missing_ok=True)
-    write_errors_csv(out / "errors.csv", summary.errors)
+    with writing(out / "cells.csv"):
+        write_cells_csv(out / "cells.csv", docs(), classes if columns is None else columns)
+    with writing(out / "differential.csv"):
+        if classes:
+            write_differential_csv(out / "differential.csv", summary.docs, classes)
+        else:
+            (out / "differential.csv").unlink(missing_ok=True)
+    with writing(out / "errors.csv"):
+        write_errors_csv(out / "errors.csv", summary.errors)
     return summary
 
 

@@ -125,13 +125,15 @@ def analyze(
         if warning := ood_sentence(k, n, bool(loaded) and adapted_without_labels(loaded[0])):
             warn(f"{warning}; {advice_for(loaded[0])}" if loaded and too_many_ood(k, n) else warning)
     if report and summary.classes:
+        from wbc.batch import writing
         from wbc.evaluate.classified import write_analysis_report
 
-        # the classes answered (--classes: its rows only; no platelets: wbc.analyze.smear_label_set)
-        page = write_analysis_report(output, summary.docs, summary.classes, stems=summary.stems,
-                                     model_id=summary.model_id, segmenter_id=summary.segmenter_id,
-                                     per_class=report_cells, errors=summary.errors,
-                                     threshold=float(loaded[0].info.review_threshold) if loaded else 0.0)
+        with writing(output / "report.html"):  # a full disk: one line, as for every other output
+            # the classes answered (--classes: its rows only; no platelets: wbc.analyze.smear_label_set)
+            page = write_analysis_report(output, summary.docs, summary.classes, stems=summary.stems,
+                                         model_id=summary.model_id, segmenter_id=summary.segmenter_id,
+                                         per_class=report_cells, errors=summary.errors,
+                                         threshold=float(loaded[0].info.review_threshold) if loaded else 0.0)
         say(f"  report: {page}")
     warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")
     warn_skipped(f"{copy}: the same image as another input, analysed and counted once ({original} has the same bytes)"
