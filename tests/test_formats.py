@@ -293,6 +293,32 @@ def test_a_full_disk_ends_the_run_in_one_line_naming_the_file_and_keeps_the_fiel
     assert (done.analyzed, done.skipped) == (0, 2) and (out / "cells.csv").is_file()
 
 
+def test_results_of_another_image_of_the_same_name_are_named_when_replaced(clf, tmp_path: Path) -> None:
+    """Two slides whose camera re-used a name, analysed one after the other into one --output: the second run
+    replaced the first slide's x.json and x.png without a word (wbc 0.31.0). The JSON names its input: the run now
+    says which fields held another image's results. A folder moved or named otherwise (the same bytes) is no other
+    image."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    for slide, seed in (("a", 1), ("b", 2)):
+        (tmp_path / slide).mkdir()
+        rgb, *_ = synthetic_smear(n_wbc=1, seed=seed, size=(240, 320))
+        cv2.imwrite(str(tmp_path / slide / "x.png"), rgb[:, :, ::-1])
+    out = tmp_path / "out"
+    assert run_local([tmp_path / "a"], out, clf, ClassicalSegmenter()).replaced == []
+    second = run_local([tmp_path / "b"], out, clf, ClassicalSegmenter())
+    assert second.replaced == [("x", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"))]
+    (tmp_path / "b").rename(tmp_path / "b_moved")
+    assert run_local([tmp_path / "b_moved"], out, clf, ClassicalSegmenter()).replaced == []
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "a"), "-o", str(out), "--model", str(clf.path),
+                                   "--segmenter", "classical", "--threads", "1", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert (f"warning: {out}/x.json held the results of another image, {tmp_path / 'b_moved' / 'x.png'}: replaced "
+            f"by those of {tmp_path / 'a' / 'x.png'}; give each slide its own --output") in " ".join(res.output.split())
+
+
 def test_flagged_confidence_never_reads_as_the_shown_threshold() -> None:
     """A cell of 0.98597 under a threshold of 0.98633 was labelled "0.9860 ?" (98.60 % on a page) beside a threshold
     shown as 0.986 (98.6 %): the same number. The confidence gets the digits that tell it apart, and a value that is

@@ -368,6 +368,48 @@ def test_a_ray_run_prints_no_noise_of_its_own(cluster: str, tiny_model: Path, tm
     assert "Token authentication" not in r.stderr and "core_worker" not in r.stderr, r.stderr
 
 
+@needs_ray
+def test_without_an_address_a_local_runtime_starts_though_ray_sees_a_cluster(tiny_model: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --ray-address wbc starts a local Ray runtime, as documented; with RAY_ADDRESS set (or the file `ray
+    start` leaves in /tmp/ray) Ray went looking for that cluster and refused the local runtime's CPU count: "When
+    connecting to an existing cluster, num_cpus and num_gpus must not be provided" (wbc 0.31.0). On it, a disk that
+    fills up mid-run ends the Ray engine in one line naming the file, as the local engine, the field before it kept
+    (wbc 0.31.0: a traceback)."""
+    import errno
+
+    import ray
+
+    import wbc.batch
+    import wbc.io
+    from wbc.distributed import analyze_paths_ray, connect
+    from wbc.errors import WbcError
+
+    ray.shutdown()  # a module fixture's cluster may be joined
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing there: joining it would fail too
+    try:
+        connect(None, num_cpus=1)
+        assert ray.cluster_resources()["CPU"] == 1
+        write_fields(tmp_path / "in", 2)
+        write, pngs = wbc.io.atomic_write_bytes, []
+
+        def full(path: Path, data: bytes) -> None:  # the second field's PNG finds the disk full
+            if Path(path).suffix == ".png":
+                pngs.append(path)
+                if len(pngs) == 2:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            write(path, data)
+
+        for module in (wbc.batch, wbc.io):
+            monkeypatch.setattr(module, "atomic_write_bytes", full)
+        with pytest.raises(WbcError, match=r"field_0[01].png: cannot write \(No space left on device\); the fields "
+                                           "written before it are kept"):
+            analyze_paths_ray([tmp_path / "in"], tmp_path / "out", ModelSpec(str(tiny_model), "classical"), actors=1)
+        assert len(list((tmp_path / "out").glob("field_*.json"))) == 1
+    finally:
+        ray.shutdown()
+
+
 @needs_torch
 def test_two_process_training_matches_one_and_resumes(synthetic_dataset: Path, tmp_path: Path) -> None:
     import json

@@ -128,6 +128,8 @@ class AnalyzeSummary:
     stems: dict[str, str] = field(default_factory=dict)  # each field's image, as in ``docs``: its output stem
     copies: list[tuple[str, str]] = field(default_factory=list)  # (file left out, the input with the same bytes)
     earlier_outputs: dict[str, int] = field(default_factory=dict)  # images left out, by earlier output folder
+    # (output stem, the other image whose results it held, this run's input): results this run replaced or removed
+    replaced: list[tuple[str, str, str]] = field(default_factory=list)
     # over every field's classified cells (as ``docs``): how many, how many flagged for review, how many of those
     # unlike the training cells (the run's own out-of-distribution sentence, :func:`wbc.ood.ood_sentence`)
     n_classified: int = 0
@@ -357,6 +359,23 @@ def pending_jobs(out: Path, jobs: Sequence[Job], model_id: str, segmenter_id: st
     return [j for j in jobs if not is_complete(out, j, model_id, segmenter_id, draw, settings)]
 
 
+def other_images(out: Path, todo: Sequence[Job]) -> list[tuple[str, str, str]]:
+    """(stem, image, job's path) for each job of ``todo`` whose ``<stem>.json`` holds the results of another image (a
+    file of the same name from another slide, which commit replaces or removes): another path, neither the same
+    file nor the same bytes (a folder moved or named otherwise is no other image)."""
+    found = []
+    for j in todo:
+        try:
+            doc = json.loads((out / f"{j.stem}.json").read_text(encoding="utf-8", errors="surrogateescape"))
+        except (OSError, ValueError):
+            continue
+        image = doc.get("image") if isinstance(doc, dict) else None
+        if (image and image != j.path and not same_file(image, Path(j.path))
+                and doc.get("sha1") != (j.sha1 or content_sha1(j.path))):
+            found.append((j.stem, str(image), j.path))
+    return found
+
+
 def segmenter_id_of(segmenter: SegmenterLike | None) -> str:
     return getattr(segmenter, "model_id", getattr(segmenter, "name", ""))
 
@@ -502,7 +521,7 @@ def run_local(
     todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite,
                         run_settings(classifier, segmenter))
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter),
-                             copies=copies, earlier_outputs=earlier)
+                             copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo))
     start_run(out)
     if progress:
         progress(summary.skipped, len(jobs))

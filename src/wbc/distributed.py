@@ -32,6 +32,7 @@ from wbc.batch import (
     commit,
     finish,
     one_line,
+    other_images,
     pending_jobs,
     plan_run,
     prepare_output,
@@ -107,7 +108,9 @@ def check_address(address: str | None) -> None:
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Join the cluster at ``address`` (``"auto"``: the one ``ray start`` runs here), or start a local Ray
-    runtime when ``address`` is None. Returns the ``ray`` module. A driver already connected stays so."""
+    runtime when ``address`` is None, also where Ray would find a cluster itself (``RAY_ADDRESS``, the file a
+    ``ray start`` here leaves): before wbc 0.32.0 Ray then refused ``num_cpus`` and the run stopped. Returns the
+    ``ray`` module. A driver already connected stays so."""
     check_address(address)
     ray = import_ray()
     if not ray.is_initialized():
@@ -121,7 +124,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         for attempt in range(3):  # Ray gives a new local node 30 s to start: too few on a loaded machine
             try:
-                ray.init(address=address, **kwargs)
+                ray.init(address=address or "local", **kwargs)  # "local": never a cluster Ray finds by itself
                 break
             except ConnectionError as exc:
                 raise WbcError(f"cannot join the Ray cluster at {address}: {exc}") from None
@@ -256,7 +259,7 @@ def analyze_paths_ray(
     seg_id = segmenter_id_of(segmenter)
     todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id,
-                             copies=copies, earlier_outputs=earlier)
+                             copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo))
     start_run(out)
     if progress:
         progress(summary.skipped, len(jobs))

@@ -135,6 +135,7 @@ def analyze(
                                          per_class=report_cells, errors=summary.errors,
                                          threshold=float(loaded[0].info.review_threshold) if loaded else 0.0)
         say(f"  report: {page}")
+    warn_replaced(summary.replaced, {p for p, _ in summary.errors}, output)
     warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")
     warn_skipped(f"{copy}: the same image as another input, analysed and counted once ({original} has the same bytes)"
                  for copy, original in summary.copies)
@@ -155,6 +156,21 @@ def note_earlier_outputs(earlier: dict[str, int]) -> None:
         more = f" and {len(earlier) - 5} more" if len(earlier) > 5 else ""
         warn(f"left out {sum(earlier.values())} image(s) in output folders of wbc ({', '.join(shown)}{more}): "
              "annotated results, not smear fields", "note:")
+
+
+def warn_replaced(replaced: list[tuple[str, str, str]], failed: set[str], output: Path) -> None:
+    """Name each field of ``output`` whose results, of another image of the same name (another slide's
+    ``BloodImage_00007.jpg``: the JSON names its input), this run replaced or removed: the first
+    :data:`~wbc.cli._common.SKIPPED_SHOWN`, then how many more. Before wbc 0.32.0 this happened without a word."""
+    from wbc.cli._common import SKIPPED_SHOWN
+
+    for stem, earlier, path in replaced[:SKIPPED_SHOWN]:
+        now = f"removed, as {path} failed" if path in failed else f"replaced by those of {path}"
+        warn(f"{output}/{stem}.json held the results of another image, {earlier}: {now}; give each slide its own "
+             "--output")
+    if rest := replaced[SKIPPED_SHOWN:]:
+        warn(f"{len(rest)} more field(s) in {output}/ held the results of other images of the same names, now "
+             "replaced or removed")
 
 
 def warn_not_smears(docs: list[dict[str, Any]], output: Path) -> None:
