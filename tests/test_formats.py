@@ -319,6 +319,20 @@ def test_results_of_another_image_of_the_same_name_are_named_when_replaced(clf, 
             f"by those of {tmp_path / 'a' / 'x.png'}; give each slide its own --output") in " ".join(res.output.split())
 
 
+def test_each_of_several_identical_broken_files_is_listed_as_failed(clf, tmp_path: Path) -> None:
+    """Empty files (an interrupted transfer) have the same bytes: all but the first were called copies "analysed and
+    counted once" and left out of errors.csv (wbc 0.31.0), though none was analysed."""
+    write_fields(tmp_path / "in", 1)
+    for i in (2, 3, 4):
+        (tmp_path / "in" / f"IMG_000{i}.jpg").write_bytes(b"")
+    summary = run_local([tmp_path / "in"], tmp_path / "out", clf, ClassicalSegmenter())
+    assert summary.copies == []
+    rows = list(csv.DictReader((tmp_path / "out" / "errors.csv").open()))
+    assert [(r["path"], r["error"]) for r in rows] == [
+        (str(tmp_path / "in" / f"IMG_000{i}.jpg"), f"{tmp_path / 'in' / f'IMG_000{i}.jpg'}: file is empty")
+        for i in (2, 3, 4)]
+
+
 def test_flagged_confidence_never_reads_as_the_shown_threshold() -> None:
     """A cell of 0.98597 under a threshold of 0.98633 was labelled "0.9860 ?" (98.60 % on a page) beside a threshold
     shown as 0.986 (98.6 %): the same number. The confidence gets the digits that tell it apart, and a value that is

@@ -474,6 +474,7 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
     probability column for each of ``columns`` (default ``classes``; the model's classes)."""
     from wbc.classify import outside_class
 
+    summary.errors, summary.copies = with_failed_copies(summary.errors, summary.copies)
     failed = {p for p, _ in summary.errors}
     summary.docs, summary.classes, summary.stems, summary.outside = [], list(classes), {}, {}
     summary.n_classified = summary.n_review = summary.n_ood = 0
@@ -502,6 +503,27 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
     with writing(out / "errors.csv"):
         write_errors_csv(out / "errors.csv", summary.errors)
     return summary
+
+
+def with_failed_copies(errors: Sequence[tuple[str, str]], copies: Sequence[tuple[str, str]]
+                       ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(``errors`` with each copy of a failed file listed after it, with the same problem; the other ``copies``).
+    Several empty files (an interrupted transfer) have the same bytes: before wbc 0.32.0 all but the first were
+    called copies "analysed and counted once", and missing from errors.csv."""
+    failed = dict(errors)
+    of: dict[str, list[str]] = {}
+    kept = []
+    for copy, original in copies:
+        if original in failed:
+            of.setdefault(original, []).append(copy)
+        else:
+            kept.append((copy, original))
+    listed = []
+    for path, message in errors:
+        listed.append((path, message))
+        listed += [(c, c + message[len(path):] if message.startswith(path) else f"{c}: {message}")
+                   for c in of.get(path, ())]
+    return listed, kept
 
 
 def run_local(
