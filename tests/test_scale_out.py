@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -408,6 +409,66 @@ def test_without_an_address_a_local_runtime_starts_though_ray_sees_a_cluster(tin
         assert len(list((tmp_path / "out").glob("field_*.json"))) == 1
     finally:
         ray.shutdown()
+
+
+def _train_then_stop(cfg: Any, run_dir: str, stop_after: int, resume: bool) -> None:
+    """One rank of a two-process run that ends, every rank at once, right after epoch ``stop_after``'s last.pt (as a
+    run killed there)."""
+    import torch
+    from rich.console import Console
+
+    from wbc.train import distributed
+    from wbc.train.loop import run_training
+
+    barrier = distributed.barrier
+
+    def barrier_then_stop() -> None:  # after each epoch's checkpoint, every rank waits here
+        barrier()
+        last = Path(run_dir) / "last.pt"
+        if last.is_file() and torch.load(last, weights_only=False)["epoch"] == stop_after:
+            os._exit(0)
+
+    distributed.barrier = barrier_then_stop
+    run_training(cfg, run_dir, resume=resume, console=Console(quiet=True), score_test=False)
+
+
+@needs_torch
+def test_a_resumed_two_process_run_ends_as_the_uninterrupted_one(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The DDP twin of test_pipeline.py's test_a_resumed_run_ends_as_the_uninterrupted_one: each rank reseeded on
+    --resume (only rank 0's random streams were saved), so the augmentations after a resume differed and the weights
+    with them (wbc 0.31.0: 0.021 apart). Every rank's streams are saved and restored."""
+    import torch
+
+    from wbc.config import TrainConfig
+    from wbc.train import distributed
+
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=32, epochs=2,
+                      batch_size=32, lr=3e-3, patience=0, threads=2, max_per_class=8)
+    distributed.spawn(_train_then_stop, 2, cfg, str(tmp_path / "full"), 1, False)
+    distributed.spawn(_train_then_stop, 2, cfg, str(tmp_path / "resumed"), 0, False)
+    distributed.spawn(_train_then_stop, 2, cfg, str(tmp_path / "resumed"), 1, True)
+    full, resumed = (torch.load(tmp_path / r / "last.pt", weights_only=False) for r in ("full", "resumed"))
+    assert resumed["epoch"] == full["epoch"] == 1
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in full["history"]]
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+@needs_torch
+def test_a_batch_size_the_processes_cannot_share_is_refused_before_the_ranks_start(tmp_path: Path) -> None:
+    """--nproc 3 with batch_size 32: each process took 10, a global batch of 30 and more steps an epoch, though the
+    docs said the global batch and schedule are one process's (wbc 0.31.0)."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_training
+
+    with pytest.raises(WbcError, match=r"batch_size 32 does not split evenly among 3 processes: give a multiple of 3 "
+                                       r"\(30 or 33\)"):
+        run_training(TrainConfig(data=str(tmp_path), batch_size=32), tmp_path / "run", console=Console(quiet=True),
+                     nproc=3)
+    assert not (tmp_path / "run").exists()
 
 
 @needs_torch

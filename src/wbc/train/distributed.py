@@ -81,6 +81,15 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every process (``[obj]`` in one process)."""
+    if not current().enabled:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_from_main(values: Sequence[float]) -> list[float]:
     """Rank 0's values on every process, so that decisions taken from them (early stopping) agree."""
     if not current().enabled:

@@ -266,10 +266,15 @@ def fit(
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best_f1, best_epoch, bad_epochs = ck["epoch"] + 1, ck["best_f1"], ck["best_epoch"], ck["bad"]
         history = ck["history"]
-        torch.set_rng_state(ck["rng"])
-        gen.set_state(ck["gen"])
-        if d.enabled:
-            torch.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)  # the saved state is rank 0's
+        rng, gen_state = ck["rng"], ck["gen"]
+        if d.enabled and len(ck.get("rng_ranks") or ()) == d.world_size:  # this rank's own streams, as saved
+            rng, gen_state = ck["rng_ranks"][d.rank]
+        torch.set_rng_state(rng)
+        gen.set_state(gen_state)
+        if d.enabled and len(ck.get("rng_ranks") or ()) != d.world_size:
+            # a checkpoint of wbc before 0.32.0 (rank 0's streams alone) or of another number of processes: each
+            # rank's streams drawn afresh, so the run goes on as well as, not as, the uninterrupted one
+            torch.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)
             gen.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)  # ... and so is the workers' seed source
         console.print(f"resuming {run_dir} at epoch {start_epoch + 1}", highlight=False)
     if history and history[-1].get("stopped"):
@@ -355,12 +360,16 @@ def fit(
             f"val_loss {val_loss:.4f}  val_acc {s['accuracy']:.4f}  val_F1 {s['macro_f1']:.4f}"
             f"{f'  pseudo-labelled {ul_used / ul_seen:.0%}' if ul_seen else ''}"
             f"{'  *' if improved else ''}  {row['seconds']:.0f}s", highlight=False)
+        # every rank's random streams (its augmentations, its workers' seeds), so that each rank of a resumed run
+        # goes on with its own: before wbc 0.32.0 only rank 0's were saved and a DDP resume drew other augmentations
+        rng_ranks = distributed.all_gather_objects((torch.get_rng_state(), gen.get_state())) if d.enabled else None
         if d.is_main:
             atomic_write_csv(run_dir / "metrics.csv", METRIC_COLUMNS,
                              [[r[c] for c in METRIC_COLUMNS] for r in history])
             save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "bad": bad_epochs,
                          "history": history, "rng": torch.get_rng_state(), "gen": gen.get_state(),
+                         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
                          **({"ema": ema.state_dict()} if ema is not None else {})}, last)
         distributed.barrier()  # every rank sees this epoch's checkpoints before going on
         if stop:
@@ -667,6 +676,7 @@ def run_training(
     if (nproc > 1 or int(os.environ.get("WORLD_SIZE", 1)) > 1) and cfg.balance == "sampler":
         # refused here, before the ranks start or a file is written (train_one checks it again under torchrun)
         raise WbcError("balance = sampler does not work with --nproc > 1; use balance = loss")
+    check_batch_divides(cfg.batch_size, nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", 1)))
     if device_type == "cuda" and nproc > torch.cuda.device_count():
         raise WbcError(f"--nproc {nproc} on cuda needs {nproc} GPUs; PyTorch sees {torch.cuda.device_count()}")
     check_output_file(run_dir / "config.json")  # a path under a file, a folder that cannot be written: one line
@@ -805,6 +815,22 @@ def run_training(
             f"min recall {min(r for r in result['recall'].values() if r is not None):.4f}", highlight=False)
     console.print(f"run finished in {result['train_seconds'] / 60:.1f} min: {run_dir}")
     return result
+
+
+def check_batch_divides(batch_size: int, world_size: int) -> None:
+    """Refuse a ``batch_size`` that ``world_size`` processes cannot share equally: each takes ``batch_size //
+    world_size``, so the global batch, the steps per epoch and the schedule would not be one process's (before wbc
+    0.32.0, --nproc 3 with batch 32 trained on global batches of 30 without a word).
+
+    >>> check_batch_divides(32, 3)
+    Traceback (most recent call last):
+    wbc.errors.WbcError: batch_size 32 does not split evenly among 3 processes: give a multiple of 3 (30 or 33)...
+    """
+    if world_size > 1 and batch_size % world_size:
+        lower = batch_size // world_size * world_size
+        sizes = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
+        raise WbcError(f"batch_size {batch_size} does not split evenly among {world_size} processes: give a multiple "
+                       f"of {world_size} ({sizes}), or another --nproc")
 
 
 def _distributed_worker(cfg: TrainConfig, run_dir: Path, data_root: str | os.PathLike[str] | None,
