@@ -68,7 +68,9 @@ def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages and exit code 1."""
     _reexec_with_allocator_fix()
     try:
-        app()
+        # "wbc", not the name click would read from sys.argv: the re-exec above and `python -m wbc` would make every
+        # usage line and usage error say "python -m wbc", a command the user did not type.
+        app(prog_name="wbc")
     except WbcError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
