@@ -684,3 +684,92 @@ def test_options_a_fixed_colour_mapping_cannot_use_are_refused_beside_it(tmp_pat
         assert str(res.exception).startswith(f"{named}: not with --no-labels --stain reinhard"), res.exception
     assert not (tmp_path / "st.onnx").exists()
     assert CliRunner().invoke(app, [*base, "--no-prior"]).exit_code == 0  # no prior is what --stain stores anyway
+
+
+def _one_class_lab(root: Path, n: int = 10) -> Path:
+    """``n`` cells of the lab, all labelled neutrophil."""
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        write_image(root / "neutrophil" / f"neutrophil_{i}.png", lab_cell("neutrophil", rng))
+    return root
+
+
+def test_adapt_refuses_labelled_cells_of_a_single_class(tmp_path: Path, model_path: Path) -> None:
+    """Eight neutrophils were adapted on (wbc 0.31.0): every cell was pushed towards neutrophil, the held-out check read
+    75 % -> 100 % and, with --review-target, 12 of 78 other cells were signed off as neutrophils. Now refused with one
+    line naming the data, before any image is read; also when the second class's files cannot be read."""
+    from wbc.adapt import adapt_model
+    from wbc.cli import app
+
+    lab = _one_class_lab(tmp_path / "lab")
+    with pytest.raises(WbcError, match=r"lab: every labelled cell is neutrophil \(10 cells\); label cells of at "
+                                       r"least 2 classes"):
+        adapt_model(model_path, lab, tmp_path / "a.onnx")
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model_path), "--data", str(lab), "-o",
+                                   str(tmp_path / "a.onnx")])
+    assert res.exit_code == 1 and isinstance(res.exception, WbcError), res.output
+    assert "\n" not in str(res.exception) and "at least 2 classes" in str(res.exception)
+    (lab / "lymphocyte").mkdir()
+    for i in range(3):
+        (lab / "lymphocyte" / f"l{i}.png").write_bytes(b"not an image")
+    with pytest.raises(WbcError, match=r"every labelled cell is neutrophil .* 3 files not read: .*l0\.png"):
+        adapt_model(model_path, lab, tmp_path / "a.onnx")
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_too_few_readable_labelled_cells_name_the_files_not_read(tmp_path: Path, model_path: Path) -> None:
+    """A manifest whose relative paths lead nowhere (written from another folder) was refused as "need at least 4
+    labelled cells, got 0; label more" with its 28 labels there (wbc 0.31.0): now it names the first files not read,
+    counts the rest, and says where relative paths are looked for."""
+    from wbc.adapt import adapt_model
+
+    write_lab_folder(tmp_path / "lab", n_per_class=3, seed=1)
+    (tmp_path / "sub").mkdir()
+    manifest = tmp_path / "sub" / "labels.csv"
+    manifest.write_text("path,label\n" + "".join(f"lab/{c}/{c}_{i}.png,{c}\n" for c in LAB_COLOURS for i in range(3)))
+    with pytest.raises(WbcError) as err:
+        adapt_model(model_path, manifest, tmp_path / "a.onnx")
+    msg = str(err.value)
+    assert re.search(r"labels\.csv: need at least 4 labelled cells, got 0; 9 files not read: .*neutrophil_0\.png: "
+                     r"no such file; .*; .*; and 6 more \(a manifest's relative paths are looked for beside it, then "
+                     r"under the data folder", msg), msg
+    assert "label more" not in msg and "\n" not in msg
+
+
+def test_an_unknown_label_names_the_file_and_map_before_any_cell_is_embedded(tmp_path: Path, model_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--method head` stopped on a label no class has with a message naming neither the file nor `--map`, and only
+    after embedding every cell in 8 views (wbc 0.31.0)."""
+    import wbc.adapt
+    from wbc.adapt import adapt_model
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    paths = sorted(lab.rglob("*.png"))
+    manifest = tmp_path / "unk.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in paths[1:])
+                        + f"{paths[0]},smudge\n")
+    monkeypatch.setattr(wbc.adapt, "embed_tta", lambda *a, **k: pytest.fail("embedded before the labels were checked"))
+    with pytest.raises(WbcError, match=rf"unk\.csv: labels not among the model's classes .*\['smudge'\] \(the first "
+                                       rf"'smudge' is {re.escape(str(paths[0]))}\); rename them with --map "
+                                       r"smudge=CLASS"):
+        adapt_model(model_path, manifest, tmp_path / "u.onnx")
+
+
+def test_copies_of_an_image_share_a_fold_across_labels_and_two_labels_are_reported(tmp_path: Path,
+                                                                                   model_path: Path) -> None:
+    """One image copied into two class folders was learnt from under one label and held out under the other, and
+    nothing said so (wbc 0.31.0)."""
+    import shutil
+
+    from wbc.cli import app
+
+    folds = stratified_folds([0, 0, 0, 1, 1, 1], 3, groups=list("abcade"))
+    assert folds[0] == folds[3]
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=4, seed=2)
+    shutil.copy(lab / "neutrophil" / "neutrophil_0.png", lab / "lymphocyte" / "copy.png")
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model_path), "--data", str(lab), "-o",
+                                   str(tmp_path / "a.onnx")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert re.search(r"warning: \S+copy\.png and \S+neutrophil_0\.png are the same image, labelled lymphocyte and "
+                     r"neutrophil", said), said

@@ -49,11 +49,50 @@ MIN_CELLS_ADVISED = 25
 MIN_LABELLED_CELLS = 4
 
 
-def too_few_labelled(data: object, n: int) -> WbcError:
+#: The fewest classes the labelled cells must hold: with one, balanced accuracy is that class's recall, so the head
+#: refit pushes every cell towards it, the held-out check reads 100 % and the review threshold falls to 0 (wbc 0.31.0
+#: signed off 12 of 78 BCCD eosinophils, lymphocytes and monocytes as neutrophils after adapting on 8 neutrophils).
+MIN_LABELLED_CLASSES = 2
+#: How many unread files a refusal names; the rest are counted.
+NAMED_UNREAD = 3
+
+
+def unread_summary(unread: Sequence[str], named: int = NAMED_UNREAD, what: str = "not read") -> str:
+    """The first ``named`` of the messages for files that could not be read, the rest counted.
+
+    >>> unread_summary(["a.png: no such file", "b.png: no such file", "c.png: x", "d.png: x"], named=2)
+    '4 files not read: a.png: no such file; b.png: no such file; and 2 more'
+    """
+    more = f"; and {len(unread) - named} more" if len(unread) > named else ""
+    return f"{len(unread)} file{'s' if len(unread) != 1 else ''} {what}: {'; '.join(unread[:named])}{more}"
+
+
+def too_few_labelled(data: object, n: int, unread: Sequence[str] = ()) -> WbcError:
     """The one-line refusal for fewer than :data:`MIN_LABELLED_CELLS`, with the way forward: before wbc 0.30.0 a
-    folder `wbc cases export` had just written and advised adapting on was refused with no word of what to do."""
-    return WbcError(f"{data}: need at least {MIN_LABELLED_CELLS} labelled cells, got {n}; label more (for a "
-                    "`wbc cases export` folder: review more cells, or export with --include-accepted)")
+    folder `wbc cases export` had just written and advised adapting on was refused with no word of what to do.
+    ``unread``: the messages for the files that could not be read; before wbc 0.32.0 they were dropped, and a lab
+    whose manifest's paths no longer led to its 28 labelled cells was told to "label more"."""
+    if not unread:
+        return WbcError(f"{data}: need at least {MIN_LABELLED_CELLS} labelled cells, got {n}; label more (for a "
+                        "`wbc cases export` folder: review more cells, or export with --include-accepted)")
+    where = ""
+    if Path(str(data)).suffix.lower() == ".csv" and any(m.endswith(": no such file") for m in unread):
+        from wbc.paths import data_root
+
+        where = (f" (a manifest's relative paths are looked for beside it, then under the data folder {data_root()}, "
+                 "WBC_DATA_DIR)")
+    return WbcError(f"{data}: need at least {MIN_LABELLED_CELLS} labelled cells, got {n}; "
+                    f"{unread_summary(unread)}{where}")
+
+
+def too_few_classes(data: object, labels: Sequence[str], unread: Sequence[str] = (), what: str = "not read"
+                    ) -> WbcError:
+    """The one-line refusal for labelled cells of fewer than :data:`MIN_LABELLED_CLASSES` classes; ``unread``: the
+    files (or folders: ``what``) left out, which may have held the others."""
+    why = f"; {unread_summary(unread, what=what)}" if unread else ""
+    held = f"every labelled cell is {labels[0]} ({len(labels)} cells)" if labels else "no labelled cell"
+    return WbcError(f"{data}: {held}; label cells of at least {MIN_LABELLED_CLASSES} classes (with one, every cell "
+                    f"is pushed towards it and the held-out check and review threshold cannot be fitted){why}")
 
 
 # --- model file ----------------------------------------------------------------------------------
@@ -164,7 +203,8 @@ def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0,
                      groups: Sequence[Any] | None = None) -> np.ndarray:
     """Fold index per sample, classes spread evenly over folds (deterministic for a seed). ``groups``: a key per
     sample (:func:`content_keys`); samples with one key share a fold, so a copy of a labelled cell is never held out
-    while the cell itself is learnt from.
+    while the cell itself is learnt from, even a copy under another label (before wbc 0.32.0 copies were grouped
+    within a class only; such a group is spread with the class of its first sample).
 
     By hand, not ``sklearn.model_selection.StratifiedKFold``: that refuses when every class has fewer cells
     than folds (4 cells of 4 classes, 2 folds), which few-shot adaptation must accept.
@@ -175,13 +215,12 @@ def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0,
     lab = np.asarray(labels)
     rng = np.random.default_rng(seed)
     folds = np.zeros(len(lab), int)
+    units: dict[Any, list[int]] = {}  # key -> its samples, in the order of their first sample
+    for i in range(len(lab)):
+        units.setdefault(i if groups is None else groups[i], []).append(i)
     offset = 0
     for c in np.unique(lab):
-        members = np.nonzero(lab == c)[0]
-        units: dict[Any, list[int]] = {}
-        for i in members.tolist():
-            units.setdefault(i if groups is None else groups[i], []).append(i)
-        parts = list(units.values())
+        parts = [u for u in units.values() if lab[u[0]] == c]
         for pos, u in enumerate(rng.permutation(len(parts))):
             folds[parts[u]] = (pos + offset) % k
         offset += len(parts)
@@ -232,6 +271,7 @@ class AdaptResult:
     #: the review target, and the highest one the held-out cells show (``wbc.calibration.shown_accuracy``)
     review_target_accuracy: float | None = None
     shown_accuracy: float | None = None
+    notes: list[str] = field(default_factory=list)  # warnings about the labels (:func:`relabelled_copies`)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -304,13 +344,18 @@ def adapt_embeddings(
 
 
 def load_labelled_cells(
-    data: str | os.PathLike[str], size: int, mapping: dict[str, str] | None = None, reframe: Any = False
+    data: str | os.PathLike[str], size: int, mapping: dict[str, str] | None = None, reframe: Any = False,
+    classes: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
     """Cells (N, S, S, 3), labels, file names, and messages for files that could not be read or have no label
     (skipped).
 
     ``reframe``: as :func:`wbc.classify.load_cells` (the model's framing, so the cells are prepared exactly as
-    `wbc classify` will prepare the lab's cells)."""
+    `wbc classify` will prepare the lab's cells). ``classes``: the model's classes; given, what `wbc adapt` needs is
+    checked, each a one-line :class:`WbcError` naming ``data``: every label one of ``classes`` and at least
+    :data:`MIN_LABELLED_CLASSES` of them, before any image is read; at least :data:`MIN_LABELLED_CELLS` readable
+    cells of as many classes after, with the files that could not be read named (the run stops before the command
+    could list them)."""
     from wbc.classify import load_cells
     from wbc.data import UNKNOWN_FOLDER, load_dataset
 
@@ -319,13 +364,49 @@ def load_labelled_cells(
     samples = [s for s in found if s.label.strip()]  # a manifest's rows not labelled yet (`wbc pick-cells`)
     if not samples:
         raise WbcError(f"{data}: no labelled images" + (" (fill in the label column)" if found else ""))
-    cells, ok, errors = load_cells([s.path for s in samples], size, reframe=reframe)
-    gaps = len(found) - len(samples)
-    unlabelled = [f"{data}: {gaps} of {len(found)} rows have no label"] if gaps else []
     strays = [f"{path}: {why}" + (f" (--map {Path(path).name}=CLASS names its class)" if why == UNKNOWN_FOLDER
                                   else "") for path, why in dataset.skipped]
-    return (cells, [samples[i].label for i in ok], [str(samples[i].path) for i in ok],
-            strays + unlabelled + [msg for _, msg in errors])
+    if classes is not None:
+        unknown = sorted({s.label for s in samples} - set(classes))
+        if unknown:
+            first = next(s.path for s in samples if s.label == unknown[0])
+            raise WbcError(f"{data}: labels not among the model's classes {list(classes)}: {unknown} (the first "
+                           f"{unknown[0]!r} is {first}); rename them with --map {unknown[0]}=CLASS")
+        if len(samples) < MIN_LABELLED_CELLS:  # "label more" first: a `wbc cases export` of a case or two
+            raise too_few_labelled(data, len(samples))
+        if len({s.label for s in samples}) < MIN_LABELLED_CLASSES:
+            raise too_few_classes(data, [s.label for s in samples], strays, what="left out")
+    cells, ok, errors = load_cells([s.path for s in samples], size, reframe=reframe)
+    labels = [samples[i].label for i in ok]
+    if classes is not None:
+        unread = [msg for _, msg in errors]
+        if len(cells) < MIN_LABELLED_CELLS:
+            raise too_few_labelled(data, len(cells), unread)
+        if len(set(labels)) < MIN_LABELLED_CLASSES:
+            raise too_few_classes(data, labels, unread)
+    gaps = len(found) - len(samples)
+    unlabelled = [f"{data}: {gaps} of {len(found)} rows have no label"] if gaps else []
+    return (cells, labels, [str(samples[i].path) for i in ok], strays + unlabelled + [msg for _, msg in errors])
+
+
+def relabelled_copies(cells: np.ndarray, labels: Sequence[str], files: Sequence[str]) -> list[str]:
+    """A line for each image labelled as two classes (the same pixels under two labels: a cell copied into two
+    folders), which no held-out check can score right; before wbc 0.32.0 nothing said so.
+
+    >>> a, b = np.zeros((1, 2, 2, 3), np.uint8), np.ones((1, 2, 2, 3), np.uint8)
+    >>> relabelled_copies(np.concatenate([a, b, a]), ["neutrophil", "neutrophil", "lymphocyte"], ["x", "y", "z"])
+    ['x and z are the same image, labelled neutrophil and lymphocyte']
+    """
+    seen: dict[str, list[int]] = {}
+    for i, key in enumerate(content_keys(cells)):
+        seen.setdefault(key, []).append(i)
+    out = []
+    for members in seen.values():
+        named = list(dict.fromkeys(labels[i] for i in members))
+        if len(named) > 1:
+            firsts = [next(i for i in members if labels[i] == lab) for lab in named]
+            out.append(f"{' and '.join(files[i] for i in firsts)} are the same image, labelled {' and '.join(named)}")
+    return out
 
 
 def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:
@@ -410,9 +491,8 @@ def adapt_model(
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
-    cells, labels, _, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
-    if len(cells) < MIN_LABELLED_CELLS:
-        raise too_few_labelled(data, len(cells))
+    cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf),
+                                                        classes=clf.classes)
     if stain not in (None, "none"):
         info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     elif stain == "none":
@@ -427,7 +507,7 @@ def adapt_model(
     info.temperature = res.temperature
     info.review_threshold, info.review_target_accuracy = res.review_threshold, target
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
-    info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds")}
+    info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds", "notes")}
     info.extra["adapt"]["data"] = str(data)
     info.extra["adapt"]["stain"] = (info.preprocessing.stain or {}).get("method", "none")
     if info.ood.get("references"):
@@ -438,6 +518,7 @@ def adapt_model(
     carry_weights(clf.path, out, same_network=False)  # the head changed: the .pt's would be another model's
     res.output = str(out)
     res.skipped = skipped
+    res.notes = relabelled_copies(cells, labels, files)
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -180,6 +180,8 @@ def adapt(
         console.print(f"[yellow]note:[/] {res.n_cells} cells: with this many, training on the lab's cells "
                       "with `wbc train` may do better than few-shot adaptation", highlight=False)
     warn_skipped(res.skipped)
+    for note in res.notes:
+        warn(note)
     say(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
         f" in {res.seconds:.0f} s -> {res.output}")
     if res.method == "head":

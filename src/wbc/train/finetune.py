@@ -269,15 +269,14 @@ def adapt_finetune(
     held-out check, temperature and review threshold are fitted on those averaged logits.
     """
     from wbc.adapt import (
-        MIN_LABELLED_CELLS,
         AdaptResult,
         _check_output,
         adaptation_hash,
         content_keys,
         load_labelled_cells,
+        relabelled_copies,
         stain_spec,
         stratified_folds,
-        too_few_labelled,
     )
     from wbc.calibration import calibrate, resolve_review_target
     from wbc.model import load_model
@@ -305,12 +304,8 @@ def adapt_finetune(
     # the output is a new float32 network: an int8 base's quantisation record would describe a graph it is not
     # (and `wbc quantize` refused it as "already quantised")
     info.extra.pop("quantization", None)
-    cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf))
-    if len(cells) < MIN_LABELLED_CELLS:
-        raise too_few_labelled(data, len(cells))
-    unknown = sorted({lab for lab in labels if lab not in clf.classes})
-    if unknown:
-        raise WbcError(f"{data}: labels not among the model's classes {clf.classes}: {unknown} (use --map)")
+    cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf),
+                                                        classes=clf.classes)
     if stain not in (None, "none"):
         info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     elif stain == "none":
@@ -369,7 +364,8 @@ def adapt_finetune(
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
     if members > 1:
         info.architecture = f"ensemble of {members} x {_arch(net)}"
-    info.extra["adapt"] = {k_: v for k_, v in res.to_dict().items() if k_ not in ("output", "seconds", "skipped")}
+    info.extra["adapt"] = {k_: v for k_, v in res.to_dict().items()
+                           if k_ not in ("output", "seconds", "skipped", "notes")}
     info.extra["adapt"].update(data=str(data), checkpoint=str(ckpt),
                                stain=(info.preprocessing.stain or {}).get("method", "none"))
     if info.ood.get("references"):
@@ -384,6 +380,7 @@ def adapt_finetune(
     save_weights(final, _arch(net), info, out.with_suffix(".pt"))
     res.output = str(out)
     res.skipped = skipped
+    res.notes = relabelled_copies(cells, labels, files)
     res.seconds = time.perf_counter() - t0
     return res
 
