@@ -736,6 +736,23 @@ def test_too_few_readable_labelled_cells_name_the_files_not_read(tmp_path: Path,
     assert "label more" not in msg and "\n" not in msg
 
 
+def test_the_original_head_is_scored_as_the_adapted_one_on_the_mean_of_its_views() -> None:
+    """"accuracy X before -> Y after" scored the original head on one view and the adapted head on the mean of four
+    (wbc 0.31.0): the gain of averaging rotations, which the original model gets from `--tta` too, was counted as the
+    adaptation's. Here each cell's first view is wrong under the original head and the mean of its four right."""
+    rng = np.random.default_rng(0)
+    classes = ["a", "b"]
+    y = np.repeat([0, 1], 6)
+    right = np.where(y[:, None] == 0, [2.0, 0.0], [0.0, 2.0])
+    views = np.stack([right[:, ::-1]] + [right] * 3) + rng.normal(0, 0.05, (4, 12, 2))  # view 0: the other class
+    w0, b0 = np.eye(2), np.zeros(2)
+    assert ((views[0] @ w0.T).argmax(1) != y).all() and ((views.mean(0) @ w0.T).argmax(1) == y).all()
+    _w, _b, res = adapt_embeddings(views, [classes[i] for i in y], classes, w0, b0, tta_views=4)
+    assert res.heldout_acc_before == 1.0
+    _w, _b, one = adapt_embeddings(views, [classes[i] for i in y], classes, w0, b0, tta_views=1)
+    assert one.heldout_acc_before == 0.0  # one view scored: that view's answer
+
+
 def test_an_unknown_label_names_the_file_and_map_before_any_cell_is_embedded(tmp_path: Path, model_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """`--method head` stopped on a label no class has with a message naming neither the file nor `--map`, and only

@@ -287,7 +287,10 @@ def adapt_embeddings(
 
     ``tta_views``: the adapted model answers with the mean logits of that many views, so the out-of-fold check,
     ``lam``'s choice and the calibration score the mean of the first ``tta_views`` views (the head is linear:
-    the mean of their embeddings). Pure numpy + scipy, so benchmarks can run many random draws cheaply.
+    the mean of their embeddings); the original head's accuracy ("before") is scored on the same mean, so the
+    check credits the adaptation with its own gain only (before wbc 0.32.0 "before" saw one view, and the gain of
+    averaging rotations, which the original model gets from ``--tta`` too, was counted as the adaptation's).
+    Pure numpy + scipy, so benchmarks can run many random draws cheaply.
     """
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.utils.class_weight import compute_class_weight
@@ -330,7 +333,7 @@ def adapt_embeddings(
             return float(balanced_accuracy_score(y, lg.argmax(1)))
 
     best = max(lambdas, key=lambda lam: (round(bal(oof[lam]), 6), lam))
-    before = emb_views[0] @ w0.T + b0
+    before = scored @ w0.T + b0  # the original head on what the adapted one is scored on
     cal = calibrate(oof[best], y, review_target_accuracy, evidence=True)  # the threshold these few cells show
     w, b = fit(np.arange(n), best)
     res = AdaptResult(

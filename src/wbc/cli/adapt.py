@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,15 @@ def progress_lines(what: str) -> Callable[[int, int], None]:
             say(f"{what}: {10 * tenth}% ({done}/{total} steps) after {int(seconds // 60)} min {seconds % 60:.0f} s")
 
     return update
+
+
+def both_scored(res: Any) -> str:
+    """How the held-out check scored each cell, before and after alike (before wbc 0.32.0 the original model saw one
+    view and the adapted one the mean of its rotations, whose gain was then counted as the adaptation's)."""
+    views = res.settings.get("tta_views", 1)
+    if views > 1:
+        return f", both on each cell's mean over {views} flips/rotations"
+    return ", both on one view of each cell"
 
 
 @app.command()
@@ -187,7 +196,7 @@ def adapt(
     if res.method == "head":
         say(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
             f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
-            f"{res.heldout_acc_after:.1%} after")
+            f"{res.heldout_acc_after:.1%} after{both_scored(res)}")
         say(f"regularisation {res.lam:g}; temperature {res.temperature:.2f}; review below "
             f"confidence {res.review_threshold:.2f}; each cell averaged over "
             f"{res.settings.get('tta_views', 1)} flips/rotations")
@@ -196,7 +205,7 @@ def adapt(
                "that never saw it") if res.settings.get("cross_validate") else (
                f"{res.heldout_n} cells kept out of a first fine-tuning")
         say(f"held-out check ({how}): accuracy "
-            f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after")
+            f"{res.heldout_acc_before:.1%} before -> {res.heldout_acc_after:.1%} after{both_scored(res)}")
         views = res.settings.get("tta_views", 1)
         say(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
             f"each cell averaged over {views} flips/rotations; the output is float32 ONNX")

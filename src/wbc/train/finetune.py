@@ -243,11 +243,11 @@ def adapt_finetune(
 
     ``checkpoint``: the network's PyTorch weights (default: the ``.pt`` beside ``model``; the shipped model
     has one). The held-out check: stratified folds of the cells are kept out in turn, the network is
-    fine-tuned on the rest and scored on them before and after (this also fits the temperature and the
-    review threshold); then the network is fine-tuned on all cells and exported in float32 ONNX, with its
-    weights beside it (``output`` with ``.pt``), so it can be adapted again. The new lab's cells become
-    the OOD reference (the old one described the old features). ``recipe``:
-    keywords of :func:`wbc.train.finetune.finetune` (epochs, lr, ...).
+    fine-tuned on the rest and scored on them before and after, both on the mean of the ``tta`` flips/rotations
+    (this also fits the temperature and the review threshold); then the network is fine-tuned on all cells and
+    exported in float32 ONNX, with its weights beside it (``output`` with ``.pt``), so it can be adapted again. The
+    new lab's cells become the OOD reference (the old one described the old features). ``recipe``: keywords of
+    :func:`wbc.train.finetune.finetune` (epochs, lr, ...).
 
     ``cross_validate`` (default): k-fold cross-validation (k = 5 with 10 or more cells): each fold is
     fine-tuned without its cells and predicts them, so the check, the temperature and the review threshold
@@ -281,7 +281,7 @@ def adapt_finetune(
     from wbc.calibration import calibrate, resolve_review_target
     from wbc.model import load_model
     from wbc.ood import add_reference
-    from wbc.preprocess import centre_crop
+    from wbc.preprocess import centre_crop, dihedral_view
     from wbc.reframe import framing_stats_of
     from wbc.stain import normalise_batch
     from wbc.train.export import export_model, parity_input
@@ -344,7 +344,9 @@ def adapt_finetune(
         logits_held[fold == f] = mean_view_logits(tuned(x[fold != f], y[fold != f]), x[fold == f], info.mean,
                                                   info.std, tta)
     logits_held = logits_held[held]
-    before = clf.run(cells[held])["logits"]
+    # the original model scored as the adapted one is: on the mean of the same flips/rotations (one view before
+    # wbc 0.32.0, which credited the fine-tuning with the gain of averaging rotations)
+    before = np.mean([clf.run(dihedral_view(cells[held], v))["logits"] for v in range(tta)], axis=0)
     cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy),
                     evidence=True)  # a lab's few cells: the threshold they show, not one they reach by chance
     temp, thr = cal.temperature, cal.review_threshold
