@@ -445,6 +445,7 @@ def test_label_free_runs_refuse_a_sample_too_small_and_leave_no_stale_weights(tm
     data = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
     with pytest.raises(WbcError, match=f"--max-cells must be 0 .every cell. or at least {MIN_CELLS}, got 5"):
         adapt_unlabelled(model, data, tmp_path / "a.onnx", max_cells=5)
+    (tmp_path / "a.onnx").write_bytes(b"an earlier run's model")
     (tmp_path / "a.pt").write_bytes(b"an earlier run's weights")  # the model here has none beside it
     adapt_unlabelled(model, data, tmp_path / "a.onnx", methods=())
     assert (tmp_path / "a.onnx").is_file() and not (tmp_path / "a.pt").exists()
@@ -734,6 +735,80 @@ def test_too_few_readable_labelled_cells_name_the_files_not_read(tmp_path: Path,
                      r"no such file; .*; .*; and 6 more \(a manifest's relative paths are looked for beside it, then "
                      r"under the data folder", msg), msg
     assert "label more" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(("delimiter", "header"), [(";", "label"), (",", "Label"), ("\t", " LABEL ")])
+def test_a_label_file_saved_by_a_spreadsheet_is_read_and_never_written_over(tmp_path: Path, model_path: Path,
+                                                                            delimiter: str, header: str) -> None:
+    """A spreadsheet in a comma-decimal locale saves "CSV" with ';', and a lab may head the column `Label`: such a
+    filled-in file counted no label, so `wbc pick-cells` emptied it, and `wbc adapt` refused it as "missing column(s)"
+    (wbc 0.31.0). Now both read it as the labels it holds."""
+    import csv
+
+    from wbc.adapt import load_labelled_cells
+    from wbc.cli import app
+
+    folder = write_lab_folder(tmp_path / "lab", n_per_class=2, seed=0)
+    out = tmp_path / "to_label.csv"
+    args = ["pick-cells", str(folder), "--model", str(model_path), "--n", "3", "-o", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    with out.open("w", newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's "CSV UTF-8": a byte-order mark
+        w = csv.writer(fh, delimiter=delimiter, lineterminator="\r\n")
+        w.writerow(["path", header])
+        w.writerows([r["path"], Path(r["path"]).parent.name] for r in rows)
+    filled = out.read_bytes()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "to_label.csv: already holds 3 labels" in str(res.exception), res.output
+    assert out.read_bytes() == filled
+    cells, labels, _, skipped = load_labelled_cells(out, SIZE)
+    assert len(cells) == 3 and labels == [Path(r["path"]).parent.name for r in rows] and not skipped
+
+
+def test_a_report_on_what_the_run_reads_or_writes_is_refused_before_any_work(tmp_path: Path, model_path: Path) -> None:
+    """`wbc adapt --report` naming the labelled CSV replaced the labels with JSON, and `wbc pick-cells --report` naming
+    its own --output replaced the CSV to label (wbc 0.31.0)."""
+    from wbc.cli import app
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(lab.rglob("*.png"))))
+    labels = manifest.read_bytes()
+    for args, what in (([], "--data"), (["-m", str(model_path)], "--data"),
+                       (["--report", str(model_path)], "--model")):
+        report = args[-1] if what == "--model" else str(manifest)
+        res = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model_path), "--data", str(manifest),
+                                       "-o", str(tmp_path / "a.onnx"), "--report", report])
+        assert res.exit_code == 1 and isinstance(res.exception, WbcError), res.output
+        assert str(res.exception) == f"{report}: --report would overwrite {what}: choose another name"
+    assert manifest.read_bytes() == labels and not (tmp_path / "a.onnx").exists()
+    pick = tmp_path / "pick.csv"
+    res = CliRunner().invoke(app, ["pick-cells", str(lab), "-m", str(model_path), "--n", "2", "-o", str(pick),
+                                   "--report", str(pick)])
+    assert res.exit_code == 1 and "--report would overwrite --output" in str(res.exception), res.output
+    assert not pick.exists()
+
+
+def test_an_output_beside_a_training_run_s_checkpoint_is_refused(tmp_path: Path, model_path: Path) -> None:
+    """`wbc adapt --output RUN/best.onnx` deleted the run's `best.pt` (the head refit removes the weights beside its
+    output, which would be another model's) in wbc 0.31.0. A `.pt` with no `.onnx` beside it is no earlier
+    adaptation's: refused, before any work; an earlier adaptation's own weights are still replaced."""
+    from wbc.adapt import adapt_model, adapt_stain
+    from wbc.adapt_unlabelled import adapt_unlabelled
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"a training run's best checkpoint")
+    for adapt in (lambda out: adapt_model(model_path, lab, out, views=1, tta=1),
+                  lambda out: adapt_unlabelled(model_path, lab, out, methods=()),
+                  lambda out: adapt_stain(model_path, lab, out)):
+        with pytest.raises(WbcError, match=r"best\.pt: exists with no best\.onnx beside it.* choose another --output"):
+            adapt(run / "best.onnx")
+    assert (run / "best.pt").read_bytes() == b"a training run's best checkpoint" and not (run / "best.onnx").exists()
+    (run / "best.onnx").write_bytes(b"an earlier adaptation")  # its weights beside it: replaced (here: removed)
+    adapt_model(model_path, lab, run / "best.onnx", views=1, tta=1)
+    assert not (run / "best.pt").exists()
 
 
 def test_the_original_head_is_scored_as_the_adapted_one_on_the_mean_of_its_views() -> None:

@@ -423,3 +423,29 @@ def test_a_label_free_adapted_model_can_be_fine_tuned_and_keeps_its_framing(tmp_
     assert free.info.extra["reframe"]["low"] == free.info.extra["reframe"]["high"]  # every cell re-framed
     adapt_finetune(tmp_path / "free.onnx", lab, tmp_path / "tuned.onnx", epochs=2, cross_validate=False, threads=1)
     assert load_model(tmp_path / "tuned.onnx").info.extra["reframe"] == free.info.extra["reframe"]
+
+
+def test_fine_tuning_refuses_one_class_and_a_checkpoint_it_would_replace(tmp_path: Path, small_model: Path) -> None:
+    """Fine-tuned on 8 neutrophils, the model named other cells neutrophil with a "50 % -> 100 %" held-out check, and
+    `--checkpoint RUN/best.pt --output RUN/best.onnx` wrote the tuned weights over the checkpoint it started from
+    (wbc 0.31.0). Both are refused before any fine-tuning."""
+    import shutil
+
+    from wbc.train.finetune import adapt_finetune
+
+    lab = write_lab(tmp_path / "lab", n=4, seed=1)
+    for other in ("lymphocyte", "monocyte"):
+        shutil.rmtree(lab / other)
+    with pytest.raises(WbcError, match=r"lab: every labelled cell is neutrophil \(4 cells\); label cells of at least "
+                                       r"2 classes"):
+        adapt_finetune(small_model, lab, tmp_path / "one.onnx", epochs=1, cross_validate=False)
+    assert not (tmp_path / "one.onnx").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(small_model.with_suffix(".pt"), run / "best.pt")
+    shutil.copy(small_model, run / "best.onnx")  # exported beside it: the .pt is no adaptation's weights either
+    before = (run / "best.pt").read_bytes()
+    with pytest.raises(WbcError, match=r"best\.pt: --checkpoint would be replaced by the adapted model's weights"):
+        adapt_finetune(small_model, write_lab(tmp_path / "lab3", n=4, seed=1), run / "best.onnx",
+                       checkpoint=run / "best.pt", epochs=1, cross_validate=False)
+    assert (run / "best.pt").read_bytes() == before

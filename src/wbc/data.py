@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 from collections import Counter, defaultdict
@@ -150,17 +151,38 @@ def write_manifest(path: str | os.PathLike[str], samples: Sequence[Sample], root
     atomic_write_csv(path, MANIFEST_COLUMNS, rows)
 
 
+#: The separators a manifest may use: a spreadsheet in a comma-decimal locale (German, French, Dutch, ...) saves
+#: "CSV" with ``;``.
+DELIMITERS = (",", ";", "\t")
+
+
+def sniff_delimiter(text: str) -> str:
+    """The separator of a CSV ``text``: of :data:`DELIMITERS`, the one that cuts its first line into the most fields
+    (a comma when none does).
+
+    >>> sniff_delimiter("path;label\\r\\na.png;neutrophil"), sniff_delimiter("path,label\\n"), sniff_delimiter("path")
+    (';', ',', ',')
+    """
+    header = text.split("\n", 1)[0]
+    return max(DELIMITERS, key=lambda d: (header.count(d), d == ","))
+
+
 def read_manifest(
     path: str | os.PathLike[str], split: str | None = None, root: Path | None = None
 ) -> list[Sample]:
     """Read a manifest, resolving relative paths against the data root (``root`` or the default); without
-    ``root``, a relative path that names a file beside the manifest (``wbc cases export``) is taken from there."""
+    ``root``, a relative path that names a file beside the manifest (``wbc cases export``) is taken from there.
+    Saved by a spreadsheet, a manifest may be separated by ``;`` (:func:`sniff_delimiter`) and spell its columns
+    ``Path``, ``Label``: since wbc 0.32.0 read as well (before, "missing column(s)")."""
     p = Path(path)
     explicit_root = root
     root = root or data_root()
     try:  # utf-8-sig: a spreadsheet's "CSV UTF-8" begins with a byte-order mark
         with p.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            text = fh.read()
+            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
+            if reader.fieldnames:
+                reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
             missing = {"path", "label"} - set(reader.fieldnames or ())
             if missing:
                 raise WbcError(f"{p}: not a manifest, missing column(s) {sorted(missing)}")

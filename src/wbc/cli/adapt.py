@@ -116,6 +116,14 @@ def adapt(
     if report is not None and report.resolve() in {p.resolve() for p in beside}:  # written last, it would replace it
         raise WbcError(f"{report}: --report would overwrite the adapted model or a file written beside it "
                        f"({', '.join(p.name for p in beside)}): choose another name")
+    # nor what the run reads: a labelled CSV given as --report was replaced by JSON (before wbc 0.32.0)
+    read = [(data, "--data"), (unlabelled, "--unlabelled"), (checkpoint, "--checkpoint")]
+    if model is not None:
+        read += [(Path(model), "--model"), (Path(model).with_suffix(".json"), "--model's .json"),
+                 (Path(model).with_suffix(".pt"), "--model's .pt")]
+    for path, what in read:
+        if report is not None and path is not None and path.is_file() and report.resolve() == path.resolve():
+            raise WbcError(f"{report}: --report would overwrite {what}: choose another name")
     if no_labels and stain is not None:  # a colour mapping only: nothing is chosen, framed, sampled or estimated
         from wbc.adapt_unlabelled import MAX_CELLS
         from wbc.model import ADAPTED_TTA_VIEWS

@@ -16,14 +16,24 @@ from wbc.errors import WbcError
 
 def refuse_filled_in(output: Path) -> None:
     """Refuse to write over a label file that has been filled in: the CSV this command writes is the one a
-    hematologist spends time labelling, and a second run (say with a larger ``--n``) replaced it with empty labels."""
+    hematologist spends time labelling, and a second run (say with a larger ``--n``) replaced it with empty labels.
+    Any row with a field filled in beyond its first (the path) counts, whatever the column is called and whichever
+    separator a spreadsheet saved it with (before wbc 0.32.0 a file saved with ``;``, or with a ``Label`` column,
+    counted no label and was emptied)."""
+    import io
+
+    from wbc.data import sniff_delimiter
+
     if not output.is_file():
         return
     try:
-        with output.open(newline="", encoding="utf-8", errors="replace") as fh:
-            labelled = sum(1 for row in csv.DictReader(fh) if (row.get("label") or "").strip())
+        with output.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+            text = fh.read()
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text)))
     except (OSError, csv.Error) as exc:
         raise WbcError(f"{output}: cannot read the file to be replaced ({exc}); give another --output") from None
+    body = rows[1:] if rows and rows[0] and rows[0][0].strip().lower() == "path" else rows  # a header, or none
+    labelled = sum(1 for row in body if any(cell.strip() for cell in row[1:]))
     if labelled:
         raise WbcError(f"{output}: already holds {labelled} labels; give another --output (or delete the file)")
 
@@ -51,6 +61,8 @@ def pick_cells(
     for path in (output, report):  # before any work: a bad path fails at once
         if path is not None:
             check_output_file(path)
+    if report is not None and report.resolve() == output.resolve():  # written after it, the JSON replaced the CSV
+        raise WbcError(f"{report}: --report would overwrite --output (the CSV to label): choose another name")
     refuse_filled_in(output)
     note_foreign_images([data])
     res = pick(model, data, n=n, rule=rule, seed=seed, threads=threads, max_cells=max_cells)

@@ -292,6 +292,9 @@ def adapt_finetune(
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     ckpt = Path(checkpoint) if checkpoint else clf.path.with_suffix(".pt")
+    if ckpt.resolve() == out.with_suffix(".pt").resolve():  # the tuned weights are written there
+        raise WbcError(f"{ckpt}: --checkpoint would be replaced by the adapted model's weights "
+                       f"({out.with_suffix('.pt').name}): choose another --output")
     net, ck_info = load_weights(ckpt)
     if members < 1 or (members > 1 and isinstance(net, Ensemble)):
         raise WbcError(f"--members {members}: must be >= 1, and 1 when the weights ({ckpt}) are already an "
