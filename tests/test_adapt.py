@@ -811,6 +811,32 @@ def test_an_output_beside_a_training_run_s_checkpoint_is_refused(tmp_path: Path,
     assert not (run / "best.pt").exists()
 
 
+def test_a_head_refit_accepts_the_cells_it_was_adapted_on_and_is_advised_accordingly() -> None:
+    """A head-adapted model flagged half the cells it was adapted on as "appearance unlike the training cells" (16 of
+    32 BCCD cells) and told the lab to run `wbc adapt` (wbc 0.31.0): the lab's reference kept the training residual
+    scale, and the lab's embeddings lie off the training embeddings' principal axes."""
+    from types import SimpleNamespace as NS
+
+    from test_ood import CLASSES3, TRAIN_COLOURS, cells_like, fake_embed
+    from wbc.ood import ADAPT_ADVICE, ADAPTED_ADVICE, add_reference, advice_for, fit_ood, ood_scores
+
+    tc, tl = cells_like(TRAIN_COLOURS, 60, seed=0)
+    vc, _ = cells_like(TRAIN_COLOURS, 60, seed=1)
+    ood = fit_ood(tc, fake_embed(tc), tl, vc, fake_embed(vc), CLASSES3)
+    other = {k: (v[0] - 60, v[1] + 30, v[2] - 50) for k, v in TRAIN_COLOURS.items()}
+    lab, labels = cells_like(other, 10, seed=5)
+    emb = fake_embed(lab) + np.random.default_rng(0).normal(0, 0.05, (len(lab), 40))  # off the training axes
+    assert (ood_scores(None, emb, ood)["feature"] > 1).all()
+    new = add_reference(ood, lab, emb, labels, CLASSES3, name="adapt:lab")
+    assert [r["name"] for r in new["references"]] == ["training", "adapt:lab"]
+    assert (ood_scores(None, emb, new)["feature"] <= 1).all()
+    far = np.random.default_rng(3).normal(0, 1, (5, 40))  # unlike both
+    assert (ood_scores(None, far, new)["feature"] > 1).all()
+    assert advice_for(NS(info=NS(extra={"adapt": {"method": "head"}}))) == ADAPTED_ADVICE != ADAPT_ADVICE
+    assert advice_for(NS(info=NS(extra={"adapt": {"method": "finetune"}}))) == ADAPTED_ADVICE
+    assert advice_for(NS(info=NS(extra={}))) == ADAPT_ADVICE
+
+
 def test_the_original_head_is_scored_as_the_adapted_one_on_the_mean_of_its_views() -> None:
     """"accuracy X before -> Y after" scored the original head on one view and the adapted head on the mean of four
     (wbc 0.31.0): the gain of averaging rotations, which the original model gets from `--tta` too, was counted as the

@@ -208,13 +208,17 @@ def add_reference(
     ood: dict[str, Any], cells: np.ndarray, emb: np.ndarray, labels: Sequence[str], classes: Sequence[str],
     name: str, new_features: bool = False,
 ) -> dict[str, Any]:
-    """A copy of ``ood`` that also accepts cells like ``cells`` (a new lab's), keeping the thresholds.
+    """A copy of ``ood`` that also accepts cells like ``cells`` (a new lab's).
 
-    The new reference keeps the training reference's colour covariance shape and thresholds (a few
-    dozen cells cannot give a reliable 99.5th percentile) and moves the centres to the new cells'.
-    ``new_features``: the network was fine-tuned, so its embeddings no longer match the training
-    reference; the new reference then *replaces* the old ones, and its feature threshold is the largest
-    distance among the new cells themselves (the training threshold does not transfer to moved features).
+    The new reference keeps the training reference's colour covariance shape and thresholds (a few dozen cells
+    cannot give a reliable 99.5th percentile) and moves the colour and class centres to the new cells'. It keeps the
+    training feature residual scale, and its feature threshold is at least the largest distance among the new cells:
+    the lab's embeddings lie off the training embeddings' principal axes, and before wbc 0.32.0 the training
+    threshold left half of the very cells a head refit was adapted on flagged as unlike the training cells (16 of 32
+    BCCD cells). The residual scale of the lab's few cells instead (ten times the training one on BCCD) accepted
+    random noise (docs/generalisation.md). ``new_features``: the network was fine-tuned, so its embeddings no longer
+    match the training reference; the new reference then *replaces* the old ones, with the new cells' residual
+    scale and their largest distance as its threshold (the training ones do not transfer to moved features).
     """
     base = ood["references"][0]
     col = colour_features(cells)
@@ -222,13 +226,14 @@ def add_reference(
         "name": name,
         "colour": {"mean": col.mean(0).tolist(), "icov": base["colour"]["icov"],
                    "threshold": base["colour"]["threshold"]},
-        "feature": {**fit_feature_reference(emb, labels, classes, ood["pca"]),
-                    "threshold": base["feature"]["threshold"]},
+        "feature": fit_feature_reference(emb, labels, classes, ood["pca"]),
     }
     if new_features:
         ref["feature"]["threshold"] = float(feature_distance(emb, ood["pca"], ref["feature"]).max())
         return {**ood, "references": [ref]}
     ref["feature"]["resid_scale"] = base["feature"]["resid_scale"]
+    own = float(feature_distance(emb, ood["pca"], ref["feature"]).max())  # the lab's labelled cells: never unlike
+    ref["feature"]["threshold"] = max(float(base["feature"]["threshold"]), own)
     return {**ood, "references": [*ood["references"], ref]}
 
 
@@ -299,9 +304,32 @@ def adapted_without_labels(classifier: object) -> bool:
     return isinstance(adapt, dict) and adapt.get("kind") == "no labels"
 
 
+#: The advice for a model already adapted on labelled cells (``wbc adapt``, head or fine-tuned; before wbc 0.32.0 it was
+#: told to run the `wbc adapt` it had just run).
+ADAPTED_ADVICE: str = ("the model was adapted on a lab's labelled cells (`wbc adapt`): if these images are that lab's, "
+                       "label more of its cells, these kinds included, and adapt again; if another lab's, adapt a "
+                       "model to that lab")
+
+
+def adapted_with_labels(classifier: object) -> bool:
+    """Whether the model was adapted to a lab on labelled cells (``wbc adapt --method head`` or ``finetune``).
+
+    >>> from types import SimpleNamespace as NS
+    >>> adapted_with_labels(NS(info=NS(extra={"adapt": {"method": "head"}})))
+    True
+    >>> adapted_with_labels(NS(info=NS(extra={"adapt": {"kind": "no labels"}})))
+    False
+    """
+    extra = getattr(getattr(classifier, "info", None), "extra", None)
+    adapt = extra.get("adapt") if isinstance(extra, dict) else None
+    return isinstance(adapt, dict) and adapt.get("method") in ("head", "finetune")
+
+
 def advice_for(classifier: object) -> str:
-    """What the command line advises when many cells are out of distribution (:data:`ADAPT_ADVICE`, or
-    :data:`LABEL_ADVICE` for a model already adapted without labels)."""
+    """What the command line advises when many cells are out of distribution (:data:`ADAPT_ADVICE`;
+    :data:`LABEL_ADVICE` for a model already adapted without labels, :data:`ADAPTED_ADVICE` with them)."""
+    if adapted_with_labels(classifier):
+        return ADAPTED_ADVICE
     return LABEL_ADVICE if adapted_without_labels(classifier) else ADAPT_ADVICE
 
 
