@@ -837,6 +837,25 @@ def test_a_head_refit_accepts_the_cells_it_was_adapted_on_and_is_advised_accordi
     assert advice_for(NS(info=NS(extra={}))) == ADAPT_ADVICE
 
 
+def test_options_of_the_label_free_adaptation_are_refused_with_labels(tmp_path: Path, model_path: Path) -> None:
+    """Labelled `wbc adapt` took `--classes nonsense --framing all --max-cells 9 --no-prior` and wrote the same model as
+    without them (wbc 0.31.0); `--method head` likewise ignored the fine-tuning's options."""
+    from wbc.cli import app
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    base = ["adapt", "--method", "head", "-m", str(model_path), "--data", str(lab), "-o", str(tmp_path / "a.onnx")]
+    for extra, says in ((["--classes", "5part"], "--classes: only with --no-labels"),
+                        (["--classes", "nonsense"], "--classes: only with --no-labels"),
+                        (["--framing", "all", "--max-cells", "9", "--no-prior"],
+                         "--framing, --max-cells, --no-prior: only with --no-labels"),
+                        (["--epochs", "5", "--no-cross-validate"], "--epochs, --no-cross-validate: need --method "
+                                                                   "finetune")):
+        res = CliRunner().invoke(app, base + extra)
+        assert res.exit_code == 1 and isinstance(res.exception, WbcError), res.output
+        assert str(res.exception).startswith(says), res.exception
+    assert not (tmp_path / "a.onnx").exists()
+
+
 def test_the_original_head_is_scored_as_the_adapted_one_on_the_mean_of_its_views() -> None:
     """"accuracy X before -> Y after" scored the original head on one view and the adapted head on the mean of four
     (wbc 0.31.0): the gain of averaging rotations, which the original model gets from `--tta` too, was counted as the

@@ -30,6 +30,10 @@ def progress_lines(what: str) -> Callable[[int, int], None]:
     return update
 
 
+#: ``--epochs``'s default, the fine-tuning recipe's (``wbc.train.finetune.DEFAULTS``: torch is not imported here).
+EPOCHS = 60
+
+
 def both_scored(res: Any) -> str:
     """How the held-out check scored each cell, before and after alike (before wbc 0.32.0 the original model saw one
     view and the adapted one the mean of its rotations, whose gain was then counted as the adaptation's)."""
@@ -80,7 +84,7 @@ def adapt(
                                         "no PyTorch).")] = "finetune",
     checkpoint: Annotated[Path | None, typer.Option(help="PyTorch weights for --method finetune (default: "
                                                     "the .pt beside the model, e.g. RUN/best.pt).")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs over the labelled cells.")] = 60,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs over the labelled cells.")] = EPOCHS,
     members: Annotated[int, typer.Option(min=1, help="Fine-tune this many copies (other seeds) and ship their "
                                          "ensemble: more accurate, K times the fitting time and inference "
                                          "cost.")] = 1,
@@ -124,6 +128,15 @@ def adapt(
     for path, what in read:
         if report is not None and path is not None and path.is_file() and report.resolve() == path.resolve():
             raise WbcError(f"{report}: --report would overwrite {what}: choose another name")
+    if not no_labels:  # options of the label-free adaptation, which the labelled one never read (wbc 0.31.0)
+        from wbc.adapt_unlabelled import MAX_CELLS
+
+        unused = [name for name, given in (("--classes", classes is not None), ("--framing", framing != "auto"),
+                                           ("--max-cells", max_cells != MAX_CELLS), ("--no-prior", not prior))
+                  if given]
+        if unused:
+            raise WbcError(f"{', '.join(unused)}: only with --no-labels; the labelled adaptation fits the model to the "
+                           "labels given (classify with --classes CLASSES to restrict its answers)")
     if no_labels and stain is not None:  # a colour mapping only: nothing is chosen, framed, sampled or estimated
         from wbc.adapt_unlabelled import MAX_CELLS
         from wbc.model import ADAPTED_TTA_VIEWS
@@ -160,8 +173,12 @@ def adapt(
         mapping = parse_mapping(label_map or []) or None
     except ValueError as exc:
         raise WbcError(str(exc)) from None
-    if method == "head" and (members != 1 or unlabelled is not None):
-        raise WbcError("--members and --unlabelled need --method finetune")
+    finetune_only = [name for name, given in (("--members", members != 1), ("--unlabelled", unlabelled is not None),
+                                              ("--checkpoint", checkpoint is not None), ("--epochs", epochs != EPOCHS),
+                                              ("--no-cross-validate", not cross_validate)) if given]
+    if method == "head" and finetune_only:
+        raise WbcError(f"{', '.join(finetune_only)}: need --method finetune (--method head refits the last layer only, "
+                       "cross-validated)")
     if method in ("head", "finetune") and (few := few_cells_warning(data, mapping)):
         warn(few)
     if method == "head":
