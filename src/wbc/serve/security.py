@@ -477,7 +477,7 @@ def _cookies(headers: Headers) -> dict[str, str]:
 
 
 def safe_next(path: str | None) -> str:
-    """``path`` when it is a path on this server (``/review?case=3``), else ``/``: after signing in, the browser
+    r"""``path`` when it is a path on this server (``/review?case=3``), else ``/``: after signing in, the browser
     goes back to the page it came from, never to another site (no open redirect).
 
     >>> [safe_next(p) for p in ("/review?case=3", "//evil.example/", "https://evil.example/", "/\\evil", "x", None)]
