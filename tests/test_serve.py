@@ -227,19 +227,24 @@ def test_docs_api_shows_the_differential_rows_as_served(client: TestClient, smea
 
 def test_docs_api_classify_example_gives_the_reasons_the_code_writes() -> None:
     """docs/api.md's /classify example showed "confidence 0.61 < 0.83", a reason the code does not write
-    (``wbc.classify.review_reason``: "confidence 0.61, below the review threshold 0.83"); a client parsing it broke."""
+    (``wbc.classify.review_reason``: "confidence 0.61, below the review threshold 0.83"); a client parsing it broke.
+    The example names the shipped model (since wbc 0.32.0), so its reasons carry that model's threshold."""
     import json
     import re
 
     from wbc.classify import review_reason
+    from wbc.model import load_model
 
     text = (DOCS / "api.md").read_text(encoding="utf-8")
     example = json.loads(re.search(r"### `POST /classify`.*?```json\n(.*?)```", text, re.S)[1])
+    shipped = load_model()
+    assert example["model_id"] == shipped.info.model_id
     flagged = [r for r in example["results"] if r["review"]]
     assert flagged and all(r["review_reasons"] for r in flagged)
     for r in example["results"]:
         for reason in r["review_reasons"]:
-            assert reason == review_reason(r["confidence"], 0.83) or re.match(r"(colours|appearance) unlike", reason)
+            assert reason == review_reason(r["confidence"], shipped.info.review_threshold) \
+                or re.match(r"(colours|appearance) unlike", reason)
 
 
 def test_too_large_uploads_get_413_before_and_while_reading(client: TestClient) -> None:
