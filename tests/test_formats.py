@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -121,7 +122,7 @@ def test_other_model_results_are_not_taken_as_done(clf, tmp_path: Path) -> None:
     again = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
     assert (again.analyzed, again.skipped) == (1, 1)
     assert json.loads((out / "field_00.json").read_text())["model_id"] == "tiny-colour"
-    assert [p.name for p in out.glob(".*")] == [".wbc-results"]  # no temporary file; the output folder's mark
+    assert not list(out.glob(".*"))  # no temporary file
 
 
 def test_a_run_resumed_with_other_settings_redoes_the_fields(clf, tmp_path: Path) -> None:
@@ -205,8 +206,8 @@ def test_fields_in_folders_below_the_output_folder_are_analysed(clf, tmp_path: P
 
 def test_an_earlier_run_s_output_folder_beside_the_fields_is_not_read_as_fields(clf, tmp_path: Path) -> None:
     """`wbc analyze .` then `wbc analyze . -o results_v2`: the second run took the first's annotated PNGs in
-    ``results/`` for 3 more fields (wbc 0.31.0: 3 fields read as 6, their drawn labels adding "WBCs"). Every output
-    folder holds ``.wbc-results`` since wbc 0.32.0; one written before it is known by its PNGs' JSON documents."""
+    ``results/`` for 3 more fields (wbc 0.31.0: 3 fields read as 6, their drawn labels adding "WBCs"). An annotated PNG
+    carries wbc's tag since wbc 0.32.0; one written before it is known by its JSON document, naming another image."""
     from typer.testing import CliRunner
 
     from wbc.cli import app
@@ -215,12 +216,12 @@ def test_an_earlier_run_s_output_folder_beside_the_fields_is_not_read_as_fields(
     d = tmp_path / "d"
     write_fields(d, 2)
     run_local([d], d / "results", clf, ClassicalSegmenter())
-    (d / "results" / ".wbc-results").unlink(missing_ok=True)  # as a wbc before 0.32.0 left it
+    for png in (d / "results").glob("*.png"):  # as a wbc before 0.32.0 left them: without the tag
+        cv2.imwrite(str(png), cv2.imread(str(png)))
     second = run_local([d], d / "results_v2", clf, ClassicalSegmenter())
     assert len(second.docs) == 2 and second.analyzed == 2
     assert not [doc["image"] for doc in second.docs if not doc["image"].startswith(f"{d}/field_")]
     assert second.earlier_outputs == {str(d / "results"): 2}
-    assert (d / "results_v2" / ".wbc-results").is_file()
     res = CliRunner().invoke(app, ["analyze", str(d), "-o", str(d / "results_v3"), "--model", str(clf.path),
                                    "--segmenter", "classical", "--threads", "1", "--no-report"])
     assert res.exit_code == 0, res.output
@@ -261,6 +262,88 @@ def test_a_run_stopped_part_way_leaves_no_pooled_file_that_disagrees_with_the_js
     run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())  # the same command again writes them
     assert len([r for r in csv.DictReader((out / "cells.csv").open()) if r["image"] == str(paths[0])]) == len(
         doc["cells"])
+
+
+def test_a_run_that_stops_before_its_first_field_keeps_the_last_summary(
+        clf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run removed the last run's cells.csv, differential.csv, errors.csv and report.html as it started, so one that
+    stopped before writing any field (Ctrl-C during the first field; with --engine ray, a mistyped --ray-address)
+    lost a summary that still matched the JSON (a development version of wbc 0.32.0). They go only just before the
+    first field is written."""
+    import wbc.batch
+
+    write_fields(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    (out / "report.html").write_text("<html>the last run's report</html>")
+    pooled = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".csv", ".html")}
+    assert set(pooled) == {"cells.csv", "differential.csv", "errors.csv", "report.html"}
+    rgb, *_ = synthetic_smear(n_wbc=2, seed=7, size=(240, 320), scale=0.6)  # one more field arrives
+    cv2.imwrite(str(tmp_path / "in" / "field_02.png"), rgb[:, :, ::-1])
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wbc.batch, "analyze_job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".csv", ".html")} == pooled
+
+
+def test_a_users_own_fields_beside_wbc_s_results_are_still_fields(clf, tmp_path: Path) -> None:
+    """A folder once given as --output (results written beside the fields: `wbc analyze slide/more -o slide`) had
+    every image in it left out of later runs for good, the user's own JPEGs and PNGs too, and a file named on the
+    command line was refused (a development version of wbc 0.32.0, by a hidden marker file that stayed when the
+    results were deleted). Only wbc's own annotated PNGs are left out, and never a file named explicitly."""
+    from wbc.batch import plan_jobs, plan_run
+
+    slide = tmp_path / "slide"
+    write_fields(slide / "more", 1)  # more/field_00.png: its results go beside the slide's own fields
+    rgb, *_ = synthetic_smear(n_wbc=2, seed=3, size=(240, 320), scale=0.6)
+    cv2.imwrite(str(slide / "own_field.jpg"), rgb[:, :, ::-1])
+    cv2.imwrite(str(slide / "own_scan.png"), rgb[::-1, :, ::-1])  # a PNG of the user's, no JSON beside it
+    run_local([slide / "more"], slide, clf, ClassicalSegmenter())
+    assert (slide / "field_00.png").is_file() and (slide / "field_00.json").is_file()
+    planned, left_out = plan_run([slide], tmp_path / "all")
+    assert sorted(j.path for j in planned) == sorted(
+        str(p) for p in (slide / "own_field.jpg", slide / "own_scan.png", slide / "more" / "field_00.png"))
+    assert left_out == {str(slide): 1}  # the annotated field_00.png
+    for name in ("field_00.png", "field_00.json", "cells.csv", "differential.csv", "errors.csv"):
+        (slide / name).unlink()  # the user clears the results
+    assert len(plan_jobs([slide], tmp_path / "all")) == 3
+    assert [j.path for j in plan_jobs([slide / "own_field.jpg"], tmp_path / "one")] == [str(slide / "own_field.jpg")]
+    run_local([slide / "more"], slide, clf, ClassicalSegmenter())
+    assert [j.path for j in plan_jobs([slide / "field_00.png"])] == [str(slide / "field_00.png")]  # named: analysed
+
+
+def test_an_own_png_field_in_the_output_folder_is_never_overwritten(clf, tmp_path: Path) -> None:
+    """--output naming a folder that holds the user's own PNG fields: a field of the same name elsewhere replaced the
+    original image by its annotated copy without a word (wbc 0.31.0). The run is now refused before any work, in one
+    line naming the file. wbc's own annotated PNG is still replaced, also one whose JSON a killed run never wrote."""
+    from PIL import Image
+
+    from wbc.errors import WbcError
+
+    slide = tmp_path / "slide"
+    own = write_fields(slide, 1)[0]  # slide/field_00.png, the user's original
+    write_fields(slide / "more", 2)  # more/field_00.png: the same output name
+    original = own.read_bytes()
+    for draw in (True, False):
+        with pytest.raises(WbcError, match=rf"^{re.escape(str(own))}: an image wbc did not write .* give another "
+                                           "--output$"):
+            run_local([slide / "more"], slide, clf, ClassicalSegmenter(), draw=draw)
+        assert own.read_bytes() == original and not (slide / "field_01.json").exists()  # refused before any work
+    out = tmp_path / "out"
+    run_local([slide / "more"], out, clf, ClassicalSegmenter())
+    from wbc.batch import has_annotated_tag
+
+    assert has_annotated_tag(out / "field_00.png") and not has_annotated_tag(own)
+    with Image.open(out / "field_00.png") as im:  # a valid PNG, its tag a standard text chunk
+        im.load()
+        assert im.text["Software"] == "wbc annotated field"
+    (out / "field_00.json").unlink()  # a run killed between the PNG's rename and the JSON's
+    again = run_local([slide / "more"], out, clf, ClassicalSegmenter())
+    assert (again.analyzed, again.skipped) == (1, 1)
 
 
 def test_a_full_disk_ends_the_run_in_one_line_naming_the_file_and_keeps_the_fields(

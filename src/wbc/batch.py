@@ -7,9 +7,11 @@ SHA-1, classifier and segmenter) is complete, and a run that starts again skips 
 ``differential.csv`` and ``errors.csv`` are rebuilt at the end from the JSON documents of this run's inputs, so a
 run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) and started again loses nothing and redoes at most the fields
 that were in flight, and a re-used output folder never keeps a stale ``cells.csv``: a run removes the pooled files
-(:data:`POOLED_FILES`) before its first commit, so one stopped part-way leaves none that disagrees with the JSON. A file
-whose bytes an earlier input already has (a copy under another name) is left out of the run, so that no field is
-counted twice; so is every image in an output folder (:data:`OUTPUT_MARKER`), whose annotated PNGs are no fields.
+(:data:`POOLED_FILES`) just before its first commit (:func:`committed`), so one stopped part-way leaves none that
+disagrees with the JSON, and one that stops before it (a Ray head not reached) keeps the last run's. A file whose bytes
+an earlier input already has (a copy under another name) is left out of the run, so that no field is counted twice; so
+is an annotated PNG wbc wrote (:func:`is_annotated_field`), which is no field; an image of the user's own is never
+written over (:func:`check_overwrites`).
 
 The Ray engine (:mod:`wbc.distributed`) runs :func:`analyze_job` in an actor pool and commits on the driver
 with :func:`commit`; the local engine (:func:`run_local`) does both in one process.
@@ -22,7 +24,9 @@ import hashlib
 import itertools
 import json
 import os
+import struct
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,9 +50,12 @@ from wbc.protocols import ClassifierLike, SegmenterLike
 #: Pieces of the temporary names that :func:`wbc.io.atomic_write_bytes` gives files before their rename.
 _TEMP_MARKERS: tuple[str, ...] = (".json.", ".png.", ".csv.")
 
-#: The file every run leaves in its output folder (since wbc 0.32.0): the images there are its annotated fields, which
-#: a later run over a folder above it must not take for smear fields (`wbc analyze .`, then `wbc analyze . -o v2`).
-OUTPUT_MARKER = ".wbc-results"
+#: The PNG text chunk (keyword ``Software``) right after the header of every annotated field wbc writes (since wbc
+#: 0.32.0): it tells wbc's own PNG from a user's, also without its JSON (a run killed between the two renames).
+ANNOTATED_TAG = b"Software\x00wbc annotated field"
+
+#: Where a PNG's first chunk after IHDR starts (8-byte signature, IHDR's 13 bytes with length, type and CRC).
+_AFTER_IHDR = 33
 
 #: The files a run pools over its fields: removed before it commits a field, written again at its end.
 POOLED_FILES: tuple[str, ...] = ("cells.csv", "differential.csv", "errors.csv", "report.html")
@@ -166,15 +173,16 @@ def plan_jobs(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLik
 def plan_run(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str] | None = None
              ) -> tuple[list[Job], dict[str, int]]:
     """Every image under ``inputs`` (sorted, stable), each file once however often the inputs name it, with its
-    output stem; and how many images it left out in each earlier output folder (:func:`is_earlier_output`).
-    ``output``: the run's output folder, whose own files (the annotated PNGs an earlier run wrote there, when it lies
-    inside an input folder) are never taken for fields; images in folders below it are."""
+    output stem; and how many annotated PNGs of wbc it left out in each folder (:func:`is_annotated_field`; a file
+    named in ``inputs`` is never left out so). ``output``: the run's output folder, whose own files (the annotated
+    PNGs an earlier run wrote there, when it lies inside an input folder) are never taken for fields; images in
+    folders below it are."""
     inputs = list(inputs)
     out = Path(output).resolve() if output is not None else None
+    named = {Path(i).resolve() for i in inputs if Path(i).is_file()}
     seen: set[Path] = set()
     paths, ours = [], 0
     earlier: dict[str, int] = {}
-    marked: dict[Path, bool] = {}
     for p in iter_image_paths(inputs):
         real = p.resolve()
         if real in seen:
@@ -183,7 +191,7 @@ def plan_run(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike
         if out is not None and real.parent == out:
             ours += 1
             continue
-        if is_earlier_output(real, marked):
+        if real not in named and is_annotated_field(real):
             earlier[str(p.parent)] = earlier.get(str(p.parent), 0) + 1
             continue
         paths.append(p)
@@ -198,23 +206,57 @@ def plan_run(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike
     return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)], earlier
 
 
-def is_earlier_output(path: Path, marked: dict[Path, bool]) -> bool:
-    """Whether the image at (resolved) ``path`` is an earlier run's output, not a field: it lies in a folder holding
-    :data:`OUTPUT_MARKER`, or (a folder written before wbc 0.32.0) it is a PNG beside a field's JSON document that
-    names another image. ``marked``: what is known of each folder (one look per folder). Before wbc 0.32.0 a second
-    run over a data folder counted the first run's annotated PNGs (``results/``) as fields, with their drawn labels."""
-    folder = path.parent
-    if folder not in marked:
-        marked[folder] = (folder / OUTPUT_MARKER).is_file()
-    if marked[folder]:
-        return True
+def is_annotated_field(path: Path) -> bool:
+    """Whether the image at ``path`` is an annotated field wbc wrote, not a field: a PNG carrying
+    :data:`ANNOTATED_TAG`, or (one a wbc before 0.32.0 wrote) a PNG beside a field's JSON document that names another
+    image. Only these, never the user's own fields beside them: before wbc 0.32.0 a second run over a data folder
+    counted the first run's annotated PNGs (``results/``) as fields."""
     if path.suffix.lower() != ".png":
-        return False
+        return False  # wbc writes no other image
+    if has_annotated_tag(path):
+        return True
     try:
         doc = json.loads(path.with_suffix(".json").read_text(encoding="utf-8", errors="surrogateescape"))
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and {"image", "counts", "cells"} <= doc.keys() and not same_file(doc["image"], path)
+
+
+def tag_annotated(png: bytes) -> bytes:
+    """``png`` (OpenCV's encoding) with :data:`ANNOTATED_TAG` as a tEXt chunk right after its header."""
+    chunk = b"tEXt" + ANNOTATED_TAG
+    return (png[:_AFTER_IHDR] + struct.pack(">I", len(ANNOTATED_TAG)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + png[_AFTER_IHDR:])
+
+
+def has_annotated_tag(path: Path) -> bool:
+    """Whether the PNG at ``path`` carries :data:`ANNOTATED_TAG` where :func:`tag_annotated` puts it (a short read)."""
+    want = struct.pack(">I", len(ANNOTATED_TAG)) + b"tEXt" + ANNOTATED_TAG
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_AFTER_IHDR + len(want))
+    except OSError:
+        return False
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[_AFTER_IHDR:] == want
+
+
+def check_overwrites(out: Path, todo: Sequence[Job], inputs: Sequence[Job], draw: bool) -> None:
+    """Refuse, before any work, a run that would write over (or, without ``draw``, remove) a ``<stem>.png`` in
+    --output that is one of its ``inputs`` or no annotated field of wbc (:func:`is_annotated_field`): a field of the
+    user's own. Before wbc 0.32.0 `wbc analyze slide/more -o slide` replaced ``slide/field.png`` by the annotated copy
+    of ``slide/more/field.png`` without a word."""
+    named = {Path(j.path).resolve() for j in inputs}
+    for j in todo:
+        png = out / f"{j.stem}.png"
+        if not png.is_file():
+            continue
+        fate = (f"overwritten by the annotated copy of {j.path}" if draw
+                else f"removed by this run's results of {j.path}")
+        if png.resolve() in named:
+            raise WbcError(f"{png}: an input of this run would be {fate}; give another --output")
+        if not is_annotated_field(png):
+            raise WbcError(f"{png}: an image wbc did not write (no wbc results beside it) would be {fate}; give "
+                           "another --output")
 
 
 def same_file(a: Any, b: Path) -> bool:
@@ -267,20 +309,26 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
     return out
 
 
-def start_run(out: Path) -> None:
-    """Mark ``out`` as an output folder (:data:`OUTPUT_MARKER`) and remove the pooled files an earlier run left there
-    (:data:`POOLED_FILES`): written again at this run's end, so a run stopped part-way leaves no pooled summary that
-    disagrees with the fields' JSON (before wbc 0.32.0 the last run's stayed, counting the fields as they were)."""
-    marker = out / OUTPUT_MARKER
-    with writing(marker):
-        if not marker.is_file():
-            from wbc import __version__
-
-            atomic_write_bytes(marker, f"wbc {__version__} analyze results: the images here are annotated "
-                                       "fields, never read as smear fields by another run\n".encode())
+def drop_pooled(out: Path) -> None:
+    """Remove the pooled files an earlier run left in ``out`` (:data:`POOLED_FILES`): written again at this run's end,
+    so a run stopped part-way leaves no pooled summary that disagrees with the fields' JSON (before wbc 0.32.0 the
+    last run's stayed, counting the fields as they were)."""
     for name in POOLED_FILES:
         with writing(out / name):
             (out / name).unlink(missing_ok=True)
+
+
+def committed(out: Path, results: Iterable[FieldOutput]) -> Iterator[FieldOutput]:
+    """Commit each of ``results`` (:func:`commit`) as it comes, and yield it: every engine's one way to write fields.
+    The pooled files go (:func:`drop_pooled`) only just before the first field is written, so a run that stops before
+    it (a mistyped --ray-address, Ctrl-C during the first field) keeps the last run's, which still match the JSON."""
+    first = True
+    for result in results:
+        if first:
+            drop_pooled(out)
+            first = False
+        commit(out, result)
+        yield result
 
 
 @contextmanager
@@ -410,7 +458,7 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
             ok, enc = cv2.imencode(".png", render(rgb, res, classes, threshold)[:, :, ::-1].copy())
             if not ok:
                 raise WbcError(f"{job.path}: cannot encode the annotated image")
-            png = enc.tobytes()
+            png = tag_annotated(enc.tobytes())  # known for wbc's own, also without its JSON (check_overwrites)
         return FieldOutput(job, text, png, seconds_analysis=t1 - t0, seconds_render=time.perf_counter() - t1)
     except WbcError as exc:
         return FieldOutput(job, error=str(exc))
@@ -471,8 +519,13 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
            columns: Sequence[str] | None = None) -> AnalyzeSummary:
     """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents: the
     differential's rows are ``classes`` (those answered, :func:`wbc.analyze.smear_label_set`), ``cells.csv`` has a
-    probability column for each of ``columns`` (default ``classes``; the model's classes)."""
+    probability column for each of ``columns`` (default ``classes``; the model's classes). An earlier run's
+    ``report.html`` is removed (`wbc analyze` writes it again after this): a run with nothing left to do removes no
+    pooled file before (:func:`committed`), and its inputs may be fewer."""
     from wbc.classify import outside_class
+
+    with writing(out / "report.html"):
+        (out / "report.html").unlink(missing_ok=True)
 
     summary.errors, summary.copies = with_failed_copies(summary.errors, summary.copies)
     failed = {p for p, _ in summary.errors}
@@ -542,14 +595,12 @@ def run_local(
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
     todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite,
                         run_settings(classifier, segmenter))
+    check_overwrites(out, todo, planned, draw)
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter),
                              copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo))
-    start_run(out)
     if progress:
         progress(summary.skipped, len(jobs))
-    for i, job in enumerate(todo):
-        result = analyze_job(job, classifier, segmenter, draw)
-        commit(out, result)
+    for i, result in enumerate(committed(out, (analyze_job(job, classifier, segmenter, draw) for job in todo))):
         tally(summary, result)
         if progress:
             progress(summary.skipped + i + 1, len(jobs))

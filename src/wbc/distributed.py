@@ -29,7 +29,8 @@ from wbc.batch import (
     ModelSpec,
     analyze_job,
     answered_and_columns,
-    commit,
+    check_overwrites,
+    committed,
     finish,
     one_line,
     other_images,
@@ -38,7 +39,6 @@ from wbc.batch import (
     prepare_output,
     run_settings,
     segmenter_id_of,
-    start_run,
     tally,
     without_copies,
 )
@@ -258,9 +258,9 @@ def analyze_paths_ray(
         on_classifier(classifier)
     seg_id = segmenter_id_of(segmenter)
     todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
+    check_overwrites(out, todo, planned, draw)
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id,
                              copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo))
-    start_run(out)
     if progress:
         progress(summary.skipped, len(jobs))
     if todo:
@@ -272,9 +272,8 @@ def analyze_paths_ray(
               .map_batches(read_bytes, batch_size=1, num_cpus=spec.threads)
               .map_batches(bind(FieldAnalyzer, spec=spec, draw=draw), batch_size=1,
                            compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))), num_cpus=spec.threads))
-        for i, row in enumerate(rows(ds)):
-            result = _field_output(row, draw)
-            commit(out, result)
+        # the last run's pooled files go only now, before the first field is written (wbc.batch.committed)
+        for i, result in enumerate(committed(out, (_field_output(row, draw) for row in rows(ds)))):
             tally(summary, result)
             if progress:
                 progress(summary.skipped + i + 1, len(jobs))
