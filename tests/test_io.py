@@ -552,3 +552,35 @@ def test_a_single_cell_photo_turned_by_its_exif_is_classified_as_shown() -> None
         assert (x is None) == (y is None)
         if x is not None:
             assert np.abs(x.astype(int) - y.astype(int)).mean() < 2  # 6.5 when read as stored
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_bigtiff_of_separate_colour_planes_reads_as_its_chunky_twin(orientation: int) -> None:
+    """The planar check read classic TIFF headers only, so a 16-bit BigTIFF of separate planes (tifffile writes
+    BigTIFF for large images or on request, OME-TIFF writers too) was still decoded by OpenCV as three grey copies
+    over noise (a PBC neutrophil answered "eosinophil"); turned by its orientation as OpenCV turns its chunky twin."""
+    tifffile = pytest.importorskip("tifffile")
+    rgb = synthetic_cell("neutrophil", 96, seed=0)[:, :80].astype(np.uint16) * 257
+    planar, chunky = io.BytesIO(), io.BytesIO()
+    kw: dict = {"photometric": "rgb", "bigtiff": True, "extratags": [(274, 3, 1, orientation, False)]}
+    tifffile.imwrite(planar, np.moveaxis(rgb, -1, 0), planarconfig="separate", **kw)
+    tifffile.imwrite(chunky, rgb, **kw)
+    assert planar.getvalue()[:4] == b"II+\x00"
+    assert tifffile.TiffFile(io.BytesIO(planar.getvalue())).pages[0].planarconfig == 2
+    want = np.rot90(rgb // 257, -1) if orientation == 6 else rgb // 257
+    assert np.array_equal(decode_image(chunky.getvalue(), "chunky.tif"), want)
+    assert np.array_equal(decode_image(planar.getvalue(), "planar.tif"), want)
+
+
+def test_a_bigtiff_s_pages_and_colour_profile_are_read_as_a_classic_tiff_s() -> None:
+    """Only classic TIFF headers were recognised: a BigTIFF of three fields counted as one (no "only the first was
+    analysed" warning) and its embedded colour profile was ignored."""
+    tifffile = pytest.importorskip("tifffile")
+    pages, tagged = io.BytesIO(), io.BytesIO()
+    with tifffile.TiffWriter(pages, bigtiff=True) as tif:
+        for _ in range(3):
+            tif.write(np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(tagged, np.zeros((8, 8, 3), np.uint8), photometric="rgb", bigtiff=True,
+                     iccprofile=adobe_rgb_profile())
+    assert wbc.io.tiff_fields(pages.getvalue()) == 3
+    assert wbc.io.embedded_icc(tagged.getvalue()) == adobe_rgb_profile()

@@ -197,6 +197,11 @@ def png_complete(data: bytes) -> bool:
     return b"IEND" in data[-64:] or data.rfind(b"IEND", 8) >= 0
 
 
+#: The first four bytes of a TIFF file, classic and BigTIFF (since wbc 0.32.0: tifffile writes BigTIFF for large images
+#: or on request, OME-TIFF writers too; OpenCV and Pillow read both).
+_TIFF_MAGICS: tuple[bytes, ...] = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def _tiff_orientation(tiff: bytes) -> int:
     """The Orientation tag (0x0112) of the first image directory of TIFF-structured bytes (an EXIF block); 1 when
     absent or malformed."""
@@ -213,27 +218,37 @@ def _tiff_orientation(tiff: bytes) -> int:
 
 
 def _tiff_value(tiff: bytes, tag: int) -> int | None:
-    """The first value of ``tag`` (a SHORT or LONG, inline or at its offset) in the first image directory of classic
-    TIFF bytes; None when absent, of another type, or malformed (a BigTIFF). Read by hand, a few microseconds: it is
+    """The first value of ``tag`` (a SHORT, LONG or LONG8, inline or at its offset) in the first image directory of
+    TIFF or BigTIFF bytes; None when absent, of another type, or malformed. Read by hand, a few microseconds: it is
     asked of every TIFF before decoding (:func:`_planar_deep_tiff`), where Pillow's lazy open takes 0.1-0.3 ms.
+    BigTIFF (8-byte offsets and counts, 20-byte entries), as tifffile writes for large images or on request and
+    OME-TIFF writers do, is read too since wbc 0.32.0: its planar files were decoded as grey copies before.
 
     >>> import tifffile
-    >>> buf = io.BytesIO(); tifffile.imwrite(buf, np.zeros((3, 4, 5), np.uint16), photometric="rgb")
-    >>> _tiff_value(buf.getvalue(), 284), _tiff_value(buf.getvalue(), 258), _tiff_value(buf.getvalue(), 0x0112)
-    (2, 16, None)
+    >>> for big in (False, True):
+    ...     buf = io.BytesIO(); tifffile.imwrite(buf, np.zeros((3, 4, 5), np.uint16), photometric="rgb", bigtiff=big)
+    ...     print(_tiff_value(buf.getvalue(), 284), _tiff_value(buf.getvalue(), 258), _tiff_value(buf.getvalue(), 274))
+    2 16 None
+    2 16 None
     """
     order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
     if tiff[:2] not in (b"II", b"MM") or len(tiff) < 8:
         return None
-    at = int.from_bytes(tiff[4:8], order)
-    n = int.from_bytes(tiff[at : at + 2], order) if at + 2 <= len(tiff) else 0
-    for e in range(at + 2, min(at + 2 + 12 * n, len(tiff) - 11), 12):
+    big = int.from_bytes(tiff[2:4], order) == 43
+    # classic: 4-byte offsets, a 2-byte entry count, 12-byte entries with a 4-byte value field at 8;
+    # BigTIFF: 8-byte offsets (the first at 8), an 8-byte count, 20-byte entries with an 8-byte value field at 12
+    word, count_size, entry, value_at = (8, 8, 20, 12) if big else (4, 2, 12, 8)
+    at = int.from_bytes(tiff[8:16] if big else tiff[4:8], order)
+    n = int.from_bytes(tiff[at : at + count_size], order) if at + count_size <= len(tiff) else 0
+    first = at + count_size
+    for e in range(first, min(first + entry * n, len(tiff) - entry + 1), entry):
         if int.from_bytes(tiff[e : e + 2], order) == tag:
-            size = {3: 2, 4: 4}.get(int.from_bytes(tiff[e + 2 : e + 4], order))
+            size = {3: 2, 4: 4, 16: 8}.get(int.from_bytes(tiff[e + 2 : e + 4], order))
             if size is None:
                 return None
-            count = int.from_bytes(tiff[e + 4 : e + 8], order)
-            where = e + 8 if size * count <= 4 else int.from_bytes(tiff[e + 8 : e + 12], order)
+            count = int.from_bytes(tiff[e + 4 : e + value_at], order)
+            inline = size * count <= word
+            where = e + value_at if inline else int.from_bytes(tiff[e + value_at : e + value_at + word], order)
             return int.from_bytes(tiff[where : where + size], order) if where + size <= len(tiff) else None
     return None
 
@@ -242,9 +257,9 @@ def _planar_deep_tiff(data: bytes) -> bool:
     """Whether ``data`` is a TIFF whose colour samples are stored as separate planes (PlanarConfiguration 2) at more
     than 8 bits: OpenCV 4.14 and Pillow read such a file as if its samples were interleaved, three grey copies of the
     image side by side over noise, which `wbc classify` answered with a confident class and `wbc analyze` called no
-    smear (before wbc 0.32.0). tifffile writes one for any (3, H, W) array, as several microscope packages do. 8-bit
-    planar TIFFs OpenCV reads right."""
-    return data[:4] in (b"II*\x00", b"MM\x00*") and _tiff_value(data, 284) == 2 and (_tiff_value(data, 258) or 8) > 8
+    smear (before wbc 0.32.0; a BigTIFF's still was, :func:`_tiff_value`). tifffile writes one for any (3, H, W) array,
+    as several microscope packages do. 8-bit planar TIFFs OpenCV reads right."""
+    return data[:4] in _TIFF_MAGICS and _tiff_value(data, 284) == 2 and (_tiff_value(data, 258) or 8) > 8
 
 
 def _decode_planar_tiff(data: bytes, name: str) -> np.ndarray:
@@ -285,7 +300,7 @@ def exif_orientation(data: bytes) -> int:
             if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":  # APP1: EXIF (another APP1 may be XMP)
                 return _tiff_orientation(data[i + 10 : i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")])
         return 1
-    if not (data[:8] == b"\x89PNG\r\n\x1a\n" or data[:4] in (b"II*\x00", b"MM\x00*")
+    if not (data[:8] == b"\x89PNG\r\n\x1a\n" or data[:4] in _TIFF_MAGICS
             or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
         return 1  # formats without EXIF (BMP, GIF) or that Pillow does not open: as stored
     import warnings
@@ -488,7 +503,7 @@ def embedded_icc(data: bytes) -> bytes | None:
         return _jpeg_icc(data)
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return _png_icc(data)
-    if not (data[:4] in (b"II*\x00", b"MM\x00*") or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
+    if not (data[:4] in _TIFF_MAGICS or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
         return None
     import warnings
 
@@ -569,7 +584,7 @@ def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int 
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
         return orient(_decode_with_pillow(data, name), exif_orientation(data))
-    return arr if data[:4] in (b"II*\x00", b"MM\x00*") else orient(arr, exif_orientation(data))
+    return arr if data[:4] in _TIFF_MAGICS else orient(arr, exif_orientation(data))
 
 
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
@@ -628,7 +643,7 @@ def tiff_fields(data: bytes) -> int:
     >>> tiff_fields(buf.getvalue()), tiff_fields(b"\\xff\\xd8")
     (3, 1)
     """
-    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+    if data[:4] not in _TIFF_MAGICS:
         return 1
     import warnings
 
