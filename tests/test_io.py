@@ -584,3 +584,47 @@ def test_a_bigtiff_s_pages_and_colour_profile_are_read_as_a_classic_tiff_s() -> 
                      iccprofile=adobe_rgb_profile())
     assert wbc.io.tiff_fields(pages.getvalue()) == 3
     assert wbc.io.embedded_icc(tagged.getvalue()) == adobe_rgb_profile()
+
+
+def png_with_profile(profile: bytes) -> bytes:
+    """A 16x16 PNG whose iCCP chunk holds ``profile``, zlib-compressed (16 MB of zeros compress to 16 KB)."""
+    import struct
+    import zlib
+
+    png = cv2.imencode(".png", np.full((16, 16, 3), 200, np.uint8))[1].tobytes()
+    body = b"icc\x00\x00" + zlib.compress(profile, 9)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    return png[:33] + chunk + png[33:]  # after IHDR
+
+
+def test_embedded_colour_profiles_are_not_kept_in_memory_and_a_huge_one_is_refused() -> None:
+    """The transforms' cache was keyed by the profiles' bytes: a 16 KB PNG whose profile inflates to 16 MB left the
+    16 MB held for the process's life, even though the upload was refused; 32 of them, 500 MB of a server."""
+    import gc
+    import tracemalloc
+
+    unreadable = [png_with_profile(i.to_bytes(4, "big") + bytes(3 << 20)) for i in range(8)]  # 3 MB each, under
+    huge = png_with_profile(bytes(16 << 20))
+    assert max(len(f) for f in [*unreadable, huge]) < 20_000
+    decode_image(png_with_profile(adobe_rgb_profile()), "warm.png")  # Pillow's modules imported before measuring
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for data in unreadable:
+            assert decode_image(data, "cell.png").shape == (16, 16, 3)  # an unreadable profile is ignored
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        assert held < 1 << 20, f"{held / 2**20:.1f} MB held after decoding 8 files with 3 MB profiles"
+        tracemalloc.reset_peak()
+        with pytest.raises(ImageReadError, match=r"^huge\.png: its embedded colour profile is over 4 MB"):
+            decode_image(huge, "huge.png")
+        gc.collect()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20 and peak < 12 << 20, f"{held / 2**20:.1f} MB held, {peak / 2**20:.1f} MB at the peak"
+    adobe = adobe_rgb_profile()  # still converted, and built once
+    built = len(wbc.io._TRANSFORMS)
+    for _ in range(3):
+        decode_image(png_with_profile(adobe), "adobe.png")
+    assert len(wbc.io._TRANSFORMS) <= built + 1 and all(len(k) == 32 for k in wbc.io._TRANSFORMS)

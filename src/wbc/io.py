@@ -11,7 +11,6 @@ message above says what is wrong.
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
@@ -20,7 +19,8 @@ import os
 import re
 import sys
 import tempfile
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +47,9 @@ FOREIGN_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
 })
 #: Images with more pixels than this are refused (a 20k x 20k scan); callers may tile instead.
 MAX_PIXELS: int = 200_000_000
+#: Images whose embedded ICC colour profile is larger than this are refused (:func:`decode_image`). A camera's or
+#: scanner's RGB profile is a few KB, a LUT profile under about 1 MB; a PNG of 16 KB can inflate to 16 MB of one.
+MAX_ICC_BYTES: int = 4 << 20
 
 cv2.setNumThreads(1)  # one decoder thread per call; parallelism comes from callers' thread pools
 if "OPENCV_LOG_LEVEL" not in os.environ:  # the user's own setting wins
@@ -447,6 +450,10 @@ def decode_image(
         raise ImageReadError(f"{name}: its size cannot be read before decoding (not PNG, JPEG, Radiance or a format "
                              "Pillow opens), and OpenCV's pixel limit is off because cv2 was imported before wbc: "
                              "import wbc first, or set OPENCV_IO_MAX_IMAGE_PIXELS before importing cv2")
+    icc = embedded_icc(data)
+    if icc is not None and len(icc) > MAX_ICC_BYTES:  # since wbc 0.32.0; no real profile is near it
+        raise ImageReadError(f"{name}: its embedded colour profile is over {MAX_ICC_BYTES >> 20} MB (a camera's is a "
+                             "few KB), so its colours cannot be read as viewers show them; save it in sRGB")
     try:
         arr = _decode(data, name, size, min_size)
     except DECODE_ERRORS as exc:
@@ -455,7 +462,7 @@ def decode_image(
     if arr.size == 0:
         raise ImageReadError(f"{name}: image has no pixels")
     check_pixels(arr.shape[:2], name, max_pixels)
-    return to_srgb(_to_rgb8(arr, name), embedded_icc(data))
+    return to_srgb(_to_rgb8(arr, name), icc)
 
 
 def _jpeg_icc(data: bytes) -> bytes | None:
@@ -468,7 +475,8 @@ def _jpeg_icc(data: bytes) -> bytes | None:
 
 
 def _png_icc(data: bytes) -> bytes | None:
-    """The ICC profile of a PNG's iCCP chunk (before its image data), at most 16 MB of it decompressed."""
+    """The ICC profile of a PNG's iCCP chunk (before its image data), decompressed up to one byte over
+    :data:`MAX_ICC_BYTES`: enough to tell that it is too large, without inflating a small file's 16 MB."""
     import zlib
 
     i = 8
@@ -478,7 +486,7 @@ def _png_icc(data: bytes) -> bytes | None:
             body = data[i + 8 : i + 8 + n]
             start = body.find(b"\x00") + 2  # after the profile's name and the compression method
             try:
-                return zlib.decompressobj().decompress(body[start:], 1 << 24) or None if start >= 2 else None
+                return zlib.decompressobj().decompress(body[start:], MAX_ICC_BYTES + 1) or None if start >= 2 else None
             except zlib.error:
                 return None
         if kind in (b"IDAT", b"IEND"):
@@ -490,6 +498,7 @@ def _png_icc(data: bytes) -> bytes | None:
 def embedded_icc(data: bytes) -> bytes | None:
     """The ICC colour profile an image file embeds, None when none: a JPEG's and a PNG's read by hand (a few
     microseconds, before every decode), a TIFF's and a WebP's through Pillow's lazy open; other formats' are not read.
+    A PNG's is inflated only to one byte over :data:`MAX_ICC_BYTES`, which :func:`decode_image` refuses.
 
     >>> from PIL import Image, ImageCms
     >>> icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -519,11 +528,36 @@ def embedded_icc(data: bytes) -> bytes | None:
     return bytes(icc) if icc else None
 
 
-@functools.lru_cache(maxsize=32)
+#: Transforms to sRGB built (:func:`_srgb_transform`), by the SHA-256 of their profile, most recently used last. Keyed
+#: by a digest, not the profile: a cache keyed by the bytes kept each profile for the process's life, and 32 PNGs of
+#: 16 KB whose profiles inflated to 16 MB, each refused, left a server 500 MB larger.
+_TRANSFORMS: OrderedDict[bytes, Any] = OrderedDict()
+_TRANSFORMS_LOCK = threading.Lock()
+#: How many transforms :data:`_TRANSFORMS` keeps: a lab's cameras use one or two profiles.
+_TRANSFORMS_KEPT = 32
+
+
 def _srgb_transform(icc: bytes) -> Any:
-    """A transform from the RGB profile ``icc`` to sRGB (relative colorimetric, as viewers show a matrix profile),
-    built once per profile; None for a profile that is no RGB one (a CMYK JPEG's, a grey image's), is sRGB already by
-    its description (nothing to change), or cannot be read: the image is then read as stored."""
+    """A transform from the RGB profile ``icc`` to sRGB, built once per profile (:data:`_TRANSFORMS`); None for a
+    profile that is no RGB one, is sRGB already, or cannot be read (:func:`_build_srgb_transform`)."""
+    key = hashlib.sha256(icc).digest()
+    with _TRANSFORMS_LOCK:
+        if key in _TRANSFORMS:
+            _TRANSFORMS.move_to_end(key)
+            return _TRANSFORMS[key]
+    transform = _build_srgb_transform(icc)  # outside the lock: two threads may build the same one, both alike
+    with _TRANSFORMS_LOCK:
+        _TRANSFORMS[key] = transform
+        _TRANSFORMS.move_to_end(key)
+        while len(_TRANSFORMS) > _TRANSFORMS_KEPT:
+            _TRANSFORMS.popitem(last=False)
+    return transform
+
+
+def _build_srgb_transform(icc: bytes) -> Any:
+    """A transform from the RGB profile ``icc`` to sRGB (relative colorimetric, as viewers show a matrix profile);
+    None for a profile that is no RGB one (a CMYK JPEG's, a grey image's), is sRGB already by its description (nothing
+    to change), or cannot be read: the image is then read as stored."""
     try:
         from PIL import ImageCms
 
