@@ -628,3 +628,118 @@ def test_embedded_colour_profiles_are_not_kept_in_memory_and_a_huge_one_is_refus
     for _ in range(3):
         decode_image(png_with_profile(adobe), "adobe.png")
     assert len(wbc.io._TRANSFORMS) <= built + 1 and all(len(k) == 32 for k in wbc.io._TRANSFORMS)
+
+
+def damaged_tiff() -> bytes:
+    """A TIFF OpenCV reads whose ImageDescription points past the file's end: Pillow warns "Truncated File Read",
+    naming no file, whenever it opens it."""
+    import struct
+
+    tifffile = pytest.importorskip("tifffile")
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, synthetic_cell("neutrophil", 64, seed=0), photometric="rgb", description="x" * 200)
+    data = bytearray(buf.getvalue())
+    first = struct.unpack("<I", data[4:8])[0] + 2
+    for e in range(first, first + 12 * struct.unpack("<H", data[first - 2 : first])[0], 12):
+        if struct.unpack("<H", data[e : e + 2])[0] == 270:
+            data[e + 8 : e + 12] = struct.pack("<I", len(data) - 50)
+    return bytes(data)
+
+
+@pytest.mark.filterwarnings("ignore:Truncated File Read")  # pytest puts back the filters import added before each test
+def test_reading_images_in_threads_leaves_the_program_s_warning_filters_as_they_were(monkeypatch, tmp_path) -> None:
+    """Each reader wrapped Pillow in ``warnings.catch_warnings()`` + ``simplefilter("ignore")``, which saves and
+    restores the process-wide filter list: readers in several threads put back one another's lists, and after
+    ``classify_images(workers=4)`` on TIFFs an "ignore every warning" filter could stay, swallowing the program's own
+    warnings. Pillow's open is slowed here so that the threads' reads overlap, as on a loaded machine."""
+    import threading
+    import time
+    import warnings
+
+    from PIL import Image
+
+    import wbc
+    from tiny_models import mean_colour_model
+    from wbc.labels import CLASSES
+
+    model = wbc.load_model(mean_colour_model(tmp_path / "tiny.onnx", 32, np.eye(len(CLASSES), 3), "tiny-colour"))
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"cell_{i}.tif")
+        Image.fromarray(synthetic_cell("neutrophil", 64, seed=i)).save(files[-1])
+    (tmp_path / "damaged.tif").write_bytes(damaged_tiff())
+    real_open = Image.open
+
+    def slow_open(*args: object, **kwargs: object) -> Image.Image:
+        time.sleep(0.005)  # a thread switch inside each reader's Pillow calls
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    wbc.classify_images(files[:1], model, workers=1)  # the modules it imports, some adding filters of their own
+    monkeypatch.setattr(Image, "open", slow_open)
+    before = list(warnings.filters)
+    result = wbc.classify_images([*files, tmp_path / "damaged.tif"], model, workers=4)
+    assert len(result.predictions) == 13 and not result.errors
+    threads = [threading.Thread(target=lambda: [wbc.io.tiff_fields(damaged_tiff()), wbc.io.embedded_icc(
+        damaged_tiff()), wbc.io.exif_orientation(damaged_tiff())]) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before
+
+
+def test_pillow_s_warnings_about_a_damaged_file_are_not_shown_and_the_program_s_own_are(tmp_path: Path) -> None:
+    """Pillow's "Truncated File Read" (and bomb) warnings name no file: wbc's own message does, so they are not
+    shown, through filters added once at import (a fresh interpreter: pytest resets filters around each test); the
+    program's own warnings, and Pillow's others, still are."""
+    (tmp_path / "damaged.tif").write_bytes(damaged_tiff())
+    code = ("import sys, warnings, PIL.Image; import wbc.io; PIL.Image.MAX_IMAGE_PIXELS = 3000; "
+            "data = open(sys.argv[1], 'rb').read(); "
+            "print(wbc.io.decode_image(data, 'damaged.tif').shape, wbc.io.tiff_fields(data), "
+            "wbc.io.exif_orientation(data), wbc.io.embedded_icc(data), wbc.io.image_size(data)); "
+            "warnings.warn('the program s own warning'); warnings.warn('XMP data cannot be read', UserWarning)")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "damaged.tif")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(64, 64, 3) 1 1 None None", run.stdout
+    assert "Truncated File Read" not in run.stderr and "decompression bomb" not in run.stderr, run.stderr
+    assert "the program s own warning" in run.stderr and "XMP data cannot be read" in run.stderr, run.stderr
+
+
+def test_importing_wbc_leaves_opencv_s_log_level_alone_and_decoding_puts_it_back() -> None:
+    """Importing wbc.io set OpenCV's process-wide log level to silent for good: a program using the wbc API lost
+    OpenCV's own messages, such as `cv2.imread` of a missing file. It is silent only while wbc decodes, in any thread,
+    and put back after (a fresh interpreter: OpenCV's level is the process's)."""
+    code = """if True:
+        import threading, cv2
+        levels = [cv2.utils.logging.getLogLevel()]
+        import wbc, wbc.io
+        levels.append(cv2.utils.logging.getLogLevel())
+        import io, numpy as np
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8)).save(buf, "TIFF")
+        whole, cut = buf.getvalue(), buf.getvalue()[:14000]  # OpenCV's TIFF decoder logs 4 lines about the cut one
+        messages = []
+        def read(data, name):
+            try:
+                wbc.io.decode_image(data, name)
+            except wbc.io.ImageReadError as exc:
+                messages.append(str(exc))
+        threads = [threading.Thread(target=read, args=(whole if i % 2 else cut, f"f{i}.tif"))
+                   for i in range(8)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        levels.append(cv2.utils.logging.getLogLevel())
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        read(cut, "again.tif")
+        levels.append(cv2.utils.logging.getLogLevel())
+        for m in messages: print(m)
+        print(*levels)
+    """
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "3 3 3 2", run.stdout  # warning before and after import and decoding; the program's own after
+    assert len(lines) == 6 and all(": not a readable image" in m for m in lines[:5]), run.stdout
+    assert "[ WARN" not in run.stderr and "[ERROR" not in run.stderr, run.stderr

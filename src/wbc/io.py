@@ -3,13 +3,17 @@
 All readers return ``numpy.ndarray`` of shape (H, W, 3), dtype uint8, RGB order, turned as the file's EXIF
 orientation says (:func:`exif_orientation`) and in sRGB when the file embeds another RGB colour profile
 (:func:`to_srgb`), as viewers show it, from a path or from bytes alike. Problems raise
-:class:`wbc.errors.ImageReadError` with the file name and what is wrong, never a bare OpenCV error. Importing this
-module silences OpenCV's own log (unless ``OPENCV_LOG_LEVEL`` is set): its decoders' errors name no file, and the
-message above says what is wrong.
+:class:`wbc.errors.ImageReadError` with the file name and what is wrong, never a bare OpenCV error.
+
+What the decoders print about a broken file names no file, and that message says what is wrong, naming it, so since
+wbc 0.32.0 (before, their lines came first) OpenCV's log is silent while :func:`decode_image` runs and put back after
+(:func:`_quiet_opencv`; left alone when ``OPENCV_LOG_LEVEL`` is set), and importing this module adds filters that hide
+Pillow's warnings about damaged or very large files, and only those (:data:`_PILLOW_FILE_WARNINGS`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -20,6 +24,7 @@ import re
 import sys
 import tempfile
 import threading
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -52,10 +57,56 @@ MAX_PIXELS: int = 200_000_000
 MAX_ICC_BYTES: int = 4 << 20
 
 cv2.setNumThreads(1)  # one decoder thread per call; parallelism comes from callers' thread pools
-if "OPENCV_LOG_LEVEL" not in os.environ:  # the user's own setting wins
-    # a broken file's decoder errors (OpenCV's, libtiff's through it) printed lines naming no file before wbc's own
-    # one-line message about it (before wbc 0.32.0): decode_image says what is wrong, naming the file
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+#: Pillow's warnings about a damaged or very large file, which name no file: wbc's one-line message about the file
+#: says what is wrong, naming it, and its own pixel limit (:data:`MAX_PIXELS`) stands in for Pillow's bomb warning.
+#: (message at its start, category, Pillow's module) each. Their filters are added once, when this module is
+#: imported, and never changed after: a ``warnings.catch_warnings()`` block in each reader saved and restored the
+#: process-wide filter list, so readers in several threads (``classify_images(workers=4)``, the server) left one
+#: another's filter behind, an "ignore every warning" one among them, and the host program lost its own warnings.
+_PILLOW_FILE_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    (r"(possibly )?corrupt exif", UserWarning, r"PIL\."),  # a damaged EXIF or TIFF directory, MakerNote too
+    (r"truncated file read", UserWarning, r"PIL\."),
+    (r"metadata warning, tag \d+ had too many entries", UserWarning, r"PIL\."),
+    (r"tag (offset too large|data larger than file)", UserWarning, r"PIL\."),
+    (r"image size \(\d+ pixels\) exceeds limit", RuntimeWarning, r"PIL\.Image"),  # DecompressionBombWarning
+)
+for _message, _category, _module in _PILLOW_FILE_WARNINGS:
+    warnings.filterwarnings("ignore", message=_message, category=_category, module=_module)
+del _message, _category, _module
+
+
+_OPENCV_LOG_LOCK = threading.Lock()
+#: How many of wbc's decodes run now (:func:`_quiet_opencv`), and the OpenCV log level the first of them found.
+_opencv_log: dict[str, int] = {"decoding": 0, "level": cv2.utils.logging.LOG_LEVEL_WARNING}
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's log silent while wbc decodes (:func:`decode_image`): a broken file's decoder errors (OpenCV's,
+    libtiff's through it) print lines naming no file before wbc's one-line message about it, which names it.
+
+    OpenCV's level is process-wide, so it is lowered while at least one of wbc's decodes runs, in any thread (a count
+    under a lock), and put back when the last one ends, unless the program changed it meanwhile; a program's own
+    OpenCV messages at that moment are not shown. Silencing it when this module was imported silenced the host
+    program's OpenCV for good. With ``OPENCV_LOG_LEVEL`` set the level is left alone: the user's own setting wins.
+    """
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        yield
+        return
+    silent = cv2.utils.logging.LOG_LEVEL_SILENT
+    with _OPENCV_LOG_LOCK:
+        if _opencv_log["decoding"] == 0:
+            _opencv_log["level"] = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(silent)
+        _opencv_log["decoding"] += 1
+    try:
+        yield
+    finally:
+        with _OPENCV_LOG_LOCK:
+            _opencv_log["decoding"] -= 1
+            if _opencv_log["decoding"] == 0 and cv2.utils.logging.getLogLevel() == silent:
+                cv2.utils.logging.setLogLevel(_opencv_log["level"])
 
 
 #: The bit depths cameras write. A 16-bit file from a scientific camera often holds its 10-, 12- or 14-bit samples
@@ -306,15 +357,11 @@ def exif_orientation(data: bytes) -> int:
     if not (data[:8] == b"\x89PNG\r\n\x1a\n" or data[:4] in _TIFF_MAGICS
             or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
         return 1  # formats without EXIF (BMP, GIF) or that Pillow does not open: as stored
-    import warnings
-
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():  # the size was checked against wbc's own limit before (image_size); a
-            warnings.simplefilter("ignore")  # damaged header's "Corrupt EXIF data" would reach the terminal
-            with Image.open(io.BytesIO(data)) as im:
-                value = int(im.getexif().get(0x0112, 1))
+    try:  # a damaged header's "Corrupt EXIF data" is not shown (_PILLOW_FILE_WARNINGS)
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(0x0112, 1))
     except Exception:  # an unreadable header: the decoder names the problem
         return 1
     return value if 1 <= value <= 8 else 1
@@ -381,15 +428,11 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int] | None:
     size = _png_size(data) or (_jpeg_size(data) if data[:2] == b"\xff\xd8" else None) or _radiance_size(data, name)
     if size is not None:
         return size
-    import warnings
-
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():  # a bomb is refused below; a damaged header's warnings ("Corrupt EXIF
-            warnings.simplefilter("ignore")  # data") name no file: the decoder's error says what is wrong
-            with Image.open(io.BytesIO(data)) as im:
-                return int(im.size[1]), int(im.size[0])
+    try:  # a bomb is refused below; a damaged header's warnings are not shown (_PILLOW_FILE_WARNINGS)
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.size[1]), int(im.size[0])
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: image is far too large to decode "
                                  f"({exc.args[0].split(' exceeds')[0]})") from None
@@ -455,7 +498,8 @@ def decode_image(
         raise ImageReadError(f"{name}: its embedded colour profile is over {MAX_ICC_BYTES >> 20} MB (a camera's is a "
                              "few KB), so its colours cannot be read as viewers show them; save it in sRGB")
     try:
-        arr = _decode(data, name, size, min_size)
+        with _quiet_opencv():
+            arr = _decode(data, name, size, min_size)
     except DECODE_ERRORS as exc:
         reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else exc.__class__.__name__
         raise ImageReadError(f"{name}: not a readable image ({exc.__class__.__name__}: {reason})") from None
@@ -514,15 +558,11 @@ def embedded_icc(data: bytes) -> bytes | None:
         return _png_icc(data)
     if not (data[:4] in _TIFF_MAGICS or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
         return None
-    import warnings
-
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():  # the size was checked against wbc's own limit before (image_size)
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                icc = im.info.get("icc_profile")
+        with Image.open(io.BytesIO(data)) as im:
+            icc = im.info.get("icc_profile")
     except Exception:  # an unreadable header: the decoder named the problem
         return None
     return bytes(icc) if icc else None
@@ -623,19 +663,15 @@ def _decode(data: bytes, name: str, size: tuple[int, int] | None, min_size: int 
 
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
     """Fallback for formats OpenCV cannot read; returns BGR(A) like OpenCV so conversion is shared."""
-    import warnings
-
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():  # "Truncated File Read" names no file: the error below says it, naming it
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as opened:
-                opened.load()
-                im: Image.Image = opened
-                if im.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I"):
-                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
-                arr = np.asarray(im)
+    try:  # "Truncated File Read" names no file and is not shown (_PILLOW_FILE_WARNINGS): the error below says it
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            im: Image.Image = opened
+            if im.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I"):
+                im = im.convert("RGBA" if "A" in im.mode else "RGB")
+            arr = np.asarray(im)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: image is far too large to decode ({exc})") from None
     except PILLOW_ERRORS as exc:
@@ -679,20 +715,16 @@ def tiff_fields(data: bytes) -> int:
     """
     if data[:4] not in _TIFF_MAGICS:
         return 1
-    import warnings
-
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a damaged page's warnings name no file
-            with Image.open(io.BytesIO(data)) as im:
-                n = 0
-                for i in range(min(int(getattr(im, "n_frames", 1)), 10_000)):
-                    im.seek(i)
-                    kind = int(getattr(im, "tag_v2", {}).get(254, 0))  # NewSubfileType: reduced resolution 1, mask 4
-                    n += not kind & 0b101
-                return max(1, n)
+    try:  # a damaged page's warnings name no file and are not shown (_PILLOW_FILE_WARNINGS)
+        with Image.open(io.BytesIO(data)) as im:
+            n = 0
+            for i in range(min(int(getattr(im, "n_frames", 1)), 10_000)):
+                im.seek(i)
+                kind = int(getattr(im, "tag_v2", {}).get(254, 0))  # NewSubfileType: reduced resolution 1, mask 4
+                n += not kind & 0b101
+            return max(1, n)
     except (OSError, ValueError, SyntaxError, EOFError):
         return 1
 
