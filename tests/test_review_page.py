@@ -196,6 +196,15 @@ def open_case(page, case_id: int) -> None:
     page.wait_for_function("id => state.doc && state.doc.id === id", arg=case_id)
 
 
+def open_new_case(page, base: str, name: str, seed: int, n_wbc: int = 2) -> int:
+    """A new case (:func:`make_case`), the page reloaded to list it, and opened; its id."""
+    c = make_case(base, name, seed, n_wbc)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    return c
+
+
 def test_a_sign_off_asked_for_one_case_never_signs_another(review) -> None:
     page, base = review
     a, b = make_case(base, "sign A", 40), make_case(base, "sign B", 41)
@@ -256,10 +265,7 @@ def test_a_confirmation_on_a_stale_page_leaves_a_colleague_s_label(review) -> No
     import httpx
 
     page, base = review
-    c = make_case(base, "stale confirm", 47)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    c = open_new_case(page, base, "stale confirm", 47)
     page.focus("#gallery .tile[aria-selected=true]")
     cell = page.evaluate("state.sel")
     r = httpx.post(f"{base}/cases/{c}/cells/{cell}/label", json={"label": "unidentifiable", "user": "Bo"}, timeout=30)
@@ -275,10 +281,7 @@ def test_a_confirmation_on_a_stale_page_leaves_a_colleague_s_label(review) -> No
 
 def test_a_failed_label_request_says_so_and_the_next_one_works(review) -> None:
     page, base = review
-    c = make_case(base, "network", 42)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    c = open_new_case(page, base, "network", 42)
     calls: list[str] = []
 
     def first_fails(route) -> None:  # the server restarting, or the network gone, for one request
@@ -378,10 +381,7 @@ def test_label_keys_pressed_faster_than_the_server_answers_each_label_their_own_
     reviewer's next key labelled the cell after the one it was meant for (before wbc 0.32.0). Each key now labels the
     cell selected when it is pressed, in order, the selection moving on at once, and the page shows what is saving."""
     page, base = review
-    c = make_case(base, "fast keys", 48, n_wbc=4)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    c = open_new_case(page, base, "fast keys", 48, n_wbc=4)
     ids, classes = page.evaluate("[state.order.slice(0, 3), state.doc.classes]")
     assert len(ids) == 3
     wanted = ["lymphocyte", "monocyte", "neutrophil"]
@@ -441,10 +441,7 @@ def test_a_label_that_cannot_be_saved_sends_none_given_after_it_and_says_which(r
     """Labels are saved in the order given; when one fails, those queued behind it are not sent (the case may have
     changed, the server may be gone): the page names each, and selects the cell that failed, never another."""
     page, base = review
-    c = make_case(base, "queue fails", 50, n_wbc=4)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    c = open_new_case(page, base, "queue fails", 50, n_wbc=4)
     ids, classes = page.evaluate("[state.order.slice(0, 3), state.doc.classes]")
     page.evaluate("""() => { const f = window.fetch; let n = 0; window.fetch = (u, o) => String(u).endsWith('/label')
         ? new Promise((res, rej) => setTimeout(() => (n++ ? res(f(u, o)) : rej(new TypeError('network down'))), 800))
@@ -466,10 +463,7 @@ def test_a_label_that_cannot_be_saved_sends_none_given_after_it_and_says_which(r
 def test_escape_closes_the_sign_off_confirmation(review) -> None:
     """The confirmation is an alertdialog; Escape did nothing (before wbc 0.32.0). It closes it, as Cancel does."""
     page, base = review
-    c = make_case(base, "confirm escape", 58)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    open_new_case(page, base, "confirm escape", 58)
     page.click("#sign-off")
     assert page.locator("#confirm-box").is_visible()
     page.keyboard.press("Escape")
@@ -481,10 +475,7 @@ def test_a_label_while_the_sign_off_confirmation_is_open_closes_it(review) -> No
     """The confirmation kept its numbers while a menu click relabelled a cell, and its Sign off was then refused as if a
     colleague had changed the case (before wbc 0.32.0). The label closes it; asked again, it gives the new numbers."""
     page, base = review
-    c = make_case(base, "confirm open", 51)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    c = open_new_case(page, base, "confirm open", 51)
     page.click("#sign-off")
     assert "0 changed by review" in page.locator("#confirm-text").inner_text()
     label = next(x for x in ("lymphocyte", "monocyte") if x != page.evaluate("state.doc.cells[0].label"))
@@ -565,10 +556,7 @@ def test_the_case_list_counts_the_changes_a_label_makes(review) -> None:
     """The case list was loaded with the page only: after relabels its Changed read 2 beside the case header's 3
     (before wbc 0.32.0)."""
     page, base = review
-    c = make_case(base, "list count", 56)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    c = open_new_case(page, base, "list count", 56)
     page.focus("#gallery .tile[aria-selected=true]")
     page.keyboard.press("9")
     page.wait_for_selector("#review-status:has-text('Not a WBC')")
@@ -580,10 +568,7 @@ def test_the_top_3_gives_the_models_call_with_the_digits_of_its_flag(review) -> 
     """"Model: Eosinophil (98.5 %)" over "Top 3: Eosinophil 99 %": the probabilities were rounded to whole percent, the
     very reading a flagged cell's confidence is kept from (before wbc 0.32.0)."""
     page, base = review
-    c = make_case(base, "top 3", 57)
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
-    open_case(page, c)
+    open_new_case(page, base, "top 3", 57)
     page.evaluate("""() => { const c = state.doc.cells.find((x) => x.id === state.sel);
         Object.assign(c, { model_label: 'eosinophil', label: 'eosinophil', model_confidence: 0.985, model_review: true,
           model_probabilities: { eosinophil: 0.985, neutrophil: 0.0125, monocyte: 0.0025 } });
