@@ -133,3 +133,12 @@ def test_bad_manifest_rows_are_named(tmp_path: Path, row: str, msg: str) -> None
     p.write_text(f"path,label,split,fold\nok.png,basophil,test,0\n{row}\n")
     with pytest.raises(WbcError, match=msg):
         read_manifest(p, root=tmp_path)
+
+
+def test_a_labs_own_split_and_fold_columns_in_another_spelling_are_not_taken_for_wbcs(tmp_path: Path) -> None:
+    """Spreadsheet spellings of ``path`` and ``label`` are read (since wbc 0.32.0), but lower-casing every column took a
+    lab's own "Split" (Train/Test) and "Fold" (A/B) columns for wbc's, and `wbc train --data` refused the manifest."""
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "m.csv").write_text("Path;Label;Split;Fold\na.png;Neutrophil;Train;A\n", encoding="utf-8")
+    (s,) = read_manifest(tmp_path / "m.csv")
+    assert (s.path, s.label, s.split, s.fold) == (tmp_path / "a.png", "Neutrophil", "", -1)

@@ -181,8 +181,10 @@ def read_manifest(
         with p.open(newline="", encoding="utf-8-sig") as fh:
             text = fh.read()
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
-            if reader.fieldnames:
-                reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+            if reader.fieldnames:  # only the two required names in a spreadsheet's spelling: a lab's own "Split"
+                # or "Fold" column (values "Train", "A") was ignored before, and is not taken for wbc's split and fold
+                reader.fieldnames = [name.strip().lower() if name.strip().lower() in ("path", "label") else name
+                                     for name in reader.fieldnames]
             missing = {"path", "label"} - set(reader.fieldnames or ())
             if missing:
                 raise WbcError(f"{p}: not a manifest, missing column(s) {sorted(missing)}")
