@@ -1397,3 +1397,28 @@ def test_cases_show_names_no_platelet_rate_and_export_names_a_next_step_that_run
     res = CliRunner().invoke(app, ["cases", "export", str(tmp_path / "all"), "--store", store.url,
                                    "--include-accepted"])
     assert "next: wbc adapt --data" in " ".join(res.output.split())
+
+
+def test_switching_a_store_to_wal_waits_for_another_programs_lock(tmp_path: Path) -> None:
+    """A store not yet in WAL mode, locked by another program: switching it answered "database is locked" at once
+    instead of waiting (before wbc 0.32.0), so a second process opening an older store while the first upgraded it
+    failed now and then. It now waits for the lock, as every other statement does."""
+    import sqlite3
+    import threading
+
+    from wbc.cases.store import _to_wal
+
+    db = tmp_path / "s.sqlite"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    other = sqlite3.connect(db, timeout=0.01, isolation_level=None)
+    try:
+        _to_wal(other.cursor(), wait_s=10)
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        release.join()
+        other.close()
+        holder.close()

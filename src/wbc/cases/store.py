@@ -18,6 +18,8 @@ import hashlib
 import io
 import os
 import re
+import sqlite3
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -398,9 +400,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
+    _to_wal(cur)
     cur.execute("PRAGMA synchronous=FULL")
     cur.close()
+
+
+def _to_wal(cur: Any, wait_s: float | None = None) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while the store is locked, up to ``wait_s`` (default
+    :data:`SQLITE_BUSY_TIMEOUT_S`). Switching a store that is not in WAL mode yet (one made by another program, or by
+    Alembic's own connection) needs the database to itself, and SQLite answers "database is locked" at once rather
+    than waiting its busy timeout: a second process connecting while the first switched it failed to open the store
+    (before wbc 0.32.0; seen in ``test_two_processes_upgrading_one_store_both_open_it``). A store already in WAL mode
+    answers at once."""
+    deadline = time.monotonic() + (SQLITE_BUSY_TIMEOUT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 #: ``Connection.info`` key of a connection whose transaction writes (:meth:`CaseStore.session`).
