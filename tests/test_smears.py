@@ -273,3 +273,86 @@ def test_a_yolo_box_on_a_photo_turned_by_its_exif_is_placed_on_the_photo_as_show
     (root / "labels" / "p.txt").write_text("0 0.5 0.25 0.2 0.5\n")  # x 40-60 of 100, y 0-30 of 60, as shown
     [item] = load_labelled_folder(root, None)
     assert [tuple(round(v) for v in b) for b in item.wbc_boxes] == [(40, 0, 60, 30)]
+
+
+def _voc_folder(d: Path, stems: list[str], ext: str = ".jpg", boxes: int = 1) -> Path:
+    """A VOC folder of 100 x 100 fields, each with ``boxes`` copies of one WBC box."""
+    (d / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (d / "Annotations").mkdir(exist_ok=True)
+    x0, y0, x1, y1 = BOX
+    for stem in stems:
+        cv2.imwrite(str(d / "JPEGImages" / f"{stem}{ext}"), np.full((100, 100, 3), 200, np.uint8))
+        (d / "Annotations" / f"{stem}.xml").write_text("<annotation>" + f"<object><name>WBC</name><bndbox><xmin>{x0}"
+                                                       f"</xmin><ymin>{y0}</ymin><xmax>{x1 - 1}</xmax><ymax>{y1 - 1}"
+                                                       "</ymax></bndbox></object>" * boxes + "</annotation>")
+    return d
+
+
+def test_a_voc_split_that_is_not_there_is_refused_not_every_field_scored(tmp_path: Path) -> None:
+    """A VOC folder with train.txt and val.txt scored every field, training fields included, under the name of the
+    split asked for (the default "test", or a typo) when that split's file was missing."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    d = _voc_folder(tmp_path / "voc", [f"f{i}" for i in range(6)])
+    (d / "ImageSets" / "Main").mkdir(parents=True)
+    (d / "ImageSets" / "Main" / "train.txt").write_text("f0\nf1\nf2\nf3\n")
+    (d / "ImageSets" / "Main" / "val.txt").write_text("f4\nf5\n")
+    for split in ("test", "vall"):
+        with pytest.raises(WbcError, match=rf"voc: no split '{split}' \(ImageSets/Main/{split}\.txt; splits here: "
+                                           r"train, val\); --split names one"):
+            evaluate_smears(tmp_path, tmp_path / "o", OneCell(), split=split, dataset=d)
+    m = evaluate_smears(tmp_path, tmp_path / "o2", OneCell(), split="val", dataset=d)
+    assert (m["n_images"], m["split"]) == (2, "val") and [r["image"] for r in m["per_image"]] == ["f4", "f5"]
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(d), "--no-classifier", "--segmenter",
+                                   "classical", "-o", str(tmp_path / "cli")])
+    assert isinstance(res.exception, WbcError) and "no split 'test'" in str(res.exception)
+    # a folder that defines no split is read whole, and says so rather than naming a split
+    for f in (d / "ImageSets" / "Main").iterdir():
+        f.unlink()
+    m = evaluate_smears(tmp_path, tmp_path / "o3", OneCell(), split="test", dataset=d)
+    assert (m["n_images"], m["split"]) == (6, None)
+    assert "every field (no splits) (6 images)" in (tmp_path / "o3" / "summary.md").read_text().splitlines()[0]
+
+
+def test_a_yolo_split_that_is_not_there_is_named_with_the_splits_that_are(tmp_path: Path) -> None:
+    """images/train/ and images/val/ without images/test/ gave "no labelled images found (expected a YOLO or Pascal
+    VOC layout)", which names neither the split nor the folder's splits."""
+    folder = _yolo_folder(tmp_path / "yolo", n=2)
+    for sub in ("train", "val"):
+        (folder / "images" / sub).mkdir()
+        (folder / "labels" / sub).mkdir()
+    for i, sub in enumerate(("train", "val")):
+        (folder / "images" / f"f{i}.jpg").rename(folder / "images" / sub / f"f{i}.jpg")
+        (folder / "labels" / f"f{i}.txt").rename(folder / "labels" / sub / f"f{i}.txt")
+    with pytest.raises(WbcError, match=r"images: no split 'test' \(images/test/; splits here: train, val\)"):
+        load_labelled_folder(folder, "test")
+    [item] = load_labelled_folder(folder, "val")
+    assert (item.name, item.split, len(item.wbc_boxes)) == ("f1", "val", 1)
+
+
+def test_voc_fields_in_another_image_format_are_read_with_a_split_file(tmp_path: Path) -> None:
+    """With ImageSets/Main/<split>.txt only JPEGImages/<name>.jpg was looked for: PNG fields were each "no such file"
+    and the run ended, though the same folder without the split file was read."""
+    d = _voc_folder(tmp_path / "voc", ["f0", "f1", "f2"], ext=".png")
+    (d / "ImageSets" / "Main").mkdir(parents=True)
+    (d / "ImageSets" / "Main" / "val.txt").write_text("f0\nf1\nf2\n")
+    m = evaluate_smears(tmp_path, tmp_path / "o", OneCell(), split="val", dataset=d)
+    assert (m["n_images"], m["errors"], m["detection"]["recall"]) == (3, [], 1.0)
+
+
+def test_yolo_labels_beside_a_split_image_folder_are_found_and_none_at_all_is_an_error(tmp_path: Path) -> None:
+    """images/val/ with its label files in labels/ (not labels/val/): no label file was found, every field read as
+    having no WBC, and every detection counted as a false positive (precision 0) without a word."""
+    folder = _yolo_folder(tmp_path / "yolo", n=3)
+    (folder / "images" / "val").mkdir()
+    for i in range(3):
+        (folder / "images" / f"f{i}.jpg").rename(folder / "images" / "val" / f"f{i}.jpg")
+    m = evaluate_smears(tmp_path, tmp_path / "o", OneCell(), split="val", dataset=folder)
+    d = m["detection"]
+    assert (m["n_images"], d["tp"], d["fp"], d["recall"]) == (3, 3, 0, 1.0)
+    for f in (folder / "labels").glob("*.txt"):
+        f.unlink()
+    with pytest.raises(WbcError, match=r"labels: no label file for any of the 3 images"):
+        evaluate_smears(tmp_path, tmp_path / "o2", OneCell(), split="val", dataset=folder)

@@ -61,7 +61,8 @@ def evaluate_smears(
     seg = get_segmenter(segmenter, segmenter_model, threads=threads, pixel_size=pixel_size)
     m = run(resolve_root(data_root), output, seg, clf, split=split, dataset=dataset)
     d, s = m["detection"], m["segmentation"]
-    say(f"{m['dataset']} {split}: {m['n_images']} images, segmenter {m['segmenter']}")
+    say(f"{m['dataset']} {m['split'] or 'every field (no splits)'}: {m['n_images']} images, segmenter "
+        f"{m['segmenter']}")
     say(
         f"  WBC precision {rate(d['precision'])} recall {rate(d['recall'])} F1 {rate(d['f1'])} "
         f"AP50 {'n/a' if d['ap50'] is None else format(d['ap50'], '.3f')} mean IoU {d['mean_iou_matched']:.3f}"

@@ -24,6 +24,7 @@ Segmentation Dice/IoU are computed per image over the union of all cells (the ma
 from __future__ import annotations
 
 import csv
+import glob
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -37,7 +38,7 @@ import cv2
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.io import atomic_write_json, atomic_write_text, check_output_file, read_image
+from wbc.io import atomic_write_json, atomic_write_text, check_output_file, is_image_file, read_image
 from wbc.labels import canonical_label
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell
@@ -57,6 +58,8 @@ class BccdItem:
     origin: str = ""  # the field's source, when the folder says (TXL-PBC's sources.csv)
     #: boxes whose class name is neither a WBC nor a red cell or platelet (name -> count): not scored, but reported
     unknown_boxes: dict[str, int] = field(default_factory=dict)
+    #: the split the field was read from ("" when the folder defines none and every field is read)
+    split: str = ""
 
 
 SmearItem = BccdItem
@@ -155,6 +158,8 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
     bccd = root / "bccd" if (root / "bccd").is_dir() else root
     split_file = bccd / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
+        if split_names(bccd):
+            raise missing_split(bccd, split)
         raise WbcError(f"{split_file}: BCCD split not found (is --data-root the data root? --dataset names "
                        "another folder)")
     labels: dict[str, str] = {}
@@ -168,25 +173,49 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
     items = []
     for name in _read_label_text(split_file).split():
         mp = mask_path(bccd, name)
+        image = _voc_image(bccd, name) or bccd / "JPEGImages" / f"{name}.jpg"  # missing: named by the field's error
         unknown: Counter[str] = Counter()
         try:  # any WBC name, as the folder read without a split file: a lab's "Neutrophil" or "Blast" boxes too
             boxes = read_voc_boxes(bccd / "Annotations" / f"{name}.xml", None, unknown)
         except WbcError as exc:
             if errors is None:
                 raise
-            errors.append((str(bccd / "JPEGImages" / f"{name}.jpg"), str(exc)))
+            errors.append((str(image), str(exc)))
             continue
         items.append(
             BccdItem(
                 name=name,
-                image=bccd / "JPEGImages" / f"{name}.jpg",
+                image=image,
                 wbc_boxes=boxes,
                 mask=mp if mp.is_file() else None,
                 label=labels.get(name),
                 unknown_boxes=dict(unknown),
+                split=split,
             )
         )
     return items
+
+
+def _voc_image(folder: Path, stem: str) -> Path | None:
+    """A VOC field's image, ``JPEGImages/<stem>.*`` in any image format (a lab's PNG or TIFF fields; before wbc 0.33.0
+    a folder with a split file looked for ``.jpg`` alone, and every PNG field was "no such file")."""
+    jpg = folder / "JPEGImages" / f"{stem}.jpg"
+    if jpg.is_file():
+        return jpg
+    return next((p for p in sorted((folder / "JPEGImages").glob(f"{glob.escape(stem)}.*")) if is_image_file(p)), None)
+
+
+def split_names(folder: Path) -> list[str]:
+    """The splits a VOC folder defines: the ``ImageSets/Main/*.txt`` files' names (empty when it defines none)."""
+    sets = folder / "ImageSets" / "Main"
+    return sorted(f.stem for f in sets.glob("*.txt") if f.is_file()) if sets.is_dir() else []
+
+
+def missing_split(folder: Path, split: str | None) -> WbcError:
+    """The one-line refusal of a split that a folder with splits does not define: scoring every field under the
+    split's name instead put training fields into "test" numbers (before wbc 0.33.0, silently)."""
+    return WbcError(f"{folder}: no split {split!r} (ImageSets/Main/{split}.txt; splits here: "
+                    f"{', '.join(split_names(folder))}); --split names one")
 
 
 def _read_label_text(path: Path) -> str:
@@ -290,22 +319,25 @@ def load_labelled_folder(
       ``classes.txt``; TXL-PBC's ``sources.csv`` gives each field's origin);
     * flat: images beside same-named ``.xml`` (VOC) or ``.txt`` (YOLO) files.
 
-    Masks, where present, are ``masks/<stem>.png`` with 0 background, 128 cytoplasm, 255 nucleus. ``errors``: as
-    :func:`load_bccd` (a field whose labels cannot be read is listed there, not fatal).
+    ``split``: the fields ``ImageSets/Main/<split>.txt`` or ``images/<split>/`` names (each item's ``split``); a folder
+    that defines other splits but not this one is a :class:`WbcError` listing them, and only a folder that defines
+    none (or ``split`` None) is read whole, its items' ``split`` "". Masks, where present, are ``masks/<stem>.png``
+    with 0 background, 128 cytoplasm, 255 nucleus. ``errors``: as :func:`load_bccd` (a field whose labels cannot be
+    read is listed there, not fatal). YOLO images without any label file beside them are a :class:`WbcError`: read as
+    fields without a WBC, every detection counted as a false one.
     """
-    from wbc.io import is_image_file as is_image_path
-
     folder = Path(folder)
     if not folder.is_dir():
         raise WbcError(f"{folder}: not a folder")
     if (folder / "Annotations").is_dir() and (folder / "JPEGImages").is_dir():
-        if (folder / "ImageSets" / "Main" / f"{split}.txt").is_file():
-            return load_bccd(folder, split or "test", errors)
+        if split and split_names(folder):  # a split the folder does not define is refused, never every field
+            return load_bccd(folder, split, errors)
         items = []
         for x in sorted((folder / "Annotations").glob("*.xml")):
-            img = next((p for p in (folder / "JPEGImages").glob(f"{x.stem}.*") if is_image_path(p)), None)
+            img = _voc_image(folder, x.stem)
             if img is not None:
                 mp = folder / "masks" / f"{x.stem}.png"
+                mp = mp if mp.is_file() else mask_path(folder, x.stem)  # BCCD's BloodImage_Mask_NNNNN.png too
                 if (got := _field_boxes(img, x, set(), {}, errors)) is not None:
                     items.append(BccdItem(x.stem, img, got[0], mp if mp.is_file() else None, None,
                                           unknown_boxes=got[1]))
@@ -315,15 +347,25 @@ def load_labelled_folder(
     if src.is_file():
         with src.open(newline="") as fh:
             origins = {r.get("stem", ""): r.get("origin", "") for r in csv.DictReader(fh)}
+    split_read = ""
     if (folder / "images").is_dir() and (folder / "labels").is_dir():
         img_dir, lab_dir = folder / "images", folder / "labels"
+        subs = sorted(d.name for d in img_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         if split and (img_dir / split).is_dir():
-            img_dir, lab_dir = img_dir / split, lab_dir / split
-        pairs = [(p, lab_dir / f"{p.stem}.txt") for p in sorted(img_dir.iterdir()) if is_image_path(p)]
+            img_dir, split_read = img_dir / split, split
+            # labels/<split>/ as YOLO lays them out, else labels/ itself (a folder with the images alone split)
+            lab_dir = lab_dir / split if (lab_dir / split).is_dir() else lab_dir
+        elif split and subs and not any(is_image_file(p) for p in img_dir.iterdir()):
+            raise WbcError(f"{img_dir}: no split {split!r} (images/{split}/; splits here: {', '.join(subs)}); "
+                           "--split names one")
+        pairs = [(p, lab_dir / f"{p.stem}.txt") for p in sorted(img_dir.iterdir()) if is_image_file(p)]
+        if pairs and not any(lab.is_file() for _, lab in pairs):  # read as "no WBC" each detection was a false one
+            raise WbcError(f"{lab_dir}: no label file for any of the {len(pairs)} images in {img_dir} (expected "
+                           f"{lab_dir / (pairs[0][0].stem + '.txt')} for {pairs[0][0].name})")
     else:
         pairs = []
         for p in sorted(folder.iterdir()):
-            if not is_image_path(p):
+            if not is_image_file(p):
                 continue
             for ext in (".xml", ".txt"):
                 if p.with_suffix(ext).is_file():
@@ -340,7 +382,7 @@ def load_labelled_folder(
             continue
         mp = folder / "masks" / f"{img.stem}.png"
         items.append(BccdItem(img.stem, img, got[0], mp if mp.is_file() else None, None, origins.get(img.stem, ""),
-                              got[1]))
+                              got[1], split_read))
     return items
 
 
@@ -676,7 +718,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     di = metrics["detection_ignore_unannotated"]
     s = metrics["segmentation"]
     lines = [
-        f"# Smear evaluation: {metrics.get('dataset', 'BCCD')} {metrics.get('split') or ''} "
+        f"# Smear evaluation: {metrics.get('dataset', 'BCCD')} {metrics.get('split') or 'every field (no splits)'} "
         f"({metrics['n_images']} images)",
         "",
         f"Segmenter: `{metrics.get('segmenter', '')}`; classifier: `{metrics.get('model_id', '')}`"
@@ -739,8 +781,9 @@ def evaluate_smears(
     """Run the whole evaluation and write ``metrics.json`` and ``summary.md`` to ``output``.
 
     ``dataset``: any YOLO- or VOC-labelled folder (:func:`load_labelled_folder`); default BCCD under
-    ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt`` where they exist. Fields
-    whose files cannot be read are listed in ``errors`` (image, message) and left out of every score.
+    ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt``; a folder that defines other
+    splits refuses one it lacks, and one that defines none is read whole (``metrics["split"]`` None). Fields whose
+    files cannot be read are listed in ``errors`` (image, message) and left out of every score.
     """
     from wbc.analyze import classify_cells, move_cells, red_cell_target_of, within_canvas
 
@@ -775,7 +818,8 @@ def evaluate_smears(
                        f"could be read (first problem: {metrics['errors'][0][1]})")
     metrics.update(
         dataset=str(dataset) if dataset is not None else "BCCD",
-        split=split,
+        # None where the folder defines no splits and every field was read: no split's name on all of them
+        split=split if dataset is None or any(it.split for it in items) else None,
         segmenter=getattr(segmenter, "model_id", segmenter.name),
         model_id=getattr(classifier, "model_id", "") if classifier is not None else "",
         colour_calibration=classifier is not None and red_cell_target_of(classifier) is not None,
