@@ -356,3 +356,44 @@ def test_yolo_labels_beside_a_split_image_folder_are_found_and_none_at_all_is_an
         f.unlink()
     with pytest.raises(WbcError, match=r"labels: no label file for any of the 3 images"):
         evaluate_smears(tmp_path, tmp_path / "o2", OneCell(), split="val", dataset=folder)
+
+
+@pytest.mark.parametrize(("saved", "data"), [
+    ("bom", b"\xef\xbb\xbfimage,label\nf0,NEUTROPHIL\n"),
+    ("semicolons", b"Image;Label\r\nf0;NEUTROPHIL\r\n"),
+    ("tabs", b"image\tlabel\nf0\tNEUTROPHIL\n"),
+    ("latin1", b"image,label\nf0,Lymphozyt \xe4hnlich\n"),
+    ("other columns", b"file,class\nf0,NEUTROPHIL\n"),
+], ids=["bom", "semicolons", "tabs", "latin1", "other-columns"])
+def test_a_spreadsheet_saved_label_table_is_read_or_named_in_one_line(tmp_path: Path, saved: str, data: bytes) -> None:
+    """single_wbc_labels.csv saved by a spreadsheet (a byte-order mark, ';' in a European locale, a Latin-1 byte) ended
+    evaluate-smears in a KeyError or UnicodeDecodeError traceback; sources.csv with a Latin-1 byte too. They are now
+    read as manifests are (wbc.data.sniff_delimiter), or refused in one line naming the file."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    d = _voc_folder(tmp_path / "voc", ["f0"])
+    (d / "ImageSets" / "Main").mkdir(parents=True)
+    (d / "ImageSets" / "Main" / "test.txt").write_text("f0\n")
+    (d / "single_wbc_labels.csv").write_bytes(data)
+    if saved in ("latin1", "other columns"):
+        why = "not a UTF-8 text file" if saved == "latin1" else r"expected the columns image,label \(found file,class\)"
+        with pytest.raises(WbcError, match=rf"single_wbc_labels\.csv: {why}"):
+            load_labelled_folder(d, "test")
+        res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(d), "--no-classifier", "--segmenter",
+                                       "classical", "-o", str(tmp_path / "o")])
+        assert isinstance(res.exception, WbcError) and "single_wbc_labels.csv" in str(res.exception)
+        return
+    [item] = load_labelled_folder(d, "test")
+    assert item.label == "neutrophil"
+
+
+def test_a_latin1_sources_csv_is_one_line_naming_it_and_a_spreadsheet_s_is_read(tmp_path: Path) -> None:
+    folder = _yolo_folder(tmp_path / "yolo", n=1)
+    (folder / "sources.csv").write_bytes(b"stem,origin\nf0,Klinik K\xf6ln\n")
+    with pytest.raises(WbcError, match=r"sources\.csv: not a UTF-8 text file"):
+        load_labelled_folder(folder, None)
+    (folder / "sources.csv").write_bytes("\ufeffStem;Origin\r\nf0;Klinik Köln\r\n".encode())
+    [item] = load_labelled_folder(folder, None)
+    assert item.origin == "Klinik Köln"

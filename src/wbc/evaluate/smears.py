@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -165,11 +166,10 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
     labels: dict[str, str] = {}
     lab_file = bccd / "single_wbc_labels.csv"
     if lab_file.is_file():
-        with lab_file.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                lab = canonical_label(row["label"])
-                if lab:
-                    labels[row["image"].strip()] = lab
+        for row in read_label_table(lab_file, ("image", "label")):
+            lab = canonical_label(row["label"])
+            if lab:
+                labels[row["image"].strip()] = lab
     items = []
     for name in _read_label_text(split_file).split():
         mp = mask_path(bccd, name)
@@ -227,6 +227,26 @@ def _read_label_text(path: Path) -> str:
         raise WbcError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
         raise WbcError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_label_table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a folder's label table (``single_wbc_labels.csv``, ``sources.csv``) as a spreadsheet may save it,
+    read as manifests are since wbc 0.32.0 (:func:`wbc.data.read_manifest`): a byte-order mark ("CSV UTF-8"), ``;`` or
+    tab separators (:func:`wbc.data.sniff_delimiter`), ``columns`` in any case. A file that is not UTF-8, is no CSV or
+    lacks ``columns`` concerns every field: a :class:`WbcError` naming it (before wbc 0.33.0, a traceback)."""
+    from wbc.data import sniff_delimiter
+
+    text = _read_label_text(path).removeprefix("\ufeff")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
+        header = [name.strip() for name in reader.fieldnames or ()]
+        reader.fieldnames = [name.lower() if name.lower() in columns else name for name in header]
+        missing = [c for c in columns if c not in reader.fieldnames]
+        if missing:
+            raise WbcError(f"{path}: expected the columns {','.join(columns)} (found {','.join(header) or 'none'})")
+        return [{k: v or "" for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:
+        raise WbcError(f"{path}: not a readable CSV ({exc})") from None
 
 
 def yolo_class_names(folder: Path) -> list[str]:
@@ -345,8 +365,7 @@ def load_labelled_folder(
     origins: dict[str, str] = {}
     src = folder / "sources.csv"
     if src.is_file():
-        with src.open(newline="") as fh:
-            origins = {r.get("stem", ""): r.get("origin", "") for r in csv.DictReader(fh)}
+        origins = {r["stem"].strip(): r["origin"].strip() for r in read_label_table(src, ("stem", "origin"))}
     split_read = ""
     if (folder / "images").is_dir() and (folder / "labels").is_dir():
         img_dir, lab_dir = folder / "images", folder / "labels"
