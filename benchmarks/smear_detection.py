@@ -204,14 +204,15 @@ def main() -> None:
         res["seconds"] = time.time() - t0
         out["segmenters"][name] = res
         d = res["txl_pbc"]["all"]
-        # recall (and F1) are None on a folder without any true box: rate() prints "n/a"
-        line = (f"{name}: TXL-PBC {a.split} recall {rate(d['recall'])} precision {d['precision']:.3f} "
+        # recall (and F1) are None on a folder without any true box, precision without any detection: rate() prints
+        # "n/a"
+        line = (f"{name}: TXL-PBC {a.split} recall {rate(d['recall'])} precision {rate(d['precision'])} "
                 f"AP50 {d['ap50']:.3f}")
         for o, v in res["txl_pbc"]["per_origin"].items():
-            line += f"; {o} R {rate(v['recall'])} P {v['precision']:.3f}"
+            line += f"; {o} R {rate(v['recall'])} P {rate(v['precision'])}"
         if bccd:
             b, s = res["bccd"]["detection"], res["bccd"]["segmentation"]
-            line += (f" | BCCD recall {rate(b['recall'])} precision {b['precision']:.3f} "
+            line += (f" | BCCD recall {rate(b['recall'])} precision {rate(b['precision'])} "
                      f"nucleus Dice {s['nucleus_dice']:.3f} cell Dice {s['cell_dice']:.3f}")
         print(line + f" | box cover {res['box_cover']['mean']:.3f}", flush=True)
     out["load_avg_after"] = list(os.getloadavg())

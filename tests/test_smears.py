@@ -397,3 +397,45 @@ def test_a_latin1_sources_csv_is_one_line_naming_it_and_a_spreadsheet_s_is_read(
     (folder / "sources.csv").write_bytes("\ufeffStem;Origin\r\nf0;Klinik Köln\r\n".encode())
     [item] = load_labelled_folder(folder, None)
     assert item.origin == "Klinik Köln"
+
+
+def test_a_box_listed_twice_is_one_wbc_in_a_voc_folder_as_in_a_yolo_one(tmp_path: Path) -> None:
+    """read_yolo_boxes kept a box listed twice once, read_voc_boxes kept both: a perfect detection scored recall 0.5
+    and AP 0.5 in a VOC folder and 1.0 in the same YOLO one."""
+    voc = _voc_folder(tmp_path / "voc", ["f0"], boxes=2)
+    yolo = _yolo_folder(tmp_path / "yolo", n=1)
+    line = (yolo / "labels" / "f0.txt").read_text()
+    (yolo / "labels" / "f0.txt").write_text(line * 2)
+    for folder in (voc, yolo):
+        d = evaluate_smears(tmp_path, tmp_path / f"o_{folder.name}", OneCell(), dataset=folder)["detection"]
+        assert (d["tp"], d["fn"], d["recall"], d["ap50"]) == (1, 0, 1.0, 1.0), folder.name
+
+
+def test_precision_without_detections_and_iou_without_matches_are_undefined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segmenter that found nothing read "precision 1.000 (0 TP, 0 FP)" and "mean IoU of matched boxes 0.000" with
+    none matched; both are now null, "n/a" in summary.md and on the terminal."""
+    from typer.testing import CliRunner
+
+    import wbc.segment
+    from wbc.cli import app
+
+    class NoCell(OneCell):
+        def segment(self, rgb: np.ndarray) -> list[Cell]:
+            return []
+
+    d = _voc_folder(tmp_path / "voc", ["f0"])
+    m = evaluate_smears(tmp_path, tmp_path / "o", NoCell(), dataset=d)
+    det = m["detection"]
+    assert (det["precision"], det["recall"], det["f1"], det["mean_iou_matched"]) == (None, 0.0, 0.0, None)
+    assert m["detection_ignore_unannotated"]["precision"] is None
+    summary = (tmp_path / "o" / "summary.md").read_text()
+    assert "| WBC precision @IoU0.5 | n/a (0 TP, 0 FP) |" in summary
+    assert "| mean IoU of matched boxes | n/a |" in summary
+    assert "| precision, unboxed mask cells ignored | n/a (0 ignored) |" in summary
+    monkeypatch.setattr(wbc.segment, "get_segmenter", lambda *a, **k: NoCell())
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(d), "--no-classifier", "-o",
+                                   str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "WBC precision n/a recall 0.000" in res.output and "mean IoU n/a" in res.output

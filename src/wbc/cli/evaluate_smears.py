@@ -65,7 +65,7 @@ def evaluate_smears(
         f"{m['segmenter']}")
     say(
         f"  WBC precision {rate(d['precision'])} recall {rate(d['recall'])} F1 {rate(d['f1'])} "
-        f"AP50 {'n/a' if d['ap50'] is None else format(d['ap50'], '.3f')} mean IoU {d['mean_iou_matched']:.3f}"
+        f"AP50 {'n/a' if d['ap50'] is None else format(d['ap50'], '.3f')} mean IoU {rate(d['mean_iou_matched'])}"
     )
     for o, v in m.get("per_origin", {}).items():
         say(f"  {o}: recall {rate(v['recall'])} precision {rate(v['precision'])} ({v['n_images']} images)")

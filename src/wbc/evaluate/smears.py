@@ -106,8 +106,8 @@ def is_known_non_wbc_name(name: str) -> bool:
 
 def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[str] | None = None) -> list[Box]:
     """Boxes of one class (``None``: any WBC name, :func:`is_wbc_name`) from a Pascal VOC file, as
-    (x0, y0, x1, y1) with x1/y1 exclusive. ``unknown`` (with ``name`` None) counts the boxes whose name is neither
-    a WBC nor :func:`is_known_non_wbc_name`."""
+    (x0, y0, x1, y1) with x1/y1 exclusive; a box listed twice is kept once. ``unknown`` (with ``name`` None) counts
+    the boxes whose name is neither a WBC nor :func:`is_known_non_wbc_name`."""
     try:
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
@@ -128,8 +128,16 @@ def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[st
             x0, y0, x1, y1 = (float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError as exc:
             raise WbcError(f"{xml_path}: a {oname!r} box has a coordinate that is not a number ({exc})") from None
-        out.append((x0, y0, x1 + 1.0, y1 + 1.0))
+        _add_box(out, (x0, y0, x1 + 1.0, y1 + 1.0))
     return out
+
+
+def _add_box(boxes: list[Box], box: Box) -> None:
+    """Append ``box`` unless ``boxes`` holds it already (every side within half a pixel): the same box listed twice is
+    one cell (a TXL-PBC test field lists one WBC six times), in a YOLO or a VOC file alike (before wbc 0.33.0 a VOC
+    copy counted as a second WBC, and a perfect detection scored recall 0.5)."""
+    if all(max(abs(a - b) for a, b in zip(box, o, strict=True)) > 0.5 for o in boxes):
+        boxes.append(box)
 
 
 def mask_path(bccd: Path, name: str) -> Path:
@@ -307,10 +315,7 @@ def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> l
         except (ValueError, TypeError):
             raise WbcError(f"{path}:{k}: expected 'class cx cy w h', got {line.strip()!r}") from None
         if c in classes:
-            box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
-            # the same box listed twice is one cell (a TXL-PBC test field lists one WBC six times)
-            if all(max(abs(a - b) for a, b in zip(box, o, strict=True)) > 0.5 for o in out):
-                out.append(box)
+            _add_box(out, ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
     return out
 
 
@@ -537,18 +542,23 @@ def _score(c: Cell) -> float:
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float | None]:
-    """Precision, recall and F1 with their counts; recall and F1 are None (undefined) without any true box, so that
-    a folder whose boxes were all left out of the truth cannot read as recall 1."""
-    p = tp / (tp + fp) if tp + fp else 1.0
+    """Precision, recall and F1 with their counts; each None (undefined) where it divides by nothing: recall and F1
+    without any true box, so that a folder whose boxes were all left out of the truth cannot read as recall 1, and
+    precision without any detection (before wbc 0.33.0 it read 1.000, "0 TP, 0 FP", beside recall 0).
+
+    >>> _prf(0, 0, 1)["precision"], _prf(0, 0, 1)["f1"], _prf(2, 2, 0)["f1"]
+    (None, 0.0, 0.6666666666666666)
+    """
+    p = tp / (tp + fp) if tp + fp else None
     if not tp + fn:
         return {"precision": p, "recall": None, "f1": None, "tp": tp, "fp": fp, "fn": fn}
-    r = tp / (tp + fn)
-    f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": p, "recall": r, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+    f1 = 2 * tp / (2 * tp + fp + fn)  # 2PR / (P + R), and 0 where nothing was found
+    return {"precision": p, "recall": tp / (tp + fn), "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
 def rate(v: float | None) -> str:
-    """A precision, recall or F1 for the terminal and ``summary.md``: three decimals, ``n/a`` when undefined."""
+    """A precision, recall, F1 or mean IoU for the terminal and ``summary.md``: three decimals, ``n/a`` when
+    undefined."""
     return "n/a" if v is None else f"{v:.3f}"
 
 
@@ -647,7 +657,7 @@ def evaluate_segmentation(
     tp_n = int(sum(all_tp))
     det: dict[str, Any] = dict(_prf(tp_n, len(all_tp) - tp_n, n_gt - tp_n))
     det["ap50"] = average_precision(all_scores, all_tp, n_gt)
-    det["mean_iou_matched"] = float(np.mean(match_ious)) if match_ious else 0.0
+    det["mean_iou_matched"] = float(np.mean(match_ious)) if match_ious else None  # none matched: no mean
     det["iou_threshold"] = iou_thr
     unknown: Counter[str] = Counter()
     for it in items:
@@ -749,8 +759,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         f"| WBC recall @IoU0.5 | {rate(d['recall'])} ({d['fn']} missed) |",
         f"| WBC F1 | {rate(d['f1'])} |",
         f"| AP@0.5 | {'n/a (no WBC box)' if d['ap50'] is None else format(d['ap50'], '.3f')} |",
-        f"| mean IoU of matched boxes | {d['mean_iou_matched']:.3f} |",
-        f"| precision, unboxed mask cells ignored | {di['precision']:.3f} "
+        f"| mean IoU of matched boxes | {rate(d['mean_iou_matched'])} |",
+        f"| precision, unboxed mask cells ignored | {rate(di['precision'])} "
         f"({di['ignored_detections_on_unboxed_mask_cells']} ignored) |",
     ]
     if s["nucleus_dice"] is not None:
