@@ -245,3 +245,25 @@ def test_gradcam_heat_and_overlay() -> None:
     cams[1, 2, 1, 1] = 1.0
     outs = gradcam_overlays(np.stack([rgb, rgb]), cams, np.array([1, 2]))
     assert outs[0][0, 0, 0] > outs[0][39, 39, 0] and outs[1][39, 39, 0] > outs[1][0, 0, 0]
+
+
+def test_shares_and_gallery_captions_have_the_digits_that_tell_them_apart() -> None:
+    """At whole percents a class with one miss in 300 was "the weakest" yet "recognised 100%", like the best class,
+    and a confident mistake at 0.996 read "model: ... 100%"; cells of 0.9855 (flagged) and 0.9904 both read "99%"."""
+    from wbc.evaluate.report import thumb_items
+
+    y = np.r_[np.zeros(300, int), np.ones(300, int)]
+    pred = y.copy()
+    pred[0] = 1  # one 'a' cell of 300 called 'b'
+    p = np.full((600, 2), 0.01)
+    p[np.arange(600), pred] = 0.99
+    m = classification_metrics(y, p, ["a", "b"], n_boot=100)
+    m.update(model_id="m", data_kind="folder")
+    text = re.sub(r"<[^>]+>", "", str(summary_paragraphs(m)[0]))
+    assert "it recognised 99.7% of them" in text and "best on b (100%)" in text and "100% of them" not in text
+    cells = np.zeros((8, 8, 3), np.uint8)
+    items = thumb_items([Thumb(cells, "a", "b", p) for p in (0.996, 0.9855, 0.9904)], 0.9863)
+    assert [t["percent"] for t in items] == ["99.6%", "98.55%", "99.0%"]  # 98.55: not the threshold's 98.6
+    m["selective"]["review_threshold"] = 0.9863
+    html = build_report(m, ReportInputs(y_true=y, y_prob=p, confident_mistakes=[Thumb(cells, "a", "b", 0.996)]))
+    assert "model: b 99.6%" in html

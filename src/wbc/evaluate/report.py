@@ -22,7 +22,7 @@ import numpy as np
 from markupsafe import Markup
 
 from wbc.evaluate import in_sample_note, repeated_note
-from wbc.formats import threshold_text
+from wbc.formats import confidence_text, threshold_text
 
 #: Plural display names of the canonical classes (others are shown as they are).
 DISPLAY_NAMES: dict[str, str] = {
@@ -92,6 +92,17 @@ def pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
 
 
+def share_text(x: float, other: float = 0.0) -> str:
+    """A share in percent with the digits that tell it from ``other`` (and never 100 % below 1): a class recognised
+    in 299 of 300 cells is "99.7%", not the best class's "100%" (:func:`wbc.formats.confidence_text`; before wbc
+    0.33.0 both read "100%").
+
+    >>> share_text(299 / 300, 1.0), share_text(1.0), share_text(0.5, 1.0), share_text(0.996, 0.9863)
+    ('99.7%', '100%', '50%', '99.6%')
+    """
+    return confidence_text(x, other, 0, 100) + "%"
+
+
 def pct_ci(ci: Sequence[float] | None, digits: int = 1) -> str:
     """An interval in percent; never one of zero width, which would read as certainty (``n/a`` instead)."""
     return "n/a" if not ci or ci[1] <= ci[0] else f"{100 * ci[0]:.{digits}f}–{100 * ci[1]:.{digits}f}%"
@@ -142,21 +153,21 @@ def summary_paragraphs(metrics: Mapping[str, Any]) -> list[Markup]:
     )
     weak = weakest_classes(metrics)
     if weak:
+        best = max(
+            ((c, m["recall"]) for c, m in metrics["per_class"].items() if m["recall"] is not None),
+            key=lambda t: (t[1], t[0]),
+        )
         parts = []
-        for c, r in weak:
+        for c, r in weak:  # with the digits that tell it from the best class's share
             conf = main_confusion(metrics, c)
-            s = M("<b>{}</b> (it recognised {} of them").format(display_name(c), pct(r, 0))
+            s = M("<b>{}</b> (it recognised {} of them").format(display_name(c), share_text(r, best[1]))
             if conf:
                 s += M("; most often mistaken for {}, {} cells)").format(display_name(conf[0]), f"{conf[1]:,}")
             else:
                 s += ")"
             parts.append(s)
-        best = max(
-            ((c, m["recall"]) for c, m in metrics["per_class"].items() if m["recall"] is not None),
-            key=lambda t: (t[1], t[0]),
-        )
         first += M(" It was weakest on {}, and best on {} ({}).").format(
-            M(" and ").join(parts), display_name(best[0]), pct(best[1], 0)
+            M(" and ").join(parts), display_name(best[0]), share_text(best[1])
         )
     if metrics.get("split") == "test" and metrics.get("own_run"):  # another run's split says nothing of this model
         first += " These test cells were set aside before training, so the model had never seen them."
@@ -686,8 +697,10 @@ def per_class_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def thumb_items(thumbs: Sequence[Thumb]) -> list[dict[str, Any]]:
-    """What a gallery template needs of each thumbnail; the picture as a base64 data URI."""
+def thumb_items(thumbs: Sequence[Thumb], review_threshold: float = 0.0) -> list[dict[str, Any]]:
+    """What a gallery template needs of each thumbnail; the picture as a base64 data URI. The probability has the
+    digits that tell it from the ``review_threshold`` and from 100 % (:func:`share_text`; before wbc 0.33.0 whole
+    percents: a confident mistake at 0.996 read "100%", cells of 0.9855, flagged, and 0.9904 both "99%")."""
     return [
         {
             "src": image_to_data_uri(t.rgb),
@@ -696,7 +709,7 @@ def thumb_items(thumbs: Sequence[Thumb]) -> list[dict[str, Any]]:
             "true_short": _short([t.true])[0],
             "predicted": t.predicted,
             "predicted_short": _short([t.predicted])[0],
-            "percent": f"{100 * t.probability:.0f}%",
+            "percent": share_text(t.probability, review_threshold),
             "wrong": t.true != t.predicted,
             "overlay_src": image_to_data_uri(t.overlay) if t.overlay is not None else None,
         }
@@ -704,11 +717,11 @@ def thumb_items(thumbs: Sequence[Thumb]) -> list[dict[str, Any]]:
     ]
 
 
-def gradcam_rows(gradcam: Mapping[str, Sequence[Thumb]]) -> list[dict[str, Any]]:
+def gradcam_rows(gradcam: Mapping[str, Sequence[Thumb]], review_threshold: float = 0.0) -> list[dict[str, Any]]:
     """One row per class of cell/overlay pairs (a cell without an overlay is shown twice)."""
     rows = []
     for c, thumbs in gradcam.items():
-        items = thumb_items(thumbs)
+        items = thumb_items(thumbs, review_threshold)
         for it in items:
             it["overlay_src"] = it["overlay_src"] or it["src"]
         rows.append({"label": c, "name": display_name(c), "thumbs": items})
@@ -784,6 +797,7 @@ def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
     """The whole report as one HTML string."""
     y_true, y_prob = inputs.y_true, inputs.y_prob
     unreadable = [m for _, m in metrics.get("unreadable") or []]
+    threshold = float((metrics.get("selective") or {}).get("review_threshold") or 0.0)  # captions tell cells from it
     return render(
         "report.html",
         title=f"{inputs.title} — {metrics.get('model_id', '')}",
@@ -804,9 +818,9 @@ def build_report(metrics: Mapping[str, Any], inputs: ReportInputs) -> str:
             "coverage": plot_coverage(metrics, y_true, y_prob),
         },
         min_bin_cells=MIN_BIN_CELLS,
-        confident_mistakes=thumb_items(inputs.confident_mistakes),
-        unsure_correct=thumb_items(inputs.unsure_correct),
-        gradcam_rows=gradcam_rows(inputs.gradcam),
+        confident_mistakes=thumb_items(inputs.confident_mistakes, threshold),
+        unsure_correct=thumb_items(inputs.unsure_correct, threshold),
+        gradcam_rows=gradcam_rows(inputs.gradcam, threshold),
         gradcam_note=inputs.gradcam_note or "Not available.",
         folds=fold_rows(inputs.folds) if inputs.folds else [],
         unknown=unknown_rows(metrics),
