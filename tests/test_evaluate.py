@@ -703,3 +703,23 @@ def test_refitted_temperature_is_fitted_over_the_chosen_classes(
                for s in samples)
     assert f"({val5} cells)" in m["ece"]["refit"]["fitted_on"] and val5 == 30
     assert reframed == [False, False]
+
+
+def test_compare_without_data_takes_the_manifest_of_a_s_run_for_a_model_file_too(
+    env: dict[str, Path], tmp_path: Path
+) -> None:
+    """The docs say `--compare A B` without DATA uses A's manifest.csv; with A given as RUN/model.onnx (a file) the
+    command said "give DATA" and only a run folder worked."""
+    files = [f for f in sorted(env["data"].glob("*/*.png")) if f.parent.name in CLASSES and f.name != "broken.png"]
+    run = tmp_path / "run"
+    run.mkdir()
+    write_manifest(run / "manifest.csv", [Sample(f, f.parent.name, "test" if i % 4 == 0 else "train", -1, "")
+                                          for i, f in enumerate(files)], root=tmp_path)
+    shutil.copy(env["model"], run / "model.onnx")
+    res = CliRunner().invoke(app, ["evaluate", "--compare", str(run / "model.onnx"), str(run / "model.onnx"),
+                                   "--data-root", str(tmp_path), "-o", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["n"] == len(files[::4])
+    res = CliRunner().invoke(app, ["evaluate", "--compare", str(env["model"]), str(env["model"]), "-o",
+                                   str(tmp_path / "cmp2")])
+    assert "give DATA" in str(res.exception) and "no manifest.csv beside A" in str(res.exception)

@@ -99,10 +99,14 @@ def evaluate(
     if compare and model is not None:
         raise WbcError("--model has no effect with --compare; name both models there (--compare A B)")
     if data is None:
-        if compare and (Path(compare[0]) / "manifest.csv").is_file():
-            data = Path(compare[0]) / "manifest.csv"
+        # A's run: A itself, or the folder of A's model file (before wbc 0.33.0 only a folder, though the docs said any)
+        run_a = None if not compare else Path(compare[0]).parent if Path(compare[0]).is_file() else Path(compare[0])
+        if run_a is not None and (run_a / "manifest.csv").is_file():
+            data = run_a / "manifest.csv"
+            say(f"no DATA: comparing on {data} (A's run's manifest, --split {split})")
         else:
-            raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder")
+            raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder"
+                           + (f" (no manifest.csv beside A, {compare[0]}, to take)" if compare else ""))
     check_output_file(output / ("comparison.json" if compare else "metrics.json"))  # before any work, in one line
     ed = load_eval_data(data, split, maps, root)
     if note := repeated_note(ed.repeated):
