@@ -461,6 +461,19 @@ def test_a_refitted_head_offers_no_stale_class_activation_maps(env: dict[str, Pa
     assert adapted.run(np.zeros((2, SIZE, SIZE, 3), np.uint8))["logits"].argmax(1).tolist() == [7, 7]
 
 
+#: A run's training options, as `wbc train` writes them to config.json and into its model's metadata.
+RUN_CONFIG = {"data": "cells", "model": "tiny", "seed": 0, "split_seed": 0, "threads": 2}
+
+
+def _run_folder(run: Path, model: Path, samples: list[Sample], root: Path) -> Path:
+    """A run folder as `wbc train` leaves it: manifest.csv, config.json and a model.onnx trained with those options
+    (another ``threads``, as a resumed run may have); returns the model."""
+    run.mkdir(parents=True, exist_ok=True)
+    write_manifest(run / "manifest.csv", samples, root=root)
+    (run / "config.json").write_text(json.dumps(RUN_CONFIG))
+    return _with_info(model, run / "model.onnx", extra={"config": {**RUN_CONFIG, "threads": 8}})
+
+
 def _with_info(src: Path, dst: Path, **changes: object) -> Path:
     """A copy of the model at ``src`` with fields of its ModelInfo changed."""
     from dataclasses import replace
@@ -591,8 +604,9 @@ def test_only_a_run_s_own_model_is_said_never_to_have_seen_its_test_cells(env: d
     html = (tmp_path / "o" / "report.html").read_text()
     assert "had never seen" not in html and "held out only for the model that run trained" in html
     assert m["split"] == "test" and m["own_run"] is False
-    shutil.copy(env["model"], foreign / "model.onnx")  # now the run's own model
-    m = evaluate(foreign / "manifest.csv", load_model(foreign / "model.onnx"), tmp_path / "own", root=tmp_path,
+    own = _run_folder(tmp_path / "own_run", env["model"], [Sample(f, f.parent.name, "test", -1, "") for f in files],
+                      tmp_path)  # now the run's own model
+    m = evaluate(own.parent / "manifest.csv", load_model(own), tmp_path / "own", root=tmp_path,
                  n_boot=100, cams_per_class=0, gallery_size=1)
     html = (tmp_path / "own" / "report.html").read_text()
     assert m["own_run"] is True and "had never seen" in html and "held out only" not in html
@@ -604,11 +618,9 @@ def test_a_run_s_own_training_and_calibration_rows_carry_a_caution(env: dict[str
     and the report say so, and only the run's own test rows count as held out."""
     files = [f for f in sorted(env["data"].glob("*/*.png")) if f.parent.name in CLASSES and f.name != "broken.png"]
     run = tmp_path / "run"
-    run.mkdir()
     splits = ("train", "val", "test")
-    write_manifest(run / "manifest.csv", [Sample(f, f.parent.name, splits[i % 3], -1, "") for i, f in enumerate(files)],
-                   root=tmp_path)
-    shutil.copy(env["model"], run / "model.onnx")
+    _run_folder(run, env["model"], [Sample(f, f.parent.name, splits[i % 3], -1, "") for i, f in enumerate(files)],
+                tmp_path)
     runner = CliRunner()
     for split, held_out in (("all", False), ("val", False), ("test", True)):
         out = tmp_path / f"o_{split}"
@@ -723,3 +735,70 @@ def test_compare_without_data_takes_the_manifest_of_a_s_run_for_a_model_file_too
     res = CliRunner().invoke(app, ["evaluate", "--compare", str(env["model"]), str(env["model"]), "-o",
                                    str(tmp_path / "cmp2")])
     assert "give DATA" in str(res.exception) and "no manifest.csv beside A" in str(res.exception)
+
+
+def test_a_model_beside_a_csv_is_not_taken_for_its_run_s_own(env: dict[str, Path], tmp_path: Path) -> None:
+    """Any model file beside any CSV counted as that CSV's run: `wbc adapt --data lab/labelled.csv --output
+    lab/adapted.onnx` (trained on every row, whatever its split), then `wbc evaluate lab/labelled.csv --model
+    lab/adapted.onnx` said the model had never seen cells it was fine-tuned on. Only a run's own files now show it."""
+    from wbc.evaluate import evaluate, is_own_run
+
+    files = [f for f in sorted(env["train"].glob("*/*.png")) if f.parent.name in ("lymphocyte", "neutrophil")]
+    rows = [Sample(f, f.parent.name, "test", -1, "") for f in files]
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    write_manifest(lab / "labelled.csv", rows, root=tmp_path)
+    shutil.copy(env["model"], lab / "model.onnx")
+    m = evaluate(lab / "labelled.csv", load_model(lab / "model.onnx"), tmp_path / "o", root=tmp_path, n_boot=100,
+                 cams_per_class=0, gallery_size=1)
+    html = " ".join((tmp_path / "o" / "report.html").read_text().split())
+    assert m["own_run"] is False and m["held_out"] is False and m["caution"].startswith("Caution: nothing shows")
+    assert "had never seen" not in html and "nothing shows that this split was made by the run" in html
+    # a manifest.csv beside a model file is no run either, without the run's config.json or checkpoint
+    write_manifest(lab / "manifest.csv", rows, root=tmp_path)
+    assert not is_own_run(lab / "manifest.csv", load_model(lab / "model.onnx"))
+    # the run wbc train leaves: its config.json holds the model's training options
+    model = _run_folder(tmp_path / "run", env["model"], rows, tmp_path)
+    manifest = model.parent / "manifest.csv"
+    m = evaluate(manifest, load_model(model), tmp_path / "own", root=tmp_path, n_boot=100, cams_per_class=0,
+                 gallery_size=1)
+    assert m["own_run"] is True and m["held_out"] is True and m["caution"] is None
+    assert "had never seen" in (tmp_path / "own" / "report.html").read_text()
+    for changes in ({"extra": {"config": {**RUN_CONFIG, "seed": 1}}},  # another run's model copied in
+                    {"extra": {"config": RUN_CONFIG, "adapt": {"kind": "labels"}}}):  # adapted since, in place
+        _with_info(env["model"], model, **changes)
+        assert not is_own_run(manifest, load_model(model)), changes
+    # `wbc ensemble` writes no config.json: its checkpoint beside the model shows the run
+    _with_info(env["model"], model, extra={"config": RUN_CONFIG})
+    (model.parent / "config.json").unlink()
+    assert not is_own_run(manifest, load_model(model))
+    (model.parent / "ensemble.pt").write_bytes(b"checkpoint")
+    assert is_own_run(manifest, load_model(model))
+
+
+def test_val_rows_of_a_run_folder_without_its_model_are_noted_as_in_sample(
+    env: dict[str, Path], tmp_path: Path
+) -> None:
+    """`wbc evaluate runs/default --split val` (no model.onnx in a checkout: the shipped model, whose temperature and
+    review threshold those val rows fitted) printed no in-sample note, though the docs say it does, and the caution
+    spoke of the manifest's "test rows"."""
+    from wbc.evaluate.report import caution_text
+
+    files = [f for f in sorted(env["data"].glob("*/*_00[0-2].png")) if f.parent.name in CLASSES]
+    run = tmp_path / "run"
+    run.mkdir()
+    write_manifest(run / "manifest.csv", [Sample(f, f.parent.name, "val", -1, "") for f in files], root=tmp_path)
+    (run / "config.json").write_text(json.dumps(RUN_CONFIG))
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--split", "val", "--data-root", str(tmp_path), "-o",
+                                   str(tmp_path / "o"), "--bootstrap", "100"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    out = " ".join(res.output.split())
+    assert f"{len(files)} val rows chose the run's model's epoch" in out and "not held-out accuracy" in out
+    assert "the shipped model's too if this is the PBC split" in out
+    caution = json.loads((tmp_path / "o" / "metrics.json").read_text())["caution"]
+    assert "test rows" not in caution and "its val rows chose and calibrated that run's model" in caution
+    assert "calibrated the shipped model too" in caution
+    text = caution_text({"data_kind": "manifest", "own_run": False, "split": "val", "row_splits": {"val": 6}})
+    assert "test rows" not in text and "val rows" in text and "shipped" not in text
+    assert "its test rows are held out only" in caution_text({"data_kind": "manifest", "own_run": False,
+                                                              "split": "test", "row_splits": {"test": 6}})

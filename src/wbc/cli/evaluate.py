@@ -79,6 +79,7 @@ def evaluate(
     from wbc.evaluate import (
         default_model_for,
         in_sample_note,
+        is_run_manifest,
         load_eval_data,
         repeated_note,
         resolve_model_path,
@@ -115,9 +116,12 @@ def evaluate(
              "note:")
     splits = Counter(x.split for x in ed.samples) if ed.is_manifest else Counter()
     cross_validation = any(x.fold >= 0 for x in ed.samples)
-    if default_model_for(ed.source) is None and not cross_validation:
+    if not is_run_manifest(ed.source) and not cross_validation:
         splits.pop("val", None)  # "val" rows of a manifest outside a run folder calibrated no model known here
-    if note := in_sample_note(splits, cross_validation):
+    # a run folder without its model (runs/default in a checkout) is scored with the shipped model, whose temperature
+    # and review threshold the PBC split's val rows fitted: those rows are noted too (before wbc 0.33.0 they were not)
+    shipped = not compare and model is None and default_model_for(ed.source) is None
+    if note := in_sample_note(splits, cross_validation, shipped):
         warn(f"{ed.source}: {note}: these numbers are not held-out accuracy (--split test is)", "note:")
 
     if compare:

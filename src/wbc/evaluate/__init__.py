@@ -36,6 +36,8 @@ __all__ = [
     "dedupe_rows",
     "evaluate",
     "in_sample_note",
+    "is_own_run",
+    "is_run_manifest",
     "load_eval_data",
     "load_fold_metrics",
     "repeated_note",
@@ -66,13 +68,15 @@ class EvalData:
         return f"the folder {self.source.name}"
 
 
-def in_sample_note(splits: Mapping[str, int], cross_validation: bool = False) -> str:
+def in_sample_note(splits: Mapping[str, int], cross_validation: bool = False, shipped: bool = False) -> str:
     """What a run's manifest rows of ``splits`` (split: rows) did for the run's model, or "" for test rows only.
 
     Its train rows fitted the network, its val rows chose the best epoch and fitted the temperature and the review
     threshold (:func:`wbc.calibration.calibrate`), or in a cross-validation run trained the other folds' members:
     scored with that model, neither is held out (the terminal, ``metrics.json``'s ``caution`` and the report say so;
-    before wbc 0.31.0 only ``--split train`` had a terminal note).
+    before wbc 0.31.0 only ``--split train`` had a terminal note). ``shipped``: scored with the shipped model, whose
+    temperature and review threshold were fitted on the val rows of the PBC split (``runs/default/manifest.csv``, the
+    split of every run in docs/model_card.md), which the val rows' note then says.
 
     >>> in_sample_note({"train": 3, "val": 1}), in_sample_note({"test": 5})
     ("3 train rows trained the run's model; 1 val row chose the run's model's epoch and fitted its temperature and \
@@ -84,7 +88,9 @@ review threshold", '')
     if n := splits.get("val", 0):
         parts.append(f"{n:,} val row{'s' * (n != 1)} "
                      + ("trained the run's cross-validation members" if cross_validation
-                        else "chose the run's model's epoch and fitted its temperature and review threshold"))
+                        else "chose the run's model's epoch and fitted its temperature and review threshold")
+                     + (", and the shipped model's too if this is the PBC split (runs/default/manifest.csv)"
+                        if shipped else ""))
     return "; ".join(parts)
 
 
@@ -249,6 +255,48 @@ def default_model_for(data_path: Path) -> Path | None:
     ):
         return data_path.parent / "model.onnx"
     return None
+
+
+#: Training options that say where a run ran, not what it trained (``wbc.train.loop.MACHINE_OPTIONS``): a resumed run
+#: may change them.
+_MACHINE_OPTIONS = frozenset({"device", "threads", "num_workers"})
+
+
+def is_run_manifest(path: Path) -> bool:
+    """Whether ``path`` is a training run's manifest: ``manifest.csv`` beside the ``config.json`` `wbc train` writes
+    (``runs/default`` in a checkout, whose model file is not committed) or beside the run's ``model.onnx``."""
+    return path.name == "manifest.csv" and any((path.parent / f).is_file() for f in ("config.json", "model.onnx"))
+
+
+def is_own_run(manifest: Path, classifier: Classifier) -> bool:
+    """Whether ``manifest`` is shown to be the split of the run that trained ``classifier``, which alone makes its test
+    rows held out from this model.
+
+    Shown by the run's own files, not assumed from a model file placed beside a CSV: ``manifest`` is the
+    ``manifest.csv`` of the model file's folder; the model was not adapted since (`wbc adapt` fine-tunes on a lab's
+    cells, whatever split their rows name); and the folder's ``config.json`` holds the model's training options (a run
+    `wbc train` wrote; machine options aside), or, in a folder without one (`wbc ensemble`), the checkpoint
+    (``best.pt``, ``ensemble.pt``) it was exported from is there. Before wbc 0.33.0 any model file beside any CSV
+    counted, so a model fine-tuned on a lab's ``labelled.csv`` was said never to have seen its rows.
+    """
+    run = manifest.resolve().parent
+    if manifest.name != "manifest.csv" or Path(classifier.path).resolve().parent != run:
+        return False
+    info = classifier.info
+    trained = info.extra.get("config")
+    if info.head or "adapt" in info.extra or not isinstance(trained, dict):
+        return False
+    if (run / "config.json").is_file():
+        try:
+            saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+
+        def options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in cfg.items() if k != "extra" and k not in _MACHINE_OPTIONS}
+
+        return isinstance(saved, dict) and options(saved) == options(trained)
+    return any((run / name).is_file() for name in ("best.pt", "ensemble.pt"))
 
 
 def load_fold_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -509,7 +557,7 @@ def evaluate(
     y_prob = np.array([[p.probabilities[c] for c in answered]
                        for p, k in zip(scored.predictions, known, strict=True) if k], np.float32)
 
-    own_run = ed.is_manifest and Path(classifier.path).resolve().parent == ed.source.resolve().parent
+    own_run = ed.is_manifest and is_own_run(ed.source, classifier)
     row_splits = dict(sorted(Counter(s.split for s in ed.samples).items())) if ed.is_manifest else {}
     metrics: dict[str, Any] = {
         "model_id": classifier.model_id,
@@ -518,7 +566,7 @@ def evaluate(
         "data": str(ed.source.resolve()),
         "data_description": ed.description,
         "data_kind": "manifest" if ed.is_manifest else "folder",
-        # the run's own split: only then are its test rows known to be held out from this model's training
+        # the run's own split (is_own_run): only then are its test rows known to be held out from this model's training
         "own_run": own_run,
         "split": ed.split,
         "row_splits": row_splits,  # manifest rows evaluated, by their split

@@ -14,6 +14,7 @@ import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -23,6 +24,7 @@ from markupsafe import Markup
 
 from wbc.evaluate import in_sample_note, repeated_note
 from wbc.formats import confidence_text, threshold_text
+from wbc.paths import DEFAULT_MODEL
 
 #: Plural display names of the canonical classes (others are shown as they are).
 DISPLAY_NAMES: dict[str, str] = {
@@ -252,7 +254,9 @@ def caution_text(metrics: Mapping[str, Any]) -> str:
     report's caution paragraph and ``metrics.json``'s ``caution``.
 
     A folder and another run's manifest may hold the model's training images; a run's own train and val rows
-    certainly trained or calibrated it (before wbc 0.31.0 the report had no caution for those).
+    certainly trained or calibrated it (before wbc 0.31.0 the report had no caution for those). A manifest not shown to
+    be the model's own run's is worded as such: nothing says whose it is (before wbc 0.33.0 "not made by the run that
+    trained this model", and its "test rows" whatever split was scored).
     """
     if metrics.get("data_kind") == "folder":
         return ("Caution: if any of these images were used to train the model, the numbers above are too optimistic. "
@@ -260,9 +264,9 @@ def caution_text(metrics: Mapping[str, Any]) -> str:
     if metrics.get("data_kind") != "manifest":
         return ""
     if not metrics.get("own_run"):
-        return ("Caution: this split was not made by the run that trained this model (another run's, or a lab's own), "
-                "so its test rows are held out only for the model that run trained; if any of these images were used "
-                "to train this model, the numbers above are too optimistic.")
+        return ("Caution: nothing shows that this split was made by the run that trained this model (it may be another "
+                f"run's, or a lab's own), so {_foreign_rows(metrics)}; if any of these images were used to train or "
+                "calibrate this model, the numbers above are too optimistic.")
     if "in_sample" in metrics:
         note = metrics["in_sample"]
     elif metrics.get("split"):
@@ -274,6 +278,23 @@ def caution_text(metrics: Mapping[str, Any]) -> str:
     return (f"Caution: these cells come from the manifest of the run that trained this model and are not held out "
             f"from it ({note}). The numbers above are too optimistic, the calibration error and the review figures "
             "most of all; the run's test split (--split test) gives the held-out estimate.")
+
+
+def _foreign_rows(metrics: Mapping[str, Any]) -> str:
+    """What the rows scored from a manifest not shown to be this model's run's (:func:`wbc.evaluate.is_own_run`) did
+    or are known to be held out from: its test rows are held out for the run's model, its train and val rows for no
+    model of that run (before wbc 0.33.0 the caution spoke of "its test rows" whatever was scored)."""
+    splits = set(metrics.get("row_splits") or ()) or ({metrics["split"]} if metrics.get("split") else set())
+    did = [w for s, w in (("train", "its train rows trained"), ("val", "its val rows chose and calibrated"))
+           if s in splits]
+    if did:
+        shipped = "val" in splits and Path(str(metrics.get("model_path", ""))).resolve() == DEFAULT_MODEL.resolve()
+        return (" and ".join(did) + " that run's model"
+                + (", and calibrated the shipped model too if this is the PBC split (runs/default/manifest.csv)"
+                   if shipped else ""))
+    if splits == {"test"}:
+        return "its test rows are held out only for the model that run trained"
+    return "the rows scored are held out, if at all, only for the model that run trained"
 
 
 # --- pictures -----------------------------------------------------------------------------------
