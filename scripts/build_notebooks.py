@@ -2,6 +2,10 @@
 
     python scripts/build_notebooks.py [classification] [detection]   # writes notebooks/*.ipynb with outputs
 
+A notebook whose cells could not do their work (no PBC data, images not read, an evaluation that failed, a cell
+that raised) is not written: the committed copy is kept, and the script exits non-zero with one ``error:`` line
+for each notebook refused.
+
 The notebooks hold no logic of their own: each cell calls the package, as the CLI and the HTTP API do.
 The detection notebook reads ``data/raw_images/`` as `wbc analyze` does; the committed copy is executed on the
 example fields shipped with wbc alone (copied into a scratch ``data/raw_images/``), whatever the builder's own
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,9 +170,36 @@ def execute(cells: list, cwd: Path) -> nbformat.NotebookNode:
     return nb
 
 
+#: What a cell prints when it could not do its work (data absent, images not read, an evaluation that failed):
+#: a notebook showing one is never written over the committed copy.
+FAILED_LINES = (" cells not read ", "error:", "not analysed:", "no run folder here")
+
+
+class NotWritten(Exception):
+    """A notebook the builder refused to write; the message is the one line the script exits with."""
+
+
 def build(name: str, cells: list, cwd: Path = ROOT / "notebooks") -> Path:
+    """Execute ``cells`` and write them as ``notebooks/NAME``, atomically, only if every cell did its work.
+
+    Raises :class:`NotWritten` (the committed notebook untouched) otherwise: a contributor without the data would
+    otherwise commit a showcase of "not read" lines.
+    """
     path = ROOT / "notebooks" / name
-    nbformat.write(execute(cells, cwd), path)
+    shown = path.relative_to(ROOT)
+    try:
+        nb = execute(cells, cwd)
+    except CellExecutionError as exc:
+        first_line = (exc.evalue or "").strip().split("\n")[0]
+        raise NotWritten(f"error: {shown} not written (the committed copy kept): a cell raised {exc.ename}: "
+                         f"{first_line}") from None
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    failed = [line.strip() for line in text.splitlines() if any(f in line for f in FAILED_LINES)]
+    if failed:
+        raise NotWritten(f"error: {shown} not written (the committed copy kept): {failed[0]}")
+    tmp = path.with_name(f".{name}.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(path)  # never a half-written notebook
     return path
 
 
@@ -191,6 +223,12 @@ if __name__ == "__main__":
     unknown = [w for w in which if w not in BUILDERS]
     if unknown:
         sys.exit(f"error: no notebook called {unknown[0]!r}; choose from {', '.join(BUILDERS)}")
-    for w in BUILDERS:
+    refused: list[str] = []
+    for w in BUILDERS:  # each asked for, even after one refused: the detection notebook needs no data
         if w in which:
-            print(BUILDERS[w]())
+            try:
+                print(BUILDERS[w]())
+            except NotWritten as exc:
+                refused.append(str(exc))
+    if refused:
+        sys.exit("\n".join(refused))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -155,3 +156,50 @@ def test_classification_notebook_without_data(tmp_path: Path, monkeypatch: pytes
     text = _run("CLASSIFICATION", cwd)
     assert "32 of 32 cells not read" in text
     assert "error:" in text and "0.1234" not in text and "\x1b[" not in text
+
+
+def _builder_copy(tmp: Path) -> Path:
+    """scripts/build_notebooks.py in a scratch copy of the layout it writes into (its ROOT is the script's
+    grandparent), with the committed notebooks and run manifest: a failing test never touches the checkout."""
+    (tmp / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "build_notebooks.py", tmp / "scripts")
+    shutil.copytree(ROOT / "notebooks", tmp / "notebooks")
+    (tmp / "runs" / "default").mkdir(parents=True)
+    shutil.copy(ROOT / "runs" / "default" / "manifest.csv", tmp / "runs" / "default")
+    return tmp / "scripts" / "build_notebooks.py"
+
+
+@pytest.mark.slow
+def test_build_keeps_the_committed_notebook_without_the_data(tmp_path: Path) -> None:
+    """Without the PBC data the builder wrote the classification notebook with "32 of 32 cells not read", `{}`, an
+    empty figure, its own data path and an error line, and exited 0 (wbc 0.32.0): now it refuses in one line."""
+    script = _builder_copy(tmp_path)
+    before = (tmp_path / "notebooks" / "WBC_Classification.ipynb").read_bytes()
+    env = {**os.environ, "WBC_DATA_DIR": str(tmp_path / "no_data")}
+    out = subprocess.run([sys.executable, str(script), "classification"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    said = [line for line in out.stderr.splitlines() if not line.startswith("[IPKernelApp]")]  # the kernel's own
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert len(said) == 1 and said[0].startswith("error: notebooks/WBC_Classification.ipynb not written")
+    assert "32 of 32 cells not read" in said[0]
+    assert (tmp_path / "notebooks" / "WBC_Classification.ipynb").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == sorted(p.name for p in NOTEBOOKS)
+
+
+@pytest.mark.slow
+def test_build_refuses_a_notebook_whose_cell_raised(tmp_path: Path) -> None:
+    """A cell that raises is one line naming the notebook and the exception, not nbclient's traceback."""
+    import importlib.util
+
+    from nbformat.v4 import new_code_cell
+
+    spec = importlib.util.spec_from_file_location("scratch_build_notebooks", _builder_copy(tmp_path))
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    before = (tmp_path / "notebooks" / "WBC_Classification.ipynb").read_bytes()
+    with pytest.raises(builder.NotWritten) as refused:
+        builder.build("WBC_Classification.ipynb", [new_code_cell("print('fine')"), new_code_cell("1 / 0")])
+    assert str(refused.value) == ("error: notebooks/WBC_Classification.ipynb not written (the committed copy kept): "
+                                  "a cell raised ZeroDivisionError: division by zero")
+    assert (tmp_path / "notebooks" / "WBC_Classification.ipynb").read_bytes() == before
