@@ -45,8 +45,15 @@ CLASSIFICATION = [
         "training and from every choice made in it, the split the evaluation below scores."
     ),
     new_code_cell(
-        "from wbc.data import read_manifest\n\n"
-        "test = read_manifest('../runs/default/manifest.csv', 'test')\n"
+        "from pathlib import Path\nfrom wbc.data import read_manifest\nfrom wbc.paths import PACKAGE_DIR\n\n"
+        "# the repository: the working folder or one above it (Jupyter starts in notebooks/), else the one wbc is in\n"
+        "manifest = Path('runs/default/manifest.csv')\n"
+        "places = [Path.cwd(), *Path.cwd().parents, PACKAGE_DIR.parents[1]]\n"
+        "root = next((d for d in places if (d / manifest).is_file()), None)\n"
+        "test = read_manifest(root / manifest, 'test') if root else []\n"
+        "if root is None:\n"
+        "    print(f'no run folder here ({manifest} not found): train one with '\n"
+        "          '`wbc train --config configs/default.toml --output runs/default`')\n"
         "files = [s.path for c in clf.classes for s in [s for s in test if s.label == c][:4]]\n"
         "res = wbc.classify_images(files, clf)\n"
         "if res.errors:\n"
@@ -77,22 +84,20 @@ CLASSIFICATION = [
     ),
     new_code_cell(
         "import json, os, subprocess, sys\n\n"
-        "manifest = 'runs/default/manifest.csv'\n"
-        "from pathlib import Path\n"
-        "if Path('../' + manifest).is_file():  # the model loaded above, never a run's own model.onnx\n"
+        "if root:  # the model loaded above, never a run's own model.onnx\n"
+        "    report = root / 'out' / 'notebook_eval'\n"
         "    env = {k: v for k, v in os.environ.items() if k != 'FORCE_COLOR'}  # plain text, not a terminal's\n"
-        "    out = subprocess.run([sys.executable, '-m', 'wbc', 'evaluate', '../' + manifest, '--split', 'test',\n"
-        "                          '--model', str(clf.path), '--output', '../out/notebook_eval'],\n"
+        "    out = subprocess.run([sys.executable, '-m', 'wbc', 'evaluate', str(root / manifest), '--split', 'test',\n"
+        "                          '--model', str(clf.path), '--output', str(report)],\n"
         "                         capture_output=True, text=True, env=env)\n"
-        "    if out.returncode:  # the error, and no metrics (those in ../out are an earlier run's)\n"
+        "    if out.returncode:  # the error, and no metrics (those in out/ are an earlier run's)\n"
         "        print(out.stderr.strip().splitlines()[-1])\n"
         "    else:\n"
-        "        print('report: ../out/notebook_eval/report.html')\n"
-        "        m = json.loads(Path('../out/notebook_eval/metrics.json').read_text())\n"
+        "        print('report:', os.path.relpath(report / 'report.html'))\n"
+        "        m = json.loads((report / 'metrics.json').read_text())\n"
         "        print(f\"accuracy {fixed(m['accuracy'], 4)}  macro-F1 {fixed(m['macro_f1'], 4)}  n={m['n']}\")\n"
         "else:\n"
-        "    print('no run folder here: train one with '\n"
-        "          '`wbc train --config configs/default.toml --output runs/default`')"
+        "    print('no run folder here: nothing to evaluate')"
     ),
 ]
 

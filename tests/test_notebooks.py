@@ -86,7 +86,7 @@ def test_detection_notebook_shows_review_flags_and_warnings() -> None:
 def test_classification_notebook_shows_test_cells() -> None:
     """The showcase cells are the training run's held-out test cells, and the notebook says so."""
     nb = nbformat.read(ROOT / "notebooks" / "WBC_Classification.ipynb", as_version=4)
-    assert "read_manifest('../runs/default/manifest.csv', 'test')" in "".join(
+    assert "read_manifest(root / manifest, 'test')" in "".join(
         c.source for c in nb.cells if c.cell_type == "code")
     assert any("**test split**" in c.source for c in nb.cells if c.cell_type == "markdown")
 
@@ -142,6 +142,24 @@ def test_classification_notebook_scores_the_model_it_loaded(real_data: Path, tmp
     (run / "model.onnx").write_bytes(b"not the model the notebook loaded")
     text = _run("CLASSIFICATION", cwd)
     assert "n=4" in text and "error" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_classification_notebook_runs_from_another_working_folder(real_data: Path, tmp_path: Path) -> None:
+    """Run with the repository's root as the working folder (a front end whose root is the workspace), cell 2 read
+    ``../runs/default/manifest.csv`` and raised "manifest not found" (wbc 0.32.0): the run is found from the
+    working folder up, and the report is written under the repository's ``out/``, not beside it."""
+    _layout(tmp_path)
+    run = tmp_path / "runs" / "default"
+    run.mkdir(parents=True)
+    rows = (ROOT / "runs" / "default" / "manifest.csv").read_text().splitlines()
+    test = [r for r in rows[1:] if r.split(",")[2] == "test"]
+    (run / "manifest.csv").write_text("\n".join([rows[0], *[r for r in test if "/monocyte/" in r][:3]]) + "\n")
+    text = _run("CLASSIFICATION", tmp_path)
+    assert "n=3" in text and "report: out/notebook_eval/report.html" in text
+    assert "error" not in text and "not read" not in text
+    assert (tmp_path / "out" / "notebook_eval" / "metrics.json").is_file()
 
 
 @pytest.mark.slow
