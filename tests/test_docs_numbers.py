@@ -140,3 +140,17 @@ def test_the_shipped_models_pbc_test_metrics_are_what_the_model_card_says(real_d
                 f"{s['flagged_other']} more unlike the training cells); {accepted}") in text
     elif column == "as-is":
         assert f"As is it flags {share} ({s['flagged_any']}, the same cells with one view); {accepted}" in text
+
+
+def test_the_shipped_models_bccd_smear_subtype_accuracy_is_what_the_docs_say(real_data: Path, tmp_path: Path) -> None:
+    """`wbc evaluate-smears` on BCCD's test smears: the model card's "Other labs" gave the shipped model 1.3.0's
+    71.9 % "as shipped" (wbc 0.32.0); README.md gives the same run in whole percent."""
+    _wbc("evaluate-smears", "--output", "es", cwd=tmp_path)
+    _wbc("evaluate-smears", "--no-colour-calibration", "--output", "es_raw", cwd=tmp_path)
+    shipped, raw = (json.loads((tmp_path / d / "metrics.json").read_text())["subtype"] for d in ("es", "es_raw"))
+    card = (ROOT / "docs" / "model_card.md").read_text(encoding="utf-8").replace("\n", " ")
+    right = round(shipped["accuracy"] * shipped["n"])
+    assert (f"subtype accuracy as shipped is {100 * shipped['accuracy']:.1f} % ({right} of {shipped['n']}," in card)
+    assert f"{100 * raw['accuracy']:.1f} % with `--no-colour-calibration`, as 1.4.0 was measured" in card
+    said = re.search(r"(\d+) % of the cells it finds in whole smears \(`wbc evaluate-smears`", README)
+    assert said is not None and int(said[1]) == round(100 * shipped["accuracy"])

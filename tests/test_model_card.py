@@ -1,0 +1,44 @@
+"""What docs/model_card.md says about the shipped model is what the shipped files and its results files hold."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from wbc.paths import DEFAULT_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+CARD = (ROOT / "docs" / "model_card.md").read_text(encoding="utf-8")
+INFO = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+
+
+def _row(table: str, name: str) -> list[str]:
+    """The cells after the first of the Markdown row called ``name`` in ``table``."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == name:
+            return cells[1:]
+    raise AssertionError(f"no row {name!r}")
+
+
+def _pct(value: str) -> str:
+    return f"{100 * float(value):.1f} %"
+
+
+def test_other_labs_gives_the_shipped_models_bccd_figures() -> None:
+    """"Other labs" credited the shipped model (1.4.0) with 1.3.0's figures and pointed to 1.3.0's tables:
+    82.7 % / 84.5 % / 88.4 % where 1.4.0's results file has 82.4 % / 84.2 % / 88.7 % (wbc 0.32.0)."""
+    name = f"cross_dataset_v{INFO['version']}.md"
+    results = (ROOT / "benchmarks" / "results" / name).read_text(encoding="utf-8")
+    section = " ".join(CARD.split("## Other labs", 1)[1].split("\n## ", 1)[0].split())
+    assert f"Full tables: `benchmarks/results/{name}`" in section
+    assert f"the shipped model is right on {_pct(_row(results, 'none')[0])} of cells as they are" in section
+    label_free = _pct(_row(results, "none+tta+prior (EM)")[0])
+    assert f"and on {label_free} with what `wbc adapt --no-labels` chooses" in section
+    finetune = _row(results.split("Few-shot fine-tuning", 1)[1], "none/100")
+    draws = re.fullmatch(r"([\d.]+) \[([\d.]+)-([\d.]+)\]", finetune[0])  # mean [min-max]
+    assert draws is not None
+    mean, lo, hi = draws.groups()
+    assert (f"reaches {_pct(mean)} (3 draws, {100 * float(lo):.1f}-{_pct(hi)}), {_pct(finetune[-1])} with the four "
+            "rotations") in section
