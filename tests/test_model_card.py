@@ -42,3 +42,44 @@ def test_other_labs_gives_the_shipped_models_bccd_figures() -> None:
     mean, lo, hi = draws.groups()
     assert (f"reaches {_pct(mean)} (3 draws, {100 * float(lo):.1f}-{_pct(hi)}), {_pct(finetune[-1])} with the four "
             "rotations") in section
+
+
+#: Each data set a shipped model can name (its folder under the data root): how the docs name it, and the words of
+#: its citation in the model card (the data root's README.md asks every source cited there, with its licence).
+DATASETS = {"pbc": ("PBC", "Acevedo A, Merino A", "CC BY 4.0"),
+            "bccd": ("BCCD", "BCCD (MIT", "MIT"),
+            "txl_pbc": ("TXL-PBC", "Gan L, Li X (2024)", "MIT"),
+            "wbcatt": ("WBCAtt", "Tsutsui S", "MIT")}
+
+
+def _datasets_learnt_from() -> set[str]:
+    """The data sets the shipped classifier's and detector's metadata say they learnt from."""
+    import onnxruntime as ort
+
+    from wbc.paths import DEFAULT_DETECTOR
+
+    config = INFO["extra"]["config"]
+    named = {INFO["training_data"].split(":", 1)[0], config["data"]}
+    if ":" in config.get("unlabelled", ""):  # "txl_pbc:bcd"; a plain folder is a lab's own images
+        named.add(config["unlabelled"].split(":", 1)[0])
+    if config.get("attributes"):
+        named.add(config["attributes"])
+    meta = ort.InferenceSession(str(DEFAULT_DETECTOR), providers=["CPUExecutionProvider"]).get_modelmeta()
+    val = json.loads(meta.custom_metadata_map["val"])
+    named |= {"bccd"} if any(k.startswith("bccd_") for k in val) else set()
+    named |= {"txl_pbc"} if any(k.startswith(("bcd_", "pbc_")) for k in val) else set()  # TXL-PBC's origins
+    return named
+
+
+def test_every_data_set_a_shipped_model_learnt_from_is_cited_with_its_licence() -> None:
+    """TXL-PBC, whose BCD cells the classifier learnt from without labels and whose fields train the detector, was
+    cited and licensed nowhere (wbc 0.32.0)."""
+    named = _datasets_learnt_from()
+    assert {"pbc", "txl_pbc", "bccd"} <= named <= set(DATASETS)
+    card = " ".join(CARD.split("## Licences and citations", 1)[1].split("\n## ", 1)[0].split())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = " ".join(readme.split("## Data and licences", 1)[1].split("\n## ", 1)[0].split())
+    for key in sorted(named):
+        name, citation, licence = DATASETS[key]
+        assert citation in card and re.search(rf"{re.escape(name)}\b[^.]*{re.escape(licence)}", card), key
+        assert re.search(rf"{re.escape(name)} \([^)]*{re.escape(licence)}", readme), key
