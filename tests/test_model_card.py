@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from conftest import needs_torch
 from wbc.paths import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +84,24 @@ def test_every_data_set_a_shipped_model_learnt_from_is_cited_with_its_licence() 
         name, citation, licence = DATASETS[key]
         assert citation in card and re.search(rf"{re.escape(name)}\b[^.]*{re.escape(licence)}", card), key
         assert re.search(rf"{re.escape(name)} \([^)]*{re.escape(licence)}", readme), key
+
+
+@needs_torch
+def test_parameter_counts_in_the_docs_are_the_networks() -> None:
+    """The card said 4.0M parameters for the shipped network (its .pt holds 3.38M) and docs/training.md 0.4M for
+    small_cnn (0.83M), typed in and never counted (wbc 0.32.0)."""
+    import torch
+
+    from wbc.train.models import create_model
+
+    state = torch.load(DEFAULT_MODEL.with_suffix(".pt"), map_location="cpu", weights_only=False)
+    net = create_model(state["arch"], len(INFO["classes"]), pretrained=False)
+    net.load_state_dict(state["model"])  # the shipped weights fit the network counted
+    shipped = sum(p.numel() for p in net.parameters())
+    said = re.search(r"EfficientNet-Lite0 \(([\d.]+)M parameters", CARD)
+    assert state["arch"] == "efficientnet_lite0" and said is not None and said[1] == f"{shipped / 1e6:.1f}"
+    training = " ".join((ROOT / "docs" / "training.md").read_text(encoding="utf-8").split())
+    for name in ("efficientnet_lite0", "small_cnn"):
+        said = re.search(rf"`{name}` \(([\d.]+)M parameters", training)
+        count = sum(p.numel() for p in create_model(name, 8, pretrained=False).parameters())
+        assert said is not None and said[1] == f"{count / 1e6:.2f}", name

@@ -85,6 +85,29 @@ def test_models_without_the_train_extra_is_one_line(tmp_path) -> None:
     assert r.returncode == 1 and "wbc models needs the train extra" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_wbc_models_prints_each_networks_own_parameter_count() -> None:
+    """`wbc models` printed counts typed into the registry: "EfficientNet-Lite0 (4.7M params)" (timm's 1000-class
+    ImageNet model; wbc's 8-class network has 3.38M) and "a 6-layer CNN (0.4M params)" (7 convolutions, 0.83M)."""
+    import re
+
+    import torch
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.train.models import create_model, list_models
+
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 0, res.output
+    lines = dict(line.split(None, 1) for line in res.output.splitlines())
+    assert set(lines) == set(list_models())
+    for name, desc in list_models().items():
+        net = create_model(name, 8, pretrained=False)
+        assert lines[name].startswith(f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters  "), name
+        assert not re.search(r"\d(\.\d+)?M param", desc), f"{name}: a typed count in its description"
+        convs = re.search(r"(\d+)-convolution", desc)
+        assert convs is None or int(convs[1]) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()), name
+
+
 def test_registry_lists_and_rejects() -> None:
     from wbc.train.models import create_model, list_models
 
