@@ -717,6 +717,75 @@ def test_a_sign_off_waits_for_a_label_being_written(tmp_path: Path, fields, clas
     b.close()
 
 
+def test_a_change_by_name_waiting_on_a_sign_off_is_refused(empty_store_url: str, fields, classifier) -> None:  # noqa: F811
+    """A case named (not numbered) was first looked up without a lock, then locked (``FOR UPDATE``); on PostgreSQL
+    the ORM kept what it had read before the wait, so a relabel or a second sign-off waiting on a sign-off went
+    through after it (the signed numbers no longer matched the labels; the first signer's name was overwritten)."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    store = CaseStore.open(empty_store_url)
+    other = create_engine(empty_store_url)
+    try:
+        for action in ("reclassify", "sign_off"):
+            name = f"S-{action}"
+            cid = create_case_from_fields(store, name, fields[:1], classifier)
+            cell = store.case_document(cid)["cells"][0]
+            conn = other.connect()  # another reviewer's sign-off, holding the case's lock (SQLite: the store's)
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT id FROM cases WHERE id = :i FOR UPDATE"), {"i": cid})
+            conn.execute(text("UPDATE cases SET signed_by = 'Dr. First', signed_at = '2026-12-07 08:00:00' "
+                              "WHERE id = :i"), {"i": cid})
+            threading.Timer(1.0, conn.commit).start()  # committed while the call below waits for the lock
+            with pytest.raises(CaseSignedError, match=r"signed off by Dr\. First"):
+                if action == "reclassify":
+                    store.reclassify(name, cell["id"], NOT_WBC, "Late Editor")
+                else:
+                    store.sign_off(name, "Second Signer")
+            conn.close()
+            doc = store.case_document(cid)
+            assert doc["corrections"] == [] and doc["signed_by"] == "Dr. First", doc["signed_by"]
+    finally:
+        other.dispose()
+        store.close()
+
+
+@pytest.mark.parametrize("empty_store_url", ["postgresql"], indirect=True)
+def test_a_role_without_the_grant_is_one_line(empty_store_url: str, fields, classifier) -> None:  # noqa: F811
+    """A PostgreSQL role its DBA gave no INSERT or UPDATE (a reviewers' role with SELECT only): "permission denied" is
+    a ProgrammingError, which the store let through: `wbc cases create` ended in a 100-line traceback, a label over
+    HTTP in a 500. It is a :class:`CaseStoreUnavailableError` (503 over HTTP) naming the grant the store needs."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from typer.testing import CliRunner
+
+    from wbc.cases.store import CaseStoreUnavailableError
+    from wbc.cli import app
+
+    store = CaseStore.open(empty_store_url)
+    cid = create_case_from_fields(store, "S-1", fields[:1], classifier)
+    cell = store.case_document(cid)["cells"][0]
+    user = make_url(empty_store_url).username
+    admin = create_engine(empty_store_url)
+    try:
+        with admin.begin() as conn:  # the schema's own tables: search_path is the test's schema
+            conn.execute(text(f'REVOKE INSERT ON cases FROM "{user}"; REVOKE UPDATE ON cells FROM "{user}"'))
+        for call in (lambda: store.create_case("S-2", ["lymphocyte"]),
+                     lambda: store.reclassify(cid, cell["id"], NOT_WBC, "A. Tech")):
+            with pytest.raises(CaseStoreUnavailableError, match="permission denied for table") as err:
+                call()
+            assert "lacks a grant the store needs" in str(err.value) and "\n" not in str(err.value)
+            assert "grant is missing" in err.value.detail and "wbc_test" not in err.value.detail
+        with admin.begin() as conn:
+            conn.execute(text(f'REVOKE SELECT ON fields FROM "{user}"'))
+        res = CliRunner().invoke(app, ["cases", "list", "--store", empty_store_url])
+        assert isinstance(res.exception, CaseError) and "permission denied" in str(res.exception), res.exception
+    finally:
+        admin.dispose()
+        store.close()
+
+
 def test_a_case_is_stored_whole_or_not_at_all_and_found_by_its_name_first(store: CaseStore, fields, classifier,  # noqa: F811
                                                                             tmp_path: Path) -> None:
     from wbc.cases.store import prepare_field

@@ -46,7 +46,15 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    IntegrityError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
 from wbc.errors import WbcError
@@ -480,6 +488,10 @@ def store_problem(url: URL, exc: DBAPIError) -> tuple[str, str]:
         if path.exists() and not os.access(path, os.W_OK):
             hints.append("the file is read-only")
         return reason + (f": {'; '.join(hints)}" if hints else ""), "the case store cannot be written by this server"
+    if "permission denied" in low:  # a PostgreSQL role its DBA gave SELECT only (a traceback before wbc 0.33.0)
+        return (f"{reason}: the database user {url.username!r} lacks a grant the store needs (SELECT, INSERT and "
+                "UPDATE on its tables, USAGE on their sequences)",
+                "this server may not use the case store (a database grant is missing); ask its administrator")
     return reason, "the case store cannot be used now; try again, or ask the server's administrator"
 
 
@@ -678,7 +690,9 @@ class CaseStore:
         """One transaction. ``write``: it changes the store after checking what it reads (a case still open, a
         cell's current label): on SQLite it holds the write lock from its start (:func:`_sqlite_begin`), elsewhere
         :meth:`_case` locks the case's row. A store locked by another program past :data:`SQLITE_BUSY_TIMEOUT_S`,
-        read-only or unreachable is a :class:`CaseStoreUnavailableError` (one line; it was a traceback, a bare 500)."""
+        read-only or unreachable, or a PostgreSQL role without the grant (``permission denied``; a read-only replica),
+        is a :class:`CaseStoreUnavailableError` (one line; it was a traceback, a bare 500). A name already taken
+        (``IntegrityError``) is the caller's to say."""
         try:
             if not write or self.engine.url.get_backend_name() != "sqlite":
                 with self._sessions.begin() as s:
@@ -691,7 +705,7 @@ class CaseStore:
                         yield s
                 finally:
                     conn.info.pop(_WRITES, None)
-        except OperationalError as exc:
+        except (OperationalError, ProgrammingError, InternalError) as exc:
             raise self._unavailable(exc) from None
 
     # ------------------------------------------------------------- lookups
@@ -703,7 +717,9 @@ class CaseStore:
         leading zero (an accession number "0001") are a name first, as no id is written so."""
         def first(where: Any) -> CaseRow | None:
             q = select(CaseRow).where(where)
-            return s.scalars(q.with_for_update() if lock else q).first()
+            # populate_existing: a row the session already holds (a name's lookup, unlocked) is re-read once the lock
+            # is had, else a sign-off committed while this waited went unseen and the change slipped in after it
+            return s.scalars(q.with_for_update().execution_options(populate_existing=True) if lock else q).first()
 
         row = None
         if isinstance(case, str):
