@@ -22,6 +22,7 @@ from wbc.analyze import analyze_image
 from wbc.cases import NOT_WBC, UNIDENTIFIABLE, CaseError, CaseNotFoundError, CaseSignedError, CaseStore
 from wbc.cases.export import export_cases
 from wbc.cases.store import Base, create_case_from_fields, store_url
+from wbc.errors import WbcError
 from wbc.labels import PER_100_WBC
 from wbc.segment.classical import ClassicalSegmenter
 from wbc.synthetic import synthetic_smear
@@ -686,6 +687,66 @@ def test_cli_create_list_show_report_export(tmp_path: Path, model_path: Path) ->
     assert f"{doc['n_cells'] - 1} cell(s) nobody reviewed left out" in " ".join(res.output.split())
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert [(int(r["cell_id"]), r["label_source"], r["reviewer"]) for r in rows] == [(cell["id"], "reviewed", "me")]
+
+
+def test_cases_create_names_the_files_it_leaves_out(tmp_path: Path, model_path: Path) -> None:  # noqa: F811
+    """`wbc analyze` names a link to a missing image and a phone's HEIC; `wbc cases create` dropped both in silence,
+    and the case was created and signed without those fields."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    d = tmp_path / "fields"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), synthetic_smear(n_wbc=2, seed=4)[0][:, :, ::-1])
+    (d / "link.png").symlink_to(tmp_path / "gone.png")
+    (d / "phone.heic").write_bytes(b"x")
+    res = CliRunner().invoke(app, ["cases", "create", "S-1", str(d), "--store", str(tmp_path / "c.sqlite"),
+                                   "--model", str(model_path), "--segmenter", "classical"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "link.png: link to a missing file" in out and "(.heic 1)" in out, out
+
+
+def test_cases_create_names_every_unreadable_field_by_its_path_and_checks_the_name_first(
+        tmp_path: Path, model_path: Path) -> None:  # noqa: F811
+    """`wbc cases create` stopped at the first field it could not analyse, named it by its base name only (which
+    day's field1.jpg?), and refused a name the store refuses, or one taken, only after analysing every field."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    d = tmp_path / "fields"
+    (d / "day2").mkdir(parents=True)
+    cv2.imwrite(str(d / "a.png"), synthetic_smear(n_wbc=2, seed=4)[0][:, :, ::-1])
+    (d / "b.jpg").write_bytes((d / "a.png").read_bytes()[:300])
+    cv2.imwrite(str(d / "day2" / "a.png"), np.full((200, 200, 3), 128, np.uint8))  # one flat colour
+    store = str(tmp_path / "c.sqlite")
+    run = CliRunner().invoke
+    res = run(app, ["cases", "create", "S-1", str(d), "--store", store, "--model", str(model_path),
+                    "--segmenter", "classical"])
+    said = " ".join(res.output.split()) + " " + str(res.exception)
+    assert res.exit_code == 1 and f"unreadable: {d / 'b.jpg'}: " in said, said
+    assert str(res.exception).startswith(f"{d / 'day2' / 'a.png'}: ") and str(res.exception).endswith(
+        "2 of 3 field(s) could not be analysed: no case was created"), res.exception
+    assert CaseStore.open(store).list_cases() == []
+    res = run(app, ["cases", "create", "S-1", str(d / "a.png"), "--store", store, "--model", str(model_path),
+                    "--segmenter", "classical"])
+    assert res.exit_code == 0, res.output
+    for name, said in (("#5", "a case cannot be named '#5'"), ("S-1", f"a case named 'S-1' already exists in {store}")):
+        res = run(app, ["cases", "create", name, str(d / "a.png"), "--store", store,
+                        "--model", str(tmp_path / "no_model.onnx")])  # refused before the model is even loaded
+        assert isinstance(res.exception, WbcError) and str(res.exception).startswith(said), res.exception
+
+
+def test_a_store_named_as_a_new_folder_is_a_folder(tmp_path: Path) -> None:
+    """``--store new_folder/`` (a folder not made yet) stored the cases in a SQLite file named new_folder."""
+    assert store_url(f"{tmp_path / 'new'}/") == f"sqlite:///{tmp_path.resolve()}/new/cases.sqlite"
+    s = CaseStore.open(f"{tmp_path / 'new'}/")
+    s.create_case("S-1", ["lymphocyte"])
+    s.close()
+    assert (tmp_path / "new" / "cases.sqlite").is_file()
 
 
 def test_a_sign_off_waits_for_a_label_being_written(tmp_path: Path, fields, classifier, monkeypatch) -> None:  # noqa: F811

@@ -233,15 +233,15 @@ def iso(dt: datetime | None) -> str | None:
 
 
 def store_url(store: str | os.PathLike[str] | None) -> str:
-    """A SQLAlchemy URL from ``--store``: a URL as it is, a folder -> ``<folder>/cases.sqlite``, a file path (its
-    ``%`` and ``?`` quoted, so the URL names that file)."""
+    """A SQLAlchemy URL from ``--store``: a URL as it is, a folder (or a path ending in ``/``, a folder to make) ->
+    ``<folder>/cases.sqlite``, a file path (its ``%`` and ``?`` quoted, so the URL names that file)."""
     if store is None:
         store = DEFAULT_STORE
     s = str(store)
     if "://" in s:
         return s
     p = Path(s)
-    if p.is_dir():
+    if p.is_dir() or s.endswith(("/", os.sep)):  # "new_folder/" was made a SQLite file named new_folder
         p = p / DEFAULT_STORE_NAME
     # quoted: a folder named "run%201" or "who?" was read as "run 1" or cut at "?" (a store written elsewhere)
     return URL.create("sqlite", database=str(p.resolve())).render_as_string(hide_password=False)
@@ -756,6 +756,12 @@ class CaseStore:
             raise CaseAmbiguousError(f"{nfc!r} names {len(rows)} cases, stored before wbc 0.28.0 in different "
                                      f"Unicode spellings of one name: write {each}")
         return first(CaseRow.id == next(iter(rows))) if rows else None
+
+    def name_taken(self, name: str) -> bool:
+        """Whether a case is named ``name`` (as :meth:`create_case` stores it): `wbc cases create` says so before it
+        analyses a field, not after analysing them all."""
+        with self.session() as s:
+            return s.scalar(select(CaseRow.id).where(CaseRow.name == clean_name(name))) is not None
 
     def case_id(self, case: int | str) -> int:
         with self.session() as s:

@@ -143,15 +143,19 @@ def create_case(
     """Analyse smear fields as one new case, for review in the web page (`wbc serve`, /review).
 
     A file whose content is already in the case (named twice, a folder and a file in it, a copy under another
-    name) is skipped with a warning: each image is counted once."""
+    name) is skipped with a warning: each image is counted once. Files left out of the folders (other formats,
+    links to missing files) are named; every field that cannot be analysed is named, and then no case is created."""
     from wbc.analyze import analyze_bytes
-    from wbc.cases.store import create_case_from_fields, file_digest, prepare_field
+    from wbc.cases.store import clean_name, create_case_from_fields, file_digest, prepare_field
+    from wbc.cli._common import note_foreign_images
     from wbc.io import iter_image_paths, no_images_message, read_bytes
     from wbc.model import load_model
     from wbc.segment import get_segmenter
     from wbc.smear_look import NOT_A_SMEAR_WARNING
 
+    n = clean_name(name)  # a name the store refuses fails before any field is read (it failed after all were analysed)
     files = list(iter_image_paths(paths))
+    note_foreign_images(paths)  # as wbc analyze: a phone's HEIC, a link to a missing file were dropped in silence
     if not files:
         raise WbcError(no_images_message(paths))
     seen: dict[str, Path] = {}
@@ -165,15 +169,28 @@ def create_case(
         seen[digest] = p
         unique.append((p, digest))
     s = open_store(store, must_exist=False)
+    if s.name_taken(n):
+        raise WbcError(f"a case named {n!r} already exists in {s.display_url}; choose another name")
     clf = load_model(model, threads=threads)
     seg = get_segmenter(segmenter, segmenter_model, threads=threads)
-    fields = []
+    fields, failed = [], []
     for p, digest in unique:  # read again, not kept from the digests: many fields' bytes need not sit in memory
-        rgb, res = analyze_bytes(read_bytes(p), p.name, clf, seg, source=str(p))  # a TIFF's pages: said in warnings
+        try:  # a TIFF's pages: said in warnings
+            rgb, res = analyze_bytes(read_bytes(p), p.name, clf, seg, source=str(p))
+        except WbcError as exc:  # each named by its path (two days' field1.jpg), and the next fields still tried
+            msg = str(exc)
+            failed.append(msg if msg.startswith(f"{p}:") else f"{p}: {msg.removeprefix(f'{p.name}: ')}")
+            continue
         for w in res.warnings:  # since wbc 0.31.0 a photograph among the fields is named, as `wbc analyze` names it
             if w.startswith(NOT_A_SMEAR_WARNING):
                 warn(f"{p}: {w}")
-        fields.append(prepare_field(p.name, rgb, res, clf, digest))
+        if not failed:  # no case will be made once one field failed: its crops need not be kept
+            fields.append(prepare_field(p.name, rgb, res, clf, digest))
+    if failed:
+        for msg in failed[:-1]:
+            warn(msg, "unreadable:")
+        raise WbcError(f"{failed[-1]}; {len(failed)} of {len(unique)} field(s) could not be analysed: no case was "
+                       "created")
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     cid = create_case_from_fields(s, name, fields, clf, segmenter_id=seg_id, created_by=user)
     doc = s.case_document(cid)
