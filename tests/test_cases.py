@@ -613,9 +613,11 @@ def test_field_colour_calibration_is_kept_and_crops_keep_the_slides_colours(stor
     # another lab's lamp and stain: a field the analysis calibrates
     tinted = np.clip(rgb.astype(np.float32) * np.array([0.85, 1.0, 1.1], np.float32), 0, 255).astype(np.uint8)
     res = analyze_image(tinted, classifier, ClassicalSegmenter(), name="tinted.png")
-    plain = analyze_image(tinted, classifier.with_colour_calibration(False), ClassicalSegmenter(), name="plain.png")
+    other = tinted.copy()
+    other[0, 0] ^= 1  # another field: identical pixels are one image, refused twice in a case (since wbc 0.33.0)
+    plain = analyze_image(other, classifier.with_colour_calibration(False), ClassicalSegmenter(), name="plain.png")
     assert res.calibration is not None and plain.calibration is None and res.cells
-    cid = create_case_from_fields(store, "calibrated", [("tinted.png", tinted, res), ("plain.png", tinted, plain)],
+    cid = create_case_from_fields(store, "calibrated", [("tinted.png", tinted, res), ("plain.png", other, plain)],
                                   classifier)
     doc = store.case_document(cid)
     assert doc["fields"][0]["colour_calibration"] == res.calibration
@@ -1077,6 +1079,39 @@ def test_the_same_image_is_added_to_a_case_once(tmp_path: Path, model_path: Path
     cid = create_case_from_fields(store, "D", [a], classifier)
     with pytest.raises(CaseError, match="the same image as field 1"):
         store.add_field(cid, b.png, b.result, b.crops, "again.png", sha1="ab" * 20)
+
+
+def test_the_python_example_records_each_file_s_sha1_and_pixels_given_twice_are_refused(
+        tmp_path: Path, store: CaseStore, fields, classifier, monkeypatch) -> None:  # noqa: F811
+    """docs/review.md's Python example gave fields as (name, rgb, result): no SHA-1 was stored, so its report could not
+    trace a field to its file ("SHA-1 not recorded") and the same image given twice was stored and counted twice. The
+    example now passes each file's SHA-1; fields given as pixels alone that are identical are refused."""
+    import re
+
+    import cv2
+
+    from wbc.cases.store import file_digest
+    from wbc.segment.classical import ClassicalSegmenter
+
+    paths = []
+    for seed in (4, 5):
+        paths.append(str(tmp_path / f"f{seed}.png"))
+        cv2.imwrite(paths[-1], synthetic_smear(n_wbc=2, seed=seed)[0][:, :, ::-1])
+    review = (Path(__file__).parent.parent / "docs" / "review.md").read_text()
+    example = re.search(r"```python\n(.*?)```", review[review.index("\nPython:\n"):], re.S)[1]
+    example = example[:example.index("\n", example.index("cid = create_case_from_fields"))]  # up to the case made
+    monkeypatch.chdir(tmp_path)
+    scope = {"paths": paths, "clf": classifier, "seg": ClassicalSegmenter()}
+    exec(example, scope)  # the documentation's own code
+    doc = scope["store"].case_document(scope["cid"])
+    scope["store"].close()
+    assert [f["sha1"] for f in doc["fields"]] == [file_digest(Path(p).read_bytes()) for p in paths]
+
+    _, rgb, res = fields[0]
+    with pytest.raises(CaseError, match=r"copy.png: the same pixels as field 1 \(field 1.png\)"):
+        create_case_from_fields(store, "S-1", [fields[0], fields[1], ("copy.png", rgb.copy(), res)], classifier)
+    assert store.list_cases() == []
+    assert create_case_from_fields(store, "S-1", fields[:2], classifier)  # distinct pixels: stored as before
 
 
 def test_digits_that_name_one_case_and_are_another_cases_id_are_refused(tmp_path: Path, store: CaseStore, fields,

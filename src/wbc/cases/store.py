@@ -1162,13 +1162,24 @@ def create_case_from_fields(
 ) -> int:
     """A new case from analysed fields (``(image name, rgb, SmearResult)`` or :class:`PreparedField`); returns the
     case id. Its reviewer may call a cell any class of the model a smear cell can be; its differential counts the
-    classifier's label set (``wbc serve --classes 5part``: five rows, :func:`counted_classes`)."""
+    classifier's label set (``wbc serve --classes 5part``: five rows, :func:`counted_classes`).
+
+    A field given without its file's SHA-1 (a tuple: pixels, no file) is stored without one; two such fields of
+    identical pixels are refused (:class:`CaseError`): the store's same-file check needs the SHA-1, and before wbc
+    0.33.0 the same image given twice was counted twice."""
     from wbc.analyze import smear_label_set
 
     if not fields:
         raise CaseError("a case needs at least one field")
     info = classifier.info
     ready = [f if isinstance(f, PreparedField) else prepare_field(f[0], f[1], f[2], classifier) for f in fields]
+    seen: dict[str, int] = {}
+    for i, f in enumerate(ready, 1):
+        # the PNG is a function of the pixels alone: identical pixels, identical bytes
+        if not f.sha1 and (first := seen.setdefault(hashlib.sha1(f.png).hexdigest(), i)) != i:
+            raise CaseError(f"{f.image}: the same pixels as field {first} ({ready[first - 1].image}); a field is added "
+                            "once (pass each file's SHA-1, prepare_field(..., sha1=file_digest(data)), to have it "
+                            "recorded)")
     classes = smear_classes(classifier.classes)  # what a reviewer may call a smear cell: no platelets (case_classes)
     return store.create_case_with_fields(name, classes, ready, model_id=str(classifier.model_id),
                                          segmenter_id=segmenter_id, created_by=created_by,
