@@ -930,6 +930,75 @@ def test_a_store_in_a_read_only_folder_names_the_folder(tmp_path: Path) -> None:
         folder.chmod(0o755)
 
 
+def as_another_user() -> list[str]:
+    """The command prefix that runs a program as another user would: root's override of file modes dropped."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("root overrides file modes, and setpriv (to drop that) is missing")
+    return ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search",
+            "--"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_store_left_unwritable_by_a_read_only_look_names_its_shm(tmp_path: Path) -> None:
+    """A look at a read-only store (an auditor's `wbc cases list`) leaves its -shm read-only: once the file was
+    writable again every write failed "attempt to write a readonly database" with no cause named, the folder and the
+    file being writable."""
+    import subprocess
+
+    prefix = as_another_user()
+    store = tmp_path / "c.sqlite"
+    s = CaseStore.open(store)
+    s.create_case("S-1", ["lymphocyte"])
+    s.close()
+    for side in ("-wal", "-shm"):
+        Path(f"{store}{side}").unlink(missing_ok=True)
+    store.chmod(0o444)
+    listed = subprocess.run([*prefix, sys.executable, "-m", "wbc", "cases", "list", "--store", str(store)],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr  # the auditor's look
+    store.chmod(0o644)  # writable again; its -shm is not
+    code = ("import sys; from wbc.cases import CaseStore, CaseError\n"
+            "s = CaseStore.open(sys.argv[1])\n"
+            "try: s.create_case('S-2', ['lymphocyte'])\nexcept CaseError as e: print(e)")
+    done = subprocess.run([*prefix, sys.executable, "-c", code, str(store)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert ("attempt to write a readonly database: its c.sqlite-shm is not writable by this user (left so by a "
+            "program that could only read the store, or by another user): make it writable, or remove it while no "
+            "program uses the store") in done.stdout, done.stdout
+    Path(f"{store}-shm").unlink()  # as the message says
+    done = subprocess.run([*prefix, sys.executable, "-c", code, str(store)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout == "" and CaseStore.open(store).case_id("S-2") == 2
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_read_only_store_of_an_older_wbc_says_it_must_be_upgraded(tmp_path: Path) -> None:
+    """A read-only store an older wbc wrote could not even be listed ("attempt to write a readonly database: the file
+    is read-only"), and nothing said that opening it upgrades it, a write."""
+    import sqlite3
+    import subprocess
+
+    from alembic import command
+
+    from wbc.cases.store import alembic_config
+
+    prefix = as_another_user()
+    old = tmp_path / "old.sqlite"
+    command.upgrade(alembic_config(f"sqlite:///{old}"), "0006")  # as a wbc before 0.31.0 left it, in WAL mode
+    with sqlite3.connect(old) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    old.chmod(0o444)
+    listed = subprocess.run([*prefix, sys.executable, "-m", "wbc", "cases", "list", "--store", str(old)],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 1 and len(listed.stderr.strip().splitlines()) == 1, listed.stderr
+    assert ("the file is read-only; it was written by an older wbc and is upgraded when opened: open it once as a user "
+            "who may write it") in listed.stderr, listed.stderr
+
 def test_a_signed_case_reports_the_differential_that_was_signed(store: CaseStore, fields, classifier,  # noqa: F811
                                                                  monkeypatch) -> None:
     """A signed-off case's labels were frozen but its numbers were re-computed on every read by the current rules: a

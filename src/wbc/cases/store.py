@@ -97,6 +97,16 @@ class CaseChangedError(CaseError):
     """The case changed after the signer was shown it: a sign-off would attest to what they never saw."""
 
 
+class StoreUpgradeError(Exception):
+    """An older wbc's store could not be upgraded (:func:`migrate`): ``cause``, the database's error. Opening it says
+    that an upgrade, a write, is what failed (a read-only look at it failed "attempt to write a readonly database",
+    and nothing said why a read wrote)."""
+
+    def __init__(self, cause: DBAPIError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class CaseStoreUnavailableError(CaseError):
     """The store cannot be read or written now: another program holds its lock, it or its folder is read-only, the
     server is unreachable. ``detail``: the problem without the store's address, for an HTTP client (503)."""
@@ -376,28 +386,34 @@ def migrate(engine: Engine) -> None:
     an advisory lock), and Alembic re-reads the revision inside it: two processes opening an older store at once (a
     server restarting after an upgrade while a cron job exports) both open it. Before wbc 0.31.0 the second failed,
     "database is locked" on SQLite (its read could not become a write), "column already exists" on PostgreSQL.
-    The revision is kept in :data:`VERSION_TABLE` (:func:`adopt_legacy_version` moves an older store's there)."""
+    The revision is kept in :data:`VERSION_TABLE` (:func:`adopt_legacy_version` moves an older store's there).
+    An older store that cannot be upgraded (read-only to this user) is a :class:`StoreUpgradeError`."""
     from alembic import command
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
-    from sqlalchemy import text
+    from sqlalchemy import inspect, text
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.connect() as conn, conn.begin():
         current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     if current is not None and current == ScriptDirectory.from_config(cfg).get_current_head():
         return
-    with engine.connect() as conn:
-        conn.info[_WRITES] = True  # SQLite: BEGIN IMMEDIATE (_sqlite_begin)
-        try:
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-                cfg.attributes["connection"] = conn
-                adopt_legacy_version(conn, cfg)
-                command.upgrade(cfg, "head")
-        finally:
-            conn.info.pop(_WRITES, None)
+    try:
+        with engine.connect() as conn:
+            conn.info[_WRITES] = True  # SQLite: BEGIN IMMEDIATE (_sqlite_begin)
+            try:
+                with conn.begin():
+                    if conn.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                    cfg.attributes["connection"] = conn
+                    adopt_legacy_version(conn, cfg)
+                    command.upgrade(cfg, "head")
+            finally:
+                conn.info.pop(_WRITES, None)
+    except (OperationalError, ProgrammingError, InternalError) as exc:
+        if current is not None or inspect(engine).has_table("cases"):  # not a new store: one an older wbc wrote
+            raise StoreUpgradeError(exc) from exc
+        raise
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -468,6 +484,11 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def busy(reason: str) -> bool:
+    """Whether a database's error says another program holds the store's lock (SQLite past its busy timeout)."""
+    return "locked" in reason.lower() or "busy" in reason.lower()
+
+
 def store_problem(url: URL, exc: DBAPIError) -> tuple[str, str]:
     """What a database error means for the store: for the person who chose it (naming files), and for an HTTP
     client (naming nothing of the server's). SQLite says "attempt to write a readonly database" also when only the
@@ -475,7 +496,7 @@ def store_problem(url: URL, exc: DBAPIError) -> tuple[str, str]:
     lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
     reason = lines[0] if lines else type(exc).__name__
     low = reason.lower()
-    if "locked" in low or "busy" in low:
+    if busy(reason):
         return (f"{reason}: another program is writing to it; try again when it is done",
                 "the case store is busy: another program is writing to it; try again")
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and (
@@ -487,6 +508,12 @@ def store_problem(url: URL, exc: DBAPIError) -> tuple[str, str]:
                          "file)")
         if path.exists() and not os.access(path, os.W_OK):
             hints.append("the file is read-only")
+        elif path.exists():  # the file writable again: its -wal or -shm left read-only by a read-only open, or a user's
+            hints += [f"its {side.name} is not writable by this user (left so by a program that could only read the "
+                      "store, or by another user): make it writable" +
+                      (", or remove it while no program uses the store" if side.name.endswith("-shm") else "")
+                      for side in (Path(f"{path}-wal"), Path(f"{path}-shm"))
+                      if side.exists() and not os.access(side, os.W_OK)]
         return reason + (f": {'; '.join(hints)}" if hints else ""), "the case store cannot be written by this server"
     if "permission denied" in low:  # a PostgreSQL role its DBA gave SELECT only (a traceback before wbc 0.33.0)
         return (f"{reason}: the database user {url.username!r} lacks a grant the store needs (SELECT, INSERT and "
@@ -650,6 +677,14 @@ class CaseStore:
 
         try:
             migrate(self.engine)
+        except StoreUpgradeError as exc:  # an older wbc's store: a user who may only read it cannot upgrade it
+            err = self._unavailable(exc.cause, "cannot open the case store")
+            cause = exc.cause.orig if exc.cause.orig is not None else exc.cause
+            if not busy(str(cause)):  # busy: another program holds the lock, perhaps upgrading it
+                err = CaseStoreUnavailableError(f"{err}; it was written by an older wbc and is upgraded when opened: "
+                                                "open it once as a user who may write it (on PostgreSQL: its tables' "
+                                                "owner)", err.detail)
+            raise err from None
         except OperationalError as exc:  # locked, read-only, unreachable
             raise self._unavailable(exc, "cannot open the case store") from None
         except DatabaseError as exc:  # "file is not a database"
