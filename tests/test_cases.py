@@ -1213,6 +1213,31 @@ def test_digits_that_name_one_case_and_are_another_cases_id_are_refused(tmp_path
     assert res.exit_code == 0 and "S 2026 0143" in res.output
 
 
+def test_digits_with_a_leading_zero_are_a_name_never_an_id(tmp_path: Path, store: CaseStore, fields,
+                                                            classifier) -> None:  # noqa: F811
+    """`wbc cases show 0002` or `export --case 0042` (an accession number, of a case not in this store) opened or
+    exported case id 2 or 42: the docs read them as "a name first, as no id is written so", and fell back to the id,
+    so a lab could export another patient's case without a word."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    first = create_case_from_fields(store, "S-2026-0001", fields[:1], classifier)
+    second = create_case_from_fields(store, "0001", fields[1:2], classifier)  # an accession number, id 2
+    assert (store.case_id("0001"), store.case_id("1"), store.case_id("2")) == (second, first, second)
+    for ref in ("0002", "002"):
+        with pytest.raises(CaseNotFoundError, match=rf"case '{ref}' not found in .*: write #2 for case 2, '0001'\)$"):
+            store.case_id(ref)
+    with pytest.raises(CaseNotFoundError, match=r"case '0042' not found in [^(]*$"):  # no case 42: nothing to hint
+        store.case_id("0042")
+    store.sign_off(first, "me")
+    store.sign_off(second, "me")
+    with pytest.raises(CaseNotFoundError):
+        export_cases(store, tmp_path / "ex", cases=["002"])
+    res = CliRunner().invoke(app, ["cases", "show", "002", "--store", store.url])
+    assert res.exit_code == 1 and isinstance(res.exception, CaseNotFoundError), res.output
+
+
 def test_case_names_are_unicode_nfc(tmp_path: Path, store: CaseStore, fields, classifier) -> None:  # noqa: F811
     """"Müller-01" typed on macOS (NFD) and on Windows (NFC) made two cases that look the same (wbc 0.27.0)."""
     import unicodedata

@@ -749,21 +749,23 @@ class CaseStore:
         """The case with id ``case`` (an int, or a str ``#ID``), or named ``case`` (a str: its name, else, for plain
         ASCII digits, its id). Digits that name one case and are the id of another ("3" naming case 4 while case 3
         exists) are refused (:class:`CaseAmbiguousError`, saying how to write either), never guessed; digits with a
-        leading zero (an accession number "0001") are a name first, as no id is written so."""
+        leading zero (an accession number "0042") are a name only, as no id is written so: before wbc 0.33.0 they
+        opened case 42 when no case was named so (a lab exported another patient's case)."""
         def first(where: Any) -> CaseRow | None:
             q = select(CaseRow).where(where)
             # populate_existing: a row the session already holds (a name's lookup, unlocked) is re-read once the lock
             # is had, else a sign-off committed while this waited went unseen and the change slipped in after it
             return s.scalars(q.with_for_update().execution_options(populate_existing=True) if lock else q).first()
 
-        row = None
+        row, hint = None, ""
         if isinstance(case, str):
             name = str(case).strip()
             if m := re.fullmatch(r"#([0-9]{1,18})", name):  # an explicit id, never a name
                 row = first(CaseRow.id == int(m[1]))
             elif name:
                 row = self._by_name(s, name, first)
-                if re.fullmatch(r"[0-9]{1,18}", name) and (row is None or name == str(int(name))):
+                digits = re.fullmatch(r"[0-9]{1,18}", name) is not None
+                if digits and name == str(int(name)):  # an id as ids are written
                     by_id = first(CaseRow.id == int(name))
                     if row is not None and by_id is not None and by_id.id != row.id:
                         raise CaseAmbiguousError(
@@ -771,10 +773,14 @@ class CaseStore:
                             f"({by_id.name!r}): write #{by_id.id} for case {by_id.id}, #{row.id} for the case named "
                             f"{name!r}")
                     row = row or by_id
+                elif digits and row is None and (by_id := s.scalars(select(CaseRow).where(
+                        CaseRow.id == int(name))).first()) is not None:  # "0042": no case so named; 42 may be meant
+                    hint = (f" (digits with a leading zero are a name, never an id: write #{by_id.id} for case "
+                            f"{by_id.id}, {by_id.name!r})")
         elif isinstance(case, int) and 0 < case < 2**63:
             row = first(CaseRow.id == case)
         if row is None:
-            raise CaseNotFoundError(f"case {case!r} not found in {self.display_url}")
+            raise CaseNotFoundError(f"case {case!r} not found in {self.display_url}{hint}")
         return row
 
     def _by_name(self, s: Session, name: str, first: Any) -> CaseRow | None:

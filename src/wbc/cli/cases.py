@@ -25,7 +25,7 @@ StoreOpt = Annotated[str | None, typer.Option(
     f"file or folder for SQLite (default: {DEFAULT_STORE}).")]
 #: How a case is named on the command line (the store's rule, :meth:`wbc.cases.CaseStore.case_id`).
 CASE_HELP = ("Case name or id; #ID for the id alone. Digits that name one case and are the id of another are "
-             "refused: write #ID.")
+             "refused: write #ID. Digits with a leading zero (0042) are a name only.")
 CaseArg = Annotated[str, typer.Argument(help=CASE_HELP, show_default=False)]
 
 cases_app = typer.Typer(help="Reviewed cases: list, show, create, report, export the corrections for wbc adapt.",
