@@ -1110,6 +1110,19 @@ def test_the_report_says_which_cells_a_person_reviewed(store: CaseStore, fields,
     assert "so far nobody has reviewed any of its" in " ".join(plain_summary(draft))
 
 
+def test_the_summary_of_one_white_cell_is_singular(store: CaseStore, fields, classifier) -> None:  # noqa: F811
+    """A case of one WBC read "1 white blood cell were counted" and "With 1 cells" in the signed report."""
+    from wbc.cases.report import plain_summary
+
+    cid = create_case_from_fields(store, "S-1", fields[:1], classifier)
+    doc = store.case_document(cid)
+    for cell in doc["cells"][1:]:
+        store.reclassify(cid, cell["id"], NOT_WBC, "A. Tech")
+    store.reclassify(cid, doc["cells"][0]["id"], "lymphocyte", "A. Tech")
+    words = " ".join(plain_summary(store.case_document(cid)))
+    assert "1 white blood cell was counted." in words and "With 1 cell, each percentage" in words, words
+
+
 def test_the_same_image_is_added_to_a_case_once(tmp_path: Path, model_path: Path, store: CaseStore, fields,  # noqa: F811
                                                 classifier) -> None:  # noqa: F811
     """`wbc cases create DUP same.jpg same.jpg` (or a folder and a file in it, or a copy under another name)

@@ -116,11 +116,12 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
     top = [r for r in wbcs if r["count"] >= wbcs[min(1, len(wbcs) - 1)]["count"]]  # the two commonest, and ties
     parts = [f"{display_name(r['class'])}s ({fixed(r['percent'], 0)} %: {ROLES.get(r['class'], '')})" for r in top]
     listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-    out.append(f"{plural(total, 'white blood cell')} were counted. The most common were {listed}.")
+    out.append(f"{plural(total, 'white blood cell')} {'was' if total == 1 else 'were'} counted. The most common "
+               f"were {listed}.")
     r0 = top[0]
-    out.append(f"With {total} cells, each percentage is an estimate: the true share of {display_name(r0['class'])}s "
-               f"is likely (95 % confidence) between {fixed(r0['ci95_low'], 0)} % and {fixed(r0['ci95_high'], 0)} %. "
-               "Counting more cells narrows these ranges.")
+    out.append(f"With {plural(total, 'cell')}, each percentage is an estimate: the true share of "
+               f"{display_name(r0['class'])}s is likely (95 % confidence) between {fixed(r0['ci95_low'], 0)} % and "
+               f"{fixed(r0['ci95_high'], 0)} %. Counting more cells narrows these ranges.")
     out.extend(immature_sentences(doc))
     excluded = diff["excluded"]
     if excluded.get(NOT_WBC) or excluded.get(UNIDENTIFIABLE):
