@@ -63,6 +63,34 @@ def test_smear_cells_are_never_called_platelets(tmp_path: Path) -> None:
     assert res.cells and all(c.prediction.label != "platelet" for c in res.cells)
 
 
+def test_a_smear_cell_the_model_takes_for_a_platelet_is_flagged_naming_platelet(tmp_path: Path) -> None:
+    """The detector boxes giant platelets and clumps (217 of PBC's 240 validation platelet images): `wbc analyze`
+    answered each among the nucleated classes and counted it (as it still does), but only flagged "confidence 0.44",
+    with the platelet named nowhere: the outside check read the probabilities after platelet was removed (wbc 0.32.0).
+    Each such cell now names platelet in its reason, and the terminal and report.html count them."""
+    from typer.testing import CliRunner
+
+    from wbc.classify import outside_class, predict_cells
+    from wbc.cli import app
+
+    w = np.zeros((len(CLASSES), 3))
+    w[CLASSES.index("platelet")] = 5.0  # every cell is brighter than the 0.5 mean -> platelet wins
+    path = mean_colour_model(tmp_path / "p.onnx", 32, w, "platelet-lover")
+    preds, _ = predict_cells(load_model(path), np.full((3, 32, 32, 3), 220, np.uint8), exclude=("platelet",))
+    for p in preds:
+        assert p.label != "platelet" and p.review and p.outside == "platelet"
+        assert [outside_class(r) for r in p.reasons if outside_class(r)] == ["platelet"], p.reasons
+    cv2.imwrite(str(tmp_path / "f.png"), synthetic_smear(n_wbc=3, seed=5)[0][:, :, ::-1])
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "f.png"), "-o", str(tmp_path / "out"), "--model",
+                                   str(path), "--segmenter", "classical", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    cells = list(csv.DictReader((tmp_path / "out" / "cells.csv").open()))
+    assert cells and all("the model favours platelet (" in c["review_reasons"] for c in cells)
+    said = f"{len(cells)} of {len(cells)} cells are most likely a class outside the chosen ones (platelet {len(cells)})"
+    assert said in " ".join(res.output.split())
+    assert said in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_empty_field_is_a_valid_empty_result(clf) -> None:
     rgb, *_ = synthetic_smear(n_wbc=0, seed=6)
     res = analyze_image(rgb, clf, ClassicalSegmenter())

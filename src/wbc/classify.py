@@ -92,7 +92,9 @@ def outside_note(preds: Sequence[Prediction]) -> str | None:
 
 def outside_sentence(by_class: Mapping[str, int], n: int) -> str | None:
     """:func:`outside_note`'s sentence for ``by_class`` (how many cells are most likely each class left out) of ``n``
-    cells; None when none. `wbc analyze` gives it pooled over a run's fields (their cells' :func:`outside_class`).
+    cells; None when none. `wbc analyze` gives it pooled over a run's fields (their cells' :func:`outside_class`), in
+    the terminal and report.html, without ``--classes`` too: the detections the model takes for platelets (since wbc
+    0.33.0).
 
     >>> outside_sentence({"ig": 1, "platelet": 2}, 9).partition(":")[0]
     '3 of 9 cells are most likely a class outside the chosen ones (platelet 2, ig 1)'
@@ -326,18 +328,20 @@ def answer_probabilities(
     logits: np.ndarray, classifier: ClassifierLike, exclude: Sequence[str] = (), classes: Sequence[str] = ()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated probabilities as the answer gives them (``exclude``d classes zeroed, then restricted to
-    ``classes`` when given), the full ones before the restriction, and the mass the restriction kept (ones
+    ``classes`` when given), the model's own over all its classes (before either: what :func:`predict_cells`' outside
+    check reads, so a smear cell the model takes for a platelet says so), and the mass the restriction kept (ones
     without it): :func:`predict_cells`' arithmetic."""
     probs = class_probabilities(logits, classifier.info, classes)
+    before = probs.copy()  # what the model says, before the classes these cells cannot be are taken out
     excluded = set(exclude)
     drop = [i for i, c in enumerate(classifier.classes) if c in excluded]
     if drop and len(drop) < len(classifier.classes):
         probs[:, drop] = 0.0
         probs /= probs.sum(1, keepdims=True)
     if not classes:
-        return probs, probs, np.ones(len(probs))
+        return probs, before, np.ones(len(probs))
     restricted, mass = restrict_probabilities(probs, classifier.classes, tuple(classes))
-    return restricted, probs, mass
+    return restricted, before, mass
 
 
 def unsure_views_of(classifier: ClassifierLike) -> tuple[float, int]:
@@ -364,9 +368,12 @@ def predict_cells(
     """Predictions for one batch of uint8 cells at the model's input size, and the raw outputs.
 
     The one place where logits become calibrated probabilities, labels, review and out-of-distribution
-    flags, so `wbc classify`, `wbc analyze` and the HTTP API always agree. ``exclude``: classes these
-    cells cannot be (known from how they were found); their probability is set to 0 and the rest
-    renormalised, the same as predicting over the other classes' logits only. ``classes``: the chosen label
+    flags, so `wbc classify`, `wbc analyze` and the HTTP API always agree. ``exclude``: classes not to answer
+    (`wbc analyze`'s platelets: a smear's differential counts no platelets); their probability is set to 0 and the rest
+    renormalised, the same as predicting over the other classes' logits only, and a cell whose most likely class over
+    all the model's is one of them is flagged, naming it, as for ``classes`` (since wbc 0.33.0: the detector finds giant
+    platelets and clumps, which were counted as the leftover's basophil or erythroblast with only a low-confidence
+    flag). ``classes``: the chosen label
     set (``--classes``, see :func:`wbc.labels.parse_class_set`): the answer is restricted to them the same
     way; the review threshold applies to the renormalised confidence, and a cell whose most likely class over all
     the model's is outside the set is flagged too, naming that class (``Prediction.outside``; before wbc 0.30.0
@@ -438,14 +445,14 @@ def predict_cells(
         for i in np.flatnonzero(probs.argmax(1) != network):
             preds[i].review = True
             preds[i].reasons.append(adjust.reason(classifier.classes, int(network[i]), int(probs[i].argmax())))
-    if classes:  # a cell the model takes for a class left out is no cell of the chosen ones: a person decides
-        chosen = set(classes)
+    if classes or exclude:  # the model takes the cell for a class left out (a smear's platelet too): a person decides
+        chosen = set(classes or classifier.classes) - set(exclude)
         for p, m, row in zip(preds, mass, full, strict=True):
             other = classifier.classes[int(row.argmax())]
             if other not in chosen:
                 p.review, p.outside = True, other
                 p.reasons.append(outside_reason(other, float(row.max())))
-            elif m < 0.5:
+            elif classes and m < 0.5:
                 p.review = True
                 p.reasons.append(f"the chosen classes hold {m:.2f} of the model's probability")
     for at, k in (others or {}).items():  # more than one cell in view: a person decides which the answer is for

@@ -34,13 +34,15 @@ CLASSES: tuple[str, ...] = (
 #: The five mature WBC types found in every normal differential.
 WBC5: tuple[str, ...] = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
-#: Classes a cell found in a smear cannot be: the segmenters find cells by their nucleus, and platelets
-#: have none. ``wbc analyze`` removes them from each cell's probabilities (on BCCD test fields the model
-#: had called 16 of 64 detected WBCs "platelet").
+#: Classes ``wbc analyze`` never answers: a smear's differential counts no platelets. They are removed from each
+#: cell's probabilities (on BCCD test fields the model had called 16 of 64 detected WBCs "platelet"). A detection
+#: can still be one (the detector boxes giant platelets and clumps: 243 in 217 of PBC's 240 validation platelet
+#: images), so one the model takes for a platelet is flagged for review, its reason naming platelet
+#: (:func:`wbc.classify.predict_cells`, since wbc 0.33.0), and stays counted in the class shown.
 NOT_IN_SMEAR_DETECTIONS: tuple[str, ...] = ("platelet",)
 
 def smear_classes(classes: Sequence[str]) -> list[str]:
-    """``classes`` less those no cell found in a smear can be (:data:`NOT_IN_SMEAR_DETECTIONS`): the rows of a smear
+    """``classes`` less those a smear cell is never answered as (:data:`NOT_IN_SMEAR_DETECTIONS`): the rows of a smear
     differential and its legend. ``wbc analyze`` never answers "platelet", so before wbc 0.30.0 its outputs printed a
     measured-looking 0.0 platelets per 100 WBCs with an interval (BCCD's ten fields hold 11 platelets to 18 WBCs).
 

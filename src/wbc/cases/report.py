@@ -198,10 +198,12 @@ def field_warnings(doc: Mapping[str, Any]) -> list[str]:
     return [f"field {f['position']} ({f['image']}): {w}" for f in doc["fields"] for w in f.get("warnings") or []]
 
 
-#: Under both reports' differential: the units, and that platelets are not counted (no smear cell is one, so no row
-#: reads as a measured 0 per 100 WBCs, as every case report did before wbc 0.30.0).
+#: Under both reports' differential: the units, and that platelets are not counted (no smear cell is answered as one,
+#: so no row reads as a measured 0 per 100 WBCs, as every case report did before wbc 0.30.0; one the model takes for a
+#: platelet is flagged, since wbc 0.33.0).
 DIFFERENTIAL_NOTE = ("erythroblasts per 100 white cells, outside the total; intervals are exact (Clopper-Pearson). "
-                     "Platelets are not counted in smear analysis (cells are found by their nucleus).")
+                     "Platelets are not counted in smear analysis (a cell the model takes for one is flagged for "
+                     "review).")
 CORRECTIONS_NONE = "None: every call of the model was kept."
 GALLERY_NOTE = ("Cells the model flagged for review (low confidence or unusual appearance) and cells the reviewer "
                 "changed.")

@@ -596,7 +596,7 @@ def cell_to_dict(cell: CellRow, position: int, version: str) -> dict[str, Any]:
 
 def case_classes(stored: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
     """A case's classes as the reviewer's menu shows them (its differential's rows: :func:`counted_classes`): those
-    stored with it less platelets (no cell found in a smear is one: :func:`wbc.labels.smear_classes`), unless a cell
+    stored with it less platelets (no smear cell is answered as one: :func:`wbc.labels.smear_classes`), unless a cell
     of the case is labelled so (a case stored before wbc 0.30.0 kept every class of the model, and its reviewer could
     call a cell "platelet").
 

@@ -17,7 +17,7 @@ import functools
 import heapq
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,12 +274,15 @@ def analysis_page(
     n_fields: int | None = None,
     n_warned: int | None = None,
     threshold: float = 0.0,
+    outside: str | None = None,
 ) -> str:
     """`wbc analyze`'s ``report.html`` as one HTML string: the differential over ``classes`` (those the run answered
     among, no platelets: :func:`wbc.analyze.smear_label_set`) pooled over the fields (``fields``, each
     ``{"image", "href", "n_cells", "counts", "warnings"}``, the rows of its fields table; ``n_fields`` and ``n_warned``:
     how many fields there are and carry a warning, when the table shows only some), a gallery per class of the
-    ``shown`` cells (counted by ``picker``), then the files that failed (``errors``: (path, message)).
+    ``shown`` cells (counted by ``picker``), then the files that failed (``errors``: (path, message)). ``outside``: how
+    many cells the model takes for a class not answered among (:func:`wbc.classify.outside_sentence`; a smear's
+    platelets too), said as the terminal says it.
 
     >>> page = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m")
     >>> page.startswith("<!DOCTYPE html>") and "No WBC was found." in page
@@ -304,6 +307,7 @@ def analysis_page(
         total=total,
         n_review=sum(picker.flagged.values()),
         n_warned=sum(1 for f in fields if f.get("warnings")) if n_warned is None else n_warned,
+        outside=outside,
         classes=", ".join(classes),
         nrbc=any(c in PER_100_WBC for c in classes),  # erythroblasts answered (platelets never are in a smear)
         threshold=threshold_note(threshold),
@@ -347,20 +351,30 @@ def write_analysis_report(
     """Write :func:`analysis_page` to ``out/report.html`` (atomically) from a finished `wbc analyze` batch: its
     ``cells.csv`` in ``out`` (streamed), the fields' summary ``docs`` (:class:`wbc.batch.AnalyzeSummary`) and
     ``stems`` ({image: output stem}, for the links to the annotated PNGs). Each field with shown cells is read once;
-    a field that cannot be read now leaves its cells out of the galleries, not the counts."""
+    a field that cannot be read now leaves its cells out of the galleries, not the counts. The cells the model takes
+    for a class not answered among (their reasons' :func:`wbc.classify.outside_class`) are counted in a warning, as
+    the terminal gives it: before wbc 0.33.0 the page said nothing of a smear's detections taken for platelets."""
     import csv
     from urllib.parse import quote
 
     import cv2
 
+    from wbc.classify import outside_class, outside_sentence
     from wbc.crops import box_window
     from wbc.errors import ImageReadError
     from wbc.io import atomic_write_text, read_image
 
     out = Path(out)
     cells_csv = out / "cells.csv"
+    outside: Counter[str] = Counter()
+
+    def counted(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
+        for r in rows:
+            outside.update(filter(None, map(outside_class, (r.get("review_reasons") or "").split("; "))))
+            yield r
+
     with cells_csv.open(newline="", encoding="utf-8") as f:
-        picker = pick_smear_cells(csv.DictReader(f), per_class)
+        picker = pick_smear_cells(counted(csv.DictReader(f)), per_class)
     chosen = picker.galleries()
     by_image: dict[str, list[tuple[str, int]]] = {}
     for label, items in chosen.items():
@@ -388,7 +402,7 @@ def write_analysis_report(
                "warnings": d.get("warnings") or []} for d in docs[:MAX_FIELD_ROWS]]
     page = analysis_page(classes, picker, shown, fields, model_id=model_id, segmenter_id=segmenter_id,
                          errors=errors, n_fields=len(docs), n_warned=sum(1 for d in docs if d.get("warnings")),
-                         threshold=threshold)
+                         threshold=threshold, outside=outside_sentence(outside, sum(picker.n.values())))
     path = out / "report.html"
     atomic_write_text(path, page)
     return path

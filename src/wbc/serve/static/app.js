@@ -292,7 +292,7 @@ async function renderSummary(mode) {
     + `percent of the white cells${rates.length ? ` (${rates.join(" and ")} per 100 white cells, outside the total)` : ""}`
     + " with an exact "
     + "(Clopper–Pearson) 95 % confidence interval."
-    + (mode === "smear" ? " Platelets are not counted in smear analysis (cells are found by their nucleus)." : "");
+    + (mode === "smear" ? " Platelets are not counted in smear analysis (a cell the model takes for one is flagged for review)." : "");
   $("diff-table").querySelector("tbody").replaceChildren(...diff.map(diffRow));
   const more = "A manual differential counts 100–200 leukocytes; analyse more fields before reading small percentages.";
   $("diff-note").textContent = nWbc === 0  // the threshold counts the WBCs: 120 platelets are no differential
