@@ -140,3 +140,17 @@ def test_a_field_without_wbcs_gives_no_wbc_share_in_the_csv_as_in_the_report(tmp
     assert [got["f.jpg", "neutrophil"][k] for k in keys] == ["0", "0", "", "", ""]
     assert differential({"erythroblast": 1}, {}, classes)[2]["percent"] == "-"  # report.html
     assert [got["ALL", "neutrophil"][k] for k in keys][:3] == ["1", "1", "100.0"]  # a WBC counted: its share
+
+
+def test_differential_csv_says_which_rows_are_per_100_wbcs(tmp_path: Path) -> None:
+    """A field of one WBC: its erythroblast row's upper bound is 3900 (exact: NRBCs per 100 WBCs), under a header
+    that said "percent" (wbc 0.32.0). Each row now names its unit, in a last column so the others keep their place."""
+    out = tmp_path / "d.csv"
+    write_differential_csv(out, [{"image": "f.jpg", "counts": {"erythroblast": 0, "neutrophil": 1}}],
+                           ["erythroblast", "neutrophil"])
+    header, *rows = list(csv.reader(out.open()))
+    assert header == ["image", "class", "count", "total", "percent", "ci95_low", "ci95_high", "unit"]
+    assert [r[1:] for r in rows if r[0] == "f.jpg"] == [
+        ["erythroblast", "0", "1", "0.0", "0.0", "3900.0", "per 100 WBC"],
+        ["neutrophil", "1", "1", "100.0", "2.5", "100.0", "percent"]]
+    assert not out.read_bytes().startswith(b"\xef\xbb\xbf")  # no byte-order mark

@@ -104,7 +104,7 @@ def test_smear_upload_shows_annotated_image_table_and_differential(page, tmp_pat
     with page.expect_download() as dl:
         page.click("#dl-diff")
     lines = Path(dl.value.path()).read_text().splitlines()
-    assert lines[0] == "image,class,count,total,percent,ci95_low,ci95_high"
+    assert lines[0] == "image,class,count,total,percent,ci95_low,ci95_high,unit"  # differential.csv's, since 0.33.0
     assert any(line.startswith("ALL,") for line in lines)
 
 
@@ -320,7 +320,7 @@ def test_a_field_of_only_nrbcs_and_platelets_shows_no_rate(page, tmp_path: Path)
                            [r[1] for r in got[1:] if r[0] == "ALL"])  # what wbc analyze writes for these cells
     expected = list(csv.reader((tmp_path / "differential.csv").read_text().splitlines()))
     assert [r for r in got if r[0] in ("image", "ALL")] == [r for r in expected if r[0] in ("image", "ALL")]
-    assert all(r[4:] == ["", "", ""] for r in got[1:] if r[3] == "0")  # a field's own rows too, if it has no WBC
+    assert all(r[4:7] == ["", "", ""] for r in got[1:] if r[3] == "0")  # a field's own rows too, if it has no WBC
 
 
 def test_a_rate_per_100_wbcs_is_drawn_and_said_in_its_unit(page, tmp_path: Path) -> None:

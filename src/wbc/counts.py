@@ -34,6 +34,9 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return lo, hi
 
 
+#: ``differential.csv``'s columns: :func:`differential_rows`' and, last (since wbc 0.33.0, so a reader indexing columns
+#: by position still finds the others), ``unit``: "percent" of the WBCs, or "per 100 WBC" for a class counted outside
+#: them (:func:`wbc.formats.differential_unit`, the HTTP API's ``"unit"``). Without it an NRBC row read as percent.
 DIFFERENTIAL_HEADER: tuple[str, ...] = (
     "image",
     "class",
@@ -42,6 +45,7 @@ DIFFERENTIAL_HEADER: tuple[str, ...] = (
     "percent",
     "ci95_low",
     "ci95_high",
+    "unit",
 )
 
 

@@ -173,15 +173,17 @@ def pooled_counts(docs: Iterable[Mapping[str, Any]], classes: Sequence[str]) -> 
 def write_differential_csv(
     path: str | os.PathLike[str], docs: Sequence[Mapping[str, Any]], classes: Sequence[str]
 ) -> None:
-    """``differential.csv``: per field, then ``ALL`` pooled over fields (counts from the JSON documents). With no
-    WBC counted every class's percent and bounds are empty, as report.html shows "-": a clinician read "0.0 %
-    neutrophils [0-100]" in the CSV of a field with one NRBC and no WBC (before wbc 0.30.0)."""
+    """``differential.csv``: per field, then ``ALL`` pooled over fields (counts from the JSON documents), each row
+    with its :func:`differential_unit` (an NRBC row's upper bound of 3900 per 100 WBCs, from one WBC, sat under the
+    header "percent" before wbc 0.33.0). With no WBC counted every class's percent and bounds are empty, as
+    report.html shows "-": a clinician read "0.0 % neutrophils [0-100]" in the CSV of a field with one NRBC and no WBC
+    (before wbc 0.30.0)."""
     rows: list[list[Any]] = []
     for d in docs:
         rows += differential_rows(d["counts"], classes, d["image"])
     rows += differential_rows(pooled_counts(docs, classes), classes, "ALL")
     rows = [[*r[:4], None, None, None] if r[3] == 0 else r for r in rows]  # no WBC: no share to give
-    write_csv(path, DIFFERENTIAL_HEADER, rows)
+    write_csv(path, DIFFERENTIAL_HEADER, ([*r, differential_unit(r[1])] for r in rows))
 
 
 def write_errors_csv(path: str | os.PathLike[str], errors: Iterable[tuple[str, str]]) -> None:

@@ -499,16 +499,17 @@ function downloadCellsCSV() {
 }
 
 function downloadDifferentialCSV() {
-  const lines = [csvLine(["image", "class", "count", "total", "percent", "ci95_low", "ci95_high"])];
+  // differential.csv's columns (wbc.counts.DIFFERENTIAL_HEADER), its unit last: "percent" or "per 100 WBC"
+  const lines = [csvLine(["image", "class", "count", "total", "percent", "ci95_low", "ci95_high", "unit"])];
   for (const r of state.runs) {
     if (r.kind === "smear") {
       for (const d of r.data.differential) {
-        lines.push(csvLine([r.data.image, d.class, d.count, d.total, ...csvShare(d)]));
+        lines.push(csvLine([r.data.image, d.class, d.count, d.total, ...csvShare(d), d.unit]));
       }
     }
   }
   for (const d of state.differential || []) {
-    lines.push(csvLine(["ALL", d.class, d.count, d.total, ...csvShare(d)]));
+    lines.push(csvLine(["ALL", d.class, d.count, d.total, ...csvShare(d), d.unit]));
   }
   save("wbc_differential.csv", lines.join("\n") + "\n", "text/csv");
 }
