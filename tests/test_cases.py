@@ -1565,6 +1565,34 @@ def test_a_case_has_no_platelet_row_and_its_report_says_platelets_are_not_counte
     assert row["count"] == 1 and "platelet" in store.case_document(old)["classes"]
 
 
+def test_a_case_without_wbcs_gives_no_share_in_its_report(store: CaseStore, fields, classifier) -> None:  # noqa: F811
+    """A case whose cells a reviewer called one NRBC and not WBCs: the report (HTML and PDF) printed every WBC class's
+    share as "0.0" with "0.0–100.0" (wbc 0.32.0), the reading differential.csv dropped in wbc 0.30.0; `wbc cases show`
+    too. They give none now, and the NRBCs "n/a (no WBC counted)", before and after sign-off."""
+    from typer.testing import CliRunner
+
+    from wbc.cases.report import ci_text, rate_text, render_html, report_context
+    from wbc.cases.store import differential_of
+    from wbc.cli import app
+
+    neut = next(r for r in differential_of(["erythroblast"], ["erythroblast", "neutrophil"])["rows"]
+                if r["class"] == "neutrophil")
+    assert (rate_text(neut), ci_text(neut)) == ("", "")
+    cid = create_case_from_fields(store, "only NRBCs", fields, classifier)
+    cells = store.case_document(cid)["cells"]
+    for cell, label in zip(cells, ["erythroblast"] + [NOT_WBC] * (len(cells) - 1), strict=True):
+        store.reclassify(cid, cell["id"], label, "Bo")
+    for signed in (False, True):
+        if signed:
+            store.sign_off(cid, "Bo")
+        rows = {r["class"]: r for r in report_context(store, cid)["rows"]}
+        assert (rows["erythroblast"]["rate"], rows["erythroblast"]["ci"]) == ("n/a (no WBC counted)", "")
+        assert all((r["rate"], r["ci"]) == ("", "") for c, r in rows.items() if c != "erythroblast")
+        assert "0.0–100.0" not in render_html(store, cid)
+    res = CliRunner().invoke(app, ["cases", "show", str(cid), "--store", store.url])
+    assert res.exit_code == 0 and "n/a (no WBC counted)" in res.output and "0.0-100.0" not in res.output, res.output
+
+
 def test_the_case_report_gives_the_threshold_and_each_confidence_with_the_digits_that_tell_them_apart(
         store: CaseStore, classifier) -> None:  # noqa: F811
     """The report read "Review threshold 0.99" beside flagged cells of 0.985 and a cell flagged only as unlike the

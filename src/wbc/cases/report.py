@@ -299,23 +299,33 @@ def _fmt(v: float | None) -> str:
     return "" if v is None else fixed(v)
 
 
+def no_wbc(row: Mapping[str, Any]) -> bool:
+    """Whether a differential row has no value: no WBC counted. Its numbers are None for a rate per 100 WBCs, but a WBC
+    class keeps 0.0 with 0-100 (:func:`wbc.counts.differential_rows`, also in a case signed off before), which both
+    reports printed as a share of "0.0" and "0.0–100.0" for a case of only NRBCs (before wbc 0.33.0)."""
+    return row["percent"] is None or row.get("total") == 0
+
+
 def ci_text(row: dict[str, Any]) -> str:
     """A differential row's 95 % interval as both reports print it (``0.6–80.6``), by the rule every output rounds with
-    (:func:`wbc.counts.fixed`), or "" when it has none."""
-    return "" if row["ci95_low"] is None else f"{_fmt(row['ci95_low'])}–{_fmt(row['ci95_high'])}"
+    (:func:`wbc.counts.fixed`), or "" when it has none (:func:`no_wbc`)."""
+    return "" if no_wbc(row) or row["ci95_low"] is None else f"{_fmt(row['ci95_low'])}–{_fmt(row['ci95_high'])}"
 
 
 def rate_text(row: dict[str, Any]) -> str:
     """A differential row's percent as both reports print it: ``/100 WBC`` marks NRBCs and platelets, and such a
-    rate with no WBC counted reads :data:`wbc.counts.NO_WBC_RATE` (its numbers are None), never a bare unit.
+    rate with no WBC counted reads :data:`wbc.counts.NO_WBC_RATE` (its numbers are None), never a bare unit; a WBC
+    class then has no share, "" (:func:`no_wbc`), as differential.csv and report.html leave it.
 
     >>> [rate_text(r) for r in ({"percent": 12.34, "unit": "percent"}, {"percent": 50.0, "unit": "per 100 WBC"},
     ...                         {"percent": None, "count": 6, "unit": "per 100 WBC"}, {"percent": None, "count": 0})]
     ['12.3', '50.0 /100 WBC', 'n/a (no WBC counted)', '']
+    >>> rate_text({"percent": 0.0, "count": 0, "total": 0, "unit": "percent"})
+    ''
     """
     from wbc.counts import NO_WBC_RATE
 
-    if row["percent"] is None:
+    if no_wbc(row):
         return NO_WBC_RATE if row.get("unit") == "per 100 WBC" and row.get("count") else ""
     return _fmt(row["percent"]) + (" /100 WBC" if row.get("unit") == "per 100 WBC" else "")
 

@@ -120,11 +120,13 @@ def show_case(case: CaseArg, store: StoreOpt = None,
 
 def _rate(row: dict[str, Any]) -> str:
     """A differential row's rate and interval for ``wbc cases show``, each with its unit: a bare 50.0 for NRBCs per
-    100 WBCs under a "%" heading read as half of the WBCs."""
+    100 WBCs under a "%" heading read as half of the WBCs. With no WBC counted nothing has a value (a WBC class read
+    "0.0 % 0.0-100.0" before wbc 0.33.0): the case report's rule, :func:`wbc.cases.report.no_wbc`."""
+    from wbc.cases.report import no_wbc
     from wbc.counts import NO_WBC_RATE, fixed
 
-    if row["percent"] is None:
-        return f"  {NO_WBC_RATE:<32}"
+    if no_wbc(row):
+        return f"  {NO_WBC_RATE if row['count'] else '':<32}"
     unit = " /100 WBC" if row.get("unit") == "per 100 WBC" else " %"
     return f"  {fixed(row['percent']):>5}{unit:<9}  {fixed(row['ci95_low'])}-{fixed(row['ci95_high'])}".ljust(34)
 

@@ -357,7 +357,9 @@ function renderDifferential() {
   const rows = d.differential.rows.map((r) => el("tr", { class: r.count !== model[r.class].count ? "differs" : (r.count ? "" : "zero"), "data-class": r.class },
     el("th", { scope: "row" }, el("span", { class: "swatch", style: { background: colourOf(r.class) }, "aria-hidden": "true" }), displayName(r.class)),
     el("td", { class: "num count", text: String(r.count) }),
-    el("td", { class: "num", text: r.percent === null ? (r.count ? "n/a (no WBC counted)" : "")
+    // no WBC counted: no share either, where the API keeps a WBC class's 0.0 (the case report and differential.csv
+    // alike; before wbc 0.33.0 this read "0.0")
+    el("td", { class: "num", text: r.percent === null || r.total === 0 ? (r.count ? "n/a (no WBC counted)" : "")
       : fmt1(r.percent) + (r.unit === "per 100 WBC" ? "†" : "") }),
     el("td", { class: "num ci", text: r.total ? `${fmt1(r.ci95_low)}–${fmt1(r.ci95_high)}` : "" }),
     el("td", { class: "num", text: String(model[r.class].count) })));
