@@ -91,6 +91,25 @@ def test_a_smear_cell_the_model_takes_for_a_platelet_is_flagged_naming_platelet(
     assert said in (tmp_path / "out" / "report.html").read_text()
 
 
+def test_the_report_of_a_run_whose_every_file_failed_says_no_field_could_be_read(clf, tmp_path: Path) -> None:
+    """A folder of truncated transfers: report.html opened with "No WBC was found." and a differential of dashes, a
+    result for a slide of which nothing was analysed; the failed files came last (wbc 0.32.0)."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    (tmp_path / "in").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "in" / name).write_bytes(b"junk")
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model",
+                                   str(clf.path), "--segmenter", "classical", "--threads", "1"])
+    assert res.exit_code == 1, res.output
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "No WBC was found" not in page and "<h2>Differential</h2>" not in page
+    assert "No field could be read</b>: all 2 files failed (listed below)" in page
+    assert page.count("a.jpg") == page.count("b.jpg") == 1  # in the list of failed files
+
+
 def test_empty_field_is_a_valid_empty_result(clf) -> None:
     rgb, *_ = synthetic_smear(n_wbc=0, seed=6)
     res = analyze_image(rgb, clf, ClassicalSegmenter())

@@ -284,9 +284,15 @@ def analysis_page(
     many cells the model takes for a class not answered among (:func:`wbc.classify.outside_sentence`; a smear's
     platelets too), said as the terminal says it.
 
-    >>> page = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m")
+    >>> page = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m", n_fields=1)
     >>> page.startswith("<!DOCTYPE html>") and "No WBC was found." in page
     True
+
+    With no field analysed (every file failed) it says so, not "No WBC was found.", and gives no differential:
+
+    >>> page = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m", errors=[("a.jpg", "a.jpg: bad")])
+    >>> "No field could be read</b>: all 1 file failed" in page, "No WBC" in page, "<h2>Differential" in page
+    (True, False, False)
     """
     from wbc import __version__
     from wbc.counts import wbc_total
