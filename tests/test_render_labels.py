@@ -176,3 +176,28 @@ def test_the_legend_says_what_the_review_mark_means() -> None:
         assert y1 - y0 == 4 + row * rows + 1
         if review:  # its swatch: a red double box
             assert _pixels_of(out, (x0, y1 - row, x0 + row, y1), (220, 0, 0)) > 0
+
+
+def test_a_label_in_a_narrow_field_stays_whole_with_its_review_mark_and_no_legend_covers_the_cell() -> None:
+    """A WBC cut from a field, 120 px wide: its label "1 neutrophil 0.71 ?" is wider than the image at the smallest
+    scale and ran past the right edge, the "?" lost, and the legend panel covered the cell (wbc 0.32.0). The label is
+    drawn smaller, whole and inside; a legend that would cover the cell and fills more than a quarter is left out."""
+    from wbc.render import label_spots
+
+    spots, _ = label_spots("1 neutrophil 0.998 ?", (0, 9, 116, 120), (120, 120), 0.45)
+    assert all(0 <= box[0] < box[2] <= 120 and 0 <= box[1] < box[3] <= 120 for box, _ in spots), spots
+    img = np.full((120, 120, 3), PALE, np.uint8)
+    out = render(img, SmearResult("f", 120, 120, [cell_at((0, 9, 116, 120))]), SMEAR_CLASSES)
+    assert not np.all(out == 255, axis=-1).any()  # no white legend panel over the cell
+    from wbc.render import fitted_scale
+
+    text = "1 neutrophil 0.71 ?"
+    scale = fitted_scale(text, (120, 120), 0.45)
+    assert 0.3 <= scale < 0.45
+    (box, org), th = label_spots(text, (0, 9, 116, 120), (120, 120), 0.45)[0][0], max(1, round(scale * 1.6))
+    ref = single_draw_reference(text, box, org, th, scale, CLASS_COLOURS["neutrophil"])
+    assert np.array_equal(out[box[1]:box[3], box[0]:box[2]], ref)  # the whole text, "?" too, one putText
+    wide = render(np.full((480, 640, 3), PALE, np.uint8), SmearResult("f", 640, 480, [cell_at((200, 100, 300, 200))]),
+                  SMEAR_CLASSES)
+    _x0, y0, _x1, y1 = _white_panel(wide)  # a field of the usual size keeps its whole legend
+    assert y1 - y0 == 4 + (int(24 * max(0.45, 480 / 900)) + 4) * (len(SMEAR_CLASSES) + 1) + 1

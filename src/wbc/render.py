@@ -54,18 +54,61 @@ def text_colour_on(background: Sequence[int]) -> tuple[int, int, int]:
     return BLACK if contrast_ratio(BLACK, background) >= contrast_ratio(WHITE, background) else WHITE
 
 
+#: The smallest text scale :func:`render` draws a label at (1 px strokes, letters 6-7 px high) before shortening it.
+MIN_TEXT_SCALE: float = 0.3
+
+
+def _label_size(text: str, scale: float) -> tuple[int, int, int, int, int]:
+    """A label's box width and height at ``scale``, its text's height above the baseline, its padding and stroke."""
+    th = max(1, round(scale * 1.6))
+    (tw, tht), base = cv2.getTextSize(text, FONT, scale, th)
+    pad = max(2, round(3 * scale))
+    return tw + 2 * pad, tht + base + 2 * pad, tht, pad, th
+
+
+def fitted_scale(text: str, image_size: tuple[int, int], scale: float) -> float:
+    """``scale``, or the largest scale below it (in steps of 5 %) at which ``text``'s label box fits an image of
+    ``image_size`` (h, w): a label wider than a narrow field ran past its right edge, the review mark "?" lost (a
+    120 px crop, wbc 0.32.0). :func:`label_spots` and :func:`draw_label` both use it, so box and text agree.
+
+    >>> fitted_scale("1 neutrophil 0.998 ?", (480, 640), 0.53), round(fitted_scale("1 neutrophil 0.998 ?", (120, 120),
+    ...                                                                             0.45), 3)
+    (0.53, 0.348)
+    """
+    h, w = image_size
+    s = scale
+    while s > 0.05:
+        bw, bh, *_ = _label_size(text, s)
+        if bw <= w and bh <= h:
+            return s
+        s *= 0.95
+    return s
+
+
+def fitting_label(texts: Sequence[str], image_size: tuple[int, int], scale: float) -> str:
+    """The first of ``texts`` (fullest first) that fits an image of ``image_size`` at :data:`MIN_TEXT_SCALE` or more
+    (:func:`fitted_scale`), else the last: a field too narrow for a cell's whole label gets it shortened, not
+    illegibly small.
+
+    >>> fitting_label(["1 neutrophil 0.998 ?", "1 neutrophil ?", "1 ?"], (64, 64), 0.45)
+    '1 ?'
+    """
+    for text in texts:
+        if fitted_scale(text, image_size, scale) >= min(scale, MIN_TEXT_SCALE):
+            return text
+    return texts[-1]
+
+
 def label_spots(
     text: str, anchor: tuple[int, int, int, int], image_size: tuple[int, int], scale: float
 ) -> tuple[list[tuple[tuple[int, int, int, int], tuple[int, int]]], int]:
     """Where a cell's label may go, best first, each as its box (x0, y0, x1, y1) and text origin, and the stroke
     thickness: above the cell's box (just inside its top edge when there is no room), then inside its top edge, below
     it, inside its bottom edge; each left-aligned with the box, then right-aligned. Always wholly inside the image
-    (never clipped at an edge); :func:`render` takes the first that covers no other label and not the legend."""
+    (never clipped at an edge: at a smaller scale where the image is too narrow, :func:`fitted_scale`); :func:`render`
+    takes the first that covers no other label and not the legend."""
     h, w = image_size
-    th = max(1, round(scale * 1.6))
-    (tw, tht), base = cv2.getTextSize(text, FONT, scale, th)
-    pad = max(2, round(3 * scale))
-    bw, bh = tw + 2 * pad, tht + base + 2 * pad
+    bw, bh, tht, pad, th = _label_size(text, fitted_scale(text, image_size, scale))
     x0, y0, x1, y1 = anchor
     tops = [y0 - bh if y0 - bh >= 0 else y0, y0, y1, y1 - bh]
     spots: list[tuple[tuple[int, int, int, int], tuple[int, int]]] = []
@@ -102,7 +145,8 @@ def draw_label(img: np.ndarray, text: str, anchor: tuple[int, int, int, int], sc
     if spot is not None:
         box, org = spot
     cv2.rectangle(img, box[:2], (box[2] - 1, box[3] - 1), background, -1)
-    cv2.putText(img, text, org, FONT, scale, text_colour_on(background), th, cv2.LINE_AA)
+    cv2.putText(img, text, org, FONT, fitted_scale(text, img.shape[:2], scale), text_colour_on(background), th,
+                cv2.LINE_AA)
     return box
 
 
@@ -158,20 +202,32 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), th
             cv2.rectangle(out, (x0 - 2 * lw, y0 - 2 * lw), (x1 - 1 + 2 * lw, y1 - 1 + 2 * lw), REVIEW, lw)
         conf = f" {confidence_text(c.prediction.confidence, threshold)}" if c.prediction else ""
         flag = " ?" if c.prediction and c.prediction.review else ""
-        labels.append((f"{c.id} {label}{conf}{flag}", (x0, y0, x1, y1), col))
+        # a field too narrow for the whole label: without the confidence, then the id alone, never without the "?"
+        texts = [f"{c.id} {label}{conf}{flag}", f"{c.id} {label}{flag}", f"{c.id}{flag}"]
+        labels.append((fitting_label(texts, (h, w), scale), (x0, y0, x1, y1), col))
     spots = [label_spots(text, anchor, (h, w), scale)[0] for text, anchor, _ in labels]
     legend: tuple[int, int, int, int] | None = None
-    # legend: the classes present in this image first, then the rest answered among; then what "?" means
-    names = seen + [c for c in classes if c not in seen] if classes else seen
-    if names:
-        row = int(24 * scale) + 4
-        counts = result.counts(classes)
+    # legend: the classes present in this image first, then the rest answered among; then what "?" means. In a small
+    # field, where it would cover a cell and not fit a quarter of the image, only the classes present; else none (the
+    # counts are in the JSON): a 120 px crop's legend covered its one cell (wbc 0.32.0)
+    row = int(24 * scale) + 4
+    counts = result.counts(classes)
+    lscale = scale * 0.8
+    lth = max(1, round(lscale * 1.6))
+    boxes = [c.box for c in result.cells]
+    for names in ([*seen, *(c for c in classes if c not in seen)], seen):
+        if not names:
+            continue
         entries = [f"{n} ({counts.get(n, 0)})" for n in names] + ([f"? review ({n_review})"] if n_review else [])
-        lscale = scale * 0.8
-        lth = max(1, round(lscale * 1.6))
         text_w = max(cv2.getTextSize(e, FONT, lscale, lth)[0][0] for e in entries)
         panel = (row + text_w + 12, 4 + row * len(entries))
-        px, py = legend_corner((h, w), panel, [c.box for c in result.cells] + [s[0][0] for s in spots])
+        px, py = legend_corner((h, w), panel, boxes + [s[0][0] for s in spots])
+        small = 2 * panel[0] <= w and 2 * panel[1] <= h
+        if small or not any(_overlap((px, py, px + panel[0] + 1, py + panel[1] + 1), b) for b in boxes):
+            break
+    else:
+        names = []
+    if names:
         legend = (px, py, px + panel[0] + 1, py + panel[1] + 1)
         # an opaque white panel: dark text on it reads at >= 15:1 whatever the smear shows beneath
         cv2.rectangle(out, (px, py), (px + panel[0], py + panel[1]), WHITE, -1)
