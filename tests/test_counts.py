@@ -154,3 +154,20 @@ def test_differential_csv_says_which_rows_are_per_100_wbcs(tmp_path: Path) -> No
         ["erythroblast", "0", "1", "0.0", "0.0", "3900.0", "per 100 WBC"],
         ["neutrophil", "1", "1", "100.0", "2.5", "100.0", "percent"]]
     assert not out.read_bytes().startswith(b"\xef\xbb\xbf")  # no byte-order mark
+
+
+def test_the_csvs_round_half_up_as_every_output(tmp_path: Path) -> None:
+    """1 of 160 cells, a common manual count, is 0.625 %: differential.csv read 0.62 (``round``, half to even on the
+    binary value) where report.html, the web page and the case report read 0.63 (wbc.counts.fixed, the rule the docs
+    give every output); `wbc classify`'s CSV wrote a confidence of 0.98625 as 0.9862 (``:.4f``), wbc 0.32.0."""
+    from wbc.formats import prediction_row
+
+    out = tmp_path / "d.csv"
+    write_differential_csv(out, [{"image": "f.jpg", "counts": {"neutrophil": 1, "lymphocyte": 159}}],
+                           ["lymphocyte", "neutrophil"])
+    got = {(r["image"], r["class"]): r["percent"] for r in csv.DictReader(out.open())}
+    assert got["ALL", "neutrophil"] == "0.63" and got["ALL", "lymphocyte"] == "99.38"  # 99.375
+    assert differential_rows({"neutrophil": 5, "lymphocyte": 155}, ["lymphocyte", "neutrophil"], "x")[1][4] == 3.13
+    row = prediction_row(Prediction("monocyte", 0.98625, True, {"monocyte": 0.98625, "lymphocyte": 0.01375}),
+                         ["lymphocyte", "monocyte"])
+    assert row[2:5] == ["0.9863", "true", "0.0138"]

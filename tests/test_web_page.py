@@ -332,7 +332,7 @@ def test_a_rate_per_100_wbcs_is_drawn_and_said_in_its_unit(page, tmp_path: Path)
     analyse_one_field(page, tmp_path)
     from wbc.counts import fixed
 
-    lo, hi = (fixed(round(100 * v, 4)) for v in per_100_interval(9, 4))  # the API's 4 decimals, rounded half up
+    lo, hi = (fixed(float(fixed(100 * v, 4))) for v in per_100_interval(9, 4))  # the API's 4 decimals, half up
     assert diff_cells(page, "Platelet")[:3] == ["9", "225.0 /100 WBC", f"{lo}–{hi} /100 WBC"]  # the unit said
     bar = page.locator("#diff-table tbody tr:has(th:text-is('Platelet')) .bar")
     said = bar.get_attribute("aria-label")

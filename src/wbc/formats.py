@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wbc.counts import DIFFERENTIAL_HEADER, differential_rows, fixed
+from wbc.counts import DIFFERENTIAL_HEADER, differential_rows, fixed, half_up
 from wbc.io import atomic_write_csv
 from wbc.types import Cell, Prediction, SmearResult
 
@@ -102,13 +102,13 @@ def cell_to_dict(c: Cell) -> dict[str, Any]:
         "area_px": c.area_px,
         "nucleus_area_px": int(c.nucleus_mask.sum()),
         "touches_border": bool(c.touches_border),
-        "detection_score": round(float(c.score), 4),
+        "detection_score": half_up(float(c.score), 4),  # half up, as every output rounds (wbc.counts.fixed)
         "label": p.label if p else None,
-        "confidence": round(p.confidence, 6) if p else None,  # 6: enough to tell a flagged cell from the threshold
+        "confidence": half_up(p.confidence, 6) if p else None,  # 6: enough to tell a flagged cell from the threshold
         "review": bool(p.review) if p else None,
         "review_reasons": list(p.reasons) if p else [],
         "ood": bool(p.ood) if p else None,  # unlike the training cells (wbc.ood), as /classify's "ood"
-        "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()} if p else {},
+        "probabilities": {k: half_up(v, 4) for k, v in p.probabilities.items()} if p else {},
     }
 
 
@@ -246,8 +246,9 @@ def prediction_header(classes: Sequence[str]) -> list[str]:
 
 
 def prediction_row(p: Prediction, classes: Sequence[str]) -> list[object]:
-    return [p.path, p.label, f"{p.confidence:.4f}", str(p.review).lower(),
-            *[f"{p.probabilities.get(c, 0.0):.4f}" for c in classes], reasons_text(p.reasons)]
+    """A predictions CSV row; numbers to 4 decimals, half up (:func:`wbc.counts.fixed`; ``:.4f`` before wbc 0.33.0)."""
+    return [p.path, p.label, fixed(p.confidence, 4), str(p.review).lower(),
+            *[fixed(p.probabilities.get(c, 0.0), 4) for c in classes], reasons_text(p.reasons)]
 
 
 def reasons_text(reasons: Sequence[str]) -> str:
@@ -293,9 +294,9 @@ def prediction_to_dict(p: Prediction) -> dict[str, Any]:
     return {
         "filename": p.path,
         "label": p.label,
-        "confidence": round(float(p.confidence), 6),  # 6, as cell_to_dict
+        "confidence": half_up(float(p.confidence), 6),  # 6, as cell_to_dict
         "review": bool(p.review),
         "review_reasons": list(p.reasons),
         "ood": bool(p.ood),
-        "probabilities": {k: round(float(v), 4) for k, v in p.probabilities.items()},
+        "probabilities": {k: half_up(float(v), 4) for k, v in p.probabilities.items()},
     }

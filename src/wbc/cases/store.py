@@ -57,6 +57,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
+from wbc.counts import half_up
 from wbc.errors import WbcError
 from wbc.labels import smear_classes
 from wbc.protocols import ClassifierLike
@@ -580,7 +581,7 @@ def cell_to_dict(cell: CellRow, position: int, version: str) -> dict[str, Any]:
         "outline": cell.outline,
         "nucleus": cell.nucleus,
         "model_label": cell.model_label,
-        "model_confidence": round(float(cell.model_confidence), 6),  # as wbc.formats.cell_to_dict
+        "model_confidence": half_up(float(cell.model_confidence), 6),  # as wbc.formats.cell_to_dict
         "model_review": bool(cell.model_review),
         "model_reasons": list(cell.model_reasons or []),
         "model_probabilities": cell.model_probabilities or {},
@@ -891,7 +892,7 @@ class CaseStore:
                 nucleus=mask_to_polygons(cell.nucleus_mask, (x0, y0)),
                 crop_png=encode_png(crop), model_label=p.label, model_confidence=float(p.confidence),
                 model_review=bool(p.review), model_reasons=list(p.reasons),
-                model_probabilities={k: round(float(v), 4) for k, v in p.probabilities.items()},
+                model_probabilities={k: half_up(float(v), 4) for k, v in p.probabilities.items()},
                 ood=bool(p.ood)))
         return f.id
 
