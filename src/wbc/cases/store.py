@@ -638,12 +638,29 @@ def differentials(c: CaseRow, finals: Sequence[str], models: Sequence[str]) -> t
 
 def same_numbers(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two differentials give the same numbers (total, each row's count, rate and interval, the calls left
-    out), whatever else a wbc version added to them."""
-    def numbers(d: dict[str, Any]) -> Any:
+    out), whatever else a wbc version added to them. Rates and bounds equal to their 4th decimal's rounding: wbc
+    0.33.0 rounds half up where earlier versions rounded half to even (1 of 640 cells: 0.1562 then, 0.1563 now), and
+    a case signed off before must not read as changed for it.
+
+    >>> row = {"class": "lymphocyte", "count": 1, "percent": 0.1562, "ci95_low": 0.0, "ci95_high": 0.8}
+    >>> same_numbers({"total": 640, "rows": [row]}, {"total": 640, "rows": [row | {"percent": 0.1563}]})
+    True
+    >>> same_numbers({"total": 640, "rows": [row]}, {"total": 640, "rows": [row | {"count": 2}]})
+    False
+    """
+    def numbers(d: dict[str, Any]) -> tuple[Any, list[list[Any]], Any]:
         keys = ("class", "count", "percent", "ci95_low", "ci95_high")
         return d.get("total"), [[r.get(k) for k in keys] for r in d.get("rows", [])], d.get("excluded")
 
-    return bool(numbers(a) == numbers(b))
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, float) and isinstance(y, float):
+            return abs(x - y) <= 1.5e-4
+        return bool(x == y)
+
+    (ta, ra, ea), (tb, rb, eb) = numbers(a), numbers(b)
+    return (ta == tb and ea == eb and len(ra) == len(rb)
+            and all(len(x) == len(y) and all(same(u, v) for u, v in zip(x, y, strict=True))
+                    for x, y in zip(ra, rb, strict=True)))
 
 
 def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
