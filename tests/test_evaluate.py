@@ -802,3 +802,24 @@ def test_val_rows_of_a_run_folder_without_its_model_are_noted_as_in_sample(
     assert "test rows" not in text and "val rows" in text and "shipped" not in text
     assert "its test rows are held out only" in caution_text({"data_kind": "manifest", "own_run": False,
                                                               "split": "test", "row_splits": {"test": 6}})
+
+
+def test_the_shipped_model_knows_its_run_s_split_wherever_the_manifest_is(tmp_path: Path) -> None:
+    """The shipped model is scored without its run folder (`wbc evaluate runs/default/manifest.csv`, no model.onnx
+    committed), so before wbc 0.33.0 the report cautioned that "this split was not made by the run that trained this
+    model" beside its own held-out test rows. It records its split's hash: that manifest, anywhere, is its run's; one
+    row moved to another split is not. Only the manifest is read, no image."""
+    from wbc.data import read_manifest
+    from wbc.evaluate import is_own_run
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = load_model()
+    assert is_own_run(repo / "runs" / "default" / "manifest.csv", shipped)
+    rows = read_manifest(repo / "runs" / "default" / "manifest.csv")
+    elsewhere = tmp_path / "copy.csv"
+    write_manifest(elsewhere, rows, root=Path(os.environ.get("WBC_DATA_DIR", tmp_path)))
+    assert is_own_run(elsewhere, shipped)
+    i = next(i for i, s in enumerate(rows) if s.split == "test")
+    moved = [*rows[:i], Sample(rows[i].path, rows[i].label, "train", rows[i].fold, rows[i].sha1), *rows[i + 1:]]
+    write_manifest(tmp_path / "moved.csv", moved, root=Path(os.environ.get("WBC_DATA_DIR", tmp_path)))
+    assert not is_own_run(tmp_path / "moved.csv", shipped)

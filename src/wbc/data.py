@@ -267,6 +267,22 @@ def manifest_hash(samples: Sequence[Sample]) -> str:
     return h.hexdigest()[:16]
 
 
+def split_hash(samples: Sequence[Sample]) -> str:
+    """A short hash of which files (by content when known) carry which labels in which split: what a model records of
+    the manifest it was trained on (``extra["split_hash"]``, since wbc 0.33.0), so that `wbc evaluate` can tell the
+    run's own split, and so its held-out test rows, wherever the manifest or the model file is.
+
+    >>> from dataclasses import replace
+    >>> a = [Sample(Path("x.jpg"), "neutrophil", "train", sha1="ab"), Sample(Path("y.jpg"), "lymphocyte", "test")]
+    >>> split_hash(a) == split_hash(a[::-1]), split_hash(a) == split_hash([a[0], replace(a[1], split="train")])
+    (True, False)
+    """
+    h = hashlib.sha256()
+    for key in sorted(f"{s.sha1 or s.path.name}\t{s.label}\t{s.split}" for s in samples):
+        h.update(f"{key}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
 def load_dataset(
     source: str | os.PathLike[str],
     split: str | None = None,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wbc.data import Sample, manifest_hash, read_manifest, scan_folder
+from wbc.data import Sample, load_dataset, manifest_hash, read_manifest, scan_folder, split_hash
 from wbc.errors import WbcError
 from wbc.io import atomic_write_json, atomic_write_text, check_output_file, files_under, is_image_file
 from wbc.labels import canonical_label
@@ -278,13 +278,24 @@ def is_own_run(manifest: Path, classifier: Classifier) -> bool:
     `wbc train` wrote; machine options aside), or, in a folder without one (`wbc ensemble`), the checkpoint
     (``best.pt``, ``ensemble.pt``) it was exported from is there. Before wbc 0.33.0 any model file beside any CSV
     counted, so a model fine-tuned on a lab's ``labelled.csv`` was said never to have seen its rows.
+
+    A model that records its run's split (``extra["split_hash"]``, :func:`wbc.data.split_hash`; models trained since wbc
+    0.33.0 and the shipped one) is judged by that alone: the manifest's every row, label and split must be the ones it
+    was trained with, wherever either file is. So the shipped model and ``runs/default/manifest.csv`` are known to be
+    one run's, and its test rows held out.
     """
-    run = manifest.resolve().parent
-    if manifest.name != "manifest.csv" or Path(classifier.path).resolve().parent != run:
-        return False
     info = classifier.info
     trained = info.extra.get("config")
     if info.head or "adapt" in info.extra or not isinstance(trained, dict):
+        return False
+    recorded = info.extra.get("split_hash")
+    if isinstance(recorded, str) and recorded:
+        try:
+            return recorded == split_hash(load_dataset(manifest).samples)
+        except (OSError, ValueError, WbcError):
+            return False
+    run = manifest.resolve().parent
+    if manifest.name != "manifest.csv" or Path(classifier.path).resolve().parent != run:
         return False
     if (run / "config.json").is_file():
         try:
