@@ -363,6 +363,54 @@ def test_atomic_csv_leaves_no_temp_files(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
 
 
+def test_an_output_through_a_symbolic_link_updates_the_file_it_points_to(tmp_path: Path) -> None:
+    """A lab's ``latest.csv -> shared/today.csv`` became a local file and the shared file kept its old contents (the
+    atomic rename replaced the link); a link to a file not there yet creates it."""
+    from wbc.io import atomic_write_text, check_output_file
+
+    (tmp_path / "shared").mkdir()
+    real = tmp_path / "shared" / "today.csv"
+    real.write_text("old")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(real)
+    assert check_output_file(link) == link
+    atomic_write_text(link, "new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    ahead = tmp_path / "tomorrow.csv"
+    ahead.symlink_to(tmp_path / "shared" / "later" / "tomorrow.csv")
+    atomic_write_text(ahead, "x\n")
+    assert ahead.is_symlink() and ahead.read_text() == "x\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["later", "latest.csv", "shared", "today.csv",
+                                                           "tomorrow.csv", "tomorrow.csv"]
+
+
+def test_an_output_to_a_fifo_or_stdout_through_a_link_is_streamed_not_replaced(tmp_path: Path) -> None:
+    """``-o /dev/stdout`` (a link to the process's stdout) as root replaced the container's ``/dev/stdout`` link with a
+    file and printed nothing. Here a link in a temporary folder points to a FIFO, as ``/dev/stdout`` to a pipe: the
+    write goes into it, and the link and the FIFO stay as they are."""
+    import threading
+
+    from wbc.io import atomic_write_text, check_output_file
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    try:
+        assert check_output_file(link) == link  # no probe file beside a stream
+        atomic_write_text(link, "a,b\n")
+        reader.join(10)
+    finally:
+        if reader.is_alive():  # the write went elsewhere: let the reader see the end of the FIFO
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(10)
+    assert got == ["a,b\n"] and link.is_symlink() and fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "stdout"]
+
+
 def test_a_gif_in_a_folder_is_read_and_a_folder_of_other_files_says_what_it_holds(tmp_path: Path) -> None:
     """A folder of GIFs was skipped in silence and reported as holding no image files; a folder of another format
     (JPEG XL) said only that, as if empty. JPEG 2000 and AVIF files are read (wbc 0.27.0; they were left out)."""

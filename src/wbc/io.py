@@ -947,7 +947,10 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_dir():
         raise WbcError(f"{p}: is a folder; give a file name for the output")
-    parent = p.parent
+    target, stream = output_target(p)
+    if stream:  # /dev/stdout, a FIFO: written in place (a probe file beside it could not be made as non-root)
+        return p
+    parent = target.parent
     for q in (parent, *parent.parents):
         if q.exists() and not q.is_dir():
             raise WbcError(f"{p}: cannot be created because {q} is a file, not a folder")
@@ -971,9 +974,34 @@ def _read_umask() -> int:
 _UMASK: int = _read_umask()
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers never see a half-written file."""
+def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """Where a write to ``path`` lands, and whether it is a stream. A symbolic link's target is written, never the
+    link (before wbc 0.33.0 the link was replaced by a file: a lab's ``latest.csv -> /share/today.csv`` left the shared
+    file old, and ``-o /dev/stdout`` as root replaced the container's ``/dev/stdout`` link). A path that exists and is
+    no regular file or folder (a FIFO, a terminal, ``/dev/stdout`` on a pipe) is a stream: it cannot be swapped
+    atomically, so it is written in place, as named (a pipe's ``/proc/self/fd`` link resolves to no path).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "latest.csv").symlink_to("today.csv")
+    >>> output_target(d / "latest.csv") == (d.resolve() / "today.csv", False)
+    True
+    """
     p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        return p, True
+    return Path(os.path.realpath(p)), False
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a half-written file: into a temporary file beside it,
+    then renamed over it. Through a symbolic link the file it points to is replaced, and a stream (a FIFO,
+    ``/dev/stdout``) is written in place (:func:`output_target`)."""
+    p, stream = output_target(path)
+    if stream:
+        with open(p, "wb") as fh:
+            fh.write(data)
+        return
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
