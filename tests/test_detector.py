@@ -112,7 +112,7 @@ def test_pixel_size_overrides_the_measured_scale() -> None:
     assert s.rbc_px == pytest.approx(RBC_UM / 0.25) and s.wbc_px == pytest.approx(WBC_BOX_UM / 0.25)
     assert estimate_field_scale(rgb).source == "red_cells"
     assert estimate_field_scale(np.full((200, 200, 3), 210, np.uint8)).source == "fallback"
-    with pytest.raises(ConfigError, match="pixel-size"):
+    with pytest.raises(ConfigError, match="pixel_size"):
         estimate_field_scale(rgb, pixel_size=-1.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -406,5 +407,18 @@ def test_the_public_load_segmenter_takes_the_pixel_size() -> None:
 
     assert wbc.load_segmenter("classical", threads=1, pixel_size=0.2).pixel_size == 0.2
     assert wbc.load_segmenter("classical", threads=1).pixel_size is None
-    with pytest.raises(ConfigError, match="--pixel-size -1"):
+    with pytest.raises(ConfigError, match=r"^pixel_size -1\.0: expected a number"):
         wbc.load_segmenter("classical", pixel_size=-1.0)
+
+
+@pytest.mark.parametrize("value", ["0.1", "abc", True, 0, float("nan"), [0.1]])
+def test_load_segmenter_names_a_pixel_size_that_is_no_positive_number(value: object) -> None:
+    """A pixel size read from a config file or the environment (a string) failed inside NumPy with a TypeError; every
+    value that is no number between 0.01 and 10 is a one-line ConfigError naming the keyword and the value."""
+    import wbc
+    from wbc.errors import ConfigError
+
+    shown = repr(value) if isinstance(value, str) else str(value)
+    with pytest.raises(ConfigError, match=rf"^pixel_size {re.escape(shown)}: expected a number of micrometres per "
+                                          r"pixel between 0\.01 and 10$"):
+        wbc.load_segmenter("classical", threads=1, pixel_size=value)  # type: ignore[arg-type]

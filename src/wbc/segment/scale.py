@@ -36,11 +36,23 @@ class FieldScale:
 
 
 def check_pixel_size(pixel_size: float | None) -> float | None:
-    """``pixel_size`` validated (micrometres per pixel, 0.01-10), or None."""
+    """``pixel_size`` validated (micrometres per pixel, 0.01-10), or None. A value that is no number (a string read
+    from a config file or the environment, a bool) is a one-line :class:`~wbc.errors.ConfigError`, as is one out of
+    range, naming the keyword (the flag's name without dashes, as the other Python errors do): before wbc 0.33.0
+    ``"0.1"`` failed inside NumPy with a TypeError, and the message named ``--pixel-size`` to Python callers.
+
+    >>> check_pixel_size(0.25), check_pixel_size(None)
+    (0.25, None)
+    >>> check_pixel_size("0.1")
+    Traceback (most recent call last):
+    wbc.errors.ConfigError: pixel_size '0.1': expected a number of micrometres per pixel between 0.01 and 10
+    """
     if pixel_size is None:
         return None
-    if not np.isfinite(pixel_size) or not 0.01 <= pixel_size <= 10.0:
-        raise ConfigError(f"--pixel-size {pixel_size}: expected micrometres per pixel between 0.01 and 10")
+    if isinstance(pixel_size, bool) or not isinstance(pixel_size, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(pixel_size) and 0.01 <= pixel_size <= 10.0):
+        shown = repr(pixel_size) if isinstance(pixel_size, str) else pixel_size  # '0.1' is no 0.1
+        raise ConfigError(f"pixel_size {shown}: expected a number of micrometres per pixel between 0.01 and 10")
     return float(pixel_size)
 
 
