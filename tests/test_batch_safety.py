@@ -227,6 +227,78 @@ def test_wbc_classify_names_the_links_to_missing_images_it_leaves_out(model_file
     assert "2 more file(s): link to a missing file (2)" in named[-1]
 
 
+def test_wbc_classify_counts_a_file_reached_twice_once(model_file: Path, tmp_path: Path) -> None:
+    """A link to a cell already in the run, and overlapping inputs (a folder and a file in it), classified and counted
+    one cell two or three times, inflating its class in the differential; each file is now answered once, under the
+    path first reached, and the run says how many were left out."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cells = tmp_path / "study" / "all"
+    cells.mkdir(parents=True)
+    a = write_png(cells / "a.png", synthetic_cell("neutrophil", 96, seed=1))
+    write_png(cells / "b.png", synthetic_cell("lymphocyte", 96, seed=2))
+    (tmp_path / "study" / "selected").mkdir()
+    (tmp_path / "study" / "selected" / "a_again.png").symlink_to(a)
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(app, ["classify", str(tmp_path / "study"), str(cells), str(a), "--model", str(model_file),
+                                   "-o", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert [r.split(",")[0] for r in out.read_text().splitlines()[1:]] == [str(cells / "a.png"), str(cells / "b.png")]
+    assert "2 cells classified" in res.output
+    assert "note: 4 path(s) led to a file already in the run" in " ".join(res.output.split())
+
+
+def test_wbc_classify_names_every_unreadable_file_in_a_csv_beside_its_output(model_file: Path, tmp_path: Path) -> None:
+    """Past the tenth, unreadable files were only counted ("skipped 4 more file(s)"), named nowhere: now every one is
+    in ``<output stem>.errors.csv`` (``path,error``, as `wbc analyze`'s ``errors.csv``), which a later run without
+    errors removes. Written to a stream (``-o /dev/stdout``: here a link to a FIFO), every one is named on stderr."""
+    import csv
+    import threading
+
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    d = tmp_path / "in"
+    d.mkdir()
+    write_png(d / "ok.png", synthetic_cell("neutrophil", 96, seed=1))
+    for i in range(14):
+        (d / f"bad_{i:02}.jpg").write_text("x")
+    out = tmp_path / "run" / "p.csv"
+    args = ["--model", str(model_file), "--threads", "1"]
+    res = CliRunner().invoke(app, ["classify", str(d), "-o", str(out), *args])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "run" / "p.errors.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "error"] and [r[0] for r in rows[1:]] == [str(d / f"bad_{i:02}.jpg") for i in range(14)]
+    said = " ".join(res.output.split())
+    assert f"4 more file(s), every one named in {tmp_path / 'run' / 'p.errors.csv'}" in said
+    assert f"14 file(s) could not be read, listed in {tmp_path / 'run' / 'p.errors.csv'}" in said
+    res = CliRunner().invoke(app, ["classify", str(d / "ok.png"), "-o", str(out), *args])
+    assert res.exit_code == 0 and not (tmp_path / "run" / "p.errors.csv").exists()  # an earlier run's: removed
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "stdout").symlink_to(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    try:
+        res = CliRunner().invoke(app, ["classify", str(d), "-o", str(tmp_path / "stdout"), *args])
+        reader.join(10)
+    finally:
+        if reader.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(10)
+    assert res.exit_code == 0, res.output
+    assert got and got[0].startswith("path,label") and len(got[0].splitlines()) == 2
+    assert (tmp_path / "stdout").is_symlink() and fifo.is_fifo()
+    assert all(f"skipped {d / f'bad_{i:02}.jpg'}" in res.output for i in range(14)) and "more file(s)" not in res.output
+    assert not list(tmp_path.glob("*.errors.csv"))
+
+
 @pytest.mark.slow
 def test_wbc_classify_end_to_end_on_a_hostile_folder(hostile_cells: Path, model_file: Path, tmp_path: Path) -> None:
     """The command writes the good cells' CSV, lists each bad file on one line, and escapes paths."""

@@ -129,15 +129,15 @@ def skip_reason(message: str) -> str:
     return re.sub(r"^\d+x\d+ is ", "", problem.split(" (")[0])
 
 
-def warn_skipped(messages: Iterable[str], listed_in: str | None = None) -> None:
-    """Say which files a run left out and why: the first :data:`SKIPPED_SHOWN` by name, the others counted by kind
-    of problem (``listed_in``: where all of them are named)."""
+def warn_skipped(messages: Iterable[str], listed_in: str | None = None, shown: int = SKIPPED_SHOWN) -> None:
+    """Say which files a run left out and why: the first ``shown`` by name, the others counted by kind of problem
+    (``listed_in``: where all of them are named; with none, pass ``shown`` to name every one here)."""
     from collections import Counter
 
     messages = list(messages)
-    for msg in messages[:SKIPPED_SHOWN]:
+    for msg in messages[:shown]:
         warn(msg, "skipped")
-    if rest := messages[SKIPPED_SHOWN:]:
+    if rest := messages[shown:]:
         kinds = "; ".join(f"{kind} ({n})" for kind, n in Counter(map(skip_reason, rest)).most_common())
         where = f", every one named in {listed_in}" if listed_in else ""
         warn(f"{len(rest)} more file(s){where}: {kinds}", "skipped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from wbc.cli._app import app
 from wbc.cli._common import (
+    SKIPPED_SHOWN,
     ActorsOpt,
     CellColourOpt,
     ClassesOpt,
@@ -51,23 +53,28 @@ def classify(
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
     from wbc.classify import classify_paths
     from wbc.cli._common import check_engine, note_unchecked_model, say_differential
-    from wbc.formats import write_predictions_csv
-    from wbc.io import check_output_file, is_image_file, iter_image_paths, no_images_message
+    from wbc.formats import write_errors_csv, write_predictions_csv
+    from wbc.io import check_output_file, is_image_file, iter_image_paths, no_images_message, output_target
     from wbc.model import load_model
     from wbc.ood import adapted_without_labels, advice_for, needs_adaptation, ood_warning
 
-    files = list(iter_image_paths(paths))
+    files, reached_twice = each_file_once(iter_image_paths(paths))
     if not files:
         raise WbcError(no_images_message(paths))
     check_engine(engine, ray_address)
     out = check_output_file(output or Path("predictions.csv"))  # before any work: a bad path fails at once
     page = check_output_file(report) if report else None
+    # every unreadable file is named in a CSV beside the predictions; none beside a stream (/dev/stdout): all on stderr
+    errors_file = None if output_target(out)[1] else check_output_file(errors_csv_path(out))
     inputs = {f.resolve() for f in files}
     for given in (out, page):  # `-o cells/*.jpg` in a shell makes the first image the output, the rest inputs
         if given is not None and (given.resolve() in inputs or is_image_file(given)):
             raise WbcError(f"{given}: is an image{' of the input' if given.resolve() in inputs else ''}; give a "
                            f"{'.csv' if given is out else '.html'} file for the output")
     note_foreign_images(paths)  # once the command will run: a bad option fails in one line
+    if reached_twice:
+        warn(f"{reached_twice} path(s) led to a file already in the run (overlapping inputs, links to the same file) "
+             "and were left out: each file is classified and counted once", "note:")
     clf = (load_model(model, threads=threads).with_classes(classes).with_tta(tta)
            .with_colour_calibration(colour_calibration))
     note_unchecked_model(clf)
@@ -84,7 +91,12 @@ def classify(
             res = classify_paths(files, clf, batch_size=batch_size, workers=threads, progress=update,
                                  reframe=reframe)
     write_predictions_csv(out, res.predictions, clf.classes)
-    warn_skipped((msg for _, msg in res.errors), str(report) if report else None)
+    if errors_file is not None and res.errors:
+        write_errors_csv(errors_file, res.errors)
+    elif errors_file is not None and errors_file.is_file():  # an earlier run's: it would name files this run read
+        errors_file.unlink()
+    warn_skipped((msg for _, msg in res.errors), str(errors_file) if errors_file else None,
+                 shown=len(res.errors) if errors_file is None else SKIPPED_SHOWN)
     n = len(res.predictions)
     counts = res.counts()
     n_review = sum(p.review for p in res.predictions)
@@ -107,6 +119,33 @@ def classify(
                                 sources=[str(p) for p in paths], warning=warning, errors=res.errors)
         say(f"report -> {page}")
     if res.errors:
-        warn(f"{len(res.errors)} file(s) could not be read", "note:")
+        listed = f", listed in {errors_file}" if errors_file else ""
+        warn(f"{len(res.errors)} file(s) could not be read{listed}", "note:")
         if not n:
             raise typer.Exit(1)
+
+
+def errors_csv_path(output: Path) -> Path:
+    """Where `wbc classify` names the files it could not read: ``<output stem>.errors.csv`` beside the predictions
+    (``path,error``, as `wbc analyze`'s ``errors.csv``); since wbc 0.33.0, before which only the first ten were named.
+
+    >>> errors_csv_path(Path("run/predictions.csv")).as_posix()
+    'run/predictions.errors.csv'
+    """
+    return output.with_name(f"{output.name.removesuffix(output.suffix)}.errors.csv")
+
+
+def each_file_once(files: Iterable[Path]) -> tuple[list[Path], int]:
+    """``files`` with each file once however it was reached (its real path: overlapping inputs such as ``day1
+    day1/a``, a link to a file already listed), in first-seen order, and how many were left out: before wbc 0.33.0
+    such a cell was classified and counted once per way, inflating its class in the differential. `wbc analyze`
+    keeps each field once the same way (:func:`wbc.batch.plan_run`)."""
+    seen: set[Path] = set()
+    unique = []
+    n = 0
+    for f in files:
+        n += 1
+        if (real := f.resolve()) not in seen:
+            seen.add(real)
+            unique.append(f)
+    return unique, n - len(unique)
