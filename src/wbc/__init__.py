@@ -5,7 +5,9 @@ The Python API mirrors the command line::
     import wbc
     clf = wbc.load_model()                          # the shipped default classifier (ONNX Runtime)
     res = wbc.classify_images(["cell1.jpg"], clf)   # ClassifyResult with Prediction objects
+    res = wbc.classify_arrays([rgb, jpeg_bytes], clf)  # the same for single-cell images in memory
     smear = wbc.analyze_images(["field.jpg"])[0]     # SmearResult: cells with boxes, outlines, labels
+    smear.counts(wbc.analyze.smear_label_set(clf))  # its counts (no platelet row: smears never answer platelets)
 
 The public functions have names that no submodule has (``wbc.classify`` is the module
 :mod:`wbc.classify`), so importing any submodule can never shadow them. Importing wbc never imports
@@ -36,10 +38,10 @@ del _name
 #: formats whose size neither wbc nor Pillow reads (:func:`wbc.io.opencv_limit_in_force`).
 _OPENCV_LIMIT_IN_FORCE: bool = "cv2" not in sys.modules or "OPENCV_IO_MAX_IMAGE_PIXELS" in os.environ
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "200000000")
-__all__ = ["__version__", "analyze_images", "classify_images", "load_model", "load_segmenter"]
+__all__ = ["__version__", "analyze_images", "classify_arrays", "classify_images", "load_model", "load_segmenter"]
 
 if TYPE_CHECKING:
-    from wbc.classify import ClassifyResult
+    from wbc.classify import ClassifyResult, DecodedImage
     from wbc.model import Classifier
     from wbc.protocols import SegmenterLike
     from wbc.types import SmearResult
@@ -61,15 +63,22 @@ def load_segmenter(method: str = "auto", path: str | os.PathLike[str] | None = N
     return get_segmenter(method, path, threads=threads, pixel_size=pixel_size)
 
 
-def _path_list(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+#: Where a decoded image or a file's bytes go instead of paths: single cells (``classify_images``), smear fields.
+_CELL_ARRAYS = "for a single-cell image's array or bytes use wbc.classify_arrays"
+_FIELD_ARRAYS = "for a decoded image use wbc.analyze.analyze_image, for a file's bytes wbc.analyze.analyze_bytes"
+
+
+def _path_list(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], instead: str = _FIELD_ARRAYS
+               ) -> list[str | os.PathLike[str]]:
     """``paths`` as a list: one path (a ``str`` is a sequence too, of its characters) becomes a list of one.
     Anything else (a decoded image, a file's bytes, a PIL image, None) is a one-line :class:`wbc.errors.WbcError`
-    pointing to the functions that take it: before wbc 0.30.0 it failed inside pathlib with a TypeError."""
+    pointing to the functions that take it (``instead``): before wbc 0.30.0 it failed inside pathlib with a
+    TypeError, and before wbc 0.33.0 single cells were sent to the smear analysis, which finds 0 or 2 cells in some
+    and never answers platelet."""
     from wbc.errors import WbcError
 
     def refused(value: object) -> WbcError:
-        return WbcError(f"expected image file paths (str or pathlib.Path), got {type(value).__name__}; for a "
-                        "decoded image use wbc.analyze.analyze_image, for a file's bytes wbc.analyze.analyze_bytes")
+        return WbcError(f"expected image file paths (str or pathlib.Path), got {type(value).__name__}; {instead}")
 
     if isinstance(paths, (str, os.PathLike)):
         return [paths]
@@ -88,7 +97,20 @@ def classify_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[s
     :func:`wbc.classify.classify_paths`. A file that cannot be read is listed in the result's ``errors``."""
     from wbc.classify import classify_paths
 
-    return classify_paths(_path_list(paths), model or load_model(), **kwargs)
+    return classify_paths(_path_list(paths, _CELL_ARRAYS), model or load_model(), **kwargs)
+
+
+def classify_arrays(images: DecodedImage | Iterable[DecodedImage], model: Classifier | None = None, *,
+                    names: Iterable[str] | None = None, **kwargs: Any) -> ClassifyResult:
+    """Classify single-cell images in memory (uint8 RGB arrays, image files' bytes, or a mix; one or a sequence) as
+    ``classify_images`` classifies their files: the same answers, review flags, reasons and out-of-distribution
+    flags (since wbc 0.33.0). ``names``: how the results name each image (default ``images[i]``). A bad array (float,
+    16-bit, another shape) is a one-line :class:`wbc.errors.WbcError` naming it; an image that cannot be a cell is
+    listed in the result's ``errors``. Keyword arguments and details as :func:`wbc.classify.classify_arrays`."""
+    from wbc.classify import classify_arrays as _classify
+
+    listed = None if names is None else [names] if isinstance(names, str) else list(names)
+    return _classify(images, model or load_model(), names=listed, **kwargs)
 
 
 def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], model: Classifier | None = None,
@@ -103,7 +125,9 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     answered: one bad field in a day's batch no longer loses the rest. So is, since wbc 0.32.0, a field whose
     analysis failed with another exception ("analysis failed (...)", as `wbc analyze` says it). The default stays
     raising, so that code written before cannot take a short list for a complete one. A TIFF of several fields is
-    analysed on its first, and its result's ``warnings`` say so.
+    analysed on its first, and its result's ``warnings`` say so. Each result's ``path`` is the file it answers (since
+    wbc 0.33.0; ``image`` is its name alone, as the JSON and the annotated image give it): a day's ``field_001.jpg``
+    is never taken for another day's, and a result is tied to its file though an earlier one failed.
     """
     from pathlib import Path
 
@@ -118,7 +142,9 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     out = []
     for p in files:
         try:
-            out.append(analyze_bytes(read_bytes(p), Path(p).name, clf, seg, source=str(Path(p)))[1])
+            res = analyze_bytes(read_bytes(p), Path(p).name, clf, seg, source=str(Path(p)))[1]
+            res.path = str(p)
+            out.append(res)
         except ImageReadError as exc:
             if errors is None:
                 raise

@@ -10,7 +10,7 @@ import functools
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +19,8 @@ import numpy as np
 
 from wbc.calibration import under_review
 from wbc.cytoplasm import Evidence, single_cell_evidence
-from wbc.errors import ImageReadError, ImageTooLargeError, checked_whole
-from wbc.io import decode_image, image_size, read_bytes, tiff_fields
+from wbc.errors import ImageReadError, ImageTooLargeError, WbcError, checked_whole
+from wbc.io import check_pixels, decode_image, image_size, read_bytes, tiff_fields
 from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
 from wbc.preprocess import check_rgb8, field_of_view, not_a_photo, resize_square, scaled_view
@@ -510,16 +510,22 @@ def decode_cell_views(data: bytes, name: str, size: int, reframe: bool | Framing
         rgb = decode_image(data, name, min_size=size, max_pixels=MAX_CELL_PIXELS)
     except ImageTooLargeError as exc:
         raise cell_too_large(exc) from None
-    full = full_image(data, name, rgb)
-    check_cell_image(rgb, name, full)
-    if reframe is False:
-        views = CellViews(resize_square(rgb, size))
-    else:
-        fov = field_of_view(rgb)
-        _check_view_size(fov, name, full)
-        views = _framed_views(rgb, fov, size, reframe, second, full)
+    views = cell_views(rgb, name, size, reframe, second, full_image(data, name, rgb))
     views.pages = tiff_fields(data)
     return views
+
+
+def cell_views(rgb: np.ndarray, name: str, size: int, reframe: bool | FramingStats = False, second: bool = True,
+               full: FullImage | None = None) -> CellViews:
+    """The views of a decoded single-cell image (``name`` for messages), refusing one that cannot be a cell
+    (:func:`check_cell_image`): the one preparation of files, uploads and arrays (:func:`classify_arrays`), so an
+    image is answered alike however it came. ``full``: the file ``rgb`` is a reduced decoding of."""
+    check_cell_image(rgb, name, full)
+    if reframe is False:
+        return CellViews(resize_square(rgb, size))
+    fov = field_of_view(rgb)
+    _check_view_size(fov, name, full)
+    return _framed_views(rgb, fov, size, reframe, second, full)
 
 
 def _check_view_size(fov: tuple[np.ndarray, tuple[int, int, int, int] | None], name: str,
@@ -607,6 +613,7 @@ class CellBatch:
     indices: list[int] = field(default_factory=list)  # of ``paths`` in the input list (a file given twice: both)
     others: dict[int, int] = field(default_factory=dict)
     pages: dict[int, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # of ``cells``, as predictions name them (a file: its path)
 
 
 def _load(path: Path, size: int, reframe: bool | FramingStats = False, second: bool = True
@@ -638,24 +645,34 @@ def iter_batches(
 ) -> Iterator[CellBatch]:
     """Decoded, resized (``reframe``: re-framed, see :func:`read_cell`) batches in order, with the files that
     failed to load, and (``second``) the second framings :func:`prepare_cell_views` gives."""
-    def load(p: Path) -> CellViews | str:
-        return _load(p, size, reframe, second)
+    def load(i: int) -> CellViews | str:
+        return _load(paths[i], size, reframe, second)
 
+    for batch in _view_batches([str(p) for p in paths], load, size, batch_size, workers):
+        batch.paths = [paths[i] for i in batch.indices]
+        yield batch
+
+
+def _view_batches(names: Sequence[str], load: Callable[[int], CellViews | str], size: int, batch_size: int,
+                  workers: int) -> Iterator[CellBatch]:
+    """Batches of the views ``load`` gives for each index of ``names`` (or the message why it cannot), loaded in a
+    thread pool two batches ahead of the one yielded: files and decoded images (:func:`classify_arrays`) alike."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        chunks = [range(i, min(i + batch_size, len(names))) for i in range(0, len(names), batch_size)]
         pending = [pool.map(load, c) for c in chunks[:2]]
         for ci, chunk in enumerate(chunks):
             loaded = list(pending[ci])
             if ci + 2 < len(chunks):
                 pending.append(pool.map(load, chunks[ci + 2]))
-            ok = [(p, a) for p, a in zip(chunk, loaded, strict=True) if not isinstance(a, str)]
-            errors = [(str(p), a) for p, a in zip(chunk, loaded, strict=True) if isinstance(a, str)]
+            ok = [(k, a) for k, a in zip(chunk, loaded, strict=True) if not isinstance(a, str)]
+            errors = [(names[k], a) for k, a in zip(chunk, loaded, strict=True) if isinstance(a, str)]
             arr = np.stack([a[0] for _, a in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
-            yield CellBatch([p for p, _ in ok], arr, errors,
+            yield CellBatch([], arr, errors,
                             {i: a[1] for i, (_, a) in enumerate(ok) if a[1] is not None},
-                            [ci * batch_size + j for j, a in enumerate(loaded) if not isinstance(a, str)],
+                            [k for k, _ in ok],
                             {i: a.others for i, (_, a) in enumerate(ok) if a.others},
-                            {i: a.pages for i, (_, a) in enumerate(ok) if a.pages > 1})
+                            {i: a.pages for i, (_, a) in enumerate(ok) if a.pages > 1},
+                            [names[k] for k, _ in ok])
 
 
 def load_cells(
@@ -714,18 +731,25 @@ def classify_paths(
     workers = checked_whole(workers, "workers", 0, meaning="threads decoding the files; 0 is taken as 1")
     allowed = parse_class_set(classes, classifier.classes)
     framing = framing_stats_of(classifier) if reframe else False
-    files = [Path(p) for p in paths]
-    size = classifier.info.input_size
+    batches = iter_batches([Path(p) for p in paths], classifier.info.input_size, batch_size, workers, framing)
+    return _classify_batches(batches, classifier, framing, allowed, with_embeddings, progress)
+
+
+def _classify_batches(batches: Iterable[CellBatch], classifier: ClassifierLike, framing: bool | FramingStats,
+                      allowed: Sequence[str], with_embeddings: bool, progress: object | None) -> ClassifyResult:
+    """The answers for batches of cell views, with every flag `wbc classify` gives (second framings, the platelet
+    re-framing, the cytoplasm's evidence, other cells in the image, files of several images): files
+    (:func:`classify_paths`) and decoded images (:func:`classify_arrays`) take this one path."""
     preds: list[Prediction] = []
     logits: list[np.ndarray] = []
     embs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
     done = 0
-    for batch in iter_batches(files, size, batch_size, workers, framing):
+    for batch in batches:
         errors += batch.errors
         arr = batch.cells
         if len(arr):
-            batch_preds, out = predict_cells(classifier, arr, [str(p) for p in batch.paths], with_embeddings,
+            batch_preds, out = predict_cells(classifier, arr, batch.names, with_embeddings,
                                              classes=allowed, second=batch.second,
                                              refocus=framing if isinstance(framing, FramingStats) else None,
                                              adjust=single_cell_evidence(arr, classifier), others=batch.others)
@@ -746,9 +770,116 @@ def classify_paths(
     )
 
 
+#: What :func:`classify_arrays` takes as one image: a decoded array or an image file's bytes.
+DecodedImage = np.ndarray | bytes | bytearray | memoryview
+
+
+def classify_arrays(
+    images: DecodedImage | Iterable[DecodedImage],
+    classifier: Classifier,
+    names: Sequence[str] | None = None,
+    batch_size: int = 128,
+    workers: int = 2,
+    with_embeddings: bool = False,
+    progress: object | None = None,
+    reframe: bool = True,
+    classes: str | Sequence[str] | None = None,
+) -> ClassifyResult:
+    """Classify single-cell images already in memory as :func:`classify_paths` classifies files: the same answers,
+    review flags, reasons and out-of-distribution flags, through the same preparation (:func:`cell_views`) and
+    prediction (``_classify_batches``), so an integrator with a camera frame or an upload needs no file.
+
+    Each image is a uint8 RGB array (height x width x 3; ``cv2.imread``'s BGR needs ``cv2.cvtColor(bgr,
+    cv2.COLOR_BGR2RGB)``), or an image file's bytes (decoded as its file is: any depth, EXIF orientation, colour
+    profile, a TIFF's pages). A uint8 grey array (height x width, or x 1) is taken as RGB with three equal channels
+    and an RGBA one is composited on white, as image files with those layouts are read; any other array (float,
+    16-bit, other shapes) is refused in one line naming it, before any work: its scale is not known (a file's bytes
+    say it). An array is answered as its lossless file (PNG) is. A JPEG file is decoded at a reduced size when it is
+    at least twice the model's input (as the training cells were), so its decoded array's answers can differ from
+    the file's (128 PBC validation cells: 6 differed in label or flags, confidence up to 0.27): pass its bytes to
+    match. ``images``: one image or a sequence of them (a 4-D array is a stack). ``names``: how predictions
+    (``Prediction.path``) and ``errors`` name each image (default ``images[i]``). An image that cannot be a cell
+    (too small, no photo, bytes that are no image) is listed in ``errors`` as ``(name, message)``, as a file is.
+    Other arguments as :func:`classify_paths`.
+    """
+    items = _decoded_images(images)
+    if names is None:
+        labels = [f"images[{i}]" for i in range(len(items))]
+    else:
+        labels = [str(n) for n in names]
+        if len(labels) != len(items):
+            raise WbcError(f"names: {len(labels)} given for {len(items)} images; give one name per image")
+    arrays = {i: _cell_array(a, i, labels[i] if names is not None else "") for i, a in enumerate(items)
+              if isinstance(a, np.ndarray)}  # every array checked before any work
+    batch_size = checked_whole(batch_size, "batch_size", 1, meaning="cells a network call takes")
+    workers = checked_whole(workers, "workers", 0, meaning="threads preparing the images; 0 is taken as 1")
+    allowed = parse_class_set(classes, classifier.classes)
+    framing = framing_stats_of(classifier) if reframe else False
+    size = classifier.info.input_size
+
+    def load(i: int) -> CellViews | str:
+        try:
+            if i in arrays:
+                check_pixels(arrays[i].shape[:2], labels[i], MAX_CELL_PIXELS)  # a scan, as a file of it is
+                return cell_views(arrays[i], labels[i], size, framing)
+            return decode_cell_views(bytes(items[i]), labels[i], size, framing)
+        except ImageTooLargeError as exc:
+            return str(cell_too_large(exc))
+        except ImageReadError as exc:
+            return str(exc)
+        except Exception as exc:  # a decoder's own failure is this image's problem, as a file's is (_load)
+            return unreadable_message(labels[i], exc)
+
+    batches = _view_batches(labels, load, size, batch_size, workers)
+    return _classify_batches(batches, classifier, framing, allowed, with_embeddings, progress)
+
+
+def _decoded_images(images: object) -> list[DecodedImage]:
+    """``images`` as a list of arrays and bytes: one image (an array of 2 or 3 dimensions, bytes) becomes a list of
+    one, a 4-D array a list of its images. Anything else (a path, a PIL image, None) is a one-line
+    :class:`wbc.errors.WbcError` naming the item and where it goes."""
+    if isinstance(images, (bytes, bytearray, memoryview)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, os.PathLike)) or not isinstance(images, Iterable):
+        raise _not_an_image(images, "images")
+    out = list(images)
+    for i, item in enumerate(out):
+        if not isinstance(item, (np.ndarray, bytes, bytearray, memoryview)):
+            raise _not_an_image(item, f"images[{i}]")
+    return out
+
+
+def _not_an_image(value: object, where: str) -> WbcError:
+    """The refusal of what is neither a decoded image nor a file's bytes, saying what to pass instead."""
+    hint = ("; for image files use wbc.classify_images" if isinstance(value, (str, os.PathLike)) else
+            "; a PIL image: np.asarray(img.convert('RGB'))" if hasattr(value, "convert") and hasattr(value, "mode")
+            else "")
+    return WbcError(f"{where}: expected a uint8 RGB image array or an image file's bytes, got "
+                    f"{type(value).__name__}{hint}")
+
+
+def _cell_array(a: np.ndarray, index: int, name: str = "") -> np.ndarray:
+    """The uint8 RGB array of a decoded single-cell image, converting what is unambiguous as files are read (grey:
+    three equal channels; RGBA: composited on white, :func:`wbc.io.decode_image`), or a one-line
+    :class:`wbc.errors.WbcError` naming the image by index (and ``name``) and saying how to convert it."""
+    if a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+        if a.ndim == 2 or a.shape[2] == 1:
+            return np.ascontiguousarray(np.repeat(a.reshape(*a.shape[:2], 1), 3, axis=2))
+        if a.shape[2] == 4:
+            alpha = a[:, :, 3:4].astype(np.float32) / 255.0
+            return (a[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+        return np.ascontiguousarray(a)
+    what = f"images[{index}]" + (f" ({name})" if name else "")
+    how = ("convert it to 8 bits (uint8, 0-255) first, or pass the image file's bytes, which are read at any depth"
+           if a.dtype != np.uint8 else "give height x width x 3 (RGB); grey (height x width) and RGBA are converted")
+    raise WbcError(f"{what}: expected a uint8 RGB image array (height x width x 3), got {a.dtype} {a.shape}; {how}")
+
+
 # The predictions CSV is one of the output formats of wbc.formats; these names stay importable from here.
 from wbc.formats import prediction_header, prediction_row, write_predictions_csv  # noqa: E402
 
-__all__ = ["ClassifyResult", "classify_paths", "load_cell_views", "load_cells", "other_cells_note", "outside_note",
-           "predict_cells", "prediction_header", "prediction_row", "read_cell", "several_images_note",
-           "write_predictions_csv"]
+__all__ = ["ClassifyResult", "cell_views", "classify_arrays", "classify_paths", "load_cell_views", "load_cells",
+           "other_cells_note", "outside_note", "predict_cells", "prediction_header", "prediction_row", "read_cell",
+           "several_images_note", "write_predictions_csv"]

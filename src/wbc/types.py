@@ -64,6 +64,9 @@ class SmearResult:
     warnings: list[str] = field(default_factory=list)
     #: the field's glass and red-cell colours its cells were calibrated from (:mod:`wbc.stain`); None: not calibrated
     calibration: dict[str, list[float]] | None = None
+    #: the file the field was read from, as given (``wbc.analyze_images``; "" for an array); ``image`` is its name
+    #: alone, as the JSON documents give it, so same-named fields of different folders are told apart by this
+    path: str = ""
 
     def counts(self, classes: Sequence[str] = ()) -> dict[str, int]:
         out = {c: 0 for c in classes}
