@@ -332,6 +332,24 @@ def test_a_yolo_split_that_is_not_there_is_named_with_the_splits_that_are(tmp_pa
     assert (item.name, item.split, len(item.wbc_boxes)) == ("f1", "val", 1)
 
 
+def test_a_yolo_folder_whose_data_yaml_lists_its_splits_scores_the_split_alone(tmp_path: Path) -> None:
+    """Ultralytics' list-file splits (data.yaml ``train: train.txt``, images flat in images/): ``--split val`` scored
+    all four fields, three of them training fields, and summary.md said "every field (no splits)"."""
+    folder = _yolo_folder(tmp_path / "yolo")
+    (folder / "classes.txt").unlink()
+    (folder / "train.txt").write_text("".join(f"./images/f{i}.jpg\n" for i in range(3)))
+    (folder / "val.txt").write_text("./images/f3.jpg\n")
+    (folder / "data.yaml").write_text("train: train.txt\nval: val.txt  # held out\ntest:\nnc: 1\nnames: ['WBC']\n")
+    m = evaluate_smears(tmp_path, tmp_path / "o", OneCell(), split="val", dataset=folder)
+    assert (m["split"], m["n_images"], [r["image"] for r in m["per_image"]]) == ("val", 1, ["f3"])
+    assert m["detection"]["recall"] == 1.0  # labels/f3.txt found for ./images/f3.jpg
+    assert "yolo val (1 images)" in (tmp_path / "o" / "summary.md").read_text().splitlines()[0]
+    # a split data.yaml does not name (test: is empty) is refused in one line naming those it does
+    with pytest.raises(WbcError, match=r"data\.yaml: no split 'test' \(splits here: train, val\); --split names one"):
+        load_labelled_folder(folder, "test")
+    assert len(load_labelled_folder(folder, None)) == 4  # no split asked: every field, as before
+
+
 def test_voc_fields_in_another_image_format_are_read_with_a_split_file(tmp_path: Path) -> None:
     """With ImageSets/Main/<split>.txt only JPEGImages/<name>.jpg was looked for: PNG fields were each "no such file"
     and the run ended, though the same folder without the split file was read."""

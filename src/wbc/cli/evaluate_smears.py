@@ -33,7 +33,8 @@ def evaluate_smears(
     dataset: Annotated[Path | None, typer.Option(
         "--dataset", help="Any YOLO- or VOC-labelled folder of smear fields (default: BCCD under the data root)."
     )] = None,
-    split: Annotated[str, typer.Option(help="Split: test, val, train (BCCD's ImageSets or images/<split>/).")] = "test",
+    split: Annotated[str, typer.Option(
+        help="Split: test, val, train (BCCD's ImageSets, images/<split>/ or data.yaml's list file).")] = "test",
     model: ModelOpt = None,
     segmenter: SegmenterOpt = "auto",
     segmenter_model: SegmenterModelOpt = None,

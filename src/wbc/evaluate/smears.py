@@ -257,13 +257,79 @@ def read_label_table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]
         raise WbcError(f"{path}: not a readable CSV ({exc})") from None
 
 
+def _data_yaml(folder: Path) -> Path | None:
+    """A YOLO folder's ``data.yaml`` (or ``dataset.yaml``), None when it has neither."""
+    return next((f for f in (folder / "data.yaml", folder / "dataset.yaml") if f.is_file()), None)
+
+
 def yolo_class_names(folder: Path) -> list[str]:
     """The class names of a YOLO folder, from ``classes.txt`` or ``data.yaml`` (empty when it names none)."""
     for f in (folder / "classes.txt", folder / "labels" / "classes.txt"):
         if f.is_file():
             return [ln.strip() for ln in _read_label_text(f).splitlines() if ln.strip()]
-    yml = next((f for f in (folder / "data.yaml", folder / "dataset.yaml") if f.is_file()), None)
+    yml = _data_yaml(folder)
     return _yaml_names(_read_label_text(yml)) if yml is not None else []
+
+
+YOLO_SPLITS = ("train", "val", "test")
+
+
+def _yaml_splits(text: str) -> dict[str, list[str]]:
+    """The splits a YOLO data.yaml names, each with its paths (``val: val.txt``, ``val: [a.txt, b.txt]`` or ``- a``
+    lines; list files or image folders); a key without a value (``test:  # optional``) names none. Small, as
+    :func:`_yaml_names`, so that PyYAML is not a dependency."""
+    out: dict[str, list[str]] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        key, sep, rest = line.partition(":")
+        if not sep or key not in YOLO_SPLITS:
+            continue
+        rest = rest.split(" #", 1)[0].strip()
+        if rest.startswith("#"):
+            rest = ""
+        if rest.startswith("["):
+            vals = rest.strip("[]").split(",")
+        elif rest:
+            vals = [rest]
+        else:  # a block list of "- path" lines
+            vals = []
+            for sub in lines[i + 1:]:
+                if not sub.lstrip().startswith("-") or not sub.startswith((" ", "\t", "-")):
+                    break
+                vals.append(sub.strip().lstrip("-").split(" #", 1)[0])
+        if got := [v.strip().strip("'\"") for v in vals if v.strip().strip("'\"")]:
+            out[key] = got
+    return out
+
+
+def _listed_images(yml: Path, split: str, values: Sequence[str]) -> list[Path]:
+    """The images of a split that ``data.yaml`` gives as list files (``train.txt``: one image path a line) or image
+    folders, read as Ultralytics reads them: each path against the folder of ``data.yaml`` (a leading ``../`` also
+    tried without it), a list file's lines against the list's folder. A path that is neither ends the run, naming it."""
+    folder, out = yml.parent, []
+    for v in values:
+        cands = [Path(v) if Path(v).is_absolute() else folder / v] + ([folder / v[3:]] if v.startswith("../") else [])
+        p = next((c for c in cands if c.exists()), cands[0])
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if is_image_file(q))
+        elif p.is_file():
+            for line in _read_label_text(p).splitlines():
+                if (e := line.strip()) and not e.startswith("#"):
+                    q = Path(e) if Path(e).is_absolute() else p.parent / e
+                    out.append(q if q.exists() or not (folder / e).exists() else folder / e)
+        else:
+            raise WbcError(f"{yml}: {split}: {v} not found (neither a list file nor a folder, read against {folder})")
+    return list(dict.fromkeys(out))
+
+
+def _yolo_label_path(img: Path, lab_dir: Path) -> Path:
+    """The label file of a listed YOLO image, as Ultralytics finds it: the path's last ``images`` folder replaced by
+    ``labels``, the suffix by ``.txt`` (``lab_dir/<stem>.txt`` for an image outside any ``images`` folder)."""
+    parts = img.parts[:-1]
+    if "images" not in parts:
+        return lab_dir / f"{img.stem}.txt"
+    k = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:k], "labels", *parts[k + 1:], f"{img.stem}.txt")
 
 
 def yolo_wbc_classes(folder: Path) -> set[int]:
@@ -340,13 +406,15 @@ def load_labelled_folder(
 
     * BCCD / Pascal VOC: ``JPEGImages/`` + ``Annotations/*.xml`` (+ ``ImageSets/Main/<split>.txt``,
       ``masks/``): read by :func:`load_bccd`;
-    * YOLO: ``images/[<split>/]`` + ``labels/[<split>/]*.txt`` (class names from ``data.yaml`` or
-      ``classes.txt``; TXL-PBC's ``sources.csv`` gives each field's origin);
+    * YOLO: ``images/[<split>/]`` + ``labels/[<split>/]*.txt``, or splits given as list files in ``data.yaml``
+      (``val: val.txt``; class names from ``data.yaml`` or ``classes.txt``; TXL-PBC's ``sources.csv`` gives each
+      field's origin);
     * flat: images beside same-named ``.xml`` (VOC) or ``.txt`` (YOLO) files.
 
-    ``split``: the fields ``ImageSets/Main/<split>.txt`` or ``images/<split>/`` names (each item's ``split``); a folder
-    that defines other splits but not this one is a :class:`WbcError` listing them, and only a folder that defines
-    none (or ``split`` None) is read whole, its items' ``split`` "". Masks, where present, are ``masks/<stem>.png``
+    ``split``: the fields ``ImageSets/Main/<split>.txt``, ``images/<split>/`` or the list file (or folder)
+    ``data.yaml``'s ``<split>:`` names (each item's ``split``); a folder that defines other splits but not this one is
+    a :class:`WbcError` listing them, and only a folder that defines none (or ``split`` None) is read whole, its
+    items' ``split`` "". Masks, where present, are ``masks/<stem>.png``
     with 0 background, 128 cytoplasm, 255 nucleus. ``errors``: as :func:`load_bccd` (a field whose labels cannot be
     read is listed there, not fatal). YOLO images without any label file beside them are a :class:`WbcError`: read as
     fields without a WBC, every detection counted as a false one.
@@ -375,17 +443,27 @@ def load_labelled_folder(
     if (folder / "images").is_dir() and (folder / "labels").is_dir():
         img_dir, lab_dir = folder / "images", folder / "labels"
         subs = sorted(d.name for d in img_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        yml = _data_yaml(folder)
+        listed = _yaml_splits(_read_label_text(yml)) if yml is not None and split else {}
+        source: Path = img_dir
         if split and (img_dir / split).is_dir():
             img_dir, split_read = img_dir / split, split
             # labels/<split>/ as YOLO lays them out, else labels/ itself (a folder with the images alone split)
             lab_dir = lab_dir / split if (lab_dir / split).is_dir() else lab_dir
+            pairs = [(p, lab_dir / f"{p.stem}.txt") for p in sorted(img_dir.iterdir()) if is_image_file(p)]
+        elif split and yml is not None and split in listed:  # Ultralytics' list files (val: val.txt), flat images/
+            source, split_read = yml, split
+            pairs = [(p, _yolo_label_path(p, lab_dir)) for p in _listed_images(yml, split, listed[split])]
         elif split and subs and not any(is_image_file(p) for p in img_dir.iterdir()):
             raise WbcError(f"{img_dir}: no split {split!r} (images/{split}/; splits here: {', '.join(subs)}); "
                            "--split names one")
-        pairs = [(p, lab_dir / f"{p.stem}.txt") for p in sorted(img_dir.iterdir()) if is_image_file(p)]
+        elif split and yml is not None and listed:  # before wbc 0.33.0 every field, training ones too, was scored
+            raise WbcError(f"{yml}: no split {split!r} (splits here: {', '.join(listed)}); --split names one")
+        else:
+            pairs = [(p, lab_dir / f"{p.stem}.txt") for p in sorted(img_dir.iterdir()) if is_image_file(p)]
         if pairs and not any(lab.is_file() for _, lab in pairs):  # read as "no WBC" each detection was a false one
-            raise WbcError(f"{lab_dir}: no label file for any of the {len(pairs)} images in {img_dir} (expected "
-                           f"{lab_dir / (pairs[0][0].stem + '.txt')} for {pairs[0][0].name})")
+            raise WbcError(f"{pairs[0][1].parent}: no label file for any of the {len(pairs)} images in {source} "
+                           f"(expected {pairs[0][1]} for {pairs[0][0].name})")
     else:
         pairs = []
         for p in sorted(folder.iterdir()):
@@ -810,9 +888,10 @@ def evaluate_smears(
     """Run the whole evaluation and write ``metrics.json`` and ``summary.md`` to ``output``.
 
     ``dataset``: any YOLO- or VOC-labelled folder (:func:`load_labelled_folder`); default BCCD under
-    ``data_root``. ``split`` picks ``images/<split>/`` or ``ImageSets/Main/<split>.txt``; a folder that defines other
-    splits refuses one it lacks, and one that defines none is read whole (``metrics["split"]`` None). Fields whose
-    files cannot be read are listed in ``errors`` (image, message) and left out of every score.
+    ``data_root``. ``split`` picks ``images/<split>/``, ``data.yaml``'s list file or ``ImageSets/Main/<split>.txt``;
+    a folder that defines other splits refuses one it lacks, and one that defines none is read whole
+    (``metrics["split"]`` None). Fields whose files cannot be read are listed in ``errors`` (image, message) and left
+    out of every score.
     """
     from wbc.analyze import classify_cells, move_cells, red_cell_target_of, within_canvas
 
