@@ -146,8 +146,9 @@ DETECTION = [
     new_markdown_cell(
         "## Differential with 95% Clopper-Pearson intervals\n\nThe differential `wbc analyze` writes "
         "(`wbc.counts.differential_rows` over the classes answered, `wbc.analyze.smear_label_set`): shares of the "
-        "WBCs; erythroblasts (NRBCs) per 100 WBCs, outside the WBC total. There is no platelet row: the segmenters "
-        "find cells by their nucleus, so a smear cell is never called a platelet and platelets are not counted."
+        "WBCs; erythroblasts (NRBCs) per 100 WBCs, outside the WBC total. There is no platelet row: a smear's "
+        "differential counts no platelets. A detection the model takes for a platelet (a giant platelet, a clump) is "
+        "counted in the class shown and flagged for review, its reason naming platelet."
     ),
     new_code_cell(
         "from wbc.counts import NO_WBC_RATE, differential_rows, fixed, pooled_counts, wbc_total\n"

@@ -91,6 +91,17 @@ def test_a_smear_cell_the_model_takes_for_a_platelet_is_flagged_naming_platelet(
     assert said in (tmp_path / "out" / "report.html").read_text()
 
 
+def test_no_doc_says_a_smear_cell_is_never_a_platelet() -> None:
+    """docs/api.md said smear_label_set lacks platelets, "which no smear cell is", and docs/smear_analysis.md that "a
+    smear cell is never called one", after wbc 0.33.0 began flagging the detections the model takes for platelets."""
+    root = Path(__file__).resolve().parents[1]
+    api, smears = (" ".join((root / "docs" / f).read_text().split()) for f in ("api.md", "smear_analysis.md"))
+    assert "which no smear cell is" not in api and "a smear cell is never called one" not in smears
+    for text in (api, smears):
+        assert "a detection the model takes for a platelet is counted in the class shown and flagged for review, " \
+               "its reason naming platelet" in text
+
+
 def test_the_report_of_a_run_whose_every_file_failed_says_no_field_could_be_read(clf, tmp_path: Path) -> None:
     """A folder of truncated transfers: report.html opened with "No WBC was found." and a differential of dashes, a
     result for a slide of which nothing was analysed; the failed files came last (wbc 0.32.0)."""

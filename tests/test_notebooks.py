@@ -118,13 +118,24 @@ def test_detection_notebook_gives_the_differential_wbc_analyze_gives() -> None:
     counts = Counter(label for line in calls for label, _ in ast.literal_eval(line))
     assert counts["erythroblast"]  # the shipped example fields hold an NRBC: the case this checks
     printed = "".join(o.get("text", "") for o in code[-1].outputs)
-    answered = smear_classes(CLASSES)  # no platelet row: a smear cell is never called one (wbc 0.30.0)
+    answered = smear_classes(CLASSES)  # no platelet row: a smear cell is never answered as one (wbc 0.30.0)
     for _, c, k, _, p, lo, hi in differential_rows(dict(counts), answered, "", digits=4):  # as report.html rounds
         if k:
             unit = " per 100 WBCs" if c in PER_100_WBC else "%"
             assert f"{c:<13}{k:>4}  {fixed(p):>5}{unit}  [{fixed(lo)}, {fixed(hi)}]" in printed
     assert f"{sum(counts[c] for c in answered if c not in PER_100_WBC)} WBCs counted" in printed
     assert "platelet" not in printed
+
+
+def test_detection_notebook_says_a_detection_taken_for_a_platelet_is_flagged() -> None:
+    """Its differential's note said "the segmenters find cells by their nucleus, so a smear cell is never called a
+    platelet", which the detector belies (it boxes giant platelets and clumps): since wbc 0.33.0 such a detection is
+    counted in the class shown and flagged, its reason naming platelet."""
+    nb = nbformat.read(ROOT / "notebooks" / "WBC_detection_and_classification.ipynb", as_version=4)
+    text = " ".join(" ".join(c.source for c in nb.cells if c.cell_type == "markdown").split())
+    assert "never called a platelet" not in text
+    assert "takes for a platelet (a giant platelet, a clump) is counted in the class shown and flagged for review, " \
+           "its reason naming platelet" in text
 
 
 def test_detection_notebook_shows_review_flags_and_warnings() -> None:
