@@ -257,3 +257,23 @@ def test_a_flagged_caption_has_the_digits_that_tell_it_from_the_review_threshold
         picker.add(c.label, c.confidence, c.review, c)
     smear = analysis_page(["monocyte"], picker, {"monocyte": cells}, [], model_id="m", threshold=0.98633)
     assert "98.62% · review" in smear and ">99%" not in smear and "review threshold 98.6% confidence" in smear
+
+
+def test_the_failed_files_note_says_every_other_file_was_read_only_when_one_was() -> None:
+    """A run whose every file failed: report.html said "Nothing was analysed", then under the failed files "every
+    other field was analysed" (wbc 0.33.0 in progress); `wbc classify --report` said "every other file was
+    classified" over 0 cells. The note says so only where some field or file was read."""
+    from wbc.evaluate.classified import GalleryPicker, analysis_page, classified_page
+    from wbc.types import Prediction
+
+    errors = [("a.jpg", "a.jpg: bad"), ("b.jpg", "b.jpg: bad")]
+    none = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m", n_fields=0, errors=errors)
+    assert "No field could be read" in none and "every other field was analysed" not in none
+    assert "These files failed (also in errors.csv).</p>" in none
+    some = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m", n_fields=3, errors=errors)
+    assert "These files failed (also in errors.csv); every other field was analysed.</p>" in some
+    none = classified_page([], ["neutrophil"], {}, model_id="m", errors=errors)
+    assert "every other file" not in none and "These files were skipped.</p>" in none
+    some = classified_page([Prediction("neutrophil", 0.9, False, {}, path="c.png")], ["neutrophil"], {},
+                           model_id="m", errors=errors)
+    assert "These files were skipped; every other file was classified.</p>" in some
