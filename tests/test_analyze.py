@@ -86,9 +86,41 @@ def test_a_smear_cell_the_model_takes_for_a_platelet_is_flagged_naming_platelet(
     assert res.exit_code == 0, res.output
     cells = list(csv.DictReader((tmp_path / "out" / "cells.csv").open()))
     assert cells and all("the model favours platelet (" in c["review_reasons"] for c in cells)
-    said = f"{len(cells)} of {len(cells)} cells are most likely a class outside the chosen ones (platelet {len(cells)})"
+    said = f"{len(cells)} of {len(cells)} cells are most likely a class a smear's differential does not count " \
+           f"(platelet {len(cells)}): each is counted in the class shown"
     assert said in " ".join(res.output.split())
-    assert said in (tmp_path / "out" / "report.html").read_text()
+    assert said.replace("'", "&#39;") in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_without_classes_the_platelet_flag_does_not_speak_of_chosen_classes(tmp_path: Path) -> None:
+    """A plain `wbc analyze` (no --classes) flagged a detection taken for a platelet "outside the chosen classes",
+    and the run said "most likely a class outside the chosen ones ... counted in the chosen class shown", though no
+    class had been chosen (wbc 0.33.0 in progress). Without --classes the reason and the sentence speak of the classes
+    a smear's differential counts; with --classes they still speak of the chosen ones; and a reason written either
+    way, or by an older wbc, is still read (cells.csv and the fields' JSON keep the reasons only)."""
+    from wbc.classify import outside_class, outside_note, predict_cells
+
+    w = np.zeros((len(CLASSES), 3))
+    w[CLASSES.index("platelet")] = 5.0  # every cell is brighter than the 0.5 mean -> platelet wins
+    clf = load_model(mean_colour_model(tmp_path / "p.onnx", 32, w, "platelet-lover"))
+    cells = np.full((2, 32, 32, 3), 220, np.uint8)
+    plain, _ = predict_cells(clf, cells, exclude=("platelet",))
+    for p in plain:
+        [reason] = [r for r in p.reasons if outside_class(r) == "platelet"]
+        assert reason.startswith("the model favours platelet (") and reason.endswith(
+            "), outside the classes counted on smears")
+        assert not any("chosen" in r for r in p.reasons)
+    note = outside_note(plain) or ""
+    assert note.startswith("2 of 2 cells are most likely a class a smear's differential does not count (platelet 2)")
+    assert "chosen" not in note
+    five, _ = predict_cells(clf, cells, exclude=("platelet",), classes=("lymphocyte", "neutrophil"))
+    assert all(outside_class(r) == "platelet" for r in five[0].reasons if "favours" in r)
+    assert any(r.endswith("outside the chosen classes") for r in five[0].reasons)
+    assert (outside_note(five) or "").startswith("2 of 2 cells are most likely a class outside the chosen ones (")
+    # a --classes set that holds platelet did not leave it out: a smear's differential did
+    named, _ = predict_cells(clf, cells, exclude=("platelet",), classes=("lymphocyte", "platelet"))
+    assert any(r.endswith("outside the classes counted on smears") for r in named[0].reasons)
+    assert outside_class("the model favours platelet (0.99), outside the chosen classes") == "platelet"  # older JSON
 
 
 def test_no_doc_says_a_smear_cell_is_never_a_platelet() -> None:

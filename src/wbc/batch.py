@@ -144,6 +144,8 @@ class AnalyzeSummary:
     n_ood: int = 0
     # how many of those are most likely a class the label set left out, by class (:func:`wbc.classify.outside_sentence`)
     outside: dict[str, int] = field(default_factory=dict)
+    # those of them left out because a smear's differential does not count them, no --classes having left them out
+    outside_smear: set[str] = field(default_factory=set)
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -522,7 +524,7 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
     probability column for each of ``columns`` (default ``classes``; the model's classes). An earlier run's
     ``report.html`` is removed (`wbc analyze` writes it again after this): a run with nothing left to do removes no
     pooled file before (:func:`committed`), and its inputs may be fewer."""
-    from wbc.classify import outside_class
+    from wbc.classify import outside_of
 
     with writing(out / "report.html"):
         (out / "report.html").unlink(missing_ok=True)
@@ -530,6 +532,7 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
     summary.errors, summary.copies = with_failed_copies(summary.errors, summary.copies)
     failed = {p for p, _ in summary.errors}
     summary.docs, summary.classes, summary.stems, summary.outside = [], list(classes), {}, {}
+    summary.outside_smear = set()
     summary.n_classified = summary.n_review = summary.n_ood = 0
 
     def docs() -> Iterator[dict[str, Any]]:  # streamed: a million fields' documents never sit in memory at once
@@ -542,8 +545,10 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
                         summary.n_classified += 1
                         summary.n_review += bool(c.get("review"))
                         summary.n_ood += cell_is_ood(c)
-                        for other in filter(None, map(outside_class, c.get("review_reasons") or [])):
+                        for other, chosen in filter(None, map(outside_of, c.get("review_reasons") or [])):
                             summary.outside[other] = summary.outside.get(other, 0) + 1
+                            if not chosen:
+                                summary.outside_smear.add(other)
                 yield d
 
     with writing(out / "cells.csv"):

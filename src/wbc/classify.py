@@ -10,7 +10,7 @@ import functools
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,29 +87,64 @@ def outside_note(preds: Sequence[Prediction]) -> str | None:
     >>> outside_note([P("")]) is None
     True
     """
-    return outside_sentence(Counter(p.outside for p in preds if p.outside), len(preds))
+    smear = {o[0] for p in preds if p.outside for r in p.reasons if (o := outside_of(r)) and not o[1]}
+    return outside_sentence(Counter(p.outside for p in preds if p.outside), len(preds), smear)
 
 
-def outside_sentence(by_class: Mapping[str, int], n: int) -> str | None:
+def outside_sentence(by_class: Mapping[str, int], n: int, smear: Collection[str] = ()) -> str | None:
     """:func:`outside_note`'s sentence for ``by_class`` (how many cells are most likely each class left out) of ``n``
-    cells; None when none. `wbc analyze` gives it pooled over a run's fields (their cells' :func:`outside_class`), in
+    cells; None when none. `wbc analyze` gives it pooled over a run's fields (their cells' :func:`outside_of`), in
     the terminal and report.html, without ``--classes`` too: the detections the model takes for platelets (since wbc
-    0.33.0).
+    0.33.0). ``smear``: the classes left out not by a chosen label set but because a smear's differential does not
+    count them (their reasons' :data:`OUTSIDE_SMEAR`): a run without ``--classes`` chose none, so its sentence says so.
 
     >>> outside_sentence({"ig": 1, "platelet": 2}, 9).partition(":")[0]
     '3 of 9 cells are most likely a class outside the chosen ones (platelet 2, ig 1)'
+    >>> outside_sentence({"platelet": 2}, 9, {"platelet"}).partition(":")[0]
+    "2 of 9 cells are most likely a class a smear's differential does not count (platelet 2)"
     """
     counts = Counter({c: k for c, k in by_class.items() if k})
     if not counts:
         return None
     which = ", ".join(f"{c} {k}" for c, k in counts.most_common())
-    return (f"{counts.total()} of {n} cells are most likely a class outside the chosen ones ({which}): "
+    not_counted = [c for c in counts if c in smear]
+    if len(not_counted) == len(counts):  # no class was chosen (a plain `wbc analyze`'s platelets)
+        return (f"{counts.total()} of {n} cells are most likely a class a smear's differential does not count "
+                f"({which}): each is counted in the class shown and flagged for review")
+    what = "the chosen ones or one a smear's differential does not count" if not_counted else "the chosen ones"
+    return (f"{counts.total()} of {n} cells are most likely a class outside {what} ({which}): "
             "each is counted in the chosen class shown and flagged for review")
 
 
-def outside_reason(other: str, probability: float) -> str:
-    """A cell's review reason when the model's most likely class, ``other``, is outside the chosen ones."""
-    return f"the model favours {other} ({probability:.2f}), outside the chosen classes"
+#: The tails of :func:`outside_reason`: a class the chosen label set (``--classes``) leaves out, and one left out
+#: because a smear's differential does not count it (a detection taken for a platelet; before wbc 0.33.0 that said
+#: "outside the chosen classes" too, where no class had been chosen).
+OUTSIDE_CHOSEN = "outside the chosen classes"
+OUTSIDE_SMEAR = "outside the classes counted on smears"
+
+
+def outside_reason(other: str, probability: float, chosen: bool = True) -> str:
+    """A cell's review reason when the model's most likely class, ``other``, is outside the classes answered among:
+    those chosen (``chosen``), or those a smear's differential counts (``chosen`` False: no ``--classes`` left it
+    out)."""
+    return f"the model favours {other} ({probability:.2f}), {OUTSIDE_CHOSEN if chosen else OUTSIDE_SMEAR}"
+
+
+def outside_of(reason: str) -> tuple[str, bool] | None:
+    """The class an :func:`outside_reason` names and whether it was outside the chosen classes (False: outside those
+    counted on smears); None for another reason. A field's JSON keeps the reasons only, older ones' too.
+
+    >>> outside_of(outside_reason("ig", 0.5)), outside_of(outside_reason("platelet", 0.9, chosen=False))
+    (('ig', True), ('platelet', False))
+    """
+    head, sep, tail = str(reason).partition("the model favours ")
+    other, _, rest = tail.partition(" (")
+    if not sep or head or not other:
+        return None
+    for chosen, end in ((True, OUTSIDE_CHOSEN), (False, OUTSIDE_SMEAR)):
+        if rest.endswith(f"), {end}"):
+            return other, chosen
+    return None
 
 
 def outside_class(reason: str) -> str | None:
@@ -117,10 +152,10 @@ def outside_class(reason: str) -> str | None:
 
     >>> outside_class(outside_reason("platelet", 0.8312)), outside_class("colours unlike the training images")
     ('platelet', None)
+    >>> outside_class(outside_reason("platelet", 0.8312, chosen=False))
+    'platelet'
     """
-    head, sep, tail = str(reason).partition("the model favours ")
-    other, _, rest = tail.partition(" (")
-    return other if sep and not head and other and rest.endswith("), outside the chosen classes") else None
+    return got[0] if (got := outside_of(reason)) else None
 
 
 def other_cells_note(preds: Sequence[Prediction]) -> str | None:
@@ -451,7 +486,8 @@ def predict_cells(
             other = classifier.classes[int(row.argmax())]
             if other not in chosen:
                 p.review, p.outside = True, other
-                p.reasons.append(outside_reason(other, float(row.max())))
+                # chosen: a --classes set left it out; else only ``exclude`` did (no class was chosen)
+                p.reasons.append(outside_reason(other, float(row.max()), bool(classes) and other not in classes))
             elif classes and m < 0.5:
                 p.review = True
                 p.reasons.append(f"the chosen classes hold {m:.2f} of the model's probability")

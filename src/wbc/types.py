@@ -25,7 +25,8 @@ class Prediction:
     path: str = ""
     ood: bool = False  # unlike the training data (colour or feature statistics)
     reasons: list[str] = field(default_factory=list)  # why review is set, in words
-    # the class the model favours over all its classes when a label set (``--classes``) left it out; "" otherwise
+    # the class the model favours over all its classes when a label set (``--classes``) or a smear's differential
+    # (its platelets) left it out; "" otherwise
     outside: str = ""
     # how many other nucleated cells lie whole in the image beside the one answered for (flagged for review; see
     # wbc.classify.predict_cells); 0 otherwise

@@ -119,7 +119,8 @@ def analyze(
     warn_not_smears(summary.docs, output)
     if summary.n_classified:  # as `wbc classify` says them, over the run's every field (each field's JSON has its own)
         say(f"  flagged for review: {summary.n_review}")
-        if outside := outside_sentence(summary.outside, summary.n_classified):  # --classes: as `wbc classify` says it
+        # as `wbc classify` says it; without --classes, the detections taken for a platelet
+        if outside := outside_sentence(summary.outside, summary.n_classified, summary.outside_smear):
             warn(outside)
         k, n = summary.n_ood, summary.n_classified
         if warning := ood_sentence(k, n, bool(loaded) and adapted_without_labels(loaded[0])):

@@ -358,14 +358,14 @@ def write_analysis_report(
     ``cells.csv`` in ``out`` (streamed), the fields' summary ``docs`` (:class:`wbc.batch.AnalyzeSummary`) and
     ``stems`` ({image: output stem}, for the links to the annotated PNGs). Each field with shown cells is read once;
     a field that cannot be read now leaves its cells out of the galleries, not the counts. The cells the model takes
-    for a class not answered among (their reasons' :func:`wbc.classify.outside_class`) are counted in a warning, as
+    for a class not answered among (their reasons' :func:`wbc.classify.outside_of`) are counted in a warning, as
     the terminal gives it: before wbc 0.33.0 the page said nothing of a smear's detections taken for platelets."""
     import csv
     from urllib.parse import quote
 
     import cv2
 
-    from wbc.classify import outside_class, outside_sentence
+    from wbc.classify import outside_of, outside_sentence
     from wbc.crops import box_window
     from wbc.errors import ImageReadError
     from wbc.io import atomic_write_text, read_image
@@ -373,10 +373,14 @@ def write_analysis_report(
     out = Path(out)
     cells_csv = out / "cells.csv"
     outside: Counter[str] = Counter()
+    smear: set[str] = set()  # of those, the classes no --classes left out: a smear's differential does not count them
 
     def counted(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
         for r in rows:
-            outside.update(filter(None, map(outside_class, (r.get("review_reasons") or "").split("; "))))
+            for other, chosen in filter(None, map(outside_of, (r.get("review_reasons") or "").split("; "))):
+                outside[other] += 1
+                if not chosen:
+                    smear.add(other)
             yield r
 
     with cells_csv.open(newline="", encoding="utf-8") as f:
@@ -408,7 +412,7 @@ def write_analysis_report(
                "warnings": d.get("warnings") or []} for d in docs[:MAX_FIELD_ROWS]]
     page = analysis_page(classes, picker, shown, fields, model_id=model_id, segmenter_id=segmenter_id,
                          errors=errors, n_fields=len(docs), n_warned=sum(1 for d in docs if d.get("warnings")),
-                         threshold=threshold, outside=outside_sentence(outside, sum(picker.n.values())))
+                         threshold=threshold, outside=outside_sentence(outside, sum(picker.n.values()), smear))
     path = out / "report.html"
     atomic_write_text(path, page)
     return path
