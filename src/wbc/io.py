@@ -707,6 +707,11 @@ def tiff_fields(data: bytes) -> int:
     only the first. Pages marked as a reduced-resolution copy or a mask (a scanner's pyramid levels, thumbnails)
     are not counted.
 
+    A best-effort count, never an error: the pages are read one by one, and a page whose directory cannot be read
+    (a file cut short, as an interrupted copy or upload leaves a scanner's multi-field TIFF) ends the count, counted
+    itself, as the file says another image follows. Before wbc 0.33.0 Pillow's page count raised ``TypeError``
+    ("Missing dimensions") on such a file, and ``/analyze`` answered a field it had analysed "analysis failed".
+
     >>> from PIL import Image
     >>> buf = io.BytesIO()
     >>> Image.new("RGB", (8, 8)).save(buf, "TIFF", save_all=True, append_images=[Image.new("RGB", (8, 8))] * 2)
@@ -717,16 +722,22 @@ def tiff_fields(data: bytes) -> int:
         return 1
     from PIL import Image
 
+    n = 0
     try:  # a damaged page's warnings name no file and are not shown (_PILLOW_FILE_WARNINGS)
         with Image.open(io.BytesIO(data)) as im:
-            n = 0
-            for i in range(min(int(getattr(im, "n_frames", 1)), 10_000)):
-                im.seek(i)
+            for i in range(10_000):
+                try:
+                    im.seek(i)
+                except EOFError:  # the last page was read
+                    break
+                except Exception:  # this page's directory is damaged: an image the file holds, unread
+                    n += 1
+                    break
                 kind = int(getattr(im, "tag_v2", {}).get(254, 0))  # NewSubfileType: reduced resolution 1, mask 4
                 n += not kind & 0b101
-            return max(1, n)
-    except (OSError, ValueError, SyntaxError, EOFError):
-        return 1
+    except Exception:  # a header Pillow cannot open: one image, as the decoder reads it
+        pass
+    return max(1, n)
 
 
 def pages_warning(pages: int) -> str:
