@@ -356,6 +356,24 @@ def test_the_test_client_s_host_is_not_served_by_default(classifier, monkeypatch
     assert TestClient(app, base_url="http://localhost:8000").get("/health").status_code == 200
 
 
+def test_the_host_allow_list_from_the_environment_widens_the_loopback_names(classifier,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`WBC_ALLOWED_HOSTS=wbc.lab.org` replaced the loopback names (wbc 0.32.0): the server refused
+    `curl http://127.0.0.1:8000/health` on its own machine with 400, though settings.py, `--allowed-host`'s help and
+    docs/api.md say loopback names are always allowed (tests/conftest.py listed them in the variable, hiding it)."""
+    from wbc.serve.settings import LOOPBACK_HOSTS, served_hosts
+
+    monkeypatch.setenv("WBC_ALLOWED_HOSTS", "wbc.lab.org")
+    for bind in ("0.0.0.0", "127.0.0.1", "::"):
+        served = served_hosts(load_settings().allowed_hosts, bind, [])
+        assert "wbc.lab.org" in served and set(LOOPBACK_HOSTS) <= set(served), (bind, served)
+    assert set(ServeSettings(allowed_hosts=["wbc.lab.org"]).allowed_hosts) == {*LOOPBACK_HOSTS, "wbc.lab.org"}
+    app = create_app(classifier, ClassicalSegmenter())  # settings from the environment
+    for base in ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000", "http://wbc.lab.org"):
+        assert TestClient(app, base_url=base).get("/health").status_code == 200, base
+    assert TestClient(app, base_url="http://rebind.example").get("/health").status_code == 400
+
+
 def test_every_answer_carries_the_security_headers(client: TestClient) -> None:
     for r in (client.get("/health"), client.get("/model"), client.get("/nowhere", headers={"X-API-Key": KEY}),
               client.get("/model", headers={"X-API-Key": KEY})):

@@ -54,7 +54,8 @@ class ServeSettings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = []
     #: A file with more keys, one per line.
     api_key_file: Path | None = None
-    #: Host header values (without port) the server answers; ``*`` answers any (not recommended).
+    #: Host header values (without port) the server answers, besides the loopback names, which it always answers
+    #: (:meth:`_with_loopback`); ``*`` answers any (not recommended).
     allowed_hosts: Annotated[list[str], NoDecode] = list(LOOPBACK_HOSTS)
     #: Extra origins (``https://lims.example.org``) whose pages may POST here; the server's own origin is
     #: always allowed.
@@ -71,6 +72,13 @@ class ServeSettings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _with_loopback(cls, value: list[str]) -> list[str]:
+        """The loopback names and ``value``: ``WBC_ALLOWED_HOSTS=wbc.lab.org`` widens the list. Before wbc 0.33.0 it
+        replaced it, and the server refused ``curl http://127.0.0.1:8000/health`` on its own machine (400)."""
+        return with_loopback(value)
 
     @field_validator("rate_limit_per_minute", "rate_burst")
     @classmethod
@@ -111,12 +119,17 @@ def read_key_file(path: Path) -> list[str]:
     return keys
 
 
+def with_loopback(hosts: list[str]) -> list[str]:
+    """:data:`LOOPBACK_HOSTS` followed by ``hosts``, each name once."""
+    return list(dict.fromkeys([*LOOPBACK_HOSTS, *hosts]))
+
+
 def served_hosts(allowed: list[str], bind: str, extra: list[str]) -> list[str]:
-    """The Host allow-list for a server bound to ``bind``: ``allowed`` + ``extra`` + the bound address
-    (unless a wildcard) + this machine's name, so that ``http://<hostname>:8000/`` works out of the box."""
+    """The Host allow-list for a server bound to ``bind``: the loopback names + ``allowed`` + ``extra`` + the bound
+    address (unless a wildcard) + this machine's name, so that ``http://<hostname>:8000/`` works out of the box."""
     import socket
 
-    names = [*allowed, *extra]
+    names = with_loopback([*allowed, *extra])
     if bind.strip("[]") not in ("0.0.0.0", "::", ""):
         names.append(bind.strip("[]"))
     elif "*" not in names:
