@@ -398,6 +398,26 @@ def test_rate_limit_per_key(classifier) -> None:
         assert 29 <= codes.index(429) <= 31 and set(codes[: codes.index(429)]) == {200}
 
 
+def test_key_guesses_in_headers_are_rate_limited_like_the_login_form(classifier) -> None:
+    """A wrong X-API-Key or Bearer key cost nothing (wbc 0.32.0): 1,000 guesses a second, all answered 401, while the
+    login form limited the same guesses by address. Wrong keys now spend the login form's bucket of their address;
+    once it is empty every key from there is refused unchecked (a right one too: no yes-or-no to guess by)."""
+    with make_client(classifier, api_keys=[KEY], rate_limit_per_minute=1, rate_burst=5) as c:  # no refill here
+        codes = [c.get("/model", headers={"X-API-Key": f"guess-{i:020d}"}).status_code for i in range(8)]
+        assert codes == [401] * 5 + [429] * 3, codes
+        r = c.get("/model", headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 429 and r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+        assert "invalid API keys from this address" in r.json()["detail"]
+        assert c.post("/login", data={"key": KEY}, follow_redirects=False).status_code == 429  # one bucket
+        assert c.get("/health").status_code == 200  # liveness is never limited
+    with make_client(classifier, api_keys=[KEY], rate_limit_per_minute=1, rate_burst=5) as c:  # no refill here
+        assert c.post("/login", data={"key": "wrong"}).status_code == 401
+        codes = [c.get("/model", headers={"X-API-Key": KEY}).status_code for _ in range(20)]
+        assert codes == [200] * 20  # right keys cost their address nothing
+        codes = [c.get("/model", headers={"X-API-Key": "w" * 20}).status_code for _ in range(5)]
+        assert codes == [401] * 4 + [429], codes  # the form's attempt and four wrong keys: the burst of 5
+
+
 def test_token_bucket_refills() -> None:
     rl = RateLimiter(per_minute=60, burst=2)
     assert [rl.take("a", now=0.0) for _ in range(3)][:2] == [0.0, 0.0]
@@ -531,6 +551,51 @@ def test_a_hanging_body_times_out(classifier) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _post_in_chunks(app, path: str, body: bytes, chunks: list[float]) -> int:  # type: ignore[no-untyped-def]
+    """The status ``app`` answers to a multipart POST of ``body`` sent straight through ASGI in ``len(chunks)``
+    pieces, each after waiting its ``chunks[i]`` seconds (then nothing more: a stall)."""
+    import asyncio
+
+    size = -(-len(body) // len(chunks))
+    pieces = [(wait, body[i * size : (i + 1) * size]) for i, wait in enumerate(chunks)]
+    sent: list[dict] = []
+
+    async def run() -> None:
+        async def receive() -> dict:
+            if pieces:
+                wait, piece = pieces.pop(0)
+                await asyncio.sleep(wait)
+                return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "scheme": "http", "server": ("localhost", 80),
+                 "client": ("127.0.0.1", 1), "headers": [
+                     (b"host", b"localhost"), (b"content-type", b"multipart/form-data; boundary=B"),
+                     (b"content-length", str(len(body)).encode())]}
+        await app(scope, receive, send)
+
+    asyncio.run(run())
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+def test_a_slow_upload_that_never_stalls_is_not_refused(classifier, cell_png: bytes) -> None:
+    """The body deadline was for the whole body (wbc 0.32.0): 30 s for up to 25 MiB, so a steady upload under about
+    7 Mbit/s got 408 "did not arrive". It is a stall check now: a body arriving 0.3 s a piece for 3.3 s in all passes
+    a 2 s limit, and one that stops half-way gets 408 after 2 s without data."""
+    app = create_app(classifier, ClassicalSegmenter(), settings=ServeSettings(body_timeout_s=2.0))
+    body = (b'--B\r\nContent-Disposition: form-data; name="files"; filename="c.png"\r\nContent-Type: image/png\r\n\r\n'
+            + cell_png + b"\r\n--B--\r\n")
+    assert _post_in_chunks(app, "/classify", body, [0.3] * 11) == 200
+    t0 = time.monotonic()
+    assert _post_in_chunks(app, "/classify", body + b" " * 1000, [0.3] * 5 + [3600.0]) == 408
+    assert time.monotonic() - t0 < 10
 
 
 async def _shrink_default_thread_pool(threads: int) -> None:

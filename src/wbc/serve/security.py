@@ -5,7 +5,7 @@ Two layers, one rule set (both call :meth:`Authenticator.authorize`):
 * :class:`SecurityMiddleware` (pure ASGI, outermost) runs before a request body is read. It answers
   400 for a ``Host`` not on the allow-list (DNS rebinding), 403 for a cross-site request that changes
   something (``Sec-Fetch-Site`` / ``Origin``: a web page the lab user visits cannot make the server work),
-  401 without a valid key, 429 over the per-key rate limit, 408 when a body does not arrive in time, and
+  401 without a valid key, 429 over the per-key rate limit, 408 when a body stalls, and
   adds CSP, ``nosniff`` and ``frame-ancestors`` headers to every answer. A CORS preflight (no key) goes on, after the
   Host check, to :class:`JsonCORSMiddleware` when ``--allowed-origin`` is set. Only :data:`PUBLIC_PATHS` (liveness,
   the login form and its style sheet) are open.
@@ -122,6 +122,13 @@ class RateLimiter:
 
     def take(self, who: str, now: float | None = None, cost: float = 1.0) -> float:
         """0 when ``who`` may proceed (``cost`` tokens are spent), else the seconds until there are enough."""
+        return self._take(who, now, cost, spend=True)
+
+    def wait(self, who: str, now: float | None = None, cost: float = 1.0) -> float:
+        """The seconds until ``who`` has ``cost`` tokens (0: now), spending none."""
+        return self._take(who, now, cost, spend=False)
+
+    def _take(self, who: str, now: float | None, cost: float, spend: bool) -> float:
         if self.rate <= 0:
             return 0.0
         now = time.monotonic() if now is None else now
@@ -132,7 +139,8 @@ class RateLimiter:
             tokens, last = self._buckets.get(who, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
             if tokens >= cost:
-                self._buckets[who] = (tokens - cost, now)
+                if spend:
+                    self._buckets[who] = (tokens - cost, now)
                 return 0.0
             self._buckets[who] = (tokens, now)
             return (cost - tokens) / self.rate
@@ -192,7 +200,8 @@ class Authenticator:
                 return ident
         return None
 
-    def authorize(self, headers: Mapping[str, str], cookies: Mapping[str, str], method: str = "POST") -> Identity:
+    def authorize(self, headers: Mapping[str, str], cookies: Mapping[str, str], method: str = "POST",
+                  client: str | None = None) -> Identity:
         """The caller's identity, with the request counted against its rate limit (reads at :data:`READ_COST`).
 
         The session cookie counts only for this server's own pages: a browser sends it from a same-site page
@@ -200,12 +209,23 @@ class Authenticator:
         a page would act as whoever is signed in. A request from another origin (:func:`from_another_origin`)
         needs its own key.
 
+        A wrong key in a header costs its ``client`` address a token of the bucket the login form's attempts spend
+        (:func:`guesses_of`); once it is empty, any key from that address is refused before it is checked, so that
+        guessing gets no answer either way. Before wbc 0.33.0 wrong keys in headers cost nothing: a dictionary attack
+        ran at wire speed beside the login form's limit.
+
         Raises :class:`SecurityProblem`: 401 without a valid key, 429 over the limit (``Retry-After``).
         """
+        key_given = bool(headers.get("x-api-key") or headers.get("authorization"))
+        guesser = guesses_of(client) if key_given and client and self.enabled else None
+        if guesser and (wait := self.limiter.wait(guesser)) > 0:
+            raise SecurityProblem(429, "rate_limited", "too many invalid API keys from this address; wait and check "
+                                  "the key", {"Retry-After": str(max(1, round(wait + 0.5)))})
         foreign = from_another_origin(headers)
         ident = self.identify(headers, {} if foreign else cookies)
         if ident is None:
-            key_given = bool(headers.get("x-api-key") or headers.get("authorization"))
+            if guesser:
+                self.limiter.take(guesser)
             if foreign and not key_given and cookies.get(SESSION_COOKIE):
                 detail = (f"a request from another origin ({headers.get('origin')}) needs an API key: send X-API-Key: "
                           "KEY or Authorization: Bearer KEY (the web page's session counts only for its own pages)")
@@ -224,6 +244,11 @@ class Authenticator:
                                   f"more than {self.settings.rate_limit_per_minute} requests a minute with this "
                                   "key; slow down", {"Retry-After": str(max(1, round(wait + 0.5)))})
         return ident
+
+
+def guesses_of(client: str) -> str:
+    """The rate-limit bucket of key guesses from one address: the login form's attempts and wrong keys in headers."""
+    return f"login:{client}"
 
 
 # --------------------------------------------------------------------------- the FastAPI dependency
@@ -251,7 +276,8 @@ async def require_api_key(
     auth = getattr(request.app.state, "authenticator", None)
     if not isinstance(auth, Authenticator):  # fail closed: a router mounted in an app without wbc security
         raise SecurityProblem(500, "misconfigured", "this server has no authenticator (build it with create_app)")
-    ident = auth.authorize(request.headers, request.cookies, request.method)
+    ident = auth.authorize(request.headers, request.cookies, request.method,
+                           request.client.host if request.client else None)
     request.state.wbc_identity = ident
     return ident
 
@@ -423,8 +449,9 @@ class SecurityMiddleware:
         if scope["path"] in PUBLIC_PATHS and scope["type"] == "http":
             return None
         cookies = _cookies(headers)
+        client = scope.get("client")
         try:
-            ident = self.auth.authorize(headers, cookies, method)
+            ident = self.auth.authorize(headers, cookies, method, str(client[0]) if client else None)
         except SecurityProblem as exc:
             return exc
         scope.setdefault("state", {})["wbc_identity"] = ident
@@ -438,7 +465,12 @@ class SecurityMiddleware:
         return {}
 
     def _deadline(self, receive: Receive) -> Receive:
-        """``receive`` that raises 408 when the body is not complete ``body_timeout_s`` after the first read."""
+        """``receive`` that raises 408 when the body stalls: no byte of it for ``body_timeout_s``.
+
+        A stall check, not a deadline for the whole body: before wbc 0.33.0 a body had to be complete 30 s after its
+        first read, so a 25 MiB upload needed 7 Mbit/s, and the web page's batches failed over slower links while
+        they arrived steadily. A client announcing a large ``Content-Length`` and sending nothing still gets 408.
+        """
         timeout = self.settings.body_timeout_s
         deadline: float | None = None
         complete = False
@@ -453,7 +485,9 @@ class SecurityMiddleware:
                 msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise SecurityProblem(408, "body_timeout",
-                                      f"the request body did not arrive within {timeout:g} s") from None
+                                      f"the request body stalled: no data for {timeout:g} s") from None
+            if msg.get("body"):  # bytes arrived: the next ones have the whole time again
+                deadline = loop.time() + timeout
             if msg["type"] != "http.request" or not msg.get("more_body", False):
                 complete = True
             return msg
@@ -525,7 +559,7 @@ def login(request: Request, key: Annotated[str, Form()] = "",
     shown for (``next``, a path on this server only: :func:`safe_next`), else to the main page."""
     auth: Authenticator = request.app.state.authenticator
     client = request.client.host if request.client else "unknown"
-    if auth.limiter.take(f"login:{client}") > 0:
+    if auth.limiter.take(guesses_of(client)) > 0:  # as wrong keys in headers (Authenticator.authorize)
         return HTMLResponse(login_page("Too many attempts; wait a minute.", next_path), status_code=429)
     ident = auth.check_key(key) if auth.enabled else ANONYMOUS
     if ident is None:

@@ -63,7 +63,8 @@ class ServeSettings(BaseSettings):
     #: Requests per minute per API key (a token bucket; bursts up to ``rate_burst``). 0: no limit.
     rate_limit_per_minute: int = 1200
     rate_burst: int = 120
-    #: A request body must arrive completely within this many seconds (a hanging upload gets 408).
+    #: A request body that stalls, no byte of it arriving for this many seconds, gets 408 (a stall check, not a deadline
+    #: for the whole body).
     body_timeout_s: float = 30.0
     #: How long a web-page login lasts.
     session_hours: float = 12.0
