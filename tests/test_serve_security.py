@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -652,6 +652,98 @@ def test_the_page_answers_while_uploads_wait_for_an_inference_slot(classifier, t
             t.join(60)
     assert answered_while_held, "GET / waited behind the uploads queued for the inference slot"
     assert sorted(statuses) == sorted([200] + [201 if route == "/cases" else 200] * 6), statuses
+
+
+class _HeldSegmenter(ClassicalSegmenter):
+    """Holds the one inference slot while the test looks at the requests queued behind it: a 200x200 field waits
+    for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def segment(self, rgb: np.ndarray) -> object:
+        if rgb.shape[:2] == (200, 200):
+            self.release.wait(60)
+        return super().segment(rgb)
+
+
+async def _queue_behind_held_slot(app, seg: _HeldSegmenter, route: str, bodies: list[bytes],  # type: ignore[no-untyped-def]
+                                  extra: bytes | None = None) -> tuple[int, list[int], int | None]:
+    """Hold the app's one slot, queue an upload of each of ``bodies`` to ``route`` behind it; returns the Python heap
+    they hold while all wait, every status once the slot is free, and the status of ``extra`` sent while they wait."""
+    import asyncio
+    import tracemalloc
+
+    import httpx
+
+    field = "file" if route == "/analyze" else "files"
+    blocker = png(synthetic_smear(seed=1)[0][:200, :200])
+
+    async def until(done: Callable[[], bool], what: str) -> None:
+        for _ in range(1200):
+            if done():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{what} did not happen within 60 s")
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost",
+                                 timeout=120) as c:
+        try:
+            hold = asyncio.create_task(c.post("/analyze", files={"file": ("b.png", blocker, "image/png")}))
+            await until(lambda: hold.done() or bool(app.state.inference_limiter
+                                                    and app.state.inference_limiter.borrowed_tokens), "holding")
+            assert not hold.done(), hold.result().text
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            tasks = [asyncio.create_task(c.post(route, files={field: (f"f{i}.png", b, "image/png")}))
+                     for i, b in enumerate(bodies)]
+            await until(lambda: app.state.inference_limiter.statistics().tasks_waiting >= len(bodies), "queueing")
+            held = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            refused = None
+            if extra is not None:
+                r = await c.post(route, files={field: ("extra.png", extra, "image/png")})
+                assert r.status_code != 503 or (r.json()["error"] == "busy" and int(r.headers["retry-after"]) >= 1)
+                refused = r.status_code
+        finally:
+            tracemalloc.stop()
+            seg.release.set()
+        answers = await asyncio.gather(hold, *tasks)
+    return held, [r.status_code for r in answers], refused
+
+
+@pytest.mark.parametrize("route", ["/analyze", "/classify"])
+def test_queued_uploads_do_not_hold_their_bytes_in_memory(classifier, route: str) -> None:
+    """Uploads waiting for an inference slot were read into memory first, and the queue had no bound: ten queued
+    20 MiB uploads held 200 MiB (wbc 0.32.0). They wait where the form parser left them (a temporary file), as
+    `POST /cases`'s fields did, and are read in the slot: five queued 8 MiB uploads hold far less than one."""
+    import asyncio
+    import os
+
+    seg = _HeldSegmenter()
+    app = create_app(classifier, seg, max_concurrent=1, max_upload_mb=12)
+    img = synthetic_cell("neutrophil", size=96, seed=1) if route == "/classify" else synthetic_smear(seed=2)[0]
+    head, size = png(img), 8 * 2**20
+    bodies = [head + os.urandom(size - len(head)) for _ in range(5)]  # trailing bytes after the PNG's end
+    held, statuses, _ = asyncio.run(_queue_behind_held_slot(app, seg, route, bodies))
+    assert held < size, f"{held / 2**20:.0f} MiB held while 5 uploads of 8 MiB wait for the slot"
+    assert statuses == [200] * 6, statuses
+
+
+def test_a_request_finding_the_queue_full_is_told_to_come_back(classifier) -> None:
+    """At most `max_queue` requests (`wbc serve --max-queue`, default 32) wait for a slot: the next is answered 503
+    `busy` with Retry-After at once, and those waiting are answered once the slot is free."""
+    import asyncio
+
+    from wbc.serve.app import DEFAULT_MAX_QUEUE
+
+    seg = _HeldSegmenter()
+    app = create_app(classifier, seg, max_concurrent=1, max_queue=2)
+    field = png(synthetic_smear(seed=2)[0])
+    _, statuses, refused = asyncio.run(_queue_behind_held_slot(app, seg, "/analyze", [field, field], extra=field))
+    assert refused == 503 and statuses == [200] * 3, (refused, statuses)
+    assert create_app(classifier, seg).state.max_queue == DEFAULT_MAX_QUEUE == 32  # `wbc serve --max-queue`'s too
 
 
 def test_default_inference_slots_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,8 @@ def serve(
     workers: Annotated[int | None, typer.Option(
         min=1, help="Inference calls allowed to run at once (default: one per THREADS cores, at most 8).")
     ] = None,
+    max_queue: Annotated[int, typer.Option(
+        min=0, help="Requests allowed to wait for an inference call; one more is answered 503 busy.")] = 32,
     api_key_file: Annotated[Path | None, typer.Option(
         "--api-key-file", help="File of API keys, one per line (adds to $WBC_API_KEYS, comma-separated). "
         "With keys, every route but /health needs X-API-Key or Authorization: Bearer.")] = None,
@@ -56,7 +58,8 @@ def serve(
         "allowed_origins": [*base.allowed_origins, *(allowed_origin or [])]})
     check_binding(host, bool(settings.all_keys()))  # before the models load: fail fast
     web = create_app(model_path=model, segmenter_method=segmenter, segmenter_path=segmenter_model,
-                     max_upload_mb=max_upload_mb, threads=threads, max_concurrent=workers, settings=settings,
+                     max_upload_mb=max_upload_mb, threads=threads, max_concurrent=workers, max_queue=max_queue,
+                     settings=settings,
                      store=None,  # the case store is opened below, once the models loaded (a bad model makes none)
                      classes=classes)  # the server's default label set; a request's `classes` field overrides it
     # the case store behind /review (wbc.cases): the routes read app.state.case_store (None: they answer 503)

@@ -47,6 +47,10 @@ DEFAULT_MAX_FILES: int = 500
 ACCEPTED_TYPES: tuple[str, ...] = ("image/", "application/octet-stream", "binary/octet-stream")
 #: Batch size for single-cell inference.
 BATCH_SIZE: int = 64
+#: Most requests that wait for an inference slot by default (``wbc serve --max-queue``); one more is answered 503.
+DEFAULT_MAX_QUEUE: int = 32
+#: How much of an upload is read before its request waits for a slot: any image's header (:func:`check_upload`).
+HEADER_BYTES: int = 1 << 20
 
 T = TypeVar("T")
 
@@ -59,8 +63,8 @@ class UploadProblem(HTTPException):
     """
 
     def __init__(self, status_code: int, error: str, detail: str,
-                 files: Sequence[dict[str, str]] = ()) -> None:
-        super().__init__(status_code=status_code, detail=detail)
+                 files: Sequence[dict[str, str]] = (), headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
         self.error = error
         self.files = list(files)
 
@@ -99,8 +103,9 @@ ERROR_STATUSES: dict[int, str] = {
     422: "`invalid_request`, `unreadable_image`, `no_readable_image`, `unprocessable`, `analysis_failed`, "
          "`bad_classes`, `invalid_counts`, `invalid_case`, `duplicate_field`",
     429: "`rate_limited`: over the API key's rate limit (`Retry-After`)",
-    503: "`no_case_store`: the server runs without a case store; `store_unavailable`: the store is locked by another "
-         "program, read-only or unreachable (try again)",
+    503: "`busy`: too many requests wait for an inference slot (`Retry-After`); `no_case_store`: the server runs "
+         "without a case store; `store_unavailable`: the store is locked by another program, read-only or unreachable "
+         "(try again)",
 }
 
 
@@ -159,12 +164,13 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def check_content_type(upload: UploadFile) -> str | None:
-    """A message when the part's declared content type cannot be an image, else None."""
+def check_content_type(upload: UploadFile, name: str | None = None) -> str | None:
+    """A message when the part's declared content type cannot be an image, else None; ``name``: what the request's
+    answer calls the file (default: its file name, else ``upload``)."""
     ctype = (upload.content_type or "").split(";")[0].strip().lower()
     if not ctype or any(ctype.startswith(t) for t in ACCEPTED_TYPES):
         return None
-    name = upload.filename or "upload"
+    name = name or upload.filename or "upload"
     return f"{name}: content type {ctype} is not an image (send image/png, image/jpeg, ...)"
 
 
@@ -173,18 +179,55 @@ class WrongContentType(ImageReadError):
     its message (which starts with the user's file name)."""
 
 
-def read_upload_bytes(upload: UploadFile, max_bytes: int, max_pixels: int) -> bytes:
-    """The uploaded file's bytes, after the cheap checks: content type, size, and the pixel count read from
-    the image header (so a few-MB "bomb" of billions of pixels is refused before any decoding).
+def check_upload(upload: UploadFile, max_bytes: int, max_pixels: int, name: str | None = None) -> None:
+    """The cheap checks of an upload, before its request waits for an inference slot: the declared content type, the
+    size, and the pixel count from the header in its first :data:`HEADER_BYTES` (a pixel bomb is refused at once).
 
+    Its bytes stay where the form parser put them (Starlette spools a part over 1 MiB to a temporary file) until the
+    slot: read before it, each waiting request held its whole body in memory (wbc 0.32.0). A header that the first
+    MiB does not settle (or that is damaged) is checked again in the slot, whole (:func:`read_upload_bytes`).
     Raises :class:`WbcError` naming the file and the problem.
+    """
+    import os
+
+    from wbc.errors import ImageTooLargeError
+    from wbc.io import check_pixels, image_size
+
+    name = name or upload.filename or "upload"
+    problem = check_content_type(upload, name)
+    if problem:
+        raise WrongContentType(problem)
+    upload.file.seek(0, os.SEEK_END)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    if size > max_bytes:
+        raise ImageReadError(f"{name}: file is larger than the limit of {max_bytes / 2**20:g} MiB")
+    head = upload.file.read(HEADER_BYTES)
+    upload.file.seek(0)
+    try:
+        dims = image_size(head, name) if head else None
+    except ImageTooLargeError:
+        raise
+    except WbcError:  # a header cut at HEADER_BYTES: the whole file decides, in the slot
+        dims = None
+    if dims is not None:
+        check_pixels(dims, name, max_pixels)
+
+
+def read_upload_bytes(upload: UploadFile, max_bytes: int, max_pixels: int, name: str | None = None) -> bytes:
+    """The uploaded file's bytes, after the cheap checks: content type, size, and the pixel count read from
+    the image header (so a few-MB "bomb" of billions of pixels is refused before any decoding). Read inside the
+    inference slot (:func:`check_upload` comes before it).
+
+    Raises :class:`WbcError` naming the file (``name``, default its file name) and the problem.
     """
     from wbc.io import check_pixels, image_size
 
-    name = upload.filename or "upload"
-    problem = check_content_type(upload)
+    name = name or upload.filename or "upload"
+    problem = check_content_type(upload, name)
     if problem:
         raise WrongContentType(problem)
+    upload.file.seek(0)
     data = upload.file.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageReadError(f"{name}: file is larger than the limit of {max_bytes / 2**20:g} MiB")
@@ -211,17 +254,29 @@ def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int | None = Non
     return decode_upload(data, upload.filename or "upload", limit)
 
 
-async def in_inference_slot(state: Any, fn: Callable[[], T]) -> T:
+async def in_inference_slot(state: Any, fn: Callable[[], T], queued: bool = False) -> T:
     """``fn()`` in a worker thread once one of the app's ``state.inference_slots`` is free.
 
     The request waits for its slot without holding a thread. Waiting inside a thread (on a semaphore) let 40
     queued uploads take every one of AnyIO's worker threads, and the page, /review, crops, /login and sign-off,
     which need one, hung behind them (wbc 0.28.0). The limiter is made here, on the event loop, at first use:
     AnyIO before 4.2 (which the FastAPI versions wbc allows may bring) cannot make one outside a running loop.
+
+    At most ``state.max_queue`` requests wait: one more is answered 503 ``busy`` with ``Retry-After``, so that what
+    waiting requests hold (their uploads, up to ``--max-upload-mb`` each) is bounded; before wbc 0.33.0 the queue had
+    no bound. ``queued``: the request waited its turn already (a case's later fields), and is never refused.
     """
     if state.inference_limiter is None:  # no await between the test and the assignment: one limiter per app
         state.inference_limiter = anyio.CapacityLimiter(state.inference_slots)
-    return await anyio.to_thread.run_sync(fn, limiter=state.inference_limiter)
+    limiter = state.inference_limiter
+    if not queued and limiter.available_tokens < 1 and limiter.statistics().tasks_waiting >= state.max_queue:
+        raise UploadProblem(503, "busy", f"the server is busy: {state.max_queue} requests are waiting for an inference "
+                            "slot already; try again shortly", headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)})
+    return await anyio.to_thread.run_sync(fn, limiter=limiter)
+
+
+#: The ``Retry-After`` (seconds) of a request refused because the queue is full.
+QUEUE_RETRY_AFTER_S: int = 5
 
 
 def png_base64(rgb: np.ndarray) -> str:
@@ -365,6 +420,7 @@ def create_app(
     store: Any = None,
     settings: Any = None,
     classes: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> FastAPI:
     """The wbc HTTP API and web page.
 
@@ -372,7 +428,8 @@ def create_app(
     they are loaded here, once, from ``model_path`` (default: the shipped model) and
     ``segmenter_method`` / ``segmenter_path``. ``max_upload_mb`` limits one request's body (413 above
     it). ``max_concurrent`` inference calls run at once, each on ``threads`` threads; others wait their turn without
-    holding a thread (default: :func:`wbc.serve.settings.default_inference_slots`, one call per core). ``store``:
+    holding a thread (default: :func:`wbc.serve.settings.default_inference_slots`, one call per core), at most
+    ``max_queue`` of them (one more: 503 ``busy``; :func:`in_inference_slot`). ``store``:
     the case store for review and sign-off (a :class:`wbc.cases.CaseStore`, a SQLAlchemy URL or a path; None: no
     cases).
     ``settings``: a :class:`wbc.serve.settings.ServeSettings` (API keys, Host/Origin allow-lists, rate
@@ -396,6 +453,8 @@ def create_app(
     authenticator = Authenticator(settings.all_keys(), settings)
     if max_upload_mb <= 0:
         raise WbcError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if max_queue < 0:
+        raise WbcError(f"max_queue must be 0 or more, got {max_queue}")
     if classifier is None:
         from wbc.model import load_model
 
@@ -443,6 +502,7 @@ def create_app(
         max_concurrent = default_inference_slots(threads)
     app.state.inference_slots = max(1, max_concurrent)
     app.state.inference_limiter = None  # made on the event loop at first use: in_inference_slot
+    app.state.max_queue = max_queue
     app.state.metadata = model_metadata(classifier, segmenter)
     app.state.authenticator = authenticator
     app.state.settings = settings
@@ -508,7 +568,7 @@ def create_app(
     for path, endpoint in (("/health", health), ("/model", model)):  # uptime monitors often ask with HEAD
         app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
-    @app.post("/classify", summary="Classify single-cell images")
+    @app.post("/classify", summary="Classify single-cell images", responses=error_responses(503))
     async def classify(
         request: Request,
         files: Annotated[list[UploadFile | str] | None, File(
@@ -531,32 +591,40 @@ def create_app(
         from wbc.errors import ImageTooLargeError
         from wbc.reframe import framing_stats_of
 
-        checked: list[tuple[str, bytes]] = []
+        checked: list[tuple[str, UploadFile]] = []
         errors: list[dict[str, str]] = []
 
-        def check() -> int:  # the cheap checks (type, bytes, header size) before waiting for a slot
+        def refused(name: str, exc: WbcError) -> dict[str, str]:
+            return {"filename": name, "error": str(cell_too_large(exc) if isinstance(exc, ImageTooLargeError) else exc)}
+
+        def check() -> int:  # the cheap checks (type, size, header) before waiting for a slot; the bytes wait on disk
             wrong_type = 0  # uploads refused for their declared content type
-            for up in uploads:
-                name = up.filename or f"file{len(checked) + len(errors) + 1}"
+            for i, up in enumerate(uploads):
+                # a part without a file name is named by its place in the request, in results and errors alike
+                name = up.filename or f"file{i + 1}"
                 try:
-                    checked.append((name, read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS)))
-                except ImageTooLargeError as exc:
-                    errors.append({"filename": up.filename or "", "error": str(cell_too_large(exc))})
+                    check_upload(up, app.state.max_bytes, MAX_CELL_PIXELS, name)
+                    checked.append((name, up))
                 except WbcError as exc:
                     wrong_type += isinstance(exc, WrongContentType)
-                    errors.append({"filename": up.filename or "", "error": str(exc)})
+                    errors.append(refused(name, exc))
             return wrong_type
 
         wrong_type = await run_in_threadpool(check)
 
-        def work() -> list[Any]:  # decoding counts against the concurrency limit, as inference does
+        def work() -> list[Any]:  # reading and decoding count against the concurrency limit, as inference does
             cells: list[np.ndarray] = []
             names: list[str] = []
             second: dict[int, np.ndarray] = {}
             others: dict[int, int] = {}
             pages: dict[int, int] = {}
             framing = framing_stats_of(clf) if reframe else None
-            for name, data in checked:
+            for name, up in checked:
+                try:
+                    data = read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS, name)
+                except WbcError as exc:
+                    errors.append(refused(name, exc))
+                    continue
                 try:
                     views = decode_cell_views(data, name, size, framing or False)
                     cell, zoomed = views
@@ -602,7 +670,8 @@ def create_app(
             "errors": errors,
         })
 
-    @app.post("/analyze", summary="Find, outline, classify and count the WBCs of one smear field")
+    @app.post("/analyze", summary="Find, outline, classify and count the WBCs of one smear field",
+              responses=error_responses(503))
     async def analyze(
         request: Request,
         file: Annotated[list[UploadFile | str] | None, File(description="One smear image (field name `file`).")
@@ -633,12 +702,13 @@ def create_app(
             return UploadProblem(status, error, str(exc), [{"filename": name, "error": str(exc)}])
 
         try:  # refused from the header, before waiting for a slot and before decoding
-            data = await run_in_threadpool(read_upload_bytes, up, app.state.max_bytes, MAX_ANALYZE_PIXELS)
+            await run_in_threadpool(check_upload, up, app.state.max_bytes, MAX_ANALYZE_PIXELS, name)
         except WbcError as exc:
             raise unreadable(exc) from None
 
         def work() -> dict[str, Any]:
-            try:  # decoding happens inside the concurrency slot: N uploads never decode at once
+            try:  # read and decoded inside the concurrency slot: N uploads are never in memory or decoded at once
+                data = read_upload_bytes(up, app.state.max_bytes, MAX_ANALYZE_PIXELS, name)
                 rgb = decode_upload(data, name, MAX_ANALYZE_PIXELS)
             except WbcError as exc:
                 raise unreadable(exc) from None

@@ -168,14 +168,14 @@ async def create_case(
     def analyse(up: UploadFile, fname: str, digest: str) -> PreparedField:
         # decoded inside the slot: one large image at a time, refused from its header past /analyze's limit; kept
         # as its PNG and crops, as many fields' pixels would otherwise sit in memory until the last
-        data = read_upload_bytes(up, state.max_bytes, MAX_ANALYZE_PIXELS)
+        data = read_upload_bytes(up, state.max_bytes, MAX_ANALYZE_PIXELS, fname)
         rgb, res = analyze_bytes(data, fname, clf, seg, max_pixels=MAX_ANALYZE_PIXELS)  # a multi-field TIFF said
         return prepare_field(fname, rgb, res, clf, digest)
 
-    for up, digest in zip(uploads, digests, strict=True):
-        fname = up.filename or f"field{len(fields) + len(errors) + 1}"
-        try:
-            fields.append(await in_inference_slot(state, functools.partial(analyse, up, fname, digest)))
+    for i, (up, digest) in enumerate(zip(uploads, digests, strict=True)):
+        fname = up.filename or f"field{i + 1}"
+        try:  # a case's later fields waited their turn already: never refused for a full queue half-way
+            fields.append(await in_inference_slot(state, functools.partial(analyse, up, fname, digest), queued=i > 0))
         except WbcError as exc:
             errors.append({"filename": fname, "error": str(exc)})
         except UploadProblem:
