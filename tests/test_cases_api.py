@@ -174,6 +174,36 @@ def test_the_same_image_twice_makes_no_case(client: TestClient) -> None:
     assert r.status_code == 201 and [f["image"] for f in r.json()["fields"]] == ["a.png", "b.png"]
 
 
+def test_a_case_name_the_store_refuses_is_refused_before_any_field_is_analysed(classifier,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
+    """The store checked a new case's name (taken, blank) and user (a control character) only once every field had
+    waited for a slot and been analysed (wbc 0.32.0): 20 large fields under an accession number already used took
+    minutes of everyone's slots for a 422. They are checked first now; a name of digits that is only another case's id
+    is no name taken."""
+    calls = []
+
+    class Counting(ClassicalSegmenter):
+        def segment(self, rgb: np.ndarray) -> list:
+            calls.append(1)
+            return super().segment(rgb)
+
+    app = create_app(classifier, Counting(), max_upload_mb=5, store=tmp_path / "cases.sqlite")
+    with TestClient(app) as c:
+        assert c.post("/cases", data={"name": "S-1"}, files=fields(1)).status_code == 201
+        assert c.post("/cases", data={"name": "20261207001"}, files=fields(1)).status_code == 201
+        before = len(calls)
+        for name, user, said in (("S-1", "", "a case named 'S-1' already exists"),
+                                 ("  S-1 ", "", "a case named 'S-1' already exists"),
+                                 ("20261207001", "", "a case named '20261207001' already exists"),
+                                 ("   ", "", "a case needs a name"), ("#3", "", "#ID means the case with that id"),
+                                 ("S-2", "a\x00b", "user name holds a control character (U+0000)")):
+            r = c.post("/cases", data={"name": name, "user": user}, files=fields(3))
+            assert r.status_code == 422 and r.json()["error"] == "invalid_case", r.text[:300]
+            assert said in r.json()["detail"], r.json()
+        assert len(calls) == before, f"{len(calls) - before} fields analysed for requests bound to be refused"
+        assert c.post("/cases", data={"name": "2"}, files=fields(1)).status_code == 201  # case 2's id, no case's name
+
+
 def test_a_case_from_a_multi_page_tiff_says_what_it_left_out(client: TestClient) -> None:
     """POST /cases analysed the first image of a scanner's 3-field TIFF and said nothing, where /analyze and
     `wbc analyze` warn (wbc 0.28.0): the field carries the same warning, shown on the review page."""

@@ -151,6 +151,8 @@ async def create_case(
     state = request.app.state
     if len(uploads) > state.max_files:
         raise UploadProblem(413, "too_many_files", f"{len(uploads)} files; the limit is {state.max_files}")
+    # a name or user the store would refuse is refused before any field waits for a slot and is analysed
+    await run_in_threadpool(call, check_new_case, store, name, user)
     # the same file twice (chosen twice, or a copy under another name) would count its cells twice: refused
     # before anything is analysed, naming both
     digests: list[str] = await run_in_threadpool(lambda: [upload_digest(up) for up in uploads])
@@ -188,6 +190,30 @@ async def create_case(
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     case_id = await run_in_threadpool(call, create_case_from_fields, store, name, fields, clf, seg_id, user)
     return JSONResponse(await run_in_threadpool(call, store.case_document, case_id), status_code=201)
+
+
+def check_new_case(store: CaseStore, name: str, user: str) -> None:
+    """Raise the :class:`CaseError` the store would raise for a new case ``name`` by ``user`` (a name blank, ``#ID``,
+    too long, with a control character, or taken; a user with a control character), before its fields are analysed:
+    before wbc 0.33.0 every field waited for a slot and was analysed first, for a 422 at the end. The store checks
+    again in the transaction that creates the case (:meth:`CaseStore.create_case_with_fields`), which two requests
+    for one name may race to."""
+    import re
+
+    from wbc.cases.store import MAX_USER, CaseAmbiguousError, clean_name, no_control
+
+    n = clean_name(name)
+    no_control(" ".join(str(user or "").split())[:MAX_USER], "user name")  # as the store cleans `created_by`
+    try:
+        store.case_id(n)
+    except CaseNotFoundError:
+        return
+    except CaseAmbiguousError:
+        pass  # a case has this name (in two spellings, or digits that are another case's id too)
+    else:
+        if re.fullmatch(r"[0-9]{1,18}", n) and all(c.name != n for c in store.list_cases()):
+            return  # digits found as another case's id only: no case has this name
+    raise CaseError(f"a case named {n!r} already exists")
 
 
 def upload_digest(upload: UploadFile) -> str:
