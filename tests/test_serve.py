@@ -213,6 +213,57 @@ def test_answers_named_in_docs_api_past_1000_text_parts_and_for_head(client: Tes
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+def test_every_error_code_the_server_sends_is_documented(client: TestClient) -> None:
+    """A malformed multipart body, an unknown path and a wrong method were answered `"error": "http_error"`, a code
+    docs/api.md never listed; a body cut before its closing boundary (an interrupted upload) "no file in the
+    request" (wbc 0.32.0). Each has its code now, and every code the server's source answers is in the docs."""
+    import re
+
+    import wbc.serve
+
+    doc = (DOCS / "api.md").read_text(encoding="utf-8")
+    part = (b'--B\r\nContent-Disposition: form-data; name="files"; filename="c.png"\r\nContent-Type: image/png\r\n\r\n'
+            + png_bytes(synthetic_cell("lymphocyte", 96, seed=1)) + b"\r\n")
+    answers = {
+        "invalid_multipart": [client.post("/classify", content=part + b"--B--\r\n", headers={"content-type": ct})
+                              for ct in ("multipart/form-data", "multipart/form-data; boundary=ZZ")]
+        + [client.post("/classify", content=part, headers={"content-type": "multipart/form-data; boundary=B"})],
+        "not_found": [client.get("/nowhere")],
+        "method_not_allowed": [client.delete("/classify")],
+    }
+    for code, rs in answers.items():
+        for r in rs:
+            assert r.status_code < 500 and r.json()["error"] == code, (code, r.status_code, r.text)
+    assert "closing boundary" in answers["invalid_multipart"][-1].json()["detail"]
+    assert answers["method_not_allowed"][0].headers["allow"] == "POST"
+    source = "".join(f.read_text(encoding="utf-8") for f in Path(wbc.serve.__file__).parent.glob("*.py"))
+    sent = set(re.findall(r"(?:[Pp]roblem|_json_response)\(\s*\d{3},\s*\"(\w+)\"", source))
+    sent |= set(re.findall(r"return \"(\w+)\", ", source))  # framework_error's
+    assert {"busy", "invalid_multipart", "http_error", "unauthorized"} <= sent
+    assert sorted(c for c in sent - {"misconfigured"} if f"`{c}`" not in doc) == []
+
+
+def test_openapi_says_the_upload_routes_take_required_files(client: TestClient) -> None:
+    """/openapi.json described /analyze's `file` as an optional array of "binary or string" (the routes' lenient
+    typing, for their own 400): a client generated from it offered `file: list[bytes | str] | None` (wbc 0.32.0)."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def body_of(path: str) -> dict:
+        body = spec["paths"][path]["post"]["requestBody"]
+        assert body["required"] is True
+        return schemas[body["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]]
+
+    analyze = body_of("/analyze")
+    assert analyze["required"] == ["file"]
+    assert analyze["properties"]["file"]["type"] == "string" and analyze["properties"]["file"]["format"] == "binary"
+    for path in ("/classify", "/cases"):
+        files = body_of(path)["properties"]["files"]
+        assert "files" in body_of(path)["required"] and files["type"] == "array" and files["minItems"] == 1
+        assert files["items"]["format"] == "binary" and "description" in files
+    assert set(body_of("/cases")["required"]) == {"name", "files"}
+
+
 def test_docs_api_shows_the_differential_rows_as_served(client: TestClient, smear: np.ndarray) -> None:
     """docs/api.md's examples left out each row's ``unit``, which tells a client the rows outside the WBC total."""
     import json

@@ -91,11 +91,13 @@ class ErrorBody(BaseModel):
 
 #: What each 4xx status means, in /openapi.json (docs/api.md, "Errors", has the full table).
 ERROR_STATUSES: dict[int, str] = {
-    400: "`host_not_allowed` (a Host not served here), `missing_file`, `too_many_files` (two fields to /analyze)",
+    400: "`host_not_allowed` (a Host not served here), `missing_file`, `too_many_files` (two fields to /analyze), "
+         "`invalid_multipart` (a body the form parser cannot read, or cut before its closing boundary)",
     401: "`unauthorized`: no valid API key (a server with keys; every route but /health and the login form)",
     403: "`cross_site`: a request from another site that changes something, or a CORS preflight not allowed",
-    404: "`not_found`: no such case, field or cell, or an image URL of another content version",
-    408: "`body_timeout`: the request body did not arrive in time",
+    404: "`not_found`: no such case, field or cell, or an image URL of another content version, or no such path",
+    405: "`method_not_allowed`: the path takes other methods (`Allow`)",
+    408: "`body_timeout`: the request body stalled (no data for 30 s, `WBC_BODY_TIMEOUT_S`)",
     409: "`signed_off`: the case is read-only; `changed`: it changed after it was shown for sign-off, or a label's "
          "`expected` is not the cell's call now (someone relabelled it since)",
     413: "`too_large`, `too_many_pixels`, `too_many_files`",
@@ -107,6 +109,50 @@ ERROR_STATUSES: dict[int, str] = {
          "without a case store; `store_unavailable`: the store is locked by another program, read-only or unreachable "
          "(try again)",
 }
+
+
+def framework_error(request: Request, exc: StarletteHTTPException) -> tuple[str, str]:
+    """The ``error`` and ``detail`` of a refusal by Starlette or FastAPI themselves, which carry no code of wbc's: a
+    body the form parser cannot read (400 ``invalid_multipart``), a path not served (404 ``not_found``), a method not
+    allowed (405 ``method_not_allowed``), else ``http_error``. Before wbc 0.33.0 all were ``http_error``, a code
+    docs/api.md did not list."""
+    where = f"{request.method} {request.url.path}"
+    ctype = request.headers.get("content-type", "").lower()
+    if exc.status_code == 400 and ctype.startswith("multipart/"):
+        return "invalid_multipart", f"the request body is not valid multipart/form-data: {exc.detail}"
+    if exc.status_code == 404:
+        return "not_found", f"nothing here: {where} (the routes are listed at /openapi.json)"
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow") or ""
+        return "method_not_allowed", f"{where}: method not allowed" + (f" (allowed: {allow})" if allow else "")
+    return "http_error", str(exc.detail)
+
+
+#: The multipart field of each upload route, and whether it takes several files (:func:`upload_schemas`).
+UPLOAD_FIELDS: dict[str, tuple[str, bool]] = {"/analyze": ("file", False), "/classify": ("files", True),
+                                              "/cases": ("files", True)}
+
+
+def upload_schemas(spec: dict[str, Any]) -> None:
+    """Describe the upload routes' files in ``spec`` (an OpenAPI document, changed in place) as they are taken: one
+    required binary ``file`` for /analyze, a required array of at least one for /classify and ``POST /cases``. The
+    routes type them leniently (any list, text too, none) to answer a missing file with their own 400, and FastAPI
+    documented exactly that: before wbc 0.33.0 a client generated from the schema offered ``file: list[bytes | str] |
+    None``."""
+    binary = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+    schemas = spec.get("components", {}).get("schemas", {})
+    for path, (field, several) in UPLOAD_FIELDS.items():
+        body = spec.get("paths", {}).get(path, {}).get("post", {}).get("requestBody")
+        ref = ((body or {}).get("content", {}).get("multipart/form-data", {}).get("schema", {}).get("$ref", ""))
+        schema = schemas.get(ref.rsplit("/", 1)[-1])
+        if body is None or schema is None or field not in schema.get("properties", {}):
+            continue
+        prop = schema["properties"][field]
+        kept = {k: prop[k] for k in ("title", "description") if k in prop}
+        schema["properties"][field] = {"type": "array", "items": binary, "minItems": 1, **kept} if several else {
+            **binary, **kept}
+        schema["required"] = [*schema.get("required", []), field]
+        body["required"] = True
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -482,13 +528,15 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         """The schema, with the routes open without a key (``PUBLIC_PATHS``: /health) marked so, not as the app-wide
-        key dependency makes them look."""
+        key dependency makes them look, and the upload routes' files as they are taken (:func:`upload_schemas`)."""
         if app.openapi_schema is None:
-            for path, ops in built_openapi().get("paths", {}).items():
+            spec = built_openapi()  # kept as app.openapi_schema: changed in place here
+            for path, ops in spec.get("paths", {}).items():
                 for op in ops.values() if path in PUBLIC_PATHS else ():
                     op["security"] = []  # neither a key nor its rate limit applies
                     op.get("responses", {}).pop("401", None)
                     op.get("responses", {}).pop("429", None)
+            upload_schemas(spec)
         return cast(dict[str, Any], app.openapi_schema)
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -524,7 +572,10 @@ def create_app(
         if exc.status_code == 400 and str(exc.detail).startswith(("Too many files", "Too many fields")):
             detail = f"{exc.detail} (this server takes {app.state.max_files} files a request)"
             return JSONResponse(error_body("too_many_files", detail), status_code=413)
-        body = error_body(getattr(exc, "error", "http_error"), str(exc.detail), getattr(exc, "files", ()))
+        error, detail = getattr(exc, "error", None), str(exc.detail)
+        if error is None:  # Starlette's or FastAPI's own: named by status, as docs/api.md's table lists them
+            error, detail = framework_error(request, exc)
+        body = error_body(error, detail, getattr(exc, "files", ()))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -539,15 +590,22 @@ def create_app(
     async def _wbc_error(request: Request, exc: WbcError) -> JSONResponse:
         return JSONResponse(error_body("unprocessable", str(exc)), 422)
 
-    def require_files(request: Request, files: Sequence[UploadFile | str] | None, field: str) -> list[UploadFile]:
+    async def require_files(request: Request, files: Sequence[UploadFile | str] | None, field: str
+                            ) -> list[UploadFile]:
         """The uploaded files, or 415 (not a multipart request) / 400 (no such field, or only text in it: the
-        routes take text parts too, so that `curl -F file=x.jpg` without its ``@`` gets this answer, not 422)."""
+        routes take text parts too, so that `curl -F file=x.jpg` without its ``@`` gets this answer, not 422; a body
+        of no complete part, as an upload cut short leaves one: ``invalid_multipart``, not "no file", since wbc
+        0.33.0)."""
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise UploadProblem(415, "unsupported_media_type",
                                 f"send the image(s) as multipart/form-data in the field {field!r} "
                                 f"(got content type {ctype or 'none'!r})")
         uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]  # not plain text fields
+        length = request.headers.get("content-length", "")
+        if not uploads and length.isdigit() and int(length) > 0 and not await request.form():  # parsed already
+            raise UploadProblem(400, "invalid_multipart", "the request body is not valid multipart/form-data: it "
+                                "holds no complete part (cut short before its closing boundary?)")
         if not uploads:
             raise UploadProblem(400, "missing_file",
                                 f"no file in the request: send multipart/form-data with the field {field!r}")
@@ -581,7 +639,7 @@ def create_app(
 
         200 when at least one file was classified; 4xx (with every file's problem) when none was.
         """
-        uploads = require_files(request, files, "files")
+        uploads = await require_files(request, files, "files")
         if len(uploads) > app.state.max_files:
             raise UploadProblem(413, "too_many_files",
                                 f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
@@ -685,7 +743,7 @@ def create_app(
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
-        ups = require_files(request, file, "file")
+        ups = await require_files(request, file, "file")
         if len(ups) > 1:  # a repeated `file` part: FastAPI would keep the last and drop the others without a word
             names = ", ".join(u.filename or "upload" for u in ups)
             raise UploadProblem(400, "too_many_files", f"/analyze takes one field a request, got {len(ups)}: {names} "
