@@ -7,6 +7,7 @@ in the test (mean colour -> linear layer, see test_analyze), so that these tests
 from __future__ import annotations
 
 import base64
+import io
 import os
 import subprocess
 import sys
@@ -407,6 +408,42 @@ def test_analyze_rejects_bad_uploads_with_4xx(client: TestClient, smear: np.ndar
     body = r.json()
     assert name in body["detail"] and words in body["detail"]
     assert body["errors"] == [{"filename": name, "error": body["detail"]}]
+
+
+def test_a_truncated_multi_page_tiff_is_analysed_not_a_type_error(client: TestClient, smear: np.ndarray) -> None:
+    """A three-page TIFF cut in its second page (an interrupted upload of a scanner's fields): its first page reads,
+    but counting its pages raised TypeError, and /analyze answered the field it had analysed "analysis failed
+    (TypeError)", /classify "could not be read (TypeError: Missing dimensions)" (wbc 0.32.0)."""
+    from PIL import Image
+
+    def cut(rgb: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        page = Image.fromarray(np.ascontiguousarray(rgb))
+        page.save(buf, "TIFF", save_all=True, append_images=[page] * 2)
+        return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+    r = client.post("/analyze", files={"file": ("f.tif", cut(smear), "image/tiff")})
+    assert r.status_code == 200 and "TypeError" not in r.text, r.text[:300]
+    assert any(w.startswith("the file holds ") for w in r.json()["warnings"]), r.json()["warnings"]
+    r = client.post("/classify", files={"files": ("c.tif", cut(synthetic_cell("monocyte", 96, seed=1)), "image/tiff")})
+    assert r.status_code == 200 and r.json()["n"] == 1 and not r.json()["errors"], r.text[:300]
+
+
+def test_analyze_refuses_a_label_set_without_a_class_a_smear_cell_can_be(classifier, client: TestClient,
+                                                                         smear: np.ndarray, tmp_path: Path) -> None:
+    """`/analyze?classes=platelet` (or a `wbc serve --classes platelet` server) called every cell a platelet, with an
+    empty differential (wbc 0.32.0): no smear cell is a platelet. It is 422 `bad_classes` naming the set; /classify
+    still answers platelets."""
+    field = {"file": ("f.png", png_bytes(smear), "image/png")}
+    r = client.post("/analyze?classes=platelet", files=field)
+    assert r.status_code == 422 and r.json()["error"] == "bad_classes" and "'platelet'" in r.json()["detail"], r.text
+    cell = {"files": ("c.png", png_bytes(synthetic_cell("lymphocyte", 96, seed=1)), "image/png")}
+    assert client.post("/classify?classes=platelet", files=cell).status_code == 200
+    with TestClient(create_app(classifier, ClassicalSegmenter(), classes="platelet", store=tmp_path / "c.db")) as c:
+        r = c.post("/analyze", files=field)
+        assert r.status_code == 422 and r.json()["error"] == "bad_classes", r.text[:300]
+        r = c.post("/cases", data={"name": "S-1"}, files={"files": field["file"]})
+        assert r.status_code == 422 and r.json()["error"] == "bad_classes", r.text[:300]
 
 
 # --------------------------------------------------------------------------- /differential and the page

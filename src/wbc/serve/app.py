@@ -435,6 +435,20 @@ def chosen_classes(classifier: Any, classes: str | None, tta: int | None = None)
         raise UploadProblem(422, "bad_classes", str(exc)) from None
 
 
+def smear_answered(classifier: Any, classes: str | None = None) -> list[str]:
+    """The classes a smear field is answered among (:func:`wbc.analyze.smear_label_set`), or 422 ``bad_classes``
+    naming the label set (the request's ``classes``, else the server's) when it holds none: before wbc 0.33.0
+    ``/analyze?classes=platelet`` called every cell a platelet, with an empty differential."""
+    from wbc.analyze import smear_label_set
+
+    answered = smear_label_set(classifier)
+    if not answered:
+        named = classes or ",".join(getattr(classifier, "label_set", ()) or classifier.classes)
+        raise UploadProblem(422, "bad_classes", f"classes {named!r}: none is a class a smear cell can be (a smear "
+                            "analysis never counts platelets); name white-cell classes, e.g. 5part")
+    return answered
+
+
 DIFFERENTIAL_CLASSES_HELP = ("The differential's rows: these classes (`5part`, names; `smear_label_set` in /model "
                              "for pooled /analyze answers), plus any class counted; default: the server's label set "
                              "(`label_set` in /model).")
@@ -739,7 +753,7 @@ def create_app(
         tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
     ) -> JSONResponse:
         """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
-        from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict, smear_label_set
+        from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
@@ -750,6 +764,7 @@ def create_app(
                                 "(send each on its own, or several as one case: POST /cases)")
         up = ups[0]
         clf, seg = chosen_classes(app.state.classifier, classes, tta), app.state.segmenter
+        answered = smear_answered(clf, classes)  # the differential's and the legend's rows: no platelets
         name = up.filename or "upload"
 
         def unreadable(exc: WbcError) -> UploadProblem:
@@ -774,7 +789,6 @@ def create_app(
             if (pages := tiff_fields(data)) > 1:
                 res.warnings.append(pages_warning(pages))
             seg_id = getattr(seg, "model_id", getattr(seg, "name", ""))
-            answered = smear_label_set(clf)  # the differential's and the legend's rows: no platelets, the label set's
             body = result_to_dict(res, answered, seg_id)
             body["n_review"] = sum(bool(c.prediction and c.prediction.review) for c in res.cells)
             body["differential"] = differential(body["counts"], answered)

@@ -142,9 +142,10 @@ async def create_case(
 
     from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_bytes
     from wbc.cases.store import PreparedField, create_case_from_fields, prepare_field
-    from wbc.serve.app import UploadProblem, in_inference_slot, read_upload_bytes
+    from wbc.serve.app import UploadProblem, in_inference_slot, read_upload_bytes, smear_answered
 
     store = store_of(request)
+    smear_answered(request.app.state.classifier)  # a server of `--classes platelet`: no case could count a cell
     uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
     if not uploads:
         raise UploadProblem(400, "missing_file", "no file in the request: send smear fields in the field 'files'")
