@@ -165,6 +165,21 @@ def test_classify_rejects_bad_uploads_with_4xx(client: TestClient, smear: np.nda
     assert name in body["errors"][0]["error"] and words in body["errors"][0]["error"]
 
 
+def test_parts_without_a_file_name_are_named_by_their_place_in_results_and_errors(client: TestClient) -> None:
+    """Parts sent with an empty file name were named by a running count in results (`file1`, `file5`) and by nothing
+    in errors (`"filename": ""`, "upload: content type text/plain ...") (wbc 0.32.0): each is `file<its place>`."""
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    parts = [(cell, "image/png"), (b"hello", "text/plain"), (b"not an image", "image/png"), (cell, "image/png")]
+    body = b"".join(b'--B\r\nContent-Disposition: form-data; name="files"; filename=""\r\nContent-Type: '
+                    + ctype.encode() + b"\r\n\r\n" + data + b"\r\n" for data, ctype in parts) + b"--B--\r\n"
+    r = client.post("/classify", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 200, r.text
+    assert [x["filename"] for x in r.json()["results"]] == ["file1", "file4"]
+    errors = r.json()["errors"]
+    assert [e["filename"] for e in errors] == ["file2", "file3"], errors
+    assert all(e["error"].startswith(e["filename"] + ": ") for e in errors), errors
+
+
 def test_missing_file_field_and_non_multipart_requests(client: TestClient) -> None:
     for path, field in (("/classify", "files"), ("/analyze", "file")):
         r = client.post(path, files={"wrong_name": ("a.png", b"123", "image/png")})
@@ -476,6 +491,16 @@ def test_differential_reads_counts_under_the_names_labs_use(client: TestClient) 
     assert over.status_code == 422 and over.json()["error"] == "invalid_counts"
 
 
+def test_differential_names_a_few_unknown_classes_and_counts_the_rest(client: TestClient) -> None:
+    """200,000 unknown names were all echoed: a 2 MB `detail` (wbc 0.32.0)."""
+    r = client.post("/differential", json={"counts": {f"x{i}": 1 for i in range(20_000)}})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_counts"
+    assert r.json()["detail"].startswith("not a class of this model: 'x0', 'x1', 'x2', 'x3', 'x4' and 19,995 more (")
+    assert len(r.text) < 1000
+    r = client.post("/differential", json={"counts": {f"x{i}": -1 for i in range(20_000)}})
+    assert r.status_code == 422 and "and 19,995 more" in r.json()["detail"] and len(r.text) < 1000
+
+
 def test_web_page_and_assets_are_served_and_need_no_network(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
@@ -589,6 +614,36 @@ def test_serve_command_reports_a_missing_model_without_traceback(tmp_path: Path)
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
     assert "none.onnx" in r.stderr and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+    """uvicorn logged the bind error itself and exited with code 3, past `wbc serve`'s `except OSError` (wbc 0.32.0):
+    the port is now tried before the models load, as docs/api.md promises for start-up failures."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "wbc", "serve", "--port", str(port), "--segmenter", "classical",
+                            "--store", str(tmp_path / "c.sqlite")], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr and "model" not in r.stdout  # refused before the models loaded
+
+
+def test_serve_bench_refuses_more_cells_than_one_request_takes_before_starting_a_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wbc serve-bench --cells 600` started a server, then stopped at its 413 (wbc 0.32.0)."""
+    from typer.testing import CliRunner
+
+    import wbc.serve.bench as bench
+    from wbc.cli import app as cli
+
+    monkeypatch.setattr(bench, "running_server", lambda *a, **k: pytest.fail("a server was started"))
+    r = CliRunner().invoke(cli, ["serve-bench", "--cells", "600"])
+    assert isinstance(r.exception, WbcError) and "at most 500 files" in str(r.exception), r.output
 
 
 def test_serve_bench_starts_its_server_without_the_environment_s_keys_or_the_lab_s_store(

@@ -57,6 +57,7 @@ def serve(
         "allowed_hosts": served_hosts(base.allowed_hosts, host, allowed_host or []),
         "allowed_origins": [*base.allowed_origins, *(allowed_origin or [])]})
     check_binding(host, bool(settings.all_keys()))  # before the models load: fail fast
+    check_port(host, port)
     web = create_app(model_path=model, segmenter_method=segmenter, segmenter_path=segmenter_model,
                      max_upload_mb=max_upload_mb, threads=threads, max_concurrent=workers, max_queue=max_queue,
                      settings=settings,
@@ -84,6 +85,29 @@ def serve(
     try:
         uvicorn.run(web, host=host, port=port, log_level="info", access_log=True)
     except OSError as exc:  # port in use, address not available
+        raise WbcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except SystemExit as exc:  # uvicorn's own exit when it could not start (taken while the models loaded): logged
+        if exc.code == 3:  # uvicorn's STARTUP_FAILURE
+            raise WbcError(f"cannot listen on {host}:{port} (uvicorn's message above)") from None
+        raise
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise a one-line :class:`WbcError` when ``host:port`` cannot be listened on (in use, no such address), by
+    binding it as uvicorn will, before the models load: uvicorn logs the error itself and exits with code 3, which
+    the ``except OSError`` around it never saw (before wbc 0.33.0)."""
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, address in addresses:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
         raise WbcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 

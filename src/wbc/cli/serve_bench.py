@@ -19,13 +19,17 @@ def serve_bench(
     segmenter: SegmenterOpt = "auto",
     data_root: DataRootOpt = None,
     fields: Annotated[int, typer.Option(min=1, help="BCCD fields for /analyze.")] = 10,
-    cells: Annotated[int, typer.Option(min=1, help="PBC cells for one /classify request.")] = 100,
+    cells: Annotated[int, typer.Option(min=1, help="PBC cells for one /classify request (at most 500).")] = 100,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the numbers as JSON.")] = None,
 ) -> None:
     """Start `wbc serve` on a free loopback port and time /analyze, /classify and /health under load."""
     from wbc.io import atomic_write_text
     from wbc.paths import data_root as resolve_root
+    from wbc.serve.app import DEFAULT_MAX_FILES
     from wbc.serve.bench import measure_latency
+
+    if cells > DEFAULT_MAX_FILES:  # before a server starts: it would answer 413 (before wbc 0.33.0, after starting)
+        raise WbcError(f"--cells {cells}: one /classify request takes at most {DEFAULT_MAX_FILES} files")
 
     root = resolve_root(data_root)
     field_files = sorted((root / "bccd" / "JPEGImages").glob("*.jpg"))[:fields]
