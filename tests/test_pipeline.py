@@ -230,6 +230,21 @@ def test_new_rows_of_a_manifest_are_dealt_into_train_and_val_only(synthetic_run:
             assert {s.fold for s in got if s.split == "test"} == {-1}
 
 
+def test_a_manifest_label_that_is_no_class_is_refused(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """A manifest row labelled ``basophi`` (a typo) trained a model with a ninth class, ``basophi``, learnt from that
+    row alone, without a word: it is refused in one line naming the manifest, the row and the nearest class."""
+    rows = [(p, p.parent.name) for p in sorted(synthetic_dataset.rglob("*.png"))]
+    rows[0] = (rows[0][0], rows[0][1][:-1])
+    assert rows[0][1] == "basophi"
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    r = run_wbc("train", "--data", str(m), "--model", "small_cnn", "--no-pretrained", "--epochs", "1",
+                "--input-size", "32", "-o", str(tmp_path / "run"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"m.csv: row {rows[0][0]}: label 'basophi' is not a class (did you mean 'basophil'?" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "model.onnx").exists()
+
+
 def test_max_per_class_on_a_manifest_keeps_rows_of_every_split(synthetic_run: Path, tmp_path: Path) -> None:
     """A manifest dealt with split seed 0, capped with that seed, kept only its test rows: the cap repeated the draw
     that had dealt the split (`--data runs/default/manifest.csv --max-per-class 8`: "no readable train images")."""

@@ -9,6 +9,7 @@ A run folder holds everything needed to trust and repeat the run::
 
 from __future__ import annotations
 
+import difflib
 import gc
 import json
 import math
@@ -528,8 +529,22 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
 
 def manifest_samples(path: Path, cfg: TrainConfig, root: Path) -> list[Sample]:
     """A manifest's rows as training samples (labels in any known spelling, restricted to ``cfg.classes``), each
-    keeping its split; rows without one are dealt later (:func:`deal_new_rows`)."""
-    rows = [replace(s, label=canonical_label(s.label) or s.label) for s in read_manifest(path, root=root)]
+    keeping its split; rows without one are dealt later (:func:`deal_new_rows`).
+
+    A label that is no class is refused, naming the row and the nearest class: before wbc 0.33.0 it was kept as
+    written and became an extra model output, learnt from that row alone (a typo, ``lymphocyt``, was a class)."""
+    rows = read_manifest(path, root=root)
+    unknown = [s for s in rows if canonical_label(s.label) is None]
+    if unknown:
+        first = unknown[0]
+        near = difflib.get_close_matches(first.label.strip().lower(), CLASSES, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        others = sorted({s.label for s in unknown} - {first.label})
+        more = f"; {len(unknown)} rows in all, also {', '.join(map(repr, others))}" if others else (
+            f"; {len(unknown)} rows in all" if len(unknown) > 1 else "")
+        raise WbcError(f"{path}: row {first.path}: label {first.label!r} is not a class ({hint}classes: "
+                       f"{', '.join(CLASSES)}){more}; correct the label or leave the row out")
+    rows = [replace(s, label=cast(str, canonical_label(s.label))) for s in rows]
     for s in rows:
         if s.split not in ("train", "val", "test", ""):
             raise WbcError(f"{path}: {s.path}: split {s.split!r}; a row's split is train, val, test or empty (a new "
