@@ -148,6 +148,73 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(synthetic_dataset: Path, tm
         assert torch.equal(v, resumed["model"][k]), k
 
 
+def test_train_never_writes_over_a_run_or_an_ensemble_without_overwrite(synthetic_run: Path, tmp_path: Path) -> None:
+    """Only a last.pt made a folder "a run": a finished run without it (the committed runs/default) had its
+    manifest.csv, what pins a split, replaced, and an ensemble's folder its model.onnx, with the old ensemble.pt left
+    to be what `wbc export` loads. Any run or model file stops a new run; --overwrite replaces the run, leaving none
+    of the earlier one's files."""
+    import shutil
+
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_ensemble, run_training
+
+    quiet = Console(quiet=True)
+    cfg = TrainConfig(data=str(synthetic_run / "manifest.csv"), model="small_cnn", pretrained=False, input_size=32,
+                      epochs=1, batch_size=16, threads=1, max_per_class=4)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("manifest.csv", "model.onnx"):
+        shutil.copy(synthetic_run / name, kept / name)
+    manifest = (kept / "manifest.csv").read_bytes()
+    with pytest.raises(WbcError, match=r"kept: holds a run or a model already \(model.onnx, manifest.csv\); pass "
+                                       r"--resume to continue it, --overwrite to replace it"):
+        run_training(cfg, kept, console=quiet)
+    assert (kept / "manifest.csv").read_bytes() == manifest and sorted(p.name for p in kept.iterdir()) == [
+        "manifest.csv", "model.onnx"]
+    ens = tmp_path / "ens"
+    run_ensemble([synthetic_run, _copy_run(synthetic_run, tmp_path / "b", seed=1)], ens, console=quiet,
+                 score_test=False)
+    with pytest.raises(WbcError, match=r"ens: holds a run or a model already \(ensemble.pt, model.onnx"):
+        run_training(cfg, ens, console=quiet)
+    assert (ens / "ensemble.pt").is_file()
+    run_training(cfg, ens, console=quiet, score_test=False, overwrite=True)
+    assert not (ens / "ensemble.pt").exists() and (ens / "best.pt").is_file()
+    assert load_model(ens / "model.onnx").info.architecture == "small_cnn"
+    r = run_wbc("train", "-o", str(ens), "--data", str(synthetic_run / "manifest.csv"))
+    assert r.returncode == 1 and "--overwrite to replace it" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_with_nothing_to_resume_is_one_line(synthetic_run: Path, tmp_path: Path) -> None:
+    """`--resume` on a folder without a run (a mistyped --output) started a full new run with the default settings,
+    on a finished run whose last.pt was removed retrained it from epoch 1, and on a cross-validation fold folder
+    trained the default recipe on all of --data, to fail after decoding with a state-dict traceback."""
+    import shutil
+
+    tiny = ("--data", str(synthetic_run / "manifest.csv"), "--model", "small_cnn", "--no-pretrained", "--epochs", "1",
+            "--input-size", "32", "--max-per-class", "2")  # (before: a tiny run, not the default on all of PBC)
+    r = run_wbc("train", "-o", str(tmp_path / "nope"), "--resume", *tiny)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "nope: no run to resume here (no config.json); drop --resume to start one" in r.stderr
+    assert not (tmp_path / "nope").exists()
+    cv = tmp_path / "cv"
+    (cv / "fold_0").mkdir(parents=True)
+    (cv / "config.json").write_text("{}")
+    shutil.copy(synthetic_run / "last.pt", cv / "fold_0" / "last.pt")
+    r = run_wbc("train", "-o", str(cv / "fold_0"), "--resume", *tiny)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"fold_0: one fold of the cross-validation run {cv}; resume that run" in r.stderr
+    assert sorted(p.name for p in (cv / "fold_0").iterdir()) == ["last.pt"]
+    finished = shutil.copytree(synthetic_run, tmp_path / "finished", ignore=shutil.ignore_patterns("last.pt"))
+    best = (finished / "best.pt").read_bytes()
+    r = run_wbc("train", "-o", str(finished), "--resume")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "finished: a trained run without its last.pt (best.pt, model.onnx, metrics.csv)" in r.stderr
+    assert (finished / "best.pt").read_bytes() == best
+
+
 def test_resume_refuses_a_changed_recipe_and_takes_the_machine_from_the_command_line(synthetic_dataset: Path,
                                                                                     tmp_path: Path) -> None:
     """`wbc train --resume --epochs 3` on a finished 1-epoch run printed "resuming", trained nothing, re-exported
@@ -691,6 +758,7 @@ def test_a_split_with_no_readable_images_is_one_clear_error(tmp_path: Path) -> N
     samples = [Sample(tmp_path / f"gone{i}.png", "neutrophil", "train") for i in range(3)]
     write_manifest(run / "manifest.csv", [*samples, Sample(val, "neutrophil", "val")], root=tmp_path)
     cfg = TrainConfig(model="small_cnn", pretrained=False, input_size=48, epochs=1)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))  # a run stopped while decoding: resumed
     with pytest.raises(WbcError, match=r"manifest\.csv: no readable train images \(3 of 4 could not be read\)"):
         run_training(cfg, run, data_root=tmp_path, resume=True, console=Console(quiet=True))
 

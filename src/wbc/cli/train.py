@@ -43,6 +43,8 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help=(
         "Continue the run in --output with its own settings (a flag or config key that differs is refused; "
         "--device, --threads and --num-workers are this machine's)."))] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=(
+        "Replace the run or model --output holds (without it, or --resume, such a folder is refused)."))] = False,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Data-parallel processes on this machine (DDP: gloo on CPUs, NCCL on GPUs).")] = 1,
     test: Annotated[bool, typer.Option(
@@ -59,4 +61,4 @@ def train(
     cfg = load_config(config, overrides)
     run = require_train("wbc.train.loop").run_training
     run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc, score_test=test,
-        given=given_options(config, overrides))
+        given=given_options(config, overrides), overwrite=overwrite)

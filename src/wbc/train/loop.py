@@ -278,6 +278,9 @@ def fit(
             torch.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)
             gen.manual_seed(cfg.seed + d.rank + 1000 * start_epoch)  # ... and so is the workers' seed source
         console.print(f"resuming {run_dir} at epoch {start_epoch + 1}", highlight=False)
+    elif resume:  # stopped before its first epoch ended (while decoding, say): nothing to go on from
+        console.print(f"{run_dir}: no last.pt (no epoch of the run finished); training starts at epoch 1",
+                      highlight=False)
     if history and history[-1].get("stopped"):
         start_epoch = cfg.epochs  # finished (early-stopped) run: nothing left to do
 
@@ -658,15 +661,72 @@ def _shown(value: Any) -> str:
     return repr(list(value) if isinstance(value, tuple) else value)
 
 
+#: Files that make a folder a run or a model: `wbc train` writes into it only with --resume or --overwrite.
+RUN_FILES: tuple[str, ...] = ("last.pt", "best.pt", "ensemble.pt", "model.onnx", "manifest.csv")
+#: What a run writes besides manifest.csv and skipped.csv (which a new run rewrites first): removed on --overwrite,
+#: so that no earlier run's checkpoint, score or fold is left beside the new one (`wbc export` loads ensemble.pt
+#: first).
+_STALE_RUN_FILES: tuple[str, ...] = ("last.pt", "best.pt", "ensemble.pt", "model.onnx", "model.json", "metrics.csv",
+                                     "curves.png", "val_metrics.json", "test_metrics.json", "cv_metrics.json",
+                                     "config.json")
+
+
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is read or written, a run folder that does not fit the request.
+
+    Without ``resume`` or ``overwrite``, a folder holding any of :data:`RUN_FILES` (a finished run whose last.pt was
+    removed, the committed runs/default, an ensemble): before wbc 0.33.0 only a last.pt stopped a new run, which
+    replaced the folder's manifest.csv (what pins a split) and model, and left an ensemble's ensemble.pt to be
+    exported. With ``resume``, a folder without a run (no config.json; a cross-validation fold), or a run that
+    cannot go on (trained, but its last.pt removed): before, each started a new run, a fold one with the default
+    settings, after decoding the whole dataset.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise WbcError(f"{run_dir}: is a file; --output is the run folder")
+    if resume and overwrite:
+        raise WbcError(f"{run_dir}: --resume goes on with the run there, --overwrite replaces it; give one")
+    has_last = (run_dir / "last.pt").is_file() or any(run_dir.glob("fold_*/last.pt"))
+    if resume:
+        parent = run_dir.parent
+        if run_dir.name.startswith("fold_") and (parent / "config.json").is_file():
+            raise WbcError(f"{run_dir}: one fold of the cross-validation run {parent}; resume that run "
+                           f"(wbc train --output {parent} --resume)")
+        if not (run_dir / "config.json").is_file():
+            raise WbcError(f"{run_dir}: no run to resume here (no config.json); drop --resume to start one")
+        trained = [n for n in ("best.pt", "ensemble.pt", "model.onnx", "metrics.csv") if (run_dir / n).exists()]
+        if trained and not has_last:
+            raise WbcError(f"{run_dir}: a trained run without its last.pt ({', '.join(trained)}), which cannot go "
+                           "on; retrain it with --overwrite, or into another --output")
+        return
+    held = [n for n in RUN_FILES if (run_dir / n).exists()] + [str(p.relative_to(run_dir))
+                                                                for p in sorted(run_dir.glob("fold_*/last.pt"))]
+    if held and not overwrite:
+        raise WbcError(f"{run_dir}: holds a run or a model already ({', '.join(held)}); pass --resume to continue "
+                       "it, --overwrite to replace it, or pick another --output")
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    """Remove an earlier run's outputs (:data:`_STALE_RUN_FILES`, ``fold_*/``) from ``run_dir`` (--overwrite)."""
+    import shutil
+
+    for name in _STALE_RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for fold in run_dir.glob("fold_*"):
+        if fold.is_dir():
+            shutil.rmtree(fold)
+
+
 def run_training(
     cfg: TrainConfig, run_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
     resume: bool = False, console: Console | None = None, nproc: int = 1, score_test: bool = True,
-    given: Collection[str] | None = None,
+    given: Collection[str] | None = None, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run a whole training job into ``run_dir``; returns the test summary.
 
     ``resume``: go on with the run in ``run_dir`` (its own configuration, :func:`resumed_config`; ``given``: the
-    options the user set, which must equal the run's, None: every option of ``cfg``).
+    options the user set, which must equal the run's, None: every option of ``cfg``). ``overwrite``: replace the run
+    or model ``run_dir`` holds (its files are removed once the new run's data is found); without either, such a
+    folder is refused (:func:`check_run_folder`).
 
     ``nproc`` > 1: data-parallel training in that many processes on this machine (DDP; gloo on CPUs, NCCL on
     GPUs); under ``torchrun`` the ranks come from its environment instead.
@@ -676,13 +736,9 @@ def run_training(
     """
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise WbcError(f"{run_dir}: is a file; --output is the run folder")
+    check_run_folder(run_dir, resume, overwrite)
     root = default_data_root(data_root)
-    started = (run_dir / "last.pt").exists() or any(run_dir.glob("fold_*/last.pt"))
-    if started and not resume:
-        raise WbcError(f"{run_dir}: a run already exists here; pass --resume to continue it or pick another --output")
-    if resume and (run_dir / "config.json").is_file():
+    if resume:
         cfg = resumed_config(cfg, run_dir, given)
     check_before_reading(cfg, root)
     device_type = resolve_device(cfg.device).type  # a missing GPU is reported now, not after decoding the data
@@ -696,7 +752,7 @@ def run_training(
         raise WbcError(f"--nproc {nproc} on cuda needs {nproc} GPUs; PyTorch sees {torch.cuda.device_count()}")
     check_output_file(run_dir / "config.json")  # a path under a file, a folder that cannot be written: one line
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start nproc processes, each running this function
-        distributed.spawn(_distributed_worker, nproc, cfg, run_dir, data_root, resume, score_test)
+        distributed.spawn(_distributed_worker, nproc, cfg, run_dir, data_root, resume, score_test, overwrite)
         done = run_dir / "test_metrics.json"
         return json.loads(done.read_text()) if score_test and done.is_file() else {}
     d = distributed.init_distributed_mode(device_type)
@@ -707,6 +763,8 @@ def run_training(
     t_start = time.time()
 
     samples = prepare_samples(cfg, run_dir, root, resume, console) if d.is_main else []
+    if d.is_main and overwrite:  # the data is found (and its manifest.csv written): the earlier run goes
+        clear_run_folder(run_dir)
     if d.is_main:  # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
         if cfg.init_weights:
             check_init_weights(cfg, classes_of(samples))
@@ -849,9 +907,9 @@ def check_batch_divides(batch_size: int, world_size: int) -> None:
 
 
 def _distributed_worker(cfg: TrainConfig, run_dir: Path, data_root: str | os.PathLike[str] | None,
-                        resume: bool, score_test: bool = True) -> None:
+                        resume: bool, score_test: bool = True, overwrite: bool = False) -> None:
     """One rank of ``wbc train --nproc N`` (see :func:`wbc.train.distributed.spawn`)."""
-    run_training(cfg, run_dir, data_root=data_root, resume=resume, score_test=score_test)
+    run_training(cfg, run_dir, data_root=data_root, resume=resume, score_test=score_test, overwrite=overwrite)
 
 
 def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, seed: int = 0) -> float | None:
