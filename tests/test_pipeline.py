@@ -91,6 +91,32 @@ def test_export_checks_its_output_first_and_never_writes_over_the_checkpoint(syn
     assert r.returncode == 1 and "afile: is a file" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_export_weights_writes_only_a_new_pt_file(synthetic_run: Path, tmp_path: Path) -> None:
+    """`wbc export-weights RUN/best.pt RUN/model.onnx` replaced the run's ONNX model with a PyTorch pickle (and so
+    would the shipped model's name tab-completed to .onnx), any existing file was replaced, and a folder as output
+    was a traceback. The output must be a new .pt file (or --overwrite), checked before torch is loaded; a run folder
+    is read as `wbc export` reads it."""
+    onnx = tmp_path / "m.onnx"
+    r = run_wbc("export-weights", str(synthetic_run / "best.pt"), str(onnx))
+    assert r.returncode == 1 and "m.onnx: the weights are a .pt file" in r.stderr and "Traceback" not in r.stderr
+    assert not onnx.exists()
+    r = run_wbc("export-weights", str(synthetic_run / "best.pt"), str(tmp_path))
+    assert r.returncode == 1 and "is a folder" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    taken = tmp_path / "taken.pt"
+    taken.write_bytes(b"the lab's weights")
+    r = run_wbc("export-weights", str(synthetic_run / "best.pt"), str(taken))
+    assert r.returncode == 1 and "taken.pt: exists; pass --overwrite" in r.stderr and "Traceback" not in r.stderr
+    assert taken.read_bytes() == b"the lab's weights"
+    r = run_wbc("export-weights", str(synthetic_run / "best.pt"), str(synthetic_run / "best.pt"), "--overwrite")
+    assert r.returncode == 1 and "best.pt: is the checkpoint itself" in r.stderr
+    r = run_wbc("export-weights", str(synthetic_run), str(taken), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    from wbc.train.finetune import load_weights
+
+    _, info = load_weights(taken)
+    assert info.classes == load_model(synthetic_run / "model.onnx").info.classes
+
+
 def test_export_of_one_checkpoint_is_the_same_bytes_each_time(synthetic_run: Path, tmp_path: Path) -> None:
     """The parity check's input was unseeded, so its difference (stored in the metadata) and the file's SHA-1 changed
     from export to export, and `wbc analyze` redid every field after the same checkpoint was exported again."""

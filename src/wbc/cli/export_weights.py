@@ -12,13 +12,32 @@ from wbc.cli._common import say
 from wbc.errors import WbcError
 
 
+def check_weights_output(checkpoint: Path, output: Path, overwrite: bool) -> None:
+    """Refuse, before torch is loaded, an ``output`` that is no ``.pt`` name, exists (without ``overwrite``), is the
+    checkpoint itself or cannot be written: before wbc 0.33.0 ``RUN/model.onnx`` (or the shipped model's name
+    tab-completed to ``.onnx``) was replaced by a PyTorch pickle, and a folder was a traceback."""
+    from wbc.io import check_output_file
+
+    if output.suffix.lower() != ".pt" and not output.is_dir():
+        raise WbcError(f"{output}: the weights are a .pt file (MODEL.pt beside MODEL.onnx); give a .pt name (another "
+                       "could replace a model)")
+    check_output_file(output)  # a folder, a path under a file, a place that cannot be written: one line
+    if output.exists() and checkpoint.exists() and output.resolve() == checkpoint.resolve():
+        raise WbcError(f"{output}: is the checkpoint itself; give another name")
+    if output.exists() and not overwrite:
+        raise WbcError(f"{output}: exists; pass --overwrite to replace it, or give a new name")
+
+
 @app.command("export-weights")
 def export_weights(
-    checkpoint: Annotated[Path, typer.Argument(help="A run's best.pt.")],
-    output: Annotated[Path, typer.Argument(help="E.g. src/wbc/models/default/wbc_classifier.pt.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A run folder or its best.pt (or ensemble.pt).")],
+    output: Annotated[Path, typer.Argument(help="A .pt file, e.g. src/wbc/models/default/wbc_classifier.pt.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT (e.g. the shipped "
+                                                                "model's weights).")] = False,
 ) -> None:
     """Write a checkpoint's network weights in half precision, as `wbc adapt` reads them (MODEL.pt beside
     MODEL.onnx)."""
+    check_weights_output(checkpoint, output, overwrite)
     try:
         from wbc.train.finetune import export_half_weights
     except ImportError as exc:

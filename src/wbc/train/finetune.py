@@ -425,7 +425,10 @@ def unlabelled_pool(clf: Any, data: str | os.PathLike[str], labelled: Sequence[s
 
 def export_half_weights(checkpoint: Path, output: Path) -> Path:
     """Write a checkpoint's network weights in half precision, as `wbc adapt` reads them beside an ONNX model
-    (``MODEL.pt`` next to ``MODEL.onnx``); ``wbc export-weights`` runs this."""
-    net, info = load_weights(checkpoint)
+    (``MODEL.pt`` next to ``MODEL.onnx``); ``wbc export-weights`` runs this. ``checkpoint`` is read as `wbc export`
+    reads it (a run folder too; an unfinished run's best.pt is named as such), not as `wbc adapt` reads weights."""
+    from wbc.train.export import load_checkpoint
+
+    net, info = load_checkpoint(checkpoint)
     save_weights(net, _arch(net), info, output)
     return output
