@@ -830,6 +830,33 @@ def test_a_class_without_readable_training_images_is_refused_not_exported(tmp_pa
     assert not (tmp_path / "run" / "model.onnx").exists() and not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_an_unreadable_training_image_leaves_the_cell_fraction_measured(tmp_path: Path) -> None:
+    """The cell fraction (how `wbc analyze` frames smear cells for the model) was measured on every manifest row: one
+    unreadable file among those picked dropped the measurement, and the model cut smear cells at the default 0.33.
+    It is measured on the readable training images, and the metadata counts only the images decoded."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.crops import measure_cell_fraction
+    from wbc.data import read_manifest
+    from wbc.io import read_image
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import run_training
+
+    data = make_dataset(tmp_path / "cells", n_per_class=6, size=48, classes=["neutrophil", "lymphocyte"])
+    bad = data / "neutrophil" / "zz_truncated.png"
+    bad.write_bytes((data / "neutrophil").glob("*.png").__next__().read_bytes()[:60])
+    cfg = TrainConfig(data=str(data), model="small_cnn", pretrained=False, input_size=32, epochs=1, batch_size=8,
+                      threads=1, split=(0.5, 0.25, 0.25))
+    run_training(cfg, tmp_path / "run", console=Console(quiet=True), score_test=False)
+    rows = read_manifest(tmp_path / "run" / "manifest.csv", root=Path("/"))
+    assert bad in {s.path for s in rows if s.split == "train"}  # it was picked for the measurement
+    want = measure_cell_fraction(read_image(s.path) for s in rows if s.split == "train" and s.path != bad)
+    info = load_model(tmp_path / "run" / "model.onnx").info
+    assert info.preprocessing.cell_fraction == pytest.approx(want)
+    assert f"of {len(rows) - 1} images" in info.training_data
+
+
 def test_a_class_asked_for_but_absent_from_the_data_is_named(tmp_path: Path) -> None:
     """classes naming a class the data does not hold trained a model without it, without a word, while the run's
     config.json listed it."""

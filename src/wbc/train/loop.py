@@ -865,7 +865,7 @@ def run_training(
         val_logits = predict_logits(final, val.images, mean, std)
         val_labels = val.labels
 
-    info = finalise_info(cfg, classes, mean, std, val_logits, val_labels, samples, root)
+    info = finalise_info(cfg, classes, mean, std, val_logits, val_labels, kept, root)  # the images trained on
     ckpt_name = "ensemble.pt" if cfg.folds > 1 else "best.pt"
     ck = torch.load(run_dir / ckpt_name, map_location="cpu", weights_only=False)
     ck["info"] = info.to_json()
@@ -913,7 +913,10 @@ def _distributed_worker(cfg: TrainConfig, run_dir: Path, data_root: str | os.Pat
 
 
 def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, seed: int = 0) -> float | None:
-    """Median cell-diameter / crop-side ratio of the training crops, so smear crops can match it."""
+    """Median cell-diameter / crop-side ratio of the training crops, so smear crops can match it.
+
+    A file that cannot be read is passed over: before wbc 0.33.0 one unreadable image among those picked dropped the
+    whole measurement, and `wbc analyze` cut the model's smear cells at the default fraction without a word."""
     from wbc.crops import measure_cell_fraction
     from wbc.io import read_image
 
@@ -923,8 +926,16 @@ def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, s
     for label in sorted({s.label for s in train}):
         group = [s for s in train if s.label == label]
         picked += [group[i] for i in rng.permutation(len(group))[:per_class]]
+
+    def readable() -> Iterator[np.ndarray]:
+        for s in picked:
+            try:
+                yield read_image(s.path)
+            except (WbcError, OSError, ValueError):
+                continue
+
     try:
-        return measure_cell_fraction(read_image(s.path) for s in picked)
+        return measure_cell_fraction(readable())
     except (ValueError, WbcError):
         return None
 
