@@ -338,6 +338,52 @@ def test_a_manifest_label_that_is_no_class_is_refused(synthetic_dataset: Path, t
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "model.onnx").exists()
 
 
+def test_a_manifest_s_folds_are_kept_only_when_they_are_the_k_asked_for(synthetic_run: Path, tmp_path: Path) -> None:
+    """docs/training.md: "with --folds K the train and val rows keep their folds when they have K, else are dealt
+    afresh"; a 2-fold run's manifest used for --folds 3 kept its two folds, and the third fold had no row to validate
+    on (a scikit-learn traceback after the other folds had trained)."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.data import read_manifest, write_manifest
+    from wbc.train.loop import prepare_samples
+
+    rows = read_manifest(synthetic_run / "manifest.csv", root=Path("/"))
+    two = [replace(s, fold=i % 2 if s.split != "test" else -1) for i, s in enumerate(rows)]
+    write_manifest(tmp_path / "two.csv", two, root=Path("/"))
+    quiet = Console(quiet=True)
+    got = prepare_samples(TrainConfig(data=str(tmp_path / "two.csv"), folds=3), tmp_path / "r3", Path("/"), False,
+                          quiet)
+    assert {s.fold for s in got if s.split != "test"} == {0, 1, 2}
+    assert [s.split for s in got] == [s.split for s in two]
+    got = prepare_samples(TrainConfig(data=str(tmp_path / "two.csv"), folds=2), tmp_path / "r2", Path("/"), False,
+                          quiet)
+    assert [s.fold for s in got] == [s.fold for s in two]  # the K folds asked for: kept
+
+
+def test_more_folds_than_train_and_val_images_is_refused_before_training(tmp_path: Path) -> None:
+    """--folds above the train and val images trained every fold that had some, then failed with a scikit-learn
+    traceback on the first empty one; it is refused before anything is decoded or written."""
+    import io
+
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import run_training
+
+    data = make_dataset(tmp_path / "cells", n_per_class=3, size=32, classes=["neutrophil", "lymphocyte"])
+    cfg = TrainConfig(data=str(data), model="small_cnn", pretrained=False, input_size=32, epochs=1, folds=8,
+                      split=(0.7, 0.3, 0.0))
+    out = io.StringIO()
+    with pytest.raises(WbcError, match=r"cells: --folds 8, but only 6 train and val images: fold\(s\) 6, 7 would have "
+                                       r"none to validate on; give fewer folds"):
+        run_training(cfg, tmp_path / "run", console=Console(file=out))
+    assert "decoding" not in out.getvalue() and not (tmp_path / "run" / "fold_0").exists()
+    assert not (tmp_path / "run" / "manifest.csv").exists()
+
+
 def test_max_per_class_on_a_manifest_keeps_rows_of_every_split(synthetic_run: Path, tmp_path: Path) -> None:
     """A manifest dealt with split seed 0, capped with that seed, kept only its test rows: the cap repeated the draw
     that had dealt the split (`--data runs/default/manifest.csv --max-per-class 8`: "no readable train images")."""

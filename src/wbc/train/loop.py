@@ -525,9 +525,24 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
         skipped += unreadable
     else:
         samples = stratified_split(samples, cfg.split, seed=cfg.split_seed, folds=cfg.folds)
+    check_folds(cfg.folds, samples, folder)
     write_manifest(manifest, samples, root=root)
     atomic_write_csv(run_dir / "skipped.csv", ["path", "reason"], skipped)
     return samples
+
+
+def check_folds(folds: int, samples: Sequence[Sample], where: Path, unreadable: int | None = None) -> None:
+    """Refuse cross-validation with a fold that holds no train or val image (``unreadable``: how many images could not
+    be read, when checking the decoded ones): before wbc 0.33.0 ``--folds`` above the train and val images trained
+    every fold that had some, then failed with a scikit-learn traceback on the first empty one."""
+    if folds < 2:
+        return
+    pool = [s for s in samples if s.split != "test"]
+    empty = sorted(set(range(folds)) - {s.fold for s in pool})
+    if empty:
+        readable, bad = ("readable ", f" ({unreadable} images could not be read)") if unreadable else ("", "")
+        raise WbcError(f"{where}: --folds {folds}, but only {len(pool)} {readable}train and val images{bad}: fold(s) "
+                       f"{', '.join(map(str, empty))} would have none to validate on; give fewer folds")
 
 
 def manifest_samples(path: Path, cfg: TrainConfig, root: Path) -> list[Sample]:
@@ -587,8 +602,9 @@ def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample]
 
     Rows that have a split keep it, so a test split stays the one it was: rows without one (files added since) are
     dealt into train and val only, in ``cfg.split``'s proportion, but a copy (same SHA-1) of a listed file, which
-    joins that file's split. With ``folds`` K > 1, the train and val rows are dealt into K folds afresh unless every
-    one is in a fold < K."""
+    joins that file's split. With ``folds`` K > 1, the train and val rows keep their folds when these are the K folds
+    0..K-1, else are dealt into K folds afresh (before wbc 0.33.0 fewer folds were kept too: a 5-fold run's manifest
+    used for 10 folds left folds 5-9 without a row, a traceback after five folds had trained)."""
     def content(s: Sample) -> str:
         try:
             return s.sha1 or file_sha1(s.path)
@@ -610,7 +626,7 @@ def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample]
     if cfg.folds < 2:
         return [replace(s, fold=-1) for s in out], skipped
     pool = [i for i, s in enumerate(out) if s.split != "test"]
-    if not all(0 <= out[i].fold < cfg.folds for i in pool):
+    if {out[i].fold for i in pool} != set(range(cfg.folds)):
         dealt = stratified_split([out[i] for i in pool], (1.0, 0.0, 0.0), seed=cfg.split_seed, folds=cfg.folds)
         for i, s in zip(pool, dealt, strict=True):
             out[i] = replace(out[i], fold=s.fold)
@@ -781,6 +797,7 @@ def run_training(
         if not any(s.split in parts for s in kept):
             raise WbcError(f"{run_dir / 'manifest.csv'}: no readable {'+'.join(parts)} images "
                            f"({len(bad)} of {len(samples)} could not be read)")
+    check_folds(cfg.folds, kept, run_dir / "manifest.csv", unreadable=len(bad))
     labels = np.array([classes.index(s.label) for s in kept])
     part = np.array([s.split for s in kept])
     trained = np.isin(part, ("train", "val") if cfg.folds > 1 else ("train",))
