@@ -84,3 +84,44 @@ def test_train_detector_checks_init_and_its_data_first(tmp_path: Path) -> None:
 
     exc = invoke("train-detector", "--iters", "1", "--data-root", str(tmp_path / "empty"), "-o", out, cwd=tmp_path)
     assert isinstance(exc, WbcError) and "empty/bccd/ImageSets/Main/test.txt: BCCD split not readable" in str(exc)
+
+
+def _bccd_root(root: Path, masks: tuple[str, ...]) -> Path:
+    """A BCCD layout of one train and one val field (a 64 px field, one WBC box), with masks for ``masks``."""
+    import cv2
+    import numpy as np
+
+    bccd = root / "bccd"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main", "masks"):
+        (bccd / sub).mkdir(parents=True, exist_ok=True)
+    for i, split in enumerate(("train", "val")):
+        name = f"BloodImage_0000{i}"
+        (bccd / "ImageSets" / "Main" / f"{split}.txt").write_text(name + "\n")
+        (bccd / "Annotations" / f"{name}.xml").write_text(
+            "<annotation><object><name>WBC</name><bndbox><xmin>20</xmin><ymin>20</ymin><xmax>44</xmax>"
+            "<ymax>44</ymax></bndbox></object></annotation>")
+        field = np.full((64, 64, 3), 220, np.uint8)
+        cv2.circle(field, (32, 32), 10, (120, 40, 140), -1)
+        cv2.imwrite(str(bccd / "JPEGImages" / f"{name}.jpg"), field)
+        if split in masks:
+            mask = np.zeros((64, 64), np.uint8)
+            cv2.circle(mask, (32, 32), 12, 128, -1)
+            cv2.circle(mask, (32, 32), 6, 255, -1)
+            cv2.imwrite(str(bccd / "masks" / f"BloodImage_Mask_0000{i}.png"), mask)
+    return root
+
+
+@pytest.mark.parametrize(("masks", "split"), [((), "train"), (("train",), "val")], ids=["none", "train only"])
+def test_train_segmenter_without_masks_is_one_line_before_training(tmp_path: Path, masks: tuple[str, ...],
+                                                                   split: str) -> None:
+    """BCCD as its own repository ships it has no masks/ (they come from Banik et al.): a `high <= 0` traceback; with
+    masks for the train fields only, every iteration trained, validation scored nan, and the run ended with a
+    FileNotFoundError, nothing written."""
+    from wbc.errors import WbcError
+    from wbc.train.segmenter import train_segmenter
+
+    root = _bccd_root(tmp_path / "root", masks)
+    out = tmp_path / "seg.onnx"
+    with pytest.raises(WbcError, match=rf"bccd/masks: none of the 1 BCCD {split} fields has a mask"):
+        train_segmenter(root, out, iters=2, eval_every=1, batch=1, size=32, log=lambda _: None)
+    assert not out.exists()

@@ -88,6 +88,19 @@ def load_split(root: Path, split: str) -> list[tuple[np.ndarray, np.ndarray, flo
     return out
 
 
+def check_masks(root: Path) -> None:
+    """Refuse, before any field is read, a data root whose BCCD train or val fields have no mask: the masks come
+    apart from BCCD (Banik et al.), and before wbc 0.33.0 a root without them was a ``high <= 0`` traceback, and one
+    with train masks only trained every iteration, scored nothing on validation and ended in a FileNotFoundError."""
+    for split in ("train", "val"):
+        items = load_bccd(root, split)
+        if not any(it.mask is not None for it in items):
+            bccd = root / "bccd" if (root / "bccd").is_dir() else root
+            raise WbcError(f"{bccd / 'masks'}: none of the {len(items)} BCCD {split} fields has a mask "
+                           "(BloodImage_Mask_NNNNN.png); train-segmenter learns from the masks, which BCCD's own "
+                           "repository does not ship (Banik et al. 2020)")
+
+
 def _jitter_colour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
     hsv[:, :, 0] = (hsv[:, :, 0] + rng.uniform(-8, 8)) % 180
@@ -202,6 +215,7 @@ def train_segmenter(
     from wbc.train.export import check_new_output
 
     check_new_output(output, overwrite)
+    check_masks(root)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
