@@ -132,11 +132,13 @@ class _Stop(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [{"num_workers": 1}, {"unlabelled": "lab"}], ids=["workers", "unlabelled"])
+@pytest.mark.parametrize("extra", [{"num_workers": 1}, {"unlabelled": "lab"}, {"attributes": "wbcatt"}],
+                         ids=["workers", "unlabelled", "attributes"])
 def test_a_resumed_run_ends_as_the_uninterrupted_one(synthetic_dataset: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
     """Stopped after its first epoch's last.pt and resumed, a run ends with the weights of the run never stopped,
-    with worker processes and with unlabelled cells (both drew other random numbers after a resume)."""
+    with worker processes and with unlabelled cells (both drew other random numbers after a resume), and with
+    attribute heads (last.pt did not hold them: a resumed run started them afresh)."""
     import torch
     from rich.console import Console
 
@@ -150,6 +152,13 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(synthetic_dataset: Path, tm
         for i, label in enumerate(CLASSES * 2):
             write_image(tmp_path / "lab" / f"{i}.png", synthetic_cell(label, 72, 1000 + i))
         extra = {"unlabelled": str(tmp_path / "lab"), "unlabelled_threshold": 0.01}
+    if "attributes" in extra:  # WBCAtt-like attributes for the synthetic cells, following their class
+        import wbc.train.attributes as attributes
+
+        table = {p.name: np.array([CLASSES.index(p.parent.name) % len(v) for v in attributes.ATTRIBUTES.values()],
+                                  np.int8) for p in synthetic_dataset.rglob("*.png")}
+        monkeypatch.setattr(attributes, "read_wbcatt", lambda folder: table)
+        extra = {"attributes": "wbcatt", "attribute_weight": 1.0}
     cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=32, epochs=2,
                       batch_size=32, lr=3e-3, patience=0, threads=1, max_per_class=8).updated(extra)
     quiet = Console(quiet=True)
@@ -172,6 +181,8 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(synthetic_dataset: Path, tm
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in full["history"]]
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
+    for k, v in full.get("heads", {}).items():
+        assert torch.equal(v, resumed["heads"][k]), k
 
 
 def test_train_never_writes_over_a_run_or_an_ensemble_without_overwrite(synthetic_run: Path, tmp_path: Path) -> None:

@@ -263,6 +263,8 @@ def fit(
         net.load_state_dict(ck["model"])
         if ema is not None and "ema" in ck:
             ema.load_state_dict(ck["ema"])
+        if heads is not None and "heads" in ck:  # trained as far as the network (last.pt of wbc 0.33.0 on)
+            heads.load_state_dict(ck["heads"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best_f1, best_epoch, bad_epochs = ck["epoch"] + 1, ck["best_f1"], ck["best_epoch"], ck["bad"]
@@ -374,6 +376,9 @@ def fit(
                          "epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "bad": bad_epochs,
                          "history": history, "rng": torch.get_rng_state(), "gen": gen.get_state(),
                          **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
+                         # the attribute heads too: before wbc 0.33.0 a resumed run built them afresh from the seed,
+                         # under the optimizer's trained moments, and went on otherwise than the uninterrupted run
+                         **({"heads": heads.state_dict()} if heads is not None else {}),
                          **({"ema": ema.state_dict()} if ema is not None else {})}, last)
         distributed.barrier()  # every rank sees this epoch's checkpoints before going on
         if stop:
