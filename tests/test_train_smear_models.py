@@ -125,3 +125,26 @@ def test_train_segmenter_without_masks_is_one_line_before_training(tmp_path: Pat
     with pytest.raises(WbcError, match=rf"bccd/masks: none of the 1 BCCD {split} fields has a mask"):
         train_segmenter(root, out, iters=2, eval_every=1, batch=1, size=32, log=lambda _: None)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train-detector", "train-segmenter"])
+def test_a_trainer_s_output_must_be_an_onnx_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 command: str) -> None:
+    """`wbc train-detector --output runs/d/model.pt` wrote the ONNX model, then its state dict (kept beside it as
+    NAME.pt) over it, and logged "exported runs/d/model.pt". Any name but .onnx is refused before a field is read."""
+    import wbc.train.detector as detector
+    import wbc.train.segmenter as segmenter
+    from wbc.errors import WbcError
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(detector, "build_training_set", no_data)
+    monkeypatch.setattr(segmenter, "check_masks", no_data)
+    out = tmp_path / "d.pt"
+    run = detector.train_detector if command == "train-detector" else segmenter.train_segmenter
+    with pytest.raises(WbcError, match=r"d\.pt: a model file is ONNX; give a \.onnx name"):
+        run(tmp_path, out, iters=1, log=lambda _: None)
+    assert not out.exists()
+    exc = invoke(command, "--iters", "1", "-o", str(tmp_path), cwd=tmp_path)
+    assert isinstance(exc, WbcError) and "is a folder" in str(exc)

@@ -109,11 +109,18 @@ def export_checkpoint(path: str | os.PathLike[str], output: str | os.PathLike[st
 
 
 def check_new_output(output: Path, overwrite: bool) -> None:
-    """Refuse, before any data is read, an ``output`` model that exists (without ``overwrite``) or cannot be written.
+    """Refuse, before any data is read, an ``output`` model that is no ``.onnx`` name, exists (without ``overwrite``)
+    or cannot be written.
 
     A trainer exports its first checkpoint at its first validation, however poor, over what is there: a trial run of
     `wbc train-segmenter` from the repository root replaced the shipped U-Net, its default output until wbc 0.31.0.
+    `wbc train-detector` keeps its weights beside the model as ``NAME.pt``: before wbc 0.33.0 ``--output NAME.pt``
+    wrote the ONNX model and then the state dict over it.
     """
+    from wbc.model import check_model_output
+
+    if not output.is_dir():  # a folder: check_output_file names it
+        check_model_output(output)
     if output.is_file() and not overwrite:
         raise WbcError(f"{output}: exists (its first checkpoint would replace it); pass --overwrite to replace it, "
                        "or give a new --output")
