@@ -24,6 +24,9 @@ def test_toml_then_flags_override(tmp_path: Path) -> None:
     ("progressive_size = 16", "progressive_size must be"),
     ("epochs = 3\nprogressive_size = 112\nprogressive_epochs = 3", "leave at least one epoch at full size"),
     ("num_workers = -1", "num_workers must be"),
+    # accepted, and no epoch was smaller, before wbc 0.33.0:
+    ("progressive_size = 112", "progressive_size and progressive_epochs go together"),
+    ("progressive_epochs = 4", "progressive_size and progressive_epochs go together"),
     ("epochs = [", "not valid TOML"),
     # accepted without a word by wbc 0.26.0:
     ("epochs = 3\nlr_typo = 1\n[train]\nlr = 0.01", "epochs, lr_typo outside the .train. table"),

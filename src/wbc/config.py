@@ -144,6 +144,10 @@ class TrainConfig:
                               f"not {self.progressive_size}")
         if self.progressive_epochs < 0 or (self.progressive_size and self.progressive_epochs >= self.epochs):
             raise ConfigError("progressive_epochs must be >= 0 and leave at least one epoch at full size")
+        if bool(self.progressive_size) != bool(self.progressive_epochs):  # one alone did nothing, without a word
+            raise ConfigError(f"progressive_size and progressive_epochs go together (the first progressive_epochs "
+                              f"epochs train at progressive_size), not {self.progressive_size} and "
+                              f"{self.progressive_epochs}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device must be cpu, cuda or auto, not {self.device!r}")
         if self.num_workers < 0 or self.threads < 1:
