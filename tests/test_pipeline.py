@@ -117,6 +117,14 @@ def test_export_weights_writes_only_a_new_pt_file(synthetic_run: Path, tmp_path:
     assert info.classes == load_model(synthetic_run / "model.onnx").info.classes
 
 
+def test_export_to_an_opset_pytorch_cannot_write_is_one_line(synthetic_run: Path, tmp_path: Path) -> None:
+    """`wbc export --opset 24` (no upper bound on the option) was a RuntimeError traceback from the exporter."""
+    r = run_wbc("export", str(synthetic_run), "-o", str(tmp_path / "m.onnx"), "--opset", "99")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--opset 99: this PyTorch" in r.stderr and "exports opsets 17 to 2" in r.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_export_of_one_checkpoint_is_the_same_bytes_each_time(synthetic_run: Path, tmp_path: Path) -> None:
     """The parity check's input was unseeded, so its difference (stored in the metadata) and the file's SHA-1 changed
     from export to export, and `wbc analyze` redid every field after the same checkpoint was exported again."""

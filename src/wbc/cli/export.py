@@ -16,7 +16,7 @@ from wbc.errors import WbcError
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder or a .pt checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")] = Path("model.onnx"),
-    opset: Annotated[int, typer.Option(min=17)] = 17,
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset: 17 up to the highest this PyTorch writes.")] = 17,
 ) -> None:
     """Export a trained checkpoint to ONNX (+ metadata) and check it against PyTorch."""
     from wbc.io import check_output_file

@@ -100,7 +100,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Mo
     return (Ensemble(nets) if len(nets) > 1 else nets[0]), info
 
 
+#: The lowest ONNX opset `wbc export` writes (``--opset``).
+MIN_OPSET = 17
+
+
+def max_opset() -> int:
+    """The highest ONNX opset this PyTorch's exporter writes (23 for torch 2.9 to 2.14)."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_MAX_OPSET", 23))
+
+
+def check_opset(opset: int) -> None:
+    """Refuse, before the checkpoint is loaded, an opset this PyTorch cannot write: before wbc 0.33.0 `wbc export
+    --opset 24` was a RuntimeError traceback."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise WbcError(f"--opset {opset}: this PyTorch ({torch.__version__}) exports opsets {MIN_OPSET} to "
+                       f"{max_opset()}")
+
+
 def export_checkpoint(path: str | os.PathLike[str], output: str | os.PathLike[str], opset: int = 17) -> float:
+    check_opset(opset)
     net, info = load_checkpoint(path)
     # a seeded parity input: its difference is stored in the metadata, so one checkpoint exports to the same bytes
     # (wbc analyze redoes every field of a model whose file SHA-1 changed)
