@@ -922,6 +922,28 @@ def test_an_unreadable_training_image_leaves_the_cell_fraction_measured(tmp_path
     assert f"of {len(rows) - 1} images" in info.training_data
 
 
+def test_a_model_without_pretrained_weights_is_recorded_as_trained_from_scratch(tmp_path: Path) -> None:
+    """`pretrained = true` (the default) is ignored by small_cnn and resnet50, which have no pretrained weights, yet
+    the run's config.json and the model's metadata said pretrained: true: a from-scratch run that said it was not."""
+    import io
+
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import resumed_config, run_training
+
+    data = make_dataset(tmp_path / "cells", n_per_class=4, size=32, classes=["neutrophil", "lymphocyte"])
+    cfg = TrainConfig(data=str(data), model="small_cnn", input_size=32, epochs=1, batch_size=8, threads=1)
+    assert cfg.pretrained
+    out = io.StringIO()
+    run_training(cfg, tmp_path / "run", console=Console(file=out, width=200), score_test=False)
+    assert "small_cnn has no pretrained weights: it starts from random weights" in out.getvalue()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pretrained"] is False
+    assert load_model(tmp_path / "run" / "model.onnx").info.extra["config"]["pretrained"] is False
+    assert resumed_config(cfg, tmp_path / "run", given={"pretrained", "model"}).pretrained is False  # no clash
+
+
 def test_a_class_asked_for_but_absent_from_the_data_is_named(tmp_path: Path) -> None:
     """classes naming a class the data does not hold trained a model without it, without a word, while the run's
     config.json listed it."""

@@ -666,6 +666,7 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: Collection[str] | Non
         run_cfg = TrainConfig().updated({k: v for k, v in saved.items() if k != "extra"})
     except (OSError, ValueError, WbcError) as exc:
         raise WbcError(f"{where}: unreadable run config ({exc})") from None
+    cfg, run_cfg = truthful_pretrained(cfg), truthful_pretrained(run_cfg)  # as the run recorded it (or now would)
     keys = [f.name for f in fields(TrainConfig) if f.name != "extra"] if given is None else sorted(given)
     clash = [k for k in keys if k not in MACHINE_OPTIONS and k != "extra" and getattr(cfg, k) != getattr(run_cfg, k)]
     if clash:
@@ -675,6 +676,17 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: Collection[str] | Non
                        + "; leave them out to resume, or start a new --output to change the recipe (init_weights = "
                        f"\"{run_dir / 'best.pt'}\" trains on from its weights)")
     return run_cfg.updated({k: getattr(cfg, k) for k in MACHINE_OPTIONS})
+
+
+def truthful_pretrained(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``pretrained`` false for a model that has no pretrained weights (small_cnn, resnet50), which
+    start from random weights whatever it says: before wbc 0.33.0 such a run's config.json and metadata said
+    ``pretrained: true``."""
+    from wbc.train.models import has_pretrained_weights, list_models
+
+    if cfg.pretrained and cfg.model in list_models() and not has_pretrained_weights(cfg.model):
+        return cfg.updated({"pretrained": False})
+    return cfg
 
 
 def _shown(value: Any) -> str:
@@ -762,6 +774,11 @@ def run_training(
     if resume:
         cfg = resumed_config(cfg, run_dir, given)
     check_before_reading(cfg, root)
+    if cfg.pretrained and not truthful_pretrained(cfg).pretrained:
+        if int(os.environ.get("RANK", 0)) == 0:
+            console.print(f"{cfg.model} has no pretrained weights: it starts from random weights (recorded as "
+                          "pretrained = false)", highlight=False)
+        cfg = truthful_pretrained(cfg)
     device_type = resolve_device(cfg.device).type  # a missing GPU is reported now, not after decoding the data
     if (nproc > 1 or "WORLD_SIZE" in os.environ) and cfg.folds > 1:
         raise WbcError("cross-validation (folds > 1) runs in one process; train the folds as separate jobs")

