@@ -637,3 +637,23 @@ def test_ddp_benchmark_reuses_a_run_folder_only_for_its_own_settings(tmp_path: P
     config.write_text("[train]\nepochs = 10\n")
     with pytest.raises(SystemExit, match="trained with another config"):
         train(config, out, 1, 0, [])
+
+
+@needs_torch
+def test_attributes_with_several_processes_are_refused_before_any_image_is_decoded(synthetic_dataset: Path,
+                                                                                  tmp_path: Path) -> None:
+    """attributes = "wbcatt" with --nproc 2 was refused in each rank's fit, after the whole dataset was decoded."""
+    import io
+
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_training
+
+    cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=32, epochs=1,
+                      batch_size=8, threads=1, max_per_class=2, attributes="wbcatt")
+    out = io.StringIO()
+    with pytest.raises(WbcError, match=r"attributes do not work with --nproc > 1"):
+        run_training(cfg, tmp_path / "run", console=Console(file=out), nproc=2)
+    assert not (tmp_path / "run").exists() and "decoding" not in out.getvalue()

@@ -785,6 +785,9 @@ def run_training(
     if (nproc > 1 or int(os.environ.get("WORLD_SIZE", 1)) > 1) and cfg.balance == "sampler":
         # refused here, before the ranks start or a file is written (train_one checks it again under torchrun)
         raise WbcError("balance = sampler does not work with --nproc > 1; use balance = loss")
+    if (nproc > 1 or int(os.environ.get("WORLD_SIZE", 1)) > 1) and cfg.attributes and cfg.attribute_weight > 0:
+        # refused here, before the data is decoded (fit checks it again): before wbc 0.33.0 only in fit, after
+        raise WbcError("attributes do not work with --nproc > 1 (their heads sit outside DDP's wrapper)")
     check_batch_divides(cfg.batch_size, nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", 1)))
     if device_type == "cuda" and nproc > torch.cuda.device_count():
         raise WbcError(f"--nproc {nproc} on cuda needs {nproc} GPUs; PyTorch sees {torch.cuda.device_count()}")
