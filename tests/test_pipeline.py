@@ -592,20 +592,26 @@ def test_an_ensemble_of_cross_validation_runs_is_calibrated_out_of_fold(syntheti
     """`wbc ensemble` of two --folds runs fitted its temperature and review threshold on the val rows, which trained
     every member, and called it "out-of-fold", "3-fold ... (3 members)" for 6 members. Each train or val row of fold k
     is now scored by every run's k-th member, the ones that never saw it, and the members are counted."""
+    import torch
     from rich.console import Console
 
     from wbc.calibration import calibrate
     from wbc.data import read_manifest
     from wbc.errors import WbcError
-    from wbc.model import softmax
+    from wbc.model import ModelInfo, softmax
     from wbc.train.data import decode_all
     from wbc.train.export import load_checkpoint
     from wbc.train.loop import predict_logits, run_ensemble
 
     runs = [_copy_run(synthetic_run, tmp_path / name, seed, folds=2) for name, seed in (("cvA", 1), ("cvB", 2))]
+    ck = torch.load(runs[1] / "ensemble.pt", weights_only=False)  # cvB trained with seed 1 (its metadata's config)
+    b_info = ModelInfo.from_json(ck["info"])
+    b_info.extra["config"]["seed"] = 1
+    torch.save({**ck, "info": b_info.to_json()}, runs[1] / "ensemble.pt")
     run_ensemble(runs, tmp_path / "ens", console=Console(quiet=True), score_test=False)
     info = load_model(tmp_path / "ens" / "model.onnx").info
     assert "2 x 2-fold cross-validation ensembles (4 members) on the train and val splits" in info.training_data
+    assert "split seed 0, seeds 0, 1" in info.training_data  # both runs, not the first one's alone
     assert info.architecture == "ensemble of 4 x small_cnn" and info.metrics["split"] == "out-of-fold"
     rows = [s for s in read_manifest(runs[0] / "manifest.csv", root=Path("/")) if s.split != "test"]
     cells, ok, _ = decode_all(rows, info.input_size)

@@ -235,3 +235,30 @@ def test_a_cross_validation_model_says_what_it_was_trained_and_scored_on(tmp_pat
     plain = finalise_info(TrainConfig(data=str(root)), ["basophil", "neutrophil"], [0.5] * 3, [0.25] * 3, logits,
                           labels, stratified_split(scan_folder(root).samples), root)
     assert "train split (12 of 20" in plain.training_data and plain.metrics["split"] == "val"
+
+
+@needs_torch
+def test_an_ensemble_s_metadata_describes_every_run_and_member(tmp_path) -> None:
+    """`wbc ensemble RUN RUN_S1` described the first run alone ("train split ...; split seed 0, seed 0"), not the
+    other member or its seed 1; a --folds model said architecture "small_cnn", where `wbc ensemble` writes "ensemble
+    of 2 x small_cnn"."""
+    from wbc.data import scan_folder, stratified_split
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import finalise_info
+
+    root = make_dataset(tmp_path / "d", n_per_class=10, size=32, classes=["basophil", "neutrophil"])
+    samples = stratified_split(scan_folder(root).samples)
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(20, 2)), np.array([0, 1] * 10)
+    classes, mean, std = ["basophil", "neutrophil"], [0.5] * 3, [0.25] * 3
+    base = TrainConfig(data=str(root), model="small_cnn")
+    runs = [base, base.updated({"seed": 1, "init_weights": "shipped.pt"})]
+    ens = finalise_info(base, classes, mean, std, logits, labels, samples, root, members=2, runs=runs)
+    assert "ensemble of 2 runs, each on the train split (12 of 20" in ens.training_data
+    assert ens.training_data.endswith("split seed 0, seeds 0, 1; started from shipped.pt")
+    assert ens.architecture == "ensemble of 2 x small_cnn"
+    cv = finalise_info(base.updated({"folds": 3}), classes, mean, std, logits, labels,
+                       stratified_split(scan_folder(root).samples, folds=3), root)
+    assert cv.architecture == "ensemble of 3 x small_cnn" and cv.training_data.endswith("split seed 0, seed 0")
+    one = finalise_info(base, classes, mean, std, logits, labels, samples, root)
+    assert one.architecture == "small_cnn" and "train split (12 of 20" in one.training_data

@@ -984,10 +984,12 @@ def measure_training_cell_fraction(samples: list[Sample], per_class: int = 25, s
 
 def finalise_info(
     cfg: TrainConfig, classes: list[str], mean, std, val_logits: np.ndarray, val_labels: np.ndarray,
-    samples: list[Sample], root: Path, members: int | None = None,
+    samples: list[Sample], root: Path, members: int | None = None, runs: Sequence[TrainConfig] = (),
 ) -> ModelInfo:
     """Metadata for export: temperature and review threshold fitted on validation data. ``members``: how many
-    networks a cross-validation ensemble holds, when not ``cfg.folds`` (`wbc ensemble` of several such runs)."""
+    networks a cross-validation ensemble holds, when not ``cfg.folds`` (`wbc ensemble` of several such runs).
+    ``runs``: the configurations of the runs `wbc ensemble` combines, whose seeds and starting weights the metadata
+    names (before wbc 0.33.0 it described the first run alone, and a --folds model's architecture was its members')."""
     cal = calibrate(val_logits, val_labels, cfg.review_target_accuracy)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cv = cfg.folds > 1  # every non-test row trained K-1 members, and the validation answers are out-of-fold
@@ -996,17 +998,22 @@ def finalise_info(
     data = Path(cfg.data)  # a manifest by its folder too: every run's is manifest.csv
     data_desc = "-".join(filter(None, (data.parent.name, data.stem))) if is_manifest(data) else data.name
     n = members or cfg.folds
-    runs = f"{n // cfg.folds} x " if cv and n != cfg.folds else ""
-    how = (f"{runs}{cfg.folds}-fold cross-validation ensemble{'s' if runs else ''} ({n} members) on the train and val "
-           "splits" if cv else "train split")
-    start = f"; started from {Path(cfg.init_weights).name}" if cfg.init_weights else ""
+    of_runs = f"{n // cfg.folds} x " if cv and n != cfg.folds else ""
+    how = (f"{of_runs}{cfg.folds}-fold cross-validation ensemble{'s' if of_runs else ''} ({n} members) on the train "
+           "and val splits" if cv else f"ensemble of {len(runs)} runs, each on the train split" if runs else
+           "train split")
+    configs = list(runs) or [cfg]
+    starts = sorted({Path(c.init_weights).name for c in configs if c.init_weights})
+    start = f"; started from {', '.join(starts)}" if starts else ""
+    seeds = f"seeds {', '.join(str(c.seed) for c in configs)}" if len(configs) > 1 else f"seed {cfg.seed}"
+    networks = n if cv else len(runs)
     return ModelInfo(
         classes=classes, input_size=cfg.input_size, centre_crop=cfg.centre_crop, mean=list(mean), std=list(std),
-        architecture=cfg.model,
+        architecture=f"ensemble of {networks} x {cfg.model}" if networks > 1 else cfg.model,
         version=cfg.version, model_id=f"wbc-{cfg.model}-{data_desc}-{stamp}", temperature=cal.temperature,
         review_threshold=cal.review_threshold, review_target_accuracy=cal.review_target_accuracy,
         training_data=(f"{data_desc}: {how} ({sum(counts.values())} of {len(samples)} images: {counts}); "
-                       f"split seed {cfg.split_seed}, seed {cfg.seed}{start}"),
+                       f"split seed {cfg.split_seed}, {seeds}{start}"),
         created=stamp,
         metrics=summarise(val_logits, val_labels, classes) | {"split": "out-of-fold" if cv else "val"},
         extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}},
@@ -1103,7 +1110,8 @@ def run_ensemble(
     _same_networks(runs, nets)
     members = [m for run_nets in nets for m in run_nets]
     ensemble = Ensemble(members).eval()
-    cfg = _run_config(runs[0], infos[0])
+    run_cfgs = [_run_config(r, i) for r, i in zip(runs, infos, strict=True)]
+    cfg = run_cfgs[0]
     samples = read_manifest(manifests[0], root=root)
     folds = sorted({s.fold for s in samples if s.fold >= 0 and s.split != "test"})
     for run, run_nets in zip(runs, nets, strict=True):
@@ -1133,7 +1141,7 @@ def run_ensemble(
     else:
         val_logits = predict_logits(ensemble, parts["val"].images, mean, std)
     info = finalise_info(cfg, classes, mean, std, val_logits, parts["val"].labels, samples, root,
-                         members=len(members))
+                         members=len(members), runs=run_cfgs)
     info.architecture = f"ensemble of {len(members)} x {arch}"
     info.model_id = info.model_id.replace(f"wbc-{cfg.model}", f"wbc-ensemble{len(members)}-{arch}")
     info.extra["members"] = [str(r) for r in runs]
