@@ -48,6 +48,15 @@ def test_run_folder_holds_everything(synthetic_run: Path) -> None:
     meta = json.loads((synthetic_run / "model.json").read_text())
     assert meta["input_size"] == 48 and len(meta["classes"]) == 8 and meta["temperature"] > 0
     assert meta["extra"]["onnx_max_abs_diff"] < 1e-4
+    # the split it was trained on (wbc 0.33.0): `wbc evaluate` knows its run's manifest by it, wherever it is copied
+    from wbc.data import load_dataset, split_hash
+    from wbc.evaluate import is_own_run
+
+    assert meta["extra"]["split_hash"] == split_hash(load_dataset(synthetic_run / "manifest.csv").samples)
+    copy = synthetic_run.parent / "elsewhere" / "split.csv"
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_bytes((synthetic_run / "manifest.csv").read_bytes())
+    assert is_own_run(copy, load_model(synthetic_run / "model.onnx"))
 
 
 def test_synthetic_model_learns_and_onnx_matches_training_eval(synthetic_run: Path) -> None:
@@ -502,6 +511,7 @@ def test_ensemble_of_two_runs_on_one_split(synthetic_run: Path, synthetic_datase
     result = run_ensemble([synthetic_run, second], tmp_path / "ens", console=Console(quiet=True))
     clf = load_model(tmp_path / "ens" / "model.onnx")
     assert clf.info.architecture.startswith("ensemble of 2") and clf.info.extra["onnx_max_abs_diff"] < 1e-4
+    assert clf.info.extra["split_hash"] == load_model(synthetic_run / "model.onnx").info.extra["split_hash"]
     assert 0 <= result["accuracy"] <= 1 and result["n"] == 16
     # softmax of the ensemble's logits is the mean of the members' probabilities
     cells = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)

@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 
 from wbc.calibration import calibrate
 from wbc.config import TrainConfig
-from wbc.data import Sample, file_sha1, read_manifest, scan_folder, stratified_split, write_manifest
+from wbc.data import Sample, file_sha1, read_manifest, scan_folder, split_hash, stratified_split, write_manifest
 from wbc.errors import WbcError
 from wbc.evaluate.metrics import summary_metrics
 from wbc.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, check_output_file
@@ -908,6 +908,9 @@ def run_training(
         val_labels = val.labels
 
     info = finalise_info(cfg, classes, mean, std, val_logits, val_labels, kept, root)  # the images trained on
+    # the split it was trained on, as its manifest.csv holds it (unreadable rows too): `wbc evaluate` tells its own
+    # run's split by it wherever the files are (wbc.evaluate.is_own_run)
+    info.extra["split_hash"] = split_hash(read_manifest(run_dir / "manifest.csv", root=root))
     ckpt_name = "ensemble.pt" if cfg.folds > 1 else "best.pt"
     ck = torch.load(run_dir / ckpt_name, map_location="cpu", weights_only=False)
     ck["info"] = info.to_json()
@@ -1145,6 +1148,7 @@ def run_ensemble(
     info.architecture = f"ensemble of {len(members)} x {arch}"
     info.model_id = info.model_id.replace(f"wbc-{cfg.model}", f"wbc-ensemble{len(members)}-{arch}")
     info.extra["members"] = [str(r) for r in runs]
+    info.extra["split_hash"] = split_hash(samples)  # every member's split (checked above), as a run's model records it
     out.mkdir(parents=True, exist_ok=True)
     (out / "test_metrics.json").unlink(missing_ok=True)  # never another model's test score beside this one
     save_atomic({"members": [m.state_dict() for m in members], "arch": arch, "dropout": cfg.dropout,
