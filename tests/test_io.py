@@ -411,6 +411,40 @@ def test_an_output_to_a_fifo_or_stdout_through_a_link_is_streamed_not_replaced(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "stdout"]
 
 
+def test_an_output_through_a_link_to_stdout_or_stderr_writes_into_the_shell_s_file_never_over_it(
+    tmp_path: Path,
+) -> None:
+    """``wbc classify ... -o /dev/stdout >> all.csv`` renamed a new file over all.csv (the link resolves to the shell's
+    file), so its earlier rows were lost; ``-o /dev/stderr 2>>run.log`` lost the log, and the lines printed after went
+    to the unlinked file. A path through a process's open files is a stream, written where the shell's descriptor
+    points. Links in tmp_path stand in for /dev/stdout and /dev/stderr (never the real ones in a test run as root), in a
+    child process whose descriptors are the shell's redirections."""
+    (tmp_path / "stdout").symlink_to("/proc/self/fd/1")
+    (tmp_path / "stderr").symlink_to("/proc/self/fd/2")
+    (tmp_path / "out").symlink_to("stdout")  # a chain of links, relative
+
+    def child(code: str, out: Path, mode: str, err: Path | None = None) -> None:
+        with open(out, mode) as fo, open(err or os.devnull, "a") as fe:  # `>> all.csv` / `> all.csv`, `2>> run.log`
+            subprocess.run([sys.executable, "-c", "import sys; from wbc.io import atomic_write_text as w\n" + code],
+                           stdout=fo, stderr=fe, check=True, env={**os.environ})
+
+    all_csv = tmp_path / "all.csv"
+    all_csv.write_text("earlier,row\n")
+    for link in ("stdout", "out"):
+        child(f"w({str(tmp_path / link)!r}, 'new,row\\n')", all_csv, "a")
+    assert all_csv.read_text() == "earlier,row\nnew,row\nnew,row\n"
+    # `> all.csv`: lines printed before and after the CSV keep their order, none written over
+    child(f"print('before', flush=True); w({str(tmp_path / 'stdout')!r}, 'a,b\\n'); print('after')", all_csv, "w")
+    assert all_csv.read_text() == "before\na,b\nafter\n"
+    log = tmp_path / "run.log"
+    log.write_text("earlier line\n")
+    child(f"print('x', file=sys.stderr); w({str(tmp_path / 'stderr')!r}, 'a,b\\n'); print('done', file=sys.stderr)",
+          tmp_path / "o.txt", "w", err=log)
+    assert log.read_text() == "earlier line\nx\na,b\ndone\n"
+    assert all((tmp_path / n).is_symlink() for n in ("stdout", "stderr", "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.csv", "o.txt", "out", "run.log", "stderr", "stdout"]
+
+
 def test_a_gif_in_a_folder_is_read_and_a_folder_of_other_files_says_what_it_holds(tmp_path: Path) -> None:
     """A folder of GIFs was skipped in silence and reported as holding no image files; a folder of another format
     (JPEG XL) said only that, as if empty. JPEG 2000 and AVIF files are read (wbc 0.27.0; they were left out)."""

@@ -985,12 +985,33 @@ def _read_umask() -> int:
 _UMASK: int = _read_umask()
 
 
+#: A process's open file as /proc shows it (``/proc/self``, ``/dev/fd`` and ``/proc/thread-self`` resolve to these).
+_FD_PATH = re.compile(r"/proc/(\d+)(?:/task/\d+)?/fd/(\d+)")
+
+
+def fd_link(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(pid, fd)`` when ``path``'s chain of links passes through a process's open files (``/dev/stdout``,
+    ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``), else None. Such a link resolves to the file the shell opened
+    (``> all.csv``), which is a stream to write into, never a file to rename over."""
+    q = Path(path)
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        m = _FD_PATH.fullmatch(os.path.join(os.path.realpath(q.parent), q.name))
+        if m:
+            return int(m[1]), int(m[2])
+        if not q.is_symlink():
+            return None
+        t = Path(os.readlink(q))
+        q = t if t.is_absolute() else q.parent / t
+    return None
+
+
 def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     """Where a write to ``path`` lands, and whether it is a stream. A symbolic link's target is written, never the
     link (before wbc 0.33.0 the link was replaced by a file: a lab's ``latest.csv -> /share/today.csv`` left the shared
     file old, and ``-o /dev/stdout`` as root replaced the container's ``/dev/stdout`` link). A path that exists and is
-    no regular file or folder (a FIFO, a terminal, ``/dev/stdout`` on a pipe) is a stream: it cannot be swapped
-    atomically, so it is written in place, as named (a pipe's ``/proc/self/fd`` link resolves to no path).
+    no regular file or folder (a FIFO, a terminal, ``/dev/stdout`` on a pipe), or is reached through a process's open
+    files (``/dev/stdout`` with the shell's ``> all.csv`` or ``>> all.csv``: :func:`fd_link`), is a stream: it cannot
+    be swapped atomically, so it is written in place, as named (renamed over, the shell's file lost its earlier rows).
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -999,9 +1020,26 @@ def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     True
     """
     p = Path(path)
-    if p.exists() and not p.is_file() and not p.is_dir():
+    if p.exists() and ((not p.is_file() and not p.is_dir()) or fd_link(p) is not None):
         return p, True
     return Path(os.path.realpath(p)), False
+
+
+def _write_stream(p: Path, data: bytes) -> None:
+    """Write ``data`` into the stream ``p`` in place. This process's own descriptor (``/dev/stdout``) is written
+    through a duplicate, so the bytes land at the shell's offset and wbc's later lines on it follow them (a file opened
+    anew at the start would overwrite them, or they it); another open regular file is appended to (``>>`` wants its
+    end, and ``>`` has already emptied it); anything else (a FIFO, a terminal) is opened for writing."""
+    fd = fd_link(p)
+    if fd is not None and fd[0] == os.getpid():
+        for stream in (sys.stdout, sys.stderr):  # what Python still holds for that descriptor goes first
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with os.fdopen(os.dup(fd[1]), "wb") as fh:
+            fh.write(data)
+        return
+    with open(p, "ab" if p.is_file() else "wb") as fh:
+        fh.write(data)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -1010,8 +1048,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     ``/dev/stdout``) is written in place (:func:`output_target`)."""
     p, stream = output_target(path)
     if stream:
-        with open(p, "wb") as fh:
-            fh.write(data)
+        _write_stream(p, data)
         return
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
