@@ -401,22 +401,56 @@ def test_rate_limit_per_key(classifier) -> None:
 
 def test_key_guesses_in_headers_are_rate_limited_like_the_login_form(classifier) -> None:
     """A wrong X-API-Key or Bearer key cost nothing (wbc 0.32.0): 1,000 guesses a second, all answered 401, while the
-    login form limited the same guesses by address. Wrong keys now spend the login form's bucket of their address;
-    once it is empty every key from there is refused unchecked (a right one too: no yes-or-no to guess by)."""
-    with make_client(classifier, api_keys=[KEY], rate_limit_per_minute=1, rate_burst=5) as c:  # no refill here
+    login form limited the same guesses by address. Wrong keys now spend the login form's guesses of their address;
+    once they are spent every key from there is refused unchecked (a right one too: no yes-or-no to guess by)."""
+    guesses = {"key_guesses_per_minute": 1, "key_guess_burst": 5}  # no refill here
+    with make_client(classifier, api_keys=[KEY], **guesses) as c:
         codes = [c.get("/model", headers={"X-API-Key": f"guess-{i:020d}"}).status_code for i in range(8)]
         assert codes == [401] * 5 + [429] * 3, codes
         r = c.get("/model", headers={"Authorization": f"Bearer {KEY}"})
         assert r.status_code == 429 and r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
         assert "invalid API keys from this address" in r.json()["detail"]
-        assert c.post("/login", data={"key": KEY}, follow_redirects=False).status_code == 429  # one bucket
+        assert c.post("/login", data={"key": KEY}, follow_redirects=False).status_code == 429  # one allowance
         assert c.get("/health").status_code == 200  # liveness is never limited
-    with make_client(classifier, api_keys=[KEY], rate_limit_per_minute=1, rate_burst=5) as c:  # no refill here
+    with make_client(classifier, api_keys=[KEY], **guesses) as c:
         assert c.post("/login", data={"key": "wrong"}).status_code == 401
         codes = [c.get("/model", headers={"X-API-Key": KEY}).status_code for _ in range(20)]
         assert codes == [200] * 20  # right keys cost their address nothing
-        codes = [c.get("/model", headers={"X-API-Key": "w" * 20}).status_code for _ in range(5)]
-        assert codes == [401] * 4 + [429], codes  # the form's attempt and four wrong keys: the burst of 5
+        assert c.post("/login", data={"key": KEY}, follow_redirects=False).status_code == 303  # nor at the form
+        codes = [c.get("/model", headers={"X-API-Key": f"w{i}" * 20}).status_code for i in range(5)]
+        assert codes == [401] * 4 + [429], codes  # the form's wrong key and four in headers: the burst of 5
+
+
+def test_one_client_repeating_a_stale_key_does_not_lock_out_a_right_key_from_its_address(classifier) -> None:
+    """A lab's script with last year's key, going on over a folder of cells (a 401 each), spent its NAT address's
+    guesses: the LIMS behind the same address, with the right key, got 429 "too many invalid API keys; wait and check
+    the key" (wbc 0.33.0's first cut, at default settings). One wrong key repeated is one guess; 30 different ones
+    at once are allowed and the 31st is refused, its 429 naming the address, not the key."""
+    with make_client(classifier, api_keys=[KEY]) as c:  # default settings
+        for stale in ("stale-key-from-last-year", "another-stale-key-0001"):  # two misconfigured clients
+            codes = {c.get("/model", headers={"X-API-Key": stale}).status_code for _ in range(150)}
+            assert codes == {401}
+        assert c.post("/login", data={"key": "stale-key-from-last-year"}).status_code == 401  # the same guess
+        assert c.get("/model", headers={"X-API-Key": KEY}).status_code == 200
+        answers = [c.get("/model", headers={"X-API-Key": f"guess-{i:020d}"}) for i in range(40)]
+        codes = [r.status_code for r in answers]
+        # 2 stale keys and 28 guesses: 30 different wrong keys (one more if a slow machine took 2 s, a refill)
+        assert 28 <= codes.index(429) <= 30 and set(codes[: codes.index(429)]) == {401}, codes
+        r = answers[codes.index(429)]
+        detail = r.json()["detail"]
+        assert r.status_code == 429 and "too many invalid API keys from this address" in detail, detail
+        assert "check the key" not in detail and int(r.headers["retry-after"]) >= 1
+
+
+def test_an_authorization_header_of_another_scheme_is_no_key_guess(classifier) -> None:
+    """Behind a proxy doing HTTP Basic auth (nginx forwards ``Authorization: Basic``), each request of a browser not
+    signed in to wbc was charged as a wrong key: past the burst, every right key from the proxy's address got 429."""
+    tight = {"key_guesses_per_minute": 1, "key_guess_burst": 5, "rate_limit_per_minute": 1, "rate_burst": 5}
+    with make_client(classifier, api_keys=[KEY], **tight) as c:  # rate_*: the guesses' bucket before wbc 0.33.0
+        for _ in range(20):
+            r = c.get("/model", headers={"Authorization": "Basic YW5hOnNlY3JldA==", "accept": "application/json"})
+            assert r.status_code == 401 and "an API key is required" in r.json()["detail"]
+        assert c.get("/model", headers={"X-API-Key": KEY}).status_code == 200
 
 
 def test_token_bucket_refills() -> None:

@@ -146,6 +146,43 @@ class RateLimiter:
             return (cost - tokens) / self.rate
 
 
+#: How long a wrong key is remembered per address: sent again within it, it is no new guess.
+WRONG_KEY_MEMORY_S: float = 600.0
+
+
+class WrongKeys:
+    """The wrong API keys sent from each client address, limited by how many *different* ones it sends: a token bucket
+    per address (``per_minute`` sustained, ``burst`` at once) spent once per key not seen from there within
+    :data:`WRONG_KEY_MEMORY_S`. A script repeating one stale key in a loop costs one guess, so that it cannot lock out
+    a right key sent from the same address (a NAT, a proxy); a dictionary of distinct keys is still limited. Before
+    wbc 0.33.0 every wrong key spent a token, and one such script kept its address refused. Thread-safe."""
+
+    def __init__(self, per_minute: int, burst: int) -> None:
+        self.limiter = RateLimiter(per_minute, burst)
+        self._seen: dict[str, dict[bytes, float]] = {}  # address -> digest of a wrong key -> when last sent
+        self._lock = threading.Lock()
+
+    def wait(self, client: str) -> float:
+        """The seconds until ``client`` may send a key that is checked (0: now)."""
+        return self.limiter.wait(guesses_of(client))
+
+    def count(self, client: str, key: str, now: float | None = None) -> None:
+        """Charge ``client`` for the wrong ``key``, unless it sent the same one lately."""
+        now = time.monotonic() if now is None else now
+        d = _digest(key)
+        with self._lock:
+            if len(self._seen) > 10_000:  # forget addresses that sent no wrong key lately
+                self._seen = {a: s for a, s in self._seen.items()
+                              if any(t > now - WRONG_KEY_MEMORY_S for t in s.values())}
+            seen = {k: t for k, t in self._seen.get(client, {}).items() if t > now - WRONG_KEY_MEMORY_S}
+            self._seen[client] = seen
+            if d in seen:
+                seen[d] = now
+                return
+            if self.limiter.take(guesses_of(client), now) == 0:  # remembered only when charged: at most the bucket's
+                seen[d] = now
+
+
 class Authenticator:
     """API keys (as digests), web-page sessions and the per-key rate limit of one app."""
 
@@ -153,6 +190,7 @@ class Authenticator:
         self._keys = {_digest(k): Identity("key:" + _digest(k).hex()[:8]) for k in keys}
         self.settings = settings
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_burst)
+        self.wrong_keys = WrongKeys(settings.key_guesses_per_minute, settings.key_guess_burst)
         self._sessions: dict[str, tuple[Identity, float]] = {}
         self._lock = threading.Lock()
 
@@ -186,10 +224,7 @@ class Authenticator:
         """The caller named by ``X-API-Key``, ``Authorization: Bearer`` or the session cookie, else None."""
         if not self.enabled:
             return ANONYMOUS
-        key = headers.get("x-api-key")
-        if not key:
-            scheme, _, value = (headers.get("authorization") or "").partition(" ")
-            key = value.strip() if scheme.lower() == "bearer" else None
+        key = sent_key(headers)
         if key:
             return self.check_key(key)
         token = cookies.get(SESSION_COOKIE)
@@ -209,23 +244,25 @@ class Authenticator:
         a page would act as whoever is signed in. A request from another origin (:func:`from_another_origin`)
         needs its own key.
 
-        A wrong key in a header costs its ``client`` address a token of the bucket the login form's attempts spend
-        (:func:`guesses_of`); once it is empty, any key from that address is refused before it is checked, so that
-        guessing gets no answer either way. Before wbc 0.33.0 wrong keys in headers cost nothing: a dictionary attack
-        ran at wire speed beside the login form's limit.
+        A wrong key in a header (``X-API-Key``, ``Authorization: Bearer``; another scheme, a proxy's ``Basic``, is no
+        key) costs its ``client`` address a guess (:class:`WrongKeys`, shared with the login form); once they are spent,
+        any key from that address is refused before it is checked, so that guessing gets no answer either way. This
+        refuses a right key from a shared address too (kept: to check it would answer the guesses); that takes many
+        *different* wrong keys, as one repeated is one guess. Before wbc 0.33.0 wrong keys in headers cost nothing: a
+        dictionary attack ran at wire speed beside the login form's limit.
 
         Raises :class:`SecurityProblem`: 401 without a valid key, 429 over the limit (``Retry-After``).
         """
-        key_given = bool(headers.get("x-api-key") or headers.get("authorization"))
-        guesser = guesses_of(client) if key_given and client and self.enabled else None
-        if guesser and (wait := self.limiter.wait(guesser)) > 0:
-            raise SecurityProblem(429, "rate_limited", "too many invalid API keys from this address; wait and check "
-                                  "the key", {"Retry-After": str(max(1, round(wait + 0.5)))})
+        key = sent_key(headers)
+        key_given = key is not None
+        guesser = client if key is not None and client and self.enabled else None
+        if guesser and (wait := self.wrong_keys.wait(guesser)) > 0:
+            raise self.too_many_wrong_keys(wait)
         foreign = from_another_origin(headers)
         ident = self.identify(headers, {} if foreign else cookies)
         if ident is None:
-            if guesser:
-                self.limiter.take(guesser)
+            if guesser and key is not None:
+                self.wrong_keys.count(guesser, key)
             if foreign and not key_given and cookies.get(SESSION_COOKIE):
                 detail = (f"a request from another origin ({headers.get('origin')}) needs an API key: send X-API-Key: "
                           "KEY or Authorization: Bearer KEY (the web page's session counts only for its own pages)")
@@ -245,9 +282,32 @@ class Authenticator:
                                   "key; slow down", {"Retry-After": str(max(1, round(wait + 0.5)))})
         return ident
 
+    @staticmethod
+    def too_many_wrong_keys(wait: float) -> SecurityProblem:
+        """The 429 of an address whose wrong keys are spent. It names the address, not the key: the client reading it
+        may hold a right key, refused because another client behind the same NAT or proxy sent wrong ones."""
+        retry = max(1, round(wait + 0.5))
+        return SecurityProblem(429, "rate_limited", "too many invalid API keys from this address (a NAT or proxy "
+                               "shares it: every client behind it counts); no key from it is checked for "
+                               f"{retry} s", {"Retry-After": str(retry)})
+
+
+def sent_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a request sends (``X-API-Key``, else ``Authorization: Bearer``), or None. Another
+    ``Authorization`` scheme is no key: a proxy's HTTP Basic sign-in was counted as a wrong key before wbc 0.33.0.
+
+    >>> sent_key({"authorization": "Bearer k1"}), sent_key({"authorization": "Basic YTpi"}), sent_key({})
+    ('k1', None, None)
+    """
+    key = headers.get("x-api-key")
+    if not key:
+        scheme, _, value = (headers.get("authorization") or "").partition(" ")
+        key = value.strip() if scheme.lower() == "bearer" else None
+    return key or None
+
 
 def guesses_of(client: str) -> str:
-    """The rate-limit bucket of key guesses from one address: the login form's attempts and wrong keys in headers."""
+    """The rate-limit bucket of key guesses from one address: the login form's wrong keys and those in headers."""
     return f"login:{client}"
 
 
@@ -559,10 +619,12 @@ def login(request: Request, key: Annotated[str, Form()] = "",
     shown for (``next``, a path on this server only: :func:`safe_next`), else to the main page."""
     auth: Authenticator = request.app.state.authenticator
     client = request.client.host if request.client else "unknown"
-    if auth.limiter.take(guesses_of(client)) > 0:  # as wrong keys in headers (Authenticator.authorize)
-        return HTMLResponse(login_page("Too many attempts; wait a minute.", next_path), status_code=429)
+    if auth.enabled and (wait := auth.wrong_keys.wait(client)) > 0:  # as keys in headers (Authenticator.authorize)
+        return HTMLResponse(login_page(f"Too many invalid keys from this address; try again in "
+                                       f"{max(1, round(wait + 0.5))} s.", next_path), status_code=429)
     ident = auth.check_key(key) if auth.enabled else ANONYMOUS
     if ident is None:
+        auth.wrong_keys.count(client, key)
         return HTMLResponse(login_page("That key is not valid.", next_path), status_code=401)
     resp = RedirectResponse(safe_next(next_path), status_code=303)
     if auth.enabled:

@@ -63,6 +63,10 @@ class ServeSettings(BaseSettings):
     #: Requests per minute per API key (a token bucket; bursts up to ``rate_burst``). 0: no limit.
     rate_limit_per_minute: int = 1200
     rate_burst: int = 120
+    #: Different wrong API keys (in headers or the login form) one client address may send a minute, and at once; past
+    #: them every key from there is refused unchecked (``security.WrongKeys``). 0 a minute: no limit.
+    key_guesses_per_minute: int = 30
+    key_guess_burst: int = 30
     #: A request body that stalls, no byte of it arriving for this many seconds, gets 408 (a stall check, not a deadline
     #: for the whole body).
     body_timeout_s: float = 30.0
@@ -81,7 +85,7 @@ class ServeSettings(BaseSettings):
         replaced it, and the server refused ``curl http://127.0.0.1:8000/health`` on its own machine (400)."""
         return with_loopback(value)
 
-    @field_validator("rate_limit_per_minute", "rate_burst")
+    @field_validator("rate_limit_per_minute", "rate_burst", "key_guesses_per_minute", "key_guess_burst")
     @classmethod
     def _non_negative(cls, value: int) -> int:
         if value < 0:
