@@ -828,15 +828,16 @@ def classify_arrays(
     Each image is a uint8 RGB array (height x width x 3; ``cv2.imread``'s BGR needs ``cv2.cvtColor(bgr,
     cv2.COLOR_BGR2RGB)``), or an image file's bytes (decoded as its file is: any depth, EXIF orientation, colour
     profile, a TIFF's pages). A uint8 grey array (height x width, or x 1) is taken as RGB with three equal channels
-    and an RGBA one is composited on white, as image files with those layouts are read; any other array (float,
-    16-bit, other shapes) is refused in one line naming it, before any work: its scale is not known (a file's bytes
-    say it). An array is answered as its lossless file (PNG) is. A JPEG file is decoded at a reduced size when it is
-    at least twice the model's input (as the training cells were), so its decoded array's answers can differ from
-    the file's (128 PBC validation cells: 6 differed in label or flags, confidence up to 0.27): pass its bytes to
-    match. ``images``: one image or a sequence of them (a 4-D array is a stack). ``names``: how predictions
-    (``Prediction.path``) and ``errors`` name each image (default ``images[i]``). An image that cannot be a cell
-    (too small, no photo, bytes that are no image) is listed in ``errors`` as ``(name, message)``, as a file is.
-    Other arguments as :func:`classify_paths`.
+    and an RGBA one is composited on white, as image files with those layouts are read, each as its batch is
+    prepared (never all up front, which held a copy of each); any other array (float, 16-bit, other shapes)
+    is refused in one line naming it, before any work: its scale is not known (a file's bytes say it). An array is
+    answered as its lossless file (PNG) is. A JPEG file is decoded at a reduced size when it is at least twice the
+    model's input (as the training cells were), so its decoded array's answers can differ from the file's (128 PBC
+    validation cells: 6 differed in label or flags, confidence up to 0.27): pass its bytes to match. ``images``: one
+    image or a sequence of them (a 4-D array is a stack). ``names``: how predictions (``Prediction.path``) and
+    ``errors`` name each image (default ``images[i]``). An image that cannot be a cell (too small, no photo, bytes
+    that are no image) is listed in ``errors`` as ``(name, message)``, as a file is. Other arguments as
+    :func:`classify_paths`.
     """
     items = _decoded_images(images)
     if names is None:
@@ -845,8 +846,9 @@ def classify_arrays(
         labels = [str(n) for n in names]
         if len(labels) != len(items):
             raise WbcError(f"names: {len(labels)} given for {len(items)} images; give one name per image")
-    arrays = {i: _cell_array(a, i, labels[i] if names is not None else "") for i, a in enumerate(items)
-              if isinstance(a, np.ndarray)}  # every array checked before any work
+    for i, a in enumerate(items):  # every array checked before any work; converted only as it is loaded (a grey or
+        if isinstance(a, np.ndarray):  # RGBA array's RGB copy: all of them at once held 150 MiB for 400 grey cells)
+            _check_cell_array(a, i, labels[i] if names is not None else "")
     batch_size = checked_whole(batch_size, "batch_size", 1, meaning="cells a network call takes")
     workers = checked_whole(workers, "workers", 0, meaning="threads preparing the images; 0 is taken as 1")
     allowed = parse_class_set(classes, classifier.classes)
@@ -855,10 +857,11 @@ def classify_arrays(
 
     def load(i: int) -> CellViews | str:
         try:
-            if i in arrays:
-                check_pixels(arrays[i].shape[:2], labels[i], MAX_CELL_PIXELS)  # a scan, as a file of it is
-                return cell_views(arrays[i], labels[i], size, framing)
-            return decode_cell_views(bytes(items[i]), labels[i], size, framing)
+            item = items[i]
+            if isinstance(item, np.ndarray):
+                check_pixels(item.shape[:2], labels[i], MAX_CELL_PIXELS)  # a scan, as a file of it is
+                return cell_views(_cell_array(item), labels[i], size, framing)
+            return decode_cell_views(bytes(item), labels[i], size, framing)
         except ImageTooLargeError as exc:
             return str(cell_too_large(exc))
         except ImageReadError as exc:
@@ -896,21 +899,28 @@ def _not_an_image(value: object, where: str) -> WbcError:
                     f"{type(value).__name__}{hint}")
 
 
-def _cell_array(a: np.ndarray, index: int, name: str = "") -> np.ndarray:
-    """The uint8 RGB array of a decoded single-cell image, converting what is unambiguous as files are read (grey:
-    three equal channels; RGBA: composited on white, :func:`wbc.io.decode_image`), or a one-line
-    :class:`wbc.errors.WbcError` naming the image by index (and ``name``) and saying how to convert it."""
+def _check_cell_array(a: np.ndarray, index: int, name: str = "") -> None:
+    """Refuse, in one line naming the image by index (and ``name``) and saying how to convert it, an array that is
+    no uint8 grey, RGB or RGBA image (:class:`wbc.errors.WbcError`); cheap, so every array is checked before any
+    work."""
     if a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
-        if a.ndim == 2 or a.shape[2] == 1:
-            return np.ascontiguousarray(np.repeat(a.reshape(*a.shape[:2], 1), 3, axis=2))
-        if a.shape[2] == 4:
-            alpha = a[:, :, 3:4].astype(np.float32) / 255.0
-            return (a[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
-        return np.ascontiguousarray(a)
+        return
     what = f"images[{index}]" + (f" ({name})" if name else "")
     how = ("convert it to 8 bits (uint8, 0-255) first, or pass the image file's bytes, which are read at any depth"
            if a.dtype != np.uint8 else "give height x width x 3 (RGB); grey (height x width) and RGBA are converted")
     raise WbcError(f"{what}: expected a uint8 RGB image array (height x width x 3), got {a.dtype} {a.shape}; {how}")
+
+
+def _cell_array(a: np.ndarray) -> np.ndarray:
+    """The uint8 RGB array of a decoded single-cell image that :func:`_check_cell_array` passed, converting what is
+    unambiguous as files are read (grey: three equal channels; RGBA: composited on white,
+    :func:`wbc.io.decode_image`); an RGB array as it is, when contiguous."""
+    if a.ndim == 2 or a.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(a.reshape(*a.shape[:2], 1), 3, axis=2))
+    if a.shape[2] == 4:
+        alpha = a[:, :, 3:4].astype(np.float32) / 255.0
+        return (a[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    return np.ascontiguousarray(a)
 
 
 # The predictions CSV is one of the output formats of wbc.formats; these names stay importable from here.
