@@ -20,7 +20,7 @@ pytest.importorskip("alembic")
 
 from wbc.analyze import analyze_image
 from wbc.cases import NOT_WBC, UNIDENTIFIABLE, CaseError, CaseNotFoundError, CaseSignedError, CaseStore
-from wbc.cases.export import export_cases
+from wbc.cases.export import MARKER, export_cases
 from wbc.cases.store import Base, create_case_from_fields, store_url
 from wbc.errors import WbcError
 from wbc.labels import PER_100_WBC
@@ -575,6 +575,24 @@ def test_export_feeds_the_adapt_loader(store: CaseStore, fields, classifier, tmp
     (other / "keep.txt").write_text("x")
     with pytest.raises(CaseError, match="not empty"):
         export_cases(store, other)
+
+
+def test_export_through_a_link_replaces_the_folder_it_points_to(store: CaseStore, tmp_path: Path) -> None:
+    """``wbc cases export latest_export`` with ``latest_export -> share/export_2026`` renamed the link aside, put a
+    folder in its place and left a ``.latest_export.old`` link: the shared folder kept the earlier export. Through a
+    link the folder it points to is replaced (as a file through a link, :func:`wbc.io.output_target`)."""
+    (tmp_path / "share").mkdir()
+    export_cases(store, tmp_path / "share" / "export_2026")  # an earlier export, in the shared folder
+    (tmp_path / "share" / "export_2026" / "earlier.txt").write_text("the earlier export's\n")
+    link = tmp_path / "latest_export"
+    link.symlink_to("share/export_2026")
+    summary = export_cases(store, link)
+    assert summary.output == str(link)
+    assert link.is_symlink() and (tmp_path / "share" / "export_2026" / MARKER).is_file()
+    assert not (tmp_path / "share" / "export_2026" / "earlier.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("cases.sqlite")) == [
+        "latest_export", "share"]
+    assert [p.name for p in (tmp_path / "share").iterdir()] == ["export_2026"]
 
 
 def test_export_into_the_current_folder_is_one_line(store: CaseStore, tmp_path: Path, monkeypatch) -> None:

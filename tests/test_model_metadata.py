@@ -133,3 +133,33 @@ def test_any_version_label_exports(tmp_path: Path, version: str, number: int) ->
     proto = onnx.load_from_string(with_metadata(raw, info))
     assert proto.model_version == number
     assert ModelInfo.from_json(proto.metadata_props[0].value).version == version
+
+
+def test_a_model_written_through_a_link_keeps_its_readable_copy_and_weights_beside_the_file(tmp_path: Path) -> None:
+    """``write_model(lab.onnx -> models/lab_v3.onnx)`` wrote the ONNX into models/ but its .json beside the link, so
+    models/lab_v3.json went on describing the previous model and a stray lab.json appeared; quantize's own rename
+    replaced the link with a file. The .json (and an adaptation's .pt) describe the file, so they go beside it."""
+    from wbc.adapt import carry_weights
+    from wbc.model import write_model
+    from wbc.quantize import _finished_then_moved
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "lab_v3.onnx").write_bytes(DEFAULT_MODEL.read_bytes())
+    (tmp_path / "models" / "lab_v3.json").write_text("{}")
+    link = tmp_path / "lab.onnx"
+    link.symlink_to("models/lab_v3.onnx")
+    info = load_model(link, threads=1).info
+    info.model_id = "lab-v4"
+    write_model(link, DEFAULT_MODEL.read_bytes(), info)
+    assert json.loads((tmp_path / "models" / "lab_v3.json").read_text())["model_id"] == "lab-v4"
+    (tmp_path / "base.pt").write_bytes(b"weights")
+    (tmp_path / "base.onnx").write_bytes(b"")
+    carry_weights(tmp_path / "base.onnx", link, same_network=True)
+    assert (tmp_path / "models" / "lab_v3.pt").read_bytes() == b"weights"
+    info.model_id = "lab-v4-int8"
+    with _finished_then_moved(link) as work:
+        write_model(work, DEFAULT_MODEL.read_bytes(), info)
+    assert link.is_symlink() and load_model(link, threads=1).info.model_id == "lab-v4-int8"
+    assert json.loads((tmp_path / "models" / "lab_v3.json").read_text())["model_id"] == "lab-v4-int8"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["base.onnx", "base.pt", "lab.onnx", "lab_v3.json",
+                                                          "lab_v3.onnx", "lab_v3.pt", "models"]

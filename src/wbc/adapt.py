@@ -34,7 +34,15 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import ModelError, WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, Classifier, ModelInfo, checked_tta_views, without_lab_prior, write_model
+from wbc.model import (
+    ADAPTED_TTA_VIEWS,
+    Classifier,
+    ModelInfo,
+    beside_model,
+    checked_tta_views,
+    without_lab_prior,
+    write_model,
+)
 from wbc.preprocess import dihedral_view
 from wbc.runtime import one_blas_thread
 
@@ -130,7 +138,7 @@ def carry_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str], same
     none, so that an earlier run's weights left beside ``dst`` are never taken for this model's."""
     from wbc.io import atomic_write_bytes
 
-    weights, stale = Path(src).with_suffix(".pt"), Path(dst).with_suffix(".pt")
+    weights, stale = beside_model(src, ".pt"), beside_model(dst, ".pt")  # through a link: beside its target
     if same_network and weights.is_file():
         atomic_write_bytes(stale, weights.read_bytes())
     else:
@@ -423,7 +431,7 @@ def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:
         raise WbcError(f"{out}: --output must differ from --model (the original is kept)")
     if out.suffix.lower() != ".onnx":
         raise WbcError(f"{out}: --output must be an .onnx file")
-    weights = out.with_suffix(".pt")
+    weights = beside_model(out, ".pt")
     if weights.exists() and not out.exists():
         raise WbcError(f"{weights}: exists with no {out.name} beside it, so it is not an earlier adapted model's "
                        f"weights (a training run's checkpoint?), and --output {out.name} would replace it: choose "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import ModelError, WbcError, checked_whole
-from wbc.io import atomic_write_bytes, atomic_write_text
+from wbc.io import atomic_write_bytes, atomic_write_text, output_target
 from wbc.paths import DEFAULT_MODEL
 from wbc.preprocess import centre_crop, checked_cells, prepare_batch
 from wbc.runtime import SessionGroup
@@ -189,14 +189,30 @@ def check_model_output(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def beside_model(path: str | os.PathLike[str], suffix: str) -> Path:
+    """The file with ``suffix`` that goes with the model file ``path`` (its ``.json`` copy, its ``.pt`` weights):
+    beside the file a link ``path`` points to, as that is the file written and described (before wbc 0.33.0 the
+    copy went beside the link, and the target's own ``.json`` kept describing the previous model).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "lab.onnx").symlink_to("models/lab_v3.onnx")
+    >>> beside_model(d / "lab.onnx", ".json") == d.resolve() / "models" / "lab_v3.json"
+    True
+    """
+    target = output_target(path)[0]
+    return target.with_suffix(suffix) if target.suffix.lower() == ".onnx" else target.with_name(target.name + suffix)
+
+
 def write_model(path: str | os.PathLike[str], onnx_bytes: bytes, info: ModelInfo) -> Path:
-    """Write a model file carrying ``info`` (atomically) and a readable copy of it as ``<name>.json``.
+    """Write a model file carrying ``info`` (atomically) and a readable copy of it as ``<name>.json`` beside it
+    (through a link: beside its target, :func:`beside_model`).
 
     The one writer of model files: export, ``wbc adapt`` and ``wbc.ood fit`` all go through it.
     """
     p = check_model_output(path)
     atomic_write_bytes(p, with_metadata(onnx_bytes, info))
-    atomic_write_text(p.with_suffix(".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
+    atomic_write_text(beside_model(p, ".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
     return p
 
 

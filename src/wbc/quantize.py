@@ -32,7 +32,8 @@ from wbc.calibration import calibrate, resolve_review_target
 from wbc.classify import load_cells
 from wbc.data import cap_per_class, read_manifest
 from wbc.errors import WbcError
-from wbc.model import Classifier, check_model_output, write_model
+from wbc.io import output_target
+from wbc.model import Classifier, beside_model, check_model_output, write_model
 
 
 def float_nodes(graph: Any) -> list[str]:
@@ -209,12 +210,15 @@ def quantize_model(
 def _finished_then_moved(out: Path) -> Iterator[Path]:
     """A path beside ``out`` where a model file (and its ``.json``) is built, moved to ``out`` only when the block
     ends without error: an interrupted quantisation must not leave at ``out`` a finished-looking int8 model that
-    carries the float model's temperature or out-of-distribution thresholds."""
-    work = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
+    carries the float model's temperature or out-of-distribution thresholds. Through a link, the file it points to
+    is replaced, never the link (:func:`wbc.io.output_target`; before wbc 0.33.0 the link became a file)."""
+    target = output_target(out)[0]
+    target.parent.mkdir(parents=True, exist_ok=True)  # a link to a folder not made yet
+    work = target.with_name(f".{target.stem}.{os.getpid()}.partial.onnx")
     try:
         yield work
-        os.replace(work.with_suffix(".json"), out.with_suffix(".json"))
-        os.replace(work, out)
+        os.replace(work.with_suffix(".json"), beside_model(target, ".json"))
+        os.replace(work, target)
     finally:
         work.unlink(missing_ok=True)
         work.with_suffix(".json").unlink(missing_ok=True)

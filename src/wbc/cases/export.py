@@ -7,7 +7,8 @@ and training on it teaches the model its own answers (and inflates ``wbc adapt``
 (``label_source``: ``reviewed``, or ``accepted_at_sign_off`` with an empty ``reviewer``).
 
 The folder is written beside the target and swapped in whole, so an interrupted export never leaves a half-written
-folder; a folder from an earlier export is replaced, any other non-empty folder is refused.
+folder; a folder from an earlier export is replaced, any other non-empty folder is refused. Through a symbolic link,
+the folder it points to is the target (the link stays).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from wbc.cases.store import SPECIAL_LABELS, CaseError, CaseStore, safe_stem
 from wbc.data import MANIFEST_COLUMNS
 from wbc.formats import neutralise
+from wbc.io import output_target
 
 #: Marks a folder written by :func:`export_cases` (so a re-export may replace it).
 MARKER = ".wbc-cases-export"
@@ -64,10 +66,13 @@ def export_cases(
     if Path.cwd() == out.resolve() or out.resolve() in Path.cwd().parents:
         raise CaseError(f"{output}: is the current folder or holds it; write the export to a folder other than the "
                         "current one (the export is swapped in whole, which would leave the shell in a removed folder)")
+    summary = ExportSummary(output=str(out))
+    # through a link, the folder it points to is replaced, never the link (before wbc 0.33.0 the link was renamed
+    # aside and a folder put in its place: the shared folder kept the earlier export)
+    out = output_target(out)[0]
     _check_target(out)
     # each case once, however often it is named (by id and by name too): a cell twice would be learnt twice
     ids = list(dict.fromkeys(store.case_id(c) for c in cases)) if cases else [c.id for c in store.list_cases()]
-    summary = ExportSummary(output=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -110,21 +110,22 @@ def adapt(
     from wbc.calibration import cells_to_show
     from wbc.io import atomic_write_text, check_output_file
     from wbc.labels import parse_mapping
+    from wbc.model import beside_model
 
     if no_labels and unlabelled is not None:
         raise WbcError("--unlabelled goes with labelled cells; with --no-labels, --data is the unlabelled folder")
-    for path in (output, output.with_suffix(".json"), report):  # before any work: a bad path fails at once
+    for path in (output, beside_model(output, ".json"), report):  # before any work: a bad path fails at once
         if path is not None:
             check_output_file(path)
-    beside = (output, output.with_suffix(".json"), output.with_suffix(".pt"))  # what write_model and its weights write
+    beside = (output, beside_model(output, ".json"), beside_model(output, ".pt"))  # what write_model, the weights write
     if report is not None and report.resolve() in {p.resolve() for p in beside}:  # written last, it would replace it
         raise WbcError(f"{report}: --report would overwrite the adapted model or a file written beside it "
                        f"({', '.join(p.name for p in beside)}): choose another name")
     # nor what the run reads: a labelled CSV given as --report was replaced by JSON (before wbc 0.32.0)
     read = [(data, "--data"), (unlabelled, "--unlabelled"), (checkpoint, "--checkpoint")]
     if model is not None:
-        read += [(Path(model), "--model"), (Path(model).with_suffix(".json"), "--model's .json"),
-                 (Path(model).with_suffix(".pt"), "--model's .pt")]
+        read += [(Path(model), "--model"), (beside_model(model, ".json"), "--model's .json"),
+                 (beside_model(model, ".pt"), "--model's .pt")]
     for path, what in read:
         if report is not None and path is not None and path.is_file() and report.resolve() == path.resolve():
             raise WbcError(f"{report}: --report would overwrite {what}: choose another name")
