@@ -633,6 +633,25 @@ def test_a_slow_upload_that_never_stalls_is_not_refused(classifier, cell_png: by
     assert time.monotonic() - t0 < 10
 
 
+def test_a_body_that_drips_below_the_floor_is_refused(classifier, cell_png: bytes) -> None:
+    """Any byte restarted the stall timer (wbc 0.33.0's first cut), so a body dripping a byte just inside it was never
+    cut off: 20 connections each announcing 25 MiB and sending a byte every 1.5 s under a 2 s limit were all open
+    after 15 s. A body must bring at least ``body_min_bytes`` (1 KiB) in every ``body_timeout_s``: 50 bytes every
+    0.1 s (500 bytes a second) gets 408 within the first second of a 1 s limit, a steady one well above passes."""
+    app = create_app(classifier, ClassicalSegmenter(), settings=ServeSettings(body_timeout_s=1.0))
+    head = b'--B\r\nContent-Disposition: form-data; name="files"; filename="c.png"\r\nContent-Type: image/png\r\n\r\n'
+    t0 = time.monotonic()
+    assert _post_in_chunks(app, "/classify", head + b"x" * 4000, [0.1] * 80) == 408
+    assert time.monotonic() - t0 < 3  # before: all 80 pieces were read, 8 s
+    assert ServeSettings().body_min_bytes == 1024
+    body = head + cell_png + b"\r\n--B--\r\n"
+    assert len(body) // 12 > 1024  # 12 pieces 0.1 s apart: well over 1 KiB a second
+    assert _post_in_chunks(app, "/classify", body, [0.1] * 12) == 200
+    # the floor can be lowered to a byte: the stall check alone
+    app = create_app(classifier, ClassicalSegmenter(), settings=ServeSettings(body_timeout_s=1.0, body_min_bytes=0))
+    assert _post_in_chunks(app, "/classify", head + b"x" * 900, [0.1] * 20) != 408  # 500 bytes a second
+
+
 async def _shrink_default_thread_pool(threads: int) -> None:
     import anyio.to_thread
 

@@ -97,7 +97,8 @@ ERROR_STATUSES: dict[int, str] = {
     403: "`cross_site`: a request from another site that changes something, or a CORS preflight not allowed",
     404: "`not_found`: no such case, field or cell, or an image URL of another content version, or no such path",
     405: "`method_not_allowed`: the path takes other methods (`Allow`)",
-    408: "`body_timeout`: the request body stalled (no data for 30 s, `WBC_BODY_TIMEOUT_S`)",
+    408: "`body_timeout`: the request body stalled (less than 1 KiB in 30 s: `WBC_BODY_MIN_BYTES`, "
+         "`WBC_BODY_TIMEOUT_S`)",
     409: "`signed_off`: the case is read-only; `changed`: it changed after it was shown for sign-off, or a label's "
          "`expected` is not the cell's call now (someone relabelled it since)",
     413: "`too_large`, `too_many_pixels`, `too_many_files`",

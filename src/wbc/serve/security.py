@@ -5,7 +5,7 @@ Two layers, one rule set (both call :meth:`Authenticator.authorize`):
 * :class:`SecurityMiddleware` (pure ASGI, outermost) runs before a request body is read. It answers
   400 for a ``Host`` not on the allow-list (DNS rebinding), 403 for a cross-site request that changes
   something (``Sec-Fetch-Site`` / ``Origin``: a web page the lab user visits cannot make the server work),
-  401 without a valid key, 429 over the per-key rate limit, 408 when a body stalls, and
+  401 without a valid key, 429 over the per-key rate limit, 408 when a body stalls or drips, and
   adds CSP, ``nosniff`` and ``frame-ancestors`` headers to every answer. A CORS preflight (no key) goes on, after the
   Host check, to :class:`JsonCORSMiddleware` when ``--allowed-origin`` is set. Only :data:`PUBLIC_PATHS` (liveness,
   the login form and its style sheet) are open.
@@ -40,6 +40,7 @@ import json
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -525,29 +526,52 @@ class SecurityMiddleware:
         return {}
 
     def _deadline(self, receive: Receive) -> Receive:
-        """``receive`` that raises 408 when the body stalls: no byte of it for ``body_timeout_s``.
+        """``receive`` that raises 408 when the body comes too slowly: fewer than ``body_min_bytes`` (at least one)
+        in the last ``body_timeout_s`` spent waiting for it, so that a body stalling, or dripping a byte at a time,
+        cannot hold its connection and spooled part indefinitely. Only the time spent waiting for the client counts,
+        not the app's own between reads.
 
-        A stall check, not a deadline for the whole body: before wbc 0.33.0 a body had to be complete 30 s after its
+        A rate floor, not a deadline for the whole body: before wbc 0.33.0 a body had to be complete 30 s after its
         first read, so a 25 MiB upload needed 7 Mbit/s, and the web page's batches failed over slower links while
-        they arrived steadily. A client announcing a large ``Content-Length`` and sending nothing still gets 408.
+        they arrived steadily; in the first cut of 0.33.0 any byte restarted the 30 s, and 20 connections dripping a
+        byte each 29 s were never cut off.
         """
         timeout = self.settings.body_timeout_s
-        deadline: float | None = None
+        floor = max(1, self.settings.body_min_bytes)
+        waited = 0.0  # seconds spent waiting for the body's bytes
+        arrivals: deque[tuple[float, int]] = deque()  # (waited, bytes) of the latest pieces, just enough for `floor`
+        held = 0  # their bytes
         complete = False
 
+        def due() -> float:
+            """When (in ``waited``) the last ``timeout`` seconds will have brought fewer than ``floor`` bytes."""
+            need = floor
+            for at, n in reversed(arrivals):
+                need -= n
+                if need <= 0:
+                    return at + timeout
+            return timeout  # the body's first seconds: the floor from its start
+
         async def timed() -> Message:
-            nonlocal deadline, complete
+            nonlocal waited, held, complete
             if complete:  # after the body, receive() waits for a disconnect: no deadline then
                 return await receive()
             loop = asyncio.get_running_loop()
-            deadline = deadline or loop.time() + timeout
+            start = loop.time()
             try:
-                msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                msg = await asyncio.wait_for(receive(), max(0.0, due() - waited))
             except TimeoutError:
-                raise SecurityProblem(408, "body_timeout",
-                                      f"the request body stalled: no data for {timeout:g} s") from None
-            if msg.get("body"):  # bytes arrived: the next ones have the whole time again
-                deadline = loop.time() + timeout
+                got = sum(n for at, n in arrivals if at > waited + loop.time() - start - timeout)
+                why = (f"no data for {timeout:g} s" if not got else
+                       f"{got} bytes in the last {timeout:g} s, fewer than the {floor} required")
+                raise SecurityProblem(408, "body_timeout", f"the request body stalled: {why}") from None
+            finally:
+                waited += loop.time() - start
+            if n := len(msg.get("body") or b""):
+                arrivals.append((waited, n))
+                held += n
+                while held - arrivals[0][1] >= floor:  # the newer pieces bring the floor by themselves: the oldest
+                    held -= arrivals.popleft()[1]  # is never needed again
             if msg["type"] != "http.request" or not msg.get("more_body", False):
                 complete = True
             return msg

@@ -67,9 +67,10 @@ class ServeSettings(BaseSettings):
     #: them every key from there is refused unchecked (``security.WrongKeys``). 0 a minute: no limit.
     key_guesses_per_minute: int = 30
     key_guess_burst: int = 30
-    #: A request body that stalls, no byte of it arriving for this many seconds, gets 408 (a stall check, not a deadline
-    #: for the whole body).
+    #: A request body that brings fewer than ``body_min_bytes`` (at least one) in this many seconds of waiting for it
+    #: gets 408: a stall, or a drip of a byte at a time (a rate floor, not a deadline for the whole body).
     body_timeout_s: float = 30.0
+    body_min_bytes: int = 1024
     #: How long a web-page login lasts.
     session_hours: float = 12.0
 
@@ -85,7 +86,8 @@ class ServeSettings(BaseSettings):
         replaced it, and the server refused ``curl http://127.0.0.1:8000/health`` on its own machine (400)."""
         return with_loopback(value)
 
-    @field_validator("rate_limit_per_minute", "rate_burst", "key_guesses_per_minute", "key_guess_burst")
+    @field_validator("rate_limit_per_minute", "rate_burst", "key_guesses_per_minute", "key_guess_burst",
+                     "body_min_bytes")
     @classmethod
     def _non_negative(cls, value: int) -> int:
         if value < 0:
