@@ -960,6 +960,40 @@ def test_a_model_without_pretrained_weights_is_recorded_as_trained_from_scratch(
     assert resumed_config(cfg, tmp_path / "run", given={"pretrained", "model"}).pretrained is False  # no clash
 
 
+
+def test_a_network_registered_as_the_docs_say_is_given_pretrained_as_asked(tmp_path: Path) -> None:
+    """docs/training.md registers a network with `@register("name", "description")`; wbc 0.33.0's registry took that
+    as "no pretrained weights", so a network with ImageNet weights was built with pretrained=False, trained from
+    random weights and recorded so. Without ``weights=`` the constructor decides: it is given pretrained as asked."""
+    import io
+
+    from rich.console import Console
+    from torch import nn
+
+    from wbc.config import TrainConfig
+    from wbc.synthetic import make_dataset
+    from wbc.train import models
+    from wbc.train.loop import run_training
+
+    asked: list[bool] = []
+
+    @models.register("test_weighted_cnn", "a stand-in for a network with pretrained weights")
+    def _net(pretrained: bool = True) -> tuple[nn.Module, int]:
+        asked.append(pretrained)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU()), 8
+
+    try:
+        data = make_dataset(tmp_path / "cells", n_per_class=4, size=32, classes=["neutrophil", "lymphocyte"])
+        cfg = TrainConfig(data=str(data), model="test_weighted_cnn", input_size=32, epochs=1, batch_size=8, threads=1)
+        out = io.StringIO()
+        run_training(cfg, tmp_path / "run", console=Console(file=out, width=200), score_test=False)
+    finally:
+        del models._REGISTRY["test_weighted_cnn"]
+    assert asked and asked[0] is True  # the training network (models built only to be loaded into come after)
+    assert "no pretrained weights" not in out.getvalue()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pretrained"] is True
+    assert not models.has_pretrained_weights("small_cnn") and models.has_pretrained_weights("efficientnet_lite0")
+
 def test_a_class_asked_for_but_absent_from_the_data_is_named(tmp_path: Path) -> None:
     """classes naming a class the data does not hold trained a model without it, without a word, while the run's
     config.json listed it."""

@@ -17,11 +17,14 @@ from torch import nn
 
 #: A registered constructor: ``fn(pretrained=...)`` -> (backbone giving a feature map, its channel count).
 ModelFn = Callable[..., tuple[nn.Module, int]]
-_REGISTRY: dict[str, tuple[ModelFn, str, bool]] = {}
+_REGISTRY: dict[str, tuple[ModelFn, str, bool | None]] = {}
 
 
-def register(name: str, description: str, weights: bool = False) -> Callable[[ModelFn], ModelFn]:
-    """Register a model constructor; ``weights``: it has pretrained (ImageNet) weights to start from."""
+def register(name: str, description: str, weights: bool | None = None) -> Callable[[ModelFn], ModelFn]:
+    """Register a model constructor. ``weights``: whether it has pretrained (ImageNet) weights to start from; False
+    makes `wbc train` record a run as trained from scratch whatever ``pretrained`` says. None (the default): the
+    constructor decides, given ``pretrained`` as asked, which the run records, so a network registered as
+    ``@register("name", "description")`` gets its weights as before wbc 0.33.0 (False silently dropped them)."""
     def deco(fn: ModelFn) -> ModelFn:
         _REGISTRY[name] = (fn, description, weights)
         return fn
@@ -30,8 +33,9 @@ def register(name: str, description: str, weights: bool = False) -> Callable[[Mo
 
 
 def has_pretrained_weights(name: str) -> bool:
-    """Whether ``pretrained = true`` gives the registered model ``name`` pretrained weights (else it is ignored)."""
-    return name in _REGISTRY and _REGISTRY[name][2]
+    """Whether ``pretrained = true`` may give the registered model ``name`` pretrained weights: false only for one
+    registered with ``weights=False``, which ignores it."""
+    return name in _REGISTRY and _REGISTRY[name][2] is not False
 
 
 def list_models() -> dict[str, str]:
@@ -165,7 +169,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-@register("small_cnn", "a 7-convolution CNN trained from scratch, a baseline for comparison")
+@register("small_cnn", "a 7-convolution CNN trained from scratch, a baseline for comparison", weights=False)
 def _small_cnn(pretrained: bool = False) -> tuple[nn.Module, int]:
     widths = (32, 64, 128, 192)
     layers: list[nn.Module] = [_conv_bn(3, widths[0], 2)]
@@ -174,7 +178,8 @@ def _small_cnn(pretrained: bool = False) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), widths[-1]
 
 
-@register("resnet50", "ResNet-50 from timm, random weights (speed baseline; no weights ship offline)")
+@register("resnet50", "ResNet-50 from timm, random weights (speed baseline; no weights ship offline)",
+          weights=False)
 def _resnet50(pretrained: bool = False) -> tuple[nn.Module, int]:
     import timm
     from timm.models.resnet import ResNet
