@@ -719,6 +719,34 @@ def test_ensemble_of_two_architectures_or_an_unreadable_config_is_one_line(synth
         run_ensemble([odd, synthetic_run], tmp_path / "ens", console=quiet)
 
 
+@pytest.mark.parametrize("lone", [{"progressive_epochs": 1}, {"progressive_size": 32}])
+def test_a_wbc_0_32_run_with_one_progressive_setting_still_resumes_and_ensembles(synthetic_run: Path, tmp_path: Path,
+                                                                                lone: dict) -> None:
+    """wbc 0.32.0 took progressive_epochs without progressive_size (or the reverse) and trained every epoch at full
+    size; 0.33.0 refuses such a config, and so refused to resume ("unreadable run config") or ensemble the runs
+    0.32.0 had made with one. A saved run's config is read as the run trained: both 0."""
+    import torch
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.model import ModelInfo
+    from wbc.train.loop import resumed_config, run_ensemble
+
+    runs = [_copy_run(synthetic_run, tmp_path / name, seed) for name, seed in (("a", 1), ("b", 2))]
+    for run in runs:  # as wbc 0.32.0 wrote them: config.json and the checkpoint's metadata
+        config = {**json.loads((run / "config.json").read_text()), **lone}
+        (run / "config.json").write_text(json.dumps(config))
+        ck = torch.load(run / "best.pt", weights_only=False)
+        info = ModelInfo.from_json(ck["info"])
+        info.extra["config"] = {**info.extra["config"], **lone}
+        torch.save({**ck, "info": info.to_json()}, run / "best.pt")
+    cfg = resumed_config(TrainConfig(), runs[0], given=frozenset())
+    assert (cfg.progressive_size, cfg.progressive_epochs) == (0, 0) and cfg.epochs == 8
+    run_ensemble(runs, tmp_path / "ens", console=Console(quiet=True), score_test=False)
+    recorded = load_model(tmp_path / "ens" / "model.onnx").info.extra["config"]
+    assert (recorded["progressive_size"], recorded["progressive_epochs"]) == (0, 0)
+
+
 def test_quantize_keeps_predictions_and_refits_calibration(synthetic_run: Path, tmp_path: Path) -> None:
     import onnx
 

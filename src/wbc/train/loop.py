@@ -663,7 +663,7 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: Collection[str] | Non
         saved = json.loads(where.read_text())
         if not isinstance(saved, dict):
             raise ValueError("not a JSON object")
-        run_cfg = TrainConfig().updated({k: v for k, v in saved.items() if k != "extra"})
+        run_cfg = TrainConfig().updated(as_trained(saved))
     except (OSError, ValueError, WbcError) as exc:
         raise WbcError(f"{where}: unreadable run config ({exc})") from None
     cfg, run_cfg = truthful_pretrained(cfg), truthful_pretrained(run_cfg)  # as the run recorded it (or now would)
@@ -676,6 +676,16 @@ def resumed_config(cfg: TrainConfig, run_dir: Path, given: Collection[str] | Non
                        + "; leave them out to resume, or start a new --output to change the recipe (init_weights = "
                        f"\"{run_dir / 'best.pt'}\" trains on from its weights)")
     return run_cfg.updated({k: getattr(cfg, k) for k in MACHINE_OPTIONS})
+
+
+def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's options (its config.json, a model's ``extra["config"]``) as the run trained with them, for
+    :class:`TrainConfig`: ``progressive_size`` or ``progressive_epochs`` alone, which a config may not set since wbc
+    0.33.0, did nothing before (every epoch at full size), so such a run goes on and joins an ensemble as both 0."""
+    out = {k: v for k, v in saved.items() if k != "extra"}
+    if bool(out.get("progressive_size")) != bool(out.get("progressive_epochs")):
+        out.update(progressive_size=0, progressive_epochs=0)
+    return out
 
 
 def truthful_pretrained(cfg: TrainConfig) -> TrainConfig:
@@ -1051,7 +1061,7 @@ def _run_config(run: str | os.PathLike[str], info: ModelInfo) -> TrainConfig:
         if not isinstance(saved, dict):
             raise WbcError(f"{where}: not a run config (a JSON object of training options)")
     try:
-        return TrainConfig().updated({k: v for k, v in saved.items() if k != "extra"})
+        return TrainConfig().updated(as_trained(saved))
     except WbcError as exc:
         raise WbcError(f"{where}: {exc}") from None
 
