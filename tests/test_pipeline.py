@@ -366,6 +366,37 @@ def test_a_manifest_label_that_is_no_class_is_refused(synthetic_dataset: Path, t
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "model.onnx").exists()
 
 
+def test_manifest_rows_that_classes_leaves_out_are_left_out_whatever_their_label(synthetic_dataset: Path,
+                                                                                 tmp_path: Path) -> None:
+    """wbc 0.33.0 refused any manifest label that is no class before `classes` picked the rows, so a lab's manifest
+    with `blast` rows no longer trained on the classes asked for (as its class folders still did, and 0.32.0 did):
+    docs/training.md says `classes` still picks a manifest's classes. A typo of a class asked for is still refused,
+    and so is any unknown label when `classes` is not given."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_training
+
+    rows = [(p, p.parent.name) for p in sorted(synthetic_dataset.rglob("*.png"))]
+    blasts = [(p, "blast") for p, label in rows if label == "monocyte"][:3]
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in [*rows, *blasts]))
+    cfg = TrainConfig(data=str(m), classes=("basophil", "eosinophil"), model="small_cnn", pretrained=False,
+                      input_size=32, epochs=1, batch_size=8, threads=1)
+    quiet = Console(quiet=True)
+    run_training(cfg, tmp_path / "run", console=quiet, score_test=False)
+    assert load_model(tmp_path / "run" / "model.onnx").info.classes == ["basophil", "eosinophil"]
+    with pytest.raises(WbcError, match=r"m.csv: row .*: label 'blast' is not a class"):
+        run_training(replace(cfg, classes=()), tmp_path / "all", console=quiet)
+    typo = tmp_path / "typo.csv"
+    typo.write_text(m.read_text().replace(",eosinophil\n", ",eosinophl\n", 1))
+    with pytest.raises(WbcError, match=r"typo.csv: row .*: label 'eosinophl' is not a class \(did you mean "
+                                       r"'eosinophil'\?"):
+        run_training(cfg.updated({"data": str(typo)}), tmp_path / "typo", console=quiet)
+    assert not (tmp_path / "all" / "manifest.csv").exists()
+
+
 def test_a_manifest_s_folds_are_kept_only_when_they_are_the_k_asked_for(synthetic_run: Path, tmp_path: Path) -> None:
     """docs/training.md: "with --folds K the train and val rows keep their folds when they have K, else are dealt
     afresh"; a 2-fold run's manifest used for --folds 3 kept its two folds, and the third fold had no row to validate

@@ -555,19 +555,23 @@ def manifest_samples(path: Path, cfg: TrainConfig, root: Path) -> list[Sample]:
     keeping its split; rows without one are dealt later (:func:`deal_new_rows`).
 
     A label that is no class is refused, naming the row and the nearest class: before wbc 0.33.0 it was kept as
-    written and became an extra model output, learnt from that row alone (a typo, ``lymphocyt``, was a class)."""
+    written and became an extra model output, learnt from that row alone (a typo, ``lymphocyt``, was a class). With
+    ``cfg.classes``, rows of other labels are left out as those of other classes are (a lab's ``blast`` rows), unless
+    the label is close to a class asked for (a typo of a class wanted, whose rows would go missing)."""
     rows = read_manifest(path, root=root)
     unknown = [s for s in rows if canonical_label(s.label) is None]
+    if cfg.classes:
+        unknown = [s for s in unknown if difflib.get_close_matches(s.label.strip().lower(), cfg.classes, cutoff=0.8)]
     if unknown:
         first = unknown[0]
-        near = difflib.get_close_matches(first.label.strip().lower(), CLASSES, n=1, cutoff=0.6)
+        near = difflib.get_close_matches(first.label.strip().lower(), cfg.classes or CLASSES, n=1, cutoff=0.6)
         hint = f"did you mean {near[0]!r}? " if near else ""
         others = sorted({s.label for s in unknown} - {first.label})
         more = f"; {len(unknown)} rows in all, also {', '.join(map(repr, others))}" if others else (
             f"; {len(unknown)} rows in all" if len(unknown) > 1 else "")
         raise WbcError(f"{path}: row {first.path}: label {first.label!r} is not a class ({hint}classes: "
                        f"{', '.join(CLASSES)}){more}; correct the label or leave the row out")
-    rows = [replace(s, label=cast(str, canonical_label(s.label))) for s in rows]
+    rows = [replace(s, label=label) for s in rows if (label := canonical_label(s.label)) is not None]
     for s in rows:
         if s.split not in ("train", "val", "test", ""):
             raise WbcError(f"{path}: {s.path}: split {s.split!r}; a row's split is train, val, test or empty (a new "
