@@ -53,7 +53,7 @@ CLASSIFICATION = [
         "test = read_manifest(root / manifest, 'test') if root else []\n"
         "if root is None:\n"
         "    print(f'no run folder here ({manifest} not found): train one with '\n"
-        "          '`wbc train --config configs/default.toml --output runs/default`')\n"
+        "          '`wbc train --config configs/default.toml --output runs/default --overwrite`')\n"
         "files = [s.path for c in clf.classes for s in [s for s in test if s.label == c][:4]]\n"
         "res = wbc.classify_images(files, clf)\n"
         "if res.errors:\n"

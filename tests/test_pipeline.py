@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from conftest import needs_torch
 from wbc.classify import classify_paths
 from wbc.io import iter_image_paths
 from wbc.model import load_model
+
+if TYPE_CHECKING:
+    from wbc.config import TrainConfig
 
 pytestmark = needs_torch
 
@@ -224,7 +228,7 @@ def test_train_never_writes_over_a_run_or_an_ensemble_without_overwrite(syntheti
         shutil.copy(synthetic_run / name, kept / name)
     manifest = (kept / "manifest.csv").read_bytes()
     with pytest.raises(WbcError, match=r"kept: holds a run or a model already \(model.onnx, manifest.csv\); pass "
-                                       r"--resume to continue it, --overwrite to replace it"):
+                                       r"--overwrite to replace it"):  # no config.json: no --resume to offer
         run_training(cfg, kept, console=quiet)
     assert (kept / "manifest.csv").read_bytes() == manifest and sorted(p.name for p in kept.iterdir()) == [
         "manifest.csv", "model.onnx"]
@@ -240,6 +244,129 @@ def test_train_never_writes_over_a_run_or_an_ensemble_without_overwrite(syntheti
     r = run_wbc("train", "-o", str(ens), "--data", str(synthetic_run / "manifest.csv"))
     assert r.returncode == 1 and "--overwrite to replace it" in r.stderr and "Traceback" not in r.stderr
 
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (not through links), by its path there: what a refused run must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _tiny_overwrite_config(synthetic_run: Path, **changes: object) -> TrainConfig:
+    """A one-epoch run on a few of ``synthetic_run``'s cells, with ``changes``."""
+    from wbc.config import TrainConfig
+
+    return TrainConfig(data=str(synthetic_run / "manifest.csv"), model="small_cnn", pretrained=False, input_size=32,
+                       epochs=1, batch_size=16, threads=1, max_per_class=4).updated(changes)
+
+
+def test_a_refused_overwrite_leaves_the_earlier_run_as_it_was(synthetic_run: Path, tmp_path: Path) -> None:
+    """--overwrite removed the earlier run before the checks that come later: `init_weights` of the folder's own best.pt
+    (docs/training.md's way to train on from a run, keeping its name) was deleted before it was read, and a refusal
+    after the data was found (other weights' architecture, a class with no readable image) still cost the whole run.
+    It goes only once every check before training has passed; a refusal puts back what the new run wrote first."""
+    import shutil
+
+    from rich.console import Console
+
+    from wbc.errors import WbcError
+    from wbc.synthetic import make_dataset
+    from wbc.train.loop import run_training
+
+    quiet = Console(quiet=True)
+    run = shutil.copytree(synthetic_run, tmp_path / "run")
+    before = _files(run)
+    own = _tiny_overwrite_config(synthetic_run, init_weights=str(run / "best.pt"))
+    with pytest.raises(WbcError, match=r"run/best.pt: init_weights is in the folder --overwrite clears \(.*run\); "
+                                       r"copy it elsewhere first"):
+        run_training(own, run, console=quiet, overwrite=True)
+    assert _files(run) == before
+    other = _tiny_overwrite_config(synthetic_run, model="efficientnet_lite0", init_weights=str(synthetic_run /
+                                                                                               "best.pt"))
+    with pytest.raises(WbcError, match=r"best.pt: weights of small_cnn, this run trains efficientnet_lite0"):
+        run_training(other, run, console=quiet, overwrite=True)
+    assert _files(run) == before  # its manifest.csv, skipped.csv and config.json too, which the new run wrote first
+    data = make_dataset(tmp_path / "cells", n_per_class=4, size=32, classes=["neutrophil", "lymphocyte"])
+    (data / "basophil").mkdir()
+    for i in range(4):
+        (data / "basophil" / f"b{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([i]) * 40)  # truncated
+    unreadable = _tiny_overwrite_config(synthetic_run, data=str(data), max_per_class=0)
+    with pytest.raises(WbcError, match=r"no readable training images of basophil"):  # found after decoding
+        run_training(unreadable, run, console=quiet, overwrite=True)
+    assert _files(run) == before
+    run_training(_tiny_overwrite_config(synthetic_run), run, console=quiet, score_test=False, overwrite=True)
+    assert json.loads((run / "config.json").read_text())["input_size"] == 32  # the new run's, kept by the clearing
+    assert (run / "best.pt").read_bytes() != before["best.pt"] and not (run / "test_metrics.json").exists()
+
+
+def test_overwrite_removes_only_the_run_s_own_fold_folders(synthetic_run: Path, tmp_path: Path) -> None:
+    """--overwrite deleted every `fold_*` folder whole, a user's `fold_notes/` too, and a `fold_*` link was an OSError
+    traceback once the earlier run's files were gone. Only what a fold writes goes, from `fold_K` folders (and
+    they with it when left empty); a `fold_K` that is a link is refused first, in one line, with nothing removed."""
+    import shutil
+
+    from rich.console import Console
+
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_training
+
+    quiet = Console(quiet=True)
+    run = shutil.copytree(synthetic_run, tmp_path / "run")
+    for fold, names in (("fold_0", ("last.pt", "best.pt", "metrics.csv")), ("fold_12", ("best.pt", "curves.png"))):
+        (run / fold).mkdir()
+        for name in names:
+            shutil.copy(synthetic_run / name, run / fold / name)
+    (run / "fold_0" / "mine.txt").write_text("a note of mine")
+    (run / "fold_notes").mkdir()
+    (run / "fold_notes" / "review.txt").write_text("kept")
+    (run / "fold_notes" / "last.pt").write_bytes(b"not the run's")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "last.pt").write_bytes(b"someone else's")
+    (run / "fold_link").symlink_to(elsewhere, target_is_directory=True)
+    run_training(_tiny_overwrite_config(synthetic_run), run, console=quiet, score_test=False, overwrite=True)
+    assert sorted(p.name for p in (run / "fold_0").iterdir()) == ["mine.txt"] and not (run / "fold_12").exists()
+    assert (run / "fold_notes" / "review.txt").read_text() == "kept" and (run / "fold_notes" / "last.pt").exists()
+    assert (run / "fold_link").is_symlink() and (elsewhere / "last.pt").read_bytes() == b"someone else's"
+    (run / "fold_3").symlink_to(elsewhere, target_is_directory=True)
+    before = _files(run)
+    with pytest.raises(WbcError, match=r"run/fold_3: a link, where a cross-validation run keeps a fold; --overwrite "
+                                       r"removes no run files through a link"):
+        run_training(_tiny_overwrite_config(synthetic_run), run, console=quiet, overwrite=True)
+    assert _files(run) == before and (elsewhere / "last.pt").exists()
+
+
+def test_the_documented_rebuild_of_runs_default_is_accepted(tmp_path: Path) -> None:
+    """docs/training.md, docs/model_card.md, docs/generalisation.md, configs/default.toml and the notebook rebuild the
+    1.0.0 model with `wbc train --config configs/default.toml --output runs/default`, which wbc 0.33.0 refuses: the
+    committed runs/default holds a manifest.csv. Each says --overwrite, which the folder takes; without it the refusal
+    says --overwrite, not --resume, which this folder (no last.pt) would refuse too."""
+    import re
+    import shlex
+    import shutil
+
+    from wbc.errors import WbcError
+    from wbc.train.loop import check_run_folder
+
+    repo = Path(__file__).parents[1]
+    places = [*repo.glob("docs/*.md"), repo / "README.md", *repo.glob("configs/*.toml"), *repo.glob("scripts/*.py"),
+              *repo.glob("notebooks/*.ipynb")]
+    commands = [(p.name, " ".join(m.group(0).split())) for p in places
+                for m in re.finditer(r"wbc train [^`'#\n]*(?:\n[^`'#\n]*)?--output runs/default(?![\w/])[^`'#\n]*",
+                                     p.read_text())]
+    assert len(commands) >= 7, commands  # training.md, model_card.md twice, generalisation.md, the toml, notebook x2
+    default = shutil.copytree(repo / "runs" / "default", tmp_path / "runs" / "default")
+    assert (default / "manifest.csv").is_file() and not (default / "last.pt").exists()
+    for where, command in commands:
+        args = shlex.split(command)
+        assert "--overwrite" in args, f"{where}: {command}"
+        check_run_folder(default, resume="--resume" in args, overwrite=True)
+    with pytest.raises(WbcError, match=r"default: holds a run or a model already \(manifest.csv\); pass --overwrite "
+                                       r"to replace it, or pick another --output") as refused:
+        check_run_folder(default, resume=False, overwrite=False)
+    assert "--resume" not in str(refused.value)
+    r = run_wbc("train", "--config", str(repo / "configs" / "default.toml"), "--output", str(default), "--overwrite",
+                "--data", str(tmp_path / "no_such_data"))  # past the folder's check, stopped at the data's
+    assert r.returncode == 1 and "no_such_data" in r.stderr and "holds a run" not in r.stderr, r.stderr
+    assert _files(default) == _files(repo / "runs" / "default")
 
 def test_resume_with_nothing_to_resume_is_one_line(synthetic_run: Path, tmp_path: Path) -> None:
     """`--resume` on a folder without a run (a mistyped --output) started a full new run with the default settings,

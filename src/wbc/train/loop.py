@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -710,12 +711,47 @@ def _shown(value: Any) -> str:
 
 #: Files that make a folder a run or a model: `wbc train` writes into it only with --resume or --overwrite.
 RUN_FILES: tuple[str, ...] = ("last.pt", "best.pt", "ensemble.pt", "model.onnx", "manifest.csv")
-#: What a run writes besides manifest.csv and skipped.csv (which a new run rewrites first): removed on --overwrite,
-#: so that no earlier run's checkpoint, score or fold is left beside the new one (`wbc export` loads ensemble.pt
-#: first).
+#: What a run writes besides manifest.csv, skipped.csv and config.json (which a new run writes first, and puts back
+#: when it is refused): removed on --overwrite, so that no earlier run's checkpoint, score or fold is left beside the
+#: new one (`wbc export` loads ensemble.pt first).
 _STALE_RUN_FILES: tuple[str, ...] = ("last.pt", "best.pt", "ensemble.pt", "model.onnx", "model.json", "metrics.csv",
-                                     "curves.png", "val_metrics.json", "test_metrics.json", "cv_metrics.json",
-                                     "config.json")
+                                     "curves.png", "val_metrics.json", "test_metrics.json", "cv_metrics.json")
+#: What a cross-validation run writes into each of its ``fold_K`` folders (fit, run_training): removed there on
+#: --overwrite, and the folder with them when nothing else is left in it.
+_FOLD_FILES: tuple[str, ...] = ("last.pt", "best.pt", "metrics.csv", "curves.png", "val_metrics.json")
+#: The run files a new run writes before its last check (:func:`run_training`), put back when it is refused.
+_FIRST_WRITTEN: tuple[str, ...] = ("manifest.csv", "skipped.csv", "config.json")
+
+
+def _fold_folders(run_dir: Path) -> list[Path]:
+    """``run_dir``'s ``fold_K`` entries (K digits), the only names a cross-validation run writes its folds under: a
+    user's ``fold_notes/`` is none of them."""
+    return sorted(p for p in run_dir.glob("fold_*") if re.fullmatch(r"fold_[0-9]+", p.name))
+
+
+def earlier_run_files(run_dir: Path) -> list[Path]:
+    """The files --overwrite removes from ``run_dir``: an earlier run's outputs (:data:`_STALE_RUN_FILES`) and its
+    folds' (:data:`_FOLD_FILES` in ``fold_K`` folders, never through a link); a user's own files stay."""
+    folds = [f for f in _fold_folders(run_dir) if f.is_dir() and not f.is_symlink()]
+    files = [run_dir / n for n in _STALE_RUN_FILES] + [f / n for f in folds for n in _FOLD_FILES]
+    return [f for f in files if f.is_file() or f.is_symlink()]
+
+
+def _resume_refusal(run_dir: Path) -> str | None:
+    """Why `--resume` cannot go on with ``run_dir`` (None: it can): no run there (no config.json; a cross-validation
+    fold), or a run that cannot go on (trained, but its last.pt removed)."""
+    parent = run_dir.parent
+    if run_dir.name.startswith("fold_") and (parent / "config.json").is_file():
+        return (f"{run_dir}: one fold of the cross-validation run {parent}; resume that run (wbc train --output "
+                f"{parent} --resume)")
+    if not (run_dir / "config.json").is_file():
+        return f"{run_dir}: no run to resume here (no config.json); drop --resume to start one"
+    has_last = (run_dir / "last.pt").is_file() or any(run_dir.glob("fold_*/last.pt"))
+    trained = [n for n in ("best.pt", "ensemble.pt", "model.onnx", "metrics.csv") if (run_dir / n).exists()]
+    if trained and not has_last:
+        return (f"{run_dir}: a trained run without its last.pt ({', '.join(trained)}), which cannot go on; retrain it "
+                "with --overwrite, or into another --output")
+    return None
 
 
 def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -726,41 +762,71 @@ def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     replaced the folder's manifest.csv (what pins a split) and model, and left an ensemble's ensemble.pt to be
     exported. With ``resume``, a folder without a run (no config.json; a cross-validation fold), or a run that
     cannot go on (trained, but its last.pt removed): before, each started a new run, a fold one with the default
-    settings, after decoding the whole dataset.
+    settings, after decoding the whole dataset. The refusal of a used folder offers `--resume` only where it would
+    go on (the committed runs/default, which has no last.pt, takes --overwrite). With ``overwrite``, a ``fold_K``
+    that is a link is refused, before anything is removed: what --overwrite removes is never looked for through one.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise WbcError(f"{run_dir}: is a file; --output is the run folder")
     if resume and overwrite:
         raise WbcError(f"{run_dir}: --resume goes on with the run there, --overwrite replaces it; give one")
-    has_last = (run_dir / "last.pt").is_file() or any(run_dir.glob("fold_*/last.pt"))
     if resume:
-        parent = run_dir.parent
-        if run_dir.name.startswith("fold_") and (parent / "config.json").is_file():
-            raise WbcError(f"{run_dir}: one fold of the cross-validation run {parent}; resume that run "
-                           f"(wbc train --output {parent} --resume)")
-        if not (run_dir / "config.json").is_file():
-            raise WbcError(f"{run_dir}: no run to resume here (no config.json); drop --resume to start one")
-        trained = [n for n in ("best.pt", "ensemble.pt", "model.onnx", "metrics.csv") if (run_dir / n).exists()]
-        if trained and not has_last:
-            raise WbcError(f"{run_dir}: a trained run without its last.pt ({', '.join(trained)}), which cannot go "
-                           "on; retrain it with --overwrite, or into another --output")
+        refusal = _resume_refusal(run_dir)
+        if refusal:
+            raise WbcError(refusal)
         return
+    linked = [f for f in _fold_folders(run_dir) if f.is_symlink()] if overwrite else []
+    if linked:
+        raise WbcError(f"{linked[0]}: a link, where a cross-validation run keeps a fold; --overwrite removes no run "
+                       "files through a link: remove it, or pick another --output")
     held = [n for n in RUN_FILES if (run_dir / n).exists()] + [str(p.relative_to(run_dir))
                                                                 for p in sorted(run_dir.glob("fold_*/last.pt"))]
     if held and not overwrite:
-        raise WbcError(f"{run_dir}: holds a run or a model already ({', '.join(held)}); pass --resume to continue "
-                       "it, --overwrite to replace it, or pick another --output")
+        resume_hint = "--resume to continue it, " if _resume_refusal(run_dir) is None else ""
+        raise WbcError(f"{run_dir}: holds a run or a model already ({', '.join(held)}); pass {resume_hint}"
+                       "--overwrite to replace it, or pick another --output")
+
+
+def check_init_weights_kept(init_weights: str, run_dir: Path) -> None:
+    """Refuse ``init_weights`` that --overwrite removes from ``run_dir`` (its own best.pt) before the new run reads
+    them: the earlier run would be gone and the new one fail. A user's file there, which stays, is fine."""
+    def entry(p: Path) -> Path:  # the directory entry unlink removes: its folder resolved, not the name itself
+        return p.parent.resolve() / p.name
+
+    init = Path(init_weights)
+    if {entry(init), init.resolve()} & {entry(f) for f in earlier_run_files(run_dir)}:
+        raise WbcError(f"{init_weights}: init_weights is in the folder --overwrite clears ({run_dir}); copy it "
+                       "elsewhere first, or train into another --output")
 
 
 def clear_run_folder(run_dir: Path) -> None:
-    """Remove an earlier run's outputs (:data:`_STALE_RUN_FILES`, ``fold_*/``) from ``run_dir`` (--overwrite)."""
-    import shutil
+    """Remove an earlier run's outputs (:func:`earlier_run_files`) from ``run_dir`` (--overwrite), and the ``fold_K``
+    folders they leave empty: a user's files there, and their own ``fold_*`` folders, stay."""
+    import contextlib
 
-    for name in _STALE_RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for fold in run_dir.glob("fold_*"):
-        if fold.is_dir():
-            shutil.rmtree(fold)
+    for path in earlier_run_files(run_dir):
+        path.unlink(missing_ok=True)
+    for fold in _fold_folders(run_dir):
+        if fold.is_dir() and not fold.is_symlink():
+            with contextlib.suppress(OSError):  # not empty: what is left is not the run's
+                fold.rmdir()
+
+
+@contextmanager
+def _put_back_if_refused(paths: Sequence[Path], active: bool) -> Iterator[None]:
+    """Run the block; if it raises (a refusal), put ``paths`` back as they were, or remove them where there were none
+    (``active``: else nothing is kept). A new run refused under --overwrite so leaves the earlier run whole, not
+    with the new run's manifest and config beside its model."""
+    saved = {p: p.read_bytes() if p.is_file() else None for p in paths} if active else {}
+    try:
+        yield
+    except BaseException:
+        for p, data in saved.items():
+            if data is None:
+                p.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(p, data)
+        raise
 
 
 def run_training(
@@ -772,8 +838,8 @@ def run_training(
 
     ``resume``: go on with the run in ``run_dir`` (its own configuration, :func:`resumed_config`; ``given``: the
     options the user set, which must equal the run's, None: every option of ``cfg``). ``overwrite``: replace the run
-    or model ``run_dir`` holds (its files are removed once the new run's data is found); without either, such a
-    folder is refused (:func:`check_run_folder`).
+    or model ``run_dir`` holds (its files are removed once every check before training has passed: a refused run
+    leaves it as it was); without either, such a folder is refused (:func:`check_run_folder`).
 
     ``nproc`` > 1: data-parallel training in that many processes on this machine (DDP; gloo on CPUs, NCCL on
     GPUs); under ``torchrun`` the ranks come from its environment instead.
@@ -788,6 +854,8 @@ def run_training(
     if resume:
         cfg = resumed_config(cfg, run_dir, given)
     check_before_reading(cfg, root)
+    if overwrite and cfg.init_weights:
+        check_init_weights_kept(cfg.init_weights, run_dir)
     if cfg.pretrained and not truthful_pretrained(cfg).pretrained:
         if int(os.environ.get("RANK", 0)) == 0:
             console.print(f"{cfg.model} has no pretrained weights: it starts from random weights (recorded as "
@@ -817,66 +885,69 @@ def run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
-    samples = prepare_samples(cfg, run_dir, root, resume, console) if d.is_main else []
-    if d.is_main and overwrite:  # the data is found (and its manifest.csv written): the earlier run goes
+    # with --overwrite the earlier run stays whole until every check before training has passed: its split, config
+    # (rewritten first, for the checks and for a resume of a run stopped while decoding) are put back on a refusal
+    with _put_back_if_refused([run_dir / n for n in _FIRST_WRITTEN], overwrite and d.is_main):
+        samples = prepare_samples(cfg, run_dir, root, resume, console) if d.is_main else []
+        if d.is_main:  # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
+            if cfg.init_weights:
+                check_init_weights(cfg, classes_of(samples))
+            atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        distributed.barrier()  # the other ranks read the manifest rank 0 wrote
+        samples = samples or read_manifest(run_dir / "manifest.csv", root=root)
+        classes = classes_of(samples)
+        console.print(f"decoding {len(samples)} images at {cfg.input_size}px ...", highlight=False)
+        cache, ok, bad = decode_all(samples, cfg.input_size, workers=max(1, cfg.threads // d.world_size))
+        for _path, reason in bad:
+            console.print(f"[yellow]skipped unreadable[/] {reason}", highlight=False)
+        kept = [samples[i] for i in ok]
+        for parts in (("train",), ("val",)) if cfg.folds <= 1 else (("train", "val"),):
+            if not any(s.split in parts for s in kept):
+                raise WbcError(f"{run_dir / 'manifest.csv'}: no readable {'+'.join(parts)} images "
+                               f"({len(bad)} of {len(samples)} could not be read)")
+        check_folds(cfg.folds, kept, run_dir / "manifest.csv", unreadable=len(bad))
+        labels = np.array([classes.index(s.label) for s in kept])
+        part = np.array([s.split for s in kept])
+        trained = np.isin(part, ("train", "val") if cfg.folds > 1 else ("train",))
+        untrained = [c for k, c in enumerate(classes) if not np.any(labels[trained] == k)]
+        if untrained:  # an output the network never learnt, which wbc classify would still answer with
+            raise WbcError(f"{run_dir / 'manifest.csv'}: no readable training images of {', '.join(untrained)} "
+                           f"({len(bad)} of {len(samples)} images could not be read); fix or remove them, or leave "
+                           f"{'that class' if len(untrained) == 1 else 'those classes'} out of classes")
+        folds = np.array([s.fold for s in kept])
+        counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
+        console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
+
+        alt_cache = None
+        if cfg.reframe_p > 0:  # the same cells re-framed, for training (decoded again: ~1 min per 10k cells)
+            console.print("decoding the re-framed copies ...", highlight=False)
+            alt_all, alt_ok, _ = decode_all([samples[i] for i in ok], cfg.input_size, workers=cfg.threads, reframe=True,
+                                            tight=cfg.reframe_tight, seed=cfg.seed)
+            alt_cache = alt_all if len(alt_ok) == len(ok) else None
+
+        unlabelled = None
+        if cfg.unlabelled:  # other labs' cells, no labels (FixMatch, see fit)
+            from wbc.crops import DEFAULT_CELL_FRACTION
+            from wbc.train.unlabelled import load_unlabelled
+
+            fraction = measure_training_cell_fraction(kept) or DEFAULT_CELL_FRACTION
+            held_out = frozenset(s.sha1 or file_sha1(s.path) for s in kept if s.split in ("val", "test"))
+            unlabelled = load_unlabelled(cfg.unlabelled, root, cfg.input_size, fraction, cfg.threads,
+                                         cfg.unlabelled_crop, exclude=held_out)  # never the run's own val/test
+            crop = f", {cfg.unlabelled_crop} crops" if cfg.unlabelled.startswith("txl_pbc:") else ""
+            console.print(f"{len(unlabelled)} unlabelled cells from {cfg.unlabelled} (cell fraction "
+                          f"{fraction:.3f}{crop})", highlight=False)
+
+        attributes = None
+        if cfg.attributes:  # morphological attributes of the training cells (wbc.train.attributes)
+            from wbc.train.attributes import attribute_targets, read_wbcatt
+
+            attributes = attribute_targets([s.path for s in kept], read_wbcatt(root / "wbcatt"))
+            attributes[part == "test"] = -1  # only the cells trained on reach the heads; the test split's never
+            console.print(f"{int((attributes >= 0).any(1).sum())} train/val cells with WBCAtt attributes",
+                          highlight=False)
+    if d.is_main and overwrite:  # the new run will train: the earlier one goes (its init_weights are not in it)
         clear_run_folder(run_dir)
-    if d.is_main:  # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
-        if cfg.init_weights:
-            check_init_weights(cfg, classes_of(samples))
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    distributed.barrier()  # the other ranks read the manifest rank 0 wrote
-    samples = samples or read_manifest(run_dir / "manifest.csv", root=root)
-    classes = classes_of(samples)
-    console.print(f"decoding {len(samples)} images at {cfg.input_size}px ...", highlight=False)
-    cache, ok, bad = decode_all(samples, cfg.input_size, workers=max(1, cfg.threads // d.world_size))
-    for _path, reason in bad:
-        console.print(f"[yellow]skipped unreadable[/] {reason}", highlight=False)
-    kept = [samples[i] for i in ok]
-    for parts in (("train",), ("val",)) if cfg.folds <= 1 else (("train", "val"),):
-        if not any(s.split in parts for s in kept):
-            raise WbcError(f"{run_dir / 'manifest.csv'}: no readable {'+'.join(parts)} images "
-                           f"({len(bad)} of {len(samples)} could not be read)")
-    check_folds(cfg.folds, kept, run_dir / "manifest.csv", unreadable=len(bad))
-    labels = np.array([classes.index(s.label) for s in kept])
-    part = np.array([s.split for s in kept])
-    trained = np.isin(part, ("train", "val") if cfg.folds > 1 else ("train",))
-    untrained = [c for k, c in enumerate(classes) if not np.any(labels[trained] == k)]
-    if untrained:  # an output the network never learnt, which wbc classify would still answer with
-        raise WbcError(f"{run_dir / 'manifest.csv'}: no readable training images of {', '.join(untrained)} "
-                       f"({len(bad)} of {len(samples)} images could not be read); fix or remove them, or leave "
-                       f"{'that class' if len(untrained) == 1 else 'those classes'} out of classes")
-    folds = np.array([s.fold for s in kept])
-    counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
-    console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
-
-    alt_cache = None
-    if cfg.reframe_p > 0:  # the same cells re-framed, for training (decoded again: ~1 min per 10k cells)
-        console.print("decoding the re-framed copies ...", highlight=False)
-        alt_all, alt_ok, _ = decode_all([samples[i] for i in ok], cfg.input_size, workers=cfg.threads, reframe=True,
-                                        tight=cfg.reframe_tight, seed=cfg.seed)
-        alt_cache = alt_all if len(alt_ok) == len(ok) else None
-
-    unlabelled = None
-    if cfg.unlabelled:  # other labs' cells, no labels (FixMatch, see fit)
-        from wbc.crops import DEFAULT_CELL_FRACTION
-        from wbc.train.unlabelled import load_unlabelled
-
-        fraction = measure_training_cell_fraction(kept) or DEFAULT_CELL_FRACTION
-        held_out = frozenset(s.sha1 or file_sha1(s.path) for s in kept if s.split in ("val", "test"))
-        unlabelled = load_unlabelled(cfg.unlabelled, root, cfg.input_size, fraction, cfg.threads,
-                                     cfg.unlabelled_crop, exclude=held_out)  # never the run's own val/test
-        crop = f", {cfg.unlabelled_crop} crops" if cfg.unlabelled.startswith("txl_pbc:") else ""
-        console.print(f"{len(unlabelled)} unlabelled cells from {cfg.unlabelled} (cell fraction {fraction:.3f}{crop})",
-                      highlight=False)
-
-    attributes = None
-    if cfg.attributes:  # morphological attributes of the training cells (wbc.train.attributes)
-        from wbc.train.attributes import attribute_targets, read_wbcatt
-
-        attributes = attribute_targets([s.path for s in kept], read_wbcatt(root / "wbcatt"))
-        attributes[part == "test"] = -1  # only the cells trained on reach the heads; the test split's never
-        console.print(f"{int((attributes >= 0).any(1).sum())} train/val cells with WBCAtt attributes",
-                      highlight=False)
 
     def subset(mask: np.ndarray, scored: bool = True) -> Split:
         """Images to score are cut to the network's input now; training images keep their frame for augmentation."""
