@@ -937,15 +937,18 @@ def test_a_store_in_a_read_only_folder_names_the_folder(tmp_path: Path) -> None:
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
         assert f"its folder {folder} must be writable (SQLite keeps its write-ahead log" in run.stderr
-        code = ("import sys; from wbc.cases import CaseStore, CaseError\n"
-                "s = CaseStore.open(sys.argv[1])\n"
-                "try: s.create_case('S-2', ['lymphocyte'])\nexcept CaseError as e: print(e)")
-        run = subprocess.run([*prefix, sys.executable, "-c", code, str(ro_file)], capture_output=True, text=True,
+        run = subprocess.run([*prefix, sys.executable, "-c", CREATE_S2, str(ro_file)], capture_output=True, text=True,
                              timeout=120)
         assert run.returncode == 0 and run.stderr == "", run.stderr
         assert run.stdout.strip().endswith("attempt to write a readonly database: the file is read-only"), run.stdout
     finally:
         folder.chmod(0o755)
+
+
+#: A program that opens the store named by its argument and creates case S-2, printing a refusal's message.
+CREATE_S2 = ("import sys; from wbc.cases import CaseStore, CaseError\n"
+             "s = CaseStore.open(sys.argv[1])\n"
+             "try: s.create_case('S-2', ['lymphocyte'])\nexcept CaseError as e: print(e)")
 
 
 def as_another_user() -> list[str]:
@@ -979,17 +982,14 @@ def test_a_store_left_unwritable_by_a_read_only_look_names_its_shm(tmp_path: Pat
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr  # the auditor's look
     store.chmod(0o644)  # writable again; its -shm is not
-    code = ("import sys; from wbc.cases import CaseStore, CaseError\n"
-            "s = CaseStore.open(sys.argv[1])\n"
-            "try: s.create_case('S-2', ['lymphocyte'])\nexcept CaseError as e: print(e)")
-    done = subprocess.run([*prefix, sys.executable, "-c", code, str(store)], capture_output=True, text=True,
+    done = subprocess.run([*prefix, sys.executable, "-c", CREATE_S2, str(store)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert ("attempt to write a readonly database: its c.sqlite-shm is not writable by this user (left so by a "
             "program that could only read the store, or by another user): make it writable, or remove it while no "
             "program uses the store") in done.stdout, done.stdout
     Path(f"{store}-shm").unlink()  # as the message says
-    done = subprocess.run([*prefix, sys.executable, "-c", code, str(store)], capture_output=True, text=True,
+    done = subprocess.run([*prefix, sys.executable, "-c", CREATE_S2, str(store)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout == "" and CaseStore.open(store).case_id("S-2") == 2
 
