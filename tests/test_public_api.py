@@ -377,6 +377,29 @@ def test_synthetic_cells_in_memory_are_answered_as_their_files_with_every_flag(c
     assert [p.path for p in stack.predictions] == ["a", "b"]
 
 
+
+def test_byte_sources_are_read_once_as_needed_and_a_refused_read_is_one_error(clf, tmp_path: Path) -> None:
+    """``classify_byte_sources`` (the HTTP API's /classify since wbc 0.34.0): each source read once, a read that
+    refuses its file (an upload over the size limit) listed in ``errors`` with its own message, the others answered
+    exactly as their files are."""
+    from wbc.classify import classify_byte_sources
+
+    files = [write_png(tmp_path / f"{k}.png", synthetic_cell(k, size=96, seed=i))
+             for i, k in enumerate(["neutrophil", "monocyte", "eosinophil"])]
+    calls: list[int] = []
+
+    def read(i: int) -> bytes:
+        calls.append(i)
+        if i == 1:
+            raise wbc.errors.ImageReadError("monocyte.png: file is larger than the limit of 2 MiB")
+        return files[i].read_bytes()
+
+    res = classify_byte_sources(read, [str(p) for p in files], clf, batch_size=1, workers=1)
+    assert sorted(calls) == [0, 1, 2]
+    assert res.errors == [(str(files[1]), "monocyte.png: file is larger than the limit of 2 MiB")]
+    assert same_answers(res)[:2] == same_answers(wbc.classify_images([files[0], files[2]], clf))
+
+
 def test_classify_arrays_converts_grey_and_rgba_arrays_as_it_goes(clf) -> None:
     """Every grey or RGBA array was converted to an RGB copy before any work, and all the copies were held to the end:
     400 grey cells of 360 px allocated 150 MiB more than the same cells as RGB arrays (none). Converted as each is

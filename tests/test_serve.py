@@ -144,6 +144,42 @@ def test_classify_matches_the_command_line_and_reports_bad_files(client: TestCli
     assert sum(d["count"] for d in body["differential"]) == 3
 
 
+
+def test_classify_gives_every_flag_and_refusal_the_command_line_gives(client: TestClient, classifier,
+                                                                     tmp_path: Path) -> None:
+    """/classify answers through `wbc classify`'s own path (``wbc.classify.classify_byte_sources``; before wbc 0.34.0
+    a predict loop of its own): two cells in one image and a TIFF of two images (flagged), an image too small to be
+    a cell and a blank frame (refused), with a label set and without re-framing: the same labels, confidences,
+    flags, reasons and refusals as ``classify_paths`` gives the same files."""
+    from PIL import Image
+
+    from test_two_cells import two_cells
+
+    rgb = {"neutrophil": synthetic_cell("neutrophil", size=200, seed=1), "pair": two_cells(),
+           "tiny": synthetic_cell("lymphocyte", size=12, seed=3), "blank": np.full((96, 96, 3), 230, np.uint8)}
+    paths = []
+    for k, v in rgb.items():
+        paths.append(tmp_path / f"{k}.png")
+        paths[-1].write_bytes(png_bytes(v))
+    pages = [Image.fromarray(synthetic_cell("basophil", size=96, seed=s)) for s in (6, 7)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    paths.append(tmp_path / "stack.tif")
+    upload = [("files", (p.name, p.read_bytes(), "image/tiff" if p.suffix == ".tif" else "image/png")) for p in paths]
+    for params in ({}, {"classes": "5part"}, {"reframe": "false"}):
+        body = client.post("/classify", files=upload, params=params).json()
+        cli = classify_paths(paths, classifier, workers=1, classes=params.get("classes"),
+                             reframe="reframe" not in params)
+        assert [(r["filename"], r["label"], r["review"], r["ood"], r["review_reasons"], r["confidence"])
+                for r in body["results"]] == [
+            (Path(p.path).name, p.label, p.review, p.ood, list(p.reasons), round(p.confidence, 6))
+            for p in cli.predictions], params
+        assert [(e["filename"], e["error"]) for e in body["errors"]] == [
+            (Path(n).name, m.replace(str(tmp_path) + os.sep, "")) for n, m in cli.errors], params
+        flags = {r["filename"]: " ".join(r["review_reasons"]) for r in body["results"]}
+        assert "holds 2 images" in flags["stack.tif"]
+        assert ("2 nucleated cells in view" in flags["pair.png"]) == ("reframe" not in params)  # measured re-framing
+
+
 @pytest.mark.parametrize(
     ("name", "data", "ctype", "status", "words"),
     [

@@ -855,22 +855,55 @@ def classify_arrays(
     framing = framing_stats_of(classifier) if reframe else False
     size = classifier.info.input_size
 
-    def load(i: int) -> CellViews | str:
-        try:
-            item = items[i]
-            if isinstance(item, np.ndarray):
-                check_pixels(item.shape[:2], labels[i], MAX_CELL_PIXELS)  # a scan, as a file of it is
-                return cell_views(_cell_array(item), labels[i], size, framing)
-            return decode_cell_views(bytes(item), labels[i], size, framing)
-        except ImageTooLargeError as exc:
-            return str(cell_too_large(exc))
-        except ImageReadError as exc:
-            return str(exc)
-        except Exception as exc:  # a decoder's own failure is this image's problem, as a file's is (_load)
-            return unreadable_message(labels[i], exc)
+    def views(i: int) -> CellViews:
+        item = items[i]
+        if isinstance(item, np.ndarray):
+            check_pixels(item.shape[:2], labels[i], MAX_CELL_PIXELS)  # a scan, as a file of it is
+            return cell_views(_cell_array(item), labels[i], size, framing)
+        return decode_cell_views(bytes(item), labels[i], size, framing)
 
-    batches = _view_batches(labels, load, size, batch_size, workers)
+    batches = _view_batches(labels, lambda i: _views_or_message(labels[i], lambda: views(i)), size, batch_size,
+                            workers)
     return _classify_batches(batches, classifier, framing, allowed, with_embeddings, progress)
+
+
+def classify_byte_sources(
+    read: Callable[[int], bytes],
+    names: Sequence[str],
+    classifier: ClassifierLike,
+    batch_size: int = 128,
+    workers: int = 2,
+    reframe: bool = True,
+    classes: str | Sequence[str] | None = None,
+) -> ClassifyResult:
+    """Classify ``len(names)`` image files whose bytes ``read(i)`` gives, each read only as its batch is prepared
+    (uploads spooled to disk: the HTTP API's ``/classify``, which before wbc 0.34.0 kept a predict loop of its own),
+    through the same preparation and prediction as :func:`classify_arrays` given the same bytes. ``read`` may raise
+    :class:`wbc.errors.WbcError` for a file it refuses: that file is listed in ``errors`` with its message, as one
+    that does not decode is. Other arguments as :func:`classify_paths`."""
+    labels = [str(n) for n in names]
+    batch_size = checked_whole(batch_size, "batch_size", 1, meaning="cells a network call takes")
+    workers = checked_whole(workers, "workers", 0, meaning="threads preparing the images; 0 is taken as 1")
+    allowed = parse_class_set(classes, classifier.classes)
+    framing = framing_stats_of(classifier) if reframe else False
+    size = classifier.info.input_size
+    batches = _view_batches(
+        labels, lambda i: _views_or_message(labels[i], lambda: decode_cell_views(read(i), labels[i], size, framing)),
+        size, batch_size, workers)
+    return _classify_batches(batches, classifier, framing, allowed, False, None)
+
+
+def _views_or_message(name: str, views: Callable[[], CellViews]) -> CellViews | str:
+    """``views()``, or the one line saying why this image cannot be a cell: a decoder's own failure is this
+    image's problem, as a file's is (:func:`_load`), never the run's."""
+    try:
+        return views()
+    except ImageTooLargeError as exc:
+        return str(cell_too_large(exc))
+    except WbcError as exc:
+        return str(exc)
+    except Exception as exc:
+        return unreadable_message(name, exc)
 
 
 def _decoded_images(images: object) -> list[DecodedImage]:

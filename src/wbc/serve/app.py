@@ -390,31 +390,6 @@ def versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "fastapi": fastapi.__version__}
 
 
-def classify_images(cells: np.ndarray, classifier: ClassifierLike, names: Sequence[str],
-                    second: dict[int, np.ndarray] | None = None, refocus: Any = None,
-                    others: dict[int, int] | None = None, pages: dict[int, int] | None = None) -> list[Any]:
-    """Predictions for uint8 cells at the model's input size, with the same review and OOD flags as
-    ``wbc classify`` (:func:`wbc.classify.classify_paths`); ``second``: the second framings of ambiguously
-    framed cells, by index (:func:`wbc.classify.prepare_cell_views`); ``refocus``: the framing statistics the cells
-    were re-framed with, if they were (:func:`wbc.classify.predict_cells`); ``others``: how many other cells lie
-    whole in the images that show more than one, by index (:class:`wbc.reframe.CellViews`); ``pages``: how many
-    images the files of several hold, by index (:func:`wbc.classify.flag_several_images`); the cytoplasm's colour
-    weighed as `wbc classify` weighs it (:func:`wbc.cytoplasm.single_cell_evidence`)."""
-    from wbc.classify import flag_several_images, predict_cells
-    from wbc.cytoplasm import single_cell_evidence
-
-    second, others = second or {}, others or {}
-    preds: list[Any] = []
-    for i in range(0, len(cells), BATCH_SIZE):
-        part = {k - i: v for k, v in second.items() if i <= k < i + BATCH_SIZE}
-        crowded = {k - i: v for k, v in others.items() if i <= k < i + BATCH_SIZE}
-        batch = cells[i : i + BATCH_SIZE]
-        preds += predict_cells(classifier, batch, list(names[i : i + BATCH_SIZE]), second=part, refocus=refocus,
-                               adjust=single_cell_evidence(batch, classifier), others=crowded)[0]
-    flag_several_images(preds, pages or {})
-    return preds
-
-
 CLASSES_HELP = ("Answer only among these classes, e.g. `5part` or `neutrophil,lymphocyte` (probabilities "
                 "renormalised over them); default: every class of the model.")
 
@@ -672,10 +647,8 @@ def create_app(
             raise UploadProblem(413, "too_many_files",
                                 f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
         clf = chosen_classes(app.state.classifier, classes, tta)
-        size = int(clf.info.input_size)
-        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, decode_cell_views, unreadable_message
+        from wbc.classify import MAX_CELL_PIXELS, cell_too_large, classify_byte_sources
         from wbc.errors import ImageTooLargeError
-        from wbc.reframe import framing_stats_of
 
         checked: list[tuple[str, UploadFile]] = []
         errors: list[dict[str, str]] = []
@@ -699,34 +672,15 @@ def create_app(
         wrong_type = await run_in_threadpool(check)
 
         def work() -> list[Any]:  # reading and decoding count against the concurrency limit, as inference does
-            cells: list[np.ndarray] = []
-            names: list[str] = []
-            second: dict[int, np.ndarray] = {}
-            others: dict[int, int] = {}
-            pages: dict[int, int] = {}
-            framing = framing_stats_of(clf) if reframe else None
-            for name, up in checked:
-                try:
-                    data = read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS, name)
-                except WbcError as exc:
-                    errors.append(refused(name, exc))
-                    continue
-                try:
-                    views = decode_cell_views(data, name, size, framing or False)
-                    cell, zoomed = views
-                    if zoomed is not None:
-                        second[len(cells)] = zoomed
-                    if views.others:
-                        others[len(cells)] = views.others
-                    if views.pages > 1:
-                        pages[len(cells)] = views.pages
-                    cells.append(cell)
-                    names.append(name)
-                except WbcError as exc:
-                    errors.append({"filename": name, "error": str(exc)})
-                except Exception as exc:  # a decoder's own failure is this file's problem, not a 500 for all
-                    errors.append({"filename": name, "error": unreadable_message(name, exc)})
-            return classify_images(np.stack(cells), clf, names, second, framing, others, pages) if cells else []
+            def read(i: int) -> bytes:  # each upload read from its spool file as its batch is prepared
+                name, up = checked[i]
+                return read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS, name)
+
+            # `wbc classify`'s own path (wbc.classify._classify_batches): the same answers, flags and reasons
+            res = classify_byte_sources(read, [name for name, _ in checked], clf, BATCH_SIZE, workers=1,
+                                        reframe=reframe)
+            errors.extend({"filename": name, "error": message} for name, message in res.errors)
+            return res.predictions
 
         preds = await in_inference_slot(app.state, work) if checked else []
         if not preds:
