@@ -934,7 +934,8 @@ class CaseStore:
             allowed = [*c.classes, *SPECIAL_LABELS]  # no platelet since wbc 0.30.0 (create_case_from_fields)
             if label not in allowed:
                 raise CaseError(f"label {label!r} is not one of {', '.join(allowed)}")
-            cell = s.get(CellRow, int(cell_id))
+            # an id past the column's range is no cell (the driver's OverflowError was a traceback from the CLI)
+            cell = s.get(CellRow, int(cell_id)) if 0 < int(cell_id) < 2**63 else None
             if cell is None or cell.case_id != c.id:
                 raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
             if expected is not None and final_label(cell) != expected:

@@ -1,4 +1,5 @@
-"""``wbc cases``: the case store from the command line (list, show, create, report, export for ``wbc adapt``).
+"""``wbc cases``: the case store from the command line (list, show, cells, relabel, sign-off, create, report, export
+for ``wbc adapt``).
 
 The library is :mod:`wbc.cases`; this module only parses options and prints. SQLAlchemy is imported inside
 the commands, so ``wbc --help`` stays fast.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,13 +25,18 @@ DEFAULT_STORE = Path("results") / "cases.sqlite"
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="Case store: a SQLAlchemy URL (postgresql+psycopg://user@host/db, sqlite:///file) or a "
     f"file or folder for SQLite (default: {DEFAULT_STORE}).")]
+#: The audit trail's ``client`` of a change or sign-off made by ``wbc cases relabel`` / ``sign-off`` (the server
+#: records the API key it came through, Python callers "local"; the store keeps 60 characters).
+CLI_CLIENT = "command line"
+UserOpt = Annotated[str, typer.Option(
+    "--user", help="Who reviews or signs off (recorded in the audit trail); required.", show_default=False)]
 #: How a case is named on the command line (the store's rule, :meth:`wbc.cases.CaseStore.case_id`).
 CASE_HELP = ("Case name or id; #ID for the id alone. Digits that name one case and are the id of another are "
              "refused: write #ID. Digits with a leading zero (0042) are a name only.")
 CaseArg = Annotated[str, typer.Argument(help=CASE_HELP, show_default=False)]
 
-cases_app = typer.Typer(help="Reviewed cases: list, show, create, report, export the corrections for wbc adapt.",
-                        no_args_is_help=True)
+cases_app = typer.Typer(help="Reviewed cases: list, show, create; review one without a server (cells, relabel, "
+                        "sign-off); report; export the corrections for wbc adapt.", no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
 
 
@@ -95,11 +102,24 @@ def show_case(case: CaseArg, store: StoreOpt = None,
     say(f"  analysed {doc['created_at']}{' by ' + doc['created_by'] if doc['created_by'] else ''}; "
         f"model {doc['model_id']}")
     if doc["signed_by"]:
-        from wbc.cases.report import numbers_line
-
-        say(f"  signed off by {doc['signed_by']} on {doc['signed_at']}; numbers {numbers_line(doc)}")
+        say(f"  {_signed(doc)}")
     say(f"  {len(doc['fields'])} field(s), {doc['n_cells']} cell(s): {doc['n_flagged']} flagged by the model, "
         f"{doc['n_reviewed']} reviewed, {doc['n_changed']} changed")
+    _say_differential(doc)
+    for c in doc["corrections"]:
+        say(f"  {c['at']}  cell {c['cell_id']}: {c['old_label']} -> {c['new_label']} by {c['user']}")
+
+
+def _signed(doc: dict[str, Any]) -> str:
+    """Who signed a signed-off case off, when, and where its numbers come from (``show`` and ``sign-off`` say it)."""
+    from wbc.cases.report import numbers_line
+
+    return f"signed off by {doc['signed_by']} on {doc['signed_at']}; numbers {numbers_line(doc)}"
+
+
+def _say_differential(doc: dict[str, Any]) -> None:
+    """The reviewed differential beside the model's counts, as ``show`` prints it; ``doc``: a case document or
+    :meth:`wbc.cases.CaseStore.tallies` (``relabel`` and ``sign-off`` print the case's new one the same way)."""
     model = {r["class"]: r["count"] for r in doc["model_differential"]["rows"]}
     from wbc.labels import PER_100_WBC
 
@@ -114,8 +134,6 @@ def show_case(case: CaseArg, store: StoreOpt = None,
     for lab, n in doc["differential"]["excluded"].items():
         if n:
             say(f"  {lab:<15}{n:>6}  (not counted)")
-    for c in doc["corrections"]:
-        say(f"  {c['at']}  cell {c['cell_id']}: {c['old_label']} -> {c['new_label']} by {c['user']}")
 
 
 def _rate(row: dict[str, Any]) -> str:
@@ -129,6 +147,124 @@ def _rate(row: dict[str, Any]) -> str:
         return f"  {NO_WBC_RATE if row['count'] else '':<32}"
     unit = " /100 WBC" if row.get("unit") == "per 100 WBC" else " %"
     return f"  {fixed(row['percent']):>5}{unit:<9}  {fixed(row['ci95_low'])}-{fixed(row['ci95_high'])}".ljust(34)
+
+
+@cases_app.command("cells")
+def cells(case: CaseArg, store: StoreOpt = None,
+          flagged: Annotated[bool, typer.Option(
+              "--flagged", help="Only the cells the model flagged that nobody has reviewed yet: the work list.")
+              ] = False,
+          as_json: Annotated[bool, typer.Option(
+              "--json", help="Print the cells as JSON to stdout (as `show --json` gives them).")] = False) -> None:
+    """A case's cells, one row each: its field, box, the model's call and why it flagged it, the reviewer's call.
+
+    The cell ids are what `wbc cases relabel` takes."""
+    from wbc.formats import confidence_text
+
+    s = open_store(store)
+    doc = s.case_document(case)
+    rows = [c for c in doc["cells"] if not flagged or (c["model_review"] and not c["reviewed"])]
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        say(f"case {doc['id']}: {doc['name']}: " + (f"no cell left to review: the {doc['n_flagged']} flagged by the "
+                                                     "model are reviewed" if flagged else "no cells"))
+        return
+    what = "cell(s) flagged by the model, not reviewed yet" if flagged else "cells"
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text  # user text as Text: never read as markup
+
+    fields = {f["id"]: f for f in doc["fields"]}
+    t = Table(title=Text(f"case {doc['id']}: {doc['name']}: {len(rows)} of {doc['n_cells']} {what}"),
+              title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    # the calls never wrap; an 80-column terminal wraps the field's name, the box, the reasons, the reviewer's name
+    for col, just, min_w in (("id", "right", 0), ("field", "left", 9), ("cell", "right", 0), ("box", "left", 7),
+                             ("model", "left", 0), ("conf", "right", 0), ("flagged", "left", 0),
+                             ("reasons", "left", 10), ("reviewer", "left", 0), ("by", "left", 6)):
+        t.add_column(col, justify=just, no_wrap=not min_w, min_width=min_w or None,  # type: ignore[arg-type]
+                     max_width=24 if col == "reasons" else None, overflow="fold")
+    threshold = float(doc["review_threshold"] or 0.0)
+    for c in rows:
+        f = fields[c["field_id"]]
+        # each reason to its first comma ("confidence 0.62, below the review threshold 0.90"): --json has them whole
+        reasons = "; ".join(re.split(r"[,:;]", r)[0] for r in c["model_reasons"])
+        t.add_row(str(c["id"]), Text(f"{f['position']} {f['image']}"), str(c["cell_no"]),
+                  " ".join(map(str, c["box"])), c["model_label"], confidence_text(c["model_confidence"], threshold),
+                  "yes" if c["model_review"] else "no", Text(reasons), c["label"] if c["reviewed"] else "",
+                  Text(c["reviewed_by"] or ""))
+    console.print(t)
+
+
+def case_label(label: str, labels: list[str]) -> str:
+    """LABEL as the case names it: one of its ``labels`` as typed; another spelling of a class
+    (:func:`wbc.labels.canonical_label`: "Neutrophils", "eo", "NRBC") or of not_wbc / unidentifiable ("Not WBC") when
+    that names one of them; anything else as typed, for the store to refuse naming the case's labels.
+
+    >>> case_label("Neutrophils", ["neutrophil", "not_wbc"]), case_label("Not WBC", ["neutrophil", "not_wbc"])
+    ('neutrophil', 'not_wbc')
+    >>> case_label("NRBC", ["neutrophil", "not_wbc"])
+    'NRBC'
+    """
+    from wbc.labels import canonical_label
+
+    if label in labels:
+        return label
+    special = "_".join(label.lower().replace("-", " ").replace("_", " ").split())
+    mapped = special if special in labels else canonical_label(label)
+    return mapped if mapped in labels else label
+
+
+@cases_app.command("relabel")
+def relabel(
+    case: CaseArg,
+    cell: Annotated[int, typer.Argument(help="The cell's id (`wbc cases cells CASE`).", show_default=False)],
+    label: Annotated[str, typer.Argument(help="A class of the case (its spellings as wbc reads datasets: "
+                                         "\"Neutrophils\", \"eo\"), not_wbc or unidentifiable; the cell's own call "
+                                         "confirms it.", show_default=False)],
+    user: UserOpt = "",
+    note: Annotated[str, typer.Option("--note", help="Why, kept in the audit trail.")] = "",
+    expected: Annotated[str | None, typer.Option(
+        "--expected", help="The call you saw the cell with: if it holds another one now (a colleague relabelled it "
+        "since), nothing is saved.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Set the reviewer's call for one cell (as the review page does), then print the case's new differential.
+
+    The audit trail records --user and the client "command line". A signed-off case is read-only."""
+    s = open_store(store)
+    before = s.case_document(case)
+    labels, cid = before["labels"], before["id"]  # the id from here on: the case whose labels were read
+    new = s.reclassify(cid, cell, case_label(label, labels), user, note, CLI_CLIENT,
+                       None if expected is None else case_label(expected, labels))
+    doc = s.case_document(cid)
+    old = next(c for c in reversed(doc["corrections"]) if c["cell_id"] == new["id"])["old_label"]
+    done = "confirmed" if old == new["label"] else "changed"
+    say(f"case {doc['id']}: {doc['name']}: cell {new['id']} {old} -> {new['label']} by {new['reviewed_by']} "
+        f"({done}; the model's call {new['model_label']}); {doc['n_reviewed']} of {doc['n_cells']} cell(s) reviewed")
+    _say_differential(doc)
+
+
+@cases_app.command("sign-off")
+def sign_off(
+    case: CaseArg,
+    user: UserOpt = "",
+    corrections_seen: Annotated[int | None, typer.Option(
+        "--corrections-seen", min=0, help="How many corrections you checked (`wbc cases show`): if the case has "
+        "another number now (a colleague relabelled a cell since), it is not signed off.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Sign the case off (as the review page does): its differential is kept as signed and the case is read-only.
+
+    The cells nobody reviewed keep the model's calls. The audit trail records --user and the client "command line"."""
+    s = open_store(store)
+    doc = s.sign_off(case, user, CLI_CLIENT, corrections_seen)
+    say(f"case {doc['id']}: {doc['name']}: {_signed(doc)}")
+    unseen = sum(c["model_review"] and not c["reviewed"] for c in doc["cells"])
+    say(f"  {doc['n_cells']} cell(s): {doc['n_reviewed']} reviewed, {doc['n_changed']} changed"
+        + (f"; {unseen} flagged by the model and not reviewed: the model's calls stand" if unseen else ""))
+    _say_differential(doc)
 
 
 @cases_app.command("create")
