@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository: relative defaults 
 
 def wbc(*args: str) -> None:
     """Run ``wbc ARGS`` (the installed CLI of this interpreter); a failure ends the benchmark naming the command."""
-    cmd = [sys.executable, "-m", "wbc", *args]
+    cmd = [sys.executable, "-P", "-m", "wbc", *args]  # -P: never a wbc.py in the working directory
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise SystemExit(f"error: {' '.join(cmd[2:])}: {last}")
+        raise SystemExit(f"error: {' '.join(cmd[3:])}: {last}")
 
 
 def accuracy(folder: Path, key: str = "accuracy") -> float:

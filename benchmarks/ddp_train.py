@@ -38,7 +38,7 @@ def train(config: Path, out: Path, nproc: int, seed: int, extra: list[str]) -> d
     else:
         if out.exists():
             shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "wbc", "train", "--config", str(config), "--output", str(out),
+        cmd = [sys.executable, "-P", "-m", "wbc", "train", "--config", str(config), "--output", str(out),
                "--nproc", str(nproc), "--seed", str(seed), *extra]
         subprocess.run(cmd, check=True, env={**os.environ, "GLIBC_TUNABLES": os.environ.get(
             "GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295")})

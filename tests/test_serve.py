@@ -716,6 +716,34 @@ def test_serve_bench_starts_its_server_without_the_environment_s_keys_or_the_lab
     assert started[1]["env"] == {"WBC_API_KEYS": "k" * 20} and started[1]["cmd"].count("--store") == 1
 
 
+def test_serve_bench_never_starts_a_wbc_py_in_the_working_directory(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve-bench started its server as ``python -m wbc serve`` in the working directory, where a ``wbc.py`` ran
+    instead of wbc (before wbc 0.34.0); now ``python -P -m wbc`` (:func:`wbc.paths.python_m_wbc`)."""
+    import wbc.serve.bench as bench
+
+    started: list[list[str]] = []
+
+    class ExitsAtOnce:
+        def __init__(self, cmd: list[str], **kw: object) -> None:
+            started.append(cmd)
+
+        def poll(self) -> int:
+            return 1
+
+        def terminate(self) -> None: ...
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 1
+
+    (tmp_path / "wbc.py").write_text("raise SystemExit('not wbc')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench.subprocess, "Popen", ExitsAtOnce)
+    with pytest.raises(WbcError, match="exited at start"), bench.running_server():
+        pass
+    assert started[0][:5] == [sys.executable, "-P", "-m", "wbc", "serve"], started
+
+
 def test_serve_bench_says_what_the_server_answered_instead_of_a_traceback(classifier, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from contextlib import contextmanager

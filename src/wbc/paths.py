@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -30,3 +31,15 @@ def data_root(override: str | os.PathLike[str] | None = None) -> Path:
         if c.is_dir():
             return c.resolve()
     return candidates[0]
+
+
+def python_m_wbc() -> list[str]:
+    """The argv that runs this wbc as ``python -m wbc`` in a child (the allocator re-exec, serve-bench's server).
+
+    ``-P`` (Python 3.11+): ``python -m`` otherwise puts the working directory first on ``sys.path``, so a ``wbc.py``
+    or ``wbc/`` in the folder where the command was typed (a data folder on a lab's shared drive) ran instead of wbc
+    (before wbc 0.34.0). It is left out only when this wbc itself was imported from the working directory
+    (``python -m wbc`` typed in a checkout's ``src/``), so that the child runs the same wbc as the parent.
+    """
+    from_cwd = PACKAGE_DIR.parent == Path.cwd().resolve()
+    return [sys.executable, *([] if from_cwd else ["-P"]), "-m", "wbc"]

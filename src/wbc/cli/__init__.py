@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from wbc.cli._app import app, console
 from wbc.errors import WbcError
+from wbc.paths import python_m_wbc
 
 __all__ = ["COMMAND_MODULES", "app", "main"]
 
@@ -61,7 +62,7 @@ def _reexec_with_allocator_fix() -> None:
     if not TORCH_COMMANDS & set(sys.argv[1:2]):
         return
     env = dict(os.environ, GLIBC_TUNABLES=GLIBC_FIX)
-    os.execve(sys.executable, [sys.executable, "-m", "wbc", *sys.argv[1:]], env)
+    os.execve(sys.executable, [*python_m_wbc(), *sys.argv[1:]], env)  # never a wbc.py in the working directory
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wbc.errors import WbcError
+from wbc.paths import python_m_wbc
 
 #: The environment's API keys (wbc.serve.settings), which the server serve-bench starts must not inherit.
 KEY_VARIABLES: tuple[str, ...] = ("WBC_API_KEYS", "WBC_API_KEY_FILE")
@@ -47,7 +47,7 @@ def running_server(args: Sequence[str] = (), env: dict[str, str] | None = None,
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="wbc_serve_bench_") as tmp:
         store = [] if "--store" in args else ["--store", str(Path(tmp) / "cases.sqlite")]
-        cmd = [sys.executable, "-m", "wbc", "serve", "--port", str(port), *store, *args]
+        cmd = [*python_m_wbc(), "serve", "--port", str(port), *store, *args]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         base = f"http://127.0.0.1:{port}"
         try:
