@@ -189,7 +189,7 @@ def test_engine_ray_without_ray_names_the_extra(tmp_path: Path) -> None:
     write_fields(tmp_path, 1)
     r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
     assert r.returncode == 1
-    assert "pip install 'wbc[distributed]'" in r.stderr + r.stdout
+    assert "pip install -e '.[distributed]'" in r.stderr + r.stdout
     assert "Traceback" not in r.stderr
 
 

@@ -47,7 +47,7 @@ from wbc.errors import ImageReadError, WbcError
 from wbc.io import read_bytes as read_file
 from wbc.types import Prediction
 
-MISSING_RAY = "--engine ray needs Ray: pip install 'wbc[distributed]' (the distributed extra)"
+MISSING_RAY = "--engine ray needs Ray, the distributed extra: pip install -e '.[distributed]' in wbc's checkout"
 
 
 def import_ray() -> Any:

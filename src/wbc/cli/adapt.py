@@ -200,7 +200,7 @@ def adapt(
             try:  # the torch half, imported only when used
                 from wbc.train.finetune import adapt_finetune
             except ImportError as exc:
-                raise WbcError(f"--method finetune needs PyTorch ({exc}): pip install 'wbc[train]', or use "
+                raise WbcError(f"--method finetune needs PyTorch ({exc}): pip install -e '.[train]', or use "
                                "--method head") from None
 
             res = adapt_finetune(model, data, output, checkpoint=checkpoint, stain=stain, seed=seed,
