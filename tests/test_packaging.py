@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +19,42 @@ def test_install_hints_never_name_a_pypi_wbc() -> None:
             if re.search(r"pip install [\"']?wbc\b", line):
                 said.append(f"{p.relative_to(ROOT)}:{i}")
     assert not said, said
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_licence_text_is_in_the_repository_and_declared_as_a_licence_file() -> None:
+    """Apache-2.0 asks that recipients get its text: before wbc 0.34.0 neither the repository, the sdist nor the
+    wheel had it (only ``License-Expression: Apache-2.0``). ``license-files`` puts it in both."""
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    files = _pyproject()["project"]["license-files"]
+    assert "LICENSE" in files and all((ROOT / f).is_file() for f in files), files
+
+
+def test_the_shipped_models_credit_their_training_data_inside_the_package() -> None:
+    """The wheel ships models trained on PBC (CC BY 4.0, which asks for credit and the licence): before wbc 0.34.0
+    its citation was only in docs/model_card.md, which is not packaged. models/default/README.md is package data,
+    and names every file of that folder, so that a new model cannot ship without its credit."""
+    folder = ROOT / "src/wbc/models/default"
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "models/default/README.md" in _pyproject()["tool"]["setuptools"]["package-data"]["wbc"]
+    for words in ("PBC", "CC BY 4.0", "Acevedo A, Merino A", "doi:10.1016/j.dib.2020.105474", "BCCD", "TXL-PBC"):
+        assert words in readme, words
+    unnamed = [p.name for p in folder.iterdir() if p.name != "README.md" and f"`{p.name}`" not in readme]
+    assert not unnamed, unnamed
+
+
+def test_build_requirement_admits_the_licence_string() -> None:
+    """A PEP 639 licence string (``license = "Apache-2.0"``) and ``license-files`` need setuptools 77 or newer:
+    ``setuptools>=68`` let a build without isolation (a distro's or an HPC site's setuptools 68-76) stop with
+    "configuration error: `project.license` must be valid exactly by one definition"."""
+    from packaging.requirements import Requirement
+
+    project = _pyproject()
+    if not isinstance(project["project"].get("license"), str) and "license-files" not in project["project"]:
+        return
+    req = next(Requirement(r) for r in project["build-system"]["requires"] if Requirement(r).name == "setuptools")
+    assert not req.specifier.contains("76.9.9") and req.specifier.contains("84.2.1"), req
