@@ -99,6 +99,25 @@ def test_onnx_runtime_sends_nothing_and_keeps_no_device_id(tmp_path: Path) -> No
                     "telemetry in this version or this environment), so nothing showed the check above can see one")
 
 
+def test_readme_names_every_variable_import_wbc_sets() -> None:
+    """``import wbc`` sets ``OPENCV_IO_MAX_IMAGE_PIXELS``, which caps the caller's own ``cv2.imread`` at 200 megapixels
+    when wbc is imported first; before wbc 0.34.0 README's "What wbc changes in your program" did not say so. Every
+    variable ``import wbc`` changes is named there."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, os; before = dict(os.environ); import wbc; "
+            "print(json.dumps(sorted(k for k in os.environ if os.environ.get(k) != before.get(k))))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORT_", "OPENCV_"))}
+    changed = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                        check=True, timeout=60).stdout)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("What wbc changes in your program:", 1)[1].split("\n\n", 1)[0]
+    assert "OPENCV_IO_MAX_IMAGE_PIXELS" in changed and [k for k in changed if f"`{k}" not in section] == [], changed
+
+
 def test_analyze_images_names_an_unreadable_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
