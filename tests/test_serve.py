@@ -744,6 +744,19 @@ def test_serve_bench_never_starts_a_wbc_py_in_the_working_directory(tmp_path: Pa
     assert started[0][:5] == [sys.executable, "-P", "-m", "wbc", "serve"], started
 
 
+def test_serve_bench_without_httpx_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx is in the ``test`` extra only: on the base install ``wbc serve-bench`` ended in a 39-line
+    ModuleNotFoundError traceback (before wbc 0.34.0); now one line naming the extra, before a server starts."""
+    import wbc.serve.bench as bench
+
+    monkeypatch.setitem(sys.modules, "httpx", None)  # not installed
+    monkeypatch.setattr(bench.subprocess, "Popen", lambda *a, **k: pytest.fail("a server was started"))
+    for call in (lambda: bench.measure_latency([Path("field.jpg")], [Path("cell.jpg")]),
+                 lambda: bench.running_server().__enter__()):
+        with pytest.raises(WbcError, match=r"needs httpx, the test extra: pip install -e '\.\[test\]'"):
+            call()
+
+
 def test_serve_bench_says_what_the_server_answered_instead_of_a_traceback(classifier, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from contextlib import contextmanager

@@ -26,6 +26,15 @@ from wbc.paths import python_m_wbc
 KEY_VARIABLES: tuple[str, ...] = ("WBC_API_KEYS", "WBC_API_KEY_FILE")
 
 
+def _require_httpx() -> None:
+    """A one-line error naming the extra that installs httpx when it is missing: it is in the ``test`` extra only,
+    and before wbc 0.34.0 ``wbc serve-bench`` on the base install ended in a 39-line traceback."""
+    try:
+        import httpx  # noqa: F401
+    except ImportError as exc:
+        raise WbcError(f"wbc serve-bench needs httpx, the test extra: pip install -e '.[test]' ({exc})") from None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -42,6 +51,7 @@ def running_server(args: Sequence[str] = (), env: dict[str, str] | None = None,
     default, ``results/cases.sqlite`` in the working directory, may be a lab's real store. ``env``: the server's
     environment (default: this one's).
     """
+    _require_httpx()
     import httpx
 
     port = free_port()
@@ -79,6 +89,7 @@ def measure_latency(fields: Sequence[Path], cells: Sequence[Path], server_args: 
     The server gets this environment without its API keys (:data:`KEY_VARIABLES`; the bench sends none), and a
     temporary case store (:func:`running_server`). An error answer becomes a :class:`WbcError` naming it.
     """
+    _require_httpx()
     import httpx
 
     if not fields or not cells:
