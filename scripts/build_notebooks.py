@@ -42,7 +42,12 @@ CLASSIFICATION = [
     new_markdown_cell(
         "## Classify cells\nFour cells of each class from the **test split** of the model's training run "
         "(`runs/default/manifest.csv`; the images are the PBC data's, `../shared/data/pbc`): cells held out from "
-        "training and from every choice made in it, the split the evaluation below scores."
+        "training and from every choice made in it, the split the evaluation below scores.\n\n"
+        "The cells shown below are images of the PBC data set, licensed CC BY 4.0 "
+        "(https://creativecommons.org/licenses/by/4.0/), shown smaller with wbc's answer above each: Acevedo A, "
+        "Merino A, Alférez S, Molina Á, Boldú L, Rodellar J (2020), A dataset of microscopic peripheral blood cell "
+        "images for development of automatic recognition systems, Data in Brief 30:105474, "
+        "doi:10.1016/j.dib.2020.105474 (data: Mendeley Data, doi:10.17632/snkd93bnjr.1)."
     ),
     new_code_cell(
         "from pathlib import Path\nfrom wbc.data import read_manifest\nfrom wbc.paths import PACKAGE_DIR\n\n"

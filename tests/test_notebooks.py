@@ -161,6 +161,19 @@ def test_classification_notebook_shows_test_cells() -> None:
     assert any("**test split**" in c.source for c in nb.cells if c.cell_type == "markdown")
 
 
+def test_notebooks_showing_pbc_cells_name_the_licence() -> None:
+    """The classification notebook's figure shows 16 PBC cells (CC BY 4.0, which asks for credit and the licence
+    with the material): before wbc 0.34.0 neither the notebook nor README's "Data and licences" (which said the only
+    dataset images here were BCCD's) named them."""
+    nb = nbformat.read(ROOT / "notebooks" / "WBC_Classification.ipynb", as_version=4)
+    shows_images = any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    cited = all(words in text for words in ("CC BY 4.0", "Acevedo A, Merino A", "doi:10.1016/j.dib.2020.105474"))
+    assert cited or not shows_images
+    licences = (ROOT / "README.md").read_text(encoding="utf-8").split("## Data and licences", 1)[1].split("\n## ", 1)[0]
+    assert "notebooks/WBC_Classification.ipynb" in licences and "The only dataset images" not in licences
+
+
 def test_build_refuses_an_unknown_notebook_name() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_notebooks.py"), "detect"],
                          capture_output=True, text=True, timeout=120)
