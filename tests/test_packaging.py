@@ -58,3 +58,16 @@ def test_build_requirement_admits_the_licence_string() -> None:
         return
     req = next(Requirement(r) for r in project["build-system"]["requires"] if Requirement(r).name == "setuptools")
     assert not req.specifier.contains("76.9.9") and req.specifier.contains("84.2.1"), req
+
+
+def test_the_package_version_has_one_place() -> None:
+    """pyproject.toml and src/wbc/__init__.py each wrote the version out, and nothing tied them together; now the
+    build reads ``wbc.__version__`` (``dynamic = ["version"]``), as setuptools resolves it here."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    import wbc
+
+    project = _pyproject()
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "wbc.__version__"}
+    assert read_configuration(ROOT / "pyproject.toml", expand=True)["project"]["version"] == wbc.__version__
