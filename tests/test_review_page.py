@@ -8,6 +8,7 @@ talk to the server (any other request fails the test).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import subprocess
@@ -578,3 +579,29 @@ def test_the_top_3_gives_the_models_call_with_the_digits_of_its_flag(review) -> 
     detail = page.locator("#cell-detail dd").all_inner_texts()
     assert detail[2] == "Eosinophil (98.5 %)", detail
     assert detail[3] == "Eosinophil 98.5 %, Neutrophil 1.3 %, Monocyte 0.3 %", detail
+
+
+def test_leaving_while_labels_are_saving_asks_first(review) -> None:
+    """A reload, a closed tab or a link followed while labels were waiting to be saved dropped them without a word
+    (before wbc 0.34.0): the browser now asks first, and only then."""
+    page, base = review
+    c = open_new_case(page, base, "leave early", 49)
+    held: list = []
+    page.route("**/label", lambda route: held.append(route))  # a slow link: the label is not answered yet
+    page.focus("#gallery .tile[aria-selected=true]")
+    page.keyboard.press("9")  # not a WBC
+    page.wait_for_function("() => state.saving !== null")
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.type), d.dismiss()))  # "Leave site?" answered Cancel
+    with contextlib.suppress(Exception):  # the page went away: no question was asked
+        page.evaluate("() => location.reload()")
+    page.wait_for_timeout(500)
+    assert dialogs == ["beforeunload"]
+    assert page.evaluate("state.doc && state.doc.id") == c  # still the page, its label still on its way
+    for route in held:
+        route.continue_()
+    page.wait_for_function("() => !state.busy && state.saving === null", timeout=15_000)
+    assert case_on_server(base, c)["n_reviewed"] == 1  # the label held, then saved
+    page.reload()  # nothing unsaved: no question
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    assert dialogs == ["beforeunload"]

@@ -53,6 +53,11 @@ async function init() {
   });
   document.addEventListener("keydown", onKey);
   window.addEventListener("popstate", () => openFromURL());
+  // labels given and not yet saved are lost with the page: the browser asks before a reload, a closed tab or a link
+  // followed (before wbc 0.34.0 they were dropped without a word)
+  window.addEventListener("beforeunload", (e) => {
+    if (unsaved().length) { e.preventDefault(); e.returnValue = ""; }
+  });
   const [model, health] = await Promise.all([api("/model"), api("/health")]);
   if (model.ok) state.meta = model.body;
   $("sign-out").hidden = !(health.ok && health.body.security && health.body.security.api_keys);
