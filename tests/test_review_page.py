@@ -605,3 +605,17 @@ def test_leaving_while_labels_are_saving_asks_first(review) -> None:
     page.reload()  # nothing unsaved: no question
     page.wait_for_selector("body[data-ready=true]", timeout=15_000)
     assert dialogs == ["beforeunload"]
+
+
+def test_a_case_keeps_a_file_name_with_a_quote(review, tmp_path: Path) -> None:
+    """A browser sends a " in a file name as %22: the case, its report and its export named the field a%22b.png
+    (before wbc 0.34.0). The page sends the chosen names beside the files."""
+    page, base = review
+    path = tmp_path / 'field "1".png'
+    cv2.imwrite(str(path), synthetic_smear(n_wbc=2, seed=50)[0][:, :, ::-1])
+    page.fill("#case-name", "quoted name")
+    page.set_input_files("#case-files", str(path))
+    page.click("#create-case")
+    page.wait_for_selector("#case:not([hidden])", timeout=90_000)
+    assert [f["image"] for f in page.evaluate("state.doc.fields")] == ['field "1".png']
+    assert [f["image"] for f in case_on_server(base, page.evaluate("state.doc.id"))["fields"]] == ['field "1".png']

@@ -814,3 +814,22 @@ def test_classify_and_analyze_say_out_of_distribution_as_each_other() -> None:
                                                           "stain and scanner: check every cell"]
     assert an["cells"] and all(cell["ood"] is True for cell in an["cells"])
     assert any("look unlike the model's training data" in w for w in an["warnings"])
+
+
+def test_a_case_takes_the_chosen_file_names_only_where_the_browser_encoded_them(classifier, tmp_path: Path) -> None:
+    """A browser (and httpx) sends a " in a multipart file name as %22 and a % as it is, so the server cannot tell
+    a"b.png from a file named a%22b.png: a case named the field a%22b.png (before wbc 0.34.0). POST /cases takes
+    the chosen names (``names``, a JSON list) where each is what the part's name was sent for."""
+    import json
+
+    images = [png_bytes(synthetic_smear(n_wbc=1, seed=60 + i)[0]) for i in range(3)]
+    chosen = ['a"b.png', "a%22b.png", "plain.png"]
+    files = [("files", (n, data, "image/png")) for n, data in zip(chosen, images, strict=True)]
+    with TestClient(create_app(classifier, ClassicalSegmenter(), store=tmp_path / "c.sqlite")) as c:
+        r = c.post("/cases", data={"name": "S-q", "names": json.dumps([*chosen[:2], "other.png"])}, files=files)
+        assert r.status_code == 201, r.text
+        assert [f["image"] for f in r.json()["fields"]] == ['a"b.png', "a%22b.png", "plain.png"]  # no other name
+        for bad in ("a.png", json.dumps(["a.png"]), json.dumps([1, 2, 3])):
+            r = c.post("/cases", data={"name": "S-bad", "names": bad}, files=files)
+            assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+            assert r.json()["detail"] == "names: a JSON list of 3 file name(s), one per file"

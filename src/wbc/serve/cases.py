@@ -13,6 +13,7 @@ app's JSON error body.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -133,6 +134,8 @@ async def create_case(
     files: Annotated[list[UploadFile | str] | None, File(description="Smear fields (field name `files`, repeated).")
                      ] = None,
     user: Annotated[str, Form(max_length=120, description="Who created the case.")] = "",
+    names: Annotated[str | None, Form(description="The files' names as chosen, a JSON list in the order of `files` "
+                                      "(a browser sends a \" in a file name as %22).")] = None,
 ) -> JSONResponse:
     """Every field is analysed as ``/analyze`` does, each in an inference slot (waited for without holding a thread:
     :func:`wbc.serve.app.in_inference_slot`); the case is created only if every field could be read (otherwise 422
@@ -154,12 +157,12 @@ async def create_case(
         raise UploadProblem(413, "too_many_files", f"{len(uploads)} files; the limit is {state.max_files}")
     # a name or user the store would refuse is refused before any field waits for a slot and is analysed
     await run_in_threadpool(call, check_new_case, store, name, user)
+    fnames = chosen_names([up.filename or f"field{i + 1}" for i, up in enumerate(uploads)], names)
     # the same file twice (chosen twice, or a copy under another name) would count its cells twice: refused
     # before anything is analysed, naming both
     digests: list[str] = await run_in_threadpool(lambda: [upload_digest(up) for up in uploads])
     seen: dict[str, str] = {}
-    for i, (up, digest) in enumerate(zip(uploads, digests, strict=True)):
-        fname = up.filename or f"field{i + 1}"
+    for fname, digest in zip(fnames, digests, strict=True):
         if digest in seen:
             raise UploadProblem(422, "duplicate_field", f"{fname} is the same image as {seen[digest]} (identical "
                                 f"file content, SHA-1 {digest[:12]}): send each field once; no case was created")
@@ -175,8 +178,7 @@ async def create_case(
         rgb, res = analyze_bytes(data, fname, clf, seg, max_pixels=MAX_ANALYZE_PIXELS)  # a multi-field TIFF said
         return prepare_field(fname, rgb, res, clf, digest)
 
-    for i, (up, digest) in enumerate(zip(uploads, digests, strict=True)):
-        fname = up.filename or f"field{i + 1}"
+    for i, (up, fname, digest) in enumerate(zip(uploads, fnames, digests, strict=True)):
         try:  # a case's later fields waited their turn already: never refused for a full queue half-way
             fields.append(await in_inference_slot(state, functools.partial(analyse, up, fname, digest), queued=i > 0))
         except WbcError as exc:
@@ -191,6 +193,31 @@ async def create_case(
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
     case_id = await run_in_threadpool(call, create_case_from_fields, store, name, fields, clf, seg_id, user)
     return JSONResponse(await run_in_threadpool(call, store.case_document, case_id), status_code=201)
+
+
+def chosen_names(sent: list[str], names: str | None) -> list[str]:
+    """Each field's file name: the one ``names`` (a JSON list) gives for it where a browser sends that name as
+    ``sent`` (the part's), else the part's.
+
+    A browser sends a ``"`` in a multipart file name as ``%22`` (CR, LF as ``%0D``, ``%0A``) and a ``%`` as it is (the
+    HTML standard), so ``a%22b.png`` may be ``a"b.png`` or a file named so: only the client knows. The review page
+    sends the chosen names; one with a control character is not taken. Before wbc 0.34.0 a case, its report and its
+    export named the field ``a%22b.png``."""
+    from wbc.serve.app import UploadProblem
+
+    if names is None:
+        return sent
+    try:
+        given = json.loads(names)
+    except ValueError:
+        given = None
+    if not (isinstance(given, list) and len(given) == len(sent) and all(isinstance(n, str) for n in given)):
+        raise UploadProblem(422, "invalid_request", f"names: a JSON list of {len(sent)} file name(s), one per file")
+
+    def as_sent(n: str) -> str:
+        return n.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+    return [n if n.isprintable() and as_sent(n) == part else part for n, part in zip(given, sent, strict=True)]
 
 
 def check_new_case(store: CaseStore, name: str, user: str) -> None:

@@ -97,6 +97,8 @@ async function createCase() {
   const fd = new FormData();
   fd.append("name", name);
   fd.append("user", $("reviewer").value.trim());
+  // the chosen names, which the server prefers to the parts' own (a browser sends a " in a name as %22)
+  fd.append("names", JSON.stringify(files.map((f) => f.name)));
   for (const f of files) fd.append("files", f, f.name);
   $("create-case").disabled = true;
   $("cases-status").textContent = `Analysing ${files.length} field(s)…`;
