@@ -446,3 +446,123 @@ def test_the_review_threshold_reads_with_the_digits_a_confidence_has(chromium, c
         ctx.close()
     assert header == "98.6 % confidence" and tile == "98.6 %"
     assert not errors, errors
+
+
+def test_a_run_that_analyses_nothing_keeps_the_last_results(page, tmp_path: Path) -> None:
+    """A run whose every file failed (unreadable, or a server gone) cleared the last run's cards, differential and
+    downloads before it had anything to show, and then showed nothing (before wbc 0.34.0)."""
+    analyse_one_field(page, tmp_path)
+    caption, rows = page.locator("#diff-caption").inner_text(), page.locator("#diff-table tbody tr").count()
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 50)
+    page.set_input_files("#file-input", str(bad))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('No file')", timeout=60_000)
+    said = page.locator("#error-list").inner_text()
+    assert "broken.png" in said and "the results below are those of the run before" in said
+    assert page.locator("#results").is_visible() and page.locator("#cards article").count() == 1
+    assert page.locator("#diff-caption").inner_text() == caption
+    assert page.locator("#diff-table tbody tr").count() == rows
+    assert page.locator("#stats .stat").count() == 4
+    with page.expect_download() as dl:
+        page.click("#dl-json")  # the downloads are the run shown's, its errors (none) too
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert [r["image"] for r in doc["results"]] == ["field.png"] and doc["errors"] == [] and doc["differential"]
+
+
+def test_a_refused_pooled_differential_is_said(page, tmp_path: Path) -> None:
+    """A 4xx/5xx from POST /differential (a keyed server's rate limit: the run's own requests use up the key's
+    bucket) was taken for no rows: an empty differential under a caption and a note, and no error (before wbc
+    0.34.0)."""
+    body = json.dumps({"error": "rate_limited", "detail": "more than 5 requests a minute with this key; slow down",
+                       "errors": []})
+    page.route("**/differential", lambda r: r.fulfill(status=429, content_type="application/json", body=body))
+    page.set_input_files("#file-input", str(smear_file(tmp_path)))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("#error-list").inner_text() == ("The pooled differential could not be computed: the server "
+                                                        "answered (429: more than 5 requests a minute with this key; "
+                                                        "slow down).")
+    assert page.locator("#diff-table tbody tr").count() == 0 and page.locator("#stats .stat").count() == 0
+    assert page.locator("#diff-caption").inner_text() == "" and page.locator("#diff-note").inner_text() == ""
+
+
+def test_single_cells_refused_as_a_batch_named_and_the_json_keeps_warnings_and_errors(page, tmp_path: Path) -> None:
+    """A request of several cells refused whole (429, 503, 413) was blamed on its first file alone; the JSON download
+    left out /classify's warnings and the files that could not be read; and a " in a file name read %22, as the
+    browser sends it, on the page and in the downloads (before wbc 0.34.0)."""
+    paths = [tmp_path / "lymphocyte.png", tmp_path / 'odd "name".png', tmp_path / "green.png"]
+    for i, (p, label) in enumerate(zip(paths[:2], ["lymphocyte", "neutrophil"], strict=True)):
+        cv2.imwrite(str(p), synthetic_cell(label, 96, seed=i)[:, :, ::-1])
+    green = np.full((96, 96, 3), (20, 200, 20), np.int16) + np.random.default_rng(0).integers(-6, 7, (96, 96, 3))
+    cv2.imwrite(str(paths[2]), green.astype(np.uint8)[:, :, ::-1])  # unlike the training data: a warning
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    page.check("input[name=mode][value=cells]")
+
+    body = json.dumps({"error": "rate_limited", "detail": "more than 5 requests a minute with this key; slow down",
+                       "errors": []})
+    page.route("**/classify", lambda r: r.fulfill(status=429, content_type="application/json", body=body))
+    page.set_input_files("#file-input", [str(p) for p in paths])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('No file')", timeout=60_000)
+    assert page.locator("#error-list").inner_text() == ("3 files (lymphocyte.png to green.png): more than 5 requests "
+                                                        "a minute with this key; slow down")
+    page.unroute("**/classify")
+
+    page.set_input_files("#file-input", [str(p) for p in [*paths, bad]])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    names = [p.name for p in paths]
+    assert page.locator("table.cells .filename").all_inner_texts() == names
+    notes = [t.removeprefix("Note: ") for t in page.locator(".image-card .warning").all_inner_texts()]
+    assert notes and "look unlike the model's training data" in notes[0]
+    with page.expect_download() as dl:
+        page.click("#dl-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    [run] = doc["results"]
+    assert run["warnings"] == notes and [r["filename"] for r in run["results"]] == names
+    assert len(doc["errors"]) == 1 and doc["errors"][0].startswith("broken.jpg: ")
+    with page.expect_download() as dl:
+        page.click("#dl-cells")
+    assert [r["image"] for r in csv.DictReader(Path(dl.value.path()).read_text().splitlines())] == names
+
+
+def test_the_differential_csv_is_written_as_wbc_analyze_writes_it(page, tmp_path: Path) -> None:
+    """The page wrote the API's 4 decimals as JavaScript prints them (16.6667, 0, 3900) where wbc analyze's
+    differential.csv has wbc.counts.half_up(v, 2) as Python prints a float (16.67, 0.0, 3900.0), and a " in a field's
+    file name as %22, as the browser sends it (before wbc 0.34.0). Rounding the API's 4 decimals again is not enough:
+    a bound of x.xx495 given as x.xx50 rounds down in differential.csv (1 value in 230)."""
+    from wbc.counts import differential_rows, half_up
+    from wbc.formats import differential_unit, write_differential_csv
+
+    keys = ("class", "count", "total", "percent", "ci95_low", "ci95_high")
+    classes = ["erythroblast", "lymphocyte", "neutrophil"]
+    rows, expected, twice = [], [], 0
+    for n in range(61):  # every count up to 60 WBCs, as shares and as rates per 100 WBCs
+        for k in range(n + 1):
+            counts = {"lymphocyte": k, "neutrophil": n - k, "erythroblast": k}
+            api_rows, csv_rows = (differential_rows(counts, classes, "", digits) for digits in (4, 2))
+            for api, csv_row in zip(api_rows, csv_rows, strict=True):
+                rows.append({**dict(zip(keys, api[1:], strict=True)), "unit": differential_unit(api[1])})
+                expected.append(["" if v is None or not n else str(v) for v in csv_row[4:]])
+                twice += any(v is not None and half_up(v, 2) != w for v, w in zip(api[4:], csv_row[4:], strict=True))
+    assert twice > 20  # the rows whose 4 decimals round again to another value
+    assert page.evaluate("rows => rows.map(csvShare)", rows) == expected
+
+    paths = [smear_file(tmp_path, 'a "b".png'), smear_file(tmp_path, "c.png")]
+    page.set_input_files("#file-input", [str(p) for p in paths])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    names = [p.name for p in paths]
+    assert page.locator("article.image-card h3").all_inner_texts() == names
+    with page.expect_download() as dl:
+        page.click("#dl-diff")
+    got = list(csv.reader(Path(dl.value.path()).read_text().splitlines()))
+    docs = page.evaluate("state.runs.map((r) => ({ image: r.data.image, counts: r.data.counts }))")
+    write_differential_csv(tmp_path / "differential.csv", docs, [r[1] for r in got[1:] if r[0] == "ALL"])
+    assert got == list(csv.reader((tmp_path / "differential.csv").read_text().splitlines()))
+    assert {r[0] for r in got[1:]} == {*names, "ALL"}
+    with page.expect_download() as dl:
+        page.click("#dl-cells")
+    assert {r["image"] for r in csv.DictReader(Path(dl.value.path()).read_text().splitlines())} == set(names)

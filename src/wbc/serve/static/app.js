@@ -5,6 +5,7 @@
 
 const state = {
   meta: null, limits: { max_upload_mb: 25, max_files: 500 }, mode: "smear", files: [], runs: [], busy: false,
+  errors: [],  // the run's problems as the page lists them: the JSON download keeps them (since wbc 0.34.0)
 };
 
 const colourOf = (c) => (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
@@ -27,9 +28,17 @@ async function fetchJSON(url, options) {
   return { ok: resp.ok, status: resp.status, body };
 }
 
-function problemText(res, fallbackName) {
+// A file name as a browser sends it in a multipart upload (the HTML standard: " CR LF as %22 %0D %0A, and % as it
+// is), so the server has it that way; the page shows and exports the chosen name (File.name), never this one.
+const sentName = (name) => name.replace(/"/g, "%22").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
+
+// A file's problem as the server words it ({filename, error}), under its chosen name: `realName` maps the name sent.
+const fileProblem = (e, realName) => (e.filename && e.error.startsWith(`${e.filename}:`)
+  ? realName(e.filename) + e.error.slice(e.filename.length) : e.error);
+
+function problemText(res, fallbackName, realName = (n) => n) {
   const b = res.body;
-  if (b && Array.isArray(b.errors) && b.errors.length) return b.errors.map((e) => e.error);
+  if (b && Array.isArray(b.errors) && b.errors.length) return b.errors.map((e) => fileProblem(e, realName));
   if (b && b.detail) return [`${fallbackName}: ${b.detail}`];
   return [`${fallbackName}: the server answered ${res.status}`];
 }
@@ -127,7 +136,13 @@ async function run() {
     }
     return true;
   });
+  // what is on screen, put back if this run analyses nothing (before wbc 0.34.0 a run of one unreadable file, or one
+  // the server never answered, wiped the last run's cards, differential and downloads)
+  const before = { runs: state.runs, differential: state.differential, errors: state.errors, hidden: $("results").hidden,
+    nodes: ["cards", "stats", "diff-caption", "diff-note"].map((id) => [id, [...$(id).childNodes]]),
+    rows: [...$("diff-table").querySelector("tbody").childNodes] };
   state.runs = [];
+  state.errors = [];
   clearSummary();  // the last run's tiles and pooled differential never sit above (or download with) this run's fields
   $("diff-caption").textContent = "The differential is pooled once every file is analysed.";
   $("cards").replaceChildren();
@@ -140,14 +155,23 @@ async function run() {
   if (state.runs.length) {
     try { await renderSummary(mode); } catch (err) {  // e.g. the server stopped: no summary, never a stuck page
       clearSummary();
-      errors.push(`The pooled differential could not be computed: no answer from the server (${err.message}).`);
+      errors.push(`The pooled differential could not be computed: ${err.answered ? "the server answered"
+        : "no answer from the server"} (${err.message}).`);
     }
+    state.errors = errors;
     showErrors(errors);
     $("results").hidden = false;
     const nDone = mode === "smear" ? state.runs.length : allCells().length;
     setBusy(false, `Done: ${nDone} of ${files.length} file(s) analysed in ${secs} s.`);
     $("results").focus({ preventScroll: false });
   } else {
+    if (before.runs.length) {  // nothing analysed: the last results stay, and the page says whose they are
+      Object.assign(state, { runs: before.runs, differential: before.differential, errors: before.errors });
+      for (const [id, nodes] of before.nodes) $(id).replaceChildren(...nodes);
+      $("diff-table").querySelector("tbody").replaceChildren(...before.rows);
+      $("results").hidden = before.hidden;
+      errors.push("Nothing was analysed this time: the results below are those of the run before.");
+    }
     showErrors(errors);
     setBusy(false, "No file could be analysed.");
   }
@@ -175,9 +199,10 @@ async function runSmears(files, errors) {
       errors.push(`${f.name}: no answer from the server (${err.message})`);
       continue;
     }
-    if (!res.ok) { errors.push(...problemText(res, f.name)); continue; }
-    state.runs.push({ kind: "smear", name: f.name, data: res.body });
-    $("cards").append(smearCard(res.body));
+    if (!res.ok) { errors.push(...problemText(res, f.name, () => f.name)); continue; }
+    const data = { ...res.body, image: f.name };  // the chosen name, not the one sent (a " as %22, before wbc 0.34.0)
+    state.runs.push({ kind: "smear", name: f.name, data });
+    $("cards").append(smearCard(data));
     $("results").hidden = false;
   }
 }
@@ -214,33 +239,42 @@ async function runCells(files, errors) {
       continue;
     }
     done += batch.length;
-    if (!res.ok) { errors.push(...problemText(res, batch[0].name)); continue; }
+    const real = (n) => {  // the chosen name a name sent stands for, if only one of the batch's is sent so
+      const names = new Set(batch.filter((f) => sentName(f.name) === n).map((f) => f.name));
+      return names.size === 1 ? [...names][0] : n;
+    };
+    // a refusal of the whole batch (429, 503, 413: no file's own problem) names every file it leaves out, not the
+    // first one alone as if only it had failed (before wbc 0.34.0)
+    const who = batch.length > 1 ? `${batch.length} files (${batch[0].name} to ${batch[batch.length - 1].name})`
+      : batch[0].name;
+    if (!res.ok) { errors.push(...problemText(res, who, real)); continue; }
     results.push(...res.body.results);
     pairThumbs(batch, res.body, thumbs);
-    for (const e of res.body.errors || []) errors.push(e.error);
+    for (const e of res.body.errors || []) errors.push(fileProblem(e, real));
     for (const w of res.body.warnings || []) notes.push({ w, from: batch[0].name, to: batch[batch.length - 1].name });
   }
   if (results.length) {
-    state.runs.push({ kind: "cells", name: "single cells", data: { model_id: state.meta.model_id, results } });
     // several requests: each sentence counts its own files, so it names them
     const several = batches(files).length > 1;
     const warnings = notes.map((n) => (several ? `${n.from} to ${n.to}: ${n.w}` : n.w));
+    // the warnings shown above the table go into the JSON download too (since wbc 0.34.0), as /classify gives them
+    state.runs.push({ kind: "cells", name: "single cells", data: { model_id: state.meta.model_id, results, warnings } });
     $("cards").append(cellsCard(results, thumbs, warnings));
   }
 }
 
 // Each result's own File (its thumbnail), keyed by the result: /classify answers the readable files in upload
 // order, so results pair with the batch's files in order, by name (names repeat: cell_001.jpg of two samples).
-// A result whose name is also among the unreadable files gets no thumbnail rather than perhaps another's.
+// A result whose name is also among the unreadable files gets no thumbnail rather than perhaps another's. A result
+// paired takes its File's name: the server has a " as %22 (sentName), shown and exported so before wbc 0.34.0.
 function pairThumbs(batch, body, thumbs) {
   const failed = new Set((body.errors || []).map((e) => e.filename));
-  const sent = (name) => name.replace(/"/g, "%22").replace(/\r/g, "%0D").replace(/\n/g, "%0A");  // as a browser sends it
   let j = 0;
   for (const r of body.results) {
     let k = j;
-    while (k < batch.length && batch[k].name !== r.filename && sent(batch[k].name) !== r.filename) k += 1;
+    while (k < batch.length && batch[k].name !== r.filename && sentName(batch[k].name) !== r.filename) k += 1;
     if (k === batch.length) continue;
-    if (!failed.has(r.filename)) thumbs.set(r, batch[k]);
+    if (!failed.has(r.filename)) { thumbs.set(r, batch[k]); r.filename = batch[k].name; }
     j = k + 1;
   }
 }
@@ -269,10 +303,15 @@ async function renderSummary(mode) {
   const res = await fetchJSON("/differential", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ counts }),
   });
-  const diff = res.ok ? res.body.differential.filter((d) => answered(mode).includes(d.class) || d.count) : [];
+  // a refusal (429 of a keyed server's rate limit, 503) is said, never shown as an empty differential (before wbc 0.34.0)
+  if (!res.ok) {
+    const why = res.body && res.body.detail ? `${res.status}: ${res.body.detail}` : `${res.status}`;
+    throw Object.assign(new Error(why), { answered: true });
+  }
+  const diff = res.body.differential.filter((d) => answered(mode).includes(d.class) || d.count);
   state.differential = diff;
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
-  const nWbc = res.ok ? res.body.total : null;  // the differential's total: the WBCs, not the NRBCs and platelets
+  const nWbc = res.body.total;  // the differential's total: the WBCs, not the NRBCs and platelets
   const nReview = allCells().filter((c) => c.review).length;
   const stats = [
     [mode === "smear" ? "Smear fields" : "Images", mode === "smear" ? state.runs.length : total, false],
@@ -288,7 +327,7 @@ async function renderSummary(mode) {
   // the rows counted per 100 WBCs that the table shows (none for a five-part server: no "erythroblasts ... per 100")
   const rates = diff.filter((d) => d.unit === "per 100 WBC").map((d) => `${displayName(d.class).toLowerCase()}s`);
   $("diff-caption").textContent = `${total} cell${total === 1 ? "" : "s"}${scope}`
-    + (nWbc !== null && nWbc !== total ? `, ${whites(nWbc)} among them` : "") + "; "
+    + (nWbc !== total ? `, ${whites(nWbc)} among them` : "") + "; "
     + `percent of the white cells${rates.length ? ` (${rates.join(" and ")} per 100 white cells, outside the total)` : ""}`
     + " with an exact "
     + "(Clopper–Pearson) 95 % confidence interval."
@@ -297,7 +336,7 @@ async function renderSummary(mode) {
   const more = "A manual differential counts 100–200 leukocytes; analyse more fields before reading small percentages.";
   $("diff-note").textContent = nWbc === 0  // the threshold counts the WBCs: 120 platelets are no differential
     ? `No white cell counted: there are no percentages, and no rate per 100 white cells. ${more}`
-    : nWbc !== null && nWbc < 100 ? `Only ${whites(nWbc)} counted: the intervals are wide. ${more}`
+    : nWbc < 100 ? `Only ${whites(nWbc)} counted: the intervals are wide. ${more}`
       : "Cells flagged for review are counted under their most likely class; check them before reporting.";
 }
 
@@ -458,8 +497,39 @@ function neutralise(v) {
 }
 
 // A differential row's percent and bounds as differential.csv writes them (wbc.formats.write_differential_csv): empty
-// with no WBC counted, where the API gives a share as 0.0 with an interval of 0-100.
-const csvShare = (d) => (d.total ? [d.percent, d.ci95_low, d.ci95_high] : ["", "", ""]);
+// with no WBC counted, where the API gives a share as 0.0 with an interval of 0-100; else wbc.counts.half_up(v, 2), as
+// Python writes a float (16.67, 0.0, 3900.0). Before wbc 0.34.0 the page wrote the API's 4 decimals (16.6667, 0, 3900).
+function csvShare(d) {
+  if (!d.total) return ["", "", ""];
+  const asFloat = (text) => { const t = String(Number(text)); return /[.e]/.test(t) ? t : `${t}.0`; };
+  return [fixed(100 * d.count / d.total, 2), csvBound(d, d.ci95_low, false), csvBound(d, d.ci95_high, true)]
+    .map(asFloat);
+}
+
+// An interval bound at 2 decimals, rounded half up from the exact bound as wbc analyze rounds it, not from the API's 4
+// decimals: a bound the API gives as x.xx50 may be x.xx495… (down) or x.xx5… (up); which one, the binomial tail at
+// x.xx5 tells (the Clopper–Pearson bound is a quantile of the beta distribution, whose tail is a binomial sum).
+function csvBound(d, v, upper) {
+  const t = fixed(v, 4);
+  if (!t.endsWith("50")) return fixed(v, 2);  // rounding the 4 decimals again gives the exact value's 2
+  const perWbc = d.unit === "per 100 WBC";  // a rate per 100 WBCs: the ratio p/(1-p) of the share k/(k+n)
+  const at = Number(t) / 100, p = perWbc ? at / (1 + at) : at;
+  const n = perWbc ? d.count + d.total : d.total, k = d.count, tail = (1 - 0.95) / 2;
+  // lower bound: Beta(k, n-k+1)'s tail quantile, below p when P(X >= k) > tail; upper: Beta(k+1, n-k)'s 1 - tail
+  // quantile, below p when P(X <= k) < tail (X binomial of n and p)
+  const below = upper ? binomialSum(n, p, 0, k) < tail : binomialSum(n, p, k, n) > tail;
+  return below ? t.slice(0, -2) : fixed(v, 2);
+}
+
+// P(lo <= X <= hi) for X binomial of n trials and p, term by term in logs (no under- or overflow).
+function binomialSum(n, p, lo, hi) {
+  const lf = [0];
+  for (let i = 1; i <= n; i += 1) lf.push(lf[i - 1] + Math.log(i));
+  const lp = Math.log(p), lq = Math.log1p(-p);
+  let s = 0;
+  for (let i = lo; i <= hi; i += 1) s += Math.exp(lf[n] - lf[i] - lf[n - i] + i * lp + (n - i) * lq);
+  return s;
+}
 
 function csvLine(values) {
   return values.map((v) => {
@@ -473,7 +543,8 @@ function downloadJSON() {
     const { annotated_png: _omit, ...rest } = r.data; // the annotated images stay out of the JSON
     return { kind: r.kind, ...rest };
   });
-  const doc = { model: state.meta, differential: state.differential, results: runs };
+  // errors: the files the run could not analyse, as the page listed them (left out before wbc 0.34.0)
+  const doc = { model: state.meta, differential: state.differential, results: runs, errors: state.errors };
   save("wbc_results.json", JSON.stringify(doc, null, 2), "application/json");
 }
 
