@@ -549,6 +549,7 @@ def test_a_case_opened_signed_off_leaves_the_reviewer_box_free_for_a_new_case(ch
     page.set_input_files("#case-files", str(field))
     page.click("#create-case")
     page.wait_for_selector("#cases-status:has-text('Case created')", timeout=90_000)
+    page.wait_for_function("id => state.doc.id !== id", arg=c)  # said before the list reloads and the case shows
     new = page.evaluate("state.doc.id")
     ctx.close()
     assert case_on_server(base, new)["created_by"] == "Cy"
