@@ -15,6 +15,7 @@ import pytest
 
 from wbc.errors import ConfigError, WbcError
 from wbc.evaluate.smears import box_iou, evaluate_segmentation, load_labelled_folder, read_yolo_boxes
+from wbc.io import read_image
 from wbc.paths import DEFAULT_DETECTOR
 from wbc.segment import AUTO_ORDER, get_segmenter, list_segmenters, resolve_method
 from wbc.segment import detector as D
@@ -306,6 +307,45 @@ def test_field_at_4x_the_expected_scale(real_data: Path, detector: D.DetectorSeg
     assert len(cells) >= 1
     best = max(cells, key=lambda c: box_iou(c.box, want))
     assert box_iou(best.box, want) > 0.6
+
+
+def test_a_weak_small_detection_does_not_rescale_the_field() -> None:
+    """A WBC at nominal size (0.92) beside a platelet (0.38, 24 px): the WBC alone sets the scale, no second pass
+    (BloodImage_00222 flipped left-right: before wbc 0.34.0 the median of 88 and 24 px, 56 px, enlarged the field
+    1.43x and two platelets were reported as WBCs)."""
+    wbc = D.Detection((0.0, 0.0, 88.0, 86.0), 0.92)
+    platelet = D.Detection((200.0, 200.0, 224.0, 224.0), 0.38)
+    assert D.refine_factor([wbc, platelet], 0.416) is None
+    assert D.refine_factor([platelet], 0.416) == pytest.approx(0.416 * D.NOMINAL_WBC / 24)  # alone, it still votes
+
+
+@pytest.mark.real_data
+@needs_detector
+def test_flipping_a_field_does_not_change_its_scale(real_data: Path, detector: D.DetectorSegmenter) -> None:
+    """BloodImage_00222 (BCCD val) as is and flipped left-right: the same working scale and one WBC found (flipped,
+    before wbc 0.34.0, a 0.38 platelet beside the 0.92 WBC pulled the scale to 0.595 and 3 cells were reported)."""
+    rgb = read_image(real_data / "bccd/JPEGImages/BloodImage_00222.jpg")
+    f, dets, _ = detector.detect(rgb)
+    f_flipped, dets_flipped, _ = detector.detect(np.ascontiguousarray(rgb[:, ::-1]))
+    assert f_flipped == pytest.approx(f, rel=1e-3)  # the red cells measured flipped differ in the 5th digit
+    assert sum(d.score >= 0.5 for d in dets_flipped) == sum(d.score >= 0.5 for d in dets) == 1
+
+
+@pytest.mark.real_data
+@needs_detector
+def test_a_field_whose_first_pass_finds_only_platelets_is_looked_at_coarser(
+    real_data: Path, detector: D.DetectorSegmenter
+) -> None:
+    """BloodImage_00383 (BCCD val, one eosinophil) enlarged 2x: its red cells are measured 6x too small, the first
+    pass, far too magnified, finds two platelets (0.47, 0.44), and before wbc 0.34.0 the coarse look that finds the
+    WBC ran only when the first pass found nothing: the eosinophil was lost and both platelets reported."""
+    from wbc.evaluate.smears import read_voc_boxes
+
+    rgb = read_image(real_data / "bccd/JPEGImages/BloodImage_00383.jpg")
+    truth = [tuple(2 * v for v in b) for b in read_voc_boxes(real_data / "bccd/Annotations/BloodImage_00383.xml")]
+    cells = detector.segment(cv2.resize(rgb, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC))
+    assert len(truth) == len(cells) == 1
+    assert box_iou(tuple(map(float, cells[0].box)), truth[0]) >= 0.5
 
 
 def test_cli_evaluate_smears_on_a_yolo_folder_with_pixel_size(tmp_path: Path) -> None:

@@ -64,6 +64,16 @@ SCORE_THRESHOLD: float = 0.3
 MIN_MASK_FILL: float = 0.2
 #: A detection pass is repeated at a corrected scale when the median WBC found is off nominal by more.
 REFINE_RATIO: float = 1.4
+#: Detections scoring under this share of the field's best one do not vote on its scale (:func:`refine_factor`): before
+#: wbc 0.34.0 a platelet at 0.38 beside a WBC at 0.92 halved the median WBC, and the field, enlarged 1.43x, reported
+#: two platelets as WBCs (BloodImage_00222 flipped left-right).
+REFINE_MIN_SHARE: float = 0.5
+#: A first pass whose best detection scores under this (nothing, or only platelets, found) also looks at a coarse scale,
+#: as if a WBC spanned a third of the field (:meth:`DetectorSegmenter.detect`): a red-cell size measured far too small
+#: (off by over 2x on 19 of 263 BCCD and TXL-PBC val fields, 11 of TXL-PBC's 89 PBC-origin ones) puts the WBC beyond
+#: the network's 3x range, where only its platelets are found. Before wbc 0.34.0 the look ran only when nothing was
+#: found (BloodImage_00383 enlarged 2x: its eosinophil lost, two platelets reported).
+WEAK_FIRST_PASS: float = 0.5
 #: Nucleus outlines: weight of the network's nucleus probability against the colour evidence inside the cell
 #: (:func:`nucleus_mask`). On BCCD val (87 fields) nucleus Dice with the shipped detector (``...-ft-it2900-s0``):
 #: network alone 0.935, colour alone 0.931, the equal blend 0.946 (cell Dice 0.953 in all three; ``python
@@ -156,10 +166,12 @@ def suppress(dets: list[Detection], iou: float = 0.5) -> list[Detection]:
 
 
 def refine_factor(dets: list[Detection], factor: float) -> float | None:
-    """A better resampling factor when the WBCs found are far from :data:`NOMINAL_WBC`, else None."""
+    """A better resampling factor when the WBCs found are far from :data:`NOMINAL_WBC`, else None; only detections
+    scoring at least :data:`REFINE_MIN_SHARE` of the best one vote (a weak platelet is not a WBC's size)."""
     if not dets:
         return None
-    sides = [max(d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in dets[:10]]
+    top = max(d.score for d in dets)
+    sides = [max(d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in dets[:10] if d.score >= REFINE_MIN_SHARE * top]
     ratio = NOMINAL_WBC / float(np.median(sides))
     if 1 / REFINE_RATIO <= ratio <= REFINE_RATIO:
         return None
@@ -291,8 +303,9 @@ def first_guess(scale: FieldScale, shape: tuple[int, int]) -> float:
     With ``pixel_size`` it is exact. A red-cell measurement is averaged (geometrically) with the size a WBC
     has in a typical field (:data:`~wbc.segment.scale.FIELD_WBC_FRACTION` of the shorter side): the detector
     copes with WBCs 0.3-3x nominal and the second pass corrects the rest, so the average keeps a red-cell
-    estimate that is far off (pale or overlapping red cells, a few percent of fields) from blowing platelets
-    up to WBC size, and a wide low-magnification field from shrinking its WBCs away.
+    estimate that is far off (pale or overlapping red cells: off by over 2x on 7 % of BCCD and TXL-PBC val fields,
+    12 % of the PBC-origin ones) from blowing platelets up to WBC size, and a wide low-magnification field from
+    shrinking its WBCs away; where it is still too far off, :data:`WEAK_FIRST_PASS` looks again.
     """
     if scale.source == "pixel_size":
         return scale.wbc_px
@@ -358,7 +371,8 @@ class DetectorSegmenter:
         return hm, size, masks
 
     def detect(self, rgb: np.ndarray) -> tuple[float, list[Detection], np.ndarray]:
-        """(working factor, detections at the working scale, masks) after at most one scale refinement."""
+        """(working factor, detections at the working scale, masks) after at most one scale refinement, and, where the
+        first pass was weak (:data:`WEAK_FIRST_PASS`), one coarse look kept if its best detection scores higher."""
         scale = estimate_field_scale(rgb, self.pixel_size)
         self.last_scale = scale
         factor = working_factor(rgb.shape[:2], first_guess(scale, rgb.shape[:2]), exact=scale.source == "pixel_size")
@@ -366,18 +380,24 @@ class DetectorSegmenter:
         dets = decode(hm, size, self.threshold)
         if scale.source == "pixel_size":
             return factor, dets, masks
+        weak = max((d.score for d in dets), default=0.0) < WEAK_FIRST_PASS
         better = refine_factor(dets, factor)
-        if better is None and not dets:
-            # nothing found: perhaps a high-magnification field with few red cells to measure, where one
-            # WBC spans a large part of the view; look once more as if it spanned a third of it
-            coarse = working_factor(rgb.shape[:2], min(rgb.shape[:2]) / 3.0)
-            better = coarse if coarse < factor / REFINE_RATIO else None
         if better is not None:
             f2 = float(min(better, MAX_UPSCALE, _largest_factor(rgb.shape, better)))
             hm2, size2, masks2 = self.run_tiled(_resize_to(rgb, f2))
             dets2 = decode(hm2, size2, self.threshold)
             if dets2:  # else the first pass's answer stands
                 factor, dets, masks = f2, dets2, masks2
+        if weak:
+            # nothing, or only weak detections (platelets), found: perhaps a high-magnification field whose red
+            # cells were measured far too small, where one WBC spans a large part of the view; look once more as
+            # if it spanned a third of it, and keep that look where its best detection scores higher
+            coarse = working_factor(rgb.shape[:2], min(rgb.shape[:2]) / 3.0)
+            if coarse < factor / REFINE_RATIO:
+                hm3, size3, masks3 = self.run_tiled(_resize_to(rgb, coarse))
+                dets3 = decode(hm3, size3, self.threshold)
+                if dets3 and max(d.score for d in dets3) > max((d.score for d in dets), default=0.0):
+                    factor, dets, masks = coarse, dets3, masks3
         return factor, dets, masks
 
     def segment(self, rgb: np.ndarray) -> list[Cell]:
