@@ -17,9 +17,10 @@
         --blur 2 --output benchmarks/results/high_mag_575_crop_blur.json
 
 TXL-PBC fields that are copies of BCCD test images are scored with TXL-PBC's boxes like the others (the
-detector never trained on them). ``--split val`` leaves out the fields the shipped detector trained on
-(``wbc.train.detector.trained_on``): the 26 TXL-PBC val fields that copy a BCCD train image, and any field
-byte-identical to a training field. ``box_cover`` is, per matched ground-truth WBC, the fraction of its box
+detector never trained on them). Both splits leave out the fields the shipped detector trained on
+(``wbc.evaluate.smears.without_trained_fields``, as ``wbc evaluate-smears`` does): any field byte-identical to a
+training field, such as the 26 TXL-PBC val and 12 TXL-PBC test fields that copy a BCCD train image (before wbc 0.34.0
+``--split test`` scored those 12). ``box_cover`` is, per matched ground-truth WBC, the fraction of its box
 inside the predicted box (1.0: the whole cell is covered).
 """
 
@@ -45,6 +46,7 @@ from wbc.evaluate.smears import (
     load_labelled_folder,
     match_detections,
     rate,
+    without_trained_fields,
 )
 from wbc.io import read_image
 from wbc.paths import data_root
@@ -131,6 +133,16 @@ def memoised(segment: Any) -> Any:
     return run
 
 
+def scored_fields(root: Path, split: str, origins: list[str], bccd: bool = True
+                  ) -> tuple[list[BccdItem], list[BccdItem], int]:
+    """(TXL-PBC fields of ``origins``, BCCD fields, how many were left out): a split's fields without those the shipped
+    detector trained on, never scored (``without_trained_fields``)."""
+    txl = [it for it in load_labelled_folder(root / "txl_pbc", split) if it.origin in origins]
+    txl, left_txl = without_trained_fields(txl, root, split)
+    fields, left_bccd = without_trained_fields(load_bccd(root, split) if bccd else [], root, split)
+    return txl, fields, len(left_txl or []) + len(left_bccd or [])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="val", choices=["val", "test"])
@@ -155,19 +167,7 @@ def main() -> None:
     from wbc.segment import get_segmenter
 
     root = data_root()
-    txl = [it for it in load_labelled_folder(root / "txl_pbc", a.split) if it.origin in a.origins]
-    bccd = [] if a.no_bccd else load_bccd(root, a.split)
-    n_trained = 0
-    if a.split == "val":  # never score a field the detector trained on
-        from wbc.data import file_sha1
-        from wbc.train.detector import trained_on, txl_rows
-
-        names, hashes = trained_on(root)
-        copies = {r["stem"] for r in txl_rows(root) if r.get("bccd_image", "") in names}
-        kept = [it for it in txl if it.name not in copies and file_sha1(it.image) not in hashes]
-        kept_bccd = [it for it in bccd if file_sha1(it.image) not in hashes]
-        n_trained = len(txl) + len(bccd) - len(kept) - len(kept_bccd)
-        txl, bccd = kept, kept_bccd
+    txl, bccd, n_trained = scored_fields(root, a.split, a.origins, not a.no_bccd)
     tmp = None
     if a.resize_to:
         if a.keep is None:
@@ -186,7 +186,8 @@ def main() -> None:
         t0 = time.time()
         res: dict[str, Any] = {"model_id": getattr(seg, "model_id", name), "threshold": getattr(seg, "threshold", None)}
         m = evaluate_segmentation(txl, segment)
-        res["txl_pbc"] = {"all": m["detection"], "per_origin": m.get("per_origin", {})}
+        res["txl_pbc"] = {"all": m["detection"], "per_origin": m.get("per_origin", {}),
+                          "merged_boxes": m["merged_boxes"]}
         res["txl_pbc"]["all"].pop("iou_threshold", None)
         res["box_cover"] = box_cover(txl, segment)
         if bccd:

@@ -457,3 +457,90 @@ def test_precision_without_detections_and_iou_without_matches_are_undefined(
                                    str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
     assert "WBC precision n/a recall 0.000" in res.output and "mean IoU n/a" in res.output
+
+
+def test_one_wbc_boxed_twice_with_shifted_corners_is_one_wbc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TXL-PBC val c7e344a1 (BCD) boxes its one WBC as (199, 78, 404, 252) and (180, 95, 364, 252), IoU 0.67: a
+    detection of the cell scored recall 0.5 (BCD val recall 0.957 instead of 0.978). The second box is merged, and
+    metrics.json, summary.md and the terminal say so."""
+    from typer.testing import CliRunner
+
+    import wbc.segment
+    from wbc.cli import app
+    from wbc.evaluate.smears import evaluate_segmentation
+
+    class Found(OneCell):
+        def segment(self, rgb: np.ndarray) -> list[Cell]:
+            return [Cell(1, (190, 80, 395, 252), np.ones((172, 205), bool), np.ones((172, 205), bool), score=0.9)]
+
+    folder = tmp_path / "lab"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    cv2.imwrite(str(folder / "images" / "f.png"), np.full((416, 416, 3), 200, np.uint8))
+
+    def yolo(b: tuple[int, int, int, int]) -> str:
+        return f"0 {(b[0] + b[2]) / 832} {(b[1] + b[3]) / 832} {(b[2] - b[0]) / 416} {(b[3] - b[1]) / 416}\n"
+
+    (folder / "labels" / "f.txt").write_text(yolo((199, 78, 404, 252)) + yolo((180, 95, 364, 252)))
+    [item] = load_labelled_folder(folder, None)
+    m = evaluate_segmentation([item], Found().segment)
+    assert (m["detection"]["recall"], m["detection"]["tp"], m["detection"]["fp"]) == (1.0, 1, 0)
+    assert (len(item.wbc_boxes), item.merged_boxes, m["merged_boxes"]) == (1, 1, 1)
+    evaluate_smears(tmp_path, tmp_path / "o", Found(), dataset=folder)
+    note = "1 WBC box overlapping another of its field at IoU >= 0.5 was read as the same cell's"
+    assert note in (tmp_path / "o" / "summary.md").read_text()
+    monkeypatch.setattr(wbc.segment, "get_segmenter", lambda *a, **k: Found())
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(folder), "--no-classifier", "-o",
+                                   str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert note in " ".join(res.output.split())
+
+
+def test_two_wbcs_overlapping_a_little_stay_two() -> None:
+    """Only a near-copy is merged: two WBCs' boxes in BCCD and TXL-PBC overlap by IoU 0.12 at most."""
+    from wbc.evaluate.smears import merge_same_cell
+
+    a, b = (0.0, 0.0, 100.0, 100.0), (70.0, 0.0, 170.0, 100.0)  # IoU 0.18
+    assert merge_same_cell([a, b]) == ([a, b], 0)
+
+
+@pytest.mark.real_data
+def test_txl_pbc_test_scores_leave_out_the_fields_wbc_trained_on(real_data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """12 of TXL-PBC test's 84 fields are byte copies of BCCD *train* images, which the shipped detector and U-Net train
+    on: `wbc evaluate-smears` and `benchmarks/smear_detection.py --split test` scored them (the documented test numbers
+    were partly training numbers), while `--split val` of the benchmark left its 26 out. Both leave them out of any
+    split but a training one, and say how many."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    import wbc.segment
+    from wbc.cli import app
+    from wbc.io import file_sha1
+
+    txl = real_data / "txl_pbc"
+    m = evaluate_smears(real_data, tmp_path / "o", OneCell(), split="test", dataset=txl)
+    assert m["n_images"] == 72  # of 84
+    from wbc.evaluate.smears import trained_on, without_trained_fields
+
+    _, hashes = trained_on(real_data)
+    assert len(m["trained_on_left_out"]) == 12
+    images = {it.name: it.image for it in load_labelled_folder(txl, "test")}
+    assert [r["image"] for r in m["per_image"] if file_sha1(images[r["image"]]) in hashes] == []
+    assert "12 fields were left out: byte copies of fields" in (tmp_path / "o" / "summary.md").read_text()
+    monkeypatch.setattr(wbc.segment, "get_segmenter", lambda *a, **k: OneCell())
+    res = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(txl), "--data-root", str(real_data),
+                                   "--no-classifier", "-o", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "12 fields were left out" in " ".join(res.output.split())
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from smear_detection import scored_fields
+
+    for split, n_left in (("test", 12), ("val", 26)):  # the benchmark's documented counts
+        fields, bccd, left = scored_fields(real_data, split, ["bccd", "bcd", "pbc"])
+        assert left == n_left
+        assert [it.name for it in fields + bccd if file_sha1(it.image) in hashes] == []
+    train = load_bccd(real_data, "train")
+    assert without_trained_fields(train, real_data, "train") == (train, None)  # a training split is scored whole

@@ -10,14 +10,17 @@ Ground truth (read-only, under the data root):
   255 nucleus (the "cell" mask is nucleus + cytoplasm: checked on overlays). Every BCCD image has one.
 * ``bccd/single_wbc_labels.csv``: subtype of the images with exactly one WBC (another lab than PBC).
 
-Detection is scored as in Pascal VOC: greedy matching by confidence at IoU >= 0.5, AP by all-point
+Detection is scored by greedy matching by confidence at IoU >= 0.5 (COCO's rule, below), AP by all-point
 interpolation. The VOC boxes have known gaps (a few WBCs unannotated, one labelled "Platelets"): the
 primary numbers use them as they are; ``detection_ignore_unannotated`` additionally treats detections
 that fall on a *mask* cell that no WBC box covers (:func:`unboxed_mask_cells`) as neither right nor
 wrong, and says how many (on a field without a mask every detection counts as in the primary numbers).
 Detection is greedy by confidence, each detection taking the best IoU box not yet taken (as COCO does; VOC
 counts a detection whose best box is taken as false even when another box clears the threshold: the two
-differ only where two true boxes overlap at IoU 0.5 or more). AP is null without any true box.
+differ only where two true boxes overlap at IoU 0.5 or more, which WBC boxes no longer do: since wbc 0.34.0 such a pair
+is one cell boxed twice, :func:`merge_same_cell`). AP is null without any true box. Fields that are byte copies of
+those wbc's shipped detector and U-Net trained on are left out of a split that is not a training one
+(:func:`without_trained_fields`).
 Segmentation Dice/IoU are computed per image over the union of all cells (the masks are semantic).
 """
 
@@ -31,6 +34,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ import cv2
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.io import atomic_write_json, atomic_write_text, check_output_file, is_image_file, read_image
+from wbc.io import atomic_write_json, atomic_write_text, check_output_file, file_sha1, is_image_file, read_image
 from wbc.labels import canonical_label
 from wbc.protocols import ClassifierLike, SegmenterLike
 from wbc.types import Cell
@@ -61,6 +65,8 @@ class BccdItem:
     unknown_boxes: dict[str, int] = field(default_factory=dict)
     #: the split the field was read from ("" when the folder defines none and every field is read)
     split: str = ""
+    #: WBC boxes read as a second box of a cell already boxed (:func:`merge_same_cell`), left out of ``wbc_boxes``
+    merged_boxes: int = 0
 
 
 SmearItem = BccdItem
@@ -140,6 +146,28 @@ def _add_box(boxes: list[Box], box: Box) -> None:
         boxes.append(box)
 
 
+#: Two WBC boxes of one field overlapping at this IoU or more are one cell boxed twice (:func:`merge_same_cell`).
+#: TXL-PBC boxes 8 of its WBCs twice with shifted corners (IoU 0.54-0.74: val c7e344a1, test 9a5a40ca, 6 train
+#: fields), while two distinct WBCs' boxes overlap by 0.12 at most in BCCD and TXL-PBC (every split); the detector's
+#: own suppression (:func:`wbc.segment.detector.suppress`) keeps no two detections at IoU 0.5, so no detector could
+#: find both boxes of such a pair. Before wbc 0.34.0 the second box counted as a WBC missed.
+SAME_CELL_IOU: float = 0.5
+
+
+def merge_same_cell(boxes: Sequence[Box], iou: float = SAME_CELL_IOU) -> tuple[list[Box], int]:
+    """``boxes`` without each one overlapping a box kept before it at IoU >= ``iou`` (one WBC boxed twice with shifted
+    corners: the first box stands), and how many were dropped. For WBC boxes only: overlapping red cells are real.
+
+    >>> merge_same_cell([(199, 78, 404, 252), (180, 95, 364, 252), (0, 0, 50, 50)])
+    ([(199, 78, 404, 252), (0, 0, 50, 50)], 1)
+    """
+    kept: list[Box] = []
+    for b in boxes:
+        if all(box_iou(b, k) < iou for k in kept):
+            kept.append(b)
+    return kept, len(boxes) - len(kept)
+
+
 def mask_path(bccd: Path, name: str) -> Path:
     return bccd / "masks" / f"{name.replace('BloodImage_', 'BloodImage_Mask_')}.png"
 
@@ -184,7 +212,7 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
         image = _voc_image(bccd, name) or bccd / "JPEGImages" / f"{name}.jpg"  # missing: named by the field's error
         unknown: Counter[str] = Counter()
         try:  # any WBC name, as the folder read without a split file: a lab's "Neutrophil" or "Blast" boxes too
-            boxes = read_voc_boxes(bccd / "Annotations" / f"{name}.xml", None, unknown)
+            boxes, merged = merge_same_cell(read_voc_boxes(bccd / "Annotations" / f"{name}.xml", None, unknown))
         except WbcError as exc:
             if errors is None:
                 raise
@@ -199,6 +227,7 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
                 label=labels.get(name),
                 unknown_boxes=dict(unknown),
                 split=split,
+                merged_boxes=merged,
             )
         )
     return items
@@ -433,7 +462,7 @@ def load_labelled_folder(
                 mp = mp if mp.is_file() else mask_path(folder, x.stem)  # BCCD's BloodImage_Mask_NNNNN.png too
                 if (got := _field_boxes(img, x, set(), {}, errors)) is not None:
                     items.append(BccdItem(x.stem, img, got[0], mp if mp.is_file() else None, None,
-                                          unknown_boxes=got[1]))
+                                          unknown_boxes=got[1], merged_boxes=got[2]))
         return items
     origins: dict[str, str] = {}
     src = folder / "sources.csv"
@@ -484,22 +513,25 @@ def load_labelled_folder(
             continue
         mp = folder / "masks" / f"{img.stem}.png"
         items.append(BccdItem(img.stem, img, got[0], mp if mp.is_file() else None, None, origins.get(img.stem, ""),
-                              got[1], split_read))
+                              got[1], split_read, got[2]))
     return items
 
 
 def _field_boxes(
     img: Path, lab: Path, classes: set[int], others: Mapping[int, str], errors: list[tuple[str, str]] | None
-) -> tuple[list[Box], dict[str, int]] | None:
-    """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids), and the count of its
-    boxes named neither a WBC nor a known other cell (YOLO: the ids ``others`` names); None when they cannot be
-    read and ``errors`` takes the problem (else it is raised)."""
+) -> tuple[list[Box], dict[str, int], int] | None:
+    """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids), the count of its
+    boxes named neither a WBC nor a known other cell (YOLO: the ids ``others`` names) and of the boxes merged as a
+    cell's second box (:func:`merge_same_cell`); None when they cannot be read and ``errors`` takes the problem (else
+    it is raised)."""
     try:
         if lab.suffix == ".xml":
             unknown: Counter[str] = Counter()
-            return read_voc_boxes(lab, None, unknown), dict(unknown)
+            boxes, merged = merge_same_cell(read_voc_boxes(lab, None, unknown))
+            return boxes, dict(unknown), merged
         w, h = _image_size(img)
-        return read_yolo_boxes(lab, w, h, classes), _yolo_class_counts(lab, others)
+        boxes, merged = merge_same_cell(read_yolo_boxes(lab, w, h, classes))
+        return boxes, _yolo_class_counts(lab, others), merged
     except WbcError as exc:
         if errors is None:
             raise
@@ -516,6 +548,109 @@ def _yolo_class_counts(path: Path, names: Mapping[int, str]) -> dict[str, int]:
     return {names[i]: n for i, n in ids.items() if i in names}
 
 
+# ------------------------------------------------------------------------ the fields wbc's own models trained on
+#: TXL-PBC's sources (``sources.csv``'s ``origin``).
+TXL_ORIGINS: tuple[str, ...] = ("bccd", "bcd", "pbc")
+#: Splits that are training data by name: their fields are scored as they are (:func:`without_trained_fields`).
+TRAINING_SPLITS: tuple[str, ...] = ("train", "trainval")
+
+
+def txl_rows(root: Path) -> list[dict[str, str]]:
+    """TXL-PBC's ``sources.csv`` under the data root ``root`` (stem, split, origin, bccd_image)."""
+    path = root / "txl_pbc" / "sources.csv"
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise WbcError(f"{path}: TXL-PBC not readable ({exc.strerror or exc}; is --data-root the data root?)") from None
+
+
+def bccd_names(root: Path, split: str) -> set[str]:
+    """The image names of a BCCD split under the data root ``root``."""
+    path = root / "bccd" / "ImageSets" / "Main" / f"{split}.txt"
+    try:
+        return set(path.read_text().split())
+    except OSError as exc:
+        raise WbcError(f"{path}: BCCD split not readable ({exc.strerror or exc}; is --data-root the data root?)"
+                       ) from None
+
+
+def txl_files(root: Path, split: str, origins: tuple[str, ...] = TXL_ORIGINS,
+              exclude_bccd: AbstractSet[str] = frozenset()) -> list[tuple[dict[str, str], Path]]:
+    """The ``sources.csv`` rows of a TXL-PBC split's fields from ``origins`` with their image files, copies of the BCCD
+    images ``exclude_bccd`` names left out (:func:`wbc.train.detector.load_txl` reads these)."""
+    txl = root / "txl_pbc"
+    return [(r, txl / "images" / split / f"{r['stem']}.jpg") for r in txl_rows(root)
+            if r["split"] == split and r["origin"] in origins and r.get("bccd_image", "") not in exclude_bccd]
+
+
+def trained_on(root: Path, holdout: str | None = None) -> tuple[set[str], set[str]]:
+    """What `wbc train-detector` trains on (:func:`wbc.train.detector.build_training_set`), without decoding it: the
+    BCCD image names and the SHA-1 of every image file (TXL-PBC's BCCD-origin fields are byte-identical copies of BCCD
+    images). Here, below the training code, so that evaluation can leave those fields out without importing torch."""
+    keep_out = bccd_names(root, "test") | bccd_names(root, "val")
+    origins = tuple(o for o in TXL_ORIGINS if o != holdout)
+    files = [img for _, img in txl_files(root, "train", origins, keep_out)]
+    names: set[str] = set()
+    if holdout != "bccd":
+        items = load_bccd(root, "train")
+        names = {it.name for it in items}
+        files += [it.image for it in items]
+    return names, {file_sha1(f) for f in files}
+
+
+def without_trained_fields(items: Sequence[BccdItem], root: Path, split: str | None
+                           ) -> tuple[list[BccdItem], list[str] | None]:
+    """``items`` without the fields that are byte copies (SHA-1) of those wbc's shipped detector and U-Net trained on
+    (:func:`trained_on`: BCCD train and TXL-PBC train under the data root ``root``), and the names left out.
+
+    12 of TXL-PBC test's 84 fields (and 26 of its 177 val ones) copy BCCD *train* images: scored, they made test numbers
+    partly training numbers (before wbc 0.34.0, without a word). A training split (:data:`TRAINING_SPLITS`) is scored
+    whole, and so is every field where ``root`` lacks BCCD's splits or TXL-PBC's ``sources.csv`` (nothing to check
+    against): the names are then None.
+    """
+    if split in TRAINING_SPLITS or not ((root / "bccd" / "ImageSets" / "Main" / "train.txt").is_file()
+                                        and (root / "txl_pbc" / "sources.csv").is_file()):
+        return list(items), None
+    _, hashes = trained_on(root)
+    kept: list[BccdItem] = []
+    out: list[BccdItem] = []
+    for it in items:
+        try:
+            copy = file_sha1(it.image) in hashes
+        except OSError:  # unreadable: scoring names it in ``errors``
+            copy = False
+        (out if copy else kept).append(it)
+    return kept, [it.name for it in out]
+
+
+def trained_note(metrics: Mapping[str, Any]) -> str:
+    """The fields left out as copies of training fields, in a sentence ("" when none).
+
+    >>> print(trained_note({"trained_on_left_out": ["a", "b"]}))  # doctest: +NORMALIZE_WHITESPACE
+    2 fields were left out: byte copies of fields wbc's shipped detector and U-Net trained on
+    (BCCD train, TXL-PBC train; listed in metrics.json)
+    """
+    names = metrics.get("trained_on_left_out") or []
+    if not names:
+        return ""
+    return (f"{len(names)} field{'s were' if len(names) > 1 else ' was'} left out: byte copies of fields wbc's shipped "
+            "detector and U-Net trained on (BCCD train, TXL-PBC train; listed in metrics.json)")
+
+
+def merged_note(metrics: Mapping[str, Any]) -> str:
+    """The WBC boxes read as a cell's second box, in a sentence ("" when none).
+
+    >>> print(merged_note({"merged_boxes": 1}))
+    1 WBC box overlapping another of its field at IoU >= 0.5 was read as the same cell's (the first box stands)
+    """
+    n = int(metrics.get("merged_boxes") or 0)
+    if not n:
+        return ""
+    return (f"{n} WBC box{'es' if n > 1 else ''} overlapping another of {'their' if n > 1 else 'its'} field at "
+            f"IoU >= {SAME_CELL_IOU} {'were' if n > 1 else 'was'} read as the same cell's (the first box stands)")
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -527,8 +662,9 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 def match_detections(
     pred: Sequence[Box], scores: Sequence[float], gt: Sequence[Box], iou_thr: float = 0.5
 ) -> tuple[list[bool], list[float], int]:
-    """VOC greedy matching: per prediction (by descending score) whether it is a true positive and its
-    best IoU; returns (tp flags in the *sorted* order, IoU of each match, number of ground truths)."""
+    """Greedy matching by score, each prediction taking the best box not yet taken (COCO's rule; VOC's differs where
+    two true boxes overlap at ``iou_thr`` or more): per prediction (by descending score) whether it is a true positive
+    and its best IoU; returns (tp flags in the *sorted* order, IoU of each match, number of ground truths)."""
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
     used = [False] * len(gt)
     tp: list[bool] = []
@@ -693,6 +829,8 @@ def evaluate_segmentation(
         row: dict[str, Any] = {"image": it.name, "n_gt": g, "n_pred": len(cells), "tp": int(sum(tp))}
         if it.origin:
             row["origin"] = it.origin
+        if it.merged_boxes:
+            row["merged_boxes"] = it.merged_boxes
         if gt is not None:
             gn, gc = gt
             pn, pc = paste_masks(cells, rgb.shape[:2])
@@ -745,6 +883,8 @@ def evaluate_segmentation(
         "errors": [list(e) for e in errors],
         # box names read neither as a WBC nor as a red cell or platelet: if they are WBCs, the numbers miss them
         "unknown_box_names": dict(sorted(unknown.items())),
+        # WBC boxes read as a cell's second box (merge_same_cell): the truth holds one box fewer for each
+        "merged_boxes": sum(r.get("merged_boxes", 0) for r in per_image),
         "detection": det,
         "detection_ignore_unannotated": {
             **_prf(ign["tp"], ign["fp"], n_gt - ign["tp"]),
@@ -867,6 +1007,9 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     if unknown := metrics.get("unknown_box_names"):
         lines += ["", "Boxes not read as WBCs, whose names are neither a WBC nor a red cell or platelet: "
                   + ", ".join(f"{k} ({v})" for k, v in unknown.items()) + "."]
+    for note in (merged_note(metrics), trained_note(metrics)):
+        if note:
+            lines += ["", note + "."]
     errors = metrics.get("errors") or []
     if errors:
         lines += ["", f"{len(errors)} field(s) could not be read and were left out:", ""]
@@ -891,7 +1034,8 @@ def evaluate_smears(
     ``data_root``. ``split`` picks ``images/<split>/``, ``data.yaml``'s list file or ``ImageSets/Main/<split>.txt``;
     a folder that defines other splits refuses one it lacks, and one that defines none is read whole
     (``metrics["split"]`` None). Fields whose files cannot be read are listed in ``errors`` (image, message) and left
-    out of every score.
+    out of every score, and so are those that copy a field wbc's shipped models trained on (``trained_on_left_out``,
+    :func:`without_trained_fields`).
     """
     from wbc.analyze import classify_cells, move_cells, red_cell_target_of, within_canvas
 
@@ -899,6 +1043,7 @@ def evaluate_smears(
     load_errors: list[tuple[str, str]] = []
     items = (load_labelled_folder(dataset, split, load_errors) if dataset is not None
              else load_bccd(data_root, split, load_errors))
+    items, trained = without_trained_fields(items, data_root, split)
     if limit:
         items = items[:limit]
 
@@ -931,6 +1076,9 @@ def evaluate_smears(
         segmenter=getattr(segmenter, "model_id", segmenter.name),
         model_id=getattr(classifier, "model_id", "") if classifier is not None else "",
         colour_calibration=classifier is not None and red_cell_target_of(classifier) is not None,
+        # fields left out as copies of wbc's training fields; None: not checked (a training split, or no BCCD and
+        # TXL-PBC under the data root)
+        trained_on_left_out=trained,
     )
     atomic_write_json(output / "metrics.json", metrics)
     atomic_write_text(output / "summary.md", summary_markdown(metrics))

@@ -23,7 +23,6 @@ are left out of it (:func:`build_val_set`). The BCCD test split and the TXL-PBC 
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -40,14 +39,14 @@ from torch.nn import functional as F
 
 from wbc.data import file_sha1
 from wbc.errors import WbcError
-from wbc.evaluate.smears import load_bccd, read_gt_mask
+from wbc.evaluate.smears import TXL_ORIGINS, bccd_names, load_bccd, read_gt_mask, trained_on, txl_files
 from wbc.io import atomic_write_text, read_image
 from wbc.segment import detector as D
 
 #: WBC box side (px) of the cached fields (the largest training size is ~3x nominal, upsampled from it).
 CACHE_WBC: float = 110.0
 CROP: int = 192
-ORIGINS: tuple[str, ...] = ("bccd", "bcd", "pbc")
+ORIGINS: tuple[str, ...] = TXL_ORIGINS
 
 
 # ----------------------------------------------------------------------------------------------- network
@@ -154,24 +153,6 @@ def _cache(name: str, origin: str, rgb: np.ndarray, boxes: np.ndarray, mask: np.
     return Field(name, origin, small, boxes * np.float32(f), m, path)
 
 
-def txl_rows(root: Path) -> list[dict[str, str]]:
-    path = root / "txl_pbc" / "sources.csv"
-    try:
-        with path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
-    except OSError as exc:
-        raise WbcError(f"{path}: TXL-PBC not readable ({exc.strerror or exc}; is --data-root the data root?)") from None
-
-
-def bccd_names(root: Path, split: str) -> set[str]:
-    path = root / "bccd" / "ImageSets" / "Main" / f"{split}.txt"
-    try:
-        return set(path.read_text().split())
-    except OSError as exc:
-        raise WbcError(f"{path}: BCCD split not readable ({exc.strerror or exc}; is --data-root the data root?)"
-                       ) from None
-
-
 def load_init(init: Path) -> dict[str, torch.Tensor]:
     """The weights of a ``.pt`` `wbc train-detector` wrote (beside its ``.onnx``), checked to fit the network before
     any field is read: a missing file, the ``.onnx`` itself or a classifier's ``.pt`` were tracebacks after the data
@@ -184,14 +165,6 @@ def load_init(init: Path) -> dict[str, torch.Tensor]:
         raise WbcError(f"{init}: not a detector checkpoint (the .pt wbc train-detector writes beside its .onnx): "
                        f"{type(exc).__name__}: {first}") from None
     return cast(dict[str, torch.Tensor], state)
-
-
-def txl_files(root: Path, split: str, origins: tuple[str, ...] = ORIGINS,
-              exclude_bccd: AbstractSet[str] = frozenset()) -> list[tuple[dict[str, str], Path]]:
-    """The ``sources.csv`` rows of :func:`load_txl`'s fields with their image files."""
-    txl = root / "txl_pbc"
-    return [(r, txl / "images" / split / f"{r['stem']}.jpg") for r in txl_rows(root)
-            if r["split"] == split and r["origin"] in origins and r.get("bccd_image", "") not in exclude_bccd]
 
 
 def load_txl(root: Path, split: str, origins: tuple[str, ...] = ORIGINS, exclude_bccd: AbstractSet[str] = frozenset(),
@@ -461,20 +434,6 @@ def build_training_set(root: Path, holdout: str | None = None) -> list[Field]:
     if holdout != "bccd":
         fields += load_bccd_fields(root, "train")
     return fields
-
-
-def trained_on(root: Path, holdout: str | None = None) -> tuple[set[str], set[str]]:
-    """What :func:`build_training_set` reads, without decoding it: the BCCD image names and the SHA-1 of
-    every image file (TXL-PBC's BCCD-origin fields are byte-identical copies of BCCD images)."""
-    keep_out = bccd_names(root, "test") | bccd_names(root, "val")
-    origins = tuple(o for o in ORIGINS if o != holdout)
-    files = [img for _, img in txl_files(root, "train", origins, keep_out)]
-    names: set[str] = set()
-    if holdout != "bccd":
-        items = load_bccd(root, "train")
-        names = {it.name for it in items}
-        files += [it.image for it in items]
-    return names, {file_sha1(f) for f in files}
 
 
 def build_val_set(root: Path, holdout: str | None = None, per_origin: int | None = None) -> list[Field]:
