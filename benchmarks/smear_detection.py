@@ -4,7 +4,7 @@
     python benchmarks/smear_detection.py --split val --segmenters detector classical learned --sweep \\
         --output benchmarks/results/smear_detection_val.json
     # the targets, on the test splits (TXL-PBC test, all three sources; BCCD test with masks)
-    python benchmarks/smear_detection.py --split test --segmenters detector classical \\
+    python benchmarks/smear_detection.py --split test --segmenters detector classical learned \\
         --output benchmarks/results/smear_detection_test.json
     # leave-one-source-out: a model trained without ORIGIN, scored on ORIGIN's fields only
     python benchmarks/smear_detection.py --split test --origins pbc --no-bccd \\
