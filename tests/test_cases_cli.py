@@ -19,11 +19,11 @@ pytest.importorskip("alembic")
 
 from typer.testing import CliRunner
 
-from wbc.cases import NOT_WBC, CaseStore
+from wbc.cases import NOT_WBC, CaseError, CaseStore
 from wbc.cases.store import prepare_field
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cases import _field_with_cells, store  # noqa: F401  (fixture)
+from test_cases import _field_with_cells, empty_store_url, store  # noqa: F401  (fixtures)
 from test_serve import classifier, model_path  # noqa: F401  (session fixtures)
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
@@ -229,3 +229,65 @@ def test_every_refusal_is_one_line(store: CaseStore, classifier, monkeypatch, ca
     msg = one_line_error(monkeypatch, capsys, "cases", "relabel", "S-1", cell, "eosinophil", "--user", "me",
                          "--store", str(store.url).removeprefix("sqlite:///") + ".missing")
     assert "no case store here" in msg
+
+
+def test_ids_past_the_id_columns_are_names_or_no_row(empty_store_url: str, classifier, monkeypatch,  # noqa: F811
+                                                     capsys) -> None:
+    """The id columns are ``Integer``, int4 on PostgreSQL: a case named by a 10-digit accession number, or a cell
+    id of 2**31 or more, was looked up as an id there, and `wbc cases cells/relabel/sign-off` ended in a DataError
+    traceback (the server in a 500). Such digits are a name, or no row, on every database: no query carries an id
+    past PostgreSQL's integer (checked on SQLite too, which took them), and each command and route answers as for any
+    other unknown id."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    s = CaseStore.open(empty_store_url)
+    accession = new_case(s, classifier, "3024123456")
+    new_case(s, classifier)  # S-1
+    cell = str(accession["cells"][0]["id"])
+    sent: list[int] = []
+
+    def record(conn, cursor, statement, params, context, executemany) -> None:
+        for p in (params if executemany else [params]):
+            sent.extend(v for v in (p.values() if isinstance(p, dict) else p or ())
+                        if isinstance(v, int) and not isinstance(v, bool))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        url = ("--store", empty_store_url)
+        rc, _, err = wbc(monkeypatch, capsys, "cases", "cells", "3024123456", "--flagged", *url)
+        assert rc == 0 and "case 1: 3024123456: 2 of 4 cell(s) flagged" in err, err
+        rc, _, err = wbc(monkeypatch, capsys, "cases", "relabel", "3024123456", cell, "eo", "--user", "A", *url)
+        assert rc == 0 and "case 1: 3024123456: cell" in err, err
+        for args, says in [
+            (("relabel", "S-1", "2147483648", "eo", "--user", "A"), "error: cell 2147483648 is not in case 'S-1'"),
+            (("show", "2147483648"), "error: case '2147483648' not found"),
+            (("show", "#2147483648"), "error: case '#2147483648' not found"),
+            (("cells", "4024123456"), "error: case '4024123456' not found"),
+        ]:
+            assert one_line_error(monkeypatch, capsys, "cases", *args, *url).startswith(says), args
+        rc, _, err = wbc(monkeypatch, capsys, "cases", "sign-off", "3024123456", "--user", "B", *url)
+        assert rc == 0 and "signed off by B" in err, err
+        assert s.case_document("3024123456")["signed_by"] == "B"
+        with pytest.raises(CaseError, match="not found"):
+            s.case_document(2**31)
+
+        pytest.importorskip("fastapi")
+        pytest.importorskip("httpx")
+        from fastapi.testclient import TestClient
+
+        from wbc.segment.classical import ClassicalSegmenter
+        from wbc.serve.app import create_app
+
+        big = str(2**31)
+        with TestClient(create_app(classifier, ClassicalSegmenter(), store=s)) as client:
+            for method, path in [("GET", f"/cases/{big}"), ("GET", f"/cases/1/cells/{big}/view"),
+                                 ("GET", f"/cases/1/cells/{big}/crop"), ("GET", f"/cases/1/fields/{big}/image"),
+                                 ("POST", f"/cases/2/cells/{big}/label")]:
+                r = client.request(method, path, json={"label": "eosinophil", "user": "A"})
+                assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+        s.close()
+    assert sent and max(sent) <= 2**31 - 1, sorted(v for v in sent if v > 2**31 - 1)
+

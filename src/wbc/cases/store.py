@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -74,6 +74,10 @@ MAX_USER: int = 120
 #: How long a SQLite write waits for another program's write lock (a backup, a database browser) before the store
 #: says it is busy (:class:`CaseStoreUnavailableError`).
 SQLITE_BUSY_TIMEOUT_S: float = 30.0
+#: The largest id a case, field or cell can have: the id columns are ``Integer``, int4 on PostgreSQL, where a larger id
+#: in a query is a DataError (before wbc 0.34.0 a traceback from `wbc cases`, a 500 from the server). SQLite's are wider
+#: but count from 1 as well; one limit for both, so the same digits mean the same on either (:func:`is_id`).
+MAX_ID: int = 2**31 - 1
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -241,6 +245,24 @@ def as_utc(dt: datetime | None) -> datetime | None:
 def iso(dt: datetime | None) -> str | None:
     d = as_utc(dt)
     return d.isoformat().replace("+00:00", "Z") if d else None
+
+
+def is_id(n: int) -> bool:
+    """Whether ``n`` can be a row's id (1 to :data:`MAX_ID`): a lookup by any other is no row, never sent to the
+    database, and digits past it (a 10-digit accession number) are only a name.
+
+    >>> is_id(2**31 - 1), is_id(3024123456), is_id(0)
+    (True, False, False)
+    """
+    return 0 < n <= MAX_ID
+
+
+_Row = TypeVar("_Row", bound=Base)
+
+
+def _get(s: Session, table: type[_Row], row_id: int) -> _Row | None:
+    """The row of ``table`` with id ``row_id``, or None; an id past :data:`MAX_ID` is none, asked of no database."""
+    return s.get(table, int(row_id)) if is_id(int(row_id)) else None
 
 
 def store_url(store: str | os.PathLike[str] | None) -> str:
@@ -768,7 +790,8 @@ class CaseStore:
         ASCII digits, its id). Digits that name one case and are the id of another ("3" naming case 4 while case 3
         exists) are refused (:class:`CaseAmbiguousError`, saying how to write either), never guessed; digits with a
         leading zero (an accession number "0042") are a name only, as no id is written so: before wbc 0.33.0 they
-        opened case 42 when no case was named so (a lab exported another patient's case)."""
+        opened case 42 when no case was named so (a lab exported another patient's case). So are digits past
+        :data:`MAX_ID` (a 10-digit accession number), and no id past it is looked up (:func:`is_id`)."""
         def first(where: Any) -> CaseRow | None:
             q = select(CaseRow).where(where)
             # populate_existing: a row the session already holds (a name's lookup, unlocked) is re-read once the lock
@@ -779,11 +802,11 @@ class CaseStore:
         if isinstance(case, str):
             name = str(case).strip()
             if m := re.fullmatch(r"#([0-9]{1,18})", name):  # an explicit id, never a name
-                row = first(CaseRow.id == int(m[1]))
+                row = first(CaseRow.id == int(m[1])) if is_id(int(m[1])) else None
             elif name:
                 row = self._by_name(s, name, first)
                 digits = re.fullmatch(r"[0-9]{1,18}", name) is not None
-                if digits and name == str(int(name)):  # an id as ids are written
+                if digits and name == str(int(name)) and is_id(int(name)):  # an id as ids are written
                     by_id = first(CaseRow.id == int(name))
                     if row is not None and by_id is not None and by_id.id != row.id:
                         raise CaseAmbiguousError(
@@ -791,11 +814,11 @@ class CaseStore:
                             f"({by_id.name!r}): write #{by_id.id} for case {by_id.id}, #{row.id} for the case named "
                             f"{name!r}")
                     row = row or by_id
-                elif digits and row is None and (by_id := s.scalars(select(CaseRow).where(
+                elif digits and row is None and is_id(int(name)) and (by_id := s.scalars(select(CaseRow).where(
                         CaseRow.id == int(name))).first()) is not None:  # "0042": no case so named; 42 may be meant
                     hint = (f" (digits with a leading zero are a name, never an id: write #{by_id.id} for case "
                             f"{by_id.id}, {by_id.name!r})")
-        elif isinstance(case, int) and 0 < case < 2**63:
+        elif isinstance(case, int) and is_id(case):
             row = first(CaseRow.id == case)
         if row is None:
             raise CaseNotFoundError(f"case {case!r} not found in {self.display_url}{hint}")
@@ -934,8 +957,7 @@ class CaseStore:
             allowed = [*c.classes, *SPECIAL_LABELS]  # no platelet since wbc 0.30.0 (create_case_from_fields)
             if label not in allowed:
                 raise CaseError(f"label {label!r} is not one of {', '.join(allowed)}")
-            # an id past the column's range is no cell (the driver's OverflowError was a traceback from the CLI)
-            cell = s.get(CellRow, int(cell_id)) if 0 < int(cell_id) < 2**63 else None
+            cell = _get(s, CellRow, cell_id)
             if cell is None or cell.case_id != c.id:
                 raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
             if expected is not None and final_label(cell) != expected:
@@ -1085,7 +1107,7 @@ class CaseStore:
         """The content version of a field's image (the ``v`` of its ``image_url``)."""
         with self.session() as s:
             c = self._case(s, case)
-            f = s.get(FieldRow, int(field_id))
+            f = _get(s, FieldRow, field_id)
             if f is None or f.case_id != c.id:
                 raise CaseNotFoundError(f"field {field_id} is not in case {c.name!r}")
             return self._field_version(c, f)
@@ -1094,7 +1116,7 @@ class CaseStore:
         """The content version of a cell's view and crop (the ``v`` of its ``view_url`` and ``crop_url``)."""
         with self.session() as s:
             c = self._case(s, case)
-            cell = s.get(CellRow, int(cell_id))
+            cell = _get(s, CellRow, cell_id)
             if cell is None or cell.case_id != c.id:
                 raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
             return self._cell_version(c, self._field_version(c, cell.field), cell)
@@ -1102,7 +1124,7 @@ class CaseStore:
     def field_png(self, case: int | str, field_id: int) -> bytes:
         with self.session() as s:
             c = self._case(s, case)
-            f = s.get(FieldRow, int(field_id))
+            f = _get(s, FieldRow, field_id)
             if f is None or f.case_id != c.id:
                 raise CaseNotFoundError(f"field {field_id} is not in case {c.name!r}")
             return f.image_png
@@ -1110,7 +1132,7 @@ class CaseStore:
     def crop_png(self, case: int | str, cell_id: int) -> bytes:
         with self.session() as s:
             c = self._case(s, case)
-            cell = s.get(CellRow, int(cell_id))
+            cell = _get(s, CellRow, cell_id)
             if cell is None or cell.case_id != c.id:
                 raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
             return cell.crop_png
@@ -1125,7 +1147,7 @@ class CaseStore:
         """One cell's picture as the slide shows it (:func:`cell_view`), for the review page."""
         with self.session() as s:
             c = self._case(s, case)
-            cell = s.get(CellRow, int(cell_id))
+            cell = _get(s, CellRow, cell_id)
             if cell is None or cell.case_id != c.id:
                 raise CaseNotFoundError(f"cell {cell_id} is not in case {c.name!r}")
             field_id = cell.field_id
@@ -1141,7 +1163,7 @@ class CaseStore:
     def _cut_views(self, field_id: int) -> dict[int, bytes]:
         """The pictures of one field's cells, by cell id, its image decoded once."""
         with self.session() as s:
-            f = s.get(FieldRow, int(field_id))
+            f = _get(s, FieldRow, field_id)
             if f is None:
                 raise CaseNotFoundError(f"field {field_id} is not in the store")
             rgb = decode_png(f.image_png)
