@@ -291,3 +291,31 @@ def test_ids_past_the_id_columns_are_names_or_no_row(empty_store_url: str, class
         s.close()
     assert sent and max(sent) <= 2**31 - 1, sorted(v for v in sent if v > 2**31 - 1)
 
+
+def test_relabel_prints_its_own_change_when_a_colleague_s_lands_just_after(store: CaseStore, classifier,  # noqa: F811
+                                                                           monkeypatch, capsys) -> None:
+    """`relabel` read the case again after saving and took the cell's last correction for its own: a colleague's
+    label landing in between (the review page, a second terminal) was printed as the user's change, the user's own
+    change called a confirmation. The store returns the call it replaced, read under the case's lock, and the
+    colleague's call the differential then counts is named."""
+    doc = new_case(store, classifier)
+    cell = doc["cells"][0]
+    assert cell["model_label"] == "neutrophil"
+    real = CaseStore.reclassify
+
+    def colleague_just_after(self: CaseStore, *args, **kwargs) -> dict:
+        out = real(self, *args, **kwargs)
+        real(self, doc["id"], cell["id"], "basophil", "Colleague", client="key:1234abcd")  # the page's, just after
+        return out
+
+    monkeypatch.setattr(CaseStore, "reclassify", colleague_just_after)
+    rc, _, err = wbc(monkeypatch, capsys, "cases", "relabel", "S-1", str(cell["id"]), "eosinophil",
+                     "--user", "A. Tech", "--store", store.url)
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert f"cell {cell['id']} neutrophil -> eosinophil by A. Tech (changed" in lines[0], err
+    assert lines[1] == f"  cell {cell['id']} since relabelled basophil by Colleague; the differential counts that"
+    after = store.case_document(doc["id"])
+    assert [(c["old_label"], c["new_label"], c["user"]) for c in after["corrections"]] == [
+        ("neutrophil", "eosinophil", "A. Tech"), ("eosinophil", "basophil", "Colleague")]
+    assert real(store, doc["id"], cell["id"], "monocyte", "B")["old_label"] == "basophil"

@@ -949,7 +949,8 @@ class CaseStore:
         server passes the API key's digest). ``expected``: the cell's call as the caller last showed it (the review
         page always sends it); a cell that holds another one now (a colleague relabelled it since) is left as it is
         (:class:`CaseChangedError`), checked under the case's lock: a stale page's "confirm" silently undid the
-        colleague's correction before wbc 0.31.0. None: no check. Returns the cell as a dict."""
+        colleague's correction before wbc 0.31.0. None: no check. Returns the cell as a dict, with ``old_label``: the
+        call this replaced, as read under the lock (a re-read of the case may already hold a colleague's next one)."""
         who = clean_user(user)
         with self.session(write=True) as s:
             c = self._case(s, case, lock=True)
@@ -964,14 +965,14 @@ class CaseStore:
                 by = f"by {cell.reviewed_by}" if cell.label is not None else "the model's call"
                 raise CaseChangedError(f"cell {cell.id} of case {c.name!r} is {final_label(cell)!r} now ({by}), not "
                                        f"{expected!r} as it was shown; nothing was saved: reload the case")
-            now = utcnow()
+            now, old = utcnow(), final_label(cell)
             note = str(note or "").replace("\x00", "")[:2000]  # PostgreSQL stores no NUL
-            s.add(CorrectionRow(case_id=c.id, cell_id=cell.id, old_label=final_label(cell), new_label=label,
+            s.add(CorrectionRow(case_id=c.id, cell_id=cell.id, old_label=old, new_label=label,
                                 user=who, at=now, note=note, client=str(client)[:60]))
             cell.label, cell.reviewed_by, cell.reviewed_at = label, who, now
             s.flush()
             version = self._cell_version(c, self._field_version(c, cell.field), cell)
-            return cell_to_dict(cell, cell.field.position, version)
+            return {**cell_to_dict(cell, cell.field.position, version), "old_label": old}
 
     def sign_off(self, case: int | str, user: str, client: str = "local", corrections_seen: int | None = None
                  ) -> dict[str, Any]:

@@ -239,10 +239,15 @@ def relabel(
     new = s.reclassify(cid, cell, case_label(label, labels), user, note, CLI_CLIENT,
                        None if expected is None else case_label(expected, labels))
     doc = s.case_document(cid)
-    old = next(c for c in reversed(doc["corrections"]) if c["cell_id"] == new["id"])["old_label"]
+    # the call replaced, as the store read it under the case's lock: the cell's last correction in a re-read case is a
+    # colleague's when one relabelled it meanwhile (the page beside the command line), never to be printed as ours
+    old = new["old_label"]
     done = "confirmed" if old == new["label"] else "changed"
     say(f"case {doc['id']}: {doc['name']}: cell {new['id']} {old} -> {new['label']} by {new['reviewed_by']} "
         f"({done}; the model's call {new['model_label']}); {doc['n_reviewed']} of {doc['n_cells']} cell(s) reviewed")
+    now = next(c for c in doc["cells"] if c["id"] == new["id"])
+    if now["label"] != new["label"]:  # the differential below counts the colleague's call: say whose
+        say(f"  cell {new['id']} since relabelled {now['label']} by {now['reviewed_by']}; the differential counts that")
     _say_differential(doc)
 
 
