@@ -45,3 +45,44 @@ def test_a_missing_cell_file_is_named_once(tmp_path: Path) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'no_root'}"), r.stderr
     assert lines[0].count(str(tmp_path / "no_root")) == 1 and lines[0].endswith(": no such file"), r.stderr
+
+
+def _one_field_bccd(root: Path, split: str = "val") -> tuple[int, int, tuple[int, int, int, int]]:
+    """A data root with one synthetic BCCD field (one WBC, labelled neutrophil) in ``split``: its size and box."""
+    from wbc.io import write_image
+    from wbc.synthetic import synthetic_smear
+
+    rgb, [box], _, _ = synthetic_smear(n_wbc=1, seed=0)
+    bccd = root / "bccd"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (bccd / d).mkdir(parents=True)
+    write_image(bccd / "JPEGImages" / "BloodImage_00001.jpg", rgb)
+    x0, y0, x1, y1 = box
+    (bccd / "Annotations" / "BloodImage_00001.xml").write_text(
+        f"<annotation><object><name>WBC</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1 - 1}</xmax>"
+        f"<ymax>{y1 - 1}</ymax></bndbox></object></annotation>")
+    (bccd / "ImageSets" / "Main" / f"{split}.txt").write_text("BloodImage_00001\n")
+    (bccd / "single_wbc_labels.csv").write_text("image,label\nBloodImage_00001,neutrophil\n")
+    return rgb.shape[0], rgb.shape[1], box
+
+
+def test_canvas_rows_score_the_boxes_moved_with_the_pasted_field(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """canvas_smears.py's load hooks took two arguments where ``evaluate_smears`` passes ``load_bccd`` three: every
+    run ended in a TypeError, and the third (``errors``, an empty list) landed on ``moved``, so a hook patched to take
+    it scored the pasted field against boxes left where they were. A field found as well on its canvas as alone
+    scores the same in both rows (the detector and classifier that ship, on one synthetic field)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import canvas_smears
+
+    _one_field_bccd(tmp_path / "data")
+    out = tmp_path / "canvas.json"
+    assert canvas_smears.main(["--data", str(tmp_path / "data"), "--splits", "val", "--colours", "white",
+                               "--output", str(out)]) == 0
+    import json
+
+    alone, pasted = json.loads(out.read_text())["rows"]
+    assert (alone["field"], pasted["field"]) == ("as it is", "white")
+    assert alone["detection_f1"] == 1.0 and (alone["missed"], alone["false"]) == (0, 0)
+    assert {k: v for k, v in pasted.items() if k != "field"} == {k: v for k, v in alone.items() if k != "field"}
+
