@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from _provenance import provenance
 
-    from wbc.io import iter_image_paths
+    from wbc.io import atomic_write_json, iter_image_paths
     from wbc.labels import canonical_label
 
     cells = [(p, canonical_label(p.parent.name)) for p in iter_image_paths([args.folder])]
@@ -140,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             draws.append(d)
             print(json.dumps(d), flush=True)
             summary = {"folder": str(args.folder), "draws": draws, "provenance": prov}
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.output.with_suffix(".tmp")
-            tmp.write_text(json.dumps(summary, indent=1) + "\n")
-            tmp.replace(args.output)  # after every draw: a long run keeps what it measured
+            atomic_write_json(args.output, summary)  # after every draw: a long run keeps what it measured
     return 0
 
 

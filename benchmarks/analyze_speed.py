@@ -82,11 +82,14 @@ def main() -> None:
     ap.add_argument("--no-colour-calibration", action="store_true",
                     help="time without calibrating each field on its red cells (wbc analyze's default: with)")
     a = ap.parse_args()
+    if a.segmenter_model and not a.segmenter:  # it was ignored: the three segmenters timed with their shipped models
+        ap.error("--segmenter-model needs --segmenter (the one segmenter it is for)")
     import cv2
 
     cv2.setNumThreads(a.threads)
     from _provenance import provenance
 
+    from wbc.io import atomic_write_json
     from wbc.model import load_model
     from wbc.segment import get_segmenter
 
@@ -111,7 +114,9 @@ def main() -> None:
     for name in [a.segmenter] if a.segmenter else ["detector", "classical", "learned"]:
         try:
             seg = get_segmenter(name, a.segmenter_model if a.segmenter else None, threads=a.threads)
-        except Exception as exc:  # the learned model may be absent
+        except Exception as exc:  # the learned model may be absent; one named is the run's point: its error ends it
+            if a.segmenter:
+                raise
             out["segmenters"][name] = {"error": str(exc)}
             continue
         for rgb in imgs[:3]:  # warm-up
@@ -136,8 +141,7 @@ def main() -> None:
         )
     out["machine"]["load_avg_after"] = list(os.getloadavg())
     out["provenance"] = provenance(__file__, model_id=clf.model_id)
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(a.output, out)
     print(f"wrote {a.output}")
 
 

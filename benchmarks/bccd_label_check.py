@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from _provenance import provenance
     from sklearn.metrics import roc_auc_score
 
-    from wbc.io import atomic_write_text, read_image
+    from wbc.io import atomic_write_json, read_image
     from wbc.paths import data_root
 
     root = data_root(args.data) / "bccd"
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"label {truth:<11} called {pred:<11} n {len(vals):>3}  cytoplasm a* {row['median_a']:5.1f} "
               f"[{row['q25_a']:.1f}, {row['q75_a']:.1f}]{auc}")
     if args.output:
-        atomic_write_text(args.output, json.dumps({"predictions": str(args.predictions), "groups": rows,
-                                                   "provenance": provenance(__file__, argv)}, indent=1) + "\n")
+        atomic_write_json(args.output, {"predictions": str(args.predictions), "groups": rows,
+                                        "provenance": provenance(__file__, argv)})
     return 0
 
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from _provenance import provenance
 
-    from wbc.io import atomic_write_text
+    from wbc.io import atomic_write_json
 
     m = str(args.model)
     tight = {s: args.tight.format(split=s) for s in ("train", "val", "trainval")}
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in out.items():
         print(f"{k:>40}: {v:.4f}")
     doc = {"model": m, "measures": out, "provenance": provenance(__file__, argv, m)}
-    atomic_write_text(args.output, json.dumps(doc, indent=1) + "\n")
+    atomic_write_json(args.output, doc)
     return 0
 
 

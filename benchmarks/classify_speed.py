@@ -3,12 +3,13 @@
 All in one run, on the same number of threads (default 2), so the ratios are comparable even on a noisy
 shared machine. The shipped model is int8 (``wbc quantize``); ``--float-model`` also times the float model
 it was quantised from, and the eager PyTorch figure is for the float network of the same architecture.
-Also measures the end-to-end `wbc classify` path (JPEG decoding included) on real PBC images when the data
-is present (re-framing on, the default; on without the second framing of cells small in their frame; off;
-on, with the network as one multi-threaded session instead of one single-thread session per core; on, with NumPy's
-BLAS left free to use every core as before wbc 0.18.0, see ``wbc.runtime.one_blas_thread``; on, with each session
-given its whole share of a batch at once as before wbc 0.30.0, see ``wbc.runtime.CHUNK_ROWS``), and the import time
-of the analysis path (which must not import torch).
+Also measures the end-to-end `wbc classify` path (JPEG decoding included) on ``--files`` real PBC images (re-framing
+on, the default; on without the second framing of cells small in their frame; off; on, with the network as one
+multi-threaded session instead of one single-thread session per core; on, with NumPy's BLAS left free to use every
+core as before wbc 0.18.0, see ``wbc.runtime.one_blas_thread``; on, with each session given its whole share of a batch
+at once as before wbc 0.30.0, see ``wbc.runtime.CHUNK_ROWS``), and the import time of the analysis path (which must
+not import torch). A data root without PBC images is one ``error:`` line before anything is timed (since wbc 0.34.0;
+before, the run left the end-to-end figures out without a word); ``--files 0`` times the network alone.
 
     python benchmarks/classify_speed.py --threads 2 --float-model runs/default/model.onnx \
         --output benchmarks/results/classify_speed.json
@@ -113,12 +114,17 @@ def main() -> None:
     from _provenance import provenance
 
     from wbc.classify import classify_paths
-    from wbc.io import atomic_write_text, iter_image_paths
+    from wbc.errors import WbcError
+    from wbc.io import atomic_write_json, iter_image_paths
     from wbc.model import load_model
     from wbc.paths import data_root
     from wbc.reframe import framing_stats_of
     from wbc.train.models import create_model
 
+    pbc = data_root() / "pbc"
+    files = list(iter_image_paths([pbc]))[::5][: args.files] if args.files and pbc.is_dir() else []
+    if args.files and not files:  # checked first: the end-to-end figure is the one the docs quote (cells/s)
+        raise WbcError(f"{pbc}: no PBC images for the end-to-end timings (--files 0 times the network alone)")
     torch.set_num_threads(args.threads)
     clf = load_model(args.model, threads=args.threads)
     s = clf.info.input_size
@@ -129,7 +135,7 @@ def main() -> None:
 
     def save() -> None:  # after each stage: a long or interrupted run keeps what it measured
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.output, json.dumps(res, indent=2) + "\n")
+        atomic_write_json(args.output, res)
 
     res["quantization"] = clf.info.extra.get("quantization", {}).get("method", "none (float32)")
     res["onnxruntime_cells_per_s"] = rate(lambda: clf.run(cells), args.batch, args.seconds)
@@ -157,9 +163,7 @@ def main() -> None:
     res["speedup_vs_eager_same_model"] = res["onnxruntime_cells_per_s"] / res["pytorch_eager_cells_per_s"]
     save()
 
-    pbc = data_root() / "pbc"
-    if pbc.is_dir() and args.files:
-        files = list(iter_image_paths([pbc]))[::5][: args.files]
+    if files:
         res["end_to_end_files"] = len(files)
         # re-framing (the default, with the cells one view is unsure of re-run over four rotations), the same with
         # --tta 1 (one view for every cell), re-framing without the second framing of cells small in their frame,

@@ -233,13 +233,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="also give the fine-tuning half of the other cells without labels (wbc adapt "
                          "--unlabelled); both halves are scored, and reported apart too")
     args = ap.parse_args(argv)
+    if args.finetune_checkpoint and not args.finetune_checkpoint.is_file():  # was dropped: rows as --no-finetune
+        raise SystemExit(f"error: {args.finetune_checkpoint}: no such checkpoint (--finetune-checkpoint)")
 
     from _provenance import provenance
 
     from wbc.adapt import original_head
     from wbc.crops import cell_fraction_of
     from wbc.data import cap_per_class, read_manifest
-    from wbc.io import atomic_write_text
+    from wbc.io import atomic_write_json, atomic_write_text
     from wbc.model import load_model
     from wbc.ood_fit import embed_samples
     from wbc.paths import data_root
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         results["setup"]["seconds"] = time.perf_counter() - t0
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(_out(args.output, ".json"), json.dumps(results, indent=2) + "\n")
+        atomic_write_json(_out(args.output, ".json"), results)
         atomic_write_text(_out(args.output, ".md"), markdown(results))
 
     chosen: dict[str, Any] = {}

@@ -98,8 +98,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "provenance": provenance(__file__),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.output, result)
     print(json.dumps(result, indent=2))
 
 

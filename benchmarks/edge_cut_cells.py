@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     root = data_root(args.data)
     if not (root / "pbc").is_dir():
         raise WbcError(f"{root}: no pbc/ folder (the data root: --data or $WBC_DATA_DIR)")
+    if not args.manifest.is_file():  # as read_manifest says it, before the models load
+        raise WbcError(f"{args.manifest}: manifest not found")
     clf, seg = load_model(), get_segmenter("auto")
     cut = pbc_rows(args, root, clf, seg)
     fields = field_rows(args, root, clf, seg)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     random.Random(args.seed).shuffle(val)
     cells = [s for c in WBC5 for s in [s for s in val if s.label == c][: args.per_class]]
     if not cells:
-        raise SystemExit(f"{args.manifest}: no validation cells of the five WBC types")
+        raise SystemExit(f"error: {args.manifest}: no validation cells of the five WBC types")
     labs = {k: SHIFTS[v] for k, v in COLOUR_LABS.items()} if args.colour else {k: VARIANTS[v] for k, v in LABS.items()}
     for folder, transform in labs.items():
         for s in cells:

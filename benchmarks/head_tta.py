@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from wbc.adapt import adapt_model
     from wbc.classify import classify_paths
-    from wbc.io import atomic_write_text, iter_image_paths
+    from wbc.io import atomic_write_json, iter_image_paths
     from wbc.model import load_model
 
     files = sorted(iter_image_paths([args.folder]))
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {f"acc_views{v}": float(np.mean([r[f"acc_views{v}"] for r in rows])) for v in args.views}
     print(json.dumps(summary))
     if args.output:
-        atomic_write_text(args.output, json.dumps({"folder": str(args.folder), "summary": summary, "draws": rows,
-                                                   "provenance": provenance(__file__, argv)}, indent=1) + "\n")
+        atomic_write_json(args.output, {"folder": str(args.folder), "summary": summary, "draws": rows,
+                                        "provenance": provenance(__file__, argv)})
     return 0
 
 

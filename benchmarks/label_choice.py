@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from _provenance import provenance
 
     from wbc.adapt_select import choose_cells
-    from wbc.io import atomic_write_text
+    from wbc.io import atomic_write_json
     from wbc.labels import restrict_probabilities
     from wbc.train.finetune import finetune, mean_view_logits
 
@@ -81,11 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 summary[r]["wilcoxon_p"] = float(wilcoxon(diff).pvalue) if np.any(diff) else 1.0
     print(json.dumps(summary, indent=1))
     if args.output:
-        atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
-                                                   "folder": str(args.folder), "n": args.n,
-                                                   "held_out": args.held_out, "summary": summary, "draws": rows,
-                                                   "provenance": provenance(__file__, argv, clf.model_id)},
-                                                  indent=1) + "\n")
+        atomic_write_json(args.output, {"model": str(clf.path), "model_id": clf.model_id,
+                                        "folder": str(args.folder), "n": args.n,
+                                        "held_out": args.held_out, "summary": summary, "draws": rows,
+                                        "provenance": provenance(__file__, argv, clf.model_id)})
     return 0
 
 

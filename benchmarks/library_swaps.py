@@ -6,7 +6,9 @@ Measures, on this machine, per call:
   ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``, over every k for n = 1..200;
 * the image size from a JPEG header: the SOF-marker parser against Pillow's lazy ``Image.open(...).size``,
   on real PBC cells and BCCD fields, next to the cost of decoding the same file (``wbc.io.decode_image``
-  at the classifier's size), which is what the header read sits in front of.
+  at the classifier's size), which is what the header read sits in front of (``--files`` of them; a data root without
+  PBC images is one ``error:`` line, since wbc 0.34.0: before, a checkout away from ``../shared/data`` left this half
+  out without a word, ``$WBC_DATA_DIR`` unread; ``--files 0`` skips it).
 
     python benchmarks/library_swaps.py --output benchmarks/results/library_swaps.json
 """
@@ -80,19 +82,28 @@ def jpeg_header_check(data_root: Path, n_files: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    ap.add_argument("--files", type=int, default=400)
+    ap.add_argument("--data-root", "--data", type=Path, default=None,
+                    help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--files", type=int, default=400, help="PBC cells for the JPEG header half (0: skip it)")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/library_swaps.json")
     args = ap.parse_args()
+    if args.files < 0:
+        raise SystemExit(f"error: --files {args.files}: must be 0 or more")
 
     from _provenance import provenance
 
+    from wbc.errors import WbcError
+    from wbc.io import atomic_write_json
+    from wbc.paths import data_root
+
+    root = data_root(args.data_root)
+    if args.files and not any(root.glob("pbc/*/*.jpg")):
+        raise WbcError(f"{root / 'pbc'}: no PBC images for the JPEG header half (--files 0 skips it)")
     res: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
                            "clopper_pearson": clopper_pearson_check(), "provenance": provenance(__file__)}
-    if (args.data_root / "pbc").is_dir():
-        res["jpeg_header"] = jpeg_header_check(args.data_root, args.files)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(res, indent=2) + "\n")
+    if args.files:
+        res["jpeg_header"] = jpeg_header_check(root, args.files)
+    atomic_write_json(args.output, res)
     print(json.dumps(res, indent=2))
 
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for lab in args.labs:
             paths = [p for p in iter_image_paths([lab]) if p.parent.name in allowed]
             if not paths:
-                raise SystemExit(f"{lab}: no <class>/<image> files of the five WBC types")
+                raise SystemExit(f"error: {lab}: no <class>/<image> files of the five WBC types")
             stats = (measure_lab(paths, args.threads) if args.framing == "lab" else None) or framing_stats_of(clf)
             # as `wbc adapt --no-labels` scores them: the second framings of ambiguously framed cells averaged in
             cells, second, ok, _ = load_cell_views(paths, clf.info.input_size, args.threads, reframe=stats)

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.data or data_root()
     if not (root / "bccd" / "JPEGImages").is_dir():
-        raise SystemExit(f"{root}: no BCCD fields (set --data or $WBC_DATA_DIR)")
+        raise SystemExit(f"error: {root}: no BCCD fields (set --data or $WBC_DATA_DIR)")
     trainval = bccd_split(root, "train") + bccd_split(root, "val")
     shift_fields = bccd_split(root, "val")[::3] + txl_fields(root, ["val"], False)[::8]
     nat = skimage_images()

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data or data_root()
     pbc = sorted((root / "pbc").glob("*/*.jpg"))
     if not pbc:
-        raise SystemExit(f"{root / 'pbc'}: no PBC images (set --data or $WBC_DATA_DIR)")
+        raise SystemExit(f"error: {root / 'pbc'}: no PBC images (set --data or $WBC_DATA_DIR)")
     res: dict = {"sets": {}, "provenance": provenance(__file__, argv)}
     sets = {
         "PBC cells, all, decoded as `wbc classify` decodes them": (pbc, 160),

@@ -41,19 +41,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from wbc.classify import load_cells
     from wbc.data import cap_per_class, read_manifest
+    from wbc.errors import WbcError
     from wbc.io import atomic_write_json, iter_image_paths
     from wbc.labels import WBC5
     from wbc.model import Classifier, write_model
     from wbc.quantize import float_nodes, quantize_onnx
 
     fp = Classifier(args.model, threads=2)
+    if fp.info.extra.get("quantization"):  # quantising it again failed deep in onnx ("single static assignment")
+        raise WbcError(f"{args.model}: already int8; give the float model it came from (wbc export)")
+    lab_paths = [p for p in iter_image_paths([args.lab]) if p.parent.name in WBC5]
+    if not lab_paths:
+        raise WbcError(f"{args.lab}: no <class>/<image> files of the five WBC types ({', '.join(WBC5)})")
     classes, size = fp.classes, fp.info.input_size
     train = [s for s in read_manifest(args.manifest, "train", args.data) if s.label in classes]
     val = [s for s in read_manifest(args.manifest, "val", args.data) if s.label in classes]
     cal, _, _ = load_cells([s.path for s in cap_per_class(train, args.per_class, 0)], size, 2)
     val_cells, val_ok, _ = load_cells([s.path for s in val], size, 2)
     y_val = np.array([classes.index(val[i].label) for i in val_ok])
-    lab_paths = [p for p in iter_image_paths([args.lab]) if p.parent.name in WBC5]
     lab_cells, lab_ok, _ = load_cells(lab_paths, size, 2)
     y_lab = np.array([classes.index(lab_paths[i].parent.name) for i in lab_ok])
     five = np.array([classes.index(c) for c in WBC5])

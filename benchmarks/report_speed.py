@@ -55,6 +55,7 @@ def main() -> None:
     from _provenance import provenance
 
     from wbc.evaluate import evaluate, resolve_model_path
+    from wbc.io import atomic_write_json
     from wbc.model import load_model
 
     clf = load_model(resolve_model_path(args.model), threads=args.threads)
@@ -83,8 +84,7 @@ def main() -> None:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "provenance": provenance(__file__, model_id=clf.model_id),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.output, result)
     print(json.dumps(result, indent=2))
 
 

@@ -56,6 +56,7 @@ def main() -> None:
 
     from wbc.cases import CaseStore
     from wbc.cases.export import export_cases
+    from wbc.io import atomic_write_json
     from wbc.model import load_model
     from wbc.segment import get_segmenter
     from wbc.serve.app import create_app
@@ -115,8 +116,7 @@ def main() -> None:
         "platform": platform.platform(), "python": platform.python_version(),
         "provenance": provenance(__file__),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(args.output, out)
     print(json.dumps(out, indent=2))
 
 

@@ -77,6 +77,7 @@ def main() -> None:
 
     from wbc.batch import ModelSpec, run_local
     from wbc.distributed import analyze_paths_ray, connect
+    from wbc.io import atomic_write_json
 
     tmp = Path(tempfile.mkdtemp(prefix="wbc-scale-out-"))
     paths = fields(args.n, args.synthetic, tmp)
@@ -124,8 +125,7 @@ def main() -> None:
         "outputs_identical_to_local": same,
         "provenance": provenance(__file__),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.output, result)
     print(json.dumps({k: v for k, v in result.items() if k != "all_rounds"}, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from wbc.classify import load_cells
-    from wbc.io import atomic_write_text
+    from wbc.io import atomic_write_json
     from wbc.labels import restrict_probabilities
     from wbc.reframe import framing_stats_of
     from wbc.train.finetune import blend_weights, finetune_members, mean_view_logits, strong_augment
@@ -133,12 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                for w in args.weights for a in args.interpolate}
     print(json.dumps(summary, indent=1))
     if args.output:
-        atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
-                                                   "folder": str(args.folder), "recipe": recipe,
-                                                   "frozen": args.frozen, "members": args.members, "summary": summary,
-                                                   "draws": rows,
-                                                   "provenance": provenance(__file__, argv, clf.model_id)},
-                                                  indent=1) + "\n")
+        atomic_write_json(args.output, {"model": str(clf.path), "model_id": clf.model_id,
+                                        "folder": str(args.folder), "recipe": recipe,
+                                        "frozen": args.frozen, "members": args.members, "summary": summary,
+                                        "draws": rows,
+                                        "provenance": provenance(__file__, argv, clf.model_id)})
     return 0
 
 

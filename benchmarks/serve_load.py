@@ -17,7 +17,6 @@ measured alone: resident set sampled every 20 ms from ``/proc/PID/status`` (VmRS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import secrets
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from wbc.examples import example_fields
-from wbc.io import atomic_write_text
+from wbc.io import atomic_write_json
 from wbc.serve.bench import running_server
 from wbc.synthetic import png_bomb
 
@@ -235,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "bomb_peak_rss": out["server_lifetime_peak_rss_mb"] < TARGETS["bomb_peak_rss_mb_max"],
         "still_answers": bm["health_after"] == 200 and bm["analyze_after"] == 200,
     }
-    atomic_write_text(args.output, json.dumps(out, indent=2) + "\n")
+    atomic_write_json(args.output, out)
     print(f"one client: p50 {out['baseline_one_client']['latency_ms']['p50']} ms per field; "
           f"load average {out['machine']['load_avg_before']} on {os.cpu_count()} cores")
     print(f"load: {ld['clients']} clients {ld['seconds']} s, {ld['requests']} requests, {ld['fields_per_s']} "

@@ -23,7 +23,6 @@ Three checks, each run with calibration on and off (:meth:`wbc.model.Classifier.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -161,18 +160,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from _provenance import provenance
 
-    from wbc.io import atomic_write_text
+    from wbc.data import read_manifest
+    from wbc.io import atomic_write_json
     from wbc.model import load_model
     from wbc.paths import data_root
     from wbc.segment import get_segmenter
 
     root = data_root(args.data)
+    parts = set(args.parts.split(","))
+    if "pbc" in parts:  # read now: its absence ended the run after minutes of BCCD scoring (before wbc 0.34.0)
+        read_manifest(args.manifest, "val", root)
     clf = load_model(args.model, threads=args.threads)
     if clf.red_cell_target() is None:
-        raise SystemExit(f"{clf.path}: no red-cell reference (run `wbc ood fit` on the model first)")
+        raise SystemExit(f"error: {clf.path}: no red-cell reference (run `wbc ood fit` on the model first)")
     seg = get_segmenter("auto", threads=args.threads)
     t0 = time.time()
-    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         bccd_root = exposed_bccd(root, args.exposure, Path(tmp)) if args.exposure != 1.0 else root
         rows = bccd_rows(bccd_root, [s for s in args.splits.split(",") if s], clf, seg) if "bccd" in parts else []
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
            "seconds": round(time.time() - t0, 1), "rows": rows,
            "provenance": provenance(__file__, argv, clf.model_id)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output, json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(args.output, doc)
     print(f"-> {args.output}")
     return 0
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -48,7 +47,7 @@ from wbc.evaluate.smears import (
     rate,
     without_trained_fields,
 )
-from wbc.io import read_image
+from wbc.io import atomic_write_json, read_image
 from wbc.paths import data_root
 
 
@@ -156,10 +155,13 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="with --resize-to: keep the resized fields here")
     ap.add_argument("--pixel-size", type=float, default=None)
     ap.add_argument("--threshold", type=float, default=None, help="detector score threshold (default: the model's)")
-    ap.add_argument("--sweep", action="store_true", help="detector score-threshold sweep (validation only)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="detector score-threshold sweep (validation only: refused with --split test)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", type=Path, required=True)
     a = ap.parse_args()
+    if a.sweep and a.split != "val":  # a threshold is chosen on validation, never on test (before wbc 0.34.0: ran)
+        raise SystemExit(f"error: --sweep chooses a threshold: validation only (--split val, not {a.split})")
 
     from _provenance import provenance
 
@@ -217,8 +219,7 @@ def main() -> None:
                      f"nucleus Dice {s['nucleus_dice']:.3f} cell Dice {s['cell_dice']:.3f}")
         print(line + f" | box cover {res['box_cover']['mean']:.3f}", flush=True)
     out["load_avg_after"] = list(os.getloadavg())
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_json(a.output, out)
     print(f"wrote {a.output}")
     if tmp is not None:
         tmp.cleanup()

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from _provenance import provenance
 
     from wbc.data import read_manifest
-    from wbc.io import atomic_write_text
+    from wbc.io import atomic_write_json
     from wbc.model import load_model
     from wbc.paths import data_root
     from wbc.preprocess import load_cell
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
            "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("none", *METHODS)}}
     doc["provenance"] = provenance(__file__, argv, clf.model_id)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output, json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(args.output, doc)
     print(json.dumps(doc["mean"]), f"-> {args.output}")
     return 0
 

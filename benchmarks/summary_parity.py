@@ -52,10 +52,18 @@ def old_summary(logits: np.ndarray, labels: np.ndarray, classes: list[str], n_bo
     return point
 
 
-def logits_of(clf: Any, samples: list[Any], threads: int) -> tuple[np.ndarray, np.ndarray]:
+def logits_of(clf: Any, samples: list[Any], threads: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The logits and class indices of ``samples`` (``what``: the manifest and split, for the message). Every cell
+    must load: the two summaries are compared on the run's whole split, and a missing data root read as no cells
+    (numpy's "need at least one array to concatenate")."""
     from wbc.classify import load_cells
+    from wbc.errors import WbcError
 
-    cells, ok, _ = load_cells([s.path for s in samples], clf.info.input_size, threads)
+    if not samples:
+        raise WbcError(f"{what}: no cells")
+    cells, ok, errors = load_cells([s.path for s in samples], clf.info.input_size, threads)
+    if errors:
+        raise WbcError(f"{what}: {len(errors)} of {len(samples)} cells could not be read (first: {errors[0][1]})")
     y = np.array([clf.classes.index(samples[i].label) for i in ok])
     lg = np.concatenate([clf.run(cells[i : i + 64])["logits"] for i in range(0, len(cells), 64)])
     return lg, y
@@ -65,6 +73,7 @@ def main() -> None:
     from wbc.calibration import calibrate, fit_temperature, review_threshold
     from wbc.data import read_manifest
     from wbc.evaluate.metrics import summary_metrics
+    from wbc.io import atomic_write_json
     from wbc.model import load_model, softmax
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,9 +87,11 @@ def main() -> None:
 
     clf = load_model(args.model, threads=args.threads)
     classes = clf.classes
-    test_lg, test_y = logits_of(clf, read_manifest(args.manifest, "test"), args.threads)
+    test_lg, test_y = logits_of(clf, read_manifest(args.manifest, "test"), args.threads,
+                                f"{args.manifest}, test split")
     old, new = old_summary(test_lg, test_y, classes), summary_metrics(test_y, test_lg.argmax(1), classes, n_boot=1000)
-    val_lg, val_y = logits_of(clf, read_manifest(args.manifest, "val"), args.threads)
+    val_lg, val_y = logits_of(clf, read_manifest(args.manifest, "val"), args.threads,
+                              f"{args.manifest}, val split")
     t = fit_temperature(val_lg, val_y)
     p = softmax(val_lg, t)
     before = {"temperature": t, "review_threshold": review_threshold(p.max(1), p.argmax(1) == val_y, 0.995)}
@@ -95,8 +106,7 @@ def main() -> None:
         "calibration_identical": before == {k: after[k] for k in before},
         "provenance": provenance(__file__, model_id=clf.model_id),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_json(args.output, res)
     print(json.dumps({k: v for k, v in res.items() if k not in ("old", "new")}, indent=2))
 
 

@@ -20,7 +20,6 @@ PBC cells are scored over the model's classes and over the five WBC types for th
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -43,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from wbc.classify import classify_paths
     from wbc.data import read_manifest
-    from wbc.io import atomic_write_text, iter_image_paths
+    from wbc.errors import WbcError
+    from wbc.io import atomic_write_json, iter_image_paths
     from wbc.labels import WBC5
     from wbc.model import load_model
     from wbc.paths import data_root
@@ -52,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     sets: list[tuple[str, list[Path], list[str], str | None]] = []
     if args.manifest:
         samples = [s for s in read_manifest(args.manifest, root=data_root(args.data)) if s.split == args.split]
+        if not samples:
+            raise WbcError(f"{args.manifest}: no {args.split} cells")
         sets.append((f"PBC {args.split}, 8 classes", [s.path for s in samples], [s.label for s in samples], None))
         wbc = [s for s in samples if s.label in WBC5]
         sets.append((f"PBC {args.split}, 5-part", [s.path for s in wbc], [s.label for s in wbc], "5part"))
     for folder in args.folders:
         paths = list(iter_image_paths([folder]))
+        if not paths:  # scored, an empty folder divided by its zero cells
+            raise WbcError(f"{folder}: no <class>/<image> files")
         sets.append((f"{folder.name}, 5-part", paths, [p.parent.name for p in paths], "5part"))
     if not sets:
         raise SystemExit("error: nothing to score (give --manifest and/or --folders)")
@@ -88,10 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {r['variant']:>10}: accuracy {r['accuracy']:.4f}, re-run {r['share_rerun']:.3f}, "
                       f"{r['ms_per_cell']:.2f} ms/cell", flush=True)
     if args.output:
-        atomic_write_text(args.output, json.dumps({"model": str(clf.path), "model_id": clf.model_id,
-                                                   "threads": args.threads, "rows": rows,
-                                                   "provenance": provenance(__file__, argv, clf.model_id)},
-                                                  indent=1) + "\n")
+        atomic_write_json(args.output, {"model": str(clf.path), "model_id": clf.model_id,
+                                        "threads": args.threads, "rows": rows,
+                                        "provenance": provenance(__file__, argv, clf.model_id)})
     return 0
 
 

@@ -24,20 +24,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    import torch
-
-    from wbc.train.loop import save_atomic
-
     paths, weights = [], []
     for spec in args.checkpoints:
         path, _, w = spec.partition(":")
         paths.append(path)
         weights.append(float(w or 1))
     weights = [w / sum(weights) for w in weights]
+    for path in paths:  # before torch's import (seconds)
+        if not Path(path).is_file():
+            raise SystemExit(f"error: {path}: no such checkpoint")
+
+    import torch
+
+    from wbc.train.loop import save_atomic
+
     ckpts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
     first = ckpts[0]["model"]
     if any(set(c["model"]) != set(first) for c in ckpts[1:]):
-        raise SystemExit("the checkpoints are not the same network")
+        raise SystemExit("error: the checkpoints are not the same network")
     state = {k: (sum(w * c["model"][k].float() for w, c in zip(weights, ckpts, strict=True))
                  if v.is_floating_point() else v) for k, v in first.items()}
     save_atomic({**ckpts[0], "model": state}, args.output)

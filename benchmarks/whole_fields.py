@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import tempfile
 from collections import Counter
@@ -112,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from _provenance import provenance
 
     from wbc import __version__
+    from wbc.io import atomic_write_json
     from wbc.paths import data_root
     from wbc.reframe import OFF_CENTRE
 
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"platelet {part['platelet']}  " + (f"accuracy {part['accuracy']} five-part "
                                                       f"{part['accuracy_5part']}" if "accuracy" in part else ""))
     result["provenance"] = provenance(__file__, argv)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.output, result)
     print(f"-> {args.output}")
     return 0
 

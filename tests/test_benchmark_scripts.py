@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,8 +38,6 @@ def test_a_missing_data_root_is_one_line_not_a_traceback(script: str, tmp_path: 
 def test_a_missing_cell_file_is_named_once(tmp_path: Path) -> None:
     """benchmarks/two_cells.py put the path before a message that starts with it: "error: X.jpg: X.jpg: no such
     file"."""
-    import os
-
     r = subprocess.run([sys.executable, str(BENCHMARKS / "two_cells.py"), "--pairs", "2", "--output",
                         str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300,
                        cwd=BENCHMARKS.parent, env={**os.environ, "WBC_DATA_DIR": str(tmp_path / "no_root")})
@@ -85,4 +85,67 @@ def test_canvas_rows_score_the_boxes_moved_with_the_pasted_field(tmp_path: Path,
     assert (alone["field"], pasted["field"]) == ("as it is", "white")
     assert alone["detection_f1"] == 1.0 and (alone["missed"], alone["false"]) == (0, 0)
     assert {k: v for k, v in pasted.items() if k != "field"} == {k: v for k, v in alone.items() if k != "field"}
+
+
+
+def _bench_module(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``benchmarks/<name>.py`` imported as the scripts import it (the folder first on ``sys.path``)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def test_the_runner_makes_bad_input_one_line_and_keeps_a_bugs_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_run.run`` caught only WbcError: a data root without the file a script opens (FileNotFoundError) or a
+    ``wbc`` command that failed (CalledProcessError) ended in a traceback. Any other exception keeps it: a ValueError
+    is a check the script lacks or a bug, not to be shown as the user's mistake."""
+    from wbc.errors import WbcError
+
+    run = _bench_module("_run", monkeypatch).run
+
+    def raises(exc: BaseException) -> Any:
+        def main() -> int:
+            raise exc
+        return main
+
+    cases = {
+        WbcError("/data/pbc: not found"): "error: /data/pbc: not found",
+        FileNotFoundError(2, "No such file or directory", "/d/bccd/single_wbc_labels.csv"):
+            "error: /d/bccd/single_wbc_labels.csv: No such file or directory",
+        PermissionError(13, "Permission denied", "/out/r.json"): "error: /out/r.json: Permission denied",
+        subprocess.CalledProcessError(1, [sys.executable, "-m", "wbc", "train", "--output", "runs/a b"]):
+            f"error: {sys.executable} -m wbc train --output 'runs/a b' failed (exit status 1)",
+    }
+    for exc, line in cases.items():
+        with pytest.raises(SystemExit) as e:
+            run(raises(exc))
+        assert e.value.code == line
+    for exc in (ValueError("need at least one array to concatenate"), ZeroDivisionError("float division by zero"),
+                TypeError("f() takes 2 positional arguments but 3 were given")):
+        with pytest.raises(type(exc)):
+            run(raises(exc))
+    with pytest.raises(SystemExit) as e:
+        run(lambda: 3)
+    assert e.value.code == 3
+
+
+def test_results_are_written_through_the_one_atomic_helper() -> None:
+    """``Path.write_text(json.dumps(...))`` truncated a committed results file when a rerun failed while writing
+    (disk full) and wrote bare NaN; ``wbc.io.atomic_write_json`` replaces the file whole and writes NaN as null."""
+    writes = [f"{p.name}:{n}" for p in sorted(BENCHMARKS.glob("*.py"))
+              for n, line in enumerate(p.read_text().splitlines(), 1)
+              if "write_text(" in line and "json.dumps(" in line]
+    assert writes == []
+
+
+def test_every_script_exit_message_is_an_error_line() -> None:
+    """A message a script exits with starts with ``error:``, as the runner's do (non_smear.py, photo_check.py,
+    smear_calibration.py and weight_average.py printed theirs without it)."""
+    import re
+
+    bare = [f"{p.name}:{n}" for p in sorted(BENCHMARKS.glob("*.py"))
+            for n, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"SystemExit\(f?[\"']", line) and not re.search(r"SystemExit\(f?[\"']error: ", line)]
+    assert bare == []
 
