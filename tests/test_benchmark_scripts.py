@@ -149,3 +149,39 @@ def test_every_script_exit_message_is_an_error_line() -> None:
             if re.search(r"SystemExit\(f?[\"']", line) and not re.search(r"SystemExit\(f?[\"']error: ", line)]
     assert bare == []
 
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_provenance_names_the_commit_of_the_wbc_that_ran(tmp_path: Path) -> None:
+    """With ``PYTHONPATH`` set to another checkout's ``src`` (the docs' runs of a previous release's code) the
+    benchmarks' own commit was recorded as the measured code's. A copy of a ``src`` that is no checkout records none."""
+    other = tmp_path / "other"
+    (other / "src" / "wbc").mkdir(parents=True)
+    (other / "src" / "wbc" / "__init__.py").write_text('__version__ = "0.1.0"\n')
+    _git(tmp_path, "init", "-q", str(other))
+    _git(other, "add", "src")
+    _git(other, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "old release")
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from _provenance import provenance; "
+            "print(json.dumps(provenance('stain_same_lab.py', [])))")
+
+    def prov(src: Path) -> dict[str, Any]:
+        import json
+
+        r = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(src)})
+        return json.loads(r.stdout)
+
+    p = prov(other / "src")
+    assert p["wbc_version"] == "0.1.0" and p["wbc_path"] == str((other / "src").resolve())
+    assert p["git_commit"] == _git(other, "rev-parse", "HEAD") and p["git_dirty"] is False
+    assert p["benchmarks_checkout"] is False
+    ours = subprocess.run(["git", "-C", str(BENCHMARKS), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert p["benchmarks_commit"] == (ours.stdout.strip() if ours.returncode == 0 else None)
+    copy = tmp_path / "copy" / "wbc"
+    copy.mkdir(parents=True)
+    (copy / "__init__.py").write_text('__version__ = "0.1.0"\n')
+    p = prov(copy.parent)
+    assert (p["git_commit"], p["git_dirty"], p["benchmarks_checkout"]) == (None, None, False)
+
