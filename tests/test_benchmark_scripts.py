@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -185,3 +186,80 @@ def test_provenance_names_the_commit_of_the_wbc_that_ran(tmp_path: Path) -> None
     p = prov(copy.parent)
     assert (p["git_commit"], p["git_dirty"], p["benchmarks_checkout"]) == (None, None, False)
 
+
+class _Parsed(BaseException):
+    """Raised in place of running a script once its arguments parsed (a BaseException: no runner catches it)."""
+
+
+def _doc_commands() -> list[tuple[str, int, str]]:
+    """Every ``python benchmarks/<script>.py ...`` command that README.md and docs/*.md quote, as (file, line,
+    command): an inline code span up to its closing backtick (it may cross lines), a fenced line with its ``\\``
+    continuations, without a trailing ``# comment``."""
+    import re
+
+    out = []
+    root = BENCHMARKS.parent
+    for f in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = f.read_text()
+        lines = text.splitlines()
+        fenced, inside = set(), False
+        for i, line in enumerate(lines):
+            if line.strip().startswith("```"):
+                inside = not inside
+            elif inside:
+                fenced.add(i)
+        for m in re.finditer(r"python\s+benchmarks/\w+\.py", text):  # a span may break the line after python
+            n = text.count("\n", 0, m.start())
+            if n in fenced:
+                cmd = text[m.start() : text.find("\n", m.start())]
+                while cmd.rstrip().endswith("\\") and n + 1 < len(lines):
+                    n += 1
+                    cmd = cmd.rstrip()[:-1] + " " + lines[n].strip()
+                cmd = re.split(r"\s+#", cmd)[0]
+            else:
+                cmd = text[m.start() : text.find("`", m.end())]
+            out.append((f.name, text.count("\n", 0, m.start()) + 1, " ".join(cmd.split())))
+    return out
+
+
+def test_every_documented_benchmark_command_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command the docs quote is accepted by its script's own options (three lacked the required ``--output``:
+    README's BCCD figures, two in docs/smear_analysis.md). Commands with a placeholder (``...``, ``$X``, ``<...>``,
+    ``[...]``, a bare capital letter) are left out; shell operators end a command."""
+    import argparse
+    import contextlib
+    import io
+    import re
+    import runpy
+    import shlex
+
+    real_parse = argparse.ArgumentParser.parse_known_args
+
+    def parse_known_args(self: argparse.ArgumentParser, *a: object, **k: object) -> object:
+        real_parse(self, *a, **k)  # argparse's own error: SystemExit(2)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_known_args)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    commands = _doc_commands()
+    assert len(commands) > 100
+    checked, failed = 0, []
+    for name, line, cmd in commands:
+        tokens = shlex.split(cmd)
+        if any(re.search(r"\.\.\.|…|\$|<|\[", t) or re.fullmatch(r"[A-Z]", t) for t in tokens):
+            continue
+        args = list(itertools.takewhile(lambda t: t not in {"&&", ";", "|", ">", "2>&1"}, tokens[2:]))
+        script = BENCHMARKS / Path(tokens[1]).name
+        monkeypatch.setattr(sys, "argv", [str(script), *args])
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                runpy.run_path(str(script), run_name="__main__")
+        except _Parsed:
+            checked += 1
+            continue
+        except SystemExit:
+            pass
+        failed.append(f"{name}:{line}: {cmd} -> {err.getvalue().strip().splitlines()[-1:]}")
+    assert failed == []
+    assert checked > 100
