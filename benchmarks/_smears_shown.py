@@ -17,7 +17,8 @@ def add_smear_args(ap: argparse.ArgumentParser, output: str) -> None:
     """``--splits``, ``--model``, ``--data`` and ``--output`` (default ``output``)."""
     ap.add_argument("--splits", nargs="+", default=["val", "train"])
     ap.add_argument("--model", default=None, help="classifier ONNX (default: the shipped model)")
-    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--data", "--data-root", type=Path, default=None,  # --data-root: as load_bccd's message says
+                    help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--output", type=Path, default=ROOT / output)
 
 

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--segmenter", default="auto")
     ap.add_argument("--tile-scale", type=float, default=1.0, help="each field's size in the mosaic (of 640 x 480)")
     ap.add_argument("--pixel-size", type=float, default=None, help="micrometres per pixel (`wbc analyze --pixel-size`)")
-    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--data", "--data-root", type=Path, default=None,  # --data-root: as load_bccd's message says
+                    help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/large_fields.json")
     args = ap.parse_args(argv)
 

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="val,train,test", help="BCCD splits (test only to report)")
     ap.add_argument("--pbc-fields", type=int, default=0, help="PBC validation cells as fields (0: all)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=None, help="data root (default: $WBC_DATA_DIR or ../shared/data)")
+    ap.add_argument("--data", "--data-root", type=Path, default=None,  # --data-root: as load_bccd's message says
+                    help="data root (default: $WBC_DATA_DIR or ../shared/data)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parts", default="bccd,pbc", help="bccd, pbc, bcd (comma-separated)")
     ap.add_argument("--bcd-fields", type=int, default=200, help="BCD fields for the label-free part")

@@ -134,3 +134,11 @@ def test_quantizing_an_int8_model_again_is_refused(tmp_path: Path) -> None:
     last = _one_error_line(_run("quantize_variants.py", ["--model", str(SHIPPED), "--lab", str(tmp_path / "lab")],
                                 tmp_path), tmp_path)
     assert last == f"error: {SHIPPED}: already int8; give the float model it came from (wbc export)"
+
+
+@pytest.mark.parametrize("script", ["eyepiece_smears.py", "large_fields.py", "smear_calibration.py"])
+def test_the_data_root_option_the_bccd_message_names_is_accepted(script: str, tmp_path: Path) -> None:
+    """A missing BCCD split says "is --data-root the data root?": these scripts' option was --data alone, so following
+    the hint was "unrecognized arguments"."""
+    last = _one_error_line(_run(script, ["--data-root", str(tmp_path / "typo")], tmp_path), tmp_path)
+    assert last.startswith(f"error: {tmp_path / 'typo'}")
