@@ -657,3 +657,121 @@ def test_attributes_with_several_processes_are_refused_before_any_image_is_decod
     with pytest.raises(WbcError, match=r"attributes do not work with --nproc > 1"):
         run_training(cfg, tmp_path / "run", console=Console(file=out), nproc=2)
     assert not (tmp_path / "run").exists() and "decoding" not in out.getvalue()
+
+
+@needs_torch
+def test_more_processes_than_training_images_is_refused(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """2 training images among 4 processes: DistributedSampler(drop_last=True) gave each rank none, no step was taken,
+    and rank 0 exported, calibrated and scored the initial random weights as a finished run (wbc 0.33.0)."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_training
+
+    cfg = TrainConfig(data=str(synthetic_dataset), classes=("neutrophil", "lymphocyte"), max_per_class=3,
+                      split=(0.34, 0.33, 0.33), model="small_cnn", pretrained=False, input_size=32, epochs=1,
+                      batch_size=4, threads=2)
+    with pytest.raises(WbcError, match=r"manifest.csv: 2 readable training image\(s\) cannot be shared among 4 "
+                                       r"processes .*train with --nproc 2 or fewer"):
+        run_training(cfg, tmp_path / "run", console=Console(quiet=True), nproc=4)
+    assert not {"best.pt", "last.pt", "model.onnx"} & {p.name for p in (tmp_path / "run").iterdir()}
+
+
+@needs_torch
+def test_an_epoch_without_a_training_step_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backstop behind the refusal above: an epoch in which no image reached the network (an empty loader on
+    every rank, simulated here in one process) stops the run, instead of counting as trained and keeping the
+    initial weights as best.pt."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.errors import WbcError
+    from wbc.train import loop
+
+    rng = np.random.default_rng(0)
+    cells = loop.Split(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), np.array([0, 1, 0, 1]))
+    monkeypatch.setattr(loop, "DataLoader", lambda *args, **kwargs: [])  # each rank's share: no batch
+    cfg = TrainConfig(model="small_cnn", pretrained=False, input_size=32, epochs=1, batch_size=4, threads=1)
+    with pytest.raises(WbcError, match="no training image reached the network in epoch 1"):
+        loop.fit(cfg, cells, cells, ["neutrophil", "lymphocyte"], tmp_path / "run", (0.5,) * 3, (0.25,) * 3,
+                 Console(quiet=True))
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+@needs_torch
+def test_a_taken_or_foreign_master_port_does_not_stop_nproc(tmp_path: Path) -> None:
+    """--nproc kept MASTER_ADDR / MASTER_PORT from the environment (a job script's, for torchrun): a foreign address
+    hung for torch's 30 minutes in silence, a taken port ended in an 80-line traceback (wbc 0.33.0). --nproc always
+    meets at 127.0.0.1 on a free port: the run goes as far as its own (here: missing dataset) one-line error."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        env = {**ENV, "MASTER_PORT": str(s.getsockname()[1]), "MASTER_ADDR": "10.255.255.1",
+               "GLOO_SOCKET_IFNAME": "no-such-interface"}
+        r = subprocess.run([sys.executable, "-m", "wbc", "train", "--data", str(tmp_path / "none"), "-o",
+                            str(tmp_path / "run"), "--model", "small_cnn", "--no-pretrained", "--threads", "2",
+                            "--nproc", "2"], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 1
+    assert "dataset folder not found" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+@needs_torch
+def test_a_rendezvous_that_cannot_meet_stops_in_one_line_within_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch waits 30 minutes for the other processes, in silence, and fails with a traceback; wbc stops after
+    RENDEZVOUS_TIMEOUT (shortened here) with one line naming the address, on a rank waiting for rank 0 and on rank 0
+    waiting for the others."""
+    import datetime
+
+    from wbc.errors import WbcError
+    from wbc.train import distributed
+
+    monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT", datetime.timedelta(seconds=2))
+    for rank, expected in ((1, r"nothing answered there within 2 s"), (0, r"waited at most 2 s.*1/2 clients")):
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        monkeypatch.setenv("MASTER_PORT", str(port))
+        t0 = time.monotonic()
+        with pytest.raises(WbcError, match=rf"process {rank} of 2 cannot join the job at MASTER_ADDR:MASTER_PORT "
+                                           rf"127.0.0.1:{port}.*{expected}") as err:
+            distributed.init_distributed_mode("cpu")
+        assert time.monotonic() - t0 < 30 and "\n" not in str(err.value)
+
+
+def _die_on_rank_1() -> None:
+    if os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+
+
+@needs_torch
+def test_a_killed_rank_is_one_line() -> None:
+    """A rank killed by a signal (the OOM killer's SIGKILL) ended `wbc train --nproc` with a 47-line
+    ProcessExitedException traceback, and nothing said that --resume goes on from last.pt (wbc 0.33.0)."""
+    from wbc.errors import WbcError
+    from wbc.train import distributed
+
+    with pytest.raises(WbcError, match=r"^training process 1 \(pid \d+\) was killed by SIGKILL \(out of memory\?\); "
+                                       r"the run goes on from its last finished epoch \(last.pt\) with the same "
+                                       r"command and --resume$"):
+        distributed.spawn(_die_on_rank_1, 2)
+
+
+@needs_torch
+def test_under_torchrun_rank_0_s_error_is_the_one_printed(tmp_path: Path) -> None:
+    """Under torchrun (the documented launcher for GPUs), a missing dataset stopped rank 0 with its line, while rank
+    1, waiting in the barrier, died with gloo's "Connection closed by peer" traceback (91 lines, wbc 0.33.0). Rank 0's
+    error now reaches every rank; the others stop quietly. torchrun's own failure summary stays (not wbc's)."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "wbc", "train",
+                        "--data", str(tmp_path / "nonexistent"), "-o", str(tmp_path / "run"), "--model", "small_cnn",
+                        "--no-pretrained", "--epochs", "1", "--threads", "2"], env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert out.count("dataset folder not found") == 1, out[-3000:]
+    # no rank's traceback ("[rank1]: ..." lines); torchrun's own ChildFailedError summary is not wbc's to silence
+    assert "Connection closed by peer" not in out and "[rank1]" not in out and "[rank0]" not in out, out[-3000:]

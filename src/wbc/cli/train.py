@@ -60,5 +60,12 @@ def train(
                      num_workers=num_workers, device=device, unlabelled=unlabelled, unlabelled_crop=unlabelled_crop)
     cfg = load_config(config, overrides)
     run = require_train("wbc.train.loop").run_training
-    run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc, score_test=test,
-        given=given_options(config, overrides), overwrite=overwrite)
+    ranks = require_train("wbc.train.distributed")
+    try:
+        run(cfg, output, data_root=data_root, resume=resume, console=console, nproc=nproc, score_test=test,
+            given=given_options(config, overrides), overwrite=overwrite)
+    except ranks.StoppedWithMain:  # a torchrun rank other than 0 stopped by rank 0's error: rank 0 prints the one line
+        ranks.wait_for_main()
+        raise typer.Exit(1) from None
+    finally:  # under torchrun: a process group left to the interpreter's exit can abort it (SIGABRT)
+        ranks.cleanup()

@@ -9,7 +9,10 @@ checkpoints and metrics.
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
+import signal
 import socket
 import tempfile
 import warnings
@@ -20,10 +23,15 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 from wbc.errors import WbcError
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+#: How long the processes wait for one another to join the job (their rendezvous) before stopping with one line.
+#: Only the start: a collective after it (rank 0 scanning the dataset while the others wait) keeps torch's default.
+RENDEZVOUS_TIMEOUT = datetime.timedelta(seconds=120)
 
 # The public, differentiable all_reduce CpuSyncBatchNorm needs; its suggested successor is a private module.
 warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
@@ -46,6 +54,11 @@ class DistInfo:
         return self.rank == 0
 
 
+class StoppedWithMain(WbcError):
+    """Rank 0's own error, raised on the other ranks too (:func:`raise_from_main`): the command prints it from rank
+    0 alone, and the others stop quietly."""
+
+
 def init_distributed_mode(device_type: str = "cpu") -> DistInfo:
     """Join the process group described by torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*);
     one process when they are absent. Idempotent."""
@@ -55,9 +68,67 @@ def init_distributed_mode(device_type: str = "cpu") -> DistInfo:
     if not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=info.rank,
-                                world_size=info.world_size)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=_rendezvous(info),
+                                rank=info.rank, world_size=info.world_size)
     return info
+
+
+def _rendezvous(info: DistInfo) -> dist.Store:
+    """The job's store, joined within :data:`RENDEZVOUS_TIMEOUT` (torch's own wait is 30 minutes, in silence, and its
+    failures are tracebacks), or a one-line WbcError naming the address. The store then gets torch's default timeout
+    back, as ``init_process_group`` would have set it."""
+    addr, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
+    seconds = round(RENDEZVOUS_TIMEOUT.total_seconds())
+    where = f"process {info.rank} of {info.world_size} cannot join the job at MASTER_ADDR:MASTER_PORT {addr}:{port}"
+    if info.rank != 0 and not _reachable(addr, port, RENDEZVOUS_TIMEOUT):  # torch's retries log C++ stack traces
+        raise WbcError(f"{where}: nothing answered there within {seconds} s (is that address this job's rank 0?)")
+    try:
+        store, _, _ = next(dist.rendezvous("env://", info.rank, info.world_size, timeout=RENDEZVOUS_TIMEOUT))
+    except (dist.DistError, ValueError) as exc:  # a taken port, a peer that never came, a variable not set
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WbcError(f"{where} (waited at most {seconds} s): {first}") from None
+    store.set_timeout(default_pg_timeout)
+    return dist.PrefixStore("default_pg", store)  # the key prefix init_process_group gives a store it makes
+
+
+def _reachable(addr: str, port: str, timeout: datetime.timedelta) -> bool:
+    """Whether something accepts connections at ``addr:port`` within ``timeout`` (tried every half second: rank 0
+    may still be starting)."""
+    import time
+
+    if not port.isdigit():
+        return True  # torch's own message names the bad value
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        try:
+            with socket.create_connection((addr, int(port)), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
+def wait_for_main(seconds: float = 10.0) -> None:
+    """On a rank stopped by rank 0's error under torchrun: give rank 0 the time to print it. torchrun stops every
+    process as soon as one ends, so a rank leaving first could cut rank 0 off before its line; rank 0's end ends this
+    wait (torchrun's SIGTERM), and ``seconds`` bounds it should rank 0 hang."""
+    import time
+
+    time.sleep(seconds)
+
+
+def raise_from_main(error: WbcError | None) -> None:
+    """After a part only rank 0 runs (scanning the dataset): its WbcError (or None) on every rank, so that the others
+    stop with it (:class:`StoppedWithMain`) instead of dying in the next collective with gloo's "Connection closed by
+    peer" traceback, under torchrun too. Also a barrier: no rank goes on before rank 0's part is done."""
+    if current().enabled:
+        box = [str(error) if error is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise StoppedWithMain(box[0])
+    if error is not None:
+        raise error
 
 
 def current() -> DistInfo:
@@ -170,23 +241,40 @@ def _worker(local_rank: int, nproc: int, fn: Callable[..., Any], args: tuple[Any
         cleanup()
 
 
+def _died(exc: torch.multiprocessing.ProcessExitedException) -> WbcError:
+    """A rank that ended without a word (the OOM killer's SIGKILL, a crash in native code), in one line with the way
+    on: the epochs in last.pt are whole (written atomically by rank 0), and ``--resume`` goes on from them."""
+    how = (f"was killed by {exc.signal_name}{' (out of memory?)' if exc.exit_code == -signal.SIGKILL else ''}"
+           if exc.signal_name else f"exited with code {exc.exit_code}")
+    return WbcError(f"training process {exc.error_index} (pid {exc.error_pid}) {how}; the run goes on from its last "
+                    "finished epoch (last.pt) with the same command and --resume")
+
+
 def spawn(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
-    """Run ``fn(*args)`` in ``nproc`` new processes on this machine, as ranks 0..nproc-1 of one job."""
+    """Run ``fn(*args)`` in ``nproc`` new processes on this machine, as ranks 0..nproc-1 of one job.
+
+    They meet at 127.0.0.1 on a free port, whatever MASTER_ADDR / MASTER_PORT this process has: those are torchrun's
+    (a job script's, another job's), and before wbc 0.34.0 a foreign address made the ranks wait 30 minutes in
+    silence, a taken port ended in a traceback. Several machines are torchrun's job (``--nnodes``)."""
     keys = ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
     saved = {k: os.environ.get(k) for k in keys}  # the children inherit these; this process gets its own back
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if os.environ["MASTER_ADDR"] in ("127.0.0.1", "localhost"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # containers often resolve the host name elsewhere
+    # GLOO_SOCKET_IFNAME: containers often resolve the host name to an address gloo cannot reach
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), GLOO_SOCKET_IFNAME="lo")
+    quiet = logging.getLogger("torch.multiprocessing.spawn")  # "Terminating process N via signal SIGTERM"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         with tempfile.TemporaryDirectory() as errors:
             try:
                 torch.multiprocessing.spawn(_worker, args=(nproc, fn, args, errors), nprocs=nproc, join=True)
-            except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException):
+            except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException) as exc:
                 if found := sorted(Path(errors).iterdir()):  # a rank's own message, not a peer's gloo error
                     raise WbcError(found[0].read_text()) from None
+                if isinstance(exc, torch.multiprocessing.ProcessExitedException):
+                    raise _died(exc) from None
                 raise
     finally:
+        quiet.setLevel(level)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

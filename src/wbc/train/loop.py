@@ -341,6 +341,9 @@ def fit(
                 seen += len(y)
                 bar.update(task, advance=1, loss=tot_loss / seen, acc=tot_correct / seen)
         sum_loss, sum_correct, n_seen = distributed.all_reduce_sum([tot_loss, tot_correct, seen])
+        if n_seen == 0:  # every rank alike: an epoch without a step must not pass for training (the initial weights)
+            raise WbcError(f"no training image reached the network in epoch {epoch + 1} ({len(train)} training "
+                           f"image(s) among {d.world_size} process(es)); train with fewer processes")
         scored = ema.module if ema is not None else net  # the weights that are evaluated and kept
         val_logits = predict_logits(scored, val.images, mean, std)
         val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(val_logits),
@@ -888,12 +891,20 @@ def run_training(
     # with --overwrite the earlier run stays whole until every check before training has passed: its split, config
     # (rewritten first, for the checks and for a resume of a run stopped while decoding) are put back on a refusal
     with _put_back_if_refused([run_dir / n for n in _FIRST_WRITTEN], overwrite and d.is_main):
-        samples = prepare_samples(cfg, run_dir, root, resume, console) if d.is_main else []
-        if d.is_main:  # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
-            if cfg.init_weights:
-                check_init_weights(cfg, classes_of(samples))
-            atomic_write_json(run_dir / "config.json", cfg.to_dict())
-        distributed.barrier()  # the other ranks read the manifest rank 0 wrote
+        samples: list[Sample] = []
+        refusal: WbcError | None = None
+        if d.is_main:  # rank 0 alone scans the data and writes the manifest
+            try:
+                samples = prepare_samples(cfg, run_dir, root, resume, console)
+                # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
+                if cfg.init_weights:
+                    check_init_weights(cfg, classes_of(samples))
+                atomic_write_json(run_dir / "config.json", cfg.to_dict())
+            except WbcError as exc:
+                refusal = exc
+        # rank 0's refusal stops every rank (before wbc 0.34.0, under torchrun, the others died in the barrier with a
+        # gloo traceback); the others then read the manifest rank 0 wrote
+        distributed.raise_from_main(refusal)
         samples = samples or read_manifest(run_dir / "manifest.csv", root=root)
         classes = classes_of(samples)
         console.print(f"decoding {len(samples)} images at {cfg.input_size}px ...", highlight=False)
@@ -914,6 +925,7 @@ def run_training(
             raise WbcError(f"{run_dir / 'manifest.csv'}: no readable training images of {', '.join(untrained)} "
                            f"({len(bad)} of {len(samples)} images could not be read); fix or remove them, or leave "
                            f"{'that class' if len(untrained) == 1 else 'those classes'} out of classes")
+        check_shares(int(trained.sum()), d.world_size, run_dir / "manifest.csv")
         folds = np.array([s.fold for s in kept])
         counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
         console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
@@ -1034,6 +1046,22 @@ def check_batch_divides(batch_size: int, world_size: int) -> None:
         sizes = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
         raise WbcError(f"batch_size {batch_size} does not split evenly among {world_size} processes: give a multiple "
                        f"of {world_size} ({sizes}), or another --nproc")
+
+
+def check_shares(n_train: int, world_size: int, manifest: Path) -> None:
+    """Refuse more processes than training images: each process takes ``n_train // world_size`` of every epoch
+    (DistributedSampler, drop_last), so none took a step, and before wbc 0.34.0 the run exported, calibrated and
+    scored its initial random weights as a finished run.
+
+    >>> check_shares(2, 4, Path("run/manifest.csv"))
+    Traceback (most recent call last):
+    wbc.errors.WbcError: run/manifest.csv: 2 readable training image(s) cannot be shared among 4 processes (each...
+    """
+    if world_size > n_train:
+        fewer = f"--nproc {n_train} or fewer" if n_train > 1 else "one process (no --nproc)"
+        raise WbcError(f"{manifest}: {n_train} readable training image(s) cannot be shared among {world_size} "
+                       f"processes (each would take none, and no training step would be taken): train with {fewer}, "
+                       "or with more images")
 
 
 def _distributed_worker(cfg: TrainConfig, run_dir: Path, data_root: str | os.PathLike[str] | None,
