@@ -46,6 +46,10 @@ def evaluate_smears(
     tta: TtaOpt = None,
     classes: ClassesOpt = None,
     colour_calibration: ColourCalibrationOpt = True,
+    keep_training_copies: Annotated[bool | None, typer.Option(
+        "--keep-training-copies/--leave-out-training-copies",
+        help="Score fields that copy BCCD train or TXL-PBC train (what the shipped detector and U-Net trained on); "
+             "default: kept for --segmenter classical (trained on no field), left out for the others.")] = None,
 ) -> None:
     """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
     or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
@@ -60,7 +64,8 @@ def evaluate_smears(
     clf = None if no_classifier else (load_model(model, threads=threads).with_tta(tta)
                                          .with_classes(classes).with_colour_calibration(colour_calibration))
     seg = get_segmenter(segmenter, segmenter_model, threads=threads, pixel_size=pixel_size)
-    m = run(resolve_root(data_root), output, seg, clf, split=split, dataset=dataset)
+    m = run(resolve_root(data_root), output, seg, clf, split=split, dataset=dataset,
+            keep_training_copies=keep_training_copies)
     d, s = m["detection"], m["segmentation"]
     say(f"{m['dataset']} {m['split'] or 'every field (no splits)'}: {m['n_images']} images, segmenter "
         f"{m['segmenter']}")

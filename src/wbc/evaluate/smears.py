@@ -551,6 +551,8 @@ def _yolo_class_counts(path: Path, names: Mapping[int, str]) -> dict[str, int]:
 # ------------------------------------------------------------------------ the fields wbc's own models trained on
 #: TXL-PBC's sources (``sources.csv``'s ``origin``).
 TXL_ORIGINS: tuple[str, ...] = ("bccd", "bcd", "pbc")
+#: Segmenters trained on no field (``name``): `wbc evaluate-smears` keeps training copies for them.
+UNTRAINED_SEGMENTERS: frozenset[str] = frozenset({"classical"})
 #: Splits that are training data by name: their fields are scored as they are (:func:`without_trained_fields`).
 TRAINING_SPLITS: tuple[str, ...] = ("train", "trainval")
 
@@ -584,40 +586,117 @@ def txl_files(root: Path, split: str, origins: tuple[str, ...] = TXL_ORIGINS,
             if r["split"] == split and r["origin"] in origins and r.get("bccd_image", "") not in exclude_bccd]
 
 
-def trained_on(root: Path, holdout: str | None = None) -> tuple[set[str], set[str]]:
+def training_files(root: Path, holdout: str | None = None, errors: list[tuple[str, str]] | None = None
+                   ) -> tuple[set[str], list[Path]]:
     """What `wbc train-detector` trains on (:func:`wbc.train.detector.build_training_set`), without decoding it: the
-    BCCD image names and the SHA-1 of every image file (TXL-PBC's BCCD-origin fields are byte-identical copies of BCCD
-    images). Here, below the training code, so that evaluation can leave those fields out without importing torch."""
+    BCCD image names and the image files (BCCD train's fields whose annotation cannot be read are listed in ``errors``
+    when given, as :func:`load_bccd` does, instead of raising)."""
     keep_out = bccd_names(root, "test") | bccd_names(root, "val")
     origins = tuple(o for o in TXL_ORIGINS if o != holdout)
     files = [img for _, img in txl_files(root, "train", origins, keep_out)]
     names: set[str] = set()
     if holdout != "bccd":
-        items = load_bccd(root, "train")
+        items = load_bccd(root, "train", errors)
         names = {it.name for it in items}
         files += [it.image for it in items]
+    return names, files
+
+
+def trained_on(root: Path, holdout: str | None = None) -> tuple[set[str], set[str]]:
+    """The BCCD image names and the SHA-1 of every image file of :func:`training_files` (TXL-PBC's BCCD-origin fields
+    are byte-identical copies of BCCD images). Here, below the training code, so that evaluation can leave those fields
+    out without importing torch."""
+    names, files = training_files(root, holdout)
     return names, {file_sha1(f) for f in files}
 
 
-def without_trained_fields(items: Sequence[BccdItem], root: Path, split: str | None
-                           ) -> tuple[list[BccdItem], list[str] | None]:
-    """``items`` without the fields that are byte copies (SHA-1) of those wbc's shipped detector and U-Net trained on
-    (:func:`trained_on`: BCCD train and TXL-PBC train under the data root ``root``), and the names left out.
+#: Side of the grey thumbnail that finds resized copies (:func:`field_thumbnail`).
+THUMB_SIDE: int = 32
+#: Mean absolute grey-level difference (0-255) of two thumbnails under which two fields are one field resized or
+#: re-encoded: TXL-PBC's 67 BCD fields that are BCCD images resized to 416x416 are at 0.55 at most from their BCCD
+#: image, and any two distinct fields of BCCD and TXL-PBC at 3.06 at least (BloodImage_00037 and 00038, two views of
+#: one smear; a TXL-PBC field and a BCCD image it does not copy: 9.06 at least).
+COPY_DISTANCE: float = 1.5
 
-    12 of TXL-PBC test's 84 fields (and 26 of its 177 val ones) copy BCCD *train* images: scored, they made test numbers
-    partly training numbers (before wbc 0.34.0, without a word). A training split (:data:`TRAINING_SPLITS`) is scored
-    whole, and so is every field where ``root`` lacks BCCD's splits or TXL-PBC's ``sources.csv`` (nothing to check
-    against): the names are then None.
+
+def field_thumbnail(path: Path) -> np.ndarray | None:
+    """A field's grey :data:`THUMB_SIDE` px square thumbnail (whatever its size and aspect), the same for a copy
+    resized or re-encoded, which SHA-1 does not see; None where OpenCV cannot read the file. Decoded at a quarter of
+    its size (cheap: about 0.3 ms a 640x480 JPEG)."""
+    g = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_4)
+    if g is None or g.size == 0:
+        return None
+    return cv2.resize(g, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TrainingIndex:
+    """The SHA-1 and thumbnails of the training files that could be read, and a word on those that could not."""
+
+    hashes: frozenset[str]
+    thumbs: np.ndarray  # (n, THUMB_SIDE, THUMB_SIDE) float32
+    not_checked: str | None
+
+    def copies(self, path: Path) -> bool:
+        """Whether the file at ``path`` is a copy of a training field: the same bytes, or resized or re-encoded."""
+        if file_sha1(path) in self.hashes:
+            return True
+        t = field_thumbnail(path)
+        return bool(t is not None and len(self.thumbs)
+                    and float(np.abs(self.thumbs - t).mean(axis=(1, 2)).min()) < COPY_DISTANCE)
+
+
+def training_index(root: Path) -> TrainingIndex:
+    """:func:`training_files` under the data root ``root`` as a :class:`TrainingIndex`. A partial data root (a lab that
+    keeps part of the public data) is no error: a training file that cannot be read is simply not a known copy."""
+    errors: list[tuple[str, str]] = []
+    try:
+        _, files = training_files(root, errors=errors)
+    except WbcError as exc:
+        return TrainingIndex(frozenset(), np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.float32), str(exc))
+    hashes: set[str] = set()
+    thumbs: list[np.ndarray] = []
+    for f in files:
+        try:
+            hashes.add(file_sha1(f))
+        except OSError as exc:
+            errors.append((str(f), f"{f}: {exc.strerror or exc}"))
+            continue
+        t = field_thumbnail(f)
+        if t is not None:
+            thumbs.append(t)
+    note = None
+    if errors:
+        note = (f"{len(errors)} training field{'s' if len(errors) > 1 else ''} under the data root could not be read, "
+                f"so copies of {'them' if len(errors) > 1 else 'it'} were not looked for (first: {errors[0][1]})")
+    stack = np.stack(thumbs) if thumbs else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.float32)
+    return TrainingIndex(frozenset(hashes), stack, note)
+
+
+def without_trained_fields(items: Sequence[BccdItem], root: Path, split: str | None,
+                           not_checked: list[str] | None = None) -> tuple[list[BccdItem], list[str] | None]:
+    """``items`` without the fields that copy those wbc's shipped detector and U-Net trained on (:func:`trained_on`:
+    BCCD train and TXL-PBC train under the data root ``root``): the same bytes (SHA-1), or, since wbc 0.34.0, the same
+    field resized or re-encoded (:func:`field_thumbnail`: TXL-PBC's BCD fields include BCCD images resized to
+    416x416); and the names left out.
+
+    13 of TXL-PBC test's 84 fields (and 32 of its 177 val ones) copy BCCD *train* images (12 and 26 byte for byte):
+    scored, they made test numbers partly training numbers (before wbc 0.34.0, without a word). A training split
+    (:data:`TRAINING_SPLITS`) is scored whole, and so is every field where ``root`` lacks BCCD's splits or TXL-PBC's
+    ``sources.csv`` (nothing to check against): the names are then None. Training files that cannot be read (a
+    partial data root) are not looked for, and ``not_checked`` (when given) receives a sentence saying so.
     """
     if split in TRAINING_SPLITS or not ((root / "bccd" / "ImageSets" / "Main" / "train.txt").is_file()
                                         and (root / "txl_pbc" / "sources.csv").is_file()):
         return list(items), None
-    _, hashes = trained_on(root)
+    index = training_index(root)
+    if index.not_checked and not_checked is not None:
+        not_checked.append(index.not_checked)
     kept: list[BccdItem] = []
     out: list[BccdItem] = []
     for it in items:
         try:
-            copy = file_sha1(it.image) in hashes
+            copy = index.copies(it.image)
         except OSError:  # unreadable: scoring names it in ``errors``
             copy = False
         (out if copy else kept).append(it)
@@ -625,17 +704,20 @@ def without_trained_fields(items: Sequence[BccdItem], root: Path, split: str | N
 
 
 def trained_note(metrics: Mapping[str, Any]) -> str:
-    """The fields left out as copies of training fields, in a sentence ("" when none).
+    """The fields left out as copies of training fields, or why they were kept or not all looked for, in a sentence
+    ("" when none).
 
     >>> print(trained_note({"trained_on_left_out": ["a", "b"]}))  # doctest: +NORMALIZE_WHITESPACE
-    2 fields were left out: byte copies of fields wbc's shipped detector and U-Net trained on
+    2 fields were left out: copies (byte for byte or resized) of fields wbc's shipped detector and U-Net trained on
     (BCCD train, TXL-PBC train; listed in metrics.json)
     """
     names = metrics.get("trained_on_left_out") or []
     if not names:
-        return ""
-    return (f"{len(names)} field{'s were' if len(names) > 1 else ' was'} left out: byte copies of fields wbc's shipped "
-            "detector and U-Net trained on (BCCD train, TXL-PBC train; listed in metrics.json)")
+        return metrics.get("trained_on_not_checked") or ""
+    return (f"{len(names)} field{'s were' if len(names) > 1 else ' was'} left out: copies (byte for byte or resized) "
+            "of fields wbc's shipped detector and U-Net trained on (BCCD train, TXL-PBC train; listed in "
+            "metrics.json)" + (f"; {metrics['trained_on_not_checked']}" if metrics.get("trained_on_not_checked")
+                                  else ""))
 
 
 def merged_note(metrics: Mapping[str, Any]) -> str:
@@ -1027,6 +1109,7 @@ def evaluate_smears(
     split: str = "test",
     limit: int | None = None,
     dataset: Path | None = None,
+    keep_training_copies: bool | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation and write ``metrics.json`` and ``summary.md`` to ``output``.
 
@@ -1035,7 +1118,8 @@ def evaluate_smears(
     a folder that defines other splits refuses one it lacks, and one that defines none is read whole
     (``metrics["split"]`` None). Fields whose files cannot be read are listed in ``errors`` (image, message) and left
     out of every score, and so are those that copy a field wbc's shipped models trained on (``trained_on_left_out``,
-    :func:`without_trained_fields`).
+    :func:`without_trained_fields`), unless ``keep_training_copies``; None (default): kept for a segmenter trained on
+    no field (:data:`UNTRAINED_SEGMENTERS`), whose scores they do not flatter.
     """
     from wbc.analyze import classify_cells, move_cells, red_cell_target_of, within_canvas
 
@@ -1043,7 +1127,15 @@ def evaluate_smears(
     load_errors: list[tuple[str, str]] = []
     items = (load_labelled_folder(dataset, split, load_errors) if dataset is not None
              else load_bccd(data_root, split, load_errors))
-    items, trained = without_trained_fields(items, data_root, split)
+    if keep_training_copies is None:
+        keep_training_copies = getattr(segmenter, "name", "") in UNTRAINED_SEGMENTERS
+    not_checked: list[str] = []
+    trained: list[str] | None = None
+    if keep_training_copies:
+        not_checked.append(f"copies of training fields were kept (segmenter {segmenter.name}"
+                           f"{', trained on no field' if segmenter.name in UNTRAINED_SEGMENTERS else ''})")
+    else:
+        items, trained = without_trained_fields(items, data_root, split, not_checked)
     if limit:
         items = items[:limit]
 
@@ -1079,6 +1171,8 @@ def evaluate_smears(
         # fields left out as copies of wbc's training fields; None: not checked (a training split, or no BCCD and
         # TXL-PBC under the data root)
         trained_on_left_out=trained,
+        # why copies of training fields were kept or only partly looked for (None: looked for in full, or not at all)
+        trained_on_not_checked=not_checked[0] if not_checked else None,
     )
     atomic_write_json(output / "metrics.json", metrics)
     atomic_write_text(output / "summary.md", summary_markdown(metrics))
