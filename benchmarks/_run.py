@@ -33,6 +33,8 @@ def error_line(exc: BaseException) -> str | None:
     "error: python -m wbc train --config 'a b.toml' failed (exit status 1)"
     >>> error_line(ValueError("need at least one array to concatenate")) is None
     True
+    >>> error_line(TimeoutError())
+    'error: TimeoutError'
     """
     from wbc.errors import WbcError
 
@@ -41,9 +43,9 @@ def error_line(exc: BaseException) -> str | None:
     if isinstance(exc, subprocess.CalledProcessError):
         cmd = exc.cmd if isinstance(exc.cmd, str) else shlex.join(str(c) for c in exc.cmd)
         return f"error: {cmd} failed (exit status {exc.returncode})"
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):  # a closed pipe: not bad input
         where = ": ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-        what = exc.strerror or str(exc)
+        what = exc.strerror or str(exc) or type(exc).__name__  # TimeoutError() has no message
         return f"error: {where}: {what}" if where else f"error: {what}"
     return None
 

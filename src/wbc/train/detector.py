@@ -10,8 +10,8 @@ Data (read-only, under the data root):
   TXL fields that are copies of BCCD *test* or *val* images (``sources.csv`` ``bccd_image``) are left out, but
   ``sources.csv`` names only the BCCD-origin copies: 20 BCD-origin fields are BCCD val/test images resized to
   416x416, and the shipped detector trained on them. Its scores leave such fields out instead
-  (``wbc.evaluate.smears``, found by content, resized or not; docs/smear_analysis.md). ``holdout`` (``--holdout ORIGIN``) leaves a TXL origin out (and, for
-  ``bccd``, the BCCD fields too) for the leave-one-source-out table.
+  (``wbc.evaluate.smears``, found by content, resized or not; docs/smear_analysis.md). ``holdout`` (``--holdout
+  ORIGIN``) leaves a TXL origin out (and, for ``bccd``, the BCCD fields too) for the leave-one-source-out table.
 
 Every field is cached once as uint8, resized so its median WBC box side is :data:`CACHE_WBC` px.
 A sample rescales a cached field so that WBCs are 0.3-3x :data:`~wbc.segment.detector.NOMINAL_WBC`

@@ -77,7 +77,11 @@ def _rendezvous(info: DistInfo) -> dist.Store:
     """The job's store, joined within :data:`RENDEZVOUS_TIMEOUT` (torch's own wait is 30 minutes, in silence, and its
     failures are tracebacks), or a one-line WbcError naming the address. The store then gets torch's default timeout
     back, as ``init_process_group`` would have set it."""
-    addr, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:  # a launcher that set RANK and WORLD_SIZE only: nothing to wait for (it waited 120 s for host "?")
+        raise WbcError(f"process {info.rank} of {info.world_size}: {' and '.join(missing)} not set; a launcher "
+                       "(torchrun) sets them, or train on one machine with wbc train --nproc N")
+    addr, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
     seconds = round(RENDEZVOUS_TIMEOUT.total_seconds())
     where = f"process {info.rank} of {info.world_size} cannot join the job at MASTER_ADDR:MASTER_PORT {addr}:{port}"
     if info.rank != 0 and not _reachable(addr, port, RENDEZVOUS_TIMEOUT):  # torch's retries log C++ stack traces
@@ -103,6 +107,8 @@ def _reachable(addr: str, port: str, timeout: datetime.timedelta) -> bool:
         try:
             with socket.create_connection((addr, int(port)), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
                 return True
+        except socket.gaierror:
+            return True  # a host name that does not resolve: torch's own message names it, at once
         except OSError:
             if time.monotonic() >= deadline:
                 return False
