@@ -775,4 +775,3 @@ def test_under_torchrun_rank_0_s_error_is_the_one_printed(tmp_path: Path) -> Non
     assert out.count("dataset folder not found") == 1, out[-3000:]
     # no rank's traceback ("[rank1]: ..." lines); torchrun's own ChildFailedError summary is not wbc's to silence
     assert "Connection closed by peer" not in out and "[rank1]" not in out and "[rank0]" not in out, out[-3000:]
-
