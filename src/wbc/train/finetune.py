@@ -206,7 +206,9 @@ def finetune(
     steps_per_epoch = max(1, len(x) // batch_size)
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(tuned, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=0.1)
+    # OneCycleLR divides by pct_start * total - 1: exactly 10 steps at 0.1 raised ZeroDivisionError (--epochs 10 on
+    # fewer than 32 cells, --epochs 2 on 80-95) before wbc 0.34.0; a warm-up of 0.15 there is as short
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=0.1 if total != 10 else 0.15)
     pool = torch.from_numpy(np.ascontiguousarray(unlabelled)).permute(0, 3, 1, 2) if use_unlabelled else None
     step = 0
     for _ in range(epochs):
