@@ -910,3 +910,37 @@ def test_copies_of_an_image_share_a_fold_across_labels_and_two_labels_are_report
     said = " ".join(res.output.split())
     assert re.search(r"warning: \S+copy\.png and \S+neutrophil_0\.png are the same image, labelled lymphocyte and "
                      r"neutrophil", said), said
+
+
+
+def test_an_output_weights_folder_is_refused_before_any_work(tmp_path: Path, model_path: Path) -> None:
+    """A folder named OUTPUT.pt gave an IsADirectoryError traceback once OUTPUT.onnx and its .json had been replaced
+    (wbc 0.33.0)."""
+    from wbc.cli import app
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    (tmp_path / "r.onnx").write_bytes(b"an earlier model")
+    (tmp_path / "r.pt").mkdir()
+    for extra in (["--method", "head"], ["--no-labels"]):
+        res = CliRunner().invoke(app, ["adapt", "-m", str(model_path), "--data", str(lab), "-o",
+                                       str(tmp_path / "r.onnx"), *extra])
+        assert res.exit_code == 1 and isinstance(res.exception, WbcError), res.output
+        assert str(res.exception).startswith(f"{tmp_path / 'r.pt'}: is a folder"), res.exception
+        assert (tmp_path / "r.onnx").read_bytes() == b"an earlier model" and not (tmp_path / "r.json").exists()
+
+
+def test_no_labels_refuses_the_labelled_options(tmp_path: Path, model_path: Path) -> None:
+    """--review-target, --map, --method, --epochs, --members, --checkpoint, --seed were silently ignored with
+    --no-labels (the reverse direction is refused since wbc 0.32.0): `--review-target 0.85` left 0.995 (wbc 0.33.0)."""
+    from wbc.cli import app
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=3, seed=2)
+    for opts in (["--review-target", "0.85"], ["--map", "a=b"], ["--method", "head"], ["--epochs", "3"],
+                 ["--members", "2"], ["--checkpoint", str(tmp_path / "x.pt")], ["--no-cross-validate"],
+                 ["--seed", "7"]):
+        for stain in ([], ["--stain", "reinhard"]):
+            r = CliRunner().invoke(app, ["adapt", "--no-labels", "-m", str(model_path), "--data", str(lab),
+                                         "--output", str(tmp_path / "m.onnx"), *opts, *stain])
+            assert r.exit_code == 1 and isinstance(r.exception, WbcError), (opts, r.output)
+            assert str(r.exception).startswith(f"{opts[0]}: not with --no-labels"), r.exception
+    assert not (tmp_path / "m.onnx").exists()

@@ -421,17 +421,20 @@ def relabelled_copies(cells: np.ndarray, labels: Sequence[str], files: Sequence[
 
 
 def _check_output(output: str | os.PathLike[str], clf: Classifier) -> Path:
-    """``output`` as a path, or a one-line refusal before any work: the model itself, no ``.onnx``, or an
-    ``OUTPUT.pt`` that is no earlier adapted model's weights. Every adaptation replaces or removes the ``.pt`` beside
-    its output (:func:`carry_weights`); one without its ``.onnx`` beside it is another program's (a training run
-    holds ``model.onnx``, ``best.pt`` and ``last.pt``), and before wbc 0.32.0 ``--output RUN/best.onnx`` deleted the
-    run's ``best.pt``."""
+    """``output`` as a path, or a one-line refusal before any work: the model itself, no ``.onnx``, an ``OUTPUT.pt``
+    that is a folder, or one that is no earlier adapted model's weights. Every adaptation replaces or removes the
+    ``.pt`` beside its output (:func:`carry_weights`); one without its ``.onnx`` beside it is another program's (a
+    training run holds ``model.onnx``, ``best.pt`` and ``last.pt``), and before wbc 0.32.0 ``--output RUN/best.onnx``
+    deleted the run's ``best.pt``."""
     out = Path(output)
     if out.resolve() == clf.path.resolve():
         raise WbcError(f"{out}: --output must differ from --model (the original is kept)")
     if out.suffix.lower() != ".onnx":
         raise WbcError(f"{out}: --output must be an .onnx file")
     weights = beside_model(out, ".pt")
+    if weights.is_dir():  # before wbc 0.34.0 a traceback once the new .onnx and .json were written
+        raise WbcError(f"{weights}: is a folder where the adapted model's weights go (beside {out.name}): move it or "
+                       "choose another --output")
     if weights.exists() and not out.exists():
         raise WbcError(f"{weights}: exists with no {out.name} beside it, so it is not an earlier adapted model's "
                        f"weights (a training run's checkpoint?), and --output {out.name} would replace it: choose "

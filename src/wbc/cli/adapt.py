@@ -138,6 +138,16 @@ def adapt(
         if unused:
             raise WbcError(f"{', '.join(unused)}: only with --no-labels; the labelled adaptation fits the model to the "
                            "labels given (classify with --classes CLASSES to restrict its answers)")
+    if no_labels:  # options of the labelled adaptation, which the label-free one never read (before wbc 0.34.0)
+        unused = [name for name, given in (
+            ("--method", method != "finetune"), ("--epochs", epochs != EPOCHS), ("--members", members != 1),
+            ("--checkpoint", checkpoint is not None), ("--no-cross-validate", not cross_validate),
+            ("--map", bool(label_map)), ("--review-target", review_target is not None), ("--seed", seed != 0))
+            if given]
+        if unused:
+            raise WbcError(f"{', '.join(unused)}: not with --no-labels, which fits no head, network or review "
+                           "threshold (it chooses a colour mapping, a framing and class frequencies from unlabelled "
+                           "cells, a sample of a large folder the same each run)")
     if no_labels and stain is not None:  # a colour mapping only: nothing is chosen, framed, sampled or estimated
         from wbc.adapt_unlabelled import MAX_CELLS
         from wbc.model import ADAPTED_TTA_VIEWS
