@@ -944,3 +944,152 @@ def test_no_labels_refuses_the_labelled_options(tmp_path: Path, model_path: Path
             assert r.exit_code == 1 and isinstance(r.exception, WbcError), (opts, r.output)
             assert str(r.exception).startswith(f"{opts[0]}: not with --no-labels"), r.exception
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_five_part_class_without_labelled_cells_is_warned_of(tmp_path: Path, model_path: Path) -> None:
+    """Adapting on BCCD val cells without monocytes took the shipped model from 9 of 12 BCCD train monocytes named
+    monocyte to 0 of 12 (--method head), and `wbc adapt` said nothing (wbc 0.33.0). Now every class of the five-part
+    differential that no labelled cell is of is named in a warning, in the report and in the model's metadata."""
+    import shutil
+
+    from wbc.adapt import adapt_model
+    from wbc.cli import app
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=6, seed=1)  # neutrophil, lymphocyte, monocyte
+    shutil.rmtree(lab / "monocyte")
+    res = adapt_model(model_path, lab, tmp_path / "a.onnx", threads=1)
+    assert res.absent == ["basophil", "eosinophil", "monocyte"]
+    note = "no labelled cell of basophil, eosinophil, monocyte: the adapted model will name them far less often"
+    assert res.notes[0].startswith(note), res.notes
+    adapt = load_model(tmp_path / "a.onnx").info.extra["adapt"]
+    assert adapt["absent"] == res.absent and adapt["notes"] == res.notes[:1]
+    out = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model_path), "--data", str(lab), "-o",
+                                   str(tmp_path / "b.onnx"), "--report", str(tmp_path / "r.json")])
+    assert out.exit_code == 0, out.output
+    assert f"warning: {note}" in " ".join(out.output.split())
+    assert json.loads((tmp_path / "r.json").read_text())["absent"] == res.absent
+
+
+def test_a_class_kept_out_of_the_head_refit_keeps_its_original_row() -> None:
+    """`kept` (measured for classes no cell is labelled as, benchmarks/absent_class.py): no labelled cell pushes
+    that class's logit down, so its row stays the original head's."""
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    y = np.repeat([0, 1], 10)
+    emb = np.array([[2.0, 0.0, 1.0], [0.0, 2.0, 1.0]])[y] + rng.normal(0, 0.3, (20, 3))
+    w0, b0 = rng.normal(0, 1, (3, 3)), np.zeros(3)
+    w, b, _ = adapt_embeddings(emb[None], [classes[i] for i in y], classes, w0, b0, kept=("c",))
+    assert np.allclose(w[2], w0[2]) and b[2] == 0.0
+    w, b, _ = adapt_embeddings(emb[None], [classes[i] for i in y], classes, w0, b0)
+    assert not np.allclose(w[2], w0[2], atol=1e-3)  # in the softmax, every cell pushed it down
+
+
+def _export_folder(root: Path, calls: dict[str, str], model_id: str = "tiny-emb") -> Path:
+    """A folder as `wbc cases export` writes it: ``<label>/<crop>.png`` and manifest.csv with each cell's model call
+    (``calls``: label -> the call recorded for every cell of that label)."""
+    import csv
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in LAB_COLOURS:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            rel = f"{label}/case1_f{i}_c1_{i}.png"
+            write_image(root / rel, lab_cell(label, rng))
+            rows.append([rel, label, "", -1, "", "S-1", 1, i, calls.get(label, label), model_id, 0, "reviewed",
+                         "alice", "alice"])
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split", "fold", "sha1", "case", "case_id", "cell_id", "model_label", "model_id",
+                    "changed", "label_source", "reviewer", "signed_by"])
+        w.writerows(rows)
+    return root
+
+
+def test_a_case_export_scores_before_as_the_cases_recorded_the_calls(tmp_path: Path) -> None:
+    """Adapting on a `wbc cases export`, "accuracy X before" scored the original model on the exported crops in their
+    raw colours, while `wbc analyze` named those cells after calibrating each field on its red cells: 85 reviewed
+    BCCD val cells, the calls in the case 84.7 % right, "69.4% before"; 7 example cells, 71 % in the case, "28.6%
+    before -> 28.6% after" and no warning that the adapted model did worse than the one the lab used (wbc 0.33.0)."""
+    from wbc.adapt import adapt_model
+    from wbc.cli import app
+
+    model, _ = make_embedding_model(tmp_path / "m.onnx", seed=2)
+    out = _export_folder(tmp_path / "export", {})  # every call the reviewer's label
+    for data in (out, out / "manifest.csv"):
+        res = adapt_model(model, data, tmp_path / "a.onnx", threads=1)
+        assert res.heldout_acc_before == 1.0, data
+        assert res.settings["before"]["model_id"] == "tiny-emb"
+        assert res.settings["before"]["original_on_crops"] < 1.0  # the original on the raw crops: not how it answered
+    cli = CliRunner().invoke(app, ["adapt", "--method", "head", "-m", str(model), "--data", str(out), "-o",
+                                   str(tmp_path / "b.onnx")])
+    said = " ".join(cli.output.split())
+    assert cli.exit_code == 0 and "accuracy 100.0% before -> " in said, said
+    assert "before: the calls `wbc analyze` recorded in the cases by tiny-emb" in said
+    if load_model(tmp_path / "b.onnx").info.extra["adapt"]["heldout_acc_after"] < 1.0:
+        assert "did worse on held-out cells than the calls recorded in the cases" in said
+    wrong = _export_folder(tmp_path / "wrong", {"monocyte": "lymphocyte"})  # the cases named 6 of 18 wrong
+    assert adapt_model(model, wrong, tmp_path / "c.onnx", threads=1).heldout_acc_before == 12 / 18
+    plain = write_lab_folder(tmp_path / "plain", n_per_class=6, seed=0)  # no manifest: the original on the crops
+    assert "before" not in adapt_model(model, plain, tmp_path / "d.onnx", threads=1).settings
+
+
+def test_held_out_before_is_the_original_model_whatever_stain_is_stored(tmp_path: Path) -> None:
+    """With --stain, "accuracy X before" scored the original head on stain-mapped cells (BCCD val, head: 71.8 %
+    without --stain, 82.4 % with reinhard, 65.9 % with macenko, for one and the same original model; wbc 0.33.0)."""
+    from wbc.adapt import adapt_model
+
+    target = {"mean": [60.0, 5.0, -5.0], "std": [8.0, 4.0, 4.0]}
+    model, _ = make_embedding_model(tmp_path / "m.onnx", extra={"colour_reference": {"reinhard": target}},
+                                    seed=2)  # a head that names some of the lab's cells one way or the other
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=8, seed=1)
+    plain = adapt_model(model, lab, tmp_path / "a.onnx", threads=1)
+    mapped = adapt_model(model, lab, tmp_path / "b.onnx", stain="reinhard", threads=1)
+    assert mapped.heldout_acc_before == plain.heldout_acc_before
+
+
+def test_adapted_models_state_their_own_metrics_and_keep_the_base_s_apart(tmp_path: Path) -> None:
+    """A head-refit or label-free adapted model kept the base model's PBC validation `metrics`, which GET /model
+    serves as the model's own (wbc 0.33.0)."""
+    from wbc.adapt import adapt_model, adapt_stain
+    from wbc.adapt_unlabelled import adapt_unlabelled
+    from wbc.model import write_model
+
+    target = {"mean": [60.0, 5.0, -5.0], "std": [8.0, 4.0, 4.0]}
+    model, _ = make_embedding_model(tmp_path / "m.onnx", extra={"colour_reference": {"reinhard": target}})
+    info = load_model(model).info
+    info.metrics, info.version, info.created = {"accuracy": 0.99, "n": 1648, "split": "val"}, "1.4.0", "2026"
+    write_model(model, model.read_bytes(), info)
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=6, seed=1)
+    res = adapt_model(model, lab, tmp_path / "h.onnx", threads=1)
+    head = load_model(tmp_path / "h.onnx").info
+    assert head.metrics["accuracy"] == res.heldout_acc_after and head.metrics["n"] == res.heldout_n == 18
+    base = head.extra["adapt"]["base"]
+    assert base == {"model_id": "tiny-emb", "version": "1.4.0", "created": "2026", "metrics": info.metrics}
+    adapt_stain(model, lab, tmp_path / "s.onnx")
+    adapt_unlabelled(model, lab, tmp_path / "u.onnx", methods=())
+    for name in ("s", "u"):  # nothing measured on the lab's cells
+        got = load_model(tmp_path / f"{name}.onnx").info
+        assert got.metrics == {} and got.extra["adapt"]["base"]["metrics"] == info.metrics, name
+
+
+def test_one_folder_by_a_relative_or_an_absolute_path_gives_one_model_id(tmp_path: Path, model_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`extra.adapt.data` held `--data` as typed and was hashed into the model id: the same cells, settings and seed
+    gave two ids from two working folders, and a resumed `wbc analyze` redid every field; the head refit's metadata
+    said `skipped: []` whatever was skipped (wbc 0.33.0)."""
+    from wbc.adapt import adapt_model
+    from wbc.adapt_unlabelled import adapt_unlabelled
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=6, seed=1)
+    (lab / "neutrophil" / "broken.png").write_bytes(b"not an image")
+    monkeypatch.chdir(tmp_path)
+    ids = {}
+    for name, data in (("rel", Path("lab")), ("abs", lab)):
+        res = adapt_model(model_path, data, tmp_path / f"h_{name}.onnx", views=1, tta=1)
+        assert any("broken.png" in s for s in res.skipped)
+        adapt_unlabelled(model_path, data, tmp_path / f"u_{name}.onnx", methods=())
+        ids[name] = [load_model(tmp_path / f"{kind}_{name}.onnx").info for kind in ("h", "u")]
+    for rel, absolute in zip(ids["rel"], ids["abs"], strict=True):
+        assert rel.model_id == absolute.model_id and rel.extra["adapt"]["data"] == str(lab)
+    assert "skipped" not in ids["abs"][0].extra["adapt"]  # paths as typed: the report JSON lists them

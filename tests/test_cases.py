@@ -707,6 +707,9 @@ def test_cli_create_list_show_report_export(tmp_path: Path, model_path: Path) ->
     assert f"{doc['n_cells'] - 1} cell(s) nobody reviewed left out" in " ".join(res.output.split())
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert [(int(r["cell_id"]), r["label_source"], r["reviewer"]) for r in rows] == [(cell["id"], "reviewed", "me")]
+    # the model whose call model_label is (wbc 0.34.0): `wbc adapt` scores "before" as those calls
+    assert [(r["model_label"], r["model_id"]) for r in rows] == [(cell["model_label"], doc["model_id"])]
+    assert doc["model_id"]
 
 
 def test_cases_create_names_the_files_it_leaves_out(tmp_path: Path, model_path: Path) -> None:  # noqa: F811

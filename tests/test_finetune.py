@@ -464,3 +464,49 @@ def test_finetune_runs_for_any_number_of_steps(epochs: int, n: int) -> None:
     net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
     cells = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
     finetune(net, cells, [i % 2 for i in range(n)], [0.5] * 3, [0.25] * 3, epochs=epochs, batch_size=16)
+
+
+def test_fine_tuning_names_classes_without_labelled_cells(tmp_path: Path, small_model: Path) -> None:
+    """Fine-tuned without monocytes, the shipped model named 0 of 12 BCCD monocytes monocyte (9 as shipped), and
+    nothing said so (wbc 0.33.0): the run now names such classes. `trained` (measured for them and not adopted,
+    benchmarks/absent_class.py) keeps a class's logit out of the loss."""
+    import torch
+
+    from wbc.train.finetune import adapt_finetune, finetune
+    from wbc.train.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), pretrained=False, dropout=0.0).eval()
+    cells, labels = lab_cells(4, seed=1)
+    y = [CLASSES.index(c) for c in labels]
+    free = finetune(net, cells, y, [0.5] * 3, [0.25] * 3, epochs=3, batch_size=4, trained=[4, 5, 6])
+    head = [name for name, _ in free.named_parameters()][-2]  # the last layer's weight
+    rows = [CLASSES.index(c) for c in CLASSES if c not in ("lymphocyte", "monocyte", "neutrophil")]
+    before, after = (dict(m.named_parameters())[head][rows].detach() for m in (net, free))
+    assert torch.allclose(before, after, atol=1e-3 * float(before.abs().max()))  # only AdamW's weight decay
+    res = adapt_finetune(small_model, write_lab(tmp_path / "lab", 4, seed=1), tmp_path / "f.onnx", epochs=1,
+                         cross_validate=False, tta=1)
+    assert res.absent == ["basophil", "eosinophil"] and res.notes[0].startswith("no labelled cell of basophil, "
+                                                                                 "eosinophil: the adapted model")
+    assert load_model(tmp_path / "f.onnx").info.extra["adapt"]["absent"] == res.absent
+
+
+def test_fine_tuning_scores_before_as_the_original_model_whatever_stain_is_stored(tmp_path: Path) -> None:
+    """With --stain, "before" was the original network behind the new colour mapping, one "before" per mapping for
+    one and the same original model (BCCD val: 71.8 % without, 82.4 % reinhard, 65.9 % macenko; wbc 0.33.0); and the
+    adapted model kept the base's PBC validation `metrics` (0.990 where `wbc quantize` measured 0.629)."""
+    from wbc.model import write_model
+    from wbc.train.finetune import adapt_finetune
+
+    model = make_small_model(tmp_path / "orig.onnx", trained=True)
+    info = load_model(model).info
+    info.colour_reference = {"reinhard": {"mean": [40.0, 30.0, -30.0], "std": [8.0, 4.0, 4.0]}}
+    info.metrics = {"accuracy": 0.99, "n": 1648}
+    write_model(model, model.read_bytes(), info)
+    lab = write_lab(tmp_path / "lab", 6, seed=1)
+    plain = adapt_finetune(model, lab, tmp_path / "a.onnx", epochs=1, cross_validate=False, tta=1)
+    mapped = adapt_finetune(model, lab, tmp_path / "b.onnx", epochs=1, cross_validate=False, tta=1, stain="reinhard")
+    assert mapped.heldout_acc_before == plain.heldout_acc_before
+    tuned = load_model(tmp_path / "a.onnx").info
+    assert tuned.metrics["accuracy"] == plain.heldout_acc_after and tuned.metrics["n"] == plain.heldout_n
+    assert tuned.extra["adapt"]["base"]["metrics"] == info.metrics

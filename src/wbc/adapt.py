@@ -23,6 +23,7 @@ the new lab's cells. ``--no-labels`` (:func:`adapt_stain`) stores only the colou
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -127,9 +128,41 @@ def adaptation_hash(info: ModelInfo, weights: bytes = b"") -> str:
     another model), and the same adaptation (same cells, settings and seed) gives the same id."""
     import hashlib
 
+    adapt = info.extra.get("adapt") if isinstance(info.extra, dict) else None
+    if isinstance(adapt, dict):  # where the cells were read from is no part of the adaptation (:data:`UNHASHED`)
+        adapt = {k: v for k, v in adapt.items() if k not in UNHASHED}
+        unlabelled = (adapt.get("settings") or {}).get("unlabelled")
+        if isinstance(unlabelled, dict):
+            adapt["settings"] = {**adapt["settings"], "unlabelled": {k: v for k, v in unlabelled.items()
+                                                                     if k not in UNHASHED}}
+        info = replace(info, extra={**info.extra, "adapt": adapt})
     digest = hashlib.sha1(replace(info, model_id="").to_json().encode())
     digest.update(weights)
     return digest.hexdigest()[:8]
+
+
+#: Keys of ``extra["adapt"]`` (and of its ``settings["unlabelled"]``) that :func:`adaptation_hash` leaves out: the
+#: paths the cells and weights were read from, which change nothing the model answers. Before wbc 0.34.0 ``--data``
+#: was hashed as typed, so one folder named by a relative and by an absolute path gave two ids (and a resumed
+#: `wbc analyze` redid every field).
+UNHASHED = ("data", "checkpoint")
+
+
+def base_record(clf: Classifier) -> dict[str, Any]:
+    """What an adapted model keeps of the model it was adapted from (``extra["adapt"]["base"]``): its id, version,
+    creation time and validation ``metrics``. The adapted model's own ``version`` and ``created`` stay the base's;
+    its ``metrics`` are replaced (:func:`heldout_metrics`): before wbc 0.34.0 a model fine-tuned on 36 BCCD cells
+    still stated the base's PBC validation accuracy, 0.990, where `wbc quantize` measured it at 0.629."""
+    return {"model_id": clf.model_id, "version": clf.info.version, "created": clf.info.created,
+            "metrics": copy.deepcopy(clf.info.metrics)}
+
+
+def heldout_metrics(res: AdaptResult) -> dict[str, Any]:
+    """An adapted model's ``metrics`` (served by ``GET /model``): its held-out check on the lab's labelled cells, the
+    only cells it was measured on."""
+    return {"accuracy": res.heldout_acc_after, "n": res.heldout_n, "split": "adapt held-out",
+            "cells": "the lab's labelled cells, each predicted by an adaptation that never saw it (wbc adapt's "
+                     "held-out check); the base model's validation metrics are in extra.adapt.base"}
 
 
 def carry_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str], same_network: bool) -> None:
@@ -173,11 +206,14 @@ def original_head(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_head(
     emb: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, lam: float,
-    sample_weight: np.ndarray | None = None, max_iter: int = 200,
+    sample_weight: np.ndarray | None = None, max_iter: int = 200, trained: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted softmax cross-entropy + ``lam * ||W - W0||^2 + lam * 0.1 * ||b - b0||^2`` by L-BFGS.
 
-    ``emb`` (N, D), ``y`` (N,) integer classes in ``range(C)``. Deterministic.
+    ``emb`` (N, D), ``y`` (N,) integer classes in ``range(C)``. ``trained`` (C,) bool: the classes the softmax is
+    taken over (default all); the others' rows are left as ``w0``, ``b0`` and no cell pushes their logits down
+    (for classes no cell is labelled as, :func:`absent_classes`; measured and not adopted by `wbc adapt`,
+    ``benchmarks/absent_class.py``). Deterministic.
     """
     x = np.asarray(emb, np.float64)
     n, d = x.shape
@@ -186,11 +222,13 @@ def fit_head(
     sw = sw / sw.sum()
     onehot = np.zeros((n, c))
     onehot[np.arange(n), y] = 1.0
+    # out of the softmax: a logit so low its probability is 0 (finite: 0 * log p must stay 0 for the one-hot)
+    off = np.zeros(c) if trained is None else np.where(np.asarray(trained, bool), 0.0, -1e30)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w = theta[: c * d].reshape(c, d)
         b = theta[c * d :]
-        z = x @ w.T + b
+        z = x @ w.T + b + off
         z -= z.max(1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(1, keepdims=True))
         dw_, db_ = w - w0, b - b0
@@ -280,6 +318,7 @@ class AdaptResult:
     review_target_accuracy: float | None = None
     shown_accuracy: float | None = None
     notes: list[str] = field(default_factory=list)  # warnings about the labels (:func:`relabelled_copies`)
+    absent: list[str] = field(default_factory=list)  # classes no labelled cell is of (:func:`absent_classes`)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -289,7 +328,8 @@ class AdaptResult:
 def adapt_embeddings(
     emb_views: np.ndarray, labels: Sequence[str], classes: Sequence[str], w0: np.ndarray, b0: np.ndarray,
     lambdas: Sequence[float] = LAMBDAS, folds: int = 5, seed: int = 0,
-    review_target_accuracy: float | None = None, tta_views: int = 1,
+    review_target_accuracy: float | None = None, tta_views: int = 1, kept: Sequence[str] = (),
+    before_logits: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, AdaptResult]:
     """The whole fit on precomputed embeddings (V views, N cells, D): choose ``lam``, check, refit on all.
 
@@ -298,7 +338,9 @@ def adapt_embeddings(
     the mean of their embeddings); the original head's accuracy ("before") is scored on the same mean, so the
     check credits the adaptation with its own gain only (before wbc 0.32.0 "before" saw one view, and the gain of
     averaging rotations, which the original model gets from ``--tta`` too, was counted as the adaptation's).
-    Pure numpy + scipy, so benchmarks can run many random draws cheaply.
+    ``before_logits`` (N, C): the original model's logits as it answers the cells, when they are not the original
+    head on ``emb_views`` (``wbc adapt --stain`` embeds through the new mapping). ``kept``: classes left out of the
+    softmax (:func:`fit_head`'s ``trained``). Pure numpy + scipy, so benchmarks can run many random draws cheaply.
     """
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.utils.class_weight import compute_class_weight
@@ -317,9 +359,12 @@ def adapt_embeddings(
     # class-balanced weights: a lab's rare classes (basophils) count as much as its common ones
     weights = compute_class_weight("balanced", classes=present, y=y)[np.searchsorted(present, y)]
 
+    # ``kept``: classes no cell is labelled as, left out of the softmax (a labelled class is always trained)
+    trained = np.array([c not in kept or i in present for i, c in enumerate(classes)]) if kept else None
+
     def fit(idx: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
         xs = emb_views[:, idx].reshape(-1, emb_views.shape[2])
-        return fit_head(xs, np.tile(y[idx], v), w0, b0, lam, np.tile(weights[idx], v))
+        return fit_head(xs, np.tile(y[idx], v), w0, b0, lam, np.tile(weights[idx], v), trained=trained)
 
     scored = emb_views[: max(1, min(tta_views, v))].mean(0)  # what the adapted model will see of each cell
     oof: dict[float, np.ndarray] = {}
@@ -341,7 +386,8 @@ def adapt_embeddings(
             return float(balanced_accuracy_score(y, lg.argmax(1)))
 
     best = max(lambdas, key=lambda lam: (round(bal(oof[lam]), 6), lam))
-    before = scored @ w0.T + b0  # the original head on what the adapted one is scored on
+    # the original model as it answers these cells (default: its head on what the adapted one is scored on)
+    before = scored @ w0.T + b0 if before_logits is None else np.asarray(before_logits)
     cal = calibrate(oof[best], y, review_target_accuracy, evidence=True)  # the threshold these few cells show
     w, b = fit(np.arange(n), best)
     res = AdaptResult(
@@ -398,6 +444,93 @@ def load_labelled_cells(
     gaps = len(found) - len(samples)
     unlabelled = [f"{data}: {gaps} of {len(found)} rows have no label"] if gaps else []
     return (cells, labels, [str(samples[i].path) for i in ok], strays + unlabelled + [msg for _, msg in errors])
+
+
+def absent_classes(classes: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """The classes of a white-cell differential the model names (the five-part ones it has, else every class but
+    platelets) that no labelled cell is of: the adaptation learns that the lab's cells are the classes it was shown
+    and names these less (:func:`absent_note`).
+
+    >>> absent_classes(["basophil", "lymphocyte", "monocyte", "neutrophil", "platelet"], ["neutrophil", "lymphocyte"])
+    ['basophil', 'monocyte']
+    """
+    from wbc.labels import NOT_IN_SMEAR_DETECTIONS, WBC5
+
+    counted = [c for c in classes if c in WBC5] or [c for c in classes if c not in NOT_IN_SMEAR_DETECTIONS]
+    shown = set(labels)
+    return [c for c in counted if c not in shown]
+
+
+def absent_note(absent: Sequence[str]) -> str:
+    """The warning for classes no labelled cell is of (:func:`absent_classes`); before wbc 0.34.0 nothing was said,
+    and a lab whose 80 cells held no monocyte got a model that named none of 12 other BCCD monocytes monocyte. The
+    numbers: ``benchmarks/absent_class.py`` (docs/generalisation.md)."""
+    them = "them" if len(absent) > 1 else "it"
+    return (f"no labelled cell of {', '.join(absent)}: the adapted model will name {them} far less often than the "
+            "original (BCCD: classes left out of 50 labelled cells went from 72-75 % of their cells named right to "
+            "21 % with --method head and 3 % fine-tuned); label a few cells of every class the lab counts "
+            "(`wbc pick-cells` chooses cells of every kind in a folder) and adapt again")
+
+
+@dataclass
+class RecordedCalls:
+    """The calls the model made on the labelled cells when `wbc analyze` answered them (``wbc cases export``'s
+    ``model_label``), one per cell, and the model that made them (``""`` when the export does not say)."""
+
+    labels: list[str]
+    model_id: str = ""
+
+
+def recorded_calls(data: str | os.PathLike[str], files: Sequence[str]) -> RecordedCalls | None:
+    """The calls recorded for ``files`` in ``data``'s manifest (the CSV itself, or a folder's ``manifest.csv``: what
+    `wbc cases export` writes), when it has a ``model_label`` for every one of them; else None.
+
+    `wbc analyze` named those cells in their fields, each field's colours calibrated on its red cells, over at least
+    four rotations; the exported crops keep the field's raw colours. The original model scored on the crops (the
+    held-out check's "before") is therefore not the model the lab used: on 85 reviewed BCCD cells its recorded calls
+    were 84.7 % right and the crops scored 69.4 %, and a worse adapted model went unwarned (before wbc 0.34.0)."""
+    import csv
+    import io
+
+    from wbc.data import sniff_delimiter
+    from wbc.paths import data_root
+
+    p = Path(data)
+    manifest = p if p.suffix.lower() == ".csv" else p / "manifest.csv"
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text)))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    calls: dict[str, tuple[str, str]] = {}
+    for row in rows:
+        cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        if not cells.get("path") or not cells.get("model_label"):
+            continue
+        fp = Path(cells["path"])
+        if not fp.is_absolute():
+            fp = manifest.parent / fp if (manifest.parent / fp).is_file() else data_root() / fp
+        calls[os.path.realpath(fp)] = (cells["model_label"], cells.get("model_id", ""))
+    got = [calls.get(os.path.realpath(f)) for f in files]
+    if not got or any(g is None for g in got):
+        return None
+    models = {g[1] for g in got if g is not None}
+    return RecordedCalls([g[0] for g in got if g is not None], models.pop() if len(models) == 1 else "")
+
+
+def use_recorded_calls(res: AdaptResult, calls: RecordedCalls | None, labels: Sequence[str],
+                       held: np.ndarray | None = None) -> None:
+    """Score "before" as the lab's cells were answered (:func:`recorded_calls`) where the export recorded it: the
+    calls' accuracy on the held-out cells (``held``, a mask; default all) replaces the original model's on the
+    crops, which is kept as ``settings["before"]["original_on_crops"]``."""
+    if calls is None:
+        return
+    right = np.asarray(calls.labels) == np.asarray(labels)
+    if held is not None:
+        right = right[held]
+    res.settings["before"] = {"from": "the calls recorded in the cases (manifest.csv's model_label)",
+                              "model_id": calls.model_id, "original_on_crops": res.heldout_acc_before}
+    res.heldout_acc_before = float(right.mean())
 
 
 def relabelled_copies(cells: np.ndarray, labels: Sequence[str], files: Sequence[str]) -> list[str]:
@@ -514,35 +647,46 @@ def adapt_model(
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
+    base = base_record(clf)
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf),
                                                         classes=clf.classes)
+    w0, b0 = original_head(clf)
+    before = None
+    if stain is not None:  # "before" is the original model as it is, whatever mapping the output stores (wbc 0.34.0)
+        before = embed_tta(clf, cells, views=tta).mean(0) @ w0.T + b0
     if stain not in (None, "none"):
         info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     elif stain == "none":
         info.preprocessing = replace(info.preprocessing, stain=None)
     clf.info = info  # embed through the (possibly stain-normalised) preprocessing the output will use
-    w0, b0 = original_head(clf)
     emb = embed_tta(clf, cells, views=views)
     target = resolve_review_target(review_target_accuracy, info.review_target_accuracy)
+    absent = absent_classes(clf.classes, labels)
     w, b, res = adapt_embeddings(emb, labels, clf.classes, w0, b0, seed=seed, review_target_accuracy=target,
-                                 tta_views=tta)
+                                 tta_views=tta, before_logits=before)
+    use_recorded_calls(res, recorded_calls(data, files), labels)
+    res.absent = absent
+    res.skipped = skipped
     info.head = {"weight": w.astype(np.float32).tolist(), "bias": b.astype(np.float32).tolist()}
     info.temperature = res.temperature
     info.review_threshold, info.review_target_accuracy = res.review_threshold, target
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
-    info.extra["adapt"] = {k: v for k, v in res.to_dict().items() if k not in ("output", "seconds", "notes")}
-    info.extra["adapt"]["data"] = str(data)
-    info.extra["adapt"]["stain"] = (info.preprocessing.stain or {}).get("method", "none")
+    # no file paths of the run (the skipped files' messages): the same cells from another folder, the same model
+    info.extra["adapt"] = {k: v for k, v in res.to_dict().items()
+                           if k not in ("output", "seconds", "notes", "skipped")}
+    info.extra["adapt"].update(data=str(Path(data).resolve()), base=base,
+                               stain=(info.preprocessing.stain or {}).get("method", "none"),
+                               notes=[absent_note(absent)] if absent else [])
+    info.metrics = heldout_metrics(res)
     if info.ood.get("references"):
-        name = f"adapt:{Path(data).name}"
+        name = f"adapt:{Path(data).resolve().name}"
         info.ood = add_reference(info.ood, cells, emb[0], labels, clf.classes, name=name)
     info.model_id = f"{clf.model_id}+adapt-{adaptation_hash(info)}"
     write_model_copy(clf.path, out, info)
     carry_weights(clf.path, out, same_network=False)  # the head changed: the .pt's would be another model's
     res.output = str(out)
-    res.skipped = skipped
-    res.notes = relabelled_copies(cells, labels, files)
+    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -575,7 +719,8 @@ def adapt_stain(
     info = without_lab_prior(clf.info)  # another lab's class frequencies do not carry over to this one
     info.preprocessing = replace(info.preprocessing, stain=stain_spec(clf, stain, cells))
     info.extra["adapt"] = {"kind": "stain only, no labels", "stain": stain, "n_cells": len(cells),
-                           "data": str(data)}
+                           "data": str(Path(data).resolve()), "base": base_record(clf)}
+    info.metrics = {}  # nothing was measured on the lab's cells: the base's validation metrics describe another input
     info.model_id = f"{clf.model_id}+stain-{adaptation_hash(info)}"
     write_model_copy(clf.path, out, info)
     carry_weights(clf.path, out, same_network=True)

@@ -71,6 +71,7 @@ import copy
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -468,7 +469,14 @@ def adapt_unlabelled(
     cells scored, a seeded random sample of a larger folder (:data:`MAX_CELLS`; 0: all). The network's ``.pt``
     weights beside ``model`` are copied beside ``output``, so the output can be fine-tuned with labels.
     """
-    from wbc.adapt import _check_output, adaptation_hash, carry_weights, unlabelled_image_paths, write_model_copy
+    from wbc.adapt import (
+        _check_output,
+        adaptation_hash,
+        base_record,
+        carry_weights,
+        unlabelled_image_paths,
+        write_model_copy,
+    )
     from wbc.labels import parse_class_set
     from wbc.model import load_model
 
@@ -506,9 +514,10 @@ def adapt_unlabelled(
     info.class_prior = class_prior
     if set_priors:
         info.extra["class_priors"] = set_priors
+    info.metrics = {}  # nothing measured on the lab's cells (no labels); the base's are in extra.adapt.base
     info.extra["adapt"] = {"kind": "no labels", "chosen": chosen, "framing": framing_name(stats, own),
-                           "reason": why, "n_cells": len(cells), "n_files": len(found), "data": str(data),
-                           "classes": list(allowed),
+                           "reason": why, "n_cells": len(cells), "n_files": len(found),
+                           "data": str(Path(data).resolve()), "base": base_record(clf), "classes": list(allowed),
                            "candidates": [asdict(c) for c in cands],
                            "class_prior": {"estimated": bool(class_prior), "method": "EM (Saerens et al. 2002)",
                                            "iterations": iterations}}

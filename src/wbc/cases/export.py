@@ -30,7 +30,11 @@ from wbc.io import output_target
 
 #: Marks a folder written by :func:`export_cases` (so a re-export may replace it).
 MARKER = ".wbc-cases-export"
-EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "changed", "label_source", "reviewer", "signed_by")
+#: ``model_label`` and ``model_id``: the call `wbc analyze` made and the model that made it (since wbc 0.34.0), which
+#: `wbc adapt` scores as "before" (:func:`wbc.adapt.recorded_calls`): the crops keep the field's raw colours, and the
+#: original model scored on them is not the model the lab used.
+EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "model_id", "changed", "label_source", "reviewer",
+                 "signed_by")
 #: ``label_source``: a person reviewed the cell (confirmed or changed its call; ``reviewer`` names them) ...
 REVIEWED = "reviewed"
 #: ... or nobody opened it and the model's call was accepted when the case was signed off (``include_accepted``).
@@ -103,7 +107,7 @@ def export_cases(
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / rel).write_bytes(crops[cell["id"]])
                 rows.append([rel, label, "", -1, "", doc["name"], cid, cell["id"], cell["model_label"],
-                             int(cell["changed"]), source, reviewer, doc["signed_by"] or ""])
+                             doc.get("model_id") or "", int(cell["changed"]), source, reviewer, doc["signed_by"] or ""])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])

@@ -36,11 +36,16 @@ EPOCHS = 60
 
 def both_scored(res: Any) -> str:
     """How the held-out check scored each cell, before and after alike (before wbc 0.32.0 the original model saw one
-    view and the adapted one the mean of its rotations, whose gain was then counted as the adaptation's)."""
+    view and the adapted one the mean of its rotations, whose gain was then counted as the adaptation's); for the
+    cells of a `wbc cases export`, "before" is the calls the cases recorded (:func:`wbc.adapt.recorded_calls`)."""
     views = res.settings.get("tta_views", 1)
-    if views > 1:
-        return f", both on each cell's mean over {views} flips/rotations"
-    return ", both on one view of each cell"
+    each = f"each cell's mean over {views} flips/rotations" if views > 1 else "one view of each cell"
+    recorded = res.settings.get("before")
+    if recorded:
+        by = f" by {recorded['model_id']}" if recorded.get("model_id") else ""
+        return (f"; before: the calls `wbc analyze` recorded in the cases{by} (the original model on the exported "
+                f"crops, as they are: {recorded['original_on_crops']:.1%}); after: on {each}")
+    return f", both on {each}"
 
 
 @app.command()
@@ -253,7 +258,8 @@ def adapt(
             f"{cells_to_show(res.review_target_accuracy or 0.995)} right in a row show it), or choose a target "
             "they show with --review-target", highlight=False)
     if res.heldout_acc_after + 1e-9 < res.heldout_acc_before:
-        console.print("[yellow]warning:[/] the adapted model did worse on held-out cells than the original; "
+        than = "the calls recorded in the cases" if res.settings.get("before") else "the original"
+        console.print(f"[yellow]warning:[/] the adapted model did worse on held-out cells than {than}; "
                       "check the labels or add cells", highlight=False)
     if report:
         atomic_write_text(report, json.dumps(res.to_dict(), indent=2) + "\n")

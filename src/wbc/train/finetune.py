@@ -177,6 +177,7 @@ def finetune(
     unlabelled_threshold: float = DEFAULTS["unlabelled_threshold"],
     strong: Callable[[torch.Tensor], torch.Tensor] | None = None,
     frozen: Sequence[str] = (),
+    trained: Sequence[int] | None = None,
 ) -> NetT:
     """A fine-tuned copy of ``net`` (the original is untouched).
 
@@ -186,6 +187,9 @@ def finetune(
     them in a consistency term (module docstring) weighted ``unlabelled_weight``, their strong view made by
     ``strong`` (required with them; :func:`strong_augment` gives the network's training augmentation).
     ``frozen``: prefixes of parameter names (``"backbone.conv_stem"``, ``"backbone.blocks.0"``) kept as they are.
+    ``trained``: the classes (indices) the labelled cells' softmax is taken over (default all): the others' logits
+    are not pushed down by cells that are never of them (for classes no cell is labelled as,
+    :func:`wbc.adapt.absent_classes`; measured and not adopted by `wbc adapt`, ``benchmarks/absent_class.py``).
     """
     if len(cells) != len(labels) or len(cells) < 2:
         raise WbcError(f"fine-tuning needs at least 2 labelled cells, got {len(cells)}")
@@ -209,13 +213,19 @@ def finetune(
     # OneCycleLR divides by pct_start * total - 1: exactly 10 steps at 0.1 raised ZeroDivisionError (--epochs 10 on
     # fewer than 32 cells, --epochs 2 on 80-95) before wbc 0.34.0; a warm-up of 0.15 there is as short
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=0.1 if total != 10 else 0.15)
+    # the classes in the softmax (every labelled one), and the labels as positions among them
+    shown = None if trained is None else torch.as_tensor(sorted({*trained, *y.tolist()}), dtype=torch.long)
+    if shown is not None:
+        y = torch.searchsorted(shown, y)
     pool = torch.from_numpy(np.ascontiguousarray(unlabelled)).permute(0, 3, 1, 2) if use_unlabelled else None
     step = 0
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size] if steps_per_epoch > 1 else perm
-            loss = F.cross_entropy(model(_dihedral(x[idx], gen)), y[idx], label_smoothing=label_smoothing)
+            logits = model(_dihedral(x[idx], gen))
+            loss = F.cross_entropy(logits if shown is None else logits[:, shown], y[idx],
+                                   label_smoothing=label_smoothing)
             if pool is not None and strong is not None:
                 raw = pool[torch.randint(0, len(pool), (batch_size,), generator=gen)]
                 pseudo, keep = pseudo_labels(model, _dihedral(normalise(raw, mean, std), gen), unlabelled_threshold)
@@ -273,12 +283,18 @@ def adapt_finetune(
     from wbc.adapt import (
         AdaptResult,
         _check_output,
+        absent_classes,
+        absent_note,
         adaptation_hash,
+        base_record,
         content_keys,
+        heldout_metrics,
         load_labelled_cells,
+        recorded_calls,
         relabelled_copies,
         stain_spec,
         stratified_folds,
+        use_recorded_calls,
     )
     from wbc.calibration import calibrate, resolve_review_target
     from wbc.model import load_model
@@ -305,6 +321,8 @@ def adapt_finetune(
             clf.classes, clf.info.input_size, clf.info.network_size):
         raise WbcError(f"{ckpt}: these weights ({ck_info.classes}, {ck_info.input_size} px) do not belong to "
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
+    base = base_record(clf)
+    original = clf.info  # "before" is the original model as it is, whatever mapping the output stores (wbc 0.34.0)
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     # the output is a new float32 network: an int8 base's quantisation record would describe a graph it is not
     # (and `wbc quantize` refused it as "already quantised")
@@ -317,6 +335,7 @@ def adapt_finetune(
         info.preprocessing = replace(info.preprocessing, stain=None)
     clf.info = info
     y = np.array([clf.classes.index(lab) for lab in labels])
+    absent = absent_classes(clf.classes, labels)
 
     def prepared(c: np.ndarray) -> np.ndarray:  # what the exported network's inputs look like
         return np.ascontiguousarray(centre_crop(normalise_batch(c, info.preprocessing.stain), info.centre_crop))
@@ -351,7 +370,9 @@ def adapt_finetune(
     logits_held = logits_held[held]
     # the original model scored as the adapted one is: on the mean of the same flips/rotations (one view before
     # wbc 0.32.0, which credited the fine-tuning with the gain of averaging rotations)
+    clf.info = original
     before = np.mean([clf.run(dihedral_view(cells[held], v))["logits"] for v in range(tta)], axis=0)
+    clf.info = info
     cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy),
                     evidence=True)  # a lab's few cells: the threshold they show, not one they reach by chance
     temp, thr = cal.temperature, cal.review_threshold
@@ -364,8 +385,11 @@ def adapt_finetune(
         review_threshold=thr, method="finetune", heldout_n=int(held.sum()), shown_accuracy=cal.shown_accuracy,
         review_target_accuracy=cal.review_target_accuracy,
         settings={**settings, "members": members, "cross_validate": cross_validate, "tta_views": tta,
-                  "unlabelled": None if pool is None else {"data": str(unlabelled), "cells": len(pool)}},
+                  "unlabelled": None if pool is None or unlabelled is None else {
+                      "data": str(Path(unlabelled).resolve()), "cells": len(pool)}},
+        absent=absent, skipped=skipped,
     )
+    use_recorded_calls(res, recorded_calls(data, files), labels, held)
     info.head = {}  # the fine-tuned network's own last layer replaces any earlier head refit
     info.temperature, info.review_threshold, info.review_target_accuracy = temp, thr, cal.review_target_accuracy
     info.extra["tta_views"] = tta  # wbc classify / analyze / serve average each cell over this many views
@@ -373,12 +397,14 @@ def adapt_finetune(
         info.architecture = f"ensemble of {members} x {_arch(net)}"
     info.extra["adapt"] = {k_: v for k_, v in res.to_dict().items()
                            if k_ not in ("output", "seconds", "skipped", "notes")}
-    info.extra["adapt"].update(data=str(data), checkpoint=str(ckpt),
-                               stain=(info.preprocessing.stain or {}).get("method", "none"))
+    info.extra["adapt"].update(data=str(Path(data).resolve()), checkpoint=str(ckpt.resolve()), base=base,
+                               stain=(info.preprocessing.stain or {}).get("method", "none"),
+                               notes=[absent_note(absent)] if absent else [])
+    info.metrics = heldout_metrics(res)
     if info.ood.get("references"):
         emb = predict_embeddings(final, x, info.mean, info.std)
-        info.ood = add_reference(info.ood, cells, emb, labels, clf.classes, name=f"adapt:{Path(data).name}",
-                                 new_features=True)
+        info.ood = add_reference(info.ood, cells, emb, labels, clf.classes,
+                                 name=f"adapt:{Path(data).resolve().name}", new_features=True)
     weights = b"".join(t.detach().cpu().numpy().tobytes() for t in final.state_dict().values())
     info.model_id = (f"{clf.model_id}+finetune" + (f"x{members}" if members > 1 else "")
                      + f"-{adaptation_hash(info, weights)}")
@@ -386,8 +412,7 @@ def adapt_finetune(
     # the tuned weights beside the model, as the shipped model has them: the output can be adapted again
     save_weights(final, _arch(net), info, out.with_suffix(".pt"))
     res.output = str(out)
-    res.skipped = skipped
-    res.notes = relabelled_copies(cells, labels, files)
+    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files)
     res.seconds = time.perf_counter() - t0
     return res
 
