@@ -1093,3 +1093,42 @@ def test_one_folder_by_a_relative_or_an_absolute_path_gives_one_model_id(tmp_pat
     for rel, absolute in zip(ids["rel"], ids["abs"], strict=True):
         assert rel.model_id == absolute.model_id and rel.extra["adapt"]["data"] == str(lab)
     assert "skipped" not in ids["abs"][0].extra["adapt"]  # paths as typed: the report JSON lists them
+
+
+def test_the_framing_reason_shows_the_margin_each_framing_had_to_clear(monkeypatch) -> None:
+    """"framing lab (1.622; band 1.584; all 1.665)" (25 PBC test cells, seed 2, --classes 5part; wbc 0.33.0) read as
+    if the highest score had lost: "all" must beat the model's own framing by 0.1, the lab's magnification by 0.03,
+    and the report did not say so."""
+    from types import SimpleNamespace
+
+    import wbc.adapt_unlabelled as au
+    from wbc.reframe import DEFAULT_STATS, FramingStats
+
+    lab = FramingStats(0.34, 0.34, 0.34, 0.34, 432.7)
+
+    def choose(scores: dict[FramingStats, float]) -> tuple[object, str]:
+        monkeypatch.setattr(au, "measure_lab", lambda paths, threads=2: lab)
+        monkeypatch.setattr(au, "_score_framing", lambda clf, paths, stats, *a: SimpleNamespace(
+            stats=stats, score=scores[stats], cells=np.zeros((25, 1, 1, 3))))
+        best, tried = au.choose_framing(SimpleNamespace(info=SimpleNamespace(extra={})), ["x"] * 25)
+        return best.stats, au.framing_reason(best, tried)
+
+    assert choose({DEFAULT_STATS: 1.584, au.FRAMINGS["all"]: 1.665, lab: 1.622}) == (
+        lab, "framing lab (1.622 > band 1.584 + 0.030; all 1.665 < band + 0.100)")
+    assert choose({DEFAULT_STATS: 1.584, au.FRAMINGS["all"]: 1.700, lab: 1.600}) == (
+        au.FRAMINGS["all"], "framing all (1.700 > band 1.584 + 0.100; lab 1.600 < band + 0.030)")
+    assert choose({DEFAULT_STATS: 1.584, au.FRAMINGS["all"]: 1.700, lab: 1.650})[1] == (
+        "framing all (1.700 > band 1.584 + 0.100; lab 1.650 > band + 0.030, below all)")
+    assert choose({DEFAULT_STATS: 1.584, au.FRAMINGS["all"]: 1.600, lab: 1.600})[1] == (
+        "framing band (1.584; all 1.600 < band + 0.100; lab 1.600 < band + 0.030)")
+
+
+def test_a_tie_is_reported_as_one(tmp_path: Path) -> None:
+    """"no mapping: it scored highest (1.604)" was printed when reinhard scored 1.604 too (wbc 0.33.0)."""
+    from wbc.adapt_unlabelled import Candidate, pick_mapping
+
+    none, same = Candidate("none", 0.9, 0.2, 0.9, 1.604), Candidate("reinhard", 0.9, 0.2, 0.9, 1.604)
+    assert pick_mapping([none, same]) == ("none", "no mapping: it scored as high as reinhard (1.604)")
+    assert pick_mapping([same, none])[0] == "none"
+    near = Candidate("reinhard", 0.9, 0.2, 0.9, 1.6042)
+    assert pick_mapping([none, near])[1].endswith("(best reinhard 1.604, +0.0002 over none's 1.604)")
