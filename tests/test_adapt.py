@@ -1132,3 +1132,23 @@ def test_a_tie_is_reported_as_one(tmp_path: Path) -> None:
     assert pick_mapping([same, none])[0] == "none"
     near = Candidate("reinhard", 0.9, 0.2, 0.9, 1.6042)
     assert pick_mapping([none, near])[1].endswith("(best reinhard 1.604, +0.0002 over none's 1.604)")
+
+
+@pytest.mark.parametrize("rule", ["random", "balanced", "typical"])
+def test_pick_cells_never_asks_for_one_image_twice(tmp_path: Path, model_path: Path, rule: str) -> None:
+    """On 85 cells plus 40 byte-identical copies `balanced` chose 29 distinct images of 30 and `random` 25
+    (wbc 0.33.0): the same cell labelled twice."""
+    import shutil
+
+    from wbc.adapt_select import pick_cells
+
+    lab = write_lab_folder(tmp_path / "lab", n_per_class=4, seed=3)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i, p in enumerate(sorted(lab.rglob("*.png"))):
+        shutil.copy(p, pool / f"{i}.png")
+        for k in range(3):
+            shutil.copy(p, pool / f"{i}_copy{k}.png")
+    res = pick_cells(model_path, pool, n=10, rule=rule)
+    digests = {Path(p).read_bytes() for p in res.paths}
+    assert len(res.paths) == 10 and len(digests) == 10 and res.n_copies == 36

@@ -71,7 +71,8 @@ def pick_cells(
     if report:
         atomic_write_text(report, json.dumps(res.to_dict(), indent=2) + "\n")
     sample = f", a seeded sample of the folder's {res.n_files}" if res.n_sampled < res.n_files else ""
-    say(f"chose {len(res.paths)} of {res.n_read} cells{sample} by rule {res.rule} in {res.seconds:.0f} s -> "
+    copies = f" ({res.n_copies} copies of other images left out)" if res.n_copies else ""
+    say(f"chose {len(res.paths)} of {res.n_read} cells{sample}{copies} by rule {res.rule} in {res.seconds:.0f} s -> "
         f"{output}")
     say(f"next: fill in its label column (neutrophil, lymphocyte, ...; rows left empty are skipped), then "
         f"`wbc adapt --data {output} --output my_lab.onnx`")
