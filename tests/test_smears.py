@@ -350,6 +350,19 @@ def test_a_yolo_folder_whose_data_yaml_lists_its_splits_scores_the_split_alone(t
     assert len(load_labelled_folder(folder, None)) == 4  # no split asked: every field, as before
 
 
+def test_list_files_written_on_another_machine_are_read_where_the_dataset_is_now(tmp_path: Path) -> None:
+    """A data.yaml and list files with absolute paths from the machine the dataset was made on (Ultralytics writes
+    them so): every listed field was "no such file" and none was scored."""
+    folder = _yolo_folder(tmp_path / "yolo")
+    (folder / "train.txt").write_text("".join(f"/home/me/datasets/yolo/images/f{i}.jpg\n" for i in range(3)))
+    (folder / "val.txt").write_text("/home/me/datasets/yolo/images/f3.jpg\n")
+    (folder / "data.yaml").write_text("train: /home/me/datasets/yolo/train.txt\nval: /home/me/datasets/yolo/val.txt\n"
+                                      "nc: 1\nnames: ['WBC']\n")
+    m = evaluate_smears(tmp_path, tmp_path / "o", OneCell(), split="val", dataset=folder)
+    assert (m["n_images"], m["errors"], [r["image"] for r in m["per_image"]]) == (1, [], ["f3"])
+    assert m["detection"]["recall"] == 1.0
+
+
 def test_voc_fields_in_another_image_format_are_read_with_a_split_file(tmp_path: Path) -> None:
     """With ImageSets/Main/<split>.txt only JPEGImages/<name>.jpg was looked for: PNG fields were each "no such file"
     and the run ended, though the same folder without the split file was read."""

@@ -331,21 +331,45 @@ def _yaml_splits(text: str) -> dict[str, list[str]]:
     return out
 
 
+def found_under(path: Path, folder: Path) -> Path | None:
+    """The longest tail of ``path`` that exists under ``folder``, or None: where a path written on another machine
+    (``/home/me/data/images/val/f1.jpg`` in a list file that moved with its dataset) is now. Before wbc 0.35.0 such
+    a path was looked for where it was written, and every listed field failed as "no such file".
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "images").mkdir(); (root / "images" / "f1.jpg").touch()
+    >>> found_under(Path("/home/me/data/images/f1.jpg"), root) == root / "images" / "f1.jpg"
+    True
+    >>> found_under(Path("/home/me/data/images/f2.jpg"), root) is None
+    True
+    """
+    parts = [q for q in path.parts[1 if path.is_absolute() else 0:] if q not in ("..", ".")]
+    for k in range(len(parts)):
+        if (cand := folder.joinpath(*parts[k:])).exists():
+            return cand
+    return None
+
+
 def _listed_images(yml: Path, split: str, values: Sequence[str]) -> list[Path]:
     """The images of a split that ``data.yaml`` gives as list files (``train.txt``: one image path a line) or image
     folders, read as Ultralytics reads them: each path against the folder of ``data.yaml`` (a leading ``../`` also
-    tried without it), a list file's lines against the list's folder. A path that is neither ends the run, naming it."""
+    tried without it), a list file's lines against the list's folder, then against the folder of ``data.yaml``, then
+    (a path written on another machine) by :func:`found_under`. A split path that is none of these ends the run,
+    naming it."""
     folder, out = yml.parent, []
     for v in values:
         cands = [Path(v) if Path(v).is_absolute() else folder / v] + ([folder / v[3:]] if v.startswith("../") else [])
-        p = next((c for c in cands if c.exists()), cands[0])
+        p = next((c for c in cands if c.exists()), None) or found_under(Path(v), folder) or cands[0]
         if p.is_dir():
             out += sorted(q for q in p.rglob("*") if is_image_file(q))
         elif p.is_file():
             for line in _read_label_text(p).splitlines():
                 if (e := line.strip()) and not e.startswith("#"):
                     q = Path(e) if Path(e).is_absolute() else p.parent / e
-                    out.append(q if q.exists() or not (folder / e).exists() else folder / e)
+                    if not q.exists():
+                        q = folder / e if (folder / e).exists() else found_under(Path(e), folder) or q
+                    out.append(q)
         else:
             raise WbcError(f"{yml}: {split}: {v} not found (neither a list file nor a folder, read against {folder})")
     return list(dict.fromkeys(out))
