@@ -363,3 +363,21 @@ def test_fold_summary_mean_and_sd() -> None:
     assert s["recall.a"]["mean"] == pytest.approx(0.6) and s["recall.a"]["n"] == 2
     assert "name" not in s
     assert fold_summary([{"accuracy": 0.8}])["accuracy"]["sd"] is None
+
+
+def test_no_bootstrap_resamples_means_no_macro_f1_interval() -> None:
+    """n_boot=0 from the Python API (summary_metrics' way to skip the bootstrap) ended classification_metrics in a
+    bare numpy "need at least one array to concatenate"; it now gives macro-F1 no interval and keeps the exact ones."""
+    from wbc.evaluate.metrics import confidence_intervals
+
+    m = classification_metrics(Y_TRUE, _probs(), CLASSES, n_boot=0)
+    assert m["ci"]["macro_f1"] is None and m["ci"]["n_boot"] == 0
+    assert m["ci"]["accuracy"] == pytest.approx(list(clopper_pearson(4, 6)))
+    assert m["ci"]["recall"]["a"] == pytest.approx(list(clopper_pearson(2, 3)))
+    assert confidence_intervals(Y_TRUE, Y_PRED, CLASSES, n_boot=0)["macro_f1"] is None
+    boot = bootstrap_cis(Y_TRUE, Y_PRED, CLASSES, n_boot=0)
+    assert boot["accuracy"] is None and boot["recall"] == {"a": None, "b": None, "c": None}
+    from wbc.evaluate.report import NOT_BOOTSTRAPPED, key_numbers_rows  # the report says why there is none
+
+    [row] = [r for r in key_numbers_rows(m) if r["measure"] == "Macro F1"]
+    assert NOT_BOOTSTRAPPED in row.values()

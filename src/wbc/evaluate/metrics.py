@@ -284,7 +284,12 @@ def bootstrap_cis(
     (the point estimate's convention, :func:`present_labels`). Where every resample gives the same value (a
     proportion of 0 or 100 %, a macro-F1 without a single mistake) the interval is None, not a zero-width one:
     resampling cannot show that value's uncertainty, and "100.0–100.0 %" reads as certainty (before wbc 0.31.0).
+    ``n_boot`` 0 (or less) draws no resample and gives every interval as None, as :func:`summary_metrics` takes it, to
+    skip the bootstrap (before wbc 0.35.0 a bare numpy ValueError).
     """
+    if n_boot <= 0:
+        return {"level": level, "n_boot": 0, "seed": seed, "accuracy": None, "macro_f1": None,
+                "recall": dict.fromkeys(classes), "precision": dict.fromkeys(classes)}
     n_classes = len(classes)
     labels = present_labels(y_true, n_classes)
     alpha = (1 - level) / 2
@@ -335,7 +340,8 @@ CI_METHODS: dict[str, str] = {
     "accuracy": "exact binomial (Clopper-Pearson) of the cells right",
     "recall": "exact binomial (Clopper-Pearson) of the class's cells found",
     "precision": "exact binomial (Clopper-Pearson) of the class's calls right",
-    "macro_f1": "percentile bootstrap over cells; none where every resample gives the same value",
+    "macro_f1": "percentile bootstrap over cells; none where every resample gives the same value or none is drawn "
+    "(n_boot 0)",
 }
 
 
@@ -353,7 +359,8 @@ def confidence_intervals(
 
     Before wbc 0.31.0 all four were bootstrapped, which gave a proportion at 0 or 100 % a zero-width interval and
     covered small classes' recall in 35-60 % of samples. Macro-F1 keeps the bootstrap (near 95 % coverage in
-    simulation wherever it has any width) and has no interval where every resample gives the same value.
+    simulation wherever it has any width) and has no interval where every resample gives the same value, or with
+    ``n_boot`` 0 (no bootstrap: the exact intervals alone, :func:`bootstrap_cis`).
     """
     y_true = np.asarray(y_true, np.int64)
     y_pred = np.asarray(y_pred, np.int64)
@@ -437,7 +444,7 @@ def classification_metrics(
     Every calibration measure of ``y_prob`` (``ece.calibrated``, ``reliability``) describes those probabilities.
     ``logits`` (raw, before temperature scaling) add the ECE with T = 1 (``raw``) and with ``temperature`` alone
     (``temperature_only``, which differs from ``calibrated`` where a lab class prior or other evidence moved the
-    stated probabilities).
+    stated probabilities). ``n_boot`` 0 skips the bootstrap: macro-F1 has no interval, the exact ones stay.
     """
     y_true = np.asarray(y_true, np.int64)
     y_prob = np.asarray(y_prob, np.float64)

@@ -604,6 +604,8 @@ def _ci_plain(ci: Sequence[float] | None) -> str:
 
 #: The key-numbers table's interval of macro-F1 where the bootstrap has none (every resample gives the same value).
 NO_BOOTSTRAP_INTERVAL = "none: every resample of the cells gives the same value"
+#: The same where no resample was drawn (``n_boot`` 0, from the Python API).
+NOT_BOOTSTRAPPED = "none: not bootstrapped (n_boot 0)"
 
 
 def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -621,7 +623,8 @@ def key_numbers_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
         (
             "Macro F1",
             _fmt(metrics["macro_f1"]),
-            _ci_plain(ci["macro_f1"]) if ci["macro_f1"] else NO_BOOTSTRAP_INTERVAL,
+            _ci_plain(ci["macro_f1"]) if ci["macro_f1"]
+            else NO_BOOTSTRAP_INTERVAL if ci.get("n_boot", 1) > 0 else NOT_BOOTSTRAPPED,
             "Balance of missed cells and false alarms, averaged over classes (1 is perfect).",
         ),
         ("Weighted F1", _fmt(metrics["weighted_f1"]), "", "The same, weighted by how many cells each class has."),
