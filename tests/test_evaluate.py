@@ -823,3 +823,37 @@ def test_the_shipped_model_knows_its_run_s_split_wherever_the_manifest_is(tmp_pa
     moved = [*rows[:i], Sample(rows[i].path, rows[i].label, "train", rows[i].fold, rows[i].sha1), *rows[i + 1:]]
     write_manifest(tmp_path / "moved.csv", moved, root=Path(os.environ.get("WBC_DATA_DIR", tmp_path)))
     assert not is_own_run(tmp_path / "moved.csv", shipped)
+
+
+def test_data_without_a_label_to_score_is_refused_before_any_image_is_read(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder whose class folders are all unknown (misspelt) was classified in full, then refused with nothing
+    written: the labels are known before any image is read, so the one-line refusal now comes first."""
+    import wbc.evaluate
+    import wbc.evaluate.compare
+    from wbc.errors import WbcError
+
+    data = tmp_path / "unk"
+    shutil.copytree(env["data"] / "smudge", data / "smudge")
+    clf = load_model(env["model"])
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("images were classified before the labels were checked")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(wbc.evaluate, "classify_samples", no_work)
+        mp.setattr(wbc.evaluate.compare, "classify_samples", no_work)
+        with pytest.raises(WbcError, match=r"none of the labels in the data \(smudge\) is a class of the model"):
+            wbc.evaluate.evaluate(data, clf, tmp_path / "out", n_boot=0)
+        with pytest.raises(WbcError, match="no cell has a label that both models answer among"):
+            wbc.evaluate.compare.compare(wbc.evaluate.load_eval_data(data), clf, clf, tmp_path / "cmp")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # labels to score, but every such file unreadable: said as that, not as labels the model does not know
+    (data / "neutrophil").mkdir()
+    (data / "neutrophil" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(WbcError) as err:
+        wbc.evaluate.evaluate(data, clf, tmp_path / "out", n_boot=0)
+    msg = str(err.value)
+    assert "none of the images labelled with a class to score could be read" in msg and "broken.png" in msg
+    assert "\n" not in msg

@@ -539,6 +539,17 @@ def evaluate(
     out_dir = check_output_file(Path(output) / "metrics.json").parent  # a one-line error before any work
     ed = data if isinstance(data, EvalData) else load_eval_data(data, split, mapping, root)
     classes = classifier.classes
+    chosen = tuple(getattr(classifier, "label_set", ()))
+    answered = list(chosen) if chosen else list(classes)  # the classes answers are among (--classes): those scored
+    # labels are known before any image is read: data with none to score is refused before classifying it all
+    # (before wbc 0.35.0 every image was classified first, then the run refused with nothing written)
+    if not any(s.label in answered for s in ed.samples):
+        labels = sorted({s.label for s in ed.samples})
+        raise WbcError(
+            f"{ed.source}: none of the labels in the data ({', '.join(labels)}) is a class "
+            f"{'chosen with --classes' if chosen else 'of the model'} ({', '.join(answered)}); "
+            "use --map OLD=NEW to rename"
+        )
     scored = classify_samples(ed.samples, classifier, batch_size, workers, progress, reframe)
     t_classify = time.perf_counter() - t0
 
@@ -547,15 +558,12 @@ def evaluate(
             f"{ed.source}: none of the {len(ed.samples)} images could be read "
             f"(first problem: {scored.errors[0][1] if scored.errors else 'unknown'})"
         )
-    chosen = tuple(getattr(classifier, "label_set", ()))
-    answered = list(chosen) if chosen else list(classes)  # the classes answers are among (--classes): those scored
     known = np.array([s.label in answered for s in scored.samples], bool)
-    if not known.any():
-        labels = sorted({s.label for s in ed.samples})
+    if not known.any():  # every file with a label to score was unreadable
+        to_score = {str(s.path) for s in ed.samples if s.label in answered}
+        first = next((msg for path, msg in scored.errors if path in to_score), "unknown")
         raise WbcError(
-            f"{ed.source}: none of the labels in the data ({', '.join(labels)}) is a class "
-            f"{'chosen with --classes' if chosen else 'of the model'} ({', '.join(answered)}); "
-            "use --map OLD=NEW to rename"
+            f"{ed.source}: none of the images labelled with a class to score could be read (first problem: {first})"
         )
     ks = [s for s, k in zip(scored.samples, known, strict=True) if k]
     y_true = np.array([answered.index(s.label) for s in ks], np.int64)

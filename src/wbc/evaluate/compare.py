@@ -72,11 +72,13 @@ def compare(
     from wbc.evaluate.report import _plt, display_name, fig_to_data_uri, pct, render
 
     out_dir = check_output_file(Path(output) / "comparison.json").parent  # a one-line error before any work
-    sa = classify_samples(data.samples, clf_a, batch_size, workers, reframe=reframe)
-    sb = classify_samples(data.samples, clf_b, batch_size, workers, reframe=reframe)
     # the classes each answers among (--classes, Classifier.with_classes; default all of its own)
     answered_b = list(clf_b.label_set) or list(clf_b.classes)
     classes = [c for c in (list(clf_a.label_set) or list(clf_a.classes)) if c in answered_b]
+    if not any(s.label in classes for s in data.samples):  # known before any image is read (since wbc 0.35.0)
+        raise WbcError(f"{data.source}: no cell has a label that both models answer among ({', '.join(classes)})")
+    sa = classify_samples(data.samples, clf_a, batch_size, workers, reframe=reframe)
+    sb = classify_samples(data.samples, clf_b, batch_size, workers, reframe=reframe)
     pos_b = {str(s.path): i for i, s in enumerate(sb.samples)}
     rows = []  # (index in a, index in b)
     not_scored: Counter[str] = Counter()  # read by both, labelled outside the classes both answer among
