@@ -857,3 +857,36 @@ def test_data_without_a_label_to_score_is_refused_before_any_image_is_read(
     msg = str(err.value)
     assert "none of the images labelled with a class to score could be read" in msg and "broken.png" in msg
     assert "\n" not in msg
+
+
+def test_a_run_stopped_while_its_report_is_built_leaves_the_earlier_run_s_files(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predictions.csv (comparison.json and .csv with --compare) was written before the slow report: a re-run stopped
+    there (Ctrl-C, a matplotlib error) left its predictions beside the earlier run's metrics.json. Files are now
+    written once everything is built."""
+    import wbc.evaluate
+    import wbc.evaluate.compare
+    import wbc.evaluate.report
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(env["data"] / "neutrophil", a / "neutrophil")
+    shutil.copytree(env["data"] / "lymphocyte", b / "lymphocyte")
+    clf = load_model(env["model"])
+    out, cmp = tmp_path / "out", tmp_path / "cmp"
+    wbc.evaluate.evaluate(a, clf, out, n_boot=0, cams_per_class=0)
+    wbc.evaluate.compare.compare(wbc.evaluate.load_eval_data(a), clf, clf, cmp)
+    before = {p: p.read_bytes() for d in (out, cmp) for p in d.iterdir()}
+    assert {p.name for p in before} == {"metrics.json", "predictions.csv", "report.html", "comparison.json",
+                                        "comparison.csv", "comparison.html"}
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stopped while the report was built")
+
+    monkeypatch.setattr(wbc.evaluate.report, "build_report", stopped)
+    monkeypatch.setattr(wbc.evaluate.report, "render", stopped)
+    with pytest.raises(RuntimeError, match="stopped"):
+        wbc.evaluate.evaluate(b, clf, out, n_boot=0, cams_per_class=0)
+    with pytest.raises(RuntimeError, match="stopped"):
+        wbc.evaluate.compare.compare(wbc.evaluate.load_eval_data(b), clf, clf, cmp)
+    assert {p: p.read_bytes() for d in (out, cmp) for p in d.iterdir()} == before

@@ -635,18 +635,6 @@ def evaluate(
         folds = fold_summary(fold_metrics)
         metrics["cross_validation"] = {"run": str(run), "folds": len(fold_metrics), "summary": folds}
 
-    # predictions.csv: every readable cell, with its label as given and whether it was scored
-    correct = [
-        ("" if not k else str(p.label == s.label).lower())
-        for s, p, k in zip(scored.samples, scored.predictions, known, strict=True)
-    ]
-    write_predictions_csv(
-        out_dir / "predictions.csv",
-        scored.predictions,
-        classes,
-        extra={"true_label": [s.label for s in scored.samples], "correct": correct},
-    )
-
     t1 = time.perf_counter()
     mistakes, unsure = pick_galleries(y_true, y_prob, gallery_size)
 
@@ -679,6 +667,20 @@ def evaluate(
         "classify": round(t_classify, 2),
         "report": round(time.perf_counter() - t1, 2),
     }
+    # every file is written only now, once all is built, so a run stopped or failed while the report was built
+    # leaves an earlier run's files as they were (before wbc 0.35.0 predictions.csv came first and could sit beside
+    # another run's metrics.json); metrics.json last. predictions.csv: every readable cell, with its label as given
+    # and whether it was scored
+    correct = [
+        ("" if not k else str(p.label == s.label).lower())
+        for s, p, k in zip(scored.samples, scored.predictions, known, strict=True)
+    ]
+    write_predictions_csv(
+        out_dir / "predictions.csv",
+        scored.predictions,
+        classes,
+        extra={"true_label": [s.label for s in scored.samples], "correct": correct},
+    )
     atomic_write_text(out_dir / "report.html", html_text)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -128,22 +128,6 @@ def compare(
         "skipped": [list(e) for e in data.skipped],
         "repeated": [list(e) for e in data.repeated],
     }
-    atomic_write_json(out_dir / "comparison.json", result)
-    atomic_write_csv(
-        out_dir / "comparison.csv",
-        ["path", "true_label", "label_a", "confidence_a", "label_b", "confidence_b"],
-        [
-            (
-                str(sa.samples[i].path),
-                t,
-                sa.predictions[i].label,
-                f"{sa.predictions[i].confidence:.4f}",
-                sb.predictions[j].label,
-                f"{sb.predictions[j].confidence:.4f}",
-            )
-            for (i, j), t in zip(rows, truth, strict=True)
-        ],
-    )
 
     # the page (templates/compare.html): words first, then a table and one figure
     plt = _plt()
@@ -189,5 +173,23 @@ def compare(
         unreadable=[msg for _, msg in result["unreadable"][:50]],
         unreadable_more=len(result["unreadable"]) - 50,
     )
+    # the files only once the page is built, comparison.json last, so a run stopped or failed while drawing leaves an
+    # earlier run's files as they were (before wbc 0.35.0 comparison.json and .csv came first)
+    atomic_write_csv(
+        out_dir / "comparison.csv",
+        ["path", "true_label", "label_a", "confidence_a", "label_b", "confidence_b"],
+        [
+            (
+                str(sa.samples[i].path),
+                t,
+                sa.predictions[i].label,
+                f"{sa.predictions[i].confidence:.4f}",
+                sb.predictions[j].label,
+                f"{sb.predictions[j].confidence:.4f}",
+            )
+            for (i, j), t in zip(rows, truth, strict=True)
+        ],
+    )
     atomic_write_text(out_dir / "comparison.html", page)
+    atomic_write_json(out_dir / "comparison.json", result)
     return result
