@@ -890,3 +890,26 @@ def test_a_run_stopped_while_its_report_is_built_leaves_the_earlier_run_s_files(
     with pytest.raises(RuntimeError, match="stopped"):
         wbc.evaluate.compare.compare(wbc.evaluate.load_eval_data(b), clf, clf, cmp)
     assert {p: p.read_bytes() for d in (out, cmp) for p in d.iterdir()} == before
+
+
+def test_a_split_other_than_test_or_all_on_a_folder_is_refused(
+    env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wbc evaluate FOLDER --split val` scored every image of the folder with no word (metrics.json: split null): a
+    folder has no splits, so the option is refused in one line before any work; the default test and all stay silent."""
+    import wbc.model
+    from wbc.errors import WbcError
+    from wbc.evaluate import load_eval_data
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work began although --split cannot apply to a folder")
+
+    monkeypatch.setattr(wbc.model, "load_model", no_work)
+    for extra in ([], ["--compare", str(env["model"]), str(env["model"])]):
+        res = CliRunner().invoke(app, ["evaluate", str(env["data"]), "--split", "val", "-o", str(tmp_path / "o"),
+                                       *extra])
+        assert isinstance(res.exception, WbcError), (extra, res.output, res.exception)
+        msg = str(res.exception)
+        assert str(env["data"]) in msg and "--split val" in msg and "no splits" in msg and "\n" not in msg
+    assert not (tmp_path / "o" / "metrics.json").exists() and not (tmp_path / "o" / "comparison.json").exists()
+    assert len(load_eval_data(env["data"], "test").samples) == len(load_eval_data(env["data"], "all").samples)

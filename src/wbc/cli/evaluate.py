@@ -46,7 +46,9 @@ def evaluate(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for metrics.json, predictions.csv, report.html.")
     ] = Path("evaluation"),
-    split: Annotated[str, typer.Option(help="Manifest split to evaluate ('all' for every row).")] = "test",
+    split: Annotated[
+        str, typer.Option(help="Manifest split to evaluate ('all' for every row; a folder has none).")
+    ] = "test",
     mapping: Annotated[
         list[str] | None, typer.Option("--map", help="Rename a label in DATA: OLD=NEW (repeatable).")
     ] = None,

@@ -180,7 +180,9 @@ def load_eval_data(
 
     Folders and labels the model may not know are kept (with their label) so that they can be counted
     and reported instead of silently dropped. ``split`` applies to manifests; ``"all"`` or None keeps
-    every row.
+    every row. A folder has no splits: every image in it is scored, with the default ``"test"`` or ``"all"``, and
+    another split is refused in one line rather than ignored (before wbc 0.35.0 ``--split val`` on a folder scored
+    every image without a word).
     """
     p = resolve_data_path(data, root)
     if p.is_file():
@@ -203,6 +205,9 @@ def load_eval_data(
         if not samples:
             raise WbcError(f"{p}: every file is listed with different labels ({repeated[0][0]}: {repeated[0][1]})")
         return EvalData(samples, p, want, [], is_manifest=True, repeated=repeated)
+    if split not in (None, "", "all", "test"):
+        raise WbcError(f"{p}: --split {split} names rows of a manifest, and a class-per-folder set has no splits "
+                       "(every image in it is scored: leave --split out)")
     try:
         scan = scan_folder(p, mapping)
         samples = list(scan.samples)
