@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -567,9 +568,14 @@ def test_export_feeds_the_adapt_loader(store: CaseStore, fields, classifier, tmp
         assert sorted(labels) == sorted(r["label"] for r in rows)
     assert len(load_dataset(out).samples) == summary.n_cells
 
-    (out / "stray.txt").write_text("x")  # a re-export replaces its own earlier folder
+    listed = rows[0]["path"]  # a re-export replaces its own earlier folder ...
+    (out / "stray.txt").write_text("x")  # ... but not a file it did not write (since wbc 0.35.0)
+    with pytest.raises(CaseError, match=re.escape("holds stray.txt, which `wbc cases export` did not write")):
+        export_cases(store, out, cases=[cid, open_id], include_open=True, changed_only=True)
+    assert (out / "stray.txt").is_file() and (out / listed).is_file()
+    (out / "stray.txt").unlink()
     again = export_cases(store, out, cases=[cid, open_id], include_open=True, changed_only=True)
-    assert again.n_cells == 1 + 0 and not (out / "stray.txt").exists()
+    assert again.n_cells == 1 + 0 and len(list(csv.DictReader((out / "manifest.csv").open()))) == 1
     other = tmp_path / "not_ours"
     other.mkdir()
     (other / "keep.txt").write_text("x")
@@ -584,6 +590,8 @@ def test_export_through_a_link_replaces_the_folder_it_points_to(store: CaseStore
     (tmp_path / "share").mkdir()
     export_cases(store, tmp_path / "share" / "export_2026")  # an earlier export, in the shared folder
     (tmp_path / "share" / "export_2026" / "earlier.txt").write_text("the earlier export's\n")
+    with (tmp_path / "share" / "export_2026" / "manifest.csv").open("a") as f:  # listed: the export's to replace
+        f.write("earlier.txt,neutrophil,,-1,\n")
     link = tmp_path / "latest_export"
     link.symlink_to("share/export_2026")
     summary = export_cases(store, link)
@@ -593,6 +601,40 @@ def test_export_through_a_link_replaces_the_folder_it_points_to(store: CaseStore
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("cases.sqlite")) == [
         "latest_export", "share"]
     assert [p.name for p in (tmp_path / "share").iterdir()] == ["export_2026"]
+
+
+def test_a_re_export_never_removes_the_case_store_or_a_user_s_files(tmp_path: Path, fields, classifier) -> None:  # noqa: F811
+    """An earlier export's folder was replaced whole: the case store kept in it (``wbc cases export corrections
+    --store corrections/cases.sqlite``) was deleted with every case, sign-off and correction, and the command said it
+    had exported. Refused in one line, and so is a marked folder holding anything the export did not write."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    export_cases(CaseStore.open(tmp_path / "first.sqlite"), tmp_path / "corrections")  # an earlier export
+    db = tmp_path / "corrections" / "cases.sqlite"
+    store = CaseStore.open(db)  # a store later kept in it
+    cid = create_case_from_fields(store, "S-1", fields[:1], classifier)
+    store.sign_off(cid, "tech")
+    before = sorted(p.name for p in db.parent.iterdir())
+    with pytest.raises(CaseError, match=re.escape(f"holds the case store {db}")):
+        export_cases(store, tmp_path / "corrections")
+    res = CliRunner().invoke(app, ["cases", "export", str(db.parent), "--store", str(db)])
+    assert res.exit_code == 1 and "holds the case store" in str(res.exception)
+    assert sorted(p.name for p in db.parent.iterdir()) == before and db.is_file()
+    assert [c.name for c in store.list_cases()] == ["S-1"]
+
+    out = tmp_path / "export"  # a user's file beside an earlier export's crops, at any depth
+    summary = export_cases(store, out, include_accepted=True)
+    crop = Path(next(csv.DictReader((out / "manifest.csv").open()))["path"])
+    (out / crop.parent / "notes").mkdir()
+    (out / crop.parent / "notes" / "mine.txt").write_text("x")
+    with pytest.raises(CaseError, match=re.escape(f"{out}: holds {crop.parent}/notes, which")):
+        export_cases(store, out, include_accepted=True)
+    assert (out / crop.parent / "notes" / "mine.txt").is_file() and (out / crop).is_file()
+    (out / crop.parent / "notes" / "mine.txt").unlink()
+    (out / crop.parent / "notes").rmdir()
+    assert export_cases(store, out, include_accepted=True).n_cells == summary.n_cells
 
 
 def test_export_into_the_current_folder_is_one_line(store: CaseStore, tmp_path: Path, monkeypatch) -> None:

@@ -7,8 +7,9 @@ and training on it teaches the model its own answers (and inflates ``wbc adapt``
 (``label_source``: ``reviewed``, or ``accepted_at_sign_off`` with an empty ``reviewer``).
 
 The folder is written beside the target and swapped in whole, so an interrupted export never leaves a half-written
-folder; a folder from an earlier export is replaced, any other non-empty folder is refused. Through a symbolic link,
-the folder it points to is the target (the link stays).
+folder; a folder from an earlier export is replaced, any other non-empty folder is refused, and so is an earlier
+export's folder that holds anything the export did not write (a user's file, the case store itself). Through a
+symbolic link, the folder it points to is the target (the link stays).
 """
 
 from __future__ import annotations
@@ -53,12 +54,41 @@ class ExportSummary:
     n_accepted: int = 0  # of n_cells: the model's calls accepted at sign-off (include_accepted)
 
 
+def _written_by_export(out: Path) -> set[str]:
+    """The paths (relative, ``/``-separated) an earlier export in ``out`` wrote: its marker, its manifest, the crops
+    the manifest lists and their class folders; nothing else in the folder is the export's to remove."""
+    ours = {MARKER, "manifest.csv"}
+    try:
+        with (out / "manifest.csv").open(encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                rel = (row.get("path") or "").strip()
+                parts = rel.split("/")
+                ours.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass  # no readable manifest: only the marker and the manifest itself are the export's
+    return ours
+
+
 def _check_target(out: Path) -> None:
+    """Refuse a target whose replacement would remove files the export did not write. A marked earlier export is
+    replaced whole (renamed aside, then removed): before wbc 0.35.0 whatever else was in it (a user's notes, the case
+    store itself) went with it."""
     if out.exists() and not out.is_dir():
         raise CaseError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise CaseError(f"{out}: folder is not empty and was not written by `wbc cases export`; "
                         "choose a new folder")
+    if not out.is_dir():
+        return
+    ours = _written_by_export(out)
+    for root, dirs, files in os.walk(out):  # a link is not followed: it is removed, never what it points to
+        here = Path(root).relative_to(out)
+        dirs.sort()
+        for name in [*sorted(files), *dirs]:
+            rel = (here / name).as_posix()
+            if rel not in ours:
+                raise CaseError(f"{out}: holds {rel}, which `wbc cases export` did not write; move it out or choose "
+                                "a new folder (a re-export replaces the folder whole)")
 
 
 def export_cases(
@@ -74,6 +104,10 @@ def export_cases(
     # through a link, the folder it points to is replaced, never the link (before wbc 0.33.0 the link was renamed
     # aside and a folder put in its place: the shared folder kept the earlier export)
     out = output_target(out)[0]
+    db = store.engine.url.database if store.engine.url.get_backend_name() == "sqlite" else None
+    if db and db != ":memory:" and Path(db).resolve().is_relative_to(out.resolve()):
+        raise CaseError(f"{output}: holds the case store {db}; export to another folder (re-exporting replaces the "
+                        "folder whole, and the store with it)")
     _check_target(out)
     # each case once, however often it is named (by id and by name too): a cell twice would be learnt twice
     ids = list(dict.fromkeys(store.case_id(c) for c in cases)) if cases else [c.id for c in store.list_cases()]
