@@ -1121,6 +1121,54 @@ def test_the_pdf_draws_every_letter_and_the_summary_names_tied_classes(store: Ca
     assert all(f"{c}s (33 %" in words for c in ("lymphocyte", "monocyte", "neutrophil")), words
 
 
+def pdf_text(pdf: bytes) -> bytes:
+    """The PDF's streams as written by reportlab (ASCII85 over Flate), decoded: its pages' text operators."""
+    import base64
+    import re
+    import zlib
+
+    out = []
+    for m in re.finditer(rb"<<(.*?)>>\s*stream\r?\n(.*?)endstream", pdf, re.S):
+        head, body = m.group(1), m.group(2).strip()
+        if b"ASCII85Decode" in head:
+            body = base64.a85decode(body.removesuffix(b"~>"))
+        out.append(zlib.decompress(body) if b"FlateDecode" in head else body)
+    return b"\n".join(out)
+
+
+def test_cjk_and_hangul_names_are_drawn_in_the_pdf(store: CaseStore, fields, classifier,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """DejaVu Sans has no CJK ideographs, kana or Hangul: a case "患者-0142", a reviewer "김민준" and a
+    signer "山田 太郎" were drawn as boxes in the signed PDF, unsaid. Their runs are set in reportlab's
+    built-in CID fonts; a character no font draws is said in one warning line."""
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+    from typer.testing import CliRunner
+
+    from wbc.cases.report import render_pdf
+    from wbc.cli import app
+
+    cid = create_case_from_fields(store, "患者-0142", fields[:1], classifier)
+    doc = store.case_document(cid)
+    store.reclassify(cid, doc["cells"][0]["id"], other_label(doc, doc["cells"][0]), "김민준")
+    store.sign_off(cid, "山田 太郎")
+    said: list[str] = []
+    pdf = render_pdf(store, cid, said)
+    text = pdf_text(pdf)
+    for word, font in (("患者", "STSong-Light"), ("김민준", "HYGothic-Medium"), ("山田", "STSong-Light"),
+                       ("太郎", "STSong-Light")):
+        assert f"/BaseFont /{font}".encode() in pdf, font
+        assert UnicodeCIDFont(font).formatForPdf(word).encode("latin-1") in text, word
+    assert said == [] and b"-0142" in text and b"HeiseiKakuGo" not in pdf
+    kana = create_case_from_fields(store, "やまだ-1", fields[:1], classifier)  # kana: the Japanese font
+    assert b"/BaseFont /HeiseiKakuGo-W5" in render_pdf(store, kana)
+
+    create_case_from_fields(store, "S-\U00013000", fields[:1], classifier)  # drawn by no font here
+    res = CliRunner().invoke(app, ["cases", "report", "S-\U00013000", "-o", str(tmp_path / "r.pdf"),
+                                   "--store", str(tmp_path / "cases.sqlite")])
+    assert res.exit_code == 0 and (tmp_path / "r.pdf").is_file()
+    assert "the PDF's fonts cannot draw \U00013000 (U+13000): printed as boxes" in " ".join(res.output.split())
+
+
 def pdf_paragraphs(monkeypatch, store: CaseStore, case) -> str:
     """Every paragraph's text in the case's PDF (its text is compressed and set in a subset font)."""
     import reportlab.platypus

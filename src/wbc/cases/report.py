@@ -354,19 +354,83 @@ def _pdf_fonts() -> dict[str, str]:
             "Helvetica-BoldOblique": "WbcSans-BoldOblique"}
 
 
-def _fit(text: str, font: str, size: float, width: float) -> str:
-    """``text`` shortened with an ellipsis to at most ``width`` points in ``font`` at ``size``."""
+#: DejaVu Sans has no CJK ideographs, kana or Hangul: a name in them ("山田 太郎", "김민준") was drawn as
+#: boxes, silently (before wbc 0.35.0). Such runs are set in reportlab's built-in Adobe CID fonts (nothing downloaded
+#: or embedded; a PDF reader draws them with its own Asian fonts): kana in Japanese, Hangul in Korean, ideographs in
+#: Japanese beside kana, in Korean beside Hangul, else in Chinese, whose font has the most of them.
+_CJK_FONTS = {"ja": "HeiseiKakuGo-W5", "ko": "HYGothic-Medium", "zh": "STSong-Light"}
+_KANA = ((0x3040, 0x30FF), (0x31F0, 0x31FF), (0xFF65, 0xFF9F))
+_HANGUL = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xAC00, 0xD7FF))
+_HAN = ((0x2E80, 0x2FDF), (0x3000, 0x303F), (0x3190, 0x319F), (0x31C0, 0x31EF), (0x3200, 0x33FF),
+        (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFE30, 0xFE4F), (0xFF00, 0xFFEF))
+
+
+def _in(ch: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(a <= ord(ch) <= b for a, b in ranges)
+
+
+@functools.cache
+def _cjk_font(lang: str) -> str:
+    """Register (once) and name the built-in CID font for ``lang`` (as its own bold and italic: it has none)."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+
+    name = _CJK_FONTS[lang]
+    pdfmetrics.registerFont(UnicodeCIDFont(name))
+    pdfmetrics.registerFontFamily(name, normal=name, bold=name, italic=name, boldItalic=name)
+    return name
+
+
+def _drawable(ch: str, font: str) -> bool:
+    """Whether ``font`` (a registered TrueType font, or a built-in one: Latin-1) has a glyph for ``ch``."""
+    from reportlab.pdfbase import pdfmetrics
+
+    glyphs = getattr(pdfmetrics.getFont(font).face, "charToGlyph", None)
+    return ord(ch) in glyphs if glyphs is not None else ord(ch) < 256
+
+
+def _runs(text: str, font: str, missing: set[str] | None = None) -> list[tuple[str, str]]:
+    """``text`` cut into runs of one font each: ``font`` where it has the glyph, else a CJK font (:data:`_CJK_FONTS`).
+    A character no font here draws stays in ``font`` (a box) and is added to ``missing``."""
+    lang = "ja" if any(_in(c, _KANA) for c in text) else "ko" if any(_in(c, _HANGUL) for c in text) else "zh"
+    runs: list[tuple[str, str]] = []
+    for ch in text:
+        use = font
+        if not _drawable(ch, font):
+            if _in(ch, _KANA):
+                use = _cjk_font("ja")
+            elif _in(ch, _HANGUL):
+                use = _cjk_font("ko")
+            elif _in(ch, _HAN):
+                use = _cjk_font(lang)
+            elif missing is not None and not ch.isspace() and ch.isprintable():
+                missing.add(ch)
+        if runs and runs[-1][1] == use:
+            runs[-1] = (runs[-1][0] + ch, use)
+        else:
+            runs.append((ch, use))
+    return runs
+
+
+def _width(text: str, font: str, size: float) -> float:
     from reportlab.pdfbase.pdfmetrics import stringWidth
 
-    if stringWidth(text, font, size) <= width:
+    return sum(stringWidth(run, f, size) for run, f in _runs(text, font))
+
+
+def _fit(text: str, font: str, size: float, width: float) -> str:
+    """``text`` shortened with an ellipsis to at most ``width`` points in ``font`` at ``size``."""
+    if _width(text, font, size) <= width:
         return text
-    while text and stringWidth(text + "…", font, size) > width:
+    while text and _width(text + "…", font, size) > width:
         text = text[:-1]
     return text + "…"
 
 
-def render_pdf(store: CaseStore, case: int | str) -> bytes:
-    """The same report as a PDF (A4, reportlab), its text in a Unicode font (:func:`_pdf_fonts`)."""
+def render_pdf(store: CaseStore, case: int | str, warnings: list[str] | None = None) -> bytes:
+    """The same report as a PDF (A4, reportlab), its text in a Unicode font (:func:`_pdf_fonts`) and CJK runs in a
+    CJK font (:func:`_runs`). Characters no font here draws are said in one line, appended to ``warnings`` and
+    printed under the title (not left as boxes, unsaid)."""
     from xml.sax.saxutils import escape
 
     from reportlab.lib import colors
@@ -384,12 +448,25 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
         if hasattr(style, "fontName"):  # paragraph styles (a list style has none)
             style.fontName = fonts.get(style.fontName, style.fontName)
     bold, regular = fonts.get("Helvetica-Bold", "Helvetica-Bold"), fonts.get("Helvetica", "Helvetica")
-    e = escape
+    missing: set[str] = set()
+
+    def e(text: str) -> str:
+        """Paragraph markup of ``text``: escaped, each run the main font lacks in a CJK font."""
+        return "".join(escape(run) if f == regular else f'<font name="{f}">{escape(run)}</font>'
+                       for run, f in _runs(text, regular, missing))
+
+    cell_style = ParagraphStyle("cell", fontName=regular, fontSize=10, leading=12)
+
+    def plain(text: str) -> Any:
+        """A table cell's text: as it is, or a paragraph when it needs a CJK font."""
+        return text if all(f == regular for _, f in _runs(text, regular)) else Paragraph(e(text), cell_style)
+
     story: list[Any] = []
     title = f"White-blood-cell differential: {doc['name']}"
     if ctx["draft"]:
         story.append(Paragraph("<font color='#b00020'><b>DRAFT: not signed off</b></font>", styles["Heading2"]))
     story.append(Paragraph(e(title), styles["Title"]))
+    undrawable_at = len(story)
     t = Table([[Paragraph(f"<b>{e(m['label'])}</b>", styles["Normal"]), Paragraph(e(m["value"]), styles["Normal"])]
                for m in ctx["meta"]], colWidths=[35 * mm, 135 * mm])
     t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]))
@@ -399,7 +476,7 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
     head = ["Class", "Count", "Percent", "95 % CI", "Model's count", "Change"]
     # a rate's text wraps within its column: drawn on one line, right-aligned, it ran over the count beside it
     rate = ParagraphStyle("rate", fontName=regular, fontSize=10, leading=12, alignment=TA_RIGHT)
-    data = [head] + [[r["name"], str(r["count"]),
+    data = [head] + [[plain(r["name"]), str(r["count"]),
                       Paragraph(e(r["rate"]), rate),
                       r["ci"],
                       str(r["model_count"]), f"{r['delta']:+d}" if r["delta"] else ""] for r in ctx["rows"]]
@@ -460,10 +537,21 @@ def render_pdf(store: CaseStore, case: int | str) -> bytes:
         canvas.setFont(regular, 8)
         right = ("DRAFT · " if ctx["draft"] else "") + f"page {canvas.getPageNumber()}"
         room = 180 * mm - stringWidth(right, regular, 8) - 6 * mm  # a long name never runs into the page number
-        canvas.drawString(15 * mm, 10 * mm, _fit(f"{doc['name']} · {doc['model_id']}", regular, 8, room))
+        x = 15 * mm
+        for run, font in _runs(_fit(f"{doc['name']} · {doc['model_id']}", regular, 8, room), regular):
+            canvas.setFont(font, 8)
+            canvas.drawString(x, 10 * mm, run)
+            x += stringWidth(run, font, 8)
+        canvas.setFont(regular, 8)
         canvas.drawRightString(195 * mm, 10 * mm, right)
         canvas.restoreState()
 
+    if missing:
+        chars = ", ".join(f"{c} (U+{ord(c):04X})" for c in sorted(missing))
+        said = f"the PDF's fonts cannot draw {chars}: printed as boxes; the HTML report shows them"
+        if warnings is not None:
+            warnings.append(said)
+        story.insert(undrawable_at, Paragraph(escape(f"Note: {said}."), styles["Italic"]))
     buf = io.BytesIO()
     pdf = SimpleDocTemplate(buf, pagesize=A4, title=title, author=doc["signed_by"] or "wbc",
                             leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=18 * mm)

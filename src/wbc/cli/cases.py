@@ -357,7 +357,10 @@ def report(
     check_output_file(output)  # a bad path fails at once, in one line
     s = open_store(store)
     if suffix == ".pdf":
-        atomic_write_bytes(output, render_pdf(s, case))
+        said: list[str] = []  # characters no font draws: said, not left as boxes unsaid (since wbc 0.35.0)
+        atomic_write_bytes(output, render_pdf(s, case, said))
+        for w in said:
+            warn(f"{output}: {w}")
     else:
         atomic_write_text(output, render_html(s, case))
     if not s.case_document(case)["signed_by"]:
