@@ -137,6 +137,28 @@ def empty_store_url(request, tmp_path: Path):
         admin.dispose()
 
 
+def test_a_reading_command_on_a_database_without_a_store_creates_nothing(empty_store_url: str, tmp_path: Path) -> None:
+    """`wbc cases show|list|cells|report|export` given a PostgreSQL database holding no store (a mistyped one, the LIMS
+    database) created wbc's five tables in it and answered "case not found". Refused in one line, nothing created;
+    a SQLite database of another program alike."""
+    from sqlalchemy import create_engine, inspect, text
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    if empty_store_url.startswith("sqlite"):  # another program's SQLite database
+        with create_engine(empty_store_url).begin() as conn:
+            conn.execute(text("CREATE TABLE notes (x INTEGER)"))
+    for args in (["list"], ["show", "S-1"], ["cells", "S-1"], ["report", "S-1", "-o", str(tmp_path / "r.pdf")],
+                 ["export", str(tmp_path / "out")]):
+        res = CliRunner().invoke(app, ["cases", *args, "--store", empty_store_url])
+        assert res.exit_code == 1 and "no case store in this database" in str(res.exception), (args, res.output)
+    engine = create_engine(empty_store_url)
+    assert [t for t in inspect(engine).get_table_names() if t != "notes"] == []
+    engine.dispose()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r.pdf").exists()
+
+
 def test_migrations_match_the_models(empty_store_url: str) -> None:
     """`alembic upgrade head` builds exactly the ORM's schema (no drift between models and migrations), on SQLite and
     PostgreSQL."""

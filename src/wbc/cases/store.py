@@ -710,12 +710,20 @@ def differential_of(labels: Sequence[str], classes: Sequence[str]) -> dict[str, 
 class CaseStore:
     """The case store behind one SQLAlchemy URL; thread-safe (one session per call)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
+        """Open the store at ``url``, creating or upgrading its tables; ``create=False``: a database holding no store is
+        a :class:`CaseError` and is left as it is (a command that only reads, given a mistyped or another
+        application's database, wrote wbc's five tables into it before wbc 0.35.0)."""
         self.url = url
         self.engine = make_engine(url)
         from alembic.util import CommandError
+        from sqlalchemy import inspect
 
         try:
+            if not create and not any(inspect(self.engine).has_table(t) for t in (VERSION_TABLE, "cases")):
+                self.engine.dispose()
+                raise CaseError(f"{self.display_url}: no case store in this database (create cases with `wbc serve "
+                                "--store URL` or `wbc cases create --store URL`, or pass another --store)")
             migrate(self.engine)
         except StoreUpgradeError as exc:  # an older wbc's store: a user who may only read it cannot upgrade it
             err = self._unavailable(exc.cause, "cannot open the case store")

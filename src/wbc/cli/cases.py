@@ -48,7 +48,8 @@ def store_url(store: str | os.PathLike[str] | None) -> str:
 
 
 def open_store(store: str | None, must_exist: bool = True) -> Any:
-    """Open the store; for reading, a SQLite file that is not there is an error (not a new empty store)."""
+    """Open the store; for reading, a SQLite file that is not there, or a database without wbc's tables, is an error
+    (not a new empty store written into it)."""
     from sqlalchemy.engine import make_url
 
     from wbc.cases import CaseStore
@@ -59,7 +60,7 @@ def open_store(store: str | None, must_exist: bool = True) -> Any:
         if not path.is_file():
             raise WbcError(f"{path}: no case store here (create cases with `wbc serve` or `wbc cases create`, "
                            "or pass --store)")
-    return CaseStore(url)
+    return CaseStore(url, create=not must_exist)
 
 
 @cases_app.command("list")
