@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from wbc.errors import ConfigError, WbcError
@@ -848,3 +849,140 @@ def test_the_declared_fastapi_and_anyio_floors_are_ones_the_server_works_with() 
     floors = {d.split(">=")[0].strip(): tuple(int(v) for v in d.split(">=")[1].split(",")[0].split("."))
               for d in deps if ">=" in d}
     assert floors["fastapi"] >= (0, 112, 4) and floors["anyio"] >= (3, 4)
+
+
+# --------------------------------------------------------------------------- robustness of the open and upload paths
+
+#: What the sign-in form sends.
+FORM_TYPE = "application/x-www-form-urlencoded"
+#: A Radiance header whose height has 5,000 digits: ``int()`` refuses more than 4,300 with ValueError.
+HUGE_DIGITS_HDR = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y " + b"9" * 5000 + b" +X 10\n" + b"\0" * 100
+
+
+def test_a_radiance_header_with_a_huge_number_is_a_wbc_error_not_a_value_error() -> None:
+    from wbc.io import image_size
+
+    with pytest.raises(WbcError, match=r"^huge\.hdr: .*far too large"):
+        image_size(HUGE_DIGITS_HDR, "huge.hdr")
+    ok = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 0000000000020 +X 30\n"  # leading zeros are no size
+    assert image_size(ok, "ok.hdr") == (20, 30)
+
+
+def test_a_crafted_radiance_header_costs_its_own_file_never_a_500(client: TestClient, cell_png: bytes) -> None:
+    """A .hdr whose header number has 5,000 digits raised ValueError in the server's header check: a bare 500 for
+    /analyze, and /classify lost the answers of every other file in the request (wbc 0.34.0)."""
+    key = {"X-API-Key": KEY}
+    huge = ("huge.hdr", HUGE_DIGITS_HDR, "image/vnd.radiance")
+    r = client.post("/classify", files=[("files", ("c.png", cell_png, "image/png")), ("files", huge)], headers=key)
+    assert r.status_code == 200, r.text
+    assert r.json()["n"] == 1 and [e["filename"] for e in r.json()["errors"]] == ["huge.hdr"]
+    r = client.post("/analyze", files={"file": huge}, headers=key)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_pixels" and "huge.hdr" in r.json()["detail"]
+
+
+def test_any_header_parser_failure_is_the_file_s_one_line_error(client: TestClient, cell_png: bytes,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: whatever a header parser raises, the server names the file, never answers 500."""
+    import wbc.io
+
+    def broken(data: bytes, name: str = "<bytes>") -> None:
+        raise OverflowError("a parser's bug\nsecond line")
+
+    monkeypatch.setattr(wbc.io, "image_size", broken)
+    r = client.post("/analyze", files={"file": ("x.png", cell_png, "image/png")}, headers={"X-API-Key": KEY})
+    assert r.status_code == 422 and r.json()["detail"] == "x.png: could not be read (OverflowError: a parser's bug)"
+
+
+def test_chosen_names_refuses_deeply_nested_json_with_a_422() -> None:
+    from wbc.serve.cases import chosen_names
+
+    with pytest.raises(HTTPException) as exc:
+        chosen_names(["a.jpg"], "[" * 100_000)
+    assert exc.value.status_code == 422 and exc.value.error == "invalid_request"  # type: ignore[attr-defined]
+
+
+def test_post_cases_with_deeply_nested_names_is_a_422(classifier, tmp_path: Path, cell_png: bytes) -> None:
+    """``names`` of 100,000 ``[`` raised RecursionError in json.loads: a 500 (wbc 0.34.0)."""
+    app = create_app(classifier, ClassicalSegmenter(), max_upload_mb=4, store=tmp_path / "c.sqlite",
+                     settings=ServeSettings(api_keys=[KEY]))
+    with TestClient(app) as c:
+        r = c.post("/cases", data={"name": "nest", "names": "[" * 100_000},
+                   files={"files": ("f.png", cell_png, "image/png")}, headers={"X-API-Key": KEY})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request" and "names" in r.json()["detail"]
+
+
+def test_the_open_login_form_reads_no_large_or_foreign_body(client: TestClient) -> None:
+    """POST /login is open without a key, and it read whole 25 MiB multipart bodies (spooled to disk) before looking
+    at the key (wbc 0.34.0). Now a body over 8 KiB or of another content type is refused before it is read."""
+    r = client.post("/login", files={"junk": ("j.bin", b"\0" * 100_000)})
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    r = client.post("/login", files={"key": ("k", b"x" * 100)})  # small, but multipart: not what the form sends
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+    r = client.post("/login", content=b"", headers={"content-type": FORM_TYPE,
+                                                    "content-length": "10000000"})
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+    def chunks() -> Iterator[bytes]:  # chunked, no Content-Length: counted as it arrives
+        yield b"key="
+        for _ in range(20):
+            yield b"a" * 1024
+
+    r = client.post("/login", content=chunks(), headers={"content-type": FORM_TYPE})
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    r = client.post("/login", data={"key": KEY, "next": "/review?case=3"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/review?case=3"  # the form itself still signs in
+
+
+def test_signing_out_after_the_session_ended_clears_the_cookie(client: TestClient) -> None:
+    """**Sign out** with an ended session got a JSON 401 and kept the stale cookie (wbc 0.34.0)."""
+    r = client.post("/logout", headers={"Cookie": "wbc_session=stale", "Origin": "http://testserver",
+                                        "Sec-Fetch-Site": "same-origin", "Accept": "text/html",
+                                        "Content-Type": FORM_TYPE}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert 'wbc_session=""' in r.headers["set-cookie"] and "max-age=0" in r.headers["set-cookie"].lower()
+    r = client.post("/logout", headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False)
+    assert r.status_code == 403 and r.json()["error"] == "cross_site"  # no logout from other sites
+
+
+def test_an_unexpected_error_is_json_with_the_security_headers(classifier) -> None:
+    """Starlette's 500 was text/plain, without the security headers (wbc 0.34.0)."""
+    app = create_app(classifier, ClassicalSegmenter(), settings=ServeSettings(api_keys=[KEY]))
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("/secret/path")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom", headers={"X-API-Key": KEY})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == "internal_error" and "/secret" not in r.text
+    for name, value in SECURITY_HEADERS:
+        assert r.headers[name.decode()] == value.decode()
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_the_framework_s_own_400s_have_documented_codes(client: TestClient) -> None:
+    """JSON nested past the recursion limit and a form text field over 1 MiB were 400 ``http_error`` (wbc 0.34.0)."""
+    key = {"X-API-Key": KEY}
+    r = client.post("/differential", content=b'{"counts":' + b"[" * 5000,
+                    headers={**key, "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+    r = client.post("/cases", data={"name": "x" * (1024 * 1024 + 10)}, headers=key)
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+
+
+def test_login_sessions_in_memory_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wbc.serve.security as sec
+
+    monkeypatch.setattr(sec, "MAX_SESSIONS", 3)
+    auth = sec.Authenticator([KEY], ServeSettings(api_keys=[KEY]))
+    who = sec.Identity("key:x")
+    tokens = [auth.new_session(who) for _ in range(5)]
+    found = [auth.identify({}, {"wbc_session": t}) for t in tokens]
+    assert found == [None, None, who, who, who]  # the oldest ended
+
+
+def test_the_host_refusal_names_no_served_host(classifier) -> None:
+    with make_client(classifier, api_keys=[KEY], allowed_hosts=["internal-name.lab", "testserver"]) as c:
+        r = c.get("/health", headers={"Host": "attacker.example"})
+    assert r.status_code == 400 and "attacker.example" in r.text and "internal-name" not in r.text

@@ -410,7 +410,11 @@ def _radiance_size(data: bytes, name: str) -> tuple[int, int] | None:
     """
     if not data.startswith((b"#?RADIANCE", b"#?RGBE")):  # OpenCV's signatures of the format
         return None
-    sizes = [(int(m[1]), int(m[2])) for m in _RADIANCE_SIZE.finditer(data)]
+    found = [(m[1].lstrip(b"0") or b"0", m[2].lstrip(b"0") or b"0") for m in _RADIANCE_SIZE.finditer(data)]
+    if any(len(h) > 9 or len(w) > 9 for h, w in found):  # int() refuses 4,300 digits (ValueError: a 500 in 0.34.0)
+        raise ImageTooLargeError(f"{name}: Radiance image far too large to decode (a side of a billion pixels or "
+                                 "more in its resolution line)")
+    sizes = [(int(h), int(w)) for h, w in found]
     if not sizes:
         raise ImageReadError(f"{name}: Radiance image without a resolution line (-Y height +X width)")
     return max(sizes, key=lambda hw: hw[0] * hw[1])

@@ -209,7 +209,7 @@ def chosen_names(sent: list[str], names: str | None) -> list[str]:
         return sent
     try:
         given = json.loads(names)
-    except ValueError:
+    except (ValueError, RecursionError):  # '[[[[...' nested past Python's limit: a 500 in wbc 0.34.0
         given = None
     if not (isinstance(given, list) and len(given) == len(sent) and all(isinstance(n, str) for n in given)):
         raise UploadProblem(422, "invalid_request", f"names: a JSON list of {len(sent)} file name(s), one per file")

@@ -56,8 +56,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wbc.errors import WbcError
 from wbc.serve.settings import ServeSettings
 
-#: Paths open without a key: liveness for monitors, and the login form with its style sheet and icon.
-PUBLIC_PATHS: frozenset[str] = frozenset({"/health", "/login", "/static/style.css", "/static/favicon.svg"})
+#: Paths open without a key: liveness for monitors, the login form with its style sheet and icon, and signing out
+#: (which needs no identity: since wbc 0.35.0, so that **Sign out** after the session ended clears the cookie).
+PUBLIC_PATHS: frozenset[str] = frozenset({"/health", "/login", "/logout", "/static/style.css", "/static/favicon.svg"})
+#: The sign-in form's routes, open without a key: their bodies are a key and a path (``next``), so they take at most
+#: :data:`FORM_MAX_BYTES`, form-urlencoded (or nothing), refused before a byte is read (since wbc 0.35.0; before,
+#: anyone could make the server read and spool 25 MiB multipart bodies there).
+FORM_PATHS: frozenset[str] = frozenset({"/login", "/logout"})
+FORM_MAX_BYTES: int = 8 * 1024
+FORM_CONTENT_TYPE: str = "application/x-www-form-urlencoded"
+#: Login sessions kept in memory at most; past it, the oldest ends (a key holder signing in in a loop).
+MAX_SESSIONS: int = 10_000
 SESSION_COOKIE: str = "wbc_session"
 #: Addresses that only this machine can reach.
 LOOPBACK_ADDRESSES: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -214,6 +223,8 @@ class Authenticator:
         with self._lock:
             now = time.time()
             self._sessions = {t: v for t, v in self._sessions.items() if v[1] > now}  # drop expired ones
+            for old in list(self._sessions)[:max(0, len(self._sessions) - MAX_SESSIONS + 1)]:  # oldest first
+                del self._sessions[old]
             self._sessions[token] = (ident, now + 3600 * self.settings.session_hours)
         return token
 
@@ -496,17 +507,38 @@ class SecurityMiddleware:
                                           {**(problem.headers or {}), **self._cors_headers(headers)})
             await response(scope, receive, send_with_headers)
             return
-        await self.app(scope, self._deadline(receive), send_with_headers)
+        receive = self._deadline(receive)
+        if method == "POST" and scope["path"] in FORM_PATHS:
+            receive = _form_limited(receive)
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception:
+            # Starlette's own 500 (ServerErrorMiddleware, outside this one) was text/plain without the headers above
+            # (wbc 0.34.0). Answered here as every error is; raised on, for the server's log
+            if not started:
+                await _json_response(500, "internal_error", "the server failed on this request (the error is in "
+                                     "its log); try again, or tell whoever runs it",
+                                     self._cors_headers(headers))(scope, receive, send_with_headers)
+            raise
 
     def _refusal(self, scope: Scope, headers: Headers, method: str) -> SecurityProblem | None:
         if not host_allowed(headers.get("host", ""), self.settings.allowed_hosts):
-            return SecurityProblem(400, "host_not_allowed",
-                                   f"Host {headers.get('host', '')!r} is not served here (allowed: "
-                                   f"{', '.join(self.settings.allowed_hosts)}; see --allowed-host)")
+            # names the refused Host only: the allow-list holds this machine's names (no answer for strangers)
+            return SecurityProblem(400, "host_not_allowed", f"Host {headers.get('host', '')!r} is not served here "
+                                   "(the server's --allowed-host / WBC_ALLOWED_HOSTS lists the names it answers)")
         if why := cross_site_problem(method, headers, self.settings.allowed_origins):
             return SecurityProblem(403, "cross_site", why)
         if self.settings.allowed_origins and is_preflight(method, headers):
             return None  # no key: answered by JsonCORSMiddleware, inside, never by the app
+        if method == "POST" and scope["path"] in FORM_PATHS and (problem := form_problem(headers)) is not None:
+            return problem
         if scope["path"] in PUBLIC_PATHS and scope["type"] == "http":
             return None
         cookies = _cookies(headers)
@@ -577,6 +609,48 @@ class SecurityMiddleware:
             return msg
 
         return timed
+
+
+def form_problem(headers: Mapping[str, str]) -> SecurityProblem | None:
+    """Why a POST to the sign-in form's routes (:data:`FORM_PATHS`) is refused before its body is read, else None: a
+    ``Content-Length`` over :data:`FORM_MAX_BYTES` (413 ``too_large``), or a content type other than the form's
+    (415 ``unsupported_media_type``; none, as a body-less ``curl -X POST`` sends, is let through).
+
+    >>> form_problem({"content-type": "multipart/form-data; boundary=x"}).status_code
+    415
+    >>> form_problem({"content-type": FORM_CONTENT_TYPE, "content-length": "10000000"}).status_code
+    413
+    >>> form_problem({"content-type": FORM_CONTENT_TYPE + "; charset=UTF-8", "content-length": "60"}) is None
+    True
+    """
+    length = headers.get("content-length") or ""
+    if length.isdigit() and int(length) > FORM_MAX_BYTES:
+        return form_too_large()
+    ctype = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype and ctype != FORM_CONTENT_TYPE:
+        return SecurityProblem(415, "unsupported_media_type", f"the sign-in form takes {FORM_CONTENT_TYPE} "
+                               f"(got content type {ctype!r})")
+    return None
+
+
+def form_too_large() -> SecurityProblem:
+    return SecurityProblem(413, "too_large", f"the sign-in form's body is over {FORM_MAX_BYTES // 1024} KiB "
+                           "(it holds a key and a path)")
+
+
+def _form_limited(receive: Receive) -> Receive:
+    """``receive`` that raises 413 once a chunked body (no ``Content-Length``) passes :data:`FORM_MAX_BYTES`."""
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        msg = await receive()
+        received += len(msg.get("body") or b"")
+        if received > FORM_MAX_BYTES:
+            raise form_too_large()
+        return msg
+
+    return limited
 
 
 def _cookies(headers: Headers) -> dict[str, str]:
