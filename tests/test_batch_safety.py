@@ -555,3 +555,19 @@ def test_a_segmenter_model_of_the_wrong_kind_ends_wbc_analyze_in_one_line(model_
                                   "learned", "--segmenter-model", str(DEFAULT_DETECTOR), "--output",
                                   str(tmp_path / "out"), "--no-report"),
                           "wbc_detector.onnx", "needs a U-Net segmenter")
+
+
+def test_wbc_classify_refuses_a_report_named_as_one_of_its_csvs(model_file: Path, tmp_path: Path) -> None:
+    """``--report`` naming ``-o`` (or ``<stem>.errors.csv``) replaced that CSV with the HTML page, exit 0, the terminal
+    still naming the CSV: refused in one line before any work, as `wbc adapt` and `wbc pick-cells` refuse it."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cell = write_png(tmp_path / "a.png", synthetic_cell("neutrophil", 96, seed=1))
+    out = tmp_path / "p.csv"
+    for report in (out, tmp_path / "p.errors.csv"):
+        res = CliRunner().invoke(app, ["classify", str(cell), "--model", str(model_file), "-o", str(out),
+                                       "--report", str(report), "--threads", "1"])
+        assert res.exit_code == 1 and "--report would overwrite" in str(res.exception), res.output
+        assert not out.exists() and not report.exists()

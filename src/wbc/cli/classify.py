@@ -66,6 +66,7 @@ def classify(
     page = check_output_file(report) if report else None
     # every unreadable file is named in a CSV beside the predictions; none beside a stream (/dev/stdout): all on stderr
     errors_file = None if output_target(out)[1] else check_output_file(errors_csv_path(out))
+    refuse_overwriting_outputs((("--output", out), ("the list of unreadable files", errors_file), ("--report", page)))
     inputs = {f.resolve() for f in files}
     for given in (out, page):  # `-o cells/*.jpg` in a shell makes the first image the output, the rest inputs
         if given is not None and (given.resolve() in inputs or is_image_file(given)):
@@ -149,3 +150,21 @@ def each_file_once(files: Iterable[Path]) -> tuple[list[Path], int]:
             seen.add(real)
             unique.append(f)
     return unique, n - len(unique)
+
+
+def refuse_overwriting_outputs(outputs: Iterable[tuple[str, Path | None]]) -> None:
+    """Refuse two of the run's outputs (flag or what it is, path) that land on one file: the page, written last,
+    replaced the predictions CSV or the list of unreadable files with HTML (before wbc 0.35.0), as `wbc adapt` and
+    `wbc pick-cells` already refuse. Streams (``/dev/stdout``) are written in place, never replaced: not compared."""
+    from wbc.io import output_target
+
+    named: dict[Path, str] = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        real, stream = output_target(path)
+        if stream:
+            continue
+        if (real := real.resolve()) in named:
+            raise WbcError(f"{path}: {flag} would overwrite {named[real]}: choose another name")
+        named[real] = flag
