@@ -571,3 +571,36 @@ def test_wbc_classify_refuses_a_report_named_as_one_of_its_csvs(model_file: Path
                                        "--report", str(report), "--threads", "1"])
         assert res.exit_code == 1 and "--report would overwrite" in str(res.exception), res.output
         assert not out.exists() and not report.exists()
+
+
+def test_wbc_classify_counts_a_copy_under_another_name_once(model_file: Path, tmp_path: Path) -> None:
+    """A cell downloaded twice (``a.png``, ``a (1).png``) or exported into two folders was classified and counted
+    once per copy, without a word, where `wbc analyze` counts such a field once: now the first is kept, the copy named
+    on the terminal and left out of the CSV, as `wbc analyze` does; copies of a file that fails each fail."""
+    import csv
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    a = write_png(d / "a.png", synthetic_cell("neutrophil", 96, seed=1))
+    shutil.copy(a, d / "a (1).png")
+    shutil.copy(a, d / "sub" / "a.png")
+    write_png(d / "b.png", synthetic_cell("lymphocyte", 96, seed=2))
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "empty (1).jpg").write_bytes(b"")
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(app, ["classify", str(d), "--model", str(model_file), "-o", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    with open(out, newline="") as fh:
+        assert [r["path"] for r in csv.DictReader(fh)] == [str(d / "a (1).png"), str(d / "b.png")]
+    said = " ".join(res.output.split())
+    assert "2 cells classified" in said
+    for copy in (d / "a.png", d / "sub" / "a.png"):
+        assert (f"skipped {copy}: the same image as another input, classified and counted once ({d / 'a (1).png'} "
+                "has the same bytes)") in said
+    with open(tmp_path / "p.errors.csv", newline="") as fh:
+        assert sorted(r[0] for r in list(csv.reader(fh))[1:]) == [str(d / "empty (1).jpg"), str(d / "empty.jpg")]

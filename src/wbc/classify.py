@@ -752,7 +752,9 @@ def classify_paths(
     reframe: bool = True,
     classes: str | Sequence[str] | None = None,
 ) -> ClassifyResult:
-    """Classify image files. A file that cannot be read is recorded in ``errors``, never fatal.
+    """Classify image files. A file that cannot be read is recorded in ``errors``, never fatal. Each path given is
+    answered, a file given twice or copied under another name once per path: `wbc classify` leaves such files out
+    first (:func:`wbc.cli.classify.each_file_once`, :func:`wbc.cli.classify.without_copies`).
 
     ``progress``: an optional callable ``progress(n_done)`` for progress bars. ``reframe`` (default on):
     cells framed unlike the training crops are re-framed first (:mod:`wbc.reframe`), and an image that shows other

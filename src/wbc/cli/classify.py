@@ -51,6 +51,7 @@ def classify(
                     "0: every cell).")] = 48,  # wbc.evaluate.classified.REPORT_CELLS (not imported at start-up)
 ) -> None:
     """Classify single-cell images; write path,label,confidence,review,p_<class> rows as CSV."""
+    from wbc.batch import with_failed_copies
     from wbc.classify import classify_paths
     from wbc.cli._common import check_engine, note_unchecked_model, say_differential
     from wbc.formats import write_errors_csv, write_predictions_csv
@@ -59,6 +60,7 @@ def classify(
     from wbc.ood import adapted_without_labels, advice_for, needs_adaptation, ood_warning
 
     files, reached_twice = each_file_once(iter_image_paths(paths))
+    files, copies = without_copies(files)
     if not files:
         raise WbcError(no_images_message(paths))
     check_engine(engine, ray_address)
@@ -92,12 +94,15 @@ def classify(
             res = classify_paths(files, clf, batch_size=batch_size, workers=threads, progress=update,
                                  reframe=reframe)
     write_predictions_csv(out, res.predictions, clf.classes)
-    if errors_file is not None and res.errors:
-        write_errors_csv(errors_file, res.errors)
+    errors, named = with_failed_copies(res.errors, [(str(c), str(o)) for c, o in copies])  # as `wbc analyze`
+    if errors_file is not None and errors:
+        write_errors_csv(errors_file, errors)
     elif errors_file is not None and errors_file.is_file():  # an earlier run's: it would name files this run read
         errors_file.unlink()
-    warn_skipped((msg for _, msg in res.errors), str(errors_file) if errors_file else None,
-                 shown=len(res.errors) if errors_file is None else SKIPPED_SHOWN)
+    warn_skipped((msg for _, msg in errors), str(errors_file) if errors_file else None,
+                 shown=len(errors) if errors_file is None else SKIPPED_SHOWN)
+    warn_skipped(f"{copy}: the same image as another input, classified and counted once ({original} has the same "
+                 "bytes)" for copy, original in named)
     n = len(res.predictions)
     counts = res.counts()
     n_review = sum(p.review for p in res.predictions)
@@ -117,11 +122,11 @@ def classify(
         from wbc.evaluate.classified import write_classified_report
 
         write_classified_report(page, res.predictions, clf, per_class=report_cells, reframe=reframe,
-                                sources=[str(p) for p in paths], warning=warning, errors=res.errors)
+                                sources=[str(p) for p in paths], warning=warning, errors=errors)
         say(f"report -> {page}")
-    if res.errors:
+    if errors:
         listed = f", listed in {errors_file}" if errors_file else ""
-        warn(f"{len(res.errors)} file(s) could not be read{listed}", "note:")
+        warn(f"{len(errors)} file(s) could not be read{listed}", "note:")
         if not n:
             raise typer.Exit(1)
 
@@ -168,3 +173,32 @@ def refuse_overwriting_outputs(outputs: Iterable[tuple[str, Path | None]]) -> No
         if (real := real.resolve()) in named:
             raise WbcError(f"{path}: {flag} would overwrite {named[real]}: choose another name")
         named[real] = flag
+
+
+def without_copies(files: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """``files`` without those whose bytes an earlier one has (a file downloaded twice, ``cell.jpg`` and ``cell
+    (1).jpg``; a cell exported into two folders), and those copies as (copy, the file kept), as `wbc analyze` keeps
+    each field once (:func:`wbc.batch.without_copies`): before wbc 0.35.0 `wbc classify` counted such a cell once
+    per copy. Only files of a size another file has are hashed: a cell's bytes are read once more at most."""
+    from collections import Counter
+
+    from wbc.batch import content_sha1
+
+    sizes: dict[Path, int] = {}
+    for f in files:
+        try:
+            sizes[f] = f.stat().st_size
+        except OSError:  # its reading will say why
+            sizes[f] = -1
+    shared = {n for n, k in Counter(sizes.values()).items() if k > 1 and n >= 0}
+    first: dict[str, Path] = {}
+    kept, copies = [], []
+    for f in files:
+        sha1 = content_sha1(f) if sizes[f] in shared else ""
+        if sha1 and sha1 in first:
+            copies.append((f, first[sha1]))
+            continue
+        if sha1:
+            first[sha1] = f
+        kept.append(f)
+    return kept, copies
