@@ -604,3 +604,24 @@ def test_wbc_classify_counts_a_copy_under_another_name_once(model_file: Path, tm
                 "has the same bytes)") in said
     with open(tmp_path / "p.errors.csv", newline="") as fh:
         assert sorted(r[0] for r in list(csv.reader(fh))[1:]) == [str(d / "empty (1).jpg"), str(d / "empty.jpg")]
+
+
+@pytest.mark.parametrize("ext", ["gif", "png", "webp"])
+def test_an_animated_file_of_cells_is_flagged_like_a_tiff_stack(model_file: Path, tmp_path: Path, ext: str) -> None:
+    """Three cells saved as an animated GIF, APNG or WebP were answered for the first frame, unflagged, the other two
+    in no count and nothing said: flagged, with the frame count, as a multi-page TIFF is; a still file is not."""
+    from PIL import Image
+
+    from wbc.io import tiff_fields
+
+    frames = [Image.fromarray(synthetic_cell(c, 96, seed=i))
+              for i, c in enumerate(("neutrophil", "lymphocyte", "monocyte"))]
+    frames[0].save(tmp_path / f"three.{ext}", save_all=True, append_images=frames[1:])
+    frames[1].save(tmp_path / f"one.{ext}")
+    assert tiff_fields((tmp_path / f"one.{ext}").read_bytes()) == 1
+    res = classify_paths([tmp_path / f"three.{ext}", tmp_path / f"one.{ext}"], load_model(model_file, threads=1),
+                         workers=1)
+    three, one = res.predictions
+    assert three.review and "the file holds 3 images; only the first was classified" in three.reasons
+    assert not any("only the first" in r for r in one.reasons)
+    assert (res.several_images_note() or "").startswith("1 of 2 files holds several images")

@@ -183,7 +183,8 @@ _SEVERAL_IMAGES = re.compile(r"the file holds \d+ images; only the first was cla
 
 def several_images_reason(pages: int) -> str:
     """Why a cell whose file holds ``pages`` images (a multi-page TIFF: an ImageJ stack, a microscope's z-stack or
-    time series) is flagged: only the first image was classified, so the others' cells are in no count.
+    time series; an animated GIF, PNG or WebP, since wbc 0.35.0) is flagged: only the first image was classified,
+    so the others' cells are in no count.
 
     >>> several_images_reason(4)
     'the file holds 4 images; only the first was classified'

@@ -706,10 +706,22 @@ def pillow_reason(exc: BaseException) -> str:
     return text[:160]
 
 
+def _animated(data: bytes) -> bool:
+    """Whether ``data`` is a GIF, or a PNG or WebP marked as animated (APNG's ``acTL`` chunk; WebP's VP8X animation
+    flag): a file that may hold several frames, of which the decoders read the first."""
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return True
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        idat = data.find(b"IDAT")
+        return b"acTL" in data[: idat if idat > 0 else len(data)]  # an APNG's control chunk comes before its image
+    return data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and len(data) > 20 and bool(data[20] & 0x02)
+
+
 def tiff_fields(data: bytes) -> int:
-    """How many full-resolution images a TIFF file holds (1 for any other file), so that a run can say it analysed
-    only the first. Pages marked as a reduced-resolution copy or a mask (a scanner's pyramid levels, thumbnails)
-    are not counted.
+    """How many full-resolution images a TIFF file holds, or an animated GIF, PNG or WebP frames (1 for any other
+    file), so that a run can say it analysed only the first. Pages marked as a reduced-resolution copy or a mask (a
+    scanner's pyramid levels, thumbnails) are not counted. Before wbc 0.35.0 an animated file's frames were not
+    counted: the cells of all but the first fell out of the count without a word.
 
     A best-effort count, never an error: the pages are read one by one, and a page whose directory cannot be read
     (a file cut short, as an interrupted copy or upload leaves a scanner's multi-field TIFF) ends the count, counted
@@ -722,10 +734,17 @@ def tiff_fields(data: bytes) -> int:
     >>> tiff_fields(buf.getvalue()), tiff_fields(b"\\xff\\xd8")
     (3, 1)
     """
-    if data[:4] not in _TIFF_MAGICS:
+    animated = _animated(data)
+    if not animated and data[:4] not in _TIFF_MAGICS:
         return 1
     from PIL import Image
 
+    if animated:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return max(1, int(getattr(im, "n_frames", 1)))
+        except Exception:  # frames Pillow cannot count: one image, as the decoder reads it
+            return 1
     n = 0
     try:  # a damaged page's warnings name no file and are not shown (_PILLOW_FILE_WARNINGS)
         with Image.open(io.BytesIO(data)) as im:
