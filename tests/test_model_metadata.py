@@ -90,13 +90,13 @@ def _tiny_model_with(path: Path, metadata: object) -> Path:
 
 @pytest.mark.parametrize(("edit", "msg"), [
     ({"classes": ["basophil", "eosinophil"]}, "the network answers 8 classes, its metadata names 2"),
-    ({"classes": "basophil"}, "field classes: a non-empty list of class names"),
+    ({"classes": "basophil"}, "field classes: a non-empty list of distinct class names"),
     ({"input_size": 48}, "the network takes 32x32 inputs, its metadata says 48"),
     ({"input_size": "32"}, "field input_size: a whole number > 0"),
     ({"input_size": 0}, "field input_size: a whole number > 0"),
     ({"mean": [0.5]}, "field mean: three numbers"),
-    ({"temperature": "abc"}, "field temperature: a number > 0"),
-    ({"temperature": None}, "field temperature: a number > 0"),
+    ({"temperature": "abc"}, "field temperature: a finite number > 0"),
+    ({"temperature": None}, "field temperature: a finite number > 0"),
     ({"review_threshold": "high"}, "field review_threshold: a number"),
     ({"class_prior": {"basophil": "x"}}, "field class_prior"),
     ({"head": {"weight": [[0.0] * 4] * 8, "bias": [0.0] * 8}}, "head does not map the 3-wide embedding to its 8"),
@@ -110,6 +110,50 @@ def test_edited_metadata_that_does_not_fit_is_refused_in_one_line(tmp_path: Path
     with pytest.raises(ModelError, match=msg) as info:
         load_model(path, threads=1)
     assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+_COLOUR = {"mean": [0.5, 0.5], "icov": [[1.0, 0.0], [0.0, 1.0]], "threshold": 3.0}
+
+
+@pytest.mark.parametrize(("edit", "msg"), [
+    ({"temperature": float("inf")}, "field temperature: a finite number > 0"),
+    ({"temperature": float("nan")}, "field temperature: a finite number > 0"),
+    ({"review_threshold": float("nan")}, "field review_threshold: a number between 0 and 1"),
+    ({"review_threshold": 1.5}, "field review_threshold: a number between 0 and 1"),
+    ({"review_threshold": -0.1}, "field review_threshold: a number between 0 and 1"),
+    ({"classes": ["basophil"] * 8}, "field classes: a non-empty list of distinct class names"),
+    ({"ood": {"references": [{"colour": {}}]}}, r"field ood: references\[0\]\.colour"),
+    ({"ood": {"references": [{"colour": {**_COLOUR, "threshold": 0}}]}}, r"field ood: references\[0\]\.colour"),
+    ({"ood": {"references": "x"}}, "field ood: references: a list of objects"),
+    ({"ood": {"pca": {"mean": [0.0]}, "references": [{"colour": _COLOUR}]}}, "field ood: pca"),
+    ({"ood": {"pca": {"mean": [0.0] * 3, "components": [[1.0] * 3] * 2, "scale": [1.0] * 2},
+              "references": [{"colour": _COLOUR, "feature": {"centres": {"a": [0.0]}, "resid_scale": 1.0,
+                                                              "threshold": 2.0}}]}},
+     r"field ood: references\[0\]\.feature"),
+])
+def test_metadata_that_would_answer_wrongly_or_fail_later_is_refused_at_load(tmp_path: Path, edit: dict,
+                                                                             msg: str) -> None:
+    """An infinite temperature (every cell one class, uniform probabilities), a NaN or out-of-range review threshold,
+    duplicate class names (a p_ column contradicting the confidence) answered wrongly without a word, and a malformed
+    ``ood`` block raised KeyError at the first cell: each is refused when the model loads, naming file and field."""
+    path = _tiny_model_with(tmp_path / "edited.onnx", edit)
+    with pytest.raises(ModelError, match=msg) as info:
+        load_model(path, threads=1)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_ood_statistics_as_wbc_writes_them_load(tmp_path: Path) -> None:
+    """What `wbc ood fit`, `wbc adapt` and `wbc quantize` write passes the ``ood`` check: the shipped model's, one
+    with colour references only, one with only the percentile to re-fit at."""
+    shipped = json.loads(SHIPPED_JSON.read_text())["ood"]
+    pca = {"mean": [0.0] * 3, "components": [[1.0, 0.0, 0.0]] * 2, "scale": [1.0] * 2}
+    feature = {"centres": {"basophil": [0.0, 0.0]}, "resid_scale": 1.0, "threshold": 2.0}
+    from wbc.model import ood_problem
+
+    assert ood_problem(shipped) is None
+    for ood in ({"references": [{"colour": _COLOUR}]}, {"percentile": 99.0},
+                {"pca": pca, "references": [{"colour": _COLOUR, "feature": feature}]}):
+        assert load_model(_tiny_model_with(tmp_path / "ok.onnx", {"ood": ood}), threads=1).info.ood == ood
 
 
 def test_metadata_that_fits_the_network_loads(tmp_path: Path) -> None:
@@ -129,7 +173,7 @@ def test_any_version_label_exports(tmp_path: Path, version: str, number: int) ->
     from wbc.model import with_metadata
 
     raw = mean_colour_model(tmp_path / "m.onnx", 32, np.zeros((8, 3)), "tiny").read_bytes()
-    info = ModelInfo(["a"] * 8, 32, [0.5] * 3, [0.25] * 3, version=version)
+    info = ModelInfo([f"c{i}" for i in range(8)], 32, [0.5] * 3, [0.25] * 3, version=version)  # distinct names
     proto = onnx.load_from_string(with_metadata(raw, info))
     assert proto.model_version == number
     assert ModelInfo.from_json(proto.metadata_props[0].value).version == version

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -122,20 +123,80 @@ def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> bool:
+    """A number that is neither infinite nor NaN (JSON from Python's ``json.dumps`` may hold ``Infinity``, ``NaN``)."""
+    return _number(v) and math.isfinite(v)
+
+
+def _share(v: Any) -> bool:
+    return _finite(v) and 0 <= v <= 1
+
+
+def _matrix(v: Any, cols: int | None = None) -> int | None:
+    """How many rows the list of equally long lists of finite numbers ``v`` has (``cols`` long, when given), or
+    None when it is none."""
+    if not isinstance(v, list) or not v or not all(isinstance(r, list) and r and all(_finite(x) for x in r) for r in v):
+        return None
+    width = len(v[0]) if cols is None else cols
+    return len(v) if all(len(r) == width for r in v) else None
+
+
+def _vector(v: Any, n: int | None = None) -> bool:
+    return isinstance(v, list) and bool(v) and all(_finite(x) for x in v) and (n is None or len(v) == n)
+
+
+def ood_problem(ood: dict[str, Any]) -> str | None:
+    """What is wrong with a model's out-of-distribution statistics (:mod:`wbc.ood`'s ``references``: each a colour
+    Gaussian with its threshold and, with ``pca``, class centres in its space), or None. Read unchecked they raised
+    ``KeyError`` at the first cell classified, a traceback, and a threshold of 0 flagged every cell.
+
+    >>> ood_problem({"references": [{"colour": {"mean": [0.5], "icov": [[1.0]], "threshold": 3.0}}]}) is None
+    True
+    >>> ood_problem({"references": [{"colour": {}}]})
+    'references[0].colour: mean, icov and threshold (a number > 0)'
+    """
+    refs = ood.get("references")
+    if refs is None:  # none fitted (``{"percentile": 99}``: the percentile `wbc quantize` re-fits at)
+        return None
+    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        return "references: a list of objects"
+    pca = ood.get("pca")
+    k = None
+    if pca is not None:
+        dims = _matrix(pca.get("components")) if isinstance(pca, dict) else None
+        if (dims is None or not _vector(pca.get("mean"), len(pca["components"][0]))
+                or not _vector(pca.get("scale"), dims)):
+            return "pca: mean, components and scale (lists of numbers of matching lengths)"
+        k = dims
+    for i, ref in enumerate(refs):
+        col = ref.get("colour")
+        if not (isinstance(col, dict) and _vector(col.get("mean"))
+                and _matrix(col.get("icov"), len(col["mean"])) == len(col["mean"])
+                and _finite(col.get("threshold")) and col["threshold"] > 0):
+            return f"references[{i}].colour: mean, icov and threshold (a number > 0)"
+        feat = ref.get("feature")
+        if k is not None and not (
+                isinstance(feat, dict) and isinstance(feat.get("centres"), dict) and feat["centres"]
+                and all(_vector(c, k) for c in feat["centres"].values())
+                and all(_finite(feat.get(f)) and feat[f] > 0 for f in ("resid_scale", "threshold"))):
+            return f"references[{i}].feature: centres, resid_scale and threshold (numbers > 0)"
+    return None
+
+
 #: What each metadata field must hold, as (test, description). A hand-edited model file gets these wrong: a wrong
 #: type fails deep inside classification with a traceback, and some answer wrongly without a word (a string of
 #: class names is a class per letter, one mean value is broadcast over the three channels).
 _FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "classes": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) and c for c in v),
-                "a non-empty list of class names"),
+    "classes": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) and c for c in v)
+                and len(set(v)) == len(v), "a non-empty list of distinct class names"),
     "input_size": (lambda v: _whole(v) and v > 0, "a whole number > 0"),
     "centre_crop": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
     "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) for x in v), "three numbers"),
     "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and x > 0 for x in v),
             "three numbers > 0"),
-    "temperature": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "review_threshold": (_number, "a number"),
-    "review_target_accuracy": (_number, "a number"),
+    "temperature": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "review_threshold": (_share, "a number between 0 and 1"),
+    "review_target_accuracy": (_share, "a number between 0 and 1"),
     "class_prior": (lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
                     "an object of class: frequency"),
     "preprocessing": (lambda v: v is None or isinstance(v, dict), "an object"),
@@ -152,11 +213,13 @@ def check_fields(data: dict[str, Any]) -> None:
 
     >>> check_fields({"classes": "basophil"})
     Traceback (most recent call last):
-    wbc.errors.ModelError: field classes: a non-empty list of class names, not 'basophil'
+    wbc.errors.ModelError: field classes: a non-empty list of distinct class names, not 'basophil'
     """
     for key, (ok, want) in _FIELD_CHECKS.items():
         if key in data and not ok(data[key]):
             raise ModelError(f"field {key}: {want}, not {data[key]!r}"[:200])
+    if isinstance(data.get("ood"), dict) and (why := ood_problem(data["ood"])):
+        raise ModelError(f"field ood: {why}")
 
 
 def with_metadata(onnx_bytes: bytes, info: ModelInfo) -> bytes:
