@@ -625,3 +625,36 @@ def test_an_animated_file_of_cells_is_flagged_like_a_tiff_stack(model_file: Path
     assert three.review and "the file holds 3 images; only the first was classified" in three.reasons
     assert not any("only the first" in r for r in one.reasons)
     assert (res.several_images_note() or "").startswith("1 of 2 files holds several images")
+
+
+def test_classes_all_in_the_api_answers_among_every_class_whatever_with_classes_chose(model_file: Path,
+                                                                                      tmp_path: Path) -> None:
+    """``classify_images(..., classes="all")`` kept a ``with_classes("5part")`` label set, where "all" means every
+    class (as ``/classify``'s ``classes=all``): it answers as the unrestricted classifier does, on every path."""
+    from wbc.classify import classify_arrays
+
+    cell = write_png(tmp_path / "a.png", synthetic_cell("neutrophil", 96, seed=1))
+    clf = load_model(model_file, threads=1)
+    plain = classify_paths([cell], clf, workers=1).predictions[0]
+    restricted = clf.with_classes("basophil")
+    assert classify_paths([cell], restricted, workers=1).predictions[0].label == "basophil"
+    for res in (classify_paths([cell], restricted, workers=1, classes="all"),
+                classify_arrays([cell.read_bytes()], restricted, workers=1, classes="all")):
+        got = res.predictions[0]
+        assert (got.label, got.confidence, got.reasons) == (plain.label, plain.confidence, plain.reasons)
+
+
+def test_a_model_folder_and_a_fifo_input_are_named_as_what_they_are(model_file: Path, tmp_path: Path) -> None:
+    """``--model runs/default`` (the run folder, not its model.onnx) said "model file not found", and a FIFO named
+    as an input "no such file or folder": each message now names the real problem."""
+    from wbc.errors import ModelError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.onnx").write_bytes(model_file.read_bytes())
+    with pytest.raises(ModelError, match=r"is a folder; give the model's \.onnx file \(it holds model\.onnx\)"):
+        load_model(run, threads=1)
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match=r"pipe\.jpg: not a regular file"):
+        list(iter_image_paths([fifo]))

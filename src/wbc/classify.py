@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -769,9 +770,23 @@ def classify_paths(
     batch_size = checked_whole(batch_size, "batch_size", 1, meaning="cells a network call takes")
     workers = checked_whole(workers, "workers", 0, meaning="threads decoding the files; 0 is taken as 1")
     allowed = parse_class_set(classes, classifier.classes)
+    classifier = every_class_if_asked(classifier, classes, allowed)
     framing = framing_stats_of(classifier) if reframe else False
     batches = iter_batches([Path(p) for p in paths], classifier.info.input_size, batch_size, workers, framing)
     return _classify_batches(batches, classifier, framing, allowed, with_embeddings, progress)
+
+
+_C = TypeVar("_C", bound=ClassifierLike)
+
+
+def every_class_if_asked(classifier: _C, classes: str | Sequence[str] | None, allowed: Sequence[str]) -> _C:
+    """``classifier`` answering among every class when ``classes`` (parsed: ``allowed``) asks for it (``"all"``),
+    whatever label set :meth:`wbc.model.Classifier.with_classes` gave it, as ``/classify``'s ``classes=all`` does:
+    before wbc 0.35.0 the API's "all" kept that label set. ``None``: the classifier's own label set."""
+    if (classes is None or allowed or not getattr(classifier, "label_set", ())
+            or not callable(with_classes := getattr(classifier, "with_classes", None))):
+        return classifier
+    return cast(_C, with_classes(None))
 
 
 def _classify_batches(batches: Iterable[CellBatch], classifier: ClassifierLike, framing: bool | FramingStats,
@@ -855,6 +870,7 @@ def classify_arrays(
     batch_size = checked_whole(batch_size, "batch_size", 1, meaning="cells a network call takes")
     workers = checked_whole(workers, "workers", 0, meaning="threads preparing the images; 0 is taken as 1")
     allowed = parse_class_set(classes, classifier.classes)
+    classifier = every_class_if_asked(classifier, classes, allowed)
     framing = framing_stats_of(classifier) if reframe else False
     size = classifier.info.input_size
 
@@ -888,6 +904,7 @@ def classify_byte_sources(
     batch_size = checked_whole(batch_size, "batch_size", 1, meaning="cells a network call takes")
     workers = checked_whole(workers, "workers", 0, meaning="threads preparing the images; 0 is taken as 1")
     allowed = parse_class_set(classes, classifier.classes)
+    classifier = every_class_if_asked(classifier, classes, allowed)
     framing = framing_stats_of(classifier) if reframe else False
     size = classifier.info.input_size
     batches = _view_batches(

@@ -909,6 +909,8 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             yield from (q for q in files_under(p) if is_image_file(q))
         elif p.is_file():
             yield p
+        elif p.exists():  # a FIFO, a socket, a device: "no such file" named the wrong problem
+            raise ImageReadError(f"{p}: not a regular file")
         else:
             raise ImageReadError(f"{p}: no such file or folder")
 

@@ -407,6 +407,9 @@ class Classifier:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, threads: int = 2) -> None:
         self.path = Path(path) if path else DEFAULT_MODEL
+        if self.path.is_dir():  # a run folder for its model.onnx: "not found" named the wrong problem
+            inside = " (it holds model.onnx)" if (self.path / "model.onnx").is_file() else ""
+            raise ModelError(f"{self.path}: is a folder; give the model's .onnx file{inside}")
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
         # one single-thread session per core, sharing each batch (wbc.runtime.SessionGroup): the decoding threads
