@@ -157,3 +157,23 @@ def test_unknown_or_single_classes_are_refused(tmp_path: Path, value: str, msg: 
     with pytest.raises(ConfigError, match=msg) as info:
         load_config(p)
     assert "bad.toml" in str(info.value)
+
+
+@pytest.mark.parametrize("body", ["lr = nan", "lr = inf", "warmup_epochs = nan", "weight_decay = nan",
+                                  "blur_sigma = nan", "unlabelled_weight = nan", "attribute_weight = inf",
+                                  "scale = [0.9, nan]"])
+def test_non_finite_config_values_are_refused_naming_the_file_and_key(tmp_path: Path, body: str) -> None:
+    """Every range check compares, and a comparison with NaN is False: `lr = nan` passed, then stopped with a
+    traceback after the whole dataset was decoded (`lr = inf` trained a NaN model)."""
+    (tmp_path / "c.toml").write_text(f"[train]\n{body}\n")
+    key = body.split()[0]
+    with pytest.raises(ConfigError, match=rf"c\.toml: {key}: must be finite numbers \(no nan or inf\)"):
+        load_config(tmp_path / "c.toml")
+    with pytest.raises(ConfigError, match=rf"^{key}: must be finite"):  # as a flag (--lr nan)
+        TrainConfig().updated({key: float("nan")} if key != "scale" else {key: (0.9, float("inf"))})
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Windows editors' "UTF-8 with BOM" (and PowerShell 5's Out-File) was "not valid TOML" at line 1."""
+    (tmp_path / "bom.toml").write_text("\ufeff[train]\nepochs = 1\n", encoding="utf-8")
+    assert load_config(tmp_path / "bom.toml").epochs == 1

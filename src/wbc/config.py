@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -130,6 +131,7 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
+        self.validate_finite()
         if self.epochs < 1 or self.batch_size < 1 or self.input_size < 32:
             raise ConfigError("epochs and batch_size must be >= 1 and input_size >= 32")
         if self.balance not in ("loss", "sampler", "none"):
@@ -185,6 +187,20 @@ class TrainConfig:
         if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6 or self.split[0] <= 0:
             raise ConfigError(f"split is three fractions (train, val, test) >= 0 summing to 1, not {list(self.split)}")
 
+    def validate_finite(self) -> None:
+        """Refuse NaN and infinite numbers (TOML's ``nan``, ``inf``), whichever float option holds them: every range
+        check compares, and a comparison with NaN is False, so before wbc 0.35.0 ``lr = nan`` or ``warmup_epochs = inf``
+        passed, then failed with a traceback after the whole dataset was decoded, or trained a NaN model."""
+        def finite(value: Any) -> bool:
+            if isinstance(value, tuple):  # scale, split
+                return all(map(finite, value))
+            return not isinstance(value, float) or math.isfinite(value)
+
+        bad = [f.name for f in dataclasses.fields(self) if not finite(getattr(self, f.name))]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: must be finite numbers (no nan or inf), not "
+                              f"{', '.join(_shown_value(getattr(self, k)) for k in bad)}")
+
     def validate_augmentation(self) -> None:
         """The augmentation's ranges, checked before any image is decoded: torchvision refused a hue of 0.7 or a
         scale of 0.3 with a traceback only in the first batch, after the whole dataset was decoded, and took a
@@ -212,6 +228,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _shown_value(value: Any) -> str:
+    """An option's value as TOML writes it (``nan``, ``inf``, tuples as lists)."""
+    if isinstance(value, tuple):
+        return f"[{', '.join(map(_shown_value, value))}]"
+    return str(value).lower() if isinstance(value, float) and not math.isfinite(value) else repr(value)
 
 
 def training_classes(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -250,7 +273,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     here, its values by :meth:`TrainConfig.updated`."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
+        # TOML is UTF-8, whatever the locale; a byte-order mark (Windows editors' "UTF-8 with BOM", PowerShell 5's
+        # Out-File) is dropped, as manifests drop it: before wbc 0.35.0 it was "not valid TOML" at line 1
+        data = tomllib.loads(p.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except IsADirectoryError:
