@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -58,6 +59,9 @@ def export_model(
     """Write ``net`` to ``path`` with ``info``; returns the max |ONNX - PyTorch| logit difference."""
     data = to_onnx_bytes(net, info.network_size, opset)
     diff = parity(data, net, check_input)
+    if not math.isfinite(diff):  # NaN weights (a diverged run): no model, and no bare NaN in model.json
+        raise WbcError(f"{path}: the network's outputs are not finite numbers (NaN weights: a diverged training run?); "
+                       "nothing exported")
     info.extra["onnx_max_abs_diff"] = diff
     info.extra["opset"] = opset
     write_model(path, data, info)

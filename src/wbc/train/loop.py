@@ -9,6 +9,7 @@ A run folder holds everything needed to trust and repeat the run::
 
 from __future__ import annotations
 
+import csv
 import difflib
 import gc
 import json
@@ -17,6 +18,7 @@ import os
 import random
 import re
 import time
+from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -163,7 +165,8 @@ def load_init_weights(path: str | os.PathLike[str], classes: list[str], arch: st
 def check_before_reading(cfg: TrainConfig, root: Path) -> None:
     """Refuse, before the data is scanned or decoded, what only the training itself refused, some with a traceback,
     after a minute of decoding on full PBC: an unregistered model, an unlabelled source that is not there, a missing
-    ``init_weights`` file (its architecture and classes: :func:`check_init_weights`, once the classes are known)."""
+    ``init_weights`` file (its architecture and classes: :func:`check_init_weights`, once the classes are known),
+    ``attributes = "wbcatt"`` without WBCAtt's tables."""
     from wbc.train.models import list_models
 
     if cfg.model not in list_models():
@@ -174,6 +177,10 @@ def check_before_reading(cfg: TrainConfig, root: Path) -> None:
         unlabelled_source(cfg.unlabelled, root)
     if cfg.init_weights and not Path(cfg.init_weights).is_file():
         raise WbcError(f"{cfg.init_weights}: init_weights not found")
+    if cfg.attributes == "wbcatt" and not any((root / "wbcatt").glob("pbc_attr_v1_*.csv")):
+        # since wbc 0.35.0 here: before, after decoding, leaving the run's first files to refuse the same command
+        raise WbcError(f"{root / 'wbcatt'}: no WBCAtt tables (pbc_attr_v1_*.csv) found, which attributes = "
+                       "\"wbcatt\" needs; put them there, or leave attributes out")
 
 
 def check_init_weights(cfg: TrainConfig, classes: list[str]) -> None:
@@ -351,6 +358,7 @@ def fit(
         s = summarise(val_logits, val.labels, classes)
         val_loss, s["accuracy"], s["macro_f1"] = distributed.broadcast_from_main([val_loss, s["accuracy"],
                                                                                   s["macro_f1"]])
+        check_finite(epoch, sum_loss, val_loss if len(val) else 0.0, cfg.lr)  # before best.pt or last.pt is saved
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": sum_loss / max(n_seen, 1),
                "train_acc": sum_correct / max(n_seen, 1), "val_loss": val_loss, "val_acc": s["accuracy"],
                "val_macro_f1": s["macro_f1"], "seconds": time.time() - t0}
@@ -394,6 +402,23 @@ def fit(
     net = net.cpu()
     net.load_state_dict(best["model"])
     return net.eval(), history
+
+
+def check_finite(epoch: int, train_loss: float, val_loss: float, lr: float) -> None:
+    """Stop a run whose loss is no longer a finite number (diverged: too high a learning rate, most often). Before
+    wbc 0.35.0 it went on: a NaN network still beat the initial best macro-F1, was saved as best.pt, calibrated,
+    exported (``NaN`` in model.json) and named every cell one class.
+
+    >>> check_finite(0, float("nan"), 1.0, 1.0)
+    Traceback (most recent call last):
+    wbc.errors.WbcError: epoch 1: the training loss is nan (the training diverged); lower lr (now 1.0) and train...
+    """
+    what = [(name, v) for name, v in (("training loss", train_loss), ("validation loss", val_loss))
+            if not math.isfinite(v)]
+    if what:
+        name, v = what[0]
+        raise WbcError(f"epoch {epoch + 1}: the {name} is {v} (the training diverged); lower lr (now {lr}) and train "
+                       "again (--overwrite, or another --output)")
 
 
 @contextmanager
@@ -528,7 +553,7 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
         samples = [s for lab in sorted(by) for s in
                    [by[lab][i] for i in sorted(rng.permutation(len(by[lab]))[: cfg.max_per_class])]]
     if is_manifest(folder):
-        samples, unreadable = deal_new_rows(samples, cfg)
+        samples, unreadable = deal_new_rows(samples, cfg, folder)
         for path, reason in unreadable:
             console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
         skipped += unreadable
@@ -538,6 +563,22 @@ def prepare_samples(cfg: TrainConfig, run_dir: Path, root: Path, resume: bool, c
     write_manifest(manifest, samples, root=root)
     atomic_write_csv(run_dir / "skipped.csv", ["path", "reason"], skipped)
     return samples
+
+
+def record_unreadable(run_dir: Path, kept: Sequence[Sample], bad: Sequence[tuple[str, str]], root: Path) -> None:
+    """Add the images that could not be decoded to ``RUN/skipped.csv`` (reason ``unreadable: ...``) and leave them out
+    of ``RUN/manifest.csv``, which then lists the images the run used: before wbc 0.35.0 skipped.csv was written
+    before decoding and missed them, while the manifest kept them as train, val or test rows."""
+    where = run_dir / "skipped.csv"
+    try:
+        with where.open(newline="", encoding="utf-8") as fh:
+            rows = [(r["path"], r["reason"]) for r in csv.DictReader(fh)]
+    except (OSError, KeyError, csv.Error):
+        rows = []
+    listed = {path for path, _ in rows}
+    rows += [(path, "unreadable: " + reason.removeprefix(f"{path}: ")) for path, reason in bad if path not in listed]
+    atomic_write_csv(where, ["path", "reason"], rows)  # first: a run stopped between the two still lists them
+    write_manifest(run_dir / "manifest.csv", kept, root=root)
 
 
 def check_folds(folds: int, samples: Sequence[Sample], where: Path, unreadable: int | None = None) -> None:
@@ -609,7 +650,25 @@ def cap_manifest(samples: list[Sample], max_per_class: int, seed: int) -> list[S
     return out
 
 
-def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[tuple[str, str]]]:
+def check_one_split_per_image(samples: Sequence[Sample], where: Path, cv: bool = False) -> None:
+    """Refuse a manifest that lists one image (one SHA-1) in two splits (``cv``: in test and in train or val, which
+    cross-validation pools): a merged manifest, a row listed again. Before wbc 0.35.0 the run trained on such a test
+    image and reported its test accuracy as held out (and early-stopped and calibrated on a trained val image)."""
+    parts: dict[str, dict[str, Sample]] = defaultdict(dict)
+    for s in samples:
+        if s.sha1 and s.split:
+            parts[s.sha1].setdefault("train/val" if cv and s.split != "test" else s.split, s)
+    clash = [h for h, by in parts.items() if len(by) > 1]
+    if clash:
+        (pa, a), (pb, b) = [(s.path, s.split) for s in list(parts[clash[0]].values())[:2]]
+        more = f"; {len(clash)} such images" if len(clash) > 1 else ""
+        raise WbcError(f"{where}: {pa} ({a}) and {pb} ({b}) are the same image (SHA-1 {clash[0][:12]}) in two "
+                       f"splits{more}; an image belongs to one split, so its test and validation scores stay held "
+                       "out: remove one of the rows, or give both the same split")
+
+
+def deal_new_rows(samples: list[Sample], cfg: TrainConfig,
+                  where: Path = Path("manifest.csv")) -> tuple[list[Sample], list[tuple[str, str]]]:
     """(a manifest's samples with every row split and, for cross-validation, in a fold; [(path, reason)] of new rows
     whose file cannot be read, left out).
 
@@ -617,7 +676,9 @@ def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample]
     dealt into train and val only, in ``cfg.split``'s proportion, but a copy (same SHA-1) of a listed file, which
     joins that file's split. With ``folds`` K > 1, the train and val rows keep their folds when these are the K folds
     0..K-1, else are dealt into K folds afresh (before wbc 0.33.0 fewer folds were kept too: a 5-fold run's manifest
-    used for 10 folds left folds 5-9 without a row, a traceback after five folds had trained)."""
+    used for 10 folds left folds 5-9 without a row, a traceback after five folds had trained). One image (SHA-1) in
+    two splits is refused (:func:`check_one_split_per_image`), in two folds dealt afresh. ``where``: the manifest,
+    for messages."""
     def content(s: Sample) -> str:
         try:
             return s.sha1 or file_sha1(s.path)
@@ -625,6 +686,7 @@ def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample]
             return ""
 
     out = [replace(s, sha1=content(s)) for s in samples]
+    check_one_split_per_image(out, where, cv=cfg.folds > 1)
     split_of = {s.sha1: s.split for s in out if s.split and s.sha1}
     out = [replace(s, split=s.split or split_of.get(s.sha1, "")) for s in out]
     skipped = [(str(s.path), "cannot be read") for s in out if not s.split and not s.sha1]
@@ -639,7 +701,12 @@ def deal_new_rows(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample]
     if cfg.folds < 2:
         return [replace(s, fold=-1) for s in out], skipped
     pool = [i for i, s in enumerate(out) if s.split != "test"]
-    if {out[i].fold for i in pool} != set(range(cfg.folds)):
+    folds_of: dict[str, set[int]] = defaultdict(set)
+    for i in pool:
+        folds_of[out[i].sha1].add(out[i].fold)
+    # one image in two folds (a row listed again, a merged manifest) would validate a member on an image it trained
+    # on: dealt afresh, copies together (stratified_split groups by SHA-1); before wbc 0.35.0 such folds were kept
+    if {out[i].fold for i in pool} != set(range(cfg.folds)) or any(len(f) > 1 for f in folds_of.values()):
         dealt = stratified_split([out[i] for i in pool], (1.0, 0.0, 0.0), seed=cfg.split_seed, folds=cfg.folds)
         for i, s in zip(pool, dealt, strict=True):
             out[i] = replace(out[i], fold=s.fold)
@@ -926,6 +993,8 @@ def run_training(
                            f"({len(bad)} of {len(samples)} images could not be read); fix or remove them, or leave "
                            f"{'that class' if len(untrained) == 1 else 'those classes'} out of classes")
         check_shares(int(trained.sum()), d.world_size, run_dir / "manifest.csv")
+        if bad and d.is_main:
+            record_unreadable(run_dir, kept, bad, root)
         folds = np.array([s.fold for s in kept])
         counts = {c: int((labels == k).sum()) for k, c in enumerate(classes)}
         console.print(f"{len(kept)} images ({len(bad)} unreadable skipped): {counts}", highlight=False)
@@ -1005,7 +1074,7 @@ def run_training(
         val_labels = val.labels
 
     info = finalise_info(cfg, classes, mean, std, val_logits, val_labels, kept, root)  # the images trained on
-    # the split it was trained on, as its manifest.csv holds it (unreadable rows too): `wbc evaluate` tells its own
+    # the split it was trained on, as its manifest.csv holds it (its readable rows): `wbc evaluate` tells its own
     # run's split by it wherever the files are (wbc.evaluate.is_own_run)
     info.extra["split_hash"] = split_hash(read_manifest(run_dir / "manifest.csv", root=root))
     ckpt_name = "ensemble.pt" if cfg.folds > 1 else "best.pt"
