@@ -5,6 +5,7 @@ console output escapes user paths. Real files, real decoders, the real ``wbc`` c
 
 from __future__ import annotations
 
+import csv
 import os
 import struct
 import subprocess
@@ -213,7 +214,8 @@ def test_output_file_checks(tmp_path: Path) -> None:
 
 def test_wbc_classify_names_the_links_to_missing_images_it_leaves_out(model_file: Path, tmp_path: Path) -> None:
     """A folder's links to images that are gone were left out of the run without a word; now each is a "skipped"
-    line, past ten counted, as unreadable files are."""
+    line, past ten counted, as unreadable files are, and (since wbc 0.35.0) every one is in ``<stem>.errors.csv``:
+    before, the eleventh on were named nowhere and no errors file was written."""
     d = tmp_path / "cells"
     d.mkdir()
     write_png(d / "good.png", synthetic_cell("neutrophil", 96, seed=1))
@@ -224,7 +226,28 @@ def test_wbc_classify_names_the_links_to_missing_images_it_leaves_out(model_file
     assert out.returncode == 0, out.stderr
     named = [ln for ln in out.stderr.splitlines() if "link to a missing file" in ln]
     assert len(named) == 11 and f"skipped {d / 'link00.png'}: link to a missing file" in named[0], out.stderr
-    assert "2 more file(s): link to a missing file (2)" in named[-1]
+    assert "2 more file(s), every one named in" in named[-1] and "p.errors.csv" in out.stderr
+    rows = list(csv.reader((tmp_path / "p.errors.csv").open(encoding="utf-8-sig")))[1:]
+    assert [r[0] for r in rows] == [str(d / f"link{i:02d}.png") for i in range(12)]
+    assert all(r[1] == f"{r[0]}: link to a missing file ({tmp_path / f'gone{i:02d}.png'})" for i, r in enumerate(rows))
+
+
+def test_wbc_analyze_lists_every_link_to_a_missing_field_in_errors_csv(model_file: Path, tmp_path: Path) -> None:
+    """An unmounted share's fields (links to files that are gone) were named on the terminal alone, the first ten;
+    since wbc 0.35.0 each is a row of errors.csv, as a field that could not be read."""
+    d = tmp_path / "fields"
+    d.mkdir()
+    write_png(d / "good.png", synthetic_smear(n_wbc=2, seed=3)[0])
+    for i in range(12):
+        (d / f"field_{i:02d}.jpg").symlink_to(Path("/nonexistent-share") / f"field_{i:02d}.jpg")
+    out = run_wbc("analyze", str(d), "--model", str(model_file), "--segmenter", "classical", "--no-report",
+                  "--output", str(tmp_path / "out"), "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "good.json").is_file()
+    rows = list(csv.reader((tmp_path / "out" / "errors.csv").open(encoding="utf-8-sig")))[1:]
+    assert [r[0] for r in rows] == [str(d / f"field_{i:02d}.jpg") for i in range(12)]
+    assert all("link to a missing file" in r[1] for r in rows)
+    assert "2 more file(s), every one named in" in out.stderr
 
 
 def test_wbc_classify_counts_a_file_reached_twice_once(model_file: Path, tmp_path: Path) -> None:

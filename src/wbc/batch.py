@@ -41,6 +41,7 @@ from wbc.io import (
     atomic_write_bytes,
     file_sha1,
     iter_image_paths,
+    left_out_under,
     no_images_message,
     read_bytes,
 )
@@ -518,18 +519,20 @@ def cell_is_ood(cell: Mapping[str, Any]) -> bool:
 
 
 def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: AnalyzeSummary,
-           columns: Sequence[str] | None = None) -> AnalyzeSummary:
+           columns: Sequence[str] | None = None, left_out: Sequence[tuple[str, str]] = ()) -> AnalyzeSummary:
     """Rebuild ``cells.csv``, ``differential.csv`` and ``errors.csv`` from the committed JSON documents: the
     differential's rows are ``classes`` (those answered, :func:`wbc.analyze.smear_label_set`), ``cells.csv`` has a
-    probability column for each of ``columns`` (default ``classes``; the model's classes). An earlier run's
-    ``report.html`` is removed (`wbc analyze` writes it again after this): a run with nothing left to do removes no
-    pooled file before (:func:`committed`), and its inputs may be fewer."""
+    probability column for each of ``columns`` (default ``classes``; the model's classes). ``left_out``: what the
+    input folders' listing skipped (:func:`left_out_errors`), listed in ``summary.errors`` and errors.csv after the
+    fields that failed. An earlier run's ``report.html`` is removed (`wbc analyze` writes it again after this): a run
+    with nothing left to do removes no pooled file before (:func:`committed`), and its inputs may be fewer."""
     from wbc.classify import outside_of
 
     with writing(out / "report.html"):
         (out / "report.html").unlink(missing_ok=True)
 
     summary.errors, summary.copies = with_failed_copies(summary.errors, summary.copies)
+    summary.errors += left_out
     failed = {p for p, _ in summary.errors}
     summary.docs, summary.classes, summary.stems, summary.outside = [], list(classes), {}, {}
     summary.outside_smear = set()
@@ -584,6 +587,26 @@ def with_failed_copies(errors: Sequence[tuple[str, str]], copies: Sequence[tuple
     return listed, kept
 
 
+def left_out_errors(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]]:
+    """What the folders among ``inputs`` hold that a run leaves out (:func:`wbc.io.left_out_under`: a subfolder it may
+    not list, a link named as an image whose file is missing) as ``(path, message)``, as a run lists the files it
+    could not read: since wbc 0.35.0 each is in errors.csv (`wbc analyze`) or ``<stem>.errors.csv`` (`wbc classify`);
+    before, only the first ten were named, on the terminal alone.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "x: 1.png").symlink_to(d / "gone.png")
+    >>> [(Path(p).name, m.startswith(p + ": link to a missing file")) for p, m in left_out_errors([d])]
+    [('x: 1.png', True)]
+    """
+    pairs = []
+    for message in left_out_under(inputs):
+        # "<path>: <reason> (<details>)": the path is cut before the reason, as a path may hold ": " itself
+        cut = max(message.rfind(": cannot list the folder ("), message.rfind(": link to a missing file ("))
+        pairs.append((message[:cut] if cut > 0 else message.split(": ", 1)[0], message))
+    return pairs
+
+
 def run_local(
     inputs: Iterable[str | os.PathLike[str]],
     output: str | os.PathLike[str],
@@ -594,6 +617,7 @@ def run_local(
     progress: Callable[[int, int], None] | None = None,
 ) -> AnalyzeSummary:
     """The local engine: analyse the pending fields one by one in this process, then rebuild the CSVs."""
+    inputs = list(inputs)  # walked twice: for the fields and for what the listing left out
     out = prepare_output(output)
     planned, earlier = plan_run(inputs, out)
     jobs, copies = without_copies(planned)
@@ -610,7 +634,7 @@ def run_local(
         if progress:
             progress(summary.skipped + i + 1, len(jobs))
     classes, columns = answered_and_columns(classifier)
-    return finish(out, jobs, classes, summary, columns)
+    return finish(out, jobs, classes, summary, columns, left_out_errors(inputs))
 
 
 def answered_and_columns(classifier: ClassifierLike | None) -> tuple[list[str], list[str]]:

@@ -32,6 +32,7 @@ from wbc.batch import (
     check_overwrites,
     committed,
     finish,
+    left_out_errors,
     one_line,
     other_images,
     pending_jobs,
@@ -250,6 +251,7 @@ def analyze_paths_ray(
     The output folder, the inputs and the models are checked before Ray starts (seconds, on a loaded machine
     tens of them), and Ray does not start at all when every field is done.
     """
+    inputs = list(inputs)  # walked twice: for the fields and for what the listing left out
     out = prepare_output(output)
     planned, earlier = plan_run(inputs, out)
     jobs, copies = without_copies(planned)
@@ -280,7 +282,7 @@ def analyze_paths_ray(
     order = {j.path: i for i, j in enumerate(jobs)}
     summary.errors.sort(key=lambda e: order[e[0]])
     classes, columns = answered_and_columns(classifier)  # the differential's rows, cells.csv's probability columns
-    return finish(out, jobs, classes, summary, columns)
+    return finish(out, jobs, classes, summary, columns, left_out_errors(inputs))
 
 
 # --------------------------------------------------------------------------- wbc classify --engine ray

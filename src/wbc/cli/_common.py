@@ -143,16 +143,25 @@ def warn_skipped(messages: Iterable[str], listed_in: str | None = None, shown: i
         warn(f"{len(rest)} more file(s){where}: {kinds}", "skipped")
 
 
-def note_foreign_images(paths: Iterable[str | os.PathLike[str]]) -> None:
+def note_foreign_images(paths: Iterable[str | os.PathLike[str]], listed: bool = True) -> list[tuple[str, str]]:
     """Say which of the folders' files are images in formats wbc cannot read (a phone's HEIC, raw, DICOM, ...), left
     out of the run (:func:`wbc.io.foreign_images_note`); nothing when there are none. Then, as skipped files are
     listed (:func:`warn_skipped`), the subfolders it may not list and the image links whose file is missing
-    (:func:`wbc.io.left_out_under`; since wbc 0.32.0: before, a day's folder on a share was dropped in silence)."""
-    from wbc.io import foreign_images_note, left_out_under
+    (:func:`wbc.io.left_out_under`; since wbc 0.32.0: before, a day's folder on a share was dropped in silence).
 
+    Returns those as ``(path, message)`` (:func:`wbc.batch.left_out_errors`), for a run's errors file; ``listed``
+    False: not said here, as the caller names them with the files it could not read (`wbc classify`, in
+    ``<stem>.errors.csv``; since wbc 0.35.0, before which past ten were named nowhere)."""
+    from wbc.batch import left_out_errors
+    from wbc.io import foreign_images_note
+
+    paths = list(paths)
     if note := foreign_images_note(paths):
         warn(note, "note:")
-    warn_skipped(left_out_under(paths))
+    left_out = left_out_errors(paths)
+    if listed:
+        warn_skipped(msg for _, msg in left_out)
+    return left_out
 
 
 def note_unchecked_model(classifier: Any) -> None:

@@ -141,7 +141,7 @@ def analyze(
     warn_skipped(f"{copy}: the same image as another input, analysed and counted once ({original} has the same bytes)"
                  for copy, original in summary.copies)
     note_earlier_outputs(summary.earlier_outputs)
-    note_foreign_images(inputs)
+    note_foreign_images(inputs, listed=False)  # what the listing left out is in summary.errors (wbc.batch)
     if summary.errors:
         warn(f"{len(summary.errors)} file(s) failed, listed in {output}/errors.csv", "note:")
         if not n_img:

@@ -74,7 +74,8 @@ def classify(
         if given is not None and (given.resolve() in inputs or is_image_file(given)):
             raise WbcError(f"{given}: is an image{' of the input' if given.resolve() in inputs else ''}; give a "
                            f"{'.csv' if given is out else '.html'} file for the output")
-    note_foreign_images(paths)  # once the command will run: a bad option fails in one line
+    # once the command will run: a bad option fails in one line; what the listing left out is named with the errors
+    left_out = note_foreign_images(paths, listed=False)
     if reached_twice:
         warn(f"{reached_twice} path(s) led to a file already in the run (overlapping inputs, links to the same file) "
              "and were left out: each file is classified and counted once", "note:")
@@ -93,6 +94,7 @@ def classify(
         else:
             res = classify_paths(files, clf, batch_size=batch_size, workers=threads, progress=update,
                                  reframe=reframe)
+    res.errors[:0] = left_out  # links to missing files, folders it may not list: in <stem>.errors.csv too
     write_predictions_csv(out, res.predictions, clf.classes)
     errors, named = with_failed_copies(res.errors, [(str(c), str(o)) for c, o in copies])  # as `wbc analyze`
     if errors_file is not None and errors:
