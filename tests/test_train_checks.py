@@ -165,3 +165,38 @@ def test_wbcatt_attributes_without_their_tables_are_refused_before_decoding(smal
         loop.run_training(tiny(small_data, attributes="wbcatt"), tmp_path / "r", data_root=tmp_path,  # type: ignore[arg-type]
                           console=Console(quiet=True))
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_missing_files_in_two_folds_of_a_manifest_without_sha1s_are_kept_for_decoding_to_skip(
+        small_data: Path, tmp_path: Path) -> None:
+    """A lab's manifest (path, label, split, fold; no sha1 column) with two missing files in two folds: both had no
+    SHA-1, so they looked like one image in two folds, and the re-deal read them: a FileNotFoundError traceback. The
+    folds are kept, and the missing rows stay for decoding to skip (listed in skipped.csv), as before wbc 0.35.0."""
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.data import scan_folder
+    from wbc.train.loop import deal_new_rows, manifest_samples, prepare_samples
+
+    rows: list[tuple[str, str, str, int | str]] = []
+    for cls in ("neutrophil", "lymphocyte", "eosinophil"):
+        files = sorted(str(s.path) for s in scan_folder(small_data).samples if s.label == cls)
+        rows += [(files[0], cls, "test", "")] + [(f, cls, "train", i % 3) for i, f in enumerate(files[1:])]
+    gone = [str(tmp_path / "gone0.png"), str(tmp_path / "gone1.png")]
+    rows += [(gone[0], "neutrophil", "train", 0), (gone[1], "lymphocyte", "train", 1)]
+    m = tmp_path / "m.csv"
+    with m.open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split", "fold"), *rows])
+    want = {p: (split, fold) for p, _, split, fold in rows if split != "test"}
+    cfg = TrainConfig(folds=3)
+    got, skipped = deal_new_rows(manifest_samples(m, cfg, tmp_path), cfg, m)
+    assert skipped == []
+    assert {str(s.path): (s.split, s.fold) for s in got if s.split != "test"} == want  # folds kept
+    assert [s.split for s in got if str(s.path) in gone] == ["train", "train"]
+    # dealt afresh (a 3-fold manifest used for 2 folds): the missing files are dealt too, never read
+    cfg = TrainConfig(folds=2)
+    got, _ = deal_new_rows(manifest_samples(m, cfg, tmp_path), cfg, m)
+    assert len(got) == len(rows) and {s.fold for s in got if s.split != "test"} == {0, 1}
+    assert all(not s.sha1 for s in got if str(s.path) in gone)
+    got = prepare_samples(tiny(m, folds=3), tmp_path / "r", tmp_path, False, Console(quiet=True))  # type: ignore[arg-type]
+    assert sorted(str(s.path) for s in got if str(s.path) in gone) == gone

@@ -703,11 +703,14 @@ def deal_new_rows(samples: list[Sample], cfg: TrainConfig,
     pool = [i for i, s in enumerate(out) if s.split != "test"]
     folds_of: dict[str, set[int]] = defaultdict(set)
     for i in pool:
-        folds_of[out[i].sha1].add(out[i].fold)
+        if out[i].sha1:  # a file that cannot be read has none: it is no copy of another, and decoding skips it
+            folds_of[out[i].sha1].add(out[i].fold)
     # one image in two folds (a row listed again, a merged manifest) would validate a member on an image it trained
     # on: dealt afresh, copies together (stratified_split groups by SHA-1); before wbc 0.35.0 such folds were kept
     if {out[i].fold for i in pool} != set(range(cfg.folds)) or any(len(f) > 1 for f in folds_of.values()):
-        dealt = stratified_split([out[i] for i in pool], (1.0, 0.0, 0.0), seed=cfg.split_seed, folds=cfg.folds)
+        # a file that cannot be read keyed by its path: stratified_split would read it, a traceback
+        keyed = [replace(out[i], sha1=out[i].sha1 or f"unread:{out[i].path}") for i in pool]
+        dealt = stratified_split(keyed, (1.0, 0.0, 0.0), seed=cfg.split_seed, folds=cfg.folds)
         for i, s in zip(pool, dealt, strict=True):
             out[i] = replace(out[i], fold=s.fold)
     return [replace(s, fold=-1) if s.split == "test" else s for s in out], skipped
