@@ -659,6 +659,39 @@ def test_a_re_export_never_removes_the_case_store_or_a_user_s_files(tmp_path: Pa
     assert export_cases(store, out, include_accepted=True).n_cells == summary.n_cells
 
 
+def test_a_re_export_removes_a_file_browser_s_files(tmp_path: Path, fields, classifier) -> None:  # noqa: F811
+    """A lab scientist looked at an export's crops in Finder or Explorer, which left ``.DS_Store`` / ``Thumbs.db`` in
+    it: the re-export was refused over a file they never made. A file browser's files go with the earlier export (and
+    do not make a new folder "not empty"); a user's file is still refused."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    store = CaseStore.open(tmp_path / "cases.sqlite")
+    cid = create_case_from_fields(store, "S-1", fields[:1], classifier)
+    store.sign_off(cid, "tech")
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"\0")  # the folder made in Finder
+    n = export_cases(store, out, include_accepted=True).n_cells
+    crop = Path(next(csv.DictReader((out / "manifest.csv").open()))["path"])
+    litter = [out / ".DS_Store", out / crop.parent / "Thumbs.db", out / crop.parent / "desktop.ini",
+              out / crop.parent / f"._{crop.name}", out / ".directory"]
+    for p in litter:
+        p.write_bytes(b"\0")
+    (out / "manifest.csv").write_text((out / "manifest.csv").read_text() + "\n")  # to tell it was rewritten
+    res = CliRunner().invoke(app, ["cases", "export", str(out), "--store", str(tmp_path / "cases.sqlite"),
+                                   "--include-accepted"])
+    assert res.exit_code == 0, res.output
+    assert not any(p.exists() for p in litter)
+    assert not (out / "manifest.csv").read_text().endswith("\n\n")
+    assert len(list(csv.DictReader((out / "manifest.csv").open()))) == n and (out / crop).is_file()
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(CaseError, match=re.escape("holds notes.txt, which `wbc cases export` did not write")):
+        export_cases(store, out, include_accepted=True)
+    store.close()
+
+
 def test_export_into_the_current_folder_is_one_line(store: CaseStore, tmp_path: Path, monkeypatch) -> None:
     """`wbc cases export .` was a ValueError traceback ("PosixPath('.') has an empty name"): the export is written
     beside its folder and swapped in, which the current folder cannot be without leaving the shell in a removed

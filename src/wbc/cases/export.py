@@ -8,7 +8,8 @@ and training on it teaches the model its own answers (and inflates ``wbc adapt``
 
 The folder is written beside the target and swapped in whole, so an interrupted export never leaves a half-written
 folder; a folder from an earlier export is replaced, any other non-empty folder is refused, and so is an earlier
-export's folder that holds anything the export did not write (a user's file, the case store itself). Through a
+export's folder that holds anything the export did not write (a user's file, the case store itself; a file
+browser's ``.DS_Store``, ``Thumbs.db`` and the like are removed with it). Through a
 symbolic link, the folder it points to is the target (the link stays).
 """
 
@@ -69,13 +70,26 @@ def _written_by_export(out: Path) -> set[str]:
     return ours
 
 
+#: Files a file browser leaves in a folder someone opened (macOS Finder, its AppleDouble ``._*`` files on other disks,
+#: Windows Explorer, KDE), compared case-folded: no user's data, removed with an earlier export (since wbc 0.35.0).
+OS_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", ".directory"})
+
+
+def _os_file(name: str) -> bool:
+    """Whether a file named ``name`` is a file browser's (:data:`OS_FILES`), which a re-export may remove."""
+    return name.casefold() in OS_FILES or name.startswith("._")
+
+
 def _check_target(out: Path) -> None:
     """Refuse a target whose replacement would remove files the export did not write. A marked earlier export is
     replaced whole (renamed aside, then removed): before wbc 0.35.0 whatever else was in it (a user's notes, the case
-    store itself) went with it."""
+    store itself) went with it. A file browser's own files (:data:`OS_FILES`) are no user's: a lab scientist who
+    looked at the crops in Finder or Explorer left one there, and the re-export was refused over a file they never
+    made."""
     if out.exists() and not out.is_dir():
         raise CaseError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+    if out.is_dir() and not (out / MARKER).is_file() and any(
+            not (p.is_file() and _os_file(p.name)) for p in out.iterdir()):
         raise CaseError(f"{out}: folder is not empty and was not written by `wbc cases export`; "
                         "choose a new folder")
     if not out.is_dir():
@@ -84,7 +98,7 @@ def _check_target(out: Path) -> None:
     for root, dirs, files in os.walk(out):  # a link is not followed: it is removed, never what it points to
         here = Path(root).relative_to(out)
         dirs.sort()
-        for name in [*sorted(files), *dirs]:
+        for name in [*sorted(n for n in files if not _os_file(n)), *dirs]:
             rel = (here / name).as_posix()
             if rel not in ours:
                 raise CaseError(f"{out}: holds {rel}, which `wbc cases export` did not write; move it out or choose "
