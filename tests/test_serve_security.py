@@ -967,8 +967,22 @@ def test_the_framework_s_own_400s_have_documented_codes(client: TestClient) -> N
     r = client.post("/differential", content=b'{"counts":' + b"[" * 5000,
                     headers={**key, "content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+    assert r.json()["detail"] == "the request body could not be parsed: JSON nested too deep"
     r = client.post("/cases", data={"name": "x" * (1024 * 1024 + 10)}, headers=key)
     assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+
+
+def test_a_json_body_that_is_not_utf8_is_told_so(client: TestClient) -> None:
+    """A Latin-1 client's JSON (``"Jürgen"``) was answered "could not be parsed (JSON nested too deep?)": FastAPI's one
+    400 for any error reading a body, all taken for nesting when first mapped. The detail follows the cause."""
+    r = client.post("/cases/1/cells/1/label", content='{"label": "neutrophil", "user": "J\xfcrgen"}'.encode("latin-1"),
+                    headers={"X-API-Key": KEY, "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+    assert "UTF-8" in r.json()["detail"] and "0xfc" in r.json()["detail"] and "nested" not in r.json()["detail"]
+    from wbc.serve.app import unparsed_body  # any other cause: no guess
+
+    assert unparsed_body(ValueError("other")) == "the request body could not be parsed"
+    assert unparsed_body(None) == "the request body could not be parsed"
 
 
 def test_login_sessions_in_memory_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -471,6 +471,18 @@ class CountsIn(BaseModel):
 # --------------------------------------------------------------------------- the app
 
 
+def unparsed_body(cause: BaseException | None) -> str:
+    """The detail for FastAPI's "error parsing the body", by its ``cause``: FastAPI answers it for any error reading a
+    body, not only JSON nested past Python's recursion limit (a Latin-1 client's body too), so no one cause is
+    guessed."""
+    if isinstance(cause, RecursionError):
+        return "the request body could not be parsed: JSON nested too deep"
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the request body is not UTF-8 JSON (byte 0x{cause.object[cause.start]:02x} at position "
+                f"{cause.start}); send JSON encoded as UTF-8")
+    return "the request body could not be parsed"
+
+
 def create_app(
     classifier: ClassifierLike | None = None,
     segmenter: SegmenterLike | None = None,
@@ -593,9 +605,8 @@ def create_app(
         if exc.status_code == 400 and getattr(exc, "error", None) is None:  # two more of theirs, mapped since 0.35.0
             if str(exc.detail).startswith("Field exceeded maximum size"):  # a form text field over 1 MiB
                 return JSONResponse(error_body("too_large", f"{exc.detail} (a text field of the form)"), 413)
-            if str(exc.detail) == "There was an error parsing the body":  # JSON nested past Python's recursion limit
-                return JSONResponse(error_body("invalid_request", "the request body could not be parsed (JSON "
-                                               "nested too deep?)"), 422)
+            if str(exc.detail) == "There was an error parsing the body":  # FastAPI's for any error reading a body
+                return JSONResponse(error_body("invalid_request", unparsed_body(exc.__cause__)), 422)
         error, detail = getattr(exc, "error", None), str(exc.detail)
         if error is None:  # Starlette's or FastAPI's own: named by status, as docs/api.md's table lists them
             error, detail = framework_error(request, exc)
