@@ -250,6 +250,28 @@ def test_wbc_analyze_lists_every_link_to_a_missing_field_in_errors_csv(model_fil
     assert "2 more file(s), every one named in" in out.stderr
 
 
+def test_overlapping_inputs_list_a_link_left_out_once(model_file: Path, tmp_path: Path) -> None:
+    """A folder and its own subfolder given together: a link to a missing image under both was written twice to the
+    errors CSV and counted twice among the files that could not be read (before wbc 0.35.0), by `wbc classify` and
+    `wbc analyze` alike; now once, as the run takes each file once."""
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    write_png(d / "good.png", synthetic_cell("neutrophil", 96, seed=1))
+    (d / "sub" / "x.png").symlink_to(tmp_path / "gone.png")
+    out = run_wbc("classify", str(d), str(d / "sub"), "--model", str(model_file), "--output",
+                  str(tmp_path / "p.csv"), "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.reader((tmp_path / "p.errors.csv").open(encoding="utf-8-sig")))[1:]
+    assert [Path(r[0]).name for r in rows] == ["x.png"], rows
+    assert "1 file(s) could not be read" in out.stderr
+    out = run_wbc("analyze", str(d), str(d / "sub"), "--model", str(model_file), "--segmenter", "classical",
+                  "--no-report", "--output", str(tmp_path / "out"), "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.reader((tmp_path / "out" / "errors.csv").open(encoding="utf-8-sig")))[1:]
+    assert [Path(r[0]).name for r in rows] == ["x.png"], rows
+    assert "1 file(s) failed" in out.stderr
+
+
 def test_wbc_classify_counts_a_file_reached_twice_once(model_file: Path, tmp_path: Path) -> None:
     """A link to a cell already in the run, and overlapping inputs (a folder and a file in it), classified and counted
     one cell two or three times, inflating its class in the differential; each file is now answered once, under the

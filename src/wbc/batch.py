@@ -591,20 +591,24 @@ def left_out_errors(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[str,
     """What the folders among ``inputs`` hold that a run leaves out (:func:`wbc.io.left_out_under`: a subfolder it may
     not list, a link named as an image whose file is missing) as ``(path, message)``, as a run lists the files it
     could not read: since wbc 0.35.0 each is in errors.csv (`wbc analyze`) or ``<stem>.errors.csv`` (`wbc classify`);
-    before, only the first ten were named, on the terminal alone.
+    before, only the first ten were named, on the terminal alone. Each once (its folder's real path and its name),
+    as the run takes each file once: before wbc 0.35.0 overlapping inputs (``day1 day1/sub``) listed a link or folder
+    under both twice in the errors file and counted it twice among the files that could not be read.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
-    >>> (d / "x: 1.png").symlink_to(d / "gone.png")
-    >>> [(Path(p).name, m.startswith(p + ": link to a missing file")) for p, m in left_out_errors([d])]
+    >>> (d / "sub").mkdir(); (d / "sub" / "x: 1.png").symlink_to(d / "gone.png")
+    >>> [(Path(p).name, m.startswith(p + ": link to a missing file")) for p, m in left_out_errors([d, d / "sub"])]
     [('x: 1.png', True)]
     """
-    pairs = []
+    pairs: dict[str, tuple[str, str]] = {}
     for message in left_out_under(inputs):
         # "<path>: <reason> (<details>)": the path is cut before the reason, as a path may hold ": " itself
         cut = max(message.rfind(": cannot list the folder ("), message.rfind(": link to a missing file ("))
-        pairs.append((message[:cut] if cut > 0 else message.split(": ", 1)[0], message))
-    return pairs
+        path = message[:cut] if cut > 0 else message.split(": ", 1)[0]
+        key = os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
+        pairs.setdefault(key, (path, message))
+    return list(pairs.values())
 
 
 def run_local(
