@@ -859,6 +859,25 @@ def test_data_without_a_label_to_score_is_refused_before_any_image_is_read(
     assert "\n" not in msg
 
 
+def test_compare_on_labelled_images_all_unreadable_says_so_as_evaluate_does(env: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    """Class-labelled images all unreadable (truncated), one of an unknown class readable: `wbc evaluate --compare`
+    said no cell had a label both models answer (before wbc 0.35.0), sending the user after the folder names; now
+    it says what `wbc evaluate` says, naming the first broken file, in one line."""
+    data = tmp_path / "unr"
+    for folder, name in (("neutrophil", "n.png"), ("lymphocyte", "l.png")):
+        (data / folder).mkdir(parents=True)
+        png = (env["data"] / folder).glob("*.png").__next__().read_bytes()
+        (data / folder / name).write_bytes(png[: len(png) // 3])
+    shutil.copytree(env["data"] / "smudge", data / "smudge")
+    want = "none of the images labelled with a class to score could be read (first problem: "
+    for extra in ([], ["--compare", str(env["model"]), str(env["model"])]):
+        res = CliRunner().invoke(app, ["evaluate", str(data), *extra, "--output", str(tmp_path / f"o{len(extra)}")])
+        msg = str(res.exception)  # a WbcError: `wbc` prints it as one "error:" line
+        assert type(res.exception).__name__ == "WbcError" and want in msg and "l.png" in msg, msg
+        assert "\n" not in msg
+
+
 def test_a_run_stopped_while_its_report_is_built_leaves_the_earlier_run_s_files(
     env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,6 +49,24 @@ answer among (x 1); they are not part of this comparison.'
     return f"Of the {result['n_images']:,} images given, {' and '.join(parts)}; they are not part of this comparison."
 
 
+def unread_message(data: EvalData, classes: list[str], unreadable: dict[str, str], read: bool) -> str:
+    """Why no cell could be compared when the data hold labelled cells, as `wbc evaluate` says it: none of the images
+    could be read (``read`` False), or none labelled with a class to score, naming the first problem. Before wbc
+    0.35.0 `--compare` said no cell had a label both models answer, sending the user after the labels.
+
+    >>> from wbc.data import Sample
+    >>> d = EvalData([Sample(Path("n/a.jpg"), "neutrophil"), Sample(Path("m/b.jpg"), "macrophage")], Path("set"))
+    >>> unread_message(d, ["neutrophil"], {"n/a.jpg": "n/a.jpg: empty"}, read=True)
+    'set: none of the images labelled with a class to score could be read (first problem: n/a.jpg: empty)'
+    """
+    if not read:
+        first = next(iter(unreadable.values()), "unknown")
+        return f"{data.source}: none of the {len(data.samples)} images could be read (first problem: {first})"
+    to_score = {str(s.path) for s in data.samples if s.label in classes}
+    first = next((msg for path, msg in unreadable.items() if path in to_score), "unknown")
+    return f"{data.source}: none of the images labelled with a class to score could be read (first problem: {first})"
+
+
 def compare(
     data: EvalData,
     clf_a: Classifier,
@@ -91,8 +109,8 @@ def compare(
     unreadable: dict[str, str] = {}  # path -> the first reason either model gave
     for path, msg in [*sa.errors, *sb.errors]:
         unreadable.setdefault(path, msg)
-    if not rows:
-        raise WbcError(f"{data.source}: no cell has a label that both models answer among ({', '.join(classes)})")
+    if not rows:  # a cell labelled with a class is known (above): every one failed in one model or both
+        raise WbcError(unread_message(data, classes, unreadable, read=bool(not_scored)))
     ia = np.array([r[0] for r in rows])
     ib = np.array([r[1] for r in rows])
     truth = [sa.samples[i].label for i in ia]
