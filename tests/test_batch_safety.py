@@ -621,8 +621,9 @@ def test_wbc_classify_refuses_a_report_named_as_one_of_its_csvs(model_file: Path
 
 def test_wbc_classify_counts_a_copy_under_another_name_once(model_file: Path, tmp_path: Path) -> None:
     """A cell downloaded twice (``a.png``, ``a (1).png``) or exported into two folders was classified and counted
-    once per copy, without a word, where `wbc analyze` counts such a field once: now the first is kept, the copy named
-    on the terminal and left out of the CSV, as `wbc analyze` does; copies of a file that fails each fail."""
+    once per copy, without a word, where `wbc analyze` counts such a field once: now one is kept (in one folder the
+    shortest name, ``a.png``, not the ``a (1).png`` sorted before it), each copy named on the terminal and in
+    ``p.copies.csv`` and left out of the CSV, as `wbc analyze` does; copies of a file that fails each fail."""
     import csv
     import shutil
 
@@ -642,14 +643,49 @@ def test_wbc_classify_counts_a_copy_under_another_name_once(model_file: Path, tm
     res = CliRunner().invoke(app, ["classify", str(d), "--model", str(model_file), "-o", str(out), "--threads", "1"])
     assert res.exit_code == 0, res.output
     with open(out, newline="") as fh:
-        assert [r["path"] for r in csv.DictReader(fh)] == [str(d / "a (1).png"), str(d / "b.png")]
+        assert [r["path"] for r in csv.DictReader(fh)] == [str(d / "a.png"), str(d / "b.png")]
     said = " ".join(res.output.split())
     assert "2 cells classified" in said
-    for copy in (d / "a.png", d / "sub" / "a.png"):
-        assert (f"skipped {copy}: the same image as another input, classified and counted once ({d / 'a (1).png'} "
+    for copy in (d / "a (1).png", d / "sub" / "a.png"):
+        assert (f"skipped {copy}: the same image as another input, classified and counted once ({d / 'a.png'} "
                 "has the same bytes)") in said
+    with open(tmp_path / "p.copies.csv", newline="") as fh:
+        assert list(csv.reader(fh)) == [["path", "same_bytes_as"], [str(d / "a (1).png"), str(d / "a.png")],
+                                        [str(d / "sub" / "a.png"), str(d / "a.png")]]
     with open(tmp_path / "p.errors.csv", newline="") as fh:
         assert sorted(r[0] for r in list(csv.reader(fh))[1:]) == [str(d / "empty (1).jpg"), str(d / "empty.jpg")]
+
+
+def test_every_byte_copy_left_out_is_named_in_a_file_beside_the_outputs(model_file: Path, tmp_path: Path) -> None:
+    """Past the tenth, the byte copies `wbc classify` and `wbc analyze` left out were named nowhere (only counted on
+    the terminal), so the files handed in could not be reconciled with the CSV's rows: since wbc 0.35.0 every one is
+    a row of ``<stem>.copies.csv`` / ``copies.csv`` with the file kept, ``cell.png`` rather than ``cell (1).png``."""
+    import shutil
+
+    d = tmp_path / "in"
+    d.mkdir()
+    cell = write_png(d / "cell.png", synthetic_cell("neutrophil", 96, seed=1))
+    names = [f"cell ({i}).png" for i in range(1, 13)]
+    for n in names:
+        shutil.copy(cell, d / n)
+    out = run_wbc("classify", str(d), "--model", str(model_file), "--output", str(tmp_path / "p.csv"),
+                  "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert [r["path"] for r in csv.DictReader((tmp_path / "p.csv").open())] == [str(cell)]
+    rows = list(csv.reader((tmp_path / "p.copies.csv").open(encoding="utf-8-sig")))
+    assert rows[0] == ["path", "same_bytes_as"] and sorted(r[0] for r in rows[1:]) == sorted(str(d / n) for n in names)
+    assert all(r[1] == str(cell) for r in rows[1:])
+    assert "2 more file(s), every one named in" in out.stderr and "p.copies.csv" in out.stderr
+    write_png(d / "field.png", synthetic_smear(n_wbc=2, seed=3)[0])
+    shutil.copy(d / "field.png", d / "field (1).png")
+    for _ in range(2):  # a resumed run names them all again
+        out = run_wbc("analyze", str(d), "--model", str(model_file), "--segmenter", "classical", "--no-report",
+                      "--output", str(tmp_path / "out"), "--threads", "1")
+        assert out.returncode == 0, out.stderr
+        rows = list(csv.reader((tmp_path / "out" / "copies.csv").open(encoding="utf-8-sig")))[1:]
+        assert sorted(rows) == sorted([[str(d / n), str(cell)] for n in names]
+                                      + [[str(d / "field (1).png"), str(d / "field.png")]])
+        assert (tmp_path / "out" / "field.json").is_file() and not (tmp_path / "out" / "field (1).json").exists()
 
 
 @pytest.mark.parametrize("ext", ["gif", "png", "webp"])

@@ -36,7 +36,14 @@ from typing import Any
 import cv2
 
 from wbc.errors import WbcError
-from wbc.formats import json_text, result_to_dict, write_cells_csv, write_differential_csv, write_errors_csv
+from wbc.formats import (
+    json_text,
+    result_to_dict,
+    write_cells_csv,
+    write_copies_csv,
+    write_differential_csv,
+    write_errors_csv,
+)
 from wbc.io import (
     atomic_write_bytes,
     file_sha1,
@@ -59,7 +66,7 @@ ANNOTATED_TAG = b"Software\x00wbc annotated field"
 _AFTER_IHDR = 33
 
 #: The files a run pools over its fields: removed before it commits a field, written again at its end.
-POOLED_FILES: tuple[str, ...] = ("cells.csv", "differential.csv", "errors.csv", "report.html")
+POOLED_FILES: tuple[str, ...] = ("cells.csv", "differential.csv", "errors.csv", "copies.csv", "report.html")
 
 
 @dataclass(frozen=True)
@@ -278,20 +285,47 @@ def content_sha1(path: str | os.PathLike[str]) -> str:
         return ""
 
 
+def kept_of_copies(paths: Sequence[str]) -> str:
+    """Which of ``paths`` (files of the same bytes, in input order) a run keeps: among those in the first one's folder
+    (one folder's listing), the shortest name, then the first in sort order; so a browser's second download ``cell
+    (1).jpg``, sorted before ``cell.jpg``, is the copy (before wbc 0.35.0 it was kept, its original called the copy).
+    Copies in other folders (a cell exported into two) give way to the first in input order.
+
+    >>> kept_of_copies(["a/cell (1).jpg", "a/cell.jpg", "b/c.jpg"])
+    'a/cell.jpg'
+    >>> kept_of_copies(["b/zz.jpg", "a/c.jpg"])
+    'b/zz.jpg'
+    """
+    folder = os.path.dirname(paths[0])
+    return min((p for p in paths if os.path.dirname(p) == folder),
+               key=lambda p: (len(os.path.basename(p)), os.path.basename(p)))
+
+
+def copies_among(keys: Sequence[str], paths: Sequence[str]) -> dict[int, int]:
+    """Index of each of ``paths`` left out as a copy -> index of the one kept (:func:`kept_of_copies`), the files
+    of one non-empty ``keys`` entry (a SHA-1) being copies; "" is no key (a file that could not be read)."""
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key:
+            groups.setdefault(key, []).append(i)
+    left_out: dict[int, int] = {}
+    for members in groups.values():
+        if len(members) > 1:
+            kept = kept_of_copies([paths[i] for i in members])
+            keep = next(i for i in members if paths[i] == kept)
+            left_out.update((i, keep) for i in members if i != keep)
+    return left_out
+
+
 def without_copies(jobs: Sequence[Job]) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Each job with its file's SHA-1, without the files whose bytes an earlier job's file has (the same image
-    under another name: a copy in a sub-folder, a file chosen twice), and those copies as (copy, original)."""
-    first: dict[str, str] = {}
-    kept, copies = [], []
-    for job in jobs:
-        sha1 = content_sha1(job.path)
-        if sha1 and sha1 in first:
-            copies.append((job.path, first[sha1]))
-            continue
-        if sha1:
-            first[sha1] = job.path
-        kept.append(Job(job.path, job.stem, sha1))
-    return kept, copies
+    """Each job with its file's SHA-1, without the files whose bytes another job's file has (the same image under
+    another name: a copy in a sub-folder, a file chosen twice), and those copies as (copy, the file kept); which one
+    is kept: :func:`kept_of_copies`, as `wbc classify` keeps it."""
+    sha1s = [content_sha1(job.path) for job in jobs]
+    left_out = copies_among(sha1s, [job.path for job in jobs])
+    kept = [Job(job.path, job.stem, sha1) for i, (job, sha1) in enumerate(zip(jobs, sha1s, strict=True))
+            if i not in left_out]
+    return kept, [(jobs[i].path, jobs[k].path) for i, k in sorted(left_out.items())]
 
 
 def prepare_output(output: str | os.PathLike[str]) -> Path:
@@ -563,6 +597,11 @@ def finish(out: Path, jobs: Sequence[Job], classes: Sequence[str], summary: Anal
             (out / "differential.csv").unlink(missing_ok=True)
     with writing(out / "errors.csv"):
         write_errors_csv(out / "errors.csv", summary.errors)
+    with writing(out / "copies.csv"):  # every copy left out, named (since wbc 0.35.0: past ten, nowhere before)
+        if summary.copies:
+            write_copies_csv(out / "copies.csv", summary.copies)
+        else:
+            (out / "copies.csv").unlink(missing_ok=True)
     return summary
 
 

@@ -26,6 +26,9 @@ from wbc.types import Cell, Prediction, SmearResult
 #: A spreadsheet evaluates a text cell starting with one of these as a formula (CWE-1236).
 FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
 ERRORS_HEADER: tuple[str, ...] = ("path", "error")
+#: The byte copies a run left out, each with the file kept (`wbc analyze`'s ``copies.csv``, `wbc classify`'s
+#: ``<stem>.copies.csv``; since wbc 0.35.0, before which past the tenth they were named nowhere).
+COPIES_HEADER: tuple[str, ...] = ("path", "same_bytes_as")
 
 
 # --------------------------------------------------------------------------- CSV safety
@@ -188,6 +191,11 @@ def write_differential_csv(
 
 def write_errors_csv(path: str | os.PathLike[str], errors: Iterable[tuple[str, str]]) -> None:
     write_csv(path, ERRORS_HEADER, errors)
+
+
+def write_copies_csv(path: str | os.PathLike[str], copies: Iterable[tuple[str, str]]) -> None:
+    """The (copy, file kept) pairs of a run as :data:`COPIES_HEADER` rows."""
+    write_csv(path, COPIES_HEADER, copies)
 
 
 # --------------------------------------------------------------------------- a confidence beside its flag

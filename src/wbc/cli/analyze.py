@@ -138,8 +138,8 @@ def analyze(
         say(f"  report: {page}")
     warn_replaced(summary.replaced, {p for p, _ in summary.errors}, output)
     warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")
-    warn_skipped(f"{copy}: the same image as another input, analysed and counted once ({original} has the same bytes)"
-                 for copy, original in summary.copies)
+    warn_skipped((f"{copy}: the same image as another input, analysed and counted once ({original} has the same "
+                  "bytes)" for copy, original in summary.copies), f"{output}/copies.csv")  # each named there
     note_earlier_outputs(summary.earlier_outputs)
     note_foreign_images(inputs, listed=False)  # what the listing left out is in summary.errors (wbc.batch)
     if summary.errors:

@@ -54,7 +54,7 @@ def classify(
     from wbc.batch import with_failed_copies
     from wbc.classify import classify_paths
     from wbc.cli._common import check_engine, note_unchecked_model, say_differential
-    from wbc.formats import write_errors_csv, write_predictions_csv
+    from wbc.formats import write_copies_csv, write_errors_csv, write_predictions_csv
     from wbc.io import check_output_file, is_image_file, iter_image_paths, no_images_message, output_target
     from wbc.model import load_model
     from wbc.ood import adapted_without_labels, advice_for, needs_adaptation, ood_warning
@@ -68,7 +68,9 @@ def classify(
     page = check_output_file(report) if report else None
     # every unreadable file is named in a CSV beside the predictions; none beside a stream (/dev/stdout): all on stderr
     errors_file = None if output_target(out)[1] else check_output_file(errors_csv_path(out))
-    refuse_overwriting_outputs((("--output", out), ("the list of unreadable files", errors_file), ("--report", page)))
+    copies_file = None if errors_file is None else check_output_file(copies_csv_path(out))  # the copies left out
+    refuse_overwriting_outputs((("--output", out), ("the list of unreadable files", errors_file),
+                                ("the list of copies", copies_file), ("--report", page)))
     inputs = {f.resolve() for f in files}
     for given in (out, page):  # `-o cells/*.jpg` in a shell makes the first image the output, the rest inputs
         if given is not None and (given.resolve() in inputs or is_image_file(given)):
@@ -103,8 +105,13 @@ def classify(
         errors_file.unlink()
     warn_skipped((msg for _, msg in errors), str(errors_file) if errors_file else None,
                  shown=len(errors) if errors_file is None else SKIPPED_SHOWN)
-    warn_skipped(f"{copy}: the same image as another input, classified and counted once ({original} has the same "
-                 "bytes)" for copy, original in named)
+    if copies_file is not None and named:
+        write_copies_csv(copies_file, named)
+    elif copies_file is not None and copies_file.is_file():  # an earlier run's: it would name files this run read
+        copies_file.unlink()
+    warn_skipped((f"{copy}: the same image as another input, classified and counted once ({original} has the same "
+                  "bytes)" for copy, original in named), str(copies_file) if copies_file else None,
+                 shown=len(named) if copies_file is None else SKIPPED_SHOWN)
     n = len(res.predictions)
     counts = res.counts()
     n_review = sum(p.review for p in res.predictions)
@@ -143,6 +150,17 @@ def errors_csv_path(output: Path) -> Path:
     return output.with_name(f"{output.name.removesuffix(output.suffix)}.errors.csv")
 
 
+def copies_csv_path(output: Path) -> Path:
+    """Where `wbc classify` names the byte copies it left out, each with the file kept: ``<output stem>.copies.csv``
+    (``path,same_bytes_as``, as `wbc analyze`'s ``copies.csv``); since wbc 0.35.0, before which past ten were named
+    nowhere.
+
+    >>> copies_csv_path(Path("run/predictions.csv")).as_posix()
+    'run/predictions.copies.csv'
+    """
+    return output.with_name(f"{output.name.removesuffix(output.suffix)}.copies.csv")
+
+
 def each_file_once(files: Iterable[Path]) -> tuple[list[Path], int]:
     """``files`` with each file once however it was reached (its real path: overlapping inputs such as ``day1
     day1/a``, a link to a file already listed), in first-seen order, and how many were left out: before wbc 0.33.0
@@ -178,13 +196,14 @@ def refuse_overwriting_outputs(outputs: Iterable[tuple[str, Path | None]]) -> No
 
 
 def without_copies(files: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
-    """``files`` without those whose bytes an earlier one has (a file downloaded twice, ``cell.jpg`` and ``cell
+    """``files`` without those whose bytes another one has (a file downloaded twice, ``cell.jpg`` and ``cell
     (1).jpg``; a cell exported into two folders), and those copies as (copy, the file kept), as `wbc analyze` keeps
-    each field once (:func:`wbc.batch.without_copies`): before wbc 0.35.0 `wbc classify` counted such a cell once
-    per copy. Only files of a size another file has are hashed: a cell's bytes are read once more at most."""
+    each field once (:func:`wbc.batch.without_copies`; the one kept: :func:`wbc.batch.kept_of_copies`, ``cell.jpg``):
+    before wbc 0.35.0 `wbc classify` counted such a cell once per copy. Only files of a size another file has are
+    hashed: a cell's bytes are read once more at most."""
     from collections import Counter
 
-    from wbc.batch import content_sha1
+    from wbc.batch import content_sha1, copies_among
 
     sizes: dict[Path, int] = {}
     for f in files:
@@ -193,14 +212,6 @@ def without_copies(files: list[Path]) -> tuple[list[Path], list[tuple[Path, Path
         except OSError:  # its reading will say why
             sizes[f] = -1
     shared = {n for n, k in Counter(sizes.values()).items() if k > 1 and n >= 0}
-    first: dict[str, Path] = {}
-    kept, copies = [], []
-    for f in files:
-        sha1 = content_sha1(f) if sizes[f] in shared else ""
-        if sha1 and sha1 in first:
-            copies.append((f, first[sha1]))
-            continue
-        if sha1:
-            first[sha1] = f
-        kept.append(f)
-    return kept, copies
+    left_out = copies_among([content_sha1(f) if sizes[f] in shared else "" for f in files], [str(f) for f in files])
+    return ([f for i, f in enumerate(files) if i not in left_out],
+            [(files[i], files[k]) for i, k in sorted(left_out.items())])
