@@ -19,6 +19,7 @@ with :func:`commit`; the local engine (:func:`run_local`) does both in one proce
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import itertools
@@ -28,8 +29,8 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +157,29 @@ class AnalyzeSummary:
     outside_smear: set[str] = field(default_factory=set)
 
 
+#: The most bytes of an output stem: ``<stem>.json`` stays within :data:`wbc.io.NAME_MAX`.
+MAX_STEM_BYTES = 250
+
+
+def capped(name: str, path: Path) -> str:
+    """``name``, or where it is over :data:`MAX_STEM_BYTES` bytes its start and 8 hex digits of ``path``'s SHA-1: a
+    legal image name of 252-255 bytes (or a long folder's name before it) would give an output name no disk takes.
+
+    >>> len(capped("m" * 300, Path("m.jpg"))), capped("x", Path("x.jpg"))
+    (250, 'x')
+    """
+    if len(os.fsencode(name)) <= MAX_STEM_BYTES:
+        return name
+    tag = "-" + hashlib.sha1(os.fsencode(str(path))).hexdigest()[:8]
+    while len(os.fsencode(name + tag)) > MAX_STEM_BYTES:
+        name = name[:-1]
+    return name + tag
+
+
 def unique_stems(paths: Sequence[Path]) -> list[str]:
     """Output names per input: the stem; when taken, the parent folder and the stem; then the stem and a number.
     Every name is checked against every name handed out, ignoring case (a case-insensitive disk would otherwise
-    write two fields to one file).
+    write two fields to one file), and is at most :data:`MAX_STEM_BYTES` long (:func:`capped`).
 
     >>> unique_stems([Path("a/x.jpg"), Path("a/x_2.jpg"), Path("b/x.jpg"), Path("c/b/x.jpg"), Path("d/X.png")])
     ['x', 'x_2', 'b_x', 'x_3', 'd_X']
@@ -169,7 +189,7 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     for p in paths:
         candidates = itertools.chain((p.stem, f"{p.parent.name}_{p.stem}"),
                                      (f"{p.stem}_{k}" for k in itertools.count(2)))
-        stem = next(c for c in candidates if c.casefold() not in used)
+        stem = next(c for c in (capped(c, p) for c in candidates) if c.casefold() not in used)
         used.add(stem.casefold())
         out.append(stem)
     return out
@@ -364,8 +384,7 @@ def committed(out: Path, results: Iterable[FieldOutput]) -> Iterator[FieldOutput
         if first:
             drop_pooled(out)
             first = False
-        commit(out, result)
-        yield result
+        yield commit(out, result)
 
 
 @contextmanager
@@ -513,10 +532,15 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def commit(out: Path, result: FieldOutput) -> None:
-    """Write one field's outputs: PNG, then JSON (the commit marker), each atomically. A failed field's old
-    outputs are removed, so that the pooled CSVs never count results of a file that now fails. A write that fails
-    (a full disk) is one line naming the file (:func:`writing`)."""
+#: Errors of a name the output folder's disk refuses (too long for it, characters it cannot hold): one field's.
+_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ})
+
+
+def commit(out: Path, result: FieldOutput) -> FieldOutput:
+    """Write one field's outputs: PNG, then JSON (the commit marker), each atomically, and return ``result``. A
+    failed field's old outputs are removed, so that the pooled CSVs never count results of a file that now fails. A
+    write that fails (a full disk) is one line naming the file (:func:`writing`); a name the disk refuses is this
+    field's error (returned), not the run's: before wbc 0.35.0 it ended the run, and running it again failed again."""
     json_path, png_path = out / f"{result.job.stem}.json", out / f"{result.job.stem}.png"
     steps: list[tuple[Path, bytes | None]] = (
         [(json_path, None), (png_path, None)] if result.error  # removed: None
@@ -524,10 +548,22 @@ def commit(out: Path, result: FieldOutput) -> None:
         else [(png_path, result.png), (json_path, result.json_text.encode("utf-8", "surrogateescape"))])
     for path, data in steps:
         with writing(path):
-            if data is None:
-                path.unlink(missing_ok=True)
-            else:
-                atomic_write_bytes(path, data)
+            try:
+                if data is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    atomic_write_bytes(path, data)
+            except OSError as exc:
+                if exc.errno not in _NAME_ERRNOS:
+                    raise
+                if result.error:
+                    continue  # a name the disk refuses holds no old outputs
+                with suppress(OSError):
+                    png_path.unlink(missing_ok=True)  # written before its JSON was refused
+                return replace(result, json_text="", png=None, error=(
+                    f"{result.job.path}: its results cannot be written as {path} ({exc.strerror or exc}); rename "
+                    "the image"))
+    return result
 
 
 def tally(summary: AnalyzeSummary, result: FieldOutput) -> None:

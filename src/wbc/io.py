@@ -1067,6 +1067,26 @@ def _write_stream(p: Path, data: bytes) -> None:
         fh.write(data)
 
 
+#: The longest file name most disks take (ext4, XFS, NTFS, APFS: 255 bytes).
+NAME_MAX = 255
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of the temporary file that :func:`atomic_write_bytes` writes before it is renamed to ``name``:
+    ``.<name>.``, or, where that with :func:`tempfile.mkstemp`'s 8 random characters would pass :data:`NAME_MAX`
+    bytes, a hash of ``name`` keeping its suffix (so a killed run's leftovers are still known by it). Before wbc
+    0.35.0 a legal name of 246-255 bytes could not be written at all: its temporary name was too long.
+
+    >>> temp_prefix("x.png"), temp_prefix("m" * 246 + ".png")
+    ('.x.png.', '.122fded38badbebd.png.')
+    """
+    prefix = f".{name}."
+    if len(os.fsencode(prefix)) + 8 <= NAME_MAX:
+        return prefix
+    suffix = Path(name).suffix if len(os.fsencode(Path(name).suffix)) <= 16 else ""
+    return f".{hashlib.sha1(os.fsencode(name)).hexdigest()[:16]}{suffix}."
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a half-written file: into a temporary file beside it,
     then renamed over it. Through a symbolic link the file it points to is replaced, and a stream (a FIFO,
@@ -1076,7 +1096,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         _write_stream(p, data)
         return
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p.name), dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -383,7 +383,7 @@ def write_analysis_report(
                     smear.add(other)
             yield r
 
-    with cells_csv.open(newline="", encoding="utf-8") as f:
+    with cells_csv.open(newline="", encoding="utf-8", errors="surrogateescape") as f:  # a Latin-1 name's own bytes
         picker = pick_smear_cells(counted(csv.DictReader(f)), per_class)
     chosen = picker.galleries()
     by_image: dict[str, list[tuple[str, int]]] = {}
@@ -403,7 +403,7 @@ def write_analysis_report(
     @functools.cache
     def href(image: str) -> str:  # "./" and quoted: a file named "javascript:..." stays a relative path
         stem = stems.get(image)
-        return f"./{quote(stem + '.png')}" if stem and (out / f"{stem}.png").is_file() else ""
+        return f"./{quote(stem + '.png', errors='surrogateescape')}" if stem and (out / f"{stem}.png").is_file() else ""
 
     shown = {label: [ShownCell(pictures[(label, j)], label, conf, review, image, reasons, href(image), cell_id)
                      for j, (image, _box, conf, review, reasons, cell_id) in enumerate(items) if (label, j) in pictures]
