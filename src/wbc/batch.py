@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import struct
 import time
 import zlib
@@ -155,6 +156,8 @@ class AnalyzeSummary:
     outside: dict[str, int] = field(default_factory=dict)
     # those of them left out because a smear's differential does not count them, no --classes having left them out
     outside_smear: set[str] = field(default_factory=set)
+    # fields an earlier run had finished that this one analysed again, by why (:func:`redo_reason`)
+    redone: dict[str, int] = field(default_factory=dict)
 
 
 #: The most bytes of an output stem: ``<stem>.json`` stays within :data:`wbc.io.NAME_MAX`.
@@ -400,11 +403,18 @@ def writing(path: Path) -> Iterator[None]:
 
 def read_doc(out: Path, job: Job) -> dict[str, Any] | None:
     """The committed JSON document of ``job``, or None when there is none (or it cannot be parsed)."""
+    doc = stored_doc(out, job)
+    return doc if doc is not None and doc.get("image") == job.path else None
+
+
+def stored_doc(out: Path, job: Job) -> dict[str, Any] | None:
+    """The JSON document at ``job``'s output name, whatever image it names; None when there is none (or it cannot be
+    parsed)."""
     try:
         doc = json.loads((out / f"{job.stem}.json").read_text(encoding="utf-8", errors="surrogateescape"))
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("image") == job.path else None
+    return doc if isinstance(doc, dict) else None
 
 
 def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | None) -> dict[str, Any]:
@@ -423,7 +433,10 @@ def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | N
             "colour_calibration": (target() is not None if callable(target)
                                    else bool(getattr(classifier, "colour_calibration", True))),
             "pixel_size": getattr(segmenter, "pixel_size", None),
-            "model_sha1": model_file_sha1(getattr(classifier, "path", None))}
+            "model_sha1": model_file_sha1(getattr(classifier, "path", None)),
+            # since wbc 0.35.0, for a segmenter with a file (the classical one has none): a detector retrained under
+            # its id (same seed, same best iteration) left the old one's cells in a resumed run
+            **({"segmenter_sha1": sha1} if (sha1 := model_file_sha1(getattr(segmenter, "path", None))) else {})}
 
 
 def model_file_sha1(path: str | os.PathLike[str] | None) -> str | None:
@@ -444,23 +457,128 @@ def is_complete(out: Path, job: Job, model_id: str, segmenter_id: str, draw: boo
                 settings: Mapping[str, Any] | None = None) -> bool:
     """Whether ``job`` has results of its file as it is now (the SHA-1 of its bytes: a camera re-uses names), from
     these models and ``settings`` (:func:`run_settings`; None: not compared), and its PNG when drawing: a resumed
-    run skips it."""
-    doc = read_doc(out, job)
-    if doc is None or doc.get("model_id") != model_id or doc.get("segmenter") != segmenter_id:
-        return False
-    if not doc.get("sha1") or doc.get("sha1") != (job.sha1 or content_sha1(job.path)):
-        return False
+    run skips it. The image may be named otherwise (``/data/slide1/x.jpg`` for ``slide1/x.jpg``): its bytes decide."""
+    return redo_reason(stored_doc(out, job), out, job, model_id, segmenter_id, draw, settings) is None
+
+
+def redo_reason(doc: Mapping[str, Any] | None, out: Path, job: Job, model_id: str, segmenter_id: str, draw: bool,
+                settings: Mapping[str, Any] | None = None) -> str | None:
+    """Why ``job`` must be analysed although ``doc`` (its output name's JSON) holds results: None when they are
+    complete (:func:`is_complete`), "" when they are of no earlier run of this file (none, another image: nothing
+    to say, or :func:`other_images` says it), else a few words for the terminal (:func:`redone_note`)."""
+    if doc is None or not doc.get("sha1"):
+        return ""
+    if doc.get("sha1") != (job.sha1 or content_sha1(job.path)):
+        same = doc.get("image") == job.path or same_file(doc.get("image"), Path(job.path))
+        return "the file changed" if same else ""
+    if doc.get("model_id") != model_id:
+        return "another classifier"
+    if doc.get("segmenter") != segmenter_id:
+        return "another segmenter"
     if settings is not None and doc.get("settings") != dict(settings):
-        return False
-    return not draw or (out / f"{job.stem}.png").is_file()
+        return settings_change(doc.get("settings"), settings)
+    return None if not draw or (out / f"{job.stem}.png").is_file() else "no annotated image"
+
+
+def settings_change(old: Any, new: Mapping[str, Any]) -> str:
+    """What differs between a document's ``settings`` (``old``; none before wbc 0.27.0) and this run's, in words.
+
+    >>> settings_change({"tta": 8, "classes": []}, {"tta": 2, "classes": []})
+    'other settings: tta 8 -> 2'
+    >>> settings_change({"model_sha1": "a"}, {"model_sha1": "b", "segmenter_sha1": "c"})
+    "the classifier file changed, the segmenter file's SHA-1 not recorded (an older wbc)"
+    """
+    if not isinstance(old, Mapping):
+        return "settings not recorded"
+    files = {"model_sha1": "the classifier file", "segmenter_sha1": "the segmenter file"}
+    keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    said = [files[k] + (" changed" if k in old else "'s SHA-1 not recorded (an older wbc)") for k in keys if k in files]
+    other = [f"{k} {_shown(old.get(k))} -> {_shown(new.get(k))}" for k in keys if k not in files]
+    return ", ".join(said + ([f"other settings: {', '.join(other)}"] if other else []))
+
+
+def _shown(value: Any) -> str:
+    return (",".join(map(str, value)) or "all") if isinstance(value, list) else str(value)
 
 
 def pending_jobs(out: Path, jobs: Sequence[Job], model_id: str, segmenter_id: str, draw: bool,
-                 overwrite: bool, settings: Mapping[str, Any] | None = None) -> list[Job]:
-    """The jobs a run must do: all with ``overwrite``, else those without complete results (:func:`is_complete`)."""
+                 overwrite: bool, settings: Mapping[str, Any] | None = None,
+                 redone: dict[str, int] | None = None) -> list[Job]:
+    """The jobs a run must do: all with ``overwrite``, else those without complete results (:func:`is_complete`).
+    ``redone``: counts, by :func:`redo_reason`, the jobs an earlier run had finished that are done again, so the
+    terminal says why (before wbc 0.35.0 a resume with another --tta redid every field without a word). The
+    results kept are brought up to this run (:func:`bring_up_to_date`)."""
     if overwrite:
         return list(jobs)
-    return [j for j in jobs if not is_complete(out, j, model_id, segmenter_id, draw, settings)]
+    todo = []
+    for j in jobs:
+        doc = stored_doc(out, j)
+        reason = redo_reason(doc, out, j, model_id, segmenter_id, draw, settings)
+        if reason is None and doc is not None:
+            bring_up_to_date(out, j, doc)
+            continue
+        todo.append(j)
+        if reason and redone is not None:
+            redone[reason] = redone.get(reason, 0) + 1
+    return todo
+
+
+def bring_up_to_date(out: Path, job: Job, doc: dict[str, Any]) -> None:
+    """Rewrite (atomically) a kept field's JSON so the pooled files and report.html read as a fresh run: the image
+    named as this run names it (before wbc 0.35.0 a resume with the folder spelled otherwise, ``/data/slide1`` for
+    ``slide1``, redid every field), and the platelet wording of a wbc before 0.33.0 (:func:`upgrade_outside`)."""
+    new = upgrade_outside({**doc, "image": job.path})
+    if new != doc:
+        path = out / f"{job.stem}.json"
+        with writing(path):
+            atomic_write_bytes(path, json_text(new).encode("utf-8", "surrogateescape"))
+
+
+#: A field's warning of a wbc before 0.33.0 that no --classes was behind: its platelets were "outside the chosen ones".
+_OLD_OUTSIDE = re.compile(r"(\d+) of (\d+) cells are most likely a class outside the chosen ones \(([^)]*)\): each is "
+                          r"counted in the chosen class shown and flagged for review")
+
+
+def upgrade_outside(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with a wbc before 0.33.0's wording for a run without ``--classes`` (``settings.classes`` empty) in
+    today's: a cell the model takes for a platelet is outside the classes counted on smears
+    (:data:`wbc.classify.OUTSIDE_SMEAR`), not "outside the chosen classes", and the field's warning says so, as
+    a fresh run's would. Before wbc 0.35.0 a resumed run told the user of a label set that was never chosen."""
+    from wbc.classify import OUTSIDE_CHOSEN, OUTSIDE_SMEAR, outside_of, outside_sentence
+
+    settings = doc.get("settings")
+    if not isinstance(settings, Mapping) or settings.get("classes") != []:
+        return doc
+
+    def reason(r: Any) -> Any:
+        got = outside_of(r) if isinstance(r, str) else None
+        return r[: -len(OUTSIDE_CHOSEN)] + OUTSIDE_SMEAR if got and got[1] else r
+
+    def warning(w: Any) -> Any:
+        if not isinstance(w, str) or not (m := _OLD_OUTSIDE.fullmatch(w)):
+            return w
+        counts = {c: int(k) for c, _, k in (part.rpartition(" ") for part in m[3].split(", "))}
+        return outside_sentence(counts, int(m[2]), counts) or w
+
+    cells = [{**c, "review_reasons": [reason(r) for r in c["review_reasons"]]}
+             if isinstance(c, dict) and isinstance(c.get("review_reasons"), list) else c
+             for c in doc.get("cells") or []]
+    warnings = [warning(w) for w in doc.get("warnings") or []]
+    return {**doc, **({"cells": cells} if "cells" in doc else {}),
+            **({"warnings": warnings} if "warnings" in doc else {})}
+
+
+def redone_note(redone: Mapping[str, int]) -> str | None:
+    """The terminal's line on the fields an earlier run had finished that a run analysed again, and why
+    (:attr:`AnalyzeSummary.redone`); None when none.
+
+    >>> redone_note({"other settings: tta 8 -> 2": 6})
+    '6 field(s) done by an earlier run were analysed again (6: other settings: tta 8 -> 2)'
+    """
+    if not redone:
+        return None
+    why = "; ".join(f"{k}: {why}" for why, k in sorted(redone.items(), key=lambda kv: -kv[1]))
+    return f"{sum(redone.values())} field(s) done by an earlier run were analysed again ({why})"
 
 
 def other_images(out: Path, todo: Sequence[Job]) -> list[tuple[str, str, str]]:
@@ -701,11 +819,12 @@ def run_local(
     planned, earlier = plan_run(inputs, out)
     jobs, copies = without_copies(planned)
     model_id = getattr(classifier, "model_id", "") if classifier is not None else ""
+    redone: dict[str, int] = {}
     todo = pending_jobs(out, jobs, model_id, segmenter_id_of(segmenter), draw, overwrite,
-                        run_settings(classifier, segmenter))
+                        run_settings(classifier, segmenter), redone)
     check_overwrites(out, todo, planned, draw)
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=model_id, segmenter_id=segmenter_id_of(segmenter),
-                             copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo))
+                             copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo), redone=redone)
     if progress:
         progress(summary.skipped, len(jobs))
     for i, result in enumerate(committed(out, (analyze_job(job, classifier, segmenter, draw) for job in todo))):

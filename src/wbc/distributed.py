@@ -259,10 +259,12 @@ def analyze_paths_ray(
     if on_classifier:
         on_classifier(classifier)
     seg_id = segmenter_id_of(segmenter)
-    todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter))
+    redone: dict[str, int] = {}
+    todo = pending_jobs(out, jobs, classifier.model_id, seg_id, draw, overwrite, run_settings(classifier, segmenter),
+                        redone)
     check_overwrites(out, todo, planned, draw)
     summary = AnalyzeSummary(skipped=len(jobs) - len(todo), model_id=classifier.model_id, segmenter_id=seg_id,
-                             copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo))
+                             copies=copies, earlier_outputs=earlier, replaced=other_images(out, todo), redone=redone)
     if progress:
         progress(summary.skipped, len(jobs))
     if todo:

@@ -65,7 +65,7 @@ def analyze(
     Resumable: fields whose results are already in --output are skipped, so a stopped run started again
     finishes the rest.
     """
-    from wbc.batch import ModelSpec
+    from wbc.batch import ModelSpec, redone_note
     from wbc.classify import outside_sentence
     from wbc.cli._common import check_engine, note_unchecked_model, progress, say_differential
     from wbc.counts import wbc_total
@@ -115,6 +115,8 @@ def analyze(
             + (f", {1000 * summary.seconds_render / summary.analyzed:.0f} ms/image drawing" if draw else "")
         )
     say_differential(pooled, summary.classes)  # shares of the WBCs; NRBCs per 100 WBCs, outside their total
+    if redone := redone_note(summary.redone):
+        warn(redone, "note:")
     warn_other_wbc(summary.docs, output)
     warn_not_smears(summary.docs, output)
     if summary.n_classified:  # as `wbc classify` says them, over the run's every field (each field's JSON has its own)
