@@ -271,16 +271,23 @@ def write_model(path: str | os.PathLike[str], onnx_bytes: bytes, info: ModelInfo
     """Write a model file carrying ``info`` (atomically) and a readable copy of it as ``<name>.json`` beside it
     (through a link: beside its target, :func:`beside_model`).
 
-    The one writer of model files: export, ``wbc adapt`` and ``wbc.ood fit`` all go through it.
+    The one writer of model files: export, ``wbc adapt`` and ``wbc.ood fit`` all go through it. ``info`` is checked
+    as the loader checks it (:func:`check_fields`) before anything is written: before wbc 0.35.0
+    ``update_metadata(m, review_threshold=98.6)`` replaced ``m`` with a model that no longer loaded.
     """
     p = check_model_output(path)
+    try:
+        check_fields(json.loads(info.to_json()))
+    except (ModelError, TypeError, ValueError) as exc:  # a refused field; a value JSON cannot hold
+        raise ModelError(f"{p}: metadata not written ({exc}); the model is unchanged") from None
     atomic_write_bytes(p, with_metadata(onnx_bytes, info))
     atomic_write_text(beside_model(p, ".json"), json.dumps(json.loads(info.to_json()), indent=2) + "\n")
     return p
 
 
 def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
-    """Change metadata fields of a model file in place (e.g. statistics added after export)."""
+    """Change metadata fields of a model file in place (e.g. statistics added after export); a value the loader
+    would refuse leaves the file as it was (:func:`write_model`)."""
     p = Path(path)
     info = Classifier(p, threads=1).info
     for k, v in changes.items():

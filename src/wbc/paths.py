@@ -33,6 +33,16 @@ def data_root(override: str | os.PathLike[str] | None = None) -> Path:
     return candidates[0]
 
 
+def checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint a run folder stands for (its ``ensemble.pt``, else its ``best.pt``; the folder itself when it
+    holds neither), or ``path`` itself: what :func:`wbc.train.export.load_checkpoint` reads. Here, without torch, so
+    `wbc export-weights` compares its output with it before torch is loaded."""
+    p = Path(path)
+    if p.is_dir():
+        return next((p / n for n in ("ensemble.pt", "best.pt") if (p / n).is_file()), p)
+    return p
+
+
 def python_m_wbc() -> list[str]:
     """The argv that runs this wbc as ``python -m wbc`` in a child (the allocator re-exec, serve-bench's server).
 

@@ -17,12 +17,15 @@ def check_weights_output(checkpoint: Path, output: Path, overwrite: bool) -> Non
     checkpoint itself or cannot be written: before wbc 0.33.0 ``RUN/model.onnx`` (or the shipped model's name
     tab-completed to ``.onnx``) was replaced by a PyTorch pickle, and a folder was a traceback."""
     from wbc.io import check_output_file
+    from wbc.paths import checkpoint_file
 
     if output.suffix.lower() != ".pt" and not output.is_dir():
         raise WbcError(f"{output}: the weights are a .pt file (MODEL.pt beside MODEL.onnx); give a .pt name (another "
                        "could replace a model)")
     check_output_file(output)  # a folder, a path under a file, a place that cannot be written: one line
-    if output.exists() and checkpoint.exists() and output.resolve() == checkpoint.resolve():
+    read = checkpoint_file(checkpoint)  # a run folder is read as its best.pt: before wbc 0.35.0 `RUN RUN/best.pt
+    # --overwrite` replaced the run's float32 best.pt with half-precision weights
+    if output.exists() and read.exists() and output.resolve() == read.resolve():
         raise WbcError(f"{output}: is the checkpoint itself; give another name")
     if output.exists() and not overwrite:
         raise WbcError(f"{output}: exists; pass --overwrite to replace it, or give a new name")

@@ -14,6 +14,7 @@ import torch
 from wbc.errors import WbcError
 from wbc.io import check_output_file
 from wbc.model import ModelInfo, write_model
+from wbc.paths import checkpoint_file
 from wbc.train.models import Ensemble, ExportWrapper, WbcNet, create_model
 
 OUTPUT_NAMES = ["logits", "embedding", "cam"]
@@ -70,14 +71,9 @@ def export_model(
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, ModelInfo]:
     """A network and its metadata from ``best.pt``/``ensemble.pt`` or a run folder holding one."""
-    p = Path(path)
+    p = checkpoint_file(path)
     if p.is_dir():
-        for name in ("ensemble.pt", "best.pt"):
-            if (p / name).is_file():
-                p = p / name
-                break
-        else:
-            raise WbcError(f"{path}: no best.pt or ensemble.pt in this run folder")
+        raise WbcError(f"{path}: no best.pt or ensemble.pt in this run folder")
     if not p.is_file():
         raise WbcError(f"{p}: checkpoint not found")
     try:  # as wbc.train.finetune.load_weights reads one
@@ -90,7 +86,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Mo
                                f"finish it first with `wbc train --output {run} --resume`)")
             raise WbcError(f"{p}: no model metadata yet: a run's best.pt gets it when the run finishes (finish it "
                            "with `wbc train --resume`); last.pt never has it, export the run folder or its best.pt")
-        info = ModelInfo.from_json(ckpt["info"])
+        if not isinstance(ckpt, dict):  # a bare tensor indexed by "info" was a PyTorch warning before the error
+            raise WbcError(f"{p}: not a wbc checkpoint (a {type(ckpt).__name__}, not a checkpoint dict)")
+        try:
+            info = ModelInfo.from_json(ckpt["info"])
+        except WbcError as exc:  # a field refused: the message names the field, this names the file
+            raise WbcError(f"{p}: unreadable wbc metadata ({exc})") from None
         states = ckpt["members"] if "members" in ckpt else [ckpt["model"]]
         nets: list[WbcNet] = []
         for state in states:
