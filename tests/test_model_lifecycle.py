@@ -92,3 +92,59 @@ def test_a_pt_file_holding_a_bare_tensor_is_one_line_without_a_pytorch_warning(t
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1, r.stderr
         assert f"{pt}: not a wbc checkpoint (a Tensor" in lines[0]
+
+
+def _manifest_of(tmp_path: Path, relabel: dict[str, str] | None = None) -> Path:
+    """Synthetic cells of two classes, 4 train and 4 val each, written as a manifest with labels ``relabel``-ed."""
+    from wbc.data import Sample, scan_folder, write_manifest
+    from wbc.synthetic import make_dataset
+
+    cells = make_dataset(tmp_path / "cells", n_per_class=8, size=32, classes=["erythroblast", "neutrophil"])
+    rows = [Sample(s.path, (relabel or {}).get(s.label, s.label), "train" if i % 2 else "val")
+            for i, s in enumerate(scan_folder(cells).samples)]
+    write_manifest(tmp_path / "manifest.csv", rows, root=tmp_path)
+    return tmp_path / "manifest.csv"
+
+
+def test_quantize_records_the_int8_model_s_own_validation_metrics(tmp_path: Path) -> None:
+    """`wbc quantize` re-measured the int8 network on val but kept the float model's ``metrics`` (what `GET /model`
+    shows): nothing is carried over that the manifest can measure; the float's are kept in the quantisation record."""
+    from tiny_models import mean_colour_model
+    from wbc.quantize import quantize_model
+
+    model = mean_colour_model(tmp_path / "float.onnx", 32, np.random.default_rng(0).normal(0, 3, (8, 3)), "tiny")
+    float_metrics = {"accuracy": 0.99, "n": 160, "split": "val"}
+    update_metadata(model, metrics=float_metrics)
+    quantize_model(model, _manifest_of(tmp_path), tmp_path / "int8.onnx", data_root=tmp_path, threads=1)
+    info = load_model(tmp_path / "int8.onnx", threads=1).info
+    q = info.extra["quantization"]
+    assert info.metrics["accuracy"] == q["val_accuracy_int8"] and info.metrics["n"] == q["val_cells"] == 8
+    assert info.metrics["split"] == "val" and set(info.metrics["recall"]) == set(info.classes)
+    assert q["float_metrics"] == float_metrics and "measured" in q["metrics"]
+
+
+def test_quantize_reads_labels_as_ood_fit_reads_them(tmp_path: Path) -> None:
+    """Rows labelled as a dataset spells them (``NRBC``) were left out of the int8 calibration and the review
+    threshold's re-fit without a word, while `wbc ood fit` reads them as ``erythroblast``."""
+    from tiny_models import mean_colour_model
+
+    model = mean_colour_model(tmp_path / "float.onnx", 32, np.random.default_rng(0).normal(0, 3, (8, 3)), "tiny")
+    manifest = _manifest_of(tmp_path, {"erythroblast": "NRBC"})
+    with manifest.open("a") as f:
+        f.write("cells/neutrophil/x.png,Smudge cell,val,-1,\n")
+    r = run_wbc("quantize", str(model), "--manifest", str(manifest), "-o", str(tmp_path / "int8.onnx"),
+                "--per-class", "4", "--data-root", str(tmp_path), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    q = load_model(tmp_path / "int8.onnx", threads=1).info.extra["quantization"]
+    assert q["val_cells"] == 8 and q["calibration_cells"] == 8 and q["labels_left_out"] == ["Smudge cell"]
+    assert "rows labelled Smudge cell are of no class of the model's" in r.stdout + r.stderr
+
+
+def test_quantize_s_val_summary_is_training_s() -> None:
+    """``wbc.quantize.val_summary`` repeats :func:`wbc.evaluate.metrics.summary_metrics` (a sibling layer)."""
+    from wbc.evaluate.metrics import summary_metrics
+    from wbc.quantize import val_summary
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    assert val_summary(y, pred, list("abcde")) == summary_metrics(y, pred, list("abcde"))

@@ -6,10 +6,14 @@ Lite0 was designed for this (ReLU6, no squeeze-excite), so per-channel int8 weig
 ranges calibrated on a few hundred training cells keep its accuracy.
 
 What changes with the weights is re-measured, never carried over: the temperature and the review
-threshold are re-fitted on the validation split with the quantised network, and out-of-distribution
+threshold are re-fitted on the validation split with the quantised network, its validation metrics
+(``info.metrics``, what ``GET /model`` shows) are measured with it (the float model's are kept as
+``extra["quantization"]["float_metrics"]``; before wbc 0.35.0 they stayed the model's), and out-of-distribution
 statistics, if the source model had them, are re-fitted too (:func:`wbc.ood_fit.fit_from_manifest`). The
 agreement with the float model and both accuracies on validation are stored in
-``info.extra["quantization"]``. Two calibrations are kept instead, as the manifest cannot re-measure them: a
+``info.extra["quantization"]``. Manifest labels are read as `wbc ood fit` and `wbc evaluate` read them
+(``NRBC`` is ``erythroblast``; before wbc 0.35.0 such rows were left out of calibration without a word).
+Two calibrations are kept instead, as the manifest cannot re-measure them: a
 cross-validation run's (its val rows trained the members) and a model adapted to a lab (``wbc adapt``), whose
 calibration and OOD reference belong to that lab's cells, not to the manifest's.
 
@@ -30,10 +34,11 @@ import numpy as np
 
 from wbc.calibration import calibrate, resolve_review_target
 from wbc.classify import load_cells
-from wbc.data import cap_per_class, read_manifest
+from wbc.data import cap_per_class
 from wbc.errors import WbcError
 from wbc.io import output_target
 from wbc.model import Classifier, beside_model, check_model_output, write_model
+from wbc.ood_fit import model_samples
 
 
 def float_nodes(graph: Any) -> list[str]:
@@ -109,6 +114,26 @@ def is_quantised(path: str | os.PathLike[str]) -> bool:
     return any(n.op_type in QUANTISED_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def val_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The validation summary a model's ``metrics`` hold (n, accuracy, macro-F1 over the classes present, per-class
+    recall), as :func:`wbc.evaluate.metrics.summary_metrics` writes it for `wbc train`; repeated here because
+    ``wbc.evaluate`` is a sibling layer of this module.
+
+    >>> val_summary(np.array([0, 0, 1]), np.array([0, 1, 1]), ["a", "b", "c"])["recall"]
+    {'a': 0.5, 'b': 1.0, 'c': None}
+    """
+    from sklearn.metrics import f1_score
+
+    present = [k for k in range(len(classes)) if np.any(y_true == k)]
+    return {
+        "n": len(y_true),
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "recall": {c: float(np.mean(y_pred[y_true == k] == k)) if k in present else None
+                   for k, c in enumerate(classes)},
+    }
+
+
 def quantize_model(
     model: str | os.PathLike[str], manifest: str | os.PathLike[str], output: str | os.PathLike[str],
     per_class: int = 32, data_root: Path | None = None, threads: int = 2, seed: int = 0,
@@ -138,10 +163,12 @@ def quantize_model(
     adapt = info.extra.get("adapt")
     adapted = isinstance(adapt, dict)
     views = fp32.tta_views()  # the flips/rotations the model averages per cell, as it will answer
-    train = [s for s in read_manifest(manifest, "train", data_root) if s.label in fp32.classes]
-    val = [s for s in read_manifest(manifest, "val", data_root) if s.label in fp32.classes]
+    (train, unknown), (val, unknown_val) = (model_samples(manifest, split, fp32.classes, data_root)
+                                            for split in ("train", "val"))
+    unknown = sorted({*unknown, *unknown_val})
     if not train or not val:
-        raise WbcError(f"{manifest}: needs rows of the model's classes in both the train and val splits")
+        seen = f" (labels seen: {', '.join(unknown[:8])}{', ...' if len(unknown) > 8 else ''})" if unknown else ""
+        raise WbcError(f"{manifest}: needs rows of the model's classes in both the train and val splits{seen}")
     size = info.input_size
     cal_cells, _, _ = load_cells([s.path for s in cap_per_class(train, per_class, seed)], size, threads)
     val_cells, val_ok, _ = load_cells([s.path for s in val], size, threads)
@@ -166,6 +193,7 @@ def quantize_model(
         # a cross-validation run's val rows trained its members: re-fitted on them, the review threshold fell from
         # 0.99 to 0.85; the float model's out-of-fold calibration is kept instead
         cross_validated = any(s.fold >= 0 for s in val)
+        float_metrics = info.metrics
         if adapted:
             data = (adapt if isinstance(adapt, dict) else {}).get("data") or "a lab's cells"
             calibration = (f"the adapted model's (wbc adapt on {data}), kept: the "
@@ -177,6 +205,7 @@ def quantize_model(
             cal = calibrate(lq, y, resolve_review_target(None, info.review_target_accuracy))
             info.temperature, info.review_threshold = cal.temperature, cal.review_threshold
             info.review_target_accuracy = cal.review_target_accuracy
+            info.metrics = val_summary(y, lq.argmax(1), fp32.classes) | {"split": "val"}
             calibration = "re-fitted on the val split"
         report = {
             "calibration": calibration,
@@ -189,7 +218,12 @@ def quantize_model(
             "val_agreement": float((lf.argmax(1) == lq.argmax(1)).mean()),
             "val_max_abs_logit_diff": float(np.abs(lf - lq).max()),
             "source_model_id": info.model_id,
+            "float_metrics": float_metrics,
+            "metrics": ("measured on the val split with the int8 network" if info.metrics is not float_metrics
+                        else "the float model's, kept with its calibration"),
         }
+        if unknown:
+            report["labels_left_out"] = unknown  # rows of no class of the model's, however spelled
         if info.ood:
             report["ood"] = ("the adapted model's, kept: its lab's reference cannot be re-measured on the manifest"
                              if adapted else "re-fitted on the manifest")

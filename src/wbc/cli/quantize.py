@@ -30,3 +30,6 @@ def quantize(
     rep = quantize_model(model, manifest, output, per_class=per_class, data_root=data_root, threads=threads)
     say(f"wrote {output}: val accuracy float {rep['val_accuracy_float']:.4f} -> int8 {rep['val_accuracy_int8']:.4f}, "
         f"agreement {rep['val_agreement']:.4f} on {rep['val_cells']} cells ({rep['seconds']:.0f} s)")
+    if rep.get("labels_left_out"):
+        say(f"{manifest}: rows labelled {', '.join(rep['labels_left_out'][:8])} are of no class of the model's; "
+            "left out")
