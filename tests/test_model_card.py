@@ -105,3 +105,25 @@ def test_parameter_counts_in_the_docs_are_the_networks() -> None:
         said = re.search(rf"`{name}` \(([\d.]+)M parameters", training)
         count = sum(p.numel() for p in create_model(name, 8, pretrained=False).parameters())
         assert said is not None and said[1] == f"{count / 1e6:.2f}", name
+
+
+def test_the_reproduce_recipe_writes_every_metadata_field_the_shipped_model_has() -> None:
+    """The 1.4.0 recipe (export -> quantize -> ood fit) wrote neither the cytoplasm colours nor the split hash the
+    shipped file carries, so the model it made answered smears without the cytoplasm evidence and `wbc evaluate` did
+    not know its own split: each field is written by a documented step that exists and parses."""
+    import ast
+    import shlex
+
+    recipe = CARD[CARD.index("1.4.0 is that epoch"):CARD.index("## Metrics on the PBC test split")]
+    commands = [line for line in recipe.split("```bash", 1)[1].split("```", 1)[0].splitlines()
+                if line and not line.startswith("#")]
+    assert "cytoplasm_eosin" in INFO["colour_reference"] and "split_hash" in INFO["extra"]
+    script = next(c for c in commands if "fit_cytoplasm_colours" in c)
+    argv = shlex.split(script)
+    source = (ROOT / argv[1]).read_text(encoding="utf-8")
+    assert all(f'"{a}"' in source for a in argv[2:] if a.startswith("--"))
+    code = next(c for c in commands if "split_hash" in c)
+    ast.parse(shlex.split(code)[2])
+    copy = next(i for i, c in enumerate(commands) if c.startswith("cp "))
+    assert commands.index(script) < commands.index(code) < copy
+    assert "0.967 instead of the shipped 0.986" in " ".join(recipe.split())
