@@ -94,6 +94,28 @@ def test_a_pt_file_holding_a_bare_tensor_is_one_line_without_a_pytorch_warning(t
         assert f"{pt}: not a wbc checkpoint (a Tensor" in lines[0]
 
 
+@needs_torch
+def test_adapt_s_weight_reader_names_the_file_for_refused_metadata_and_a_bare_tensor(tmp_path: Path) -> None:
+    """`wbc adapt --checkpoint` reads weights with `load_weights`, which had neither check `load_checkpoint` got:
+    refused metadata did not name the file, and a bare tensor printed PyTorch's indexing warning first."""
+    import warnings
+
+    import torch
+
+    from wbc.train.finetune import load_weights
+
+    bad = _run_folder(tmp_path / "bad", [""]) / "best.pt"
+    with pytest.raises(WbcError, match="field classes") as exc:
+        load_weights(bad)
+    assert str(exc.value).startswith(f"{bad}: unreadable wbc metadata")
+    pt = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), pt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the indexing UserWarning would be raised here
+        with pytest.raises(WbcError, match=r"not a wbc checkpoint \(a Tensor, not a checkpoint dict\)"):
+            load_weights(pt)
+
+
 def _manifest_of(tmp_path: Path, relabel: dict[str, str] | None = None) -> Path:
     """Synthetic cells of two classes, 4 train and 4 val each, written as a manifest with labels ``relabel``-ed."""
     from wbc.data import Sample, scan_folder, write_manifest

@@ -86,7 +86,12 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Model
                        "--checkpoint RUN/best.pt, or use --method head)")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        info = ModelInfo.from_json(ckpt["info"])
+        if not isinstance(ckpt, dict):  # a bare tensor indexed by "info" was a PyTorch warning before the error
+            raise WbcError(f"{p}: not a wbc checkpoint (a {type(ckpt).__name__}, not a checkpoint dict)")
+        try:
+            info = ModelInfo.from_json(ckpt["info"])
+        except WbcError as exc:  # a field refused: the message names the field, this names the file
+            raise WbcError(f"{p}: unreadable wbc metadata ({exc})") from None
         nets = []
         for state in ckpt["members"] if "members" in ckpt else [ckpt["model"]]:
             one = create_model(ckpt["arch"], len(info.classes), pretrained=False, dropout=ckpt.get("dropout", 0.0))
