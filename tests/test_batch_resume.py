@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from wbc.batch import run_local, unique_stems
+from wbc.batch import plan_jobs, run_local, unique_stems
 from wbc.classify import OUTSIDE_SMEAR
 from wbc.labels import CLASSES
 from wbc.model import load_model
@@ -109,6 +109,38 @@ def test_the_folder_spelled_otherwise_keeps_the_fields(clf: Any, tmp_path: Path,
         images = {r["image"] for r in csv.DictReader(f)}
     assert images and all(i.startswith(str(tmp_path / "in")) for i in images)
     assert {d["image"] for d in again.docs} == {str(tmp_path / "in" / f"field_0{i}.png") for i in range(2)}
+
+
+def _clashing_and_long_fields(folder: Path) -> None:
+    """``x.png`` beside ``sub/x.png`` (one gets the folder's name) and a 255-byte name (its stem is cut and hashed)."""
+    a, b, c = write_fields(folder, 3)
+    (folder / "sub").mkdir()
+    a.rename(folder / "x.png")
+    b.rename(folder / "sub" / "x.png")
+    c.rename(folder / ("L" * 251 + ".png"))
+
+
+def test_output_names_do_not_depend_on_how_the_folder_is_spelled(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clashing name's folder was ``""`` under ``.`` and a long name's hash was of the path as typed."""
+    _clashing_and_long_fields(tmp_path / "slide1")
+    monkeypatch.chdir(tmp_path / "slide1")
+    dot = sorted(j.stem for j in plan_jobs(["."]))
+    absolute = sorted(j.stem for j in plan_jobs([tmp_path / "slide1"]))
+    monkeypatch.chdir(tmp_path)
+    relative = sorted(j.stem for j in plan_jobs(["slide1"]))
+    assert dot == absolute == relative
+    assert "slide1_x" in relative and "x" in relative  # today's names of the usual spelling are kept
+
+
+def test_a_resume_spelled_otherwise_keeps_clashing_and_long_names(clf: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _clashing_and_long_fields(tmp_path / "slide1")
+    monkeypatch.chdir(tmp_path / "slide1")
+    run_local(["."], tmp_path / "out", clf, ClassicalSegmenter())
+    again = run_local([tmp_path / "slide1"], tmp_path / "out", clf, ClassicalSegmenter())
+    assert (again.skipped, again.analyzed) == (3, 0)
+    assert len(list((tmp_path / "out").glob("*.json"))) == 3
 
 
 def test_a_resume_with_other_settings_says_why(clf: Any, tmp_path: Path) -> None:

@@ -165,24 +165,27 @@ MAX_STEM_BYTES = 250
 
 
 def capped(name: str, path: Path) -> str:
-    """``name``, or where it is over :data:`MAX_STEM_BYTES` bytes its start and 8 hex digits of ``path``'s SHA-1: a
-    legal image name of 252-255 bytes (or a long folder's name before it) would give an output name no disk takes.
+    """``name``, or where it is over :data:`MAX_STEM_BYTES` bytes its start and 8 hex digits of the SHA-1 of ``path``
+    made absolute: a legal image name of 252-255 bytes (or a long folder's name before it) would give an output name
+    no disk takes. Absolute (:func:`os.path.abspath`, links kept), so a resume with the folder spelled otherwise
+    (``.``, ``/data/slide1``, ``slide1``) finds the same name.
 
     >>> len(capped("m" * 300, Path("m.jpg"))), capped("x", Path("x.jpg"))
     (250, 'x')
     """
     if len(os.fsencode(name)) <= MAX_STEM_BYTES:
         return name
-    tag = "-" + hashlib.sha1(os.fsencode(str(path))).hexdigest()[:8]
+    tag = "-" + hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
     while len(os.fsencode(name + tag)) > MAX_STEM_BYTES:
         name = name[:-1]
     return name + tag
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names per input: the stem; when taken, the parent folder and the stem; then the stem and a number.
-    Every name is checked against every name handed out, ignoring case (a case-insensitive disk would otherwise
-    write two fields to one file), and is at most :data:`MAX_STEM_BYTES` long (:func:`capped`).
+    """Output names per input: the stem; when taken, the parent folder's name (of the path made absolute, so ``x.jpg``
+    under an input ``.`` is ``slide1_x`` as under ``slide1``; before wbc 0.35.0 it was ``_x``) and the stem; then the
+    stem and a number. Every name is checked against every name handed out, ignoring case (a case-insensitive disk
+    would otherwise write two fields to one file), and is at most :data:`MAX_STEM_BYTES` long (:func:`capped`).
 
     >>> unique_stems([Path("a/x.jpg"), Path("a/x_2.jpg"), Path("b/x.jpg"), Path("c/b/x.jpg"), Path("d/X.png")])
     ['x', 'x_2', 'b_x', 'x_3', 'd_X']
@@ -190,7 +193,8 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     used: set[str] = set()
     out = []
     for p in paths:
-        candidates = itertools.chain((p.stem, f"{p.parent.name}_{p.stem}"),
+        parent = Path(os.path.abspath(p)).parent.name
+        candidates = itertools.chain((p.stem, f"{parent}_{p.stem}"),
                                      (f"{p.stem}_{k}" for k in itertools.count(2)))
         stem = next(c for c in (capped(c, p) for c in candidates) if c.casefold() not in used)
         used.add(stem.casefold())
