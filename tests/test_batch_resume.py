@@ -86,6 +86,21 @@ def test_a_latin1_name_gets_its_report(clf: Any, tmp_path: Path) -> None:
     assert "href='./caf%E9.png'" in page.read_text(encoding="utf-8", errors="surrogateescape")
 
 
+def test_a_latin1_names_report_is_utf8(clf: Any, tmp_path: Path) -> None:
+    """The page declares UTF-8 but held the name's raw byte 0xE9 (shown as U+FFFD): the name reads as Latin-1,
+    the link keeps the file's own bytes."""
+    from wbc.analyze import smear_label_set
+    from wbc.evaluate.classified import write_analysis_report
+
+    (p,) = write_fields(tmp_path / "in", 1)
+    p.rename(tmp_path / "in" / os.fsdecode(b"caf\xe9.png"))
+    out = tmp_path / "out"
+    summary = run_local([tmp_path / "in"], out, clf, ClassicalSegmenter())
+    page = write_analysis_report(out, summary.docs, smear_label_set(clf), stems=summary.stems,
+                                 model_id=summary.model_id).read_bytes().decode("utf-8")
+    assert "café.png" in page and "href='./caf%E9.png'" in page
+
+
 def test_a_segmenter_file_rewritten_under_its_id_redoes_the_fields(clf: Any, tmp_path: Path) -> None:
     seg_file = tmp_path / "seg.onnx"
     seg_file.write_bytes(b"first detector")

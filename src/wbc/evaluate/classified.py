@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import heapq
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -342,6 +343,21 @@ def pick_smear_cells(rows: Iterable[Mapping[str, str]], per_class: int = REPORT_
     return picker
 
 
+#: A byte of a file name that is no UTF-8, as Python holds it (``surrogateescape``: U+DC80-U+DCFF).
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def readable_names(text: str) -> str:
+    """``text`` with each byte of a file name that is no UTF-8 as the Latin-1 character it most likely is (U+FFFD for
+    0x80-0x9F, control characters in Latin-1): a page declaring UTF-8 held the raw byte, which browsers show as one
+    U+FFFD for any such character, so names that differ only there could not be told apart.
+
+    >>> readable_names(os.fsdecode(b"caf\\xe9 \\x85.jpg"))
+    'café \ufffd.jpg'
+    """
+    return _UNDECODED.sub(lambda m: chr(ord(m[0]) - 0xDC00) if ord(m[0]) >= 0xDCA0 else "\ufffd", text)
+
+
 def write_analysis_report(
     out: str | os.PathLike[str],
     docs: Sequence[Mapping[str, Any]],
@@ -414,5 +430,5 @@ def write_analysis_report(
                          errors=errors, n_fields=len(docs), n_warned=sum(1 for d in docs if d.get("warnings")),
                          threshold=threshold, outside=outside_sentence(outside, sum(picker.n.values()), smear))
     path = out / "report.html"
-    atomic_write_text(path, page)
+    atomic_write_text(path, readable_names(page))  # the links are quoted with the file's own bytes (href)
     return path
