@@ -54,9 +54,23 @@ def test_jpeg_header_by_hand_equals_pillow(w: int, h: int, progressive: bool) ->
 
 
 def test_adapt_class_weights_and_balanced_accuracy_equal_the_old_formulas() -> None:
+    """The old formulas against sklearn's, and `wbc adapt`'s head refit (wbc.adapt.adapt_embeddings) using them: a
+    rare class weighed as much as a common one, and ``lam`` picked by balanced accuracy, not plain accuracy."""
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.utils.class_weight import compute_class_weight
 
+    from wbc.adapt import adapt_embeddings
+
+    # 100 common and 10 rare overlapping cells; the original head calls every cell common
+    cells = np.random.default_rng(0)
+    classes, yc = ["common", "rare"], np.repeat([0, 1], [100, 10])
+    emb = np.where(yc[:, None] == 0, -0.7, 0.7) + cells.normal(0, 1.0, (110, 2))
+    w, b, res = adapt_embeddings(emb[None], [classes[i] for i in yc], classes, np.zeros((2, 2)), np.array([2.0, -2.0]),
+                                 lambdas=(0.001, 10.0))
+    # plain accuracy would keep the original head (lam 10: every cell common, 91 % right, no rare cell found)
+    assert res.lam == 0.001
+    pred = (emb @ w.T + b).argmax(1)
+    assert (pred[yc == 1] == 1).mean() >= 0.8  # weighted 0.9; unweighted 0.4
     rng = np.random.default_rng(1)
     y = np.repeat([0, 2, 3, 5], [3, 20, 7, 1])
     present, counts = np.unique(y, return_counts=True)
