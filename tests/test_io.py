@@ -363,6 +363,31 @@ def test_atomic_csv_leaves_no_temp_files(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
 
 
+_WRITE_OVER_A_FILE_SIZE_LIMIT = r"""
+import resource, signal, sys
+from wbc.io import atomic_write_bytes
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # no file may grow past 4 kB
+try:
+    atomic_write_bytes(sys.argv[1], b"n" * 100_000)
+except OSError as exc:
+    print("refused:", exc.strerror)
+"""
+
+
+def test_a_write_that_fails_part_way_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    """Outputs are written atomically: a write that fails part-way (here a real file-size limit in a child process,
+    as a full disk would; no mock) leaves the previous file as it was and no temporary file beside it. Written in
+    place, it would be cut short at 4 kB of the new contents (or removed, by a clean-up)."""
+    out = tmp_path / "cells.csv"
+    out.write_bytes(b"old,contents\n")
+    r = subprocess.run([sys.executable, "-c", _WRITE_OVER_A_FILE_SIZE_LIMIT, str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert "refused:" in r.stdout, r.stdout + r.stderr
+    assert out.read_bytes() == b"old,contents\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["cells.csv"]
+
+
 def test_an_output_through_a_symbolic_link_updates_the_file_it_points_to(tmp_path: Path) -> None:
     """A lab's ``latest.csv -> shared/today.csv`` became a local file and the shared file kept its old contents (the
     atomic rename replaced the link); a link to a file not there yet creates it."""
