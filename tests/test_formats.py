@@ -41,6 +41,7 @@ def test_formula_cells_are_neutralised_and_numbers_kept(tmp_path: Path) -> None:
     assert neutralise("=1+1") == "'=1+1" and neutralise("+SUM(A1)") == "'+SUM(A1)"
     assert neutralise("@cmd") == "'@cmd" and neutralise("-2+3") == "'-2+3"
     assert neutralise("-0.25") == "-0.25" and neutralise(-3) == -3 and neutralise(0.5) == 0.5
+    assert neutralise("\tx") == "'\tx" and neutralise("\rx") == "'\rx"  # skipped by some spreadsheets
     p = Prediction(label="neutrophil", confidence=0.9, review=False, probabilities={"neutrophil": 0.9},
                    path="=HYPERLINK(\"http://x\")")
     write_predictions_csv(tmp_path / "p.csv", [p], ["neutrophil"])
@@ -54,9 +55,9 @@ def test_read_back_undoes_neutralise_for_every_name() -> None:
     from wbc.formats import read_back
 
     names = ["=1+1", "'=1+1", "''=1+1", "'-scan.png", "-scan.png", "'quoted", "''", "'", "-0.5", "'-0.5", "@a",
-             "'@a", "\tx", "'\tx", "plain.png", "+", "'+", ""]
+             "'@a", "\tx", "'\tx", "\rx", "'\rx", "plain.png", "+", "'+", ""]
     assert [read_back(neutralise(v)) for v in names] == names
-    assert all(not str(neutralise(v)).startswith(("=", "+", "-", "@")) or v in ("-0.5",) for v in names)
+    assert all(not str(neutralise(v)).startswith(("=", "+", "-", "@", "\t", "\r")) or v in ("-0.5",) for v in names)
 
 
 def test_formula_file_name_is_neutralised_in_cells_csv(clf, tmp_path: Path) -> None:
