@@ -239,15 +239,19 @@ def test_adapt_on_real_bccd_cells_does_not_hurt(tmp_path: Path, bccd_lab: Path) 
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_finetuning_the_shipped_model_on_real_bccd_cells(tmp_path: Path, bccd_lab: Path) -> None:
-    """``wbc adapt``'s default recipe on the shipped weights must help on held-out cells (5-fold, 40 cells).
+    """``wbc adapt``'s default recipe on the shipped weights must help on held-out cells (40 cells, one fifth held
+    out: 0.500 before -> 0.750 after with model 1.4.0).
 
     The full default schedule (60 epochs since wbc 0.8.0): with model 1.3.0, which names more BCCD cells right
-    unadapted, a 10-epoch run left the held-out accuracy where it was (0.775 both), 30 epochs raise it to 0.825.
+    unadapted, a 10-epoch run left the held-out accuracy where it was (0.775 both, 5-fold), 30 epochs raise it to
+    0.825. One held-out fifth (``cross_validate=False``: 2 fine-tunings, not 6, about a third of the work) keeps the
+    recipe and the check; the k-fold check itself: test_finetune.py's
+    test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check (a small model, 30 cells).
     """
     pytest.importorskip("torch")
     from wbc.train.finetune import adapt_finetune
 
-    res = adapt_finetune(None, bccd_lab, tmp_path / "f.onnx", stain="reinhard")
+    res = adapt_finetune(None, bccd_lab, tmp_path / "f.onnx", stain="reinhard", cross_validate=False)
     assert res.method == "finetune" and res.heldout_n >= 5
     assert res.heldout_acc_after > res.heldout_acc_before
     tuned = load_model(tmp_path / "f.onnx")
