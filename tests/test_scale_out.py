@@ -493,7 +493,10 @@ def test_a_batch_size_the_processes_cannot_share_is_refused_before_the_ranks_sta
 
 
 @needs_torch
-def test_two_process_training_matches_one_and_resumes(synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_two_process_training_learns_and_resumes(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """`--nproc 2` training stopped after 3 epochs and resumed to 6 goes on at epoch 4 and learns. That it takes the
+    one-process step: test_two_processes_take_the_same_step_as_one; that one process learns on these cells:
+    test_pipeline.py's synthetic_run (8 epochs, test accuracy > 0.5)."""
     import json
 
     import torch
@@ -505,7 +508,6 @@ def test_two_process_training_matches_one_and_resumes(synthetic_dataset: Path, t
     cfg = TrainConfig(data=str(synthetic_dataset), model="small_cnn", pretrained=False, input_size=48, epochs=6,
                       batch_size=16, lr=3e-3, patience=0, threads=2, augment=True, hed_sigma=0.0, hed_bias=0.0)
     quiet = Console(quiet=True)
-    run_training(cfg, tmp_path / "one", console=quiet)
     # two processes, stopped after 3 epochs (a new run with fewer epochs) and resumed to 6
     first = run_training(cfg.updated({"epochs": 3}), tmp_path / "two", console=quiet, nproc=2)
     assert first["accuracy"] >= 0  # rank 0 calibrated, exported and tested
@@ -516,10 +518,9 @@ def test_two_process_training_matches_one_and_resumes(synthetic_dataset: Path, t
     assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4, 5, 6]  # resumed at epoch 4, not restarted
     assert (tmp_path / "two" / "model.onnx").is_file()
     assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
-    v1 = json.loads((tmp_path / "one" / "val_metrics.json").read_text())["accuracy"]
     v2 = json.loads((tmp_path / "two" / "val_metrics.json").read_text())["accuracy"]
-    # both learn (chance is 1/8); benchmarks/ddp_train.py compares them on PBC, where noise is smaller
-    assert v1 > 0.4 and v2 > 0.4
+    # it learns (chance is 1/8); benchmarks/ddp_train.py compares it with one process on PBC, where noise is smaller
+    assert v2 > 0.4
 
 
 @needs_torch
