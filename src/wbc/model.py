@@ -285,6 +285,24 @@ def write_model(path: str | os.PathLike[str], onnx_bytes: bytes, info: ModelInfo
     return p
 
 
+def checkpoint_info(ckpt: object, path: str | os.PathLike[str]) -> ModelInfo:
+    """The metadata of ``ckpt``, a PyTorch checkpoint loaded from ``path``, for the two readers of checkpoints
+    (``wbc.train.export.load_checkpoint``, ``wbc.train.finetune.load_weights``): one line naming the file when it is
+    not a checkpoint dict (a bare tensor indexed by "info" was a PyTorch warning before the error) or a field of its
+    metadata is refused (the field's message alone did not say which file, since wbc 0.35.0).
+
+    >>> checkpoint_info([1.0], "w.pt")
+    Traceback (most recent call last):
+    wbc.errors.WbcError: w.pt: not a wbc checkpoint (a list, not a checkpoint dict)
+    """
+    if not isinstance(ckpt, dict):
+        raise WbcError(f"{path}: not a wbc checkpoint (a {type(ckpt).__name__}, not a checkpoint dict)")
+    try:
+        return ModelInfo.from_json(ckpt["info"])
+    except WbcError as exc:
+        raise WbcError(f"{path}: unreadable wbc metadata ({exc})") from None
+
+
 def update_metadata(path: str | os.PathLike[str], **changes: Any) -> ModelInfo:
     """Change metadata fields of a model file in place (e.g. statistics added after export); a value the loader
     would refuse leaves the file as it was (:func:`write_model`)."""

@@ -13,7 +13,7 @@ import torch
 
 from wbc.errors import WbcError
 from wbc.io import check_output_file
-from wbc.model import ModelInfo, write_model
+from wbc.model import ModelInfo, checkpoint_info, write_model
 from wbc.paths import checkpoint_file
 from wbc.train.models import Ensemble, ExportWrapper, WbcNet, create_model
 
@@ -86,12 +86,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Mo
                                f"finish it first with `wbc train --output {run} --resume`)")
             raise WbcError(f"{p}: no model metadata yet: a run's best.pt gets it when the run finishes (finish it "
                            "with `wbc train --resume`); last.pt never has it, export the run folder or its best.pt")
-        if not isinstance(ckpt, dict):  # a bare tensor indexed by "info" was a PyTorch warning before the error
-            raise WbcError(f"{p}: not a wbc checkpoint (a {type(ckpt).__name__}, not a checkpoint dict)")
-        try:
-            info = ModelInfo.from_json(ckpt["info"])
-        except WbcError as exc:  # a field refused: the message names the field, this names the file
-            raise WbcError(f"{p}: unreadable wbc metadata ({exc})") from None
+        info = checkpoint_info(ckpt, p)
         states = ckpt["members"] if "members" in ckpt else [ckpt["model"]]
         nets: list[WbcNet] = []
         for state in states:

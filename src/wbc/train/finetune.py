@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from wbc.errors import WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo, checked_tta_views, without_lab_prior
+from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo, checked_tta_views, checkpoint_info, without_lab_prior
 from wbc.train.loop import predict_embeddings, predict_logits, pseudo_labels
 from wbc.train.models import Ensemble, WbcNet, create_model
 from wbc.train.transforms import cells_to_batch, normalise
@@ -86,12 +86,7 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Model
                        "--checkpoint RUN/best.pt, or use --method head)")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict):  # a bare tensor indexed by "info" was a PyTorch warning before the error
-            raise WbcError(f"{p}: not a wbc checkpoint (a {type(ckpt).__name__}, not a checkpoint dict)")
-        try:
-            info = ModelInfo.from_json(ckpt["info"])
-        except WbcError as exc:  # a field refused: the message names the field, this names the file
-            raise WbcError(f"{p}: unreadable wbc metadata ({exc})") from None
+        info = checkpoint_info(ckpt, p)
         nets = []
         for state in ckpt["members"] if "members" in ckpt else [ckpt["model"]]:
             one = create_model(ckpt["arch"], len(info.classes), pretrained=False, dropout=ckpt.get("dropout", 0.0))
