@@ -163,7 +163,7 @@ def test_quantize_reads_labels_as_ood_fit_reads_them(tmp_path: Path) -> None:
 
 
 def test_quantize_s_val_summary_is_training_s() -> None:
-    """``wbc.quantize.val_summary`` repeats :func:`wbc.evaluate.metrics.summary_metrics` (a sibling layer)."""
+    """`wbc quantize` records the summary `wbc train` records (:func:`wbc.calibration.val_summary`, one place)."""
     from wbc.evaluate.metrics import summary_metrics
     from wbc.quantize import val_summary
 

@@ -278,3 +278,23 @@ def estimate_class_prior(
         if done:
             return prior, it
     return prior, max_iter
+
+
+def val_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The validation summary a model's ``metrics`` hold (n, accuracy, macro-F1 over the classes present, per-class
+    recall, None for a class without cells): one place for `wbc train` (:func:`wbc.evaluate.metrics.summary_metrics`,
+    which adds intervals) and `wbc quantize`, which sit in sibling layers above this module.
+
+    >>> val_summary(np.array([0, 0, 1]), np.array([0, 1, 1]), ["a", "b", "c"])["recall"]
+    {'a': 0.5, 'b': 1.0, 'c': None}
+    """
+    from sklearn.metrics import f1_score
+
+    present = [k for k in range(len(classes)) if np.any(y_true == k)]
+    return {
+        "n": len(y_true),
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "recall": {c: float(np.mean(y_pred[y_true == k] == k)) if k in present else None
+                   for k, c in enumerate(classes)},
+    }

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from wbc.calibration import calibrate, resolve_review_target
+from wbc.calibration import calibrate, resolve_review_target, val_summary
 from wbc.classify import load_cells
 from wbc.data import cap_per_class
 from wbc.errors import WbcError
@@ -112,26 +112,6 @@ def is_quantised(path: str | os.PathLike[str]) -> bool:
     import onnx
 
     return any(n.op_type in QUANTISED_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
-
-
-def val_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """The validation summary a model's ``metrics`` hold (n, accuracy, macro-F1 over the classes present, per-class
-    recall), as :func:`wbc.evaluate.metrics.summary_metrics` writes it for `wbc train`; repeated here because
-    ``wbc.evaluate`` is a sibling layer of this module.
-
-    >>> val_summary(np.array([0, 0, 1]), np.array([0, 1, 1]), ["a", "b", "c"])["recall"]
-    {'a': 0.5, 'b': 1.0, 'c': None}
-    """
-    from sklearn.metrics import f1_score
-
-    present = [k for k in range(len(classes)) if np.any(y_true == k)]
-    return {
-        "n": len(y_true),
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        "recall": {c: float(np.mean(y_pred[y_true == k] == k)) if k in present else None
-                   for k, c in enumerate(classes)},
-    }
 
 
 def quantize_model(

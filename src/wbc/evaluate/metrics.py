@@ -22,12 +22,11 @@ from sklearn.metrics import (
     f1_score,
     log_loss,
     precision_recall_fscore_support,
-    recall_score,
     roc_auc_score,
     roc_curve,
 )
 
-from wbc.calibration import coverage_accuracy, expected_calibration_error, under_review
+from wbc.calibration import coverage_accuracy, expected_calibration_error, under_review, val_summary
 from wbc.counts import clopper_pearson
 from wbc.model import softmax
 
@@ -394,14 +393,7 @@ def summary_metrics(
     """
     y_true = np.asarray(y_true, np.int64)
     y_pred = np.asarray(y_pred, np.int64)
-    labels = present_labels(y_true, len(classes))
-    rec = recall_score(y_true, y_pred, labels=list(range(len(classes))), average=None, zero_division=0)
-    out: dict[str, Any] = {
-        "n": len(y_true),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "recall": {c: float(rec[k]) if k in labels else None for k, c in enumerate(classes)},
-    }
+    out = val_summary(y_true, y_pred, list(classes))
     if n_boot > 0:
         ci = confidence_intervals(y_true, y_pred, classes, n_boot=n_boot, seed=seed)
         out.update(accuracy_ci95=ci["accuracy"], macro_f1_ci95=ci["macro_f1"], recall_ci95=ci["recall"])
