@@ -204,8 +204,8 @@ def test_classify_rejects_bad_uploads_with_4xx(client: TestClient, smear: np.nda
 def test_parts_without_a_file_name_are_named_by_their_place_in_results_and_errors(client: TestClient) -> None:
     """Parts sent with an empty file name were named by a running count in results (`file1`, `file5`) and by nothing
     in errors (`"filename": ""`, "upload: content type text/plain ...") (wbc 0.32.0): each is `file<its place>`."""
-    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
-    parts = [(cell, "image/png"), (b"hello", "text/plain"), (b"not an image", "image/png"), (cell, "image/png")]
+    cell, other = (png_bytes(synthetic_cell("lymphocyte", 96, seed=s)) for s in (1, 2))  # not copies: both counted
+    parts = [(cell, "image/png"), (b"hello", "text/plain"), (b"not an image", "image/png"), (other, "image/png")]
     body = b"".join(b'--B\r\nContent-Disposition: form-data; name="files"; filename=""\r\nContent-Type: '
                     + ctype.encode() + b"\r\n\r\n" + data + b"\r\n" for data, ctype in parts) + b"--B--\r\n"
     r = client.post("/classify", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
@@ -833,3 +833,158 @@ def test_a_case_takes_the_chosen_file_names_only_where_the_browser_encoded_them(
             r = c.post("/cases", data={"name": "S-bad", "names": bad}, files=files)
             assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
             assert r.json()["detail"] == "names: a JSON list of 3 file name(s), one per file"
+
+
+# --------------------------------------------------------------------------- HTTP review of wbc 0.35.0
+
+
+def test_a_text_part_beside_files_is_named_never_dropped(classifier, client: TestClient, smear: np.ndarray,
+                                                         tmp_path: Path) -> None:
+    """`curl -F files=@a.png -F files=b.png` (the second @ forgotten) sends b.png as text: beside a real file it was
+    left out without a word (wbc 0.35.0), /classify answering a differential short of a cell with no error, POST
+    /cases creating the case without the field. It is named now, on each upload route."""
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    r = client.post("/classify", files=[("files", ("a.png", cell, "image/png"))], data={"files": "b.png"})
+    assert r.status_code == 200 and r.json()["n"] == 1, r.text
+    assert r.json()["errors"] == [{"filename": "b.png", "error": "b.png: sent as text in the field 'files', not as a "
+                                   "file (no filename parameter; curl: -F files=@b.png)"}]
+    r = client.post("/analyze", files=[("file", ("a.png", png_bytes(smear), "image/png"))], data={"file": "b.png"})
+    assert r.status_code == 400 and r.json()["error"] == "too_many_files", r.text
+    assert "'b.png' (text)" in r.json()["detail"] and r.json()["errors"][0]["filename"] == "b.png"
+    with TestClient(create_app(classifier, ClassicalSegmenter(), store=tmp_path / "c.sqlite")) as c:
+        r = c.post("/cases", data={"name": "S-text", "files": "b.png"},
+                   files=[("files", ("a.png", png_bytes(smear), "image/png"))])
+        assert r.status_code == 422 and r.json()["error"] == "unreadable_image", r.text
+        assert [e["filename"] for e in r.json()["errors"]] == ["b.png"]
+        assert c.get("/cases").json()["cases"] == []  # no case without the field
+
+
+def test_classify_counts_a_byte_copy_once_as_wbc_classify_does(client: TestClient, tmp_path: Path) -> None:
+    """A cell uploaded twice under two names (downloaded twice: ``c (1).png``) was counted twice by /classify (wbc
+    0.35.0) where `wbc classify` counts it once and names it. It is left out as the command line leaves it out (the
+    one kept: the shorter name), listed in ``copies`` and said in `wbc classify`'s words; a copy of a file that cannot
+    be read is an error as that file is."""
+    from wbc.cli.classify import without_copies
+
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    other = png_bytes(synthetic_cell("neutrophil", 96, seed=2))
+    cut = png_bytes(synthetic_cell("monocyte", 96, seed=3))[:300]
+    sent = [("c (1).png", cell), ("n.png", other), ("c.png", cell), ("t.png", cut), ("t copy.png", cut)]
+    r = client.post("/classify", files=[("files", (n, data, "image/png")) for n, data in sent])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["n"] == 2 and sum(body["counts"].values()) == 2
+    assert [x["filename"] for x in body["results"]] == ["n.png", "c.png"]
+    assert body["copies"] == [{"filename": "c (1).png", "same_as": "c.png"}]
+    assert ("c (1).png: the same image as another input, classified and counted once (c.png has the same bytes)"
+            in body["warnings"])
+    assert [e["filename"] for e in body["errors"]] == ["t.png", "t copy.png"]
+    assert body["errors"][1]["error"] == "t copy.png" + body["errors"][0]["error"][len("t.png"):]
+    for name, data in sent:  # the command line keeps the same files
+        (tmp_path / name).write_bytes(data)
+    kept, copies = without_copies([tmp_path / n for n, _ in sent])
+    assert [p.name for p in kept] == ["n.png", "c.png", "t.png"] and [(a.name, b.name) for a, b in copies] == [
+        ("c (1).png", "c.png"), ("t copy.png", "t.png")]
+
+
+def test_a_repeated_classes_query_names_every_class(client: TestClient, smear: np.ndarray) -> None:
+    """``classes=neutrophil&classes=lymphocyte`` (httpx, requests and most query builders send a list so) kept its
+    last value only (wbc 0.35.0): a one-class label set, every cell "lymphocyte" with confidence 1.0. Every value is
+    taken now, on each route that takes ``classes``, as the comma list is."""
+    cell = {"files": ("c.png", png_bytes(synthetic_cell("neutrophil", 96, seed=2)), "image/png")}
+    field = {"file": ("f.png", png_bytes(smear), "image/png")}
+    for path, upload in (("/classify", cell), ("/analyze", field)):
+        repeated = client.post(f"{path}?classes=neutrophil&classes=lymphocyte", files=upload)
+        listed = client.post(f"{path}?classes=neutrophil,lymphocyte", files=upload)
+        assert repeated.status_code == 200 and set(repeated.json()["counts"]) == {"neutrophil", "lymphocyte"}
+        assert repeated.json()["counts"] == listed.json()["counts"]
+        assert repeated.json()["differential"] == listed.json()["differential"]
+    r = client.post("/differential?classes=monocyte&classes=lymphocyte", json={"counts": {"lymphocyte": 3}})
+    assert [row["class"] for row in r.json()["differential"]] == ["lymphocyte", "monocyte"]
+    r = client.post("/classify?classes=all&classes=neutrophil", files=cell)  # contradicting values: refused
+    assert r.status_code == 422 and r.json()["error"] == "bad_classes"
+    r = client.post("/classify?classes=&classes=", files=cell)  # empty values: the server's default, as one
+    assert r.status_code == 200 and len(r.json()["counts"]) == len(client.get("/model").json()["label_set"])
+
+
+def multipart(disposition: bytes, data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A one-part multipart body with this Content-Disposition (as clients httpx does not imitate send it)."""
+    body = (b"--B\r\nContent-Disposition: " + disposition + b"\r\nContent-Type: image/png\r\n\r\n" + data
+            + b"\r\n--B--\r\n")
+    return body, {"content-type": "multipart/form-data; boundary=B"}
+
+
+def test_rfc5987_and_encoded_word_file_names_are_decoded(classifier, client: TestClient, smear: np.ndarray,
+                                                         tmp_path: Path) -> None:
+    """A part named by ``filename*`` alone (urllib3 before 1.25) was a text field, answered "no file in the request";
+    .NET's HttpClient and PowerShell's encoded word in ``filename`` named results ``=?utf-8?B?...?=`` (wbc 0.35.0)."""
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    star = b"form-data; name=\"%s\"; filename*=utf-8''caf%%C3%%A9.png"
+    dotnet = b"form-data; name=%s; filename=\"=?utf-8?B?Y2Fmw6kucG5n?=\"; filename*=utf-8''caf%%C3%%A9.png"
+    word = b"form-data; name=\"%s\"; filename=\"=?utf-8?Q?caf=C3=A9?= =?utf-8?B?LnBuZw==?=\""
+    for disposition in (star, dotnet, word):
+        r = client.post("/classify", content=multipart(disposition % b"files", cell)[0],
+                        headers=multipart(b"", b"")[1])
+        assert r.status_code == 200 and [x["filename"] for x in r.json()["results"]] == ["café.png"], r.text
+        r = client.post("/classify", content=multipart(disposition % b"files", cell[:300])[0],
+                        headers=multipart(b"", b"")[1])
+        assert [e["filename"] for e in r.json()["errors"]] == ["café.png"], r.text
+    body, headers = multipart(star % b"file", png_bytes(smear))
+    r = client.post("/analyze", content=body, headers=headers)
+    assert r.status_code == 200 and r.json()["image"] == "café.png", r.text
+    body = body.replace(b"--B--", b"--B\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nS-star\r\n--B--")
+    with TestClient(create_app(classifier, ClassicalSegmenter(), store=tmp_path / "c.sqlite")) as c:
+        r = c.post("/cases", content=body.replace(b'name="file"', b'name="files"'), headers=headers)
+        assert r.status_code == 201 and [f["image"] for f in r.json()["fields"]] == ["café.png"], r.text
+    for bad in (b"filename*=utf-8''a%0Ab.png", b"filename*=utf-8''dir%2Fc.png", b"filename*=nonsense"):
+        r = client.post("/classify", content=multipart(b'form-data; name="files"; ' + bad, cell)[0],
+                        headers=multipart(b"", b"")[1])  # a control character: its place; a folder: left out
+        assert r.status_code == 200 and r.json()["results"][0]["filename"] in ("file1", "c.png", "nonsense"), r.text
+
+
+def test_classify_errors_keep_the_upload_order(client: TestClient) -> None:
+    """The uploads refused by the cheap checks (content type, size, header) were listed before those that failed to
+    decode (wbc 0.35.0), so a client pairing errors with its files by position got them shuffled."""
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    parts = [("1.png", cell[:200], "image/png"), ("2.png", cell, "image/png"), ("3.txt", b"hi", "text/plain"),
+             ("4.png", b"", "image/png"), ("5.png", cell[:300], "image/png")]
+    r = client.post("/classify", files=[("files", p) for p in parts], data={"files": "6.png"})
+    assert r.status_code == 200, r.text
+    # httpx sends the text part (`data`) first
+    assert [e["filename"] for e in r.json()["errors"]] == ["6.png", "1.png", "3.txt", "4.png", "5.png"]
+
+
+def test_openapi_types_the_success_bodies_and_says_the_servers_default(classifier, smear: np.ndarray,
+                                                                       tmp_path: Path) -> None:
+    """The 200/201 bodies of /classify, /analyze and POST /cases were ``{}`` in /openapi.json, and ``classes`` said
+    "default: every class of the model" on a `wbc serve --classes 5part` server, which answers among five (wbc
+    0.35.0). Each body's schema now names every key the server sends, and nothing it does not."""
+    from pydantic import BaseModel
+
+    from wbc.serve.app import AnalyzeBody, ClassifyBody
+    from wbc.serve.cases import CaseBody
+
+    def keys(model: type[BaseModel]) -> set[str]:
+        return {f.alias or name for name, f in model.model_fields.items()}
+
+    app = create_app(classifier, ClassicalSegmenter(), classes="5part", store=tmp_path / "c.sqlite")
+    with TestClient(app) as c:
+        spec = c.get("/openapi.json").json()
+        cell = {"files": ("c.png", png_bytes(synthetic_cell("neutrophil", 96, seed=2)), "image/png")}
+        cl = c.post("/classify", files=cell).json()
+        an = c.post("/analyze?annotated=true", files={"file": ("f.png", png_bytes(smear), "image/png")}).json()
+        case = c.post("/cases", data={"name": "S-1"}, files={"files": ("f.png", png_bytes(smear), "image/png")})
+    help_text = next(p["description"] for p in spec["paths"]["/classify"]["post"]["parameters"]
+                     if p["name"] == "classes")
+    assert help_text.split("default:")[1].startswith(" the server's label set (`label_set` in /model")
+    assert "`label_set` in /model" in help_text and len(cl["counts"]) == 5
+    for path, method, status, model, body in (("/classify", "post", "200", ClassifyBody, cl),
+                                              ("/analyze", "post", "200", AnalyzeBody, an),
+                                              ("/cases", "post", "201", CaseBody, case.json()),
+                                              ("/cases/{case_id}", "get", "200", CaseBody, case.json())):
+        schema = spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{model.__name__}"}, (path, schema)
+        model.model_validate(body)
+        assert set(body) == keys(model), (path, set(body) ^ keys(model))
+        assert set(spec["components"]["schemas"][model.__name__]["properties"]) == keys(model)
+    assert an["cells"] and keys(AnalyzeBody.model_fields["cells"].annotation.__args__[0]) == set(an["cells"][0])

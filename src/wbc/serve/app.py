@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import platform
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
@@ -24,12 +26,15 @@ import cv2
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import wbc
@@ -87,6 +92,90 @@ class ErrorBody(BaseModel):
     error: str = Field(..., examples=["unreadable_image"])
     detail: str = Field(..., examples=["scan.jpg: truncated JPEG (no end-of-image marker)"])
     errors: list[FileError]
+
+
+class CellPrediction(BaseModel):
+    """One single-cell image's answer (:func:`wbc.formats.prediction_to_dict`)."""
+
+    filename: str = Field(..., examples=["cell1.jpg"])
+    label: str = Field(..., examples=["neutrophil"])
+    confidence: float = Field(..., examples=[0.991237])
+    review: bool
+    review_reasons: list[str]
+    ood: bool
+    probabilities: dict[str, float]
+
+
+class DifferentialRow(BaseModel):
+    """One class's row of a differential (:func:`wbc.formats.differential_dicts`); ``percent`` and the interval are
+    null for a rate per 100 WBCs with no WBC counted."""
+
+    class_: str = Field(..., alias="class", examples=["neutrophil"])
+    count: int
+    total: int
+    percent: float | None
+    ci95_low: float | None
+    ci95_high: float | None
+    unit: str = Field(..., examples=["percent", "per 100 WBC"])
+
+
+class CopyOf(BaseModel):
+    """An upload left out as a byte copy of another (classified and counted once, as `wbc classify` counts it)."""
+
+    filename: str = Field(..., examples=["cell (1).jpg"])
+    same_as: str = Field(..., examples=["cell.jpg"])
+
+
+class ClassifyBody(BaseModel):
+    """The 200 body of ``POST /classify`` (docs/api.md)."""
+
+    model_id: str
+    n: int
+    n_review: int
+    results: list[CellPrediction]
+    counts: dict[str, int]
+    differential: list[DifferentialRow]
+    warnings: list[str]
+    errors: list[FileError]
+    copies: list[CopyOf]
+
+
+class SmearCell(BaseModel):
+    """One WBC of a field (:func:`wbc.formats.cell_to_dict`): polygons are lists of ``[x, y]`` points."""
+
+    id: int
+    box: list[int]
+    nucleus: list[list[list[int]]]
+    cell: list[list[list[int]]]
+    area_px: int
+    nucleus_area_px: int
+    touches_border: bool
+    detection_score: float
+    label: str | None
+    confidence: float | None
+    review: bool | None
+    review_reasons: list[str]
+    ood: bool | None
+    probabilities: dict[str, float]
+
+
+class AnalyzeBody(BaseModel):
+    """The 200 body of ``POST /analyze``: ``wbc analyze``'s ``<stem>.json`` (:func:`wbc.formats.result_to_dict`) plus
+    ``n_review``, ``differential`` and, asked for, ``annotated_png``."""
+
+    image: str
+    width: int
+    height: int
+    model_id: str
+    segmenter: str
+    counts: dict[str, int]
+    n_cells: int
+    cells: list[SmearCell]
+    warnings: list[str]
+    colour_calibration: dict[str, list[float]] | None
+    n_review: int
+    differential: list[DifferentialRow]
+    annotated_png: str | None = Field(None, description="Base64 PNG; only with `annotated=true`.")
 
 
 #: What each 4xx status means, in /openapi.json (docs/api.md, "Errors", has the full table).
@@ -208,6 +297,98 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": resp.body})
 
 
+# --------------------------------------------------------------------------- multipart parts: file names, text
+
+
+class FileNameStarParser(MultiPartParser):
+    """Starlette's multipart parser, taking a part named by ``filename*`` alone (RFC 5987/7578, as urllib3 before
+    1.25 names a non-ASCII file) as the file it is: Starlette reads ``filename=`` only, so before wbc 0.36.0 such a
+    part was a text field, and its image was answered "no file in the request" or left out. Its name is read from the
+    part's header by :func:`part_name`."""
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        disposition = part.content_disposition or b""
+        if FILENAME_STAR.search(disposition) and b"filename" not in parse_options_header(disposition)[1]:
+            part.content_disposition = disposition + b'; filename=""'  # a file; part_name reads its real name
+        super().on_headers_finished()
+
+
+#: A ``filename*`` parameter in a part's Content-Disposition (python-multipart's parser drops it).
+FILENAME_STAR = re.compile(rb";\s*filename\*", re.IGNORECASE)
+#: A name that is RFC 2047 encoded words only (``=?utf-8?B?Y2Fmw6kuanBn?=``), as .NET's HttpClient and PowerShell
+#: send a non-ASCII file name in ``filename=``.
+ENCODED_WORDS = re.compile(r"\s*(=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=\s*)+")
+
+
+class UploadRequest(Request):
+    """A request whose multipart body is read by :class:`FileNameStarParser`; anything else as Starlette reads it."""
+
+    async def _get_form(self, **limits: Any) -> FormData:
+        ctype = parse_options_header(self.headers.get("content-type"))[0]
+        if self._form is None and ctype == b"multipart/form-data":
+            try:
+                async with aclosing(self.stream()) as stream:
+                    self._form = await FileNameStarParser(self.headers, stream, **limits).parse()
+            except MultiPartException as exc:  # as Starlette answers it (400: invalid_multipart, too_many_files)
+                raise StarletteHTTPException(400, detail=exc.message) from None
+        return await super()._get_form(**limits)
+
+
+class UploadRoute(APIRoute):
+    """A route reading its request as :class:`UploadRequest` (FastAPI's documented way to change the request)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_file_names(request: Request) -> Response:
+            return await handler(UploadRequest(request.scope, request.receive))
+
+        return with_file_names
+
+
+def part_name(upload: UploadFile, fallback: str) -> str:
+    """The file name an upload part gives, decoded: ``filename*`` (RFC 5987, ``utf-8''caf%C3%A9.jpg``) before
+    ``filename``, and a ``filename`` of RFC 2047 encoded words (``=?utf-8?B?...?=``, .NET's HttpClient and
+    PowerShell) decoded; its folders left out, as Starlette leaves them out of a Windows path. ``fallback`` where the
+    part names no file (or a name that decodes to a control character). Before wbc 0.36.0 results, errors and a
+    case's fields were named ``=?utf-8?B?Y2Fmw6kuanBn?=`` for ``café.jpg``."""
+    from email.header import decode_header, make_header
+    from email.message import Message
+    from email.utils import collapse_rfc2231_value
+
+    name = upload.filename or ""
+    try:
+        disposition = upload.headers.get("content-disposition", "")
+        if FILENAME_STAR.search(disposition.encode("latin-1", "replace")):
+            header = Message()
+            header["content-disposition"] = disposition
+            star = [v for k, v in header.get_params([], header="content-disposition")
+                    if k.lower() == "filename" and isinstance(v, tuple)]
+            if star:
+                name = collapse_rfc2231_value(star[0]).replace("\\", "/").rsplit("/", 1)[-1]
+        elif ENCODED_WORDS.fullmatch(name):
+            name = str(make_header(decode_header(name)))
+    except Exception:  # a header no decoder takes (a bad charset): the name as sent
+        name = upload.filename or ""
+    return name if name and name.isprintable() else upload.filename or fallback
+
+
+def text_part_problem(value: str, field: str, fallback: str) -> dict[str, str]:
+    """The ``errors`` entry for a text part where a file was expected (``curl -F files=b.png``, its ``@``
+    forgotten): named by its text when that reads as a file name, else by ``fallback`` (its place). Before wbc 0.36.0
+    such a part beside real files was left out without a word: ``/classify`` answered the others, ``POST /cases``
+    created the case without it."""
+    name = value.strip()
+    if not (0 < len(name) <= 255 and name.isprintable()):
+        name = fallback
+        what = f"a text part of {len(value):,} characters"
+    else:
+        what = "text"
+    return {"filename": name, "error": f"{name}: sent as {what} in the field {field!r}, not as a file (no filename "
+                                       f"parameter; curl: -F {field}=@{name if what == 'text' else 'FILE'})"}
+
+
 # --------------------------------------------------------------------------- pure helpers
 
 
@@ -217,7 +398,7 @@ def check_content_type(upload: UploadFile, name: str | None = None) -> str | Non
     ctype = (upload.content_type or "").split(";")[0].strip().lower()
     if not ctype or any(ctype.startswith(t) for t in ACCEPTED_TYPES):
         return None
-    name = name or upload.filename or "upload"
+    name = name or part_name(upload, "upload")
     return f"{name}: content type {ctype} is not an image (send image/png, image/jpeg, ...)"
 
 
@@ -240,7 +421,7 @@ def check_upload(upload: UploadFile, max_bytes: int, max_pixels: int, name: str 
     from wbc.errors import ImageTooLargeError
     from wbc.io import check_pixels
 
-    name = name or upload.filename or "upload"
+    name = name or part_name(upload, "upload")
     problem = check_content_type(upload, name)
     if problem:
         raise WrongContentType(problem)
@@ -270,7 +451,7 @@ def read_upload_bytes(upload: UploadFile, max_bytes: int, max_pixels: int, name:
     """
     from wbc.io import check_pixels
 
-    name = name or upload.filename or "upload"
+    name = name or part_name(upload, "upload")
     problem = check_content_type(upload, name)
     if problem:
         raise WrongContentType(problem)
@@ -313,7 +494,7 @@ def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int | None = Non
 
     limit = max_pixels or MAX_PIXELS
     data = read_upload_bytes(upload, max_bytes, limit)
-    return decode_upload(data, upload.filename or "upload", limit)
+    return decode_upload(data, part_name(upload, "upload"), limit)
 
 
 async def in_inference_slot(state: Any, fn: Callable[[], T], queued: bool = False) -> T:
@@ -406,7 +587,32 @@ def versions() -> dict[str, str]:
 
 
 CLASSES_HELP = ("Answer only among these classes, e.g. `5part` or `neutrophil,lymphocyte` (probabilities "
-                "renormalised over them); default: every class of the model.")
+                "renormalised over them; the field repeated, `classes=neutrophil&classes=lymphocyte`, names them all; "
+                "`all`: every class of the model); default: the server's label set (`label_set` in /model: every "
+                "class of the model unless `wbc serve --classes` names fewer; /analyze leaves platelets out, "
+                "`smear_label_set`).")
+
+
+def merged_classes(values: Sequence[str] | None) -> str | None:
+    """The ``classes`` query field's values as one comma list (``chosen_classes``, ``parse_class_set`` take it), empty
+    ones left out: a client building the query from a list repeats the field, and before wbc 0.36.0 only its last value
+    was kept, a one-class label set answering a neutrophil "lymphocyte" with confidence 1.0. None: not given.
+
+    >>> merged_classes(["neutrophil", "lymphocyte"]), merged_classes([""]), merged_classes(None)
+    ('neutrophil,lymphocyte', '', None)
+    """
+    return None if values is None else ",".join(v for v in values if v.strip())
+
+
+def copies_notes(copies: Sequence[dict[str, str]]) -> list[str]:
+    """``/classify``'s warnings for the uploads left out as byte copies of another, in `wbc classify`'s words, the
+    first :data:`MAX_NAMED` one by one (``copies`` lists them all)."""
+    notes = [f"{c['filename']}: the same image as another input, classified and counted once ({c['same_as']} has the "
+             "same bytes)" for c in copies[:MAX_NAMED]]
+    if len(copies) > MAX_NAMED:
+        notes.append(f"{len(copies) - MAX_NAMED:,} more files are copies of others, each classified and counted once "
+                     "(listed in `copies`)")
+    return notes
 
 
 TTA_HELP = ("Average each cell's answer over this many flips/rotations (1-8); default: the model's own for "
@@ -442,7 +648,8 @@ def smear_answered(classifier: Any, classes: str | None = None) -> list[str]:
 
 DIFFERENTIAL_CLASSES_HELP = ("The differential's rows: these classes (`5part`, names; `smear_label_set` in /model "
                              "for pooled /analyze answers), plus any class counted; default: the server's label set "
-                             "(`label_set` in /model).")
+                             "(`label_set` in /model). Repeated, `classes=neutrophil&classes=lymphocyte`, it names "
+                             "them all.")
 
 
 #: The largest count ``POST /differential`` takes (far beyond any slide; the exact interval needs a finite float).
@@ -554,6 +761,7 @@ def create_app(
         dependencies=[API_KEY],  # every route, this module's and every included router's (wbc.serve.security)
         responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429),  # the case routes add theirs
     )
+    app.router.route_class = UploadRoute  # the routes below read `filename*` parts as files (UploadRequest)
     built_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -626,17 +834,19 @@ def create_app(
         return JSONResponse(error_body("unprocessable", str(exc)), 422)
 
     async def require_files(request: Request, files: Sequence[UploadFile | str] | None, field: str
-                            ) -> list[UploadFile]:
-        """The uploaded files, or 415 (not a multipart request) / 400 (no such field, or only text in it: the
-        routes take text parts too, so that `curl -F file=x.jpg` without its ``@`` gets this answer, not 422; a body
-        of no complete part, as an upload cut short leaves one: ``invalid_multipart``, not "no file", since wbc
-        0.33.0)."""
+                            ) -> list[UploadFile | str]:
+        """Every part of the field, files and text alike, in the request's order, or 415 (not a multipart request) /
+        400 (no such field, or only text in it: the routes take text parts too, so that `curl -F file=x.jpg` without
+        its ``@`` gets this answer, not 422; a body of no complete part, as an upload cut short leaves one:
+        ``invalid_multipart``, not "no file", since wbc 0.33.0). A text part beside files is each route's to name
+        (:func:`text_part_problem`), never to drop: since wbc 0.36.0."""
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise UploadProblem(415, "unsupported_media_type",
                                 f"send the image(s) as multipart/form-data in the field {field!r} "
                                 f"(got content type {ctype or 'none'!r})")
-        uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]  # not plain text fields
+        parts = list(files or [])
+        uploads = [f for f in parts if isinstance(f, StarletteUploadFile)]  # not plain text fields
         length = request.headers.get("content-length", "")
         if not uploads and length.isdigit() and int(length) > 0 and not await request.form():  # parsed already
             raise UploadProblem(400, "invalid_multipart", "the request body is not valid multipart/form-data: it "
@@ -644,7 +854,7 @@ def create_app(
         if not uploads:
             raise UploadProblem(400, "missing_file",
                                 f"no file in the request: send multipart/form-data with the field {field!r}")
-        return uploads
+        return parts
 
     @app.get("/health", summary="Liveness, the loaded models and the software versions")
     async def health() -> dict[str, Any]:  # async: answers even when every worker thread is busy
@@ -661,64 +871,96 @@ def create_app(
     for path, endpoint in (("/health", health), ("/model", model)):  # uptime monitors often ask with HEAD
         app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
-    @app.post("/classify", summary="Classify single-cell images", responses=error_responses(503))
+    @app.post("/classify", summary="Classify single-cell images",
+              responses={200: {"model": ClassifyBody, "description": "One prediction per readable file"},
+                         **error_responses(503)})
     async def classify(
         request: Request,
         files: Annotated[list[UploadFile | str] | None, File(
             description="One or more single-cell images (field name `files`, repeated).")] = None,
-        classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
+        classes: Annotated[list[str] | None, Query(description=CLASSES_HELP)] = None,
         reframe: Annotated[bool, Query(description="Re-frame cells framed unlike the training crops.")] = True,
         tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
     ) -> JSONResponse:
-        """One prediction per readable file; unreadable files are listed in ``errors``.
+        """One prediction per readable file; unreadable files are listed in ``errors``, in upload order.
 
         200 when at least one file was classified; 4xx (with every file's problem) when none was.
         """
-        uploads = await require_files(request, files, "files")
-        if len(uploads) > app.state.max_files:
+        parts = await require_files(request, files, "files")
+        n_files = sum(isinstance(p, StarletteUploadFile) for p in parts)
+        if n_files > app.state.max_files:
             raise UploadProblem(413, "too_many_files",
-                                f"{len(uploads)} files in one request; the limit is {app.state.max_files}")
-        clf = chosen_classes(app.state.classifier, classes, tta)
+                                f"{n_files} files in one request; the limit is {app.state.max_files}")
+        clf = chosen_classes(app.state.classifier, merged_classes(classes), tta)
+        from wbc.batch import copies_among, with_failed_copies
         from wbc.classify import MAX_CELL_PIXELS, cell_too_large, classify_byte_sources
         from wbc.errors import ImageTooLargeError
+        from wbc.serve.cases import upload_digest
 
-        checked: list[tuple[str, UploadFile]] = []
-        errors: list[dict[str, str]] = []
+        # a part without a file name is named by its place in the request, in results and errors alike
+        names = [part_name(p, f"file{i + 1}") if isinstance(p, StarletteUploadFile) else f"file{i + 1}"
+                 for i, p in enumerate(parts)]
+        checked: list[int] = []  # the places of the uploads past the cheap checks
+        errors: dict[int, dict[str, str]] = {}  # by place: answered in upload order (before wbc 0.36.0, those
+        # refused by the cheap checks came first)
 
         def refused(name: str, exc: WbcError) -> dict[str, str]:
             return {"filename": name, "error": str(cell_too_large(exc) if isinstance(exc, ImageTooLargeError) else exc)}
 
-        def check() -> int:  # the cheap checks (type, size, header) before waiting for a slot; the bytes wait on disk
+        def check() -> tuple[int, dict[int, int]]:
+            """The cheap checks (type, size, header) before waiting for a slot, the bytes waiting on disk; then the
+            uploads of another's bytes (a cell downloaded twice, ``cell (1).jpg``), as copy -> the one kept."""
             wrong_type = 0  # uploads refused for their declared content type
-            for i, up in enumerate(uploads):
-                # a part without a file name is named by its place in the request, in results and errors alike
-                name = up.filename or f"file{i + 1}"
+            for i, part in enumerate(parts):
+                if isinstance(part, str):
+                    errors[i] = text_part_problem(part, "files", names[i])
+                    continue
                 try:
-                    check_upload(up, app.state.max_bytes, MAX_CELL_PIXELS, name)
-                    checked.append((name, up))
+                    check_upload(part, app.state.max_bytes, MAX_CELL_PIXELS, names[i])
+                    checked.append(i)
                 except WbcError as exc:
                     wrong_type += isinstance(exc, WrongContentType)
-                    errors.append(refused(name, exc))
-            return wrong_type
+                    errors[i] = refused(names[i], exc)
+            # classified and counted once, the one kept chosen as `wbc classify` chooses it (wbc.batch.copies_among):
+            # before wbc 0.36.0 each copy was counted
+            left_out = copies_among([upload_digest(cast(UploadFile, parts[i])) for i in checked],
+                                    [names[i] for i in checked])
+            return wrong_type, {checked[c]: checked[k] for c, k in left_out.items()}
 
-        wrong_type = await run_in_threadpool(check)
+        wrong_type, copy_of = await run_in_threadpool(check)
+        todo = [i for i in checked if i not in copy_of]
 
         def work() -> list[Any]:  # reading and decoding count against the concurrency limit, as inference does
-            def read(i: int) -> bytes:  # each upload read from its spool file as its batch is prepared
-                name, up = checked[i]
-                return read_upload_bytes(up, app.state.max_bytes, MAX_CELL_PIXELS, name)
+            def read(j: int) -> bytes:  # each upload read from its spool file as its batch is prepared
+                i = todo[j]
+                return read_upload_bytes(cast(UploadFile, parts[i]), app.state.max_bytes, MAX_CELL_PIXELS, names[i])
 
             # `wbc classify`'s own path (wbc.classify._classify_batches): the same answers, flags and reasons
-            res = classify_byte_sources(read, [name for name, _ in checked], clf, BATCH_SIZE, workers=1,
-                                        reframe=reframe)
-            errors.extend({"filename": name, "error": message} for name, message in res.errors)
+            res = classify_byte_sources(read, [names[i] for i in todo], clf, BATCH_SIZE, workers=1, reframe=reframe)
+            # each failure back to its place: answers and failures both come in upload order, each upload in one
+            # (of two uploads of one name, one answered and one not, the answer is taken for the first)
+            answered, failed = iter(res.predictions), iter(res.errors)
+            pred = next(answered, None)
+            for i in todo:
+                if pred is not None and pred.path == names[i]:
+                    pred = next(answered, None)
+                elif (failure := next(failed, None)) is not None:
+                    errors[i] = {"filename": failure[0], "error": failure[1]}
             return res.predictions
 
-        preds = await in_inference_slot(app.state, work) if checked else []
+        preds = await in_inference_slot(app.state, work) if todo else []
+        copies: list[dict[str, str]] = []
+        for c, k in sorted(copy_of.items()):
+            if k in errors:  # a copy of a file that could not be read fails alike, listed as `wbc classify` lists it
+                listed, _ = with_failed_copies([(names[k], errors[k]["error"])], [(names[c], names[k])])
+                errors[c] = dict(zip(("filename", "error"), listed[-1], strict=True))
+            else:
+                copies.append({"filename": names[c], "same_as": names[k]})
+        in_order = [errors[i] for i in sorted(errors)]
         if not preds:
-            status = 415 if errors and wrong_type == len(errors) else 422
+            status = 415 if in_order and wrong_type == len(in_order) else 422
             raise UploadProblem(status, "no_readable_image",
-                                "none of the uploaded files could be read as an image", errors)
+                                "none of the uploaded files could be read as an image", in_order)
         from wbc.classify import other_cells_note, outside_note, several_images_note
         from wbc.ood import adapted_without_labels, ood_warning
 
@@ -738,18 +980,20 @@ def create_app(
             "results": [prediction_to_dict(p) for p in preds],
             "counts": counts,
             "differential": differential(counts, answered),
-            "warnings": [w for w in (outside, crowded, stacks, warning) if w],
-            "errors": errors,
+            "warnings": [w for w in (outside, crowded, stacks, warning) if w] + copies_notes(copies),
+            "errors": in_order,
+            "copies": copies,
         })
 
     @app.post("/analyze", summary="Find, outline, classify and count the WBCs of one smear field",
-              responses=error_responses(503))
+              responses={200: {"model": AnalyzeBody, "description": "The field's cells, counts and differential"},
+                         **error_responses(503)})
     async def analyze(
         request: Request,
         file: Annotated[list[UploadFile | str] | None, File(description="One smear image (field name `file`).")
                         ] = None,
         annotated: Annotated[bool, Query(description="Include the annotated image as base64 PNG.")] = False,
-        classes: Annotated[str | None, Query(description=CLASSES_HELP)] = None,
+        classes: Annotated[list[str] | None, Query(description=CLASSES_HELP)] = None,
         tta: Annotated[int | None, Query(ge=1, le=8, description=TTA_HELP)] = None,
     ) -> JSONResponse:
         """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
@@ -757,15 +1001,19 @@ def create_app(
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
-        ups = await require_files(request, file, "file")
-        if len(ups) > 1:  # a repeated `file` part: FastAPI would keep the last and drop the others without a word
-            names = ", ".join(u.filename or "upload" for u in ups)
-            raise UploadProblem(400, "too_many_files", f"/analyze takes one field a request, got {len(ups)}: {names} "
-                                "(send each on its own, or several as one case: POST /cases)")
-        up = ups[0]
-        clf, seg = chosen_classes(app.state.classifier, classes, tta), app.state.segmenter
-        answered = smear_answered(clf, classes)  # the differential's and the legend's rows: no platelets
-        name = up.filename or "upload"
+        parts = await require_files(request, file, "file")
+        if len(parts) > 1:  # a repeated `file` part: FastAPI would keep the last and drop the others without a word;
+            # a text part too (`-F file=b.jpg`, its @ forgotten), which before wbc 0.36.0 was left out
+            texts = [text_part_problem(u, "file", f"part {i + 1}") for i, u in enumerate(parts) if isinstance(u, str)]
+            names = a_few([part_name(u, "upload") if isinstance(u, StarletteUploadFile) else f"{u[:80]!r} (text)"
+                           for u in parts])
+            raise UploadProblem(400, "too_many_files", f"/analyze takes one field a request, got {len(parts)}: "
+                                f"{names} (send each on its own, or several as one case: POST /cases)", texts)
+        up = cast(UploadFile, parts[0])
+        chosen = merged_classes(classes)
+        clf, seg = chosen_classes(app.state.classifier, chosen, tta), app.state.segmenter
+        answered = smear_answered(clf, chosen)  # the differential's and the legend's rows: no platelets
+        name = part_name(up, "upload")
 
         def unreadable(exc: WbcError) -> UploadProblem:
             if isinstance(exc, ImageTooLargeError):
@@ -813,7 +1061,7 @@ def create_app(
     @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts")
     def differential_endpoint(
         body: CountsIn,
-        classes: Annotated[str | None, Query(description=DIFFERENTIAL_CLASSES_HELP)] = None,
+        classes: Annotated[list[str] | None, Query(description=DIFFERENTIAL_CLASSES_HELP)] = None,
     ) -> dict[str, Any]:
         """For pooling: add the ``counts`` of several fields, post them here, get the differential.
 
@@ -842,8 +1090,9 @@ def create_app(
                                 f"(its classes: {', '.join(classes_of_model)})")
         if over := {k: v for k, v in counts.items() if v > MAX_COUNT}:
             raise UploadProblem(422, "invalid_counts", f"counts must be between 0 and {MAX_COUNT:,}: {over}")
+        chosen = merged_classes(classes)
         try:  # as /classify's `classes`: none, the server's label set; `all`, every class of the model
-            answered = (parse_class_set(classes, classes_of_model) or classes_of_model if classes
+            answered = (parse_class_set(chosen, classes_of_model) or classes_of_model if chosen
                         else app.state.metadata["label_set"])
         except WbcError as exc:
             raise UploadProblem(422, "bad_classes", str(exc)) from None

@@ -31,10 +31,12 @@ from wbc.cases.store import (
     CaseStoreUnavailableError,
 )
 from wbc.errors import WbcError
+from wbc.serve.app import UploadRoute
 from wbc.serve.security import API_KEY, Identity, require_api_key
 
-# API keys etc. (wbc.serve.security); the app applies the same dependency to every route as well
-router = APIRouter(tags=["cases"], dependencies=[API_KEY])
+# API keys etc. (wbc.serve.security); the app applies the same dependency to every route as well. UploadRoute: a
+# field named by `filename*` alone is a file (wbc.serve.app.UploadRequest)
+router = APIRouter(tags=["cases"], dependencies=[API_KEY], route_class=UploadRoute)
 
 #: A case's, field's or cell's id in a path: what the store's integer column holds (a larger one is 422, not an
 #: overflow deep in the database driver).
@@ -61,6 +63,39 @@ class SignOffIn(BaseModel):
     corrections_seen: int | None = Field(None, ge=0, examples=[2], description=(
         "How many corrections the signer's page showed; a case changed since is not signed off (409 `changed`). "
         "Omitted: no check."))
+
+
+class CaseBody(BaseModel):
+    """A case as ``POST /cases`` (201) and ``GET /cases/{id}`` answer it (:meth:`CaseStore.case_document`); its
+    fields, cells, corrections and differentials as docs/api.md and docs/review.md describe them."""
+
+    id: int
+    name: str
+    created_at: str | None
+    created_by: str
+    model_id: str
+    segmenter_id: str
+    wbc_version: str | None
+    classes: list[str]
+    labels: list[str]
+    counted: list[str] | None
+    review_threshold: float
+    signed_by: str | None
+    signed_at: str | None
+    signed_client: str | None
+    status: str = Field(..., examples=["open", "signed off"])
+    fields: list[dict[str, Any]]
+    cells: list[dict[str, Any]]
+    corrections: list[dict[str, Any]]
+    differential: dict[str, Any]
+    model_differential: dict[str, Any]
+    numbers_by: str
+    numbers_as_signed: bool | None
+    numbers_now: dict[str, Any] | None
+    n_cells: int
+    n_flagged: int
+    n_reviewed: int
+    n_changed: int
 
 
 def problem(status: int, error: str, detail: str) -> HTTPException:
@@ -127,7 +162,8 @@ def list_cases(request: Request) -> dict[str, Any]:
     return {"cases": [c.to_dict() for c in call(store_of(request).list_cases)]}
 
 
-@router.post("/cases", status_code=201, summary="Analyse one or more smear fields as a new case")
+@router.post("/cases", status_code=201, summary="Analyse one or more smear fields as a new case",
+             responses={201: {"model": CaseBody, "description": "The new case"}})
 async def create_case(
     request: Request,
     name: Annotated[str, Form(max_length=200, description="Case name (sample or accession number).")],
@@ -139,25 +175,38 @@ async def create_case(
 ) -> JSONResponse:
     """Every field is analysed as ``/analyze`` does, each in an inference slot (waited for without holding a thread:
     :func:`wbc.serve.app.in_inference_slot`); the case is created only if every field could be read (otherwise 422
-    with each file's problem), so a case never silently misses a field."""
+    with each file's problem), so a case never silently misses a field: a text part where a field was expected
+    (``-F files=b.jpg``, its ``@`` forgotten) is one, refused before any field is analysed (before wbc 0.36.0 it was
+    left out, and the case created without it)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile as StarletteUploadFile
 
     from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_bytes
     from wbc.cases.store import PreparedField, create_case_from_fields, prepare_field
-    from wbc.serve.app import UploadProblem, in_inference_slot, read_upload_bytes, smear_answered
+    from wbc.serve.app import (
+        UploadProblem,
+        in_inference_slot,
+        part_name,
+        read_upload_bytes,
+        smear_answered,
+        text_part_problem,
+    )
 
     store = store_of(request)
     smear_answered(request.app.state.classifier)  # a server of `--classes platelet`: no case could count a cell
     uploads = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
     if not uploads:
         raise UploadProblem(400, "missing_file", "no file in the request: send smear fields in the field 'files'")
+    if texts := [text_part_problem(f, "files", f"field{i + 1}") for i, f in enumerate(files or [])
+                 if isinstance(f, str)]:
+        raise UploadProblem(422, "unreadable_image", f"{len(texts)} of {len(files or [])} field(s) sent as text, not "
+                            "as files; no case was created", texts)
     state = request.app.state
     if len(uploads) > state.max_files:
         raise UploadProblem(413, "too_many_files", f"{len(uploads)} files; the limit is {state.max_files}")
     # a name or user the store would refuse is refused before any field waits for a slot and is analysed
     await run_in_threadpool(call, check_new_case, store, name, user)
-    fnames = chosen_names([up.filename or f"field{i + 1}" for i, up in enumerate(uploads)], names)
+    fnames = chosen_names([part_name(up, f"field{i + 1}") for i, up in enumerate(uploads)], names)
     # the same file twice (chosen twice, or a copy under another name) would count its cells twice: refused
     # before anything is analysed, naming both
     digests: list[str] = await run_in_threadpool(lambda: [upload_digest(up) for up in uploads])
@@ -256,7 +305,8 @@ def upload_digest(upload: UploadFile) -> str:
     return h.hexdigest()
 
 
-@router.get("/cases/{case_id}", summary="A case: fields, cells (model's and reviewer's calls), corrections")
+@router.get("/cases/{case_id}", summary="A case: fields, cells (model's and reviewer's calls), corrections",
+            response_model=None, responses={200: {"model": CaseBody, "description": "The case"}})
 def get_case(request: Request, case_id: Id) -> dict[str, Any]:
     return call(store_of(request).case_document, case_id)
 
