@@ -130,9 +130,11 @@ def test_single_cell_mode_and_bad_files_are_reported(page, tmp_path: Path) -> No
     assert "2 of 3" in page.locator("#status").inner_text()
 
 
-def smear_file(tmp_path: Path, name: str = "field.png") -> Path:
+def smear_file(tmp_path: Path, name: str = "field.png", seed: int = 0) -> Path:
+    """A field written as ``name``; fields of one run need seeds of their own: a copy is analysed once (since wbc
+    0.36.0)."""
     p = tmp_path / name
-    cv2.imwrite(str(p), draw_smear()[:, :, ::-1])
+    cv2.imwrite(str(p), draw_smear(seed)[:, :, ::-1])
     return p
 
 
@@ -156,6 +158,37 @@ def test_one_run_at_a_time_even_when_the_mode_is_switched_meanwhile(page, tmp_pa
     assert "1 cell" in page.locator("#diff-caption").inner_text()
 
 
+def test_a_file_chosen_twice_is_analysed_and_counted_once(page, tmp_path: Path) -> None:
+    """The smear mode posted a field downloaded twice (``field (1).png``) to /analyze twice and pooled its cells twice,
+    where `wbc analyze` counts it once (wbc 0.35.0); the single-cell mode sent copies in other requests (over 200
+    files) unseen by /classify. The page keeps each image once, as the command line keeps it, and names the copy."""
+    original, other = tmp_path / "field.bmp", tmp_path / "other.bmp"  # BMP: the same size, other bytes: both kept
+    for path, seed in ((original, 0), (other, 1)):
+        cv2.imwrite(str(path), draw_smear(seed)[:, :, ::-1])
+    copy = tmp_path / "field (1).bmp"
+    copy.write_bytes(original.read_bytes())
+    assert original.stat().st_size == other.stat().st_size
+    page.set_input_files("#file-input", [str(copy), str(original), str(other)])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("#cards article").count() == 2  # field.bmp and the other, not the copy
+    assert "field (1).bmp" not in page.locator("#cards").inner_text()
+    assert page.locator("#error-list").inner_text() == ("field (1).bmp: the same image as another input, analysed and "
+                                                        "counted once (field.bmp has the same bytes)")
+    cells = []
+    for i, label in enumerate(["lymphocyte", "neutrophil"]):
+        cells.append(tmp_path / f"{label}.png")
+        cv2.imwrite(str(cells[-1]), synthetic_cell(label, 96, seed=i)[:, :, ::-1])
+    (tmp_path / "lymphocyte (1).png").write_bytes(cells[0].read_bytes())
+    page.check("input[name=mode][value=cells]")
+    page.set_input_files("#file-input", [str(p) for p in [*cells, tmp_path / "lymphocyte (1).png"]])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("table.cells tbody tr").count() == 2
+    assert "lymphocyte (1).png: the same image as another input, classified and counted once" in page.locator(
+        "#error-list").inner_text()
+
+
 def test_no_answer_for_the_pooled_differential_ends_the_run_with_a_message(page, tmp_path: Path) -> None:
     page.route("**/differential", lambda route: route.abort())  # the server stopped at that moment
     page.set_input_files("#file-input", str(smear_file(tmp_path)))
@@ -170,7 +203,7 @@ def test_a_second_run_shows_and_downloads_none_of_the_first_runs_pooled_numbers(
     """A new run cleared the cards but not the summary tiles nor the pooled differential, and the downloads stayed
     live: until its last field was done the page showed this run's cards under the last run's tiles and differential,
     and **Download differential CSV** wrote this run's fields followed by the last run's ``ALL`` rows (wbc 0.31.0)."""
-    page.set_input_files("#file-input", [str(smear_file(tmp_path, f"{i}.png")) for i in range(3)])  # run 1: 3 fields
+    page.set_input_files("#file-input", [str(smear_file(tmp_path, f"{i}.png", i)) for i in range(3)])  # run 1: 3 fields
     page.click("#run-button")
     page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
     first = page.locator("#diff-caption").inner_text()
@@ -178,7 +211,7 @@ def test_a_second_run_shows_and_downloads_none_of_the_first_runs_pooled_numbers(
     page.evaluate("""() => { const f = window.fetch; window.held = [];
         window.fetch = (u, o) => String(u).startsWith('/analyze')
           ? new Promise((res) => window.held.push(() => res(f(u, o)))) : f(u, o); }""")  # run 2: /analyze held
-    page.set_input_files("#file-input", [str(smear_file(tmp_path, "a.png")), str(smear_file(tmp_path, "b.png"))])
+    page.set_input_files("#file-input", [str(smear_file(tmp_path, "a.png", 3)), str(smear_file(tmp_path, "b.png", 4))])
     page.click("#run-button")
     page.wait_for_function("() => window.held.length === 1")
     page.evaluate("window.held.splice(0).forEach((go) => go())")
@@ -550,7 +583,7 @@ def test_the_differential_csv_is_written_as_wbc_analyze_writes_it(page, tmp_path
     assert twice > 20  # the rows whose 4 decimals round again to another value
     assert page.evaluate("rows => rows.map(csvShare)", rows) == expected
 
-    paths = [smear_file(tmp_path, 'a "b".png'), smear_file(tmp_path, "c.png")]
+    paths = [smear_file(tmp_path, 'a "b".png'), smear_file(tmp_path, "c.png", 1)]
     page.set_input_files("#file-input", [str(p) for p in paths])
     page.click("#run-button")
     page.wait_for_selector("#status:has-text('Done')", timeout=60_000)

@@ -136,6 +136,13 @@ async function run() {
     }
     return true;
   });
+  setBusy(true, "Looking for copies among the files…");  // the run's own progress follows
+  const { kept, copies } = await withoutCopies(usable);
+  const verb = mode === "smear" ? "analysed" : "classified";
+  for (const [copy, original] of copies) {
+    errors.push(`${copy.name}: the same image as another input, ${verb} and counted once (${original.name} has the `
+      + "same bytes)");
+  }
   // what is on screen, put back if this run analyses nothing (before wbc 0.34.0 a run of one unreadable file, or one
   // the server never answered, wiped the last run's cards, differential and downloads)
   const before = { runs: state.runs, differential: state.differential, errors: state.errors, hidden: $("results").hidden,
@@ -149,8 +156,8 @@ async function run() {
   $("results").hidden = true;
   showErrors([]);
   const t0 = performance.now();
-  if (mode === "smear") await runSmears(usable, errors);
-  else await runCells(usable, errors);
+  if (mode === "smear") await runSmears(kept, errors);
+  else await runCells(kept, errors);
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   if (state.runs.length) {
     try { await renderSummary(mode); } catch (err) {  // e.g. the server stopped: no summary, never a stuck page
@@ -175,6 +182,46 @@ async function run() {
     showErrors(errors);
     setBusy(false, "No file could be analysed.");
   }
+}
+
+// The chosen files without those of another's bytes (a field or cell downloaded twice, `cell.jpg` and `cell (1).jpg`),
+// and those copies as [copy, the file kept], as `wbc analyze` and `wbc classify` keep each image once (the one kept:
+// the shortest name, then the first in sort order, wbc.batch.kept_of_copies). Since wbc 0.36.0: before, the smear
+// mode analysed a copied field again and pooled its cells twice, and /classify saw no copy in another request. Only
+// files of a size another has are read, one at a time, and compared byte for byte within a hash's group.
+async function withoutCopies(files) {
+  const bySize = new Map();
+  for (const f of files) bySize.set(f.size, [...(bySize.get(f.size) || []), f]);
+  const copyOf = new Map();
+  for (const same of bySize.values()) {
+    if (same.length < 2) continue;
+    const groups = new Map();  // FNV-1a of the bytes -> the groups of files of one content, each kept by its first
+    for (const f of same) {
+      let bytes;
+      try { bytes = new Uint8Array(await f.arrayBuffer()); } catch (_) { continue; }  // unreadable: its upload says so
+      let h = 0x811c9dc5;
+      for (let i = 0; i < bytes.length; i += 1) h = Math.imul(h ^ bytes[i], 0x01000193);
+      const candidates = groups.get(h) || [];
+      let match = null;
+      for (const group of candidates) {  // the first of a group read again to compare: bytes are never all held
+        const first = new Uint8Array(await group[0].arrayBuffer());
+        if (first.every((v, i) => v === bytes[i])) { match = group; break; }
+      }
+      if (match) match.push(f);
+      else candidates.push([f]);
+      groups.set(h, candidates);
+    }
+    for (const candidates of groups.values()) {
+      for (const group of candidates) {
+        if (group.length < 2) continue;
+        const keep = group.reduce((a, b) => (b.name.length < a.name.length
+          || (b.name.length === a.name.length && b.name < a.name) ? b : a));
+        for (const f of group) if (f !== keep) copyOf.set(f, keep);
+      }
+    }
+  }
+  const copies = files.filter((f) => copyOf.has(f)).map((f) => [f, copyOf.get(f)]);
+  return { kept: files.filter((f) => !copyOf.has(f)), copies };
 }
 
 // No summary tiles and no pooled differential: between runs, and when the pooled one could not be computed.
