@@ -5,6 +5,8 @@ Pixel tests on real OpenCV drawing (they hold on OpenCV 4 and 5: run with either
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -201,3 +203,147 @@ def test_a_label_in_a_narrow_field_stays_whole_with_its_review_mark_and_no_legen
                   SMEAR_CLASSES)
     _x0, y0, _x1, y1 = _white_panel(wide)  # a field of the usual size keeps its whole legend
     assert y1 - y0 == 4 + (int(24 * max(0.45, 480 / 900)) + 4) * (len(SMEAR_CLASSES) + 1) + 1
+
+
+def _record_labels(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...], tuple[int, int, int, int]]]:
+    """Each label :func:`render` draws, as (text, its cell's box, the label's box), in drawing order."""
+    import wbc.render as R
+
+    drawn: list[tuple[str, tuple[int, ...], tuple[int, int, int, int]]] = []
+    draw = R.draw_label
+
+    def recorded(img: np.ndarray, text: str, anchor: tuple[int, int, int, int], scale: float,
+                 bg: tuple[int, int, int], spot: tuple | None = None) -> tuple[int, int, int, int]:
+        box = draw(img, text, anchor, scale, bg, spot)
+        drawn.append((text, tuple(anchor), box))
+        return box
+
+    monkeypatch.setattr(R, "draw_label", recorded)
+    return drawn
+
+
+def _covers(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def _grid(h: int, w: int, side: int, step: tuple[int, int], start: tuple[int, int], stagger: bool = False
+          ) -> list[Cell]:
+    labels = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "erythroblast"]
+    cells: list[Cell] = []
+    for j, y in enumerate(range(start[1], h - side, step[1])):
+        for x in range(start[0] + (j % 2) * step[0] // 3 * stagger, w - side, step[0]):
+            cells.append(cell_at((x, y, x + side, y + side), labels[len(cells) % 5], cid=len(cells) + 1))
+    return cells
+
+
+@pytest.mark.parametrize(("size", "cells"), [
+    ((960, 1280), _grid(960, 1280, 80, (240, 160), (60, 60), stagger=True)),  # 40x on a 1 Mpx camera: 80 px WBCs
+    ((720, 960), _grid(720, 960, 31, (96, 72), (30, 20))),  # low magnification: 31 px WBCs, 100 of them
+])
+def test_labels_on_a_field_of_small_cells_cover_no_other_cell_label_or_the_legend(
+        size: tuple[int, int], cells: list[Cell], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels were sized from the image alone: on a 1280x960 field of 80 px WBCs each was 340 px wide, four cells,
+    and 13 of 30 covered another WBC, one the legend; at low magnification 90 % of the image was under labels (wbc
+    0.35.0, docs/smear_analysis.md said a label covered neither). Labels are sized from the cells, each placed where
+    it covers no label, legend or other cell, shortened where no place is free; the same field gives the same
+    image."""
+    h, w = size
+    drawn = _record_labels(monkeypatch)
+    res = SmearResult("f", w, h, cells)
+    img = np.full((h, w, 3), PALE, np.uint8)
+    out = render(img, res, SMEAR_CLASSES)
+    white = np.all(out == 255, axis=-1)
+    legend = _white_panel(out) if white.any() else (0, 0, 0, 0)
+    assert len(drawn) == len(cells)
+    for k, (text, anchor, box) in enumerate(drawn):
+        assert text.endswith(" ?"), text  # never without its review mark
+        assert not _covers(box, legend), text
+        assert not any(_covers(box, other) for _, _, other in drawn[:k]), text
+        assert not any(_covers(box, c.box) for c in cells if c.box != anchor), text
+    assert not any(_covers(legend, c.box) for c in cells)
+    assert white.any() == (w == 1280)  # a legend where there is room for it; at low magnification there is none
+    if w == 1280:  # room for every whole label
+        assert all(re.fullmatch(r"\d+ [a-z]+ 0\.71 \?", t) for t, _, _ in drawn), [t for t, _, _ in drawn]
+    assert np.array_equal(out, render(img, res, SMEAR_CLASSES))
+
+
+def test_a_field_of_the_usual_size_keeps_its_labels_size() -> None:
+    """BCCD's 640x480 fields, WBCs of 85 px and more: labels at the image's scale, as before wbc 0.36.0; 80 px WBCs on
+    a 1280x960 field: at most their side / 160 (it was 1.07: four cells wide)."""
+    from wbc.render import text_scale
+
+    assert text_scale((480, 640), [(0, 0, 120, 100), (300, 300, 385, 380)]) == pytest.approx(480 / 900)
+    assert text_scale((960, 1280), [(0, 0, 80, 80)] * 5) == pytest.approx(0.5)
+    assert text_scale((1440, 1920), [(0, 0, 20, 20)]) == pytest.approx(0.3)  # never below MIN_TEXT_SCALE
+    assert text_scale((960, 1280), []) == pytest.approx(960 / 900)
+
+
+def test_the_legend_never_hides_a_wbc() -> None:
+    """A WBC near each corner of a 640x480 field: the legend panel was drawn over one of them, 65 % of its box (wbc
+    0.35.0: the cell counted, but nowhere on the image). It goes where it hides none; where there is no such place,
+    it is left out (the counts are in the JSON)."""
+    boxes = [(10, 30, 120, 140), (520, 30, 630, 140), (10, 360, 120, 470), (520, 360, 630, 470)]
+    cells = [cell_at(b, lab, 0.9, review, i) for i, (b, lab, review) in
+             enumerate(zip(boxes, ["neutrophil", "lymphocyte", "monocyte", "eosinophil"], [False, True, False, True],
+                           strict=True), 1)]
+    out = render(np.full((480, 640, 3), PALE, np.uint8), SmearResult("f", 640, 480, cells), SMEAR_CLASSES)
+    white = np.all(out == 255, axis=-1)
+    _x0, y0, _x1, y1 = _white_panel(out)
+    assert y1 - y0 == 4 + (int(24 * 480 / 900) + 4) * (len(SMEAR_CLASSES) + 1) + 1  # the whole legend, review row too
+    for c in cells:
+        m = 3 if c.prediction is not None and c.prediction.review else 0  # its red review box too
+        bx0, by0, bx1, by1 = c.box
+        assert not white[max(0, by0 - m):by1 + m, max(0, bx0 - m):bx1 + m].any(), c.id
+    full = [cell_at((x, y, x + 75, y + 75), cid=i) for i, (x, y) in
+            enumerate(((x, y) for y in range(0, 240, 80) for x in range(0, 320, 80)), 1)]
+    out = render(np.full((240, 320, 3), PALE, np.uint8), SmearResult("f", 320, 240, full), SMEAR_CLASSES)
+    assert not np.all(out == 255, axis=-1).any()  # no room anywhere: no legend rather than one over a cell
+
+
+@pytest.mark.parametrize(("h", "w"), [(1080, 1920), (1440, 1920), (2250, 3000)])
+def test_the_legend_text_stays_inside_its_rows_and_panel(h: int, w: int) -> None:
+    """On large fields the legend's rows were shorter than its text: at 1920x1440 "(11)" and "y" ran into the next
+    row and 12 px below the white panel onto the smear, at 3000x2250 88 px (wbc 0.35.0)."""
+    img = np.full((h, w, 3), PALE, np.uint8)
+    side = h // 2  # a large WBC: the labels keep the image's scale
+    out = render(img, SmearResult("f", w, h, [cell_at((w // 2, h // 3, w // 2 + side, h // 3 + side))]),
+                 SMEAR_CLASSES)
+    x0, y0, x1, y1 = _white_panel(out)
+    below = out[y1:y1 + 100, x0:x1].astype(int)
+    assert not (np.abs(below - 20).max(axis=-1) < 60).any()  # none of the legend's (20, 20, 20) text under it
+    row = (y1 - y0 - 5) // (len(SMEAR_CLASSES) + 1)  # the panel: 4 px and a row per entry; text right of the swatch
+    ink = np.abs(out[y0:y1, x0 + row:x1].astype(int) - 20).max(axis=-1) < 60
+    rows = np.flatnonzero(ink.any(axis=1))
+    assert len(np.flatnonzero(np.diff(rows) > 1)) == len(SMEAR_CLASSES)  # 8 rows of text (review too), apart
+
+
+def test_a_detection_the_model_takes_for_a_platelet_says_so_on_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Example BloodImage_00041's corner detection, platelet 0.96 to the model, counted as a neutrophil: its label
+    read "2 neutrophil 0.32 ?", as any unsure neutrophil (wbc 0.35.0). It says platelet first, shortened too."""
+    drawn = _record_labels(monkeypatch)
+    c = cell_at((560, 0, 640, 104), "neutrophil", 0.317, True, 2)
+    assert c.prediction is not None
+    c.prediction.outside = "platelet"
+    render(np.full((480, 640, 3), PALE, np.uint8), SmearResult("f", 640, 480, [c]), SMEAR_CLASSES)
+    render(np.full((60, 60, 3), PALE, np.uint8), SmearResult("f", 60, 60, [cell_at((0, 0, 50, 50))]), SMEAR_CLASSES)
+    c.box = (0, 0, 50, 50)
+    render(np.full((60, 70, 3), PALE, np.uint8), SmearResult("f", 70, 60, [c]), SMEAR_CLASSES)
+    assert [t for t, _, _ in drawn] == ["2 platelet? as neutrophil 0.32 ?", "1 ?", "2 platelet? ?"]
+
+
+def test_the_classes_of_another_model_get_colours_apart_and_unlike_the_review_red() -> None:
+    """A model with its own classes: a hue from the sum of a name's characters gave plasma_cell and promyelocyte
+    nearly the same yellow (RGB distance 22), myelocyte and large_granular_lymphocyte the same pink, and
+    reactive_lymphocyte a red beside the review red (wbc 0.35.0)."""
+    import itertools
+
+    from wbc.render import REVIEW, colour_of
+
+    names = ["band", "segmented", "myelocyte", "metamyelocyte", "promyelocyte", "blast", "plasma_cell",
+             "reactive_lymphocyte", "smudge", "variant_lymphocyte", "large_granular_lymphocyte", "neutrophil",
+             "lymphocyte", "monocyte", "eosinophil", "basophil"]
+    colours = {n: np.array(colour_of(n, names), float) for n in names}
+    assert min(np.linalg.norm(colours[a] - colours[b]) for a, b in itertools.combinations(names, 2)) >= 60
+    assert min(np.linalg.norm(c - np.array(REVIEW)) for c in colours.values()) >= 60
+    assert colour_of("band", names) == colour_of("band", list(reversed(names)))  # whatever the classes' order
+    assert colour_of("neutrophil", names) == CLASS_COLOURS["neutrophil"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from wbc.types import SmearResult
+from wbc.types import Prediction, SmearResult
 
 #: Fixed colours (RGB) per canonical class, colour-blind-friendly (Okabe-Ito + extras).
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -22,14 +23,32 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 UNLABELLED: tuple[int, int, int] = (255, 255, 255)
 REVIEW: tuple[int, int, int] = (220, 0, 0)
+#: Colours (RGB) for the classes of other models, in turn: each at least 60 apart (RGB distance) and 20 apart
+#: (CIELAB) from every other, from :data:`CLASS_COLOURS`, the review red and white.
+OTHER_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (148, 103, 189), (141, 182, 0), (23, 190, 207), (179, 68, 108), (194, 178, 128), (0, 0, 128), (247, 182, 210),
+    (136, 45, 23), (152, 223, 138), (174, 199, 232), (43, 61, 38), (249, 147, 121), (85, 107, 47), (0, 0, 0),
+    (255, 0, 255), (0, 255, 255),
+)
 
 
-def colour_of(label: str) -> tuple[int, int, int]:
+def colour_of(label: str, classes: Sequence[str] = ()) -> tuple[int, int, int]:
+    """The colour of class ``label``: its own in :data:`CLASS_COLOURS`; a class of another model takes the next of
+    :data:`OTHER_COLOURS` by its place among the other classes of ``classes`` (the model's, or those answered among)
+    in alphabetical order, so no two of them look alike (before wbc 0.36.0 a hue from the sum of the name's
+    characters gave plasma_cell and promyelocyte nearly the same yellow, anagrams the same).
+
+    >>> colour_of("neutrophil"), colour_of("band", ["neutrophil", "blast", "band"]), colour_of("blast", ["band"])
+    ((240, 228, 66), (148, 103, 189), (141, 182, 0))
+    """
     if label in CLASS_COLOURS:
         return CLASS_COLOURS[label]
-    h = sum(map(ord, label)) * 37 % 180  # stable colour for classes of other models
-    bgr = cv2.cvtColor(np.array([[[h, 200, 230]]], dtype=np.uint8), cv2.COLOR_HSV2RGB)[0, 0]
-    return int(bgr[0]), int(bgr[1]), int(bgr[2])
+    i = sorted({c for c in (*classes, label) if c not in CLASS_COLOURS}).index(label)
+    if i < len(OTHER_COLOURS):
+        return OTHER_COLOURS[i]
+    h = round(i * 137.508 / 2) % 180  # past the palette: hues a golden angle apart (OpenCV's hue is 0-179)
+    rgb = cv2.cvtColor(np.array([[[h, 200, 220]]], dtype=np.uint8), cv2.COLOR_HSV2RGB)[0, 0]
+    return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
 BLACK: tuple[int, int, int] = (0, 0, 0)
@@ -106,7 +125,7 @@ def label_spots(
     thickness: above the cell's box (just inside its top edge when there is no room), then inside its top edge, below
     it, inside its bottom edge; each left-aligned with the box, then right-aligned. Always wholly inside the image
     (never clipped at an edge: at a smaller scale where the image is too narrow, :func:`fitted_scale`); :func:`render`
-    takes the first that covers no other label and not the legend."""
+    takes the first that covers no other label, not the legend and no other cell."""
     h, w = image_size
     bw, bh, tht, pad, th = _label_size(text, fitted_scale(text, image_size, scale))
     x0, y0, x1, y1 = anchor
@@ -156,14 +175,102 @@ def _overlap(a: tuple[int, int, int, int], b: Sequence[int]) -> int:
     return max(0, w) * max(0, h)
 
 
-def legend_corner(size: tuple[int, int], panel: tuple[int, int], boxes: Sequence[Sequence[int]]
-                  ) -> tuple[int, int]:
-    """Top-left point of the legend panel: the image corner where it hides the least of the cells' boxes
-    (top-left on ties)."""
+def _overlaps(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """For each box (x0, y0, x1, y1) of ``a``, the pixels it shares with the boxes of ``b``, summed (at once: a
+    field of 400 cells weighed every label's places against every other cell)."""
+    if not len(a) or not len(b):
+        return np.zeros(len(a), np.int64)
+    p, q = np.asarray(a, np.int64)[:, None], np.asarray(b, np.int64)[None]
+    w = np.minimum(p[..., 2], q[..., 2]) - np.maximum(p[..., 0], q[..., 0])
+    h = np.minimum(p[..., 3], q[..., 3]) - np.maximum(p[..., 1], q[..., 1])
+    return (np.clip(w, 0, None) * np.clip(h, 0, None)).sum(axis=1)
+
+
+def _covered(size: tuple[int, int], boxes: Sequence[Sequence[int]]) -> np.ndarray:
+    """The summed-area table (``cv2.integral``, one row and column more than ``size``) of how many of ``boxes``
+    cover each pixel (at most 255)."""
     h, w = size
-    pw, ph = panel
-    corners = [(4, 4), (max(4, w - pw - 4), 4), (4, max(4, h - ph - 4)), (max(4, w - pw - 4), max(4, h - ph - 4))]
-    return min(corners, key=lambda c: sum(_overlap((c[0], c[1], c[0] + pw, c[1] + ph), b) for b in boxes))
+    count = np.zeros((h, w), np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        sub = count[max(0, y0):max(0, y1), max(0, x0):max(0, x1)]
+        sub[sub < 255] += 1
+    return cv2.integral(count)
+
+
+def legend_place(size: tuple[int, int], panel: tuple[int, int], cells: Sequence[Sequence[int]],
+                 labels: Sequence[Sequence[int]] = (), anywhere: bool = False) -> tuple[int, int] | None:
+    """Top-left point of a legend ``panel`` (width, height) that hides none of the ``cells`` (their boxes, review
+    boxes included): of the image's four corners, the one covering least of the ``labels``' spots (top-left, then
+    top-right, bottom-left, bottom-right on ties); with ``anywhere``, else the free place covering least of them and
+    nearest a corner. None where there is no such place: a legend hid a WBC of a field with one in every corner
+    (before wbc 0.36.0: the cell was counted, but the image did not show it)."""
+    h, w = size
+    pw, ph = panel[0] + 1, panel[1] + 1  # the panel's filled rectangle, edges included
+    corners = [(4, 4), (max(4, w - pw - 3), 4), (4, max(4, h - ph - 3)), (max(4, w - pw - 3), max(4, h - ph - 3))]
+    free = [c for c in corners if not any(_overlap((c[0], c[1], c[0] + pw, c[1] + ph), b) for b in cells)]
+    if free:
+        return min(free, key=lambda c: (sum(_overlap((c[0], c[1], c[0] + pw, c[1] + ph), b) for b in labels),
+                                        corners.index(c)))
+    if not anywhere or pw + 8 > w or ph + 8 > h:
+        return None
+    xs, ys = np.arange(4, w - pw - 3), np.arange(4, h - ph - 3)  # every place 4 px or more inside the image
+
+    def hidden(table: np.ndarray) -> np.ndarray:
+        return (table[ys[:, None] + ph, xs + pw] - table[ys[:, None], xs + pw] - table[ys[:, None] + ph, xs]
+                + table[ys[:, None], xs])
+
+    cover = hidden(_covered(size, cells))
+    if (cover > 0).all():
+        return None
+    near = np.minimum(xs - 4, xs[-1] - xs) + np.minimum(ys - 4, ys[-1] - ys)[:, None]  # to the nearest corner
+    key = np.where(cover > 0, np.inf, hidden(_covered(size, labels)) * float(h * w + 1) + near)
+    y, x = np.unravel_index(int(np.argmin(key)), key.shape)  # the first (top, then left) of the best, on ties
+    return int(xs[x]), int(ys[y])
+
+
+#: A label's text scale is at most a cell's side (the median of the field's boxes' longer sides) over this: labels
+#: sized from the image alone were four 80 px WBCs wide on a 1280x960 field and covered neighbouring cells. At
+#: 640x480 (BCCD) WBCs of 85 px and more keep the image's scale.
+CELL_SIDE_PER_SCALE: float = 160.0
+
+
+def text_scale(size: tuple[int, int], boxes: Sequence[Sequence[int]]) -> float:
+    """The text scale :func:`render` draws labels at: the image's (``max(0.45, short side / 900)``), at most the
+    cells' median side over :data:`CELL_SIDE_PER_SCALE`, never below :data:`MIN_TEXT_SCALE`.
+
+    >>> text_scale((480, 640), [(0, 0, 120, 110)]), text_scale((960, 1280), [(0, 0, 80, 80)] * 3)
+    (0.5333333333333333, 0.5)
+    """
+    scale = max(0.45, min(size) / 900)
+    if boxes:
+        side = float(np.median([max(b[2] - b[0], b[3] - b[1]) for b in boxes]))
+        scale = min(scale, max(MIN_TEXT_SCALE, side / CELL_SIDE_PER_SCALE))
+    return scale
+
+
+def label_texts(cell_id: int, prediction: Prediction | None, threshold: float = 0.0) -> list[str]:
+    """A cell's label, fullest first, then shorter ones for where the whole one does not fit (a narrow field, a
+    crowded one): without the confidence, then without the class, never without the review mark "?". A detection
+    the model takes for a class not counted (a smear's platelet, a class ``--classes`` left out:
+    :attr:`~wbc.types.Prediction.outside`) says so first: before wbc 0.36.0 it read "2 neutrophil 0.32 ?", as any
+    unsure neutrophil, though the model gave platelet 0.96.
+
+    >>> label_texts(2, Prediction("neutrophil", 0.317, True, {}, outside="platelet"))
+    ['2 platelet? as neutrophil 0.32 ?', '2 platelet? as neutrophil ?', '2 platelet? ?', '2 ?']
+    >>> label_texts(1, Prediction("monocyte", 0.97, False, {}))
+    ['1 monocyte 0.97', '1 monocyte', '1']
+    """
+    from wbc.formats import confidence_text
+
+    if prediction is None:
+        return [f"{cell_id} ?", f"{cell_id}"]  # no class to give: "?" is its label
+    flag = " ?" if prediction.review else ""
+    conf = f" {confidence_text(prediction.confidence, threshold)}"
+    name = f"{prediction.outside}? as {prediction.label}" if prediction.outside else prediction.label
+    texts = [f"{cell_id} {name}{conf}{flag}", f"{cell_id} {name}{flag}"]
+    if prediction.outside:
+        texts.append(f"{cell_id} {prediction.outside}?{flag}")
+    return [*texts, f"{cell_id}{flag}"]
 
 
 def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), threshold: float = 0.0) -> np.ndarray:
@@ -172,22 +279,25 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), th
     with 0; :func:`wbc.analyze.smear_classes`); ``threshold``: the review threshold, so that a cell's confidence is
     never shown as the threshold it fell below (:func:`wbc.formats.confidence_text`).
 
-    Outlines first, then the legend (in the corner where it hides the fewest cells and labels), then the labels, each
-    where it covers neither the legend nor a label drawn before it (:func:`label_spots`), so no outline, legend or
-    other label ever covers a label's text where there is room for both.
+    Outlines first, then the legend (in a corner, else another place, where it hides no cell and the fewest labels;
+    :func:`legend_place`), then the labels, sized from the cells (:func:`text_scale`), each where it covers neither
+    the legend, a label drawn before it, nor another cell (:func:`label_spots`), shortened where no place is free
+    for the whole label (:func:`label_texts`), so no outline, legend or other label ever covers a label's text, and
+    no label or legend a cell, where there is room.
     """
-    from wbc.formats import confidence_text
-
     out = rgb.copy()
     h, w = out.shape[:2]
-    scale = max(0.45, min(h, w) / 900)
+    boxes = [tuple(c.box) for c in result.cells]
+    scale = text_scale((h, w), boxes)
     lw = max(1, round(min(h, w) / 400))
+    named = [*classes, *(c.prediction.label for c in result.cells if c.prediction)]
     seen: list[str] = []
-    labels: list[tuple[str, tuple[int, int, int, int], tuple[int, int, int]]] = []
+    labels: list[tuple[list[str], tuple[int, int, int, int], tuple[int, int, int]]] = []
+    shown: list[tuple[int, int, int, int]] = []  # each cell's box, with its red review box where it has one
     n_review = 0
     for c in result.cells:
         label = c.prediction.label if c.prediction else "?"
-        col = colour_of(label) if c.prediction else UNLABELLED
+        col = colour_of(label, named) if c.prediction else UNLABELLED
         if c.prediction and label not in seen:
             seen.append(label)
         x0, y0, x1, y1 = c.box
@@ -197,37 +307,43 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), th
             )
             cv2.drawContours(out, cs, -1, col, thick, cv2.LINE_AA)
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), col, lw)
+        m = 0
         if c.prediction and c.prediction.review:
             n_review += 1
             cv2.rectangle(out, (x0 - 2 * lw, y0 - 2 * lw), (x1 - 1 + 2 * lw, y1 - 1 + 2 * lw), REVIEW, lw)
-        conf = f" {confidence_text(c.prediction.confidence, threshold)}" if c.prediction else ""
-        flag = " ?" if c.prediction and c.prediction.review else ""
-        # a field too narrow for the whole label: without the confidence, then the id alone, never without the "?"
-        texts = [f"{c.id} {label}{conf}{flag}", f"{c.id} {label}{flag}", f"{c.id}{flag}"]
-        labels.append((fitting_label(texts, (h, w), scale), (x0, y0, x1, y1), col))
-    spots = [label_spots(text, anchor, (h, w), scale)[0] for text, anchor, _ in labels]
+            m = 3 * lw
+        shown.append((x0 - m, y0 - m, x1 + m, y1 + m))
+        texts = label_texts(c.id, c.prediction, threshold)
+        # a field too narrow for the whole label: the first that fits (:func:`fitting_label`) and those after it
+        labels.append((texts[texts.index(fitting_label(texts, (h, w), scale)):], (x0, y0, x1, y1), col))
+    spots = [label_spots(texts[0], anchor, (h, w), scale)[0] for texts, anchor, _ in labels]
     legend: tuple[int, int, int, int] | None = None
-    # legend: the classes present in this image first, then the rest answered among; then what "?" means. In a small
-    # field, where it would cover a cell and not fit a quarter of the image, only the classes present; else none (the
-    # counts are in the JSON): a 120 px crop's legend covered its one cell (wbc 0.32.0)
-    row = int(24 * scale) + 4
+    # legend: the classes present in this image first, then the rest answered among; then what "?" means. Where it
+    # hides no cell: in a corner, else as only the classes present there, else elsewhere; else none (the counts are in
+    # the JSON): a 120 px crop's legend covered its one cell (wbc 0.32.0), one in a busy field a WBC (wbc 0.35.0)
     counts = result.counts(classes)
-    lscale = scale * 0.8
+    lscale = max(MIN_TEXT_SCALE, scale * 0.8)
     lth = max(1, round(lscale * 1.6))
-    boxes = [c.box for c in result.cells]
-    for names in ([*seen, *(c for c in classes if c not in seen)], seen):
+    (_, ltht), lbase = cv2.getTextSize("Ay(0)", FONT, lscale, lth)
+    # the text's baseline above the row's foot: 6 px held the descent ("y", "(") of small text only, and at 1920x1440
+    # it ran into the next row and below the panel (before wbc 0.36.0)
+    drop = max(6, lbase + lth)
+    row = max(14, int(24 * scale) + 4)  # 14: a swatch of 6 px where labels are drawn small (wbc 0.35.0's least)
+    row = row if drop == 6 else max(row, ltht + drop + 4)
+    spot_boxes = [s[0][0] for s in spots]
+    legends = [[*seen, *(c for c in classes if c not in seen)], seen]
+    names: list[str] = []
+    place: tuple[int, int] | None = None
+    for anywhere, names in itertools.product((False, True), legends):
         if not names:
             continue
         entries = [f"{n} ({counts.get(n, 0)})" for n in names] + ([f"? review ({n_review})"] if n_review else [])
         text_w = max(cv2.getTextSize(e, FONT, lscale, lth)[0][0] for e in entries)
         panel = (row + text_w + 12, 4 + row * len(entries))
-        px, py = legend_corner((h, w), panel, boxes + [s[0][0] for s in spots])
-        small = 2 * panel[0] <= w and 2 * panel[1] <= h
-        if small or not any(_overlap((px, py, px + panel[0] + 1, py + panel[1] + 1), b) for b in boxes):
+        if (place := legend_place((h, w), panel, shown, spot_boxes, anywhere)) is not None:
             break
-    else:
-        names = []
-    if names:
+    if place is not None:
+        px, py = place
         legend = (px, py, px + panel[0] + 1, py + panel[1] + 1)
         # an opaque white panel: dark text on it reads at >= 15:1 whatever the smear shows beneath
         cv2.rectangle(out, (px, py), (px + panel[0], py + panel[1]), WHITE, -1)
@@ -235,15 +351,28 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), th
         for i, entry in enumerate(entries):
             a, b = (px + 6, y + 4), (px + row - 4, y + row - 4)
             if i < len(names):
-                cv2.rectangle(out, a, b, colour_of(names[i]), -1)
+                cv2.rectangle(out, a, b, colour_of(names[i], named), -1)
                 cv2.rectangle(out, a, b, (40, 40, 40), 1)
             else:  # the review mark: a red double box, as drawn around a flagged cell
                 cv2.rectangle(out, a, b, REVIEW, 1)
                 cv2.rectangle(out, (a[0] + 3, a[1] + 3), (b[0] - 3, b[1] - 3), REVIEW, 1)
-            cv2.putText(out, entry, (px + row + 2, y + row - 6), FONT, lscale, (20, 20, 20), lth, cv2.LINE_AA)
+            cv2.putText(out, entry, (px + row + 2, y + row - drop), FONT, lscale, (20, 20, 20), lth, cv2.LINE_AA)
             y += row
     placed: list[tuple[int, int, int, int]] = [legend] if legend else []
-    for (text, anchor, col), options in zip(labels, spots, strict=True):
-        spot = min(options, key=lambda o: (sum(_overlap(o[0], b) for b in placed), options.index(o)))
-        placed.append(draw_label(out, text, anchor, scale, col, spot))
+    cells = np.asarray(shown, np.int64).reshape(-1, 4)
+    for i, (texts, anchor, col) in enumerate(labels):
+        others = np.delete(cells, i, axis=0)
+        best: tuple[tuple[int, int], str, tuple[tuple[int, int, int, int], tuple[int, int]]] | None = None
+        for text in texts:  # the fullest text with a free place, else the one covering least
+            options, _ = label_spots(text, anchor, (h, w), scale)
+            places = [o[0] for o in options]
+            # each place by what it covers: labels and the legend first, then other cells; the first on ties
+            costs = list(zip(_overlaps(places, placed).tolist(), _overlaps(places, others).tolist(), strict=True))
+            k = min(range(len(options)), key=lambda j: (costs[j], j))
+            if best is None or costs[k] < best[0]:
+                best = (costs[k], text, options[k])
+            if costs[k] == (0, 0):
+                break
+        assert best is not None
+        placed.append(draw_label(out, best[1], anchor, scale, col, best[2]))
     return out

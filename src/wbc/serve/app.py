@@ -574,7 +574,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "colour_calibration": red_cell_target_of(classifier),
         "cell_fraction": float(cell_fraction_of(classifier)),
         "segmenter": {"name": getattr(segmenter, "name", ""), "model_id": getattr(segmenter, "model_id", "")},
-        "colours": {c: hex_colour(colour_of(c)) for c in classifier.classes},
+        "colours": {c: hex_colour(colour_of(c, classifier.classes)) for c in classifier.classes},  # as the PNGs
     }
 
 
