@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import subprocess
@@ -592,6 +593,34 @@ def test_cli_analyze_says_when_cells_look_unlike_the_training_data(tmp_path: Pat
     assert n and f"flagged for review: {n}" in out
     assert f"{n} of {n} cells (100%) look unlike the model's training data" in out and ADAPT_ADVICE in out
     assert all(c["ood"] is True for c in cells)
+
+
+def test_report_html_says_when_cells_look_unlike_the_training_data(tmp_path: Path) -> None:
+    """Example BloodImage_00041, another lab's field: the terminal said "2 of 2 cells (100%) look unlike the model's
+    training data ...", but report.html, "open it first", gave the differential with no such word at its top (wbc
+    0.35.0; only its fields table had each field's). Its summary now gives the terminal's sentence, as `wbc classify
+    --report`'s page does, without the commands (it speaks to lab staff). The detection the model takes for a
+    platelet is captioned so in its gallery, as on the annotated field, not as any unsure neutrophil."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.ood import ADAPT_ADVICE
+    from wbc.paths import PACKAGE_DIR
+
+    (tmp_path / "in").mkdir()
+    name = "BloodImage_00041.jpg"
+    (tmp_path / "in" / name).write_bytes((PACKAGE_DIR / "example_fields" / name).read_bytes())
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "1",
+                                   "--no-draw"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    sentence = said[said.index("2 of 2 cells (100%)"):said.index(f"; {ADAPT_ADVICE}")]
+    assert "look unlike the model's training data" in sentence and "adapted to this lab" in sentence
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    summary = html.unescape(" ".join(page[page.index("<section class='summary'>"):page.index("</section>")].split()))
+    assert f"<b>Warning:</b> {sentence}.</p>" in summary
+    assert "`" not in summary and "wbc adapt" not in summary
+    assert re.search(r"<span class='wrong'>platelet\? [\d.]+%", page)
 
 
 def test_cli_analyze_pools_the_label_set_sentence_over_its_fields(clf, tmp_path: Path) -> None:

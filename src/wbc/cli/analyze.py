@@ -124,9 +124,11 @@ def analyze(
         # as `wbc classify` says it; without --classes, the detections taken for a platelet
         if outside := outside_sentence(summary.outside, summary.n_classified, summary.outside_smear):
             warn(outside)
-        k, n = summary.n_ood, summary.n_classified
-        if warning := ood_sentence(k, n, bool(loaded) and adapted_without_labels(loaded[0])):
-            warn(f"{warning}; {advice_for(loaded[0])}" if loaded and too_many_ood(k, n) else warning)
+    k, n = summary.n_ood, summary.n_classified
+    # the sentence report.html gives too (with no command: it speaks to lab staff, as `wbc classify --report`'s page)
+    ood = ood_sentence(k, n, bool(loaded) and adapted_without_labels(loaded[0]))
+    if ood:
+        warn(f"{ood}; {advice_for(loaded[0])}" if loaded and too_many_ood(k, n) else ood)
     if report and summary.classes:
         from wbc.batch import writing
         from wbc.evaluate.classified import write_analysis_report
@@ -136,7 +138,8 @@ def analyze(
             page = write_analysis_report(output, summary.docs, summary.classes, stems=summary.stems,
                                          model_id=summary.model_id, segmenter_id=summary.segmenter_id,
                                          per_class=report_cells, errors=summary.errors,
-                                         threshold=float(loaded[0].info.review_threshold) if loaded else 0.0)
+                                         threshold=float(loaded[0].info.review_threshold) if loaded else 0.0,
+                                         warning=ood)
         say(f"  report: {page}")
     warn_replaced(summary.replaced, {p for p, _ in summary.errors}, output)
     warn_skipped((msg for _, msg in summary.errors), f"{output}/errors.csv")

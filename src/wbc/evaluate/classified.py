@@ -143,11 +143,18 @@ def _galleries(classes: Sequence[str], n: Mapping[str, int], flagged: Mapping[st
 def _cell_items(cells: Sequence[ShownCell], threshold: float = 0.0) -> list[dict[str, Any]]:
     """Each shown cell's picture and caption. The confidence has the digits that tell it from the model's review
     ``threshold`` (:func:`wbc.formats.confidence_text`, as the review page and the case report): before wbc 0.30.0
-    a cell flagged at 0.9862 under 0.9863 read "99% · review" beside an unflagged 0.9904's "99%"."""
+    a cell flagged at 0.9862 under 0.9863 read "99% · review" beside an unflagged 0.9904's "99%". A cell the model
+    takes for a class not counted says so first, as on the annotated field (:func:`wbc.render.label_texts`):
+    "platelet? 32%" in the neutrophils (since wbc 0.36.0; before, "32%", as any unsure neutrophil)."""
+    from wbc.classify import outside_of
     from wbc.evaluate.report import image_to_data_uri
     from wbc.formats import confidence_text  # never 100 % below 1 (an unusual cell's "1.00 ?")
 
-    return [{"src": image_to_data_uri(c.rgb), "percent": f"{confidence_text(c.confidence, threshold, 0, 100)}%",
+    def caption(c: ShownCell) -> str:
+        outside = next((f"{o}? " for o, _ in filter(None, map(outside_of, c.reasons))), "")
+        return f"{outside}{confidence_text(c.confidence, threshold, 0, 100)}%"
+
+    return [{"src": image_to_data_uri(c.rgb), "percent": caption(c),
              "review": c.review,
              "name": Path(c.path).name + ("" if c.cell_id is None else f" #{c.cell_id}"),
              "title": "\n".join([c.path + ("" if c.cell_id is None else f" (cell {c.cell_id})"), *c.reasons]),
@@ -276,6 +283,7 @@ def analysis_page(
     n_warned: int | None = None,
     threshold: float = 0.0,
     outside: str | None = None,
+    warning: str | None = None,
 ) -> str:
     """`wbc analyze`'s ``report.html`` as one HTML string: the differential over ``classes`` (those the run answered
     among, no platelets: :func:`wbc.analyze.smear_label_set`) pooled over the fields (``fields``, each
@@ -283,7 +291,9 @@ def analysis_page(
     how many fields there are and carry a warning, when the table shows only some), a gallery per class of the
     ``shown`` cells (counted by ``picker``), then the files that failed (``errors``: (path, message)). ``outside``: how
     many cells the model takes for a class not answered among (:func:`wbc.classify.outside_sentence`; a smear's
-    platelets too), said as the terminal says it.
+    platelets too), said as the terminal says it. ``warning``: how many of the run's cells look unlike the model's
+    training data (:func:`wbc.ood.ood_sentence`), as `wbc classify --report`'s page gives it; before wbc 0.36.0 the
+    page said it only field by field, in its fields table.
 
     >>> page = analysis_page(["neutrophil"], GalleryPicker(), {}, [], model_id="m", n_fields=1)
     >>> page.startswith("<!DOCTYPE html>") and "No WBC was found." in page
@@ -315,6 +325,7 @@ def analysis_page(
         n_review=sum(picker.flagged.values()),
         n_warned=sum(1 for f in fields if f.get("warnings")) if n_warned is None else n_warned,
         outside=outside,
+        warning=warning,
         classes=", ".join(classes),
         nrbc=any(c in PER_100_WBC for c in classes),  # erythroblasts answered (platelets never are in a smear)
         threshold=threshold_note(threshold),
@@ -369,13 +380,15 @@ def write_analysis_report(
     per_class: int = REPORT_CELLS,
     errors: Sequence[tuple[str, str]] = (),
     threshold: float = 0.0,
+    warning: str | None = None,
 ) -> Path:
     """Write :func:`analysis_page` to ``out/report.html`` (atomically) from a finished `wbc analyze` batch: its
     ``cells.csv`` in ``out`` (streamed), the fields' summary ``docs`` (:class:`wbc.batch.AnalyzeSummary`) and
     ``stems`` ({image: output stem}, for the links to the annotated PNGs). Each field with shown cells is read once;
     a field that cannot be read now leaves its cells out of the galleries, not the counts. The cells the model takes
     for a class not answered among (their reasons' :func:`wbc.classify.outside_of`) are counted in a warning, as
-    the terminal gives it: before wbc 0.33.0 the page said nothing of a smear's detections taken for platelets."""
+    the terminal gives it: before wbc 0.33.0 the page said nothing of a smear's detections taken for platelets.
+    ``warning``: :func:`analysis_page`'s, the run's out-of-distribution sentence."""
     import csv
     from urllib.parse import quote
 
@@ -428,7 +441,8 @@ def write_analysis_report(
                "warnings": d.get("warnings") or []} for d in docs[:MAX_FIELD_ROWS]]
     page = analysis_page(classes, picker, shown, fields, model_id=model_id, segmenter_id=segmenter_id,
                          errors=errors, n_fields=len(docs), n_warned=sum(1 for d in docs if d.get("warnings")),
-                         threshold=threshold, outside=outside_sentence(outside, sum(picker.n.values()), smear))
+                         threshold=threshold, outside=outside_sentence(outside, sum(picker.n.values()), smear),
+                         warning=warning)
     path = out / "report.html"
     atomic_write_text(path, readable_names(page))  # the links are quoted with the file's own bytes (href)
     return path
