@@ -785,6 +785,30 @@ def test_a_cell_cut_by_the_image_edge_is_flagged_for_review_saying_why(clf) -> N
     assert all(EDGE_REASON not in c.prediction.reasons for c in (whole, grazing) if c.prediction is not None)
 
 
+def test_a_cell_wider_than_the_field_is_flagged_as_cut(clf) -> None:
+    """The 159 px eosinophil of example BloodImage_00041 in a 100 px crop: the detector's box is the whole image and
+    its outline meets three edges in short chords (39, 37 and 23 px), so the disc estimate gives 0.025, under
+    :data:`wbc.analyze.EDGE_CUT_SHARE`, and the cell, about 40 % of it outside, was not flagged (wbc 0.35.0). A cell
+    whose outline reaches two opposite edges is at least as wide as the image: flagged, saying why."""
+    from wbc.analyze import EDGE_CUT_SHARE, EDGE_REASON, classify_cells, share_beyond_image_edge
+
+    rgb, *_ = synthetic_smear(n_wbc=1, seed=5)
+    rgb = np.ascontiguousarray(rgb[100:200, 100:200])
+    m = np.zeros((100, 100), bool)  # the detector's outline: a lobe across the crop, narrowing at each edge
+    m[1:99, 30:70] = True
+    m[10:60, 1:99] = True
+    m[0, 40:63] = m[20:59, 0] = m[20:57, -1] = True
+    spanning = Cell(1, (0, 0, 100, 100), m, m, touches_border=True)
+    grazing = _disc_cell(12.4, 50, 12.5, (100, 100))  # grazing one edge: not flagged, as before
+    assert share_beyond_image_edge(spanning, rgb.shape) < EDGE_CUT_SHARE  # what the estimate alone says
+    classify_cells(rgb, [spanning], clf)
+    assert spanning.prediction is not None and spanning.prediction.review
+    assert EDGE_REASON in spanning.prediction.reasons
+    assert share_beyond_image_edge(grazing, rgb.shape) < EDGE_CUT_SHARE
+    classify_cells(rgb, [grazing], clf)
+    assert grazing.prediction is not None and EDGE_REASON not in grazing.prediction.reasons
+
+
 @pytest.mark.real_data
 def test_a_wbc_cut_in_half_by_the_image_edge_is_flagged(real_data: Path) -> None:
     """A PBC validation myelocyte (the training lab's own colours) cut through the middle of its box by the image's

@@ -107,14 +107,16 @@ def classify_cells(
     The black outside an eyepiece photo's field of view is background first (:func:`wbc.preprocess.fill_field_stop`;
     the field is segmented as it is), and a cell its edge cuts is flagged for review (:data:`FIELD_STOP_REASON`; its
     crop is cut as any other's: marking it ``touches_border`` cost a cell of BCCD's 192 train cells so shown). So is a
-    cell the image's own edge cuts by :data:`EDGE_CUT_SHARE` or more (:data:`EDGE_REASON`, since wbc 0.31.0): its
+    cell the image's own edge cuts by :data:`EDGE_CUT_SHARE` or more (:data:`EDGE_REASON`, since wbc 0.31.0), or that
+    spans the image (:func:`spans_the_image`, since wbc 0.36.0): its
     crop, sized from the visible part and mirrored past the edge, shows a larger, symmetric cell that was named
     wrongly and confidently."""
     if not cells:
         return None
     stop = field_stop_mask(rgb)  # an eyepiece photo: the black around the field of view is neither cell nor colour
     cut = [c for c in cells if stop is not None and cut_by_field_stop(c, stop)]
-    edge_cut = [c for c in cells if share_beyond_image_edge(c, rgb.shape) >= EDGE_CUT_SHARE]
+    edge_cut = [c for c in cells if spans_the_image(c, rgb.shape) or share_beyond_image_edge(c, rgb.shape)
+                >= EDGE_CUT_SHARE]
     if stop is not None:
         rgb = fill_field_stop(rgb, stop)
     calibrated, calibration = calibrate_field(rgb, cells, classifier)
@@ -200,6 +202,30 @@ def share_beyond_image_edge(cell: Cell, shape: tuple[int, ...]) -> float:
     edges = ((cx0 == 0, seen[:, 0], cols[-1] + 1), (cx1 == w, seen[:, -1], seen.shape[1] - cols[0]),
              (cy0 == 0, seen[0], rows[-1] + 1), (cy1 == h, seen[-1], seen.shape[0] - rows[0]))
     return min(1.0, sum(segment_share(int(line.sum()), int(depth)) for on, line, depth in edges if on))
+
+
+def spans_the_image(cell: Cell, shape: tuple[int, ...]) -> bool:
+    """Whether ``cell``'s outline reaches two opposite edges of an image of ``shape``: the cell is at least as wide
+    (or tall) as the image, so the image cuts it, whatever :func:`share_beyond_image_edge` estimates (its disc takes
+    each edge's depth to be the cell's, but here the cell runs on past the other edge too: a 159 px eosinophil in a
+    100 px crop, about 40 % of it outside, measured 0.025 and was not flagged before wbc 0.36.0).
+
+    >>> m = np.ones((100, 60), bool)
+    >>> spans_the_image(Cell(1, (20, 0, 80, 100), m, m), (100, 100)), spans_the_image(Cell(1, (0, 0, 60, 100), m, m),
+    ...                                                                               (120, 100))
+    (True, False)
+    """
+    h, w = shape[:2]
+    x0, y0, x1, y1 = cell.box
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)  # the box within the image
+    if cx0 > 0 and cx1 < w and cy0 > 0 and cy1 < h:
+        return False
+    seen = cell.cell_mask[cy0 - y0 : max(cy0, cy1) - y0, cx0 - x0 : max(cx0, cx1) - x0]
+    if not seen.any():
+        return False
+    across = cx0 == 0 and cx1 == w and bool(seen[:, 0].any() and seen[:, -1].any())
+    down = cy0 == 0 and cy1 == h and bool(seen[0].any() and seen[-1].any())
+    return across or down
 
 
 def within_canvas(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
