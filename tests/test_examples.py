@@ -43,3 +43,21 @@ def test_wbc_examples_works_without_any_data_root(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len(list((tmp_path / "data" / "raw_images").glob("*.jpg"))) == len(example_fields())
+
+
+@pytest.mark.real_data
+def test_the_example_fields_table_gives_each_field_s_bccd_labels(real_data: Path) -> None:
+    """The table read "(two cells, no single label)" for BloodImage_00031, whose BCCD label is "NEUTROPHIL,NEUTROPHIL":
+    beside `wbc analyze`'s two eosinophils, nothing showed that both cells are named wrongly (wbc 0.35.0)."""
+    import csv
+
+    rows = {r["Image"]: r["Category"] for r in csv.DictReader((real_data / "bccd" / "labels.csv").open())}
+    table = {}
+    for line in (EXAMPLES_DIR / "README.md").read_text(encoding="utf-8").splitlines():
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        if len(cols) == 3 and cols[0].startswith("BloodImage_"):
+            table[cols[0]] = cols[2]
+    assert sorted(table) == sorted(p.name for p in example_fields())
+    for name, shown in table.items():
+        bccd = rows[str(int(name.removesuffix(".jpg").split("_")[1]))]
+        assert shown == ", ".join(c.strip().lower() for c in bccd.split(",")), name
