@@ -337,7 +337,7 @@ def test_the_classes_of_another_model_get_colours_apart_and_unlike_the_review_re
     reactive_lymphocyte a red beside the review red (wbc 0.35.0)."""
     import itertools
 
-    from wbc.render import REVIEW, colour_of
+    from wbc.render import OTHER_COLOURS, REVIEW, colour_of
 
     names = ["band", "segmented", "myelocyte", "metamyelocyte", "promyelocyte", "blast", "plasma_cell",
              "reactive_lymphocyte", "smudge", "variant_lymphocyte", "large_granular_lymphocyte", "neutrophil",
@@ -347,3 +347,4 @@ def test_the_classes_of_another_model_get_colours_apart_and_unlike_the_review_re
     assert min(np.linalg.norm(c - np.array(REVIEW)) for c in colours.values()) >= 60
     assert colour_of("band", names) == colour_of("band", list(reversed(names)))  # whatever the classes' order
     assert colour_of("neutrophil", names) == CLASS_COLOURS["neutrophil"]
+    assert colour_of("band") == colour_of("band") in OTHER_COLOURS  # without the classes: stable, from the palette

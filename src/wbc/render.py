@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Sequence
 
 import cv2
@@ -36,13 +37,16 @@ def colour_of(label: str, classes: Sequence[str] = ()) -> tuple[int, int, int]:
     """The colour of class ``label``: its own in :data:`CLASS_COLOURS`; a class of another model takes the next of
     :data:`OTHER_COLOURS` by its place among the other classes of ``classes`` (the model's, or those answered among)
     in alphabetical order, so no two of them look alike (before wbc 0.36.0 a hue from the sum of the name's
-    characters gave plasma_cell and promyelocyte nearly the same yellow, anagrams the same).
+    characters gave plasma_cell and promyelocyte nearly the same yellow, anagrams the same). Without ``classes``, one
+    of them by the name's CRC-32: stable, but two classes may share it.
 
     >>> colour_of("neutrophil"), colour_of("band", ["neutrophil", "blast", "band"]), colour_of("blast", ["band"])
     ((240, 228, 66), (148, 103, 189), (141, 182, 0))
     """
     if label in CLASS_COLOURS:
         return CLASS_COLOURS[label]
+    if not classes:
+        return OTHER_COLOURS[zlib.crc32(label.encode()) % len(OTHER_COLOURS)]
     i = sorted({c for c in (*classes, label) if c not in CLASS_COLOURS}).index(label)
     if i < len(OTHER_COLOURS):
         return OTHER_COLOURS[i]
