@@ -500,3 +500,69 @@ def test_readme_python_example_counts_smears_without_a_platelet_row() -> None:
         assert "smear.counts(clf.classes)" not in text and "smear_label_set(clf)" in text
         assert "wbc.classify_arrays(" in text
     assert "smear.path" in example
+
+
+# The Python API review of wbc 0.35.0: each test failed before wbc 0.36.0.
+
+
+class Logged:
+    """An integrator's metering wrapper offering only what ``ClassifierLike`` asked for before wbc 0.36.0."""
+
+    def __init__(self, inner: wbc.model.Classifier) -> None:
+        self._inner, self.info = inner, inner.info
+
+    @property
+    def classes(self) -> list[str]:
+        return self._inner.classes
+
+    @property
+    def model_id(self) -> str:
+        return self._inner.model_id
+
+    def run(self, cells: np.ndarray, want: tuple[str, ...] = ("logits",)) -> dict[str, np.ndarray]:
+        return self._inner.run(cells, want)
+
+
+class Delegating(Logged):
+    """The same wrapper delegating every other member to the classifier it wraps."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_a_wrapper_lacking_the_classifier_settings_is_refused_in_one_line(clf, seg, tmp_path: Path) -> None:
+    """A wrapper passed ``isinstance(w, ClassifierLike)`` and mypy, and was answered without the field's colour
+    calibration, the smear views, the unsure cells' rotations and its label set: other labels, without a word."""
+    from wbc.analyze import analyze_image
+    from wbc.classify import predict_cells, prepare_cell
+    from wbc.protocols import ClassifierLike
+
+    rgb = read_image(example_fields()[3])
+    cell = prepare_cell(synthetic_cell("lymphocyte", size=96, seed=0), clf.info.input_size)[None]
+    write_image(tmp_path / "cell.png", synthetic_cell("lymphocyte", size=96, seed=0))
+    wrapped = Logged(clf.with_classes("5part"))
+    assert not isinstance(wrapped, ClassifierLike)
+    for call in (lambda: analyze_image(rgb, wrapped, seg, name="f"), lambda: predict_cells(wrapped, cell, ["c"]),
+                 lambda: wbc.classify_images([tmp_path / "cell.png"], wrapped),
+                 lambda: wbc.classify_arrays([cell[0]], wrapped),
+                 lambda: wbc.analyze_images([example_fields()[3]], wrapped, seg)):
+        with pytest.raises(wbc.errors.WbcError) as info:
+            call()
+        said = str(info.value)
+        assert said.startswith("classifier Logged: lacks label_set, colour_calibration, tta_views, unsure_views, "
+                               "red_cell_target") and "delegate them" in said and "\n" not in said
+
+
+def test_a_wrapper_delegating_the_settings_is_answered_as_its_classifier(clf, seg) -> None:
+    from wbc.analyze import analyze_image
+    from wbc.protocols import CLASSIFIER_MEMBERS, ClassifierLike
+
+    members = set(ClassifierLike.__annotations__) | {n for n in vars(ClassifierLike) if not n.startswith("_")}
+    assert set(CLASSIFIER_MEMBERS) == members
+    five = clf.with_classes("5part")
+    assert isinstance(Delegating(five), ClassifierLike)
+    rgb = read_image(example_fields()[3])
+    plain, wrapped = analyze_image(rgb, five, seg, name="f"), analyze_image(rgb, Delegating(five), seg, name="f")
+    assert wrapped.calibration == plain.calibration is not None
+    assert [(c.prediction.label, c.prediction.confidence) for c in wrapped.cells if c.prediction] == \
+           [(c.prediction.label, c.prediction.confidence) for c in plain.cells if c.prediction]

@@ -18,7 +18,7 @@ from wbc.errors import ImageReadError
 from wbc.io import MAX_PIXELS, decode_image, pages_warning, tiff_fields
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS, smear_classes
 from wbc.preprocess import canvas_box, check_rgb8, field_stop_mask, fill_field_stop, not_a_photo
-from wbc.protocols import ClassifierLike, SegmenterLike
+from wbc.protocols import ClassifierLike, SegmenterLike, checked_classifier
 from wbc.smear_look import (
     NOT_A_SMEAR_REASON,
     NOT_A_SMEAR_WARNING,
@@ -42,7 +42,7 @@ def smear_label_set(classifier: ClassifierLike) -> list[str]:
     (``--classes``; every class of the model without one) less platelets (:func:`wbc.labels.smear_classes`). Before
     wbc 0.30.0 the outputs listed every class of the model: a five-part run drew ``ig (0)`` in each legend and wrote
     0 ig with an interval in ``differential.csv``, and every run a platelet rate it never measures."""
-    return smear_classes(tuple(getattr(classifier, "label_set", ()) or ()) or tuple(classifier.classes))
+    return smear_classes(tuple(classifier.label_set) or tuple(classifier.classes))
 
 
 def check_field(rgb: np.ndarray, name: str = "") -> None:
@@ -65,10 +65,9 @@ def check_field(rgb: np.ndarray, name: str = "") -> None:
 
 
 def red_cell_target_of(classifier: ClassifierLike) -> dict[str, list[float]] | None:
-    """The colours :func:`calibrate_field` maps a field onto (:meth:`wbc.model.Classifier.red_cell_target`;
-    None for a classifier without that method)."""
-    target = getattr(classifier, "red_cell_target", None)
-    return target() if callable(target) else None
+    """The colours :func:`calibrate_field` maps a field onto (:meth:`wbc.model.Classifier.red_cell_target`; None: not
+    calibrated)."""
+    return classifier.red_cell_target()
 
 
 def calibrate_field(
@@ -264,6 +263,8 @@ def analyze_image(
         from wbc.segment import get_segmenter
 
         segmenter = get_segmenter("auto")
+    if classifier is not None:  # before wbc 0.36.0 a wrapper lacking its settings was answered otherwise, unsaid
+        checked_classifier(classifier)
     check_field(rgb, name)
     field, (dx, dy) = within_canvas(rgb)
     if field is not rgb:  # the field itself must pass too: a 24 px field on a 400 px page was segmented

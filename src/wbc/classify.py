@@ -25,7 +25,7 @@ from wbc.io import check_pixels, decode_image, image_size, read_bytes, tiff_fiel
 from wbc.labels import parse_class_set, restrict_probabilities
 from wbc.model import Classifier, class_probabilities
 from wbc.preprocess import check_rgb8, field_of_view, not_a_photo, resize_square, scaled_view
-from wbc.protocols import ClassifierLike
+from wbc.protocols import ClassifierLike, checked_classifier
 from wbc.reframe import (
     DEFAULT_STATS,
     SECOND_VIEW_WEIGHT,
@@ -383,16 +383,13 @@ def answer_probabilities(
 
 def unsure_views_of(classifier: ClassifierLike) -> tuple[float, int]:
     """``(gate, views)`` of :meth:`wbc.model.Classifier.unsure_views`: cells one view names below ``gate`` are
-    answered by the mean of ``views`` rotations; ``(0.0, 1)`` for a classifier without that method."""
-    f = getattr(classifier, "unsure_views", None)
-    return f() if callable(f) else (0.0, 1)
+    answered by the mean of ``views`` rotations."""
+    return classifier.unsure_views()
 
 
 def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
-    """How many views :func:`predict_cells` averages for this classifier (:meth:`wbc.model.Classifier.tta_views`;
-    1 for a classifier without that method)."""
-    views = getattr(classifier, "tta_views", None)
-    return int(views(smear)) if callable(views) else 1
+    """How many views :func:`predict_cells` averages for this classifier (:meth:`wbc.model.Classifier.tta_views`)."""
+    return int(classifier.tta_views(smear))
 
 
 @one_blas_thread()  # the out-of-distribution products; see one_blas_thread for why
@@ -435,6 +432,7 @@ def predict_cells(
     (``Prediction.other_cells``; since wbc 0.31.0), unless the model takes the image for a platelet crop
     (:data:`NO_WBC_CLASS`, over all its classes), whose "nuclei" are platelets.
     """
+    checked_classifier(classifier)  # before wbc 0.36.0 a wrapper lacking them was answered otherwise
     ood = classifier.info.ood
     gate, more = unsure_views_of(classifier) if views is None else (0.0, 1)
     views = tta_views_of(classifier) if views is None else views
@@ -445,7 +443,7 @@ def predict_cells(
     if second:
         first_second = run_views(classifier, np.stack([second[i] for i in framed]), ("logits",), views)["logits"]
         out = {**out, "logits": weigh_second_framings(out["logits"], framed, first_second)}
-    classes = tuple(classes) or tuple(getattr(classifier, "label_set", ()))
+    classes = tuple(classes) or tuple(classifier.label_set)
     probs, full, mass = answer_probabilities(out["logits"], classifier, exclude, classes)
     unsure = np.flatnonzero(probs.max(1) < gate) if more > views and len(probs) else np.zeros(0, int)
     if unsure.size:  # the cells one view is unsure of, answered again by the mean of ``more`` rotations
@@ -783,7 +781,7 @@ def every_class_if_asked(classifier: _C, classes: str | Sequence[str] | None, al
     """``classifier`` answering among every class when ``classes`` (parsed: ``allowed``) asks for it (``"all"``),
     whatever label set :meth:`wbc.model.Classifier.with_classes` gave it, as ``/classify``'s ``classes=all`` does:
     before wbc 0.35.0 the API's "all" kept that label set. ``None``: the classifier's own label set."""
-    if (classes is None or allowed or not getattr(classifier, "label_set", ())
+    if (classes is None or allowed or not classifier.label_set
             or not callable(with_classes := getattr(classifier, "with_classes", None))):
         return classifier
     return cast(_C, with_classes(None))
@@ -794,6 +792,7 @@ def _classify_batches(batches: Iterable[CellBatch], classifier: ClassifierLike, 
     """The answers for batches of cell views, with every flag `wbc classify` gives (second framings, the platelet
     re-framing, the cytoplasm's evidence, other cells in the image, files of several images): files
     (:func:`classify_paths`) and decoded images (:func:`classify_arrays`) take this one path."""
+    checked_classifier(classifier)  # before any batch is read (the cytoplasm's evidence reads its settings too)
     preds: list[Prediction] = []
     logits: list[np.ndarray] = []
     embs: list[np.ndarray] = []

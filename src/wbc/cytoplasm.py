@@ -240,7 +240,7 @@ def single_cell_evidence(cells: np.ndarray, classifier: ClassifierLike) -> Evide
     """
     stats = pair_statistics(classifier)
     ood = getattr(getattr(classifier, "info", None), "ood", None)
-    if stats is None or not ood or not len(cells) or not getattr(classifier, "colour_calibration", True):
+    if stats is None or not ood or not len(cells) or not classifier.colour_calibration:
         return None
     pair, first, second = stats
 
