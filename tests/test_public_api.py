@@ -8,7 +8,9 @@ callable".
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -566,3 +568,60 @@ def test_a_wrapper_delegating_the_settings_is_answered_as_its_classifier(clf, se
     assert wrapped.calibration == plain.calibration is not None
     assert [(c.prediction.label, c.prediction.confidence) for c in wrapped.cells if c.prediction] == \
            [(c.prediction.label, c.prediction.confidence) for c in plain.cells if c.prediction]
+
+
+def _within(seconds: float, call: Callable[[], object], unblock: Path) -> object:
+    """``call()``'s result, or a failure if it is still running after ``seconds`` (opening ``unblock`` for writing
+    then, so that a reader blocked on that FIFO ends and the test run with it)."""
+    import threading
+
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        with open(unblock, "wb"):
+            pass
+        t.join(5)
+        pytest.fail(f"still waiting on the named pipe {unblock} after {seconds} s")
+    return out[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_is_refused_as_wbc_classify_refuses_it(tmp_path: Path, clf, seg) -> None:
+    """`wbc classify` refused a FIFO ("not a regular file"); the Python API opened it and waited for a writer,
+    forever."""
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    said = f"{pipe}: not a regular file"
+    res = _within(20, lambda: wbc.classify_images([pipe], clf), pipe)
+    assert res.errors == [(str(pipe), said)]  # type: ignore[attr-defined]
+    errors: list[tuple[str, str]] = []
+    _within(20, lambda: wbc.analyze_images([pipe], clf, seg, errors=errors), pipe)
+    assert errors == [(str(pipe), said)]
+    from wbc.io import iter_image_paths
+
+    with pytest.raises(wbc.errors.ImageReadError) as info:
+        list(iter_image_paths([pipe]))
+    assert str(info.value) == said
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path, clf, seg, monkeypatch) -> None:
+    """Any file was read whole before its header was checked: a 1 GiB non-image took 1 GiB of memory per decoding
+    thread, `/dev/zero` all of it. A file over ``wbc.io.MAX_FILE_BYTES`` is that file's one-line error."""
+    import wbc.io
+
+    assert wbc.io.MAX_FILE_BYTES >= wbc.io.MAX_PIXELS * 8  # a 16-bit RGBA image within the pixel limit fits
+    monkeypatch.setattr(wbc.io, "MAX_FILE_BYTES", 1 << 20)
+    big = tmp_path / "big.tif"
+    big.write_bytes(b"II*\x00" + bytes(2 << 20))
+    write_image(tmp_path / "cell.png", synthetic_cell("lymphocyte", size=96, seed=0))
+    said = f"{big}: file is 2.0 MiB, over the limit of 1 MiB for an image file (wbc.io.MAX_FILE_BYTES)"
+    res = wbc.classify_images([big, tmp_path / "cell.png"], clf)
+    assert len(res.predictions) == 1 and [e[0] for e in res.errors] == [str(big)]
+    assert res.errors[0][1].startswith(said) and "\n" not in res.errors[0][1]
+    errors: list[tuple[str, str]] = []
+    assert not wbc.analyze_images([big], clf, seg, errors=errors) and errors[0][1].startswith(said)
+    monkeypatch.setattr(Path, "open", lambda *a, **k: pytest.fail("read before it was refused"))
+    with pytest.raises(wbc.errors.ImageReadError, match="over the limit"):
+        wbc.io.read_bytes(big)

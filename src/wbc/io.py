@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -52,6 +53,11 @@ FOREIGN_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
 })
 #: Images with more pixels than this are refused (a 20k x 20k scan); callers may tile instead.
 MAX_PIXELS: int = 200_000_000
+#: Files larger than this are refused before they are read (:func:`read_bytes`, every command's and the Python API's
+#: reader): above any image within :data:`MAX_PIXELS` stored uncompressed at 16-bit RGBA (8 bytes a pixel, 1.6 GB).
+#: Before wbc 0.36.0 any file was read whole before its header was checked: a 1 GiB non-image took 1 GiB of memory
+#: per decoding thread. The HTTP API bounds its uploads by its own, lower ``--max-upload-mb``.
+MAX_FILE_BYTES: int = 2 << 30
 #: Images whose embedded ICC colour profile is larger than this are refused (:func:`decode_image`). A camera's or
 #: scanner's RGB profile is a few KB, a LUT profile under about 1 MB; a PNG of 16 KB can inflate to 16 MB of one.
 MAX_ICC_BYTES: int = 4 << 20
@@ -793,17 +799,41 @@ def file_sha1(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def not_a_regular_file(path: str | os.PathLike[str]) -> ImageReadError:
+    """The error for a path that is neither a file nor a folder (a FIFO, a socket, a device): "no such file" named the
+    wrong problem, and reading a FIFO waits for a writer, forever."""
+    return ImageReadError(f"{path}: not a regular file")
+
+
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """A file's bytes, or an :class:`ImageReadError` naming it (missing, a directory, unreadable)."""
+    """A file's bytes, or an :class:`ImageReadError` naming it: missing, a directory, not a regular file
+    (:func:`not_a_regular_file`; before wbc 0.36.0 the Python API waited forever on a FIFO), over
+    :data:`MAX_FILE_BYTES` (checked before reading, and again as it is read: a file may grow), unreadable."""
     p = Path(path)
     try:
-        return p.read_bytes()
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageReadError(f"{p}: is a directory, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise not_a_regular_file(p)
+        if st.st_size > MAX_FILE_BYTES:
+            raise _file_too_large(p, st.st_size)
+        with p.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ImageReadError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise ImageReadError(f"{p}: is a directory, not an image") from None
     except OSError as exc:
         raise ImageReadError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise _file_too_large(p, len(data))
+    return data
+
+
+def _file_too_large(p: Path, size: int) -> ImageReadError:
+    return ImageReadError(f"{p}: file is {size / 2**20:,.1f} MiB, over the limit of {MAX_FILE_BYTES / 2**20:,g} MiB "
+                          "for an image file (wbc.io.MAX_FILE_BYTES); crop or tile a scan into fields first")
 
 
 def is_image_file(path: Path) -> bool:
@@ -909,8 +939,8 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             yield from (q for q in files_under(p) if is_image_file(q))
         elif p.is_file():
             yield p
-        elif p.exists():  # a FIFO, a socket, a device: "no such file" named the wrong problem
-            raise ImageReadError(f"{p}: not a regular file")
+        elif p.exists():  # a FIFO, a socket, a device
+            raise not_a_regular_file(p)
         else:
             raise ImageReadError(f"{p}: no such file or folder")
 
