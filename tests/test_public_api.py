@@ -625,3 +625,18 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path,
     monkeypatch.setattr(Path, "open", lambda *a, **k: pytest.fail("read before it was refused"))
     with pytest.raises(wbc.errors.ImageReadError, match="over the limit"):
         wbc.io.read_bytes(big)
+
+
+def test_analyze_images_names_a_dir_entry_by_its_path(tmp_path: Path, clf, seg) -> None:
+    """``os.scandir``'s entries are path-likes: results and errors named them ``"<DirEntry 'field_001.jpg'>"``, the
+    folder lost (``classify_images`` named them by their path)."""
+    import shutil
+
+    shutil.copy(example_fields()[0], tmp_path / "field_001.jpg")
+    (tmp_path / "field_002.jpg").write_bytes(b"")
+    errors: list[tuple[str, str]] = []
+    res = wbc.analyze_images(sorted(os.scandir(tmp_path), key=lambda e: e.name), clf, seg, errors=errors)
+    assert [r.path for r in res] == [str(tmp_path / "field_001.jpg")]
+    assert errors == [(str(tmp_path / "field_002.jpg"), f"{tmp_path / 'field_002.jpg'}: file is empty")]
+    one = next(e for e in os.scandir(tmp_path) if e.name == "field_001.jpg")
+    assert [r.path for r in wbc.analyze_images(one, clf, seg)] == [str(tmp_path / "field_001.jpg")]

@@ -69,8 +69,10 @@ _FIELD_ARRAYS = "for a decoded image use wbc.analyze.analyze_image, for a file's
 
 
 def _path_list(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], instead: str = _FIELD_ARRAYS
-               ) -> list[str | os.PathLike[str]]:
-    """``paths`` as a list: one path (a ``str`` is a sequence too, of its characters) becomes a list of one.
+               ) -> list[str]:
+    """``paths`` as a list of ``str``: one path (a ``str`` is a sequence too, of its characters) becomes a list of one,
+    and a path-like (an ``os.scandir`` entry) its path, which results and errors name (before wbc 0.36.0
+    ``analyze_images`` named them ``"<DirEntry 'x.jpg'>"``, the folder lost).
     Anything else (a decoded image, a file's bytes, a PIL image, None) is a one-line :class:`wbc.errors.WbcError`
     pointing to the functions that take it (``instead``): before wbc 0.30.0 it failed inside pathlib with a
     TypeError, and before wbc 0.33.0 single cells were sent to the smear analysis, which finds 0 or 2 cells in some
@@ -81,14 +83,14 @@ def _path_list(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         return WbcError(f"expected image file paths (str or pathlib.Path), got {type(value).__name__}; {instead}")
 
     if isinstance(paths, (str, os.PathLike)):
-        return [paths]
+        return [os.fspath(paths)]
     if isinstance(paths, (bytes, bytearray, memoryview)) or not isinstance(paths, Iterable):
         raise refused(paths)
     out = list(paths)
     for p in out:
         if not isinstance(p, (str, os.PathLike)):
             raise refused(p)
-    return out
+    return [os.fspath(p) for p in out]
 
 
 def classify_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], model: Classifier | None = None,
