@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import importlib.util
 import json
 import re
 import subprocess
@@ -397,6 +398,38 @@ def test_cli_analyze_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 1 and "Traceback" not in r.stderr and "error" in r.stderr
 
+
+
+def test_a_smear_label_set_without_a_wbc_class_is_refused_as_the_http_api_refuses_it(clf, tmp_path: Path) -> None:
+    """``/analyze?classes=platelet`` is 422 since wbc 0.33.0, but the check lived in the server: the Python API called
+    every WBC a platelet (``counts == {'platelet': 1}``) and `wbc analyze --classes platelet` exited 0 without a
+    differential or a report. The library refuses it, before any field, in the server's words."""
+    import wbc
+    from wbc.errors import WbcError
+
+    said = "classes 'platelet': none is a class a smear cell can be (a smear analysis never counts platelets)"
+    _write_inputs(tmp_path / "in")
+    field = tmp_path / "in" / "a.png"
+    platelet = clf.with_classes("platelet")
+    seg = ClassicalSegmenter()
+    for call in (lambda: analyze_image(synthetic_smear(n_wbc=1, seed=1)[0], platelet, seg),
+                 lambda: wbc.analyze_images([field], platelet, seg),
+                 lambda: wbc.analyze_images([field], platelet, seg, errors=[]),
+                 lambda: analyze_paths([field], tmp_path / "out", platelet, seg)):
+        with pytest.raises(WbcError, match=re.escape(said)):
+            call()
+    assert not (tmp_path / "out").exists()
+    if importlib.util.find_spec("fastapi"):  # the server's extra
+        from wbc.serve.app import UploadProblem, smear_answered
+
+        with pytest.raises(UploadProblem) as info:
+            smear_answered(platelet)
+        assert str(info.value.detail).startswith(said)
+    r = subprocess.run([sys.executable, "-m", "wbc", "analyze", str(field), "-o", str(tmp_path / "cli"), "--model",
+                        str(clf.path), "--segmenter", "classical", "--classes", "platelet"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "cli").exists()
 
 def test_an_eyepiece_photo_of_a_smear_is_classified_without_its_black_surround(monkeypatch) -> None:
     """A smear photographed through an eyepiece: the field is segmented as it is, and the cells are classified from

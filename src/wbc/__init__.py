@@ -129,17 +129,21 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     raising, so that code written before cannot take a short list for a complete one. A TIFF of several fields is
     analysed on its first, and its result's ``warnings`` say so. Each result's ``path`` is the file it answers (since
     wbc 0.33.0; ``image`` is its name alone, as the JSON and the annotated image give it): a day's ``field_001.jpg``
-    is never taken for another day's, and a result is tied to its file though an earlier one failed.
+    is never taken for another day's, and a result is tied to its file though an earlier one failed. A label set
+    without a class a smear cell can be (``with_classes("platelet")``) is a one-line :class:`wbc.errors.WbcError`
+    before any field, as ``/analyze`` refuses it (since wbc 0.36.0; before, every WBC was answered "platelet").
     """
     from pathlib import Path
 
-    from wbc.analyze import analyze_bytes
+    from wbc.analyze import analyze_bytes, checked_smear_label_set
     from wbc.batch import one_line
     from wbc.errors import ImageReadError
     from wbc.io import read_bytes
+    from wbc.protocols import checked_classifier
 
     files = _path_list(paths)
-    clf = model or load_model()
+    clf = checked_classifier(model or load_model())
+    checked_smear_label_set(clf)  # before any field: each would be refused alike
     seg = segmenter if segmenter is not None else load_segmenter()
     out = []
     for p in files:

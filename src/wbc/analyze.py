@@ -14,7 +14,7 @@ import numpy as np
 from wbc.classify import predict_cells, tta_views_of
 from wbc.crops import cell_fraction_of, crop_cells
 from wbc.cytoplasm import cytoplasm_evidence, field_colours
-from wbc.errors import ImageReadError
+from wbc.errors import ImageReadError, WbcError
 from wbc.io import MAX_PIXELS, decode_image, pages_warning, tiff_fields
 from wbc.labels import NOT_IN_SMEAR_DETECTIONS, smear_classes
 from wbc.preprocess import canvas_box, check_rgb8, field_stop_mask, fill_field_stop, not_a_photo
@@ -43,6 +43,22 @@ def smear_label_set(classifier: ClassifierLike) -> list[str]:
     wbc 0.30.0 the outputs listed every class of the model: a five-part run drew ``ig (0)`` in each legend and wrote
     0 ig with an interval in ``differential.csv``, and every run a platelet rate it never measures."""
     return smear_classes(tuple(classifier.label_set) or tuple(classifier.classes))
+
+
+def no_smear_class(named: str) -> WbcError:
+    """The error for a label set (``named``: as given) without any class a smear cell is answered as."""
+    return WbcError(f"classes {named!r}: none is a class a smear cell can be (a smear analysis never counts "
+                    "platelets); name white-cell classes, e.g. 5part")
+
+
+def checked_smear_label_set(classifier: ClassifierLike) -> list[str]:
+    """:func:`smear_label_set`, or :func:`no_smear_class` when it is empty (``with_classes("platelet")``), as
+    ``/analyze`` refuses it: before wbc 0.36.0 the Python API and `wbc analyze` called every WBC a platelet, and `wbc
+    analyze` exited 0 without a differential or a report."""
+    answered = smear_label_set(classifier)
+    if not answered:
+        raise no_smear_class(",".join(classifier.label_set or classifier.classes))
+    return answered
 
 
 def check_field(rgb: np.ndarray, name: str = "") -> None:
@@ -264,7 +280,7 @@ def analyze_image(
 
         segmenter = get_segmenter("auto")
     if classifier is not None:  # before wbc 0.36.0 a wrapper lacking its settings was answered otherwise, unsaid
-        checked_classifier(classifier)
+        checked_smear_label_set(checked_classifier(classifier))
     check_field(rgb, name)
     field, (dx, dy) = within_canvas(rgb)
     if field is not rgb:  # the field itself must pass too: a 24 px field on a 400 px page was segmented
@@ -316,6 +332,6 @@ def analyze_bytes(
 from wbc.formats import cell_to_dict, mask_to_polygons, result_to_dict  # noqa: E402
 
 __all__ = ["NOT_A_SMEAR_REASON", "NOT_A_SMEAR_WARNING", "SmearLook", "analyze_bytes", "analyze_image",
-           "calibrate_field", "cell_to_dict", "check_colour", "check_field", "classify_cells", "field_chroma",
-           "mask_to_polygons", "not_a_smear", "not_a_smear_warning", "red_cell_target_of", "result_to_dict",
-           "smear_look"]
+           "calibrate_field", "cell_to_dict", "check_colour", "check_field", "checked_smear_label_set",
+           "classify_cells", "field_chroma", "mask_to_polygons", "no_smear_class", "not_a_smear", "not_a_smear_warning",
+           "red_cell_target_of", "result_to_dict", "smear_look"]

@@ -95,12 +95,15 @@ class ModelSpec:
     colour_calibration: bool = True  # smear fields' colours calibrated on their red cells (--no-colour-calibration)
 
     def load(self) -> tuple[Any, Any]:
-        """(classifier, segmenter), each an ONNX Runtime session with ``threads`` threads."""
+        """(classifier, segmenter), each an ONNX Runtime session with ``threads`` threads; a label set without a class
+        a smear cell can be is refused (:func:`wbc.analyze.checked_smear_label_set`) before the segmenter loads."""
+        from wbc.analyze import checked_smear_label_set
         from wbc.segment import get_segmenter
 
-        return (self.load_classifier(),
-                get_segmenter(self.segmenter, self.segmenter_model, threads=self.threads,
-                              pixel_size=self.pixel_size))
+        classifier = self.load_classifier()
+        checked_smear_label_set(classifier)
+        return classifier, get_segmenter(self.segmenter, self.segmenter_model, threads=self.threads,
+                                         pixel_size=self.pixel_size)
 
     def load_classifier(self) -> Any:
         """The classifier alone, with this spec's label set, views and colour calibration (every engine's)."""
@@ -817,7 +820,12 @@ def run_local(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> AnalyzeSummary:
-    """The local engine: analyse the pending fields one by one in this process, then rebuild the CSVs."""
+    """The local engine: analyse the pending fields one by one in this process, then rebuild the CSVs. A label set
+    without a class a smear cell can be is refused before the output folder is made (since wbc 0.36.0)."""
+    from wbc.analyze import checked_smear_label_set
+
+    if classifier is not None:
+        checked_smear_label_set(classifier)
     inputs = list(inputs)  # walked twice: for the fields and for what the listing left out
     out = prepare_output(output)
     planned, earlier = plan_run(inputs, out)
