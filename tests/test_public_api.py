@@ -181,7 +181,7 @@ def test_analyze_images_keeps_the_other_fields_results(tmp_path: Path, clf, seg)
     res = wbc.analyze_images([good, grey, tmp_path / "missing.png", good], clf, seg, errors=errors)
     assert [r.image for r in res] == ["good.png", "good.png"]
     assert [e[0] for e in errors] == [str(grey), str(tmp_path / "missing.png")]
-    assert errors[0][1].startswith("grey.png: a grey image") and "no such file" in errors[1][1]
+    assert errors[0][1].startswith(f"{grey}: a grey image") and "no such file" in errors[1][1]
     with pytest.raises(wbc.errors.ImageReadError, match=r"grey\.png: a grey image"):
         wbc.analyze_images([good, grey], clf, seg)
 
@@ -640,3 +640,23 @@ def test_analyze_images_names_a_dir_entry_by_its_path(tmp_path: Path, clf, seg) 
     assert errors == [(str(tmp_path / "field_002.jpg"), f"{tmp_path / 'field_002.jpg'}: file is empty")]
     one = next(e for e in os.scandir(tmp_path) if e.name == "field_001.jpg")
     assert [r.path for r in wbc.analyze_images(one, clf, seg)] == [str(tmp_path / "field_001.jpg")]
+
+
+def test_analyze_images_refusal_names_the_path_given(tmp_path: Path, clf, seg) -> None:
+    """A grey, mask or too-small field was refused by its name alone (``field_001.png: a grey image``), where `wbc
+    analyze` names ``days/tue/field_001.png``: which day's field could not be told."""
+    grey = tmp_path / "tue" / "field_001.png"
+    grey.parent.mkdir()
+    write_image(grey, np.repeat(read_image(example_fields()[0]).mean(2, keepdims=True), 3, 2).astype(np.uint8))
+    small = tmp_path / "tue" / "field_002.png"
+    write_image(small, np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(wbc.errors.ImageReadError) as info:
+        wbc.analyze_images([grey], clf, seg)
+    assert str(info.value).startswith(f"{grey}: a grey image")
+    errors: list[tuple[str, str]] = []
+    wbc.analyze_images([grey, small], clf, seg, errors=errors)
+    assert [e[1].split(": ")[0] for e in errors] == [str(grey), str(small)]
+    with pytest.raises(wbc.errors.ImageReadError, match=r"^tue/field_001\.png: a grey image"):
+        wbc.analyze.analyze_bytes(grey.read_bytes(), grey.name, clf, seg, source="tue/field_001.png")
+    assert wbc.analyze.analyze_bytes(example_fields()[0].read_bytes(), "f.jpg", clf, seg, source="day/f.jpg")[1].image \
+        == "f.jpg"

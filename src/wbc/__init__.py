@@ -122,7 +122,8 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     written).
 
     An image that cannot be analysed (unreadable, grey, no photo) raises :class:`wbc.errors.ImageReadError` naming
-    the file, and the other fields' results are lost. Given a list as ``errors`` (since wbc 0.30.0), each such file
+    its path (since wbc 0.36.0 a grey field or no photo too, before by its name alone), and the other fields' results
+    are lost. Given a list as ``errors`` (since wbc 0.30.0), each such file
     is appended to it as ``(path, message)``, as ``classify_images`` lists its ``errors``, and the others are
     answered: one bad field in a day's batch no longer loses the rest. So is, since wbc 0.32.0, a field whose
     analysis failed with another exception ("analysis failed (...)", as `wbc analyze` says it). The default stays
@@ -148,6 +149,7 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     out = []
     for p in files:
         try:
+            # every refusal names the path, as read_bytes and `wbc analyze` do (before wbc 0.36.0 a grey field its name)
             res = analyze_bytes(read_bytes(p), Path(p).name, clf, seg, source=str(Path(p)))[1]
             res.path = str(p)
             out.append(res)

@@ -260,7 +260,8 @@ def move_cells(cells: list[Cell], dx: int, dy: int) -> None:
 
 
 def analyze_image(
-    rgb: np.ndarray, classifier: ClassifierLike | None, segmenter: SegmenterLike | None = None, name: str = ""
+    rgb: np.ndarray, classifier: ClassifierLike | None, segmenter: SegmenterLike | None = None, name: str = "",
+    source: str = "",
 ) -> SmearResult:
     """Find, outline and classify every WBC in one RGB field (``classifier=None``: outlines only). A grey field is
     refused (:func:`check_colour`), since wbc 0.29.0: it was reported as a field without WBCs.
@@ -274,18 +275,23 @@ def analyze_image(
     A field that does not look like a blood smear (:func:`not_a_smear`: a photograph, a page, blank glass) is
     analysed, but its result's first warning says so and why (:func:`not_a_smear_warning`), and each of its cells is
     flagged for review (:data:`NOT_A_SMEAR_REASON`), since wbc 0.31.0: before, a cat's photograph came back with a
-    "neutrophil" and nothing else said."""
+    "neutrophil" and nothing else said.
+
+    ``name``: the result's ``image``; ``source``: how refusals name the field (default ``name``), the path given where
+    there is one (since wbc 0.36.0: ``wbc.analyze_images`` said ``field_001.png: a grey image`` where `wbc analyze`
+    says which day's)."""
     if segmenter is None:
         from wbc.segment import get_segmenter
 
         segmenter = get_segmenter("auto")
     if classifier is not None:  # before wbc 0.36.0 a wrapper lacking its settings was answered otherwise, unsaid
         checked_smear_label_set(checked_classifier(classifier))
-    check_field(rgb, name)
+    said = source or name
+    check_field(rgb, said)
     field, (dx, dy) = within_canvas(rgb)
     if field is not rgb:  # the field itself must pass too: a 24 px field on a 400 px page was segmented
-        check_field(field, f"{name or 'the image'} (the field within its canvas)")
-    check_colour(field, name)
+        check_field(field, f"{said or 'the image'} (the field within its canvas)")
+    check_colour(field, said)
     unlike = not_a_smear(field)
     cells = segmenter.segment(field)
     calibration = classify_cells(field, cells, classifier) if classifier is not None else None
@@ -320,9 +326,10 @@ def analyze_bytes(
 
     A TIFF of several fields gets the warning that only its first was analysed (:func:`wbc.io.pages_warning`), as
     in `wbc analyze`: whoever analyses a file's bytes (a case, the Python API) says so, so that no one signs off a
-    case missing fields 2..N unwarned. ``source``: how decoding errors name the file (default ``name``)."""
+    case missing fields 2..N unwarned. ``source``: how errors name the file (default ``name``): decoding's, and since
+    wbc 0.36.0 the field's refusals (grey, no photo, too small) too."""
     rgb = decode_image(data, source or name, max_pixels=max_pixels)
-    res = analyze_image(rgb, classifier, segmenter, name=name)
+    res = analyze_image(rgb, classifier, segmenter, name=name, source=source)
     if (pages := tiff_fields(data)) > 1:
         res.warnings.append(pages_warning(pages))
     return rgb, res
