@@ -660,3 +660,19 @@ def test_analyze_images_refusal_names_the_path_given(tmp_path: Path, clf, seg) -
         wbc.analyze.analyze_bytes(grey.read_bytes(), grey.name, clf, seg, source="tue/field_001.png")
     assert wbc.analyze.analyze_bytes(example_fields()[0].read_bytes(), "f.jpg", clf, seg, source="day/f.jpg")[1].image \
         == "f.jpg"
+
+
+@pytest.mark.parametrize("fn", ["classify_images", "classify_arrays", "analyze_images"])
+def test_a_model_path_as_model_is_a_one_line_error(fn, tmp_path: Path) -> None:
+    """``model=`` given a path, as ``load_model`` takes it, failed deep inside: ``AttributeError: 'str' object has no
+    attribute 'classes'``."""
+    from wbc.paths import DEFAULT_MODEL
+
+    cell = tmp_path / "cell.png"
+    write_image(cell, synthetic_cell("lymphocyte", size=96, seed=0))
+    given = [cell] if fn != "classify_arrays" else [synthetic_cell("lymphocyte", size=96, seed=0)]
+    for model in (str(DEFAULT_MODEL), DEFAULT_MODEL):
+        with pytest.raises(wbc.errors.WbcError) as info:
+            getattr(wbc, fn)(given, model)
+        assert str(info.value) == (f"model {str(DEFAULT_MODEL)!r}: a path, not a loaded classifier; pass "
+                                   f"wbc.load_model({str(DEFAULT_MODEL)!r}), loaded once for every call")

@@ -63,6 +63,22 @@ def load_segmenter(method: str = "auto", path: str | os.PathLike[str] | None = N
     return get_segmenter(method, path, threads=threads, pixel_size=pixel_size)
 
 
+def _classifier(model: Classifier | None) -> Classifier:
+    """``model``, or the shipped default for None. A path (what :func:`load_model` takes) or an object lacking what a
+    classifier offers (:func:`wbc.protocols.checked_classifier`) is a one-line :class:`wbc.errors.WbcError`: before
+    wbc 0.36.0 a path failed deep inside with an ``AttributeError`` traceback."""
+    from wbc.errors import WbcError
+    from wbc.protocols import checked_classifier
+
+    if model is None:
+        return load_model()
+    if isinstance(model, (str, os.PathLike)):
+        raise WbcError(f"model {os.fspath(model)!r}: a path, not a loaded classifier; pass "
+                       f"wbc.load_model({os.fspath(model)!r}), loaded once for every call")
+    checked_classifier(model)
+    return model
+
+
 #: Where a decoded image or a file's bytes go instead of paths: single cells (``classify_images``), smear fields.
 _CELL_ARRAYS = "for a single-cell image's array or bytes use wbc.classify_arrays"
 _FIELD_ARRAYS = "for a decoded image use wbc.analyze.analyze_image, for a file's bytes wbc.analyze.analyze_bytes"
@@ -99,7 +115,7 @@ def classify_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[s
     :func:`wbc.classify.classify_paths`. A file that cannot be read is listed in the result's ``errors``."""
     from wbc.classify import classify_paths
 
-    return classify_paths(_path_list(paths, _CELL_ARRAYS), model or load_model(), **kwargs)
+    return classify_paths(_path_list(paths, _CELL_ARRAYS), _classifier(model), **kwargs)
 
 
 def classify_arrays(images: DecodedImage | Iterable[DecodedImage], model: Classifier | None = None, *,
@@ -112,7 +128,7 @@ def classify_arrays(images: DecodedImage | Iterable[DecodedImage], model: Classi
     from wbc.classify import classify_arrays as _classify
 
     listed = None if names is None else [names] if isinstance(names, str) else list(names)
-    return _classify(images, model or load_model(), names=listed, **kwargs)
+    return _classify(images, _classifier(model), names=listed, **kwargs)
 
 
 def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], model: Classifier | None = None,
@@ -140,10 +156,9 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     from wbc.batch import one_line
     from wbc.errors import ImageReadError
     from wbc.io import read_bytes
-    from wbc.protocols import checked_classifier
 
     files = _path_list(paths)
-    clf = checked_classifier(model or load_model())
+    clf = _classifier(model)
     checked_smear_label_set(clf)  # before any field: each would be refused alike
     seg = segmenter if segmenter is not None else load_segmenter()
     out = []
