@@ -676,3 +676,17 @@ def test_a_model_path_as_model_is_a_one_line_error(fn, tmp_path: Path) -> None:
             getattr(wbc, fn)(given, model)
         assert str(info.value) == (f"model {str(DEFAULT_MODEL)!r}: a path, not a loaded classifier; pass "
                                    f"wbc.load_model({str(DEFAULT_MODEL)!r}), loaded once for every call")
+
+
+def test_an_empty_label_set_is_refused_not_widened_to_every_class(tmp_path: Path) -> None:
+    """``classes=[]`` (a filtered list that came out empty) or ``""`` meant every class, overriding a
+    ``with_classes("5part")`` classifier: its platelets came back "platelet", unflagged. None keeps its own set."""
+    five = wbc.load_model(threads=1).with_classes("5part")
+    cell = tmp_path / "platelet.png"
+    write_image(cell, synthetic_cell("platelet", size=96, seed=0))
+    for empty in ([], "", " , "):
+        with pytest.raises(wbc.errors.WbcError, match=r"^classes: empty; name classes, a set \(5part\) or 'all'"):
+            wbc.classify_images([cell], five, classes=empty)
+        with pytest.raises(wbc.errors.WbcError, match="classes: empty"):
+            five.with_classes(empty)
+    assert wbc.classify_images([cell], five, classes=None).predictions[0].label in five.label_set

@@ -187,7 +187,10 @@ def parse_class_set(spec: str | Sequence[str] | None, available: Sequence[str]) 
     """The chosen label set as the model's class names, in the model's order; () means every class.
 
     ``spec``: ``"5part"``, a comma-separated list in any known spelling (``"neutrophil,Lymphocytes,eo"``), or a
-    sequence of names. Names the model does not predict raise :class:`wbc.errors.WbcError`.
+    sequence of names; ``"all"`` or None: every class. Names the model does not predict raise
+    :class:`wbc.errors.WbcError`, and so does an empty ``spec`` (``[]``, ``""``): before wbc 0.36.0 it meant every
+    class, so a filtered list that came out empty widened a five-part classifier (``classes=[]`` against
+    ``with_classes("5part")``) to platelets, unflagged.
 
     >>> parse_class_set("5part", CLASSES)
     ('basophil', 'eosinophil', 'lymphocyte', 'monocyte', 'neutrophil')
@@ -195,13 +198,18 @@ def parse_class_set(spec: str | Sequence[str] | None, available: Sequence[str]) 
     ('lymphocyte', 'neutrophil')
     >>> parse_class_set(None, CLASSES)
     ()
+    >>> parse_class_set([], CLASSES)
+    Traceback (most recent call last):
+    wbc.errors.WbcError: classes: empty; name classes, a set (5part) or 'all' (every class)
     """
     from wbc.errors import WbcError
 
     if spec is None:
         return ()
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
-    if not items or [i.lower() for i in items] == ["all"]:
+    if not items:
+        raise WbcError("classes: empty; name classes, a set (5part) or 'all' (every class)")
+    if [i.lower() for i in items] == ["all"]:
         return ()
     wanted: set[str] = set()
     for item in items:
