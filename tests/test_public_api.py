@@ -8,6 +8,7 @@ callable".
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 from collections.abc import Callable
@@ -690,3 +691,30 @@ def test_an_empty_label_set_is_refused_not_widened_to_every_class(tmp_path: Path
         with pytest.raises(wbc.errors.WbcError, match="classes: empty"):
             five.with_classes(empty)
     assert wbc.classify_images([cell], five, classes=None).predictions[0].label in five.label_set
+
+
+def test_the_docs_smear_example_counts_as_analyze_does_and_image_is_said_right(tmp_path: Path, clf, seg) -> None:
+    """docs/smear_analysis.md's "Python and HTTP use the same function" example counted over ``clf.classes``: a
+    ``'platelet': 0`` row neither ``/analyze`` nor `wbc analyze` has. And three places said ``image`` is the name "as
+    the JSON gives it", where `wbc analyze`'s JSON gives the path as listed."""
+    import shutil
+
+    from wbc.batch import analyze_paths
+
+    page = (ROOT / "docs" / "smear_analysis.md").read_text()
+    example = page.split("Python and HTTP use the same function:", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    field = tmp_path / "day" / "field.jpg"
+    field.parent.mkdir()
+    shutil.copy(example_fields()[0], field)
+    scope: dict[str, object] = {}
+    exec(example.replace('"field.jpg")', f"{str(field)!r})").replace("get_segmenter(\"auto\")", "seg")
+                 .replace("load_model()", "clf"), {"clf": clf, "seg": seg}, scope)
+    doc = scope["doc"]
+    analyze_paths([field], tmp_path / "out", clf, seg, draw=False)
+    cli = json.loads((tmp_path / "out" / "field.json").read_text())
+    assert list(doc["counts"]) == list(cli["counts"]) and "platelet" not in doc["counts"]  # type: ignore[index]
+    assert cli["image"] == str(field) and wbc.analyze_images(field, clf, seg)[0].image == "field.jpg"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for text in (readme, " ".join((wbc.analyze_images.__doc__ or "").split())):
+        assert "as the JSON and the annotated image give it" not in text and "as in the JSON)" not in text
+        assert "`wbc analyze`'s `<stem>.json`" in text or "`wbc analyze`'s ``<stem>.json``" in text

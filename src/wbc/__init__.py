@@ -139,13 +139,13 @@ def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
 
     An image that cannot be analysed (unreadable, grey, no photo) raises :class:`wbc.errors.ImageReadError` naming
     its path (since wbc 0.36.0 a grey field or no photo too, before by its name alone), and the other fields' results
-    are lost. Given a list as ``errors`` (since wbc 0.30.0), each such file
-    is appended to it as ``(path, message)``, as ``classify_images`` lists its ``errors``, and the others are
-    answered: one bad field in a day's batch no longer loses the rest. So is, since wbc 0.32.0, a field whose
-    analysis failed with another exception ("analysis failed (...)", as `wbc analyze` says it). The default stays
-    raising, so that code written before cannot take a short list for a complete one. A TIFF of several fields is
-    analysed on its first, and its result's ``warnings`` say so. Each result's ``path`` is the file it answers (since
-    wbc 0.33.0; ``image`` is its name alone, as the JSON and the annotated image give it): a day's ``field_001.jpg``
+    are lost. Given a list as ``errors`` (since wbc 0.30.0), each such file is appended to it as ``(path, message)``,
+    as ``classify_images`` lists its ``errors``, and the others are answered: one bad field in a day's batch no
+    longer loses the rest. So is, since wbc 0.32.0, a field whose analysis failed with another exception ("analysis
+    failed (...)", as `wbc analyze` says it). The default stays raising, so that code written before cannot take a
+    short list for a complete one. A TIFF of several fields is analysed on its first, and its result's ``warnings``
+    say so. Each result's ``path`` is the file it answers (since wbc 0.33.0; ``image`` is its name alone, as ``POST
+    /analyze`` gives it, where `wbc analyze`'s ``<stem>.json`` gives the path as listed): a day's ``field_001.jpg``
     is never taken for another day's, and a result is tied to its file though an earlier one failed. A label set
     without a class a smear cell can be (``with_classes("platelet")``) is a one-line :class:`wbc.errors.WbcError`
     before any field, as ``/analyze`` refuses it (since wbc 0.36.0; before, every WBC was answered "platelet").

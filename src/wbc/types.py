@@ -66,7 +66,8 @@ class SmearResult:
     #: the field's glass and red-cell colours its cells were calibrated from (:mod:`wbc.stain`); None: not calibrated
     calibration: dict[str, list[float]] | None = None
     #: the file the field was read from, as given (``wbc.analyze_images``; "" for an array); ``image`` is its name
-    #: alone, as the JSON documents give it, so same-named fields of different folders are told apart by this
+    #: alone, as ``POST /analyze`` gives it (`wbc analyze`'s JSON gives the path as listed), so same-named fields of
+    #: different folders are told apart by this
     path: str = ""
 
     def counts(self, classes: Sequence[str] = ()) -> dict[str, int]:
