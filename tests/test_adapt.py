@@ -405,6 +405,25 @@ def test_pick_cells_refuses_an_unknown_rule_and_an_empty_folder(tmp_path: Path, 
     assert len(pick_cells(bare, folder, n=2, rule="random").paths) == 2
 
 
+def test_pick_cells_on_a_folder_none_of_whose_images_reads_says_why(tmp_path: Path, model_path: Path) -> None:
+    """The reasons were said only when some image could be read: a folder of unreadable files (empty, cut short, a
+    phone's HEIC renamed .jpg) gave "none of the 3 images could be read" and no why (before wbc 0.36.0)."""
+    from wbc.adapt_select import pick_cells
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(WbcError) as exc:
+        pick_cells(model_path, bad)
+    assert str(exc.value).startswith(f"{bad}: none of the 2 images could be read ({bad / 'empty.jpg'}: file is empty; "
+                                      f"{bad / 'notes.jpg'}: not a readable image"), exc.value
+    for i in range(3):
+        (bad / f"empty{i}.png").write_bytes(b"")
+    with pytest.raises(WbcError, match=r"none of the 5 images could be read \(.*; and 2 more\)$"):
+        pick_cells(model_path, bad)
+
+
 def test_adapt_and_pick_cells_refuse_a_bad_output_before_any_work(tmp_path: Path, model_path: Path) -> None:
     """An output under a file failed with a traceback after the whole adaptation (and after writing the model, when
     the bad path was --report's) in wbc 0.26.0; now one line, at once, and nothing written."""

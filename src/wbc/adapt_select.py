@@ -174,8 +174,9 @@ def pick_cells(
         raise WbcError(f"{data}: no images found")
     paths = sample_paths(found, max_cells, seed)
     cells, ok, errors = load_cells(paths, clf.info.input_size, threads, reframe=framing_stats_of(clf))
-    if not ok:
-        raise WbcError(f"{data}: none of the {len(paths)} images could be read")
+    if not ok:  # the reasons too (before wbc 0.36.0 they were said only when some image could be read)
+        shown = "; ".join(msg for _, msg in errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+        raise WbcError(f"{data}: none of the {len(paths)} images could be read ({shown or 'no reason given'})")
     first: dict[str, int] = {}
     for i, cell in enumerate(cells):  # as wbc.adapt.content_keys (a module of this layer, so not imported)
         first.setdefault(hashlib.sha1(np.ascontiguousarray(cell).tobytes()).hexdigest(), i)
