@@ -28,7 +28,7 @@ def test_copy_examples_keeps_existing_files_and_checks_the_target(tmp_path: Path
     out.mkdir()
     (out / example_fields()[0].name).write_bytes(b"mine")
     copied = copy_examples(out)
-    assert [p.name for p in copied] == [p.name for p in example_fields()]
+    assert [p.name for p in copied] == [p.name for p in example_fields()[1:]]  # not counted as an example field
     assert (out / example_fields()[0].name).read_bytes() == b"mine"  # never overwritten
     assert (out / LICENCE_NAME).is_file()
     assert len(copy_examples(tmp_path / "two", n=2)) == 2
@@ -61,3 +61,38 @@ def test_the_example_fields_table_gives_each_field_s_bccd_labels(real_data: Path
     for name, shown in table.items():
         bccd = rows[str(int(name.removesuffix(".jpg").split("_")[1]))]
         assert shown == ", ".join(c.strip().lower() for c in bccd.split(",")), name
+
+
+def test_a_copy_of_the_examples_cut_short_leaves_no_truncated_field(tmp_path: Path) -> None:
+    """`wbc examples` copied in place: a copy cut short (a full disk; here a file-size limit) left a truncated
+    BloodImage_*.jpg, which every later `wbc examples` kept and counted among the six, and `wbc analyze` then skipped
+    as a truncated JPEG (before wbc 0.36.0). Now each file is written whole or not at all, and a field holding the
+    beginning of the shipped one only (as such a copy left it) is copied again."""
+    out = tmp_path / "raw"
+    limited = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (10240, 10240)); "
+               "from wbc.cli import main; sys.argv = ['wbc', 'examples', '-o', sys.argv[1]]; main()")
+    r = subprocess.run([sys.executable, "-c", limited, str(out)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, WBC_NO_REEXEC="1", COLUMNS="200"))
+    assert r.returncode == 1 and "cannot write the examples there (File too large)" in r.stderr, r.stderr
+    assert [p.name for p in out.iterdir()] == []  # no field cut short, no temporary file
+    first = example_fields()[0]
+    (out / first.name).write_bytes(first.read_bytes()[:10240])  # as wbc 0.35.0 left it
+    again = subprocess.run([sys.executable, "-m", "wbc", "examples", "-o", str(out)], capture_output=True, text=True,
+                           timeout=120, env=dict(os.environ, COLUMNS="200"))
+    assert again.returncode == 0 and f"{len(example_fields())} example smear fields" in again.stderr, again.stderr
+    for src in [*example_fields(), EXAMPLES_DIR / LICENCE_NAME]:
+        assert (out / src.name).read_bytes() == src.read_bytes(), src.name
+
+
+def test_wbc_examples_names_a_file_of_its_own_it_kept_and_does_not_count_it(tmp_path: Path) -> None:
+    """A user's own file named as an example field was kept (rightly) but counted among "6 example smear fields"."""
+    out = tmp_path / "raw"
+    out.mkdir()
+    first = example_fields()[0]
+    (out / first.name).write_bytes(b"my own field")
+    r = subprocess.run([sys.executable, "-m", "wbc", "examples", "-o", str(out)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, COLUMNS="200"))
+    assert r.returncode == 0, r.stderr
+    assert f"note: {out / first.name}: kept, your own file (not the shipped example field)" in r.stderr
+    assert f"{len(example_fields()) - 1} example smear fields" in r.stderr
+    assert (out / first.name).read_bytes() == b"my own field"

@@ -7,10 +7,11 @@ Six BCCD test-split fields (MIT licence, ``LICENSE-BCCD`` beside them) live in `
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
+from typing import Literal
 
 from wbc.errors import WbcError
+from wbc.io import atomic_write_bytes
 from wbc.paths import PACKAGE_DIR
 
 EXAMPLES_DIR: Path = PACKAGE_DIR / "example_fields"
@@ -25,8 +26,12 @@ def example_fields() -> list[Path]:
 def copy_examples(output: str | os.PathLike[str], n: int | None = None) -> list[Path]:
     """Copy the first ``n`` (default: all) example fields and their licence into ``output``.
 
-    Files already there are kept (a user's edits are never overwritten). Returns the fields' paths in
-    ``output``. Raises :class:`WbcError` when the package has no examples or ``output`` cannot be written.
+    Each file is written whole or not at all (:func:`wbc.io.atomic_write_bytes`). A file already there is kept when
+    it holds the shipped bytes, copied again when it holds their beginning only (a copy cut short by a full disk
+    before wbc 0.36.0, which wrote in place: every later run kept the truncated field), and otherwise kept as a
+    user's own file, never overwritten. Returns the paths in ``output`` of the fields that hold the shipped ones
+    (so not a user's own file of that name). Raises :class:`WbcError` when the package has no examples or
+    ``output`` cannot be written.
     """
     fields = example_fields()
     if not fields:
@@ -40,11 +45,25 @@ def copy_examples(output: str | os.PathLike[str], n: int | None = None) -> list[
     try:
         out.mkdir(parents=True, exist_ok=True)
         for src in [*fields[:n], EXAMPLES_DIR / LICENCE_NAME]:
-            dst = out / src.name
-            if not dst.exists():
-                shutil.copyfile(src, dst)
-            if src.suffix == ".jpg":
+            dst, shipped = out / src.name, src.read_bytes()
+            state = _state(dst, shipped)
+            if state == "missing":
+                atomic_write_bytes(dst, shipped)
+            if src.suffix == ".jpg" and state != "own":
                 copied.append(dst)
     except OSError as exc:
         raise WbcError(f"{out}: cannot write the examples there ({exc.strerror or exc})") from None
     return copied
+
+
+def _state(dst: Path, shipped: bytes) -> Literal["same", "missing", "own"]:
+    """``"same"``: ``dst`` holds the ``shipped`` bytes; ``"missing"``: it is not there, or holds their beginning only
+    (empty included: a copy cut short); ``"own"``: anything else there (another file, a folder, a broken link)."""
+    if not (dst.exists() or dst.is_symlink()):
+        return "missing"
+    if not dst.is_file():
+        return "own"
+    there = dst.read_bytes()
+    if there == shipped:
+        return "same"
+    return "missing" if len(there) < len(shipped) and shipped.startswith(there) else "own"
