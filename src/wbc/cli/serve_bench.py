@@ -23,13 +23,15 @@ def serve_bench(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the numbers as JSON.")] = None,
 ) -> None:
     """Start `wbc serve` on a free loopback port and time /analyze, /classify and /health under load."""
-    from wbc.io import atomic_write_text
+    from wbc.io import atomic_write_text, check_output_file
     from wbc.paths import data_root as resolve_root
     from wbc.serve.app import DEFAULT_MAX_FILES
     from wbc.serve.bench import measure_latency
 
     if cells > DEFAULT_MAX_FILES:  # before a server starts: it would answer 413 (before wbc 0.33.0, after starting)
         raise WbcError(f"--cells {cells}: one /classify request takes at most {DEFAULT_MAX_FILES} files")
+    if output is not None:  # before a server starts (before wbc 0.36.0 a folder was a traceback after the bench)
+        check_output_file(output)
 
     root = resolve_root(data_root)
     field_files = sorted((root / "bccd" / "JPEGImages").glob("*.jpg"))[:fields]

@@ -8,13 +8,16 @@ environment says: the bench is its only client.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,16 +52,20 @@ def running_server(args: Sequence[str] = (), env: dict[str, str] | None = None,
 
     Without ``--store`` in ``args`` the server's case store is a temporary one, removed afterwards: ``wbc serve``'s
     default, ``results/cases.sqlite`` in the working directory, may be a lab's real store. ``env``: the server's
-    environment (default: this one's).
+    environment (default: this one's). Its stderr goes to a log in that temporary folder, quoted when it exits at
+    start. The server is stopped on leaving, also when this process is ended by SIGTERM or SIGHUP (from the main
+    thread) and, on Linux, when it dies by any signal.
     """
     _require_httpx()
     import httpx
 
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="wbc_serve_bench_") as tmp:
+    with _exit_on_termination(), tempfile.TemporaryDirectory(prefix="wbc_serve_bench_") as tmp:
         store = [] if "--store" in args else ["--store", str(Path(tmp) / "cases.sqlite")]
         cmd = [*python_m_wbc(), "serve", "--port", str(port), *store, *args]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        log = Path(tmp) / "serve.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, preexec_fn=_die_with_parent())
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout
@@ -67,8 +74,8 @@ def running_server(args: Sequence[str] = (), env: dict[str, str] | None = None,
                     httpx.get(base + "/health", timeout=5)
                     break
                 except httpx.TransportError:
-                    if proc.poll() is not None:
-                        raise WbcError("wbc serve exited at start; run it by hand to see why") from None
+                    if (status := proc.poll()) is not None:
+                        raise WbcError(f"wbc serve exited at start: {_said(log, status)}") from None
                     if time.monotonic() > deadline:
                         raise WbcError(f"wbc serve did not answer within {timeout:.0f} s") from None
                     time.sleep(0.1)
@@ -80,6 +87,66 @@ def running_server(args: Sequence[str] = (), env: dict[str, str] | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _said(log: Path, status: int | None) -> str:
+    """Why a server that exited at start did: its last ``error:`` line (``wbc serve``'s one-line refusal, naming the
+    file and the problem), else the last line it wrote (a traceback's exception). Before wbc 0.36.0 its stderr was
+    thrown away and serve-bench said only "run it by hand to see why"."""
+    try:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(encoding="utf-8", errors="replace"))  # colours, if forced
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("error:").strip() for ln in lines if ln.startswith("error:")]
+    return errors[-1] if errors else lines[-1] if lines else f"exit status {status}, nothing said; run it by hand"
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGHUP as SystemExit (status 128 + the signal, as the shell reports it), so that the ``finally`` of
+    :func:`running_server` stops the server and the temporary store is removed."""
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _exit_on_termination() -> Iterator[None]:
+    """While a server runs: SIGTERM (a scheduler, ``kill``, a parent's timeout) and SIGHUP (the terminal closed) end
+    this process through its clean-ups, as Ctrl-C does, instead of at once. Before wbc 0.36.0 they left ``wbc serve``
+    running for ever, holding its port, its models and a temporary case store. Only from the main thread (Python
+    runs handlers there alone), and only where the signal's action is the default: a caller's own handler, or a
+    ``nohup``'s ignored SIGHUP, is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            kept[sig] = signal.signal(sig, _raise_exit)
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """For :class:`subprocess.Popen`'s ``preexec_fn`` on Linux: the server is sent SIGTERM when this process dies,
+    even by SIGKILL, which no handler sees (``prctl(PR_SET_PDEATHSIG)``). The C function is looked up here, before the
+    fork: the child only calls it. None elsewhere (and where libc has no ``prctl``)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def call() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    return call
 
 
 def measure_latency(fields: Sequence[Path], cells: Sequence[Path], server_args: Sequence[str] = (),
