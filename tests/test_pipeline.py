@@ -877,6 +877,98 @@ def test_ensemble_of_two_architectures_or_an_unreadable_config_is_one_line(synth
         run_ensemble([odd, synthetic_run], tmp_path / "ens", console=quiet)
 
 
+def _two_untrained_runs(tmp_path: Path, splits: tuple[str, ...], relative: bool = False) -> tuple[Path, Path, Path]:
+    """Two run folders holding different untrained small_cnn networks (no training: seconds) on one manifest of
+    synthetic cells, whose rows get ``splits`` in turn; ``relative``: paths relative to the data root returned."""
+    import torch
+
+    from wbc.config import TrainConfig
+    from wbc.labels import CLASSES
+    from wbc.model import ModelInfo
+    from wbc.synthetic import make_dataset
+    from wbc.train.finetune import save_weights
+    from wbc.train.models import create_model
+
+    root = tmp_path / "data"
+    cells = make_dataset(root / "cells", n_per_class=3, size=40)
+    lines = ["path,label,split,fold,sha1"]
+    for i, f in enumerate(sorted(cells.rglob("*.png"))):
+        lines.append(f"{f.relative_to(root) if relative else f},{f.parent.name},{splits[i % len(splits)]},-1,")
+    runs = []
+    for k, name in enumerate(("a", "b")):
+        run = tmp_path / name
+        run.mkdir()
+        torch.manual_seed(k)
+        net = create_model("small_cnn", len(CLASSES), pretrained=False)
+        info = ModelInfo(classes=list(CLASSES), input_size=32, mean=[0.5] * 3, std=[0.25] * 3, model_id=name)
+        save_weights(net, "small_cnn", info, run / "best.pt", half=False)
+        (run / "manifest.csv").write_text("\n".join(lines) + "\n")
+        (run / "config.json").write_text(json.dumps(TrainConfig(data=str(cells), model="small_cnn", input_size=32,
+                                                                seed=k, threads=1).to_dict()))
+        runs.append(run)
+    return runs[0], runs[1], root
+
+
+def test_an_ensemble_of_runs_whose_split_has_no_test_rows_is_exported_unscored(tmp_path: Path) -> None:
+    """`wbc train --data my.csv` takes a manifest of train and val rows only (and scores no test then); `wbc ensemble`
+    of two such runs exported the model, then died in a scikit-learn traceback (before wbc 0.36.0)."""
+    import io
+
+    from rich.console import Console
+
+    from wbc.train.loop import run_ensemble
+
+    a, b, _ = _two_untrained_runs(tmp_path, ("train", "train", "val"))
+    said = io.StringIO()
+    assert run_ensemble([a, b], tmp_path / "ens", console=Console(file=said, width=300)) == {}
+    assert (tmp_path / "ens" / "model.onnx").is_file() and not (tmp_path / "ens" / "test_metrics.json").exists()
+    assert "manifest.csv: no test rows, so no test score" in said.getvalue()
+
+
+def test_an_ensemble_names_its_unreadable_rows_and_refuses_a_data_root_holding_none(tmp_path: Path) -> None:
+    """A run's manifest names its images relative to the data root; under another one none was read, and `wbc
+    ensemble` calibrated on nothing and ended in a scikit-learn traceback, leaving an empty folder. Rows that could not
+    be read were dropped without a word, the test score taken on the rest (before wbc 0.36.0)."""
+    import csv
+    import io
+
+    from rich.console import Console
+
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_ensemble
+
+    a, b, root = _two_untrained_runs(tmp_path, ("train", "val", "test"), relative=True)
+    quiet = Console(quiet=True)
+    for score_test in (True, False):
+        with pytest.raises(WbcError, match=r"a/manifest.csv: none of its 8 val images could be read under the "
+                                           r"data root .*elsewhere; first: .*basophil_001.png: no such file; give "
+                                           r"--data-root"):
+            run_ensemble([a, b], tmp_path / "ens", data_root=tmp_path / "elsewhere", console=quiet,
+                         score_test=score_test)
+        assert not (tmp_path / "ens").exists()
+    rows = list(csv.DictReader((a / "manifest.csv").open()))
+    gone = [next(r["path"] for r in rows if r["split"] == split) for split in ("val", "test")]
+    for path in gone:
+        (root / path).unlink()
+    said = io.StringIO()
+    result = run_ensemble([a, b], tmp_path / "ens", data_root=root, console=Console(file=said, width=300))
+    assert result["n"] == 7 and [p for p, _ in result["unreadable"]] == [str(root / gone[1])]
+    val = json.loads((tmp_path / "ens" / "val_metrics.json").read_text())
+    assert val["n"] == 7 and [p for p, _ in val["unreadable"]] == [str(root / gone[0])]
+    skipped = list(csv.DictReader((tmp_path / "ens" / "skipped.csv").open()))
+    assert [r["path"] for r in skipped] == [str(root / p) for p in gone]
+    assert all(r["reason"].startswith("unreadable: ") for r in skipped)
+    for path, split in zip(gone, ("val", "test"), strict=True):
+        assert f"skipped unreadable {root / path}: no such file" in said.getvalue()
+        assert f"skipped 1 of 8 {split} images, which could not be read: left out" in said.getvalue()
+    for r in rows:  # every test row gone: nothing to score, refused before anything is written
+        if r["split"] == "test":
+            (root / r["path"]).unlink(missing_ok=True)
+    with pytest.raises(WbcError, match=r"none of its 8 test images could be read .*, or --no-test$"):
+        run_ensemble([a, b], tmp_path / "ens2", data_root=root, console=quiet)
+    assert not (tmp_path / "ens2").exists()
+
+
 @pytest.mark.parametrize("lone", [{"progressive_epochs": 1}, {"progressive_size": 32}])
 def test_a_wbc_0_32_run_with_one_progressive_setting_still_resumes_and_ensembles(synthetic_run: Path, tmp_path: Path,
                                                                                 lone: dict) -> None:

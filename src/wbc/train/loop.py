@@ -20,7 +20,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 from torchvision.transforms import v2
@@ -1257,6 +1258,38 @@ def _same_networks(runs: Sequence[str | os.PathLike[str]], nets: Sequence[Sequen
                                "ensemble")
 
 
+#: At most this many unreadable images are named one by one on the console (all of them in skipped.csv).
+UNREADABLE_SHOWN = 10
+
+
+def _say_unreadable(bad: Sequence[tuple[str, str]], n: int, split: str, out: Path, console: Console) -> None:
+    """Name the first :data:`UNREADABLE_SHOWN` of the ``n`` images of ``split`` that could not be read, and count them:
+    before wbc 0.36.0 `wbc ensemble` dropped them without a word and scored the readable rest as if it were the
+    split."""
+    if not bad:
+        return
+    for _path, reason in bad[:UNREADABLE_SHOWN]:
+        console.print(f"[yellow]skipped unreadable[/] {escape(reason)}", highlight=False)
+    console.print(f"[yellow]skipped[/] {len(bad)} of {n} {split} images, which could not be read: left out, every one "
+                  f"named in {escape(str(out / 'skipped.csv'))}", highlight=False)
+
+
+def _refuse_unread(manifest: Path, split: str, n: int, bad: Sequence[tuple[str, str]], root: Path, out: Path,
+                   made_out: bool) -> None:
+    """Refuse, before anything is written, an ensemble whose val (or test) rows are none of them readable: before
+    wbc 0.36.0 it calibrated on nothing and ended in a scikit-learn traceback. Usually the manifest's paths are
+    relative to another data root. The output folder :func:`check_output_file` made for it is removed again."""
+    if made_out:
+        with suppress(OSError):
+            out.rmdir()
+    first = f"; first: {bad[0][1]}" if bad else ""
+    if not n:
+        raise WbcError(f"{manifest}: no {split} rows to calibrate the ensemble on")
+    or_not = ", or --no-test" if split == "test" else ""
+    raise WbcError(f"{manifest}: none of its {n} {split} images could be read under the data root {root}{first}; "
+                   f"give --data-root or WBC_DATA_DIR where its paths lie{or_not}")
+
+
 def run_ensemble(
     runs: list[Path], out_dir: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
     console: Console | None = None, score_test: bool = True,
@@ -1307,14 +1340,24 @@ def run_ensemble(
             raise WbcError(f"{run}: {len(run_nets)} networks for its manifest's {len(folds)} cross-validation folds; "
                            "a cross-validation run's ensemble.pt holds one network per fold, in fold order")
     cfg = cfg.updated({"folds": len(folds) if folds else 0})
+    made_out = not out.exists()
     check_output_file(out / "model.onnx")  # the runs are checked: now a folder that cannot be written, before decoding
     torch.set_num_threads(cfg.threads)
     classes, size = infos[0].classes, infos[0].input_size
     mean, std = infos[0].mean, infos[0].std
     parts, fold_of = {}, np.zeros(0, int)
+    unreadable: dict[str, list[tuple[str, str]]] = {}
     for split in ("val", "test") if score_test else ("val",):
         subset = [s for s in samples if (s.split != "test" if split == "val" and folds else s.split == split)]
-        cache, ok, _ = decode_all(subset, size, workers=cfg.threads)
+        if split == "test" and not subset:  # a manifest of train and val rows (`wbc train --data my.csv`)
+            console.print(f"{escape(str(manifests[0]))}: no test rows, so no test score", highlight=False)
+            continue
+        cache, ok, bad = decode_all(subset, size, workers=cfg.threads)
+        unreadable[split] = bad
+        what = "train/val" if split == "val" and folds else split
+        if not ok:
+            _refuse_unread(manifests[0], what, len(subset), bad, root, out, made_out)
+        _say_unreadable(bad, len(subset), what, out, console)
         parts[split] = Split(np.ascontiguousarray(centre_crop(cache, infos[0].centre_crop)),
                              np.array([classes.index(subset[i].label) for i in ok]))
         if split == "val":
@@ -1339,17 +1382,24 @@ def run_ensemble(
     save_atomic({"members": [m.state_dict() for m in members], "arch": arch, "dropout": cfg.dropout,
                  "info": info.to_json()}, out / "ensemble.pt")
     atomic_write_bytes(out / "manifest.csv", manifests[0].read_bytes())
+    atomic_write_csv(out / "skipped.csv", ["path", "reason"],  # as a run's: never an earlier ensemble's list
+                     [(path, "unreadable: " + reason.removeprefix(f"{path}: "))
+                      for bad in unreadable.values() for path, reason in bad])
     check = cells_to_batch(parts["val"].images[:8], mean, std)
     diff = export_model(ensemble, info, out / "model.onnx", check)
-    atomic_write_json(out / "val_metrics.json", summarise(val_logits, parts["val"].labels, classes))
+    atomic_write_json(out / "val_metrics.json", {**summarise(val_logits, parts["val"].labels, classes),
+                                                 "unreadable": [list(e) for e in unreadable["val"]]})
     console.print(f"exported {out / 'model.onnx'} ({len(members)} members, max |onnx - torch| {diff:.2e})",
                   highlight=False)
     if not score_test:
         console.print(f"test split held back (--no-test): after choosing, score it once with wbc evaluate "
                       f"{out / 'manifest.csv'} --split test --model {out / 'model.onnx'}", highlight=False)
         return {}
+    if "test" not in parts:  # no test rows: nothing to score (said above), as run_training then scores none
+        return {}
     test_logits = predict_logits(ensemble, parts["test"].images, mean, std)
     result = summarise(test_logits, parts["test"].labels, classes, n_boot=1000, seed=cfg.seed)
+    result["unreadable"] = [list(e) for e in unreadable["test"]]  # as `wbc evaluate`'s metrics.json lists them
     atomic_write_json(out / "test_metrics.json", result)
     console.print(f"test accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}", highlight=False)
     return result
