@@ -1134,12 +1134,13 @@ def test_a_split_with_no_readable_images_is_one_clear_error(tmp_path: Path) -> N
     from wbc.data import Sample, write_manifest
     from wbc.errors import WbcError
     from wbc.io import write_image
+    from wbc.synthetic import synthetic_cell
     from wbc.train.loop import run_training
 
     run = tmp_path / "run"
     run.mkdir()
     val = tmp_path / "val.png"
-    write_image(val, np.full((48, 48, 3), 128, np.uint8))
+    write_image(val, synthetic_cell("neutrophil", 48))  # a cell: a blank frame is refused as wbc classify refuses it
     samples = [Sample(tmp_path / f"gone{i}.png", "neutrophil", "train") for i in range(3)]
     write_manifest(run / "manifest.csv", [*samples, Sample(val, "neutrophil", "val")], root=tmp_path)
     cfg = TrainConfig(model="small_cnn", pretrained=False, input_size=48, epochs=1)

@@ -262,3 +262,43 @@ def test_an_ensemble_s_metadata_describes_every_run_and_member(tmp_path) -> None
     assert cv.architecture == "ensemble of 3 x small_cnn" and cv.training_data.endswith("split seed 0, seed 0")
     one = finalise_info(base, classes, mean, std, logits, labels, samples, root)
     assert one.architecture == "small_cnn" and "train split (12 of 20" in one.training_data
+
+
+@needs_torch
+def test_the_training_cache_is_what_wbc_classify_feeds_the_trained_model(tmp_path) -> None:
+    """A lab's tight crops and 4:3 frames were cached whole, squashed to a square (``load_cell``), while `wbc
+    classify` re-framed the tight ones to PBC's nucleus band and cut the 4:3 ones square for the model trained on
+    them: one file, two framings. Since wbc 0.36.0 the cache is `wbc classify`'s view for the framing the exported
+    model carries; a cell framed like PBC's crops is cached as before."""
+    from types import SimpleNamespace
+
+    from wbc.classify import load_cells
+    from wbc.data import Sample
+    from wbc.io import write_image
+    from wbc.model import ModelInfo
+    from wbc.preprocess import load_cell
+    from wbc.reframe import framing_stats_of
+    from wbc.synthetic import synthetic_cell
+    from wbc.train.data import decode_all, tight_crop
+    from wbc.train.loop import finalise_info
+
+    classes = ["lymphocyte", "neutrophil"]
+    samples, kinds = [], []
+    for i in range(12):
+        label, kind = classes[i % 2], ("tight", "4:3", "as PBC")[i // 2 % 3]
+        rgb = synthetic_cell(label, 240, seed=i)
+        shown = {"tight": tight_crop(rgb, 0.55), "4:3": rgb[30:210], "as PBC": rgb}[kind]  # 4:3: 240 x 180
+        write_image(tmp_path / label / f"c{i}.png", shown)
+        samples.append(Sample(tmp_path / label / f"c{i}.png", label, "val" if i >= 10 else "train"))
+        kinds.append(kind)
+    cache, ok, bad = decode_all(samples, 96)
+    assert ok == list(range(12)) and not bad
+    logits, labels = np.random.default_rng(0).normal(size=(2, 2)), np.array([0, 1])
+    info = finalise_info(TrainConfig(data=str(tmp_path)), classes, [0.5] * 3, [0.25] * 3, logits, labels, samples,
+                         tmp_path)
+    model = SimpleNamespace(info=ModelInfo.from_json(info.to_json()))  # the exported model's metadata
+    seen, seen_ok, _ = load_cells([s.path for s in samples], 96, reframe=framing_stats_of(model))  # wbc classify's
+    assert seen_ok == ok
+    for k, s in enumerate(samples):
+        assert np.array_equal(cache[k], seen[k]), (s.path.name, kinds[k])
+        assert np.array_equal(cache[k], load_cell(s.path, 96)) == (kinds[k] == "as PBC"), (s.path.name, kinds[k])

@@ -1,7 +1,8 @@
 """The preprocessing shared by training and inference, so that the two can never drift apart.
 
-A model's metadata names its input size and normalisation; :func:`prepare_batch` applies exactly those.
-Training caches the output of :func:`load_cell` and augments it; inference feeds it straight in.
+A model's metadata names its input size, normalisation and framing; :func:`prepare_batch` applies the first two.
+Training caches each cell as `wbc classify` frames it for the model (:func:`wbc.classify.read_cell`, built on
+:func:`resize_square`; since wbc 0.36.0) and augments it; inference feeds it straight in.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_cell(path: str | os.PathLike[str], size: int) -> np.ndarray:
-    """Read a single-cell image and bring it to the model's square input size (uint8 RGB)."""
+    """Read a single-cell image and bring it to the model's square input size (uint8 RGB), the whole frame resized:
+    the view `--no-reframe` gives (training caches :func:`wbc.classify.read_cell`'s, since wbc 0.36.0)."""
     return resize_square(read_image(path, min_size=size), size)
 
 

@@ -1,7 +1,8 @@
 """Training data: decode every image once into a uint8 cache, then augment batches from memory.
 
 Decoding a JPEG costs more than augmenting it, and 11k cells at 160 px fit in ~850 MB, so each
-epoch reads from RAM. The cache holds exactly what inference sees (:func:`wbc.preprocess.load_cell`).
+epoch reads from RAM. The cache holds exactly what `wbc classify` feeds the exported model for each file
+(:func:`wbc.classify.read_cell` with :data:`TRAINED_FRAMING`, since wbc 0.36.0).
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wbc.classify import read_cell
 from wbc.data import Sample
 from wbc.errors import ImageReadError
 from wbc.io import read_image
-from wbc.preprocess import load_cell
-from wbc.reframe import CANONICAL, frame_cell
+from wbc.reframe import CANONICAL, DEFAULT_STATS, FramingStats, frame_cell
 
 log = logging.getLogger(__name__)
+
+
+#: The framing every model `wbc train` exports carries (``extra["reframe"]``, :func:`wbc.train.loop.finalise_info`),
+#: and so the framing its training, validation and test cells are cached with (:func:`decode_all`): a cell is trained
+#: on as `wbc classify` will show it to the model. Before wbc 0.36.0 the cache was the whole frame resized
+#: (:func:`wbc.preprocess.load_cell`) while `wbc classify` re-framed a cell outside PBC's nucleus band and cut a 4:3
+#: frame square, so a lab's tight crops or 4:3 frames were trained on in one framing and classified in another.
+TRAINED_FRAMING = DEFAULT_STATS
 
 
 #: The central share of a training crop kept when it is cut tight (``decode_all(tight=...)``): the cell fills it,
@@ -42,10 +51,13 @@ def tight_crop(rgb: np.ndarray, frac: float) -> np.ndarray:
 
 def decode_all(
     samples: Sequence[Sample], size: int, workers: int = 2, progress: object | None = None, reframe: bool = False,
-    tight: float = 0.0, seed: int = 0,
+    tight: float = 0.0, seed: int = 0, framing: FramingStats = TRAINED_FRAMING,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """(cache (N, S, S, 3) uint8, indices of the samples that loaded, [(path, reason)] of those that did not).
 
+    Each cell as `wbc classify` prepares it for a model carrying ``framing`` (:func:`wbc.classify.read_cell`: the
+    first view; a 1.05-1.4 aspect frame cut square, a cell framed unlike the band re-framed, an eyepiece's black
+    cut off), and an image `wbc classify` refuses (too small, not a photo) is refused here with its reason.
     ``reframe``: every cell re-framed to the canonical nucleus fraction (:data:`wbc.reframe.CANONICAL`), the
     framing `wbc classify` gives cells framed unlike the training crops. ``tight``: that share of the cells (drawn
     with ``seed``) is first cut to a :data:`TIGHT_FRACTION` of its frame and then framed as `wbc classify` frames
@@ -61,7 +73,7 @@ def decode_all(
                 return frame_cell(tight_crop(read_image(s.path, min_size=size), cut[i]), size)
             if reframe:
                 return frame_cell(read_image(s.path, min_size=size), size, CANONICAL)
-            return load_cell(s.path, size)
+            return read_cell(s.path, size, framing)
         except ImageReadError as exc:
             return str(exc)
 

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -45,7 +45,7 @@ from wbc.model import ModelInfo, Preprocessing, softmax
 from wbc.paths import data_root as default_data_root
 from wbc.preprocess import centre_crop
 from wbc.train import distributed
-from wbc.train.data import CachedCells, class_weights, decode_all
+from wbc.train.data import TRAINED_FRAMING, CachedCells, class_weights, decode_all
 from wbc.train.export import export_model
 from wbc.train.models import Ensemble, WbcNet, create_model
 from wbc.train.transforms import CentreCrop, build_augment, cells_to_batch, normalise
@@ -1178,7 +1178,9 @@ def finalise_info(
     """Metadata for export: temperature and review threshold fitted on validation data. ``members``: how many
     networks a cross-validation ensemble holds, when not ``cfg.folds`` (`wbc ensemble` of several such runs).
     ``runs``: the configurations of the runs `wbc ensemble` combines, whose seeds and starting weights the metadata
-    names (before wbc 0.33.0 it described the first run alone, and a --folds model's architecture was its members')."""
+    names (before wbc 0.33.0 it described the first run alone, and a --folds model's architecture was its members').
+    ``extra["reframe"]``: the framing its cells were cached with (:data:`wbc.train.data.TRAINED_FRAMING`), so `wbc
+    classify` frames them as training did even if wbc's default framing changes (since wbc 0.36.0)."""
     cal = calibrate(val_logits, val_labels, cfg.review_target_accuracy)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cv = cfg.folds > 1  # every non-test row trained K-1 members, and the validation answers are out-of-fold
@@ -1205,7 +1207,7 @@ def finalise_info(
                        f"split seed {cfg.split_seed}, {seeds}{start}"),
         created=stamp,
         metrics=summarise(val_logits, val_labels, classes) | {"split": "out-of-fold" if cv else "val"},
-        extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}},
+        extra={"config": {k: v for k, v in cfg.to_dict().items() if k != "extra"}, "reframe": asdict(TRAINED_FRAMING)},
         preprocessing=Preprocessing(cell_fraction=measure_training_cell_fraction(samples) or None),
     )
 

@@ -1,7 +1,7 @@
 """Training augmentation with torchvision.transforms.v2, on uint8 (3, S, S) tensors.
 
-The input is already what inference sees (:func:`wbc.preprocess.load_cell`); augmentation only
-perturbs it, and :func:`normalise` is the same arithmetic as :func:`wbc.preprocess.prepare_batch`.
+The input is already what inference sees (:func:`wbc.train.data.decode_all`: :func:`wbc.classify.read_cell`'s view);
+augmentation only perturbs it, and :func:`normalise` is the same arithmetic as :func:`wbc.preprocess.prepare_batch`.
 """
 
 from __future__ import annotations
