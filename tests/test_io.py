@@ -194,6 +194,23 @@ def test_a_float_file_with_one_stray_sample_reads_on_its_own_scale(tmp_path: Pat
         assert np.abs(got[1:].astype(int) - expected[1:]).max() == 0, name
 
 
+def test_a_float_tiff_with_its_glass_at_one_reads_bright_and_is_classified(tmp_path: Path) -> None:
+    """A flat-field corrected float TIFF (image / flat: the glass at about 1.0, noise above and below it) has well
+    over 0.1 % of its samples above 1, so its 99.9th percentile (1.02-1.06) was read as 8-bit levels: every pixel 0 or
+    1, and `wbc classify` refused the file as "too dark (under-exposed)". Up to 2 it is the 0-1 scale (wbc 0.36.0)."""
+    from wbc.classify import read_cell
+
+    rgb = synthetic_cell("neutrophil", 96, seed=0).astype(np.float32)
+    flat = rgb / np.percentile(rgb.reshape(-1, 3), 90, axis=0)  # flat-field corrected: the glass at ~1.0
+    flat += np.random.default_rng(0).normal(0, 0.005, flat.shape).astype(np.float32)  # camera noise around it
+    assert np.percentile(flat, 99.9) > 1.0
+    out = read_image(_write(tmp_path / "flat.tif", flat))
+    assert np.percentile(out.max(axis=2), 90) > 200  # the glass: white, not 1 of 255
+    clipped = read_image(_write(tmp_path / "clipped.tif", np.clip(flat, 0, 1)))
+    assert np.abs(out.astype(int) - clipped).max() <= 1  # as the same image clipped at 1.0 reads
+    assert read_cell(tmp_path / "flat.tif", 64, reframe=True).shape == (64, 64, 3)  # answered, not refused
+
+
 def test_bad_files_name_the_file_and_problem(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")

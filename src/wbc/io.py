@@ -134,10 +134,17 @@ def sample_bits(peak: float) -> int:
     return next((b for b in CAMERA_BITS if b >= need), CAMERA_BITS[-1])
 
 
+#: A float image whose colour samples' 99.9th percentile is at most this is on the 0-1 scale (values above 1 read
+#: white, as viewers show them). A flat-field corrected image (image / flat) has its glass at about 1.0, and noise puts
+#: well over 0.1 % of its samples above it (99.9th percentile 1.02-1.06): read by :func:`sample_bits` as 8-bit levels,
+#: before wbc 0.36.0 it came out black and was refused as too dark. On any wider scale such an image is black anyway.
+FLOAT_UNIT_MAX = 2.0
+
+
 def _depth_to_8bit(arr: np.ndarray) -> np.ndarray:
     """16-bit or float (H, W, C) samples as float32 on the 0-255 scale: colour from the camera depth it holds
-    (:func:`sample_bits`; float in 0-1 times 255, NaN and inf as 0), alpha from its own full scale (65535, or 1 for
-    float)."""
+    (:func:`sample_bits`; float up to :data:`FLOAT_UNIT_MAX` read as 0-1 times 255, NaN and inf as 0), alpha from
+    its own full scale (65535, or 1 for float)."""
     is_float = arr.dtype.kind == "f"
     values = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     n = 3 if values.shape[2] >= 3 else 1
@@ -145,7 +152,7 @@ def _depth_to_8bit(arr: np.ndarray) -> np.ndarray:
     # float files from processing pipelines carry stray samples (an overshoot to 1.02, an inf set to 0 above):
     # their scale is read from the 99.9th percentile, not from one sample
     peak = (float(np.percentile(colour, 99.9)) if is_float else float(colour.max())) if colour.size else 0.0
-    colour = colour * (255.0 if is_float and peak <= 1.0 else 255.0 / (2 ** sample_bits(peak) - 1))
+    colour = colour * (255.0 if is_float and peak <= FLOAT_UNIT_MAX else 255.0 / (2 ** sample_bits(peak) - 1))
     if alpha.size:
         alpha = alpha * (255.0 / 65535.0 if arr.dtype == np.uint16 else 255.0 if float(alpha.max()) <= 1.0 else 1.0)
     return np.concatenate([colour, alpha], axis=2) if alpha.size else colour
