@@ -302,3 +302,34 @@ def test_the_training_cache_is_what_wbc_classify_feeds_the_trained_model(tmp_pat
     for k, s in enumerate(samples):
         assert np.array_equal(cache[k], seen[k]), (s.path.name, kinds[k])
         assert np.array_equal(cache[k], load_cell(s.path, 96)) == (kinds[k] == "as PBC"), (s.path.name, kinds[k])
+
+
+def test_the_config_and_docs_describe_the_jpeg_range_decoding_and_interpolation_the_code_uses() -> None:
+    """config.py said `jpeg_p` re-compresses at quality U(40, 95) (the range is U(jpeg_min_quality, 95); the shipped
+    model used 30), and docs/training.md that JPEGs are decoded at 1/2 or 1/4 scale (1/8 too) with area interpolation
+    (area when shrinking, linear when enlarging)."""
+    from pathlib import Path
+
+    import cv2
+    from torchvision.transforms import v2
+
+    from wbc.io import decode_image
+    from wbc.preprocess import resize_square
+    from wbc.train.transforms import build_augment
+
+    root = Path(__file__).resolve().parents[1]
+    def walk(t: object) -> list[object]:
+        return [t, *(u for c in getattr(t, "transforms", []) for u in walk(c))]
+
+    jpegs = [t for t in walk(build_augment(TrainConfig(jpeg_p=1.0, jpeg_min_quality=30))) if isinstance(t, v2.JPEG)]
+    assert [list(t.quality) for t in jpegs] == [[30, 95]]
+    comment = next(line for line in (root / "src/wbc/config.py").read_text().splitlines()
+                   if line.strip().startswith("jpeg_p:"))
+    assert "U(jpeg_min_quality, 95)" in comment, comment
+    _ok, jpg = cv2.imencode(".jpg", np.full((1280, 1280, 3), 200, np.uint8))
+    assert decode_image(jpg.tobytes(), "a.jpg", min_size=160).shape[:2] == (160, 160)  # decoded at 1/8
+    ramp = np.tile(np.arange(0, 200, 10, dtype=np.uint8)[None, :, None], (20, 1, 3))
+    assert np.array_equal(resize_square(ramp, 40), cv2.resize(ramp, (40, 40), interpolation=cv2.INTER_LINEAR))
+    text = " ".join((root / "docs/training.md").read_text().split())
+    assert "decoded at 1/2, 1/4 or 1/8 scale" in text
+    assert "area interpolation when shrinking, linear when enlarging" in text

@@ -70,7 +70,7 @@ class TrainConfig:
     gray_p: float = 0.0  # probability of a grey-scale copy (shape and texture without colour)
     lowres_p: float = 0.0  # probability of down- then up-sampling (lower optical resolution)
     lowres_min: float = 0.5  # smallest down-sampling factor
-    jpeg_p: float = 0.0  # probability of JPEG re-compression at quality U(40, 95)
+    jpeg_p: float = 0.0  # probability of JPEG re-compression at quality U(jpeg_min_quality, 95)
     # shape-first colour randomisation (wbc.train.transforms.RandomStrongColour; docs/generalisation.md)
     strong_colour_p: float = 0.0  # probability of one strong colour op: full hue circle, stain vectors, ...
     strong_colour_ops: tuple[str, ...] = ()  # which ops (empty: all of RandomStrongColour.OPS)
