@@ -644,3 +644,45 @@ def test_resized_copies_of_training_fields_are_left_out(real_data: Path) -> None
     jpg = real_data / "bccd" / "JPEGImages"
     a, b = field_thumbnail(jpg / "BloodImage_00037.jpg"), field_thumbnail(jpg / "BloodImage_00038.jpg")
     assert a is not None and b is not None and float(np.abs(a - b).mean()) > 2 * COPY_DISTANCE  # two views, not a copy
+
+
+def test_a_field_named_in_latin1_or_under_4_px_is_scored_or_named_never_a_crash(tmp_path: Path) -> None:
+    """Looking for copies of training fields opened each field by name through OpenCV, which crashed the process
+    (SIGSEGV, exit 139, nothing written) on a name that is no UTF-8 (``café.jpg`` saved in Latin-1), and a field 3 px
+    high was a cv2.error traceback. The Latin-1 field is scored, the strip is its own one-line error (`wbc analyze`
+    refuses it too), the others are scored. In a subprocess: the crash killed the process."""
+    import os
+    import subprocess
+    import sys
+
+    root = _partial_root(tmp_path / "root")
+    (root / "txl_pbc" / "images" / "train").mkdir(parents=True)
+    cv2.imwrite(str(root / "txl_pbc" / "images" / "train" / "missing-field.jpg"), np.full((120, 160, 3), 90, np.uint8))
+    folder = _yolo_folder(tmp_path / "lab", 2)
+    latin1 = Path(os.fsdecode(bytes(folder / "images") + b"/caf\xe9.jpg"))
+    (folder / "images" / "f1.jpg").rename(latin1)
+    (folder / "labels" / "f1.txt").rename(latin1.parent.parent / "labels" / f"{latin1.stem}.txt")
+    (folder / "masks" / "f1.png").rename(latin1.parent.parent / "masks" / f"{latin1.stem}.png")
+    cv2.imwrite(str(folder / "images" / "strip.png"), np.full((3, 1500, 3), 200, np.uint8))
+    (folder / "labels" / "strip.txt").write_text("")
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[4])\n"
+        "from test_smears import OneCell\n"
+        "from wbc.evaluate.smears import evaluate_smears, field_thumbnail\n"
+        "m = evaluate_smears(Path(sys.argv[1]), Path(sys.argv[3]), OneCell(), dataset=Path(sys.argv[2]))\n"
+        "strip = field_thumbnail(Path(sys.argv[2]) / 'images' / 'strip.png')\n"
+        "print(json.dumps([m['n_images'], m['errors'], m['trained_on_left_out'], strip is None]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(root), str(folder), str(tmp_path / "out"),
+                        str(Path(__file__).parent)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-1000:])
+    n, errors, left_out, no_thumbnail = json.loads(r.stdout.splitlines()[-1])
+    assert n == 2 and left_out == [] and no_thumbnail  # f0 and the Latin-1 field scored
+    assert len(errors) == 1 and errors[0][0].endswith("strip.png")
+    assert errors[0][1].endswith("strip.png: 1500x3 is too small to hold a cell (minimum side 32 px)")
+    from wbc.evaluate.smears import field_thumbnail
+
+    thumb = field_thumbnail(latin1)
+    assert thumb is not None and thumb.shape == (32, 32)

@@ -645,12 +645,18 @@ COPY_DISTANCE: float = 1.5
 
 def field_thumbnail(path: Path) -> np.ndarray | None:
     """A field's grey :data:`THUMB_SIDE` px square thumbnail (whatever its size and aspect), the same for a copy
-    resized or re-encoded, which SHA-1 does not see; None where OpenCV cannot read the file. Decoded at a quarter of
-    its size (cheap: about 0.3 ms a 640x480 JPEG)."""
-    g = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_4)
-    if g is None or g.size == 0:
+    resized or re-encoded, which SHA-1 does not see; None where OpenCV cannot read the file or it is under 4 px on a
+    side (the field's own reading then names it). Decoded at a quarter of its size (cheap: about 0.3 ms a 640x480
+    JPEG), from its bytes: OpenCV's own file opening crashed the process (SIGSEGV) on a name that is no UTF-8, before
+    wbc 0.36.0."""
+    try:
+        g = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_4)
+        if g is None or g.size == 0:
+            return None
+        return cv2.resize(g, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    except (OSError, cv2.error):  # unreadable, or a decoded size of 0 px (a 3 px strip: a traceback before 0.36.0)
         return None
-    return cv2.resize(g, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+
 
 
 @dataclass(frozen=True)
@@ -898,7 +904,8 @@ def evaluate_segmentation(
     in ``subtype.not_scored_called``, as ``wbc evaluate`` lists such cells (before wbc 0.31.0 it was scored as wrong:
     ``--classes neutrophil,lymphocyte`` that named every neutrophil and lymphocyte right read 0.75). A field whose image
     or mask cannot be read, or whose mask is not its size, is left out and listed in ``errors`` as (image, message):
-    one bad file does not lose the other fields' scores.
+    one bad file does not lose the other fields' scores; so is a field under ``wbc.analyze.MIN_SIDE`` px on a side,
+    which `wbc analyze` refuses (since wbc 0.36.0).
     """
     all_scores: list[float] = []
     all_tp: list[bool] = []
@@ -912,9 +919,14 @@ def evaluate_segmentation(
     outside: dict[str, Counter[str]] = {}  # label outside ``label_set`` -> what those fields were called
     seconds = 0.0
     errors: list[tuple[str, str]] = []
+    from wbc.analyze import MIN_SIDE
+
     for it in items:
         try:
             rgb = read_image(it.image)
+            if min(rgb.shape[:2]) < MIN_SIDE:  # as `wbc analyze` refuses it (a 3 px strip was scored as a field)
+                raise WbcError(f"{it.image}: {rgb.shape[1]}x{rgb.shape[0]} is too small to hold a cell (minimum side "
+                               f"{MIN_SIDE} px)")
             gt = read_gt_mask(it.mask) if it.mask is not None else None
             if gt is not None and gt[0].shape != rgb.shape[:2]:
                 raise WbcError(f"{it.mask}: the mask is {gt[0].shape[1]}x{gt[0].shape[0]} pixels, its field "
