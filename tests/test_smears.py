@@ -686,3 +686,16 @@ def test_a_field_named_in_latin1_or_under_4_px_is_scored_or_named_never_a_crash(
 
     thumb = field_thumbnail(latin1)
     assert thumb is not None and thumb.shape == (32, 32)
+
+
+def test_a_byte_order_mark_in_classes_txt_or_a_label_file_is_read_past(tmp_path: Path) -> None:
+    """Notepad's and Excel's "UTF-8 with BOM" left U+FEFF in the text: a classes.txt starting with it refused the run
+    ("no WBC class among ['\\ufeffWBC', 'RBC']"), a label file starting with it lost its field ("expected 'class cx cy
+    w h', got '\\ufeff0 ...'")."""
+    folder = _yolo_folder(tmp_path / "lab", 1)
+    (folder / "classes.txt").write_bytes("\ufeffWBC\nRBC\n".encode())
+    label = folder / "labels" / "f0.txt"
+    label.write_bytes(b"\xef\xbb\xbf" + label.read_bytes() + b"1 0.8 0.8 0.1 0.1\n")
+    errors: list[tuple[str, str]] = []
+    (item,) = load_labelled_folder(folder, None, errors)
+    assert errors == [] and item.wbc_boxes == [pytest.approx(tuple(float(v) for v in BOX))]

@@ -256,10 +256,12 @@ def missing_split(folder: Path, split: str | None) -> WbcError:
 
 
 def _read_label_text(path: Path) -> str:
-    """A label or class-name file's text; one that cannot be read or is not UTF-8 (a Latin-1 comment, a Windows
-    tool's export) is a :class:`WbcError` naming it, so that it is one field's error, not a traceback."""
+    """A label or class-name file's text, without the byte-order mark Notepad and Excel write ("UTF-8 with BOM":
+    before wbc 0.36.0 it refused a ``classes.txt`` and a label file's first box); one that cannot be read or is not
+    UTF-8 (a Latin-1 comment, a Windows tool's export) is a :class:`WbcError` naming it, so that it is one field's
+    error, not a traceback."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise WbcError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
@@ -273,7 +275,7 @@ def read_label_table(path: Path, columns: Sequence[str]) -> list[dict[str, str]]
     lacks ``columns`` concerns every field: a :class:`WbcError` naming it (before wbc 0.33.0, a traceback)."""
     from wbc.data import sniff_delimiter
 
-    text = _read_label_text(path).removeprefix("\ufeff")
+    text = _read_label_text(path)
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
         header = [name.strip() for name in reader.fieldnames or ()]
