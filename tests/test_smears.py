@@ -699,3 +699,46 @@ def test_a_byte_order_mark_in_classes_txt_or_a_label_file_is_read_past(tmp_path:
     errors: list[tuple[str, str]] = []
     (item,) = load_labelled_folder(folder, None, errors)
     assert errors == [] and item.wbc_boxes == [pytest.approx(tuple(float(v) for v in BOX))]
+
+
+def _two_class_yolo(folder: Path, data_yaml: bytes) -> Path:
+    """One 200 x 100 field holding a class-0 box on its left and a class-1 box on its right."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    cv2.imwrite(str(folder / "images" / "a.png"), np.full((100, 200, 3), 200, np.uint8))
+    (folder / "labels" / "a.txt").write_text("0 0.2 0.5 0.2 0.2\n1 0.7 0.5 0.2 0.2\n")
+    (folder / "data.yaml").write_bytes(data_yaml)
+    return folder
+
+
+@pytest.mark.parametrize("data_yaml", [
+    b"nc: 2\nnames: {0: RBC, 1: WBC}\n",  # a map in braces: read as no names, so class 0 (RBC) was the WBC
+    b"nc: 2\nnames:\n  # the cell types\n  0: RBC\n  1: WBC\n",  # a comment line: read as a class name
+    b"names:\n  1: WBC\n  0: RBC\n",  # keys out of order: read by position
+    b"names:\n  0: RBC  # red\n  1: WBC  # white\n",  # trailing comments: 'WBC  # white', no WBC class
+    b"\xef\xbb\xbfnames: [RBC, WBC]\n",  # a byte-order mark before names: read as no names
+    b"names:\n- RBC\n- 'WBC'\n",
+], ids=["flow map", "comment line", "keys out of order", "trailing comments", "bom", "block list"])
+def test_data_yaml_class_names_are_read_as_yaml_reads_them(tmp_path: Path, data_yaml: bytes) -> None:
+    """wbc's own small YAML reader misread valid data.yaml files that Ultralytics reads right, and where it read no
+    names it took class 0 for the WBC: six BCCD test fields whose RBCs were class 0 scored recall 0 with every WBC
+    found. Only the class-1 (WBC) box is the truth here."""
+    (item,) = load_labelled_folder(_two_class_yolo(tmp_path / "lab", data_yaml), None)
+    assert item.wbc_boxes == [(120.0, 40.0, 160.0, 60.0)]
+
+
+@pytest.mark.parametrize(("data_yaml", "said"), [
+    (b"names: {0: RBC, 2: WBC}\n", "names: the keys must be the class ids 0 to 1 (found 0, 2)"),
+    (b"names: WBC\n", "names: neither a list of class names nor a map of class ids to names (got 'WBC')"),
+    (b"names: [RBC, WBC\n", "not readable YAML (line 2: "),
+    (b"- RBC\n- WBC\n", "not a YOLO data.yaml"),
+    (b"names: [RBC, WBC]\nval: {a: 1}\n", "val: neither a path nor a list of paths"),
+])
+def test_data_yaml_names_that_cannot_be_read_end_the_run_in_one_line(tmp_path: Path, data_yaml: bytes,
+                                                                     said: str) -> None:
+    """Names wbc cannot read are no longer "no names, so class 0 is the WBC": one line naming data.yaml."""
+    folder = _two_class_yolo(tmp_path / "lab", data_yaml)
+    with pytest.raises(WbcError) as exc:
+        load_labelled_folder(folder, "val")
+    assert str(exc.value).startswith(f"{folder / 'data.yaml'}: ") and said in str(exc.value)
+    assert "\n" not in str(exc.value)

@@ -299,36 +299,44 @@ def yolo_class_names(folder: Path) -> list[str]:
         if f.is_file():
             return [ln.strip() for ln in _read_label_text(f).splitlines() if ln.strip()]
     yml = _data_yaml(folder)
-    return _yaml_names(_read_label_text(yml)) if yml is not None else []
+    return _yaml_names(yml) if yml is not None else []
 
 
 YOLO_SPLITS = ("train", "val", "test")
 
 
-def _yaml_splits(text: str) -> dict[str, list[str]]:
-    """The splits a YOLO data.yaml names, each with its paths (``val: val.txt``, ``val: [a.txt, b.txt]`` or ``- a``
-    lines; list files or image folders); a key without a value (``test:  # optional``) names none. Small, as
-    :func:`_yaml_names`, so that PyYAML is not a dependency."""
+def _read_data_yaml(path: Path) -> dict[Any, Any]:
+    """A YOLO ``data.yaml`` as PyYAML reads it, as Ultralytics does (before wbc 0.36.0 a small reader of its own
+    misread flow maps, comments and keys out of order). YAML that cannot be read, or a file that is no mapping of
+    keys, is a :class:`WbcError` naming it."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(_read_label_text(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise WbcError(f"{path}: not readable YAML ({where}{why})") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise WbcError(f"{path}: not a YOLO data.yaml (a YAML mapping of keys such as names: and val:)")
+    return doc
+
+
+def _yaml_splits(path: Path) -> dict[str, list[str]]:
+    """The splits a YOLO data.yaml names, each with its paths (``val: val.txt`` or a list of them; list files or image
+    folders); a key without a value (``test:  # optional``) names none. A value that is neither is a
+    :class:`WbcError` naming the file."""
     out: dict[str, list[str]] = {}
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        key, sep, rest = line.partition(":")
-        if not sep or key not in YOLO_SPLITS:
+    for key, value in _read_data_yaml(path).items():
+        if key not in YOLO_SPLITS or value is None:
             continue
-        rest = rest.split(" #", 1)[0].strip()
-        if rest.startswith("#"):
-            rest = ""
-        if rest.startswith("["):
-            vals = rest.strip("[]").split(",")
-        elif rest:
-            vals = [rest]
-        else:  # a block list of "- path" lines
-            vals = []
-            for sub in lines[i + 1:]:
-                if not sub.lstrip().startswith("-") or not sub.startswith((" ", "\t", "-")):
-                    break
-                vals.append(sub.strip().lstrip("-").split(" #", 1)[0])
-        if got := [v.strip().strip("'\"") for v in vals if v.strip().strip("'\"")]:
+        vals = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in vals):
+            raise WbcError(f"{path}: {key}: neither a path nor a list of paths (got {value!r})")
+        if got := [str(v).strip() for v in vals if str(v).strip()]:
             out[key] = got
     return out
 
@@ -398,27 +406,25 @@ def yolo_wbc_classes(folder: Path) -> set[int]:
     return ids
 
 
-def _yaml_names(text: str) -> list[str]:
-    """The ``names:`` of a YOLO data.yaml, as a flow list (``[a, b]``) or block (``0: a`` / ``- a`` lines);
-    a small reader so that PyYAML is not a dependency."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if not line.startswith("names:"):
-            continue
-        rest = line[len("names:"):].strip()
-        if rest.startswith("["):
-            return [v.strip().strip("'\"") for v in rest.strip("[]").split(",") if v.strip()]
-        out = []
-        for sub in lines[i + 1:]:
-            if not sub.startswith((" ", "\t", "-")):
-                break
-            item = sub.strip().lstrip("-").strip()
-            if ":" in item:
-                item = item.split(":", 1)[1].strip()
-            if item:
-                out.append(item.strip("'\""))
-        return out
-    return []
+def _yaml_names(path: Path) -> list[str]:
+    """The class names of a YOLO data.yaml by id, from ``names:`` as a list or as a map of ids to names (its keys the
+    ids, in any order, as Ultralytics reads it: 0 to n - 1); empty when it has none. Names that are neither (a map
+    whose keys skip an id or are no ids, a single string) are a :class:`WbcError` naming the file: before wbc
+    0.36.0 such names were misread, and a map in braces read as none, so class 0 (RBC in
+    ``{0: RBC, 1: WBC}``) was scored as the WBC."""
+    names = _read_data_yaml(path).get("names")
+    if names is None:
+        return []
+    if isinstance(names, list):
+        return [str(n).strip() for n in names]
+    if isinstance(names, dict):
+        ids = {k if isinstance(k, int) else int(k) if isinstance(k, str) and k.strip().isdigit() else -1: v
+               for k, v in names.items() if not isinstance(k, bool)}
+        if len(ids) != len(names) or sorted(ids) != list(range(len(ids))):
+            raise WbcError(f"{path}: names: the keys must be the class ids 0 to {len(names) - 1} "
+                           f"(found {', '.join(map(str, names))})")
+        return [str(ids[i]).strip() for i in range(len(ids))]
+    raise WbcError(f"{path}: names: neither a list of class names nor a map of class ids to names (got {names!r})")
 
 
 def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> list[Box]:
@@ -499,7 +505,7 @@ def load_labelled_folder(
         img_dir, lab_dir = folder / "images", folder / "labels"
         subs = sorted(d.name for d in img_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         yml = _data_yaml(folder)
-        listed = _yaml_splits(_read_label_text(yml)) if yml is not None and split else {}
+        listed = _yaml_splits(yml) if yml is not None and split else {}
         source: Path = img_dir
         if split and (img_dir / split).is_dir():
             img_dir, split_read = img_dir / split, split
