@@ -742,3 +742,17 @@ def test_data_yaml_names_that_cannot_be_read_end_the_run_in_one_line(tmp_path: P
         load_labelled_folder(folder, "val")
     assert str(exc.value).startswith(f"{folder / 'data.yaml'}: ") and said in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_a_yolo_segmentation_line_is_its_polygon_s_bounding_box(tmp_path: Path) -> None:
+    """Roboflow's and Ultralytics' segmentation exports write 'class x1 y1 x2 y2 x3 y3 ...': its first two points were
+    read as a box's centre and size, without a word (six BCCD test fields so labelled scored recall 0 with every WBC
+    found). As Ultralytics reads it, a line of more than 6 numbers is a polygon and its box the polygon's bounds; a
+    polygon with a coordinate missing is that field's one-line error."""
+    folder = _yolo_folder(tmp_path / "lab", 2)
+    (folder / "labels" / "f0.txt").write_text("0 0.20 0.25 0.50 0.20 0.45 0.50 0.25 0.45\n")  # box (20, 20, 50, 50)
+    (folder / "labels" / "f1.txt").write_text("0 0.20 0.25 0.50 0.20 0.45 0.50 0.25\n")
+    errors: list[tuple[str, str]] = []
+    (item,) = load_labelled_folder(folder, None, errors)
+    assert item.wbc_boxes == [pytest.approx(tuple(float(v) for v in BOX))]
+    assert len(errors) == 1 and "f1.txt:1: expected 'class cx cy w h' or a polygon" in errors[0][1]

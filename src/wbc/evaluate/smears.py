@@ -429,7 +429,9 @@ def _yaml_names(path: Path) -> list[str]:
 
 def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> list[Box]:
     """WBC boxes from a YOLO label file (class cx cy w h, normalised) in pixels; missing file: none.
-    Exact duplicates (within half a pixel) are kept once."""
+    A line of more than 6 numbers is a segmentation polygon (class x1 y1 x2 y2 ..., as Roboflow's and Ultralytics'
+    segmentation exports write it), read as its bounding box, as Ultralytics reads it (before wbc 0.36.0 its first
+    two points were read as the box's centre and size). Exact duplicates (within half a pixel) are kept once."""
     out: list[Box] = []
     if not path.is_file():
         return out
@@ -438,9 +440,17 @@ def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> l
         if not p:
             continue
         try:
-            c, cx, cy, w, h = int(float(p[0])), *(float(v) for v in p[1:5])
+            if len(p) > 6 and len(p) % 2:  # a polygon: its bounding box
+                xs, ys = [float(v) for v in p[1::2]], [float(v) for v in p[2::2]]
+                c, cx, cy = int(float(p[0])), (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+                w, h = max(xs) - min(xs), max(ys) - min(ys)
+            elif len(p) > 6:
+                raise ValueError
+            else:
+                c, cx, cy, w, h = int(float(p[0])), *(float(v) for v in p[1:5])
         except (ValueError, TypeError):
-            raise WbcError(f"{path}:{k}: expected 'class cx cy w h', got {line.strip()!r}") from None
+            raise WbcError(f"{path}:{k}: expected 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...', got "
+                           f"{line.strip()!r}") from None
         if c in classes:
             _add_box(out, ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
     return out
