@@ -756,3 +756,29 @@ def test_a_yolo_segmentation_line_is_its_polygon_s_bounding_box(tmp_path: Path) 
     (item,) = load_labelled_folder(folder, None, errors)
     assert item.wbc_boxes == [pytest.approx(tuple(float(v) for v in BOX))]
     assert len(errors) == 1 and "f1.txt:1: expected 'class cx cy w h' or a polygon" in errors[0][1]
+
+
+def test_a_16_bit_mask_reads_as_the_8_bit_one_and_a_label_map_is_named(tmp_path: Path) -> None:
+    """A 16-bit mask (cytoplasm 128 x 257 = 32896) read its cytoplasm as nucleus (nucleus Dice 0.28 for 0.50), and a
+    0/1/2 label map read as no cell at all (Dice 0 on every field), without a word. The label map is now the field's
+    one-line error, the other fields scored."""
+    from wbc.evaluate.smears import read_gt_mask
+
+    lab = np.zeros((40, 40), np.uint8)
+    lab[5:35, 5:35] = 1
+    lab[15:25, 15:25] = 2
+    for name, levels in (("m16.png", [0, 32896, 65535]), ("m8in16.png", [0, 128, 255])):
+        cv2.imwrite(str(tmp_path / name), np.choose(lab, levels).astype(np.uint16))
+        nucleus, cell = read_gt_mask(tmp_path / name)
+        assert nucleus.sum() == 100 and cell.sum() == 900, name
+    folder = _yolo_folder(tmp_path / "lab", 2)
+    label_map = np.zeros((100, 100), np.uint8)
+    label_map[BOX[1]:BOX[3], BOX[0]:BOX[2]] = 1
+    label_map[30:40, 30:40] = 2
+    cv2.imwrite(str(folder / "masks" / "f1.png"), label_map)
+    m = evaluate_smears(tmp_path, tmp_path / "out", OneCell(), dataset=folder)
+    assert m["n_images"] == 1 and m["segmentation"]["cell_dice"] == 1.0
+    assert len(m["errors"]) == 1 and m["errors"][0][0].endswith("f1.jpg")
+    assert m["errors"][0][1] == (f"{folder / 'masks' / 'f1.png'}: a label map (values 0, 1, 2), not a mask of grey "
+                                 "levels 0 background, 128 cytoplasm, 255 nucleus: which label is the nucleus cannot "
+                                 "be told; save it with those levels")

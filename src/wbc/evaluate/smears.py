@@ -173,7 +173,12 @@ def mask_path(bccd: Path, name: str) -> Path:
 
 
 def read_gt_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(nucleus, cell) bool masks from a BCCD mask PNG (noisy grey levels quantised at 64 and 192)."""
+    """(nucleus, cell) bool masks from a BCCD mask PNG (noisy grey levels quantised at 64 and 192).
+
+    A 16-bit mask is read on the 8-bit scale (0 / 32896 / 65535 as 0 / 128 / 255; one holding 8-bit levels as they
+    are). A label map of 0, 1 and 2 is a :class:`WbcError` naming the file: which label is the nucleus cannot be told,
+    and read as grey levels it held no cell, every field scoring Dice 0. Before wbc 0.36.0 a 16-bit mask's cytoplasm
+    was read as nucleus."""
     # from its bytes: OpenCV's own file opening crashes on a name that is no UTF-8
     try:
         data = Path(path).read_bytes()
@@ -184,6 +189,12 @@ def read_gt_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise WbcError(f"{path}: cannot read mask")
     if m.ndim == 3:
         m = m[:, :, :3].max(axis=2)
+    if m.dtype == np.uint16 and int(m.max()) > 255:
+        m = m // 257
+    if m.any() and int(m.max()) <= 2:
+        levels = ", ".join(str(v) for v in np.unique(m).tolist())
+        raise WbcError(f"{path}: a label map (values {levels}), not a mask of grey levels 0 background, 128 cytoplasm, "
+                       "255 nucleus: which label is the nucleus cannot be told; save it with those levels")
     return m > 192, m > 64
 
 
