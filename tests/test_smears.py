@@ -782,3 +782,49 @@ def test_a_16_bit_mask_reads_as_the_8_bit_one_and_a_label_map_is_named(tmp_path:
     assert m["errors"][0][1] == (f"{folder / 'masks' / 'f1.png'}: a label map (values 0, 1, 2), not a mask of grey "
                                  "levels 0 background, 128 cytoplasm, 255 nucleus: which label is the nucleus cannot "
                                  "be told; save it with those levels")
+
+
+def _voc_object(name: str, difficult: int, box: tuple[int, int, int, int]) -> str:
+    return (f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{box[0]}</xmin>"
+            f"<ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object>")
+
+
+@pytest.mark.parametrize("with_split", [False, True], ids=["flat", "split file"])
+def test_a_voc_box_marked_difficult_is_neither_missed_nor_a_false_detection(tmp_path: Path, with_split: bool) -> None:
+    """VOC's evaluation leaves ``<difficult>1</difficult>`` objects out (LabelImg writes the flag from a checkbox): a
+    difficult WBC not found was counted missed (recall 0.75 where VOC's devkit says 1.0), and a detection of one was
+    a false positive. Field a: a WBC found, a difficult one not found; field b: a WBC found, a difficult one found
+    twice."""
+    from wbc.evaluate.smears import evaluate_segmentation, summary_markdown
+
+    folder = tmp_path / "voc"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (folder / sub).mkdir(parents=True)
+    hard = {"a": (170, 60, 199, 99), "b": (100, 10, 139, 49)}
+    for name in ("a", "b"):
+        cv2.imwrite(str(folder / "JPEGImages" / f"{name}.png"), np.full((100, 200, 3), 220, np.uint8))
+        (folder / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation>{_voc_object('WBC', 0, (10, 10, 49, 49))}{_voc_object('WBC', 1, hard[name])}</annotation>")
+    if with_split:
+        (folder / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
+    else:
+        (folder / "ImageSets" / "Main").rmdir()
+    items = load_labelled_folder(folder, "test" if with_split else None)
+    found = {"a": [((10, 10, 50, 50), 0.8)],
+             "b": [((10, 10, 50, 50), 0.6), ((100, 10, 140, 50), 0.9), ((101, 11, 140, 50), 0.7)]}
+    fields = iter(items)
+
+    def segment(rgb: np.ndarray) -> list[Cell]:
+        out = []
+        for box, score in found[next(fields).name]:
+            m = np.ones((box[3] - box[1], box[2] - box[0]), bool)
+            out.append(Cell(len(out), box, m, m, score=score))
+        return out
+
+    m = evaluate_segmentation(items, segment)
+    d = m["detection"]
+    assert (d["tp"], d["fp"], d["fn"], d["recall"], d["precision"], d["ap50"]) == (2, 0, 0, 1.0, 1.0, 1.0)
+    assert m["difficult_boxes"] == 2 and d["ignored_on_difficult_boxes"] == 2
+    assert m["detection_ignore_unannotated"]["fp"] == 0
+    assert ("2 WBC boxes marked difficult (VOC) were neither WBCs to find nor false detections: 2 detections on them "
+            "were not scored.") in summary_markdown(m)

@@ -53,8 +53,8 @@ def evaluate_smears(
 ) -> None:
     """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
     or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
+    from wbc.evaluate.smears import difficult_note, merged_note, not_scored_note, rate, trained_note
     from wbc.evaluate.smears import evaluate_smears as run
-    from wbc.evaluate.smears import merged_note, not_scored_note, rate, trained_note
     from wbc.io import check_output_file
     from wbc.model import load_model
     from wbc.paths import data_root as resolve_root
@@ -85,7 +85,7 @@ def evaluate_smears(
     if unknown := m["unknown_box_names"]:
         warn("boxes named neither a WBC nor a red cell or platelet were not scored as WBCs: "
              + ", ".join(f"{k} ({v})" for k, v in unknown.items()), "note:")
-    for note in (merged_note(m), trained_note(m)):
+    for note in (merged_note(m), difficult_note(m), trained_note(m)):
         if note:
             warn(note, "note:")
     warn_skipped((msg for _, msg in m["errors"]), f"{output}/metrics.json")

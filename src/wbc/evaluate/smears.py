@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -67,6 +67,8 @@ class BccdItem:
     split: str = ""
     #: WBC boxes read as a second box of a cell already boxed (:func:`merge_same_cell`), left out of ``wbc_boxes``
     merged_boxes: int = 0
+    #: WBC boxes a VOC file marks ``<difficult>1</difficult>``: neither a WBC to find nor a false detection (VOC's rule)
+    ignore_boxes: list[Box] = field(default_factory=list)
 
 
 SmearItem = BccdItem
@@ -110,10 +112,13 @@ def is_known_non_wbc_name(name: str) -> bool:
     return _box_name(name) in NON_WBC_NAMES or canonical_label(name) == "platelet"
 
 
-def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[str] | None = None) -> list[Box]:
+def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[str] | None = None,
+                   difficult: list[Box] | None = None) -> list[Box]:
     """Boxes of one class (``None``: any WBC name, :func:`is_wbc_name`) from a Pascal VOC file, as
     (x0, y0, x1, y1) with x1/y1 exclusive; a box listed twice is kept once. ``unknown`` (with ``name`` None) counts
-    the boxes whose name is neither a WBC nor :func:`is_known_non_wbc_name`."""
+    the boxes whose name is neither a WBC nor :func:`is_known_non_wbc_name`. ``difficult`` (when given) receives the
+    boxes marked ``<difficult>1</difficult>`` instead of the result: VOC's evaluation counts them neither missed nor
+    found (LabelImg writes the flag from a checkbox; before wbc 0.36.0 they were WBCs to find)."""
     try:
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
@@ -134,7 +139,8 @@ def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[st
             x0, y0, x1, y1 = (float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError as exc:
             raise WbcError(f"{xml_path}: a {oname!r} box has a coordinate that is not a number ({exc})") from None
-        _add_box(out, (x0, y0, x1 + 1.0, y1 + 1.0))
+        hard = difficult is not None and (obj.findtext("difficult") or "").strip() == "1"
+        _add_box(difficult if difficult is not None and hard else out, (x0, y0, x1 + 1.0, y1 + 1.0))
     return out
 
 
@@ -222,8 +228,10 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
         mp = mask_path(bccd, name)
         image = _voc_image(bccd, name) or bccd / "JPEGImages" / f"{name}.jpg"  # missing: named by the field's error
         unknown: Counter[str] = Counter()
+        difficult: list[Box] = []
         try:  # any WBC name, as the folder read without a split file: a lab's "Neutrophil" or "Blast" boxes too
-            boxes, merged = merge_same_cell(read_voc_boxes(bccd / "Annotations" / f"{name}.xml", None, unknown))
+            boxes, merged = merge_same_cell(read_voc_boxes(bccd / "Annotations" / f"{name}.xml", None, unknown,
+                                                           difficult))
         except WbcError as exc:
             if errors is None:
                 raise
@@ -239,6 +247,7 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
                 unknown_boxes=dict(unknown),
                 split=split,
                 merged_boxes=merged,
+                ignore_boxes=difficult,
             )
         )
     return items
@@ -514,8 +523,8 @@ def load_labelled_folder(
                 mp = folder / "masks" / f"{x.stem}.png"
                 mp = mp if mp.is_file() else mask_path(folder, x.stem)  # BCCD's BloodImage_Mask_NNNNN.png too
                 if (got := _field_boxes(img, x, set(), {}, errors)) is not None:
-                    items.append(BccdItem(x.stem, img, got[0], mp if mp.is_file() else None, None,
-                                          unknown_boxes=got[1], merged_boxes=got[2]))
+                    items.append(BccdItem(x.stem, img, got.boxes, mp if mp.is_file() else None, None,
+                                          unknown_boxes=got.unknown, merged_boxes=got.merged, ignore_boxes=got.ignore))
         return items
     origins: dict[str, str] = {}
     src = folder / "sources.csv"
@@ -565,26 +574,36 @@ def load_labelled_folder(
         if (got := _field_boxes(img, lab, classes, others, errors)) is None:
             continue
         mp = folder / "masks" / f"{img.stem}.png"
-        items.append(BccdItem(img.stem, img, got[0], mp if mp.is_file() else None, None, origins.get(img.stem, ""),
-                              got[1], split_read, got[2]))
+        items.append(BccdItem(img.stem, img, got.boxes, mp if mp.is_file() else None, None, origins.get(img.stem, ""),
+                              got.unknown, split_read, got.merged, got.ignore))
     return items
+
+
+class _Truth(NamedTuple):
+    """One field's truth as :func:`_field_boxes` reads it."""
+
+    boxes: list[Box]  # the WBC boxes
+    unknown: dict[str, int]  # boxes named neither a WBC nor a known other cell, by name
+    merged: int  # WBC boxes merged as a cell's second box (:func:`merge_same_cell`)
+    ignore: list[Box]  # WBC boxes marked difficult (VOC)
 
 
 def _field_boxes(
     img: Path, lab: Path, classes: set[int], others: Mapping[int, str], errors: list[tuple[str, str]] | None
-) -> tuple[list[Box], dict[str, int], int] | None:
+) -> _Truth | None:
     """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids), the count of its
-    boxes named neither a WBC nor a known other cell (YOLO: the ids ``others`` names) and of the boxes merged as a
-    cell's second box (:func:`merge_same_cell`); None when they cannot be read and ``errors`` takes the problem (else
-    it is raised)."""
+    boxes named neither a WBC nor a known other cell (YOLO: the ids ``others`` names), of the boxes merged as a
+    cell's second box (:func:`merge_same_cell`) and its boxes marked difficult; None when they cannot be read and
+    ``errors`` takes the problem (else it is raised)."""
     try:
         if lab.suffix == ".xml":
             unknown: Counter[str] = Counter()
-            boxes, merged = merge_same_cell(read_voc_boxes(lab, None, unknown))
-            return boxes, dict(unknown), merged
+            difficult: list[Box] = []
+            boxes, merged = merge_same_cell(read_voc_boxes(lab, None, unknown, difficult))
+            return _Truth(boxes, dict(unknown), merged, difficult)
         w, h = _image_size(img)
         boxes, merged = merge_same_cell(read_yolo_boxes(lab, w, h, classes))
-        return boxes, _yolo_class_counts(lab, others), merged
+        return _Truth(boxes, _yolo_class_counts(lab, others), merged, [])
     except WbcError as exc:
         if errors is None:
             raise
@@ -792,6 +811,23 @@ def merged_note(metrics: Mapping[str, Any]) -> str:
             f"IoU >= {SAME_CELL_IOU} {'were' if n > 1 else 'was'} read as the same cell's (the first box stands)")
 
 
+def difficult_note(metrics: Mapping[str, Any]) -> str:
+    """The WBC boxes marked difficult, left out of the truth, in a sentence ("" when none).
+
+    >>> m = {"difficult_boxes": 2, "detection": {"ignored_on_difficult_boxes": 1}}
+    >>> print(difficult_note(m))  # doctest: +NORMALIZE_WHITESPACE
+    2 WBC boxes marked difficult (VOC) were neither WBCs to find nor false detections: 1 detection on them was not
+    scored
+    """
+    n = int(metrics.get("difficult_boxes") or 0)
+    if not n:
+        return ""
+    k = int(metrics.get("detection", {}).get("ignored_on_difficult_boxes") or 0)
+    return (f"{n} WBC box{'es' if n > 1 else ''} marked difficult (VOC) {'were' if n > 1 else 'was'} neither WBCs to "
+            f"find nor false detections: {k} detection{'s' if k != 1 else ''} on them {'was' if k == 1 else 'were'} "
+            "not scored")
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -825,6 +861,17 @@ def match_detections(
         else:
             tp.append(False)
     return tp, ious, len(gt)
+
+
+def on_ignored_boxes(pred: Sequence[Box], scores: Sequence[float], tp: Sequence[bool], ignore: Sequence[Box],
+                     iou_thr: float = 0.5) -> list[bool]:
+    """Per prediction, in :func:`match_detections`' sorted order (``tp``): whether it is no true positive but overlaps
+    a box marked difficult at ``iou_thr`` or more, and so counts neither as found nor as false (VOC's rule for
+    difficult objects; true boxes are matched first, as COCO matches its ignored boxes last)."""
+    if not ignore:
+        return [False] * len(tp)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    return [not t and any(box_iou(pred[i], b) >= iou_thr for b in ignore) for i, t in zip(order, tp, strict=True)]
 
 
 def average_precision(scores: Sequence[float], tp: Sequence[bool], n_gt: int) -> float | None:
@@ -969,11 +1016,14 @@ def evaluate_segmentation(
         boxes = [(float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1 in (c.box for c in cells)]
         scores = [_score(c) for c in cells]
         tp, ious, g = match_detections(boxes, scores, it.wbc_boxes, iou_thr)
-        all_scores += sorted(scores, reverse=True)
-        all_tp += tp
+        skip = on_ignored_boxes(boxes, scores, tp, it.ignore_boxes, iou_thr)
+        all_scores += [v for v, s in zip(sorted(scores, reverse=True), skip, strict=True) if not s]
+        all_tp += [t for t, s in zip(tp, skip, strict=True) if not s]
         match_ious += ious
         n_gt += g
         row: dict[str, Any] = {"image": it.name, "n_gt": g, "n_pred": len(cells), "tp": int(sum(tp))}
+        if it.ignore_boxes:
+            row.update(difficult_boxes=len(it.ignore_boxes), ignored_on_difficult=sum(skip))
         if it.origin:
             row["origin"] = it.origin
         if it.merged_boxes:
@@ -989,8 +1039,10 @@ def evaluate_segmentation(
             ci.append(i2)
             row.update(nucleus_dice=d1, cell_dice=d2)
             order = np.argsort(-np.asarray(scores), kind="stable")
-            unboxed = unboxed_mask_cells(gc, it.wbc_boxes)
-            for k, flag in zip(order, tp, strict=True):
+            unboxed = unboxed_mask_cells(gc, [*it.wbc_boxes, *it.ignore_boxes])
+            for k, flag, skipped in zip(order, tp, skip, strict=True):
+                if skipped:
+                    continue
                 if flag:
                     ign["tp"] += 1
                     continue
@@ -1002,7 +1054,7 @@ def evaluate_segmentation(
                     ign["fp"] += 1
         else:  # no mask: nothing tells an unannotated cell, so every detection counts as in ``detection``
             ign["tp"] += int(sum(tp))
-            ign["fp"] += len(tp) - int(sum(tp))
+            ign["fp"] += len(tp) - int(sum(tp)) - sum(skip)
         if classify is not None and it.label is not None and len(it.wbc_boxes) == 1:
             predicted = "missed"
             if cells:
@@ -1022,6 +1074,8 @@ def evaluate_segmentation(
     det["ap50"] = average_precision(all_scores, all_tp, n_gt)
     det["mean_iou_matched"] = float(np.mean(match_ious)) if match_ious else None  # none matched: no mean
     det["iou_threshold"] = iou_thr
+    # detections on boxes marked difficult (VOC): neither true nor false
+    det["ignored_on_difficult_boxes"] = sum(r.get("ignored_on_difficult", 0) for r in per_image)
     unknown: Counter[str] = Counter()
     for it in items:
         unknown.update(it.unknown_boxes)
@@ -1032,6 +1086,8 @@ def evaluate_segmentation(
         "unknown_box_names": dict(sorted(unknown.items())),
         # WBC boxes read as a cell's second box (merge_same_cell): the truth holds one box fewer for each
         "merged_boxes": sum(r.get("merged_boxes", 0) for r in per_image),
+        # WBC boxes marked difficult (VOC), left out of the truth: not missed when not found
+        "difficult_boxes": sum(r.get("difficult_boxes", 0) for r in per_image),
         "detection": det,
         "detection_ignore_unannotated": {
             **_prf(ign["tp"], ign["fp"], n_gt - ign["tp"]),
@@ -1053,9 +1109,10 @@ def evaluate_segmentation(
         for o in origins:
             rows = [r for r in per_image if r.get("origin") == o]
             tp_o = sum(r["tp"] for r in rows)
+            fp_o = sum(r["n_pred"] - r.get("ignored_on_difficult", 0) for r in rows) - tp_o
             out["per_origin"][o] = {
                 "n_images": len(rows),
-                **_prf(tp_o, sum(r["n_pred"] for r in rows) - tp_o, sum(r["n_gt"] for r in rows) - tp_o),
+                **_prf(tp_o, fp_o, sum(r["n_gt"] for r in rows) - tp_o),
             }
     if classify is not None:
         out["subtype"] = {
@@ -1154,7 +1211,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     if unknown := metrics.get("unknown_box_names"):
         lines += ["", "Boxes not read as WBCs, whose names are neither a WBC nor a red cell or platelet: "
                   + ", ".join(f"{k} ({v})" for k, v in unknown.items()) + "."]
-    for note in (merged_note(metrics), trained_note(metrics)):
+    for note in (merged_note(metrics), difficult_note(metrics), trained_note(metrics)):
         if note:
             lines += ["", note + "."]
     errors = metrics.get("errors") or []
