@@ -828,3 +828,43 @@ def test_a_voc_box_marked_difficult_is_neither_missed_nor_a_false_detection(tmp_
     assert m["detection_ignore_unannotated"]["fp"] == 0
     assert ("2 WBC boxes marked difficult (VOC) were neither WBCs to find nor false detections: 2 detections on them "
             "were not scored.") in summary_markdown(m)
+
+
+@pytest.mark.parametrize("layout", ["yolo", "voc"])
+def test_a_folder_whose_wbc_boxes_are_named_by_subtype_gets_end_to_end_subtype_scores(tmp_path: Path,
+                                                                                       layout: str) -> None:
+    """The help and README promised end-to-end subtypes on any YOLO or VOC folder, but every --dataset field's label
+    was None: a folder boxing its one WBC a field as "Neutrophil" or "Lymphocyte" got no subtype line, and the
+    classifier ran for nothing. A field's one WBC box named by a subtype is now its label; a field of two WBCs, or one
+    boxed "WBC", has none; a run that scores no subtype says why."""
+    from wbc.evaluate.smears import evaluate_segmentation
+
+    fields = {"f0": ["Neutrophil"], "f1": ["Lymphocyte"], "f2": ["WBC"], "f3": ["Neutrophil", "Lymphocyte"]}
+    other = (70, 70, 90, 90)  # a second WBC's box
+    folder = _yolo_folder(tmp_path / "lab", 4)
+    if layout == "yolo":
+        classes = ["Neutrophil", "Lymphocyte", "WBC"]
+        (folder / "classes.txt").write_text("\n".join(classes) + "\n")
+        for name, boxed in fields.items():
+            lines = [f"{classes.index(n)} {(b[0] + b[2]) / 200} {(b[1] + b[3]) / 200} {(b[2] - b[0]) / 100} "
+                     f"{(b[3] - b[1]) / 100}" for n, b in zip(boxed, (BOX, other), strict=False)]
+            (folder / "labels" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    else:  # the same boxes as flat VOC files beside the images
+        for name, boxed in fields.items():
+            (folder / "images" / f"{name}.jpg").rename(folder / f"{name}.jpg")
+            objs = "".join(_voc_object(n, 0, (b[0], b[1], b[2] - 1, b[3] - 1))
+                           for n, b in zip(boxed, (BOX, other), strict=False))
+            (folder / f"{name}.xml").write_text(f"<annotation>{objs}</annotation>")
+        import shutil
+
+        for sub in ("images", "labels", "masks"):
+            shutil.rmtree(folder / sub)
+        (folder / "classes.txt").unlink()
+    items = load_labelled_folder(folder, None)
+    assert {it.name: it.label for it in items} == {"f0": "neutrophil", "f1": "lymphocyte", "f2": None, "f3": None}
+    from wbc.evaluate.smears import no_subtype_note
+
+    called = iter(["neutrophil", "neutrophil"])
+    m = evaluate_segmentation(items, OneCell().segment, lambda rgb, cells: [next(called) for _ in cells])
+    assert m["subtype"]["n"] == 2 and m["subtype"]["accuracy"] == 0.5 and no_subtype_note(m) == ""
+    assert no_subtype_note({"subtype": {"n": 0, "not_scored": {}}}).startswith("no subtype was scored: no field has")

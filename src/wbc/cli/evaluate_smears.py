@@ -51,9 +51,10 @@ def evaluate_smears(
         help="Score fields that copy BCCD train or TXL-PBC train (what the shipped detector and U-Net trained on); "
              "default: kept for --segmenter classical (trained on no field), left out for the others.")] = None,
 ) -> None:
-    """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes on BCCD
-    or any YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
-    from wbc.evaluate.smears import difficult_note, merged_note, not_scored_note, rate, trained_note
+    """Score detection (recall, precision, AP@0.5), Dice where masks exist and end-to-end subtypes where fields
+    have a subtype label (BCCD's, or one WBC box named by its subtype, such as Neutrophil) on BCCD or any
+    YOLO/VOC-labelled folder (--dataset); write metrics.json and summary.md."""
+    from wbc.evaluate.smears import difficult_note, merged_note, no_subtype_note, not_scored_note, rate, trained_note
     from wbc.evaluate.smears import evaluate_smears as run
     from wbc.io import check_output_file
     from wbc.model import load_model
@@ -81,6 +82,8 @@ def evaluate_smears(
         st = m["subtype"]
         say(f"  subtype accuracy {st['accuracy']:.3f} macro-F1 {st['macro_f1']:.3f} (n={st['n']})")
     if m.get("subtype") and (note := not_scored_note(m["subtype"])):
+        warn(note, "note:")
+    if note := no_subtype_note(m):
         warn(note, "note:")
     if unknown := m["unknown_box_names"]:
         warn("boxes named neither a WBC nor a red cell or platelet were not scored as WBCs: "

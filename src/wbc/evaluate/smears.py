@@ -59,7 +59,7 @@ class BccdItem:
     image: Path
     wbc_boxes: list[Box]
     mask: Path | None
-    label: str | None  # canonical subtype when the image has exactly one labelled WBC
+    label: str | None  # canonical subtype when the image has exactly one labelled WBC (:func:`box_label` too)
     origin: str = ""  # the field's source, when the folder says (TXL-PBC's sources.csv)
     #: boxes whose class name is neither a WBC nor a red cell or platelet (name -> count): not scored, but reported
     unknown_boxes: dict[str, int] = field(default_factory=dict)
@@ -113,12 +113,13 @@ def is_known_non_wbc_name(name: str) -> bool:
 
 
 def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[str] | None = None,
-                   difficult: list[Box] | None = None) -> list[Box]:
+                   difficult: list[Box] | None = None, names: list[str] | None = None) -> list[Box]:
     """Boxes of one class (``None``: any WBC name, :func:`is_wbc_name`) from a Pascal VOC file, as
     (x0, y0, x1, y1) with x1/y1 exclusive; a box listed twice is kept once. ``unknown`` (with ``name`` None) counts
     the boxes whose name is neither a WBC nor :func:`is_known_non_wbc_name`. ``difficult`` (when given) receives the
     boxes marked ``<difficult>1</difficult>`` instead of the result: VOC's evaluation counts them neither missed nor
-    found (LabelImg writes the flag from a checkbox; before wbc 0.36.0 they were WBCs to find)."""
+    found (LabelImg writes the flag from a checkbox; before wbc 0.36.0 they were WBCs to find). ``names`` (when
+    given) receives the name of each box of the result as written (:func:`box_label`)."""
     try:
         root = ET.parse(xml_path).getroot()
     except FileNotFoundError:
@@ -141,7 +142,22 @@ def read_voc_boxes(xml_path: Path, name: str | None = "WBC", unknown: Counter[st
             raise WbcError(f"{xml_path}: a {oname!r} box has a coordinate that is not a number ({exc})") from None
         hard = difficult is not None and (obj.findtext("difficult") or "").strip() == "1"
         _add_box(difficult if difficult is not None and hard else out, (x0, y0, x1 + 1.0, y1 + 1.0))
+        if names is not None and not hard:
+            names.append(oname)
     return out
+
+
+def box_label(names: Sequence[str], n_boxes: int) -> str | None:
+    """The subtype (a class of :mod:`wbc.labels`) a field's one WBC box is named by (``Neutrophil``, ``Lymphocyte``),
+    so that a labelled folder gets end-to-end subtype scores as BCCD's ``single_wbc_labels.csv`` gives them; None
+    when the field has another number of WBC boxes than one (after :func:`merge_same_cell`: ``n_boxes``), or its
+    boxes (``names``, a box listed twice too) are named ``WBC``, a type outside the classes or more than one subtype.
+
+    >>> box_label(["Neutrophil"], 1), box_label(["WBC"], 1), box_label(["Neutrophil", "Lymphocyte"], 1)
+    ('neutrophil', None, None)
+    """
+    labels = {canonical_label(n) for n in names}
+    return labels.pop() if n_boxes == 1 and len(labels) == 1 else None
 
 
 def _add_box(boxes: list[Box], box: Box) -> None:
@@ -229,9 +245,10 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
         image = _voc_image(bccd, name) or bccd / "JPEGImages" / f"{name}.jpg"  # missing: named by the field's error
         unknown: Counter[str] = Counter()
         difficult: list[Box] = []
+        names: list[str] = []
         try:  # any WBC name, as the folder read without a split file: a lab's "Neutrophil" or "Blast" boxes too
             boxes, merged = merge_same_cell(read_voc_boxes(bccd / "Annotations" / f"{name}.xml", None, unknown,
-                                                           difficult))
+                                                           difficult, names))
         except WbcError as exc:
             if errors is None:
                 raise
@@ -243,7 +260,7 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
                 image=image,
                 wbc_boxes=boxes,
                 mask=mp if mp.is_file() else None,
-                label=labels.get(name),
+                label=labels.get(name) or box_label(names, len(boxes)),
                 unknown_boxes=dict(unknown),
                 split=split,
                 merged_boxes=merged,
@@ -447,11 +464,13 @@ def _yaml_names(path: Path) -> list[str]:
     raise WbcError(f"{path}: names: neither a list of class names nor a map of class ids to names (got {names!r})")
 
 
-def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> list[Box]:
+def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int], ids: list[int] | None = None
+                    ) -> list[Box]:
     """WBC boxes from a YOLO label file (class cx cy w h, normalised) in pixels; missing file: none.
     A line of more than 6 numbers is a segmentation polygon (class x1 y1 x2 y2 ..., as Roboflow's and Ultralytics'
     segmentation exports write it), read as its bounding box, as Ultralytics reads it (before wbc 0.36.0 its first
-    two points were read as the box's centre and size). Exact duplicates (within half a pixel) are kept once."""
+    two points were read as the box's centre and size). Exact duplicates (within half a pixel) are kept once.
+    ``ids`` (when given) receives the class id of each box of ``classes`` read (:func:`box_label`)."""
     out: list[Box] = []
     if not path.is_file():
         return out
@@ -473,6 +492,8 @@ def read_yolo_boxes(path: Path, width: int, height: int, classes: set[int]) -> l
                            f"{line.strip()!r}") from None
         if c in classes:
             _add_box(out, ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
+            if ids is not None:
+                ids.append(c)
     return out
 
 
@@ -523,7 +544,7 @@ def load_labelled_folder(
                 mp = folder / "masks" / f"{x.stem}.png"
                 mp = mp if mp.is_file() else mask_path(folder, x.stem)  # BCCD's BloodImage_Mask_NNNNN.png too
                 if (got := _field_boxes(img, x, set(), {}, errors)) is not None:
-                    items.append(BccdItem(x.stem, img, got.boxes, mp if mp.is_file() else None, None,
+                    items.append(BccdItem(x.stem, img, got.boxes, mp if mp.is_file() else None, got.label,
                                           unknown_boxes=got.unknown, merged_boxes=got.merged, ignore_boxes=got.ignore))
         return items
     origins: dict[str, str] = {}
@@ -571,11 +592,11 @@ def load_labelled_folder(
     others = {i: n for i, n in enumerate(names) if not is_wbc_name(n) and not is_known_non_wbc_name(n)}
     items = []
     for img, lab in pairs:
-        if (got := _field_boxes(img, lab, classes, others, errors)) is None:
+        if (got := _field_boxes(img, lab, classes, others, errors, names)) is None:
             continue
         mp = folder / "masks" / f"{img.stem}.png"
-        items.append(BccdItem(img.stem, img, got.boxes, mp if mp.is_file() else None, None, origins.get(img.stem, ""),
-                              got.unknown, split_read, got.merged, got.ignore))
+        items.append(BccdItem(img.stem, img, got.boxes, mp if mp.is_file() else None, got.label,
+                              origins.get(img.stem, ""), got.unknown, split_read, got.merged, got.ignore))
     return items
 
 
@@ -586,24 +607,30 @@ class _Truth(NamedTuple):
     unknown: dict[str, int]  # boxes named neither a WBC nor a known other cell, by name
     merged: int  # WBC boxes merged as a cell's second box (:func:`merge_same_cell`)
     ignore: list[Box]  # WBC boxes marked difficult (VOC)
+    label: str | None  # the subtype its one WBC box is named by (:func:`box_label`)
 
 
 def _field_boxes(
-    img: Path, lab: Path, classes: set[int], others: Mapping[int, str], errors: list[tuple[str, str]] | None
+    img: Path, lab: Path, classes: set[int], others: Mapping[int, str], errors: list[tuple[str, str]] | None,
+    class_names: Sequence[str] = (),
 ) -> _Truth | None:
-    """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids), the count of its
-    boxes named neither a WBC nor a known other cell (YOLO: the ids ``others`` names), of the boxes merged as a
-    cell's second box (:func:`merge_same_cell`) and its boxes marked difficult; None when they cannot be read and
-    ``errors`` takes the problem (else it is raised)."""
+    """One field's WBC boxes from its VOC ``.xml`` or YOLO ``.txt`` (``classes``: the WBC ids, ``class_names`` the
+    names by id), the count of its boxes named neither a WBC nor a known other cell (YOLO: the ids ``others`` names),
+    of the boxes merged as a cell's second box (:func:`merge_same_cell`), its boxes marked difficult and the subtype
+    its one WBC box is named by; None when they cannot be read and ``errors`` takes the problem (else it is
+    raised)."""
     try:
+        names: list[str] = []
         if lab.suffix == ".xml":
             unknown: Counter[str] = Counter()
             difficult: list[Box] = []
-            boxes, merged = merge_same_cell(read_voc_boxes(lab, None, unknown, difficult))
-            return _Truth(boxes, dict(unknown), merged, difficult)
+            boxes, merged = merge_same_cell(read_voc_boxes(lab, None, unknown, difficult, names))
+            return _Truth(boxes, dict(unknown), merged, difficult, box_label(names, len(boxes)))
         w, h = _image_size(img)
-        boxes, merged = merge_same_cell(read_yolo_boxes(lab, w, h, classes))
-        return _Truth(boxes, _yolo_class_counts(lab, others), merged, [])
+        ids: list[int] = []
+        boxes, merged = merge_same_cell(read_yolo_boxes(lab, w, h, classes, ids))
+        names = [class_names[i] if i < len(class_names) else "" for i in ids]
+        return _Truth(boxes, _yolo_class_counts(lab, others), merged, [], box_label(names, len(boxes)))
     except WbcError as exc:
         if errors is None:
             raise
@@ -1146,6 +1173,19 @@ def subtype_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, A
     }
 
 
+def no_subtype_note(metrics: Mapping[str, Any]) -> str:
+    """Why a run with a classifier scored no subtype, in a sentence ("" when it scored some, or ran without one).
+
+    >>> no_subtype_note({"subtype": {"n": 0, "not_scored": {}}})[:56]
+    'no subtype was scored: no field has a subtype label (one'
+    """
+    sub = metrics.get("subtype")
+    if not sub or sub["n"] or sub.get("not_scored"):
+        return ""
+    return ("no subtype was scored: no field has a subtype label (one WBC box named by its subtype, such as "
+            "Neutrophil, or BCCD's single_wbc_labels.csv); --no-classifier scores the boxes alone")
+
+
 def not_scored_note(subtype: Mapping[str, Any]) -> str:
     """The fields labelled outside the classes answered among, and what they were called ("" when none).
 
@@ -1202,12 +1242,15 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
             f"| subtype accuracy (end to end, n={sub['n']}) | {sub['accuracy']:.3f} |",
             f"| subtype macro-F1 | {sub['macro_f1']:.3f} |",
             "",
-            "Subtype labels come from a public Kaggle release of BCCD (another lab, camera and stain than",
-            "the PBC training data; a few labels look wrong): read them as a transfer check, not as the",
-            "classifier's accuracy.",
+            *(["Subtype labels come from a public Kaggle release of BCCD (another lab, camera and stain than",
+               "the PBC training data; a few labels look wrong): read them as a transfer check, not as the",
+               "classifier's accuracy."] if metrics.get("dataset", "BCCD") == "BCCD" else
+              ["Subtype labels are the names of the fields' one WBC box (where it is named by a subtype)."]),
         ]
     if sub and sub.get("not_scored"):
         lines += ["", not_scored_note(sub) + "."]
+    if note := no_subtype_note(metrics):
+        lines += ["", note[0].upper() + note[1:] + "."]
     if unknown := metrics.get("unknown_box_names"):
         lines += ["", "Boxes not read as WBCs, whose names are neither a WBC nor a red cell or platelet: "
                   + ", ".join(f"{k} ({v})" for k, v in unknown.items()) + "."]
