@@ -148,3 +148,17 @@ def test_a_trainer_s_output_must_be_an_onnx_name(tmp_path: Path, monkeypatch: py
     assert not out.exists()
     exc = invoke(command, "--iters", "1", "-o", str(tmp_path), cwd=tmp_path)
     assert isinstance(exc, WbcError) and "is a folder" in str(exc)
+
+
+@pytest.mark.parametrize("lr", ["-0.001", "nan", "0", "inf"])
+@pytest.mark.parametrize("command", ["train-segmenter", "train-detector"])
+def test_a_learning_rate_that_is_no_number_above_0_is_refused_before_the_data(tmp_path: Path, command: str,
+                                                                           lr: str) -> None:
+    """--lr had no bound: a negative or NaN rate was torch's "Invalid learning rate" traceback after every field was
+    loaded, and --lr 0 wrote an untrained model (over the shipped one, with --overwrite). Now one line, first."""
+    from wbc.errors import WbcError
+
+    exc = invoke(command, "--lr", lr, "--iters", "1", "--data-root", str(tmp_path / "nowhere"),
+                 "-o", str(tmp_path / "m.onnx"), cwd=tmp_path)
+    assert isinstance(exc, WbcError) and str(exc) == f"--lr {float(lr)}: must be a number > 0"
+    assert not (tmp_path / "m.onnx").exists()

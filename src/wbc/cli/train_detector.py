@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ def train_detector(
         "--minutes allows, at most 5000)."))] = None,
     batch: Annotated[int, typer.Option(min=1, help="Crops per batch.")] = 8,
     crop: Annotated[int, typer.Option(min=64, help="Training crop side in pixels (a multiple of 16).")] = 192,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine over --iters, else over --minutes).")
+    lr: Annotated[float, typer.Option(help="Peak learning rate, > 0 (cosine over --iters, else over --minutes).")
                   ] = 2e-3,
     eval_every: Annotated[int, typer.Option(min=1, help="Validate (and export a new best) every N iterations.")
                           ] = 150,
@@ -39,6 +40,8 @@ def train_detector(
     seed: Annotated[int, typer.Option(help="Random seed (a repeatable run needs --iters too).")] = 0,
 ) -> None:
     """Train the detector on BCCD train + TXL-PBC train (validation picks the checkpoint; test is never read)."""
+    if not (math.isfinite(lr) and lr > 0):  # AdamW refused it after every field was loaded; 0 trained nothing
+        raise WbcError(f"--lr {lr}: must be a number > 0")
     from wbc.paths import data_root as resolve_root
 
     run = require_train("wbc.train.detector").train_detector

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from wbc.cli._app import app
 from wbc.cli._common import DataRootOpt, require_train, say
+from wbc.errors import WbcError
 
 
 @app.command("train-segmenter")
@@ -23,11 +25,13 @@ def train_segmenter(
                           ] = 150,
     batch: Annotated[int, typer.Option(min=1, help="Fields per batch.")] = 8,
     size: Annotated[int, typer.Option(min=32, help="Training tile size in pixels.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 3e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate, > 0 (one-cycle).")] = 3e-3,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the U-Net segmenter on the BCCD train masks (val picks the iteration; test is never read)."""
+    if not (math.isfinite(lr) and lr > 0):  # AdamW refused it after every field was loaded; 0 trained nothing
+        raise WbcError(f"--lr {lr}: must be a number > 0")
     from wbc.paths import data_root as resolve_root
 
     run = require_train("wbc.train.segmenter").train_segmenter
