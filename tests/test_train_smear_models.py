@@ -162,3 +162,19 @@ def test_a_learning_rate_that_is_no_number_above_0_is_refused_before_the_data(tm
                  "-o", str(tmp_path / "m.onnx"), cwd=tmp_path)
     assert isinstance(exc, WbcError) and str(exc) == f"--lr {float(lr)}: must be a number > 0"
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("beside", ["m.pt", "m.log.json"])
+def test_train_detector_keeps_an_existing_pt_and_log_without_overwrite(tmp_path: Path, beside: str) -> None:
+    """Only the .onnx was checked: an existing NAME.pt (the weights a fine-tuning starts from, with --init) and
+    NAME.log.json were replaced at the first checkpoint without --overwrite, although its help said it guarded the
+    .pt. Now refused in one line before anything is read."""
+    from wbc.errors import WbcError
+
+    (tmp_path / beside).write_text("precious")
+    args = ("train-detector", "--iters", "1", "--data-root", str(tmp_path / "nowhere"), "-o", str(tmp_path / "m.onnx"))
+    exc = invoke(*args, cwd=tmp_path)
+    assert isinstance(exc, WbcError) and str(exc).startswith(f"{tmp_path / beside}: exists")
+    assert "--overwrite" in str(exc) and (tmp_path / beside).read_text() == "precious"
+    exc = invoke(*args, "--overwrite", cwd=tmp_path)
+    assert isinstance(exc, WbcError) and "not readable" in str(exc)  # on to the data

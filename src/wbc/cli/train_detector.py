@@ -17,8 +17,8 @@ from wbc.errors import WbcError
 def train_detector(
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (a .pt is kept beside it).")
                       ] = Path("runs/detector/wbc_detector.onnx"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output (and its .pt).")
-                         ] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing --output (and its .pt and .log.json).")] = False,
     data_root: DataRootOpt = None,
     holdout: Annotated[str | None, typer.Option(
         help="Leave this TXL-PBC origin out (bccd, bcd, pbc): the leave-one-source-out runs.")] = None,

@@ -494,8 +494,9 @@ def train_detector(
 
     ``holdout``: a TXL-PBC origin left out of training and validation (leave-one-source-out).
     ``init``: start from a ``.pt`` this function saved (then no warm-up).
-    ``overwrite``: replace an existing ``output`` (else refused before anything is read:
-    :func:`wbc.train.export.check_new_output`).
+    ``overwrite``: replace an existing ``output``, and the ``.pt`` and ``.log.json`` beside it (else refused before
+    anything is read: :func:`wbc.train.export.check_new_output`; before wbc 0.36.0 an existing ``.pt``, the weights
+    a fine-tuning may start from, was replaced at the first checkpoint without ``--overwrite``).
     """
     if holdout is not None and holdout not in ORIGINS:
         from wbc.errors import ConfigError
@@ -504,6 +505,11 @@ def train_detector(
     from wbc.train.export import check_new_output
 
     check_new_output(output, overwrite)
+    for beside in (output.with_suffix(".pt"), output.with_suffix(".log.json")):
+        if beside.exists() and not overwrite:
+            what = "weights" if beside.suffix == ".pt" else "log"
+            raise WbcError(f"{beside}: exists (this run would write its {what} there); pass --overwrite to replace it, "
+                           "or give a new --output")
     init_state = load_init(init) if init is not None else None
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
