@@ -430,6 +430,54 @@ def test_detector_validation_holds_no_training_field(tmp_path: Path) -> None:
     assert sorted(f.name for f in build_val_set(tmp_path, holdout="pbc")) == ["B", "own"]
 
 
+def test_detector_never_trains_or_validates_on_resized_copies_of_held_out_fields(tmp_path: Path) -> None:
+    """Training copies were left out by sources.csv's bccd_image alone, which names only BCCD-origin copies: 20 BCD
+    fields of TXL-PBC train are BCCD val/test images resized to 416x416, and `wbc train-detector` trained on them
+    (5 BCCD test fields included) while its help said test is never read; validation, SHA-1 alone, picked the
+    checkpoint on TXL-PBC val fields resized from training fields or BCCD test images. All are now found by content
+    (wbc.evaluate.smears.field_thumbnail)."""
+    pytest.importorskip("torch")
+    from wbc.io import write_image
+    from wbc.train.detector import build_training_set, build_val_set
+
+    rng = np.random.default_rng(0)
+
+    def field() -> np.ndarray:  # a 640x480 field of smooth random shapes: distinct fields are far apart
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        return cv2.resize(small, (640, 480), interpolation=cv2.INTER_CUBIC)
+
+    def resized(img: np.ndarray) -> np.ndarray:
+        return cv2.resize(img, (416, 416), interpolation=cv2.INTER_AREA)
+
+    voc = ("<annotation><object><name>WBC</name><bndbox><xmin>100</xmin><ymin>100</ymin><xmax>300</xmax>"
+           "<ymax>300</ymax></bndbox></object></annotation>")
+    bccd, txl = tmp_path / "bccd", tmp_path / "txl_pbc"
+    (bccd / "ImageSets" / "Main").mkdir(parents=True)
+    (bccd / "Annotations").mkdir()
+    fields = {}
+    for split, name in (("train", "A"), ("val", "B"), ("test", "C")):
+        (bccd / "ImageSets" / "Main" / f"{split}.txt").write_text(f"{name}\n")
+        fields[name] = field()
+        write_image(bccd / "JPEGImages" / f"{name}.jpg", fields[name])
+        (bccd / "Annotations" / f"{name}.xml").write_text(voc)
+    fields["own"] = field()
+    txl_fields = {("train", "copy_of_B"): resized(fields["B"]), ("train", "copy_of_C"): resized(fields["C"]),
+                  ("train", "own"): fields["own"], ("val", "copy_of_own"): resized(fields["own"]),
+                  ("val", "val_copy_of_C"): resized(fields["C"]), ("val", "val_own"): resized(field())}
+    rows = ["split,stem,origin,bccd_image,width,height"]
+    for (split, stem), img in txl_fields.items():
+        write_image(txl / "images" / split / f"{stem}.jpg", img)
+        (txl / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (txl / "labels" / split / f"{stem}.txt").write_text("0 0.3 0.4 0.3 0.4\n")
+        rows.append(f"{split},{stem},bcd,,{img.shape[1]},{img.shape[0]}")
+    (txl / "sources.csv").write_text("\n".join(rows) + "\n")
+    assert sorted(f.name for f in build_training_set(tmp_path)) == ["A", "own"]
+    assert sorted(f.name for f in build_val_set(tmp_path)) == ["B", "val_own"]
+    (bccd / "JPEGImages" / "C.jpg").unlink()
+    with pytest.raises(WbcError, match=r"C\.jpg: .*its copies in TXL-PBC train cannot be left out of training"):
+        build_training_set(tmp_path)
+
+
 @pytest.mark.slow
 def test_train_detector_with_iters_is_repeatable(tmp_path: Path) -> None:
     """With --iters the learning rate follows the iterations, not the wall clock: two runs with one seed give the

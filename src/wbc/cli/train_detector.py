@@ -39,7 +39,9 @@ def train_detector(
     threads: Annotated[int, typer.Option(min=1, help="CPU threads.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed (a repeatable run needs --iters too).")] = 0,
 ) -> None:
-    """Train the detector on BCCD train + TXL-PBC train (validation picks the checkpoint; test is never read)."""
+    """Train the detector on BCCD train + TXL-PBC train, without copies (resized too) of BCCD val and test fields;
+    validation (TXL-PBC val + BCCD val, without copies of training or BCCD test fields) picks the checkpoint. No test
+    field is trained or validated on: BCCD test's images are read only to find their copies."""
     if not (math.isfinite(lr) and lr > 0):  # AdamW refused it after every field was loaded; 0 trained nothing
         raise WbcError(f"--lr {lr}: must be a number > 0")
     from wbc.paths import data_root as resolve_root

@@ -687,9 +687,12 @@ def txl_files(root: Path, split: str, origins: tuple[str, ...] = TXL_ORIGINS,
 
 def training_files(root: Path, holdout: str | None = None, errors: list[tuple[str, str]] | None = None
                    ) -> tuple[set[str], list[Path]]:
-    """What `wbc train-detector` trains on (:func:`wbc.train.detector.build_training_set`), without decoding it: the
-    BCCD image names and the image files (BCCD train's fields whose annotation cannot be read are listed in ``errors``
-    when given, as :func:`load_bccd` does, instead of raising)."""
+    """What wbc's shipped detector trained on, without decoding it: the BCCD image names and the image files (BCCD
+    train's fields whose annotation cannot be read are listed in ``errors`` when given, as :func:`load_bccd` does,
+    instead of raising). It was not retrained when `wbc train-detector` began to leave out TXL-PBC train's resized
+    copies of BCCD val and test fields (wbc 0.36.0, :func:`wbc.train.detector.txl_training_files`): it trained on
+    them, and these files hold them, so that its scores leave out those BCCD fields; a detector trained since trained
+    on a subset of these files."""
     keep_out = bccd_names(root, "test") | bccd_names(root, "val")
     origins = tuple(o for o in TXL_ORIGINS if o != holdout)
     files = [img for _, img in txl_files(root, "train", origins, keep_out)]
@@ -759,6 +762,13 @@ def training_index(root: Path) -> TrainingIndex:
         _, files = training_files(root, errors=errors)
     except WbcError as exc:
         return TrainingIndex(frozenset(), np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.float32), str(exc))
+    return file_index(files, errors)
+
+
+def file_index(files: Sequence[Path], errors: list[tuple[str, str]] | None = None) -> TrainingIndex:
+    """The SHA-1 and thumbnails of ``files`` as a :class:`TrainingIndex`, to find their copies; a file that cannot be
+    read is not indexed, listed in ``errors`` (when given) and counted in ``not_checked``."""
+    errors = [] if errors is None else errors
     hashes: set[str] = set()
     thumbs: list[np.ndarray] = []
     for f in files:

@@ -7,10 +7,11 @@ Data (read-only, under the data root):
 
 * BCCD *train* split: VOC WBC boxes and the nucleus/cytoplasm masks (the only source of outlines);
 * TXL-PBC *train* split, all three origins (BCCD 640x480, BCD 416x416, PBC 360x363 at 100x): WBC boxes.
-  TXL fields that are copies of BCCD *test* or *val* images (``sources.csv`` ``bccd_image``) are left out, but
-  ``sources.csv`` names only the BCCD-origin copies: 20 BCD-origin fields are BCCD val/test images resized to
-  416x416, and the shipped detector trained on them. Its scores leave such fields out instead
-  (``wbc.evaluate.smears``, found by content, resized or not; docs/smear_analysis.md). ``holdout`` (``--holdout
+  TXL fields that are copies of BCCD *test* or *val* images are left out (:func:`txl_training_files`): those
+  ``sources.csv`` names (``bccd_image``, the BCCD-origin copies) and, since wbc 0.36.0, those found by content, byte
+  for byte or resized (``wbc.evaluate.smears.field_thumbnail``: 20 BCD-origin fields are BCCD val/test images resized
+  to 416x416). The shipped detector trained on those 20 and was not retrained; its scores leave the BCCD fields they
+  copy out instead (``wbc.evaluate.smears.training_files``; docs/smear_analysis.md). ``holdout`` (``--holdout
   ORIGIN``) leaves a TXL origin out (and, for ``bccd``, the BCCD fields too) for the leave-one-source-out table.
 
 Every field is cached once as uint8, resized so its median WBC box side is :data:`CACHE_WBC` px.
@@ -19,15 +20,16 @@ A sample rescales a cached field so that WBCs are 0.3-3x :data:`~wbc.segment.det
 (padded with background), jitters hue/saturation/brightness/contrast/gamma, blurs (out-of-focus fields)
 and adds noise, flips and turns. Validation (TXL-PBC val and BCCD val) runs the inference code itself
 (:class:`ValDetector`: scale estimate, refinement, decoding), and picks the checkpoint by detection F1
-plus the mask Dice; TXL-PBC val fields that copy a BCCD train image, or any training field byte for byte,
-are left out of it (:func:`build_val_set`). The BCCD test split and the TXL-PBC test split are never read here.
+plus the mask Dice; TXL-PBC val fields that copy a BCCD train image, or any training field byte for byte or
+(since wbc 0.36.0) resized, are left out of it (:func:`build_val_set`). Neither test split is trained or validated
+on: the TXL-PBC test split is never read, and BCCD test's images only to find their copies in TXL-PBC train.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +41,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wbc.data import file_sha1
 from wbc.errors import WbcError
-from wbc.evaluate.smears import TXL_ORIGINS, bccd_names, load_bccd, read_gt_mask, trained_on, txl_files
+from wbc.evaluate.smears import (
+    TXL_ORIGINS,
+    TrainingIndex,
+    bccd_names,
+    file_index,
+    load_bccd,
+    read_gt_mask,
+    txl_files,
+)
 from wbc.io import atomic_write_text, read_image
 from wbc.segment import detector as D
 
@@ -170,11 +179,12 @@ def load_init(init: Path) -> dict[str, torch.Tensor]:
 
 
 def load_txl(root: Path, split: str, origins: tuple[str, ...] = ORIGINS, exclude_bccd: AbstractSet[str] = frozenset(),
-             cache: bool = True) -> list[Field]:
-    """TXL-PBC fields of ``split`` from ``origins``; copies of the BCCD images in ``exclude_bccd`` left out."""
+             cache: bool = True, files: Sequence[tuple[dict[str, str], Path]] | None = None) -> list[Field]:
+    """TXL-PBC fields of ``split`` from ``origins``; copies of the BCCD images in ``exclude_bccd`` left out. ``files``:
+    these ``sources.csv`` rows and files instead (:func:`txl_training_files`)."""
     out = []
     txl = root / "txl_pbc"
-    for r, img in txl_files(root, split, origins, exclude_bccd):
+    for r, img in txl_files(root, split, origins, exclude_bccd) if files is None else files:
         rgb = read_image(img)
         boxes = _yolo_boxes(txl / "labels" / split / f"{r['stem']}.txt", rgb.shape[1], rgb.shape[0])
         default = {"bccd": 214.0, "bcd": 152.0, "pbc": 134.0}[r["origin"]]
@@ -428,11 +438,35 @@ def export(net: DetectorNet, path: Path, meta: dict[str, str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def build_training_set(root: Path, holdout: str | None = None) -> list[Field]:
-    """BCCD train (masks) + TXL-PBC train, BCCD val/test copies removed; ``holdout`` origin left out."""
+def txl_training_files(root: Path, holdout: str | None = None) -> list[tuple[dict[str, str], Path]]:
+    """The ``sources.csv`` rows and files of the TXL-PBC train fields :func:`build_training_set` trains on: the
+    origins but ``holdout``, without copies of BCCD val and test images, those ``sources.csv`` names (``bccd_image``)
+    and those found by content, byte for byte or resized (:class:`wbc.evaluate.smears.TrainingIndex`: before wbc
+    0.36.0, 20 BCD-origin fields that are BCCD val/test images resized to 416x416 were trained on, and 5 BCCD test
+    fields' scores were partly training numbers). A BCCD val or test image that cannot be read is a :class:`WbcError`
+    naming it: its copies could not be left out."""
     keep_out = bccd_names(root, "test") | bccd_names(root, "val")
+    errors: list[tuple[str, str]] = []
+    held = file_index([root / "bccd" / "JPEGImages" / f"{n}.jpg" for n in sorted(keep_out)], errors)
+    if errors:
+        raise WbcError(f"{errors[0][1]} (a BCCD val or test image: its copies in TXL-PBC train cannot be left out of "
+                       "training)")
     origins = tuple(o for o in ORIGINS if o != holdout)
-    fields = load_txl(root, "train", origins, exclude_bccd=keep_out)
+    return [(r, img) for r, img in txl_files(root, "train", origins, keep_out) if not _copies(held, img)]
+
+
+def _copies(index: TrainingIndex, path: Path) -> bool:
+    """Whether ``path`` copies a file of ``index``; a file that cannot be read is no copy (its loading names it)."""
+    try:
+        return index.copies(path)
+    except OSError:
+        return False
+
+
+def build_training_set(root: Path, holdout: str | None = None) -> list[Field]:
+    """BCCD train (masks) + TXL-PBC train (:func:`txl_training_files`: BCCD val/test copies removed, resized ones
+    too); ``holdout`` origin left out."""
+    fields = load_txl(root, "train", files=txl_training_files(root, holdout))
     if holdout != "bccd":
         fields += load_bccd_fields(root, "train")
     return fields
@@ -441,15 +475,25 @@ def build_training_set(root: Path, holdout: str | None = None) -> list[Field]:
 def build_val_set(root: Path, holdout: str | None = None, per_origin: int | None = None) -> list[Field]:
     """TXL-PBC val (the training origins) + BCCD val, uncached, without any field the training set holds.
 
-    TXL-PBC's val fields that copy a BCCD train (or test) image are left out, and so is any field
-    byte-identical to a training field.
+    TXL-PBC's val fields that copy a BCCD train (or test) image are left out, and so is any field that copies a
+    training field or a BCCD test image byte for byte or, since wbc 0.36.0, resized
+    (:class:`wbc.evaluate.smears.TrainingIndex`). Before, the checkpoint was chosen on 9 TXL-PBC val fields resized
+    from training fields and 2 resized from BCCD test images, and on the 15 BCCD val fields whose resized copies were
+    trained on (now left out of training instead, :func:`txl_training_files`).
     """
     origins = tuple(o for o in ORIGINS if o != holdout)
-    names, hashes = trained_on(root, holdout)
+    trained = [img for _, img in txl_training_files(root, holdout)]
+    names: set[str] = set()
+    if holdout != "bccd":
+        bccd_train = load_bccd(root, "train")
+        names = {it.name for it in bccd_train}
+        trained += [it.image for it in bccd_train]
+    test = [root / "bccd" / "JPEGImages" / f"{n}.jpg" for n in sorted(bccd_names(root, "test"))]
+    index = file_index([*trained, *test])
     fields = load_txl(root, "val", origins, exclude_bccd=bccd_names(root, "test") | names, cache=False)
     if holdout != "bccd":
         fields += load_bccd_fields(root, "val", cache=False)
-    fields = [f for f in fields if f.path is None or file_sha1(f.path) not in hashes]
+    fields = [f for f in fields if f.path is None or not _copies(index, f.path)]
     if per_origin:
         rng = np.random.default_rng(0)
         out = []
