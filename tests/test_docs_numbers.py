@@ -157,3 +157,28 @@ def test_the_shipped_models_bccd_smear_subtype_accuracy_is_what_the_docs_say(rea
     assert f"{fixed(100 * raw['accuracy'])} % with `--no-colour-calibration`, as 1.4.0 was measured" in card
     said = re.search(r"(\d+) % of the cells it finds in whole smears \(`wbc evaluate-smears`", README)
     assert said is not None and int(said[1]) == round(100 * shipped["accuracy"])
+
+
+def test_the_bccd_test_smear_numbers_in_smear_analysis_are_what_evaluate_smears_writes(real_data: Path,
+                                                                                        tmp_path: Path) -> None:
+    """docs/smear_analysis.md said `wbc evaluate-smears` gave BCCD test subtype accuracy 0.812 and precision 0.947
+    with the unboxed WBCs ignored, and issue #14's paragraph nucleus Dice 0.936 and precision 0.899: the 72-field
+    numbers from before wbc 0.34.0 left out 5 resized copies of training fields, while the command wrote 0.797
+    (n=59), 0.943, 0.934 and 0.892 on 67 fields."""
+    from wbc.counts import fixed
+
+    _wbc("evaluate-smears", "--output", "es", cwd=tmp_path)
+    m = json.loads((tmp_path / "es" / "metrics.json").read_text())
+    d, di, s, sub = m["detection"], m["detection_ignore_unannotated"], m["segmentation"], m["subtype"]
+    text = (ROOT / "docs" / "smear_analysis.md").read_text(encoding="utf-8").replace("\n", " ")
+    assert m["n_images"] == 67 and len(m["trained_on_left_out"]) == 5
+    right = round(sub["accuracy"] * sub["n"])
+    assert (f"`wbc evaluate-smears` itself scores the {m['n_images']} fields left without the 5 resized copies of "
+            f"training fields") in text
+    assert (f"precision {fixed(d['precision'], 3)}, {fixed(di['precision'], 3)} with the unboxed WBCs ignored, "
+            f"nucleus / cell Dice {fixed(s['nucleus_dice'], 3)} / {fixed(s['cell_dice'], 3)}, and BCCD test subtype "
+            f"accuracy {fixed(sub['accuracy'], 3)} ({right} of {sub['n']};") in text
+    assert (f"nucleus Dice {fixed(s['nucleus_dice'], 3)} (>= 0.93), cell Dice {fixed(s['cell_dice'], 3)} (>= 0.90): "
+            f"met") in text
+    assert f"BCCD test precision ({fixed(d['precision'], 3)};" in text
+    assert "unchanged at 0.812" not in text
