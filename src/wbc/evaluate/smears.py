@@ -1255,7 +1255,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
             *(["Subtype labels come from a public Kaggle release of BCCD (another lab, camera and stain than",
                "the PBC training data; a few labels look wrong): read them as a transfer check, not as the",
                "classifier's accuracy."] if metrics.get("dataset", "BCCD") == "BCCD" else
-              ["Subtype labels are the names of the fields' one WBC box (where it is named by a subtype)."]),
+              ["Subtype labels are the folder's own (single_wbc_labels.csv, or a field's one WBC box's name)."]),
         ]
     if sub and sub.get("not_scored"):
         lines += ["", not_scored_note(sub) + "."]
