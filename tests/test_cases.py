@@ -828,6 +828,39 @@ def test_cases_create_names_the_files_it_leaves_out(tmp_path: Path, model_path: 
     assert res.exit_code == 0 and "link.png: link to a missing file" in out and "(.heic 1)" in out, out
 
 
+def test_cases_create_leaves_out_wbc_s_annotated_pngs_as_analyze_does(tmp_path: Path, model_path: Path) -> None:  # noqa: F811
+    """`wbc analyze slide -o slide/results`, then `wbc cases create S slide`: the annotated copies under slide/results
+    are wbc's drawings of the fields. `wbc analyze` leaves them out (wbc.batch.drop_annotated_fields); `wbc cases
+    create` analysed them as fields, counting every cell twice and "cells" in the drawn labels (before wbc 0.36.0).
+    A drawing named as a file is taken, as `wbc analyze` takes it; one alone in its folders is refused in one line."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from wbc.batch import tag_annotated
+    from wbc.cli import app
+
+    slide = tmp_path / "slide"
+    (slide / "results").mkdir(parents=True)
+    bgr = synthetic_smear(n_wbc=2, seed=5)[0][:, :, ::-1]
+    cv2.imwrite(str(slide / "field.png"), bgr)
+    drawn = cv2.imencode(".png", cv2.rectangle(bgr.copy(), (5, 5), (60, 60), (0, 0, 255), 2))[1].tobytes()
+    (slide / "results" / "field.png").write_bytes(tag_annotated(drawn))  # as wbc analyze writes it
+    store = tmp_path / "store"
+    run = CliRunner().invoke
+    opts = ["--store", f"{store}/", "--model", str(model_path), "--segmenter", "classical"]
+    res = run(app, ["cases", "create", "S-1", str(slide), *opts])
+    assert res.exit_code == 0, res.output
+    assert [f["image"] for f in CaseStore.open(store).case_document("S-1")["fields"]] == ["field.png"]
+    out = " ".join(res.output.split())
+    assert f"left out 1 image(s) in output folders of wbc ({slide / 'results'}/): annotated results" in out, out
+    res = run(app, ["cases", "create", "S-2", str(slide / "results"), *opts])
+    assert res.exit_code == 1 and str(res.exception) == (
+        f"every image found (1) is in an output folder of wbc ({slide / 'results'}): annotated results, not smear "
+        "fields"), res.exception
+    res = run(app, ["cases", "create", "S-3", str(slide / "results" / "field.png"), *opts])  # asked for by name
+    assert res.exit_code == 0, res.output
+
+
 def test_cases_create_names_every_unreadable_field_by_its_path_and_checks_the_name_first(
         tmp_path: Path, model_path: Path) -> None:  # noqa: F811
     """`wbc cases create` stopped at the first field it could not analyse, named it by its base name only (which

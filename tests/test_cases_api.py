@@ -174,6 +174,22 @@ def test_the_same_image_twice_makes_no_case(client: TestClient) -> None:
     assert r.status_code == 201 and [f["image"] for f in r.json()["fields"]] == ["a.png", "b.png"]
 
 
+def test_post_cases_refuses_an_annotated_png_of_wbc(client: TestClient) -> None:
+    """A field and wbc's annotated PNG of it chosen together made a case of both: the drawing's cells counted again,
+    plus "cells" in its labels (before wbc 0.36.0). `wbc analyze` leaves such a PNG out; the page refuses it by name."""
+    from wbc.batch import tag_annotated
+
+    field = png_bytes(synthetic_smear(n_wbc=2, seed=32)[0])
+    files = [("files", ("field.png", field, "image/png")),
+             ("files", ("field_annotated.png", tag_annotated(field), "image/png"))]
+    r = client.post("/cases", data={"name": "ANNOT", "user": "me"}, files=files)
+    assert r.status_code == 422 and r.json()["error"] == "annotated_field", r.text
+    assert r.json()["detail"].startswith("field_annotated.png is an annotated result of wbc"), r.text
+    assert [e["filename"] for e in r.json()["errors"]] == ["field_annotated.png"]
+    assert all(c["name"] != "ANNOT" for c in client.get("/cases").json()["cases"])
+    assert client.post("/cases", data={"name": "ANNOT", "user": "me"}, files=files[:1]).status_code == 201
+
+
 def test_a_case_name_the_store_refuses_is_refused_before_any_field_is_analysed(classifier,  # noqa: F811
                                                                               tmp_path: Path) -> None:
     """The store checked a new case's name (taken, blank) and user (a control character) only once every field had

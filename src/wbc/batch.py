@@ -219,10 +219,8 @@ def plan_run(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike
     folders below it are."""
     inputs = list(inputs)
     out = Path(output).resolve() if output is not None else None
-    named = {Path(i).resolve() for i in inputs if Path(i).is_file()}
     seen: set[Path] = set()
-    paths, ours = [], 0
-    earlier: dict[str, int] = {}
+    found, ours = [], 0
     for p in iter_image_paths(inputs):
         real = p.resolve()
         if real in seen:
@@ -231,10 +229,8 @@ def plan_run(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike
         if out is not None and real.parent == out:
             ours += 1
             continue
-        if real not in named and is_annotated_field(real):
-            earlier[str(p.parent)] = earlier.get(str(p.parent), 0) + 1
-            continue
-        paths.append(p)
+        found.append(p)
+    paths, earlier = drop_annotated_fields(inputs, found)
     if not paths:
         if ours and not earlier:
             raise WbcError(f"every image found ({ours}) is in the output folder {output}: give another --output")
@@ -244,6 +240,23 @@ def plan_run(inputs: Iterable[str | os.PathLike[str]], output: str | os.PathLike
                            f"({folders}): annotated results, not smear fields")
         raise WbcError(no_images_message(inputs))
     return [Job(str(p), s) for p, s in zip(paths, unique_stems(paths), strict=True)], earlier
+
+
+def drop_annotated_fields(inputs: Iterable[str | os.PathLike[str]], paths: Iterable[Path]
+                          ) -> tuple[list[Path], dict[str, int]]:
+    """``paths`` (images found under ``inputs``) without the annotated PNGs of wbc among them
+    (:func:`is_annotated_field`), and how many it left out in each folder. A file ``inputs`` name is kept: asked for
+    by name, it is analysed. The one rule of every command that takes smear fields from folders (`wbc analyze`, `wbc
+    cases create`), so that none counts an earlier run's drawings of the fields as fields."""
+    named = {Path(i).resolve() for i in inputs if Path(i).is_file()}
+    kept: list[Path] = []
+    earlier: dict[str, int] = {}
+    for p in paths:
+        if p.resolve() not in named and is_annotated_field(p.resolve()):
+            earlier[str(p.parent)] = earlier.get(str(p.parent), 0) + 1
+        else:
+            kept.append(p)
+    return kept, earlier
 
 
 def is_annotated_field(path: Path) -> bool:
@@ -269,15 +282,24 @@ def tag_annotated(png: bytes) -> bytes:
             + png[_AFTER_IHDR:])
 
 
+#: What :func:`tag_annotated` puts right after a PNG's header: the chunk's length, its type and the tag.
+_TAG_CHUNK = struct.pack(">I", len(ANNOTATED_TAG)) + b"tEXt" + ANNOTATED_TAG
+
+
 def has_annotated_tag(path: Path) -> bool:
     """Whether the PNG at ``path`` carries :data:`ANNOTATED_TAG` where :func:`tag_annotated` puts it (a short read)."""
-    want = struct.pack(">I", len(ANNOTATED_TAG)) + b"tEXt" + ANNOTATED_TAG
     try:
         with open(path, "rb") as f:
-            head = f.read(_AFTER_IHDR + len(want))
+            head = f.read(_AFTER_IHDR + len(_TAG_CHUNK))
     except OSError:
         return False
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[_AFTER_IHDR:] == want
+    return is_tagged_png(head)
+
+
+def is_tagged_png(data: bytes) -> bool:
+    """Whether ``data`` (a file's bytes, or its first ones) is a PNG wbc tagged as an annotated field
+    (:func:`tag_annotated`): how an upload, which has no path nor JSON beside it, is told from a smear field."""
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and data[_AFTER_IHDR:_AFTER_IHDR + len(_TAG_CHUNK)] == _TAG_CHUNK
 
 
 def check_overwrites(out: Path, todo: Sequence[Job], inputs: Sequence[Job], draw: bool) -> None:

@@ -287,21 +287,32 @@ def create_case(
     """Analyse smear fields as one new case, for review in the web page (`wbc serve`, /review).
 
     A file whose content is already in the case (named twice, a folder and a file in it, a copy under another
-    name) is skipped with a warning: each image is counted once. Files left out of the folders (other formats,
-    links to missing files) are named; every field that cannot be analysed is named, and then no case is created."""
+    name) is skipped with a warning: each image is counted once. The annotated PNGs an earlier `wbc analyze` wrote
+    in the folders are left out and said, as `wbc analyze` leaves them out. Files left out of the folders (other
+    formats, links to missing files) are named; every field that cannot be analysed is named, and then no case is
+    created."""
     from wbc.analyze import analyze_bytes
+    from wbc.batch import drop_annotated_fields
     from wbc.cases.store import clean_name, create_case_from_fields, file_digest, prepare_field
     from wbc.cli._common import note_foreign_images
+    from wbc.cli.analyze import note_earlier_outputs
     from wbc.io import iter_image_paths, no_images_message, read_bytes
     from wbc.model import load_model
     from wbc.segment import get_segmenter
     from wbc.smear_look import NOT_A_SMEAR_WARNING
 
     n = clean_name(name)  # a name the store refuses fails before any field is read (it failed after all were analysed)
-    files = list(iter_image_paths(paths))
+    found = list(iter_image_paths(paths))
+    # wbc analyze's rule: an earlier run's annotated PNGs (slide/results/) are no fields; before wbc 0.36.0 a case
+    # counted each field twice, its drawing's labels adding "cells"
+    files, earlier = drop_annotated_fields(paths, found)
     note_foreign_images(paths)  # as wbc analyze: a phone's HEIC, a link to a missing file were dropped in silence
     if not files:
+        if earlier:
+            raise WbcError(f"every image found ({len(found)}) is in an output folder of wbc ({', '.join(earlier)}): "
+                           "annotated results, not smear fields")
         raise WbcError(no_images_message(paths))
+    note_earlier_outputs(earlier)
     seen: dict[str, Path] = {}
     unique = []
     for p in files:

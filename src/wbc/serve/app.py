@@ -193,7 +193,7 @@ ERROR_STATUSES: dict[int, str] = {
     413: "`too_large` (also a form text field over 1 MiB), `too_many_pixels`, `too_many_files`",
     415: "`unsupported_media_type` (not multipart/form-data), `unreadable_image` / `no_readable_image` (not an image)",
     422: "`invalid_request`, `unreadable_image`, `no_readable_image`, `unprocessable`, `analysis_failed`, "
-         "`bad_classes`, `invalid_counts`, `invalid_case`, `duplicate_field`",
+         "`bad_classes`, `invalid_counts`, `invalid_case`, `duplicate_field`, `annotated_field`",
     429: "`rate_limited`: over the API key's rate limit (`Retry-After`)",
     503: "`busy`: too many requests wait for an inference slot (`Retry-After`); `no_case_store`: the server runs "
          "without a case store; `store_unavailable`: the store is locked by another program, read-only or unreachable "

@@ -216,6 +216,17 @@ async def create_case(
             raise UploadProblem(422, "duplicate_field", f"{fname} is the same image as {seen[digest]} (identical "
                                 f"file content, SHA-1 {digest[:12]}): send each field once; no case was created")
         seen[digest] = fname
+    # wbc's own drawing of a field (`wbc analyze`'s annotated PNG, tagged so) is no field: `wbc analyze` and `wbc cases
+    # create` leave it out of folders (wbc.batch.drop_annotated_fields); uploaded, it counted each cell again, plus
+    # "cells" in its drawn labels (before wbc 0.36.0)
+    tagged = [fname for fname, up in zip(fnames, uploads, strict=True) if await run_in_threadpool(annotated_upload, up)]
+    if tagged:
+        which = f"{tagged[0]} is an annotated result" if len(tagged) == 1 else \
+            f"{len(tagged)} of {len(uploads)} files are annotated results"
+        raise UploadProblem(422, "annotated_field", f"{which} of wbc (a field with its cells outlined and labelled by "
+                            "`wbc analyze`), not a smear field: send the field itself; no case was created",
+                            [{"filename": f, "error": f"{f}: an annotated result of wbc, not a smear field"}
+                             for f in tagged])
     clf, seg = state.classifier, state.segmenter
     fields: list[PreparedField] = []
     errors: list[dict[str, str]] = []
@@ -291,6 +302,17 @@ def check_new_case(store: CaseStore, name: str, user: str) -> None:
         if re.fullmatch(r"[0-9]{1,18}", n) and all(c.name != n for c in store.list_cases()):
             return  # digits found as another case's id only: no case has this name
     raise CaseError(f"a case named {n!r} already exists")
+
+
+def annotated_upload(upload: UploadFile) -> bool:
+    """Whether an uploaded file is an annotated field wbc wrote (:func:`wbc.batch.is_tagged_png`; the file is left at
+    its start)."""
+    from wbc.batch import is_tagged_png
+
+    upload.file.seek(0)
+    head = upload.file.read(128)
+    upload.file.seek(0)
+    return is_tagged_png(head)
 
 
 def upload_digest(upload: UploadFile) -> str:
