@@ -1921,3 +1921,25 @@ def test_switching_a_store_to_wal_waits_for_another_programs_lock(tmp_path: Path
         release.join()
         other.close()
         holder.close()
+
+
+def test_plain_summary_names_erythroblasts_and_objects_left_out_when_no_wbc_is_counted(
+        store: CaseStore, classifier) -> None:  # noqa: F811
+    """A signed case whose only call is an erythroblast (the other object marked not a WBC) said in plain words "No
+    white blood cell could be counted" and stopped: nothing of the erythroblast its table shows, nor of the object left
+    out (before wbc 0.36.0)."""
+    from wbc.cases.report import plain_summary
+
+    rgb, res = _field_with_cells([((40, 40, 140, 140), "erythroblast", 0.71, True),
+                                  ((300, 300, 400, 400), "neutrophil", 0.6, True)])
+    cid = create_case_from_fields(store, "NRBC-1", [("f.png", rgb, res)], classifier)
+    other = next(c for c in store.case_document(cid)["cells"] if c["model_label"] == "neutrophil")
+    store.reclassify(cid, other["id"], NOT_WBC, "A. Tech")
+    store.sign_off(cid, "Dr. B")
+    doc = store.case_document(cid)
+    assert doc["differential"]["total"] == 0
+    words = " ".join(plain_summary(doc))
+    assert "No white blood cell could be counted, so no differential is given." in words
+    assert ("The software called 1 erythroblast (cells that normally stay in the bone marrow); nobody opened it before "
+            "sign-off") in words, words
+    assert "1 object(s) were not white blood cells and 0 could not be identified; they are not counted." in words

@@ -110,6 +110,8 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
                    "numbers with those warnings in mind.")
     if total == 0:
         out.append("No white blood cell could be counted, so no differential is given.")
+        out.extend(immature_sentences(doc))
+        out.extend(excluded_sentences(doc))
         return out
     rows = sorted((r for r in diff["rows"] if r["count"]), key=lambda r: -r["count"])
     wbcs = [r for r in rows if r["class"] not in PER_100_WBC]  # NRBCs and platelets are counted per 100 WBCs
@@ -123,13 +125,20 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
                f"{display_name(r0['class'])}s is likely (95 % confidence) between {fixed(r0['ci95_low'], 0)} % and "
                f"{fixed(r0['ci95_high'], 0)} %. Counting more cells narrows these ranges.")
     out.extend(immature_sentences(doc))
-    excluded = diff["excluded"]
-    if excluded.get(NOT_WBC) or excluded.get(UNIDENTIFIABLE):
-        out.append(f"{excluded.get(NOT_WBC, 0)} object(s) were not white blood cells and "
-                   f"{excluded.get(UNIDENTIFIABLE, 0)} could not be identified; they are not counted.")
+    out.extend(excluded_sentences(doc))
     out.append("This is a cell count, not a diagnosis: a doctor reads it with the lab's reference ranges and the "
                "patient's history.")
     return out
+
+
+def excluded_sentences(doc: Mapping[str, Any]) -> list[str]:
+    """What the summary says of the objects left out of the count (not a WBC, unidentifiable), also when no WBC was
+    counted: before wbc 0.36.0 such a summary stopped at "no differential is given"."""
+    excluded = doc["differential"]["excluded"]
+    if excluded.get(NOT_WBC) or excluded.get(UNIDENTIFIABLE):
+        return [f"{excluded.get(NOT_WBC, 0)} object(s) were not white blood cells and "
+                f"{excluded.get(UNIDENTIFIABLE, 0)} could not be identified; they are not counted."]
+    return []
 
 
 def immature_sentences(doc: Mapping[str, Any]) -> list[str]:
