@@ -1181,7 +1181,7 @@ def test_a_signed_case_reports_the_differential_that_was_signed(store: CaseStore
     total = signed["differential"]["total"]
     assert doc["numbers_now"]["wbc_version"] == "9.9.9" and doc["numbers_now"]["differential"]["total"] == 2 * total
     html = render_html(store, cid)
-    assert f">{total} white cells counted (reviewed calls)" in html
+    assert f">{total} white cells counted: 0 reviewed, " in html
     assert (f"as signed off, computed by wbc {signed['numbers_by']}; wbc 9.9.9 computes other numbers from the same "
             f"calls ({2 * total} white cells counted, not {total})") in html
     assert render_pdf(store, cid)[:4] == b"%PDF"
@@ -1294,7 +1294,10 @@ def test_the_report_says_which_cells_a_person_reviewed(store: CaseStore, fields,
     words = " ".join(plain_summary(doc))
     assert "checked every" not in words
     assert f"A. Tech reviewed 2 of {n} cells ({k} of {n_flagged} flagged) one by one" in words
-    assert f"The other {n - 2} were not opened: the software's calls for them were accepted at sign-off" in words
+    u = sum(c["model_review"] and not c["reviewed"] for c in doc["cells"])
+    flagged = f" ({u} of them flagged by the software for review)" if u else ""
+    assert (f"The other {n - 2} were not opened{flagged}: the software's calls for them were accepted at "
+            "sign-off") in words
     page = render_html(store, cid)
     for text in (page, pdf_paragraphs(monkeypatch, store, cid)):
         assert "confirmed or corrected" not in text and "checked every" not in text
@@ -1943,3 +1946,38 @@ def test_plain_summary_names_erythroblasts_and_objects_left_out_when_no_wbc_is_c
     assert ("The software called 1 erythroblast (cells that normally stay in the bone marrow); nobody opened it before "
             "sign-off") in words, words
     assert "1 object(s) were not white blood cells and 0 could not be identified; they are not counted." in words
+
+
+def test_the_differential_note_does_not_call_unreviewed_calls_reviewed(store: CaseStore, classifier,  # noqa: F811
+                                                                      monkeypatch) -> None:
+    """Both reports said "N white cells counted (reviewed calls)" (the PDF's heading "Differential (reviewed)") of a
+    draft nobody had reviewed, and of a signed case whose counted cells were nearly all the model's flagged calls,
+    never opened (before wbc 0.36.0). The note says how many counted cells a person reviewed and how many are the
+    model's calls, flagged or not; the plain words say the unopened ones were flagged."""
+    from wbc.cases.report import counted_note, plain_summary, render_html
+
+    rgb, res = _field_with_cells([((40, 40, 140, 140), "neutrophil", 0.99, False),
+                                  ((200, 200, 300, 300), "lymphocyte", 0.6, True),
+                                  ((400, 100, 500, 200), "monocyte", 0.6, True),
+                                  ((300, 300, 400, 400), "erythroblast", 0.7, True)])  # outside the total
+    cid = create_case_from_fields(store, "D-1", [("f.png", rgb, res)], classifier)
+    html = render_html(store, cid)
+    from html import unescape
+
+    note = unescape(re.search(r'id="differential-note">([^<]*)<', html).group(1)).split("; ")[0]
+    assert note == ("3 white cells counted: 0 reviewed, 3 the model's calls not reviewed yet (2 of them flagged for "
+                    "review)")
+    assert "reviewed calls" not in html
+    lymph = next(c for c in store.case_document(cid)["cells"] if c["model_label"] == "lymphocyte")
+    store.reclassify(cid, lymph["id"], "lymphocyte", "A. Tech")
+    store.sign_off(cid, "Dr. B")
+    doc = store.case_document(cid)
+    note = ("3 white cells counted: 1 reviewed, 2 the model's calls accepted at sign-off without being opened (1 of "
+            "them flagged for review)")
+    assert counted_note(doc) == note
+    pdf = pdf_paragraphs(monkeypatch, store, cid)
+    assert note in pdf and "Differential (reviewed)" not in pdf and "reviewed calls" not in pdf
+    assert ("The other 3 were not opened (2 of them flagged by the software for review): the software's calls for them "
+            "were accepted at sign-off.") in " ".join(plain_summary(doc))
+    js = (Path(__file__).parents[1] / "src/wbc/serve/static/review.js").read_text()
+    assert "white cells counted (reviewed calls)" not in js and "function countedNote(d)" in js

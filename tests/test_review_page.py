@@ -351,6 +351,26 @@ def test_a_case_of_only_nrbcs_and_platelets_shows_no_rate(review) -> None:
     assert "? 0 white cells counted, " in page.locator("#confirm-text").inner_text()
 
 
+def test_the_differential_caption_says_how_many_counted_cells_were_reviewed(review) -> None:
+    """The caption read "N white cells counted (reviewed calls)" whatever was reviewed (before wbc 0.36.0): of a case
+    nobody had opened too. It says what the case report says (wbc.cases.report.counted_note), before and after a
+    label."""
+    from wbc.cases.report import counted_note
+
+    page, base = review
+    c = open_new_case(page, base, "counted note", 48, n_wbc=3)
+    caption = page.locator("#review-diff-caption").inner_text()
+    doc = case_on_server(base, c)
+    assert "reviewed calls" not in caption and caption.startswith(counted_note(doc) + "; model's counts"), caption
+    cell = next(x["id"] for x in doc["cells"] if x["label"] != "erythroblast")  # a counted cell
+    page.click(f"#gallery [data-cell='{cell}']")
+    page.keyboard.press("Enter")  # confirms its call
+    page.wait_for_function("id => state.doc.cells.find((c) => c.id === id).reviewed", arg=cell)
+    doc = case_on_server(base, c)
+    assert doc["n_reviewed"] == 1
+    assert page.locator("#review-diff-caption").inner_text().startswith(counted_note(doc) + "; model's counts")
+
+
 def test_a_five_part_case_s_caption_names_no_rate_per_100(chromium, classifier, tmp_path: Path) -> None:  # noqa: F811
     """A five-part case (`wbc serve --classes 5part`) has no erythroblast row, yet its differential's caption explained
     "† per 100 white cells, outside the total", a mark no row carried. The web page's caption and the case report

@@ -91,9 +91,11 @@ def plain_summary(doc: Mapping[str, Any]) -> list[str]:
         out.append(f"{doc['signed_by']} signed the result off on {(doc['signed_at'] or '')[:10]}. It covers "
                    f"{plural(n_fields, 'microscope image')} of this blood smear; {extent}.")
         if n_reviewed < n_cells:
-            out.append(f"The other {n_cells - n_reviewed} were not opened: the software's calls for them were "
-                       "accepted at sign-off." if n_reviewed else "None of them was opened: the software's calls "
-                       "were accepted at sign-off.")
+            n_flagged = sum(1 for c in doc["cells"] if c["model_review"] and not c["reviewed"])
+            flagged = f" ({n_flagged} of them flagged by the software for review)" if n_flagged else ""
+            out.append(f"The other {n_cells - n_reviewed} were not opened{flagged}: the software's calls for them were "
+                       "accepted at sign-off." if n_reviewed else f"None of them was opened{flagged}: the software's "
+                       "calls were accepted at sign-off.")
     else:
         out.append(f"This is a draft: nobody has signed it off yet. It covers {plural(n_fields, 'microscope image')};"
                    f" so far {extent}.")
@@ -196,7 +198,7 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
             "changes": [{"from": display_name(a), "to": display_name(b), "n": n}
                         for (a, b), n in changes.most_common()],
             "footer": FOOTER, "corrections_none": CORRECTIONS_NONE, "gallery_note": GALLERY_NOTE,
-            "differential_note": differential_note(doc["differential"]["rows"]),
+            "differential_note": differential_note(doc["differential"]["rows"]), "counted_note": counted_note(doc),
             "draft": not doc["signed_by"]}
 
 
@@ -219,6 +221,25 @@ GALLERY_NOTE = ("Cells the model flagged for review (low confidence or unusual a
 #: Both reports' last words.
 FOOTER = ("Research software: every call is a pre-classification by the software. The report says which calls a "
           "person reviewed and which were accepted at sign-off without being opened. Not a medical device.")
+
+
+def counted_note(doc: Mapping[str, Any]) -> str:
+    """How many white cells the differential counts and whose calls they are, as both reports and the review page
+    say it: ``23 white cells counted: 2 reviewed, 21 the model's calls accepted at sign-off without being opened (21
+    of them flagged for review)``. Before wbc 0.36.0 it read "(reviewed calls)" however few were reviewed."""
+    total = int(doc["differential"]["total"])
+    wbcs = {r["class"] for r in doc["differential"]["rows"] if r.get("unit") != "per 100 WBC"}
+    counted = [c for c in doc["cells"] if c["label"] in wbcs]
+    unopened = [c for c in counted if not c["reviewed"]]
+    head = f"{total} white cells counted"
+    if not counted:
+        return head
+    if not unopened:
+        return f"{head}, every one reviewed"
+    fate = "accepted at sign-off without being opened" if doc["signed_by"] else "not reviewed yet"
+    n_flagged = sum(1 for c in unopened if c["model_review"])
+    flagged = f" ({n_flagged} of them flagged for review)" if n_flagged else ""
+    return f"{head}: {len(counted) - len(unopened)} reviewed, {len(unopened)} the model's calls {fate}{flagged}"
 
 
 def differential_note(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -481,7 +502,7 @@ def render_pdf(store: CaseStore, case: int | str, warnings: list[str] | None = N
     t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]))
     story += [t, Spacer(1, 4 * mm), Paragraph("In plain words", styles["Heading2"])]
     story += [Paragraph(e(s), styles["Normal"]) for s in ctx["summary"]]
-    story += [Spacer(1, 4 * mm), Paragraph("Differential (reviewed)", styles["Heading2"])]
+    story += [Spacer(1, 4 * mm), Paragraph("Differential", styles["Heading2"])]
     head = ["Class", "Count", "Percent", "95 % CI", "Model's count", "Change"]
     # a rate's text wraps within its column: drawn on one line, right-aligned, it ran over the count beside it
     rate = ParagraphStyle("rate", fontName=regular, fontSize=10, leading=12, alignment=TA_RIGHT)
@@ -494,8 +515,7 @@ def render_pdf(store: CaseStore, case: int | str, warnings: list[str] | None = N
                            ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
                            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey)]))
-    story += [t, Paragraph(f"{doc['differential']['total']} white cells counted; {ctx['differential_note']}",
-                           styles["Italic"])]
+    story += [t, Paragraph(f"{ctx['counted_note']}; {ctx['differential_note']}", styles["Italic"])]
     story += [Spacer(1, 3 * mm), Paragraph("Corrections by the reviewer", styles["Heading2"])]
     story += [Paragraph(e(f"{c['n']} × {c['from']} → {c['to']}"), styles["Normal"]) for c in ctx["changes"]]
     if not ctx["changes"]:

@@ -379,8 +379,23 @@ function renderDifferential() {
   $("review-diff").querySelector("tbody").replaceChildren(...rows);
   // the † only where a row carries one: a five-part case counts no erythroblasts (as the web page and the case report)
   const rates = d.differential.rows.some((r) => r.unit === "per 100 WBC") ? "; † per 100 white cells, outside the total" : "";
-  $("review-diff-caption").textContent = `${d.differential.total} white cells counted (reviewed calls); model's counts `
+  $("review-diff-caption").textContent = `${countedNote(d)}; model's counts `
     + `beside them${rates}. Platelets are not counted in smear analysis.`;
+}
+
+// How many white cells are counted and whose calls they are, as the case report says it
+// (wbc.cases.report.counted_note); before wbc 0.36.0 "(reviewed calls)", however few were reviewed.
+function countedNote(d) {
+  const wbcs = new Set(d.differential.rows.filter((r) => r.unit !== "per 100 WBC").map((r) => r.class));
+  const counted = d.cells.filter((c) => wbcs.has(c.label));
+  const unopened = counted.filter((c) => !c.reviewed);
+  const head = `${d.differential.total} white cells counted`;
+  if (!counted.length) return head;
+  if (!unopened.length) return `${head}, every one reviewed`;
+  const fate = d.signed_by ? "accepted at sign-off without being opened" : "not reviewed yet";
+  const flagged = unopened.filter((c) => c.model_review).length;
+  return `${head}: ${counted.length - unopened.length} reviewed, ${unopened.length} the model's calls ${fate}`
+    + (flagged ? ` (${flagged} of them flagged for review)` : "");
 }
 
 // ------------------------------------------------------------------ editing
