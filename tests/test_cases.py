@@ -1981,3 +1981,32 @@ def test_the_differential_note_does_not_call_unreviewed_calls_reviewed(store: Ca
             "were accepted at sign-off.") in " ".join(plain_summary(doc))
     js = (Path(__file__).parents[1] / "src/wbc/serve/static/review.js").read_text()
     assert "white cells counted (reviewed calls)" not in js and "function countedNote(d)" in js
+
+
+def test_the_report_says_when_a_warned_cell_was_reviewed(store: CaseStore, classifier, monkeypatch) -> None:  # noqa: F811
+    """A field's warning "1 of 2 cells are most likely a class a smear's differential does not count (platelet 1): each
+    is counted in the class shown and flagged for review" was printed as analysed under a signed differential in which
+    the reviewer had marked that cell not a WBC (before wbc 0.36.0). The warning stays; what became of the cells it
+    speaks of follows it. A warning about no cell (a TIFF's pages) is left as it is."""
+    from wbc.cases.report import field_warnings, render_html
+    from wbc.classify import outside_reason, outside_sentence
+
+    rgb, res = _field_with_cells([((40, 40, 140, 140), "neutrophil", 0.9, True),
+                                  ((300, 300, 400, 400), "lymphocyte", 0.99, False)])
+    res.cells[0].prediction.reasons.append(outside_reason("platelet", 0.96, chosen=False))
+    warning = outside_sentence({"platelet": 1}, 2, {"platelet"})
+    res.warnings += [warning, "the file holds 3 images; only the first was analysed"]
+    cid = create_case_from_fields(store, "W-1", [("f.png", rgb, res)], classifier)
+    assert field_warnings(store.case_document(cid)) == [f"field 1 (f.png): {warning}",
+                                                        "field 1 (f.png): the file holds 3 images; only the first was "
+                                                        "analysed"]
+    warned = next(c for c in store.case_document(cid)["cells"] if c["model_label"] == "neutrophil")
+    store.reclassify(cid, warned["id"], NOT_WBC, "A. Tech")
+    store.sign_off(cid, "Dr. B")
+    said = f"field 1 (f.png): {warning}; since reviewed: cell #{warned['id']} marked not a white blood cell by A. Tech"
+    assert field_warnings(store.case_document(cid))[0] == said
+    assert field_warnings(store.case_document(cid))[1].endswith("only the first was analysed")
+    from html import unescape
+
+    assert said in unescape(render_html(store, cid).split("<h2>Warnings about the fields</h2>")[1])
+    assert said in pdf_paragraphs(monkeypatch, store, cid)

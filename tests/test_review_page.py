@@ -371,6 +371,37 @@ def test_the_differential_caption_says_how_many_counted_cells_were_reviewed(revi
     assert page.locator("#review-diff-caption").inner_text().startswith(counted_note(doc) + "; model's counts")
 
 
+def test_a_field_s_caption_says_what_became_of_the_cells_its_warning_speaks_of(review, served,
+                                                                               classifier) -> None:  # noqa: F811
+    """The Fields view's caption showed a warning as analysed ("... (platelet 1): each is counted in the class shown
+    and flagged for review") beside the outline labelled "Not a WBC" (before wbc 0.36.0). It says, as the case report
+    does (wbc.cases.report.since_reviewed), what became of the cell, at once after the label."""
+    from test_cases import _field_with_cells
+    from wbc.cases.store import create_case_from_fields
+    from wbc.classify import outside_reason, outside_sentence
+
+    page, base = review
+    rgb, res = _field_with_cells([((40, 40, 140, 140), "neutrophil", 0.9, True),
+                                  ((300, 300, 400, 400), "lymphocyte", 0.99, False)])
+    res.cells[0].prediction.reasons.append(outside_reason("platelet", 0.96, chosen=False))
+    res.warnings.append(outside_sentence({"platelet": 1}, 2, {"platelet"}))
+    store = CaseStore.open(served[1])  # the server's store: a case made by `wbc cases create`, say
+    c = create_case_from_fields(store, "warned field", [("f.png", rgb, res)], classifier)
+    store.close()
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    page.keyboard.press("f")
+    caption = page.locator("#fields figcaption").inner_text()
+    assert caption.endswith("each is counted in the class shown and flagged for review"), caption
+    warned = next(x["id"] for x in case_on_server(base, c)["cells"] if x["model_label"] == "neutrophil")
+    page.click(f"#fields g[data-cell='{warned}']")
+    page.keyboard.press("9")  # Not a WBC
+    page.wait_for_function("id => state.doc.cells.find((c) => c.id === id).reviewed", arg=warned)
+    caption = page.locator("#fields figcaption").inner_text()
+    assert caption.endswith(f"flagged for review; since reviewed: cell #{warned} marked Not a WBC by Ann"), caption
+
+
 def test_a_five_part_case_s_caption_names_no_rate_per_100(chromium, classifier, tmp_path: Path) -> None:  # noqa: F811
     """A five-part case (`wbc serve --classes 5part`) has no erythroblast row, yet its differential's caption explained
     "† per 100 white cells, outside the total", a mark no row carried. The web page's caption and the case report

@@ -205,8 +205,57 @@ def report_context(store: CaseStore, case: int | str) -> dict[str, Any]:
 def field_warnings(doc: Mapping[str, Any]) -> list[str]:
     """Each field's warnings as stored with the analysis, one line each (``field 2 (slide.tif): the file holds 3
     images; only the first was analysed: ...``): the signer attests to a count the warnings qualify (fields of a
-    TIFF never analysed, no WBC found, cells unlike the training data), so the report must say them."""
-    return [f"field {f['position']} ({f['image']}): {w}" for f in doc["fields"] for w in f.get("warnings") or []]
+    TIFF never analysed, no WBC found, cells unlike the training data), so the report must say them. A warning about
+    cells a person has since reviewed says what became of them (:func:`since_reviewed`)."""
+    cells: dict[int, list[Mapping[str, Any]]] = {}
+    for c in doc["cells"]:
+        cells.setdefault(c["field_id"], []).append(c)
+    return [f"field {f['position']} ({f['image']}): {w}{since_reviewed(warned_cells(w, cells.get(f['id'], [])))}"
+            for f in doc["fields"] for w in f.get("warnings") or []]
+
+
+#: How the field warnings that speak of some of its cells begin or run (:func:`wbc.classify.outside_sentence`,
+#: :func:`wbc.ood.ood_sentence`), with :data:`wbc.smear_look.NOT_A_SMEAR_WARNING`.
+OUTSIDE_WARNING = "cells are most likely a class "
+OOD_WARNING = " look unlike the model's training data"
+
+
+def warned_cells(warning: str, cells: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The cells of its field a warning speaks of: those the model takes for a class outside those counted, those
+    unlike the training data, every cell of a field that does not look like a smear; none for another warning."""
+    from wbc.classify import outside_of
+    from wbc.smear_look import NOT_A_SMEAR_REASON, NOT_A_SMEAR_WARNING
+
+    if warning.startswith(NOT_A_SMEAR_WARNING):
+        return [c for c in cells if NOT_A_SMEAR_REASON in c["model_reasons"]]
+    if OUTSIDE_WARNING in warning:
+        return [c for c in cells if any(outside_of(r) for r in c["model_reasons"])]
+    if OOD_WARNING in warning:
+        return [c for c in cells if c["ood"]]
+    return []
+
+
+#: At most this many reviewed cells are named after a warning; the others are counted.
+SINCE_SHOWN = 5
+
+
+def since_reviewed(cells: Sequence[Mapping[str, Any]]) -> str:
+    """What became of the warned ``cells`` a person reviewed: ``; since reviewed: cell #7 marked not a white blood
+    cell by A. Tech``, or "" when none was. A warning is stored as analysed ("each is counted in the class shown");
+    before wbc 0.36.0 a signed report printed it unchanged under a differential that no longer counted the cell."""
+    reviewed = [c for c in cells if c["reviewed"]]
+    if not reviewed:
+        return ""
+
+    def fate(c: Mapping[str, Any]) -> str:
+        what = ("confirmed" if not c["changed"] else "marked" if c["label"] in (NOT_WBC, UNIDENTIFIABLE)
+                else "relabelled")
+        return f"cell #{c['id']} {what} {display_name(c['label'])} by {c['reviewed_by']}"
+
+    named = ", ".join(fate(c) for c in reviewed[:SINCE_SHOWN])
+    more = f" and {len(reviewed) - SINCE_SHOWN} more" if len(reviewed) > SINCE_SHOWN else ""
+    rest = f"; {len(cells) - len(reviewed)} not reviewed" if len(reviewed) < len(cells) else ""
+    return f"; since reviewed: {named}{more}{rest}"
 
 
 #: Under both reports' differential: the units, and that platelets are not counted (no smear cell is answered as one,

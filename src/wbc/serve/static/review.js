@@ -250,11 +250,12 @@ function renderFields() {
   const root = $("fields");
   state.order = ordered().map((c) => c.id);
   root.replaceChildren(...state.doc.fields.map((f) => {
+    const cells = state.doc.cells.filter((x) => x.field_id === f.id);
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("viewBox", `0 0 ${f.width} ${f.height}`);
     svg.setAttribute("role", "listbox");
     svg.setAttribute("aria-label", `Cells in ${f.image}`);
-    for (const c of state.doc.cells.filter((x) => x.field_id === f.id)) {
+    for (const c of cells) {
       const g = document.createElementNS(SVG, "g");
       g.setAttribute("role", "option");
       g.setAttribute("data-cell", String(c.id));
@@ -283,9 +284,33 @@ function renderFields() {
           width: String(f.width), height: String(f.height) }), svg),
       el("figcaption", { text: `Field ${f.position}: ${f.image} · ${f.n_cells} cell(s)`
         + (f.colour_calibration ? " · colours calibrated on its red cells before classifying" : "")
-        + (f.warnings.length ? ` · ${f.warnings.join("; ")}` : "") }));
+        + (f.warnings.length ? ` · ${f.warnings.map((w) => w + sinceReviewed(warnedCells(w, cells))).join("; ")}` : "") }));
   }));
   showSaving();
+}
+
+// The cells of its field a warning speaks of, and what became of those a person reviewed, as the case report says
+// it (wbc.cases.report.warned_cells, since_reviewed): a warning is stored as analysed ("each is counted in the class
+// shown"), which before wbc 0.36.0 the caption showed unchanged beside the cell marked Not a WBC.
+const OUTSIDE_REASON = /^the model favours .+? \(.*\), outside the (chosen classes|classes counted on smears)$/;
+
+function warnedCells(w, cells) {
+  if (w.startsWith("does not look like a blood-smear field")) {
+    return cells.filter((c) => c.model_reasons.includes("its field does not look like a blood smear"));
+  }
+  if (w.includes("cells are most likely a class ")) return cells.filter((c) => c.model_reasons.some((r) => OUTSIDE_REASON.test(r)));
+  if (w.includes(" look unlike the model's training data")) return cells.filter((c) => c.ood);
+  return [];
+}
+
+function sinceReviewed(cells) {
+  const reviewed = cells.filter((c) => c.reviewed);
+  if (!reviewed.length) return "";
+  const fate = (c) => `cell #${c.id} ${!c.changed ? "confirmed" : ["not_wbc", "unidentifiable"].includes(c.label) ? "marked" : "relabelled"} `
+    + `${displayName(c.label)} by ${c.reviewed_by}`;
+  const more = reviewed.length > 5 ? ` and ${reviewed.length - 5} more` : "";
+  const rest = reviewed.length < cells.length ? `; ${cells.length - reviewed.length} not reviewed` : "";
+  return `; since reviewed: ${reviewed.slice(0, 5).map(fate).join(", ")}${more}${rest}`;
 }
 
 function setView(view) {
