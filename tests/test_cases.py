@@ -170,7 +170,7 @@ def test_migrations_match_the_models(empty_store_url: str) -> None:
     s = CaseStore.open(empty_store_url)
     with s.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        assert ctx.get_current_revision() == "0008"
+        assert ctx.get_current_revision() == "0009"
         assert compare_metadata(ctx, Base.metadata) == []
     s.close()
     CaseStore.open(empty_store_url).close()  # re-opening an up-to-date store is a no-op
@@ -332,7 +332,7 @@ def test_a_database_with_another_application_s_alembic_table_is_left_alone(empty
     s.create_case("S-1", ["lymphocyte"])
     s.close()
     assert _versions(empty_store_url, "alembic_version") == ["3f2a9c1e7b10"]
-    assert _versions(empty_store_url, "wbc_alembic_version") == ["0008"]
+    assert _versions(empty_store_url, "wbc_alembic_version") == ["0009"]
     with engine.begin() as conn:  # the LIMS downgraded to base: its table empty, and wbc never writes there
         conn.execute(text("DELETE FROM alembic_version"))
     engine.dispose()
@@ -364,7 +364,7 @@ def test_a_store_of_an_older_wbc_moves_its_revision_to_its_own_table(empty_store
     assert s.case_document("old")["created_by"] == "x"
     s.close()
     assert _versions(empty_store_url, "alembic_version") is None  # wbc's alone: dropped
-    assert _versions(empty_store_url, "wbc_alembic_version") == ["0008"]
+    assert _versions(empty_store_url, "wbc_alembic_version") == ["0009"]
 
 
 def test_a_dba_s_printed_upgrade_moves_an_older_store_s_revision_first(empty_store_url: str, monkeypatch) -> None:
@@ -413,7 +413,7 @@ def test_a_dba_s_printed_upgrade_moves_an_older_store_s_revision_first(empty_sto
         finally:
             raw.close()
     engine.dispose()
-    assert _versions(empty_store_url, "wbc_alembic_version") == ["0008"]
+    assert _versions(empty_store_url, "wbc_alembic_version") == ["0009"]
     # PostgreSQL: dropped once empty, as opening the store does; elsewhere the empty table is left (docs/review.md)
     assert _versions(empty_store_url, "alembic_version") == (None if engine.dialect.name == "postgresql" else [])
     monkeypatch.setattr("alembic.command.upgrade", lambda *a, **k: pytest.fail("opened store was migrated again"))
@@ -859,6 +859,52 @@ def test_cases_create_leaves_out_wbc_s_annotated_pngs_as_analyze_does(tmp_path: 
         "fields"), res.exception
     res = run(app, ["cases", "create", "S-3", str(slide / "results" / "field.png"), *opts])  # asked for by name
     assert res.exit_code == 0, res.output
+
+
+def test_cases_create_takes_the_analysis_options_of_wbc_analyze(tmp_path: Path, model_path: Path) -> None:  # noqa: F811
+    """`wbc cases create` had none of `wbc analyze`'s analysis options: a lab that analysed with --pixel-size or
+    --classes 5part got other cells and counts in the case it signed, and nothing said so (before wbc 0.36.0). The
+    case gives what `wbc analyze` gives with the same options, records them, and its report and `show` name them."""
+    from html import unescape
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from wbc.cases.report import render_html
+    from wbc.cli import app
+
+    d = tmp_path / "fields"
+    d.mkdir()
+    for seed in (4, 5):
+        cv2.imwrite(str(d / f"f{seed}.png"), synthetic_smear(n_wbc=3, seed=seed)[0][:, :, ::-1])
+    opts = ["--model", str(model_path), "--segmenter", "classical", "--pixel-size", "0.2", "--classes", "5part",
+            "--tta", "2", "--no-colour-calibration"]
+    run = CliRunner().invoke
+    res = run(app, ["analyze", str(d), "-o", str(tmp_path / "out"), "--no-draw", "--no-report", *opts])
+    assert res.exit_code == 0, res.output
+    analysed = {f"f{seed}.png": [c["label"] for c in json.loads((tmp_path / "out" / f"f{seed}.json").read_text())
+                                 ["cells"]] for seed in (4, 5)}
+    store = str(tmp_path / "c.sqlite")
+    res = run(app, ["cases", "create", "S-1", str(d), "--store", store, *opts])
+    assert res.exit_code == 0, res.output
+    doc = CaseStore.open(store).case_document("S-1")
+    made = {f["image"]: [c["model_label"] for c in doc["cells"] if c["field_id"] == f["id"]] for f in doc["fields"]}
+    assert made == analysed and sum(map(len, made.values())) >= 2
+    five = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]  # in the model's order
+    assert doc["settings"] == {"classes": five, "tta": 2, "colour_calibration": False, "pixel_size": 0.2}
+    assert doc["counted"] == five
+    said = ("answered among 5 classes only (basophil, eosinophil, lymphocyte, monocyte, neutrophil); each cell's "
+            "answer averaged over 2 flips/rotations; pixel size 0.2 µm (given)")
+    assert said in unescape(render_html(CaseStore.open(store), "S-1")) and said in " ".join(res.output.split())
+    res = run(app, ["cases", "show", "S-1", "--store", store])
+    assert said in " ".join(res.output.split()), res.output
+    res = run(app, ["cases", "create", "S-2", str(d), "--store", store, "--model", str(model_path),
+                    "--segmenter", "classical"])
+    assert res.exit_code == 0, res.output
+    doc = CaseStore.open(store).case_document("S-2")
+    assert doc["settings"]["classes"] == [] and doc["settings"]["pixel_size"] is None
+    assert "answered among every class of the model" in " ".join(res.output.split())
+    assert "pixel size measured from the red cells" in " ".join(res.output.split())
 
 
 def test_cases_create_names_every_unreadable_field_by_its_path_and_checks_the_name_first(

@@ -174,6 +174,18 @@ def test_the_same_image_twice_makes_no_case(client: TestClient) -> None:
     assert r.status_code == 201 and [f["image"] for f in r.json()["fields"]] == ["a.png", "b.png"]
 
 
+def test_a_case_made_over_http_records_how_its_fields_were_analysed(client: TestClient, classifier) -> None:  # noqa: F811
+    """A case records its analysis settings (the server's label set, views per cell, colour calibration, pixel size)
+    for its report, as `wbc cases create` does (since wbc 0.36.0: none was recorded)."""
+    from wbc.classify import tta_views_of
+
+    doc = new_case(client, "settings", 1)
+    assert doc["settings"] == {"classes": [], "tta": tta_views_of(classifier, smear=True),
+                               "colour_calibration": doc["settings"]["colour_calibration"], "pixel_size": None}
+    assert client.get(f"/cases/{doc['id']}").json()["settings"] == doc["settings"]
+    assert "pixel size measured from the red cells" in client.get(f"/cases/{doc['id']}/report").text
+
+
 def test_post_cases_refuses_an_annotated_png_of_wbc(client: TestClient) -> None:
     """A field and wbc's annotated PNG of it chosen together made a case of both: the drawing's cells counted again,
     plus "cells" in its labels (before wbc 0.36.0). `wbc analyze` leaves such a PNG out; the page refuses it by name."""

@@ -312,6 +312,26 @@ def review_line(doc: Mapping[str, Any]) -> str:
     return review_extent(doc).removeprefix("reviewed ") + (f", by {who}" if who else "")
 
 
+def settings_line(doc: Mapping[str, Any]) -> str:
+    """How the case's fields were analysed besides the models (its ``settings``: `wbc analyze`'s and `wbc cases
+    create`'s --classes, --tta, --pixel-size; the colours have their own line), which change the cells and counts:
+    ``answered among every class of the model; each cell's answer averaged over 4 flips/rotations; pixel size 0.25 µm
+    (given)``."""
+    st = doc.get("settings")
+    if not st:
+        return "not recorded (a case stored before wbc 0.36.0)"
+    classes = list(st.get("classes") or [])
+    parts = [f"answered among {len(classes)} classes only ({', '.join(classes)})" if classes
+             else "answered among every class of the model"]
+    if tta := st.get("tta"):
+        parts.append("each cell answered once, not averaged over flips/rotations" if tta == 1
+                     else f"each cell's answer averaged over {tta} flips/rotations")
+    if "pixel_size" in st:
+        size = st["pixel_size"]
+        parts.append(f"pixel size {size:g} µm (given)" if size else "pixel size measured from the red cells")
+    return "; ".join(parts)
+
+
 def colours_line(doc: Mapping[str, Any]) -> str:
     n = sum(1 for f in doc["fields"] if f["colour_calibration"])
     if not n:
@@ -334,6 +354,7 @@ def report_meta(doc: Mapping[str, Any]) -> list[dict[str, str]]:
         ("Fields / cells", f"{len(doc['fields'])} / {doc['n_cells']} (the fields' files are listed below)", ""),
         ("Classifier", doc["model_id"] or "not recorded", "model"),
         ("Segmenter", doc.get("segmenter_id") or "not recorded", "segmenter"),
+        ("Analysis", settings_line(doc), "settings"),
         ("Review threshold", f"{threshold_text(threshold)} (a cell the classifier is less sure of is flagged)", ""),
         ("Colours", colours_line(doc), "colours"),
         ("Software", made, "software"),

@@ -21,7 +21,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,7 +60,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from wbc.counts import half_up
 from wbc.errors import WbcError
 from wbc.labels import smear_classes
-from wbc.protocols import ClassifierLike
+from wbc.protocols import ClassifierLike, SegmenterLike
 
 #: The reviewer's calls beyond the model's classes. Neither counts in the differential.
 NOT_WBC: str = "not_wbc"
@@ -157,6 +157,9 @@ class CaseRow(Base):
     # the numbers signed off: {"wbc_version", "differential", "model_differential"} as computed at sign-off, what the
     # reports print for the case from then on; None: open, or signed off before migration 0008 (re-computed)
     signed_numbers: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # how its fields were analysed besides the models (analysis_settings: --classes, --tta, colour calibration,
+    # --pixel-size); None: stored before migration 0009
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     fields: Mapped[list[FieldRow]] = relationship(back_populates="case", order_by="FieldRow.position")
 
@@ -870,13 +873,14 @@ class CaseStore:
     def create_case_with_fields(
         self, name: str, classes: Sequence[str], fields: Sequence[PreparedField], model_id: str = "",
         segmenter_id: str = "", created_by: str = "", review_threshold: float = 0.0,
-        counted: Sequence[str] | None = None,
+        counted: Sequence[str] | None = None, settings: Mapping[str, Any] | None = None,
     ) -> int:
         """A new open case with ``fields``, in one transaction: no one sees, labels or signs off a case that misses
         a field, and a field that fails leaves no case behind (nor its name taken). Returns its id.
 
         ``classes``: what a reviewer may call a cell; ``counted``: the differential's rows, the label set the fields
-        were analysed among (None: ``classes``; :func:`counted_classes`)."""
+        were analysed among (None: ``classes``; :func:`counted_classes`); ``settings``: how they were analysed
+        (:func:`analysis_settings`), for the report."""
         from wbc import __version__
 
         n = clean_name(name)
@@ -884,7 +888,7 @@ class CaseStore:
                       created_by=no_control(" ".join(str(created_by or "").split())[:MAX_USER], "user name"),
                       model_id=model_id, segmenter_id=segmenter_id, classes=list(classes),
                       counted=None if counted is None else [c for c in classes if c in set(counted)],
-                      review_threshold=float(review_threshold))
+                      review_threshold=float(review_threshold), settings=None if settings is None else dict(settings))
         try:
             with self.session(write=True) as s:
                 s.add(row)
@@ -1073,7 +1077,7 @@ class CaseStore:
                 "model_id": c.model_id, "segmenter_id": c.segmenter_id, "wbc_version": c.wbc_version,
                 "classes": classes,
                 "labels": [*classes, *SPECIAL_LABELS], "counted": None if c.counted is None else list(c.counted),
-                "review_threshold": c.review_threshold,
+                "review_threshold": c.review_threshold, "settings": c.settings,
                 "signed_by": c.signed_by, "signed_at": iso(c.signed_at), "signed_client": c.signed_client,
                 "status": "signed off" if c.signed_by else "open",
                 "fields": fields, "cells": cells, "corrections": corrections,
@@ -1247,13 +1251,26 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def analysis_settings(classifier: ClassifierLike, segmenter: SegmenterLike | None = None) -> dict[str, Any]:
+    """How fields are analysed besides the models, as `wbc analyze` records it in each field's JSON
+    (:func:`wbc.batch.run_settings`): the label set (``classes``, [] for every class), the views averaged per cell
+    (``tta``), whether fields are colour-calibrated, and, with the ``segmenter``, the pixel size given (``pixel_size``,
+    None: measured from the red cells)."""
+    from wbc.batch import run_settings
+
+    keys = ("classes", "tta", "colour_calibration", *(("pixel_size",) if segmenter is not None else ()))
+    settings = run_settings(classifier, segmenter)
+    return {k: settings[k] for k in keys}
+
+
 def create_case_from_fields(
     store: CaseStore, name: str, fields: Sequence[tuple[str, np.ndarray, Any] | PreparedField],
-    classifier: ClassifierLike, segmenter_id: str = "", created_by: str = "",
+    classifier: ClassifierLike, segmenter_id: str = "", created_by: str = "", segmenter: SegmenterLike | None = None,
 ) -> int:
     """A new case from analysed fields (``(image name, rgb, SmearResult)`` or :class:`PreparedField`); returns the
     case id. Its reviewer may call a cell any class of the model a smear cell can be; its differential counts the
-    classifier's label set (``wbc serve --classes 5part``: five rows, :func:`counted_classes`).
+    classifier's label set (``wbc serve --classes 5part``: five rows, :func:`counted_classes`). The case records how
+    its fields were analysed (:func:`analysis_settings`; the pixel size only with the ``segmenter`` that found them).
 
     A field given without its file's SHA-1 (a tuple: pixels, no file) is stored without one; two such fields of
     identical pixels are refused (:class:`CaseError`): the store's same-file check needs the SHA-1, and before wbc
@@ -1275,7 +1292,8 @@ def create_case_from_fields(
     return store.create_case_with_fields(name, classes, ready, model_id=str(classifier.model_id),
                                          segmenter_id=segmenter_id, created_by=created_by,
                                          review_threshold=float(getattr(info, "review_threshold", 0.0) or 0.0),
-                                         counted=smear_label_set(classifier))
+                                         counted=smear_label_set(classifier),
+                                         settings=analysis_settings(classifier, segmenter))
 
 
 def safe_stem(text: str) -> str:

@@ -16,7 +16,18 @@ from typing import Annotated, Any
 import typer
 
 from wbc.cli._app import app, console
-from wbc.cli._common import ModelOpt, SegmenterModelOpt, SegmenterOpt, ThreadsOpt, say, warn
+from wbc.cli._common import (
+    ClassesOpt,
+    ColourCalibrationOpt,
+    ModelOpt,
+    PixelSizeOpt,
+    SegmenterModelOpt,
+    SegmenterOpt,
+    ThreadsOpt,
+    TtaOpt,
+    say,
+    warn,
+)
 from wbc.errors import WbcError
 
 #: Where the store is when --store is not given: next to the results of ``wbc analyze`` (its default output).
@@ -100,8 +111,10 @@ def show_case(case: CaseArg, store: StoreOpt = None,
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return
     say(f"case {doc['id']}: {doc['name']} ({doc['status']})")
+    from wbc.cases.report import settings_line
+
     say(f"  analysed {doc['created_at']}{' by ' + doc['created_by'] if doc['created_by'] else ''}; "
-        f"model {doc['model_id']}")
+        f"model {doc['model_id']}; {settings_line(doc)}")
     if doc["signed_by"]:
         say(f"  {_signed(doc)}")
     say(f"  {len(doc['fields'])} field(s), {doc['n_cells']} cell(s): {doc['n_flagged']} flagged by the model, "
@@ -283,8 +296,15 @@ def create_case(
     segmenter_model: SegmenterModelOpt = None,
     user: Annotated[str, typer.Option(help="Who creates the case.")] = "",
     threads: ThreadsOpt = 2,
+    pixel_size: PixelSizeOpt = None,
+    classes: ClassesOpt = None,
+    tta: TtaOpt = None,
+    colour_calibration: ColourCalibrationOpt = True,
 ) -> None:
     """Analyse smear fields as one new case, for review in the web page (`wbc serve`, /review).
+
+    The analysis options are `wbc analyze`'s: the case gives the cells and counts that `wbc analyze` with the same
+    options gives, and records the options (its report names them).
 
     A file whose content is already in the case (named twice, a folder and a file in it, a copy under another
     name) is skipped with a warning: each image is counted once. The annotated PNGs an earlier `wbc analyze` wrote
@@ -292,13 +312,11 @@ def create_case(
     formats, links to missing files) are named; every field that cannot be analysed is named, and then no case is
     created."""
     from wbc.analyze import analyze_bytes
-    from wbc.batch import drop_annotated_fields
+    from wbc.batch import ModelSpec, drop_annotated_fields
     from wbc.cases.store import clean_name, create_case_from_fields, file_digest, prepare_field
     from wbc.cli._common import note_foreign_images
     from wbc.cli.analyze import note_earlier_outputs
     from wbc.io import iter_image_paths, no_images_message, read_bytes
-    from wbc.model import load_model
-    from wbc.segment import get_segmenter
     from wbc.smear_look import NOT_A_SMEAR_WARNING
 
     n = clean_name(name)  # a name the store refuses fails before any field is read (it failed after all were analysed)
@@ -326,8 +344,10 @@ def create_case(
     s = open_store(store, must_exist=False)
     if s.name_taken(n):
         raise WbcError(f"a case named {n!r} already exists in {s.display_url}; choose another name")
-    clf = load_model(model, threads=threads)
-    seg = get_segmenter(segmenter, segmenter_model, threads=threads)
+    # as wbc analyze builds them (before wbc 0.36.0 none of its analysis options could be given here)
+    clf, seg = ModelSpec(str(model) if model else None, segmenter, str(segmenter_model) if segmenter_model else None,
+                         threads, pixel_size=pixel_size, classes=classes, tta=tta,
+                         colour_calibration=colour_calibration).load()
     fields, failed = [], []
     for p, digest in unique:  # read again, not kept from the digests: many fields' bytes need not sit in memory
         try:  # a TIFF's pages: said in warnings
@@ -347,10 +367,13 @@ def create_case(
         raise WbcError(f"{failed[-1]}; {len(failed)} of {len(unique)} field(s) could not be analysed: no case was "
                        "created")
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
-    cid = create_case_from_fields(s, name, fields, clf, segmenter_id=seg_id, created_by=user)
+    cid = create_case_from_fields(s, name, fields, clf, segmenter_id=seg_id, created_by=user, segmenter=seg)
     doc = s.case_document(cid)
+    from wbc.cases.report import settings_line
+
     say(f"case {cid}: {doc['name']}: {len(fields)} field(s), {doc['n_cells']} cell(s), "
         f"{doc['n_flagged']} flagged -> {s.display_url}")
+    say(f"  {settings_line(doc)}")
 
 
 @cases_app.command("report")

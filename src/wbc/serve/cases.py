@@ -80,6 +80,10 @@ class CaseBody(BaseModel):
     labels: list[str]
     counted: list[str] | None
     review_threshold: float
+    settings: dict[str, Any] | None = Field(None, description=(
+        "How the fields were analysed besides the models: `classes` (the label set, [] for every class), `tta` (views "
+        "averaged per cell), `colour_calibration`, `pixel_size` (micrometres per pixel given; null: measured from the "
+        "red cells). Null for a case stored before wbc 0.36.0."))
     signed_by: str | None
     signed_at: str | None
     signed_client: str | None
@@ -251,7 +255,7 @@ async def create_case(
         raise UploadProblem(422, "unreadable_image", f"{len(errors)} of {len(uploads)} field(s) could not be "
                             "analysed; no case was created", errors)
     seg_id = str(getattr(seg, "model_id", "") or getattr(seg, "name", ""))
-    case_id = await run_in_threadpool(call, create_case_from_fields, store, name, fields, clf, seg_id, user)
+    case_id = await run_in_threadpool(call, create_case_from_fields, store, name, fields, clf, seg_id, user, seg)
     return JSONResponse(await run_in_threadpool(call, store.case_document, case_id), status_code=201)
 
 
