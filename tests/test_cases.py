@@ -2056,3 +2056,54 @@ def test_the_report_says_when_a_warned_cell_was_reviewed(store: CaseStore, class
 
     assert said in unescape(render_html(store, cid).split("<h2>Warnings about the fields</h2>")[1])
     assert said in pdf_paragraphs(monkeypatch, store, cid)
+
+
+def test_export_writes_a_cell_of_two_cases_once_and_leaves_out_one_labelled_two_ways(
+        store: CaseStore, fields, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """The same fields made into two cases (`wbc cases create` and the review page's New case) were exported once per
+    case, each cell twice, and under two labels where the reviewers differed, without a word; `wbc adapt` then said
+    "adapted on 4 cells" of 2 (before wbc 0.36.0). Each cell is written once, a reviewer's call before one accepted at
+    sign-off; one labelled two ways is left out; both are said, naming the cases."""
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from wbc.cases.store import prepare_field
+    from wbc.cli import app
+
+    def made(name: str) -> int:  # each field with its file's SHA-1, as both ways of making a case store it
+        return create_case_from_fields(store, name, [prepare_field(n, rgb, res, classifier,
+                                                                   hashlib.sha1(n.encode()).hexdigest())
+                                                     for n, rgb, res in fields], classifier)
+
+    a, b = made("S-001"), made("S-WEB")
+    doc_a, doc_b = store.case_document(a), store.case_document(b)
+    x, y = doc_a["cells"][:2]
+    bx, by = doc_b["cells"][:2]
+    assert (bx["box"], by["box"]) == (x["box"], y["box"])
+    one, two = [c for c in doc_a["classes"] if c != x["model_label"]][:2]
+    store.reclassify(a, x["id"], one, "A. Tech")
+    store.reclassify(b, bx["id"], two, "B. Tech")  # the reviewers differ
+    store.reclassify(a, y["id"], y["model_label"], "A. Tech")
+    store.reclassify(b, by["id"], by["model_label"], "B. Tech")  # and agree
+    store.sign_off(a, "Dr. A")
+    store.sign_off(b, "Dr. B")
+    res = export_cases(store, tmp_path / "corr")
+    assert res.n_cells == 1 and res.counts == {y["model_label"]: 1}, res
+    rows = list(csv.DictReader((tmp_path / "corr" / "manifest.csv").open()))
+    assert [(r["case"], int(r["cell_id"])) for r in rows] == [("S-001", y["id"])]
+    assert sorted(p.name for p in (tmp_path / "corr").rglob("*.png")) == [Path(rows[0]["path"]).name]
+    image = fields[0][0]
+    assert res.conflicts == [f"{image}, the cell at {' '.join(map(str, x['box']))}: {one} in case 'S-001' (by "
+                             f"A. Tech), {two} in case 'S-WEB' (by B. Tech): labelled two ways, left out"]
+    assert (f"{image} is field 1 of case 'S-001' and field 1 of case 'S-WEB': its 1 cell(s) exported from each case "
+            "are written once; 1 labelled two ways are left out") in res.repeated
+    res = export_cases(store, tmp_path / "all", include_accepted=True)
+    n = len(doc_a["cells"])
+    crops = {hashlib.sha1(p.read_bytes()).hexdigest() for p in (tmp_path / "all").rglob("*.png")}
+    assert res.n_cells == len(crops) == n - 1 - sum(c["label"] in (NOT_WBC, UNIDENTIFIABLE) for c in doc_a["cells"])
+    assert res.n_accepted == res.n_cells - 1
+    out = CliRunner().invoke(app, ["cases", "export", str(tmp_path / "cli"), "--store", store.url]).output
+    out = " ".join(out.split())
+    assert f"note: {image} is field 1 of case 'S-001' and field 1 of case 'S-WEB'" in out, out
+    assert "labelled two ways, left out" in out and "1 cell(s) from 2 case(s)" in out, out

@@ -4,7 +4,8 @@ Only signed-off cases by default, only cells with a class (not ``not_wbc`` / ``u
 a person reviewed (confirmed or changed): a cell nobody opened carries the model's own call, accepted at sign-off,
 and training on it teaches the model its own answers (and inflates ``wbc adapt``'s "before" accuracy).
 ``include_accepted`` adds those cells of signed-off cases too. Each row says where its label came from
-(``label_source``: ``reviewed``, or ``accepted_at_sign_off`` with an empty ``reviewer``).
+(``label_source``: ``reviewed``, or ``accepted_at_sign_off`` with an empty ``reviewer``). A cell of a field in several
+exported cases is written once, and left out where reviewers labelled it two ways (said in the summary).
 
 The folder is written beside the target and swapped in whole, so an interrupted export never leaves a half-written
 folder; a folder from an earlier export is replaced, any other non-empty folder is refused, and so is an earlier
@@ -16,6 +17,7 @@ symbolic link, the folder it points to is the target (the link stays).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import shutil
@@ -53,6 +55,11 @@ class ExportSummary:
     n_excluded: int = 0  # not_wbc / unidentifiable cells left out
     n_unreviewed: int = 0  # cells nobody reviewed left out (the model's calls; include_accepted takes signed ones)
     n_accepted: int = 0  # of n_cells: the model's calls accepted at sign-off (include_accepted)
+    # fields in more than one exported case (the same file's SHA-1), each named with its cases: their cells written once
+    repeated: list[str] = field(default_factory=list)
+    # cells of such fields labelled two ways (by reviewers; a reviewer's call outranks one accepted at sign-off): left
+    # out, each named with its labels
+    conflicts: list[str] = field(default_factory=list)
 
 
 def _written_by_export(out: Path) -> set[str]:
@@ -129,6 +136,10 @@ def export_cases(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         rows: list[list[object]] = []
+        # each cell by its field's file and box: the same fields made into two cases (on the command line and on the
+        # review page) gave each cell twice, under two labels where the reviewers differed (before wbc 0.36.0)
+        keys: list[tuple[str, ...]] = []
+        origins: list[tuple[str, int, str, str]] = []
         for cid in ids:
             doc = store.case_document(cid)
             if not doc["signed_by"] and not include_open:
@@ -136,6 +147,7 @@ def export_cases(
                 continue
             crops = store.crops(cid)
             summary.cases.append(doc["name"])
+            fields = {f["id"]: f for f in doc["fields"]}
             for cell in doc["cells"]:
                 label = cell["label"]
                 if label in SPECIAL_LABELS:
@@ -147,7 +159,6 @@ def export_cases(
                     source, reviewer = REVIEWED, cell["reviewed_by"] or ""
                 elif include_accepted and doc["signed_by"]:
                     source, reviewer = ACCEPTED, ""
-                    summary.n_accepted += 1
                 else:
                     summary.n_unreviewed += 1
                     continue
@@ -156,6 +167,11 @@ def export_cases(
                 (tmp / rel).write_bytes(crops[cell["id"]])
                 rows.append([rel, label, "", -1, "", doc["name"], cid, cell["id"], cell["model_label"],
                              doc.get("model_id") or "", int(cell["changed"]), source, reviewer, doc["signed_by"] or ""])
+                f = fields[cell["field_id"]]
+                keys.append((f["sha1"], *map(str, cell["box"])) if f.get("sha1")
+                            else ("crop", hashlib.sha1(crops[cell["id"]]).hexdigest()))
+                origins.append((f["image"], f["position"], doc["name"], " ".join(map(str, cell["box"]))))
+        rows = _once(rows, keys, origins, summary, tmp)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])
@@ -177,5 +193,54 @@ def export_cases(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary.n_cells = len(rows)
+    summary.n_accepted = sum(1 for r in rows if r[len(MANIFEST_COLUMNS) + EXTRA_COLUMNS.index("label_source")]
+                             == ACCEPTED)
     summary.counts = dict(Counter(str(r[1]) for r in rows))
     return summary
+
+
+def _once(rows: list[list[object]], keys: list[tuple[str, ...]], origins: list[tuple[str, int, str, str]],
+          summary: ExportSummary, tmp: Path) -> list[list[object]]:
+    """``rows`` with each cell once (``keys``: its field's SHA-1 and box, or its crop's SHA-1; ``origins``: its field's
+    file name, position, case and the cell's box), the crops of the rows left out removed from ``tmp``. A cell in
+    several cases keeps one row, a reviewer's over one accepted at sign-off; one labelled two ways keeps none: `wbc
+    adapt` would learn both labels (it names the pair, but counted both in "adapted on N cells" and its accuracy).
+    Each field in several cases is said in ``summary.repeated``, each cell left out so in ``summary.conflicts``."""
+    source = len(MANIFEST_COLUMNS) + EXTRA_COLUMNS.index("label_source")
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    keep: set[int] = set()
+    repeated: dict[tuple[tuple[str, int, str], ...], list[int]] = {}  # the field's places -> [cells once, left out]
+    for idx in groups.values():
+        if len(idx) == 1:
+            keep.add(idx[0])
+            continue
+        places = tuple(dict.fromkeys(origins[i][:3] for i in idx))
+        tally = repeated.setdefault(places, [0, 0])
+        pool = [i for i in idx if rows[i][source] == REVIEWED] or idx
+        if len({rows[i][1] for i in pool}) == 1:
+            keep.add(pool[0])
+            tally[0] += 1
+            continue
+        tally[1] += 1
+        calls = ", ".join(f"{rows[i][1]} in case {origins[i][2]!r}"
+                          + (f" (by {rows[i][source + 1]})" if rows[i][source + 1] else "") for i in pool)
+        summary.conflicts.append(f"{origins[idx[0]][0]}, the cell at {origins[idx[0]][3]}: {calls}: labelled two "
+                                 "ways, left out")
+    for places, (once, two_ways) in repeated.items():
+        if len({image for image, _, _ in places}) == 1:
+            which = f"{places[0][0]} is " + " and ".join(f"field {pos} of case {case!r}" for _, pos, case in places)
+        else:
+            which = " and ".join(f"{image} (field {pos} of case {case!r})" for image, pos, case in places) + \
+                " are the same file"
+        said = ([f"its {once} cell(s) exported from each case are written once"] if once else []) + (
+            [f"{two_ways} labelled two ways are left out"] if two_ways else [])
+        summary.repeated.append(f"{which}: {'; '.join(said)}")
+    for i, r in enumerate(rows):
+        if i not in keep:
+            (tmp / str(r[0])).unlink()
+    for d in tmp.iterdir():  # a class whose every crop was left out
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    return [r for i, r in enumerate(rows) if i in keep]

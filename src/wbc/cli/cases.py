@@ -433,6 +433,14 @@ def export(
     accepted = f", {res.n_accepted} of them the model's calls accepted at sign-off" if res.n_accepted else ""
     say(f"{res.n_cells} cell(s){accepted} from {len(res.cases)} case(s) -> {output}/ ({counts or 'none'}); "
         f"{res.n_excluded} not-a-WBC / unidentifiable cell(s) left out")
+    from wbc.cli._common import SKIPPED_SHOWN, warn_skipped
+
+    for line in res.repeated[:SKIPPED_SHOWN]:  # the same fields in two cases (the command line's and the page's)
+        warn(line, prefix="note:")
+    if len(res.repeated) > SKIPPED_SHOWN:
+        warn(f"{len(res.repeated) - SKIPPED_SHOWN} more field(s) in more than one case: their cells written once",
+             prefix="note:")
+    warn_skipped(res.conflicts)
     if res.n_unreviewed:
         warn(f"{res.n_unreviewed} cell(s) nobody reviewed left out: their labels are the model's own calls "
              "(--include-accepted takes those of signed-off cases)", prefix="note:")
