@@ -402,6 +402,30 @@ def test_a_field_s_caption_says_what_became_of_the_cells_its_warning_speaks_of(r
     assert caption.endswith(f"flagged for review; since reviewed: cell #{warned} marked Not a WBC by Ann"), caption
 
 
+def test_a_label_at_the_field_s_right_edge_is_not_cut_off(review, served, classifier) -> None:  # noqa: F811
+    """In the Fields view a cell's label began at its box's left and ran past the field's right edge, where the SVG cut
+    it: "31 Neut…", "31 Not a…" (before wbc 0.36.0). Such a label ends within the field."""
+    from test_cases import _field_with_cells
+    from wbc.cases.store import create_case_from_fields
+
+    page, _ = review
+    rgb, res = _field_with_cells([((560, 103, 640, 210), "lymphocyte", 0.6, True),
+                                  ((40, 40, 140, 140), "neutrophil", 0.99, False)])
+    store = CaseStore.open(served[1])
+    c = create_case_from_fields(store, "edge label", [("edge.png", rgb, res)], classifier)
+    store.close()
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    open_case(page, c)
+    page.keyboard.press("f")
+    boxes = page.evaluate("""() => [...document.querySelectorAll('#fields g[data-cell] text')].map((t) => {
+        const b = t.getBBox(); return [t.textContent, b.x, b.x + b.width]; })""")
+    assert len(boxes) == 2
+    for text, left, right in boxes:
+        assert left >= 0 and right <= 640, (text, left, right)
+    assert next(left for text, left, _ in boxes if text.endswith("Neutrophil")) == pytest.approx(40, abs=1)
+
+
 def test_a_five_part_case_s_caption_names_no_rate_per_100(chromium, classifier, tmp_path: Path) -> None:  # noqa: F811
     """A five-part case (`wbc serve --classes 5part`) has no erythroblast row, yet its differential's caption explained
     "† per 100 white cells, outside the total", a mark no row carried. The web page's caption and the case report

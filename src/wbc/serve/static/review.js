@@ -271,9 +271,15 @@ function renderFields() {
         g.append(p);
       }
       const t = document.createElementNS(SVG, "text");
-      t.setAttribute("x", String(c.box[0]));
-      t.setAttribute("y", String(Math.max(16, c.box[1] - 4)));
       t.textContent = `${c.id} ${displayName(c.label)}`;
+      // a label that would run past the field's right edge ends there instead: the SVG cut it ("31 Not a…") before
+      // wbc 0.36.0. Its width is estimated (bold 16 px: at most about 11 units a character): the SVG is not laid out yet.
+      const wide = t.textContent.length * 11;
+      if (c.box[0] + wide > f.width) {
+        t.setAttribute("text-anchor", "end");
+        t.setAttribute("x", String(Math.min(f.width - 2, Math.max(c.box[2], wide))));
+      } else t.setAttribute("x", String(c.box[0]));
+      t.setAttribute("y", String(Math.max(16, c.box[1] - 4)));
       g.append(t);
       g.addEventListener("click", () => select(c.id, true));
       svg.append(g);
