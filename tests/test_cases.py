@@ -907,6 +907,30 @@ def test_cases_create_takes_the_analysis_options_of_wbc_analyze(tmp_path: Path, 
     assert "pixel size measured from the red cells" in " ".join(res.output.split())
 
 
+def test_cases_create_says_what_wbc_analyze_says_of_the_cells(tmp_path: Path) -> None:
+    """`wbc analyze` on the example fields says that a cell is most likely a platelet, counted in the class shown, and
+    that every cell looks unlike the training data, with the advice to adapt the model; `wbc cases create` on the same
+    fields printed neither: they were in the case alone (before wbc 0.36.0)."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.examples import EXAMPLES_DIR
+
+    run = CliRunner().invoke
+    res = run(app, ["analyze", str(EXAMPLES_DIR), "-o", str(tmp_path / "out"), "--no-draw", "--no-report"])
+    assert res.exit_code == 0, res.output
+    analysed = " ".join(res.output.split())
+    said = [re.search(r"\d+ of \d+ cells are most likely a class [^:]*: each is counted in the class shown", analysed),
+            re.search(r"\d+ of \d+ cells \(\d+%\) look unlike the model's training data[^;]*; [^`]*`wbc adapt`",
+                      analysed)]
+    assert all(said), analysed
+    res = run(app, ["cases", "create", "S-1", str(EXAMPLES_DIR), "--store", str(tmp_path / "c.sqlite")])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    for m in said:
+        assert m.group(0) in out, (m.group(0), out)
+
+
 def test_cases_create_names_every_unreadable_field_by_its_path_and_checks_the_name_first(
         tmp_path: Path, model_path: Path) -> None:  # noqa: F811
     """`wbc cases create` stopped at the first field it could not analyse, named it by its base name only (which

@@ -374,6 +374,21 @@ def create_case(
     say(f"case {cid}: {doc['name']}: {len(fields)} field(s), {doc['n_cells']} cell(s), "
         f"{doc['n_flagged']} flagged -> {s.display_url}")
     say(f"  {settings_line(doc)}")
+    warn_pooled([c.prediction for f in fields for c in f.result.cells if c.prediction is not None], clf)
+
+
+def warn_pooled(preds: list[Any], classifier: Any) -> None:
+    """What `wbc analyze` says over its fields' cells, said over a new case's: the cells the model takes for a class
+    the differential does not count, and those unlike its training data (with the advice to adapt the model when
+    they are many). Before wbc 0.36.0 these were in the case alone, never on the terminal."""
+    from wbc.classify import outside_note
+    from wbc.ood import adapted_without_labels, advice_for, ood_sentence, too_many_ood
+
+    if outside := outside_note(preds):
+        warn(outside)
+    k, n = sum(bool(p.ood) for p in preds), len(preds)
+    if ood := ood_sentence(k, n, adapted_without_labels(classifier)):
+        warn(f"{ood}; {advice_for(classifier)}" if too_many_ood(k, n) else ood)
 
 
 @cases_app.command("report")
