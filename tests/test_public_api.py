@@ -628,6 +628,56 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path,
         wbc.io.read_bytes(big)
 
 
+def test_read_bytes_takes_no_more_memory_than_the_file(tmp_path: Path, monkeypatch) -> None:
+    """``read_bytes`` read every file with ``read(MAX_FILE_BYTES + 1)``, which allocates 2 GiB before reading a
+    byte: under an address-space limit (``ulimit -v``, SGE h_vmem, strict overcommit) every image failed with
+    MemoryError. It now reads the size stat gave and a byte more, and still refuses a file that grows past the
+    limit as it is read."""
+    import tracemalloc
+
+    import wbc.io
+
+    cell = tmp_path / "cell.png"
+    write_image(cell, synthetic_cell("lymphocyte", size=96, seed=0))
+    tracemalloc.start()
+    try:
+        assert wbc.io.read_bytes(cell) == cell.read_bytes()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * cell.stat().st_size + (1 << 20)
+    status = Path("/proc/self/status")  # a file stat calls empty that holds text: read as a file grown since stat
+    if status.exists():
+        assert status.stat().st_size == 0 and wbc.io.read_bytes(status).startswith(b"Name:")
+        monkeypatch.setattr(wbc.io, "MAX_FILE_BYTES", 64)
+        with pytest.raises(wbc.errors.ImageReadError, match=r"^/proc/self/status: file is .* over the limit"):
+            wbc.io.read_bytes(status)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's RLIMIT_AS and /proc")
+def test_a_cell_is_classified_under_an_address_space_limit(tmp_path: Path) -> None:
+    """Under ``ulimit -v`` (or SGE h_vmem) every file was "could not be read (MemoryError)": ``read_bytes`` asked for
+    2 GiB per file. With the model loaded, a limit 1 GiB above what the process holds is ample for one cell."""
+    import subprocess
+    import sys
+
+    cell = tmp_path / "cell.png"
+    write_image(cell, synthetic_cell("lymphocyte", size=96, seed=0))
+    code = f"""
+import re, resource
+from pathlib import Path
+import wbc
+clf = wbc.load_model(threads=1)
+held = int(re.search(r"VmSize:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) << 10
+resource.setrlimit(resource.RLIMIT_AS, (held + (1 << 30), resource.RLIM_INFINITY))
+res = wbc.classify_images([{str(cell)!r}], clf)
+print(len(res.predictions), res.errors)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "1 []"
+
+
 def test_analyze_images_names_a_dir_entry_by_its_path(tmp_path: Path, clf, seg) -> None:
     """``os.scandir``'s entries are path-likes: results and errors named them ``"<DirEntry 'field_001.jpg'>"``, the
     folder lost (``classify_images`` named them by their path)."""

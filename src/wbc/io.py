@@ -826,7 +826,15 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         if st.st_size > MAX_FILE_BYTES:
             raise _file_too_large(p, st.st_size)
         with p.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            # What stat said and a byte more: read(n) allocates n bytes up front, so read(MAX_FILE_BYTES + 1) took
+            # 2 GiB of address space per file (MemoryError under ``ulimit -v``, SGE h_vmem, strict overcommit).
+            data = f.read(st.st_size + 1)
+            if len(data) > st.st_size:  # grown since stat (or a /proc file): on in 1 MiB steps, up to the limit
+                parts, size = [data], len(data)
+                while size <= MAX_FILE_BYTES and (part := f.read(min(1 << 20, MAX_FILE_BYTES + 1 - size))):
+                    parts.append(part)
+                    size += len(part)
+                data = b"".join(parts)
     except FileNotFoundError:
         raise ImageReadError(f"{p}: no such file") from None
     except IsADirectoryError:
