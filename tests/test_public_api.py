@@ -537,8 +537,10 @@ def test_a_wrapper_lacking_the_classifier_settings_is_refused_in_one_line(clf, s
     """A wrapper passed ``isinstance(w, ClassifierLike)`` and mypy, and was answered without the field's colour
     calibration, the smear views, the unsure cells' rotations and its label set: other labels, without a word."""
     from wbc.analyze import analyze_image
+    from wbc.batch import analyze_paths
     from wbc.classify import predict_cells, prepare_cell
     from wbc.protocols import ClassifierLike
+    from wbc.serve.app import create_app
 
     rgb = read_image(example_fields()[3])
     cell = prepare_cell(synthetic_cell("lymphocyte", size=96, seed=0), clf.info.input_size)[None]
@@ -548,12 +550,16 @@ def test_a_wrapper_lacking_the_classifier_settings_is_refused_in_one_line(clf, s
     for call in (lambda: analyze_image(rgb, wrapped, seg, name="f"), lambda: predict_cells(wrapped, cell, ["c"]),
                  lambda: wbc.classify_images([tmp_path / "cell.png"], wrapped),
                  lambda: wbc.classify_arrays([cell[0]], wrapped),
-                 lambda: wbc.analyze_images([example_fields()[3]], wrapped, seg)):
+                 lambda: wbc.analyze_images([example_fields()[3]], wrapped, seg),
+                 # these read a member before any check: a bare AttributeError, not this line, until it was mended
+                 lambda: create_app(wrapped, seg),
+                 lambda: analyze_paths([example_fields()[3]], tmp_path / "out", wrapped, seg, draw=False)):
         with pytest.raises(wbc.errors.WbcError) as info:
             call()
         said = str(info.value)
         assert said.startswith("classifier Logged: lacks label_set, colour_calibration, tta_views, unsure_views, "
                                "red_cell_target") and "delegate them" in said and "\n" not in said
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_wrapper_delegating_the_settings_is_answered_as_its_classifier(clf, seg) -> None:

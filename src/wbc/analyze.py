@@ -54,8 +54,9 @@ def no_smear_class(named: str) -> WbcError:
 def checked_smear_label_set(classifier: ClassifierLike) -> list[str]:
     """:func:`smear_label_set`, or :func:`no_smear_class` when it is empty (``with_classes("platelet")``), as
     ``/analyze`` refuses it: before wbc 0.36.0 the Python API and `wbc analyze` called every WBC a platelet, and `wbc
-    analyze` exited 0 without a differential or a report."""
-    answered = smear_label_set(classifier)
+    analyze` exited 0 without a differential or a report. A classifier lacking a :class:`ClassifierLike` member is
+    refused first, in one line (:func:`checked_classifier`): ``wbc.batch.analyze_paths`` ended in an AttributeError."""
+    answered = smear_label_set(checked_classifier(classifier))
     if not answered:
         raise no_smear_class(",".join(classifier.label_set or classifier.classes))
     return answered

@@ -41,7 +41,7 @@ import wbc
 from wbc.errors import ImageReadError, WbcError
 from wbc.formats import differential_dicts as differential  # the API's JSON: wbc.formats
 from wbc.formats import prediction_to_dict
-from wbc.protocols import ClassifierLike, SegmenterLike
+from wbc.protocols import ClassifierLike, SegmenterLike, checked_classifier
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Default limit on one request's body (all files together), in MiB.
@@ -746,6 +746,8 @@ def create_app(
         from wbc.segment import get_segmenter
 
         segmenter = get_segmenter(segmenter_method, segmenter_path, threads=threads)
+    # one line for a wrapper lacking a member the routes and /model read (before: an AttributeError building the app)
+    classifier = checked_classifier(classifier)
     if classes:  # before the metadata below is built from it
         classifier = cast(Any, classifier).with_classes(classes)  # wbc.model.Classifier.with_classes
 
