@@ -907,6 +907,31 @@ def test_a_repeated_classes_query_names_every_class(client: TestClient, smear: n
     assert r.status_code == 200 and len(r.json()["counts"]) == len(client.get("/model").json()["label_set"])
 
 
+def test_classes_all_repeated_is_every_class_and_next_to_a_class_is_refused_so(client: TestClient) -> None:
+    """``classes=all&classes=all`` (a client repeating its default) was 422 "'all' is not a class of this model ...
+    nor a named set", false of ``all``; next to a class the refusal now says what is wrong."""
+    cell = {"files": ("c.png", png_bytes(synthetic_cell("neutrophil", 96, seed=2)), "image/png")}
+    every = client.post("/classify?classes=all", files=cell)
+    twice = client.post("/classify?classes=all&classes=ALL", files=cell)
+    assert twice.status_code == every.status_code == 200, twice.text
+    assert twice.json()["counts"] == every.json()["counts"] and len(every.json()["counts"]) == 8
+    r = client.post("/classify?classes=all&classes=neutrophil", files=cell)
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "classes: 'all' (every class) cannot be combined with other classes: neutrophil")
+
+
+def test_an_empty_label_set_is_one_rule_on_the_server(classifier, client: TestClient) -> None:
+    """``wbc serve --classes ""`` (``"$LAB_CLASSES"`` unset) served every class, platelets included, unsaid, where
+    `wbc classify --classes ""` is refused; and ``classes=,`` was 422 where ``classes=`` meant the server's set."""
+    with pytest.raises(WbcError, match=r"^classes: empty; name classes"):
+        create_app(classifier, ClassicalSegmenter(), classes="")
+    cell = {"files": ("c.png", png_bytes(synthetic_cell("neutrophil", 96, seed=2)), "image/png")}
+    given = [client.post(f"/classify?{q}", files=cell) for q in ("classes=", "classes=,", "classes=%20,&classes=")]
+    assert [r.status_code for r in given] == [200, 200, 200], given[1].text
+    assert given[0].json()["counts"] == given[1].json()["counts"] == given[2].json()["counts"]
+    assert len(given[0].json()["counts"]) == len(client.get("/model").json()["label_set"])
+
+
 def multipart(disposition: bytes, data: bytes) -> tuple[bytes, dict[str, str]]:
     """A one-part multipart body with this Content-Disposition (as clients httpx does not imitate send it)."""
     body = (b"--B\r\nContent-Disposition: " + disposition + b"\r\nContent-Type: image/png\r\n\r\n" + data

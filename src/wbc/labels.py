@@ -187,10 +187,10 @@ def parse_class_set(spec: str | Sequence[str] | None, available: Sequence[str]) 
     """The chosen label set as the model's class names, in the model's order; () means every class.
 
     ``spec``: ``"5part"``, a comma-separated list in any known spelling (``"neutrophil,Lymphocytes,eo"``), or a
-    sequence of names; ``"all"`` or None: every class. Names the model does not predict raise
-    :class:`wbc.errors.WbcError`, and so does an empty ``spec`` (``[]``, ``""``): before wbc 0.36.0 it meant every
-    class, so a filtered list that came out empty widened a five-part classifier (``classes=[]`` against
-    ``with_classes("5part")``) to platelets, unflagged.
+    sequence of names; ``"all"`` or None: every class (``"all,all"`` too, since wbc 0.36.0; ``all`` next to a class
+    is refused as a contradiction). Names the model does not predict raise :class:`wbc.errors.WbcError`, and so does
+    an empty ``spec`` (``[]``, ``""``): before wbc 0.36.0 it meant every class, so a filtered list that came out empty
+    widened a five-part classifier (``classes=[]`` against ``with_classes("5part")``) to platelets, unflagged.
 
     >>> parse_class_set("5part", CLASSES)
     ('basophil', 'eosinophil', 'lymphocyte', 'monocyte', 'neutrophil')
@@ -201,6 +201,11 @@ def parse_class_set(spec: str | Sequence[str] | None, available: Sequence[str]) 
     >>> parse_class_set([], CLASSES)
     Traceback (most recent call last):
     wbc.errors.WbcError: classes: empty; name classes, a set (5part) or 'all' (every class)
+    >>> parse_class_set("all,ALL", CLASSES)
+    ()
+    >>> parse_class_set("all,neutrophil", CLASSES)
+    Traceback (most recent call last):
+    wbc.errors.WbcError: classes: 'all' (every class) cannot be combined with other classes: neutrophil
     """
     from wbc.errors import WbcError
 
@@ -209,7 +214,10 @@ def parse_class_set(spec: str | Sequence[str] | None, available: Sequence[str]) 
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
     if not items:
         raise WbcError("classes: empty; name classes, a set (5part) or 'all' (every class)")
-    if [i.lower() for i in items] == ["all"]:
+    if "all" in (lowered := {i.lower() for i in items}):  # `all` repeated (a client's default sent twice) is `all`
+        if len(lowered) > 1:
+            raise WbcError("classes: 'all' (every class) cannot be combined with other classes: "
+                           f"{', '.join(dict.fromkeys(i for i in items if i.lower() != 'all'))}")
         return ()
     wanted: set[str] = set()
     for item in items:

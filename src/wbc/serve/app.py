@@ -595,13 +595,17 @@ CLASSES_HELP = ("Answer only among these classes, e.g. `5part` or `neutrophil,ly
 
 def merged_classes(values: Sequence[str] | None) -> str | None:
     """The ``classes`` query field's values as one comma list (``chosen_classes``, ``parse_class_set`` take it), empty
-    ones left out: a client building the query from a list repeats the field, and before wbc 0.36.0 only its last value
-    was kept, a one-class label set answering a neutrophil "lymphocyte" with confidence 1.0. None: not given.
+    items left out: a client building the query from a list repeats the field, and before wbc 0.36.0 only its last value
+    was kept, a one-class label set answering a neutrophil "lymphocyte" with confidence 1.0. None: not given, nor when
+    no item is left (``classes=``, ``classes=,``: the server's label set, one rule for both).
 
-    >>> merged_classes(["neutrophil", "lymphocyte"]), merged_classes([""]), merged_classes(None)
-    ('neutrophil,lymphocyte', '', None)
+    >>> merged_classes(["neutrophil", "lymphocyte"]), merged_classes(None)
+    ('neutrophil,lymphocyte', None)
+    >>> merged_classes([""]), merged_classes([" , "]), merged_classes(["", "5part,"])
+    (None, None, '5part')
     """
-    return None if values is None else ",".join(v for v in values if v.strip())
+    items = [i.strip() for v in values or () for i in v.split(",") if i.strip()]
+    return ",".join(items) if items else None
 
 
 def copies_notes(copies: Sequence[dict[str, str]]) -> list[str]:
@@ -748,7 +752,9 @@ def create_app(
         segmenter = get_segmenter(segmenter_method, segmenter_path, threads=threads)
     # one line for a wrapper lacking a member the routes and /model read (before: an AttributeError building the app)
     classifier = checked_classifier(classifier)
-    if classes:  # before the metadata below is built from it
+    # before the metadata below is built from it; "" is refused as `wbc classify --classes ""` refuses it (before, a
+    # `wbc serve --classes "$UNSET"` server answered among every class, platelets included, unsaid)
+    if classes is not None:
         classifier = cast(Any, classifier).with_classes(classes)  # wbc.model.Classifier.with_classes
 
     max_bytes = int(max_upload_mb * 2**20)
