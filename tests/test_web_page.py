@@ -173,8 +173,9 @@ def test_a_file_chosen_twice_is_analysed_and_counted_once(page, tmp_path: Path) 
     page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
     assert page.locator("#cards article").count() == 2  # field.bmp and the other, not the copy
     assert "field (1).bmp" not in page.locator("#cards").inner_text()
-    assert page.locator("#error-list").inner_text() == ("field (1).bmp: the same image as another input, analysed and "
-                                                        "counted once (field.bmp has the same bytes)")
+    assert page.locator("#note-list").inner_text() == ("field (1).bmp: the same image as another input, analysed and "
+                                                       "counted once (field.bmp has the same bytes)")
+    assert page.locator("#errors").is_hidden()  # every file was analysed: no "could not be analysed" box
     cells = []
     for i, label in enumerate(["lymphocyte", "neutrophil"]):
         cells.append(tmp_path / f"{label}.png")
@@ -186,7 +187,42 @@ def test_a_file_chosen_twice_is_analysed_and_counted_once(page, tmp_path: Path) 
     page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
     assert page.locator("table.cells tbody tr").count() == 2
     assert "lymphocyte (1).png: the same image as another input, classified and counted once" in page.locator(
-        "#error-list").inner_text()
+        "#note-list").inner_text()
+    assert page.locator("#errors").is_hidden()
+    with page.expect_download() as dl:
+        page.click("#dl-json")
+    doc = json.loads(Path(dl.value.path()).read_text())  # as /classify gives copies: not among the errors
+    assert doc["errors"] == [] and doc["copies"] == [{"filename": "lymphocyte (1).png", "same_as": "lymphocyte.png"}]
+    assert doc["warnings"] == [page.locator("#note-list li").inner_text()]
+
+
+def test_a_copy_of_a_file_that_could_not_be_analysed_is_listed_with_its_problem(page, tmp_path: Path) -> None:
+    """Two empty files (an interrupted transfer) or two downloads cut at the same byte: the page called the second
+    "classified and counted once" before knowing the first could not be read, where `wbc classify` and /classify list
+    each with the problem (wbc.batch.with_failed_copies)."""
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), synthetic_cell("lymphocyte", 96, seed=0)[:, :, ::-1])
+    cut = good.read_bytes()[:300]
+    for name, data in (("cell.png", cut), ("cell (1).png", cut), ("a.png", b""), ("b.png", b"")):
+        (tmp_path / name).write_bytes(data)
+    names = ["good.png", "cell.png", "cell (1).png", "a.png", "b.png"]
+    page.check("input[name=mode][value=cells]")
+    page.set_input_files("#file-input", [str(tmp_path / n) for n in names])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    listed = page.locator("#error-list li").all_inner_texts()
+    assert page.locator("#notes").is_hidden() and not any("the same image" in line for line in listed), listed
+    assert listed[-2:] == ["a.png: file is empty", "b.png: file is empty"]
+    cell = next(line for line in listed if line.startswith("cell.png: "))
+    assert listed[listed.index(cell) + 1] == "cell (1).png" + cell[len("cell.png"):]  # after it, as errors.csv lists
+    page.check("input[name=mode][value=smear]")  # the smear mode, its copies' lines the same way
+    field = tmp_path / "field.png"
+    cv2.imwrite(str(field), draw_smear()[:, :, ::-1])
+    page.set_input_files("#file-input", [str(field), str(tmp_path / "a.png"), str(tmp_path / "b.png")])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("#error-list li").all_inner_texts() == ["a.png: file is empty", "b.png: file is empty"]
+    assert page.locator("#notes").is_hidden()
 
 
 def test_no_answer_for_the_pooled_differential_ends_the_run_with_a_message(page, tmp_path: Path) -> None:

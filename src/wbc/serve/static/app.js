@@ -6,6 +6,7 @@
 const state = {
   meta: null, limits: { max_upload_mb: 25, max_files: 500 }, mode: "smear", files: [], runs: [], busy: false,
   errors: [],  // the run's problems as the page lists them: the JSON download keeps them (since wbc 0.34.0)
+  copies: [], notes: [],  // the copies left out, counted once ({filename, same_as}) and their notes, as /classify's
 };
 
 const colourOf = (c) => (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
@@ -123,6 +124,12 @@ function showErrors(messages) {
   $("errors").hidden = !messages.length;
 }
 
+// Notes on files the run counted once (copies): not under "could not be analysed", as every file was.
+function showNotes(messages) {
+  $("note-list").replaceChildren(...messages.map((m) => el("li", { text: m })));
+  $("notes").hidden = !messages.length;
+}
+
 async function run() {
   const files = state.files.slice();
   if (!files.length || state.busy) return;
@@ -138,26 +145,27 @@ async function run() {
   });
   setBusy(true, "Looking for copies among the files…");  // the run's own progress follows
   const { kept, copies } = await withoutCopies(usable);
-  const verb = mode === "smear" ? "analysed" : "classified";
-  for (const [copy, original] of copies) {
-    errors.push(`${copy.name}: the same image as another input, ${verb} and counted once (${original.name} has the `
-      + "same bytes)");
-  }
+  const failed = new Map();  // each kept File that could not be analysed -> failure(): its copies fail alike
   // what is on screen, put back if this run analyses nothing (before wbc 0.34.0 a run of one unreadable file, or one
   // the server never answered, wiped the last run's cards, differential and downloads)
-  const before = { runs: state.runs, differential: state.differential, errors: state.errors, hidden: $("results").hidden,
+  const before = { runs: state.runs, differential: state.differential, errors: state.errors, copies: state.copies,
+    notes: state.notes, hidden: $("results").hidden,
     nodes: ["cards", "stats", "diff-caption", "diff-note"].map((id) => [id, [...$(id).childNodes]]),
     rows: [...$("diff-table").querySelector("tbody").childNodes] };
   state.runs = [];
   state.errors = [];
+  state.copies = [];
+  state.notes = [];
   clearSummary();  // the last run's tiles and pooled differential never sit above (or download with) this run's fields
   $("diff-caption").textContent = "The differential is pooled once every file is analysed.";
   $("cards").replaceChildren();
   $("results").hidden = true;
   showErrors([]);
+  showNotes([]);
   const t0 = performance.now();
-  if (mode === "smear") await runSmears(kept, errors);
-  else await runCells(kept, errors);
+  if (mode === "smear") await runSmears(kept, errors, failed);
+  else await runCells(kept, errors, failed);
+  const { counted, notes } = placeCopies(copies, errors, failed, mode === "smear" ? "analysed" : "classified");
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   if (state.runs.length) {
     try { await renderSummary(mode); } catch (err) {  // e.g. the server stopped: no summary, never a stuck page
@@ -165,21 +173,24 @@ async function run() {
       errors.push(`The pooled differential could not be computed: ${err.answered ? "the server answered"
         : "no answer from the server"} (${err.message}).`);
     }
-    state.errors = errors;
+    Object.assign(state, { errors, copies: counted, notes });
     showErrors(errors);
+    showNotes(notes);
     $("results").hidden = false;
     const nDone = mode === "smear" ? state.runs.length : allCells().length;
     setBusy(false, `Done: ${nDone} of ${files.length} file(s) analysed in ${secs} s.`);
     $("results").focus({ preventScroll: false });
   } else {
     if (before.runs.length) {  // nothing analysed: the last results stay, and the page says whose they are
-      Object.assign(state, { runs: before.runs, differential: before.differential, errors: before.errors });
+      Object.assign(state, { runs: before.runs, differential: before.differential, errors: before.errors,
+        copies: before.copies, notes: before.notes });
       for (const [id, nodes] of before.nodes) $(id).replaceChildren(...nodes);
       $("diff-table").querySelector("tbody").replaceChildren(...before.rows);
       $("results").hidden = before.hidden;
       errors.push("Nothing was analysed this time: the results below are those of the run before.");
     }
     showErrors(errors);
+    showNotes(notes);
     setBusy(false, "No file could be analysed.");
   }
 }
@@ -224,6 +235,35 @@ async function withoutCopies(files) {
   return { kept: files.filter((f) => !copyOf.has(f)), copies };
 }
 
+// A kept file that could not be analysed, for its copies (placeCopies): the line the page lists, and the problem
+// past the name it starts with (`who`: the file, or the batch a whole refusal names).
+const failure = (line, who) => ({ line, why: line.startsWith(`${who}:`) ? line.slice(who.length) : `: ${line}` });
+
+// The copies withoutCopies left out, worded once the run is done, as `wbc analyze` and `wbc classify` word them
+// (wbc.batch.with_failed_copies): a copy of a file that could not be analysed is one of `errors`, after that file's,
+// with its problem (two empty files: both "file is empty"); the others are notes, "analysed and counted once", and
+// `counted` ({filename, same_as}, /classify's `copies`). Worded after the run: a copy is "counted once" only if the
+// file kept was, and a note is no file that "could not be analysed".
+function placeCopies(copies, errors, failed, verb) {
+  const counted = [], notes = [];
+  const after = new Map();  // a failed file's line -> its copies' lines
+  for (const [copy, original] of copies) {
+    const f = failed.get(original);
+    if (f) {
+      after.set(f.line, [...(after.get(f.line) || []), copy.name + f.why]);
+    } else {
+      counted.push({ filename: copy.name, same_as: original.name });
+      notes.push(`${copy.name}: the same image as another input, ${verb} and counted once (${original.name} has the `
+        + "same bytes)");
+    }
+  }
+  const listed = [];
+  for (const line of errors) { listed.push(line, ...(after.get(line) || [])); after.delete(line); }
+  for (const lines of after.values()) listed.push(...lines);
+  errors.splice(0, errors.length, ...listed);
+  return { counted, notes };
+}
+
 // No summary tiles and no pooled differential: between runs, and when the pooled one could not be computed.
 function clearSummary() {
   state.differential = [];
@@ -233,7 +273,7 @@ function clearSummary() {
   $("diff-note").textContent = "";
 }
 
-async function runSmears(files, errors) {
+async function runSmears(files, errors, failed) {
   const annotated = $("opt-annotated").checked;
   for (const [i, f] of files.entries()) {
     setBusy(true, `Analysing ${i + 1} of ${files.length}: ${f.name}…`, i, files.length);
@@ -244,9 +284,15 @@ async function runSmears(files, errors) {
       res = await fetchJSON(`/analyze?annotated=${annotated}`, { method: "POST", body: fd });
     } catch (err) {
       errors.push(`${f.name}: no answer from the server (${err.message})`);
+      failed.set(f, failure(errors[errors.length - 1], f.name));
       continue;
     }
-    if (!res.ok) { errors.push(...problemText(res, f.name, () => f.name)); continue; }
+    if (!res.ok) {
+      const lines = problemText(res, f.name, () => f.name);
+      errors.push(...lines);
+      failed.set(f, failure(lines.find((l) => l.startsWith(`${f.name}:`)) || lines[0], f.name));
+      continue;
+    }
     const data = { ...res.body, image: f.name };  // the chosen name, not the one sent (a " as %22, before wbc 0.34.0)
     state.runs.push({ kind: "smear", name: f.name, data });
     $("cards").append(smearCard(data));
@@ -268,7 +314,7 @@ function batches(files) {
   return out;
 }
 
-async function runCells(files, errors) {
+async function runCells(files, errors, failed) {
   const results = [];
   const thumbs = new Map();
   const notes = [];  // each request's out-of-distribution sentence (/classify's warnings), with its files
@@ -281,7 +327,9 @@ async function runCells(files, errors) {
     try {
       res = await fetchJSON("/classify", { method: "POST", body: fd });
     } catch (err) {
-      errors.push(`${batch.length} file(s) from ${batch[0].name}: no answer from the server (${err.message})`);
+      const from = `${batch.length} file(s) from ${batch[0].name}`;
+      errors.push(`${from}: no answer from the server (${err.message})`);
+      for (const f of batch) failed.set(f, failure(errors[errors.length - 1], from));
       done += batch.length;
       continue;
     }
@@ -294,10 +342,23 @@ async function runCells(files, errors) {
     // first one alone as if only it had failed (before wbc 0.34.0)
     const who = batch.length > 1 ? `${batch.length} files (${batch[0].name} to ${batch[batch.length - 1].name})`
       : batch[0].name;
-    if (!res.ok) { errors.push(...problemText(res, who, real)); continue; }
+    const named = (f, e) => f.name === e.filename || sentName(f.name) === e.filename;  // a file's own problem
+    if (!res.ok) {  // every file of the batch failed: its own problem if one is named, else the batch's
+      const lines = problemText(res, who, real);
+      errors.push(...lines);
+      const own = (res.body && res.body.errors) || [];
+      for (const f of batch) {
+        const e = own.find((x) => named(f, x));
+        failed.set(f, e ? failure(fileProblem(e, real), real(e.filename)) : failure(lines[0], who));
+      }
+      continue;
+    }
     results.push(...res.body.results);
     pairThumbs(batch, res.body, thumbs);
-    for (const e of res.body.errors || []) errors.push(fileProblem(e, real));
+    for (const e of res.body.errors || []) {
+      errors.push(fileProblem(e, real));
+      for (const f of batch) if (named(f, e)) failed.set(f, failure(errors[errors.length - 1], real(e.filename)));
+    }
     for (const w of res.body.warnings || []) notes.push({ w, from: batch[0].name, to: batch[batch.length - 1].name });
   }
   if (results.length) {
@@ -590,8 +651,10 @@ function downloadJSON() {
     const { annotated_png: _omit, ...rest } = r.data; // the annotated images stay out of the JSON
     return { kind: r.kind, ...rest };
   });
-  // errors: the files the run could not analyse, as the page listed them (left out before wbc 0.34.0)
-  const doc = { model: state.meta, differential: state.differential, results: runs, errors: state.errors };
+  // errors: the files the run could not analyse, as the page listed them (left out before wbc 0.34.0); copies and
+  // warnings: the copies counted once, as /classify gives them (analysed, so none of the errors)
+  const doc = { model: state.meta, differential: state.differential, results: runs, errors: state.errors,
+    copies: state.copies, warnings: state.notes };
   save("wbc_results.json", JSON.stringify(doc, null, 2), "application/json");
 }
 
