@@ -348,3 +348,55 @@ def test_the_classes_of_another_model_get_colours_apart_and_unlike_the_review_re
     assert colour_of("band", names) == colour_of("band", list(reversed(names)))  # whatever the classes' order
     assert colour_of("neutrophil", names) == CLASS_COLOURS["neutrophil"]
     assert colour_of("band") == colour_of("band") in OTHER_COLOURS  # without the classes: stable, from the palette
+
+
+def test_png_colours_match_get_model_for_a_label_set() -> None:
+    """A class other than wbc's eight took its colour by its place among the classes answered, GET /model's (the web
+    page's) by its place among the model's: with a label set, a plasma cell green in the bars and purple in the PNG
+    (wbc 0.36.0's first cut). Given the model's classes (``palette``), the PNG has /model's colour whatever the set."""
+    from wbc.render import colour_of
+
+    classes = ["blast", "eosinophil", "lymphocyte", "neutrophil", "plasma_cell"]
+    m = np.ones((60, 60), bool)
+    cell = Cell(1, (200, 200, 260, 260), m, m, prediction=Prediction("plasma_cell", 0.95, False, {}))
+    for answered in (["plasma_cell", "neutrophil"], ["blast", "plasma_cell"], classes):
+        png = render(np.full((480, 640, 3), 230, np.uint8), SmearResult("f", 640, 480, [cell]), answered, 0.5,
+                     palette=classes)
+        assert tuple(png[230, 200]) == colour_of("plasma_cell", classes), answered
+
+
+def test_wbc_analyze_colours_another_model_s_classes_by_the_model_s_classes(tmp_path) -> None:
+    """`wbc analyze --classes` drew a class other than wbc's eight in the colour of its place among the label set, so
+    the same class changed colour from one run to the next, and was not GET /model's (wbc 0.36.0's first cut)."""
+    import copy
+    import json
+    import sys
+    from pathlib import Path
+
+    from wbc.batch import Job, analyze_job
+    from wbc.model import load_model
+    from wbc.paths import DEFAULT_MODEL
+    from wbc.render import colour_of
+    from wbc.segment.classical import ClassicalSegmenter
+    from wbc.synthetic import synthetic_smear
+
+    if DEFAULT_MODEL.is_file():
+        base = load_model(DEFAULT_MODEL, threads=1)
+    else:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from test_analyze import make_colour_classifier
+
+        base = load_model(make_colour_classifier(tmp_path / "tiny.onnx", size=48), threads=1)
+    base.info = copy.deepcopy(base.info)
+    base.info.classes = [f"kind_{c}" for c in base.info.classes]
+    cv2.imwrite(str(tmp_path / "f.png"), synthetic_smear(n_wbc=2, seed=5)[0][:, :, ::-1])
+    for clf in (base, base.with_classes(",".join(sorted(base.classes)[-3:]))):
+        out = analyze_job(Job(str(tmp_path / "f.png"), "f"), clf, ClassicalSegmenter(), draw=True)
+        assert out.png is not None and out.json_text is not None
+        png = cv2.imdecode(np.frombuffer(out.png, np.uint8), cv2.IMREAD_COLOR)
+        cells = json.loads(out.json_text)["cells"]
+        assert cells
+        for cell in cells:
+            x0, y0, _x1, y1 = cell["box"]
+            b, g, r = (int(v) for v in png[(y0 + y1) // 2, x0])
+            assert (r, g, b) == colour_of(cell["label"], base.classes), (clf.label_set, cell["label"])

@@ -1013,3 +1013,26 @@ def test_openapi_types_the_success_bodies_and_says_the_servers_default(classifie
         assert set(body) == keys(model), (path, set(body) ^ keys(model))
         assert set(spec["components"]["schemas"][model.__name__]["properties"]) == keys(model)
     assert an["cells"] and keys(AnalyzeBody.model_fields["cells"].annotation.__args__[0]) == set(an["cells"][0])
+
+
+def test_analyze_png_colours_are_get_model_s_for_any_label_set(classifier, smear: np.ndarray) -> None:
+    """A model with classes other than wbc's eight: /analyze's annotated PNG coloured them by their place among the
+    classes answered, /model (whose colours the web page paints its bars and swatches with) among the model's, so
+    with `classes=` one page showed a class in two colours (wbc 0.36.0's first cut). Both are the model's now."""
+    import copy
+
+    other = copy.copy(classifier)
+    other.info = copy.deepcopy(classifier.info)
+    other.info.classes = [f"kind_{c}" for c in classifier.info.classes]
+    upload = {"file": ("f.png", png_bytes(smear), "image/png")}
+    with TestClient(create_app(other, ClassicalSegmenter())) as c:
+        colours = c.get("/model").json()["colours"]
+        last = sorted(other.info.classes)[-3:]
+        for query in ("", f"&classes={','.join(last)}"):
+            body = c.post(f"/analyze?annotated=true{query}", files=upload).json()
+            png = cv2.imdecode(np.frombuffer(base64.b64decode(body["annotated_png"]), np.uint8), cv2.IMREAD_COLOR)
+            assert body["cells"]
+            for cell in body["cells"]:
+                x0, y0, _x1, y1 = cell["box"]
+                b, g, r = (int(v) for v in png[(y0 + y1) // 2, x0])  # the box's left edge
+                assert f"#{r:02x}{g:02x}{b:02x}" == colours[cell["label"]], (query, cell["label"])

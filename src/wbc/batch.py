@@ -658,7 +658,8 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
             from wbc.render import render
 
             threshold = float(classifier.info.review_threshold) if classifier is not None else 0.0
-            ok, enc = cv2.imencode(".png", render(rgb, res, classes, threshold)[:, :, ::-1].copy())
+            palette = classifier.classes if classifier is not None else ()  # colours as GET /model's, any label set
+            ok, enc = cv2.imencode(".png", render(rgb, res, classes, threshold, palette)[:, :, ::-1].copy())
             if not ok:
                 raise WbcError(f"{job.path}: cannot encode the annotated image")
             png = tag_annotated(enc.tobytes())  # known for wbc's own, also without its JSON (check_overwrites)

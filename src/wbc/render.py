@@ -277,11 +277,15 @@ def label_texts(cell_id: int, prediction: Prediction | None, threshold: float = 
     return [*texts, f"{cell_id}{flag}"]
 
 
-def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), threshold: float = 0.0) -> np.ndarray:
+def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), threshold: float = 0.0,
+           palette: Sequence[str] = ()) -> np.ndarray:
     """A copy of ``rgb`` with every cell drawn; review cells get a red double box and a "?" after their label, which
     the legend explains. ``classes``: the classes the analysis answered among (the legend lists those it did not find
     with 0; :func:`wbc.analyze.smear_classes`); ``threshold``: the review threshold, so that a cell's confidence is
-    never shown as the threshold it fell below (:func:`wbc.formats.confidence_text`).
+    never shown as the threshold it fell below (:func:`wbc.formats.confidence_text`); ``palette``: every class of the
+    model, which a class other than wbc's eight takes its colour among (:func:`colour_of`), so that it has the same
+    colour whatever the label set, the same as in ``GET /model``'s ``colours`` (the web page's); empty: among
+    ``classes`` and the cells' labels.
 
     Outlines first, then the legend (in a corner, else another place, where it hides no cell and the fewest labels;
     :func:`legend_place`), then the labels, sized from the cells (:func:`text_scale`), each where it covers neither
@@ -294,7 +298,7 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), th
     boxes = [tuple(c.box) for c in result.cells]
     scale = text_scale((h, w), boxes)
     lw = max(1, round(min(h, w) / 400))
-    named = [*classes, *(c.prediction.label for c in result.cells if c.prediction)]
+    named = list(palette) or [*classes, *(c.prediction.label for c in result.cells if c.prediction)]
     seen: list[str] = []
     labels: list[tuple[list[str], tuple[int, int, int, int], tuple[int, int, int]]] = []
     shown: list[tuple[int, int, int, int]] = []  # each cell's box, with its red review box where it has one

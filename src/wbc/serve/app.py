@@ -574,7 +574,8 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "colour_calibration": red_cell_target_of(classifier),
         "cell_fraction": float(cell_fraction_of(classifier)),
         "segmenter": {"name": getattr(segmenter, "name", ""), "model_id": getattr(segmenter, "model_id", "")},
-        "colours": {c: hex_colour(colour_of(c, classifier.classes)) for c in classifier.classes},  # as the PNGs
+        # as the annotated PNGs (render's palette: the model's classes, whatever the label set)
+        "colours": {c: hex_colour(colour_of(c, classifier.classes)) for c in classifier.classes},
     }
 
 
@@ -1051,7 +1052,8 @@ def create_app(
             if annotated:
                 from wbc.render import render
 
-                body["annotated_png"] = png_base64(render(rgb, res, answered, float(clf.info.review_threshold)))
+                body["annotated_png"] = png_base64(render(rgb, res, answered, float(clf.info.review_threshold),
+                                                          clf.classes))  # colours as /model's
             return body
 
         try:
