@@ -400,3 +400,33 @@ def test_wbc_analyze_colours_another_model_s_classes_by_the_model_s_classes(tmp_
             x0, y0, _x1, y1 = cell["box"]
             b, g, r = (int(v) for v in png[(y0 + y1) // 2, x0])
             assert (r, g, b) == colour_of(cell["label"], base.classes), (clf.label_set, cell["label"])
+
+
+def test_legend_fallback_is_cheap_on_a_40mp_field_and_still_hides_no_cell() -> None:
+    """With a WBC near every corner, the legend's place was scored at every pixel: 15 s and about 1 GB on a 40 MP field
+    (wbc 0.36.0's first cut), in every `wbc analyze` worker and `/analyze?annotated=true`. It is searched on a grid of
+    at most a megapixel, boxes rounded outward, so the place found still hides no cell."""
+    import time
+    import tracemalloc
+
+    from wbc.render import _overlap, legend_place
+
+    h, w = 5200, 7700
+    cells = [(0, 0, 300, 300), (w - 300, 0, w, 300), (0, h - 300, 300, h), (w - 300, h - 300, w, h)]
+    tracemalloc.start()
+    t = time.process_time()
+    p = legend_place((h, w), (400, 300), cells, cells, anywhere=True)
+    seconds, peak = time.process_time() - t, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert p is not None and not any(_overlap((p[0], p[1], p[0] + 401, p[1] + 301), c) for c in cells)
+    assert 4 <= p[0] <= w - 405 and 4 <= p[1] <= h - 305
+    assert peak < 100 * 2**20 and seconds < 1.0, (peak, seconds)
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # busy 6 MP fields (a grid of 3 px): wherever a place is found, it hides no cell
+        boxes = [(int(x), int(y), int(x) + 250, int(y) + 250)
+                 for x, y in zip(rng.integers(-20, 3000, 40), rng.integers(-20, 2000, 40), strict=True)]
+        boxes += [(0, 0, 300, 300), (2700, 0, 3000, 300), (0, 1700, 300, 2000), (2700, 1700, 3000, 2000)]
+        p = legend_place((2000, 3000), (301, 257), boxes, boxes[:5], anywhere=True)
+        if p is not None:
+            assert not any(_overlap((p[0], p[1], p[0] + 302, p[1] + 258), b) for b in boxes), p
+            assert 4 <= p[0] <= 3000 - 306 and 4 <= p[1] <= 2000 - 262
