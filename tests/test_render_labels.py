@@ -430,3 +430,36 @@ def test_legend_fallback_is_cheap_on_a_40mp_field_and_still_hides_no_cell() -> N
         if p is not None:
             assert not any(_overlap((p[0], p[1], p[0] + 302, p[1] + 258), b) for b in boxes), p
             assert 4 <= p[0] <= 3000 - 306 and 4 <= p[1] <= 2000 - 262
+
+
+def _ellipse_cell(box: tuple[int, int, int, int], centre: tuple[int, int], axes: tuple[int, int], label: str,
+                  conf: float, cid: int) -> Cell:
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.ellipse(mask, (centre[0] - x0, centre[1] - y0), axes, 0, 0, 360, 1, -1)
+    pred = Prediction(label=label, confidence=conf, review=True, probabilities={label: conf})
+    return Cell(id=cid, box=box, nucleus_mask=mask > 0, cell_mask=mask > 0, prediction=pred)
+
+
+def test_a_label_keeps_its_confidence_where_sliding_it_clears_a_neighbour_s_outline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """BCCD's BloodImage_00313 (its cells' boxes and outlines): the whole label "2 ig 0.77 ?" above its cell covered
+    14 px of its neighbour's outline, and the neighbour's box in every place, so it was drawn "2 ig ?", a flagged
+    cell's confidence lost (wbc 0.36.0's first cut). Slid left, it covers no other cell's outline, only an empty
+    corner of the neighbour's box; a place on its own cell (inside its bottom edge) is not taken for it."""
+    drawn = _record_labels(monkeypatch)
+    cells = [_ellipse_cell((173, 216, 422, 468), (302, 344), (104, 123), "neutrophil", 0.86, 1),
+             _ellipse_cell((110, 351, 251, 480), (178, 426), (67, 54), "ig", 0.77, 2)]
+    render(np.full((480, 640, 3), PALE, np.uint8), SmearResult("f", 640, 480, cells), SMEAR_CLASSES, 0.9)
+    assert [t for t, _, _ in drawn] == ["1 neutrophil 0.86 ?", "2 ig 0.77 ?"]
+    box = drawn[1][2]
+    assert box[3] <= 351  # above its cell, not over it
+    for c in cells:  # over neither cell's outline (its mask and the outline's stroke)
+        canvas = np.zeros((480, 640), np.uint8)
+        canvas[c.box[1]:c.box[3], c.box[0]:c.box[2]] = c.cell_mask
+        canvas = cv2.dilate(canvas, np.ones((5, 5), np.uint8))
+        assert not canvas[box[1]:box[3], box[0]:box[2]].any(), c.id
+    drawn.clear()  # a neighbour whose outline is far from the label: it goes above its cell, whole and unslid
+    cells[0] = _ellipse_cell((173, 216, 422, 468), (340, 340), (70, 100), "neutrophil", 0.86, 1)
+    render(np.full((480, 640, 3), PALE, np.uint8), SmearResult("f", 640, 480, cells), SMEAR_CLASSES, 0.9)
+    assert drawn[1][0] == "2 ig 0.77 ?" and drawn[1][2][0] == 110 and drawn[1][2][3] == 351

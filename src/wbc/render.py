@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from wbc.types import Prediction, SmearResult
+from wbc.types import Cell, Prediction, SmearResult
 
 #: Fixed colours (RGB) per canonical class, colour-blind-friendly (Okabe-Ito + extras).
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -130,7 +130,8 @@ def label_spots(
     thickness: above the cell's box (just inside its top edge when there is no room), then inside its top edge, below
     it, inside its bottom edge; each left-aligned with the box, then right-aligned. Always wholly inside the image
     (never clipped at an edge: at a smaller scale where the image is too narrow, :func:`fitted_scale`); :func:`render`
-    takes the first that covers no other label, not the legend and no other cell."""
+    takes the first that covers no other label, not the legend and no other cell's outline, else one of them slid
+    sideways (:func:`_slid`)."""
     h, w = image_size
     bw, bh, tht, pad, th = _label_size(text, fitted_scale(text, image_size, scale))
     x0, y0, x1, y1 = anchor
@@ -291,6 +292,91 @@ def label_texts(cell_id: int, prediction: Prediction | None, threshold: float = 
     return [*texts, f"{cell_id}{flag}"]
 
 
+def _slid(spots: Sequence[tuple[tuple[int, int, int, int], tuple[int, int]]], w: int
+          ) -> list[tuple[tuple[tuple[int, int, int, int], tuple[int, int]], int, int]]:
+    """``spots`` (:func:`label_spots`), then each slid left and right by an eighth of the label's width up to half of
+    it, inside an image ``w`` wide: each with the spot it was slid from and how far. The whole label "2 ig 0.77 ?" of
+    BCCD's BloodImage_00313 covered its neighbour's outline by 14 px in every place beside its cell, and was shortened
+    to "2 ig ?" (wbc 0.36.0's first cut); slid 26 px left it covers none."""
+    out = [(s, j, 0) for j, s in enumerate(spots)]
+    seen = {s[0] for s in spots}
+    for j, ((x0, y0, x1, y1), (ox, oy)) in enumerate(spots):
+        for step in (1, 2, 3, 4):
+            for dx in (-step * (x1 - x0) // 8, step * (x1 - x0) // 8):
+                dx = min(max(dx, -x0), w - x1)
+                if dx and (x0 + dx, y0, x1 + dx, y1) not in seen:
+                    seen.add((x0 + dx, y0, x1 + dx, y1))
+                    out.append((((x0 + dx, y0, x1 + dx, y1), (ox + dx, oy)), j, abs(dx)))
+    return out
+
+
+class _Outlines:
+    """The cells as :func:`render` draws them, their masks widened by the outline's stroke (``lw + 1`` px): what a
+    label must not hide of another cell. Its box is not: in wbc 0.36.0's first cut a label kept off other cells' whole
+    boxes, and was shortened where every place covered one, though perhaps only an empty corner of it."""
+
+    def __init__(self, cells: Sequence[Cell], lw: int) -> None:
+        self.cells = cells
+        self.reach = lw // 2 + 2  # past the mask: half the outline's stroke, and its anti-aliased edge
+        self.masks: dict[int, np.ndarray] = {}
+        r = self.reach
+        self.boxes = np.array([(c.box[0] - r, c.box[1] - r, c.box[0] + c.cell_mask.shape[1] + r,
+                                c.box[1] + c.cell_mask.shape[0] + r) for c in cells], np.int64).reshape(-1, 4)
+
+    def mask(self, j: int) -> np.ndarray:
+        """Cell ``j``'s widened mask, over its box widened by :attr:`reach` (once per cell, when a label nears it)."""
+        if j not in self.masks:
+            c, r = self.cells[j], self.reach
+            m = c.cell_mask.astype(bool)
+            if c.nucleus_mask.shape == m.shape:
+                m = m | c.nucleus_mask.astype(bool)
+            padded = cv2.copyMakeBorder(m.astype(np.uint8), r, r, r, r, cv2.BORDER_CONSTANT, value=0)
+            disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+            self.masks[j] = cv2.dilate(padded, disc) > 0
+        return self.masks[j]
+
+    def covered(self, places: Sequence[Sequence[int]], i: int, near: np.ndarray) -> np.ndarray:
+        """For each place (x0, y0, x1, y1), the pixels of the outlines of the cells ``near`` (indices) other than
+        ``i`` it covers, and of cell ``i``'s."""
+        out = np.zeros((len(places), 2), np.int64)
+        if not len(near):
+            return out
+        p, q = np.asarray(places, np.int64)[:, None], self.boxes[near][None]
+        x0, y0 = np.maximum(p[..., 0], q[..., 0]), np.maximum(p[..., 1], q[..., 1])
+        x1, y1 = np.minimum(p[..., 2], q[..., 2]), np.minimum(p[..., 3], q[..., 3])
+        for a, n in zip(*np.nonzero((x1 > x0) & (y1 > y0)), strict=True):
+            j = int(near[n])
+            bx, by = self.boxes[j, 0], self.boxes[j, 1]
+            covers = self.mask(j)[y0[a, n] - by:y1[a, n] - by, x0[a, n] - bx:x1[a, n] - bx]
+            out[a, int(j == i)] += np.count_nonzero(covers)
+        return out
+
+
+def _best_place(options: Sequence[tuple[tuple[tuple[int, int, int, int], tuple[int, int]], int, int]],
+                placed: np.ndarray, others: np.ndarray, outlines: _Outlines, i: int, near: np.ndarray, first: int
+                ) -> tuple[tuple[int, int, int, int, int], tuple[tuple[int, int, int, int], tuple[int, int]]]:
+    """Of cell ``i``'s label ``options`` (a spot, the spot it was slid from, how far: :func:`_slid`), the best and
+    its cost: by what it covers of labels and the legend (``placed``), then of the outlines of other cells (of those
+    ``near``), of its own cell more than the first place (``first`` pixels), then unslid before slid; an unslid one by
+    what it covers of the ``others``' boxes (empty corners: a place clear of them where there is one); on ties the
+    first spot, the least slid. Outlines are weighed only for the places that cover the fewest labels."""
+    places = [o[0][0] for o in options]
+    hides = _overlaps(places, placed)
+    few = np.flatnonzero(hides == hides.min()).tolist()
+    on = outlines.covered([places[j] for j in few], i, near)
+    boxes = _overlaps([places[j] for j in few], others).tolist()
+    costs = [(int(hides[j]), int(on[n, 0]), max(0, int(on[n, 1]) - first), int(options[j][2] > 0),
+              0 if options[j][2] else boxes[n]) for n, j in enumerate(few)]
+    n = min(range(len(few)), key=lambda n: (costs[n], options[few[n]][1], options[few[n]][2], boxes[n]))
+    return costs[n], options[few[n]][0]
+
+
+def _within(boxes: np.ndarray, region: Sequence[int]) -> np.ndarray:
+    """The indices of ``boxes`` (n x 4) that share pixels with ``region`` (x0, y0, x1, y1)."""
+    return np.flatnonzero((boxes[:, 0] < region[2]) & (boxes[:, 2] > region[0]) & (boxes[:, 1] < region[3])
+                          & (boxes[:, 3] > region[1]))
+
+
 def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), threshold: float = 0.0,
            palette: Sequence[str] = ()) -> np.ndarray:
     """A copy of ``rgb`` with every cell drawn; review cells get a red double box and a "?" after their label, which
@@ -303,7 +389,8 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), th
 
     Outlines first, then the legend (in a corner, else another place, where it hides no cell and the fewest labels;
     :func:`legend_place`), then the labels, sized from the cells (:func:`text_scale`), each where it covers neither
-    the legend, a label drawn before it, nor another cell (:func:`label_spots`), shortened where no place is free
+    the legend, a label drawn before it, another cell's outline nor more of its own cell (:func:`label_spots`, else
+    slid sideways, :func:`_slid`), clear of other cells' boxes too where it can be, shortened where no place is free
     for the whole label (:func:`label_texts`), so no outline, legend or other label ever covers a label's text, and
     no label or legend a cell, where there is room.
     """
@@ -382,18 +469,27 @@ def render(rgb: np.ndarray, result: SmearResult, classes: Sequence[str] = (), th
             y += row
     placed: list[tuple[int, int, int, int]] = [legend] if legend else []
     cells = np.asarray(shown, np.int64).reshape(-1, 4)
+    outlines = _Outlines(result.cells, lw)
     for i, (texts, anchor, col) in enumerate(labels):
-        others = np.delete(cells, i, axis=0)
-        best: tuple[tuple[int, int], str, tuple[tuple[int, int, int, int], tuple[int, int]]] | None = None
-        for text in texts:  # the fullest text with a free place, else the one covering least
-            options, _ = label_spots(text, anchor, (h, w), scale)
-            places = [o[0] for o in options]
-            # each place by what it covers: labels and the legend first, then other cells; the first on ties
-            costs = list(zip(_overlaps(places, placed).tolist(), _overlaps(places, others).tolist(), strict=True))
-            k = min(range(len(options)), key=lambda j: (costs[j], j))
-            if best is None or costs[k] < best[0]:
-                best = (costs[k], text, options[k])
-            if costs[k] == (0, 0):
+        # what any place of its label may cover (each lies within two labels' heights and widths of the cell's box):
+        # weighing every place against every cell of a field of 600 took seconds
+        bw, bh, *_ = _label_size(texts[0], scale)
+        region = (anchor[0] - 2 * bw, anchor[1] - 2 * bh, anchor[2] + 2 * bw, anchor[3] + 2 * bh)
+        near = _within(outlines.boxes, region)
+        others = cells[[j for j in _within(cells, region).tolist() if j != i]].reshape(-1, 4)
+        around = np.asarray(placed, np.int64).reshape(-1, 4)
+        around = around[_within(around, region)]
+        best: tuple[tuple[int, ...], str, tuple[tuple[int, int, int, int], tuple[int, int]]] | None = None
+        for text in texts:  # the fullest text with a place free of labels and cells, else the one covering least
+            options = label_spots(text, anchor, (h, w), scale)[0]
+            first = int(outlines.covered([options[0][0]], i, near)[0, 1])  # of its own cell, its first place (above)
+            unslid = [(o, j, 0) for j, o in enumerate(options)]
+            cost, spot = _best_place(unslid, around, others, outlines, i, near, first)
+            if cost[:3] != (0, 0, 0):  # none free: slid ones too (after all unslid ones, whatever they cover)
+                cost, spot = _best_place(_slid(options, w), around, others, outlines, i, near, first)
+            if best is None or cost < best[0]:
+                best = (cost, text, spot)
+            if cost[:3] == (0, 0, 0):
                 break
         assert best is not None
         placed.append(draw_label(out, best[1], anchor, scale, col, best[2]))
