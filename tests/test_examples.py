@@ -96,3 +96,38 @@ def test_wbc_examples_names_a_file_of_its_own_it_kept_and_does_not_count_it(tmp_
     assert f"note: {out / first.name}: kept, your own file (not the shipped example field)" in r.stderr
     assert f"{len(example_fields()) - 1} example smear fields" in r.stderr
     assert (out / first.name).read_bytes() == b"my own field"
+
+
+def test_wbc_examples_keeps_a_field_it_cannot_read_names_it_and_copies_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A same-named field another user owns (mode 600 in a shared data/raw_images/) was read whole to compare it: the
+    PermissionError stopped the copy as "cannot write the examples there (Permission denied)", no other field and no
+    licence copied (wbc 0.36.0's first cut; before, it was kept unread). It is kept unread and named."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    out = tmp_path / "raw"
+    out.mkdir()
+    first = example_fields()[0]
+    theirs = out / first.name
+    theirs.write_bytes(first.read_bytes())
+    read_bytes = Path.read_bytes
+
+    def unreadable(self: Path) -> bytes:
+        if self == theirs:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    copied = copy_examples(out)
+    assert [p.name for p in copied] == [p.name for p in example_fields()[1:]]
+    assert (out / LICENCE_NAME).is_file()
+    kept: dict[Path, str] = {}
+    copy_examples(out, kept=kept)
+    assert kept == {theirs: "cannot be read to compare with the shipped field (Permission denied)"}
+    r = CliRunner().invoke(app, ["examples", "-o", str(out)], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert f"note: {theirs}: kept, cannot be read to compare with the shipped field (Permission denied)" in said
+    assert f"{len(example_fields()) - 1} example smear fields" in said

@@ -17,11 +17,11 @@ def examples(
     n: Annotated[int | None, typer.Option("--n", min=1, help="How many smear fields (default: all six).")] = None,
 ) -> None:
     """Copy the example smear fields shipped with wbc (BCCD test split, MIT licence) into data/raw_images/."""
-    from wbc.examples import copy_examples, example_fields
+    from wbc.examples import copy_examples
 
-    fields = copy_examples(output, n)
-    for src in example_fields()[:n]:  # not counted below: before wbc 0.36.0 a file of another content was
-        if output / src.name not in fields:
-            warn(f"{output / src.name}: kept, your own file (not the shipped example field)", "note:")
+    kept: dict[Path, str] = {}
+    fields = copy_examples(output, n, kept)
+    for path, why in kept.items():  # not counted below: before wbc 0.36.0 a file of another content was
+        warn(f"{path}: kept, {why}", "note:")
     where = "" if output == Path("data/raw_images") else f"{output} "  # the default input of wbc analyze
     say(f"{len(fields)} example smear fields (BCCD, MIT licence) in {output}/; next: wbc analyze {where}--output out/")
