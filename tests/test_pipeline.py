@@ -925,6 +925,25 @@ def test_an_ensemble_of_runs_whose_split_has_no_test_rows_is_exported_unscored(t
     assert "manifest.csv: no test rows, so no test score" in said.getvalue()
 
 
+def test_an_ensemble_refused_for_unreadable_rows_removes_the_parent_folders_it_made(tmp_path: Path) -> None:
+    """`wbc ensemble -o new/deep/ens` under a data root holding none of the manifest's images was refused "before
+    anything is written", but only `ens` was removed again: `new/deep/` stayed (wbc 0.36.0's first cut). Every folder
+    made for the output goes; one that was there before, or holds something else, stays."""
+    from rich.console import Console
+
+    from wbc.errors import WbcError
+    from wbc.train.loop import run_ensemble
+
+    a, b, _root = _two_untrained_runs(tmp_path, ("train", "val", "test"), relative=True)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    for out in (tmp_path / "new" / "deep" / "ens", tmp_path / "kept" / "deep" / "ens"):
+        with pytest.raises(WbcError, match="none of its 8 val images could be read"):
+            run_ensemble([a, b], out, data_root=tmp_path / "elsewhere", console=Console(quiet=True))
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["notes.txt"]
+
+
 def test_an_ensemble_names_its_unreadable_rows_and_refuses_a_data_root_holding_none(tmp_path: Path) -> None:
     """A run's manifest names its images relative to the data root; under another one none was read, and `wbc
     ensemble` calibrated on nothing and ended in a scikit-learn traceback, leaving an empty folder. Rows that could not

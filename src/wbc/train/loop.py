@@ -20,7 +20,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1276,14 +1276,18 @@ def _say_unreadable(bad: Sequence[tuple[str, str]], n: int, split: str, out: Pat
                   f"named in {escape(str(out / 'skipped.csv'))}", highlight=False)
 
 
-def _refuse_unread(manifest: Path, split: str, n: int, bad: Sequence[tuple[str, str]], root: Path, out: Path,
-                   made_out: bool) -> None:
+def _refuse_unread(manifest: Path, split: str, n: int, bad: Sequence[tuple[str, str]], root: Path,
+                   made: Sequence[Path]) -> None:
     """Refuse, before anything is written, an ensemble whose val (or test) rows are none of them readable: before
     wbc 0.36.0 it calibrated on nothing and ended in a scikit-learn traceback. Usually the manifest's paths are
-    relative to another data root. The output folder :func:`check_output_file` made for it is removed again."""
-    if made_out:
-        with suppress(OSError):
-            out.rmdir()
+    relative to another data root. The folders :func:`check_output_file` made for the output (``made``, the output
+    folder first, then its parents) are removed again, up to the first one something else has filled since (in
+    wbc 0.36.0's first cut only the output folder: ``-o new/deep/ens`` left ``new/deep/``)."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
     first = f"; first: {bad[0][1]}" if bad else ""
     if not n:
         raise WbcError(f"{manifest}: no {split} rows to calibrate the ensemble on")
@@ -1342,7 +1346,7 @@ def run_ensemble(
             raise WbcError(f"{run}: {len(run_nets)} networks for its manifest's {len(folds)} cross-validation folds; "
                            "a cross-validation run's ensemble.pt holds one network per fold, in fold order")
     cfg = cfg.updated({"folds": len(folds) if folds else 0})
-    made_out = not out.exists()
+    made = [q for q in (out, *out.parents) if not q.exists()]  # what check_output_file creates, removed on refusal
     check_output_file(out / "model.onnx")  # the runs are checked: now a folder that cannot be written, before decoding
     torch.set_num_threads(cfg.threads)
     classes, size = infos[0].classes, infos[0].input_size
@@ -1358,7 +1362,7 @@ def run_ensemble(
         unreadable[split] = bad
         what = "train/val" if split == "val" and folds else split
         if not ok:
-            _refuse_unread(manifests[0], what, len(subset), bad, root, out, made_out)
+            _refuse_unread(manifests[0], what, len(subset), bad, root, made)
         _say_unreadable(bad, len(subset), what, out, console)
         parts[split] = Split(np.ascontiguousarray(centre_crop(cache, infos[0].centre_crop)),
                              np.array([classes.index(subset[i].label) for i in ok]))
