@@ -2131,3 +2131,72 @@ def test_export_writes_a_cell_of_two_cases_once_and_leaves_out_one_labelled_two_
     out = " ".join(out.split())
     assert f"note: {image} is field 1 of case 'S-001' and field 1 of case 'S-WEB'" in out, out
     assert "labelled two ways, left out" in out and "1 cell(s) from 2 case(s)" in out, out
+
+
+def _one_file_case(store: CaseStore, name: str, cells: list[tuple[tuple[int, int, int, int], str]], clf) -> int:
+    """A case of one field with ``cells`` (box, the model's call), made from the same file as every other such case."""
+    import hashlib
+
+    from wbc.cases.store import prepare_field
+
+    rgb, res = _field_with_cells([(box, label, 0.6, True) for box, label in cells])
+    sha = hashlib.sha1(b"the same field file").hexdigest()
+    return create_case_from_fields(store, name, [prepare_field("f.jpg", rgb, res, clf, sha)], clf)
+
+
+def test_export_matches_a_cell_of_two_cases_by_overlap_not_by_its_exact_box(
+        store: CaseStore, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """The same file made into a case with `wbc cases create --pixel-size 0.1` and one on the review page (the server's
+    scale) boxes its cell a few pixels apart (144 7 376 239 and 147 7 373 239 on BCCD's BloodImage_00015): the export
+    matched cells by their exact box, and wrote the cell twice under the two reviewers' labels, without a word (wbc
+    0.36.0 before release). Cells are matched by overlap; two cells of the field apart stay two."""
+    far = ((400, 300, 500, 400), "lymphocyte")
+    a = _one_file_case(store, "A", [((144, 7, 376, 239), "neutrophil"), far], classifier)
+    b = _one_file_case(store, "B", [((147, 7, 373, 239), "neutrophil"), far], classifier)
+    (ca, fa), (cb, fb) = store.case_document(a)["cells"], store.case_document(b)["cells"]
+    store.reclassify(a, ca["id"], "monocyte", "A. Tech")
+    store.reclassify(b, cb["id"], "lymphocyte", "B. Tech")
+    store.reclassify(a, fa["id"], "lymphocyte", "A. Tech")
+    store.reclassify(b, fb["id"], "lymphocyte", "B. Tech")
+    store.sign_off(a, "A. Tech")
+    store.sign_off(b, "B. Tech")
+    res = export_cases(store, tmp_path / "x")
+    assert (res.n_cells, res.counts) == (1, {"lymphocyte": 1}), res
+    assert res.conflicts == ["f.jpg, the cell at 144 7 376 239: monocyte in case 'A' (by A. Tech), lymphocyte in case "
+                             "'B' (by B. Tech): labelled two ways, left out"]
+    assert res.repeated == ["f.jpg is field 1 of case 'A' and field 1 of case 'B': its 1 cell(s) exported from each "
+                            "case are written once; 1 labelled two ways are left out"]
+
+
+def test_export_compares_a_not_a_wbc_call_and_one_changed_only_leaves_out_with_the_other_case_s(
+        store: CaseStore, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """One reviewer marked the cell not a WBC, the other confirmed it a neutrophil; or, with --changed-only, one changed
+    it and the other confirmed the model's call: the filters dropped the one call before the cells were compared, and
+    the other was exported without a word (wbc 0.36.0 before release). Every reviewed call is compared first."""
+    box = (144, 7, 376, 239)
+    a, b = (_one_file_case(store, n, [(box, "neutrophil")], classifier) for n in ("A", "B"))
+    store.reclassify(a, store.case_document(a)["cells"][0]["id"], NOT_WBC, "A. Tech")
+    store.reclassify(b, store.case_document(b)["cells"][0]["id"], "neutrophil", "B. Tech")
+    c, d = (_one_file_case(store, n, [(box, "neutrophil")], classifier) for n in ("C", "D"))
+    store.reclassify(c, store.case_document(c)["cells"][0]["id"], "lymphocyte", "C. Tech")
+    store.reclassify(d, store.case_document(d)["cells"][0]["id"], "neutrophil", "D. Tech")
+    for case in (a, b, c, d):
+        store.sign_off(case, "Dr. E")
+    res = export_cases(store, tmp_path / "x", cases=[a, b])
+    assert (res.n_cells, res.n_excluded) == (0, 0) and res.conflicts == [
+        f"f.jpg, the cell at {' '.join(map(str, box))}: not_wbc in case 'A' (by A. Tech), neutrophil in case 'B' (by "
+        "B. Tech): labelled two ways, left out"], res
+    res = export_cases(store, tmp_path / "y", cases=[c, d], changed_only=True)
+    assert res.n_cells == 0 and len(res.conflicts) == 1, res
+    # calls agreed on: written once, by the reviewer who changed it under --changed-only; not a WBC counted once
+    e = _one_file_case(store, "E", [(box, "lymphocyte")], classifier)
+    f = _one_file_case(store, "F", [(box, "neutrophil")], classifier)
+    store.reclassify(e, store.case_document(e)["cells"][0]["id"], "lymphocyte", "E. Tech")
+    store.reclassify(f, store.case_document(f)["cells"][0]["id"], NOT_WBC, "F. Tech")
+    store.sign_off(e, "Dr. E")
+    store.sign_off(f, "Dr. E")
+    res = export_cases(store, tmp_path / "z", cases=[e, c], changed_only=True)
+    rows = list(csv.DictReader((tmp_path / "z" / "manifest.csv").open()))
+    assert (res.n_cells, [(r["case"], r["label"], r["changed"]) for r in rows]) == (1, [("C", "lymphocyte", "1")])
+    res = export_cases(store, tmp_path / "w", cases=[a, f])
+    assert (res.n_cells, res.n_excluded, res.conflicts) == (0, 1, []), res

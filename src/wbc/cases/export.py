@@ -5,7 +5,8 @@ a person reviewed (confirmed or changed): a cell nobody opened carries the model
 and training on it teaches the model its own answers (and inflates ``wbc adapt``'s "before" accuracy).
 ``include_accepted`` adds those cells of signed-off cases too. Each row says where its label came from
 (``label_source``: ``reviewed``, or ``accepted_at_sign_off`` with an empty ``reviewer``). A cell of a field in several
-exported cases is written once, and left out where reviewers labelled it two ways (said in the summary).
+exported cases (the same file; the cell matched by box overlap) is written once, and left out where reviewers labelled
+it two ways, "not a WBC" and a call ``changed_only`` drops included (said in the summary).
 
 The folder is written beside the target and swapped in whole, so an interrupted export never leaves a half-written
 folder; a folder from an earlier export is replaced, any other non-empty folder is refused, and so is an earlier
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import os
 import shutil
 import tempfile
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from wbc.cases.store import SPECIAL_LABELS, CaseError, CaseStore, safe_stem
 from wbc.data import MANIFEST_COLUMNS
+from wbc.evaluate.smears import SAME_CELL_IOU, box_iou
 from wbc.formats import neutralise
 from wbc.io import output_target
 
@@ -135,11 +138,10 @@ def export_cases(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        rows: list[list[object]] = []
-        # each cell by its field's file and box: the same fields made into two cases (on the command line and on the
-        # review page) gave each cell twice, under two labels where the reviewers differed (before wbc 0.36.0)
-        keys: list[tuple[str, ...]] = []
-        origins: list[tuple[str, int, str, str]] = []
+        # every call of every exported case, its filters left for later: the same fields made into two cases (on the
+        # command line and on the review page) gave each cell twice, under two labels where the reviewers differed
+        # (before wbc 0.36.0), and a call the filters drop (not a WBC, unchanged under --changed-only) still differs
+        calls: list[_Call] = []
         for cid in ids:
             doc = store.case_document(cid)
             if not doc["signed_by"] and not include_open:
@@ -150,28 +152,25 @@ def export_cases(
             fields = {f["id"]: f for f in doc["fields"]}
             for cell in doc["cells"]:
                 label = cell["label"]
-                if label in SPECIAL_LABELS:
-                    summary.n_excluded += 1
-                    continue
-                if changed_only and not cell["changed"]:
-                    continue
                 if cell["reviewed"]:
                     source, reviewer = REVIEWED, cell["reviewed_by"] or ""
                 elif include_accepted and doc["signed_by"]:
                     source, reviewer = ACCEPTED, ""
                 else:
-                    summary.n_unreviewed += 1
-                    continue
-                rel = f"{safe_stem(label)}/case{cid}_f{cell['field']}_c{cell['cell_no']}_{cell['id']}.png"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(crops[cell["id"]])
-                rows.append([rel, label, "", -1, "", doc["name"], cid, cell["id"], cell["model_label"],
-                             doc.get("model_id") or "", int(cell["changed"]), source, reviewer, doc["signed_by"] or ""])
+                    source, reviewer = "", ""
                 f = fields[cell["field_id"]]
-                keys.append((f["sha1"], *map(str, cell["box"])) if f.get("sha1")
-                            else ("crop", hashlib.sha1(crops[cell["id"]]).hexdigest()))
-                origins.append((f["image"], f["position"], doc["name"], " ".join(map(str, cell["box"]))))
-        rows = _once(rows, keys, origins, summary, tmp)
+                row: list[object] | None = None
+                if source and label not in SPECIAL_LABELS and (cell["changed"] or not changed_only):
+                    rel = f"{safe_stem(label)}/case{cid}_f{cell['field']}_c{cell['cell_no']}_{cell['id']}.png"
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / rel).write_bytes(crops[cell["id"]])
+                    row = [rel, label, "", -1, "", doc["name"], cid, cell["id"], cell["model_label"],
+                           doc.get("model_id") or "", int(cell["changed"]), source, reviewer, doc["signed_by"] or ""]
+                calls.append(_Call(
+                    label, source, reviewer,
+                    f.get("sha1") or "crop:" + hashlib.sha1(crops[cell["id"]]).hexdigest(), f["id"],
+                    tuple(cell["box"]), (f["image"], f["position"], doc["name"]), row))
+        rows = _once(calls, summary, tmp, changed_only)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])
@@ -199,35 +198,91 @@ def export_cases(
     return summary
 
 
-def _once(rows: list[list[object]], keys: list[tuple[str, ...]], origins: list[tuple[str, int, str, str]],
-          summary: ExportSummary, tmp: Path) -> list[list[object]]:
-    """``rows`` with each cell once (``keys``: its field's SHA-1 and box, or its crop's SHA-1; ``origins``: its field's
-    file name, position, case and the cell's box), the crops of the rows left out removed from ``tmp``. A cell in
-    several cases keeps one row, a reviewer's over one accepted at sign-off; one labelled two ways keeps none: `wbc
-    adapt` would learn both labels (it names the pair, but counted both in "adapted on N cells" and its accuracy).
-    Each field in several cases is said in ``summary.repeated``, each cell left out so in ``summary.conflicts``."""
-    source = len(MANIFEST_COLUMNS) + EXTRA_COLUMNS.index("label_source")
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
-    keep: set[int] = set()
+@dataclass
+class _Call:
+    """One cell of an exported case as :func:`_once` compares it with the same cell in other cases."""
+
+    label: str  # the reviewer's call, else the model's
+    source: str  # REVIEWED, ACCEPTED, or "": nobody reviewed it and it is not exported
+    reviewer: str
+    file: str  # its field's file SHA-1, or "crop:" and its crop's SHA-1 for a field stored without one
+    field_id: int
+    box: tuple[int, ...]
+    origin: tuple[str, int, str]  # its field's file name and position, and its case's name
+    row: list[object] | None  # its manifest row, its crop written, when it passes the filters on its own
+
+
+def _same_cells(calls: Sequence[_Call]) -> list[list[int]]:
+    """``calls`` (indices) in groups of one cell each: the cells of one file's fields in different cases, paired one
+    to one by box overlap (IoU >= :data:`wbc.evaluate.smears.SAME_CELL_IOU`, the closest first). The same file
+    analysed twice boxes a cell a few pixels apart when the segmentation's settings differ (`wbc cases create
+    --pixel-size` against the server's); before wbc 0.36.0 cells were matched by their exact box, so such a cell was
+    exported twice, under both labels. A field stored without its file's SHA-1 is matched by its crop's."""
+    parent = list(range(len(calls)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    by_file: dict[str, dict[int, list[int]]] = {}
+    for i, c in enumerate(calls):
+        by_file.setdefault(c.file, {}).setdefault(c.field_id, []).append(i)
+    for file, fields in by_file.items():
+        if file.startswith("crop:"):  # the same crop: the same cell
+            first, *rest = [i for idx in fields.values() for i in idx]
+            for i in rest:
+                parent[root(i)] = root(first)
+            continue
+        for a, b in itertools.combinations(fields.values(), 2):  # a field is in a case once (by its SHA-1)
+            pairs = sorted((-box_iou(calls[i].box, calls[j].box), i, j) for i in a for j in b)
+            paired: set[int] = set()
+            for neg, i, j in pairs:
+                if -neg < SAME_CELL_IOU:
+                    break
+                if i not in paired and j not in paired:
+                    paired |= {i, j}
+                    parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(calls)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _once(calls: Sequence[_Call], summary: ExportSummary, tmp: Path, changed_only: bool) -> list[list[object]]:
+    """The manifest rows of ``calls`` with each cell once (:func:`_same_cells`), the crops of the rows left out removed
+    from ``tmp``. A cell's calls in several cases are compared before any filter: a reviewer's calls, else those
+    accepted at sign-off; calls that differ keep none, since `wbc adapt` would learn both labels, and a reviewer's "not
+    a WBC" or a call `--changed-only` drops differs as much as another class (before wbc 0.36.0 those were filtered
+    out first, and the other case's label was exported without a word). A cell agreed on is written once, if a row of
+    it passes the filters. Each field in several cases is said in ``summary.repeated``, each cell left out so in
+    ``summary.conflicts``; the cells left out as not a WBC or nobody's review are counted once each."""
+    keep: list[int] = []
     repeated: dict[tuple[tuple[str, int, str], ...], list[int]] = {}  # the field's places -> [cells once, left out]
-    for idx in groups.values():
-        if len(idx) == 1:
-            keep.add(idx[0])
+    for idx in _same_cells(calls):
+        pool = [i for i in idx if calls[i].source == REVIEWED] or [i for i in idx if calls[i].source == ACCEPTED]
+        if not pool:
+            if not changed_only:  # nobody changed it: --changed-only leaves it out anyway
+                summary.n_unreviewed += 1
             continue
-        places = tuple(dict.fromkeys(origins[i][:3] for i in idx))
-        tally = repeated.setdefault(places, [0, 0])
-        pool = [i for i in idx if rows[i][source] == REVIEWED] or idx
-        if len({rows[i][1] for i in pool}) == 1:
-            keep.add(pool[0])
-            tally[0] += 1
+        places = tuple(dict.fromkeys(calls[i].origin for i in idx))
+        first = calls[pool[0]]
+        if len({calls[i].label for i in pool}) > 1:
+            repeated.setdefault(places, [0, 0])[1] += 1
+            labels = ", ".join(f"{c.label} in case {c.origin[2]!r}" + (f" (by {c.reviewer})" if c.reviewer else "")
+                             for c in (calls[i] for i in pool))
+            summary.conflicts.append(f"{first.origin[0]}, the cell at {' '.join(map(str, first.box))}: {labels}: "
+                                     "labelled two ways, left out")
             continue
-        tally[1] += 1
-        calls = ", ".join(f"{rows[i][1]} in case {origins[i][2]!r}"
-                          + (f" (by {rows[i][source + 1]})" if rows[i][source + 1] else "") for i in pool)
-        summary.conflicts.append(f"{origins[idx[0]][0]}, the cell at {origins[idx[0]][3]}: {calls}: labelled two "
-                                 "ways, left out")
+        if first.label in SPECIAL_LABELS:
+            summary.n_excluded += 1
+            continue
+        i = next((i for i in pool if calls[i].row is not None), None)  # --changed-only: a reviewer who changed it
+        if i is not None:
+            keep.append(i)
+            if len(places) > 1:
+                repeated.setdefault(places, [0, 0])[0] += 1
     for places, (once, two_ways) in repeated.items():
         if len({image for image, _, _ in places}) == 1:
             which = f"{places[0][0]} is " + " and ".join(f"field {pos} of case {case!r}" for _, pos, case in places)
@@ -237,10 +292,11 @@ def _once(rows: list[list[object]], keys: list[tuple[str, ...]], origins: list[t
         said = ([f"its {once} cell(s) exported from each case are written once"] if once else []) + (
             [f"{two_ways} labelled two ways are left out"] if two_ways else [])
         summary.repeated.append(f"{which}: {'; '.join(said)}")
-    for i, r in enumerate(rows):
-        if i not in keep:
-            (tmp / str(r[0])).unlink()
+    kept = set(keep)
+    for i, c in enumerate(calls):
+        if c.row is not None and i not in kept:
+            (tmp / str(c.row[0])).unlink()
     for d in tmp.iterdir():  # a class whose every crop was left out
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
-    return [r for i, r in enumerate(rows) if i in keep]
+    return [c.row for i, c in enumerate(calls) if i in kept and c.row is not None]
