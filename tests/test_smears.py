@@ -868,3 +868,40 @@ def test_a_folder_whose_wbc_boxes_are_named_by_subtype_gets_end_to_end_subtype_s
     m = evaluate_segmentation(items, OneCell().segment, lambda rgb, cells: [next(called) for _ in cells])
     assert m["subtype"]["n"] == 2 and m["subtype"]["accuracy"] == 0.5 and no_subtype_note(m) == ""
     assert no_subtype_note({"subtype": {"n": 0, "not_scored": {}}}).startswith("no subtype was scored: no field has")
+
+
+def test_a_field_boxed_as_a_wbc_type_outside_the_classes_is_counted_not_scored(tmp_path: Path) -> None:
+    """A field whose one WBC box is named Blast (Plasma cell, Smudge cell: WBC types no class names) has a subtype
+    label; it was left out of the subtype score without a word ("label": null, the n shrinking), and a folder of such
+    fields alone was told it had no subtype label and to box its WBCs by subtype, which it did (wbc 0.36.0 before
+    release). It is counted in not_scored under its name, in metrics.json, summary.md and the terminal's note."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.evaluate.smears import evaluate_segmentation, no_subtype_note, not_scored_note, summary_markdown
+
+    folder = _yolo_folder(tmp_path / "lab", 2)
+    for name, boxed in {"f0": "Neutrophil", "f1": "Blast"}.items():  # a flat VOC folder
+        (folder / "images" / f"{name}.jpg").rename(folder / f"{name}.jpg")
+        (folder / f"{name}.xml").write_text(
+            f"<annotation>{_voc_object(boxed, 0, (BOX[0], BOX[1], BOX[2] - 1, BOX[3] - 1))}</annotation>")
+    for sub in ("images", "labels", "masks"):
+        shutil.rmtree(folder / sub)
+    (folder / "classes.txt").unlink()
+    items = load_labelled_folder(folder, None)
+    m = evaluate_segmentation(items, OneCell().segment, lambda rgb, cells: ["neutrophil" for _ in cells])
+    sub = m["subtype"]
+    assert (sub["n"], sub["not_scored"], sub["not_scored_called"]) == (1, {"Blast": 1}, {"Blast": {"neutrophil": 1}})
+    assert [(r["label"], r.get("scored", True)) for r in m["per_image"]] == [("neutrophil", True), ("Blast", False)]
+    said = "1 field labelled with a WBC type outside the model's classes was not scored: Blast 1 (called neutrophil 1)"
+    assert not_scored_note(sub) == said and said in summary_markdown(m)
+    m = evaluate_segmentation([it for it in items if it.name == "f1"], OneCell().segment,
+                              lambda rgb, cells: ["neutrophil" for _ in cells])
+    assert (m["subtype"]["n"], no_subtype_note(m)) == (0, "")
+    (folder / "f0.jpg").unlink()
+    out = CliRunner().invoke(app, ["evaluate-smears", "--dataset", str(folder), "--segmenter", "classical",
+                                   "--output", str(tmp_path / "ev")]).output
+    out = " ".join(out.split())
+    assert "no field has a subtype label" not in out and "with a WBC type outside the model's classes" in out, out

@@ -69,6 +69,8 @@ class BccdItem:
     merged_boxes: int = 0
     #: WBC boxes a VOC file marks ``<difficult>1</difficult>``: neither a WBC to find nor a false detection (VOC's rule)
     ignore_boxes: list[Box] = field(default_factory=list)
+    #: the name its one WBC box is given when that is a WBC type outside the classes (``Blast``: :func:`box_type`)
+    other_type: str | None = None
 
 
 SmearItem = BccdItem
@@ -158,6 +160,26 @@ def box_label(names: Sequence[str], n_boxes: int) -> str | None:
     """
     labels = {canonical_label(n) for n in names}
     return labels.pop() if n_boxes == 1 and len(labels) == 1 else None
+
+
+#: WBC box names that name no type: a field boxed so has no subtype label.
+GENERIC_WBC_NAMES: frozenset[str] = frozenset({"wbc", "white blood cell", "leukocyte", "leucocyte"})
+
+
+def box_type(names: Sequence[str], n_boxes: int) -> str | None:
+    """The name (as written) of a field's one WBC box when it is a WBC type outside the classes (``Blast``, ``Plasma
+    cell``): such a field has a subtype label that no model of wbc can answer, so it is counted as not scored rather
+    than left out without a word (before wbc 0.36.0 a folder of blasts was told it had no subtype label). None where
+    :func:`box_label` applies, or the box is named ``WBC``, or the field has another number of WBC boxes than one.
+
+    >>> box_type(["Blast"], 1), box_type(["Neutrophil"], 1), box_type(["WBC"], 1), box_type(["Blast", "blasts"], 1)
+    ('Blast', None, None, 'Blast')
+    """
+    kinds = {_box_name(n) for n in names}
+    if n_boxes != 1 or len(kinds) != 1 or kinds & GENERIC_WBC_NAMES or canonical_label(names[0]) is not None \
+            or not is_wbc_name(names[0]):
+        return None
+    return names[0].strip()
 
 
 def _add_box(boxes: list[Box], box: Box) -> None:
@@ -261,6 +283,7 @@ def load_bccd(root: Path, split: str = "test", errors: list[tuple[str, str]] | N
                 wbc_boxes=boxes,
                 mask=mp if mp.is_file() else None,
                 label=labels.get(name) or box_label(names, len(boxes)),
+                other_type=None if name in labels else box_type(names, len(boxes)),
                 unknown_boxes=dict(unknown),
                 split=split,
                 merged_boxes=merged,
@@ -545,7 +568,8 @@ def load_labelled_folder(
                 mp = mp if mp.is_file() else mask_path(folder, x.stem)  # BCCD's BloodImage_Mask_NNNNN.png too
                 if (got := _field_boxes(img, x, set(), {}, errors)) is not None:
                     items.append(BccdItem(x.stem, img, got.boxes, mp if mp.is_file() else None, got.label,
-                                          unknown_boxes=got.unknown, merged_boxes=got.merged, ignore_boxes=got.ignore))
+                                          unknown_boxes=got.unknown, merged_boxes=got.merged, ignore_boxes=got.ignore,
+                                          other_type=got.other_type))
         return items
     origins: dict[str, str] = {}
     src = folder / "sources.csv"
@@ -596,7 +620,8 @@ def load_labelled_folder(
             continue
         mp = folder / "masks" / f"{img.stem}.png"
         items.append(BccdItem(img.stem, img, got.boxes, mp if mp.is_file() else None, got.label,
-                              origins.get(img.stem, ""), got.unknown, split_read, got.merged, got.ignore))
+                              origins.get(img.stem, ""), got.unknown, split_read, got.merged, got.ignore,
+                              got.other_type))
     return items
 
 
@@ -608,6 +633,7 @@ class _Truth(NamedTuple):
     merged: int  # WBC boxes merged as a cell's second box (:func:`merge_same_cell`)
     ignore: list[Box]  # WBC boxes marked difficult (VOC)
     label: str | None  # the subtype its one WBC box is named by (:func:`box_label`)
+    other_type: str | None  # the WBC type outside the classes its one WBC box is named by (:func:`box_type`)
 
 
 def _field_boxes(
@@ -625,12 +651,14 @@ def _field_boxes(
             unknown: Counter[str] = Counter()
             difficult: list[Box] = []
             boxes, merged = merge_same_cell(read_voc_boxes(lab, None, unknown, difficult, names))
-            return _Truth(boxes, dict(unknown), merged, difficult, box_label(names, len(boxes)))
+            return _Truth(boxes, dict(unknown), merged, difficult, box_label(names, len(boxes)),
+                          box_type(names, len(boxes)))
         w, h = _image_size(img)
         ids: list[int] = []
         boxes, merged = merge_same_cell(read_yolo_boxes(lab, w, h, classes, ids))
         names = [class_names[i] if i < len(class_names) else "" for i in ids]
-        return _Truth(boxes, _yolo_class_counts(lab, others), merged, [], box_label(names, len(boxes)))
+        return _Truth(boxes, _yolo_class_counts(lab, others), merged, [], box_label(names, len(boxes)),
+                      box_type(names, len(boxes)))
     except WbcError as exc:
         if errors is None:
             raise
@@ -1015,10 +1043,11 @@ def evaluate_segmentation(
     classes ``classify`` answers among (``--classes``; empty: any); a field labelled outside them can never be
     answered right, so it is not scored but counted in ``subtype.not_scored`` (label: fields) with what it was called
     in ``subtype.not_scored_called``, as ``wbc evaluate`` lists such cells (before wbc 0.31.0 it was scored as wrong:
-    ``--classes neutrophil,lymphocyte`` that named every neutrophil and lymphocyte right read 0.75). A field whose image
-    or mask cannot be read, or whose mask is not its size, is left out and listed in ``errors`` as (image, message):
-    one bad file does not lose the other fields' scores; so is a field under ``wbc.analyze.MIN_SIDE`` px on a side,
-    which `wbc analyze` refuses (since wbc 0.36.0).
+    ``--classes neutrophil,lymphocyte`` that named every neutrophil and lymphocyte right read 0.75); so is a field
+    whose one box names a WBC type outside every class (``BccdItem.other_type``, ``Blast``), under that name. A field
+    whose image or mask cannot be read, or whose mask is not its size, is left out and listed in ``errors`` as (image,
+    message): one bad file does not lose the other fields' scores; so is a field under ``wbc.analyze.MIN_SIDE`` px on
+    a side, which `wbc analyze` refuses (since wbc 0.36.0).
     """
     all_scores: list[float] = []
     all_tp: list[bool] = []
@@ -1092,15 +1121,16 @@ def evaluate_segmentation(
         else:  # no mask: nothing tells an unannotated cell, so every detection counts as in ``detection``
             ign["tp"] += int(sum(tp))
             ign["fp"] += len(tp) - int(sum(tp)) - sum(skip)
-        if classify is not None and it.label is not None and len(it.wbc_boxes) == 1:
+        label = it.label or it.other_type
+        if classify is not None and label is not None and len(it.wbc_boxes) == 1:
             predicted = "missed"
             if cells:
                 labels = classify(rgb, cells)
                 best = max(range(len(cells)), key=lambda k: box_iou(boxes[k], it.wbc_boxes[0]))
                 predicted = labels[best] if box_iou(boxes[best], it.wbc_boxes[0]) >= iou_thr else "missed"
-            row.update(label=it.label, predicted=predicted)
-            if label_set and it.label not in label_set:
-                outside.setdefault(it.label, Counter())[predicted] += 1
+            row.update(label=label, predicted=predicted)
+            if it.label is None or (label_set and it.label not in label_set):
+                outside.setdefault(label, Counter())[predicted] += 1
                 row["scored"] = False
             else:
                 y_true.append(it.label)
@@ -1197,20 +1227,29 @@ def no_subtype_note(metrics: Mapping[str, Any]) -> str:
 
 
 def not_scored_note(subtype: Mapping[str, Any]) -> str:
-    """The fields labelled outside the classes answered among, and what they were called ("" when none).
+    """The fields labelled outside the classes answered among (``--classes``) or with a WBC type no class names
+    (``Blast``: its name as written, no class), and what they were called ("" when none).
 
     >>> not_scored_note({"not_scored": {"eosinophil": 3}, "not_scored_called": {"eosinophil": {"neutrophil": 3}}})
     '3 fields labelled outside the classes answered among (--classes) were not scored: eosinophil 3 (called \
 neutrophil 3)'
+    >>> not_scored_note({"not_scored": {"Blast": 1}, "not_scored_called": {"Blast": {"neutrophil": 1}}})
+    "1 field labelled with a WBC type outside the model's classes was not scored: Blast 1 (called neutrophil 1)"
     """
     outside = subtype.get("not_scored") or {}
-    if not outside:
-        return ""
     called = subtype.get("not_scored_called") or {}
-    parts = [f"{lab} {n}" + (f" (called {', '.join(f'{c} {k}' for c, k in called[lab].items())})" if called.get(lab)
-                             else "") for lab, n in outside.items()]
-    return (f"{sum(outside.values())} fields labelled outside the classes answered among (--classes) were not scored: "
-            + "; ".join(parts))
+    said = []
+    for types, which in ((False, "outside the classes answered among (--classes)"),
+                         (True, "with a WBC type outside the model's classes")):
+        labs = {lab: n for lab, n in outside.items() if (canonical_label(lab) is None) == types}
+        if not labs:
+            continue
+        parts = [f"{lab} {n}" + (f" (called {', '.join(f'{c} {k}' for c, k in called[lab].items())})"
+                                 if called.get(lab) else "") for lab, n in labs.items()]
+        n = sum(labs.values())
+        said.append(f"{n} field{'s' if n != 1 else ''} labelled {which} {'were' if n != 1 else 'was'} not scored: "
+                    + "; ".join(parts))
+    return ". ".join(said)
 
 
 def summary_markdown(metrics: dict[str, Any]) -> str:
