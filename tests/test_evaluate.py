@@ -932,3 +932,34 @@ def test_a_split_other_than_test_or_all_on_a_folder_is_refused(
         assert str(env["data"]) in msg and "--split val" in msg and "no splits" in msg and "\n" not in msg
     assert not (tmp_path / "o" / "metrics.json").exists() and not (tmp_path / "o" / "comparison.json").exists()
     assert len(load_eval_data(env["data"], "test").samples) == len(load_eval_data(env["data"], "all").samples)
+
+
+def test_compare_cautions_when_a_model_may_have_trained_on_the_cells(env: dict[str, Path], tmp_path: Path) -> None:
+    """`wbc evaluate --compare` wrote no caution for either model, though `wbc evaluate` alone writes one: a folder's
+    cells, or another run's split, may have trained one of them, and the page still called its lead "unlikely to be
+    chance". Each model's caution is now in comparison.json, the terminal and the page, beside the verdict."""
+    weak = build_tiny_model(tmp_path / "weak.onnx", env["train"], model_id="tiny-weak", seed=5, c_reg=1e-7)
+    res = CliRunner().invoke(app, ["evaluate", str(env["data"]), "--compare", str(env["model"]), str(weak),
+                                   "-o", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert r["caution"]["a"].startswith("Caution") and r["caution"]["b"].startswith("Caution")
+    assert r["mcnemar"]["p_value"] < 0.05  # a lead the page would call unlikely to be chance, and no more
+    page = " ".join((tmp_path / "cmp" / "comparison.html").read_text().split())
+    assert "too optimistic" in page and "may come from cells that trained or calibrated model A or model B" in page
+    out = " ".join(res.output.split())
+    assert "note: model A" in out and "note: model B" in out and "too optimistic" in out
+    # a run's manifest: its own model is held out on its test rows, another run's model (another split) is not
+    files = [f for f in sorted(env["data"].glob("*/*.png")) if f.parent.name in CLASSES and f.name != "broken.png"]
+    rows = [Sample(f, f.parent.name, ("train", "val", "test")[i % 3], -1, "") for i, f in enumerate(files)]
+    own = _run_folder(tmp_path / "run", env["model"], rows, tmp_path)
+    other = _with_info(env["model"], tmp_path / "other.onnx",
+                       extra={"config": {**RUN_CONFIG, "seed": 1}, "split_hash": "0" * 16})
+    res = CliRunner().invoke(app, ["evaluate", "--compare", str(own), str(other), "--data-root", str(tmp_path),
+                                   "-o", str(tmp_path / "cmp2")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "cmp2" / "comparison.json").read_text())
+    assert r["caution"]["a"] is None
+    assert "nothing shows that this split was made by the run that trained this model" in r["caution"]["b"]
+    page = " ".join((tmp_path / "cmp2" / "comparison.html").read_text().split())
+    assert "B:</b> Caution: nothing shows" in page and "A:</b>" not in page

@@ -142,6 +142,9 @@ def evaluate(
             f"{res['n']} cells: A {res['model_a']['accuracy']:.4f}  B {res['model_b']['accuracy']:.4f}  "
             f"A-B {d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  McNemar "
             f"p={mc['p_value']:.3g}")
+        for who, text in res["caution"].items():  # as each model alone would be cautioned (since wbc 0.36.0)
+            if text:
+                warn(f"model {who.upper()} ({res[f'model_{who}']['path']}): {text}", "note:")
         if res["not_scored"]:
             warn(f"{sum(res['not_scored'].values())} cells with labels that the two models do not both answer among "
                  f"(not scored): {res['not_scored']}; --map OLD=CLASS names them", "note:")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EvalData",
+    "caution_for",
     "dedupe_rows",
     "evaluate",
     "in_sample_note",
@@ -40,6 +41,7 @@ __all__ = [
     "is_run_manifest",
     "load_eval_data",
     "load_fold_metrics",
+    "provenance",
     "repeated_note",
     "resolve_model_path",
 ]
@@ -315,6 +317,34 @@ def is_own_run(manifest: Path, classifier: Classifier) -> bool:
     return any((run / name).is_file() for name in ("best.pt", "ensemble.pt"))
 
 
+def provenance(ed: EvalData, classifier: Classifier) -> dict[str, Any]:
+    """What ``ed``'s cells may have done for ``classifier``, as ``metrics.json`` records it and
+    :func:`wbc.evaluate.report.caution_text` reads it: a folder's cells may have trained it, a run's own test rows are
+    held out from it (:func:`is_own_run`), its train and val rows trained and calibrated it."""
+    own_run = ed.is_manifest and is_own_run(ed.source, classifier)
+    row_splits = dict(sorted(Counter(s.split for s in ed.samples).items())) if ed.is_manifest else {}
+    return {
+        "model_path": str(classifier.path),
+        "data_kind": "manifest" if ed.is_manifest else "folder",
+        # the run's own split (is_own_run): only then are its test rows known to be held out from this model's training
+        "own_run": own_run,
+        "split": ed.split,
+        "row_splits": row_splits,  # manifest rows evaluated, by their split
+        "held_out": own_run and set(row_splits) == {"test"},
+        # what the run's own train/val rows did for this model ("" when none is scored)
+        "in_sample": in_sample_note(row_splits, any(s.fold >= 0 for s in ed.samples)) if own_run else "",
+    }
+
+
+def caution_for(ed: EvalData, classifier: Classifier) -> str:
+    """Why ``classifier``'s numbers on ``ed`` may be too optimistic ("" for a run's own model on its own test rows):
+    the caution `wbc evaluate` writes, for each model `wbc evaluate --compare` scores (since wbc 0.36.0: before, a
+    comparison said nothing of cells that trained one of the models, and called its gain unlikely to be chance)."""
+    from wbc.evaluate.report import caution_text
+
+    return caution_text(provenance(ed, classifier))
+
+
 def load_fold_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Per-fold validation metrics of a cross-validation run (``RUN/fold_K/val_metrics.json``).
 
@@ -581,22 +611,12 @@ def evaluate(
     y_prob = np.array([[p.probabilities[c] for c in answered]
                        for p, k in zip(scored.predictions, known, strict=True) if k], np.float32)
 
-    own_run = ed.is_manifest and is_own_run(ed.source, classifier)
-    row_splits = dict(sorted(Counter(s.split for s in ed.samples).items())) if ed.is_manifest else {}
     metrics: dict[str, Any] = {
         "model_id": classifier.model_id,
         "classes_chosen": list(chosen),
-        "model_path": str(classifier.path),
         "data": str(ed.source.resolve()),
         "data_description": ed.description,
-        "data_kind": "manifest" if ed.is_manifest else "folder",
-        # the run's own split (is_own_run): only then are its test rows known to be held out from this model's training
-        "own_run": own_run,
-        "split": ed.split,
-        "row_splits": row_splits,  # manifest rows evaluated, by their split
-        "held_out": own_run and set(row_splits) == {"test"},
-        # what the run's own train/val rows did for this model ("" when none is scored)
-        "in_sample": in_sample_note(row_splits, any(s.fold >= 0 for s in ed.samples)) if own_run else "",
+        **provenance(ed, classifier),
         "manifest_hash": manifest_hash(ed.samples),
         "wbc_version": __version__,
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.evaluate import EvalData, classify_samples
+from wbc.evaluate import EvalData, caution_for, classify_samples
 from wbc.io import atomic_write_csv, atomic_write_json, atomic_write_text, check_output_file
 
 if TYPE_CHECKING:
@@ -47,6 +47,16 @@ answer among (x 1); they are not part of this comparison.'
     if not parts:
         return ""
     return f"Of the {result['n_images']:,} images given, {' and '.join(parts)}; they are not part of this comparison."
+
+
+def inflated_text(caution: dict[str, str | None]) -> str:
+    """Whose training cells may be behind the difference, for the verdict ("" when neither model is cautioned).
+
+    >>> inflated_text({"a": None, "b": "Caution: ..."}), inflated_text({"a": None, "b": None})
+    ('model B', '')
+    """
+    which = [f"model {k.upper()}" for k, text in caution.items() if text]
+    return " or ".join(which)
 
 
 def unread_message(data: EvalData, classes: list[str], unreadable: dict[str, str], read: bool) -> str:
@@ -83,7 +93,9 @@ def compare(
     labelled with a class both answer among are scored, over those classes: a cell neither can name right would
     only add the same error to both. What is left out is said (``unreadable`` with the reason, ``not_scored`` by
     label, ``skipped``), in ``comparison.json`` and on the page, as ``wbc evaluate`` says it (before wbc 0.31.0 only
-    the unreadable files' paths were in ``comparison.json``)."""
+    the unreadable files' paths were in ``comparison.json``). Each model's caution (``caution``: ``a``, ``b``), as
+    `wbc evaluate` gives it, is written and shown beside the verdict: cells that trained or calibrated one of them make
+    its lead no evidence of a better model (since wbc 0.36.0)."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
@@ -145,6 +157,8 @@ def compare(
         "not_scored": dict(sorted(not_scored.items())),
         "skipped": [list(e) for e in data.skipped],
         "repeated": [list(e) for e in data.repeated],
+        # each model's caution, as `wbc evaluate` gives it alone (None: a run's own model on its own test rows)
+        "caution": {"a": caution_for(data, clf_a) or None, "b": caution_for(data, clf_b) or None},
     }
 
     # the page (templates/compare.html): words first, then a table and one figure
@@ -188,6 +202,8 @@ def compare(
         ],
         figure=fig_to_data_uri(fig),
         left_out=left_out_text(result),
+        cautions=[(k.upper(), text) for k, text in result["caution"].items() if text],
+        inflated=inflated_text(result["caution"]),
         unreadable=[msg for _, msg in result["unreadable"][:50]],
         unreadable_more=len(result["unreadable"]) - 50,
     )
