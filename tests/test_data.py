@@ -137,8 +137,22 @@ def test_bad_manifest_rows_are_named(tmp_path: Path, row: str, msg: str) -> None
 
 def test_a_labs_own_split_and_fold_columns_in_another_spelling_are_not_taken_for_wbcs(tmp_path: Path) -> None:
     """Spreadsheet spellings of ``path`` and ``label`` are read (since wbc 0.32.0), but lower-casing every column took a
-    lab's own "Split" (Train/Test) and "Fold" (A/B) columns for wbc's, and `wbc train --data` refused the manifest."""
+    lab's own "Fold" (A/B) column for wbc's, and `wbc train --data` refused the manifest. A "Split" or "Fold" column
+    whose values are not wbc's stays the lab's own; one whose values are (Train) is wbc's (since wbc 0.36.0)."""
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "m.csv").write_text("Path;Label;Split;Fold\na.png;Neutrophil;Train;A\n", encoding="utf-8")
     (s,) = read_manifest(tmp_path / "m.csv")
-    assert (s.path, s.label, s.split, s.fold) == (tmp_path / "a.png", "Neutrophil", "", -1)
+    assert (s.path, s.label, s.split, s.fold) == (tmp_path / "a.png", "Neutrophil", "train", -1)
+    (tmp_path / "m.csv").write_text("Path;Label;Split;Fold\na.png;Neutrophil;A;2\n", encoding="utf-8")
+    (s,) = read_manifest(tmp_path / "m.csv")
+    assert (s.split, s.fold) == ("", 2)
+
+
+def test_a_spreadsheet_split_column_is_read(tmp_path: Path) -> None:
+    """A spreadsheet-saved ``Path,Label,Split`` manifest (a byte-order mark, capitals) had no split column for wbc: its
+    test rows were dealt into train and val by `wbc train`, and `wbc evaluate` said "splits here: none"."""
+    (tmp_path / "m.csv").write_text("\ufeffPath,Label, SPLIT ,SHA1\na.png,neutrophil,Test,\n"
+                                    f"b.png,lymphocyte,train,{'AB' * 20}\n", encoding="utf-8")
+    rows = read_manifest(tmp_path / "m.csv", root=tmp_path)
+    assert [s.split for s in rows] == ["test", "train"] and rows[1].sha1 == "ab" * 20
+    assert [s.path.name for s in read_manifest(tmp_path / "m.csv", "test", root=tmp_path)] == ["a.png"]

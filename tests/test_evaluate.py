@@ -963,3 +963,22 @@ def test_compare_cautions_when_a_model_may_have_trained_on_the_cells(env: dict[s
     assert "nothing shows that this split was made by the run that trained this model" in r["caution"]["b"]
     page = " ".join((tmp_path / "cmp2" / "comparison.html").read_text().split())
     assert "B:</b> Caution: nothing shows" in page and "A:</b>" not in page
+
+
+def test_no_test_rows_in_a_run_s_manifest_is_not_answered_with_split_all_alone(env: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """A run trained without test rows: `wbc evaluate RUN` suggested `--split all` for "every row", all of which trained
+    or calibrated the run's model. It now says so; a lab's manifest without splits is still offered --split all."""
+    from wbc.errors import WbcError
+    from wbc.evaluate import load_eval_data
+
+    files = [f for f in sorted(env["data"].glob("*/*.png")) if f.parent.name in CLASSES and f.name != "broken.png"]
+    run = tmp_path / "run"
+    _run_folder(run, env["model"], [Sample(f, f.parent.name, ("train", "val")[i % 2]) for i, f in enumerate(files)],
+                tmp_path)
+    with pytest.raises(WbcError, match=r"no rows in split 'test' \(splits here: train, val; none of them is held out "
+                                       r"from the run's model, which they trained or calibrated"):
+        load_eval_data(run / "manifest.csv", root=tmp_path)
+    write_manifest(tmp_path / "lab.csv", [Sample(f, f.parent.name) for f in files], root=tmp_path)
+    with pytest.raises(WbcError, match=r"splits here: none; use --split all for every row"):
+        load_eval_data(tmp_path / "lab.csv", root=tmp_path)

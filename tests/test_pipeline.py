@@ -478,6 +478,48 @@ def test_new_rows_of_a_manifest_are_dealt_into_train_and_val_only(synthetic_run:
             assert {s.fold for s in got if s.split == "test"} == {-1}
 
 
+def test_a_lab_manifest_without_test_rows_is_said_and_a_spreadsheet_split_column_is_kept(synthetic_dataset: Path,
+                                                                                         tmp_path: Path) -> None:
+    """A `path,label` manifest (what `wbc pick-cells` writes), or a spreadsheet's `Path,Label,Split` whose `Split`
+    column was not read, trained on every row and printed nothing of a test split: no `test:` line, no
+    test_metrics.json, no word. The run now says so, a `Split` column is read, and a Train/Test split without val rows
+    is refused before any image is decoded."""
+    import io
+
+    from rich.console import Console
+
+    from wbc.config import TrainConfig
+    from wbc.data import read_manifest
+    from wbc.errors import WbcError
+    from wbc.train.loop import prepare_samples, run_training
+
+    files = sorted(synthetic_dataset.rglob("*.png"))
+    plain = tmp_path / "labelled.csv"
+    plain.write_text("path,label\n" + "".join(f"{f},{f.parent.name}\n" for f in files))
+    out = io.StringIO()
+    cfg = TrainConfig(data=str(plain), model="small_cnn", pretrained=False, input_size=32, epochs=1, batch_size=16,
+                      threads=1)
+    run_training(cfg, tmp_path / "run", console=Console(file=out, width=400))
+    said = " ".join(out.getvalue().split())
+    assert f"no test rows in {tmp_path / 'run' / 'manifest.csv'}: nothing held out was scored" in said
+    assert "labelled.csv has none, and rows without a split go to train and val only" in said
+    assert "test:" not in said and not (tmp_path / "run" / "test_metrics.json").exists()
+    caps = tmp_path / "caps.csv"
+    splits = ["Test" if i % 5 == 0 else "Val" if i % 5 == 1 else "train" for i in range(len(files))]
+    caps.write_text("\ufeffPath,Label,Split\n" + "".join(f"{f},{f.parent.name},{sp}\n"
+                                                         for f, sp in zip(files, splits, strict=True)))
+    got = prepare_samples(TrainConfig(data=str(caps)), tmp_path / "caps_run", Path("/"), False, Console(quiet=True))
+    assert [s.split for s in got] == [sp.lower() for sp in splits]
+    assert [s.split for s in read_manifest(tmp_path / "caps_run" / "manifest.csv", root=Path("/"))].count("test") == \
+        splits.count("Test")
+    no_val = tmp_path / "no_val.csv"
+    no_val.write_text("Path,Label,Split\n" + "".join(f"{f},{f.parent.name},{'Test' if i % 5 == 0 else 'Train'}\n"
+                                                      for i, f in enumerate(files)))
+    with pytest.raises(WbcError, match=r"no_val.csv: no val rows \(splits here: test, train\); give some rows split "
+                                       "val, or an empty split"):
+        prepare_samples(TrainConfig(data=str(no_val)), tmp_path / "nv", Path("/"), False, Console(quiet=True))
+
+
 def test_a_manifest_label_that_is_no_class_is_refused(synthetic_dataset: Path, tmp_path: Path) -> None:
     """A manifest row labelled ``basophi`` (a typo) trained a model with a ninth class, ``basophi``, learnt from that
     row alone, without a word: it is refused in one line naming the manifest, the row and the nearest class."""

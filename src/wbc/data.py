@@ -176,7 +176,9 @@ def read_manifest(
     """Read a manifest, resolving relative paths against the data root (``root`` or the default); without
     ``root``, a relative path that names a file beside the manifest (``wbc cases export``) is taken from there.
     Saved by a spreadsheet, a manifest may be separated by ``;`` (:func:`sniff_delimiter`) and spell its columns
-    ``Path``, ``Label``: since wbc 0.32.0 read as well (before, "missing column(s)")."""
+    ``Path``, ``Label``: since wbc 0.32.0 read as well (before, "missing column(s)"); ``Split``, ``Fold`` and ``SHA1``
+    too since wbc 0.36.0, where their every value is one of wbc's (:func:`manifest_columns`), and split values in any
+    case (``Test``)."""
     p = Path(path)
     explicit_root = root
     root = root or data_root()
@@ -184,14 +186,11 @@ def read_manifest(
         with p.open(newline="", encoding="utf-8-sig") as fh:
             text = fh.read()
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
-            if reader.fieldnames:  # only the two required names in a spreadsheet's spelling: a lab's own "Split"
-                # or "Fold" column (values "Train", "A") was ignored before, and is not taken for wbc's split and fold
-                reader.fieldnames = [name.strip().lower() if name.strip().lower() in ("path", "label") else name
-                                     for name in reader.fieldnames]
-            missing = {"path", "label"} - set(reader.fieldnames or ())
+            rows = list(reader)
+            names = manifest_columns(reader.fieldnames or [], rows)
+            missing = {"path", "label"} - set(names.values())
             if missing:
                 raise WbcError(f"{p}: not a manifest, missing column(s) {sorted(missing)}")
-            rows = list(reader)
     except FileNotFoundError:
         raise WbcError(f"{p}: manifest not found") from None
     except IsADirectoryError:
@@ -203,9 +202,11 @@ def read_manifest(
     out = []
     for line, r in enumerate(rows, start=2):  # line 1: the header
         # a row cut short by an editor has None in its missing cells: read as empty ones (an unlabelled row)
-        cells = {k: v or "" for k, v in r.items() if k is not None}
+        cells = {names.get(k, k): v or "" for k, v in r.items() if k is not None}
         if not any(v.strip() for v in cells.values()):  # ",,,": a spreadsheet's trailing empty row
             continue
+        if (part := cells.get("split", "").strip().lower()) in SPLITS:  # "Test", " test": wbc's test split
+            cells["split"] = part
         if split and cells.get("split", "") != split:
             continue
         if not cells["path"].strip():
@@ -215,7 +216,43 @@ def read_manifest(
             beside = p.parent / fp
             fp = beside if explicit_root is None and beside.is_file() else root / fp
         fold = _fold(cells.get("fold", ""), f"{p}: row {line}")
-        out.append(Sample(fp, cells["label"], cells.get("split", ""), fold, cells.get("sha1", "")))
+        out.append(Sample(fp, cells["label"], cells.get("split", ""), fold, cells.get("sha1", "").strip().lower()))
+    return out
+
+
+#: The splits a manifest row may name (empty: not split yet, dealt into train and val by `wbc train`).
+SPLITS = ("train", "val", "test", "")
+
+
+def manifest_columns(fieldnames: Sequence[str], rows: Sequence[dict[str | None, str | None]]) -> dict[str, str]:
+    """A manifest's column names as wbc reads them (header -> ``path``, ``label``, ...; others as written).
+
+    ``Path`` and ``Label`` in any case or with spaces are wbc's. ``Split``, ``Fold`` and ``SHA1`` so spelt are too,
+    but only where every value is one of wbc's (split: train, val, test in any case, or empty; fold: a whole number
+    or empty; sha1: 40 hex digits or empty): a lab's own "Split" column (values ``A``, ``B``) or "Fold" column stays
+    its own (4cba6eb), while a spreadsheet's ``Path,Label,Split`` manifest keeps its test rows held out (before wbc
+    0.36.0 its ``Split`` column was not read, and `wbc train` dealt the test rows into train and val without a word).
+
+    >>> manifest_columns(["Path", "Label", " Split", "Fold"], [{" Split": "Test", "Fold": "A"}])
+    {'Path': 'path', 'Label': 'label', ' Split': 'split'}
+    """
+    def fits(key: str, value: str) -> bool:
+        value = value.strip()
+        if key == "split":
+            return value.lower() in SPLITS
+        if key == "sha1":
+            return not value or (len(value) == 40 and all(c in "0123456789abcdefABCDEF" for c in value))
+        try:
+            return not value or float(value).is_integer()
+        except ValueError:
+            return False
+
+    out: dict[str, str] = {}
+    for name in fieldnames:
+        key = name.strip().lower()
+        if key in ("path", "label") or (key in ("split", "fold", "sha1") and key not in fieldnames and all(
+                fits(key, r.get(name) or "") for r in rows)):
+            out[name] = key
     return out
 
 

@@ -197,11 +197,11 @@ def load_eval_data(
         if want is not None:
             splits = sorted({r.split for r in rows})
             rows = [r for r in rows if r.split == want]
-            if not rows:
-                raise WbcError(
-                    f"{p}: no rows in split {want!r} (splits here: {', '.join(splits) or 'none'}; "
-                    "use --split all for every row)"
-                )
+            if not rows:  # a run's own rows trained or calibrated its model: said before --split all is offered
+                held = ("; none of them is held out from the run's model, which they trained or calibrated, so "
+                        "--split all scores them as such" if is_run_manifest(p) and splits else
+                        "; use --split all for every row")
+                raise WbcError(f"{p}: no rows in split {want!r} (splits here: {', '.join(splits) or 'none'}{held})")
         samples, repeated = dedupe_rows(
             [Sample(r.path, _relabel(r.label, mapping), r.split, r.fold, r.sha1) for r in rows])
         if not samples:

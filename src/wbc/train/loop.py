@@ -625,6 +625,10 @@ def manifest_samples(path: Path, cfg: TrainConfig, root: Path) -> list[Sample]:
     rows = [s for s in rows if not cfg.classes or s.label in cfg.classes]
     if not rows:
         raise WbcError(f"{path}: no rows{' of the classes asked for' if cfg.classes else ''}")
+    for part in ("train", "val") if cfg.folds <= 1 else ():  # a lab's Train/Test split: said now, not after decoding
+        if not any(s.split in (part, "") for s in rows):
+            raise WbcError(f"{path}: no {part} rows (splits here: {', '.join(sorted({s.split for s in rows}))}); give "
+                           f"some rows split {part}, or an empty split to have them dealt into train and val")
     return rows
 
 
@@ -1090,16 +1094,23 @@ def run_training(
     console.print(f"exported {run_dir / 'model.onnx'} (max |onnx - torch| logit difference {diff:.2e})")
     atomic_write_json(run_dir / "val_metrics.json", summarise(val_logits, val_labels, classes))
     result: dict[str, Any] = {"train_seconds": time.time() - t_start}
-    if len(test) and not score_test:
+    if not len(test):  # said, not left to silence (before wbc 0.36.0): a lab manifest's rows were all trained on
+        source = data_source(cfg, root)
+        why = ("; its test images could not be read" if any(s.split == "test" for s in samples) else
+               f"; {source} has none, and rows without a split go to train and val only (give it a split column with "
+               "test rows to hold some out)" if is_manifest(source) else "")
+        console.print(f"no test rows in {run_dir / 'manifest.csv'}: nothing held out was scored{why}", highlight=False)
+    elif not score_test:
         console.print(f"test split held back ({len(test)} images, --no-test): after choosing, score it once with "
                       f"wbc evaluate {run_dir / 'manifest.csv'} --split test --model {run_dir / 'model.onnx'}",
                       highlight=False)
-    elif len(test):
+    else:
         test_logits = predict_logits(final, test.images, mean, std)
         result.update(summarise(test_logits, test.labels, classes, n_boot=1000, seed=cfg.seed))
         atomic_write_json(run_dir / "test_metrics.json", result)
+        lo, hi = result["accuracy_ci95"]  # rounded as `wbc evaluate` prints it
         console.print(
-            f"test: accuracy {result['accuracy']:.4f} {result['accuracy_ci95']}  macro-F1 {result['macro_f1']:.4f}  "
+            f"test: accuracy {result['accuracy']:.4f} [{lo:.4f}, {hi:.4f}]  macro-F1 {result['macro_f1']:.4f}  "
             f"min recall {min(r for r in result['recall'].values() if r is not None):.4f}", highlight=False)
     console.print(f"run finished in {result['train_seconds'] / 60:.1f} min: {run_dir}")
     return result
