@@ -145,6 +145,31 @@ def test_wbc_adapt_writes_a_better_model_and_keeps_the_original(tmp_path: Path, 
     assert kept.review_target_accuracy == 0.8 and kept.review_threshold < 1.0
 
 
+def test_adapting_a_model_without_ood_statistics_says_the_adapted_one_has_none(tmp_path: Path,
+                                                                               model_path: Path) -> None:
+    """`wbc adapt` from a model straight from `wbc train` (no OOD statistics) added none and said nothing; `wbc
+    classify` then offered a fit on the adapted model that flagged every cell of the lab. The adaptation now says the
+    adapted model has none and how to have them: on the base model, then adapt again, which adds the lab's cells."""
+    from wbc.cli import app
+    from wbc.ood_fit import fit_from_manifest
+
+    data = write_lab_folder(tmp_path / "lab", n_per_class=6, seed=1)
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "--model", str(model_path), "--data", str(data),
+                                   "--output", str(tmp_path / "a.onnx")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "no out-of-distribution statistics, so the adapted model has none either" in said
+    assert f"wbc ood fit --model {model_path} --manifest RUN/manifest.csv" in said and "adapt again" in said
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "".join(
+        f"{f},{f.parent.name},{('train', 'val')[i % 2]}\n" for i, f in enumerate(sorted(data.rglob("*.png")))))
+    fit_from_manifest(model_path, manifest, threads=1)
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "--model", str(model_path), "--data", str(data),
+                                   "--output", str(tmp_path / "b.onnx")])
+    assert res.exit_code == 0 and "no out-of-distribution statistics" not in res.output, res.output
+    assert [r["name"] for r in load_model(tmp_path / "b.onnx").info.ood["references"]] == ["training", "adapt:lab"]
+
+
 def test_adapt_rejects_bad_requests(tmp_path: Path, model_path: Path) -> None:
     from wbc.cli import app
 

@@ -350,3 +350,53 @@ def test_the_command_line_advice_asks_for_the_cell_counts_adapt_is_made_for() ->
     assert "25-100" in LABEL_ADVICE and "50-100" not in ADAPT_ADVICE + LABEL_ADVICE
     for s in (ood_sentence(5, 10), ood_sentence(5, 10, unlabelled_adaptation=True), ood_sentence(1, 10)):
         assert "`" not in s and "wbc " not in s
+
+
+def test_quantize_and_ood_fit_refuse_a_manifest_that_is_not_the_model_s_split(tmp_path: Path) -> None:
+    """`wbc quantize` and `wbc ood fit` re-fitted a model's temperature, review threshold, validation metrics and OOD
+    thresholds on any manifest's val rows, though the model records its own split: given another run's manifest, 24
+    of the 30 "val" cells had trained it, and the int8 model kept the split hash, so `wbc evaluate` went on calling
+    its test rows held out. Another split is refused in one line; the model's own is taken."""
+    from wbc.data import load_dataset, split_hash
+    from wbc.model import load_model, update_metadata
+
+    manifest = write_manifest(tmp_path)
+    model, _ = make_embedding_model(tmp_path / "m.onnx", extra={"config": {"model": "tiny"}, "split_hash": "0" * 16})
+    runner = CliRunner()
+    for args in (["quantize", str(model), "--manifest", str(manifest), "-o", str(tmp_path / "q.onnx")],
+                 ["ood", "fit", "--model", str(model), "--manifest", str(manifest)]):
+        res = runner.invoke(app, [*args, "--threads", "1"])
+        assert res.exit_code == 1 and isinstance(res.exception, WbcError), (args, res.output)
+        assert str(res.exception) == (f"{manifest}: not the split {model} was trained on (its val rows may have "
+                                      "trained it); give the manifest.csv of the run that trained it")
+    assert not (tmp_path / "q.onnx").exists() and not load_model(model).info.ood
+    own = split_hash(load_dataset(manifest).samples)
+    update_metadata(model, extra={"config": {"model": "tiny"}, "split_hash": own})
+    res = runner.invoke(app, ["quantize", str(model), "--manifest", str(manifest), "-o", str(tmp_path / "q.onnx"),
+                              "--per-class", "4", "--threads", "1"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert load_model(tmp_path / "q.onnx").info.extra["split_hash"] == own
+
+
+def test_ood_fit_refuses_a_model_adapted_to_a_lab(tmp_path: Path) -> None:
+    """`wbc classify` told the user of a model adapted from a fresh run to fit its OOD statistics with `wbc ood fit
+    --model MODEL --manifest RUN/manifest.csv`; fitted on the run's cells through the adapted network, every one of
+    the 40 lab cells it was adapted on was then flagged as unlike the training images. The fit is refused, naming the
+    model it was adapted from, and the note says to fit that one and adapt again."""
+    from wbc.cli._common import note_unchecked_model
+    from wbc.model import load_model, update_metadata
+
+    model, _ = make_embedding_model(tmp_path / "m.onnx")
+    update_metadata(model, extra={"adapt": {"method": "finetune", "base": {"model_id": "wbc-small_cnn-run-b"}}})
+    res = CliRunner().invoke(app, ["ood", "fit", "--model", str(model), "--manifest", str(write_manifest(tmp_path)),
+                                   "--threads", "1"])
+    assert res.exit_code == 1 and "adapted to a lab's cells by wbc adapt" in str(res.exception)
+    assert "fit OOD statistics on wbc-small_cnn-run-b" in str(res.exception) and "adapt it again" in str(res.exception)
+    assert not load_model(model).info.ood
+    from wbc.cli._app import console
+
+    with console.capture() as captured:
+        note_unchecked_model(load_model(model))
+    said = " ".join(captured.get().split())
+    assert "--model MODEL" not in said and "`wbc ood fit --model BASE --manifest RUN/manifest.csv`" in said
+    assert "the model it was adapted from (wbc-small_cnn-run-b)" in said and "adapt again" in said

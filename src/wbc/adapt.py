@@ -157,6 +157,18 @@ def base_record(clf: Classifier) -> dict[str, Any]:
             "metrics": copy.deepcopy(clf.info.metrics)}
 
 
+def no_ood_note(clf: Classifier) -> list[str]:
+    """A note when ``clf`` carries no out-of-distribution statistics (a model straight from `wbc train`): the adapted
+    model then has none either, which nothing said before wbc 0.36.0, and fitting them on it afterwards takes a run
+    manifest's cells for its reference and flags the lab's own. Fitted on ``clf`` first, the adaptation adds the lab's
+    cells as a reference (:func:`wbc.ood.add_reference`)."""
+    if clf.info.ood.get("references"):
+        return []
+    return [f"{clf.path}: no out-of-distribution statistics, so the adapted model has none either and flags no cell as "
+            "unlike its training cells or this lab's; to have them, fit them on this model first (wbc ood fit --model "
+            f"{clf.path} --manifest RUN/manifest.csv, its run's manifest) and adapt again"]
+
+
 def heldout_metrics(res: AdaptResult) -> dict[str, Any]:
     """An adapted model's ``metrics`` (served by ``GET /model``): its held-out check on the lab's labelled cells, the
     only cells it was measured on."""
@@ -686,7 +698,7 @@ def adapt_model(
     write_model_copy(clf.path, out, info)
     carry_weights(clf.path, out, same_network=False)  # the head changed: the .pt's would be another model's
     res.output = str(out)
-    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files)
+    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files) + no_ood_note(clf)
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -18,6 +18,7 @@ import numpy as np
 from wbc.classify import load_cells
 from wbc.data import Sample
 from wbc.errors import WbcError
+from wbc.model import ModelInfo
 from wbc.ood import DEFAULT_PERCENTILE, check_percentile, colour_reference, fit_ood, min_val_cells
 from wbc.protocols import ClassifierLike
 from wbc.reframe import FramingStats, framing_stats_of
@@ -57,6 +58,36 @@ def model_samples(manifest: str | os.PathLike[str], split: str, classes: Sequenc
     return kept, sorted(other)
 
 
+def check_own_split(info: ModelInfo, model: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> None:
+    """Refuse ``manifest`` when the model (``info``, at ``model``) records the split it was trained on
+    (``extra["split_hash"]``, :func:`wbc.data.split_hash`) and this is another: its val rows may have trained the model,
+    and would re-fit its temperature, review threshold, validation metrics and OOD thresholds in-sample (before wbc
+    0.36.0 `wbc quantize` and `wbc ood fit` took any manifest: another run's "val" cells, 24 of 30 of which trained the
+    model, gave the int8 model its stated val accuracy). A model recording no split (trained before wbc 0.33.0) is not
+    checked; an adapted one is refused by `wbc ood fit` and keeps its calibration in `wbc quantize`."""
+    from wbc.data import load_dataset, split_hash
+
+    recorded = info.extra.get("split_hash")
+    if not isinstance(recorded, str) or not recorded or "adapt" in info.extra:
+        return
+    if split_hash(load_dataset(manifest).samples) != recorded:
+        raise WbcError(f"{manifest}: not the split {model} was trained on (its val rows may have trained it); give "
+                       "the manifest.csv of the run that trained it")
+
+
+def check_not_adapted(info: ModelInfo, model: str | os.PathLike[str]) -> None:
+    """Refuse to fit OOD statistics for a model adapted to a lab (`wbc adapt`): its reference is that lab's cells, and
+    a run manifest's cells through its adapted network flagged every one of the 40 cells it was adapted on as unlike
+    its training images (before wbc 0.36.0). They are fitted on the model it was adapted from, and kept by the
+    adaptation (:func:`wbc.ood.add_reference`)."""
+    adapt = info.extra.get("adapt")
+    if isinstance(adapt, dict):
+        base = (adapt.get("base") or {}).get("model_id") or "the model it was adapted from"
+        raise WbcError(f"{model}: adapted to a lab's cells by wbc adapt, whose reference for unfamiliar cells is those "
+                       f"cells, not a run manifest's: fit OOD statistics on {base} (wbc ood fit --model BASE "
+                       "--manifest RUN/manifest.csv) and adapt it again")
+
+
 def fit_from_manifest(
     model: str | os.PathLike[str], manifest: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None, max_per_class: int = 300,
@@ -75,6 +106,8 @@ def fit_from_manifest(
     check_percentile(percentile)  # before any work: a bad value fails at once, in one line
     check_model_output(output or model)
     clf = load_model(model, threads=threads)
+    check_not_adapted(clf.info, model)
+    check_own_split(clf.info, model, manifest)
     if "embedding" not in clf.outputs:
         raise WbcError(f"{clf.path}: the model has no 'embedding' output to fit OOD statistics on")
     (train, unknown), (val, _) = (model_samples(manifest, split, clf.classes, data_root) for split in ("train", "val"))

@@ -38,7 +38,7 @@ from wbc.data import cap_per_class
 from wbc.errors import WbcError
 from wbc.io import output_target
 from wbc.model import Classifier, beside_model, check_model_output, write_model
-from wbc.ood_fit import model_samples
+from wbc.ood_fit import check_own_split, model_samples
 
 
 def float_nodes(graph: Any) -> list[str]:
@@ -127,7 +127,8 @@ def quantize_model(
     train and val cells per class. Kept as they are instead: the out-of-fold calibration of a cross-validation run
     (its val rows trained its members), and the calibration and OOD statistics of a model adapted to a lab (`wbc
     adapt`: fitted on that lab's cells, which the manifest does not hold; re-fitted on it, a lab model whose every
-    cell was reviewed accepted cells at PBC's 0.965 and lost its lab's OOD reference).
+    cell was reviewed accepted cells at PBC's 0.965 and lost its lab's OOD reference). A ``manifest`` other than the
+    split the model records (``extra["split_hash"]``) is refused (:func:`wbc.ood_fit.check_own_split`).
     """
     from wbc.classify import run_views
 
@@ -142,6 +143,7 @@ def quantize_model(
     info.extra.pop("quantization", None)  # a float graph: a record there was its int8 base's (see is_quantised)
     adapt = info.extra.get("adapt")
     adapted = isinstance(adapt, dict)
+    check_own_split(info, model, manifest)  # its val rows re-fit the calibration: the model's own split only
     views = fp32.tta_views()  # the flips/rotations the model averages per cell, as it will answer
     (train, unknown), (val, unknown_val) = (model_samples(manifest, split, fp32.classes, data_root)
                                             for split in ("train", "val"))

@@ -166,12 +166,23 @@ def note_foreign_images(paths: Iterable[str | os.PathLike[str]], listed: bool = 
 
 def note_unchecked_model(classifier: Any) -> None:
     """Say when a model carries no out-of-distribution statistics: a model straight from `wbc train` flags no cell
-    unlike its training images and calibrates no field's colours, and nothing said so."""
+    unlike its training images and calibrates no field's colours, and nothing said so. A model adapted to a lab (`wbc
+    adapt`) is told to fit them on the model it was adapted from and adapt again: fitted on the adapted model, a run
+    manifest's cells became its reference and every cell of the lab it was adapted on was flagged (before wbc
+    0.36.0 the note gave the plain `wbc ood fit` command for it too)."""
     info = getattr(classifier, "info", None)
     if info is not None and not info.ood:
+        adapt = info.extra.get("adapt") if isinstance(info.extra, dict) else None
+        if isinstance(adapt, dict):
+            base = (adapt.get("base") or {}).get("model_id")
+            how = (f"fit them on the model it was adapted from{f' ({base})' if base else ''} with `wbc ood fit --model "
+                   "BASE --manifest RUN/manifest.csv` and adapt again (the adaptation adds this lab's cells as a "
+                   "reference); fitted on this model, a run's cells would be its reference and the lab's own flagged")
+        else:
+            how = "fit them with `wbc ood fit --model MODEL --manifest RUN/manifest.csv`"
         warn(f"{getattr(classifier, 'path', 'the model')}: no out-of-distribution statistics or training colours: "
-             "cells unlike its training images are not flagged and smear fields not colour-calibrated; fit them with "
-             "`wbc ood fit --model MODEL --manifest RUN/manifest.csv`", "note:")
+             f"cells unlike its training images are not flagged and smear fields not colour-calibrated; {how}",
+             "note:")
 
 
 @contextmanager

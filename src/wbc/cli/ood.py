@@ -18,7 +18,8 @@ app.add_typer(ood_app, name="ood")
 @ood_app.command("fit")
 def fit(
     model: Annotated[Path, typer.Option("--model", "-m", help="ONNX model to fit the statistics for.")],
-    manifest: Annotated[Path, typer.Option("--manifest", help="The model's run manifest (train/val split).")],
+    manifest: Annotated[Path, typer.Option("--manifest", help="The model's run manifest (train/val split; a model "
+                                           "that records its split takes that one only).")],
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the model with its statistics here (an .onnx file, its metadata beside it as "
                                ".json) instead of updating --model.")] = None,

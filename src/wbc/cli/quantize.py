@@ -14,7 +14,8 @@ from wbc.cli._common import DataRootOpt, ThreadsOpt, say
 @app.command()
 def quantize(
     model: Annotated[Path, typer.Argument(help="Exported float ONNX model.")],
-    manifest: Annotated[Path, typer.Option("--manifest", help="The model's run manifest (train/val split).")],
+    manifest: Annotated[Path, typer.Option("--manifest", help="The model's run manifest (train/val split; a model "
+                                           "that records its split takes that one only).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="int8 ONNX file to write.")],
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Calibration cells per class.")] = 32,
     data_root: DataRootOpt = None,

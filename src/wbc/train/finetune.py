@@ -290,6 +290,7 @@ def adapt_finetune(
         content_keys,
         heldout_metrics,
         load_labelled_cells,
+        no_ood_note,
         recorded_calls,
         relabelled_copies,
         stain_spec,
@@ -412,7 +413,7 @@ def adapt_finetune(
     # the tuned weights beside the model, as the shipped model has them: the output can be adapted again
     save_weights(final, _arch(net), info, out.with_suffix(".pt"))
     res.output = str(out)
-    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files)
+    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files) + no_ood_note(clf)
     res.seconds = time.perf_counter() - t0
     return res
 
