@@ -982,3 +982,26 @@ def test_no_test_rows_in_a_run_s_manifest_is_not_answered_with_split_all_alone(e
     write_manifest(tmp_path / "lab.csv", [Sample(f, f.parent.name) for f in files], root=tmp_path)
     with pytest.raises(WbcError, match=r"splits here: none; use --split all for every row"):
         load_eval_data(tmp_path / "lab.csv", root=tmp_path)
+
+
+def test_a_run_trained_under_another_data_root_is_read_under_it(env: dict[str, Path], tmp_path: Path) -> None:
+    """A run trained with --data-root writes its manifest relative to that root and recorded it nowhere: `wbc evaluate
+    RUN` looked under $WBC_DATA_DIR and said only that no image could be read, naming a path under the wrong root.
+    The message now names --data-root, and a run that records its root (config.json, since wbc 0.36.0) is read under
+    it, which the terminal says; it is still the run's own split."""
+    root = tmp_path / "lab_root"
+    shutil.copytree(env["data"], root / "cells", ignore=shutil.ignore_patterns("broken.png", "notes.txt", "smudge"))
+    files = sorted((root / "cells").glob("*/*.png"))
+    run = tmp_path / "run"
+    _run_folder(run, env["model"], [Sample(f, f.parent.name, ("train", "test")[i % 2]) for i, f in enumerate(files)],
+                root)
+    res = CliRunner().invoke(app, ["evaluate", str(run), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "none of the" in str(res.exception), res.output
+    assert "check --data-root" in str(res.exception)
+    (run / "config.json").write_text(json.dumps({**RUN_CONFIG, "data_root": str(root)}))
+    res = CliRunner().invoke(app, ["evaluate", str(run), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    said = " ".join(res.output.split())
+    assert f"reading them under {root}, the root its run was trained with" in said
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["n"] == len(files[1::2]) and m["own_run"] is True and m["caution"] is None

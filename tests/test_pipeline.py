@@ -417,8 +417,55 @@ def test_resume_refuses_a_changed_recipe_and_takes_the_machine_from_the_command_
     assert "epochs 3 (the run's: 1), lr 0.01 (the run's: 0.001)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert len((run / "metrics.csv").read_text().splitlines()) == 2  # the header and the one epoch
     r = run_wbc("train", "-c", str(toml), "--threads", "2", "-o", str(run), "--resume", "--no-test")
-    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+    # not a clash: the run goes on, here finished already, which it says (since wbc 0.36.0; before, "resuming")
+    assert r.returncode == 0 and "finished already (1 of 1 epochs)" in r.stderr, r.stderr
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_a_run_records_its_data_root_and_a_finished_run_resumed_keeps_its_model(synthetic_dataset: Path,
+                                                                                tmp_path: Path) -> None:
+    """A run trained with --data-root wrote its manifest relative to it and recorded it nowhere: `wbc quantize`,
+    `wbc evaluate` and `--resume` then looked under $WBC_DATA_DIR. The run records it (config.json's data_root) and
+    they read the images under it, saying so. `--resume` of a finished run exported the same weights again under a new
+    model_id; it now says the run is finished and keeps its model."""
+    import io
+    import shutil
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+    from wbc.config import TrainConfig
+    from wbc.train.loop import run_training
+
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_dataset, root / "cells")
+    run = tmp_path / "run"
+    cfg = TrainConfig(data="cells", model="small_cnn", pretrained=False, input_size=32, epochs=1, batch_size=16,
+                      threads=1)
+    run_training(cfg, run, data_root=root, console=Console(quiet=True))
+    assert json.loads((run / "config.json").read_text())["data_root"] == str(root.resolve())
+    assert (run / "manifest.csv").read_text().splitlines()[1].startswith("cells/")  # relative to the root
+    res = CliRunner().invoke(app, ["quantize", str(run / "model.onnx"), "--manifest", str(run / "manifest.csv"),
+                                   "-o", str(tmp_path / "int8.onnx"), "--per-class", "4", "--threads", "1"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert f"reading them under {root.resolve()}, the root its run was trained with" in " ".join(res.output.split())
+    model, config = (run / "model.onnx").read_bytes(), (run / "config.json").read_bytes()
+    out = io.StringIO()
+    got = run_training(TrainConfig(threads=1), run, resume=True, console=Console(file=out, width=400),
+                       given=frozenset())
+    said = " ".join(out.getvalue().split())
+    assert f"{run}: finished already (1 of 1 epochs); its model.onnx is kept as it is" in said, said
+    assert "decoding" not in said and (run / "model.onnx").read_bytes() == model
+    assert (run / "config.json").read_bytes() == config
+    assert got == json.loads((run / "test_metrics.json").read_text())
+    import os  # a last.pt newer than the model: a run stopped after an epoch, which goes on under its own root
+
+    os.utime(run / "last.pt", (time := (run / "model.onnx").stat().st_mtime + 10, time))
+    out = io.StringIO()
+    run_training(TrainConfig(threads=1), run, resume=True, console=Console(file=out, width=400), given=frozenset())
+    said = " ".join(out.getvalue().split())
+    assert f"reading them under {root.resolve()}" in said and "unreadable" not in said.replace("(0 unreadable", "")
 
 
 def test_a_run_trained_on_an_old_run_s_manifest_keeps_its_test_split(synthetic_run: Path, tmp_path: Path) -> None:
@@ -904,11 +951,12 @@ def test_ensemble_of_two_architectures_or_an_unreadable_config_is_one_line(synth
     with pytest.raises(WbcError, match=r"odd: mean \[0.4, 0.4, 0.4\], .*synth: \["):
         run_ensemble([synthetic_run, odd], tmp_path / "ens", console=quiet)
     # the config inside the checkpoint serves when config.json is gone; without either, one line
+    from wbc.paths import data_root
     from wbc.train.loop import _run_config
 
     (odd / "config.json").unlink()
-    assert json.loads(json.dumps(_run_config(odd, load_checkpoint(synthetic_run)[1]).to_dict())) == json.loads(
-        (synthetic_run / "config.json").read_text())
+    assert {"data_root": str(data_root().resolve()), **json.loads(json.dumps(_run_config(
+        odd, load_checkpoint(synthetic_run)[1]).to_dict()))} == json.loads((synthetic_run / "config.json").read_text())
     with pytest.raises(WbcError, match=r"odd/config.json: unreadable run config"):
         _run_config(odd, bare)
     (odd / "config.json").write_text('{"epochs": "x"')

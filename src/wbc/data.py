@@ -256,6 +256,46 @@ def manifest_columns(fieldnames: Sequence[str], rows: Sequence[dict[str | None, 
     return out
 
 
+def recorded_data_root(manifest: str | os.PathLike[str]) -> Path | None:
+    """The data root a run's ``manifest.csv`` is relative to, as the run recorded it (``config.json``'s ``data_root``,
+    since wbc 0.36.0); None for any other file, or a run that recorded none."""
+    import json
+
+    p = Path(manifest)
+    if p.name != "manifest.csv":
+        return None
+    try:
+        saved = json.loads((p.parent / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    root = saved.get("data_root") if isinstance(saved, dict) else None
+    return Path(root) if isinstance(root, str) and root else None
+
+
+def manifest_data_root(manifest: str | os.PathLike[str], given: str | os.PathLike[str] | None = None
+                       ) -> tuple[Path, str]:
+    """(the data root to read ``manifest``'s relative paths under, a note saying so or "").
+
+    ``given`` (``--data-root``) when set; else the default root, unless the manifest's images are missing there and
+    found under the root its run was trained with (:func:`recorded_data_root`), which is then taken and said: a run
+    trained with ``--data-root`` was read back under ``$WBC_DATA_DIR`` by every later command, and none of its images
+    was found (before wbc 0.36.0)."""
+    root = data_root(given)
+    recorded = None if given else recorded_data_root(manifest)
+    if recorded is None or recorded.resolve() == root.resolve():
+        return root, ""
+    try:
+        pairs = [(a.path, b.path) for a, b in zip(read_manifest(manifest, root=root),
+                                                   read_manifest(manifest, root=recorded), strict=True)
+                 if a.path != b.path][:20]  # the relative rows, under each root
+    except WbcError:
+        return root, ""
+    if not pairs or any(a.exists() for a, _ in pairs) or not any(b.exists() for _, b in pairs):
+        return root, ""
+    return recorded, (f"{manifest}: its images are not under the data root {root}; reading them under {recorded}, "
+                      "the root its run was trained with (--data-root names another)")
+
+
 def _fold(text: str, where: str) -> int:
     """A manifest's ``fold`` cell: empty is -1 (no cross-validation); ``1.0``, as a spreadsheet writes 1, is 1.
 

@@ -78,12 +78,14 @@ def evaluate(
     """Score a classifier on labelled cells: metrics.json, predictions.csv and a readable report.html."""
     from collections import Counter
 
+    from wbc.data import manifest_data_root
     from wbc.evaluate import (
         default_model_for,
         in_sample_note,
         is_run_manifest,
         load_eval_data,
         repeated_note,
+        resolve_data_path,
         resolve_model_path,
     )
     from wbc.evaluate import (
@@ -111,6 +113,10 @@ def evaluate(
             raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder"
                            + (f" (no manifest.csv beside A, {compare[0]}, to take)" if compare else ""))
     check_output_file(output / ("comparison.json" if compare else "metrics.json"))  # before any work, in one line
+    if data_root is None and (source := resolve_data_path(data, root)).is_file():
+        root, moved = manifest_data_root(source)  # a run trained with --data-root: its images under that root
+        if moved:
+            say(moved)
     ed = load_eval_data(data, split, maps, root)
     if note := repeated_note(ed.repeated):
         where = "comparison.json" if compare else "metrics.json"

@@ -31,6 +31,7 @@ def fit(
     threads: ThreadsOpt = 2,
 ) -> None:
     """Fit OOD statistics on the run's train split, thresholds on its val split; store them in the model."""
+    from wbc.data import manifest_data_root
     from wbc.io import check_output_file
     from wbc.model import check_model_output
     from wbc.ood import DEFAULT_PERCENTILE, check_percentile
@@ -39,7 +40,10 @@ def fit(
     # before the fitting: a bad path or value fails at once, in one line
     chosen = check_percentile(DEFAULT_PERCENTILE if percentile is None else percentile)
     check_output_file(check_model_output(output or model))
-    ood = fit_from_manifest(model, manifest, output, max_per_class, chosen, data_root, threads,
+    root, moved = manifest_data_root(manifest, data_root)  # a run trained with --data-root: its images under that root
+    if moved:
+        say(moved)
+    ood = fit_from_manifest(model, manifest, output, max_per_class, chosen, root, threads,
                             note=lambda msg: warn(msg, "note:"))
     ref = ood["references"][0]
     say(f"OOD statistics from {ood['n_train']} train / {ood['n_val']} val cells; thresholds "

@@ -23,12 +23,16 @@ def quantize(
 ) -> None:
     """Quantise a model to int8 for ONNX Runtime; re-fit calibration, review threshold and OOD on val (a model
     adapted to a lab keeps its own: the manifest does not hold the lab's cells)."""
+    from wbc.data import manifest_data_root
     from wbc.io import check_output_file
     from wbc.model import check_model_output
     from wbc.quantize import quantize_model
 
     check_output_file(check_model_output(output))  # before the quantisation: a bad path fails at once, in one line
-    rep = quantize_model(model, manifest, output, per_class=per_class, data_root=data_root, threads=threads)
+    root, moved = manifest_data_root(manifest, data_root)  # a run trained with --data-root: its images under that root
+    if moved:
+        say(moved)
+    rep = quantize_model(model, manifest, output, per_class=per_class, data_root=root, threads=threads)
     say(f"wrote {output}: val accuracy float {rep['val_accuracy_float']:.4f} -> int8 {rep['val_accuracy_int8']:.4f}, "
         f"agreement {rep['val_agreement']:.4f} on {rep['val_cells']} cells ({rep['seconds']:.0f} s)")
     if rep.get("labels_left_out"):

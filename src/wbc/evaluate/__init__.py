@@ -167,6 +167,12 @@ different labels (not scored)'
     return f"The manifest has {', and '.join(parts)}" if parts else ""
 
 
+def root_hint(ed: EvalData) -> str:
+    """What to check when none of a manifest's images could be read: the data root its relative paths are under, as
+    `wbc quantize` and `wbc ood fit` say (before wbc 0.36.0 `wbc evaluate` named a path under the wrong root alone)."""
+    return "; check --data-root (the root the manifest's paths are relative to: its run's)" if ed.is_manifest else ""
+
+
 def _relabel(label: str, mapping: dict[str, str] | None) -> str:
     """The canonical class name when ``label`` is a known spelling, else the label as mapped/written."""
     return canonical_label(label, mapping) or (mapping or {}).get(label, label)
@@ -266,7 +272,7 @@ def default_model_for(data_path: Path) -> Path | None:
 
 #: Training options that say where a run ran, not what it trained (``wbc.train.loop.MACHINE_OPTIONS``): a resumed run
 #: may change them.
-_MACHINE_OPTIONS = frozenset({"device", "threads", "num_workers"})
+_MACHINE_OPTIONS = frozenset({"device", "threads", "num_workers", "data_root"})
 
 
 def is_run_manifest(path: Path) -> bool:
@@ -591,7 +597,7 @@ def evaluate(
     if not scored.samples:
         raise WbcError(
             f"{ed.source}: none of the {len(ed.samples)} images could be read "
-            f"(first problem: {scored.errors[0][1] if scored.errors else 'unknown'})"
+            f"(first problem: {scored.errors[0][1] if scored.errors else 'unknown'}){root_hint(ed)}"
         )
     known = np.array([s.label in answered for s in scored.samples], bool)
     if not known.any():  # every file with a label to score was unreadable

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.evaluate import EvalData, caution_for, classify_samples
+from wbc.evaluate import EvalData, caution_for, classify_samples, root_hint
 from wbc.io import atomic_write_csv, atomic_write_json, atomic_write_text, check_output_file
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ def unread_message(data: EvalData, classes: list[str], unreadable: dict[str, str
     """
     if not read:
         first = next(iter(unreadable.values()), "unknown")
-        return f"{data.source}: none of the {len(data.samples)} images could be read (first problem: {first})"
+        return (f"{data.source}: none of the {len(data.samples)} images could be read (first problem: {first})"
+                f"{root_hint(data)}")
     to_score = {str(s.path) for s in data.samples if s.label in classes}
     first = next((msg for path, msg in unreadable.items() if path in to_score), "unknown")
     return f"{data.source}: none of the images labelled with a class to score could be read (first problem: {first})"

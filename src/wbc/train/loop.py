@@ -36,7 +36,16 @@ from torchvision.transforms import v2
 
 from wbc.calibration import calibrate
 from wbc.config import TrainConfig
-from wbc.data import Sample, file_sha1, read_manifest, scan_folder, split_hash, stratified_split, write_manifest
+from wbc.data import (
+    Sample,
+    file_sha1,
+    manifest_data_root,
+    read_manifest,
+    scan_folder,
+    split_hash,
+    stratified_split,
+    write_manifest,
+)
 from wbc.errors import WbcError
 from wbc.evaluate.metrics import summary_metrics
 from wbc.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, check_output_file
@@ -765,7 +774,7 @@ def as_trained(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved run's options (its config.json, a model's ``extra["config"]``) as the run trained with them, for
     :class:`TrainConfig`: ``progressive_size`` or ``progressive_epochs`` alone, which a config may not set since wbc
     0.33.0, did nothing before (every epoch at full size), so such a run goes on and joins an ensemble as both 0."""
-    out = {k: v for k, v in saved.items() if k != "extra"}
+    out = {k: v for k, v in saved.items() if k not in ("extra", "data_root")}  # data_root: where, not what
     if bool(out.get("progressive_size")) != bool(out.get("progressive_epochs")):
         out.update(progressive_size=0, progressive_epochs=0)
     return out
@@ -931,6 +940,14 @@ def run_training(
     root = default_data_root(data_root)
     if resume:
         cfg = resumed_config(cfg, run_dir, given)
+        root, moved = manifest_data_root(run_dir / "manifest.csv", data_root)  # the run's own, where it was trained
+        if moved and int(os.environ.get("RANK", 0)) == 0:
+            console.print(moved, highlight=False)
+        if finished := finished_run(run_dir, cfg):  # nothing to train: its model kept, not re-exported under a new id
+            tested = run_dir / "test_metrics.json"
+            console.print(f"{run_dir}: finished already ({finished}); its model.onnx is kept as it is. To train on, "
+                          f"start a new run with init_weights = \"{run_dir / 'best.pt'}\"", highlight=False)
+            return json.loads(tested.read_text()) if tested.is_file() else {}
     check_before_reading(cfg, root)
     if overwrite and cfg.init_weights:
         check_init_weights_kept(cfg.init_weights, run_dir)
@@ -974,7 +991,8 @@ def run_training(
                 # once the data is found: a run stopped by a missing or one-class folder leaves no config behind
                 if cfg.init_weights:
                     check_init_weights(cfg, classes_of(samples))
-                atomic_write_json(run_dir / "config.json", cfg.to_dict())
+                # with the data root the manifest's paths are relative to, which later commands read them under
+                atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), "data_root": str(root.resolve())})
             except WbcError as exc:
                 refusal = exc
         # rank 0's refusal stops every rank (before wbc 0.34.0, under torchrun, the others died in the barrier with a
@@ -990,7 +1008,8 @@ def run_training(
         for parts in (("train",), ("val",)) if cfg.folds <= 1 else (("train", "val"),):
             if not any(s.split in parts for s in kept):
                 raise WbcError(f"{run_dir / 'manifest.csv'}: no readable {'+'.join(parts)} images "
-                               f"({len(bad)} of {len(samples)} could not be read)")
+                               f"({len(bad)} of {len(samples)} could not be read)"
+                               + ("; check --data-root (the root the run was trained with)" if not ok else ""))
         check_folds(cfg.folds, kept, run_dir / "manifest.csv", unreadable=len(bad))
         labels = np.array([classes.index(s.label) for s in kept])
         part = np.array([s.split for s in kept])
@@ -1114,6 +1133,30 @@ def run_training(
             f"min recall {min(r for r in result['recall'].values() if r is not None):.4f}", highlight=False)
     console.print(f"run finished in {result['train_seconds'] / 60:.1f} min: {run_dir}")
     return result
+
+
+def finished_run(run_dir: Path, cfg: TrainConfig) -> str | None:
+    """How far a finished run trained ("8 of 8 epochs", "early-stopped after 5 of 8 epochs"; each fold's, in a
+    cross-validation run), or None when `--resume` has something to do: a ``last.pt`` short of that, or newer than
+    the exported ``model.onnx``. Before wbc 0.36.0 a finished run was exported again, the same weights under a new
+    ``model_id`` (its creation time), so results and cases named two ids for one model."""
+    model = run_dir / "model.onnx"
+    lasts = [run_dir / "last.pt"] if cfg.folds <= 1 else [run_dir / f"fold_{k}" / "last.pt" for k in range(cfg.folds)]
+    if not model.is_file() or not all(p.is_file() for p in lasts) or any(
+            p.stat().st_mtime > model.stat().st_mtime for p in lasts):
+        return None
+    said = []
+    for p in lasts:
+        try:
+            ck = torch.load(p, map_location="cpu", weights_only=False)
+            epochs, stopped = int(ck["epoch"]) + 1, bool((ck.get("history") or [{}])[-1].get("stopped"))
+        except Exception:  # unreadable: fit reads it and says what is wrong
+            return None
+        if epochs < cfg.epochs and not stopped:
+            return None
+        said.append(f"{'early-stopped after ' if stopped and epochs < cfg.epochs else ''}{epochs} of {cfg.epochs} "
+                    "epochs")
+    return ", ".join(dict.fromkeys(said))
 
 
 def check_batch_divides(batch_size: int, world_size: int) -> None:
