@@ -206,6 +206,25 @@ def test_weights_round_trip_in_half_precision_and_bad_files_are_named(tmp_path: 
         load_weights(tmp_path / "nope.pt")
 
 
+def test_a_run_s_model_is_fine_tuned_from_the_run_s_best_weights_by_default(tmp_path: Path) -> None:
+    """`wbc adapt --model RUN/model.onnx` looked for RUN/model.pt, which a run never writes, and stopped after reading
+    the cells ("pass --checkpoint RUN/best.pt"), though the help named RUN/best.pt as the default. A run's model is
+    now fine-tuned from the run's best.pt (ensemble.pt); any other model from the .pt beside it."""
+    from wbc.train.finetune import default_weights
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.onnx", "best.pt", "config.json"):
+        (run / name).write_bytes(b"")
+    assert default_weights(run / "model.onnx") == run / "best.pt"
+    (run / "ensemble.pt").write_bytes(b"")
+    assert default_weights(run / "model.onnx") == run / "ensemble.pt"
+    (run / "model.pt").write_bytes(b"")
+    assert default_weights(run / "model.onnx") == run / "model.pt"
+    (tmp_path / "lab.onnx").write_bytes(b"")  # not a run's model: the .pt beside it, found or not
+    assert default_weights(tmp_path / "lab.onnx") == tmp_path / "lab.pt"
+
+
 @pytest.mark.slow
 def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path, small_model: Path) -> None:
     from wbc.cli import app

@@ -1495,6 +1495,16 @@ def test_quantize_keeps_a_cross_validation_run_s_out_of_fold_calibration(tmp_pat
     report = quantize_model(model, tmp_path / "manifest.csv", tmp_path / "int8.onnx", data_root=tmp_path, threads=1)
     info = load_model(tmp_path / "int8.onnx", threads=1).info
     assert (info.temperature, info.review_threshold) == (1.7, 0.93) and "out-of-fold" in report["calibration"]
+    # its val accuracies are in-sample (those rows trained the members): the terminal line said nothing of it
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    assert report["val_in_sample"] is True
+    res = CliRunner().invoke(app, ["quantize", str(model), "--manifest", str(tmp_path / "manifest.csv"), "-o",
+                                   str(tmp_path / "again.onnx"), "--data-root", str(tmp_path), "--threads", "1"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "(in-sample: those rows trained the members; agreement only)" in " ".join(res.output.split())
 
 
 def _tiny_float_run(tmp_path: Path, extra: dict | None = None) -> tuple[Path, Path]:

@@ -198,6 +198,7 @@ def quantize_model(
             "val_accuracy_float": float((lf.argmax(1) == y).mean()),
             "val_accuracy_int8": float((lq.argmax(1) == y).mean()),
             "val_agreement": float((lf.argmax(1) == lq.argmax(1)).mean()),
+            "val_in_sample": cross_validated,  # its val rows trained the members: the accuracies above are in-sample
             "val_max_abs_logit_diff": float(np.abs(lf - lq).max()),
             "source_model_id": info.model_id,
             "float_metrics": float_metrics,

@@ -33,8 +33,10 @@ def quantize(
     if moved:
         say(moved)
     rep = quantize_model(model, manifest, output, per_class=per_class, data_root=root, threads=threads)
+    # a cross-validation run's val rows trained its members: those accuracies are in-sample, the agreement is not
+    in_sample = " (in-sample: those rows trained the members; agreement only)" if rep["val_in_sample"] else ""
     say(f"wrote {output}: val accuracy float {rep['val_accuracy_float']:.4f} -> int8 {rep['val_accuracy_int8']:.4f}, "
-        f"agreement {rep['val_agreement']:.4f} on {rep['val_cells']} cells ({rep['seconds']:.0f} s)")
+        f"agreement {rep['val_agreement']:.4f} on {rep['val_cells']} cells{in_sample} ({rep['seconds']:.0f} s)")
     if rep.get("labels_left_out"):
         say(f"{manifest}: rows labelled {', '.join(rep['labels_left_out'][:8])} are of no class of the model's; "
             "left out")

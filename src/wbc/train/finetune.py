@@ -100,6 +100,20 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Model
     return net.eval(), info
 
 
+def default_weights(model: Path) -> Path:
+    """The weights `wbc adapt --method finetune` starts from without ``--checkpoint``: the ``.pt`` beside the model,
+    else, for a run's ``model.onnx`` (``config.json`` beside it), the run's ``best.pt`` (``ensemble.pt``) it was
+    exported from: before wbc 0.36.0 a run's own model was refused for want of ``RUN/model.pt``, though the help
+    named ``RUN/best.pt`` as the default."""
+    from wbc.paths import checkpoint_file
+
+    beside = model.with_suffix(".pt")
+    if beside.is_file() or model.name != "model.onnx" or not (model.parent / "config.json").is_file():
+        return beside
+    found = checkpoint_file(model.parent)
+    return found if found.is_file() else beside
+
+
 def _arch(net: WbcNet | Ensemble) -> str:
     """The registry name of a network, or of an ensemble's members."""
     return str(net.members[0].arch if isinstance(net, Ensemble) else net.arch)
@@ -310,7 +324,7 @@ def adapt_finetune(
     torch.set_num_threads(max(1, threads))
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
-    ckpt = Path(checkpoint) if checkpoint else clf.path.with_suffix(".pt")
+    ckpt = Path(checkpoint) if checkpoint else default_weights(clf.path)
     if ckpt.resolve() == out.with_suffix(".pt").resolve():  # the tuned weights are written there
         raise WbcError(f"{ckpt}: --checkpoint would be replaced by the adapted model's weights "
                        f"({out.with_suffix('.pt').name}): choose another --output")
