@@ -159,7 +159,8 @@ def test_adapting_a_model_without_ood_statistics_says_the_adapted_one_has_none(t
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())
     assert "no out-of-distribution statistics, so the adapted model has none either" in said
-    assert f"wbc ood fit --model {model_path} --manifest RUN/manifest.csv" in said and "adapt again" in said
+    assert f"wbc ood fit --model {model_path} --manifest RUN/manifest.csv, its run's manifest" in said
+    assert "adapt again" in said
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,split\n" + "".join(
         f"{f},{f.parent.name},{('train', 'val')[i % 2]}\n" for i, f in enumerate(sorted(data.rglob("*.png")))))

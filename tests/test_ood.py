@@ -376,6 +376,10 @@ def test_quantize_and_ood_fit_refuse_a_manifest_that_is_not_the_model_s_split(tm
                               "--per-class", "4", "--threads", "1"])
     assert res.exit_code == 0, (res.output, res.exception)
     assert load_model(tmp_path / "q.onnx").info.extra["split_hash"] == own
+    other = tmp_path / "other.csv"  # another split of the same cells: the model's own manifest, beside it, is named
+    other.write_text(manifest.read_text().replace(",val,", ",train,", 1))
+    res = runner.invoke(app, ["ood", "fit", "--model", str(model), "--manifest", str(other), "--threads", "1"])
+    assert res.exit_code == 1 and str(res.exception).endswith(f"trained it); give {manifest}"), res.exception
 
 
 def test_ood_fit_refuses_a_model_adapted_to_a_lab(tmp_path: Path) -> None:

@@ -419,6 +419,9 @@ def test_resume_refuses_a_changed_recipe_and_takes_the_machine_from_the_command_
     r = run_wbc("train", "-c", str(toml), "--threads", "2", "-o", str(run), "--resume", "--no-test")
     # not a clash: the run goes on, here finished already, which it says (since wbc 0.36.0; before, "resuming")
     assert r.returncode == 0 and "finished already (1 of 1 epochs)" in r.stderr, r.stderr
+    r = run_wbc("train", "-o", str(run), "--resume")  # trained with --no-test: how to score its test split, once
+    assert r.returncode == 0, r.stderr
+    assert f"its test split is not scored: score it once with wbc evaluate {run}." in " ".join(r.stderr.split())
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
 
 
@@ -459,13 +462,12 @@ def test_a_run_records_its_data_root_and_a_finished_run_resumed_keeps_its_model(
     assert "decoding" not in said and (run / "model.onnx").read_bytes() == model
     assert (run / "config.json").read_bytes() == config
     assert got == json.loads((run / "test_metrics.json").read_text())
-    import os  # a last.pt newer than the model: a run stopped after an epoch, which goes on under its own root
-
-    os.utime(run / "last.pt", (time := (run / "model.onnx").stat().st_mtime + 10, time))
+    (run / "model.onnx").unlink()  # a run stopped before its export: it goes on, under its own root
     out = io.StringIO()
     run_training(TrainConfig(threads=1), run, resume=True, console=Console(file=out, width=400), given=frozenset())
     said = " ".join(out.getvalue().split())
     assert f"reading them under {root.resolve()}" in said and "unreadable" not in said.replace("(0 unreadable", "")
+    assert (run / "model.onnx").is_file()
 
 
 def test_a_run_trained_on_an_old_run_s_manifest_keeps_its_test_split(synthetic_run: Path, tmp_path: Path) -> None:

@@ -164,9 +164,11 @@ def no_ood_note(clf: Classifier) -> list[str]:
     cells as a reference (:func:`wbc.ood.add_reference`)."""
     if clf.info.ood.get("references"):
         return []
+    beside = clf.path.parent / "manifest.csv"  # a run's model: its own manifest is there
+    manifest = beside if beside.is_file() else "RUN/manifest.csv, its run's manifest"
     return [f"{clf.path}: no out-of-distribution statistics, so the adapted model has none either and flags no cell as "
             "unlike its training cells or this lab's; to have them, fit them on this model first (wbc ood fit --model "
-            f"{clf.path} --manifest RUN/manifest.csv, its run's manifest) and adapt again"]
+            f"{clf.path} --manifest {manifest}) and adapt again"]
 
 
 def heldout_metrics(res: AdaptResult) -> dict[str, Any]:

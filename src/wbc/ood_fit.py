@@ -70,9 +70,14 @@ def check_own_split(info: ModelInfo, model: str | os.PathLike[str], manifest: st
     recorded = info.extra.get("split_hash")
     if not isinstance(recorded, str) or not recorded or "adapt" in info.extra:
         return
-    if split_hash(load_dataset(manifest).samples) != recorded:
+    def split_of(path: Path) -> str:
+        return split_hash(load_dataset(path).samples)
+
+    if split_of(Path(manifest)) != recorded:
+        own = Path(model).parent / "manifest.csv"  # a run's model: its own manifest beside it, named when it is
+        hint = own if own.is_file() and split_of(own) == recorded else "the manifest.csv of the run that trained it"
         raise WbcError(f"{manifest}: not the split {model} was trained on (its val rows may have trained it); give "
-                       "the manifest.csv of the run that trained it")
+                       f"{hint}")
 
 
 def check_not_adapted(info: ModelInfo, model: str | os.PathLike[str]) -> None:

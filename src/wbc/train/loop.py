@@ -941,12 +941,17 @@ def run_training(
     if resume:
         cfg = resumed_config(cfg, run_dir, given)
         root, moved = manifest_data_root(run_dir / "manifest.csv", data_root)  # the run's own, where it was trained
-        if moved and int(os.environ.get("RANK", 0)) == 0:
+        main = int(os.environ.get("RANK", 0)) == 0  # under torchrun, rank 0 alone speaks
+        if moved and main:
             console.print(moved, highlight=False)
         if finished := finished_run(run_dir, cfg):  # nothing to train: its model kept, not re-exported under a new id
             tested = run_dir / "test_metrics.json"
-            console.print(f"{run_dir}: finished already ({finished}); its model.onnx is kept as it is. To train on, "
-                          f"start a new run with init_weights = \"{run_dir / 'best.pt'}\"", highlight=False)
+            unscored = score_test and not tested.is_file() and read_manifest(run_dir / "manifest.csv", "test", root)
+            held = f"; its test split is not scored: score it once with wbc evaluate {run_dir}" if unscored else ""
+            if main:
+                console.print(f"{run_dir}: finished already ({finished}); its model.onnx is kept as it is{held}. To "
+                              f"train on, start a new run with init_weights = \"{run_dir / 'best.pt'}\"",
+                              highlight=False)
             return json.loads(tested.read_text()) if tested.is_file() else {}
     check_before_reading(cfg, root)
     if overwrite and cfg.init_weights:
@@ -1137,13 +1142,11 @@ def run_training(
 
 def finished_run(run_dir: Path, cfg: TrainConfig) -> str | None:
     """How far a finished run trained ("8 of 8 epochs", "early-stopped after 5 of 8 epochs"; each fold's, in a
-    cross-validation run), or None when `--resume` has something to do: a ``last.pt`` short of that, or newer than
-    the exported ``model.onnx``. Before wbc 0.36.0 a finished run was exported again, the same weights under a new
-    ``model_id`` (its creation time), so results and cases named two ids for one model."""
-    model = run_dir / "model.onnx"
+    cross-validation run), or None when `--resume` has something to do: a ``last.pt`` short of that, or no exported
+    ``model.onnx`` (the run stopped before its export). Before wbc 0.36.0 a finished run was exported again, the same
+    weights under a new ``model_id`` (its creation time), so results and cases named two ids for one model."""
     lasts = [run_dir / "last.pt"] if cfg.folds <= 1 else [run_dir / f"fold_{k}" / "last.pt" for k in range(cfg.folds)]
-    if not model.is_file() or not all(p.is_file() for p in lasts) or any(
-            p.stat().st_mtime > model.stat().st_mtime for p in lasts):
+    if not (run_dir / "model.onnx").is_file() or not all(p.is_file() for p in lasts):
         return None
     said = []
     for p in lasts:
