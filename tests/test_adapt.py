@@ -161,6 +161,10 @@ def test_adapting_a_model_without_ood_statistics_says_the_adapted_one_has_none(t
     assert "no out-of-distribution statistics, so the adapted model has none either" in said
     assert f"wbc ood fit --model {model_path} --manifest RUN/manifest.csv, its run's manifest" in said
     assert "adapt again" in said
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "--model", str(tmp_path / "a.onnx"), "--data",
+                                   str(data), "--output", str(tmp_path / "aa.onnx")])  # `wbc ood fit` refuses a.onnx
+    assert res.exit_code == 0, res.output
+    assert "to have them, fit them on tiny-emb (wbc ood fit --model BASE" in " ".join(res.output.split())
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,split\n" + "".join(
         f"{f},{f.parent.name},{('train', 'val')[i % 2]}\n" for i, f in enumerate(sorted(data.rglob("*.png")))))

@@ -158,17 +158,22 @@ def base_record(clf: Classifier) -> dict[str, Any]:
 
 
 def no_ood_note(clf: Classifier) -> list[str]:
-    """A note when ``clf`` carries no out-of-distribution statistics (a model straight from `wbc train`): the adapted
-    model then has none either, which nothing said before wbc 0.36.0, and fitting them on it afterwards takes a run
-    manifest's cells for its reference and flags the lab's own. Fitted on ``clf`` first, the adaptation adds the lab's
-    cells as a reference (:func:`wbc.ood.add_reference`)."""
+    """A note when the model to adapt, ``clf`` as loaded, carries no out-of-distribution statistics (a model straight
+    from `wbc train`): the adapted model then has none either, which nothing said before wbc 0.36.0, and fitting them
+    on it afterwards takes a run manifest's cells for its reference and flags the lab's own. Fitted on the run's model
+    first, the adaptation adds the lab's cells as a reference (:func:`wbc.ood.add_reference`)."""
     if clf.info.ood.get("references"):
         return []
-    beside = clf.path.parent / "manifest.csv"  # a run's model: its own manifest is there
-    manifest = beside if beside.is_file() else "RUN/manifest.csv, its run's manifest"
+    adapt = clf.info.extra.get("adapt")
+    if isinstance(adapt, dict):  # adapted already: `wbc ood fit` refuses it, its own base is the one to fit
+        base = (adapt.get("base") or {}).get("model_id") or "the model it was adapted from"
+        how = f"fit them on {base} (wbc ood fit --model BASE --manifest RUN/manifest.csv) and adapt from there again"
+    else:
+        beside = clf.path.parent / "manifest.csv"  # a run's model: its own manifest is there
+        manifest = beside if beside.is_file() else "RUN/manifest.csv, its run's manifest"
+        how = f"fit them on this model first (wbc ood fit --model {clf.path} --manifest {manifest}) and adapt again"
     return [f"{clf.path}: no out-of-distribution statistics, so the adapted model has none either and flags no cell as "
-            "unlike its training cells or this lab's; to have them, fit them on this model first (wbc ood fit --model "
-            f"{clf.path} --manifest {manifest}) and adapt again"]
+            f"unlike its training cells or this lab's; to have them, {how}"]
 
 
 def heldout_metrics(res: AdaptResult) -> dict[str, Any]:
@@ -661,7 +666,7 @@ def adapt_model(
     t0 = time.perf_counter()
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
-    base = base_record(clf)
+    base, no_ood = base_record(clf), no_ood_note(clf)  # of the model as given
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf),
                                                         classes=clf.classes)
@@ -700,7 +705,7 @@ def adapt_model(
     write_model_copy(clf.path, out, info)
     carry_weights(clf.path, out, same_network=False)  # the head changed: the .pt's would be another model's
     res.output = str(out)
-    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files) + no_ood_note(clf)
+    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files) + no_ood
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -70,6 +70,7 @@ def check_own_split(info: ModelInfo, model: str | os.PathLike[str], manifest: st
     recorded = info.extra.get("split_hash")
     if not isinstance(recorded, str) or not recorded or "adapt" in info.extra:
         return
+
     def split_of(path: Path) -> str:
         return split_hash(load_dataset(path).samples)
 

@@ -324,6 +324,7 @@ def adapt_finetune(
     torch.set_num_threads(max(1, threads))
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
+    no_ood = no_ood_note(clf)  # of the model as given: clf.info becomes the adapted one's below
     ckpt = Path(checkpoint) if checkpoint else default_weights(clf.path)
     if ckpt.resolve() == out.with_suffix(".pt").resolve():  # the tuned weights are written there
         raise WbcError(f"{ckpt}: --checkpoint would be replaced by the adapted model's weights "
@@ -427,7 +428,7 @@ def adapt_finetune(
     # the tuned weights beside the model, as the shipped model has them: the output can be adapted again
     save_weights(final, _arch(net), info, out.with_suffix(".pt"))
     res.output = str(out)
-    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files) + no_ood_note(clf)
+    res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files) + no_ood
     res.seconds = time.perf_counter() - t0
     return res
 
