@@ -145,7 +145,45 @@ def test_a_labs_own_split_and_fold_columns_in_another_spelling_are_not_taken_for
     assert (s.path, s.label, s.split, s.fold) == (tmp_path / "a.png", "Neutrophil", "train", -1)
     (tmp_path / "m.csv").write_text("Path;Label;Split;Fold\na.png;Neutrophil;A;2\n", encoding="utf-8")
     (s,) = read_manifest(tmp_path / "m.csv")
-    assert (s.split, s.fold) == ("", 2)
+    assert (s.split, s.fold) == ("", -1)  # no SHA1 column: not a manifest wbc wrote, and its folds are the lab's
+
+
+def test_a_labs_own_fold_column_is_not_taken_for_a_runs_cross_validation_folds(tmp_path: Path) -> None:
+    """A lab's ``Path,Label,Split,Fold`` manifest with its own folds 1..5 had them read as wbc's (since 96eab69), and
+    `wbc evaluate lab.csv --split all` said its val rows trained the run's cross-validation members. A ``Fold`` so spelt
+    is wbc's only beside wbc's ``sha1`` column, which every manifest wbc writes has."""
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "m.csv").write_text("Path,Label,Split,Fold\na.png,neutrophil,Val,1\n", encoding="utf-8")
+    (s,) = read_manifest(tmp_path / "m.csv")
+    assert (s.split, s.fold) == ("val", -1)
+    (tmp_path / "m.csv").write_text("Path,Label,Split,Fold,SHA1\na.png,neutrophil,Val,1,\n", encoding="utf-8")
+    (s,) = read_manifest(tmp_path / "m.csv")
+    assert (s.split, s.fold) == ("val", 1)
+    (tmp_path / "m.csv").write_text("path,label,split,fold\na.png,neutrophil,val,1\n", encoding="utf-8")
+    (s,) = read_manifest(tmp_path / "m.csv")
+    assert s.fold == 1  # wbc's own column name, as a run writes it
+
+
+def test_a_spreadsheets_spellings_of_the_splits_are_read(tmp_path: Path) -> None:
+    """``Train,Validation,Test``, the usual spreadsheet spelling, had one value outside wbc's: the whole ``Split``
+    column was taken for the lab's own, and `wbc train` dealt the lab's Test rows into train and val without a word
+    (a lower-case ``split`` header was refused over the same file). Both read as wbc's splits now."""
+    (tmp_path / "m.csv").write_text("Path,Label,Split\na.png,neutrophil,Train\nb.png,neutrophil,Validation\n"
+                                    "c.png,neutrophil,Test\n", encoding="utf-8")
+    assert [s.split for s in read_manifest(tmp_path / "m.csv", root=tmp_path)] == ["train", "val", "test"]
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,neutrophil,TRAINING\nb.png,neutrophil,Valid\n"
+                                    "c.png,neutrophil,testing\nd.png,neutrophil,Val\n", encoding="utf-8")
+    assert [s.split for s in read_manifest(tmp_path / "m.csv", root=tmp_path)] == ["train", "val", "test", "val"]
+    assert [s.path.name for s in read_manifest(tmp_path / "m.csv", "val", root=tmp_path)] == ["b.png", "d.png"]
+
+
+def test_a_split_column_mixing_splits_with_other_values_is_refused(tmp_path: Path) -> None:
+    """A ``Split`` column with a value that names no split among rows that do (a typo, ``Verification``) was dropped
+    whole, and the lab's test rows trained on; it is refused in one line naming the row and the value."""
+    (tmp_path / "m.csv").write_text("Path,Label,Split\na.png,neutrophil,Train\nb.png,neutrophil,Verification\n"
+                                    "c.png,neutrophil,Test\n", encoding="utf-8")
+    with pytest.raises(WbcError, match=r"m\.csv: row 3: Split 'Verification' is not a split"):
+        read_manifest(tmp_path / "m.csv", root=tmp_path)
 
 
 def test_a_spreadsheet_split_column_is_read(tmp_path: Path) -> None:

@@ -1005,3 +1005,17 @@ def test_a_run_trained_under_another_data_root_is_read_under_it(env: dict[str, P
     assert f"reading them under {root}, the root its run was trained with" in said
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["n"] == len(files[1::2]) and m["own_run"] is True and m["caution"] is None
+
+
+def test_a_labs_own_fold_column_is_not_said_to_have_trained_cross_validation_members(
+    env: dict[str, Path], tmp_path: Path
+) -> None:
+    """A lab's ``Path,Label,Split,Fold`` manifest (its own folds 1, 2; no run made it) had its ``Fold`` read as wbc's
+    cross-validation folds, and `wbc evaluate lab.csv --split all` said its val rows trained a run's members."""
+    files = [f for f in sorted(env["data"].glob("*/*_00[0-1].png")) if f.parent.name in CLASSES][:4]
+    (tmp_path / "lab.csv").write_text("Path,Label,Split,Fold\n" + "".join(
+        f"{f},{f.parent.name},Val,{i % 2 + 1}\n" for i, f in enumerate(files)), encoding="utf-8")
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "lab.csv"), "--split", "all", "--model",
+                                   str(env["model"]), "-o", str(tmp_path / "o"), "--bootstrap", "100"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert f"{len(files)} cells scored" in res.output and "cross-validation members" not in res.output, res.output

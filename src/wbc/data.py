@@ -177,8 +177,8 @@ def read_manifest(
     ``root``, a relative path that names a file beside the manifest (``wbc cases export``) is taken from there.
     Saved by a spreadsheet, a manifest may be separated by ``;`` (:func:`sniff_delimiter`) and spell its columns
     ``Path``, ``Label``: since wbc 0.32.0 read as well (before, "missing column(s)"); ``Split``, ``Fold`` and ``SHA1``
-    too since wbc 0.36.0, where their every value is one of wbc's (:func:`manifest_columns`), and split values in any
-    case (``Test``)."""
+    too since wbc 0.36.0, where their values are wbc's (:func:`manifest_columns`), and split values in any case and
+    in a spreadsheet's spelling (``Test``, ``Validation``: :func:`split_name`)."""
     p = Path(path)
     explicit_root = root
     root = root or data_root()
@@ -187,7 +187,7 @@ def read_manifest(
             text = fh.read()
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
             rows = list(reader)
-            names = manifest_columns(reader.fieldnames or [], rows)
+            names = manifest_columns(reader.fieldnames or [], rows, str(p))
             missing = {"path", "label"} - set(names.values())
             if missing:
                 raise WbcError(f"{p}: not a manifest, missing column(s) {sorted(missing)}")
@@ -205,7 +205,7 @@ def read_manifest(
         cells = {names.get(k, k): v or "" for k, v in r.items() if k is not None}
         if not any(v.strip() for v in cells.values()):  # ",,,": a spreadsheet's trailing empty row
             continue
-        if (part := cells.get("split", "").strip().lower()) in SPLITS:  # "Test", " test": wbc's test split
+        if (part := split_name(cells.get("split", ""))) is not None:  # "Test", " Validation": wbc's test, val
             cells["split"] = part
         if split and cells.get("split", "") != split:
             continue
@@ -224,22 +224,46 @@ def read_manifest(
 SPLITS = ("train", "val", "test", "")
 
 
-def manifest_columns(fieldnames: Sequence[str], rows: Sequence[dict[str | None, str | None]]) -> dict[str, str]:
+#: A spreadsheet's spellings of wbc's splits (any case), read as wbc's: a lab's ``Train,Validation,Test`` column.
+SPLIT_ALIASES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
+
+
+def split_name(value: str) -> str | None:
+    """The split (of :data:`SPLITS`) a manifest's split cell names, in any case or spelling of
+    :data:`SPLIT_ALIASES`; None for another value (a lab's own ``A``).
+
+    >>> split_name(" Validation "), split_name("TEST"), split_name(""), split_name("A")
+    ('val', 'test', '', None)
+    """
+    value = value.strip().lower()
+    value = SPLIT_ALIASES.get(value, value)
+    return value if value in SPLITS else None
+
+
+def manifest_columns(fieldnames: Sequence[str], rows: Sequence[dict[str | None, str | None]],
+                     where: str = "manifest") -> dict[str, str]:
     """A manifest's column names as wbc reads them (header -> ``path``, ``label``, ...; others as written).
 
-    ``Path`` and ``Label`` in any case or with spaces are wbc's. ``Split``, ``Fold`` and ``SHA1`` so spelt are too,
-    but only where every value is one of wbc's (split: train, val, test in any case, or empty; fold: a whole number
-    or empty; sha1: 40 hex digits or empty): a lab's own "Split" column (values ``A``, ``B``) or "Fold" column stays
-    its own (4cba6eb), while a spreadsheet's ``Path,Label,Split`` manifest keeps its test rows held out (before wbc
-    0.36.0 its ``Split`` column was not read, and `wbc train` dealt the test rows into train and val without a word).
+    ``Path`` and ``Label`` in any case or with spaces are wbc's. So spelt, ``Split``, ``Fold`` and ``SHA1`` are wbc's
+    only where their values are: a lab's own "Split" (``A``, ``B``) or "Fold" column stays its own (4cba6eb), while a
+    spreadsheet's ``Path,Label,Split`` manifest keeps its test rows held out (before wbc 0.36.0 its ``Split`` column
+    was not read, and `wbc train` dealt the test rows into train and val without a word).
 
-    >>> manifest_columns(["Path", "Label", " Split", "Fold"], [{" Split": "Test", "Fold": "A"}])
+    - ``Split``: wbc's where every value names a split (:func:`split_name`: ``Test``, ``Validation``, or empty); the
+      lab's own where none does; refused (a :class:`WbcError` naming ``where``, the row and the value) where some do
+      and some do not: dropped, the column's test rows would be trained on without a word.
+    - ``Fold``: wbc's where every value is a whole number or empty, and the manifest has wbc's ``sha1`` column too, as
+      every manifest wbc writes does: a lab's own cross-validation folds (``Path,Label,Split,Fold``) are not taken for
+      the members of a wbc run (`wbc evaluate` said its val rows trained them).
+    - ``SHA1``: wbc's where every value is 40 hex digits or empty.
+
+    >>> manifest_columns(["Path", "Label", " Split", "Fold"], [{" Split": "Test", "Fold": "1"}])
     {'Path': 'path', 'Label': 'label', ' Split': 'split'}
+    >>> manifest_columns(["Path", "Label", "Split", "Fold", "SHA1"], [{"Split": "Train", "Fold": "1", "SHA1": ""}])
+    {'Path': 'path', 'Label': 'label', 'Split': 'split', 'Fold': 'fold', 'SHA1': 'sha1'}
     """
     def fits(key: str, value: str) -> bool:
         value = value.strip()
-        if key == "split":
-            return value.lower() in SPLITS
         if key == "sha1":
             return not value or (len(value) == 40 and all(c in "0123456789abcdefABCDEF" for c in value))
         try:
@@ -250,9 +274,22 @@ def manifest_columns(fieldnames: Sequence[str], rows: Sequence[dict[str | None, 
     out: dict[str, str] = {}
     for name in fieldnames:
         key = name.strip().lower()
-        if key in ("path", "label") or (key in ("split", "fold", "sha1") and key not in fieldnames and all(
-                fits(key, r.get(name) or "") for r in rows)):
+        if key in ("path", "label"):
             out[name] = key
+        elif key == "split" and key not in fieldnames:
+            values = [(line, r.get(name) or "") for line, r in enumerate(rows, start=2)]  # line 1: the header
+            other = next(((line, v) for line, v in values if split_name(v) is None), None)
+            if other is None:
+                out[name] = key
+            elif any(split_name(v) for _, v in values):
+                line, value = other
+                raise WbcError(f"{where}: row {line}: {name.strip()} {value.strip()!r} is not a split, though other "
+                               "rows name splits; a row's split is train, val or test (or Training, Validation, Valid, "
+                               "Testing; any case) or empty")
+        elif key in ("fold", "sha1") and key not in fieldnames and all(fits(key, r.get(name) or "") for r in rows):
+            out[name] = key
+    if "sha1" not in out.values() and "sha1" not in fieldnames:  # no wbc manifest: a lab's own folds
+        out = {name: key for name, key in out.items() if key != "fold"}
     return out
 
 
