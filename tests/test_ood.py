@@ -382,6 +382,24 @@ def test_quantize_and_ood_fit_refuse_a_manifest_that_is_not_the_model_s_split(tm
     assert res.exit_code == 1 and str(res.exception).endswith(f"trained it); give {manifest}"), res.exception
 
 
+def test_a_foreign_manifest_is_refused_as_such_beside_a_manifest_csv_that_is_none(tmp_path: Path) -> None:
+    """The refusal's hint read any ``manifest.csv`` beside the model to name it: a user's own file of that name (or a
+    bad one) replaced "not the split" with an error about that file. The refusal stands; the hint is the generic one."""
+    from wbc.model import load_model
+    from wbc.ood_fit import check_own_split
+
+    manifest = write_manifest(tmp_path)
+    (tmp_path / "L").mkdir()
+    model, _ = make_embedding_model(tmp_path / "L" / "model.onnx",
+                                    extra={"config": {"model": "tiny"}, "split_hash": "0" * 16})
+    for beside in ("x,y\n1,2\n", "path,label,split\nnone.png,neutrophil,val\n,neutrophil,val\n"):
+        (tmp_path / "L" / "manifest.csv").write_text(beside, encoding="utf-8")
+        with pytest.raises(WbcError, match=r"not the split .* give the manifest\.csv of the run that trained it$"):
+            check_own_split(load_model(model).info, model, manifest)
+    res = CliRunner().invoke(app, ["ood", "fit", "--model", str(model), "--manifest", str(manifest), "--threads", "1"])
+    assert res.exit_code == 1 and f"{manifest}: not the split {model}" in str(res.exception), res.output
+
+
 def test_ood_fit_refuses_a_model_adapted_to_a_lab(tmp_path: Path) -> None:
     """`wbc classify` told the user of a model adapted from a fresh run to fit its OOD statistics with `wbc ood fit
     --model MODEL --manifest RUN/manifest.csv`; fitted on the run's cells through the adapted network, every one of

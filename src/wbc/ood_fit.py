@@ -64,7 +64,9 @@ def check_own_split(info: ModelInfo, model: str | os.PathLike[str], manifest: st
     and would re-fit its temperature, review threshold, validation metrics and OOD thresholds in-sample (before wbc
     0.36.0 `wbc quantize` and `wbc ood fit` took any manifest: another run's "val" cells, 24 of 30 of which trained the
     model, gave the int8 model its stated val accuracy). A model recording no split (trained before wbc 0.33.0) is not
-    checked; an adapted one is refused by `wbc ood fit` and keeps its calibration in `wbc quantize`."""
+    checked; an adapted one is refused by `wbc ood fit` and keeps its calibration in `wbc quantize`. The refusal names
+    the ``manifest.csv`` beside the model when that holds the recorded split; any other file there (a lab's own, a bad
+    one) only leaves the hint generic, never replaces the refusal with an error about itself."""
     from wbc.data import load_dataset, split_hash
 
     recorded = info.extra.get("split_hash")
@@ -76,7 +78,11 @@ def check_own_split(info: ModelInfo, model: str | os.PathLike[str], manifest: st
 
     if split_of(Path(manifest)) != recorded:
         own = Path(model).parent / "manifest.csv"  # a run's model: its own manifest beside it, named when it is
-        hint = own if own.is_file() and split_of(own) == recorded else "the manifest.csv of the run that trained it"
+        try:
+            mine = own.is_file() and split_of(own) == recorded
+        except (WbcError, OSError):  # a user's own manifest.csv there, or a bad one: the refusal stands, unhinted
+            mine = False
+        hint = own if mine else "the manifest.csv of the run that trained it"
         raise WbcError(f"{manifest}: not the split {model} was trained on (its val rows may have trained it); give "
                        f"{hint}")
 
