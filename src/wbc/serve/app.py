@@ -641,13 +641,12 @@ def smear_answered(classifier: Any, classes: str | None = None) -> list[str]:
     """The classes a smear field is answered among (:func:`wbc.analyze.smear_label_set`), or 422 ``bad_classes``
     naming the label set (the request's ``classes``, else the server's) when it holds none: before wbc 0.33.0
     ``/analyze?classes=platelet`` called every cell a platelet, with an empty differential."""
-    from wbc.analyze import smear_label_set
+    from wbc.analyze import no_smear_class, smear_label_set
 
     answered = smear_label_set(classifier)
     if not answered:
         named = classes or ",".join(getattr(classifier, "label_set", ()) or classifier.classes)
-        raise UploadProblem(422, "bad_classes", f"classes {named!r}: none is a class a smear cell can be (a smear "
-                            "analysis never counts platelets); name white-cell classes, e.g. 5part")
+        raise UploadProblem(422, "bad_classes", str(no_smear_class(named)))
     return answered
 
 
