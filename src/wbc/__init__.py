@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.36.0"  # the one place: pyproject.toml reads it ([tool.setuptools.dynamic])
+__version__ = "0.37.0"  # the one place: pyproject.toml reads it ([tool.setuptools.dynamic])
 
 #: ONNX Runtime's opt-outs of its usage telemetry: since 1.29 its Linux and macOS builds send usage events to Microsoft
 #: and keep a device id under ``~/.cache/Microsoft`` unless told not to (``ORT_DISABLE_TELEMETRY`` in 1.29-1.32,
