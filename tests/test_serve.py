@@ -1036,3 +1036,44 @@ def test_analyze_png_colours_are_get_model_s_for_any_label_set(classifier, smear
                 x0, y0, _x1, y1 = cell["box"]
                 b, g, r = (int(v) for v in png[(y0 + y1) // 2, x0])  # the box's left edge
                 assert f"#{r:02x}{g:02x}{b:02x}" == colours[cell["label"]], (query, cell["label"])
+
+
+def test_analyze_and_classify_answers_say_which_software_settings_and_input_gave_them(
+        client: TestClient, classifier, smear: np.ndarray, tmp_path: Path) -> None:
+    """Before wbc 0.37.0 ``/analyze`` left out of `wbc analyze`'s document its ``settings``, ``sha1`` and
+    ``wbc_version``, and ``/classify`` answered with the model id alone: an audit trail had to ask ``/health`` apart
+    (a race during an upgrade), and a request's own ``tta``, ``classes`` and ``reframe`` were not echoed."""
+    import hashlib
+    import json
+
+    import wbc
+    from wbc.batch import Job, analyze_job
+
+    data = png_bytes(smear)
+    r = client.post("/analyze?tta=2&classes=5part", files={"file": ("field.png", data, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (tmp_path / "field.png").write_bytes(data)  # the command line's document for the same file and settings
+    chosen = classifier.with_tta(2).with_classes("5part")
+    cli = json.loads(analyze_job(Job(str(tmp_path / "field.png"), "field"), chosen, ClassicalSegmenter(),
+                                 draw=False).json_text)
+    for key in ("settings", "sha1", "wbc_version"):
+        assert body[key] == cli[key], key
+    assert set(cli) <= set(body)  # the document `wbc analyze` writes, whole, as docs/api.md says
+    assert body["sha1"] == hashlib.sha1(data).hexdigest() and body["wbc_version"] == wbc.__version__
+    assert body["settings"]["tta"] == 2 and len(body["settings"]["classes"]) == 5
+    assert body["settings"]["model_sha1"] == hashlib.sha1(Path(classifier.path).read_bytes()).hexdigest()
+
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    r = client.post("/classify?tta=3&reframe=false&classes=neutrophil,lymphocyte",
+                    files=[("files", ("c.png", cell, "image/png"))])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["wbc_version"] == wbc.__version__
+    settings = body["settings"]
+    assert sorted(settings.pop("classes")) == ["lymphocyte", "neutrophil"]
+    assert settings == {"tta": 3, "reframe": False,
+                        "model_sha1": hashlib.sha1(Path(classifier.path).read_bytes()).hexdigest()}
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"settings", "sha1", "wbc_version"} <= set(spec["AnalyzeBody"]["required"])
+    assert {"settings", "wbc_version"} <= set(spec["ClassifyBody"]["required"])

@@ -468,6 +468,28 @@ def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | N
             **({"segmenter_sha1": sha1} if (sha1 := model_file_sha1(getattr(segmenter, "path", None))) else {})}
 
 
+def classify_settings(classifier: ClassifierLike, reframe: bool) -> dict[str, Any]:
+    """What besides the model file decides a single cell's answer, as ``POST /classify`` records it
+    (:func:`run_settings` for single cells): the label set (``classes``; empty: every class), the views averaged per
+    cell (``tta``: the classifier's own, or the request's), whether cells are re-framed (``reframe``), and the model
+    file's SHA-1."""
+    from wbc.classify import tta_views_of
+
+    return {"classes": list(getattr(classifier, "label_set", ()) or ()), "tta": tta_views_of(classifier),
+            "reframe": bool(reframe), "model_sha1": model_file_sha1(getattr(classifier, "path", None))}
+
+
+def stamped(doc: dict[str, Any], data: bytes) -> dict[str, Any]:
+    """``doc`` (a field's JSON document) with the SHA-1 of the bytes analysed (``sha1``: a file replaced under its
+    name is redone) and the wbc version that answered (``wbc_version``: a run resumed after an upgrade keeps, and
+    names, them), last: `wbc analyze`'s ``<stem>.json`` and, since wbc 0.37.0, ``POST /analyze``'s body alike."""
+    from wbc import __version__
+
+    doc["sha1"] = hashlib.sha1(data).hexdigest()
+    doc["wbc_version"] = __version__
+    return doc
+
+
 def model_file_sha1(path: str | os.PathLike[str] | None) -> str | None:
     """The SHA-1 of a model file (None without one): `wbc ood fit` and `wbc quantize` rewrite a model under its id, and
     a resumed run kept the answers of the model before (no OOD flags, no colour calibration)."""
@@ -637,7 +659,6 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
     cannot be read or analysed gives an error, never an exception, so one bad file does not stop a batch (every engine
     runs this: the Ray actors too, :class:`wbc.distributed.FieldAnalyzer`). Before wbc 0.29.0 an error of a type not
     foreseen (ONNX Runtime's, out of memory on one large field) ended the run with a traceback."""
-    from wbc import __version__
     from wbc.analyze import analyze_bytes, smear_label_set
 
     classes = smear_label_set(classifier) if classifier is not None else []  # the counts' and the legend's rows
@@ -648,9 +669,8 @@ def analyze_job(job: Job, classifier: ClassifierLike | None, segmenter: Segmente
         data = read_bytes(job.path) if data is None else data
         t0 = time.perf_counter()
         rgb, res = analyze_bytes(data, job.path, classifier, segmenter, max_pixels=limit)  # a multi-field TIFF said
-        doc = result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter))
-        doc["sha1"] = hashlib.sha1(data).hexdigest()  # the content analysed: a file replaced under its name is redone
-        doc["wbc_version"] = __version__  # which wbc answered: a run resumed after an upgrade keeps, and names, them
+        doc = stamped(result_to_dict(res, classes, segmenter_id_of(segmenter), run_settings(classifier, segmenter)),
+                      data)
         text = json_text(doc)
         t1 = time.perf_counter()
         png = None

@@ -126,10 +126,34 @@ class CopyOf(BaseModel):
     same_as: str = Field(..., examples=["cell.jpg"])
 
 
+class ClassifySettings(BaseModel):
+    """What besides the model decided ``/classify``'s answers (:func:`wbc.batch.classify_settings`)."""
+
+    classes: list[str] = Field(..., description="The label set answered among; []: every class of the model.")
+    tta: int = Field(..., description="Views (flips/rotations) averaged per cell: the request's `tta`, else the "
+                     "model's own (`tta_views` in /model; `tta_unsure` may add views for unsure cells).")
+    reframe: bool = Field(..., description="Whether cells framed unlike the training crops were re-framed.")
+    model_sha1: str | None = Field(..., description="SHA-1 of the classifier's file; null: a model with no file.")
+
+
+class AnalyzeSettings(BaseModel):
+    """What besides the models decided ``/analyze``'s answers, as `wbc analyze` records it
+    (:func:`wbc.batch.run_settings`)."""
+
+    classes: list[str] = Field(..., description="The label set answered among; []: every class of the model.")
+    tta: int | None = Field(..., description="Views (flips/rotations) averaged per cell.")
+    colour_calibration: bool = Field(..., description="Whether fields are calibrated to the training colours.")
+    pixel_size: float | None = Field(..., description="Micrometres per pixel given; null: measured per field.")
+    model_sha1: str | None = Field(..., description="SHA-1 of the classifier's file; null: a model with no file.")
+    segmenter_sha1: str | None = Field(None, description="SHA-1 of the segmenter's file; absent: one with none.")
+
+
 class ClassifyBody(BaseModel):
     """The 200 body of ``POST /classify`` (docs/api.md)."""
 
     model_id: str
+    wbc_version: str = Field(..., examples=["0.37.0"])
+    settings: ClassifySettings
     n: int
     n_review: int
     results: list[CellPrediction]
@@ -160,8 +184,9 @@ class SmearCell(BaseModel):
 
 
 class AnalyzeBody(BaseModel):
-    """The 200 body of ``POST /analyze``: ``wbc analyze``'s ``<stem>.json`` (:func:`wbc.formats.result_to_dict`) plus
-    ``n_review``, ``differential`` and, asked for, ``annotated_png``."""
+    """The 200 body of ``POST /analyze``: ``wbc analyze``'s ``<stem>.json`` (:func:`wbc.formats.result_to_dict`, its
+    ``settings``, ``sha1`` and ``wbc_version`` too: :func:`wbc.batch.stamped`) plus ``n_review``, ``differential``
+    and, asked for, ``annotated_png``."""
 
     image: str
     width: int
@@ -173,6 +198,9 @@ class AnalyzeBody(BaseModel):
     cells: list[SmearCell]
     warnings: list[str]
     colour_calibration: dict[str, list[float]] | None
+    settings: AnalyzeSettings
+    sha1: str = Field(..., description="SHA-1 of the uploaded file's bytes.")
+    wbc_version: str = Field(..., examples=["0.37.0"])
     n_review: int
     differential: list[DifferentialRow]
     annotated_png: str | None = Field(None, description="Base64 PNG; only with `annotated=true`.")
@@ -900,7 +928,7 @@ def create_app(
             raise UploadProblem(413, "too_many_files",
                                 f"{n_files} files in one request; the limit is {app.state.max_files}")
         clf = chosen_classes(app.state.classifier, merged_classes(classes), tta)
-        from wbc.batch import copies_among, with_failed_copies
+        from wbc.batch import classify_settings, copies_among, with_failed_copies
         from wbc.classify import MAX_CELL_PIXELS, cell_too_large, classify_byte_sources
         from wbc.errors import ImageTooLargeError
         from wbc.serve.cases import upload_digest
@@ -983,6 +1011,8 @@ def create_app(
         stacks = several_images_note(preds)
         return JSONResponse({
             "model_id": clf.model_id,
+            "wbc_version": wbc.__version__,  # since wbc 0.37.0, with `settings`: which software and settings answered
+            "settings": classify_settings(clf, reframe),
             "n": len(preds),
             "n_review": sum(bool(p.review) for p in preds),
             "results": [prediction_to_dict(p) for p in preds],
@@ -1006,6 +1036,7 @@ def create_app(
     ) -> JSONResponse:
         """The same JSON as ``wbc analyze`` writes per image, plus ``differential`` with 95 % CIs."""
         from wbc.analyze import MAX_ANALYZE_PIXELS, analyze_image, result_to_dict
+        from wbc.batch import run_settings, segmenter_id_of, stamped
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
@@ -1044,8 +1075,9 @@ def create_app(
             res = analyze_image(rgb, clf, seg, name=name)
             if (pages := tiff_fields(data)) > 1:
                 res.warnings.append(pages_warning(pages))
-            seg_id = getattr(seg, "model_id", getattr(seg, "name", ""))
-            body = result_to_dict(res, answered, seg_id)
+            # `wbc analyze`'s document whole: its settings, the bytes' SHA-1 and the wbc version (before wbc 0.37.0
+            # left out, so an answer did not say which software and settings gave it)
+            body = stamped(result_to_dict(res, answered, segmenter_id_of(seg), run_settings(clf, seg)), data)
             body["n_review"] = sum(bool(c.prediction and c.prediction.review) for c in res.cells)
             body["differential"] = differential(body["counts"], answered)
             if annotated:
