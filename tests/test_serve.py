@@ -342,6 +342,11 @@ def test_docs_api_classify_example_gives_the_reasons_the_code_writes() -> None:
     example = json.loads(re.search(r"### `POST /classify`.*?```json\n(.*?)```", text, re.S)[1])
     shipped = load_model()
     assert example["model_id"] == shipped.info.model_id
+    from wbc.serve.app import CellPrediction, ClassifyBody, ClassifySettings
+
+    assert list(example) == list(ClassifyBody.model_fields)  # every field the body has, in its order
+    assert set(example["settings"]) == set(ClassifySettings.model_fields)
+    assert all(set(r) == set(CellPrediction.model_fields) for r in example["results"])
     flagged = [r for r in example["results"] if r["review"]]
     assert flagged and all(r["review_reasons"] for r in flagged)
     for r in example["results"]:
@@ -846,8 +851,8 @@ def test_a_text_part_beside_files_is_named_never_dropped(classifier, client: Tes
     cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
     r = client.post("/classify", files=[("files", ("a.png", cell, "image/png"))], data={"files": "b.png"})
     assert r.status_code == 200 and r.json()["n"] == 1, r.text
-    assert r.json()["errors"] == [{"filename": "b.png", "error": "b.png: sent as text in the field 'files', not as a "
-                                   "file (no filename parameter; curl: -F files=@b.png)"}]
+    assert r.json()["errors"] == [{"filename": "b.png", "index": 0, "error": "b.png: sent as text in the field "
+                                   "'files', not as a file (no filename parameter; curl: -F files=@b.png)"}]
     r = client.post("/analyze", files=[("file", ("a.png", png_bytes(smear), "image/png"))], data={"file": "b.png"})
     assert r.status_code == 400 and r.json()["error"] == "too_many_files", r.text
     assert "'b.png' (text)" in r.json()["detail"] and r.json()["errors"][0]["filename"] == "b.png"
@@ -875,7 +880,7 @@ def test_classify_counts_a_byte_copy_once_as_wbc_classify_does(client: TestClien
     body = r.json()
     assert body["n"] == 2 and sum(body["counts"].values()) == 2
     assert [x["filename"] for x in body["results"]] == ["n.png", "c.png"]
-    assert body["copies"] == [{"filename": "c (1).png", "same_as": "c.png"}]
+    assert body["copies"] == [{"filename": "c (1).png", "index": 0, "same_as": "c.png", "same_as_index": 2}]
     assert ("c (1).png: the same image as another input, classified and counted once (c.png has the same bytes)"
             in body["warnings"])
     assert [e["filename"] for e in body["errors"]] == ["t.png", "t copy.png"]
@@ -1077,3 +1082,32 @@ def test_analyze_and_classify_answers_say_which_software_settings_and_input_gave
     spec = client.get("/openapi.json").json()["components"]["schemas"]
     assert {"settings", "sha1", "wbc_version"} <= set(spec["AnalyzeBody"]["required"])
     assert {"settings", "wbc_version"} <= set(spec["ClassifyBody"]["required"])
+
+
+def test_classify_ties_every_result_error_and_copy_to_its_part_by_place(client: TestClient, classifier) -> None:
+    """An LIS that names every part alike (``cell.jpg``, a browser's ``blob``) could not tell which part a result,
+    an error or a copy answered: entries carried the name alone, and an answer was matched to its part by name, so of
+    three parts named alike, the second failing, the third's answer took the second's place (before wbc 0.37.0)."""
+    import hashlib
+
+    from wbc.classify import classify_arrays
+
+    a, b = png_bytes(synthetic_cell("lymphocyte", 96, seed=1)), png_bytes(synthetic_cell("neutrophil", 96, seed=2))
+    cut = png_bytes(synthetic_cell("monocyte", 96, seed=3))[:300]  # passes the header check, fails to decode
+    sent = [a, cut, b, a, "b.png"]  # the 4th a copy of the 1st; the 5th a text part (its @ forgotten)
+    files = [("files", ("cell.jpg", d, "image/png")) if isinstance(d, bytes) else ("files", (None, d)) for d in sent]
+    r = client.post("/classify", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    alone = classify_arrays([a, b], classifier, names=["cell.jpg", "cell.jpg"]).predictions
+    assert [(x["index"], x["sha1"], x["label"], x["confidence"]) for x in body["results"]] == [
+        (0, hashlib.sha1(a).hexdigest(), alone[0].label, pytest.approx(alone[0].confidence, abs=1e-6)),
+        (2, hashlib.sha1(b).hexdigest(), alone[1].label, pytest.approx(alone[1].confidence, abs=1e-6))]
+    assert [(e["filename"], e["index"]) for e in body["errors"]] == [("cell.jpg", 1), ("b.png", 4)]
+    assert body["copies"] == [{"filename": "cell.jpg", "index": 3, "same_as": "cell.jpg", "same_as_index": 0}]
+    # the Python API gives the places too: the failure is the place its answers leave out
+    res = classify_arrays([a, cut, b], classifier, names=["cell.jpg"] * 3)
+    assert res.indices == [0, 2] and len(res.errors) == 1
+    # a request none of whose parts is read names each part's place in its 4xx body too
+    r = client.post("/classify", files=[("files", ("cell.jpg", cut, "image/png"))] * 2)
+    assert r.status_code == 422 and [e["index"] for e in r.json()["errors"]] == [0, 1]

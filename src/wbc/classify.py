@@ -52,12 +52,15 @@ MAX_CELL_PIXELS: int = 40_000_000
 
 @dataclass
 class ClassifyResult:
-    """Predictions in input order (failed files left out), the raw logits, and the failures."""
+    """Predictions in input order (failed files left out), the raw logits, and the failures. ``indices``: each
+    prediction's place among the inputs (0-based; the failures are the places left out, in order), which ties an answer
+    to its input where names repeat (since wbc 0.37.0; empty from the Ray engine)."""
 
     predictions: list[Prediction]
     logits: np.ndarray  # (N, C), before temperature scaling
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
     embeddings: np.ndarray | None = None
+    indices: list[int] = field(default_factory=list)  # of each prediction, among the inputs
 
     def counts(self) -> Counter[str]:
         return Counter(p.label for p in self.predictions)
@@ -797,9 +800,11 @@ def _classify_batches(batches: Iterable[CellBatch], classifier: ClassifierLike, 
     logits: list[np.ndarray] = []
     embs: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
+    indices: list[int] = []
     done = 0
     for batch in batches:
         errors += batch.errors
+        indices += batch.indices
         arr = batch.cells
         if len(arr):
             batch_preds, out = predict_cells(classifier, arr, batch.names, with_embeddings,
@@ -820,6 +825,7 @@ def _classify_batches(batches: Iterable[CellBatch], classifier: ClassifierLike, 
         logits=np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32),
         errors=errors,
         embeddings=np.concatenate(embs) if embs else None,
+        indices=indices,
     )
 
 

@@ -68,20 +68,23 @@ class UploadProblem(HTTPException):
     """
 
     def __init__(self, status_code: int, error: str, detail: str,
-                 files: Sequence[dict[str, str]] = (), headers: dict[str, str] | None = None) -> None:
+                 files: Sequence[dict[str, Any]] = (), headers: dict[str, str] | None = None) -> None:
         super().__init__(status_code=status_code, detail=detail, headers=headers)
         self.error = error
         self.files = list(files)
 
 
-def error_body(error: str, detail: str, files: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+def error_body(error: str, detail: str, files: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"error": error, "detail": detail, "errors": list(files)}
 
 
 class FileError(BaseModel):
-    """One uploaded file's problem."""
+    """One uploaded file's problem; ``index``: its part's place in a ``/classify`` request (since wbc 0.37.0)."""
 
     filename: str = Field(..., examples=["scan.jpg"])
+    index: int | None = Field(None, examples=[1], description=(
+        "`/classify`: the part's 0-based place among the request's `files` parts (names may repeat); absent "
+        "elsewhere."))
     error: str = Field(..., examples=["scan.jpg: truncated JPEG (no end-of-image marker)"])
 
 
@@ -104,6 +107,8 @@ class CellPrediction(BaseModel):
     review_reasons: list[str]
     ood: bool
     probabilities: dict[str, float]
+    index: int = Field(..., examples=[0], description="The part's 0-based place among the request's `files` parts.")
+    sha1: str = Field(..., description="SHA-1 of the part's bytes.")
 
 
 class DifferentialRow(BaseModel):
@@ -123,7 +128,9 @@ class CopyOf(BaseModel):
     """An upload left out as a byte copy of another (classified and counted once, as `wbc classify` counts it)."""
 
     filename: str = Field(..., examples=["cell (1).jpg"])
+    index: int = Field(..., examples=[2], description="The copy's 0-based place among the request's `files` parts.")
     same_as: str = Field(..., examples=["cell.jpg"])
+    same_as_index: int = Field(..., examples=[0], description="The place of the part classified in its stead.")
 
 
 class ClassifySettings(BaseModel):
@@ -637,7 +644,7 @@ def merged_classes(values: Sequence[str] | None) -> str | None:
     return ",".join(items) if items else None
 
 
-def copies_notes(copies: Sequence[dict[str, str]]) -> list[str]:
+def copies_notes(copies: Sequence[dict[str, Any]]) -> list[str]:
     """``/classify``'s warnings for the uploads left out as byte copies of another, in `wbc classify`'s words, the
     first :data:`MAX_NAMED` one by one (``copies`` lists them all)."""
     notes = [f"{c['filename']}: the same image as another input, classified and counted once ({c['same_as']} has the "
@@ -937,6 +944,7 @@ def create_app(
         names = [part_name(p, f"file{i + 1}") if isinstance(p, StarletteUploadFile) else f"file{i + 1}"
                  for i, p in enumerate(parts)]
         checked: list[int] = []  # the places of the uploads past the cheap checks
+        digests: dict[int, str] = {}  # their SHA-1s, by place
         errors: dict[int, dict[str, str]] = {}  # by place: answered in upload order (before wbc 0.36.0, those
         # refused by the cheap checks came first)
 
@@ -959,40 +967,39 @@ def create_app(
                     errors[i] = refused(names[i], exc)
             # classified and counted once, the one kept chosen as `wbc classify` chooses it (wbc.batch.copies_among):
             # before wbc 0.36.0 each copy was counted
-            left_out = copies_among([upload_digest(cast(UploadFile, parts[i])) for i in checked],
-                                    [names[i] for i in checked])
+            digests.update((i, upload_digest(cast(UploadFile, parts[i]))) for i in checked)
+            left_out = copies_among([digests[i] for i in checked], [names[i] for i in checked])
             return wrong_type, {checked[c]: checked[k] for c, k in left_out.items()}
 
         wrong_type, copy_of = await run_in_threadpool(check)
         todo = [i for i in checked if i not in copy_of]
 
-        def work() -> list[Any]:  # reading and decoding count against the concurrency limit, as inference does
+        def work() -> tuple[list[Any], list[int]]:  # reading and decoding count against the concurrency limit
             def read(j: int) -> bytes:  # each upload read from its spool file as its batch is prepared
                 i = todo[j]
                 return read_upload_bytes(cast(UploadFile, parts[i]), app.state.max_bytes, MAX_CELL_PIXELS, names[i])
 
             # `wbc classify`'s own path (wbc.classify._classify_batches): the same answers, flags and reasons
             res = classify_byte_sources(read, [names[i] for i in todo], clf, BATCH_SIZE, workers=1, reframe=reframe)
-            # each failure back to its place: answers and failures both come in upload order, each upload in one
-            # (of two uploads of one name, one answered and one not, the answer is taken for the first)
-            answered, failed = iter(res.predictions), iter(res.errors)
-            pred = next(answered, None)
-            for i in todo:
-                if pred is not None and pred.path == names[i]:
-                    pred = next(answered, None)
-                elif (failure := next(failed, None)) is not None:
-                    errors[i] = {"filename": failure[0], "error": failure[1]}
-            return res.predictions
+            # each answer and failure back to its place (res.indices): before wbc 0.37.0 they were matched by name,
+            # and of three parts named alike, the second failing, the third's answer was given the second's place
+            answered = set(res.indices)
+            for j, (name, message) in zip([j for j in range(len(todo)) if j not in answered], res.errors,
+                                          strict=True):
+                errors[todo[j]] = {"filename": name, "error": message}
+            return res.predictions, [todo[j] for j in res.indices]
 
-        preds = await in_inference_slot(app.state, work) if todo else []
-        copies: list[dict[str, str]] = []
+        preds, placed = await in_inference_slot(app.state, work) if todo else ([], [])
+        copies: list[dict[str, Any]] = []
         for c, k in sorted(copy_of.items()):
             if k in errors:  # a copy of a file that could not be read fails alike, listed as `wbc classify` lists it
                 listed, _ = with_failed_copies([(names[k], errors[k]["error"])], [(names[c], names[k])])
                 errors[c] = dict(zip(("filename", "error"), listed[-1], strict=True))
             else:
-                copies.append({"filename": names[c], "same_as": names[k]})
-        in_order = [errors[i] for i in sorted(errors)]
+                copies.append({"filename": names[c], "index": c, "same_as": names[k], "same_as_index": k})
+        # each entry with its part's place, which names (repeated, `blob`, `image`) cannot tell (since wbc 0.37.0)
+        in_order: list[dict[str, Any]] = [{"filename": errors[i]["filename"], "index": i, "error": errors[i]["error"]}
+                                          for i in sorted(errors)]
         if not preds:
             status = 415 if in_order and wrong_type == len(in_order) else 422
             raise UploadProblem(status, "no_readable_image",
@@ -1015,7 +1022,8 @@ def create_app(
             "settings": classify_settings(clf, reframe),
             "n": len(preds),
             "n_review": sum(bool(p.review) for p in preds),
-            "results": [prediction_to_dict(p) for p in preds],
+            "results": [{**prediction_to_dict(p), "index": i, "sha1": digests[i]} for p, i in zip(preds, placed,
+                                                                                                    strict=True)],
             "counts": counts,
             "differential": differential(counts, answered),
             "warnings": [w for w in (outside, crowded, stacks, warning) if w] + copies_notes(copies),
