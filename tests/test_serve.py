@@ -1111,3 +1111,28 @@ def test_classify_ties_every_result_error_and_copy_to_its_part_by_place(client: 
     # a request none of whose parts is read names each part's place in its 4xx body too
     r = client.post("/classify", files=[("files", ("cell.jpg", cut, "image/png"))] * 2)
     assert r.status_code == 422 and [e["index"] for e in r.json()["errors"]] == [0, 1]
+
+
+def test_the_python_api_names_copies_and_counts_each_image_once_as_classify_does(client: TestClient, classifier,
+                                                                                  tmp_path: Path) -> None:
+    """`wbc.classify_images` answers a cell saved twice (``c (1).png``) once per path, where ``/classify`` and `wbc
+    classify` count it once and name it: before wbc 0.37.0 the Python API neither named the copy nor could count as
+    they do, so its counts differed from the service's for the same files. Per-path answers are kept."""
+    import wbc
+
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    other = png_bytes(synthetic_cell("neutrophil", 96, seed=2))
+    cut = png_bytes(synthetic_cell("monocyte", 96, seed=3))[:300]
+    sent = [("c (1).png", cell), ("n.png", other), ("c.png", cell), ("t.png", cut), ("t copy.png", cut)]
+    for name, data in sent:
+        (tmp_path / name).write_bytes(data)
+    body = client.post("/classify", files=[("files", (n, d, "image/png")) for n, d in sent]).json()
+    served = {k: v for k, v in body["counts"].items() if v}
+
+    res = wbc.classify_images([tmp_path / n for n, _ in sent], classifier)
+    assert len(res.predictions) == 3 and sum(res.counts().values()) == 3  # each path answered, as before
+    assert res.copies == [(str(tmp_path / "c (1).png"), str(tmp_path / "c.png"))]  # a failed file's copy: no copy
+    assert dict(res.counts(each_image_once=True)) == served
+    res = wbc.classify_arrays([d for _, d in sent], classifier, names=[n for n, _ in sent])
+    assert res.copies == [("c (1).png", "c.png")] and res.copy_of == {0: 2}
+    assert dict(res.counts(each_image_once=True)) == served and sum(res.counts().values()) == 3

@@ -112,10 +112,27 @@ def _path_list(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 def classify_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], model: Classifier | None = None,
                     **kwargs: Any) -> ClassifyResult:
     """Classify single-cell image files (one path or a sequence of them); keyword arguments as
-    :func:`wbc.classify.classify_paths`. A file that cannot be read is listed in the result's ``errors``."""
+    :func:`wbc.classify.classify_paths`. A file that cannot be read is listed in the result's ``errors``.
+
+    Each path is answered, a file whose bytes another has (a cell saved twice, ``cell (1).jpg``) too; since wbc
+    0.37.0 the result's ``copies`` lists them as (copy, the file kept), the one kept chosen as ``POST /classify`` and
+    `wbc classify` choose it, and ``counts(each_image_once=True)`` counts as they do (``counts()`` counts each
+    path)."""
+    from wbc.batch import copies_of_files
     from wbc.classify import classify_paths
 
-    return classify_paths(_path_list(paths, _CELL_ARRAYS), _classifier(model), **kwargs)
+    files = _path_list(paths, _CELL_ARRAYS)
+    res = classify_paths(files, _classifier(model), **kwargs)
+    _note_copies(res, files, copies_of_files(files))
+    return res
+
+
+def _note_copies(res: ClassifyResult, names: list[str], copy_of: dict[int, int]) -> None:
+    """``res.copies`` and ``res.copy_of`` from ``copy_of`` (copy's place -> the kept one's), a copy of an input that
+    failed left out: it fails alike, and is no copy counted once."""
+    failed = set(range(len(names))) - set(res.indices)
+    res.copy_of = {c: k for c, k in sorted(copy_of.items()) if k not in failed}
+    res.copies = [(names[c], names[k]) for c, k in res.copy_of.items()]
 
 
 def classify_arrays(images: DecodedImage | Iterable[DecodedImage], model: Classifier | None = None, *,
@@ -124,11 +141,23 @@ def classify_arrays(images: DecodedImage | Iterable[DecodedImage], model: Classi
     ``classify_images`` classifies their files: the same answers, review flags, reasons and out-of-distribution
     flags (since wbc 0.33.0). ``names``: how the results name each image (default ``images[i]``). A bad array (float,
     16-bit, another shape) is a one-line :class:`wbc.errors.WbcError` naming it; an image that cannot be a cell is
-    listed in the result's ``errors``. Keyword arguments and details as :func:`wbc.classify.classify_arrays`."""
+    listed in the result's ``errors``. Keyword arguments and details as :func:`wbc.classify.classify_arrays`.
+    Image files' bytes given twice are both answered; the result's ``copies`` names them and ``counts(each_image_once=
+    True)`` counts each once, as ``POST /classify`` counts an upload's copies (since wbc 0.37.0)."""
+    import hashlib
+
+    from wbc.batch import copies_among
+    from wbc.classify import _decoded_images
     from wbc.classify import classify_arrays as _classify
 
+    items = _decoded_images(images)
     listed = None if names is None else [names] if isinstance(names, str) else list(names)
-    return _classify(images, _classifier(model), names=listed, **kwargs)
+    res = _classify(items, _classifier(model), names=listed, **kwargs)
+    shown = [str(n) for n in listed] if listed is not None else [f"images[{i}]" for i in range(len(items))]
+    keys = [hashlib.sha1(item).hexdigest() if isinstance(item, (bytes, bytearray, memoryview)) else ""
+            for item in items]
+    _note_copies(res, shown, copies_among(keys, shown))
+    return res
 
 
 def analyze_images(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], model: Classifier | None = None,

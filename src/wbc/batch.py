@@ -369,6 +369,23 @@ def copies_among(keys: Sequence[str], paths: Sequence[str]) -> dict[int, int]:
     return left_out
 
 
+def copies_of_files(paths: Sequence[str | os.PathLike[str]]) -> dict[int, int]:
+    """:func:`copies_among` for files: index of each of ``paths`` whose bytes another has -> index of the one kept
+    (:func:`kept_of_copies`), as `wbc classify` and ``POST /classify`` leave them out. Only files of a size another
+    file has are hashed: a cell's bytes are read once more at most; a file that cannot be read is no copy."""
+    from collections import Counter
+
+    sizes: list[int] = []
+    for p in paths:
+        try:
+            sizes.append(os.stat(p).st_size)
+        except OSError:  # its reading will say why
+            sizes.append(-1)
+    shared = {n for n, k in Counter(sizes).items() if k > 1 and n >= 0}
+    return copies_among([content_sha1(p) if n in shared else "" for p, n in zip(paths, sizes, strict=True)],
+                        [os.fspath(p) for p in paths])
+
+
 def without_copies(jobs: Sequence[Job]) -> tuple[list[Job], list[tuple[str, str]]]:
     """Each job with its file's SHA-1, without the files whose bytes another job's file has (the same image under
     another name: a copy in a sub-folder, a file chosen twice), and those copies as (copy, the file kept); which one

@@ -61,9 +61,18 @@ class ClassifyResult:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, message)
     embeddings: np.ndarray | None = None
     indices: list[int] = field(default_factory=list)  # of each prediction, among the inputs
+    #: the inputs whose bytes another input has (a cell saved twice, ``cell (1).jpg``), as (copy, the one kept), in
+    #: input order, and by place (copy -> the one kept): filled by ``wbc.classify_images`` and ``wbc.classify_arrays``
+    #: (bytes inputs), which still answer each copy (since wbc 0.37.0)
+    copies: list[tuple[str, str]] = field(default_factory=list)
+    copy_of: dict[int, int] = field(default_factory=dict)
 
-    def counts(self) -> Counter[str]:
-        return Counter(p.label for p in self.predictions)
+    def counts(self, each_image_once: bool = False) -> Counter[str]:
+        """The predictions' labels counted, one per input given; ``each_image_once``: the copies (:attr:`copies`)
+        left out, each image counted once, as ``POST /classify`` and `wbc classify` count them."""
+        skip = set(self.copy_of) if each_image_once else set()
+        places = self.indices or range(len(self.predictions))
+        return Counter(p.label for p, i in zip(self.predictions, places, strict=True) if i not in skip)
 
     def outside_note(self) -> str | None:
         """:func:`outside_note` of these predictions."""
@@ -756,8 +765,10 @@ def classify_paths(
     classes: str | Sequence[str] | None = None,
 ) -> ClassifyResult:
     """Classify image files. A file that cannot be read is recorded in ``errors``, never fatal. Each path given is
-    answered, a file given twice or copied under another name once per path: `wbc classify` leaves such files out
-    first (:func:`wbc.cli.classify.each_file_once`, :func:`wbc.cli.classify.without_copies`).
+    answered, a file given twice or copied under another name once per path: `wbc classify` and ``POST /classify``
+    leave such files out first (:func:`wbc.cli.classify.each_file_once`, :func:`wbc.cli.classify.without_copies`);
+    ``wbc.classify_images`` names them in the result's ``copies`` and counts each image once with
+    ``counts(each_image_once=True)``.
 
     ``progress``: an optional callable ``progress(n_done)`` for progress bars. ``reframe`` (default on):
     cells framed unlike the training crops are re-framed first (:mod:`wbc.reframe`), and an image that shows other

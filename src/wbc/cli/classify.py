@@ -201,17 +201,8 @@ def without_copies(files: list[Path]) -> tuple[list[Path], list[tuple[Path, Path
     each field once (:func:`wbc.batch.without_copies`; the one kept: :func:`wbc.batch.kept_of_copies`, ``cell.jpg``):
     before wbc 0.35.0 `wbc classify` counted such a cell once per copy. Only files of a size another file has are
     hashed: a cell's bytes are read once more at most."""
-    from collections import Counter
+    from wbc.batch import copies_of_files
 
-    from wbc.batch import content_sha1, copies_among
-
-    sizes: dict[Path, int] = {}
-    for f in files:
-        try:
-            sizes[f] = f.stat().st_size
-        except OSError:  # its reading will say why
-            sizes[f] = -1
-    shared = {n for n, k in Counter(sizes.values()).items() if k > 1 and n >= 0}
-    left_out = copies_among([content_sha1(f) if sizes[f] in shared else "" for f in files], [str(f) for f in files])
+    left_out = copies_of_files(files)
     return ([f for i, f in enumerate(files) if i not in left_out],
             [(files[i], files[k]) for i, k in sorted(left_out.items())])
