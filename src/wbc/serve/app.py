@@ -124,6 +124,26 @@ class DifferentialRow(BaseModel):
     unit: str = Field(..., examples=["percent", "per 100 WBC"])
 
 
+class DifferentialBody(BaseModel):
+    """The 200 body of ``POST /differential``."""
+
+    total: int = Field(..., description="The WBCs counted (erythroblasts and platelets are counted per 100 WBCs).")
+    differential: list[DifferentialRow]
+
+
+class HealthBody(BaseModel):
+    """The 200 body of ``GET /health``."""
+
+    status: str = Field(..., examples=["ok"])
+    model_id: str
+    classes: list[str]
+    label_set: list[str]
+    segmenter: dict[str, str] = Field(..., examples=[{"name": "learned", "model_id": "wbc-detector-..."}])
+    versions: dict[str, str] = Field(..., examples=[{"wbc": "0.37.0", "python": "3.11.9"}])
+    limits: dict[str, float]
+    security: dict[str, Any]
+
+
 class CopyOf(BaseModel):
     """An upload left out as a byte copy of another (classified and counted once, as `wbc classify` counts it)."""
 
@@ -899,7 +919,8 @@ def create_app(
                                 f"no file in the request: send multipart/form-data with the field {field!r}")
         return parts
 
-    @app.get("/health", summary="Liveness, the loaded models and the software versions")
+    @app.get("/health", summary="Liveness, the loaded models and the software versions", response_model=None,
+             responses={200: {"model": HealthBody, "description": "The server is up"}})
     async def health() -> dict[str, Any]:  # async: answers even when every worker thread is busy
         meta = app.state.metadata
         return {"status": "ok", "model_id": meta["model_id"], "classes": meta["classes"],
@@ -1107,7 +1128,8 @@ def create_app(
             raise UploadProblem(422, "analysis_failed", msg, [{"filename": name, "error": msg}]) from None
         return JSONResponse(body)
 
-    @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts")
+    @app.post("/differential", summary="Percentages and exact 95 % CIs for given counts", response_model=None,
+              responses={200: {"model": DifferentialBody, "description": "The differential"}})
     def differential_endpoint(
         body: CountsIn,
         classes: Annotated[list[str] | None, Query(description=DIFFERENTIAL_CLASSES_HELP)] = None,

@@ -65,6 +65,39 @@ class SignOffIn(BaseModel):
         "Omitted: no check."))
 
 
+class CaseLine(BaseModel):
+    """One case of ``GET /cases`` (:meth:`wbc.cases.store.CaseSummary.to_dict`)."""
+
+    id: int
+    name: str
+    created_at: str | None
+    created_by: str
+    model_id: str
+    n_fields: int
+    n_cells: int
+    n_changed: int
+    signed_by: str | None
+    signed_at: str | None
+    status: str = Field(..., examples=["open", "signed off"])
+
+
+class CasesBody(BaseModel):
+    """The 200 body of ``GET /cases``."""
+
+    cases: list[CaseLine]
+
+
+class LabelBody(BaseModel):
+    """The 200 body of ``POST /cases/{id}/cells/{cell_id}/label``: the cell (with ``old_label``) and the case's new
+    tallies (:meth:`wbc.cases.CaseStore.tallies`)."""
+
+    cell: dict[str, Any]
+    differential: dict[str, Any]
+    model_differential: dict[str, Any]
+    n_reviewed: int
+    n_changed: int
+
+
 class CaseBody(BaseModel):
     """A case as ``POST /cases`` (201) and ``GET /cases/{id}`` answer it (:meth:`CaseStore.case_document`); its
     fields, cells, corrections and differentials as docs/api.md and docs/review.md describe them."""
@@ -161,7 +194,8 @@ def report_css() -> Response:
     return Response(css(), media_type="text/css")
 
 
-@router.get("/cases", summary="Every case in the store, newest last")
+@router.get("/cases", summary="Every case in the store, newest last", response_model=None,
+            responses={200: {"model": CasesBody, "description": "The cases"}})
 def list_cases(request: Request) -> dict[str, Any]:
     return {"cases": [c.to_dict() for c in call(store_of(request).list_cases)]}
 
@@ -388,7 +422,8 @@ def cell_view(request: Request, case_id: Id, cell_id: Id, v: Version = None) -> 
                         functools.partial(store.view_png, case_id, cell_id))
 
 
-@router.post("/cases/{case_id}/cells/{cell_id}/label", summary="Reclassify (or confirm) one cell")
+@router.post("/cases/{case_id}/cells/{cell_id}/label", summary="Reclassify (or confirm) one cell", response_model=None,
+             responses={200: {"model": LabelBody, "description": "The cell and the case's new differentials"}})
 def label_cell(request: Request, case_id: Id, cell_id: Id, body: LabelIn,
                who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
     """The label is a class, ``not_wbc`` or ``unidentifiable``; answers the cell and the new differential.
@@ -399,7 +434,8 @@ def label_cell(request: Request, case_id: Id, cell_id: Id, body: LabelIn,
     return {"cell": cell, **call(store.tallies, case_id)}
 
 
-@router.post("/cases/{case_id}/sign-off", summary="Sign the case off; it is read-only afterwards")
+@router.post("/cases/{case_id}/sign-off", summary="Sign the case off; it is read-only afterwards", response_model=None,
+             responses={200: {"model": CaseBody, "description": "The case, signed off"}})
 def sign_off(request: Request, case_id: Id, body: SignOffIn,
              who: Annotated[Identity, Depends(require_api_key)]) -> dict[str, Any]:
     return call(store_of(request).sign_off, case_id, body.user, who.name, body.corrections_seen)
