@@ -1136,3 +1136,14 @@ def test_the_python_api_names_copies_and_counts_each_image_once_as_classify_does
     res = wbc.classify_arrays([d for _, d in sent], classifier, names=[n for n, _ in sent])
     assert res.copies == [("c (1).png", "c.png")] and res.copy_of == {0: 2}
     assert dict(res.counts(each_image_once=True)) == served and sum(res.counts().values()) == 3
+
+
+def test_a_file_name_s_folders_are_left_out_whichever_separator_it_uses(client: TestClient) -> None:
+    """A Windows path (``C:\\fakepath\\slide1\\cell.jpg``) came back as ``cell.jpg`` but ``../../slide2/cell.jpg`` whole
+    (wbc 0.36.0): part_name said "its folders left out", and only Starlette's cut at ``\\`` did it."""
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    other = png_bytes(synthetic_cell("neutrophil", 96, seed=2))
+    r = client.post("/classify", files=[("files", ("C:\\fakepath\\slide1\\a.png", cell, "image/png")),
+                                        ("files", ("../../slide2/b.png", other, "image/png"))])
+    assert r.status_code == 200, r.text
+    assert [x["filename"] for x in r.json()["results"]] == ["a.png", "b.png"]

@@ -405,9 +405,10 @@ class UploadRoute(APIRoute):
 def part_name(upload: UploadFile, fallback: str) -> str:
     """The file name an upload part gives, decoded: ``filename*`` (RFC 5987, ``utf-8''caf%C3%A9.jpg``) before
     ``filename``, and a ``filename`` of RFC 2047 encoded words (``=?utf-8?B?...?=``, .NET's HttpClient and
-    PowerShell) decoded; its folders left out, as Starlette leaves them out of a Windows path. ``fallback`` where the
-    part names no file (or a name that decodes to a control character). Before wbc 0.36.0 results, errors and a
-    case's fields were named ``=?utf-8?B?Y2Fmw6kuanBn?=`` for ``café.jpg``."""
+    PowerShell) decoded; its folders left out, cut at its last ``/`` or ``\\`` (before wbc 0.37.0 only a Windows path
+    was cut, and ``../../slide2/cell.jpg`` came back whole). ``fallback`` where the part names no file (or a name that
+    decodes to a control character). Before wbc 0.36.0 results, errors and a case's fields were named
+    ``=?utf-8?B?Y2Fmw6kuanBn?=`` for ``café.jpg``."""
     from email.header import decode_header, make_header
     from email.message import Message
     from email.utils import collapse_rfc2231_value
@@ -421,12 +422,22 @@ def part_name(upload: UploadFile, fallback: str) -> str:
             star = [v for k, v in header.get_params([], header="content-disposition")
                     if k.lower() == "filename" and isinstance(v, tuple)]
             if star:
-                name = collapse_rfc2231_value(star[0]).replace("\\", "/").rsplit("/", 1)[-1]
+                name = collapse_rfc2231_value(star[0])
         elif ENCODED_WORDS.fullmatch(name):
             name = str(make_header(decode_header(name)))
     except Exception:  # a header no decoder takes (a bad charset): the name as sent
         name = upload.filename or ""
-    return name if name and name.isprintable() else upload.filename or fallback
+    name = file_name_alone(name)
+    return name if name and name.isprintable() else file_name_alone(upload.filename or "") or fallback
+
+
+def file_name_alone(name: str) -> str:
+    r"""``name`` without its folders, whichever separator a client used.
+
+    >>> file_name_alone("../../slide2/cell.jpg"), file_name_alone("C:\\fakepath\\cell.jpg"), file_name_alone("a/")
+    ('cell.jpg', 'cell.jpg', '')
+    """
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def text_part_problem(value: str, field: str, fallback: str) -> dict[str, str]:
