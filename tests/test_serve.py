@@ -1147,3 +1147,18 @@ def test_a_file_name_s_folders_are_left_out_whichever_separator_it_uses(client: 
                                         ("files", ("../../slide2/b.png", other, "image/png"))])
     assert r.status_code == 200, r.text
     assert [x["filename"] for x in r.json()["results"]] == ["a.png", "b.png"]
+
+
+def test_a_query_field_of_the_other_upload_route_is_refused_not_ignored(client: TestClient, smear: np.ndarray) -> None:
+    """``/analyze?reframe=false`` (expecting /classify's effect) and ``/classify?annotated=true`` were answered 200
+    with the field ignored (wbc 0.36.0), where ``/classify?reframe=nah`` is 422: a client got no effect and no word."""
+    cell = [("files", ("c.png", png_bytes(synthetic_cell("lymphocyte", 96, seed=1)), "image/png"))]
+    field = {"file": ("f.png", png_bytes(smear), "image/png")}
+    r = client.post("/analyze?reframe=false", files=field)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+    assert r.json()["detail"] == ("reframe: a query field of /classify; /analyze does not take it (it would have no "
+                                  "effect)")
+    r = client.post("/classify?annotated=true", files=cell)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request" and "annotated" in r.json()["detail"]
+    assert client.post("/classify?reframe=false", files=cell).status_code == 200  # each route's own fields stand
+    assert client.post("/analyze?annotated=true", files=field).status_code == 200

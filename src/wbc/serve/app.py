@@ -686,6 +686,23 @@ def copies_notes(copies: Sequence[dict[str, Any]]) -> list[str]:
     return notes
 
 
+#: The query fields that one upload route takes and the other does not: sent to the other, a client expecting their
+#: effect would get none, so they are refused (:func:`refuse_other_route_fields`).
+ROUTE_ONLY_FIELDS: dict[str, tuple[str, str]] = {"annotated": ("/analyze", "/classify"),
+                                                 "reframe": ("/classify", "/analyze")}
+
+
+def refuse_other_route_fields(request: Request) -> None:
+    """422 ``invalid_request`` for a query field of the other upload route (``/analyze?reframe=false``,
+    ``/classify?annotated=true``), in the words of the route's own query refusals: before wbc 0.37.0 it was taken
+    without a word and had no effect. Other unknown fields are left alone, as FastAPI leaves them."""
+    wrong = [f"{field}: a query field of {owner}; {route} does not take it (it would have no effect)"
+             for field, (owner, route) in ROUTE_ONLY_FIELDS.items()
+             if route == request.url.path and field in request.query_params]
+    if wrong:
+        raise UploadProblem(422, "invalid_request", "; ".join(wrong))
+
+
 TTA_HELP = ("Average each cell's answer over this many flips/rotations (1-8); default: the model's own for "
             "/classify, at least 4 for smear cells (`tta_views` in /model).")
 
@@ -961,6 +978,7 @@ def create_app(
 
         200 when at least one file was classified; 4xx (with every file's problem) when none was.
         """
+        refuse_other_route_fields(request)
         parts = await require_files(request, files, "files")
         n_files = sum(isinstance(p, StarletteUploadFile) for p in parts)
         if n_files > app.state.max_files:
@@ -1080,6 +1098,7 @@ def create_app(
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
+        refuse_other_route_fields(request)
         parts = await require_files(request, file, "file")
         if len(parts) > 1:  # a repeated `file` part: FastAPI would keep the last and drop the others without a word;
             # a text part too (`-F file=b.jpg`, its @ forgotten), which before wbc 0.36.0 was left out
