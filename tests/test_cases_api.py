@@ -484,3 +484,29 @@ def test_every_json_answer_is_typed_in_openapi_and_validates_against_it(client: 
     check("/cases", "get", client.get("/cases").json())
     check("/health", "get", client.get("/health").json())
     check("/differential", "post", client.post("/differential", json={"counts": {"neutrophil": 5}}).json())
+
+
+def test_docs_api_maps_each_name_to_one_the_code_gives(client: TestClient) -> None:
+    """docs/api.md's table of one quantity's names across routes and the Python API (the review of wbc 0.37.0 found a
+    client needs one): every name it gives is a field the route answers or an attribute of the Python type."""
+    import dataclasses
+    import re
+
+    import wbc.types
+    from wbc.serve.app import AnalyzeBody, CellPrediction, ClassifyBody, SmearCell
+
+    text = (Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    table = text.split("### One quantity, its names", 1)[1].split("\n\n")[2]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    assert len(rows) >= 10
+    doc = new_case(client, "API names", n=1)
+    case_names = set(doc) | set(doc["cells"][0]) | set(doc["fields"][0])
+    known = [set(AnalyzeBody.model_fields) | set(SmearCell.model_fields),
+             set(ClassifyBody.model_fields) | set(CellPrediction.model_fields), case_names]
+    for row in rows:
+        assert len(row) == 5, row
+        for names, cell in zip(known, row[1:4], strict=True):
+            assert cell == "—" or re.fullmatch(r"`(\w+)`", cell)[1] in names, (row, cell)
+        if row[4] != "—":
+            cls, attr = re.fullmatch(r"`(\w+)\.(\w+)`", row[4]).groups()
+            assert attr in {f.name for f in dataclasses.fields(getattr(wbc.types, cls))}, row
