@@ -695,3 +695,20 @@ def test_a_case_keeps_a_file_name_with_a_quote(review, tmp_path: Path) -> None:
     page.wait_for_selector("#case:not([hidden])", timeout=90_000)
     assert [f["image"] for f in page.evaluate("state.doc.fields")] == ['field "1".png']
     assert [f["image"] for f in case_on_server(base, page.evaluate("state.doc.id"))["fields"]] == ['field "1".png']
+
+
+def test_a_new_case_with_a_field_moved_after_it_was_chosen_is_refused_naming_it(review, tmp_path: Path) -> None:
+    """Chromium cannot read a chosen file moved or rewritten since it was chosen: New case said "Not created: no answer
+    from the server (Failed to fetch)", the file unnamed (before wbc 0.37.0)."""
+    page, _ = review
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, p in enumerate(paths):
+        cv2.imwrite(str(p), synthetic_smear(n_wbc=2, seed=60 + i)[0][:, :, ::-1])
+    page.fill("#case-name", "moved field")
+    page.set_input_files("#case-files", [str(p) for p in paths])
+    paths[1].rename(tmp_path / "b moved.png")
+    page.click("#create-case")
+    page.wait_for_selector("#cases-status:has-text('Not created')", timeout=30_000)
+    assert page.locator("#cases-status").inner_text() == ("Not created: b.png: could not be read from disk (moved, "
+                                                          "deleted or changed since it was chosen): choose it again.")
+    assert page.locator("#create-case").is_enabled()

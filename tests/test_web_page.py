@@ -635,3 +635,33 @@ def test_the_differential_csv_is_written_as_wbc_analyze_writes_it(page, tmp_path
     with page.expect_download() as dl:
         page.click("#dl-cells")
     assert {r["image"] for r in csv.DictReader(Path(dl.value.path()).read_text().splitlines())} == set(names)
+
+
+UNREADABLE = "could not be read from disk (moved, deleted or changed since it was chosen): choose it again"
+
+
+def test_a_file_moved_after_it_was_chosen_fails_alone_and_is_named(page, tmp_path: Path) -> None:
+    """Chromium cannot read a chosen file moved or rewritten since it was chosen: its upload failed the whole request
+    as "no answer from the server (Failed to fetch)", every cell of a /classify request with it, and named no file
+    (before wbc 0.37.0). The page reads each file before it sends it: that file fails alone, said so."""
+    cells = []
+    for i, label in enumerate(["lymphocyte", "neutrophil", "monocyte"]):
+        cells.append(tmp_path / f"{label}.png")
+        cv2.imwrite(str(cells[-1]), synthetic_cell(label, 96, seed=i)[:, :, ::-1])
+    page.check("input[name=mode][value=cells]")
+    page.set_input_files("#file-input", [str(p) for p in cells])
+    cells[1].rename(tmp_path / "moved.png")
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("table.cells .filename").all_inner_texts() == ["lymphocyte.png", "monocyte.png"]
+    assert page.locator("#error-list").inner_text() == f"neutrophil.png: {UNREADABLE}"
+
+    fields = [smear_file(tmp_path, "a.png", 0), smear_file(tmp_path, "b.png", 1)]
+    page.check("input[name=mode][value=smear]")
+    page.set_input_files("#file-input", [str(p) for p in fields])
+    fields[0].rename(tmp_path / "a moved.png")
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("#cards h3").all_inner_texts() == ["b.png"]
+    assert page.locator("#error-list").inner_text() == f"a.png: {UNREADABLE}"
+

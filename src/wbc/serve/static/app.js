@@ -277,8 +277,14 @@ async function runSmears(files, errors, failed) {
   const annotated = $("opt-annotated").checked;
   for (const [i, f] of files.entries()) {
     setBusy(true, `Analysing ${i + 1} of ${files.length}: ${f.name}…`, i, files.length);
+    const bytes = await readChosen(f);  // the bytes sent: a file moved since it was chosen fails alone, named
+    if (!bytes) {
+      errors.push(unreadableChosen(f.name));
+      failed.set(f, failure(errors[errors.length - 1], f.name));
+      continue;
+    }
     const fd = new FormData();
-    fd.append("file", f, f.name);
+    fd.append("file", bytes, f.name);
     let res;
     try {
       res = await fetchJSON(`/analyze?annotated=${annotated}`, { method: "POST", body: fd });
@@ -319,10 +325,24 @@ async function runCells(files, errors, failed) {
   const thumbs = new Map();
   const notes = [];  // each request's out-of-distribution sentence (/classify's warnings), with its files
   let done = 0;
-  for (const batch of batches(files)) {
-    setBusy(true, `Classifying ${done + 1}–${done + batch.length} of ${files.length}…`, done, files.length);
+  const all = batches(files);
+  for (const chosen of all) {
+    setBusy(true, `Classifying ${done + 1}–${done + chosen.length} of ${files.length}…`, done, files.length);
+    // each file's bytes read first: one moved or rewritten since it was chosen fails alone, named, and the others are
+    // sent (before wbc 0.37.0 it failed the request's every file as "no answer from the server")
     const fd = new FormData();
-    for (const f of batch) fd.append("files", f, f.name);
+    const batch = [];
+    for (const f of chosen) {
+      const bytes = await readChosen(f);
+      if (bytes) {
+        batch.push(f);
+        fd.append("files", bytes, f.name);
+      } else {
+        errors.push(unreadableChosen(f.name));
+        failed.set(f, failure(errors[errors.length - 1], f.name));
+      }
+    }
+    if (!batch.length) { done += chosen.length; continue; }
     let res;
     try {
       res = await fetchJSON("/classify", { method: "POST", body: fd });
@@ -330,10 +350,10 @@ async function runCells(files, errors, failed) {
       const from = `${batch.length} file(s) from ${batch[0].name}`;
       errors.push(`${from}: no answer from the server (${err.message})`);
       for (const f of batch) failed.set(f, failure(errors[errors.length - 1], from));
-      done += batch.length;
+      done += chosen.length;
       continue;
     }
-    done += batch.length;
+    done += chosen.length;
     const real = (n) => {  // the chosen name a name sent stands for, if only one of the batch's is sent so
       const names = new Set(batch.filter((f) => sentName(f.name) === n).map((f) => f.name));
       return names.size === 1 ? [...names][0] : n;

@@ -78,3 +78,19 @@ function thresholdText(thr, digits = 1, scale = 100) {
   const text = scaled(thr, d, scale);
   return d === digits && digits > 0 && text.endsWith("0") ? text.slice(0, -1).replace(/\.$/, "") : text;
 }
+
+// A chosen file's bytes as they are now, in memory, or null when the browser can no longer read it: moved, deleted or
+// rewritten since it was chosen (Chromium refuses a File whose disk file changed). An upload of such a File failed
+// its whole request with "Failed to fetch", the error of a server that does not answer, so a page blamed the server
+// and, in one /classify request, lost the other 199 cells (before wbc 0.37.0); the bytes read first are sent instead.
+async function readChosen(file) {
+  try {
+    return new Blob([await file.arrayBuffer()], { type: file.type });
+  } catch (_) {
+    return null;
+  }
+}
+
+// The words for a chosen file readChosen could not read.
+const unreadableChosen = (name) => `${name}: could not be read from disk (moved, deleted or changed since it was `
+  + "chosen): choose it again";

@@ -99,8 +99,20 @@ async function createCase() {
   fd.append("user", $("reviewer").value.trim());
   // the chosen names, which the server prefers to the parts' own (a browser sends a " in a name as %22)
   fd.append("names", JSON.stringify(files.map((f) => f.name)));
-  for (const f of files) fd.append("files", f, f.name);
   $("create-case").disabled = true;
+  // each field's bytes read first: a file moved or rewritten since it was chosen refuses the case, named (before wbc
+  // 0.37.0 the upload failed as "no answer from the server", the file unnamed); a case is of every field chosen
+  const unread = [];
+  for (const f of files) {
+    const bytes = await readChosen(f);
+    if (bytes) fd.append("files", bytes, f.name);
+    else unread.push(f.name);
+  }
+  if (unread.length) {
+    $("create-case").disabled = false;
+    $("cases-status").textContent = `Not created: ${unread.map(unreadableChosen).join("; ")}.`;
+    return;
+  }
   $("cases-status").textContent = `Analysing ${files.length} field(s)…`;
   let res;
   try { res = await api("/cases", { method: "POST", body: fd }); } catch (err) {
