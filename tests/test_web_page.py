@@ -665,3 +665,51 @@ def test_a_file_moved_after_it_was_chosen_fails_alone_and_is_named(page, tmp_pat
     assert page.locator("#cards h3").all_inner_texts() == ["b.png"]
     assert page.locator("#error-list").inner_text() == f"a.png: {UNREADABLE}"
 
+
+def hold_analyze_after_the_first(page) -> list:
+    """/analyze answered for the first field, then never again (a frozen server): the routes held."""
+    seen: list = []
+
+    def route(r) -> None:
+        seen.append(r)
+        if len(seen) == 1:
+            r.continue_()
+
+    page.route("**/analyze*", route)
+    return seen
+
+
+def test_stop_ends_a_run_the_server_no_longer_answers_keeping_what_was_analysed(page, tmp_path: Path) -> None:
+    """A server that stopped answering left the page waiting for ever: no way to cancel, the downloads of the fields
+    already analysed disabled, a reload (losing them) the only way out (before wbc 0.37.0)."""
+    hold_analyze_after_the_first(page)
+    fields = [smear_file(tmp_path, f"{c}.png", i) for i, c in enumerate("abc")]
+    page.set_input_files("#file-input", [str(p) for p in fields])
+    assert page.locator("#stop-button").is_hidden()
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Analysing 2 of 3')", timeout=60_000)
+    page.click("#stop-button")
+    page.wait_for_selector("#status:has-text('Stopped')", timeout=10_000)
+    assert page.locator("#status").inner_text().startswith("Stopped: 1 of 3 file(s) analysed")
+    assert page.locator("#error-list").inner_text() == "2 files (b.png to c.png): not analysed: the run was stopped"
+    assert page.locator("#cards h3").all_inner_texts() == ["a.png"] and page.locator("#stop-button").is_hidden()
+    assert page.locator("#run-button").is_enabled() and page.locator("#dl-json").is_enabled()
+    with page.expect_download() as dl:
+        page.click("#dl-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert [r["image"] for r in doc["results"]] == ["a.png"] and doc["differential"]
+
+
+def test_a_request_unanswered_for_the_timeout_ends_the_run(page, tmp_path: Path) -> None:
+    hold_analyze_after_the_first(page)
+    page.evaluate("() => { state.requestTimeoutS = 2; }")
+    fields = [smear_file(tmp_path, f"{c}.png", i) for i, c in enumerate("abc")]
+    page.set_input_files("#file-input", [str(p) for p in fields])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Stopped')", timeout=60_000)
+    assert page.locator("#error-list li").all_inner_texts() == [
+        "b.png: no answer from the server in 2 s",
+        "c.png: not analysed: the run ended when the server stopped answering",
+        "The pooled differential could not be computed: no answer from the server in 2 s."]
+    assert page.locator("#cards h3").all_inner_texts() == ["a.png"] and page.locator("#dl-cells").is_enabled()
+

@@ -7,6 +7,9 @@ const state = {
   meta: null, limits: { max_upload_mb: 25, max_files: 500 }, mode: "smear", files: [], runs: [], busy: false,
   errors: [],  // the run's problems as the page lists them: the JSON download keeps them (since wbc 0.34.0)
   copies: [], notes: [],  // the copies left out, counted once ({filename, same_as}) and their notes, as /classify's
+  // a run's end asked for: "stopped" (the Stop button) or "timeout" (a request unanswered for requestTimeoutS); and
+  // how to abort the request under way (runFetch)
+  halt: null, abort: null, requestTimeoutS: 300,
 };
 
 const colourOf = (c) => (state.meta && state.meta.colours && state.meta.colours[c]) || "#9aa7b8";
@@ -28,6 +31,49 @@ async function fetchJSON(url, options) {
   try { body = await resp.json(); } catch (_) { body = null; }
   return { ok: resp.ok, status: resp.status, body };
 }
+
+// A request of a run: Stop aborts it, and so does a server that has not answered in state.requestTimeoutS (a frozen
+// process, a dropped link: before wbc 0.37.0 the page waited for ever, its downloads off, the fields analysed lost to
+// the reload that was the only way out). Rejects with `why`: "stopped", "timeout", or null (no answer at all).
+async function runFetch(url, options) {
+  const ctl = new AbortController();
+  let why = null;
+  state.abort = () => { why = "stopped"; ctl.abort(); };
+  const timer = setTimeout(() => { why = "timeout"; ctl.abort(); }, state.requestTimeoutS * 1000);
+  try {
+    return await fetchJSON(url, { ...options, signal: ctl.signal });
+  } catch (err) {
+    if (why === "timeout") state.halt = "timeout";
+    const said = why === "timeout" ? `no answer from the server in ${state.requestTimeoutS} s`
+      : why === "stopped" ? "the run was stopped" : `no answer from the server (${err.message})`;
+    throw Object.assign(new Error(said), { why });
+  } finally {
+    clearTimeout(timer);
+    state.abort = null;
+  }
+}
+
+// Stop: the request under way is aborted and no other is sent; what was analysed stays, and downloads.
+function stopRun() {
+  if (!state.busy) return;
+  state.halt = "stopped";
+  $("stop-button").disabled = true;
+  if (state.abort) state.abort();
+}
+
+// The files a run left out when it ended early (Stop, or a server that stopped answering): one line, under the name
+// the page gives a request's files, each failed alike (their copies too).
+function leftOut(files, errors, failed) {
+  if (!files.length) return;
+  const who = filesWho(files);
+  errors.push(`${who}: not analysed: ${state.halt === "timeout" ? "the run ended when the server stopped answering"
+    : "the run was stopped"}`);
+  for (const f of files) failed.set(f, failure(errors[errors.length - 1], who));
+}
+
+// Files as a line names them: the one's name, or how many and the first and last.
+const filesWho = (files) => (files.length > 1 ? `${files.length} files (${files[0].name} to `
+  + `${files[files.length - 1].name})` : files[0].name);
 
 // A file name as a browser sends it in a multipart upload (the HTML standard: " CR LF as %22 %0D %0A, and % as it
 // is), so the server has it that way; the page shows and exports the chosen name (File.name), never this one.
@@ -94,6 +140,7 @@ function bindForm() {
   $("dl-json").addEventListener("click", downloadJSON);
   $("dl-cells").addEventListener("click", downloadCellsCSV);
   $("dl-diff").addEventListener("click", downloadDifferentialCSV);
+  $("stop-button").addEventListener("click", stopRun);
 }
 
 function updateFiles(files) {
@@ -114,6 +161,7 @@ function setBusy(busy, text, done, total) {
   $("file-input").disabled = busy;
   // a download is of a finished run: mid-run, the differential CSV paired this run's fields with the last run's ALL
   for (const id of ["dl-json", "dl-cells", "dl-diff"]) $(id).disabled = busy;
+  $("stop-button").hidden = !busy;
   $("progress-wrap").hidden = !busy;
   if (total) { $("progress").max = total; $("progress").value = done; }
   $("status").textContent = text || "";
@@ -143,6 +191,8 @@ async function run() {
     }
     return true;
   });
+  Object.assign(state, { halt: null, abort: null });
+  $("stop-button").disabled = false;
   setBusy(true, "Looking for copies among the files…");  // the run's own progress follows
   const { kept, copies } = await withoutCopies(usable);
   const failed = new Map();  // each kept File that could not be analysed -> failure(): its copies fail alike
@@ -168,17 +218,23 @@ async function run() {
   const { counted, notes } = placeCopies(copies, errors, failed, mode === "smear" ? "analysed" : "classified");
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   if (state.runs.length) {
-    try { await renderSummary(mode); } catch (err) {  // e.g. the server stopped: no summary, never a stuck page
+    try {
+      // a server that stopped answering is not asked again (Stop would be the only way on)
+      if (state.halt === "timeout") {
+        throw Object.assign(new Error(`no answer from the server in ${state.requestTimeoutS} s`), { why: "timeout" });
+      }
+      await renderSummary(mode);
+    } catch (err) {  // e.g. the server stopped: no summary, never a stuck page
       clearSummary();
-      errors.push(`The pooled differential could not be computed: ${err.answered ? "the server answered"
-        : "no answer from the server"} (${err.message}).`);
+      errors.push(`The pooled differential could not be computed: ${err.answered ? `the server answered (${err.message})`
+        : "why" in err ? err.message : `no answer from the server (${err.message})`}.`);  // runFetch's words, or not
     }
     Object.assign(state, { errors, copies: counted, notes });
     showErrors(errors);
     showNotes(notes);
     $("results").hidden = false;
     const nDone = mode === "smear" ? state.runs.length : allCells().length;
-    setBusy(false, `Done: ${nDone} of ${files.length} file(s) analysed in ${secs} s.`);
+    setBusy(false, `${state.halt ? "Stopped" : "Done"}: ${nDone} of ${files.length} file(s) analysed in ${secs} s.`);
     $("results").focus({ preventScroll: false });
   } else {
     if (before.runs.length) {  // nothing analysed: the last results stay, and the page says whose they are
@@ -276,6 +332,7 @@ function clearSummary() {
 async function runSmears(files, errors, failed) {
   const annotated = $("opt-annotated").checked;
   for (const [i, f] of files.entries()) {
+    if (state.halt) { leftOut(files.slice(i), errors, failed); break; }
     setBusy(true, `Analysing ${i + 1} of ${files.length}: ${f.name}…`, i, files.length);
     const bytes = await readChosen(f);  // the bytes sent: a file moved since it was chosen fails alone, named
     if (!bytes) {
@@ -287,11 +344,12 @@ async function runSmears(files, errors, failed) {
     fd.append("file", bytes, f.name);
     let res;
     try {
-      res = await fetchJSON(`/analyze?annotated=${annotated}`, { method: "POST", body: fd });
+      res = await runFetch(`/analyze?annotated=${annotated}`, { method: "POST", body: fd });
     } catch (err) {
-      errors.push(`${f.name}: no answer from the server (${err.message})`);
+      if (err.why === "stopped") { leftOut(files.slice(i), errors, failed); break; }
+      errors.push(`${f.name}: ${err.message}`);
       failed.set(f, failure(errors[errors.length - 1], f.name));
-      continue;
+      continue;  // after a timeout, the loop's next turn lists the rest
     }
     if (!res.ok) {
       const lines = problemText(res, f.name, () => f.name);
@@ -326,7 +384,8 @@ async function runCells(files, errors, failed) {
   const notes = [];  // each request's out-of-distribution sentence (/classify's warnings), with its files
   let done = 0;
   const all = batches(files);
-  for (const chosen of all) {
+  for (const [b, chosen] of all.entries()) {
+    if (state.halt) { leftOut(all.slice(b).flat(), errors, failed); break; }
     setBusy(true, `Classifying ${done + 1}–${done + chosen.length} of ${files.length}…`, done, files.length);
     // each file's bytes read first: one moved or rewritten since it was chosen fails alone, named, and the others are
     // sent (before wbc 0.37.0 it failed the request's every file as "no answer from the server")
@@ -345,13 +404,14 @@ async function runCells(files, errors, failed) {
     if (!batch.length) { done += chosen.length; continue; }
     let res;
     try {
-      res = await fetchJSON("/classify", { method: "POST", body: fd });
+      res = await runFetch("/classify", { method: "POST", body: fd });
     } catch (err) {
+      if (err.why === "stopped") { leftOut(batch.concat(all.slice(b + 1).flat()), errors, failed); break; }
       const from = `${batch.length} file(s) from ${batch[0].name}`;
-      errors.push(`${from}: no answer from the server (${err.message})`);
+      errors.push(`${from}: ${err.message}`);
       for (const f of batch) failed.set(f, failure(errors[errors.length - 1], from));
       done += chosen.length;
-      continue;
+      continue;  // after a timeout, the loop's next turn lists the rest
     }
     done += chosen.length;
     const real = (n) => {  // the chosen name a name sent stands for, if only one of the batch's is sent so
@@ -428,7 +488,7 @@ function allCells() {
 
 async function renderSummary(mode) {
   const counts = cellCounts(mode);
-  const res = await fetchJSON("/differential", {
+  const res = await runFetch("/differential", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ counts }),
   });
   // a refusal (429 of a keyed server's rate limit, 503) is said, never shown as an empty differential (before wbc 0.34.0)
