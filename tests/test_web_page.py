@@ -713,3 +713,85 @@ def test_a_request_unanswered_for_the_timeout_ends_the_run(page, tmp_path: Path)
         "The pooled differential could not be computed: no answer from the server in 2 s."]
     assert page.locator("#cards h3").all_inner_texts() == ["a.png"] and page.locator("#dl-cells").is_enabled()
 
+
+def test_single_cells_over_several_requests_get_the_runs_sentences_once(chromium, classifier, base_url: str,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    """A run of more than one /classify request showed each request's sentences, "lymphocyte.png to green.png: 1 of 2
+    cells ...", with the request's counts, not the run's as `wbc classify` words them (before wbc 0.37.0)."""
+    import httpx
+    from PIL import Image
+
+    paths = []
+    for i, label in enumerate(["lymphocyte", "neutrophil", "monocyte"]):
+        paths.append(tmp_path / f"{label}.png")
+        cv2.imwrite(str(paths[-1]), synthetic_cell(label, 96, seed=i)[:, :, ::-1])
+    green = np.full((96, 96, 3), (20, 200, 20), np.int16) + np.random.default_rng(0).integers(-6, 7, (96, 96, 3))
+    paths.append(tmp_path / "green.png")
+    cv2.imwrite(str(paths[-1]), green.astype(np.uint8)[:, :, ::-1])  # unlike the training data
+    frames = [Image.fromarray(synthetic_cell("eosinophil", 96, seed=s)) for s in (7, 8)]
+    paths.append(tmp_path / "stack.tif")
+    frames[0].save(paths[-1], save_all=True, append_images=frames[1:])  # a file of two images
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    expected = httpx.post(f"{base_url}/classify", files=files, timeout=60).json()["warnings"]  # the five at once
+    assert len(expected) == 2, expected
+    with live_server(create_app(classifier, ClassicalSegmenter(), max_files=2)) as base:  # three requests
+        ctx = chromium.new_context()
+        pg = ctx.new_page()
+        errors = watch(pg, only=base)
+        pg.goto(base + "/")
+        pg.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        pg.check("input[name=mode][value=cells]")
+        pg.set_input_files("#file-input", [str(p) for p in paths])
+        pg.click("#run-button")
+        pg.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+        shown = [t.removeprefix("Note: ") for t in pg.locator(".image-card .warning").all_inner_texts()]
+        with pg.expect_download() as dl:
+            pg.click("#dl-json")
+        doc = json.loads(Path(dl.value.path()).read_text())
+        ctx.close()
+    assert shown == expected and doc["results"][0]["warnings"] == expected
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("case", ["every sentence", "a smear's platelets", "one of eight unusual"])
+def test_the_runs_sentences_are_worded_as_wbc_classify_words_them(page, case: str) -> None:
+    """The page words a run's sentences itself, from its cells' reasons (runNotes): each one as `wbc classify`'s
+    (wbc.classify's notes, wbc.ood.ood_warning) for the same cells, the advice past the counts taken from a
+    request's own sentence."""
+    from wbc.classify import (
+        other_cells_note,
+        other_cells_reason,
+        outside_note,
+        outside_reason,
+        several_images_note,
+        several_images_reason,
+    )
+    from wbc.formats import prediction_to_dict
+    from wbc.ood import ood_warning
+    from wbc.types import Prediction
+
+    preds = [Prediction("lymphocyte", 0.5, True, {"lymphocyte": 0.5}, path=f"c{i}.png") for i in range(8)]
+
+    def outside(p: Prediction, other: str, chosen: bool = True) -> None:
+        p.outside = other
+        p.reasons.append(outside_reason(other, 0.8, chosen))
+
+    if case == "every sentence":
+        for p, other in zip(preds, ["ig", "platelet", "platelet"], strict=False):
+            outside(p, other)
+        preds[3].other_cells = 1
+        preds[3].reasons.append(other_cells_reason(1))
+        preds[4].reasons.append(several_images_reason(3))
+        preds[0].ood = preds[5].ood = True  # 2 of 8: 25 %, the advice to adapt
+    elif case == "a smear's platelets":
+        outside(preds[0], "platelet", chosen=False)
+        outside(preds[1], "ig")
+        preds[1].reasons.append(outside_reason("platelet", 0.7, chosen=False))  # the first one names the cell's
+    else:
+        preds[7].ood = True  # 12.5 %: Python's half to even, "12%"
+    expected = [w for w in (outside_note(preds), other_cells_note(preds), several_images_note(preds),
+                            ood_warning(preds)) if w]
+    said = [w for w in (ood_warning(preds[:4]), ood_warning(preds[4:])) if w]  # two requests' own sentences
+    results = [prediction_to_dict(p) for p in preds]
+    shown = page.evaluate("([results, said]) => runNotes(results, said)", [results, said])
+    assert shown == expected and expected

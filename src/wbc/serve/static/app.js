@@ -381,7 +381,7 @@ function batches(files) {
 async function runCells(files, errors, failed) {
   const results = [];
   const thumbs = new Map();
-  const notes = [];  // each request's out-of-distribution sentence (/classify's warnings), with its files
+  const said = [];  // every request's /classify warnings, worded again over the run's cells (runNotes)
   let done = 0;
   const all = batches(files);
   for (const [b, chosen] of all.entries()) {
@@ -439,16 +439,73 @@ async function runCells(files, errors, failed) {
       errors.push(fileProblem(e, real));
       for (const f of batch) if (named(f, e)) failed.set(f, failure(errors[errors.length - 1], real(e.filename)));
     }
-    for (const w of res.body.warnings || []) notes.push({ w, from: batch[0].name, to: batch[batch.length - 1].name });
+    said.push(...(res.body.warnings || []));
   }
   if (results.length) {
-    // several requests: each sentence counts its own files, so it names them
-    const several = batches(files).length > 1;
-    const warnings = notes.map((n) => (several ? `${n.from} to ${n.to}: ${n.w}` : n.w));
+    const warnings = runNotes(results, said);
     // the warnings shown above the table go into the JSON download too (since wbc 0.34.0), as /classify gives them
     state.runs.push({ kind: "cells", name: "single cells", data: { model_id: state.meta.model_id, results, warnings } });
     $("cards").append(cellsCard(results, thumbs, warnings));
   }
+}
+
+// The run's sentences about its cells, worded once over all of them as `wbc classify` words them for the same cells
+// (and /classify for one request): wbc.classify.outside_note, other_cells_note and several_images_note, counted from
+// the cells' review reasons, and wbc.ood.ood_sentence, from their `ood`, in that order. A run of more than one request
+// (over 200 files) showed each request's sentences, "2 of 200 ... 2 of 200 ... 1 of 50 images", and a request of
+// unusual cells the advice of a share the run did not have (before wbc 0.37.0). `said`: the requests' own sentences:
+// the out-of-distribution advice past the counts is theirs (it depends on how the model was adapted; a run's share is
+// never above every request's), and a sentence of another kind is kept as it is, once.
+// wbc.classify.outside_reason's words: the class the model favours, left out by the chosen classes or by a smear's
+const OUTSIDE_REASON = /^the model favours (.+?) \(.*\), outside the (chosen classes|classes counted on smears)$/;
+
+function runNotes(results, said) {
+  const n = results.length;
+  const counted = /^\d[\d,]* of \d[\d,]* (cells|images|files) /;  // the four sentences below, per request
+  const withReason = (re) => results.filter((r) => (r.review_reasons || []).some((x) => re.test(x))).length;
+  const notes = [];
+  // outside_note: the class each cell's outside_reason names (wbc.classify.outside_of), most first, ties as they come
+  const byClass = new Map(), smear = new Set();
+  for (const r of results) {
+    const found = (r.review_reasons || []).map((x) => OUTSIDE_REASON.exec(x)).filter((m) => m);
+    if (!found.length) continue;
+    byClass.set(found[0][1], (byClass.get(found[0][1]) || 0) + 1);  // the cell's class: its first such reason
+    for (const m of found) if (m[2].endsWith("smears")) smear.add(m[1]);
+  }
+  if (byClass.size) {
+    const ranked = [...byClass].sort((a, b) => b[1] - a[1]);
+    const k = ranked.reduce((s, [, v]) => s + v, 0), which = ranked.map(([c, v]) => `${c} ${v}`).join(", ");
+    const notCounted = ranked.filter(([c]) => smear.has(c)).length;
+    notes.push(notCounted === ranked.length
+      ? `${k} of ${n} cells are most likely a class a smear's differential does not count (${which}): each is `
+        + "counted in the class shown and flagged for review"
+      : `${k} of ${n} cells are most likely a class outside ${notCounted ? "the chosen ones or one a smear's "
+        + "differential does not count" : "the chosen ones"} (${which}): each is counted in the chosen class shown `
+        + "and flagged for review");
+  }
+  const crowded = withReason(/^\d+ nucleated cells in view: the answer is for one of them, and which one is unclear$/);
+  if (crowded) {
+    notes.push(`${crowded} of ${n} images show more than one nucleated cell: each is answered for one of them and `
+      + "flagged for review; crop each cell on its own to have it answered");
+  }
+  const stacks = withReason(/^the file holds \d+ images; only the first was classified$/);
+  if (stacks) {
+    notes.push(`${stacks} of ${n} files ${stacks !== 1 ? "hold" : "holds"} several images; only the first of each was `
+      + "classified: save each cell as a file of its own to have it counted");
+  }
+  const ood = results.filter((r) => r.ood).length;
+  if (ood) {
+    const x = 100 * ood / n;  // Python's f"{x:.0f}": the nearest, a half to even
+    let whole = Math.round(x);
+    if (x - Math.floor(x) === 0.5 && whole % 2) whole -= 1;
+    const share = x < 1 ? "under 1%" : whole === 100 && ood < n ? "over 99%" : `${whole}%`;
+    const head = `${ood} of ${n} cells (${share}) look unlike the model's training data (marked for review)`;
+    const advice = said.map((w) => /look unlike the model's training data \(marked for review\)(;.*)$/.exec(w))
+      .find((m) => m);
+    notes.push(head + (ood / n >= 0.2 && advice ? advice[1] : ""));  // wbc.ood.too_many_ood
+  }
+  for (const w of said) if (!counted.test(w) && !notes.includes(w)) notes.push(w);
+  return notes;
 }
 
 // Each result's own File (its thumbnail), keyed by the result: /classify answers the readable files in upload
