@@ -795,3 +795,34 @@ def test_the_runs_sentences_are_worded_as_wbc_classify_words_them(page, case: st
     results = [prediction_to_dict(p) for p in preds]
     shown = page.evaluate("([results, said]) => runNotes(results, said)", [results, said])
     assert shown == expected and expected
+
+
+def test_a_run_that_analyses_nothing_keeps_the_last_runs_problems_and_notes_on_screen(page, tmp_path: Path) -> None:
+    """The last run's results stayed, but its copies counted once and its problems went from the screen while its JSON
+    download kept them; and its status said "Done: 1 of 3 file(s) analysed" above the copy's "analysed and counted
+    once" (before wbc 0.37.0)."""
+    field = smear_file(tmp_path, "f1.png")
+    (tmp_path / "f1 (1).png").write_bytes(field.read_bytes())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 50)
+    page.set_input_files("#file-input", [str(field), str(tmp_path / "f1 (1).png"), str(broken)])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("#status").inner_text().startswith("Done: 2 of 3 file(s) analysed (1 a copy of another, "
+                                                           "counted once) in ")
+    first_errors = page.locator("#error-list li").all_inner_texts()
+    notes = page.locator("#note-list li").all_inner_texts()
+    assert len(first_errors) == 1 and first_errors[0].startswith("broken.png: ") and len(notes) == 1
+    again = tmp_path / "broken2.png"
+    again.write_bytes(b"\x89PNG\r\n\x1a\n" + b"y" * 50)
+    page.set_input_files("#file-input", str(again))
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('No file')", timeout=60_000)
+    said = page.locator("#error-list li").all_inner_texts()
+    assert said[1:] == ["Nothing was analysed this time: the results below are those of the run before.",
+                        f"From the run before: {first_errors[0]}"] and said[0].startswith("broken2.png: ")
+    assert page.locator("#notes").is_visible() and page.locator("#note-list li").all_inner_texts() == notes
+    with page.expect_download() as dl:
+        page.click("#dl-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert doc["errors"] == first_errors and doc["warnings"] == notes

@@ -233,8 +233,13 @@ async function run() {
     showErrors(errors);
     showNotes(notes);
     $("results").hidden = false;
-    const nDone = mode === "smear" ? state.runs.length : allCells().length;
-    setBusy(false, `${state.halt ? "Stopped" : "Done"}: ${nDone} of ${files.length} file(s) analysed in ${secs} s.`);
+    // a copy counted once was analysed too (before wbc 0.37.0, "Done: 1 of 3" above "f1 (1).jpg: ... analysed and
+    // counted once")
+    const nDone = (mode === "smear" ? state.runs.length : allCells().length) + counted.length;
+    const nCopies = counted.length ? ` (${counted.length} ${counted.length === 1 ? "a copy" : "copies"} of another, `
+      + "counted once)" : "";
+    setBusy(false, `${state.halt ? "Stopped" : "Done"}: ${nDone} of ${files.length} file(s) analysed${nCopies} in `
+      + `${secs} s.`);
     $("results").focus({ preventScroll: false });
   } else {
     if (before.runs.length) {  // nothing analysed: the last results stay, and the page says whose they are
@@ -244,9 +249,11 @@ async function run() {
       $("diff-table").querySelector("tbody").replaceChildren(...before.rows);
       $("results").hidden = before.hidden;
       errors.push("Nothing was analysed this time: the results below are those of the run before.");
+      // and what that run said, as its JSON download keeps it (before wbc 0.37.0 its problems and notes went away)
+      errors.push(...before.errors.map((e) => `From the run before: ${e}`));
     }
     showErrors(errors);
-    showNotes(notes);
+    showNotes(before.runs.length ? before.notes : notes);
     setBusy(false, "No file could be analysed.");
   }
 }
