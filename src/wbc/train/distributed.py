@@ -158,6 +158,15 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
+def global_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s element-wise sum over all processes, on ``t``'s device and without gradient (``t`` itself, detached,
+    in one process): a denominator, such as the global batch's weight sum of the class-weighted loss."""
+    t = t.detach().clone()
+    if current().enabled:
+        dist.all_reduce(t)
+    return t
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every process (``[obj]`` in one process)."""
     if not current().enabled:
