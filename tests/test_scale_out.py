@@ -790,6 +790,56 @@ def test_a_killed_rank_is_one_line() -> None:
         distributed.spawn(_die_on_rank_1, 2)
 
 
+def _spawned_ranks(parent: int) -> list[int]:
+    """The pids of ``parent``'s ``multiprocessing`` children (its ranks), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"--multiprocessing-fork" in cmd:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, ended but not yet reaped by a container's pid 1, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the ranks end with their parent on Linux")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_ranks_end_when_the_process_that_spawned_them_is_stopped(sig: signal.Signals) -> None:
+    """`wbc train --nproc N` stopped with SIGTERM (`kill PID`, `timeout`, a scheduler) or SIGKILL exited, but its
+    ranks, orphaned, trained on and wrote the run folder to the end (wbc 0.36.0), where `--resume` then started a
+    second set. Each rank now ends with the process that spawned it."""
+    code = "import time; from wbc.train import distributed; distributed.spawn(time.sleep, 2, 120)"
+    p = subprocess.Popen([sys.executable, "-c", code], env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while len(ranks := _spawned_ranks(p.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(ranks) == 2, "the ranks did not start"
+        time.sleep(3)  # well into fn
+        p.send_signal(sig)
+        assert p.wait(30) == -sig
+        deadline = time.monotonic() + 15
+        while any(_alive(r) for r in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(r) for r in ranks), "ranks left running after their parent was stopped"
+    finally:
+        p.kill()
+        p.wait()
+        for r in ranks if "ranks" in locals() else ():
+            if _alive(r):
+                os.kill(r, signal.SIGKILL)
+
+
 @needs_torch
 def test_under_torchrun_rank_0_s_error_is_the_one_printed(tmp_path: Path) -> None:
     """Under torchrun (the documented launcher for GPUs), a missing dataset stopped rank 0 with its line, while rank

@@ -3,7 +3,8 @@
 CPU only, ``threads`` intra-op threads, one inter-op thread, warnings silenced, and an unreadable file turned
 into a one-line :class:`~wbc.errors.ModelError` naming it. :class:`SessionGroup`: one single-thread session per
 core, a batch's rows shared among them, for the classifier's large batches. :func:`one_blas_thread`: NumPy's
-matrix products on one thread while the network runs.
+matrix products on one thread while the network runs. :func:`die_with_parent`: a child process that ends with the
+one that started it (Linux).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,3 +186,24 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function that, called in a child process (:class:`subprocess.Popen`'s ``preexec_fn``, or first
+    thing in a ``multiprocessing`` child), has it sent SIGTERM when its parent dies, even by SIGKILL, which no handler
+    sees (``prctl(PR_SET_PDEATHSIG)``). The C function is looked up here, before a fork: the child only calls it. None
+    elsewhere (and where libc has no ``prctl``)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def call() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    return call

@@ -13,17 +13,17 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from wbc.errors import WbcError
 from wbc.paths import python_m_wbc
+from wbc.runtime import die_with_parent
 
 #: The environment's API keys (wbc.serve.settings), which the server serve-bench starts must not inherit.
 KEY_VARIABLES: tuple[str, ...] = ("WBC_API_KEYS", "WBC_API_KEY_FILE")
@@ -65,7 +65,7 @@ def running_server(args: Sequence[str] = (), env: dict[str, str] | None = None,
         cmd = [*python_m_wbc(), "serve", "--port", str(port), *store, *args]
         log = Path(tmp) / "serve.log"
         with log.open("wb") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, preexec_fn=_die_with_parent())
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, preexec_fn=die_with_parent())
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout
@@ -127,26 +127,6 @@ def _exit_on_termination() -> Iterator[None]:
     finally:
         for sig, handler in kept.items():
             signal.signal(sig, handler)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """For :class:`subprocess.Popen`'s ``preexec_fn`` on Linux: the server is sent SIGTERM when this process dies,
-    even by SIGKILL, which no handler sees (``prctl(PR_SET_PDEATHSIG)``). The C function is looked up here, before the
-    fork: the child only calls it. None elsewhere (and where libc has no ``prctl``)."""
-    if sys.platform != "linux":
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def call() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
-
-    return call
 
 
 def measure_latency(fields: Sequence[Path], cells: Sequence[Path], server_args: Sequence[str] = (),

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
 from wbc.errors import WbcError
+from wbc.runtime import die_with_parent
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
@@ -245,7 +246,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(local_rank: int, nproc: int, fn: Callable[..., Any], args: tuple[Any, ...], errors: str) -> None:
+def _worker(local_rank: int, nproc: int, fn: Callable[..., Any], args: tuple[Any, ...], errors: str,
+            parent: int) -> None:
+    # the rank ends with the process that started it (``wbc train --nproc N``), however that one stops: before wbc
+    # 0.37.0 a SIGTERM to it (``kill``, ``timeout``, a scheduler) left the ranks training on, orphaned, writing the run
+    # folder, where a --resume of the same run then started a second set of ranks
+    if (call := die_with_parent()) is not None:
+        call()
+        if os.getppid() != parent:  # it died before the call above: nobody is left to tell this rank so
+            os.kill(os.getpid(), signal.SIGTERM)
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc))
     try:
         fn(*args)
@@ -270,7 +279,8 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
 
     They meet at 127.0.0.1 on a free port, whatever MASTER_ADDR / MASTER_PORT this process has: those are torchrun's
     (a job script's, another job's), and before wbc 0.34.0 a foreign address made the ranks wait 30 minutes in
-    silence, a taken port ended in a traceback. Several machines are torchrun's job (``--nnodes``)."""
+    silence, a taken port ended in a traceback. Several machines are torchrun's job (``--nnodes``). On Linux the
+    processes end with this one (SIGTERM when it dies, :func:`wbc.runtime.die_with_parent`), however it is stopped."""
     keys = ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
     saved = {k: os.environ.get(k) for k in keys}  # the children inherit these; this process gets its own back
     # GLOO_SOCKET_IFNAME: containers often resolve the host name to an address gloo cannot reach
@@ -281,7 +291,8 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any) -> None:
     try:
         with tempfile.TemporaryDirectory() as errors:
             try:
-                torch.multiprocessing.spawn(_worker, args=(nproc, fn, args, errors), nprocs=nproc, join=True)
+                torch.multiprocessing.spawn(_worker, args=(nproc, fn, args, errors, os.getpid()), nprocs=nproc,
+                                            join=True)
             except (torch.multiprocessing.ProcessRaisedException, torch.multiprocessing.ProcessExitedException) as exc:
                 if found := sorted(Path(errors).iterdir()):  # a rank's own message, not a peer's gloo error
                     raise WbcError(found[0].read_text()) from None
