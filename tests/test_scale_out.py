@@ -183,6 +183,33 @@ def test_ray_engine_survives_ten_kills(cluster: str, tiny_model: Path, fields: P
     assert not list((tmp_path / "out").glob(".*"))
 
 
+@needs_ray
+def test_sigterm_stops_a_ray_run_quietly(tiny_model: Path, fields: Path, reference: Path, tmp_path: Path) -> None:
+    """SIGTERM (a scheduler, `kill`) to `wbc analyze --engine ray` printed Ray's C++ stack dump ("*** SIGTERM received
+    ...") and exited 134 or 15, a crash to cron or Airflow (wbc 0.36.0): Ray's driver set abseil's handler for it. It
+    now ends as the local engine does, with status 143 and no dump, the fields written before it whole."""
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "wbc", "analyze", str(fields), "-o", str(out), "--model",
+                          str(tiny_model), "--segmenter", "classical", "--threads", "1", "--engine", "ray", "--actors",
+                          "1"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("*.json"))) < 3 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.poll() is None, "the run ended before it could be stopped"
+        p.terminate()
+        text, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 143, text[-3000:]
+    assert "SIGTERM received" not in text and "Traceback" not in text, text[-3000:]
+    ref = snapshot(reference)
+    done = list(out.glob("*.json"))
+    assert len(done) >= 3 and all(j.read_bytes() == ref[j.name] for j in done)
+    assert all((out / j.with_suffix(".png").name).read_bytes() == ref[j.with_suffix(".png").name] for j in done)
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
 def test_engine_ray_without_ray_names_the_extra(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['ray'] = None; from wbc.cli import main; "
             f"sys.argv = ['wbc', 'analyze', {str(tmp_path)!r}, '--engine', 'ray']; main()")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from wbc.batch import (
 from wbc.classify import ClassifyResult
 from wbc.errors import ImageReadError, WbcError
 from wbc.io import read_bytes as read_file
+from wbc.runtime import raise_exit
 from wbc.types import Prediction
 
 MISSING_RAY = "--engine ray needs Ray, the distributed extra: pip install -e '.[distributed]' in wbc's checkout"
@@ -123,6 +126,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
                                   "log_to_driver": False, "configure_logging": True}
         if address is None:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        # a caller's own handler (or a thread other than the main one, where Python sets none) is left alone
+        quiet_term = (threading.current_thread() is threading.main_thread()
+                      and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
         for attempt in range(3):  # Ray gives a new local node 30 s to start: too few on a loaded machine
             try:
                 ray.init(address=address or "local", **kwargs)  # "local": never a cluster Ray finds by itself
@@ -133,6 +139,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
                 if "timed out during startup" not in str(exc) or attempt == 2:
                     raise WbcError(f"the Ray runtime did not start: {exc}") from None
                 ray.shutdown()
+        if quiet_term:
+            # ray.init sets abseil's failure-signal handler for SIGTERM in this process: before wbc 0.37.0 a SIGTERM
+            # (a scheduler, `kill`) printed a C++ stack dump and exited 134, as a crash; now it ends the run as Ctrl-C
+            # does (Ray shut down at exit, the fields written kept), with status 143 and no word, as the local engine
+            signal.signal(signal.SIGTERM, raise_exit)
     for name in ("ray", "ray.data"):  # Ray Data logs every execution plan (and that wbc hides its progress bars)
         logging.getLogger(name).setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()

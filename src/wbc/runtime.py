@@ -4,7 +4,7 @@ CPU only, ``threads`` intra-op threads, one inter-op thread, warnings silenced, 
 into a one-line :class:`~wbc.errors.ModelError` naming it. :class:`SessionGroup`: one single-thread session per
 core, a batch's rows shared among them, for the classifier's large batches. :func:`one_blas_thread`: NumPy's
 matrix products on one thread while the network runs. :func:`die_with_parent`: a child process that ends with the
-one that started it (Linux).
+one that started it (Linux); :func:`raise_exit`: a stopping signal as SystemExit, through the clean-ups.
 """
 
 from __future__ import annotations
@@ -207,3 +207,9 @@ def die_with_parent() -> Callable[[], None] | None:
         prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
 
     return call
+
+
+def raise_exit(signum: int, _frame: object) -> None:
+    """A signal handler: SIGTERM or SIGHUP as SystemExit (status 128 + the signal, as the shell reports a process the
+    signal ended), so that ``finally`` blocks and ``atexit`` clean-ups run, as on Ctrl-C."""
+    raise SystemExit(128 + signum)

@@ -23,7 +23,7 @@ from typing import Any
 
 from wbc.errors import WbcError
 from wbc.paths import python_m_wbc
-from wbc.runtime import die_with_parent
+from wbc.runtime import die_with_parent, raise_exit
 
 #: The environment's API keys (wbc.serve.settings), which the server serve-bench starts must not inherit.
 KEY_VARIABLES: tuple[str, ...] = ("WBC_API_KEYS", "WBC_API_KEY_FILE")
@@ -102,12 +102,6 @@ def _said(log: Path, status: int | None) -> str:
     return errors[-1] if errors else lines[-1] if lines else f"exit status {status}, nothing said; run it by hand"
 
 
-def _raise_exit(signum: int, _frame: object) -> None:
-    """SIGTERM or SIGHUP as SystemExit (status 128 + the signal, as the shell reports it), so that the ``finally`` of
-    :func:`running_server` stops the server and the temporary store is removed."""
-    raise SystemExit(128 + signum)
-
-
 @contextmanager
 def _exit_on_termination() -> Iterator[None]:
     """While a server runs: SIGTERM (a scheduler, ``kill``, a parent's timeout) and SIGHUP (the terminal closed) end
@@ -121,7 +115,7 @@ def _exit_on_termination() -> Iterator[None]:
     kept = {}
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
-            kept[sig] = signal.signal(sig, _raise_exit)
+            kept[sig] = signal.signal(sig, raise_exit)
     try:
         yield
     finally:
