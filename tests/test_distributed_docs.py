@@ -59,3 +59,18 @@ def test_the_per_core_rate_is_today_s_chain() -> None:
             f"{round(cpu['median_ms'])} ms median") in text
     assert f"~{round(1000 / cpu['mean_ms'])} fields/s per core before decoding" in text
     assert "~30x" not in text
+
+
+def test_the_copy_kept_is_the_one_the_code_keeps() -> None:
+    """docs/scale_out.md said "the first input in order is analysed" of an image under two names; since wbc 0.35.0 the
+    code keeps, among copies in one folder, the shortest name (``cell.jpg`` over ``cell (1).jpg``, listed first).
+    Each page's example is checked against ``kept_of_copies`` with the copy first in input order."""
+    from wbc.batch import kept_of_copies
+
+    for page in ("scale_out.md", "smear_analysis.md"):
+        text = " ".join((ROOT / "docs" / page).read_text(encoding="utf-8").split())
+        found = re.search(r"`([^`]+)` is kept and `([^`]+)` is the copy", text)
+        assert found, f"docs/{page}: no example of the copy kept"
+        kept, copy = found.groups()
+        assert kept_of_copies([f"in/{copy}", f"in/{kept}"]) == f"in/{kept}", page
+        assert "first input in order is analysed" not in text, page
