@@ -529,3 +529,31 @@ def test_fine_tuning_scores_before_as_the_original_model_whatever_stain_is_store
     tuned = load_model(tmp_path / "a.onnx").info
     assert tuned.metrics["accuracy"] == plain.heldout_acc_after and tuned.metrics["n"] == plain.heldout_n
     assert tuned.extra["adapt"]["base"]["metrics"] == info.metrics
+
+
+@pytest.mark.slow
+def test_fine_tuning_through_a_linked_output_keeps_the_weights_beside_the_linked_model(tmp_path: Path,
+                                                                                       small_model: Path) -> None:
+    """`--output current.onnx` (a link to models/lab_v3.onnx) wrote the .onnx and .json through the link but the tuned
+    weights to current.pt beside the link, leaving models/lab_v3.pt the earlier network, which the next
+    `wbc adapt --model models/lab_v3.onnx` fine-tuned from without a word (wbc 0.37.0). The weights now go beside the
+    file the link points to, as the head refit's and `--no-labels`' do, and the default weights of a linked model are
+    read from there."""
+    import shutil
+
+    from wbc.train.finetune import adapt_finetune, default_weights, load_weights
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".onnx", ".json", ".pt"):
+        shutil.copy(small_model.with_suffix(suffix), (models / "lab_v3").with_suffix(suffix))
+    link = tmp_path / "current.onnx"
+    link.symlink_to(models / "lab_v3.onnx")
+    assert default_weights(link) == models / "lab_v3.pt"
+    lab = write_lab(tmp_path / "lab", n=4, seed=1)
+    with pytest.raises(WbcError, match=r"lab_v3\.pt: --checkpoint would be replaced by the adapted model's weights"):
+        adapt_finetune(small_model, lab, link, checkpoint=models / "lab_v3.pt", epochs=1, cross_validate=False)
+    adapt_finetune(small_model, lab, link, epochs=1, cross_validate=False)
+    assert link.is_symlink() and not (tmp_path / "current.pt").exists()
+    tuned = load_model(models / "lab_v3.onnx").info.model_id
+    assert tuned.startswith("tiny-cnn+finetune-") and load_weights(models / "lab_v3.pt")[1].model_id == tuned

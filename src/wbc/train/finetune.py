@@ -41,7 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from wbc.errors import WbcError
-from wbc.model import ADAPTED_TTA_VIEWS, ModelInfo, checked_tta_views, checkpoint_info, without_lab_prior
+from wbc.model import (
+    ADAPTED_TTA_VIEWS,
+    ModelInfo,
+    beside_model,
+    checked_tta_views,
+    checkpoint_info,
+    without_lab_prior,
+)
 from wbc.train.loop import predict_embeddings, predict_logits, pseudo_labels
 from wbc.train.models import Ensemble, WbcNet, create_model
 from wbc.train.transforms import cells_to_batch, normalise
@@ -101,16 +108,19 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Model
 
 
 def default_weights(model: Path) -> Path:
-    """The weights `wbc adapt --method finetune` starts from without ``--checkpoint``: the ``.pt`` beside the model,
-    else, for a run's ``model.onnx`` (``config.json`` beside it), the run's ``best.pt`` (``ensemble.pt``) it was
-    exported from: before wbc 0.36.0 a run's own model was refused for want of ``RUN/model.pt``, though the help
-    named ``RUN/best.pt`` as the default."""
+    """The weights `wbc adapt --method finetune` starts from without ``--checkpoint``: the ``.pt`` beside the model
+    (beside the file a link points to: :func:`wbc.model.beside_model`, where wbc writes them), else, for a run's
+    ``model.onnx`` (``config.json`` beside it), the run's ``best.pt`` (``ensemble.pt``) it was exported from: before
+    wbc 0.36.0 a run's own model was refused for want of ``RUN/model.pt``, though the help named ``RUN/best.pt`` as
+    the default."""
+    from wbc.io import output_target
     from wbc.paths import checkpoint_file
 
-    beside = model.with_suffix(".pt")
-    if beside.is_file() or model.name != "model.onnx" or not (model.parent / "config.json").is_file():
+    target = output_target(model)[0]  # a link's file: where wbc wrote the model and the weights beside it
+    beside = beside_model(target, ".pt")
+    if beside.is_file() or target.name != "model.onnx" or not (target.parent / "config.json").is_file():
         return beside
-    found = checkpoint_file(model.parent)
+    found = checkpoint_file(target.parent)
     return found if found.is_file() else beside
 
 
@@ -271,7 +281,8 @@ def adapt_finetune(
     has one). The held-out check: stratified folds of the cells are kept out in turn, the network is
     fine-tuned on the rest and scored on them before and after, both on the mean of the ``tta`` flips/rotations
     (this also fits the temperature and the review threshold); then the network is fine-tuned on all cells and
-    exported in float32 ONNX, with its weights beside it (``output`` with ``.pt``), so it can be adapted again. The
+    exported in float32 ONNX, with its weights beside it (``output`` with ``.pt``; for a link, beside the file it
+    points to: :func:`wbc.model.beside_model`), so it can be adapted again. The
     new lab's cells become the OOD reference (the old one described the old features). ``recipe``: keywords of
     :func:`wbc.train.finetune.finetune` (epochs, lr, ...).
 
@@ -326,9 +337,10 @@ def adapt_finetune(
     out = _check_output(output, clf)
     no_ood = no_ood_note(clf)  # of the model as given: clf.info becomes the adapted one's below
     ckpt = Path(checkpoint) if checkpoint else default_weights(clf.path)
-    if ckpt.resolve() == out.with_suffix(".pt").resolve():  # the tuned weights are written there
+    weights_out = beside_model(out, ".pt")  # through a link: beside its target, as the .onnx and .json are written
+    if ckpt.resolve() == weights_out:  # the tuned weights are written there
         raise WbcError(f"{ckpt}: --checkpoint would be replaced by the adapted model's weights "
-                       f"({out.with_suffix('.pt').name}): choose another --output")
+                       f"({weights_out.name}): choose another --output")
     net, ck_info = load_weights(ckpt)
     if members < 1 or (members > 1 and isinstance(net, Ensemble)):
         raise WbcError(f"--members {members}: must be >= 1, and 1 when the weights ({ckpt}) are already an "
@@ -426,7 +438,7 @@ def adapt_finetune(
                      + f"-{adaptation_hash(info, weights)}")
     export_model(final, info, out, parity_input(2, info.network_size))  # seeded: the same adaptation, the same bytes
     # the tuned weights beside the model, as the shipped model has them: the output can be adapted again
-    save_weights(final, _arch(net), info, out.with_suffix(".pt"))
+    save_weights(final, _arch(net), info, weights_out)
     res.output = str(out)
     res.notes = ([absent_note(absent)] if absent else []) + relabelled_copies(cells, labels, files) + no_ood
     res.seconds = time.perf_counter() - t0
