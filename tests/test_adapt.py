@@ -1215,3 +1215,26 @@ def test_pick_cells_never_asks_for_one_image_twice(tmp_path: Path, model_path: P
     res = pick_cells(model_path, pool, n=10, rule=rule)
     digests = {Path(p).read_bytes() for p in res.paths}
     assert len(res.paths) == 10 and len(digests) == 10 and res.n_copies == 36
+
+
+def test_a_head_refit_whose_held_out_cells_are_all_right_keeps_the_base_model_s_temperature(
+        tmp_path: Path, model_path: Path) -> None:
+    """The lab's held-out cells all right: the temperature fitted on them ran to its 0.05 bound and the adapted model
+    read ~1.000 on every cell, wrong calls included (wbc 0.37.0). It now keeps the base model's temperature, and the
+    model's metadata, the report and the summary say that the cells fitted none and what was kept."""
+    from wbc.cli import app
+
+    data = write_lab_folder(tmp_path / "lab", n_per_class=10, seed=1)
+    out, report = tmp_path / "adapted.onnx", tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["adapt", "--method", "head", "--model", str(model_path), "--data", str(data),
+                                   "--output", str(out), "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    base_t = load_model(model_path).info.temperature
+    adapted = load_model(out).info
+    record = adapted.extra["adapt"]
+    assert record["heldout_acc_after"] == 1.0  # the case: no held-out error to fit a temperature on
+    assert adapted.temperature == base_t and record["temperature"] == base_t
+    assert record["fitted_temperature"] < base_t and record["temperature_note"].startswith(
+        f"temperature kept at the base model's {base_t:.2f}: the 30 held-out cells are all right")
+    assert json.loads(report.read_text())["temperature_note"] == record["temperature_note"]
+    assert "temperature kept at the base model's" in " ".join(res.output.split())

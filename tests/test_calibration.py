@@ -36,7 +36,7 @@ def test_calibrate_matches_the_fit_it_replaced(target: float) -> None:
     assert isinstance(cal, Calibration)
     assert (cal.temperature, cal.review_threshold, cal.review_target_accuracy, cal.n) == (t, thr, target, len(y))
     assert cal.to_dict() == {"temperature": t, "review_threshold": thr, "review_target_accuracy": target, "n": len(y),
-                             "shown_accuracy": None}
+                             "shown_accuracy": None, "fitted_temperature": None, "temperature_note": None}
 
 
 def test_accepted_cells_reach_the_target() -> None:
@@ -97,3 +97,24 @@ def test_the_threshold_cells_show_keeps_the_accepted_cells_above_the_target() ->
     p = softmax(logits, shown.temperature)
     kept = p.max(1) >= shown.review_threshold
     assert accuracy_lower_bound(int((p.argmax(1) == y)[kept].sum()), int(kept.sum())) >= 0.99
+
+
+def test_held_out_cells_all_right_keep_the_base_model_s_temperature() -> None:
+    """30 held-out cells all right: the NLL falls as the temperature falls, so the fit ran to its 0.05 bound and an
+    adapted model showed 0.999-1.000 on wrong calls (wbc 0.37.0). Given the base model's temperature it is kept and
+    what was done is said; with an error among the cells the fit is identified and stands."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 60)
+    z = np.eye(5)[y] * 3 + rng.normal(0, 1, (60, 5))
+    right = z.argmax(1) == y
+    z, y = z[right][:30], y[right][:30]
+    assert fit_temperature(z, y) < 0.06  # not identified: the bound
+    c = calibrate(z, y, evidence=True, base_temperature=0.54)
+    assert c.temperature == 0.54 and c.fitted_temperature is not None and c.fitted_temperature < 0.06
+    assert c.temperature_note and c.temperature_note.startswith(
+        "temperature kept at the base model's 0.54: the 30 held-out cells are all right, which fits no temperature")
+    assert c.review_threshold == calibrate(z, y, evidence=True).review_threshold == 1.0  # 30 cells show no 99.5 %
+    for logits, labels in (_overconfident(), (z, np.where(np.arange(30) == 0, (y + 1) % 5, y))):  # one wrong
+        one = calibrate(logits, labels, evidence=True, base_temperature=0.54)
+        assert one.temperature == fit_temperature(logits, labels) and one.fitted_temperature is None
+        assert one.temperature_note is None

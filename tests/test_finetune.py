@@ -246,6 +246,10 @@ def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path
     assert tuned.info.extra["tta_views"] == 4 and tuned.tta_views() == 4
     assert "each cell averaged over 4 flips/rotations" in res.output
     assert accuracy(out) >= 0.9 > accuracy(small_model)
+    # held-out cells all right fit no temperature: the original model's is kept, and the metadata says so
+    fit = tuned.info.extra["adapt"]
+    assert fit["heldout_acc_after"] == 1.0 and "temperature kept at the base model's" in " ".join(res.output.split())
+    assert tuned.info.temperature == load_model(small_model).info.temperature > fit["fitted_temperature"]
     again = CliRunner().invoke(app, ["adapt", "-m", str(out), "--data", str(data), "-o", str(tmp_path / "t2.onnx"),
                                      "--epochs", "5", "--no-cross-validate", "--tta", "1"])  # weights beside it
     assert again.exit_code == 0, again.output

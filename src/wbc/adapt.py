@@ -338,6 +338,10 @@ class AdaptResult:
     shown_accuracy: float | None = None
     notes: list[str] = field(default_factory=list)  # warnings about the labels (:func:`relabelled_copies`)
     absent: list[str] = field(default_factory=list)  # classes no labelled cell is of (:func:`absent_classes`)
+    #: the temperature the held-out cells fitted when ``temperature`` is not it, and why (one line): cells all right
+    #: fit none, and the base model's is kept (``wbc.calibration.calibrate``'s ``base_temperature``)
+    fitted_temperature: float | None = None
+    temperature_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -348,7 +352,7 @@ def adapt_embeddings(
     emb_views: np.ndarray, labels: Sequence[str], classes: Sequence[str], w0: np.ndarray, b0: np.ndarray,
     lambdas: Sequence[float] = LAMBDAS, folds: int = 5, seed: int = 0,
     review_target_accuracy: float | None = None, tta_views: int = 1, kept: Sequence[str] = (),
-    before_logits: np.ndarray | None = None,
+    before_logits: np.ndarray | None = None, base_temperature: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, AdaptResult]:
     """The whole fit on precomputed embeddings (V views, N cells, D): choose ``lam``, check, refit on all.
 
@@ -407,7 +411,8 @@ def adapt_embeddings(
     best = max(lambdas, key=lambda lam: (round(bal(oof[lam]), 6), lam))
     # the original model as it answers these cells (default: its head on what the adapted one is scored on)
     before = scored @ w0.T + b0 if before_logits is None else np.asarray(before_logits)
-    cal = calibrate(oof[best], y, review_target_accuracy, evidence=True)  # the threshold these few cells show
+    # the threshold these few cells show; the base model's temperature where they are all right (they fit none)
+    cal = calibrate(oof[best], y, review_target_accuracy, evidence=True, base_temperature=base_temperature)
     w, b = fit(np.arange(n), best)
     res = AdaptResult(
         n_cells=n, counts={classes[c]: int(m) for c, m in zip(present, counts, strict=True)}, lam=best,
@@ -415,6 +420,7 @@ def adapt_embeddings(
         heldout_acc_after=cv[best], temperature=cal.temperature, review_threshold=cal.review_threshold,
         shown_accuracy=cal.shown_accuracy, review_target_accuracy=cal.review_target_accuracy,
         cv={str(lam): acc for lam, acc in cv.items()}, heldout_n=n, settings={"tta_views": tta_views},
+        fitted_temperature=cal.fitted_temperature, temperature_note=cal.temperature_note,
     )
     return w, b, res
 
@@ -667,6 +673,7 @@ def adapt_model(
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     base, no_ood = base_record(clf), no_ood_note(clf)  # of the model as given
+    base_t = float(clf.info.temperature)  # kept when the held-out cells are all right (calibrate)
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf),
                                                         classes=clf.classes)
@@ -683,7 +690,7 @@ def adapt_model(
     target = resolve_review_target(review_target_accuracy, info.review_target_accuracy)
     absent = absent_classes(clf.classes, labels)
     w, b, res = adapt_embeddings(emb, labels, clf.classes, w0, b0, seed=seed, review_target_accuracy=target,
-                                 tta_views=tta, before_logits=before)
+                                 tta_views=tta, before_logits=before, base_temperature=base_t)
     use_recorded_calls(res, recorded_calls(data, files), labels)
     res.absent = absent
     res.skipped = skipped

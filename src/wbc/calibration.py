@@ -27,6 +27,11 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
 
 
+#: The range :func:`fit_temperature` searches. Held-out cells all right have no lowest NLL inside it: the fit runs to
+#: the lower bound (:func:`calibrate`'s ``base_temperature``).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T > 0 that minimises the negative log-likelihood of ``softmax(logits / T)``.
 
@@ -40,7 +45,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar  # here: `wbc classify` reads this module for its review rule only
 
     res = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))),
-                          bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+                          bounds=(np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])),
+                          method="bounded")
     return float(np.exp(res.x))
 
 
@@ -201,13 +207,17 @@ class Calibration:
     n: int  # cells it was fitted on
     #: with ``evidence``: the highest target the cells show (:func:`shown_accuracy`); None without
     shown_accuracy: float | None = None
+    #: the temperature the cells' NLL fit gave, when ``temperature`` is not it (``base_temperature`` kept)
+    fitted_temperature: float | None = None
+    #: why ``temperature`` is not the fit (one line), None when it is
+    temperature_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: float | None = None,
-              evidence: bool = False) -> Calibration:
+              evidence: bool = False, base_temperature: float | None = None) -> Calibration:
     """The one calibration path (training, ensembles, ``wbc quantize``, ``wbc adapt``): fit the temperature
     on held-out ``logits`` (N, C; log-probabilities work too) with true class indices ``labels``, then the
     lowest review threshold at which the accepted cells reach ``review_target_accuracy`` (default
@@ -216,6 +226,11 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: fl
     ``evidence``: the lowest threshold at which they *show* it (:func:`shown_review_threshold`; 1.0, every cell
     flagged, when none does), as `wbc adapt` fits on a lab's 25-100 labelled cells. A model's 1,648 validation
     cells show the point estimate's threshold well enough (the shipped model's accepted test cells: 99.7 %).
+
+    ``base_temperature`` (`wbc adapt`: the model adapted from): used instead of the fit when every cell is right.
+    Their NLL then falls all the way to the temperature's lower bound, so the fit says nothing but made every
+    cell of the adapted model read ~1.000, wrong calls included (before wbc 0.37.0); ``fitted_temperature`` and
+    ``temperature_note`` say so. With an error among them the fit stands (docs/generalisation.md: measured).
 
     >>> rng = np.random.default_rng(0); y = rng.integers(0, 3, 300)
     >>> c = calibrate(np.eye(3)[y] * 4 + rng.normal(0, 1, (300, 3)), y)
@@ -226,12 +241,28 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: fl
     labels = np.asarray(labels)
     target = resolve_review_target(review_target_accuracy)
     temperature = fit_temperature(logits, labels)
+    fitted, note = None, None
+    if base_temperature is not None and len(labels) and np.array_equal(np.argmax(logits, 1), labels):
+        fitted, temperature = temperature, float(base_temperature)
+        note = unfitted_temperature_note(fitted, temperature, len(labels))
     probs = softmax(logits, temperature)
     conf, right = probs.max(1), probs.argmax(1) == labels
     if not evidence:
-        return Calibration(float(temperature), review_threshold(conf, right, target), target, len(labels))
+        return Calibration(float(temperature), review_threshold(conf, right, target), target, len(labels),
+                           fitted_temperature=fitted, temperature_note=note)
     return Calibration(float(temperature), shown_review_threshold(conf, right, target), target, len(labels),
-                       shown_accuracy(conf, right))
+                       shown_accuracy(conf, right), fitted, note)
+
+
+def unfitted_temperature_note(fitted: float, kept: float, n: int) -> str:
+    """Why the temperature fitted on ``n`` held-out cells, all right, was not used: ``kept`` (the base model's) instead.
+
+    >>> unfitted_temperature_note(0.05, 0.54, 30)[:66]
+    "temperature kept at the base model's 0.54: the 30 held-out cells a"
+    """
+    return (f"temperature kept at the base model's {kept:.2f}: the {n} held-out cells are all right, which fits no "
+            f"temperature (the fit, {fitted:.2f}, only runs toward its {TEMPERATURE_BOUNDS[0]:g} bound, every cell "
+            "near 1.000)")
 
 
 def estimate_class_prior(

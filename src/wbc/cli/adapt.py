@@ -251,6 +251,8 @@ def adapt(
         views = res.settings.get("tta_views", 1)
         say(f"temperature {res.temperature:.2f}; review below confidence {res.review_threshold:.2f}; "
             f"each cell averaged over {views} flips/rotations; the output is float32 ONNX")
+    if res.temperature_note:  # held-out cells all right fit no temperature: the base model's was kept
+        say(res.temperature_note)
     if res.shown_accuracy is not None and res.review_threshold >= 1.0:
         console.print(
             f"[yellow]every cell will be flagged for review:[/] {res.heldout_n} held-out cells show at most "

@@ -401,8 +401,10 @@ def adapt_finetune(
     clf.info = original
     before = np.mean([clf.run(dihedral_view(cells[held], v))["logits"] for v in range(tta)], axis=0)
     clf.info = info
+    # a lab's few cells: the threshold they show, not one they reach by chance; the original model's temperature
+    # where they are all right (the fit then runs to its bound: every cell at 1.000)
     cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy),
-                    evidence=True)  # a lab's few cells: the threshold they show, not one they reach by chance
+                    evidence=True, base_temperature=float(original.temperature))
     temp, thr = cal.temperature, cal.review_threshold
     final = tuned(x, y)
     present, counts = np.unique(y, return_counts=True)
@@ -415,7 +417,8 @@ def adapt_finetune(
         settings={**settings, "members": members, "cross_validate": cross_validate, "tta_views": tta,
                   "unlabelled": None if pool is None or unlabelled is None else {
                       "data": str(Path(unlabelled).resolve()), "cells": len(pool)}},
-        absent=absent, skipped=skipped,
+        absent=absent, skipped=skipped, fitted_temperature=cal.fitted_temperature,
+        temperature_note=cal.temperature_note,
     )
     use_recorded_calls(res, recorded_calls(data, files), labels, held)
     info.head = {}  # the fine-tuned network's own last layer replaces any earlier head refit
