@@ -2200,3 +2200,40 @@ def test_export_compares_a_not_a_wbc_call_and_one_changed_only_leaves_out_with_t
     assert (res.n_cells, [(r["case"], r["label"], r["changed"]) for r in rows]) == (1, [("C", "lymphocyte", "1")])
     res = export_cases(store, tmp_path / "w", cases=[a, f])
     assert (res.n_cells, res.n_excluded, res.conflicts) == (0, 1, []), res
+
+
+def test_wbc_evaluate_takes_an_export_s_manifest_as_it_is(store: CaseStore, fields, classifier, model_path: Path,  # noqa: F811
+                                                          tmp_path: Path, monkeypatch) -> None:
+    """`wbc evaluate EXPORT/manifest.csv`, the file `wbc adapt --data` takes, was refused for its empty split ("no rows
+    in split 'test'"), then, with --split all, for its paths, which were looked up under the data root only, with a
+    hint about "its run's" root (wbc 0.37.0 before release). Its crops are read beside it and every row is scored, as
+    the folder form scores them; another --split is refused in one line saying the manifest has no splits."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cid = create_case_from_fields(store, "S", fields, classifier)
+    for cell in store.case_document(cid)["cells"]:
+        store.reclassify(cid, cell["id"], cell["model_label"], "tech")
+    store.sign_off(cid, "Dr. E")
+    n = export_cases(store, tmp_path / "export").n_cells
+    assert n >= 6
+    monkeypatch.setenv("WBC_DATA_DIR", str(tmp_path / "elsewhere"))  # the data root holds none of the crops
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for data in ("export", "export/manifest.csv"):
+        out = tmp_path / f"ev_{data.replace('/', '_')}"
+        res = runner.invoke(app, ["evaluate", data, "--model", str(model_path), "--output", str(out)])
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "metrics.json").read_text())["n"] == n and f"{n} cells scored" in res.output
+    res = runner.invoke(app, ["evaluate", "export/manifest.csv", "--split", "val", "--model", str(model_path),
+                              "--output", str(tmp_path / "ev_val")])
+    assert isinstance(res.exception, WbcError) and "has no splits" in str(res.exception), res.output
+    # a manifest whose crops are nowhere: the hint names the manifest's folder, not a run that does not exist
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "export" / "manifest.csv").rename(moved / "manifest.csv")
+    res = runner.invoke(app, ["evaluate", "moved/manifest.csv", "--model", str(model_path), "--output",
+                              str(tmp_path / "ev_moved")])
+    said = str(res.exception)
+    assert isinstance(res.exception, WbcError) and "its run's" not in said and "beside the manifest" in said, said

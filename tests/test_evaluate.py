@@ -968,7 +968,8 @@ def test_compare_cautions_when_a_model_may_have_trained_on_the_cells(env: dict[s
 def test_no_test_rows_in_a_run_s_manifest_is_not_answered_with_split_all_alone(env: dict[str, Path],
                                                                               tmp_path: Path) -> None:
     """A run trained without test rows: `wbc evaluate RUN` suggested `--split all` for "every row", all of which trained
-    or calibrated the run's model. It now says so; a lab's manifest without splits is still offered --split all."""
+    or calibrated the run's model. It now says so. A lab's manifest without splits is no run's split: every row is
+    scored, as a folder's images are (since wbc 0.37.0; before, it was refused and offered --split all)."""
     from wbc.errors import WbcError
     from wbc.evaluate import load_eval_data
 
@@ -980,8 +981,10 @@ def test_no_test_rows_in_a_run_s_manifest_is_not_answered_with_split_all_alone(e
                                        r"from the run's model, which they trained or calibrated"):
         load_eval_data(run / "manifest.csv", root=tmp_path)
     write_manifest(tmp_path / "lab.csv", [Sample(f, f.parent.name) for f in files], root=tmp_path)
-    with pytest.raises(WbcError, match=r"splits here: none; use --split all for every row"):
-        load_eval_data(tmp_path / "lab.csv", root=tmp_path)
+    whole = load_eval_data(tmp_path / "lab.csv", root=tmp_path)
+    assert (len(whole.samples), whole.split) == (len(files), None)
+    with pytest.raises(WbcError, match=r"--split val names rows of a run's manifest, and this one has no splits"):
+        load_eval_data(tmp_path / "lab.csv", "val", root=tmp_path)
 
 
 def test_a_run_trained_under_another_data_root_is_read_under_it(env: dict[str, Path], tmp_path: Path) -> None:

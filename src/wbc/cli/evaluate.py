@@ -113,11 +113,15 @@ def evaluate(
             raise WbcError("give DATA: a class-per-folder dataset, a manifest CSV or a run folder"
                            + (f" (no manifest.csv beside A, {compare[0]}, to take)" if compare else ""))
     check_output_file(output / ("comparison.json" if compare else "metrics.json"))  # before any work, in one line
+    # a manifest's relative paths: under --data-root when given, else beside the manifest first (a `wbc cases export`:
+    # before wbc 0.37.0 only under the data root, so the export's manifest was refused), then under the data root
+    rows_root = root if data_root is not None else None
     if data_root is None and (source := resolve_data_path(data, root)).is_file():
         root, moved = manifest_data_root(source)  # a run trained with --data-root: its images under that root
         if moved:
             say(moved)
-    ed = load_eval_data(data, split, maps, root)
+            rows_root = root
+    ed = load_eval_data(data, split, maps, rows_root)
     if note := repeated_note(ed.repeated):
         where = "comparison.json" if compare else "metrics.json"
         warn(f"{ed.source}: {note[0].lower()}{note[1:]}; e.g. {ed.repeated[0][0]}; all listed in {output}/{where}",
@@ -170,7 +174,7 @@ def evaluate(
             clf,
             output,
             mapping=maps,
-            root=root,
+            root=rows_root,
             batch_size=batch_size,
             workers=threads,
             n_boot=bootstrap,

@@ -169,8 +169,15 @@ different labels (not scored)'
 
 def root_hint(ed: EvalData) -> str:
     """What to check when none of a manifest's images could be read: the data root its relative paths are under, as
-    `wbc quantize` and `wbc ood fit` say (before wbc 0.36.0 `wbc evaluate` named a path under the wrong root alone)."""
-    return "; check --data-root (the root the manifest's paths are relative to: its run's)" if ed.is_manifest else ""
+    `wbc quantize` and `wbc ood fit` say (before wbc 0.36.0 `wbc evaluate` named a path under the wrong root alone).
+    A run's manifest is relative to its run's root; any other (a `wbc cases export`'s) to its own folder first, where
+    `wbc evaluate` looks before the data root (before wbc 0.37.0 the hint named "its run's" root for every manifest)."""
+    if not ed.is_manifest:
+        return ""
+    if is_run_manifest(ed.source):
+        return "; check --data-root (the root the manifest's paths are relative to: its run's)"
+    return (f"; a relative path is read beside the manifest ({ed.source.parent}), else under the data root: check "
+            "the paths, or --data-root")
 
 
 def _relabel(label: str, mapping: dict[str, str] | None) -> str:
@@ -190,7 +197,13 @@ def load_eval_data(
     and reported instead of silently dropped. ``split`` applies to manifests; ``"all"`` or None keeps
     every row. A folder has no splits: every image in it is scored, with the default ``"test"`` or ``"all"``, and
     another split is refused in one line rather than ignored (before wbc 0.35.0 ``--split val`` on a folder scored
-    every image without a word).
+    every image without a word). So has a manifest whose every row's split is empty (a `wbc cases export`, a lab's
+    own ``path,label`` list): it is not a run's split, and its rows are scored as a folder's images are (before wbc
+    0.37.0 the default ``test`` refused it: "no rows in split 'test'").
+
+    A manifest's relative paths are read as :func:`wbc.data.read_manifest` reads them: beside the manifest first
+    (`wbc cases export` writes its crops there, and `wbc adapt` reads them so) unless ``root`` is given, else under
+    ``root`` or the default data root.
     """
     p = resolve_data_path(data, root)
     if p.is_file():
@@ -200,6 +213,12 @@ def load_eval_data(
         if not rows:
             raise WbcError(f"{p}: manifest has no rows")
         want = None if split in (None, "", "all") else split
+        if not any(r.split for r in rows):  # no splits (a `wbc cases export`): every row, as a folder's images
+            if want not in (None, "test"):
+                raise WbcError(f"{p}: --split {want} names rows of a run's manifest, and this one has no splits (its "
+                               "split column is empty or missing, as in a `wbc cases export`): every row is scored, "
+                               "leave --split out")
+            want = None
         if want is not None:
             splits = sorted({r.split for r in rows})
             rows = [r for r in rows if r.split == want]
