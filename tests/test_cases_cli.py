@@ -319,3 +319,29 @@ def test_relabel_prints_its_own_change_when_a_colleague_s_lands_just_after(store
     assert [(c["old_label"], c["new_label"], c["user"]) for c in after["corrections"]] == [
         ("neutrophil", "eosinophil", "A. Tech"), ("eosinophil", "basophil", "Colleague")]
     assert real(store, doc["id"], cell["id"], "monocyte", "B")["old_label"] == "basophil"
+
+
+def test_show_prints_the_number_sign_off_takes_and_the_changed_cells_are_not_it(store: CaseStore, classifier,  # noqa: F811
+                                                                                monkeypatch, capsys) -> None:
+    """`wbc cases show` said "3 reviewed, 1 changed"; `sign-off --corrections-seen 1` was then refused with "changed
+    after it was shown for sign-off (3 correction(s) now, 1 then)" though nobody had touched the case: the option
+    counts every audit row, confirmations included (wbc 0.37.0 before release). `show` now prints the number to give,
+    and the number of changed cells is refused with what the option counts."""
+    doc = new_case(store, classifier)
+    a, b, c = doc["cells"][:3]
+    for cell, label in ((a, a["model_label"]), (b, b["model_label"]), (c, "eosinophil")):
+        cli("cases", "relabel", "S-1", str(cell["id"]), label, "--user", "A. Tech", "--store", store.url)
+    rc, out = cli("cases", "show", "S-1", "--store", store.url)
+    shown = " ".join(out.split())
+    assert rc == 0 and "3 reviewed, 1 changed" in shown
+    assert "3 correction(s) (1 change(s), 2 confirmation(s)): sign off with --corrections-seen 3" in shown, out
+    msg = one_line_error(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. Who",
+                         "--corrections-seen", "1", "--store", store.url)
+    assert "changed after it was shown" not in msg and "has 3 correction(s), confirmations included, and 1 " \
+        "changed cell(s)" in msg and "give 3" in msg, msg
+    assert store.case_document(doc["id"])["status"] == "open"
+    rc, _, err = wbc(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. Who", "--corrections-seen", "3",
+                     "--store", store.url)
+    assert rc == 0, err
+    rc, out = cli("cases", "show", "S-1", "--store", store.url)
+    assert "--corrections-seen" not in out  # signed off: nothing left to sign

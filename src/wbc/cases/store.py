@@ -989,10 +989,12 @@ class CaseStore:
     def sign_off(self, case: int | str, user: str, client: str = "local", corrections_seen: int | None = None
                  ) -> dict[str, Any]:
         """Sign the case off as ``user`` (through ``client``, as in :meth:`reclassify`): from now on it is
-        read-only. ``corrections_seen``: how many corrections the signer was shown; if the case has another number
-        (a colleague relabelled a cell meanwhile), it is not signed off (:class:`CaseChangedError`), checked in the
-        sign-off's own transaction. The differentials as signed are kept with the case (:meth:`case_document`).
-        Returns the case document."""
+        read-only. ``corrections_seen``: how many corrections the signer was shown, every row of the audit trail
+        (``case_document``'s ``corrections``, confirmations included: `wbc cases show` prints the number); if the case
+        has another number (a colleague relabelled a cell meanwhile), it is not signed off (:class:`CaseChangedError`),
+        checked in the sign-off's own transaction. A number that is the count of changed cells instead is refused
+        with what the option counts (before wbc 0.37.0 it was told the case had changed after it was shown). The
+        differentials as signed are kept with the case (:meth:`case_document`). Returns the case document."""
         from wbc import __version__
 
         who = clean_user(user)
@@ -1003,6 +1005,14 @@ class CaseStore:
                 raise CaseError(f"case {c.name!r} has no cells to sign off")
             if corrections_seen is not None:
                 n = s.scalar(select(func.count(CorrectionRow.id)).where(CorrectionRow.case_id == c.id)) or 0
+                changed = s.scalar(select(func.count(CellRow.id)).where(
+                    CellRow.case_id == c.id, CellRow.label.is_not(None), CellRow.label != CellRow.model_label)) or 0
+                if n != corrections_seen and corrections_seen == changed:  # the changed cells counted, not the trail
+                    raise CaseChangedError(
+                        f"case {c.name!r} has {n} correction(s), confirmations included, and {changed} changed "
+                        f"cell(s): the corrections seen ({corrections_seen}) must count every correction of its audit "
+                        f"trail (`wbc cases show` prints the number); it was not signed off: check the case and give "
+                        f"{n} if it is as you saw it")
                 if n != corrections_seen:
                     raise CaseChangedError(
                         f"case {c.name!r} changed after it was shown for sign-off ({n} correction(s) now, "

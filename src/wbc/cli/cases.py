@@ -122,6 +122,20 @@ def show_case(case: CaseArg, store: StoreOpt = None,
     _say_differential(doc)
     for c in doc["corrections"]:
         say(f"  {c['at']}  cell {c['cell_id']}: {c['old_label']} -> {c['new_label']} by {c['user']}")
+    if not doc["signed_by"]:  # the number sign-off's --corrections-seen takes: every row above, confirmations included
+        say(f"  {corrections_line(doc['corrections'])}: sign off with --corrections-seen {len(doc['corrections'])}")
+
+
+def corrections_line(corrections: list[dict[str, Any]]) -> str:
+    """How many corrections a case has, as ``sign-off --corrections-seen`` counts them: every row of the audit trail,
+    a confirmation (the same label) as much as a change (before wbc 0.37.0 `show` printed only the changed cells,
+    and a signer who gave that number was refused as if the case had changed since).
+
+    >>> corrections_line([{"old_label": "ig", "new_label": "ig"}, {"old_label": "ig", "new_label": "monocyte"}])
+    '2 correction(s) (1 change(s), 1 confirmation(s))'
+    """
+    same = sum(c["old_label"] == c["new_label"] for c in corrections)
+    return f"{len(corrections)} correction(s) ({len(corrections) - same} change(s), {same} confirmation(s))"
 
 
 def _signed(doc: dict[str, Any]) -> str:
@@ -270,8 +284,9 @@ def sign_off(
     case: CaseArg,
     user: UserOpt = "",
     corrections_seen: Annotated[int | None, typer.Option(
-        "--corrections-seen", min=0, help="How many corrections you checked (`wbc cases show`): if the case has "
-        "another number now (a colleague relabelled a cell since), it is not signed off.")] = None,
+        "--corrections-seen", min=0, help="How many corrections you checked, confirmations included (`wbc cases "
+        "show` prints the number to give): if the case has another number now (a colleague relabelled a cell "
+        "since), it is not signed off.")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Sign the case off (as the review page does): its differential is kept as signed and the case is read-only.
