@@ -2237,3 +2237,50 @@ def test_wbc_evaluate_takes_an_export_s_manifest_as_it_is(store: CaseStore, fiel
                               str(tmp_path / "ev_moved")])
     said = str(res.exception)
     assert isinstance(res.exception, WbcError) and "its run's" not in said and "beside the manifest" in said, said
+
+
+def test_wbc_evaluate_on_an_export_shows_the_recorded_calls_score(store: CaseStore, fields, classifier,  # noqa: F811
+                                                                  model_path: Path,  # noqa: F811
+                                                                  tmp_path: Path) -> None:
+    """`wbc evaluate` on a `wbc cases export` scored any model on the crops in their fields' raw colours, while `wbc
+    analyze` answered the cells in their fields, colours calibrated: the shipped model scored 46.7 % where its calls
+    had been 86.7 % right, and an adapted model looked 27 points better (wbc 0.37.0 before release). The recorded
+    calls' score is now shown beside it, on the terminal, in metrics.json, the caution and the report, and in a
+    comparison, as `wbc adapt` shows it for its "before"."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cid = create_case_from_fields(store, "S", fields, classifier)
+    doc = store.case_document(cid)
+    first, *rest = doc["cells"]
+    store.reclassify(cid, first["id"], other_label(doc, first), "tech")  # the model was wrong on one cell
+    for cell in rest:
+        store.reclassify(cid, cell["id"], cell["model_label"], "tech")
+    store.sign_off(cid, "Dr. E")
+    export_cases(store, tmp_path / "export")
+    rows = list(csv.DictReader((tmp_path / "export" / "manifest.csv").open()))
+    right = sum(r["label"] == r["model_label"] for r in rows)
+    assert right == len(rows) - 1
+    runner = CliRunner()
+    for data in ("export", "export/manifest.csv"):
+        out = tmp_path / f"ev_{data.replace('/', '_')}"
+        res = runner.invoke(app, ["evaluate", str(tmp_path / data), "--model", str(model_path), "--output", str(out)])
+        assert res.exit_code == 0, res.output
+        m = json.loads((out / "metrics.json").read_text())
+        rec = m["recorded_calls"]
+        assert (rec["n"], rec["right"], rec["by_model"]) == (len(rows), right, {doc["model_id"]: len(rows)}), rec
+        said = f"were right {right} of {len(rows)}"
+        assert said in " ".join(res.output.split()) and said in m["caution"] and "raw colours" in m["caution"]
+        assert said in (out / "report.html").read_text()
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "export"), "--compare", str(model_path), str(model_path),
+                              "--output", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["recorded_calls"]["right"] == right
+    assert said in (tmp_path / "cmp" / "comparison.html").read_text()
+    # a class-per-folder set without recorded calls says nothing of them
+    (tmp_path / "export" / "manifest.csv").unlink()
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "export"), "--model", str(model_path), "--output",
+                              str(tmp_path / "plain")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["recorded_calls"] is None

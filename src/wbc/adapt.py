@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+# the calls `wbc analyze` recorded for a `wbc cases export`'s cells, read as the manifest itself is
+# (wbc.data.read_manifest_rows), under the names `wbc adapt`'s callers import
+from wbc.data import RecordedCalls, recorded_calls
 from wbc.errors import ModelError, WbcError
 from wbc.model import (
     ADAPTED_TTA_VIEWS,
@@ -495,52 +498,6 @@ def absent_note(absent: Sequence[str]) -> str:
             "original (BCCD: classes left out of 50 labelled cells went from 72-75 % of their cells named right to "
             "21 % with --method head and 3 % fine-tuned); label a few cells of every class the lab counts "
             "(`wbc pick-cells` chooses cells of every kind in a folder) and adapt again")
-
-
-@dataclass
-class RecordedCalls:
-    """The calls the model made on the labelled cells when `wbc analyze` answered them (``wbc cases export``'s
-    ``model_label``), one per cell, and the model that made them (``""`` when the export does not say)."""
-
-    labels: list[str]
-    model_id: str = ""
-
-
-def recorded_calls(data: str | os.PathLike[str], files: Sequence[str]) -> RecordedCalls | None:
-    """The calls recorded for ``files`` in ``data``'s manifest (the CSV itself, or a folder's ``manifest.csv``: what
-    `wbc cases export` writes), when it has a ``model_label`` for every one of them; else None.
-
-    `wbc analyze` named those cells in their fields, each field's colours calibrated on its red cells, over at least
-    four rotations; the exported crops keep the field's raw colours. The original model scored on the crops (the
-    held-out check's "before") is therefore not the model the lab used: on 85 reviewed BCCD cells its recorded calls
-    were 84.7 % right and the crops scored 69.4 %, and a worse adapted model went unwarned (before wbc 0.34.0)."""
-    import csv
-    import io
-
-    from wbc.data import sniff_delimiter
-    from wbc.paths import data_root
-
-    p = Path(data)
-    manifest = p if p.suffix.lower() == ".csv" else p / "manifest.csv"
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text)))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    calls: dict[str, tuple[str, str]] = {}
-    for row in rows:
-        cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-        if not cells.get("path") or not cells.get("model_label"):
-            continue
-        fp = Path(cells["path"])
-        if not fp.is_absolute():
-            fp = manifest.parent / fp if (manifest.parent / fp).is_file() else data_root() / fp
-        calls[os.path.realpath(fp)] = (cells["model_label"], cells.get("model_id", ""))
-    got = [calls.get(os.path.realpath(f)) for f in files]
-    if not got or any(g is None for g in got):
-        return None
-    models = {g[1] for g in got if g is not None}
-    return RecordedCalls([g[0] for g in got if g is not None], models.pop() if len(models) == 1 else "")
 
 
 def use_recorded_calls(res: AdaptResult, calls: RecordedCalls | None, labels: Sequence[str],

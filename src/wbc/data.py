@@ -173,7 +173,17 @@ def sniff_delimiter(text: str) -> str:
 def read_manifest(
     path: str | os.PathLike[str], split: str | None = None, root: Path | None = None
 ) -> list[Sample]:
-    """Read a manifest, resolving relative paths against the data root (``root`` or the default); without
+    """Read a manifest (:func:`read_manifest_rows`, the samples alone)."""
+    return [s for s, _ in read_manifest_rows(path, split, root)]
+
+
+def read_manifest_rows(
+    path: str | os.PathLike[str], split: str | None = None, root: Path | None = None
+) -> list[tuple[Sample, dict[str, str]]]:
+    """Each row of a manifest as its sample and all its cells, by column (wbc's columns by wbc's names, the others as
+    written, stripped: ``model_label``, ``case`` of a `wbc cases export`).
+
+    Read a manifest, resolving relative paths against the data root (``root`` or the default); without
     ``root``, a relative path that names a file beside the manifest (``wbc cases export``) is taken from there.
     Saved by a spreadsheet, a manifest may be separated by ``;`` (:func:`sniff_delimiter`) and spell its columns
     ``Path``, ``Label``: since wbc 0.32.0 read as well (before, "missing column(s)"); ``Split``, ``Fold`` and ``SHA1``
@@ -216,8 +226,55 @@ def read_manifest(
             beside = p.parent / fp
             fp = beside if explicit_root is None and beside.is_file() else root / fp
         fold = _fold(cells.get("fold", ""), f"{p}: row {line}")
-        out.append(Sample(fp, cells["label"], cells.get("split", ""), fold, cells.get("sha1", "").strip().lower()))
+        out.append((Sample(fp, cells["label"], cells.get("split", ""), fold, cells.get("sha1", "").strip().lower()),
+                    {k: v.strip() for k, v in cells.items()}))
     return out
+
+
+@dataclass
+class RecordedCalls:
+    """The calls the model made on labelled cells when `wbc analyze` answered them (a `wbc cases export`'s
+    ``model_label``), one per cell, and the model that made each (``model_ids``; ``""`` where the export does not
+    say)."""
+
+    labels: list[str]
+    model_ids: list[str]
+
+    @property
+    def model_id(self) -> str:
+        """The one model that made every call, or ``""`` (several, or not said)."""
+        ids = set(self.model_ids)
+        return ids.pop() if len(ids) == 1 else ""
+
+    def by_model(self) -> dict[str, int]:
+        """How many of the calls each model made, most first (``""``: not said)."""
+        return dict(Counter(self.model_ids).most_common())
+
+
+def recorded_calls(manifest: str | os.PathLike[str], files: Sequence[str | os.PathLike[str]],
+                   root: Path | None = None) -> RecordedCalls | None:
+    """The calls recorded for ``files`` in ``manifest`` (the CSV, or a folder's ``manifest.csv``: what `wbc cases
+    export` writes), read as :func:`read_manifest_rows` reads it (its paths beside it first), when it has a
+    ``model_label`` for every one of them; else None (no such manifest or column, an unreadable one, a file not in it).
+
+    `wbc analyze` named those cells in their fields: each field's colours calibrated on its red cells, the field's
+    cytoplasm colours weighed between lymphocyte and erythroblast, over at least four views, platelet never answered.
+    The exported crops keep the field's raw colours, and a model scored on them is not scored as the lab's cells were
+    answered (`wbc adapt`'s "before", `wbc evaluate` on an export: docs/review.md)."""
+    p = Path(manifest)
+    csv_path = p if p.suffix.lower() == ".csv" else p / "manifest.csv"
+    if not csv_path.is_file():
+        return None
+    try:
+        rows = read_manifest_rows(csv_path, root=root)
+    except (WbcError, OSError):
+        return None
+    calls = {os.path.realpath(s.path): (cells.get("model_label", ""), cells.get("model_id", "")) for s, cells in rows
+             if cells.get("model_label")}
+    got = [calls.get(os.path.realpath(f)) for f in files]
+    if not got or any(g is None for g in got):
+        return None
+    return RecordedCalls([g[0] for g in got if g is not None], [g[1] for g in got if g is not None])
 
 
 #: The splits a manifest row may name (empty: not split yet, dealt into train and val by `wbc train`).

@@ -84,6 +84,7 @@ def evaluate(
         in_sample_note,
         is_run_manifest,
         load_eval_data,
+        recorded_calls_text,
         repeated_note,
         resolve_data_path,
         resolve_model_path,
@@ -145,7 +146,7 @@ def evaluate(
         say(
             f"comparing {clf_a.model_id} and {clf_b.model_id} on {len(ed.samples)} images ...")
         res = run_compare(
-            ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, reframe=reframe,
+            ed, clf_a, clf_b, output, batch_size=batch_size, workers=threads, reframe=reframe, root=rows_root,
         )
         d, mc = res["accuracy_difference"], res["mcnemar"]
         say(
@@ -155,6 +156,8 @@ def evaluate(
         for who, text in res["caution"].items():  # as each model alone would be cautioned (since wbc 0.36.0)
             if text:
                 warn(f"model {who.upper()} ({res[f'model_{who}']['path']}): {text}", "note:")
+        if res["recorded_calls"]:  # a `wbc cases export`: how the lab's cells were answered in use
+            warn(f"{ed.source}: {recorded_calls_text(res['recorded_calls'])}", "note:")
         if res["not_scored"]:
             warn(f"{sum(res['not_scored'].values())} cells with labels that the two models do not both answer among "
                  f"(not scored): {res['not_scored']}; --map OLD=CLASS names them", "note:")
@@ -189,6 +192,8 @@ def evaluate(
         f"{m['n']} cells scored with {m['model_id']}: accuracy {m['accuracy']:.4f} "
         f"[{ci[0]:.4f}, {ci[1]:.4f}]  macro-F1 {m['macro_f1']:.4f}  "
         f"ECE {m['ece']['raw']:.4f} -> {m['ece']['calibrated']:.4f}")
+    if recorded := m.get("recorded_calls"):  # a `wbc cases export`: how the lab's cells were answered in use
+        warn(f"{ed.source}: {recorded_calls_text(recorded)}", "note:")
     if m["unknown_labels"]["count"]:
         outside = "outside the classes chosen with --classes" if m["classes_chosen"] else "the model does not know"
         warn(f"{m['unknown_labels']['count']} cells with labels {outside} (not scored): "

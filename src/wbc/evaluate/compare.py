@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.evaluate import EvalData, caution_for, classify_samples, root_hint
+from wbc.evaluate import EvalData, caution_for, classify_samples, recorded_calls_score, recorded_calls_text, root_hint
 from wbc.io import atomic_write_csv, atomic_write_json, atomic_write_text, check_output_file
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ def compare(
     batch_size: int = 64,
     workers: int = 2,
     reframe: bool = True,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     """Score both classifiers on ``data`` and compare them on the cells both can read and label.
 
@@ -96,7 +97,11 @@ def compare(
     label, ``skipped``), in ``comparison.json`` and on the page, as ``wbc evaluate`` says it (before wbc 0.31.0 only
     the unreadable files' paths were in ``comparison.json``). Each model's caution (``caution``: ``a``, ``b``), as
     `wbc evaluate` gives it, is written and shown beside the verdict: cells that trained or calibrated one of them make
-    its lead no evidence of a better model (since wbc 0.36.0)."""
+    its lead no evidence of a better model (since wbc 0.36.0). For a `wbc cases export`, ``recorded_calls`` says how
+    often the calls `wbc analyze` recorded for the compared cells were right (:func:`wbc.evaluate.recorded_calls_score`:
+    the original model read the crops here without its fields' colour calibration, and loses to an adapted model that
+    made the same calls in use; since wbc 0.37.0). ``root``: the root the manifest's rows were read under, as
+    :func:`wbc.evaluate.load_eval_data` took it."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     from wbc.evaluate.metrics import mcnemar, paired_accuracy_difference, present_labels
@@ -160,6 +165,8 @@ def compare(
         "repeated": [list(e) for e in data.repeated],
         # each model's caution, as `wbc evaluate` gives it alone (None: a run's own model on its own test rows)
         "caution": {"a": caution_for(data, clf_a) or None, "b": caution_for(data, clf_b) or None},
+        # a `wbc cases export`: how the lab's cells were answered in use (since wbc 0.37.0)
+        "recorded_calls": recorded_calls_score(data, [sa.samples[i] for i in ia], root),
     }
 
     # the page (templates/compare.html): words first, then a table and one figure
@@ -203,7 +210,9 @@ def compare(
         ],
         figure=fig_to_data_uri(fig),
         left_out=left_out_text(result),
-        cautions=[(k.upper(), text) for k, text in result["caution"].items() if text],
+        cautions=[(k.upper(), text) for k, text in result["caution"].items() if text]
+        + ([("The cells' recorded calls", recorded_calls_text(result["recorded_calls"]))]
+           if result["recorded_calls"] else []),
         inflated=inflated_text(result["caution"]),
         unreadable=[msg for _, msg in result["unreadable"][:50]],
         unreadable_more=len(result["unreadable"]) - 50,

@@ -22,7 +22,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-from wbc.evaluate import in_sample_note, repeated_note
+from wbc.evaluate import in_sample_note, recorded_calls_text, repeated_note
 from wbc.formats import confidence_text, threshold_text
 from wbc.paths import DEFAULT_MODEL
 
@@ -256,8 +256,18 @@ def caution_text(metrics: Mapping[str, Any]) -> str:
     A folder and another run's manifest may hold the model's training images; a run's own train and val rows
     certainly trained or calibrated it (before wbc 0.31.0 the report had no caution for those). A manifest not shown to
     be the model's own run's is worded as such: nothing says whose it is (before wbc 0.33.0 "not made by the run that
-    trained this model", and its "test rows" whatever split was scored).
+    trained this model", and its "test rows" whatever split was scored). For a `wbc cases export`, the recorded calls'
+    score and why a model scored on the crops is not scored as the lab's cells were answered follow
+    (:func:`wbc.evaluate.recorded_calls_text`; since wbc 0.37.0).
     """
+    text = _caution_text(metrics)
+    if recorded := metrics.get("recorded_calls"):  # a `wbc cases export` (since wbc 0.37.0)
+        return f"{text} {recorded_calls_text(recorded)}".strip()
+    return text
+
+
+def _caution_text(metrics: Mapping[str, Any]) -> str:
+    """:func:`caution_text` of the data's provenance alone."""
     if metrics.get("data_kind") == "folder":
         return ("Caution: if any of these images were used to train the model, the numbers above are too optimistic. "
                 "Evaluate on a run's manifest (its test split) for an unbiased estimate.")
