@@ -2284,3 +2284,47 @@ def test_wbc_evaluate_on_an_export_shows_the_recorded_calls_score(store: CaseSto
                               str(tmp_path / "plain")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["recorded_calls"] is None
+
+
+def test_an_adapted_model_records_the_cases_it_learnt_from(store: CaseStore, fields, classifier, tmp_path: Path,  # noqa: F811
+                                                          monkeypatch, capsys) -> None:
+    """`wbc adapt` on a `wbc cases export` recorded only the export folder's path, which the next export replaces:
+    no case, store or manifest hash, and nothing said of the labels that were the model's own calls accepted at
+    sign-off (wbc 0.37.0 before release). The model's metadata and --report now record them, and the terminal says
+    which cases and how many accepted calls."""
+    from wbc.cases.export import ACCEPTED
+    from wbc.cli import main
+    from wbc.io import file_sha1
+    from wbc.model import load_model
+    from wbc.paths import DEFAULT_MODEL
+
+    if Path(classifier.path).resolve() != DEFAULT_MODEL.resolve():
+        pytest.skip("the shipped model is needed (the test fields' cases are adapted with --method head)")
+    cid = create_case_from_fields(store, "S-A", fields, classifier)
+    doc = store.case_document(cid)
+    reviewed = doc["cells"][: len(doc["cells"]) - 2]  # the last two nobody opens: accepted at sign-off
+    for cell in reviewed:
+        store.reclassify(cid, cell["id"], cell["model_label"], "A. Tech")
+    store.sign_off(cid, "Dr. E")
+    out = tmp_path / "export"
+    summary = export_cases(store, out, include_accepted=True)
+    assert summary.n_accepted == 2
+    monkeypatch.setattr(sys, "argv", ["wbc", "adapt", "--data", str(out), "--output", str(tmp_path / "lab.onnx"),
+                                      "--model", str(classifier.path), "--method", "head", "--report",
+                                      str(tmp_path / "report.json")])
+    with pytest.raises(SystemExit) as done:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert done.value.code == 0, err
+    export = load_model(tmp_path / "lab.onnx").info.extra["adapt"]["settings"]["export"]
+    assert export == json.loads((tmp_path / "report.json").read_text())["settings"]["export"]
+    assert export["manifest_sha1"] == file_sha1(out / "manifest.csv")
+    assert export["cases"] == [{"name": "S-A", "id": str(cid), "cells": summary.n_cells}]
+    assert export["stores"] == [str((Path(store.engine.url.database)).resolve())]
+    assert export["label_sources"] == {"reviewed": summary.n_cells - 2, ACCEPTED: 2}
+    assert export["models"] == {doc["model_id"]: summary.n_cells}
+    assert f"labels from case S-A (id {cid}, {summary.n_cells} cells)" in err
+    assert f"2 of the {summary.n_cells} labels are the model's own calls accepted at sign-off" in err
+    from wbc.cli.adapt import ACCEPTED as CLI_ACCEPTED  # the CLI's copy of the label source (no SQLAlchemy import)
+
+    assert CLI_ACCEPTED == ACCEPTED

@@ -27,6 +27,7 @@ import copy
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -138,6 +139,9 @@ def adaptation_hash(info: ModelInfo, weights: bytes = b"") -> str:
         if isinstance(unlabelled, dict):
             adapt["settings"] = {**adapt["settings"], "unlabelled": {k: v for k, v in unlabelled.items()
                                                                      if k not in UNHASHED}}
+        if isinstance(adapt.get("settings"), dict) and "export" in adapt["settings"]:  # the cells' provenance: the
+            # same cells and labels exported from another case or store give the same adaptation (since wbc 0.37.0)
+            adapt["settings"] = {k: v for k, v in adapt["settings"].items() if k != "export"}
         info = replace(info, extra={**info.extra, "adapt": adapt})
     digest = hashlib.sha1(replace(info, model_id="").to_json().encode())
     digest.update(weights)
@@ -504,14 +508,22 @@ def use_recorded_calls(res: AdaptResult, calls: RecordedCalls | None, labels: Se
                        held: np.ndarray | None = None) -> None:
     """Score "before" as the lab's cells were answered (:func:`recorded_calls`) where the export recorded it: the
     calls' accuracy on the held-out cells (``held``, a mask; default all) replaces the original model's on the
-    crops, which is kept as ``settings["before"]["original_on_crops"]``."""
+    crops, which is kept as ``settings["before"]["original_on_crops"]``, with the calls per model (``by_model``: an
+    export of cases analysed by two models mixes their calls). The export's provenance
+    (:meth:`wbc.data.RecordedCalls.provenance`: manifest SHA-1, cases, stores, label sources, models) goes to
+    ``settings["export"]``, so to the adapted model's ``extra["adapt"]`` and ``--report``."""
     if calls is None:
         return
     right = np.asarray(calls.labels) == np.asarray(labels)
+    by_model = calls.by_model()
     if held is not None:
         right = right[held]
+        by_model = dict(Counter(m for m, h in zip(calls.model_ids, held, strict=True) if h).most_common())
     res.settings["before"] = {"from": "the calls recorded in the cases (manifest.csv's model_label)",
-                              "model_id": calls.model_id, "original_on_crops": res.heldout_acc_before}
+                              "model_id": calls.model_id, "by_model": by_model,
+                              "original_on_crops": res.heldout_acc_before}
+    # where the labels came from (since wbc 0.37.0: before, only the export's folder, which the next export replaces)
+    res.settings["export"] = calls.provenance()
     res.heldout_acc_before = float(right.mean())
 
 

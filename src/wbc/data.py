@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -239,6 +239,25 @@ class RecordedCalls:
 
     labels: list[str]
     model_ids: list[str]
+    # where the labels came from, for the adapted model's metadata (:meth:`provenance`): the manifest's SHA-1, and per
+    # labelled cell its case (name, id), case store and ``label_source``
+    manifest: str = ""
+    manifest_sha1: str = ""
+    cases: list[tuple[str, str]] = field(default_factory=list)
+    stores: list[str] = field(default_factory=list)
+    label_sources: list[str] = field(default_factory=list)
+
+    def provenance(self) -> dict[str, Any]:
+        """What an adapted model records of the export it learnt from (``extra["adapt"]["settings"]["export"]``):
+        the manifest and its SHA-1 (an export is replaced whole by the next one into its folder), the cases (name,
+        id and cells), the case stores, how many labels came from each ``label_source`` (``reviewed``, or the
+        model's own calls ``accepted_at_sign_off``) and how many calls each model made."""
+        cases = Counter(self.cases)
+        return {"manifest": self.manifest, "manifest_sha1": self.manifest_sha1,
+                "cases": [{"name": name, "id": cid, "cells": n} for (name, cid), n in cases.items()],
+                "stores": sorted({s for s in self.stores if s}),
+                "label_sources": dict(Counter(self.label_sources).most_common()),
+                "models": self.by_model()}
 
     @property
     def model_id(self) -> str:
@@ -269,12 +288,18 @@ def recorded_calls(manifest: str | os.PathLike[str], files: Sequence[str | os.Pa
         rows = read_manifest_rows(csv_path, root=root)
     except (WbcError, OSError):
         return None
-    calls = {os.path.realpath(s.path): (cells.get("model_label", ""), cells.get("model_id", "")) for s, cells in rows
-             if cells.get("model_label")}
+    calls = {os.path.realpath(s.path): cells for s, cells in rows if cells.get("model_label")}
     got = [calls.get(os.path.realpath(f)) for f in files]
     if not got or any(g is None for g in got):
         return None
-    return RecordedCalls([g[0] for g in got if g is not None], [g[1] for g in got if g is not None])
+    cells = [g for g in got if g is not None]
+    try:
+        sha1 = file_sha1(csv_path)
+    except OSError:
+        sha1 = ""
+    return RecordedCalls([c["model_label"] for c in cells], [c.get("model_id", "") for c in cells],
+                         str(csv_path.resolve()), sha1, [(c.get("case", ""), c.get("case_id", "")) for c in cells],
+                         [c.get("store", "") for c in cells], [c.get("label_source", "") for c in cells])
 
 
 #: The splits a manifest row may name (empty: not split yet, dealt into train and val by `wbc train`).

@@ -40,8 +40,10 @@ MARKER = ".wbc-cases-export"
 #: ``model_label`` and ``model_id``: the call `wbc analyze` made and the model that made it (since wbc 0.34.0), which
 #: `wbc adapt` scores as "before" (:func:`wbc.adapt.recorded_calls`): the crops keep the field's raw colours, and the
 #: original model scored on them is not the model the lab used.
+#: ``store``: the case store the cells came from (a SQLite store's file; another's URL without user or password),
+#: which `wbc adapt` records in the adapted model with the cases and the manifest's SHA-1 (since wbc 0.37.0).
 EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "model_id", "changed", "label_source", "reviewer",
-                 "signed_by")
+                 "signed_by", "store")
 #: ``label_source``: a person reviewed the cell (confirmed or changed its call; ``reviewer`` names them) ...
 REVIEWED = "reviewed"
 #: ... or nobody opened it and the model's call was accepted when the case was signed off (``include_accepted``).
@@ -135,6 +137,7 @@ def export_cases(
     _check_target(out)
     # each case once, however often it is named (by id and by name too): a cell twice would be learnt twice
     ids = list(dict.fromkeys(store.case_id(c) for c in cases)) if cases else [c.id for c in store.list_cases()]
+    where = store_place(store)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -165,7 +168,8 @@ def export_cases(
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / rel).write_bytes(crops[cell["id"]])
                     row = [rel, label, "", -1, "", doc["name"], cid, cell["id"], cell["model_label"],
-                           doc.get("model_id") or "", int(cell["changed"]), source, reviewer, doc["signed_by"] or ""]
+                           doc.get("model_id") or "", int(cell["changed"]), source, reviewer, doc["signed_by"] or "",
+                           where]
                 calls.append(_Call(
                     label, source, reviewer,
                     f.get("sha1") or "crop:" + hashlib.sha1(crops[cell["id"]]).hexdigest(), f["id"],
@@ -196,6 +200,15 @@ def export_cases(
                              == ACCEPTED)
     summary.counts = dict(Counter(str(r[1]) for r in rows))
     return summary
+
+
+def store_place(store: CaseStore) -> str:
+    """Where ``store`` is, as an export records it (the ``store`` column): a SQLite store's file, else its URL without
+    user or password (an export is shared; the credentials are not its to pass on)."""
+    u = store.engine.url
+    if u.get_backend_name() == "sqlite":
+        return str(Path(u.database).resolve()) if u.database and u.database != ":memory:" else store.display_url
+    return u.set(username=None, password=None).render_as_string(hide_password=True)
 
 
 @dataclass

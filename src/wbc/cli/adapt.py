@@ -42,10 +42,35 @@ def both_scored(res: Any) -> str:
     each = f"each cell's mean over {views} flips/rotations" if views > 1 else "one view of each cell"
     recorded = res.settings.get("before")
     if recorded:
-        by = f" by {recorded['model_id']}" if recorded.get("model_id") else ""
+        models = recorded.get("by_model") or ({recorded["model_id"]: 0} if recorded.get("model_id") else {})
+        if len(models) > 1:  # cases analysed by two models (a round of review after an adapted model): both named
+            by = " by " + " and ".join(f"{m or 'a model not recorded'} ({k} cells)" for m, k in models.items())
+        else:
+            by = f" by {recorded['model_id']}" if recorded.get("model_id") else ""
         return (f"; before: the calls `wbc analyze` recorded in the cases{by} (the original model on the exported "
                 f"crops, as they are: {recorded['original_on_crops']:.1%}); after: on {each}")
     return f", both on {each}"
+
+
+#: ``wbc.cases.export.ACCEPTED``, the ``label_source`` of a model's call accepted at sign-off (not imported: the case
+#: store's SQLAlchemy is an extra `wbc adapt` does not need).
+ACCEPTED = "accepted_at_sign_off"
+
+
+def export_line(export: dict[str, Any] | None) -> str:
+    """Where the labels of a `wbc cases export` came from, as the adapted model records them
+    (``settings["export"]``: :meth:`wbc.data.RecordedCalls.provenance`); "" for other data.
+
+    >>> export_line({"cases": [{"name": "S-A", "id": "1", "cells": 12}], "stores": ["/lab/cases.sqlite"],
+    ...              "manifest_sha1": "0123456789abcdef0123"})
+    'labels from case S-A (id 1, 12 cells) of /lab/cases.sqlite; manifest SHA-1 0123456789ab (recorded in the model)'
+    """
+    if not export:
+        return ""
+    cases = ", ".join(f"{c['name']} (id {c['id']}, {c['cells']} cells)" for c in export.get("cases", []))
+    stores = ", ".join(export.get("stores", [])) or "a store not recorded"
+    return (f"labels from case{'s' * (len(export.get('cases', [])) != 1)} {cases} of {stores}; manifest SHA-1 "
+            f"{export.get('manifest_sha1', '')[:12]} (recorded in the model)")
 
 
 @app.command()
@@ -235,6 +260,12 @@ def adapt(
         warn(note)
     say(f"adapted on {res.n_cells} cells ({', '.join(f'{k} {v}' for k, v in res.counts.items())})"
         f" in {res.seconds:.0f} s -> {res.output}")
+    if line := export_line(res.settings.get("export")):
+        say(line)
+    if accepted := (res.settings.get("export") or {}).get("label_sources", {}).get(ACCEPTED):
+        warn(f"{accepted} of the {res.n_cells} labels are the model's own calls accepted at sign-off (nobody reviewed "
+             "them; manifest.csv's label_source): they teach the model its own answers, and \"before\" counts them "
+             "right")
     if res.method == "head":
         say(f"held-out check ({res.folds}-fold cross-validation, every cell predicted by a head "
             f"that never saw it): accuracy {res.heldout_acc_before:.1%} before -> "
