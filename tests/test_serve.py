@@ -1077,11 +1077,31 @@ def test_analyze_and_classify_answers_say_which_software_settings_and_input_gave
     assert body["wbc_version"] == wbc.__version__
     settings = body["settings"]
     assert sorted(settings.pop("classes")) == ["lymphocyte", "neutrophil"]
-    assert settings == {"tta": 3, "reframe": False,
+    assert settings == {"tta": 3, "tta_unsure": None, "reframe": False,
                         "model_sha1": hashlib.sha1(Path(classifier.path).read_bytes()).hexdigest()}
     spec = client.get("/openapi.json").json()["components"]["schemas"]
     assert {"settings", "sha1", "wbc_version"} <= set(spec["AnalyzeBody"]["required"])
     assert {"settings", "wbc_version"} <= set(spec["ClassifyBody"]["required"])
+
+
+def test_classify_settings_tell_the_default_from_tta_1_by_the_unsure_cells_views(
+        client: TestClient, classifier) -> None:
+    """By default /classify answers the cells one view is unsure of again by four rotations (``tta_unsure`` in
+    /model); any ``tta``, 1 included, turns that off, and the answers can differ. ``settings`` said ``"tta": 1`` for
+    both, so a stored answer could not be traced to what gave it (0.37.0 before release)."""
+    cell = png_bytes(synthetic_cell("lymphocyte", 96, seed=1))
+    sent = [("files", ("c.png", cell, "image/png"))]
+    default = client.post("/classify", files=sent).json()["settings"]
+    one = client.post("/classify?tta=1", files=sent).json()["settings"]
+    assert default["tta_unsure"] == client.get("/model").json()["tta_unsure"] == {"below": 0.7, "views": 4}
+    assert one["tta_unsure"] is None and default["tta"] == one["tta"] == 1 and default != one
+    off = create_app(classifier.with_unsure_gate(0.0), ClassicalSegmenter(), max_upload_mb=2)
+    with TestClient(off) as c:  # a server whose model answers every cell by one view: null, as /model says
+        assert c.post("/classify", files=sent).json()["settings"]["tta_unsure"] is None
+        assert c.get("/model").json()["tta_unsure"] is None
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "tta_unsure" in spec["ClassifySettings"]["required"]
+    assert set(spec["TtaUnsure"]["properties"]) == {"below", "views"}
 
 
 def test_classify_ties_every_result_error_and_copy_to_its_part_by_place(client: TestClient, classifier) -> None:

@@ -488,12 +488,14 @@ def run_settings(classifier: ClassifierLike | None, segmenter: SegmenterLike | N
 def classify_settings(classifier: ClassifierLike, reframe: bool) -> dict[str, Any]:
     """What besides the model file decides a single cell's answer, as ``POST /classify`` records it
     (:func:`run_settings` for single cells): the label set (``classes``; empty: every class), the views averaged per
-    cell (``tta``: the classifier's own, or the request's), whether cells are re-framed (``reframe``), and the model
-    file's SHA-1."""
-    from wbc.classify import tta_views_of
+    cell (``tta``: the classifier's own, or the request's), whether the cells one view is unsure of were answered again
+    by more (``tta_unsure``: :func:`wbc.classify.tta_unsure_of`; null: not), whether cells are re-framed
+    (``reframe``), and the model file's SHA-1."""
+    from wbc.classify import tta_unsure_of, tta_views_of
 
     return {"classes": list(getattr(classifier, "label_set", ()) or ()), "tta": tta_views_of(classifier),
-            "reframe": bool(reframe), "model_sha1": model_file_sha1(getattr(classifier, "path", None))}
+            "tta_unsure": tta_unsure_of(classifier), "reframe": bool(reframe),
+            "model_sha1": model_file_sha1(getattr(classifier, "path", None))}
 
 
 def stamped(doc: dict[str, Any], data: bytes) -> dict[str, Any]:

@@ -399,6 +399,15 @@ def unsure_views_of(classifier: ClassifierLike) -> tuple[float, int]:
     return classifier.unsure_views()
 
 
+def tta_unsure_of(classifier: ClassifierLike) -> dict[str, float | int] | None:
+    """``{"below": gate, "views": views}`` when :func:`predict_cells` answers a single cell that one view names below
+    ``gate`` confidence again by the mean of ``views`` rotations (:func:`unsure_views_of`), else None (the views set,
+    by ``--tta``/a request's ``tta`` or by the model): ``GET /model``'s ``tta_unsure`` and ``POST /classify``'s
+    ``settings``."""
+    gate, views = unsure_views_of(classifier)
+    return {"below": gate, "views": views} if gate > 0 and views > tta_views_of(classifier) else None
+
+
 def tta_views_of(classifier: ClassifierLike, smear: bool = False) -> int:
     """How many views :func:`predict_cells` averages for this classifier (:meth:`wbc.model.Classifier.tta_views`)."""
     return int(classifier.tta_views(smear))

@@ -153,12 +153,22 @@ class CopyOf(BaseModel):
     same_as_index: int = Field(..., examples=[0], description="The place of the part classified in its stead.")
 
 
+class TtaUnsure(BaseModel):
+    """The cells one view is unsure of, answered again by more views (:func:`wbc.classify.tta_unsure_of`)."""
+
+    below: float = Field(..., examples=[0.7])
+    views: int = Field(..., examples=[4])
+
+
 class ClassifySettings(BaseModel):
     """What besides the model decided ``/classify``'s answers (:func:`wbc.batch.classify_settings`)."""
 
     classes: list[str] = Field(..., description="The label set answered among; []: every class of the model.")
     tta: int = Field(..., description="Views (flips/rotations) averaged per cell: the request's `tta`, else the "
-                     "model's own (`tta_views` in /model; `tta_unsure` may add views for unsure cells).")
+                     "model's own (`tta_views` in /model).")
+    tta_unsure: TtaUnsure | None = Field(..., description="Cells one view named below `below` confidence were "
+                                         "answered again by the mean of `views` rotations (`tta_unsure` in /model); "
+                                         "null: not done (a request's `tta`, 1 included, or the model's own views).")
     reframe: bool = Field(..., description="Whether cells framed unlike the training crops were re-framed.")
     model_sha1: str | None = Field(..., description="SHA-1 of the classifier's file; null: a model with no file.")
 
@@ -604,13 +614,12 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
     from dataclasses import asdict
 
     from wbc.analyze import red_cell_target_of, smear_label_set
-    from wbc.classify import tta_views_of, unsure_views_of
+    from wbc.classify import tta_unsure_of, tta_views_of
     from wbc.crops import cell_fraction_of
     from wbc.reframe import framing_stats_of
     from wbc.render import colour_of
 
     info = classifier.info
-    gate, views = unsure_views_of(classifier)
     return {
         "model_id": classifier.model_id,
         "classes": classifier.classes,
@@ -629,7 +638,7 @@ def model_metadata(classifier: ClassifierLike, segmenter: SegmenterLike) -> dict
         "reframe": asdict(framing_stats_of(classifier)),
         "tta_views": {"classify": tta_views_of(classifier), "analyze": tta_views_of(classifier, smear=True)},
         # /classify's cells named below `below` confidence with one view are answered by `views` rotations; null: off
-        "tta_unsure": {"below": gate, "views": views} if gate > 0 and views > 1 else None,
+        "tta_unsure": tta_unsure_of(classifier),
         "architecture": info.architecture,
         "version": info.version,
         "training_data": info.training_data,
