@@ -1182,3 +1182,22 @@ def test_a_query_field_of_the_other_upload_route_is_refused_not_ignored(client: 
     assert r.status_code == 422 and r.json()["error"] == "invalid_request" and "annotated" in r.json()["detail"]
     assert client.post("/classify?reframe=false", files=cell).status_code == 200  # each route's own fields stand
     assert client.post("/analyze?annotated=true", files=field).status_code == 200
+
+
+def test_a_query_field_of_the_other_upload_route_is_refused_in_an_app_mounted_under_a_prefix(
+        classifier, smear: np.ndarray) -> None:
+    """An integrator mounting the app in their own (``outer.mount("/wbc", app)``) got ``/wbc/classify?annotated=true``
+    answered 200 without a word: the check compared the URL's path, which then holds the prefix, with ``/classify``."""
+    from fastapi import FastAPI
+
+    outer = FastAPI()
+    outer.mount("/wbc", create_app(classifier, ClassicalSegmenter(), max_upload_mb=2))
+    cell = [("files", ("c.png", png_bytes(synthetic_cell("lymphocyte", 96, seed=1)), "image/png"))]
+    field = {"file": ("f.png", png_bytes(smear), "image/png")}
+    with TestClient(outer) as c:
+        r = c.post("/wbc/classify?annotated=true", files=cell)
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+        assert r.json()["detail"].startswith("annotated: a query field of /analyze; /classify does not take it")
+        r = c.post("/wbc/analyze?reframe=false", files=field)
+        assert r.status_code == 422 and r.json()["detail"].startswith("reframe: a query field of /classify"), r.text
+        assert c.post("/wbc/classify?reframe=false", files=cell).status_code == 200  # each route's own fields stand

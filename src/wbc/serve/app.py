@@ -701,13 +701,15 @@ ROUTE_ONLY_FIELDS: dict[str, tuple[str, str]] = {"annotated": ("/analyze", "/cla
                                                  "reframe": ("/classify", "/analyze")}
 
 
-def refuse_other_route_fields(request: Request) -> None:
+def refuse_other_route_fields(request: Request, route: str) -> None:
     """422 ``invalid_request`` for a query field of the other upload route (``/analyze?reframe=false``,
     ``/classify?annotated=true``), in the words of the route's own query refusals: before wbc 0.37.0 it was taken
-    without a word and had no effect. Other unknown fields are left alone, as FastAPI leaves them."""
+    without a word and had no effect. Other unknown fields are left alone, as FastAPI leaves them. ``route``: the
+    route answering (``"/classify"``), named by its handler, not read from the URL, whose path holds the prefix of an
+    app mounted in another (``/wbc/classify``)."""
     wrong = [f"{field}: a query field of {owner}; {route} does not take it (it would have no effect)"
-             for field, (owner, route) in ROUTE_ONLY_FIELDS.items()
-             if route == request.url.path and field in request.query_params]
+             for field, (owner, other) in ROUTE_ONLY_FIELDS.items()
+             if other == route and field in request.query_params]
     if wrong:
         raise UploadProblem(422, "invalid_request", "; ".join(wrong))
 
@@ -987,7 +989,7 @@ def create_app(
 
         200 when at least one file was classified; 4xx (with every file's problem) when none was.
         """
-        refuse_other_route_fields(request)
+        refuse_other_route_fields(request, "/classify")
         parts = await require_files(request, files, "files")
         n_files = sum(isinstance(p, StarletteUploadFile) for p in parts)
         if n_files > app.state.max_files:
@@ -1107,7 +1109,7 @@ def create_app(
         from wbc.errors import ImageTooLargeError
         from wbc.io import pages_warning, tiff_fields
 
-        refuse_other_route_fields(request)
+        refuse_other_route_fields(request, "/analyze")
         parts = await require_files(request, file, "file")
         if len(parts) > 1:  # a repeated `file` part: FastAPI would keep the last and drop the others without a word;
             # a text part too (`-F file=b.jpg`, its @ forgotten), which before wbc 0.36.0 was left out
