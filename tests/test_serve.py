@@ -1169,6 +1169,28 @@ def test_a_file_name_s_folders_are_left_out_whichever_separator_it_uses(client: 
     assert [x["filename"] for x in r.json()["results"]] == ["a.png", "b.png"]
 
 
+def test_a_backslash_in_a_linux_or_macos_file_name_is_kept_only_a_windows_path_is_cut(
+        classifier, client: TestClient, tmp_path: Path) -> None:
+    r"""``\`` is legal in a Linux/macOS file name (``slide 3\cell.png``) and browsers send a file's name without its
+    folders, yet 0.37.0 before release cut every name at ``\``: /classify answered ``cell.png``, and ``POST /cases``
+    stored ``f.png`` although the review page sent the chosen name in ``names``. Only a Windows path is cut at ``\``
+    now (a drive, a share, a browser's ``fakepath``), as wbc 0.36.0 cut it; ``/`` always."""
+    import json
+
+    sent = ["slide 3\\cell.png", "\\\\lab\\share\\c.png", "D:\\s1\\d.png", "x\\fakepath\\e.png", "s4/f\\g.png"]
+    cells = [png_bytes(synthetic_cell("lymphocyte", 96, seed=i)) for i in range(len(sent))]
+    r = client.post("/classify", files=[("files", (n, b, "image/png")) for n, b in zip(sent, cells, strict=True)])
+    assert r.status_code == 200, r.text
+    assert [x["filename"] for x in r.json()["results"]] == ["slide 3\\cell.png", "c.png", "d.png", "e.png", "f\\g.png"]
+    field = png_bytes(synthetic_smear(n_wbc=2, seed=10)[0])
+    with TestClient(create_app(classifier, ClassicalSegmenter(), store=tmp_path / "c.sqlite")) as c:
+        name = "slide 3\\f.png"
+        r = c.post("/cases", data={"name": "BS", "user": "t", "names": json.dumps([name])},
+                   files=[("files", (name, field, "image/png"))])
+        assert r.status_code == 201, r.text
+        assert [f["image"] for f in r.json()["fields"]] == [name]
+
+
 def test_a_query_field_of_the_other_upload_route_is_refused_not_ignored(client: TestClient, smear: np.ndarray) -> None:
     """``/analyze?reframe=false`` (expecting /classify's effect) and ``/classify?annotated=true`` were answered 200
     with the field ignored (wbc 0.36.0), where ``/classify?reframe=nah`` is 422: a client got no effect and no word."""

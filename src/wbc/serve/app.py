@@ -415,8 +415,8 @@ class UploadRoute(APIRoute):
 def part_name(upload: UploadFile, fallback: str) -> str:
     """The file name an upload part gives, decoded: ``filename*`` (RFC 5987, ``utf-8''caf%C3%A9.jpg``) before
     ``filename``, and a ``filename`` of RFC 2047 encoded words (``=?utf-8?B?...?=``, .NET's HttpClient and
-    PowerShell) decoded; its folders left out, cut at its last ``/`` or ``\\`` (before wbc 0.37.0 only a Windows path
-    was cut, and ``../../slide2/cell.jpg`` came back whole). ``fallback`` where the part names no file (or a name that
+    PowerShell) decoded; its folders left out (:func:`file_name_alone`: before wbc 0.37.0 only a Windows path was cut,
+    and ``../../slide2/cell.jpg`` came back whole). ``fallback`` where the part names no file (or a name that
     decodes to a control character). Before wbc 0.36.0 results, errors and a case's fields were named
     ``=?utf-8?B?Y2Fmw6kuanBn?=`` for ``café.jpg``."""
     from email.header import decode_header, make_header
@@ -441,13 +441,24 @@ def part_name(upload: UploadFile, fallback: str) -> str:
     return name if name and name.isprintable() else file_name_alone(upload.filename or "") or fallback
 
 
-def file_name_alone(name: str) -> str:
-    r"""``name`` without its folders, whichever separator a client used.
+#: A Windows path: a drive (``C:\``; python-multipart cuts a plain ``filename`` so), a share (``\\server``), or a
+#: browser's ``...\fakepath\``.
+WINDOWS_PATH = re.compile(r"[A-Za-z]:\\|\\\\|.*\\fakepath\\", re.IGNORECASE)
 
-    >>> file_name_alone("../../slide2/cell.jpg"), file_name_alone("C:\\fakepath\\cell.jpg"), file_name_alone("a/")
-    ('cell.jpg', 'cell.jpg', '')
+
+def file_name_alone(name: str) -> str:
+    r"""``name`` without its folders: cut at its last ``/`` (never part of a file name), and at its last ``\`` only in
+    a Windows path (:data:`WINDOWS_PATH`): on Linux and macOS a ``\`` is part of a name (``slide 3\cell.png``, kept
+    whole as before wbc 0.37.0), and browsers send a file's name without its folders.
+
+    >>> [file_name_alone(n) for n in ("../../slide2/cell.jpg", "C:\\fakepath\\cell.jpg", "\\\\lab\\s\\cell.jpg", "a/")]
+    ['cell.jpg', 'cell.jpg', 'cell.jpg', '']
+    >>> file_name_alone("slide 3\\cell.png")
+    'slide 3\\cell.png'
     """
-    return name.replace("\\", "/").rsplit("/", 1)[-1]
+    if WINDOWS_PATH.match(name):
+        name = name.replace("\\", "/")
+    return name.rsplit("/", 1)[-1]
 
 
 def text_part_problem(value: str, field: str, fallback: str) -> dict[str, str]:
