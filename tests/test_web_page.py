@@ -826,3 +826,70 @@ def test_a_run_that_analyses_nothing_keeps_the_last_runs_problems_and_notes_on_s
         page.click("#dl-json")
     doc = json.loads(Path(dl.value.path()).read_text())
     assert doc["errors"] == first_errors and doc["warnings"] == notes
+
+
+def test_a_file_is_tied_to_its_own_answer_when_another_of_its_name_fails(page, tmp_path: Path) -> None:
+    """Two chosen files named ``cell.png`` (two samples' folders), one unreadable, and ``cell (1).png``, a copy of the
+    readable one: the page matched /classify's errors to files by name, so both ``cell.png`` failed, the good one lost
+    its thumbnail, and its copy was listed as unreadable too ("Done: 1 of 3"), in the JSON download alike (0.37.0
+    before release, whose /classify gives each entry the ``index`` of its part)."""
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s2").mkdir()
+    good, bad, copy = tmp_path / "s1" / "cell.png", tmp_path / "s2" / "cell.png", tmp_path / "s1" / "cell (1).png"
+    cv2.imwrite(str(good), synthetic_cell("lymphocyte", 88, seed=0)[:, :, ::-1])
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    copy.write_bytes(good.read_bytes())
+    page.check("input[name=mode][value=cells]")
+    page.set_input_files("#file-input", [str(good), str(bad), str(copy)])
+    page.click("#run-button")
+    page.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+    assert page.locator("#status").inner_text().startswith(
+        "Done: 2 of 3 file(s) analysed (1 a copy of another, counted once) in ")
+    unreadable = "cell.png: not a readable image (UnidentifiedImageError)"
+    assert page.locator("#error-list li").all_inner_texts() == [unreadable]
+    assert page.locator("#note-list li").all_inner_texts() == [
+        "cell (1).png: the same image as another input, classified and counted once (cell.png has the same bytes)"]
+    page.wait_for_function("[...document.querySelectorAll('img.thumb')].every((i) => i.complete)")
+    assert page.eval_on_selector_all("table.cells tbody img.thumb", "i => i.map((x) => x.naturalWidth)") == [88]
+    with page.expect_download() as dl:
+        page.click("#dl-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert doc["copies"] == [{"filename": "cell (1).png", "same_as": "cell.png"}]
+    assert doc["errors"] == [unreadable]
+    assert [(r["filename"], r["index"]) for r in doc["results"][0]["results"]] == [("cell.png", 0)]
+
+
+def test_the_json_download_gives_each_cell_its_file_s_place_in_the_run(chromium, classifier,  # noqa: F811
+                                                                        tmp_path: Path) -> None:
+    """A run sent in several /classify requests (a server's ``max_files``, or over 200 files) downloaded each request's
+    ``index`` as it came, 0, 1, 0, 1, 0: repeated, and no file's place, though docs/api.md says to key on ``index``.
+    Each result now carries its file's place among the files chosen (an unreadable file and a copy keep theirs), and
+    each row its own thumbnail."""
+    paths = []
+    for i, label in enumerate(["lymphocyte", "neutrophil", "monocyte", "eosinophil"]):
+        paths.append(tmp_path / f"c{i}.png")
+        cv2.imwrite(str(paths[-1]), synthetic_cell(label, 80 + 8 * i, seed=i)[:, :, ::-1])
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    (tmp_path / "c0 (1).png").write_bytes(paths[0].read_bytes())
+    chosen = [paths[0], tmp_path / "bad.png", paths[1], tmp_path / "c0 (1).png", paths[2], paths[3]]
+    with live_server(create_app(classifier, ClassicalSegmenter(), max_files=2)) as base:  # three requests
+        ctx = chromium.new_context(accept_downloads=True)
+        pg = ctx.new_page()
+        errors = watch(pg, only=base)
+        pg.goto(base + "/")
+        pg.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        pg.check("input[name=mode][value=cells]")
+        pg.set_input_files("#file-input", [str(p) for p in chosen])
+        pg.click("#run-button")
+        pg.wait_for_selector("#status:has-text('Done')", timeout=60_000)
+        pg.wait_for_function("[...document.querySelectorAll('img.thumb')].every((i) => i.complete)")
+        widths = pg.eval_on_selector_all("table.cells tbody img.thumb", "i => i.map((x) => x.naturalWidth)")
+        with pg.expect_download() as dl:
+            pg.click("#dl-json")
+        doc = json.loads(Path(dl.value.path()).read_text())
+        ctx.close()
+    assert [(r["filename"], r["index"]) for r in doc["results"][0]["results"]] == [
+        ("c0.png", 0), ("c1.png", 2), ("c2.png", 4), ("c3.png", 5)]
+    assert widths == [80, 88, 96, 104]
+    assert doc["errors"] == ["bad.png: not a readable image (UnidentifiedImageError)"]
+    assert not errors, errors

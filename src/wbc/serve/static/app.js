@@ -79,9 +79,10 @@ const filesWho = (files) => (files.length > 1 ? `${files.length} files (${files[
 // is), so the server has it that way; the page shows and exports the chosen name (File.name), never this one.
 const sentName = (name) => name.replace(/"/g, "%22").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
 
-// A file's problem as the server words it ({filename, error}), under its chosen name: `realName` maps the name sent.
+// A file's problem as the server words it ({filename, error}), under its chosen name: `realName` maps the name sent
+// (given the entry too, whose `index` may say which file it is).
 const fileProblem = (e, realName) => (e.filename && e.error.startsWith(`${e.filename}:`)
-  ? realName(e.filename) + e.error.slice(e.filename.length) : e.error);
+  ? realName(e.filename, e) + e.error.slice(e.filename.length) : e.error);
 
 function problemText(res, fallbackName, realName = (n) => n) {
   const b = res.body;
@@ -214,7 +215,7 @@ async function run() {
   showNotes([]);
   const t0 = performance.now();
   if (mode === "smear") await runSmears(kept, errors, failed);
-  else await runCells(kept, errors, failed);
+  else await runCells(kept, errors, failed, new Map(files.map((f, i) => [f, i])));
   const { counted, notes } = placeCopies(copies, errors, failed, mode === "smear" ? "analysed" : "classified");
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   if (state.runs.length) {
@@ -385,7 +386,9 @@ function batches(files) {
   return out;
 }
 
-async function runCells(files, errors, failed) {
+// `place`: each File's 0-based place among the files chosen for the run, the `index` its result gets (a request's
+// own `index`, the part's place in that request, restarts in each and skips the files not sent).
+async function runCells(files, errors, failed, place) {
   const results = [];
   const thumbs = new Map();
   const said = [];  // every request's /classify warnings, worded again over the run's cells (runNotes)
@@ -421,7 +424,11 @@ async function runCells(files, errors, failed) {
       continue;  // after a timeout, the loop's next turn lists the rest
     }
     done += chosen.length;
-    const real = (n) => {  // the chosen name a name sent stands for, if only one of the batch's is sent so
+    // the File an entry (result or error) answers: its `index`, the part's place in the request, `batch` being the
+    // parts sent in order (since wbc 0.37.0); of two files named alike, one unreadable, both failed before
+    const partOf = (x) => (x && Number.isInteger(x.index) ? batch[x.index] : undefined);
+    const real = (n, e) => {  // the chosen name a name sent stands for: the entry's file, or, for a server giving no
+      if (partOf(e)) return partOf(e).name;  // index, the one of the batch's sent so if only one is
       const names = new Set(batch.filter((f) => sentName(f.name) === n).map((f) => f.name));
       return names.size === 1 ? [...names][0] : n;
     };
@@ -429,22 +436,23 @@ async function runCells(files, errors, failed) {
     // first one alone as if only it had failed (before wbc 0.34.0)
     const who = batch.length > 1 ? `${batch.length} files (${batch[0].name} to ${batch[batch.length - 1].name})`
       : batch[0].name;
-    const named = (f, e) => f.name === e.filename || sentName(f.name) === e.filename;  // a file's own problem
+    const named = (f, e) => (partOf(e) ? partOf(e) === f  // a file's own problem; by name from an older server
+      : f.name === e.filename || sentName(f.name) === e.filename);
     if (!res.ok) {  // every file of the batch failed: its own problem if one is named, else the batch's
       const lines = problemText(res, who, real);
       errors.push(...lines);
       const own = (res.body && res.body.errors) || [];
       for (const f of batch) {
         const e = own.find((x) => named(f, x));
-        failed.set(f, e ? failure(fileProblem(e, real), real(e.filename)) : failure(lines[0], who));
+        failed.set(f, e ? failure(fileProblem(e, real), real(e.filename, e)) : failure(lines[0], who));
       }
       continue;
     }
     results.push(...res.body.results);
-    pairThumbs(batch, res.body, thumbs);
+    pairThumbs(batch, res.body, thumbs, place);
     for (const e of res.body.errors || []) {
       errors.push(fileProblem(e, real));
-      for (const f of batch) if (named(f, e)) failed.set(f, failure(errors[errors.length - 1], real(e.filename)));
+      for (const f of batch) if (named(f, e)) failed.set(f, failure(errors[errors.length - 1], real(e.filename, e)));
     }
     said.push(...(res.body.warnings || []));
   }
@@ -515,18 +523,26 @@ function runNotes(results, said) {
   return notes;
 }
 
-// Each result's own File (its thumbnail), keyed by the result: /classify answers the readable files in upload
-// order, so results pair with the batch's files in order, by name (names repeat: cell_001.jpg of two samples).
-// A result whose name is also among the unreadable files gets no thumbnail rather than perhaps another's. A result
-// paired takes its File's name: the server has a " as %22 (sentName), shown and exported so before wbc 0.34.0.
-function pairThumbs(batch, body, thumbs) {
+// Each result's own File (its thumbnail), keyed by the result: the part its `index` names (`batch` is the parts
+// sent, in order; names repeat: cell_001.jpg of two samples). A result paired takes its File's name (the server has
+// a " as %22, sentName: shown and exported so before wbc 0.34.0) and, as `index`, the File's place among the files
+// chosen for the run (`place`): the request's own restarts in each request (0, 1, 0, 1 ... in the JSON download
+// before). A server giving no `index` (before wbc 0.37.0): results pair with the batch's files in order, by name,
+// and one whose name is also among the unreadable files gets no thumbnail rather than perhaps another's.
+function pairThumbs(batch, body, thumbs, place) {
+  const take = (r, f) => { thumbs.set(r, f); r.filename = f.name; r.index = place.get(f); };
+  if (body.results.every((r) => Number.isInteger(r.index) && batch[r.index])) {
+    for (const r of body.results) take(r, batch[r.index]);
+    return;
+  }
   const failed = new Set((body.errors || []).map((e) => e.filename));
   let j = 0;
   for (const r of body.results) {
+    delete r.index;  // no place among the files chosen to give it
     let k = j;
     while (k < batch.length && batch[k].name !== r.filename && sentName(batch[k].name) !== r.filename) k += 1;
     if (k === batch.length) continue;
-    if (!failed.has(r.filename)) { thumbs.set(r, batch[k]); r.filename = batch[k].name; }
+    if (!failed.has(r.filename)) take(r, batch[k]);
     j = k + 1;
   }
 }
