@@ -258,7 +258,11 @@ def test_a_sign_off_of_a_case_changed_since_it_was_shown_is_refused(client: Test
     assert relabel.status_code == 200
     r = client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": seen})
     assert r.status_code == 409 and r.json()["error"] == "changed", r.text
-    assert "(1 correction(s) now, 0 then)" in r.json()["detail"] and "reload" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert "has 1 correction(s) now (1 change(s), 0 confirmation(s)), not the 0 given" in detail, detail
+    assert "the last 1 came since (cell " in detail and "-> not_wbc by B at " in detail, detail
+    # the page's user has no command line and no number to give: the page counts by itself (0.37.0 before release)
+    assert "wbc cases" not in detail and "give 1" not in detail and "show it again" in detail, detail
     assert client.get(f"/cases/{cid}").json()["signed_by"] is None
     assert client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": -1}).status_code == 422
     r = client.post(f"/cases/{cid}/sign-off", json={"user": "A", "corrections_seen": seen + 1})

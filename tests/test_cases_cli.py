@@ -183,7 +183,8 @@ def test_sign_off_makes_the_case_read_only(store: CaseStore, classifier, monkeyp
     cli("cases", "relabel", "S-1", str(cell["id"]), "eosinophil", "--user", "A. Tech", "--store", store.url)
     msg = one_line_error(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. Who",
                          "--corrections-seen", "0", "--store", store.url)  # one correction since the signer looked
-    assert "changed after it was shown for sign-off (1 correction(s) now, 0 then)" in msg
+    assert "has 1 correction(s) now (1 change(s), 0 confirmation(s)), not the 0 given" in msg
+    assert "so it changed after it was shown" in msg and "counted only its changed cells" not in msg, msg
     assert store.case_document(doc["id"])["status"] == "open"
 
     rc, _, err = wbc(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. Who",
@@ -326,7 +327,8 @@ def test_show_prints_the_number_sign_off_takes_and_the_changed_cells_are_not_it(
     """`wbc cases show` said "3 reviewed, 1 changed"; `sign-off --corrections-seen 1` was then refused with "changed
     after it was shown for sign-off (3 correction(s) now, 1 then)" though nobody had touched the case: the option
     counts every audit row, confirmations included (wbc 0.37.0 before release). `show` now prints the number to give,
-    and the number of changed cells is refused with what the option counts."""
+    and the refusal says what the option counts, but never which number to give: it cannot tell a signer who counted
+    the changed cells from a case changed since (the next test)."""
     doc = new_case(store, classifier)
     a, b, c = doc["cells"][:3]
     for cell, label in ((a, a["model_label"]), (b, b["model_label"]), (c, "eosinophil")):
@@ -337,11 +339,39 @@ def test_show_prints_the_number_sign_off_takes_and_the_changed_cells_are_not_it(
     assert "3 correction(s) (1 change(s), 2 confirmation(s)): sign off with --corrections-seen 3" in shown, out
     msg = one_line_error(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. Who",
                          "--corrections-seen", "1", "--store", store.url)
-    assert "changed after it was shown" not in msg and "has 3 correction(s), confirmations included, and 1 " \
-        "changed cell(s)" in msg and "give 3" in msg, msg
+    assert "has 3 correction(s) now (1 change(s), 2 confirmation(s)), not the 1 given" in msg, msg
+    assert "1 counted only its changed cells, but the number counts every correction, confirmations included" in msg
+    assert "show it again" in msg and "`wbc cases show S-1` prints it" in msg and "give 3" not in msg, msg
     assert store.case_document(doc["id"])["status"] == "open"
     rc, _, err = wbc(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. Who", "--corrections-seen", "3",
                      "--store", store.url)
     assert rc == 0, err
     rc, out = cli("cases", "show", "S-1", "--store", store.url)
     assert "--corrections-seen" not in out  # signed off: nothing left to sign
+
+
+def test_a_case_a_colleague_changed_after_show_is_never_signed_off_by_the_refusal_s_number(
+        store: CaseStore, classifier, monkeypatch, capsys) -> None:  # noqa: F811
+    """The signer is shown 2 corrections (A changed, B confirmed); a colleague then relabels B. 2 is now also the
+    number of changed cells, and the refusal said the signer had miscounted and to "give 3 if it is as you saw it";
+    given 3, the case was signed off with B's new label, which the signer never saw (0.37.0 before release). It now
+    says first that the case changed after it was shown, names the colleague's correction, and gives no number."""
+    doc = new_case(store, classifier)
+    a, b = doc["cells"][:2]
+    other = [x for x in doc["classes"] if x not in (a["model_label"], b["model_label"])]
+    cli("cases", "relabel", "S-1", str(a["id"]), other[0], "--user", "A. Tech", "--store", store.url)
+    cli("cases", "relabel", "S-1", str(b["id"]), b["model_label"], "--user", "A. Tech", "--store", store.url)
+    rc, out = cli("cases", "show", "S-1", "--store", store.url)
+    assert rc == 0 and "sign off with --corrections-seen 2" in " ".join(out.split()), out
+    cli("cases", "relabel", "S-1", str(b["id"]), other[1], "--user", "Colleague", "--store", store.url)
+    msg = one_line_error(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. B",
+                         "--corrections-seen", "2", "--store", store.url)
+    assert "not the 2 given: if it was shown with 2, the last 1 came since (cell " in msg, msg
+    assert f"{b['model_label']} -> {other[1]} by Colleague at " in msg and "changed after it was shown" in msg, msg
+    assert msg.index("changed after it was shown") < msg.index("counted only its changed cells"), msg
+    assert "give 3" not in msg and "as you saw it" not in msg and "show it again" in msg, msg
+    assert store.case_document(doc["id"])["status"] == "open"
+    # a number above the trail's was never shown: not called a change since
+    msg = one_line_error(monkeypatch, capsys, "cases", "sign-off", "S-1", "--user", "Dr. B",
+                         "--corrections-seen", "7", "--store", store.url)
+    assert "fewer than the 7 given, and corrections are never removed, so it was never shown with 7" in msg, msg

@@ -155,7 +155,12 @@ def test_openapi_names_every_error_code_the_server_sends(client: TestClient) -> 
     assert "`store_unavailable`" in label["503"]["description"] and "`expected`" in label["409"]["description"]
     props = spec["components"]["schemas"]
     assert "409 `changed`" in props["LabelIn"]["properties"]["expected"]["description"]
-    assert "409 `changed`" in props["SignOffIn"]["properties"]["corrections_seen"]["description"]
+    seen = props["SignOffIn"]["properties"]["corrections_seen"]["description"]
+    assert "409 `changed`" in seen and "a confirmation (the same label) as much as a change" in seen, seen
+    # the docs say what the number counts too (an integrator who sent `n_changed` was refused, 0.37.0 before release)
+    api = (Path(__file__).parent.parent / "docs" / "api.md").read_text().splitlines()
+    doc = next(x for x in api if x.startswith("| `POST /cases/{id}/sign-off`"))
+    assert "confirmations (the same label) included, not the number of changed cells" in doc, doc
 
 
 def test_no_keys_means_open_on_loopback(classifier) -> None:

@@ -574,6 +574,43 @@ class CaseSummary:
         return {**self.__dict__, "status": self.status}
 
 
+def seen_mismatch(name: str, trail: Sequence[Any], seen: int, changed: int) -> str:
+    """Why a sign-off with ``seen`` corrections seen was refused, judged on the case's audit trail (``trail``: its
+    rows ``(cell_id, old_label, new_label, user, at)`` in the order they were saved) and its ``changed`` cells now.
+
+    The trail only grows, so the rows after the first ``seen`` are those saved after a showing of ``seen``: they are
+    named, the case's changing since it was shown first. A ``seen`` that is also the number of changed cells may
+    instead have counted only those (the number counts confirmations too); the trail cannot tell that from a
+    colleague's correction since, so both are said, and neither reading gives a number to sign with: the case must be
+    shown again (before wbc 0.37.0's release, the second reading alone was given, with "give N", and a signer who
+    gave it signed off a label a colleague set after they looked). A ``seen`` above the trail's length was never
+    shown. The words name no command: a review page's user and a CLI user read them alike.
+
+    >>> from datetime import datetime
+    >>> at = datetime(2026, 1, 2, 3, 4, 5)
+    >>> print(seen_mismatch("S-1", [(4, "ig", "ig", "A", at), (5, "ig", "monocyte", "B", at)], 1, 1))
+    case 'S-1' has 2 correction(s) now (1 change(s), 1 confirmation(s)), not the 1 given: if it was shown with 1, \
+the last 1 came since (cell 5: ig -> monocyte by B at 2026-01-02T03:04:05Z), so it changed after it was shown; or 1 \
+counted only its changed cells, but the number counts every correction, confirmations included. It was not signed \
+off: show it again and check its differential before signing it off
+    """
+    n, same = len(trail), sum(old == new for _, old, new, _, _ in trail)
+    counts = f"{n} correction(s) now ({n - same} change(s), {same} confirmation(s))"
+    again = ". It was not signed off: show it again and check its differential before signing it off"
+    if seen > n:
+        return (f"case {name!r} has {n} correction(s) ({n - same} change(s), {same} confirmation(s)), fewer than the "
+                f"{seen} given, and corrections are never removed, so it was never shown with {seen}{again}")
+    later = trail[seen:]
+    listed = "; ".join(f"cell {cell}: {old} -> {new} by {user} at {iso(at)}" for cell, old, new, user, at in later[:3])
+    more = f"; and {len(later) - 3} more" if len(later) > 3 else ""
+    text = (f"case {name!r} has {counts}, not the {seen} given: if it was shown with {seen}, the last {len(later)} "
+            f"came since ({listed}{more}), so it changed after it was shown")
+    if seen == changed:
+        text += (f"; or {seen} counted only its changed cells, but the number counts every correction, "
+                 "confirmations included")
+    return text + again
+
+
 def final_label(cell: CellRow) -> str:
     return cell.label if cell.label is not None else cell.model_label
 
@@ -990,11 +1027,11 @@ class CaseStore:
                  ) -> dict[str, Any]:
         """Sign the case off as ``user`` (through ``client``, as in :meth:`reclassify`): from now on it is
         read-only. ``corrections_seen``: how many corrections the signer was shown, every row of the audit trail
-        (``case_document``'s ``corrections``, confirmations included: `wbc cases show` prints the number); if the case
-        has another number (a colleague relabelled a cell meanwhile), it is not signed off (:class:`CaseChangedError`),
-        checked in the sign-off's own transaction. A number that is the count of changed cells instead is refused
-        with what the option counts (before wbc 0.37.0 it was told the case had changed after it was shown). The
-        differentials as signed are kept with the case (:meth:`case_document`). Returns the case document."""
+        (``case_document``'s ``corrections``, confirmations included: `wbc cases show` prints the number, the review
+        page counts them); a case with another number is not signed off (:class:`CaseChangedError`, worded by
+        :func:`seen_mismatch`), checked in the sign-off's own transaction. No number is ever taken that the signer was
+        not shown: the refusal says to show the case again, never which number to give. The differentials as signed
+        are kept with the case (:meth:`case_document`). Returns the case document."""
         from wbc import __version__
 
         who = clean_user(user)
@@ -1004,19 +1041,13 @@ class CaseStore:
             if not s.scalar(select(func.count(CellRow.id)).where(CellRow.case_id == c.id)):
                 raise CaseError(f"case {c.name!r} has no cells to sign off")
             if corrections_seen is not None:
-                n = s.scalar(select(func.count(CorrectionRow.id)).where(CorrectionRow.case_id == c.id)) or 0
-                changed = s.scalar(select(func.count(CellRow.id)).where(
-                    CellRow.case_id == c.id, CellRow.label.is_not(None), CellRow.label != CellRow.model_label)) or 0
-                if n != corrections_seen and corrections_seen == changed:  # the changed cells counted, not the trail
-                    raise CaseChangedError(
-                        f"case {c.name!r} has {n} correction(s), confirmations included, and {changed} changed "
-                        f"cell(s): the corrections seen ({corrections_seen}) must count every correction of its audit "
-                        f"trail (`wbc cases show` prints the number); it was not signed off: check the case and give "
-                        f"{n} if it is as you saw it")
-                if n != corrections_seen:
-                    raise CaseChangedError(
-                        f"case {c.name!r} changed after it was shown for sign-off ({n} correction(s) now, "
-                        f"{corrections_seen} then); it was not signed off: reload it and check the differential again")
+                trail = s.execute(select(CorrectionRow.cell_id, CorrectionRow.old_label, CorrectionRow.new_label,
+                                         CorrectionRow.user, CorrectionRow.at)
+                                  .where(CorrectionRow.case_id == c.id).order_by(CorrectionRow.id)).all()
+                if len(trail) != corrections_seen:
+                    changed = s.scalar(select(func.count(CellRow.id)).where(
+                        CellRow.case_id == c.id, CellRow.label.is_not(None), CellRow.label != CellRow.model_label)) or 0
+                    raise CaseChangedError(seen_mismatch(c.name, trail, corrections_seen, changed))
             # the numbers the signer attests to, kept: a later wbc's counting rules never change what its reports print
             calls = s.execute(select(CellRow.label, CellRow.model_label).where(CellRow.case_id == c.id)).all()
             finals, models = [lab if lab is not None else m for lab, m in calls], [m for _, m in calls]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -286,14 +287,20 @@ def sign_off(
     corrections_seen: Annotated[int | None, typer.Option(
         "--corrections-seen", min=0, help="How many corrections you checked, confirmations included (`wbc cases "
         "show` prints the number to give): if the case has another number now (a colleague relabelled a cell "
-        "since), it is not signed off.")] = None,
+        "since), it is not signed off, and you are told to show it again, not which number to give.")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Sign the case off (as the review page does): its differential is kept as signed and the case is read-only.
 
     The cells nobody reviewed keep the model's calls. The audit trail records --user and the client "command line"."""
+    from wbc.cases.store import CaseChangedError
+
     s = open_store(store)
-    doc = s.sign_off(case, user, CLI_CLIENT, corrections_seen)
+    try:
+        doc = s.sign_off(case, user, CLI_CLIENT, corrections_seen)
+    except CaseChangedError as exc:  # the store's words name no command (the review page's user reads them too)
+        shown = f"`wbc cases show {shlex.quote(case)}`"
+        raise CaseChangedError(f"{exc} ({shown} prints it, and the number to give, on its last line)") from None
     say(f"case {doc['id']}: {doc['name']}: {_signed(doc)}")
     unseen = sum(c["model_review"] and not c["reviewed"] for c in doc["cells"])
     say(f"  {doc['n_cells']} cell(s): {doc['n_reviewed']} reviewed, {doc['n_changed']} changed"

@@ -253,7 +253,8 @@ ERROR_STATUSES: dict[int, str] = {
     405: "`method_not_allowed`: the path takes other methods (`Allow`)",
     408: "`body_timeout`: the request body stalled (less than 1 KiB in 30 s: `WBC_BODY_MIN_BYTES`, "
          "`WBC_BODY_TIMEOUT_S`)",
-    409: "`signed_off`: the case is read-only; `changed`: it changed after it was shown for sign-off, or a label's "
+    409: "`signed_off`: the case is read-only; `changed`: a sign-off's `corrections_seen` is not the case's number of "
+         "corrections, confirmations included (it changed after it was shown), or a label's "
          "`expected` is not the cell's call now (someone relabelled it since)",
     413: "`too_large` (also a form text field over 1 MiB), `too_many_pixels`, `too_many_files`",
     415: "`unsupported_media_type` (not multipart/form-data), `unreadable_image` / `no_readable_image` (not an image)",

@@ -58,10 +58,13 @@ class LabelIn(BaseModel):
 
 class SignOffIn(BaseModel):
     user: str = Field(..., max_length=120, examples=["A. Tech"])
-    #: how many corrections the signer's page showed (its ``corrections``, plus its own since); a case changed since
-    #: is not signed off (409 ``changed``). The review page always sends it; without it, no check.
+    #: how many corrections the signer's page showed (its ``corrections``, plus its own since), confirmations
+    #: included; a case with another number is not signed off (409 ``changed``). The review page always sends it;
+    #: without it, no check.
     corrections_seen: int | None = Field(None, ge=0, examples=[2], description=(
-        "How many corrections the signer's page showed; a case changed since is not signed off (409 `changed`). "
+        "How many corrections the signer was shown: every row of the case's `corrections`, a confirmation (the same "
+        "label) as much as a change, not the number of changed cells (`n_changed`). A case with another number "
+        "(changed since) is not signed off (409 `changed`, naming the corrections saved since): show it again. "
         "Omitted: no check."))
 
 
