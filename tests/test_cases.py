@@ -1584,6 +1584,29 @@ def test_export_says_where_each_label_came_from(store: CaseStore, fields, classi
     assert all(r["label"] == r["model_label"] for r in accepted)
 
 
+def test_an_export_records_its_store_without_credentials_or_the_user_s_folders(
+        store: CaseStore, fields, classifier, tmp_path: Path) -> None:  # noqa: F811
+    """The `store` column, which `wbc adapt` copies into the model it shares, kept a URL's user name and query: a
+    password given as ``?password=`` went out in clear in every row (and ``user:pass@`` left ``user:***``); a SQLite
+    store was recorded by its absolute path, the user's home folder with it (0.37.0 before release)."""
+    from types import SimpleNamespace
+
+    from wbc.cases.export import store_place
+    from wbc.cases.store import make_engine
+
+    for url in ("postgresql+psycopg://wbc:s3cret@db.lab:5433/wbc",
+                "postgresql+psycopg://db.lab:5433/wbc?user=wbc&password=s3cret&sslkey=/home/jdoe/.pg/key.pem"):
+        engine = make_engine(url)  # a real engine on the URL (nothing connects before a query)
+        assert store_place(SimpleNamespace(engine=engine)) == "postgresql+psycopg://db.lab:5433/wbc", url
+        engine.dispose()
+    cid = create_case_from_fields(store, "S-11", fields, classifier)
+    store.sign_off(cid, "Dr. B. Reviewer")
+    export_cases(store, tmp_path / "out", include_accepted=True)
+    rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
+    name = Path(store.engine.url.database).name
+    assert rows and {r["store"] for r in rows} == {name} and os.sep not in name, rows[0]["store"]
+
+
 def test_the_report_traces_the_case_to_its_images_and_software(store: CaseStore, classifier,  # noqa: F811
                                                                monkeypatch) -> None:
     """The case report named no field's file, no wbc version and no segmenter; the PDF also dropped the colour
@@ -2320,7 +2343,7 @@ def test_an_adapted_model_records_the_cases_it_learnt_from(store: CaseStore, fie
     assert export == json.loads((tmp_path / "report.json").read_text())["settings"]["export"]
     assert export["manifest_sha1"] == file_sha1(out / "manifest.csv")
     assert export["cases"] == [{"name": "S-A", "id": str(cid), "cells": summary.n_cells}]
-    assert export["stores"] == [str((Path(store.engine.url.database)).resolve())]
+    assert export["stores"] == [Path(store.engine.url.database).name]  # no folder of the user's (0.37.0)
     assert export["label_sources"] == {"reviewed": summary.n_cells - 2, ACCEPTED: 2}
     assert export["models"] == {doc["model_id"]: summary.n_cells}
     assert f"labels from case S-A (id {cid}, {summary.n_cells} cells)" in err

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import URL
+
 from wbc.cases.store import SPECIAL_LABELS, CaseError, CaseStore, safe_stem
 from wbc.data import MANIFEST_COLUMNS
 from wbc.evaluate.smears import SAME_CELL_IOU, box_iou
@@ -40,7 +42,8 @@ MARKER = ".wbc-cases-export"
 #: ``model_label`` and ``model_id``: the call `wbc analyze` made and the model that made it (since wbc 0.34.0), which
 #: `wbc adapt` scores as "before" (:func:`wbc.adapt.recorded_calls`): the crops keep the field's raw colours, and the
 #: original model scored on them is not the model the lab used.
-#: ``store``: the case store the cells came from (a SQLite store's file; another's URL without user or password),
+#: ``store``: the case store the cells came from (a SQLite store's file name; another's URL with only its driver, host,
+#: port and database: no user, password or query, :func:`store_place`),
 #: which `wbc adapt` records in the adapted model with the cases and the manifest's SHA-1 (since wbc 0.37.0).
 EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "model_id", "changed", "label_source", "reviewer",
                  "signed_by", "store")
@@ -203,12 +206,15 @@ def export_cases(
 
 
 def store_place(store: CaseStore) -> str:
-    """Where ``store`` is, as an export records it (the ``store`` column): a SQLite store's file, else its URL without
-    user or password (an export is shared; the credentials are not its to pass on)."""
+    """Where ``store`` is, as an export records it (the ``store`` column, which `wbc adapt` copies into the model it
+    shares): a SQLite store's file name alone (no folder: a user's home path is not the export's to pass on), else
+    its URL rebuilt from the driver, host, port and database alone, so that no user name, password or query parameter
+    (``?user=``, ``?password=``, ``sslkey=``) goes with it. Before wbc 0.37.0's release the file's absolute path was
+    recorded, and the URL kept its user name and its query, a password given there included."""
     u = store.engine.url
     if u.get_backend_name() == "sqlite":
-        return str(Path(u.database).resolve()) if u.database and u.database != ":memory:" else store.display_url
-    return u.set(username=None, password=None).render_as_string(hide_password=True)
+        return Path(u.database).name if u.database and u.database != ":memory:" else "sqlite (in memory)"
+    return URL.create(u.drivername, host=u.host, port=u.port, database=u.database).render_as_string()
 
 
 @dataclass
