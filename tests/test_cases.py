@@ -2293,7 +2293,7 @@ def test_wbc_evaluate_on_an_export_shows_the_recorded_calls_score(store: CaseSto
         m = json.loads((out / "metrics.json").read_text())
         rec = m["recorded_calls"]
         assert (rec["n"], rec["right"], rec["by_model"]) == (len(rows), right, {doc["model_id"]: len(rows)}), rec
-        said = f"were right {right} of {len(rows)}"
+        said = f"were right {right} of the {len(rows)} a person reviewed"
         assert said in " ".join(res.output.split()) and said in m["caution"] and "raw colours" in m["caution"]
         assert said in (out / "report.html").read_text()
     res = runner.invoke(app, ["evaluate", str(tmp_path / "export"), "--compare", str(model_path), str(model_path),
@@ -2307,6 +2307,45 @@ def test_wbc_evaluate_on_an_export_shows_the_recorded_calls_score(store: CaseSto
                               str(tmp_path / "plain")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["recorded_calls"] is None
+
+
+def test_wbc_evaluate_scores_the_recorded_calls_on_reviewed_cells_only(store: CaseStore, fields, classifier,  # noqa: F811
+                                                                       model_path: Path,  # noqa: F811
+                                                                       tmp_path: Path) -> None:
+    """`wbc evaluate` on an export `--include-accepted` counted the model's own calls accepted at sign-off (the label
+    by construction) as right recorded calls, and on a `--changed-only` export said "right 0 of N (0.0 %): that is
+    how the lab's cells were answered" (0.37.0 before release). The score now counts the reviewed cells only, the
+    accepted ones apart, and a changed-only export is said to be wrong by its choice of cells."""
+    from typer.testing import CliRunner
+
+    from wbc.cli import app
+
+    cid = create_case_from_fields(store, "S", fields, classifier)
+    doc = store.case_document(cid)
+    first, *rest = doc["cells"]
+    assert len(rest) >= 3
+    store.reclassify(cid, first["id"], other_label(doc, first), "tech")  # the model was wrong on one cell
+    for cell in rest[:-2]:
+        store.reclassify(cid, cell["id"], cell["model_label"], "tech")  # the last two nobody opens
+    store.sign_off(cid, "Dr. E")
+    runner = CliRunner()
+    said = {}
+    for kind, kw in (("accepted", {"include_accepted": True}), ("changed", {"changed_only": True})):
+        export_cases(store, tmp_path / kind, **kw)
+        out = tmp_path / f"ev_{kind}"
+        res = runner.invoke(app, ["evaluate", str(tmp_path / kind), "--model", str(model_path), "--output", str(out)])
+        assert res.exit_code == 0, res.output
+        said[kind] = (json.loads((out / "metrics.json").read_text())["recorded_calls"], " ".join(res.output.split()))
+    rec, text = said["accepted"]
+    reviewed = len(doc["cells"]) - 2
+    assert (rec["n"], rec["right"]) == (reviewed, reviewed - 1), rec  # the two accepted calls are not counted right
+    assert (rec["accepted"], rec["n_cells"]) == (2, len(doc["cells"])), rec
+    assert f"were right {reviewed - 1} of the {reviewed} a person reviewed" in text, text
+    assert "the other 2 cell(s) are the model's own calls accepted at sign-off" in text, text
+    rec, text = said["changed"]
+    assert (rec["n"], rec["right"], rec["accepted"], rec["all_changed"]) == (1, 0, 0, True), rec
+    assert "wrong on each by that choice of cells" in text and "that is how" not in text.lower(), text
+    assert "compare an adapted model with the recorded calls" not in text, text
 
 
 def test_an_adapted_model_records_the_cases_it_learnt_from(store: CaseStore, fields, classifier, tmp_path: Path,  # noqa: F811

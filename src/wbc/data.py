@@ -231,6 +231,11 @@ def read_manifest_rows(
     return out
 
 
+#: The ``label_source`` of a `wbc cases export` row whose label is the model's own call, accepted when the case was
+#: signed off without anyone opening the cell (``wbc cases export --include-accepted``; ``wbc.cases.export.ACCEPTED``).
+ACCEPTED_AT_SIGN_OFF = "accepted_at_sign_off"
+
+
 @dataclass
 class RecordedCalls:
     """The calls the model made on labelled cells when `wbc analyze` answered them (a `wbc cases export`'s

@@ -32,7 +32,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from wbc.cases.store import SPECIAL_LABELS, CaseError, CaseStore, safe_stem
-from wbc.data import MANIFEST_COLUMNS
+from wbc.data import ACCEPTED_AT_SIGN_OFF, MANIFEST_COLUMNS
 from wbc.evaluate.smears import SAME_CELL_IOU, box_iou
 from wbc.formats import neutralise
 from wbc.io import output_target
@@ -50,7 +50,7 @@ EXTRA_COLUMNS = ("case", "case_id", "cell_id", "model_label", "model_id", "chang
 #: ``label_source``: a person reviewed the cell (confirmed or changed its call; ``reviewer`` names them) ...
 REVIEWED = "reviewed"
 #: ... or nobody opened it and the model's call was accepted when the case was signed off (``include_accepted``).
-ACCEPTED = "accepted_at_sign_off"
+ACCEPTED = ACCEPTED_AT_SIGN_OFF
 
 
 @dataclass

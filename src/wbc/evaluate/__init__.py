@@ -365,8 +365,8 @@ def provenance(ed: EvalData, classifier: Classifier) -> dict[str, Any]:
 
 def recorded_calls_score(ed: EvalData, samples: Sequence[Sample], root: Path | None = None) -> dict[str, Any] | None:
     """How often the calls `wbc analyze` recorded for ``samples`` were right, when ``ed`` is a `wbc cases export` (its
-    folder or its ``manifest.csv``, whose ``model_label`` and ``model_id`` say what the lab got: :func:`wbc.data.
-    recorded_calls`); None for any other data, or cells without a recorded call.
+    ``model_label`` column, as `wbc adapt` scores its "before" on an export, :func:`wbc.data.recorded_calls`); None for
+    any other data, or cells without a recorded call.
 
     Those calls were made in the cells' fields, each field's colours calibrated on its red cells and its cytoplasm
     colours weighed; the exported crops keep the field's raw colours, so a model scored on them here (the shipped one
@@ -375,39 +375,64 @@ def recorded_calls_score(ed: EvalData, samples: Sequence[Sample], root: Path | N
     from its field's recorded colours and answered as `wbc analyze` answers (platelet left out, four views): the rest
     is the field's cytoplasm evidence (lymphocyte against erythroblast), which a crop cannot give. `wbc adapt` scores
     its "before" on these calls (since wbc 0.34.0); `wbc evaluate` showed only the crops' score before wbc 0.37.0, and
-    an adapted model looked 27 points better than the shipped one where both made the same calls in use."""
+    an adapted model looked 27 points better than the shipped one where both made the same calls in use.
+
+    ``n``, ``right``, ``accuracy`` and ``ci`` count only the cells a person reviewed: a cell whose label is the model's
+    own call accepted at sign-off (``label_source`` ``accepted_at_sign_off``, `wbc cases export --include-accepted`)
+    is right by construction, so it is counted apart (``accepted``; ``n_cells``, every cell scored). ``all_changed``:
+    every reviewed cell's call was changed by its reviewer (as `wbc cases export --changed-only` exports only), so the
+    recorded calls are wrong on each by that choice of cells. Before wbc 0.37.0's release the accepted calls counted as
+    right and a changed-only export read "right 0 %", each called how the lab's cells were answered."""
     from wbc.counts import clopper_pearson
-    from wbc.data import recorded_calls
+    from wbc.data import ACCEPTED_AT_SIGN_OFF, recorded_calls
 
     if not samples:
         return None
     calls = recorded_calls(ed.source, [s.path for s in samples], root if ed.is_manifest else None)
     if calls is None:
         return None
-    right = sum(c == s.label for c, s in zip(calls.labels, samples, strict=True))
-    n = len(samples)
-    lo, hi = clopper_pearson(right, n)
-    return {"n": n, "right": right, "accuracy": right / n, "ci": [lo, hi], "by_model": calls.by_model(),
+    sources = calls.label_sources or [""] * len(samples)
+    hits = [c == s.label for c, s, src in zip(calls.labels, samples, sources, strict=True)
+            if src != ACCEPTED_AT_SIGN_OFF]
+    right, n = sum(hits), len(hits)
+    ci = list(clopper_pearson(right, n)) if n else None
+    return {"n": n, "right": right, "accuracy": right / n if n else None, "ci": ci,
+            "accepted": len(samples) - n, "n_cells": len(samples), "all_changed": bool(n) and right == 0,
+            "by_model": calls.by_model(),
             "from": "the calls `wbc analyze` recorded in the cases (manifest.csv's model_label), made in the fields "
-                    "with their colours calibrated"}
+                    "with their colours calibrated; the cells a person reviewed only (label_source reviewed)"}
 
 
 def recorded_calls_text(recorded: Mapping[str, Any]) -> str:
-    """The sentence `wbc evaluate` and its report give for an export's recorded calls (:func:`recorded_calls_score`).
+    """The sentence `wbc evaluate` and its report give for an export's recorded calls (:func:`recorded_calls_score`),
+    for the cells exported: the score over the reviewed cells, the accepted calls counted apart, and no comparison
+    advised where the cells were chosen as changed.
 
-    >>> recorded_calls_text({"n": 15, "right": 13, "accuracy": 13 / 15, "by_model": {"m1": 15}})[:70]
-    'The calls `wbc analyze` recorded for these cells (by m1) were right 13'
+    >>> recorded_calls_text({"n": 15, "right": 13, "accuracy": 13 / 15, "by_model": {"m1": 15}})[:80]
+    'The calls `wbc analyze` recorded for these cells (by m1) were right 13 of the 15'
     """
     models = [m for m in recorded["by_model"] if m]
     by = (f" (by {models[0]})" if len(recorded["by_model"]) == 1 and models else
           " (by " + ", ".join(f"{m or 'a model not recorded'}: {k}" for m, k in recorded["by_model"].items()) + ")")
-    return (f"The calls `wbc analyze` recorded for these cells{by} were right {recorded['right']} of {recorded['n']} "
-            f"({100 * recorded['accuracy']:.1f} %): that is how the lab's cells were answered, in their fields with "
-            "each field's colours calibrated on its red cells. A model scored here reads the exported crops in their "
-            "fields' raw colours, without that calibration or the field's cytoplasm evidence, so a model that "
-            "`wbc analyze` runs with calibration (the shipped one) is not scored here as it answered in use, and "
-            "mostly scores lower: compare an adapted model with the recorded calls, not with the original model's "
-            "score on the crops.")
+    n, accepted = recorded["n"], recorded.get("accepted", 0)
+    apart = (f"{accepted} cell(s) are the model's own calls accepted at sign-off unopened (`wbc cases export "
+             "--include-accepted`), the label by construction, so they are left out of the recorded calls' score")
+    if not n:
+        return f"No cell here was reviewed: {apart}, which has no cell to count."
+    text = (f"The calls `wbc analyze` recorded for these cells{by} were right {recorded['right']} of the {n} a person "
+            f"reviewed ({100 * recorded['accuracy']:.1f} %)" + (f"; the other {apart}" if accepted else "") + ". ")
+    if recorded.get("all_changed"):
+        return text + ("Every one of those was changed by its reviewer (as `wbc cases export --changed-only` exports "
+                       "only), so the recorded calls are wrong on each by that choice of cells: this is no measure of "
+                       "how the lab's cells were answered, and no bar for another model; an export of every reviewed "
+                       "cell gives one.")
+    text += ("That is how these exported cells were answered in use, in their fields with each field's colours "
+             "calibrated on its red cells; the export holds the cells chosen for it (the reviewed ones by default), "
+             "not every cell of the cases. A model scored here reads the exported crops in their fields' raw colours, "
+             "without that calibration or the field's cytoplasm evidence, so a model that `wbc analyze` runs with "
+             "calibration (the shipped one) is not scored here as it answered in use, and mostly scores lower")
+    return text + (": compare an adapted model with the recorded calls, not with the original model's score on the "
+                   "crops.")
 
 
 def caution_for(ed: EvalData, classifier: Classifier) -> str:
