@@ -2390,3 +2390,53 @@ def test_an_adapted_model_records_the_cases_it_learnt_from(store: CaseStore, fie
     from wbc.cli.adapt import ACCEPTED as CLI_ACCEPTED  # the CLI's copy of the label source (no SQLAlchemy import)
 
     assert CLI_ACCEPTED == ACCEPTED
+
+
+def test_wbc_evaluate_says_a_model_scored_on_the_export_it_was_adapted_on_is_in_sample(
+        store: CaseStore, fields, classifier, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: F811
+    """`wbc evaluate EXPORT --model ADAPTED`, ADAPTED adapted on that very export, got the caution of any other
+    manifest ("nothing shows that this split was made by the run that trained this model ... held out, if at all, only
+    for the model that run trained") and the note advised comparing it with the recorded calls, though every cell
+    scored trained it (0.37.0 before release). The model records the manifest's SHA-1 it learnt from: the terminal,
+    metrics.json, the report and a comparison now say the score is in-sample. The shipped model on the same export is
+    cautioned as on a manifest without splits, not as on a run's split."""
+    from wbc.cli import main
+    from wbc.io import file_sha1
+    from wbc.paths import DEFAULT_MODEL
+
+    if Path(classifier.path).resolve() != DEFAULT_MODEL.resolve():
+        pytest.skip("the shipped model is needed (the test fields' cases are adapted with --method head)")
+    cid = create_case_from_fields(store, "S-A", fields, classifier)
+    for cell in store.case_document(cid)["cells"]:
+        store.reclassify(cid, cell["id"], cell["model_label"], "A. Tech")
+    store.sign_off(cid, "Dr. E")
+    out = tmp_path / "export"
+    export_cases(store, out)
+
+    def wbc_cli(*args: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["wbc", *args])
+        with pytest.raises(SystemExit) as done:
+            main()
+        said = " ".join(capsys.readouterr().err.split())
+        assert done.value.code == 0, said
+        return said
+
+    wbc_cli("adapt", "--data", str(out), "--output", str(tmp_path / "lab.onnx"), "--method", "head")
+    said = wbc_cli("evaluate", str(out / "manifest.csv"), "--model", str(tmp_path / "lab.onnx"), "--output",
+                   str(tmp_path / "ev_lab"), "--bootstrap", "100")
+    assert "was adapted (`wbc adapt`) on this very manifest" in said and "in-sample" in said, said
+    m = json.loads((tmp_path / "ev_lab" / "metrics.json").read_text())
+    assert m["adapted_on"] == file_sha1(out / "manifest.csv"), m.get("adapted_on")
+    assert "compare an adapted model with the recorded calls" not in said, said
+    for text in (m["caution"], " ".join((tmp_path / "ev_lab" / "report.html").read_text().split())):
+        assert "this model was adapted (`wbc adapt`) on these very cells" in text and "this split" not in text, text
+    said = wbc_cli("evaluate", str(out), "--compare", str(classifier.path), str(tmp_path / "lab.onnx"), "--output",
+                   str(tmp_path / "cmp"))
+    cmp = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert not cmp["adapted_on"]["a"] and cmp["adapted_on"]["b"] == m["adapted_on"], cmp["adapted_on"]
+    assert "adapted (`wbc adapt`) on these very cells" in cmp["caution"]["b"], cmp["caution"]
+    assert "adapted (`wbc adapt`)" not in cmp["caution"]["a"], cmp["caution"]  # the folder's caution
+    assert "compare an adapted model with the recorded calls" not in said, said
+    wbc_cli("evaluate", str(out / "manifest.csv"), "--output", str(tmp_path / "ev_shipped"), "--bootstrap", "100")
+    caution = json.loads((tmp_path / "ev_shipped" / "metrics.json").read_text())["caution"]
+    assert "names no splits" in caution and "this split" not in caution and "adapted on" not in caution, caution

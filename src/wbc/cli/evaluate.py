@@ -157,7 +157,8 @@ def evaluate(
             if text:
                 warn(f"model {who.upper()} ({res[f'model_{who}']['path']}): {text}", "note:")
         if res["recorded_calls"]:  # a `wbc cases export`: how the lab's cells were answered in use
-            warn(f"{ed.source}: {recorded_calls_text(res['recorded_calls'])}", "note:")
+            warn(f"{ed.source}: {recorded_calls_text(res['recorded_calls'], any(res['adapted_on'].values()))}",
+                 "note:")
         if res["not_scored"]:
             warn(f"{sum(res['not_scored'].values())} cells with labels that the two models do not both answer among "
                  f"(not scored): {res['not_scored']}; --map OLD=CLASS names them", "note:")
@@ -192,8 +193,12 @@ def evaluate(
         f"{m['n']} cells scored with {m['model_id']}: accuracy {m['accuracy']:.4f} "
         f"[{ci[0]:.4f}, {ci[1]:.4f}]  macro-F1 {m['macro_f1']:.4f}  "
         f"ECE {m['ece']['raw']:.4f} -> {m['ece']['calibrated']:.4f}")
+    if m.get("adapted_on"):  # the export the model learnt from (since wbc 0.37.0's release: before, no word)
+        warn(f"{ed.source}: {m['model_id']} was adapted (`wbc adapt`) on this very manifest (SHA-1 "
+             f"{m['adapted_on'][:12]}): every cell scored trained it, so these numbers are in-sample, not how it "
+             "answers other cells (its held-out check, or cells of other cases, say that)")
     if recorded := m.get("recorded_calls"):  # a `wbc cases export`: how the lab's cells were answered in use
-        warn(f"{ed.source}: {recorded_calls_text(recorded)}", "note:")
+        warn(f"{ed.source}: {recorded_calls_text(recorded, bool(m.get('adapted_on')))}", "note:")
     if m["unknown_labels"]["count"]:
         outside = "outside the classes chosen with --classes" if m["classes_chosen"] else "the model does not know"
         warn(f"{m['unknown_labels']['count']} cells with labels {outside} (not scored): "

@@ -24,7 +24,7 @@ import numpy as np
 
 from wbc.data import Sample, load_dataset, manifest_hash, read_manifest, scan_folder, split_hash
 from wbc.errors import WbcError
-from wbc.io import atomic_write_json, atomic_write_text, check_output_file, files_under, is_image_file
+from wbc.io import atomic_write_json, atomic_write_text, check_output_file, file_sha1, files_under, is_image_file
 from wbc.labels import canonical_label
 from wbc.paths import data_root as default_data_root
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EvalData",
+    "adapted_on",
     "caution_for",
     "dedupe_rows",
     "evaluate",
@@ -344,12 +345,33 @@ def is_own_run(manifest: Path, classifier: Classifier) -> bool:
     return any((run / name).is_file() for name in ("best.pt", "ensemble.pt"))
 
 
+def adapted_on(ed: EvalData, classifier: Classifier) -> str:
+    """The SHA-1 of ``ed``'s manifest (a CSV, or a folder's ``manifest.csv``: a `wbc cases export`) when `wbc adapt`
+    adapted ``classifier`` on that very manifest (``extra["adapt"]["settings"]["export"]["manifest_sha1"]``, recorded
+    since wbc 0.37.0), else "": every one of its cells then trained the model (both methods fit the exported model on
+    all cells), and its score is in-sample. Before wbc 0.37.0's release such a score got the caution of any other
+    manifest, and the note invited comparing it with the recorded calls."""
+    adapt = classifier.info.extra.get("adapt")
+    settings = adapt.get("settings") if isinstance(adapt, dict) else None
+    export = settings.get("export") if isinstance(settings, dict) else None
+    learnt = export.get("manifest_sha1") if isinstance(export, dict) else None
+    if not isinstance(learnt, str) or not learnt:
+        return ""
+    csv_path = ed.source if ed.source.suffix.lower() == ".csv" else ed.source / "manifest.csv"
+    try:
+        return learnt if csv_path.is_file() and file_sha1(csv_path) == learnt else ""
+    except OSError:
+        return ""
+
+
 def provenance(ed: EvalData, classifier: Classifier) -> dict[str, Any]:
     """What ``ed``'s cells may have done for ``classifier``, as ``metrics.json`` records it and
     :func:`wbc.evaluate.report.caution_text` reads it: a folder's cells may have trained it, a run's own test rows are
-    held out from it (:func:`is_own_run`), its train and val rows trained and calibrated it."""
+    held out from it (:func:`is_own_run`), its train and val rows trained and calibrated it, and the cells of the
+    export it was adapted on trained it (``adapted_on``, :func:`adapted_on`)."""
     own_run = ed.is_manifest and is_own_run(ed.source, classifier)
     row_splits = dict(sorted(Counter(s.split for s in ed.samples).items())) if ed.is_manifest else {}
+    adapted = adapted_on(ed, classifier)
     return {
         "model_path": str(classifier.path),
         "data_kind": "manifest" if ed.is_manifest else "folder",
@@ -359,7 +381,11 @@ def provenance(ed: EvalData, classifier: Classifier) -> dict[str, Any]:
         "row_splits": row_splits,  # manifest rows evaluated, by their split
         "held_out": own_run and set(row_splits) == {"test"},
         # what the run's own train/val rows did for this model ("" when none is scored)
-        "in_sample": in_sample_note(row_splits, any(s.fold >= 0 for s in ed.samples)) if own_run else "",
+        "in_sample": (in_sample_note(row_splits, any(s.fold >= 0 for s in ed.samples)) if own_run else
+                      f"the model was adapted (`wbc adapt`) on these very cells (manifest SHA-1 {adapted[:12]})"
+                      if adapted else ""),
+        # the SHA-1 of the manifest the model was adapted on, when it is the one scored ("" else)
+        "adapted_on": adapted,
     }
 
 
@@ -403,10 +429,10 @@ def recorded_calls_score(ed: EvalData, samples: Sequence[Sample], root: Path | N
                     "with their colours calibrated; the cells a person reviewed only (label_source reviewed)"}
 
 
-def recorded_calls_text(recorded: Mapping[str, Any]) -> str:
+def recorded_calls_text(recorded: Mapping[str, Any], adapted_here: bool = False) -> str:
     """The sentence `wbc evaluate` and its report give for an export's recorded calls (:func:`recorded_calls_score`),
     for the cells exported: the score over the reviewed cells, the accepted calls counted apart, and no comparison
-    advised where the cells were chosen as changed.
+    advised where the cells were chosen as changed, or where a model scored was adapted on them (``adapted_here``).
 
     >>> recorded_calls_text({"n": 15, "right": 13, "accuracy": 13 / 15, "by_model": {"m1": 15}})[:80]
     'The calls `wbc analyze` recorded for these cells (by m1) were right 13 of the 15'
@@ -431,6 +457,10 @@ def recorded_calls_text(recorded: Mapping[str, Any]) -> str:
              "not every cell of the cases. A model scored here reads the exported crops in their fields' raw colours, "
              "without that calibration or the field's cytoplasm evidence, so a model that `wbc analyze` runs with "
              "calibration (the shipped one) is not scored here as it answered in use, and mostly scores lower")
+    if adapted_here:
+        return text + (". A model adapted on these very cells is scored on what it learnt: no comparison of it "
+                       "with the recorded calls says how it answers other cells (its held-out check does, or cells of "
+                       "other cases).")
     return text + (": compare an adapted model with the recorded calls, not with the original model's score on the "
                    "crops.")
 

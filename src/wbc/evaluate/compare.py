@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wbc.errors import WbcError
-from wbc.evaluate import EvalData, caution_for, classify_samples, recorded_calls_score, recorded_calls_text, root_hint
+from wbc.evaluate import (
+    EvalData,
+    adapted_on,
+    caution_for,
+    classify_samples,
+    recorded_calls_score,
+    recorded_calls_text,
+    root_hint,
+)
 from wbc.io import atomic_write_csv, atomic_write_json, atomic_write_text, check_output_file
 
 if TYPE_CHECKING:
@@ -165,6 +173,8 @@ def compare(
         "repeated": [list(e) for e in data.repeated],
         # each model's caution, as `wbc evaluate` gives it alone (None: a run's own model on its own test rows)
         "caution": {"a": caution_for(data, clf_a) or None, "b": caution_for(data, clf_b) or None},
+        # the SHA-1 of the manifest scored, for a model `wbc adapt` adapted on it ("" else: wbc.evaluate.adapted_on)
+        "adapted_on": {"a": adapted_on(data, clf_a), "b": adapted_on(data, clf_b)},
         # a `wbc cases export`: how the lab's cells were answered in use (since wbc 0.37.0)
         "recorded_calls": recorded_calls_score(data, [sa.samples[i] for i in ia], root),
     }
@@ -211,7 +221,8 @@ def compare(
         figure=fig_to_data_uri(fig),
         left_out=left_out_text(result),
         cautions=[(k.upper(), text) for k, text in result["caution"].items() if text]
-        + ([("The cells' recorded calls", recorded_calls_text(result["recorded_calls"]))]
+        + ([("The cells' recorded calls", recorded_calls_text(result["recorded_calls"],
+                                                               any(result["adapted_on"].values())))]
            if result["recorded_calls"] else []),
         inflated=inflated_text(result["caution"]),
         unreadable=[msg for _, msg in result["unreadable"][:50]],

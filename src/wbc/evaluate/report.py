@@ -262,17 +262,26 @@ def caution_text(metrics: Mapping[str, Any]) -> str:
     """
     text = _caution_text(metrics)
     if recorded := metrics.get("recorded_calls"):  # a `wbc cases export` (since wbc 0.37.0)
-        return f"{text} {recorded_calls_text(recorded)}".strip()
+        return f"{text} {recorded_calls_text(recorded, bool(metrics.get('adapted_on')))}".strip()
     return text
 
 
 def _caution_text(metrics: Mapping[str, Any]) -> str:
     """:func:`caution_text` of the data's provenance alone."""
+    if metrics.get("adapted_on"):  # the export `wbc adapt` learnt from (wbc.evaluate.adapted_on; 0.37.0)
+        return ("Caution: this model was adapted (`wbc adapt`) on these very cells: the manifest scored is the one it "
+                f"learnt from (SHA-1 {str(metrics['adapted_on'])[:12]}), and every one of its cells trained it, so "
+                "the numbers above are in-sample and too optimistic. Its held-out check (`wbc adapt`'s output, the "
+                "model's metrics) estimates how it answers other cells; so do cells of other cases.")
     if metrics.get("data_kind") == "folder":
         return ("Caution: if any of these images were used to train the model, the numbers above are too optimistic. "
                 "Evaluate on a run's manifest (its test split) for an unbiased estimate.")
     if metrics.get("data_kind") != "manifest":
         return ""
+    if not metrics.get("own_run") and set(metrics.get("row_splits") or ()) == {""}:  # no split: no run's
+        return ("Caution: this manifest names no splits (a lab's list of cells or a `wbc cases export`, not a "
+                "training run's split), and nothing shows whether its cells trained or calibrated this model; if any "
+                "did, the numbers above are too optimistic.")
     if not metrics.get("own_run"):
         return ("Caution: nothing shows that this split was made by the run that trained this model (it may be another "
                 f"run's, or a lab's own), so {_foreign_rows(metrics)}; if any of these images were used to train or "
