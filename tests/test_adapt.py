@@ -1158,6 +1158,34 @@ def test_one_folder_by_a_relative_or_an_absolute_path_gives_one_model_id(tmp_pat
     assert "skipped" not in ids["abs"][0].extra["adapt"]  # paths as typed: the report JSON lists them
 
 
+def test_the_docs_say_the_folder_s_name_is_part_of_an_adapted_model_s_id(tmp_path: Path) -> None:
+    """docs/generalisation.md said of an export's provenance "None of it is part of the model's id: the same cells and
+    labels give the same adaptation", yet the same cells in a folder of another name give another id: the folder's
+    name names the lab's OOD reference (`adapt:<name>`), which the id hashes (0.37.0 before release). The docs now
+    say so; this checks them against the code."""
+    import shutil
+
+    from wbc.adapt import adapt_model
+    from wbc.paths import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("the shipped model (which has an OOD reference) is needed")
+    model_path = DEFAULT_MODEL
+    lab = write_lab_folder(tmp_path / "export", n_per_class=6, seed=1)
+    shutil.copytree(lab, tmp_path / "export_b")
+    infos = {}
+    for name, data in (("a", lab), ("b", tmp_path / "export_b")):
+        adapt_model(model_path, data, tmp_path / f"{name}.onnx", views=1, tta=1)
+        infos[name] = load_model(tmp_path / f"{name}.onnx").info
+    assert infos["a"].model_id != infos["b"].model_id  # the same cells (a path alone changes no id: test above)
+    assert {r["name"] for r in infos["b"].ood["references"]} - {r["name"] for r in infos["a"].ood["references"]} == {
+        "adapt:export_b"}
+    docs = " ".join((Path(__file__).parent.parent / "docs" / "generalisation.md").read_text().split())
+    assert "the same cells and labels give the same adaptation" not in docs
+    assert "the same export copied into a folder of another name gives another id" in docs
+    assert "the same cells in a folder of another name give another id" in docs
+
+
 def test_the_framing_reason_shows_the_margin_each_framing_had_to_clear(monkeypatch) -> None:
     """"framing lab (1.622; band 1.584; all 1.665)" (25 PBC test cells, seed 2, --classes 5part; wbc 0.33.0) read as
     if the highest score had lost: "all" must beat the model's own framing by 0.1, the lab's magnification by 0.03,

@@ -129,18 +129,21 @@ def adaptation_hash(info: ModelInfo, weights: bytes = b"") -> str:
     stain mapping, what was done on which cells, ...) and of its network's ``weights`` when they changed. Each
     adaptation's model id carries it (``BASE+adapt-1a2b3c4d``), so two adapted models never share an id (analysis
     results, reports and case stores name the model by its id, and a resumed `wbc analyze` redoes a field made by
-    another model), and the same adaptation (same cells, settings and seed) gives the same id."""
+    another model), and the same adaptation (same cells, settings and seed, read from a folder of the same name)
+    gives the same id: the folder's path is left out, its name is not (it names the lab's OOD reference,
+    ``adapt:<folder name>``, in ``info.ood``)."""
     import hashlib
 
     adapt = info.extra.get("adapt") if isinstance(info.extra, dict) else None
-    if isinstance(adapt, dict):  # where the cells were read from is no part of the adaptation (:data:`UNHASHED`)
+    if isinstance(adapt, dict):  # the path the cells were read from is no part of the adaptation (:data:`UNHASHED`)
         adapt = {k: v for k, v in adapt.items() if k not in UNHASHED}
         unlabelled = (adapt.get("settings") or {}).get("unlabelled")
         if isinstance(unlabelled, dict):
             adapt["settings"] = {**adapt["settings"], "unlabelled": {k: v for k, v in unlabelled.items()
                                                                      if k not in UNHASHED}}
         if isinstance(adapt.get("settings"), dict) and "export" in adapt["settings"]:  # the cells' provenance: the
-            # same cells and labels exported from another case or store give the same adaptation (since wbc 0.37.0)
+            # same cells and labels exported from another case or store give the same adaptation (since wbc 0.37.0;
+            # the export folder's name still counts, as the OOD reference's name)
             adapt["settings"] = {k: v for k, v in adapt["settings"].items() if k != "export"}
         info = replace(info, extra={**info.extra, "adapt": adapt})
     digest = hashlib.sha1(replace(info, model_id="").to_json().encode())
