@@ -136,6 +136,19 @@ def test_no_doc_says_a_smear_cell_is_never_a_platelet() -> None:
                "its reason naming platelet" in text
 
 
+def test_the_smear_docs_name_what_post_analyze_answers() -> None:
+    """docs/smear_analysis.md said three times that the JSON's `settings`, `sha1` and `wbc_version` are "not in `POST
+    /analyze`'s answer", which gives them since wbc 0.37.0 (`wbc.batch.stamped`; the answer's schema, AnalyzeBody)."""
+    pytest.importorskip("fastapi")
+    from wbc.serve.app import AnalyzeBody
+
+    smears = " ".join((Path(__file__).resolve().parents[1] / "docs" / "smear_analysis.md").read_text().split())
+    answered = {"settings", "sha1", "wbc_version"}
+    assert answered <= set(AnalyzeBody.model_fields), sorted(AnalyzeBody.model_fields)
+    assert "not in `POST /analyze`'s answer" not in smears
+    assert smears.count("in `POST /analyze`'s answer too") == len(answered)
+
+
 def test_the_report_of_a_run_whose_every_file_failed_says_no_field_could_be_read(clf, tmp_path: Path) -> None:
     """A folder of truncated transfers: report.html opened with "No WBC was found." and a differential of dashes, a
     result for a slide of which nothing was analysed; the failed files came last (wbc 0.32.0)."""
