@@ -210,6 +210,30 @@ def test_sigterm_stops_a_ray_run_quietly(tiny_model: Path, fields: Path, referen
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
+@needs_ray
+def test_a_caller_s_own_sigterm_handler_stays_in_place_after_joining_ray() -> None:
+    """A program calling the Ray engine with its own SIGTERM handler (a job runner's graceful stop) had it replaced by
+    Ray's: on SIGTERM the caller's handler never ran, the process printed Ray's C++ stack dump and exited 15 (wbc
+    0.37.0 in progress, whose comment said the handler was left alone). `connect` now puts it back."""
+    code = """if True:
+        import os, signal, sys, time
+        def mine(signum, frame):
+            print("caller's handler ran", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, mine)
+        from wbc.distributed import connect
+        connect(None, num_cpus=1)
+        print("handler kept:", signal.getsignal(signal.SIGTERM) is mine, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        print("no handler ran", flush=True)
+    """
+    p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=240)
+    text = p.stdout + p.stderr
+    assert "handler kept: True" in text and "caller's handler ran" in text, text[-3000:]
+    assert p.returncode == 0 and "SIGTERM received" not in text, text[-3000:]
+
+
 def test_engine_ray_without_ray_names_the_extra(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['ray'] = None; from wbc.cli import main; "
             f"sys.argv = ['wbc', 'analyze', {str(tmp_path)!r}, '--engine', 'ray']; main()")

@@ -114,7 +114,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Join the cluster at ``address`` (``"auto"``: the one ``ray start`` runs here), or start a local Ray
     runtime when ``address`` is None, also where Ray would find a cluster itself (``RAY_ADDRESS``, the file a
     ``ray start`` here leaves): before wbc 0.32.0 Ray then refused ``num_cpus`` and the run stopped. Returns the
-    ``ray`` module. A driver already connected stays so."""
+    ``ray`` module. A driver already connected stays so. The SIGTERM handler in place before (in the main thread) is
+    the one after, Python's default made :func:`wbc.runtime.raise_exit` (status 143, no C++ stack dump): ray.init
+    replaced a caller's own before wbc 0.37.0."""
     check_address(address)
     ray = import_ray()
     if not ray.is_initialized():
@@ -126,9 +128,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
                                   "log_to_driver": False, "configure_logging": True}
         if address is None:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
-        # a caller's own handler (or a thread other than the main one, where Python sets none) is left alone
-        quiet_term = (threading.current_thread() is threading.main_thread()
-                      and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        # ray.init replaces the SIGTERM handler in place (abseil's C-level failure handler, then Ray's own Python one):
+        # the one before it is put back after, the caller's own (a job runner's graceful stop) as it was, Python's
+        # default as raise_exit (below); in a thread other than the main one Python can set none, and none is saved
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.getsignal(signal.SIGTERM) if main else None
         for attempt in range(3):  # Ray gives a new local node 30 s to start: too few on a loaded machine
             try:
                 ray.init(address=address or "local", **kwargs)  # "local": never a cluster Ray finds by itself
@@ -139,11 +143,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
                 if "timed out during startup" not in str(exc) or attempt == 2:
                     raise WbcError(f"the Ray runtime did not start: {exc}") from None
                 ray.shutdown()
-        if quiet_term:
-            # ray.init sets abseil's failure-signal handler for SIGTERM in this process: before wbc 0.37.0 a SIGTERM
-            # (a scheduler, `kill`) printed a C++ stack dump and exited 134, as a crash; now it ends the run as Ctrl-C
-            # does (Ray shut down at exit, the fields written kept), with status 143 and no word, as the local engine
+        if before is signal.SIG_DFL:
+            # before wbc 0.37.0 a SIGTERM (a scheduler, `kill`) printed abseil's C++ stack dump and exited 134, as a
+            # crash; now it ends the run as Ctrl-C does (Ray shut down at exit, the fields written kept), with status
+            # 143 and no word, as the local engine
             signal.signal(signal.SIGTERM, raise_exit)
+        elif before is not None:  # the caller's own handler (or SIG_IGN): replaced by Ray's until wbc 0.37.0
+            signal.signal(signal.SIGTERM, before)
     for name in ("ray", "ray.data"):  # Ray Data logs every execution plan (and that wbc hides its progress bars)
         logging.getLogger(name).setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
