@@ -225,6 +225,41 @@ def test_a_run_s_model_is_fine_tuned_from_the_run_s_best_weights_by_default(tmp_
     assert default_weights(tmp_path / "lab.onnx") == tmp_path / "lab.pt"
 
 
+def test_a_linked_model_is_fine_tuned_from_its_own_weights_or_refused(tmp_path: Path, small_model: Path) -> None:
+    """wbc 0.36.0 wrote a linked model's tuned weights beside the link (current.pt) and left the earlier network's
+    beside its target (models/lab_v3.pt), which wbc 0.37.0 then fine-tuned from without a word, scoring "before" with
+    the newer network. The weights' model id is now compared with the model's: those beside the link are taken when
+    they are its own, and when neither file is, it is refused in one line naming both. The shipped int8 model's float
+    weights are still its own."""
+    import shutil
+
+    from wbc.adapt import write_model_copy
+    from wbc.paths import DEFAULT_MODEL
+    from wbc.train.finetune import adapt_finetune, default_weights, load_weights, save_weights
+
+    models = tmp_path / "models"
+    models.mkdir()
+    info = load_model(small_model).info
+    info.model_id = "tiny-cnn+finetune-0123abcd"  # the network fine-tuned through the link by wbc 0.36.0
+    write_model_copy(small_model, models / "lab_v3.onnx", info)
+    shutil.copy(small_model.with_suffix(".pt"), models / "lab_v3.pt")  # the earlier network's, left there
+    link = tmp_path / "current.onnx"
+    link.symlink_to(models / "lab_v3.onnx")
+    net, _ = load_weights(small_model.with_suffix(".pt"))
+    save_weights(net, "small_cnn", info, tmp_path / "current.pt")  # the tuned weights, beside the link
+    lab = write_lab(tmp_path / "lab", n=4, seed=1)
+    adapt_finetune(link, lab, tmp_path / "v4.onnx", epochs=1, cross_validate=False, tta=1)
+    assert load_model(tmp_path / "v4.onnx").info.extra["adapt"]["checkpoint"] == str(tmp_path / "current.pt")
+    shutil.copy(small_model.with_suffix(".pt"), tmp_path / "current.pt")  # another network's there too
+    with pytest.raises(WbcError, match=r"^\S*models/lab_v3\.pt holds tiny-cnn; \S*current\.pt holds tiny-cnn, not "
+                                       r"\S*current\.onnx's tiny-cnn\+finetune-0123abcd: give --checkpoint"):
+        adapt_finetune(link, lab, tmp_path / "v5.onnx", epochs=1, cross_validate=False, tta=1)
+    assert not (tmp_path / "v5.onnx").exists()
+    shipped = load_model().info.model_id
+    assert shipped.endswith("-int8")
+    assert default_weights(DEFAULT_MODEL, shipped) == DEFAULT_MODEL.with_suffix(".pt")
+
+
 @pytest.mark.slow
 def test_wbc_adapt_finetunes_exports_and_reports_a_held_out_check(tmp_path: Path, small_model: Path) -> None:
     from wbc.cli import app

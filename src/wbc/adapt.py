@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import time
 import warnings
 from collections import Counter
@@ -205,6 +206,29 @@ def carry_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str], same
         atomic_write_bytes(stale, weights.read_bytes())
     else:
         stale.unlink(missing_ok=True)
+
+
+#: The steps of a model id whose adaptation leaves the network as it was (`wbc adapt --stain` alone, `--no-labels`:
+#: ``+stain-…``, ``+unlabelled-…``, ``+prior``, ``+framing-…``): :func:`carry_weights` gives their output the base's
+#: ``.pt`` (``same_network``), so its weights' id is the base's.
+SAME_NETWORK_STEPS = ("stain-", "unlabelled-", "prior", "framing-")
+
+
+def weights_fit_model(weights_id: str, model_id: str) -> bool:
+    """Whether PyTorch weights recorded as ``weights_id`` (a ``.pt``'s ``model_id``) are the network of the model
+    ``model_id``: the same id, or the model is those weights' after steps that keep the network (quantised, ``-int8``:
+    the shipped model's ``.pt`` is its float network's; :data:`SAME_NETWORK_STEPS`). Either id empty: nothing to
+    compare. Before wbc 0.37.0 it was never compared, and a link's model fine-tuned another network's weights.
+
+    >>> weights_fit_model("m", "m-int8+stain-1a2b"), weights_fit_model("m", "m+finetune-3c4d")
+    (True, False)
+    """
+    if not weights_id or not model_id:
+        return True
+    w, m = (re.sub(r"-int8(?=\+|$)", "", i) for i in (weights_id, model_id))
+    if m == w:
+        return True
+    return m.startswith(w + "+") and all(step.startswith(SAME_NETWORK_STEPS) for step in m[len(w) + 1:].split("+"))
 
 
 def original_head(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:

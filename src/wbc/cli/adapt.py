@@ -113,7 +113,7 @@ def adapt(
                                         "network's .pt weights); head: refit the last layer only (seconds, "
                                         "no PyTorch).")] = "finetune",
     checkpoint: Annotated[Path | None, typer.Option(help="PyTorch weights for --method finetune (default: "
-                                                    "the .pt beside the model; for a run's model.onnx, the run's "
+                                                    "the model's own .pt beside it; for a run's model.onnx, the run's "
                                                     "best.pt).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs over the labelled cells.")] = EPOCHS,
     members: Annotated[int, typer.Option(min=1, help="Fine-tune this many copies (other seeds) and ship their "

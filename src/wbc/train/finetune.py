@@ -107,21 +107,46 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[WbcNet | Ensemble, Model
     return net.eval(), info
 
 
-def default_weights(model: Path) -> Path:
+def default_weights(model: Path, model_id: str | None = None) -> Path:
     """The weights `wbc adapt --method finetune` starts from without ``--checkpoint``: the ``.pt`` beside the model
     (beside the file a link points to: :func:`wbc.model.beside_model`, where wbc writes them), else, for a run's
     ``model.onnx`` (``config.json`` beside it), the run's ``best.pt`` (``ensemble.pt``) it was exported from: before
     wbc 0.36.0 a run's own model was refused for want of ``RUN/model.pt``, though the help named ``RUN/best.pt`` as
-    the default."""
+    the default.
+
+    ``model_id`` (the model's recorded id): the weights must be its network's (:func:`wbc.adapt.weights_fit_model`).
+    Where those beside a link's target are another model's, the ``.pt`` beside the link is taken if it is the model's
+    (where wbc 0.36.0 wrote a linked model's tuned weights); if neither is, it is refused in one line naming both.
+    Before wbc 0.37.0 the ids were never compared, and such a model was fine-tuned from the earlier network."""
+    from wbc.adapt import weights_fit_model
     from wbc.io import output_target
     from wbc.paths import checkpoint_file
 
     target = output_target(model)[0]  # a link's file: where wbc wrote the model and the weights beside it
-    beside = beside_model(target, ".pt")
-    if beside.is_file() or target.name != "model.onnx" or not (target.parent / "config.json").is_file():
-        return beside
-    found = checkpoint_file(target.parent)
-    return found if found.is_file() else beside
+    found = beside = beside_model(target, ".pt")
+    if not beside.is_file() and target.name == "model.onnx" and (target.parent / "config.json").is_file():
+        run_ckpt = checkpoint_file(target.parent)
+        found = run_ckpt if run_ckpt.is_file() else beside
+    if model_id is None or not found.is_file():
+        return found
+    link = Path(model)
+    by_link = link.with_suffix(".pt") if link.suffix.lower() == ".onnx" else link.with_name(link.name + ".pt")
+    others: list[str] = []
+    for p in [found] + ([by_link] if by_link.is_file() and by_link.resolve() != found.resolve() else []):
+        weights_id = weights_model_id(p)
+        if weights_id is None or weights_fit_model(weights_id, model_id):  # unreadable: load_weights says why
+            return p
+        others.append(f"{p} holds {weights_id}")
+    raise WbcError(f"{'; '.join(others)}, not {model}'s {model_id}: give --checkpoint with its own weights (or use "
+                   "--method head)")
+
+
+def weights_model_id(path: Path) -> str | None:
+    """The ``model_id`` the weights at ``path`` record ("" for none), or None when they cannot be read."""
+    try:
+        return checkpoint_info(torch.load(path, map_location="cpu", weights_only=False), path).model_id
+    except Exception:  # load_weights reads them again and says what is wrong
+        return None
 
 
 def _arch(net: WbcNet | Ensemble) -> str:
@@ -336,7 +361,7 @@ def adapt_finetune(
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     no_ood = no_ood_note(clf)  # of the model as given: clf.info becomes the adapted one's below
-    ckpt = Path(checkpoint) if checkpoint else default_weights(clf.path)
+    ckpt = Path(checkpoint) if checkpoint else default_weights(clf.path, clf.info.model_id)
     weights_out = beside_model(out, ".pt")  # through a link: beside its target, as the .onnx and .json are written
     if ckpt.resolve() == weights_out:  # the tuned weights are written there
         raise WbcError(f"{ckpt}: --checkpoint would be replaced by the adapted model's weights "
