@@ -1128,7 +1128,8 @@ def test_adapted_models_state_their_own_metrics_and_keep_the_base_s_apart(tmp_pa
     head = load_model(tmp_path / "h.onnx").info
     assert head.metrics["accuracy"] == res.heldout_acc_after and head.metrics["n"] == res.heldout_n == 18
     base = head.extra["adapt"]["base"]
-    assert base == {"model_id": "tiny-emb", "version": "1.4.0", "created": "2026", "metrics": info.metrics}
+    assert base == {"model_id": "tiny-emb", "version": "1.4.0", "created": "2026", "metrics": info.metrics,
+                    "kept_temperature": info.temperature}
     adapt_stain(model, lab, tmp_path / "s.onnx")
     adapt_unlabelled(model, lab, tmp_path / "u.onnx", methods=())
     for name in ("s", "u"):  # nothing measured on the lab's cells
@@ -1266,3 +1267,37 @@ def test_a_head_refit_whose_held_out_cells_are_all_right_keeps_the_base_model_s_
         f"temperature kept at the base model's {base_t:.2f}: the 30 held-out cells are all right")
     assert json.loads(report.read_text())["temperature_note"] == record["temperature_note"]
     assert "temperature kept at the base model's" in " ".join(res.output.split())
+
+
+def test_a_model_whose_own_temperature_was_fitted_on_cells_all_right_does_not_pass_it_on(tmp_path: Path,
+                                                                                          model_path: Path) -> None:
+    """A lab model adapted by wbc 0.36.0 on held-out cells all right stores the fit that ran toward the 0.05 bound.
+    Adapted again on cells all right, wbc 0.37.0 kept that 0.05 as "the base model's" (every cell ~1.000 again, the
+    defect the rule avoids), with a note that the fit "only runs toward its 0.05 bound" though the fit was higher. It
+    now keeps the temperature the base record keeps, else the shipped model's, and the note says why."""
+    from wbc.adapt import adapt_model
+    from wbc.cli import app
+
+    data = write_lab_folder(tmp_path / "lab", n_per_class=10, seed=1)
+    adapt_model(model_path, data, tmp_path / "a1.onnx", threads=1)
+    base_t = load_model(model_path).info.temperature
+    info = load_model(tmp_path / "a1.onnx").info
+    record = info.extra["adapt"]
+    assert record["heldout_acc_after"] == 1.0 and info.temperature == base_t
+    info.temperature = record["temperature"] = record.pop("fitted_temperature")  # as wbc 0.36.0 stored it
+    del record["temperature_note"]
+    assert info.temperature < 0.2
+    write_model_copy(tmp_path / "a1.onnx", tmp_path / "recorded.onnx", info)  # its base record keeps base_t
+    record["base"].pop("kept_temperature", None)  # as wbc 0.36.0 recorded the base: nothing to keep
+    write_model_copy(tmp_path / "a1.onnx", tmp_path / "old.onnx", info)
+    shipped_t = load_model().info.temperature
+    for name, kept, whose in (("recorded", base_t, "tiny"), ("old", shipped_t, "the shipped model")):
+        out = tmp_path / f"{name}_again.onnx"
+        res = CliRunner().invoke(app, ["adapt", "--method", "head", "--model", str(tmp_path / f"{name}.onnx"),
+                                       "--data", str(data), "--output", str(out), "--threads", "1"])
+        assert res.exit_code == 0, res.output
+        again = load_model(out).info
+        note = again.extra["adapt"]["temperature_note"]
+        assert again.temperature == pytest.approx(kept) and again.extra["adapt"]["fitted_temperature"] < kept, note
+        assert note.startswith(f"temperature kept at {whose}") and f"{name}.onnx's own, " in note, note
+        assert note in " ".join(res.output.split())

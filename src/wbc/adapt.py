@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from wbc.model import (
 )
 from wbc.preprocess import dihedral_view
 from wbc.runtime import one_blas_thread
+
+if TYPE_CHECKING:
+    from wbc.calibration import KeptTemperature
 
 LAMBDAS = (0.001, 0.01, 0.1, 1.0)
 MAX_CELLS_WARN = 1000
@@ -163,9 +166,49 @@ def base_record(clf: Classifier) -> dict[str, Any]:
     """What an adapted model keeps of the model it was adapted from (``extra["adapt"]["base"]``): its id, version,
     creation time and validation ``metrics``. The adapted model's own ``version`` and ``created`` stay the base's;
     its ``metrics`` are replaced (:func:`heldout_metrics`): before wbc 0.34.0 a model fine-tuned on 36 BCCD cells
-    still stated the base's PBC validation accuracy, 0.990, where `wbc quantize` measured it at 0.629."""
+    still stated the base's PBC validation accuracy, 0.990, where `wbc quantize` measured it at 0.629. Since wbc
+    0.37.0 also ``kept_temperature``, :func:`kept_temperature`'s: the one a later adaptation keeps when this model's
+    own temperature was fitted on held-out cells all right."""
     return {"model_id": clf.model_id, "version": clf.info.version, "created": clf.info.created,
-            "metrics": copy.deepcopy(clf.info.metrics)}
+            "metrics": copy.deepcopy(clf.info.metrics), "kept_temperature": kept_temperature(clf).value}
+
+
+def unidentified_temperature(info: ModelInfo) -> bool:
+    """Whether ``info``, an adapted model's, carries a temperature its held-out cells could not identify: fitted on
+    cells all right (``heldout_acc_after`` 1.0 and no ``fitted_temperature``, as every such model made before wbc 0.37.0
+    has; wbc 0.37.0 keeps its base's and records the fit), or at the fit's lower bound, whatever record it has."""
+    from wbc.calibration import TEMPERATURE_BOUNDS
+
+    record = info.extra.get("adapt")
+    if not isinstance(record, dict) or record.get("fitted_temperature") is not None:
+        return False
+    return record.get("heldout_acc_after") == 1.0 or float(info.temperature) <= TEMPERATURE_BOUNDS[0] * 1.05
+
+
+def kept_temperature(clf: Classifier) -> KeptTemperature:
+    """The temperature `wbc adapt` keeps from ``clf``, the model adapted from, when the lab's held-out cells are all
+    right and fit none (``wbc.calibration.calibrate``): ``clf``'s own, unless :func:`unidentified_temperature` (a lab
+    model adapted by wbc 0.36.0 on cells all right: 0.05, every cell read ~1.000, wrong calls included, the defect
+    the rule is there to avoid, kept again before this). Then the one its own base record keeps
+    (``kept_temperature``, recorded since wbc 0.37.0), else the shipped model's; the words say which and why."""
+    from wbc.calibration import TEMPERATURE_BOUNDS, KeptTemperature
+    from wbc.model import load_model
+
+    own = float(clf.info.temperature)
+    if not unidentified_temperature(clf.info):
+        return KeptTemperature(own)
+    base = clf.info.extra["adapt"].get("base") or {}
+    base_id = base.get("model_id")
+    why = f"{clf.path.name}'s own, {own:.2f}, was fitted on held-out cells all right, which fit none either"
+    recorded = base.get("kept_temperature")
+    if isinstance(recorded, (int, float)) and recorded > TEMPERATURE_BOUNDS[0] * 1.05:
+        return KeptTemperature(float(recorded), f"{base_id}'s",
+                               f"{why}, and {base_id} is the model it was adapted from")
+    shipped = load_model(None, threads=1).info
+    other = bool(base_id) and base_id != shipped.model_id
+    return KeptTemperature(float(shipped.temperature), "the shipped model's", why + (
+        f" (to keep the temperature of {base_id}, which it was adapted from, adapt from that model instead)"
+        if other else ""))
 
 
 def no_ood_note(clf: Classifier) -> list[str]:
@@ -386,7 +429,7 @@ def adapt_embeddings(
     emb_views: np.ndarray, labels: Sequence[str], classes: Sequence[str], w0: np.ndarray, b0: np.ndarray,
     lambdas: Sequence[float] = LAMBDAS, folds: int = 5, seed: int = 0,
     review_target_accuracy: float | None = None, tta_views: int = 1, kept: Sequence[str] = (),
-    before_logits: np.ndarray | None = None, base_temperature: float | None = None,
+    before_logits: np.ndarray | None = None, base_temperature: float | KeptTemperature | None = None,
 ) -> tuple[np.ndarray, np.ndarray, AdaptResult]:
     """The whole fit on precomputed embeddings (V views, N cells, D): choose ``lam``, check, refit on all.
 
@@ -669,7 +712,7 @@ def adapt_model(
     clf = load_model(model, threads=threads)
     out = _check_output(output, clf)
     base, no_ood = base_record(clf), no_ood_note(clf)  # of the model as given
-    base_t = float(clf.info.temperature)  # kept when the held-out cells are all right (calibrate)
+    base_t = kept_temperature(clf)  # kept when the held-out cells are all right (calibrate)
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     cells, labels, files, skipped = load_labelled_cells(data, info.input_size, mapping, framing_stats_of(clf),
                                                         classes=clf.classes)

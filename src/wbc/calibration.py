@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -197,6 +197,15 @@ def resolve_review_target(explicit: float | None, stored: float | None = None) -
     return float(stored) if stored else DEFAULT_REVIEW_TARGET_ACCURACY
 
 
+class KeptTemperature(NamedTuple):
+    """The temperature :func:`calibrate` keeps instead of the fit when every held-out cell is right, and the words
+    for it (``wbc.adapt.kept_temperature``): whose it is, and why it is not the given model's own, if it is not."""
+
+    value: float
+    whose: str = "the base model's"
+    why: str = ""
+
+
 @dataclass(frozen=True)
 class Calibration:
     """What :func:`calibrate` fitted: the temperature and the confidence below which a cell goes to review."""
@@ -217,7 +226,7 @@ class Calibration:
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: float | None = None,
-              evidence: bool = False, base_temperature: float | None = None) -> Calibration:
+              evidence: bool = False, base_temperature: float | KeptTemperature | None = None) -> Calibration:
     """The one calibration path (training, ensembles, ``wbc quantize``, ``wbc adapt``): fit the temperature
     on held-out ``logits`` (N, C; log-probabilities work too) with true class indices ``labels``, then the
     lowest review threshold at which the accepted cells reach ``review_target_accuracy`` (default
@@ -230,7 +239,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: fl
     ``base_temperature`` (`wbc adapt`: the model adapted from): used instead of the fit when every cell is right.
     Their NLL then falls all the way to the temperature's lower bound, so the fit says nothing but made every
     cell of the adapted model read ~1.000, wrong calls included (before wbc 0.37.0); ``fitted_temperature`` and
-    ``temperature_note`` say so. With an error among them the fit stands (docs/generalisation.md: measured).
+    ``temperature_note`` say so. With an error among them the fit stands (docs/generalisation.md: measured). A
+    :class:`KeptTemperature` says whose the kept one is, where it is not the given model's own.
 
     >>> rng = np.random.default_rng(0); y = rng.integers(0, 3, 300)
     >>> c = calibrate(np.eye(3)[y] * 4 + rng.normal(0, 1, (300, 3)), y)
@@ -243,8 +253,10 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: fl
     temperature = fit_temperature(logits, labels)
     fitted, note = None, None
     if base_temperature is not None and len(labels) and np.array_equal(np.argmax(logits, 1), labels):
-        fitted, temperature = temperature, float(base_temperature)
-        note = unfitted_temperature_note(fitted, temperature, len(labels))
+        kept = base_temperature if isinstance(base_temperature, KeptTemperature) else KeptTemperature(
+            float(base_temperature))
+        fitted, temperature = temperature, float(kept.value)
+        note = unfitted_temperature_note(fitted, kept, len(labels))
     probs = softmax(logits, temperature)
     conf, right = probs.max(1), probs.argmax(1) == labels
     if not evidence:
@@ -254,15 +266,21 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, review_target_accuracy: fl
                        shown_accuracy(conf, right), fitted, note)
 
 
-def unfitted_temperature_note(fitted: float, kept: float, n: int) -> str:
-    """Why the temperature fitted on ``n`` held-out cells, all right, was not used: ``kept`` (the base model's) instead.
+def unfitted_temperature_note(fitted: float, kept: float | KeptTemperature, n: int) -> str:
+    """Why the temperature fitted on ``n`` held-out cells, all right, was not used: ``kept`` (the base model's, or
+    whose a :class:`KeptTemperature` says) instead. Where the one kept is no higher than the fit, nothing claims it
+    avoided the bound (before, the note said so of a 0.05 kept in place of a fit of 0.08).
 
     >>> unfitted_temperature_note(0.05, 0.54, 30)[:66]
     "temperature kept at the base model's 0.54: the 30 held-out cells a"
+    >>> unfitted_temperature_note(0.08, 0.06, 30)[-67:]
+    'only runs toward its 0.05 bound; the one kept is no less confident)'
     """
-    return (f"temperature kept at the base model's {kept:.2f}: the {n} held-out cells are all right, which fits no "
-            f"temperature (the fit, {fitted:.2f}, only runs toward its {TEMPERATURE_BOUNDS[0]:g} bound, every cell "
-            "near 1.000)")
+    k = kept if isinstance(kept, KeptTemperature) else KeptTemperature(float(kept))
+    bound = f"the fit, {fitted:.2f}, only runs toward its {TEMPERATURE_BOUNDS[0]:g} bound"
+    fit = f"{bound}, every cell near 1.000" if fitted < k.value else f"{bound}; the one kept is no less confident"
+    return (f"temperature kept at {k.whose} {k.value:.2f}: the {n} held-out cells are all right, which fits no "
+            f"temperature ({fit})" + (f"; {k.why}" if k.why else ""))
 
 
 def estimate_class_prior(

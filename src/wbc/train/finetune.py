@@ -339,6 +339,7 @@ def adapt_finetune(
         base_record,
         content_keys,
         heldout_metrics,
+        kept_temperature,
         load_labelled_cells,
         no_ood_note,
         recorded_calls,
@@ -374,7 +375,7 @@ def adapt_finetune(
             clf.classes, clf.info.input_size, clf.info.network_size):
         raise WbcError(f"{ckpt}: these weights ({ck_info.classes}, {ck_info.input_size} px) do not belong to "
                        f"{clf.path} ({clf.classes}, {clf.info.input_size} px)")
-    base = base_record(clf)
+    base, base_t = base_record(clf), kept_temperature(clf)  # base_t: kept where the held-out cells are all right
     original = clf.info  # "before" is the original model as it is, whatever mapping the output stores (wbc 0.34.0)
     info = without_lab_prior(clf.info)  # labelled cells refit the probabilities: a label-free estimate is dropped
     # the output is a new float32 network: an int8 base's quantisation record would describe a graph it is not
@@ -427,9 +428,10 @@ def adapt_finetune(
     before = np.mean([clf.run(dihedral_view(cells[held], v))["logits"] for v in range(tta)], axis=0)
     clf.info = info
     # a lab's few cells: the threshold they show, not one they reach by chance; the original model's temperature
-    # where they are all right (the fit then runs to its bound: every cell at 1.000)
+    # where they are all right (the fit then runs to its bound: every cell at 1.000), or if that was itself such a
+    # fit, the one kept in its place (wbc.adapt.kept_temperature)
     cal = calibrate(logits_held, y[held], resolve_review_target(review_target_accuracy, info.review_target_accuracy),
-                    evidence=True, base_temperature=float(original.temperature))
+                    evidence=True, base_temperature=base_t)
     temp, thr = cal.temperature, cal.review_threshold
     final = tuned(x, y)
     present, counts = np.unique(y, return_counts=True)
