@@ -255,6 +255,12 @@ def test_a_linked_model_is_fine_tuned_from_its_own_weights_or_refused(tmp_path: 
                                        r"\S*current\.onnx's tiny-cnn\+finetune-0123abcd: give --checkpoint"):
         adapt_finetune(link, lab, tmp_path / "v5.onnx", epochs=1, cross_validate=False, tta=1)
     assert not (tmp_path / "v5.onnx").exists()
+    first = tmp_path / "first"  # a link's first fine-tune by wbc 0.36.0: the weights beside the link alone
+    (first / "models").mkdir(parents=True)
+    write_model_copy(small_model, first / "models" / "lab.onnx", info)
+    (first / "current.onnx").symlink_to(first / "models" / "lab.onnx")
+    save_weights(net, "small_cnn", info, first / "current.pt")
+    assert default_weights(first / "current.onnx", info.model_id) == first / "current.pt"
     shipped = load_model().info.model_id
     assert shipped.endswith("-int8")
     assert default_weights(DEFAULT_MODEL, shipped) == DEFAULT_MODEL.with_suffix(".pt")

@@ -116,7 +116,8 @@ def default_weights(model: Path, model_id: str | None = None) -> Path:
 
     ``model_id`` (the model's recorded id): the weights must be its network's (:func:`wbc.adapt.weights_fit_model`).
     Where those beside a link's target are another model's, the ``.pt`` beside the link is taken if it is the model's
-    (where wbc 0.36.0 wrote a linked model's tuned weights); if neither is, it is refused in one line naming both.
+    (where wbc 0.36.0 wrote a linked model's tuned weights), also where the target has none (a link's first fine-tune
+    by wbc 0.36.0); if neither is, it is refused in one line naming both.
     Before wbc 0.37.0 the ids were never compared, and such a model was fine-tuned from the earlier network."""
     from wbc.adapt import weights_fit_model
     from wbc.io import output_target
@@ -127,12 +128,17 @@ def default_weights(model: Path, model_id: str | None = None) -> Path:
     if not beside.is_file() and target.name == "model.onnx" and (target.parent / "config.json").is_file():
         run_ckpt = checkpoint_file(target.parent)
         found = run_ckpt if run_ckpt.is_file() else beside
-    if model_id is None or not found.is_file():
+    if model_id is None:
         return found
     link = Path(model)
     by_link = link.with_suffix(".pt") if link.suffix.lower() == ".onnx" else link.with_name(link.name + ".pt")
+    candidates = [p for p in (found, by_link) if p.is_file()]
+    if len(candidates) == 2 and by_link.resolve() == found.resolve():
+        candidates = [found]
+    if not candidates:  # load_weights says "not found", naming the file wbc writes
+        return found
     others: list[str] = []
-    for p in [found] + ([by_link] if by_link.is_file() and by_link.resolve() != found.resolve() else []):
+    for p in candidates:
         weights_id = weights_model_id(p)
         if weights_id is None or weights_fit_model(weights_id, model_id):  # unreadable: load_weights says why
             return p
