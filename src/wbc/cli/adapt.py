@@ -12,6 +12,7 @@ import typer
 
 from wbc.cli._app import app, console
 from wbc.cli._common import ClassesOpt, ModelOpt, ThreadsOpt, note_foreign_images, say, warn, warn_skipped
+from wbc.data import ACCEPTED_AT_SIGN_OFF as ACCEPTED  # the label_source of a call accepted at sign-off
 from wbc.errors import WbcError
 
 
@@ -52,9 +53,6 @@ def both_scored(res: Any) -> str:
     return f", both on {each}"
 
 
-#: ``wbc.cases.export.ACCEPTED``, the ``label_source`` of a model's call accepted at sign-off (not imported: the case
-#: store's SQLAlchemy is an extra `wbc adapt` does not need).
-ACCEPTED = "accepted_at_sign_off"
 
 
 def export_line(export: dict[str, Any] | None) -> str:
